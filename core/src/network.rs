@@ -1,0 +1,52 @@
+//! The seam between the engine's driver and a transport.
+//!
+//! A transport moves opaque, length-delimited byte frames between authenticated peers. It owns
+//! framing, connection management and peer authentication; it knows nothing about the protocol.
+//! Decoding and validating a frame is the driver's job, so a transport can be swapped (QUIC in
+//! production, channels in tests) without touching protocol code.
+
+use std::future::Future;
+
+use smr_crypto::PublicKey;
+
+/// Index of a replica in the cluster configuration, `0..n`.
+pub type ReplicaId = u32;
+
+/// Who a frame came from or goes to. The transport guarantees that a `Peer` it reports was
+/// authenticated: a `Replica(i)` proved possession of replica i's configured key, and a
+/// `Client(k)` proved possession of key `k` (and `k` is admitted by the cluster's client policy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Peer {
+    Replica(ReplicaId),
+    Client(PublicKey),
+}
+
+/// A frame received from an authenticated peer.
+#[derive(Debug)]
+pub struct InboundFrame {
+    pub from: Peer,
+    pub frame: Vec<u8>,
+}
+
+/// Why a frame was not queued for sending.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SendError {
+    #[error("peer {0:?} is not known to this transport")]
+    UnknownPeer(Peer),
+    #[error("frame of {size_bytes} bytes exceeds the maximum frame size of {max_bytes} bytes")]
+    FrameTooLarge { size_bytes: usize, max_bytes: usize },
+    #[error("send queue to {0:?} is full; the frame was dropped")]
+    QueueFull(Peer),
+    #[error("the transport is shut down")]
+    Closed,
+}
+
+/// What the driver needs from a transport.
+///
+/// `send` never blocks: it queues the frame in a bounded per-peer queue and returns. Delivery is
+/// best effort; the protocol retransmits what matters. `recv` yields the next frame from any
+/// authenticated peer, or `None` once the transport has shut down.
+pub trait Network: Send + Sync + 'static {
+    fn send(&self, to: Peer, frame: Vec<u8>) -> Result<(), SendError>;
+    fn recv(&self) -> impl Future<Output = Option<InboundFrame>> + Send;
+}
