@@ -1,1 +1,33 @@
-//! placeholder
+//! smr-core: the protocol engine of smr, and its driver.
+//!
+//! The engine ([`engine::Engine`]) implements BFT-SMaRt's ordering protocol (Mod-SMaRt with
+//! VP-Consensus) as a sans-IO state machine: inputs are `on_*` methods that take `now_ms`, and
+//! outputs are a typed list of [`engine::Action`]s. It runs unchanged in the seeded simulator
+//! (`tests/sim`) and under the tokio driver.
+//!
+//! A request's path: a client ([`client::ClientEngine`]) signs it and sends it to every
+//! replica; [`verify::InboundVerifier`] checks sender, sizes and signatures off the engine's
+//! thread; the engine pools it ([`pool`]), the leader batches and proposes it, the replicas
+//! vote (WRITE, ACCEPT) on the batch's blake3 digest, and a decided batch executes in cid order
+//! through the [`service::Service`]; the client table ([`clients`]) makes execution
+//! exactly-once and caches replies.
+
+pub mod client;
+pub mod clients;
+pub mod codec;
+pub mod config;
+pub mod engine;
+pub mod message;
+pub mod network;
+pub mod pool;
+pub mod rejection;
+pub mod service;
+pub mod verify;
+
+pub use config::{ClientPolicy, EngineConfig, Limits, Timeouts};
+pub use engine::{Action, Engine, TimerKind};
+pub use message::{Message, Request, RequestKind};
+pub use network::{Network, Peer, ReplicaId};
+pub use rejection::Rejection;
+pub use service::Service;
+pub use verify::{InboundVerifier, Verified};

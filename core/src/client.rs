@@ -1,0 +1,202 @@
+//! The client's side of the protocol, sans-IO like the replica engine.
+//!
+//! A client sends each request to every replica (so a silent leader is noticed) and completes
+//! it when enough replicas sent the same result: f+1 in BFT (one of them is correct), 1 in CFT,
+//! and Q for unordered reads. Many requests may be outstanding, up to the window the replicas
+//! allow per client; replies are matched by sequence number. A request that times out is resent
+//! with the same seq, which the replicas deduplicate, so retries stay exactly-once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use smr_crypto::Signer;
+use smr_modes::Quorums;
+
+use crate::message::{ClientId, Message, ReplicaId, Reply, Request, RequestBody, RequestKind};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ClientError {
+    #[error("{0} requests are already outstanding, the most this client may have in flight")]
+    TooManyOutstanding(usize),
+    #[error("operation of {size_bytes} bytes exceeds the limit of {max_bytes} bytes")]
+    OpTooLarge { size_bytes: usize, max_bytes: usize },
+}
+
+/// What the client driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAction {
+    /// Send to every replica.
+    Broadcast(Message),
+}
+
+/// A finished request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    pub seq: u64,
+    pub result: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Outstanding {
+    request: Request,
+    /// Result per replica that answered.
+    replies: BTreeMap<ReplicaId, Vec<u8>>,
+    deadline_ms: u64,
+    needed: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub quorums: Quorums,
+    pub unordered_reads_enabled: bool,
+    /// Requests in flight; must not exceed the replicas' `max_pending_per_client`.
+    pub max_outstanding: usize,
+    pub max_op_bytes: usize,
+    pub retry_timeout_ms: u64,
+}
+
+pub struct ClientEngine {
+    cfg: ClientConfig,
+    id: ClientId,
+    signer: Option<Arc<dyn Signer>>,
+    next_seq: u64,
+    outstanding: BTreeMap<u64, Outstanding>,
+    pub retries: u64,
+}
+
+impl ClientEngine {
+    /// `first_seq` lets a restarted client continue above the sequence numbers it used before
+    /// (for example, a wall-clock-derived start): a seq the replicas consider old is ignored.
+    pub fn new(cfg: ClientConfig, signer: Arc<dyn Signer>, first_seq: u64) -> ClientEngine {
+        assert!(
+            cfg.max_outstanding > 0,
+            "a client needs a window of at least one request"
+        );
+        let id = signer.public_key();
+        let signer = cfg.quorums.requires_signatures().then_some(signer);
+        ClientEngine {
+            cfg,
+            id,
+            signer,
+            next_seq: first_seq.max(1),
+            outstanding: BTreeMap::new(),
+            retries: 0,
+        }
+    }
+
+    pub fn id(&self) -> ClientId {
+        self.id
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// Starts a request; returns its seq and what to send.
+    pub fn submit(
+        &mut self,
+        now_ms: u64,
+        kind: RequestKind,
+        op: Vec<u8>,
+    ) -> Result<(u64, Vec<ClientAction>), ClientError> {
+        if self.outstanding.len() >= self.cfg.max_outstanding {
+            return Err(ClientError::TooManyOutstanding(self.outstanding.len()));
+        }
+        if op.len() > self.cfg.max_op_bytes {
+            return Err(ClientError::OpTooLarge {
+                size_bytes: op.len(),
+                max_bytes: self.cfg.max_op_bytes,
+            });
+        }
+        // The replicas' window is anchored at the highest executed seq; sending a seq more than
+        // a window above the oldest outstanding one would let them forget it.
+        if let Some(oldest) = self.outstanding.keys().next() {
+            if self.next_seq >= oldest + self.cfg.max_outstanding as u64 {
+                return Err(ClientError::TooManyOutstanding(self.outstanding.len()));
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let needed = match kind {
+            RequestKind::Ordered => self
+                .cfg
+                .quorums
+                .replies_ordered(self.cfg.unordered_reads_enabled),
+            RequestKind::Unordered => self.cfg.quorums.replies_unordered(),
+        };
+        let request = Request::new(
+            RequestBody {
+                client: self.id,
+                seq,
+                kind,
+                op,
+            },
+            self.signer.as_deref(),
+        );
+        self.outstanding.insert(
+            seq,
+            Outstanding {
+                request: request.clone(),
+                replies: BTreeMap::new(),
+                deadline_ms: now_ms + self.cfg.retry_timeout_ms,
+                needed,
+            },
+        );
+        Ok((
+            seq,
+            vec![ClientAction::Broadcast(Message::Request(request))],
+        ))
+    }
+
+    /// Takes a reply that arrived on replica `from`'s authenticated connection.
+    pub fn on_reply(&mut self, from: ReplicaId, reply: Reply) -> Option<Completed> {
+        if reply.replica != from || reply.client != self.id {
+            return None;
+        }
+        let entry = self.outstanding.get_mut(&reply.seq)?;
+        entry.replies.insert(from, reply.result);
+        let mut counts: BTreeMap<&[u8], usize> = BTreeMap::new();
+        for r in entry.replies.values() {
+            *counts.entry(r.as_slice()).or_default() += 1;
+        }
+        let winner = counts
+            .into_iter()
+            .find(|(_, c)| *c >= entry.needed)
+            .map(|(r, _)| r.to_vec())?;
+        self.outstanding.remove(&reply.seq);
+        Some(Completed {
+            seq: reply.seq,
+            result: winner,
+        })
+    }
+
+    /// The earliest retry deadline, if any request is outstanding.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.outstanding.values().map(|o| o.deadline_ms).min()
+    }
+
+    /// Resends every request whose deadline passed. An unordered read that timed out is retried
+    /// as an ordered request, as its replies may have disagreed during concurrent writes.
+    pub fn on_timer(&mut self, now_ms: u64) -> Vec<ClientAction> {
+        let mut actions = Vec::new();
+        for o in self.outstanding.values_mut() {
+            if o.deadline_ms > now_ms {
+                continue;
+            }
+            if o.request.body.kind == RequestKind::Unordered {
+                let mut body = o.request.body.clone();
+                body.kind = RequestKind::Ordered;
+                o.request = Request::new(body, self.signer.as_deref());
+                o.needed = self
+                    .cfg
+                    .quorums
+                    .replies_ordered(self.cfg.unordered_reads_enabled);
+                o.replies.clear();
+            }
+            o.deadline_ms = now_ms + self.cfg.retry_timeout_ms;
+            self.retries += 1;
+            actions.push(ClientAction::Broadcast(Message::Request(o.request.clone())));
+        }
+        actions
+    }
+}

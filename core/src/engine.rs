@@ -1,0 +1,978 @@
+//! The replica's protocol engine: sans-IO and deterministic.
+//!
+//! Inputs are `on_*` methods that take `now_ms`; each returns the [`Action`]s the driver must
+//! perform, in order. The engine never reads a clock, opens a socket, spawns a thread or draws
+//! randomness, so a simulator can drive many engines through a fake network and replay any run
+//! from its seed.
+//!
+//! # Driver contract
+//! - Perform actions in the order returned. In particular a `Persist` comes before the `Send` or
+//!   `Broadcast` that promises what it records; the driver must make it durable first.
+//! - `Execute` actions are handed to the service in order; for each the driver calls
+//!   [`Engine::on_executed`] with the replies, in the same order.
+//! - `SetTimer { timer, deadline_ms }` replaces the previous deadline of that timer; when it is
+//!   reached call [`Engine::on_timer`]. `CancelTimer` removes it. A late or stale timer call is
+//!   harmless.
+//! - Only [`Verified`] messages reach [`Engine::on_message`]; see [`crate::verify`].
+//!
+//! # Normal case (DESIGN.md section 3)
+//! The leader of regency r (replica r mod n) cuts batches from its pending pool and sends
+//! PROPOSE(cid, r, batch). Replicas check it and, in BFT, send WRITE(cid, r, blake3(batch)); on Q
+//! matching WRITEs they send ACCEPT. CFT skips WRITE and accepts straight away. Q matching
+//! ACCEPTs decide; decided batches execute strictly in cid order. Up to
+//! `max_instances_in_flight` instances run at once.
+//!
+//! # Hooks for the synchronization phase
+//! The regency is explicit ([`Engine::regency`]), every vote is bound to one, and pending
+//! requests carry a timeout count: the second timeout of a request is where a STOP will be sent.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use smr_crypto::{Digest, Signer};
+use smr_modes::Quorums;
+
+use crate::clients::{ClientTable, RequestStatus};
+use crate::config::EngineConfig;
+use crate::message::{
+    Batch, Cid, ClientId, Decision, Message, Propose, Regency, ReplicaId, Reply, Request,
+    RequestId, RequestKind, Signed, Vote, VoteKind,
+};
+use crate::network::Peer;
+use crate::pool::{Inserted, PoolRejection, RequestPool};
+use crate::rejection::Rejection;
+use crate::verify::Verified;
+
+/// The engine's timers. Each has at most one deadline at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TimerKind {
+    /// No progress for a while: resend proposals and votes, ask a peer for decisions.
+    Retransmit,
+    /// The oldest pending request has waited `request_timeout_ms`.
+    Request,
+    /// The leader's periodic heartbeat.
+    Heartbeat,
+}
+
+const TIMER_KINDS: [TimerKind; 3] = [
+    TimerKind::Retransmit,
+    TimerKind::Request,
+    TimerKind::Heartbeat,
+];
+
+/// What the engine promises, to be made durable before the promise is sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PersistRecord {
+    /// A WRITE or ACCEPT this replica is about to send.
+    Vote(Vote),
+    /// A decided instance.
+    Decided { cid: Cid, digest: Digest },
+}
+
+/// One operation to execute, already deduplicated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecuteItem {
+    pub id: RequestId,
+    pub op: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Make this durable before performing any later action.
+    Persist(PersistRecord),
+    Send {
+        to: Peer,
+        message: Message,
+    },
+    /// Send to every other replica.
+    Broadcast(Message),
+    /// Execute these ordered operations, then call `on_executed(cid, replies)`.
+    Execute {
+        cid: Cid,
+        items: Vec<ExecuteItem>,
+    },
+    /// Run a read-only operation against the current state and reply to the client directly.
+    Query {
+        id: RequestId,
+        op: Vec<u8>,
+    },
+    SetTimer {
+        timer: TimerKind,
+        deadline_ms: u64,
+    },
+    CancelTimer(TimerKind),
+}
+
+/// Counters for operators and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub rejections: BTreeMap<&'static str, u64>,
+    pub decided_instances: u64,
+    pub executed_requests: u64,
+    /// Requests in a decided batch that were already executed, and so skipped.
+    pub skipped_duplicates: u64,
+    pub proposals_sent: u64,
+    pub retransmissions: u64,
+    pub decisions_learned_from_peers: u64,
+}
+
+#[derive(Debug)]
+struct Proposal {
+    digest: Digest,
+    batch: Batch,
+    signed: Signed<Propose>,
+}
+
+/// One consensus instance in the current regency.
+#[derive(Debug, Default)]
+struct Instance {
+    proposal: Option<Proposal>,
+    writes: BTreeMap<ReplicaId, Signed<Vote>>,
+    accepts: BTreeMap<ReplicaId, Signed<Vote>>,
+    my_write: Option<Signed<Vote>>,
+    my_accept: Option<Signed<Vote>>,
+    /// The Q WRITEs that justified this replica's ACCEPT (BFT); what STOPDATA will report.
+    prepared: Option<Vec<Signed<Vote>>>,
+    decided: Option<Decision>,
+}
+
+pub struct Engine {
+    cfg: EngineConfig,
+    quorums: Quorums,
+    me: ReplicaId,
+    /// Signs votes, proposals and nothing else. `None` in CFT, where channels authenticate.
+    signer: Option<Arc<dyn Signer>>,
+    regency: Regency,
+    /// Highest cid handed to the service.
+    last_executed: Cid,
+    /// Leader only: the next cid it will propose.
+    next_cid_to_propose: Cid,
+    instances: BTreeMap<Cid, Instance>,
+    /// Decided batches kept for peers that are behind, bounded by `max_log_entries`.
+    log: BTreeMap<Cid, Decision>,
+    pool: RequestPool,
+    clients: ClientTable,
+    /// Batches handed to the service whose replies have not come back yet.
+    executing: VecDeque<(Cid, Vec<RequestId>)>,
+    retransmit_interval_ms: u64,
+    deadlines: BTreeMap<TimerKind, u64>,
+    emitted_deadlines: BTreeMap<TimerKind, u64>,
+    query_cursor: u32,
+    next_query_allowed_ms: u64,
+    stats: EngineStats,
+}
+
+impl Engine {
+    /// Builds an engine. `signer` must hold this replica's configured key; it is used only in
+    /// modes that sign replica messages.
+    pub fn new(cfg: EngineConfig, signer: Arc<dyn Signer>) -> Engine {
+        if let Err(e) = cfg.validate() {
+            panic!("invalid engine configuration: {e}");
+        }
+        let quorums = cfg.quorums;
+        let signer = quorums.requires_signatures().then_some(signer);
+        Engine {
+            me: cfg.me,
+            pool: RequestPool::new(
+                cfg.limits.max_pending_per_client,
+                cfg.limits.max_pending_total,
+            ),
+            clients: ClientTable::new(cfg.limits.max_pending_per_client as u64),
+            retransmit_interval_ms: cfg.timeouts.retransmit_initial_ms,
+            query_cursor: cfg.me,
+            cfg,
+            quorums,
+            signer,
+            regency: 0,
+            last_executed: 0,
+            next_cid_to_propose: 1,
+            instances: BTreeMap::new(),
+            log: BTreeMap::new(),
+            executing: VecDeque::new(),
+            deadlines: BTreeMap::new(),
+            emitted_deadlines: BTreeMap::new(),
+            next_query_allowed_ms: 0,
+            stats: EngineStats::default(),
+        }
+    }
+
+    pub fn id(&self) -> ReplicaId {
+        self.me
+    }
+    pub fn regency(&self) -> Regency {
+        self.regency
+    }
+    pub fn leader(&self) -> ReplicaId {
+        self.quorums.leader_of(self.regency)
+    }
+    pub fn is_leader(&self) -> bool {
+        self.leader() == self.me
+    }
+    pub fn last_executed(&self) -> Cid {
+        self.last_executed
+    }
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+    pub fn pending_requests(&self) -> usize {
+        self.pool.len()
+    }
+    pub fn quorums(&self) -> &Quorums {
+        &self.quorums
+    }
+    /// Instances held in memory, decided or not (bounded by `max_instances_ahead`).
+    pub fn open_instances(&self) -> usize {
+        self.instances.len()
+    }
+    pub fn log_len(&self) -> usize {
+        self.log.len()
+    }
+
+    /// Counts a rejection; the driver logs it.
+    pub fn count_rejection(&mut self, rejection: &Rejection) {
+        *self.stats.rejections.entry(rejection.name()).or_default() += 1;
+    }
+
+    /// Arms the periodic timers. Call once after construction.
+    pub fn start(&mut self, now_ms: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.deadlines.insert(
+            TimerKind::Heartbeat,
+            now_ms + self.cfg.timeouts.heartbeat_ms,
+        );
+        self.sync_timers(&mut actions);
+        actions
+    }
+
+    /// Handles a verified message. A rejection is counted here and returned for logging.
+    pub fn on_message(&mut self, now_ms: u64, message: Verified) -> Result<Vec<Action>, Rejection> {
+        let mut actions = Vec::new();
+        let result = self.dispatch(now_ms, message, &mut actions);
+        if let Err(rejection) = &result {
+            self.count_rejection(rejection);
+        }
+        self.sync_timers(&mut actions);
+        result.map(|()| actions)
+    }
+
+    fn dispatch(
+        &mut self,
+        now_ms: u64,
+        verified: Verified,
+        actions: &mut Vec<Action>,
+    ) -> Result<(), Rejection> {
+        let Verified { from, message } = verified;
+        match (from, message) {
+            (Peer::Client(_), Message::Request(request)) => {
+                self.handle_request(now_ms, request, true, actions)
+            }
+            (Peer::Replica(j), Message::Forward(requests)) => {
+                if !self.is_leader() {
+                    return Err(Rejection::NotLeader);
+                }
+                let _ = j;
+                for request in requests {
+                    // A forwarded request may be stale or already pending; neither is the
+                    // forwarder's fault.
+                    match self.handle_request(now_ms, request, false, actions) {
+                        Ok(()) | Err(Rejection::StaleRequest) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+            (Peer::Replica(j), Message::Propose(p)) => self.handle_propose(now_ms, j, p, actions),
+            (Peer::Replica(j), Message::Write(v)) => self.handle_vote(now_ms, j, v, actions),
+            (Peer::Replica(j), Message::Accept(v)) => self.handle_vote(now_ms, j, v, actions),
+            (Peer::Replica(j), Message::DecisionQuery { from_cid }) => {
+                self.handle_decision_query(j, from_cid, actions);
+                Ok(())
+            }
+            (Peer::Replica(_), Message::Decisions(decisions)) => {
+                for decision in decisions {
+                    self.learn_decision(now_ms, decision, actions);
+                }
+                Ok(())
+            }
+            (
+                Peer::Replica(j),
+                Message::Heartbeat {
+                    regency,
+                    last_decided,
+                },
+            ) => {
+                if regency == self.regency
+                    && j == self.leader()
+                    && last_decided > self.last_executed
+                {
+                    self.maybe_query(now_ms, j, actions);
+                }
+                Ok(())
+            }
+            (_, message) => Err(Rejection::UnexpectedMessage(message.kind_name())),
+        }
+    }
+
+    // ----- requests -------------------------------------------------------------------------
+
+    fn handle_request(
+        &mut self,
+        now_ms: u64,
+        request: Request,
+        direct: bool,
+        actions: &mut Vec<Action>,
+    ) -> Result<(), Rejection> {
+        let id = request.id();
+        if request.body.kind == RequestKind::Unordered {
+            if direct {
+                actions.push(Action::Query {
+                    id,
+                    op: request.body.op,
+                });
+            }
+            return Ok(());
+        }
+        match self.clients.status(&id) {
+            RequestStatus::Executed(Some(result)) => {
+                if direct {
+                    actions.push(Action::Send {
+                        to: Peer::Client(id.client),
+                        message: Message::Reply(self.reply(id, result.to_vec())),
+                    });
+                }
+                return Ok(());
+            }
+            RequestStatus::Executed(None) => return Ok(()),
+            RequestStatus::Stale => return Err(Rejection::StaleRequest),
+            RequestStatus::New => {}
+        }
+        match self.pool.insert(request, now_ms) {
+            Ok(Inserted::New) => {
+                if self.is_leader() {
+                    self.try_propose(now_ms, actions);
+                }
+                self.arm_request_timer();
+                Ok(())
+            }
+            Ok(Inserted::AlreadyPending) => Ok(()),
+            Err(PoolRejection::ClientFull) => Err(Rejection::ClientPoolFull),
+            Err(PoolRejection::PoolFull) => Err(Rejection::PoolFull),
+        }
+    }
+
+    fn reply(&self, id: RequestId, result: Vec<u8>) -> Reply {
+        Reply {
+            replica: self.me,
+            client: id.client,
+            seq: id.seq,
+            regency: self.regency,
+            result,
+        }
+    }
+
+    fn arm_request_timer(&mut self) {
+        match self.pool.oldest_arrival_ms() {
+            Some(t) => {
+                self.deadlines
+                    .insert(TimerKind::Request, t + self.cfg.timeouts.request_timeout_ms);
+            }
+            None => {
+                self.deadlines.remove(&TimerKind::Request);
+            }
+        }
+    }
+
+    // ----- leader: proposing ----------------------------------------------------------------
+
+    fn in_flight(&self) -> u64 {
+        self.next_cid_to_propose
+            .saturating_sub(self.last_executed + 1)
+    }
+
+    fn try_propose(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        if !self.is_leader() {
+            return;
+        }
+        // A leader that learned decisions from peers must not propose into decided cids.
+        self.next_cid_to_propose = self.next_cid_to_propose.max(self.last_executed + 1);
+        while self.pool.unproposed() > 0
+            && self.in_flight() < self.cfg.limits.max_instances_in_flight
+        {
+            let cid = self.next_cid_to_propose;
+            if self
+                .instances
+                .get(&cid)
+                .is_some_and(|i| i.proposal.is_some() || i.decided.is_some())
+            {
+                // Already proposed here (or decided via a peer); move on.
+                self.next_cid_to_propose += 1;
+                continue;
+            }
+            let requests = self.pool.cut_batch(
+                cid,
+                self.cfg.limits.max_batch_requests,
+                self.cfg.limits.max_batch_bytes,
+            );
+            assert!(
+                !requests.is_empty(),
+                "pool reported unproposed requests but cut none"
+            );
+            let propose = Signed::new(
+                Propose {
+                    leader: self.me,
+                    cid,
+                    regency: self.regency,
+                    batch: Batch { requests },
+                },
+                self.signer.as_deref(),
+            );
+            self.next_cid_to_propose += 1;
+            self.stats.proposals_sent += 1;
+            actions.push(Action::Broadcast(Message::Propose(propose.clone())));
+            self.accept_proposal(now_ms, propose, actions);
+        }
+    }
+
+    // ----- consensus ------------------------------------------------------------------------
+
+    /// Checks the regency and cid window of a replica message. `Ok(false)` means the message
+    /// is about an instance this replica already executed: the sender is behind.
+    fn check_instance(&self, cid: Cid, regency: Regency) -> Result<bool, Rejection> {
+        if regency < self.regency {
+            return Err(Rejection::StaleRegency {
+                got: regency,
+                current: self.regency,
+            });
+        }
+        if regency > self.regency {
+            return Err(Rejection::FutureRegency {
+                got: regency,
+                current: self.regency,
+            });
+        }
+        if cid <= self.last_executed {
+            return Ok(false);
+        }
+        let window_end = self.last_executed + self.cfg.limits.max_instances_ahead;
+        if cid > window_end {
+            return Err(Rejection::CidBeyondWindow { cid, window_end });
+        }
+        Ok(true)
+    }
+
+    /// A peer sent something about a cid we executed long ago: send it the decision, so that
+    /// it catches up without waiting for a query.
+    fn help_peer_behind(&mut self, peer: ReplicaId, cid: Cid, actions: &mut Vec<Action>) {
+        if let Some(decision) = self.log.get(&cid) {
+            actions.push(Action::Send {
+                to: Peer::Replica(peer),
+                message: Message::Decisions(vec![decision.clone()]),
+            });
+        }
+    }
+
+    fn handle_propose(
+        &mut self,
+        now_ms: u64,
+        from: ReplicaId,
+        propose: Signed<Propose>,
+        actions: &mut Vec<Action>,
+    ) -> Result<(), Rejection> {
+        let p = &propose.body;
+        let leader = self.quorums.leader_of(p.regency);
+        if from != leader {
+            return Err(Rejection::WrongLeader {
+                from,
+                regency: p.regency,
+                leader,
+            });
+        }
+        match self.check_instance(p.cid, p.regency) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.help_peer_behind(from, p.cid, actions);
+                return Ok(());
+            }
+            Err(e @ Rejection::CidBeyondWindow { .. }) => {
+                self.maybe_query(now_ms, from, actions);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
+        let cid = p.cid;
+        if let Some(existing) = self.instances.get(&cid).and_then(|i| i.proposal.as_ref()) {
+            if existing.signed.body != propose.body {
+                return Err(Rejection::Equivocation {
+                    replica: from,
+                    cid,
+                    what: "proposals",
+                });
+            }
+            return Ok(());
+        }
+        self.accept_proposal(now_ms, propose, actions);
+        Ok(())
+    }
+
+    /// Records a proposal for the current regency and casts this replica's first vote on it.
+    fn accept_proposal(
+        &mut self,
+        now_ms: u64,
+        propose: Signed<Propose>,
+        actions: &mut Vec<Action>,
+    ) {
+        let cid = propose.body.cid;
+        let digest = propose.body.batch.digest();
+        let batch = propose.body.batch.clone();
+        let instance = self.instances.entry(cid).or_default();
+        if instance.decided.is_some() {
+            return;
+        }
+        instance.proposal = Some(Proposal {
+            digest,
+            batch,
+            signed: propose,
+        });
+        let kind = if self.quorums.runs_write_phase() {
+            VoteKind::Write
+        } else {
+            VoteKind::Accept
+        };
+        self.cast_vote(now_ms, cid, kind, digest, actions);
+        self.arm_retransmit(now_ms);
+    }
+
+    fn cast_vote(
+        &mut self,
+        now_ms: u64,
+        cid: Cid,
+        kind: VoteKind,
+        digest: Digest,
+        actions: &mut Vec<Action>,
+    ) {
+        let vote = Vote {
+            kind,
+            replica: self.me,
+            cid,
+            regency: self.regency,
+            digest,
+        };
+        let signed = Signed::new(vote, self.signer.as_deref());
+        actions.push(Action::Persist(PersistRecord::Vote(vote)));
+        let message = match kind {
+            VoteKind::Write => Message::Write(signed.clone()),
+            VoteKind::Accept => Message::Accept(signed.clone()),
+        };
+        actions.push(Action::Broadcast(message));
+        let instance = self
+            .instances
+            .get_mut(&cid)
+            .expect("voting on a known instance");
+        match kind {
+            VoteKind::Write => {
+                instance.my_write = Some(signed.clone());
+                instance.writes.insert(self.me, signed);
+                self.check_writes(now_ms, cid, actions);
+            }
+            VoteKind::Accept => {
+                instance.my_accept = Some(signed.clone());
+                instance.accepts.insert(self.me, signed);
+                self.check_accepts(now_ms, cid, actions);
+            }
+        }
+    }
+
+    fn handle_vote(
+        &mut self,
+        now_ms: u64,
+        from: ReplicaId,
+        vote: Signed<Vote>,
+        actions: &mut Vec<Action>,
+    ) -> Result<(), Rejection> {
+        let v = vote.body;
+        match self.check_instance(v.cid, v.regency) {
+            Ok(true) => {}
+            // Late votes for executed instances are normal (only Q of n are needed). A peer
+            // that is really behind asks with a DecisionQuery when its retransmit timer fires.
+            Ok(false) => return Ok(()),
+            Err(e @ Rejection::CidBeyondWindow { .. }) => {
+                self.maybe_query(now_ms, from, actions);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
+        let instance = self.instances.entry(v.cid).or_default();
+        if instance.decided.is_some() {
+            return Ok(());
+        }
+        let (votes, what) = match v.kind {
+            VoteKind::Write => (&mut instance.writes, "writes"),
+            VoteKind::Accept => (&mut instance.accepts, "accepts"),
+        };
+        if let Some(existing) = votes.get(&from) {
+            if existing.body.digest != v.digest {
+                return Err(Rejection::Equivocation {
+                    replica: from,
+                    cid: v.cid,
+                    what,
+                });
+            }
+            return Ok(());
+        }
+        votes.insert(from, vote);
+        self.arm_retransmit(now_ms);
+        match v.kind {
+            VoteKind::Write => self.check_writes(now_ms, v.cid, actions),
+            VoteKind::Accept => self.check_accepts(now_ms, v.cid, actions),
+        }
+        Ok(())
+    }
+
+    /// BFT: after this replica's own WRITE for h and Q matching WRITEs, it accepts h.
+    fn check_writes(&mut self, now_ms: u64, cid: Cid, actions: &mut Vec<Action>) {
+        let needed = self
+            .quorums
+            .writes_to_accept()
+            .expect("WRITEs only exist in BFT");
+        let Some(instance) = self.instances.get_mut(&cid) else {
+            return;
+        };
+        let Some(my_write) = &instance.my_write else {
+            return;
+        };
+        if instance.my_accept.is_some() {
+            return;
+        }
+        let digest = my_write.body.digest;
+        let matching: Vec<Signed<Vote>> = instance
+            .writes
+            .values()
+            .filter(|w| w.body.digest == digest)
+            .cloned()
+            .collect();
+        if matching.len() < needed {
+            return;
+        }
+        instance.prepared = Some(matching);
+        self.cast_vote(now_ms, cid, VoteKind::Accept, digest, actions);
+    }
+
+    /// Q matching ACCEPTs decide, once the batch with that digest is known.
+    fn check_accepts(&mut self, now_ms: u64, cid: Cid, actions: &mut Vec<Action>) {
+        let needed = self.quorums.accepts_to_decide();
+        let Some(instance) = self.instances.get(&cid) else {
+            return;
+        };
+        if instance.decided.is_some() {
+            return;
+        }
+        let mut by_digest: BTreeMap<Digest, Vec<&Signed<Vote>>> = BTreeMap::new();
+        for accept in instance.accepts.values() {
+            by_digest
+                .entry(accept.body.digest)
+                .or_default()
+                .push(accept);
+        }
+        let Some((digest, certificate)) = by_digest.into_iter().find(|(_, v)| v.len() >= needed)
+        else {
+            return;
+        };
+        let certificate: Vec<Signed<Vote>> = certificate.into_iter().cloned().collect();
+        match &instance.proposal {
+            Some(p) if p.digest == digest => {
+                let decision = Decision {
+                    cid,
+                    batch: p.batch.clone(),
+                    certificate,
+                };
+                self.decide(now_ms, decision, actions);
+            }
+            // Decided, but this replica never saw the batch (or saw another one): fetch the
+            // certified decision from a peer that accepted it.
+            _ => {
+                let peer = certificate
+                    .iter()
+                    .map(|a| a.body.replica)
+                    .find(|r| *r != self.me)
+                    .unwrap_or(self.leader());
+                self.maybe_query(now_ms, peer, actions);
+            }
+        }
+    }
+
+    fn decide(&mut self, now_ms: u64, decision: Decision, actions: &mut Vec<Action>) {
+        let cid = decision.cid;
+        let instance = self.instances.entry(cid).or_default();
+        if instance.decided.is_some() {
+            return;
+        }
+        actions.push(Action::Persist(PersistRecord::Decided {
+            cid,
+            digest: decision.batch.digest(),
+        }));
+        instance.decided = Some(decision);
+        self.stats.decided_instances += 1;
+        self.execute_ready(now_ms, actions);
+    }
+
+    /// A certified decision learned from a peer (already verified).
+    fn learn_decision(&mut self, now_ms: u64, decision: Decision, actions: &mut Vec<Action>) {
+        let cid = decision.cid;
+        if cid <= self.last_executed
+            || cid > self.last_executed + self.cfg.limits.max_instances_ahead
+        {
+            return;
+        }
+        if self
+            .instances
+            .get(&cid)
+            .is_some_and(|i| i.decided.is_some())
+        {
+            return;
+        }
+        self.stats.decisions_learned_from_peers += 1;
+        self.decide(now_ms, decision, actions);
+    }
+
+    /// Hands every decided instance that is next in cid order to the service.
+    fn execute_ready(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        let mut progressed = false;
+        while self
+            .instances
+            .get(&(self.last_executed + 1))
+            .is_some_and(|i| i.decided.is_some())
+        {
+            let cid = self.last_executed + 1;
+            let instance = self.instances.remove(&cid).expect("checked above");
+            let my_proposal = instance.proposal.as_ref().map(|p| p.digest);
+            let decision = instance.decided.expect("checked above");
+            let decided_digest = decision.certificate.first().map(|a| a.body.digest);
+            let mut items = Vec::with_capacity(decision.batch.requests.len());
+            let mut ids = Vec::with_capacity(decision.batch.requests.len());
+            for request in &decision.batch.requests {
+                let id = request.id();
+                self.pool.remove(&id);
+                if self.clients.status(&id) != RequestStatus::New {
+                    self.stats.skipped_duplicates += 1;
+                    continue;
+                }
+                if let Some(floor) = self.clients.mark_executing(&id) {
+                    self.pool.remove_up_to(&id.client, floor);
+                }
+                ids.push(id);
+                items.push(ExecuteItem {
+                    id,
+                    op: request.body.op.clone(),
+                });
+            }
+            self.stats.executed_requests += items.len() as u64;
+            self.executing.push_back((cid, ids));
+            actions.push(Action::Execute { cid, items });
+            self.last_executed = cid;
+            // The leader's requests proposed in an instance decided with another batch (only
+            // possible across leader changes) become proposable again.
+            if self.is_leader() && my_proposal.is_some() && my_proposal != decided_digest {
+                self.pool.unmark_proposed(cid);
+            }
+            self.log.insert(cid, decision);
+            while self.log.len() > self.cfg.limits.max_log_entries {
+                self.log.pop_first();
+            }
+            progressed = true;
+        }
+        if progressed {
+            self.retransmit_interval_ms = self.cfg.timeouts.retransmit_initial_ms;
+            self.deadlines.remove(&TimerKind::Retransmit);
+            self.arm_retransmit(now_ms);
+            self.arm_request_timer();
+            self.try_propose(now_ms, actions);
+        }
+    }
+
+    /// The service finished the batch of `cid`: cache the replies and send them.
+    pub fn on_executed(&mut self, _now_ms: u64, cid: Cid, results: Vec<Vec<u8>>) -> Vec<Action> {
+        let (expected_cid, ids) = self
+            .executing
+            .pop_front()
+            .expect("on_executed called with no batch executing");
+        assert_eq!(expected_cid, cid, "batches must complete in cid order");
+        assert_eq!(ids.len(), results.len(), "one result per executed request");
+        let mut actions = Vec::with_capacity(ids.len());
+        for (id, result) in ids.into_iter().zip(results) {
+            self.clients.record_reply(&id, result.clone());
+            actions.push(Action::Send {
+                to: Peer::Client(id.client),
+                message: Message::Reply(self.reply(id, result)),
+            });
+        }
+        actions
+    }
+
+    /// Builds the reply to an unordered request after the driver ran the query.
+    pub fn query_reply(&self, id: RequestId, result: Vec<u8>) -> Action {
+        Action::Send {
+            to: Peer::Client(id.client),
+            message: Message::Reply(self.reply(id, result)),
+        }
+    }
+
+    // ----- catching up ----------------------------------------------------------------------
+
+    fn handle_decision_query(&mut self, from: ReplicaId, from_cid: Cid, actions: &mut Vec<Action>) {
+        let decisions: Vec<Decision> = self
+            .log
+            .range(from_cid.max(1)..)
+            .take(self.cfg.limits.max_decisions_per_reply)
+            .map(|(_, d)| d.clone())
+            .collect();
+        if !decisions.is_empty() {
+            actions.push(Action::Send {
+                to: Peer::Replica(from),
+                message: Message::Decisions(decisions),
+            });
+        }
+    }
+
+    /// Asks `peer` for decisions after our last executed cid, at most once per retransmit
+    /// interval so that a lying or repeated trigger cannot make us flood.
+    fn maybe_query(&mut self, now_ms: u64, peer: ReplicaId, actions: &mut Vec<Action>) {
+        if peer == self.me || now_ms < self.next_query_allowed_ms {
+            return;
+        }
+        self.next_query_allowed_ms = now_ms + self.cfg.timeouts.retransmit_initial_ms;
+        actions.push(Action::Send {
+            to: Peer::Replica(peer),
+            message: Message::DecisionQuery {
+                from_cid: self.last_executed + 1,
+            },
+        });
+    }
+
+    fn next_query_peer(&mut self) -> ReplicaId {
+        let n = self.quorums.n() as u32;
+        self.query_cursor = (self.query_cursor + 1) % n;
+        if self.query_cursor == self.me {
+            self.query_cursor = (self.query_cursor + 1) % n;
+        }
+        self.query_cursor
+    }
+
+    // ----- timers ---------------------------------------------------------------------------
+
+    fn arm_retransmit(&mut self, now_ms: u64) {
+        if self.instances.is_empty() {
+            self.deadlines.remove(&TimerKind::Retransmit);
+        } else {
+            self.deadlines
+                .entry(TimerKind::Retransmit)
+                .or_insert(now_ms + self.retransmit_interval_ms);
+        }
+    }
+
+    pub fn on_timer(&mut self, now_ms: u64, timer: TimerKind) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.deadlines.get(&timer).is_some_and(|d| *d <= now_ms) {
+            self.deadlines.remove(&timer);
+            // The driver's copy of this deadline is gone now.
+            self.emitted_deadlines.remove(&timer);
+            match timer {
+                TimerKind::Retransmit => self.on_retransmit(now_ms, &mut actions),
+                TimerKind::Request => self.on_request_timeout(now_ms, &mut actions),
+                TimerKind::Heartbeat => self.on_heartbeat(now_ms, &mut actions),
+            }
+        }
+        self.sync_timers(&mut actions);
+        actions
+    }
+
+    fn on_retransmit(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        self.stats.retransmissions += 1;
+        for instance in self.instances.values() {
+            if instance.decided.is_some() {
+                continue;
+            }
+            if let Some(p) = &instance.proposal {
+                if p.signed.body.leader == self.me {
+                    actions.push(Action::Broadcast(Message::Propose(p.signed.clone())));
+                }
+            }
+            if let Some(w) = &instance.my_write {
+                actions.push(Action::Broadcast(Message::Write(w.clone())));
+            }
+            if let Some(a) = &instance.my_accept {
+                actions.push(Action::Broadcast(Message::Accept(a.clone())));
+            }
+        }
+        let peer = self.next_query_peer();
+        self.maybe_query(now_ms, peer, actions);
+        self.retransmit_interval_ms =
+            (self.retransmit_interval_ms * 2).min(self.cfg.timeouts.retransmit_max_ms);
+        self.arm_retransmit(now_ms);
+    }
+
+    fn on_request_timeout(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        let cutoff = now_ms.saturating_sub(self.cfg.timeouts.request_timeout_ms);
+        let timed_out = self.pool.take_timed_out(cutoff, now_ms);
+        if !timed_out.is_empty() && !self.is_leader() {
+            // First (and, until the synchronization phase exists, every) timeout: make sure the
+            // leader has the request. The synchronization phase will send STOP at the second.
+            let requests: Vec<Request> = timed_out
+                .into_iter()
+                .take(self.cfg.limits.max_batch_requests)
+                .map(|(r, _)| r)
+                .collect();
+            actions.push(Action::Send {
+                to: Peer::Replica(self.leader()),
+                message: Message::Forward(requests),
+            });
+            // The requests may have been decided without us noticing.
+            let peer = self.next_query_peer();
+            self.maybe_query(now_ms, peer, actions);
+        }
+        self.arm_request_timer();
+    }
+
+    fn on_heartbeat(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        if self.is_leader() {
+            actions.push(Action::Broadcast(Message::Heartbeat {
+                regency: self.regency,
+                last_decided: self.last_executed,
+            }));
+        }
+        self.deadlines.insert(
+            TimerKind::Heartbeat,
+            now_ms + self.cfg.timeouts.heartbeat_ms,
+        );
+    }
+
+    /// Emits SetTimer/CancelTimer for every deadline that changed since the driver last heard.
+    fn sync_timers(&mut self, actions: &mut Vec<Action>) {
+        for timer in TIMER_KINDS {
+            let want = self.deadlines.get(&timer).copied();
+            let have = self.emitted_deadlines.get(&timer).copied();
+            if want == have {
+                continue;
+            }
+            match want {
+                Some(deadline_ms) => {
+                    self.emitted_deadlines.insert(timer, deadline_ms);
+                    actions.push(Action::SetTimer { timer, deadline_ms });
+                }
+                None => {
+                    self.emitted_deadlines.remove(&timer);
+                    actions.push(Action::CancelTimer(timer));
+                }
+            }
+        }
+    }
+
+    /// Client ids with pending requests, for diagnostics.
+    pub fn pending_clients(&self) -> usize {
+        self.clients.client_count()
+    }
+
+    #[doc(hidden)]
+    pub fn debug_client_status(&self, client: ClientId, seq: u64) -> String {
+        format!("{:?}", self.clients.status(&RequestId { client, seq }))
+    }
+}

@@ -1,0 +1,321 @@
+//! Pending requests: what replicas hold between a client's request and its execution.
+//!
+//! Every replica keeps the requests it has received, so that it can time them out and (later)
+//! ask for a leader change if the leader ignores them. The leader cuts batches from the pool,
+//! bounded by count and bytes and fair across clients: each round of a cut takes at most one
+//! request per client, starting after the client that went first last time.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::message::{Cid, ClientId, Request, RequestId};
+
+#[derive(Debug)]
+struct Entry {
+    request: Request,
+    arrival_ms: u64,
+    /// The instance this leader proposed the request in, if any.
+    proposed_in: Option<Cid>,
+    /// How many request timeouts this entry has gone through.
+    timeouts: u32,
+}
+
+/// Why a request was not admitted to the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolRejection {
+    ClientFull,
+    PoolFull,
+}
+
+#[derive(Debug)]
+pub struct RequestPool {
+    by_client: BTreeMap<ClientId, BTreeMap<u64, Entry>>,
+    /// (arrival, id) of every entry, so the oldest is found quickly for the request timer.
+    by_arrival: BTreeSet<(u64, RequestId)>,
+    len: usize,
+    unproposed: usize,
+    max_per_client: usize,
+    max_total: usize,
+    /// The client served first by the previous cut; the next cut starts after it.
+    fairness_cursor: Option<ClientId>,
+}
+
+/// Outcome of [`RequestPool::insert`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inserted {
+    New,
+    AlreadyPending,
+}
+
+impl RequestPool {
+    pub fn new(max_per_client: usize, max_total: usize) -> RequestPool {
+        assert!(
+            max_per_client > 0 && max_total > 0,
+            "pool limits must be positive"
+        );
+        RequestPool {
+            by_client: BTreeMap::new(),
+            by_arrival: BTreeSet::new(),
+            len: 0,
+            unproposed: 0,
+            max_per_client,
+            max_total,
+            fairness_cursor: None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn unproposed(&self) -> usize {
+        self.unproposed
+    }
+
+    pub fn contains(&self, id: &RequestId) -> bool {
+        self.by_client
+            .get(&id.client)
+            .is_some_and(|m| m.contains_key(&id.seq))
+    }
+
+    pub fn insert(&mut self, request: Request, now_ms: u64) -> Result<Inserted, PoolRejection> {
+        let id = request.id();
+        let per_client = self.by_client.entry(id.client).or_default();
+        if per_client.contains_key(&id.seq) {
+            return Ok(Inserted::AlreadyPending);
+        }
+        if per_client.len() >= self.max_per_client {
+            if per_client.is_empty() {
+                self.by_client.remove(&id.client);
+            }
+            return Err(PoolRejection::ClientFull);
+        }
+        if self.len >= self.max_total {
+            if per_client.is_empty() {
+                self.by_client.remove(&id.client);
+            }
+            return Err(PoolRejection::PoolFull);
+        }
+        per_client.insert(
+            id.seq,
+            Entry {
+                request,
+                arrival_ms: now_ms,
+                proposed_in: None,
+                timeouts: 0,
+            },
+        );
+        self.by_arrival.insert((now_ms, id));
+        self.len += 1;
+        self.unproposed += 1;
+        Ok(Inserted::New)
+    }
+
+    pub fn remove(&mut self, id: &RequestId) -> Option<Request> {
+        let per_client = self.by_client.get_mut(&id.client)?;
+        let entry = per_client.remove(&id.seq)?;
+        if per_client.is_empty() {
+            self.by_client.remove(&id.client);
+        }
+        self.by_arrival.remove(&(entry.arrival_ms, *id));
+        self.len -= 1;
+        if entry.proposed_in.is_none() {
+            self.unproposed -= 1;
+        }
+        Some(entry.request)
+    }
+
+    /// Drops every pending request of `client` with a sequence number at or below `seq`.
+    pub fn remove_up_to(&mut self, client: &ClientId, seq: u64) {
+        let Some(per_client) = self.by_client.get(client) else {
+            return;
+        };
+        let doomed: Vec<u64> = per_client.range(..=seq).map(|(s, _)| *s).collect();
+        for s in doomed {
+            self.remove(&RequestId {
+                client: *client,
+                seq: s,
+            });
+        }
+    }
+
+    /// The arrival time of the oldest pending request, for the request timer.
+    pub fn oldest_arrival_ms(&self) -> Option<u64> {
+        self.by_arrival.first().map(|(t, _)| *t)
+    }
+
+    /// Takes every request that arrived at or before `cutoff_ms`, restarting its timer at
+    /// `now_ms` and counting the timeout. Returns the requests with their timeout counts.
+    pub fn take_timed_out(&mut self, cutoff_ms: u64, now_ms: u64) -> Vec<(Request, u32)> {
+        let expired: Vec<(u64, RequestId)> = self
+            .by_arrival
+            .iter()
+            .take_while(|(t, _)| *t <= cutoff_ms)
+            .copied()
+            .collect();
+        let mut out = Vec::with_capacity(expired.len());
+        for (t, id) in expired {
+            self.by_arrival.remove(&(t, id));
+            self.by_arrival.insert((now_ms, id));
+            let entry = self
+                .by_client
+                .get_mut(&id.client)
+                .and_then(|m| m.get_mut(&id.seq))
+                .expect("by_arrival and by_client agree");
+            entry.arrival_ms = now_ms;
+            entry.timeouts += 1;
+            out.push((entry.request.clone(), entry.timeouts));
+        }
+        out
+    }
+
+    /// Forgets that requests were proposed in `cid` (e.g. when the instance was decided with
+    /// another batch), so that they can be proposed again.
+    pub fn unmark_proposed(&mut self, cid: Cid) {
+        for per_client in self.by_client.values_mut() {
+            for entry in per_client.values_mut() {
+                if entry.proposed_in == Some(cid) {
+                    entry.proposed_in = None;
+                    self.unproposed += 1;
+                }
+            }
+        }
+    }
+
+    /// Cuts a batch for instance `cid`: at most `max_requests` requests and `max_bytes` bytes
+    /// (but always at least one request if any is unproposed, so an oversize op cannot wedge the
+    /// pool; ops are bounded separately), one request per client per round, each client's
+    /// requests in sequence order.
+    pub fn cut_batch(&mut self, cid: Cid, max_requests: usize, max_bytes: usize) -> Vec<Request> {
+        let mut batch = Vec::new();
+        if self.unproposed == 0 || max_requests == 0 {
+            return batch;
+        }
+        let mut clients: Vec<ClientId> = self.by_client.keys().copied().collect();
+        if let Some(cursor) = self.fairness_cursor {
+            let start = clients.partition_point(|c| *c <= cursor);
+            clients.rotate_left(start);
+        }
+        let mut bytes = 0usize;
+        let mut first_served = None;
+        'rounds: loop {
+            let mut took_any = false;
+            for client in &clients {
+                let per_client = self.by_client.get_mut(client).expect("client listed");
+                let Some(entry) = per_client.values_mut().find(|e| e.proposed_in.is_none()) else {
+                    continue;
+                };
+                let size = entry.request.size_bytes();
+                if !batch.is_empty() && bytes + size > max_bytes {
+                    break 'rounds;
+                }
+                entry.proposed_in = Some(cid);
+                self.unproposed -= 1;
+                bytes += size;
+                batch.push(entry.request.clone());
+                first_served.get_or_insert(*client);
+                took_any = true;
+                if batch.len() >= max_requests {
+                    break 'rounds;
+                }
+            }
+            if !took_any {
+                break;
+            }
+        }
+        if first_served.is_some() {
+            self.fairness_cursor = first_served;
+        }
+        batch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{RequestBody, RequestKind};
+    use smr_crypto::PublicKey;
+
+    fn req(client: u8, seq: u64, op_len: usize) -> Request {
+        Request {
+            body: RequestBody {
+                client: PublicKey([client; 32]),
+                seq,
+                kind: RequestKind::Ordered,
+                op: vec![0; op_len],
+            },
+            signature: None,
+        }
+    }
+
+    #[test]
+    fn batch_takes_one_request_per_client_per_round() {
+        let mut pool = RequestPool::new(100, 1000);
+        for seq in 1..=10 {
+            pool.insert(req(1, seq, 0), 0).unwrap();
+        }
+        pool.insert(req(2, 1, 0), 0).unwrap();
+        pool.insert(req(3, 1, 0), 0).unwrap();
+        let batch = pool.cut_batch(1, 4, usize::MAX);
+        let ids: Vec<(u8, u64)> = batch
+            .iter()
+            .map(|r| (r.body.client.0[0], r.body.seq))
+            .collect();
+        assert_eq!(ids, vec![(1, 1), (2, 1), (3, 1), (1, 2)]);
+        assert_eq!(pool.unproposed(), 9);
+    }
+
+    #[test]
+    fn next_batch_starts_after_the_client_served_first() {
+        let mut pool = RequestPool::new(100, 1000);
+        for c in 1..=3 {
+            for seq in 1..=3 {
+                pool.insert(req(c, seq, 0), 0).unwrap();
+            }
+        }
+        let first = pool.cut_batch(1, 1, usize::MAX);
+        let second = pool.cut_batch(2, 1, usize::MAX);
+        assert_eq!(first[0].body.client.0[0], 1);
+        assert_eq!(second[0].body.client.0[0], 2);
+    }
+
+    #[test]
+    fn batch_respects_byte_limit_but_never_starves() {
+        let mut pool = RequestPool::new(100, 1000);
+        pool.insert(req(1, 1, 5000), 0).unwrap();
+        pool.insert(req(2, 1, 10), 0).unwrap();
+        let batch = pool.cut_batch(1, 100, 1000);
+        assert_eq!(batch.len(), 1, "an oversize first request still goes alone");
+        let batch = pool.cut_batch(2, 100, 1000);
+        assert_eq!(batch.len(), 1);
+        assert!(pool.cut_batch(3, 100, 1000).is_empty());
+    }
+
+    #[test]
+    fn limits_per_client_and_total_are_enforced() {
+        let mut pool = RequestPool::new(2, 3);
+        pool.insert(req(1, 1, 0), 0).unwrap();
+        pool.insert(req(1, 2, 0), 0).unwrap();
+        assert_eq!(pool.insert(req(1, 3, 0), 0), Err(PoolRejection::ClientFull));
+        pool.insert(req(2, 1, 0), 0).unwrap();
+        assert_eq!(pool.insert(req(3, 1, 0), 0), Err(PoolRejection::PoolFull));
+        assert_eq!(pool.insert(req(1, 1, 0), 0), Ok(Inserted::AlreadyPending));
+        assert_eq!(pool.len(), 3);
+    }
+
+    #[test]
+    fn timed_out_requests_restart_their_timer() {
+        let mut pool = RequestPool::new(10, 10);
+        pool.insert(req(1, 1, 0), 0).unwrap();
+        pool.insert(req(1, 2, 0), 50).unwrap();
+        let out = pool.take_timed_out(10, 100);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1, 1);
+        assert_eq!(pool.oldest_arrival_ms(), Some(50));
+        pool.remove(&req(1, 2, 0).id());
+        assert_eq!(pool.oldest_arrival_ms(), Some(100));
+    }
+}

@@ -1,0 +1,804 @@
+//! The seeded simulator: n real engines, honest and Byzantine clients, a fake clock and a
+//! faulty network, all driven from one u64 seed so that any run replays exactly.
+//!
+//! Messages go through the real codec and the real inbound verifier, so the simulator tests the
+//! same path as the driver minus sockets. Invariant checkers run during and after the run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use smr_core::client::{ClientAction, ClientConfig, ClientEngine};
+use smr_core::codec;
+use smr_core::engine::{Action, PersistRecord, TimerKind};
+use smr_core::message::{Cid, Message, Request, RequestBody, RequestId, RequestKind, VoteKind};
+use smr_core::{
+    ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Peer, Service, Timeouts,
+};
+use smr_crypto::sim::{SimKey, SimVerifier};
+use smr_crypto::{Digest, Ed25519Verifier, IdentityKey, PublicKey, Signature, Signer, Verifier};
+use smr_modes::{Mode, Quorums};
+
+/// splitmix64: tiny, fast, and good enough to choose faults.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [lo, hi].
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+    pub fn chance(&mut self, p: f64) -> bool {
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+}
+
+/// The service under test: a hash chain over every executed op. Its reply is the position of
+/// the op in the execution order, so a client's answer pins where its request executed.
+#[derive(Default)]
+pub struct ChainService {
+    count: u64,
+    chain: [u8; 32],
+}
+
+impl Service for ChainService {
+    fn execute(&mut self, op: &[u8]) -> Vec<u8> {
+        self.count += 1;
+        let mut h = blake3::Hasher::new();
+        h.update(&self.chain);
+        h.update(op);
+        self.chain = *h.finalize().as_bytes();
+        self.count.to_le_bytes().to_vec()
+    }
+    fn query(&self, _op: &[u8]) -> Vec<u8> {
+        self.count.to_le_bytes().to_vec()
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        let mut s = self.count.to_le_bytes().to_vec();
+        s.extend_from_slice(&self.chain);
+        s
+    }
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        if snapshot.len() != 40 {
+            return Err("bad snapshot length".into());
+        }
+        self.count = u64::from_le_bytes(snapshot[..8].try_into().unwrap());
+        self.chain.copy_from_slice(&snapshot[8..]);
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    pub mode: Mode,
+    pub n: usize,
+    pub f: usize,
+    pub seed: u64,
+    pub clients: usize,
+    pub requests_per_client: usize,
+    /// Requests each honest client keeps in flight.
+    pub client_window: usize,
+    pub drop_prob: f64,
+    pub dup_prob: f64,
+    pub min_delay_ms: u64,
+    pub max_delay_ms: u64,
+    /// Faults (drops, duplicates, partitions) stop at this time; delays and reordering go on.
+    pub heal_at_ms: u64,
+    /// Isolate one replica (maybe the leader) for a while before the heal.
+    pub partition: bool,
+    pub byzantine_client: bool,
+    pub real_crypto: bool,
+    /// Drop every message of this kind, forever (used to prove what a phase is needed for).
+    pub drop_kind: Option<&'static str>,
+    pub max_time_ms: u64,
+}
+
+impl SimOptions {
+    /// Draws the fault mix for `seed`: drop, duplicate and reorder on every seed; partitions and
+    /// real ed25519 on a share of them.
+    pub fn for_seed(mode: Mode, n: usize, f: usize, seed: u64) -> SimOptions {
+        let mut rng = Rng::new(seed.wrapping_mul(31).wrapping_add(7));
+        SimOptions {
+            mode,
+            n,
+            f,
+            seed,
+            clients: 4,
+            requests_per_client: 125,
+            client_window: rng.range(1, 8) as usize,
+            drop_prob: rng.range(1, 15) as f64 / 100.0,
+            dup_prob: rng.range(1, 10) as f64 / 100.0,
+            min_delay_ms: 1,
+            max_delay_ms: rng.range(2, 40),
+            heal_at_ms: rng.range(500, 3000),
+            partition: rng.chance(0.3),
+            byzantine_client: true,
+            real_crypto: seed % 10 == 3,
+            drop_kind: None,
+            max_time_ms: 120_000,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Node {
+    Replica(u32),
+    Client(usize),
+}
+
+#[derive(Debug)]
+enum Event {
+    Deliver {
+        to: Node,
+        from: Peer,
+        frame: Vec<u8>,
+    },
+    ReplicaTimer {
+        replica: u32,
+        timer: TimerKind,
+        deadline_ms: u64,
+    },
+    ClientTimer {
+        client: usize,
+    },
+    ByzantineStep,
+}
+
+struct ReplicaNode {
+    engine: Engine,
+    service: ChainService,
+    timers: BTreeMap<TimerKind, u64>,
+    executed: Vec<RequestId>,
+}
+
+struct ClientNode {
+    engine: ClientEngine,
+    remaining: usize,
+    /// seq -> op, for everything submitted.
+    submitted: BTreeMap<u64, Vec<u8>>,
+    /// seq -> result.
+    completed: BTreeMap<u64, Vec<u8>>,
+    timer_at: Option<u64>,
+}
+
+/// What a run produced, for assertions beyond the built-in checkers.
+#[derive(Debug, Default)]
+pub struct SimReport {
+    pub messages_by_kind: BTreeMap<&'static str, u64>,
+    pub decided: BTreeMap<Cid, Digest>,
+    pub completed_requests: usize,
+    pub expected_requests: usize,
+    pub end_time_ms: u64,
+    pub executed_per_replica: Vec<usize>,
+    pub rejections: BTreeMap<&'static str, u64>,
+}
+
+pub struct Sim {
+    opts: SimOptions,
+    rng: Rng,
+    now_ms: u64,
+    next_event: u64,
+    queue: BTreeMap<(u64, u64), Event>,
+    replicas: Vec<ReplicaNode>,
+    verifier: InboundVerifier,
+    clients: Vec<ClientNode>,
+    client_index: BTreeMap<PublicKey, usize>,
+    byzantine: Option<(Arc<dyn Signer>, u64)>,
+    /// (client, seq) -> op for every request a client really signed.
+    legitimately_signed: BTreeMap<RequestId, BTreeSet<Vec<u8>>>,
+    isolated: Option<(u32, u64, u64)>,
+    decided: BTreeMap<Cid, Digest>,
+    votes: BTreeMap<(u32, Cid, u64, u8), Digest>,
+    report: SimReport,
+}
+
+fn limits() -> Limits {
+    Limits {
+        max_batch_requests: 64,
+        max_batch_bytes: 64 * 1024,
+        max_op_bytes: 1024,
+        max_pending_per_client: 16,
+        max_pending_total: 10_000,
+        max_instances_in_flight: 4,
+        max_instances_ahead: 32,
+        max_decisions_per_reply: 8,
+        max_log_entries: 100_000,
+    }
+}
+
+impl Sim {
+    pub fn new(opts: SimOptions) -> Sim {
+        let quorums = Quorums::new(opts.mode, opts.n, opts.f).expect("valid sim quorums");
+        let mut rng = Rng::new(opts.seed);
+        let mut sim_verifier = SimVerifier::new();
+        let mut make_key = |label: u64| -> Arc<dyn Signer> {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&opts.seed.to_le_bytes());
+            seed[8..16].copy_from_slice(&label.to_le_bytes());
+            if opts.real_crypto {
+                Arc::new(IdentityKey::from_seed(seed))
+            } else {
+                let k = SimKey::from_seed(seed);
+                sim_verifier.register(&k);
+                Arc::new(k)
+            }
+        };
+        let replica_keys: Vec<Arc<dyn Signer>> = (0..opts.n as u64).map(&mut make_key).collect();
+        let client_keys: Vec<Arc<dyn Signer>> = (0..opts.clients as u64)
+            .map(|i| make_key(1000 + i))
+            .collect();
+        let byzantine_key = make_key(9999);
+        let replica_pks: Vec<PublicKey> = replica_keys.iter().map(|k| k.public_key()).collect();
+        let mut allowed: BTreeSet<PublicKey> = client_keys.iter().map(|k| k.public_key()).collect();
+        allowed.insert(byzantine_key.public_key());
+        let timeouts = Timeouts {
+            request_timeout_ms: 400,
+            retransmit_initial_ms: 60,
+            retransmit_max_ms: 1000,
+            heartbeat_ms: 300,
+        };
+        let signatures: Arc<dyn Verifier> = if opts.real_crypto {
+            Arc::new(Ed25519Verifier)
+        } else {
+            Arc::new(sim_verifier)
+        };
+        let verifier = InboundVerifier {
+            quorums,
+            replica_keys: Arc::new(replica_pks.clone()),
+            clients: Arc::new(ClientPolicy::Allowed(allowed)),
+            limits: limits(),
+            signatures,
+        };
+        let mut sim = Sim {
+            rng: Rng::new(rng.next_u64()),
+            now_ms: 0,
+            next_event: 0,
+            queue: BTreeMap::new(),
+            replicas: Vec::new(),
+            clients: Vec::new(),
+            client_index: BTreeMap::new(),
+            byzantine: opts.byzantine_client.then(|| (byzantine_key.clone(), 1)),
+            legitimately_signed: BTreeMap::new(),
+            isolated: None,
+            decided: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            report: SimReport::default(),
+            verifier,
+            opts: opts.clone(),
+        };
+        for (i, key) in replica_keys.iter().enumerate() {
+            let cfg = EngineConfig {
+                quorums,
+                me: i as u32,
+                replica_keys: replica_pks.clone(),
+                clients: (*sim.verifier.clients).clone(),
+                limits: limits(),
+                timeouts: timeouts.clone(),
+            };
+            sim.replicas.push(ReplicaNode {
+                engine: Engine::new(cfg, key.clone()),
+                service: ChainService::default(),
+                timers: BTreeMap::new(),
+                executed: Vec::new(),
+            });
+        }
+        for (i, key) in client_keys.iter().enumerate() {
+            let cfg = ClientConfig {
+                quorums,
+                unordered_reads_enabled: false,
+                max_outstanding: opts.client_window,
+                max_op_bytes: limits().max_op_bytes,
+                retry_timeout_ms: 500,
+            };
+            sim.client_index.insert(key.public_key(), i);
+            sim.clients.push(ClientNode {
+                engine: ClientEngine::new(cfg, key.clone(), 1),
+                remaining: opts.requests_per_client,
+                submitted: BTreeMap::new(),
+                completed: BTreeMap::new(),
+                timer_at: None,
+            });
+        }
+        if opts.partition {
+            let victim = rng.range(0, opts.n as u64 - 1) as u32;
+            let start = rng.range(0, opts.heal_at_ms / 2);
+            sim.isolated = Some((victim, start, opts.heal_at_ms));
+        }
+        sim.report.expected_requests = opts.clients * opts.requests_per_client;
+        sim
+    }
+
+    fn schedule(&mut self, at_ms: u64, event: Event) {
+        self.next_event += 1;
+        self.queue.insert((at_ms, self.next_event), event);
+    }
+
+    fn faulty(&self) -> bool {
+        self.now_ms < self.opts.heal_at_ms
+    }
+
+    fn cut_off(&self, a: Node, b: Node) -> bool {
+        match self.isolated {
+            Some((victim, start, end)) if self.now_ms >= start && self.now_ms < end => {
+                (a == Node::Replica(victim)) != (b == Node::Replica(victim))
+            }
+            _ => false,
+        }
+    }
+
+    fn node_of(&self, peer: Peer) -> Option<Node> {
+        match peer {
+            Peer::Replica(r) => Some(Node::Replica(r)),
+            Peer::Client(k) => self.client_index.get(&k).map(|i| Node::Client(*i)),
+        }
+    }
+
+    fn send(&mut self, from_node: Node, from: Peer, to: Node, message: &Message) {
+        *self
+            .report
+            .messages_by_kind
+            .entry(message.kind_name())
+            .or_default() += 1;
+        if self.opts.drop_kind == Some(message.kind_name()) {
+            return;
+        }
+        if self.cut_off(from_node, to) {
+            return;
+        }
+        if self.faulty() && self.rng.chance(self.opts.drop_prob) {
+            return;
+        }
+        let frame = codec::encode(message);
+        let copies = if self.faulty() && self.rng.chance(self.opts.dup_prob) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = self
+                .rng
+                .range(self.opts.min_delay_ms, self.opts.max_delay_ms);
+            self.schedule(
+                self.now_ms + delay,
+                Event::Deliver {
+                    to,
+                    from,
+                    frame: frame.clone(),
+                },
+            );
+        }
+    }
+
+    pub fn run(mut self) -> Result<SimReport, String> {
+        for r in 0..self.replicas.len() {
+            let actions = self.replicas[r].engine.start(0);
+            self.perform(r as u32, actions)?;
+        }
+        for c in 0..self.clients.len() {
+            self.client_fill(c)?;
+        }
+        if self.byzantine.is_some() {
+            self.schedule(5, Event::ByzantineStep);
+        }
+        while let Some(((at, _), event)) = self.queue.pop_first() {
+            if at > self.opts.max_time_ms {
+                break;
+            }
+            self.now_ms = at;
+            match event {
+                Event::Deliver { to, from, frame } => self.deliver(to, from, &frame)?,
+                Event::ReplicaTimer {
+                    replica,
+                    timer,
+                    deadline_ms,
+                } => {
+                    let node = &mut self.replicas[replica as usize];
+                    if node.timers.get(&timer) == Some(&deadline_ms) {
+                        node.timers.remove(&timer);
+                        let actions = node.engine.on_timer(self.now_ms, timer);
+                        self.perform(replica, actions)?;
+                    }
+                }
+                Event::ClientTimer { client } => {
+                    let node = &mut self.clients[client];
+                    if node.timer_at == Some(self.now_ms) {
+                        node.timer_at = None;
+                        let actions = node.engine.on_timer(self.now_ms);
+                        self.client_actions(client, actions);
+                        self.arm_client_timer(client);
+                    }
+                }
+                Event::ByzantineStep => self.byzantine_step(),
+            }
+            if self.all_done() && self.replicas_converged() {
+                break;
+            }
+        }
+        self.report.end_time_ms = self.now_ms;
+        self.final_checks()?;
+        Ok(self.report)
+    }
+
+    fn all_done(&self) -> bool {
+        self.clients
+            .iter()
+            .all(|c| c.remaining == 0 && c.engine.outstanding() == 0)
+    }
+
+    fn replicas_converged(&self) -> bool {
+        let first = self.replicas[0].engine.last_executed();
+        self.replicas
+            .iter()
+            .all(|r| r.engine.last_executed() == first)
+    }
+
+    fn deliver(&mut self, to: Node, from: Peer, frame: &[u8]) -> Result<(), String> {
+        let message: Message =
+            codec::decode(frame).map_err(|e| format!("own frame failed to decode: {e}"))?;
+        match to {
+            Node::Replica(r) => {
+                let verified = match self.verifier.verify_inbound(from, message) {
+                    Ok(v) => v,
+                    Err(rejection) => {
+                        self.replicas[r as usize].engine.count_rejection(&rejection);
+                        *self.report.rejections.entry(rejection.name()).or_default() += 1;
+                        return Ok(());
+                    }
+                };
+                let now = self.now_ms;
+                match self.replicas[r as usize].engine.on_message(now, verified) {
+                    Ok(actions) => self.perform(r, actions)?,
+                    Err(rejection) => {
+                        *self.report.rejections.entry(rejection.name()).or_default() += 1;
+                    }
+                }
+            }
+            Node::Client(c) => {
+                let (Peer::Replica(replica), Message::Reply(reply)) = (from, message) else {
+                    return Err("client received something other than a reply".into());
+                };
+                if let Some(done) = self.clients[c].engine.on_reply(replica, reply) {
+                    let node = &mut self.clients[c];
+                    if node.completed.insert(done.seq, done.result).is_some() {
+                        return Err(format!("client {c} completed seq {} twice", done.seq));
+                    }
+                    self.report.completed_requests += 1;
+                    self.client_fill(c)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn perform(&mut self, r: u32, actions: Vec<Action>) -> Result<(), String> {
+        let mut queue: std::collections::VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Persist(PersistRecord::Vote(v)) => {
+                    let kind = match v.kind {
+                        VoteKind::Write => 0,
+                        VoteKind::Accept => 1,
+                    };
+                    if let Some(prev) = self.votes.insert((r, v.cid, v.regency, kind), v.digest) {
+                        if prev != v.digest {
+                            return Err(format!(
+                                "replica {r} voted twice in cid {} regency {}",
+                                v.cid, v.regency
+                            ));
+                        }
+                    }
+                }
+                Action::Persist(PersistRecord::Decided { cid, digest }) => {
+                    if let Some(prev) = self.decided.insert(cid, digest) {
+                        if prev != digest {
+                            return Err(format!(
+                                "agreement violated: cid {cid} decided as {prev:?} and {digest:?}"
+                            ));
+                        }
+                    }
+                }
+                Action::Send { to, message } => {
+                    if let Some(node) = self.node_of(to) {
+                        self.send(Node::Replica(r), Peer::Replica(r), node, &message);
+                    }
+                }
+                Action::Broadcast(message) => {
+                    for j in 0..self.replicas.len() as u32 {
+                        if j != r {
+                            self.send(
+                                Node::Replica(r),
+                                Peer::Replica(r),
+                                Node::Replica(j),
+                                &message,
+                            );
+                        }
+                    }
+                }
+                Action::Execute { cid, items } => {
+                    let node = &mut self.replicas[r as usize];
+                    let mut results = Vec::with_capacity(items.len());
+                    for item in items {
+                        let signed = self.legitimately_signed.get(&item.id);
+                        if !signed.is_some_and(|ops| ops.contains(&item.op)) {
+                            return Err(format!("validity violated: replica {r} executed an op its client never signed: {:?}", item.id));
+                        }
+                        if node.executed.contains(&item.id) {
+                            return Err(format!("replica {r} executed {:?} twice", item.id));
+                        }
+                        node.executed.push(item.id);
+                        results.push(node.service.execute(&item.op));
+                    }
+                    let more = node.engine.on_executed(self.now_ms, cid, results);
+                    queue.extend(more);
+                }
+                Action::Query { id, op } => {
+                    let node = &self.replicas[r as usize];
+                    let reply = node.engine.query_reply(id, node.service.query(&op));
+                    queue.push_back(reply);
+                }
+                Action::SetTimer { timer, deadline_ms } => {
+                    self.replicas[r as usize].timers.insert(timer, deadline_ms);
+                    self.schedule(
+                        deadline_ms.max(self.now_ms),
+                        Event::ReplicaTimer {
+                            replica: r,
+                            timer,
+                            deadline_ms,
+                        },
+                    );
+                }
+                Action::CancelTimer(timer) => {
+                    self.replicas[r as usize].timers.remove(&timer);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn client_fill(&mut self, c: usize) -> Result<(), String> {
+        loop {
+            let node = &mut self.clients[c];
+            if node.remaining == 0 {
+                break;
+            }
+            let op = format!("client{c}-op{}", node.submitted.len() + 1).into_bytes();
+            let (seq, actions) =
+                match node
+                    .engine
+                    .submit(self.now_ms, RequestKind::Ordered, op.clone())
+                {
+                    Ok(x) => x,
+                    Err(_) => break,
+                };
+            node.remaining -= 1;
+            node.submitted.insert(seq, op.clone());
+            let id = RequestId {
+                client: node.engine.id(),
+                seq,
+            };
+            self.legitimately_signed.entry(id).or_default().insert(op);
+            self.client_actions(c, actions);
+        }
+        self.arm_client_timer(c);
+        Ok(())
+    }
+
+    fn arm_client_timer(&mut self, c: usize) {
+        let Some(deadline) = self.clients[c].engine.next_deadline_ms() else {
+            return;
+        };
+        let node = &mut self.clients[c];
+        if node.timer_at.is_some_and(|t| t <= deadline) {
+            return;
+        }
+        node.timer_at = Some(deadline);
+        self.schedule(deadline, Event::ClientTimer { client: c });
+    }
+
+    fn client_actions(&mut self, c: usize, actions: Vec<ClientAction>) {
+        let from = Peer::Client(self.clients[c].engine.id());
+        for ClientAction::Broadcast(message) in actions {
+            for r in 0..self.replicas.len() as u32 {
+                self.send(Node::Client(c), from, Node::Replica(r), &message);
+            }
+        }
+    }
+
+    /// A scripted Byzantine client: forged signatures, impersonation, replayed seqs with new
+    /// ops, and oversize ops, interleaved with a few valid requests of its own.
+    fn byzantine_step(&mut self) {
+        let Some((key, seq)) = self.byzantine.clone() else {
+            return;
+        };
+        if self.now_ms > self.opts.heal_at_ms + 2000 {
+            return;
+        }
+        let me = key.public_key();
+        let signing = self.opts.mode == Mode::Bft;
+        let choice = self.rng.range(0, 4);
+        let victim = self.clients[self.rng.range(0, self.clients.len() as u64 - 1) as usize]
+            .engine
+            .id();
+        let (request, legit) = match choice {
+            // A valid request of its own, later replayed with another op.
+            0 | 1 => {
+                let op = format!("byz-op{seq}-{}", self.rng.next_u64() % 3).into_bytes();
+                let body = RequestBody {
+                    client: me,
+                    seq: if choice == 0 {
+                        seq
+                    } else {
+                        seq.saturating_sub(1).max(1)
+                    },
+                    kind: RequestKind::Ordered,
+                    op,
+                };
+                (Request::new(body, Some(key.as_ref())), true)
+            }
+            // A forged signature (BFT) or a request naming another client (both modes).
+            2 => {
+                let body = RequestBody {
+                    client: if signing { me } else { victim },
+                    seq: seq + 1_000_000,
+                    kind: RequestKind::Ordered,
+                    op: b"FORGED".to_vec(),
+                };
+                let mut r = Request::new(body, Some(key.as_ref()));
+                if signing {
+                    r.signature = Some(Signature([7; 64]));
+                }
+                (r, false)
+            }
+            3 => {
+                let body = RequestBody {
+                    client: victim,
+                    seq: 1,
+                    kind: RequestKind::Ordered,
+                    op: b"FORGED-IMPERSONATION".to_vec(),
+                };
+                (Request::new(body, Some(key.as_ref())), false)
+            }
+            _ => {
+                let body = RequestBody {
+                    client: me,
+                    seq,
+                    kind: RequestKind::Ordered,
+                    op: vec![0xAB; limits().max_op_bytes + 1],
+                };
+                (Request::new(body, Some(key.as_ref())), false)
+            }
+        };
+        if legit {
+            self.legitimately_signed
+                .entry(request.id())
+                .or_default()
+                .insert(request.body.op.clone());
+        }
+        let message = Message::Request(request);
+        // The Byzantine client is not in the client index: it sends straight into the network.
+        for r in 0..self.replicas.len() as u32 {
+            if self.rng.chance(0.7) {
+                let frame = codec::encode(&message);
+                let delay = self
+                    .rng
+                    .range(self.opts.min_delay_ms, self.opts.max_delay_ms);
+                self.schedule(
+                    self.now_ms + delay,
+                    Event::Deliver {
+                        to: Node::Replica(r),
+                        from: Peer::Client(me),
+                        frame,
+                    },
+                );
+            }
+        }
+        if choice == 0 {
+            self.byzantine = Some((key, seq + 1));
+        }
+        let next = self.now_ms + self.rng.range(5, 60);
+        self.schedule(next, Event::ByzantineStep);
+    }
+
+    fn final_checks(&mut self) -> Result<(), String> {
+        // Liveness after heal: every honest request completed.
+        if !self.all_done() {
+            let missing: Vec<String> = self
+                .clients
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    format!(
+                        "client {i}: {} left, {} outstanding",
+                        c.remaining,
+                        c.engine.outstanding()
+                    )
+                })
+                .collect();
+            return Err(format!(
+                "liveness violated: not every request completed by t={} ms ({})",
+                self.now_ms,
+                missing.join("; ")
+            ));
+        }
+        // Every correct replica executed the same sequence (prefix-wise) and, after the heal,
+        // converged to the same state.
+        let longest = self
+            .replicas
+            .iter()
+            .map(|r| &r.executed)
+            .max_by_key(|e| e.len())
+            .expect("at least one replica")
+            .clone();
+        for (i, r) in self.replicas.iter().enumerate() {
+            if r.executed[..] != longest[..r.executed.len()] {
+                return Err(format!("replica {i} executed a different sequence"));
+            }
+        }
+        if !self.replicas_converged() {
+            let cids: Vec<u64> = self
+                .replicas
+                .iter()
+                .map(|r| r.engine.last_executed())
+                .collect();
+            return Err(format!(
+                "replicas did not converge after the heal: last executed cids {cids:?}"
+            ));
+        }
+        let digest = self.replicas[0].service.state_digest();
+        for (i, r) in self.replicas.iter().enumerate() {
+            if r.service.state_digest() != digest {
+                return Err(format!("replica {i} has a different state digest"));
+            }
+        }
+        // Each acknowledged result is the position at which that request executed: nothing
+        // acknowledged was lost or executed elsewhere in the order.
+        let position: BTreeMap<RequestId, u64> = longest
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (*id, i as u64 + 1))
+            .collect();
+        for c in &self.clients {
+            for (seq, result) in &c.completed {
+                let id = RequestId {
+                    client: c.engine.id(),
+                    seq: *seq,
+                };
+                let Some(pos) = position.get(&id) else {
+                    return Err(format!("acknowledged request {id:?} was never executed"));
+                };
+                if result[..] != pos.to_le_bytes() {
+                    return Err(format!(
+                        "client got a result for {id:?} that does not match its execution"
+                    ));
+                }
+            }
+        }
+        self.report.decided = self.decided.clone();
+        self.report.executed_per_replica = self.replicas.iter().map(|r| r.executed.len()).collect();
+        Ok(())
+    }
+}
+
+/// Runs one seed and turns a panic inside the engine into a failure naming the seed.
+pub fn run_seed(opts: SimOptions) -> Result<SimReport, String> {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Sim::new(opts).run()));
+    match result {
+        Ok(r) => r,
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(format!("panicked: {msg}"))
+        }
+    }
+}
