@@ -1,0 +1,517 @@
+//! Handler-level tests: feed one engine inputs and assert the exact actions or rejections.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use smr_core::engine::{Action, PersistRecord};
+use smr_core::message::{
+    Batch, Message, Propose, Request, RequestBody, RequestKind, Signed, Vote, VoteKind,
+};
+use smr_core::{
+    ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Peer, Rejection, Timeouts,
+};
+use smr_crypto::sim::{SimKey, SimVerifier};
+use smr_crypto::{Digest, PublicKey, Signature, Signer};
+use smr_modes::{Mode, Quorums};
+
+struct Cluster {
+    quorums: Quorums,
+    keys: Vec<SimKey>,
+    client: SimKey,
+    verifier: InboundVerifier,
+}
+
+fn key(i: u8) -> SimKey {
+    SimKey::from_seed([i; 32])
+}
+
+fn cluster(mode: Mode, n: usize, f: usize) -> Cluster {
+    let quorums = Quorums::new(mode, n, f).unwrap();
+    let keys: Vec<SimKey> = (0..n as u8).map(key).collect();
+    let client = key(200);
+    let mut sim = SimVerifier::new();
+    for k in keys.iter().chain([&client]) {
+        sim.register(k);
+    }
+    let verifier = InboundVerifier {
+        quorums,
+        replica_keys: Arc::new(keys.iter().map(|k| k.public_key()).collect()),
+        clients: Arc::new(ClientPolicy::Allowed(BTreeSet::from([client.public_key()]))),
+        limits: Limits::default(),
+        signatures: Arc::new(sim),
+    };
+    Cluster {
+        quorums,
+        keys,
+        client,
+        verifier,
+    }
+}
+
+impl Cluster {
+    fn engine(&self, me: u32) -> Engine {
+        let cfg = EngineConfig {
+            quorums: self.quorums,
+            me,
+            replica_keys: self.keys.iter().map(|k| k.public_key()).collect(),
+            clients: (*self.verifier.clients).clone(),
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+        };
+        Engine::new(cfg, Arc::new(self.keys[me as usize].clone()))
+    }
+
+    fn signing(&self) -> bool {
+        self.quorums.requires_signatures()
+    }
+
+    fn request(&self, seq: u64) -> Request {
+        let body = RequestBody {
+            client: self.client.public_key(),
+            seq,
+            kind: RequestKind::Ordered,
+            op: format!("op{seq}").into_bytes(),
+        };
+        Request::new(body, self.signing().then_some(&self.client as &dyn Signer))
+    }
+
+    fn propose(&self, leader: u32, cid: u64, regency: u64, batch: Batch) -> Signed<Propose> {
+        Signed::new(
+            Propose {
+                leader,
+                cid,
+                regency,
+                batch,
+            },
+            self.signing()
+                .then_some(&self.keys[leader as usize] as &dyn Signer),
+        )
+    }
+
+    fn vote(&self, kind: VoteKind, replica: u32, cid: u64, digest: Digest) -> Signed<Vote> {
+        Signed::new(
+            Vote {
+                kind,
+                replica,
+                cid,
+                regency: 0,
+                digest,
+            },
+            self.signing()
+                .then_some(&self.keys[replica as usize] as &dyn Signer),
+        )
+    }
+
+    fn deliver(
+        &self,
+        engine: &mut Engine,
+        from: Peer,
+        message: Message,
+    ) -> Result<Vec<Action>, Rejection> {
+        let verified = self.verifier.verify_inbound(from, message)?;
+        engine.on_message(0, verified)
+    }
+}
+
+fn sent_accept(actions: &[Action]) -> bool {
+    actions
+        .iter()
+        .any(|a| matches!(a, Action::Broadcast(Message::Accept(_))))
+}
+
+fn executed(actions: &[Action]) -> bool {
+    actions.iter().any(|a| matches!(a, Action::Execute { .. }))
+}
+
+#[test]
+fn bft_follower_sends_no_accept_before_a_quorum_of_writes() {
+    let c = cluster(Mode::Bft, 4, 1);
+    let mut follower = c.engine(1);
+    let batch = Batch {
+        requests: vec![c.request(1)],
+    };
+    let digest = batch.digest();
+    let actions = c
+        .deliver(
+            &mut follower,
+            Peer::Replica(0),
+            Message::Propose(c.propose(0, 1, 0, batch)),
+        )
+        .unwrap();
+    // It persists its WRITE before broadcasting it.
+    let persist = actions.iter().position(
+        |a| matches!(a, Action::Persist(PersistRecord::Vote(v)) if v.kind == VoteKind::Write),
+    );
+    let send = actions
+        .iter()
+        .position(|a| matches!(a, Action::Broadcast(Message::Write(_))));
+    assert!(
+        persist.unwrap() < send.unwrap(),
+        "persist comes before the send that promises it"
+    );
+    assert!(!sent_accept(&actions));
+    // Own WRITE plus the leader's: 2 < Q = 3.
+    let actions = c
+        .deliver(
+            &mut follower,
+            Peer::Replica(0),
+            Message::Write(c.vote(VoteKind::Write, 0, 1, digest)),
+        )
+        .unwrap();
+    assert!(!sent_accept(&actions));
+    // ACCEPTs from others alone never make this replica accept.
+    for r in [0, 2] {
+        let actions = c
+            .deliver(
+                &mut follower,
+                Peer::Replica(r),
+                Message::Accept(c.vote(VoteKind::Accept, r, 1, digest)),
+            )
+            .unwrap();
+        assert!(!sent_accept(&actions));
+        assert!(!executed(&actions));
+    }
+    // The third WRITE makes Q: now it accepts, and with three ACCEPTs it decides and executes.
+    let actions = c
+        .deliver(
+            &mut follower,
+            Peer::Replica(2),
+            Message::Write(c.vote(VoteKind::Write, 2, 1, digest)),
+        )
+        .unwrap();
+    assert!(sent_accept(&actions));
+    assert!(executed(&actions));
+}
+
+#[test]
+fn cft_follower_accepts_on_the_proposal_without_any_write() {
+    let c = cluster(Mode::Cft, 3, 1);
+    let mut follower = c.engine(1);
+    let batch = Batch {
+        requests: vec![c.request(1)],
+    };
+    let actions = c
+        .deliver(
+            &mut follower,
+            Peer::Replica(0),
+            Message::Propose(c.propose(0, 1, 0, batch)),
+        )
+        .unwrap();
+    assert!(sent_accept(&actions));
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::Broadcast(Message::Write(_)))));
+}
+
+#[test]
+fn proposal_from_a_replica_that_is_not_the_leader_is_rejected() {
+    let c = cluster(Mode::Bft, 4, 1);
+    let mut follower = c.engine(1);
+    let p = c.propose(
+        2,
+        1,
+        0,
+        Batch {
+            requests: vec![c.request(1)],
+        },
+    );
+    let err = c
+        .deliver(&mut follower, Peer::Replica(2), Message::Propose(p))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Rejection::WrongLeader {
+                from: 2,
+                leader: 0,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(follower.stats().rejections.get("wrong_leader"), Some(&1));
+}
+
+#[test]
+fn proposal_for_a_stale_or_future_regency_is_rejected() {
+    let c = cluster(Mode::Bft, 4, 1);
+    let mut follower = c.engine(1);
+    // Regency 4 has leader 0 as well, but it is not the current regency.
+    let p = c.propose(0, 1, 4, Batch::default());
+    let err = c
+        .deliver(&mut follower, Peer::Replica(0), Message::Propose(p))
+        .unwrap_err();
+    assert!(
+        matches!(err, Rejection::FutureRegency { got: 4, current: 0 }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn equivocating_leader_gets_one_vote_per_instance() {
+    let c = cluster(Mode::Bft, 4, 1);
+    let mut follower = c.engine(1);
+    let a = c.propose(
+        0,
+        1,
+        0,
+        Batch {
+            requests: vec![c.request(1)],
+        },
+    );
+    let b = c.propose(
+        0,
+        1,
+        0,
+        Batch {
+            requests: vec![c.request(2)],
+        },
+    );
+    c.deliver(&mut follower, Peer::Replica(0), Message::Propose(a))
+        .unwrap();
+    let err = c
+        .deliver(&mut follower, Peer::Replica(0), Message::Propose(b))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Rejection::Equivocation {
+                replica: 0,
+                cid: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn double_voting_replica_is_rejected() {
+    let c = cluster(Mode::Bft, 4, 1);
+    let mut follower = c.engine(1);
+    c.deliver(
+        &mut follower,
+        Peer::Replica(2),
+        Message::Write(c.vote(VoteKind::Write, 2, 1, Digest([1; 32]))),
+    )
+    .unwrap();
+    let err = c
+        .deliver(
+            &mut follower,
+            Peer::Replica(2),
+            Message::Write(c.vote(VoteKind::Write, 2, 1, Digest([2; 32]))),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, Rejection::Equivocation { replica: 2, .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn tampered_vote_signature_is_rejected_with_its_index() {
+    let c = cluster(Mode::Bft, 4, 1);
+    let mut vote = c.vote(VoteKind::Write, 2, 1, Digest([1; 32]));
+    vote.body.digest = Digest([9; 32]);
+    let err = c
+        .verifier
+        .verify_inbound(Peer::Replica(2), Message::Write(vote))
+        .unwrap_err();
+    assert!(
+        matches!(err, Rejection::BadSignature { index: 0, .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn vote_claiming_another_replica_is_rejected() {
+    let c = cluster(Mode::Bft, 4, 1);
+    let vote = c.vote(VoteKind::Write, 2, 1, Digest([1; 32]));
+    let err = c
+        .verifier
+        .verify_inbound(Peer::Replica(3), Message::Write(vote))
+        .unwrap_err();
+    assert_eq!(err, Rejection::SenderMismatch);
+}
+
+#[test]
+fn unknown_replica_id_is_rejected() {
+    let c = cluster(Mode::Bft, 4, 1);
+    let err = c
+        .verifier
+        .verify_inbound(Peer::Replica(7), Message::DecisionQuery { from_cid: 1 })
+        .unwrap_err();
+    assert_eq!(err, Rejection::UnknownSender);
+}
+
+#[test]
+fn request_with_bad_signature_or_from_unknown_client_is_rejected() {
+    let c = cluster(Mode::Bft, 4, 1);
+    let mut r = c.request(1);
+    r.signature = Some(Signature([0; 64]));
+    let err = c
+        .verifier
+        .verify_inbound(Peer::Client(c.client.public_key()), Message::Request(r))
+        .unwrap_err();
+    assert!(matches!(err, Rejection::BadSignature { .. }));
+
+    let stranger = key(99);
+    let body = RequestBody {
+        client: stranger.public_key(),
+        seq: 1,
+        kind: RequestKind::Ordered,
+        op: vec![],
+    };
+    let r = Request::new(body, Some(&stranger));
+    let err = c
+        .verifier
+        .verify_inbound(Peer::Client(stranger.public_key()), Message::Request(r))
+        .unwrap_err();
+    assert_eq!(err, Rejection::ClientNotAdmitted);
+}
+
+#[test]
+fn oversize_op_is_rejected() {
+    let c = cluster(Mode::Cft, 3, 1);
+    let body = RequestBody {
+        client: c.client.public_key(),
+        seq: 1,
+        kind: RequestKind::Ordered,
+        op: vec![0; Limits::default().max_op_bytes + 1],
+    };
+    let err = c
+        .verifier
+        .verify_inbound(
+            Peer::Client(c.client.public_key()),
+            Message::Request(Request::new(body, None)),
+        )
+        .unwrap_err();
+    assert_eq!(err, Rejection::Oversize("op"));
+}
+
+#[test]
+fn proposal_with_a_forged_request_is_rejected() {
+    let c = cluster(Mode::Bft, 4, 1);
+    let mut forged = c.request(1);
+    forged.body.op = b"something else".to_vec();
+    let p = c.propose(
+        0,
+        1,
+        0,
+        Batch {
+            requests: vec![forged],
+        },
+    );
+    let err = c
+        .verifier
+        .verify_inbound(Peer::Replica(0), Message::Propose(p))
+        .unwrap_err();
+    assert!(matches!(err, Rejection::BadSignature { .. }), "{err:?}");
+}
+
+#[test]
+fn decision_with_too_few_accepts_is_rejected() {
+    let c = cluster(Mode::Bft, 4, 1);
+    let batch = Batch {
+        requests: vec![c.request(1)],
+    };
+    let digest = batch.digest();
+    let certificate = vec![
+        c.vote(VoteKind::Accept, 0, 1, digest),
+        c.vote(VoteKind::Accept, 1, 1, digest),
+    ];
+    let d = smr_core::message::Decision {
+        cid: 1,
+        batch,
+        certificate,
+    };
+    let err = c
+        .verifier
+        .verify_inbound(Peer::Replica(0), Message::Decisions(vec![d]))
+        .unwrap_err();
+    assert!(matches!(err, Rejection::BadCertificate(_)), "{err:?}");
+}
+
+#[test]
+fn decision_whose_batch_does_not_match_its_certificate_is_rejected() {
+    let c = cluster(Mode::Bft, 4, 1);
+    let batch = Batch {
+        requests: vec![c.request(1)],
+    };
+    let other = Batch {
+        requests: vec![c.request(2)],
+    }
+    .digest();
+    let certificate = (0..3)
+        .map(|r| c.vote(VoteKind::Accept, r, 1, other))
+        .collect();
+    let d = smr_core::message::Decision {
+        cid: 1,
+        batch,
+        certificate,
+    };
+    let err = c
+        .verifier
+        .verify_inbound(Peer::Replica(0), Message::Decisions(vec![d]))
+        .unwrap_err();
+    assert!(matches!(err, Rejection::BadCertificate(_)), "{err:?}");
+}
+
+#[test]
+fn duplicate_request_gets_the_cached_reply_and_executes_once() {
+    let c = cluster(Mode::Cft, 3, 1);
+    let mut leader = c.engine(0);
+    let client = Peer::Client(c.client.public_key());
+    let actions = c
+        .deliver(&mut leader, client, Message::Request(c.request(1)))
+        .unwrap();
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::Broadcast(Message::Propose(_)))));
+    // One follower's ACCEPT completes the CFT quorum of 2.
+    let digest = Batch {
+        requests: vec![c.request(1)],
+    }
+    .digest();
+    let actions = c
+        .deliver(
+            &mut leader,
+            Peer::Replica(1),
+            Message::Accept(c.vote(VoteKind::Accept, 1, 1, digest)),
+        )
+        .unwrap();
+    let Some(Action::Execute { cid: 1, items }) =
+        actions.iter().find(|a| matches!(a, Action::Execute { .. }))
+    else {
+        panic!("expected execution: {actions:?}");
+    };
+    assert_eq!(items.len(), 1);
+    let replies = leader.on_executed(0, 1, vec![b"result".to_vec()]);
+    assert_eq!(replies.len(), 1);
+    // The retry gets the same reply and no new proposal.
+    let actions = c
+        .deliver(&mut leader, client, Message::Request(c.request(1)))
+        .unwrap();
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::Broadcast(Message::Propose(_)))));
+    let reply = actions.iter().find_map(|a| match a {
+        Action::Send {
+            message: Message::Reply(r),
+            ..
+        } => Some(r.result.clone()),
+        _ => None,
+    });
+    assert_eq!(reply, Some(b"result".to_vec()));
+}
+
+#[test]
+fn request_naming_another_client_is_rejected_as_impersonation() {
+    let c = cluster(Mode::Cft, 3, 1);
+    let other = PublicKey([5; 32]);
+    let err = c
+        .verifier
+        .verify_inbound(Peer::Client(other), Message::Request(c.request(1)))
+        .unwrap_err();
+    assert_eq!(err, Rejection::Impersonation);
+}
