@@ -1,1 +1,132 @@
-//! placeholder
+//! Identity keys, signatures, batch verification and digests for smr.
+//!
+//! Every other crate talks to cryptography through this one, so that the protocol engine never
+//! names an ed25519 type and the simulator can swap in a cheap deterministic scheme:
+//!
+//! - [`PublicKey`], [`Signature`] and [`Digest`] are plain byte newtypes that serialize compactly
+//!   (fixed-size tuples in binary formats, lowercase hex in human-readable ones such as TOML).
+//! - [`Signer`] signs, [`Verifier`] checks one signature or a batch. A batch failure names the
+//!   first failing item, so that the caller can reject exactly that message.
+//! - [`IdentityKey`] and [`Ed25519Verifier`] are the real scheme (ed25519, strict verification,
+//!   batched when possible). [`IdentityKey::save`]/[`IdentityKey::load`] are the only file I/O.
+//! - [`sim::SimKey`] and [`sim::SimVerifier`] are a keyed-blake3 stand-in for the deterministic
+//!   simulator. They are not signatures and must never be used in production.
+//! - [`canonical_message`] prefixes every signed payload with a domain-separation tag, so that a
+//!   signature made for one purpose can never be replayed as another.
+//!
+//! There is no async and no global state here; everything is a pure function of its inputs
+//! (except key generation, which reads the OS RNG).
+
+mod bytes;
+mod ed25519;
+mod keyfile;
+pub mod sim;
+
+pub use bytes::{canonical_message, digest, Digest, KeyError, PublicKey, Signature};
+pub use ed25519::{public_key_from_der, public_key_to_der, Ed25519Verifier, IdentityKey};
+pub use keyfile::KeyFileError;
+
+use std::sync::Arc;
+
+/// Why one signature was rejected.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum VerifyError {
+    /// The signature does not verify for this key and message (tampered message, wrong key,
+    /// forged or corrupted signature).
+    #[error("signature does not verify for this key and message")]
+    BadSignature,
+    /// The public key bytes are not a usable key for this scheme (not a curve point, or a weak
+    /// small-order key).
+    #[error("public key is malformed: not a valid key for this signature scheme")]
+    MalformedKey,
+    /// The verifier does not know this key (simulator: the identity was never registered).
+    #[error("public key is not known to this verifier")]
+    UnknownKey,
+}
+
+/// Why a batch was rejected: the index of the first item that fails, and why it fails.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[error("batch item {index} failed verification: {reason}")]
+pub struct BatchVerifyError {
+    /// Index into the slice passed to [`Verifier::verify_batch`] of the first failing item.
+    pub index: usize,
+    /// Why that item fails.
+    pub reason: VerifyError,
+}
+
+/// Something that can sign on behalf of one identity.
+pub trait Signer: Send + Sync {
+    /// The identity signatures are made under.
+    fn public_key(&self) -> PublicKey;
+    /// Signs `message` (normally the output of [`canonical_message`]).
+    fn sign(&self, message: &[u8]) -> Signature;
+}
+
+/// One `(key, message, signature)` triple to check in a batch.
+#[derive(Clone, Copy, Debug)]
+pub struct SignedItem<'a> {
+    /// The claimed signer.
+    pub key: &'a PublicKey,
+    /// The exact bytes that were signed.
+    pub message: &'a [u8],
+    /// The claimed signature.
+    pub signature: &'a Signature,
+}
+
+/// Checks signatures.
+pub trait Verifier: Send + Sync {
+    /// Checks one signature.
+    fn verify(
+        &self,
+        key: &PublicKey,
+        message: &[u8],
+        signature: &Signature,
+    ) -> Result<(), VerifyError>;
+
+    /// Verifies all items. On failure, names the FIRST failing item's index. An empty batch
+    /// verifies.
+    fn verify_batch(&self, items: &[SignedItem<'_>]) -> Result<(), BatchVerifyError>;
+}
+
+/// Verifies items one by one and returns the first failure: the reference semantics of
+/// [`Verifier::verify_batch`], and the fallback that batch implementations use to find the index.
+pub fn verify_each<V: Verifier + ?Sized>(
+    verifier: &V,
+    items: &[SignedItem<'_>],
+) -> Result<(), BatchVerifyError> {
+    for (index, item) in items.iter().enumerate() {
+        verifier
+            .verify(item.key, item.message, item.signature)
+            .map_err(|reason| BatchVerifyError { index, reason })?;
+    }
+    Ok(())
+}
+
+macro_rules! forward_through_pointer {
+    ($($pointer:ident),*) => {$(
+        impl<S: Signer + ?Sized> Signer for $pointer<S> {
+            fn public_key(&self) -> PublicKey {
+                (**self).public_key()
+            }
+            fn sign(&self, message: &[u8]) -> Signature {
+                (**self).sign(message)
+            }
+        }
+
+        impl<V: Verifier + ?Sized> Verifier for $pointer<V> {
+            fn verify(
+                &self,
+                key: &PublicKey,
+                message: &[u8],
+                signature: &Signature,
+            ) -> Result<(), VerifyError> {
+                (**self).verify(key, message, signature)
+            }
+            fn verify_batch(&self, items: &[SignedItem<'_>]) -> Result<(), BatchVerifyError> {
+                (**self).verify_batch(items)
+            }
+        }
+    )*};
+}
+
+forward_through_pointer!(Arc, Box);

@@ -1,0 +1,267 @@
+//! Byte newtypes: public keys, signatures, digests, and the canonical signed-message encoding.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::ser::{SerializeTuple, Serializer};
+use serde::{Deserialize, Serialize};
+
+/// Why a key could not be parsed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum KeyError {
+    /// The text is not hexadecimal.
+    #[error("key is not valid hex (expected only the characters 0-9 and a-f)")]
+    BadHex,
+    /// The key has the wrong number of bytes.
+    #[error("key has the wrong length: expected {expected} bytes, got {got}")]
+    WrongLength {
+        /// Bytes expected.
+        expected: usize,
+        /// Bytes found.
+        got: usize,
+    },
+    /// The bytes are not the encoding of a point on the ed25519 curve.
+    #[error("key is not a point on the ed25519 curve")]
+    NotOnCurve,
+    /// The key is a small-order ("weak") point, for which signatures prove nothing.
+    #[error("key is a weak (small-order) ed25519 point")]
+    WeakKey,
+}
+
+/// Length of the short hex prefix that `Debug` prints.
+const SHORT_HEX_BYTES: usize = 4;
+
+fn fmt_short_hex(name: &str, bytes: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    write!(f, "{name}({})", hex::encode(&bytes[..SHORT_HEX_BYTES]))
+}
+
+fn decode_hex_array<const N: usize>(s: &str) -> Result<[u8; N], KeyError> {
+    let s = s.trim();
+    if !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(KeyError::BadHex);
+    }
+    if s.len() != 2 * N {
+        // An odd number of digits rounds down; the point is that the length is wrong.
+        return Err(KeyError::WrongLength {
+            expected: N,
+            got: s.len() / 2,
+        });
+    }
+    let mut out = [0u8; N];
+    hex::decode_to_slice(s, &mut out).map_err(|_| KeyError::BadHex)?;
+    Ok(out)
+}
+
+/// A 32-byte identity: an ed25519 public key, or a simulator identity (see [`crate::sim`]).
+///
+/// `Debug` prints a short hex prefix (`PublicKey(1a2b3c4d)`), `Display` the full lowercase hex.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PublicKey(pub [u8; 32]);
+
+impl PublicKey {
+    /// Full lowercase hex (64 characters).
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parses 64 hex characters (either case; surrounding whitespace is ignored). Does not check
+    /// that the bytes are an ed25519 point, because simulator identities are not; see
+    /// [`PublicKey::check_ed25519`].
+    pub fn from_hex(s: &str) -> Result<PublicKey, KeyError> {
+        decode_hex_array(s).map(PublicKey)
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Checks that these bytes are a usable ed25519 public key: a curve point that is not of
+    /// small order. Use it to validate configured keys early.
+    pub fn check_ed25519(&self) -> Result<(), KeyError> {
+        let key =
+            ed25519_dalek::VerifyingKey::from_bytes(&self.0).map_err(|_| KeyError::NotOnCurve)?;
+        if key.is_weak() {
+            return Err(KeyError::WeakKey);
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt_short_hex("PublicKey", &self.0, f)
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl std::str::FromStr for PublicKey {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<PublicKey, KeyError> {
+        PublicKey::from_hex(s)
+    }
+}
+
+/// A 64-byte signature. `Debug` prints a short hex prefix.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Signature(pub [u8; 64]);
+
+impl Signature {
+    /// Full lowercase hex (128 characters).
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parses 128 hex characters.
+    pub fn from_hex(s: &str) -> Result<Signature, KeyError> {
+        decode_hex_array(s).map(Signature)
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 64] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt_short_hex("Signature", &self.0, f)
+    }
+}
+
+impl fmt::Display for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// A blake3 digest. `Debug` prints a short hex prefix, `Display` the full lowercase hex.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// Full lowercase hex (64 characters).
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parses 64 hex characters.
+    pub fn from_hex(s: &str) -> Result<Digest, KeyError> {
+        decode_hex_array(s).map(Digest)
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt_short_hex("Digest", &self.0, f)
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// The blake3 digest of `bytes`.
+pub fn digest(bytes: &[u8]) -> Digest {
+    Digest(*blake3::hash(bytes).as_bytes())
+}
+
+/// The exact bytes that get signed: the domain tag's length as a little-endian `u64`, the tag,
+/// then the payload. The length prefix makes the split between tag and payload unambiguous, so
+/// `("ab", "c")` and `("a", "bc")` never produce the same bytes.
+pub fn canonical_message(domain: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + domain.len() + payload.len());
+    out.extend_from_slice(&(domain.len() as u64).to_le_bytes());
+    out.extend_from_slice(domain.as_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+// Serde: fixed-size tuples of bytes in binary formats (no length prefix, and a short input is an
+// error, never a panic), lowercase hex strings in human-readable formats.
+
+fn serialize_fixed<S: Serializer, const N: usize>(
+    bytes: &[u8; N],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    if serializer.is_human_readable() {
+        serializer.serialize_str(&hex::encode(bytes))
+    } else {
+        let mut tuple = serializer.serialize_tuple(N)?;
+        for byte in bytes {
+            tuple.serialize_element(byte)?;
+        }
+        tuple.end()
+    }
+}
+
+struct FixedBytesVisitor<const N: usize>;
+
+impl<'de, const N: usize> Visitor<'de> for FixedBytesVisitor<N> {
+    type Value = [u8; N];
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{N} bytes, or {} hex characters", 2 * N)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; N], A::Error> {
+        let mut out = [0u8; N];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = seq
+                .next_element()?
+                .ok_or_else(|| de::Error::invalid_length(i, &self))?;
+        }
+        if seq.next_element::<de::IgnoredAny>()?.is_some() {
+            return Err(de::Error::invalid_length(N + 1, &self));
+        }
+        Ok(out)
+    }
+
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<[u8; N], E> {
+        <[u8; N]>::try_from(v).map_err(|_| E::invalid_length(v.len(), &self))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<[u8; N], E> {
+        decode_hex_array(v).map_err(E::custom)
+    }
+}
+
+fn deserialize_fixed<'de, D: Deserializer<'de>, const N: usize>(
+    deserializer: D,
+) -> Result<[u8; N], D::Error> {
+    if deserializer.is_human_readable() {
+        deserializer.deserialize_any(FixedBytesVisitor::<N>)
+    } else {
+        deserializer.deserialize_tuple(N, FixedBytesVisitor::<N>)
+    }
+}
+
+macro_rules! serde_fixed_bytes {
+    ($($name:ident),*) => {$(
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serialize_fixed(&self.0, serializer)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<$name, D::Error> {
+                deserialize_fixed(deserializer).map($name)
+            }
+        }
+    )*};
+}
+
+serde_fixed_bytes!(PublicKey, Signature, Digest);

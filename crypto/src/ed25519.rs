@@ -1,0 +1,162 @@
+//! The real scheme: ed25519 identities, strict single verification, batched verification, and
+//! the SubjectPublicKeyInfo encoding that pins a TLS certificate to an identity.
+
+use std::fmt;
+use std::path::Path;
+
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use rand_core::OsRng;
+
+use crate::keyfile::{self, KeyFileError};
+use crate::{
+    verify_each, BatchVerifyError, PublicKey, Signature, SignedItem, Signer, Verifier, VerifyError,
+};
+
+/// An ed25519 identity: the secret signing key of one replica or client.
+///
+/// `Debug` prints only the public key; the secret never appears in logs.
+#[derive(Clone)]
+pub struct IdentityKey {
+    signing: SigningKey,
+}
+
+impl IdentityKey {
+    /// A fresh key from the operating system's RNG.
+    pub fn generate() -> IdentityKey {
+        IdentityKey {
+            signing: SigningKey::generate(&mut OsRng),
+        }
+    }
+
+    /// A deterministic key from a 32-byte seed (the ed25519 secret key itself). For tests and
+    /// reproducible setups; a guessable seed is a guessable key.
+    pub fn from_seed(seed: [u8; 32]) -> IdentityKey {
+        IdentityKey {
+            signing: SigningKey::from_bytes(&seed),
+        }
+    }
+
+    /// The public half.
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey(self.signing.verifying_key().to_bytes())
+    }
+
+    /// The secret key as PKCS#8 v2 DER, for building a self-signed TLS certificate with rcgen.
+    pub fn to_pkcs8_der(&self) -> Vec<u8> {
+        self.signing
+            .to_pkcs8_der()
+            .expect("encoding a valid ed25519 key as PKCS#8 cannot fail")
+            .as_bytes()
+            .to_vec()
+    }
+
+    /// Writes the secret key to `path` as text: the line `smr-ed25519-secret-key-v1`, then 64 hex
+    /// characters. On unix the file is readable by its owner only (0600). An existing file is
+    /// replaced atomically (write to a temporary file in the same directory, then rename).
+    pub fn save(&self, path: &Path) -> Result<(), KeyFileError> {
+        keyfile::write_secret(path, &self.signing.to_bytes())
+    }
+
+    /// Reads a key written by [`IdentityKey::save`]. Errors name the file and what is wrong with
+    /// it, without echoing secret material.
+    pub fn load(path: &Path) -> Result<IdentityKey, KeyFileError> {
+        keyfile::read_secret(path).map(IdentityKey::from_seed)
+    }
+
+    /// Direct access to the dalek key, for code that must hand it to another library.
+    pub fn as_dalek(&self) -> &SigningKey {
+        &self.signing
+    }
+}
+
+impl fmt::Debug for IdentityKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdentityKey")
+            .field("public", &self.public_key())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Signer for IdentityKey {
+    fn public_key(&self) -> PublicKey {
+        IdentityKey::public_key(self)
+    }
+
+    fn sign(&self, message: &[u8]) -> Signature {
+        use ed25519_dalek::Signer as _;
+        Signature(self.signing.sign(message).to_bytes())
+    }
+}
+
+/// The DER prefix of an ed25519 SubjectPublicKeyInfo: SEQUENCE { SEQUENCE { OID 1.3.101.112 },
+/// BIT STRING (0 unused bits) }, after which come the 32 key bytes.
+const SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+/// Length of an ed25519 SubjectPublicKeyInfo in DER.
+pub const SPKI_LEN: usize = 44;
+
+/// Extracts the key from a 44-byte ed25519 SubjectPublicKeyInfo (what rustls reports for a peer
+/// certificate). `None` if the bytes are not exactly that shape.
+pub fn public_key_from_der(spki_der: &[u8]) -> Option<PublicKey> {
+    if spki_der.len() != SPKI_LEN || spki_der[..SPKI_PREFIX.len()] != SPKI_PREFIX {
+        return None;
+    }
+    let key: [u8; 32] = spki_der[SPKI_PREFIX.len()..].try_into().ok()?;
+    Some(PublicKey(key))
+}
+
+/// The 44-byte ed25519 SubjectPublicKeyInfo of `key`.
+pub fn public_key_to_der(key: &PublicKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SPKI_LEN);
+    out.extend_from_slice(&SPKI_PREFIX);
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// Verifies real ed25519 signatures: `verify_strict` for one, `ed25519_dalek::verify_batch` for
+/// many, falling back to one-by-one to name the first failing item.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ed25519Verifier;
+
+fn parse_key(key: &PublicKey) -> Result<VerifyingKey, VerifyError> {
+    VerifyingKey::from_bytes(key.as_bytes()).map_err(|_| VerifyError::MalformedKey)
+}
+
+impl Verifier for Ed25519Verifier {
+    fn verify(
+        &self,
+        key: &PublicKey,
+        message: &[u8],
+        signature: &Signature,
+    ) -> Result<(), VerifyError> {
+        let key = parse_key(key)?;
+        let signature = ed25519_dalek::Signature::from_bytes(signature.as_bytes());
+        key.verify_strict(message, &signature)
+            .map_err(|_| VerifyError::BadSignature)
+    }
+
+    fn verify_batch(&self, items: &[SignedItem<'_>]) -> Result<(), BatchVerifyError> {
+        if items.len() <= 1 {
+            return verify_each(self, items);
+        }
+        let mut keys = Vec::with_capacity(items.len());
+        for item in items {
+            match parse_key(item.key) {
+                Ok(key) => keys.push(key),
+                Err(_) => return verify_each(self, items),
+            }
+        }
+        let messages: Vec<&[u8]> = items.iter().map(|item| item.message).collect();
+        let signatures: Vec<ed25519_dalek::Signature> = items
+            .iter()
+            .map(|item| ed25519_dalek::Signature::from_bytes(item.signature.as_bytes()))
+            .collect();
+        match ed25519_dalek::verify_batch(&messages, &signatures, &keys) {
+            Ok(()) => Ok(()),
+            Err(_) => verify_each(self, items),
+        }
+    }
+}
