@@ -203,3 +203,19 @@ fn binary_or_huge_key_files_are_refused() {
     assert_malformed(&path, &[0xff, 0xfe, 0x00], "not UTF-8");
     assert_malformed(&path, &vec![b'a'; 10_000], "larger than");
 }
+
+#[test]
+fn concurrent_saves_to_one_path_all_succeed_and_leave_a_whole_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k");
+    let keys: Vec<IdentityKey> = (0..8u8).map(|i| IdentityKey::from_seed([i; 32])).collect();
+    std::thread::scope(|scope| {
+        for key in &keys {
+            let path = &path;
+            scope.spawn(move || key.save(path).unwrap());
+        }
+    });
+    let loaded = IdentityKey::load(&path).unwrap().public_key();
+    assert!(keys.iter().any(|k| k.public_key() == loaded));
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+}
