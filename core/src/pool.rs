@@ -265,7 +265,7 @@ mod tests {
             .map(|r| (r.body.client.0[0], r.body.seq))
             .collect();
         assert_eq!(ids, vec![(1, 1), (2, 1), (3, 1), (1, 2)]);
-        assert_eq!(pool.unproposed(), 9);
+        assert_eq!(pool.unproposed(), 8);
     }
 
     #[test]

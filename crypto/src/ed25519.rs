@@ -116,13 +116,53 @@ pub fn public_key_to_der(key: &PublicKey) -> Vec<u8> {
     out
 }
 
-/// Verifies real ed25519 signatures: `verify_strict` for one, `ed25519_dalek::verify_batch` for
-/// many, falling back to one-by-one to name the first failing item.
+/// Verifies real ed25519 signatures.
+///
+/// - [`Verifier::verify`] uses dalek's `verify_strict`: it rejects weak (small-order) keys,
+///   small-order or non-canonical `R`, and non-canonical `s`.
+/// - [`Verifier::verify_batch`] first applies those same cheap per-item checks, then runs
+///   `ed25519_dalek::verify_batch` over everything. If anything fails it falls back to verifying
+///   one by one, so the error names the first failing item exactly as `verify` would.
+///
+/// One residual difference remains, inherent to cofactorless batch verification: a signature
+/// whose `R` (or a key) has a mixed-order torsion component is always rejected by `verify` but
+/// may be accepted by `verify_batch`. Honest signers never produce one, so this is signature
+/// malleability (never forgery under an honest key). `verify_batch` is deterministic in its
+/// input list, so replicas checking the same certificate as one batch agree on the verdict.
+/// Never use signature bytes as an identity; hash the signed message instead.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Ed25519Verifier;
 
 fn parse_key(key: &PublicKey) -> Result<VerifyingKey, VerifyError> {
-    VerifyingKey::from_bytes(key.as_bytes()).map_err(|_| VerifyError::MalformedKey)
+    let key = VerifyingKey::from_bytes(key.as_bytes()).map_err(|_| VerifyError::MalformedKey)?;
+    if key.is_weak() {
+        return Err(VerifyError::MalformedKey);
+    }
+    Ok(key)
+}
+
+/// Whether a compressed Edwards y-coordinate is the canonical encoding (y < p = 2^255 - 19).
+/// The top bit is the sign of x and does not count.
+fn is_canonical_y(encoded: &[u8; 32]) -> bool {
+    // Non-canonical means y >= p: bytes 1..31 all 0xff, the top byte 0x7f (sign bit masked),
+    // and the low byte >= 0xed.
+    let top_is_max = encoded[31] & 0x7f == 0x7f;
+    let middle_is_max = encoded[1..31].iter().all(|&b| b == 0xff);
+    !(top_is_max && middle_is_max && encoded[0] >= 0xed)
+}
+
+/// The checks `verify_strict` makes on `R` that a cofactorless batch equation does not: `R` must
+/// be a canonically encoded curve point of large order.
+fn strict_r_is_acceptable(signature: &Signature) -> bool {
+    let r: [u8; 32] = signature.0[..32].try_into().expect("R is 32 bytes");
+    if !is_canonical_y(&r) {
+        return false;
+    }
+    // Reuse dalek's point decompression and small-order test through its public key type.
+    match VerifyingKey::from_bytes(&r) {
+        Ok(point) => !point.is_weak(),
+        Err(_) => false,
+    }
 }
 
 impl Verifier for Ed25519Verifier {
@@ -145,8 +185,8 @@ impl Verifier for Ed25519Verifier {
         let mut keys = Vec::with_capacity(items.len());
         for item in items {
             match parse_key(item.key) {
-                Ok(key) => keys.push(key),
-                Err(_) => return verify_each(self, items),
+                Ok(key) if strict_r_is_acceptable(item.signature) => keys.push(key),
+                _ => return verify_each(self, items),
             }
         }
         let messages: Vec<&[u8]> = items.iter().map(|item| item.message).collect();
@@ -158,5 +198,40 @@ impl Verifier for Ed25519Verifier {
             Ok(()) => Ok(()),
             Err(_) => verify_each(self, items),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_y_accepts_values_below_p_and_rejects_the_rest() {
+        let mut p_minus_one = [0xffu8; 32];
+        p_minus_one[0] = 0xec;
+        p_minus_one[31] = 0x7f;
+        assert!(is_canonical_y(&p_minus_one));
+        let mut with_sign_bit = p_minus_one;
+        with_sign_bit[31] |= 0x80;
+        assert!(is_canonical_y(&with_sign_bit));
+
+        for low in 0xed..=0xff {
+            let mut y = p_minus_one;
+            y[0] = low;
+            assert!(!is_canonical_y(&y), "y = p + {}", low - 0xed);
+            y[31] |= 0x80;
+            assert!(!is_canonical_y(&y), "y = p + {} with sign bit", low - 0xed);
+        }
+        assert!(is_canonical_y(&[0u8; 32]));
+    }
+
+    #[test]
+    fn small_order_r_is_not_acceptable_for_batching() {
+        // The identity point (y = 1) has order 1.
+        let mut identity = [0u8; 64];
+        identity[0] = 1;
+        assert!(!strict_r_is_acceptable(&Signature(identity)));
+        let honest = IdentityKey::from_seed([7; 32]).sign(b"hello");
+        assert!(strict_r_is_acceptable(&honest));
     }
 }

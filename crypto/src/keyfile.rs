@@ -3,6 +3,7 @@
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The first line of every key file.
 pub const KEY_FILE_HEADER: &str = "smr-ed25519-secret-key-v1";
@@ -51,7 +52,10 @@ pub(crate) fn write_secret(path: &Path, secret: &[u8; 32]) -> Result<(), KeyFile
         .file_name()
         .ok_or_else(|| malformed(path, "path does not name a file"))?;
     let mut tmp_name = file_name.to_os_string();
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    // Unique per process and per call, so concurrent saves never share a temporary file.
+    static SAVES: AtomicU64 = AtomicU64::new(0);
+    let save_id = SAVES.fetch_add(1, Ordering::Relaxed);
+    tmp_name.push(format!(".tmp-{}-{save_id}", std::process::id()));
     let tmp_path = path.with_file_name(tmp_name);
 
     let mut options = fs::OpenOptions::new();

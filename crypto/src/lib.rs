@@ -16,6 +16,19 @@
 //!
 //! There is no async and no global state here; everything is a pure function of its inputs
 //! (except key generation, which reads the OS RNG).
+//!
+//! ```
+//! use smr_crypto::{canonical_message, Ed25519Verifier, IdentityKey, SignedItem, Signer, Verifier};
+//!
+//! let replica = IdentityKey::from_seed([7; 32]);
+//! let message = canonical_message("smr/accept/v1", b"cid=42 regency=0 hash=...");
+//! let signature = replica.sign(&message);
+//! let key = replica.public_key();
+//! assert!(Ed25519Verifier.verify(&key, &message, &signature).is_ok());
+//!
+//! let items = [SignedItem { key: &key, message: &message, signature: &signature }];
+//! assert!(Ed25519Verifier.verify_batch(&items).is_ok());
+//! ```
 
 mod bytes;
 mod ed25519;

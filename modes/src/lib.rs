@@ -123,7 +123,18 @@ pub enum QuorumError {
         /// The smallest `n` that would be accepted for this `f`.
         needed: usize,
     },
+    /// `n` is larger than replica ids (`u32`) can number.
+    #[error("n={n} replicas is more than the {max} that u32 replica ids can name")]
+    TooManyReplicas {
+        /// The requested number of replicas.
+        n: usize,
+        /// The largest accepted `n` ([`MAX_REPLICAS`]).
+        max: usize,
+    },
 }
+
+/// The largest cluster [`Quorums::new`] accepts: replica ids are `u32`, numbered `0..n`.
+pub const MAX_REPLICAS: usize = u32::MAX as usize;
 
 fn mode_upper(mode: Mode) -> &'static str {
     match mode {
@@ -149,10 +160,17 @@ pub struct Quorums {
 }
 
 impl Quorums {
-    /// Validates `(mode, n, f)`. Refuses `n == 0`, BFT with `n < 3f+1` and CFT with `n < 2f+1`.
+    /// Validates `(mode, n, f)`. Refuses `n == 0`, BFT with `n < 3f+1`, CFT with `n < 2f+1`,
+    /// and `n > MAX_REPLICAS`.
     pub fn new(mode: Mode, n: usize, f: usize) -> Result<Quorums, QuorumError> {
         if n == 0 {
             return Err(QuorumError::NoReplicas);
+        }
+        if n > MAX_REPLICAS {
+            return Err(QuorumError::TooManyReplicas {
+                n,
+                max: MAX_REPLICAS,
+            });
         }
         let needed = mode.min_replicas(f);
         if n < needed {
@@ -268,6 +286,180 @@ impl Quorums {
     /// The leader of `regency`: `regency mod n`.
     pub fn leader_of(&self, regency: u64) -> u32 {
         let leader = regency % self.n as u64;
-        u32::try_from(leader).expect("replica ids fit in u32")
+        u32::try_from(leader).expect("new() bounds n by MAX_REPLICAS, so ids fit in u32")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bft_with_too_few_replicas_explains_the_bound_and_the_fix() {
+        let err = Quorums::new(Mode::Bft, 3, 1).unwrap_err();
+        assert_eq!(
+            err,
+            QuorumError::TooFewReplicas {
+                mode: Mode::Bft,
+                n: 3,
+                f: 1,
+                needed: 4
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "BFT with f=1 needs n >= 3f+1 = 4 replicas, but n=3; add replicas or lower f"
+        );
+    }
+
+    #[test]
+    fn cft_with_too_few_replicas_explains_the_bound_and_the_fix() {
+        let err = Quorums::new(Mode::Cft, 4, 2).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "CFT with f=2 needs n >= 2f+1 = 5 replicas, but n=4; add replicas or lower f"
+        );
+    }
+
+    #[test]
+    fn zero_replicas_is_refused_in_both_modes() {
+        for mode in Mode::ALL {
+            for f in [0, 1, 5] {
+                let err = Quorums::new(mode, 0, f).unwrap_err();
+                assert_eq!(err, QuorumError::NoReplicas);
+                assert_eq!(
+                    err.to_string(),
+                    "a cluster needs at least one replica, but n=0"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn absurd_f_is_refused_without_overflow() {
+        for mode in Mode::ALL {
+            let err = Quorums::new(mode, 31, usize::MAX).unwrap_err();
+            assert!(matches!(
+                err,
+                QuorumError::TooFewReplicas {
+                    needed: usize::MAX,
+                    ..
+                }
+            ));
+        }
+    }
+
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn more_replicas_than_u32_ids_is_refused() {
+        let err = Quorums::new(Mode::Cft, MAX_REPLICAS + 1, 0).unwrap_err();
+        assert_eq!(
+            err,
+            QuorumError::TooManyReplicas {
+                n: MAX_REPLICAS + 1,
+                max: MAX_REPLICAS
+            }
+        );
+        assert!(err.to_string().contains("u32 replica ids"));
+    }
+
+    #[test]
+    fn largest_cluster_has_a_leader_for_every_regency() {
+        let q = Quorums::new(Mode::Cft, MAX_REPLICAS, 0).unwrap();
+        assert_eq!(
+            q.leader_of(u64::MAX),
+            (u64::MAX % MAX_REPLICAS as u64) as u32
+        );
+        assert_eq!(q.leader_of(MAX_REPLICAS as u64 - 1), u32::MAX - 1);
+    }
+
+    #[test]
+    fn mode_parses_case_insensitively() {
+        for (text, mode) in [
+            ("bft", Mode::Bft),
+            ("BFT", Mode::Bft),
+            ("Bft", Mode::Bft),
+            ("cft", Mode::Cft),
+            ("CFT", Mode::Cft),
+            (" cft ", Mode::Cft),
+        ] {
+            assert_eq!(text.parse::<Mode>(), Ok(mode), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_mode_error_names_the_valid_values() {
+        let err = "pbft".parse::<Mode>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown replication mode \"pbft\"; valid values are \"bft\" and \"cft\""
+        );
+        assert!("".parse::<Mode>().is_err());
+    }
+
+    #[test]
+    fn mode_display_round_trips_through_from_str() {
+        for mode in Mode::ALL {
+            assert_eq!(mode.to_string(), mode.as_str());
+            assert_eq!(mode.to_string().parse::<Mode>(), Ok(mode));
+        }
+        assert_eq!(Mode::Bft.to_string(), "bft");
+        assert_eq!(Mode::Cft.to_string(), "cft");
+    }
+
+    #[test]
+    fn mode_serializes_as_lowercase_name() {
+        #[derive(Serialize, Deserialize, Debug, PartialEq)]
+        struct Config {
+            mode: Mode,
+        }
+        for (mode, text) in [
+            (Mode::Bft, "mode = \"bft\"\n"),
+            (Mode::Cft, "mode = \"cft\"\n"),
+        ] {
+            assert_eq!(toml::to_string(&Config { mode }).unwrap(), text);
+            assert_eq!(toml::from_str::<Config>(text).unwrap(), Config { mode });
+        }
+        assert!(toml::from_str::<Config>("mode = \"Bft\"").is_err());
+    }
+
+    #[test]
+    fn bft_runs_three_signed_phases() {
+        let q = Quorums::new(Mode::Bft, 4, 1).unwrap();
+        assert_eq!(q.phases(), &[Phase::Propose, Phase::Write, Phase::Accept]);
+        assert!(q.runs_write_phase());
+        assert!(q.requires_signatures());
+        assert_eq!(q.writes_to_accept(), Some(3));
+    }
+
+    #[test]
+    fn cft_skips_write_and_relies_on_channel_authentication() {
+        let q = Quorums::new(Mode::Cft, 3, 1).unwrap();
+        assert_eq!(q.phases(), &[Phase::Propose, Phase::Accept]);
+        assert!(!q.runs_write_phase());
+        assert!(!q.requires_signatures());
+        assert_eq!(q.writes_to_accept(), None);
+    }
+
+    #[test]
+    fn classic_bft_cluster_thresholds() {
+        // n = 3f+1 gives Q = 2f+1.
+        let q = Quorums::new(Mode::Bft, 4, 1).unwrap();
+        assert_eq!(q.quorum(), 3);
+        assert_eq!(q.accepts_to_decide(), 3);
+        assert_eq!(q.stops_to_join(), 2);
+        assert_eq!(q.stops_to_install(), 3);
+        assert_eq!(q.stopdata_to_collect(), 3);
+        assert_eq!(q.replies_ordered(false), 2);
+        assert_eq!(q.replies_ordered(true), 3);
+        assert_eq!(q.replies_unordered(), 3);
+        assert_eq!(q.state_transfer_digests(), 2);
+    }
+
+    #[test]
+    fn leader_rotates_round_robin_by_regency() {
+        let q = Quorums::new(Mode::Bft, 4, 1).unwrap();
+        let leaders: Vec<u32> = (0..9).map(|r| q.leader_of(r)).collect();
+        assert_eq!(leaders, [0, 1, 2, 3, 0, 1, 2, 3, 0]);
     }
 }
