@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod clients;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod engine;

@@ -1,0 +1,463 @@
+//! The cluster configuration file (TOML): mode, f, the replicas, the client policy, limits and
+//! timeouts. Every bad value is refused with an error that names the key and says how to fix it.
+//!
+//! ```toml
+//! mode = "bft"            # or "cft"
+//! f = 1
+//! clients = "any"         # or a list of hex public keys
+//!
+//! [[replicas]]
+//! id = 0
+//! address = "127.0.0.1:7000"
+//! public_key = "<64 hex chars>"
+//! key_file = "replica-0.key"   # optional; relative to this file
+//!
+//! [limits]                # optional; defaults shown by `smr keygen`
+//! max_batch_requests = 1024
+//!
+//! [timeouts]              # optional
+//! request_timeout_ms = 1000
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use smr_crypto::PublicKey;
+use smr_modes::{Mode, Quorums};
+
+use crate::config::{ClientPolicy, EngineConfig, Limits, Timeouts};
+use crate::message::ReplicaId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+fn invalid(path: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.to_string(),
+        message: message.into(),
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaEntry {
+    pub id: ReplicaId,
+    pub address: SocketAddr,
+    pub public_key: PublicKey,
+    /// The replica's secret key file, if the config names it (resolved against the config's
+    /// directory).
+    pub key_file: Option<PathBuf>,
+}
+
+/// A validated cluster configuration.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub quorums: Quorums,
+    /// Sorted by id; `replicas[i].id == i`.
+    pub replicas: Vec<ReplicaEntry>,
+    pub clients: ClientPolicy,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    /// Where the file was read from, for resolving relative paths.
+    pub directory: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    mode: Option<String>,
+    f: Option<i64>,
+    clients: Option<toml::Value>,
+    #[serde(default)]
+    replicas: Vec<RawReplica>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplica {
+    id: Option<i64>,
+    address: Option<String>,
+    public_key: Option<String>,
+    key_file: Option<String>,
+}
+
+/// Every limit and timeout is optional in the file; missing ones take the defaults.
+#[derive(Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_batch_requests: Option<u64>,
+    max_batch_bytes: Option<u64>,
+    max_op_bytes: Option<u64>,
+    max_pending_per_client: Option<u64>,
+    max_pending_total: Option<u64>,
+    max_instances_in_flight: Option<u64>,
+    max_instances_ahead: Option<u64>,
+    max_decisions_per_reply: Option<u64>,
+    max_log_entries: Option<u64>,
+}
+
+#[derive(Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    request_timeout_ms: Option<u64>,
+    retransmit_initial_ms: Option<u64>,
+    retransmit_max_ms: Option<u64>,
+    heartbeat_ms: Option<u64>,
+}
+
+fn positive(path: &str, value: Option<u64>, default: u64) -> Result<u64, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(0) => Err(invalid(path, "must be at least 1; remove the key to use the default")),
+        Some(v) => Ok(v),
+    }
+}
+
+impl ClusterConfig {
+    pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let directory = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self::from_toml_str(&text, &directory).map_err(|e| match e {
+            ConfigError::Invalid { path: key, message } => ConfigError::Invalid {
+                path: format!("{} ({key})", path.display()),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_toml_str(text: &str, directory: &Path) -> Result<ClusterConfig, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| invalid("syntax", e.to_string().trim().to_string()))?;
+        let mode: Mode = match raw.mode.as_deref() {
+            None => return Err(invalid("mode", "missing; add mode = \"bft\" or mode = \"cft\"")),
+            Some(m) => m.parse().map_err(|e| invalid("mode", format!("{e}")))?,
+        };
+        let f = match raw.f {
+            None => return Err(invalid("f", "missing; add f = <faults tolerated>, e.g. f = 1")),
+            Some(f) if f < 0 => return Err(invalid("f", "must not be negative")),
+            Some(f) => f as usize,
+        };
+        if raw.replicas.is_empty() {
+            return Err(invalid("replicas", "no [[replicas]] entries; add one per replica"));
+        }
+        let quorums = Quorums::new(mode, raw.replicas.len(), f).map_err(|e| invalid("replicas", e.to_string()))?;
+        let mut by_id = BTreeMap::new();
+        let mut addresses = BTreeSet::new();
+        let mut keys = BTreeSet::new();
+        for (i, r) in raw.replicas.iter().enumerate() {
+            let at = |key: &str| format!("replicas[{i}].{key}");
+            let id = r.id.ok_or_else(|| invalid(&at("id"), "missing"))?;
+            if id < 0 || id as usize >= raw.replicas.len() {
+                return Err(invalid(
+                    &at("id"),
+                    format!("{id} is out of range; ids must be 0..{} (one per replica)", raw.replicas.len()),
+                ));
+            }
+            let address: SocketAddr = r
+                .address
+                .as_deref()
+                .ok_or_else(|| invalid(&at("address"), "missing; e.g. address = \"127.0.0.1:7000\""))?
+                .parse()
+                .map_err(|e| invalid(&at("address"), format!("{e}; use ip:port, e.g. \"127.0.0.1:7000\"")))?;
+            let public_key: PublicKey = r
+                .public_key
+                .as_deref()
+                .ok_or_else(|| invalid(&at("public_key"), "missing; `smr keygen` writes it"))?
+                .parse()
+                .map_err(|e| invalid(&at("public_key"), format!("{e}; expected 64 hex characters")))?;
+            if !addresses.insert(address) {
+                return Err(invalid(&at("address"), format!("{address} is used by two replicas; give each its own")));
+            }
+            if !keys.insert(public_key) {
+                return Err(invalid(&at("public_key"), "used by two replicas; each needs its own key"));
+            }
+            let entry = ReplicaEntry {
+                id: id as ReplicaId,
+                address,
+                public_key,
+                key_file: r.key_file.as_ref().map(|p| directory.join(p)),
+            };
+            if by_id.insert(id as ReplicaId, entry).is_some() {
+                return Err(invalid(&at("id"), format!("id {id} appears twice; ids must be unique")));
+            }
+        }
+        let replicas: Vec<ReplicaEntry> = by_id.into_values().collect();
+        let clients = match raw.clients {
+            None => {
+                return Err(invalid(
+                    "clients",
+                    "missing; list the client public keys, or set clients = \"any\" for open benchmarking",
+                ))
+            }
+            Some(toml::Value::String(s)) if s == "any" => ClientPolicy::Any,
+            Some(toml::Value::Array(items)) => {
+                let mut allowed = BTreeSet::new();
+                for (i, item) in items.iter().enumerate() {
+                    let key: PublicKey = item
+                        .as_str()
+                        .ok_or_else(|| invalid(&format!("clients[{i}]"), "must be a hex public key string"))?
+                        .parse()
+                        .map_err(|e| invalid(&format!("clients[{i}]"), format!("{e}")))?;
+                    if keys.contains(&key) {
+                        return Err(invalid(&format!("clients[{i}]"), "is a replica's key; clients need their own"));
+                    }
+                    allowed.insert(key);
+                }
+                ClientPolicy::Allowed(allowed)
+            }
+            Some(_) => {
+                return Err(invalid("clients", "must be \"any\" or a list of hex public keys"));
+            }
+        };
+        let d = Limits::default();
+        let l = &raw.limits;
+        let limits = Limits {
+            max_batch_requests: positive("limits.max_batch_requests", l.max_batch_requests, d.max_batch_requests as u64)? as usize,
+            max_batch_bytes: positive("limits.max_batch_bytes", l.max_batch_bytes, d.max_batch_bytes as u64)? as usize,
+            max_op_bytes: positive("limits.max_op_bytes", l.max_op_bytes, d.max_op_bytes as u64)? as usize,
+            max_pending_per_client: positive(
+                "limits.max_pending_per_client",
+                l.max_pending_per_client,
+                d.max_pending_per_client as u64,
+            )? as usize,
+            max_pending_total: positive("limits.max_pending_total", l.max_pending_total, d.max_pending_total as u64)? as usize,
+            max_instances_in_flight: positive(
+                "limits.max_instances_in_flight",
+                l.max_instances_in_flight,
+                d.max_instances_in_flight,
+            )?,
+            max_instances_ahead: positive("limits.max_instances_ahead", l.max_instances_ahead, d.max_instances_ahead)?,
+            max_decisions_per_reply: positive(
+                "limits.max_decisions_per_reply",
+                l.max_decisions_per_reply,
+                d.max_decisions_per_reply as u64,
+            )? as usize,
+            max_log_entries: positive("limits.max_log_entries", l.max_log_entries, d.max_log_entries as u64)? as usize,
+        };
+        if limits.max_instances_ahead < limits.max_instances_in_flight {
+            return Err(invalid(
+                "limits.max_instances_ahead",
+                "must be at least limits.max_instances_in_flight",
+            ));
+        }
+        if limits.max_op_bytes > limits.max_batch_bytes {
+            return Err(invalid("limits.max_op_bytes", "must not exceed limits.max_batch_bytes"));
+        }
+        let d = Timeouts::default();
+        let t = &raw.timeouts;
+        let timeouts = Timeouts {
+            request_timeout_ms: positive("timeouts.request_timeout_ms", t.request_timeout_ms, d.request_timeout_ms)?,
+            retransmit_initial_ms: positive(
+                "timeouts.retransmit_initial_ms",
+                t.retransmit_initial_ms,
+                d.retransmit_initial_ms,
+            )?,
+            retransmit_max_ms: positive("timeouts.retransmit_max_ms", t.retransmit_max_ms, d.retransmit_max_ms)?,
+            heartbeat_ms: positive("timeouts.heartbeat_ms", t.heartbeat_ms, d.heartbeat_ms)?,
+        };
+        if timeouts.retransmit_max_ms < timeouts.retransmit_initial_ms {
+            return Err(invalid(
+                "timeouts.retransmit_max_ms",
+                "must be at least timeouts.retransmit_initial_ms",
+            ));
+        }
+        Ok(ClusterConfig {
+            quorums,
+            replicas,
+            clients,
+            limits,
+            timeouts,
+            directory: directory.to_path_buf(),
+        })
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.quorums.mode()
+    }
+
+    pub fn replica_keys(&self) -> Vec<PublicKey> {
+        self.replicas.iter().map(|r| r.public_key).collect()
+    }
+
+    /// The engine configuration for replica `me`.
+    pub fn engine_config(&self, me: ReplicaId) -> Result<EngineConfig, ConfigError> {
+        if me as usize >= self.replicas.len() {
+            return Err(invalid(
+                "--id",
+                format!("replica {me} is not in the config; ids are 0..{}", self.replicas.len()),
+            ));
+        }
+        Ok(EngineConfig {
+            quorums: self.quorums,
+            me,
+            replica_keys: self.replica_keys(),
+            clients: self.clients.clone(),
+            limits: self.limits.clone(),
+            timeouts: self.timeouts.clone(),
+        })
+    }
+
+    /// Renders a config file for these settings (what `smr keygen` writes).
+    pub fn to_toml(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!("mode = \"{}\"\nf = {}\n", self.mode(), self.quorums.f()));
+        match &self.clients {
+            ClientPolicy::Any => out.push_str("clients = \"any\"\n"),
+            ClientPolicy::Allowed(keys) => {
+                out.push_str("clients = [\n");
+                for k in keys {
+                    out.push_str(&format!("  \"{}\",\n", k.to_hex()));
+                }
+                out.push_str("]\n");
+            }
+        }
+        for r in &self.replicas {
+            out.push_str(&format!(
+                "\n[[replicas]]\nid = {}\naddress = \"{}\"\npublic_key = \"{}\"\n",
+                r.id,
+                r.address,
+                r.public_key.to_hex()
+            ));
+            if let Some(k) = &r.key_file {
+                let rel = k.strip_prefix(&self.directory).unwrap_or(k);
+                out.push_str(&format!("key_file = \"{}\"\n", rel.display()));
+            }
+        }
+        let l = &self.limits;
+        out.push_str(&format!(
+            "\n[limits]\nmax_batch_requests = {}\nmax_batch_bytes = {}\nmax_op_bytes = {}\nmax_pending_per_client = {}\nmax_pending_total = {}\nmax_instances_in_flight = {}\nmax_instances_ahead = {}\nmax_decisions_per_reply = {}\nmax_log_entries = {}\n",
+            l.max_batch_requests, l.max_batch_bytes, l.max_op_bytes, l.max_pending_per_client, l.max_pending_total,
+            l.max_instances_in_flight, l.max_instances_ahead, l.max_decisions_per_reply, l.max_log_entries
+        ));
+        let t = &self.timeouts;
+        out.push_str(&format!(
+            "\n[timeouts]\nrequest_timeout_ms = {}\nretransmit_initial_ms = {}\nretransmit_max_ms = {}\nheartbeat_ms = {}\n",
+            t.request_timeout_ms, t.retransmit_initial_ms, t.retransmit_max_ms, t.heartbeat_ms
+        ));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_A: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+    const KEY_B: &str = "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c";
+    const KEY_C: &str = "fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025";
+    const KEY_D: &str = "278117fc144c72340f67d0f2316e8386ceffbf2b2428c9c51fef7c597f1d426e";
+
+    fn replicas(n: usize) -> String {
+        let keys = [KEY_A, KEY_B, KEY_C, KEY_D];
+        (0..n)
+            .map(|i| {
+                format!(
+                    "[[replicas]]\nid = {i}\naddress = \"127.0.0.1:{}\"\npublic_key = \"{}\"\n",
+                    7000 + i,
+                    keys[i]
+                )
+            })
+            .collect()
+    }
+
+    fn parse(text: &str) -> Result<ClusterConfig, ConfigError> {
+        ClusterConfig::from_toml_str(text, Path::new("/tmp"))
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).expect_err("config must be refused").to_string()
+    }
+
+    #[test]
+    fn valid_config_round_trips_through_to_toml() {
+        let text = format!("mode = \"bft\"\nf = 1\nclients = \"any\"\n{}", replicas(4));
+        let config = parse(&text).unwrap();
+        assert_eq!(config.quorums.n(), 4);
+        assert_eq!(config.limits, Limits::default());
+        let again = parse(&config.to_toml()).unwrap();
+        assert_eq!(again.replicas, config.replicas);
+        assert_eq!(again.limits, config.limits);
+        assert_eq!(again.timeouts, config.timeouts);
+    }
+
+    #[test]
+    fn unknown_mode_names_the_valid_ones() {
+        let e = error(&format!("mode = \"raft\"\nf = 1\nclients = \"any\"\n{}", replicas(4)));
+        assert!(e.contains("mode") && e.contains("bft") && e.contains("cft"), "{e}");
+    }
+
+    #[test]
+    fn too_few_replicas_for_f_is_refused_with_the_fix() {
+        let e = error(&format!("mode = \"bft\"\nf = 1\nclients = \"any\"\n{}", replicas(3)));
+        assert!(e.contains("replicas") && e.contains("add replicas or lower f"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_address_is_refused() {
+        let text = format!("mode = \"cft\"\nf = 1\nclients = \"any\"\n{}", replicas(3))
+            .replace("127.0.0.1:7001", "127.0.0.1:7000");
+        let e = error(&text);
+        assert!(e.contains("replicas[1].address") && e.contains("two replicas"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_id_is_refused() {
+        let text = format!("mode = \"cft\"\nf = 1\nclients = \"any\"\n{}", replicas(3)).replace("id = 1", "id = 0");
+        let e = error(&text);
+        assert!(e.contains("replicas[1].id") && e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn bad_public_key_is_refused() {
+        let text = format!("mode = \"cft\"\nf = 1\nclients = \"any\"\n{}", replicas(3)).replace(KEY_B, "zz");
+        let e = error(&text);
+        assert!(e.contains("replicas[1].public_key"), "{e}");
+    }
+
+    #[test]
+    fn missing_client_policy_asks_for_one() {
+        let e = error(&format!("mode = \"cft\"\nf = 1\n{}", replicas(3)));
+        assert!(e.contains("clients") && e.contains("\"any\""), "{e}");
+    }
+
+    #[test]
+    fn misspelled_key_is_refused() {
+        let e = error(&format!("mode = \"cft\"\nf = 1\nclients = \"any\"\nbatch = 3\n{}", replicas(3)));
+        assert!(e.contains("batch"), "{e}");
+    }
+
+    #[test]
+    fn zero_limit_is_refused_with_its_key() {
+        let e = error(&format!(
+            "mode = \"cft\"\nf = 1\nclients = \"any\"\n{}\n[limits]\nmax_batch_requests = 0\n",
+            replicas(3)
+        ));
+        assert!(e.contains("limits.max_batch_requests"), "{e}");
+    }
+
+    #[test]
+    fn unreadable_file_names_the_path() {
+        let e = ClusterConfig::load(Path::new("/nonexistent/cluster.toml")).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/cluster.toml"), "{e}");
+    }
+}
