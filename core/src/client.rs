@@ -170,6 +170,11 @@ impl ClientEngine {
         })
     }
 
+    /// Forgets a request the caller gave up on. It may still execute; its reply is ignored.
+    pub fn abandon(&mut self, seq: u64) {
+        self.outstanding.remove(&seq);
+    }
+
     /// The earliest retry deadline, if any request is outstanding.
     pub fn next_deadline_ms(&self) -> Option<u64> {
         self.outstanding.values().map(|o| o.deadline_ms).min()

@@ -121,7 +121,10 @@ struct RawTimeouts {
 fn positive(path: &str, value: Option<u64>, default: u64) -> Result<u64, ConfigError> {
     match value {
         None => Ok(default),
-        Some(0) => Err(invalid(path, "must be at least 1; remove the key to use the default")),
+        Some(0) => Err(invalid(
+            path,
+            "must be at least 1; remove the key to use the default",
+        )),
         Some(v) => Ok(v),
     }
 }
@@ -146,21 +149,35 @@ impl ClusterConfig {
     }
 
     pub fn from_toml_str(text: &str, directory: &Path) -> Result<ClusterConfig, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| invalid("syntax", e.to_string().trim().to_string()))?;
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| invalid("syntax", e.to_string().trim().to_string()))?;
         let mode: Mode = match raw.mode.as_deref() {
-            None => return Err(invalid("mode", "missing; add mode = \"bft\" or mode = \"cft\"")),
+            None => {
+                return Err(invalid(
+                    "mode",
+                    "missing; add mode = \"bft\" or mode = \"cft\"",
+                ))
+            }
             Some(m) => m.parse().map_err(|e| invalid("mode", format!("{e}")))?,
         };
         let f = match raw.f {
-            None => return Err(invalid("f", "missing; add f = <faults tolerated>, e.g. f = 1")),
+            None => {
+                return Err(invalid(
+                    "f",
+                    "missing; add f = <faults tolerated>, e.g. f = 1",
+                ))
+            }
             Some(f) if f < 0 => return Err(invalid("f", "must not be negative")),
             Some(f) => f as usize,
         };
         if raw.replicas.is_empty() {
-            return Err(invalid("replicas", "no [[replicas]] entries; add one per replica"));
+            return Err(invalid(
+                "replicas",
+                "no [[replicas]] entries; add one per replica",
+            ));
         }
-        let quorums = Quorums::new(mode, raw.replicas.len(), f).map_err(|e| invalid("replicas", e.to_string()))?;
+        let quorums = Quorums::new(mode, raw.replicas.len(), f)
+            .map_err(|e| invalid("replicas", e.to_string()))?;
         let mut by_id = BTreeMap::new();
         let mut addresses = BTreeSet::new();
         let mut keys = BTreeSet::new();
@@ -170,26 +187,47 @@ impl ClusterConfig {
             if id < 0 || id as usize >= raw.replicas.len() {
                 return Err(invalid(
                     &at("id"),
-                    format!("{id} is out of range; ids must be 0..{} (one per replica)", raw.replicas.len()),
+                    format!(
+                        "{id} is out of range; ids must be 0..{} (one per replica)",
+                        raw.replicas.len()
+                    ),
                 ));
             }
             let address: SocketAddr = r
                 .address
                 .as_deref()
-                .ok_or_else(|| invalid(&at("address"), "missing; e.g. address = \"127.0.0.1:7000\""))?
+                .ok_or_else(|| {
+                    invalid(&at("address"), "missing; e.g. address = \"127.0.0.1:7000\"")
+                })?
                 .parse()
-                .map_err(|e| invalid(&at("address"), format!("{e}; use ip:port, e.g. \"127.0.0.1:7000\"")))?;
+                .map_err(|e| {
+                    invalid(
+                        &at("address"),
+                        format!("{e}; use ip:port, e.g. \"127.0.0.1:7000\""),
+                    )
+                })?;
             let public_key: PublicKey = r
                 .public_key
                 .as_deref()
                 .ok_or_else(|| invalid(&at("public_key"), "missing; `smr keygen` writes it"))?
                 .parse()
-                .map_err(|e| invalid(&at("public_key"), format!("{e}; expected 64 hex characters")))?;
+                .map_err(|e| {
+                    invalid(
+                        &at("public_key"),
+                        format!("{e}; expected 64 hex characters"),
+                    )
+                })?;
             if !addresses.insert(address) {
-                return Err(invalid(&at("address"), format!("{address} is used by two replicas; give each its own")));
+                return Err(invalid(
+                    &at("address"),
+                    format!("{address} is used by two replicas; give each its own"),
+                ));
             }
             if !keys.insert(public_key) {
-                return Err(invalid(&at("public_key"), "used by two replicas; each needs its own key"));
+                return Err(invalid(
+                    &at("public_key"),
+                    "used by two replicas; each needs its own key",
+                ));
             }
             let entry = ReplicaEntry {
                 id: id as ReplicaId,
@@ -198,7 +236,10 @@ impl ClusterConfig {
                 key_file: r.key_file.as_ref().map(|p| directory.join(p)),
             };
             if by_id.insert(id as ReplicaId, entry).is_some() {
-                return Err(invalid(&at("id"), format!("id {id} appears twice; ids must be unique")));
+                return Err(invalid(
+                    &at("id"),
+                    format!("id {id} appears twice; ids must be unique"),
+                ));
             }
         }
         let replicas: Vec<ReplicaEntry> = by_id.into_values().collect();
@@ -232,27 +273,48 @@ impl ClusterConfig {
         let d = Limits::default();
         let l = &raw.limits;
         let limits = Limits {
-            max_batch_requests: positive("limits.max_batch_requests", l.max_batch_requests, d.max_batch_requests as u64)? as usize,
-            max_batch_bytes: positive("limits.max_batch_bytes", l.max_batch_bytes, d.max_batch_bytes as u64)? as usize,
-            max_op_bytes: positive("limits.max_op_bytes", l.max_op_bytes, d.max_op_bytes as u64)? as usize,
+            max_batch_requests: positive(
+                "limits.max_batch_requests",
+                l.max_batch_requests,
+                d.max_batch_requests as u64,
+            )? as usize,
+            max_batch_bytes: positive(
+                "limits.max_batch_bytes",
+                l.max_batch_bytes,
+                d.max_batch_bytes as u64,
+            )? as usize,
+            max_op_bytes: positive("limits.max_op_bytes", l.max_op_bytes, d.max_op_bytes as u64)?
+                as usize,
             max_pending_per_client: positive(
                 "limits.max_pending_per_client",
                 l.max_pending_per_client,
                 d.max_pending_per_client as u64,
             )? as usize,
-            max_pending_total: positive("limits.max_pending_total", l.max_pending_total, d.max_pending_total as u64)? as usize,
+            max_pending_total: positive(
+                "limits.max_pending_total",
+                l.max_pending_total,
+                d.max_pending_total as u64,
+            )? as usize,
             max_instances_in_flight: positive(
                 "limits.max_instances_in_flight",
                 l.max_instances_in_flight,
                 d.max_instances_in_flight,
             )?,
-            max_instances_ahead: positive("limits.max_instances_ahead", l.max_instances_ahead, d.max_instances_ahead)?,
+            max_instances_ahead: positive(
+                "limits.max_instances_ahead",
+                l.max_instances_ahead,
+                d.max_instances_ahead,
+            )?,
             max_decisions_per_reply: positive(
                 "limits.max_decisions_per_reply",
                 l.max_decisions_per_reply,
                 d.max_decisions_per_reply as u64,
             )? as usize,
-            max_log_entries: positive("limits.max_log_entries", l.max_log_entries, d.max_log_entries as u64)? as usize,
+            max_log_entries: positive(
+                "limits.max_log_entries",
+                l.max_log_entries,
+                d.max_log_entries as u64,
+            )? as usize,
         };
         if limits.max_instances_ahead < limits.max_instances_in_flight {
             return Err(invalid(
@@ -261,18 +323,29 @@ impl ClusterConfig {
             ));
         }
         if limits.max_op_bytes > limits.max_batch_bytes {
-            return Err(invalid("limits.max_op_bytes", "must not exceed limits.max_batch_bytes"));
+            return Err(invalid(
+                "limits.max_op_bytes",
+                "must not exceed limits.max_batch_bytes",
+            ));
         }
         let d = Timeouts::default();
         let t = &raw.timeouts;
         let timeouts = Timeouts {
-            request_timeout_ms: positive("timeouts.request_timeout_ms", t.request_timeout_ms, d.request_timeout_ms)?,
+            request_timeout_ms: positive(
+                "timeouts.request_timeout_ms",
+                t.request_timeout_ms,
+                d.request_timeout_ms,
+            )?,
             retransmit_initial_ms: positive(
                 "timeouts.retransmit_initial_ms",
                 t.retransmit_initial_ms,
                 d.retransmit_initial_ms,
             )?,
-            retransmit_max_ms: positive("timeouts.retransmit_max_ms", t.retransmit_max_ms, d.retransmit_max_ms)?,
+            retransmit_max_ms: positive(
+                "timeouts.retransmit_max_ms",
+                t.retransmit_max_ms,
+                d.retransmit_max_ms,
+            )?,
             heartbeat_ms: positive("timeouts.heartbeat_ms", t.heartbeat_ms, d.heartbeat_ms)?,
         };
         if timeouts.retransmit_max_ms < timeouts.retransmit_initial_ms {
@@ -304,7 +377,10 @@ impl ClusterConfig {
         if me as usize >= self.replicas.len() {
             return Err(invalid(
                 "--id",
-                format!("replica {me} is not in the config; ids are 0..{}", self.replicas.len()),
+                format!(
+                    "replica {me} is not in the config; ids are 0..{}",
+                    self.replicas.len()
+                ),
             ));
         }
         Ok(EngineConfig {
@@ -320,7 +396,11 @@ impl ClusterConfig {
     /// Renders a config file for these settings (what `smr keygen` writes).
     pub fn to_toml(&self) -> String {
         let mut out = String::new();
-        out.push_str(&format!("mode = \"{}\"\nf = {}\n", self.mode(), self.quorums.f()));
+        out.push_str(&format!(
+            "mode = \"{}\"\nf = {}\n",
+            self.mode(),
+            self.quorums.f()
+        ));
         match &self.clients {
             ClientPolicy::Any => out.push_str("clients = \"any\"\n"),
             ClientPolicy::Allowed(keys) => {
@@ -402,14 +482,26 @@ mod tests {
 
     #[test]
     fn unknown_mode_names_the_valid_ones() {
-        let e = error(&format!("mode = \"raft\"\nf = 1\nclients = \"any\"\n{}", replicas(4)));
-        assert!(e.contains("mode") && e.contains("bft") && e.contains("cft"), "{e}");
+        let e = error(&format!(
+            "mode = \"raft\"\nf = 1\nclients = \"any\"\n{}",
+            replicas(4)
+        ));
+        assert!(
+            e.contains("mode") && e.contains("bft") && e.contains("cft"),
+            "{e}"
+        );
     }
 
     #[test]
     fn too_few_replicas_for_f_is_refused_with_the_fix() {
-        let e = error(&format!("mode = \"bft\"\nf = 1\nclients = \"any\"\n{}", replicas(3)));
-        assert!(e.contains("replicas") && e.contains("add replicas or lower f"), "{e}");
+        let e = error(&format!(
+            "mode = \"bft\"\nf = 1\nclients = \"any\"\n{}",
+            replicas(3)
+        ));
+        assert!(
+            e.contains("replicas") && e.contains("add replicas or lower f"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -417,19 +509,24 @@ mod tests {
         let text = format!("mode = \"cft\"\nf = 1\nclients = \"any\"\n{}", replicas(3))
             .replace("127.0.0.1:7001", "127.0.0.1:7000");
         let e = error(&text);
-        assert!(e.contains("replicas[1].address") && e.contains("two replicas"), "{e}");
+        assert!(
+            e.contains("replicas[1].address") && e.contains("two replicas"),
+            "{e}"
+        );
     }
 
     #[test]
     fn duplicate_id_is_refused() {
-        let text = format!("mode = \"cft\"\nf = 1\nclients = \"any\"\n{}", replicas(3)).replace("id = 1", "id = 0");
+        let text = format!("mode = \"cft\"\nf = 1\nclients = \"any\"\n{}", replicas(3))
+            .replace("id = 1", "id = 0");
         let e = error(&text);
         assert!(e.contains("replicas[1].id") && e.contains("twice"), "{e}");
     }
 
     #[test]
     fn bad_public_key_is_refused() {
-        let text = format!("mode = \"cft\"\nf = 1\nclients = \"any\"\n{}", replicas(3)).replace(KEY_B, "zz");
+        let text = format!("mode = \"cft\"\nf = 1\nclients = \"any\"\n{}", replicas(3))
+            .replace(KEY_B, "zz");
         let e = error(&text);
         assert!(e.contains("replicas[1].public_key"), "{e}");
     }
@@ -442,7 +539,10 @@ mod tests {
 
     #[test]
     fn misspelled_key_is_refused() {
-        let e = error(&format!("mode = \"cft\"\nf = 1\nclients = \"any\"\nbatch = 3\n{}", replicas(3)));
+        let e = error(&format!(
+            "mode = \"cft\"\nf = 1\nclients = \"any\"\nbatch = 3\n{}",
+            replicas(3)
+        ));
         assert!(e.contains("batch"), "{e}");
     }
 
@@ -457,7 +557,9 @@ mod tests {
 
     #[test]
     fn unreadable_file_names_the_path() {
-        let e = ClusterConfig::load(Path::new("/nonexistent/cluster.toml")).unwrap_err().to_string();
+        let e = ClusterConfig::load(Path::new("/nonexistent/cluster.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/nonexistent/cluster.toml"), "{e}");
     }
 }

@@ -17,6 +17,7 @@ pub mod clients;
 pub mod cluster;
 pub mod codec;
 pub mod config;
+pub mod driver;
 pub mod engine;
 pub mod message;
 pub mod network;

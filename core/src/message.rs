@@ -201,6 +201,25 @@ pub enum Message {
         regency: Regency,
         last_decided: Cid,
     },
+    /// An operator's "how are you?", from a client connection.
+    StatusQuery,
+    /// The answer to a `StatusQuery`.
+    Status(StatusReport),
+}
+
+/// What `smr status` prints for one replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub replica: ReplicaId,
+    pub mode: String,
+    pub regency: Regency,
+    pub leader: ReplicaId,
+    pub last_decided: Cid,
+    pub last_checkpoint: Cid,
+    /// Digest of the service state after executing `last_decided`.
+    pub state_digest: Digest,
+    pub pending_requests: u64,
+    pub rejected_messages: u64,
 }
 
 impl Message {
@@ -215,6 +234,8 @@ impl Message {
             Message::DecisionQuery { .. } => "decision-query",
             Message::Decisions(_) => "decisions",
             Message::Heartbeat { .. } => "heartbeat",
+            Message::StatusQuery => "status-query",
+            Message::Status(_) => "status",
         }
     }
 }

@@ -69,6 +69,7 @@ impl InboundVerifier {
                 }
                 self.check_request(request, &mut pending, true)?;
             }
+            (Peer::Client(_), Message::StatusQuery) => {}
             (Peer::Replica(_), Message::Reply(_)) | (Peer::Client(_), _) => {
                 return Err(Rejection::UnexpectedMessage(message.kind_name()));
             }
@@ -111,7 +112,10 @@ impl InboundVerifier {
                             self.check_decision(d, &mut pending)?;
                         }
                     }
-                    Message::Request(_) | Message::Reply(_) => {
+                    Message::Request(_)
+                    | Message::Reply(_)
+                    | Message::StatusQuery
+                    | Message::Status(_) => {
                         return Err(Rejection::UnexpectedMessage(msg.kind_name()))
                     }
                 }

@@ -1,0 +1,641 @@
+//! The tokio driver: runs an [`Engine`] over a [`Network`], and a [`ClientEngine`] for clients.
+//!
+//! # Replica threads and tasks
+//! - **Reader task:** takes frames from the network and deals them to the verify workers.
+//! - **Verify workers** (`verify_workers` OS threads): decode each frame and run
+//!   [`InboundVerifier::verify_inbound`], signatures included, so the engine thread never
+//!   verifies a signature. Rejections are counted and logged here.
+//! - **Engine task:** the only owner of the engine. It takes verified messages, timer expiries
+//!   and execution results, and performs the engine's actions in order: a `Persist` before the
+//!   message that promises it (there is no durable store yet, so persisting is a no-op and the
+//!   replica says at start that it runs in memory), sends, and hand-offs to the service.
+//! - **Service thread:** executes batches and queries on the embedder's [`Service`], in cid
+//!   order, so a slow service never stalls the network or the protocol.
+//!
+//! Every queue between them is bounded, except the engine-to-service queue, which the engine
+//! bounds itself: at most `max_instances_ahead` decided batches can be waiting.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use smr_crypto::{Digest, Signer, Verifier};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::time::Instant;
+
+use crate::client::{ClientAction, ClientConfig, ClientEngine, ClientError};
+use crate::codec;
+use crate::engine::{Action, Engine, ExecuteItem, TimerKind};
+use crate::message::{Cid, Message, Regency, ReplicaId, RequestId, RequestKind, StatusReport};
+use crate::network::{InboundFrame, Network, Peer};
+use crate::service::Service;
+use crate::verify::{InboundVerifier, Verified};
+use crate::EngineConfig;
+
+/// Tuning of the driver itself (not of the protocol).
+#[derive(Clone, Debug)]
+pub struct DriverOptions {
+    /// Threads that decode and verify inbound messages.
+    pub verify_workers: usize,
+    /// Frames queued per verify worker before the reader waits.
+    pub verify_queue_frames: usize,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        DriverOptions {
+            verify_workers: 2,
+            verify_queue_frames: 4096,
+        }
+    }
+}
+
+/// A live view of a replica, for operators and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub regency: Regency,
+    pub leader: ReplicaId,
+    pub last_decided: Cid,
+    pub pending_requests: u64,
+    pub rejected_messages: u64,
+    pub decode_errors: u64,
+}
+
+enum ServiceCommand {
+    Execute { cid: Cid, items: Vec<ExecuteItem> },
+    Query { id: RequestId, op: Vec<u8> },
+    Status { to: Peer, report: StatusReport },
+}
+
+enum ServiceOutput {
+    Executed { cid: Cid, results: Vec<Vec<u8>> },
+    Queried { id: RequestId, result: Vec<u8> },
+    Status { to: Peer, report: StatusReport },
+}
+
+enum EngineInput {
+    Message(Verified),
+    StatusQuery(Peer),
+}
+
+/// A running replica. Dropping the handle does not stop it; call [`ReplicaHandle::shutdown`].
+pub struct ReplicaHandle {
+    status: watch::Receiver<ReplicaStatus>,
+    shutdown: Arc<Notify>,
+    engine_task: tokio::task::JoinHandle<()>,
+}
+
+impl ReplicaHandle {
+    pub fn status(&self) -> ReplicaStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Stops the engine task. The network is the caller's to shut down.
+    pub async fn shutdown(self) {
+        self.shutdown.notify_one();
+        let _ = self.engine_task.await;
+    }
+}
+
+/// Starts a replica over `network`. The engine, the verify workers and the service thread run
+/// until [`ReplicaHandle::shutdown`].
+pub fn start_replica<N: Network>(
+    config: EngineConfig,
+    signer: Arc<dyn Signer>,
+    signatures: Arc<dyn Verifier>,
+    network: Arc<N>,
+    service: Box<dyn Service>,
+    options: DriverOptions,
+) -> ReplicaHandle {
+    let verifier = InboundVerifier {
+        quorums: config.quorums,
+        replica_keys: Arc::new(config.replica_keys.clone()),
+        clients: Arc::new(config.clients.clone()),
+        limits: config.limits.clone(),
+        signatures,
+    };
+    let me = config.me;
+    let mode = config.quorums.mode().to_string();
+    let engine = Engine::new(config, signer);
+    tracing::info!(replica = me, mode = %mode, "replica starting; no data dir, state is kept in memory only");
+
+    let rejected = Arc::new(AtomicU64::new(0));
+    let decode_errors = Arc::new(AtomicU64::new(0));
+    let (input_tx, input_rx) = mpsc::channel::<EngineInput>(options.verify_queue_frames.max(1));
+
+    // Verify workers.
+    let mut worker_txs = Vec::new();
+    for w in 0..options.verify_workers.max(1) {
+        let (tx, mut rx) = mpsc::channel::<InboundFrame>(options.verify_queue_frames.max(1));
+        worker_txs.push(tx);
+        let verifier = verifier.clone();
+        let input_tx = input_tx.clone();
+        let rejected = rejected.clone();
+        let decode_errors = decode_errors.clone();
+        std::thread::Builder::new()
+            .name(format!("smr-verify-{w}"))
+            .spawn(move || {
+                while let Some(InboundFrame { from, frame }) = rx.blocking_recv() {
+                    let message: Message = match codec::decode(&frame) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            decode_errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(?from, error = %e, "dropping undecodable frame");
+                            continue;
+                        }
+                    };
+                    let input =
+                        if matches!((&from, &message), (Peer::Client(_), Message::StatusQuery)) {
+                            EngineInput::StatusQuery(from)
+                        } else {
+                            match verifier.verify_inbound(from, message) {
+                                Ok(v) => EngineInput::Message(v),
+                                Err(rejection) => {
+                                    rejected.fetch_add(1, Ordering::Relaxed);
+                                    tracing::debug!(?from, %rejection, "rejected message");
+                                    continue;
+                                }
+                            }
+                        };
+                    if input_tx.blocking_send(input).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawning a verify worker thread");
+    }
+    drop(input_tx);
+
+    // Reader task: deal frames to workers; a peer's frames always go to the same worker, so
+    // that one flooding peer fills one queue.
+    {
+        let network = network.clone();
+        tokio::spawn(async move {
+            while let Some(frame) = network.recv().await {
+                let w = worker_for(&frame.from, worker_txs.len());
+                if worker_txs[w].send(frame).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    // Service thread.
+    let (service_tx, service_rx) = std::sync::mpsc::channel::<ServiceCommand>();
+    let (output_tx, output_rx) = mpsc::unbounded_channel::<ServiceOutput>();
+    std::thread::Builder::new()
+        .name(format!("smr-service-{me}"))
+        .spawn(move || run_service(service, service_rx, output_tx))
+        .expect("spawning the service thread");
+
+    let (status_tx, status_rx) = watch::channel(ReplicaStatus::default());
+    let shutdown = Arc::new(Notify::new());
+    let engine_task = tokio::spawn(run_engine(EngineLoop {
+        engine,
+        network,
+        mode,
+        input_rx,
+        output_rx,
+        service_tx,
+        status_tx,
+        shutdown: shutdown.clone(),
+        rejected,
+        decode_errors,
+        timers: BTreeMap::new(),
+    }));
+    ReplicaHandle {
+        status: status_rx,
+        shutdown,
+        engine_task,
+    }
+}
+
+fn worker_for(peer: &Peer, workers: usize) -> usize {
+    match peer {
+        Peer::Replica(r) => *r as usize % workers,
+        Peer::Client(k) => k.0[0] as usize % workers,
+    }
+}
+
+fn run_service(
+    mut service: Box<dyn Service>,
+    commands: std::sync::mpsc::Receiver<ServiceCommand>,
+    outputs: mpsc::UnboundedSender<ServiceOutput>,
+) {
+    while let Ok(command) = commands.recv() {
+        let output = match command {
+            ServiceCommand::Execute { cid, items } => ServiceOutput::Executed {
+                cid,
+                results: items.iter().map(|i| service.execute(&i.op)).collect(),
+            },
+            ServiceCommand::Query { id, op } => ServiceOutput::Queried {
+                id,
+                result: service.query(&op),
+            },
+            ServiceCommand::Status { to, mut report } => {
+                report.state_digest = service.state_digest();
+                ServiceOutput::Status { to, report }
+            }
+        };
+        if outputs.send(output).is_err() {
+            break;
+        }
+    }
+}
+
+struct EngineLoop<N> {
+    engine: Engine,
+    network: Arc<N>,
+    mode: String,
+    input_rx: mpsc::Receiver<EngineInput>,
+    output_rx: mpsc::UnboundedReceiver<ServiceOutput>,
+    service_tx: std::sync::mpsc::Sender<ServiceCommand>,
+    status_tx: watch::Sender<ReplicaStatus>,
+    shutdown: Arc<Notify>,
+    rejected: Arc<AtomicU64>,
+    decode_errors: Arc<AtomicU64>,
+    timers: BTreeMap<TimerKind, u64>,
+}
+
+/// Milliseconds since the driver started: the engine's `now`.
+fn now_ms(epoch: Instant) -> u64 {
+    epoch.elapsed().as_millis() as u64
+}
+
+async fn run_engine<N: Network>(mut l: EngineLoop<N>) {
+    let epoch = Instant::now();
+    let actions = l.engine.start(now_ms(epoch));
+    l.perform(actions);
+    loop {
+        let next_deadline = l.timers.values().min().copied();
+        let sleep_until = next_deadline
+            .map(|d| epoch + Duration::from_millis(d))
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            biased;
+            _ = l.shutdown.notified() => break,
+            Some(output) = l.output_rx.recv() => {
+                let now = now_ms(epoch);
+                match output {
+                    ServiceOutput::Executed { cid, results } => {
+                        let actions = l.engine.on_executed(now, cid, results);
+                        l.perform(actions);
+                    }
+                    ServiceOutput::Queried { id, result } => {
+                        let action = l.engine.query_reply(id, result);
+                        l.perform(vec![action]);
+                    }
+                    ServiceOutput::Status { to, report } => {
+                        l.send(to, &Message::Status(report));
+                    }
+                }
+            }
+            input = l.input_rx.recv() => {
+                let Some(input) = input else { break };
+                let now = now_ms(epoch);
+                match input {
+                    EngineInput::Message(verified) => match l.engine.on_message(now, verified) {
+                        Ok(actions) => l.perform(actions),
+                        Err(rejection) => {
+                            l.rejected.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%rejection, "engine rejected message");
+                        }
+                    },
+                    EngineInput::StatusQuery(from) => {
+                        let report = StatusReport {
+                            replica: l.engine.id(),
+                            mode: l.mode.clone(),
+                            regency: l.engine.regency(),
+                            leader: l.engine.leader(),
+                            last_decided: l.engine.last_executed(),
+                            last_checkpoint: 0,
+                            state_digest: Digest::default(),
+                            pending_requests: l.engine.pending_requests() as u64,
+                            rejected_messages: l.rejected.load(Ordering::Relaxed),
+                        };
+                        // The service thread fills in the digest after the batches queued
+                        // before this query, i.e. exactly at `last_decided`.
+                        let _ = l.service_tx.send(ServiceCommand::Status { to: from, report });
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(sleep_until), if next_deadline.is_some() => {
+                let now = now_ms(epoch);
+                let due: Vec<TimerKind> = l.timers.iter().filter(|(_, d)| **d <= now).map(|(k, _)| *k).collect();
+                for timer in due {
+                    l.timers.remove(&timer);
+                    let actions = l.engine.on_timer(now, timer);
+                    l.perform(actions);
+                }
+            }
+        }
+        l.publish_status();
+    }
+}
+
+impl<N: Network> EngineLoop<N> {
+    fn send(&self, to: Peer, message: &Message) {
+        if let Err(e) = self.network.send(to, codec::encode(message)) {
+            tracing::debug!(?to, error = %e, "send failed");
+        }
+    }
+
+    fn perform(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                // No durable store yet: nothing to wait for before sending.
+                Action::Persist(_) => {}
+                Action::Send { to, message } => self.send(to, &message),
+                Action::Broadcast(message) => {
+                    let frame = codec::encode(&message);
+                    for r in 0..self.engine.quorums().n() as ReplicaId {
+                        if r != self.engine.id() {
+                            if let Err(e) = self.network.send(Peer::Replica(r), frame.clone()) {
+                                tracing::debug!(replica = r, error = %e, "send failed");
+                            }
+                        }
+                    }
+                }
+                Action::Execute { cid, items } => {
+                    let _ = self.service_tx.send(ServiceCommand::Execute { cid, items });
+                }
+                Action::Query { id, op } => {
+                    let _ = self.service_tx.send(ServiceCommand::Query { id, op });
+                }
+                Action::SetTimer { timer, deadline_ms } => {
+                    self.timers.insert(timer, deadline_ms);
+                }
+                Action::CancelTimer(timer) => {
+                    self.timers.remove(&timer);
+                }
+            }
+        }
+    }
+
+    fn publish_status(&self) {
+        let status = ReplicaStatus {
+            regency: self.engine.regency(),
+            leader: self.engine.leader(),
+            last_decided: self.engine.last_executed(),
+            pending_requests: self.engine.pending_requests() as u64,
+            rejected_messages: self.rejected.load(Ordering::Relaxed),
+            decode_errors: self.decode_errors.load(Ordering::Relaxed),
+        };
+        self.status_tx.send_if_modified(|s| {
+            if *s != status {
+                *s = status;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+// ----- client ---------------------------------------------------------------------------------
+
+/// Why an invocation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("no reply quorum within {0:?}; the request may still execute")]
+    TimedOut(Duration),
+    #[error("the client is shut down")]
+    Closed,
+}
+
+struct ClientShared<N> {
+    engine: Mutex<ClientEngine>,
+    waiters: Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>,
+    status_waiters: Mutex<HashMap<ReplicaId, Vec<oneshot::Sender<StatusReport>>>>,
+    network: Arc<N>,
+    replicas: usize,
+    /// Signalled whenever a request completes or is abandoned, freeing room in the window.
+    window_freed: Notify,
+    closed: std::sync::atomic::AtomicBool,
+    timer_changed: Notify,
+    epoch: Instant,
+}
+
+/// A client handle for async code. It is cheap to clone, and many invocations may run at once
+/// (up to the client's window); replies are matched by sequence number.
+pub struct Client<N> {
+    shared: Arc<ClientShared<N>>,
+    tasks: Arc<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl<N> Clone for Client<N> {
+    fn clone(&self) -> Self {
+        Client {
+            shared: self.shared.clone(),
+            tasks: self.tasks.clone(),
+        }
+    }
+}
+
+impl<N: Network> Client<N> {
+    /// Starts a client over `network` (already connected to the replicas).
+    pub fn start(network: Arc<N>, config: ClientConfig, signer: Arc<dyn Signer>) -> Client<N> {
+        let replicas = config.quorums.n();
+        // Sequence numbers start from the wall clock, so that a restarted client with the same
+        // key does not reuse seqs that the replicas consider executed.
+        let first_seq = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1);
+        let shared = Arc::new(ClientShared {
+            engine: Mutex::new(ClientEngine::new(config, signer, first_seq)),
+            waiters: Mutex::new(HashMap::new()),
+            status_waiters: Mutex::new(HashMap::new()),
+            network,
+            replicas,
+            window_freed: Notify::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            timer_changed: Notify::new(),
+            epoch: Instant::now(),
+        });
+        let reader = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                while let Some(InboundFrame { from, frame }) = shared.network.recv().await {
+                    let Peer::Replica(replica) = from else {
+                        continue;
+                    };
+                    match codec::decode::<Message>(&frame) {
+                        Ok(Message::Reply(reply)) => {
+                            let done = shared
+                                .engine
+                                .lock()
+                                .expect("client lock")
+                                .on_reply(replica, reply);
+                            if let Some(done) = done {
+                                if let Some(w) = shared
+                                    .waiters
+                                    .lock()
+                                    .expect("client lock")
+                                    .remove(&done.seq)
+                                {
+                                    let _ = w.send(done.result);
+                                }
+                                shared.window_freed.notify_waiters();
+                            }
+                        }
+                        Ok(Message::Status(report)) if report.replica == replica => {
+                            if let Some(ws) = shared
+                                .status_waiters
+                                .lock()
+                                .expect("client lock")
+                                .remove(&replica)
+                            {
+                                for w in ws {
+                                    let _ = w.send(report.clone());
+                                }
+                            }
+                        }
+                        Ok(other) => {
+                            tracing::debug!(replica, kind = other.kind_name(), "unexpected message")
+                        }
+                        Err(e) => {
+                            tracing::warn!(replica, error = %e, "undecodable frame from replica")
+                        }
+                    }
+                }
+            })
+        };
+        let timer = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                loop {
+                    let deadline = shared
+                        .engine
+                        .lock()
+                        .expect("client lock")
+                        .next_deadline_ms();
+                    let wake = deadline
+                        .map(|d| shared.epoch + Duration::from_millis(d))
+                        .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+                    tokio::select! {
+                        _ = shared.timer_changed.notified() => {}
+                        _ = tokio::time::sleep_until(wake) => {
+                            let now = shared.epoch.elapsed().as_millis() as u64;
+                            let actions = shared.engine.lock().expect("client lock").on_timer(now);
+                            shared.perform(actions);
+                        }
+                    }
+                }
+            })
+        };
+        Client {
+            shared,
+            tasks: Arc::new(vec![reader, timer]),
+        }
+    }
+
+    /// Runs an ordered operation and returns the result agreed by the reply quorum.
+    pub async fn invoke(&self, op: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, InvokeError> {
+        self.invoke_kind(RequestKind::Ordered, op, timeout).await
+    }
+
+    /// Runs a read-only operation without consensus (falls back to ordered on timeout).
+    pub async fn invoke_unordered(
+        &self,
+        op: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, InvokeError> {
+        self.invoke_kind(RequestKind::Unordered, op, timeout).await
+    }
+
+    async fn invoke_kind(
+        &self,
+        kind: RequestKind,
+        op: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, InvokeError> {
+        let (tx, rx) = oneshot::channel();
+        let mut tx = Some(tx);
+        let seq = loop {
+            // Register for a wake-up before trying, so a completion in between is not missed.
+            let freed = self.shared.window_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.shared.closed.load(Ordering::Relaxed) {
+                return Err(InvokeError::Closed);
+            }
+            {
+                let mut engine = self.shared.engine.lock().expect("client lock");
+                let now = self.shared.epoch.elapsed().as_millis() as u64;
+                match engine.submit(now, kind, op.clone()) {
+                    Ok((seq, actions)) => {
+                        let tx = tx.take().expect("sender used once");
+                        self.shared
+                            .waiters
+                            .lock()
+                            .expect("client lock")
+                            .insert(seq, tx);
+                        self.shared.perform(actions);
+                        break seq;
+                    }
+                    Err(ClientError::TooManyOutstanding(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            freed.await;
+        };
+        self.shared.timer_changed.notify_one();
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(_)) => Err(InvokeError::Closed),
+            Err(_) => {
+                self.shared
+                    .waiters
+                    .lock()
+                    .expect("client lock")
+                    .remove(&seq);
+                self.shared.engine.lock().expect("client lock").abandon(seq);
+                self.shared.window_freed.notify_waiters();
+                Err(InvokeError::TimedOut(timeout))
+            }
+        }
+    }
+
+    /// Asks one replica for its status; `None` if it does not answer in time.
+    pub async fn status(&self, replica: ReplicaId, timeout: Duration) -> Option<StatusReport> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .status_waiters
+            .lock()
+            .expect("client lock")
+            .entry(replica)
+            .or_default()
+            .push(tx);
+        let _ = self
+            .shared
+            .network
+            .send(Peer::Replica(replica), codec::encode(&Message::StatusQuery));
+        tokio::time::timeout(timeout, rx).await.ok()?.ok()
+    }
+
+    /// Stops the client's tasks. The network is the caller's to shut down.
+    pub fn shutdown(&self) {
+        for t in self.tasks.iter() {
+            t.abort();
+        }
+        self.shared.closed.store(true, Ordering::Relaxed);
+        self.shared.window_freed.notify_waiters();
+    }
+}
+
+impl<N: Network> ClientShared<N> {
+    fn perform(&self, actions: Vec<ClientAction>) {
+        for ClientAction::Broadcast(message) in actions {
+            let frame = codec::encode(&message);
+            for r in 0..self.replicas as ReplicaId {
+                if let Err(e) = self.network.send(Peer::Replica(r), frame.clone()) {
+                    tracing::debug!(replica = r, error = %e, "client send failed");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The tokio driver over an in-memory network: real threads and tasks, no sockets.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use smr_core::client::ClientConfig;
+use smr_core::driver::{start_replica, Client, DriverOptions};
+use smr_core::network::{InboundFrame, Network, Peer, SendError};
+use smr_core::{ClientPolicy, EngineConfig, Limits, Service, Timeouts};
+use smr_crypto::sim::{SimKey, SimVerifier};
+use smr_crypto::Verifier;
+use smr_modes::{Mode, Quorums};
+use tokio::sync::mpsc;
+
+/// A hub of channels; `endpoint(me)` gives one node's view.
+#[derive(Clone, Default)]
+struct Hub {
+    inboxes: Arc<Mutex<BTreeMap<Peer, mpsc::UnboundedSender<InboundFrame>>>>,
+}
+
+struct MemNetwork {
+    me: Peer,
+    hub: Hub,
+    inbox: tokio::sync::Mutex<mpsc::UnboundedReceiver<InboundFrame>>,
+}
+
+impl Hub {
+    fn endpoint(&self, me: Peer) -> Arc<MemNetwork> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.inboxes.lock().unwrap().insert(me, tx);
+        Arc::new(MemNetwork {
+            me,
+            hub: self.clone(),
+            inbox: tokio::sync::Mutex::new(rx),
+        })
+    }
+}
+
+impl Network for MemNetwork {
+    fn send(&self, to: Peer, frame: Vec<u8>) -> Result<(), SendError> {
+        let inboxes = self.hub.inboxes.lock().unwrap();
+        let tx = inboxes.get(&to).ok_or(SendError::UnknownPeer(to))?;
+        tx.send(InboundFrame {
+            from: self.me,
+            frame,
+        })
+        .map_err(|_| SendError::Closed)
+    }
+    async fn recv(&self) -> Option<InboundFrame> {
+        self.inbox.lock().await.recv().await
+    }
+}
+
+#[derive(Default)]
+struct Counter(i64);
+
+impl Service for Counter {
+    fn execute(&mut self, op: &[u8]) -> Vec<u8> {
+        self.0 += i64::from_le_bytes(op.try_into().unwrap_or([0; 8]));
+        self.0.to_le_bytes().to_vec()
+    }
+    fn query(&self, _op: &[u8]) -> Vec<u8> {
+        self.0.to_le_bytes().to_vec()
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.to_le_bytes().to_vec()
+    }
+    fn restore(&mut self, s: &[u8]) -> Result<(), String> {
+        self.0 = i64::from_le_bytes(s.try_into().map_err(|_| "bad snapshot")?);
+        Ok(())
+    }
+}
+
+async fn run_cluster(mode: Mode, n: usize, f: usize) {
+    let quorums = Quorums::new(mode, n, f).unwrap();
+    let keys: Vec<SimKey> = (0..n as u8).map(|i| SimKey::from_seed([i; 32])).collect();
+    let client_key = SimKey::from_seed([100; 32]);
+    let mut sim = SimVerifier::new();
+    for k in keys.iter().chain([&client_key]) {
+        sim.register(k);
+    }
+    let signatures: Arc<dyn Verifier> = Arc::new(sim);
+    let hub = Hub::default();
+    let mut handles = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let cfg = EngineConfig {
+            quorums,
+            me: i as u32,
+            replica_keys: keys.iter().map(|k| k.public_key()).collect(),
+            clients: ClientPolicy::Any,
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+        };
+        let net = hub.endpoint(Peer::Replica(i as u32));
+        handles.push(start_replica(
+            cfg,
+            Arc::new(key.clone()),
+            signatures.clone(),
+            net,
+            Box::new(Counter::default()),
+            DriverOptions::default(),
+        ));
+    }
+    let client_net = hub.endpoint(Peer::Client(client_key.public_key()));
+    let client = Client::start(
+        client_net,
+        ClientConfig {
+            quorums,
+            unordered_reads_enabled: false,
+            max_outstanding: 8,
+            max_op_bytes: Limits::default().max_op_bytes,
+            retry_timeout_ms: 1000,
+        },
+        Arc::new(client_key),
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            client
+                .invoke(1i64.to_le_bytes().to_vec(), Duration::from_secs(10))
+                .await
+        }));
+    }
+    let mut seen = Vec::new();
+    for t in tasks {
+        let result = t.await.unwrap().expect("invocation completes");
+        seen.push(i64::from_le_bytes(result.try_into().unwrap()));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        (1..=50).collect::<Vec<i64>>(),
+        "each increment executed exactly once"
+    );
+    for r in 0..n as u32 {
+        let status = client
+            .status(r, Duration::from_secs(5))
+            .await
+            .expect("replica answers status");
+        assert_eq!(status.replica, r);
+        assert_eq!(status.mode, mode.to_string());
+    }
+    let digests: Vec<_> = {
+        let mut d = Vec::new();
+        for r in 0..n as u32 {
+            // Followers may trail the reply quorum by a moment.
+            let mut report = client.status(r, Duration::from_secs(5)).await.unwrap();
+            for _ in 0..50 {
+                if report.last_decided == handles[0].status().last_decided.max(report.last_decided)
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                report = client.status(r, Duration::from_secs(5)).await.unwrap();
+            }
+            d.push((report.last_decided, report.state_digest));
+        }
+        d
+    };
+    assert!(
+        digests.windows(2).all(|w| w[0] == w[1]),
+        "replicas agree: {digests:?}"
+    );
+    client.shutdown();
+    for h in handles {
+        h.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bft_cluster_over_the_driver_executes_concurrent_invocations_exactly_once() {
+    run_cluster(Mode::Bft, 4, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cft_cluster_over_the_driver_executes_concurrent_invocations_exactly_once() {
+    run_cluster(Mode::Cft, 3, 1).await;
+}
