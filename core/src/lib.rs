@@ -1,1 +1,3 @@
-//! placeholder
+//! The protocol engine (placeholder in the transport branch: only the network seam).
+
+pub mod network;
