@@ -29,8 +29,8 @@
 //! Every replica dials every other replica and *sends* on that outgoing connection; it *receives*
 //! on the connections others opened to it. So there are two connections per pair of replicas and no
 //! tie-breaking. Clients dial every replica. A replica answers a client over the most recent live
-//! connection that client opened to it; a frame for a client with no live connection is refused
-//! with [`SendError::UnknownPeer`]. Frames sent by a replica to itself are looped back to its own
+//! connection that client opened to it (a client may hold a few; opening more closes the oldest);
+//! a frame for a client with no live connection is refused with [`SendError::UnknownPeer`]. Frames sent by a replica to itself are looped back to its own
 //! [`Network::recv`] without touching the network.
 //!
 //! # Framing
@@ -410,7 +410,9 @@ impl Drop for Inner {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A poisoned lock only means another thread panicked while holding it; the data (a map of
     // senders, an endpoint handle) is still consistent.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl QuicTransport {
@@ -423,7 +425,8 @@ impl QuicTransport {
     pub async fn start(config: TransportConfig) -> Result<QuicTransport, TransportError> {
         config.validate()?;
         let addr = config.bind_addr()?;
-        let socket = UdpSocket::bind(addr).map_err(|source| TransportError::Bind { addr, source })?;
+        let socket =
+            UdpSocket::bind(addr).map_err(|source| TransportError::Bind { addr, source })?;
         Self::start_with_socket(config, socket).await
     }
 
@@ -631,6 +634,7 @@ impl Network for QuicTransport {
             Peer::Client(key) => {
                 let queue = lock(&shared.client_links)
                     .get(&key)
+                    .and_then(|links| links.last())
                     .map(|link| link.queue.clone())
                     .ok_or(SendError::UnknownPeer(to))?;
                 match queue.try_send(frame) {

@@ -22,6 +22,7 @@ pub(crate) const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(0);
 pub(crate) const CLOSE_FRAME_TOO_LARGE: VarInt = VarInt::from_u32(1);
 pub(crate) const CLOSE_STREAM_REFUSED: VarInt = VarInt::from_u32(2);
 pub(crate) const CLOSE_UNIDENTIFIED: VarInt = VarInt::from_u32(3);
+pub(crate) const CLOSE_TOO_MANY_CONNECTIONS: VarInt = VarInt::from_u32(4);
 
 /// Frames are a 4-byte big-endian length followed by the body.
 pub(crate) const LENGTH_PREFIX_BYTES: usize = 4;
@@ -32,9 +33,20 @@ const COALESCE_BYTES: usize = 256 * 1024;
 /// A write buffer that grew past this (for a very large frame) is released after the write.
 const RETAINED_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
+/// Live connections one client key may hold to a replica; a new one beyond this closes the oldest
+/// (a client that reconnects after a network blip must not wait for its dead connections to time
+/// out, and one that opens connections in a loop must not grow our memory).
+const MAX_CONNECTIONS_PER_CLIENT: usize = 4;
+
 /// Concurrent unidirectional streams a peer may open. We use one per direction; a few more allow
 /// a stream to be replaced without waiting for the old one to be acknowledged closed.
 const MAX_UNI_STREAMS: u32 = 4;
+
+/// The round-trip estimate before the first sample. quinn's default (333 ms, made for the open
+/// internet) makes a dial to a replica that is down linger in the endpoint for 3 s after it is
+/// abandoned, and a dial whose first packet was lost wait a second before retrying. Replicas are
+/// usually close; a low guess costs at most a few early retransmissions of handshake packets.
+const INITIAL_RTT: Duration = Duration::from_millis(100);
 
 /// A body is read in chunks of at most this size, so memory follows bytes actually received.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -50,8 +62,9 @@ pub(crate) struct Shared {
     pub(crate) admission: Arc<Admission>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) inbound_tx: mpsc::Sender<InboundFrame>,
-    /// Replica role: the most recent live connection each client opened to us.
-    pub(crate) client_links: Mutex<HashMap<PublicKey, ClientLink>>,
+    /// Replica role: the live connections each client opened to us, oldest first. Replies go
+    /// over the last one.
+    pub(crate) client_links: Mutex<HashMap<PublicKey, Vec<ClientLink>>>,
     pub(crate) next_link_id: AtomicU64,
     pub(crate) shutdown_tx: watch::Sender<bool>,
     pub(crate) tasks: Mutex<Tasks>,
@@ -66,6 +79,7 @@ pub(crate) struct Tasks {
 pub(crate) struct ClientLink {
     id: u64,
     pub(crate) queue: mpsc::Sender<Vec<u8>>,
+    conn: Connection,
 }
 
 impl Shared {
@@ -110,14 +124,15 @@ pub(crate) fn quic_transport_config(
         .max_concurrent_bidi_streams(VarInt::from_u32(0))
         .max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS))
         .max_idle_timeout(Some(idle_timeout))
-        .keep_alive_interval(Some(idle / 3));
+        .keep_alive_interval(Some(idle / 3))
+        .initial_rtt(INITIAL_RTT);
     Ok(transport)
 }
 
 /// Why a writer stopped writing on a connection.
 enum WriteEnd {
     Shutdown,
-    /// Every sender of the queue is gone (a newer connection of the same client replaced us).
+    /// Every sender of the queue is gone (the link was evicted).
     QueueClosed,
     ConnectionLost(String),
 }
@@ -252,7 +267,12 @@ pub(crate) async fn run_replica_link(
                     backoff = shared.reconnect_initial;
                 }
             }
-            Err(reason) => {
+            Err(DialError::Refused(reason)) => {
+                bump(&shared.counters.connections_refused_by_peer, 1);
+                tracing::warn!(me = %shared.me, ?peer, addr = %target.addr, %reason,
+                    "peer refused our connection; is our key in its configuration?");
+            }
+            Err(DialError::Failed(reason)) => {
                 bump(&shared.counters.handshake_failures, 1);
                 tracing::debug!(me = %shared.me, ?peer, addr = %target.addr, %reason,
                     retry_in_ms = backoff.as_millis() as u64, "dial failed");
@@ -267,22 +287,31 @@ pub(crate) async fn run_replica_link(
     }
 }
 
+enum DialError {
+    /// The peer answered with a TLS alert (e.g. it does not admit our key).
+    Refused(String),
+    Failed(String),
+}
+
 async fn dial(
     shared: &Shared,
     endpoint: &Endpoint,
     target: &crate::ReplicaEndpoint,
     client_config: &quinn::ClientConfig,
-) -> Result<Connection, String> {
+) -> Result<Connection, DialError> {
     let connecting = endpoint
         .connect_with(client_config.clone(), target.addr, tls::SERVER_NAME)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| DialError::Failed(e.to_string()))?;
     match tokio::time::timeout(shared.connect_timeout, connecting).await {
         Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!(
+        Ok(Err(ConnectionError::ConnectionClosed(close))) if is_tls_alert(&close) => {
+            Err(DialError::Refused(close.to_string()))
+        }
+        Ok(Err(e)) => Err(DialError::Failed(e.to_string())),
+        Err(_) => Err(DialError::Failed(format!(
             "no handshake within {} ms",
             shared.connect_timeout.as_millis()
-        )),
+        ))),
     }
 }
 
@@ -329,14 +358,29 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     if let Peer::Client(key) = peer {
         let (queue_tx, queue_rx) = mpsc::channel(shared.send_queue_frames);
         let id = shared.next_link_id.fetch_add(1, Ordering::Relaxed);
-        lock(&shared.client_links).insert(
-            key,
-            ClientLink {
+        let evicted = {
+            let mut links = lock(&shared.client_links);
+            let links = links.entry(key).or_default();
+            links.push(ClientLink {
                 id,
                 queue: queue_tx,
-            },
-        );
-        shared.spawn(run_client_link(shared.clone(), conn.clone(), key, id, queue_rx));
+                conn: conn.clone(),
+            });
+            let excess = links.len().saturating_sub(MAX_CONNECTIONS_PER_CLIENT);
+            links.drain(..excess).collect::<Vec<_>>()
+        };
+        for link in evicted {
+            tracing::info!(me = %shared.me, ?peer, "closing a client's oldest connection");
+            link.conn
+                .close(CLOSE_TOO_MANY_CONNECTIONS, b"too many connections");
+        }
+        shared.spawn(run_client_link(
+            shared.clone(),
+            conn.clone(),
+            key,
+            id,
+            queue_rx,
+        ));
     }
     read_connection(shared, conn, peer).await;
 }
@@ -349,8 +393,7 @@ fn peer_key(conn: &Connection) -> Option<PublicKey> {
     tls::key_from_cert(certs.first()?)
 }
 
-/// Replica role: writes to a client over the connection it opened, until that connection ends or a
-/// newer one replaces it.
+/// Replica role: writes to a client over a connection it opened, until that connection ends.
 async fn run_client_link(
     shared: Arc<Shared>,
     conn: Connection,
@@ -362,9 +405,12 @@ async fn run_client_link(
     let mut shutdown = shared.shutdown_rx();
     let end = write_frames(&shared, &conn, &mut queue, &mut shutdown).await;
     {
-        let mut links = lock(&shared.client_links);
-        if links.get(&key).is_some_and(|link| link.id == id) {
-            links.remove(&key);
+        let mut all_links = lock(&shared.client_links);
+        if let Some(links) = all_links.get_mut(&key) {
+            links.retain(|link| link.id != id);
+            if links.is_empty() {
+                all_links.remove(&key);
+            }
         }
     }
     match end {

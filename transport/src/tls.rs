@@ -58,7 +58,7 @@ impl LocalCertificate {
         })
     }
 
-    fn chain(&self) -> Vec<CertificateDer<'static>> {
+    pub(crate) fn chain(&self) -> Vec<CertificateDer<'static>> {
         vec![self.cert.clone()]
     }
 
