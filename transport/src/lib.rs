@@ -1,1 +1,656 @@
-//! placeholder
+//! smr-transport: the QUIC transport for smr.
+//!
+//! # Role
+//! [`QuicTransport`] implements core's [`Network`] seam over QUIC (quinn 0.11, rustls 0.23 with
+//! the *ring* provider). It moves opaque byte frames between peers that it has authenticated. It
+//! knows nothing about the protocol: decoding and validating frames is the driver's job.
+//!
+//! # Identities are pinned keys
+//! Every endpoint presents a self-signed certificate made (with rcgen) from its ed25519 identity
+//! key. There is no certificate authority: a custom rustls verifier compares the peer's
+//! SubjectPublicKeyInfo bytes with the keys in the configuration, and rustls checks the TLS 1.3
+//! handshake signature that proves possession of the private key. Only TLS 1.3 and ED25519 are
+//! offered, and session resumption is disabled on both sides (a resumed session would skip the
+//! verifiers). The peer a frame is attributed to comes only from the pinned key:
+//! - an incoming connection whose key is replica j's configured key is `Peer::Replica(j)`;
+//! - otherwise, if the [`ClientPolicy`] admits the key, it is `Peer::Client(key)`;
+//! - otherwise the handshake is refused with TLS alert 49 (access_denied).
+//!
+//! A client that is refused still sees its QUIC handshake complete (TLS 1.3 clients finish before
+//! the server has checked their certificate); the refusal arrives as a connection close right
+//! after, counted in [`TransportStats::connections_refused_by_peer`]. Nothing it wrote is ever
+//! delivered. Outgoing connections check that the dialed replica presents exactly the key
+//! configured for it.
+//!
+//! A replica started with an identity key that is not the key configured for its id fails in
+//! [`QuicTransport::start`] with [`TransportError::IdentityMismatch`].
+//!
+//! # Connections
+//! Every replica dials every other replica and *sends* on that outgoing connection; it *receives*
+//! on the connections others opened to it. So there are two connections per pair of replicas and no
+//! tie-breaking. Clients dial every replica. A replica answers a client over the most recent live
+//! connection that client opened to it (a client may hold a few; opening more closes the oldest);
+//! a frame for a client with no live connection is refused with [`SendError::UnknownPeer`]. Frames sent by a replica to itself are looped back to its own
+//! [`Network::recv`] without touching the network.
+//!
+//! # Framing
+//! Each direction of a connection carries a long-lived unidirectional stream of frames, each a
+//! `u32` big-endian length followed by that many bytes. A frame longer than
+//! [`TransportConfig::max_frame_bytes`] is rejected: it is counted, logged with `tracing::warn`,
+//! and the connection that carried it is closed, while every other peer is still served. A frame
+//! body is buffered only as its bytes arrive, so a peer cannot make us allocate by lying about a
+//! length. A stream that ends in the middle of a frame is counted as truncated.
+//!
+//! # Sending and the overflow policy
+//! [`Network::send`] never blocks. It pushes the frame onto a bounded per-peer queue
+//! ([`TransportConfig::send_queue_frames`]) that a writer task drains. When the queue is full the
+//! *new* frame is dropped, counted, and [`SendError::QueueFull`] is returned: delivery is best
+//! effort and the protocol retransmits what matters. The writer coalesces: it drains every frame
+//! already queued into one buffer and issues one write, which is what makes small messages cheap.
+//! If an outgoing connection breaks, the writer reconnects with exponential backoff
+//! ([`TransportConfig::reconnect_initial_ms`] doubling up to
+//! [`TransportConfig::reconnect_max_ms`]); frames queued meanwhile are kept, up to the bound. Frames
+//! that were in the write that failed are lost, and counted.
+//!
+//! # Receiving
+//! Frames from all connections funnel into one bounded queue read by [`Network::recv`]. When it is
+//! full, readers wait, which pushes back on peers through QUIC flow control.
+//!
+//! # Threading
+//! Everything runs as tasks on the caller's tokio runtime (multi-threaded recommended): one
+//! acceptor (replicas only), one writer per outgoing connection and per client connection, and one
+//! reader per incoming stream. [`QuicTransport`] is a cheap handle (`Clone`, an `Arc` inside).
+//! [`QuicTransport::shutdown`] closes the endpoint, stops every task and releases the UDP port;
+//! [`Network::recv`] returns `None` and [`Network::send`] returns [`SendError::Closed`] afterwards.
+//! Dropping the last handle without `shutdown` closes the endpoint too, but does not wait.
+
+mod link;
+mod tls;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use smr_core::network::{InboundFrame, Network, Peer, ReplicaId, SendError};
+use smr_crypto::{IdentityKey, PublicKey};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+/// Where a replica listens and which key it must present.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaEndpoint {
+    pub id: ReplicaId,
+    pub addr: SocketAddr,
+    pub public_key: PublicKey,
+}
+
+/// Which client keys a replica admits. Replicas' own keys are always admitted (as replicas).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientPolicy {
+    /// Any ed25519 key may connect as a client.
+    Any,
+    /// Only these keys may connect as clients.
+    Allowed(BTreeSet<PublicKey>),
+}
+
+/// What this transport instance is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Replica(ReplicaId),
+    Client,
+}
+
+/// Everything [`QuicTransport::start`] needs.
+#[derive(Clone)]
+pub struct TransportConfig {
+    pub role: Role,
+    /// Our key. The TLS certificate is self-signed with it.
+    pub identity: Arc<IdentityKey>,
+    pub replicas: Vec<ReplicaEndpoint>,
+    /// Which client keys a replica admits. Ignored in the client role.
+    pub clients: ClientPolicy,
+    /// Largest frame accepted or sent, at most `u32::MAX`.
+    pub max_frame_bytes: usize,
+    /// Bound of each per-peer send queue, in frames.
+    pub send_queue_frames: usize,
+    /// Bound of the queue that [`Network::recv`] reads, in frames.
+    pub recv_queue_frames: usize,
+    /// First delay before redialing a replica; doubles on every failure.
+    pub reconnect_initial_ms: u64,
+    /// Largest delay between dials.
+    pub reconnect_max_ms: u64,
+    /// How long a dial (QUIC and TLS handshake) may take before it counts as failed.
+    pub connect_timeout_ms: u64,
+    /// A connection with no traffic for this long is considered dead. Keep-alives are sent at a
+    /// third of it, so this bounds how long a silently vanished peer goes unnoticed.
+    pub idle_timeout_ms: u64,
+}
+
+impl TransportConfig {
+    pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+    pub const DEFAULT_SEND_QUEUE_FRAMES: usize = 4096;
+    pub const DEFAULT_RECV_QUEUE_FRAMES: usize = 16384;
+    pub const DEFAULT_RECONNECT_INITIAL_MS: u64 = 100;
+    pub const DEFAULT_RECONNECT_MAX_MS: u64 = 5_000;
+    pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 3_000;
+    pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 10_000;
+
+    /// A replica's configuration with default limits and timeouts.
+    pub fn replica(
+        id: ReplicaId,
+        identity: Arc<IdentityKey>,
+        replicas: Vec<ReplicaEndpoint>,
+        clients: ClientPolicy,
+    ) -> Self {
+        Self::with_defaults(Role::Replica(id), identity, replicas, clients)
+    }
+
+    /// A client's configuration with default limits and timeouts.
+    pub fn client(identity: Arc<IdentityKey>, replicas: Vec<ReplicaEndpoint>) -> Self {
+        Self::with_defaults(Role::Client, identity, replicas, ClientPolicy::Any)
+    }
+
+    fn with_defaults(
+        role: Role,
+        identity: Arc<IdentityKey>,
+        replicas: Vec<ReplicaEndpoint>,
+        clients: ClientPolicy,
+    ) -> Self {
+        Self {
+            role,
+            identity,
+            replicas,
+            clients,
+            max_frame_bytes: Self::DEFAULT_MAX_FRAME_BYTES,
+            send_queue_frames: Self::DEFAULT_SEND_QUEUE_FRAMES,
+            recv_queue_frames: Self::DEFAULT_RECV_QUEUE_FRAMES,
+            reconnect_initial_ms: Self::DEFAULT_RECONNECT_INITIAL_MS,
+            reconnect_max_ms: Self::DEFAULT_RECONNECT_MAX_MS,
+            connect_timeout_ms: Self::DEFAULT_CONNECT_TIMEOUT_MS,
+            idle_timeout_ms: Self::DEFAULT_IDLE_TIMEOUT_MS,
+        }
+    }
+
+    /// Checks the configuration; for a replica, also that `identity` is its configured key.
+    fn validate(&self) -> Result<(), TransportError> {
+        let invalid = |why: String| Err(TransportError::InvalidConfig(why));
+        if self.replicas.is_empty() {
+            return invalid("no replicas are configured".into());
+        }
+        let mut ids = BTreeSet::new();
+        let mut keys = BTreeSet::new();
+        for replica in &self.replicas {
+            if !ids.insert(replica.id) {
+                return invalid(format!("replica id {} is configured twice", replica.id));
+            }
+            if !keys.insert(replica.public_key) {
+                return invalid(format!(
+                    "key {} is configured for more than one replica",
+                    replica.public_key
+                ));
+            }
+        }
+        if self.max_frame_bytes == 0 || u32::try_from(self.max_frame_bytes).is_err() {
+            return invalid(format!(
+                "max_frame_bytes must be in 1..={}, not {}",
+                u32::MAX,
+                self.max_frame_bytes
+            ));
+        }
+        if self.send_queue_frames == 0 || self.recv_queue_frames == 0 {
+            return invalid("send_queue_frames and recv_queue_frames must be at least 1".into());
+        }
+        if self.reconnect_initial_ms == 0 || self.reconnect_initial_ms > self.reconnect_max_ms {
+            return invalid(format!(
+                "need 0 < reconnect_initial_ms ({}) <= reconnect_max_ms ({})",
+                self.reconnect_initial_ms, self.reconnect_max_ms
+            ));
+        }
+        if self.connect_timeout_ms == 0 || self.idle_timeout_ms < 3 {
+            return invalid("connect_timeout_ms and idle_timeout_ms must be positive".into());
+        }
+        if let Role::Replica(id) = self.role {
+            let ours = self.own_endpoint(id)?;
+            let actual = self.identity.public_key();
+            if ours.public_key != actual {
+                return Err(TransportError::IdentityMismatch {
+                    id,
+                    configured: ours.public_key,
+                    actual,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn own_endpoint(&self, id: ReplicaId) -> Result<&ReplicaEndpoint, TransportError> {
+        self.replicas
+            .iter()
+            .find(|r| r.id == id)
+            .ok_or(TransportError::UnknownReplicaId(id))
+    }
+
+    /// The address a transport in this role binds when no socket is given.
+    fn bind_addr(&self) -> Result<SocketAddr, TransportError> {
+        match self.role {
+            Role::Replica(id) => Ok(self.own_endpoint(id)?.addr),
+            Role::Client => {
+                let all_loopback = self.replicas.iter().all(|r| r.addr.ip().is_loopback());
+                let any_v6 = self.replicas.iter().any(|r| r.addr.is_ipv6());
+                let ip: IpAddr = match (any_v6, all_loopback) {
+                    (false, true) => Ipv4Addr::LOCALHOST.into(),
+                    (false, false) => Ipv4Addr::UNSPECIFIED.into(),
+                    (true, true) if self.replicas.iter().all(|r| r.addr.is_ipv6()) => {
+                        Ipv6Addr::LOCALHOST.into()
+                    }
+                    (true, _) => Ipv6Addr::UNSPECIFIED.into(),
+                };
+                Ok(SocketAddr::new(ip, 0))
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for TransportConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportConfig")
+            .field("role", &self.role)
+            .field("identity", &self.identity.public_key())
+            .field("replicas", &self.replicas)
+            .field("clients", &self.clients)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("send_queue_frames", &self.send_queue_frames)
+            .field("recv_queue_frames", &self.recv_queue_frames)
+            .field("reconnect_initial_ms", &self.reconnect_initial_ms)
+            .field("reconnect_max_ms", &self.reconnect_max_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("idle_timeout_ms", &self.idle_timeout_ms)
+            .finish()
+    }
+}
+
+/// Why the transport could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error(
+        "identity key {actual} is not the key {configured} configured for replica {id}; \
+         check the replica id and the key file"
+    )]
+    IdentityMismatch {
+        id: ReplicaId,
+        configured: PublicKey,
+        actual: PublicKey,
+    },
+    #[error("replica id {0} is not in the configured replica set")]
+    UnknownReplicaId(ReplicaId),
+    #[error("invalid transport configuration: {0}")]
+    InvalidConfig(String),
+    #[error("cannot bind UDP socket {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create the QUIC endpoint: {0}")]
+    Endpoint(std::io::Error),
+    #[error("cannot make a certificate from the identity key: {0}")]
+    Certificate(String),
+    #[error("TLS configuration error: {0}")]
+    Tls(String),
+}
+
+/// A snapshot of the transport's counters, all monotonic since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Frames written to a QUIC stream (loopback frames are not counted anywhere).
+    pub frames_sent: u64,
+    /// Payload bytes of `frames_sent`, without length prefixes.
+    pub bytes_sent: u64,
+    /// Frames handed to `recv`'s queue.
+    pub frames_received: u64,
+    /// Payload bytes of `frames_received`.
+    pub bytes_received: u64,
+    /// New frames dropped because the peer's send queue was full.
+    pub frames_dropped_queue_full: u64,
+    /// Frames lost because the connection failed while they were being written.
+    pub frames_dropped_connection_lost: u64,
+    /// Incoming frames whose length prefix exceeded `max_frame_bytes` (each closed a connection).
+    pub frames_rejected_oversize: u64,
+    /// Incoming streams that ended inside a frame.
+    pub frames_truncated: u64,
+    /// Outgoing connections established (to replicas).
+    pub connections_outgoing: u64,
+    /// Incoming connections accepted and authenticated.
+    pub connections_incoming: u64,
+    /// Handshakes we refused because the peer's key is not admitted (incoming), or because a
+    /// replica we dialed presented a key other than its configured one (outgoing).
+    pub connections_refused_unknown_key: u64,
+    /// Our connections that the peer closed with a TLS alert, e.g. because it does not admit
+    /// our key.
+    pub connections_refused_by_peer: u64,
+    /// Dials or incoming handshakes that failed or timed out.
+    pub handshake_failures: u64,
+    /// Established connections that ended other than by our own shutdown.
+    pub connections_lost: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    frames_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+    frames_received: AtomicU64,
+    bytes_received: AtomicU64,
+    frames_dropped_queue_full: AtomicU64,
+    frames_dropped_connection_lost: AtomicU64,
+    frames_rejected_oversize: AtomicU64,
+    frames_truncated: AtomicU64,
+    connections_outgoing: AtomicU64,
+    connections_incoming: AtomicU64,
+    connections_refused_unknown_key: AtomicU64,
+    connections_refused_by_peer: AtomicU64,
+    handshake_failures: AtomicU64,
+    connections_lost: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> TransportStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        TransportStats {
+            frames_sent: get(&self.frames_sent),
+            bytes_sent: get(&self.bytes_sent),
+            frames_received: get(&self.frames_received),
+            bytes_received: get(&self.bytes_received),
+            frames_dropped_queue_full: get(&self.frames_dropped_queue_full),
+            frames_dropped_connection_lost: get(&self.frames_dropped_connection_lost),
+            frames_rejected_oversize: get(&self.frames_rejected_oversize),
+            frames_truncated: get(&self.frames_truncated),
+            connections_outgoing: get(&self.connections_outgoing),
+            connections_incoming: get(&self.connections_incoming),
+            connections_refused_unknown_key: get(&self.connections_refused_unknown_key),
+            connections_refused_by_peer: get(&self.connections_refused_by_peer),
+            handshake_failures: get(&self.handshake_failures),
+            connections_lost: get(&self.connections_lost),
+        }
+    }
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// How long `shutdown` waits for connections to drain and tasks to stop before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// The QUIC transport. Cheap to clone; all clones share one endpoint.
+#[derive(Clone)]
+pub struct QuicTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<link::Shared>,
+    role: Role,
+    /// Outgoing queues to the replicas we dial (every replica but ourselves).
+    replica_queues: BTreeMap<ReplicaId, mpsc::Sender<Vec<u8>>>,
+    inbound_rx: tokio::sync::Mutex<mpsc::Receiver<InboundFrame>>,
+    endpoint: Mutex<Option<quinn::Endpoint>>,
+    local_addr: SocketAddr,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shared.begin_shutdown();
+        if let Some(endpoint) = lock(&self.endpoint).take() {
+            endpoint.close(link::CLOSE_SHUTDOWN, b"shutdown");
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means another thread panicked while holding it; the data (a map of
+    // senders, an endpoint handle) is still consistent.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl QuicTransport {
+    /// Starts the transport, binding the replica's configured address (replica role) or an
+    /// ephemeral port of the right address family (client role).
+    ///
+    /// A replica checks that `identity` is the key configured for its id, accepts connections,
+    /// and dials every other replica; a client dials every replica. Dials that fail are retried
+    /// with backoff in the background, so `start` does not wait for peers.
+    pub async fn start(config: TransportConfig) -> Result<QuicTransport, TransportError> {
+        config.validate()?;
+        let addr = config.bind_addr()?;
+        let socket =
+            UdpSocket::bind(addr).map_err(|source| TransportError::Bind { addr, source })?;
+        Self::start_with_socket(config, socket).await
+    }
+
+    /// Like [`QuicTransport::start`], on a socket the caller has already bound.
+    pub async fn start_with_socket(
+        config: TransportConfig,
+        socket: UdpSocket,
+    ) -> Result<QuicTransport, TransportError> {
+        config.validate()?;
+        let local_addr = socket.local_addr().map_err(TransportError::Endpoint)?;
+        socket
+            .set_nonblocking(true)
+            .map_err(TransportError::Endpoint)?;
+
+        let counters = Arc::new(Counters::default());
+        let local_cert = tls::LocalCertificate::from_identity(&config.identity)?;
+        let transport_config = Arc::new(link::quic_transport_config(&config)?);
+        let admission = Arc::new(tls::Admission {
+            replica_by_key: config
+                .replicas
+                .iter()
+                .map(|r| (r.public_key, r.id))
+                .collect(),
+            clients: config.clients.clone(),
+        });
+
+        let server_config = match config.role {
+            Role::Replica(_) => {
+                let crypto = tls::server_config(&local_cert, admission.clone(), counters.clone())?;
+                let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
+                    .map_err(|e| TransportError::Tls(e.to_string()))?;
+                let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+                server.transport_config(transport_config.clone());
+                Some(server)
+            }
+            Role::Client => None,
+        };
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            server_config,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(TransportError::Endpoint)?;
+
+        let me = match config.role {
+            Role::Replica(id) => format!("replica {id}"),
+            Role::Client => format!("client {}", config.identity.public_key()),
+        };
+        let (inbound_tx, inbound_rx) = mpsc::channel(config.recv_queue_frames);
+        let (shutdown_tx, _) = watch::channel(false);
+        let shared = Arc::new(link::Shared {
+            me,
+            max_frame_bytes: config.max_frame_bytes,
+            send_queue_frames: config.send_queue_frames,
+            reconnect_initial: Duration::from_millis(config.reconnect_initial_ms),
+            reconnect_max: Duration::from_millis(config.reconnect_max_ms),
+            connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+            admission,
+            counters,
+            inbound_tx,
+            client_links: Mutex::new(Default::default()),
+            next_link_id: AtomicU64::new(0),
+            shutdown_tx,
+            tasks: Mutex::new(link::Tasks {
+                set: JoinSet::new(),
+                closed: false,
+            }),
+        });
+
+        let mut replica_queues = BTreeMap::new();
+        for replica in &config.replicas {
+            if config.role == Role::Replica(replica.id) {
+                continue;
+            }
+            let crypto =
+                tls::client_config(&local_cert, replica.public_key, shared.counters.clone())?;
+            let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
+                .map_err(|e| TransportError::Tls(e.to_string()))?;
+            let mut client_config = quinn::ClientConfig::new(Arc::new(crypto));
+            client_config.transport_config(transport_config.clone());
+            let (tx, rx) = mpsc::channel(config.send_queue_frames);
+            replica_queues.insert(replica.id, tx);
+            shared.spawn(link::run_replica_link(
+                shared.clone(),
+                endpoint.clone(),
+                replica.clone(),
+                client_config,
+                rx,
+            ));
+        }
+        if let Role::Replica(_) = config.role {
+            shared.spawn(link::run_acceptor(shared.clone(), endpoint.clone()));
+        }
+        tracing::info!(me = %shared.me, %local_addr, "transport started");
+
+        Ok(QuicTransport {
+            inner: Arc::new(Inner {
+                shared,
+                role: config.role,
+                replica_queues,
+                inbound_rx: tokio::sync::Mutex::new(inbound_rx),
+                endpoint: Mutex::new(Some(endpoint)),
+                local_addr,
+            }),
+        })
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> TransportStats {
+        self.inner.shared.counters.snapshot()
+    }
+
+    /// The address the endpoint is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// Closes every connection and the endpoint, stops the transport's tasks and releases the UDP
+    /// port (so a new transport can bind the same address). Afterwards `recv` returns `None` and
+    /// `send` fails with [`SendError::Closed`]. Calling it again does nothing.
+    pub async fn shutdown(&self) {
+        let shared = &self.inner.shared;
+        shared.begin_shutdown();
+        let endpoint = lock(&self.inner.endpoint).take();
+        let Some(endpoint) = endpoint else {
+            return;
+        };
+        endpoint.close(link::CLOSE_SHUTDOWN, b"shutdown");
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, endpoint.wait_idle()).await;
+        let mut tasks = std::mem::take(&mut lock(&shared.tasks).set);
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(me = %shared.me, "tasks still running after shutdown; aborting them");
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        drop(endpoint);
+        // quinn's endpoint driver owns the socket and lets go of it asynchronously once the last
+        // handle is gone; wait until the port can be bound again so a restart cannot race it.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while UdpSocket::bind(self.inner.local_addr).is_err()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tracing::info!(me = %shared.me, "transport shut down");
+    }
+
+    async fn next_frame(&self) -> Option<InboundFrame> {
+        let mut shutdown = self.inner.shared.shutdown_rx();
+        if *shutdown.borrow() {
+            return None;
+        }
+        let mut inbound = self.inner.inbound_rx.lock().await;
+        tokio::select! {
+            biased;
+            _ = link::shutdown_signaled(&mut shutdown) => None,
+            frame = inbound.recv() => frame,
+        }
+    }
+
+    fn queue_full(&self, to: Peer) -> SendError {
+        bump(&self.inner.shared.counters.frames_dropped_queue_full, 1);
+        SendError::QueueFull(to)
+    }
+}
+
+impl Network for QuicTransport {
+    fn send(&self, to: Peer, frame: Vec<u8>) -> Result<(), SendError> {
+        use mpsc::error::TrySendError;
+        let shared = &self.inner.shared;
+        if shared.is_shut_down() {
+            return Err(SendError::Closed);
+        }
+        if frame.len() > shared.max_frame_bytes {
+            return Err(SendError::FrameTooLarge {
+                size_bytes: frame.len(),
+                max_bytes: shared.max_frame_bytes,
+            });
+        }
+        match to {
+            Peer::Replica(id) if self.inner.role == Role::Replica(id) => {
+                match shared.inbound_tx.try_send(InboundFrame { from: to, frame }) {
+                    Ok(()) => Ok(()),
+                    Err(TrySendError::Full(_)) => Err(self.queue_full(to)),
+                    Err(TrySendError::Closed(_)) => Err(SendError::Closed),
+                }
+            }
+            Peer::Replica(id) => {
+                let queue = self
+                    .inner
+                    .replica_queues
+                    .get(&id)
+                    .ok_or(SendError::UnknownPeer(to))?;
+                match queue.try_send(frame) {
+                    Ok(()) => Ok(()),
+                    Err(TrySendError::Full(_)) => Err(self.queue_full(to)),
+                    Err(TrySendError::Closed(_)) => Err(SendError::Closed),
+                }
+            }
+            Peer::Client(key) => {
+                let queue = lock(&shared.client_links)
+                    .get(&key)
+                    .and_then(|links| links.last())
+                    .map(|link| link.queue.clone())
+                    .ok_or(SendError::UnknownPeer(to))?;
+                match queue.try_send(frame) {
+                    Ok(()) => Ok(()),
+                    Err(TrySendError::Full(_)) => Err(self.queue_full(to)),
+                    // The connection ended between the lookup and now.
+                    Err(TrySendError::Closed(_)) => Err(SendError::UnknownPeer(to)),
+                }
+            }
+        }
+    }
+
+    fn recv(&self) -> impl std::future::Future<Output = Option<InboundFrame>> + Send {
+        self.next_frame()
+    }
+}
+
+#[cfg(test)]
+mod tests;

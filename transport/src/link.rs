@@ -1,0 +1,523 @@
+//! The tasks behind a transport: dialing replicas, accepting connections, writing and reading
+//! frames.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::{Connection, ConnectionError, Endpoint, RecvStream, VarInt};
+use smr_core::network::{InboundFrame, Peer};
+use smr_crypto::PublicKey;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::tls::{self, Admission};
+use crate::{bump, lock, Counters, TransportConfig, TransportError};
+
+/// Application close codes.
+pub(crate) const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(0);
+pub(crate) const CLOSE_FRAME_TOO_LARGE: VarInt = VarInt::from_u32(1);
+pub(crate) const CLOSE_STREAM_REFUSED: VarInt = VarInt::from_u32(2);
+pub(crate) const CLOSE_UNIDENTIFIED: VarInt = VarInt::from_u32(3);
+pub(crate) const CLOSE_TOO_MANY_CONNECTIONS: VarInt = VarInt::from_u32(4);
+
+/// Frames are a 4-byte big-endian length followed by the body.
+pub(crate) const LENGTH_PREFIX_BYTES: usize = 4;
+
+/// The writer stops draining the queue into one write once the buffer holds this much.
+const COALESCE_BYTES: usize = 256 * 1024;
+
+/// A write buffer that grew past this (for a very large frame) is released after the write.
+const RETAINED_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Live connections one client key may hold to a replica; a new one beyond this closes the oldest
+/// (a client that reconnects after a network blip must not wait for its dead connections to time
+/// out, and one that opens connections in a loop must not grow our memory).
+const MAX_CONNECTIONS_PER_CLIENT: usize = 4;
+
+/// Concurrent unidirectional streams a peer may open. We use one per direction; a few more allow
+/// a stream to be replaced without waiting for the old one to be acknowledged closed.
+const MAX_UNI_STREAMS: u32 = 4;
+
+/// The round-trip estimate before the first sample. quinn's default (333 ms, made for the open
+/// internet) makes a dial to a replica that is down linger in the endpoint for 3 s after it is
+/// abandoned, and a dial whose first packet was lost wait a second before retrying. Replicas are
+/// usually close; a low guess costs at most a few early retransmissions of handshake packets.
+const INITIAL_RTT: Duration = Duration::from_millis(100);
+
+/// A body is read in chunks of at most this size, so memory follows bytes actually received.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// State shared by the transport handle and all of its tasks.
+pub(crate) struct Shared {
+    pub(crate) me: String,
+    pub(crate) max_frame_bytes: usize,
+    pub(crate) send_queue_frames: usize,
+    pub(crate) reconnect_initial: Duration,
+    pub(crate) reconnect_max: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) admission: Arc<Admission>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) inbound_tx: mpsc::Sender<InboundFrame>,
+    /// Replica role: the live connections each client opened to us, oldest first. Replies go
+    /// over the last one.
+    pub(crate) client_links: Mutex<HashMap<PublicKey, Vec<ClientLink>>>,
+    pub(crate) next_link_id: AtomicU64,
+    pub(crate) shutdown_tx: watch::Sender<bool>,
+    pub(crate) tasks: Mutex<Tasks>,
+}
+
+pub(crate) struct Tasks {
+    pub(crate) set: JoinSet<()>,
+    /// Set at shutdown; nothing is spawned afterwards.
+    pub(crate) closed: bool,
+}
+
+pub(crate) struct ClientLink {
+    id: u64,
+    pub(crate) queue: mpsc::Sender<Vec<u8>>,
+    conn: Connection,
+}
+
+impl Shared {
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let mut tasks = lock(&self.tasks);
+        if tasks.closed {
+            return;
+        }
+        // Reap finished tasks so the set stays as small as the number of live ones.
+        while tasks.set.try_join_next().is_some() {}
+        tasks.set.spawn(task);
+    }
+
+    pub(crate) fn begin_shutdown(&self) {
+        lock(&self.tasks).closed = true;
+        self.shutdown_tx.send_replace(true);
+    }
+
+    pub(crate) fn is_shut_down(&self) -> bool {
+        *self.shutdown_tx.borrow()
+    }
+
+    pub(crate) fn shutdown_rx(&self) -> watch::Receiver<bool> {
+        self.shutdown_tx.subscribe()
+    }
+}
+
+/// Resolves once shutdown has begun.
+pub(crate) async fn shutdown_signaled(shutdown: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone, which also means we are shutting down.
+    let _ = shutdown.wait_for(|down| *down).await;
+}
+
+pub(crate) fn quic_transport_config(
+    config: &TransportConfig,
+) -> Result<quinn::TransportConfig, TransportError> {
+    let idle = Duration::from_millis(config.idle_timeout_ms);
+    let idle_timeout = quinn::IdleTimeout::try_from(idle)
+        .map_err(|_| TransportError::InvalidConfig("idle_timeout_ms is too large".into()))?;
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(VarInt::from_u32(0))
+        .max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS))
+        .max_idle_timeout(Some(idle_timeout))
+        .keep_alive_interval(Some(idle / 3))
+        .initial_rtt(INITIAL_RTT);
+    Ok(transport)
+}
+
+/// Why a writer stopped writing on a connection.
+enum WriteEnd {
+    Shutdown,
+    /// Every sender of the queue is gone (the link was evicted).
+    QueueClosed,
+    ConnectionLost(String),
+}
+
+/// Writes queued frames onto one unidirectional stream of `conn` until something ends it.
+async fn write_frames(
+    shared: &Shared,
+    conn: &Connection,
+    queue: &mut mpsc::Receiver<Vec<u8>>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> WriteEnd {
+    let counters = &shared.counters;
+    let mut stream = None;
+    let mut buffer = Vec::new();
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = shutdown_signaled(shutdown) => return WriteEnd::Shutdown,
+            error = conn.closed() => return WriteEnd::ConnectionLost(error.to_string()),
+            frame = queue.recv() => match frame {
+                Some(frame) => frame,
+                None => return WriteEnd::QueueClosed,
+            },
+        };
+        buffer.clear();
+        let mut frames = 0u64;
+        let mut payload_bytes = 0u64;
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            // The length fits: send() refuses frames over max_frame_bytes, which is <= u32::MAX.
+            let length = u32::try_from(frame.len()).expect("frame length checked by send");
+            buffer.extend_from_slice(&length.to_be_bytes());
+            buffer.extend_from_slice(&frame);
+            frames += 1;
+            payload_bytes += frame.len() as u64;
+            if buffer.len() < COALESCE_BYTES {
+                next = queue.try_recv().ok();
+            }
+        }
+        let result = tokio::select! {
+            biased;
+            _ = shutdown_signaled(shutdown) => return WriteEnd::Shutdown,
+            result = write_buffer(conn, &mut stream, &buffer) => result,
+        };
+        match result {
+            Ok(()) => {
+                bump(&counters.frames_sent, frames);
+                bump(&counters.bytes_sent, payload_bytes);
+            }
+            Err(error) => {
+                bump(&counters.frames_dropped_connection_lost, frames);
+                return WriteEnd::ConnectionLost(error);
+            }
+        }
+        if buffer.capacity() > RETAINED_BUFFER_BYTES {
+            buffer = Vec::new();
+        }
+    }
+}
+
+async fn write_buffer(
+    conn: &Connection,
+    stream: &mut Option<quinn::SendStream>,
+    buffer: &[u8],
+) -> Result<(), String> {
+    let send = match stream {
+        Some(send) => send,
+        None => stream.insert(conn.open_uni().await.map_err(|e| e.to_string())?),
+    };
+    send.write_all(buffer).await.map_err(|e| e.to_string())
+}
+
+/// Counts and logs the end of an established connection.
+fn connection_ended(shared: &Shared, peer: Peer, conn: &Connection, end: &str) {
+    match conn.close_reason() {
+        Some(ConnectionError::ConnectionClosed(close)) if is_tls_alert(&close) => {
+            bump(&shared.counters.connections_refused_by_peer, 1);
+            tracing::warn!(me = %shared.me, ?peer, reason = %close,
+                "peer refused our connection; is our key in its configuration?");
+        }
+        Some(ConnectionError::LocallyClosed) if shared.is_shut_down() => {}
+        _ => {
+            bump(&shared.counters.connections_lost, 1);
+            tracing::info!(me = %shared.me, ?peer, reason = %end, "connection lost");
+        }
+    }
+}
+
+/// QUIC reports TLS alerts as CRYPTO_ERROR transport codes 0x100..=0x1ff.
+fn is_tls_alert(close: &quinn::ConnectionClose) -> bool {
+    let code = u64::from(close.error_code);
+    (0x100..=0x1ff).contains(&code)
+}
+
+/// Keeps one outgoing connection to a replica alive and writes its queue onto it.
+pub(crate) async fn run_replica_link(
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    target: crate::ReplicaEndpoint,
+    client_config: quinn::ClientConfig,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+) {
+    let peer = Peer::Replica(target.id);
+    let mut shutdown = shared.shutdown_rx();
+    let mut backoff = shared.reconnect_initial;
+    loop {
+        let dialed = tokio::select! {
+            biased;
+            _ = shutdown_signaled(&mut shutdown) => return,
+            dialed = dial(&shared, &endpoint, &target, &client_config) => dialed,
+        };
+        match dialed {
+            Ok(conn) => {
+                bump(&shared.counters.connections_outgoing, 1);
+                tracing::info!(me = %shared.me, ?peer, addr = %target.addr, "connected");
+                let connected_at = Instant::now();
+                // Replies to a client come back on the connection it opened.
+                shared.spawn(read_connection(shared.clone(), conn.clone(), peer));
+                match write_frames(&shared, &conn, &mut queue, &mut shutdown).await {
+                    WriteEnd::Shutdown | WriteEnd::QueueClosed => {
+                        conn.close(CLOSE_SHUTDOWN, b"shutdown");
+                        return;
+                    }
+                    WriteEnd::ConnectionLost(reason) => {
+                        connection_ended(&shared, peer, &conn, &reason);
+                        conn.close(CLOSE_SHUTDOWN, b"reconnecting");
+                    }
+                }
+                // A connection that lived a while earns a fresh backoff; one that the peer closes
+                // right away (e.g. refusing our key) keeps backing off.
+                if connected_at.elapsed() >= shared.reconnect_max {
+                    backoff = shared.reconnect_initial;
+                }
+            }
+            Err(DialError::Refused(reason)) => {
+                bump(&shared.counters.connections_refused_by_peer, 1);
+                tracing::warn!(me = %shared.me, ?peer, addr = %target.addr, %reason,
+                    "peer refused our connection; is our key in its configuration?");
+            }
+            Err(DialError::Failed(reason)) => {
+                bump(&shared.counters.handshake_failures, 1);
+                tracing::debug!(me = %shared.me, ?peer, addr = %target.addr, %reason,
+                    retry_in_ms = backoff.as_millis() as u64, "dial failed");
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown_signaled(&mut shutdown) => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(shared.reconnect_max);
+    }
+}
+
+enum DialError {
+    /// The peer answered with a TLS alert (e.g. it does not admit our key).
+    Refused(String),
+    Failed(String),
+}
+
+async fn dial(
+    shared: &Shared,
+    endpoint: &Endpoint,
+    target: &crate::ReplicaEndpoint,
+    client_config: &quinn::ClientConfig,
+) -> Result<Connection, DialError> {
+    let connecting = endpoint
+        .connect_with(client_config.clone(), target.addr, tls::SERVER_NAME)
+        .map_err(|e| DialError::Failed(e.to_string()))?;
+    match tokio::time::timeout(shared.connect_timeout, connecting).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(ConnectionError::ConnectionClosed(close))) if is_tls_alert(&close) => {
+            Err(DialError::Refused(close.to_string()))
+        }
+        Ok(Err(e)) => Err(DialError::Failed(e.to_string())),
+        Err(_) => Err(DialError::Failed(format!(
+            "no handshake within {} ms",
+            shared.connect_timeout.as_millis()
+        ))),
+    }
+}
+
+/// Replica role: accepts connections until shutdown.
+pub(crate) async fn run_acceptor(shared: Arc<Shared>, endpoint: Endpoint) {
+    let mut shutdown = shared.shutdown_rx();
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            _ = shutdown_signaled(&mut shutdown) => return,
+            incoming = endpoint.accept() => incoming,
+        };
+        let Some(incoming) = incoming else {
+            return;
+        };
+        shared.spawn(handle_incoming(shared.clone(), incoming));
+    }
+}
+
+async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let conn = match tokio::time::timeout(shared.connect_timeout, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            bump(&shared.counters.handshake_failures, 1);
+            tracing::debug!(me = %shared.me, %remote, error = %e, "incoming handshake failed");
+            return;
+        }
+        Err(_) => {
+            bump(&shared.counters.handshake_failures, 1);
+            tracing::debug!(me = %shared.me, %remote, "incoming handshake timed out");
+            return;
+        }
+    };
+    // The verifier admitted the key; identify it again from the certificate the connection holds.
+    let peer = peer_key(&conn).and_then(|key| shared.admission.identify(&key));
+    let Some(peer) = peer else {
+        tracing::warn!(me = %shared.me, %remote, "connection without an admitted identity");
+        conn.close(CLOSE_UNIDENTIFIED, b"unidentified");
+        return;
+    };
+    bump(&shared.counters.connections_incoming, 1);
+    tracing::info!(me = %shared.me, ?peer, %remote, "accepted connection");
+    if let Peer::Client(key) = peer {
+        let (queue_tx, queue_rx) = mpsc::channel(shared.send_queue_frames);
+        let id = shared.next_link_id.fetch_add(1, Ordering::Relaxed);
+        let evicted = {
+            let mut links = lock(&shared.client_links);
+            let links = links.entry(key).or_default();
+            links.push(ClientLink {
+                id,
+                queue: queue_tx,
+                conn: conn.clone(),
+            });
+            let excess = links.len().saturating_sub(MAX_CONNECTIONS_PER_CLIENT);
+            links.drain(..excess).collect::<Vec<_>>()
+        };
+        for link in evicted {
+            tracing::info!(me = %shared.me, ?peer, "closing a client's oldest connection");
+            link.conn
+                .close(CLOSE_TOO_MANY_CONNECTIONS, b"too many connections");
+        }
+        shared.spawn(run_client_link(
+            shared.clone(),
+            conn.clone(),
+            key,
+            id,
+            queue_rx,
+        ));
+    }
+    read_connection(shared, conn, peer).await;
+}
+
+fn peer_key(conn: &Connection) -> Option<PublicKey> {
+    let identity = conn.peer_identity()?;
+    let certs = identity
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    tls::key_from_cert(certs.first()?)
+}
+
+/// Replica role: writes to a client over a connection it opened, until that connection ends.
+async fn run_client_link(
+    shared: Arc<Shared>,
+    conn: Connection,
+    key: PublicKey,
+    id: u64,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+) {
+    let peer = Peer::Client(key);
+    let mut shutdown = shared.shutdown_rx();
+    let end = write_frames(&shared, &conn, &mut queue, &mut shutdown).await;
+    {
+        let mut all_links = lock(&shared.client_links);
+        if let Some(links) = all_links.get_mut(&key) {
+            links.retain(|link| link.id != id);
+            if links.is_empty() {
+                all_links.remove(&key);
+            }
+        }
+    }
+    match end {
+        WriteEnd::Shutdown | WriteEnd::QueueClosed => {}
+        WriteEnd::ConnectionLost(reason) => {
+            connection_ended(&shared, peer, &conn, &reason);
+            conn.close(CLOSE_SHUTDOWN, b"write failed");
+        }
+    }
+}
+
+/// Reads every unidirectional stream the peer opens on `conn`.
+pub(crate) async fn read_connection(shared: Arc<Shared>, conn: Connection, peer: Peer) {
+    let mut shutdown = shared.shutdown_rx();
+    loop {
+        let stream = tokio::select! {
+            biased;
+            _ = shutdown_signaled(&mut shutdown) => return,
+            stream = conn.accept_uni() => stream,
+        };
+        match stream {
+            Ok(stream) => shared.spawn(read_stream(shared.clone(), conn.clone(), stream, peer)),
+            // The connection ended; whoever writes on it counts that.
+            Err(_) => return,
+        }
+    }
+}
+
+/// Why a stream stopped yielding frames.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum StreamEnd {
+    /// The stream finished on a frame boundary.
+    Finished,
+    /// The stream finished inside a frame.
+    Truncated,
+    /// A length prefix exceeded the limit.
+    Oversize { length_bytes: u64 },
+    /// The stream or connection failed.
+    Failed(String),
+    /// Nobody takes frames any more.
+    Closed,
+}
+
+async fn read_stream(shared: Arc<Shared>, conn: Connection, mut stream: RecvStream, peer: Peer) {
+    let mut shutdown = shared.shutdown_rx();
+    let end = tokio::select! {
+        biased;
+        _ = shutdown_signaled(&mut shutdown) => StreamEnd::Closed,
+        end = read_frames(&shared, &mut stream, peer) => end,
+    };
+    match end {
+        StreamEnd::Finished | StreamEnd::Closed => {}
+        StreamEnd::Truncated => {
+            bump(&shared.counters.frames_truncated, 1);
+            tracing::debug!(me = %shared.me, ?peer, "stream ended inside a frame");
+        }
+        StreamEnd::Oversize { length_bytes } => {
+            bump(&shared.counters.frames_rejected_oversize, 1);
+            tracing::warn!(me = %shared.me, ?peer, length_bytes,
+                max_frame_bytes = shared.max_frame_bytes,
+                "rejected an oversize frame; closing the connection");
+            conn.close(CLOSE_FRAME_TOO_LARGE, b"frame exceeds max_frame_bytes");
+        }
+        StreamEnd::Failed(reason) => {
+            tracing::debug!(me = %shared.me, ?peer, %reason, "stream failed");
+            let _ = stream.stop(CLOSE_STREAM_REFUSED);
+        }
+    }
+}
+
+/// Reads frames from one stream and hands them to `recv`'s queue.
+async fn read_frames(shared: &Shared, stream: &mut RecvStream, peer: Peer) -> StreamEnd {
+    loop {
+        let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
+        match stream.read_exact(&mut prefix).await {
+            Ok(()) => {}
+            Err(quinn::ReadExactError::FinishedEarly(0)) => return StreamEnd::Finished,
+            Err(quinn::ReadExactError::FinishedEarly(_)) => return StreamEnd::Truncated,
+            Err(quinn::ReadExactError::ReadError(e)) => return StreamEnd::Failed(e.to_string()),
+        }
+        let length_bytes = u32::from_be_bytes(prefix);
+        let length = match usize::try_from(length_bytes) {
+            Ok(length) if length <= shared.max_frame_bytes => length,
+            _ => {
+                return StreamEnd::Oversize {
+                    length_bytes: u64::from(length_bytes),
+                }
+            }
+        };
+        let mut frame = Vec::with_capacity(length.min(READ_CHUNK_BYTES));
+        while frame.len() < length {
+            let wanted = (length - frame.len()).min(READ_CHUNK_BYTES);
+            match stream.read_chunk(wanted, true).await {
+                Ok(Some(chunk)) => frame.extend_from_slice(&chunk.bytes),
+                Ok(None) => return StreamEnd::Truncated,
+                Err(e) => return StreamEnd::Failed(e.to_string()),
+            }
+        }
+        if shared
+            .inbound_tx
+            .send(InboundFrame { from: peer, frame })
+            .await
+            .is_err()
+        {
+            return StreamEnd::Closed;
+        }
+        bump(&shared.counters.frames_received, 1);
+        bump(&shared.counters.bytes_received, length as u64);
+    }
+}
