@@ -64,7 +64,9 @@
 //! [`Network::recv`] returns `None` and [`Network::send`] returns [`SendError::Closed`] afterwards.
 //! Dropping the last handle without `shutdown` closes the endpoint too, but does not wait.
 
+mod embed;
 mod link;
+pub use embed::{Client, Replica, StartError};
 mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,0 +1,186 @@
+//! The embedding API: a replica or a client of a cluster described by a [`ClusterConfig`],
+//! running core's driver over QUIC.
+//!
+//! ```no_run
+//! # async fn demo(config: smr_core::cluster::ClusterConfig, key: smr_crypto::IdentityKey,
+//! #               service: Box<dyn smr_core::Service>, client_key: smr_crypto::IdentityKey) {
+//! let replica = smr_transport::Replica::start(&config, 0, key, service).await.unwrap();
+//! let client = smr_transport::Client::connect(&config, client_key).await.unwrap();
+//! let reply = client.invoke(b"op".to_vec()).await.unwrap();
+//! # }
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use smr_core::client::ClientConfig;
+use smr_core::cluster::ClusterConfig;
+use smr_core::driver::{self, DriverOptions, InvokeError, ReplicaHandle, ReplicaStatus};
+use smr_core::message::StatusReport;
+use smr_core::{ReplicaId, Service};
+use smr_crypto::{Ed25519Verifier, IdentityKey};
+
+use crate::{
+    ClientPolicy, QuicTransport, ReplicaEndpoint, TransportConfig, TransportError, TransportStats,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("replica {0} is not in the cluster config")]
+    UnknownReplica(ReplicaId),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+fn endpoints(config: &ClusterConfig) -> Vec<ReplicaEndpoint> {
+    config
+        .replicas
+        .iter()
+        .map(|r| ReplicaEndpoint {
+            id: r.id,
+            addr: r.address,
+            public_key: r.public_key,
+        })
+        .collect()
+}
+
+fn transport_clients(config: &ClusterConfig) -> ClientPolicy {
+    match &config.clients {
+        smr_core::ClientPolicy::Any => ClientPolicy::Any,
+        smr_core::ClientPolicy::Allowed(keys) => ClientPolicy::Allowed(keys.clone()),
+    }
+}
+
+/// Frames must fit the largest message the limits allow: a batch of decisions, with headroom.
+fn max_frame_bytes(config: &ClusterConfig) -> usize {
+    let l = &config.limits;
+    (l.max_batch_bytes.saturating_mul(l.max_decisions_per_reply) + (1 << 20))
+        .min(u32::MAX as usize)
+        .max(TransportConfig::DEFAULT_MAX_FRAME_BYTES)
+}
+
+/// A running replica: the engine driver over its QUIC transport.
+pub struct Replica {
+    handle: ReplicaHandle,
+    transport: Arc<QuicTransport>,
+}
+
+impl Replica {
+    /// Binds the replica's configured address and starts serving. Fails if `key` is not the
+    /// key the config lists for `id`.
+    pub async fn start(
+        config: &ClusterConfig,
+        id: ReplicaId,
+        key: IdentityKey,
+        service: Box<dyn Service>,
+    ) -> Result<Replica, StartError> {
+        let engine_config = config
+            .engine_config(id)
+            .map_err(|_| StartError::UnknownReplica(id))?;
+        let key = Arc::new(key);
+        let mut transport_config = TransportConfig::replica(
+            id,
+            key.clone(),
+            endpoints(config),
+            transport_clients(config),
+        );
+        transport_config.max_frame_bytes = max_frame_bytes(config);
+        let transport = Arc::new(QuicTransport::start(transport_config).await?);
+        let handle = driver::start_replica(
+            engine_config,
+            key,
+            Arc::new(Ed25519Verifier),
+            transport.clone(),
+            service,
+            DriverOptions::default(),
+        );
+        Ok(Replica { handle, transport })
+    }
+
+    pub fn status(&self) -> ReplicaStatus {
+        self.handle.status()
+    }
+
+    pub fn transport_stats(&self) -> TransportStats {
+        self.transport.stats()
+    }
+
+    pub async fn shutdown(self) {
+        self.handle.shutdown().await;
+        self.transport.shutdown().await;
+    }
+}
+
+/// A client of the cluster. Clone it to share; many invocations may run concurrently.
+#[derive(Clone)]
+pub struct Client {
+    inner: driver::Client<QuicTransport>,
+    transport: Arc<QuicTransport>,
+    timeout: Duration,
+}
+
+impl Client {
+    /// Default time an invocation waits for its reply quorum.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// Connects to every replica in the config with `key`.
+    pub async fn connect(config: &ClusterConfig, key: IdentityKey) -> Result<Client, StartError> {
+        Self::connect_with_window(config, key, config.limits.max_pending_per_client).await
+    }
+
+    /// Like [`Client::connect`], with at most `window` requests in flight (capped by the
+    /// replicas' `max_pending_per_client`).
+    pub async fn connect_with_window(
+        config: &ClusterConfig,
+        key: IdentityKey,
+        window: usize,
+    ) -> Result<Client, StartError> {
+        let key = Arc::new(key);
+        let mut transport_config = TransportConfig::client(key.clone(), endpoints(config));
+        transport_config.max_frame_bytes = max_frame_bytes(config);
+        let transport = Arc::new(QuicTransport::start(transport_config).await?);
+        let client_config = ClientConfig {
+            quorums: config.quorums,
+            unordered_reads_enabled: false,
+            max_outstanding: window.clamp(1, config.limits.max_pending_per_client),
+            max_op_bytes: config.limits.max_op_bytes,
+            retry_timeout_ms: config.timeouts.request_timeout_ms,
+        };
+        let inner = driver::Client::start(transport.clone(), client_config, key);
+        Ok(Client {
+            inner,
+            transport,
+            timeout: Self::DEFAULT_TIMEOUT,
+        })
+    }
+
+    /// Sets how long each invocation waits for its reply quorum.
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Runs an ordered operation.
+    pub async fn invoke(&self, op: Vec<u8>) -> Result<Vec<u8>, InvokeError> {
+        self.inner.invoke(op, self.timeout).await
+    }
+
+    /// Runs a read-only operation without ordering (falls back to ordered on timeout).
+    pub async fn invoke_unordered(&self, op: Vec<u8>) -> Result<Vec<u8>, InvokeError> {
+        self.inner.invoke_unordered(op, self.timeout).await
+    }
+
+    /// Asks one replica for its status.
+    pub async fn status(&self, replica: ReplicaId, timeout: Duration) -> Option<StatusReport> {
+        self.inner.status(replica, timeout).await
+    }
+
+    pub fn transport_stats(&self) -> TransportStats {
+        self.transport.stats()
+    }
+
+    pub async fn shutdown(&self) {
+        self.inner.shutdown();
+        self.transport.shutdown().await;
+    }
+}
