@@ -307,7 +307,7 @@ pub struct TransportStats {
     pub frames_sent: u64,
     /// Payload bytes of `frames_sent`, without length prefixes.
     pub bytes_sent: u64,
-    /// Frames handed to `recv`'s queue.
+    /// Frames read from the network and handed to `recv`'s queue.
     pub frames_received: u64,
     /// Payload bytes of `frames_received`.
     pub bytes_received: u64,
