@@ -34,8 +34,8 @@
 //! [`Network::recv`] without touching the network.
 //!
 //! # Framing
-//! Each direction of a connection carries a long-lived unidirectional stream of frames, each a
-//! `u32` big-endian length followed by that many bytes. A frame longer than
+//! A sender opens one long-lived unidirectional stream on the connection it sends over (on first
+//! use) and writes frames to it, each a `u32` big-endian length followed by that many bytes. A frame longer than
 //! [`TransportConfig::max_frame_bytes`] is rejected: it is counted, logged with `tracing::warn`,
 //! and the connection that carried it is closed, while every other peer is still served. A frame
 //! body is buffered only as its bytes arrive, so a peer cannot make us allocate by lying about a
@@ -63,6 +63,8 @@
 //! [`QuicTransport::shutdown`] closes the endpoint, stops every task and releases the UDP port;
 //! [`Network::recv`] returns `None` and [`Network::send`] returns [`SendError::Closed`] afterwards.
 //! Dropping the last handle without `shutdown` closes the endpoint too, but does not wait.
+
+#![forbid(unsafe_code)]
 
 mod link;
 mod tls;
