@@ -34,8 +34,8 @@
 //! [`Network::recv`] without touching the network.
 //!
 //! # Framing
-//! Each direction of a connection carries a long-lived unidirectional stream of frames, each a
-//! `u32` big-endian length followed by that many bytes. A frame longer than
+//! A sender opens one long-lived unidirectional stream on the connection it sends over (on first
+//! use) and writes frames to it, each a `u32` big-endian length followed by that many bytes. A frame longer than
 //! [`TransportConfig::max_frame_bytes`] is rejected: it is counted, logged with `tracing::warn`,
 //! and the connection that carried it is closed, while every other peer is still served. A frame
 //! body is buffered only as its bytes arrive, so a peer cannot make us allocate by lying about a
@@ -64,10 +64,13 @@
 //! [`Network::recv`] returns `None` and [`Network::send`] returns [`SendError::Closed`] afterwards.
 //! Dropping the last handle without `shutdown` closes the endpoint too, but does not wait.
 
+#![forbid(unsafe_code)]
+
 mod embed;
 mod link;
-pub use embed::{Client, Replica, StartError};
 mod tls;
+
+pub use embed::{Client, Replica, StartError};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -309,7 +312,7 @@ pub struct TransportStats {
     pub frames_sent: u64,
     /// Payload bytes of `frames_sent`, without length prefixes.
     pub bytes_sent: u64,
-    /// Frames handed to `recv`'s queue.
+    /// Frames read from the network and handed to `recv`'s queue.
     pub frames_received: u64,
     /// Payload bytes of `frames_received`.
     pub bytes_received: u64,

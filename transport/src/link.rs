@@ -509,6 +509,9 @@ async fn read_frames(shared: &Shared, stream: &mut RecvStream, peer: Peer) -> St
                 Err(e) => return StreamEnd::Failed(e.to_string()),
             }
         }
+        // Counted before the hand-off so that whoever receives the frame already sees it counted.
+        bump(&shared.counters.frames_received, 1);
+        bump(&shared.counters.bytes_received, length as u64);
         if shared
             .inbound_tx
             .send(InboundFrame { from: peer, frame })
@@ -517,7 +520,5 @@ async fn read_frames(shared: &Shared, stream: &mut RecvStream, peer: Peer) -> St
         {
             return StreamEnd::Closed;
         }
-        bump(&shared.counters.frames_received, 1);
-        bump(&shared.counters.bytes_received, length as u64);
     }
 }
