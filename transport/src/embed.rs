@@ -20,9 +20,7 @@ use smr_core::message::StatusReport;
 use smr_core::{ReplicaId, Service};
 use smr_crypto::{Ed25519Verifier, IdentityKey};
 
-use crate::{
-    ClientPolicy, QuicTransport, ReplicaEndpoint, TransportConfig, TransportError, TransportStats,
-};
+use crate::{QuicTransport, ReplicaEndpoint, TransportConfig, TransportError, TransportStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -42,13 +40,6 @@ fn endpoints(config: &ClusterConfig) -> Vec<ReplicaEndpoint> {
             public_key: r.public_key,
         })
         .collect()
-}
-
-fn transport_clients(config: &ClusterConfig) -> ClientPolicy {
-    match &config.clients {
-        smr_core::ClientPolicy::Any => ClientPolicy::Any,
-        smr_core::ClientPolicy::Allowed(keys) => ClientPolicy::Allowed(keys.clone()),
-    }
 }
 
 /// Frames must fit the largest message the limits allow: a batch of decisions, with headroom.
@@ -78,12 +69,8 @@ impl Replica {
             .engine_config(id)
             .map_err(|_| StartError::UnknownReplica(id))?;
         let key = Arc::new(key);
-        let mut transport_config = TransportConfig::replica(
-            id,
-            key.clone(),
-            endpoints(config),
-            transport_clients(config),
-        );
+        let mut transport_config =
+            TransportConfig::replica(id, key.clone(), endpoints(config), config.clients.clone());
         transport_config.max_frame_bytes = max_frame_bytes(config);
         let transport = Arc::new(QuicTransport::start(transport_config).await?);
         let handle = driver::start_replica(

@@ -91,14 +91,9 @@ pub struct ReplicaEndpoint {
     pub public_key: PublicKey,
 }
 
-/// Which client keys a replica admits. Replicas' own keys are always admitted (as replicas).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ClientPolicy {
-    /// Any ed25519 key may connect as a client.
-    Any,
-    /// Only these keys may connect as clients.
-    Allowed(BTreeSet<PublicKey>),
-}
+/// Which client keys a replica admits (core's policy, shared so both layers agree). Replicas'
+/// own keys are always admitted, as replicas.
+pub use smr_core::ClientPolicy;
 
 /// What this transport instance is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
