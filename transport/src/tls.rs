@@ -94,11 +94,7 @@ impl Admission {
         if let Some(id) = self.replica_by_key.get(key) {
             return Some(Peer::Replica(*id));
         }
-        let admitted = match &self.clients {
-            ClientPolicy::Any => true,
-            ClientPolicy::Allowed(keys) => keys.contains(key),
-        };
-        admitted.then_some(Peer::Client(*key))
+        self.clients.admits(key).then_some(Peer::Client(*key))
     }
 }
 
