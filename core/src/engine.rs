@@ -35,12 +35,14 @@ use smr_modes::Quorums;
 use crate::clients::{ClientTable, RequestStatus};
 use crate::config::EngineConfig;
 use crate::message::{
-    Batch, Cid, ClientId, Decision, Message, Propose, Regency, ReplicaId, Reply, Request,
-    RequestId, RequestKind, Signed, Vote, VoteKind,
+    Batch, Cid, ClientId, Decision, DecisionProof, Message, PreparedProof, Propose, Regency,
+    ReplicaId, Reply, Request, RequestId, RequestKind, Signed, Stop, StopData, Sync, Vote,
+    VoteKind,
 };
 use crate::network::Peer;
 use crate::pool::{Inserted, PoolRejection, RequestPool};
 use crate::rejection::Rejection;
+use crate::sync::choose;
 use crate::verify::Verified;
 
 /// The engine's timers. Each has at most one deadline at a time.
@@ -52,13 +54,20 @@ pub enum TimerKind {
     Request,
     /// The leader's periodic heartbeat.
     Heartbeat,
+    /// A leader change has taken too long: move on to the next regency.
+    LeaderChange,
 }
 
-const TIMER_KINDS: [TimerKind; 3] = [
+const TIMER_KINDS: [TimerKind; 4] = [
     TimerKind::Retransmit,
     TimerKind::Request,
     TimerKind::Heartbeat,
+    TimerKind::LeaderChange,
 ];
+
+/// A STOP may ask for a regency at most this far beyond the current one; anything further is
+/// a peer trying to exhaust the regency space.
+const MAX_REGENCY_JUMP: Regency = 1 << 20;
 
 /// What the engine promises, to be made durable before the promise is sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +76,8 @@ pub enum PersistRecord {
     Vote(Vote),
     /// A decided instance.
     Decided { cid: Cid, digest: Digest },
+    /// This replica entered `regency`; it must never vote in a lower one, even after a restart.
+    Regency(Regency),
 }
 
 /// One operation to execute, already deduplicated.
@@ -114,13 +125,16 @@ pub struct EngineStats {
     pub proposals_sent: u64,
     pub retransmissions: u64,
     pub decisions_learned_from_peers: u64,
+    pub regency_changes: u64,
+    pub stops_sent: u64,
 }
 
 #[derive(Debug)]
 struct Proposal {
     digest: Digest,
     batch: Batch,
-    signed: Signed<Propose>,
+    /// The leader's signed PROPOSE; `None` for values fixed by a SYNC.
+    signed: Option<Signed<Propose>>,
 }
 
 /// One consensus instance in the current regency.
@@ -131,8 +145,9 @@ struct Instance {
     accepts: BTreeMap<ReplicaId, Signed<Vote>>,
     my_write: Option<Signed<Vote>>,
     my_accept: Option<Signed<Vote>>,
-    /// The Q WRITEs that justified this replica's ACCEPT (BFT); what STOPDATA will report.
-    prepared: Option<Vec<Signed<Vote>>>,
+    /// The value this replica accepted with the highest epoch, with its proof (the Q WRITEs
+    /// in BFT). It survives regency changes: it is what STOPDATA reports.
+    prepared: Option<PreparedProof>,
     decided: Option<Decision>,
 }
 
@@ -159,7 +174,33 @@ pub struct Engine {
     emitted_deadlines: BTreeMap<TimerKind, u64>,
     query_cursor: u32,
     next_query_allowed_ms: u64,
+    /// Highest regency each replica asked for with a STOP, this one included.
+    stop_for: BTreeMap<ReplicaId, Regency>,
+    my_stop: Option<Signed<Stop>>,
+    phase: Phase,
+    /// This replica's STOPDATA for the regency being synchronized, resent until SYNC arrives.
+    my_stopdata: Option<Signed<StopData>>,
+    /// New leader only: STOPDATA collected for the current regency.
+    collected: BTreeMap<ReplicaId, Signed<StopData>>,
+    /// The SYNC that installed the current regency (none for regency 0), for stragglers.
+    current_sync: Option<Signed<Sync>>,
+    /// Leader changes that failed in a row; the change timeout doubles with each.
+    change_failures: u32,
+    next_sync_query_allowed_ms: u64,
+    /// When certified decisions from a peer last moved this replica forward. A replica that is
+    /// catching up blames its own lag, not the leader, for its requests' timeouts.
+    last_catch_up_ms: Option<u64>,
     stats: EngineStats,
+}
+
+/// Where the replica is in the synchronization phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Ordering requests in the current regency.
+    Normal,
+    /// The current regency is installed, but its SYNC has not been applied yet: no proposals
+    /// are accepted in it until then.
+    Syncing,
 }
 
 impl Engine {
@@ -192,6 +233,15 @@ impl Engine {
             deadlines: BTreeMap::new(),
             emitted_deadlines: BTreeMap::new(),
             next_query_allowed_ms: 0,
+            stop_for: BTreeMap::new(),
+            my_stop: None,
+            phase: Phase::Normal,
+            my_stopdata: None,
+            collected: BTreeMap::new(),
+            current_sync: None,
+            change_failures: 0,
+            next_sync_query_allowed_ms: 0,
+            last_catch_up_ms: None,
             stats: EngineStats::default(),
         }
     }
@@ -226,6 +276,9 @@ impl Engine {
     }
     pub fn log_len(&self) -> usize {
         self.log.len()
+    }
+    pub fn phase(&self) -> Phase {
+        self.phase
     }
 
     /// Counts a rejection; the driver logs it.
@@ -288,9 +341,20 @@ impl Engine {
                 self.handle_decision_query(j, from_cid, actions);
                 Ok(())
             }
-            (Peer::Replica(_), Message::Decisions(decisions)) => {
+            (Peer::Replica(j), Message::Decisions(decisions)) => {
+                let before = self.last_executed;
+                let full = decisions.len() >= self.cfg.limits.max_decisions_per_reply;
                 for decision in decisions {
                     self.learn_decision(now_ms, decision, actions);
+                }
+                if self.last_executed > before {
+                    self.last_catch_up_ms = Some(now_ms);
+                    // A full answer means the peer probably has more: keep the catch-up going
+                    // without waiting for a timer.
+                    if full {
+                        self.next_query_allowed_ms = 0;
+                        self.maybe_query(now_ms, j, actions);
+                    }
                 }
                 Ok(())
             }
@@ -301,12 +365,25 @@ impl Engine {
                     last_decided,
                 },
             ) => {
-                if regency == self.regency
-                    && j == self.leader()
-                    && last_decided > self.last_executed
-                {
+                if regency > self.regency {
+                    self.request_sync(now_ms, j, actions);
+                } else if regency < self.regency {
+                    self.help_stale_peer(j, actions);
+                } else if j == self.leader() && last_decided > self.last_executed {
                     self.maybe_query(now_ms, j, actions);
                 }
+                Ok(())
+            }
+            (Peer::Replica(j), Message::Stop(stop)) => self.handle_stop(now_ms, j, stop, actions),
+            (Peer::Replica(j), Message::StopData(sd)) => {
+                self.handle_stopdata(now_ms, j, sd, actions)
+            }
+            (Peer::Replica(_), Message::Sync(sync)) => {
+                self.handle_sync(now_ms, sync, actions);
+                Ok(())
+            }
+            (Peer::Replica(j), Message::SyncQuery) => {
+                self.help_stale_peer(j, actions);
                 Ok(())
             }
             (_, message) => Err(Rejection::UnexpectedMessage(message.kind_name())),
@@ -390,7 +467,7 @@ impl Engine {
     }
 
     fn try_propose(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
-        if !self.is_leader() {
+        if !self.is_leader() || self.phase != Phase::Normal {
             return;
         }
         // A leader that learned decisions from peers must not propose into decided cids.
@@ -429,7 +506,8 @@ impl Engine {
             self.next_cid_to_propose += 1;
             self.stats.proposals_sent += 1;
             actions.push(Action::Broadcast(Message::Propose(propose.clone())));
-            self.accept_proposal(now_ms, propose, actions);
+            let batch = propose.body.batch.clone();
+            self.accept_proposal(now_ms, cid, batch, Some(propose), actions);
         }
     }
 
@@ -493,15 +571,16 @@ impl Engine {
                 self.help_peer_behind(from, p.cid, actions);
                 return Ok(());
             }
-            Err(e @ Rejection::CidBeyondWindow { .. }) => {
-                self.maybe_query(now_ms, from, actions);
-                return Err(e);
-            }
-            Err(e) => return Err(e),
+            Err(e) => return Err(self.on_instance_rejection(now_ms, from, e, actions)),
+        }
+        if self.phase != Phase::Normal {
+            // A proposal before this replica applied the regency's SYNC could conflict with
+            // a value the SYNC fixes; the leader resends it.
+            return Err(Rejection::SyncInProgress);
         }
         let cid = p.cid;
         if let Some(existing) = self.instances.get(&cid).and_then(|i| i.proposal.as_ref()) {
-            if existing.signed.body != propose.body {
+            if existing.digest != propose.body.batch.digest() {
                 return Err(Rejection::Equivocation {
                     replica: from,
                     cid,
@@ -510,30 +589,43 @@ impl Engine {
             }
             return Ok(());
         }
-        self.accept_proposal(now_ms, propose, actions);
+        let batch = propose.body.batch.clone();
+        self.accept_proposal(now_ms, cid, batch, Some(propose), actions);
         Ok(())
     }
 
-    /// Records a proposal for the current regency and casts this replica's first vote on it.
+    /// Records the value for `cid` in the current regency (from a PROPOSE or a SYNC) and casts
+    /// this replica's first vote on it.
     fn accept_proposal(
         &mut self,
         now_ms: u64,
-        propose: Signed<Propose>,
+        cid: Cid,
+        batch: Batch,
+        signed: Option<Signed<Propose>>,
         actions: &mut Vec<Action>,
     ) {
-        let cid = propose.body.cid;
-        let digest = propose.body.batch.digest();
-        let batch = propose.body.batch.clone();
+        let digest = batch.digest();
+        let regency = self.regency;
+        let runs_write = self.quorums.runs_write_phase();
         let instance = self.instances.entry(cid).or_default();
-        if instance.decided.is_some() {
+        if instance.decided.is_some() || instance.proposal.is_some() {
             return;
+        }
+        if !runs_write {
+            // CFT accepts straight away: the accepted value is its prepared value.
+            instance.prepared = Some(PreparedProof {
+                cid,
+                epoch: regency,
+                batch: batch.clone(),
+                writes: Vec::new(),
+            });
         }
         instance.proposal = Some(Proposal {
             digest,
             batch,
-            signed: propose,
+            signed,
         });
-        let kind = if self.quorums.runs_write_phase() {
+        let kind = if runs_write {
             VoteKind::Write
         } else {
             VoteKind::Accept
@@ -595,11 +687,7 @@ impl Engine {
             // Late votes for executed instances are normal (only Q of n are needed). A peer
             // that is really behind asks with a DecisionQuery when its retransmit timer fires.
             Ok(false) => return Ok(()),
-            Err(e @ Rejection::CidBeyondWindow { .. }) => {
-                self.maybe_query(now_ms, from, actions);
-                return Err(e);
-            }
-            Err(e) => return Err(e),
+            Err(e) => return Err(self.on_instance_rejection(now_ms, from, e, actions)),
         }
         let instance = self.instances.entry(v.cid).or_default();
         if instance.decided.is_some() {
@@ -653,7 +741,17 @@ impl Engine {
         if matching.len() < needed {
             return;
         }
-        instance.prepared = Some(matching);
+        let batch = instance
+            .proposal
+            .as_ref()
+            .map(|p| p.batch.clone())
+            .expect("a replica writes only for a value it holds");
+        instance.prepared = Some(PreparedProof {
+            cid,
+            epoch: self.regency,
+            batch,
+            writes: matching,
+        });
         self.cast_vote(now_ms, cid, VoteKind::Accept, digest, actions);
     }
 
@@ -781,6 +879,9 @@ impl Engine {
             progressed = true;
         }
         if progressed {
+            if self.phase == Phase::Normal {
+                self.change_failures = 0;
+            }
             self.retransmit_interval_ms = self.cfg.timeouts.retransmit_initial_ms;
             self.deadlines.remove(&TimerKind::Retransmit);
             self.arm_retransmit(now_ms);
@@ -857,10 +958,325 @@ impl Engine {
         self.query_cursor
     }
 
+    // ----- synchronization phase (leader change) ---------------------------------------------
+
+    /// Reacts to a stateful rejection of a replica message that says something about the
+    /// sender: a future regency means we missed a leader change, a stale one that the sender
+    /// did, and a cid beyond our window that we are behind.
+    fn on_instance_rejection(
+        &mut self,
+        now_ms: u64,
+        from: ReplicaId,
+        rejection: Rejection,
+        actions: &mut Vec<Action>,
+    ) -> Rejection {
+        match rejection {
+            Rejection::FutureRegency { .. } => self.request_sync(now_ms, from, actions),
+            Rejection::StaleRegency { .. } => self.help_stale_peer(from, actions),
+            Rejection::CidBeyondWindow { .. } => self.maybe_query(now_ms, from, actions),
+            _ => {}
+        }
+        rejection
+    }
+
+    /// Asks `peer` for the SYNC of its regency, at most once per retransmit interval.
+    fn request_sync(&mut self, now_ms: u64, peer: ReplicaId, actions: &mut Vec<Action>) {
+        if peer == self.me || now_ms < self.next_sync_query_allowed_ms {
+            return;
+        }
+        self.next_sync_query_allowed_ms = now_ms + self.cfg.timeouts.retransmit_initial_ms;
+        actions.push(Action::Send {
+            to: Peer::Replica(peer),
+            message: Message::SyncQuery,
+        });
+    }
+
+    /// Sends a peer that is in an older regency the SYNC that proves ours.
+    fn help_stale_peer(&mut self, peer: ReplicaId, actions: &mut Vec<Action>) {
+        if let Some(sync) = &self.current_sync {
+            actions.push(Action::Send {
+                to: Peer::Replica(peer),
+                message: Message::Sync(sync.clone()),
+            });
+        }
+    }
+
+    fn change_timeout_ms(&self) -> u64 {
+        self.cfg.timeouts.request_timeout_ms << self.change_failures.min(6)
+    }
+
+    /// Asks to move to regency `target` (never backwards) by broadcasting a STOP that carries
+    /// the oldest pending requests, so that the next leader has them.
+    fn start_leader_change(&mut self, now_ms: u64, target: Regency, actions: &mut Vec<Action>) {
+        let mine = self.stop_for.get(&self.me).copied().unwrap_or(0);
+        if target <= self.regency || target <= mine {
+            return;
+        }
+        self.stop_for.insert(self.me, target);
+        let pending = self.pool.oldest(self.cfg.limits.max_batch_requests);
+        let stop = Signed::new(
+            Stop {
+                replica: self.me,
+                regency: target,
+                from_regency: self.regency,
+                pending,
+            },
+            self.signer.as_deref(),
+        );
+        self.stats.stops_sent += 1;
+        actions.push(Action::Broadcast(Message::Stop(stop.clone())));
+        self.my_stop = Some(stop);
+        self.deadlines
+            .insert(TimerKind::LeaderChange, now_ms + self.change_timeout_ms());
+        self.arm_retransmit(now_ms);
+        self.check_stops(now_ms, actions);
+    }
+
+    fn handle_stop(
+        &mut self,
+        now_ms: u64,
+        from: ReplicaId,
+        stop: Signed<Stop>,
+        actions: &mut Vec<Action>,
+    ) -> Result<(), Rejection> {
+        let target = stop.body.regency;
+        if target <= self.regency || stop.body.from_regency < self.regency {
+            // The sender has not heard of our regency yet.
+            self.help_stale_peer(from, actions);
+            return Ok(());
+        }
+        if target > self.regency.saturating_add(MAX_REGENCY_JUMP) {
+            return Err(Rejection::Malformed(format!(
+                "STOP for regency {target} is too far ahead"
+            )));
+        }
+        let entry = self.stop_for.entry(from).or_insert(0);
+        *entry = (*entry).max(target);
+        for request in stop.body.pending {
+            // Stale or already pending requests are fine; a full pool just drops them.
+            let _ = self.handle_request(now_ms, request, false, actions);
+        }
+        self.check_stops(now_ms, actions);
+        Ok(())
+    }
+
+    /// Joins a leader change that f+1 replicas asked for (one in CFT), and installs the regency
+    /// that 2f+1 asked for (f+1 in CFT). A replica's STOP for r counts for every regency up to r.
+    fn check_stops(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        let mut targets: Vec<Regency> = self
+            .stop_for
+            .values()
+            .copied()
+            .filter(|t| *t > self.regency)
+            .collect();
+        targets.sort_unstable_by(|a, b| b.cmp(a));
+        let join = self.quorums.stops_to_join();
+        if targets.len() >= join {
+            let target = targets[join - 1];
+            if target > self.stop_for.get(&self.me).copied().unwrap_or(0) {
+                // start_leader_change calls back into check_stops with our own STOP counted.
+                self.start_leader_change(now_ms, target, actions);
+                return;
+            }
+        }
+        let install = self.quorums.stops_to_install();
+        if targets.len() >= install {
+            let target = targets[install - 1];
+            self.enter_regency(now_ms, target, actions);
+            self.send_stopdata(now_ms, actions);
+        }
+    }
+
+    /// Moves to `regency`: persists it first, forgets every vote of older regencies (keeping
+    /// prepared proofs and decisions), and waits for the regency's SYNC.
+    fn enter_regency(&mut self, now_ms: u64, regency: Regency, actions: &mut Vec<Action>) {
+        assert!(regency > self.regency, "regency never decreases");
+        actions.push(Action::Persist(PersistRecord::Regency(regency)));
+        self.regency = regency;
+        self.stats.regency_changes += 1;
+        let mine = self.stop_for.entry(self.me).or_insert(0);
+        *mine = (*mine).max(regency);
+        if *mine <= regency {
+            self.my_stop = None;
+        }
+        for instance in self.instances.values_mut() {
+            instance.proposal = None;
+            instance.writes.clear();
+            instance.accepts.clear();
+            instance.my_write = None;
+            instance.my_accept = None;
+        }
+        self.pool.unmark_all_proposed();
+        self.pool.restart_timers(now_ms);
+        self.arm_request_timer();
+        self.phase = Phase::Syncing;
+        self.collected.clear();
+        self.my_stopdata = None;
+        self.deadlines
+            .insert(TimerKind::LeaderChange, now_ms + self.change_timeout_ms());
+    }
+
+    /// Tells the leader of the newly installed regency what this replica decided and prepared.
+    fn send_stopdata(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        let last_decided = self.log.get(&self.last_executed).map(|d| DecisionProof {
+            cid: d.cid,
+            digest: d.batch.digest(),
+            certificate: d.certificate.clone(),
+        });
+        // Decided-but-unexecuted instances are reported too: this replica may be one of the
+        // acceptors the value rule relies on.
+        let prepared = self
+            .instances
+            .iter()
+            .filter(|(cid, _)| **cid > self.last_executed)
+            .filter_map(|(_, i)| i.prepared.clone())
+            .collect();
+        let stopdata = Signed::new(
+            StopData {
+                replica: self.me,
+                regency: self.regency,
+                last_decided,
+                prepared,
+            },
+            self.signer.as_deref(),
+        );
+        self.my_stopdata = Some(stopdata.clone());
+        self.arm_retransmit(now_ms);
+        if self.is_leader() {
+            self.collect_stopdata(now_ms, stopdata, actions);
+        } else {
+            actions.push(Action::Send {
+                to: Peer::Replica(self.leader()),
+                message: Message::StopData(stopdata),
+            });
+        }
+    }
+
+    fn handle_stopdata(
+        &mut self,
+        now_ms: u64,
+        from: ReplicaId,
+        stopdata: Signed<StopData>,
+        actions: &mut Vec<Action>,
+    ) -> Result<(), Rejection> {
+        let regency = stopdata.body.regency;
+        if regency < self.regency {
+            self.help_stale_peer(from, actions);
+            return Ok(());
+        }
+        if regency > self.regency {
+            // The sender installed a regency we have not: that counts as its STOP for it.
+            if regency > self.regency.saturating_add(MAX_REGENCY_JUMP) {
+                return Err(Rejection::Malformed(
+                    "STOPDATA for a regency too far ahead".into(),
+                ));
+            }
+            let entry = self.stop_for.entry(from).or_insert(0);
+            *entry = (*entry).max(regency);
+            self.check_stops(now_ms, actions);
+            if regency != self.regency {
+                return Ok(());
+            }
+        }
+        if !self.is_leader() {
+            return Err(Rejection::NotLeader);
+        }
+        if self.phase == Phase::Normal {
+            // The sender missed our SYNC.
+            self.help_stale_peer(from, actions);
+            return Ok(());
+        }
+        self.collect_stopdata(now_ms, stopdata, actions);
+        Ok(())
+    }
+
+    /// New leader: with n-f STOPDATA, send SYNC and resume.
+    fn collect_stopdata(
+        &mut self,
+        now_ms: u64,
+        stopdata: Signed<StopData>,
+        actions: &mut Vec<Action>,
+    ) {
+        self.collected.insert(stopdata.body.replica, stopdata);
+        if self.collected.len() < self.quorums.stopdata_to_collect() {
+            return;
+        }
+        let sync = Signed::new(
+            Sync {
+                leader: self.me,
+                regency: self.regency,
+                proofs: self.collected.values().cloned().collect(),
+            },
+            self.signer.as_deref(),
+        );
+        actions.push(Action::Broadcast(Message::Sync(sync.clone())));
+        self.apply_sync(now_ms, sync, actions);
+    }
+
+    fn handle_sync(&mut self, now_ms: u64, sync: Signed<Sync>, actions: &mut Vec<Action>) {
+        let regency = sync.body.regency;
+        if regency < self.regency || (regency == self.regency && self.phase == Phase::Normal) {
+            return;
+        }
+        if regency > self.regency {
+            // A valid SYNC proves that n-f replicas installed its regency: adopt it.
+            self.enter_regency(now_ms, regency, actions);
+        }
+        self.apply_sync(now_ms, sync, actions);
+    }
+
+    /// Resumes normal operation in the current regency with the values the SYNC fixes.
+    fn apply_sync(&mut self, now_ms: u64, sync: Signed<Sync>, actions: &mut Vec<Action>) {
+        assert_eq!(
+            sync.body.regency, self.regency,
+            "SYNC applies to the current regency"
+        );
+        let choice = choose(&sync.body.proofs);
+        self.phase = Phase::Normal;
+        self.current_sync = Some(sync);
+        self.my_stopdata = None;
+        self.my_stop = None;
+        // This regency works for us now; a later failure asks for the next one afresh.
+        self.stop_for.insert(self.me, self.regency);
+        self.collected.clear();
+        self.deadlines.remove(&TimerKind::LeaderChange);
+        let window_end = self.last_executed + self.cfg.limits.max_instances_ahead;
+        for (cid, batch) in choice.values.iter().cloned() {
+            if cid <= self.last_executed || cid > window_end {
+                continue;
+            }
+            self.accept_proposal(now_ms, cid, batch, None, actions);
+        }
+        if self.last_executed < choice.start {
+            if let Some(holder) = choice.start_holder {
+                self.next_query_allowed_ms = 0;
+                self.maybe_query(now_ms, holder, actions);
+            }
+        }
+        if self.is_leader() {
+            self.next_cid_to_propose = (choice.end() + 1).max(self.last_executed + 1);
+            self.try_propose(now_ms, actions);
+        }
+        self.arm_retransmit(now_ms);
+        self.arm_request_timer();
+    }
+
+    /// The leader change did not complete in time: ask for the next regency, and wait twice as
+    /// long for that one.
+    fn on_leader_change_timeout(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        let mine = self.stop_for.get(&self.me).copied().unwrap_or(0);
+        if mine <= self.regency && self.phase == Phase::Normal {
+            return;
+        }
+        self.change_failures = self.change_failures.saturating_add(1);
+        let target = mine.max(self.regency) + 1;
+        self.start_leader_change(now_ms, target, actions);
+    }
+
     // ----- timers ---------------------------------------------------------------------------
 
     fn arm_retransmit(&mut self, now_ms: u64) {
-        if self.instances.is_empty() {
+        if self.instances.is_empty() && self.my_stop.is_none() && self.my_stopdata.is_none() {
             self.deadlines.remove(&TimerKind::Retransmit);
         } else {
             self.deadlines
@@ -879,6 +1295,7 @@ impl Engine {
                 TimerKind::Retransmit => self.on_retransmit(now_ms, &mut actions),
                 TimerKind::Request => self.on_request_timeout(now_ms, &mut actions),
                 TimerKind::Heartbeat => self.on_heartbeat(now_ms, &mut actions),
+                TimerKind::LeaderChange => self.on_leader_change_timeout(now_ms, &mut actions),
             }
         }
         self.sync_timers(&mut actions);
@@ -891,9 +1308,9 @@ impl Engine {
             if instance.decided.is_some() {
                 continue;
             }
-            if let Some(p) = &instance.proposal {
-                if p.signed.body.leader == self.me {
-                    actions.push(Action::Broadcast(Message::Propose(p.signed.clone())));
+            if let Some(signed) = instance.proposal.as_ref().and_then(|p| p.signed.as_ref()) {
+                if signed.body.leader == self.me {
+                    actions.push(Action::Broadcast(Message::Propose(signed.clone())));
                 }
             }
             if let Some(w) = &instance.my_write {
@@ -901,6 +1318,18 @@ impl Engine {
             }
             if let Some(a) = &instance.my_accept {
                 actions.push(Action::Broadcast(Message::Accept(a.clone())));
+            }
+        }
+        // A leader change in progress: keep asking until the regency changes.
+        if let Some(stop) = &self.my_stop {
+            actions.push(Action::Broadcast(Message::Stop(stop.clone())));
+        }
+        if let Some(sd) = &self.my_stopdata {
+            if self.leader() != self.me {
+                actions.push(Action::Send {
+                    to: Peer::Replica(self.leader()),
+                    message: Message::StopData(sd.clone()),
+                });
             }
         }
         let peer = self.next_query_peer();
@@ -913,9 +1342,9 @@ impl Engine {
     fn on_request_timeout(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
         let cutoff = now_ms.saturating_sub(self.cfg.timeouts.request_timeout_ms);
         let timed_out = self.pool.take_timed_out(cutoff, now_ms);
+        let second_timeout = timed_out.iter().any(|(_, timeouts)| *timeouts >= 2);
         if !timed_out.is_empty() && !self.is_leader() {
-            // First (and, until the synchronization phase exists, every) timeout: make sure the
-            // leader has the request. The synchronization phase will send STOP at the second.
+            // First timeout: make sure the leader has the request.
             let requests: Vec<Request> = timed_out
                 .into_iter()
                 .take(self.cfg.limits.max_batch_requests)
@@ -928,6 +1357,14 @@ impl Engine {
             // The requests may have been decided without us noticing.
             let peer = self.next_query_peer();
             self.maybe_query(now_ms, peer, actions);
+        }
+        let catching_up = self
+            .last_catch_up_ms
+            .is_some_and(|t| now_ms < t + self.cfg.timeouts.request_timeout_ms);
+        if second_timeout && !catching_up {
+            // Second timeout: the leader has had the request and still did not order it.
+            let target = self.regency + 1;
+            self.start_leader_change(now_ms, target, actions);
         }
         self.arm_request_timer();
     }

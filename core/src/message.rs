@@ -168,6 +168,80 @@ pub struct Decision {
     pub certificate: Vec<Signed<Vote>>,
 }
 
+/// Proof that a value was prepared in `epoch` for `cid`: in BFT the Q signed WRITEs that made
+/// this replica ACCEPT; in CFT (Paxos phase 1) just the accepted value, vouched for by the
+/// authenticated channel. It carries the batch so that a new leader can re-propose it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedProof {
+    pub cid: Cid,
+    pub epoch: Regency,
+    pub batch: Batch,
+    pub writes: Vec<Signed<Vote>>,
+}
+
+/// Proof that `cid` was decided with `digest`: Q signed ACCEPTs (empty in CFT).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionProof {
+    pub cid: Cid,
+    pub digest: Digest,
+    pub certificate: Vec<Signed<Vote>>,
+}
+
+/// "The leader of my regency failed me; let us move to `regency`." Carries requests that timed
+/// out, so that the next leader has them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stop {
+    pub replica: ReplicaId,
+    /// The regency the sender asks for.
+    pub regency: Regency,
+    /// The regency the sender is in. A STOP from a replica behind the receiver is stale: it
+    /// comes from a replica that missed a leader change (for instance one that was cut off), and
+    /// must not drag the others into another change.
+    pub from_regency: Regency,
+    pub pending: Vec<Request>,
+}
+
+impl ReplicaSigned for Stop {
+    const DOMAIN: &'static str = "smr/stop/v1";
+    fn signer(&self) -> ReplicaId {
+        self.replica
+    }
+}
+
+/// What a replica tells the leader of a newly installed regency: how far it has decided, with
+/// proof, and its highest prepared value for every open instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopData {
+    pub replica: ReplicaId,
+    pub regency: Regency,
+    pub last_decided: Option<DecisionProof>,
+    pub prepared: Vec<PreparedProof>,
+}
+
+impl ReplicaSigned for StopData {
+    const DOMAIN: &'static str = "smr/stopdata/v1";
+    fn signer(&self) -> ReplicaId {
+        self.replica
+    }
+}
+
+/// The new leader's SYNC: the n-f STOPDATA it collected. The values for the open instances are a
+/// deterministic function of these proofs ([`crate::sync::choose`]), so every replica re-derives
+/// them and a leader cannot pick a value its proofs do not support.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sync {
+    pub leader: ReplicaId,
+    pub regency: Regency,
+    pub proofs: Vec<Signed<StopData>>,
+}
+
+impl ReplicaSigned for Sync {
+    const DOMAIN: &'static str = "smr/sync/v1";
+    fn signer(&self) -> ReplicaId {
+        self.leader
+    }
+}
+
 /// A replica's answer to a client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
@@ -201,6 +275,12 @@ pub enum Message {
         regency: Regency,
         last_decided: Cid,
     },
+    Stop(Signed<Stop>),
+    StopData(Signed<StopData>),
+    Sync(Signed<Sync>),
+    /// "Send me the SYNC that installed your regency": how a replica that missed a leader
+    /// change catches up.
+    SyncQuery,
     /// An operator's "how are you?", from a client connection.
     StatusQuery,
     /// The answer to a `StatusQuery`.
@@ -234,6 +314,10 @@ impl Message {
             Message::DecisionQuery { .. } => "decision-query",
             Message::Decisions(_) => "decisions",
             Message::Heartbeat { .. } => "heartbeat",
+            Message::Stop(_) => "stop",
+            Message::StopData(_) => "stopdata",
+            Message::Sync(_) => "sync",
+            Message::SyncQuery => "sync-query",
             Message::StatusQuery => "status-query",
             Message::Status(_) => "status",
         }

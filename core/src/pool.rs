@@ -185,6 +185,39 @@ impl RequestPool {
         }
     }
 
+    /// Forgets every proposal mark: a new regency voids the old leader's proposals.
+    pub fn unmark_all_proposed(&mut self) {
+        for per_client in self.by_client.values_mut() {
+            for entry in per_client.values_mut() {
+                entry.proposed_in = None;
+            }
+        }
+        self.unproposed = self.len;
+    }
+
+    /// Restarts every request's timer and forgets its timeouts: a new regency gets the full
+    /// two timeouts before anyone asks to replace its leader.
+    pub fn restart_timers(&mut self, now_ms: u64) {
+        self.by_arrival.clear();
+        for per_client in self.by_client.values_mut() {
+            for entry in per_client.values_mut() {
+                entry.arrival_ms = now_ms;
+                entry.timeouts = 0;
+                self.by_arrival.insert((now_ms, entry.request.id()));
+            }
+        }
+    }
+
+    /// The `max` oldest pending requests (what a STOP carries to the next leader).
+    pub fn oldest(&self, max: usize) -> Vec<Request> {
+        self.by_arrival
+            .iter()
+            .take(max)
+            .filter_map(|(_, id)| self.by_client.get(&id.client)?.get(&id.seq))
+            .map(|e| e.request.clone())
+            .collect()
+    }
+
     /// Cuts a batch for instance `cid`: at most `max_requests` requests and `max_bytes` bytes
     /// (but always at least one request if any is unproposed, so an oversize op cannot wedge the
     /// pool; ops are bounded separately), one request per client per round, each client's

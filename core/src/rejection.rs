@@ -51,8 +51,10 @@ pub enum Rejection {
     ClientPoolFull,
     #[error("the request pool is full")]
     PoolFull,
-    #[error("a forwarded request reached a replica that is not the leader")]
+    #[error("a message for the leader reached a replica that is not the leader")]
     NotLeader,
+    #[error("the current regency's SYNC has not been applied yet")]
+    SyncInProgress,
 }
 
 impl Rejection {
@@ -78,6 +80,7 @@ impl Rejection {
             Rejection::ClientPoolFull => "client_pool_full",
             Rejection::PoolFull => "pool_full",
             Rejection::NotLeader => "not_leader",
+            Rejection::SyncInProgress => "sync_in_progress",
         }
     }
 }

@@ -12,7 +12,8 @@ use smr_crypto::{BatchVerifyError, Digest, PublicKey, SignedItem, Verifier};
 
 use crate::config::{ClientPolicy, Limits};
 use crate::message::{
-    Batch, Decision, Message, ReplicaSigned, Request, RequestKind, Signed, Vote, VoteKind,
+    Batch, Decision, Message, ReplicaSigned, Request, RequestKind, Signed, StopData, Sync, Vote,
+    VoteKind,
 };
 use crate::network::Peer;
 use crate::rejection::Rejection;
@@ -103,7 +104,25 @@ impl InboundVerifier {
                             self.check_request(r, &mut pending, false)?;
                         }
                     }
-                    Message::DecisionQuery { .. } | Message::Heartbeat { .. } => {}
+                    Message::DecisionQuery { .. }
+                    | Message::Heartbeat { .. }
+                    | Message::SyncQuery => {}
+                    Message::Stop(stop) => {
+                        self.check_signed(*j, stop, &mut pending)?;
+                        if stop.body.pending.len() > self.limits.max_batch_requests {
+                            return Err(Rejection::Oversize("stop pending requests"));
+                        }
+                        for r in &stop.body.pending {
+                            self.check_request(r, &mut pending, false)?;
+                        }
+                    }
+                    Message::StopData(sd) => {
+                        self.check_signed(*j, sd, &mut pending)?;
+                        self.check_stopdata(sd, &mut pending)?;
+                    }
+                    // A SYNC may be relayed by any replica (answering a SyncQuery); it must be
+                    // signed by the leader of its regency.
+                    Message::Sync(sync) => self.check_sync(sync, &mut pending)?,
                     Message::Decisions(decisions) => {
                         if decisions.len() > self.limits.max_decisions_per_reply {
                             return Err(Rejection::Oversize("decisions"));
@@ -239,6 +258,96 @@ impl InboundVerifier {
                 return Err(Rejection::BadCertificate("replica counted twice"));
             }
             self.check_replica(v.replica)?;
+        }
+        Ok(())
+    }
+
+    fn check_stopdata(
+        &self,
+        sd: &Signed<StopData>,
+        pending: &mut Pending,
+    ) -> Result<(), Rejection> {
+        let body = &sd.body;
+        if body.prepared.len() as u64 > self.limits.max_instances_ahead {
+            return Err(Rejection::Oversize("stopdata prepared proofs"));
+        }
+        let decided = body.last_decided.as_ref().map_or(0, |d| d.cid);
+        if let Some(proof) = &body.last_decided {
+            if proof.cid == 0 {
+                return Err(Rejection::BadCertificate("decision proof for cid 0"));
+            }
+            self.check_certificate(proof.cid, proof.digest, &proof.certificate)?;
+            for vote in &proof.certificate {
+                self.queue_replica_signature(vote, pending)?;
+            }
+        }
+        let mut cids = BTreeSet::new();
+        for prepared in &body.prepared {
+            if prepared.cid <= decided || !cids.insert(prepared.cid) {
+                return Err(Rejection::Malformed(
+                    "prepared proof for a decided or repeated cid".into(),
+                ));
+            }
+            if prepared.epoch >= body.regency {
+                return Err(Rejection::Malformed(
+                    "prepared proof from a future epoch".into(),
+                ));
+            }
+            self.check_batch(&prepared.batch, pending)?;
+            if let Some(needed) = self.quorums.writes_to_accept() {
+                let digest = prepared.batch.digest();
+                if prepared.writes.len() < needed || prepared.writes.len() > self.quorums.n() {
+                    return Err(Rejection::BadCertificate(
+                        "prepared proof needs a quorum of writes",
+                    ));
+                }
+                let mut signers = BTreeSet::new();
+                for w in &prepared.writes {
+                    let v = &w.body;
+                    if v.kind != VoteKind::Write
+                        || v.cid != prepared.cid
+                        || v.regency != prepared.epoch
+                        || v.digest != digest
+                    {
+                        return Err(Rejection::BadCertificate(
+                            "write does not match the prepared value",
+                        ));
+                    }
+                    if !signers.insert(v.replica) {
+                        return Err(Rejection::BadCertificate("replica counted twice"));
+                    }
+                    self.queue_replica_signature(w, pending)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_sync(&self, sync: &Signed<Sync>, pending: &mut Pending) -> Result<(), Rejection> {
+        let body = &sync.body;
+        if body.leader != self.quorums.leader_of(body.regency) {
+            return Err(Rejection::WrongLeader {
+                from: body.leader,
+                regency: body.regency,
+                leader: self.quorums.leader_of(body.regency),
+            });
+        }
+        self.queue_replica_signature(sync, pending)?;
+        if body.proofs.len() < self.quorums.stopdata_to_collect()
+            || body.proofs.len() > self.quorums.n()
+        {
+            return Err(Rejection::BadCertificate("sync needs n-f stopdata"));
+        }
+        let mut signers = BTreeSet::new();
+        for sd in &body.proofs {
+            if sd.body.regency != body.regency {
+                return Err(Rejection::BadCertificate("stopdata from another regency"));
+            }
+            if !signers.insert(sd.body.replica) {
+                return Err(Rejection::BadCertificate("replica counted twice"));
+            }
+            self.queue_replica_signature(sd, pending)?;
+            self.check_stopdata(sd, pending)?;
         }
         Ok(())
     }

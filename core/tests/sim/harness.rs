@@ -10,7 +10,10 @@ use std::sync::Arc;
 use smr_core::client::{ClientAction, ClientConfig, ClientEngine};
 use smr_core::codec;
 use smr_core::engine::{Action, PersistRecord, TimerKind};
-use smr_core::message::{Cid, Message, Request, RequestBody, RequestId, RequestKind, VoteKind};
+use smr_core::message::{
+    Batch, Cid, Message, PreparedProof, Request, RequestBody, RequestId, RequestKind, Signed, Stop,
+    VoteKind,
+};
 use smr_core::{
     ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Peer, Service, Timeouts,
 };
@@ -76,6 +79,30 @@ impl Service for ChainService {
     }
 }
 
+/// A faulty replica scripted into a run. At most f replicas are faulty; the checkers judge only
+/// the correct ones (a crashed replica must still be consistent up to its crash).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// The leader of regency 0 crashes at `at_ms`; with `after_propose`, right after it sends its
+    /// next PROPOSE, which only some followers receive.
+    LeaderCrash {
+        at_ms: u64,
+        after_propose: bool,
+    },
+    /// Replica 0 runs as two honest engines sharing one key ("twins"), each talking to a
+    /// different follower and hearing from a different half of the clients: it equivocates.
+    Twins,
+    /// Replica 0 never orders the requests of client 0.
+    SilentForClient,
+    /// Replica 0 tampers with its proposals: forged requests, or replays of executed batches.
+    ForgingLeader,
+    /// Replica n-1 broadcasts STOPs for random regencies.
+    StopSpammer,
+    /// Replica 1, leader of regency 1, sends SYNCs its proofs do not support.
+    BadSyncLeader,
+}
+
 #[derive(Clone, Debug)]
 pub struct SimOptions {
     pub mode: Mode,
@@ -94,8 +121,11 @@ pub struct SimOptions {
     pub heal_at_ms: u64,
     /// Isolate one replica (maybe the leader) for a while before the heal.
     pub partition: bool,
+    /// Isolate exactly this replica from `.1` to `.2` ms (overrides `partition`).
+    pub isolate: Option<(u32, u64, u64)>,
     pub byzantine_client: bool,
     pub real_crypto: bool,
+    pub fault: Fault,
     /// Drop every message of this kind, forever (used to prove what a phase is needed for).
     pub drop_kind: Option<&'static str>,
     pub max_time_ms: u64,
@@ -120,17 +150,29 @@ impl SimOptions {
             max_delay_ms: rng.range(2, 40),
             heal_at_ms: rng.range(500, 3000),
             partition: rng.chance(0.3),
+            isolate: None,
             byzantine_client: true,
             real_crypto: seed % 10 == 3,
+            fault: Fault::None,
             drop_kind: None,
             max_time_ms: 120_000,
         }
+    }
+
+    /// A run with a faulty replica: fewer requests (the faults, not the volume, are the point),
+    /// and the same drop/duplicate/reorder mix.
+    pub fn with_fault(mode: Mode, n: usize, f: usize, seed: u64, fault: Fault) -> SimOptions {
+        let mut opts = SimOptions::for_seed(mode, n, f, seed);
+        opts.requests_per_client = 50;
+        opts.fault = fault;
+        opts
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Node {
-    Replica(u32),
+    /// A replica engine by slot: slots 0..n are replicas 0..n; slot n is replica 0's twin.
+    Replica(usize),
     Client(usize),
 }
 
@@ -142,7 +184,7 @@ enum Event {
         frame: Vec<u8>,
     },
     ReplicaTimer {
-        replica: u32,
+        slot: usize,
         timer: TimerKind,
         deadline_ms: u64,
     },
@@ -150,13 +192,26 @@ enum Event {
         client: usize,
     },
     ByzantineStep,
+    Crash {
+        slot: usize,
+    },
 }
 
 struct ReplicaNode {
+    id: u32,
     engine: Engine,
+    signer: Arc<dyn Signer>,
     service: ChainService,
     timers: BTreeMap<TimerKind, u64>,
     executed: Vec<RequestId>,
+    crashed: bool,
+    /// Whether the checkers judge this engine (false for Byzantine ones).
+    correct: bool,
+    regency: u64,
+    /// Crash right after the next PROPOSE this replica sends.
+    crash_after_propose: bool,
+    /// Batches this replica proposed, for a forging leader to replay.
+    proposed: Vec<Batch>,
 }
 
 struct ClientNode {
@@ -179,6 +234,8 @@ pub struct SimReport {
     pub end_time_ms: u64,
     pub executed_per_replica: Vec<usize>,
     pub rejections: BTreeMap<&'static str, u64>,
+    /// Final regency of each correct replica.
+    pub regencies: Vec<u64>,
 }
 
 pub struct Sim {
@@ -274,20 +331,40 @@ impl Sim {
             verifier,
             opts: opts.clone(),
         };
-        for (i, key) in replica_keys.iter().enumerate() {
+        let faulty_id: Option<u32> = match opts.fault {
+            Fault::None | Fault::LeaderCrash { .. } => None,
+            Fault::Twins | Fault::SilentForClient | Fault::ForgingLeader => Some(0),
+            Fault::StopSpammer => Some(opts.n as u32 - 1),
+            Fault::BadSyncLeader => Some(1),
+        };
+        let slots = if opts.fault == Fault::Twins {
+            opts.n + 1
+        } else {
+            opts.n
+        };
+        for slot in 0..slots {
+            let id = if slot == opts.n { 0 } else { slot as u32 };
+            let key = replica_keys[id as usize].clone();
             let cfg = EngineConfig {
                 quorums,
-                me: i as u32,
+                me: id,
                 replica_keys: replica_pks.clone(),
                 clients: (*sim.verifier.clients).clone(),
                 limits: limits(),
                 timeouts: timeouts.clone(),
             };
             sim.replicas.push(ReplicaNode {
+                id,
                 engine: Engine::new(cfg, key.clone()),
+                signer: key,
                 service: ChainService::default(),
                 timers: BTreeMap::new(),
                 executed: Vec::new(),
+                crashed: false,
+                correct: faulty_id != Some(id),
+                regency: 0,
+                crash_after_propose: false,
+                proposed: Vec::new(),
             });
         }
         for (i, key) in client_keys.iter().enumerate() {
@@ -307,10 +384,15 @@ impl Sim {
                 timer_at: None,
             });
         }
-        if opts.partition {
+        if let Some(isolate) = opts.isolate {
+            sim.isolated = Some(isolate);
+        } else if opts.partition {
             let victim = rng.range(0, opts.n as u64 - 1) as u32;
             let start = rng.range(0, opts.heal_at_ms / 2);
             sim.isolated = Some((victim, start, opts.heal_at_ms));
+        }
+        if let Fault::LeaderCrash { at_ms, .. } = opts.fault {
+            sim.schedule(at_ms, Event::Crash { slot: 0 });
         }
         sim.report.expected_requests = opts.clients * opts.requests_per_client;
         sim
@@ -325,23 +407,58 @@ impl Sim {
         self.now_ms < self.opts.heal_at_ms
     }
 
+    fn replica_of(&self, node: Node) -> Option<u32> {
+        match node {
+            Node::Replica(slot) => Some(self.replicas[slot].id),
+            Node::Client(_) => None,
+        }
+    }
+
     fn cut_off(&self, a: Node, b: Node) -> bool {
         match self.isolated {
             Some((victim, start, end)) if self.now_ms >= start && self.now_ms < end => {
-                (a == Node::Replica(victim)) != (b == Node::Replica(victim))
+                (self.replica_of(a) == Some(victim)) != (self.replica_of(b) == Some(victim))
             }
             _ => false,
         }
     }
 
-    fn node_of(&self, peer: Peer) -> Option<Node> {
-        match peer {
-            Peer::Replica(r) => Some(Node::Replica(r)),
-            Peer::Client(k) => self.client_index.get(&k).map(|i| Node::Client(*i)),
+    /// The engines a message addressed to `to` reaches, given who sends it. Twins split the
+    /// world: twin A (slot 0) talks only with replica 1 and hears the even clients, twin B
+    /// (slot n) talks only with replica 2 and hears the odd clients.
+    fn targets(&self, from: Node, to: Peer) -> Vec<Node> {
+        let twins = self.opts.fault == Fault::Twins;
+        match to {
+            Peer::Client(k) => self
+                .client_index
+                .get(&k)
+                .map(|i| vec![Node::Client(*i)])
+                .unwrap_or_default(),
+            Peer::Replica(0) if twins => match from {
+                Node::Client(c) => vec![Node::Replica(if c % 2 == 0 { 0 } else { self.opts.n })],
+                Node::Replica(1) => vec![Node::Replica(0)],
+                Node::Replica(2) => vec![Node::Replica(self.opts.n)],
+                _ => vec![],
+            },
+            Peer::Replica(r) => {
+                if twins && from == Node::Replica(0) && r != 1 {
+                    return vec![];
+                }
+                if twins && from == Node::Replica(self.opts.n) && r != 2 {
+                    return vec![];
+                }
+                vec![Node::Replica(r as usize)]
+            }
         }
     }
 
-    fn send(&mut self, from_node: Node, from: Peer, to: Node, message: &Message) {
+    fn send(&mut self, from_node: Node, from: Peer, to: Peer, message: &Message) {
+        for target in self.targets(from_node, to) {
+            self.send_to(from_node, from, target, message);
+        }
+    }
+
+    fn send_to(&mut self, from_node: Node, from: Peer, to: Node, message: &Message) {
         *self
             .report
             .messages_by_kind
@@ -378,14 +495,14 @@ impl Sim {
     }
 
     pub fn run(mut self) -> Result<SimReport, String> {
-        for r in 0..self.replicas.len() {
-            let actions = self.replicas[r].engine.start(0);
-            self.perform(r as u32, actions)?;
+        for slot in 0..self.replicas.len() {
+            let actions = self.replicas[slot].engine.start(0);
+            self.perform(slot, actions)?;
         }
         for c in 0..self.clients.len() {
             self.client_fill(c)?;
         }
-        if self.byzantine.is_some() {
+        if self.byzantine.is_some() || self.opts.fault == Fault::StopSpammer {
             self.schedule(5, Event::ByzantineStep);
         }
         while let Some(((at, _), event)) = self.queue.pop_first() {
@@ -396,15 +513,15 @@ impl Sim {
             match event {
                 Event::Deliver { to, from, frame } => self.deliver(to, from, &frame)?,
                 Event::ReplicaTimer {
-                    replica,
+                    slot,
                     timer,
                     deadline_ms,
                 } => {
-                    let node = &mut self.replicas[replica as usize];
-                    if node.timers.get(&timer) == Some(&deadline_ms) {
+                    let node = &mut self.replicas[slot];
+                    if !node.crashed && node.timers.get(&timer) == Some(&deadline_ms) {
                         node.timers.remove(&timer);
                         let actions = node.engine.on_timer(self.now_ms, timer);
-                        self.perform(replica, actions)?;
+                        self.perform(slot, actions)?;
                     }
                 }
                 Event::ClientTimer { client } => {
@@ -417,6 +534,17 @@ impl Sim {
                     }
                 }
                 Event::ByzantineStep => self.byzantine_step(),
+                Event::Crash { slot } => {
+                    if let Fault::LeaderCrash {
+                        after_propose: true,
+                        ..
+                    } = self.opts.fault
+                    {
+                        self.replicas[slot].crash_after_propose = true;
+                    } else {
+                        self.replicas[slot].crashed = true;
+                    }
+                }
             }
             if self.all_done() && self.replicas_converged() {
                 break;
@@ -433,29 +561,42 @@ impl Sim {
             .all(|c| c.remaining == 0 && c.engine.outstanding() == 0)
     }
 
+    /// The replicas the convergence and liveness checks judge: correct and not crashed.
+    fn live_correct(&self) -> impl Iterator<Item = &ReplicaNode> {
+        self.replicas.iter().filter(|r| r.correct && !r.crashed)
+    }
+
     fn replicas_converged(&self) -> bool {
-        let first = self.replicas[0].engine.last_executed();
-        self.replicas
-            .iter()
-            .all(|r| r.engine.last_executed() == first)
+        let mut live = self.live_correct();
+        let first = live.next().map(|r| r.engine.last_executed());
+        live.all(|r| Some(r.engine.last_executed()) == first)
     }
 
     fn deliver(&mut self, to: Node, from: Peer, frame: &[u8]) -> Result<(), String> {
         let message: Message =
             codec::decode(frame).map_err(|e| format!("own frame failed to decode: {e}"))?;
         match to {
-            Node::Replica(r) => {
+            Node::Replica(slot) => {
+                if self.replicas[slot].crashed {
+                    return Ok(());
+                }
+                if self.opts.fault == Fault::SilentForClient
+                    && slot == 0
+                    && self.silenced(from, &message)
+                {
+                    return Ok(());
+                }
                 let verified = match self.verifier.verify_inbound(from, message) {
                     Ok(v) => v,
                     Err(rejection) => {
-                        self.replicas[r as usize].engine.count_rejection(&rejection);
+                        self.replicas[slot].engine.count_rejection(&rejection);
                         *self.report.rejections.entry(rejection.name()).or_default() += 1;
                         return Ok(());
                     }
                 };
                 let now = self.now_ms;
-                match self.replicas[r as usize].engine.on_message(now, verified) {
-                    Ok(actions) => self.perform(r, actions)?,
+                match self.replicas[slot].engine.on_message(now, verified) {
+                    Ok(actions) => self.perform(slot, actions)?,
                     Err(rejection) => {
                         *self.report.rejections.entry(rejection.name()).or_default() += 1;
                     }
@@ -478,52 +619,151 @@ impl Sim {
         Ok(())
     }
 
-    fn perform(&mut self, r: u32, actions: Vec<Action>) -> Result<(), String> {
+    /// A leader that ignores client 0: drops its requests, and STOPs and forwards that carry
+    /// them.
+    fn silenced(&self, from: Peer, message: &Message) -> bool {
+        let victim = self.clients[0].engine.id();
+        match message {
+            Message::Request(r) => from == Peer::Client(victim) || r.body.client == victim,
+            Message::Forward(rs) => rs.iter().any(|r| r.body.client == victim),
+            Message::Stop(s) => s.body.pending.iter().any(|r| r.body.client == victim),
+            _ => false,
+        }
+    }
+
+    /// A Byzantine replica rewrites what it sends. Returns the message to send instead.
+    fn tamper(&mut self, slot: usize, message: Message) -> Message {
+        let node = &self.replicas[slot];
+        match (self.opts.fault, message) {
+            (Fault::ForgingLeader, Message::Propose(p)) if node.id == 0 => {
+                let mut body = p.body.clone();
+                let choice = self.rng.range(0, 3);
+                if choice == 0 && !body.batch.requests.is_empty() {
+                    // A forged request: the op changes under the client's signature.
+                    body.batch.requests[0].body.op = b"FORGED-BY-LEADER".to_vec();
+                } else if choice == 1 && !node.proposed.is_empty() {
+                    // A replay of a batch that was (probably) executed already.
+                    let i = self.rng.range(0, node.proposed.len() as u64 - 1) as usize;
+                    body.batch = node.proposed[i].clone();
+                }
+                let signed = Signed::new(body, Some(node.signer.as_ref()));
+                Message::Propose(signed)
+            }
+            (Fault::BadSyncLeader, Message::Sync(sync)) if node.id == 1 => {
+                let mut body = sync.body.clone();
+                match self.rng.range(0, 2) {
+                    0 => {
+                        body.proofs.pop();
+                    }
+                    1 => {
+                        if let Some(sd) = body.proofs.first_mut() {
+                            sd.body.prepared.push(PreparedProof {
+                                cid: sd.body.last_decided.as_ref().map_or(0, |d| d.cid) + 1,
+                                epoch: 0,
+                                batch: Batch::default(),
+                                writes: Vec::new(),
+                            });
+                        }
+                    }
+                    _ => {
+                        for sd in &mut body.proofs {
+                            sd.body.regency += 1;
+                        }
+                    }
+                }
+                Message::Sync(Signed::new(body, Some(node.signer.as_ref())))
+            }
+            (_, message) => message,
+        }
+    }
+
+    fn perform(&mut self, slot: usize, actions: Vec<Action>) -> Result<(), String> {
+        let r = self.replicas[slot].id;
+        let correct = self.replicas[slot].correct;
+        let from = Peer::Replica(r);
+        let me = Node::Replica(slot);
         let mut queue: std::collections::VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
+            if self.replicas[slot].crashed {
+                return Ok(());
+            }
             match action {
                 Action::Persist(PersistRecord::Vote(v)) => {
                     let kind = match v.kind {
                         VoteKind::Write => 0,
                         VoteKind::Accept => 1,
                     };
-                    if let Some(prev) = self.votes.insert((r, v.cid, v.regency, kind), v.digest) {
-                        if prev != v.digest {
-                            return Err(format!(
-                                "replica {r} voted twice in cid {} regency {}",
-                                v.cid, v.regency
-                            ));
+                    if correct {
+                        if let Some(prev) = self.votes.insert((r, v.cid, v.regency, kind), v.digest)
+                        {
+                            if prev != v.digest {
+                                return Err(format!(
+                                    "replica {r} voted twice in cid {} regency {}",
+                                    v.cid, v.regency
+                                ));
+                            }
                         }
                     }
                 }
                 Action::Persist(PersistRecord::Decided { cid, digest }) => {
-                    if let Some(prev) = self.decided.insert(cid, digest) {
-                        if prev != digest {
-                            return Err(format!(
-                                "agreement violated: cid {cid} decided as {prev:?} and {digest:?}"
-                            ));
+                    if correct {
+                        if let Some(prev) = self.decided.insert(cid, digest) {
+                            if prev != digest {
+                                return Err(format!("agreement violated: cid {cid} decided as {prev:?} and {digest:?}"));
+                            }
                         }
+                    }
+                }
+                Action::Persist(PersistRecord::Regency(regency)) => {
+                    let node = &mut self.replicas[slot];
+                    if regency <= node.regency {
+                        return Err(format!(
+                            "replica {r} regency went from {} to {regency}",
+                            node.regency
+                        ));
+                    }
+                    node.regency = regency;
+                    if std::env::var("SMR_SIM_TRACE").is_ok() {
+                        eprintln!("t={} replica {r} enters regency {regency}", self.now_ms);
                     }
                 }
                 Action::Send { to, message } => {
-                    if let Some(node) = self.node_of(to) {
-                        self.send(Node::Replica(r), Peer::Replica(r), node, &message);
-                    }
+                    let message = self.tamper(slot, message);
+                    self.send(me, from, to, &message);
                 }
                 Action::Broadcast(message) => {
-                    for j in 0..self.replicas.len() as u32 {
-                        if j != r {
-                            self.send(
-                                Node::Replica(r),
-                                Peer::Replica(r),
-                                Node::Replica(j),
-                                &message,
+                    if std::env::var("SMR_SIM_TRACE").is_ok() {
+                        if let Message::Stop(s) = &message {
+                            eprintln!(
+                                "t={} replica {r} sends STOP {:?}",
+                                self.now_ms,
+                                (s.body.from_regency, s.body.regency)
                             );
                         }
                     }
+                    if let Message::Propose(p) = &message {
+                        self.replicas[slot].proposed.push(p.body.batch.clone());
+                    }
+                    let message = self.tamper(slot, message);
+                    let crash_now = self.replicas[slot].crash_after_propose
+                        && matches!(message, Message::Propose(_));
+                    for j in 0..self.opts.n as u32 {
+                        if j == r {
+                            continue;
+                        }
+                        // A leader crashing mid-broadcast reaches only some followers.
+                        if crash_now && self.rng.chance(0.5) {
+                            continue;
+                        }
+                        self.send(me, from, Peer::Replica(j), &message);
+                    }
+                    if crash_now {
+                        self.replicas[slot].crashed = true;
+                        return Ok(());
+                    }
                 }
                 Action::Execute { cid, items } => {
-                    let node = &mut self.replicas[r as usize];
+                    let node = &mut self.replicas[slot];
                     let mut results = Vec::with_capacity(items.len());
                     for item in items {
                         let signed = self.legitimately_signed.get(&item.id);
@@ -540,23 +780,23 @@ impl Sim {
                     queue.extend(more);
                 }
                 Action::Query { id, op } => {
-                    let node = &self.replicas[r as usize];
+                    let node = &self.replicas[slot];
                     let reply = node.engine.query_reply(id, node.service.query(&op));
                     queue.push_back(reply);
                 }
                 Action::SetTimer { timer, deadline_ms } => {
-                    self.replicas[r as usize].timers.insert(timer, deadline_ms);
+                    self.replicas[slot].timers.insert(timer, deadline_ms);
                     self.schedule(
                         deadline_ms.max(self.now_ms),
                         Event::ReplicaTimer {
-                            replica: r,
+                            slot,
                             timer,
                             deadline_ms,
                         },
                     );
                 }
                 Action::CancelTimer(timer) => {
-                    self.replicas[r as usize].timers.remove(&timer);
+                    self.replicas[slot].timers.remove(&timer);
                 }
             }
         }
@@ -606,21 +846,54 @@ impl Sim {
     fn client_actions(&mut self, c: usize, actions: Vec<ClientAction>) {
         let from = Peer::Client(self.clients[c].engine.id());
         for ClientAction::Broadcast(message) in actions {
-            for r in 0..self.replicas.len() as u32 {
-                self.send(Node::Client(c), from, Node::Replica(r), &message);
+            for r in 0..self.opts.n as u32 {
+                self.send(Node::Client(c), from, Peer::Replica(r), &message);
             }
         }
     }
 
+    /// Scripted Byzantine behaviour that is not a reaction to a message: the Byzantine client's
+    /// requests, and the STOP spammer's STOPs.
+    fn byzantine_step(&mut self) {
+        if self.now_ms > self.opts.heal_at_ms + 4000 {
+            return;
+        }
+        if self.opts.fault == Fault::StopSpammer {
+            let slot = self.opts.n - 1;
+            let node = &self.replicas[slot];
+            let regency = node.engine.regency() + self.rng.range(1, 50);
+            let stop = Signed::new(
+                Stop {
+                    replica: node.id,
+                    regency,
+                    from_regency: node.engine.regency(),
+                    pending: Vec::new(),
+                },
+                Some(node.signer.as_ref()),
+            );
+            let from = Peer::Replica(node.id);
+            for j in 0..self.opts.n as u32 - 1 {
+                self.send(
+                    Node::Replica(slot),
+                    from,
+                    Peer::Replica(j),
+                    &Message::Stop(stop.clone()),
+                );
+            }
+        }
+        if self.byzantine.is_some() {
+            self.byzantine_client_step();
+        }
+        let next = self.now_ms + self.rng.range(5, 60);
+        self.schedule(next, Event::ByzantineStep);
+    }
+
     /// A scripted Byzantine client: forged signatures, impersonation, replayed seqs with new
     /// ops, and oversize ops, interleaved with a few valid requests of its own.
-    fn byzantine_step(&mut self) {
+    fn byzantine_client_step(&mut self) {
         let Some((key, seq)) = self.byzantine.clone() else {
             return;
         };
-        if self.now_ms > self.opts.heal_at_ms + 2000 {
-            return;
-        }
         let me = key.public_key();
         let signing = self.opts.mode == Mode::Bft;
         let choice = self.rng.range(0, 4);
@@ -684,7 +957,7 @@ impl Sim {
         }
         let message = Message::Request(request);
         // The Byzantine client is not in the client index: it sends straight into the network.
-        for r in 0..self.replicas.len() as u32 {
+        for slot in 0..self.replicas.len() {
             if self.rng.chance(0.7) {
                 let frame = codec::encode(&message);
                 let delay = self
@@ -693,7 +966,7 @@ impl Sim {
                 self.schedule(
                     self.now_ms + delay,
                     Event::Deliver {
-                        to: Node::Replica(r),
+                        to: Node::Replica(slot),
                         from: Peer::Client(me),
                         frame,
                     },
@@ -703,8 +976,6 @@ impl Sim {
         if choice == 0 {
             self.byzantine = Some((key, seq + 1));
         }
-        let next = self.now_ms + self.rng.range(5, 60);
-        self.schedule(next, Event::ByzantineStep);
     }
 
     fn final_checks(&mut self) -> Result<(), String> {
@@ -722,41 +993,56 @@ impl Sim {
                     )
                 })
                 .collect();
+            let regencies: Vec<String> = self
+                .replicas
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}:{:?}@{}/{}",
+                        r.id,
+                        r.engine.phase(),
+                        r.engine.regency(),
+                        r.engine.last_executed()
+                    )
+                })
+                .collect();
             return Err(format!(
-                "liveness violated: not every request completed by t={} ms ({})",
+                "liveness violated: not every request completed by t={} ms ({}); replicas {}",
                 self.now_ms,
-                missing.join("; ")
+                missing.join("; "),
+                regencies.join(" ")
             ));
         }
-        // Every correct replica executed the same sequence (prefix-wise) and, after the heal,
-        // converged to the same state.
+        // Every correct replica executed the same sequence (prefix-wise; crashed ones up to
+        // their crash) and, after the heal, the live ones converged to the same state.
         let longest = self
             .replicas
             .iter()
+            .filter(|r| r.correct)
             .map(|r| &r.executed)
             .max_by_key(|e| e.len())
-            .expect("at least one replica")
+            .expect("at least one correct replica")
             .clone();
-        for (i, r) in self.replicas.iter().enumerate() {
+        for r in self.replicas.iter().filter(|r| r.correct) {
             if r.executed[..] != longest[..r.executed.len()] {
-                return Err(format!("replica {i} executed a different sequence"));
+                return Err(format!("replica {} executed a different sequence", r.id));
             }
         }
         if !self.replicas_converged() {
             let cids: Vec<u64> = self
-                .replicas
-                .iter()
+                .live_correct()
                 .map(|r| r.engine.last_executed())
                 .collect();
             return Err(format!(
                 "replicas did not converge after the heal: last executed cids {cids:?}"
             ));
         }
-        let digest = self.replicas[0].service.state_digest();
-        for (i, r) in self.replicas.iter().enumerate() {
-            if r.service.state_digest() != digest {
-                return Err(format!("replica {i} has a different state digest"));
-            }
+        let digests: BTreeSet<Digest> = self
+            .live_correct()
+            .map(|r| r.service.state_digest())
+            .collect();
+        if digests.len() != 1 {
+            return Err("correct replicas have different state digests".into());
         }
         // Each acknowledged result is the position at which that request executed: nothing
         // acknowledged was lost or executed elsewhere in the order.
@@ -783,6 +1069,7 @@ impl Sim {
         }
         self.report.decided = self.decided.clone();
         self.report.executed_per_replica = self.replicas.iter().map(|r| r.executed.len()).collect();
+        self.report.regencies = self.live_correct().map(|r| r.engine.regency()).collect();
         Ok(())
     }
 }

@@ -6,7 +6,7 @@
 
 mod harness;
 
-use harness::{run_seed, SimOptions};
+use harness::{run_seed, Fault, Rng, SimOptions};
 use smr_modes::Mode;
 
 const DEFAULT_SEEDS: u64 = 200;
@@ -23,11 +23,27 @@ fn seeds() -> Vec<u64> {
 
 /// Runs every seed; collects failures and names the command that replays each.
 fn sweep(test: &str, make: impl Fn(u64) -> SimOptions) {
+    sweep_reports(test, make, |_| {});
+}
+
+/// Like `sweep`, with an extra per-seed check on the report (a panic there fails the seed).
+fn sweep_reports(
+    test: &str,
+    make: impl Fn(u64) -> SimOptions,
+    mut check: impl FnMut(&harness::SimReport),
+) {
     let mut failures = Vec::new();
     let seeds = seeds();
     for &seed in &seeds {
         let opts = make(seed);
-        if let Err(e) = run_seed(opts) {
+        let outcome = run_seed(opts).and_then(|report| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&report))).map_err(|p| {
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .unwrap_or_else(|| "check failed".into())
+            })
+        });
+        if let Err(e) = outcome {
             eprintln!("seed {seed} failed: {e}");
             eprintln!("replay: SMR_SIM_SEED={seed} cargo test -p smr-core --test sim {test}");
             failures.push(seed);
@@ -103,4 +119,170 @@ fn a_default_seed_orders_every_request_with_real_batches() {
     assert!(report.executed_per_replica.iter().all(|e| *e >= 500));
     // Batching works: fewer instances than requests.
     assert!(report.decided.len() < report.expected_requests);
+}
+
+/// Seeds that once failed, kept as regression tests. Each names the bug it caught.
+const REGRESSIONS: &[(Mode, u64, &str)] = &[
+    (
+        Mode::Cft,
+        6,
+        "STOPDATA left out decided-but-unexecuted instances, so a new leader re-proposed their cid",
+    ),
+    (Mode::Cft, 67, "same bug as seed 6"),
+    (Mode::Cft, 89, "same bug as seed 6"),
+];
+
+#[test]
+fn seeds_that_once_failed_still_pass() {
+    for (mode, seed, bug) in REGRESSIONS {
+        let (n, f) = if *mode == Mode::Bft { (4, 1) } else { (3, 1) };
+        run_seed(SimOptions::for_seed(*mode, n, f, *seed))
+            .unwrap_or_else(|e| panic!("{mode:?} seed {seed} ({bug}): {e}"));
+    }
+}
+
+fn leader_crash(seed: u64) -> Fault {
+    let mut rng = Rng::new(seed ^ 0xc4a5);
+    Fault::LeaderCrash {
+        at_ms: rng.range(0, 1500),
+        after_propose: rng.chance(0.5),
+    }
+}
+
+#[test]
+fn bft_leader_crash_before_or_after_propose_loses_no_decision() {
+    sweep("bft_leader_crash", |seed| {
+        SimOptions::with_fault(Mode::Bft, 4, 1, seed, leader_crash(seed))
+    });
+}
+
+#[test]
+fn cft_leader_crash_before_or_after_propose_loses_no_decision() {
+    sweep("cft_leader_crash", |seed| {
+        SimOptions::with_fault(Mode::Cft, 3, 1, seed, leader_crash(seed))
+    });
+}
+
+#[test]
+fn bft_equivocating_twin_leader_is_replaced_without_divergence() {
+    let mut replaced = 0;
+    sweep_reports(
+        "bft_equivocating_twin",
+        |seed| SimOptions::with_fault(Mode::Bft, 4, 1, seed, Fault::Twins),
+        |r| {
+            if r.regencies.iter().all(|g| *g >= 1) {
+                replaced += 1;
+            }
+        },
+    );
+    assert!(replaced > 0, "the equivocating leader was never replaced");
+}
+
+#[test]
+fn bft_leader_silent_for_one_client_is_replaced() {
+    sweep_reports(
+        "bft_leader_silent_for_one_client",
+        |seed| SimOptions::with_fault(Mode::Bft, 4, 1, seed, Fault::SilentForClient),
+        |r| {
+            assert!(
+                r.regencies.iter().all(|g| *g >= 1),
+                "leader kept its job: {:?}",
+                r.regencies
+            );
+        },
+    );
+}
+
+#[test]
+fn bft_leader_proposing_forged_or_replayed_requests_keeps_agreement() {
+    sweep("bft_forging_leader", |seed| {
+        SimOptions::with_fault(Mode::Bft, 4, 1, seed, Fault::ForgingLeader)
+    });
+}
+
+#[test]
+fn bft_sync_unsupported_by_its_proofs_is_rejected() {
+    sweep("bft_bad_sync_leader", |seed| {
+        let mut opts = SimOptions::with_fault(Mode::Bft, 4, 1, seed, Fault::BadSyncLeader);
+        // Cut the honest leader off so that regency 1, led by the Byzantine replica, comes up.
+        opts.isolate = Some((0, 200, opts.heal_at_ms.max(2500)));
+        opts.heal_at_ms = opts.heal_at_ms.max(2500);
+        opts
+    });
+}
+
+#[test]
+fn bft_stops_from_one_byzantine_follower_never_change_the_leader() {
+    sweep_reports(
+        "bft_stop_spammer",
+        |seed| {
+            let mut opts = SimOptions::with_fault(Mode::Bft, 4, 1, seed, Fault::StopSpammer);
+            // No network faults: any leader change would be the spammer's doing.
+            opts.drop_prob = 0.0;
+            opts.dup_prob = 0.0;
+            opts.partition = false;
+            opts
+        },
+        |r| {
+            assert!(
+                r.regencies.iter().all(|g| *g == 0),
+                "fewer than f+1 STOPs changed the regency: {:?}",
+                r.regencies
+            );
+        },
+    );
+}
+
+fn isolated_leader(mode: Mode, n: usize, f: usize, seed: u64) -> SimOptions {
+    let mut opts = SimOptions::with_fault(mode, n, f, seed, Fault::None);
+    opts.drop_prob = 0.0;
+    opts.dup_prob = 0.0;
+    opts.partition = false;
+    opts.byzantine_client = false;
+    let mut rng = Rng::new(seed ^ 0x150);
+    let start = rng.range(10, 40);
+    opts.isolate = Some((0, start, start + 3000));
+    opts.heal_at_ms = start + 3000;
+    opts
+}
+
+#[test]
+fn bft_isolated_leader_is_replaced_once_and_progress_resumes() {
+    sweep_reports(
+        "bft_isolated_leader",
+        |seed| isolated_leader(Mode::Bft, 4, 1, seed),
+        |r| {
+            assert!(
+                r.regencies.iter().all(|g| *g == 1),
+                "expected exactly one leader change: {:?}",
+                r.regencies
+            );
+        },
+    );
+}
+
+#[test]
+fn cft_isolated_leader_is_replaced_once_and_progress_resumes() {
+    sweep_reports(
+        "cft_isolated_leader",
+        |seed| isolated_leader(Mode::Cft, 3, 1, seed),
+        |r| {
+            assert!(
+                r.regencies.iter().all(|g| *g == 1),
+                "expected exactly one leader change: {:?}",
+                r.regencies
+            );
+        },
+    );
+}
+
+#[test]
+fn debug_trace_seed() {
+    if let Ok(s) = std::env::var("SMR_SIM_DEBUG") {
+        let seed: u64 = s.parse().unwrap();
+        let opts = isolated_leader(Mode::Cft, 3, 1, seed);
+        eprintln!("{opts:?}");
+        let r = run_seed(opts);
+        eprintln!("{r:?}");
+    }
 }
