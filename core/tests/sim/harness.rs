@@ -121,6 +121,8 @@ pub struct SimOptions {
     pub heal_at_ms: u64,
     /// Isolate one replica (maybe the leader) for a while before the heal.
     pub partition: bool,
+    /// Cut off one replica after another until the heal.
+    pub rolling_partitions: bool,
     /// Isolate exactly this replica from `.1` to `.2` ms (overrides `partition`).
     pub isolate: Option<(u32, u64, u64)>,
     pub byzantine_client: bool,
@@ -150,6 +152,7 @@ impl SimOptions {
             max_delay_ms: rng.range(2, 40),
             heal_at_ms: rng.range(500, 3000),
             partition: rng.chance(0.3),
+            rolling_partitions: false,
             isolate: None,
             byzantine_client: true,
             real_crypto: seed % 10 == 3,
@@ -251,7 +254,8 @@ pub struct Sim {
     byzantine: Option<(Arc<dyn Signer>, u64)>,
     /// (client, seq) -> op for every request a client really signed.
     legitimately_signed: BTreeMap<RequestId, BTreeSet<Vec<u8>>>,
-    isolated: Option<(u32, u64, u64)>,
+    /// (replica, from, until): windows in which one replica is cut off from everyone.
+    isolated: Vec<(u32, u64, u64)>,
     decided: BTreeMap<Cid, Digest>,
     votes: BTreeMap<(u32, Cid, u64, u8), Digest>,
     report: SimReport,
@@ -324,7 +328,7 @@ impl Sim {
             client_index: BTreeMap::new(),
             byzantine: opts.byzantine_client.then(|| (byzantine_key.clone(), 1)),
             legitimately_signed: BTreeMap::new(),
-            isolated: None,
+            isolated: Vec::new(),
             decided: BTreeMap::new(),
             votes: BTreeMap::new(),
             report: SimReport::default(),
@@ -385,11 +389,22 @@ impl Sim {
             });
         }
         if let Some(isolate) = opts.isolate {
-            sim.isolated = Some(isolate);
+            sim.isolated.push(isolate);
         } else if opts.partition {
             let victim = rng.range(0, opts.n as u64 - 1) as u32;
             let start = rng.range(0, opts.heal_at_ms / 2);
-            sim.isolated = Some((victim, start, opts.heal_at_ms));
+            sim.isolated.push((victim, start, opts.heal_at_ms));
+        } else if opts.rolling_partitions {
+            // One replica at a time is cut off, a different one every few hundred ms: leader
+            // changes pile up, with values prepared in one epoch and decided in another.
+            let mut t = rng.range(0, 200);
+            while t < opts.heal_at_ms {
+                let len = rng.range(300, 1500);
+                let victim = rng.range(0, opts.n as u64 - 1) as u32;
+                sim.isolated
+                    .push((victim, t, (t + len).min(opts.heal_at_ms)));
+                t += len + rng.range(0, 300);
+            }
         }
         if let Fault::LeaderCrash { at_ms, .. } = opts.fault {
             sim.schedule(at_ms, Event::Crash { slot: 0 });
@@ -415,12 +430,12 @@ impl Sim {
     }
 
     fn cut_off(&self, a: Node, b: Node) -> bool {
-        match self.isolated {
-            Some((victim, start, end)) if self.now_ms >= start && self.now_ms < end => {
-                (self.replica_of(a) == Some(victim)) != (self.replica_of(b) == Some(victim))
-            }
-            _ => false,
-        }
+        let now = self.now_ms;
+        self.isolated.iter().any(|(victim, start, end)| {
+            now >= *start
+                && now < *end
+                && (self.replica_of(a) == Some(*victim)) != (self.replica_of(b) == Some(*victim))
+        })
     }
 
     /// The engines a message addressed to `to` reaches, given who sends it. Twins split the

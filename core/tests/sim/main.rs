@@ -60,16 +60,18 @@ fn sweep_reports(
 
 #[test]
 fn bft_n4_f1_holds_every_invariant_under_drop_duplicate_reorder_and_partition() {
-    sweep("bft_n4_f1", |seed| {
-        SimOptions::for_seed(Mode::Bft, 4, 1, seed)
-    });
+    sweep(
+        "bft_n4_f1_holds_every_invariant_under_drop_duplicate_reorder_and_partition",
+        |seed| SimOptions::for_seed(Mode::Bft, 4, 1, seed),
+    );
 }
 
 #[test]
 fn cft_n3_f1_holds_every_invariant_under_drop_duplicate_reorder_and_partition() {
-    sweep("cft_n3_f1", |seed| {
-        SimOptions::for_seed(Mode::Cft, 3, 1, seed)
-    });
+    sweep(
+        "cft_n3_f1_holds_every_invariant_under_drop_duplicate_reorder_and_partition",
+        |seed| SimOptions::for_seed(Mode::Cft, 3, 1, seed),
+    );
 }
 
 #[test]
@@ -141,6 +143,31 @@ fn seeds_that_once_failed_still_pass() {
     }
 }
 
+fn rolling_partitions(mode: Mode, n: usize, f: usize, seed: u64) -> SimOptions {
+    let mut opts = SimOptions::with_fault(mode, n, f, seed, Fault::None);
+    opts.partition = false;
+    opts.rolling_partitions = true;
+    opts.heal_at_ms = 6000;
+    opts.requests_per_client = 100;
+    opts
+}
+
+#[test]
+fn bft_rolling_partitions_force_repeated_leader_changes_without_divergence() {
+    sweep(
+        "bft_rolling_partitions_force_repeated_leader_changes_without_divergence",
+        |seed| rolling_partitions(Mode::Bft, 4, 1, seed),
+    );
+}
+
+#[test]
+fn cft_rolling_partitions_force_repeated_leader_changes_without_divergence() {
+    sweep(
+        "cft_rolling_partitions_force_repeated_leader_changes_without_divergence",
+        |seed| rolling_partitions(Mode::Cft, 3, 1, seed),
+    );
+}
+
 fn leader_crash(seed: u64) -> Fault {
     let mut rng = Rng::new(seed ^ 0xc4a5);
     Fault::LeaderCrash {
@@ -151,23 +178,25 @@ fn leader_crash(seed: u64) -> Fault {
 
 #[test]
 fn bft_leader_crash_before_or_after_propose_loses_no_decision() {
-    sweep("bft_leader_crash", |seed| {
-        SimOptions::with_fault(Mode::Bft, 4, 1, seed, leader_crash(seed))
-    });
+    sweep(
+        "bft_leader_crash_before_or_after_propose_loses_no_decision",
+        |seed| SimOptions::with_fault(Mode::Bft, 4, 1, seed, leader_crash(seed)),
+    );
 }
 
 #[test]
 fn cft_leader_crash_before_or_after_propose_loses_no_decision() {
-    sweep("cft_leader_crash", |seed| {
-        SimOptions::with_fault(Mode::Cft, 3, 1, seed, leader_crash(seed))
-    });
+    sweep(
+        "cft_leader_crash_before_or_after_propose_loses_no_decision",
+        |seed| SimOptions::with_fault(Mode::Cft, 3, 1, seed, leader_crash(seed)),
+    );
 }
 
 #[test]
 fn bft_equivocating_twin_leader_is_replaced_without_divergence() {
     let mut replaced = 0;
     sweep_reports(
-        "bft_equivocating_twin",
+        "bft_equivocating_twin_leader_is_replaced_without_divergence",
         |seed| SimOptions::with_fault(Mode::Bft, 4, 1, seed, Fault::Twins),
         |r| {
             if r.regencies.iter().all(|g| *g >= 1) {
@@ -181,7 +210,7 @@ fn bft_equivocating_twin_leader_is_replaced_without_divergence() {
 #[test]
 fn bft_leader_silent_for_one_client_is_replaced() {
     sweep_reports(
-        "bft_leader_silent_for_one_client",
+        "bft_leader_silent_for_one_client_is_replaced",
         |seed| SimOptions::with_fault(Mode::Bft, 4, 1, seed, Fault::SilentForClient),
         |r| {
             assert!(
@@ -195,26 +224,54 @@ fn bft_leader_silent_for_one_client_is_replaced() {
 
 #[test]
 fn bft_leader_proposing_forged_or_replayed_requests_keeps_agreement() {
-    sweep("bft_forging_leader", |seed| {
-        SimOptions::with_fault(Mode::Bft, 4, 1, seed, Fault::ForgingLeader)
-    });
+    let mut forged_rejected = 0;
+    sweep_reports(
+        "bft_leader_proposing_forged_or_replayed_requests_keeps_agreement",
+        |seed| SimOptions::with_fault(Mode::Bft, 4, 1, seed, Fault::ForgingLeader),
+        |r| {
+            if r.rejections.get("bad_signature").copied().unwrap_or(0) > 0
+                && r.regencies.iter().all(|g| *g >= 1)
+            {
+                forged_rejected += 1;
+            }
+        },
+    );
+    assert!(
+        forged_rejected > 0,
+        "no forged proposal was ever rejected and its leader replaced"
+    );
 }
 
 #[test]
 fn bft_sync_unsupported_by_its_proofs_is_rejected() {
-    sweep("bft_bad_sync_leader", |seed| {
-        let mut opts = SimOptions::with_fault(Mode::Bft, 4, 1, seed, Fault::BadSyncLeader);
-        // Cut the honest leader off so that regency 1, led by the Byzantine replica, comes up.
-        opts.isolate = Some((0, 200, opts.heal_at_ms.max(2500)));
-        opts.heal_at_ms = opts.heal_at_ms.max(2500);
-        opts
-    });
+    let mut skipped_byzantine_leader = 0;
+    sweep_reports(
+        "bft_sync_unsupported_by_its_proofs_is_rejected",
+        |seed| {
+            let mut opts = SimOptions::with_fault(Mode::Bft, 4, 1, seed, Fault::BadSyncLeader);
+            // Cut the honest leader off so that regency 1, led by the Byzantine replica, comes up.
+            opts.isolate = Some((0, 200, opts.heal_at_ms.max(2500)));
+            opts.heal_at_ms = opts.heal_at_ms.max(2500);
+            opts
+        },
+        |r| {
+            let bad_syncs = r.rejections.get("bad_certificate").copied().unwrap_or(0)
+                + r.rejections.get("bad_signature").copied().unwrap_or(0);
+            if bad_syncs > 0 && r.regencies.iter().all(|g| *g >= 2) {
+                skipped_byzantine_leader += 1;
+            }
+        },
+    );
+    assert!(
+        skipped_byzantine_leader > 0,
+        "no seed rejected a bad SYNC and moved past its leader"
+    );
 }
 
 #[test]
 fn bft_stops_from_one_byzantine_follower_never_change_the_leader() {
     sweep_reports(
-        "bft_stop_spammer",
+        "bft_stops_from_one_byzantine_follower_never_change_the_leader",
         |seed| {
             let mut opts = SimOptions::with_fault(Mode::Bft, 4, 1, seed, Fault::StopSpammer);
             // No network faults: any leader change would be the spammer's doing.
@@ -249,7 +306,7 @@ fn isolated_leader(mode: Mode, n: usize, f: usize, seed: u64) -> SimOptions {
 #[test]
 fn bft_isolated_leader_is_replaced_once_and_progress_resumes() {
     sweep_reports(
-        "bft_isolated_leader",
+        "bft_isolated_leader_is_replaced_once_and_progress_resumes",
         |seed| isolated_leader(Mode::Bft, 4, 1, seed),
         |r| {
             assert!(
@@ -264,7 +321,7 @@ fn bft_isolated_leader_is_replaced_once_and_progress_resumes() {
 #[test]
 fn cft_isolated_leader_is_replaced_once_and_progress_resumes() {
     sweep_reports(
-        "cft_isolated_leader",
+        "cft_isolated_leader_is_replaced_once_and_progress_resumes",
         |seed| isolated_leader(Mode::Cft, 3, 1, seed),
         |r| {
             assert!(
@@ -274,15 +331,4 @@ fn cft_isolated_leader_is_replaced_once_and_progress_resumes() {
             );
         },
     );
-}
-
-#[test]
-fn debug_trace_seed() {
-    if let Ok(s) = std::env::var("SMR_SIM_DEBUG") {
-        let seed: u64 = s.parse().unwrap();
-        let opts = isolated_leader(Mode::Cft, 3, 1, seed);
-        eprintln!("{opts:?}");
-        let r = run_seed(opts);
-        eprintln!("{r:?}");
-    }
 }
