@@ -107,6 +107,9 @@ struct RawLimits {
     max_instances_ahead: Option<u64>,
     max_decisions_per_reply: Option<u64>,
     max_log_entries: Option<u64>,
+    checkpoint_period: Option<u64>,
+    max_state_bytes: Option<u64>,
+    state_chunk_bytes: Option<u64>,
 }
 
 #[derive(Default, Deserialize, Serialize)]
@@ -315,6 +318,21 @@ impl ClusterConfig {
                 l.max_log_entries,
                 d.max_log_entries as u64,
             )? as usize,
+            checkpoint_period: positive(
+                "limits.checkpoint_period",
+                l.checkpoint_period,
+                d.checkpoint_period,
+            )?,
+            max_state_bytes: positive(
+                "limits.max_state_bytes",
+                l.max_state_bytes,
+                d.max_state_bytes,
+            )?,
+            state_chunk_bytes: positive(
+                "limits.state_chunk_bytes",
+                l.state_chunk_bytes,
+                d.state_chunk_bytes as u64,
+            )? as usize,
         };
         if limits.max_instances_ahead < limits.max_instances_in_flight {
             return Err(invalid(
@@ -425,9 +443,10 @@ impl ClusterConfig {
         }
         let l = &self.limits;
         out.push_str(&format!(
-            "\n[limits]\nmax_batch_requests = {}\nmax_batch_bytes = {}\nmax_op_bytes = {}\nmax_pending_per_client = {}\nmax_pending_total = {}\nmax_instances_in_flight = {}\nmax_instances_ahead = {}\nmax_decisions_per_reply = {}\nmax_log_entries = {}\n",
+            "\n[limits]\nmax_batch_requests = {}\nmax_batch_bytes = {}\nmax_op_bytes = {}\nmax_pending_per_client = {}\nmax_pending_total = {}\nmax_instances_in_flight = {}\nmax_instances_ahead = {}\nmax_decisions_per_reply = {}\nmax_log_entries = {}\ncheckpoint_period = {}\nmax_state_bytes = {}\nstate_chunk_bytes = {}\n",
             l.max_batch_requests, l.max_batch_bytes, l.max_op_bytes, l.max_pending_per_client, l.max_pending_total,
-            l.max_instances_in_flight, l.max_instances_ahead, l.max_decisions_per_reply, l.max_log_entries
+            l.max_instances_in_flight, l.max_instances_ahead, l.max_decisions_per_reply, l.max_log_entries,
+            l.checkpoint_period, l.max_state_bytes, l.state_chunk_bytes
         ));
         let t = &self.timeouts;
         out.push_str(&format!(

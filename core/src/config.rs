@@ -47,6 +47,12 @@ pub struct Limits {
     pub max_decisions_per_reply: usize,
     /// Decided batches kept for peers that are behind.
     pub max_log_entries: usize,
+    /// Decisions between checkpoints.
+    pub checkpoint_period: u64,
+    /// Largest checkpoint (service state plus client table) a replica accepts in a transfer.
+    pub max_state_bytes: u64,
+    /// Bytes per state-transfer chunk.
+    pub state_chunk_bytes: usize,
 }
 
 impl Default for Limits {
@@ -61,6 +67,9 @@ impl Default for Limits {
             max_instances_ahead: 64,
             max_decisions_per_reply: 16,
             max_log_entries: 10_000,
+            checkpoint_period: 1000,
+            max_state_bytes: 1 << 30,
+            state_chunk_bytes: 1 << 20,
         }
     }
 }
@@ -127,6 +136,8 @@ impl EngineConfig {
             || l.max_instances_ahead < l.max_instances_in_flight
             || l.max_decisions_per_reply == 0
             || l.max_log_entries == 0
+            || l.checkpoint_period == 0
+            || l.state_chunk_bytes == 0
         {
             return Err(format!(
                 "limits must be positive and max_instances_ahead >= max_instances_in_flight: {l:?}"

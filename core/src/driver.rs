@@ -66,12 +66,15 @@ enum ServiceCommand {
     Execute { cid: Cid, items: Vec<ExecuteItem> },
     Query { id: RequestId, op: Vec<u8> },
     Status { to: Peer, report: StatusReport },
+    Snapshot { cid: Cid },
+    Restore { cid: Cid, snapshot: Vec<u8> },
 }
 
 enum ServiceOutput {
     Executed { cid: Cid, results: Vec<Vec<u8>> },
     Queried { id: RequestId, result: Vec<u8> },
     Status { to: Peer, report: StatusReport },
+    Snapshot { cid: Cid, snapshot: Vec<u8> },
 }
 
 enum EngineInput {
@@ -237,6 +240,18 @@ fn run_service(
                 report.state_digest = service.state_digest();
                 ServiceOutput::Status { to, report }
             }
+            ServiceCommand::Snapshot { cid } => ServiceOutput::Snapshot {
+                cid,
+                snapshot: service.snapshot(),
+            },
+            ServiceCommand::Restore { cid, snapshot } => {
+                // A checkpoint that f+1 replicas vouch for but this service cannot read is an
+                // invariant violation: continuing would serve a state that differs from theirs.
+                if let Err(e) = service.restore(&snapshot) {
+                    panic!("cannot restore the service from the checkpoint at cid {cid}: {e}");
+                }
+                continue;
+            }
         };
         if outputs.send(output).is_err() {
             break;
@@ -289,6 +304,10 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) {
                     ServiceOutput::Status { to, report } => {
                         l.send(to, &Message::Status(report));
                     }
+                    ServiceOutput::Snapshot { cid, snapshot } => {
+                        let actions = l.engine.on_snapshot(now, cid, snapshot);
+                        l.perform(actions);
+                    }
                 }
             }
             input = l.input_rx.recv() => {
@@ -309,7 +328,7 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) {
                             regency: l.engine.regency(),
                             leader: l.engine.leader(),
                             last_decided: l.engine.last_executed(),
-                            last_checkpoint: 0,
+                            last_checkpoint: l.engine.last_checkpoint(),
                             state_digest: Digest::default(),
                             pending_requests: l.engine.pending_requests() as u64,
                             rejected_messages: l.rejected.load(Ordering::Relaxed),
@@ -368,6 +387,14 @@ impl<N: Network> EngineLoop<N> {
                 }
                 Action::CancelTimer(timer) => {
                     self.timers.remove(&timer);
+                }
+                Action::TakeSnapshot { cid } => {
+                    let _ = self.service_tx.send(ServiceCommand::Snapshot { cid });
+                }
+                Action::Restore { cid, snapshot } => {
+                    let _ = self
+                        .service_tx
+                        .send(ServiceCommand::Restore { cid, snapshot });
                 }
             }
         }

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use smr_crypto::{Digest, Signer};
 use smr_modes::Quorums;
 
+use crate::checkpoint::{Checkpoint, CheckpointData, Transfer};
 use crate::clients::{ClientTable, RequestStatus};
 use crate::config::EngineConfig;
 use crate::message::{
@@ -74,10 +75,15 @@ const MAX_REGENCY_JUMP: Regency = 1 << 20;
 pub enum PersistRecord {
     /// A WRITE or ACCEPT this replica is about to send.
     Vote(Vote),
-    /// A decided instance.
-    Decided { cid: Cid, digest: Digest },
+    /// The value this replica is about to ACCEPT, with its proof: what its STOPDATA must
+    /// report after a restart.
+    Prepared(PreparedProof),
+    /// A decided instance, with its batch and certificate.
+    Decided(Decision),
     /// This replica entered `regency`; it must never vote in a lower one, even after a restart.
     Regency(Regency),
+    /// A checkpoint; every record about cids at or below it may be discarded.
+    Checkpoint(Checkpoint),
 }
 
 /// One operation to execute, already deduplicated.
@@ -112,6 +118,16 @@ pub enum Action {
         deadline_ms: u64,
     },
     CancelTimer(TimerKind),
+    /// After the batch of `cid` has executed (and before any later one), snapshot the service
+    /// and call [`Engine::on_snapshot`].
+    TakeSnapshot {
+        cid: Cid,
+    },
+    /// Replace the service state with `snapshot` (from a checkpoint); later batches build on it.
+    Restore {
+        cid: Cid,
+        snapshot: Vec<u8>,
+    },
 }
 
 /// Counters for operators and tests.
@@ -127,6 +143,9 @@ pub struct EngineStats {
     pub decisions_learned_from_peers: u64,
     pub regency_changes: u64,
     pub stops_sent: u64,
+    pub state_transfers: u64,
+    /// State-transfer sources whose bytes did not match the agreed digest.
+    pub lying_state_sources: u64,
 }
 
 #[derive(Debug)]
@@ -190,7 +209,26 @@ pub struct Engine {
     /// When certified decisions from a peer last moved this replica forward. A replica that is
     /// catching up blames its own lag, not the leader, for its requests' timeouts.
     last_catch_up_ms: Option<u64>,
+    /// The latest checkpoint.
+    checkpoint: Option<Checkpoint>,
+    /// A checkpoint is due at this cid: later batches wait until it has executed.
+    checkpoint_barrier: Option<Cid>,
+    /// The client table captured at a checkpoint cid, waiting for the service's snapshot.
+    snapshot_clients: Option<(Cid, ClientTable)>,
+    transfer: Option<Transfer>,
+    rejoin: Rejoin,
     stats: EngineStats,
+}
+
+/// Whether a replica that started from an empty store may take part yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Rejoin {
+    /// It may vote, lead and send STOPDATA.
+    Done,
+    /// Waiting for n-f peers to say how far they have voted.
+    Collecting(BTreeMap<ReplicaId, Cid>),
+    /// Catching up to this cid before taking part.
+    CatchingUp(Cid),
 }
 
 /// Where the replica is in the synchronization phase.
@@ -242,6 +280,11 @@ impl Engine {
             change_failures: 0,
             next_sync_query_allowed_ms: 0,
             last_catch_up_ms: None,
+            checkpoint: None,
+            checkpoint_barrier: None,
+            snapshot_clients: None,
+            transfer: None,
+            rejoin: Rejoin::Done,
             stats: EngineStats::default(),
         }
     }
@@ -284,6 +327,99 @@ impl Engine {
     /// Counts a rejection; the driver logs it.
     pub fn count_rejection(&mut self, rejection: &Rejection) {
         *self.stats.rejections.entry(rejection.name()).or_default() += 1;
+    }
+
+    /// Rebuilds a replica from what it persisted before a crash, in the order it persisted
+    /// it. Returns the engine and the actions that rebuild the service: a `Restore` of the
+    /// latest checkpoint and the `Execute`s of the decisions after it. The driver performs
+    /// them, then calls [`Engine::start`].
+    ///
+    /// The restarted replica keeps every promise it made: its regency, its votes and its
+    /// prepared values. In a regency above 0 it waits for that regency's SYNC before voting on
+    /// new proposals, and a restarted leader never proposes again in a cid it already voted in.
+    pub fn recover(
+        cfg: EngineConfig,
+        signer: Arc<dyn Signer>,
+        records: impl IntoIterator<Item = PersistRecord>,
+    ) -> Result<(Engine, Vec<Action>), String> {
+        let mut engine = Engine::new(cfg, signer);
+        let mut actions = Vec::new();
+        let mut checkpoint: Option<Checkpoint> = None;
+        let mut decisions = BTreeMap::new();
+        let mut prepared: BTreeMap<Cid, PreparedProof> = BTreeMap::new();
+        let mut votes = Vec::new();
+        let mut empty = true;
+        for record in records {
+            empty = false;
+            match record {
+                PersistRecord::Checkpoint(c) => {
+                    if checkpoint.as_ref().is_none_or(|old| c.cid > old.cid) {
+                        checkpoint = Some(c);
+                    }
+                }
+                PersistRecord::Regency(r) => engine.regency = engine.regency.max(r),
+                PersistRecord::Decided(d) => {
+                    decisions.insert(d.cid, d);
+                }
+                PersistRecord::Prepared(p) => {
+                    if prepared.get(&p.cid).is_none_or(|old| p.epoch >= old.epoch) {
+                        prepared.insert(p.cid, p);
+                    }
+                }
+                PersistRecord::Vote(v) => votes.push(v),
+            }
+        }
+        if let Some(c) = checkpoint {
+            let (c, contents) = Checkpoint::from_bytes(c.data)
+                .map_err(|e| format!("stored checkpoint is unreadable: {e}"))?;
+            actions.push(Action::Restore {
+                cid: c.cid,
+                snapshot: contents.service,
+            });
+            engine.clients = contents.clients;
+            engine.last_executed = c.cid;
+            engine.checkpoint = Some(c);
+        }
+        let base = engine.last_executed;
+        let mut highest_voted = base;
+        for (cid, p) in prepared.into_iter().filter(|(cid, _)| *cid > base) {
+            engine.instances.entry(cid).or_default().prepared = Some(p);
+        }
+        for v in votes.into_iter().filter(|v| v.cid > base) {
+            highest_voted = highest_voted.max(v.cid);
+            if v.regency != engine.regency {
+                continue;
+            }
+            let signed = Signed::new(v, engine.signer.as_deref());
+            let instance = engine.instances.entry(v.cid).or_default();
+            match v.kind {
+                VoteKind::Write => {
+                    instance.my_write = Some(signed.clone());
+                    instance.writes.insert(engine.me, signed);
+                }
+                VoteKind::Accept => {
+                    instance.my_accept = Some(signed.clone());
+                    instance.accepts.insert(engine.me, signed);
+                }
+            }
+        }
+        for (cid, d) in decisions.into_iter().filter(|(cid, _)| *cid > base) {
+            engine.instances.entry(cid).or_default().decided = Some(d);
+        }
+        if empty {
+            // An empty store: a brand-new replica, or one that lost its disk. Until n-f peers
+            // say otherwise, assume it may have voted and forgotten.
+            engine.rejoin = Rejoin::Collecting(BTreeMap::new());
+            actions.push(Action::Broadcast(Message::StateQuery));
+        }
+        engine.stop_for.insert(engine.me, engine.regency);
+        engine.next_cid_to_propose = highest_voted + 1;
+        if engine.regency > 0 {
+            engine.phase = Phase::Syncing;
+            actions.push(Action::Broadcast(Message::SyncQuery));
+        }
+        engine.execute_ready(0, &mut actions);
+        Ok((engine, actions))
     }
 
     /// Arms the periodic timers. Call once after construction.
@@ -386,6 +522,40 @@ impl Engine {
                 self.help_stale_peer(j, actions);
                 Ok(())
             }
+            (Peer::Replica(j), Message::StateQuery) => {
+                actions.push(Action::Send {
+                    to: Peer::Replica(j),
+                    message: self.state_info(),
+                });
+                Ok(())
+            }
+            (
+                Peer::Replica(j),
+                Message::StateInfo {
+                    cid,
+                    digest,
+                    voted_up_to,
+                },
+            ) => {
+                self.note_rejoin_report(now_ms, j, voted_up_to, actions);
+                if cid > 0 {
+                    self.handle_state_info(now_ms, j, cid, digest, actions);
+                }
+                Ok(())
+            }
+            (Peer::Replica(j), Message::StateFetch { cid, offset }) => {
+                self.handle_state_fetch(j, cid, offset, actions);
+                Ok(())
+            }
+            (
+                Peer::Replica(j),
+                Message::StateChunk {
+                    cid,
+                    offset,
+                    total_len,
+                    bytes,
+                },
+            ) => self.handle_state_chunk(now_ms, j, cid, offset, total_len, bytes, actions),
             (_, message) => Err(Rejection::UnexpectedMessage(message.kind_name())),
         }
     }
@@ -467,7 +637,7 @@ impl Engine {
     }
 
     fn try_propose(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
-        if !self.is_leader() || self.phase != Phase::Normal {
+        if !self.is_leader() || self.phase != Phase::Normal || !self.participates() {
             return;
         }
         // A leader that learned decisions from peers must not propose into decided cids.
@@ -604,11 +774,23 @@ impl Engine {
         signed: Option<Signed<Propose>>,
         actions: &mut Vec<Action>,
     ) {
+        if !self.participates() {
+            return;
+        }
         let digest = batch.digest();
         let regency = self.regency;
         let runs_write = self.quorums.runs_write_phase();
         let instance = self.instances.entry(cid).or_default();
         if instance.decided.is_some() || instance.proposal.is_some() {
+            return;
+        }
+        // A vote cast before a restart binds this replica: never vote for another value in
+        // the same instance and regency.
+        let voted_other = [&instance.my_write, &instance.my_accept]
+            .into_iter()
+            .flatten()
+            .any(|v| v.body.regency == regency && v.body.digest != digest);
+        if voted_other {
             return;
         }
         if !runs_write {
@@ -650,6 +832,11 @@ impl Engine {
             digest,
         };
         let signed = Signed::new(vote, self.signer.as_deref());
+        if kind == VoteKind::Accept {
+            if let Some(prepared) = self.instances.get(&cid).and_then(|i| i.prepared.clone()) {
+                actions.push(Action::Persist(PersistRecord::Prepared(prepared)));
+            }
+        }
         actions.push(Action::Persist(PersistRecord::Vote(vote)));
         let message = match kind {
             VoteKind::Write => Message::Write(signed.clone()),
@@ -804,10 +991,7 @@ impl Engine {
         if instance.decided.is_some() {
             return;
         }
-        actions.push(Action::Persist(PersistRecord::Decided {
-            cid,
-            digest: decision.batch.digest(),
-        }));
+        actions.push(Action::Persist(PersistRecord::Decided(decision.clone())));
         instance.decided = Some(decision);
         self.stats.decided_instances += 1;
         self.execute_ready(now_ms, actions);
@@ -835,10 +1019,13 @@ impl Engine {
     /// Hands every decided instance that is next in cid order to the service.
     fn execute_ready(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
         let mut progressed = false;
-        while self
-            .instances
-            .get(&(self.last_executed + 1))
-            .is_some_and(|i| i.decided.is_some())
+        // A checkpoint is a barrier: the next batch waits until the checkpointed one has
+        // executed, so that the client table captured with it matches the service state.
+        while self.checkpoint_barrier.is_none()
+            && self
+                .instances
+                .get(&(self.last_executed + 1))
+                .is_some_and(|i| i.decided.is_some())
         {
             let cid = self.last_executed + 1;
             let instance = self.instances.remove(&cid).expect("checked above");
@@ -873,12 +1060,23 @@ impl Engine {
                 self.pool.unmark_proposed(cid);
             }
             self.log.insert(cid, decision);
-            while self.log.len() > self.cfg.limits.max_log_entries {
+            // Bounded twice: by the configured cap, and to under two checkpoint periods of
+            // entries the latest checkpoint already covers.
+            let period_cap = 2 * self.cfg.limits.checkpoint_period as usize - 1;
+            let covered = self.last_checkpoint();
+            while self.log.len() > self.cfg.limits.max_log_entries
+                || (self.log.len() > period_cap
+                    && self.log.keys().next().is_some_and(|c| *c <= covered))
+            {
                 self.log.pop_first();
+            }
+            if cid % self.cfg.limits.checkpoint_period == 0 {
+                self.checkpoint_barrier = Some(cid);
             }
             progressed = true;
         }
         if progressed {
+            self.check_rejoined(now_ms, actions);
             if self.phase == Phase::Normal {
                 self.change_failures = 0;
             }
@@ -906,7 +1104,126 @@ impl Engine {
                 message: Message::Reply(self.reply(id, result)),
             });
         }
+        if self.checkpoint_barrier == Some(cid) && self.executing.is_empty() {
+            // Everything up to `cid` has executed and nothing after it: the client table is
+            // exactly the one that goes with the service state at `cid`. Execution resumes
+            // once the snapshot is in, so the log never outgrows two periods.
+            self.snapshot_clients = Some((cid, self.clients.clone()));
+            actions.push(Action::TakeSnapshot { cid });
+        }
         actions
+    }
+
+    /// The service's snapshot at `cid` (after [`Action::TakeSnapshot`]): completes the
+    /// checkpoint, persists it and truncates the log.
+    pub fn on_snapshot(&mut self, now_ms: u64, cid: Cid, snapshot: Vec<u8>) -> Vec<Action> {
+        let (expected, clients) = self
+            .snapshot_clients
+            .take()
+            .expect("on_snapshot without a requested snapshot");
+        assert_eq!(expected, cid, "snapshot for the wrong cid");
+        let checkpoint = Checkpoint::new(&CheckpointData {
+            cid,
+            service: snapshot,
+            clients,
+        });
+        let mut actions = self.install_checkpoint(checkpoint);
+        self.checkpoint_barrier = None;
+        self.execute_ready(now_ms, &mut actions);
+        self.sync_timers(&mut actions);
+        actions
+    }
+
+    /// What this replica tells a peer asking about its state.
+    fn state_info(&self) -> Message {
+        let voted = self
+            .instances
+            .iter()
+            .filter(|(_, i)| i.my_write.is_some() || i.my_accept.is_some() || i.prepared.is_some())
+            .map(|(cid, _)| *cid)
+            .max()
+            .unwrap_or(0);
+        Message::StateInfo {
+            cid: self.checkpoint.as_ref().map_or(0, |c| c.cid),
+            digest: self
+                .checkpoint
+                .as_ref()
+                .map_or(Digest::default(), |c| c.digest),
+            voted_up_to: voted.max(self.last_executed),
+        }
+    }
+
+    /// Whether this replica may vote, lead, or report to a new leader. A replica that lost its
+    /// disk may have voted before and forgotten it; it stays silent until every instance it can
+    /// have voted in is decided and executed here (see [`Rejoin`]).
+    fn participates(&self) -> bool {
+        matches!(self.rejoin, Rejoin::Done)
+    }
+
+    /// A rejoining replica collects n-f reports of how far each peer has executed or voted.
+    /// Any instance it can have voted in before losing its disk is at most one window past an
+    /// instance it had executed; that instance was accepted by Q replicas, at least one of which
+    /// is among any n-f others, so the highest report plus a window bounds it.
+    fn note_rejoin_report(
+        &mut self,
+        now_ms: u64,
+        from: ReplicaId,
+        voted_up_to: Cid,
+        actions: &mut Vec<Action>,
+    ) {
+        let Rejoin::Collecting(reports) = &mut self.rejoin else {
+            return;
+        };
+        reports.insert(from, voted_up_to);
+        if reports.len() < self.quorums.stopdata_to_collect() {
+            return;
+        }
+        let highest = reports.values().copied().max().unwrap_or(0);
+        // Nobody has voted anywhere: a brand-new cluster, nothing to forget.
+        let horizon = if highest == 0 {
+            0
+        } else {
+            highest + self.cfg.limits.max_instances_ahead
+        };
+        self.rejoin = Rejoin::CatchingUp(horizon);
+        self.check_rejoined(now_ms, actions);
+    }
+
+    fn check_rejoined(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        if let Rejoin::CatchingUp(horizon) = self.rejoin {
+            if self.last_executed >= horizon {
+                self.rejoin = Rejoin::Done;
+                // Whatever it saw while silent is void; it learns the regency from its peers.
+                for instance in self.instances.values_mut() {
+                    instance.proposal = None;
+                }
+                let leader = self.leader();
+                self.request_sync(now_ms, leader, actions);
+                self.try_propose(now_ms, actions);
+            }
+        }
+    }
+
+    /// Makes `checkpoint` the latest one and forgets what it covers, keeping one period of
+    /// decisions before it for peers that are only a little behind.
+    fn install_checkpoint(&mut self, checkpoint: Checkpoint) -> Vec<Action> {
+        // One period of history before the checkpoint, for peers that are only a little behind
+        // (further behind, they transfer the checkpoint instead).
+        let keep_from = checkpoint
+            .cid
+            .saturating_sub(self.cfg.limits.checkpoint_period)
+            + 1;
+        self.log = self.log.split_off(&keep_from);
+        let actions = vec![Action::Persist(PersistRecord::Checkpoint(
+            checkpoint.clone(),
+        ))];
+        self.checkpoint = Some(checkpoint);
+        actions
+    }
+
+    /// Cid of the latest checkpoint (0 if none).
+    pub fn last_checkpoint(&self) -> Cid {
+        self.checkpoint.as_ref().map_or(0, |c| c.cid)
     }
 
     /// Builds the reply to an unordered request after the driver ran the query.
@@ -920,6 +1237,22 @@ impl Engine {
     // ----- catching up ----------------------------------------------------------------------
 
     fn handle_decision_query(&mut self, from: ReplicaId, from_cid: Cid, actions: &mut Vec<Action>) {
+        let log_start = self
+            .log
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.last_executed + 1);
+        if from_cid < log_start {
+            // Truncated away: the peer needs a checkpoint.
+            if self.checkpoint.as_ref().is_some_and(|c| c.cid >= from_cid) {
+                actions.push(Action::Send {
+                    to: Peer::Replica(from),
+                    message: self.state_info(),
+                });
+                return;
+            }
+        }
         let decisions: Vec<Decision> = self
             .log
             .range(from_cid.max(1)..)
@@ -1009,7 +1342,7 @@ impl Engine {
     /// the oldest pending requests, so that the next leader has them.
     fn start_leader_change(&mut self, now_ms: u64, target: Regency, actions: &mut Vec<Action>) {
         let mine = self.stop_for.get(&self.me).copied().unwrap_or(0);
-        if target <= self.regency || target <= mine {
+        if target <= self.regency || target <= mine || !self.participates() {
             return;
         }
         self.stop_for.insert(self.me, target);
@@ -1118,6 +1451,9 @@ impl Engine {
 
     /// Tells the leader of the newly installed regency what this replica decided and prepared.
     fn send_stopdata(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        if !self.participates() {
+            return;
+        }
         let last_decided = self.log.get(&self.last_executed).map(|d| DecisionProof {
             cid: d.cid,
             digest: d.batch.digest(),
@@ -1273,10 +1609,204 @@ impl Engine {
         self.start_leader_change(now_ms, target, actions);
     }
 
+    // ----- state transfer -------------------------------------------------------------------
+
+    fn handle_state_info(
+        &mut self,
+        now_ms: u64,
+        from: ReplicaId,
+        cid: Cid,
+        digest: Digest,
+        actions: &mut Vec<Action>,
+    ) {
+        if cid <= self.last_executed {
+            return;
+        }
+        if self.transfer.is_none() {
+            // The first hint starts a transfer: ask everyone for their latest checkpoint.
+            self.stats.state_transfers += 1;
+            self.transfer = Some(Transfer {
+                last_progress_ms: now_ms,
+                ..Transfer::default()
+            });
+            actions.push(Action::Broadcast(Message::StateQuery));
+            self.arm_retransmit(now_ms);
+        }
+        let transfer = self.transfer.as_mut().expect("just ensured");
+        transfer.reports.insert(from, (cid, digest));
+        if transfer.target.is_none() {
+            self.drive_transfer(now_ms, actions);
+        }
+    }
+
+    /// Starts or restarts the download of an agreed checkpoint, or asks again if none is
+    /// agreed yet or the download stalled.
+    fn drive_transfer(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        let needed = self.quorums.state_transfer_digests();
+        let stall_ms = self.cfg.timeouts.retransmit_max_ms;
+        let last_executed = self.last_executed;
+        let Some(transfer) = self.transfer.as_mut() else {
+            return;
+        };
+        if let Some((_, _, source)) = transfer.target {
+            if now_ms < transfer.last_progress_ms + stall_ms {
+                return;
+            }
+            // The source went quiet: try another.
+            transfer.failed.insert(source);
+            transfer.target = None;
+            transfer.buffer.clear();
+        }
+        match transfer.agreed(last_executed, needed) {
+            Some((cid, digest, source)) => {
+                transfer.target = Some((cid, digest, source));
+                transfer.buffer.clear();
+                transfer.last_progress_ms = now_ms;
+                actions.push(Action::Send {
+                    to: Peer::Replica(source),
+                    message: Message::StateFetch { cid, offset: 0 },
+                });
+            }
+            None => {
+                if now_ms >= transfer.last_progress_ms + stall_ms {
+                    // Every agreed source failed or too few agree: start over.
+                    transfer.reports.clear();
+                    transfer.failed.clear();
+                    transfer.last_progress_ms = now_ms;
+                    actions.push(Action::Broadcast(Message::StateQuery));
+                }
+            }
+        }
+    }
+
+    fn handle_state_fetch(
+        &mut self,
+        from: ReplicaId,
+        cid: Cid,
+        offset: u64,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(c) = &self.checkpoint else {
+            return;
+        };
+        if c.cid != cid || offset > c.data.len() as u64 {
+            return;
+        }
+        let start = offset as usize;
+        let end = (start + self.cfg.limits.state_chunk_bytes).min(c.data.len());
+        actions.push(Action::Send {
+            to: Peer::Replica(from),
+            message: Message::StateChunk {
+                cid,
+                offset,
+                total_len: c.data.len() as u64,
+                bytes: c.data[start..end].to_vec(),
+            },
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn handle_state_chunk(
+        &mut self,
+        now_ms: u64,
+        from: ReplicaId,
+        cid: Cid,
+        offset: u64,
+        total_len: u64,
+        bytes: Vec<u8>,
+        actions: &mut Vec<Action>,
+    ) -> Result<(), Rejection> {
+        let Some(transfer) = self.transfer.as_mut() else {
+            return Ok(());
+        };
+        let Some((target_cid, digest, source)) = transfer.target else {
+            return Ok(());
+        };
+        if from != source || cid != target_cid || offset != transfer.buffer.len() as u64 {
+            return Ok(());
+        }
+        if bytes.is_empty() && offset < total_len {
+            return Err(Rejection::Malformed("empty state chunk".into()));
+        }
+        transfer.buffer.extend_from_slice(&bytes);
+        transfer.last_progress_ms = now_ms;
+        if (transfer.buffer.len() as u64) < total_len {
+            actions.push(Action::Send {
+                to: Peer::Replica(source),
+                message: Message::StateFetch {
+                    cid,
+                    offset: transfer.buffer.len() as u64,
+                },
+            });
+            return Ok(());
+        }
+        let data = std::mem::take(&mut transfer.buffer);
+        let verified = (smr_crypto::digest(&data) == digest)
+            .then(|| Checkpoint::from_bytes(data).ok())
+            .flatten()
+            .filter(|(c, _)| c.cid == target_cid);
+        let Some((checkpoint, contents)) = verified else {
+            // The source lied: its bytes do not hash to the digest its peers agreed on.
+            self.stats.lying_state_sources += 1;
+            transfer.failed.insert(source);
+            transfer.target = None;
+            transfer.last_progress_ms = 0;
+            self.drive_transfer(now_ms, actions);
+            return Err(Rejection::BadCertificate(
+                "state does not match the agreed digest",
+            ));
+        };
+        self.transfer = None;
+        self.install_transferred_state(now_ms, checkpoint, contents, actions);
+        Ok(())
+    }
+
+    /// Jumps to a verified checkpoint: the service and client table are replaced, and the
+    /// decisions after it are fetched by decision forwarding.
+    fn install_transferred_state(
+        &mut self,
+        now_ms: u64,
+        checkpoint: Checkpoint,
+        contents: CheckpointData,
+        actions: &mut Vec<Action>,
+    ) {
+        let cid = checkpoint.cid;
+        if cid <= self.last_executed {
+            // Decisions got us there first.
+            return;
+        }
+        actions.push(Action::Restore {
+            cid,
+            snapshot: contents.service,
+        });
+        self.clients = contents.clients;
+        self.last_executed = cid;
+        self.next_cid_to_propose = self.next_cid_to_propose.max(cid + 1);
+        self.instances = self.instances.split_off(&(cid + 1));
+        self.log.clear();
+        self.checkpoint_barrier = None;
+        self.snapshot_clients = None;
+        let clients = &self.clients;
+        self.pool
+            .retain(|id| clients.status(id) == RequestStatus::New);
+        actions.extend(self.install_checkpoint(checkpoint));
+        self.last_catch_up_ms = Some(now_ms);
+        let peer = self.next_query_peer();
+        self.next_query_allowed_ms = 0;
+        self.maybe_query(now_ms, peer, actions);
+        self.execute_ready(now_ms, actions);
+        self.arm_request_timer();
+    }
+
     // ----- timers ---------------------------------------------------------------------------
 
     fn arm_retransmit(&mut self, now_ms: u64) {
-        if self.instances.is_empty() && self.my_stop.is_none() && self.my_stopdata.is_none() {
+        if self.instances.is_empty()
+            && self.my_stop.is_none()
+            && self.my_stopdata.is_none()
+            && self.transfer.is_none()
+            && !matches!(self.rejoin, Rejoin::Collecting(_))
+        {
             self.deadlines.remove(&TimerKind::Retransmit);
         } else {
             self.deadlines
@@ -1319,6 +1849,10 @@ impl Engine {
             if let Some(a) = &instance.my_accept {
                 actions.push(Action::Broadcast(Message::Accept(a.clone())));
             }
+        }
+        self.drive_transfer(now_ms, actions);
+        if matches!(self.rejoin, Rejoin::Collecting(_)) {
+            actions.push(Action::Broadcast(Message::StateQuery));
         }
         // A leader change in progress: keep asking until the regency changes.
         if let Some(stop) = &self.my_stop {

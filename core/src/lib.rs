@@ -12,6 +12,7 @@
 //! through the [`service::Service`]; the client table ([`clients`]) makes execution
 //! exactly-once and caches replies.
 
+pub mod checkpoint;
 pub mod client;
 pub mod clients;
 pub mod cluster;

@@ -281,6 +281,28 @@ pub enum Message {
     /// "Send me the SYNC that installed your regency": how a replica that missed a leader
     /// change catches up.
     SyncQuery,
+    /// "What is your latest checkpoint?": the start of a state transfer.
+    StateQuery,
+    /// A replica's latest checkpoint (cid 0 if none), and the highest cid it has executed or
+    /// voted in. Also the answer to a `DecisionQuery` for decisions that were truncated away:
+    /// a hint that state transfer is needed.
+    StateInfo {
+        cid: Cid,
+        digest: Digest,
+        voted_up_to: Cid,
+    },
+    /// "Send me the bytes of your checkpoint `cid` from `offset`."
+    StateFetch {
+        cid: Cid,
+        offset: u64,
+    },
+    /// A bounded chunk of a checkpoint.
+    StateChunk {
+        cid: Cid,
+        offset: u64,
+        total_len: u64,
+        bytes: Vec<u8>,
+    },
     /// An operator's "how are you?", from a client connection.
     StatusQuery,
     /// The answer to a `StatusQuery`.
@@ -318,6 +340,10 @@ impl Message {
             Message::StopData(_) => "stopdata",
             Message::Sync(_) => "sync",
             Message::SyncQuery => "sync-query",
+            Message::StateQuery => "state-query",
+            Message::StateInfo { .. } => "state-info",
+            Message::StateFetch { .. } => "state-fetch",
+            Message::StateChunk { .. } => "state-chunk",
             Message::StatusQuery => "status-query",
             Message::Status(_) => "status",
         }

@@ -208,6 +208,19 @@ impl RequestPool {
         }
     }
 
+    /// Keeps only the requests for which `keep` holds.
+    pub fn retain(&mut self, mut keep: impl FnMut(&RequestId) -> bool) {
+        let doomed: Vec<RequestId> = self
+            .by_arrival
+            .iter()
+            .map(|(_, id)| *id)
+            .filter(|id| !keep(id))
+            .collect();
+        for id in doomed {
+            self.remove(&id);
+        }
+    }
+
     /// The `max` oldest pending requests (what a STOP carries to the next leader).
     pub fn oldest(&self, max: usize) -> Vec<Request> {
         self.by_arrival

@@ -106,7 +106,20 @@ impl InboundVerifier {
                     }
                     Message::DecisionQuery { .. }
                     | Message::Heartbeat { .. }
-                    | Message::SyncQuery => {}
+                    | Message::SyncQuery
+                    | Message::StateQuery
+                    | Message::StateInfo { .. }
+                    | Message::StateFetch { .. } => {}
+                    Message::StateChunk {
+                        total_len, bytes, ..
+                    } => {
+                        if bytes.len() > self.limits.state_chunk_bytes {
+                            return Err(Rejection::Oversize("state chunk"));
+                        }
+                        if *total_len > self.limits.max_state_bytes {
+                            return Err(Rejection::Oversize("state"));
+                        }
+                    }
                     Message::Stop(stop) => {
                         self.check_signed(*j, stop, &mut pending)?;
                         if stop.body.pending.len() > self.limits.max_batch_requests {

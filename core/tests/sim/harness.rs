@@ -101,6 +101,20 @@ pub enum Fault {
     StopSpammer,
     /// Replica 1, leader of regency 1, sends SYNCs its proofs do not support.
     BadSyncLeader,
+    /// Replica `slot` crashes at `crash_at_ms` and restarts at `restart_at_ms`, from its stored
+    /// records or, with `wipe`, from an empty disk (and so through state transfer).
+    CrashRestart {
+        slot: usize,
+        crash_at_ms: u64,
+        restart_at_ms: u64,
+        wipe: bool,
+    },
+    /// Replica 2 restarts from an empty disk while replica 3 lies in state transfer: wrong
+    /// digests and corrupted chunks.
+    LyingStateSender {
+        crash_at_ms: u64,
+        restart_at_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -198,6 +212,10 @@ enum Event {
     Crash {
         slot: usize,
     },
+    Restart {
+        slot: usize,
+        wipe: bool,
+    },
 }
 
 struct ReplicaNode {
@@ -206,7 +224,6 @@ struct ReplicaNode {
     signer: Arc<dyn Signer>,
     service: ChainService,
     timers: BTreeMap<TimerKind, u64>,
-    executed: Vec<RequestId>,
     crashed: bool,
     /// Whether the checkers judge this engine (false for Byzantine ones).
     correct: bool,
@@ -215,6 +232,12 @@ struct ReplicaNode {
     crash_after_propose: bool,
     /// Batches this replica proposed, for a forging leader to replay.
     proposed: Vec<Batch>,
+    /// Its "disk": what it persisted, compacted at checkpoints.
+    stored: Vec<PersistRecord>,
+    /// Requests it executed (not counting state it received by transfer).
+    executed_count: usize,
+    /// Largest decision log it held, to check that checkpoints bound memory.
+    max_log_len: usize,
 }
 
 struct ClientNode {
@@ -239,6 +262,11 @@ pub struct SimReport {
     pub rejections: BTreeMap<&'static str, u64>,
     /// Final regency of each correct replica.
     pub regencies: Vec<u64>,
+    pub state_transfers: u64,
+    pub lying_state_sources: u64,
+    /// Largest decision log any correct replica held.
+    pub max_log_len: usize,
+    pub checkpoint_period: u64,
 }
 
 pub struct Sim {
@@ -258,6 +286,11 @@ pub struct Sim {
     isolated: Vec<(u32, u64, u64)>,
     decided: BTreeMap<Cid, Digest>,
     votes: BTreeMap<(u32, Cid, u64, u8), Digest>,
+    /// What each cid executed, as the first correct replica to execute it saw it; every other
+    /// correct replica must execute exactly the same.
+    executed_by_cid: BTreeMap<Cid, Vec<RequestId>>,
+    replica_keys: Vec<Arc<dyn Signer>>,
+    engine_configs: Vec<EngineConfig>,
     report: SimReport,
 }
 
@@ -272,6 +305,10 @@ fn limits() -> Limits {
         max_instances_ahead: 32,
         max_decisions_per_reply: 8,
         max_log_entries: 100_000,
+        checkpoint_period: 10,
+        max_state_bytes: 1 << 20,
+        // Small chunks, so that every transfer takes several.
+        state_chunk_bytes: 512,
     }
 }
 
@@ -331,6 +368,9 @@ impl Sim {
             isolated: Vec::new(),
             decided: BTreeMap::new(),
             votes: BTreeMap::new(),
+            executed_by_cid: BTreeMap::new(),
+            replica_keys: replica_keys.clone(),
+            engine_configs: Vec::new(),
             report: SimReport::default(),
             verifier,
             opts: opts.clone(),
@@ -338,8 +378,9 @@ impl Sim {
         let faulty_id: Option<u32> = match opts.fault {
             Fault::None | Fault::LeaderCrash { .. } => None,
             Fault::Twins | Fault::SilentForClient | Fault::ForgingLeader => Some(0),
-            Fault::StopSpammer => Some(opts.n as u32 - 1),
+            Fault::StopSpammer | Fault::LyingStateSender { .. } => Some(opts.n as u32 - 1),
             Fault::BadSyncLeader => Some(1),
+            Fault::CrashRestart { .. } => None,
         };
         let slots = if opts.fault == Fault::Twins {
             opts.n + 1
@@ -357,18 +398,21 @@ impl Sim {
                 limits: limits(),
                 timeouts: timeouts.clone(),
             };
+            sim.engine_configs.push(cfg.clone());
             sim.replicas.push(ReplicaNode {
                 id,
                 engine: Engine::new(cfg, key.clone()),
                 signer: key,
                 service: ChainService::default(),
                 timers: BTreeMap::new(),
-                executed: Vec::new(),
                 crashed: false,
                 correct: faulty_id != Some(id),
                 regency: 0,
                 crash_after_propose: false,
                 proposed: Vec::new(),
+                stored: Vec::new(),
+                executed_count: 0,
+                max_log_len: 0,
             });
         }
         for (i, key) in client_keys.iter().enumerate() {
@@ -406,8 +450,31 @@ impl Sim {
                 t += len + rng.range(0, 300);
             }
         }
-        if let Fault::LeaderCrash { at_ms, .. } = opts.fault {
-            sim.schedule(at_ms, Event::Crash { slot: 0 });
+        match opts.fault {
+            Fault::LeaderCrash { at_ms, .. } => sim.schedule(at_ms, Event::Crash { slot: 0 }),
+            Fault::CrashRestart {
+                slot,
+                crash_at_ms,
+                restart_at_ms,
+                wipe,
+            } => {
+                if std::env::var("SMR_SIM_TRACE").is_ok() {
+                    eprintln!(
+                        "crash {slot} at {crash_at_ms}, restart at {restart_at_ms}, wipe {wipe}"
+                    );
+                }
+                sim.schedule(crash_at_ms, Event::Crash { slot });
+                sim.schedule(restart_at_ms, Event::Restart { slot, wipe });
+            }
+            Fault::LyingStateSender {
+                crash_at_ms,
+                restart_at_ms,
+            } => {
+                let slot = opts.n - 2;
+                sim.schedule(crash_at_ms, Event::Crash { slot });
+                sim.schedule(restart_at_ms, Event::Restart { slot, wipe: true });
+            }
+            _ => {}
         }
         sim.report.expected_requests = opts.clients * opts.requests_per_client;
         sim
@@ -549,6 +616,7 @@ impl Sim {
                     }
                 }
                 Event::ByzantineStep => self.byzantine_step(),
+                Event::Restart { slot, wipe } => self.restart(slot, wipe)?,
                 Event::Crash { slot } => {
                     if let Fault::LeaderCrash {
                         after_propose: true,
@@ -568,6 +636,34 @@ impl Sim {
         self.report.end_time_ms = self.now_ms;
         self.final_checks()?;
         Ok(self.report)
+    }
+
+    /// Brings a crashed replica back, from its stored records or from nothing.
+    fn restart(&mut self, slot: usize, wipe: bool) -> Result<(), String> {
+        let cfg = self.engine_configs[slot].clone();
+        let key = self.replica_keys[self.replicas[slot].id as usize].clone();
+        let records = if wipe {
+            Vec::new()
+        } else {
+            self.replicas[slot].stored.clone()
+        };
+        let (engine, actions) = Engine::recover(cfg, key, records)?;
+        let node = &mut self.replicas[slot];
+        node.engine = engine;
+        node.service = ChainService::default();
+        node.timers.clear();
+        node.crashed = false;
+        node.crash_after_propose = false;
+        if wipe {
+            // It forgot everything, promises included: the checkers start over with it.
+            node.stored.clear();
+            node.regency = 0;
+            let id = node.id;
+            self.votes.retain(|(r, ..), _| *r != id);
+        }
+        self.perform(slot, actions)?;
+        let actions = self.replicas[slot].engine.start(self.now_ms);
+        self.perform(slot, actions)
     }
 
     fn all_done(&self) -> bool {
@@ -600,6 +696,26 @@ impl Sim {
                     && self.silenced(from, &message)
                 {
                     return Ok(());
+                }
+                if std::env::var("SMR_SIM_TRACE_KINDS")
+                    .is_ok_and(|k| k.split(',').any(|k| k == message.kind_name()))
+                {
+                    eprintln!(
+                        "t={} slot {slot} <- {from:?}: {}",
+                        self.now_ms,
+                        match &message {
+                            Message::DecisionQuery { from_cid } =>
+                                format!("decision-query {from_cid}"),
+                            Message::StateInfo {
+                                cid, voted_up_to, ..
+                            } => format!("state-info {cid} voted {voted_up_to}"),
+                            Message::Decisions(d) => format!(
+                                "decisions {:?}",
+                                d.iter().map(|d| d.cid).collect::<Vec<_>>()
+                            ),
+                            m => m.kind_name().to_string(),
+                        }
+                    );
                 }
                 let verified = match self.verifier.verify_inbound(from, message) {
                     Ok(v) => v,
@@ -688,6 +804,45 @@ impl Sim {
                 }
                 Message::Sync(Signed::new(body, Some(node.signer.as_ref())))
             }
+            (
+                Fault::LyingStateSender { .. },
+                Message::StateInfo {
+                    cid,
+                    digest,
+                    voted_up_to,
+                },
+            ) if node.id == self.opts.n as u32 - 1 => {
+                // Half the time a made-up digest; otherwise the true one, and corrupt chunks.
+                let digest = if self.rng.chance(0.5) {
+                    Digest([self.rng.next_u64() as u8; 32])
+                } else {
+                    digest
+                };
+                Message::StateInfo {
+                    cid,
+                    digest,
+                    voted_up_to,
+                }
+            }
+            (
+                Fault::LyingStateSender { .. },
+                Message::StateChunk {
+                    cid,
+                    offset,
+                    total_len,
+                    mut bytes,
+                },
+            ) if node.id == self.opts.n as u32 - 1 => {
+                if let Some(b) = bytes.first_mut() {
+                    *b ^= 0x5a;
+                }
+                Message::StateChunk {
+                    cid,
+                    offset,
+                    total_len,
+                    bytes,
+                }
+            }
             (_, message) => message,
         }
     }
@@ -703,7 +858,13 @@ impl Sim {
                 return Ok(());
             }
             match action {
+                Action::Persist(
+                    record @ (PersistRecord::Prepared(_) | PersistRecord::Checkpoint(_)),
+                ) => {
+                    self.store(slot, record);
+                }
                 Action::Persist(PersistRecord::Vote(v)) => {
+                    self.store(slot, PersistRecord::Vote(v));
                     let kind = match v.kind {
                         VoteKind::Write => 0,
                         VoteKind::Accept => 1,
@@ -720,7 +881,19 @@ impl Sim {
                         }
                     }
                 }
-                Action::Persist(PersistRecord::Decided { cid, digest }) => {
+                Action::Persist(PersistRecord::Decided(decision)) => {
+                    let cid = decision.cid;
+                    let digest = decision.batch.digest();
+                    if std::env::var("SMR_SIM_TRACE").is_ok() {
+                        let regency = decision.certificate.first().map(|v| v.body.regency);
+                        let signers: Vec<u32> = decision
+                            .certificate
+                            .iter()
+                            .map(|v| v.body.replica)
+                            .collect();
+                        eprintln!("t={} replica {r} decides cid {cid} {digest:?} at regency {regency:?} by {signers:?}", self.now_ms);
+                    }
+                    self.store(slot, PersistRecord::Decided(decision));
                     if correct {
                         if let Some(prev) = self.decided.insert(cid, digest) {
                             if prev != digest {
@@ -730,6 +903,7 @@ impl Sim {
                     }
                 }
                 Action::Persist(PersistRecord::Regency(regency)) => {
+                    self.store(slot, PersistRecord::Regency(regency));
                     let node = &mut self.replicas[slot];
                     if regency <= node.regency {
                         return Err(format!(
@@ -749,10 +923,17 @@ impl Sim {
                 Action::Broadcast(message) => {
                     if std::env::var("SMR_SIM_TRACE").is_ok() {
                         if let Message::Stop(s) = &message {
+                            let pending: Vec<(u8, u64)> = s
+                                .body
+                                .pending
+                                .iter()
+                                .map(|q| (q.body.client.0[0], q.body.seq))
+                                .collect();
                             eprintln!(
-                                "t={} replica {r} sends STOP {:?}",
+                                "t={} replica {r} sends STOP {:?} at cid {} pending {pending:?}",
                                 self.now_ms,
-                                (s.body.from_regency, s.body.regency)
+                                (s.body.from_regency, s.body.regency),
+                                self.replicas[slot].engine.last_executed()
                             );
                         }
                     }
@@ -780,19 +961,55 @@ impl Sim {
                 Action::Execute { cid, items } => {
                     let node = &mut self.replicas[slot];
                     let mut results = Vec::with_capacity(items.len());
+                    let mut ids = Vec::with_capacity(items.len());
                     for item in items {
                         let signed = self.legitimately_signed.get(&item.id);
                         if !signed.is_some_and(|ops| ops.contains(&item.op)) {
                             return Err(format!("validity violated: replica {r} executed an op its client never signed: {:?}", item.id));
                         }
-                        if node.executed.contains(&item.id) {
-                            return Err(format!("replica {r} executed {:?} twice", item.id));
-                        }
-                        node.executed.push(item.id);
+                        ids.push(item.id);
                         results.push(node.service.execute(&item.op));
                     }
+                    node.executed_count += ids.len();
+                    node.max_log_len = node.max_log_len.max(node.engine.log_len());
+                    if std::env::var("SMR_SIM_TRACE").is_ok()
+                        && node.engine.log_len() >= 2 * limits().checkpoint_period as usize
+                    {
+                        eprintln!(
+                            "t={} replica {r} cid {cid} log {} checkpoint {}",
+                            self.now_ms,
+                            node.engine.log_len(),
+                            node.engine.last_checkpoint()
+                        );
+                    }
+                    if correct {
+                        match self.executed_by_cid.get(&cid) {
+                            Some(first) if *first != ids => {
+                                return Err(format!(
+                                    "replica {r} executed a different sequence at cid {cid}"
+                                ));
+                            }
+                            Some(_) => {}
+                            None => {
+                                self.executed_by_cid.insert(cid, ids);
+                            }
+                        }
+                    }
+                    let node = &mut self.replicas[slot];
                     let more = node.engine.on_executed(self.now_ms, cid, results);
                     queue.extend(more);
+                }
+                Action::TakeSnapshot { cid } => {
+                    let node = &mut self.replicas[slot];
+                    let snapshot = node.service.snapshot();
+                    let more = node.engine.on_snapshot(self.now_ms, cid, snapshot);
+                    queue.extend(more);
+                }
+                Action::Restore { snapshot, .. } => {
+                    self.replicas[slot]
+                        .service
+                        .restore(&snapshot)
+                        .map_err(|e| format!("replica {r} cannot restore a checkpoint: {e}"))?;
                 }
                 Action::Query { id, op } => {
                     let node = &self.replicas[slot];
@@ -816,6 +1033,22 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// Appends to a replica's "disk", compacting at checkpoints as the real store does.
+    fn store(&mut self, slot: usize, record: PersistRecord) {
+        let stored = &mut self.replicas[slot].stored;
+        if let PersistRecord::Checkpoint(c) = &record {
+            let cid = c.cid;
+            stored.retain(|old| match old {
+                PersistRecord::Checkpoint(_) => false,
+                PersistRecord::Decided(d) => d.cid > cid,
+                PersistRecord::Prepared(p) => p.cid > cid,
+                PersistRecord::Vote(v) => v.cid > cid,
+                PersistRecord::Regency(_) => true,
+            });
+        }
+        stored.push(record);
     }
 
     fn client_fill(&mut self, c: usize) -> Result<(), String> {
@@ -1028,20 +1261,18 @@ impl Sim {
                 regencies.join(" ")
             ));
         }
-        // Every correct replica executed the same sequence (prefix-wise; crashed ones up to
-        // their crash) and, after the heal, the live ones converged to the same state.
-        let longest = self
-            .replicas
-            .iter()
-            .filter(|r| r.correct)
-            .map(|r| &r.executed)
-            .max_by_key(|e| e.len())
-            .expect("at least one correct replica")
-            .clone();
-        for r in self.replicas.iter().filter(|r| r.correct) {
-            if r.executed[..] != longest[..r.executed.len()] {
-                return Err(format!("replica {} executed a different sequence", r.id));
+        // Every correct replica executed the same requests at every cid (checked as they ran);
+        // the cids form one gap-free sequence in which no request appears twice.
+        let mut longest = Vec::new();
+        for (i, (cid, ids)) in self.executed_by_cid.iter().enumerate() {
+            if *cid != i as u64 + 1 {
+                return Err(format!("no correct replica executed cid {}", i + 1));
             }
+            longest.extend(ids.iter().copied());
+        }
+        let distinct: BTreeSet<&RequestId> = longest.iter().collect();
+        if distinct.len() != longest.len() {
+            return Err("a request executed twice in the agreed sequence".into());
         }
         if !self.replicas_converged() {
             let cids: Vec<u64> = self
@@ -1083,7 +1314,25 @@ impl Sim {
             }
         }
         self.report.decided = self.decided.clone();
-        self.report.executed_per_replica = self.replicas.iter().map(|r| r.executed.len()).collect();
+        self.report.executed_per_replica = self.replicas.iter().map(|r| r.executed_count).collect();
+        self.report.state_transfers = self
+            .replicas
+            .iter()
+            .map(|r| r.engine.stats().state_transfers)
+            .sum();
+        self.report.lying_state_sources = self
+            .replicas
+            .iter()
+            .map(|r| r.engine.stats().lying_state_sources)
+            .sum();
+        self.report.max_log_len = self
+            .replicas
+            .iter()
+            .filter(|r| r.correct)
+            .map(|r| r.max_log_len)
+            .max()
+            .unwrap_or(0);
+        self.report.checkpoint_period = limits().checkpoint_period;
         self.report.regencies = self.live_correct().map(|r| r.engine.regency()).collect();
         Ok(())
     }

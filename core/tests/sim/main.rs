@@ -332,3 +332,111 @@ fn cft_isolated_leader_is_replaced_once_and_progress_resumes() {
         },
     );
 }
+
+fn crash_restart(mode: Mode, n: usize, f: usize, seed: u64, wipe: bool) -> SimOptions {
+    let mut rng = Rng::new(seed ^ 0x5e57);
+    let crash_at_ms = rng.range(100, 1500);
+    let fault = Fault::CrashRestart {
+        // Any replica, the leader included.
+        slot: rng.range(0, n as u64 - 1) as usize,
+        crash_at_ms,
+        restart_at_ms: crash_at_ms + rng.range(200, 3000),
+        wipe,
+    };
+    let mut opts = SimOptions::with_fault(mode, n, f, seed, fault);
+    opts.requests_per_client = 100;
+    opts
+}
+
+#[test]
+fn bft_replica_restarted_from_its_store_converges_to_the_same_state() {
+    sweep(
+        "bft_replica_restarted_from_its_store_converges_to_the_same_state",
+        |seed| crash_restart(Mode::Bft, 4, 1, seed, false),
+    );
+}
+
+#[test]
+fn cft_replica_restarted_from_its_store_converges_to_the_same_state() {
+    sweep(
+        "cft_replica_restarted_from_its_store_converges_to_the_same_state",
+        |seed| crash_restart(Mode::Cft, 3, 1, seed, false),
+    );
+}
+
+#[test]
+fn bft_replica_restarted_with_a_wiped_disk_catches_up_through_state_transfer() {
+    let mut transferred = 0;
+    sweep_reports(
+        "bft_replica_restarted_with_a_wiped_disk_catches_up_through_state_transfer",
+        |seed| crash_restart(Mode::Bft, 4, 1, seed, true),
+        |r| {
+            if r.state_transfers > 0 {
+                transferred += 1;
+            }
+        },
+    );
+    assert!(
+        transferred > 0,
+        "no wiped replica ever needed state transfer"
+    );
+}
+
+#[test]
+fn cft_replica_restarted_with_a_wiped_disk_catches_up_through_state_transfer() {
+    let mut transferred = 0;
+    sweep_reports(
+        "cft_replica_restarted_with_a_wiped_disk_catches_up_through_state_transfer",
+        |seed| crash_restart(Mode::Cft, 3, 1, seed, true),
+        |r| {
+            if r.state_transfers > 0 {
+                transferred += 1;
+            }
+        },
+    );
+    assert!(
+        transferred > 0,
+        "no wiped replica ever needed state transfer"
+    );
+}
+
+#[test]
+fn bft_lying_state_transfer_sender_is_detected_and_another_peer_serves() {
+    let mut caught = 0;
+    sweep_reports(
+        "bft_lying_state_transfer_sender_is_detected_and_another_peer_serves",
+        |seed| {
+            let mut rng = Rng::new(seed ^ 0x11e);
+            let crash_at_ms = rng.range(100, 800);
+            let fault = Fault::LyingStateSender {
+                crash_at_ms,
+                restart_at_ms: crash_at_ms + rng.range(1000, 3000),
+            };
+            let mut opts = SimOptions::with_fault(Mode::Bft, 4, 1, seed, fault);
+            opts.requests_per_client = 100;
+            opts
+        },
+        |r| {
+            if r.lying_state_sources > 0 {
+                caught += 1;
+            }
+        },
+    );
+    assert!(caught > 0, "the lying sender was never caught");
+}
+
+#[test]
+fn checkpoints_keep_the_decision_log_under_two_periods() {
+    sweep_reports(
+        "checkpoints_keep_the_decision_log_under_two_periods",
+        |seed| SimOptions::for_seed(Mode::Bft, 4, 1, seed),
+        |r| {
+            assert!(
+                (r.max_log_len as u64) < 2 * r.checkpoint_period,
+                "decision log reached {} entries with checkpoint_period {}",
+                r.max_log_len,
+                r.checkpoint_period
+            );
+        },
+    );
+}
