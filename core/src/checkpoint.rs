@@ -61,8 +61,8 @@ impl Checkpoint {
 /// An ongoing state transfer (requester side).
 #[derive(Debug, Default)]
 pub(crate) struct Transfer {
-    /// Latest checkpoint each peer reported.
-    pub(crate) reports: BTreeMap<ReplicaId, (Cid, Digest)>,
+    /// The checkpoints each peer reported it can serve.
+    pub(crate) reports: BTreeMap<ReplicaId, Vec<(Cid, Digest)>>,
     /// The (cid, digest) being downloaded and from whom.
     pub(crate) target: Option<(Cid, Digest, ReplicaId)>,
     pub(crate) buffer: Vec<u8>,
@@ -77,9 +77,11 @@ impl Transfer {
     /// with a source among them that has not failed yet.
     pub(crate) fn agreed(&self, above: Cid, needed: usize) -> Option<(Cid, Digest, ReplicaId)> {
         let mut groups: BTreeMap<(Cid, Digest), Vec<ReplicaId>> = BTreeMap::new();
-        for (replica, (cid, digest)) in &self.reports {
-            if *cid > above {
-                groups.entry((*cid, *digest)).or_default().push(*replica);
+        for (replica, checkpoints) in &self.reports {
+            for (cid, digest) in checkpoints {
+                if *cid > above {
+                    groups.entry((*cid, *digest)).or_default().push(*replica);
+                }
             }
         }
         groups
@@ -102,14 +104,14 @@ mod tests {
     #[test]
     fn agreement_needs_enough_identical_reports() {
         let mut t = Transfer::default();
-        t.reports.insert(0, (10, Digest([1; 32])));
-        t.reports.insert(1, (10, Digest([2; 32])));
+        t.reports.insert(0, vec![(10, Digest([1; 32]))]);
+        t.reports.insert(1, vec![(10, Digest([2; 32]))]);
         assert_eq!(
             t.agreed(0, 2),
             None,
             "two different digests agree on nothing"
         );
-        t.reports.insert(2, (10, Digest([1; 32])));
+        t.reports.insert(2, vec![(10, Digest([1; 32]))]);
         assert_eq!(t.agreed(0, 2), Some((10, Digest([1; 32]), 0)));
         assert_eq!(t.agreed(10, 2), None, "nothing above what we have");
     }
@@ -117,8 +119,8 @@ mod tests {
     #[test]
     fn a_failed_source_is_not_chosen_again() {
         let mut t = Transfer::default();
-        t.reports.insert(0, (10, Digest([1; 32])));
-        t.reports.insert(2, (10, Digest([1; 32])));
+        t.reports.insert(0, vec![(10, Digest([1; 32]))]);
+        t.reports.insert(2, vec![(10, Digest([1; 32]))]);
         t.failed.insert(0);
         assert_eq!(t.agreed(0, 2), Some((10, Digest([1; 32]), 2)));
         t.failed.insert(2);

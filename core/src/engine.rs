@@ -209,13 +209,21 @@ pub struct Engine {
     /// When certified decisions from a peer last moved this replica forward. A replica that is
     /// catching up blames its own lag, not the leader, for its requests' timeouts.
     last_catch_up_ms: Option<u64>,
-    /// The latest checkpoint.
+    /// The latest stable checkpoint: one that a quorum of replicas announced with the same
+    /// digest. It is what state transfer serves, and the log is truncated only below it, so a
+    /// replica that runs ahead never discards decisions that the others still need.
     checkpoint: Option<Checkpoint>,
+    /// Checkpoints this replica took that are not stable yet.
+    own_checkpoints: BTreeMap<Cid, Checkpoint>,
+    /// Checkpoint digests announced by each replica (this one included), above the stable one.
+    announcements: BTreeMap<Cid, BTreeMap<ReplicaId, Digest>>,
     /// A checkpoint is due at this cid: later batches wait until it has executed.
     checkpoint_barrier: Option<Cid>,
     /// The client table captured at a checkpoint cid, waiting for the service's snapshot.
     snapshot_clients: Option<(Cid, ClientTable)>,
     transfer: Option<Transfer>,
+    /// Highest cid seen in any proposal or vote of the current regency, or claimed decided.
+    highest_seen_cid: Cid,
     rejoin: Rejoin,
     stats: EngineStats,
 }
@@ -281,9 +289,12 @@ impl Engine {
             next_sync_query_allowed_ms: 0,
             last_catch_up_ms: None,
             checkpoint: None,
+            own_checkpoints: BTreeMap::new(),
+            announcements: BTreeMap::new(),
             checkpoint_barrier: None,
             snapshot_clients: None,
             transfer: None,
+            highest_seen_cid: 0,
             rejoin: Rejoin::Done,
             stats: EngineStats::default(),
         }
@@ -506,6 +517,7 @@ impl Engine {
                 } else if regency < self.regency {
                     self.help_stale_peer(j, actions);
                 } else if j == self.leader() && last_decided > self.last_executed {
+                    self.highest_seen_cid = self.highest_seen_cid.max(last_decided);
                     self.maybe_query(now_ms, j, actions);
                 }
                 Ok(())
@@ -532,15 +544,17 @@ impl Engine {
             (
                 Peer::Replica(j),
                 Message::StateInfo {
-                    cid,
-                    digest,
+                    checkpoints,
                     voted_up_to,
                 },
             ) => {
                 self.note_rejoin_report(now_ms, j, voted_up_to, actions);
-                if cid > 0 {
-                    self.handle_state_info(now_ms, j, cid, digest, actions);
-                }
+                self.handle_state_info(now_ms, j, checkpoints, actions);
+                Ok(())
+            }
+            (Peer::Replica(j), Message::CheckpointAnnounce { cid, digest }) => {
+                self.note_announcement(j, cid, digest);
+                self.check_stable();
                 Ok(())
             }
             (Peer::Replica(j), Message::StateFetch { cid, offset }) => {
@@ -685,7 +699,10 @@ impl Engine {
 
     /// Checks the regency and cid window of a replica message. `Ok(false)` means the message
     /// is about an instance this replica already executed: the sender is behind.
-    fn check_instance(&self, cid: Cid, regency: Regency) -> Result<bool, Rejection> {
+    fn check_instance(&mut self, cid: Cid, regency: Regency) -> Result<bool, Rejection> {
+        if regency == self.regency {
+            self.highest_seen_cid = self.highest_seen_cid.max(cid);
+        }
         if regency < self.regency {
             return Err(Rejection::StaleRegency {
                 got: regency,
@@ -928,11 +945,11 @@ impl Engine {
         if matching.len() < needed {
             return;
         }
-        let batch = instance
-            .proposal
-            .as_ref()
-            .map(|p| p.batch.clone())
-            .expect("a replica writes only for a value it holds");
+        // After a restart the WRITE may be remembered without the batch it was for; accepting
+        // needs the batch (STOPDATA must be able to re-propose it), so wait for a resend.
+        let Some(batch) = instance.proposal.as_ref().map(|p| p.batch.clone()) else {
+            return;
+        };
         instance.prepared = Some(PreparedProof {
             cid,
             epoch: self.regency,
@@ -1060,14 +1077,9 @@ impl Engine {
                 self.pool.unmark_proposed(cid);
             }
             self.log.insert(cid, decision);
-            // Bounded twice: by the configured cap, and to under two checkpoint periods of
-            // entries the latest checkpoint already covers.
-            let period_cap = 2 * self.cfg.limits.checkpoint_period as usize - 1;
-            let covered = self.last_checkpoint();
-            while self.log.len() > self.cfg.limits.max_log_entries
-                || (self.log.len() > period_cap
-                    && self.log.keys().next().is_some_and(|c| *c <= covered))
-            {
+            // Checkpoints truncate the log once they are stable; this cap bounds it even if
+            // they never become stable (a quorum that stopped announcing).
+            while self.log.len() > self.cfg.limits.max_log_entries {
                 self.log.pop_first();
             }
             if cid % self.cfg.limits.checkpoint_period == 0 {
@@ -1127,11 +1139,55 @@ impl Engine {
             service: snapshot,
             clients,
         });
-        let mut actions = self.install_checkpoint(checkpoint);
+        let mut actions = vec![
+            Action::Persist(PersistRecord::Checkpoint(checkpoint.clone())),
+            Action::Broadcast(Message::CheckpointAnnounce {
+                cid,
+                digest: checkpoint.digest,
+            }),
+        ];
+        self.note_announcement(self.me, cid, checkpoint.digest);
+        self.own_checkpoints.insert(cid, checkpoint);
+        while self.own_checkpoints.len() > crate::verify::MAX_REPORTED_CHECKPOINTS - 1 {
+            self.own_checkpoints.pop_first();
+        }
+        self.check_stable();
         self.checkpoint_barrier = None;
         self.execute_ready(now_ms, &mut actions);
         self.sync_timers(&mut actions);
         actions
+    }
+
+    fn note_announcement(&mut self, from: ReplicaId, cid: Cid, digest: Digest) {
+        // Only checkpoints that can still become stable, and not arbitrarily far ahead.
+        let horizon = self.last_executed
+            + self.cfg.limits.max_instances_ahead
+            + 4 * self.cfg.limits.checkpoint_period;
+        if cid <= self.last_checkpoint()
+            || cid > horizon
+            || cid % self.cfg.limits.checkpoint_period != 0
+        {
+            return;
+        }
+        self.announcements
+            .entry(cid)
+            .or_default()
+            .insert(from, digest);
+    }
+
+    /// Makes the newest own checkpoint that a quorum announced identically the stable one.
+    fn check_stable(&mut self) {
+        let quorum = self.quorums.quorum();
+        let stable = self.own_checkpoints.iter().rev().find(|(cid, c)| {
+            self.announcements
+                .get(cid)
+                .is_some_and(|a| a.values().filter(|d| **d == c.digest).count() >= quorum)
+        });
+        if let Some((cid, _)) = stable {
+            let cid = *cid;
+            let checkpoint = self.own_checkpoints.remove(&cid).expect("found above");
+            self.make_stable(checkpoint);
+        }
     }
 
     /// What this replica tells a peer asking about its state.
@@ -1144,11 +1200,12 @@ impl Engine {
             .max()
             .unwrap_or(0);
         Message::StateInfo {
-            cid: self.checkpoint.as_ref().map_or(0, |c| c.cid),
-            digest: self
+            checkpoints: self
                 .checkpoint
-                .as_ref()
-                .map_or(Digest::default(), |c| c.digest),
+                .iter()
+                .chain(self.own_checkpoints.values())
+                .map(|c| (c.cid, c.digest))
+                .collect(),
             voted_up_to: voted.max(self.last_executed),
         }
     }
@@ -1204,21 +1261,17 @@ impl Engine {
         }
     }
 
-    /// Makes `checkpoint` the latest one and forgets what it covers, keeping one period of
+    /// Makes `checkpoint` the stable one and forgets what it covers, keeping one period of
     /// decisions before it for peers that are only a little behind.
-    fn install_checkpoint(&mut self, checkpoint: Checkpoint) -> Vec<Action> {
-        // One period of history before the checkpoint, for peers that are only a little behind
-        // (further behind, they transfer the checkpoint instead).
-        let keep_from = checkpoint
-            .cid
-            .saturating_sub(self.cfg.limits.checkpoint_period)
-            + 1;
+    fn make_stable(&mut self, checkpoint: Checkpoint) {
+        let cid = checkpoint.cid;
+        self.own_checkpoints = self.own_checkpoints.split_off(&(cid + 1));
+        self.announcements = self.announcements.split_off(&(cid + 1));
+        // A stable checkpoint is held by a quorum, so a peer that needs older decisions can
+        // transfer it instead.
+        let keep_from = cid + 1;
         self.log = self.log.split_off(&keep_from);
-        let actions = vec![Action::Persist(PersistRecord::Checkpoint(
-            checkpoint.clone(),
-        ))];
         self.checkpoint = Some(checkpoint);
-        actions
     }
 
     /// Cid of the latest checkpoint (0 if none).
@@ -1615,11 +1668,13 @@ impl Engine {
         &mut self,
         now_ms: u64,
         from: ReplicaId,
-        cid: Cid,
-        digest: Digest,
+        checkpoints: Vec<(Cid, Digest)>,
         actions: &mut Vec<Action>,
     ) {
-        if cid <= self.last_executed {
+        if checkpoints
+            .iter()
+            .all(|(cid, _)| *cid <= self.last_executed)
+        {
             return;
         }
         if self.transfer.is_none() {
@@ -1633,7 +1688,7 @@ impl Engine {
             self.arm_retransmit(now_ms);
         }
         let transfer = self.transfer.as_mut().expect("just ensured");
-        transfer.reports.insert(from, (cid, digest));
+        transfer.reports.insert(from, checkpoints);
         if transfer.target.is_none() {
             self.drive_transfer(now_ms, actions);
         }
@@ -1686,10 +1741,15 @@ impl Engine {
         offset: u64,
         actions: &mut Vec<Action>,
     ) {
-        let Some(c) = &self.checkpoint else {
+        let Some(c) = self
+            .checkpoint
+            .as_ref()
+            .filter(|c| c.cid == cid)
+            .or_else(|| self.own_checkpoints.get(&cid))
+        else {
             return;
         };
-        if c.cid != cid || offset > c.data.len() as u64 {
+        if offset > c.data.len() as u64 {
             return;
         }
         let start = offset as usize;
@@ -1789,7 +1849,11 @@ impl Engine {
         let clients = &self.clients;
         self.pool
             .retain(|id| clients.status(id) == RequestStatus::New);
-        actions.extend(self.install_checkpoint(checkpoint));
+        actions.push(Action::Persist(PersistRecord::Checkpoint(
+            checkpoint.clone(),
+        )));
+        self.own_checkpoints.clear();
+        self.make_stable(checkpoint);
         self.last_catch_up_ms = Some(now_ms);
         let peer = self.next_query_peer();
         self.next_query_allowed_ms = 0;
@@ -1908,6 +1972,18 @@ impl Engine {
             actions.push(Action::Broadcast(Message::Heartbeat {
                 regency: self.regency,
                 last_decided: self.last_executed,
+            }));
+        }
+        // Evidence that we are behind, with nothing else prompting a catch-up.
+        if self.highest_seen_cid > self.last_executed {
+            let peer = self.next_query_peer();
+            self.maybe_query(now_ms, peer, actions);
+        }
+        // Announcements can be lost: repeat the newest one until it is stable.
+        if let Some(c) = self.own_checkpoints.values().next_back() {
+            actions.push(Action::Broadcast(Message::CheckpointAnnounce {
+                cid: c.cid,
+                digest: c.digest,
             }));
         }
         self.deadlines.insert(

@@ -281,14 +281,19 @@ pub enum Message {
     /// "Send me the SYNC that installed your regency": how a replica that missed a leader
     /// change catches up.
     SyncQuery,
+    /// "I took a checkpoint at `cid`": a quorum of identical announcements makes it stable.
+    CheckpointAnnounce {
+        cid: Cid,
+        digest: Digest,
+    },
     /// "What is your latest checkpoint?": the start of a state transfer.
     StateQuery,
     /// A replica's latest checkpoint (cid 0 if none), and the highest cid it has executed or
     /// voted in. Also the answer to a `DecisionQuery` for decisions that were truncated away:
     /// a hint that state transfer is needed.
     StateInfo {
-        cid: Cid,
-        digest: Digest,
+        /// Every checkpoint the replica can serve: its stable one and newer ones of its own.
+        checkpoints: Vec<(Cid, Digest)>,
         voted_up_to: Cid,
     },
     /// "Send me the bytes of your checkpoint `cid` from `offset`."
@@ -340,6 +345,7 @@ impl Message {
             Message::StopData(_) => "stopdata",
             Message::Sync(_) => "sync",
             Message::SyncQuery => "sync-query",
+            Message::CheckpointAnnounce { .. } => "checkpoint-announce",
             Message::StateQuery => "state-query",
             Message::StateInfo { .. } => "state-info",
             Message::StateFetch { .. } => "state-fetch",

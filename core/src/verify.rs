@@ -19,6 +19,9 @@ use crate::network::Peer;
 use crate::rejection::Rejection;
 use smr_modes::Quorums;
 
+/// Most checkpoints a replica reports in a `StateInfo` (its stable one and a few of its own).
+pub const MAX_REPORTED_CHECKPOINTS: usize = 8;
+
 /// A message that passed [`Verifier::verify_inbound`].
 #[derive(Debug, Clone)]
 pub struct Verified {
@@ -108,8 +111,13 @@ impl InboundVerifier {
                     | Message::Heartbeat { .. }
                     | Message::SyncQuery
                     | Message::StateQuery
-                    | Message::StateInfo { .. }
+                    | Message::CheckpointAnnounce { .. }
                     | Message::StateFetch { .. } => {}
+                    Message::StateInfo { checkpoints, .. } => {
+                        if checkpoints.len() > MAX_REPORTED_CHECKPOINTS {
+                            return Err(Rejection::Oversize("reported checkpoints"));
+                        }
+                    }
                     Message::StateChunk {
                         total_len, bytes, ..
                     } => {

@@ -707,8 +707,9 @@ impl Sim {
                             Message::DecisionQuery { from_cid } =>
                                 format!("decision-query {from_cid}"),
                             Message::StateInfo {
-                                cid, voted_up_to, ..
-                            } => format!("state-info {cid} voted {voted_up_to}"),
+                                checkpoints,
+                                voted_up_to,
+                            } => format!("state-info {checkpoints:?} voted {voted_up_to}"),
                             Message::Decisions(d) => format!(
                                 "decisions {:?}",
                                 d.iter().map(|d| d.cid).collect::<Vec<_>>()
@@ -807,20 +808,18 @@ impl Sim {
             (
                 Fault::LyingStateSender { .. },
                 Message::StateInfo {
-                    cid,
-                    digest,
+                    mut checkpoints,
                     voted_up_to,
                 },
             ) if node.id == self.opts.n as u32 - 1 => {
-                // Half the time a made-up digest; otherwise the true one, and corrupt chunks.
-                let digest = if self.rng.chance(0.5) {
-                    Digest([self.rng.next_u64() as u8; 32])
-                } else {
-                    digest
-                };
+                // Half the time made-up digests; otherwise the true ones, and corrupt chunks.
+                if self.rng.chance(0.5) {
+                    for (_, digest) in &mut checkpoints {
+                        *digest = Digest([self.rng.next_u64() as u8; 32]);
+                    }
+                }
                 Message::StateInfo {
-                    cid,
-                    digest,
+                    checkpoints,
                     voted_up_to,
                 }
             }
