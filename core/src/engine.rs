@@ -1088,6 +1088,13 @@ impl Engine {
             progressed = true;
         }
         if progressed {
+            // Decisions may overtake a transfer.
+            if self.transfer.as_ref().is_some_and(|t| {
+                t.target
+                    .is_some_and(|(cid, _, _)| cid <= self.last_executed)
+            }) {
+                self.transfer = None;
+            }
             self.check_rejoined(now_ms, actions);
             if self.phase == Phase::Normal {
                 self.change_failures = 0;
@@ -1688,6 +1695,13 @@ impl Engine {
             self.arm_retransmit(now_ms);
         }
         let transfer = self.transfer.as_mut().expect("just ensured");
+        if let Some((cid, _, source)) = transfer.target {
+            if source == from && !checkpoints.iter().any(|(c, _)| *c == cid) {
+                // Our source no longer has what we are downloading: start over.
+                transfer.target = None;
+                transfer.buffer.clear();
+            }
+        }
         transfer.reports.insert(from, checkpoints);
         if transfer.target.is_none() {
             self.drive_transfer(now_ms, actions);
@@ -1724,11 +1738,9 @@ impl Engine {
             }
             None => {
                 if now_ms >= transfer.last_progress_ms + stall_ms {
-                    // Every agreed source failed or too few agree: start over.
-                    transfer.reports.clear();
-                    transfer.failed.clear();
-                    transfer.last_progress_ms = now_ms;
-                    actions.push(Action::Broadcast(Message::StateQuery));
+                    // Every agreed source failed or too few agree: give up for now. The next
+                    // hint that we are behind starts a fresh transfer.
+                    self.transfer = None;
                 }
             }
         }
@@ -1747,6 +1759,11 @@ impl Engine {
             .filter(|c| c.cid == cid)
             .or_else(|| self.own_checkpoints.get(&cid))
         else {
+            // Superseded: say what we have now, so the requester switches at once.
+            actions.push(Action::Send {
+                to: Peer::Replica(from),
+                message: self.state_info(),
+            });
             return;
         };
         if offset > c.data.len() as u64 {
@@ -1956,9 +1973,10 @@ impl Engine {
             let peer = self.next_query_peer();
             self.maybe_query(now_ms, peer, actions);
         }
-        let catching_up = self
-            .last_catch_up_ms
-            .is_some_and(|t| now_ms < t + self.cfg.timeouts.request_timeout_ms);
+        let catching_up = self.transfer.is_some()
+            || self
+                .last_catch_up_ms
+                .is_some_and(|t| now_ms < t + self.cfg.timeouts.request_timeout_ms);
         if second_timeout && !catching_up {
             // Second timeout: the leader has had the request and still did not order it.
             let target = self.regency + 1;
