@@ -122,11 +122,16 @@ pub(super) fn record_checksum_matches(header: &RecordHeader, payload: &[u8]) -> 
     checksum(&[&length, payload]) == header.checksum
 }
 
-/// Whether a complete, valid record starts at the beginning of `bytes`.
-fn valid_record_at(bytes: &[u8]) -> bool {
+/// Whether a complete, valid record starts at the beginning of `bytes`. `empty_record_checksum`
+/// is the (fixed) checksum of a zero-length record, so that runs of zeros, which a filesystem
+/// may leave after a power loss, are rejected without hashing at every position.
+fn valid_record_at(bytes: &[u8], empty_record_checksum: &[u8; CHECKSUM_BYTES]) -> bool {
     let Some(header_bytes) = bytes.get(..RECORD_HEADER_BYTES) else {
         return false;
     };
+    if header_bytes[..4] == [0; 4] {
+        return header_bytes[4..] == empty_record_checksum[..];
+    }
     let header: &[u8; RECORD_HEADER_BYTES] =
         header_bytes.try_into().expect("slice of header length");
     let after = (bytes.len() - RECORD_HEADER_BYTES) as u64;
@@ -145,8 +150,9 @@ fn valid_record_at(bytes: &[u8]) -> bool {
 /// Costs one hash per position whose length field fits the remaining bytes; garbage length
 /// fields mostly do not, and this runs only after a bad record was found.
 pub(super) fn find_valid_record(bytes: &[u8], from: usize) -> Option<usize> {
+    let empty_record_checksum = checksum(&[&0u32.to_le_bytes()]);
     (from..bytes.len().saturating_sub(RECORD_HEADER_BYTES - 1))
-        .find(|&position| valid_record_at(&bytes[position..]))
+        .find(|&position| valid_record_at(&bytes[position..], &empty_record_checksum))
 }
 
 /// Encodes a checkpoint file.
@@ -180,6 +186,13 @@ mod tests {
         encode_record(&mut bytes, b"hello");
         assert_eq!(find_valid_record(&bytes, 0), Some(37));
         assert_eq!(find_valid_record(&bytes, 38), None);
+    }
+
+    #[test]
+    fn scan_finds_an_empty_record() {
+        let mut bytes = vec![0u8; 5];
+        encode_record(&mut bytes, b"");
+        assert_eq!(find_valid_record(&bytes, 0), Some(5));
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! plus a large dependency whose recovery behaviour we would have to take on trust. The log is
 //! a few hundred lines whose every crash case is tested here.
 //!
-//! **Files** (layouts in [`format`]): `MANIFEST` names the current generation; generation `g`
+//! **Files** (layouts in [`format`](mod@format)): `MANIFEST` names the current generation; generation `g`
 //! is the pair `checkpoint-g.ckp` (absent for generation 0) and `wal-g.log`. A checkpoint
 //! writes generation `g+1` in full, fsyncs it and the directory, then atomically renames a new
 //! `MANIFEST` into place: that rename is the commit point. A crash before it leaves generation

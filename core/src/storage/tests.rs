@@ -286,6 +286,20 @@ fn huge_length_field_is_cut_back_at_the_tail_and_corrupt_mid_log_without_allocat
 }
 
 #[test]
+fn zero_filled_tail_left_by_power_loss_is_cut_back() {
+    let records = sample_records(3);
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), FsyncPolicy::Never, &records);
+    let path = log_path(dir.path(), 0);
+    let valid_len = fs::metadata(&path).unwrap().len();
+    // The file's size reached the disk but its last 4 MiB of data did not.
+    truncate(&path, valid_len + 4 * 1024 * 1024);
+    let (_wal, recovered) = open_ok(dir.path());
+    assert_eq!(recovered.records, records);
+    assert_eq!(recovered.truncated_tail_bytes, 4 * 1024 * 1024);
+}
+
+#[test]
 fn record_over_the_maximum_is_refused_on_append() {
     let dir = tempfile::tempdir().unwrap();
     let (mut wal, _) = open_ok(dir.path());
@@ -639,6 +653,34 @@ fn damage_and_open(dir: &Path, path: &Path, damage: &Damage) -> Result<Recovered
     Wal::open(dir, FsyncPolicy::Never).map(|(_, recovered)| recovered)
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// A checkpoint is written atomically, so any damage to it is corruption: never accepted,
+    /// never a panic.
+    #[test]
+    fn damaged_checkpoint_is_always_refused(
+        snapshot in prop::collection::vec(any::<u8>(), 0..200),
+        damage in damage_strategy(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), FsyncPolicy::Never).unwrap();
+        wal.write_checkpoint(&snapshot, &[b"r".to_vec()]).unwrap();
+        drop(wal);
+        let path = dir.path().join(checkpoint_file_name(1));
+        let file_len = fs::metadata(&path).unwrap().len();
+        if let Damage::Truncate { fraction } = damage {
+            prop_assume!(((file_len as f64 * fraction) as u64) < file_len);
+        }
+
+        let result = damage_and_open(dir.path(), &path, &damage);
+        prop_assert!(
+            matches!(result, Err(StorageError::Corrupt { .. } | StorageError::UnsupportedVersion { .. })),
+            "{:?}", result
+        );
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Append(Vec<u8>),
@@ -688,7 +730,7 @@ proptest! {
                 }
                 Op::Checkpoint { snapshot, keep } => {
                     let mut all = durable.records.clone();
-                    all.extend(unsynced.drain(..));
+                    all.append(&mut unsynced);
                     let after = all[all.len().saturating_sub(keep)..].to_vec();
                     wal.write_checkpoint(&snapshot, &after).unwrap();
                     durable = Recovered { checkpoint: Some(snapshot), records: after, truncated_tail_bytes: 0 };

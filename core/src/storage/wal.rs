@@ -119,7 +119,7 @@ impl Wal {
     /// block), deletes leftovers of an interrupted checkpoint, cuts a torn tail off the log, and
     /// refuses a damaged directory rather than start without something it promised.
     pub fn open(dir: &Path, policy: FsyncPolicy) -> Result<(Wal, Recovered), StorageError> {
-        fs::create_dir_all(dir).map_err(io_error(dir))?;
+        create_data_dir(dir, policy)?;
         let lock = DirLock::acquire(dir)?;
 
         let generation = match read_manifest(dir)? {
@@ -361,6 +361,24 @@ fn sync_dir(dir: &Path, policy: FsyncPolicy) -> Result<(), StorageError> {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io_error(dir))?;
+    }
+    Ok(())
+}
+
+/// Creates `dir` and any missing ancestors, and makes their entries durable: a log fsynced
+/// inside a directory whose own entry was lost would be lost with it.
+fn create_data_dir(dir: &Path, policy: FsyncPolicy) -> Result<(), StorageError> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
+        .collect();
+    fs::create_dir_all(dir).map_err(io_error(dir))?;
+    for created in missing {
+        let parent = match created.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        sync_dir(parent, policy)?;
     }
     Ok(())
 }
