@@ -450,9 +450,16 @@ fn corrupt_checkpoint_is_refused() {
         let path = dir.path().join(checkpoint_file_name(1));
         damage(&path);
 
+        let before = file_names(dir.path());
+
         let err = open_err(dir.path());
         assert!(matches!(err, StorageError::Corrupt { .. }), "{what}: {err}");
         assert_corrupt_message_names(&err, &path);
+        assert_eq!(
+            file_names(dir.path()),
+            before,
+            "{what}: refusing deleted files"
+        );
     }
 }
 

@@ -129,8 +129,6 @@ impl Wal {
                 0
             }
         };
-        remove_other_generations(dir, generation)?;
-
         let checkpoint = if generation == 0 {
             None
         } else {
@@ -142,6 +140,8 @@ impl Wal {
 
         let log_path = dir.join(wal_file_name(generation));
         let scanned = read_log(&log_path, generation)?;
+        // Only once the current generation is known good: a refused directory is left as found.
+        remove_other_generations(dir, generation)?;
         let mut log = OpenOptions::new()
             .write(true)
             .open(&log_path)
