@@ -449,7 +449,8 @@ fn corrupt_checkpoint_is_refused() {
         drop(wal);
         let path = dir.path().join(checkpoint_file_name(1));
         damage(&path);
-
+        // A leftover of the previous generation, as an interrupted cleanup leaves it.
+        fs::write(log_path(dir.path(), 0), b"SMRWAL01").unwrap();
         let before = file_names(dir.path());
 
         let err = open_err(dir.path());
