@@ -25,6 +25,7 @@ pub mod network;
 pub mod pool;
 pub mod rejection;
 pub mod service;
+pub mod storage;
 pub mod sync;
 pub mod verify;
 

@@ -1,0 +1,707 @@
+//! The write-ahead log itself: open and recover, append, sync, checkpoint.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::format::{
+    self, MagicCheck, CHECKPOINT_HEADER_BYTES, CHECKPOINT_MAGIC, MAGIC_BYTES, MANIFEST_BYTES,
+    MANIFEST_MAGIC, MAX_RECORD_BYTES, RECORD_HEADER_BYTES, WAL_HEADER_BYTES, WAL_MAGIC,
+};
+use super::lock::DirLock;
+use super::{FsyncPolicy, Recovered, StorageError};
+
+pub(super) const MANIFEST_FILE: &str = "MANIFEST";
+pub(super) const MANIFEST_TEMP_FILE: &str = "MANIFEST.tmp";
+
+/// Appended bytes kept in memory before they are written to the file (without fsync). Bounds
+/// the buffer when the driver appends a lot between syncs.
+const WRITE_BUFFER_BYTES: usize = 1024 * 1024;
+const READ_BUFFER_BYTES: usize = 1024 * 1024;
+
+pub(super) fn wal_file_name(generation: u64) -> String {
+    format!("wal-{generation:020}.log")
+}
+
+pub(super) fn checkpoint_file_name(generation: u64) -> String {
+    format!("checkpoint-{generation:020}.ckp")
+}
+
+/// The generation a log or checkpoint file name belongs to, if it is one.
+fn generation_of(name: &str) -> Option<u64> {
+    let digits = name
+        .strip_prefix("wal-")
+        .and_then(|rest| rest.strip_suffix(".log"))
+        .or_else(|| {
+            name.strip_prefix("checkpoint-")
+                .and_then(|rest| rest.strip_suffix(".ckp"))
+        })?;
+    if digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()) {
+        digits.parse().ok()
+    } else {
+        None
+    }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
+    move |source| StorageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> StorageError {
+    StorageError::Corrupt {
+        path: path.to_path_buf(),
+        offset,
+        reason: reason.into(),
+    }
+}
+
+/// Refuses a file whose magic is not `expected`.
+fn require_magic(
+    path: &Path,
+    found: &[u8],
+    expected: &'static [u8; MAGIC_BYTES],
+    kind: &str,
+) -> Result<(), StorageError> {
+    match format::check_magic(found, expected) {
+        MagicCheck::Ok => Ok(()),
+        MagicCheck::OtherVersion(found) => Err(StorageError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found,
+            supported: std::str::from_utf8(expected).expect("magic is ASCII"),
+        }),
+        MagicCheck::Foreign(found) => Err(corrupt(
+            path,
+            0,
+            format!(
+                "not an smr {kind} file (it starts with \"{found}\", expected \"{}\")",
+                std::str::from_utf8(expected).expect("magic is ASCII")
+            ),
+        )),
+    }
+}
+
+/// A checksummed, append-only log of opaque records in a locked data directory.
+pub struct Wal {
+    dir: PathBuf,
+    policy: FsyncPolicy,
+    generation: u64,
+    log_path: PathBuf,
+    log: File,
+    /// Bytes written to the log file so far (its length, once `pending` is empty).
+    written_bytes: u64,
+    /// Encoded records appended but not yet written to the file.
+    pending: Vec<u8>,
+    poisoned: bool,
+    /// Declared last so the lock is released after the files are closed.
+    _lock: DirLock,
+}
+
+impl fmt::Debug for Wal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.dir)
+            .field("policy", &self.policy)
+            .field("generation", &self.generation)
+            .field("log_bytes", &self.log_bytes())
+            .field("poisoned", &self.poisoned)
+            .finish()
+    }
+}
+
+impl Wal {
+    /// Opens (creating if needed) the data directory and recovers what it holds.
+    ///
+    /// Takes the directory's lock (a lock left by a process that is no longer running does not
+    /// block), deletes leftovers of an interrupted checkpoint, cuts a torn tail off the log, and
+    /// refuses a damaged directory rather than start without something it promised.
+    pub fn open(dir: &Path, policy: FsyncPolicy) -> Result<(Wal, Recovered), StorageError> {
+        create_data_dir(dir, policy)?;
+        let lock = DirLock::acquire(dir)?;
+
+        let generation = match read_manifest(dir)? {
+            Some(generation) => generation,
+            None => {
+                initialize(dir, policy)?;
+                0
+            }
+        };
+        let checkpoint = if generation == 0 {
+            None
+        } else {
+            Some(read_checkpoint(
+                &dir.join(checkpoint_file_name(generation)),
+                generation,
+            )?)
+        };
+
+        let log_path = dir.join(wal_file_name(generation));
+        let scanned = read_log(&log_path, generation)?;
+        // Only once the current generation is known good: a refused directory is left as found.
+        remove_other_generations(dir, generation)?;
+        let mut log = OpenOptions::new()
+            .write(true)
+            .open(&log_path)
+            .map_err(io_error(&log_path))?;
+        if scanned.truncated_tail_bytes > 0 {
+            tracing::warn!(
+                log = %log_path.display(),
+                offset = scanned.valid_bytes,
+                truncated_bytes = scanned.truncated_tail_bytes,
+                reason = %scanned.tail_reason,
+                "cutting a torn tail off the write-ahead log (records a crash left half-written; none was acknowledged)"
+            );
+            log.set_len(scanned.valid_bytes)
+                .map_err(io_error(&log_path))?;
+            if policy == FsyncPolicy::Always {
+                log.sync_all().map_err(io_error(&log_path))?;
+            }
+        }
+        log.seek(SeekFrom::Start(scanned.valid_bytes))
+            .map_err(io_error(&log_path))?;
+
+        let wal = Wal {
+            dir: dir.to_path_buf(),
+            policy,
+            generation,
+            log_path,
+            log,
+            written_bytes: scanned.valid_bytes,
+            pending: Vec::new(),
+            poisoned: false,
+            _lock: lock,
+        };
+        let recovered = Recovered {
+            checkpoint,
+            records: scanned.records,
+            truncated_tail_bytes: scanned.truncated_tail_bytes,
+        };
+        Ok((wal, recovered))
+    }
+
+    /// Appends records (buffered); they are durable (per policy) only after `sync`.
+    ///
+    /// Records appended but not synced may be lost if the `Wal` is dropped, as in a crash
+    /// (dropping does not write the buffer).
+    pub fn append(&mut self, record: &[u8]) -> Result<(), StorageError> {
+        self.check_usable()?;
+        check_record_size(record)?;
+        format::encode_record(&mut self.pending, record);
+        if self.pending.len() >= WRITE_BUFFER_BYTES {
+            self.write_pending()?;
+        }
+        Ok(())
+    }
+
+    /// Makes every appended record durable according to the policy. The driver calls this before sending any message that promises what was appended.
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        self.check_usable()?;
+        self.write_pending()?;
+        if self.policy == FsyncPolicy::Always {
+            let result = self.log.sync_data().map_err(io_error(&self.log_path));
+            self.poison_on_error(result)?;
+        }
+        Ok(())
+    }
+
+    /// Atomically replaces the checkpoint and starts a fresh log containing exactly `records_after` (the records that must survive after this checkpoint). Crash at any point leaves either the old (checkpoint, log) pair or the new one, never a mix.
+    ///
+    /// Records appended since the last `sync` are discarded: `records_after` supersedes them.
+    pub fn write_checkpoint(
+        &mut self,
+        checkpoint: &[u8],
+        records_after: &[Vec<u8>],
+    ) -> Result<(), StorageError> {
+        self.check_usable()?;
+        for record in records_after {
+            check_record_size(record)?;
+        }
+        let old = self.generation;
+        let next = old
+            .checked_add(1)
+            .expect("checkpoint generation overflowed u64");
+        let result = (|| {
+            let new_log = self.prepare_generation(next, checkpoint, records_after)?;
+            self.commit_generation(next)?;
+            let new_log_path = self.dir.join(wal_file_name(next));
+            self.written_bytes = new_log.metadata().map_err(io_error(&new_log_path))?.len();
+            self.log = new_log;
+            self.log_path = new_log_path;
+            self.generation = next;
+            self.pending.clear();
+            self.remove_generation(old)
+        })();
+        self.poison_on_error(result)
+    }
+
+    /// Bytes in the current log file (for tests and metrics), counting appended records not
+    /// yet written: after `sync` it equals the file's length.
+    pub fn log_bytes(&self) -> u64 {
+        self.written_bytes + self.pending.len() as u64
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn policy(&self) -> FsyncPolicy {
+        self.policy
+    }
+
+    /// The current checkpoint generation (0 before the first checkpoint).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Step 1 of a checkpoint: writes generation `next` in full and makes it durable. Until
+    /// the manifest names it, it is an uncommitted leftover that `open` deletes. Returns the
+    /// new log, positioned at its end.
+    pub(super) fn prepare_generation(
+        &self,
+        next: u64,
+        checkpoint: &[u8],
+        records_after: &[Vec<u8>],
+    ) -> Result<File, StorageError> {
+        let checkpoint_path = self.dir.join(checkpoint_file_name(next));
+        write_new_file(
+            &checkpoint_path,
+            &format::encode_checkpoint(checkpoint),
+            self.policy,
+        )?;
+
+        let log_path = self.dir.join(wal_file_name(next));
+        let mut log_bytes = format::wal_header(next).to_vec();
+        for record in records_after {
+            format::encode_record(&mut log_bytes, record);
+        }
+        let log = write_new_file(&log_path, &log_bytes, self.policy)?;
+        sync_dir(&self.dir, self.policy)?;
+        Ok(log)
+    }
+
+    /// Step 2, the commit point: atomically points the manifest at generation `next`.
+    pub(super) fn commit_generation(&self, next: u64) -> Result<(), StorageError> {
+        write_manifest(&self.dir, next, self.policy)
+    }
+
+    /// Step 3: deletes the files of a generation that is no longer current. A crash before this
+    /// finishes leaves files that the next `open` deletes.
+    pub(super) fn remove_generation(&self, generation: u64) -> Result<(), StorageError> {
+        for name in [checkpoint_file_name(generation), wal_file_name(generation)] {
+            remove_if_present(&self.dir.join(name))?;
+        }
+        Ok(())
+    }
+
+    fn check_usable(&self) -> Result<(), StorageError> {
+        if self.poisoned {
+            Err(StorageError::Poisoned {
+                dir: self.dir.clone(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn poison_on_error<T>(&mut self, result: Result<T, StorageError>) -> Result<T, StorageError> {
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    fn write_pending(&mut self) -> Result<(), StorageError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let result = self
+            .log
+            .write_all(&self.pending)
+            .map_err(io_error(&self.log_path));
+        self.poison_on_error(result)?;
+        self.written_bytes += self.pending.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+}
+
+fn check_record_size(record: &[u8]) -> Result<(), StorageError> {
+    if record.len() > MAX_RECORD_BYTES {
+        Err(StorageError::RecordTooLarge {
+            len: record.len(),
+            max: MAX_RECORD_BYTES,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// Creates (or replaces) `path` holding exactly `bytes`, fsynced per policy.
+fn write_new_file(path: &Path, bytes: &[u8], policy: FsyncPolicy) -> Result<File, StorageError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io_error(path))?;
+    file.write_all(bytes).map_err(io_error(path))?;
+    if policy == FsyncPolicy::Always {
+        file.sync_all().map_err(io_error(path))?;
+    }
+    Ok(file)
+}
+
+/// Makes renames and new files in `dir` durable (on Unix a directory's entries are synced
+/// through the directory itself).
+fn sync_dir(dir: &Path, policy: FsyncPolicy) -> Result<(), StorageError> {
+    if policy == FsyncPolicy::Always && cfg!(unix) {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error(dir))?;
+    }
+    Ok(())
+}
+
+/// Creates `dir` and any missing ancestors, and makes their entries durable: a log fsynced
+/// inside a directory whose own entry was lost would be lost with it.
+fn create_data_dir(dir: &Path, policy: FsyncPolicy) -> Result<(), StorageError> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
+        .collect();
+    fs::create_dir_all(dir).map_err(io_error(dir))?;
+    for created in missing {
+        let parent = match created.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        sync_dir(parent, policy)?;
+    }
+    Ok(())
+}
+
+fn remove_if_present(path: &Path) -> Result<(), StorageError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StorageError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn write_manifest(dir: &Path, generation: u64, policy: FsyncPolicy) -> Result<(), StorageError> {
+    let temp = dir.join(MANIFEST_TEMP_FILE);
+    write_new_file(&temp, &format::encode_manifest(generation), policy)?;
+    let path = dir.join(MANIFEST_FILE);
+    fs::rename(&temp, &path).map_err(io_error(&path))?;
+    sync_dir(dir, policy)
+}
+
+/// The generation the manifest names, or `None` if there is no manifest.
+fn read_manifest(dir: &Path) -> Result<Option<u64>, StorageError> {
+    let path = dir.join(MANIFEST_FILE);
+    let mut file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(StorageError::Io { path, source }),
+    };
+    // One byte more than a manifest holds, to notice a longer file without reading all of it.
+    let mut bytes = Vec::with_capacity(MANIFEST_BYTES + 1);
+    (&mut file)
+        .take(MANIFEST_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error(&path))?;
+    require_magic(
+        &path,
+        &bytes[..bytes.len().min(MAGIC_BYTES)],
+        MANIFEST_MAGIC,
+        "manifest",
+    )?;
+    if bytes.len() != MANIFEST_BYTES {
+        return Err(corrupt(
+            &path,
+            bytes.len().min(MANIFEST_BYTES) as u64,
+            format!("a manifest is {MANIFEST_BYTES} bytes long, this one is not"),
+        ));
+    }
+    let (body, sum) = bytes.split_at(MAGIC_BYTES + 8);
+    if format::checksum(&[body]) != sum {
+        return Err(corrupt(&path, 0, "manifest checksum mismatch"));
+    }
+    let generation = u64::from_le_bytes(body[MAGIC_BYTES..].try_into().expect("8 bytes"));
+    Ok(Some(generation))
+}
+
+/// Sets up generation 0 in a directory with no manifest. Refuses if the directory holds state
+/// that only a manifest could explain; an empty log left by an interrupted initialization is
+/// not such state.
+fn initialize(dir: &Path, policy: FsyncPolicy) -> Result<(), StorageError> {
+    let entries = fs::read_dir(dir).map_err(io_error(dir))?;
+    for entry in entries {
+        let entry = entry.map_err(io_error(dir))?;
+        let name = entry.file_name();
+        let Some(generation) = name.to_str().and_then(generation_of) else {
+            continue;
+        };
+        let path = entry.path();
+        let is_empty_first_log = generation == 0
+            && name.to_str() == Some(wal_file_name(0).as_str())
+            && entry.metadata().map_err(io_error(&path))?.len() <= WAL_HEADER_BYTES as u64;
+        if !is_empty_first_log {
+            return Err(StorageError::MissingManifest {
+                path: dir.join(MANIFEST_FILE),
+            });
+        }
+    }
+    write_new_file(&dir.join(wal_file_name(0)), &format::wal_header(0), policy)?;
+    sync_dir(dir, policy)?;
+    write_manifest(dir, 0, policy)
+}
+
+/// Deletes files of generations other than `current` and a leftover manifest temp file.
+fn remove_other_generations(dir: &Path, current: u64) -> Result<(), StorageError> {
+    let entries = fs::read_dir(dir).map_err(io_error(dir))?;
+    for entry in entries {
+        let entry = entry.map_err(io_error(dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let leftover = match generation_of(name) {
+            Some(generation) => generation != current,
+            None => name == MANIFEST_TEMP_FILE,
+        };
+        if leftover {
+            tracing::info!(
+                file = %entry.path().display(),
+                current_generation = current,
+                "deleting a leftover of an interrupted checkpoint"
+            );
+            remove_if_present(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads and verifies a checkpoint file. It was written atomically, so any damage, including
+/// a short file, is corruption.
+fn read_checkpoint(path: &Path, generation: u64) -> Result<Vec<u8>, StorageError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(StorageError::MissingFile {
+                path: path.to_path_buf(),
+                generation,
+            })
+        }
+        Err(source) => {
+            return Err(StorageError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let file_len = file.metadata().map_err(io_error(path))?.len();
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
+    let mut header = [0u8; CHECKPOINT_HEADER_BYTES];
+    let header_len = read_up_to(&mut reader, &mut header).map_err(io_error(path))?;
+    require_magic(
+        path,
+        &header[..header_len.min(MAGIC_BYTES)],
+        CHECKPOINT_MAGIC,
+        "checkpoint",
+    )?;
+    if header_len < CHECKPOINT_HEADER_BYTES {
+        return Err(corrupt(
+            path,
+            header_len as u64,
+            format!("file ends inside the {CHECKPOINT_HEADER_BYTES}-byte checkpoint header"),
+        ));
+    }
+    let length_bytes: [u8; 8] = header[MAGIC_BYTES..MAGIC_BYTES + 8]
+        .try_into()
+        .expect("8 bytes");
+    let length = u64::from_le_bytes(length_bytes);
+    let available = file_len - CHECKPOINT_HEADER_BYTES as u64;
+    if length != available {
+        return Err(corrupt(
+            path,
+            MAGIC_BYTES as u64,
+            format!(
+                "length field says {length} bytes of checkpoint but the file holds {available}"
+            ),
+        ));
+    }
+    let length = usize::try_from(length).map_err(|_| {
+        corrupt(
+            path,
+            MAGIC_BYTES as u64,
+            "checkpoint does not fit in memory",
+        )
+    })?;
+    let mut payload = vec![0u8; length];
+    reader.read_exact(&mut payload).map_err(io_error(path))?;
+    if format::checksum(&[&length_bytes, &payload])[..] != header[MAGIC_BYTES + 8..] {
+        return Err(corrupt(
+            path,
+            CHECKPOINT_HEADER_BYTES as u64,
+            "checkpoint checksum mismatch",
+        ));
+    }
+    Ok(payload)
+}
+
+/// What reading a log found.
+struct ScannedLog {
+    records: Vec<Vec<u8>>,
+    /// End of the last valid record: where the log continues.
+    valid_bytes: u64,
+    truncated_tail_bytes: u64,
+    /// Why the tail was cut (empty if it was not).
+    tail_reason: String,
+}
+
+/// Reads every valid record of a log, and classifies what follows the last one as nothing, a
+/// torn tail (to cut), or corruption (an error).
+fn read_log(path: &Path, generation: u64) -> Result<ScannedLog, StorageError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(StorageError::MissingFile {
+                path: path.to_path_buf(),
+                generation,
+            })
+        }
+        Err(source) => {
+            return Err(StorageError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let file_len = file.metadata().map_err(io_error(path))?.len();
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
+
+    // The header is written and fsynced before the manifest names the log, so it is never torn.
+    let mut header = [0u8; WAL_HEADER_BYTES];
+    let header_len = read_up_to(&mut reader, &mut header).map_err(io_error(path))?;
+    require_magic(
+        path,
+        &header[..header_len.min(MAGIC_BYTES)],
+        WAL_MAGIC,
+        "write-ahead log",
+    )?;
+    if header_len < WAL_HEADER_BYTES {
+        return Err(corrupt(
+            path,
+            header_len as u64,
+            format!("file ends inside the {WAL_HEADER_BYTES}-byte log header"),
+        ));
+    }
+    let header_generation = u64::from_le_bytes(header[MAGIC_BYTES..].try_into().expect("8 bytes"));
+    if header_generation != generation {
+        return Err(corrupt(
+            path,
+            MAGIC_BYTES as u64,
+            format!("log header names generation {header_generation}, but the manifest names {generation}"),
+        ));
+    }
+
+    let mut records = Vec::new();
+    let mut offset = WAL_HEADER_BYTES as u64;
+    let bad_record_reason = loop {
+        let remaining = file_len - offset;
+        if remaining == 0 {
+            break None;
+        }
+        if remaining < RECORD_HEADER_BYTES as u64 {
+            break Some(format!(
+                "file ends inside a record header ({remaining} of {RECORD_HEADER_BYTES} bytes)"
+            ));
+        }
+        let mut record_header = [0u8; RECORD_HEADER_BYTES];
+        reader
+            .read_exact(&mut record_header)
+            .map_err(io_error(path))?;
+        let parsed = match format::parse_record_header(
+            &record_header,
+            remaining - RECORD_HEADER_BYTES as u64,
+        ) {
+            Ok(parsed) => parsed,
+            Err(reason) => break Some(reason),
+        };
+        let mut payload = vec![0u8; parsed.payload_len];
+        reader.read_exact(&mut payload).map_err(io_error(path))?;
+        if !format::record_checksum_matches(&parsed, &payload) {
+            break Some("record checksum mismatch".to_string());
+        }
+        records.push(payload);
+        offset += (RECORD_HEADER_BYTES + parsed.payload_len) as u64;
+    };
+
+    let Some(reason) = bad_record_reason else {
+        return Ok(ScannedLog {
+            records,
+            valid_bytes: offset,
+            truncated_tail_bytes: 0,
+            tail_reason: String::new(),
+        });
+    };
+
+    // A valid record anywhere after the bad one means the log was damaged, not torn.
+    let mut file = reader.into_inner();
+    file.seek(SeekFrom::Start(offset)).map_err(io_error(path))?;
+    let mut rest = Vec::new();
+    file.read_to_end(&mut rest).map_err(io_error(path))?;
+    if let Some(position) = format::find_valid_record(&rest, 1) {
+        return Err(corrupt(
+            path,
+            offset,
+            format!(
+                "{reason}, and a valid record follows at byte {}",
+                offset + position as u64
+            ),
+        ));
+    }
+    Ok(ScannedLog {
+        records,
+        valid_bytes: offset,
+        truncated_tail_bytes: file_len - offset,
+        tail_reason: reason,
+    })
+}
+
+/// Fills `buf` as far as the reader allows; returns how many bytes were read.
+fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_file_names_round_trip_and_others_are_not_generations() {
+        assert_eq!(generation_of(&wal_file_name(7)), Some(7));
+        assert_eq!(
+            generation_of(&checkpoint_file_name(u64::MAX)),
+            Some(u64::MAX)
+        );
+        assert_eq!(generation_of("wal-7.log"), None);
+        assert_eq!(generation_of("wal-0000000000000000000x.log"), None);
+        assert_eq!(generation_of(MANIFEST_FILE), None);
+        assert_eq!(generation_of("LOCK"), None);
+    }
+}
