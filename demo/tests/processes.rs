@@ -644,3 +644,41 @@ async fn keygen_writes_a_loadable_config_and_refuses_to_overwrite_it_without_for
     })
     .await;
 }
+
+/// A replica that dies before it is ready is reported with its exit status and its log, and
+/// the cluster's directory is still removed.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_cluster_reports_a_replica_that_exits_before_ready_with_its_log() {
+    within(async {
+        // `sh replica --config ...` fails at once: there is no script called "replica".
+        let result = tokio::task::block_in_place(|| {
+            LocalCluster::start(
+                Path::new("/bin/sh"),
+                &KeygenOptions::new(Mode::Cft, 3),
+                ServiceKind::Counter,
+                READY_TIMEOUT,
+                false,
+            )
+        });
+        let error = match result {
+            Ok(_) => panic!("a cluster of shells must not start"),
+            Err(e) => e,
+        };
+        let message = error.to_string();
+        assert!(
+            matches!(error, smr_demo::local::LocalClusterError::Exited { .. }),
+            "{message}"
+        );
+        assert!(message.contains("before it was ready"), "{message}");
+        assert!(message.contains("replica-0.log"), "{message}");
+        assert!(message.contains("replica"), "{message}");
+        let dir = message
+            .split("its log is ")
+            .nth(1)
+            .and_then(|rest| rest.split("/replica-").next())
+            .unwrap();
+        assert!(!Path::new(dir).exists(), "{dir} was not removed");
+    })
+    .await;
+}
