@@ -28,6 +28,8 @@ pub struct KeygenOptions {
     pub clients_any: bool,
     /// Replace an existing `cluster.toml`.
     pub force: bool,
+    /// The replicas' addresses, in id order; `None` picks free ports on 127.0.0.1.
+    pub addresses: Option<Vec<SocketAddr>>,
 }
 
 impl KeygenOptions {
@@ -39,6 +41,7 @@ impl KeygenOptions {
             clients: 1,
             clients_any: false,
             force: false,
+            addresses: None,
         }
     }
 }
@@ -80,6 +83,10 @@ pub enum KeygenError {
     },
     #[error("--clients must be at least 1")]
     NoClients,
+    #[error("--addresses lists {given} addresses for --replicas {replicas}; give one per replica")]
+    AddressCount { given: usize, replicas: usize },
+    #[error("--addresses lists {0} twice; give each replica its own address")]
+    DuplicateAddress(SocketAddr),
     #[error("cannot find free UDP ports on 127.0.0.1: {0}")]
     Ports(std::io::Error),
     #[error(transparent)]
@@ -129,6 +136,18 @@ pub fn generate(dir: &Path, options: &KeygenOptions) -> Result<Generated, Keygen
     if options.clients == 0 {
         return Err(KeygenError::NoClients);
     }
+    if let Some(addresses) = &options.addresses {
+        if addresses.len() != options.replicas {
+            return Err(KeygenError::AddressCount {
+                given: addresses.len(),
+                replicas: options.replicas,
+            });
+        }
+        let mut seen = BTreeSet::new();
+        if let Some(dup) = addresses.iter().find(|a| !seen.insert(**a)) {
+            return Err(KeygenError::DuplicateAddress(*dup));
+        }
+    }
     let f = options
         .f
         .unwrap_or_else(|| max_f(options.mode, options.replicas));
@@ -146,7 +165,10 @@ pub fn generate(dir: &Path, options: &KeygenOptions) -> Result<Generated, Keygen
     if config_path.exists() && !options.force {
         return Err(KeygenError::ConfigExists(config_path));
     }
-    let addresses = free_udp_ports(options.replicas).map_err(KeygenError::Ports)?;
+    let addresses = match &options.addresses {
+        Some(addresses) => addresses.clone(),
+        None => free_udp_ports(options.replicas).map_err(KeygenError::Ports)?,
+    };
     let mut replicas = Vec::with_capacity(options.replicas);
     for (i, address) in addresses.into_iter().enumerate() {
         let key = IdentityKey::generate();
@@ -182,8 +204,8 @@ pub fn generate(dir: &Path, options: &KeygenOptions) -> Result<Generated, Keygen
     };
     let text = format!(
         "# Written by `smr keygen`. Replica i runs with `smr replica --config {CONFIG_FILE} --id i`;\n\
-         # key_file paths are relative to this file. To run on several machines, change each\n\
-         # address to the machine's ip:port and copy replica-<i>.key only to machine i.\n{}",
+         # key_file paths are relative to this file. On several machines, every machine gets this\n\
+         # file, machine i gets replica-<i>.key, and clients get a client key.\n{}",
         config.to_toml()
     );
     std::fs::write(&config_path, text).map_err(|source| KeygenError::Write {
@@ -261,6 +283,36 @@ mod tests {
         let e = generate(dir.path(), &options).unwrap_err().to_string();
         assert!(e.contains("--replicas 4") && e.contains("bft"), "{e}");
         assert!(!dir.path().join(CONFIG_FILE).exists());
+    }
+
+    #[test]
+    fn given_addresses_are_used_in_id_order_and_must_match_the_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let addresses: Vec<SocketAddr> = ["10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7001"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let mut options = KeygenOptions::new(Mode::Cft, 3);
+        options.addresses = Some(addresses.clone());
+        let generated = generate(dir.path(), &options).unwrap();
+        let got: Vec<SocketAddr> = generated
+            .config
+            .replicas
+            .iter()
+            .map(|r| r.address)
+            .collect();
+        assert_eq!(got, addresses);
+
+        options.addresses = Some(addresses[..2].to_vec());
+        options.force = true;
+        let e = generate(dir.path(), &options).unwrap_err().to_string();
+        assert!(
+            e.contains("2 addresses") && e.contains("--replicas 3"),
+            "{e}"
+        );
+        options.addresses = Some(vec![addresses[0]; 3]);
+        let e = generate(dir.path(), &options).unwrap_err().to_string();
+        assert!(e.contains("twice"), "{e}");
     }
 
     #[test]

@@ -13,9 +13,11 @@ use smr_modes::Mode;
 
 mod cmd;
 
-/// State machine replication, BFT or CFT, modeled on BFT-SMaRt.
+/// Byzantine- or crash-fault-tolerant state machine replication, modeled on BFT-SMaRt.
+///
+/// Try `smr cluster` first: it runs a whole local cluster and a demo workload in one command.
 #[derive(Parser, Debug)]
-#[command(name = "smr", version, about, long_about = None)]
+#[command(name = "smr", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,11 +25,14 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Write replica keys, one client key and a cluster.toml (replicas on free 127.0.0.1 ports).
+    /// Write replica keys, a client key and a cluster.toml (by default for replicas on 127.0.0.1).
     Keygen(KeygenArgs),
     /// Run one replica until SIGINT or SIGTERM.
     Replica(ReplicaArgs),
     /// Run one operation on the cluster and print its result.
+    #[command(
+        after_help = "Exit status: 0 on success, 1 if `kv get` finds no value, 2 on errors (such as no reply quorum in time)."
+    )]
     Client(ClientArgs),
     /// Print each replica's mode, regency, leader, last decided cid and state digest.
     Status(StatusArgs),
@@ -58,6 +63,10 @@ struct KeygenArgs {
     /// Overwrite an existing cluster.toml (and the keys).
     #[arg(long)]
     force: bool,
+    /// The replicas' ip:port addresses in id order, comma-separated, for running on several
+    /// machines [default: free ports on 127.0.0.1].
+    #[arg(long, value_delimiter = ',')]
+    addresses: Option<Vec<std::net::SocketAddr>>,
 }
 
 #[derive(clap::Args, Debug)]

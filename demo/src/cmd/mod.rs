@@ -30,6 +30,7 @@ pub fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
         clients: args.clients,
         clients_any: args.clients_any,
         force: args.force,
+        addresses: args.addresses,
     };
     let generated = keygen::generate(&args.out, &options)?;
     let config = &generated.config;
