@@ -1,1 +1,24 @@
-//! placeholder
+//! smr-demo: the `smr` command and what it is built from.
+//!
+//! The binary (`src/main.rs`) has one subcommand per job:
+//! - `smr keygen` writes replica and client keys and a `cluster.toml` for replicas on free
+//!   127.0.0.1 ports ([`keygen`]);
+//! - `smr replica` runs one replica of a demo service over QUIC until SIGINT or SIGTERM;
+//! - `smr client` runs one counter or key-value operation and prints the result;
+//! - `smr status` asks every replica for its regency, leader, last decided cid and state digest
+//!   ([`status`]);
+//! - `smr cluster` is the one-command demo: it starts replicas as child processes in a temporary
+//!   directory ([`local`]), runs a short concurrent workload, shows that every replica ends with
+//!   the same state digest, and cleans up.
+//!
+//! The library part holds what the binary and the process-level tests share: the demo services
+//! ([`services`]: a counter and a key-value map, deterministic and with a compact binary
+//! encoding), key and config generation, status formatting, and the child-process cluster with
+//! its kill-on-drop guards.
+
+pub mod keygen;
+pub mod local;
+pub mod services;
+pub mod status;
+
+pub use services::{Counter, CounterOp, CounterReply, KeyValue, KvOp, KvReply, ServiceKind};

@@ -1,1 +1,211 @@
-fn main() {}
+//! `smr`: generate keys, run replicas and clients, check status, and run a local demo cluster.
+//!
+//! Exit codes: 0 on success; 1 when `smr client kv get` finds no value for the key; 2 on any
+//! error (bad arguments, unreadable config or key, no reply quorum in time).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use smr_core::ReplicaId;
+use smr_demo::ServiceKind;
+use smr_modes::Mode;
+
+mod cmd;
+
+/// Byzantine- or crash-fault-tolerant state machine replication, modeled on BFT-SMaRt.
+///
+/// Try `smr cluster` first: it runs a whole local cluster and a demo workload in one command.
+#[derive(Parser, Debug)]
+#[command(name = "smr", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write replica keys, a client key and a cluster.toml (by default for replicas on 127.0.0.1).
+    Keygen(KeygenArgs),
+    /// Run one replica until SIGINT or SIGTERM.
+    Replica(ReplicaArgs),
+    /// Run one operation on the cluster and print its result.
+    #[command(
+        after_help = "Exit status: 0 on success, 1 if `kv get` finds no value, 2 on errors (such as no reply quorum in time)."
+    )]
+    Client(ClientArgs),
+    /// Print each replica's mode, regency, leader, last decided cid and state digest.
+    Status(StatusArgs),
+    /// Start a local cluster as child processes, run a demo workload, show equal digests.
+    Cluster(ClusterArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct KeygenArgs {
+    /// Number of replicas.
+    #[arg(long)]
+    replicas: usize,
+    /// Fault model: bft (n >= 3f+1) or cft (n >= 2f+1).
+    #[arg(long)]
+    mode: Mode,
+    /// Directory to write into (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    /// Faults tolerated [default: the most the replica count allows].
+    #[arg(long)]
+    f: Option<usize>,
+    /// Admit any client key (clients = "any") instead of only the generated one.
+    #[arg(long)]
+    clients_any: bool,
+    /// Number of client keys to write: client.key, then client-1.key, ...
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Overwrite an existing cluster.toml (and the keys).
+    #[arg(long)]
+    force: bool,
+    /// The replicas' ip:port addresses in id order, comma-separated, for running on several
+    /// machines [default: free ports on 127.0.0.1].
+    #[arg(long, value_delimiter = ',')]
+    addresses: Option<Vec<std::net::SocketAddr>>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ReplicaArgs {
+    /// The cluster config (written by `smr keygen`).
+    #[arg(long)]
+    config: PathBuf,
+    /// This replica's id in the config.
+    #[arg(long)]
+    id: ReplicaId,
+    /// The replicated service.
+    #[arg(long, value_enum)]
+    service: ServiceKind,
+    /// Secret key file [default: the config's key_file for this id].
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Shut down when stdin reaches end-of-file (used by `smr cluster` so that its children
+    /// never outlive it).
+    #[arg(long, hide = true)]
+    exit_on_stdin_eof: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct ClientArgs {
+    /// The cluster config.
+    #[arg(long)]
+    config: PathBuf,
+    /// Client secret key file [default: client.key next to the config].
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// How long to wait for a reply quorum.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    service: ClientService,
+}
+
+#[derive(Subcommand, Debug)]
+enum ClientService {
+    /// Operations on a cluster running `--service counter`.
+    #[command(subcommand)]
+    Counter(CounterCommand),
+    /// Operations on a cluster running `--service kv`.
+    #[command(subcommand)]
+    Kv(KvCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CounterCommand {
+    /// Add to the counter and print the new value.
+    Add {
+        #[arg(allow_negative_numbers = true)]
+        amount: i64,
+    },
+    /// Print the counter's value.
+    Get,
+}
+
+#[derive(Subcommand, Debug)]
+enum KvCommand {
+    /// Set KEY to VALUE and print the previous value (nothing if there was none).
+    Put { key: String, value: String },
+    /// Print KEY's value; exit 1 if it is not set.
+    Get { key: String },
+}
+
+#[derive(clap::Args, Debug)]
+struct StatusArgs {
+    /// The cluster config.
+    #[arg(long)]
+    config: PathBuf,
+    /// Client secret key file [default: client.key next to the config].
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// How long to wait for each replica's answer.
+    #[arg(long, default_value_t = 2_000)]
+    timeout_ms: u64,
+}
+
+#[derive(clap::Args, Debug)]
+struct ClusterArgs {
+    /// Fault model: bft (4 replicas, f=1) or cft (3 replicas, f=1).
+    #[arg(long, default_value = "bft")]
+    mode: Mode,
+    /// The replicated service.
+    #[arg(long, value_enum, default_value_t = ServiceKind::Counter)]
+    service: ServiceKind,
+    /// After the workload, keep the cluster up until Ctrl-C and print how to reach it.
+    #[arg(long)]
+    keep_running: bool,
+}
+
+fn init_logging(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keygen(args) => {
+            init_logging("warn");
+            cmd::keygen(args)
+        }
+        Command::Replica(args) => {
+            init_logging("info");
+            runtime().and_then(|rt| rt.block_on(cmd::replica(args)))
+        }
+        // The client commands explain failures themselves; transport warnings (such as every
+        // reconnect to a replica that is down) would bury the answer.
+        Command::Client(args) => {
+            init_logging("error");
+            runtime().and_then(|rt| rt.block_on(cmd::client(args)))
+        }
+        Command::Status(args) => {
+            init_logging("error");
+            runtime().and_then(|rt| rt.block_on(cmd::status(args)))
+        }
+        Command::Cluster(args) => {
+            init_logging("warn");
+            runtime().and_then(|rt| rt.block_on(cmd::cluster(args)))
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

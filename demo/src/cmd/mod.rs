@@ -1,0 +1,336 @@
+//! The subcommands. Each returns the process exit code, or an error that `main` prints.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use smr_core::cluster::ClusterConfig;
+use smr_core::driver::InvokeError;
+use smr_crypto::{IdentityKey, PublicKey};
+use smr_demo::keygen::{self, KeygenOptions, CLIENT_KEY_FILE};
+use smr_demo::{status as replica_status, CounterOp, CounterReply, KvOp, KvReply};
+use smr_transport::{Client, Replica};
+
+use crate::{
+    ClientArgs, ClientService, CounterCommand, KeygenArgs, KvCommand, ReplicaArgs, StatusArgs,
+};
+
+mod cluster;
+pub use cluster::cluster;
+
+/// How long a command waits for its client connections to close before exiting anyway.
+const CLIENT_CLOSE_GRACE: Duration = Duration::from_millis(500);
+
+pub fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
+    let options = KeygenOptions {
+        mode: args.mode,
+        replicas: args.replicas,
+        f: args.f,
+        clients: args.clients,
+        clients_any: args.clients_any,
+        force: args.force,
+        addresses: args.addresses,
+    };
+    let generated = keygen::generate(&args.out, &options)?;
+    let config = &generated.config;
+    println!(
+        "wrote {} ({}, n={}, f={}) with {} replica keys and {} client key{} in {}",
+        generated.config_path.display(),
+        config.mode(),
+        config.quorums.n(),
+        config.quorums.f(),
+        config.replicas.len(),
+        generated.client_keys.len(),
+        if generated.client_keys.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
+        args.out.display()
+    );
+    for r in &config.replicas {
+        println!(
+            "  replica {}  {}  {}",
+            r.id,
+            r.address,
+            r.public_key.to_hex()
+        );
+    }
+    println!(
+        "start replica i with: smr replica --config {} --id i --service counter",
+        generated.config_path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_config(path: &Path) -> anyhow::Result<ClusterConfig> {
+    Ok(ClusterConfig::load(path)?)
+}
+
+/// Resolves once the process is asked to stop: SIGINT, SIGTERM, or (if `stdin_eof`) the end of
+/// stdin. Returns what happened, for the log.
+pub async fn stop_requested(stdin_eof: bool) -> &'static str {
+    let eof = async {
+        if !stdin_eof {
+            return std::future::pending().await;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut stdin = std::io::stdin();
+            let mut buf = [0u8; 256];
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+            }
+            let _ = tx.send(());
+        });
+        let _ = rx.await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = terminate => "SIGTERM",
+        _ = eof => "stdin closed",
+    }
+}
+
+pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(&args.config)?;
+    let id = args.id;
+    let entry = config.replicas.get(id as usize).ok_or_else(|| {
+        anyhow!(
+            "replica {id} is not in {}; its ids are 0..{}",
+            args.config.display(),
+            config.replicas.len()
+        )
+    })?;
+    let key_path = args
+        .key
+        .clone()
+        .or_else(|| entry.key_file.clone())
+        .ok_or_else(|| {
+            anyhow!(
+                "no --key given, and {} names no key_file for replica {id}",
+                args.config.display()
+            )
+        })?;
+    let key = IdentityKey::load(&key_path)?;
+    if key.public_key() != entry.public_key {
+        bail!(
+            "key mismatch: {} holds public key {}, but {} lists {} for replica {id}; \
+             pass replica {id}'s key file with --key, or check --id",
+            key_path.display(),
+            key.public_key().to_hex(),
+            args.config.display(),
+            entry.public_key.to_hex()
+        );
+    }
+    let address = entry.address;
+    let replica = Replica::start(&config, id, key, args.service.create())
+        .await
+        .with_context(|| format!("replica {id} cannot start on {address}"))?;
+    println!(
+        "replica {id} listening on {address} ({}, n={}, f={}, service {})",
+        config.mode(),
+        config.quorums.n(),
+        config.quorums.f(),
+        args.service
+    );
+    let why = stop_requested(args.exit_on_stdin_eof).await;
+    let status = replica.status();
+    tracing::info!(
+        replica = id,
+        reason = why,
+        last_decided = status.last_decided,
+        "shutting down"
+    );
+    replica.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn client_key_path(config: &Path, key: Option<PathBuf>) -> PathBuf {
+    key.unwrap_or_else(|| {
+        config
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join(CLIENT_KEY_FILE)
+    })
+}
+
+async fn connect(
+    config_path: &Path,
+    key: Option<PathBuf>,
+) -> anyhow::Result<(ClusterConfig, Client, PublicKey)> {
+    let config = load_config(config_path)?;
+    let key_path = client_key_path(config_path, key);
+    let key = IdentityKey::load(&key_path).with_context(|| {
+        format!("no usable client key; pass --key, or run `smr keygen`, which writes {CLIENT_KEY_FILE} next to the config")
+    })?;
+    let public_key = key.public_key();
+    let client = Client::connect(&config, key)
+        .await
+        .context("cannot start the client")?;
+    Ok((config, client, public_key))
+}
+
+async fn close(client: Client) {
+    let _ = tokio::time::timeout(CLIENT_CLOSE_GRACE, client.shutdown()).await;
+}
+
+/// Why no reply came, as far as the transport can tell.
+fn diagnose(client: &Client, client_key: &PublicKey, config_path: &Path) -> String {
+    let stats = client.transport_stats();
+    if stats.connections_refused_by_peer > 0 && stats.frames_received == 0 {
+        format!(
+            "the replicas refused this client's key {}: it is not listed in `clients` in {}. \
+             Use a listed key (--key), or add it there and restart the replicas",
+            client_key.to_hex(),
+            config_path.display()
+        )
+    } else if stats.connections_outgoing == 0 {
+        format!(
+            "no replica could be reached; check that they run and that the addresses in {} \
+             are right",
+            config_path.display()
+        )
+    } else {
+        format!(
+            "too few replicas answered; check them with `smr status --config {}`",
+            config_path.display()
+        )
+    }
+}
+
+fn invoke_error(
+    e: InvokeError,
+    client: &Client,
+    client_key: &PublicKey,
+    config_path: &Path,
+) -> anyhow::Error {
+    match e {
+        InvokeError::TimedOut(timeout) => anyhow!(
+            "no reply quorum within {} ms (the request may still execute): {}",
+            timeout.as_millis(),
+            diagnose(client, client_key, config_path)
+        ),
+        other => anyhow!(other),
+    }
+}
+
+pub async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
+    let (_config, client, key) = connect(&args.config, args.key).await?;
+    let client = client.with_timeout(Duration::from_millis(args.timeout_ms));
+    let result = run_client_op(&client, args.service)
+        .await
+        .map_err(|e| match e {
+            OpError::Invoke(e) => invoke_error(e, &client, &key, &args.config),
+            OpError::Other(e) => e,
+        });
+    close(client).await;
+    result
+}
+
+enum OpError {
+    Invoke(InvokeError),
+    Other(anyhow::Error),
+}
+
+impl From<InvokeError> for OpError {
+    fn from(e: InvokeError) -> Self {
+        OpError::Invoke(e)
+    }
+}
+
+async fn run_client_op(client: &Client, op: ClientService) -> Result<ExitCode, OpError> {
+    match op {
+        ClientService::Counter(command) => {
+            let op = match command {
+                CounterCommand::Add { amount } => CounterOp::Add(amount),
+                CounterCommand::Get => CounterOp::Get,
+            };
+            let reply = client.invoke(op.encode()).await?;
+            match CounterReply::decode(&reply) {
+                Ok(CounterReply::Value(v)) => {
+                    println!("{v}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(CounterReply::Error(message)) => Err(OpError::Other(anyhow!(
+                    "the counter refused the operation: {message}"
+                ))),
+                Err(_) => Err(OpError::Other(anyhow!(
+                    "the reply is not a counter reply; does the cluster run --service counter?"
+                ))),
+            }
+        }
+        ClientService::Kv(command) => {
+            let (op, key) = match command {
+                KvCommand::Put { key, value } => (
+                    KvOp::Put {
+                        key: key.clone().into_bytes(),
+                        value: value.into_bytes(),
+                    },
+                    key,
+                ),
+                KvCommand::Get { key } => (
+                    KvOp::Get {
+                        key: key.clone().into_bytes(),
+                    },
+                    key,
+                ),
+            };
+            let reply = client.invoke(op.encode()).await?;
+            match KvReply::decode(&reply) {
+                Ok(KvReply::Previous(Some(previous))) => {
+                    println!("{}", String::from_utf8_lossy(&previous));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(KvReply::Previous(None)) => {
+                    eprintln!("(no previous value for {key:?})");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(KvReply::Value(Some(value))) => {
+                    println!("{}", String::from_utf8_lossy(&value));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(KvReply::Value(None)) => {
+                    eprintln!("not found: {key:?}");
+                    Ok(ExitCode::from(1))
+                }
+                Ok(KvReply::Error(message)) => Err(OpError::Other(anyhow!(
+                    "the kv service refused the operation: {message}"
+                ))),
+                Err(_) => Err(OpError::Other(anyhow!(
+                    "the reply is not a kv reply; does the cluster run --service kv?"
+                ))),
+            }
+        }
+    }
+}
+
+pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let (config, client, key) = connect(&args.config, args.key).await?;
+    let ids = config.replicas.iter().map(|r| r.id);
+    let answers = replica_status::query(&client, ids, Duration::from_millis(args.timeout_ms)).await;
+    for answer in &answers {
+        println!("{}", replica_status::format_line(answer));
+    }
+    println!("{}", replica_status::summary(&answers));
+    if answers.iter().all(|a| a.report.is_none()) {
+        eprintln!("{}", diagnose(&client, &key, &args.config));
+    }
+    close(client).await;
+    Ok(ExitCode::SUCCESS)
+}

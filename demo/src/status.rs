@@ -1,0 +1,175 @@
+//! Asking replicas how they are, and printing the answers (`smr status`, `smr cluster`).
+
+use std::time::Duration;
+
+use smr_core::message::StatusReport;
+use smr_core::ReplicaId;
+use smr_transport::Client;
+
+/// Hex characters of the state digest shown per replica.
+pub const DIGEST_HEX_CHARS: usize = 16;
+
+/// One replica's answer, or `None` if it did not answer in time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaAnswer {
+    pub id: ReplicaId,
+    pub report: Option<StatusReport>,
+}
+
+/// Asks every replica in `ids` at once and waits at most `timeout` for each.
+pub async fn query(
+    client: &Client,
+    ids: impl IntoIterator<Item = ReplicaId>,
+    timeout: Duration,
+) -> Vec<ReplicaAnswer> {
+    let tasks: Vec<_> = ids
+        .into_iter()
+        .map(|id| {
+            let client = client.clone();
+            (
+                id,
+                tokio::spawn(async move { client.status(id, timeout).await }),
+            )
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(tasks.len());
+    for (id, task) in tasks {
+        answers.push(ReplicaAnswer {
+            id,
+            report: task.await.ok().flatten(),
+        });
+    }
+    answers
+}
+
+/// The line `smr status` prints for one replica.
+pub fn format_line(answer: &ReplicaAnswer) -> String {
+    match &answer.report {
+        None => format!("replica {}  unreachable", answer.id),
+        Some(r) => format!(
+            "replica {}  up  {}  regency {}  leader {}  decided {}  checkpoint {}  digest {}  pending {}  rejected {}",
+            answer.id,
+            r.mode,
+            r.regency,
+            r.leader,
+            r.last_decided,
+            r.last_checkpoint,
+            short_digest(r),
+            r.pending_requests,
+            r.rejected_messages
+        ),
+    }
+}
+
+pub fn short_digest(report: &StatusReport) -> String {
+    report.state_digest.to_hex()[..DIGEST_HEX_CHARS].to_string()
+}
+
+/// True if every replica that answered has decided the same cid and has the same state digest
+/// (and at least one answered).
+pub fn reachable_agree(answers: &[ReplicaAnswer]) -> bool {
+    let mut reports = answers.iter().filter_map(|a| a.report.as_ref());
+    let Some(first) = reports.next() else {
+        return false;
+    };
+    reports.all(|r| r.last_decided == first.last_decided && r.state_digest == first.state_digest)
+}
+
+/// The summary line under the table.
+pub fn summary(answers: &[ReplicaAnswer]) -> String {
+    let reports: Vec<&StatusReport> = answers.iter().filter_map(|a| a.report.as_ref()).collect();
+    let up = reports.len();
+    let total = answers.len();
+    if up == 0 {
+        return format!("0 of {total} replicas reachable; is the cluster running, and is the client key admitted?");
+    }
+    let min = reports.iter().map(|r| r.last_decided).min().unwrap_or(0);
+    let max = reports.iter().map(|r| r.last_decided).max().unwrap_or(0);
+    let agreement = if reachable_agree(answers) {
+        format!(
+            "all reachable replicas decided {max} with digest {} (equal digests)",
+            short_digest(reports[0])
+        )
+    } else if min == max {
+        format!("all reachable replicas decided {max} but their DIGESTS DIFFER")
+    } else {
+        format!("reachable replicas decided {min}..{max} (some are catching up)")
+    };
+    format!("{up} of {total} replicas reachable; {agreement}")
+}
+
+/// Polls the replicas in `ids` until all answer and agree (same last decided cid and digest),
+/// or `timeout` passes. Returns the last answers either way, and whether they agree.
+pub async fn wait_until_agree(
+    client: &Client,
+    ids: &[ReplicaId],
+    timeout: Duration,
+) -> (Vec<ReplicaAnswer>, bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let answers = query(client, ids.iter().copied(), Duration::from_millis(1000)).await;
+        let agree =
+            answers.iter().all(|a| a.report.is_some()) && reachable_agree(answers.as_slice());
+        if agree || tokio::time::Instant::now() >= deadline {
+            return (answers, agree);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smr_crypto::Digest;
+
+    fn report(replica: ReplicaId, last_decided: u64, digest: u8) -> StatusReport {
+        StatusReport {
+            replica,
+            mode: "bft".into(),
+            regency: 0,
+            leader: 0,
+            last_decided,
+            last_checkpoint: 0,
+            state_digest: Digest([digest; 32]),
+            pending_requests: 0,
+            rejected_messages: 0,
+        }
+    }
+
+    #[test]
+    fn status_lines_show_every_field_and_unreachable_replicas() {
+        let up = ReplicaAnswer {
+            id: 0,
+            report: Some(report(0, 42, 0x1a)),
+        };
+        assert_eq!(
+            format_line(&up),
+            "replica 0  up  bft  regency 0  leader 0  decided 42  checkpoint 0  digest 1a1a1a1a1a1a1a1a  pending 0  rejected 0"
+        );
+        let down = ReplicaAnswer {
+            id: 3,
+            report: None,
+        };
+        assert_eq!(format_line(&down), "replica 3  unreachable");
+    }
+
+    #[test]
+    fn summary_reports_agreement_divergence_and_lag() {
+        let a = |id, decided, digest| ReplicaAnswer {
+            id,
+            report: Some(report(id, decided, digest)),
+        };
+        let down = |id| ReplicaAnswer { id, report: None };
+        let same = [a(0, 7, 1), a(1, 7, 1), down(2)];
+        assert!(reachable_agree(&same));
+        assert!(summary(&same).contains("2 of 3 replicas reachable"));
+        assert!(summary(&same).contains("equal digests"));
+        let differ = [a(0, 7, 1), a(1, 7, 2)];
+        assert!(!reachable_agree(&differ));
+        assert!(summary(&differ).contains("DIFFER"));
+        let lag = [a(0, 7, 1), a(1, 5, 2)];
+        assert!(summary(&lag).contains("5..7"));
+        assert!(!reachable_agree(&[down(0)]));
+        assert!(summary(&[down(0)]).contains("0 of 1"));
+    }
+}
