@@ -1082,7 +1082,7 @@ impl Engine {
             while self.log.len() > self.cfg.limits.max_log_entries {
                 self.log.pop_first();
             }
-            if cid % self.cfg.limits.checkpoint_period == 0 {
+            if cid.is_multiple_of(self.cfg.limits.checkpoint_period) {
                 self.checkpoint_barrier = Some(cid);
             }
             progressed = true;
@@ -1172,7 +1172,7 @@ impl Engine {
             + 4 * self.cfg.limits.checkpoint_period;
         if cid <= self.last_checkpoint()
             || cid > horizon
-            || cid % self.cfg.limits.checkpoint_period != 0
+            || !cid.is_multiple_of(self.cfg.limits.checkpoint_period)
         {
             return;
         }

@@ -754,37 +754,3 @@ proptest! {
         }
     }
 }
-
-/// Prints append+sync timings for 10,000 records of 200 bytes under each policy. Not a
-/// benchmark gate (it asserts nothing about time); run it with
-/// `cargo test -p smr-core --release --lib storage::tests::measure -- --ignored --nocapture`.
-#[test]
-#[ignore = "measurement, run by hand"]
-fn measure_append_and_sync_of_10000_records_of_200_bytes() {
-    let record = [0xA5u8; 200];
-    for policy in POLICIES {
-        for sync_every in [1usize, 100] {
-            // SMR_STORAGE_BENCH_DIR picks the filesystem to measure; the default is the temp dir.
-            let dir = match std::env::var_os("SMR_STORAGE_BENCH_DIR") {
-                Some(base) => tempfile::tempdir_in(base).unwrap(),
-                None => tempfile::tempdir().unwrap(),
-            };
-            let (mut wal, _) = Wal::open(dir.path(), policy).unwrap();
-            let start = std::time::Instant::now();
-            for i in 1..=10_000 {
-                wal.append(&record).unwrap();
-                if i % sync_every == 0 {
-                    wal.sync().unwrap();
-                }
-            }
-            wal.sync().unwrap();
-            let elapsed = start.elapsed();
-            println!(
-                "policy={policy:<6} sync every {sync_every:>3} record(s): {:>9.1} ms total, {:>7.2} us/record, {} log bytes",
-                elapsed.as_secs_f64() * 1e3,
-                elapsed.as_secs_f64() * 1e6 / 10_000.0,
-                wal.log_bytes()
-            );
-        }
-    }
-}
