@@ -27,7 +27,7 @@ pub struct CheckpointData {
 }
 
 /// A checkpoint as the engine keeps it: the encoded data and its digest.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub cid: Cid,
     pub digest: Digest,

@@ -29,6 +29,7 @@ use smr_modes::{Mode, Quorums};
 
 use crate::config::{ClientPolicy, EngineConfig, Limits, Timeouts};
 use crate::message::ReplicaId;
+use crate::storage::FsyncPolicy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -67,6 +68,8 @@ pub struct ClusterConfig {
     pub clients: ClientPolicy,
     pub limits: Limits,
     pub timeouts: Timeouts,
+    /// When a replica's write-ahead log reaches the disk (with `--data-dir`).
+    pub fsync: FsyncPolicy,
     /// Where the file was read from, for resolving relative paths.
     pub directory: PathBuf,
 }
@@ -77,6 +80,7 @@ struct RawConfig {
     mode: Option<String>,
     f: Option<i64>,
     clients: Option<toml::Value>,
+    fsync: Option<String>,
     #[serde(default)]
     replicas: Vec<RawReplica>,
     #[serde(default)]
@@ -372,12 +376,17 @@ impl ClusterConfig {
                 "must be at least timeouts.retransmit_initial_ms",
             ));
         }
+        let fsync = match raw.fsync.as_deref() {
+            None => FsyncPolicy::default(),
+            Some(v) => v.parse().map_err(|e| invalid("fsync", format!("{e}")))?,
+        };
         Ok(ClusterConfig {
             quorums,
             replicas,
             clients,
             limits,
             timeouts,
+            fsync,
             directory: directory.to_path_buf(),
         })
     }
@@ -418,6 +427,10 @@ impl ClusterConfig {
             "mode = \"{}\"\nf = {}\n",
             self.mode(),
             self.quorums.f()
+        ));
+        out.push_str(&format!(
+            "# \"always\" survives power loss; \"never\" survives only process crashes\nfsync = \"{}\"\n",
+            self.fsync
         ));
         match &self.clients {
             ClientPolicy::Any => out.push_str("clients = \"any\"\n"),

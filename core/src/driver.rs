@@ -26,10 +26,11 @@ use tokio::time::Instant;
 
 use crate::client::{ClientAction, ClientConfig, ClientEngine, ClientError};
 use crate::codec;
-use crate::engine::{Action, Engine, ExecuteItem, TimerKind};
+use crate::engine::{Action, Engine, ExecuteItem, PersistRecord, TimerKind};
 use crate::message::{Cid, Message, Regency, ReplicaId, RequestId, RequestKind, StatusReport};
 use crate::network::{InboundFrame, Network, Peer};
 use crate::service::Service;
+use crate::storage::{Recovered, Wal};
 use crate::verify::{InboundVerifier, Verified};
 use crate::EngineConfig;
 
@@ -103,6 +104,31 @@ impl ReplicaHandle {
 
 /// Starts a replica over `network`. The engine, the verify workers and the service thread run
 /// until [`ReplicaHandle::shutdown`].
+/// Why a replica could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the data directory holds a record that does not decode ({0}); it was written by an incompatible version or is damaged. Move the directory aside to rejoin through state transfer")]
+    UndecodableRecord(String),
+    #[error("cannot rebuild the replica from its data directory: {0}")]
+    Recovery(String),
+}
+
+/// Decodes what a store recovered into the engine's records.
+fn decode_recovered(recovered: Recovered) -> Result<Vec<PersistRecord>, StartError> {
+    let mut records = Vec::with_capacity(recovered.records.len() + 1);
+    for bytes in recovered.checkpoint.iter().chain(recovered.records.iter()) {
+        records.push(
+            codec::decode::<PersistRecord>(bytes)
+                .map_err(|e| StartError::UndecodableRecord(e.to_string()))?,
+        );
+    }
+    Ok(records)
+}
+
+/// Starts a replica over `network`. With `storage` (a write-ahead log and what it recovered),
+/// the replica is rebuilt from it and persists every promise before sending it; without, it
+/// runs in memory. The engine, the verify workers and the service thread run until
+/// [`ReplicaHandle::shutdown`].
 pub fn start_replica<N: Network>(
     config: EngineConfig,
     signer: Arc<dyn Signer>,
@@ -110,7 +136,8 @@ pub fn start_replica<N: Network>(
     network: Arc<N>,
     service: Box<dyn Service>,
     options: DriverOptions,
-) -> ReplicaHandle {
+    storage: Option<(Wal, Recovered)>,
+) -> Result<ReplicaHandle, StartError> {
     let verifier = InboundVerifier {
         quorums: config.quorums,
         replica_keys: Arc::new(config.replica_keys.clone()),
@@ -120,8 +147,22 @@ pub fn start_replica<N: Network>(
     };
     let me = config.me;
     let mode = config.quorums.mode().to_string();
-    let engine = Engine::new(config, signer);
-    tracing::info!(replica = me, mode = %mode, "replica starting; no data dir, state is kept in memory only");
+    let (engine, initial_actions, wal) = match storage {
+        None => {
+            tracing::info!(replica = me, mode = %mode, "replica starting without a data dir: state is kept in memory only and is lost on restart");
+            (Engine::new(config, signer), Vec::new(), None)
+        }
+        Some((wal, recovered)) => {
+            if recovered.truncated_tail_bytes > 0 {
+                tracing::warn!(replica = me, bytes = recovered.truncated_tail_bytes, dir = %wal.dir().display(), "cut a torn tail off the write-ahead log");
+            }
+            let records = decode_recovered(recovered)?;
+            tracing::info!(replica = me, mode = %mode, records = records.len(), dir = %wal.dir().display(), policy = %wal.policy(), "replica starting from its data dir");
+            let (engine, actions) =
+                Engine::recover(config, signer, records).map_err(StartError::Recovery)?;
+            (engine, actions, Some(wal))
+        }
+    };
 
     let rejected = Arc::new(AtomicU64::new(0));
     let decode_errors = Arc::new(AtomicU64::new(0));
@@ -196,6 +237,9 @@ pub fn start_replica<N: Network>(
     let shutdown = Arc::new(Notify::new());
     let engine_task = tokio::spawn(run_engine(EngineLoop {
         engine,
+        initial_actions,
+        wal,
+        unsynced: false,
         network,
         mode,
         input_rx,
@@ -207,11 +251,11 @@ pub fn start_replica<N: Network>(
         decode_errors,
         timers: BTreeMap::new(),
     }));
-    ReplicaHandle {
+    Ok(ReplicaHandle {
         status: status_rx,
         shutdown,
         engine_task,
-    }
+    })
 }
 
 fn worker_for(peer: &Peer, workers: usize) -> usize {
@@ -261,6 +305,11 @@ fn run_service(
 
 struct EngineLoop<N> {
     engine: Engine,
+    /// What rebuilding from the store requires of the service, done before anything else.
+    initial_actions: Vec<Action>,
+    wal: Option<Wal>,
+    /// Records appended since the last sync.
+    unsynced: bool,
     network: Arc<N>,
     mode: String,
     input_rx: mpsc::Receiver<EngineInput>,
@@ -280,6 +329,8 @@ fn now_ms(epoch: Instant) -> u64 {
 
 async fn run_engine<N: Network>(mut l: EngineLoop<N>) {
     let epoch = Instant::now();
+    let initial = std::mem::take(&mut l.initial_actions);
+    l.perform(initial);
     let actions = l.engine.start(now_ms(epoch));
     l.perform(actions);
     loop {
@@ -360,11 +411,54 @@ impl<N: Network> EngineLoop<N> {
         }
     }
 
+    /// Appends a record to the store (if any).
+    fn persist(&mut self, record: PersistRecord) {
+        let Some(wal) = self.wal.as_mut() else {
+            return;
+        };
+        let result = match &record {
+            PersistRecord::Checkpoint(c) => {
+                // Compact: the new log holds only what the checkpoint does not cover.
+                let after: Vec<Vec<u8>> = self
+                    .engine
+                    .durable_records_after(c.cid)
+                    .iter()
+                    .map(codec::encode)
+                    .collect();
+                self.unsynced = false;
+                wal.write_checkpoint(&codec::encode(&record), &after)
+            }
+            _ => {
+                self.unsynced = true;
+                wal.append(&codec::encode(&record))
+            }
+        };
+        if let Err(e) = result {
+            // A replica that cannot keep its promises must stop making them.
+            panic!("storage failed, stopping the replica: {e}");
+        }
+    }
+
+    /// Makes appended records durable before a message that may promise them leaves.
+    fn sync_before_send(&mut self) {
+        if !self.unsynced {
+            return;
+        }
+        self.unsynced = false;
+        if let Some(wal) = self.wal.as_mut() {
+            if let Err(e) = wal.sync() {
+                panic!("storage failed, stopping the replica: {e}");
+            }
+        }
+    }
+
     fn perform(&mut self, actions: Vec<Action>) {
         for action in actions {
+            if matches!(action, Action::Send { .. } | Action::Broadcast(_)) {
+                self.sync_before_send();
+            }
             match action {
-                // No durable store yet: nothing to wait for before sending.
-                Action::Persist(_) => {}
+                Action::Persist(record) => self.persist(record),
                 Action::Send { to, message } => self.send(to, &message),
                 Action::Broadcast(message) => {
                     let frame = codec::encode(&message);
@@ -398,6 +492,8 @@ impl<N: Network> EngineLoop<N> {
                 }
             }
         }
+        // Nothing stays unsynced for long, even when no message follows.
+        self.sync_before_send();
     }
 
     fn publish_status(&self) {

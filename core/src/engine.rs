@@ -71,7 +71,7 @@ const TIMER_KINDS: [TimerKind; 4] = [
 const MAX_REGENCY_JUMP: Regency = 1 << 20;
 
 /// What the engine promises, to be made durable before the promise is sent.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PersistRecord {
     /// A WRITE or ACCEPT this replica is about to send.
     Vote(Vote),
@@ -436,6 +436,8 @@ impl Engine {
     /// Arms the periodic timers. Call once after construction.
     pub fn start(&mut self, now_ms: u64) -> Vec<Action> {
         let mut actions = Vec::new();
+        // A recovered replica may have open instances or a rejoin to drive.
+        self.arm_retransmit(now_ms);
         self.deadlines.insert(
             TimerKind::Heartbeat,
             now_ms + self.cfg.timeouts.heartbeat_ms,
@@ -1279,6 +1281,33 @@ impl Engine {
         let keep_from = cid + 1;
         self.log = self.log.split_off(&keep_from);
         self.checkpoint = Some(checkpoint);
+    }
+
+    /// Everything a store must keep after compacting at a checkpoint at `cid`: the regency,
+    /// and the decisions, prepared values and votes of later instances.
+    pub fn durable_records_after(&self, cid: Cid) -> Vec<PersistRecord> {
+        let mut records = vec![PersistRecord::Regency(self.regency)];
+        records.extend(
+            self.log
+                .range(cid + 1..)
+                .map(|(_, d)| PersistRecord::Decided(d.clone())),
+        );
+        for (c, instance) in self.instances.range(cid + 1..) {
+            if let Some(d) = &instance.decided {
+                records.push(PersistRecord::Decided(d.clone()));
+            }
+            if let Some(p) = &instance.prepared {
+                records.push(PersistRecord::Prepared(p.clone()));
+            }
+            for vote in [&instance.my_write, &instance.my_accept]
+                .into_iter()
+                .flatten()
+            {
+                debug_assert_eq!(vote.body.cid, *c);
+                records.push(PersistRecord::Vote(vote.body));
+            }
+        }
+        records
     }
 
     /// Cid of the latest checkpoint (0 if none).

@@ -200,6 +200,7 @@ pub fn generate(dir: &Path, options: &KeygenOptions) -> Result<Generated, Keygen
         },
         limits: Limits::default(),
         timeouts: Timeouts::default(),
+        fsync: Default::default(),
         directory: dir.to_path_buf(),
     };
     let text = format!(

@@ -10,6 +10,7 @@
 //! # }
 //! ```
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use smr_core::client::ClientConfig;
 use smr_core::cluster::ClusterConfig;
 use smr_core::driver::{self, DriverOptions, InvokeError, ReplicaHandle, ReplicaStatus};
 use smr_core::message::StatusReport;
+use smr_core::storage::Wal;
 use smr_core::{ReplicaId, Service};
 use smr_crypto::{Ed25519Verifier, IdentityKey};
 
@@ -26,6 +28,10 @@ use crate::{QuicTransport, ReplicaEndpoint, TransportConfig, TransportError, Tra
 pub enum StartError {
     #[error("replica {0} is not in the cluster config")]
     UnknownReplica(ReplicaId),
+    #[error(transparent)]
+    Storage(#[from] smr_core::storage::StorageError),
+    #[error(transparent)]
+    Recovery(#[from] smr_core::driver::StartError),
     #[error(transparent)]
     Transport(#[from] TransportError),
 }
@@ -57,17 +63,34 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// Binds the replica's configured address and starts serving. Fails if `key` is not the
-    /// key the config lists for `id`.
+    /// Binds the replica's configured address and starts serving, with its state in memory
+    /// only. Fails if `key` is not the key the config lists for `id`.
     pub async fn start(
         config: &ClusterConfig,
         id: ReplicaId,
         key: IdentityKey,
         service: Box<dyn Service>,
     ) -> Result<Replica, StartError> {
+        Self::start_with_data_dir(config, id, key, service, None).await
+    }
+
+    /// Like [`Replica::start`], persisting to (and recovering from) `data_dir` when given,
+    /// with the config's fsync policy. A damaged data directory is refused with an error that
+    /// says what is wrong and where.
+    pub async fn start_with_data_dir(
+        config: &ClusterConfig,
+        id: ReplicaId,
+        key: IdentityKey,
+        service: Box<dyn Service>,
+        data_dir: Option<&Path>,
+    ) -> Result<Replica, StartError> {
         let engine_config = config
             .engine_config(id)
             .map_err(|_| StartError::UnknownReplica(id))?;
+        // Open the store first: a replica with a damaged or locked store must not even listen.
+        let storage = data_dir
+            .map(|dir| Wal::open(dir, config.fsync))
+            .transpose()?;
         let key = Arc::new(key);
         let mut transport_config =
             TransportConfig::replica(id, key.clone(), endpoints(config), config.clients.clone());
@@ -80,7 +103,15 @@ impl Replica {
             transport.clone(),
             service,
             DriverOptions::default(),
+            storage,
         );
+        let handle = match handle {
+            Ok(h) => h,
+            Err(e) => {
+                transport.shutdown().await;
+                return Err(e.into());
+            }
+        };
         Ok(Replica { handle, transport })
     }
 
