@@ -41,6 +41,9 @@ pub struct DriverOptions {
     pub verify_workers: usize,
     /// Frames queued per verify worker before the reader waits.
     pub verify_queue_frames: usize,
+    /// Start as a replica that lost its state and may have voted before (a wiped data dir):
+    /// it takes no part until it has caught up past anything it can have voted on.
+    pub rejoin: bool,
 }
 
 impl Default for DriverOptions {
@@ -48,6 +51,7 @@ impl Default for DriverOptions {
         DriverOptions {
             verify_workers: 2,
             verify_queue_frames: 4096,
+            rejoin: false,
         }
     }
 }
@@ -150,16 +154,30 @@ pub fn start_replica<N: Network>(
     let (engine, initial_actions, wal) = match storage {
         None => {
             tracing::info!(replica = me, mode = %mode, "replica starting without a data dir: state is kept in memory only and is lost on restart");
-            (Engine::new(config, signer), Vec::new(), None)
+            if options.rejoin {
+                let (engine, actions) = Engine::rejoin(config, signer);
+                (engine, actions, None)
+            } else {
+                (Engine::new(config, signer), Vec::new(), None)
+            }
         }
         Some((wal, recovered)) => {
             if recovered.truncated_tail_bytes > 0 {
                 tracing::warn!(replica = me, bytes = recovered.truncated_tail_bytes, dir = %wal.dir().display(), "cut a torn tail off the write-ahead log");
             }
             let records = decode_recovered(recovered)?;
+            if options.rejoin && !records.is_empty() {
+                tracing::warn!(
+                    replica = me,
+                    "rejoin ignored: the data dir holds this replica's state"
+                );
+            }
             tracing::info!(replica = me, mode = %mode, records = records.len(), dir = %wal.dir().display(), policy = %wal.policy(), "replica starting from its data dir");
-            let (engine, actions) =
-                Engine::recover(config, signer, records).map_err(StartError::Recovery)?;
+            let (engine, actions) = if options.rejoin && records.is_empty() {
+                Engine::rejoin(config, signer)
+            } else {
+                Engine::recover(config, signer, records).map_err(StartError::Recovery)?
+            };
             (engine, actions, Some(wal))
         }
     };

@@ -359,9 +359,7 @@ impl Engine {
         let mut decisions = BTreeMap::new();
         let mut prepared: BTreeMap<Cid, PreparedProof> = BTreeMap::new();
         let mut votes = Vec::new();
-        let mut empty = true;
         for record in records {
-            empty = false;
             match record {
                 PersistRecord::Checkpoint(c) => {
                     if checkpoint.as_ref().is_none_or(|old| c.cid > old.cid) {
@@ -417,12 +415,6 @@ impl Engine {
         for (cid, d) in decisions.into_iter().filter(|(cid, _)| *cid > base) {
             engine.instances.entry(cid).or_default().decided = Some(d);
         }
-        if empty {
-            // An empty store: a brand-new replica, or one that lost its disk. Until n-f peers
-            // say otherwise, assume it may have voted and forgotten.
-            engine.rejoin = Rejoin::Collecting(BTreeMap::new());
-            actions.push(Action::Broadcast(Message::StateQuery));
-        }
         engine.stop_for.insert(engine.me, engine.regency);
         engine.next_cid_to_propose = highest_voted + 1;
         if engine.regency > 0 {
@@ -431,6 +423,23 @@ impl Engine {
         }
         engine.execute_ready(0, &mut actions);
         Ok((engine, actions))
+    }
+
+    /// A replica that lost its durable state (a wiped disk, or a restarted in-memory replica)
+    /// and may have voted before, forgetting it. It stays silent (no votes, no STOPDATA, no
+    /// proposals) until every instance it can have voted in is decided and executed here:
+    /// it asks n-f peers how far they have voted, and catches up one window past the highest
+    /// answer (see [`Engine::participates`]). A brand-new replica of a brand-new cluster uses
+    /// [`Engine::new`] instead.
+    pub fn rejoin(cfg: EngineConfig, signer: Arc<dyn Signer>) -> (Engine, Vec<Action>) {
+        let mut engine = Engine::new(cfg, signer);
+        engine.rejoin = Rejoin::Collecting(BTreeMap::new());
+        (engine, vec![Action::Broadcast(Message::StateQuery)])
+    }
+
+    /// Whether this replica is still rejoining (see [`Engine::rejoin`]).
+    pub fn is_rejoining(&self) -> bool {
+        !self.participates()
     }
 
     /// Arms the periodic timers. Call once after construction.
@@ -1221,7 +1230,7 @@ impl Engine {
 
     /// Whether this replica may vote, lead, or report to a new leader. A replica that lost its
     /// disk may have voted before and forgotten it; it stays silent until every instance it can
-    /// have voted in is decided and executed here (see [`Rejoin`]).
+    /// have voted in is decided and executed here.
     fn participates(&self) -> bool {
         matches!(self.rejoin, Rejoin::Done)
     }

@@ -83,6 +83,14 @@ struct ReplicaArgs {
     /// Secret key file [default: the config's key_file for this id].
     #[arg(long)]
     key: Option<PathBuf>,
+    /// Keep durable state (write-ahead log and checkpoints) here, and recover from it on
+    /// restart. Without it the replica runs in memory and forgets everything when it stops.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// This replica lost its state (wiped data dir, or a restarted in-memory replica) while the
+    /// cluster ran on: stay out of votes until caught up past anything it may have voted on.
+    #[arg(long)]
+    rejoin: bool,
     /// Shut down when stdin reaches end-of-file (used by `smr cluster` so that its children
     /// never outlive it).
     #[arg(long, hide = true)]

@@ -71,18 +71,21 @@ impl Replica {
         key: IdentityKey,
         service: Box<dyn Service>,
     ) -> Result<Replica, StartError> {
-        Self::start_with_data_dir(config, id, key, service, None).await
+        Self::start_with_data_dir(config, id, key, service, None, false).await
     }
 
     /// Like [`Replica::start`], persisting to (and recovering from) `data_dir` when given,
     /// with the config's fsync policy. A damaged data directory is refused with an error that
-    /// says what is wrong and where.
+    /// says what is wrong and where. `rejoin` is for a replica that lost its state (an empty
+    /// or wiped data dir, or an in-memory replica restarted while the cluster ran on): it takes
+    /// no part in votes until it has caught up past anything it can have voted on before.
     pub async fn start_with_data_dir(
         config: &ClusterConfig,
         id: ReplicaId,
         key: IdentityKey,
         service: Box<dyn Service>,
         data_dir: Option<&Path>,
+        rejoin: bool,
     ) -> Result<Replica, StartError> {
         let engine_config = config
             .engine_config(id)
@@ -102,7 +105,10 @@ impl Replica {
             Arc::new(Ed25519Verifier),
             transport.clone(),
             service,
-            DriverOptions::default(),
+            DriverOptions {
+                rejoin,
+                ..DriverOptions::default()
+            },
             storage,
         );
         let handle = match handle {

@@ -647,7 +647,11 @@ impl Sim {
         } else {
             self.replicas[slot].stored.clone()
         };
-        let (engine, actions) = Engine::recover(cfg, key, records)?;
+        let (engine, actions) = if wipe {
+            Engine::rejoin(cfg, key)
+        } else {
+            Engine::recover(cfg, key, records)?
+        };
         let node = &mut self.replicas[slot];
         node.engine = engine;
         node.service = ChainService::default();

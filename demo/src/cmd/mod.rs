@@ -139,9 +139,19 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let address = entry.address;
-    let replica = Replica::start(&config, id, key, args.service.create())
-        .await
-        .with_context(|| format!("replica {id} cannot start on {address}"))?;
+    if args.data_dir.is_none() {
+        tracing::warn!(replica = id, "no --data-dir: running in memory; a restart forgets everything and rejoins by state transfer");
+    }
+    let replica = Replica::start_with_data_dir(
+        &config,
+        id,
+        key,
+        args.service.create(),
+        args.data_dir.as_deref(),
+        args.rejoin,
+    )
+    .await
+    .with_context(|| format!("replica {id} cannot start on {address}"))?;
     println!(
         "replica {id} listening on {address} ({}, n={}, f={}, service {})",
         config.mode(),
