@@ -401,6 +401,7 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) {
                             state_digest: Digest::default(),
                             pending_requests: l.engine.pending_requests() as u64,
                             rejected_messages: l.rejected.load(Ordering::Relaxed),
+                            log_entries: l.engine.log_len() as u64,
                         };
                         // The service thread fills in the digest after the batches queued
                         // before this query, i.e. exactly at `last_decided`.

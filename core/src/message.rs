@@ -327,6 +327,8 @@ pub struct StatusReport {
     pub state_digest: Digest,
     pub pending_requests: u64,
     pub rejected_messages: u64,
+    /// Decided batches held in memory (bounded by checkpoints).
+    pub log_entries: u64,
 }
 
 impl Message {

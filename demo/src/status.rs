@@ -47,7 +47,7 @@ pub fn format_line(answer: &ReplicaAnswer) -> String {
     match &answer.report {
         None => format!("replica {}  unreachable", answer.id),
         Some(r) => format!(
-            "replica {}  up  {}  regency {}  leader {}  decided {}  checkpoint {}  digest {}  pending {}  rejected {}",
+            "replica {}  up  {}  regency {}  leader {}  decided {}  checkpoint {}  digest {}  pending {}  rejected {}  log {}",
             answer.id,
             r.mode,
             r.regency,
@@ -56,7 +56,8 @@ pub fn format_line(answer: &ReplicaAnswer) -> String {
             r.last_checkpoint,
             short_digest(r),
             r.pending_requests,
-            r.rejected_messages
+            r.rejected_messages,
+            r.log_entries
         ),
     }
 }
@@ -133,6 +134,7 @@ mod tests {
             state_digest: Digest([digest; 32]),
             pending_requests: 0,
             rejected_messages: 0,
+            log_entries: 0,
         }
     }
 
