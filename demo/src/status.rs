@@ -146,7 +146,7 @@ mod tests {
         };
         assert_eq!(
             format_line(&up),
-            "replica 0  up  bft  regency 0  leader 0  decided 42  checkpoint 0  digest 1a1a1a1a1a1a1a1a  pending 0  rejected 0"
+            "replica 0  up  bft  regency 0  leader 0  decided 42  checkpoint 0  digest 1a1a1a1a1a1a1a1a  pending 0  rejected 0  log 0"
         );
         let down = ReplicaAnswer {
             id: 3,
