@@ -115,6 +115,13 @@ impl ClientEngine {
                 return Err(ClientError::TooManyOutstanding(self.outstanding.len()));
             }
         }
+        // Unordered reads are linearizable only if ordered requests also wait for Q replies;
+        // with that off, a read goes through ordering like everything else.
+        let kind = if self.cfg.unordered_reads_enabled {
+            kind
+        } else {
+            RequestKind::Ordered
+        };
         let seq = self.next_seq;
         self.next_seq += 1;
         let needed = match kind {
@@ -203,5 +210,94 @@ impl ClientEngine {
             actions.push(ClientAction::Broadcast(Message::Request(o.request.clone())));
         }
         actions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smr_crypto::sim::SimKey;
+    use smr_modes::Mode;
+
+    fn client(unordered_reads_enabled: bool) -> ClientEngine {
+        let cfg = ClientConfig {
+            quorums: Quorums::new(Mode::Bft, 4, 1).unwrap(),
+            unordered_reads_enabled,
+            max_outstanding: 4,
+            max_op_bytes: 16,
+            retry_timeout_ms: 100,
+        };
+        ClientEngine::new(cfg, Arc::new(SimKey::from_seed([1; 32])), 1)
+    }
+
+    fn reply(c: &ClientEngine, replica: ReplicaId, seq: u64, result: &[u8]) -> Reply {
+        Reply {
+            replica,
+            client: c.id(),
+            seq,
+            regency: 0,
+            result: result.to_vec(),
+        }
+    }
+
+    #[test]
+    fn ordered_request_completes_at_f_plus_one_matching_replies() {
+        let mut c = client(false);
+        let (seq, _) = c.submit(0, RequestKind::Ordered, b"op".to_vec()).unwrap();
+        assert!(c.on_reply(0, reply(&c, 0, seq, b"a")).is_none());
+        assert!(
+            c.on_reply(1, reply(&c, 1, seq, b"b")).is_none(),
+            "different results do not match"
+        );
+        let done = c
+            .on_reply(2, reply(&c, 2, seq, b"a"))
+            .expect("two matching replies");
+        assert_eq!(done.result, b"a");
+    }
+
+    #[test]
+    fn reply_claiming_another_replica_is_ignored() {
+        let mut c = client(false);
+        let (seq, _) = c.submit(0, RequestKind::Ordered, b"op".to_vec()).unwrap();
+        assert!(c.on_reply(0, reply(&c, 0, seq, b"a")).is_none());
+        // Replica 0 cannot vote twice by claiming to be replica 1.
+        assert!(c.on_reply(0, reply(&c, 1, seq, b"a")).is_none());
+    }
+
+    #[test]
+    fn unordered_read_is_ordered_when_unordered_reads_are_disabled() {
+        let mut c = client(false);
+        let (_, actions) = c
+            .submit(0, RequestKind::Unordered, b"get".to_vec())
+            .unwrap();
+        let ClientAction::Broadcast(Message::Request(r)) = &actions[0] else {
+            panic!("expected a request");
+        };
+        assert_eq!(r.body.kind, RequestKind::Ordered);
+        let mut c = client(true);
+        let (_, actions) = c
+            .submit(0, RequestKind::Unordered, b"get".to_vec())
+            .unwrap();
+        let ClientAction::Broadcast(Message::Request(r)) = &actions[0] else {
+            panic!("expected a request");
+        };
+        assert_eq!(r.body.kind, RequestKind::Unordered);
+    }
+
+    #[test]
+    fn window_and_op_size_are_enforced() {
+        let mut c = client(false);
+        for _ in 0..4 {
+            c.submit(0, RequestKind::Ordered, vec![]).unwrap();
+        }
+        assert_eq!(
+            c.submit(0, RequestKind::Ordered, vec![]),
+            Err(ClientError::TooManyOutstanding(4))
+        );
+        let mut c = client(false);
+        assert!(matches!(
+            c.submit(0, RequestKind::Ordered, vec![0; 17]),
+            Err(ClientError::OpTooLarge { .. })
+        ));
     }
 }
