@@ -486,9 +486,8 @@ fn remove_other_generations(dir: &Path, current: u64) -> Result<(), StorageError
     Ok(())
 }
 
-/// Reads and verifies a checkpoint file. It was written atomically, so any damage, including
-/// a short file, is corruption.
-fn read_checkpoint(path: &Path, generation: u64) -> Result<Vec<u8>, StorageError> {
+/// Opens a file the manifest names; its absence is `MissingFile`, not an I/O error.
+fn open_named_file(path: &Path, generation: u64) -> Result<(File, u64), StorageError> {
     let file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -505,6 +504,13 @@ fn read_checkpoint(path: &Path, generation: u64) -> Result<Vec<u8>, StorageError
         }
     };
     let file_len = file.metadata().map_err(io_error(path))?.len();
+    Ok((file, file_len))
+}
+
+/// Reads and verifies a checkpoint file. It was written atomically, so any damage, including
+/// a short file, is corruption.
+fn read_checkpoint(path: &Path, generation: u64) -> Result<Vec<u8>, StorageError> {
+    let (file, file_len) = open_named_file(path, generation)?;
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
     let mut header = [0u8; CHECKPOINT_HEADER_BYTES];
     let header_len = read_up_to(&mut reader, &mut header).map_err(io_error(path))?;
@@ -567,22 +573,7 @@ struct ScannedLog {
 /// Reads every valid record of a log, and classifies what follows the last one as nothing, a
 /// torn tail (to cut), or corruption (an error).
 fn read_log(path: &Path, generation: u64) -> Result<ScannedLog, StorageError> {
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(StorageError::MissingFile {
-                path: path.to_path_buf(),
-                generation,
-            })
-        }
-        Err(source) => {
-            return Err(StorageError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    };
-    let file_len = file.metadata().map_err(io_error(path))?.len();
+    let (file, file_len) = open_named_file(path, generation)?;
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
 
     // The header is written and fsynced before the manifest names the log, so it is never torn.
