@@ -206,6 +206,8 @@ pub struct Engine {
     /// Leader changes that failed in a row; the change timeout doubles with each.
     change_failures: u32,
     next_sync_query_allowed_ms: u64,
+    /// Per peer: when we may next send it our SYNC.
+    next_help_ms: BTreeMap<ReplicaId, u64>,
     /// When certified decisions from a peer last moved this replica forward. A replica that is
     /// catching up blames its own lag, not the leader, for its requests' timeouts.
     last_catch_up_ms: Option<u64>,
@@ -287,6 +289,7 @@ impl Engine {
             current_sync: None,
             change_failures: 0,
             next_sync_query_allowed_ms: 0,
+            next_help_ms: BTreeMap::new(),
             last_catch_up_ms: None,
             checkpoint: None,
             own_checkpoints: BTreeMap::new(),
@@ -526,7 +529,7 @@ impl Engine {
                 if regency > self.regency {
                     self.request_sync(now_ms, j, actions);
                 } else if regency < self.regency {
-                    self.help_stale_peer(j, actions);
+                    self.help_stale_peer(now_ms, j, actions);
                 } else if j == self.leader() && last_decided > self.last_executed {
                     self.highest_seen_cid = self.highest_seen_cid.max(last_decided);
                     self.maybe_query(now_ms, j, actions);
@@ -542,7 +545,7 @@ impl Engine {
                 Ok(())
             }
             (Peer::Replica(j), Message::SyncQuery) => {
-                self.help_stale_peer(j, actions);
+                self.help_stale_peer(now_ms, j, actions);
                 Ok(())
             }
             (Peer::Replica(j), Message::StateQuery) => {
@@ -1403,7 +1406,7 @@ impl Engine {
     ) -> Rejection {
         match rejection {
             Rejection::FutureRegency { .. } => self.request_sync(now_ms, from, actions),
-            Rejection::StaleRegency { .. } => self.help_stale_peer(from, actions),
+            Rejection::StaleRegency { .. } => self.help_stale_peer(now_ms, from, actions),
             Rejection::CidBeyondWindow { .. } => self.maybe_query(now_ms, from, actions),
             _ => {}
         }
@@ -1423,7 +1426,14 @@ impl Engine {
     }
 
     /// Sends a peer that is in an older regency the SYNC that proves ours.
-    fn help_stale_peer(&mut self, peer: ReplicaId, actions: &mut Vec<Action>) {
+    fn help_stale_peer(&mut self, now_ms: u64, peer: ReplicaId, actions: &mut Vec<Action>) {
+        // A SYNC can be large: at most one per peer per retransmit interval, however often a
+        // (possibly Byzantine) peer asks.
+        let next = self.next_help_ms.entry(peer).or_insert(0);
+        if now_ms < *next {
+            return;
+        }
+        *next = now_ms + self.cfg.timeouts.retransmit_initial_ms;
         if let Some(sync) = &self.current_sync {
             actions.push(Action::Send {
                 to: Peer::Replica(peer),
@@ -1473,7 +1483,7 @@ impl Engine {
         let target = stop.body.regency;
         if target <= self.regency || stop.body.from_regency < self.regency {
             // The sender has not heard of our regency yet.
-            self.help_stale_peer(from, actions);
+            self.help_stale_peer(now_ms, from, actions);
             return Ok(());
         }
         if target > self.regency.saturating_add(MAX_REGENCY_JUMP) {
@@ -1595,7 +1605,7 @@ impl Engine {
     ) -> Result<(), Rejection> {
         let regency = stopdata.body.regency;
         if regency < self.regency {
-            self.help_stale_peer(from, actions);
+            self.help_stale_peer(now_ms, from, actions);
             return Ok(());
         }
         if regency > self.regency {
@@ -1617,7 +1627,7 @@ impl Engine {
         }
         if self.phase == Phase::Normal {
             // The sender missed our SYNC.
-            self.help_stale_peer(from, actions);
+            self.help_stale_peer(now_ms, from, actions);
             return Ok(());
         }
         self.collect_stopdata(now_ms, stopdata, actions);
