@@ -21,6 +21,12 @@ fn seeds() -> Vec<u64> {
     (0..count).collect()
 }
 
+/// Whole-sweep expectations ("at least one seed exercised X") only make sense over many seeds,
+/// not when replaying one.
+fn aggregate_applies() -> bool {
+    seeds().len() >= 100
+}
+
 /// Runs every seed; collects failures and names the command that replays each.
 fn sweep(test: &str, make: impl Fn(u64) -> SimOptions) {
     sweep_reports(test, make, |_| {});
@@ -204,7 +210,10 @@ fn bft_equivocating_twin_leader_is_replaced_without_divergence() {
             }
         },
     );
-    assert!(replaced > 0, "the equivocating leader was never replaced");
+    assert!(
+        !aggregate_applies() || replaced > 0,
+        "the equivocating leader was never replaced"
+    );
 }
 
 #[test]
@@ -237,7 +246,7 @@ fn bft_leader_proposing_forged_or_replayed_requests_keeps_agreement() {
         },
     );
     assert!(
-        forged_rejected > 0,
+        !aggregate_applies() || forged_rejected > 0,
         "no forged proposal was ever rejected and its leader replaced"
     );
 }
@@ -263,7 +272,7 @@ fn bft_sync_unsupported_by_its_proofs_is_rejected() {
         },
     );
     assert!(
-        skipped_byzantine_leader > 0,
+        !aggregate_applies() || skipped_byzantine_leader > 0,
         "no seed rejected a bad SYNC and moved past its leader"
     );
 }
@@ -377,7 +386,7 @@ fn bft_replica_restarted_with_a_wiped_disk_catches_up_through_state_transfer() {
         },
     );
     assert!(
-        transferred > 0,
+        !aggregate_applies() || transferred > 0,
         "no wiped replica ever needed state transfer"
     );
 }
@@ -395,7 +404,7 @@ fn cft_replica_restarted_with_a_wiped_disk_catches_up_through_state_transfer() {
         },
     );
     assert!(
-        transferred > 0,
+        !aggregate_applies() || transferred > 0,
         "no wiped replica ever needed state transfer"
     );
 }
@@ -422,7 +431,10 @@ fn bft_lying_state_transfer_sender_is_detected_and_another_peer_serves() {
             }
         },
     );
-    assert!(caught > 0, "the lying sender was never caught");
+    assert!(
+        !aggregate_applies() || caught > 0,
+        "the lying sender was never caught"
+    );
 }
 
 #[test]
