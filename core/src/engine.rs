@@ -226,6 +226,8 @@ pub struct Engine {
     transfer: Option<Transfer>,
     /// Highest cid seen in any proposal or vote of the current regency, or claimed decided.
     highest_seen_cid: Cid,
+    /// The highest cid the current leader's heartbeats reported decided, and when it rose.
+    leader_progress: Option<(Cid, u64)>,
     rejoin: Rejoin,
     stats: EngineStats,
 }
@@ -298,6 +300,7 @@ impl Engine {
             snapshot_clients: None,
             transfer: None,
             highest_seen_cid: 0,
+            leader_progress: None,
             rejoin: Rejoin::Done,
             stats: EngineStats::default(),
         }
@@ -530,9 +533,14 @@ impl Engine {
                     self.request_sync(now_ms, j, actions);
                 } else if regency < self.regency {
                     self.help_stale_peer(now_ms, j, actions);
-                } else if j == self.leader() && last_decided > self.last_executed {
-                    self.highest_seen_cid = self.highest_seen_cid.max(last_decided);
-                    self.maybe_query(now_ms, j, actions);
+                } else if j == self.leader() {
+                    if self.leader_progress.is_none_or(|(d, _)| last_decided > d) {
+                        self.leader_progress = Some((last_decided, now_ms));
+                    }
+                    if last_decided > self.last_executed {
+                        self.highest_seen_cid = self.highest_seen_cid.max(last_decided);
+                        self.maybe_query(now_ms, j, actions);
+                    }
                 }
                 Ok(())
             }
@@ -1534,6 +1542,7 @@ impl Engine {
         assert!(regency > self.regency, "regency never decreases");
         actions.push(Action::Persist(PersistRecord::Regency(regency)));
         self.regency = regency;
+        self.leader_progress = None;
         self.stats.regency_changes += 1;
         let mine = self.stop_for.entry(self.me).or_insert(0);
         *mine = (*mine).max(regency);
@@ -2021,7 +2030,16 @@ impl Engine {
             let peer = self.next_query_peer();
             self.maybe_query(now_ms, peer, actions);
         }
+        // In CFT one STOP moves everyone, so a replica whose leader's heartbeats show recent
+        // progress beyond it blames its own lag, not the leader. (Not in BFT, where a Byzantine
+        // leader could fake progress; there f+1 STOPs are needed anyway.)
+        let behind_a_live_leader = !self.quorums.requires_signatures()
+            && self.leader_progress.is_some_and(|(decided, at_ms)| {
+                decided > self.last_executed
+                    && now_ms < at_ms + self.cfg.timeouts.request_timeout_ms
+            });
         let catching_up = self.transfer.is_some()
+            || behind_a_live_leader
             || self
                 .last_catch_up_ms
                 .is_some_and(|t| now_ms < t + self.cfg.timeouts.request_timeout_ms);
