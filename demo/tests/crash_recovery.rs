@@ -84,7 +84,11 @@ fn assert_exactly(values: &[i64], range: std::ops::RangeInclusive<i64>, what: &s
     if sorted != expected {
         let got: BTreeSet<i64> = sorted.iter().copied().collect();
         let missing: Vec<i64> = range.filter(|v| !got.contains(v)).take(20).collect();
-        let mut repeated: Vec<i64> = sorted.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect();
+        let mut repeated: Vec<i64> = sorted
+            .windows(2)
+            .filter(|w| w[0] == w[1])
+            .map(|w| w[0])
+            .collect();
         repeated.truncate(20);
         panic!(
             "{what}: expected each of {}..={} exactly once; {} values, missing (first 20) {missing:?}, repeated {repeated:?}",
@@ -143,7 +147,10 @@ async fn leader_killed_mid_load(mode: Mode, n: usize) {
         .kill(LEADER)
         .expect("the leader was running")
         .unwrap();
-    assert!(!exit.success(), "the leader was killed, not stopped: {exit}");
+    assert!(
+        !exit.success(),
+        "the leader was killed, not stopped: {exit}"
+    );
     assert!(killed_after < TOTAL, "the kill must happen mid-load");
 
     let mut completions = Vec::with_capacity(TOTAL);
@@ -188,7 +195,10 @@ async fn leader_killed_mid_load(mode: Mode, n: usize) {
     );
 
     assert_eq!(counter(&clients[0], CounterOp::Get).await, TOTAL as i64);
-    let live: Vec<ReplicaId> = all_ids(&cluster).into_iter().filter(|&r| r != LEADER).collect();
+    let live: Vec<ReplicaId> = all_ids(&cluster)
+        .into_iter()
+        .filter(|&r| r != LEADER)
+        .collect();
     assert_eq!(cluster.live_ids(), live);
     let reports = wait_agree(&clients[0], &live, AGREE_TIMEOUT).await;
     report!("{mode} after the switch:\n{}", table(&reports));
@@ -199,7 +209,9 @@ async fn leader_killed_mid_load(mode: Mode, n: usize) {
             table(&reports)
         );
     }
-    cluster.check_running().expect("the live replicas still run");
+    cluster
+        .check_running()
+        .expect("the live replicas still run");
     shutdown(clients).await;
 }
 
@@ -337,7 +349,10 @@ async fn whole_cluster_killed_mid_load(mode: Mode, n: usize) {
     let killed_at = Instant::now();
     for id in &ids {
         let exit = cluster.kill(*id).expect("running").unwrap();
-        assert!(!exit.success(), "replica {id} was killed, not stopped: {exit}");
+        assert!(
+            !exit.success(),
+            "replica {id} was killed, not stopped: {exit}"
+        );
     }
     let kill_took = killed_at.elapsed();
     // From now on each client finishes the request it has in flight (retrying it across the
@@ -392,7 +407,11 @@ async fn whole_cluster_killed_mid_load(mode: Mode, n: usize) {
         first_after.map(|t| t.saturating_duration_since(restart_at)),
     );
     let distinct: BTreeSet<i64> = values.iter().copied().collect();
-    assert_eq!(distinct.len(), values.len(), "an acknowledged value repeats: {values:?}");
+    assert_eq!(
+        distinct.len(),
+        values.len(),
+        "an acknowledged value repeats: {values:?}"
+    );
     assert!(
         values.iter().all(|v| (1..=count).contains(v)),
         "an acknowledged increment is missing after the restart (counter {count}): max acknowledged {:?}",
@@ -435,7 +454,10 @@ async fn cft_whole_cluster_killed_mid_load_and_restarted_loses_no_acknowledged_r
 fn wal_records(bytes: &[u8]) -> Vec<(usize, usize)> {
     const HEADER: usize = 16;
     const RECORD_HEADER: usize = 4 + 16;
-    assert!(bytes.len() >= HEADER && &bytes[..8] == b"SMRWAL01", "not a WAL");
+    assert!(
+        bytes.len() >= HEADER && &bytes[..8] == b"SMRWAL01",
+        "not a WAL"
+    );
     let mut records = Vec::new();
     let mut at = HEADER;
     while at + RECORD_HEADER <= bytes.len() {
@@ -446,7 +468,11 @@ fn wal_records(bytes: &[u8]) -> Vec<(usize, usize)> {
         records.push((at, RECORD_HEADER + len));
         at += RECORD_HEADER + len;
     }
-    assert_eq!(at, bytes.len(), "the WAL of a stopped replica ends on a record boundary");
+    assert_eq!(
+        at,
+        bytes.len(),
+        "the WAL of a stopped replica ends on a record boundary"
+    );
     records
 }
 
@@ -575,7 +601,10 @@ async fn corrupted_data_dir_is_refused_or_cut_back_never_served_silently() {
         expected += increments(std::slice::from_ref(&client), 10).await.len() as i64;
         let reports = wait_agree(&client, &ids, AGREE_TIMEOUT).await;
         assert_eq!(counter(&client, CounterOp::Get).await, expected);
-        report!("(b) after moving the corrupt dir aside and rejoining:\n{}", table(&reports));
+        report!(
+            "(b) after moving the corrupt dir aside and rejoining:\n{}",
+            table(&reports)
+        );
 
         // (c) A damaged checkpoint.
         kill_with_wal_records(&mut cluster, &client, 2, 0).await;

@@ -112,6 +112,8 @@ pub fn set_toml_value(text: &str, section: &str, key: &str, value: &str) -> Stri
     out
 }
 
+/// Starts a cluster as `setup` says. With `SMR_TEST_KEEP_DIRS` set in the environment, its
+/// directory (config, keys, replica logs, data dirs) is left in place for inspection.
 pub fn start_cluster(setup: &Setup) -> LocalCluster {
     init_tracing();
     let mut options = KeygenOptions::new(setup.mode, setup.n);
@@ -138,6 +140,13 @@ pub fn start_cluster(setup: &Setup) -> LocalCluster {
     .unwrap_or_else(|e| panic!("cluster did not start: {e}"));
     if let Some(p) = period {
         assert_eq!(cluster.config().limits.checkpoint_period, p);
+    }
+    let mut cluster = cluster;
+    if std::env::var_os("SMR_TEST_KEEP_DIRS").is_some() {
+        eprintln!(
+            "SMR_TEST_KEEP_DIRS: keeping {}",
+            cluster.keep_dir().display()
+        );
     }
     cluster
 }
@@ -180,7 +189,11 @@ pub async fn counter(client: &Client, op: CounterOp) -> i64 {
 }
 
 /// Every replica in `ids` answers, and they agree on last decided cid and state digest.
-pub async fn wait_agree(client: &Client, ids: &[ReplicaId], timeout: Duration) -> Vec<StatusReport> {
+pub async fn wait_agree(
+    client: &Client,
+    ids: &[ReplicaId],
+    timeout: Duration,
+) -> Vec<StatusReport> {
     let (answers, agree) = status::wait_until_agree(client, ids, timeout).await;
     assert!(
         agree,
