@@ -4,8 +4,8 @@
 //! a failing assertion cleans up too) and removes the temporary directory afterwards. Every wait
 //! has a deadline, so a hang fails the test instead of stalling the suite.
 //!
-//! The engine has no leader change yet, so these tests never kill replica 0 (the leader of
-//! regency 0).
+//! Killing the leader, restarts from data directories and long runs are in `crash_recovery.rs`
+//! and `long_run.rs`.
 
 use std::collections::BTreeSet;
 use std::future::Future;
