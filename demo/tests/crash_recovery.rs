@@ -15,7 +15,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -456,17 +456,19 @@ async fn cft_whole_cluster_killed_mid_load_and_restarted_loses_no_acknowledged_r
 
 // ----- 5. damaged data dirs --------------------------------------------------------------------
 
+const WAL_HEADER: usize = 16;
+const RECORD_HEADER: usize = 4 + 16;
+
 /// WAL layout (core/src/storage/format.rs): "SMRWAL01" | generation u64 | record*, each
-/// record `length u32 | checksum [16] | payload`. Returns each record's (offset, length).
+/// record `length u32 | checksum [16] | payload`. Returns each whole record's (offset,
+/// length); a partly written record at the end (of a running replica's WAL) is left out.
 fn wal_records(bytes: &[u8]) -> Vec<(usize, usize)> {
-    const HEADER: usize = 16;
-    const RECORD_HEADER: usize = 4 + 16;
     assert!(
-        bytes.len() >= HEADER && &bytes[..8] == b"SMRWAL01",
+        bytes.len() >= WAL_HEADER && &bytes[..8] == b"SMRWAL01",
         "not a WAL"
     );
     let mut records = Vec::new();
-    let mut at = HEADER;
+    let mut at = WAL_HEADER;
     while at + RECORD_HEADER <= bytes.len() {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
         if at + RECORD_HEADER + len > bytes.len() {
@@ -475,34 +477,59 @@ fn wal_records(bytes: &[u8]) -> Vec<(usize, usize)> {
         records.push((at, RECORD_HEADER + len));
         at += RECORD_HEADER + len;
     }
-    assert_eq!(
-        at,
-        bytes.len(),
-        "the WAL of a stopped replica ends on a record boundary"
-    );
     records
 }
 
-fn wal_of(cluster: &LocalCluster, id: ReplicaId) -> std::path::PathBuf {
-    only_file(&cluster.data_dir(id), "wal-", ".log").expect("a wal-*.log in the data dir")
+fn ends_on_record_boundary(bytes: &[u8]) -> bool {
+    wal_records(bytes)
+        .last()
+        .map_or(WAL_HEADER, |(at, len)| at + len)
+        == bytes.len()
 }
 
-/// Adds increments until replica `id`'s WAL holds at least `records` records, then waits for
-/// the cluster to settle (so the WAL no longer changes) and kills `id`.
+/// The current generation's files of a data dir, as its MANIFEST names them ("SMRMAN01" |
+/// generation u64 | checksum): the WAL, and the checkpoint if the generation has one.
+/// Reading the MANIFEST rather than listing the directory is safe while a checkpoint is being
+/// written (the next generation's files exist before the MANIFEST names them).
+fn current_files(data_dir: &Path) -> (PathBuf, Option<PathBuf>) {
+    let manifest = std::fs::read(data_dir.join("MANIFEST")).expect("a MANIFEST in the data dir");
+    assert!(
+        manifest.len() == 32 && &manifest[..8] == b"SMRMAN01",
+        "not a MANIFEST"
+    );
+    let generation = u64::from_le_bytes(manifest[8..16].try_into().unwrap());
+    let wal = data_dir.join(format!("wal-{generation:020}.log"));
+    let checkpoint = data_dir.join(format!("checkpoint-{generation:020}.ckp"));
+    (wal, checkpoint.exists().then_some(checkpoint))
+}
+
+/// Adds increments until replica `id`'s WAL holds at least `records` records, waiting for the
+/// cluster to settle each time, then kills `id` and returns its current files.
 async fn kill_with_wal_records(
     cluster: &mut LocalCluster,
     client: &Client,
     id: ReplicaId,
     records: usize,
-) -> std::path::PathBuf {
+) -> (PathBuf, Option<PathBuf>) {
     let ids = all_ids(cluster);
+    let data_dir = cluster.data_dir(id);
     for _ in 0..50 {
         wait_agree(client, &ids, AGREE_TIMEOUT).await;
-        let wal = wal_of(cluster, id);
-        let bytes = std::fs::read(&wal).unwrap();
-        if bytes.len() >= 16 && wal_records(&bytes).len() >= records {
+        let (wal, _) = current_files(&data_dir);
+        if wal_records(&std::fs::read(&wal).unwrap()).len() >= records {
             cluster.kill(id).expect("running").unwrap();
-            return wal;
+            let files = current_files(&data_dir);
+            let bytes = std::fs::read(&files.0).unwrap();
+            assert!(
+                wal_records(&bytes).len() >= records,
+                "{}: fewer than {records} records after the kill",
+                files.0.display()
+            );
+            assert!(
+                ends_on_record_boundary(&bytes),
+                "the WAL of a replica killed while idle ends on a record boundary"
+            );
+            return files;
         }
         counter(client, CounterOp::Add(1)).await;
     }
@@ -569,7 +596,7 @@ async fn corrupted_data_dir_is_refused_or_cut_back_never_served_silently() {
         }
 
         // (a) Torn tail.
-        let wal = kill_with_wal_records(&mut cluster, &client, 3, 2).await;
+        let (wal, _) = kill_with_wal_records(&mut cluster, &client, 3, 2).await;
         let len = std::fs::metadata(&wal).unwrap().len();
         let file = std::fs::OpenOptions::new().write(true).open(&wal).unwrap();
         file.set_len(len - 5).unwrap();
@@ -588,7 +615,7 @@ async fn corrupted_data_dir_is_refused_or_cut_back_never_served_silently() {
         report!("(a) after the cut-back:\n{}", table(&reports));
 
         // (b) A flipped byte in the middle of the WAL.
-        let wal = kill_with_wal_records(&mut cluster, &client, 3, 3).await;
+        let (wal, _) = kill_with_wal_records(&mut cluster, &client, 3, 3).await;
         let bytes = std::fs::read(&wal).unwrap();
         let records = wal_records(&bytes);
         let (offset, length) = records[(records.len() - 1) / 2];
@@ -614,9 +641,8 @@ async fn corrupted_data_dir_is_refused_or_cut_back_never_served_silently() {
         );
 
         // (c) A damaged checkpoint.
-        kill_with_wal_records(&mut cluster, &client, 2, 0).await;
-        let checkpoint = only_file(&cluster.data_dir(2), "checkpoint-", ".ckp")
-            .expect("replica 2 has written a checkpoint (period 20)");
+        let (_, checkpoint) = kill_with_wal_records(&mut cluster, &client, 2, 0).await;
+        let checkpoint = checkpoint.expect("replica 2 has written a checkpoint (period 20)");
         let original = std::fs::read(&checkpoint).unwrap();
         flip_byte(&checkpoint, original.len() / 2);
         assert_refused(&cluster, 2, &checkpoint, "(c) flipped checkpoint byte").await;

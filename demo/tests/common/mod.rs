@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -340,25 +340,4 @@ pub fn smr(args: &[&str], timeout: Duration) -> Run {
 
 pub async fn smr_async(args: &[&str], timeout: Duration) -> Run {
     tokio::task::block_in_place(|| smr(args, timeout))
-}
-
-/// The one file in `dir` whose name starts with `prefix` and ends with `suffix`.
-pub fn only_file(dir: &Path, prefix: &str, suffix: &str) -> Option<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(prefix) && n.ends_with(suffix))
-        })
-        .collect();
-    found.sort();
-    assert!(
-        found.len() <= 1,
-        "more than one {prefix}*{suffix} in {}: {found:?}",
-        dir.display()
-    );
-    found.pop()
 }
