@@ -67,6 +67,8 @@ pub enum LocalClusterError {
     },
     #[error("cannot start a client: {0}")]
     Client(#[from] smr_transport::StartError),
+    #[error("cannot edit {path}: {reason}")]
+    EditConfig { path: PathBuf, reason: String },
 }
 
 /// One `smr replica` child. Dropping it kills the process (SIGKILL) and reaps it.
@@ -199,6 +201,16 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// What [`LocalCluster::start_with`] does beyond [`LocalCluster::start`].
+#[derive(Default)]
+pub struct ClusterSetup<'a> {
+    /// Rewrites the text of the generated `cluster.toml` before any replica starts (to change
+    /// limits, timeouts or the fsync policy).
+    pub edit_config: Option<&'a dyn Fn(&str) -> String>,
+    /// Starts every replica with `--data-dir` [`LocalCluster::data_dir`]`(id)`.
+    pub data_dirs: bool,
+}
+
 /// Replicas of one config as child processes, in a directory of their own.
 pub struct LocalCluster {
     // Field order is drop order: the children die before their directory is removed.
@@ -206,6 +218,7 @@ pub struct LocalCluster {
     generated: Generated,
     binary: PathBuf,
     service: ServiceKind,
+    data_dirs: bool,
     dir: PathBuf,
     temp: Option<tempfile::TempDir>,
 }
@@ -224,6 +237,26 @@ impl LocalCluster {
         ready_timeout: Duration,
         keep_dir_on_error: bool,
     ) -> Result<LocalCluster, LocalClusterError> {
+        Self::start_with(
+            binary,
+            options,
+            service,
+            ready_timeout,
+            keep_dir_on_error,
+            &ClusterSetup::default(),
+        )
+    }
+
+    /// Like [`LocalCluster::start`], with the config edited and data directories as `setup`
+    /// says.
+    pub fn start_with(
+        binary: &Path,
+        options: &KeygenOptions,
+        service: ServiceKind,
+        ready_timeout: Duration,
+        keep_dir_on_error: bool,
+        setup: &ClusterSetup<'_>,
+    ) -> Result<LocalCluster, LocalClusterError> {
         let temp = tempfile::Builder::new()
             .prefix("smr-cluster-")
             .tempdir()
@@ -233,12 +266,24 @@ impl LocalCluster {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let generated = keygen::generate(temp.path(), &options)?;
+            let mut generated = keygen::generate(temp.path(), &options)?;
+            if let Some(edit) = setup.edit_config {
+                let path = &generated.config_path;
+                let edit_error = |reason: String| LocalClusterError::EditConfig {
+                    path: path.clone(),
+                    reason,
+                };
+                let text = std::fs::read_to_string(path).map_err(|e| edit_error(e.to_string()))?;
+                std::fs::write(path, edit(&text)).map_err(|e| edit_error(e.to_string()))?;
+                generated.config =
+                    ClusterConfig::load(path).map_err(|e| edit_error(e.to_string()))?;
+            }
             let mut cluster = LocalCluster {
                 replicas: Vec::new(),
                 generated,
                 binary: binary.to_path_buf(),
                 service,
+                data_dirs: setup.data_dirs,
                 dir: temp.path().to_path_buf(),
                 temp: None,
             };
@@ -272,7 +317,14 @@ impl LocalCluster {
 
     fn start_all(&mut self) -> Result<(), LocalClusterError> {
         for id in 0..self.n() as ReplicaId {
-            self.start_replica(id, &[])?;
+            if self.data_dirs {
+                // A retry after a bind race starts over with new keys: no state survives it.
+                let data_dir = self.data_dir(id);
+                let _ = std::fs::remove_dir_all(&data_dir);
+                self.start_replica(id, &["--data-dir", &data_dir.to_string_lossy()])?;
+            } else {
+                self.start_replica(id, &[])?;
+            }
         }
         Ok(())
     }
@@ -350,6 +402,12 @@ impl LocalCluster {
 
     pub fn log_path(&self, id: ReplicaId) -> PathBuf {
         self.dir.join(format!("replica-{id}.log"))
+    }
+
+    /// The data directory replica `id` gets with [`ClusterSetup::data_dirs`] (in the cluster's
+    /// directory, so it is removed with it).
+    pub fn data_dir(&self, id: ReplicaId) -> PathBuf {
+        self.dir.join(format!("data-{id}"))
     }
 
     /// Client key file `index` (0 is `client.key`).
