@@ -402,6 +402,8 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) {
                             pending_requests: l.engine.pending_requests() as u64,
                             rejected_messages: l.rejected.load(Ordering::Relaxed),
                             log_entries: l.engine.log_len() as u64,
+                            decided_instances: l.engine.stats().decided_instances,
+                            executed_requests: l.engine.stats().executed_requests,
                         };
                         // The service thread fills in the digest after the batches queued
                         // before this query, i.e. exactly at `last_decided`.
