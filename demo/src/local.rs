@@ -206,6 +206,8 @@ pub struct LocalCluster {
     generated: Generated,
     binary: PathBuf,
     service: ServiceKind,
+    /// Arguments every replica of this cluster gets (e.g. the null service's reply size).
+    replica_args: Vec<String>,
     dir: PathBuf,
     temp: Option<tempfile::TempDir>,
 }
@@ -224,6 +226,26 @@ impl LocalCluster {
         ready_timeout: Duration,
         keep_dir_on_error: bool,
     ) -> Result<LocalCluster, LocalClusterError> {
+        Self::start_with_args(
+            binary,
+            options,
+            service,
+            &[],
+            ready_timeout,
+            keep_dir_on_error,
+        )
+    }
+
+    /// Like [`LocalCluster::start`], passing `replica_args` to every `smr replica` it starts
+    /// (now and on restarts).
+    pub fn start_with_args(
+        binary: &Path,
+        options: &KeygenOptions,
+        service: ServiceKind,
+        replica_args: &[&str],
+        ready_timeout: Duration,
+        keep_dir_on_error: bool,
+    ) -> Result<LocalCluster, LocalClusterError> {
         let temp = tempfile::Builder::new()
             .prefix("smr-cluster-")
             .tempdir()
@@ -239,6 +261,7 @@ impl LocalCluster {
                 generated,
                 binary: binary.to_path_buf(),
                 service,
+                replica_args: replica_args.iter().map(|a| a.to_string()).collect(),
                 dir: temp.path().to_path_buf(),
                 temp: None,
             };
@@ -283,12 +306,18 @@ impl LocalCluster {
         id: ReplicaId,
         extra_args: &[&str],
     ) -> Result<(), LocalClusterError> {
+        let args: Vec<&str> = self
+            .replica_args
+            .iter()
+            .map(String::as_str)
+            .chain(extra_args.iter().copied())
+            .collect();
         let process = ReplicaProcess::spawn(
             &self.binary,
             &self.generated.config_path,
             id,
             self.service,
-            extra_args,
+            &args,
             self.log_path(id),
         )?;
         if self.replicas.len() <= id as usize {

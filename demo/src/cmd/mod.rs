@@ -146,7 +146,7 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
         &config,
         id,
         key,
-        args.service.create(),
+        args.service.create_with_reply_bytes(args.reply_bytes),
         args.data_dir.as_deref(),
         args.rejoin,
     )
