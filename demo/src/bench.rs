@@ -113,6 +113,15 @@ pub struct BenchArgs {
     /// Keep the replicas' directory (config, keys, logs) and print where it is.
     #[arg(long)]
     pub keep_dir: bool,
+    /// Override the config's limits.max_instances_in_flight (for experiments).
+    #[arg(long)]
+    pub max_instances_in_flight: Option<u64>,
+    /// Override the config's limits.max_batch_requests (for experiments).
+    #[arg(long)]
+    pub max_batch_requests: Option<usize>,
+    /// Override the config's timeouts.request_timeout_ms (for experiments).
+    #[arg(long)]
+    pub request_timeout_ms: Option<u64>,
 }
 
 /// The ed25519 verification ceiling measured on this machine.
@@ -214,6 +223,8 @@ struct Settings {
     kill_leader_after: Option<Duration>,
     threads: bool,
     progress: bool,
+    limits: smr_core::Limits,
+    timeouts: smr_core::Timeouts,
 }
 
 fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
@@ -265,6 +276,21 @@ pub async fn run_with_binary(binary: &Path, args: BenchArgs) -> anyhow::Result<E
         kill_leader_after,
         threads: args.threads,
         progress: true,
+        limits: smr_core::Limits {
+            max_instances_in_flight: args
+                .max_instances_in_flight
+                .unwrap_or(smr_core::Limits::default().max_instances_in_flight),
+            max_batch_requests: args
+                .max_batch_requests
+                .unwrap_or(smr_core::Limits::default().max_batch_requests),
+            ..Default::default()
+        },
+        timeouts: smr_core::Timeouts {
+            request_timeout_ms: args
+                .request_timeout_ms
+                .unwrap_or(smr_core::Timeouts::default().request_timeout_ms),
+            ..Default::default()
+        },
     };
     if args.sweep {
         return sweep(binary, &args, settings).await;
@@ -382,6 +408,8 @@ fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
 fn start_cluster(binary: &Path, settings: &Settings, n: usize) -> anyhow::Result<LocalCluster> {
     let mut options = KeygenOptions::new(settings.mode, n);
     options.clients_any = true;
+    options.limits = settings.limits.clone();
+    options.timeouts = settings.timeouts.clone();
     let reply_bytes = settings.reply_bytes.to_string();
     let cluster = tokio::task::block_in_place(|| {
         LocalCluster::start_with_args(

@@ -31,6 +31,8 @@ pub fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
         clients_any: args.clients_any,
         force: args.force,
         addresses: args.addresses,
+        limits: Default::default(),
+        timeouts: Default::default(),
     };
     let generated = keygen::generate(&args.out, &options)?;
     let config = &generated.config;
