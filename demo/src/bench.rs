@@ -164,6 +164,9 @@ pub struct ProcessCpu {
     /// Thread group name → CPU seconds per 1000 ops (with `--threads`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub threads_per_1000_ops: BTreeMap<String, f64>,
+    /// Voluntary and involuntary context switches of all its threads, per op (with `--threads`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_switches_per_op: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -669,6 +672,7 @@ async fn run_point(
             cpu_s,
             cpu_s_per_1000_ops: cpu_s.map(per_1000),
             threads_per_1000_ops: BTreeMap::new(),
+            context_switches_per_op: None,
         });
     }
     let own_s = match (&before.own_cpu, &after.own_cpu) {
@@ -681,6 +685,7 @@ async fn run_point(
         cpu_s: own_s,
         cpu_s_per_1000_ops: own_s.map(per_1000),
         threads_per_1000_ops: BTreeMap::new(),
+        context_switches_per_op: None,
     });
     if let (Some(b), Some(a)) = (threads_before, threads_after) {
         let own = pids.len();
@@ -693,11 +698,13 @@ async fn run_point(
             let (Some(b), Some(a)) = (b.get(&pid), a.get(&pid)) else {
                 continue;
             };
-            for (name, after_s) in a {
-                let before_s = b.get(name).copied().unwrap_or(0.0);
+            for (name, after_s) in &a.cpu_s {
+                let before_s = b.cpu_s.get(name).copied().unwrap_or(0.0);
                 p.threads_per_1000_ops
                     .insert(name.clone(), per_1000(after_s - before_s));
             }
+            p.context_switches_per_op =
+                Some(a.context_switches.saturating_sub(b.context_switches) as f64 / ops as f64);
         }
     }
     let total_cpu: Option<f64> = cpu.iter().map(|c| c.cpu_s).sum();
@@ -876,6 +883,9 @@ fn print_result(r: &BenchResult) {
         for (name, per) in threads.into_iter().filter(|(_, v)| **v > 0.0) {
             println!("      {name:<18} {per:>7.4}");
         }
+        if let Some(switches) = p.context_switches_per_op {
+            println!("      {:<18} {switches:>7.2} per op", "context switches");
+        }
     }
     if let Some(total) = r.total_cpu_s_per_1000_ops {
         println!(
@@ -1049,12 +1059,22 @@ impl CpuTimes {
     }
 }
 
-/// Per process, CPU seconds of each thread group, by thread name with trailing digits and
-/// dashes dropped (`smr-verify-0` and `smr-verify-1` → `smr-verify`).
-fn thread_snapshot(pids: &[u32]) -> BTreeMap<u32, BTreeMap<String, f64>> {
+/// One process's threads at one moment.
+#[derive(Default)]
+struct ThreadTimes {
+    /// CPU seconds of each thread group, by thread name with trailing digits and dashes dropped
+    /// (`smr-verify-0` and `smr-verify-1` → `smr-verify`).
+    cpu_s: BTreeMap<String, f64>,
+    /// Context switches of all threads (voluntary and not).
+    context_switches: u64,
+}
+
+/// The threads of each process (and of this one).
+fn thread_snapshot(pids: &[u32]) -> BTreeMap<u32, ThreadTimes> {
     let mut out = BTreeMap::new();
     for pid in pids.iter().copied().chain([std::process::id()]) {
-        let mut groups: BTreeMap<String, f64> = BTreeMap::new();
+        let mut times = ThreadTimes::default();
+        let groups = &mut times.cpu_s;
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             continue;
         };
@@ -1074,8 +1094,15 @@ fn thread_snapshot(pids: &[u32]) -> BTreeMap<u32, BTreeMap<String, f64>> {
                 .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-')
                 .to_string();
             *groups.entry(name).or_default() += ticks as f64 / clock_ticks_per_second();
+            if let Ok(status) = std::fs::read_to_string(path.join("status")) {
+                times.context_switches += status
+                    .lines()
+                    .filter(|l| l.contains("ctxt_switches:"))
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .sum::<u64>();
+            }
         }
-        out.insert(pid, groups);
+        out.insert(pid, times);
     }
     out
 }
