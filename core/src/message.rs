@@ -329,6 +329,11 @@ pub struct StatusReport {
     pub rejected_messages: u64,
     /// Decided batches held in memory (bounded by checkpoints).
     pub log_entries: u64,
+    /// Consensus instances decided since the replica started (a benchmark divides the growth
+    /// of `executed_requests` by the growth of this for the average batch size).
+    pub decided_instances: u64,
+    /// Requests executed since the replica started (duplicates skipped are not counted).
+    pub executed_requests: u64,
 }
 
 impl Message {

@@ -30,6 +30,10 @@ pub struct KeygenOptions {
     pub force: bool,
     /// The replicas' addresses, in id order; `None` picks free ports on 127.0.0.1.
     pub addresses: Option<Vec<SocketAddr>>,
+    /// The limits written to the config.
+    pub limits: Limits,
+    /// The timeouts written to the config.
+    pub timeouts: Timeouts,
 }
 
 impl KeygenOptions {
@@ -42,6 +46,8 @@ impl KeygenOptions {
             clients_any: false,
             force: false,
             addresses: None,
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
         }
     }
 }
@@ -198,8 +204,8 @@ pub fn generate(dir: &Path, options: &KeygenOptions) -> Result<Generated, Keygen
         } else {
             ClientPolicy::Allowed(admitted)
         },
-        limits: Limits::default(),
-        timeouts: Timeouts::default(),
+        limits: options.limits.clone(),
+        timeouts: options.timeouts.clone(),
         fsync: Default::default(),
         directory: dir.to_path_buf(),
     };

@@ -9,13 +9,17 @@
 //!   ([`status`]);
 //! - `smr cluster` is the one-command demo: it starts replicas as child processes in a temporary
 //!   directory ([`local`]), runs a short concurrent workload, shows that every replica ends with
-//!   the same state digest, and cleans up.
+//!   the same state digest, and cleans up;
+//! - `smr bench` is the throughput/latency benchmark ([`bench`]): replicas of the null service
+//!   as child processes, closed-loop clients in the bench process, and a verification-ceiling
+//!   microbenchmark.
 //!
 //! The library part holds what the binary and the process-level tests share: the demo services
 //! ([`services`]: a counter and a key-value map, deterministic and with a compact binary
 //! encoding), key and config generation, status formatting, and the child-process cluster with
 //! its kill-on-drop guards.
 
+pub mod bench;
 pub mod keygen;
 pub mod local;
 pub mod services;

@@ -209,6 +209,8 @@ pub struct ClusterSetup<'a> {
     pub edit_config: Option<&'a dyn Fn(&str) -> String>,
     /// Starts every replica with `--data-dir` [`LocalCluster::data_dir`]`(id)`.
     pub data_dirs: bool,
+    /// Arguments every `smr replica` gets, now and on restarts.
+    pub replica_args: &'a [&'a str],
 }
 
 /// Replicas of one config as child processes, in a directory of their own.
@@ -219,6 +221,8 @@ pub struct LocalCluster {
     binary: PathBuf,
     service: ServiceKind,
     data_dirs: bool,
+    /// Arguments every replica of this cluster gets (e.g. the null service's reply size).
+    replica_args: Vec<String>,
     dir: PathBuf,
     temp: Option<tempfile::TempDir>,
 }
@@ -247,8 +251,32 @@ impl LocalCluster {
         )
     }
 
-    /// Like [`LocalCluster::start`], with the config edited and data directories as `setup`
-    /// says.
+    /// Like [`LocalCluster::start`], passing `replica_args` to every `smr replica` it starts
+    /// (now and on restarts).
+    pub fn start_with_args(
+        binary: &Path,
+        options: &KeygenOptions,
+        service: ServiceKind,
+        replica_args: &[&str],
+        ready_timeout: Duration,
+        keep_dir_on_error: bool,
+    ) -> Result<LocalCluster, LocalClusterError> {
+        let setup = ClusterSetup {
+            replica_args,
+            ..ClusterSetup::default()
+        };
+        Self::start_with(
+            binary,
+            options,
+            service,
+            ready_timeout,
+            keep_dir_on_error,
+            &setup,
+        )
+    }
+
+    /// Like [`LocalCluster::start`], with the config edited, data directories and extra
+    /// replica arguments as `setup` says.
     pub fn start_with(
         binary: &Path,
         options: &KeygenOptions,
@@ -284,6 +312,7 @@ impl LocalCluster {
                 binary: binary.to_path_buf(),
                 service,
                 data_dirs: setup.data_dirs,
+                replica_args: setup.replica_args.iter().map(|a| a.to_string()).collect(),
                 dir: temp.path().to_path_buf(),
                 temp: None,
             };
@@ -335,12 +364,18 @@ impl LocalCluster {
         id: ReplicaId,
         extra_args: &[&str],
     ) -> Result<(), LocalClusterError> {
+        let args: Vec<&str> = self
+            .replica_args
+            .iter()
+            .map(String::as_str)
+            .chain(extra_args.iter().copied())
+            .collect();
         let process = ReplicaProcess::spawn(
             &self.binary,
             &self.generated.config_path,
             id,
             self.service,
-            extra_args,
+            &args,
             self.log_path(id),
         )?;
         if self.replicas.len() <= id as usize {

@@ -38,6 +38,9 @@ enum Command {
     Status(StatusArgs),
     /// Start a local cluster as child processes, run a demo workload, show equal digests.
     Cluster(ClusterArgs),
+    /// Measure throughput, latency and CPU per op of a local cluster (null service, closed-loop
+    /// clients); `--sweep` draws BFT and CFT throughput-latency curves.
+    Bench(smr_demo::bench::BenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -87,6 +90,9 @@ struct ReplicaArgs {
     /// restart. Without it the replica runs in memory and forgets everything when it stops.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Reply size of the null service (`--service null`), in bytes.
+    #[arg(long, default_value_t = 0)]
+    reply_bytes: usize,
     /// This replica lost its state (wiped data dir, or a restarted in-memory replica) while the
     /// cluster ran on: stay out of votes until caught up past anything it may have voted on.
     #[arg(long)]
@@ -207,6 +213,10 @@ fn main() -> ExitCode {
         Command::Cluster(args) => {
             init_logging("warn");
             runtime().and_then(|rt| rt.block_on(cmd::cluster(args)))
+        }
+        Command::Bench(args) => {
+            init_logging("error");
+            runtime().and_then(|rt| rt.block_on(smr_demo::bench::run(args)))
         }
     };
     match result {

@@ -1,4 +1,4 @@
-//! The demo services: a counter and a key-value map.
+//! The demo services: a counter, a key-value map, and the benchmark's null service.
 //!
 //! Both are deterministic (their replies and states depend only on the ordered operations they
 //! executed) and encode operations and replies compactly with [`smr_core::codec`] (bincode with
@@ -18,6 +18,9 @@ pub enum ServiceKind {
     Counter,
     /// A map from byte strings to byte strings: `put K V`, `get K`.
     Kv,
+    /// The benchmark's service: takes any operation, replies with a fixed number of bytes
+    /// (`smr replica --reply-bytes`).
+    Null,
 }
 
 impl ServiceKind {
@@ -26,6 +29,15 @@ impl ServiceKind {
         match self {
             ServiceKind::Counter => Box::new(Counter::default()),
             ServiceKind::Kv => Box::new(KeyValue::default()),
+            ServiceKind::Null => Box::new(NullService::new(0)),
+        }
+    }
+
+    /// Like [`ServiceKind::create`]; the null service replies with `reply_bytes` bytes.
+    pub fn create_with_reply_bytes(self, reply_bytes: usize) -> Box<dyn Service> {
+        match self {
+            ServiceKind::Null => Box::new(NullService::new(reply_bytes)),
+            other => other.create(),
         }
     }
 
@@ -33,6 +45,7 @@ impl ServiceKind {
         match self {
             ServiceKind::Counter => "counter",
             ServiceKind::Kv => "kv",
+            ServiceKind::Null => "null",
         }
     }
 }
@@ -221,6 +234,75 @@ impl Service for KeyValue {
     }
 }
 
+// ----- null service ---------------------------------------------------------------------------
+
+/// The benchmark's service (like BFT-SMaRt's ThroughputLatency server): any bytes are an
+/// operation, and every reply is `reply_bytes` long. It still executes in order: its state is the
+/// number of operations executed and an order-sensitive hash chain over them, so replicas that
+/// executed different sequences have different digests. The first (up to) 8 bytes of a reply are
+/// the operation's position in the sequence, so distinct requests get distinct replies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NullService {
+    reply_bytes: usize,
+    executed: u64,
+    chain: u64,
+}
+
+impl NullService {
+    pub fn new(reply_bytes: usize) -> NullService {
+        NullService {
+            reply_bytes,
+            executed: 0,
+            chain: FNV_OFFSET,
+        }
+    }
+
+    pub fn executed(&self) -> u64 {
+        self.executed
+    }
+
+    fn reply(&self) -> Vec<u8> {
+        let mut reply = vec![0u8; self.reply_bytes];
+        let position = self.executed.to_le_bytes();
+        let n = self.reply_bytes.min(position.len());
+        reply[..n].copy_from_slice(&position[..n]);
+        reply
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+impl Service for NullService {
+    fn execute(&mut self, op: &[u8]) -> Vec<u8> {
+        self.executed += 1;
+        // FNV-1a over the length and the bytes, continuing from the previous state.
+        let mut h = self.chain;
+        for b in (op.len() as u64).to_le_bytes().iter().chain(op) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(FNV_PRIME);
+        }
+        self.chain = h;
+        self.reply()
+    }
+
+    fn query(&self, _op: &[u8]) -> Vec<u8> {
+        self.reply()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        codec::encode(&(self.executed, self.chain))
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        let (executed, chain) =
+            codec::decode(snapshot).map_err(|e| format!("bad null-service snapshot: {e}"))?;
+        self.executed = executed;
+        self.chain = chain;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,6 +481,27 @@ mod tests {
                 assert!(matches!(kq, KvReply::Error(_)), "{input:?}: {kq:?}");
             }
         }
+    }
+
+    #[test]
+    fn null_service_replies_with_the_configured_size_and_tracks_order() {
+        let mut a = NullService::new(1024);
+        let reply = a.execute(b"x");
+        assert_eq!(reply.len(), 1024);
+        assert_eq!(reply[..8], 1u64.to_le_bytes());
+        assert_eq!(a.execute(b"y")[..8], 2u64.to_le_bytes());
+        assert!(NullService::new(0).execute(b"x").is_empty());
+        assert_eq!(NullService::new(3).execute(b"")[..], [1, 0, 0]);
+
+        let mut b = NullService::new(1024);
+        b.execute(b"y");
+        b.execute(b"x");
+        assert_ne!(a.state_digest(), b.state_digest(), "order matters");
+        let mut c = NullService::new(1024);
+        c.restore(&a.snapshot()).unwrap();
+        assert_eq!(c.state_digest(), a.state_digest());
+        assert_eq!(c.executed(), 2);
+        assert!(c.restore(b"short").is_err());
     }
 
     #[test]

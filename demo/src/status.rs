@@ -135,6 +135,8 @@ mod tests {
             pending_requests: 0,
             rejected_messages: 0,
             log_entries: 0,
+            decided_instances: 0,
+            executed_requests: 0,
         }
     }
 

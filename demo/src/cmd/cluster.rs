@@ -47,6 +47,9 @@ impl Clock {
 }
 
 pub async fn cluster(args: ClusterArgs) -> anyhow::Result<ExitCode> {
+    if args.service == ServiceKind::Null {
+        bail!("the null service has no demo workload; run `smr bench` to measure it, or pick --service counter or kv");
+    }
     let clock = Clock(Instant::now());
     let exe = std::env::current_exe().context("cannot find the smr binary to start replicas")?;
     let n = match args.mode {
@@ -128,6 +131,7 @@ async fn demo(cluster: &mut LocalCluster, args: &ClusterArgs, clock: &Clock) -> 
             key: b"warm-up".to_vec(),
         }
         .encode(),
+        ServiceKind::Null => Vec::new(),
     };
     clients[0]
         .invoke(warm_up)
@@ -142,6 +146,7 @@ async fn demo(cluster: &mut LocalCluster, args: &ClusterArgs, clock: &Clock) -> 
     let result = match args.service {
         ServiceKind::Counter => counter_workload(&clients, clock).await,
         ServiceKind::Kv => kv_workload(&clients, clock).await,
+        ServiceKind::Null => Ok(()),
     };
     if let Err(e) = result {
         cluster.check_running()?;
@@ -352,6 +357,7 @@ fn keep_running(cluster: &LocalCluster, service: ServiceKind, clock: &Clock) {
             println!("    {exe} client --config {config} kv get greeting");
             println!("    {exe} client --config {config} kv put color blue");
         }
+        ServiceKind::Null => {}
     }
     println!(
         "    replica logs: {}/replica-<i>.log",

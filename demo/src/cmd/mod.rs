@@ -31,6 +31,8 @@ pub fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
         clients_any: args.clients_any,
         force: args.force,
         addresses: args.addresses,
+        limits: Default::default(),
+        timeouts: Default::default(),
     };
     let generated = keygen::generate(&args.out, &options)?;
     let config = &generated.config;
@@ -146,7 +148,7 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
         &config,
         id,
         key,
-        args.service.create(),
+        args.service.create_with_reply_bytes(args.reply_bytes),
         args.data_dir.as_deref(),
         args.rejoin,
     )

@@ -126,6 +126,7 @@ pub fn start_cluster(setup: &Setup) -> LocalCluster {
     let cluster_setup = ClusterSetup {
         edit_config: Some(&edit),
         data_dirs: setup.data_dirs,
+        replica_args: &[],
     };
     let cluster = tokio::task::block_in_place(|| {
         LocalCluster::start_with(
