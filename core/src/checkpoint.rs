@@ -16,7 +16,7 @@ use smr_crypto::Digest;
 
 use crate::clients::ClientTable;
 use crate::codec;
-use crate::message::{Cid, ReplicaId};
+use crate::message::{Cid, DecisionProof, ReplicaId};
 
 /// What a checkpoint holds. Its encoding is what is hashed, stored and transferred.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,32 +26,56 @@ pub struct CheckpointData {
     pub clients: ClientTable,
 }
 
-/// A checkpoint as the engine keeps it: the encoded data and its digest.
+/// A checkpoint as the engine keeps it: the encoded data, its digest, and the proof that its
+/// cid was decided.
+///
+/// The proof travels with the checkpoint (stored with it, sent with the last chunk of a
+/// transfer) because a replica whose log starts after the checkpoint must still prove, in its
+/// STOPDATA, that everything up to the checkpoint is decided: otherwise a new leader could take
+/// an earlier cid as the start and re-open an instance this replica executed. It is not part of
+/// the digest, since two replicas hold different but equally valid certificates for one decision.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub cid: Cid,
     pub digest: Digest,
     pub data: Vec<u8>,
+    pub decided: DecisionProof,
 }
 
 impl Checkpoint {
-    pub fn new(data: &CheckpointData) -> Checkpoint {
+    pub fn new(data: &CheckpointData, decided: DecisionProof) -> Checkpoint {
+        assert_eq!(
+            decided.cid, data.cid,
+            "a checkpoint carries its own cid's proof"
+        );
         let bytes = codec::encode(data);
         Checkpoint {
             cid: data.cid,
             digest: smr_crypto::digest(&bytes),
             data: bytes,
+            decided,
         }
     }
 
-    /// Rebuilds a checkpoint from stored or transferred bytes.
-    pub fn from_bytes(bytes: Vec<u8>) -> Result<(Checkpoint, CheckpointData), codec::DecodeError> {
-        let data: CheckpointData = codec::decode(&bytes)?;
+    /// Rebuilds a checkpoint from stored or transferred bytes and the proof of its cid. Fails
+    /// if the bytes do not decode or the proof is for another cid.
+    pub fn from_bytes(
+        bytes: Vec<u8>,
+        decided: DecisionProof,
+    ) -> Result<(Checkpoint, CheckpointData), String> {
+        let data: CheckpointData = codec::decode(&bytes).map_err(|e| e.to_string())?;
+        if decided.cid != data.cid {
+            return Err(format!(
+                "checkpoint of cid {} comes with a decision proof for cid {}",
+                data.cid, decided.cid
+            ));
+        }
         Ok((
             Checkpoint {
                 cid: data.cid,
                 digest: smr_crypto::digest(&bytes),
                 data: bytes,
+                decided,
             },
             data,
         ))
@@ -134,9 +158,29 @@ mod tests {
             service: vec![1, 2, 3],
             clients: ClientTable::new(4),
         };
-        let c = Checkpoint::new(&data);
-        let (again, decoded) = Checkpoint::from_bytes(c.data.clone()).unwrap();
+        let c = Checkpoint::new(&data, proof(7));
+        let (again, decoded) = Checkpoint::from_bytes(c.data.clone(), proof(7)).unwrap();
         assert_eq!(again, c);
         assert_eq!(decoded, data);
+    }
+
+    fn proof(cid: Cid) -> DecisionProof {
+        DecisionProof {
+            cid,
+            digest: Digest([9; 32]),
+            certificate: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn checkpoint_with_a_proof_for_another_cid_is_refused() {
+        let data = CheckpointData {
+            cid: 7,
+            service: vec![1],
+            clients: ClientTable::new(4),
+        };
+        let c = Checkpoint::new(&data, proof(7));
+        let err = Checkpoint::from_bytes(c.data, proof(6)).unwrap_err();
+        assert!(err.contains("proof for cid 6"), "{err}");
     }
 }

@@ -234,6 +234,15 @@ pub struct Engine {
 
 /// Whether a replica that started from an empty store may take part yet.
 #[derive(Clone, Debug, PartialEq, Eq)]
+/// The fields of an incoming [`Message::StateChunk`].
+struct StateChunkIn {
+    cid: Cid,
+    offset: u64,
+    total_len: u64,
+    bytes: Vec<u8>,
+    decided: Option<DecisionProof>,
+}
+
 enum Rejoin {
     /// It may vote, lead and send STOPDATA.
     Done,
@@ -385,7 +394,7 @@ impl Engine {
             }
         }
         if let Some(c) = checkpoint {
-            let (c, contents) = Checkpoint::from_bytes(c.data)
+            let (c, contents) = Checkpoint::from_bytes(c.data, c.decided)
                 .map_err(|e| format!("stored checkpoint is unreadable: {e}"))?;
             actions.push(Action::Restore {
                 cid: c.cid,
@@ -590,8 +599,20 @@ impl Engine {
                     offset,
                     total_len,
                     bytes,
+                    decided,
                 },
-            ) => self.handle_state_chunk(now_ms, j, cid, offset, total_len, bytes, actions),
+            ) => self.handle_state_chunk(
+                now_ms,
+                j,
+                StateChunkIn {
+                    cid,
+                    offset,
+                    total_len,
+                    bytes,
+                    decided,
+                },
+                actions,
+            ),
             (_, message) => Err(Rejection::UnexpectedMessage(message.kind_name())),
         }
     }
@@ -1163,11 +1184,18 @@ impl Engine {
             .take()
             .expect("on_snapshot without a requested snapshot");
         assert_eq!(expected, cid, "snapshot for the wrong cid");
-        let checkpoint = Checkpoint::new(&CheckpointData {
-            cid,
-            service: snapshot,
-            clients,
-        });
+        // The barrier held execution at `cid`, and the newest decision is always in the log.
+        let decided = self
+            .decision_proof(cid)
+            .expect("the checkpointed decision is in the log");
+        let checkpoint = Checkpoint::new(
+            &CheckpointData {
+                cid,
+                service: snapshot,
+                clients,
+            },
+            decided,
+        );
         let mut actions = vec![
             Action::Persist(PersistRecord::Checkpoint(checkpoint.clone())),
             Action::Broadcast(Message::CheckpointAnnounce {
@@ -1328,6 +1356,22 @@ impl Engine {
             }
         }
         records
+    }
+
+    /// Proof that `cid` was decided, from the log or from the checkpoint at `cid`.
+    fn decision_proof(&self, cid: Cid) -> Option<DecisionProof> {
+        if let Some(d) = self.log.get(&cid) {
+            return Some(DecisionProof {
+                cid,
+                digest: d.batch.digest(),
+                certificate: d.certificate.clone(),
+            });
+        }
+        self.checkpoint
+            .iter()
+            .chain(self.own_checkpoints.values())
+            .find(|c| c.cid == cid)
+            .map(|c| c.decided.clone())
     }
 
     /// Cid of the latest checkpoint (0 if none).
@@ -1571,11 +1615,15 @@ impl Engine {
         if !self.participates() {
             return;
         }
-        let last_decided = self.log.get(&self.last_executed).map(|d| DecisionProof {
-            cid: d.cid,
-            digest: d.batch.digest(),
-            certificate: d.certificate.clone(),
-        });
+        // Everything up to `last_executed` is decided, and this replica no longer reports
+        // values for those cids: it must prove the decision, or a new leader could start below
+        // it and re-open an instance this replica executed.
+        let last_decided = self.decision_proof(self.last_executed);
+        assert!(
+            last_decided.is_some() || self.last_executed == 0,
+            "no proof for the executed cid {}",
+            self.last_executed
+        );
         // Decided-but-unexecuted instances are reported too: this replica may be one of the
         // acceptors the value rule relies on.
         let prepared = self
@@ -1835,21 +1883,25 @@ impl Engine {
                 offset,
                 total_len: c.data.len() as u64,
                 bytes: c.data[start..end].to_vec(),
+                decided: (end == c.data.len()).then(|| c.decided.clone()),
             },
         });
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn handle_state_chunk(
         &mut self,
         now_ms: u64,
         from: ReplicaId,
-        cid: Cid,
-        offset: u64,
-        total_len: u64,
-        bytes: Vec<u8>,
+        chunk: StateChunkIn,
         actions: &mut Vec<Action>,
     ) -> Result<(), Rejection> {
+        let StateChunkIn {
+            cid,
+            offset,
+            total_len,
+            bytes,
+            decided,
+        } = chunk;
         let Some(transfer) = self.transfer.as_mut() else {
             return Ok(());
         };
@@ -1875,12 +1927,15 @@ impl Engine {
             return Ok(());
         }
         let data = std::mem::take(&mut transfer.buffer);
+        // The proof's certificate was checked on arrival; a missing one is a lie too.
         let verified = (smr_crypto::digest(&data) == digest)
-            .then(|| Checkpoint::from_bytes(data).ok())
+            .then_some(decided)
             .flatten()
+            .and_then(|decided| Checkpoint::from_bytes(data, decided).ok())
             .filter(|(c, _)| c.cid == target_cid);
         let Some((checkpoint, contents)) = verified else {
-            // The source lied: its bytes do not hash to the digest its peers agreed on.
+            // The source lied: its bytes do not hash to the digest its peers agreed on, or it
+            // withheld the proof that the checkpoint's cid was decided.
             self.stats.lying_state_sources += 1;
             transfer.failed.insert(source);
             transfer.target = None;

@@ -307,6 +307,9 @@ pub enum Message {
         offset: u64,
         total_len: u64,
         bytes: Vec<u8>,
+        /// On the chunk that completes the checkpoint: the proof that `cid` was decided,
+        /// which the requester needs to report it in a later STOPDATA.
+        decided: Option<DecisionProof>,
     },
     /// An operator's "how are you?", from a client connection.
     StatusQuery,

@@ -28,8 +28,8 @@ use smr_crypto::{BatchVerifyError, Digest, PublicKey, Signature, SignedItem, Ver
 
 use crate::config::{ClientPolicy, Limits};
 use crate::message::{
-    Batch, Decision, Message, ReplicaSigned, Request, RequestKind, Signed, StopData, Sync, Vote,
-    VoteKind,
+    Batch, Decision, DecisionProof, Message, ReplicaSigned, Request, RequestKind, Signed, StopData,
+    Sync, Vote, VoteKind,
 };
 use crate::network::Peer;
 use crate::rejection::Rejection;
@@ -331,13 +331,25 @@ impl InboundVerifier {
                         }
                     }
                     Message::StateChunk {
-                        total_len, bytes, ..
+                        cid,
+                        total_len,
+                        bytes,
+                        decided,
+                        ..
                     } => {
                         if bytes.len() > self.limits.state_chunk_bytes {
                             return Err(Rejection::Oversize("state chunk"));
                         }
                         if *total_len > self.limits.max_state_bytes {
                             return Err(Rejection::Oversize("state"));
+                        }
+                        if let Some(proof) = decided {
+                            if proof.cid != *cid {
+                                return Err(Rejection::BadCertificate(
+                                    "checkpoint proof for another cid",
+                                ));
+                            }
+                            self.check_decision_proof(proof, pending)?;
                         }
                     }
                     Message::Stop(stop) => {
@@ -504,6 +516,23 @@ impl InboundVerifier {
         Ok(())
     }
 
+    /// A claim that `proof.cid` was decided with `proof.digest`: Q signed ACCEPTs for exactly
+    /// that (CFT: trusted, as the channel is authenticated).
+    fn check_decision_proof(
+        &self,
+        proof: &DecisionProof,
+        pending: &mut Pending<'_>,
+    ) -> Result<(), Rejection> {
+        if proof.cid == 0 {
+            return Err(Rejection::BadCertificate("decision proof for cid 0"));
+        }
+        self.check_certificate(proof.cid, proof.digest, &proof.certificate)?;
+        for vote in &proof.certificate {
+            self.queue_replica_signature(vote, pending)?;
+        }
+        Ok(())
+    }
+
     fn check_stopdata(
         &self,
         sd: &Signed<StopData>,
@@ -515,13 +544,7 @@ impl InboundVerifier {
         }
         let decided = body.last_decided.as_ref().map_or(0, |d| d.cid);
         if let Some(proof) = &body.last_decided {
-            if proof.cid == 0 {
-                return Err(Rejection::BadCertificate("decision proof for cid 0"));
-            }
-            self.check_certificate(proof.cid, proof.digest, &proof.certificate)?;
-            for vote in &proof.certificate {
-                self.queue_replica_signature(vote, pending)?;
-            }
+            self.check_decision_proof(proof, pending)?;
         }
         let mut cids = BTreeSet::new();
         for prepared in &body.prepared {

@@ -834,6 +834,7 @@ impl Sim {
                     offset,
                     total_len,
                     mut bytes,
+                    decided,
                 },
             ) if node.id == self.opts.n as u32 - 1 => {
                 if let Some(b) = bytes.first_mut() {
@@ -844,6 +845,7 @@ impl Sim {
                     offset,
                     total_len,
                     bytes,
+                    decided,
                 }
             }
             (_, message) => message,

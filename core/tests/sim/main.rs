@@ -377,6 +377,16 @@ fn cft_replica_restarted_from_its_store_converges_to_the_same_state() {
     );
 }
 
+/// Seed 240 once violated agreement: a CFT replica restarted from a checkpoint at cid 20 with
+/// nothing decided after it sent STOPDATA without a proof that cid 20 was decided (its log
+/// starts after the checkpoint), so the new leader re-opened cid 20 with another value. The
+/// checkpoint now carries the proof of its cid, on disk and in state transfer.
+#[test]
+fn replica_restarted_at_a_checkpoint_still_proves_the_checkpointed_cid_decided() {
+    run_seed(crash_restart(Mode::Cft, 3, 1, 240, false))
+        .unwrap_or_else(|e| panic!("CFT crash-restart seed 240: {e}"));
+}
+
 #[test]
 fn bft_replica_restarted_with_a_wiped_disk_catches_up_through_state_transfer() {
     let mut transferred = 0;
