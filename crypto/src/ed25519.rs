@@ -1,6 +1,8 @@
 //! The real scheme: ed25519 identities, strict single verification, batched verification, and
 //! the SubjectPublicKeyInfo encoding that pins a TLS certificate to an identity.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
@@ -141,6 +143,67 @@ fn parse_key(key: &PublicKey) -> Result<VerifyingKey, VerifyError> {
     Ok(key)
 }
 
+/// Keys parsed on this thread, at most this many.
+const MAX_CACHED_KEYS: usize = 4096;
+
+thread_local! {
+    /// Valid keys already parsed on this thread. Decompressing a key and checking its order
+    /// costs about a fifth of a batched verification, and a replica sees the same few replica
+    /// and client keys over and over. Per thread, so verify workers never contend; bounded, and
+    /// emptied when full, so a flood of fresh keys costs memory only up to the bound.
+    static PARSED_KEYS: RefCell<HashMap<[u8; 32], VerifyingKey>> = RefCell::new(HashMap::new());
+}
+
+/// [`parse_key`], remembering valid keys (see [`PARSED_KEYS`]).
+fn parse_key_cached(key: &PublicKey) -> Result<VerifyingKey, VerifyError> {
+    PARSED_KEYS.with(|cache| {
+        if let Some(parsed) = cache.borrow().get(key.as_bytes()) {
+            return Ok(*parsed);
+        }
+        let parsed = parse_key(key)?;
+        let mut cache = cache.borrow_mut();
+        if cache.len() >= MAX_CACHED_KEYS {
+            cache.clear();
+        }
+        cache.insert(*key.as_bytes(), parsed);
+        Ok(parsed)
+    })
+}
+
+/// The canonical encodings of the curve's eight points of small order, with the sign bit
+/// cleared: 0 (order 4, both signs of x), 1 (the identity), two points of order 8 (both signs
+/// of x each), and p-1 (order 2). The same list as libsodium's `has_small_order`; the test
+/// `small_order_blacklist_is_exactly_the_torsion_points` derives it from the curve.
+const SMALL_ORDER_ENCODINGS: [[u8; 32]; 5] = [
+    [0; 32],
+    [
+        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0,
+    ],
+    [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x05,
+    ],
+    [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ],
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+];
+
+/// Whether a canonically encoded point is one of small order, without decompressing it.
+fn is_small_order_encoding(encoded: &[u8; 32]) -> bool {
+    let mut unsigned = *encoded;
+    unsigned[31] &= 0x7f;
+    SMALL_ORDER_ENCODINGS.contains(&unsigned)
+}
+
 /// Whether a compressed Edwards y-coordinate is the canonical encoding (y < p = 2^255 - 19).
 /// The top bit is the sign of x and does not count.
 fn is_canonical_y(encoded: &[u8; 32]) -> bool {
@@ -152,17 +215,12 @@ fn is_canonical_y(encoded: &[u8; 32]) -> bool {
 }
 
 /// The checks `verify_strict` makes on `R` that a cofactorless batch equation does not: `R` must
-/// be a canonically encoded curve point of large order.
+/// be canonically encoded and not of small order. Both are checks on the bytes (no point
+/// decompression, which the batch equation does anyway); an `R` that is not on the curve at all
+/// fails the batch, and the one-by-one fallback then names it.
 fn strict_r_is_acceptable(signature: &Signature) -> bool {
     let r: [u8; 32] = signature.0[..32].try_into().expect("R is 32 bytes");
-    if !is_canonical_y(&r) {
-        return false;
-    }
-    // Reuse dalek's point decompression and small-order test through its public key type.
-    match VerifyingKey::from_bytes(&r) {
-        Ok(point) => !point.is_weak(),
-        Err(_) => false,
-    }
+    is_canonical_y(&r) && !is_small_order_encoding(&r)
 }
 
 impl Verifier for Ed25519Verifier {
@@ -172,7 +230,7 @@ impl Verifier for Ed25519Verifier {
         message: &[u8],
         signature: &Signature,
     ) -> Result<(), VerifyError> {
-        let key = parse_key(key)?;
+        let key = parse_key_cached(key)?;
         let signature = ed25519_dalek::Signature::from_bytes(signature.as_bytes());
         key.verify_strict(message, &signature)
             .map_err(|_| VerifyError::BadSignature)
@@ -184,7 +242,7 @@ impl Verifier for Ed25519Verifier {
         }
         let mut keys = Vec::with_capacity(items.len());
         for item in items {
-            match parse_key(item.key) {
+            match parse_key_cached(item.key) {
                 Ok(key) if strict_r_is_acceptable(item.signature) => keys.push(key),
                 _ => return verify_each(self, items),
             }
@@ -223,6 +281,56 @@ mod tests {
             assert!(!is_canonical_y(&y), "y = p + {} with sign bit", low - 0xed);
         }
         assert!(is_canonical_y(&[0u8; 32]));
+    }
+
+    #[test]
+    fn small_order_blacklist_is_exactly_the_torsion_points() {
+        use curve25519_dalek::constants::EIGHT_TORSION;
+        // Every point of small order is caught...
+        for point in EIGHT_TORSION {
+            let encoded = point.compress().to_bytes();
+            assert!(is_small_order_encoding(&encoded), "{encoded:02x?}");
+        }
+        // ...and nothing else: each entry, with either sign bit, decodes to a weak point or not
+        // at all (x = 0 with the sign bit set), and the entries name all eight points.
+        let mut points = std::collections::BTreeSet::new();
+        for entry in SMALL_ORDER_ENCODINGS {
+            for sign in [0u8, 0x80] {
+                let mut encoded = entry;
+                encoded[31] |= sign;
+                if let Ok(point) = VerifyingKey::from_bytes(&encoded) {
+                    assert!(point.is_weak(), "{encoded:02x?}");
+                    points.insert(point.to_edwards().compress().to_bytes());
+                }
+            }
+        }
+        assert_eq!(points.len(), 8);
+        assert!(!is_small_order_encoding(
+            IdentityKey::from_seed([3; 32]).public_key().as_bytes()
+        ));
+    }
+
+    #[test]
+    fn a_cached_key_is_checked_like_a_fresh_one() {
+        let signer = IdentityKey::from_seed([5; 32]);
+        let signature = signer.sign(b"m");
+        for _ in 0..2 {
+            assert_eq!(
+                Ed25519Verifier.verify(&signer.public_key(), b"m", &signature),
+                Ok(())
+            );
+            assert_eq!(
+                Ed25519Verifier.verify(&signer.public_key(), b"n", &signature),
+                Err(VerifyError::BadSignature)
+            );
+        }
+        // Weak keys are refused every time, never cached as valid.
+        for _ in 0..2 {
+            assert_eq!(
+                parse_key_cached(&PublicKey([0; 32])).unwrap_err(),
+                VerifyError::MalformedKey
+            );
+        }
     }
 
     #[test]
