@@ -107,7 +107,8 @@ enum ServiceOutput {
 }
 
 enum EngineInput {
-    Message(Verified),
+    /// A verify worker's run, in arrival order: one hand-off and one wake-up for all of it.
+    Messages(Vec<Verified>),
     StatusQuery(Peer),
 }
 
@@ -208,7 +209,10 @@ pub fn start_replica<N: Network>(
 
     let rejected = Arc::new(AtomicU64::new(0));
     let decode_errors = Arc::new(AtomicU64::new(0));
-    let (input_tx, input_rx) = mpsc::channel::<EngineInput>(options.verify_queue_frames.max(1));
+    // Inputs are whole runs: this bounds the messages waiting for the engine to about
+    // `verify_queue_frames`.
+    let (input_tx, input_rx) =
+        mpsc::channel::<EngineInput>((options.verify_queue_frames / MAX_VERIFY_RUN_FRAMES).max(1));
 
     // Verify workers.
     let verified_requests = Arc::new(VerifiedRequests::new(
@@ -319,6 +323,11 @@ impl VerifyWorker {
         }
     }
 
+    /// Returns false once the engine is gone.
+    fn hand_over(&self, input: EngineInput) -> bool {
+        self.input_tx.blocking_send(input).is_ok()
+    }
+
     /// Decodes and verifies one run of frames and hands the good ones to the engine, in
     /// order. Returns false once the engine is gone.
     fn verify_run(&self, frames: impl Iterator<Item = InboundFrame>) -> bool {
@@ -344,21 +353,31 @@ impl VerifyWorker {
             .verifier
             .verify_many(messages, Some(&self.cache))
             .into_iter();
+        let mut run = Vec::with_capacity(slots.len());
         for slot in slots {
-            let input = match slot {
-                Slot::StatusQuery(from) => EngineInput::StatusQuery(from),
+            match slot {
+                Slot::StatusQuery(from) => {
+                    // Keep the order: what arrived before the query is handed over first.
+                    if !run.is_empty()
+                        && !self.hand_over(EngineInput::Messages(std::mem::take(&mut run)))
+                    {
+                        return false;
+                    }
+                    if !self.hand_over(EngineInput::StatusQuery(from)) {
+                        return false;
+                    }
+                }
                 Slot::Verdict(from) => match verdicts.next().expect("one verdict per message") {
-                    Ok(v) => EngineInput::Message(v),
+                    Ok(v) => run.push(v),
                     Err(rejection) => {
                         self.rejected.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(?from, %rejection, "rejected message");
-                        continue;
                     }
                 },
-            };
-            if self.input_tx.blocking_send(input).is_err() {
-                return false;
             }
+        }
+        if !run.is_empty() {
+            return self.hand_over(EngineInput::Messages(run));
         }
         true
     }
@@ -471,13 +490,17 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) {
                 let Some(input) = input else { break };
                 let now = now_ms(epoch);
                 match input {
-                    EngineInput::Message(verified) => match l.engine.on_message(now, verified) {
-                        Ok(actions) => l.perform(actions),
-                        Err(rejection) => {
-                            l.rejected.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(%rejection, "engine rejected message");
+                    EngineInput::Messages(run) => {
+                        for verified in run {
+                            match l.engine.on_message(now, verified) {
+                                Ok(actions) => l.perform(actions),
+                                Err(rejection) => {
+                                    l.rejected.fetch_add(1, Ordering::Relaxed);
+                                    tracing::debug!(%rejection, "engine rejected message");
+                                }
+                            }
                         }
-                    },
+                    }
                     EngineInput::StatusQuery(from) => {
                         let report = StatusReport {
                             replica: l.engine.id(),

@@ -482,43 +482,56 @@ async fn read_stream(shared: Arc<Shared>, conn: Connection, mut stream: RecvStre
 }
 
 /// Reads frames from one stream and hands them to `recv`'s queue.
+///
+/// It reads whatever the stream has (up to [`READ_CHUNK_BYTES`] at a time) and cuts every
+/// complete frame out of that, so a burst of small frames costs one read, not two per frame. What
+/// it holds is at most one incomplete frame plus one chunk: memory follows the bytes that actually
+/// arrived, never a length prefix, and an oversize prefix is refused before its body is read.
 async fn read_frames(shared: &Shared, stream: &mut RecvStream, peer: Peer) -> StreamEnd {
+    let mut buffer: Vec<u8> = Vec::new();
     loop {
-        let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
-        match stream.read_exact(&mut prefix).await {
-            Ok(()) => {}
-            Err(quinn::ReadExactError::FinishedEarly(0)) => return StreamEnd::Finished,
-            Err(quinn::ReadExactError::FinishedEarly(_)) => return StreamEnd::Truncated,
-            Err(quinn::ReadExactError::ReadError(e)) => return StreamEnd::Failed(e.to_string()),
-        }
-        let length_bytes = u32::from_be_bytes(prefix);
-        let length = match usize::try_from(length_bytes) {
-            Ok(length) if length <= shared.max_frame_bytes => length,
-            _ => {
-                return StreamEnd::Oversize {
-                    length_bytes: u64::from(length_bytes),
+        let mut start = 0;
+        while buffer.len() - start >= LENGTH_PREFIX_BYTES {
+            let prefix: [u8; LENGTH_PREFIX_BYTES] = buffer[start..start + LENGTH_PREFIX_BYTES]
+                .try_into()
+                .expect("prefix length");
+            let length_bytes = u32::from_be_bytes(prefix);
+            let length = match usize::try_from(length_bytes) {
+                Ok(length) if length <= shared.max_frame_bytes => length,
+                _ => {
+                    return StreamEnd::Oversize {
+                        length_bytes: u64::from(length_bytes),
+                    }
                 }
+            };
+            let body = start + LENGTH_PREFIX_BYTES;
+            if buffer.len() - body < length {
+                break;
             }
-        };
-        let mut frame = Vec::with_capacity(length.min(READ_CHUNK_BYTES));
-        while frame.len() < length {
-            let wanted = (length - frame.len()).min(READ_CHUNK_BYTES);
-            match stream.read_chunk(wanted, true).await {
-                Ok(Some(chunk)) => frame.extend_from_slice(&chunk.bytes),
-                Ok(None) => return StreamEnd::Truncated,
-                Err(e) => return StreamEnd::Failed(e.to_string()),
+            let frame = buffer[body..body + length].to_vec();
+            start = body + length;
+            // Counted before the hand-off so that whoever receives the frame already sees it
+            // counted.
+            bump(&shared.counters.frames_received, 1);
+            bump(&shared.counters.bytes_received, length as u64);
+            if shared
+                .inbound_tx
+                .send(InboundFrame { from: peer, frame })
+                .await
+                .is_err()
+            {
+                return StreamEnd::Closed;
             }
         }
-        // Counted before the hand-off so that whoever receives the frame already sees it counted.
-        bump(&shared.counters.frames_received, 1);
-        bump(&shared.counters.bytes_received, length as u64);
-        if shared
-            .inbound_tx
-            .send(InboundFrame { from: peer, frame })
-            .await
-            .is_err()
-        {
-            return StreamEnd::Closed;
+        buffer.drain(..start);
+        match stream.read_chunk(READ_CHUNK_BYTES, true).await {
+            Ok(Some(chunk)) => buffer.extend_from_slice(&chunk.bytes),
+            Ok(None) if buffer.is_empty() => return StreamEnd::Finished,
+            Ok(None) => return StreamEnd::Truncated,
+            Err(e) => return StreamEnd::Failed(e.to_string()),
+        }
+        if buffer.capacity() > RETAINED_BUFFER_BYTES && buffer.len() < READ_CHUNK_BYTES {
+            buffer.shrink_to(READ_CHUNK_BYTES);
         }
     }
 }
