@@ -489,6 +489,12 @@ impl QuicTransport {
             counters,
             inbound_tx,
             client_links: Mutex::new(Default::default()),
+            replicas_connected_in: Mutex::new(Default::default()),
+            redial: config
+                .replicas
+                .iter()
+                .map(|r| (r.id, watch::channel(0).0))
+                .collect(),
             next_link_id: AtomicU64::new(0),
             shutdown_tx,
             tasks: Mutex::new(link::Tasks {

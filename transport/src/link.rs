@@ -48,6 +48,11 @@ const MAX_UNI_STREAMS: u32 = 4;
 /// usually close; a low guess costs at most a few early retransmissions of handshake packets.
 const INITIAL_RTT: Duration = Duration::from_millis(100);
 
+/// An outgoing replica connection at least this old is redialed when the peer connects to us
+/// anew (see [`note_replica_connected_in`]); a younger one is not, so that the two sides of a
+/// reconnect do not make each other redial without end.
+const REDIAL_MIN_AGE: Duration = Duration::from_secs(1);
+
 /// A body is read in chunks of at most this size, so memory follows bytes actually received.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -65,6 +70,12 @@ pub(crate) struct Shared {
     /// Replica role: the live connections each client opened to us, oldest first. Replies go
     /// over the last one.
     pub(crate) client_links: Mutex<HashMap<PublicKey, Vec<ClientLink>>>,
+    /// Replica role: the peers that have connected to us at least once since we started.
+    pub(crate) replicas_connected_in:
+        Mutex<std::collections::HashSet<smr_core::message::ReplicaId>>,
+    /// Per peer replica: bumped when that peer connects to us again (see
+    /// [`note_replica_connected_in`]); our outgoing link to it then redials.
+    pub(crate) redial: HashMap<smr_core::message::ReplicaId, watch::Sender<u64>>,
     pub(crate) next_link_id: AtomicU64,
     pub(crate) shutdown_tx: watch::Sender<bool>,
     pub(crate) tasks: Mutex<Tasks>,
@@ -237,6 +248,7 @@ pub(crate) async fn run_replica_link(
 ) {
     let peer = Peer::Replica(target.id);
     let mut shutdown = shared.shutdown_rx();
+    let mut redial = shared.redial.get(&target.id).map(|r| r.subscribe());
     let mut backoff = shared.reconnect_initial;
     loop {
         let dialed = tokio::select! {
@@ -251,14 +263,39 @@ pub(crate) async fn run_replica_link(
                 let connected_at = Instant::now();
                 // Replies to a client come back on the connection it opened.
                 shared.spawn(read_connection(shared.clone(), conn.clone(), peer));
-                match write_frames(&shared, &conn, &mut queue, &mut shutdown).await {
-                    WriteEnd::Shutdown | WriteEnd::QueueClosed => {
+                if let Some(redial) = redial.as_mut() {
+                    redial.mark_unchanged();
+                }
+                // `None`: the peer connected to us anew, and this connection is presumed dead.
+                // A connection younger than REDIAL_MIN_AGE is kept: it was dialed after the
+                // peer's restart, or in answer to it.
+                let write = write_frames(&shared, &conn, &mut queue, &mut shutdown);
+                tokio::pin!(write);
+                let end = loop {
+                    tokio::select! {
+                        end = &mut write => break Some(end),
+                        () = peer_reconnected(redial.as_mut()) => {
+                            if connected_at.elapsed() >= REDIAL_MIN_AGE {
+                                break None;
+                            }
+                        }
+                    }
+                };
+                match end {
+                    Some(WriteEnd::Shutdown | WriteEnd::QueueClosed) => {
                         conn.close(CLOSE_SHUTDOWN, b"shutdown");
                         return;
                     }
-                    WriteEnd::ConnectionLost(reason) => {
+                    Some(WriteEnd::ConnectionLost(reason)) => {
                         connection_ended(&shared, peer, &conn, &reason);
                         conn.close(CLOSE_SHUTDOWN, b"reconnecting");
+                    }
+                    None => {
+                        bump(&shared.counters.connections_lost, 1);
+                        tracing::info!(me = %shared.me, ?peer, "peer connected to us anew; redialing it");
+                        conn.close(CLOSE_SHUTDOWN, b"redialing");
+                        backoff = shared.reconnect_initial;
+                        continue;
                     }
                 }
                 // A connection that lived a while earns a fresh backoff; one that the peer closes
@@ -284,6 +321,19 @@ pub(crate) async fn run_replica_link(
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(shared.reconnect_max);
+    }
+}
+
+/// Resolves when the peer replica connected to us anew (see [`note_replica_connected_in`]);
+/// never without a redial signal.
+async fn peer_reconnected(redial: Option<&mut watch::Receiver<u64>>) {
+    match redial {
+        Some(redial) => {
+            if redial.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -355,6 +405,9 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     };
     bump(&shared.counters.connections_incoming, 1);
     tracing::info!(me = %shared.me, ?peer, %remote, "accepted connection");
+    if let Peer::Replica(replica) = peer {
+        note_replica_connected_in(&shared, replica);
+    }
     if let Peer::Client(key) = peer {
         let (queue_tx, queue_rx) = mpsc::channel(shared.send_queue_frames);
         let id = shared.next_link_id.fetch_add(1, Ordering::Relaxed);
@@ -383,6 +436,23 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
         ));
     }
     read_connection(shared, conn, peer).await;
+}
+
+/// A peer replica that connects to us a second time has most likely restarted (or lost its
+/// network), and then our outgoing connection to it is dead as well. quinn would only find out
+/// at the idle timeout, since the restarted process cannot reset connections it never had: until
+/// then everything we send it would vanish. So the second and later inbound connections from a
+/// replica make our link to it redial at once, if that link is older than [`REDIAL_MIN_AGE`].
+/// The first inbound connection does not (a restarted replica's peers dial it), and neither
+/// does one that arrives just after we dialed, so two replicas never make each other redial in
+/// turn.
+fn note_replica_connected_in(shared: &Shared, replica: smr_core::message::ReplicaId) {
+    let again = !lock(&shared.replicas_connected_in).insert(replica);
+    if again {
+        if let Some(redial) = shared.redial.get(&replica) {
+            redial.send_modify(|generation| *generation += 1);
+        }
+    }
 }
 
 fn peer_key(conn: &Connection) -> Option<PublicKey> {

@@ -501,3 +501,83 @@ async fn invalid_configurations_are_refused_with_clear_errors() {
         Err(TransportError::InvalidConfig(_))
     ));
 }
+
+/// A replica killed without a word (its runtime dropped: no CONNECTION_CLOSE, no reset) and
+/// restarted on the same address gets frames from a peer at once: the peer sees it connect in
+/// again and redials, instead of writing into its dead connection until the idle timeout.
+#[test]
+fn replica_killed_without_closing_and_restarted_gets_frames_long_before_the_idle_timeout() {
+    init_tracing();
+    let idle_timeout = Duration::from_secs(30);
+    let mut cluster = Cluster::new(2);
+    let long_idle = |mut config: TransportConfig| {
+        config.idle_timeout_ms = idle_timeout.as_millis() as u64;
+        config
+    };
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let doomed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let socket0 = cluster.sockets[0].take().unwrap();
+    let socket1 = cluster.sockets[1].take().unwrap();
+    let r0 = main.block_on(async {
+        QuicTransport::start_with_socket(long_idle(cluster.config(0, allowed(&[]))), socket0)
+            .await
+            .unwrap()
+    });
+    let r1 = doomed.block_on(async {
+        QuicTransport::start_with_socket(long_idle(cluster.config(1, allowed(&[]))), socket1)
+            .await
+            .unwrap()
+    });
+    main.block_on(async {
+        r0.send(Peer::Replica(1), b"before".to_vec()).unwrap();
+    });
+    doomed.block_on(async {
+        assert_eq!(recv_within(&r1).await.frame, b"before".to_vec());
+        r1.send(Peer::Replica(0), b"hello".to_vec()).unwrap();
+    });
+    main.block_on(async {
+        assert_eq!(recv_within(&r0).await.frame, b"hello".to_vec());
+        // Let r0's connection to r1 age past the redial threshold.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    });
+    // The crash: every task of r1 is dropped where it stands (its endpoint driver too, so no
+    // close is ever sent), then the handle, which releases the socket.
+    doomed.shutdown_timeout(Duration::from_millis(100));
+    drop(r1);
+
+    main.block_on(async {
+        let restarted_at = tokio::time::Instant::now();
+        let r1 = QuicTransport::start(long_idle(cluster.config(1, allowed(&[]))))
+            .await
+            .expect("restart binds the same address");
+        // r0 keeps sending, as a replica does; the first frame to arrive proves the new link.
+        let frame = loop {
+            r0.send(Peer::Replica(1), b"after".to_vec()).unwrap();
+            match tokio::time::timeout(Duration::from_millis(100), r1.recv()).await {
+                Ok(frame) => break frame.expect("transport open"),
+                Err(_) => assert!(
+                    restarted_at.elapsed() < WAIT,
+                    "no frame from r0 within {WAIT:?} of the restart (idle timeout {idle_timeout:?})"
+                ),
+            }
+        };
+        assert_eq!(
+            (frame.from, frame.frame),
+            (Peer::Replica(0), b"after".to_vec())
+        );
+        eprintln!(
+            "first frame at the restarted replica {} ms after the restart",
+            restarted_at.elapsed().as_millis()
+        );
+        r1.shutdown().await;
+        r0.shutdown().await;
+    });
+}
