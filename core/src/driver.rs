@@ -43,8 +43,10 @@ pub const MAX_VERIFY_RUN_FRAMES: usize = 128;
 /// Most frame bytes a verify worker takes for one batch verification (a run stops after the
 /// frame that crosses it).
 pub const MAX_VERIFY_RUN_BYTES: usize = 256 * 1024;
-/// Most client requests the verified-request cache remembers.
-const MAX_VERIFIED_REQUESTS: usize = 1 << 16;
+/// Most client requests the verified-request cache remembers (about 80 bytes each). It only
+/// needs to span the time between a request reaching a replica directly and in a PROPOSE, and
+/// clients send ordered requests to the leader alone unless it is slow, so a few thousand do.
+const MAX_VERIFIED_REQUESTS: usize = 1 << 13;
 
 /// Tuning of the driver itself (not of the protocol).
 #[derive(Clone, Debug)]
@@ -884,13 +886,22 @@ impl<N: Network> Client<N> {
 
 impl<N: Network> ClientShared<N> {
     fn perform(&self, actions: Vec<ClientAction>) {
-        for ClientAction::Broadcast(message) in actions {
-            let frame = codec::encode(&message);
-            for r in 0..self.replicas as ReplicaId {
-                if let Err(e) = self.network.send(Peer::Replica(r), frame.clone()) {
-                    tracing::debug!(replica = r, error = %e, "client send failed");
+        for action in actions {
+            match action {
+                ClientAction::Broadcast(message) => {
+                    let frame = codec::encode(&message);
+                    for r in 0..self.replicas as ReplicaId {
+                        self.send_to(r, frame.clone());
+                    }
                 }
+                ClientAction::Send { to, message } => self.send_to(to, codec::encode(&message)),
             }
+        }
+    }
+
+    fn send_to(&self, replica: ReplicaId, frame: Vec<u8>) {
+        if let Err(e) = self.network.send(Peer::Replica(replica), frame) {
+            tracing::debug!(replica, error = %e, "client send failed");
         }
     }
 }

@@ -30,8 +30,9 @@ use smr_modes::Mode;
 const DEFAULT_REQUESTS: usize = 50_000;
 const DEFAULT_PERIOD: u64 = 100;
 const DEFAULT_CLIENTS: usize = 8;
-/// Requests each client keeps in flight.
-const DEFAULT_WINDOW: usize = 16;
+/// Requests each client keeps in flight. Few enough that batches stay small (32 requests in
+/// flight), so 50,000 requests make well over `MIN_CHECKPOINTS` periods of decisions.
+const DEFAULT_WINDOW: usize = 4;
 const INVOKE_TIMEOUT: Duration = Duration::from_secs(30);
 const SAMPLE_EVERY: Duration = Duration::from_millis(500);
 /// Memory after the run may exceed memory after the first fifth of it by this factor...

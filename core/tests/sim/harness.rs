@@ -1098,9 +1098,16 @@ impl Sim {
 
     fn client_actions(&mut self, c: usize, actions: Vec<ClientAction>) {
         let from = Peer::Client(self.clients[c].engine.id());
-        for ClientAction::Broadcast(message) in actions {
-            for r in 0..self.opts.n as u32 {
-                self.send(Node::Client(c), from, Peer::Replica(r), &message);
+        for action in actions {
+            match action {
+                ClientAction::Broadcast(message) => {
+                    for r in 0..self.opts.n as u32 {
+                        self.send(Node::Client(c), from, Peer::Replica(r), &message);
+                    }
+                }
+                ClientAction::Send { to, message } => {
+                    self.send(Node::Client(c), from, Peer::Replica(to), &message);
+                }
             }
         }
     }
