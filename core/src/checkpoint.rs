@@ -22,6 +22,7 @@ use crate::message::{Cid, DecisionProof, ReplicaId};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointData {
     pub cid: Cid,
+    #[serde(with = "serde_bytes")]
     pub service: Vec<u8>,
     pub clients: ClientTable,
 }
@@ -38,6 +39,7 @@ pub struct CheckpointData {
 pub struct Checkpoint {
     pub cid: Cid,
     pub digest: Digest,
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     pub decided: DecisionProof,
 }

@@ -31,6 +31,7 @@ pub struct RequestBody {
     pub client: ClientId,
     pub seq: u64,
     pub kind: RequestKind,
+    #[serde(with = "serde_bytes")]
     pub op: Vec<u8>,
 }
 
@@ -249,6 +250,7 @@ pub struct Reply {
     pub client: ClientId,
     pub seq: u64,
     pub regency: Regency,
+    #[serde(with = "serde_bytes")]
     pub result: Vec<u8>,
 }
 
@@ -306,6 +308,7 @@ pub enum Message {
         cid: Cid,
         offset: u64,
         total_len: u64,
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
         /// On the chunk that completes the checkpoint: the proof that `cid` was decided,
         /// which the requester needs to report it in a later STOPDATA.

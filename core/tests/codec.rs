@@ -44,3 +44,37 @@ fn trailing_bytes_are_rejected() {
     frame.push(0);
     assert!(decode::<Message>(&frame).is_err());
 }
+
+/// A request body as it was encoded before `op` became a byte string: field by field, with the
+/// operation as a plain sequence of u8.
+#[derive(serde::Serialize)]
+struct BodyWithPlainOp {
+    client: PublicKey,
+    seq: u64,
+    kind: RequestKind,
+    op: Vec<u8>,
+}
+
+#[test]
+fn byte_string_fields_encode_to_the_same_bytes_as_plain_byte_vectors() {
+    for op in [
+        vec![],
+        vec![7],
+        (0..=255).collect::<Vec<u8>>(),
+        vec![0xab; 1024],
+    ] {
+        let body = RequestBody {
+            client: PublicKey([3; 32]),
+            seq: 9,
+            kind: RequestKind::Ordered,
+            op: op.clone(),
+        };
+        let plain = BodyWithPlainOp {
+            client: body.client,
+            seq: body.seq,
+            kind: body.kind,
+            op,
+        };
+        assert_eq!(encode(&body), encode(&plain));
+    }
+}
