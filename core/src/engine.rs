@@ -70,6 +70,10 @@ const TIMER_KINDS: [TimerKind; 4] = [
 /// a peer trying to exhaust the regency space.
 const MAX_REGENCY_JUMP: Regency = 1 << 20;
 
+/// State-transfer chunks (or "superseded" answers) one peer is served per second: 256 MiB/s
+/// with the default 1 MiB chunks, far above what one-chunk-at-a-time transfer asks for.
+pub const STATE_FETCHES_PER_SECOND: u64 = 256;
+
 /// What the engine promises, to be made durable before the promise is sent.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PersistRecord {
@@ -208,6 +212,8 @@ pub struct Engine {
     next_sync_query_allowed_ms: u64,
     /// Per peer: when we may next send it our SYNC.
     next_help_ms: BTreeMap<ReplicaId, u64>,
+    /// Per peer: the start of its current one-second window and the state fetches served in it.
+    state_fetches_served: BTreeMap<ReplicaId, (u64, u64)>,
     /// When certified decisions from a peer last moved this replica forward. A replica that is
     /// catching up blames its own lag, not the leader, for its requests' timeouts.
     last_catch_up_ms: Option<u64>,
@@ -301,6 +307,7 @@ impl Engine {
             change_failures: 0,
             next_sync_query_allowed_ms: 0,
             next_help_ms: BTreeMap::new(),
+            state_fetches_served: BTreeMap::new(),
             last_catch_up_ms: None,
             checkpoint: None,
             own_checkpoints: BTreeMap::new(),
@@ -589,8 +596,7 @@ impl Engine {
                 Ok(())
             }
             (Peer::Replica(j), Message::StateFetch { cid, offset }) => {
-                self.handle_state_fetch(j, cid, offset, actions);
-                Ok(())
+                self.handle_state_fetch(now_ms, j, cid, offset, actions)
             }
             (
                 Peer::Replica(j),
@@ -1871,13 +1877,27 @@ impl Engine {
         }
     }
 
+    /// Serves one chunk of a checkpoint, at most [`STATE_FETCHES_PER_SECOND`] per peer: a
+    /// fetch is a few bytes and its answer up to `state_chunk_bytes`, so without a bound one
+    /// Byzantine peer could make this replica send as fast as it asks. An honest requester
+    /// fetches one chunk at a time and never comes near it; past it, fetches are dropped and
+    /// the requester's stall timer retries.
     fn handle_state_fetch(
         &mut self,
+        now_ms: u64,
         from: ReplicaId,
         cid: Cid,
         offset: u64,
         actions: &mut Vec<Action>,
-    ) {
+    ) -> Result<(), Rejection> {
+        let window = self.state_fetches_served.entry(from).or_insert((now_ms, 0));
+        if now_ms >= window.0 + 1000 {
+            *window = (now_ms, 0);
+        }
+        if window.1 >= STATE_FETCHES_PER_SECOND {
+            return Err(Rejection::RateLimited("state fetches"));
+        }
+        window.1 += 1;
         let Some(c) = self
             .checkpoint
             .as_ref()
@@ -1889,10 +1909,12 @@ impl Engine {
                 to: Peer::Replica(from),
                 message: self.state_info(),
             });
-            return;
+            return Ok(());
         };
         if offset > c.data.len() as u64 {
-            return;
+            return Err(Rejection::Malformed(
+                "state fetch beyond the checkpoint".into(),
+            ));
         }
         let start = offset as usize;
         let end = (start + self.cfg.limits.state_chunk_bytes).min(c.data.len());
@@ -1906,6 +1928,7 @@ impl Engine {
                 decided: (end == c.data.len()).then(|| c.decided.clone()),
             },
         });
+        Ok(())
     }
 
     fn handle_state_chunk(

@@ -55,6 +55,8 @@ pub enum Rejection {
     NotLeader,
     #[error("the current regency's SYNC has not been applied yet")]
     SyncInProgress,
+    #[error("{0}: this peer asked for more than its share")]
+    RateLimited(&'static str),
 }
 
 impl Rejection {
@@ -81,6 +83,7 @@ impl Rejection {
             Rejection::PoolFull => "pool_full",
             Rejection::NotLeader => "not_leader",
             Rejection::SyncInProgress => "sync_in_progress",
+            Rejection::RateLimited(_) => "rate_limited",
         }
     }
 }

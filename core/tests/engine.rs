@@ -515,3 +515,40 @@ fn request_naming_another_client_is_rejected_as_impersonation() {
         .unwrap_err();
     assert_eq!(err, Rejection::Impersonation);
 }
+
+#[test]
+fn state_fetches_beyond_a_peers_share_per_second_are_dropped() {
+    use smr_core::engine::STATE_FETCHES_PER_SECOND;
+    let c = cluster(Mode::Bft, 4, 1);
+    let mut replica = c.engine(0);
+    let mut fetch = |now_ms: u64, from: u32| {
+        let verified = c
+            .verifier
+            .verify_inbound(
+                Peer::Replica(from),
+                Message::StateFetch {
+                    cid: 100,
+                    offset: 0,
+                },
+            )
+            .unwrap();
+        replica.on_message(now_ms, verified)
+    };
+    for _ in 0..STATE_FETCHES_PER_SECOND {
+        // No checkpoint 100 here: each fetch is answered with what this replica has.
+        let actions = fetch(5, 1).expect("within the share");
+        assert!(actions.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                to: Peer::Replica(1),
+                ..
+            }
+        )));
+    }
+    assert!(matches!(fetch(5, 1), Err(Rejection::RateLimited(_))));
+    assert!(matches!(fetch(1004, 1), Err(Rejection::RateLimited(_))));
+    // Another peer has its own share, and the next second brings a new one.
+    assert!(fetch(1004, 2).is_ok());
+    assert!(fetch(1005, 1).is_ok());
+    assert_eq!(replica.stats().rejections.get("rate_limited"), Some(&2));
+}
