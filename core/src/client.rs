@@ -5,9 +5,13 @@
 //! and Q for unordered reads (which go to every replica at once). The followers learn the
 //! request from the leader's PROPOSE, so in the common case each request crosses the network
 //! once instead of n times; that is a tenth of the whole cluster's CPU per request in the BFT
-//! benchmark. If no result arrives within half the retry timeout the request goes to every
-//! replica, which starts the followers' request timers: a silent or censoring leader is then
-//! replaced as if the client had broadcast from the start, half a retry timeout later.
+//! benchmark. If no result arrives in time the request goes to every replica, which starts the
+//! followers' request timers: a silent or censoring leader is then replaced as if the client
+//! had broadcast from the start, that much later. "In time" adapts like TCP's retransmission
+//! timeout: the smoothed latency of requests the leader alone completed plus four times its
+//! mean deviation, at least [`MIN_LEADER_WAIT_MS`] and at most half the retry timeout (also
+//! the value before any sample), so a failover costs little more than the replicas' own
+//! timeouts and an overloaded cluster does not make its clients broadcast.
 //!
 //! The believed leader is that of the highest regency at least f+1 replicas reported in their
 //! replies (any one in CFT), so a lying replica cannot steer the client's first sends. Many
@@ -49,6 +53,9 @@ pub struct Completed {
     pub result: Vec<u8>,
 }
 
+/// The shortest wait for the leader before a request goes to every replica.
+pub const MIN_LEADER_WAIT_MS: u64 = 100;
+
 #[derive(Debug)]
 struct Outstanding {
     request: Request,
@@ -56,6 +63,9 @@ struct Outstanding {
     replies: BTreeMap<ReplicaId, Vec<u8>>,
     deadline_ms: u64,
     needed: usize,
+    submitted_ms: u64,
+    /// Sent to every replica (from the start, or after the leader took too long).
+    broadcast: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -76,6 +86,8 @@ pub struct ClientEngine {
     outstanding: BTreeMap<u64, Outstanding>,
     /// The highest regency each replica reported in a reply.
     reported_regency: BTreeMap<ReplicaId, Regency>,
+    /// Smoothed latency and mean deviation (ms) of requests the leader alone completed.
+    leader_latency_ms: Option<(f64, f64)>,
     pub retries: u64,
 }
 
@@ -96,7 +108,20 @@ impl ClientEngine {
             next_seq: first_seq.max(1),
             outstanding: BTreeMap::new(),
             reported_regency: BTreeMap::new(),
+            leader_latency_ms: None,
             retries: 0,
+        }
+    }
+
+    /// How long a request sent to the leader alone waits before going to every replica (see
+    /// the module docs).
+    pub fn leader_wait_ms(&self) -> u64 {
+        let ceiling = (self.cfg.retry_timeout_ms / 2).max(1);
+        match self.leader_latency_ms {
+            None => ceiling,
+            Some((smoothed, deviation)) => ((smoothed + 4.0 * deviation).ceil() as u64)
+                .max(MIN_LEADER_WAIT_MS)
+                .min(ceiling),
         }
     }
 
@@ -172,17 +197,19 @@ impl ClientEngine {
         );
         // Ordered requests go to the leader alone at first (see the module docs); unordered
         // reads need Q replies and go to everyone.
-        let (action, wait_ms) = match kind {
+        let (action, wait_ms, broadcast) = match kind {
             RequestKind::Ordered => (
                 ClientAction::Send {
                     to: self.believed_leader(),
                     message: Message::Request(request.clone()),
                 },
-                (self.cfg.retry_timeout_ms / 2).max(1),
+                self.leader_wait_ms(),
+                false,
             ),
             RequestKind::Unordered => (
                 ClientAction::Broadcast(Message::Request(request.clone())),
                 self.cfg.retry_timeout_ms,
+                true,
             ),
         };
         self.outstanding.insert(
@@ -192,13 +219,15 @@ impl ClientEngine {
                 replies: BTreeMap::new(),
                 deadline_ms: now_ms + wait_ms,
                 needed,
+                submitted_ms: now_ms,
+                broadcast,
             },
         );
         Ok((seq, vec![action]))
     }
 
     /// Takes a reply that arrived on replica `from`'s authenticated connection.
-    pub fn on_reply(&mut self, from: ReplicaId, reply: Reply) -> Option<Completed> {
+    pub fn on_reply(&mut self, now_ms: u64, from: ReplicaId, reply: Reply) -> Option<Completed> {
         if reply.replica != from || reply.client != self.id {
             return None;
         }
@@ -214,11 +243,27 @@ impl ClientEngine {
             .into_iter()
             .find(|(_, c)| *c >= entry.needed)
             .map(|(r, _)| r.to_vec())?;
-        self.outstanding.remove(&reply.seq);
+        let done = self.outstanding.remove(&reply.seq).expect("found above");
+        if !done.broadcast {
+            // Only requests that went to the leader alone measure the leader path (as TCP
+            // samples no retransmitted segment).
+            self.note_leader_latency(now_ms.saturating_sub(done.submitted_ms) as f64);
+        }
         Some(Completed {
             seq: reply.seq,
             result: winner,
         })
+    }
+
+    /// RFC 6298's estimator: gains 1/8 for the mean and 1/4 for the deviation.
+    fn note_leader_latency(&mut self, sample_ms: f64) {
+        self.leader_latency_ms = Some(match self.leader_latency_ms {
+            None => (sample_ms, sample_ms / 2.0),
+            Some((smoothed, deviation)) => (
+                smoothed + (sample_ms - smoothed) / 8.0,
+                deviation + ((sample_ms - smoothed).abs() - deviation) / 4.0,
+            ),
+        });
     }
 
     /// Forgets a request the caller gave up on. It may still execute; its reply is ignored.
@@ -250,6 +295,7 @@ impl ClientEngine {
                 o.replies.clear();
             }
             o.deadline_ms = now_ms + self.cfg.retry_timeout_ms;
+            o.broadcast = true;
             self.retries += 1;
             actions.push(ClientAction::Broadcast(Message::Request(o.request.clone())));
         }
@@ -288,13 +334,13 @@ mod tests {
     fn ordered_request_completes_at_f_plus_one_matching_replies() {
         let mut c = client(false);
         let (seq, _) = c.submit(0, RequestKind::Ordered, b"op".to_vec()).unwrap();
-        assert!(c.on_reply(0, reply(&c, 0, seq, b"a")).is_none());
+        assert!(c.on_reply(0, 0, reply(&c, 0, seq, b"a")).is_none());
         assert!(
-            c.on_reply(1, reply(&c, 1, seq, b"b")).is_none(),
+            c.on_reply(0, 1, reply(&c, 1, seq, b"b")).is_none(),
             "different results do not match"
         );
         let done = c
-            .on_reply(2, reply(&c, 2, seq, b"a"))
+            .on_reply(0, 2, reply(&c, 2, seq, b"a"))
             .expect("two matching replies");
         assert_eq!(done.result, b"a");
     }
@@ -303,9 +349,9 @@ mod tests {
     fn reply_claiming_another_replica_is_ignored() {
         let mut c = client(false);
         let (seq, _) = c.submit(0, RequestKind::Ordered, b"op".to_vec()).unwrap();
-        assert!(c.on_reply(0, reply(&c, 0, seq, b"a")).is_none());
+        assert!(c.on_reply(0, 0, reply(&c, 0, seq, b"a")).is_none());
         // Replica 0 cannot vote twice by claiming to be replica 1.
-        assert!(c.on_reply(0, reply(&c, 1, seq, b"a")).is_none());
+        assert!(c.on_reply(0, 0, reply(&c, 1, seq, b"a")).is_none());
     }
 
     #[test]
@@ -365,9 +411,9 @@ mod tests {
         let mut c = client(false);
         let (seq, _) = c.submit(0, RequestKind::Ordered, b"op".to_vec()).unwrap();
         // One replica (perhaps lying) reports regency 2: not enough in BFT with f = 1.
-        c.on_reply(3, reply_in(&c, 3, seq, 2));
+        c.on_reply(0, 3, reply_in(&c, 3, seq, 2));
         assert_eq!(c.believed_leader(), 0);
-        c.on_reply(1, reply_in(&c, 1, seq, 1));
+        c.on_reply(0, 1, reply_in(&c, 1, seq, 1));
         assert_eq!(
             c.believed_leader(),
             1,
@@ -377,8 +423,69 @@ mod tests {
         assert_eq!(destinations(&actions), vec![Some(1)]);
         // An old reply does not move it back.
         let (seq, _) = c.submit(0, RequestKind::Ordered, b"op".to_vec()).unwrap();
-        c.on_reply(1, reply_in(&c, 1, seq, 0));
+        c.on_reply(0, 1, reply_in(&c, 1, seq, 0));
         assert_eq!(c.believed_leader(), 1);
+    }
+
+    fn complete(c: &mut ClientEngine, submitted_ms: u64, done_ms: u64) -> Vec<ClientAction> {
+        let (seq, actions) = c
+            .submit(submitted_ms, RequestKind::Ordered, b"op".to_vec())
+            .unwrap();
+        c.on_reply(done_ms, 0, reply(c, 0, seq, b"r"));
+        c.on_reply(done_ms, 1, reply(c, 1, seq, b"r"))
+            .expect("two matching replies");
+        actions
+    }
+
+    #[test]
+    fn the_wait_for_the_leader_follows_its_latency_between_a_floor_and_half_the_retry_timeout() {
+        let cfg = ClientConfig {
+            retry_timeout_ms: 2000,
+            ..client(false).cfg
+        };
+        let mut c = ClientEngine::new(cfg, Arc::new(SimKey::from_seed([1; 32])), 1);
+        assert_eq!(
+            c.leader_wait_ms(),
+            1000,
+            "no sample yet: half the retry timeout"
+        );
+        for i in 0..50 {
+            complete(&mut c, i * 100, i * 100 + 10);
+        }
+        assert_eq!(
+            c.leader_wait_ms(),
+            MIN_LEADER_WAIT_MS,
+            "10 ms replies: the floor"
+        );
+        let (_, _) = c
+            .submit(10_000, RequestKind::Ordered, b"op".to_vec())
+            .unwrap();
+        assert_eq!(c.next_deadline_ms(), Some(10_000 + MIN_LEADER_WAIT_MS));
+        let mut c2 = ClientEngine::new(c.cfg.clone(), Arc::new(SimKey::from_seed([2; 32])), 1);
+        for i in 0..50 {
+            complete(&mut c2, i * 1000, i * 1000 + 300);
+        }
+        let wait = c2.leader_wait_ms();
+        assert!((300..=400).contains(&wait), "300 ms replies: {wait} ms");
+        for i in 50..100 {
+            complete(&mut c2, i * 10_000, i * 10_000 + 5000);
+        }
+        assert_eq!(
+            c2.leader_wait_ms(),
+            1000,
+            "capped at half the retry timeout"
+        );
+    }
+
+    #[test]
+    fn a_request_that_went_to_everyone_does_not_count_as_a_leader_sample() {
+        let mut c = client(false);
+        let (seq, _) = c.submit(0, RequestKind::Ordered, b"op".to_vec()).unwrap();
+        assert_eq!(destinations(&c.on_timer(50)), vec![None]);
+        c.on_reply(70, 0, reply(&c, 0, seq, b"r"));
+        c.on_reply(70, 1, reply(&c, 1, seq, b"r"))
+            .expect("completes");
+        assert_eq!(c.leader_wait_ms(), 50, "still no sample");
     }
 
     #[test]

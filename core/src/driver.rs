@@ -722,11 +722,11 @@ impl<N: Network> Client<N> {
                     };
                     match codec::decode::<Message>(&frame) {
                         Ok(Message::Reply(reply)) => {
-                            let done = shared
-                                .engine
-                                .lock()
-                                .expect("client lock")
-                                .on_reply(replica, reply);
+                            let done = shared.engine.lock().expect("client lock").on_reply(
+                                now_ms(shared.epoch),
+                                replica,
+                                reply,
+                            );
                             if let Some(done) = done {
                                 if let Some(w) = shared
                                     .waiters

@@ -742,7 +742,7 @@ impl Sim {
                 let (Peer::Replica(replica), Message::Reply(reply)) = (from, message) else {
                     return Err("client received something other than a reply".into());
                 };
-                if let Some(done) = self.clients[c].engine.on_reply(replica, reply) {
+                if let Some(done) = self.clients[c].engine.on_reply(self.now_ms, replica, reply) {
                     let node = &mut self.clients[c];
                     if node.completed.insert(done.seq, done.result).is_some() {
                         return Err(format!("client {c} completed seq {} twice", done.seq));
