@@ -552,3 +552,126 @@ fn state_fetches_beyond_a_peers_share_per_second_are_dropped() {
     assert!(fetch(1005, 1).is_ok());
     assert_eq!(replica.stats().rejections.get("rate_limited"), Some(&2));
 }
+
+/// A decision for `cid` with Q signed ACCEPTs from replicas 0, 1 and 3.
+fn certified_decision(c: &Cluster, cid: u64) -> smr_core::message::Decision {
+    let batch = Batch {
+        requests: vec![c.request(cid)],
+    };
+    let digest = batch.digest();
+    smr_core::message::Decision {
+        cid,
+        batch,
+        certificate: [0, 1, 3]
+            .into_iter()
+            .map(|r| c.vote(VoteKind::Accept, r, cid, digest))
+            .collect(),
+    }
+}
+
+/// Replica 2's STOPDATA for regency 1 (whose leader is replica 1), after STOPs from 0, 1, 3.
+fn stopdata_for_regency_1(c: &Cluster, replica: &mut Engine) -> smr_core::message::StopData {
+    let mut sent = None;
+    for from in [0u32, 1, 3] {
+        let stop = Signed::new(
+            smr_core::message::Stop {
+                replica: from,
+                regency: 1,
+                from_regency: 0,
+                pending: Vec::new(),
+            },
+            Some(&c.keys[from as usize] as &dyn Signer),
+        );
+        let actions = c
+            .deliver(replica, Peer::Replica(from), Message::Stop(stop))
+            .expect("stop accepted");
+        for action in actions {
+            if let Action::Send {
+                to: Peer::Replica(1),
+                message: Message::StopData(sd),
+            } = action
+            {
+                sent = Some(sd.body);
+            }
+        }
+    }
+    sent.expect("replica 2 sent STOPDATA to the new leader")
+}
+
+/// The bug behind simulator seed 240: a replica whose log starts after its checkpoint sent
+/// STOPDATA without proof that the checkpointed cid was decided, so a new leader could re-open
+/// it. Checked here on both paths that empty the log: a stable checkpoint truncating it, and a
+/// restart from a store that holds only the checkpoint.
+#[test]
+fn stopdata_proves_the_checkpointed_cid_decided_after_truncation_and_after_a_restart() {
+    let c = cluster(Mode::Bft, 4, 1);
+    let limits = Limits {
+        checkpoint_period: 2,
+        ..Limits::default()
+    };
+    let cfg = EngineConfig {
+        quorums: c.quorums,
+        me: 2,
+        replica_keys: c.keys.iter().map(|k| k.public_key()).collect(),
+        clients: (*c.verifier.clients).clone(),
+        limits,
+        timeouts: Timeouts::default(),
+    };
+    let signer = Arc::new(c.keys[2].clone());
+    let mut replica = Engine::new(cfg.clone(), signer.clone());
+    let decisions = vec![certified_decision(&c, 1), certified_decision(&c, 2)];
+    let actions = c
+        .deliver(
+            &mut replica,
+            Peer::Replica(0),
+            Message::Decisions(decisions),
+        )
+        .expect("decisions accepted");
+    // The service executes both batches (one request each); the second reaches the barrier.
+    let mut actions: Vec<Action> = actions
+        .into_iter()
+        .filter(|a| matches!(a, Action::Execute { .. }))
+        .flat_map(|a| match a {
+            Action::Execute { cid, items } => {
+                replica.on_executed(0, cid, items.iter().map(|_| b"ok".to_vec()).collect())
+            }
+            _ => unreachable!(),
+        })
+        .collect();
+    actions.retain(|a| matches!(a, Action::TakeSnapshot { .. }));
+    assert!(
+        matches!(actions[..], [Action::TakeSnapshot { cid: 2 }]),
+        "{actions:?}"
+    );
+    let actions = replica.on_snapshot(0, 2, b"service state at 2".to_vec());
+    let checkpoint = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Persist(PersistRecord::Checkpoint(cp)) => Some(cp.clone()),
+            _ => None,
+        })
+        .expect("checkpoint persisted");
+    for from in [0u32, 1] {
+        c.deliver(
+            &mut replica,
+            Peer::Replica(from),
+            Message::CheckpointAnnounce {
+                cid: 2,
+                digest: checkpoint.digest,
+            },
+        )
+        .expect("announcement accepted");
+    }
+    assert_eq!(replica.last_checkpoint(), 2, "a quorum made it stable");
+
+    let sd = stopdata_for_regency_1(&c, &mut replica);
+    let proof = sd.last_decided.expect("a proof for the executed cid");
+    assert_eq!(proof.cid, 2);
+    assert_eq!(proof.digest, certified_decision(&c, 2).batch.digest());
+    assert!(sd.prepared.is_empty());
+
+    let (mut restarted, _) = Engine::recover(cfg, signer, [PersistRecord::Checkpoint(checkpoint)])
+        .expect("recovers from the checkpoint");
+    let sd = stopdata_for_regency_1(&c, &mut restarted);
+    assert_eq!(sd.last_decided.map(|p| p.cid), Some(2));
+}
