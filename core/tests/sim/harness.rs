@@ -837,9 +837,16 @@ impl Sim {
                     decided,
                 },
             ) if node.id == self.opts.n as u32 - 1 => {
-                if let Some(b) = bytes.first_mut() {
-                    *b ^= 0x5a;
-                }
+                // Either the bytes are wrong, or (on the last chunk) the proof that the
+                // checkpoint's cid was decided is withheld: both must count as a lie.
+                let decided = if decided.is_some() && self.rng.chance(0.5) {
+                    None
+                } else {
+                    if let Some(b) = bytes.first_mut() {
+                        *b ^= 0x5a;
+                    }
+                    decided
+                };
                 Message::StateChunk {
                     cid,
                     offset,
