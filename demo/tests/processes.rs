@@ -11,7 +11,6 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::UdpSocket;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,11 +22,13 @@ use smr_core::ReplicaId;
 use smr_crypto::{IdentityKey, Signature};
 use smr_demo::keygen::{self, KeygenOptions};
 use smr_demo::local::{LocalCluster, ReplicaProcess};
-use smr_demo::{status, CounterOp, CounterReply, ServiceKind};
+use smr_demo::{status, CounterOp, ServiceKind};
 use smr_modes::Mode;
 use smr_transport::{Client, QuicTransport, ReplicaEndpoint, TransportConfig};
 
-const SMR: &str = env!("CARGO_BIN_EXE_smr");
+mod common;
+
+use common::{counter, init_tracing, smr, Run, SMR};
 /// The most any one test may take.
 const TEST_TIMEOUT: Duration = Duration::from_secs(90);
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -35,21 +36,9 @@ const AGREE_TIMEOUT: Duration = Duration::from_secs(20);
 const INVOKE_TIMEOUT: Duration = Duration::from_secs(20);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-/// Runs a test body with a deadline.
+/// Runs a test body with this file's deadline.
 async fn within<T>(body: impl Future<Output = T>) -> T {
-    tokio::time::timeout(TEST_TIMEOUT, body)
-        .await
-        .unwrap_or_else(|_| panic!("test did not finish within {TEST_TIMEOUT:?}"))
+    common::within(TEST_TIMEOUT, body).await
 }
 
 fn start_cluster(mode: Mode, n: usize, clients: usize, service: ServiceKind) -> LocalCluster {
@@ -74,77 +63,6 @@ async fn wait_all_up(cluster: &LocalCluster, client: &Client) {
     let ids: Vec<ReplicaId> = (0..cluster.n() as ReplicaId).collect();
     let (answers, ok) = status::wait_until_agree(client, &ids, READY_TIMEOUT).await;
     assert!(ok, "not every replica answered: {answers:?}");
-}
-
-async fn counter(client: &Client, op: CounterOp) -> i64 {
-    let reply = client.invoke(op.encode()).await.expect("invocation");
-    match CounterReply::decode(&reply).expect("a counter reply") {
-        CounterReply::Value(v) => v,
-        CounterReply::Error(e) => panic!("counter refused the operation: {e}"),
-    }
-}
-
-/// The outcome of one `smr` command.
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}\n--- stdout\n{}--- stderr\n{}",
-            self.status, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Kills the child if the test gives up on it.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
-
-/// Runs `smr ARGS` to completion (blocking), failing the test if it takes longer than `timeout`.
-fn smr(args: &[&str], timeout: Duration) -> Run {
-    let dir = tempfile::tempdir().unwrap();
-    let out_path = dir.path().join("stdout");
-    let err_path = dir.path().join("stderr");
-    let child = Command::new(SMR)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .expect("smr starts");
-    let mut child = KillOnDrop(child);
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "`smr {}` did not finish within {timeout:?}; stderr so far:\n{}",
-                args.join(" "),
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Run {
-        status,
-        stdout: std::fs::read_to_string(&out_path).unwrap(),
-        stderr: std::fs::read_to_string(&err_path).unwrap(),
-    }
 }
 
 async fn smr_async(args: &[&str], timeout: Duration) -> Run {
