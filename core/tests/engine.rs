@@ -643,7 +643,11 @@ fn stopdata_proves_the_checkpointed_cid_decided_after_truncation_and_after_a_res
         matches!(actions[..], [Action::TakeSnapshot { cid: 2 }]),
         "{actions:?}"
     );
+    // A snapshot nobody asked for (one a state transfer superseded) is dropped, and does not
+    // disturb the one that is awaited.
+    assert!(replica.on_snapshot(0, 1, b"stale".to_vec()).is_empty());
     let actions = replica.on_snapshot(0, 2, b"service state at 2".to_vec());
+    assert!(replica.on_snapshot(0, 2, b"again".to_vec()).is_empty());
     let checkpoint = actions
         .iter()
         .find_map(|a| match a {
