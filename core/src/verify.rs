@@ -13,8 +13,9 @@
 //! the message-by-message price (plus the one failed batch), never more.
 //!
 //! # Each client signature is verified once
-//! A client sends its request to every replica, and the leader then proposes it to them inside a
-//! PROPOSE: without care every replica would verify the same client signature twice. A
+//! A request can reach a replica twice: directly from its client (always at the leader, and at
+//! every replica once the client stops waiting for the leader) and again inside the leader's
+//! PROPOSE. Without care the replica would verify the same client signature twice. A
 //! [`VerifiedRequests`] cache remembers, by the blake3 hash of the exact signed bytes and the
 //! signature, client requests whose signature verified here; a byte-identical request met again
 //! (in a PROPOSE, a STOP, a SYNC or a forwarded batch) skips only the signature check. Every
