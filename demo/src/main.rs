@@ -13,6 +13,12 @@ use smr_modes::Mode;
 
 mod cmd;
 
+// glibc malloc was 5-6% of all CPU in a whole-system profile of `smr bench` (BFT, 32 x 8): the
+// frames, batches and futures are many small short-lived allocations, often freed on another
+// thread than the one that allocated them. mimalloc is what BENCHMARKS.md step 8 measured.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Byzantine- or crash-fault-tolerant state machine replication, modeled on BFT-SMaRt.
 ///
 /// Try `smr cluster` first: it runs a whole local cluster and a demo workload in one command.
