@@ -16,10 +16,12 @@
 //!
 //! The library part holds what the binary and the process-level tests share: the demo services
 //! ([`services`]: a counter and a key-value map, deterministic and with a compact binary
-//! encoding), key and config generation, status formatting, and the child-process cluster with
-//! its kill-on-drop guards.
+//! encoding), key and config generation, status formatting, the child-process cluster with
+//! its kill-on-drop guards, and a linearizability checker for recorded counter histories
+//! ([`history`]).
 
 pub mod bench;
+pub mod history;
 pub mod keygen;
 pub mod local;
 pub mod services;

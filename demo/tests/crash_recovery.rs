@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use smr_core::driver::InvokeError;
 use smr_core::ReplicaId;
+use smr_demo::history::{CounterCall, CounterEvent};
 use smr_demo::local::LocalCluster;
 use smr_demo::CounterOp;
 use smr_modes::Mode;
@@ -55,26 +56,39 @@ async fn shutdown(clients: Vec<Client>) {
     }
 }
 
-/// Runs `per_client` increments on each client concurrently; returns every returned value.
-async fn increments(clients: &[Client], per_client: usize) -> Vec<i64> {
+/// A client reads the counter after every this many increments, so that the histories the
+/// linearizability check sees have reads interleaved with concurrent writes.
+const GET_EVERY: usize = 10;
+
+/// Runs `per_client` increments on each client concurrently, with a read after every
+/// [`GET_EVERY`]; returns the history.
+async fn history(clients: &[Client], per_client: usize) -> Vec<CounterEvent> {
     let tasks: Vec<_> = clients
         .iter()
         .map(|c| {
             let c = c.clone();
             tokio::spawn(async move {
-                let mut values = Vec::with_capacity(per_client);
-                for _ in 0..per_client {
-                    values.push(counter(&c, CounterOp::Add(1)).await);
+                let mut events = Vec::with_capacity(per_client + per_client / GET_EVERY);
+                for i in 1..=per_client {
+                    events.push(timed(&c, CounterCall::Add).await);
+                    if i.is_multiple_of(GET_EVERY) {
+                        events.push(timed(&c, CounterCall::Get).await);
+                    }
                 }
-                values
+                events
             })
         })
         .collect();
-    let mut values = Vec::new();
+    let mut events = Vec::new();
     for t in tasks {
-        values.extend(t.await.expect("client task"));
+        events.extend(t.await.expect("client task"));
     }
-    values
+    events
+}
+
+/// Runs `per_client` increments on each client concurrently; returns every returned value.
+async fn increments(clients: &[Client], per_client: usize) -> Vec<i64> {
+    add_values(&history(clients, per_client).await)
 }
 
 fn assert_exactly(values: &[i64], range: std::ops::RangeInclusive<i64>, what: &str) {
@@ -126,13 +140,15 @@ async fn leader_killed_mid_load(mode: Mode, n: usize) {
             let c = c.clone();
             let done = done.clone();
             tokio::spawn(async move {
-                let mut completions = Vec::with_capacity(PER_CLIENT);
-                for _ in 0..PER_CLIENT {
-                    let value = counter(&c, CounterOp::Add(1)).await;
-                    completions.push((value, Instant::now()));
+                let mut events = Vec::with_capacity(PER_CLIENT + PER_CLIENT / GET_EVERY);
+                for i in 1..=PER_CLIENT {
+                    events.push(timed(&c, CounterCall::Add).await);
                     done.fetch_add(1, Ordering::Relaxed);
+                    if i.is_multiple_of(GET_EVERY) {
+                        events.push(timed(&c, CounterCall::Get).await);
+                    }
                 }
-                completions
+                events
             })
         })
         .collect();
@@ -153,17 +169,17 @@ async fn leader_killed_mid_load(mode: Mode, n: usize) {
     );
     assert!(killed_after < TOTAL, "the kill must happen mid-load");
 
-    let mut completions = Vec::with_capacity(TOTAL);
+    let mut events = Vec::with_capacity(TOTAL);
     for task in tasks {
-        completions.extend(task.await.expect("client task"));
+        events.extend(task.await.expect("client task"));
     }
     let finished_at = Instant::now();
-    let values: Vec<i64> = completions.iter().map(|(v, _)| *v).collect();
-    assert_exactly(&values, 1..=TOTAL as i64, "returned values");
+    assert_exactly(&add_values(&events), 1..=TOTAL as i64, "returned values");
+    assert_linearizable(&events, "across the leader change");
 
     // The switch: from the kill to the first completion after it, and the longest gap between
     // consecutive completions from the last one before the kill on.
-    let mut times: Vec<Instant> = completions.iter().map(|(_, t)| *t).collect();
+    let mut times: Vec<Instant> = events.iter().map(|e| e.returned).collect();
     times.sort_unstable();
     let first_after = times
         .iter()
@@ -244,7 +260,7 @@ async fn replica_restarted_with_an_empty_data_dir_rejoins_through_state_transfer
         let ids = all_ids(&cluster);
         wait_agree(&clients[0], &ids, AGREE_TIMEOUT).await;
 
-        let mut values = increments(&clients, 70).await;
+        let mut events = history(&clients, 70).await;
         let before = wait_agree(&clients[0], &ids, AGREE_TIMEOUT).await;
         report!("before the wipe:\n{}", table(&before));
         for r in &before {
@@ -262,12 +278,12 @@ async fn replica_restarted_with_an_empty_data_dir_rejoins_through_state_transfer
         std::fs::remove_dir_all(&data_dir).unwrap();
         std::fs::create_dir(&data_dir).unwrap();
         // The others run on without it.
-        values.extend(increments(&clients, 20).await);
+        events.extend(history(&clients, 20).await);
         keep_log(&cluster, VICTIM, "before-wipe");
         restart_on_data_dir(&mut cluster, VICTIM, true);
         let restarted = Instant::now();
 
-        values.extend(increments(&clients, 50).await);
+        events.extend(history(&clients, 50).await);
         let after = wait_agree(&clients[0], &ids, AGREE_TIMEOUT).await;
         report!(
             "after the rejoin ({:?} after the restart):\n{}",
@@ -280,6 +296,7 @@ async fn replica_restarted_with_an_empty_data_dir_rejoins_through_state_transfer
             "replica {VICTIM} holds a checkpoint, which only state transfer can have given it:\n{}",
             table(&after)
         );
+        let values = add_values(&events);
         assert_exactly(&values, 1..=values.len() as i64, "returned values");
         assert_eq!(
             counter(&clients[0], CounterOp::Get).await,
@@ -290,10 +307,12 @@ async fn replica_restarted_with_an_empty_data_dir_rejoins_through_state_transfer
         cluster.kill(VICTIM).expect("running").unwrap();
         keep_log(&cluster, VICTIM, "after-rejoin");
         restart_on_data_dir(&mut cluster, VICTIM, false);
-        values.extend(increments(&clients, 5).await);
+        events.extend(history(&clients, 5).await);
         let last = wait_agree(&clients[0], &ids, AGREE_TIMEOUT).await;
         report!("after restarting it from its own disk:\n{}", table(&last));
+        let values = add_values(&events);
         assert_exactly(&values, 1..=values.len() as i64, "returned values");
+        assert_linearizable(&events, "across the wipe, the rejoin and the restart");
         cluster.check_running().expect("every replica runs");
         shutdown(clients).await;
     })
@@ -320,7 +339,9 @@ async fn whole_cluster_killed_mid_load(mode: Mode, n: usize) {
     let ids = all_ids(&cluster);
     wait_agree(&clients[0], &ids, AGREE_TIMEOUT).await;
 
-    let acked: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::default();
+    // Every completed operation: the acknowledged increments, and a read after every
+    // GET_EVERY-th iteration.
+    let acked: Arc<Mutex<Vec<CounterEvent>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = clients
         .iter()
@@ -330,11 +351,21 @@ async fn whole_cluster_killed_mid_load(mode: Mode, n: usize) {
             let stop = stop.clone();
             tokio::spawn(async move {
                 let mut given_up = 0usize;
+                let mut iteration = 0usize;
                 while !stop.load(Ordering::SeqCst) {
-                    match try_counter(&c, CounterOp::Add(1)).await {
-                        Ok(v) => acked.lock().unwrap().push((v, Instant::now())),
+                    iteration += 1;
+                    match try_timed(&c, CounterCall::Add).await {
+                        Ok(e) => acked.lock().unwrap().push(e),
                         Err(InvokeError::TimedOut(_)) => given_up += 1,
                         Err(e) => panic!("increment failed: {e}"),
+                    }
+                    if iteration.is_multiple_of(GET_EVERY) {
+                        // A read that times out changed nothing; it is simply not recorded.
+                        match try_timed(&c, CounterCall::Get).await {
+                            Ok(e) => acked.lock().unwrap().push(e),
+                            Err(InvokeError::TimedOut(_)) => {}
+                            Err(e) => panic!("read failed: {e}"),
+                        }
                     }
                 }
                 given_up
@@ -342,7 +373,7 @@ async fn whole_cluster_killed_mid_load(mode: Mode, n: usize) {
         })
         .collect();
 
-    while acked.lock().unwrap().len() < KILL_AFTER {
+    while add_values(&acked.lock().unwrap()).len() < KILL_AFTER {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     // Kill them all as close together as possible, while the clients keep sending.
@@ -362,8 +393,8 @@ async fn whole_cluster_killed_mid_load(mode: Mode, n: usize) {
         .lock()
         .unwrap()
         .iter()
-        .filter(|(_, t)| *t <= killed_at)
-        .map(|(v, _)| *v)
+        .filter(|e| e.call == CounterCall::Add && e.returned <= killed_at)
+        .map(|e| e.value)
         .collect();
     let max_before = *acked_before_kill.iter().max().unwrap();
 
@@ -388,7 +419,12 @@ async fn whole_cluster_killed_mid_load(mode: Mode, n: usize) {
     for t in tasks {
         given_up += t.await.expect("client task");
     }
-    let acked: Vec<(i64, Instant)> = acked.lock().unwrap().clone();
+    let events: Vec<CounterEvent> = acked.lock().unwrap().clone();
+    let acked: Vec<(i64, Instant)> = events
+        .iter()
+        .filter(|e| e.call == CounterCall::Add)
+        .map(|e| (e.value, e.returned))
+        .collect();
     // Replies already on their way when the replicas died arrive between the kill and the
     // restart; the rest of the requests in flight complete after the restart.
     let between = acked
@@ -432,6 +468,7 @@ async fn whole_cluster_killed_mid_load(mode: Mode, n: usize) {
     if given_up == 0 {
         assert_exactly(&values, 1..=count, "acknowledged values");
     }
+    assert_linearizable(&events, "across the whole-cluster restart");
 
     let mut next = Vec::new();
     for _ in 0..10 {

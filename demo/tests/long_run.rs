@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use smr_core::ReplicaId;
+use smr_demo::history::CounterCall;
 use smr_demo::CounterOp;
 use smr_modes::Mode;
 
@@ -157,8 +158,11 @@ async fn long_run(run: Run) {
         for _ in 0..window {
             let (c, issued, done, seen) = (c.clone(), issued.clone(), done.clone(), seen.clone());
             workers.push(tokio::spawn(async move {
+                let mut events = Vec::new();
                 while issued.fetch_add(1, Ordering::Relaxed) < requests {
-                    let v = counter(&c, CounterOp::Add(1)).await;
+                    let event = timed(&c, CounterCall::Add).await;
+                    let v = event.value;
+                    events.push(event);
                     assert!(
                         (1..=requests as i64).contains(&v),
                         "increment returned {v}, beyond the {requests} sent"
@@ -167,6 +171,7 @@ async fn long_run(run: Run) {
                     assert!(!again, "increment returned {v} twice");
                     done.fetch_add(1, Ordering::Relaxed);
                 }
+                events
             }));
         }
     }
@@ -211,9 +216,11 @@ async fn long_run(run: Run) {
         cluster.check_running().expect("every replica runs");
     }
     let took = started.elapsed();
+    let mut events = Vec::with_capacity(requests);
     for w in workers {
-        w.await.expect("client worker");
+        events.extend(w.await.expect("client worker"));
     }
+    assert_linearizable(&events, "the long run");
     assert_eq!(done.load(Ordering::Relaxed), requests);
     assert!(
         seen.iter().all(|s| s.load(Ordering::Relaxed)),

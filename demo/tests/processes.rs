@@ -28,7 +28,8 @@ use smr_transport::{Client, QuicTransport, ReplicaEndpoint, TransportConfig};
 
 mod common;
 
-use common::{counter, init_tracing, smr, Run, SMR};
+use common::{add_values, assert_linearizable, counter, init_tracing, smr, timed, Run, SMR};
+use smr_demo::history::CounterCall;
 /// The most any one test may take.
 const TEST_TIMEOUT: Duration = Duration::from_secs(90);
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -91,12 +92,12 @@ async fn cluster_survives_kill_of_a_non_leader_mid_run(mode: Mode, n: usize) {
             let c = c.clone();
             let done = done.clone();
             tokio::spawn(async move {
-                let mut values = Vec::with_capacity(PER_CLIENT);
+                let mut events = Vec::with_capacity(PER_CLIENT);
                 for _ in 0..PER_CLIENT {
-                    values.push(counter(&c, CounterOp::Add(1)).await);
+                    events.push(timed(&c, CounterCall::Add).await);
                     done.fetch_add(1, Ordering::Relaxed);
                 }
-                values
+                events
             })
         })
         .collect();
@@ -116,10 +117,12 @@ async fn cluster_survives_kill_of_a_non_leader_mid_run(mode: Mode, n: usize) {
     );
 
     let killed = Instant::now();
-    let mut values = Vec::with_capacity(TOTAL);
+    let mut events = Vec::with_capacity(TOTAL);
     for task in tasks {
-        values.extend(task.await.expect("client task"));
+        events.extend(task.await.expect("client task"));
     }
+    assert_linearizable(&events, "across the kill of a follower");
+    let mut values = add_values(&events);
     eprintln!(
         "{mode}: killed replica {VICTIM} after {killed_at} of {TOTAL} increments; the other {} took {:?}",
         TOTAL - killed_at,

@@ -16,6 +16,7 @@ use smr_core::driver::InvokeError;
 use smr_core::message::StatusReport;
 use smr_core::ReplicaId;
 use smr_crypto::IdentityKey;
+use smr_demo::history::{check_counter_history, CounterCall, CounterEvent};
 use smr_demo::keygen::KeygenOptions;
 use smr_demo::local::{ClusterSetup, LocalCluster};
 use smr_demo::{status, CounterOp, CounterReply, ServiceKind};
@@ -181,6 +182,48 @@ pub async fn try_counter(client: &Client, op: CounterOp) -> Result<i64, InvokeEr
         CounterReply::Value(v) => Ok(v),
         CounterReply::Error(e) => panic!("counter refused the operation: {e}"),
     }
+}
+
+/// Runs `Add(1)` or `Get` and records it for the linearizability check.
+pub async fn try_timed(client: &Client, call: CounterCall) -> Result<CounterEvent, InvokeError> {
+    let op = match call {
+        CounterCall::Add => CounterOp::Add(1),
+        CounterCall::Get => CounterOp::Get,
+    };
+    let invoked = Instant::now();
+    let value = try_counter(client, op).await?;
+    Ok(CounterEvent {
+        call,
+        invoked,
+        returned: Instant::now(),
+        value,
+    })
+}
+
+/// Like [`try_timed`]; panics if the operation fails.
+pub async fn timed(client: &Client, call: CounterCall) -> CounterEvent {
+    try_timed(client, call)
+        .await
+        .unwrap_or_else(|e| panic!("{call:?}: {e}"))
+}
+
+/// The recorded counter history has a sequential explanation that respects real time.
+pub fn assert_linearizable(events: &[CounterEvent], what: &str) {
+    if let Err(violation) = check_counter_history(events) {
+        panic!(
+            "{what}: the history of {} operations is not linearizable: {violation}",
+            events.len()
+        );
+    }
+}
+
+/// The values the adds of a history returned.
+pub fn add_values(events: &[CounterEvent]) -> Vec<i64> {
+    events
+        .iter()
+        .filter(|e| e.call == CounterCall::Add)
+        .map(|e| e.value)
+        .collect()
 }
 
 pub async fn counter(client: &Client, op: CounterOp) -> i64 {
