@@ -451,7 +451,7 @@ impl Engine {
     /// and may have voted before, forgetting it. It stays silent (no votes, no STOPDATA, no
     /// proposals) until every instance it can have voted in is decided and executed here:
     /// it asks n-f peers how far they have voted, and catches up one window past the highest
-    /// answer (see [`Engine::participates`]). A brand-new replica of a brand-new cluster uses
+    /// answer (see `Engine::participates`). A brand-new replica of a brand-new cluster uses
     /// [`Engine::new`] instead.
     pub fn rejoin(cfg: EngineConfig, signer: Arc<dyn Signer>) -> (Engine, Vec<Action>) {
         let mut engine = Engine::new(cfg, signer);

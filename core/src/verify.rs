@@ -39,7 +39,7 @@ use smr_modes::Quorums;
 /// Most checkpoints a replica reports in a `StateInfo` (its stable one and a few of its own).
 pub const MAX_REPORTED_CHECKPOINTS: usize = 8;
 
-/// A message that passed [`Verifier::verify_inbound`].
+/// A message that passed [`InboundVerifier::verify_inbound`] (or [`InboundVerifier::verify_many`]).
 #[derive(Debug, Clone)]
 pub struct Verified {
     pub(crate) from: Peer,

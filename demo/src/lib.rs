@@ -10,7 +10,7 @@
 //! - `smr cluster` is the one-command demo: it starts replicas as child processes in a temporary
 //!   directory ([`local`]), runs a short concurrent workload, shows that every replica ends with
 //!   the same state digest, and cleans up;
-//! - `smr bench` is the throughput/latency benchmark ([`bench`]): replicas of the null service
+//! - `smr bench` is the throughput/latency benchmark ([`mod@bench`]): replicas of the null service
 //!   as child processes, closed-loop clients in the bench process, and a verification-ceiling
 //!   microbenchmark.
 //!
