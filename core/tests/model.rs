@@ -47,6 +47,30 @@ struct Envelope {
     to: u32,
     from: Peer,
     frame: Vec<u8>,
+    /// What the state fingerprint sees of this message: the frame itself, except that a
+    /// WRITE or ACCEPT loses its sender and signature.
+    class: Vec<u8>,
+}
+
+impl Envelope {
+    fn new(to: u32, from: Peer, message: &Message) -> Envelope {
+        let frame = codec::encode(message);
+        let class = match message {
+            Message::Write(v) | Message::Accept(v) => {
+                // The vote's body names its kind (WRITE or ACCEPT), so nothing else is needed.
+                let mut vote = v.body.clone();
+                vote.replica = 0;
+                codec::encode(&vote)
+            }
+            _ => frame.clone(),
+        };
+        Envelope {
+            to,
+            from,
+            frame,
+            class,
+        }
+    }
 }
 
 impl fmt::Debug for Envelope {
@@ -116,21 +140,12 @@ struct World {
 }
 
 impl World {
-    /// The in-flight multiset with the sender and signature of every WRITE and ACCEPT left
-    /// out: which replica's vote is still on its way is forgotten, only how many votes for
-    /// which value are.
-    fn network_summary(&self) -> Vec<(u32, Vec<u8>)> {
-        let mut out: Vec<(u32, Vec<u8>)> = self
+    /// The in-flight multiset by class (see [`Envelope::new`]), sorted.
+    fn network_summary(&self) -> Vec<(u32, &[u8])> {
+        let mut out: Vec<(u32, &[u8])> = self
             .in_flight
             .iter()
-            .map(|env| match codec::decode::<Message>(&env.frame) {
-                Ok(Message::Write(v)) | Ok(Message::Accept(v)) => {
-                    let mut vote = v.body.clone();
-                    vote.replica = 0;
-                    (env.to, codec::encode(&vote))
-                }
-                _ => (env.to, env.frame.clone()),
-            })
+            .map(|env| (env.to, &env.class[..]))
             .collect();
         out.sort();
         out
@@ -317,14 +332,12 @@ impl SmrModel {
             model
                 .signed
                 .insert(request.id(), request.body.op.clone());
-            let frame = codec::encode(&Message::Request(request));
+            let message = Message::Request(request);
             for to in 0..model.setup.n as u32 {
                 if !model.crashed(to) {
-                    world.in_flight.push(Envelope {
-                        to,
-                        from: Peer::Client(client),
-                        frame: frame.clone(),
-                    });
+                    world
+                        .in_flight
+                        .push(Envelope::new(to, Peer::Client(client), &message));
                 }
             }
         }
@@ -398,11 +411,9 @@ impl SmrModel {
         if self.crashed(to) {
             return;
         }
-        world.in_flight.push(Envelope {
-            to,
-            from: Peer::Replica(from),
-            frame: codec::encode(message),
-        });
+        world
+            .in_flight
+            .push(Envelope::new(to, Peer::Replica(from), message));
     }
 
     fn depth(&self) -> usize {
