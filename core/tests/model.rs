@@ -581,3 +581,45 @@ fn bft_four_replicas_agree_on_every_delivery_order_of_one_request() {
         default_depth: 0,
     });
 }
+
+#[test]
+fn cft_three_replicas_agree_on_every_delivery_order_of_two_requests() {
+    check(Setup {
+        name: "cft n=3 f=1, 2 requests",
+        mode: Mode::Cft,
+        n: 3,
+        f: 1,
+        requests: 2,
+        crashed: None,
+        timers: &[],
+        default_depth: 0,
+    });
+}
+
+#[test]
+fn cft_two_replicas_elect_a_new_leader_and_agree_when_the_first_leader_crashed() {
+    check(Setup {
+        name: "cft n=3 f=1, 1 request, leader 0 crashed",
+        mode: Mode::Cft,
+        n: 3,
+        f: 1,
+        requests: 1,
+        crashed: Some(0),
+        timers: &[TimerKind::Request, TimerKind::LeaderChange],
+        default_depth: 40,
+    });
+}
+
+#[test]
+fn bft_three_replicas_elect_a_new_leader_and_agree_when_the_first_leader_crashed() {
+    check(Setup {
+        name: "bft n=4 f=1, 1 request, leader 0 crashed",
+        mode: Mode::Bft,
+        n: 4,
+        f: 1,
+        requests: 1,
+        crashed: Some(0),
+        timers: &[TimerKind::Request, TimerKind::LeaderChange],
+        default_depth: 40,
+    });
+}
