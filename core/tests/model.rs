@@ -43,9 +43,11 @@ use smr_core::{ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Peer
 use smr_crypto::sim::{SimKey, SimVerifier};
 use smr_crypto::{PublicKey, Signer, Verifier};
 use smr_modes::{Mode, Quorums};
-use stateright::{Checker, Model, Property};
+use stateright::{Checker, HasDiscoveries, Model, Property};
 
-/// One message in flight: the encoded frame, as the transport would carry it.
+/// One message in flight: the encoded frame, as the transport would carry it. `to` is an engine
+/// slot: the replica of that id, except slot n, which is replica 0's twin in the twins model
+/// (so "replica 4" in an n=4 trace is twin B).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct Envelope {
     to: u32,
@@ -588,7 +590,9 @@ fn check(setup: Setup) {
     let name = model.setup.name;
     let depth = model.depth();
     let start = Instant::now();
-    let mut builder = model.checker();
+    // Stop at the first safety violation: a broken engine can make the space much larger,
+    // and one counterexample is what a failure needs.
+    let mut builder = model.checker().finish_when(HasDiscoveries::AnyFailures);
     if depth > 0 {
         builder = builder.target_max_depth(depth);
     }
