@@ -85,7 +85,7 @@ impl Checkpoint {
 }
 
 /// An ongoing state transfer (requester side).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Transfer {
     /// The checkpoints each peer reported it can serve.
     pub(crate) reports: BTreeMap<ReplicaId, Vec<(Cid, Digest)>>,

@@ -152,7 +152,7 @@ pub struct EngineStats {
     pub lying_state_sources: u64,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Proposal {
     digest: Digest,
     batch: Batch,
@@ -161,7 +161,7 @@ struct Proposal {
 }
 
 /// One consensus instance in the current regency.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Instance {
     proposal: Option<Proposal>,
     writes: BTreeMap<ReplicaId, Signed<Vote>>,
@@ -174,6 +174,9 @@ struct Instance {
     decided: Option<Decision>,
 }
 
+/// `Clone` lets a model checker branch one engine into every successor state; nothing in the
+/// engine depends on being unique (the signer is shared behind an `Arc`).
+#[derive(Clone)]
 pub struct Engine {
     cfg: EngineConfig,
     quorums: Quorums,
@@ -249,6 +252,7 @@ struct StateChunkIn {
     decided: Option<DecisionProof>,
 }
 
+#[derive(Clone)]
 enum Rejoin {
     /// It may vote, lead and send STOPDATA.
     Done,

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::message::{Cid, ClientId, Request, RequestId};
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Entry {
     request: Request,
     arrival_ms: u64,
@@ -26,7 +26,7 @@ pub enum PoolRejection {
     PoolFull,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct RequestPool {
     by_client: BTreeMap<ClientId, BTreeMap<u64, Entry>>,
     /// (arrival, id) of every entry, so the oldest is found quickly for the request timer.
