@@ -129,7 +129,8 @@ type Executed = (Cid, Vec<(RequestId, Vec<u8>)>);
 /// The model's state: the real engines, the network, and what each replica executed.
 ///
 /// Equality and hashing go over a fingerprint, not over the engines' private fields (which are
-/// not comparable): the exact multiset of in-flight frames, every replica's executed batches,
+/// not comparable): the multiset of in-flight frames (a WRITE or ACCEPT without its sender and
+/// signature, see [`Envelope::new`]), every replica's executed batches,
 /// armed timers, regency, phase, last executed cid, pending-pool size and open instances, and
 /// the clock. Two states with the same fingerprint but different engine internals (typically
 /// the same messages delivered to one replica in another order) are treated as one, and only
