@@ -5,9 +5,9 @@
 //! one in-flight message to its destination, in any order. Every message goes through the real
 //! codec and the real inbound verifier, signed with the simulator's cheap keys
 //! (`smr_crypto::sim`), exactly as the simulator does. Timers fire only in the models that need
-//! them (a crashed or restarting leader), and then only when no message is in flight: timeouts are modelled as
-//! longer than any message delay, which keeps the state space small and explores the leader
-//! change itself in every order.
+//! them (a crashed or restarting leader), and then only when no message is in flight:
+//! timeouts are modelled as longer than any message delay, which keeps the state space small
+//! and explores the leader change itself in every order.
 //!
 //! Checked in every reachable state: agreement (no two correct replicas execute different
 //! batches at one cid, and each executes cids in order from 1), and validity (only requests the
@@ -36,9 +36,9 @@
 //! message the leader sent before its crash has been delivered, and nothing it forgot can be
 //! contradicted. In the two-request model it may come at any later step, and the client
 //! sends its requests to the restarted replica again (the crash dropped them), so that a
-//! restarted leader can propose while its earlier proposal is still in flight. The replica keeps a store of the records its engine asked
-//! to persist, in action order, as the simulator does; the crash drops its engine, its
-//! service state, its timers and every message in flight to it, and the restart rebuilds it
+//! restarted leader can propose while its earlier proposal is still in flight. The replica
+//! keeps a store of the records its engine asked to persist, in action order, as the
+//! simulator does; the crash drops its engine, its service state, its timers and every message in flight to it, and the restart rebuilds it
 //! with `Engine::recover` from that store, performs the actions `recover` returns (which
 //! re-execute the stored decisions) and then those of `start`. The actions of one step are
 //! performed together, so a crash never falls between a `Persist` and the `Send` after it,
@@ -338,6 +338,27 @@ struct Setup {
     /// means each of `rs` executed a batch (with twins, replica 1 can never decide alone).
     progress: Option<&'static [usize]>,
     default_depth: usize,
+}
+
+impl Setup {
+    /// n replicas with f = 1, every one correct and up, no timers, explored to exhaustion; the
+    /// tests below change what they explore with struct-update syntax.
+    fn correct(name: &'static str, mode: Mode, n: usize, requests: u64) -> Setup {
+        Setup {
+            name,
+            mode,
+            n,
+            f: 1,
+            requests,
+            crashed: None,
+            restartable: None,
+            eager_restart: false,
+            timers: &[],
+            twins: false,
+            progress: None,
+            default_depth: 0,
+        }
+    }
 }
 
 struct SmrModel {
@@ -821,112 +842,51 @@ fn check(setup: Setup) {
 
 #[test]
 fn cft_three_replicas_agree_on_every_delivery_order_of_one_request() {
-    check(Setup {
-        name: "cft n=3 f=1, 1 request",
-        mode: Mode::Cft,
-        n: 3,
-        f: 1,
-        requests: 1,
-        crashed: None,
-        restartable: None,
-        eager_restart: false,
-        timers: &[],
-        twins: false,
-        progress: None,
-        default_depth: 0,
-    });
+    check(Setup::correct("cft n=3 f=1, 1 request", Mode::Cft, 3, 1));
 }
 
 #[test]
 fn bft_four_replicas_agree_on_every_delivery_order_of_one_request() {
-    check(Setup {
-        name: "bft n=4 f=1, 1 request",
-        mode: Mode::Bft,
-        n: 4,
-        f: 1,
-        requests: 1,
-        crashed: None,
-        restartable: None,
-        eager_restart: false,
-        timers: &[],
-        twins: false,
-        progress: None,
-        default_depth: 0,
-    });
+    check(Setup::correct("bft n=4 f=1, 1 request", Mode::Bft, 4, 1));
 }
 
 #[test]
 fn cft_three_replicas_agree_on_every_delivery_order_of_two_requests() {
     check(Setup {
-        name: "cft n=3 f=1, 2 requests",
-        mode: Mode::Cft,
-        n: 3,
-        f: 1,
-        requests: 2,
-        crashed: None,
-        restartable: None,
-        eager_restart: false,
-        timers: &[],
-        twins: false,
-        progress: None,
         // Exhaustive (469,968 states, depth 25) takes about 35 s alone; 16 steps keep the whole
         // target near a minute on two cores and already let both requests execute everywhere.
         default_depth: 16,
+        ..Setup::correct("cft n=3 f=1, 2 requests", Mode::Cft, 3, 2)
     });
 }
 
 #[test]
 fn cft_two_replicas_elect_a_new_leader_and_agree_when_the_first_leader_crashed() {
     check(Setup {
-        name: "cft n=3 f=1, 1 request, leader 0 crashed",
-        mode: Mode::Cft,
-        n: 3,
-        f: 1,
-        requests: 1,
         crashed: Some(0),
-        restartable: None,
-        eager_restart: false,
         timers: &[TimerKind::Request, TimerKind::LeaderChange],
-        twins: false,
-        progress: None,
         // Finite: once the request has executed everywhere no timer is armed any more, and
         // the whole space (743 states, depth 26) is explored.
         default_depth: 0,
+        ..Setup::correct("cft n=3 f=1, 1 request, leader 0 crashed", Mode::Cft, 3, 1)
     });
 }
 
 #[test]
 fn bft_three_replicas_elect_a_new_leader_and_agree_when_the_first_leader_crashed() {
     check(Setup {
-        name: "bft n=4 f=1, 1 request, leader 0 crashed",
-        mode: Mode::Bft,
-        n: 4,
-        f: 1,
-        requests: 1,
         crashed: Some(0),
-        restartable: None,
-        eager_restart: false,
         timers: &[TimerKind::Request, TimerKind::LeaderChange],
-        twins: false,
-        progress: None,
         // The shallowest bound at which the request executes at all three live replicas (it
         // does not at 32); at 40 the check takes minutes and still reaches no end.
         default_depth: 34,
+        ..Setup::correct("bft n=4 f=1, 1 request, leader 0 crashed", Mode::Bft, 4, 1)
     });
 }
 
 #[test]
 fn bft_correct_replicas_never_decide_both_values_of_an_equivocating_leader() {
     check(Setup {
-        name: "bft n=4 f=1, 2 requests, leader 0 equivocates",
-        mode: Mode::Bft,
-        n: 4,
-        f: 1,
-        requests: 2,
-        crashed: None,
-        restartable: None,
-        eager_restart: false,
-        timers: &[],
         twins: true,
         // Twin B and replicas 2 and 3 form a quorum for request 2; replica 1, with twin A,
         // has no quorum for request 1 and must never decide it.
@@ -934,28 +894,31 @@ fn bft_correct_replicas_never_decide_both_values_of_an_equivocating_leader() {
         // Exhaustive (624,187 states, depth 39) takes about two minutes; 18 steps are enough
         // for replicas 2 and 3 to decide and for replica 1 to see every message twin A sends.
         default_depth: 18,
+        ..Setup::correct(
+            "bft n=4 f=1, 2 requests, leader 0 equivocates",
+            Mode::Bft,
+            4,
+            2,
+        )
     });
 }
 
 #[test]
 fn cft_replicas_agree_when_the_leader_crashes_at_any_step_and_restarts_from_its_store() {
     check(Setup {
-        name: "cft n=3 f=1, 1 request, leader 0 crashes and restarts",
-        mode: Mode::Cft,
-        n: 3,
-        f: 1,
-        requests: 1,
-        crashed: None,
         restartable: Some(0),
-        eager_restart: false,
         timers: &[TimerKind::Request, TimerKind::LeaderChange],
-        twins: false,
-        progress: None,
         // Not finite: the restarted leader may sit in a regency the others left, and their
         // leader-change timers keep firing. At 14 steps (about 125,000 states, 10 s) the
         // request executes everywhere after the restart; each further step multiplies the
         // space by four or more (15: about 520,000 states, over a minute).
         default_depth: 14,
+        ..Setup::correct(
+            "cft n=3 f=1, 1 request, leader 0 crashes and restarts",
+            Mode::Cft,
+            3,
+            1,
+        )
     });
 }
 
@@ -963,16 +926,9 @@ fn cft_replicas_agree_when_the_leader_crashes_at_any_step_and_restarts_from_its_
 fn cft_replicas_agree_on_two_requests_when_the_leader_restarts_at_any_step_and_its_client_retries()
 {
     check(Setup {
-        name: "cft n=3 f=1, 2 requests, leader 0 crashes and restarts at any step",
-        mode: Mode::Cft,
-        n: 3,
-        f: 1,
-        requests: 2,
-        crashed: None,
         restartable: Some(0),
         eager_restart: true,
         timers: &[TimerKind::Request, TimerKind::LeaderChange],
-        twins: false,
         // Both requests cannot execute everywhere within the bound; progress here means every
         // replica executed a batch, the restarted one after its restart.
         progress: Some(&[0, 1, 2]),
@@ -980,5 +936,11 @@ fn cft_replicas_agree_on_two_requests_when_the_leader_restarts_at_any_step_and_i
         // in, and agreement breaks at 8 steps; 10 steps (about 160,000 states, 14 s) also let
         // every replica execute after the restart; 11 take about a minute (466,051 states).
         default_depth: 10,
+        ..Setup::correct(
+            "cft n=3 f=1, 2 requests, leader 0 crashes and restarts at any step",
+            Mode::Cft,
+            3,
+            2,
+        )
     });
 }
