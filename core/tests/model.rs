@@ -38,8 +38,8 @@
 //! sends its requests to the restarted replica again (the crash dropped them), so that a
 //! restarted leader can propose while its earlier proposal is still in flight. The replica
 //! keeps a store of the records its engine asked to persist, in action order, as the
-//! simulator does; the crash drops its engine, its service state, its timers and every message in flight to it, and the restart rebuilds it
-//! with `Engine::recover` from that store, performs the actions `recover` returns (which
+//! simulator does; the crash drops its engine, its service state, its timers and every
+//! message in flight to it, and the restart rebuilds it with `Engine::recover` from that store, performs the actions `recover` returns (which
 //! re-execute the stored decisions) and then those of `start`. The actions of one step are
 //! performed together, so a crash never falls between a `Persist` and the `Send` after it,
 //! nor halfway through a broadcast: the durability rule holds by construction, and what is
