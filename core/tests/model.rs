@@ -30,23 +30,23 @@
 //! model. Each test prints its unique state count, the depth reached and its runtime (run with
 //! `-- --nocapture` to see them).
 //!
-//! Crash-restart: in the restart models, leader 0 may crash once, at any step, and restart
-//! once. In the one-request model the restart comes at a later step when nothing is in flight
-//! (a restart, like a timeout, is modelled as longer than any message delay); then every
-//! message the leader sent before its crash has been delivered, and nothing it forgot can be
-//! contradicted. In the two-request model it may come at any later step, and the client
-//! sends its requests to the restarted replica again (the crash dropped them), so that a
-//! restarted leader can propose while its earlier proposal is still in flight. The replica
-//! keeps a store of the records its engine asked to persist, in action order, as the
-//! simulator does; the crash drops its engine, its service state, its timers and every
-//! message in flight to it, and the restart rebuilds it with `Engine::recover` from that store, performs the actions `recover` returns (which
-//! re-execute the stored decisions) and then those of `start`. The actions of one step are
-//! performed together, so a crash never falls between a `Persist` and the `Send` after it,
-//! nor halfway through a broadcast: the durability rule holds by construction, and what is
-//! checked is that the records are enough for the restarted replica to keep its promises.
-//! Agreement and validity judge every life of a replica (validity per life, since the
-//! restart re-executes), and a third `always` property asks that a restarted replica recover
-//! at least as many batches as it had executed before the crash.
+//! Crash-restart: in the restart models, leader 0 may crash once, at any step, and restart once. In
+//! the one-request model the restart comes at a later step when nothing is in flight (a restart,
+//! like a timeout, is modelled as longer than any message delay); then every message the leader
+//! sent before its crash has been delivered, and nothing it forgot can be contradicted. In the
+//! two-request model it may come at any later step, and the client sends its requests to the
+//! restarted replica again (the crash dropped them), so that a restarted leader can propose while
+//! its earlier proposal is still in flight. The replica keeps a store of the records its engine
+//! asked to persist, in action order, as the simulator does; the crash drops its engine, its
+//! service state, its timers and every message in flight to it, and the restart rebuilds it with
+//! `Engine::recover` from that store, performs the actions `recover` returns (which re-execute the
+//! stored decisions) and then those of `start`. The actions of one step are performed together, so
+//! a crash never falls between a `Persist` and the `Send` after it, nor halfway through a
+//! broadcast: the durability rule holds by construction, and what is checked is that the records
+//! are enough for the restarted replica to keep its promises. Agreement and validity judge every
+//! life of a replica (validity per life, since the restart re-executes), and a third `always`
+//! property asks that a restarted replica recover at least as many batches as it had executed
+//! before the crash.
 //!
 //! Clients are not modelled beyond their signed requests, which start in flight to every
 //! replica: replies to clients are discarded, and nothing else a client does (retries, reads)
