@@ -548,13 +548,12 @@ impl SmrModel {
     /// restarted replica to keep its promises.
     fn perform(&self, world: &mut World, slot: usize, actions: Vec<Action>) {
         let mut queue: std::collections::VecDeque<Action> = actions.into();
-        let ri = slot;
         let r = self.replica_of(slot);
         while let Some(action) = queue.pop_front() {
             match action {
                 Action::Persist(record) => {
                     if self.setup.restartable == Some(r) {
-                        world.stores[ri].push(record);
+                        world.stores[slot].push(record);
                     }
                 }
                 Action::Send {
@@ -580,21 +579,21 @@ impl SmrModel {
                         results.push(item.op.clone());
                         batch.push((item.id, item.op));
                     }
-                    world.executed[ri].push((cid, batch));
-                    let more = world.engines[ri].on_executed(world.now_ms, cid, results);
+                    world.executed[slot].push((cid, batch));
+                    let more = world.engines[slot].on_executed(world.now_ms, cid, results);
                     queue.extend(more);
                 }
                 Action::TakeSnapshot { cid } => {
-                    let snapshot = codec::encode(&world.executed[ri]);
-                    let more = world.engines[ri].on_snapshot(world.now_ms, cid, snapshot);
+                    let snapshot = codec::encode(&world.executed[slot]);
+                    let more = world.engines[slot].on_snapshot(world.now_ms, cid, snapshot);
                     queue.extend(more);
                 }
                 Action::Restore { .. } | Action::Query { .. } => {}
                 Action::SetTimer { timer, deadline_ms } => {
-                    world.timers[ri].insert(timer, deadline_ms);
+                    world.timers[slot].insert(timer, deadline_ms);
                 }
                 Action::CancelTimer(timer) => {
-                    world.timers[ri].remove(&timer);
+                    world.timers[slot].remove(&timer);
                 }
             }
         }
