@@ -10,16 +10,18 @@
 //!   verified again ([`VerifiedRequests`]). The engine thread never verifies a signature.
 //!   Rejections are counted and logged here.
 //! - **Engine task:** the only owner of the engine. It takes verified messages, timer expiries
-//!   and execution results, and performs the engine's actions in order: a `Persist` before the
-//!   message that promises it (there is no durable store yet, so persisting is a no-op and the
-//!   replica says at start that it runs in memory), sends, and hand-offs to the service.
+//!   (pulled from [`Engine::next_deadline_ms`]) and what the service produced, and performs each
+//!   input's [`Output`] through the shared [`runner::perform`]: the records are appended to the
+//!   write-ahead log and synced once, before any message that may promise them leaves. Without
+//!   a data dir the replica keeps nothing (it says so at start) and can only rejoin after a
+//!   restart.
 //! - **Service thread:** executes batches and queries on the embedder's [`Service`], in cid
 //!   order, so a slow service never stalls the network or the protocol.
 //!
 //! Every queue between them is bounded, except the engine-to-service queue, which the engine
 //! bounds itself: at most `max_instances_ahead` decided batches can be waiting.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,9 +32,11 @@ use tokio::time::Instant;
 
 use crate::client::{ClientAction, ClientConfig, ClientEngine, ClientError};
 use crate::codec;
-use crate::engine::{Action, Engine, ExecuteItem, PersistRecord, TimerKind};
+use crate::engine::{Engine, ExecuteItem, Output, PersistRecord, ServiceDone, ServiceWork};
 use crate::message::{Cid, Message, Regency, ReplicaId, RequestId, RequestKind, StatusReport};
 use crate::network::{InboundFrame, Network, Peer};
+use crate::rejection::Rejection;
+use crate::runner::{self, Host};
 use crate::service::Service;
 use crate::storage::{Recovered, Wal};
 use crate::verify::{InboundVerifier, Verified, VerifiedRequests};
@@ -102,10 +106,8 @@ enum ServiceCommand {
 }
 
 enum ServiceOutput {
-    Executed { cid: Cid, results: Vec<Vec<u8>> },
-    Queried { id: RequestId, result: Vec<u8> },
+    Done(ServiceDone),
     Status { to: Peer, report: StatusReport },
-    Snapshot { cid: Cid, snapshot: Vec<u8> },
 }
 
 enum EngineInput {
@@ -178,14 +180,14 @@ pub fn start_replica<N: Network>(
     };
     let me = config.me;
     let mode = config.quorums.mode().to_string();
-    let (engine, initial_actions, wal) = match storage {
+    let (engine, initial_output, wal) = match storage {
         None => {
             tracing::info!(replica = me, mode = %mode, "replica starting without a data dir: state is kept in memory only and is lost on restart");
             if options.rejoin {
                 let (engine, actions) = Engine::rejoin(config, signer);
                 (engine, actions, None)
             } else {
-                (Engine::new(config, signer), Vec::new(), None)
+                (Engine::new(config, signer), Output::default(), None)
             }
         }
         Some((wal, recovered)) => {
@@ -267,7 +269,7 @@ pub fn start_replica<N: Network>(
     let shutdown = Arc::new(Notify::new());
     let engine_task = tokio::spawn(run_engine(EngineLoop {
         engine,
-        initial_actions,
+        initial_output,
         wal,
         unsynced: false,
         network,
@@ -279,7 +281,6 @@ pub fn start_replica<N: Network>(
         shutdown: shutdown.clone(),
         rejected,
         decode_errors,
-        timers: BTreeMap::new(),
     }));
     Ok(ReplicaHandle {
         status: status_rx,
@@ -399,22 +400,22 @@ fn run_service(
 ) {
     while let Ok(command) = commands.recv() {
         let output = match command {
-            ServiceCommand::Execute { cid, items } => ServiceOutput::Executed {
+            ServiceCommand::Execute { cid, items } => ServiceOutput::Done(ServiceDone::Executed {
                 cid,
                 results: items.iter().map(|i| service.execute(&i.op)).collect(),
-            },
-            ServiceCommand::Query { id, op } => ServiceOutput::Queried {
+            }),
+            ServiceCommand::Query { id, op } => ServiceOutput::Done(ServiceDone::Queried {
                 id,
                 result: service.query(&op),
-            },
+            }),
             ServiceCommand::Status { to, mut report } => {
                 report.state_digest = service.state_digest();
                 ServiceOutput::Status { to, report }
             }
-            ServiceCommand::Snapshot { cid } => ServiceOutput::Snapshot {
+            ServiceCommand::Snapshot { cid } => ServiceOutput::Done(ServiceDone::Snapshot {
                 cid,
                 snapshot: service.snapshot(),
-            },
+            }),
             ServiceCommand::Restore { cid, snapshot } => {
                 // A checkpoint that f+1 replicas vouch for but this service cannot read is an
                 // invariant violation: continuing would serve a state that differs from theirs.
@@ -433,7 +434,7 @@ fn run_service(
 struct EngineLoop<N> {
     engine: Engine,
     /// What rebuilding from the store requires of the service, done before anything else.
-    initial_actions: Vec<Action>,
+    initial_output: Output,
     wal: Option<Wal>,
     /// Records appended since the last sync.
     unsynced: bool,
@@ -446,7 +447,6 @@ struct EngineLoop<N> {
     shutdown: Arc<Notify>,
     rejected: Arc<AtomicU64>,
     decode_errors: Arc<AtomicU64>,
-    timers: BTreeMap<TimerKind, u64>,
 }
 
 /// Milliseconds since the driver started: the engine's `now`.
@@ -456,12 +456,12 @@ fn now_ms(epoch: Instant) -> u64 {
 
 async fn run_engine<N: Network>(mut l: EngineLoop<N>) {
     let epoch = Instant::now();
-    let initial = std::mem::take(&mut l.initial_actions);
-    l.perform(initial);
-    let actions = l.engine.start(now_ms(epoch));
-    l.perform(actions);
+    let initial = std::mem::take(&mut l.initial_output);
+    runner::perform(&mut l, now_ms(epoch), initial);
+    let output = l.engine.start(now_ms(epoch));
+    runner::perform(&mut l, now_ms(epoch), output);
     loop {
-        let next_deadline = l.timers.values().min().copied();
+        let next_deadline = l.engine.next_deadline_ms();
         let sleep_until = next_deadline
             .map(|d| epoch + Duration::from_millis(d))
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -471,20 +471,12 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) {
             Some(output) = l.output_rx.recv() => {
                 let now = now_ms(epoch);
                 match output {
-                    ServiceOutput::Executed { cid, results } => {
-                        let actions = l.engine.on_executed(now, cid, results);
-                        l.perform(actions);
-                    }
-                    ServiceOutput::Queried { id, result } => {
-                        let action = l.engine.query_reply(id, result);
-                        l.perform(vec![action]);
+                    ServiceOutput::Done(done) => {
+                        let output = l.engine.on_service_done(now, done);
+                        runner::perform(&mut l, now, output);
                     }
                     ServiceOutput::Status { to, report } => {
-                        l.send(to, &Message::Status(report));
-                    }
-                    ServiceOutput::Snapshot { cid, snapshot } => {
-                        let actions = l.engine.on_snapshot(now, cid, snapshot);
-                        l.perform(actions);
+                        l.send(&[to], Message::Status(report));
                     }
                 }
             }
@@ -494,13 +486,8 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) {
                 match input {
                     EngineInput::Messages(run) => {
                         for verified in run {
-                            match l.engine.on_message(now, verified) {
-                                Ok(actions) => l.perform(actions),
-                                Err(rejection) => {
-                                    l.rejected.fetch_add(1, Ordering::Relaxed);
-                                    tracing::debug!(%rejection, "engine rejected message");
-                                }
-                            }
+                            let output = l.engine.on_message(now, verified);
+                            runner::perform(&mut l, now, output);
                         }
                     }
                     EngineInput::StatusQuery(from) => {
@@ -526,27 +513,22 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) {
             }
             _ = tokio::time::sleep_until(sleep_until), if next_deadline.is_some() => {
                 let now = now_ms(epoch);
-                let due: Vec<TimerKind> = l.timers.iter().filter(|(_, d)| **d <= now).map(|(k, _)| *k).collect();
-                for timer in due {
-                    l.timers.remove(&timer);
-                    let actions = l.engine.on_timer(now, timer);
-                    l.perform(actions);
-                }
+                let output = l.engine.on_timeout(now);
+                runner::perform(&mut l, now, output);
             }
         }
         l.publish_status();
     }
 }
 
-impl<N: Network> EngineLoop<N> {
-    fn send(&self, to: Peer, message: &Message) {
-        if let Err(e) = self.network.send(to, codec::encode(message)) {
-            tracing::debug!(?to, error = %e, "send failed");
-        }
+/// The tokio driver's side of the driver contract: a write-ahead log (or nothing), the
+/// network, and a service thread.
+impl<N: Network> Host for EngineLoop<N> {
+    fn engine(&mut self) -> &mut Engine {
+        &mut self.engine
     }
 
-    /// Appends a record to the store (if any).
-    fn persist(&mut self, record: PersistRecord) {
+    fn append(&mut self, record: PersistRecord) {
         let Some(wal) = self.wal.as_mut() else {
             return;
         };
@@ -559,6 +541,7 @@ impl<N: Network> EngineLoop<N> {
                     .iter()
                     .map(codec::encode)
                     .collect();
+                // Written and synced in one go.
                 self.unsynced = false;
                 wal.write_checkpoint(&codec::encode(&record), &after)
             }
@@ -573,12 +556,10 @@ impl<N: Network> EngineLoop<N> {
         }
     }
 
-    /// Makes appended records durable before a message that may promise them leaves.
-    fn sync_before_send(&mut self) {
-        if !self.unsynced {
+    fn sync(&mut self) {
+        if !std::mem::take(&mut self.unsynced) {
             return;
         }
-        self.unsynced = false;
         if let Some(wal) = self.wal.as_mut() {
             if let Err(e) = wal.sync() {
                 panic!("storage failed, stopping the replica: {e}");
@@ -586,50 +567,35 @@ impl<N: Network> EngineLoop<N> {
         }
     }
 
-    fn perform(&mut self, actions: Vec<Action>) {
-        for action in actions {
-            if matches!(action, Action::Send { .. } | Action::Broadcast(_)) {
-                self.sync_before_send();
-            }
-            match action {
-                Action::Persist(record) => self.persist(record),
-                Action::Send { to, message } => self.send(to, &message),
-                Action::Broadcast(message) => {
-                    let frame = codec::encode(&message);
-                    for r in 0..self.engine.quorums().n() as ReplicaId {
-                        if r != self.engine.id() {
-                            if let Err(e) = self.network.send(Peer::Replica(r), frame.clone()) {
-                                tracing::debug!(replica = r, error = %e, "send failed");
-                            }
-                        }
-                    }
-                }
-                Action::Execute { cid, items } => {
-                    let _ = self.service_tx.send(ServiceCommand::Execute { cid, items });
-                }
-                Action::Query { id, op } => {
-                    let _ = self.service_tx.send(ServiceCommand::Query { id, op });
-                }
-                Action::SetTimer { timer, deadline_ms } => {
-                    self.timers.insert(timer, deadline_ms);
-                }
-                Action::CancelTimer(timer) => {
-                    self.timers.remove(&timer);
-                }
-                Action::TakeSnapshot { cid } => {
-                    let _ = self.service_tx.send(ServiceCommand::Snapshot { cid });
-                }
-                Action::Restore { cid, snapshot } => {
-                    let _ = self
-                        .service_tx
-                        .send(ServiceCommand::Restore { cid, snapshot });
-                }
+    fn send(&mut self, to: &[Peer], message: Message) {
+        // Encoded once, however many receive it.
+        let frame = codec::encode(&message);
+        for peer in to {
+            if let Err(e) = self.network.send(*peer, frame.clone()) {
+                tracing::debug!(?peer, error = %e, "send failed");
             }
         }
-        // Nothing stays unsynced for long, even when no message follows.
-        self.sync_before_send();
     }
 
+    fn service(&mut self, work: ServiceWork) -> Option<ServiceDone> {
+        let command = match work {
+            ServiceWork::Execute { cid, items } => ServiceCommand::Execute { cid, items },
+            ServiceWork::Query { id, op } => ServiceCommand::Query { id, op },
+            ServiceWork::TakeSnapshot { cid } => ServiceCommand::Snapshot { cid },
+            ServiceWork::Restore { cid, snapshot } => ServiceCommand::Restore { cid, snapshot },
+        };
+        // The service thread answers through `output_rx`; a closed channel means shutdown.
+        let _ = self.service_tx.send(command);
+        None
+    }
+
+    fn rejected(&mut self, rejection: &Rejection) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%rejection, "engine rejected message");
+    }
+}
+
+impl<N: Network> EngineLoop<N> {
     fn publish_status(&self) {
         let status = ReplicaStatus {
             regency: self.engine.regency(),

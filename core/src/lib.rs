@@ -24,13 +24,14 @@ pub mod message;
 pub mod network;
 pub mod pool;
 pub mod rejection;
+pub mod runner;
 pub mod service;
 pub mod storage;
 pub mod sync;
 pub mod verify;
 
 pub use config::{ClientPolicy, EngineConfig, Limits, Timeouts};
-pub use engine::{Action, Engine, TimerKind};
+pub use engine::{Engine, Outgoing, Output, ServiceDone, ServiceWork, TimerKind};
 pub use message::{Message, Request, RequestKind};
 pub use network::{Network, Peer, ReplicaId};
 pub use rejection::Rejection;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use smr_core::message::{Message, Request, RequestBody, RequestKind};
 use smr_core::{
-    Action, ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Peer, Timeouts,
+    ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Outgoing, Peer, Timeouts,
 };
 use smr_crypto::sim::{SimKey, SimVerifier};
 use smr_modes::{Mode, Quorums};
@@ -72,12 +72,12 @@ fn request(
     let verified = verifier
         .verify_inbound(Peer::Client(client.public_key()), Message::Request(request))
         .unwrap();
-    engine
-        .on_message(0, verified)
-        .unwrap()
-        .into_iter()
-        .filter_map(|a| match a {
-            Action::Broadcast(Message::Propose(p)) => Some(p.body.batch.requests.len()),
+    let output = engine.on_message(0, verified);
+    assert_eq!(output.rejections, [], "{output:?}");
+    output
+        .messages()
+        .filter_map(|o| match o {
+            Outgoing::Broadcast(Message::Propose(p)) => Some(p.body.batch.requests.len()),
             _ => None,
         })
         .collect()

@@ -1,11 +1,12 @@
-//! Handler-level tests: feed one engine inputs and assert the exact actions or rejections.
+//! Handler-level tests: feed one engine inputs and assert the exact output or rejections.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use smr_core::engine::{Action, PersistRecord};
+use smr_core::engine::{ExecuteItem, Outgoing, Output, PersistRecord, ServiceWork};
 use smr_core::message::{
-    Batch, Message, Propose, Request, RequestBody, RequestKind, Signed, Vote, VoteKind,
+    Batch, Decision, Message, PreparedProof, Propose, Reply, Request, RequestBody, RequestKind,
+    Signed, Vote, VoteKind,
 };
 use smr_core::{
     ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Peer, Rejection, Timeouts,
@@ -102,25 +103,56 @@ impl Cluster {
         )
     }
 
+    /// Verifies `message` and hands it to `engine`. A rejection by the verifier is the `Err`;
+    /// the engine's own rejections are in the output's `rejections`, beside what it produced.
     fn deliver(
         &self,
         engine: &mut Engine,
         from: Peer,
         message: Message,
-    ) -> Result<Vec<Action>, Rejection> {
+    ) -> Result<Output, Rejection> {
         let verified = self.verifier.verify_inbound(from, message)?;
-        engine.on_message(0, verified)
+        Ok(engine.on_message(0, verified))
+    }
+
+    /// Delivers a message that the verifier and the engine both accept.
+    fn deliver_ok(&self, engine: &mut Engine, from: Peer, message: Message) -> Output {
+        let output = self
+            .deliver(engine, from, message)
+            .expect("the verifier passes it");
+        assert_eq!(output.rejections, [], "the engine accepts it: {output:?}");
+        output
+    }
+
+    /// What the replica `replica` sends a client once `seq` executed with `result`.
+    fn reply(&self, replica: u32, seq: u64, result: &[u8]) -> Outgoing {
+        Outgoing::Send {
+            to: Peer::Client(self.client.public_key()),
+            message: Message::Reply(Reply {
+                replica,
+                client: self.client.public_key(),
+                seq,
+                regency: 0,
+                result: result.to_vec(),
+            }),
+        }
+    }
+
+    /// What the service is handed to execute `request`.
+    fn item(&self, request: &Request) -> ExecuteItem {
+        ExecuteItem {
+            id: request.id(),
+            op: request.body.op.clone(),
+        }
     }
 }
 
-fn sent_accept(actions: &[Action]) -> bool {
-    actions
-        .iter()
-        .any(|a| matches!(a, Action::Broadcast(Message::Accept(_))))
-}
-
-fn executed(actions: &[Action]) -> bool {
-    actions.iter().any(|a| matches!(a, Action::Execute { .. }))
+/// An output that holds nothing but `rejection`.
+fn only_rejected(rejection: Rejection) -> Output {
+    Output {
+        rejections: vec![rejection],
+        ..Output::default()
+    }
 }
 
 #[test]
@@ -131,56 +163,77 @@ fn bft_follower_sends_no_accept_before_a_quorum_of_writes() {
         requests: vec![c.request(1)],
     };
     let digest = batch.digest();
-    let actions = c
-        .deliver(
-            &mut follower,
-            Peer::Replica(0),
-            Message::Propose(c.propose(0, 1, 0, batch)),
-        )
-        .unwrap();
-    // It persists its WRITE before broadcasting it.
-    let persist = actions.iter().position(
-        |a| matches!(a, Action::Persist(PersistRecord::Vote(v)) if v.kind == VoteKind::Write),
+    let output = c.deliver_ok(
+        &mut follower,
+        Peer::Replica(0),
+        Message::Propose(c.propose(0, 1, 0, batch.clone())),
     );
-    let send = actions
-        .iter()
-        .position(|a| matches!(a, Action::Broadcast(Message::Write(_))));
-    assert!(
-        persist.unwrap() < send.unwrap(),
-        "persist comes before the send that promises it"
+    // It persists its WRITE before broadcasting it, and sends no ACCEPT.
+    let my_write = c.vote(VoteKind::Write, 1, 1, digest);
+    assert_eq!(
+        output,
+        Output {
+            persist: vec![PersistRecord::Vote(my_write.body)],
+            send_after_persist: vec![Outgoing::Broadcast(Message::Write(my_write.clone()))],
+            ..Output::default()
+        }
     );
-    assert!(!sent_accept(&actions));
     // Own WRITE plus the leader's: 2 < Q = 3.
-    let actions = c
-        .deliver(
-            &mut follower,
-            Peer::Replica(0),
-            Message::Write(c.vote(VoteKind::Write, 0, 1, digest)),
-        )
-        .unwrap();
-    assert!(!sent_accept(&actions));
-    // ACCEPTs from others alone never make this replica accept.
+    let output = c.deliver_ok(
+        &mut follower,
+        Peer::Replica(0),
+        Message::Write(c.vote(VoteKind::Write, 0, 1, digest)),
+    );
+    assert_eq!(output, Output::default());
+    // ACCEPTs from others alone never make this replica accept (or execute).
     for r in [0, 2] {
-        let actions = c
-            .deliver(
-                &mut follower,
-                Peer::Replica(r),
-                Message::Accept(c.vote(VoteKind::Accept, r, 1, digest)),
-            )
-            .unwrap();
-        assert!(!sent_accept(&actions));
-        assert!(!executed(&actions));
+        let output = c.deliver_ok(
+            &mut follower,
+            Peer::Replica(r),
+            Message::Accept(c.vote(VoteKind::Accept, r, 1, digest)),
+        );
+        assert_eq!(output, Output::default());
     }
     // The third WRITE makes Q: now it accepts, and with three ACCEPTs it decides and executes.
-    let actions = c
-        .deliver(
-            &mut follower,
-            Peer::Replica(2),
-            Message::Write(c.vote(VoteKind::Write, 2, 1, digest)),
-        )
-        .unwrap();
-    assert!(sent_accept(&actions));
-    assert!(executed(&actions));
+    let output = c.deliver_ok(
+        &mut follower,
+        Peer::Replica(2),
+        Message::Write(c.vote(VoteKind::Write, 2, 1, digest)),
+    );
+    let my_accept = c.vote(VoteKind::Accept, 1, 1, digest);
+    assert_eq!(
+        output,
+        Output {
+            persist: vec![
+                PersistRecord::Prepared(PreparedProof {
+                    cid: 1,
+                    epoch: 0,
+                    batch: batch.clone(),
+                    writes: vec![
+                        c.vote(VoteKind::Write, 0, 1, digest),
+                        my_write,
+                        c.vote(VoteKind::Write, 2, 1, digest),
+                    ],
+                }),
+                PersistRecord::Vote(my_accept.body),
+                PersistRecord::Decided(Decision {
+                    cid: 1,
+                    batch,
+                    certificate: vec![
+                        c.vote(VoteKind::Accept, 0, 1, digest),
+                        my_accept.clone(),
+                        c.vote(VoteKind::Accept, 2, 1, digest),
+                    ],
+                }),
+            ],
+            send_after_persist: vec![Outgoing::Broadcast(Message::Accept(my_accept))],
+            service: vec![ServiceWork::Execute {
+                cid: 1,
+                items: vec![c.item(&c.request(1))],
+            }],
+            ..Output::default()
+        }
+    );
 }
 
 #[test]
@@ -190,17 +243,30 @@ fn cft_follower_accepts_on_the_proposal_without_any_write() {
     let batch = Batch {
         requests: vec![c.request(1)],
     };
-    let actions = c
-        .deliver(
-            &mut follower,
-            Peer::Replica(0),
-            Message::Propose(c.propose(0, 1, 0, batch)),
-        )
-        .unwrap();
-    assert!(sent_accept(&actions));
-    assert!(!actions
-        .iter()
-        .any(|a| matches!(a, Action::Broadcast(Message::Write(_)))));
+    let digest = batch.digest();
+    let output = c.deliver_ok(
+        &mut follower,
+        Peer::Replica(0),
+        Message::Propose(c.propose(0, 1, 0, batch.clone())),
+    );
+    // It persists the accepted value and its ACCEPT, then broadcasts the ACCEPT: no WRITE.
+    let my_accept = c.vote(VoteKind::Accept, 1, 1, digest);
+    assert_eq!(
+        output,
+        Output {
+            persist: vec![
+                PersistRecord::Prepared(PreparedProof {
+                    cid: 1,
+                    epoch: 0,
+                    batch,
+                    writes: Vec::new(),
+                }),
+                PersistRecord::Vote(my_accept.body),
+            ],
+            send_after_persist: vec![Outgoing::Broadcast(Message::Accept(my_accept))],
+            ..Output::default()
+        }
+    );
 }
 
 #[test]
@@ -215,19 +281,16 @@ fn proposal_from_a_replica_that_is_not_the_leader_is_rejected() {
             requests: vec![c.request(1)],
         },
     );
-    let err = c
+    let output = c
         .deliver(&mut follower, Peer::Replica(2), Message::Propose(p))
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Rejection::WrongLeader {
-                from: 2,
-                leader: 0,
-                ..
-            }
-        ),
-        "{err:?}"
+        .expect("the verifier passes it");
+    assert_eq!(
+        output,
+        only_rejected(Rejection::WrongLeader {
+            from: 2,
+            regency: 0,
+            leader: 0,
+        })
     );
     assert_eq!(follower.stats().rejections.get("wrong_leader"), Some(&1));
 }
@@ -238,12 +301,20 @@ fn proposal_for_a_stale_or_future_regency_is_rejected() {
     let mut follower = c.engine(1);
     // Regency 4 has leader 0 as well, but it is not the current regency.
     let p = c.propose(0, 1, 4, Batch::default());
-    let err = c
+    let output = c
         .deliver(&mut follower, Peer::Replica(0), Message::Propose(p))
-        .unwrap_err();
-    assert!(
-        matches!(err, Rejection::FutureRegency { got: 4, current: 0 }),
-        "{err:?}"
+        .expect("the verifier passes it");
+    // Beside the rejection, the follower asks the sender for the SYNC it missed.
+    assert_eq!(
+        output,
+        Output {
+            send_now: vec![Outgoing::Send {
+                to: Peer::Replica(0),
+                message: Message::SyncQuery,
+            }],
+            rejections: vec![Rejection::FutureRegency { got: 4, current: 0 }],
+            ..Output::default()
+        }
     );
 }
 
@@ -267,21 +338,27 @@ fn equivocating_leader_gets_one_vote_per_instance() {
             requests: vec![c.request(2)],
         },
     );
-    c.deliver(&mut follower, Peer::Replica(0), Message::Propose(a))
-        .unwrap();
-    let err = c
+    let my_write = c.vote(VoteKind::Write, 1, 1, a.body.batch.digest());
+    let output = c.deliver_ok(&mut follower, Peer::Replica(0), Message::Propose(a));
+    assert_eq!(
+        output,
+        Output {
+            persist: vec![PersistRecord::Vote(my_write.body)],
+            send_after_persist: vec![Outgoing::Broadcast(Message::Write(my_write))],
+            ..Output::default()
+        }
+    );
+    let output = c
         .deliver(&mut follower, Peer::Replica(0), Message::Propose(b))
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Rejection::Equivocation {
-                replica: 0,
-                cid: 1,
-                ..
-            }
-        ),
-        "{err:?}"
+        .expect("the verifier passes it");
+    // No second vote: nothing but the rejection.
+    assert_eq!(
+        output,
+        only_rejected(Rejection::Equivocation {
+            replica: 0,
+            cid: 1,
+            what: "proposals",
+        })
     );
 }
 
@@ -289,22 +366,26 @@ fn equivocating_leader_gets_one_vote_per_instance() {
 fn double_voting_replica_is_rejected() {
     let c = cluster(Mode::Bft, 4, 1);
     let mut follower = c.engine(1);
-    c.deliver(
+    let output = c.deliver_ok(
         &mut follower,
         Peer::Replica(2),
         Message::Write(c.vote(VoteKind::Write, 2, 1, Digest([1; 32]))),
-    )
-    .unwrap();
-    let err = c
+    );
+    assert_eq!(output, Output::default());
+    let output = c
         .deliver(
             &mut follower,
             Peer::Replica(2),
             Message::Write(c.vote(VoteKind::Write, 2, 1, Digest([2; 32]))),
         )
-        .unwrap_err();
-    assert!(
-        matches!(err, Rejection::Equivocation { replica: 2, .. }),
-        "{err:?}"
+        .expect("the verifier passes it");
+    assert_eq!(
+        output,
+        only_rejected(Rejection::Equivocation {
+            replica: 2,
+            cid: 1,
+            what: "writes",
+        })
     );
 }
 
@@ -420,7 +501,7 @@ fn decision_with_too_few_accepts_is_rejected() {
         c.vote(VoteKind::Accept, 0, 1, digest),
         c.vote(VoteKind::Accept, 1, 1, digest),
     ];
-    let d = smr_core::message::Decision {
+    let d = Decision {
         cid: 1,
         batch,
         certificate,
@@ -445,7 +526,7 @@ fn decision_whose_batch_does_not_match_its_certificate_is_rejected() {
     let certificate = (0..3)
         .map(|r| c.vote(VoteKind::Accept, r, 1, other))
         .collect();
-    let d = smr_core::message::Decision {
+    let d = Decision {
         cid: 1,
         batch,
         certificate,
@@ -462,47 +543,76 @@ fn duplicate_request_gets_the_cached_reply_and_executes_once() {
     let c = cluster(Mode::Cft, 3, 1);
     let mut leader = c.engine(0);
     let client = Peer::Client(c.client.public_key());
-    let actions = c
-        .deliver(&mut leader, client, Message::Request(c.request(1)))
-        .unwrap();
-    assert!(actions
-        .iter()
-        .any(|a| matches!(a, Action::Broadcast(Message::Propose(_)))));
-    // One follower's ACCEPT completes the CFT quorum of 2.
-    let digest = Batch {
+    let batch = Batch {
         requests: vec![c.request(1)],
-    }
-    .digest();
-    let actions = c
-        .deliver(
-            &mut leader,
-            Peer::Replica(1),
-            Message::Accept(c.vote(VoteKind::Accept, 1, 1, digest)),
-        )
-        .unwrap();
-    let Some(Action::Execute { cid: 1, items }) =
-        actions.iter().find(|a| matches!(a, Action::Execute { .. }))
-    else {
-        panic!("expected execution: {actions:?}");
     };
-    assert_eq!(items.len(), 1);
-    let replies = leader.on_executed(0, 1, vec![b"result".to_vec()]);
-    assert_eq!(replies.len(), 1);
+    let digest = batch.digest();
+    let output = c.deliver_ok(&mut leader, client, Message::Request(c.request(1)));
+    // The leader proposes it at once, then persists and broadcasts its own ACCEPT.
+    let my_accept = c.vote(VoteKind::Accept, 0, 1, digest);
+    assert_eq!(
+        output,
+        Output {
+            send_now: vec![Outgoing::Broadcast(Message::Propose(c.propose(
+                0,
+                1,
+                0,
+                batch.clone()
+            )))],
+            persist: vec![
+                PersistRecord::Prepared(PreparedProof {
+                    cid: 1,
+                    epoch: 0,
+                    batch: batch.clone(),
+                    writes: Vec::new(),
+                }),
+                PersistRecord::Vote(my_accept.body),
+            ],
+            send_after_persist: vec![Outgoing::Broadcast(Message::Accept(my_accept.clone()))],
+            ..Output::default()
+        }
+    );
+    // One follower's ACCEPT completes the CFT quorum of 2.
+    let their_accept = c.vote(VoteKind::Accept, 1, 1, digest);
+    let output = c.deliver_ok(
+        &mut leader,
+        Peer::Replica(1),
+        Message::Accept(their_accept.clone()),
+    );
+    assert_eq!(
+        output,
+        Output {
+            persist: vec![PersistRecord::Decided(Decision {
+                cid: 1,
+                batch,
+                certificate: vec![my_accept, their_accept],
+            })],
+            service: vec![ServiceWork::Execute {
+                cid: 1,
+                items: vec![c.item(&c.request(1))],
+            }],
+            ..Output::default()
+        }
+    );
+    let output = leader.on_executed(0, 1, vec![b"result".to_vec()]);
+    assert_eq!(
+        output,
+        Output {
+            send_now: vec![c.reply(0, 1, b"result")],
+            ..Output::default()
+        }
+    );
     // The retry gets the same reply and no new proposal.
-    let actions = c
-        .deliver(&mut leader, client, Message::Request(c.request(1)))
-        .unwrap();
-    assert!(!actions
-        .iter()
-        .any(|a| matches!(a, Action::Broadcast(Message::Propose(_)))));
-    let reply = actions.iter().find_map(|a| match a {
-        Action::Send {
-            message: Message::Reply(r),
-            ..
-        } => Some(r.result.clone()),
-        _ => None,
-    });
-    assert_eq!(reply, Some(b"result".to_vec()));
+    let output = c.deliver_ok(&mut leader, client, Message::Request(c.request(1)));
+    assert_eq!(
+        output,
+        Output {
+            send_now: vec![c.reply(0, 1, b"result")],
+            ..Output::default()
+        }
+    );
+    assert_eq!(leader.stats().executed_requests, 1);
+    assert_eq!(leader.stats().proposals_sent, 1);
 }
 
 #[test]
@@ -534,32 +644,37 @@ fn state_fetches_beyond_a_peers_share_per_second_are_dropped() {
             .unwrap();
         replica.on_message(now_ms, verified)
     };
+    // No checkpoint 100 here: each fetch within the share is answered with what this replica
+    // has (nothing).
+    let answered = |to: u32| Output {
+        send_now: vec![Outgoing::Send {
+            to: Peer::Replica(to),
+            message: Message::StateInfo {
+                checkpoints: Vec::new(),
+                voted_up_to: 0,
+            },
+        }],
+        ..Output::default()
+    };
     for _ in 0..STATE_FETCHES_PER_SECOND {
-        // No checkpoint 100 here: each fetch is answered with what this replica has.
-        let actions = fetch(5, 1).expect("within the share");
-        assert!(actions.iter().any(|a| matches!(
-            a,
-            Action::Send {
-                to: Peer::Replica(1),
-                ..
-            }
-        )));
+        assert_eq!(fetch(5, 1), answered(1), "within the share");
     }
-    assert!(matches!(fetch(5, 1), Err(Rejection::RateLimited(_))));
-    assert!(matches!(fetch(1004, 1), Err(Rejection::RateLimited(_))));
+    let dropped = only_rejected(Rejection::RateLimited("state fetches"));
+    assert_eq!(fetch(5, 1), dropped);
+    assert_eq!(fetch(1004, 1), dropped);
     // Another peer has its own share, and the next second brings a new one.
-    assert!(fetch(1004, 2).is_ok());
-    assert!(fetch(1005, 1).is_ok());
+    assert_eq!(fetch(1004, 2), answered(2));
+    assert_eq!(fetch(1005, 1), answered(1));
     assert_eq!(replica.stats().rejections.get("rate_limited"), Some(&2));
 }
 
 /// A decision for `cid` with Q signed ACCEPTs from replicas 0, 1 and 3.
-fn certified_decision(c: &Cluster, cid: u64) -> smr_core::message::Decision {
+fn certified_decision(c: &Cluster, cid: u64) -> Decision {
     let batch = Batch {
         requests: vec![c.request(cid)],
     };
     let digest = batch.digest();
-    smr_core::message::Decision {
+    Decision {
         cid,
         batch,
         certificate: [0, 1, 3]
@@ -582,16 +697,25 @@ fn stopdata_for_regency_1(c: &Cluster, replica: &mut Engine) -> smr_core::messag
             },
             Some(&c.keys[from as usize] as &dyn Signer),
         );
-        let actions = c
-            .deliver(replica, Peer::Replica(from), Message::Stop(stop))
-            .expect("stop accepted");
-        for action in actions {
-            if let Action::Send {
+        let output = c.deliver_ok(replica, Peer::Replica(from), Message::Stop(stop));
+        assert!(
+            !output
+                .send_now
+                .iter()
+                .any(|o| matches!(o.message(), Message::StopData(_))),
+            "STOPDATA promises the regency: it never leaves before the record of it: {output:?}"
+        );
+        for outgoing in &output.send_after_persist {
+            if let Outgoing::Send {
                 to: Peer::Replica(1),
                 message: Message::StopData(sd),
-            } = action
+            } = outgoing
             {
-                sent = Some(sd.body);
+                assert!(
+                    output.persist.contains(&PersistRecord::Regency(1)),
+                    "{output:?}"
+                );
+                sent = Some(sd.body.clone());
             }
         }
     }
@@ -620,51 +744,80 @@ fn stopdata_proves_the_checkpointed_cid_decided_after_truncation_and_after_a_res
     let signer = Arc::new(c.keys[2].clone());
     let mut replica = Engine::new(cfg.clone(), signer.clone());
     let decisions = vec![certified_decision(&c, 1), certified_decision(&c, 2)];
-    let actions = c
-        .deliver(
-            &mut replica,
-            Peer::Replica(0),
-            Message::Decisions(decisions),
-        )
-        .expect("decisions accepted");
+    let output = c.deliver_ok(
+        &mut replica,
+        Peer::Replica(0),
+        Message::Decisions(decisions.clone()),
+    );
+    assert_eq!(
+        output,
+        Output {
+            persist: decisions
+                .iter()
+                .cloned()
+                .map(PersistRecord::Decided)
+                .collect(),
+            service: vec![
+                ServiceWork::Execute {
+                    cid: 1,
+                    items: vec![c.item(&c.request(1))],
+                },
+                ServiceWork::Execute {
+                    cid: 2,
+                    items: vec![c.item(&c.request(2))],
+                },
+            ],
+            ..Output::default()
+        }
+    );
     // The service executes both batches (one request each); the second reaches the barrier.
-    let mut actions: Vec<Action> = actions
-        .into_iter()
-        .filter(|a| matches!(a, Action::Execute { .. }))
-        .flat_map(|a| match a {
-            Action::Execute { cid, items } => {
-                replica.on_executed(0, cid, items.iter().map(|_| b"ok".to_vec()).collect())
-            }
-            _ => unreachable!(),
-        })
-        .collect();
-    actions.retain(|a| matches!(a, Action::TakeSnapshot { .. }));
-    assert!(
-        matches!(actions[..], [Action::TakeSnapshot { cid: 2 }]),
-        "{actions:?}"
+    assert_eq!(
+        replica.on_executed(0, 1, vec![b"ok".to_vec()]),
+        Output {
+            send_now: vec![c.reply(2, 1, b"ok")],
+            ..Output::default()
+        }
+    );
+    assert_eq!(
+        replica.on_executed(0, 2, vec![b"ok".to_vec()]),
+        Output {
+            send_now: vec![c.reply(2, 2, b"ok")],
+            service: vec![ServiceWork::TakeSnapshot { cid: 2 }],
+            ..Output::default()
+        }
     );
     // A snapshot nobody asked for (one a state transfer superseded) is dropped, and does not
     // disturb the one that is awaited.
     assert!(replica.on_snapshot(0, 1, b"stale".to_vec()).is_empty());
-    let actions = replica.on_snapshot(0, 2, b"service state at 2".to_vec());
+    let output = replica.on_snapshot(0, 2, b"service state at 2".to_vec());
     assert!(replica.on_snapshot(0, 2, b"again".to_vec()).is_empty());
-    let checkpoint = actions
-        .iter()
-        .find_map(|a| match a {
-            Action::Persist(PersistRecord::Checkpoint(cp)) => Some(cp.clone()),
-            _ => None,
-        })
-        .expect("checkpoint persisted");
+    let [PersistRecord::Checkpoint(checkpoint)] = &output.persist[..] else {
+        panic!("expected the checkpoint persisted: {output:?}");
+    };
+    let checkpoint = checkpoint.clone();
+    assert_eq!(checkpoint.cid, 2);
+    // Persisted before it is announced.
+    assert_eq!(
+        output,
+        Output {
+            persist: vec![PersistRecord::Checkpoint(checkpoint.clone())],
+            send_after_persist: vec![Outgoing::Broadcast(Message::CheckpointAnnounce {
+                cid: 2,
+                digest: checkpoint.digest,
+            })],
+            ..Output::default()
+        }
+    );
     for from in [0u32, 1] {
-        c.deliver(
+        let output = c.deliver_ok(
             &mut replica,
             Peer::Replica(from),
             Message::CheckpointAnnounce {
                 cid: 2,
                 digest: checkpoint.digest,
             },
-        )
-        .expect("announcement accepted");
+        );
+        assert_eq!(output, Output::default());
     }
     assert_eq!(replica.last_checkpoint(), 2, "a quorum made it stable");
 
@@ -674,8 +827,20 @@ fn stopdata_proves_the_checkpointed_cid_decided_after_truncation_and_after_a_res
     assert_eq!(proof.digest, certified_decision(&c, 2).batch.digest());
     assert!(sd.prepared.is_empty());
 
-    let (mut restarted, _) = Engine::recover(cfg, signer, [PersistRecord::Checkpoint(checkpoint)])
-        .expect("recovers from the checkpoint");
+    let (mut restarted, output) =
+        Engine::recover(cfg, signer, [PersistRecord::Checkpoint(checkpoint)])
+            .expect("recovers from the checkpoint");
+    // Recovery rebuilds the service from the checkpoint, and does nothing else.
+    assert_eq!(
+        output,
+        Output {
+            service: vec![ServiceWork::Restore {
+                cid: 2,
+                snapshot: b"service state at 2".to_vec(),
+            }],
+            ..Output::default()
+        }
+    );
     let sd = stopdata_for_regency_1(&c, &mut restarted);
     assert_eq!(sd.last_decided.map(|p| p.cid), Some(2));
 }

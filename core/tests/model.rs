@@ -59,8 +59,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use smr_core::codec;
-use smr_core::engine::{Action, PersistRecord, Phase, TimerKind};
+use smr_core::engine::{Output, PersistRecord, Phase, ServiceDone, ServiceWork, TimerKind};
 use smr_core::message::{Cid, Message, Request, RequestBody, RequestId, RequestKind};
+use smr_core::runner::{self, Host};
 use smr_core::{ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Peer, Timeouts};
 use smr_crypto::sim::{SimKey, SimVerifier};
 use smr_crypto::{PublicKey, Signer, Verifier};
@@ -537,66 +538,29 @@ impl SmrModel {
         }
     }
 
-    /// Performs an engine's actions as the driver would: records to persist are appended to
-    /// the replica's store, sends become in-flight frames, executions are recorded and
-    /// acknowledged, timers are armed or cancelled.
+    /// Performs an engine's output through the shared driver contract ([`runner::perform`]):
+    /// records to persist are appended to the replica's store, sends become in-flight frames,
+    /// executions are recorded and acknowledged at once.
     ///
-    /// All the actions of one step are performed in that one step, so a crash falls between
+    /// All the output of one step is performed in that one step, so a crash falls between
     /// steps, never between a `Persist` and the `Send` that follows it: the durability rule
     /// (persist before sending the promise) holds by construction here, as it does in the
     /// driver. What the model checks is that the records persisted are enough for a
-    /// restarted replica to keep its promises.
-    fn perform(&self, world: &mut World, slot: usize, actions: Vec<Action>) {
-        let mut queue: std::collections::VecDeque<Action> = actions.into();
-        let r = self.replica_of(slot);
-        while let Some(action) = queue.pop_front() {
-            match action {
-                Action::Persist(record) => {
-                    if self.setup.restartable == Some(r) {
-                        world.stores[slot].push(record);
-                    }
-                }
-                Action::Send {
-                    to: Peer::Replica(to),
-                    message,
-                } => self.send(world, slot, to, &message),
-                // Clients are not modelled past their requests.
-                Action::Send {
-                    to: Peer::Client(_),
-                    ..
-                } => {}
-                Action::Broadcast(message) => {
-                    for to in 0..self.setup.n as u32 {
-                        if to != r {
-                            self.send(world, slot, to, &message);
-                        }
-                    }
-                }
-                Action::Execute { cid, items } => {
-                    let mut results = Vec::with_capacity(items.len());
-                    let mut batch = Vec::with_capacity(items.len());
-                    for item in items {
-                        results.push(item.op.clone());
-                        batch.push((item.id, item.op));
-                    }
-                    world.executed[slot].push((cid, batch));
-                    let more = world.engines[slot].on_executed(world.now_ms, cid, results);
-                    queue.extend(more);
-                }
-                Action::TakeSnapshot { cid } => {
-                    let snapshot = codec::encode(&world.executed[slot]);
-                    let more = world.engines[slot].on_snapshot(world.now_ms, cid, snapshot);
-                    queue.extend(more);
-                }
-                Action::Restore { .. } | Action::Query { .. } => {}
-                Action::SetTimer { timer, deadline_ms } => {
-                    world.timers[slot].insert(timer, deadline_ms);
-                }
-                Action::CancelTimer(timer) => {
-                    world.timers[slot].remove(&timer);
-                }
-            }
-        }
+    /// restarted replica to keep its promises. The engine's invariants are checked after
+    /// every step.
+    fn perform(&self, world: &mut World, slot: usize, output: Output) {
+        let now = world.now_ms;
+        runner::perform(
+            &mut ModelHost {
+                model: self,
+                world,
+                slot,
+            },
+            now,
+            output,
+        );
+        world.engines[slot].check_invariants();
+        world.timers[slot] = world.engines[slot].timer_deadlines().collect();
         world.in_flight.sort();
     }
 
@@ -672,18 +636,19 @@ impl Model for SmrModel {
                 // but the delivery itself is still a step: it leaves the network.
                 if let Ok(verified) = self.verifier.verify_inbound(env.from, message) {
                     let now = next.now_ms;
-                    if let Ok(actions) = next.engines[env.to as usize].on_message(now, verified) {
-                        self.perform(&mut next, env.to as usize, actions);
-                    }
+                    let output = next.engines[env.to as usize].on_message(now, verified);
+                    self.perform(&mut next, env.to as usize, output);
                 }
             }
             Step::Fire { replica, timer } => {
                 let r = replica as usize;
-                let deadline = next.timers[r].remove(&timer)?;
+                // Firing a timer moves the clock to its deadline, so every timer of this replica
+                // due by then fires with it, as in the driver.
+                let deadline = *next.timers[r].get(&timer)?;
                 next.now_ms = next.now_ms.max(deadline);
                 let now = next.now_ms;
-                let actions = next.engines[r].on_timer(now, timer);
-                self.perform(&mut next, r, actions);
+                let output = next.engines[r].on_timeout(now);
+                self.perform(&mut next, r, output);
             }
             Step::Crash { replica } => {
                 let r = replica as usize;
@@ -698,7 +663,7 @@ impl Model for SmrModel {
             Step::Restart { replica } => {
                 let r = replica as usize;
                 let records = next.stores[r].clone();
-                let (engine, actions) =
+                let (engine, output) =
                     Engine::recover(self.configs[r].clone(), self.signers[r].clone(), records)
                         .expect("a store the engine wrote is readable");
                 next.engines[r] = engine;
@@ -713,10 +678,10 @@ impl Model for SmrModel {
                 }
                 // As the driver and the simulator do: the recovery actions (which re-execute
                 // the stored decisions), then `start`.
-                self.perform(&mut next, r, actions);
+                self.perform(&mut next, r, output);
                 let now = next.now_ms;
-                let actions = next.engines[r].start(now);
-                self.perform(&mut next, r, actions);
+                let output = next.engines[r].start(now);
+                self.perform(&mut next, r, output);
             }
         }
         Some(next)
@@ -942,4 +907,56 @@ fn cft_replicas_agree_on_two_requests_when_the_leader_restarts_at_any_step_and_i
             2,
         )
     });
+}
+
+/// The model's side of the driver contract for one replica: its store (kept only by the
+/// replica that may restart), the in-flight multiset, and an inline service that records
+/// what it executed. Replies to clients are dropped: clients are not modelled past their
+/// requests.
+struct ModelHost<'a> {
+    model: &'a SmrModel,
+    world: &'a mut World,
+    slot: usize,
+}
+
+impl Host for ModelHost<'_> {
+    fn engine(&mut self) -> &mut Engine {
+        &mut self.world.engines[self.slot]
+    }
+
+    fn append(&mut self, record: PersistRecord) {
+        if self.model.setup.restartable == Some(self.model.replica_of(self.slot)) {
+            self.world.stores[self.slot].push(record);
+        }
+    }
+
+    fn sync(&mut self) {}
+
+    fn send(&mut self, to: &[Peer], message: Message) {
+        for peer in to {
+            if let Peer::Replica(r) = peer {
+                self.model.send(self.world, self.slot, *r, &message);
+            }
+        }
+    }
+
+    fn service(&mut self, work: ServiceWork) -> Option<ServiceDone> {
+        match work {
+            ServiceWork::Execute { cid, items } => {
+                let mut results = Vec::with_capacity(items.len());
+                let mut batch = Vec::with_capacity(items.len());
+                for item in items {
+                    results.push(item.op.clone());
+                    batch.push((item.id, item.op));
+                }
+                self.world.executed[self.slot].push((cid, batch));
+                Some(ServiceDone::Executed { cid, results })
+            }
+            ServiceWork::TakeSnapshot { cid } => Some(ServiceDone::Snapshot {
+                cid,
+                snapshot: codec::encode(&self.world.executed[self.slot]),
+            }),
+            ServiceWork::Restore { .. } | ServiceWork::Query { .. } => None,
+        }
+    }
 }

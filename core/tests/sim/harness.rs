@@ -9,11 +9,12 @@ use std::sync::Arc;
 
 use smr_core::client::{ClientAction, ClientConfig, ClientEngine};
 use smr_core::codec;
-use smr_core::engine::{Action, PersistRecord, TimerKind};
+use smr_core::engine::{Output, PersistRecord, ServiceDone, ServiceWork};
 use smr_core::message::{
     Batch, Cid, Message, PreparedProof, Request, RequestBody, RequestId, RequestKind, Signed, Stop,
     VoteKind,
 };
+use smr_core::runner::{self, Host};
 use smr_core::{
     ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Peer, Service, Timeouts,
 };
@@ -200,9 +201,9 @@ enum Event {
         from: Peer,
         frame: Vec<u8>,
     },
+    /// The engine's next deadline, as it was when this event was scheduled.
     ReplicaTimer {
         slot: usize,
-        timer: TimerKind,
         deadline_ms: u64,
     },
     ClientTimer {
@@ -223,7 +224,9 @@ struct ReplicaNode {
     engine: Engine,
     signer: Arc<dyn Signer>,
     service: ChainService,
-    timers: BTreeMap<TimerKind, u64>,
+    /// The deadline a `ReplicaTimer` event is scheduled for (the engine's next deadline when
+    /// this replica last handled an input).
+    timer_at: Option<u64>,
     crashed: bool,
     /// Whether the checkers judge this engine (false for Byzantine ones).
     correct: bool,
@@ -292,6 +295,8 @@ pub struct Sim {
     replica_keys: Vec<Arc<dyn Signer>>,
     engine_configs: Vec<EngineConfig>,
     report: SimReport,
+    /// The first checker failure met while performing an engine's output.
+    failure: Option<String>,
 }
 
 fn limits() -> Limits {
@@ -372,6 +377,7 @@ impl Sim {
             replica_keys: replica_keys.clone(),
             engine_configs: Vec::new(),
             report: SimReport::default(),
+            failure: None,
             verifier,
             opts: opts.clone(),
         };
@@ -404,7 +410,7 @@ impl Sim {
                 engine: Engine::new(cfg, key.clone()),
                 signer: key,
                 service: ChainService::default(),
-                timers: BTreeMap::new(),
+                timer_at: None,
                 crashed: false,
                 correct: faulty_id != Some(id),
                 regency: 0,
@@ -578,8 +584,8 @@ impl Sim {
 
     pub fn run(mut self) -> Result<SimReport, String> {
         for slot in 0..self.replicas.len() {
-            let actions = self.replicas[slot].engine.start(0);
-            self.perform(slot, actions)?;
+            let output = self.replicas[slot].engine.start(0);
+            self.perform(slot, output)?;
         }
         for c in 0..self.clients.len() {
             self.client_fill(c)?;
@@ -594,16 +600,12 @@ impl Sim {
             self.now_ms = at;
             match event {
                 Event::Deliver { to, from, frame } => self.deliver(to, from, &frame)?,
-                Event::ReplicaTimer {
-                    slot,
-                    timer,
-                    deadline_ms,
-                } => {
+                Event::ReplicaTimer { slot, deadline_ms } => {
                     let node = &mut self.replicas[slot];
-                    if !node.crashed && node.timers.get(&timer) == Some(&deadline_ms) {
-                        node.timers.remove(&timer);
-                        let actions = node.engine.on_timer(self.now_ms, timer);
-                        self.perform(slot, actions)?;
+                    if !node.crashed && node.timer_at == Some(deadline_ms) {
+                        node.timer_at = None;
+                        let output = node.engine.on_timeout(self.now_ms);
+                        self.perform(slot, output)?;
                     }
                 }
                 Event::ClientTimer { client } => {
@@ -647,7 +649,7 @@ impl Sim {
         } else {
             self.replicas[slot].stored.clone()
         };
-        let (engine, actions) = if wipe {
+        let (engine, output) = if wipe {
             Engine::rejoin(cfg, key)
         } else {
             Engine::recover(cfg, key, records)?
@@ -655,7 +657,7 @@ impl Sim {
         let node = &mut self.replicas[slot];
         node.engine = engine;
         node.service = ChainService::default();
-        node.timers.clear();
+        node.timer_at = None;
         node.crashed = false;
         node.crash_after_propose = false;
         if wipe {
@@ -665,9 +667,9 @@ impl Sim {
             let id = node.id;
             self.votes.retain(|(r, ..), _| *r != id);
         }
-        self.perform(slot, actions)?;
-        let actions = self.replicas[slot].engine.start(self.now_ms);
-        self.perform(slot, actions)
+        self.perform(slot, output)?;
+        let output = self.replicas[slot].engine.start(self.now_ms);
+        self.perform(slot, output)
     }
 
     fn all_done(&self) -> bool {
@@ -731,12 +733,8 @@ impl Sim {
                     }
                 };
                 let now = self.now_ms;
-                match self.replicas[slot].engine.on_message(now, verified) {
-                    Ok(actions) => self.perform(slot, actions)?,
-                    Err(rejection) => {
-                        *self.report.rejections.entry(rejection.name()).or_default() += 1;
-                    }
-                }
+                let output = self.replicas[slot].engine.on_message(now, verified);
+                self.perform(slot, output)?;
             }
             Node::Client(c) => {
                 let (Peer::Replica(replica), Message::Reply(reply)) = (from, message) else {
@@ -859,189 +857,28 @@ impl Sim {
         }
     }
 
-    fn perform(&mut self, slot: usize, actions: Vec<Action>) -> Result<(), String> {
-        let r = self.replicas[slot].id;
-        let correct = self.replicas[slot].correct;
-        let from = Peer::Replica(r);
-        let me = Node::Replica(slot);
-        let mut queue: std::collections::VecDeque<Action> = actions.into();
-        while let Some(action) = queue.pop_front() {
-            if self.replicas[slot].crashed {
-                return Ok(());
-            }
-            match action {
-                Action::Persist(
-                    record @ (PersistRecord::Prepared(_) | PersistRecord::Checkpoint(_)),
-                ) => {
-                    self.store(slot, record);
-                }
-                Action::Persist(PersistRecord::Vote(v)) => {
-                    self.store(slot, PersistRecord::Vote(v));
-                    let kind = match v.kind {
-                        VoteKind::Write => 0,
-                        VoteKind::Accept => 1,
-                    };
-                    if correct {
-                        if let Some(prev) = self.votes.insert((r, v.cid, v.regency, kind), v.digest)
-                        {
-                            if prev != v.digest {
-                                return Err(format!(
-                                    "replica {r} voted twice in cid {} regency {}",
-                                    v.cid, v.regency
-                                ));
-                            }
-                        }
-                    }
-                }
-                Action::Persist(PersistRecord::Decided(decision)) => {
-                    let cid = decision.cid;
-                    let digest = decision.batch.digest();
-                    if std::env::var("SMR_SIM_TRACE").is_ok() {
-                        let regency = decision.certificate.first().map(|v| v.body.regency);
-                        let signers: Vec<u32> = decision
-                            .certificate
-                            .iter()
-                            .map(|v| v.body.replica)
-                            .collect();
-                        eprintln!("t={} replica {r} decides cid {cid} {digest:?} at regency {regency:?} by {signers:?}", self.now_ms);
-                    }
-                    self.store(slot, PersistRecord::Decided(decision));
-                    if correct {
-                        if let Some(prev) = self.decided.insert(cid, digest) {
-                            if prev != digest {
-                                return Err(format!("agreement violated: cid {cid} decided as {prev:?} and {digest:?}"));
-                            }
-                        }
-                    }
-                }
-                Action::Persist(PersistRecord::Regency(regency)) => {
-                    self.store(slot, PersistRecord::Regency(regency));
-                    let node = &mut self.replicas[slot];
-                    if regency <= node.regency {
-                        return Err(format!(
-                            "replica {r} regency went from {} to {regency}",
-                            node.regency
-                        ));
-                    }
-                    node.regency = regency;
-                    if std::env::var("SMR_SIM_TRACE").is_ok() {
-                        eprintln!("t={} replica {r} enters regency {regency}", self.now_ms);
-                    }
-                }
-                Action::Send { to, message } => {
-                    let message = self.tamper(slot, message);
-                    self.send(me, from, to, &message);
-                }
-                Action::Broadcast(message) => {
-                    if std::env::var("SMR_SIM_TRACE").is_ok() {
-                        if let Message::Stop(s) = &message {
-                            let pending: Vec<(u8, u64)> = s
-                                .body
-                                .pending
-                                .iter()
-                                .map(|q| (q.body.client.0[0], q.body.seq))
-                                .collect();
-                            eprintln!(
-                                "t={} replica {r} sends STOP {:?} at cid {} pending {pending:?}",
-                                self.now_ms,
-                                (s.body.from_regency, s.body.regency),
-                                self.replicas[slot].engine.last_executed()
-                            );
-                        }
-                    }
-                    if let Message::Propose(p) = &message {
-                        self.replicas[slot].proposed.push(p.body.batch.clone());
-                    }
-                    let message = self.tamper(slot, message);
-                    let crash_now = self.replicas[slot].crash_after_propose
-                        && matches!(message, Message::Propose(_));
-                    for j in 0..self.opts.n as u32 {
-                        if j == r {
-                            continue;
-                        }
-                        // A leader crashing mid-broadcast reaches only some followers.
-                        if crash_now && self.rng.chance(0.5) {
-                            continue;
-                        }
-                        self.send(me, from, Peer::Replica(j), &message);
-                    }
-                    if crash_now {
-                        self.replicas[slot].crashed = true;
-                        return Ok(());
-                    }
-                }
-                Action::Execute { cid, items } => {
-                    let node = &mut self.replicas[slot];
-                    let mut results = Vec::with_capacity(items.len());
-                    let mut ids = Vec::with_capacity(items.len());
-                    for item in items {
-                        let signed = self.legitimately_signed.get(&item.id);
-                        if !signed.is_some_and(|ops| ops.contains(&item.op)) {
-                            return Err(format!("validity violated: replica {r} executed an op its client never signed: {:?}", item.id));
-                        }
-                        ids.push(item.id);
-                        results.push(node.service.execute(&item.op));
-                    }
-                    node.executed_count += ids.len();
-                    node.max_log_len = node.max_log_len.max(node.engine.log_len());
-                    if std::env::var("SMR_SIM_TRACE").is_ok()
-                        && node.engine.log_len() >= 2 * limits().checkpoint_period as usize
-                    {
-                        eprintln!(
-                            "t={} replica {r} cid {cid} log {} checkpoint {}",
-                            self.now_ms,
-                            node.engine.log_len(),
-                            node.engine.last_checkpoint()
-                        );
-                    }
-                    if correct {
-                        match self.executed_by_cid.get(&cid) {
-                            Some(first) if *first != ids => {
-                                return Err(format!(
-                                    "replica {r} executed a different sequence at cid {cid}"
-                                ));
-                            }
-                            Some(_) => {}
-                            None => {
-                                self.executed_by_cid.insert(cid, ids);
-                            }
-                        }
-                    }
-                    let node = &mut self.replicas[slot];
-                    let more = node.engine.on_executed(self.now_ms, cid, results);
-                    queue.extend(more);
-                }
-                Action::TakeSnapshot { cid } => {
-                    let node = &mut self.replicas[slot];
-                    let snapshot = node.service.snapshot();
-                    let more = node.engine.on_snapshot(self.now_ms, cid, snapshot);
-                    queue.extend(more);
-                }
-                Action::Restore { snapshot, .. } => {
-                    self.replicas[slot]
-                        .service
-                        .restore(&snapshot)
-                        .map_err(|e| format!("replica {r} cannot restore a checkpoint: {e}"))?;
-                }
-                Action::Query { id, op } => {
-                    let node = &self.replicas[slot];
-                    let reply = node.engine.query_reply(id, node.service.query(&op));
-                    queue.push_back(reply);
-                }
-                Action::SetTimer { timer, deadline_ms } => {
-                    self.replicas[slot].timers.insert(timer, deadline_ms);
-                    self.schedule(
-                        deadline_ms.max(self.now_ms),
-                        Event::ReplicaTimer {
-                            slot,
-                            timer,
-                            deadline_ms,
-                        },
-                    );
-                }
-                Action::CancelTimer(timer) => {
-                    self.replicas[slot].timers.remove(&timer);
-                }
+    /// Performs an engine's output through the shared driver contract ([`runner::perform`]),
+    /// with the checkers watching every record, message and execution; then checks the
+    /// engine's invariants and reschedules its timer.
+    fn perform(&mut self, slot: usize, output: Output) -> Result<(), String> {
+        let now = self.now_ms;
+        runner::perform(&mut SimHost { sim: self, slot }, now, output);
+        if let Some(failure) = self.failure.take() {
+            return Err(failure);
+        }
+        let node = &mut self.replicas[slot];
+        if node.crashed {
+            return Ok(());
+        }
+        node.engine.check_invariants();
+        let next = node.engine.next_deadline_ms();
+        if next != node.timer_at {
+            node.timer_at = next;
+            if let Some(deadline_ms) = next {
+                self.schedule(
+                    deadline_ms.max(self.now_ms),
+                    Event::ReplicaTimer { slot, deadline_ms },
+                );
             }
         }
         Ok(())
@@ -1370,5 +1207,208 @@ pub fn run_seed(opts: SimOptions) -> Result<SimReport, String> {
                 .unwrap_or_default();
             Err(format!("panicked: {msg}"))
         }
+    }
+}
+
+/// The simulator's side of the driver contract for one replica: records go to its "disk" and
+/// through the safety checkers, messages through the Byzantine tampering and the faulty
+/// network, and the service runs inline.
+struct SimHost<'a> {
+    sim: &'a mut Sim,
+    slot: usize,
+}
+
+impl SimHost<'_> {
+    fn fail(&mut self, failure: String) {
+        self.sim.failure.get_or_insert(failure);
+    }
+}
+
+impl Host for SimHost<'_> {
+    fn engine(&mut self) -> &mut Engine {
+        &mut self.sim.replicas[self.slot].engine
+    }
+
+    fn append(&mut self, record: PersistRecord) {
+        let slot = self.slot;
+        let r = self.sim.replicas[slot].id;
+        let correct = self.sim.replicas[slot].correct;
+        match &record {
+            PersistRecord::Vote(v) => {
+                let kind = match v.kind {
+                    VoteKind::Write => 0,
+                    VoteKind::Accept => 1,
+                };
+                if correct {
+                    if let Some(prev) = self.sim.votes.insert((r, v.cid, v.regency, kind), v.digest)
+                    {
+                        if prev != v.digest {
+                            self.fail(format!(
+                                "replica {r} voted twice in cid {} regency {}",
+                                v.cid, v.regency
+                            ));
+                        }
+                    }
+                }
+            }
+            PersistRecord::Decided(decision) => {
+                let cid = decision.cid;
+                let digest = decision.batch.digest();
+                if std::env::var("SMR_SIM_TRACE").is_ok() {
+                    let regency = decision.certificate.first().map(|v| v.body.regency);
+                    let signers: Vec<u32> = decision
+                        .certificate
+                        .iter()
+                        .map(|v| v.body.replica)
+                        .collect();
+                    eprintln!("t={} replica {r} decides cid {cid} {digest:?} at regency {regency:?} by {signers:?}", self.sim.now_ms);
+                }
+                if correct {
+                    if let Some(prev) = self.sim.decided.insert(cid, digest) {
+                        if prev != digest {
+                            self.fail(format!(
+                                "agreement violated: cid {cid} decided as {prev:?} and {digest:?}"
+                            ));
+                        }
+                    }
+                }
+            }
+            PersistRecord::Regency(regency) => {
+                let regency = *regency;
+                let node = &mut self.sim.replicas[slot];
+                if regency <= node.regency {
+                    let failure = format!(
+                        "replica {r} regency went from {} to {regency}",
+                        node.regency
+                    );
+                    self.fail(failure);
+                }
+                let node = &mut self.sim.replicas[slot];
+                node.regency = regency;
+                if std::env::var("SMR_SIM_TRACE").is_ok() {
+                    eprintln!("t={} replica {r} enters regency {regency}", self.sim.now_ms);
+                }
+            }
+            PersistRecord::Prepared(_) | PersistRecord::Checkpoint(_) => {}
+        }
+        self.sim.store(slot, record);
+    }
+
+    /// The simulated disk is durable at once.
+    fn sync(&mut self) {}
+
+    fn send(&mut self, to: &[Peer], message: Message) {
+        let slot = self.slot;
+        let r = self.sim.replicas[slot].id;
+        let from = Peer::Replica(r);
+        let me = Node::Replica(slot);
+        if std::env::var("SMR_SIM_TRACE").is_ok() {
+            if let Message::Stop(s) = &message {
+                let pending: Vec<(u8, u64)> = s
+                    .body
+                    .pending
+                    .iter()
+                    .map(|q| (q.body.client.0[0], q.body.seq))
+                    .collect();
+                eprintln!(
+                    "t={} replica {r} sends STOP {:?} at cid {} pending {pending:?}",
+                    self.sim.now_ms,
+                    (s.body.from_regency, s.body.regency),
+                    self.sim.replicas[slot].engine.last_executed()
+                );
+            }
+        }
+        if let Message::Propose(p) = &message {
+            self.sim.replicas[slot].proposed.push(p.body.batch.clone());
+        }
+        let message = self.sim.tamper(slot, message);
+        let crash_now =
+            self.sim.replicas[slot].crash_after_propose && matches!(message, Message::Propose(_));
+        for peer in to {
+            // A leader crashing mid-broadcast reaches only some followers.
+            if crash_now && self.sim.rng.chance(0.5) {
+                continue;
+            }
+            self.sim.send(me, from, *peer, &message);
+        }
+        if crash_now {
+            self.sim.replicas[slot].crashed = true;
+        }
+    }
+
+    fn service(&mut self, work: ServiceWork) -> Option<ServiceDone> {
+        let slot = self.slot;
+        let r = self.sim.replicas[slot].id;
+        let correct = self.sim.replicas[slot].correct;
+        match work {
+            ServiceWork::Execute { cid, items } => {
+                let mut results = Vec::with_capacity(items.len());
+                let mut ids = Vec::with_capacity(items.len());
+                for item in items {
+                    let signed = self.sim.legitimately_signed.get(&item.id);
+                    if !signed.is_some_and(|ops| ops.contains(&item.op)) {
+                        self.fail(format!("validity violated: replica {r} executed an op its client never signed: {:?}", item.id));
+                        return None;
+                    }
+                    ids.push(item.id);
+                    results.push(self.sim.replicas[slot].service.execute(&item.op));
+                }
+                let node = &mut self.sim.replicas[slot];
+                node.executed_count += ids.len();
+                node.max_log_len = node.max_log_len.max(node.engine.log_len());
+                if std::env::var("SMR_SIM_TRACE").is_ok()
+                    && node.engine.log_len() >= 2 * limits().checkpoint_period as usize
+                {
+                    eprintln!(
+                        "t={} replica {r} cid {cid} log {} checkpoint {}",
+                        self.sim.now_ms,
+                        node.engine.log_len(),
+                        node.engine.last_checkpoint()
+                    );
+                }
+                if correct {
+                    match self.sim.executed_by_cid.get(&cid) {
+                        Some(first) if *first != ids => {
+                            self.fail(format!(
+                                "replica {r} executed a different sequence at cid {cid}"
+                            ));
+                            return None;
+                        }
+                        Some(_) => {}
+                        None => {
+                            self.sim.executed_by_cid.insert(cid, ids);
+                        }
+                    }
+                }
+                Some(ServiceDone::Executed { cid, results })
+            }
+            ServiceWork::TakeSnapshot { cid } => Some(ServiceDone::Snapshot {
+                cid,
+                snapshot: self.sim.replicas[slot].service.snapshot(),
+            }),
+            ServiceWork::Restore { snapshot, .. } => {
+                if let Err(e) = self.sim.replicas[slot].service.restore(&snapshot) {
+                    self.fail(format!("replica {r} cannot restore a checkpoint: {e}"));
+                }
+                None
+            }
+            ServiceWork::Query { id, op } => Some(ServiceDone::Queried {
+                id,
+                result: self.sim.replicas[slot].service.query(&op),
+            }),
+        }
+    }
+
+    fn rejected(&mut self, rejection: &smr_core::Rejection) {
+        *self
+            .sim
+            .report
+            .rejections
+            .entry(rejection.name())
+            .or_default() += 1;
+    }
+
+    fn stopped(&self) -> bool {
+        self.sim.failure.is_some() || self.sim.replicas[self.slot].crashed
     }
 }

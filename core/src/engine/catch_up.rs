@@ -1,0 +1,150 @@
+//! Catching up: decision forwarding (asking peers for certified decisions past our last
+//! executed cid, answering their queries) and helping a peer that is in an older regency
+//! (docs/design.md §3, "Lost messages"; BFT-SMaRt's REQ_DECISION/FWD_DECISION). Every send
+//! here is rate-limited, so no peer can make this replica send without bound.
+
+use crate::message::{Cid, Decision, Message, ReplicaId};
+use crate::network::Peer;
+use crate::rejection::Rejection;
+use std::collections::BTreeMap;
+
+use super::Engine;
+
+/// Whom to ask next, and the per-peer budgets that keep catching up from turning into a flood.
+#[derive(Clone, Debug)]
+pub(super) struct CatchUp {
+    /// The peer last asked for decisions; queries go round the others in turn.
+    pub(super) query_cursor: ReplicaId,
+    /// No decision query before this time (one per `retransmit_initial_ms`).
+    pub(super) next_query_allowed_ms: u64,
+    /// No SYNC query before this time (one per `retransmit_initial_ms`).
+    pub(super) next_sync_query_allowed_ms: u64,
+    /// Per peer: when we may next send it our SYNC.
+    pub(super) next_help_ms: BTreeMap<ReplicaId, u64>,
+    /// When certified decisions from a peer last moved this replica forward. A replica that is
+    /// catching up blames its own lag, not the leader, for its requests' timeouts.
+    pub(super) last_catch_up_ms: Option<u64>,
+}
+
+impl CatchUp {
+    /// Queries start with the peer after `me`.
+    pub(super) fn new(me: ReplicaId) -> CatchUp {
+        CatchUp {
+            query_cursor: me,
+            next_query_allowed_ms: 0,
+            next_sync_query_allowed_ms: 0,
+            next_help_ms: BTreeMap::new(),
+            last_catch_up_ms: None,
+        }
+    }
+}
+
+impl Engine {
+    /// A peer sent something about a cid we executed long ago: send it the decision, so that
+    /// it catches up without waiting for a query.
+    pub(super) fn help_peer_behind(&mut self, peer: ReplicaId, cid: Cid) {
+        if let Some(decision) = self.log.get(&cid) {
+            self.out.send(
+                Peer::Replica(peer),
+                Message::Decisions(vec![decision.clone()]),
+            );
+        }
+    }
+
+    pub(super) fn handle_decision_query(&mut self, from: ReplicaId, from_cid: Cid) {
+        let log_start = self
+            .log
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.last_executed + 1);
+        if from_cid < log_start {
+            // Truncated away: the peer needs a checkpoint.
+            if self
+                .checkpoints
+                .stable
+                .as_ref()
+                .is_some_and(|c| c.cid >= from_cid)
+            {
+                self.out.send(Peer::Replica(from), self.state_info());
+                return;
+            }
+        }
+        let decisions: Vec<Decision> = self
+            .log
+            .range(from_cid.max(1)..)
+            .take(self.cfg.limits.max_decisions_per_reply)
+            .map(|(_, d)| d.clone())
+            .collect();
+        if !decisions.is_empty() {
+            self.out
+                .send(Peer::Replica(from), Message::Decisions(decisions));
+        }
+    }
+
+    /// Asks `peer` for decisions after our last executed cid, at most once per retransmit
+    /// interval so that a lying or repeated trigger cannot make us flood.
+    pub(super) fn maybe_query(&mut self, now_ms: u64, peer: ReplicaId) {
+        if peer == self.me || now_ms < self.catch_up.next_query_allowed_ms {
+            return;
+        }
+        self.catch_up.next_query_allowed_ms = now_ms + self.cfg.timeouts.retransmit_initial_ms;
+        self.out.send(
+            Peer::Replica(peer),
+            Message::DecisionQuery {
+                from_cid: self.last_executed + 1,
+            },
+        );
+    }
+
+    pub(super) fn next_query_peer(&mut self) -> ReplicaId {
+        let n = self.quorums.n() as u32;
+        self.catch_up.query_cursor = (self.catch_up.query_cursor + 1) % n;
+        if self.catch_up.query_cursor == self.me {
+            self.catch_up.query_cursor = (self.catch_up.query_cursor + 1) % n;
+        }
+        self.catch_up.query_cursor
+    }
+
+    /// Reacts to a stateful rejection of a replica message that says something about the
+    /// sender: a future regency means we missed a leader change, a stale one that the sender
+    /// did, and a cid beyond our window that we are behind.
+    pub(super) fn on_instance_rejection(
+        &mut self,
+        now_ms: u64,
+        from: ReplicaId,
+        rejection: Rejection,
+    ) -> Rejection {
+        match rejection {
+            Rejection::FutureRegency { .. } => self.request_sync(now_ms, from),
+            Rejection::StaleRegency { .. } => self.help_stale_peer(now_ms, from),
+            Rejection::CidBeyondWindow { .. } => self.maybe_query(now_ms, from),
+            _ => {}
+        }
+        rejection
+    }
+
+    /// Asks `peer` for the SYNC of its regency, at most once per retransmit interval.
+    pub(super) fn request_sync(&mut self, now_ms: u64, peer: ReplicaId) {
+        if peer == self.me || now_ms < self.catch_up.next_sync_query_allowed_ms {
+            return;
+        }
+        self.catch_up.next_sync_query_allowed_ms = now_ms + self.cfg.timeouts.retransmit_initial_ms;
+        self.out.send(Peer::Replica(peer), Message::SyncQuery);
+    }
+
+    /// Sends a peer that is in an older regency the SYNC that proves ours.
+    pub(super) fn help_stale_peer(&mut self, now_ms: u64, peer: ReplicaId) {
+        // A SYNC can be large: at most one per peer per retransmit interval, however often a
+        // (possibly Byzantine) peer asks.
+        let next = self.catch_up.next_help_ms.entry(peer).or_insert(0);
+        if now_ms < *next {
+            return;
+        }
+        *next = now_ms + self.cfg.timeouts.retransmit_initial_ms;
+        if let Some(sync) = &self.leader_change.current_sync {
+            self.out
+                .send(Peer::Replica(peer), Message::Sync(sync.clone()));
+        }
+    }
+}

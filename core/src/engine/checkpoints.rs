@@ -1,0 +1,169 @@
+//! Checkpoints: a snapshot every `checkpoint_period` cids, announced to the others; the newest
+//! one a quorum announced identically becomes stable, and only then is the log truncated
+//! below it (docs/design.md §3, "State transfer and checkpoints").
+
+use crate::clients::ClientTable;
+use smr_crypto::Digest;
+use std::collections::BTreeMap;
+
+use crate::checkpoint::{Checkpoint, CheckpointData};
+use crate::message::{Cid, DecisionProof, Message, ReplicaId};
+
+use super::{Engine, Output, PersistRecord};
+
+/// This replica's checkpoints and what its peers announced.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Checkpoints {
+    /// The latest stable checkpoint: one that a quorum of replicas announced with the same
+    /// digest. It is what state transfer serves, and the log is truncated only below it, so a
+    /// replica that runs ahead never discards decisions that the others still need.
+    pub(super) stable: Option<Checkpoint>,
+    /// Checkpoints this replica took that are not stable yet.
+    pub(super) own: BTreeMap<Cid, Checkpoint>,
+    /// Checkpoint digests announced by each replica (this one included), above the stable one.
+    pub(super) announcements: BTreeMap<Cid, BTreeMap<ReplicaId, Digest>>,
+    /// A checkpoint is due at this cid: later batches wait until it has executed.
+    pub(super) barrier: Option<Cid>,
+    /// The client table captured at a checkpoint cid, waiting for the service's snapshot.
+    pub(super) snapshot_clients: Option<(Cid, ClientTable)>,
+}
+
+impl Engine {
+    /// The service's snapshot at `cid` (after [`ServiceWork::TakeSnapshot`]): completes the
+    /// checkpoint, persists it and truncates the log.
+    ///
+    /// A snapshot nobody waits for any more is dropped: a state transfer installed a newer
+    /// checkpoint (and cleared the request) while the service was taking it.
+    pub fn on_snapshot(&mut self, now_ms: u64, cid: Cid, snapshot: Vec<u8>) -> Output {
+        let Some((expected, clients)) = self.checkpoints.snapshot_clients.take() else {
+            return self.finish_input();
+        };
+        if expected != cid {
+            self.checkpoints.snapshot_clients = Some((expected, clients));
+            return self.finish_input();
+        }
+        // The barrier held execution at `cid`, and the newest decision is always in the log.
+        let decided = self
+            .decision_proof(cid)
+            .expect("the checkpointed decision is in the log");
+        let checkpoint = Checkpoint::new(
+            &CheckpointData {
+                cid,
+                service: snapshot,
+                clients,
+            },
+            decided,
+        );
+        self.out
+            .persist(PersistRecord::Checkpoint(checkpoint.clone()));
+        self.out.broadcast(Message::CheckpointAnnounce {
+            cid,
+            digest: checkpoint.digest,
+        });
+        self.note_announcement(self.me, cid, checkpoint.digest);
+        self.checkpoints.own.insert(cid, checkpoint);
+        while self.checkpoints.own.len() > crate::verify::MAX_REPORTED_CHECKPOINTS - 1 {
+            self.checkpoints.own.pop_first();
+        }
+        self.check_stable();
+        self.checkpoints.barrier = None;
+        self.execute_ready(now_ms);
+        self.finish_input()
+    }
+
+    pub(super) fn note_announcement(&mut self, from: ReplicaId, cid: Cid, digest: Digest) {
+        // Only checkpoints that can still become stable, and not arbitrarily far ahead.
+        let horizon = self.last_executed
+            + self.cfg.limits.max_instances_ahead
+            + 4 * self.cfg.limits.checkpoint_period;
+        if cid <= self.last_checkpoint()
+            || cid > horizon
+            || !cid.is_multiple_of(self.cfg.limits.checkpoint_period)
+        {
+            return;
+        }
+        self.checkpoints
+            .announcements
+            .entry(cid)
+            .or_default()
+            .insert(from, digest);
+    }
+
+    /// Makes the newest own checkpoint that a quorum announced identically the stable one.
+    pub(super) fn check_stable(&mut self) {
+        let quorum = self.quorums.quorum();
+        let stable = self.checkpoints.own.iter().rev().find(|(cid, c)| {
+            self.checkpoints
+                .announcements
+                .get(cid)
+                .is_some_and(|a| a.values().filter(|d| **d == c.digest).count() >= quorum)
+        });
+        if let Some((cid, _)) = stable {
+            let cid = *cid;
+            let checkpoint = self.checkpoints.own.remove(&cid).expect("found above");
+            self.make_stable(checkpoint);
+        }
+    }
+
+    /// Makes `checkpoint` the stable one and forgets what it covers, keeping one period of
+    /// decisions before it for peers that are only a little behind.
+    pub(super) fn make_stable(&mut self, checkpoint: Checkpoint) {
+        let cid = checkpoint.cid;
+        self.checkpoints.own = self.checkpoints.own.split_off(&(cid + 1));
+        self.checkpoints.announcements = self.checkpoints.announcements.split_off(&(cid + 1));
+        // A stable checkpoint is held by a quorum, so a peer that needs older decisions can
+        // transfer it instead.
+        let keep_from = cid + 1;
+        self.log = self.log.split_off(&keep_from);
+        self.checkpoints.stable = Some(checkpoint);
+    }
+
+    /// Everything a store must keep after compacting at a checkpoint at `cid`: the regency,
+    /// and the decisions, prepared values and votes of later instances.
+    pub fn durable_records_after(&self, cid: Cid) -> Vec<PersistRecord> {
+        let mut records = vec![PersistRecord::Regency(self.regency)];
+        records.extend(
+            self.log
+                .range(cid + 1..)
+                .map(|(_, d)| PersistRecord::Decided(d.clone())),
+        );
+        for (c, instance) in self.instances.range(cid + 1..) {
+            if let Some(d) = &instance.decided {
+                records.push(PersistRecord::Decided(d.clone()));
+            }
+            if let Some(p) = &instance.prepared {
+                records.push(PersistRecord::Prepared(p.clone()));
+            }
+            for vote in [&instance.my_write, &instance.my_accept]
+                .into_iter()
+                .flatten()
+            {
+                debug_assert_eq!(vote.body.cid, *c);
+                records.push(PersistRecord::Vote(vote.body));
+            }
+        }
+        records
+    }
+
+    /// Proof that `cid` was decided, from the log or from the checkpoint at `cid`.
+    pub(super) fn decision_proof(&self, cid: Cid) -> Option<DecisionProof> {
+        if let Some(d) = self.log.get(&cid) {
+            return Some(DecisionProof {
+                cid,
+                digest: d.batch.digest(),
+                certificate: d.certificate.clone(),
+            });
+        }
+        self.checkpoints
+            .stable
+            .iter()
+            .chain(self.checkpoints.own.values())
+            .find(|c| c.cid == cid)
+            .map(|c| c.decided.clone())
+    }
+
+    /// Cid of the latest checkpoint (0 if none).
+    pub fn last_checkpoint(&self) -> Cid {
+        self.checkpoints.stable.as_ref().map_or(0, |c| c.cid)
+    }
+}

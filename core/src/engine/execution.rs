@@ -1,0 +1,132 @@
+//! Execution and replies: decided batches go to the service strictly in cid order, exactly
+//! once per request, and the replies are cached and sent (docs/design.md §3, "Clients and
+//! exactly-once").
+
+use crate::clients::RequestStatus;
+use crate::message::{Cid, Message, RequestId};
+use crate::network::Peer;
+
+use super::{Engine, ExecuteItem, Output, Phase, ServiceDone, ServiceWork, TimerKind};
+
+impl Engine {
+    /// Hands every decided instance that is next in cid order to the service.
+    pub(super) fn execute_ready(&mut self, now_ms: u64) {
+        let mut progressed = false;
+        // A checkpoint is a barrier: the next batch waits until the checkpointed one has
+        // executed, so that the client table captured with it matches the service state.
+        while self.checkpoints.barrier.is_none()
+            && self
+                .instances
+                .get(&(self.last_executed + 1))
+                .is_some_and(|i| i.decided.is_some())
+        {
+            let cid = self.last_executed + 1;
+            let instance = self.instances.remove(&cid).expect("checked above");
+            let my_proposal = instance.proposal.as_ref().map(|p| p.digest);
+            let decision = instance.decided.expect("checked above");
+            let decided_digest = decision.certificate.first().map(|a| a.body.digest);
+            let mut items = Vec::with_capacity(decision.batch.requests.len());
+            let mut ids = Vec::with_capacity(decision.batch.requests.len());
+            for request in &decision.batch.requests {
+                let id = request.id();
+                self.pool.remove(&id);
+                if self.clients.status(&id) != RequestStatus::New {
+                    self.stats.skipped_duplicates += 1;
+                    continue;
+                }
+                if let Some(floor) = self.clients.mark_executing(&id) {
+                    self.pool.remove_up_to(&id.client, floor);
+                }
+                ids.push(id);
+                items.push(ExecuteItem {
+                    id,
+                    op: request.body.op.clone(),
+                });
+            }
+            self.stats.executed_requests += items.len() as u64;
+            self.executing.push_back((cid, ids));
+            self.out.service(ServiceWork::Execute { cid, items });
+            self.last_executed = cid;
+            // The leader's requests proposed in an instance decided with another batch (only
+            // possible across leader changes) become proposable again.
+            if self.is_leader() && my_proposal.is_some() && my_proposal != decided_digest {
+                self.pool.unmark_proposed(cid);
+            }
+            self.log.insert(cid, decision);
+            // Checkpoints truncate the log once they are stable; this cap bounds it even if
+            // they never become stable (a quorum that stopped announcing).
+            while self.log.len() > self.cfg.limits.max_log_entries {
+                self.log.pop_first();
+            }
+            if cid.is_multiple_of(self.cfg.limits.checkpoint_period) {
+                self.checkpoints.barrier = Some(cid);
+            }
+            progressed = true;
+        }
+        if progressed {
+            // Decisions may overtake a transfer.
+            if self.transfer.download.as_ref().is_some_and(|t| {
+                t.target
+                    .is_some_and(|(cid, _, _)| cid <= self.last_executed)
+            }) {
+                self.transfer.download = None;
+            }
+            self.check_rejoined(now_ms);
+            if self.phase == Phase::Normal {
+                self.leader_change.change_failures = 0;
+            }
+            self.retransmit_interval_ms = self.cfg.timeouts.retransmit_initial_ms;
+            self.deadlines.remove(&TimerKind::Retransmit);
+            self.arm_retransmit(now_ms);
+            self.arm_request_timer();
+            self.try_propose(now_ms);
+        }
+    }
+
+    /// The service finished the batch of `cid`: cache the replies and send them.
+    ///
+    /// # Panics
+    /// If `cid` is not the oldest batch handed to the service, or `results` does not hold one
+    /// result per executed item: the driver broke its contract.
+    pub fn on_executed(&mut self, _now_ms: u64, cid: Cid, results: Vec<Vec<u8>>) -> Output {
+        let (expected_cid, ids) = self
+            .executing
+            .pop_front()
+            .expect("on_executed called with no batch executing");
+        assert_eq!(expected_cid, cid, "batches must complete in cid order");
+        assert_eq!(ids.len(), results.len(), "one result per executed request");
+        for (id, result) in ids.into_iter().zip(results) {
+            self.clients.record_reply(&id, result.clone());
+            self.out.send(
+                Peer::Client(id.client),
+                Message::Reply(self.reply(id, result)),
+            );
+        }
+        if self.checkpoints.barrier == Some(cid) && self.executing.is_empty() {
+            // Everything up to `cid` has executed and nothing after it: the client table is
+            // exactly the one that goes with the service state at `cid`. Execution resumes
+            // once the snapshot is in, so the log never outgrows two periods.
+            self.checkpoints.snapshot_clients = Some((cid, self.clients.clone()));
+            self.out.service(ServiceWork::TakeSnapshot { cid });
+        }
+        self.finish_input()
+    }
+
+    /// The result of a [`ServiceWork::Query`]: replies to the client.
+    pub fn on_query_result(&mut self, _now_ms: u64, id: RequestId, result: Vec<u8>) -> Output {
+        self.out.send(
+            Peer::Client(id.client),
+            Message::Reply(self.reply(id, result)),
+        );
+        self.finish_input()
+    }
+
+    /// Hands back what the service produced, whichever kind it is.
+    pub fn on_service_done(&mut self, now_ms: u64, done: ServiceDone) -> Output {
+        match done {
+            ServiceDone::Executed { cid, results } => self.on_executed(now_ms, cid, results),
+            ServiceDone::Queried { id, result } => self.on_query_result(now_ms, id, result),
+            ServiceDone::Snapshot { cid, snapshot } => self.on_snapshot(now_ms, cid, snapshot),
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! The synchronization phase (leader change): STOP, STOPDATA and SYNC (docs/design.md §3,
+//! "Synchronization phase" and "The value rule"; BFT-SMaRt's `Synchronizer`).
+
+use crate::message::{Message, Regency, ReplicaId, Signed, Stop, StopData, Sync};
+use crate::network::Peer;
+use crate::rejection::Rejection;
+use crate::sync::choose;
+use std::collections::BTreeMap;
+
+use super::{Engine, PersistRecord, Phase, TimerKind, MAX_REGENCY_JUMP};
+
+/// What the synchronization phase keeps between inputs.
+#[derive(Clone, Debug, Default)]
+pub(super) struct LeaderChange {
+    /// Highest regency each replica asked for with a STOP, this one included.
+    pub(super) stop_for: BTreeMap<ReplicaId, Regency>,
+    /// This replica's STOP for the regency it asks for, resent until that regency is installed.
+    pub(super) my_stop: Option<Signed<Stop>>,
+    /// This replica's STOPDATA for the regency being synchronized, resent until SYNC arrives.
+    pub(super) my_stopdata: Option<Signed<StopData>>,
+    /// New leader only: STOPDATA collected for the current regency.
+    pub(super) collected: BTreeMap<ReplicaId, Signed<StopData>>,
+    /// The SYNC that installed the current regency (none for regency 0), for stragglers.
+    pub(super) current_sync: Option<Signed<Sync>>,
+    /// Leader changes that failed in a row; the change timeout doubles with each.
+    pub(super) change_failures: u32,
+}
+
+impl Engine {
+    pub(super) fn change_timeout_ms(&self) -> u64 {
+        self.cfg.timeouts.request_timeout_ms << self.leader_change.change_failures.min(6)
+    }
+
+    /// Asks to move to regency `target` (never backwards) by broadcasting a STOP that carries
+    /// the oldest pending requests, so that the next leader has them.
+    pub(super) fn start_leader_change(&mut self, now_ms: u64, target: Regency) {
+        let mine = self
+            .leader_change
+            .stop_for
+            .get(&self.me)
+            .copied()
+            .unwrap_or(0);
+        if target <= self.regency || target <= mine || !self.participates() {
+            return;
+        }
+        self.leader_change.stop_for.insert(self.me, target);
+        let pending = self.pool.oldest(self.cfg.limits.max_batch_requests);
+        let stop = Signed::new(
+            Stop {
+                replica: self.me,
+                regency: target,
+                from_regency: self.regency,
+                pending,
+            },
+            self.signer.as_deref(),
+        );
+        self.stats.stops_sent += 1;
+        self.out.broadcast(Message::Stop(stop.clone()));
+        self.leader_change.my_stop = Some(stop);
+        self.deadlines
+            .insert(TimerKind::LeaderChange, now_ms + self.change_timeout_ms());
+        self.arm_retransmit(now_ms);
+        self.check_stops(now_ms);
+    }
+
+    pub(super) fn handle_stop(
+        &mut self,
+        now_ms: u64,
+        from: ReplicaId,
+        stop: Signed<Stop>,
+    ) -> Result<(), Rejection> {
+        let target = stop.body.regency;
+        if target <= self.regency || stop.body.from_regency < self.regency {
+            // The sender has not heard of our regency yet.
+            self.help_stale_peer(now_ms, from);
+            return Ok(());
+        }
+        if target > self.regency.saturating_add(MAX_REGENCY_JUMP) {
+            return Err(Rejection::Malformed(format!(
+                "STOP for regency {target} is too far ahead"
+            )));
+        }
+        let entry = self.leader_change.stop_for.entry(from).or_insert(0);
+        *entry = (*entry).max(target);
+        for request in stop.body.pending {
+            // Stale or already pending requests are fine; a full pool just drops them.
+            let _ = self.handle_request(now_ms, request, false);
+        }
+        self.check_stops(now_ms);
+        Ok(())
+    }
+
+    /// Joins a leader change that f+1 replicas asked for (one in CFT), and installs the regency
+    /// that 2f+1 asked for (f+1 in CFT). A replica's STOP for r counts for every regency up to r.
+    pub(super) fn check_stops(&mut self, now_ms: u64) {
+        let mut targets: Vec<Regency> = self
+            .leader_change
+            .stop_for
+            .values()
+            .copied()
+            .filter(|t| *t > self.regency)
+            .collect();
+        targets.sort_unstable_by(|a, b| b.cmp(a));
+        let join = self.quorums.stops_to_join();
+        if targets.len() >= join {
+            let target = targets[join - 1];
+            if target
+                > self
+                    .leader_change
+                    .stop_for
+                    .get(&self.me)
+                    .copied()
+                    .unwrap_or(0)
+            {
+                // start_leader_change calls back into check_stops with our own STOP counted.
+                self.start_leader_change(now_ms, target);
+                return;
+            }
+        }
+        let install = self.quorums.stops_to_install();
+        if targets.len() >= install {
+            let target = targets[install - 1];
+            self.enter_regency(now_ms, target);
+            self.send_stopdata(now_ms);
+        }
+    }
+
+    /// Moves to `regency`: persists it first, forgets every vote of older regencies (keeping
+    /// prepared proofs and decisions), and waits for the regency's SYNC.
+    pub(super) fn enter_regency(&mut self, now_ms: u64, regency: Regency) {
+        assert!(regency > self.regency, "regency never decreases");
+        self.out.persist(PersistRecord::Regency(regency));
+        self.regency = regency;
+        self.leader_progress = None;
+        self.stats.regency_changes += 1;
+        let mine = self.leader_change.stop_for.entry(self.me).or_insert(0);
+        *mine = (*mine).max(regency);
+        if *mine <= regency {
+            self.leader_change.my_stop = None;
+        }
+        for instance in self.instances.values_mut() {
+            instance.proposal = None;
+            instance.writes.clear();
+            instance.accepts.clear();
+            instance.my_write = None;
+            instance.my_accept = None;
+        }
+        self.pool.unmark_all_proposed();
+        self.pool.restart_timers(now_ms);
+        self.arm_request_timer();
+        self.phase = Phase::Syncing;
+        self.leader_change.collected.clear();
+        self.leader_change.my_stopdata = None;
+        self.deadlines
+            .insert(TimerKind::LeaderChange, now_ms + self.change_timeout_ms());
+    }
+
+    /// Tells the leader of the newly installed regency what this replica decided and prepared.
+    pub(super) fn send_stopdata(&mut self, now_ms: u64) {
+        if !self.participates() {
+            return;
+        }
+        // Everything up to `last_executed` is decided, and this replica no longer reports
+        // values for those cids: it must prove the decision, or a new leader could start below
+        // it and re-open an instance this replica executed.
+        let last_decided = self.decision_proof(self.last_executed);
+        assert!(
+            last_decided.is_some() || self.last_executed == 0,
+            "no proof for the executed cid {}",
+            self.last_executed
+        );
+        // Decided-but-unexecuted instances are reported too: this replica may be one of the
+        // acceptors the value rule relies on.
+        let prepared = self
+            .instances
+            .iter()
+            .filter(|(cid, _)| **cid > self.last_executed)
+            .filter_map(|(_, i)| i.prepared.clone())
+            .collect();
+        let stopdata = Signed::new(
+            StopData {
+                replica: self.me,
+                regency: self.regency,
+                last_decided,
+                prepared,
+            },
+            self.signer.as_deref(),
+        );
+        self.leader_change.my_stopdata = Some(stopdata.clone());
+        self.arm_retransmit(now_ms);
+        if self.is_leader() {
+            self.collect_stopdata(now_ms, stopdata);
+        } else {
+            self.out
+                .send(Peer::Replica(self.leader()), Message::StopData(stopdata));
+        }
+    }
+
+    pub(super) fn handle_stopdata(
+        &mut self,
+        now_ms: u64,
+        from: ReplicaId,
+        stopdata: Signed<StopData>,
+    ) -> Result<(), Rejection> {
+        let regency = stopdata.body.regency;
+        if regency < self.regency {
+            self.help_stale_peer(now_ms, from);
+            return Ok(());
+        }
+        if regency > self.regency {
+            // The sender installed a regency we have not: that counts as its STOP for it.
+            if regency > self.regency.saturating_add(MAX_REGENCY_JUMP) {
+                return Err(Rejection::Malformed(
+                    "STOPDATA for a regency too far ahead".into(),
+                ));
+            }
+            let entry = self.leader_change.stop_for.entry(from).or_insert(0);
+            *entry = (*entry).max(regency);
+            self.check_stops(now_ms);
+            if regency != self.regency {
+                return Ok(());
+            }
+        }
+        if !self.is_leader() {
+            return Err(Rejection::NotLeader);
+        }
+        if self.phase == Phase::Normal {
+            // The sender missed our SYNC.
+            self.help_stale_peer(now_ms, from);
+            return Ok(());
+        }
+        self.collect_stopdata(now_ms, stopdata);
+        Ok(())
+    }
+
+    /// New leader: with n-f STOPDATA, send SYNC and resume.
+    pub(super) fn collect_stopdata(&mut self, now_ms: u64, stopdata: Signed<StopData>) {
+        self.leader_change
+            .collected
+            .insert(stopdata.body.replica, stopdata);
+        if self.leader_change.collected.len() < self.quorums.stopdata_to_collect() {
+            return;
+        }
+        let sync = Signed::new(
+            Sync {
+                leader: self.me,
+                regency: self.regency,
+                proofs: self.leader_change.collected.values().cloned().collect(),
+            },
+            self.signer.as_deref(),
+        );
+        self.out.broadcast(Message::Sync(sync.clone()));
+        self.apply_sync(now_ms, sync);
+    }
+
+    pub(super) fn handle_sync(&mut self, now_ms: u64, sync: Signed<Sync>) {
+        let regency = sync.body.regency;
+        if regency < self.regency || (regency == self.regency && self.phase == Phase::Normal) {
+            return;
+        }
+        if regency > self.regency {
+            // A valid SYNC proves that n-f replicas installed its regency: adopt it.
+            self.enter_regency(now_ms, regency);
+        }
+        self.apply_sync(now_ms, sync);
+    }
+
+    /// Resumes normal operation in the current regency with the values the SYNC fixes.
+    pub(super) fn apply_sync(&mut self, now_ms: u64, sync: Signed<Sync>) {
+        assert_eq!(
+            sync.body.regency, self.regency,
+            "SYNC applies to the current regency"
+        );
+        let choice = choose(&sync.body.proofs);
+        self.phase = Phase::Normal;
+        self.leader_change.current_sync = Some(sync);
+        self.leader_change.my_stopdata = None;
+        self.leader_change.my_stop = None;
+        // This regency works for us now; a later failure asks for the next one afresh.
+        self.leader_change.stop_for.insert(self.me, self.regency);
+        self.leader_change.collected.clear();
+        self.deadlines.remove(&TimerKind::LeaderChange);
+        let window_end = self.last_executed + self.cfg.limits.max_instances_ahead;
+        for (cid, batch) in choice.values.iter().cloned() {
+            if cid <= self.last_executed || cid > window_end {
+                continue;
+            }
+            self.accept_proposal(now_ms, cid, batch, None);
+        }
+        if self.last_executed < choice.start {
+            if let Some(holder) = choice.start_holder {
+                self.catch_up.next_query_allowed_ms = 0;
+                self.maybe_query(now_ms, holder);
+            }
+        }
+        if self.is_leader() {
+            self.next_cid_to_propose = (choice.end() + 1).max(self.last_executed + 1);
+            self.try_propose(now_ms);
+        }
+        self.arm_retransmit(now_ms);
+        self.arm_request_timer();
+    }
+
+    /// The leader change did not complete in time: ask for the next regency, and wait twice as
+    /// long for that one.
+    pub(super) fn on_leader_change_timeout(&mut self, now_ms: u64) {
+        let mine = self
+            .leader_change
+            .stop_for
+            .get(&self.me)
+            .copied()
+            .unwrap_or(0);
+        if mine <= self.regency && self.phase == Phase::Normal {
+            return;
+        }
+        self.leader_change.change_failures = self.leader_change.change_failures.saturating_add(1);
+        let target = mine.max(self.regency) + 1;
+        self.start_leader_change(now_ms, target);
+    }
+}

@@ -1,0 +1,459 @@
+//! The replica's protocol engine: sans-IO and deterministic.
+//!
+//! The engine never reads a clock, opens a socket, spawns a thread or draws randomness: every
+//! input takes `now_ms`, and every effect is data in the [`Output`] the input returns. So the
+//! seeded simulator and the model checker run the very code the tokio driver runs, and any
+//! run replays from its seed.
+//!
+//! # The driving loop
+//! [`crate::runner`] implements this loop once, for the tokio driver, the simulator and the
+//! model checker alike; a new driver should use it rather than copy it.
+//! 1. Build the engine: [`Engine::new`] for a replica of a new cluster, [`Engine::recover`]
+//!    from the records a store kept, or [`Engine::rejoin`] after the store was lost. Perform
+//!    the output `recover`/`rejoin` return, then the output of [`Engine::start`].
+//! 2. Feed it inputs, one at a time, each with the current `now_ms` (milliseconds on a
+//!    monotonic clock; only differences matter):
+//!    - [`Engine::on_message`] with each message the verifier passed ([`Verified`]; see
+//!      [`crate::verify`]);
+//!    - [`Engine::on_timeout`] once `now_ms` reaches [`Engine::next_deadline_ms`];
+//!    - [`Engine::on_executed`], [`Engine::on_snapshot`] and [`Engine::on_query_result`] with
+//!      what the service produced for the engine's [`ServiceWork`].
+//! 3. Perform each input's [`Output`] before the next input, in this order: send
+//!    `send_now`; append every record of `persist` and make them durable (one sync); send
+//!    `send_after_persist`; hand `service` to the service, in order; count and log
+//!    `rejections`. A message that promises a vote, a regency or a decision is always in
+//!    `send_after_persist` behind the record of it.
+//! 4. After each input, ask [`Engine::next_deadline_ms`] again: any input can move the next
+//!    deadline. A timeout call with nothing due does nothing.
+//!
+//! # Normal case (docs/design.md §3)
+//! The leader of regency r (replica r mod n) cuts batches from its pending pool and sends
+//! PROPOSE(cid, r, batch). Replicas check it and, in BFT, send WRITE(cid, r, blake3(batch)); on Q
+//! matching WRITEs they send ACCEPT. CFT skips WRITE and accepts straight away. Q matching
+//! ACCEPTs decide; decided batches execute strictly in cid order. Up to
+//! `max_instances_in_flight` instances run at once.
+//!
+//! # Synchronization phase
+//! The regency is explicit ([`Engine::regency`]), every vote is bound to one, and pending
+//! requests carry a timeout count: at a request's second timeout a replica sends STOP.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use smr_crypto::{Digest, Signer};
+use smr_modes::Quorums;
+
+use crate::checkpoint::Checkpoint;
+use crate::clients::ClientTable;
+use crate::config::EngineConfig;
+use crate::message::{
+    Batch, Cid, ClientId, Decision, Message, PreparedProof, Propose, Regency, ReplicaId, RequestId,
+    Signed, Vote,
+};
+use crate::network::Peer;
+use crate::pool::RequestPool;
+use crate::rejection::Rejection;
+use crate::verify::Verified;
+
+use catch_up::CatchUp;
+use checkpoints::Checkpoints;
+use leader_change::LeaderChange;
+use recovery::Rejoin;
+use state_transfer::StateChunkIn;
+use state_transfer::StateTransfer;
+
+mod catch_up;
+mod checkpoints;
+mod execution;
+mod invariants;
+mod leader_change;
+mod ordering;
+mod output;
+mod recovery;
+mod state_transfer;
+mod timers;
+
+pub use output::{ExecuteItem, Outgoing, Output, ServiceDone, ServiceWork};
+
+/// The engine's timers. Each has at most one deadline at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TimerKind {
+    /// No progress for a while: resend proposals and votes, ask a peer for decisions.
+    Retransmit,
+    /// The oldest pending request has waited `request_timeout_ms`.
+    Request,
+    /// The leader's periodic heartbeat.
+    Heartbeat,
+    /// A leader change has taken too long: move on to the next regency.
+    LeaderChange,
+}
+
+/// A STOP may ask for a regency at most this far beyond the current one; anything further is
+/// a peer trying to exhaust the regency space.
+const MAX_REGENCY_JUMP: Regency = 1 << 20;
+
+/// State-transfer chunks (or "superseded" answers) one peer is served per second: 256 MiB/s
+/// with the default 1 MiB chunks, far above what one-chunk-at-a-time transfer asks for.
+pub const STATE_FETCHES_PER_SECOND: u64 = 256;
+
+/// What the engine promises, to be made durable before the promise is sent.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum PersistRecord {
+    /// A WRITE or ACCEPT this replica is about to send.
+    Vote(Vote),
+    /// The value this replica is about to ACCEPT, with its proof: what its STOPDATA must
+    /// report after a restart.
+    Prepared(PreparedProof),
+    /// A decided instance, with its batch and certificate.
+    Decided(Decision),
+    /// This replica entered `regency`; it must never vote in a lower one, even after a restart.
+    Regency(Regency),
+    /// A checkpoint; every record about cids at or below it may be discarded.
+    Checkpoint(Checkpoint),
+}
+
+/// Counters for operators and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub rejections: BTreeMap<&'static str, u64>,
+    pub decided_instances: u64,
+    pub executed_requests: u64,
+    /// Requests in a decided batch that were already executed, and so skipped.
+    pub skipped_duplicates: u64,
+    pub proposals_sent: u64,
+    pub retransmissions: u64,
+    pub decisions_learned_from_peers: u64,
+    pub regency_changes: u64,
+    pub stops_sent: u64,
+    pub state_transfers: u64,
+    /// State-transfer sources whose bytes did not match the agreed digest.
+    pub lying_state_sources: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Proposal {
+    digest: Digest,
+    batch: Batch,
+    /// The leader's signed PROPOSE; `None` for values fixed by a SYNC.
+    signed: Option<Signed<Propose>>,
+}
+
+/// One consensus instance in the current regency.
+#[derive(Clone, Debug, Default)]
+struct Instance {
+    proposal: Option<Proposal>,
+    writes: BTreeMap<ReplicaId, Signed<Vote>>,
+    accepts: BTreeMap<ReplicaId, Signed<Vote>>,
+    my_write: Option<Signed<Vote>>,
+    my_accept: Option<Signed<Vote>>,
+    /// The value this replica accepted with the highest epoch, with its proof (the Q WRITEs
+    /// in BFT). It survives regency changes: it is what STOPDATA reports.
+    prepared: Option<PreparedProof>,
+    decided: Option<Decision>,
+}
+
+/// `Clone` lets a model checker branch one engine into every successor state; nothing in the
+/// engine depends on being unique (the signer is shared behind an `Arc`).
+#[derive(Clone)]
+pub struct Engine {
+    cfg: EngineConfig,
+    quorums: Quorums,
+    me: ReplicaId,
+    /// Signs votes, proposals and nothing else. `None` in CFT, where channels authenticate.
+    signer: Option<Arc<dyn Signer>>,
+    regency: Regency,
+    /// Highest cid handed to the service.
+    last_executed: Cid,
+    /// Leader only: the next cid it will propose.
+    next_cid_to_propose: Cid,
+    instances: BTreeMap<Cid, Instance>,
+    /// Decided batches kept for peers that are behind, bounded by `max_log_entries`.
+    log: BTreeMap<Cid, Decision>,
+    pool: RequestPool,
+    clients: ClientTable,
+    /// Batches handed to the service whose replies have not come back yet.
+    executing: VecDeque<(Cid, Vec<RequestId>)>,
+    retransmit_interval_ms: u64,
+    /// The one place timers live: each kind's deadline, pulled by the driver through
+    /// [`Engine::next_deadline_ms`].
+    deadlines: BTreeMap<TimerKind, u64>,
+    /// What the input being handled has produced so far; handed over when it returns.
+    out: Output,
+    phase: Phase,
+    leader_change: LeaderChange,
+    catch_up: CatchUp,
+    checkpoints: Checkpoints,
+    transfer: StateTransfer,
+    /// Highest cid seen in any proposal or vote of the current regency, or claimed decided.
+    highest_seen_cid: Cid,
+    /// The highest cid the current leader's heartbeats reported decided, and when it rose.
+    leader_progress: Option<(Cid, u64)>,
+    rejoin: Rejoin,
+    stats: EngineStats,
+}
+
+/// Where the replica is in the synchronization phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Ordering requests in the current regency.
+    Normal,
+    /// The current regency is installed, but its SYNC has not been applied yet: no proposals
+    /// are accepted in it until then.
+    Syncing,
+}
+
+impl Engine {
+    /// Builds an engine. `signer` must hold this replica's configured key; it is used only in
+    /// modes that sign replica messages.
+    pub fn new(cfg: EngineConfig, signer: Arc<dyn Signer>) -> Engine {
+        if let Err(e) = cfg.validate() {
+            panic!("invalid engine configuration: {e}");
+        }
+        let quorums = cfg.quorums;
+        let signer = quorums.requires_signatures().then_some(signer);
+        let me = cfg.me;
+        Engine {
+            me,
+            pool: RequestPool::new(
+                cfg.limits.max_pending_per_client,
+                cfg.limits.max_pending_total,
+            ),
+            clients: ClientTable::new(cfg.limits.max_pending_per_client as u64),
+            retransmit_interval_ms: cfg.timeouts.retransmit_initial_ms,
+            cfg,
+            quorums,
+            signer,
+            regency: 0,
+            last_executed: 0,
+            next_cid_to_propose: 1,
+            instances: BTreeMap::new(),
+            log: BTreeMap::new(),
+            executing: VecDeque::new(),
+            deadlines: BTreeMap::new(),
+            out: Output::default(),
+            phase: Phase::Normal,
+            leader_change: LeaderChange::default(),
+            catch_up: CatchUp::new(me),
+            checkpoints: Checkpoints::default(),
+            transfer: StateTransfer::default(),
+            highest_seen_cid: 0,
+            leader_progress: None,
+            rejoin: Rejoin::Done,
+            stats: EngineStats::default(),
+        }
+    }
+
+    pub fn id(&self) -> ReplicaId {
+        self.me
+    }
+    pub fn regency(&self) -> Regency {
+        self.regency
+    }
+    pub fn leader(&self) -> ReplicaId {
+        self.quorums.leader_of(self.regency)
+    }
+    pub fn is_leader(&self) -> bool {
+        self.leader() == self.me
+    }
+    pub fn last_executed(&self) -> Cid {
+        self.last_executed
+    }
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+    pub fn pending_requests(&self) -> usize {
+        self.pool.len()
+    }
+    pub fn quorums(&self) -> &Quorums {
+        &self.quorums
+    }
+    /// Instances held in memory, decided or not (bounded by `max_instances_ahead`).
+    pub fn open_instances(&self) -> usize {
+        self.instances.len()
+    }
+    pub fn log_len(&self) -> usize {
+        self.log.len()
+    }
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Counts a rejection that happened before the engine saw the message (in the verifier).
+    pub fn count_rejection(&mut self, rejection: &Rejection) {
+        *self.stats.rejections.entry(rejection.name()).or_default() += 1;
+    }
+
+    /// Counts a rejection of (part of) the input being handled and reports it beside the
+    /// input's output.
+    fn reject(&mut self, rejection: Rejection) {
+        self.count_rejection(&rejection);
+        self.out.rejections.push(rejection);
+    }
+
+    /// Hands over everything the input produced.
+    fn take_output(&mut self) -> Output {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Arms the periodic timers. Call once after construction.
+    pub fn start(&mut self, now_ms: u64) -> Output {
+        // A recovered replica may have open instances or a rejoin to drive.
+        self.arm_retransmit(now_ms);
+        self.deadlines.insert(
+            TimerKind::Heartbeat,
+            now_ms + self.cfg.timeouts.heartbeat_ms,
+        );
+        self.finish_input()
+    }
+
+    /// Handles a verified message. A rejection is counted and reported in
+    /// [`Output::rejections`], beside whatever the message produced before it was refused.
+    pub fn on_message(&mut self, now_ms: u64, message: Verified) -> Output {
+        if let Err(rejection) = self.dispatch(now_ms, message) {
+            self.reject(rejection);
+        }
+        self.finish_input()
+    }
+
+    /// Ends an input: checks the invariants (in debug builds) and hands the output over.
+    fn finish_input(&mut self) -> Output {
+        #[cfg(debug_assertions)]
+        self.check_invariants();
+        self.take_output()
+    }
+
+    fn dispatch(&mut self, now_ms: u64, verified: Verified) -> Result<(), Rejection> {
+        let Verified { from, message } = verified;
+        match (from, message) {
+            (Peer::Client(_), Message::Request(request)) => {
+                self.handle_request(now_ms, request, true)
+            }
+            (Peer::Replica(j), Message::Forward(requests)) => {
+                if !self.is_leader() {
+                    return Err(Rejection::NotLeader);
+                }
+                let _ = j;
+                for request in requests {
+                    // A forwarded request may be stale or already pending; neither is the
+                    // forwarder's fault. One request the pool refuses does not stop the
+                    // others, and never undoes what earlier ones started (a proposal).
+                    match self.handle_request(now_ms, request, false) {
+                        Ok(()) | Err(Rejection::StaleRequest) => {}
+                        Err(e) => self.reject(e),
+                    }
+                }
+                Ok(())
+            }
+            (Peer::Replica(j), Message::Propose(p)) => self.handle_propose(now_ms, j, p),
+            (Peer::Replica(j), Message::Write(v)) => self.handle_vote(now_ms, j, v),
+            (Peer::Replica(j), Message::Accept(v)) => self.handle_vote(now_ms, j, v),
+            (Peer::Replica(j), Message::DecisionQuery { from_cid }) => {
+                self.handle_decision_query(j, from_cid);
+                Ok(())
+            }
+            (Peer::Replica(j), Message::Decisions(decisions)) => {
+                let before = self.last_executed;
+                let full = decisions.len() >= self.cfg.limits.max_decisions_per_reply;
+                for decision in decisions {
+                    self.learn_decision(now_ms, decision);
+                }
+                if self.last_executed > before {
+                    self.catch_up.last_catch_up_ms = Some(now_ms);
+                    // A full answer means the peer probably has more: keep the catch-up going
+                    // without waiting for a timer.
+                    if full {
+                        self.catch_up.next_query_allowed_ms = 0;
+                        self.maybe_query(now_ms, j);
+                    }
+                }
+                Ok(())
+            }
+            (
+                Peer::Replica(j),
+                Message::Heartbeat {
+                    regency,
+                    last_decided,
+                },
+            ) => {
+                if regency > self.regency {
+                    self.request_sync(now_ms, j);
+                } else if regency < self.regency {
+                    self.help_stale_peer(now_ms, j);
+                } else if j == self.leader() {
+                    if self.leader_progress.is_none_or(|(d, _)| last_decided > d) {
+                        self.leader_progress = Some((last_decided, now_ms));
+                    }
+                    if last_decided > self.last_executed {
+                        self.highest_seen_cid = self.highest_seen_cid.max(last_decided);
+                        self.maybe_query(now_ms, j);
+                    }
+                }
+                Ok(())
+            }
+            (Peer::Replica(j), Message::Stop(stop)) => self.handle_stop(now_ms, j, stop),
+            (Peer::Replica(j), Message::StopData(sd)) => self.handle_stopdata(now_ms, j, sd),
+            (Peer::Replica(_), Message::Sync(sync)) => {
+                self.handle_sync(now_ms, sync);
+                Ok(())
+            }
+            (Peer::Replica(j), Message::SyncQuery) => {
+                self.help_stale_peer(now_ms, j);
+                Ok(())
+            }
+            (Peer::Replica(j), Message::StateQuery) => {
+                self.out.send(Peer::Replica(j), self.state_info());
+                Ok(())
+            }
+            (
+                Peer::Replica(j),
+                Message::StateInfo {
+                    checkpoints,
+                    voted_up_to,
+                },
+            ) => {
+                self.note_rejoin_report(now_ms, j, voted_up_to);
+                self.handle_state_info(now_ms, j, checkpoints);
+                Ok(())
+            }
+            (Peer::Replica(j), Message::CheckpointAnnounce { cid, digest }) => {
+                self.note_announcement(j, cid, digest);
+                self.check_stable();
+                Ok(())
+            }
+            (Peer::Replica(j), Message::StateFetch { cid, offset }) => {
+                self.handle_state_fetch(now_ms, j, cid, offset)
+            }
+            (
+                Peer::Replica(j),
+                Message::StateChunk {
+                    cid,
+                    offset,
+                    total_len,
+                    bytes,
+                    decided,
+                },
+            ) => self.handle_state_chunk(
+                now_ms,
+                j,
+                StateChunkIn {
+                    cid,
+                    offset,
+                    total_len,
+                    bytes,
+                    decided,
+                },
+            ),
+            (_, message) => Err(Rejection::UnexpectedMessage(message.kind_name())),
+        }
+    }
+
+    /// Client ids with pending requests, for diagnostics.
+    pub fn pending_clients(&self) -> usize {
+        self.clients.client_count()
+    }
+
+    #[doc(hidden)]
+    pub fn debug_client_status(&self, client: ClientId, seq: u64) -> String {
+        format!("{:?}", self.clients.status(&RequestId { client, seq }))
+    }
+}

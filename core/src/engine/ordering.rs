@@ -1,0 +1,487 @@
+//! Ordering: client requests entering the pool, the leader cutting and proposing batches, and
+//! the votes of one consensus instance (PROPOSE, WRITE, ACCEPT) up to its decision
+//! (docs/design.md §3, "Normal case"; BFT-SMaRt's `Acceptor`).
+
+use std::collections::BTreeMap;
+
+use smr_crypto::Digest;
+
+use crate::clients::RequestStatus;
+use crate::message::{
+    Batch, Cid, Decision, Message, PreparedProof, Propose, Regency, ReplicaId, Reply, Request,
+    RequestId, RequestKind, Signed, Vote, VoteKind,
+};
+use crate::network::Peer;
+use crate::pool::{Inserted, PoolRejection};
+use crate::rejection::Rejection;
+
+use super::{Engine, PersistRecord, Phase, Proposal, ServiceWork, TimerKind};
+
+impl Engine {
+    pub(super) fn handle_request(
+        &mut self,
+        now_ms: u64,
+        request: Request,
+        direct: bool,
+    ) -> Result<(), Rejection> {
+        let id = request.id();
+        if request.body.kind == RequestKind::Unordered {
+            if direct {
+                self.out.service(ServiceWork::Query {
+                    id,
+                    op: request.body.op,
+                });
+            }
+            return Ok(());
+        }
+        match self.clients.status(&id) {
+            RequestStatus::Executed(Some(result)) => {
+                if direct {
+                    self.out.send(
+                        Peer::Client(id.client),
+                        Message::Reply(self.reply(id, result.to_vec())),
+                    );
+                }
+                return Ok(());
+            }
+            RequestStatus::Executed(None) => return Ok(()),
+            RequestStatus::Stale => return Err(Rejection::StaleRequest),
+            RequestStatus::New => {}
+        }
+        match self.pool.insert(request, now_ms) {
+            Ok(Inserted::New) => {
+                if self.is_leader() {
+                    self.try_propose(now_ms);
+                }
+                self.arm_request_timer();
+                Ok(())
+            }
+            Ok(Inserted::AlreadyPending) => Ok(()),
+            Err(PoolRejection::ClientFull) => Err(Rejection::ClientPoolFull),
+            Err(PoolRejection::PoolFull) => Err(Rejection::PoolFull),
+        }
+    }
+
+    pub(super) fn reply(&self, id: RequestId, result: Vec<u8>) -> Reply {
+        Reply {
+            replica: self.me,
+            client: id.client,
+            seq: id.seq,
+            regency: self.regency,
+            result,
+        }
+    }
+
+    pub(super) fn arm_request_timer(&mut self) {
+        match self.pool.oldest_arrival_ms() {
+            Some(t) => {
+                self.deadlines
+                    .insert(TimerKind::Request, t + self.cfg.timeouts.request_timeout_ms);
+            }
+            None => {
+                self.deadlines.remove(&TimerKind::Request);
+            }
+        }
+    }
+
+    pub(super) fn in_flight(&self) -> u64 {
+        self.next_cid_to_propose
+            .saturating_sub(self.last_executed + 1)
+    }
+
+    /// Adaptive batching, where instances are expensive. With no instance in flight, whatever is
+    /// pending is proposed at once, so a lightly loaded cluster answers as fast as it can. With k
+    /// instances already in flight, another one starts only if it can carry at least
+    /// k × `max_batch_requests / 16` requests. In modes that sign replica messages (BFT) every
+    /// instance costs a signed PROPOSE, and at every replica two signed votes and seven signature
+    /// checks. Under moderate load, requests therefore wait for the running instance and go out
+    /// together in a larger batch, while heavy load still fills the window. On the 2-core
+    /// benchmark machine BFT is CPU-bound at every load, and a window of 4 spent a third of its
+    /// CPU on instances of 1.5 requests when one client had 8 requests in flight. CFT instances
+    /// cost no signatures, so CFT keeps proposing at once up to the window.
+    pub(super) fn worth_another_instance(&self) -> bool {
+        if !self.quorums.requires_signatures() {
+            return true;
+        }
+        let in_flight = self.in_flight();
+        let step = (self.cfg.limits.max_batch_requests as u64 / 16).max(1);
+        in_flight == 0 || self.pool.unproposed() as u64 >= in_flight.saturating_mul(step)
+    }
+
+    pub(super) fn try_propose(&mut self, now_ms: u64) {
+        if !self.is_leader() || self.phase != Phase::Normal || !self.participates() {
+            return;
+        }
+        // A leader that learned decisions from peers must not propose into decided cids.
+        self.next_cid_to_propose = self.next_cid_to_propose.max(self.last_executed + 1);
+        while self.pool.unproposed() > 0
+            && self.in_flight() < self.cfg.limits.max_instances_in_flight
+            && self.worth_another_instance()
+        {
+            let cid = self.next_cid_to_propose;
+            if self
+                .instances
+                .get(&cid)
+                .is_some_and(|i| i.proposal.is_some() || i.decided.is_some())
+            {
+                // Already proposed here (or decided via a peer); move on.
+                self.next_cid_to_propose += 1;
+                continue;
+            }
+            let requests = self.pool.cut_batch(
+                cid,
+                self.cfg.limits.max_batch_requests,
+                self.cfg.limits.max_batch_bytes,
+            );
+            assert!(
+                !requests.is_empty(),
+                "pool reported unproposed requests but cut none"
+            );
+            let propose = Signed::new(
+                Propose {
+                    leader: self.me,
+                    cid,
+                    regency: self.regency,
+                    batch: Batch { requests },
+                },
+                self.signer.as_deref(),
+            );
+            self.next_cid_to_propose += 1;
+            self.stats.proposals_sent += 1;
+            self.out.broadcast(Message::Propose(propose.clone()));
+            let batch = propose.body.batch.clone();
+            self.accept_proposal(now_ms, cid, batch, Some(propose));
+        }
+    }
+
+    /// Checks the regency and cid window of a replica message. `Ok(false)` means the message
+    /// is about an instance this replica already executed: the sender is behind.
+    pub(super) fn check_instance(&mut self, cid: Cid, regency: Regency) -> Result<bool, Rejection> {
+        if regency == self.regency {
+            self.highest_seen_cid = self.highest_seen_cid.max(cid);
+        }
+        if regency < self.regency {
+            return Err(Rejection::StaleRegency {
+                got: regency,
+                current: self.regency,
+            });
+        }
+        if regency > self.regency {
+            return Err(Rejection::FutureRegency {
+                got: regency,
+                current: self.regency,
+            });
+        }
+        if cid <= self.last_executed {
+            return Ok(false);
+        }
+        let window_end = self.last_executed + self.cfg.limits.max_instances_ahead;
+        if cid > window_end {
+            return Err(Rejection::CidBeyondWindow { cid, window_end });
+        }
+        Ok(true)
+    }
+
+    pub(super) fn handle_propose(
+        &mut self,
+        now_ms: u64,
+        from: ReplicaId,
+        propose: Signed<Propose>,
+    ) -> Result<(), Rejection> {
+        let p = &propose.body;
+        let leader = self.quorums.leader_of(p.regency);
+        if from != leader {
+            return Err(Rejection::WrongLeader {
+                from,
+                regency: p.regency,
+                leader,
+            });
+        }
+        match self.check_instance(p.cid, p.regency) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.help_peer_behind(from, p.cid);
+                return Ok(());
+            }
+            Err(e) => return Err(self.on_instance_rejection(now_ms, from, e)),
+        }
+        if self.phase != Phase::Normal {
+            // A proposal before this replica applied the regency's SYNC could conflict with
+            // a value the SYNC fixes; the leader resends it.
+            return Err(Rejection::SyncInProgress);
+        }
+        let cid = p.cid;
+        if let Some(existing) = self.instances.get(&cid).and_then(|i| i.proposal.as_ref()) {
+            if existing.digest != propose.body.batch.digest() {
+                return Err(Rejection::Equivocation {
+                    replica: from,
+                    cid,
+                    what: "proposals",
+                });
+            }
+            return Ok(());
+        }
+        let batch = propose.body.batch.clone();
+        self.accept_proposal(now_ms, cid, batch, Some(propose));
+        Ok(())
+    }
+
+    /// Records the value for `cid` in the current regency (from a PROPOSE or a SYNC) and casts
+    /// this replica's first vote on it.
+    pub(super) fn accept_proposal(
+        &mut self,
+        now_ms: u64,
+        cid: Cid,
+        batch: Batch,
+        signed: Option<Signed<Propose>>,
+    ) {
+        if !self.participates() {
+            return;
+        }
+        let digest = batch.digest();
+        let regency = self.regency;
+        let runs_write = self.quorums.runs_write_phase();
+        let instance = self.instances.entry(cid).or_default();
+        if instance.decided.is_some() || instance.proposal.is_some() {
+            return;
+        }
+        // A vote cast before a restart binds this replica: never vote for another value in
+        // the same instance and regency.
+        let voted_other = [&instance.my_write, &instance.my_accept]
+            .into_iter()
+            .flatten()
+            .any(|v| v.body.regency == regency && v.body.digest != digest);
+        if voted_other {
+            return;
+        }
+        if !runs_write {
+            // CFT accepts straight away: the accepted value is its prepared value.
+            instance.prepared = Some(PreparedProof {
+                cid,
+                epoch: regency,
+                batch: batch.clone(),
+                writes: Vec::new(),
+            });
+        }
+        instance.proposal = Some(Proposal {
+            digest,
+            batch,
+            signed,
+        });
+        let kind = if runs_write {
+            VoteKind::Write
+        } else {
+            VoteKind::Accept
+        };
+        self.cast_vote(now_ms, cid, kind, digest);
+        self.arm_retransmit(now_ms);
+    }
+
+    pub(super) fn cast_vote(&mut self, now_ms: u64, cid: Cid, kind: VoteKind, digest: Digest) {
+        let vote = Vote {
+            kind,
+            replica: self.me,
+            cid,
+            regency: self.regency,
+            digest,
+        };
+        let own = self.instances.get(&cid).and_then(|i| match kind {
+            VoteKind::Write => i.my_write.as_ref(),
+            VoteKind::Accept => i.my_accept.as_ref(),
+        });
+        // A vote restored from the store may be cast again, but never for another value.
+        assert!(
+            own.is_none_or(|v| v.body.digest == digest),
+            "a second {kind:?} value by this replica in cid {cid} regency {}",
+            self.regency
+        );
+        let signed = Signed::new(vote, self.signer.as_deref());
+        if kind == VoteKind::Accept {
+            if let Some(prepared) = self.instances.get(&cid).and_then(|i| i.prepared.clone()) {
+                self.out.persist(PersistRecord::Prepared(prepared));
+            }
+        }
+        self.out.persist(PersistRecord::Vote(vote));
+        let message = match kind {
+            VoteKind::Write => Message::Write(signed.clone()),
+            VoteKind::Accept => Message::Accept(signed.clone()),
+        };
+        self.out.broadcast(message);
+        let instance = self
+            .instances
+            .get_mut(&cid)
+            .expect("voting on a known instance");
+        match kind {
+            VoteKind::Write => {
+                instance.my_write = Some(signed.clone());
+                instance.writes.insert(self.me, signed);
+                self.check_writes(now_ms, cid);
+            }
+            VoteKind::Accept => {
+                instance.my_accept = Some(signed.clone());
+                instance.accepts.insert(self.me, signed);
+                self.check_accepts(now_ms, cid);
+            }
+        }
+    }
+
+    pub(super) fn handle_vote(
+        &mut self,
+        now_ms: u64,
+        from: ReplicaId,
+        vote: Signed<Vote>,
+    ) -> Result<(), Rejection> {
+        let v = vote.body;
+        match self.check_instance(v.cid, v.regency) {
+            Ok(true) => {}
+            // Late votes for executed instances are normal (only Q of n are needed). A peer
+            // that is really behind asks with a DecisionQuery when its retransmit timer fires.
+            Ok(false) => return Ok(()),
+            Err(e) => return Err(self.on_instance_rejection(now_ms, from, e)),
+        }
+        let instance = self.instances.entry(v.cid).or_default();
+        if instance.decided.is_some() {
+            return Ok(());
+        }
+        let (votes, what) = match v.kind {
+            VoteKind::Write => (&mut instance.writes, "writes"),
+            VoteKind::Accept => (&mut instance.accepts, "accepts"),
+        };
+        if let Some(existing) = votes.get(&from) {
+            if existing.body.digest != v.digest {
+                return Err(Rejection::Equivocation {
+                    replica: from,
+                    cid: v.cid,
+                    what,
+                });
+            }
+            return Ok(());
+        }
+        votes.insert(from, vote);
+        self.arm_retransmit(now_ms);
+        match v.kind {
+            VoteKind::Write => self.check_writes(now_ms, v.cid),
+            VoteKind::Accept => self.check_accepts(now_ms, v.cid),
+        }
+        Ok(())
+    }
+
+    /// BFT: after this replica's own WRITE for h and Q matching WRITEs, it accepts h.
+    pub(super) fn check_writes(&mut self, now_ms: u64, cid: Cid) {
+        let needed = self
+            .quorums
+            .writes_to_accept()
+            .expect("WRITEs only exist in BFT");
+        let Some(instance) = self.instances.get_mut(&cid) else {
+            return;
+        };
+        let Some(my_write) = &instance.my_write else {
+            return;
+        };
+        if instance.my_accept.is_some() {
+            return;
+        }
+        let digest = my_write.body.digest;
+        let matching: Vec<Signed<Vote>> = instance
+            .writes
+            .values()
+            .filter(|w| w.body.digest == digest)
+            .cloned()
+            .collect();
+        if matching.len() < needed {
+            return;
+        }
+        // After a restart the WRITE may be remembered without the batch it was for; accepting
+        // needs the batch (STOPDATA must be able to re-propose it), so wait for a resend.
+        let Some(batch) = instance.proposal.as_ref().map(|p| p.batch.clone()) else {
+            return;
+        };
+        instance.prepared = Some(PreparedProof {
+            cid,
+            epoch: self.regency,
+            batch,
+            writes: matching,
+        });
+        self.cast_vote(now_ms, cid, VoteKind::Accept, digest);
+    }
+
+    /// Q matching ACCEPTs decide, once the batch with that digest is known.
+    pub(super) fn check_accepts(&mut self, now_ms: u64, cid: Cid) {
+        let needed = self.quorums.accepts_to_decide();
+        let Some(instance) = self.instances.get(&cid) else {
+            return;
+        };
+        if instance.decided.is_some() {
+            return;
+        }
+        let mut by_digest: BTreeMap<Digest, Vec<&Signed<Vote>>> = BTreeMap::new();
+        for accept in instance.accepts.values() {
+            by_digest
+                .entry(accept.body.digest)
+                .or_default()
+                .push(accept);
+        }
+        let Some((digest, certificate)) = by_digest.into_iter().find(|(_, v)| v.len() >= needed)
+        else {
+            return;
+        };
+        let certificate: Vec<Signed<Vote>> = certificate.into_iter().cloned().collect();
+        match &instance.proposal {
+            Some(p) if p.digest == digest => {
+                let decision = Decision {
+                    cid,
+                    batch: p.batch.clone(),
+                    certificate,
+                };
+                self.decide(now_ms, decision);
+            }
+            // Decided, but this replica never saw the batch (or saw another one): fetch the
+            // certified decision from a peer that accepted it.
+            _ => {
+                let peer = certificate
+                    .iter()
+                    .map(|a| a.body.replica)
+                    .find(|r| *r != self.me)
+                    .unwrap_or(self.leader());
+                self.maybe_query(now_ms, peer);
+            }
+        }
+    }
+
+    pub(super) fn decide(&mut self, now_ms: u64, decision: Decision) {
+        let cid = decision.cid;
+        let instance = self.instances.entry(cid).or_default();
+        if let Some(decided) = &instance.decided {
+            // Two certified values for one cid would take more than f faulty replicas.
+            assert_eq!(
+                decided.batch.digest(),
+                decision.batch.digest(),
+                "two values decided for cid {cid}"
+            );
+            return;
+        }
+        self.out.persist(PersistRecord::Decided(decision.clone()));
+        instance.decided = Some(decision);
+        self.stats.decided_instances += 1;
+        self.execute_ready(now_ms);
+    }
+
+    /// A certified decision learned from a peer (already verified).
+    pub(super) fn learn_decision(&mut self, now_ms: u64, decision: Decision) {
+        let cid = decision.cid;
+        if cid <= self.last_executed
+            || cid > self.last_executed + self.cfg.limits.max_instances_ahead
+        {
+            return;
+        }
+        if self
+            .instances
+            .get(&cid)
+            .is_some_and(|i| i.decided.is_some())
+        {
+            return;
+        }
+        self.stats.decisions_learned_from_peers += 1;
+        self.decide(now_ms, decision);
+    }
+}

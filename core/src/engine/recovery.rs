@@ -1,0 +1,182 @@
+//! Recovery and rejoin: rebuilding a replica from its persisted records, and keeping a
+//! replica that lost them silent until it cannot contradict what it forgot (docs/design.md §3,
+//! "Durability").
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use smr_crypto::Signer;
+
+use crate::checkpoint::Checkpoint;
+use crate::config::EngineConfig;
+use crate::message::{Cid, Message, PreparedProof, ReplicaId, Signed, VoteKind};
+
+use super::{Engine, Output, PersistRecord, Phase, ServiceWork};
+
+/// Whether a replica that started from an empty store may take part yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Rejoin {
+    /// It may vote, lead and send STOPDATA.
+    Done,
+    /// Waiting for n-f peers to say how far they have voted.
+    Collecting(BTreeMap<ReplicaId, Cid>),
+    /// Catching up to this cid before taking part.
+    CatchingUp(Cid),
+}
+
+impl Engine {
+    /// Rebuilds a replica from what it persisted before a crash, in the order it persisted
+    /// it. Returns the engine and the output that rebuilds the service: a `Restore` of the
+    /// latest checkpoint and the `Execute`s of the decisions after it. The driver performs
+    /// it, then calls [`Engine::start`].
+    ///
+    /// # Errors
+    /// A stored checkpoint that does not decode.
+    ///
+    /// The restarted replica keeps every promise it made: its regency, its votes and its
+    /// prepared values. In a regency above 0 it waits for that regency's SYNC before voting on
+    /// new proposals, and a restarted leader never proposes again in a cid it already voted in.
+    pub fn recover(
+        cfg: EngineConfig,
+        signer: Arc<dyn Signer>,
+        records: impl IntoIterator<Item = PersistRecord>,
+    ) -> Result<(Engine, Output), String> {
+        let mut engine = Engine::new(cfg, signer);
+        let mut checkpoint: Option<Checkpoint> = None;
+        let mut decisions = BTreeMap::new();
+        let mut prepared: BTreeMap<Cid, PreparedProof> = BTreeMap::new();
+        let mut votes = Vec::new();
+        for record in records {
+            match record {
+                PersistRecord::Checkpoint(c) => {
+                    if checkpoint.as_ref().is_none_or(|old| c.cid > old.cid) {
+                        checkpoint = Some(c);
+                    }
+                }
+                PersistRecord::Regency(r) => engine.regency = engine.regency.max(r),
+                PersistRecord::Decided(d) => {
+                    decisions.insert(d.cid, d);
+                }
+                PersistRecord::Prepared(p) => {
+                    if prepared.get(&p.cid).is_none_or(|old| p.epoch >= old.epoch) {
+                        prepared.insert(p.cid, p);
+                    }
+                }
+                PersistRecord::Vote(v) => votes.push(v),
+            }
+        }
+        if let Some(c) = checkpoint {
+            let (c, contents) = Checkpoint::from_bytes(c.data, c.decided)
+                .map_err(|e| format!("stored checkpoint is unreadable: {e}"))?;
+            engine.out.service(ServiceWork::Restore {
+                cid: c.cid,
+                snapshot: contents.service,
+            });
+            engine.clients = contents.clients;
+            engine.last_executed = c.cid;
+            engine.checkpoints.stable = Some(c);
+        }
+        let base = engine.last_executed;
+        let mut highest_voted = base;
+        for (cid, p) in prepared.into_iter().filter(|(cid, _)| *cid > base) {
+            engine.instances.entry(cid).or_default().prepared = Some(p);
+        }
+        for v in votes.into_iter().filter(|v| v.cid > base) {
+            highest_voted = highest_voted.max(v.cid);
+            if v.regency != engine.regency {
+                continue;
+            }
+            let signed = Signed::new(v, engine.signer.as_deref());
+            let instance = engine.instances.entry(v.cid).or_default();
+            match v.kind {
+                VoteKind::Write => {
+                    instance.my_write = Some(signed.clone());
+                    instance.writes.insert(engine.me, signed);
+                }
+                VoteKind::Accept => {
+                    instance.my_accept = Some(signed.clone());
+                    instance.accepts.insert(engine.me, signed);
+                }
+            }
+        }
+        for (cid, d) in decisions.into_iter().filter(|(cid, _)| *cid > base) {
+            engine.instances.entry(cid).or_default().decided = Some(d);
+        }
+        engine
+            .leader_change
+            .stop_for
+            .insert(engine.me, engine.regency);
+        engine.next_cid_to_propose = highest_voted + 1;
+        if engine.regency > 0 {
+            engine.phase = Phase::Syncing;
+            engine.out.broadcast(Message::SyncQuery);
+        }
+        engine.execute_ready(0);
+        let output = engine.take_output();
+        Ok((engine, output))
+    }
+
+    /// A replica that lost its durable state (a wiped disk, or a restarted in-memory replica)
+    /// and may have voted before, forgetting it. It stays silent (no votes, no STOPDATA, no
+    /// proposals) until every instance it can have voted in is decided and executed here:
+    /// it asks n-f peers how far they have voted, and catches up one window past the highest
+    /// answer (see `Engine::participates`). A brand-new replica of a brand-new cluster uses
+    /// [`Engine::new`] instead.
+    pub fn rejoin(cfg: EngineConfig, signer: Arc<dyn Signer>) -> (Engine, Output) {
+        let mut engine = Engine::new(cfg, signer);
+        engine.rejoin = Rejoin::Collecting(BTreeMap::new());
+        engine.out.broadcast(Message::StateQuery);
+        let output = engine.take_output();
+        (engine, output)
+    }
+
+    /// Whether this replica is still rejoining (see [`Engine::rejoin`]).
+    pub fn is_rejoining(&self) -> bool {
+        !self.participates()
+    }
+
+    /// Whether this replica may vote, lead, or report to a new leader. A replica that lost its
+    /// disk may have voted before and forgotten it; it stays silent until every instance it can
+    /// have voted in is decided and executed here.
+    pub(super) fn participates(&self) -> bool {
+        matches!(self.rejoin, Rejoin::Done)
+    }
+
+    /// A rejoining replica collects n-f reports of how far each peer has executed or voted.
+    /// Any instance it can have voted in before losing its disk is at most one window past an
+    /// instance it had executed; that instance was accepted by Q replicas, at least one of which
+    /// is among any n-f others, so the highest report plus a window bounds it.
+    pub(super) fn note_rejoin_report(&mut self, now_ms: u64, from: ReplicaId, voted_up_to: Cid) {
+        let Rejoin::Collecting(reports) = &mut self.rejoin else {
+            return;
+        };
+        reports.insert(from, voted_up_to);
+        if reports.len() < self.quorums.stopdata_to_collect() {
+            return;
+        }
+        let highest = reports.values().copied().max().unwrap_or(0);
+        // Nobody has voted anywhere: a brand-new cluster, nothing to forget.
+        let horizon = if highest == 0 {
+            0
+        } else {
+            highest + self.cfg.limits.max_instances_ahead
+        };
+        self.rejoin = Rejoin::CatchingUp(horizon);
+        self.check_rejoined(now_ms);
+    }
+
+    pub(super) fn check_rejoined(&mut self, now_ms: u64) {
+        if let Rejoin::CatchingUp(horizon) = self.rejoin {
+            if self.last_executed >= horizon {
+                self.rejoin = Rejoin::Done;
+                // Whatever it saw while silent is void; it learns the regency from its peers.
+                for instance in self.instances.values_mut() {
+                    instance.proposal = None;
+                }
+                let leader = self.leader();
+                self.request_sync(now_ms, leader);
+                self.try_propose(now_ms);
+            }
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Timers: the engine keeps each timer's deadline in one place and the driver pulls the
+//! earliest ([`Engine::next_deadline_ms`], [`Engine::on_timeout`]). Retransmission, request
+//! timeouts (forward, then STOP), the leader's heartbeat and the leader-change timeout.
+
+use crate::message::{Message, Request};
+use crate::network::Peer;
+
+use super::recovery::Rejoin;
+use super::{Engine, Output, TimerKind};
+
+impl Engine {
+    pub(super) fn arm_retransmit(&mut self, now_ms: u64) {
+        if self.instances.is_empty()
+            && self.leader_change.my_stop.is_none()
+            && self.leader_change.my_stopdata.is_none()
+            && self.transfer.download.is_none()
+            && !matches!(self.rejoin, Rejoin::Collecting(_))
+        {
+            self.deadlines.remove(&TimerKind::Retransmit);
+        } else {
+            self.deadlines
+                .entry(TimerKind::Retransmit)
+                .or_insert(now_ms + self.retransmit_interval_ms);
+        }
+    }
+
+    /// The earliest deadline of any armed timer, in the engine's milliseconds: call
+    /// [`Engine::on_timeout`] once `now_ms` reaches it. Any input can move it, so ask again
+    /// after each one.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.deadlines.values().min().copied()
+    }
+
+    /// The armed timers and their deadlines, for tests and diagnostics.
+    pub fn timer_deadlines(&self) -> impl Iterator<Item = (TimerKind, u64)> + '_ {
+        self.deadlines.iter().map(|(k, d)| (*k, *d))
+    }
+
+    /// Fires every timer whose deadline is at or before `now_ms`, earliest first. Calling it
+    /// early, late or twice is harmless: a timer fires only once its deadline has passed.
+    pub fn on_timeout(&mut self, now_ms: u64) -> Output {
+        let mut due: Vec<(u64, TimerKind)> = self
+            .deadlines
+            .iter()
+            .filter(|(_, d)| **d <= now_ms)
+            .map(|(k, d)| (*d, *k))
+            .collect();
+        due.sort_unstable();
+        for (_, timer) in due {
+            // An earlier timer's handler may have moved or removed this one.
+            if self.deadlines.get(&timer).is_none_or(|d| *d > now_ms) {
+                continue;
+            }
+            self.deadlines.remove(&timer);
+            match timer {
+                TimerKind::Retransmit => self.on_retransmit(now_ms),
+                TimerKind::Request => self.on_request_timeout(now_ms),
+                TimerKind::Heartbeat => self.on_heartbeat(now_ms),
+                TimerKind::LeaderChange => self.on_leader_change_timeout(now_ms),
+            }
+        }
+        self.finish_input()
+    }
+
+    pub(super) fn on_retransmit(&mut self, now_ms: u64) {
+        self.stats.retransmissions += 1;
+        for instance in self.instances.values() {
+            if instance.decided.is_some() {
+                continue;
+            }
+            if let Some(signed) = instance.proposal.as_ref().and_then(|p| p.signed.as_ref()) {
+                if signed.body.leader == self.me {
+                    self.out.broadcast(Message::Propose(signed.clone()));
+                }
+            }
+            if let Some(w) = &instance.my_write {
+                self.out.broadcast(Message::Write(w.clone()));
+            }
+            if let Some(a) = &instance.my_accept {
+                self.out.broadcast(Message::Accept(a.clone()));
+            }
+        }
+        self.drive_transfer(now_ms);
+        if matches!(self.rejoin, Rejoin::Collecting(_)) {
+            self.out.broadcast(Message::StateQuery);
+        }
+        // A leader change in progress: keep asking until the regency changes.
+        if let Some(stop) = &self.leader_change.my_stop {
+            self.out.broadcast(Message::Stop(stop.clone()));
+        }
+        if let Some(sd) = &self.leader_change.my_stopdata {
+            if self.leader() != self.me {
+                self.out
+                    .send(Peer::Replica(self.leader()), Message::StopData(sd.clone()));
+            }
+        }
+        let peer = self.next_query_peer();
+        self.maybe_query(now_ms, peer);
+        self.retransmit_interval_ms =
+            (self.retransmit_interval_ms * 2).min(self.cfg.timeouts.retransmit_max_ms);
+        self.arm_retransmit(now_ms);
+    }
+
+    pub(super) fn on_request_timeout(&mut self, now_ms: u64) {
+        let cutoff = now_ms.saturating_sub(self.cfg.timeouts.request_timeout_ms);
+        let timed_out = self.pool.take_timed_out(cutoff, now_ms);
+        let second_timeout = timed_out.iter().any(|(_, timeouts)| *timeouts >= 2);
+        if !timed_out.is_empty() && !self.is_leader() {
+            // First timeout: make sure the leader has the request.
+            let requests: Vec<Request> = timed_out
+                .into_iter()
+                .take(self.cfg.limits.max_batch_requests)
+                .map(|(r, _)| r)
+                .collect();
+            self.out
+                .send(Peer::Replica(self.leader()), Message::Forward(requests));
+            // The requests may have been decided without us noticing.
+            let peer = self.next_query_peer();
+            self.maybe_query(now_ms, peer);
+        }
+        // In CFT one STOP moves everyone, so a replica whose leader's heartbeats show recent
+        // progress beyond it blames its own lag, not the leader. (Not in BFT, where a Byzantine
+        // leader could fake progress; there f+1 STOPs are needed anyway.)
+        let behind_a_live_leader = !self.quorums.requires_signatures()
+            && self.leader_progress.is_some_and(|(decided, at_ms)| {
+                decided > self.last_executed
+                    && now_ms < at_ms + self.cfg.timeouts.request_timeout_ms
+            });
+        let catching_up = self.transfer.download.is_some()
+            || behind_a_live_leader
+            || self
+                .catch_up
+                .last_catch_up_ms
+                .is_some_and(|t| now_ms < t + self.cfg.timeouts.request_timeout_ms);
+        if second_timeout && !catching_up {
+            // Second timeout: the leader has had the request and still did not order it.
+            let target = self.regency + 1;
+            self.start_leader_change(now_ms, target);
+        }
+        self.arm_request_timer();
+    }
+
+    pub(super) fn on_heartbeat(&mut self, now_ms: u64) {
+        if self.is_leader() {
+            self.out.broadcast(Message::Heartbeat {
+                regency: self.regency,
+                last_decided: self.last_executed,
+            });
+        }
+        // Evidence that we are behind, with nothing else prompting a catch-up.
+        if self.highest_seen_cid > self.last_executed {
+            let peer = self.next_query_peer();
+            self.maybe_query(now_ms, peer);
+        }
+        // Announcements can be lost: repeat the newest one until it is stable.
+        if let Some(c) = self.checkpoints.own.values().next_back() {
+            self.out.broadcast(Message::CheckpointAnnounce {
+                cid: c.cid,
+                digest: c.digest,
+            });
+        }
+        self.deadlines.insert(
+            TimerKind::Heartbeat,
+            now_ms + self.cfg.timeouts.heartbeat_ms,
+        );
+    }
+}
