@@ -71,7 +71,7 @@ impl PublicKey {
         decode_hex_array(s).map(PublicKey)
     }
 
-    /// The raw bytes.
+    /// The raw 32 bytes: for ed25519, the compressed Edwards point as in RFC 8032.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
@@ -117,12 +117,13 @@ impl Signature {
         hex::encode(self.0)
     }
 
-    /// Parses 128 hex characters.
+    /// Parses 128 hex characters (either case; surrounding whitespace is ignored). Does not
+    /// check that the bytes are a well-formed signature; verification does.
     pub fn from_hex(s: &str) -> Result<Signature, KeyError> {
         decode_hex_array(s).map(Signature)
     }
 
-    /// The raw bytes.
+    /// The raw 64 bytes: for ed25519, `R` (32 bytes) then `s` (32 bytes), as in RFC 8032.
     pub fn as_bytes(&self) -> &[u8; 64] {
         &self.0
     }
@@ -150,12 +151,13 @@ impl Digest {
         hex::encode(self.0)
     }
 
-    /// Parses 64 hex characters.
+    /// Parses 64 hex characters (either case; surrounding whitespace is ignored). Errors are
+    /// [`KeyError::BadHex`] or [`KeyError::WrongLength`].
     pub fn from_hex(s: &str) -> Result<Digest, KeyError> {
         decode_hex_array(s).map(Digest)
     }
 
-    /// The raw bytes.
+    /// The raw 32 bytes of the blake3 output.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
@@ -173,14 +175,16 @@ impl fmt::Display for Digest {
     }
 }
 
-/// The blake3 digest of `bytes`.
+/// The blake3 digest of `bytes` (unkeyed, 32 bytes). Batches are named by it in WRITE and
+/// ACCEPT (docs/design.md §3.4).
 pub fn digest(bytes: &[u8]) -> Digest {
     Digest(*blake3::hash(bytes).as_bytes())
 }
 
 /// The exact bytes that get signed: the domain tag's length as a little-endian `u64`, the tag,
 /// then the payload. The length prefix makes the split between tag and payload unambiguous, so
-/// `("ab", "c")` and `("a", "bc")` never produce the same bytes.
+/// `("ab", "c")` and `("a", "bc")` never produce the same bytes. Every signed protocol message
+/// and client request goes through this (docs/design.md §3.6).
 pub fn canonical_message(domain: &str, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + domain.len() + payload.len());
     out.extend_from_slice(&(domain.len() as u64).to_le_bytes());

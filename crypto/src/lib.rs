@@ -30,6 +30,8 @@
 //! assert!(Ed25519Verifier.verify_batch(&items).is_ok());
 //! ```
 
+#![warn(missing_docs)]
+
 mod bytes;
 mod ed25519;
 mod keyfile;

@@ -4,7 +4,8 @@
 //! verifier holds every identity's secret and could sign as anyone. It cannot be forged *inside a
 //! simulation* because only the owning [`SimKey`] and the shared [`SimVerifier`] hold the secret,
 //! and simulated Byzantine replicas are only given their own keys. It exists because ed25519 is
-//! far too slow to run hundreds of seeded simulations in the default test run.
+//! far too slow to run hundreds of seeded simulations in the default test run; some seeds and
+//! every multi-process test still use real ed25519 (docs/design.md §4).
 //!
 //! - public key = `blake3::derive_key("smr sim public key v1", seed)`
 //! - secret = `blake3::derive_key("smr sim secret key v1", seed)`

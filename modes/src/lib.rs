@@ -18,7 +18,11 @@
 //! | matching state-transfer digests | f+1 | 1 |
 //!
 //! where BFT needs `n >= 3f+1` and uses `Q = floor((n+f)/2)+1`, and CFT needs `n >= 2f+1` and
-//! uses `Q = floor(n/2)+1`.
+//! uses `Q = floor(n/2)+1`. docs/design.md §3.2 explains why these sizes are safe and live,
+//! §3.3 gives the reason for each row, and §3.8 why unordered reads raise the ordered reply
+//! quorum.
+
+#![warn(missing_docs)]
 
 use std::fmt;
 use std::str::FromStr;
@@ -87,12 +91,13 @@ impl FromStr for Mode {
     }
 }
 
-/// One phase of a consensus instance, in the order they run.
+/// One phase of a consensus instance, in the order they run (docs/design.md §3.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Phase {
-    /// The leader sends the full batch.
+    /// The leader sends the full batch; the only phase whose message carries it.
     Propose,
-    /// BFT only: replicas echo the batch hash to all before accepting.
+    /// BFT only: replicas send the batch's 32-byte blake3 hash to all before accepting; Q
+    /// matching WRITEs form the prepared certificate the sync phase relies on.
     Write,
     /// Replicas vote for the batch hash; Q matching ACCEPTs decide.
     Accept,
@@ -179,17 +184,17 @@ impl Quorums {
         Ok(Quorums { mode, n, f })
     }
 
-    /// The failure model.
+    /// The failure model these thresholds were derived for.
     pub fn mode(&self) -> Mode {
         self.mode
     }
 
-    /// The number of replicas.
+    /// The number of replicas, `1..=MAX_REPLICAS`; replica ids are `0..n`.
     pub fn n(&self) -> usize {
         self.n
     }
 
-    /// The number of faults tolerated.
+    /// The number of faulty replicas tolerated; at most `(n-1)/3` in BFT, `(n-1)/2` in CFT.
     pub fn f(&self) -> usize {
         self.f
     }
@@ -278,12 +283,15 @@ impl Quorums {
         self.mode == Mode::Bft
     }
 
-    /// Whether protocol messages must carry signatures. CFT relies on channel authentication.
+    /// Whether replica protocol messages and client requests must carry signatures: BFT signs
+    /// them so that votes form transferable certificates and a leader cannot invent requests;
+    /// CFT relies on channel authentication (docs/design.md §3.6).
     pub fn requires_signatures(&self) -> bool {
         self.mode == Mode::Bft
     }
 
-    /// The leader of `regency`: `regency mod n`.
+    /// The id of the leader of `regency`: `regency mod n`, so leadership rotates through every
+    /// replica as leader changes install regencies 0, 1, 2, ... (docs/design.md §3.4, §3.9).
     pub fn leader_of(&self, regency: u64) -> u32 {
         let leader = regency % self.n as u64;
         u32::try_from(leader).expect("new() bounds n by MAX_REPLICAS, so ids fit in u32")

@@ -1,5 +1,5 @@
-//! Conformance with the quorum table of DESIGN.md section 3: `tests/data/quorums.tsv` (a copy of
-//! `shared/testdata/quorums.tsv`) lists every threshold for n <= 31 in both modes, and the
+//! Conformance with the threshold table of docs/design.md §3.3: `tests/data/quorums.tsv` (a copy
+//! of `shared/testdata/quorums.tsv`) lists every threshold for n <= 31 in both modes, and the
 //! (n, f) pairs that must be refused. Every row is checked.
 
 use std::collections::BTreeSet;

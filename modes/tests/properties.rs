@@ -1,5 +1,7 @@
 //! Properties that make the thresholds safe and live, for every valid (mode, n, f) with n <= 31.
-//! The arguments are the ones in DESIGN.md section 3.
+//! The arguments are the ones in docs/design.md: §3.2 (intersection and reachability), §3.8
+//! (reply quorums with unordered reads), §3.9 (leader-change thresholds) and §3.10.3 (why the
+//! SYNC value rule is safe).
 
 use proptest::prelude::*;
 use proptest::sample::subsequence;
@@ -85,7 +87,7 @@ fn most_disjoint_quorums_still_share_enough_replicas() {
 }
 
 /// Decision safety needs Q-f >= f+1 correct replicas to hold what was decided, and any n-f
-/// STOPDATA must reach one of them (DESIGN.md: "Why it is safe").
+/// STOPDATA must reach one of them (docs/design.md §3.10.3).
 #[test]
 fn stopdata_always_reaches_a_correct_replica_that_accepted() {
     for q in all_valid_quorums() {

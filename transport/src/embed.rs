@@ -24,14 +24,24 @@ use smr_crypto::{Ed25519Verifier, IdentityKey};
 
 use crate::{QuicTransport, ReplicaEndpoint, TransportConfig, TransportError, TransportStats};
 
+/// Why a [`Replica`] could not start or a [`Client`] could not connect. Each variant's message
+/// says what to fix; nothing is left running after an error.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The id is not one of the `[[replicas]]` of the cluster config.
     #[error("replica {0} is not in the cluster config")]
     UnknownReplica(ReplicaId),
+    /// The data directory could not be opened: an I/O error, a corrupt or missing file, an
+    /// unsupported format version, or another process holding its lock. Checked before the
+    /// replica binds its port.
     #[error(transparent)]
     Storage(#[from] smr_core::storage::StorageError),
+    /// The data directory opened, but the replica could not be rebuilt from its records (an
+    /// undecodable or inconsistent record).
     #[error(transparent)]
     Recovery(#[from] smr_core::driver::StartError),
+    /// The QUIC transport could not start (see [`TransportError`]): e.g. the key is not the one
+    /// configured for this id, or the address cannot be bound.
     #[error(transparent)]
     Transport(#[from] TransportError),
 }
@@ -121,14 +131,21 @@ impl Replica {
         Ok(Replica { handle, transport })
     }
 
+    /// The engine's latest published status (regency, leader, last decided cid, pending
+    /// requests, rejected and undecodable messages). Cheap: it reads a value the engine task
+    /// updates after each input, and never waits for the engine.
     pub fn status(&self) -> ReplicaStatus {
         self.handle.status()
     }
 
+    /// The transport's counters (frames, bytes, drops, connections, refusals) since start.
     pub fn transport_stats(&self) -> TransportStats {
         self.transport.stats()
     }
 
+    /// Stops the engine task, then closes the transport and waits until the UDP port is free
+    /// again, so a replica can be restarted on the same address at once. What was persisted
+    /// stays in the data directory.
     pub async fn shutdown(self) {
         self.handle.shutdown().await;
         self.transport.shutdown().await;
@@ -147,7 +164,10 @@ impl Client {
     /// Default time an invocation waits for its reply quorum.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-    /// Connects to every replica in the config with `key`.
+    /// Starts a client transport that dials every replica in the config, authenticating with
+    /// `key` (which the replicas must admit through `clients`), with a window of
+    /// `max_pending_per_client` requests in flight. Returns once the endpoint is bound; it does
+    /// not wait for the replicas, and dials that fail are retried in the background.
     pub async fn connect(config: &ClusterConfig, key: IdentityKey) -> Result<Client, StartError> {
         Self::connect_with_window(config, key, config.limits.max_pending_per_client).await
     }
@@ -184,25 +204,37 @@ impl Client {
         self
     }
 
-    /// Runs an ordered operation.
+    /// Runs `op` through consensus and returns the service's result once f+1 replicas (BFT) or
+    /// one (CFT) replied with the same bytes (docs/design.md §3.7). Resends on its own while it
+    /// waits; waits for room when `window` requests are already in flight. Fails with
+    /// [`InvokeError::TimedOut`] after the client's timeout (the operation may still execute, at
+    /// most once), or with an error if `op` exceeds `max_op_bytes`.
     pub async fn invoke(&self, op: Vec<u8>) -> Result<Vec<u8>, InvokeError> {
         self.inner.invoke(op, self.timeout).await
     }
 
-    /// Runs a read-only operation without ordering (falls back to ordered on timeout).
+    /// A read-only operation. This client is connected with unordered reads disabled, so the
+    /// read is ordered like [`Client::invoke`]: an unordered read would be linearizable only if
+    /// every ordered request waited for Q replies instead of f+1 (docs/design.md §3.8).
     pub async fn invoke_unordered(&self, op: Vec<u8>) -> Result<Vec<u8>, InvokeError> {
         self.inner.invoke_unordered(op, self.timeout).await
     }
 
-    /// Asks one replica for its status.
+    /// Asks one replica for its status report (mode, regency, leader, decided and checkpoint
+    /// cids, state digest), as `smr status` prints it. `None` if no answer comes within
+    /// `timeout`; a replica that is down or unreachable looks the same as a slow one.
     pub async fn status(&self, replica: ReplicaId, timeout: Duration) -> Option<StatusReport> {
         self.inner.status(replica, timeout).await
     }
 
+    /// The counters of this client's transport (shared by all clones) since it connected.
     pub fn transport_stats(&self) -> TransportStats {
         self.transport.stats()
     }
 
+    /// Stops the client's tasks and closes its connections, for every clone. Invocations in
+    /// flight receive no more replies and fail by their timeout at the latest (the request may
+    /// still execute); new ones fail with [`InvokeError::Closed`].
     pub async fn shutdown(&self) {
         self.inner.shutdown();
         self.transport.shutdown().await;

@@ -11,7 +11,8 @@
 //! SubjectPublicKeyInfo bytes with the keys in the configuration, and rustls checks the TLS 1.3
 //! handshake signature that proves possession of the private key. Only TLS 1.3 and ED25519 are
 //! offered, and session resumption is disabled on both sides (a resumed session would skip the
-//! verifiers). The peer a frame is attributed to comes only from the pinned key:
+//! verifiers; docs/design.md §6). The peer a frame is attributed to comes only from the pinned
+//! key:
 //! - an incoming connection whose key is replica j's configured key is `Peer::Replica(j)`;
 //! - otherwise, if the [`ClientPolicy`] admits the key, it is `Peer::Client(key)`;
 //! - otherwise the handshake is refused with TLS alert 49 (access_denied).
@@ -65,6 +66,7 @@
 //! Dropping the last handle without `shutdown` closes the endpoint too, but does not wait.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod embed;
 mod link;
@@ -86,8 +88,14 @@ use tokio::task::JoinSet;
 /// Where a replica listens and which key it must present.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaEndpoint {
+    /// The replica's id, `0..n`; frames from it are attributed to `Peer::Replica(id)`. Unique
+    /// within a [`TransportConfig`].
     pub id: ReplicaId,
+    /// The UDP address the replica binds (an IP it owns, not a wildcard) and its peers dial.
     pub addr: SocketAddr,
+    /// The ed25519 key the replica's TLS certificate must carry. Compared byte for byte with
+    /// the certificate's SubjectPublicKeyInfo, in both directions (docs/design.md §6). Unique
+    /// within a [`TransportConfig`].
     pub public_key: PublicKey,
 }
 
@@ -98,16 +106,23 @@ pub use smr_core::ClientPolicy;
 /// What this transport instance is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
+    /// The replica with this id: binds its configured address, accepts connections from
+    /// replicas and admitted clients, and dials every other replica.
     Replica(ReplicaId),
+    /// A client: binds an ephemeral port, accepts nothing, and dials every replica.
     Client,
 }
 
 /// Everything [`QuicTransport::start`] needs.
 #[derive(Clone)]
 pub struct TransportConfig {
+    /// Replica or client; decides what is bound, accepted and dialed.
     pub role: Role,
-    /// Our key. The TLS certificate is self-signed with it.
+    /// Our key. The TLS certificate is self-signed with it; a replica's must equal its
+    /// configured [`ReplicaEndpoint::public_key`].
     pub identity: Arc<IdentityKey>,
+    /// Every replica of the cluster, this one included. Ids and keys must be unique, and the
+    /// list non-empty.
     pub replicas: Vec<ReplicaEndpoint>,
     /// Which client keys a replica admits. Ignored in the client role.
     pub clients: ClientPolicy,
@@ -129,12 +144,21 @@ pub struct TransportConfig {
 }
 
 impl TransportConfig {
+    /// Default [`TransportConfig::max_frame_bytes`]: 16 MiB. [`Replica`] and [`Client`] raise it
+    /// when the cluster's limits allow larger messages (a batch of forwarded decisions).
     pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+    /// Default [`TransportConfig::send_queue_frames`]: 4096 frames per peer.
     pub const DEFAULT_SEND_QUEUE_FRAMES: usize = 4096;
+    /// Default [`TransportConfig::recv_queue_frames`]: 16384 frames from all peers together.
     pub const DEFAULT_RECV_QUEUE_FRAMES: usize = 16384;
+    /// Default [`TransportConfig::reconnect_initial_ms`]: 100 ms.
     pub const DEFAULT_RECONNECT_INITIAL_MS: u64 = 100;
+    /// Default [`TransportConfig::reconnect_max_ms`]: 5 s.
     pub const DEFAULT_RECONNECT_MAX_MS: u64 = 5_000;
+    /// Default [`TransportConfig::connect_timeout_ms`]: 3 s. A handshake takes a round trip or
+    /// two, so this leaves room for slow links while a dead address is retried soon enough.
     pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 3_000;
+    /// Default [`TransportConfig::idle_timeout_ms`]: 10 s, so keep-alives go out every 3.3 s.
     pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 10_000;
 
     /// A replica's configuration with default limits and timeouts.
@@ -271,31 +295,51 @@ impl std::fmt::Debug for TransportConfig {
     }
 }
 
-/// Why the transport could not start.
+/// Why the transport could not start. These are operating errors, returned by
+/// [`QuicTransport::start`] and [`QuicTransport::start_with_socket`]; a misbehaving peer never
+/// produces one (it is counted in [`TransportStats`] instead).
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
+    /// A replica was started with a key other than the one configured for its id: most likely
+    /// the wrong `--id` or the wrong key file. Peers would refuse it, so it does not start.
     #[error(
         "identity key {actual} is not the key {configured} configured for replica {id}; \
          check the replica id and the key file"
     )]
     IdentityMismatch {
+        /// The id the replica was started as.
         id: ReplicaId,
+        /// The key the configuration lists for `id`.
         configured: PublicKey,
+        /// The public half of the identity key actually given.
         actual: PublicKey,
     },
+    /// [`Role::Replica`] names an id that no [`ReplicaEndpoint`] has.
     #[error("replica id {0} is not in the configured replica set")]
     UnknownReplicaId(ReplicaId),
+    /// The configuration is inconsistent; the message names the field and what is accepted.
+    /// Refused: no replicas, a duplicate id or key, a zero queue bound, a frame bound of 0 or
+    /// beyond `u32::MAX`, a zero timeout (`idle_timeout_ms` needs at least 3, since keep-alives
+    /// go out at a third of it), and `reconnect_initial_ms > reconnect_max_ms`.
     #[error("invalid transport configuration: {0}")]
     InvalidConfig(String),
+    /// The UDP socket could not be bound: the address is in use, or is not one of this
+    /// machine's.
     #[error("cannot bind UDP socket {addr}: {source}")]
     Bind {
+        /// The address that was being bound.
         addr: SocketAddr,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// quinn could not set up its endpoint on the socket (or the socket's address could not be
+    /// read, or it could not be made non-blocking).
     #[error("cannot create the QUIC endpoint: {0}")]
     Endpoint(std::io::Error),
+    /// rcgen could not turn the identity key into a self-signed certificate.
     #[error("cannot make a certificate from the identity key: {0}")]
     Certificate(String),
+    /// rustls or quinn refused the TLS configuration built from the certificate.
     #[error("TLS configuration error: {0}")]
     Tls(String),
 }

@@ -208,7 +208,7 @@ async fn garbage_truncated_and_reset_streams_are_survived_without_panics() {
 async fn unadmitted_raw_client_sees_tls_alert_access_denied_after_connecting() {
     let (replica, endpoint) = single_replica(&[key(53).public_key()]).await;
     let stranger = key(54);
-    // As DESIGN.md says: the handshake completes from the client's side, and the refusal
+    // As docs/design.md §6 says: the handshake completes from the client's side, and the refusal
     // arrives right after, as TLS alert 49 (access_denied, QUIC CRYPTO_ERROR 0x131).
     let error = match raw_connect(&stranger, &endpoint).await {
         Ok((_endpoint, conn)) => {
