@@ -135,8 +135,6 @@ impl ReplicaHandle {
     }
 }
 
-/// Starts a replica over `network`. The engine, the verify workers and the service thread run
-/// until [`ReplicaHandle::shutdown`].
 /// Why a replica could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -2,8 +2,11 @@
 //!
 //! The engine ([`engine::Engine`]) implements BFT-SMaRt's ordering protocol (Mod-SMaRt with
 //! VP-Consensus) as a sans-IO state machine: inputs are `on_*` methods that take `now_ms`, and
-//! outputs are a typed list of [`engine::Action`]s. It runs unchanged in the seeded simulator
-//! (`tests/sim`) and under the tokio driver.
+//! each returns an [`engine::Output`]: the records to make durable, the messages to send before
+//! and after them, and the work for the service. [`runner::perform`] carries an output out, the
+//! same code under the tokio driver ([`driver`]), the seeded simulator (`tests/sim`) and the
+//! model checker (`tests/model.rs`). The driving loop is in the [`engine`] docs; the design
+//! notes are in `docs/design.md`.
 //!
 //! A request's path: a client ([`client::ClientEngine`]) signs it and sends it to every
 //! replica; [`verify::InboundVerifier`] checks sender, sizes and signatures off the engine's

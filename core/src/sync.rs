@@ -1,4 +1,4 @@
-//! The value rule of the synchronization phase (DESIGN.md section 3), as one pure function.
+//! The value rule of the synchronization phase (docs/design.md §3.10), as one pure function.
 //!
 //! The new leader and every follower run [`choose`] on the same n-f signed STOPDATA, so they
 //! derive the same values; a SYNC carries only the proofs.

@@ -1,6 +1,6 @@
 //! Catching up: decision forwarding (asking peers for certified decisions past our last
 //! executed cid, answering their queries) and helping a peer that is in an older regency
-//! (docs/design.md §3, "Lost messages"; BFT-SMaRt's REQ_DECISION/FWD_DECISION). Every send
+//! (docs/design.md §3.5; BFT-SMaRt's REQ_DECISION/FWD_DECISION). Every send
 //! here is rate-limited, so no peer can make this replica send without bound.
 
 use crate::message::{Cid, Decision, Message, ReplicaId};

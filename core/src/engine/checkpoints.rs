@@ -1,6 +1,6 @@
 //! Checkpoints: a snapshot every `checkpoint_period` cids, announced to the others; the newest
 //! one a quorum announced identically becomes stable, and only then is the log truncated
-//! below it (docs/design.md §3, "State transfer and checkpoints").
+//! below it (docs/design.md §3.11).
 
 use crate::clients::ClientTable;
 use smr_crypto::Digest;

@@ -1,6 +1,5 @@
 //! Execution and replies: decided batches go to the service strictly in cid order, exactly
-//! once per request, and the replies are cached and sent (docs/design.md §3, "Clients and
-//! exactly-once").
+//! once per request, and the replies are cached and sent (docs/design.md §3.7).
 
 use crate::clients::RequestStatus;
 use crate::message::{Cid, Message, RequestId};

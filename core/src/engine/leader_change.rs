@@ -1,5 +1,5 @@
-//! The synchronization phase (leader change): STOP, STOPDATA and SYNC (docs/design.md §3,
-//! "Synchronization phase" and "The value rule"; BFT-SMaRt's `Synchronizer`).
+//! The synchronization phase (leader change): STOP, STOPDATA and SYNC (docs/design.md §3.9 and
+//! §3.10; BFT-SMaRt's `Synchronizer`).
 
 use crate::message::{Message, Regency, ReplicaId, Signed, Stop, StopData, Sync};
 use crate::network::Peer;

@@ -18,15 +18,15 @@
 //!    - [`Engine::on_timeout`] once `now_ms` reaches [`Engine::next_deadline_ms`];
 //!    - [`Engine::on_executed`], [`Engine::on_snapshot`] and [`Engine::on_query_result`] with
 //!      what the service produced for the engine's [`ServiceWork`].
-//! 3. Perform each input's [`Output`] before the next input, in this order: send
-//!    `send_now`; append every record of `persist` and make them durable (one sync); send
-//!    `send_after_persist`; hand `service` to the service, in order; count and log
-//!    `rejections`. A message that promises a vote, a regency or a decision is always in
-//!    `send_after_persist` behind the record of it.
+//! 3. Perform each input's [`Output`] before the next input, in this order: count and log
+//!    `rejections`; send `send_now`; append every record of `persist` and make them durable
+//!    (one sync); send `send_after_persist`; hand `service` to the service, in order. A
+//!    message that promises a vote, a regency or a decision is always in
+//!    `send_after_persist`, behind the record of it.
 //! 4. After each input, ask [`Engine::next_deadline_ms`] again: any input can move the next
 //!    deadline. A timeout call with nothing due does nothing.
 //!
-//! # Normal case (docs/design.md §3)
+//! # Normal case (docs/design.md §3.4)
 //! The leader of regency r (replica r mod n) cuts batches from its pending pool and sends
 //! PROPOSE(cid, r, batch). Replicas check it and, in BFT, send WRITE(cid, r, blake3(batch)); on Q
 //! matching WRITEs they send ACCEPT. CFT skips WRITE and accepts straight away. Q matching
@@ -297,8 +297,11 @@ impl Engine {
 
     /// Arms the periodic timers. Call once after construction.
     pub fn start(&mut self, now_ms: u64) -> Output {
-        // A recovered replica may have open instances or a rejoin to drive.
+        // A recovered replica may have open instances or a rejoin to drive. Recovery ran
+        // before there was a clock, so its timers start now.
+        self.deadlines.clear();
         self.arm_retransmit(now_ms);
+        self.arm_request_timer();
         self.deadlines.insert(
             TimerKind::Heartbeat,
             now_ms + self.cfg.timeouts.heartbeat_ms,

@@ -1,6 +1,6 @@
 //! Ordering: client requests entering the pool, the leader cutting and proposing batches, and
 //! the votes of one consensus instance (PROPOSE, WRITE, ACCEPT) up to its decision
-//! (docs/design.md §3, "Normal case"; BFT-SMaRt's `Acceptor`).
+//! (docs/design.md §3.4; BFT-SMaRt's `Acceptor`).
 
 use std::collections::BTreeMap;
 

@@ -121,12 +121,12 @@ pub enum ServiceDone {
 /// The output of one input, in the order the driver performs it (see the crate docs for the
 /// driving loop):
 ///
-/// 1. send [`Output::send_now`]: these messages promise nothing that is not durable already;
-/// 2. append every record of [`Output::persist`], in order, and make them durable with one
+/// 1. count and log [`Output::rejections`] (the engine has counted them in its stats already);
+/// 2. send [`Output::send_now`]: these messages promise nothing that is not durable already;
+/// 3. append every record of [`Output::persist`], in order, and make them durable with one
 ///    sync;
-/// 3. send [`Output::send_after_persist`]: these may promise what step 2 recorded;
-/// 4. hand [`Output::service`] to the service, in order;
-/// 5. count and log [`Output::rejections`].
+/// 4. send [`Output::send_after_persist`]: these may promise what step 3 recorded;
+/// 5. hand [`Output::service`] to the service, in order.
 ///
 /// A message is put in `send_now` only if no record was persisted before it in the same
 /// input, so performing the groups in this order keeps every message after every record that

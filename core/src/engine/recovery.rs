@@ -1,6 +1,5 @@
 //! Recovery and rejoin: rebuilding a replica from its persisted records, and keeping a
-//! replica that lost them silent until it cannot contradict what it forgot (docs/design.md §3,
-//! "Durability").
+//! replica that lost them silent until it cannot contradict what it forgot (docs/design.md §3.12).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,7 +1,6 @@
 //! State transfer: a replica that is too far behind for decision forwarding downloads a
 //! checkpoint that f+1 replicas (one in CFT) vouch for, chunk by chunk, and checks it against
-//! the agreed digest before installing it (docs/design.md §3, "State transfer and
-//! checkpoints"; BFT-SMaRt's `StateManager`).
+//! the agreed digest before installing it (docs/design.md §3.11; BFT-SMaRt's `StateManager`).
 
 use smr_crypto::Digest;
 use std::collections::BTreeMap;

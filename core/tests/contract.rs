@@ -1,0 +1,1093 @@
+//! Exact-action tests, openraft style: each test drives a real [`Engine`] into one situation and
+//! asserts the whole [`Output`] of the input under test (every message in its group, every
+//! persisted record, every piece of service work and every rejection), so that nothing a
+//! handler produces can be lost, added or reordered without a test failing.
+//!
+//! The expected values are written out from the protocol, not copied from a run: each test
+//! says which handler steps produce which element. Messages go through
+//! [`InboundVerifier::verify_inbound`], as they would in a driver.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use smr_core::checkpoint::{Checkpoint, CheckpointData};
+use smr_core::clients::ClientTable;
+use smr_core::engine::{PersistRecord, Phase};
+use smr_core::message::{
+    Batch, DecisionProof, Message, PreparedProof, Propose, Request, RequestBody, RequestKind,
+    Signed, Stop, StopData, Sync as SyncMsg, Vote, VoteKind,
+};
+use smr_core::{
+    ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Outgoing, Output, Peer, Rejection,
+    ServiceWork, Timeouts, TimerKind,
+};
+use smr_crypto::sim::{SimKey, SimVerifier};
+use smr_crypto::{Digest, Signer};
+use smr_modes::{Mode, Quorums};
+
+// ----- fixture ------------------------------------------------------------------------------
+
+struct Cluster {
+    quorums: Quorums,
+    keys: Vec<SimKey>,
+    client: SimKey,
+    limits: Limits,
+    verifier: InboundVerifier,
+}
+
+fn key(i: u8) -> SimKey {
+    SimKey::from_seed([i; 32])
+}
+
+/// A cluster whose engines and verifier share `limits` (and the default timeouts: retransmit
+/// 100 ms doubling to 2000 ms, request timeout 1000 ms, heartbeat 500 ms).
+fn cluster(mode: Mode, n: usize, f: usize, limits: Limits) -> Cluster {
+    let quorums = Quorums::new(mode, n, f).unwrap();
+    let keys: Vec<SimKey> = (0..n as u8).map(key).collect();
+    let client = key(200);
+    let mut sim = SimVerifier::new();
+    for k in keys.iter().chain([&client]) {
+        sim.register(k);
+    }
+    let verifier = InboundVerifier {
+        quorums,
+        replica_keys: Arc::new(keys.iter().map(|k| k.public_key()).collect()),
+        clients: Arc::new(ClientPolicy::Allowed(BTreeSet::from([client.public_key()]))),
+        limits: limits.clone(),
+        signatures: Arc::new(sim),
+    };
+    Cluster {
+        quorums,
+        keys,
+        client,
+        limits,
+        verifier,
+    }
+}
+
+fn bft() -> Cluster {
+    cluster(Mode::Bft, 4, 1, Limits::default())
+}
+
+impl Cluster {
+    fn cfg(&self, me: u32) -> EngineConfig {
+        EngineConfig {
+            quorums: self.quorums,
+            me,
+            replica_keys: self.keys.iter().map(|k| k.public_key()).collect(),
+            clients: (*self.verifier.clients).clone(),
+            limits: self.limits.clone(),
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    fn engine(&self, me: u32) -> Engine {
+        Engine::new(self.cfg(me), Arc::new(self.keys[me as usize].clone()))
+    }
+
+    fn signing(&self) -> bool {
+        self.quorums.requires_signatures()
+    }
+
+    /// Replica `r`'s signer in modes that sign replica messages (BFT), none in CFT.
+    fn signer(&self, r: u32) -> Option<&dyn Signer> {
+        self.signing()
+            .then_some(&self.keys[r as usize] as &dyn Signer)
+    }
+
+    fn request(&self, seq: u64) -> Request {
+        let body = RequestBody {
+            client: self.client.public_key(),
+            seq,
+            kind: RequestKind::Ordered,
+            op: format!("op{seq}").into_bytes(),
+        };
+        Request::new(body, self.signing().then_some(&self.client as &dyn Signer))
+    }
+
+    fn batch(&self, seqs: &[u64]) -> Batch {
+        Batch {
+            requests: seqs.iter().map(|s| self.request(*s)).collect(),
+        }
+    }
+
+    fn propose(&self, leader: u32, cid: u64, regency: u64, batch: Batch) -> Signed<Propose> {
+        Signed::new(
+            Propose {
+                leader,
+                cid,
+                regency,
+                batch,
+            },
+            self.signer(leader),
+        )
+    }
+
+    fn vote(
+        &self,
+        kind: VoteKind,
+        replica: u32,
+        cid: u64,
+        regency: u64,
+        digest: Digest,
+    ) -> Signed<Vote> {
+        Signed::new(
+            Vote {
+                kind,
+                replica,
+                cid,
+                regency,
+                digest,
+            },
+            self.signer(replica),
+        )
+    }
+
+    fn stop(&self, replica: u32, regency: u64, from_regency: u64) -> Signed<Stop> {
+        Signed::new(
+            Stop {
+                replica,
+                regency,
+                from_regency,
+                pending: Vec::new(),
+            },
+            self.signer(replica),
+        )
+    }
+
+    fn stopdata(
+        &self,
+        replica: u32,
+        regency: u64,
+        last_decided: Option<DecisionProof>,
+        prepared: Vec<PreparedProof>,
+    ) -> Signed<StopData> {
+        Signed::new(
+            StopData {
+                replica,
+                regency,
+                last_decided,
+                prepared,
+            },
+            self.signer(replica),
+        )
+    }
+
+    fn sync(&self, leader: u32, regency: u64, proofs: Vec<Signed<StopData>>) -> Signed<SyncMsg> {
+        Signed::new(
+            SyncMsg {
+                leader,
+                regency,
+                proofs,
+            },
+            self.signer(leader),
+        )
+    }
+
+    /// A value prepared in `epoch` for `cid`: in BFT with WRITEs from replicas 0, 1 and 3 (Q).
+    fn prepared(&self, cid: u64, epoch: u64, batch: Batch) -> PreparedProof {
+        let digest = batch.digest();
+        let writes = if self.signing() {
+            [0, 1, 3]
+                .into_iter()
+                .map(|r| self.vote(VoteKind::Write, r, cid, epoch, digest))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        PreparedProof {
+            cid,
+            epoch,
+            batch,
+            writes,
+        }
+    }
+
+    /// Proof that `cid` was decided with `digest` in regency 0: ACCEPTs from replicas 0, 1, 2.
+    fn decision_proof(&self, cid: u64, digest: Digest) -> DecisionProof {
+        DecisionProof {
+            cid,
+            digest,
+            certificate: [0, 1, 2]
+                .into_iter()
+                .map(|r| self.vote(VoteKind::Accept, r, cid, 0, digest))
+                .collect(),
+        }
+    }
+
+    /// Verifies `message` as the driver would, then hands it to `engine`.
+    fn deliver(&self, engine: &mut Engine, now_ms: u64, from: Peer, message: Message) -> Output {
+        let verified = self
+            .verifier
+            .verify_inbound(from, message)
+            .expect("the verifier passes every message these tests send");
+        engine.on_message(now_ms, verified)
+    }
+
+    fn deliver_from(&self, engine: &mut Engine, now_ms: u64, from: u32, m: Message) -> Output {
+        self.deliver(engine, now_ms, Peer::Replica(from), m)
+    }
+}
+
+fn send(to: u32, message: Message) -> Outgoing {
+    Outgoing::Send {
+        to: Peer::Replica(to),
+        message,
+    }
+}
+
+fn broadcast(message: Message) -> Outgoing {
+    Outgoing::Broadcast(message)
+}
+
+fn timers(engine: &Engine) -> Vec<(TimerKind, u64)> {
+    engine.timer_deadlines().collect()
+}
+
+// ----- 1. a Forward whose later request the pool refuses ------------------------------------
+
+/// Pool limits small enough that a Forward of three requests from one client overflows:
+/// the client may have two requests pending. `max_batch_requests` 16 makes the BFT leader's
+/// adaptive batching start a second instance for a single request (step 16/16 = 1).
+fn small_pool() -> Limits {
+    Limits {
+        max_pending_per_client: 2,
+        max_batch_requests: 16,
+        ..Limits::default()
+    }
+}
+
+#[test]
+fn forward_that_overflows_a_client_pool_still_persists_and_sends_the_proposals_it_started_bft() {
+    let c = cluster(Mode::Bft, 4, 1, small_pool());
+    let mut leader = c.engine(0);
+    let (r1, r2, r3) = (c.request(1), c.request(2), c.request(3));
+    let out = c.deliver_from(
+        &mut leader,
+        1000,
+        1,
+        Message::Forward(vec![r1.clone(), r2.clone(), r3]),
+    );
+    // Request 1: nothing in flight, so the leader proposes cid 1 at once and casts its WRITE
+    // (persisted before it leaves). Request 2: one instance in flight and one unproposed
+    // request >= 1 x step, so it proposes cid 2; the next cid advanced. Request 3: the client
+    // already has two pending, so the pool refuses it; the two proposals stand.
+    let p1 = c.propose(0, 1, 0, Batch { requests: vec![r1] });
+    let p2 = c.propose(0, 2, 0, Batch { requests: vec![r2] });
+    let w1 = c.vote(VoteKind::Write, 0, 1, 0, p1.body.batch.digest());
+    let w2 = c.vote(VoteKind::Write, 0, 2, 0, p2.body.batch.digest());
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![broadcast(Message::Propose(p1))],
+            persist: vec![PersistRecord::Vote(w1.body), PersistRecord::Vote(w2.body)],
+            send_after_persist: vec![
+                broadcast(Message::Write(w1)),
+                broadcast(Message::Propose(p2)),
+                broadcast(Message::Write(w2)),
+            ],
+            service: vec![],
+            rejections: vec![Rejection::ClientPoolFull],
+        }
+    );
+    assert_eq!(leader.pending_requests(), 2, "request 3 was not pooled");
+    assert_eq!(leader.stats().proposals_sent, 2);
+    assert_eq!(leader.stats().rejections.get("client_pool_full"), Some(&1));
+}
+
+#[test]
+fn forward_that_overflows_a_client_pool_still_persists_and_sends_the_proposals_it_started_cft() {
+    let c = cluster(Mode::Cft, 3, 1, small_pool());
+    let mut leader = c.engine(0);
+    let (r1, r2, r3) = (c.request(1), c.request(2), c.request(3));
+    let out = c.deliver_from(
+        &mut leader,
+        1000,
+        1,
+        Message::Forward(vec![r1.clone(), r2.clone(), r3]),
+    );
+    // CFT proposes at once up to the window and accepts straight away: each ACCEPT is
+    // preceded by its prepared value and the vote itself on disk.
+    let b1 = Batch { requests: vec![r1] };
+    let b2 = Batch { requests: vec![r2] };
+    let a1 = c.vote(VoteKind::Accept, 0, 1, 0, b1.digest());
+    let a2 = c.vote(VoteKind::Accept, 0, 2, 0, b2.digest());
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![broadcast(Message::Propose(c.propose(0, 1, 0, b1.clone())))],
+            persist: vec![
+                PersistRecord::Prepared(c.prepared(1, 0, b1)),
+                PersistRecord::Vote(a1.body),
+                PersistRecord::Prepared(c.prepared(2, 0, b2.clone())),
+                PersistRecord::Vote(a2.body),
+            ],
+            send_after_persist: vec![
+                broadcast(Message::Accept(a1)),
+                broadcast(Message::Propose(c.propose(0, 2, 0, b2))),
+                broadcast(Message::Accept(a2)),
+            ],
+            service: vec![],
+            rejections: vec![Rejection::ClientPoolFull],
+        }
+    );
+    assert_eq!(leader.pending_requests(), 2);
+}
+
+// ----- 2. a STOPDATA for a higher regency at a replica that will not lead it ----------------
+
+#[test]
+fn stopdata_that_installs_a_regency_at_a_non_leader_persists_it_sends_stopdata_and_reports_not_leader(
+) {
+    let c = bft();
+    let mut replica = c.engine(2);
+    // Replica 0's STOPDATA for regency 1 counts as its STOP: one of the f+1 = 2 needed to join.
+    // The message is not for this regency yet, so it is not refused either.
+    let out = c.deliver_from(
+        &mut replica,
+        1000,
+        0,
+        Message::StopData(c.stopdata(0, 1, None, vec![])),
+    );
+    assert_eq!(out, Output::default());
+    assert_eq!(replica.regency(), 0);
+    // Replica 3's makes two: this replica joins (its own STOP), which makes the 2f+1 = 3 that
+    // install regency 1: it persists the regency, then sends its STOPDATA to the new leader
+    // (replica 1). Only then does the handler see that the STOPDATA was meant for the leader.
+    let out = c.deliver_from(
+        &mut replica,
+        1000,
+        3,
+        Message::StopData(c.stopdata(3, 1, None, vec![])),
+    );
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![broadcast(Message::Stop(c.stop(2, 1, 0)))],
+            persist: vec![PersistRecord::Regency(1)],
+            send_after_persist: vec![send(1, Message::StopData(c.stopdata(2, 1, None, vec![])))],
+            service: vec![],
+            rejections: vec![Rejection::NotLeader],
+        }
+    );
+    assert_eq!(replica.regency(), 1);
+    assert_eq!(replica.phase(), Phase::Syncing);
+    assert_eq!(replica.stats().rejections.get("not_leader"), Some(&1));
+}
+
+#[test]
+fn stopdata_that_installs_a_regency_at_a_non_leader_persists_it_sends_stopdata_and_reports_not_leader_cft(
+) {
+    let c = cluster(Mode::Cft, 3, 1, Limits::default());
+    let mut replica = c.engine(2);
+    // CFT: one STOP joins, f+1 = 2 (with its own) install.
+    let out = c.deliver_from(
+        &mut replica,
+        1000,
+        0,
+        Message::StopData(c.stopdata(0, 1, None, vec![])),
+    );
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![broadcast(Message::Stop(c.stop(2, 1, 0)))],
+            persist: vec![PersistRecord::Regency(1)],
+            send_after_persist: vec![send(1, Message::StopData(c.stopdata(2, 1, None, vec![])))],
+            service: vec![],
+            rejections: vec![Rejection::NotLeader],
+        }
+    );
+    assert_eq!(replica.regency(), 1);
+}
+
+// ----- 3. rejections that say something about the sender ------------------------------------
+
+#[test]
+fn message_from_a_future_regency_is_rejected_and_asks_the_sender_for_its_sync_once_per_interval() {
+    let c = bft();
+    let mut follower = c.engine(1);
+    let future = Rejection::FutureRegency { got: 4, current: 0 };
+    // Regency 4 is led by replica 0 too (4 mod 4), but this replica is in regency 0.
+    let out = c.deliver_from(
+        &mut follower,
+        1000,
+        0,
+        Message::Propose(c.propose(0, 1, 4, c.batch(&[1]))),
+    );
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![send(0, Message::SyncQuery)],
+            persist: vec![],
+            send_after_persist: vec![],
+            service: vec![],
+            rejections: vec![future.clone()],
+        }
+    );
+    // Within retransmit_initial_ms (100) the budget is spent: still refused, nothing sent.
+    let vote = c.vote(VoteKind::Write, 3, 1, 4, Digest([7; 32]));
+    let out = c.deliver_from(&mut follower, 1099, 3, Message::Write(vote));
+    assert_eq!(
+        out,
+        Output {
+            rejections: vec![future.clone()],
+            ..Output::default()
+        }
+    );
+    // Once the interval has passed, the next one asks again (its own sender).
+    let vote = c.vote(VoteKind::Accept, 2, 1, 4, Digest([7; 32]));
+    let out = c.deliver_from(&mut follower, 1100, 2, Message::Accept(vote));
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![send(2, Message::SyncQuery)],
+            rejections: vec![future.clone()],
+            ..Output::default()
+        }
+    );
+    assert_eq!(follower.stats().rejections.get("future_regency"), Some(&3));
+    assert_eq!(
+        follower.regency(),
+        0,
+        "a future regency is not adopted on a claim"
+    );
+}
+
+#[test]
+fn message_beyond_the_cid_window_is_rejected_and_asks_the_sender_for_decisions_once_per_interval() {
+    let c = bft();
+    let mut follower = c.engine(1);
+    // The window is last_executed (0) + max_instances_ahead (64).
+    let beyond = |cid| Rejection::CidBeyondWindow {
+        cid,
+        window_end: 64,
+    };
+    let out = c.deliver_from(
+        &mut follower,
+        1000,
+        0,
+        Message::Propose(c.propose(0, 65, 0, c.batch(&[1]))),
+    );
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![send(0, Message::DecisionQuery { from_cid: 1 })],
+            persist: vec![],
+            send_after_persist: vec![],
+            service: vec![],
+            rejections: vec![beyond(65)],
+        }
+    );
+    let vote = c.vote(VoteKind::Write, 2, 70, 0, Digest([7; 32]));
+    let out = c.deliver_from(&mut follower, 1050, 2, Message::Write(vote));
+    assert_eq!(
+        out,
+        Output {
+            rejections: vec![beyond(70)],
+            ..Output::default()
+        }
+    );
+    let vote = c.vote(VoteKind::Accept, 3, 66, 0, Digest([7; 32]));
+    let out = c.deliver_from(&mut follower, 1100, 3, Message::Accept(vote));
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![send(3, Message::DecisionQuery { from_cid: 1 })],
+            rejections: vec![beyond(66)],
+            ..Output::default()
+        }
+    );
+    assert_eq!(
+        follower.open_instances(),
+        0,
+        "nothing beyond the window is kept"
+    );
+}
+
+// ----- SYNC ---------------------------------------------------------------------------------
+
+/// Regency 1's SYNC (leader 1) from STOPDATA of replicas 0, 1 and 3. Replica 1 prepared b1 for
+/// cid 1 and replica 3 prepared b3 for cid 3, both in regency 0; nobody proves a decision. The
+/// value rule fixes cid 1 = b1, cid 2 = a no-op (no proof, so it cannot have been decided) and
+/// cid 3 = b3.
+struct SyncFixture {
+    sync: Signed<SyncMsg>,
+    values: Vec<(u64, Batch)>,
+}
+
+fn sync_for_regency_1(c: &Cluster) -> SyncFixture {
+    let b1 = c.batch(&[1]);
+    let b3 = c.batch(&[3]);
+    let proofs = vec![
+        c.stopdata(0, 1, None, vec![]),
+        c.stopdata(1, 1, None, vec![c.prepared(1, 0, b1.clone())]),
+        c.stopdata(3, 1, None, vec![c.prepared(3, 0, b3.clone())]),
+    ];
+    SyncFixture {
+        sync: c.sync(1, 1, proofs),
+        values: vec![(1, b1), (2, Batch::default()), (3, b3)],
+    }
+}
+
+/// Replica `me`'s WRITEs in regency 1 for the values the SYNC fixes, as records and messages.
+fn writes_for(
+    c: &Cluster,
+    me: u32,
+    values: &[(u64, Batch)],
+) -> (Vec<PersistRecord>, Vec<Outgoing>) {
+    values
+        .iter()
+        .map(|(cid, batch)| {
+            let w = c.vote(VoteKind::Write, me, *cid, 1, batch.digest());
+            (PersistRecord::Vote(w.body), broadcast(Message::Write(w)))
+        })
+        .unzip()
+}
+
+/// Replica 2 of a BFT cluster, moved into regency 1 by STOPs from replicas 0 and 1, waiting for
+/// the SYNC.
+fn follower_in_syncing(c: &Cluster) -> Engine {
+    let mut follower = c.engine(2);
+    let out = c.deliver_from(&mut follower, 1000, 0, Message::Stop(c.stop(0, 1, 0)));
+    assert_eq!(
+        out,
+        Output::default(),
+        "one STOP of f+1 = 2 is not enough to join"
+    );
+    let out = c.deliver_from(&mut follower, 1000, 1, Message::Stop(c.stop(1, 1, 0)));
+    // Two STOPs: it joins with its own, which makes 2f+1 = 3 and installs regency 1. Unlike
+    // a STOPDATA sent to it by mistake, this input has nothing to refuse.
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![broadcast(Message::Stop(c.stop(2, 1, 0)))],
+            persist: vec![PersistRecord::Regency(1)],
+            send_after_persist: vec![send(1, Message::StopData(c.stopdata(2, 1, None, vec![])))],
+            service: vec![],
+            rejections: vec![],
+        }
+    );
+    assert_eq!(follower.phase(), Phase::Syncing);
+    follower
+}
+
+#[test]
+fn follower_in_syncing_applies_the_new_leaders_sync_and_writes_the_values_it_fixes() {
+    let c = bft();
+    let mut follower = follower_in_syncing(&c);
+    let fixture = sync_for_regency_1(&c);
+    let out = c.deliver_from(&mut follower, 1200, 1, Message::Sync(fixture.sync));
+    // Each fixed value is accepted as the regency's proposal: a WRITE (BFT), persisted first.
+    let (persist, writes) = writes_for(&c, 2, &fixture.values);
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![],
+            persist,
+            send_after_persist: writes,
+            service: vec![],
+            rejections: vec![],
+        }
+    );
+    assert_eq!(follower.phase(), Phase::Normal);
+    assert_eq!(follower.regency(), 1);
+    assert_eq!(follower.open_instances(), 3);
+}
+
+#[test]
+fn replica_in_an_older_regency_adopts_the_regency_of_a_valid_sync_before_writing() {
+    let c = bft();
+    let mut replica = c.engine(3);
+    let fixture = sync_for_regency_1(&c);
+    // Relayed by replica 0 (answering a SyncQuery): the leader's signature is what counts.
+    let out = c.deliver_from(&mut replica, 1000, 0, Message::Sync(fixture.sync));
+    let (votes, writes) = writes_for(&c, 3, &fixture.values);
+    let mut persist = vec![PersistRecord::Regency(1)];
+    persist.extend(votes);
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![],
+            persist,
+            send_after_persist: writes,
+            service: vec![],
+            rejections: vec![],
+        }
+    );
+    assert_eq!((replica.regency(), replica.phase()), (1, Phase::Normal));
+}
+
+#[test]
+fn sync_for_an_old_or_already_applied_regency_does_nothing() {
+    let c = bft();
+    let mut follower = follower_in_syncing(&c);
+    let fixture = sync_for_regency_1(&c);
+    c.deliver_from(&mut follower, 1200, 1, Message::Sync(fixture.sync.clone()));
+    // The same SYNC again: regency 1 is applied already.
+    let out = c.deliver_from(&mut follower, 1300, 1, Message::Sync(fixture.sync));
+    assert_eq!(out, Output::default());
+    // A valid SYNC of regency 0 (leader 0, n-f STOPDATA of regency 0).
+    let old = c.sync(
+        0,
+        0,
+        [0, 1, 3]
+            .into_iter()
+            .map(|r| c.stopdata(r, 0, None, vec![]))
+            .collect(),
+    );
+    let out = c.deliver_from(&mut follower, 1300, 0, Message::Sync(old));
+    assert_eq!(out, Output::default());
+    assert_eq!((follower.regency(), follower.phase()), (1, Phase::Normal));
+    assert_eq!(follower.open_instances(), 3);
+}
+
+#[test]
+fn message_from_a_stale_regency_is_rejected_and_the_sender_gets_our_sync_once_per_interval() {
+    let c = bft();
+    let mut follower = follower_in_syncing(&c);
+    let fixture = sync_for_regency_1(&c);
+    c.deliver_from(&mut follower, 1200, 1, Message::Sync(fixture.sync.clone()));
+    let stale = Rejection::StaleRegency { got: 0, current: 1 };
+    let vote = |r: u32| c.vote(VoteKind::Write, r, 1, 0, Digest([7; 32]));
+    let out = c.deliver_from(&mut follower, 2000, 3, Message::Write(vote(3)));
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![send(3, Message::Sync(fixture.sync.clone()))],
+            persist: vec![],
+            send_after_persist: vec![],
+            service: vec![],
+            rejections: vec![stale.clone()],
+        }
+    );
+    // The same peer again within retransmit_initial_ms: refused, no second SYNC.
+    let out = c.deliver_from(&mut follower, 2099, 3, Message::Write(vote(3)));
+    assert_eq!(
+        out,
+        Output {
+            rejections: vec![stale.clone()],
+            ..Output::default()
+        }
+    );
+    // The budget is per peer: another stale peer gets the SYNC at once.
+    let out = c.deliver_from(
+        &mut follower,
+        2099,
+        0,
+        Message::Propose(c.propose(0, 1, 0, c.batch(&[1]))),
+    );
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![send(0, Message::Sync(fixture.sync))],
+            rejections: vec![stale],
+            ..Output::default()
+        }
+    );
+}
+
+// ----- checkpoints and state transfer -------------------------------------------------------
+
+/// State chunks of 32 bytes, so that the checkpoint below travels in two.
+fn small_chunks() -> Limits {
+    Limits {
+        state_chunk_bytes: 32,
+        ..Limits::default()
+    }
+}
+
+/// A checkpoint at cid 2, built as `Engine::on_snapshot` builds one, with the proof that cid 2
+/// was decided (a no-op batch, Q signed ACCEPTs).
+fn checkpoint_at_2(c: &Cluster) -> (Checkpoint, Vec<u8>) {
+    let service = b"service state at 2".to_vec();
+    let data = CheckpointData {
+        cid: 2,
+        service: service.clone(),
+        clients: ClientTable::new(c.limits.max_pending_per_client as u64),
+    };
+    let checkpoint = Checkpoint::new(&data, c.decision_proof(2, Batch::default().digest()));
+    assert!(
+        checkpoint.data.len() > 32 && checkpoint.data.len() <= 64,
+        "the fixture is meant to travel in exactly two chunks: {} bytes",
+        checkpoint.data.len()
+    );
+    (checkpoint, service)
+}
+
+fn chunk(checkpoint: &Checkpoint, offset: usize, bytes: Vec<u8>, last: bool) -> Message {
+    Message::StateChunk {
+        cid: checkpoint.cid,
+        offset: offset as u64,
+        total_len: checkpoint.data.len() as u64,
+        bytes,
+        decided: last.then(|| checkpoint.decided.clone()),
+    }
+}
+
+/// Replica 3, behind, hears from replicas 0 and 1 (f+1) that they hold `checkpoint`, and
+/// starts fetching it from replica 0.
+fn transfer_from_0(c: &Cluster, checkpoint: &Checkpoint) -> Engine {
+    let mut replica = c.engine(3);
+    let info = || Message::StateInfo {
+        checkpoints: vec![(checkpoint.cid, checkpoint.digest)],
+        voted_up_to: checkpoint.cid,
+    };
+    // The first hint starts a transfer: ask everyone. One report is not f+1 = 2.
+    let out = c.deliver_from(&mut replica, 1000, 0, info());
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![broadcast(Message::StateQuery)],
+            ..Output::default()
+        }
+    );
+    // The second agrees: fetch from the first agreeing source, from offset 0.
+    let out = c.deliver_from(&mut replica, 1010, 1, info());
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![send(0, Message::StateFetch { cid: 2, offset: 0 })],
+            ..Output::default()
+        }
+    );
+    replica
+}
+
+#[test]
+fn replica_behind_fetches_the_agreed_checkpoint_chunk_by_chunk_and_installs_it() {
+    let c = cluster(Mode::Bft, 4, 1, small_chunks());
+    let (checkpoint, service) = checkpoint_at_2(&c);
+    let mut replica = transfer_from_0(&c, &checkpoint);
+    let first = checkpoint.data[..32].to_vec();
+    let rest = checkpoint.data[32..].to_vec();
+    let out = c.deliver_from(&mut replica, 1020, 0, chunk(&checkpoint, 0, first, false));
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![send(0, Message::StateFetch { cid: 2, offset: 32 })],
+            ..Output::default()
+        }
+    );
+    // The last chunk completes bytes that hash to the agreed digest: the service restores the
+    // snapshot, the checkpoint is persisted, and the decisions after it are asked for (from the
+    // next peer in turn after this replica, 3: replica 0), behind the checkpoint record.
+    let out = c.deliver_from(&mut replica, 1030, 0, chunk(&checkpoint, 32, rest, true));
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![],
+            persist: vec![PersistRecord::Checkpoint(checkpoint.clone())],
+            send_after_persist: vec![send(0, Message::DecisionQuery { from_cid: 3 })],
+            service: vec![ServiceWork::Restore {
+                cid: 2,
+                snapshot: service
+            }],
+            rejections: vec![],
+        }
+    );
+    assert_eq!(replica.last_executed(), 2);
+    assert_eq!(replica.last_checkpoint(), 2);
+}
+
+#[test]
+fn lying_state_chunk_is_rejected_and_the_fetch_moves_to_the_next_agreed_source() {
+    let c = cluster(Mode::Bft, 4, 1, small_chunks());
+    let (checkpoint, service) = checkpoint_at_2(&c);
+    let mut replica = transfer_from_0(&c, &checkpoint);
+    let first = checkpoint.data[..32].to_vec();
+    let forged: Vec<u8> = checkpoint.data[32..].iter().map(|b| b ^ 0xff).collect();
+    let out = c.deliver_from(
+        &mut replica,
+        1020,
+        0,
+        chunk(&checkpoint, 0, first.clone(), false),
+    );
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![send(0, Message::StateFetch { cid: 2, offset: 32 })],
+            ..Output::default()
+        }
+    );
+    // Replica 0's last chunk (with a valid decision proof) completes bytes that do not hash to
+    // the digest f+1 replicas agreed on: it is refused, and the download starts over from
+    // replica 1, the other agreeing source.
+    let out = c.deliver_from(&mut replica, 1030, 0, chunk(&checkpoint, 32, forged, true));
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![send(1, Message::StateFetch { cid: 2, offset: 0 })],
+            persist: vec![],
+            send_after_persist: vec![],
+            service: vec![],
+            rejections: vec![Rejection::BadCertificate(
+                "state does not match the agreed digest"
+            )],
+        }
+    );
+    assert_eq!(replica.stats().lying_state_sources, 1);
+    assert_eq!(replica.last_executed(), 0, "nothing was installed");
+    // The liar is not the source any more: its chunks are ignored.
+    let out = c.deliver_from(
+        &mut replica,
+        1040,
+        0,
+        chunk(&checkpoint, 0, first.clone(), false),
+    );
+    assert_eq!(out, Output::default());
+    // Replica 1 serves the real bytes.
+    let out = c.deliver_from(&mut replica, 1050, 1, chunk(&checkpoint, 0, first, false));
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![send(1, Message::StateFetch { cid: 2, offset: 32 })],
+            ..Output::default()
+        }
+    );
+    let rest = checkpoint.data[32..].to_vec();
+    let out = c.deliver_from(&mut replica, 1060, 1, chunk(&checkpoint, 32, rest, true));
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![],
+            persist: vec![PersistRecord::Checkpoint(checkpoint.clone())],
+            send_after_persist: vec![send(0, Message::DecisionQuery { from_cid: 3 })],
+            service: vec![ServiceWork::Restore {
+                cid: 2,
+                snapshot: service
+            }],
+            rejections: vec![],
+        }
+    );
+    assert_eq!(replica.last_checkpoint(), 2);
+}
+
+#[test]
+fn state_fetch_is_served_from_the_checkpoint_in_bounded_chunks_with_the_proof_on_the_last() {
+    let c = cluster(Mode::Bft, 4, 1, small_chunks());
+    let (checkpoint, service) = checkpoint_at_2(&c);
+    let (mut server, recovered) = Engine::recover(
+        c.cfg(0),
+        Arc::new(c.keys[0].clone()),
+        [PersistRecord::Checkpoint(checkpoint.clone())],
+    )
+    .expect("the checkpoint decodes");
+    assert_eq!(
+        recovered,
+        Output {
+            service: vec![ServiceWork::Restore {
+                cid: 2,
+                snapshot: service
+            }],
+            ..Output::default()
+        }
+    );
+    let out = c.deliver_from(
+        &mut server,
+        1000,
+        3,
+        Message::StateFetch { cid: 2, offset: 0 },
+    );
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![send(
+                3,
+                chunk(&checkpoint, 0, checkpoint.data[..32].to_vec(), false)
+            )],
+            ..Output::default()
+        }
+    );
+    let out = c.deliver_from(
+        &mut server,
+        1010,
+        3,
+        Message::StateFetch { cid: 2, offset: 32 },
+    );
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![send(
+                3,
+                chunk(&checkpoint, 32, checkpoint.data[32..].to_vec(), true)
+            )],
+            ..Output::default()
+        }
+    );
+    // A checkpoint it does not hold: it says what it has instead.
+    let out = c.deliver_from(
+        &mut server,
+        1020,
+        3,
+        Message::StateFetch { cid: 4, offset: 0 },
+    );
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![send(
+                3,
+                Message::StateInfo {
+                    checkpoints: vec![(2, checkpoint.digest)],
+                    voted_up_to: 2,
+                }
+            )],
+            ..Output::default()
+        }
+    );
+    // Past the end of the checkpoint: refused, nothing sent.
+    let beyond = checkpoint.data.len() as u64 + 1;
+    let out = c.deliver_from(
+        &mut server,
+        1030,
+        3,
+        Message::StateFetch {
+            cid: 2,
+            offset: beyond,
+        },
+    );
+    assert_eq!(
+        out,
+        Output {
+            rejections: vec![Rejection::Malformed(
+                "state fetch beyond the checkpoint".into()
+            )],
+            ..Output::default()
+        }
+    );
+}
+
+// ----- 5. timers armed by an input that was (partly) refused --------------------------------
+
+#[test]
+fn timers_armed_by_a_partly_rejected_forward_stay_armed_and_fire() {
+    let c = cluster(Mode::Bft, 4, 1, small_pool());
+    let mut leader = c.engine(0);
+    // start arms only the heartbeat (nothing to retransmit yet).
+    assert_eq!(leader.start(1000), Output::default());
+    assert_eq!(timers(&leader), vec![(TimerKind::Heartbeat, 1500)]);
+    let (r1, r2, r3) = (c.request(1), c.request(2), c.request(3));
+    let out = c.deliver_from(
+        &mut leader,
+        1000,
+        1,
+        Message::Forward(vec![r1.clone(), r2.clone(), r3]),
+    );
+    assert_eq!(out.rejections, vec![Rejection::ClientPoolFull]);
+    // The proposals armed the retransmit timer (1000 + 100) and the pooled requests the request
+    // timer (arrival 1000 + 1000), although the input was refused in part.
+    assert_eq!(
+        timers(&leader),
+        vec![
+            (TimerKind::Retransmit, 1100),
+            (TimerKind::Request, 2000),
+            (TimerKind::Heartbeat, 1500),
+        ]
+    );
+    assert_eq!(leader.next_deadline_ms(), Some(1100));
+    assert_eq!(
+        leader.on_timeout(1099),
+        Output::default(),
+        "nothing is due yet"
+    );
+    // The retransmit fires: both proposals and WRITEs again (already on disk, so at once), and
+    // a decision query to the next peer in turn (replica 1).
+    let p1 = c.propose(0, 1, 0, Batch { requests: vec![r1] });
+    let p2 = c.propose(0, 2, 0, Batch { requests: vec![r2] });
+    let w1 = c.vote(VoteKind::Write, 0, 1, 0, p1.body.batch.digest());
+    let w2 = c.vote(VoteKind::Write, 0, 2, 0, p2.body.batch.digest());
+    assert_eq!(
+        leader.on_timeout(1100),
+        Output {
+            send_now: vec![
+                broadcast(Message::Propose(p1)),
+                broadcast(Message::Write(w1)),
+                broadcast(Message::Propose(p2)),
+                broadcast(Message::Write(w2)),
+                send(1, Message::DecisionQuery { from_cid: 1 }),
+            ],
+            persist: vec![],
+            send_after_persist: vec![],
+            service: vec![],
+            rejections: vec![],
+        }
+    );
+    // Re-armed with the doubled interval.
+    assert_eq!(leader.next_deadline_ms(), Some(1300));
+}
+
+#[test]
+fn leader_change_timers_armed_by_a_rejected_stopdata_stay_armed_and_fire() {
+    let c = bft();
+    let mut replica = c.engine(2);
+    c.deliver_from(
+        &mut replica,
+        1000,
+        0,
+        Message::StopData(c.stopdata(0, 1, None, vec![])),
+    );
+    let out = c.deliver_from(
+        &mut replica,
+        1000,
+        3,
+        Message::StopData(c.stopdata(3, 1, None, vec![])),
+    );
+    assert_eq!(out.rejections, vec![Rejection::NotLeader]);
+    // The refused input installed regency 1: the STOPDATA is resent until the SYNC arrives,
+    // and the change must complete within request_timeout_ms.
+    assert_eq!(
+        timers(&replica),
+        vec![
+            (TimerKind::Retransmit, 1100),
+            (TimerKind::LeaderChange, 2000)
+        ]
+    );
+    let my_stopdata = || Message::StopData(c.stopdata(2, 1, None, vec![]));
+    // Its STOP is not resent (the regency it asked for is installed); its STOPDATA is, and the
+    // next peer after this replica (3) is asked for decisions.
+    assert_eq!(
+        replica.on_timeout(1100),
+        Output {
+            send_now: vec![
+                send(1, my_stopdata()),
+                send(3, Message::DecisionQuery { from_cid: 1 }),
+            ],
+            persist: vec![],
+            send_after_persist: vec![],
+            service: vec![],
+            rejections: vec![],
+        }
+    );
+    assert_eq!(
+        timers(&replica),
+        vec![
+            (TimerKind::Retransmit, 1300),
+            (TimerKind::LeaderChange, 2000)
+        ]
+    );
+    // At 2000 both are due, earliest first: the retransmit (STOPDATA again, a query to the next
+    // peer, replica 0, whose budget has refilled), then the leader change timeout, which asks
+    // for regency 2 from regency 1.
+    assert_eq!(
+        replica.on_timeout(2000),
+        Output {
+            send_now: vec![
+                send(1, my_stopdata()),
+                send(0, Message::DecisionQuery { from_cid: 1 }),
+                broadcast(Message::Stop(c.stop(2, 2, 1))),
+            ],
+            persist: vec![],
+            send_after_persist: vec![],
+            service: vec![],
+            rejections: vec![],
+        }
+    );
+    // The next change gets twice as long (2000 + 1000 << 1); the retransmit interval doubled
+    // to 400.
+    assert_eq!(
+        timers(&replica),
+        vec![
+            (TimerKind::Retransmit, 2400),
+            (TimerKind::LeaderChange, 4000)
+        ]
+    );
+}
