@@ -130,38 +130,38 @@ mod tests {
     #[test]
     fn agreement_needs_enough_identical_reports() {
         let mut t = Transfer::default();
-        t.reports.insert(0, vec![(10, Digest([1; 32]))]);
-        t.reports.insert(1, vec![(10, Digest([2; 32]))]);
+        t.reports.insert(0, vec![(Cid(10), Digest([1; 32]))]);
+        t.reports.insert(1, vec![(Cid(10), Digest([2; 32]))]);
         assert_eq!(
-            t.agreed(0, 2),
+            t.agreed(Cid(0), 2),
             None,
             "two different digests agree on nothing"
         );
-        t.reports.insert(2, vec![(10, Digest([1; 32]))]);
-        assert_eq!(t.agreed(0, 2), Some((10, Digest([1; 32]), 0)));
-        assert_eq!(t.agreed(10, 2), None, "nothing above what we have");
+        t.reports.insert(2, vec![(Cid(10), Digest([1; 32]))]);
+        assert_eq!(t.agreed(Cid(0), 2), Some((Cid(10), Digest([1; 32]), 0)));
+        assert_eq!(t.agreed(Cid(10), 2), None, "nothing above what we have");
     }
 
     #[test]
     fn a_failed_source_is_not_chosen_again() {
         let mut t = Transfer::default();
-        t.reports.insert(0, vec![(10, Digest([1; 32]))]);
-        t.reports.insert(2, vec![(10, Digest([1; 32]))]);
+        t.reports.insert(0, vec![(Cid(10), Digest([1; 32]))]);
+        t.reports.insert(2, vec![(Cid(10), Digest([1; 32]))]);
         t.failed.insert(0);
-        assert_eq!(t.agreed(0, 2), Some((10, Digest([1; 32]), 2)));
+        assert_eq!(t.agreed(Cid(0), 2), Some((Cid(10), Digest([1; 32]), 2)));
         t.failed.insert(2);
-        assert_eq!(t.agreed(0, 2), None);
+        assert_eq!(t.agreed(Cid(0), 2), None);
     }
 
     #[test]
     fn checkpoint_round_trips_through_bytes_with_the_same_digest() {
         let data = CheckpointData {
-            cid: 7,
+            cid: Cid(7),
             service: vec![1, 2, 3],
             clients: ClientTable::new(4),
         };
-        let c = Checkpoint::new(&data, proof(7));
-        let (again, decoded) = Checkpoint::from_bytes(c.data.clone(), proof(7)).unwrap();
+        let c = Checkpoint::new(&data, proof(Cid(7)));
+        let (again, decoded) = Checkpoint::from_bytes(c.data.clone(), proof(Cid(7))).unwrap();
         assert_eq!(again, c);
         assert_eq!(decoded, data);
     }
@@ -177,12 +177,12 @@ mod tests {
     #[test]
     fn checkpoint_with_a_proof_for_another_cid_is_refused() {
         let data = CheckpointData {
-            cid: 7,
+            cid: Cid(7),
             service: vec![1],
             clients: ClientTable::new(4),
         };
-        let c = Checkpoint::new(&data, proof(7));
-        let err = Checkpoint::from_bytes(c.data, proof(6)).unwrap_err();
+        let c = Checkpoint::new(&data, proof(Cid(7)));
+        let err = Checkpoint::from_bytes(c.data, proof(Cid(6))).unwrap_err();
         assert!(err.contains("proof for cid 6"), "{err}");
     }
 }

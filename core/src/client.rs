@@ -135,8 +135,8 @@ impl ClientEngine {
         };
         let mut reported: Vec<Regency> = self.reported_regency.values().copied().collect();
         reported.sort_unstable_by(|a, b| b.cmp(a));
-        let regency = reported.get(vouching - 1).copied().unwrap_or(0);
-        self.cfg.quorums.leader_of(regency)
+        let regency = reported.get(vouching - 1).copied().unwrap_or(Regency::ZERO);
+        self.cfg.quorums.leader_of(regency.0)
     }
 
     pub fn id(&self) -> ClientId {
@@ -231,7 +231,7 @@ impl ClientEngine {
         if reply.replica != from || reply.client != self.id {
             return None;
         }
-        let reported = self.reported_regency.entry(from).or_insert(0);
+        let reported = self.reported_regency.entry(from).or_insert(Regency::ZERO);
         *reported = (*reported).max(reply.regency);
         let entry = self.outstanding.get_mut(&reply.seq)?;
         entry.replies.insert(from, reply.result);
@@ -325,7 +325,7 @@ mod tests {
             replica,
             client: c.id(),
             seq,
-            regency: 0,
+            regency: Regency::ZERO,
             result: result.to_vec(),
         }
     }
@@ -411,9 +411,9 @@ mod tests {
         let mut c = client(false);
         let (seq, _) = c.submit(0, RequestKind::Ordered, b"op".to_vec()).unwrap();
         // One replica (perhaps lying) reports regency 2: not enough in BFT with f = 1.
-        c.on_reply(0, 3, reply_in(&c, 3, seq, 2));
+        c.on_reply(0, 3, reply_in(&c, 3, seq, Regency(2)));
         assert_eq!(c.believed_leader(), 0);
-        c.on_reply(0, 1, reply_in(&c, 1, seq, 1));
+        c.on_reply(0, 1, reply_in(&c, 1, seq, Regency(1)));
         assert_eq!(
             c.believed_leader(),
             1,
@@ -423,7 +423,7 @@ mod tests {
         assert_eq!(destinations(&actions), vec![Some(1)]);
         // An old reply does not move it back.
         let (seq, _) = c.submit(0, RequestKind::Ordered, b"op".to_vec()).unwrap();
-        c.on_reply(0, 1, reply_in(&c, 1, seq, 0));
+        c.on_reply(0, 1, reply_in(&c, 1, seq, Regency(0)));
         assert_eq!(c.believed_leader(), 1);
     }
 

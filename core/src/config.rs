@@ -98,6 +98,8 @@ impl Default for Timeouts {
     }
 }
 
+/// Everything an engine needs to know. Build one, then [`EngineConfig::validate`] it: the
+/// engine only takes a [`ValidEngineConfig`].
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
     pub quorums: Quorums,
@@ -109,48 +111,262 @@ pub struct EngineConfig {
     pub timeouts: Timeouts,
 }
 
+/// A rule an [`EngineConfig`] breaks. Configuration loaded from files is checked with
+/// friendlier errors before it gets here; these guard embedders. Each message says what to
+/// change.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidConfig {
+    /// `replica_keys` must hold exactly one key per replica.
+    #[error(
+        "replica_keys holds {keys} keys but the quorums are for n = {n} replicas; give exactly one public key per replica, replica i's at index i"
+    )]
+    ReplicaKeyCount { keys: usize, n: usize },
+    /// `me` must name one of the replicas.
+    #[error("me = {me} is not a replica id; ids are 0..{n} for n = {n} replicas")]
+    IdOutOfRange { me: ReplicaId, n: usize },
+    /// A limit that must be at least 1 is 0.
+    #[error("limits.{limit} is 0; set it to at least 1")]
+    LimitNotPositive { limit: &'static str },
+    /// The window of instances a replica keeps must hold every instance the leader runs at
+    /// once.
+    #[error(
+        "limits.max_instances_ahead ({ahead}) is below limits.max_instances_in_flight ({in_flight}); raise max_instances_ahead to at least {in_flight} or lower max_instances_in_flight"
+    )]
+    InstancesAheadBelowInFlight { ahead: u64, in_flight: u64 },
+    /// A timeout that must be at least 1 ms is 0.
+    #[error("timeouts.{timeout} is 0; set it to at least 1 ms")]
+    TimeoutNotPositive { timeout: &'static str },
+    /// Retransmission backs off from the initial interval up to the maximum, never down.
+    #[error(
+        "timeouts.retransmit_max_ms ({max_ms}) is below timeouts.retransmit_initial_ms ({initial_ms}); raise retransmit_max_ms to at least {initial_ms} or lower retransmit_initial_ms"
+    )]
+    RetransmitMaxBelowInitial { max_ms: u64, initial_ms: u64 },
+}
+
 impl EngineConfig {
-    /// Checks the invariants the engine relies on. Configuration loaded from files is validated
-    /// with friendlier errors before it gets here; this guards embedders.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.replica_keys.len() != self.quorums.n() {
-            return Err(format!(
-                "{} replica keys for n = {}",
-                self.replica_keys.len(),
-                self.quorums.n()
-            ));
+    /// Checks the invariants the engine relies on, and hands back the config as a
+    /// [`ValidEngineConfig`], the only form [`crate::Engine`] takes.
+    ///
+    /// # Errors
+    /// The first rule the config breaks, in the order of the [`InvalidConfig`] variants (and
+    /// of the fields within [`Limits`] and [`Timeouts`]).
+    pub fn validate(self) -> Result<ValidEngineConfig, InvalidConfig> {
+        let n = self.quorums.n();
+        if self.replica_keys.len() != n {
+            return Err(InvalidConfig::ReplicaKeyCount {
+                keys: self.replica_keys.len(),
+                n,
+            });
         }
-        if self.me as usize >= self.quorums.n() {
-            return Err(format!(
-                "replica id {} is not below n = {}",
-                self.me,
-                self.quorums.n()
-            ));
+        if self.me as usize >= n {
+            return Err(InvalidConfig::IdOutOfRange { me: self.me, n });
         }
         let l = &self.limits;
-        if l.max_batch_requests == 0
-            || l.max_batch_bytes == 0
-            || l.max_pending_per_client == 0
-            || l.max_pending_total == 0
-            || l.max_instances_in_flight == 0
-            || l.max_instances_ahead < l.max_instances_in_flight
-            || l.max_decisions_per_reply == 0
-            || l.max_log_entries == 0
-            || l.checkpoint_period == 0
-            || l.state_chunk_bytes == 0
-        {
-            return Err(format!(
-                "limits must be positive and max_instances_ahead >= max_instances_in_flight: {l:?}"
-            ));
+        let positive_limits: [(&'static str, u64); 9] = [
+            ("max_batch_requests", l.max_batch_requests as u64),
+            ("max_batch_bytes", l.max_batch_bytes as u64),
+            ("max_pending_per_client", l.max_pending_per_client as u64),
+            ("max_pending_total", l.max_pending_total as u64),
+            ("max_instances_in_flight", l.max_instances_in_flight),
+            ("max_decisions_per_reply", l.max_decisions_per_reply as u64),
+            ("max_log_entries", l.max_log_entries as u64),
+            ("checkpoint_period", l.checkpoint_period),
+            ("state_chunk_bytes", l.state_chunk_bytes as u64),
+        ];
+        if let Some((limit, _)) = positive_limits.iter().find(|(_, value)| *value == 0) {
+            return Err(InvalidConfig::LimitNotPositive { limit });
+        }
+        if l.max_instances_ahead < l.max_instances_in_flight {
+            return Err(InvalidConfig::InstancesAheadBelowInFlight {
+                ahead: l.max_instances_ahead,
+                in_flight: l.max_instances_in_flight,
+            });
         }
         let t = &self.timeouts;
-        if t.request_timeout_ms == 0
-            || t.retransmit_initial_ms == 0
-            || t.retransmit_max_ms < t.retransmit_initial_ms
-            || t.heartbeat_ms == 0
-        {
-            return Err(format!("timeouts must be positive: {t:?}"));
+        let positive_timeouts: [(&'static str, u64); 3] = [
+            ("request_timeout_ms", t.request_timeout_ms),
+            ("retransmit_initial_ms", t.retransmit_initial_ms),
+            ("heartbeat_ms", t.heartbeat_ms),
+        ];
+        if let Some((timeout, _)) = positive_timeouts.iter().find(|(_, value)| *value == 0) {
+            return Err(InvalidConfig::TimeoutNotPositive { timeout });
         }
-        Ok(())
+        if t.retransmit_max_ms < t.retransmit_initial_ms {
+            return Err(InvalidConfig::RetransmitMaxBelowInitial {
+                max_ms: t.retransmit_max_ms,
+                initial_ms: t.retransmit_initial_ms,
+            });
+        }
+        Ok(ValidEngineConfig(self))
+    }
+}
+
+/// An [`EngineConfig`] that passed [`EngineConfig::validate`]; the only way to make one. Read
+/// it through `Deref`; [`ValidEngineConfig::into_inner`] gives the config back to change it
+/// (and validate it again).
+#[derive(Clone, Debug)]
+pub struct ValidEngineConfig(EngineConfig);
+
+impl ValidEngineConfig {
+    /// The config, to change and validate again.
+    pub fn into_inner(self) -> EngineConfig {
+        self.0
+    }
+}
+
+impl std::ops::Deref for ValidEngineConfig {
+    type Target = EngineConfig;
+
+    fn deref(&self) -> &EngineConfig {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smr_modes::Mode;
+
+    fn config() -> EngineConfig {
+        let quorums = Quorums::new(Mode::Bft, 4, 1).expect("n = 4, f = 1 is a BFT config");
+        EngineConfig {
+            quorums,
+            me: 3,
+            replica_keys: (0..4u8).map(|i| PublicKey([i; 32])).collect(),
+            clients: ClientPolicy::Any,
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    type ZeroLimit = fn(&mut Limits);
+    type ZeroTimeout = fn(&mut Timeouts);
+
+    fn error_of(change: impl FnOnce(&mut EngineConfig)) -> InvalidConfig {
+        let mut cfg = config();
+        change(&mut cfg);
+        cfg.validate().expect_err("the change breaks a rule")
+    }
+
+    #[test]
+    fn default_limits_and_timeouts_are_valid() {
+        let valid = config().validate().expect("valid test config");
+        assert_eq!(valid.me, 3, "Deref reads the config");
+        assert_eq!(valid.into_inner().limits, Limits::default());
+        let cft = EngineConfig {
+            quorums: Quorums::new(Mode::Cft, 3, 1).expect("n = 3, f = 1 is a CFT config"),
+            me: 0,
+            replica_keys: vec![PublicKey([0; 32]); 3],
+            ..config()
+        };
+        cft.validate().expect("valid CFT config");
+    }
+
+    #[test]
+    fn wrong_number_of_replica_keys() {
+        let err = error_of(|c| {
+            c.replica_keys.pop();
+        });
+        assert_eq!(err, InvalidConfig::ReplicaKeyCount { keys: 3, n: 4 });
+        assert!(
+            err.to_string()
+                .contains("exactly one public key per replica"),
+            "{err}"
+        );
+        let err = error_of(|c| c.replica_keys.push(PublicKey([9; 32])));
+        assert_eq!(err, InvalidConfig::ReplicaKeyCount { keys: 5, n: 4 });
+    }
+
+    #[test]
+    fn id_out_of_range() {
+        let err = error_of(|c| c.me = 4);
+        assert_eq!(err, InvalidConfig::IdOutOfRange { me: 4, n: 4 });
+        assert!(err.to_string().contains("ids are 0..4"), "{err}");
+    }
+
+    #[test]
+    fn every_limit_that_must_be_positive() {
+        let zeroed: [(&str, ZeroLimit); 9] = [
+            ("max_batch_requests", |l| l.max_batch_requests = 0),
+            ("max_batch_bytes", |l| l.max_batch_bytes = 0),
+            ("max_pending_per_client", |l| l.max_pending_per_client = 0),
+            ("max_pending_total", |l| l.max_pending_total = 0),
+            ("max_instances_in_flight", |l| l.max_instances_in_flight = 0),
+            ("max_decisions_per_reply", |l| l.max_decisions_per_reply = 0),
+            ("max_log_entries", |l| l.max_log_entries = 0),
+            ("checkpoint_period", |l| l.checkpoint_period = 0),
+            ("state_chunk_bytes", |l| l.state_chunk_bytes = 0),
+        ];
+        for (name, zero) in zeroed {
+            let err = error_of(|c| zero(&mut c.limits));
+            assert_eq!(err, InvalidConfig::LimitNotPositive { limit: name });
+            assert_eq!(
+                err.to_string(),
+                format!("limits.{name} is 0; set it to at least 1")
+            );
+        }
+    }
+
+    #[test]
+    fn instances_ahead_below_in_flight() {
+        let err = error_of(|c| {
+            c.limits.max_instances_in_flight = 8;
+            c.limits.max_instances_ahead = 7;
+        });
+        assert_eq!(
+            err,
+            InvalidConfig::InstancesAheadBelowInFlight {
+                ahead: 7,
+                in_flight: 8
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("raise max_instances_ahead to at least 8"),
+            "{err}"
+        );
+        let mut equal = config();
+        equal.limits.max_instances_in_flight = 8;
+        equal.limits.max_instances_ahead = 8;
+        equal
+            .validate()
+            .expect("a window exactly as wide as the pipeline is valid");
+    }
+
+    #[test]
+    fn every_timeout_that_must_be_positive() {
+        let zeroed: [(&str, ZeroTimeout); 3] = [
+            ("request_timeout_ms", |t| t.request_timeout_ms = 0),
+            ("retransmit_initial_ms", |t| t.retransmit_initial_ms = 0),
+            ("heartbeat_ms", |t| t.heartbeat_ms = 0),
+        ];
+        for (name, zero) in zeroed {
+            let err = error_of(|c| zero(&mut c.timeouts));
+            assert_eq!(err, InvalidConfig::TimeoutNotPositive { timeout: name });
+            assert_eq!(
+                err.to_string(),
+                format!("timeouts.{name} is 0; set it to at least 1 ms")
+            );
+        }
+    }
+
+    #[test]
+    fn retransmit_max_below_initial() {
+        let err = error_of(|c| {
+            c.timeouts.retransmit_initial_ms = 300;
+            c.timeouts.retransmit_max_ms = 299;
+        });
+        assert_eq!(
+            err,
+            InvalidConfig::RetransmitMaxBelowInitial {
+                max_ms: 299,
+                initial_ms: 300
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("raise retransmit_max_ms to at least 300"),
+            "{err}"
+        );
     }
 }

@@ -40,7 +40,7 @@ use crate::runner::{self, Host};
 use crate::service::Service;
 use crate::storage::{Recovered, Wal};
 use crate::verify::{InboundVerifier, Verified, VerifiedRequests};
-use crate::EngineConfig;
+use crate::{EngineConfig, InvalidConfig};
 
 /// Most frames a verify worker takes from its queue for one batch verification.
 pub const MAX_VERIFY_RUN_FRAMES: usize = 128;
@@ -142,6 +142,9 @@ pub enum StartError {
     UndecodableRecord(String),
     #[error("cannot rebuild the replica from its data directory: {0}")]
     Recovery(String),
+    /// The engine configuration breaks a rule (see [`InvalidConfig`]); nothing was started.
+    #[error("invalid engine configuration: {0}")]
+    Config(#[from] InvalidConfig),
 }
 
 /// Decodes what a store recovered into the engine's records.
@@ -160,6 +163,10 @@ fn decode_recovered(recovered: Recovered) -> Result<Vec<PersistRecord>, StartErr
 /// the replica is rebuilt from it and persists every promise before sending it; without, it
 /// runs in memory. The engine, the verify workers and the service thread run until
 /// [`ReplicaHandle::shutdown`].
+///
+/// # Errors
+/// [`StartError::Config`] if `config` does not validate ([`EngineConfig::validate`]), checked
+/// before anything starts; the others if the stored records cannot rebuild the replica.
 pub fn start_replica<N: Network>(
     config: EngineConfig,
     signer: Arc<dyn Signer>,
@@ -169,6 +176,7 @@ pub fn start_replica<N: Network>(
     options: DriverOptions,
     storage: Option<(Wal, Recovered)>,
 ) -> Result<ReplicaHandle, StartError> {
+    let config = config.validate()?;
     let verifier = InboundVerifier {
         quorums: config.quorums,
         replica_keys: Arc::new(config.replica_keys.clone()),

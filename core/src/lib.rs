@@ -33,7 +33,7 @@ pub mod storage;
 pub mod sync;
 pub mod verify;
 
-pub use config::{ClientPolicy, EngineConfig, Limits, Timeouts};
+pub use config::{ClientPolicy, EngineConfig, InvalidConfig, Limits, Timeouts, ValidEngineConfig};
 pub use engine::{Engine, Outgoing, Output, ServiceDone, ServiceWork, TimerKind};
 pub use message::{Message, Request, RequestKind};
 pub use network::{Network, Peer, ReplicaId};

@@ -12,9 +12,128 @@ use crate::codec;
 pub use crate::network::ReplicaId;
 
 /// Consensus instance id. Instances are numbered from 1; 0 means "none yet".
-pub type Cid = u64;
-/// Regency (epoch) number; the leader of regency r is replica r mod n.
-pub type Regency = u64;
+///
+/// A newtype, so that a cid cannot be passed where a regency or a count is expected. It
+/// encodes exactly as the `u64` it wraps (`serde(transparent)`), on the wire and on disk.
+///
+/// The arithmetic is deliberately small: a cid plus a count is a cid (`cid + count`, which
+/// panics on overflow and is for the replica's own counters, and [`Cid::saturating_add`] for
+/// anything a peer supplied), and the distance between two cids is a count
+/// ([`Cid::checked_distance_from`], [`Cid::saturating_distance_from`]). There is no
+/// `Cid + Cid`, no conversion from `u64` and no `Deref`: `Cid(n)` and `cid.0` are the only
+/// ways between the two.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Cid(pub u64);
+
+impl Cid {
+    /// "No instance yet": the cid before the first one.
+    pub const ZERO: Cid = Cid(0);
+    /// The first consensus instance.
+    pub const FIRST: Cid = Cid(1);
+    /// The highest cid; a peer may name it, no run reaches it.
+    pub const MAX: Cid = Cid(u64::MAX);
+
+    /// The instance after this one.
+    ///
+    /// # Panics
+    /// At [`Cid::MAX`]. Only for counters this replica advances one instance at a time; a cid
+    /// a peer supplied takes [`Cid::saturating_add`].
+    pub fn next(self) -> Cid {
+        self + 1
+    }
+
+    /// `count` instances later, or `None` past [`Cid::MAX`].
+    pub fn checked_add(self, count: u64) -> Option<Cid> {
+        self.0.checked_add(count).map(Cid)
+    }
+
+    /// `count` instances later, stopping at [`Cid::MAX`]: safe on a cid from a peer.
+    pub fn saturating_add(self, count: u64) -> Cid {
+        Cid(self.0.saturating_add(count))
+    }
+
+    /// How many instances `self` is past `earlier`, or `None` if it is before it.
+    pub fn checked_distance_from(self, earlier: Cid) -> Option<u64> {
+        self.0.checked_sub(earlier.0)
+    }
+
+    /// How many instances `self` is past `earlier`; 0 if it is not past it.
+    pub fn saturating_distance_from(self, earlier: Cid) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+
+    /// Whether this cid is a multiple of `period` (a checkpoint cid). `period` 0 matches only
+    /// cid 0, as [`u64::is_multiple_of`] does.
+    pub fn is_multiple_of(self, period: u64) -> bool {
+        self.0.is_multiple_of(period)
+    }
+}
+
+impl std::ops::Add<u64> for Cid {
+    type Output = Cid;
+
+    /// `count` instances later.
+    ///
+    /// # Panics
+    /// On overflow, in every build: only for the replica's own counters; a cid a peer supplied
+    /// takes [`Cid::saturating_add`].
+    fn add(self, count: u64) -> Cid {
+        self.checked_add(count)
+            .unwrap_or_else(|| panic!("cid {self} + {count} overflows"))
+    }
+}
+
+impl std::fmt::Display for Cid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// Regency (epoch) number; the leader of regency r is replica r mod n
+/// ([`Quorums::leader_of`](smr_modes::Quorums::leader_of)`(regency.0)`).
+///
+/// A newtype like [`Cid`], encoded exactly as the `u64` it wraps. Regencies only ever move
+/// forward, so the arithmetic is [`Regency::next`] and [`Regency::saturating_add`].
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Regency(pub u64);
+
+impl Regency {
+    /// The regency every cluster starts in.
+    pub const ZERO: Regency = Regency(0);
+    /// The highest regency; a peer may name it, no run reaches it.
+    pub const MAX: Regency = Regency(u64::MAX);
+
+    /// The regency after this one.
+    ///
+    /// # Panics
+    /// At [`Regency::MAX`]. A regency that peers can push up (the current one, a STOP's)
+    /// takes [`Regency::saturating_add`]`(1)`.
+    pub fn next(self) -> Regency {
+        Regency(
+            self.0
+                .checked_add(1)
+                .unwrap_or_else(|| panic!("regency {self} has no successor")),
+        )
+    }
+
+    /// `count` regencies later, stopping at [`Regency::MAX`]: safe on a regency from a peer.
+    pub fn saturating_add(self, count: u64) -> Regency {
+        Regency(self.0.saturating_add(count))
+    }
+}
+
+impl std::fmt::Display for Regency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
 /// A client is identified by its public key, so that a request names the key that signed it.
 pub type ClientId = PublicKey;
 
@@ -366,5 +485,53 @@ impl Message {
             Message::StatusQuery => "status-query",
             Message::Status(_) => "status",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cid_arithmetic() {
+        assert_eq!(Cid::ZERO.next(), Cid::FIRST);
+        assert_eq!(Cid(5) + 3, Cid(8));
+        assert_eq!(Cid(5).checked_add(3), Some(Cid(8)));
+        assert_eq!(Cid::MAX.checked_add(1), None);
+        assert_eq!(Cid(u64::MAX - 1).saturating_add(5), Cid::MAX);
+        assert_eq!(Cid(9).checked_distance_from(Cid(4)), Some(5));
+        assert_eq!(Cid(4).checked_distance_from(Cid(9)), None);
+        assert_eq!(Cid(4).saturating_distance_from(Cid(9)), 0);
+        assert_eq!(Cid(9).saturating_distance_from(Cid(9)), 0);
+        assert!(Cid(2000).is_multiple_of(1000));
+        assert!(!Cid(2001).is_multiple_of(1000));
+        assert!(Cid::ZERO.is_multiple_of(7));
+    }
+
+    #[test]
+    #[should_panic(expected = "overflows")]
+    fn cid_next_panics_at_the_top_instead_of_wrapping() {
+        let _ = Cid::MAX.next();
+    }
+
+    #[test]
+    fn regency_arithmetic() {
+        assert_eq!(Regency::ZERO.next(), Regency(1));
+        assert_eq!(Regency(3).saturating_add(4), Regency(7));
+        assert_eq!(Regency::MAX.saturating_add(1), Regency::MAX);
+        assert!(Regency(2) > Regency(1));
+    }
+
+    #[test]
+    #[should_panic(expected = "has no successor")]
+    fn regency_next_panics_at_the_top_instead_of_wrapping() {
+        let _ = Regency::MAX.next();
+    }
+
+    #[test]
+    fn display_prints_the_bare_number_and_honours_the_format() {
+        assert_eq!(Cid(42).to_string(), "42");
+        assert_eq!(Regency(7).to_string(), "7");
+        assert_eq!(format!("{:>4}|{:03}", Cid(5), Regency(9)), "   5|009");
     }
 }

@@ -305,7 +305,7 @@ mod tests {
         }
         pool.insert(req(2, 1, 0), 0).unwrap();
         pool.insert(req(3, 1, 0), 0).unwrap();
-        let batch = pool.cut_batch(1, 4, usize::MAX);
+        let batch = pool.cut_batch(Cid(1), 4, usize::MAX);
         let ids: Vec<(u8, u64)> = batch
             .iter()
             .map(|r| (r.body.client.0[0], r.body.seq))
@@ -322,8 +322,8 @@ mod tests {
                 pool.insert(req(c, seq, 0), 0).unwrap();
             }
         }
-        let first = pool.cut_batch(1, 1, usize::MAX);
-        let second = pool.cut_batch(2, 1, usize::MAX);
+        let first = pool.cut_batch(Cid(1), 1, usize::MAX);
+        let second = pool.cut_batch(Cid(2), 1, usize::MAX);
         assert_eq!(first[0].body.client.0[0], 1);
         assert_eq!(second[0].body.client.0[0], 2);
     }
@@ -333,11 +333,11 @@ mod tests {
         let mut pool = RequestPool::new(100, 1000);
         pool.insert(req(1, 1, 5000), 0).unwrap();
         pool.insert(req(2, 1, 10), 0).unwrap();
-        let batch = pool.cut_batch(1, 100, 1000);
+        let batch = pool.cut_batch(Cid(1), 100, 1000);
         assert_eq!(batch.len(), 1, "an oversize first request still goes alone");
-        let batch = pool.cut_batch(2, 100, 1000);
+        let batch = pool.cut_batch(Cid(2), 100, 1000);
         assert_eq!(batch.len(), 1);
-        assert!(pool.cut_batch(3, 100, 1000).is_empty());
+        assert!(pool.cut_batch(Cid(3), 100, 1000).is_empty());
     }
 
     #[test]

@@ -32,13 +32,13 @@ pub struct SyncChoice {
 impl SyncChoice {
     /// The last cid the SYNC fixes; the new leader proposes fresh values after it.
     pub fn end(&self) -> Cid {
-        self.start + self.values.len() as Cid
+        self.start + self.values.len() as u64
     }
 }
 
 /// Applies the value rule to already-verified STOPDATA.
 pub fn choose(proofs: &[Signed<StopData>]) -> SyncChoice {
-    let mut start = 0;
+    let mut start = Cid::ZERO;
     let mut start_holder = None;
     for p in proofs {
         if let Some(d) = &p.body.last_decided {
@@ -67,7 +67,9 @@ pub fn choose(proofs: &[Signed<StopData>]) -> SyncChoice {
         }
     }
     let end = best.keys().next_back().copied().unwrap_or(start);
-    let values = (start + 1..=end)
+    // Counted from `start` rather than `start + 1`, which a peer's cid could overflow.
+    let values = (start.0..end.0)
+        .map(|c| Cid(c + 1))
         .map(|cid| {
             let batch = best
                 .get(&cid)
@@ -105,23 +107,23 @@ mod tests {
 
     fn stopdata(
         replica: ReplicaId,
-        decided: Cid,
-        prepared: Vec<(Cid, Regency, u8)>,
+        decided: u64,
+        prepared: Vec<(u64, u64, u8)>,
     ) -> Signed<StopData> {
         Signed {
             body: StopData {
                 replica,
-                regency: 5,
+                regency: Regency(5),
                 last_decided: (decided > 0).then(|| DecisionProof {
-                    cid: decided,
+                    cid: Cid(decided),
                     digest: Digest::default(),
                     certificate: vec![],
                 }),
                 prepared: prepared
                     .into_iter()
                     .map(|(cid, epoch, tag)| PreparedProof {
-                        cid,
-                        epoch,
+                        cid: Cid(cid),
+                        epoch: Regency(epoch),
                         batch: batch(tag),
                         writes: vec![],
                     })
@@ -139,8 +141,8 @@ mod tests {
             stopdata(2, 2, vec![(3, 0, 9), (4, 0, 3)]),
         ];
         let choice = choose(&proofs);
-        assert_eq!(choice.start, 3);
-        assert_eq!(choice.values, vec![(4, batch(2))]);
+        assert_eq!(choice.start, Cid(3));
+        assert_eq!(choice.values, vec![(Cid(4), batch(2))]);
     }
 
     #[test]
@@ -150,10 +152,13 @@ mod tests {
             stopdata(1, 0, vec![]),
         ];
         let choice = choose(&proofs);
-        assert_eq!(choice.start, 1);
+        assert_eq!(choice.start, Cid(1));
         assert_eq!(choice.start_holder, Some(0));
-        assert_eq!(choice.values, vec![(2, Batch::default()), (3, batch(1))]);
-        assert_eq!(choice.end(), 3);
+        assert_eq!(
+            choice.values,
+            vec![(Cid(2), Batch::default()), (Cid(3), batch(1))]
+        );
+        assert_eq!(choice.end(), Cid(3));
     }
 
     #[test]
@@ -166,7 +171,7 @@ mod tests {
     #[test]
     fn nothing_open_means_nothing_to_fix() {
         let choice = choose(&[stopdata(0, 4, vec![]), stopdata(1, 2, vec![])]);
-        assert_eq!(choice.start, 4);
+        assert_eq!(choice.start, Cid(4));
         assert!(choice.values.is_empty());
     }
 }

@@ -29,7 +29,7 @@ use smr_crypto::{BatchVerifyError, Digest, PublicKey, Signature, SignedItem, Ver
 
 use crate::config::{ClientPolicy, Limits};
 use crate::message::{
-    Batch, Decision, DecisionProof, Message, ReplicaSigned, Request, RequestBody, RequestKind,
+    Batch, Cid, Decision, DecisionProof, Message, ReplicaSigned, Request, RequestBody, RequestKind,
     Signed, StopData, Sync, Vote, VoteKind,
 };
 use crate::network::Peer;
@@ -499,7 +499,7 @@ impl InboundVerifier {
     /// replicas, all for this cid, one regency and the batch's digest, each correctly signed.
     pub(crate) fn check_certificate(
         &self,
-        cid: u64,
+        cid: Cid,
         digest: Digest,
         certificate: &[Signed<Vote>],
     ) -> Result<(), Rejection> {
@@ -536,7 +536,7 @@ impl InboundVerifier {
         proof: &DecisionProof,
         pending: &mut Pending<'_>,
     ) -> Result<(), Rejection> {
-        if proof.cid == 0 {
+        if proof.cid == Cid::ZERO {
             return Err(Rejection::BadCertificate("decision proof for cid 0"));
         }
         self.check_certificate(proof.cid, proof.digest, &proof.certificate)?;
@@ -555,7 +555,7 @@ impl InboundVerifier {
         if body.prepared.len() as u64 > self.limits.max_instances_ahead {
             return Err(Rejection::Oversize("stopdata prepared proofs"));
         }
-        let decided = body.last_decided.as_ref().map_or(0, |d| d.cid);
+        let decided = body.last_decided.as_ref().map_or(Cid::ZERO, |d| d.cid);
         if let Some(proof) = &body.last_decided {
             self.check_decision_proof(proof, pending)?;
         }
@@ -603,11 +603,11 @@ impl InboundVerifier {
 
     fn check_sync(&self, sync: &Signed<Sync>, pending: &mut Pending<'_>) -> Result<(), Rejection> {
         let body = &sync.body;
-        if body.leader != self.quorums.leader_of(body.regency) {
+        if body.leader != self.quorums.leader_of(body.regency.0) {
             return Err(Rejection::WrongLeader {
                 from: body.leader,
                 regency: body.regency,
-                leader: self.quorums.leader_of(body.regency),
+                leader: self.quorums.leader_of(body.regency.0),
             });
         }
         self.queue_replica_signature(sync, pending)?;

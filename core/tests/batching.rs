@@ -35,7 +35,9 @@ fn setup(mode: Mode, n: usize) -> (Engine, InboundVerifier, SimKey) {
         clients: ClientPolicy::Any,
         limits: limits.clone(),
         timeouts: Timeouts::default(),
-    };
+    }
+    .validate()
+    .expect("valid test config");
     let verifier = InboundVerifier {
         quorums,
         replica_keys: Arc::new(cfg.replica_keys.clone()),

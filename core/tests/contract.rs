@@ -14,12 +14,12 @@ use smr_core::checkpoint::{Checkpoint, CheckpointData};
 use smr_core::clients::ClientTable;
 use smr_core::engine::{PersistRecord, Phase};
 use smr_core::message::{
-    Batch, DecisionProof, Message, PreparedProof, Propose, Request, RequestBody, RequestKind,
-    Signed, Stop, StopData, Sync as SyncMsg, Vote, VoteKind,
+    Batch, Cid, DecisionProof, Message, PreparedProof, Propose, Regency, Request, RequestBody,
+    RequestKind, Signed, Stop, StopData, Sync as SyncMsg, Vote, VoteKind,
 };
 use smr_core::{
     ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Outgoing, Output, Peer, Rejection,
-    ServiceWork, Timeouts, TimerKind,
+    ServiceWork, Timeouts, TimerKind, ValidEngineConfig,
 };
 use smr_crypto::sim::{SimKey, SimVerifier};
 use smr_crypto::{Digest, Signer};
@@ -70,7 +70,7 @@ fn bft() -> Cluster {
 }
 
 impl Cluster {
-    fn cfg(&self, me: u32) -> EngineConfig {
+    fn cfg(&self, me: u32) -> ValidEngineConfig {
         EngineConfig {
             quorums: self.quorums,
             me,
@@ -79,6 +79,8 @@ impl Cluster {
             limits: self.limits.clone(),
             timeouts: Timeouts::default(),
         }
+        .validate()
+        .expect("valid test config")
     }
 
     fn engine(&self, me: u32) -> Engine {
@@ -111,7 +113,7 @@ impl Cluster {
         }
     }
 
-    fn propose(&self, leader: u32, cid: u64, regency: u64, batch: Batch) -> Signed<Propose> {
+    fn propose(&self, leader: u32, cid: Cid, regency: Regency, batch: Batch) -> Signed<Propose> {
         Signed::new(
             Propose {
                 leader,
@@ -127,8 +129,8 @@ impl Cluster {
         &self,
         kind: VoteKind,
         replica: u32,
-        cid: u64,
-        regency: u64,
+        cid: Cid,
+        regency: Regency,
         digest: Digest,
     ) -> Signed<Vote> {
         Signed::new(
@@ -143,7 +145,7 @@ impl Cluster {
         )
     }
 
-    fn stop(&self, replica: u32, regency: u64, from_regency: u64) -> Signed<Stop> {
+    fn stop(&self, replica: u32, regency: Regency, from_regency: Regency) -> Signed<Stop> {
         Signed::new(
             Stop {
                 replica,
@@ -158,7 +160,7 @@ impl Cluster {
     fn stopdata(
         &self,
         replica: u32,
-        regency: u64,
+        regency: Regency,
         last_decided: Option<DecisionProof>,
         prepared: Vec<PreparedProof>,
     ) -> Signed<StopData> {
@@ -173,7 +175,12 @@ impl Cluster {
         )
     }
 
-    fn sync(&self, leader: u32, regency: u64, proofs: Vec<Signed<StopData>>) -> Signed<SyncMsg> {
+    fn sync(
+        &self,
+        leader: u32,
+        regency: Regency,
+        proofs: Vec<Signed<StopData>>,
+    ) -> Signed<SyncMsg> {
         Signed::new(
             SyncMsg {
                 leader,
@@ -185,7 +192,7 @@ impl Cluster {
     }
 
     /// A value prepared in `epoch` for `cid`: in BFT with WRITEs from replicas 0, 1 and 3 (Q).
-    fn prepared(&self, cid: u64, epoch: u64, batch: Batch) -> PreparedProof {
+    fn prepared(&self, cid: Cid, epoch: Regency, batch: Batch) -> PreparedProof {
         let digest = batch.digest();
         let writes = if self.signing() {
             [0, 1, 3]
@@ -204,13 +211,13 @@ impl Cluster {
     }
 
     /// Proof that `cid` was decided with `digest` in regency 0: ACCEPTs from replicas 0, 1, 2.
-    fn decision_proof(&self, cid: u64, digest: Digest) -> DecisionProof {
+    fn decision_proof(&self, cid: Cid, digest: Digest) -> DecisionProof {
         DecisionProof {
             cid,
             digest,
             certificate: [0, 1, 2]
                 .into_iter()
-                .map(|r| self.vote(VoteKind::Accept, r, cid, 0, digest))
+                .map(|r| self.vote(VoteKind::Accept, r, cid, Regency(0), digest))
                 .collect(),
         }
     }
@@ -241,7 +248,7 @@ fn broadcast(message: Message) -> Outgoing {
 }
 
 fn timers(engine: &Engine) -> Vec<(TimerKind, u64)> {
-    engine.timer_deadlines().collect()
+    engine.timer_deadlines_ms().collect()
 }
 
 // ----- 1. a Forward whose later request the pool refuses ------------------------------------
@@ -272,10 +279,22 @@ fn forward_that_overflows_a_client_pool_still_persists_and_sends_the_proposals_i
     // (persisted before it leaves). Request 2: one instance in flight and one unproposed
     // request >= 1 x step, so it proposes cid 2; the next cid advanced. Request 3: the client
     // already has two pending, so the pool refuses it; the two proposals stand.
-    let p1 = c.propose(0, 1, 0, Batch { requests: vec![r1] });
-    let p2 = c.propose(0, 2, 0, Batch { requests: vec![r2] });
-    let w1 = c.vote(VoteKind::Write, 0, 1, 0, p1.body.batch.digest());
-    let w2 = c.vote(VoteKind::Write, 0, 2, 0, p2.body.batch.digest());
+    let p1 = c.propose(0, Cid(1), Regency(0), Batch { requests: vec![r1] });
+    let p2 = c.propose(0, Cid(2), Regency(0), Batch { requests: vec![r2] });
+    let w1 = c.vote(
+        VoteKind::Write,
+        0,
+        Cid(1),
+        Regency(0),
+        p1.body.batch.digest(),
+    );
+    let w2 = c.vote(
+        VoteKind::Write,
+        0,
+        Cid(2),
+        Regency(0),
+        p2.body.batch.digest(),
+    );
     assert_eq!(
         out,
         Output {
@@ -310,21 +329,26 @@ fn forward_that_overflows_a_client_pool_still_persists_and_sends_the_proposals_i
     // preceded by its prepared value and the vote itself on disk.
     let b1 = Batch { requests: vec![r1] };
     let b2 = Batch { requests: vec![r2] };
-    let a1 = c.vote(VoteKind::Accept, 0, 1, 0, b1.digest());
-    let a2 = c.vote(VoteKind::Accept, 0, 2, 0, b2.digest());
+    let a1 = c.vote(VoteKind::Accept, 0, Cid(1), Regency(0), b1.digest());
+    let a2 = c.vote(VoteKind::Accept, 0, Cid(2), Regency(0), b2.digest());
     assert_eq!(
         out,
         Output {
-            send_now: vec![broadcast(Message::Propose(c.propose(0, 1, 0, b1.clone())))],
+            send_now: vec![broadcast(Message::Propose(c.propose(
+                0,
+                Cid(1),
+                Regency(0),
+                b1.clone()
+            )))],
             persist: vec![
-                PersistRecord::Prepared(c.prepared(1, 0, b1)),
+                PersistRecord::Prepared(c.prepared(Cid(1), Regency(0), b1)),
                 PersistRecord::Vote(a1.body),
-                PersistRecord::Prepared(c.prepared(2, 0, b2.clone())),
+                PersistRecord::Prepared(c.prepared(Cid(2), Regency(0), b2.clone())),
                 PersistRecord::Vote(a2.body),
             ],
             send_after_persist: vec![
                 broadcast(Message::Accept(a1)),
-                broadcast(Message::Propose(c.propose(0, 2, 0, b2))),
+                broadcast(Message::Propose(c.propose(0, Cid(2), Regency(0), b2))),
                 broadcast(Message::Accept(a2)),
             ],
             service: vec![],
@@ -347,10 +371,10 @@ fn stopdata_that_installs_a_regency_at_a_non_leader_persists_it_sends_stopdata_a
         &mut replica,
         1000,
         0,
-        Message::StopData(c.stopdata(0, 1, None, vec![])),
+        Message::StopData(c.stopdata(0, Regency(1), None, vec![])),
     );
     assert_eq!(out, Output::default());
-    assert_eq!(replica.regency(), 0);
+    assert_eq!(replica.regency(), Regency(0));
     // Replica 3's makes two: this replica joins (its own STOP), which makes the 2f+1 = 3 that
     // install regency 1: it persists the regency, then sends its STOPDATA to the new leader
     // (replica 1). Only then does the handler see that the STOPDATA was meant for the leader.
@@ -358,19 +382,22 @@ fn stopdata_that_installs_a_regency_at_a_non_leader_persists_it_sends_stopdata_a
         &mut replica,
         1000,
         3,
-        Message::StopData(c.stopdata(3, 1, None, vec![])),
+        Message::StopData(c.stopdata(3, Regency(1), None, vec![])),
     );
     assert_eq!(
         out,
         Output {
-            send_now: vec![broadcast(Message::Stop(c.stop(2, 1, 0)))],
-            persist: vec![PersistRecord::Regency(1)],
-            send_after_persist: vec![send(1, Message::StopData(c.stopdata(2, 1, None, vec![])))],
+            send_now: vec![broadcast(Message::Stop(c.stop(2, Regency(1), Regency(0))))],
+            persist: vec![PersistRecord::Regency(Regency(1))],
+            send_after_persist: vec![send(
+                1,
+                Message::StopData(c.stopdata(2, Regency(1), None, vec![]))
+            )],
             service: vec![],
             rejections: vec![Rejection::NotLeader],
         }
     );
-    assert_eq!(replica.regency(), 1);
+    assert_eq!(replica.regency(), Regency(1));
     assert_eq!(replica.phase(), Phase::Syncing);
     assert_eq!(replica.stats().rejections.get("not_leader"), Some(&1));
 }
@@ -385,19 +412,22 @@ fn stopdata_that_installs_a_regency_at_a_non_leader_persists_it_sends_stopdata_a
         &mut replica,
         1000,
         0,
-        Message::StopData(c.stopdata(0, 1, None, vec![])),
+        Message::StopData(c.stopdata(0, Regency(1), None, vec![])),
     );
     assert_eq!(
         out,
         Output {
-            send_now: vec![broadcast(Message::Stop(c.stop(2, 1, 0)))],
-            persist: vec![PersistRecord::Regency(1)],
-            send_after_persist: vec![send(1, Message::StopData(c.stopdata(2, 1, None, vec![])))],
+            send_now: vec![broadcast(Message::Stop(c.stop(2, Regency(1), Regency(0))))],
+            persist: vec![PersistRecord::Regency(Regency(1))],
+            send_after_persist: vec![send(
+                1,
+                Message::StopData(c.stopdata(2, Regency(1), None, vec![]))
+            )],
             service: vec![],
             rejections: vec![Rejection::NotLeader],
         }
     );
-    assert_eq!(replica.regency(), 1);
+    assert_eq!(replica.regency(), Regency(1));
 }
 
 // ----- 3. rejections that say something about the sender ------------------------------------
@@ -406,13 +436,16 @@ fn stopdata_that_installs_a_regency_at_a_non_leader_persists_it_sends_stopdata_a
 fn message_from_a_future_regency_is_rejected_and_asks_the_sender_for_its_sync_once_per_interval() {
     let c = bft();
     let mut follower = c.engine(1);
-    let future = Rejection::FutureRegency { got: 4, current: 0 };
+    let future = Rejection::FutureRegency {
+        got: Regency(4),
+        current: Regency(0),
+    };
     // Regency 4 is led by replica 0 too (4 mod 4), but this replica is in regency 0.
     let out = c.deliver_from(
         &mut follower,
         1000,
         0,
-        Message::Propose(c.propose(0, 1, 4, c.batch(&[1]))),
+        Message::Propose(c.propose(0, Cid(1), Regency(4), c.batch(&[1]))),
     );
     assert_eq!(
         out,
@@ -425,7 +458,7 @@ fn message_from_a_future_regency_is_rejected_and_asks_the_sender_for_its_sync_on
         }
     );
     // Within retransmit_initial_ms (100) the budget is spent: still refused, nothing sent.
-    let vote = c.vote(VoteKind::Write, 3, 1, 4, Digest([7; 32]));
+    let vote = c.vote(VoteKind::Write, 3, Cid(1), Regency(4), Digest([7; 32]));
     let out = c.deliver_from(&mut follower, 1099, 3, Message::Write(vote));
     assert_eq!(
         out,
@@ -435,7 +468,7 @@ fn message_from_a_future_regency_is_rejected_and_asks_the_sender_for_its_sync_on
         }
     );
     // Once the interval has passed, the next one asks again (its own sender).
-    let vote = c.vote(VoteKind::Accept, 2, 1, 4, Digest([7; 32]));
+    let vote = c.vote(VoteKind::Accept, 2, Cid(1), Regency(4), Digest([7; 32]));
     let out = c.deliver_from(&mut follower, 1100, 2, Message::Accept(vote));
     assert_eq!(
         out,
@@ -448,7 +481,7 @@ fn message_from_a_future_regency_is_rejected_and_asks_the_sender_for_its_sync_on
     assert_eq!(follower.stats().rejections.get("future_regency"), Some(&3));
     assert_eq!(
         follower.regency(),
-        0,
+        Regency(0),
         "a future regency is not adopted on a claim"
     );
 }
@@ -460,40 +493,40 @@ fn message_beyond_the_cid_window_is_rejected_and_asks_the_sender_for_decisions_o
     // The window is last_executed (0) + max_instances_ahead (64).
     let beyond = |cid| Rejection::CidBeyondWindow {
         cid,
-        window_end: 64,
+        window_end: Cid(64),
     };
     let out = c.deliver_from(
         &mut follower,
         1000,
         0,
-        Message::Propose(c.propose(0, 65, 0, c.batch(&[1]))),
+        Message::Propose(c.propose(0, Cid(65), Regency(0), c.batch(&[1]))),
     );
     assert_eq!(
         out,
         Output {
-            send_now: vec![send(0, Message::DecisionQuery { from_cid: 1 })],
+            send_now: vec![send(0, Message::DecisionQuery { from_cid: Cid(1) })],
             persist: vec![],
             send_after_persist: vec![],
             service: vec![],
-            rejections: vec![beyond(65)],
+            rejections: vec![beyond(Cid(65))],
         }
     );
-    let vote = c.vote(VoteKind::Write, 2, 70, 0, Digest([7; 32]));
+    let vote = c.vote(VoteKind::Write, 2, Cid(70), Regency(0), Digest([7; 32]));
     let out = c.deliver_from(&mut follower, 1050, 2, Message::Write(vote));
     assert_eq!(
         out,
         Output {
-            rejections: vec![beyond(70)],
+            rejections: vec![beyond(Cid(70))],
             ..Output::default()
         }
     );
-    let vote = c.vote(VoteKind::Accept, 3, 66, 0, Digest([7; 32]));
+    let vote = c.vote(VoteKind::Accept, 3, Cid(66), Regency(0), Digest([7; 32]));
     let out = c.deliver_from(&mut follower, 1100, 3, Message::Accept(vote));
     assert_eq!(
         out,
         Output {
-            send_now: vec![send(3, Message::DecisionQuery { from_cid: 1 })],
-            rejections: vec![beyond(66)],
+            send_now: vec![send(3, Message::DecisionQuery { from_cid: Cid(1) })],
+            rejections: vec![beyond(Cid(66))],
             ..Output::default()
         }
     );
@@ -519,12 +552,22 @@ fn sync_for_regency_1(c: &Cluster) -> SyncFixture {
     let b1 = c.batch(&[1]);
     let b3 = c.batch(&[3]);
     let proofs = vec![
-        c.stopdata(0, 1, None, vec![]),
-        c.stopdata(1, 1, None, vec![c.prepared(1, 0, b1.clone())]),
-        c.stopdata(3, 1, None, vec![c.prepared(3, 0, b3.clone())]),
+        c.stopdata(0, Regency(1), None, vec![]),
+        c.stopdata(
+            1,
+            Regency(1),
+            None,
+            vec![c.prepared(Cid(1), Regency(0), b1.clone())],
+        ),
+        c.stopdata(
+            3,
+            Regency(1),
+            None,
+            vec![c.prepared(Cid(3), Regency(0), b3.clone())],
+        ),
     ];
     SyncFixture {
-        sync: c.sync(1, 1, proofs),
+        sync: c.sync(1, Regency(1), proofs),
         values: vec![(1, b1), (2, Batch::default()), (3, b3)],
     }
 }
@@ -538,7 +581,7 @@ fn writes_for(
     values
         .iter()
         .map(|(cid, batch)| {
-            let w = c.vote(VoteKind::Write, me, *cid, 1, batch.digest());
+            let w = c.vote(VoteKind::Write, me, Cid(*cid), Regency(1), batch.digest());
             (PersistRecord::Vote(w.body), broadcast(Message::Write(w)))
         })
         .unzip()
@@ -548,21 +591,34 @@ fn writes_for(
 /// the SYNC.
 fn follower_in_syncing(c: &Cluster) -> Engine {
     let mut follower = c.engine(2);
-    let out = c.deliver_from(&mut follower, 1000, 0, Message::Stop(c.stop(0, 1, 0)));
+    let out = c.deliver_from(
+        &mut follower,
+        1000,
+        0,
+        Message::Stop(c.stop(0, Regency(1), Regency(0))),
+    );
     assert_eq!(
         out,
         Output::default(),
         "one STOP of f+1 = 2 is not enough to join"
     );
-    let out = c.deliver_from(&mut follower, 1000, 1, Message::Stop(c.stop(1, 1, 0)));
+    let out = c.deliver_from(
+        &mut follower,
+        1000,
+        1,
+        Message::Stop(c.stop(1, Regency(1), Regency(0))),
+    );
     // Two STOPs: it joins with its own, which makes 2f+1 = 3 and installs regency 1. Unlike
     // a STOPDATA sent to it by mistake, this input has nothing to refuse.
     assert_eq!(
         out,
         Output {
-            send_now: vec![broadcast(Message::Stop(c.stop(2, 1, 0)))],
-            persist: vec![PersistRecord::Regency(1)],
-            send_after_persist: vec![send(1, Message::StopData(c.stopdata(2, 1, None, vec![])))],
+            send_now: vec![broadcast(Message::Stop(c.stop(2, Regency(1), Regency(0))))],
+            persist: vec![PersistRecord::Regency(Regency(1))],
+            send_after_persist: vec![send(
+                1,
+                Message::StopData(c.stopdata(2, Regency(1), None, vec![]))
+            )],
             service: vec![],
             rejections: vec![],
         }
@@ -590,7 +646,7 @@ fn follower_in_syncing_applies_the_new_leaders_sync_and_writes_the_values_it_fix
         }
     );
     assert_eq!(follower.phase(), Phase::Normal);
-    assert_eq!(follower.regency(), 1);
+    assert_eq!(follower.regency(), Regency(1));
     assert_eq!(follower.open_instances(), 3);
 }
 
@@ -602,7 +658,7 @@ fn replica_in_an_older_regency_adopts_the_regency_of_a_valid_sync_before_writing
     // Relayed by replica 0 (answering a SyncQuery): the leader's signature is what counts.
     let out = c.deliver_from(&mut replica, 1000, 0, Message::Sync(fixture.sync));
     let (votes, writes) = writes_for(&c, 3, &fixture.values);
-    let mut persist = vec![PersistRecord::Regency(1)];
+    let mut persist = vec![PersistRecord::Regency(Regency(1))];
     persist.extend(votes);
     assert_eq!(
         out,
@@ -614,7 +670,10 @@ fn replica_in_an_older_regency_adopts_the_regency_of_a_valid_sync_before_writing
             rejections: vec![],
         }
     );
-    assert_eq!((replica.regency(), replica.phase()), (1, Phase::Normal));
+    assert_eq!(
+        (replica.regency(), replica.phase()),
+        (Regency(1), Phase::Normal)
+    );
 }
 
 #[test]
@@ -629,15 +688,18 @@ fn sync_for_an_old_or_already_applied_regency_does_nothing() {
     // A valid SYNC of regency 0 (leader 0, n-f STOPDATA of regency 0).
     let old = c.sync(
         0,
-        0,
+        Regency(0),
         [0, 1, 3]
             .into_iter()
-            .map(|r| c.stopdata(r, 0, None, vec![]))
+            .map(|r| c.stopdata(r, Regency(0), None, vec![]))
             .collect(),
     );
     let out = c.deliver_from(&mut follower, 1300, 0, Message::Sync(old));
     assert_eq!(out, Output::default());
-    assert_eq!((follower.regency(), follower.phase()), (1, Phase::Normal));
+    assert_eq!(
+        (follower.regency(), follower.phase()),
+        (Regency(1), Phase::Normal)
+    );
     assert_eq!(follower.open_instances(), 3);
 }
 
@@ -647,8 +709,11 @@ fn message_from_a_stale_regency_is_rejected_and_the_sender_gets_our_sync_once_pe
     let mut follower = follower_in_syncing(&c);
     let fixture = sync_for_regency_1(&c);
     c.deliver_from(&mut follower, 1200, 1, Message::Sync(fixture.sync.clone()));
-    let stale = Rejection::StaleRegency { got: 0, current: 1 };
-    let vote = |r: u32| c.vote(VoteKind::Write, r, 1, 0, Digest([7; 32]));
+    let stale = Rejection::StaleRegency {
+        got: Regency(0),
+        current: Regency(1),
+    };
+    let vote = |r: u32| c.vote(VoteKind::Write, r, Cid(1), Regency(0), Digest([7; 32]));
     let out = c.deliver_from(&mut follower, 2000, 3, Message::Write(vote(3)));
     assert_eq!(
         out,
@@ -674,7 +739,7 @@ fn message_from_a_stale_regency_is_rejected_and_the_sender_gets_our_sync_once_pe
         &mut follower,
         2099,
         0,
-        Message::Propose(c.propose(0, 1, 0, c.batch(&[1]))),
+        Message::Propose(c.propose(0, Cid(1), Regency(0), c.batch(&[1]))),
     );
     assert_eq!(
         out,
@@ -701,11 +766,11 @@ fn small_chunks() -> Limits {
 fn checkpoint_at_2(c: &Cluster) -> (Checkpoint, Vec<u8>) {
     let service = b"service state at 2".to_vec();
     let data = CheckpointData {
-        cid: 2,
+        cid: Cid(2),
         service: service.clone(),
         clients: ClientTable::new(c.limits.max_pending_per_client as u64),
     };
-    let checkpoint = Checkpoint::new(&data, c.decision_proof(2, Batch::default().digest()));
+    let checkpoint = Checkpoint::new(&data, c.decision_proof(Cid(2), Batch::default().digest()));
     assert!(
         checkpoint.data.len() > 32 && checkpoint.data.len() <= 64,
         "the fixture is meant to travel in exactly two chunks: {} bytes",
@@ -746,7 +811,13 @@ fn transfer_from_0(c: &Cluster, checkpoint: &Checkpoint) -> Engine {
     assert_eq!(
         out,
         Output {
-            send_now: vec![send(0, Message::StateFetch { cid: 2, offset: 0 })],
+            send_now: vec![send(
+                0,
+                Message::StateFetch {
+                    cid: Cid(2),
+                    offset: 0
+                }
+            )],
             ..Output::default()
         }
     );
@@ -764,7 +835,13 @@ fn replica_behind_fetches_the_agreed_checkpoint_chunk_by_chunk_and_installs_it()
     assert_eq!(
         out,
         Output {
-            send_now: vec![send(0, Message::StateFetch { cid: 2, offset: 32 })],
+            send_now: vec![send(
+                0,
+                Message::StateFetch {
+                    cid: Cid(2),
+                    offset: 32
+                }
+            )],
             ..Output::default()
         }
     );
@@ -777,16 +854,16 @@ fn replica_behind_fetches_the_agreed_checkpoint_chunk_by_chunk_and_installs_it()
         Output {
             send_now: vec![],
             persist: vec![PersistRecord::Checkpoint(checkpoint.clone())],
-            send_after_persist: vec![send(0, Message::DecisionQuery { from_cid: 3 })],
+            send_after_persist: vec![send(0, Message::DecisionQuery { from_cid: Cid(3) })],
             service: vec![ServiceWork::Restore {
-                cid: 2,
+                cid: Cid(2),
                 snapshot: service
             }],
             rejections: vec![],
         }
     );
-    assert_eq!(replica.last_executed(), 2);
-    assert_eq!(replica.last_checkpoint(), 2);
+    assert_eq!(replica.last_executed(), Cid(2));
+    assert_eq!(replica.last_checkpoint(), Cid(2));
 }
 
 #[test]
@@ -805,7 +882,13 @@ fn lying_state_chunk_is_rejected_and_the_fetch_moves_to_the_next_agreed_source()
     assert_eq!(
         out,
         Output {
-            send_now: vec![send(0, Message::StateFetch { cid: 2, offset: 32 })],
+            send_now: vec![send(
+                0,
+                Message::StateFetch {
+                    cid: Cid(2),
+                    offset: 32
+                }
+            )],
             ..Output::default()
         }
     );
@@ -816,7 +899,13 @@ fn lying_state_chunk_is_rejected_and_the_fetch_moves_to_the_next_agreed_source()
     assert_eq!(
         out,
         Output {
-            send_now: vec![send(1, Message::StateFetch { cid: 2, offset: 0 })],
+            send_now: vec![send(
+                1,
+                Message::StateFetch {
+                    cid: Cid(2),
+                    offset: 0
+                }
+            )],
             persist: vec![],
             send_after_persist: vec![],
             service: vec![],
@@ -826,7 +915,7 @@ fn lying_state_chunk_is_rejected_and_the_fetch_moves_to_the_next_agreed_source()
         }
     );
     assert_eq!(replica.stats().lying_state_sources, 1);
-    assert_eq!(replica.last_executed(), 0, "nothing was installed");
+    assert_eq!(replica.last_executed(), Cid(0), "nothing was installed");
     // The liar is not the source any more: its chunks are ignored.
     let out = c.deliver_from(
         &mut replica,
@@ -840,7 +929,13 @@ fn lying_state_chunk_is_rejected_and_the_fetch_moves_to_the_next_agreed_source()
     assert_eq!(
         out,
         Output {
-            send_now: vec![send(1, Message::StateFetch { cid: 2, offset: 32 })],
+            send_now: vec![send(
+                1,
+                Message::StateFetch {
+                    cid: Cid(2),
+                    offset: 32
+                }
+            )],
             ..Output::default()
         }
     );
@@ -851,15 +946,15 @@ fn lying_state_chunk_is_rejected_and_the_fetch_moves_to_the_next_agreed_source()
         Output {
             send_now: vec![],
             persist: vec![PersistRecord::Checkpoint(checkpoint.clone())],
-            send_after_persist: vec![send(0, Message::DecisionQuery { from_cid: 3 })],
+            send_after_persist: vec![send(0, Message::DecisionQuery { from_cid: Cid(3) })],
             service: vec![ServiceWork::Restore {
-                cid: 2,
+                cid: Cid(2),
                 snapshot: service
             }],
             rejections: vec![],
         }
     );
-    assert_eq!(replica.last_checkpoint(), 2);
+    assert_eq!(replica.last_checkpoint(), Cid(2));
 }
 
 #[test]
@@ -876,7 +971,7 @@ fn state_fetch_is_served_from_the_checkpoint_in_bounded_chunks_with_the_proof_on
         recovered,
         Output {
             service: vec![ServiceWork::Restore {
-                cid: 2,
+                cid: Cid(2),
                 snapshot: service
             }],
             ..Output::default()
@@ -886,7 +981,10 @@ fn state_fetch_is_served_from_the_checkpoint_in_bounded_chunks_with_the_proof_on
         &mut server,
         1000,
         3,
-        Message::StateFetch { cid: 2, offset: 0 },
+        Message::StateFetch {
+            cid: Cid(2),
+            offset: 0,
+        },
     );
     assert_eq!(
         out,
@@ -902,7 +1000,10 @@ fn state_fetch_is_served_from_the_checkpoint_in_bounded_chunks_with_the_proof_on
         &mut server,
         1010,
         3,
-        Message::StateFetch { cid: 2, offset: 32 },
+        Message::StateFetch {
+            cid: Cid(2),
+            offset: 32,
+        },
     );
     assert_eq!(
         out,
@@ -919,7 +1020,10 @@ fn state_fetch_is_served_from_the_checkpoint_in_bounded_chunks_with_the_proof_on
         &mut server,
         1020,
         3,
-        Message::StateFetch { cid: 4, offset: 0 },
+        Message::StateFetch {
+            cid: Cid(4),
+            offset: 0,
+        },
     );
     assert_eq!(
         out,
@@ -927,8 +1031,8 @@ fn state_fetch_is_served_from_the_checkpoint_in_bounded_chunks_with_the_proof_on
             send_now: vec![send(
                 3,
                 Message::StateInfo {
-                    checkpoints: vec![(2, checkpoint.digest)],
-                    voted_up_to: 2,
+                    checkpoints: vec![(Cid(2), checkpoint.digest)],
+                    voted_up_to: Cid(2),
                 }
             )],
             ..Output::default()
@@ -941,7 +1045,7 @@ fn state_fetch_is_served_from_the_checkpoint_in_bounded_chunks_with_the_proof_on
         1030,
         3,
         Message::StateFetch {
-            cid: 2,
+            cid: Cid(2),
             offset: beyond,
         },
     );
@@ -991,10 +1095,22 @@ fn timers_armed_by_a_partly_rejected_forward_stay_armed_and_fire() {
     );
     // The retransmit fires: both proposals and WRITEs again (already on disk, so at once), and
     // a decision query to the next peer in turn (replica 1).
-    let p1 = c.propose(0, 1, 0, Batch { requests: vec![r1] });
-    let p2 = c.propose(0, 2, 0, Batch { requests: vec![r2] });
-    let w1 = c.vote(VoteKind::Write, 0, 1, 0, p1.body.batch.digest());
-    let w2 = c.vote(VoteKind::Write, 0, 2, 0, p2.body.batch.digest());
+    let p1 = c.propose(0, Cid(1), Regency(0), Batch { requests: vec![r1] });
+    let p2 = c.propose(0, Cid(2), Regency(0), Batch { requests: vec![r2] });
+    let w1 = c.vote(
+        VoteKind::Write,
+        0,
+        Cid(1),
+        Regency(0),
+        p1.body.batch.digest(),
+    );
+    let w2 = c.vote(
+        VoteKind::Write,
+        0,
+        Cid(2),
+        Regency(0),
+        p2.body.batch.digest(),
+    );
     assert_eq!(
         leader.on_timeout(1100),
         Output {
@@ -1003,7 +1119,7 @@ fn timers_armed_by_a_partly_rejected_forward_stay_armed_and_fire() {
                 broadcast(Message::Write(w1)),
                 broadcast(Message::Propose(p2)),
                 broadcast(Message::Write(w2)),
-                send(1, Message::DecisionQuery { from_cid: 1 }),
+                send(1, Message::DecisionQuery { from_cid: Cid(1) }),
             ],
             persist: vec![],
             send_after_persist: vec![],
@@ -1023,13 +1139,13 @@ fn leader_change_timers_armed_by_a_rejected_stopdata_stay_armed_and_fire() {
         &mut replica,
         1000,
         0,
-        Message::StopData(c.stopdata(0, 1, None, vec![])),
+        Message::StopData(c.stopdata(0, Regency(1), None, vec![])),
     );
     let out = c.deliver_from(
         &mut replica,
         1000,
         3,
-        Message::StopData(c.stopdata(3, 1, None, vec![])),
+        Message::StopData(c.stopdata(3, Regency(1), None, vec![])),
     );
     assert_eq!(out.rejections, vec![Rejection::NotLeader]);
     // The refused input installed regency 1: the STOPDATA is resent until the SYNC arrives,
@@ -1041,7 +1157,7 @@ fn leader_change_timers_armed_by_a_rejected_stopdata_stay_armed_and_fire() {
             (TimerKind::LeaderChange, 2000)
         ]
     );
-    let my_stopdata = || Message::StopData(c.stopdata(2, 1, None, vec![]));
+    let my_stopdata = || Message::StopData(c.stopdata(2, Regency(1), None, vec![]));
     // Its STOP is not resent (the regency it asked for is installed); its STOPDATA is, and the
     // next peer after this replica (3) is asked for decisions.
     assert_eq!(
@@ -1049,7 +1165,7 @@ fn leader_change_timers_armed_by_a_rejected_stopdata_stay_armed_and_fire() {
         Output {
             send_now: vec![
                 send(1, my_stopdata()),
-                send(3, Message::DecisionQuery { from_cid: 1 }),
+                send(3, Message::DecisionQuery { from_cid: Cid(1) }),
             ],
             persist: vec![],
             send_after_persist: vec![],
@@ -1072,8 +1188,8 @@ fn leader_change_timers_armed_by_a_rejected_stopdata_stay_armed_and_fire() {
         Output {
             send_now: vec![
                 send(1, my_stopdata()),
-                send(0, Message::DecisionQuery { from_cid: 1 }),
-                broadcast(Message::Stop(c.stop(2, 2, 1))),
+                send(0, Message::DecisionQuery { from_cid: Cid(1) }),
+                broadcast(Message::Stop(c.stop(2, Regency(2), Regency(1)))),
             ],
             persist: vec![],
             send_after_persist: vec![],

@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use smr_core::client::ClientConfig;
-use smr_core::driver::{start_replica, Client, DriverOptions};
+use smr_core::driver::{start_replica, Client, DriverOptions, StartError};
 use smr_core::network::{InboundFrame, Network, Peer, SendError};
-use smr_core::{ClientPolicy, EngineConfig, Limits, Service, Timeouts};
+use smr_core::{ClientPolicy, EngineConfig, InvalidConfig, Limits, Service, Timeouts};
 use smr_crypto::sim::{SimKey, SimVerifier};
 use smr_crypto::Verifier;
 use smr_modes::{Mode, Quorums};
@@ -263,4 +263,44 @@ async fn whole_cluster_restarted_from_its_data_dirs_loses_and_repeats_nothing() 
     // The second round continued the counter: every acknowledged increment survived the
     // restart of every replica, and none executed twice.
     assert_eq!(seen, (1..=50).collect::<Vec<i64>>());
+}
+
+/// A config the engine cannot run with is refused before anything starts, with the rule it
+/// breaks, rather than panicking in the engine.
+#[tokio::test]
+async fn an_invalid_config_is_an_error_not_a_panic() {
+    let quorums = Quorums::new(Mode::Cft, 3, 1).unwrap();
+    let keys: Vec<SimKey> = (0..3u8).map(|i| SimKey::from_seed([i; 32])).collect();
+    let mut sim = SimVerifier::new();
+    for k in &keys {
+        sim.register(k);
+    }
+    let cfg = EngineConfig {
+        quorums,
+        me: 0,
+        replica_keys: keys.iter().map(|k| k.public_key()).collect(),
+        clients: ClientPolicy::Any,
+        limits: Limits {
+            max_instances_in_flight: 0,
+            ..Limits::default()
+        },
+        timeouts: Timeouts::default(),
+    };
+    let hub = Hub::default();
+    let result = start_replica(
+        cfg,
+        Arc::new(keys[0].clone()),
+        Arc::new(sim),
+        hub.endpoint(Peer::Replica(0)),
+        Box::new(Counter::default()),
+        DriverOptions::default(),
+        None,
+    );
+    match result {
+        Err(StartError::Config(InvalidConfig::LimitNotPositive { limit })) => {
+            assert_eq!(limit, "max_instances_in_flight");
+        }
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("an invalid config started a replica"),
+    }
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use smr_core::engine::{ExecuteItem, Outgoing, Output, PersistRecord, ServiceWork};
 use smr_core::message::{
-    Batch, Decision, Message, PreparedProof, Propose, Reply, Request, RequestBody, RequestKind,
-    Signed, Vote, VoteKind,
+    Batch, Cid, Decision, Message, PreparedProof, Propose, Regency, Reply, Request, RequestBody,
+    RequestKind, Signed, Vote, VoteKind,
 };
 use smr_core::{
     ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Peer, Rejection, Timeouts,
@@ -58,7 +58,9 @@ impl Cluster {
             clients: (*self.verifier.clients).clone(),
             limits: Limits::default(),
             timeouts: Timeouts::default(),
-        };
+        }
+        .validate()
+        .expect("valid test config");
         Engine::new(cfg, Arc::new(self.keys[me as usize].clone()))
     }
 
@@ -76,7 +78,7 @@ impl Cluster {
         Request::new(body, self.signing().then_some(&self.client as &dyn Signer))
     }
 
-    fn propose(&self, leader: u32, cid: u64, regency: u64, batch: Batch) -> Signed<Propose> {
+    fn propose(&self, leader: u32, cid: Cid, regency: Regency, batch: Batch) -> Signed<Propose> {
         Signed::new(
             Propose {
                 leader,
@@ -89,13 +91,13 @@ impl Cluster {
         )
     }
 
-    fn vote(&self, kind: VoteKind, replica: u32, cid: u64, digest: Digest) -> Signed<Vote> {
+    fn vote(&self, kind: VoteKind, replica: u32, cid: Cid, digest: Digest) -> Signed<Vote> {
         Signed::new(
             Vote {
                 kind,
                 replica,
                 cid,
-                regency: 0,
+                regency: Regency(0),
                 digest,
             },
             self.signing()
@@ -132,7 +134,7 @@ impl Cluster {
                 replica,
                 client: self.client.public_key(),
                 seq,
-                regency: 0,
+                regency: Regency(0),
                 result: result.to_vec(),
             }),
         }
@@ -166,10 +168,10 @@ fn bft_follower_sends_no_accept_before_a_quorum_of_writes() {
     let output = c.deliver_ok(
         &mut follower,
         Peer::Replica(0),
-        Message::Propose(c.propose(0, 1, 0, batch.clone())),
+        Message::Propose(c.propose(0, Cid(1), Regency(0), batch.clone())),
     );
     // It persists its WRITE before broadcasting it, and sends no ACCEPT.
-    let my_write = c.vote(VoteKind::Write, 1, 1, digest);
+    let my_write = c.vote(VoteKind::Write, 1, Cid(1), digest);
     assert_eq!(
         output,
         Output {
@@ -182,7 +184,7 @@ fn bft_follower_sends_no_accept_before_a_quorum_of_writes() {
     let output = c.deliver_ok(
         &mut follower,
         Peer::Replica(0),
-        Message::Write(c.vote(VoteKind::Write, 0, 1, digest)),
+        Message::Write(c.vote(VoteKind::Write, 0, Cid(1), digest)),
     );
     assert_eq!(output, Output::default());
     // ACCEPTs from others alone never make this replica accept (or execute).
@@ -190,7 +192,7 @@ fn bft_follower_sends_no_accept_before_a_quorum_of_writes() {
         let output = c.deliver_ok(
             &mut follower,
             Peer::Replica(r),
-            Message::Accept(c.vote(VoteKind::Accept, r, 1, digest)),
+            Message::Accept(c.vote(VoteKind::Accept, r, Cid(1), digest)),
         );
         assert_eq!(output, Output::default());
     }
@@ -198,37 +200,37 @@ fn bft_follower_sends_no_accept_before_a_quorum_of_writes() {
     let output = c.deliver_ok(
         &mut follower,
         Peer::Replica(2),
-        Message::Write(c.vote(VoteKind::Write, 2, 1, digest)),
+        Message::Write(c.vote(VoteKind::Write, 2, Cid(1), digest)),
     );
-    let my_accept = c.vote(VoteKind::Accept, 1, 1, digest);
+    let my_accept = c.vote(VoteKind::Accept, 1, Cid(1), digest);
     assert_eq!(
         output,
         Output {
             persist: vec![
                 PersistRecord::Prepared(PreparedProof {
-                    cid: 1,
-                    epoch: 0,
+                    cid: Cid(1),
+                    epoch: Regency(0),
                     batch: batch.clone(),
                     writes: vec![
-                        c.vote(VoteKind::Write, 0, 1, digest),
+                        c.vote(VoteKind::Write, 0, Cid(1), digest),
                         my_write,
-                        c.vote(VoteKind::Write, 2, 1, digest),
+                        c.vote(VoteKind::Write, 2, Cid(1), digest),
                     ],
                 }),
                 PersistRecord::Vote(my_accept.body),
                 PersistRecord::Decided(Decision {
-                    cid: 1,
+                    cid: Cid(1),
                     batch,
                     certificate: vec![
-                        c.vote(VoteKind::Accept, 0, 1, digest),
+                        c.vote(VoteKind::Accept, 0, Cid(1), digest),
                         my_accept.clone(),
-                        c.vote(VoteKind::Accept, 2, 1, digest),
+                        c.vote(VoteKind::Accept, 2, Cid(1), digest),
                     ],
                 }),
             ],
             send_after_persist: vec![Outgoing::Broadcast(Message::Accept(my_accept))],
             service: vec![ServiceWork::Execute {
-                cid: 1,
+                cid: Cid(1),
                 items: vec![c.item(&c.request(1))],
             }],
             ..Output::default()
@@ -247,17 +249,17 @@ fn cft_follower_accepts_on_the_proposal_without_any_write() {
     let output = c.deliver_ok(
         &mut follower,
         Peer::Replica(0),
-        Message::Propose(c.propose(0, 1, 0, batch.clone())),
+        Message::Propose(c.propose(0, Cid(1), Regency(0), batch.clone())),
     );
     // It persists the accepted value and its ACCEPT, then broadcasts the ACCEPT: no WRITE.
-    let my_accept = c.vote(VoteKind::Accept, 1, 1, digest);
+    let my_accept = c.vote(VoteKind::Accept, 1, Cid(1), digest);
     assert_eq!(
         output,
         Output {
             persist: vec![
                 PersistRecord::Prepared(PreparedProof {
-                    cid: 1,
-                    epoch: 0,
+                    cid: Cid(1),
+                    epoch: Regency(0),
                     batch,
                     writes: Vec::new(),
                 }),
@@ -275,8 +277,8 @@ fn proposal_from_a_replica_that_is_not_the_leader_is_rejected() {
     let mut follower = c.engine(1);
     let p = c.propose(
         2,
-        1,
-        0,
+        Cid(1),
+        Regency(0),
         Batch {
             requests: vec![c.request(1)],
         },
@@ -288,7 +290,7 @@ fn proposal_from_a_replica_that_is_not_the_leader_is_rejected() {
         output,
         only_rejected(Rejection::WrongLeader {
             from: 2,
-            regency: 0,
+            regency: Regency(0),
             leader: 0,
         })
     );
@@ -300,7 +302,7 @@ fn proposal_for_a_stale_or_future_regency_is_rejected() {
     let c = cluster(Mode::Bft, 4, 1);
     let mut follower = c.engine(1);
     // Regency 4 has leader 0 as well, but it is not the current regency.
-    let p = c.propose(0, 1, 4, Batch::default());
+    let p = c.propose(0, Cid(1), Regency(4), Batch::default());
     let output = c
         .deliver(&mut follower, Peer::Replica(0), Message::Propose(p))
         .expect("the verifier passes it");
@@ -312,7 +314,10 @@ fn proposal_for_a_stale_or_future_regency_is_rejected() {
                 to: Peer::Replica(0),
                 message: Message::SyncQuery,
             }],
-            rejections: vec![Rejection::FutureRegency { got: 4, current: 0 }],
+            rejections: vec![Rejection::FutureRegency {
+                got: Regency(4),
+                current: Regency(0)
+            }],
             ..Output::default()
         }
     );
@@ -324,21 +329,21 @@ fn equivocating_leader_gets_one_vote_per_instance() {
     let mut follower = c.engine(1);
     let a = c.propose(
         0,
-        1,
-        0,
+        Cid(1),
+        Regency(0),
         Batch {
             requests: vec![c.request(1)],
         },
     );
     let b = c.propose(
         0,
-        1,
-        0,
+        Cid(1),
+        Regency(0),
         Batch {
             requests: vec![c.request(2)],
         },
     );
-    let my_write = c.vote(VoteKind::Write, 1, 1, a.body.batch.digest());
+    let my_write = c.vote(VoteKind::Write, 1, Cid(1), a.body.batch.digest());
     let output = c.deliver_ok(&mut follower, Peer::Replica(0), Message::Propose(a));
     assert_eq!(
         output,
@@ -356,7 +361,7 @@ fn equivocating_leader_gets_one_vote_per_instance() {
         output,
         only_rejected(Rejection::Equivocation {
             replica: 0,
-            cid: 1,
+            cid: Cid(1),
             what: "proposals",
         })
     );
@@ -369,21 +374,21 @@ fn double_voting_replica_is_rejected() {
     let output = c.deliver_ok(
         &mut follower,
         Peer::Replica(2),
-        Message::Write(c.vote(VoteKind::Write, 2, 1, Digest([1; 32]))),
+        Message::Write(c.vote(VoteKind::Write, 2, Cid(1), Digest([1; 32]))),
     );
     assert_eq!(output, Output::default());
     let output = c
         .deliver(
             &mut follower,
             Peer::Replica(2),
-            Message::Write(c.vote(VoteKind::Write, 2, 1, Digest([2; 32]))),
+            Message::Write(c.vote(VoteKind::Write, 2, Cid(1), Digest([2; 32]))),
         )
         .expect("the verifier passes it");
     assert_eq!(
         output,
         only_rejected(Rejection::Equivocation {
             replica: 2,
-            cid: 1,
+            cid: Cid(1),
             what: "writes",
         })
     );
@@ -392,7 +397,7 @@ fn double_voting_replica_is_rejected() {
 #[test]
 fn tampered_vote_signature_is_rejected_with_its_index() {
     let c = cluster(Mode::Bft, 4, 1);
-    let mut vote = c.vote(VoteKind::Write, 2, 1, Digest([1; 32]));
+    let mut vote = c.vote(VoteKind::Write, 2, Cid(1), Digest([1; 32]));
     vote.body.digest = Digest([9; 32]);
     let err = c
         .verifier
@@ -407,7 +412,7 @@ fn tampered_vote_signature_is_rejected_with_its_index() {
 #[test]
 fn vote_claiming_another_replica_is_rejected() {
     let c = cluster(Mode::Bft, 4, 1);
-    let vote = c.vote(VoteKind::Write, 2, 1, Digest([1; 32]));
+    let vote = c.vote(VoteKind::Write, 2, Cid(1), Digest([1; 32]));
     let err = c
         .verifier
         .verify_inbound(Peer::Replica(3), Message::Write(vote))
@@ -420,7 +425,10 @@ fn unknown_replica_id_is_rejected() {
     let c = cluster(Mode::Bft, 4, 1);
     let err = c
         .verifier
-        .verify_inbound(Peer::Replica(7), Message::DecisionQuery { from_cid: 1 })
+        .verify_inbound(
+            Peer::Replica(7),
+            Message::DecisionQuery { from_cid: Cid(1) },
+        )
         .unwrap_err();
     assert_eq!(err, Rejection::UnknownSender);
 }
@@ -477,8 +485,8 @@ fn proposal_with_a_forged_request_is_rejected() {
     forged.body.op = b"something else".to_vec();
     let p = c.propose(
         0,
-        1,
-        0,
+        Cid(1),
+        Regency(0),
         Batch {
             requests: vec![forged],
         },
@@ -498,11 +506,11 @@ fn decision_with_too_few_accepts_is_rejected() {
     };
     let digest = batch.digest();
     let certificate = vec![
-        c.vote(VoteKind::Accept, 0, 1, digest),
-        c.vote(VoteKind::Accept, 1, 1, digest),
+        c.vote(VoteKind::Accept, 0, Cid(1), digest),
+        c.vote(VoteKind::Accept, 1, Cid(1), digest),
     ];
     let d = Decision {
-        cid: 1,
+        cid: Cid(1),
         batch,
         certificate,
     };
@@ -524,10 +532,10 @@ fn decision_whose_batch_does_not_match_its_certificate_is_rejected() {
     }
     .digest();
     let certificate = (0..3)
-        .map(|r| c.vote(VoteKind::Accept, r, 1, other))
+        .map(|r| c.vote(VoteKind::Accept, r, Cid(1), other))
         .collect();
     let d = Decision {
-        cid: 1,
+        cid: Cid(1),
         batch,
         certificate,
     };
@@ -549,20 +557,20 @@ fn duplicate_request_gets_the_cached_reply_and_executes_once() {
     let digest = batch.digest();
     let output = c.deliver_ok(&mut leader, client, Message::Request(c.request(1)));
     // The leader proposes it at once, then persists and broadcasts its own ACCEPT.
-    let my_accept = c.vote(VoteKind::Accept, 0, 1, digest);
+    let my_accept = c.vote(VoteKind::Accept, 0, Cid(1), digest);
     assert_eq!(
         output,
         Output {
             send_now: vec![Outgoing::Broadcast(Message::Propose(c.propose(
                 0,
-                1,
-                0,
+                Cid(1),
+                Regency(0),
                 batch.clone()
             )))],
             persist: vec![
                 PersistRecord::Prepared(PreparedProof {
-                    cid: 1,
-                    epoch: 0,
+                    cid: Cid(1),
+                    epoch: Regency(0),
                     batch: batch.clone(),
                     writes: Vec::new(),
                 }),
@@ -573,7 +581,7 @@ fn duplicate_request_gets_the_cached_reply_and_executes_once() {
         }
     );
     // One follower's ACCEPT completes the CFT quorum of 2.
-    let their_accept = c.vote(VoteKind::Accept, 1, 1, digest);
+    let their_accept = c.vote(VoteKind::Accept, 1, Cid(1), digest);
     let output = c.deliver_ok(
         &mut leader,
         Peer::Replica(1),
@@ -583,18 +591,18 @@ fn duplicate_request_gets_the_cached_reply_and_executes_once() {
         output,
         Output {
             persist: vec![PersistRecord::Decided(Decision {
-                cid: 1,
+                cid: Cid(1),
                 batch,
                 certificate: vec![my_accept, their_accept],
             })],
             service: vec![ServiceWork::Execute {
-                cid: 1,
+                cid: Cid(1),
                 items: vec![c.item(&c.request(1))],
             }],
             ..Output::default()
         }
     );
-    let output = leader.on_executed(0, 1, vec![b"result".to_vec()]);
+    let output = leader.on_executed(0, Cid(1), vec![b"result".to_vec()]);
     assert_eq!(
         output,
         Output {
@@ -637,7 +645,7 @@ fn state_fetches_beyond_a_peers_share_per_second_are_dropped() {
             .verify_inbound(
                 Peer::Replica(from),
                 Message::StateFetch {
-                    cid: 100,
+                    cid: Cid(100),
                     offset: 0,
                 },
             )
@@ -651,7 +659,7 @@ fn state_fetches_beyond_a_peers_share_per_second_are_dropped() {
             to: Peer::Replica(to),
             message: Message::StateInfo {
                 checkpoints: Vec::new(),
-                voted_up_to: 0,
+                voted_up_to: Cid(0),
             },
         }],
         ..Output::default()
@@ -669,9 +677,9 @@ fn state_fetches_beyond_a_peers_share_per_second_are_dropped() {
 }
 
 /// A decision for `cid` with Q signed ACCEPTs from replicas 0, 1 and 3.
-fn certified_decision(c: &Cluster, cid: u64) -> Decision {
+fn certified_decision(c: &Cluster, cid: Cid) -> Decision {
     let batch = Batch {
-        requests: vec![c.request(cid)],
+        requests: vec![c.request(cid.0)],
     };
     let digest = batch.digest();
     Decision {
@@ -691,8 +699,8 @@ fn stopdata_for_regency_1(c: &Cluster, replica: &mut Engine) -> smr_core::messag
         let stop = Signed::new(
             smr_core::message::Stop {
                 replica: from,
-                regency: 1,
-                from_regency: 0,
+                regency: Regency(1),
+                from_regency: Regency(0),
                 pending: Vec::new(),
             },
             Some(&c.keys[from as usize] as &dyn Signer),
@@ -712,7 +720,7 @@ fn stopdata_for_regency_1(c: &Cluster, replica: &mut Engine) -> smr_core::messag
             } = outgoing
             {
                 assert!(
-                    output.persist.contains(&PersistRecord::Regency(1)),
+                    output.persist.contains(&PersistRecord::Regency(Regency(1))),
                     "{output:?}"
                 );
                 sent = Some(sd.body.clone());
@@ -740,10 +748,15 @@ fn stopdata_proves_the_checkpointed_cid_decided_after_truncation_and_after_a_res
         clients: (*c.verifier.clients).clone(),
         limits,
         timeouts: Timeouts::default(),
-    };
+    }
+    .validate()
+    .expect("valid test config");
     let signer = Arc::new(c.keys[2].clone());
     let mut replica = Engine::new(cfg.clone(), signer.clone());
-    let decisions = vec![certified_decision(&c, 1), certified_decision(&c, 2)];
+    let decisions = vec![
+        certified_decision(&c, Cid(1)),
+        certified_decision(&c, Cid(2)),
+    ];
     let output = c.deliver_ok(
         &mut replica,
         Peer::Replica(0),
@@ -759,11 +772,11 @@ fn stopdata_proves_the_checkpointed_cid_decided_after_truncation_and_after_a_res
                 .collect(),
             service: vec![
                 ServiceWork::Execute {
-                    cid: 1,
+                    cid: Cid(1),
                     items: vec![c.item(&c.request(1))],
                 },
                 ServiceWork::Execute {
-                    cid: 2,
+                    cid: Cid(2),
                     items: vec![c.item(&c.request(2))],
                 },
             ],
@@ -772,37 +785,37 @@ fn stopdata_proves_the_checkpointed_cid_decided_after_truncation_and_after_a_res
     );
     // The service executes both batches (one request each); the second reaches the barrier.
     assert_eq!(
-        replica.on_executed(0, 1, vec![b"ok".to_vec()]),
+        replica.on_executed(0, Cid(1), vec![b"ok".to_vec()]),
         Output {
             send_now: vec![c.reply(2, 1, b"ok")],
             ..Output::default()
         }
     );
     assert_eq!(
-        replica.on_executed(0, 2, vec![b"ok".to_vec()]),
+        replica.on_executed(0, Cid(2), vec![b"ok".to_vec()]),
         Output {
             send_now: vec![c.reply(2, 2, b"ok")],
-            service: vec![ServiceWork::TakeSnapshot { cid: 2 }],
+            service: vec![ServiceWork::TakeSnapshot { cid: Cid(2) }],
             ..Output::default()
         }
     );
     // A snapshot nobody asked for (one a state transfer superseded) is dropped, and does not
     // disturb the one that is awaited.
-    assert!(replica.on_snapshot(0, 1, b"stale".to_vec()).is_empty());
-    let output = replica.on_snapshot(0, 2, b"service state at 2".to_vec());
-    assert!(replica.on_snapshot(0, 2, b"again".to_vec()).is_empty());
+    assert!(replica.on_snapshot(0, Cid(1), b"stale".to_vec()).is_empty());
+    let output = replica.on_snapshot(0, Cid(2), b"service state at 2".to_vec());
+    assert!(replica.on_snapshot(0, Cid(2), b"again".to_vec()).is_empty());
     let [PersistRecord::Checkpoint(checkpoint)] = &output.persist[..] else {
         panic!("expected the checkpoint persisted: {output:?}");
     };
     let checkpoint = checkpoint.clone();
-    assert_eq!(checkpoint.cid, 2);
+    assert_eq!(checkpoint.cid, Cid(2));
     // Persisted before it is announced.
     assert_eq!(
         output,
         Output {
             persist: vec![PersistRecord::Checkpoint(checkpoint.clone())],
             send_after_persist: vec![Outgoing::Broadcast(Message::CheckpointAnnounce {
-                cid: 2,
+                cid: Cid(2),
                 digest: checkpoint.digest,
             })],
             ..Output::default()
@@ -813,18 +826,18 @@ fn stopdata_proves_the_checkpointed_cid_decided_after_truncation_and_after_a_res
             &mut replica,
             Peer::Replica(from),
             Message::CheckpointAnnounce {
-                cid: 2,
+                cid: Cid(2),
                 digest: checkpoint.digest,
             },
         );
         assert_eq!(output, Output::default());
     }
-    assert_eq!(replica.last_checkpoint(), 2, "a quorum made it stable");
+    assert_eq!(replica.last_checkpoint(), Cid(2), "a quorum made it stable");
 
     let sd = stopdata_for_regency_1(&c, &mut replica);
     let proof = sd.last_decided.expect("a proof for the executed cid");
-    assert_eq!(proof.cid, 2);
-    assert_eq!(proof.digest, certified_decision(&c, 2).batch.digest());
+    assert_eq!(proof.cid, Cid(2));
+    assert_eq!(proof.digest, certified_decision(&c, Cid(2)).batch.digest());
     assert!(sd.prepared.is_empty());
 
     let (mut restarted, output) =
@@ -835,12 +848,12 @@ fn stopdata_proves_the_checkpointed_cid_decided_after_truncation_and_after_a_res
         output,
         Output {
             service: vec![ServiceWork::Restore {
-                cid: 2,
+                cid: Cid(2),
                 snapshot: b"service state at 2".to_vec(),
             }],
             ..Output::default()
         }
     );
     let sd = stopdata_for_regency_1(&c, &mut restarted);
-    assert_eq!(sd.last_decided.map(|p| p.cid), Some(2));
+    assert_eq!(sd.last_decided.map(|p| p.cid), Some(Cid(2)));
 }

@@ -60,9 +60,11 @@ use std::time::Instant;
 
 use smr_core::codec;
 use smr_core::engine::{Output, PersistRecord, Phase, ServiceDone, ServiceWork, TimerKind};
-use smr_core::message::{Cid, Message, Request, RequestBody, RequestId, RequestKind};
+use smr_core::message::{Cid, Message, Regency, Request, RequestBody, RequestId, RequestKind};
 use smr_core::runner::{self, Host};
-use smr_core::{ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Peer, Timeouts};
+use smr_core::{
+    ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Peer, Timeouts, ValidEngineConfig,
+};
 use smr_crypto::sim::{SimKey, SimVerifier};
 use smr_crypto::{PublicKey, Signer, Verifier};
 use smr_modes::{Mode, Quorums};
@@ -212,7 +214,7 @@ impl World {
             .collect()
     }
 
-    fn engine_summary(&self) -> Vec<(u64, u8, Cid, usize, usize)> {
+    fn engine_summary(&self) -> Vec<(Regency, u8, Cid, usize, usize)> {
         self.engines
             .iter()
             .map(|e| {
@@ -368,7 +370,7 @@ struct SmrModel {
     requests: Vec<Envelope>,
     verifier: InboundVerifier,
     /// Per replica, what `Engine::recover` needs to rebuild it.
-    configs: Vec<EngineConfig>,
+    configs: Vec<ValidEngineConfig>,
     signers: Vec<Arc<dyn Signer>>,
     init: World,
     /// What the client signed: request -> op.
@@ -439,7 +441,9 @@ impl SmrModel {
                 clients: policy.clone(),
                 limits: limits.clone(),
                 timeouts: timeouts.clone(),
-            };
+            }
+            .validate()
+            .expect("valid test config");
             let signer: Arc<dyn Signer> = Arc::new(k.clone());
             world.engines.push(Engine::new(cfg.clone(), signer.clone()));
             configs.push(cfg);
@@ -560,7 +564,7 @@ impl SmrModel {
             output,
         );
         world.engines[slot].check_invariants();
-        world.timers[slot] = world.engines[slot].timer_deadlines().collect();
+        world.timers[slot] = world.engines[slot].timer_deadlines_ms().collect();
         world.in_flight.sort();
     }
 
@@ -697,7 +701,7 @@ impl Model for SmrModel {
                     let lives = world.earlier_lives[r].iter().chain([&world.executed[r]]);
                     for (i, batch) in lives.flat_map(|life| life.iter().enumerate()) {
                         // Each replica executes cids 1, 2, 3... in order.
-                        if batch.0 != i as Cid + 1 {
+                        if batch.0 != Cid(i as u64 + 1) {
                             return false;
                         }
                         if let Some(first) = by_cid.insert(batch.0, batch) {

@@ -3,7 +3,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use smr_core::message::{Batch, Message, Propose, Request, RequestBody, RequestKind, Signed};
+use smr_core::message::{
+    Batch, Cid, Message, Propose, Regency, Request, RequestBody, RequestKind, Signed,
+};
 use smr_core::verify::VerifiedRequests;
 use smr_core::{ClientPolicy, InboundVerifier, Limits, Peer, Rejection};
 use smr_crypto::{
@@ -95,8 +97,8 @@ impl Setup {
         let propose = Signed::new(
             Propose {
                 leader: 0,
-                cid: 1,
-                regency: 0,
+                cid: Cid(1),
+                regency: Regency(0),
                 batch: Batch { requests },
             },
             Some(&self.replicas[0] as &dyn Signer),

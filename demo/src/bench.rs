@@ -1320,6 +1320,7 @@ fn draw_timeline<DB: plotters::prelude::DrawingBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use smr_core::message::{Cid, Regency};
 
     #[test]
     fn percentiles_use_the_nearest_rank() {
@@ -1345,10 +1346,10 @@ mod tests {
         let report = |decided, executed| StatusReport {
             replica: 0,
             mode: "bft".into(),
-            regency: 0,
+            regency: Regency::ZERO,
             leader: 0,
-            last_decided: 0,
-            last_checkpoint: 0,
+            last_decided: Cid::ZERO,
+            last_checkpoint: Cid::ZERO,
             state_digest: Default::default(),
             pending_requests: 0,
             rejected_messages: 0,

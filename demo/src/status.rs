@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use smr_core::message::StatusReport;
+use smr_core::message::{Cid, StatusReport};
 use smr_core::ReplicaId;
 use smr_transport::Client;
 
@@ -84,8 +84,16 @@ pub fn summary(answers: &[ReplicaAnswer]) -> String {
     if up == 0 {
         return format!("0 of {total} replicas reachable; is the cluster running, and is the client key admitted?");
     }
-    let min = reports.iter().map(|r| r.last_decided).min().unwrap_or(0);
-    let max = reports.iter().map(|r| r.last_decided).max().unwrap_or(0);
+    let min = reports
+        .iter()
+        .map(|r| r.last_decided)
+        .min()
+        .unwrap_or(Cid::ZERO);
+    let max = reports
+        .iter()
+        .map(|r| r.last_decided)
+        .max()
+        .unwrap_or(Cid::ZERO);
     let agreement = if reachable_agree(answers) {
         format!(
             "all reachable replicas decided {max} with digest {} (equal digests)",
@@ -121,16 +129,17 @@ pub async fn wait_until_agree(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use smr_core::message::Regency;
     use smr_crypto::Digest;
 
     fn report(replica: ReplicaId, last_decided: u64, digest: u8) -> StatusReport {
         StatusReport {
             replica,
             mode: "bft".into(),
-            regency: 0,
+            regency: Regency::ZERO,
             leader: 0,
-            last_decided,
-            last_checkpoint: 0,
+            last_decided: Cid(last_decided),
+            last_checkpoint: Cid::ZERO,
             state_digest: Digest([digest; 32]),
             pending_requests: 0,
             rejected_messages: 0,

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use smr_core::driver::InvokeError;
+use smr_core::message::{Cid, Regency};
 use smr_core::ReplicaId;
 use smr_demo::history::{CounterCall, CounterEvent};
 use smr_demo::local::LocalCluster;
@@ -128,7 +129,9 @@ async fn leader_killed_mid_load(mode: Mode, n: usize) {
     let clients = clients(&cluster, CLIENTS, INVOKE_TIMEOUT).await;
     let before = wait_agree(&clients[0], &all_ids(&cluster), AGREE_TIMEOUT).await;
     assert!(
-        before.iter().all(|r| r.leader == LEADER && r.regency == 0),
+        before
+            .iter()
+            .all(|r| r.leader == LEADER && r.regency == Regency(0)),
         "replica {LEADER} leads regency 0 at the start:\n{}",
         table(&before)
     );
@@ -220,7 +223,7 @@ async fn leader_killed_mid_load(mode: Mode, n: usize) {
     report!("{mode} after the switch:\n{}", table(&reports));
     for r in &reports {
         assert!(
-            r.regency >= 1 && r.leader != LEADER && r.leader == reports[0].leader,
+            r.regency >= Regency(1) && r.leader != LEADER && r.leader == reports[0].leader,
             "every live replica moved to one new leader:\n{}",
             table(&reports)
         );
@@ -267,7 +270,7 @@ async fn replica_restarted_with_an_empty_data_dir_rejoins_through_state_transfer
             // The log is contiguous up to last_decided, so it no longer holds cid 1: a replica
             // with nothing cannot catch up by replaying it.
             assert!(
-                r.last_checkpoint > 0 && r.log_entries < r.last_decided,
+                r.last_checkpoint > Cid(0) && r.log_entries < r.last_decided.0,
                 "every replica checkpointed and truncated its log (period {PERIOD}):\n{}",
                 table(&before)
             );
@@ -292,7 +295,7 @@ async fn replica_restarted_with_an_empty_data_dir_rejoins_through_state_transfer
         );
         let rejoined = &after[VICTIM as usize];
         assert!(
-            rejoined.last_checkpoint > 0,
+            rejoined.last_checkpoint > Cid(0),
             "replica {VICTIM} holds a checkpoint, which only state transfer can have given it:\n{}",
             table(&after)
         );

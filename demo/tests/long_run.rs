@@ -192,8 +192,8 @@ async fn long_run(run: Run) {
                         panic!("replica {} did not answer a status query", a.id)
                     });
                     ReplicaSample {
-                        decided: r.last_decided,
-                        checkpoint: r.last_checkpoint,
+                        decided: r.last_decided.0,
+                        checkpoint: r.last_checkpoint.0,
                         log_entries: r.log_entries,
                         rss_kib: rss_kib(*pid).unwrap_or_else(|| panic!("no VmRSS for pid {pid}")),
                         disk_bytes: dir_bytes(dir),
@@ -237,8 +237,8 @@ async fn long_run(run: Run) {
          ({:.0} ops/s); {} decisions ({:.1} requests per batch), checkpoint_period {period} ({} checkpoints)",
         requests as f64 / took.as_secs_f64(),
         reports[0].last_decided,
-        requests as f64 / reports[0].last_decided as f64,
-        reports[0].last_decided / period,
+        requests as f64 / reports[0].last_decided.0 as f64,
+        reports[0].last_decided.0 / period,
     );
     print_samples(&samples, n);
 
@@ -257,7 +257,7 @@ async fn long_run(run: Run) {
         2 * period
     );
     assert!(
-        reports[0].last_decided >= MIN_CHECKPOINTS * period,
+        reports[0].last_decided.0 >= MIN_CHECKPOINTS * period,
         "only {} decisions for checkpoint_period {period}: fewer than {MIN_CHECKPOINTS} checkpoints, \
          too few to show a bound; send more requests or fewer at once (smaller batches)",
         reports[0].last_decided

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smr_core::codec;
-use smr_core::message::{Message, Propose, Request, RequestBody, RequestKind, Signed};
+use smr_core::message::{
+    Cid, Message, Propose, Regency, Request, RequestBody, RequestKind, Signed,
+};
 use smr_core::network::{Network, Peer};
 use smr_core::ReplicaId;
 use smr_crypto::{IdentityKey, Signature};
@@ -142,7 +144,9 @@ async fn cluster_survives_kill_of_a_non_leader_mid_run(mode: Mode, n: usize) {
     assert!(agree, "live replicas did not converge: {answers:?}");
     let reports: Vec<_> = answers.iter().map(|a| a.report.clone().unwrap()).collect();
     assert!(
-        reports.iter().all(|r| r.last_decided > 0 && r.regency == 0),
+        reports
+            .iter()
+            .all(|r| r.last_decided > Cid(0) && r.regency == Regency(0)),
         "{reports:?}"
     );
     cluster
@@ -373,8 +377,8 @@ async fn malformed_and_oversize_frames_are_rejected_and_the_replica_keeps_servin
         let forged_proposal = Message::Propose(Signed {
             body: Propose {
                 leader: 0,
-                cid: 1,
-                regency: 0,
+                cid: Cid(1),
+                regency: Regency(0),
                 batch: Default::default(),
             },
             signature: Some(Signature([0xa5; 64])),

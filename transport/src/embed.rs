@@ -37,7 +37,8 @@ pub enum StartError {
     #[error(transparent)]
     Storage(#[from] smr_core::storage::StorageError),
     /// The data directory opened, but the replica could not be rebuilt from its records (an
-    /// undecodable or inconsistent record).
+    /// undecodable or inconsistent record); or the engine configuration breaks a rule
+    /// ([`smr_core::InvalidConfig`]), which a cluster config that loaded never does.
     #[error(transparent)]
     Recovery(#[from] smr_core::driver::StartError),
     /// The QUIC transport could not start (see [`TransportError`]): e.g. the key is not the one

@@ -57,7 +57,7 @@ impl Engine {
             .keys()
             .next()
             .copied()
-            .unwrap_or(self.last_executed + 1);
+            .unwrap_or(self.last_executed.saturating_add(1));
         if from_cid < log_start {
             // Truncated away: the peer needs a checkpoint.
             if self
@@ -72,7 +72,7 @@ impl Engine {
         }
         let decisions: Vec<Decision> = self
             .log
-            .range(from_cid.max(1)..)
+            .range(from_cid.max(Cid::FIRST)..)
             .take(self.cfg.limits.max_decisions_per_reply)
             .map(|(_, d)| d.clone())
             .collect();
@@ -92,7 +92,7 @@ impl Engine {
         self.out.send(
             Peer::Replica(peer),
             Message::DecisionQuery {
-                from_cid: self.last_executed + 1,
+                from_cid: self.last_executed.saturating_add(1),
             },
         );
     }

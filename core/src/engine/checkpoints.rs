@@ -5,6 +5,7 @@
 use crate::clients::ClientTable;
 use smr_crypto::Digest;
 use std::collections::BTreeMap;
+use std::ops::Bound::{Excluded, Unbounded};
 
 use crate::checkpoint::{Checkpoint, CheckpointData};
 use crate::message::{Cid, DecisionProof, Message, ReplicaId};
@@ -29,7 +30,7 @@ pub(super) struct Checkpoints {
 }
 
 impl Engine {
-    /// The service's snapshot at `cid` (after [`ServiceWork::TakeSnapshot`]): completes the
+    /// The service's snapshot at `cid` (after [`ServiceWork::TakeSnapshot`](super::ServiceWork::TakeSnapshot)): completes the
     /// checkpoint, persists it and truncates the log.
     ///
     /// A snapshot nobody waits for any more is dropped: a state transfer installed a newer
@@ -73,9 +74,10 @@ impl Engine {
 
     pub(super) fn note_announcement(&mut self, from: ReplicaId, cid: Cid, digest: Digest) {
         // Only checkpoints that can still become stable, and not arbitrarily far ahead.
-        let horizon = self.last_executed
-            + self.cfg.limits.max_instances_ahead
-            + 4 * self.cfg.limits.checkpoint_period;
+        let horizon = self
+            .last_executed
+            .saturating_add(self.cfg.limits.max_instances_ahead)
+            .saturating_add(self.cfg.limits.checkpoint_period.saturating_mul(4));
         if cid <= self.last_checkpoint()
             || cid > horizon
             || !cid.is_multiple_of(self.cfg.limits.checkpoint_period)
@@ -109,11 +111,13 @@ impl Engine {
     /// decisions before it for peers that are only a little behind.
     pub(super) fn make_stable(&mut self, checkpoint: Checkpoint) {
         let cid = checkpoint.cid;
-        self.checkpoints.own = self.checkpoints.own.split_off(&(cid + 1));
-        self.checkpoints.announcements = self.checkpoints.announcements.split_off(&(cid + 1));
+        // A transferred checkpoint's cid came from a peer: no overflow at the top of the range.
+        let after = cid.saturating_add(1);
+        self.checkpoints.own = self.checkpoints.own.split_off(&after);
+        self.checkpoints.announcements = self.checkpoints.announcements.split_off(&after);
         // A stable checkpoint is held by a quorum, so a peer that needs older decisions can
         // transfer it instead.
-        let keep_from = cid + 1;
+        let keep_from = after;
         self.log = self.log.split_off(&keep_from);
         self.checkpoints.stable = Some(checkpoint);
     }
@@ -124,10 +128,10 @@ impl Engine {
         let mut records = vec![PersistRecord::Regency(self.regency)];
         records.extend(
             self.log
-                .range(cid + 1..)
+                .range((Excluded(cid), Unbounded))
                 .map(|(_, d)| PersistRecord::Decided(d.clone())),
         );
-        for (c, instance) in self.instances.range(cid + 1..) {
+        for (c, instance) in self.instances.range((Excluded(cid), Unbounded)) {
             if let Some(d) = &instance.decided {
                 records.push(PersistRecord::Decided(d.clone()));
             }
@@ -164,6 +168,9 @@ impl Engine {
 
     /// Cid of the latest checkpoint (0 if none).
     pub fn last_checkpoint(&self) -> Cid {
-        self.checkpoints.stable.as_ref().map_or(0, |c| c.cid)
+        self.checkpoints
+            .stable
+            .as_ref()
+            .map_or(Cid::ZERO, |c| c.cid)
     }
 }

@@ -16,10 +16,10 @@ impl Engine {
         while self.checkpoints.barrier.is_none()
             && self
                 .instances
-                .get(&(self.last_executed + 1))
+                .get(&self.last_executed.saturating_add(1))
                 .is_some_and(|i| i.decided.is_some())
         {
-            let cid = self.last_executed + 1;
+            let cid = self.last_executed.next();
             let instance = self.instances.remove(&cid).expect("checked above");
             let my_proposal = instance.proposal.as_ref().map(|p| p.digest);
             let decision = instance.decided.expect("checked above");
@@ -75,7 +75,7 @@ impl Engine {
                 self.leader_change.change_failures = 0;
             }
             self.retransmit_interval_ms = self.cfg.timeouts.retransmit_initial_ms;
-            self.deadlines.remove(&TimerKind::Retransmit);
+            self.deadlines_ms.remove(&TimerKind::Retransmit);
             self.arm_retransmit(now_ms);
             self.arm_request_timer();
             self.try_propose(now_ms);

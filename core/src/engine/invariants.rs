@@ -2,6 +2,7 @@
 //! after every input in the simulator, the model checker and debug builds.
 
 use super::Engine;
+use crate::message::Regency;
 
 impl Engine {
     /// Checks the invariants that hold between any two inputs. The simulator and the model
@@ -56,7 +57,7 @@ impl Engine {
                 .stop_for
                 .get(&self.me)
                 .is_none_or(|mine| *mine >= self.regency)
-                || self.regency == 0,
+                || self.regency == Regency::ZERO,
             "this replica's STOP is below its regency"
         );
         for (cid, instance) in &self.instances {

@@ -1,7 +1,7 @@
 //! The synchronization phase (leader change): STOP, STOPDATA and SYNC (docs/design.md §3.9 and
 //! §3.10; BFT-SMaRt's `Synchronizer`).
 
-use crate::message::{Message, Regency, ReplicaId, Signed, Stop, StopData, Sync};
+use crate::message::{Cid, Message, Regency, ReplicaId, Signed, Stop, StopData, Sync};
 use crate::network::Peer;
 use crate::rejection::Rejection;
 use crate::sync::choose;
@@ -39,7 +39,7 @@ impl Engine {
             .stop_for
             .get(&self.me)
             .copied()
-            .unwrap_or(0);
+            .unwrap_or(Regency::ZERO);
         if target <= self.regency || target <= mine || !self.participates() {
             return;
         }
@@ -57,7 +57,7 @@ impl Engine {
         self.stats.stops_sent += 1;
         self.out.broadcast(Message::Stop(stop.clone()));
         self.leader_change.my_stop = Some(stop);
-        self.deadlines
+        self.deadlines_ms
             .insert(TimerKind::LeaderChange, now_ms + self.change_timeout_ms());
         self.arm_retransmit(now_ms);
         self.check_stops(now_ms);
@@ -80,7 +80,11 @@ impl Engine {
                 "STOP for regency {target} is too far ahead"
             )));
         }
-        let entry = self.leader_change.stop_for.entry(from).or_insert(0);
+        let entry = self
+            .leader_change
+            .stop_for
+            .entry(from)
+            .or_insert(Regency::ZERO);
         *entry = (*entry).max(target);
         for request in stop.body.pending {
             // Stale or already pending requests are fine; a full pool just drops them.
@@ -110,7 +114,7 @@ impl Engine {
                     .stop_for
                     .get(&self.me)
                     .copied()
-                    .unwrap_or(0)
+                    .unwrap_or(Regency::ZERO)
             {
                 // start_leader_change calls back into check_stops with our own STOP counted.
                 self.start_leader_change(now_ms, target);
@@ -133,7 +137,11 @@ impl Engine {
         self.regency = regency;
         self.leader_progress = None;
         self.stats.regency_changes += 1;
-        let mine = self.leader_change.stop_for.entry(self.me).or_insert(0);
+        let mine = self
+            .leader_change
+            .stop_for
+            .entry(self.me)
+            .or_insert(Regency::ZERO);
         *mine = (*mine).max(regency);
         if *mine <= regency {
             self.leader_change.my_stop = None;
@@ -151,7 +159,7 @@ impl Engine {
         self.phase = Phase::Syncing;
         self.leader_change.collected.clear();
         self.leader_change.my_stopdata = None;
-        self.deadlines
+        self.deadlines_ms
             .insert(TimerKind::LeaderChange, now_ms + self.change_timeout_ms());
     }
 
@@ -165,7 +173,7 @@ impl Engine {
         // it and re-open an instance this replica executed.
         let last_decided = self.decision_proof(self.last_executed);
         assert!(
-            last_decided.is_some() || self.last_executed == 0,
+            last_decided.is_some() || self.last_executed == Cid::ZERO,
             "no proof for the executed cid {}",
             self.last_executed
         );
@@ -214,7 +222,11 @@ impl Engine {
                     "STOPDATA for a regency too far ahead".into(),
                 ));
             }
-            let entry = self.leader_change.stop_for.entry(from).or_insert(0);
+            let entry = self
+                .leader_change
+                .stop_for
+                .entry(from)
+                .or_insert(Regency::ZERO);
             *entry = (*entry).max(regency);
             self.check_stops(now_ms);
             if regency != self.regency {
@@ -279,8 +291,10 @@ impl Engine {
         // This regency works for us now; a later failure asks for the next one afresh.
         self.leader_change.stop_for.insert(self.me, self.regency);
         self.leader_change.collected.clear();
-        self.deadlines.remove(&TimerKind::LeaderChange);
-        let window_end = self.last_executed + self.cfg.limits.max_instances_ahead;
+        self.deadlines_ms.remove(&TimerKind::LeaderChange);
+        let window_end = self
+            .last_executed
+            .saturating_add(self.cfg.limits.max_instances_ahead);
         for (cid, batch) in choice.values.iter().cloned() {
             if cid <= self.last_executed || cid > window_end {
                 continue;
@@ -294,7 +308,9 @@ impl Engine {
             }
         }
         if self.is_leader() {
-            self.next_cid_to_propose = (choice.end() + 1).max(self.last_executed + 1);
+            // The SYNC's cids came from peers: saturate rather than overflow.
+            self.next_cid_to_propose =
+                (choice.end().saturating_add(1)).max(self.last_executed.saturating_add(1));
             self.try_propose(now_ms);
         }
         self.arm_retransmit(now_ms);
@@ -309,12 +325,13 @@ impl Engine {
             .stop_for
             .get(&self.me)
             .copied()
-            .unwrap_or(0);
+            .unwrap_or(Regency::ZERO);
         if mine <= self.regency && self.phase == Phase::Normal {
             return;
         }
         self.leader_change.change_failures = self.leader_change.change_failures.saturating_add(1);
-        let target = mine.max(self.regency) + 1;
+        // Peers push regencies up (by STOPs): saturate rather than overflow.
+        let target = mine.max(self.regency).saturating_add(1);
         self.start_leader_change(now_ms, target);
     }
 }

@@ -45,7 +45,7 @@ use smr_modes::Quorums;
 
 use crate::checkpoint::Checkpoint;
 use crate::clients::ClientTable;
-use crate::config::EngineConfig;
+use crate::config::ValidEngineConfig;
 use crate::message::{
     Batch, Cid, ClientId, Decision, Message, PreparedProof, Propose, Regency, ReplicaId, RequestId,
     Signed, Vote,
@@ -90,7 +90,7 @@ pub enum TimerKind {
 
 /// A STOP may ask for a regency at most this far beyond the current one; anything further is
 /// a peer trying to exhaust the regency space.
-const MAX_REGENCY_JUMP: Regency = 1 << 20;
+const MAX_REGENCY_JUMP: u64 = 1 << 20;
 
 /// State-transfer chunks (or "superseded" answers) one peer is served per second: 256 MiB/s
 /// with the default 1 MiB chunks, far above what one-chunk-at-a-time transfer asks for.
@@ -156,7 +156,7 @@ struct Instance {
 /// engine depends on being unique (the signer is shared behind an `Arc`).
 #[derive(Clone)]
 pub struct Engine {
-    cfg: EngineConfig,
+    cfg: ValidEngineConfig,
     quorums: Quorums,
     me: ReplicaId,
     /// Signs votes, proposals and nothing else. `None` in CFT, where channels authenticate.
@@ -176,7 +176,7 @@ pub struct Engine {
     retransmit_interval_ms: u64,
     /// The one place timers live: each kind's deadline, pulled by the driver through
     /// [`Engine::next_deadline_ms`].
-    deadlines: BTreeMap<TimerKind, u64>,
+    deadlines_ms: BTreeMap<TimerKind, u64>,
     /// What the input being handled has produced so far; handed over when it returns.
     out: Output,
     phase: Phase,
@@ -187,9 +187,17 @@ pub struct Engine {
     /// Highest cid seen in any proposal or vote of the current regency, or claimed decided.
     highest_seen_cid: Cid,
     /// The highest cid the current leader's heartbeats reported decided, and when it rose.
-    leader_progress: Option<(Cid, u64)>,
+    leader_progress: Option<LeaderProgress>,
     rejoin: Rejoin,
     stats: EngineStats,
+}
+
+/// What the current leader's heartbeats showed: the highest cid it reported decided, and when
+/// that last rose.
+#[derive(Clone, Copy, Debug)]
+struct LeaderProgress {
+    decided: Cid,
+    rose_at_ms: u64,
 }
 
 /// Where the replica is in the synchronization phase.
@@ -203,12 +211,10 @@ pub enum Phase {
 }
 
 impl Engine {
-    /// Builds an engine. `signer` must hold this replica's configured key; it is used only in
-    /// modes that sign replica messages.
-    pub fn new(cfg: EngineConfig, signer: Arc<dyn Signer>) -> Engine {
-        if let Err(e) = cfg.validate() {
-            panic!("invalid engine configuration: {e}");
-        }
+    /// Builds an engine from a validated config ([`crate::EngineConfig::validate`]).
+    /// `signer` must hold this replica's configured key; it is used only in modes that sign
+    /// replica messages.
+    pub fn new(cfg: ValidEngineConfig, signer: Arc<dyn Signer>) -> Engine {
         let quorums = cfg.quorums;
         let signer = quorums.requires_signatures().then_some(signer);
         let me = cfg.me;
@@ -223,20 +229,20 @@ impl Engine {
             cfg,
             quorums,
             signer,
-            regency: 0,
-            last_executed: 0,
-            next_cid_to_propose: 1,
+            regency: Regency::ZERO,
+            last_executed: Cid::ZERO,
+            next_cid_to_propose: Cid::FIRST,
             instances: BTreeMap::new(),
             log: BTreeMap::new(),
             executing: VecDeque::new(),
-            deadlines: BTreeMap::new(),
+            deadlines_ms: BTreeMap::new(),
             out: Output::default(),
             phase: Phase::Normal,
             leader_change: LeaderChange::default(),
             catch_up: CatchUp::new(me),
             checkpoints: Checkpoints::default(),
             transfer: StateTransfer::default(),
-            highest_seen_cid: 0,
+            highest_seen_cid: Cid::ZERO,
             leader_progress: None,
             rejoin: Rejoin::Done,
             stats: EngineStats::default(),
@@ -250,7 +256,7 @@ impl Engine {
         self.regency
     }
     pub fn leader(&self) -> ReplicaId {
-        self.quorums.leader_of(self.regency)
+        self.quorums.leader_of(self.regency.0)
     }
     pub fn is_leader(&self) -> bool {
         self.leader() == self.me
@@ -299,10 +305,10 @@ impl Engine {
     pub fn start(&mut self, now_ms: u64) -> Output {
         // A recovered replica may have open instances or a rejoin to drive. Recovery ran
         // before there was a clock, so its timers start now.
-        self.deadlines.clear();
+        self.deadlines_ms.clear();
         self.arm_retransmit(now_ms);
         self.arm_request_timer();
-        self.deadlines.insert(
+        self.deadlines_ms.insert(
             TimerKind::Heartbeat,
             now_ms + self.cfg.timeouts.heartbeat_ms,
         );
@@ -383,8 +389,14 @@ impl Engine {
                 } else if regency < self.regency {
                     self.help_stale_peer(now_ms, j);
                 } else if j == self.leader() {
-                    if self.leader_progress.is_none_or(|(d, _)| last_decided > d) {
-                        self.leader_progress = Some((last_decided, now_ms));
+                    if self
+                        .leader_progress
+                        .is_none_or(|p| last_decided > p.decided)
+                    {
+                        self.leader_progress = Some(LeaderProgress {
+                            decided: last_decided,
+                            rose_at_ms: now_ms,
+                        });
                     }
                     if last_decided > self.last_executed {
                         self.highest_seen_cid = self.highest_seen_cid.max(last_decided);

@@ -75,18 +75,18 @@ impl Engine {
     pub(super) fn arm_request_timer(&mut self) {
         match self.pool.oldest_arrival_ms() {
             Some(t) => {
-                self.deadlines
+                self.deadlines_ms
                     .insert(TimerKind::Request, t + self.cfg.timeouts.request_timeout_ms);
             }
             None => {
-                self.deadlines.remove(&TimerKind::Request);
+                self.deadlines_ms.remove(&TimerKind::Request);
             }
         }
     }
 
     pub(super) fn in_flight(&self) -> u64 {
         self.next_cid_to_propose
-            .saturating_sub(self.last_executed + 1)
+            .saturating_distance_from(self.last_executed.saturating_add(1))
     }
 
     /// Adaptive batching, where instances are expensive. With no instance in flight, whatever is
@@ -113,7 +113,9 @@ impl Engine {
             return;
         }
         // A leader that learned decisions from peers must not propose into decided cids.
-        self.next_cid_to_propose = self.next_cid_to_propose.max(self.last_executed + 1);
+        self.next_cid_to_propose = self
+            .next_cid_to_propose
+            .max(self.last_executed.saturating_add(1));
         while self.pool.unproposed() > 0
             && self.in_flight() < self.cfg.limits.max_instances_in_flight
             && self.worth_another_instance()
@@ -125,7 +127,7 @@ impl Engine {
                 .is_some_and(|i| i.proposal.is_some() || i.decided.is_some())
             {
                 // Already proposed here (or decided via a peer); move on.
-                self.next_cid_to_propose += 1;
+                self.next_cid_to_propose = cid.next();
                 continue;
             }
             let requests = self.pool.cut_batch(
@@ -146,7 +148,7 @@ impl Engine {
                 },
                 self.signer.as_deref(),
             );
-            self.next_cid_to_propose += 1;
+            self.next_cid_to_propose = cid.next();
             self.stats.proposals_sent += 1;
             self.out.broadcast(Message::Propose(propose.clone()));
             let batch = propose.body.batch.clone();
@@ -175,7 +177,9 @@ impl Engine {
         if cid <= self.last_executed {
             return Ok(false);
         }
-        let window_end = self.last_executed + self.cfg.limits.max_instances_ahead;
+        let window_end = self
+            .last_executed
+            .saturating_add(self.cfg.limits.max_instances_ahead);
         if cid > window_end {
             return Err(Rejection::CidBeyondWindow { cid, window_end });
         }
@@ -189,7 +193,7 @@ impl Engine {
         propose: Signed<Propose>,
     ) -> Result<(), Rejection> {
         let p = &propose.body;
-        let leader = self.quorums.leader_of(p.regency);
+        let leader = self.quorums.leader_of(p.regency.0);
         if from != leader {
             return Err(Rejection::WrongLeader {
                 from,
@@ -470,7 +474,10 @@ impl Engine {
     pub(super) fn learn_decision(&mut self, now_ms: u64, decision: Decision) {
         let cid = decision.cid;
         if cid <= self.last_executed
-            || cid > self.last_executed + self.cfg.limits.max_instances_ahead
+            || cid
+                > self
+                    .last_executed
+                    .saturating_add(self.cfg.limits.max_instances_ahead)
         {
             return;
         }

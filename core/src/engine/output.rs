@@ -123,10 +123,10 @@ pub enum ServiceDone {
 ///
 /// 1. count and log [`Output::rejections`] (the engine has counted them in its stats already);
 /// 2. send [`Output::send_now`]: these messages promise nothing that is not durable already;
-/// 3. append every record of [`Output::persist`], in order, and make them durable with one
+/// 3. append every record of [`Output::persist`](field@Output::persist), in order, and make them durable with one
 ///    sync;
 /// 4. send [`Output::send_after_persist`]: these may promise what step 3 recorded;
-/// 5. hand [`Output::service`] to the service, in order.
+/// 5. hand [`Output::service`](field@Output::service) to the service, in order.
 ///
 /// A message is put in `send_now` only if no record was persisted before it in the same
 /// input, so performing the groups in this order keeps every message after every record that

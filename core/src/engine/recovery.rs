@@ -7,8 +7,8 @@ use std::sync::Arc;
 use smr_crypto::Signer;
 
 use crate::checkpoint::Checkpoint;
-use crate::config::EngineConfig;
-use crate::message::{Cid, Message, PreparedProof, ReplicaId, Signed, VoteKind};
+use crate::config::ValidEngineConfig;
+use crate::message::{Cid, Message, PreparedProof, Regency, ReplicaId, Signed, VoteKind};
 
 use super::{Engine, Output, PersistRecord, Phase, ServiceWork};
 
@@ -36,7 +36,7 @@ impl Engine {
     /// prepared values. In a regency above 0 it waits for that regency's SYNC before voting on
     /// new proposals, and a restarted leader never proposes again in a cid it already voted in.
     pub fn recover(
-        cfg: EngineConfig,
+        cfg: ValidEngineConfig,
         signer: Arc<dyn Signer>,
         records: impl IntoIterator<Item = PersistRecord>,
     ) -> Result<(Engine, Output), String> {
@@ -105,8 +105,8 @@ impl Engine {
             .leader_change
             .stop_for
             .insert(engine.me, engine.regency);
-        engine.next_cid_to_propose = highest_voted + 1;
-        if engine.regency > 0 {
+        engine.next_cid_to_propose = highest_voted.saturating_add(1);
+        if engine.regency > Regency::ZERO {
             engine.phase = Phase::Syncing;
             engine.out.broadcast(Message::SyncQuery);
         }
@@ -121,7 +121,7 @@ impl Engine {
     /// it asks n-f peers how far they have voted, and catches up one window past the highest
     /// answer (see `Engine::participates`). A brand-new replica of a brand-new cluster uses
     /// [`Engine::new`] instead.
-    pub fn rejoin(cfg: EngineConfig, signer: Arc<dyn Signer>) -> (Engine, Output) {
+    pub fn rejoin(cfg: ValidEngineConfig, signer: Arc<dyn Signer>) -> (Engine, Output) {
         let mut engine = Engine::new(cfg, signer);
         engine.rejoin = Rejoin::Collecting(BTreeMap::new());
         engine.out.broadcast(Message::StateQuery);
@@ -153,12 +153,13 @@ impl Engine {
         if reports.len() < self.quorums.stopdata_to_collect() {
             return;
         }
-        let highest = reports.values().copied().max().unwrap_or(0);
-        // Nobody has voted anywhere: a brand-new cluster, nothing to forget.
-        let horizon = if highest == 0 {
-            0
+        let highest = reports.values().copied().max().unwrap_or(Cid::ZERO);
+        // Nobody has voted anywhere: a brand-new cluster, nothing to forget. The reports come
+        // from peers, so the horizon saturates rather than overflows.
+        let horizon = if highest == Cid::ZERO {
+            Cid::ZERO
         } else {
-            highest + self.cfg.limits.max_instances_ahead
+            highest.saturating_add(self.cfg.limits.max_instances_ahead)
         };
         self.rejoin = Rejoin::CatchingUp(horizon);
         self.check_rejoined(now_ms);

@@ -27,8 +27,15 @@ pub(super) struct StateChunkIn {
 pub(super) struct StateTransfer {
     /// The checkpoint being fetched, if any.
     pub(super) download: Option<Transfer>,
-    /// Per peer: the start of its current one-second window and the state fetches served in it.
-    pub(super) fetches_served: BTreeMap<ReplicaId, (u64, u64)>,
+    /// Per peer: the state fetches served in its current one-second window.
+    pub(super) fetches_served: BTreeMap<ReplicaId, FetchWindow>,
+}
+
+/// The state fetches one peer was served since `start_ms`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct FetchWindow {
+    pub(super) start_ms: u64,
+    pub(super) served: u64,
 }
 
 impl Engine {
@@ -40,7 +47,7 @@ impl Engine {
             .filter(|(_, i)| i.my_write.is_some() || i.my_accept.is_some() || i.prepared.is_some())
             .map(|(cid, _)| *cid)
             .max()
-            .unwrap_or(0);
+            .unwrap_or(Cid::ZERO);
         Message::StateInfo {
             checkpoints: self
                 .checkpoints
@@ -143,14 +150,20 @@ impl Engine {
             .transfer
             .fetches_served
             .entry(from)
-            .or_insert((now_ms, 0));
-        if now_ms >= window.0 + 1000 {
-            *window = (now_ms, 0);
+            .or_insert(FetchWindow {
+                start_ms: now_ms,
+                served: 0,
+            });
+        if now_ms >= window.start_ms + 1000 {
+            *window = FetchWindow {
+                start_ms: now_ms,
+                served: 0,
+            };
         }
-        if window.1 >= STATE_FETCHES_PER_SECOND {
+        if window.served >= STATE_FETCHES_PER_SECOND {
             return Err(Rejection::RateLimited("state fetches"));
         }
-        window.1 += 1;
+        window.served += 1;
         let Some(c) = self
             .checkpoints
             .stable
@@ -262,8 +275,10 @@ impl Engine {
         });
         self.clients = contents.clients;
         self.last_executed = cid;
-        self.next_cid_to_propose = self.next_cid_to_propose.max(cid + 1);
-        self.instances = self.instances.split_off(&(cid + 1));
+        // The checkpoint's cid came from a peer: no overflow at the top of the range.
+        let after = cid.saturating_add(1);
+        self.next_cid_to_propose = self.next_cid_to_propose.max(after);
+        self.instances = self.instances.split_off(&after);
         self.log.clear();
         self.checkpoints.barrier = None;
         self.checkpoints.snapshot_clients = None;

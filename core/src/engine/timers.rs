@@ -16,9 +16,9 @@ impl Engine {
             && self.transfer.download.is_none()
             && !matches!(self.rejoin, Rejoin::Collecting(_))
         {
-            self.deadlines.remove(&TimerKind::Retransmit);
+            self.deadlines_ms.remove(&TimerKind::Retransmit);
         } else {
-            self.deadlines
+            self.deadlines_ms
                 .entry(TimerKind::Retransmit)
                 .or_insert(now_ms + self.retransmit_interval_ms);
         }
@@ -28,19 +28,19 @@ impl Engine {
     /// [`Engine::on_timeout`] once `now_ms` reaches it. Any input can move it, so ask again
     /// after each one.
     pub fn next_deadline_ms(&self) -> Option<u64> {
-        self.deadlines.values().min().copied()
+        self.deadlines_ms.values().min().copied()
     }
 
     /// The armed timers and their deadlines, for tests and diagnostics.
-    pub fn timer_deadlines(&self) -> impl Iterator<Item = (TimerKind, u64)> + '_ {
-        self.deadlines.iter().map(|(k, d)| (*k, *d))
+    pub fn timer_deadlines_ms(&self) -> impl Iterator<Item = (TimerKind, u64)> + '_ {
+        self.deadlines_ms.iter().map(|(k, d)| (*k, *d))
     }
 
     /// Fires every timer whose deadline is at or before `now_ms`, earliest first. Calling it
     /// early, late or twice is harmless: a timer fires only once its deadline has passed.
     pub fn on_timeout(&mut self, now_ms: u64) -> Output {
         let mut due: Vec<(u64, TimerKind)> = self
-            .deadlines
+            .deadlines_ms
             .iter()
             .filter(|(_, d)| **d <= now_ms)
             .map(|(k, d)| (*d, *k))
@@ -48,10 +48,10 @@ impl Engine {
         due.sort_unstable();
         for (_, timer) in due {
             // An earlier timer's handler may have moved or removed this one.
-            if self.deadlines.get(&timer).is_none_or(|d| *d > now_ms) {
+            if self.deadlines_ms.get(&timer).is_none_or(|d| *d > now_ms) {
                 continue;
             }
-            self.deadlines.remove(&timer);
+            self.deadlines_ms.remove(&timer);
             match timer {
                 TimerKind::Retransmit => self.on_retransmit(now_ms),
                 TimerKind::Request => self.on_request_timeout(now_ms),
@@ -122,9 +122,9 @@ impl Engine {
         // progress beyond it blames its own lag, not the leader. (Not in BFT, where a Byzantine
         // leader could fake progress; there f+1 STOPs are needed anyway.)
         let behind_a_live_leader = !self.quorums.requires_signatures()
-            && self.leader_progress.is_some_and(|(decided, at_ms)| {
-                decided > self.last_executed
-                    && now_ms < at_ms + self.cfg.timeouts.request_timeout_ms
+            && self.leader_progress.is_some_and(|p| {
+                p.decided > self.last_executed
+                    && now_ms < p.rose_at_ms + self.cfg.timeouts.request_timeout_ms
             });
         let catching_up = self.transfer.download.is_some()
             || behind_a_live_leader
@@ -134,7 +134,8 @@ impl Engine {
                 .is_some_and(|t| now_ms < t + self.cfg.timeouts.request_timeout_ms);
         if second_timeout && !catching_up {
             // Second timeout: the leader has had the request and still did not order it.
-            let target = self.regency + 1;
+            // Peers push the regency up (by STOPs): saturate rather than overflow.
+            let target = self.regency.saturating_add(1);
             self.start_leader_change(now_ms, target);
         }
         self.arm_request_timer();
@@ -159,7 +160,7 @@ impl Engine {
                 digest: c.digest,
             });
         }
-        self.deadlines.insert(
+        self.deadlines_ms.insert(
             TimerKind::Heartbeat,
             now_ms + self.cfg.timeouts.heartbeat_ms,
         );

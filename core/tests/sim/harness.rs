@@ -11,12 +11,13 @@ use smr_core::client::{ClientAction, ClientConfig, ClientEngine};
 use smr_core::codec;
 use smr_core::engine::{Output, PersistRecord, ServiceDone, ServiceWork};
 use smr_core::message::{
-    Batch, Cid, Message, PreparedProof, Request, RequestBody, RequestId, RequestKind, Signed, Stop,
-    VoteKind,
+    Batch, Cid, Message, PreparedProof, Regency, Request, RequestBody, RequestId, RequestKind,
+    Signed, Stop, VoteKind,
 };
 use smr_core::runner::{self, Host};
 use smr_core::{
     ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Peer, Service, Timeouts,
+    ValidEngineConfig,
 };
 use smr_crypto::sim::{SimKey, SimVerifier};
 use smr_crypto::{Digest, Ed25519Verifier, IdentityKey, PublicKey, Signature, Signer, Verifier};
@@ -226,11 +227,11 @@ struct ReplicaNode {
     service: ChainService,
     /// The deadline a `ReplicaTimer` event is scheduled for (the engine's next deadline when
     /// this replica last handled an input).
-    timer_at: Option<u64>,
+    timer_at_ms: Option<u64>,
     crashed: bool,
     /// Whether the checkers judge this engine (false for Byzantine ones).
     correct: bool,
-    regency: u64,
+    regency: Regency,
     /// Crash right after the next PROPOSE this replica sends.
     crash_after_propose: bool,
     /// Batches this replica proposed, for a forging leader to replay.
@@ -250,7 +251,7 @@ struct ClientNode {
     submitted: BTreeMap<u64, Vec<u8>>,
     /// seq -> result.
     completed: BTreeMap<u64, Vec<u8>>,
-    timer_at: Option<u64>,
+    timer_at_ms: Option<u64>,
 }
 
 /// What a run produced, for assertions beyond the built-in checkers.
@@ -264,7 +265,7 @@ pub struct SimReport {
     pub executed_per_replica: Vec<usize>,
     pub rejections: BTreeMap<&'static str, u64>,
     /// Final regency of each correct replica.
-    pub regencies: Vec<u64>,
+    pub regencies: Vec<Regency>,
     pub state_transfers: u64,
     pub lying_state_sources: u64,
     /// Largest decision log any correct replica held.
@@ -288,12 +289,12 @@ pub struct Sim {
     /// (replica, from, until): windows in which one replica is cut off from everyone.
     isolated: Vec<(u32, u64, u64)>,
     decided: BTreeMap<Cid, Digest>,
-    votes: BTreeMap<(u32, Cid, u64, u8), Digest>,
+    votes: BTreeMap<(u32, Cid, Regency, u8), Digest>,
     /// What each cid executed, as the first correct replica to execute it saw it; every other
     /// correct replica must execute exactly the same.
     executed_by_cid: BTreeMap<Cid, Vec<RequestId>>,
     replica_keys: Vec<Arc<dyn Signer>>,
-    engine_configs: Vec<EngineConfig>,
+    engine_configs: Vec<ValidEngineConfig>,
     report: SimReport,
     /// The first checker failure met while performing an engine's output.
     failure: Option<String>,
@@ -403,17 +404,19 @@ impl Sim {
                 clients: (*sim.verifier.clients).clone(),
                 limits: limits(),
                 timeouts: timeouts.clone(),
-            };
+            }
+            .validate()
+            .expect("valid test config");
             sim.engine_configs.push(cfg.clone());
             sim.replicas.push(ReplicaNode {
                 id,
                 engine: Engine::new(cfg, key.clone()),
                 signer: key,
                 service: ChainService::default(),
-                timer_at: None,
+                timer_at_ms: None,
                 crashed: false,
                 correct: faulty_id != Some(id),
-                regency: 0,
+                regency: Regency::ZERO,
                 crash_after_propose: false,
                 proposed: Vec::new(),
                 stored: Vec::new(),
@@ -435,7 +438,7 @@ impl Sim {
                 remaining: opts.requests_per_client,
                 submitted: BTreeMap::new(),
                 completed: BTreeMap::new(),
-                timer_at: None,
+                timer_at_ms: None,
             });
         }
         if let Some(isolate) = opts.isolate {
@@ -602,16 +605,16 @@ impl Sim {
                 Event::Deliver { to, from, frame } => self.deliver(to, from, &frame)?,
                 Event::ReplicaTimer { slot, deadline_ms } => {
                     let node = &mut self.replicas[slot];
-                    if !node.crashed && node.timer_at == Some(deadline_ms) {
-                        node.timer_at = None;
+                    if !node.crashed && node.timer_at_ms == Some(deadline_ms) {
+                        node.timer_at_ms = None;
                         let output = node.engine.on_timeout(self.now_ms);
                         self.perform(slot, output)?;
                     }
                 }
                 Event::ClientTimer { client } => {
                     let node = &mut self.clients[client];
-                    if node.timer_at == Some(self.now_ms) {
-                        node.timer_at = None;
+                    if node.timer_at_ms == Some(self.now_ms) {
+                        node.timer_at_ms = None;
                         let actions = node.engine.on_timer(self.now_ms);
                         self.client_actions(client, actions);
                         self.arm_client_timer(client);
@@ -657,13 +660,13 @@ impl Sim {
         let node = &mut self.replicas[slot];
         node.engine = engine;
         node.service = ChainService::default();
-        node.timer_at = None;
+        node.timer_at_ms = None;
         node.crashed = false;
         node.crash_after_propose = false;
         if wipe {
             // It forgot everything, promises included: the checkers start over with it.
             node.stored.clear();
-            node.regency = 0;
+            node.regency = Regency::ZERO;
             let id = node.id;
             self.votes.retain(|(r, ..), _| *r != id);
         }
@@ -792,8 +795,13 @@ impl Sim {
                     1 => {
                         if let Some(sd) = body.proofs.first_mut() {
                             sd.body.prepared.push(PreparedProof {
-                                cid: sd.body.last_decided.as_ref().map_or(0, |d| d.cid) + 1,
-                                epoch: 0,
+                                cid: sd
+                                    .body
+                                    .last_decided
+                                    .as_ref()
+                                    .map_or(Cid::ZERO, |d| d.cid)
+                                    .next(),
+                                epoch: Regency::ZERO,
                                 batch: Batch::default(),
                                 writes: Vec::new(),
                             });
@@ -801,7 +809,7 @@ impl Sim {
                     }
                     _ => {
                         for sd in &mut body.proofs {
-                            sd.body.regency += 1;
+                            sd.body.regency = sd.body.regency.next();
                         }
                     }
                 }
@@ -872,8 +880,8 @@ impl Sim {
         }
         node.engine.check_invariants();
         let next = node.engine.next_deadline_ms();
-        if next != node.timer_at {
-            node.timer_at = next;
+        if next != node.timer_at_ms {
+            node.timer_at_ms = next;
             if let Some(deadline_ms) = next {
                 self.schedule(
                     deadline_ms.max(self.now_ms),
@@ -933,10 +941,10 @@ impl Sim {
             return;
         };
         let node = &mut self.clients[c];
-        if node.timer_at.is_some_and(|t| t <= deadline) {
+        if node.timer_at_ms.is_some_and(|t| t <= deadline) {
             return;
         }
-        node.timer_at = Some(deadline);
+        node.timer_at_ms = Some(deadline);
         self.schedule(deadline, Event::ClientTimer { client: c });
     }
 
@@ -965,7 +973,7 @@ impl Sim {
         if self.opts.fault == Fault::StopSpammer {
             let slot = self.opts.n - 1;
             let node = &self.replicas[slot];
-            let regency = node.engine.regency() + self.rng.range(1, 50);
+            let regency = node.engine.regency().saturating_add(self.rng.range(1, 50));
             let stop = Signed::new(
                 Stop {
                     replica: node.id,
@@ -1121,7 +1129,7 @@ impl Sim {
         // the cids form one gap-free sequence in which no request appears twice.
         let mut longest = Vec::new();
         for (i, (cid, ids)) in self.executed_by_cid.iter().enumerate() {
-            if *cid != i as u64 + 1 {
+            if *cid != Cid(i as u64 + 1) {
                 return Err(format!("no correct replica executed cid {}", i + 1));
             }
             longest.extend(ids.iter().copied());
@@ -1131,7 +1139,7 @@ impl Sim {
             return Err("a request executed twice in the agreed sequence".into());
         }
         if !self.replicas_converged() {
-            let cids: Vec<u64> = self
+            let cids: Vec<Cid> = self
                 .live_correct()
                 .map(|r| r.engine.last_executed())
                 .collect();

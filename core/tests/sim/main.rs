@@ -7,6 +7,7 @@
 mod harness;
 
 use harness::{run_seed, Fault, Rng, SimOptions};
+use smr_core::message::Regency;
 use smr_modes::Mode;
 
 const DEFAULT_SEEDS: u64 = 200;
@@ -205,7 +206,7 @@ fn bft_equivocating_twin_leader_is_replaced_without_divergence() {
         "bft_equivocating_twin_leader_is_replaced_without_divergence",
         |seed| SimOptions::with_fault(Mode::Bft, 4, 1, seed, Fault::Twins),
         |r| {
-            if r.regencies.iter().all(|g| *g >= 1) {
+            if r.regencies.iter().all(|g| *g >= Regency(1)) {
                 replaced += 1;
             }
         },
@@ -223,7 +224,7 @@ fn bft_leader_silent_for_one_client_is_replaced() {
         |seed| SimOptions::with_fault(Mode::Bft, 4, 1, seed, Fault::SilentForClient),
         |r| {
             assert!(
-                r.regencies.iter().all(|g| *g >= 1),
+                r.regencies.iter().all(|g| *g >= Regency(1)),
                 "leader kept its job: {:?}",
                 r.regencies
             );
@@ -239,7 +240,7 @@ fn bft_leader_proposing_forged_or_replayed_requests_keeps_agreement() {
         |seed| SimOptions::with_fault(Mode::Bft, 4, 1, seed, Fault::ForgingLeader),
         |r| {
             if r.rejections.get("bad_signature").copied().unwrap_or(0) > 0
-                && r.regencies.iter().all(|g| *g >= 1)
+                && r.regencies.iter().all(|g| *g >= Regency(1))
             {
                 forged_rejected += 1;
             }
@@ -266,7 +267,7 @@ fn bft_sync_unsupported_by_its_proofs_is_rejected() {
         |r| {
             let bad_syncs = r.rejections.get("bad_certificate").copied().unwrap_or(0)
                 + r.rejections.get("bad_signature").copied().unwrap_or(0);
-            if bad_syncs > 0 && r.regencies.iter().all(|g| *g >= 2) {
+            if bad_syncs > 0 && r.regencies.iter().all(|g| *g >= Regency(2)) {
                 skipped_byzantine_leader += 1;
             }
         },
@@ -291,7 +292,7 @@ fn bft_stops_from_one_byzantine_follower_never_change_the_leader() {
         },
         |r| {
             assert!(
-                r.regencies.iter().all(|g| *g == 0),
+                r.regencies.iter().all(|g| *g == Regency(0)),
                 "fewer than f+1 STOPs changed the regency: {:?}",
                 r.regencies
             );
@@ -321,7 +322,7 @@ fn bft_isolated_leader_is_replaced_once_and_progress_resumes() {
             // One change at most (no livelock); the cut-off leader may not have heard of it
             // yet when the run ends, and a run can finish before the cut matters.
             assert!(
-                r.regencies.iter().all(|g| *g <= 1),
+                r.regencies.iter().all(|g| *g <= Regency(1)),
                 "expected at most one leader change: {:?}",
                 r.regencies
             );
@@ -338,7 +339,7 @@ fn cft_isolated_leader_is_replaced_once_and_progress_resumes() {
             // One change at most (no livelock); the cut-off leader may not have heard of it
             // yet when the run ends, and a run can finish before the cut matters.
             assert!(
-                r.regencies.iter().all(|g| *g <= 1),
+                r.regencies.iter().all(|g| *g <= Regency(1)),
                 "expected at most one leader change: {:?}",
                 r.regencies
             );
@@ -485,7 +486,7 @@ fn isolated_leader_seeds_from_long_sweeps_change_the_leader_at_most_once() {
         let r = run_seed(isolated_leader(mode, n, 1, seed))
             .unwrap_or_else(|e| panic!("{mode:?} seed {seed}: {e}"));
         assert!(
-            r.regencies.iter().all(|g| *g <= 1),
+            r.regencies.iter().all(|g| *g <= Regency(1)),
             "{mode:?} seed {seed}: {:?}",
             r.regencies
         );

@@ -166,7 +166,7 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(
         replica = id,
         reason = why,
-        last_decided = status.last_decided,
+        last_decided = status.last_decided.0,
         "shutting down"
     );
     replica.shutdown().await;
