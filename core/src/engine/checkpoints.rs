@@ -44,6 +44,11 @@ impl Engine {
             return self.finish_input();
         }
         // The barrier held execution at `cid`, and the newest decision is always in the log.
+        assert_eq!(
+            self.checkpoints.barrier,
+            Some(cid),
+            "a snapshot at cid {cid} without the barrier that holds execution there"
+        );
         let decided = self
             .decision_proof(cid)
             .expect("the checkpointed decision is in the log");
@@ -111,6 +116,11 @@ impl Engine {
     /// decisions before it for peers that are only a little behind.
     pub(super) fn make_stable(&mut self, checkpoint: Checkpoint) {
         let cid = checkpoint.cid;
+        assert!(
+            cid <= self.last_executed,
+            "checkpoint {cid} is ahead of execution at {}",
+            self.last_executed
+        );
         // A transferred checkpoint's cid came from a peer: no overflow at the top of the range.
         let after = cid.saturating_add(1);
         self.checkpoints.own = self.checkpoints.own.split_off(&after);

@@ -23,6 +23,7 @@ impl Engine {
             let instance = self.instances.remove(&cid).expect("checked above");
             let my_proposal = instance.proposal.as_ref().map(|p| p.digest);
             let decision = instance.decided.expect("checked above");
+            assert_eq!(decision.cid, cid, "a decision stored under another cid");
             let decided_digest = decision.certificate.first().map(|a| a.body.digest);
             let mut items = Vec::with_capacity(decision.batch.requests.len());
             let mut ids = Vec::with_capacity(decision.batch.requests.len());

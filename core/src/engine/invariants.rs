@@ -2,7 +2,6 @@
 //! after every input in the simulator, the model checker and debug builds.
 
 use super::Engine;
-use crate::message::Regency;
 
 impl Engine {
     /// Checks the invariants that hold between any two inputs. The simulator and the model
@@ -53,11 +52,7 @@ impl Engine {
         );
         // Regency: this replica's own STOP never asks for less than the regency it is in.
         assert!(
-            self.leader_change
-                .stop_for
-                .get(&self.me)
-                .is_none_or(|mine| *mine >= self.regency)
-                || self.regency == Regency::ZERO,
+            self.my_stop_target() >= self.regency,
             "this replica's STOP is below its regency"
         );
         for (cid, instance) in &self.instances {

@@ -31,15 +31,19 @@ impl Engine {
         self.cfg.timeouts.request_timeout_ms << self.leader_change.change_failures.min(6)
     }
 
-    /// Asks to move to regency `target` (never backwards) by broadcasting a STOP that carries
-    /// the oldest pending requests, so that the next leader has them.
-    pub(super) fn start_leader_change(&mut self, now_ms: u64, target: Regency) {
-        let mine = self
-            .leader_change
+    /// The highest regency this replica asked for with a STOP (or entered).
+    pub(super) fn my_stop_target(&self) -> Regency {
+        self.leader_change
             .stop_for
             .get(&self.me)
             .copied()
-            .unwrap_or(Regency::ZERO);
+            .unwrap_or(Regency::ZERO)
+    }
+
+    /// Asks to move to regency `target` (never backwards) by broadcasting a STOP that carries
+    /// the oldest pending requests, so that the next leader has them.
+    pub(super) fn start_leader_change(&mut self, now_ms: u64, target: Regency) {
+        let mine = self.my_stop_target();
         if target <= self.regency || target <= mine || !self.participates() {
             return;
         }
@@ -108,14 +112,7 @@ impl Engine {
         let join = self.quorums.stops_to_join();
         if targets.len() >= join {
             let target = targets[join - 1];
-            if target
-                > self
-                    .leader_change
-                    .stop_for
-                    .get(&self.me)
-                    .copied()
-                    .unwrap_or(Regency::ZERO)
-            {
+            if target > self.my_stop_target() {
                 // start_leader_change calls back into check_stops with our own STOP counted.
                 self.start_leader_change(now_ms, target);
                 return;
@@ -247,6 +244,14 @@ impl Engine {
 
     /// New leader: with n-f STOPDATA, send SYNC and resume.
     pub(super) fn collect_stopdata(&mut self, now_ms: u64, stopdata: Signed<StopData>) {
+        assert!(
+            self.is_leader() && self.phase == Phase::Syncing,
+            "STOPDATA collected by a replica that is not synchronizing its own regency"
+        );
+        assert_eq!(
+            stopdata.body.regency, self.regency,
+            "STOPDATA of another regency collected"
+        );
         self.leader_change
             .collected
             .insert(stopdata.body.replica, stopdata);
@@ -320,12 +325,7 @@ impl Engine {
     /// The leader change did not complete in time: ask for the next regency, and wait twice as
     /// long for that one.
     pub(super) fn on_leader_change_timeout(&mut self, now_ms: u64) {
-        let mine = self
-            .leader_change
-            .stop_for
-            .get(&self.me)
-            .copied()
-            .unwrap_or(Regency::ZERO);
+        let mine = self.my_stop_target();
         if mine <= self.regency && self.phase == Phase::Normal {
             return;
         }

@@ -242,6 +242,17 @@ impl Engine {
         if !self.participates() {
             return;
         }
+        // Every caller checked the window: a PROPOSE through `check_instance`, the leader through
+        // its in-flight bound, a SYNC's values by filtering.
+        assert!(
+            cid > self.last_executed
+                && cid
+                    <= self
+                        .last_executed
+                        .saturating_add(self.cfg.limits.max_instances_ahead),
+            "a value for cid {cid} outside the window after {}",
+            self.last_executed
+        );
         let digest = batch.digest();
         let regency = self.regency;
         let runs_write = self.quorums.runs_write_phase();
