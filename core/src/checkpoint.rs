@@ -1,12 +1,14 @@
-//! Checkpoints and state transfer.
+//! Checkpoints and state transfer (docs/design.md §3.11; BFT-SMaRt's `StateManager`). The
+//! engine's side is in `engine/checkpoints.rs` and `engine/state_transfer.rs`.
 //!
 //! Every `checkpoint_period` decisions a replica snapshots its service together with its client
 //! table (the reply cache), so that exactly-once survives a state transfer, and truncates its
-//! decision log. A replica that fell further behind than the peers' logs reach fetches a
-//! checkpoint instead: it asks everyone for the digest of their latest checkpoint, picks a
-//! (cid, digest) that `state_transfer_digests` replicas agree on (f+1 in BFT, so one of them is
-//! correct), downloads it from one of them in bounded chunks, and installs it only if the bytes
-//! hash to the agreed digest. A sender that lies is dropped and another is tried. Decisions
+//! decision log up to the checkpoint once a quorum announced the same digest. A replica that
+//! fell further behind than the peers' logs reach fetches a checkpoint instead: it asks
+//! everyone which checkpoints they can serve, picks the highest (cid, digest) that
+//! `state_transfer_digests` replicas agree on (f+1 in BFT, so one of them is correct),
+//! downloads it from one of them in bounded chunks, and installs it only if the bytes hash to
+//! the agreed digest. A sender that lies is dropped and another is tried. Decisions
 //! after the checkpoint then arrive by ordinary decision forwarding, certificates re-checked.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,9 +23,13 @@ use crate::message::{Cid, DecisionProof, ReplicaId};
 /// What a checkpoint holds. Its encoding is what is hashed, stored and transferred.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointData {
+    /// The last cid whose batch the state includes.
     pub cid: Cid,
+    /// The service's own snapshot bytes ([`Service::snapshot`](crate::Service::snapshot)).
     #[serde(with = "serde_bytes")]
     pub service: Vec<u8>,
+    /// The client table at `cid`: executed seqs and cached replies, so that exactly-once
+    /// survives a state transfer (docs/design.md §3.7).
     pub clients: ClientTable,
 }
 
@@ -37,14 +43,23 @@ pub struct CheckpointData {
 /// the digest, since two replicas hold different but equally valid certificates for one decision.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
+    /// The checkpoint's cid (`data`'s).
     pub cid: Cid,
+    /// The 32-byte blake3 digest of `data`: what replicas announce and state transfer agrees
+    /// on.
     pub digest: Digest,
+    /// The codec encoding of the [`CheckpointData`].
     #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
+    /// The proof that `cid` was decided.
     pub decided: DecisionProof,
 }
 
 impl Checkpoint {
+    /// Encodes `data` and hashes it into a checkpoint carrying `decided`.
+    ///
+    /// # Panics
+    /// If `decided` is for another cid than `data.cid`.
     pub fn new(data: &CheckpointData, decided: DecisionProof) -> Checkpoint {
         assert_eq!(
             decided.cid, data.cid,
@@ -59,8 +74,13 @@ impl Checkpoint {
         }
     }
 
-    /// Rebuilds a checkpoint from stored or transferred bytes and the proof of its cid. Fails
-    /// if the bytes do not decode or the proof is for another cid.
+    /// Rebuilds a checkpoint from stored or transferred bytes and the proof of its cid, and
+    /// returns it with the decoded contents. The digest is computed here; comparing it with
+    /// the one the peers agreed on is the caller's job.
+    ///
+    /// # Errors
+    /// A message naming the problem if the bytes do not decode or the proof is for another
+    /// cid.
     pub fn from_bytes(
         bytes: Vec<u8>,
         decided: DecisionProof,

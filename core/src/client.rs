@@ -29,27 +29,44 @@ use crate::message::{
     ClientId, Message, Regency, ReplicaId, Reply, Request, RequestBody, RequestKind,
 };
 
+/// Why [`ClientEngine::submit`] refused a request; nothing was sent.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ClientError {
+    /// The window is full: `max_outstanding` requests are outstanding, or the next seq would
+    /// be a whole window above the oldest outstanding one. Holds the number outstanding; retry
+    /// once one completes or is abandoned.
     #[error("{0} requests are already outstanding, the most this client may have in flight")]
     TooManyOutstanding(usize),
+    /// The operation is longer than `max_op_bytes`; replicas would refuse it.
     #[error("operation of {size_bytes} bytes exceeds the limit of {max_bytes} bytes")]
-    OpTooLarge { size_bytes: usize, max_bytes: usize },
+    OpTooLarge {
+        /// The operation's length in bytes.
+        size_bytes: usize,
+        /// The configured `max_op_bytes`.
+        max_bytes: usize,
+    },
 }
 
-/// What the client driver must do.
+/// A message the client driver must send: the client engine's only kind of output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientAction {
     /// Send to every replica.
     Broadcast(Message),
     /// Send to one replica.
-    Send { to: ReplicaId, message: Message },
+    Send {
+        /// The replica.
+        to: ReplicaId,
+        /// The message (a [`Message::Request`]).
+        message: Message,
+    },
 }
 
 /// A finished request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completed {
+    /// The request's sequence number, as [`ClientEngine::submit`] returned it.
     pub seq: u64,
+    /// The result that enough replicas agreed on.
     pub result: Vec<u8>,
 }
 
@@ -68,16 +85,27 @@ struct Outstanding {
     broadcast: bool,
 }
 
+/// What a client needs to know about the cluster and its own limits.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
+    /// The cluster's mode and thresholds: how many matching replies complete a request, and
+    /// which replica leads a regency.
     pub quorums: Quorums,
+    /// Whether [`RequestKind::Unordered`] reads skip consensus. Off, they are sent as ordered
+    /// requests; on, ordered requests too need Q matching replies (docs/design.md §3.8).
     pub unordered_reads_enabled: bool,
     /// Requests in flight; must not exceed the replicas' `max_pending_per_client`.
     pub max_outstanding: usize,
+    /// Longest operation, in bytes: the replicas' `max_op_bytes`.
     pub max_op_bytes: usize,
+    /// How long, in milliseconds, a request sent to every replica waits for its replies before
+    /// it is sent to every replica again; half of it caps the wait for the leader alone.
     pub retry_timeout_ms: u64,
 }
 
+/// The sans-IO client (see the module docs): it numbers, signs and tracks requests, counts
+/// replies, and says what to send; the driver ([`crate::driver::Client`]) does the sending and
+/// keeps the clock.
 pub struct ClientEngine {
     cfg: ClientConfig,
     id: ClientId,
@@ -88,12 +116,19 @@ pub struct ClientEngine {
     reported_regency: BTreeMap<ReplicaId, Regency>,
     /// Smoothed latency and mean deviation (ms) of requests the leader alone completed.
     leader_latency_ms: Option<(f64, f64)>,
+    /// Sends to every replica that [`ClientEngine::on_timer`] made, counted per request: the
+    /// first after the wait for the leader alone, then each retry.
     pub retries: u64,
 }
 
 impl ClientEngine {
-    /// `first_seq` lets a restarted client continue above the sequence numbers it used before
-    /// (for example, a wall-clock-derived start): a seq the replicas consider old is ignored.
+    /// A client whose identity is `signer`'s public key. It signs requests with `signer`
+    /// only in BFT. `first_seq` (at least 1) is the first sequence number: it lets a restarted
+    /// client continue above the ones it used before (for example, a wall-clock-derived start),
+    /// since a seq the replicas consider old is refused.
+    ///
+    /// # Panics
+    /// If `cfg.max_outstanding` is 0.
     pub fn new(cfg: ClientConfig, signer: Arc<dyn Signer>, first_seq: u64) -> ClientEngine {
         assert!(
             cfg.max_outstanding > 0,
@@ -139,15 +174,25 @@ impl ClientEngine {
         self.cfg.quorums.leader_of(regency.0)
     }
 
+    /// The client's identity: its public key.
     pub fn id(&self) -> ClientId {
         self.id
     }
 
+    /// Requests submitted and neither completed nor abandoned.
     pub fn outstanding(&self) -> usize {
         self.outstanding.len()
     }
 
-    /// Starts a request; returns its seq and what to send.
+    /// Starts a request at `now_ms`; returns its seq and what to send: an ordered request to
+    /// the [`believed_leader`](ClientEngine::believed_leader), an unordered read to every
+    /// replica. Its deadline ([`ClientEngine::next_deadline_ms`]) is
+    /// [`leader_wait_ms`](ClientEngine::leader_wait_ms) later for an ordered request,
+    /// `retry_timeout_ms` for an unordered read.
+    ///
+    /// # Errors
+    /// [`ClientError::TooManyOutstanding`] when the window is full,
+    /// [`ClientError::OpTooLarge`] when `op` exceeds `max_op_bytes`.
     pub fn submit(
         &mut self,
         now_ms: u64,
@@ -226,7 +271,11 @@ impl ClientEngine {
         Ok((seq, vec![action]))
     }
 
-    /// Takes a reply that arrived on replica `from`'s authenticated connection.
+    /// Takes a reply that arrived on replica `from`'s authenticated connection, and returns the
+    /// request it completes, if it does: once `replies_ordered` (f+1 in BFT, 1 in CFT; Q with
+    /// unordered reads enabled) or, for an unordered read, `replies_unordered` (Q) replicas
+    /// sent identical results. A reply naming another replica or client is ignored; any other
+    /// reply's regency counts toward [`ClientEngine::believed_leader`], even a late one.
     pub fn on_reply(&mut self, now_ms: u64, from: ReplicaId, reply: Reply) -> Option<Completed> {
         if reply.replica != from || reply.client != self.id {
             return None;
@@ -271,13 +320,16 @@ impl ClientEngine {
         self.outstanding.remove(&seq);
     }
 
-    /// The earliest retry deadline, if any request is outstanding.
+    /// The earliest retry deadline, in the caller's milliseconds, if any request is
+    /// outstanding: call [`ClientEngine::on_timer`] then.
     pub fn next_deadline_ms(&self) -> Option<u64> {
         self.outstanding.values().map(|o| o.deadline_ms).min()
     }
 
-    /// Resends every request whose deadline passed. An unordered read that timed out is retried
-    /// as an ordered request, as its replies may have disagreed during concurrent writes.
+    /// Sends every request whose deadline is at or before `now_ms` to every replica, and sets
+    /// its next deadline `retry_timeout_ms` later. An unordered read that timed out is retried
+    /// as an ordered request (same seq, signed again), as its replies may have disagreed during
+    /// concurrent writes.
     pub fn on_timer(&mut self, now_ms: u64) -> Vec<ClientAction> {
         let mut actions = Vec::new();
         for o in self.outstanding.values_mut() {

@@ -30,6 +30,8 @@ pub enum RequestStatus<'a> {
     Stale,
 }
 
+/// Per client: the highest executed seq and the replies of the last `window` seqs up to it
+/// (docs/design.md §3.7; BFT-SMaRt keeps only the last reply). Part of every checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientTable {
     window: u64,
@@ -37,6 +39,11 @@ pub struct ClientTable {
 }
 
 impl ClientTable {
+    /// An empty table whose window is `window` sequence numbers (the engine uses
+    /// `max_pending_per_client`).
+    ///
+    /// # Panics
+    /// If `window` is 0.
     pub fn new(window: u64) -> ClientTable {
         assert!(window > 0, "client window must be positive");
         ClientTable {
@@ -45,6 +52,8 @@ impl ClientTable {
         }
     }
 
+    /// Where `id` stands: new, executed (with its reply if the service has returned it), or
+    /// stale (`max_seq - seq >= window`).
     pub fn status(&self, id: &RequestId) -> RequestStatus<'_> {
         let Some(record) = self.clients.get(&id.client) else {
             return RequestStatus::New;
@@ -58,8 +67,11 @@ impl ClientTable {
         RequestStatus::New
     }
 
-    /// Marks `id` as executing. Returns the lowest seq that is now outside the window (so that
-    /// callers can drop pending copies of older requests), if the window moved.
+    /// Marks `id` as executing. Returns the highest seq that is now outside the window (so
+    /// that callers can drop pending copies of it and older requests), if the window moved.
+    ///
+    /// # Panics
+    /// If `id` was marked before: a request would execute twice.
     pub fn mark_executing(&mut self, id: &RequestId) -> Option<u64> {
         let window = self.window;
         let record = self.clients.entry(id.client).or_default();
@@ -75,7 +87,8 @@ impl ClientTable {
         None
     }
 
-    /// Stores the reply of an executing request.
+    /// Stores the reply of an executing request; ignored for a request not marked executing
+    /// (or already outside the window).
     pub fn record_reply(&mut self, id: &RequestId, reply: Vec<u8>) {
         if let Some(slot) = self
             .clients
@@ -86,6 +99,7 @@ impl ClientTable {
         }
     }
 
+    /// Clients with a record: every client that has had a request executed.
     pub fn client_count(&self) -> usize {
         self.clients.len()
     }

@@ -5,6 +5,7 @@
 //! mode = "bft"            # or "cft"
 //! f = 1
 //! clients = "any"         # or a list of hex public keys
+//! fsync = "always"        # optional; or "never" (survives process crashes, not power loss)
 //!
 //! [[replicas]]
 //! id = 0
@@ -31,15 +32,26 @@ use crate::config::{ClientPolicy, EngineConfig, Limits, Timeouts};
 use crate::message::ReplicaId;
 use crate::storage::FsyncPolicy;
 
+/// Why a cluster configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Unreadable {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// A value is missing, malformed or breaks a rule.
     #[error("config {path}: {message}")]
-    Invalid { path: String, message: String },
+    Invalid {
+        /// Where: the key (`limits.max_batch_bytes`, `replicas[2].address`, `syntax`, ...),
+        /// prefixed by the file's path when loaded from a file.
+        path: String,
+        /// What is wrong, and how to fix it.
+        message: String,
+    },
 }
 
 fn invalid(path: &str, message: impl Into<String>) -> ConfigError {
@@ -49,10 +61,15 @@ fn invalid(path: &str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// One `[[replicas]]` entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaEntry {
+    /// The replica's id, `0..n`, unique.
     pub id: ReplicaId,
+    /// Where it listens (ip:port, UDP for QUIC), unique.
     pub address: SocketAddr,
+    /// Its ed25519 identity key, pinned by every peer (docs/design.md §6); unique, and no
+    /// client's.
     pub public_key: PublicKey,
     /// The replica's secret key file, if the config names it (resolved against the config's
     /// directory).
@@ -62,11 +79,16 @@ pub struct ReplicaEntry {
 /// A validated cluster configuration.
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
+    /// The mode, n (the number of entries) and f, checked against each other
+    /// (docs/design.md §3.2).
     pub quorums: Quorums,
     /// Sorted by id; `replicas[i].id == i`.
     pub replicas: Vec<ReplicaEntry>,
+    /// `clients`: any key, or the listed ones.
     pub clients: ClientPolicy,
+    /// `[limits]`, each missing key at its default.
     pub limits: Limits,
+    /// `[timeouts]`, each missing key at its default.
     pub timeouts: Timeouts,
     /// When a replica's write-ahead log reaches the disk (with `--data-dir`).
     pub fsync: FsyncPolicy,
@@ -137,6 +159,13 @@ fn positive(path: &str, value: Option<u64>, default: u64) -> Result<u64, ConfigE
 }
 
 impl ClusterConfig {
+    /// Reads and validates the TOML file at `path`; relative `key_file`s resolve against its
+    /// directory.
+    ///
+    /// # Errors
+    /// [`ConfigError::Unreadable`] if the file cannot be read; [`ConfigError::Invalid`], its
+    /// `path` naming the file and the key, for the first bad value (see
+    /// [`ClusterConfig::from_toml_str`]).
     pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
             path: path.to_path_buf(),
@@ -155,6 +184,17 @@ impl ClusterConfig {
         })
     }
 
+    /// Parses and validates a config's text, resolving relative `key_file`s against
+    /// `directory`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key of the first problem: bad TOML or an unknown
+    /// key, a missing `mode`, `f`, `clients` or `[[replicas]]`, an (n, f) the mode does not
+    /// allow, a replica id out of `0..n` or repeated, an address or public key used twice or
+    /// unparsable, a client key that is a replica's, a limit or timeout of 0,
+    /// `max_instances_ahead` below `max_instances_in_flight`, `max_op_bytes` above
+    /// `max_batch_bytes`, `retransmit_max_ms` below `retransmit_initial_ms`, an unknown
+    /// `fsync` value.
     pub fn from_toml_str(text: &str, directory: &Path) -> Result<ClusterConfig, ConfigError> {
         let raw: RawConfig = toml::from_str(text)
             .map_err(|e| invalid("syntax", e.to_string().trim().to_string()))?;
@@ -391,15 +431,20 @@ impl ClusterConfig {
         })
     }
 
+    /// BFT or CFT.
     pub fn mode(&self) -> Mode {
         self.quorums.mode()
     }
 
+    /// Every replica's public key, replica i's at index i.
     pub fn replica_keys(&self) -> Vec<PublicKey> {
         self.replicas.iter().map(|r| r.public_key).collect()
     }
 
     /// The engine configuration for replica `me`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] (key `--id`) if `me` is not a replica of this config.
     pub fn engine_config(&self, me: ReplicaId) -> Result<EngineConfig, ConfigError> {
         if me as usize >= self.replicas.len() {
             return Err(invalid(

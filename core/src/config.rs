@@ -18,6 +18,10 @@ pub enum ClientPolicy {
 }
 
 impl ClientPolicy {
+    /// Whether `key` may submit requests. The verifier refuses a request whose client is not
+    /// admitted ([`Rejection::ClientNotAdmitted`](crate::Rejection::ClientNotAdmitted)),
+    /// whether it arrives directly or inside another message; smr-transport refuses the
+    /// client's connection already.
     pub fn admits(&self, key: &PublicKey) -> bool {
         match self {
             ClientPolicy::Any => true,
@@ -26,32 +30,40 @@ impl ClientPolicy {
     }
 }
 
-/// Bounds on everything a peer can make the engine hold.
+/// Bounds on everything a peer can make the engine hold (docs/design.md §7.7). The defaults
+/// are in `Limits::default()`; [`EngineConfig::validate`] refuses 0 where at least 1 is
+/// needed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Most requests in one batch.
+    /// Most requests in one batch (also in one STOP or forward).
     pub max_batch_requests: usize,
-    /// Most bytes of requests in one batch (a single larger request still goes alone).
+    /// Most bytes of requests in one batch, by [`Request::size_bytes`](crate::Request::size_bytes)
+    /// (a single larger request still goes alone).
     pub max_batch_bytes: usize,
-    /// Largest operation a client may submit.
+    /// Largest operation a client may submit, in bytes.
     pub max_op_bytes: usize,
-    /// Requests a client may have in flight; also the size of its reply-cache window.
+    /// Requests a client may have in the pool at once; also the size, in sequence numbers, of
+    /// its reply-cache window (docs/design.md §3.7).
     pub max_pending_per_client: usize,
     /// Requests the pool holds in all.
     pub max_pending_total: usize,
-    /// Consensus instances the leader runs at once.
+    /// Consensus instances the leader runs at once (docs/design.md §3.4, "Pipelining").
     pub max_instances_in_flight: u64,
-    /// How far past its last executed cid a replica keeps votes and proposals.
+    /// How many cids past its last executed one a replica keeps votes and proposals (its
+    /// window); at least `max_instances_in_flight`.
     pub max_instances_ahead: u64,
-    /// Decisions sent in one answer to a query.
+    /// Most decisions sent in one answer to a decision query.
     pub max_decisions_per_reply: usize,
-    /// Decided batches kept for peers that are behind.
+    /// Most decided batches kept for peers that are behind, even if no checkpoint becomes
+    /// stable.
     pub max_log_entries: usize,
-    /// Decisions between checkpoints.
+    /// Cids between checkpoints: one is taken after every cid that is a multiple of it
+    /// (docs/design.md §3.11).
     pub checkpoint_period: u64,
-    /// Largest checkpoint (service state plus client table) a replica accepts in a transfer.
+    /// Largest checkpoint encoding (service state plus client table), in bytes, a replica
+    /// accepts in a transfer.
     pub max_state_bytes: u64,
-    /// Bytes per state-transfer chunk.
+    /// Most checkpoint bytes per state-transfer chunk.
     pub state_chunk_bytes: usize,
 }
 
@@ -77,13 +89,19 @@ impl Default for Limits {
 /// Timeouts, in milliseconds of the engine's `now`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timeouts {
-    /// A request pending this long is forwarded to the leader (and, at the next expiry, starts
-    /// a leader change once the synchronization phase exists).
+    /// A request pending this long is forwarded by a follower to the leader, and at its next
+    /// expiry makes the replica send STOP (docs/design.md §3.9). Also the first leader-change
+    /// timeout, which doubles with each change that fails in a row (up to 64 times).
     pub request_timeout_ms: u64,
-    /// First retransmission of votes and proposals after no progress; doubles up to the max.
+    /// First retransmission of votes, proposals, STOP and STOPDATA after no progress; doubles
+    /// up to `retransmit_max_ms` (docs/design.md §3.5). Also the least time between two
+    /// decision queries, two SYNC queries, or two SYNCs sent to one stale peer.
     pub retransmit_initial_ms: u64,
+    /// The longest retransmission interval; also how long a state transfer waits for its
+    /// source before it tries another.
     pub retransmit_max_ms: u64,
-    /// How often the leader announces its last decided cid.
+    /// How often the leader broadcasts its heartbeat (its regency and last executed cid), and
+    /// every replica repeats its newest unstable checkpoint announcement.
     pub heartbeat_ms: u64,
 }
 
@@ -102,12 +120,17 @@ impl Default for Timeouts {
 /// engine only takes a [`ValidEngineConfig`].
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
+    /// The mode, n and f, and every threshold derived from them (docs/design.md §3.3).
     pub quorums: Quorums,
+    /// This replica's id, `0..n`.
     pub me: ReplicaId,
-    /// Public key of replica i at index i.
+    /// Public key of replica i at index i; exactly n of them.
     pub replica_keys: Vec<PublicKey>,
+    /// Which client keys may submit requests.
     pub clients: ClientPolicy,
+    /// Bounds on batches, pools, windows, logs and state transfer.
     pub limits: Limits,
+    /// Request, retransmission and heartbeat timeouts.
     pub timeouts: Timeouts,
 }
 
@@ -120,27 +143,53 @@ pub enum InvalidConfig {
     #[error(
         "replica_keys holds {keys} keys but the quorums are for n = {n} replicas; give exactly one public key per replica, replica i's at index i"
     )]
-    ReplicaKeyCount { keys: usize, n: usize },
+    ReplicaKeyCount {
+        /// Keys given.
+        keys: usize,
+        /// Replicas in the quorums.
+        n: usize,
+    },
     /// `me` must name one of the replicas.
     #[error("me = {me} is not a replica id; ids are 0..{n} for n = {n} replicas")]
-    IdOutOfRange { me: ReplicaId, n: usize },
+    IdOutOfRange {
+        /// The id given.
+        me: ReplicaId,
+        /// Replicas in the quorums.
+        n: usize,
+    },
     /// A limit that must be at least 1 is 0.
     #[error("limits.{limit} is 0; set it to at least 1")]
-    LimitNotPositive { limit: &'static str },
+    LimitNotPositive {
+        /// The field of [`Limits`].
+        limit: &'static str,
+    },
     /// The window of instances a replica keeps must hold every instance the leader runs at
     /// once.
     #[error(
         "limits.max_instances_ahead ({ahead}) is below limits.max_instances_in_flight ({in_flight}); raise max_instances_ahead to at least {in_flight} or lower max_instances_in_flight"
     )]
-    InstancesAheadBelowInFlight { ahead: u64, in_flight: u64 },
+    InstancesAheadBelowInFlight {
+        /// `max_instances_ahead`.
+        ahead: u64,
+        /// `max_instances_in_flight`.
+        in_flight: u64,
+    },
     /// A timeout that must be at least 1 ms is 0.
     #[error("timeouts.{timeout} is 0; set it to at least 1 ms")]
-    TimeoutNotPositive { timeout: &'static str },
+    TimeoutNotPositive {
+        /// The field of [`Timeouts`].
+        timeout: &'static str,
+    },
     /// Retransmission backs off from the initial interval up to the maximum, never down.
     #[error(
         "timeouts.retransmit_max_ms ({max_ms}) is below timeouts.retransmit_initial_ms ({initial_ms}); raise retransmit_max_ms to at least {initial_ms} or lower retransmit_initial_ms"
     )]
-    RetransmitMaxBelowInitial { max_ms: u64, initial_ms: u64 },
+    RetransmitMaxBelowInitial {
+        /// `retransmit_max_ms`.
+        max_ms: u64,
+        /// `retransmit_initial_ms`.
+        initial_ms: u64,
+    },
 }
 
 impl EngineConfig {

@@ -18,8 +18,10 @@
 //! - **Service thread:** executes batches and queries on the embedder's [`Service`], in cid
 //!   order, so a slow service never stalls the network or the protocol.
 //!
-//! Every queue between them is bounded, except the engine-to-service queue, which the engine
-//! bounds itself: at most `max_instances_ahead` decided batches can be waiting.
+//! Every queue between them is bounded, except the two between the engine and the service.
+//! The engine bounds the batches in them itself: execution holds at each checkpoint cid until
+//! the service's snapshot is in, so at most `checkpoint_period` decided batches wait. Unordered
+//! reads (one query each) are not bounded there; only the inbound queues limit them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,14 +88,20 @@ fn default_verify_workers() -> usize {
         .clamp(1, 4)
 }
 
-/// A live view of a replica, for operators and tests.
+/// A live view of a replica, for operators and tests; republished after every engine input.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReplicaStatus {
+    /// The current regency.
     pub regency: Regency,
+    /// That regency's leader.
     pub leader: ReplicaId,
+    /// The highest cid handed to the service ([`Engine::last_executed`]).
     pub last_decided: Cid,
+    /// Requests in the pool ([`Engine::pending_requests`]).
     pub pending_requests: u64,
+    /// Messages refused since start, by the verify workers or the engine.
     pub rejected_messages: u64,
+    /// Frames since start that did not decode into a [`Message`].
     pub decode_errors: u64,
 }
 
@@ -124,6 +132,7 @@ pub struct ReplicaHandle {
 }
 
 impl ReplicaHandle {
+    /// The replica's latest status.
     pub fn status(&self) -> ReplicaStatus {
         self.status.borrow().clone()
     }
@@ -138,8 +147,10 @@ impl ReplicaHandle {
 /// Why a replica could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A stored record is not a [`PersistRecord`]; holds the decoder's description.
     #[error("the data directory holds a record that does not decode ({0}); it was written by an incompatible version or is damaged. Move the directory aside to rejoin through state transfer")]
     UndecodableRecord(String),
+    /// [`Engine::recover`] refused the records (a checkpoint that does not decode).
     #[error("cannot rebuild the replica from its data directory: {0}")]
     Recovery(String),
     /// The engine configuration breaks a rule (see [`InvalidConfig`]); nothing was started.
@@ -627,10 +638,15 @@ impl<N: Network> EngineLoop<N> {
 /// Why an invocation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum InvokeError {
+    /// The client engine refused the request (an operation above `max_op_bytes`); nothing was
+    /// sent.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// No reply quorum within the given time; the request was abandoned but may still
+    /// execute.
     #[error("no reply quorum within {0:?}; the request may still execute")]
     TimedOut(Duration),
+    /// [`Client::shutdown`] was called.
     #[error("the client is shut down")]
     Closed,
 }
@@ -762,12 +778,22 @@ impl<N: Network> Client<N> {
         }
     }
 
-    /// Runs an ordered operation and returns the result agreed by the reply quorum.
+    /// Runs an ordered operation and returns the result agreed by the reply quorum. Waits for
+    /// room in the client's window first; `timeout` counts from when the request is sent.
+    ///
+    /// # Errors
+    /// [`InvokeError::Client`] if the operation is too large, [`InvokeError::TimedOut`] if no
+    /// quorum of replies came within `timeout`, [`InvokeError::Closed`] after shutdown.
     pub async fn invoke(&self, op: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, InvokeError> {
         self.invoke_kind(RequestKind::Ordered, op, timeout).await
     }
 
-    /// Runs a read-only operation without consensus (falls back to ordered on timeout).
+    /// Runs a read-only operation without consensus, needing Q matching replies; it is retried
+    /// as an ordered request if they do not come within `retry_timeout_ms` (docs/design.md
+    /// §3.8). Sent as an ordered request when unordered reads are disabled.
+    ///
+    /// # Errors
+    /// As [`Client::invoke`].
     pub async fn invoke_unordered(
         &self,
         op: Vec<u8>,

@@ -8,12 +8,16 @@
 //! model checker (`tests/model.rs`). The driving loop is in the [`engine`] docs; the design
 //! notes are in `docs/design.md`.
 //!
-//! A request's path: a client ([`client::ClientEngine`]) signs it and sends it to every
-//! replica; [`verify::InboundVerifier`] checks sender, sizes and signatures off the engine's
-//! thread; the engine pools it ([`pool`]), the leader batches and proposes it, the replicas
-//! vote (WRITE, ACCEPT) on the batch's blake3 digest, and a decided batch executes in cid order
-//! through the [`service::Service`]; the client table ([`clients`]) makes execution
-//! exactly-once and caches replies.
+//! A request's path: a client ([`client::ClientEngine`]) signs it and sends it to the leader
+//! it believes in, and to every replica if that leader is slow to answer;
+//! [`verify::InboundVerifier`] checks sender, sizes and signatures off the engine's thread; the
+//! engine pools it ([`pool`]), the leader batches and proposes it, the replicas vote (WRITE,
+//! ACCEPT) on the batch's blake3 digest, and a decided batch executes in cid order through the
+//! [`service::Service`]; the client table ([`clients`]) makes execution exactly-once and caches
+//! replies. [`message::Message`] documents every message: who sends it, to whom, when, and what
+//! the receiver does.
+
+#![warn(missing_docs)]
 
 pub mod checkpoint;
 pub mod client;

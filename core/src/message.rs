@@ -1,9 +1,15 @@
-//! Protocol messages: what clients and replicas send each other.
+//! Protocol messages: what clients and replicas send each other (docs/design.md §3.4–§3.11).
+//!
+//! Every frame carries one [`Message`], encoded by [`crate::codec`]; each variant's docs say who
+//! sends it, to whom, when, and what the receiver does. [`crate::verify`] runs the stateless
+//! checks (sender, sizes, signatures, certificates) before the engine sees a message; the
+//! engine runs the stateful ones (regency, leader, cid window) and acts on it.
 //!
 //! Votes (WRITE, ACCEPT) carry only the 32-byte blake3 digest of the batch; PROPOSE carries the
-//! batch itself. Everything a replica may later have to show a third party (proposals, votes) is
-//! a [`Signed`] value whose signature covers the canonical encoding of its body, so that
-//! certificates made of them can be checked by anyone.
+//! batch itself. Everything a replica may later have to show a third party (PROPOSE, votes,
+//! STOP, STOPDATA, SYNC) is a [`Signed`] value whose signature covers the canonical encoding of
+//! its body, so that certificates made of them can be checked by anyone (§3.6). In CFT the
+//! signatures are absent and the authenticated channel vouches for the sender.
 
 use serde::{Deserialize, Serialize};
 use smr_crypto::{canonical_message, Digest, PublicKey, Signature, Signer};
@@ -137,43 +143,78 @@ impl std::fmt::Display for Regency {
 /// A client is identified by its public key, so that a request names the key that signed it.
 pub type ClientId = PublicKey;
 
+/// How a request is served (docs/design.md §3.8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RequestKind {
     /// Goes through consensus and executes in the total order.
     Ordered,
-    /// A read that runs on each replica without consensus.
+    /// A read that runs on each replica without consensus: each replica answers it from its
+    /// current state ([`ServiceWork::Query`](crate::ServiceWork::Query)) and the client needs
+    /// Q matching replies. Valid only sent directly by its client; inside a batch, a STOP or a
+    /// forward it is refused as malformed.
     Unordered,
 }
 
+/// What a client signs: a request without its signature. [`Request::signing_bytes_of`] gives
+/// the signed bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RequestBody {
+    /// The client's public key: the key the request is signed with and the client its replies
+    /// go to. A request that arrives directly must name the key of the connection it came on
+    /// ([`Rejection::Impersonation`](crate::Rejection::Impersonation)), and the cluster's
+    /// [`ClientPolicy`](crate::ClientPolicy) must admit the key.
     pub client: ClientId,
+    /// The client's sequence number for this request; with `client` it identifies the request
+    /// ([`RequestId`]). A retry reuses it, and replicas execute each (client, seq) at most once
+    /// (docs/design.md §3.7). A seq `max_pending_per_client` or more below the client's highest
+    /// executed one is stale and refused
+    /// ([`Rejection::StaleRequest`](crate::Rejection::StaleRequest)).
     pub seq: u64,
+    /// Ordered, or an unordered read.
     pub kind: RequestKind,
+    /// The operation, opaque to smr and handed as is to
+    /// [`Service::execute`](crate::Service::execute) or [`Service::query`](crate::Service::query);
+    /// at most `max_op_bytes` bytes.
     #[serde(with = "serde_bytes")]
     pub op: Vec<u8>,
 }
 
-/// A client request. In BFT mode it carries the client's signature, so that a Byzantine leader
-/// cannot invent requests.
+/// A client request (docs/design.md §3.4 step 1, §3.7).
+///
+/// In BFT it carries the client's signature, so that a Byzantine leader cannot invent or alter
+/// requests; in CFT the client's authenticated connection vouches for it. Besides travelling on
+/// its own ([`Message::Request`]), a request is carried inside PROPOSE, STOP, forwarded requests,
+/// prepared proofs and decisions, and the verifier checks its signature in each of them (once
+/// per exact copy: [`crate::verify::VerifiedRequests`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Request {
+    /// What the client signed.
     pub body: RequestBody,
+    /// The client's signature over [`Request::signing_bytes_of`]`(&body)`: required in BFT
+    /// ([`Rejection::MissingSignature`](crate::Rejection::MissingSignature) without it),
+    /// `None` in CFT (and ignored if present).
     pub signature: Option<Signature>,
 }
 
 const REQUEST_DOMAIN: &str = "smr/request/v1";
 
 impl Request {
+    /// A request for `body`, signed by `signer` if one is given (BFT: the client's key, whose
+    /// public key is `body.client`), unsigned otherwise (CFT).
     pub fn new(body: RequestBody, signer: Option<&dyn Signer>) -> Request {
         let signature = signer.map(|s| s.sign(&Self::signing_bytes_of(&body)));
         Request { body, signature }
     }
 
+    /// The bytes a client signs for `body`: its codec encoding, domain-separated as
+    /// `smr/request/v1` by [`canonical_message`], so that a request signature can never pass
+    /// for a replica message's.
     pub fn signing_bytes_of(body: &RequestBody) -> Vec<u8> {
         canonical_message(REQUEST_DOMAIN, &codec::encode(body))
     }
 
+    /// The request's identity, (client, seq): the key of deduplication, of the pool and of the
+    /// reply cache.
     pub fn id(&self) -> RequestId {
         RequestId {
             client: self.body.client,
@@ -181,71 +222,107 @@ impl Request {
         }
     }
 
-    /// Bytes this request contributes to a batch, used for batch limits.
+    /// The bytes this request counts for against `max_batch_bytes`: 117 for the client key,
+    /// seq, kind, op length prefix and signature (counted even when absent), plus the op's
+    /// length. The leader's cut ([`crate::pool::RequestPool::cut_batch`]) and the verifier's
+    /// check of a PROPOSE use this same measure.
     pub fn size_bytes(&self) -> usize {
         // client key + seq + kind + op length prefix + signature
         32 + 8 + 4 + 8 + 65 + self.body.op.len()
     }
 }
 
+/// Identifies a request: its client and that client's sequence number (docs/design.md §3.7).
+/// Orders by client, then seq.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RequestId {
+    /// The client's public key.
     pub client: ClientId,
+    /// The client's sequence number.
     pub seq: u64,
 }
 
-/// An ordered batch of requests; consensus runs on `digest()`. An empty batch is a no-op.
+/// An ordered batch of requests: the value one consensus instance decides. Replicas vote on
+/// [`Batch::digest`]; only PROPOSE, prepared proofs and decisions carry the batch itself. An
+/// empty batch is a no-op: what a SYNC fixes for a cid that no STOPDATA reports
+/// (docs/design.md §3.10.2).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
+    /// The requests, in execution order: at most `max_batch_requests`, at most
+    /// `max_batch_bytes` by [`Batch::size_bytes`] unless there is only one, and no (client,
+    /// seq) twice. All ordered.
     pub requests: Vec<Request>,
 }
 
 impl Batch {
+    /// The 32-byte blake3 digest of the batch's codec encoding (signatures included): what
+    /// WRITE and ACCEPT vote for and a decision certificate certifies.
     pub fn digest(&self) -> Digest {
         smr_crypto::digest(&codec::encode(self))
     }
 
+    /// The sum of [`Request::size_bytes`] over the requests: what `max_batch_bytes` bounds.
     pub fn size_bytes(&self) -> usize {
         self.requests.iter().map(Request::size_bytes).sum()
     }
 }
 
-/// A body that can be signed by a replica. The domain keeps a signature over one message type
-/// from being replayed as another.
+/// A body that a replica signs: [`Propose`], [`Vote`], [`Stop`], [`StopData`] and [`Sync`].
+/// The domain keeps a signature over one message type from being replayed as another.
 pub trait ReplicaSigned: Serialize {
+    /// The domain-separation tag mixed into the signed bytes ([`canonical_message`]), such as
+    /// `smr/vote/v1`: one per message type and encoding version.
     const DOMAIN: &'static str;
-    /// The replica that must have signed this body.
+    /// The replica that must have signed this body. A message sent directly must come from it
+    /// ([`Rejection::SenderMismatch`](crate::Rejection::SenderMismatch)); one relayed inside a
+    /// certificate or a SYNC is checked against its configured key.
     fn signer(&self) -> ReplicaId;
 }
 
-/// A replica-signed value. In CFT mode the signature is absent and channel authentication
-/// vouches for the sender.
+/// A replica-signed value (docs/design.md §3.6). In CFT mode the signature is absent and
+/// channel authentication vouches for the sender.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Signed<T> {
+    /// The signed content.
     pub body: T,
+    /// The signature of `body.signer()` over [`Signed::signing_bytes`]: required in BFT
+    /// ([`Rejection::MissingSignature`](crate::Rejection::MissingSignature) without it),
+    /// `None` in CFT (and ignored if present).
     pub signature: Option<Signature>,
 }
 
 impl<T: ReplicaSigned> Signed<T> {
+    /// Signs `body` with `signer` if one is given (BFT; it must hold the key of
+    /// `body.signer()`), or wraps it unsigned (CFT, where the engine holds no signer).
     pub fn new(body: T, signer: Option<&dyn Signer>) -> Signed<T> {
         let signature = signer.map(|s| s.sign(&Self::signing_bytes_of(&body)));
         Signed { body, signature }
     }
 
+    /// The bytes signed for `body`: its codec encoding, domain-separated by `T::DOMAIN`
+    /// ([`canonical_message`]).
     pub fn signing_bytes_of(body: &T) -> Vec<u8> {
         canonical_message(T::DOMAIN, &codec::encode(body))
     }
 
+    /// The bytes this value's signature covers: [`Signed::signing_bytes_of`] its body.
     pub fn signing_bytes(&self) -> Vec<u8> {
         Self::signing_bytes_of(&self.body)
     }
 }
 
+/// PROPOSE(cid, r, batch): the leader's value for one instance (docs/design.md §3.4 step 2;
+/// BFT-SMaRt's `Proposer` sends it, its `Acceptor` handles it). [`Message::Propose`] says who
+/// sends it and what the receiver does.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Propose {
+    /// The proposing replica and signer: the leader of `regency` (replica `regency` mod n).
     pub leader: ReplicaId,
+    /// The instance the batch is proposed for.
     pub cid: Cid,
+    /// The regency (epoch) the proposal is made in.
     pub regency: Regency,
+    /// The proposed value, carried in full.
     pub batch: Batch,
 }
 
@@ -256,19 +333,32 @@ impl ReplicaSigned for Propose {
     }
 }
 
+/// Which of an instance's two votes (docs/design.md §3.4 steps 3–4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum VoteKind {
+    /// The first vote, BFT only: "I hold the leader's PROPOSE with this digest". Q matching
+    /// WRITEs form a prepared certificate (§3.10.1).
     Write,
+    /// The deciding vote: Q matching ACCEPTs decide. Sent after Q matching WRITEs in BFT, right
+    /// after the PROPOSE in CFT.
     Accept,
 }
 
-/// A WRITE or ACCEPT for `digest` in instance `cid` at regency `regency`.
+/// A WRITE or ACCEPT for `digest` in instance `cid` at regency `regency` (BFT-SMaRt's
+/// `ConsensusMessage` of type WRITE or ACCEPT, handled by its `Acceptor`). Signed votes make
+/// certificates: Q WRITEs a [`PreparedProof`], Q ACCEPTs a decision certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Vote {
+    /// WRITE or ACCEPT; must match the [`Message`] variant that carries it.
     pub kind: VoteKind,
+    /// The voter and signer.
     pub replica: ReplicaId,
+    /// The instance voted in.
     pub cid: Cid,
+    /// The regency the vote is cast in: its epoch (§3.10.6). A replica votes only in its
+    /// current regency, and counts only votes of its current regency.
     pub regency: Regency,
+    /// The 32-byte [`Batch::digest`] voted for.
     pub digest: Digest,
 }
 
@@ -279,38 +369,62 @@ impl ReplicaSigned for Vote {
     }
 }
 
-/// A decided batch with its certificate: Q signed ACCEPTs for the batch's digest, all from one
-/// regency. Anyone holding the replicas' keys can check it.
+/// A decided batch with its certificate: Q ACCEPTs for the batch's digest, all from one
+/// regency. In BFT the ACCEPTs are signed, so anyone holding the replicas' keys can check it
+/// (docs/design.md §3.6). It is what decision forwarding carries (§3.5), what a replica
+/// persists ([`PersistRecord::Decided`](crate::engine::PersistRecord::Decided)) and what its
+/// decision log keeps for peers that are behind.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
+    /// The decided instance.
     pub cid: Cid,
+    /// The decided value.
     pub batch: Batch,
+    /// `accepts_to_decide` (Q) to n ACCEPT votes for (`cid`, one regency, `batch.digest()`),
+    /// one per replica; signed in BFT, unsigned in CFT.
     pub certificate: Vec<Signed<Vote>>,
 }
 
-/// Proof that a value was prepared in `epoch` for `cid`: in BFT the Q signed WRITEs that made
-/// this replica ACCEPT; in CFT (Paxos phase 1) just the accepted value, vouched for by the
-/// authenticated channel. It carries the batch so that a new leader can re-propose it.
+/// Proof that a value was prepared in `epoch` for `cid` (docs/design.md §3.10.1): in BFT the Q
+/// signed WRITEs that made this replica ACCEPT; in CFT (Paxos phase 1, §3.10.5) just the
+/// accepted value, vouched for by the authenticated channel. It carries the batch so that a new
+/// leader can re-propose it. A replica persists it before its ACCEPT
+/// ([`PersistRecord::Prepared`](crate::engine::PersistRecord::Prepared)) and reports its newest
+/// one for each open cid in STOPDATA.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreparedProof {
+    /// The instance.
     pub cid: Cid,
+    /// The regency in which the value was written (BFT) or accepted (CFT); the value rule
+    /// takes the highest (§3.10.2).
     pub epoch: Regency,
+    /// The prepared value.
     pub batch: Batch,
+    /// BFT: `writes_to_accept` (Q) to n WRITE votes for (`cid`, `epoch`, `batch.digest()`), one
+    /// per replica. CFT: empty.
     pub writes: Vec<Signed<Vote>>,
 }
 
-/// Proof that `cid` was decided with `digest`: Q signed ACCEPTs (empty in CFT).
+/// Proof that `cid` was decided with `digest`: a [`Decision`]'s certificate without its batch.
+/// STOPDATA carries one for the sender's last executed cid, and a checkpoint one for its own
+/// cid ([`crate::checkpoint::Checkpoint::decided`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecisionProof {
+    /// The decided instance; never 0.
     pub cid: Cid,
+    /// The decided batch's 32-byte [`Batch::digest`].
     pub digest: Digest,
+    /// Q to n ACCEPT votes for (`cid`, one regency, `digest`), one per replica; signed in BFT,
+    /// unsigned in CFT. Checked like a [`Decision::certificate`].
     pub certificate: Vec<Signed<Vote>>,
 }
 
-/// "The leader of my regency failed me; let us move to `regency`." Carries requests that timed
-/// out, so that the next leader has them.
+/// STOP: "the leader of my regency failed me; let us move to `regency`" (docs/design.md §3.9
+/// steps 2–3; BFT-SMaRt's `Synchronizer`). Carries the oldest pending requests, so that the
+/// next leader has them. [`Message::Stop`] says who sends it and what the receiver does.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stop {
+    /// The sender and signer.
     pub replica: ReplicaId,
     /// The regency the sender asks for.
     pub regency: Regency,
@@ -318,6 +432,9 @@ pub struct Stop {
     /// comes from a replica that missed a leader change (for instance one that was cut off), and
     /// must not drag the others into another change.
     pub from_regency: Regency,
+    /// The sender's oldest pending requests, at most `max_batch_requests`. Receivers add them
+    /// to their pools, so the next leader can order them even if their clients never reached
+    /// it.
     pub pending: Vec<Request>,
 }
 
@@ -328,13 +445,22 @@ impl ReplicaSigned for Stop {
     }
 }
 
-/// What a replica tells the leader of a newly installed regency: how far it has decided, with
-/// proof, and its highest prepared value for every open instance.
+/// STOPDATA: what a replica tells the leader of a newly installed regency: how far it has
+/// decided, with proof, and its highest prepared value for every open instance
+/// (docs/design.md §3.9 step 4, §3.10.1; BFT-SMaRt's `Synchronizer`). [`Message::StopData`]
+/// says who sends it and what the receiver does.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StopData {
+    /// The sender and signer.
     pub replica: ReplicaId,
+    /// The newly installed regency; its leader collects the STOPDATA.
     pub regency: Regency,
+    /// Proof that the sender's last executed cid was decided; `None` only if it executed
+    /// nothing. Everything up to that cid is decided, so the value rule never re-opens it.
     pub last_decided: Option<DecisionProof>,
+    /// For each open cid above `last_decided` that the sender prepared a value for, its newest
+    /// prepared proof (highest epoch): at most `max_instances_ahead`, each cid once, each epoch
+    /// below `regency`. A cid without one is not mentioned.
     pub prepared: Vec<PreparedProof>,
 }
 
@@ -345,13 +471,20 @@ impl ReplicaSigned for StopData {
     }
 }
 
-/// The new leader's SYNC: the n-f STOPDATA it collected. The values for the open instances are a
+/// The new leader's SYNC: the n-f STOPDATA it collected (docs/design.md §3.9 step 5, §3.10.2,
+/// §3.10.4; BFT-SMaRt's `Synchronizer`). The values for the open instances are a
 /// deterministic function of these proofs ([`crate::sync::choose`]), so every replica re-derives
-/// them and a leader cannot pick a value its proofs do not support.
+/// them and a leader cannot pick a value its proofs do not support. [`Message::Sync`] says who
+/// sends it and what the receiver does.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sync {
+    /// The leader of `regency`, and the signer. Any replica may relay a SYNC, but only this
+    /// leader's signature makes it valid.
     pub leader: ReplicaId,
+    /// The regency the SYNC installs.
     pub regency: Regency,
+    /// n-f to n STOPDATA for `regency`, one per replica, each signed by its sender and checked
+    /// like a STOPDATA received directly.
     pub proofs: Vec<Signed<StopData>>,
 }
 
@@ -362,95 +495,254 @@ impl ReplicaSigned for Sync {
     }
 }
 
-/// A replica's answer to a client.
+/// A replica's answer to a client's request (docs/design.md §3.7). Unsigned: it travels over
+/// the replica's pinned, authenticated connection (§3.6, §6).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
+    /// The answering replica; the client ignores a reply that names another replica than the
+    /// connection it came on.
     pub replica: ReplicaId,
+    /// The client the reply is for: the request's `client`.
     pub client: ClientId,
+    /// The request's sequence number; the client matches replies to requests by it.
     pub seq: u64,
+    /// The replica's regency when it replied. A client sends its ordered requests to the
+    /// leader of the highest regency f+1 replicas reported (one in CFT):
+    /// [`ClientEngine::believed_leader`](crate::client::ClientEngine::believed_leader).
     pub regency: Regency,
+    /// What the service returned: [`Service::execute`](crate::Service::execute)'s result for
+    /// an ordered request (from the reply cache for a duplicate),
+    /// [`Service::query`](crate::Service::query)'s for an unordered read. The client completes
+    /// once enough replies carry identical bytes.
     #[serde(with = "serde_bytes")]
     pub result: Vec<u8>,
 }
 
-/// Everything that travels between clients and replicas.
+/// Everything that travels between clients and replicas: one per frame.
+///
+/// Every message from a replica is first checked by [`crate::verify`] (sender, sizes,
+/// signatures, certificates); what each variant's receiver does below happens in the engine
+/// afterwards. The rate limits named are per receiver, so no peer can make a replica send
+/// without bound.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
-    /// Client to replicas.
+    /// A client's request (docs/design.md §3.4 step 1, §3.7, §3.8). The client
+    /// ([`ClientEngine::submit`](crate::client::ClientEngine::submit)) sends an ordered request
+    /// to the leader it believes in, and to every replica once that leader is slow
+    /// ([`ClientEngine::leader_wait_ms`](crate::client::ClientEngine::leader_wait_ms)) or on a
+    /// retry; an unordered read goes to every replica at once. A replica accepts it only from
+    /// the client it names. It answers an executed request from its reply cache (never
+    /// executing it twice), refuses one older than the client's window, runs an unordered read
+    /// against its state, and otherwise pools the request and starts its request timer; a
+    /// leader then proposes it.
     Request(Request),
-    /// Replica to client.
+    /// A replica's answer to a client: sent to the request's client when its batch executed
+    /// ([`Engine::on_executed`](crate::Engine::on_executed)), when an unordered read was
+    /// answered, and from the reply cache when the client sends an executed request again. The
+    /// client ([`ClientEngine::on_reply`](crate::client::ClientEngine::on_reply)) completes the
+    /// request at f+1 identical results in BFT, 1 in CFT, and Q with unordered reads enabled
+    /// or for an unordered read (docs/design.md §3.3, §3.8).
     Reply(Reply),
+    /// PROPOSE (docs/design.md §3.4 steps 2–3; BFT-SMaRt's `Acceptor`): broadcast by the
+    /// leader of the regency when it cuts a batch from its pool (up to
+    /// `max_instances_in_flight` instances at once), and again by its retransmit timer while the
+    /// instance is undecided. A replica accepts it only from the leader of the PROPOSE's
+    /// regency, in its own regency, inside its cid window, after that regency's SYNC, and if it
+    /// holds no other value for the cid (another is an equivocation); it then records the value
+    /// and votes, WRITE in BFT and ACCEPT in CFT. A PROPOSE of a newer regency makes the
+    /// receiver ask the sender for its SYNC; one of an older regency gets the receiver's SYNC
+    /// back; one for a cid the receiver executed gets that decision back.
     Propose(Signed<Propose>),
+    /// WRITE, BFT only (refused in CFT): broadcast by every replica that accepted a value for
+    /// a cid (from PROPOSE or SYNC), and again by its retransmit timer while the instance is
+    /// undecided; persisted before it leaves. The receiver keeps one per replica (a different
+    /// second one is an equivocation). Once it holds Q WRITEs matching its own, and the batch
+    /// they are for, it keeps them as its prepared certificate and sends ACCEPT
+    /// (docs/design.md §3.4 step 4, §3.10.1).
     Write(Signed<Vote>),
+    /// ACCEPT: broadcast by a replica once it holds Q matching WRITEs (BFT) or right after it
+    /// accepted a value (CFT), and again by its retransmit timer while the instance is
+    /// undecided; persisted, with its prepared proof, before it leaves. With Q matching ACCEPTs
+    /// and the batch, the receiver decides the instance; with Q ACCEPTs but not the batch, it
+    /// asks one of the voters for the certified decision (docs/design.md §3.4 step 5).
     Accept(Signed<Vote>),
-    /// Requests a follower has waited too long for, sent to the leader.
+    /// Requests a follower has waited too long for (docs/design.md §3.9 step 1): at the first
+    /// expiry of its request timer, a follower sends the leader of its regency the requests
+    /// that timed out, at most `max_batch_requests`. Only the leader takes it
+    /// ([`Rejection::NotLeader`](crate::Rejection::NotLeader) elsewhere); it pools each request
+    /// as if its client had sent it, minus the cached reply (a stale request is skipped
+    /// silently), and proposes.
     Forward(Vec<Request>),
-    /// "Send me the decisions from `from_cid` on": how a replica that is behind catches up.
+    /// "Send me the certified decisions from `from_cid` on": how a replica that is behind
+    /// catches up (docs/design.md §3.5). Sent to one peer, at most once per
+    /// `retransmit_initial_ms`: to the next peer in turn whenever the retransmit timer fires,
+    /// at a first request timeout, when the heartbeat timer finds a cid seen beyond execution,
+    /// and after installing a transferred checkpoint; or to the peer whose message showed the
+    /// replica behind (a heartbeat, a PROPOSE or vote beyond its window, Q ACCEPTs for a batch
+    /// it lacks, a SYNC proving a later start, a full answer). The receiver
+    /// answers with [`Message::Decisions`] from its log (at most `max_decisions_per_reply`); if
+    /// it truncated those decisions up to its stable checkpoint, with [`Message::StateInfo`], a
+    /// hint to transfer state instead; if it has none, not at all.
     DecisionQuery {
+        /// The first cid wanted: the sender's last executed cid + 1.
         from_cid: Cid,
     },
-    /// Certified decisions, answering a query or a peer seen to be behind.
+    /// Certified decisions in cid order: the answer to a [`Message::DecisionQuery`] (at most
+    /// `max_decisions_per_reply`), or a single decision sent unasked to a leader whose PROPOSE
+    /// is for a cid the sender executed already. The receiver decides each one inside its
+    /// window that it has not decided yet and executes what is next in cid order; if a full
+    /// answer moved it forward, it asks the same peer for more at once.
     Decisions(Vec<Decision>),
-    /// The leader's periodic "I am here, and decided up to this cid".
+    /// The leader's periodic "I lead `regency`, and executed up to `last_decided`": broadcast
+    /// every `heartbeat_ms` by the leader. A receiver in an older regency asks the sender for
+    /// its SYNC; one in a newer regency sends the sender its own. From its own leader, the
+    /// receiver notes the progress (in CFT a follower whose leader progresses blames its own
+    /// lag, not the leader, for its requests' timeouts) and, if `last_decided` is past its own
+    /// execution, asks the leader for the decisions.
     Heartbeat {
+        /// The leader's regency.
         regency: Regency,
+        /// The highest cid the leader has executed (handed to its service).
         last_decided: Cid,
     },
+    /// STOP (docs/design.md §3.9 steps 2–3; BFT-SMaRt's `Synchronizer`): broadcast by a
+    /// replica at the second expiry of a pending request's timer, when the leader change it is
+    /// in takes too long (asking for the next regency), or to join a change that f+1 replicas
+    /// (one in CFT) asked for; resent by its retransmit timer until the regency is installed.
+    /// A STOP for a regency the receiver has reached, or from a replica behind it, gets the
+    /// receiver's SYNC back; one more than 2^20 regencies ahead is malformed. Otherwise the
+    /// receiver records the highest regency each replica asked for, pools the carried
+    /// requests, joins at f+1 STOPs (CFT: 1), and at 2f+1 (CFT: f+1) installs the regency and
+    /// sends STOPDATA.
     Stop(Signed<Stop>),
+    /// STOPDATA (docs/design.md §3.9 step 4): sent by every replica to the leader of the
+    /// regency it has just installed, and resent by its retransmit timer until that regency's
+    /// SYNC arrives. A receiver that has not installed that regency yet counts it as the
+    /// sender's STOP for it. The leader collects STOPDATA for its regency and at n-f sends
+    /// SYNC; a replica that does not lead the regency refuses it
+    /// ([`Rejection::NotLeader`](crate::Rejection::NotLeader)), and a STOPDATA of an older
+    /// regency, or one reaching a leader that already sent its SYNC, gets that SYNC back.
     StopData(Signed<StopData>),
+    /// SYNC (docs/design.md §3.9 steps 5–6, §3.10.4; BFT-SMaRt's `Synchronizer`): broadcast by
+    /// the new leader once it holds n-f STOPDATA for its regency, and sent again by any replica
+    /// (at most once per peer per `retransmit_initial_ms`) to a peer found in an older regency
+    /// or asking with [`Message::SyncQuery`]. A receiver in an older regency enters the SYNC's
+    /// (the n-f STOPDATA prove it was installed); then it recomputes the values with
+    /// [`crate::sync::choose`], votes for those inside its window, asks for the decisions up to
+    /// the proven start if it is behind, and resumes normal operation. A SYNC of an older
+    /// regency, or one already applied, is ignored.
     Sync(Signed<Sync>),
     /// "Send me the SYNC that installed your regency": how a replica that missed a leader
-    /// change catches up.
+    /// change catches up. Sent, at most once per `retransmit_initial_ms`, to a peer whose
+    /// PROPOSE, vote or heartbeat carries a newer regency; broadcast by a replica recovered in a
+    /// regency above 0 (it must apply that regency's SYNC before voting); and sent to the leader
+    /// by a replica that has just finished rejoining. The receiver sends back its current SYNC,
+    /// if it has one (none in regency 0).
     SyncQuery,
-    /// "I took a checkpoint at `cid`": a quorum of identical announcements makes it stable.
+    /// "I took a checkpoint at `cid`" (docs/design.md §3.11): broadcast by a replica once the
+    /// service's snapshot at a checkpoint cid is in, and repeated on each heartbeat timer while
+    /// it is not stable. The receiver keeps it if `cid` is a multiple of `checkpoint_period`
+    /// above its stable checkpoint and not far ahead; its own checkpoint at `cid` becomes
+    /// stable, and its log is truncated up to it, once Q replicas (itself included) announced
+    /// the same digest.
     CheckpointAnnounce {
+        /// The checkpoint's cid.
         cid: Cid,
+        /// The 32-byte blake3 digest of the checkpoint's encoded
+        /// [`CheckpointData`](crate::checkpoint::CheckpointData).
         digest: Digest,
     },
-    /// "What is your latest checkpoint?": the start of a state transfer.
+    /// "Which checkpoints can you serve, and how far have you voted?": the start of a state
+    /// transfer (docs/design.md §3.11; BFT-SMaRt's `StateManager`). Broadcast when a
+    /// [`Message::StateInfo`] first shows a checkpoint above the sender's execution, and by a
+    /// replica rejoining after it lost its disk ([`Engine::rejoin`](crate::Engine::rejoin);
+    /// repeated by its retransmit timer until n-f answered). The receiver answers with
+    /// [`Message::StateInfo`].
     StateQuery,
-    /// A replica's latest checkpoint (cid 0 if none), and the highest cid it has executed or
-    /// voted in. Also the answer to a `DecisionQuery` for decisions that were truncated away:
-    /// a hint that state transfer is needed.
+    /// A replica's checkpoints (none if it has none) and the highest cid it has executed or
+    /// voted in: the answer to a [`Message::StateQuery`], to a [`Message::DecisionQuery`] for
+    /// decisions truncated away (a hint that state transfer is needed), and to a
+    /// [`Message::StateFetch`] for a checkpoint the replica no longer holds (so the requester
+    /// switches at once). A receiver shown a checkpoint above its execution starts a transfer if
+    /// none is running (broadcasting [`Message::StateQuery`]), records the report, and fetches
+    /// a checkpoint once `state_transfer_digests` peers (f+1 in BFT, 1 in CFT) report the same
+    /// cid and digest. A rejoining receiver also collects `voted_up_to` from n-f peers.
     StateInfo {
-        /// Every checkpoint the replica can serve: its stable one and newer ones of its own.
+        /// Every checkpoint the replica can serve: its stable one and newer ones of its own,
+        /// as (cid, 32-byte digest); at most
+        /// [`MAX_REPORTED_CHECKPOINTS`](crate::verify::MAX_REPORTED_CHECKPOINTS).
         checkpoints: Vec<(Cid, Digest)>,
+        /// The highest cid the replica has executed, voted in or prepared a value for. A
+        /// rejoining replica stays silent until it has executed `max_instances_ahead` cids past
+        /// the highest of n-f of these (docs/design.md §3.12).
         voted_up_to: Cid,
     },
-    /// "Send me the bytes of your checkpoint `cid` from `offset`."
+    /// "Send me the bytes of your checkpoint `cid` from `offset`": sent by a replica
+    /// transferring state to the one peer it chose among those that agree on the checkpoint,
+    /// at offset 0 and then where each chunk ended. The receiver serves at most
+    /// [`STATE_FETCHES_PER_SECOND`](crate::engine::STATE_FETCHES_PER_SECOND) per peer (more
+    /// are refused as [`Rejection::RateLimited`](crate::Rejection::RateLimited)); it answers with
+    /// one [`Message::StateChunk`], or with [`Message::StateInfo`] if it no longer holds the
+    /// checkpoint.
     StateFetch {
+        /// The checkpoint wanted.
         cid: Cid,
+        /// Byte offset into the checkpoint's encoding; past its end is malformed.
         offset: u64,
     },
-    /// A bounded chunk of a checkpoint.
+    /// A bounded chunk of a checkpoint's encoding: the answer to a [`Message::StateFetch`]
+    /// (docs/design.md §3.11). The receiver takes it only from the source it is downloading
+    /// from, for that checkpoint and at the offset it expects, and fetches the next chunk until
+    /// it holds `total_len` bytes. It then installs the checkpoint if the bytes hash to the
+    /// digest its peers agreed on, decode, and come with the proof of their cid; otherwise it
+    /// drops the source as a liar and fetches from another.
     StateChunk {
+        /// The checkpoint's cid.
         cid: Cid,
+        /// Where `bytes` start in the checkpoint's encoding.
         offset: u64,
+        /// The length of the whole encoding in bytes; at most `max_state_bytes`.
         total_len: u64,
+        /// The encoding's bytes from `offset`: at most `state_chunk_bytes`, empty only at the
+        /// end.
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
         /// On the chunk that completes the checkpoint: the proof that `cid` was decided,
         /// which the requester needs to report it in a later STOPDATA.
         decided: Option<DecisionProof>,
     },
-    /// An operator's "how are you?", from a client connection.
+    /// An operator's "how are you?", from a client connection (`smr status`,
+    /// [`Client::status`](crate::driver::Client::status)). The driver answers it with
+    /// [`Message::Status`] without involving the engine, which refuses it.
     StatusQuery,
-    /// The answer to a `StatusQuery`.
+    /// The answer to a [`Message::StatusQuery`], sent to the connection that asked.
     Status(StatusReport),
 }
 
-/// What `smr status` prints for one replica.
+/// What `smr status` prints for one replica. The driver builds it from the engine's accessors
+/// when a [`Message::StatusQuery`] arrives; the service thread adds `state_digest`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
+    /// The reporting replica.
     pub replica: ReplicaId,
+    /// The replication mode: `"bft"` or `"cft"`.
     pub mode: String,
+    /// The replica's current regency.
     pub regency: Regency,
+    /// The leader of that regency.
     pub leader: ReplicaId,
+    /// The highest cid the replica handed to its service
+    /// ([`Engine::last_executed`](crate::Engine::last_executed)).
     pub last_decided: Cid,
+    /// The cid of the replica's stable checkpoint; 0 if none
+    /// ([`Engine::last_checkpoint`](crate::Engine::last_checkpoint)).
     pub last_checkpoint: Cid,
-    /// Digest of the service state after executing `last_decided`.
+    /// Digest of the service state after executing `last_decided`
+    /// ([`Service::state_digest`](crate::Service::state_digest)).
     pub state_digest: Digest,
+    /// Requests in the replica's pool, not executed yet.
     pub pending_requests: u64,
+    /// Messages the replica refused since it started, in the verifier or the engine.
     pub rejected_messages: u64,
     /// Decided batches held in memory (bounded by checkpoints).
     pub log_entries: u64,
@@ -462,6 +754,8 @@ pub struct StatusReport {
 }
 
 impl Message {
+    /// The variant's stable, lower-case name (`"propose"`, `"decision-query"`, ...), for logs
+    /// and [`Rejection::UnexpectedMessage`](crate::Rejection::UnexpectedMessage).
     pub fn kind_name(&self) -> &'static str {
         match self {
             Message::Request(_) => "request",

@@ -17,26 +17,41 @@ pub type ReplicaId = u32;
 /// `Client(k)` proved possession of key `k` (and `k` is admitted by the cluster's client policy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Peer {
+    /// Replica i of the configuration.
     Replica(ReplicaId),
+    /// A client, named by its public key.
     Client(PublicKey),
 }
 
 /// A frame received from an authenticated peer.
 #[derive(Debug)]
 pub struct InboundFrame {
+    /// Who sent it, as the transport authenticated it.
     pub from: Peer,
+    /// One encoded [`Message`](crate::Message), not yet decoded or verified.
     pub frame: Vec<u8>,
 }
 
 /// Why a frame was not queued for sending.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SendError {
+    /// No connection to this peer can exist (not a configured replica, or a client that is
+    /// not connected).
     #[error("peer {0:?} is not known to this transport")]
     UnknownPeer(Peer),
+    /// The frame is larger than the transport carries.
     #[error("frame of {size_bytes} bytes exceeds the maximum frame size of {max_bytes} bytes")]
-    FrameTooLarge { size_bytes: usize, max_bytes: usize },
+    FrameTooLarge {
+        /// The frame's size in bytes.
+        size_bytes: usize,
+        /// The transport's maximum frame size in bytes.
+        max_bytes: usize,
+    },
+    /// The peer's bounded send queue is full; the frame was dropped, and the protocol's
+    /// retransmission makes up for it.
     #[error("send queue to {0:?} is full; the frame was dropped")]
     QueueFull(Peer),
+    /// The transport has shut down.
     #[error("the transport is shut down")]
     Closed,
 }
@@ -47,6 +62,11 @@ pub enum SendError {
 /// best effort; the protocol retransmits what matters. `recv` yields the next frame from any
 /// authenticated peer, or `None` once the transport has shut down.
 pub trait Network: Send + Sync + 'static {
+    /// Queues `frame` (one encoded message) for `to`, without blocking.
+    ///
+    /// # Errors
+    /// [`SendError`] if the frame cannot be queued; it is then dropped.
     fn send(&self, to: Peer, frame: Vec<u8>) -> Result<(), SendError>;
+    /// The next frame from any authenticated peer, or `None` once the transport has shut down.
     fn recv(&self) -> impl Future<Output = Option<InboundFrame>> + Send;
 }

@@ -1,9 +1,10 @@
 //! Pending requests: what replicas hold between a client's request and its execution.
 //!
-//! Every replica keeps the requests it has received, so that it can time them out and (later)
-//! ask for a leader change if the leader ignores them. The leader cuts batches from the pool,
-//! bounded by count and bytes and fair across clients: each round of a cut takes at most one
-//! request per client, starting after the client that went first last time.
+//! Every replica keeps the requests it has received, so that it can time them out and ask for
+//! a leader change if the leader ignores them (docs/design.md §3.4 step 1, §3.9). The leader
+//! cuts batches from the pool, bounded by count and bytes and fair across clients: each round
+//! of a cut takes at most one request per client, starting after the client that went first
+//! last time.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,10 +23,15 @@ struct Entry {
 /// Why a request was not admitted to the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolRejection {
+    /// The client already has `max_per_client` requests pending.
     ClientFull,
+    /// The pool holds `max_total` requests.
     PoolFull,
 }
 
+/// The pending requests, by client and by arrival time, each marked with the instance this
+/// leader proposed it in, if any. Bounded per client and in total; requests leave when they
+/// execute (or fall out of their client's window).
 #[derive(Clone, Debug)]
 pub struct RequestPool {
     by_client: BTreeMap<ClientId, BTreeMap<u64, Entry>>,
@@ -42,11 +48,18 @@ pub struct RequestPool {
 /// Outcome of [`RequestPool::insert`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inserted {
+    /// Added, with its timer starting now.
     New,
+    /// A request with this (client, seq) was pending already; nothing changed.
     AlreadyPending,
 }
 
 impl RequestPool {
+    /// An empty pool holding at most `max_per_client` requests per client and `max_total` in
+    /// all.
+    ///
+    /// # Panics
+    /// If either limit is 0.
     pub fn new(max_per_client: usize, max_total: usize) -> RequestPool {
         assert!(
             max_per_client > 0 && max_total > 0,
@@ -63,24 +76,33 @@ impl RequestPool {
         }
     }
 
+    /// Requests pending.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether no request is pending.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    /// Pending requests not in any batch this leader proposed: what the next cut can take.
     pub fn unproposed(&self) -> usize {
         self.unproposed
     }
 
+    /// Whether the request `id` is pending.
     pub fn contains(&self, id: &RequestId) -> bool {
         self.by_client
             .get(&id.client)
             .is_some_and(|m| m.contains_key(&id.seq))
     }
 
+    /// Adds `request`, arrived at `now_ms`, unless a request with its id is pending already.
+    /// Whether it is new to the client table is the caller's check.
+    ///
+    /// # Errors
+    /// [`PoolRejection::ClientFull`] or [`PoolRejection::PoolFull`] at the limits.
     pub fn insert(&mut self, request: Request, now_ms: u64) -> Result<Inserted, PoolRejection> {
         let id = request.id();
         let per_client = self.by_client.entry(id.client).or_default();
@@ -114,6 +136,7 @@ impl RequestPool {
         Ok(Inserted::New)
     }
 
+    /// Removes the request `id` (it executed), returning it if it was pending.
     pub fn remove(&mut self, id: &RequestId) -> Option<Request> {
         let per_client = self.by_client.get_mut(&id.client)?;
         let entry = per_client.remove(&id.seq)?;
@@ -147,8 +170,9 @@ impl RequestPool {
         self.by_arrival.first().map(|(t, _)| *t)
     }
 
-    /// Takes every request that arrived at or before `cutoff_ms`, restarting its timer at
-    /// `now_ms` and counting the timeout. Returns the requests with their timeout counts.
+    /// Finds every request that arrived (or last timed out) at or before `cutoff_ms`, restarts
+    /// its timer at `now_ms` and counts the timeout. Returns copies of those requests, oldest
+    /// first, with their timeout counts (1 at the first timeout); they stay pending.
     pub fn take_timed_out(&mut self, cutoff_ms: u64, now_ms: u64) -> Vec<(Request, u32)> {
         let expired: Vec<(u64, RequestId)> = self
             .by_arrival

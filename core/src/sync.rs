@@ -36,7 +36,9 @@ impl SyncChoice {
     }
 }
 
-/// Applies the value rule to already-verified STOPDATA.
+/// Applies the value rule (docs/design.md §3.10.2) to STOPDATA the verifier accepted (the new
+/// leader's collected ones, or a SYNC's proofs). Pure and independent of the proofs' order, so
+/// every replica derives the same choice.
 pub fn choose(proofs: &[Signed<StopData>]) -> SyncChoice {
     let mut start = Cid::ZERO;
     let mut start_holder = None;

@@ -40,6 +40,8 @@ use smr_modes::Quorums;
 pub const MAX_REPORTED_CHECKPOINTS: usize = 8;
 
 /// A message that passed [`InboundVerifier::verify_inbound`] (or [`InboundVerifier::verify_many`]).
+/// Its fields are private to smr-core, so no other crate can build one and
+/// [`crate::Engine::on_message`] never sees an unchecked message (docs/design.md §3.6).
 #[derive(Debug, Clone)]
 pub struct Verified {
     pub(crate) from: Peer,
@@ -47,9 +49,11 @@ pub struct Verified {
 }
 
 impl Verified {
+    /// The authenticated peer the message came from.
     pub fn from(&self) -> Peer {
         self.from
     }
+    /// The verified message.
     pub fn message(&self) -> &Message {
         &self.message
     }
@@ -58,10 +62,16 @@ impl Verified {
 /// Everything verification needs; cheap to clone and share across threads.
 #[derive(Clone)]
 pub struct InboundVerifier {
+    /// The mode (whether signatures are required) and the thresholds certificates must reach.
     pub quorums: Quorums,
+    /// Public key of replica i at index i: what replica signatures are checked against.
     pub replica_keys: Arc<Vec<PublicKey>>,
+    /// Which client keys may have requests verified.
     pub clients: Arc<ClientPolicy>,
+    /// Size and count limits checked on every message.
     pub limits: Limits,
+    /// The signature scheme: ed25519 in production, a deterministic stand-in in the
+    /// simulator.
     pub signatures: Arc<dyn Verifier>,
 }
 
@@ -145,6 +155,7 @@ impl VerifiedRequests {
         self.lock().order.len()
     }
 
+    /// Whether it holds no request.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -203,6 +214,13 @@ impl InboundVerifier {
         self.quorums.requires_signatures()
     }
 
+    /// Runs every stateless check on one message from `from`: that this kind of peer may send
+    /// it, that a replica message names its sender as signer, sizes and counts within
+    /// [`Limits`], client admission, certificates, and (BFT) every signature it carries, in one
+    /// batch verification. Uses no [`VerifiedRequests`] cache.
+    ///
+    /// # Errors
+    /// The first check that fails, as a [`Rejection`].
     pub fn verify_inbound(&self, from: Peer, message: Message) -> Result<Verified, Rejection> {
         let mut pending = Pending::new(None);
         self.collect(&from, &message, &mut pending)?;

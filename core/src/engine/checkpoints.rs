@@ -1,6 +1,6 @@
 //! Checkpoints: a snapshot every `checkpoint_period` cids, announced to the others; the newest
-//! one a quorum announced identically becomes stable, and only then is the log truncated
-//! below it (docs/design.md §3.11).
+//! one a quorum announced identically becomes stable, and only then is the log truncated up to
+//! it (docs/design.md §3.11).
 
 use crate::clients::ClientTable;
 use smr_crypto::Digest;
@@ -16,7 +16,7 @@ use super::{Engine, Output, PersistRecord};
 #[derive(Clone, Debug, Default)]
 pub(super) struct Checkpoints {
     /// The latest stable checkpoint: one that a quorum of replicas announced with the same
-    /// digest. It is what state transfer serves, and the log is truncated only below it, so a
+    /// digest. It is what state transfer serves, and the log is truncated only up to it, so a
     /// replica that runs ahead never discards decisions that the others still need.
     pub(super) stable: Option<Checkpoint>,
     /// Checkpoints this replica took that are not stable yet.
@@ -30,11 +30,18 @@ pub(super) struct Checkpoints {
 }
 
 impl Engine {
-    /// The service's snapshot at `cid` (after [`ServiceWork::TakeSnapshot`](super::ServiceWork::TakeSnapshot)): completes the
-    /// checkpoint, persists it and truncates the log.
+    /// The service's snapshot at `cid` (after
+    /// [`ServiceWork::TakeSnapshot`](super::ServiceWork::TakeSnapshot)): completes the
+    /// checkpoint (snapshot, client table and the proof that `cid` was decided), persists it,
+    /// announces its digest to the other replicas, and lets execution go past `cid` again. The
+    /// log is truncated once a quorum announced the same digest (docs/design.md §3.11).
     ///
     /// A snapshot nobody waits for any more is dropped: a state transfer installed a newer
     /// checkpoint (and cleared the request) while the service was taking it.
+    ///
+    /// # Panics
+    /// If the engine is not holding execution at `cid` for this snapshot, or has no proof
+    /// that `cid` was decided: the engine's own state is broken.
     pub fn on_snapshot(&mut self, now_ms: u64, cid: Cid, snapshot: Vec<u8>) -> Output {
         let Some((expected, clients)) = self.checkpoints.snapshot_clients.take() else {
             return self.finish_input();
@@ -112,8 +119,9 @@ impl Engine {
         }
     }
 
-    /// Makes `checkpoint` the stable one and forgets what it covers, keeping one period of
-    /// decisions before it for peers that are only a little behind.
+    /// Makes `checkpoint` the stable one and forgets what it covers: the decisions, the
+    /// announcements and this replica's older checkpoints at or below its cid. A peer that
+    /// needs those decisions transfers the checkpoint instead.
     pub(super) fn make_stable(&mut self, checkpoint: Checkpoint) {
         let cid = checkpoint.cid;
         assert!(
@@ -133,7 +141,9 @@ impl Engine {
     }
 
     /// Everything a store must keep after compacting at a checkpoint at `cid`: the regency,
-    /// and the decisions, prepared values and votes of later instances.
+    /// and the decisions, prepared values and own votes of later instances (docs/design.md
+    /// §3.12). The tokio driver writes them into the fresh log of
+    /// [`Wal::write_checkpoint`](crate::storage::Wal::write_checkpoint).
     pub fn durable_records_after(&self, cid: Cid) -> Vec<PersistRecord> {
         let mut records = vec![PersistRecord::Regency(self.regency)];
         records.extend(
@@ -176,7 +186,8 @@ impl Engine {
             .map(|c| c.decided.clone())
     }
 
-    /// Cid of the latest checkpoint (0 if none).
+    /// Cid of the stable checkpoint: the newest one a quorum announced with the same digest,
+    /// or one installed by state transfer (0 if none).
     pub fn last_checkpoint(&self) -> Cid {
         self.checkpoints
             .stable

@@ -83,7 +83,10 @@ impl Engine {
         }
     }
 
-    /// The service finished the batch of `cid`: cache the replies and send them.
+    /// The service finished the batch of `cid` ([`ServiceWork::Execute`]), with one result per
+    /// item: caches each reply in the client table and sends it to its client. After the batch
+    /// at a checkpoint cid it asks the service for a snapshot
+    /// ([`ServiceWork::TakeSnapshot`]).
     ///
     /// # Panics
     /// If `cid` is not the oldest batch handed to the service, or `results` does not hold one
@@ -112,7 +115,8 @@ impl Engine {
         self.finish_input()
     }
 
-    /// The result of a [`ServiceWork::Query`]: replies to the client.
+    /// The result of a [`ServiceWork::Query`]: sends it to the client in a [`Message::Reply`],
+    /// uncached (an unordered read is not deduplicated).
     pub fn on_query_result(&mut self, _now_ms: u64, id: RequestId, result: Vec<u8>) -> Output {
         self.out.send(
             Peer::Client(id.client),
@@ -121,7 +125,11 @@ impl Engine {
         self.finish_input()
     }
 
-    /// Hands back what the service produced, whichever kind it is.
+    /// Hands back what the service produced, whichever kind it is: [`Engine::on_executed`],
+    /// [`Engine::on_query_result`] or [`Engine::on_snapshot`].
+    ///
+    /// # Panics
+    /// As [`Engine::on_executed`] and [`Engine::on_snapshot`] do.
     pub fn on_service_done(&mut self, now_ms: u64, done: ServiceDone) -> Output {
         match done {
             ServiceDone::Executed { cid, results } => self.on_executed(now_ms, cid, results),

@@ -16,8 +16,9 @@
 //!    - [`Engine::on_message`] with each message the verifier passed ([`Verified`]; see
 //!      [`crate::verify`]);
 //!    - [`Engine::on_timeout`] once `now_ms` reaches [`Engine::next_deadline_ms`];
-//!    - [`Engine::on_executed`], [`Engine::on_snapshot`] and [`Engine::on_query_result`] with
-//!      what the service produced for the engine's [`ServiceWork`].
+//!    - [`Engine::on_executed`], [`Engine::on_snapshot`] and [`Engine::on_query_result`] (or
+//!      [`Engine::on_service_done`] for any of them) with what the service produced for the
+//!      engine's [`ServiceWork`].
 //! 3. Perform each input's [`Output`] before the next input, in this order: count and log
 //!    `rejections`; send `send_now`; append every record of `persist` and make them durable
 //!    (one sync); send `send_after_persist`; hand `service` to the service, in order. A
@@ -33,9 +34,22 @@
 //! ACCEPTs decide; decided batches execute strictly in cid order. Up to
 //! `max_instances_in_flight` instances run at once.
 //!
-//! # Synchronization phase
+//! # Synchronization phase (docs/design.md §3.9, §3.10; BFT-SMaRt's `Synchronizer`)
 //! The regency is explicit ([`Engine::regency`]), every vote is bound to one, and pending
-//! requests carry a timeout count: at a request's second timeout a replica sends STOP.
+//! requests carry a timeout count: at a request's first timeout a follower forwards it to the
+//! leader, at its second it broadcasts STOP. f+1 STOPs (CFT: 1) make a replica join, 2f+1
+//! (CFT: f+1) install the next regency; every replica then sends the new leader its STOPDATA,
+//! and the leader's SYNC carries n-f of them, from which every replica derives the same values
+//! ([`crate::sync::choose`]). Until it applies the SYNC a replica is in [`Phase::Syncing`] and
+//! accepts no proposal. A change that does not finish within its timeout asks for the next
+//! regency, with twice the timeout.
+//!
+//! # Catching up, checkpoints and state transfer (§3.5, §3.11)
+//! Lost messages are resent by the retransmit timer; a replica that is behind asks peers for
+//! certified decisions, and one that is behind the peers' logs fetches a checkpoint that f+1
+//! of them (CFT: 1) vouch for. Every `checkpoint_period` cids the service is snapshotted with
+//! the reply cache; the log is truncated up to a checkpoint once a quorum announced the same
+//! digest.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -75,16 +89,27 @@ mod timers;
 
 pub use output::{ExecuteItem, Outgoing, Output, ServiceDone, ServiceWork};
 
-/// The engine's timers. Each has at most one deadline at a time.
+/// The engine's timers (docs/design.md §7.4). Each has at most one deadline at a time, in the
+/// engine's milliseconds; [`Engine::timer_deadlines_ms`] lists them and
+/// [`Engine::on_timeout`] fires those that are due.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TimerKind {
-    /// No progress for a while: resend proposals and votes, ask a peer for decisions.
+    /// No progress for a while (§3.5): resend this replica's PROPOSEs, WRITEs and ACCEPTs of
+    /// undecided instances, its STOP and STOPDATA, and a rejoining replica's StateQuery; restart
+    /// a stalled state transfer; ask the next peer for decisions. Armed while anything is
+    /// open; the interval starts at `retransmit_initial_ms`, doubles on each expiry up to
+    /// `retransmit_max_ms`, and resets when an instance executes.
     Retransmit,
-    /// The oldest pending request has waited `request_timeout_ms`.
+    /// The oldest pending request has waited `request_timeout_ms` (§3.9 steps 1–2). At a
+    /// request's first timeout a follower forwards it to the leader; at its second the replica
+    /// asks for the next regency with STOP, unless it is catching up and so blames its own lag.
     Request,
-    /// The leader's periodic heartbeat.
+    /// Every `heartbeat_ms`: the leader broadcasts [`Message::Heartbeat`]; every replica asks
+    /// for decisions if it has seen a cid beyond its execution, and repeats its newest
+    /// checkpoint announcement until that checkpoint is stable.
     Heartbeat,
-    /// A leader change has taken too long: move on to the next regency.
+    /// A leader change has not finished within `request_timeout_ms` doubled per failed change
+    /// in a row (at most 64 times): ask for the next regency (§3.9, "Growing timeouts").
     LeaderChange,
 }
 
@@ -96,7 +121,12 @@ const MAX_REGENCY_JUMP: u64 = 1 << 20;
 /// with the default 1 MiB chunks, far above what one-chunk-at-a-time transfer asks for.
 pub const STATE_FETCHES_PER_SECOND: u64 = 256;
 
-/// What the engine promises, to be made durable before the promise is sent.
+/// What the engine promises, to be made durable before the promise is sent (docs/design.md
+/// §3.12). The driver appends them in order ([`crate::runner::Host::append`]) and syncs once
+/// per output before [`Output::send_after_persist`]; their codec encoding is a write-ahead-log
+/// record, and [`Engine::recover`] rebuilds a replica from them. At a checkpoint record a store
+/// may replace everything before it with [`Engine::durable_records_after`] the checkpoint's
+/// cid, as the tokio driver does ([`crate::storage::Wal::write_checkpoint`]).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PersistRecord {
     /// A WRITE or ACCEPT this replica is about to send.
@@ -108,23 +138,37 @@ pub enum PersistRecord {
     Decided(Decision),
     /// This replica entered `regency`; it must never vote in a lower one, even after a restart.
     Regency(Regency),
-    /// A checkpoint; every record about cids at or below it may be discarded.
+    /// A checkpoint; every record about cids at or below it may be discarded (the regency may
+    /// not: [`Engine::durable_records_after`] says what a store keeps).
     Checkpoint(Checkpoint),
 }
 
-/// Counters for operators and tests.
+/// Counters for operators and tests, all counts since the engine was built (recovery does not
+/// count what it rebuilds).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EngineStats {
+    /// Rejections by [`Rejection::name`]: the engine's own and those counted through
+    /// [`Engine::count_rejection`].
     pub rejections: BTreeMap<&'static str, u64>,
+    /// Instances decided, by this replica's vote counting or from certified decisions of
+    /// peers.
     pub decided_instances: u64,
+    /// Requests handed to the service to execute (duplicates skipped are not counted).
     pub executed_requests: u64,
     /// Requests in a decided batch that were already executed, and so skipped.
     pub skipped_duplicates: u64,
+    /// PROPOSEs made as leader; retransmissions not counted.
     pub proposals_sent: u64,
+    /// Expiries of the retransmit timer.
     pub retransmissions: u64,
+    /// Decisions taken from certified decisions peers sent (decision forwarding), not from
+    /// this replica's own count of ACCEPTs.
     pub decisions_learned_from_peers: u64,
+    /// Regencies entered.
     pub regency_changes: u64,
+    /// STOPs started, one per regency asked for; resends not counted.
     pub stops_sent: u64,
+    /// State transfers started.
     pub state_transfers: u64,
     /// State-transfer sources whose bytes did not match the agreed digest.
     pub lying_state_sources: u64,
@@ -152,6 +196,11 @@ struct Instance {
     decided: Option<Decision>,
 }
 
+/// One replica's protocol state machine: ordering (BFT-SMaRt's `Acceptor`), leader change
+/// (`Synchronizer`), checkpoints and state transfer (`StateManager`), and execution in cid
+/// order. It does no I/O: the module docs give the driving loop, and [`crate::runner::perform`]
+/// carries out each [`Output`].
+///
 /// `Clone` lets a model checker branch one engine into every successor state; nothing in the
 /// engine depends on being unique (the signer is shared behind an `Arc`).
 #[derive(Clone)]
@@ -211,9 +260,11 @@ pub enum Phase {
 }
 
 impl Engine {
-    /// Builds an engine from a validated config ([`crate::EngineConfig::validate`]).
-    /// `signer` must hold this replica's configured key; it is used only in modes that sign
-    /// replica messages.
+    /// Builds the engine of a replica of a new cluster, from a validated config
+    /// ([`crate::EngineConfig::validate`]): regency 0, nothing executed, an empty pool. Call
+    /// [`Engine::start`] before the first input. `signer` must hold this replica's configured
+    /// key; it is used only in modes that sign replica messages (BFT). A replica that has
+    /// stored state uses [`Engine::recover`], one that lost it [`Engine::rejoin`].
     pub fn new(cfg: ValidEngineConfig, signer: Arc<dyn Signer>) -> Engine {
         let quorums = cfg.quorums;
         let signer = quorums.requires_signatures().then_some(signer);
@@ -249,27 +300,38 @@ impl Engine {
         }
     }
 
+    /// This replica's id, `0..n`.
     pub fn id(&self) -> ReplicaId {
         self.me
     }
+    /// The current regency: the highest this replica installed (or recovered); it never
+    /// decreases (docs/design.md §3.10.6).
     pub fn regency(&self) -> Regency {
         self.regency
     }
+    /// The leader of the current regency: replica `regency` mod n.
     pub fn leader(&self) -> ReplicaId {
         self.quorums.leader_of(self.regency.0)
     }
+    /// Whether this replica leads the current regency (it proposes only once that regency's
+    /// SYNC is applied).
     pub fn is_leader(&self) -> bool {
         self.leader() == self.me
     }
+    /// The highest cid handed to the service: every cid up to it is decided and executes in
+    /// order (0 before the first).
     pub fn last_executed(&self) -> Cid {
         self.last_executed
     }
+    /// Counters since the engine was built.
     pub fn stats(&self) -> &EngineStats {
         &self.stats
     }
+    /// Requests in the pool: received, not yet executed; at most `max_pending_total`.
     pub fn pending_requests(&self) -> usize {
         self.pool.len()
     }
+    /// The cluster's thresholds and leader rotation.
     pub fn quorums(&self) -> &Quorums {
         &self.quorums
     }
@@ -277,14 +339,18 @@ impl Engine {
     pub fn open_instances(&self) -> usize {
         self.instances.len()
     }
+    /// Decided batches held for peers that are behind: only cids above the stable checkpoint,
+    /// and at most `max_log_entries`.
     pub fn log_len(&self) -> usize {
         self.log.len()
     }
+    /// Whether the current regency's SYNC has been applied.
     pub fn phase(&self) -> Phase {
         self.phase
     }
 
-    /// Counts a rejection that happened before the engine saw the message (in the verifier).
+    /// Counts, in [`EngineStats::rejections`], a rejection that happened before the engine saw
+    /// the message (in the verifier).
     pub fn count_rejection(&mut self, rejection: &Rejection) {
         *self.stats.rejections.entry(rejection.name()).or_default() += 1;
     }
@@ -301,7 +367,10 @@ impl Engine {
         std::mem::take(&mut self.out)
     }
 
-    /// Arms the periodic timers. Call once after construction.
+    /// Arms the timers, counting from `now_ms`: the heartbeat, and the retransmit and request
+    /// timers if anything is open or pending (a recovered replica's records, a rejoin). Call it
+    /// once, after [`Engine::new`], or after performing the output of [`Engine::recover`] or
+    /// [`Engine::rejoin`]; perform its output like any other.
     pub fn start(&mut self, now_ms: u64) -> Output {
         // A recovered replica may have open instances or a rejoin to drive. Recovery ran
         // before there was a clock, so its timers start now.
@@ -315,8 +384,9 @@ impl Engine {
         self.finish_input()
     }
 
-    /// Handles a verified message. A rejection is counted and reported in
-    /// [`Output::rejections`], beside whatever the message produced before it was refused.
+    /// Handles a verified message ([`Message`] says what each kind makes the engine do). A
+    /// rejection is counted and reported in [`Output::rejections`], beside whatever the message
+    /// produced before it was refused.
     pub fn on_message(&mut self, now_ms: u64, message: Verified) -> Output {
         if let Err(rejection) = self.dispatch(now_ms, message) {
             self.reject(rejection);
@@ -462,7 +532,8 @@ impl Engine {
         }
     }
 
-    /// Client ids with pending requests, for diagnostics.
+    /// Clients the client table remembers (each with a request executed here or in a
+    /// checkpoint installed here), for diagnostics.
     pub fn pending_clients(&self) -> usize {
         self.clients.client_count()
     }

@@ -118,8 +118,8 @@ pub enum ServiceDone {
     },
 }
 
-/// The output of one input, in the order the driver performs it (see the crate docs for the
-/// driving loop):
+/// The output of one input, in the order the driver performs it (the driving loop is in the
+/// [`engine`](super) module docs; [`crate::runner::perform`] implements it):
 ///
 /// 1. count and log [`Output::rejections`] (the engine has counted them in its stats already);
 /// 2. send [`Output::send_now`]: these messages promise nothing that is not durable already;

@@ -25,16 +25,17 @@ pub(super) enum Rejoin {
 
 impl Engine {
     /// Rebuilds a replica from what it persisted before a crash, in the order it persisted
-    /// it. Returns the engine and the output that rebuilds the service: a `Restore` of the
-    /// latest checkpoint and the `Execute`s of the decisions after it. The driver performs
-    /// it, then calls [`Engine::start`].
-    ///
-    /// # Errors
-    /// A stored checkpoint that does not decode.
+    /// it (docs/design.md §3.12). Returns the engine and the output that rebuilds the service:
+    /// a `Restore` of the latest checkpoint and the `Execute`s of the decisions after it (and,
+    /// in a regency above 0, a broadcast [`Message::SyncQuery`]). The driver performs it, then
+    /// calls [`Engine::start`].
     ///
     /// The restarted replica keeps every promise it made: its regency, its votes and its
     /// prepared values. In a regency above 0 it waits for that regency's SYNC before voting on
     /// new proposals, and a restarted leader never proposes again in a cid it already voted in.
+    ///
+    /// # Errors
+    /// A message naming the problem if the newest stored checkpoint does not decode.
     pub fn recover(
         cfg: ValidEngineConfig,
         signer: Arc<dyn Signer>,
@@ -119,8 +120,10 @@ impl Engine {
     /// and may have voted before, forgetting it. It stays silent (no votes, no STOPDATA, no
     /// proposals) until every instance it can have voted in is decided and executed here:
     /// it asks n-f peers how far they have voted, and catches up one window past the highest
-    /// answer (see `Engine::participates`). A brand-new replica of a brand-new cluster uses
-    /// [`Engine::new`] instead.
+    /// answer (see `Engine::participates`; docs/design.md §3.12). Returns the engine and its
+    /// first output, a broadcast [`Message::StateQuery`]; perform it, then call
+    /// [`Engine::start`]. A brand-new replica of a brand-new cluster uses [`Engine::new`]
+    /// instead.
     pub fn rejoin(cfg: ValidEngineConfig, signer: Arc<dyn Signer>) -> (Engine, Output) {
         let mut engine = Engine::new(cfg, signer);
         engine.rejoin = Rejoin::Collecting(BTreeMap::new());
@@ -129,7 +132,8 @@ impl Engine {
         (engine, output)
     }
 
-    /// Whether this replica is still rejoining (see [`Engine::rejoin`]).
+    /// Whether this replica is still rejoining (see [`Engine::rejoin`]): it casts no vote,
+    /// proposes nothing and sends no STOP or STOPDATA yet.
     pub fn is_rejoining(&self) -> bool {
         !self.participates()
     }

@@ -1,11 +1,15 @@
 //! Durable storage: a checksummed write-ahead log of opaque records, plus a checkpoint file.
 //!
 //! A replica must remember what it promised (its regency, its WRITE/ACCEPT votes, prepared
-//! certificates, decided batches) before it sends the promise. The driver [`Wal::append`]s
-//! each such record, calls [`Wal::sync`] once for the whole batch of actions, and only then
-//! sends. Every `checkpoint_period` decisions it calls [`Wal::write_checkpoint`] with the
-//! snapshot and the few records that must outlive it, which replaces the whole log. On
-//! restart, [`Wal::open`] returns the checkpoint and the records after it ([`Recovered`]).
+//! certificates, decided batches) before it sends the promise (docs/design.md §3.12). The
+//! driver [`Wal::append`]s each record of an engine output's
+//! [`persist`](field@crate::Output::persist), calls [`Wal::sync`] once for the whole output,
+//! and only then sends its `send_after_persist` messages. Every `checkpoint_period` decisions
+//! it calls [`Wal::write_checkpoint`] with the checkpoint and the few records that must
+//! outlive it ([`Engine::durable_records_after`](crate::Engine::durable_records_after)), which
+//! replaces the whole log. On restart, [`Wal::open`] returns the checkpoint and the records
+//! after it ([`Recovered`]). The records are opaque bytes here; the driver stores codec-encoded
+//! [`PersistRecord`](crate::engine::PersistRecord)s.
 //!
 //! **Why our own log, not redb or fjall.** The access pattern is append-only records read back
 //! only at startup, one fsync per batch whose timing the driver must control (it is the
@@ -72,6 +76,7 @@ impl FsyncPolicy {
     /// The names [`FromStr`] accepts.
     pub const VALID_VALUES: [&'static str; 2] = ["always", "never"];
 
+    /// The policy's name in the config file: `"always"` or `"never"`.
     pub fn as_str(self) -> &'static str {
         match self {
             FsyncPolicy::Always => "always",
@@ -103,36 +108,78 @@ impl FromStr for FsyncPolicy {
     }
 }
 
-/// Operating errors of the storage layer.
+/// Operating errors of the storage layer (docs/design.md §7.6): returned, never a panic.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
+    /// An operating-system call failed; the [`Wal`] is poisoned from then on.
     #[error("storage I/O error on {path}: {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// The error.
         source: std::io::Error,
     },
+    /// Damage that is not a torn tail: bad bytes followed by a valid record in the log, a
+    /// checkpoint or manifest that fails its checksum or has the wrong length, or a file that
+    /// is not an smr file of its kind.
     #[error("{path} is corrupt at byte {offset}: {reason}; it is not a torn tail, so the replica refuses to start. Move the data directory aside to rejoin through state transfer")]
     Corrupt {
+        /// The damaged file.
         path: PathBuf,
+        /// Byte offset of the damage in the file.
         offset: u64,
+        /// What is wrong there.
         reason: String,
     },
+    /// A file of this kind written in another format version (the last two bytes of its
+    /// 8-byte magic).
     #[error("{path} has format version {found:?}, but this build reads only {supported:?}")]
     UnsupportedVersion {
+        /// The file.
         path: PathBuf,
+        /// The version found.
         found: String,
+        /// The version this build reads.
         supported: &'static str,
     },
+    /// Another live process holds the directory's `LOCK`.
     #[error("data directory {path} is locked by another process (pid {pid}); if no such process is running, remove {path}/LOCK")]
-    Locked { path: PathBuf, pid: u32 },
+    Locked {
+        /// The data directory.
+        path: PathBuf,
+        /// The pid recorded in the lock.
+        pid: u32,
+    },
+    /// A file of the generation the manifest names is absent.
     #[error("{path} is missing, but the manifest names generation {generation}; the data directory is damaged, so the replica refuses to start. Move the data directory aside to rejoin through state transfer")]
-    MissingFile { path: PathBuf, generation: u64 },
+    MissingFile {
+        /// The missing file.
+        path: PathBuf,
+        /// The generation the manifest names.
+        generation: u64,
+    },
+    /// No manifest, yet log or checkpoint files that only a manifest could explain.
     #[error("{path} is missing, but the data directory holds log or checkpoint files, so which state is current is unknown and the replica refuses to start. Move the data directory aside to rejoin through state transfer")]
-    MissingManifest { path: PathBuf },
+    MissingManifest {
+        /// Where the manifest should be.
+        path: PathBuf,
+    },
+    /// [`Wal::append`] or [`Wal::write_checkpoint`] was given a record longer than
+    /// [`MAX_RECORD_BYTES`]; nothing was written.
     #[error("record of {len} bytes exceeds the maximum of {max} bytes")]
-    RecordTooLarge { len: usize, max: usize },
+    RecordTooLarge {
+        /// Its length in bytes.
+        len: usize,
+        /// [`MAX_RECORD_BYTES`].
+        max: usize,
+    },
+    /// An earlier I/O error left the log in an unknown state; drop the [`Wal`] and open the
+    /// directory again.
     #[error("an earlier I/O error left the write-ahead log in {dir} in an unknown state; reopen the data directory to recover from what is on disk")]
-    Poisoned { dir: PathBuf },
+    Poisoned {
+        /// The data directory.
+        dir: PathBuf,
+    },
 }
 
 /// What `open` found on disk.

@@ -118,6 +118,11 @@ impl Wal {
     /// Takes the directory's lock (a lock left by a process that is no longer running does not
     /// block), deletes leftovers of an interrupted checkpoint, cuts a torn tail off the log, and
     /// refuses a damaged directory rather than start without something it promised.
+    ///
+    /// # Errors
+    /// [`StorageError::Locked`] if another process holds the directory; `Corrupt`,
+    /// `UnsupportedVersion`, `MissingFile` or `MissingManifest` for a damaged or foreign
+    /// directory; `Io` if the operating system fails.
     pub fn open(dir: &Path, policy: FsyncPolicy) -> Result<(Wal, Recovered), StorageError> {
         create_data_dir(dir, policy)?;
         let lock = DirLock::acquire(dir)?;
@@ -186,6 +191,11 @@ impl Wal {
     ///
     /// Records appended but not synced may be lost if the `Wal` is dropped, as in a crash
     /// (dropping does not write the buffer).
+    ///
+    /// # Errors
+    /// [`StorageError::RecordTooLarge`] above [`MAX_RECORD_BYTES`](super::MAX_RECORD_BYTES);
+    /// [`StorageError::Io`] if writing the buffer out fails (the `Wal` is poisoned from then
+    /// on); [`StorageError::Poisoned`] after an earlier I/O error.
     pub fn append(&mut self, record: &[u8]) -> Result<(), StorageError> {
         self.check_usable()?;
         check_record_size(record)?;
@@ -196,7 +206,13 @@ impl Wal {
         Ok(())
     }
 
-    /// Makes every appended record durable according to the policy. The driver calls this before sending any message that promises what was appended.
+    /// Makes every appended record durable according to the policy: written and, with
+    /// [`FsyncPolicy::Always`], fsynced. The driver calls this once per engine output, before
+    /// sending any message that promises what was appended.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] (the `Wal` is poisoned from then on), or
+    /// [`StorageError::Poisoned`] after an earlier one.
     pub fn sync(&mut self) -> Result<(), StorageError> {
         self.check_usable()?;
         self.write_pending()?;
@@ -207,9 +223,19 @@ impl Wal {
         Ok(())
     }
 
-    /// Atomically replaces the checkpoint and starts a fresh log containing exactly `records_after` (the records that must survive after this checkpoint). Crash at any point leaves either the old (checkpoint, log) pair or the new one, never a mix.
+    /// Atomically replaces the checkpoint and starts a fresh log containing exactly
+    /// `records_after` (the records that must survive after this checkpoint). Crash at any
+    /// point leaves either the old (checkpoint, log) pair or the new one, never a mix. Both
+    /// are durable when it returns (with [`FsyncPolicy::Always`]).
     ///
     /// Records appended since the last `sync` are discarded: `records_after` supersedes them.
+    ///
+    /// # Errors
+    /// [`StorageError::RecordTooLarge`] before anything is written; [`StorageError::Io`] (the
+    /// `Wal` is poisoned from then on); [`StorageError::Poisoned`] after an earlier one.
+    ///
+    /// # Panics
+    /// If the generation counter would overflow `u64`.
     pub fn write_checkpoint(
         &mut self,
         checkpoint: &[u8],
@@ -243,10 +269,12 @@ impl Wal {
         self.written_bytes + self.pending.len() as u64
     }
 
+    /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// When appended records reach the disk.
     pub fn policy(&self) -> FsyncPolicy {
         self.policy
     }
