@@ -5,251 +5,24 @@
 //!
 //! The expected values are written out from the protocol, not copied from a run: each test
 //! says which handler steps produce which element. Messages go through
-//! [`InboundVerifier::verify_inbound`], as they would in a driver.
+//! [`InboundVerifier::verify_inbound`](smr_core::InboundVerifier::verify_inbound), as they
+//! would in a driver; the fixture they share with `engine.rs` is in `common/mod.rs`.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+mod common;
 
 use smr_core::checkpoint::{Checkpoint, CheckpointData};
 use smr_core::clients::ClientTable;
 use smr_core::engine::{PersistRecord, Phase};
 use smr_core::message::{
-    Batch, Cid, DecisionProof, Message, PreparedProof, Propose, Regency, Request, RequestBody,
-    RequestKind, Signed, Stop, StopData, Sync as SyncMsg, Vote, VoteKind,
+    Batch, Cid, Message, Propose, Regency, Signed, Sync as SyncMsg, Vote, VoteKind,
 };
-use smr_core::{
-    ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Outgoing, Output, Peer, Rejection,
-    ServiceWork, Timeouts, TimerKind, ValidEngineConfig,
+use smr_core::{Engine, Limits, Outgoing, Output, Rejection, ServiceWork, TimerKind};
+use smr_crypto::Digest;
+use smr_modes::Mode;
+
+use common::{
+    bft, broadcast, cft, cluster, only_rejected, only_sent, rejected_sending, send, timers, Cluster,
 };
-use smr_crypto::sim::{SimKey, SimVerifier};
-use smr_crypto::{Digest, Signer};
-use smr_modes::{Mode, Quorums};
-
-// ----- fixture ------------------------------------------------------------------------------
-
-struct Cluster {
-    quorums: Quorums,
-    keys: Vec<SimKey>,
-    client: SimKey,
-    limits: Limits,
-    verifier: InboundVerifier,
-}
-
-fn key(i: u8) -> SimKey {
-    SimKey::from_seed([i; 32])
-}
-
-/// A cluster whose engines and verifier share `limits` (and the default timeouts: retransmit
-/// 100 ms doubling to 2000 ms, request timeout 1000 ms, heartbeat 500 ms).
-fn cluster(mode: Mode, n: usize, f: usize, limits: Limits) -> Cluster {
-    let quorums = Quorums::new(mode, n, f).unwrap();
-    let keys: Vec<SimKey> = (0..n as u8).map(key).collect();
-    let client = key(200);
-    let mut sim = SimVerifier::new();
-    for k in keys.iter().chain([&client]) {
-        sim.register(k);
-    }
-    let verifier = InboundVerifier {
-        quorums,
-        replica_keys: Arc::new(keys.iter().map(|k| k.public_key()).collect()),
-        clients: Arc::new(ClientPolicy::Allowed(BTreeSet::from([client.public_key()]))),
-        limits: limits.clone(),
-        signatures: Arc::new(sim),
-    };
-    Cluster {
-        quorums,
-        keys,
-        client,
-        limits,
-        verifier,
-    }
-}
-
-fn bft() -> Cluster {
-    cluster(Mode::Bft, 4, 1, Limits::default())
-}
-
-impl Cluster {
-    fn cfg(&self, me: u32) -> ValidEngineConfig {
-        EngineConfig {
-            quorums: self.quorums,
-            me,
-            replica_keys: self.keys.iter().map(|k| k.public_key()).collect(),
-            clients: (*self.verifier.clients).clone(),
-            limits: self.limits.clone(),
-            timeouts: Timeouts::default(),
-        }
-        .validate()
-        .expect("valid test config")
-    }
-
-    fn engine(&self, me: u32) -> Engine {
-        Engine::new(self.cfg(me), Arc::new(self.keys[me as usize].clone()))
-    }
-
-    fn signing(&self) -> bool {
-        self.quorums.requires_signatures()
-    }
-
-    /// Replica `r`'s signer in modes that sign replica messages (BFT), none in CFT.
-    fn signer(&self, r: u32) -> Option<&dyn Signer> {
-        self.signing()
-            .then_some(&self.keys[r as usize] as &dyn Signer)
-    }
-
-    fn request(&self, seq: u64) -> Request {
-        let body = RequestBody {
-            client: self.client.public_key(),
-            seq,
-            kind: RequestKind::Ordered,
-            op: format!("op{seq}").into_bytes(),
-        };
-        Request::new(body, self.signing().then_some(&self.client as &dyn Signer))
-    }
-
-    fn batch(&self, seqs: &[u64]) -> Batch {
-        Batch {
-            requests: seqs.iter().map(|s| self.request(*s)).collect(),
-        }
-    }
-
-    fn propose(&self, leader: u32, cid: Cid, regency: Regency, batch: Batch) -> Signed<Propose> {
-        Signed::new(
-            Propose {
-                leader,
-                cid,
-                regency,
-                batch,
-            },
-            self.signer(leader),
-        )
-    }
-
-    fn vote(
-        &self,
-        kind: VoteKind,
-        replica: u32,
-        cid: Cid,
-        regency: Regency,
-        digest: Digest,
-    ) -> Signed<Vote> {
-        Signed::new(
-            Vote {
-                kind,
-                replica,
-                cid,
-                regency,
-                digest,
-            },
-            self.signer(replica),
-        )
-    }
-
-    fn stop(&self, replica: u32, regency: Regency, from_regency: Regency) -> Signed<Stop> {
-        Signed::new(
-            Stop {
-                replica,
-                regency,
-                from_regency,
-                pending: Vec::new(),
-            },
-            self.signer(replica),
-        )
-    }
-
-    fn stopdata(
-        &self,
-        replica: u32,
-        regency: Regency,
-        last_decided: Option<DecisionProof>,
-        prepared: Vec<PreparedProof>,
-    ) -> Signed<StopData> {
-        Signed::new(
-            StopData {
-                replica,
-                regency,
-                last_decided,
-                prepared,
-            },
-            self.signer(replica),
-        )
-    }
-
-    fn sync(
-        &self,
-        leader: u32,
-        regency: Regency,
-        proofs: Vec<Signed<StopData>>,
-    ) -> Signed<SyncMsg> {
-        Signed::new(
-            SyncMsg {
-                leader,
-                regency,
-                proofs,
-            },
-            self.signer(leader),
-        )
-    }
-
-    /// A value prepared in `epoch` for `cid`: in BFT with WRITEs from replicas 0, 1 and 3 (Q).
-    fn prepared(&self, cid: Cid, epoch: Regency, batch: Batch) -> PreparedProof {
-        let digest = batch.digest();
-        let writes = if self.signing() {
-            [0, 1, 3]
-                .into_iter()
-                .map(|r| self.vote(VoteKind::Write, r, cid, epoch, digest))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        PreparedProof {
-            cid,
-            epoch,
-            batch,
-            writes,
-        }
-    }
-
-    /// Proof that `cid` was decided with `digest` in regency 0: ACCEPTs from replicas 0, 1, 2.
-    fn decision_proof(&self, cid: Cid, digest: Digest) -> DecisionProof {
-        DecisionProof {
-            cid,
-            digest,
-            certificate: [0, 1, 2]
-                .into_iter()
-                .map(|r| self.vote(VoteKind::Accept, r, cid, Regency(0), digest))
-                .collect(),
-        }
-    }
-
-    /// Verifies `message` as the driver would, then hands it to `engine`.
-    fn deliver(&self, engine: &mut Engine, now_ms: u64, from: Peer, message: Message) -> Output {
-        let verified = self
-            .verifier
-            .verify_inbound(from, message)
-            .expect("the verifier passes every message these tests send");
-        engine.on_message(now_ms, verified)
-    }
-
-    fn deliver_from(&self, engine: &mut Engine, now_ms: u64, from: u32, m: Message) -> Output {
-        self.deliver(engine, now_ms, Peer::Replica(from), m)
-    }
-}
-
-fn send(to: u32, message: Message) -> Outgoing {
-    Outgoing::Send {
-        to: Peer::Replica(to),
-        message,
-    }
-}
-
-fn broadcast(message: Message) -> Outgoing {
-    Outgoing::Broadcast(message)
-}
-
-fn timers(engine: &Engine) -> Vec<(TimerKind, u64)> {
-    engine.timer_deadlines_ms().collect()
-}
 
 // ----- 1. a Forward whose later request the pool refuses ------------------------------------
 
@@ -264,37 +37,38 @@ fn small_pool() -> Limits {
     }
 }
 
+/// Replica 1 forwards requests 1, 2 and 3 of the client to the leader, replica 0, at 1000 ms.
+/// Returns the leader's output and the batches it can propose: request 1 alone and request 2
+/// alone.
+fn forward_three_requests(c: &Cluster, leader: &mut Engine) -> (Output, Batch, Batch) {
+    let forward = Message::Forward(vec![c.request(1), c.request(2), c.request(3)]);
+    let out = c.deliver_from(leader, 1000, 1, forward);
+    (out, c.batch(&[1]), c.batch(&[2]))
+}
+
+/// The leader's (replica 0's) proposal of `batch` for `cid` in regency 0, and its own `kind`
+/// vote for it.
+fn leaders_proposal(
+    c: &Cluster,
+    kind: VoteKind,
+    cid: Cid,
+    batch: Batch,
+) -> (Signed<Propose>, Signed<Vote>) {
+    let vote = c.vote(kind, 0, cid, Regency(0), batch.digest());
+    (c.propose(0, cid, Regency(0), batch), vote)
+}
+
 #[test]
 fn forward_that_overflows_a_client_pool_still_persists_and_sends_the_proposals_it_started_bft() {
     let c = cluster(Mode::Bft, 4, 1, small_pool());
     let mut leader = c.engine(0);
-    let (r1, r2, r3) = (c.request(1), c.request(2), c.request(3));
-    let out = c.deliver_from(
-        &mut leader,
-        1000,
-        1,
-        Message::Forward(vec![r1.clone(), r2.clone(), r3]),
-    );
+    let (out, b1, b2) = forward_three_requests(&c, &mut leader);
     // Request 1: nothing in flight, so the leader proposes cid 1 at once and casts its WRITE
     // (persisted before it leaves). Request 2: one instance in flight and one unproposed
     // request >= 1 x step, so it proposes cid 2; the next cid advanced. Request 3: the client
     // already has two pending, so the pool refuses it; the two proposals stand.
-    let p1 = c.propose(0, Cid(1), Regency(0), Batch { requests: vec![r1] });
-    let p2 = c.propose(0, Cid(2), Regency(0), Batch { requests: vec![r2] });
-    let w1 = c.vote(
-        VoteKind::Write,
-        0,
-        Cid(1),
-        Regency(0),
-        p1.body.batch.digest(),
-    );
-    let w2 = c.vote(
-        VoteKind::Write,
-        0,
-        Cid(2),
-        Regency(0),
-        p2.body.batch.digest(),
-    );
+    let (p1, w1) = leaders_proposal(&c, VoteKind::Write, Cid(1), b1);
+    let (p2, w2) = leaders_proposal(&c, VoteKind::Write, Cid(2), b2);
     assert_eq!(
         out,
         Output {
@@ -318,37 +92,24 @@ fn forward_that_overflows_a_client_pool_still_persists_and_sends_the_proposals_i
 fn forward_that_overflows_a_client_pool_still_persists_and_sends_the_proposals_it_started_cft() {
     let c = cluster(Mode::Cft, 3, 1, small_pool());
     let mut leader = c.engine(0);
-    let (r1, r2, r3) = (c.request(1), c.request(2), c.request(3));
-    let out = c.deliver_from(
-        &mut leader,
-        1000,
-        1,
-        Message::Forward(vec![r1.clone(), r2.clone(), r3]),
-    );
+    let (out, b1, b2) = forward_three_requests(&c, &mut leader);
     // CFT proposes at once up to the window and accepts straight away: each ACCEPT is
     // preceded by its prepared value and the vote itself on disk.
-    let b1 = Batch { requests: vec![r1] };
-    let b2 = Batch { requests: vec![r2] };
-    let a1 = c.vote(VoteKind::Accept, 0, Cid(1), Regency(0), b1.digest());
-    let a2 = c.vote(VoteKind::Accept, 0, Cid(2), Regency(0), b2.digest());
+    let (p1, a1) = leaders_proposal(&c, VoteKind::Accept, Cid(1), b1.clone());
+    let (p2, a2) = leaders_proposal(&c, VoteKind::Accept, Cid(2), b2.clone());
     assert_eq!(
         out,
         Output {
-            send_now: vec![broadcast(Message::Propose(c.propose(
-                0,
-                Cid(1),
-                Regency(0),
-                b1.clone()
-            )))],
+            send_now: vec![broadcast(Message::Propose(p1))],
             persist: vec![
                 PersistRecord::Prepared(c.prepared(Cid(1), Regency(0), b1)),
                 PersistRecord::Vote(a1.body),
-                PersistRecord::Prepared(c.prepared(Cid(2), Regency(0), b2.clone())),
+                PersistRecord::Prepared(c.prepared(Cid(2), Regency(0), b2)),
                 PersistRecord::Vote(a2.body),
             ],
             send_after_persist: vec![
                 broadcast(Message::Accept(a1)),
-                broadcast(Message::Propose(c.propose(0, Cid(2), Regency(0), b2))),
+                broadcast(Message::Propose(p2)),
                 broadcast(Message::Accept(a2)),
             ],
             service: vec![],
@@ -360,44 +121,52 @@ fn forward_that_overflows_a_client_pool_still_persists_and_sends_the_proposals_i
 
 // ----- 2. a STOPDATA for a higher regency at a replica that will not lead it ----------------
 
+/// Replica `from`'s STOPDATA for regency 1, proving nothing.
+fn empty_stopdata(c: &Cluster, from: u32) -> Message {
+    Message::StopData(c.stopdata(from, Regency(1), None, vec![]))
+}
+
+/// Replica 2's output when it joins the change to regency 1 (its own STOP, sent at once) and
+/// so installs it: it persists the regency, then sends its STOPDATA to the new leader
+/// (replica 1). `rejections` is what the input that led there was refused for.
+fn joins_and_installs_regency_1(c: &Cluster, rejections: Vec<Rejection>) -> Output {
+    Output {
+        send_now: vec![broadcast(Message::Stop(c.stop(2, Regency(1), Regency(0))))],
+        persist: vec![PersistRecord::Regency(Regency(1))],
+        send_after_persist: vec![send(1, empty_stopdata(c, 2))],
+        service: vec![],
+        rejections,
+    }
+}
+
+/// Replica 2, handed at 1000 ms the STOPDATA for regency 1 of each replica in `senders` in
+/// turn. Each counts as its sender's STOP; the message is not for this replica's regency yet,
+/// so it is not refused either. All but the last change nothing; the last makes this replica
+/// join and install regency 1. Only then does the handler see that the STOPDATA was meant for
+/// the leader.
+fn non_leader_given_stopdata(c: &Cluster, senders: &[u32]) -> Engine {
+    let mut replica = c.engine(2);
+    let (&last, before) = senders.split_last().expect("at least one sender");
+    for &from in before {
+        let out = c.deliver_from(&mut replica, 1000, from, empty_stopdata(c, from));
+        assert_eq!(out, Output::default());
+        assert_eq!(replica.regency(), Regency(0));
+    }
+    let out = c.deliver_from(&mut replica, 1000, last, empty_stopdata(c, last));
+    assert_eq!(
+        out,
+        joins_and_installs_regency_1(c, vec![Rejection::NotLeader])
+    );
+    assert_eq!(replica.regency(), Regency(1));
+    replica
+}
+
 #[test]
 fn stopdata_that_installs_a_regency_at_a_non_leader_persists_it_sends_stopdata_and_reports_not_leader(
 ) {
-    let c = bft();
-    let mut replica = c.engine(2);
-    // Replica 0's STOPDATA for regency 1 counts as its STOP: one of the f+1 = 2 needed to join.
-    // The message is not for this regency yet, so it is not refused either.
-    let out = c.deliver_from(
-        &mut replica,
-        1000,
-        0,
-        Message::StopData(c.stopdata(0, Regency(1), None, vec![])),
-    );
-    assert_eq!(out, Output::default());
-    assert_eq!(replica.regency(), Regency(0));
-    // Replica 3's makes two: this replica joins (its own STOP), which makes the 2f+1 = 3 that
-    // install regency 1: it persists the regency, then sends its STOPDATA to the new leader
-    // (replica 1). Only then does the handler see that the STOPDATA was meant for the leader.
-    let out = c.deliver_from(
-        &mut replica,
-        1000,
-        3,
-        Message::StopData(c.stopdata(3, Regency(1), None, vec![])),
-    );
-    assert_eq!(
-        out,
-        Output {
-            send_now: vec![broadcast(Message::Stop(c.stop(2, Regency(1), Regency(0))))],
-            persist: vec![PersistRecord::Regency(Regency(1))],
-            send_after_persist: vec![send(
-                1,
-                Message::StopData(c.stopdata(2, Regency(1), None, vec![]))
-            )],
-            service: vec![],
-            rejections: vec![Rejection::NotLeader],
-        }
-    );
-    assert_eq!(replica.regency(), Regency(1));
+    // BFT: replica 0's STOPDATA is one of the f+1 = 2 STOPs needed to join. Replica 3's makes
+    // two: this replica joins, which makes the 2f+1 = 3 that install regency 1.
+    let replica = non_leader_given_stopdata(&bft(), &[0, 3]);
     assert_eq!(replica.phase(), Phase::Syncing);
     assert_eq!(replica.stats().rejections.get("not_leader"), Some(&1));
 }
@@ -405,29 +174,8 @@ fn stopdata_that_installs_a_regency_at_a_non_leader_persists_it_sends_stopdata_a
 #[test]
 fn stopdata_that_installs_a_regency_at_a_non_leader_persists_it_sends_stopdata_and_reports_not_leader_cft(
 ) {
-    let c = cluster(Mode::Cft, 3, 1, Limits::default());
-    let mut replica = c.engine(2);
     // CFT: one STOP joins, f+1 = 2 (with its own) install.
-    let out = c.deliver_from(
-        &mut replica,
-        1000,
-        0,
-        Message::StopData(c.stopdata(0, Regency(1), None, vec![])),
-    );
-    assert_eq!(
-        out,
-        Output {
-            send_now: vec![broadcast(Message::Stop(c.stop(2, Regency(1), Regency(0))))],
-            persist: vec![PersistRecord::Regency(Regency(1))],
-            send_after_persist: vec![send(
-                1,
-                Message::StopData(c.stopdata(2, Regency(1), None, vec![]))
-            )],
-            service: vec![],
-            rejections: vec![Rejection::NotLeader],
-        }
-    );
-    assert_eq!(replica.regency(), Regency(1));
+    non_leader_given_stopdata(&cft(), &[0]);
 }
 
 // ----- 3. rejections that say something about the sender ------------------------------------
@@ -449,34 +197,18 @@ fn message_from_a_future_regency_is_rejected_and_asks_the_sender_for_its_sync_on
     );
     assert_eq!(
         out,
-        Output {
-            send_now: vec![send(0, Message::SyncQuery)],
-            persist: vec![],
-            send_after_persist: vec![],
-            service: vec![],
-            rejections: vec![future.clone()],
-        }
+        rejected_sending(future.clone(), send(0, Message::SyncQuery))
     );
     // Within retransmit_initial_ms (100) the budget is spent: still refused, nothing sent.
     let vote = c.vote(VoteKind::Write, 3, Cid(1), Regency(4), Digest([7; 32]));
     let out = c.deliver_from(&mut follower, 1099, 3, Message::Write(vote));
-    assert_eq!(
-        out,
-        Output {
-            rejections: vec![future.clone()],
-            ..Output::default()
-        }
-    );
+    assert_eq!(out, only_rejected(future.clone()));
     // Once the interval has passed, the next one asks again (its own sender).
     let vote = c.vote(VoteKind::Accept, 2, Cid(1), Regency(4), Digest([7; 32]));
     let out = c.deliver_from(&mut follower, 1100, 2, Message::Accept(vote));
     assert_eq!(
         out,
-        Output {
-            send_now: vec![send(2, Message::SyncQuery)],
-            rejections: vec![future.clone()],
-            ..Output::default()
-        }
+        rejected_sending(future.clone(), send(2, Message::SyncQuery))
     );
     assert_eq!(follower.stats().rejections.get("future_regency"), Some(&3));
     assert_eq!(
@@ -495,41 +227,21 @@ fn message_beyond_the_cid_window_is_rejected_and_asks_the_sender_for_decisions_o
         cid,
         window_end: Cid(64),
     };
+    // The sender is asked for the decisions from the first this replica lacks.
+    let ask = |to| send(to, Message::DecisionQuery { from_cid: Cid(1) });
     let out = c.deliver_from(
         &mut follower,
         1000,
         0,
         Message::Propose(c.propose(0, Cid(65), Regency(0), c.batch(&[1]))),
     );
-    assert_eq!(
-        out,
-        Output {
-            send_now: vec![send(0, Message::DecisionQuery { from_cid: Cid(1) })],
-            persist: vec![],
-            send_after_persist: vec![],
-            service: vec![],
-            rejections: vec![beyond(Cid(65))],
-        }
-    );
+    assert_eq!(out, rejected_sending(beyond(Cid(65)), ask(0)));
     let vote = c.vote(VoteKind::Write, 2, Cid(70), Regency(0), Digest([7; 32]));
     let out = c.deliver_from(&mut follower, 1050, 2, Message::Write(vote));
-    assert_eq!(
-        out,
-        Output {
-            rejections: vec![beyond(Cid(70))],
-            ..Output::default()
-        }
-    );
+    assert_eq!(out, only_rejected(beyond(Cid(70))));
     let vote = c.vote(VoteKind::Accept, 3, Cid(66), Regency(0), Digest([7; 32]));
     let out = c.deliver_from(&mut follower, 1100, 3, Message::Accept(vote));
-    assert_eq!(
-        out,
-        Output {
-            send_now: vec![send(3, Message::DecisionQuery { from_cid: Cid(1) })],
-            rejections: vec![beyond(Cid(66))],
-            ..Output::default()
-        }
-    );
+    assert_eq!(out, rejected_sending(beyond(Cid(66)), ask(3)));
     assert_eq!(
         follower.open_instances(),
         0,
@@ -610,21 +322,17 @@ fn follower_in_syncing(c: &Cluster) -> Engine {
     );
     // Two STOPs: it joins with its own, which makes 2f+1 = 3 and installs regency 1. Unlike
     // a STOPDATA sent to it by mistake, this input has nothing to refuse.
-    assert_eq!(
-        out,
-        Output {
-            send_now: vec![broadcast(Message::Stop(c.stop(2, Regency(1), Regency(0))))],
-            persist: vec![PersistRecord::Regency(Regency(1))],
-            send_after_persist: vec![send(
-                1,
-                Message::StopData(c.stopdata(2, Regency(1), None, vec![]))
-            )],
-            service: vec![],
-            rejections: vec![],
-        }
-    );
+    assert_eq!(out, joins_and_installs_regency_1(c, vec![]));
     assert_eq!(follower.phase(), Phase::Syncing);
     follower
+}
+
+/// `follower_in_syncing` once it has applied regency 1's SYNC (at 1200 ms), and that SYNC.
+fn follower_synced(c: &Cluster) -> (Engine, SyncFixture) {
+    let mut follower = follower_in_syncing(c);
+    let fixture = sync_for_regency_1(c);
+    c.deliver_from(&mut follower, 1200, 1, Message::Sync(fixture.sync.clone()));
+    (follower, fixture)
 }
 
 #[test]
@@ -679,9 +387,7 @@ fn replica_in_an_older_regency_adopts_the_regency_of_a_valid_sync_before_writing
 #[test]
 fn sync_for_an_old_or_already_applied_regency_does_nothing() {
     let c = bft();
-    let mut follower = follower_in_syncing(&c);
-    let fixture = sync_for_regency_1(&c);
-    c.deliver_from(&mut follower, 1200, 1, Message::Sync(fixture.sync.clone()));
+    let (mut follower, fixture) = follower_synced(&c);
     // The same SYNC again: regency 1 is applied already.
     let out = c.deliver_from(&mut follower, 1300, 1, Message::Sync(fixture.sync));
     assert_eq!(out, Output::default());
@@ -706,9 +412,7 @@ fn sync_for_an_old_or_already_applied_regency_does_nothing() {
 #[test]
 fn message_from_a_stale_regency_is_rejected_and_the_sender_gets_our_sync_once_per_interval() {
     let c = bft();
-    let mut follower = follower_in_syncing(&c);
-    let fixture = sync_for_regency_1(&c);
-    c.deliver_from(&mut follower, 1200, 1, Message::Sync(fixture.sync.clone()));
+    let (mut follower, fixture) = follower_synced(&c);
     let stale = Rejection::StaleRegency {
         got: Regency(0),
         current: Regency(1),
@@ -717,23 +421,11 @@ fn message_from_a_stale_regency_is_rejected_and_the_sender_gets_our_sync_once_pe
     let out = c.deliver_from(&mut follower, 2000, 3, Message::Write(vote(3)));
     assert_eq!(
         out,
-        Output {
-            send_now: vec![send(3, Message::Sync(fixture.sync.clone()))],
-            persist: vec![],
-            send_after_persist: vec![],
-            service: vec![],
-            rejections: vec![stale.clone()],
-        }
+        rejected_sending(stale.clone(), send(3, Message::Sync(fixture.sync.clone())))
     );
     // The same peer again within retransmit_initial_ms: refused, no second SYNC.
     let out = c.deliver_from(&mut follower, 2099, 3, Message::Write(vote(3)));
-    assert_eq!(
-        out,
-        Output {
-            rejections: vec![stale.clone()],
-            ..Output::default()
-        }
-    );
+    assert_eq!(out, only_rejected(stale.clone()));
     // The budget is per peer: another stale peer gets the SYNC at once.
     let out = c.deliver_from(
         &mut follower,
@@ -743,11 +435,7 @@ fn message_from_a_stale_regency_is_rejected_and_the_sender_gets_our_sync_once_pe
     );
     assert_eq!(
         out,
-        Output {
-            send_now: vec![send(0, Message::Sync(fixture.sync))],
-            rejections: vec![stale],
-            ..Output::default()
-        }
+        rejected_sending(stale, send(0, Message::Sync(fixture.sync)))
     );
 }
 
@@ -789,9 +477,17 @@ fn chunk(checkpoint: &Checkpoint, offset: usize, bytes: Vec<u8>, last: bool) -> 
     }
 }
 
-/// Replica 3, behind, hears from replicas 0 and 1 (f+1) that they hold `checkpoint`, and
-/// starts fetching it from replica 0.
-fn transfer_from_0(c: &Cluster, checkpoint: &Checkpoint) -> Engine {
+/// A fetch of checkpoint 2's state from `offset`.
+fn state_fetch(offset: u64) -> Message {
+    Message::StateFetch {
+        cid: Cid(2),
+        offset,
+    }
+}
+
+/// Replica 3, behind, hears from replicas 0 and 1 (f+1) that they hold `checkpoint`, starts
+/// fetching it from replica 0, and gets its first chunk (`first`, the first 32 bytes) from it.
+fn transfer_from_0(c: &Cluster, checkpoint: &Checkpoint, first: Vec<u8>) -> Engine {
     let mut replica = c.engine(3);
     let info = || Message::StateInfo {
         checkpoints: vec![(checkpoint.cid, checkpoint.digest)],
@@ -799,69 +495,41 @@ fn transfer_from_0(c: &Cluster, checkpoint: &Checkpoint) -> Engine {
     };
     // The first hint starts a transfer: ask everyone. One report is not f+1 = 2.
     let out = c.deliver_from(&mut replica, 1000, 0, info());
-    assert_eq!(
-        out,
-        Output {
-            send_now: vec![broadcast(Message::StateQuery)],
-            ..Output::default()
-        }
-    );
+    assert_eq!(out, only_sent(vec![broadcast(Message::StateQuery)]));
     // The second agrees: fetch from the first agreeing source, from offset 0.
     let out = c.deliver_from(&mut replica, 1010, 1, info());
-    assert_eq!(
-        out,
-        Output {
-            send_now: vec![send(
-                0,
-                Message::StateFetch {
-                    cid: Cid(2),
-                    offset: 0
-                }
-            )],
-            ..Output::default()
-        }
-    );
+    assert_eq!(out, only_sent(vec![send(0, state_fetch(0))]));
+    // The first chunk: fetch the next from the same source.
+    let out = c.deliver_from(&mut replica, 1020, 0, chunk(checkpoint, 0, first, false));
+    assert_eq!(out, only_sent(vec![send(0, state_fetch(32))]));
     replica
+}
+
+/// Replica 3's output for the last chunk of `checkpoint`, which completes bytes that hash to
+/// the agreed digest: the service restores the snapshot, the checkpoint is persisted, and the
+/// decisions after it are asked for (from the next peer in turn after this replica, 3:
+/// replica 0), behind the checkpoint record.
+fn installs(checkpoint: &Checkpoint, service: Vec<u8>) -> Output {
+    Output {
+        send_now: vec![],
+        persist: vec![PersistRecord::Checkpoint(checkpoint.clone())],
+        send_after_persist: vec![send(0, Message::DecisionQuery { from_cid: Cid(3) })],
+        service: vec![ServiceWork::Restore {
+            cid: Cid(2),
+            snapshot: service,
+        }],
+        rejections: vec![],
+    }
 }
 
 #[test]
 fn replica_behind_fetches_the_agreed_checkpoint_chunk_by_chunk_and_installs_it() {
     let c = cluster(Mode::Bft, 4, 1, small_chunks());
     let (checkpoint, service) = checkpoint_at_2(&c);
-    let mut replica = transfer_from_0(&c, &checkpoint);
-    let first = checkpoint.data[..32].to_vec();
+    let mut replica = transfer_from_0(&c, &checkpoint, checkpoint.data[..32].to_vec());
     let rest = checkpoint.data[32..].to_vec();
-    let out = c.deliver_from(&mut replica, 1020, 0, chunk(&checkpoint, 0, first, false));
-    assert_eq!(
-        out,
-        Output {
-            send_now: vec![send(
-                0,
-                Message::StateFetch {
-                    cid: Cid(2),
-                    offset: 32
-                }
-            )],
-            ..Output::default()
-        }
-    );
-    // The last chunk completes bytes that hash to the agreed digest: the service restores the
-    // snapshot, the checkpoint is persisted, and the decisions after it are asked for (from the
-    // next peer in turn after this replica, 3: replica 0), behind the checkpoint record.
     let out = c.deliver_from(&mut replica, 1030, 0, chunk(&checkpoint, 32, rest, true));
-    assert_eq!(
-        out,
-        Output {
-            send_now: vec![],
-            persist: vec![PersistRecord::Checkpoint(checkpoint.clone())],
-            send_after_persist: vec![send(0, Message::DecisionQuery { from_cid: Cid(3) })],
-            service: vec![ServiceWork::Restore {
-                cid: Cid(2),
-                snapshot: service
-            }],
-            rejections: vec![],
-        }
-    );
+    assert_eq!(out, installs(&checkpoint, service));
     assert_eq!(replica.last_executed(), Cid(2));
     assert_eq!(replica.last_checkpoint(), Cid(2));
 }
@@ -870,28 +538,9 @@ fn replica_behind_fetches_the_agreed_checkpoint_chunk_by_chunk_and_installs_it()
 fn lying_state_chunk_is_rejected_and_the_fetch_moves_to_the_next_agreed_source() {
     let c = cluster(Mode::Bft, 4, 1, small_chunks());
     let (checkpoint, service) = checkpoint_at_2(&c);
-    let mut replica = transfer_from_0(&c, &checkpoint);
     let first = checkpoint.data[..32].to_vec();
     let forged: Vec<u8> = checkpoint.data[32..].iter().map(|b| b ^ 0xff).collect();
-    let out = c.deliver_from(
-        &mut replica,
-        1020,
-        0,
-        chunk(&checkpoint, 0, first.clone(), false),
-    );
-    assert_eq!(
-        out,
-        Output {
-            send_now: vec![send(
-                0,
-                Message::StateFetch {
-                    cid: Cid(2),
-                    offset: 32
-                }
-            )],
-            ..Output::default()
-        }
-    );
+    let mut replica = transfer_from_0(&c, &checkpoint, first.clone());
     // Replica 0's last chunk (with a valid decision proof) completes bytes that do not hash to
     // the digest f+1 replicas agreed on: it is refused, and the download starts over from
     // replica 1, the other agreeing source.
@@ -899,13 +548,7 @@ fn lying_state_chunk_is_rejected_and_the_fetch_moves_to_the_next_agreed_source()
     assert_eq!(
         out,
         Output {
-            send_now: vec![send(
-                1,
-                Message::StateFetch {
-                    cid: Cid(2),
-                    offset: 0
-                }
-            )],
+            send_now: vec![send(1, state_fetch(0))],
             persist: vec![],
             send_after_persist: vec![],
             service: vec![],
@@ -926,34 +569,10 @@ fn lying_state_chunk_is_rejected_and_the_fetch_moves_to_the_next_agreed_source()
     assert_eq!(out, Output::default());
     // Replica 1 serves the real bytes.
     let out = c.deliver_from(&mut replica, 1050, 1, chunk(&checkpoint, 0, first, false));
-    assert_eq!(
-        out,
-        Output {
-            send_now: vec![send(
-                1,
-                Message::StateFetch {
-                    cid: Cid(2),
-                    offset: 32
-                }
-            )],
-            ..Output::default()
-        }
-    );
+    assert_eq!(out, only_sent(vec![send(1, state_fetch(32))]));
     let rest = checkpoint.data[32..].to_vec();
     let out = c.deliver_from(&mut replica, 1060, 1, chunk(&checkpoint, 32, rest, true));
-    assert_eq!(
-        out,
-        Output {
-            send_now: vec![],
-            persist: vec![PersistRecord::Checkpoint(checkpoint.clone())],
-            send_after_persist: vec![send(0, Message::DecisionQuery { from_cid: Cid(3) })],
-            service: vec![ServiceWork::Restore {
-                cid: Cid(2),
-                snapshot: service
-            }],
-            rejections: vec![],
-        }
-    );
+    assert_eq!(out, installs(&checkpoint, service));
     assert_eq!(replica.last_checkpoint(), Cid(2));
 }
 
@@ -963,7 +582,7 @@ fn state_fetch_is_served_from_the_checkpoint_in_bounded_chunks_with_the_proof_on
     let (checkpoint, service) = checkpoint_at_2(&c);
     let (mut server, recovered) = Engine::recover(
         c.cfg(0),
-        Arc::new(c.keys[0].clone()),
+        c.engine_signer(0),
         [PersistRecord::Checkpoint(checkpoint.clone())],
     )
     .expect("the checkpoint decodes");
@@ -977,44 +596,12 @@ fn state_fetch_is_served_from_the_checkpoint_in_bounded_chunks_with_the_proof_on
             ..Output::default()
         }
     );
-    let out = c.deliver_from(
-        &mut server,
-        1000,
-        3,
-        Message::StateFetch {
-            cid: Cid(2),
-            offset: 0,
-        },
-    );
-    assert_eq!(
-        out,
-        Output {
-            send_now: vec![send(
-                3,
-                chunk(&checkpoint, 0, checkpoint.data[..32].to_vec(), false)
-            )],
-            ..Output::default()
-        }
-    );
-    let out = c.deliver_from(
-        &mut server,
-        1010,
-        3,
-        Message::StateFetch {
-            cid: Cid(2),
-            offset: 32,
-        },
-    );
-    assert_eq!(
-        out,
-        Output {
-            send_now: vec![send(
-                3,
-                chunk(&checkpoint, 32, checkpoint.data[32..].to_vec(), true)
-            )],
-            ..Output::default()
-        }
-    );
+    let out = c.deliver_from(&mut server, 1000, 3, state_fetch(0));
+    let first = chunk(&checkpoint, 0, checkpoint.data[..32].to_vec(), false);
+    assert_eq!(out, only_sent(vec![send(3, first)]));
+    let out = c.deliver_from(&mut server, 1010, 3, state_fetch(32));
+    let last = chunk(&checkpoint, 32, checkpoint.data[32..].to_vec(), true);
+    assert_eq!(out, only_sent(vec![send(3, last)]));
     // A checkpoint it does not hold: it says what it has instead.
     let out = c.deliver_from(
         &mut server,
@@ -1025,38 +612,19 @@ fn state_fetch_is_served_from_the_checkpoint_in_bounded_chunks_with_the_proof_on
             offset: 0,
         },
     );
-    assert_eq!(
-        out,
-        Output {
-            send_now: vec![send(
-                3,
-                Message::StateInfo {
-                    checkpoints: vec![(Cid(2), checkpoint.digest)],
-                    voted_up_to: Cid(2),
-                }
-            )],
-            ..Output::default()
-        }
-    );
+    let info = Message::StateInfo {
+        checkpoints: vec![(Cid(2), checkpoint.digest)],
+        voted_up_to: Cid(2),
+    };
+    assert_eq!(out, only_sent(vec![send(3, info)]));
     // Past the end of the checkpoint: refused, nothing sent.
     let beyond = checkpoint.data.len() as u64 + 1;
-    let out = c.deliver_from(
-        &mut server,
-        1030,
-        3,
-        Message::StateFetch {
-            cid: Cid(2),
-            offset: beyond,
-        },
-    );
+    let out = c.deliver_from(&mut server, 1030, 3, state_fetch(beyond));
     assert_eq!(
         out,
-        Output {
-            rejections: vec![Rejection::Malformed(
-                "state fetch beyond the checkpoint".into()
-            )],
-            ..Output::default()
-        }
+        only_rejected(Rejection::Malformed(
+            "state fetch beyond the checkpoint".into()
+        ))
     );
 }
 
@@ -1069,13 +637,7 @@ fn timers_armed_by_a_partly_rejected_forward_stay_armed_and_fire() {
     // start arms only the heartbeat (nothing to retransmit yet).
     assert_eq!(leader.start(1000), Output::default());
     assert_eq!(timers(&leader), vec![(TimerKind::Heartbeat, 1500)]);
-    let (r1, r2, r3) = (c.request(1), c.request(2), c.request(3));
-    let out = c.deliver_from(
-        &mut leader,
-        1000,
-        1,
-        Message::Forward(vec![r1.clone(), r2.clone(), r3]),
-    );
+    let (out, b1, b2) = forward_three_requests(&c, &mut leader);
     assert_eq!(out.rejections, vec![Rejection::ClientPoolFull]);
     // The proposals armed the retransmit timer (1000 + 100) and the pooled requests the request
     // timer (arrival 1000 + 1000), although the input was refused in part.
@@ -1095,37 +657,17 @@ fn timers_armed_by_a_partly_rejected_forward_stay_armed_and_fire() {
     );
     // The retransmit fires: both proposals and WRITEs again (already on disk, so at once), and
     // a decision query to the next peer in turn (replica 1).
-    let p1 = c.propose(0, Cid(1), Regency(0), Batch { requests: vec![r1] });
-    let p2 = c.propose(0, Cid(2), Regency(0), Batch { requests: vec![r2] });
-    let w1 = c.vote(
-        VoteKind::Write,
-        0,
-        Cid(1),
-        Regency(0),
-        p1.body.batch.digest(),
-    );
-    let w2 = c.vote(
-        VoteKind::Write,
-        0,
-        Cid(2),
-        Regency(0),
-        p2.body.batch.digest(),
-    );
+    let (p1, w1) = leaders_proposal(&c, VoteKind::Write, Cid(1), b1);
+    let (p2, w2) = leaders_proposal(&c, VoteKind::Write, Cid(2), b2);
     assert_eq!(
         leader.on_timeout(1100),
-        Output {
-            send_now: vec![
-                broadcast(Message::Propose(p1)),
-                broadcast(Message::Write(w1)),
-                broadcast(Message::Propose(p2)),
-                broadcast(Message::Write(w2)),
-                send(1, Message::DecisionQuery { from_cid: Cid(1) }),
-            ],
-            persist: vec![],
-            send_after_persist: vec![],
-            service: vec![],
-            rejections: vec![],
-        }
+        only_sent(vec![
+            broadcast(Message::Propose(p1)),
+            broadcast(Message::Write(w1)),
+            broadcast(Message::Propose(p2)),
+            broadcast(Message::Write(w2)),
+            send(1, Message::DecisionQuery { from_cid: Cid(1) }),
+        ])
     );
     // Re-armed with the doubled interval.
     assert_eq!(leader.next_deadline_ms(), Some(1300));
@@ -1134,76 +676,40 @@ fn timers_armed_by_a_partly_rejected_forward_stay_armed_and_fire() {
 #[test]
 fn leader_change_timers_armed_by_a_rejected_stopdata_stay_armed_and_fire() {
     let c = bft();
-    let mut replica = c.engine(2);
-    c.deliver_from(
-        &mut replica,
-        1000,
-        0,
-        Message::StopData(c.stopdata(0, Regency(1), None, vec![])),
-    );
-    let out = c.deliver_from(
-        &mut replica,
-        1000,
-        3,
-        Message::StopData(c.stopdata(3, Regency(1), None, vec![])),
-    );
-    assert_eq!(out.rejections, vec![Rejection::NotLeader]);
-    // The refused input installed regency 1: the STOPDATA is resent until the SYNC arrives,
-    // and the change must complete within request_timeout_ms.
-    assert_eq!(
-        timers(&replica),
+    // The refused input installed regency 1 (see `non_leader_given_stopdata`): the STOPDATA
+    // is resent until the SYNC arrives, and the change must complete within
+    // request_timeout_ms.
+    let mut replica = non_leader_given_stopdata(&c, &[0, 3]);
+    let armed = |retransmit, leader_change| {
         vec![
-            (TimerKind::Retransmit, 1100),
-            (TimerKind::LeaderChange, 2000)
+            (TimerKind::Retransmit, retransmit),
+            (TimerKind::LeaderChange, leader_change),
         ]
-    );
-    let my_stopdata = || Message::StopData(c.stopdata(2, Regency(1), None, vec![]));
+    };
+    assert_eq!(timers(&replica), armed(1100, 2000));
+    let my_stopdata = || empty_stopdata(&c, 2);
     // Its STOP is not resent (the regency it asked for is installed); its STOPDATA is, and the
     // next peer after this replica (3) is asked for decisions.
     assert_eq!(
         replica.on_timeout(1100),
-        Output {
-            send_now: vec![
-                send(1, my_stopdata()),
-                send(3, Message::DecisionQuery { from_cid: Cid(1) }),
-            ],
-            persist: vec![],
-            send_after_persist: vec![],
-            service: vec![],
-            rejections: vec![],
-        }
+        only_sent(vec![
+            send(1, my_stopdata()),
+            send(3, Message::DecisionQuery { from_cid: Cid(1) }),
+        ])
     );
-    assert_eq!(
-        timers(&replica),
-        vec![
-            (TimerKind::Retransmit, 1300),
-            (TimerKind::LeaderChange, 2000)
-        ]
-    );
+    assert_eq!(timers(&replica), armed(1300, 2000));
     // At 2000 both are due, earliest first: the retransmit (STOPDATA again, a query to the next
     // peer, replica 0, whose budget has refilled), then the leader change timeout, which asks
     // for regency 2 from regency 1.
     assert_eq!(
         replica.on_timeout(2000),
-        Output {
-            send_now: vec![
-                send(1, my_stopdata()),
-                send(0, Message::DecisionQuery { from_cid: Cid(1) }),
-                broadcast(Message::Stop(c.stop(2, Regency(2), Regency(1)))),
-            ],
-            persist: vec![],
-            send_after_persist: vec![],
-            service: vec![],
-            rejections: vec![],
-        }
+        only_sent(vec![
+            send(1, my_stopdata()),
+            send(0, Message::DecisionQuery { from_cid: Cid(1) }),
+            broadcast(Message::Stop(c.stop(2, Regency(2), Regency(1)))),
+        ])
     );
     // The next change gets twice as long (2000 + 1000 << 1); the retransmit interval doubled
     // to 400.
-    assert_eq!(
-        timers(&replica),
-        vec![
-            (TimerKind::Retransmit, 2400),
-            (TimerKind::LeaderChange, 4000)
-        ]
-    );
+    assert_eq!(timers(&replica), armed(2400, 4000));
 }

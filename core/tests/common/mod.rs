@@ -1,0 +1,350 @@
+//! The fixture the handler-level tests share (`engine.rs`, `contract.rs`): a cluster of replicas
+//! with sim keys and one admitted client, engines built for it, messages signed the way its mode
+//! signs them, and delivery through the [`InboundVerifier`] as a driver would do it.
+//!
+//! Each test target compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use smr_core::engine::{ExecuteItem, Outgoing, Output, ServiceWork, TimerKind};
+use smr_core::message::{
+    Batch, Cid, DecisionProof, Message, PreparedProof, Propose, Regency, Reply, Request,
+    RequestBody, RequestKind, Signed, Stop, StopData, Sync as SyncMsg, Vote, VoteKind,
+};
+use smr_core::{
+    ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Peer, Rejection, Timeouts,
+    ValidEngineConfig,
+};
+use smr_crypto::sim::{SimKey, SimVerifier};
+use smr_crypto::{Digest, Signer};
+use smr_modes::{Mode, Quorums};
+
+pub struct Cluster {
+    pub quorums: Quorums,
+    pub keys: Vec<SimKey>,
+    pub client: SimKey,
+    pub limits: Limits,
+    pub verifier: InboundVerifier,
+}
+
+pub fn key(i: u8) -> SimKey {
+    SimKey::from_seed([i; 32])
+}
+
+/// A cluster whose engines and verifier share `limits` (and the default timeouts: retransmit
+/// 100 ms doubling to 2000 ms, request timeout 1000 ms, heartbeat 500 ms).
+pub fn cluster(mode: Mode, n: usize, f: usize, limits: Limits) -> Cluster {
+    let quorums = Quorums::new(mode, n, f).unwrap();
+    let keys: Vec<SimKey> = (0..n as u8).map(key).collect();
+    let client = key(200);
+    let mut sim = SimVerifier::new();
+    for k in keys.iter().chain([&client]) {
+        sim.register(k);
+    }
+    let verifier = InboundVerifier {
+        quorums,
+        replica_keys: Arc::new(keys.iter().map(|k| k.public_key()).collect()),
+        clients: Arc::new(ClientPolicy::Allowed(BTreeSet::from([client.public_key()]))),
+        limits: limits.clone(),
+        signatures: Arc::new(sim),
+    };
+    Cluster {
+        quorums,
+        keys,
+        client,
+        limits,
+        verifier,
+    }
+}
+
+/// Four BFT replicas (f = 1) with the default limits.
+pub fn bft() -> Cluster {
+    cluster(Mode::Bft, 4, 1, Limits::default())
+}
+
+/// Three CFT replicas (f = 1) with the default limits.
+pub fn cft() -> Cluster {
+    cluster(Mode::Cft, 3, 1, Limits::default())
+}
+
+impl Cluster {
+    pub fn cfg(&self, me: u32) -> ValidEngineConfig {
+        EngineConfig {
+            quorums: self.quorums,
+            me,
+            replica_keys: self.keys.iter().map(|k| k.public_key()).collect(),
+            clients: (*self.verifier.clients).clone(),
+            limits: self.limits.clone(),
+            timeouts: Timeouts::default(),
+        }
+        .validate()
+        .expect("valid test config")
+    }
+
+    /// Replica `me`'s key, as an engine takes it.
+    pub fn engine_signer(&self, me: u32) -> Arc<dyn Signer> {
+        Arc::new(self.keys[me as usize].clone())
+    }
+
+    pub fn engine(&self, me: u32) -> Engine {
+        Engine::new(self.cfg(me), self.engine_signer(me))
+    }
+
+    pub fn signing(&self) -> bool {
+        self.quorums.requires_signatures()
+    }
+
+    /// Replica `r`'s signer in modes that sign replica messages (BFT), none in CFT.
+    pub fn signer(&self, r: u32) -> Option<&dyn Signer> {
+        self.signing()
+            .then_some(&self.keys[r as usize] as &dyn Signer)
+    }
+
+    pub fn client_peer(&self) -> Peer {
+        Peer::Client(self.client.public_key())
+    }
+
+    pub fn request(&self, seq: u64) -> Request {
+        let body = RequestBody {
+            client: self.client.public_key(),
+            seq,
+            kind: RequestKind::Ordered,
+            op: format!("op{seq}").into_bytes(),
+        };
+        Request::new(body, self.signing().then_some(&self.client as &dyn Signer))
+    }
+
+    pub fn batch(&self, seqs: &[u64]) -> Batch {
+        Batch {
+            requests: seqs.iter().map(|s| self.request(*s)).collect(),
+        }
+    }
+
+    pub fn propose(
+        &self,
+        leader: u32,
+        cid: Cid,
+        regency: Regency,
+        batch: Batch,
+    ) -> Signed<Propose> {
+        Signed::new(
+            Propose {
+                leader,
+                cid,
+                regency,
+                batch,
+            },
+            self.signer(leader),
+        )
+    }
+
+    pub fn vote(
+        &self,
+        kind: VoteKind,
+        replica: u32,
+        cid: Cid,
+        regency: Regency,
+        digest: Digest,
+    ) -> Signed<Vote> {
+        Signed::new(
+            Vote {
+                kind,
+                replica,
+                cid,
+                regency,
+                digest,
+            },
+            self.signer(replica),
+        )
+    }
+
+    pub fn stop(&self, replica: u32, regency: Regency, from_regency: Regency) -> Signed<Stop> {
+        Signed::new(
+            Stop {
+                replica,
+                regency,
+                from_regency,
+                pending: Vec::new(),
+            },
+            self.signer(replica),
+        )
+    }
+
+    pub fn stopdata(
+        &self,
+        replica: u32,
+        regency: Regency,
+        last_decided: Option<DecisionProof>,
+        prepared: Vec<PreparedProof>,
+    ) -> Signed<StopData> {
+        Signed::new(
+            StopData {
+                replica,
+                regency,
+                last_decided,
+                prepared,
+            },
+            self.signer(replica),
+        )
+    }
+
+    pub fn sync(
+        &self,
+        leader: u32,
+        regency: Regency,
+        proofs: Vec<Signed<StopData>>,
+    ) -> Signed<SyncMsg> {
+        Signed::new(
+            SyncMsg {
+                leader,
+                regency,
+                proofs,
+            },
+            self.signer(leader),
+        )
+    }
+
+    /// `kind` votes of `replicas` for `digest` at `cid` in `regency`, in that order.
+    pub fn votes(
+        &self,
+        kind: VoteKind,
+        replicas: &[u32],
+        cid: Cid,
+        regency: Regency,
+        digest: Digest,
+    ) -> Vec<Signed<Vote>> {
+        replicas
+            .iter()
+            .map(|&r| self.vote(kind, r, cid, regency, digest))
+            .collect()
+    }
+
+    /// A value prepared in `epoch` for `cid`: in BFT with WRITEs from replicas 0, 1 and 3 (Q),
+    /// in CFT with none.
+    pub fn prepared(&self, cid: Cid, epoch: Regency, batch: Batch) -> PreparedProof {
+        let writes = if self.signing() {
+            self.votes(VoteKind::Write, &[0, 1, 3], cid, epoch, batch.digest())
+        } else {
+            Vec::new()
+        };
+        PreparedProof {
+            cid,
+            epoch,
+            batch,
+            writes,
+        }
+    }
+
+    /// Proof that `cid` was decided with `digest` in regency 0: ACCEPTs from replicas 0, 1, 2.
+    pub fn decision_proof(&self, cid: Cid, digest: Digest) -> DecisionProof {
+        DecisionProof {
+            cid,
+            digest,
+            certificate: self.votes(VoteKind::Accept, &[0, 1, 2], cid, Regency(0), digest),
+        }
+    }
+
+    /// What the replica `replica` sends the client once `seq` executed with `result`.
+    pub fn reply(&self, replica: u32, seq: u64, result: &[u8]) -> Outgoing {
+        Outgoing::Send {
+            to: self.client_peer(),
+            message: Message::Reply(Reply {
+                replica,
+                client: self.client.public_key(),
+                seq,
+                regency: Regency(0),
+                result: result.to_vec(),
+            }),
+        }
+    }
+
+    /// What the service is handed to execute `request`.
+    pub fn item(&self, request: &Request) -> ExecuteItem {
+        ExecuteItem {
+            id: request.id(),
+            op: request.body.op.clone(),
+        }
+    }
+
+    /// The service work that executes the batch of requests `seqs` decided for `cid`.
+    pub fn execute(&self, cid: Cid, seqs: &[u64]) -> ServiceWork {
+        ServiceWork::Execute {
+            cid,
+            items: seqs.iter().map(|s| self.item(&self.request(*s))).collect(),
+        }
+    }
+
+    /// The verifier's rejection of `message` from `from`; panics if the verifier passes it.
+    pub fn verifier_rejects(&self, from: Peer, message: Message) -> Rejection {
+        self.verifier.verify_inbound(from, message).unwrap_err()
+    }
+
+    /// Verifies `message` as the driver would, then hands it to `engine`. The engine's own
+    /// rejections are in the output's `rejections`, beside what it produced.
+    pub fn deliver(
+        &self,
+        engine: &mut Engine,
+        now_ms: u64,
+        from: Peer,
+        message: Message,
+    ) -> Output {
+        let verified = self
+            .verifier
+            .verify_inbound(from, message)
+            .expect("the verifier passes it");
+        engine.on_message(now_ms, verified)
+    }
+
+    pub fn deliver_from(&self, engine: &mut Engine, now_ms: u64, from: u32, m: Message) -> Output {
+        self.deliver(engine, now_ms, Peer::Replica(from), m)
+    }
+
+    /// Delivers a message that the verifier and the engine both accept.
+    pub fn deliver_ok(&self, engine: &mut Engine, now_ms: u64, from: Peer, m: Message) -> Output {
+        let output = self.deliver(engine, now_ms, from, m);
+        assert_eq!(output.rejections, [], "the engine accepts it: {output:?}");
+        output
+    }
+}
+
+pub fn send(to: u32, message: Message) -> Outgoing {
+    Outgoing::Send {
+        to: Peer::Replica(to),
+        message,
+    }
+}
+
+pub fn broadcast(message: Message) -> Outgoing {
+    Outgoing::Broadcast(message)
+}
+
+/// An output that holds nothing but `rejection`.
+pub fn only_rejected(rejection: Rejection) -> Output {
+    Output {
+        rejections: vec![rejection],
+        ..Output::default()
+    }
+}
+
+/// An output that refuses the input for `rejection` and, beside that, sends `outgoing` at once.
+pub fn rejected_sending(rejection: Rejection, outgoing: Outgoing) -> Output {
+    Output {
+        send_now: vec![outgoing],
+        rejections: vec![rejection],
+        ..Output::default()
+    }
+}
+
+/// An output that holds nothing but `outgoing`, to send at once.
+pub fn only_sent(outgoing: Vec<Outgoing>) -> Output {
+    Output {
+        send_now: outgoing,
+        ..Output::default()
+    }
+}
+
+pub fn timers(engine: &Engine) -> Vec<(TimerKind, u64)> {
+    engine.timer_deadlines_ms().collect()
+}
