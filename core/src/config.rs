@@ -174,6 +174,27 @@ pub enum InvalidConfig {
         /// `max_instances_in_flight`.
         in_flight: u64,
     },
+    /// The decision log must hold every decision since the last checkpoint: compacting the
+    /// store at a checkpoint keeps the decisions after it from the log.
+    #[error(
+        "limits.max_log_entries ({log}) is below limits.checkpoint_period ({period}); raise max_log_entries to at least {period}"
+    )]
+    LogBelowCheckpointPeriod {
+        /// `max_log_entries`.
+        log: usize,
+        /// `checkpoint_period`.
+        period: u64,
+    },
+    /// A limit above what any frame can carry.
+    #[error("limits.{limit} is {value}; it may be at most {max}")]
+    LimitTooLarge {
+        /// The field of [`Limits`].
+        limit: &'static str,
+        /// The value given.
+        value: u64,
+        /// The largest allowed.
+        max: u64,
+    },
     /// A timeout that must be at least 1 ms is 0.
     #[error("timeouts.{timeout} is 0; set it to at least 1 ms")]
     TimeoutNotPositive {
@@ -190,7 +211,22 @@ pub enum InvalidConfig {
         /// `retransmit_initial_ms`.
         initial_ms: u64,
     },
+    /// A timeout longer than [`MAX_TIMEOUT_MS`]: a replica would look dead for longer than a
+    /// day, and deadlines computed from it could leave the clock's range.
+    #[error("timeouts.{timeout} is {ms} ms; it may be at most {max_ms} ms (one day)", max_ms = MAX_TIMEOUT_MS)]
+    TimeoutTooLong {
+        /// The field of [`Timeouts`].
+        timeout: &'static str,
+        /// The value given, in milliseconds.
+        ms: u64,
+    },
 }
+
+/// The longest any timeout may be: one day, in milliseconds.
+pub const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// The largest state-transfer chunk: 16 MiB, below the transport's frame limit.
+pub const MAX_STATE_CHUNK_BYTES: usize = 16 * 1024 * 1024;
 
 impl EngineConfig {
     /// Checks the invariants the engine relies on, and hands back the config as a
@@ -231,6 +267,19 @@ impl EngineConfig {
                 in_flight: l.max_instances_in_flight,
             });
         }
+        if (l.max_log_entries as u64) < l.checkpoint_period {
+            return Err(InvalidConfig::LogBelowCheckpointPeriod {
+                log: l.max_log_entries,
+                period: l.checkpoint_period,
+            });
+        }
+        if l.state_chunk_bytes > MAX_STATE_CHUNK_BYTES {
+            return Err(InvalidConfig::LimitTooLarge {
+                limit: "state_chunk_bytes",
+                value: l.state_chunk_bytes as u64,
+                max: MAX_STATE_CHUNK_BYTES as u64,
+            });
+        }
         let t = &self.timeouts;
         let positive_timeouts: [(&'static str, u64); 3] = [
             ("request_timeout_ms", t.request_timeout_ms),
@@ -245,6 +294,15 @@ impl EngineConfig {
                 max_ms: t.retransmit_max_ms,
                 initial_ms: t.retransmit_initial_ms,
             });
+        }
+        let bounded_timeouts: [(&'static str, u64); 4] = [
+            ("request_timeout_ms", t.request_timeout_ms),
+            ("retransmit_initial_ms", t.retransmit_initial_ms),
+            ("retransmit_max_ms", t.retransmit_max_ms),
+            ("heartbeat_ms", t.heartbeat_ms),
+        ];
+        if let Some((timeout, ms)) = bounded_timeouts.iter().find(|(_, ms)| *ms > MAX_TIMEOUT_MS) {
+            return Err(InvalidConfig::TimeoutTooLong { timeout, ms: *ms });
         }
         Ok(ValidEngineConfig(self))
     }
@@ -354,6 +412,79 @@ mod tests {
                 format!("limits.{name} is 0; set it to at least 1")
             );
         }
+    }
+
+    #[test]
+    fn log_shorter_than_a_checkpoint_period() {
+        // Compaction at a checkpoint keeps the decisions after it from the log: a log capped
+        // below one period would drop durable decisions (found by review: max_log_entries 1,
+        // checkpoint_period 4 lost cids 5 and 6 from the store).
+        let err = error_of(|c| {
+            c.limits.max_log_entries = 1;
+            c.limits.checkpoint_period = 4;
+        });
+        assert_eq!(
+            err,
+            InvalidConfig::LogBelowCheckpointPeriod { log: 1, period: 4 }
+        );
+        assert!(err.to_string().contains("at least 4"), "{err}");
+        let mut at_the_bound = config();
+        at_the_bound.limits.max_log_entries = 4;
+        at_the_bound.limits.checkpoint_period = 4;
+        at_the_bound
+            .validate()
+            .expect("a log of one period is enough");
+    }
+
+    #[test]
+    fn state_chunk_above_the_frame_limit() {
+        let err = error_of(|c| c.limits.state_chunk_bytes = MAX_STATE_CHUNK_BYTES + 1);
+        assert_eq!(
+            err,
+            InvalidConfig::LimitTooLarge {
+                limit: "state_chunk_bytes",
+                value: MAX_STATE_CHUNK_BYTES as u64 + 1,
+                max: MAX_STATE_CHUNK_BYTES as u64,
+            }
+        );
+        let mut at_the_bound = config();
+        at_the_bound.limits.state_chunk_bytes = MAX_STATE_CHUNK_BYTES;
+        at_the_bound.validate().expect("16 MiB chunks are valid");
+    }
+
+    #[test]
+    fn every_timeout_longer_than_a_day() {
+        let too_long: [(&str, ZeroTimeout); 4] = [
+            ("request_timeout_ms", |t| {
+                t.request_timeout_ms = MAX_TIMEOUT_MS + 1
+            }),
+            ("retransmit_initial_ms", |t| {
+                t.retransmit_initial_ms = MAX_TIMEOUT_MS + 1;
+                t.retransmit_max_ms = MAX_TIMEOUT_MS + 1;
+            }),
+            ("retransmit_max_ms", |t| {
+                t.retransmit_max_ms = MAX_TIMEOUT_MS + 1
+            }),
+            ("heartbeat_ms", |t| t.heartbeat_ms = MAX_TIMEOUT_MS + 1),
+        ];
+        for (name, lengthen) in too_long {
+            let err = error_of(|c| lengthen(&mut c.timeouts));
+            assert_eq!(
+                err,
+                InvalidConfig::TimeoutTooLong {
+                    timeout: name,
+                    ms: MAX_TIMEOUT_MS + 1
+                }
+            );
+        }
+        let mut at_the_bound = config();
+        at_the_bound.timeouts = Timeouts {
+            request_timeout_ms: MAX_TIMEOUT_MS,
+            retransmit_initial_ms: MAX_TIMEOUT_MS,
+            retransmit_max_ms: MAX_TIMEOUT_MS,
+            heartbeat_ms: MAX_TIMEOUT_MS,
+        };
+        at_the_bound.validate().expect("one-day timeouts are valid");
     }
 
     #[test]

@@ -478,6 +478,13 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) {
     let output = l.engine.start(now_ms(epoch));
     runner::perform(&mut l, now_ms(epoch), output);
     loop {
+        // Due timers first: the select below prefers inputs, and a steady stream of them (a
+        // peer flooding cheap messages) must not starve request timeouts and leader changes.
+        let now = now_ms(epoch);
+        if l.engine.next_deadline_ms().is_some_and(|d| d <= now) {
+            let output = l.engine.on_timeout(now);
+            runner::perform(&mut l, now, output);
+        }
         let next_deadline = l.engine.next_deadline_ms();
         let sleep_until = next_deadline
             .map(|d| epoch + Duration::from_millis(d))

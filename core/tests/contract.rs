@@ -63,8 +63,8 @@ fn forward_that_overflows_a_client_pool_still_persists_and_sends_the_proposals_i
     let c = cluster(Mode::Bft, 4, 1, small_pool());
     let mut leader = c.engine(0);
     let (out, b1, b2) = forward_three_requests(&c, &mut leader);
-    // Request 1: nothing in flight, so the leader proposes cid 1 at once and casts its WRITE
-    // (persisted before it leaves). Request 2: one instance in flight and one unproposed
+    // Request 1: nothing in flight, so the leader proposes cid 1 at once and casts its WRITE;
+    // both leave only once the WRITE is on disk (a restarted leader must know it proposed). Request 2: one instance in flight and one unproposed
     // request >= 1 x step, so it proposes cid 2; the next cid advanced. Request 3: the client
     // already has two pending, so the pool refuses it; the two proposals stand.
     let (p1, w1) = leaders_proposal(&c, VoteKind::Write, Cid(1), b1);
@@ -72,9 +72,10 @@ fn forward_that_overflows_a_client_pool_still_persists_and_sends_the_proposals_i
     assert_eq!(
         out,
         Output {
-            send_now: vec![broadcast(Message::Propose(p1))],
+            send_now: vec![],
             persist: vec![PersistRecord::Vote(w1.body), PersistRecord::Vote(w2.body)],
             send_after_persist: vec![
+                broadcast(Message::Propose(p1)),
                 broadcast(Message::Write(w1)),
                 broadcast(Message::Propose(p2)),
                 broadcast(Message::Write(w2)),
@@ -100,7 +101,7 @@ fn forward_that_overflows_a_client_pool_still_persists_and_sends_the_proposals_i
     assert_eq!(
         out,
         Output {
-            send_now: vec![broadcast(Message::Propose(p1))],
+            send_now: vec![],
             persist: vec![
                 PersistRecord::Prepared(c.prepared(Cid(1), Regency(0), b1)),
                 PersistRecord::Vote(a1.body),
@@ -108,6 +109,7 @@ fn forward_that_overflows_a_client_pool_still_persists_and_sends_the_proposals_i
                 PersistRecord::Vote(a2.body),
             ],
             send_after_persist: vec![
+                broadcast(Message::Propose(p1)),
                 broadcast(Message::Accept(a1)),
                 broadcast(Message::Propose(p2)),
                 broadcast(Message::Accept(a2)),

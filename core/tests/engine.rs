@@ -298,22 +298,25 @@ fn duplicate_request_gets_the_cached_reply_and_executes_once() {
     let batch = c.batch(&[1]);
     let digest = batch.digest();
     let output = c.deliver_ok(&mut leader, 0, client, Message::Request(c.request(1)));
-    // The leader proposes it at once, then persists and broadcasts its own ACCEPT.
+    // The leader proposes it at once and accepts it: the PROPOSE and its own ACCEPT leave
+    // once the prepared value and the vote are on disk.
     let my_accept = c.vote(VoteKind::Accept, 0, Cid(1), Regency(0), digest);
     assert_eq!(
         output,
         Output {
-            send_now: vec![Outgoing::Broadcast(Message::Propose(c.propose(
-                0,
-                Cid(1),
-                Regency(0),
-                batch.clone()
-            )))],
             persist: vec![
                 PersistRecord::Prepared(c.prepared(Cid(1), Regency(0), batch.clone())),
                 PersistRecord::Vote(my_accept.body),
             ],
-            send_after_persist: vec![Outgoing::Broadcast(Message::Accept(my_accept.clone()))],
+            send_after_persist: vec![
+                Outgoing::Broadcast(Message::Propose(c.propose(
+                    0,
+                    Cid(1),
+                    Regency(0),
+                    batch.clone()
+                ))),
+                Outgoing::Broadcast(Message::Accept(my_accept.clone())),
+            ],
             ..Output::default()
         }
     );

@@ -88,7 +88,8 @@ impl Engine {
         if peer == self.me || now_ms < self.catch_up.next_query_allowed_ms {
             return;
         }
-        self.catch_up.next_query_allowed_ms = now_ms + self.cfg.timeouts.retransmit_initial_ms;
+        self.catch_up.next_query_allowed_ms =
+            now_ms.saturating_add(self.cfg.timeouts.retransmit_initial_ms);
         self.out.send(
             Peer::Replica(peer),
             Message::DecisionQuery {
@@ -129,7 +130,8 @@ impl Engine {
         if peer == self.me || now_ms < self.catch_up.next_sync_query_allowed_ms {
             return;
         }
-        self.catch_up.next_sync_query_allowed_ms = now_ms + self.cfg.timeouts.retransmit_initial_ms;
+        self.catch_up.next_sync_query_allowed_ms =
+            now_ms.saturating_add(self.cfg.timeouts.retransmit_initial_ms);
         self.out.send(Peer::Replica(peer), Message::SyncQuery);
     }
 
@@ -141,7 +143,7 @@ impl Engine {
         if now_ms < *next {
             return;
         }
-        *next = now_ms + self.cfg.timeouts.retransmit_initial_ms;
+        *next = now_ms.saturating_add(self.cfg.timeouts.retransmit_initial_ms);
         if let Some(sync) = &self.leader_change.current_sync {
             self.out
                 .send(Peer::Replica(peer), Message::Sync(sync.clone()));

@@ -146,6 +146,15 @@ impl Engine {
     /// [`Wal::write_checkpoint`](crate::storage::Wal::write_checkpoint).
     pub fn durable_records_after(&self, cid: Cid) -> Vec<PersistRecord> {
         let mut records = vec![PersistRecord::Regency(self.regency)];
+        // This leader's SYNC for its regency: it must not build another after a restart.
+        if let Some(sync) = self
+            .leader_change
+            .current_sync
+            .as_ref()
+            .filter(|s| s.body.leader == self.me && s.body.regency == self.regency)
+        {
+            records.push(PersistRecord::Sync(sync.clone()));
+        }
         records.extend(
             self.log
                 .range((Excluded(cid), Unbounded))

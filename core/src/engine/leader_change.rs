@@ -24,6 +24,9 @@ pub(super) struct LeaderChange {
     pub(super) current_sync: Option<Signed<Sync>>,
     /// Leader changes that failed in a row; the change timeout doubles with each.
     pub(super) change_failures: u32,
+    /// The SYNC this replica sent as leader of its regency before a restart, applied again at
+    /// [`Engine::start`].
+    pub(super) recovered_sync: Option<Signed<Sync>>,
 }
 
 impl Engine {
@@ -61,8 +64,10 @@ impl Engine {
         self.stats.stops_sent += 1;
         self.out.broadcast(Message::Stop(stop.clone()));
         self.leader_change.my_stop = Some(stop);
-        self.deadlines_ms
-            .insert(TimerKind::LeaderChange, now_ms + self.change_timeout_ms());
+        self.deadlines_ms.insert(
+            TimerKind::LeaderChange,
+            now_ms.saturating_add(self.change_timeout_ms()),
+        );
         self.arm_retransmit(now_ms);
         self.check_stops(now_ms);
     }
@@ -156,8 +161,10 @@ impl Engine {
         self.phase = Phase::Syncing;
         self.leader_change.collected.clear();
         self.leader_change.my_stopdata = None;
-        self.deadlines_ms
-            .insert(TimerKind::LeaderChange, now_ms + self.change_timeout_ms());
+        self.deadlines_ms.insert(
+            TimerKind::LeaderChange,
+            now_ms.saturating_add(self.change_timeout_ms()),
+        );
     }
 
     /// Tells the leader of the newly installed regency what this replica decided and prepared.
@@ -266,6 +273,7 @@ impl Engine {
             },
             self.signer.as_deref(),
         );
+        self.out.persist(PersistRecord::Sync(sync.clone()));
         self.out.broadcast(Message::Sync(sync.clone()));
         self.apply_sync(now_ms, sync);
     }

@@ -22,8 +22,10 @@
 //! 3. Perform each input's [`Output`] before the next input, in this order: count and log
 //!    `rejections`; send `send_now`; append every record of `persist` and make them durable
 //!    (one sync); send `send_after_persist`; hand `service` to the service, in order. A
-//!    message that promises a vote, a regency or a decision is always in
-//!    `send_after_persist`, behind the record of it.
+//!    message whose promise this input records (a vote, a STOPDATA after a new regency, a
+//!    leader's PROPOSE behind its own vote, a SYNC behind [`PersistRecord::Sync`]) is in
+//!    `send_after_persist`, behind the record. A resend of something already durable (a
+//!    retransmitted vote) may be in `send_now`.
 //! 4. After each input, ask [`Engine::next_deadline_ms`] again: any input can move the next
 //!    deadline. A timeout call with nothing due does nothing.
 //!
@@ -141,6 +143,10 @@ pub enum PersistRecord {
     /// A checkpoint; every record about cids at or below it may be discarded (the regency may
     /// not: [`Engine::durable_records_after`] says what a store keeps).
     Checkpoint(Checkpoint),
+    /// The SYNC this replica, as the leader of its regency, is about to send: after a restart
+    /// it sends this one again and never another for that regency (the value rule counts on
+    /// one SYNC per regency; docs/design.md §3.10).
+    Sync(Signed<crate::message::Sync>),
 }
 
 /// Counters for operators and tests, all counts since the engine was built (recovery does not
@@ -379,8 +385,25 @@ impl Engine {
         self.arm_request_timer();
         self.deadlines_ms.insert(
             TimerKind::Heartbeat,
-            now_ms + self.cfg.timeouts.heartbeat_ms,
+            now_ms.saturating_add(self.cfg.timeouts.heartbeat_ms),
         );
+        if self.phase == Phase::Syncing {
+            // Recovered into a regency whose SYNC it has not applied (docs/design.md §3.9).
+            if let Some(sync) = self.leader_change.recovered_sync.take() {
+                // It led the regency and sent this SYNC before the crash: the same one again,
+                // for followers still waiting, and never another.
+                self.out.broadcast(Message::Sync(sync.clone()));
+                self.apply_sync(now_ms, sync);
+            } else {
+                // Report to the regency's leader again (resent until its SYNC arrives), and
+                // move on to the next regency if that does not happen in time.
+                self.send_stopdata(now_ms);
+                self.deadlines_ms.insert(
+                    TimerKind::LeaderChange,
+                    now_ms.saturating_add(self.change_timeout_ms()),
+                );
+            }
+        }
         self.finish_input()
     }
 

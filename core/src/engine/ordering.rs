@@ -75,8 +75,10 @@ impl Engine {
     pub(super) fn arm_request_timer(&mut self) {
         match self.pool.oldest_arrival_ms() {
             Some(t) => {
-                self.deadlines_ms
-                    .insert(TimerKind::Request, t + self.cfg.timeouts.request_timeout_ms);
+                self.deadlines_ms.insert(
+                    TimerKind::Request,
+                    t.saturating_add(self.cfg.timeouts.request_timeout_ms),
+                );
             }
             None => {
                 self.deadlines_ms.remove(&TimerKind::Request);
@@ -121,12 +123,14 @@ impl Engine {
             && self.worth_another_instance()
         {
             let cid = self.next_cid_to_propose;
-            if self
-                .instances
-                .get(&cid)
-                .is_some_and(|i| i.proposal.is_some() || i.decided.is_some())
-            {
-                // Already proposed here (or decided via a peer); move on.
+            if self.instances.get(&cid).is_some_and(|i| {
+                i.proposal.is_some()
+                    || i.decided.is_some()
+                    || i.my_write.is_some()
+                    || i.my_accept.is_some()
+            }) {
+                // Already proposed here (or decided via a peer), or voted in before a restart:
+                // a leader never proposes two batches for one (cid, regency).
                 self.next_cid_to_propose = cid.next();
                 continue;
             }
@@ -150,7 +154,11 @@ impl Engine {
             );
             self.next_cid_to_propose = cid.next();
             self.stats.proposals_sent += 1;
-            self.out.broadcast(Message::Propose(propose.clone()));
+            // The PROPOSE promises that this leader proposes nothing else for (cid, regency);
+            // a restarted leader knows that only from its own vote record, which
+            // `accept_proposal` produces next. So the PROPOSE waits for that record.
+            self.out
+                .broadcast_after_persist(Message::Propose(propose.clone()));
             let batch = propose.body.batch.clone();
             self.accept_proposal(now_ms, cid, batch, Some(propose));
         }

@@ -185,6 +185,13 @@ impl Output {
         self.outgoing(Outgoing::Broadcast(message));
     }
 
+    /// Sends `message` to every other replica only once every record of this input is durable,
+    /// including records produced after it: for a message whose promise is recorded later in
+    /// the same input (a PROPOSE, whose leader's own vote follows it).
+    pub(crate) fn broadcast_after_persist(&mut self, message: Message) {
+        self.send_after_persist.push(Outgoing::Broadcast(message));
+    }
+
     /// Hands `work` to the service, after everything before it.
     pub(crate) fn service(&mut self, work: ServiceWork) {
         self.service.push(work);

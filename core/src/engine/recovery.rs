@@ -8,7 +8,7 @@ use smr_crypto::Signer;
 
 use crate::checkpoint::Checkpoint;
 use crate::config::ValidEngineConfig;
-use crate::message::{Cid, Message, PreparedProof, Regency, ReplicaId, Signed, VoteKind};
+use crate::message::{Cid, Message, PreparedProof, Regency, ReplicaId, Signed, Sync, VoteKind};
 
 use super::{Engine, Output, PersistRecord, Phase, ServiceWork};
 
@@ -46,6 +46,7 @@ impl Engine {
         let mut decisions = BTreeMap::new();
         let mut prepared: BTreeMap<Cid, PreparedProof> = BTreeMap::new();
         let mut votes = Vec::new();
+        let mut own_sync: Option<Signed<Sync>> = None;
         for record in records {
             match record {
                 PersistRecord::Checkpoint(c) => {
@@ -63,6 +64,14 @@ impl Engine {
                     }
                 }
                 PersistRecord::Vote(v) => votes.push(v),
+                PersistRecord::Sync(s) => {
+                    if own_sync
+                        .as_ref()
+                        .is_none_or(|old| s.body.regency > old.body.regency)
+                    {
+                        own_sync = Some(s);
+                    }
+                }
             }
         }
         if let Some(c) = checkpoint {
@@ -109,7 +118,12 @@ impl Engine {
         engine.next_cid_to_propose = highest_voted.saturating_add(1);
         if engine.regency > Regency::ZERO {
             engine.phase = Phase::Syncing;
-            engine.out.broadcast(Message::SyncQuery);
+            // This replica led its regency and sent its SYNC: `start` applies it again.
+            engine.leader_change.recovered_sync =
+                own_sync.filter(|s| s.body.regency == engine.regency);
+            if engine.leader_change.recovered_sync.is_none() {
+                engine.out.broadcast(Message::SyncQuery);
+            }
         }
         engine.execute_ready(0);
         let output = engine.take_output();

@@ -181,7 +181,9 @@ impl Engine {
             ));
         }
         let start = offset as usize;
-        let end = (start + self.cfg.limits.state_chunk_bytes).min(c.data.len());
+        let end = start
+            .saturating_add(self.cfg.limits.state_chunk_bytes)
+            .min(c.data.len());
         self.out.send(
             Peer::Replica(from),
             Message::StateChunk {

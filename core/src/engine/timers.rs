@@ -20,7 +20,7 @@ impl Engine {
         } else {
             self.deadlines_ms
                 .entry(TimerKind::Retransmit)
-                .or_insert(now_ms + self.retransmit_interval_ms);
+                .or_insert(now_ms.saturating_add(self.retransmit_interval_ms));
         }
     }
 
@@ -96,8 +96,10 @@ impl Engine {
         }
         let peer = self.next_query_peer();
         self.maybe_query(now_ms, peer);
-        self.retransmit_interval_ms =
-            (self.retransmit_interval_ms * 2).min(self.cfg.timeouts.retransmit_max_ms);
+        self.retransmit_interval_ms = self
+            .retransmit_interval_ms
+            .saturating_mul(2)
+            .min(self.cfg.timeouts.retransmit_max_ms);
         self.arm_retransmit(now_ms);
     }
 
@@ -124,14 +126,16 @@ impl Engine {
         let behind_a_live_leader = !self.quorums.requires_signatures()
             && self.leader_progress.is_some_and(|p| {
                 p.decided > self.last_executed
-                    && now_ms < p.rose_at_ms + self.cfg.timeouts.request_timeout_ms
+                    && now_ms
+                        < p.rose_at_ms
+                            .saturating_add(self.cfg.timeouts.request_timeout_ms)
             });
         let catching_up = self.transfer.download.is_some()
             || behind_a_live_leader
             || self
                 .catch_up
                 .last_catch_up_ms
-                .is_some_and(|t| now_ms < t + self.cfg.timeouts.request_timeout_ms);
+                .is_some_and(|t| now_ms < t.saturating_add(self.cfg.timeouts.request_timeout_ms));
         if second_timeout && !catching_up {
             // Second timeout: the leader has had the request and still did not order it.
             // Peers push the regency up (by STOPs): saturate rather than overflow.
@@ -162,7 +166,7 @@ impl Engine {
         }
         self.deadlines_ms.insert(
             TimerKind::Heartbeat,
-            now_ms + self.cfg.timeouts.heartbeat_ms,
+            now_ms.saturating_add(self.cfg.timeouts.heartbeat_ms),
         );
     }
 }

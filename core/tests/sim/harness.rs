@@ -892,20 +892,17 @@ impl Sim {
         Ok(())
     }
 
-    /// Appends to a replica's "disk", compacting at checkpoints as the real store does.
+    /// Appends to a replica's "disk". A checkpoint compacts it exactly as the driver's
+    /// write-ahead log does: the checkpoint, then what `Engine::durable_records_after` says
+    /// must survive it.
     fn store(&mut self, slot: usize, record: PersistRecord) {
-        let stored = &mut self.replicas[slot].stored;
+        let node = &mut self.replicas[slot];
         if let PersistRecord::Checkpoint(c) = &record {
-            let cid = c.cid;
-            stored.retain(|old| match old {
-                PersistRecord::Checkpoint(_) => false,
-                PersistRecord::Decided(d) => d.cid > cid,
-                PersistRecord::Prepared(p) => p.cid > cid,
-                PersistRecord::Vote(v) => v.cid > cid,
-                PersistRecord::Regency(_) => true,
-            });
+            let after = node.engine.durable_records_after(c.cid);
+            node.stored = std::iter::once(record).chain(after).collect();
+        } else {
+            node.stored.push(record);
         }
-        stored.push(record);
     }
 
     fn client_fill(&mut self, c: usize) -> Result<(), String> {
@@ -1297,7 +1294,7 @@ impl Host for SimHost<'_> {
                     eprintln!("t={} replica {r} enters regency {regency}", self.sim.now_ms);
                 }
             }
-            PersistRecord::Prepared(_) | PersistRecord::Checkpoint(_) => {}
+            PersistRecord::Prepared(_) | PersistRecord::Checkpoint(_) | PersistRecord::Sync(_) => {}
         }
         self.sim.store(slot, record);
     }
