@@ -201,8 +201,8 @@ pub fn start_replica<N: Network>(
         None => {
             tracing::info!(replica = me, mode = %mode, "replica starting without a data dir: state is kept in memory only and is lost on restart");
             if options.rejoin {
-                let (engine, actions) = Engine::rejoin(config, signer);
-                (engine, actions, None)
+                let (engine, output) = Engine::rejoin(config, signer);
+                (engine, output, None)
             } else {
                 (Engine::new(config, signer), Output::default(), None)
             }
@@ -219,12 +219,12 @@ pub fn start_replica<N: Network>(
                 );
             }
             tracing::info!(replica = me, mode = %mode, records = records.len(), dir = %wal.dir().display(), policy = %wal.policy(), "replica starting from its data dir");
-            let (engine, actions) = if options.rejoin && records.is_empty() {
+            let (engine, output) = if options.rejoin && records.is_empty() {
                 Engine::rejoin(config, signer)
             } else {
                 Engine::recover(config, signer, records).map_err(StartError::Recovery)?
             };
-            (engine, actions, Some(wal))
+            (engine, output, Some(wal))
         }
     };
 
