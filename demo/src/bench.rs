@@ -1149,7 +1149,28 @@ fn plot_format(path: &Path) -> anyhow::Result<PlotFormat> {
 
 const PLOT_SIZE: (u32, u32) = (1000, 650);
 
+/// The plots' one typeface, DejaVu Sans, compiled into the binary (license:
+/// demo/assets/DejaVuSans-LICENSE.txt). plotters draws text with the pure-Rust ab_glyph
+/// rasterizer, so the `smr` binary links no font or image C library (fontconfig, freetype,
+/// libpng) and needs no fonts installed on the machine.
+static PLOT_FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+/// Registers [`PLOT_FONT`] as plotters' "sans-serif" family (every text in the plots, and the
+/// family plotters' own labels default to); other styles (bold, italic) fall back to it. Idempotent.
+fn register_plot_font() -> anyhow::Result<()> {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| {
+        plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, PLOT_FONT)
+            .is_ok()
+    });
+    if !ok {
+        bail!("cannot draw the plot: the embedded font is not a valid TrueType font");
+    }
+    Ok(())
+}
+
 fn plot_sweep(path: &Path, results: &[BenchResult]) -> anyhow::Result<()> {
+    register_plot_font()?;
     match plot_format(path)? {
         PlotFormat::Svg => draw_sweep(plotters::prelude::SVGBackend::new(path, PLOT_SIZE), results),
         PlotFormat::Png => draw_sweep(
@@ -1160,6 +1181,7 @@ fn plot_sweep(path: &Path, results: &[BenchResult]) -> anyhow::Result<()> {
 }
 
 fn plot_timeline(path: &Path, result: &BenchResult) -> anyhow::Result<()> {
+    register_plot_font()?;
     match plot_format(path)? {
         PlotFormat::Svg => {
             draw_timeline(plotters::prelude::SVGBackend::new(path, PLOT_SIZE), result)
@@ -1361,5 +1383,26 @@ mod tests {
         let after = vec![Some(report(20, 300)), Some(report(50, 5000))];
         assert_eq!(batch_size(&before, &after), (Some(20.0), Some(10)));
         assert_eq!(batch_size(&[None], &[None]), (None, None));
+    }
+
+    /// The plots' text is drawn with the embedded font: without a registered font plotters'
+    /// ab_glyph path fails (or draws nothing), so this catches a missing registration.
+    #[test]
+    fn plot_text_is_rasterized_with_the_embedded_font() {
+        use plotters::prelude::*;
+        register_plot_font().unwrap();
+        register_plot_font().unwrap();
+        let font = ("sans-serif", 20).into_font();
+        let (w, h) = font.box_size("ops/s").unwrap();
+        assert!(w > 20 && h > 5, "layout {w}x{h}");
+        let (width, height) = (120u32, 40u32);
+        let mut buf = vec![255u8; (width * height * 3) as usize];
+        {
+            let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
+            root.draw(&Text::new("ops/s", (5, 10), font)).unwrap();
+            root.present().unwrap();
+        }
+        let dark = buf.chunks(3).filter(|p| p.iter().all(|&c| c < 128)).count();
+        assert!(dark > 30, "only {dark} dark pixels: the text was not drawn");
     }
 }
