@@ -225,8 +225,10 @@ pub enum InvalidConfig {
 /// The longest any timeout may be: one day, in milliseconds.
 pub const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
 
-/// The largest state-transfer chunk: 16 MiB, below the transport's frame limit.
-pub const MAX_STATE_CHUNK_BYTES: usize = 16 * 1024 * 1024;
+/// The largest state-transfer chunk: 15 MiB. The transport's frame limit is never below
+/// 16 MiB, and a chunk's frame also carries its header and, on the last chunk, the decision
+/// proof (Q signed votes): the spare MiB keeps every chunk inside one frame.
+pub const MAX_STATE_CHUNK_BYTES: usize = 15 * 1024 * 1024;
 
 impl EngineConfig {
     /// Checks the invariants the engine relies on, and hands back the config as a
@@ -449,7 +451,7 @@ mod tests {
         );
         let mut at_the_bound = config();
         at_the_bound.limits.state_chunk_bytes = MAX_STATE_CHUNK_BYTES;
-        at_the_bound.validate().expect("16 MiB chunks are valid");
+        at_the_bound.validate().expect("15 MiB chunks are valid");
     }
 
     #[test]

@@ -106,7 +106,7 @@ impl Engine {
             return;
         };
         if let Some((_, _, source)) = transfer.target {
-            if now_ms < transfer.last_progress_ms + stall_ms {
+            if now_ms < transfer.last_progress_ms.saturating_add(stall_ms) {
                 return;
             }
             // The source went quiet: try another.
@@ -125,7 +125,7 @@ impl Engine {
                 );
             }
             None => {
-                if now_ms >= transfer.last_progress_ms + stall_ms {
+                if now_ms >= transfer.last_progress_ms.saturating_add(stall_ms) {
                     // Every agreed source failed or too few agree: give up for now. The next
                     // hint that we are behind starts a fresh transfer.
                     self.transfer.download = None;
@@ -154,7 +154,7 @@ impl Engine {
                 start_ms: now_ms,
                 served: 0,
             });
-        if now_ms >= window.start_ms + 1000 {
+        if now_ms >= window.start_ms.saturating_add(1000) {
             *window = FetchWindow {
                 start_ms: now_ms,
                 served: 0,
