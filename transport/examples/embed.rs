@@ -1,0 +1,107 @@
+// Embedding smr: your own replicated service, its replicas, and a client, in one program.
+//
+// Keys and a config come from `smr keygen` (or are written by your own tooling):
+//
+// ```sh
+// smr keygen --replicas 4 --mode bft --out c     # c/cluster.toml, c/replica-<i>.key, c/client.key
+// cargo run -p smr-transport --example embed -- replica c/cluster.toml 0 &   # and 1, 2, 3
+// cargo run -p smr-transport --example embed -- client c/cluster.toml 5      # prints the new total
+// ```
+
+use std::path::Path;
+
+use smr_core::cluster::ClusterConfig;
+use smr_core::Service;
+use smr_crypto::IdentityKey;
+use smr_transport::{Client, Replica};
+
+/// The replicated state machine: a sum. An operation is an `i64` (8 bytes, little-endian) to
+/// add; the reply is the new total. It must be deterministic: every replica executes the same
+/// operations in the same order and must reach the same state.
+#[derive(Default)]
+struct Sum(i64);
+
+impl Service for Sum {
+    fn execute(&mut self, op: &[u8]) -> Vec<u8> {
+        let Ok(amount) = <[u8; 8]>::try_from(op) else {
+            return b"error: an operation is 8 bytes".to_vec();
+        };
+        self.0 = self.0.wrapping_add(i64::from_le_bytes(amount));
+        self.0.to_le_bytes().to_vec()
+    }
+
+    fn query(&self, _op: &[u8]) -> Vec<u8> {
+        self.0.to_le_bytes().to_vec()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.to_le_bytes().to_vec()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        let bytes = <[u8; 8]>::try_from(snapshot).map_err(|_| "a snapshot is 8 bytes")?;
+        self.0 = i64::from_le_bytes(bytes);
+        Ok(())
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // smr logs through `tracing`: without a subscriber an embedded replica logs nothing.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>()[1..] {
+        ["replica", config, id] => run_replica(Path::new(config), id.parse()?).await,
+        ["client", config, amount] => run_client(Path::new(config), amount.parse()?).await,
+        _ => Err(
+            "usage: embed replica <cluster.toml> <id> | embed client <cluster.toml> <amount>"
+                .into(),
+        ),
+    }
+}
+
+async fn run_replica(config_path: &Path, id: u32) -> Result<(), Box<dyn std::error::Error>> {
+    let config = ClusterConfig::load(config_path)?;
+    // `smr keygen` writes replica-<id>.key and names it in the config (`key_file`, resolved
+    // against the config's directory).
+    let key_file = config.replicas[id as usize]
+        .key_file
+        .clone()
+        .ok_or("the config names no key_file for this replica")?;
+    let key = IdentityKey::load(&key_file)?;
+    // Durable state (write-ahead log and checkpoints) in this directory; `None` keeps it in
+    // memory. `false`: not rejoining after losing that state.
+    let data_dir = config.directory.join(format!("sum-data-{id}"));
+    let replica = Replica::start_with_data_dir(
+        &config,
+        id,
+        key,
+        Box::new(Sum::default()),
+        Some(&data_dir),
+        false,
+    )
+    .await?;
+    println!("replica {id} running; Ctrl-C stops it");
+    tokio::signal::ctrl_c().await?;
+    replica.shutdown().await;
+    Ok(())
+}
+
+async fn run_client(config_path: &Path, amount: i64) -> Result<(), Box<dyn std::error::Error>> {
+    let config = ClusterConfig::load(config_path)?;
+    // `smr keygen` writes client.key next to the config and lists its public key in `clients`.
+    let key = IdentityKey::load(&config.directory.join("client.key"))?;
+    let client = Client::connect(&config, key).await?;
+    // Ordered through consensus; returns once f+1 replicas (BFT) or one (CFT) gave this reply.
+    let reply = client.invoke(amount.to_le_bytes().to_vec()).await?;
+    let total = i64::from_le_bytes(<[u8; 8]>::try_from(reply.as_slice())?);
+    println!("{total}");
+    client.shutdown().await;
+    Ok(())
+}
