@@ -414,6 +414,10 @@ fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
 }
 
 fn start_cluster(binary: &Path, settings: &Settings, n: usize) -> anyhow::Result<LocalCluster> {
+    say(format!(
+        "starting {n} {} replicas of the null service as child processes",
+        settings.mode
+    ));
     let mut options = KeygenOptions::new(settings.mode, n);
     options.clients_any = true;
     options.limits = settings.limits.clone();
@@ -444,6 +448,7 @@ fn start_cluster(binary: &Path, settings: &Settings, n: usize) -> anyhow::Result
 }
 
 fn finish_cluster(mut cluster: LocalCluster, keep_dir: bool, failed: bool) {
+    say("stopping the replicas");
     if keep_dir || failed {
         let dir = cluster.keep_dir();
         eprintln!("replica config, keys and logs kept in {}", dir.display());
@@ -577,9 +582,28 @@ async fn run_point(
     let progress = settings
         .progress
         .then(|| progress_bar(settings, clients, n, total, completed.clone()));
+    // The bar shows the warm-up and the measurement on a terminal; elsewhere (a log, CI) it is
+    // hidden, and one line per phase says what is going on.
+    let announce = progress.as_ref().is_none_or(|(bar, _)| bar.is_hidden());
+    let point = format!(
+        "{} n={n}, {clients} clients x {} in flight",
+        settings.mode, settings.outstanding
+    );
+    if announce {
+        say(format!(
+            "{point}: warm-up, {:.1} s",
+            settings.warmup.as_secs_f64()
+        ));
+    }
 
     let mut threads_before = None;
     tokio::time::sleep_until((start + settings.warmup).into()).await;
+    if announce {
+        say(format!(
+            "{point}: measuring, {:.1} s",
+            settings.duration.as_secs_f64()
+        ));
+    }
     if settings.threads {
         threads_before = Some(thread_snapshot(&pids));
     }
@@ -590,6 +614,9 @@ async fn run_point(
         let leader = current_leader(&before.statuses)
             .ok_or_else(|| anyhow!("no replica reported a leader"))?;
         cluster.kill(leader);
+        if announce {
+            say(format!("{point}: killed the leader, replica {leader}"));
+        }
         failover = Some((leader, before.at.elapsed()));
     }
     tokio::time::sleep_until((before.at + settings.duration).into()).await;
@@ -837,19 +864,24 @@ fn progress_bar(
 
 fn print_ceiling(c: &Ceiling) {
     println!(
-        "ceiling: ed25519 batch verify {:.1} us/signature (batches of {}; {:.1} us in dalek with keys parsed once), {:.1} us alone, sign {:.1} us; \
-         {} cores / ({:.1} us x {} replicas) = {:.0} ops/s ({:.0} ops/s counting the clients' signing)",
-        c.verify_us_per_sig,
-        c.batch,
-        c.dalek_parsed_keys_us_per_sig,
-        c.verify_single_us,
-        c.sign_us,
+        "ceiling      {:.0} ops/s from signature verification alone ({} cores / ({:.1} us x {} \
+         replicas)); {:.0} ops/s counting the clients' signing",
+        c.ceiling_ops_s,
         c.cores,
         c.verify_us_per_sig,
         c.replicas_verifying,
-        c.ceiling_ops_s,
         c.ceiling_with_signing_ops_s
     );
+    println!(
+        "  ed25519    batch verify {:.1} us/signature in batches of {} ({:.1} us in dalek with \
+         keys parsed once), {:.1} us alone; sign {:.1} us",
+        c.verify_us_per_sig, c.batch, c.dalek_parsed_keys_us_per_sig, c.verify_single_us, c.sign_us
+    );
+}
+
+/// Says what the benchmark is doing, once per phase, on stderr (stdout has the results).
+fn say(what: impl AsRef<str>) {
+    eprintln!("smr bench: {}", what.as_ref());
 }
 
 fn print_result(r: &BenchResult) {
@@ -946,6 +978,10 @@ fn cpu_per_call(budget: Duration, mut f: impl FnMut()) -> Duration {
 
 async fn measure_ceiling(settings: &Settings, n: usize, budget_s: f64) -> anyhow::Result<Ceiling> {
     let budget = seconds(budget_s, "--ceiling-seconds")?.max(Duration::from_millis(100));
+    say(format!(
+        "measuring the signature-verification ceiling ({:.1} s of CPU; --no-ceiling skips it)",
+        budget.as_secs_f64()
+    ));
     let request_bytes = settings.request_bytes;
     let cores = std::thread::available_parallelism()
         .map(|c| c.get())

@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context};
 use smr_core::cluster::ClusterConfig;
 use smr_core::driver::InvokeError;
 use smr_crypto::{IdentityKey, PublicKey};
-use smr_demo::keygen::{self, KeygenOptions, CLIENT_KEY_FILE};
+use smr_demo::keygen::{self, KeygenOptions, CLIENT_KEY_FILE, CONFIG_FILE};
 use smr_demo::{status as replica_status, CounterOp, CounterReply, KvOp, KvReply};
 use smr_transport::{Client, Replica};
 
@@ -23,6 +23,7 @@ pub use cluster::cluster;
 const CLIENT_CLOSE_GRACE: Duration = Duration::from_millis(500);
 
 pub fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
+    let several_machines = args.addresses.is_some();
     let options = KeygenOptions {
         mode: args.mode,
         replicas: args.replicas,
@@ -59,8 +60,29 @@ pub fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
             r.public_key.to_hex()
         );
     }
+    let last = config.replicas.len().saturating_sub(1);
+    if several_machines {
+        println!(
+            "copy {CONFIG_FILE} to every machine, replica-<i>.key to machine i only, and \
+             {CLIENT_KEY_FILE} to the clients; on machine i (i from 0 to {last}) run:"
+        );
+        println!(
+            "  smr replica --config {CONFIG_FILE} --id i --service counter --data-dir /var/lib/smr"
+        );
+    } else {
+        println!(
+            "start replica i (i from 0 to {last}), e.g. in the background with its log in a file:"
+        );
+        println!(
+            "  smr replica --config {} --id i --service counter --data-dir {} > {} 2>&1 &",
+            generated.config_path.display(),
+            args.out.join("data-i").display(),
+            args.out.join("replica-i.log").display()
+        );
+    }
     println!(
-        "start replica i with: smr replica --config {} --id i --service counter",
+        "then: smr client --config {} counter add 5   (smr status --config {} shows every replica)",
+        generated.config_path.display(),
         generated.config_path.display()
     );
     Ok(ExitCode::SUCCESS)
