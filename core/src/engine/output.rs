@@ -196,27 +196,4 @@ impl Output {
     pub(crate) fn service(&mut self, work: ServiceWork) {
         self.service.push(work);
     }
-
-    /// Appends `later`, produced after everything in `self`: its messages that could leave at
-    /// once must now wait for `self`'s records.
-    pub fn append(&mut self, later: Output) {
-        let Output {
-            send_now,
-            persist,
-            send_after_persist,
-            service,
-            rejections,
-        } = later;
-        for outgoing in send_now {
-            self.outgoing(outgoing);
-        }
-        self.persist.extend(persist);
-        if self.persist.is_empty() {
-            self.send_now.extend(send_after_persist);
-        } else {
-            self.send_after_persist.extend(send_after_persist);
-        }
-        self.service.extend(service);
-        self.rejections.extend(rejections);
-    }
 }
