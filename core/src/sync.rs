@@ -32,14 +32,20 @@ pub struct SyncChoice {
 impl SyncChoice {
     /// The last cid the SYNC fixes; the new leader proposes fresh values after it.
     pub fn end(&self) -> Cid {
-        self.start + self.values.len() as u64
+        self.start.saturating_add(self.values.len() as u64)
     }
 }
 
 /// Applies the value rule (docs/design.md §3.10.2) to STOPDATA the verifier accepted (the new
 /// leader's collected ones, or a SYNC's proofs). Pure and independent of the proofs' order, so
 /// every replica derives the same choice.
-pub fn choose(proofs: &[Signed<StopData>]) -> SyncChoice {
+///
+/// `window` is `max_instances_ahead`: a correct replica prepares nothing further than that
+/// past its proven last decided cid, so nothing further than that past `start` can have been
+/// decided. The verifier refuses STOPDATA with a prepared proof beyond it; a proof past
+/// `start + window` is ignored here too, so that the choice (and the no-ops it allocates) is
+/// bounded by the config, never by a cid a peer wrote.
+pub fn choose(proofs: &[Signed<StopData>], window: u64) -> SyncChoice {
     let mut start = Cid::ZERO;
     let mut start_holder = None;
     for p in proofs {
@@ -53,9 +59,10 @@ pub fn choose(proofs: &[Signed<StopData>]) -> SyncChoice {
     // cid -> (epoch, digest, batch) with the highest epoch; ties broken by digest so that the
     // choice is a function of the set of proofs, not of their order.
     let mut best: BTreeMap<Cid, (Regency, Digest, &Batch)> = BTreeMap::new();
+    let window_end = start.saturating_add(window);
     for p in proofs {
         for prepared in &p.body.prepared {
-            if prepared.cid <= start {
+            if prepared.cid <= start || prepared.cid > window_end {
                 continue;
             }
             let digest = prepared.batch.digest();
@@ -69,9 +76,10 @@ pub fn choose(proofs: &[Signed<StopData>]) -> SyncChoice {
         }
     }
     let end = best.keys().next_back().copied().unwrap_or(start);
-    // Counted from `start` rather than `start + 1`, which a peer's cid could overflow.
+    // Counted from `start` rather than `start + 1`, which a peer's cid could overflow; at most
+    // `window` of them.
     let values = (start.0..end.0)
-        .map(|c| Cid(c + 1))
+        .map(|c| Cid(c.saturating_add(1)))
         .map(|cid| {
             let batch = best
                 .get(&cid)
@@ -142,7 +150,7 @@ mod tests {
             stopdata(1, 3, vec![(4, 2, 2)]),
             stopdata(2, 2, vec![(3, 0, 9), (4, 0, 3)]),
         ];
-        let choice = choose(&proofs);
+        let choice = choose(&proofs, 64);
         assert_eq!(choice.start, Cid(3));
         assert_eq!(choice.values, vec![(Cid(4), batch(2))]);
     }
@@ -153,7 +161,7 @@ mod tests {
             stopdata(0, 1, vec![(1, 0, 7), (3, 1, 1)]),
             stopdata(1, 0, vec![]),
         ];
-        let choice = choose(&proofs);
+        let choice = choose(&proofs, 64);
         assert_eq!(choice.start, Cid(1));
         assert_eq!(choice.start_holder, Some(0));
         assert_eq!(
@@ -167,12 +175,29 @@ mod tests {
     fn choice_does_not_depend_on_proof_order() {
         let a = stopdata(0, 0, vec![(1, 1, 1)]);
         let b = stopdata(1, 0, vec![(1, 1, 2)]);
-        assert_eq!(choose(&[a.clone(), b.clone()]), choose(&[b, a]));
+        assert_eq!(choose(&[a.clone(), b.clone()], 64), choose(&[b, a], 64));
+    }
+
+    #[test]
+    fn a_prepared_cid_far_past_start_allocates_nothing() {
+        // Issue 12 item 3: in CFT a prepared proof at cid 2^60 made `choose` try to allocate
+        // 10^18 no-ops. Beyond the window it is ignored (the verifier refuses it already).
+        let proofs = vec![
+            stopdata(0, 0, vec![(1 << 60, 1, 1)]),
+            stopdata(1, 0, vec![]),
+        ];
+        let choice = choose(&proofs, 64);
+        assert_eq!(choice.start, Cid(0));
+        assert_eq!(choice.values, vec![]);
+        let proofs = vec![stopdata(0, u64::MAX - 1, vec![(u64::MAX, 1, 1)])];
+        let choice = choose(&proofs, 64);
+        assert_eq!(choice.values, vec![(Cid(u64::MAX), batch(1))]);
+        assert_eq!(choice.end(), Cid(u64::MAX));
     }
 
     #[test]
     fn nothing_open_means_nothing_to_fix() {
-        let choice = choose(&[stopdata(0, 4, vec![]), stopdata(1, 2, vec![])]);
+        let choice = choose(&[stopdata(0, 4, vec![]), stopdata(1, 2, vec![])], 64);
         assert_eq!(choice.start, Cid(4));
         assert!(choice.values.is_empty());
     }

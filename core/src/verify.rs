@@ -578,11 +578,21 @@ impl InboundVerifier {
             self.check_decision_proof(proof, pending)?;
         }
         let mut cids = BTreeSet::new();
+        // A replica prepares only inside its window, at most `max_instances_ahead` past its
+        // last executed cid, which is what `last_decided` proves: a cid beyond is refused here,
+        // before `sync::choose` sizes anything by it.
+        let window_end = decided.saturating_add(self.limits.max_instances_ahead);
         for prepared in &body.prepared {
             if prepared.cid <= decided || !cids.insert(prepared.cid) {
                 return Err(Rejection::Malformed(
                     "prepared proof for a decided or repeated cid".into(),
                 ));
+            }
+            if prepared.cid > window_end {
+                return Err(Rejection::Malformed(format!(
+                    "prepared proof for cid {} beyond the window after the decided cid {decided}",
+                    prepared.cid
+                )));
             }
             if prepared.epoch >= body.regency {
                 return Err(Rejection::Malformed(

@@ -183,7 +183,8 @@ fn stopdata_that_installs_a_regency_at_a_non_leader_persists_it_sends_stopdata_a
 // ----- 3. rejections that say something about the sender ------------------------------------
 
 #[test]
-fn message_from_a_future_regency_is_rejected_and_asks_the_sender_for_its_sync_once_per_interval() {
+fn message_from_a_future_regency_is_rejected_and_asks_the_sender_for_its_sync_once_per_interval_per_peer(
+) {
     let c = bft();
     let mut follower = c.engine(1);
     let future = Rejection::FutureRegency {
@@ -201,18 +202,27 @@ fn message_from_a_future_regency_is_rejected_and_asks_the_sender_for_its_sync_on
         out,
         rejected_sending(future.clone(), send(0, Message::SyncQuery))
     );
-    // Within retransmit_initial_ms (100) the budget is spent: still refused, nothing sent.
+    // Within retransmit_initial_ms (100) replica 0's budget is spent: still refused, nothing
+    // sent to it.
+    let vote = c.vote(VoteKind::Write, 0, Cid(1), Regency(4), Digest([7; 32]));
+    let out = c.deliver_from(&mut follower, 1099, 0, Message::Write(vote));
+    assert_eq!(out, only_rejected(future.clone()));
+    // The budget is per peer (issue 12, item 2): replica 0 provoking queries to itself does
+    // not stop this replica from asking replica 3 at once.
     let vote = c.vote(VoteKind::Write, 3, Cid(1), Regency(4), Digest([7; 32]));
     let out = c.deliver_from(&mut follower, 1099, 3, Message::Write(vote));
-    assert_eq!(out, only_rejected(future.clone()));
-    // Once the interval has passed, the next one asks again (its own sender).
-    let vote = c.vote(VoteKind::Accept, 2, Cid(1), Regency(4), Digest([7; 32]));
-    let out = c.deliver_from(&mut follower, 1100, 2, Message::Accept(vote));
     assert_eq!(
         out,
-        rejected_sending(future.clone(), send(2, Message::SyncQuery))
+        rejected_sending(future.clone(), send(3, Message::SyncQuery))
     );
-    assert_eq!(follower.stats().rejections.get("future_regency"), Some(&3));
+    // Once the interval has passed, replica 0 is asked again.
+    let vote = c.vote(VoteKind::Accept, 0, Cid(1), Regency(4), Digest([7; 32]));
+    let out = c.deliver_from(&mut follower, 1100, 0, Message::Accept(vote));
+    assert_eq!(
+        out,
+        rejected_sending(future.clone(), send(0, Message::SyncQuery))
+    );
+    assert_eq!(follower.stats().rejections.get("future_regency"), Some(&4));
     assert_eq!(
         follower.regency(),
         Regency(0),
@@ -221,7 +231,8 @@ fn message_from_a_future_regency_is_rejected_and_asks_the_sender_for_its_sync_on
 }
 
 #[test]
-fn message_beyond_the_cid_window_is_rejected_and_asks_the_sender_for_decisions_once_per_interval() {
+fn message_beyond_the_cid_window_is_rejected_and_asks_the_sender_for_decisions_once_per_interval_per_peer(
+) {
     let c = bft();
     let mut follower = c.engine(1);
     // The window is last_executed (0) + max_instances_ahead (64).
@@ -238,12 +249,17 @@ fn message_beyond_the_cid_window_is_rejected_and_asks_the_sender_for_decisions_o
         Message::Propose(c.propose(0, Cid(65), Regency(0), c.batch(&[1]))),
     );
     assert_eq!(out, rejected_sending(beyond(Cid(65)), ask(0)));
+    // Replica 0 again within the interval: not asked again.
+    let vote = c.vote(VoteKind::Write, 0, Cid(70), Regency(0), Digest([7; 32]));
+    let out = c.deliver_from(&mut follower, 1050, 0, Message::Write(vote));
+    assert_eq!(out, only_rejected(beyond(Cid(70))));
+    // Another peer has its own budget (issue 12, item 2): asked at once.
     let vote = c.vote(VoteKind::Write, 2, Cid(70), Regency(0), Digest([7; 32]));
     let out = c.deliver_from(&mut follower, 1050, 2, Message::Write(vote));
-    assert_eq!(out, only_rejected(beyond(Cid(70))));
-    let vote = c.vote(VoteKind::Accept, 3, Cid(66), Regency(0), Digest([7; 32]));
-    let out = c.deliver_from(&mut follower, 1100, 3, Message::Accept(vote));
-    assert_eq!(out, rejected_sending(beyond(Cid(66)), ask(3)));
+    assert_eq!(out, rejected_sending(beyond(Cid(70)), ask(2)));
+    let vote = c.vote(VoteKind::Accept, 0, Cid(66), Regency(0), Digest([7; 32]));
+    let out = c.deliver_from(&mut follower, 1100, 0, Message::Accept(vote));
+    assert_eq!(out, rejected_sending(beyond(Cid(66)), ask(0)));
     assert_eq!(
         follower.open_instances(),
         0,

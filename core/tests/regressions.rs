@@ -251,7 +251,7 @@ fn cft_leader_propose_waits_for_its_durable_accept_and_its_restart_keeps_agreeme
     let out1y = c.deliver_ok(&mut r1, 2001, Peer::Replica(0), Message::StopData(sd0));
     let [sync] = syncs(&out1y).try_into().expect("one SYNC");
     assert_eq!(
-        smr_core::sync::choose(&sync.body.proofs).values,
+        smr_core::sync::choose(&sync.body.proofs, c.limits.max_instances_ahead).values,
         [(Cid(1), v.clone()), (Cid(2), v2.clone())]
     );
     // Replica 0 applies the SYNC: it accepts v at cid 1 and its own v2 at cid 2, in regency 1.

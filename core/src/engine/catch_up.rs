@@ -1,13 +1,17 @@
 //! Catching up: decision forwarding (asking peers for certified decisions past our last
 //! executed cid, answering their queries) and helping a peer that is in an older regency
 //! (docs/design.md §3.5; BFT-SMaRt's REQ_DECISION/FWD_DECISION). Every send
-//! here is rate-limited, so no peer can make this replica send without bound.
+//! here is rate-limited, so no peer can make this replica send without bound: answers are paid
+//! from the asking peer's reply budget (`engine/budget.rs`) and bounded in bytes, and this
+//! replica's own queries are limited per peer, so a peer whose messages trigger queries to itself
+//! spends only its own allowance, never the one that catching up from the others needs.
 
 use crate::message::{Cid, Decision, Message, ReplicaId};
 use crate::network::Peer;
 use crate::rejection::Rejection;
 use std::collections::BTreeMap;
 
+use super::budget::{decision_bytes, MAX_DECISIONS_REPLY_BYTES};
 use super::Engine;
 
 /// Whom to ask next, and the per-peer budgets that keep catching up from turning into a flood.
@@ -15,10 +19,12 @@ use super::Engine;
 pub(super) struct CatchUp {
     /// The peer last asked for decisions; queries go round the others in turn.
     pub(super) query_cursor: ReplicaId,
-    /// No decision query before this time (one per `retransmit_initial_ms`).
-    pub(super) next_query_allowed_ms: u64,
-    /// No SYNC query before this time (one per `retransmit_initial_ms`).
-    pub(super) next_sync_query_allowed_ms: u64,
+    /// Per peer: no decision query to it before this time (one per `retransmit_initial_ms`).
+    /// Per peer, so that one peer that keeps provoking queries to itself (votes beyond the
+    /// window, say) cannot use up the allowance for asking the others.
+    pub(super) next_query_allowed_ms: BTreeMap<ReplicaId, u64>,
+    /// Per peer: no SYNC query to it before this time (one per `retransmit_initial_ms`).
+    pub(super) next_sync_query_allowed_ms: BTreeMap<ReplicaId, u64>,
     /// Per peer: when we may next send it our SYNC.
     pub(super) next_help_ms: BTreeMap<ReplicaId, u64>,
     /// When certified decisions from a peer last moved this replica forward. A replica that is
@@ -31,8 +37,8 @@ impl CatchUp {
     pub(super) fn new(me: ReplicaId) -> CatchUp {
         CatchUp {
             query_cursor: me,
-            next_query_allowed_ms: 0,
-            next_sync_query_allowed_ms: 0,
+            next_query_allowed_ms: BTreeMap::new(),
+            next_sync_query_allowed_ms: BTreeMap::new(),
             next_help_ms: BTreeMap::new(),
             last_catch_up_ms: None,
         }
@@ -42,16 +48,29 @@ impl CatchUp {
 impl Engine {
     /// A peer sent something about a cid we executed long ago: send it the decision, so that
     /// it catches up without waiting for a query.
-    pub(super) fn help_peer_behind(&mut self, peer: ReplicaId, cid: Cid) {
+    pub(super) fn help_peer_behind(
+        &mut self,
+        now_ms: u64,
+        peer: ReplicaId,
+        cid: Cid,
+    ) -> Result<(), Rejection> {
         if let Some(decision) = self.log.get(&cid) {
-            self.out.send(
-                Peer::Replica(peer),
-                Message::Decisions(vec![decision.clone()]),
-            );
+            let message = Message::Decisions(vec![decision.clone()]);
+            self.reply_to_peer(now_ms, peer, message, "decisions")?;
         }
+        Ok(())
     }
 
-    pub(super) fn handle_decision_query(&mut self, from: ReplicaId, from_cid: Cid) {
+    /// Answers a DecisionQuery with the certified decisions from `from_cid` on: at most
+    /// `max_decisions_per_reply` of them and [`MAX_DECISIONS_REPLY_BYTES`] (one at least), paid
+    /// from the asker's reply budget; or, if the log no longer reaches back that far, with our
+    /// StateInfo so that it transfers the checkpoint instead.
+    pub(super) fn handle_decision_query(
+        &mut self,
+        now_ms: u64,
+        from: ReplicaId,
+        from_cid: Cid,
+    ) -> Result<(), Rejection> {
         let log_start = self
             .log
             .keys()
@@ -66,30 +85,40 @@ impl Engine {
                 .as_ref()
                 .is_some_and(|c| c.cid >= from_cid)
             {
-                self.out.send(Peer::Replica(from), self.state_info());
-                return;
+                let info = self.state_info();
+                return self.reply_to_peer(now_ms, from, info, "state info");
             }
         }
-        let decisions: Vec<Decision> = self
+        let mut bytes = 0u64;
+        let mut decisions: Vec<Decision> = Vec::new();
+        for (_, d) in self
             .log
             .range(from_cid.max(Cid::FIRST)..)
             .take(self.cfg.limits.max_decisions_per_reply)
-            .map(|(_, d)| d.clone())
-            .collect();
-        if !decisions.is_empty() {
-            self.out
-                .send(Peer::Replica(from), Message::Decisions(decisions));
+        {
+            bytes = bytes.saturating_add(decision_bytes(d));
+            if !decisions.is_empty() && bytes > MAX_DECISIONS_REPLY_BYTES {
+                break;
+            }
+            decisions.push(d.clone());
         }
+        if decisions.is_empty() {
+            return Ok(());
+        }
+        self.reply_to_peer(now_ms, from, Message::Decisions(decisions), "decisions")
     }
 
     /// Asks `peer` for decisions after our last executed cid, at most once per retransmit
     /// interval so that a lying or repeated trigger cannot make us flood.
     pub(super) fn maybe_query(&mut self, now_ms: u64, peer: ReplicaId) {
-        if peer == self.me || now_ms < self.catch_up.next_query_allowed_ms {
+        if peer == self.me {
             return;
         }
-        self.catch_up.next_query_allowed_ms =
-            now_ms.saturating_add(self.cfg.timeouts.retransmit_initial_ms);
+        let next = self.catch_up.next_query_allowed_ms.entry(peer).or_insert(0);
+        if now_ms < *next {
+            return;
+        }
+        *next = now_ms.saturating_add(self.cfg.timeouts.retransmit_initial_ms);
         self.out.send(
             Peer::Replica(peer),
             Message::DecisionQuery {
@@ -127,11 +156,18 @@ impl Engine {
 
     /// Asks `peer` for the SYNC of its regency, at most once per retransmit interval.
     pub(super) fn request_sync(&mut self, now_ms: u64, peer: ReplicaId) {
-        if peer == self.me || now_ms < self.catch_up.next_sync_query_allowed_ms {
+        if peer == self.me {
             return;
         }
-        self.catch_up.next_sync_query_allowed_ms =
-            now_ms.saturating_add(self.cfg.timeouts.retransmit_initial_ms);
+        let next = self
+            .catch_up
+            .next_sync_query_allowed_ms
+            .entry(peer)
+            .or_insert(0);
+        if now_ms < *next {
+            return;
+        }
+        *next = now_ms.saturating_add(self.cfg.timeouts.retransmit_initial_ms);
         self.out.send(Peer::Replica(peer), Message::SyncQuery);
     }
 
@@ -145,8 +181,31 @@ impl Engine {
         }
         *next = now_ms.saturating_add(self.cfg.timeouts.retransmit_initial_ms);
         if let Some(sync) = &self.leader_change.current_sync {
-            self.out
-                .send(Peer::Replica(peer), Message::Sync(sync.clone()));
+            let message = Message::Sync(sync.clone());
+            // A dropped SYNC is the stale peer's loss only; it asks again.
+            let _ = self.reply_to_peer(now_ms, peer, message, "syncs");
         }
+    }
+
+    /// Allows the next decision query to `peer` at once (an answer showed it has more).
+    pub(super) fn allow_query_now(&mut self, peer: ReplicaId) {
+        self.catch_up.next_query_allowed_ms.insert(peer, 0);
+    }
+
+    /// Sends `message` to `peer` in answer to something it sent, if its reply budget
+    /// (`engine/budget.rs`) pays for it; refuses it as [`Rejection::RateLimited`] otherwise.
+    pub(super) fn reply_to_peer(
+        &mut self,
+        now_ms: u64,
+        peer: ReplicaId,
+        message: Message,
+        what: &'static str,
+    ) -> Result<(), Rejection> {
+        let cost = super::budget::reply_cost_bytes(&message);
+        if !self.reply_budgets.try_spend(peer, now_ms, cost) {
+            return Err(super::budget::over_budget(what));
+        }
+        self.out.send(Peer::Replica(peer), message);
+        Ok(())
     }
 }

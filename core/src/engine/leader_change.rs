@@ -296,7 +296,7 @@ impl Engine {
             sync.body.regency, self.regency,
             "SYNC applies to the current regency"
         );
-        let choice = choose(&sync.body.proofs);
+        let choice = choose(&sync.body.proofs, self.cfg.limits.max_instances_ahead);
         self.phase = Phase::Normal;
         self.leader_change.current_sync = Some(sync);
         self.leader_change.my_stopdata = None;
@@ -316,7 +316,7 @@ impl Engine {
         }
         if self.last_executed < choice.start {
             if let Some(holder) = choice.start_holder {
-                self.catch_up.next_query_allowed_ms = 0;
+                self.allow_query_now(holder);
                 self.maybe_query(now_ms, holder);
             }
         }

@@ -71,6 +71,7 @@ use crate::pool::RequestPool;
 use crate::rejection::Rejection;
 use crate::verify::Verified;
 
+use budget::ReplyBudgets;
 use catch_up::CatchUp;
 use checkpoints::Checkpoints;
 use leader_change::LeaderChange;
@@ -78,6 +79,7 @@ use recovery::Rejoin;
 use state_transfer::StateChunkIn;
 use state_transfer::StateTransfer;
 
+mod budget;
 mod catch_up;
 mod checkpoints;
 mod execution;
@@ -89,6 +91,9 @@ mod recovery;
 mod state_transfer;
 mod timers;
 
+pub use budget::{
+    MAX_DECISIONS_REPLY_BYTES, REPLY_BURST_BYTES, REPLY_BYTES_PER_SECOND, REPLY_OVERHEAD_BYTES,
+};
 pub use output::{ExecuteItem, Outgoing, Output, ServiceDone, ServiceWork};
 
 /// The engine's timers (docs/design.md §7.4). Each has at most one deadline at a time, in the
@@ -104,7 +109,10 @@ pub enum TimerKind {
     Retransmit,
     /// The oldest pending request has waited `request_timeout_ms` (§3.9 steps 1–2). At a
     /// request's first timeout a follower forwards it to the leader; at its second the replica
-    /// asks for the next regency with STOP, unless it is catching up and so blames its own lag.
+    /// asks for the next regency with STOP, unless certified decisions moved it forward within
+    /// the last `request_timeout_ms` (or, in CFT, the leader's heartbeats show recent progress
+    /// beyond it), and so it blames its own lag. A state transfer in progress never holds the
+    /// STOP back: one peer's word starts it.
     Request,
     /// Every `heartbeat_ms`: the leader broadcasts [`Message::Heartbeat`]; every replica asks
     /// for decisions if it has seen a cid beyond its execution, and repeats its newest
@@ -244,6 +252,8 @@ pub struct Engine {
     /// The highest cid the current leader's heartbeats reported decided, and when it rose.
     leader_progress: Option<LeaderProgress>,
     rejoin: Rejoin,
+    /// Per peer: what it may still make this replica send in reply (`engine/budget.rs`).
+    reply_budgets: ReplyBudgets,
     stats: EngineStats,
 }
 
@@ -302,6 +312,7 @@ impl Engine {
             highest_seen_cid: Cid::ZERO,
             leader_progress: None,
             rejoin: Rejoin::Done,
+            reply_budgets: ReplyBudgets::default(),
             stats: EngineStats::default(),
         }
     }
@@ -450,12 +461,15 @@ impl Engine {
             (Peer::Replica(j), Message::Write(v)) => self.handle_vote(now_ms, j, v),
             (Peer::Replica(j), Message::Accept(v)) => self.handle_vote(now_ms, j, v),
             (Peer::Replica(j), Message::DecisionQuery { from_cid }) => {
-                self.handle_decision_query(j, from_cid);
-                Ok(())
+                self.handle_decision_query(now_ms, j, from_cid)
             }
             (Peer::Replica(j), Message::Decisions(decisions)) => {
                 let before = self.last_executed;
-                let full = decisions.len() >= self.cfg.limits.max_decisions_per_reply;
+                // Full by count, or by bytes: the sender stops before the decision that would
+                // take the answer past `MAX_DECISIONS_REPLY_BYTES`.
+                let bytes: u64 = decisions.iter().map(budget::decision_bytes).sum();
+                let full = decisions.len() >= self.cfg.limits.max_decisions_per_reply
+                    || bytes >= MAX_DECISIONS_REPLY_BYTES / 2;
                 for decision in decisions {
                     self.learn_decision(now_ms, decision);
                 }
@@ -464,7 +478,7 @@ impl Engine {
                     // A full answer means the peer probably has more: keep the catch-up going
                     // without waiting for a timer.
                     if full {
-                        self.catch_up.next_query_allowed_ms = 0;
+                        self.allow_query_now(j);
                         self.maybe_query(now_ms, j);
                     }
                 }
@@ -492,7 +506,7 @@ impl Engine {
                         });
                     }
                     if last_decided > self.last_executed {
-                        self.highest_seen_cid = self.highest_seen_cid.max(last_decided);
+                        self.note_seen_cid(last_decided);
                         self.maybe_query(now_ms, j);
                     }
                 }
@@ -509,8 +523,8 @@ impl Engine {
                 Ok(())
             }
             (Peer::Replica(j), Message::StateQuery) => {
-                self.out.send(Peer::Replica(j), self.state_info());
-                Ok(())
+                let info = self.state_info();
+                self.reply_to_peer(now_ms, j, info, "state info")
             }
             (
                 Peer::Replica(j),

@@ -167,9 +167,6 @@ impl Engine {
     /// Checks the regency and cid window of a replica message. `Ok(false)` means the message
     /// is about an instance this replica already executed: the sender is behind.
     pub(super) fn check_instance(&mut self, cid: Cid, regency: Regency) -> Result<bool, Rejection> {
-        if regency == self.regency {
-            self.highest_seen_cid = self.highest_seen_cid.max(cid);
-        }
         if regency < self.regency {
             return Err(Rejection::StaleRegency {
                 got: regency,
@@ -185,6 +182,9 @@ impl Engine {
         if cid <= self.last_executed {
             return Ok(false);
         }
+        // Only after the regency checks, and capped at the window: one peer's claim of a cid
+        // far ahead is a hint to ask (rate-limited), never a number to compute with.
+        self.note_seen_cid(cid);
         let window_end = self
             .last_executed
             .saturating_add(self.cfg.limits.max_instances_ahead);
@@ -192,6 +192,16 @@ impl Engine {
             return Err(Rejection::CidBeyondWindow { cid, window_end });
         }
         Ok(true)
+    }
+
+    /// Notes that a peer spoke of `cid` in the current regency, which may mean this replica is
+    /// behind: raises `highest_seen_cid`, capped at the end of the window (the only use of the
+    /// value is "ask for decisions", and a cid past the window asks just the same).
+    pub(super) fn note_seen_cid(&mut self, cid: Cid) {
+        let window_end = self
+            .last_executed
+            .saturating_add(self.cfg.limits.max_instances_ahead);
+        self.highest_seen_cid = self.highest_seen_cid.max(cid.min(window_end));
     }
 
     pub(super) fn handle_propose(
@@ -212,8 +222,7 @@ impl Engine {
         match self.check_instance(p.cid, p.regency) {
             Ok(true) => {}
             Ok(false) => {
-                self.help_peer_behind(from, p.cid);
-                return Ok(());
+                return self.help_peer_behind(now_ms, from, p.cid);
             }
             Err(e) => return Err(self.on_instance_rejection(now_ms, from, e)),
         }

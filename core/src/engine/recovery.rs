@@ -8,7 +8,9 @@ use smr_crypto::Signer;
 
 use crate::checkpoint::Checkpoint;
 use crate::config::ValidEngineConfig;
-use crate::message::{Cid, Message, PreparedProof, Regency, ReplicaId, Signed, Sync, VoteKind};
+use crate::message::{
+    Cid, Decision, Message, PreparedProof, Regency, ReplicaId, Signed, Sync, Vote, VoteKind,
+};
 
 use super::{Engine, Output, PersistRecord, Phase, ServiceWork};
 
@@ -35,7 +37,12 @@ impl Engine {
     /// new proposals, and a restarted leader never proposes again in a cid it already voted in.
     ///
     /// # Errors
-    /// A message naming the problem if the newest stored checkpoint does not decode.
+    /// A message naming the problem if the newest stored checkpoint does not decode, or if a
+    /// record is one this engine can never have written (`check_stored_records`): a vote of
+    /// another replica, two values voted in one instance, a decision whose certificate is for
+    /// another value, or a cid more than `max_instances_ahead` past every decision before it
+    /// (a damaged store, or a window lowered in the config since the records were written).
+    /// File-supplied numbers never panic recovery.
     pub fn recover(
         cfg: ValidEngineConfig,
         signer: Arc<dyn Signer>,
@@ -86,6 +93,14 @@ impl Engine {
             engine.checkpoints.stable = Some(c);
         }
         let base = engine.last_executed;
+        check_stored_records(
+            base,
+            engine.me,
+            engine.cfg.limits.max_instances_ahead,
+            &decisions,
+            &prepared,
+            &votes,
+        )?;
         let mut highest_voted = base;
         for (cid, p) in prepared.into_iter().filter(|(cid, _)| *cid > base) {
             engine.instances.entry(cid).or_default().prepared = Some(p);
@@ -163,6 +178,12 @@ impl Engine {
     /// Any instance it can have voted in before losing its disk is at most one window past an
     /// instance it had executed; that instance was accepted by Q replicas, at least one of which
     /// is among any n-f others, so the highest report plus a window bounds it.
+    ///
+    /// The reports are unsigned claims, and one Byzantine peer must not keep this replica
+    /// silent (a report of `u64::MAX - 64` would, forever). So the highest report counts only
+    /// up to one window past the (f+1)-th highest: f+1 reports reach that far, so at least one
+    /// correct replica vouches for it, and a replica votes at most one window past what it has
+    /// executed (docs/design.md §3.12, "Rejoin").
     pub(super) fn note_rejoin_report(&mut self, now_ms: u64, from: ReplicaId, voted_up_to: Cid) {
         let Rejoin::Collecting(reports) = &mut self.rejoin else {
             return;
@@ -171,13 +192,14 @@ impl Engine {
         if reports.len() < self.quorums.stopdata_to_collect() {
             return;
         }
-        let highest = reports.values().copied().max().unwrap_or(Cid::ZERO);
+        let ahead = self.cfg.limits.max_instances_ahead;
+        let highest = rejoin_bound(reports.values().copied(), self.quorums.f(), ahead);
         // Nobody has voted anywhere: a brand-new cluster, nothing to forget. The reports come
         // from peers, so the horizon saturates rather than overflows.
         let horizon = if highest == Cid::ZERO {
             Cid::ZERO
         } else {
-            highest.saturating_add(self.cfg.limits.max_instances_ahead)
+            highest.saturating_add(ahead)
         };
         self.rejoin = Rejoin::CatchingUp(horizon);
         self.check_rejoined(now_ms);
@@ -196,5 +218,97 @@ impl Engine {
                 self.try_propose(now_ms);
             }
         }
+    }
+}
+
+/// Refuses stored records that no run of this engine can have written, before recovery uses
+/// any number in them. A replica votes, prepares and decides only within its window, at most
+/// `ahead` past its last executed cid, whose decision is itself stored (or covered by the
+/// checkpoint at `base`); so, in cid order, every decision is within `ahead` of the checkpoint
+/// or an earlier decision, and every vote and prepared value within `ahead` of the highest
+/// such decision. Its votes are its own, one value per (cid, regency, kind), and a WRITE and an
+/// ACCEPT of one (cid, regency) agree; a decision's certificate is for its batch and cid.
+fn check_stored_records(
+    base: Cid,
+    me: ReplicaId,
+    ahead: u64,
+    decisions: &BTreeMap<Cid, Decision>,
+    prepared: &BTreeMap<Cid, PreparedProof>,
+    votes: &[Vote],
+) -> Result<(), String> {
+    let beyond = |what: &str, cid: Cid, reach: Cid| {
+        format!(
+            "stored {what} for cid {cid} is more than limits.max_instances_ahead ({ahead}) past cid {reach}, the highest decided before it: the store is damaged, or max_instances_ahead was lowered since it was written"
+        )
+    };
+    let mut reach = base;
+    for (cid, d) in decisions {
+        let digest = d.batch.digest();
+        if d.certificate
+            .iter()
+            .any(|a| a.body.cid != *cid || a.body.digest != digest)
+        {
+            return Err(format!(
+                "stored decision for cid {cid} carries a certificate for another cid or value"
+            ));
+        }
+        if *cid > base && *cid > reach.saturating_add(ahead) {
+            return Err(beyond("decision", *cid, reach));
+        }
+        reach = reach.max(*cid);
+    }
+    let horizon = reach.saturating_add(ahead);
+    if let Some((cid, _)) = prepared.iter().find(|(cid, _)| **cid > horizon) {
+        return Err(beyond("prepared value", *cid, reach));
+    }
+    let mut own: BTreeMap<(Cid, Regency), Vote> = BTreeMap::new();
+    for v in votes {
+        if v.replica != me {
+            return Err(format!(
+                "stored vote for cid {} is replica {}'s, not this replica's ({me})",
+                v.cid, v.replica
+            ));
+        }
+        if v.cid > horizon {
+            return Err(beyond("vote", v.cid, reach));
+        }
+        if let Some(other) = own.insert((v.cid, v.regency), *v) {
+            if other.digest != v.digest {
+                return Err(format!(
+                    "stored votes for two values in cid {} regency {}",
+                    v.cid, v.regency
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The highest of the rejoin `reports` that the cluster vouches for: the highest one, but at
+/// most `ahead` past the (f+1)-th highest (which at least one correct replica reached). Pure
+/// saturating arithmetic on peer-supplied numbers.
+fn rejoin_bound(reports: impl Iterator<Item = Cid>, f: usize, ahead: u64) -> Cid {
+    let mut sorted: Vec<Cid> = reports.collect();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    let Some(highest) = sorted.first().copied() else {
+        return Cid::ZERO;
+    };
+    let vouched = sorted.get(f).copied().unwrap_or(Cid::ZERO);
+    highest.min(vouched.saturating_add(ahead))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_inflated_report_is_capped_one_window_past_what_f_plus_1_vouch_for() {
+        let reports = [Cid(u64::MAX - 64), Cid(40), Cid(30)];
+        assert_eq!(rejoin_bound(reports.into_iter(), 1, 64), Cid(104));
+        let reports = [Cid(u64::MAX), Cid(u64::MAX - 1), Cid(3)];
+        assert_eq!(rejoin_bound(reports.into_iter(), 1, 64), Cid(u64::MAX));
+        let honest = [Cid(90), Cid(50), Cid(10)];
+        assert_eq!(rejoin_bound(honest.into_iter(), 1, 64), Cid(90));
+        assert_eq!(rejoin_bound(std::iter::empty(), 1, 64), Cid::ZERO);
     }
 }

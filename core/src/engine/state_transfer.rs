@@ -73,7 +73,11 @@ impl Engine {
             return;
         }
         if self.transfer.download.is_none() {
-            // The first hint starts a transfer: ask everyone for their latest checkpoint.
+            // The first hint starts a transfer: ask everyone for their latest checkpoint. One
+            // peer's hint costs one StateQuery per stall period at most (a transfer with no
+            // agreed checkpoint gives up after `retransmit_max_ms`), only a checkpoint that
+            // `state_transfer_digests` peers report identically is fetched, and a transfer in
+            // progress holds back no timer, STOP or vote.
             self.stats.state_transfers += 1;
             self.transfer.download = Some(Transfer {
                 last_progress_ms: now_ms,
@@ -172,29 +176,27 @@ impl Engine {
             .or_else(|| self.checkpoints.own.get(&cid))
         else {
             // Superseded: say what we have now, so the requester switches at once.
-            self.out.send(Peer::Replica(from), self.state_info());
-            return Ok(());
+            let info = self.state_info();
+            return self.reply_to_peer(now_ms, from, info, "state info");
         };
         if offset > c.data.len() as u64 {
             return Err(Rejection::Malformed(
                 "state fetch beyond the checkpoint".into(),
             ));
         }
+        // Checked against the length above, so it fits a usize.
         let start = offset as usize;
         let end = start
             .saturating_add(self.cfg.limits.state_chunk_bytes)
             .min(c.data.len());
-        self.out.send(
-            Peer::Replica(from),
-            Message::StateChunk {
-                cid,
-                offset,
-                total_len: c.data.len() as u64,
-                bytes: c.data[start..end].to_vec(),
-                decided: (end == c.data.len()).then(|| c.decided.clone()),
-            },
-        );
-        Ok(())
+        let chunk = Message::StateChunk {
+            cid,
+            offset,
+            total_len: c.data.len() as u64,
+            bytes: c.data[start..end].to_vec(),
+            decided: (end == c.data.len()).then(|| c.decided.clone()),
+        };
+        self.reply_to_peer(now_ms, from, chunk, "state chunks")
     }
 
     pub(super) fn handle_state_chunk(
@@ -221,6 +223,21 @@ impl Engine {
         }
         if bytes.is_empty() && offset < total_len {
             return Err(Rejection::Malformed("empty state chunk".into()));
+        }
+        // A source serves full chunks of `state_chunk_bytes` up to the last one (everyone
+        // runs the same limits), so a transfer takes at most total_len / chunk stall periods;
+        // a source that trickles smaller ones is dropped like a quiet one.
+        let end = offset.saturating_add(bytes.len() as u64);
+        let full_chunk = bytes.len() == self.cfg.limits.state_chunk_bytes;
+        if end > total_len || (end < total_len && !full_chunk) {
+            transfer.failed.insert(source);
+            transfer.target = None;
+            transfer.buffer.clear();
+            transfer.last_progress_ms = 0;
+            self.drive_transfer(now_ms);
+            return Err(Rejection::Malformed(
+                "state chunk of the wrong length".into(),
+            ));
         }
         transfer.buffer.extend_from_slice(&bytes);
         transfer.last_progress_ms = now_ms;
@@ -293,7 +310,7 @@ impl Engine {
         self.make_stable(checkpoint);
         self.catch_up.last_catch_up_ms = Some(now_ms);
         let peer = self.next_query_peer();
-        self.catch_up.next_query_allowed_ms = 0;
+        self.allow_query_now(peer);
         self.maybe_query(now_ms, peer);
         self.execute_ready(now_ms);
         self.arm_request_timer();

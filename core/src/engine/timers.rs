@@ -130,8 +130,11 @@ impl Engine {
                         < p.rose_at_ms
                             .saturating_add(self.cfg.timeouts.request_timeout_ms)
             });
-        let catching_up = self.transfer.download.is_some()
-            || behind_a_live_leader
+        // A state transfer in progress does not count: it starts on one peer's unsigned
+        // StateInfo, and one peer alone must never hold back a STOP (a Byzantine leader could
+        // otherwise keep a follower "transferring" and so silent; issue 12, item 2). Catching
+        // up by certified decisions does count: those prove the cluster moved on.
+        let catching_up = behind_a_live_leader
             || self
                 .catch_up
                 .last_catch_up_ms
