@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use smr_crypto::PublicKey;
 use smr_modes::{Mode, Quorums};
 
-use crate::config::{ClientPolicy, EngineConfig, Limits, Timeouts};
+use crate::config::{ClientPolicy, EngineConfig, Limits, Timeouts, LIMIT_MAXIMA, MAX_TIMEOUT_MS};
 use crate::message::ReplicaId;
 use crate::storage::FsyncPolicy;
 
@@ -319,6 +319,30 @@ impl ClusterConfig {
         };
         let d = Limits::default();
         let l = &raw.limits;
+        // Bounded before anything computes with them or converts them to usize (issue 12,
+        // item 3: checkpoint_period = 2^63 - 1 parsed and then overflowed `4 * period`).
+        let given = [
+            l.max_batch_requests,
+            l.max_batch_bytes,
+            l.max_op_bytes,
+            l.max_pending_per_client,
+            l.max_pending_total,
+            l.max_instances_in_flight,
+            l.max_instances_ahead,
+            l.max_decisions_per_reply,
+            l.max_log_entries,
+            l.checkpoint_period,
+            l.max_state_bytes,
+            l.state_chunk_bytes,
+        ];
+        for ((name, max), value) in LIMIT_MAXIMA.into_iter().zip(given) {
+            if let Some(value) = value.filter(|v| *v > max) {
+                return Err(invalid(
+                    &format!("limits.{name}"),
+                    format!("is {value}; it may be at most {max}"),
+                ));
+            }
+        }
         let limits = Limits {
             max_batch_requests: positive(
                 "limits.max_batch_requests",
@@ -410,6 +434,19 @@ impl ClusterConfig {
             )?,
             heartbeat_ms: positive("timeouts.heartbeat_ms", t.heartbeat_ms, d.heartbeat_ms)?,
         };
+        for (key, ms) in [
+            ("timeouts.request_timeout_ms", timeouts.request_timeout_ms),
+            ("timeouts.retransmit_initial_ms", timeouts.retransmit_initial_ms),
+            ("timeouts.retransmit_max_ms", timeouts.retransmit_max_ms),
+            ("timeouts.heartbeat_ms", timeouts.heartbeat_ms),
+        ] {
+            if ms > MAX_TIMEOUT_MS {
+                return Err(invalid(
+                    key,
+                    format!("is {ms} ms; it may be at most {MAX_TIMEOUT_MS} ms (one day)"),
+                ));
+            }
+        }
         if timeouts.retransmit_max_ms < timeouts.retransmit_initial_ms {
             return Err(invalid(
                 "timeouts.retransmit_max_ms",
@@ -555,6 +592,38 @@ mod tests {
         assert_eq!(again.replicas, config.replicas);
         assert_eq!(again.limits, config.limits);
         assert_eq!(again.timeouts, config.timeouts);
+    }
+
+    #[test]
+    fn numeric_keys_beyond_their_bounds_are_refused_naming_the_key() {
+        // Issue 12 item 3: checkpoint_period = 2^63 - 1 was accepted, then overflowed
+        // `4 * period` in the engine. Every numeric key is bounded where it is parsed.
+        let base = format!("mode = \"bft\"\nf = 1\nclients = \"any\"\n{}", replicas(4));
+        let e = error(&format!(
+            "{base}[limits]\ncheckpoint_period = 9223372036854775807\nmax_log_entries = 9223372036854775807\n"
+        ));
+        assert_eq!(
+            e,
+            "config limits.max_log_entries: is 9223372036854775807; it may be at most 1073741824"
+        );
+        let e = error(&format!(
+            "{base}[limits]\ncheckpoint_period = 9223372036854775807\n"
+        ));
+        assert_eq!(
+            e,
+            "config limits.checkpoint_period: is 9223372036854775807; it may be at most 1073741824"
+        );
+        for (name, max) in LIMIT_MAXIMA {
+            let e = error(&format!("{base}[limits]\n{name} = {}\n", max + 1));
+            assert!(e.starts_with(&format!("config limits.{name}: is")), "{e}");
+        }
+        let e = error(&format!(
+            "{base}[timeouts]\nheartbeat_ms = 9223372036854775807\n"
+        ));
+        assert_eq!(
+            e,
+            "config timeouts.heartbeat_ms: is 9223372036854775807 ms; it may be at most 86400000 ms (one day)"
+        );
     }
 
     #[test]

@@ -67,6 +67,59 @@ pub struct Limits {
     pub state_chunk_bytes: usize,
 }
 
+/// The largest value each limit may take, by field name, in the field order of [`Limits`].
+/// Every bound keeps every computation the engine makes from the limits (window ends,
+/// `4 × checkpoint_period` horizons, byte sums, `as usize` conversions on 32-bit targets) far
+/// from overflow, whatever cid it is added to (cid arithmetic saturates); each is still far
+/// above any sensible setting.
+pub const LIMIT_MAXIMA: [(&str, u64); 12] = [
+    ("max_batch_requests", 1 << 20),
+    ("max_batch_bytes", 1 << 30),
+    ("max_op_bytes", 1 << 30),
+    ("max_pending_per_client", 1 << 20),
+    ("max_pending_total", 1 << 30),
+    ("max_instances_in_flight", 1 << 20),
+    ("max_instances_ahead", 1 << 20),
+    ("max_decisions_per_reply", 1 << 16),
+    ("max_log_entries", 1 << 30),
+    ("checkpoint_period", 1 << 30),
+    ("max_state_bytes", 1 << 40),
+    ("state_chunk_bytes", MAX_STATE_CHUNK_BYTES as u64),
+];
+
+impl Limits {
+    /// Every limit with its name, in the field order (the names of [`LIMIT_MAXIMA`]).
+    pub fn named(&self) -> [(&'static str, u64); 12] {
+        [
+            ("max_batch_requests", self.max_batch_requests as u64),
+            ("max_batch_bytes", self.max_batch_bytes as u64),
+            ("max_op_bytes", self.max_op_bytes as u64),
+            ("max_pending_per_client", self.max_pending_per_client as u64),
+            ("max_pending_total", self.max_pending_total as u64),
+            ("max_instances_in_flight", self.max_instances_in_flight),
+            ("max_instances_ahead", self.max_instances_ahead),
+            ("max_decisions_per_reply", self.max_decisions_per_reply as u64),
+            ("max_log_entries", self.max_log_entries as u64),
+            ("checkpoint_period", self.checkpoint_period),
+            ("max_state_bytes", self.max_state_bytes),
+            ("state_chunk_bytes", self.state_chunk_bytes as u64),
+        ]
+    }
+
+    /// The first limit above its bound in [`LIMIT_MAXIMA`], as [`InvalidConfig::LimitTooLarge`].
+    ///
+    /// # Errors
+    /// The first limit, in field order, that is too large.
+    pub fn check_maxima(&self) -> Result<(), InvalidConfig> {
+        for ((limit, value), (_, max)) in self.named().into_iter().zip(LIMIT_MAXIMA) {
+            if value > max {
+                return Err(InvalidConfig::LimitTooLarge { limit, value, max });
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -185,7 +238,8 @@ pub enum InvalidConfig {
         /// `checkpoint_period`.
         period: u64,
     },
-    /// A limit above what any frame can carry.
+    /// A limit above its bound in [`LIMIT_MAXIMA`] (for `state_chunk_bytes`, what a frame can
+    /// carry; for the others, what keeps the engine's arithmetic on them from overflowing).
     #[error("limits.{limit} is {value}; it may be at most {max}")]
     LimitTooLarge {
         /// The field of [`Limits`].
@@ -275,13 +329,7 @@ impl EngineConfig {
                 period: l.checkpoint_period,
             });
         }
-        if l.state_chunk_bytes > MAX_STATE_CHUNK_BYTES {
-            return Err(InvalidConfig::LimitTooLarge {
-                limit: "state_chunk_bytes",
-                value: l.state_chunk_bytes as u64,
-                max: MAX_STATE_CHUNK_BYTES as u64,
-            });
-        }
+        l.check_maxima()?;
         let t = &self.timeouts;
         let positive_timeouts: [(&'static str, u64); 3] = [
             ("request_timeout_ms", t.request_timeout_ms),
@@ -452,6 +500,60 @@ mod tests {
         let mut at_the_bound = config();
         at_the_bound.limits.state_chunk_bytes = MAX_STATE_CHUNK_BYTES;
         at_the_bound.validate().expect("15 MiB chunks are valid");
+    }
+
+    #[test]
+    fn every_limit_above_its_bound() {
+        // Issue 12 item 3: checkpoint_period = 2^63 - 1 was accepted and then overflowed
+        // `4 * period`. Every limit is bounded; the bound itself is accepted.
+        for (i, (name, max)) in LIMIT_MAXIMA.into_iter().enumerate() {
+            let set = |l: &mut Limits, v: u64| {
+                let v = v as usize;
+                match i {
+                    0 => l.max_batch_requests = v,
+                    1 => l.max_batch_bytes = v,
+                    2 => l.max_op_bytes = v,
+                    3 => l.max_pending_per_client = v,
+                    4 => l.max_pending_total = v,
+                    5 => l.max_instances_in_flight = v as u64,
+                    6 => l.max_instances_ahead = v as u64,
+                    7 => l.max_decisions_per_reply = v,
+                    8 => l.max_log_entries = v,
+                    9 => l.checkpoint_period = v as u64,
+                    10 => l.max_state_bytes = v as u64,
+                    _ => l.state_chunk_bytes = v,
+                }
+            };
+            let mut at_bound = Limits::default();
+            set(&mut at_bound, max);
+            assert_eq!(at_bound.check_maxima(), Ok(()), "{name} at its bound");
+            let mut above = Limits::default();
+            set(&mut above, max + 1);
+            let err = above.check_maxima().unwrap_err();
+            assert_eq!(
+                err,
+                InvalidConfig::LimitTooLarge {
+                    limit: name,
+                    value: max + 1,
+                    max
+                }
+            );
+            assert_eq!(
+                err.to_string(),
+                format!("limits.{name} is {}; it may be at most {max}", max + 1)
+            );
+        }
+        let err = error_of(|c| {
+            c.limits.checkpoint_period = 9_223_372_036_854_775_807;
+            c.limits.max_log_entries = usize::MAX;
+        });
+        assert!(matches!(
+            err,
+            InvalidConfig::LimitTooLarge {
+                limit: "max_log_entries",
+                ..
+            }
+        ));
     }
 
     #[test]
