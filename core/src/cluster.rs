@@ -436,7 +436,10 @@ impl ClusterConfig {
         };
         for (key, ms) in [
             ("timeouts.request_timeout_ms", timeouts.request_timeout_ms),
-            ("timeouts.retransmit_initial_ms", timeouts.retransmit_initial_ms),
+            (
+                "timeouts.retransmit_initial_ms",
+                timeouts.retransmit_initial_ms,
+            ),
             ("timeouts.retransmit_max_ms", timeouts.retransmit_max_ms),
             ("timeouts.heartbeat_ms", timeouts.heartbeat_ms),
         ] {

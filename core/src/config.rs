@@ -98,7 +98,10 @@ impl Limits {
             ("max_pending_total", self.max_pending_total as u64),
             ("max_instances_in_flight", self.max_instances_in_flight),
             ("max_instances_ahead", self.max_instances_ahead),
-            ("max_decisions_per_reply", self.max_decisions_per_reply as u64),
+            (
+                "max_decisions_per_reply",
+                self.max_decisions_per_reply as u64,
+            ),
             ("max_log_entries", self.max_log_entries as u64),
             ("checkpoint_period", self.checkpoint_period),
             ("max_state_bytes", self.max_state_bytes),

@@ -30,8 +30,9 @@ pub const REPLY_OVERHEAD_BYTES: u64 = 4096;
 /// never stalls on a batch above this.
 pub const MAX_DECISIONS_REPLY_BYTES: u64 = 4 << 20;
 
-/// Bytes one signed vote in a certificate or proof is counted as (body, signature, framing).
-const VOTE_BYTES: u64 = 160;
+/// Bytes one signed vote in a certificate or proof is counted as in a reply (body, signature,
+/// framing).
+pub const REPLY_VOTE_BYTES: u64 = 160;
 
 /// One peer's bucket.
 #[derive(Clone, Copy, Debug)]
@@ -70,7 +71,7 @@ impl ReplyBudgets {
 }
 
 /// What a reply costs from its peer's budget: [`REPLY_OVERHEAD_BYTES`] plus an upper estimate
-/// of its payload (batches by their size, each signed vote as `VOTE_BYTES`).
+/// of its payload (batches by their size, each signed vote as `REPLY_VOTE_BYTES`).
 pub(super) fn reply_cost_bytes(message: &Message) -> u64 {
     let payload = match message {
         Message::Decisions(decisions) => decisions.iter().map(decision_bytes).sum(),
@@ -79,7 +80,7 @@ pub(super) fn reply_cost_bytes(message: &Message) -> u64 {
             bytes.len() as u64
                 + decided
                     .as_ref()
-                    .map_or(0, |d| VOTE_BYTES * d.certificate.len() as u64)
+                    .map_or(0, |d| REPLY_VOTE_BYTES * d.certificate.len() as u64)
         }
         Message::Sync(sync) => sync
             .body
@@ -90,14 +91,16 @@ pub(super) fn reply_cost_bytes(message: &Message) -> u64 {
                     .body
                     .last_decided
                     .as_ref()
-                    .map_or(0, |d| VOTE_BYTES * d.certificate.len() as u64);
+                    .map_or(0, |d| REPLY_VOTE_BYTES * d.certificate.len() as u64);
                 let prepared: u64 = sd
                     .body
                     .prepared
                     .iter()
-                    .map(|p| p.batch.size_bytes() as u64 + VOTE_BYTES * (p.writes.len() as u64 + 1))
+                    .map(|p| {
+                        p.batch.size_bytes() as u64 + REPLY_VOTE_BYTES * (p.writes.len() as u64 + 1)
+                    })
                     .sum();
-                VOTE_BYTES + decided + prepared
+                REPLY_VOTE_BYTES + decided + prepared
             })
             .sum(),
         _ => 0,
@@ -107,7 +110,7 @@ pub(super) fn reply_cost_bytes(message: &Message) -> u64 {
 
 /// The bytes one decision is counted as in a reply (its batch and certificate).
 pub(super) fn decision_bytes(decision: &crate::message::Decision) -> u64 {
-    decision.batch.size_bytes() as u64 + VOTE_BYTES * decision.certificate.len() as u64
+    decision.batch.size_bytes() as u64 + REPLY_VOTE_BYTES * decision.certificate.len() as u64
 }
 
 /// The rejection for a reply dropped because its peer's budget is spent.

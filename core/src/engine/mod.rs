@@ -93,6 +93,7 @@ mod timers;
 
 pub use budget::{
     MAX_DECISIONS_REPLY_BYTES, REPLY_BURST_BYTES, REPLY_BYTES_PER_SECOND, REPLY_OVERHEAD_BYTES,
+    REPLY_VOTE_BYTES,
 };
 pub use output::{ExecuteItem, Outgoing, Output, ServiceDone, ServiceWork};
 
