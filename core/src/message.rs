@@ -674,8 +674,14 @@ pub enum Message {
         checkpoints: Vec<(Cid, Digest)>,
         /// The highest cid the replica has executed, voted in or prepared a value for. A
         /// rejoining replica stays silent until it has executed `max_instances_ahead` cids past
-        /// the highest of n-f of these (docs/design.md §3.12).
+        /// the highest of n-f of these (docs/design.md §3.12), each counted only up to
+        /// `max_instances_ahead` past the cid that `executed` proves.
         voted_up_to: Cid,
+        /// Proof that the replica executed up to a cid: the decision of its last executed cid
+        /// (none before the first). A replica votes at most `max_instances_ahead` past what it
+        /// executed, so this bounds what its `voted_up_to` can truthfully be, and one peer
+        /// cannot keep a rejoining replica silent with a made-up number (issue 12).
+        executed: Option<DecisionProof>,
     },
     /// "Send me the bytes of your checkpoint `cid` from `offset`": sent by a replica
     /// transferring state to the one peer it chose among those that agree on the checkpoint,

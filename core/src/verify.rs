@@ -356,9 +356,16 @@ impl InboundVerifier {
                     | Message::StateQuery
                     | Message::CheckpointAnnounce { .. }
                     | Message::StateFetch { .. } => {}
-                    Message::StateInfo { checkpoints, .. } => {
+                    Message::StateInfo {
+                        checkpoints,
+                        executed,
+                        ..
+                    } => {
                         if checkpoints.len() > MAX_REPORTED_CHECKPOINTS {
                             return Err(Rejection::Oversize("reported checkpoints"));
+                        }
+                        if let Some(proof) = executed {
+                            self.check_decision_proof(proof, pending)?;
                         }
                     }
                     Message::StateChunk {

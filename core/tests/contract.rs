@@ -510,6 +510,7 @@ fn transfer_from_0(c: &Cluster, checkpoint: &Checkpoint, first: Vec<u8>) -> Engi
     let info = || Message::StateInfo {
         checkpoints: vec![(checkpoint.cid, checkpoint.digest)],
         voted_up_to: checkpoint.cid,
+        executed: Some(checkpoint.decided.clone()),
     };
     // The first hint starts a transfer: ask everyone. One report is not f+1 = 2.
     let out = c.deliver_from(&mut replica, 1000, 0, info());
@@ -633,6 +634,7 @@ fn state_fetch_is_served_from_the_checkpoint_in_bounded_chunks_with_the_proof_on
     let info = Message::StateInfo {
         checkpoints: vec![(Cid(2), checkpoint.digest)],
         voted_up_to: Cid(2),
+        executed: Some(checkpoint.decided.clone()),
     };
     assert_eq!(out, only_sent(vec![send(3, info)]));
     // Past the end of the checkpoint: refused, nothing sent.

@@ -377,6 +377,7 @@ fn state_fetches_beyond_a_peers_share_per_second_are_dropped() {
             Message::StateInfo {
                 checkpoints: Vec::new(),
                 voted_up_to: Cid(0),
+                executed: None,
             },
         )])
     };

@@ -31,6 +31,7 @@ fn lying_state_info() -> Message {
     Message::StateInfo {
         checkpoints: vec![(Cid(1_000_000), Digest([0xab; 32]))],
         voted_up_to: Cid(0),
+        executed: None,
     }
 }
 
@@ -170,13 +171,19 @@ fn decision(c: &Cluster, cid: u64, batch: Batch) -> Decision {
     }
 }
 
-fn rejoin_with_reports(c: &Cluster, reports: [(u32, u64); 3]) -> Engine {
+/// A rejoining replica 1 given the reports `(from, voted_up_to, executed)`, each with a
+/// certified proof of its `executed` cid (none for 0).
+fn rejoin_with_reports(c: &Cluster, reports: [(u32, u64, u64); 3]) -> Engine {
     let (mut rejoining, _) = Engine::rejoin(c.cfg(1), c.engine_signer(1));
     rejoining.start(0);
-    for (from, voted_up_to) in reports {
+    for (from, voted_up_to, executed) in reports {
         let info = Message::StateInfo {
             checkpoints: vec![],
             voted_up_to: Cid(voted_up_to),
+            executed: (executed > 0).then(|| {
+                let batch = c.batch(&[executed]);
+                c.decision_proof(Cid(executed), batch.digest())
+            }),
         };
         c.deliver_ok(&mut rejoining, 1, Peer::Replica(from), info);
     }
@@ -191,8 +198,9 @@ fn learn(c: &Cluster, engine: &mut Engine, cids: std::ops::RangeInclusive<u64>) 
 
 /// Issue 12 item 3: a rejoining replica took the highest `voted_up_to` of n-f unsigned reports
 /// as its horizon: `u64::MAX - 64` kept it silent forever (and `u64::MAX` overflowed before the
-/// horizon saturated). Now the highest report counts only up to one window past the (f+1)-th
-/// highest, which a correct replica vouches for. Before the fix both replicas below stayed
+/// horizon saturated). Now each report counts only up to one window past the cid its sender
+/// proves executed (StateInfo's `executed`, a certified decision): a correct replica votes no
+/// further, so a correct report is never cut. Before the fix both replicas below stayed
 /// rejoining after cid 11.
 #[test]
 fn one_inflated_rejoin_report_does_not_keep_the_replica_silent() {
@@ -202,16 +210,17 @@ fn one_inflated_rejoin_report_does_not_keep_the_replica_silent() {
     };
     let c = cluster(Mode::Bft, 4, 1, limits);
     for inflated in [u64::MAX - 64, u64::MAX] {
-        // Reports: inflated, 3 and 2. Vouched: 3; the inflated one counts as 3 + 4 = 7, and
-        // the horizon is 7 + 4 = 11.
-        let mut rejoining = rejoin_with_reports(&c, [(0, inflated), (2, 3), (3, 2)]);
+        // Replica 0 proves cid 3 executed: its report counts as 3 + 4 = 7, the horizon is
+        // 7 + 4 = 11.
+        let mut rejoining = rejoin_with_reports(&c, [(0, inflated, 3), (2, 3, 3), (3, 2, 2)]);
         learn(&c, &mut rejoining, 1..=10);
         assert!(rejoining.is_rejoining(), "silent until the horizon, cid 11");
         learn(&c, &mut rejoining, 11..=11);
         assert!(!rejoining.is_rejoining(), "report {inflated}");
     }
-    // A high report that f+1 peers vouch for (8 is within a window of 9) still counts in full.
-    let mut rejoining = rejoin_with_reports(&c, [(0, 9), (2, 8), (3, 2)]);
+    // A correct report, however far above the others, counts in full: 9 is within a window
+    // of the 5 its sender proves, so the horizon is 9 + 4 = 13.
+    let mut rejoining = rejoin_with_reports(&c, [(0, 9, 5), (2, 1, 1), (3, 0, 0)]);
     learn(&c, &mut rejoining, 1..=12);
     assert!(rejoining.is_rejoining(), "horizon 9 + 4 = 13");
     learn(&c, &mut rejoining, 13..=13);
@@ -332,6 +341,7 @@ fn state_queries_beyond_a_peers_reply_budget_are_dropped() {
     let info = Message::StateInfo {
         checkpoints: vec![],
         voted_up_to: Cid(0),
+        executed: None,
     };
     let k = REPLY_BURST_BYTES / REPLY_OVERHEAD_BYTES;
     assert_eq!(k, 16_384);
@@ -467,7 +477,9 @@ fn a_lagging_replica_still_catches_up_through_a_spent_budget() {
                 .is_empty()
         })
         .count();
-    assert_eq!(spent as u64, REPLY_BURST_BYTES / REPLY_OVERHEAD_BYTES);
+    // Its StateInfo carries the proof of cid 40 (3 signed ACCEPTs).
+    let info_cost = REPLY_OVERHEAD_BYTES + 3 * REPLY_VOTE_BYTES;
+    assert_eq!(spent as u64, REPLY_BURST_BYTES / info_cost);
     let mut to_server: Vec<Message> = Vec::new();
     let mut to_lagging: Vec<Message> = Vec::new();
     let mut now = 0;
@@ -504,4 +516,5 @@ fn a_lagging_replica_still_catches_up_through_a_spent_budget() {
     }
     // The heartbeat (500 ms) shows the lag; the refilled budget pays the answers.
     assert!(now < 2000, "caught up at {now} ms");
+    eprintln!("a lagging replica caught up on 40 decisions through a spent budget in {now} ms");
 }

@@ -75,7 +75,16 @@ impl ReplyBudgets {
 pub(super) fn reply_cost_bytes(message: &Message) -> u64 {
     let payload = match message {
         Message::Decisions(decisions) => decisions.iter().map(decision_bytes).sum(),
-        Message::StateInfo { checkpoints, .. } => 40 * checkpoints.len() as u64,
+        Message::StateInfo {
+            checkpoints,
+            executed,
+            ..
+        } => {
+            40 * checkpoints.len() as u64
+                + executed
+                    .as_ref()
+                    .map_or(0, |d| REPLY_VOTE_BYTES * d.certificate.len() as u64)
+        }
         Message::StateChunk { bytes, decided, .. } => {
             bytes.len() as u64
                 + decided

@@ -532,9 +532,11 @@ impl Engine {
                 Message::StateInfo {
                     checkpoints,
                     voted_up_to,
+                    executed,
                 },
             ) => {
-                self.note_rejoin_report(now_ms, j, voted_up_to);
+                let executed = executed.map_or(Cid::ZERO, |proof| proof.cid);
+                self.note_rejoin_report(now_ms, j, voted_up_to, executed);
                 self.handle_state_info(now_ms, j, checkpoints);
                 Ok(())
             }

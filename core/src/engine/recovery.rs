@@ -180,20 +180,27 @@ impl Engine {
     /// is among any n-f others, so the highest report plus a window bounds it.
     ///
     /// The reports are unsigned claims, and one Byzantine peer must not keep this replica
-    /// silent (a report of `u64::MAX - 64` would, forever). So the highest report counts only
-    /// up to one window past the (f+1)-th highest: f+1 reports reach that far, so at least one
-    /// correct replica vouches for it, and a replica votes at most one window past what it has
-    /// executed (docs/design.md §3.12, "Rejoin").
-    pub(super) fn note_rejoin_report(&mut self, now_ms: u64, from: ReplicaId, voted_up_to: Cid) {
+    /// silent (a report of `u64::MAX - 64` would, forever). So each counts only up to one
+    /// window past the cid its sender proves it executed (`executed`, verified with its
+    /// certificate): a replica votes at most one window past its execution, so a correct
+    /// report is never cut, and a made-up one is bounded by what the cluster really decided
+    /// (docs/design.md §3.12, "Rejoin").
+    pub(super) fn note_rejoin_report(
+        &mut self,
+        now_ms: u64,
+        from: ReplicaId,
+        voted_up_to: Cid,
+        executed: Cid,
+    ) {
         let Rejoin::Collecting(reports) = &mut self.rejoin else {
             return;
         };
-        reports.insert(from, voted_up_to);
+        let ahead = self.cfg.limits.max_instances_ahead;
+        reports.insert(from, voted_up_to.min(executed.saturating_add(ahead)));
         if reports.len() < self.quorums.stopdata_to_collect() {
             return;
         }
-        let ahead = self.cfg.limits.max_instances_ahead;
-        let highest = rejoin_bound(reports.values().copied(), self.quorums.f(), ahead);
+        let highest = reports.values().copied().max().unwrap_or(Cid::ZERO);
         // Nobody has voted anywhere: a brand-new cluster, nothing to forget. The reports come
         // from peers, so the horizon saturates rather than overflows.
         let horizon = if highest == Cid::ZERO {
@@ -282,33 +289,4 @@ fn check_stored_records(
         }
     }
     Ok(())
-}
-
-/// The highest of the rejoin `reports` that the cluster vouches for: the highest one, but at
-/// most `ahead` past the (f+1)-th highest (which at least one correct replica reached). Pure
-/// saturating arithmetic on peer-supplied numbers.
-fn rejoin_bound(reports: impl Iterator<Item = Cid>, f: usize, ahead: u64) -> Cid {
-    let mut sorted: Vec<Cid> = reports.collect();
-    sorted.sort_unstable_by(|a, b| b.cmp(a));
-    let Some(highest) = sorted.first().copied() else {
-        return Cid::ZERO;
-    };
-    let vouched = sorted.get(f).copied().unwrap_or(Cid::ZERO);
-    highest.min(vouched.saturating_add(ahead))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_inflated_report_is_capped_one_window_past_what_f_plus_1_vouch_for() {
-        let reports = [Cid(u64::MAX - 64), Cid(40), Cid(30)];
-        assert_eq!(rejoin_bound(reports.into_iter(), 1, 64), Cid(104));
-        let reports = [Cid(u64::MAX), Cid(u64::MAX - 1), Cid(3)];
-        assert_eq!(rejoin_bound(reports.into_iter(), 1, 64), Cid(u64::MAX));
-        let honest = [Cid(90), Cid(50), Cid(10)];
-        assert_eq!(rejoin_bound(honest.into_iter(), 1, 64), Cid(90));
-        assert_eq!(rejoin_bound(std::iter::empty(), 1, 64), Cid::ZERO);
-    }
 }

@@ -57,6 +57,7 @@ impl Engine {
                 .map(|c| (c.cid, c.digest))
                 .collect(),
             voted_up_to: voted.max(self.last_executed),
+            executed: self.decision_proof(self.last_executed),
         }
     }
 

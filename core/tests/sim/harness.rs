@@ -718,6 +718,7 @@ impl Sim {
                             Message::StateInfo {
                                 checkpoints,
                                 voted_up_to,
+                                ..
                             } => format!("state-info {checkpoints:?} voted {voted_up_to}"),
                             Message::Decisions(d) => format!(
                                 "decisions {:?}",
@@ -820,6 +821,7 @@ impl Sim {
                 Message::StateInfo {
                     mut checkpoints,
                     voted_up_to,
+                    executed,
                 },
             ) if node.id == self.opts.n as u32 - 1 => {
                 // Half the time made-up digests; otherwise the true ones, and corrupt chunks.
@@ -831,6 +833,7 @@ impl Sim {
                 Message::StateInfo {
                     checkpoints,
                     voted_up_to,
+                    executed,
                 }
             }
             (
