@@ -36,7 +36,7 @@ use crate::client::{ClientAction, ClientConfig, ClientEngine, ClientError};
 use crate::codec;
 use crate::engine::{Engine, ExecuteItem, Output, PersistRecord, ServiceDone, ServiceWork};
 use crate::message::{Cid, Message, Regency, ReplicaId, RequestId, RequestKind, StatusReport};
-use crate::network::{InboundFrame, Network, Peer};
+use crate::network::{InboundFrame, Network, Peer, SendError};
 use crate::rejection::Rejection;
 use crate::runner::{self, Host};
 use crate::service::Service;
@@ -103,6 +103,10 @@ pub struct ReplicaStatus {
     pub rejected_messages: u64,
     /// Frames since start that did not decode into a [`Message`].
     pub decode_errors: u64,
+    /// Messages this replica built that were larger than the transport's frame limit, and so
+    /// never sent (each logged as an error). The replica frame limit is derived from the
+    /// config ([`crate::frame_limits`]), so only a service's oversize reply can cause this.
+    pub frames_too_large: u64,
 }
 
 enum ServiceCommand {
@@ -298,6 +302,7 @@ pub fn start_replica<N: Network>(
         shutdown: shutdown.clone(),
         rejected,
         decode_errors,
+        frames_too_large: 0,
     }));
     Ok(ReplicaHandle {
         status: status_rx,
@@ -464,6 +469,8 @@ struct EngineLoop<N> {
     shutdown: Arc<Notify>,
     rejected: Arc<AtomicU64>,
     decode_errors: Arc<AtomicU64>,
+    /// Sends refused as larger than the frame limit ([`ReplicaStatus::frames_too_large`]).
+    frames_too_large: u64,
 }
 
 /// Milliseconds since the driver started: the engine's `now`.
@@ -595,8 +602,17 @@ impl<N: Network> Host for EngineLoop<N> {
         // Encoded once, however many receive it.
         let frame = codec::encode(&message);
         for peer in to {
-            if let Err(e) = self.network.send(*peer, frame.clone()) {
-                tracing::debug!(?peer, error = %e, "send failed");
+            match self.network.send(*peer, frame.clone()) {
+                Ok(()) => {}
+                // The frame limit is derived from the config to fit every message the engine
+                // builds: a message that does not fit is lost for good (a resend is the same
+                // size), so it is an error, never a debug line.
+                Err(e @ SendError::FrameTooLarge { .. }) => {
+                    self.frames_too_large += 1;
+                    tracing::error!(?peer, message = message.kind_name(), error = %e, "message larger than the frame limit was not sent");
+                }
+                // Counted by the transport; the protocol retransmits.
+                Err(e) => tracing::debug!(?peer, error = %e, "send failed"),
             }
         }
     }
@@ -628,6 +644,7 @@ impl<N: Network> EngineLoop<N> {
             pending_requests: self.engine.pending_requests() as u64,
             rejected_messages: self.rejected.load(Ordering::Relaxed),
             decode_errors: self.decode_errors.load(Ordering::Relaxed),
+            frames_too_large: self.frames_too_large,
         };
         self.status_tx.send_if_modified(|s| {
             if *s != status {
@@ -905,8 +922,12 @@ impl<N: Network> ClientShared<N> {
     }
 
     fn send_to(&self, replica: ReplicaId, frame: Vec<u8>) {
-        if let Err(e) = self.network.send(Peer::Replica(replica), frame) {
-            tracing::debug!(replica, error = %e, "client send failed");
+        match self.network.send(Peer::Replica(replica), frame) {
+            Ok(()) => {}
+            Err(e @ SendError::FrameTooLarge { .. }) => {
+                tracing::error!(replica, error = %e, "request larger than the frame limit was not sent");
+            }
+            Err(e) => tracing::debug!(replica, error = %e, "client send failed"),
         }
     }
 }
