@@ -108,7 +108,6 @@ impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for BoundedSeed<S> {
     type Value = S::Value;
 
     #[inline]
-
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<S::Value, D::Error> {
         self.0.deserialize(Bounded(deserializer))
     }
@@ -167,17 +166,16 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Bounded<D> {
     }
 
     #[inline]
-
     fn deserialize_unit_struct<V: Visitor<'de>>(
         self,
         name: &'static str,
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        self.0.deserialize_unit_struct(name, BoundedVisitor(visitor))
+        self.0
+            .deserialize_unit_struct(name, BoundedVisitor(visitor))
     }
 
     #[inline]
-
     fn deserialize_newtype_struct<V: Visitor<'de>>(
         self,
         name: &'static str,
@@ -188,7 +186,6 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Bounded<D> {
     }
 
     #[inline]
-
     fn deserialize_tuple<V: Visitor<'de>>(
         self,
         len: usize,
@@ -198,7 +195,6 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Bounded<D> {
     }
 
     #[inline]
-
     fn deserialize_tuple_struct<V: Visitor<'de>>(
         self,
         name: &'static str,
@@ -210,7 +206,6 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Bounded<D> {
     }
 
     #[inline]
-
     fn deserialize_struct<V: Visitor<'de>>(
         self,
         name: &'static str,
@@ -222,7 +217,6 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Bounded<D> {
     }
 
     #[inline]
-
     fn deserialize_enum<V: Visitor<'de>>(
         self,
         name: &'static str,
@@ -234,7 +228,6 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Bounded<D> {
     }
 
     #[inline]
-
     fn is_human_readable(&self) -> bool {
         self.0.is_human_readable()
     }
@@ -253,7 +246,6 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for BoundedVisitor<V> {
     type Value = V::Value;
 
     #[inline]
-
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.expecting(f)
     }
@@ -282,25 +274,21 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for BoundedVisitor<V> {
     );
 
     #[inline]
-
     fn visit_none<E: de::Error>(self) -> Result<V::Value, E> {
         self.0.visit_none()
     }
 
     #[inline]
-
     fn visit_unit<E: de::Error>(self) -> Result<V::Value, E> {
         self.0.visit_unit()
     }
 
     #[inline]
-
     fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<V::Value, D::Error> {
         self.0.visit_some(Bounded(deserializer))
     }
 
     #[inline]
-
     fn visit_newtype_struct<D: Deserializer<'de>>(
         self,
         deserializer: D,
@@ -309,19 +297,16 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for BoundedVisitor<V> {
     }
 
     #[inline]
-
     fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<V::Value, A::Error> {
         self.0.visit_seq(BoundedAccess(seq))
     }
 
     #[inline]
-
     fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
         self.0.visit_map(BoundedAccess(map))
     }
 
     #[inline]
-
     fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<V::Value, A::Error> {
         self.0.visit_enum(BoundedAccess(data))
     }
@@ -331,7 +316,6 @@ impl<'de, A: de::SeqAccess<'de>> de::SeqAccess<'de> for BoundedAccess<A> {
     type Error = A::Error;
 
     #[inline]
-
     fn next_element_seed<T: DeserializeSeed<'de>>(
         &mut self,
         seed: T,
@@ -340,7 +324,6 @@ impl<'de, A: de::SeqAccess<'de>> de::SeqAccess<'de> for BoundedAccess<A> {
     }
 
     #[inline]
-
     fn size_hint(&self) -> Option<usize> {
         self.0
             .size_hint()
@@ -352,7 +335,6 @@ impl<'de, A: de::MapAccess<'de>> de::MapAccess<'de> for BoundedAccess<A> {
     type Error = A::Error;
 
     #[inline]
-
     fn next_key_seed<K: DeserializeSeed<'de>>(
         &mut self,
         seed: K,
@@ -361,13 +343,11 @@ impl<'de, A: de::MapAccess<'de>> de::MapAccess<'de> for BoundedAccess<A> {
     }
 
     #[inline]
-
     fn next_value_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<T::Value, A::Error> {
         self.0.next_value_seed(BoundedSeed(seed))
     }
 
     #[inline]
-
     fn size_hint(&self) -> Option<usize> {
         self.0
             .size_hint()
@@ -380,7 +360,6 @@ impl<'de, A: de::EnumAccess<'de>> de::EnumAccess<'de> for BoundedAccess<A> {
     type Variant = BoundedAccess<A::Variant>;
 
     #[inline]
-
     fn variant_seed<T: DeserializeSeed<'de>>(
         self,
         seed: T,
@@ -394,25 +373,21 @@ impl<'de, A: de::VariantAccess<'de>> de::VariantAccess<'de> for BoundedAccess<A>
     type Error = A::Error;
 
     #[inline]
-
     fn unit_variant(self) -> Result<(), A::Error> {
         self.0.unit_variant()
     }
 
     #[inline]
-
     fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, A::Error> {
         self.0.newtype_variant_seed(BoundedSeed(seed))
     }
 
     #[inline]
-
     fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, A::Error> {
         self.0.tuple_variant(len, BoundedVisitor(visitor))
     }
 
     #[inline]
-
     fn struct_variant<V: Visitor<'de>>(
         self,
         fields: &'static [&'static str],

@@ -296,8 +296,7 @@ impl EngineConfig {
                 max: MAX_STATE_CHUNK_BYTES as u64,
             });
         }
-        let (message, bytes) =
-            crate::frame_limits::MessageBounds::new(&self.quorums, l).largest();
+        let (message, bytes) = crate::frame_limits::MessageBounds::new(&self.quorums, l).largest();
         if bytes > crate::frame_limits::MAX_FRAME_BYTES {
             return Err(InvalidConfig::MessageTooLarge { message, bytes });
         }

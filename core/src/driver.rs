@@ -18,7 +18,8 @@
 //! - **Service thread:** executes batches and queries on the embedder's [`Service`], in cid
 //!   order, so a slow service never stalls the network or the protocol.
 //!
-//! Every queue between them is bounded, except the two between the engine and the service.
+//! Every queue between them is bounded (the verify workers' in frames and in bytes), except the
+//! two between the engine and the service.
 //! The engine bounds the batches in them itself: execution holds at each checkpoint cid until
 //! the service's snapshot is in, so at most `checkpoint_period` decided batches wait. Unordered
 //! reads (one query each) are not bounded there; only the inbound queues limit them.
@@ -61,6 +62,10 @@ pub struct DriverOptions {
     pub verify_workers: usize,
     /// Frames queued per verify worker before the reader waits.
     pub verify_queue_frames: usize,
+    /// Bytes of frames queued per verify worker before the reader waits (a frame larger than
+    /// this waits for an empty queue). With the transport's own bounds, this keeps what a
+    /// flood of large frames can pile up in memory bounded in bytes, not only in frames.
+    pub verify_queue_bytes: usize,
     /// Start as a replica that lost its state and may have voted before (a wiped data dir):
     /// it takes no part until it has caught up past anything it can have voted on.
     pub rejoin: bool,
@@ -71,6 +76,7 @@ impl Default for DriverOptions {
         DriverOptions {
             verify_workers: default_verify_workers(),
             verify_queue_frames: 4096,
+            verify_queue_bytes: 64 * 1024 * 1024,
             rejoin: false,
         }
     }
@@ -247,9 +253,16 @@ pub fn start_replica<N: Network>(
             .clamp(1024, MAX_VERIFIED_REQUESTS),
     ));
     let mut worker_txs = Vec::new();
+    let verify_queue_bytes = options
+        .verify_queue_bytes
+        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
     for w in 0..options.verify_workers.max(1) {
         let (tx, rx) = mpsc::channel::<InboundFrame>(options.verify_queue_frames.max(1));
-        worker_txs.push(tx);
+        let queued_bytes = Arc::new(QueuedBytes {
+            permits: tokio::sync::Semaphore::new(verify_queue_bytes),
+            max: verify_queue_bytes,
+        });
+        worker_txs.push((tx, queued_bytes.clone()));
         let worker = VerifyWorker {
             verifier: verifier.clone(),
             cache: verified_requests.clone(),
@@ -259,7 +272,7 @@ pub fn start_replica<N: Network>(
         };
         std::thread::Builder::new()
             .name(format!("smr-verify-{w}"))
-            .spawn(move || worker.run(rx))
+            .spawn(move || worker.run(rx, &queued_bytes))
             .expect("spawning a verify worker thread");
     }
     drop(input_tx);
@@ -271,7 +284,8 @@ pub fn start_replica<N: Network>(
         tokio::spawn(async move {
             while let Some(frame) = network.recv().await {
                 let w = worker_for(&frame.from, worker_txs.len());
-                if worker_txs[w].send(frame).await.is_err() {
+                let (tx, queued_bytes) = &worker_txs[w];
+                if !queued_bytes.reserve(frame.frame.len()).await || tx.send(frame).await.is_err() {
                     break;
                 }
             }
@@ -327,16 +341,48 @@ enum Slot {
     Verdict(Peer),
 }
 
+/// The bytes of frames in one verify worker's queue, as semaphore permits: the reader takes a
+/// frame's before queueing it, the worker gives them back as it takes the frame.
+struct QueuedBytes {
+    permits: tokio::sync::Semaphore,
+    max: usize,
+}
+
+impl QueuedBytes {
+    /// A frame's permits: its length, capped at the whole queue so that a larger frame
+    /// passes alone.
+    fn permits_for(&self, length: usize) -> u32 {
+        u32::try_from(length.clamp(1, self.max)).unwrap_or(u32::MAX)
+    }
+
+    /// Waits for room for a frame of `length` bytes; false if the semaphore closed.
+    async fn reserve(&self, length: usize) -> bool {
+        match self.permits.acquire_many(self.permits_for(length)).await {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn release(&self, length: usize) {
+        self.permits.add_permits(self.permits_for(length) as usize);
+    }
+}
+
 impl VerifyWorker {
-    fn run(self, mut rx: mpsc::Receiver<InboundFrame>) {
+    fn run(self, mut rx: mpsc::Receiver<InboundFrame>, queued_bytes: &QueuedBytes) {
         let mut frames = Vec::with_capacity(MAX_VERIFY_RUN_FRAMES);
         while let Some(first) = rx.blocking_recv() {
             let mut bytes = first.frame.len();
+            queued_bytes.release(first.frame.len());
             frames.push(first);
             while frames.len() < MAX_VERIFY_RUN_FRAMES && bytes < MAX_VERIFY_RUN_BYTES {
                 match rx.try_recv() {
                     Ok(frame) => {
                         bytes += frame.frame.len();
+                        queued_bytes.release(frame.frame.len());
                         frames.push(frame);
                     }
                     Err(_) => break,
@@ -929,5 +975,35 @@ impl<N: Network> ClientShared<N> {
             }
             Err(e) => tracing::debug!(replica, error = %e, "client send failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_verify_queue_is_bounded_in_bytes_and_lets_one_large_frame_through_alone() {
+        let queue = QueuedBytes {
+            permits: tokio::sync::Semaphore::new(1000),
+            max: 1000,
+        };
+        assert!(queue.reserve(600).await);
+        assert!(queue
+            .permits
+            .try_acquire_many(queue.permits_for(600))
+            .is_err());
+        queue.release(600);
+        assert!(
+            queue.reserve(5000).await,
+            "alone, a larger frame takes the whole queue"
+        );
+        assert_eq!(queue.permits.available_permits(), 0);
+        assert!(queue
+            .permits
+            .try_acquire_many(queue.permits_for(1))
+            .is_err());
+        queue.release(5000);
+        assert_eq!(queue.permits.available_permits(), 1000);
     }
 }

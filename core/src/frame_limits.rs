@@ -189,7 +189,10 @@ mod tests {
             let quorums = Quorums::new(Mode::Bft, n, (n - 1) / 3).unwrap();
             let bounds = MessageBounds::new(&quorums, &Limits::default());
             let (largest, bytes) = bounds.largest();
-            assert!(bytes <= MAX_FRAME_BYTES, "n = {n}: {largest} of {bytes} bytes");
+            assert!(
+                bytes <= MAX_FRAME_BYTES,
+                "n = {n}: {largest} of {bytes} bytes"
+            );
         }
     }
 
@@ -201,6 +204,8 @@ mod tests {
             client_frame_bytes(&quorums, &limits),
             4 + 117 + limits.max_op_bytes + HEADROOM_BYTES as usize
         );
-        assert!(client_frame_bytes(&quorums, &limits) * 100 < replica_frame_bytes(&quorums, &limits));
+        assert!(
+            client_frame_bytes(&quorums, &limits) * 100 < replica_frame_bytes(&quorums, &limits)
+        );
     }
 }

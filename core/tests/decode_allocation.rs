@@ -127,8 +127,11 @@ fn checkpoint_data() -> CheckpointData {
     }
 }
 
+/// Whether the bytes decode as the sample's type.
+type Decodes = fn(&[u8]) -> bool;
+
 /// Well-formed encodings of every type a decoder reads from the network or the disk.
-fn samples() -> Vec<(&'static str, Vec<u8>, fn(&[u8]) -> bool)> {
+fn samples() -> Vec<(&'static str, Vec<u8>, Decodes)> {
     let message = |bytes: &[u8]| decode::<Message>(bytes).is_ok();
     let record = |bytes: &[u8]| decode::<PersistRecord>(bytes).is_ok();
     let checkpoint = |bytes: &[u8]| decode::<CheckpointData>(bytes).is_ok();
@@ -139,7 +142,11 @@ fn samples() -> Vec<(&'static str, Vec<u8>, fn(&[u8]) -> bool)> {
         certificate: (0..3).map(|r| vote(r, 1000)).collect(),
     };
     vec![
-        ("request", encode(&Message::Request(request(1, 64))), message),
+        (
+            "request",
+            encode(&Message::Request(request(1, 64))),
+            message,
+        ),
         (
             "reply",
             encode(&Message::Reply(Reply {
@@ -173,7 +180,11 @@ fn samples() -> Vec<(&'static str, Vec<u8>, fn(&[u8]) -> bool)> {
             }])),
             message,
         ),
-        ("forward", encode(&Message::Forward(vec![request(2, 10); 4])), message),
+        (
+            "forward",
+            encode(&Message::Forward(vec![request(2, 10); 4])),
+            message,
+        ),
         ("sync", encode(&sync()), message),
         (
             "state-info",

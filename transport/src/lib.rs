@@ -74,23 +74,33 @@
 //! # Connections
 //! Every replica dials every other replica and *sends* on that outgoing connection; it *receives*
 //! on the connections others opened to it. So there are two connections per pair of replicas and no
-//! tie-breaking. Clients dial every replica. A replica answers a client over the most recent live
-//! connection that client opened to it (a client may hold a few; opening more closes the oldest);
+//! tie-breaking; a replica may hold two incoming connections to us (a third closes the oldest).
+//! Clients dial every replica. A replica answers a client over the most recent live
+//! connection that client opened to it (a client may hold four; opening more closes the oldest).
+//! At most [`TransportConfig::max_client_keys`] distinct client keys may be connected at once; a
+//! further key's connection is refused, counted and logged;
 //! a frame for a client with no live connection is refused with [`SendError::UnknownPeer`]. Frames sent by a replica to itself are looped back to its own
 //! [`Network::recv`] without touching the network.
 //!
 //! # Framing
 //! A sender opens one long-lived unidirectional stream on the connection it sends over (on first
 //! use) and writes frames to it, each a `u32` big-endian length followed by that many bytes. A frame longer than
-//! [`TransportConfig::max_frame_bytes`] is rejected: it is counted, logged with `tracing::warn`,
-//! and the connection that carried it is closed, while every other peer is still served. A frame
-//! body is buffered only as its bytes arrive, so a peer cannot make us allocate by lying about a
-//! length. A stream that ends in the middle of a frame is counted as truncated.
+//! [`TransportConfig::max_frame_bytes`] (from a replica) or
+//! [`TransportConfig::max_client_frame_bytes`] (from a client) is rejected: it is counted, logged
+//! with `tracing::warn`, and the connection that carried it is closed, while every other peer is
+//! still served. A frame body is buffered only as its bytes arrive, so a peer cannot make us
+//! allocate by lying about a length, and all streams of one connection together buffer at most
+//! one frame of the peer's limit (more closes the connection, counted). A stream that ends in the
+//! middle of a frame is counted as truncated.
 //!
 //! # Sending and the overflow policy
-//! [`Network::send`] never blocks. It pushes the frame onto a bounded per-peer queue
-//! ([`TransportConfig::send_queue_frames`]) that a writer task drains. When the queue is full the
-//! *new* frame is dropped, counted, and [`SendError::QueueFull`] is returned: delivery is best
+//! [`Network::send`] never blocks. It pushes the frame onto a per-peer queue that a writer task
+//! drains, bounded in frames and in bytes ([`TransportConfig::send_queue_frames`] and
+//! [`TransportConfig::send_queue_bytes`] to a replica, the much smaller `client_send_queue_*` to
+//! a client connection) and, over all queues, by [`TransportConfig::send_queue_total_bytes`]. When
+//! a bound would be crossed the *new* frame is dropped, counted (the first drop of an episode is
+//! logged), and [`SendError::QueueFull`] is returned, so a peer that stops reading costs us at
+//! most its queue: delivery is best
 //! effort and the protocol retransmits what matters. The writer coalesces: it drains every frame
 //! already queued into one buffer and issues one write, which is what makes small messages cheap.
 //! If an outgoing connection breaks, the writer reconnects with exponential backoff
@@ -99,8 +109,9 @@
 //! that were in the write that failed are lost, and counted.
 //!
 //! # Receiving
-//! Frames from all connections funnel into one bounded queue read by [`Network::recv`]. When it is
-//! full, readers wait, which pushes back on peers through QUIC flow control.
+//! Frames from all connections funnel into one queue read by [`Network::recv`], bounded in frames
+//! and in bytes ([`TransportConfig::recv_queue_bytes`]). When it is full, readers wait, which
+//! pushes back on peers through QUIC flow control.
 //!
 //! # Threading
 //! Everything runs as tasks on the caller's tokio runtime (multi-threaded recommended): one

@@ -86,8 +86,7 @@ pub(crate) struct Shared {
     /// over the last one.
     pub(crate) client_links: Mutex<HashMap<PublicKey, Vec<ClientLink>>>,
     /// Replica role: the live connections each replica opened to us, oldest first.
-    pub(crate) replica_links:
-        Mutex<HashMap<smr_core::message::ReplicaId, Vec<(u64, Connection)>>>,
+    pub(crate) replica_links: Mutex<HashMap<smr_core::message::ReplicaId, Vec<(u64, Connection)>>>,
     /// Replica role: the peers that have connected to us at least once since we started.
     pub(crate) replicas_connected_in:
         Mutex<std::collections::HashSet<smr_core::message::ReplicaId>>,

@@ -512,7 +512,10 @@ async fn the_send_queue_to_a_replica_that_never_reads_is_bounded_in_bytes() {
     for _ in 0..10 {
         assert_eq!(transport.send(to, vec![0; 1024]), Ok(()));
     }
-    assert_eq!(transport.send(to, vec![0; 1]), Err(SendError::QueueFull(to)));
+    assert_eq!(
+        transport.send(to, vec![0; 1]),
+        Err(SendError::QueueFull(to))
+    );
     assert_eq!(transport.stats().frames_dropped_queue_full, 1);
     transport.shutdown().await;
 }
@@ -520,7 +523,10 @@ async fn the_send_queue_to_a_replica_that_never_reads_is_bounded_in_bytes() {
 #[test]
 fn a_byte_budget_lets_one_large_frame_through_alone_and_nothing_past_its_bound() {
     let budget = ByteBudget::new(100);
-    assert!(budget.try_hold(1000), "alone, a frame above the bound passes");
+    assert!(
+        budget.try_hold(1000),
+        "alone, a frame above the bound passes"
+    );
     assert!(!budget.try_hold(1));
     budget.release(1000);
     assert!(budget.try_hold(60));
