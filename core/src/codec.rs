@@ -7,15 +7,15 @@
 //! No input may make a decode allocate more than the bytes that carried it, plus a small
 //! constant: frames come from any admitted peer before any signature is checked, and WAL
 //! records and checkpoints from files. Two things in the stock serde path break that, and
-//! [`decode`] wraps the deserializer ([`Bounded`]) to close both for every type, ours and an
+//! [`decode`] wraps the deserializer (`Bounded`) to close both for every type, ours and an
 //! embedder's alike:
 //! - bincode's owned byte strings (`deserialize_byte_buf`, `deserialize_string`, which
 //!   `serde_bytes` and `String` use) allocate and zero the claimed length before reading it.
-//!   [`Bounded`] turns them into `deserialize_bytes` / `deserialize_str`, which borrow from the
+//!   `Bounded` turns them into `deserialize_bytes` / `deserialize_str`, which borrow from the
 //!   input slice: bincode checks the claimed length against the bytes left before anything is
 //!   allocated, and the visitor copies exactly the bytes present.
 //! - serde's `Vec`, `HashMap` and similar visitors preallocate from the claimed length
-//!   (`size_hint::cautious`: up to 1 MiB per collection). [`Bounded`] caps every sequence's and
+//!   (`size_hint::cautious`: up to 1 MiB per collection). `Bounded` caps every sequence's and
 //!   map's size hint at [`MAX_PREALLOCATED_ELEMENTS`]; past that a collection grows as its
 //!   elements actually decode.
 //!
@@ -30,7 +30,7 @@ use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, Visitor};
 use serde::Serialize;
 
 /// Fixed-width little-endian integers keep encodings canonical and sizes predictable. No
-/// limit: what bounds a decode's allocations is the input slice ([`Bounded`]), not a constant.
+/// limit: what bounds a decode's allocations is the input slice (`Bounded`), not a constant.
 fn config() -> bincode::config::Configuration<
     bincode::config::LittleEndian,
     bincode::config::Fixint,
@@ -94,13 +94,13 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
 /// holds at every depth of every type.
 struct Bounded<D>(D);
 
-/// A seed whose deserializer is [`Bounded`].
+/// A seed whose deserializer is `Bounded`.
 struct BoundedSeed<S>(S);
 
-/// A visitor whose nested deserializers and accesses are [`Bounded`].
+/// A visitor whose nested deserializers and accesses are `Bounded`.
 struct BoundedVisitor<V>(V);
 
-/// A sequence, map, enum or variant access whose nested deserializers are [`Bounded`], and
+/// A sequence, map, enum or variant access whose nested deserializers are `Bounded`, and
 /// whose size hint is capped at [`MAX_PREALLOCATED_ELEMENTS`].
 struct BoundedAccess<A>(A);
 

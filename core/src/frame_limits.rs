@@ -159,7 +159,7 @@ impl MessageBounds {
 const HEADROOM_BYTES: u64 = 64 * 1024;
 
 /// The frame limit between replicas (and of what a client accepts from a replica): the
-/// largest message the config allows plus [`HEADROOM_BYTES`], at most [`MAX_FRAME_BYTES`].
+/// largest message the config allows plus 64 KiB of headroom, at most [`MAX_FRAME_BYTES`].
 /// A reply larger than this (a service's result is not bounded by the config) cannot be sent;
 /// the driver logs that as an error.
 pub fn replica_frame_bytes(quorums: &Quorums, limits: &Limits) -> usize {
@@ -168,7 +168,7 @@ pub fn replica_frame_bytes(quorums: &Quorums, limits: &Limits) -> usize {
 }
 
 /// The frame limit of what a replica accepts from a client connection: the largest request
-/// (or status query) the config allows, plus [`HEADROOM_BYTES`].
+/// (or status query) the config allows, plus 64 KiB of headroom.
 pub fn client_frame_bytes(quorums: &Quorums, limits: &Limits) -> usize {
     frame_bytes(MessageBounds::new(quorums, limits).request)
 }
