@@ -414,6 +414,17 @@ impl ClusterConfig {
                 "must not exceed limits.max_batch_bytes",
             ));
         }
+        let (message, bytes) = crate::frame_limits::MessageBounds::new(&quorums, &limits).largest();
+        if bytes > crate::frame_limits::MAX_FRAME_BYTES {
+            return Err(invalid(
+                "limits",
+                format!(
+                    "the largest {message} these limits allow at n = {} is {bytes} bytes, above the {} bytes a frame can carry; lower limits.max_batch_bytes, limits.max_batch_requests, limits.max_op_bytes, limits.max_instances_ahead or limits.max_decisions_per_reply",
+                    quorums.n(),
+                    crate::frame_limits::MAX_FRAME_BYTES
+                ),
+            ));
+        }
         let d = Timeouts::default();
         let t = &raw.timeouts;
         let timeouts = Timeouts {

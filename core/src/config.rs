@@ -252,6 +252,20 @@ pub enum InvalidConfig {
         /// The largest allowed.
         max: u64,
     },
+    /// The largest message the limits allow does not fit a frame
+    /// ([`crate::frame_limits::MAX_FRAME_BYTES`]): the engine could build a message no
+    /// transport can carry (a SYNC of n STOPDATA with `max_instances_ahead` full batches each,
+    /// a reply of `max_decisions_per_reply` batches, a STOP of `max_batch_requests` requests).
+    #[error(
+        "the largest {message} these limits allow is {bytes} bytes, above the {max} bytes a frame can carry; lower limits.max_batch_bytes, limits.max_batch_requests, limits.max_op_bytes, limits.max_instances_ahead or limits.max_decisions_per_reply (or use fewer replicas)",
+        max = crate::frame_limits::MAX_FRAME_BYTES
+    )]
+    MessageTooLarge {
+        /// The message type whose bound is too large.
+        message: &'static str,
+        /// Its bound, in bytes.
+        bytes: u64,
+    },
     /// A timeout that must be at least 1 ms is 0.
     #[error("timeouts.{timeout} is 0; set it to at least 1 ms")]
     TimeoutNotPositive {
@@ -333,6 +347,10 @@ impl EngineConfig {
             });
         }
         l.check_maxima()?;
+        let (message, bytes) = crate::frame_limits::MessageBounds::new(&self.quorums, l).largest();
+        if bytes > crate::frame_limits::MAX_FRAME_BYTES {
+            return Err(InvalidConfig::MessageTooLarge { message, bytes });
+        }
         let t = &self.timeouts;
         let positive_timeouts: [(&'static str, u64); 3] = [
             ("request_timeout_ms", t.request_timeout_ms),

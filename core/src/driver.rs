@@ -18,7 +18,8 @@
 //! - **Service thread:** executes batches and queries on the embedder's [`Service`], in cid
 //!   order, so a slow service never stalls the network or the protocol.
 //!
-//! Every queue between them is bounded, except the two between the engine and the service.
+//! Every queue between them is bounded (the verify workers' in frames and in bytes), except the
+//! two between the engine and the service.
 //! The engine bounds the batches in them itself: execution holds at each checkpoint cid until
 //! the service's snapshot is in, so at most `checkpoint_period` decided batches wait. Unordered
 //! reads (one query each) are not bounded there; only the inbound queues limit them.
@@ -36,7 +37,7 @@ use crate::client::{ClientAction, ClientConfig, ClientEngine, ClientError};
 use crate::codec;
 use crate::engine::{Engine, ExecuteItem, Output, PersistRecord, ServiceDone, ServiceWork};
 use crate::message::{Cid, Message, Regency, ReplicaId, RequestId, RequestKind, StatusReport};
-use crate::network::{InboundFrame, Network, Peer};
+use crate::network::{InboundFrame, Network, Peer, SendError};
 use crate::rejection::Rejection;
 use crate::runner::{self, Host};
 use crate::service::Service;
@@ -61,6 +62,10 @@ pub struct DriverOptions {
     pub verify_workers: usize,
     /// Frames queued per verify worker before the reader waits.
     pub verify_queue_frames: usize,
+    /// Bytes of frames queued per verify worker before the reader waits (a frame larger than
+    /// this waits for an empty queue). With the transport's own bounds, this keeps what a
+    /// flood of large frames can pile up in memory bounded in bytes, not only in frames.
+    pub verify_queue_bytes: usize,
     /// Start as a replica that lost its state and may have voted before (a wiped data dir):
     /// it takes no part until it has caught up past anything it can have voted on.
     pub rejoin: bool,
@@ -71,6 +76,7 @@ impl Default for DriverOptions {
         DriverOptions {
             verify_workers: default_verify_workers(),
             verify_queue_frames: 4096,
+            verify_queue_bytes: 64 * 1024 * 1024,
             rejoin: false,
         }
     }
@@ -103,6 +109,10 @@ pub struct ReplicaStatus {
     pub rejected_messages: u64,
     /// Frames since start that did not decode into a [`Message`].
     pub decode_errors: u64,
+    /// Messages this replica built that were larger than the transport's frame limit, and so
+    /// never sent (each logged as an error). The replica frame limit is derived from the
+    /// config ([`crate::frame_limits`]), so only a service's oversize reply can cause this.
+    pub frames_too_large: u64,
 }
 
 enum ServiceCommand {
@@ -243,9 +253,16 @@ pub fn start_replica<N: Network>(
             .clamp(1024, MAX_VERIFIED_REQUESTS),
     ));
     let mut worker_txs = Vec::new();
+    let verify_queue_bytes = options
+        .verify_queue_bytes
+        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
     for w in 0..options.verify_workers.max(1) {
         let (tx, rx) = mpsc::channel::<InboundFrame>(options.verify_queue_frames.max(1));
-        worker_txs.push(tx);
+        let queued_bytes = Arc::new(QueuedBytes {
+            permits: tokio::sync::Semaphore::new(verify_queue_bytes),
+            max: verify_queue_bytes,
+        });
+        worker_txs.push((tx, queued_bytes.clone()));
         let worker = VerifyWorker {
             verifier: verifier.clone(),
             cache: verified_requests.clone(),
@@ -255,7 +272,7 @@ pub fn start_replica<N: Network>(
         };
         std::thread::Builder::new()
             .name(format!("smr-verify-{w}"))
-            .spawn(move || worker.run(rx))
+            .spawn(move || worker.run(rx, &queued_bytes))
             .expect("spawning a verify worker thread");
     }
     drop(input_tx);
@@ -267,7 +284,8 @@ pub fn start_replica<N: Network>(
         tokio::spawn(async move {
             while let Some(frame) = network.recv().await {
                 let w = worker_for(&frame.from, worker_txs.len());
-                if worker_txs[w].send(frame).await.is_err() {
+                let (tx, queued_bytes) = &worker_txs[w];
+                if !queued_bytes.reserve(frame.frame.len()).await || tx.send(frame).await.is_err() {
                     break;
                 }
             }
@@ -298,6 +316,7 @@ pub fn start_replica<N: Network>(
         shutdown: shutdown.clone(),
         rejected,
         decode_errors,
+        frames_too_large: 0,
     }));
     Ok(ReplicaHandle {
         status: status_rx,
@@ -322,16 +341,48 @@ enum Slot {
     Verdict(Peer),
 }
 
+/// The bytes of frames in one verify worker's queue, as semaphore permits: the reader takes a
+/// frame's before queueing it, the worker gives them back as it takes the frame.
+struct QueuedBytes {
+    permits: tokio::sync::Semaphore,
+    max: usize,
+}
+
+impl QueuedBytes {
+    /// A frame's permits: its length, capped at the whole queue so that a larger frame
+    /// passes alone.
+    fn permits_for(&self, length: usize) -> u32 {
+        u32::try_from(length.clamp(1, self.max)).unwrap_or(u32::MAX)
+    }
+
+    /// Waits for room for a frame of `length` bytes; false if the semaphore closed.
+    async fn reserve(&self, length: usize) -> bool {
+        match self.permits.acquire_many(self.permits_for(length)).await {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn release(&self, length: usize) {
+        self.permits.add_permits(self.permits_for(length) as usize);
+    }
+}
+
 impl VerifyWorker {
-    fn run(self, mut rx: mpsc::Receiver<InboundFrame>) {
+    fn run(self, mut rx: mpsc::Receiver<InboundFrame>, queued_bytes: &QueuedBytes) {
         let mut frames = Vec::with_capacity(MAX_VERIFY_RUN_FRAMES);
         while let Some(first) = rx.blocking_recv() {
             let mut bytes = first.frame.len();
+            queued_bytes.release(first.frame.len());
             frames.push(first);
             while frames.len() < MAX_VERIFY_RUN_FRAMES && bytes < MAX_VERIFY_RUN_BYTES {
                 match rx.try_recv() {
                     Ok(frame) => {
                         bytes += frame.frame.len();
+                        queued_bytes.release(frame.frame.len());
                         frames.push(frame);
                     }
                     Err(_) => break,
@@ -464,6 +515,8 @@ struct EngineLoop<N> {
     shutdown: Arc<Notify>,
     rejected: Arc<AtomicU64>,
     decode_errors: Arc<AtomicU64>,
+    /// Sends refused as larger than the frame limit ([`ReplicaStatus::frames_too_large`]).
+    frames_too_large: u64,
 }
 
 /// Milliseconds since the driver started: the engine's `now`.
@@ -595,8 +648,17 @@ impl<N: Network> Host for EngineLoop<N> {
         // Encoded once, however many receive it.
         let frame = codec::encode(&message);
         for peer in to {
-            if let Err(e) = self.network.send(*peer, frame.clone()) {
-                tracing::debug!(?peer, error = %e, "send failed");
+            match self.network.send(*peer, frame.clone()) {
+                Ok(()) => {}
+                // The frame limit is derived from the config to fit every message the engine
+                // builds: a message that does not fit is lost for good (a resend is the same
+                // size), so it is an error, never a debug line.
+                Err(e @ SendError::FrameTooLarge { .. }) => {
+                    self.frames_too_large += 1;
+                    tracing::error!(?peer, message = message.kind_name(), error = %e, "message larger than the frame limit was not sent");
+                }
+                // Counted by the transport; the protocol retransmits.
+                Err(e) => tracing::debug!(?peer, error = %e, "send failed"),
             }
         }
     }
@@ -628,6 +690,7 @@ impl<N: Network> EngineLoop<N> {
             pending_requests: self.engine.pending_requests() as u64,
             rejected_messages: self.rejected.load(Ordering::Relaxed),
             decode_errors: self.decode_errors.load(Ordering::Relaxed),
+            frames_too_large: self.frames_too_large,
         };
         self.status_tx.send_if_modified(|s| {
             if *s != status {
@@ -905,8 +968,42 @@ impl<N: Network> ClientShared<N> {
     }
 
     fn send_to(&self, replica: ReplicaId, frame: Vec<u8>) {
-        if let Err(e) = self.network.send(Peer::Replica(replica), frame) {
-            tracing::debug!(replica, error = %e, "client send failed");
+        match self.network.send(Peer::Replica(replica), frame) {
+            Ok(()) => {}
+            Err(e @ SendError::FrameTooLarge { .. }) => {
+                tracing::error!(replica, error = %e, "request larger than the frame limit was not sent");
+            }
+            Err(e) => tracing::debug!(replica, error = %e, "client send failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_verify_queue_is_bounded_in_bytes_and_lets_one_large_frame_through_alone() {
+        let queue = QueuedBytes {
+            permits: tokio::sync::Semaphore::new(1000),
+            max: 1000,
+        };
+        assert!(queue.reserve(600).await);
+        assert!(queue
+            .permits
+            .try_acquire_many(queue.permits_for(600))
+            .is_err());
+        queue.release(600);
+        assert!(
+            queue.reserve(5000).await,
+            "alone, a larger frame takes the whole queue"
+        );
+        assert_eq!(queue.permits.available_permits(), 0);
+        assert!(queue
+            .permits
+            .try_acquire_many(queue.permits_for(1))
+            .is_err());
+        queue.release(5000);
+        assert_eq!(queue.permits.available_permits(), 1000);
     }
 }

@@ -27,6 +27,7 @@ pub mod codec;
 pub mod config;
 pub mod driver;
 pub mod engine;
+pub mod frame_limits;
 pub mod message;
 pub mod network;
 pub mod pool;

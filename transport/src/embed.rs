@@ -59,12 +59,13 @@ fn endpoints(config: &ClusterConfig) -> Vec<ReplicaEndpoint> {
         .collect()
 }
 
-/// Frames must fit the largest message the limits allow: a batch of decisions, with headroom.
-fn max_frame_bytes(config: &ClusterConfig) -> usize {
-    let l = &config.limits;
-    (l.max_batch_bytes.saturating_mul(l.max_decisions_per_reply) + (1 << 20))
-        .min(u32::MAX as usize)
-        .max(TransportConfig::DEFAULT_MAX_FRAME_BYTES)
+/// Frames between replicas fit the largest message the config allows (a SYNC, a reply of
+/// decisions, ...; [`smr_core::frame_limits`]); frames from clients fit the largest request.
+fn apply_frame_limits(transport_config: &mut TransportConfig, config: &ClusterConfig) {
+    transport_config.max_frame_bytes =
+        smr_core::frame_limits::replica_frame_bytes(&config.quorums, &config.limits);
+    transport_config.max_client_frame_bytes =
+        smr_core::frame_limits::client_frame_bytes(&config.quorums, &config.limits);
 }
 
 /// A running replica: the engine driver over its QUIC transport.
@@ -108,7 +109,7 @@ impl Replica {
         let key = Arc::new(key);
         let mut transport_config =
             TransportConfig::replica(id, key.clone(), endpoints(config), config.clients.clone());
-        transport_config.max_frame_bytes = max_frame_bytes(config);
+        apply_frame_limits(&mut transport_config, config);
         let transport = Arc::new(QuicTransport::start(transport_config).await?);
         let handle = driver::start_replica(
             engine_config,
@@ -182,7 +183,7 @@ impl Client {
     ) -> Result<Client, StartError> {
         let key = Arc::new(key);
         let mut transport_config = TransportConfig::client(key.clone(), endpoints(config));
-        transport_config.max_frame_bytes = max_frame_bytes(config);
+        apply_frame_limits(&mut transport_config, config);
         let transport = Arc::new(QuicTransport::start(transport_config).await?);
         let client_config = ClientConfig {
             quorums: config.quorums,

@@ -74,23 +74,33 @@
 //! # Connections
 //! Every replica dials every other replica and *sends* on that outgoing connection; it *receives*
 //! on the connections others opened to it. So there are two connections per pair of replicas and no
-//! tie-breaking. Clients dial every replica. A replica answers a client over the most recent live
-//! connection that client opened to it (a client may hold a few; opening more closes the oldest);
+//! tie-breaking; a replica may hold two incoming connections to us (a third closes the oldest).
+//! Clients dial every replica. A replica answers a client over the most recent live
+//! connection that client opened to it (a client may hold four; opening more closes the oldest).
+//! At most [`TransportConfig::max_client_keys`] distinct client keys may be connected at once; a
+//! further key's connection is refused, counted and logged;
 //! a frame for a client with no live connection is refused with [`SendError::UnknownPeer`]. Frames sent by a replica to itself are looped back to its own
 //! [`Network::recv`] without touching the network.
 //!
 //! # Framing
 //! A sender opens one long-lived unidirectional stream on the connection it sends over (on first
 //! use) and writes frames to it, each a `u32` big-endian length followed by that many bytes. A frame longer than
-//! [`TransportConfig::max_frame_bytes`] is rejected: it is counted, logged with `tracing::warn`,
-//! and the connection that carried it is closed, while every other peer is still served. A frame
-//! body is buffered only as its bytes arrive, so a peer cannot make us allocate by lying about a
-//! length. A stream that ends in the middle of a frame is counted as truncated.
+//! [`TransportConfig::max_frame_bytes`] (from a replica) or
+//! [`TransportConfig::max_client_frame_bytes`] (from a client) is rejected: it is counted, logged
+//! with `tracing::warn`, and the connection that carried it is closed, while every other peer is
+//! still served. A frame body is buffered only as its bytes arrive, so a peer cannot make us
+//! allocate by lying about a length, and all streams of one connection together buffer at most
+//! one frame of the peer's limit (more closes the connection, counted). A stream that ends in the
+//! middle of a frame is counted as truncated.
 //!
 //! # Sending and the overflow policy
-//! [`Network::send`] never blocks. It pushes the frame onto a bounded per-peer queue
-//! ([`TransportConfig::send_queue_frames`]) that a writer task drains. When the queue is full the
-//! *new* frame is dropped, counted, and [`SendError::QueueFull`] is returned: delivery is best
+//! [`Network::send`] never blocks. It pushes the frame onto a per-peer queue that a writer task
+//! drains, bounded in frames and in bytes ([`TransportConfig::send_queue_frames`] and
+//! [`TransportConfig::send_queue_bytes`] to a replica, the much smaller `client_send_queue_*` to
+//! a client connection) and, over all queues, by [`TransportConfig::send_queue_total_bytes`]. When
+//! a bound would be crossed the *new* frame is dropped, counted (the first drop of an episode is
+//! logged), and [`SendError::QueueFull`] is returned, so a peer that stops reading costs us at
+//! most its queue: delivery is best
 //! effort and the protocol retransmits what matters. The writer coalesces: it drains every frame
 //! already queued into one buffer and issues one write, which is what makes small messages cheap.
 //! If an outgoing connection breaks, the writer reconnects with exponential backoff
@@ -99,8 +109,9 @@
 //! that were in the write that failed are lost, and counted.
 //!
 //! # Receiving
-//! Frames from all connections funnel into one bounded queue read by [`Network::recv`]. When it is
-//! full, readers wait, which pushes back on peers through QUIC flow control.
+//! Frames from all connections funnel into one queue read by [`Network::recv`], bounded in frames
+//! and in bytes ([`TransportConfig::recv_queue_bytes`]). When it is full, readers wait, which
+//! pushes back on peers through QUIC flow control.
 //!
 //! # Threading
 //! Everything runs as tasks on the caller's tokio runtime (multi-threaded recommended): one
@@ -176,12 +187,36 @@ pub struct TransportConfig {
     pub replicas: Vec<ReplicaEndpoint>,
     /// Which client keys a replica admits. Ignored in the client role.
     pub clients: ClientPolicy,
-    /// Largest frame accepted or sent, at most `u32::MAX`.
+    /// Largest frame accepted from or sent to a replica (and sent to a client), at most
+    /// `u32::MAX`. [`Replica`] and [`Client`] derive it from the cluster's limits
+    /// ([`smr_core::frame_limits::replica_frame_bytes`]).
     pub max_frame_bytes: usize,
-    /// Bound of each per-peer send queue, in frames.
+    /// Largest frame accepted from a client connection: a request, far smaller than what
+    /// replicas exchange. [`Replica`] derives it from `max_op_bytes`
+    /// ([`smr_core::frame_limits::client_frame_bytes`]).
+    pub max_client_frame_bytes: usize,
+    /// Bound of each send queue to a replica, in frames.
     pub send_queue_frames: usize,
+    /// Bound of each send queue to a replica, in bytes. A frame larger than this is still
+    /// queued when the queue is empty, so every frame up to `max_frame_bytes` can be sent.
+    pub send_queue_bytes: usize,
+    /// Bound of each send queue to a client connection, in frames.
+    pub client_send_queue_frames: usize,
+    /// Bound of each send queue to a client connection, in bytes (a frame larger than this
+    /// is still queued when the queue is empty).
+    pub client_send_queue_bytes: usize,
+    /// Bound of all send queues together, in bytes: a frame that would cross it is dropped
+    /// (unless nothing is queued at all).
+    pub send_queue_total_bytes: usize,
     /// Bound of the queue that [`Network::recv`] reads, in frames.
     pub recv_queue_frames: usize,
+    /// Bound of the queue that [`Network::recv`] reads, in bytes; readers wait (pushing back
+    /// on peers through QUIC flow control) while it is full.
+    pub recv_queue_bytes: usize,
+    /// Most distinct client keys with live connections at once (replica role); a connection
+    /// from a further key is refused, counted and logged. Matters under
+    /// [`ClientPolicy::Any`], where anyone can mint keys.
+    pub max_client_keys: usize,
     /// First delay before redialing a replica; doubles on every failure.
     pub reconnect_initial_ms: u64,
     /// Largest delay between dials.
@@ -197,10 +232,25 @@ impl TransportConfig {
     /// Default [`TransportConfig::max_frame_bytes`]: 16 MiB. [`Replica`] and [`Client`] raise it
     /// when the cluster's limits allow larger messages (a batch of forwarded decisions).
     pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
-    /// Default [`TransportConfig::send_queue_frames`]: 4096 frames per peer.
+    /// Default [`TransportConfig::max_client_frame_bytes`]: 1 MiB.
+    pub const DEFAULT_MAX_CLIENT_FRAME_BYTES: usize = 1024 * 1024;
+    /// Default [`TransportConfig::send_queue_frames`]: 4096 frames per replica.
     pub const DEFAULT_SEND_QUEUE_FRAMES: usize = 4096;
+    /// Default [`TransportConfig::send_queue_bytes`]: 64 MiB per replica.
+    pub const DEFAULT_SEND_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+    /// Default [`TransportConfig::client_send_queue_frames`]: 256 frames per client
+    /// connection (a client has at most `max_pending_per_client` requests in flight).
+    pub const DEFAULT_CLIENT_SEND_QUEUE_FRAMES: usize = 256;
+    /// Default [`TransportConfig::client_send_queue_bytes`]: 4 MiB per client connection.
+    pub const DEFAULT_CLIENT_SEND_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+    /// Default [`TransportConfig::send_queue_total_bytes`]: 1 GiB.
+    pub const DEFAULT_SEND_QUEUE_TOTAL_BYTES: usize = 1024 * 1024 * 1024;
     /// Default [`TransportConfig::recv_queue_frames`]: 16384 frames from all peers together.
     pub const DEFAULT_RECV_QUEUE_FRAMES: usize = 16384;
+    /// Default [`TransportConfig::recv_queue_bytes`]: 128 MiB from all peers together.
+    pub const DEFAULT_RECV_QUEUE_BYTES: usize = 128 * 1024 * 1024;
+    /// Default [`TransportConfig::max_client_keys`]: 4096.
+    pub const DEFAULT_MAX_CLIENT_KEYS: usize = 4096;
     /// Default [`TransportConfig::reconnect_initial_ms`]: 100 ms.
     pub const DEFAULT_RECONNECT_INITIAL_MS: u64 = 100;
     /// Default [`TransportConfig::reconnect_max_ms`]: 5 s.
@@ -238,8 +288,15 @@ impl TransportConfig {
             replicas,
             clients,
             max_frame_bytes: Self::DEFAULT_MAX_FRAME_BYTES,
+            max_client_frame_bytes: Self::DEFAULT_MAX_CLIENT_FRAME_BYTES,
             send_queue_frames: Self::DEFAULT_SEND_QUEUE_FRAMES,
+            send_queue_bytes: Self::DEFAULT_SEND_QUEUE_BYTES,
+            client_send_queue_frames: Self::DEFAULT_CLIENT_SEND_QUEUE_FRAMES,
+            client_send_queue_bytes: Self::DEFAULT_CLIENT_SEND_QUEUE_BYTES,
+            send_queue_total_bytes: Self::DEFAULT_SEND_QUEUE_TOTAL_BYTES,
             recv_queue_frames: Self::DEFAULT_RECV_QUEUE_FRAMES,
+            recv_queue_bytes: Self::DEFAULT_RECV_QUEUE_BYTES,
+            max_client_keys: Self::DEFAULT_MAX_CLIENT_KEYS,
             reconnect_initial_ms: Self::DEFAULT_RECONNECT_INITIAL_MS,
             reconnect_max_ms: Self::DEFAULT_RECONNECT_MAX_MS,
             connect_timeout_ms: Self::DEFAULT_CONNECT_TIMEOUT_MS,
@@ -266,15 +323,33 @@ impl TransportConfig {
                 ));
             }
         }
-        if self.max_frame_bytes == 0 || u32::try_from(self.max_frame_bytes).is_err() {
-            return invalid(format!(
-                "max_frame_bytes must be in 1..={}, not {}",
-                u32::MAX,
-                self.max_frame_bytes
-            ));
+        for (name, value) in [
+            ("max_frame_bytes", self.max_frame_bytes),
+            ("max_client_frame_bytes", self.max_client_frame_bytes),
+        ] {
+            if value == 0 || u32::try_from(value).is_err() {
+                return invalid(format!("{name} must be in 1..={}, not {value}", u32::MAX));
+            }
         }
-        if self.send_queue_frames == 0 || self.recv_queue_frames == 0 {
-            return invalid("send_queue_frames and recv_queue_frames must be at least 1".into());
+        for (name, value) in [
+            ("send_queue_frames", self.send_queue_frames),
+            ("send_queue_bytes", self.send_queue_bytes),
+            ("client_send_queue_frames", self.client_send_queue_frames),
+            ("client_send_queue_bytes", self.client_send_queue_bytes),
+            ("send_queue_total_bytes", self.send_queue_total_bytes),
+            ("recv_queue_frames", self.recv_queue_frames),
+            ("recv_queue_bytes", self.recv_queue_bytes),
+            ("max_client_keys", self.max_client_keys),
+        ] {
+            if value == 0 {
+                return invalid(format!("{name} must be at least 1"));
+            }
+        }
+        if self.recv_queue_bytes > tokio::sync::Semaphore::MAX_PERMITS {
+            return invalid(format!(
+                "recv_queue_bytes must be at most {}",
+                tokio::sync::Semaphore::MAX_PERMITS
+            ));
         }
         if self.reconnect_initial_ms == 0 || self.reconnect_initial_ms > self.reconnect_max_ms {
             return invalid(format!(
@@ -335,8 +410,15 @@ impl std::fmt::Debug for TransportConfig {
             .field("replicas", &self.replicas)
             .field("clients", &self.clients)
             .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("max_client_frame_bytes", &self.max_client_frame_bytes)
             .field("send_queue_frames", &self.send_queue_frames)
+            .field("send_queue_bytes", &self.send_queue_bytes)
+            .field("client_send_queue_frames", &self.client_send_queue_frames)
+            .field("client_send_queue_bytes", &self.client_send_queue_bytes)
+            .field("send_queue_total_bytes", &self.send_queue_total_bytes)
             .field("recv_queue_frames", &self.recv_queue_frames)
+            .field("recv_queue_bytes", &self.recv_queue_bytes)
+            .field("max_client_keys", &self.max_client_keys)
             .field("reconnect_initial_ms", &self.reconnect_initial_ms)
             .field("reconnect_max_ms", &self.reconnect_max_ms)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
@@ -409,8 +491,16 @@ pub struct TransportStats {
     pub frames_dropped_queue_full: u64,
     /// Frames lost because the connection failed while they were being written.
     pub frames_dropped_connection_lost: u64,
-    /// Incoming frames whose length prefix exceeded `max_frame_bytes` (each closed a connection).
+    /// Incoming frames whose length prefix exceeded the peer's frame limit (`max_frame_bytes`,
+    /// or `max_client_frame_bytes` from a client); each closed a connection.
     pub frames_rejected_oversize: u64,
+    /// Connections closed because their streams together buffered more partial-frame bytes
+    /// than one frame of the peer's limit.
+    pub connections_closed_buffer_limit: u64,
+    /// Connections refused because `max_client_keys` distinct client keys were connected.
+    pub connections_refused_client_limit: u64,
+    /// Older connections closed because a peer opened more than its per-key limit.
+    pub connections_evicted: u64,
     /// Incoming streams that ended inside a frame.
     pub frames_truncated: u64,
     /// Outgoing connections established (to replicas).
@@ -438,6 +528,9 @@ pub(crate) struct Counters {
     frames_dropped_queue_full: AtomicU64,
     frames_dropped_connection_lost: AtomicU64,
     frames_rejected_oversize: AtomicU64,
+    connections_closed_buffer_limit: AtomicU64,
+    connections_refused_client_limit: AtomicU64,
+    connections_evicted: AtomicU64,
     frames_truncated: AtomicU64,
     connections_outgoing: AtomicU64,
     connections_incoming: AtomicU64,
@@ -458,6 +551,9 @@ impl Counters {
             frames_dropped_queue_full: get(&self.frames_dropped_queue_full),
             frames_dropped_connection_lost: get(&self.frames_dropped_connection_lost),
             frames_rejected_oversize: get(&self.frames_rejected_oversize),
+            connections_closed_buffer_limit: get(&self.connections_closed_buffer_limit),
+            connections_refused_client_limit: get(&self.connections_refused_client_limit),
+            connections_evicted: get(&self.connections_evicted),
             frames_truncated: get(&self.frames_truncated),
             connections_outgoing: get(&self.connections_outgoing),
             connections_incoming: get(&self.connections_incoming),
@@ -486,7 +582,7 @@ struct Inner {
     shared: Arc<link::Shared>,
     role: Role,
     /// Outgoing queues to the replicas we dial (every replica but ourselves).
-    replica_queues: BTreeMap<ReplicaId, mpsc::Sender<Vec<u8>>>,
+    replica_queues: BTreeMap<ReplicaId, link::SendQueue>,
     inbound_rx: tokio::sync::Mutex<mpsc::Receiver<InboundFrame>>,
     endpoint: Mutex<Option<quinn::Endpoint>>,
     local_addr: SocketAddr,
@@ -571,11 +667,18 @@ impl QuicTransport {
             Role::Client => format!("client {}", config.identity.public_key()),
         };
         let (inbound_tx, inbound_rx) = mpsc::channel(config.recv_queue_frames);
+        let inbound_bytes = Arc::new(tokio::sync::Semaphore::new(config.recv_queue_bytes));
         let (shutdown_tx, _) = watch::channel(false);
         let shared = Arc::new(link::Shared {
             me,
             max_frame_bytes: config.max_frame_bytes,
-            send_queue_frames: config.send_queue_frames,
+            max_client_frame_bytes: config.max_client_frame_bytes,
+            client_send_queue_frames: config.client_send_queue_frames,
+            client_send_queue_bytes: config.client_send_queue_bytes,
+            max_client_keys: config.max_client_keys,
+            recv_queue_bytes: config.recv_queue_bytes,
+            inbound_bytes,
+            send_queue_total: Arc::new(link::ByteBudget::new(config.send_queue_total_bytes)),
             reconnect_initial: Duration::from_millis(config.reconnect_initial_ms),
             reconnect_max: Duration::from_millis(config.reconnect_max_ms),
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
@@ -583,6 +686,7 @@ impl QuicTransport {
             counters,
             inbound_tx,
             client_links: Mutex::new(Default::default()),
+            replica_links: Mutex::new(Default::default()),
             replicas_connected_in: Mutex::new(Default::default()),
             redial: config
                 .replicas
@@ -608,7 +712,11 @@ impl QuicTransport {
                 .map_err(|e| TransportError::Tls(e.to_string()))?;
             let mut client_config = quinn::ClientConfig::new(Arc::new(crypto));
             client_config.transport_config(transport_config.clone());
-            let (tx, rx) = mpsc::channel(config.send_queue_frames);
+            let (tx, rx) = link::SendQueue::new(
+                config.send_queue_frames,
+                config.send_queue_bytes,
+                shared.send_queue_total.clone(),
+            );
             replica_queues.insert(replica.id, tx);
             shared.spawn(link::run_replica_link(
                 shared.clone(),
@@ -685,11 +793,15 @@ impl QuicTransport {
             return None;
         }
         let mut inbound = self.inner.inbound_rx.lock().await;
-        tokio::select! {
+        let frame = tokio::select! {
             biased;
             _ = link::shutdown_signaled(&mut shutdown) => None,
             frame = inbound.recv() => frame,
+        };
+        if let Some(frame) = &frame {
+            self.inner.shared.release_inbound(frame.frame.len());
         }
+        frame
     }
 
     fn queue_full(&self, to: Peer) -> SendError {
@@ -713,10 +825,19 @@ impl Network for QuicTransport {
         }
         match to {
             Peer::Replica(id) if self.inner.role == Role::Replica(id) => {
+                if !shared.try_reserve_inbound(frame.len()) {
+                    return Err(self.queue_full(to));
+                }
+                let length = frame.len();
                 match shared.inbound_tx.try_send(InboundFrame { from: to, frame }) {
                     Ok(()) => Ok(()),
-                    Err(TrySendError::Full(_)) => Err(self.queue_full(to)),
-                    Err(TrySendError::Closed(_)) => Err(SendError::Closed),
+                    Err(e) => {
+                        shared.release_inbound(length);
+                        match e {
+                            TrySendError::Full(_) => Err(self.queue_full(to)),
+                            TrySendError::Closed(_) => Err(SendError::Closed),
+                        }
+                    }
                 }
             }
             Peer::Replica(id) => {

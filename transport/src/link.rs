@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +23,8 @@ pub(crate) const CLOSE_FRAME_TOO_LARGE: VarInt = VarInt::from_u32(1);
 pub(crate) const CLOSE_STREAM_REFUSED: VarInt = VarInt::from_u32(2);
 pub(crate) const CLOSE_UNIDENTIFIED: VarInt = VarInt::from_u32(3);
 pub(crate) const CLOSE_TOO_MANY_CONNECTIONS: VarInt = VarInt::from_u32(4);
+pub(crate) const CLOSE_TOO_MANY_CLIENTS: VarInt = VarInt::from_u32(5);
+pub(crate) const CLOSE_BUFFER_LIMIT: VarInt = VarInt::from_u32(6);
 
 /// Frames are a 4-byte big-endian length followed by the body.
 pub(crate) const LENGTH_PREFIX_BYTES: usize = 4;
@@ -37,6 +39,10 @@ const RETAINED_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// (a client that reconnects after a network blip must not wait for its dead connections to time
 /// out, and one that opens connections in a loop must not grow our memory).
 const MAX_CONNECTIONS_PER_CLIENT: usize = 4;
+
+/// Live incoming connections one replica may hold to us; a new one beyond this closes the
+/// oldest (a restarted replica's new connection replaces its dead one).
+const MAX_CONNECTIONS_PER_REPLICA: usize = 2;
 
 /// Concurrent unidirectional streams a peer may open. We use one per direction; a few more allow
 /// a stream to be replaced without waiting for the old one to be acknowledged closed.
@@ -60,7 +66,16 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 pub(crate) struct Shared {
     pub(crate) me: String,
     pub(crate) max_frame_bytes: usize,
-    pub(crate) send_queue_frames: usize,
+    pub(crate) max_client_frame_bytes: usize,
+    pub(crate) client_send_queue_frames: usize,
+    pub(crate) client_send_queue_bytes: usize,
+    pub(crate) max_client_keys: usize,
+    pub(crate) recv_queue_bytes: usize,
+    /// Bytes of frames in `inbound_tx`'s queue, as permits: a reader takes a frame's bytes
+    /// before queueing it, and [`Shared::release_inbound`] gives them back once `recv` took it.
+    pub(crate) inbound_bytes: Arc<tokio::sync::Semaphore>,
+    /// Bytes in all send queues together.
+    pub(crate) send_queue_total: Arc<ByteBudget>,
     pub(crate) reconnect_initial: Duration,
     pub(crate) reconnect_max: Duration,
     pub(crate) connect_timeout: Duration,
@@ -70,6 +85,8 @@ pub(crate) struct Shared {
     /// Replica role: the live connections each client opened to us, oldest first. Replies go
     /// over the last one.
     pub(crate) client_links: Mutex<HashMap<PublicKey, Vec<ClientLink>>>,
+    /// Replica role: the live connections each replica opened to us, oldest first.
+    pub(crate) replica_links: Mutex<HashMap<smr_core::message::ReplicaId, Vec<(u64, Connection)>>>,
     /// Replica role: the peers that have connected to us at least once since we started.
     pub(crate) replicas_connected_in:
         Mutex<std::collections::HashSet<smr_core::message::ReplicaId>>,
@@ -89,8 +106,159 @@ pub(crate) struct Tasks {
 
 pub(crate) struct ClientLink {
     id: u64,
-    pub(crate) queue: mpsc::Sender<Vec<u8>>,
+    pub(crate) queue: SendQueue,
     conn: Connection,
+}
+
+/// A count of bytes held against a bound, shared by several holders.
+#[derive(Debug)]
+pub(crate) struct ByteBudget {
+    held: AtomicUsize,
+    max: usize,
+}
+
+impl ByteBudget {
+    pub(crate) fn new(max: usize) -> ByteBudget {
+        ByteBudget {
+            held: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Holds `bytes` if that stays within the bound, or if nothing is held (so that one frame
+    /// larger than the bound can still pass alone).
+    pub(crate) fn try_hold(&self, bytes: usize) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                let total = held.checked_add(bytes)?;
+                (held == 0 || total <= self.max).then_some(total)
+            })
+            .is_ok()
+    }
+
+    pub(crate) fn release(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+}
+
+/// The sending half of a send queue bounded in frames and in bytes, per peer and (through
+/// the shared total) over all peers. A frame that would cross a bound is refused and dropped
+/// by the caller (counted as `frames_dropped_queue_full`); the first refusal after a
+/// success is logged, so a peer that stops reading shows in the log once per episode.
+#[derive(Clone)]
+pub(crate) struct SendQueue {
+    tx: mpsc::Sender<Vec<u8>>,
+    bytes: Arc<ByteBudget>,
+    total: Arc<ByteBudget>,
+    full_logged: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The receiving half of a [`SendQueue`]: releases each frame's bytes as the writer takes it.
+pub(crate) struct SendQueueRx {
+    rx: mpsc::Receiver<Vec<u8>>,
+    bytes: Arc<ByteBudget>,
+    total: Arc<ByteBudget>,
+}
+
+impl SendQueue {
+    pub(crate) fn new(
+        frames: usize,
+        bytes: usize,
+        total: Arc<ByteBudget>,
+    ) -> (SendQueue, SendQueueRx) {
+        let (tx, rx) = mpsc::channel(frames);
+        let bytes = Arc::new(ByteBudget::new(bytes));
+        (
+            SendQueue {
+                tx,
+                bytes: bytes.clone(),
+                total: total.clone(),
+                full_logged: Default::default(),
+            },
+            SendQueueRx { rx, bytes, total },
+        )
+    }
+
+    /// Queues `frame` if the frame and byte bounds allow it.
+    pub(crate) fn try_send(
+        &self,
+        frame: Vec<u8>,
+    ) -> Result<(), mpsc::error::TrySendError<Vec<u8>>> {
+        use mpsc::error::TrySendError;
+        if self.tx.is_closed() {
+            return Err(TrySendError::Closed(frame));
+        }
+        let length = frame.len();
+        if !self.bytes.try_hold(length) {
+            return Err(self.full(frame));
+        }
+        if !self.total.try_hold(length) {
+            self.bytes.release(length);
+            return Err(self.full(frame));
+        }
+        match self.tx.try_send(frame) {
+            Ok(()) => {
+                self.full_logged
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.bytes.release(length);
+                self.total.release(length);
+                match e {
+                    TrySendError::Full(frame) => Err(self.full(frame)),
+                    closed => Err(closed),
+                }
+            }
+        }
+    }
+
+    fn full(&self, frame: Vec<u8>) -> mpsc::error::TrySendError<Vec<u8>> {
+        if !self
+            .full_logged
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                queued_bytes = self.bytes.held(),
+                all_queues_bytes = self.total.held(),
+                "a send queue is full (the peer is not reading, or the link is too slow); dropping frames to it until it drains"
+            );
+        }
+        mpsc::error::TrySendError::Full(frame)
+    }
+}
+
+impl SendQueueRx {
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        let frame = self.rx.recv().await?;
+        self.taken(&frame);
+        Some(frame)
+    }
+
+    fn try_recv(&mut self) -> Option<Vec<u8>> {
+        let frame = self.rx.try_recv().ok()?;
+        self.taken(&frame);
+        Some(frame)
+    }
+
+    fn taken(&self, frame: &[u8]) {
+        self.bytes.release(frame.len());
+        self.total.release(frame.len());
+    }
+}
+
+impl Drop for SendQueueRx {
+    fn drop(&mut self) {
+        // What is still queued is never sent: give its bytes back to the shared total.
+        self.rx.close();
+        while let Ok(frame) = self.rx.try_recv() {
+            self.taken(&frame);
+        }
+    }
 }
 
 impl Shared {
@@ -115,6 +283,55 @@ impl Shared {
 
     pub(crate) fn shutdown_rx(&self) -> watch::Receiver<bool> {
         self.shutdown_tx.subscribe()
+    }
+
+    /// The permits a frame of `length` bytes holds in the receive queue: its length, capped
+    /// at the whole queue so that one frame larger than `recv_queue_bytes` passes alone.
+    fn inbound_permits(&self, length: usize) -> u32 {
+        u32::try_from(length.clamp(1, self.recv_queue_bytes)).unwrap_or(u32::MAX)
+    }
+
+    /// Takes room for a frame of `length` bytes in the receive queue without waiting.
+    pub(crate) fn try_reserve_inbound(&self, length: usize) -> bool {
+        match self
+            .inbound_bytes
+            .try_acquire_many(self.inbound_permits(length))
+        {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Waits for room for a frame of `length` bytes in the receive queue; false at shutdown.
+    async fn reserve_inbound(&self, length: usize) -> bool {
+        match self
+            .inbound_bytes
+            .acquire_many(self.inbound_permits(length))
+            .await
+        {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Gives back the room of a frame of `length` bytes that left the receive queue.
+    pub(crate) fn release_inbound(&self, length: usize) {
+        self.inbound_bytes
+            .add_permits(self.inbound_permits(length) as usize);
+    }
+
+    /// The largest frame accepted from `peer`.
+    pub(crate) fn frame_limit(&self, peer: Peer) -> usize {
+        match peer {
+            Peer::Replica(_) => self.max_frame_bytes,
+            Peer::Client(_) => self.max_client_frame_bytes,
+        }
     }
 }
 
@@ -152,7 +369,7 @@ enum WriteEnd {
 async fn write_frames(
     shared: &Shared,
     conn: &Connection,
-    queue: &mut mpsc::Receiver<Vec<u8>>,
+    queue: &mut SendQueueRx,
     shutdown: &mut watch::Receiver<bool>,
 ) -> WriteEnd {
     let counters = &shared.counters;
@@ -180,7 +397,7 @@ async fn write_frames(
             frames += 1;
             payload_bytes += frame.len() as u64;
             if buffer.len() < COALESCE_BYTES {
-                next = queue.try_recv().ok();
+                next = queue.try_recv();
             }
         }
         let result = tokio::select! {
@@ -244,7 +461,7 @@ pub(crate) async fn run_replica_link(
     endpoint: Endpoint,
     target: crate::ReplicaEndpoint,
     client_config: quinn::ClientConfig,
-    mut queue: mpsc::Receiver<Vec<u8>>,
+    mut queue: SendQueueRx,
 ) {
     let peer = Peer::Replica(target.id);
     let mut shutdown = shared.shutdown_rx();
@@ -405,15 +622,45 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     };
     bump(&shared.counters.connections_incoming, 1);
     tracing::info!(me = %shared.me, ?peer, %remote, "accepted connection");
+    let id = shared.next_link_id.fetch_add(1, Ordering::Relaxed);
     if let Peer::Replica(replica) = peer {
         note_replica_connected_in(&shared, replica);
+        let evicted = {
+            let mut links = lock(&shared.replica_links);
+            let links = links.entry(replica).or_default();
+            links.push((id, conn.clone()));
+            let excess = links.len().saturating_sub(MAX_CONNECTIONS_PER_REPLICA);
+            links.drain(..excess).collect::<Vec<_>>()
+        };
+        for (_, old) in evicted {
+            bump(&shared.counters.connections_evicted, 1);
+            tracing::info!(me = %shared.me, ?peer, "closing a replica's oldest incoming connection");
+            old.close(CLOSE_TOO_MANY_CONNECTIONS, b"too many connections");
+        }
+        read_connection(shared.clone(), conn, peer).await;
+        let mut all_links = lock(&shared.replica_links);
+        if let Some(links) = all_links.get_mut(&replica) {
+            links.retain(|(link, _)| *link != id);
+        }
+        return;
     }
     if let Peer::Client(key) = peer {
-        let (queue_tx, queue_rx) = mpsc::channel(shared.send_queue_frames);
-        let id = shared.next_link_id.fetch_add(1, Ordering::Relaxed);
+        let (queue_tx, queue_rx) = SendQueue::new(
+            shared.client_send_queue_frames,
+            shared.client_send_queue_bytes,
+            shared.send_queue_total.clone(),
+        );
         let evicted = {
-            let mut links = lock(&shared.client_links);
-            let links = links.entry(key).or_default();
+            let mut all_links = lock(&shared.client_links);
+            if !all_links.contains_key(&key) && all_links.len() >= shared.max_client_keys {
+                drop(all_links);
+                bump(&shared.counters.connections_refused_client_limit, 1);
+                tracing::warn!(me = %shared.me, ?peer, max_client_keys = shared.max_client_keys,
+                    "refusing a connection: as many client keys as max_client_keys are connected");
+                conn.close(CLOSE_TOO_MANY_CLIENTS, b"too many clients");
+                return;
+            }
+            let links = all_links.entry(key).or_default();
             links.push(ClientLink {
                 id,
                 queue: queue_tx,
@@ -423,6 +670,7 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
             links.drain(..excess).collect::<Vec<_>>()
         };
         for link in evicted {
+            bump(&shared.counters.connections_evicted, 1);
             tracing::info!(me = %shared.me, ?peer, "closing a client's oldest connection");
             link.conn
                 .close(CLOSE_TOO_MANY_CONNECTIONS, b"too many connections");
@@ -469,7 +717,7 @@ async fn run_client_link(
     conn: Connection,
     key: PublicKey,
     id: u64,
-    mut queue: mpsc::Receiver<Vec<u8>>,
+    mut queue: SendQueueRx,
 ) {
     let peer = Peer::Client(key);
     let mut shutdown = shared.shutdown_rx();
@@ -495,6 +743,13 @@ async fn run_client_link(
 /// Reads every unidirectional stream the peer opens on `conn`.
 pub(crate) async fn read_connection(shared: Arc<Shared>, conn: Connection, peer: Peer) {
     let mut shutdown = shared.shutdown_rx();
+    // A peer may open a few streams; together they buffer at most one frame of its limit
+    // (plus the chunks being cut), which is all a sender that uses one stream ever needs.
+    let buffered = Arc::new(ByteBudget::new(
+        shared
+            .frame_limit(peer)
+            .saturating_add(2 * READ_CHUNK_BYTES),
+    ));
     loop {
         let stream = tokio::select! {
             biased;
@@ -502,7 +757,13 @@ pub(crate) async fn read_connection(shared: Arc<Shared>, conn: Connection, peer:
             stream = conn.accept_uni() => stream,
         };
         match stream {
-            Ok(stream) => shared.spawn(read_stream(shared.clone(), conn.clone(), stream, peer)),
+            Ok(stream) => shared.spawn(read_stream(
+                shared.clone(),
+                conn.clone(),
+                stream,
+                peer,
+                buffered.clone(),
+            )),
             // The connection ended; whoever writes on it counts that.
             Err(_) => return,
         }
@@ -518,18 +779,26 @@ pub(crate) enum StreamEnd {
     Truncated,
     /// A length prefix exceeded the limit.
     Oversize { length_bytes: u64 },
+    /// The connection's streams together buffered more than one frame's worth.
+    BufferLimit,
     /// The stream or connection failed.
     Failed(String),
     /// Nobody takes frames any more.
     Closed,
 }
 
-async fn read_stream(shared: Arc<Shared>, conn: Connection, mut stream: RecvStream, peer: Peer) {
+async fn read_stream(
+    shared: Arc<Shared>,
+    conn: Connection,
+    mut stream: RecvStream,
+    peer: Peer,
+    buffered: Arc<ByteBudget>,
+) {
     let mut shutdown = shared.shutdown_rx();
     let end = tokio::select! {
         biased;
         _ = shutdown_signaled(&mut shutdown) => StreamEnd::Closed,
-        end = read_frames(&shared, &mut stream, peer) => end,
+        end = read_frames(&shared, &mut stream, peer, &buffered) => end,
     };
     match end {
         StreamEnd::Finished | StreamEnd::Closed => {}
@@ -540,9 +809,15 @@ async fn read_stream(shared: Arc<Shared>, conn: Connection, mut stream: RecvStre
         StreamEnd::Oversize { length_bytes } => {
             bump(&shared.counters.frames_rejected_oversize, 1);
             tracing::warn!(me = %shared.me, ?peer, length_bytes,
-                max_frame_bytes = shared.max_frame_bytes,
+                max_frame_bytes = shared.frame_limit(peer),
                 "rejected an oversize frame; closing the connection");
             conn.close(CLOSE_FRAME_TOO_LARGE, b"frame exceeds max_frame_bytes");
+        }
+        StreamEnd::BufferLimit => {
+            bump(&shared.counters.connections_closed_buffer_limit, 1);
+            tracing::warn!(me = %shared.me, ?peer, max_frame_bytes = shared.frame_limit(peer),
+                "a connection's streams buffered more than one frame; closing it");
+            conn.close(CLOSE_BUFFER_LIMIT, b"too many partial frames");
         }
         StreamEnd::Failed(reason) => {
             tracing::debug!(me = %shared.me, ?peer, %reason, "stream failed");
@@ -557,8 +832,18 @@ async fn read_stream(shared: Arc<Shared>, conn: Connection, mut stream: RecvStre
 /// complete frame out of that, so a burst of small frames costs one read, not two per frame. What
 /// it holds is at most one incomplete frame plus one chunk: memory follows the bytes that actually
 /// arrived, never a length prefix, and an oversize prefix is refused before its body is read.
-async fn read_frames(shared: &Shared, stream: &mut RecvStream, peer: Peer) -> StreamEnd {
+async fn read_frames(
+    shared: &Shared,
+    stream: &mut RecvStream,
+    peer: Peer,
+    buffered: &ByteBudget,
+) -> StreamEnd {
+    let max_frame_bytes = shared.frame_limit(peer);
     let mut buffer: Vec<u8> = Vec::new();
+    let mut held = Held {
+        budget: buffered,
+        bytes: 0,
+    };
     loop {
         let mut start = 0;
         while buffer.len() - start >= LENGTH_PREFIX_BYTES {
@@ -567,7 +852,7 @@ async fn read_frames(shared: &Shared, stream: &mut RecvStream, peer: Peer) -> St
                 .expect("prefix length");
             let length_bytes = u32::from_be_bytes(prefix);
             let length = match usize::try_from(length_bytes) {
-                Ok(length) if length <= shared.max_frame_bytes => length,
+                Ok(length) if length <= max_frame_bytes => length,
                 _ => {
                     return StreamEnd::Oversize {
                         length_bytes: u64::from(length_bytes),
@@ -584,18 +869,28 @@ async fn read_frames(shared: &Shared, stream: &mut RecvStream, peer: Peer) -> St
             // counted.
             bump(&shared.counters.frames_received, 1);
             bump(&shared.counters.bytes_received, length as u64);
+            if !shared.reserve_inbound(length).await {
+                return StreamEnd::Closed;
+            }
             if shared
                 .inbound_tx
                 .send(InboundFrame { from: peer, frame })
                 .await
                 .is_err()
             {
+                shared.release_inbound(length);
                 return StreamEnd::Closed;
             }
         }
         buffer.drain(..start);
+        held.set(buffer.len());
         match stream.read_chunk(READ_CHUNK_BYTES, true).await {
-            Ok(Some(chunk)) => buffer.extend_from_slice(&chunk.bytes),
+            Ok(Some(chunk)) => {
+                buffer.extend_from_slice(&chunk.bytes);
+                if !held.set(buffer.len()) {
+                    return StreamEnd::BufferLimit;
+                }
+            }
             Ok(None) if buffer.is_empty() => return StreamEnd::Finished,
             Ok(None) => return StreamEnd::Truncated,
             Err(e) => return StreamEnd::Failed(e.to_string()),
@@ -603,5 +898,33 @@ async fn read_frames(shared: &Shared, stream: &mut RecvStream, peer: Peer) -> St
         if buffer.capacity() > RETAINED_BUFFER_BYTES && buffer.len() < READ_CHUNK_BYTES {
             buffer.shrink_to(READ_CHUNK_BYTES);
         }
+    }
+}
+
+/// The bytes one stream's buffer holds against its connection's [`ByteBudget`]; given back
+/// when the stream ends.
+struct Held<'a> {
+    budget: &'a ByteBudget,
+    bytes: usize,
+}
+
+impl Held<'_> {
+    /// Holds `bytes` in all; false (holding what it held before) if the budget refuses.
+    fn set(&mut self, bytes: usize) -> bool {
+        if bytes > self.bytes {
+            if !self.budget.try_hold(bytes - self.bytes) {
+                return false;
+            }
+        } else {
+            self.budget.release(self.bytes - bytes);
+        }
+        self.bytes = bytes;
+        true
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
     }
 }

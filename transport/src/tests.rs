@@ -9,7 +9,10 @@ use quinn::{ConnectionError, TransportErrorCode};
 use smr_core::network::{InboundFrame, Network, Peer, SendError};
 use smr_crypto::{public_key_to_der, IdentityKey, PublicKey};
 
-use crate::link::{CLOSE_FRAME_TOO_LARGE, LENGTH_PREFIX_BYTES};
+use crate::link::{
+    ByteBudget, CLOSE_BUFFER_LIMIT, CLOSE_FRAME_TOO_LARGE, CLOSE_TOO_MANY_CLIENTS,
+    LENGTH_PREFIX_BYTES,
+};
 use crate::tls::{self, Admission};
 use crate::{ClientPolicy, Counters, QuicTransport, ReplicaEndpoint, TransportConfig};
 
@@ -22,6 +25,14 @@ fn key(seed: u8) -> Arc<IdentityKey> {
 
 /// One replica (id 0, key seed 1) on 127.0.0.1 admitting the given client keys.
 async fn single_replica(clients: &[PublicKey]) -> (QuicTransport, ReplicaEndpoint) {
+    single_replica_with(clients, |_| {}).await
+}
+
+/// [`single_replica`], with `tweak` applied to its configuration.
+async fn single_replica_with(
+    clients: &[PublicKey],
+    tweak: impl FnOnce(&mut TransportConfig),
+) -> (QuicTransport, ReplicaEndpoint) {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let identity = key(1);
     let endpoint = ReplicaEndpoint {
@@ -36,6 +47,8 @@ async fn single_replica(clients: &[PublicKey]) -> (QuicTransport, ReplicaEndpoin
         ClientPolicy::Allowed(clients.iter().copied().collect()),
     );
     config.max_frame_bytes = MAX_FRAME_BYTES;
+    config.max_client_frame_bytes = MAX_FRAME_BYTES;
+    tweak(&mut config);
     let transport = QuicTransport::start_with_socket(config, socket)
         .await
         .unwrap();
@@ -111,11 +124,10 @@ async fn oversize_frame_is_rejected_and_counted_and_other_peers_are_still_served
     for claimed_length in [MAX_FRAME_BYTES as u32 + 1, u32::MAX] {
         let (_endpoint, conn) = raw_connect(&attacker, &endpoint).await.unwrap();
         let mut stream = conn.open_uni().await.unwrap();
-        stream
-            .write_all(&claimed_length.to_be_bytes())
-            .await
-            .unwrap();
-        stream.write_all(&[0xee; 100]).await.unwrap();
+        // The replica may close the connection as soon as it reads the prefix, so either
+        // write may fail.
+        let _ = stream.write_all(&claimed_length.to_be_bytes()).await;
+        let _ = stream.write_all(&[0xee; 100]).await;
         match closed_within(&conn).await {
             ConnectionError::ApplicationClosed(close) => {
                 assert_eq!(close.error_code, CLOSE_FRAME_TOO_LARGE)
@@ -374,4 +386,183 @@ fn client_binds_loopback_when_every_replica_is_on_loopback() {
     assert_eq!(bind(&["[::1]:1"]), "[::1]:0".parse().unwrap());
     assert_eq!(bind(&["10.0.0.1:1"]), "0.0.0.0:0".parse().unwrap());
     assert_eq!(bind(&["[::1]:1", "127.0.0.1:1"]), "[::]:0".parse().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_frame_above_the_client_limit_closes_the_connection() {
+    let client = key(60);
+    let (replica, endpoint) = single_replica_with(&[client.public_key()], |c| {
+        c.max_client_frame_bytes = 256;
+    })
+    .await;
+    let (_endpoint, conn) = raw_connect(&client, &endpoint).await.unwrap();
+    let mut stream = conn.open_uni().await.unwrap();
+    stream.write_all(&frame(&[1; 256])).await.unwrap();
+    assert_eq!(recv_within(&replica).await.frame, vec![1; 256]);
+    // Within the replicas' limit (1024), above the clients' (256).
+    stream.write_all(&frame(&[2; 257])).await.unwrap();
+    match closed_within(&conn).await {
+        ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, CLOSE_FRAME_TOO_LARGE)
+        }
+        other => panic!("expected the replica to close the connection, got {other}"),
+    }
+    assert_eq!(replica.stats().frames_rejected_oversize, 1);
+    replica.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_frames_on_several_streams_are_bounded_per_connection() {
+    const LIMIT: usize = 512 * 1024;
+    let client = key(61);
+    let (replica, endpoint) = single_replica_with(&[client.public_key()], |c| {
+        c.max_frame_bytes = LIMIT;
+        c.max_client_frame_bytes = LIMIT;
+    })
+    .await;
+    let (_endpoint, conn) = raw_connect(&client, &endpoint).await.unwrap();
+    // Four streams, each 400 KiB into a frame that claims the limit: 1.6 MiB of partial
+    // frames, where one stream's 512 KiB (plus a chunk being cut) is all a sender needs.
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let mut stream = conn.open_uni().await.unwrap();
+        stream
+            .write_all(&(LIMIT as u32).to_be_bytes())
+            .await
+            .unwrap();
+        streams.push(stream);
+    }
+    let writes = streams.iter_mut().map(|s| s.write_all(&[3; 400 * 1024]));
+    let _ = tokio::time::timeout(WAIT, futures_join_all(writes)).await;
+    match closed_within(&conn).await {
+        ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, CLOSE_BUFFER_LIMIT)
+        }
+        other => panic!("expected the replica to close the connection, got {other}"),
+    }
+    assert_eq!(replica.stats().connections_closed_buffer_limit, 1);
+    replica.shutdown().await;
+}
+
+/// Polls the futures together (what `futures::future::join_all` does, without the crate).
+async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    for f in set.iter_mut() {
+        f.as_mut().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_keys_beyond_the_limit_are_refused_and_counted() {
+    let keys = [key(62), key(63), key(64)];
+    let admitted: Vec<PublicKey> = keys.iter().map(|k| k.public_key()).collect();
+    let (replica, endpoint) = single_replica_with(&admitted, |c| c.max_client_keys = 2).await;
+    let mut live = Vec::new();
+    for k in &keys[..2] {
+        let (endpoint_, conn) = raw_connect(k, &endpoint).await.unwrap();
+        let mut stream = conn.open_uni().await.unwrap();
+        stream.write_all(&frame(b"hello")).await.unwrap();
+        recv_within(&replica).await;
+        live.push((endpoint_, conn, stream));
+    }
+    let (_endpoint, conn) = raw_connect(&keys[2], &endpoint).await.unwrap();
+    match closed_within(&conn).await {
+        ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, CLOSE_TOO_MANY_CLIENTS)
+        }
+        other => panic!("expected the replica to refuse the connection, got {other}"),
+    }
+    assert_eq!(replica.stats().connections_refused_client_limit, 1);
+    // A key already connected may still open another connection.
+    let (_endpoint, again) = raw_connect(&keys[0], &endpoint).await.unwrap();
+    let mut stream = again.open_uni().await.unwrap();
+    stream.write_all(&frame(b"again")).await.unwrap();
+    assert_eq!(recv_within(&replica).await.frame, b"again".to_vec());
+    replica.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_send_queue_to_a_replica_that_never_reads_is_bounded_in_bytes() {
+    // Replica 1's address is a bound socket that never answers: our link to it keeps dialing
+    // and never drains its queue, like a peer that stopped reading.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let replicas = vec![
+        ReplicaEndpoint {
+            id: 0,
+            addr: socket.local_addr().unwrap(),
+            public_key: key(1).public_key(),
+        },
+        ReplicaEndpoint {
+            id: 1,
+            addr: silent.local_addr().unwrap(),
+            public_key: key(2).public_key(),
+        },
+    ];
+    let mut config =
+        TransportConfig::replica(0, key(1), replicas, ClientPolicy::Allowed(BTreeSet::new()));
+    config.send_queue_bytes = 10 * 1024;
+    let transport = QuicTransport::start_with_socket(config, socket)
+        .await
+        .unwrap();
+    let to = Peer::Replica(1);
+    for _ in 0..10 {
+        assert_eq!(transport.send(to, vec![0; 1024]), Ok(()));
+    }
+    assert_eq!(
+        transport.send(to, vec![0; 1]),
+        Err(SendError::QueueFull(to))
+    );
+    assert_eq!(transport.stats().frames_dropped_queue_full, 1);
+    transport.shutdown().await;
+}
+
+#[test]
+fn a_byte_budget_lets_one_large_frame_through_alone_and_nothing_past_its_bound() {
+    let budget = ByteBudget::new(100);
+    assert!(
+        budget.try_hold(1000),
+        "alone, a frame above the bound passes"
+    );
+    assert!(!budget.try_hold(1));
+    budget.release(1000);
+    assert!(budget.try_hold(60));
+    assert!(budget.try_hold(40));
+    assert!(!budget.try_hold(1));
+    budget.release(40);
+    assert!(!budget.try_hold(41));
+    assert!(budget.try_hold(40));
+    assert!(!budget.try_hold(usize::MAX), "no overflow");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receive_queue_is_bounded_in_bytes_and_pushes_back_without_losing_frames() {
+    let client = key(65);
+    let (replica, endpoint) =
+        single_replica_with(&[client.public_key()], |c| c.recv_queue_bytes = 2048).await;
+    let (_endpoint, conn) = raw_connect(&client, &endpoint).await.unwrap();
+    let mut stream = conn.open_uni().await.unwrap();
+    for i in 0..5u8 {
+        stream.write_all(&frame(&[i; 1000])).await.unwrap();
+    }
+    let shared = replica.inner.shared.clone();
+    // Two frames fill the queue's 2048 bytes; the reader waits with the third.
+    wait_until("the receive queue is full", || {
+        shared.inbound_bytes.available_permits() < 1000
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(shared.inbound_bytes.available_permits() < 1000);
+    assert!(replica.stats().frames_received <= 3);
+    for i in 0..5u8 {
+        assert_eq!(recv_within(&replica).await.frame, vec![i; 1000]);
+    }
+    wait_until("every byte is given back", || {
+        shared.inbound_bytes.available_permits() == 2048
+    })
+    .await;
+    replica.shutdown().await;
 }
