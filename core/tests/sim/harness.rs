@@ -3,6 +3,14 @@
 //!
 //! Messages go through the real codec and the real inbound verifier, so the simulator tests the
 //! same path as the driver minus sockets. Invariant checkers run during and after the run.
+//!
+//! Besides safety, liveness is checked: after GST (the heal, and the end of the last crash,
+//! restart or isolation), with at most f faulty replicas, every request of a correct client
+//! must complete within [`liveness_bound_ms`], which is derived from the timeouts (its docs
+//! give the derivation; docs/design.md §4, "The liveness bound"). A request that is late fails
+//! the seed at once, naming the request, when it was submitted and how long it has waited.
+//! [`Fault::Hunter`] and [`SimOptions::hunting_client`] add the hunting adversary
+//! ([`crate::adversary`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -163,6 +171,10 @@ pub struct SimOptions {
     pub fault: Fault,
     /// Replace the scripted Byzantine client by the generic, hunting one ([`crate::adversary`]).
     pub hunting_client: bool,
+    /// Also crash this correct replica at `.1` ms and restart it from an empty disk at `.2` ms
+    /// (through rejoin and state transfer): what the hunting adversary's rejoin and
+    /// state-transfer messages aim at.
+    pub wipe_restart: Option<(usize, u64, u64)>,
     /// Drop every message of this kind, forever (used to prove what a phase is needed for).
     pub drop_kind: Option<&'static str>,
     pub max_time_ms: u64,
@@ -193,6 +205,7 @@ impl SimOptions {
             real_crypto: seed % 10 == 3,
             fault: Fault::None,
             hunting_client: false,
+            wipe_restart: None,
             drop_kind: None,
             max_time_ms: 120_000,
         }
@@ -641,6 +654,13 @@ impl Sim {
                 sim.schedule(restart_at_ms, Event::Restart { slot, wipe: true });
             }
             _ => {}
+        }
+        if let Some((slot, crash_at_ms, restart_at_ms)) = opts.wipe_restart {
+            if std::env::var("SMR_SIM_TRACE").is_ok() {
+                eprintln!("crash {slot} at {crash_at_ms}, restart at {restart_at_ms}, wipe true");
+            }
+            sim.schedule(crash_at_ms, Event::Crash { slot });
+            sim.schedule(restart_at_ms, Event::Restart { slot, wipe: true });
         }
         sim.report.expected_requests = opts.clients * opts.requests_per_client;
         sim

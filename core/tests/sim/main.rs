@@ -498,11 +498,30 @@ fn isolated_leader_seeds_from_long_sweeps_change_the_leader_at_most_once() {
 }
 
 /// A run with the hunting adversary ([`adversary`]): the generic Byzantine client instead of the
-/// scripted one, and the hunting replica `replica` (Byzantine in BFT; in CFT a correct replica
-/// that replays its own old messages, since a lying replica is outside the CFT fault model).
-fn hunting(mode: Mode, n: usize, f: usize, seed: u64, replica: u32) -> SimOptions {
+/// scripted one, and a hunting replica, the leader of regency 0 or the last follower (Byzantine
+/// in BFT; in CFT a correct replica that replays its own old messages, since a lying replica is
+/// outside the CFT fault model).
+///
+/// On a third of the seeds another replica also loses its disk and rejoins, so that the
+/// adversary's StateInfo, state chunks and decisions meet a replica in rejoin and state
+/// transfer. Until it has caught up, that replica is faulty too (it may not vote), so in BFT
+/// those seeds run n = 7, f = 2: at most f faulty, and liveness is still promised.
+fn hunting(mode: Mode, seed: u64, as_leader: bool) -> SimOptions {
+    let mut rng = Rng::new(seed ^ 0x4a11);
+    let wipe = rng.chance(0.33);
+    let (n, f) = match (mode, wipe) {
+        (Mode::Bft, false) => (4, 1),
+        (Mode::Bft, true) => (7, 2),
+        (Mode::Cft, _) => (3, 1),
+    };
+    let replica = if as_leader { 0 } else { n as u32 - 1 };
     let mut opts = SimOptions::with_fault(mode, n, f, seed, Fault::Hunter { replica });
     opts.hunting_client = true;
+    if wipe {
+        let slot = (replica as usize + rng.range(1, n as u64 - 1) as usize) % n;
+        let crash_at_ms = rng.range(100, 1500);
+        opts.wipe_restart = Some((slot, crash_at_ms, crash_at_ms + rng.range(200, 3000)));
+    }
     opts
 }
 
@@ -546,7 +565,7 @@ fn hunting_sweep(test: &str, make: impl Fn(u64) -> SimOptions) {
 fn bft_hunting_adversary_as_leader_breaks_no_invariant_and_requests_finish_in_bound() {
     hunting_sweep(
         "bft_hunting_adversary_as_leader_breaks_no_invariant_and_requests_finish_in_bound",
-        |seed| hunting(Mode::Bft, 4, 1, seed, 0),
+        |seed| hunting(Mode::Bft, seed, true),
     );
 }
 
@@ -554,7 +573,7 @@ fn bft_hunting_adversary_as_leader_breaks_no_invariant_and_requests_finish_in_bo
 fn bft_hunting_adversary_as_follower_breaks_no_invariant_and_requests_finish_in_bound() {
     hunting_sweep(
         "bft_hunting_adversary_as_follower_breaks_no_invariant_and_requests_finish_in_bound",
-        |seed| hunting(Mode::Bft, 4, 1, seed, 3),
+        |seed| hunting(Mode::Bft, seed, false),
     );
 }
 
@@ -563,7 +582,7 @@ fn cft_hunting_client_and_replaying_replica_break_no_invariant_and_finish_in_bou
     hunting_sweep(
         "cft_hunting_client_and_replaying_replica_break_no_invariant_and_finish_in_bound",
         // The leader on even seeds, a follower on odd ones.
-        |seed| hunting(Mode::Cft, 3, 1, seed, if seed % 2 == 0 { 0 } else { 2 }),
+        |seed| hunting(Mode::Cft, seed, seed % 2 == 0),
     );
 }
 
