@@ -3,6 +3,14 @@
 //!
 //! Messages go through the real codec and the real inbound verifier, so the simulator tests the
 //! same path as the driver minus sockets. Invariant checkers run during and after the run.
+//!
+//! Besides safety, liveness is checked: after GST (the heal, and the end of the last crash,
+//! restart or isolation), with at most f faulty replicas, every request of a correct client
+//! must complete within [`liveness_bound_ms`], which is derived from the timeouts (its docs
+//! give the derivation; docs/design.md §4, "The liveness bound"). A request that is late fails
+//! the seed at once, naming the request, when it was submitted and how long it has waited.
+//! [`Fault::Hunter`] and [`SimOptions::hunting_client`] add the hunting adversary
+//! ([`crate::adversary`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -22,6 +30,8 @@ use smr_core::{
 use smr_crypto::sim::{SimKey, SimVerifier};
 use smr_crypto::{Digest, Ed25519Verifier, IdentityKey, PublicKey, Signature, Signer, Verifier};
 use smr_modes::{Mode, Quorums};
+
+use crate::adversary::{Adversary, Shot, View};
 
 /// splitmix64: tiny, fast, and good enough to choose faults.
 pub struct Rng(u64);
@@ -117,6 +127,21 @@ pub enum Fault {
         crash_at_ms: u64,
         restart_at_ms: u64,
     },
+    /// The hunting adversary ([`crate::adversary`]) drives `replica`. In BFT the replica is
+    /// Byzantine: an honest engine underneath keeps it informed, a share of its honest output
+    /// is dropped or equivocated (per seed), and at every step it sends messages of every kind
+    /// with edge values, replays, mutations and equivocations. In CFT a replica that lies is
+    /// outside the fault model, so there it stays correct (and judged by every checker) and
+    /// only replays its own old messages, which the network may do anyway.
+    Hunter {
+        replica: u32,
+    },
+    /// Example 2 of issue 12: replica 0, the leader, never orders client 0's requests and sends
+    /// every follower `StateInfo{checkpoints: [(1000000, any digest)], voted_up_to: 0}` every
+    /// `period_ms`.
+    StateInfoSpam {
+        period_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -144,6 +169,12 @@ pub struct SimOptions {
     pub byzantine_client: bool,
     pub real_crypto: bool,
     pub fault: Fault,
+    /// Replace the scripted Byzantine client by the generic, hunting one ([`crate::adversary`]).
+    pub hunting_client: bool,
+    /// Also crash this correct replica at `.1` ms and restart it from an empty disk at `.2` ms
+    /// (through rejoin and state transfer): what the hunting adversary's rejoin and
+    /// state-transfer messages aim at.
+    pub wipe_restart: Option<(usize, u64, u64)>,
     /// Drop every message of this kind, forever (used to prove what a phase is needed for).
     pub drop_kind: Option<&'static str>,
     pub max_time_ms: u64,
@@ -173,6 +204,8 @@ impl SimOptions {
             byzantine_client: true,
             real_crypto: seed % 10 == 3,
             fault: Fault::None,
+            hunting_client: false,
+            wipe_restart: None,
             drop_kind: None,
             max_time_ms: 120_000,
         }
@@ -211,6 +244,8 @@ enum Event {
         client: usize,
     },
     ByzantineStep,
+    /// [`Fault::StateInfoSpam`]'s next StateInfo round.
+    Spam,
     Crash {
         slot: usize,
     },
@@ -251,6 +286,8 @@ struct ClientNode {
     submitted: BTreeMap<u64, Vec<u8>>,
     /// seq -> result.
     completed: BTreeMap<u64, Vec<u8>>,
+    /// seq -> when it was submitted, for the liveness bound.
+    submitted_at_ms: BTreeMap<u64, u64>,
     timer_at_ms: Option<u64>,
 }
 
@@ -271,6 +308,16 @@ pub struct SimReport {
     /// Largest decision log any correct replica held.
     pub max_log_len: usize,
     pub checkpoint_period: u64,
+    /// Messages the hunting adversaries (replica and client) sent, by kind.
+    pub adversary_sent: BTreeMap<&'static str, u64>,
+    /// Rejections counted by correct replicas of messages from a Byzantine peer (the hunting
+    /// replica or the Byzantine client), by kind.
+    pub adversary_rejections: BTreeMap<&'static str, u64>,
+    /// The liveness bound this run was held to ([`liveness_bound_ms`]).
+    pub liveness_bound_ms: u64,
+    /// The longest a correct client's request took, counted from its submission or from the
+    /// end of the last fault (GST), whichever is later.
+    pub max_elapsed_after_gst_ms: u64,
 }
 
 pub struct Sim {
@@ -298,6 +345,118 @@ pub struct Sim {
     report: SimReport,
     /// The first checker failure met while performing an engine's output.
     failure: Option<String>,
+    /// The hunting Byzantine replica's slot and its adversary.
+    hunter: Option<(usize, Adversary)>,
+    /// The hunting Byzantine client.
+    hunter_client: Option<Adversary>,
+    /// In BFT, the share of its honest engine's messages the hunting replica drops.
+    hunter_drop: f64,
+    /// The sender of the message being delivered, to attribute engine rejections.
+    delivering_from: Option<Peer>,
+    /// When the last crash, restart or isolation ended: with `heal_at_ms`, the start of the
+    /// period (GST) that the liveness bound counts from.
+    last_fault_ms: u64,
+    /// Largest checkpoint any replica took, in bytes: a state transfer's length.
+    max_checkpoint_bytes: u64,
+}
+
+/// The sim's timeouts: short, so that leader changes happen within a run.
+fn timeouts() -> Timeouts {
+    Timeouts {
+        request_timeout_ms: 400,
+        retransmit_initial_ms: 60,
+        retransmit_max_ms: 1000,
+        heartbeat_ms: 300,
+    }
+}
+
+/// Honest clients' `retry_timeout_ms`.
+const CLIENT_RETRY_MS: u64 = 500;
+
+/// The longest a correct client's request may take, in simulated milliseconds, counted from
+/// `start_ms`: its submission or GST, whichever is later. GST is when the network heals and the
+/// last crash, restart or isolation is over; from then on every message arrives within
+/// `max_delay_ms` (Δ), and at most `f` replicas are faulty. `state_bytes` is the largest
+/// checkpoint a replica may have to fetch. The bound is the sum of the worst case of each step
+/// the request may have to wait for (docs/design.md §4, "The liveness bound"), with T the
+/// request timeout, R the largest retransmit interval, R₀ the first, H the heartbeat and C the
+/// client's retry timeout:
+///
+/// 1. `C + Δ`: the client's next retry reaches every correct replica (its first send, to the
+///    leader alone, may have been lost before GST, or the leader may be Byzantine).
+/// 2. `3T`: a correct replica forwards the request to the leader at its first request timeout
+///    and broadcasts STOP at the second, one more T if it had just caught up (it then blames
+///    its own lag for a while).
+/// 3. The leader changes. The change timeout is T·2^k after k failed changes in a row, capped
+///    at 64T. The k-th failure comes at least T·2^(k-1) after the one before, so at `start_ms`
+///    k ≤ k₀ = ⌊log₂(start_ms/T + 1)⌋. After `start_ms` at most `1 + f + ⌈log₂((R + 4Δ)/T)⌉`
+///    changes fail: the one in progress, one per faulty leader in a row, and those whose
+///    timeout is still too short for a change to complete after GST. Each failed change costs
+///    its timeout, T·2^min(k, 6) for k = k₀, k₀+1, ...; each change, the last, successful one
+///    included, may wait one retransmission of a STOP or STOPDATA lost before GST and then
+///    takes STOP → install → STOPDATA → SYNC, four message delays: `R + 4Δ`.
+/// 4. `(f+1)·R + H + ⌈state_bytes / state_chunk_bytes⌉·2Δ + (A/D + 1)·(R₀ + 2Δ)`: a replica the
+///    quorum needs may have to catch up first (a restarted or cut-off one): up to `f+1`
+///    transfer sources stall or lie for R each, a heartbeat reveals the gap, the checkpoint
+///    comes one chunk per round trip, and the decisions after it come D =
+///    `max_decisions_per_reply` per query, at most A = `max_instances_ahead` of them, one query
+///    per R₀.
+/// 5. `R + 6Δ`: ordering under a correct leader: a retransmission of what was lost before GST,
+///    then PROPOSE, WRITE, ACCEPT, execution and the reply, with a round trip of slack for a
+///    batch already in flight.
+pub fn liveness_bound_ms(
+    timeouts: &Timeouts,
+    limits: &Limits,
+    client_retry_ms: u64,
+    max_delay_ms: u64,
+    f: u64,
+    state_bytes: u64,
+    start_ms: u64,
+) -> u64 {
+    let t = timeouts.request_timeout_ms;
+    let r = timeouts.retransmit_max_ms;
+    let d = max_delay_ms;
+    let reach = client_retry_ms + d;
+    let complain = 3 * t;
+    let change_ms = r + 4 * d;
+    let k0 = (start_ms / t + 1).ilog2() as u64;
+    let too_short = change_ms.div_ceil(t).next_power_of_two().ilog2() as u64;
+    let failed = 1 + f + too_short;
+    let timeouts_ms: u64 = (k0..k0 + failed).map(|k| t << k.min(6)).sum();
+    let changes = timeouts_ms + (failed + 1) * change_ms;
+    let chunks = state_bytes.div_ceil(limits.state_chunk_bytes as u64);
+    let queries = limits.max_instances_ahead / limits.max_decisions_per_reply as u64 + 1;
+    let catch_up = (f + 1) * r
+        + timeouts.heartbeat_ms
+        + chunks * 2 * d
+        + queries * (timeouts.retransmit_initial_ms + 2 * d);
+    let order = r + 6 * d;
+    reach + complain + changes + catch_up + order
+}
+
+/// Every request a message carries, at any depth a request can sit.
+fn requests_in(message: &Message) -> Vec<&Request> {
+    match message {
+        Message::Request(r) => vec![r],
+        Message::Forward(rs) => rs.iter().collect(),
+        Message::Propose(p) => p.body.batch.requests.iter().collect(),
+        Message::Stop(s) => s.body.pending.iter().collect(),
+        Message::Decisions(ds) => ds.iter().flat_map(|d| &d.batch.requests).collect(),
+        Message::StopData(sd) => sd
+            .body
+            .prepared
+            .iter()
+            .flat_map(|p| &p.batch.requests)
+            .collect(),
+        Message::Sync(s) => s
+            .body
+            .proofs
+            .iter()
+            .flat_map(|sd| sd.body.prepared.iter())
+            .flat_map(|p| &p.batch.requests)
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn limits() -> Limits {
@@ -343,12 +502,7 @@ impl Sim {
         let replica_pks: Vec<PublicKey> = replica_keys.iter().map(|k| k.public_key()).collect();
         let mut allowed: BTreeSet<PublicKey> = client_keys.iter().map(|k| k.public_key()).collect();
         allowed.insert(byzantine_key.public_key());
-        let timeouts = Timeouts {
-            request_timeout_ms: 400,
-            retransmit_initial_ms: 60,
-            retransmit_max_ms: 1000,
-            heartbeat_ms: 300,
-        };
+        let timeouts = timeouts();
         let signatures: Arc<dyn Verifier> = if opts.real_crypto {
             Arc::new(Ed25519Verifier)
         } else {
@@ -369,7 +523,8 @@ impl Sim {
             replicas: Vec::new(),
             clients: Vec::new(),
             client_index: BTreeMap::new(),
-            byzantine: opts.byzantine_client.then(|| (byzantine_key.clone(), 1)),
+            byzantine: (opts.byzantine_client && !opts.hunting_client)
+                .then(|| (byzantine_key.clone(), 1)),
             legitimately_signed: BTreeMap::new(),
             isolated: Vec::new(),
             decided: BTreeMap::new(),
@@ -379,6 +534,13 @@ impl Sim {
             engine_configs: Vec::new(),
             report: SimReport::default(),
             failure: None,
+            hunter: None,
+            hunter_client: (opts.hunting_client && opts.byzantine_client)
+                .then(|| Adversary::new(opts.mode, byzantine_key.clone())),
+            hunter_drop: 0.0,
+            delivering_from: None,
+            last_fault_ms: 0,
+            max_checkpoint_bytes: 0,
             verifier,
             opts: opts.clone(),
         };
@@ -388,7 +550,14 @@ impl Sim {
             Fault::StopSpammer | Fault::LyingStateSender { .. } => Some(opts.n as u32 - 1),
             Fault::BadSyncLeader => Some(1),
             Fault::CrashRestart { .. } => None,
+            Fault::Hunter { replica } => (opts.mode == Mode::Bft).then_some(replica),
+            Fault::StateInfoSpam { .. } => Some(0),
         };
+        if let Fault::Hunter { replica } = opts.fault {
+            let key = replica_keys[replica as usize].clone();
+            sim.hunter = Some((replica as usize, Adversary::new(opts.mode, key)));
+            sim.hunter_drop = [0.0, 0.2, 0.6, 1.0][rng.range(0, 3) as usize];
+        }
         let slots = if opts.fault == Fault::Twins {
             opts.n + 1
         } else {
@@ -438,6 +607,7 @@ impl Sim {
                 remaining: opts.requests_per_client,
                 submitted: BTreeMap::new(),
                 completed: BTreeMap::new(),
+                submitted_at_ms: BTreeMap::new(),
                 timer_at_ms: None,
             });
         }
@@ -484,6 +654,13 @@ impl Sim {
                 sim.schedule(restart_at_ms, Event::Restart { slot, wipe: true });
             }
             _ => {}
+        }
+        if let Some((slot, crash_at_ms, restart_at_ms)) = opts.wipe_restart {
+            if std::env::var("SMR_SIM_TRACE").is_ok() {
+                eprintln!("crash {slot} at {crash_at_ms}, restart at {restart_at_ms}, wipe true");
+            }
+            sim.schedule(crash_at_ms, Event::Crash { slot });
+            sim.schedule(restart_at_ms, Event::Restart { slot, wipe: true });
         }
         sim.report.expected_requests = opts.clients * opts.requests_per_client;
         sim
@@ -593,8 +770,15 @@ impl Sim {
         for c in 0..self.clients.len() {
             self.client_fill(c)?;
         }
-        if self.byzantine.is_some() || self.opts.fault == Fault::StopSpammer {
+        if self.byzantine.is_some()
+            || self.hunter.is_some()
+            || self.hunter_client.is_some()
+            || self.opts.fault == Fault::StopSpammer
+        {
             self.schedule(5, Event::ByzantineStep);
+        }
+        if let Fault::StateInfoSpam { period_ms } = self.opts.fault {
+            self.schedule(period_ms, Event::Spam);
         }
         while let Some(((at, _), event)) = self.queue.pop_first() {
             if at > self.opts.max_time_ms {
@@ -618,11 +802,14 @@ impl Sim {
                         let actions = node.engine.on_timer(self.now_ms);
                         self.client_actions(client, actions);
                         self.arm_client_timer(client);
+                        self.check_liveness_bound(client)?;
                     }
                 }
                 Event::ByzantineStep => self.byzantine_step(),
+                Event::Spam => self.state_info_spam(),
                 Event::Restart { slot, wipe } => self.restart(slot, wipe)?,
                 Event::Crash { slot } => {
+                    self.last_fault_ms = self.now_ms;
                     if let Fault::LeaderCrash {
                         after_propose: true,
                         ..
@@ -639,12 +826,25 @@ impl Sim {
             }
         }
         self.report.end_time_ms = self.now_ms;
+        let adversaries = self
+            .hunter
+            .iter()
+            .map(|(_, a)| a)
+            .chain(self.hunter_client.iter());
+        for adversary in adversaries {
+            for (kind, count) in &adversary.sent_by_kind {
+                *self.report.adversary_sent.entry(kind).or_default() += count;
+            }
+        }
+        // The bound of a request submitted at GST: the one most runs' requests are held to.
+        self.report.liveness_bound_ms = self.liveness_bound_ms(self.liveness_start_ms(0));
         self.final_checks()?;
         Ok(self.report)
     }
 
     /// Brings a crashed replica back, from its stored records or from nothing.
     fn restart(&mut self, slot: usize, wipe: bool) -> Result<(), String> {
+        self.last_fault_ms = self.now_ms;
         let cfg = self.engine_configs[slot].clone();
         let key = self.replica_keys[self.replicas[slot].id as usize].clone();
         let records = if wipe {
@@ -700,8 +900,15 @@ impl Sim {
                 if self.replicas[slot].crashed {
                     return Ok(());
                 }
-                if self.opts.fault == Fault::SilentForClient
-                    && slot == 0
+                if let Some((hunter_slot, adversary)) = &mut self.hunter {
+                    if *hunter_slot == slot && self.opts.mode == Mode::Bft {
+                        adversary.observe(&message);
+                    }
+                }
+                if matches!(
+                    self.opts.fault,
+                    Fault::SilentForClient | Fault::StateInfoSpam { .. }
+                ) && slot == 0
                     && self.silenced(from, &message)
                 {
                     return Ok(());
@@ -733,12 +940,22 @@ impl Sim {
                     Err(rejection) => {
                         self.replicas[slot].engine.count_rejection(&rejection);
                         *self.report.rejections.entry(rejection.name()).or_default() += 1;
+                        if self.replicas[slot].correct && self.is_byzantine(from) {
+                            *self
+                                .report
+                                .adversary_rejections
+                                .entry(rejection.name())
+                                .or_default() += 1;
+                        }
                         return Ok(());
                     }
                 };
                 let now = self.now_ms;
                 let output = self.replicas[slot].engine.on_message(now, verified);
-                self.perform(slot, output)?;
+                self.delivering_from = Some(from);
+                let performed = self.perform(slot, output);
+                self.delivering_from = None;
+                performed?;
             }
             Node::Client(c) => {
                 let (Peer::Replica(replica), Message::Reply(reply)) = (from, message) else {
@@ -748,6 +965,15 @@ impl Sim {
                     let node = &mut self.clients[c];
                     if node.completed.insert(done.seq, done.result).is_some() {
                         return Err(format!("client {c} completed seq {} twice", done.seq));
+                    }
+                    let submitted_ms = node.submitted_at_ms[&done.seq];
+                    let start_ms = self.liveness_start_ms(submitted_ms);
+                    let elapsed_ms = self.now_ms.saturating_sub(start_ms);
+                    let bound_ms = self.liveness_bound_ms(start_ms);
+                    self.report.max_elapsed_after_gst_ms =
+                        self.report.max_elapsed_after_gst_ms.max(elapsed_ms);
+                    if elapsed_ms > bound_ms {
+                        return Err(self.liveness_failure(c, done.seq, submitted_ms, "completed"));
                     }
                     self.report.completed_requests += 1;
                     self.client_fill(c)?;
@@ -899,6 +1125,9 @@ impl Sim {
     /// write-ahead log does: the checkpoint, then what `Engine::durable_records_after` says
     /// must survive it.
     fn store(&mut self, slot: usize, record: PersistRecord) {
+        if let PersistRecord::Checkpoint(c) = &record {
+            self.max_checkpoint_bytes = self.max_checkpoint_bytes.max(c.data.len() as u64);
+        }
         let node = &mut self.replicas[slot];
         if let PersistRecord::Checkpoint(c) = &record {
             let after = node.engine.durable_records_after(c.cid);
@@ -925,6 +1154,7 @@ impl Sim {
                 };
             node.remaining -= 1;
             node.submitted.insert(seq, op.clone());
+            node.submitted_at_ms.insert(seq, self.now_ms);
             let id = RequestId {
                 client: node.engine.id(),
                 seq,
@@ -950,6 +1180,16 @@ impl Sim {
 
     fn client_actions(&mut self, c: usize, actions: Vec<ClientAction>) {
         let from = Peer::Client(self.clients[c].engine.id());
+        if let Some(adversary) = &mut self.hunter_client {
+            // The Byzantine client eavesdrops on honest clients' requests, to replay them.
+            for action in &actions {
+                match action {
+                    ClientAction::Broadcast(m) | ClientAction::Send { message: m, .. } => {
+                        adversary.observe(m)
+                    }
+                }
+            }
+        }
         for action in actions {
             match action {
                 ClientAction::Broadcast(message) => {
@@ -967,9 +1207,141 @@ impl Sim {
     /// Scripted Byzantine behaviour that is not a reaction to a message: the Byzantine client's
     /// requests, and the STOP spammer's STOPs.
     fn byzantine_step(&mut self) {
-        if self.now_ms > self.opts.heal_at_ms + 4000 {
+        // The hunting adversaries never stop: a Byzantine peer does not heal with the network.
+        let hunting = self.hunter.is_some() || self.hunter_client.is_some();
+        if self.now_ms <= self.opts.heal_at_ms + 4000 {
+            self.scripted_byzantine_step();
+        } else if !hunting {
             return;
         }
+        self.hunter_step();
+        self.hunter_client_step();
+        let next = self.now_ms + self.rng.range(5, 60);
+        self.schedule(next, Event::ByzantineStep);
+    }
+
+    /// Whether messages from `from` come from a Byzantine peer: the hunting replica (in BFT),
+    /// a replica a scripted fault makes Byzantine, or the Byzantine client.
+    fn is_byzantine(&self, from: Peer) -> bool {
+        match from {
+            Peer::Replica(r) => self
+                .replicas
+                .iter()
+                .any(|node| node.id == r && !node.correct),
+            Peer::Client(k) => !self.client_index.contains_key(&k),
+        }
+    }
+
+    /// One step of the hunting replica: what [`Adversary::replica_step`] builds (in BFT), or a
+    /// replay of one of its own old messages (in CFT, where that is all a replica may do).
+    fn hunter_step(&mut self) {
+        let Some((slot, mut adversary)) = self.hunter.take() else {
+            return;
+        };
+        let node = &self.replicas[slot];
+        if !node.crashed {
+            let id = node.id;
+            let view = View {
+                n: self.opts.n as u32,
+                cid: node.engine.last_executed(),
+                regency: node.engine.regency(),
+                max_op_bytes: limits().max_op_bytes,
+            };
+            let shots = if self.opts.mode == Mode::Bft {
+                adversary.replica_step(&mut self.rng, view, id)
+            } else {
+                let replay = adversary.replay(&mut self.rng);
+                replay
+                    .map(|message| {
+                        adversary.count(&message);
+                        Shot { message, to: None }
+                    })
+                    .into_iter()
+                    .collect()
+            };
+            let from = Peer::Replica(id);
+            for shot in shots {
+                let to = shot
+                    .to
+                    .unwrap_or_else(|| (0..self.opts.n as u32).filter(|r| *r != id).collect());
+                for r in to {
+                    self.send(Node::Replica(slot), from, Peer::Replica(r), &shot.message);
+                }
+            }
+        }
+        self.hunter = Some((slot, adversary));
+    }
+
+    /// One step of the hunting client ([`Adversary::client_step`]). Every request it signs in
+    /// its own name is one it "really" signed, for the validity checker.
+    fn hunter_client_step(&mut self) {
+        let Some(mut adversary) = self.hunter_client.take() else {
+            return;
+        };
+        let view = View {
+            n: self.opts.n as u32,
+            cid: self
+                .decided
+                .keys()
+                .next_back()
+                .copied()
+                .unwrap_or(Cid::ZERO),
+            regency: Regency::ZERO,
+            max_op_bytes: limits().max_op_bytes,
+        };
+        let me = adversary.me();
+        let shots = adversary.client_step(&mut self.rng, view);
+        for shot in shots {
+            for request in requests_in(&shot.message) {
+                if request.body.client == me {
+                    self.legitimately_signed
+                        .entry(request.id())
+                        .or_default()
+                        .insert(request.body.op.clone());
+                }
+            }
+            let to = shot.to.unwrap_or_else(|| (0..self.opts.n as u32).collect());
+            for r in to {
+                let frame = codec::encode(&shot.message);
+                let delay = self
+                    .rng
+                    .range(self.opts.min_delay_ms, self.opts.max_delay_ms);
+                self.schedule(
+                    self.now_ms + delay,
+                    Event::Deliver {
+                        to: Node::Replica(r as usize),
+                        from: Peer::Client(me),
+                        frame,
+                    },
+                );
+            }
+        }
+        self.hunter_client = Some(adversary);
+    }
+
+    /// Example 2 of issue 12: the leader tells every follower it holds a checkpoint at cid
+    /// 1,000,000 and has voted up to nothing, every `period_ms`.
+    fn state_info_spam(&mut self) {
+        let Fault::StateInfoSpam { period_ms } = self.opts.fault else {
+            return;
+        };
+        let message = Message::StateInfo {
+            checkpoints: vec![(Cid(1_000_000), Digest([0xab; 32]))],
+            voted_up_to: Cid::ZERO,
+        };
+        for r in 1..self.opts.n as u32 {
+            self.send(
+                Node::Replica(0),
+                Peer::Replica(0),
+                Peer::Replica(r),
+                &message,
+            );
+        }
+        self.schedule(self.now_ms + period_ms, Event::Spam);
+    }
+
+    /// The scripted Byzantine behaviour, until a while after the heal.
+    fn scripted_byzantine_step(&mut self) {
         if self.opts.fault == Fault::StopSpammer {
             let slot = self.opts.n - 1;
             let node = &self.replicas[slot];
@@ -996,8 +1368,6 @@ impl Sim {
         if self.byzantine.is_some() {
             self.byzantine_client_step();
         }
-        let next = self.now_ms + self.rng.range(5, 60);
-        self.schedule(next, Event::ByzantineStep);
     }
 
     /// A scripted Byzantine client: forged signatures, impersonation, replayed seqs with new
@@ -1090,7 +1460,68 @@ impl Sim {
         }
     }
 
+    /// When the liveness bound starts counting for a request submitted at `submitted_ms`: at
+    /// its submission or at GST (the heal, the end of the last isolation, the last crash or
+    /// restart), whichever is later.
+    fn liveness_start_ms(&self, submitted_ms: u64) -> u64 {
+        let isolations_end = self.isolated.iter().map(|(_, _, end)| *end).max();
+        submitted_ms
+            .max(self.opts.heal_at_ms)
+            .max(self.last_fault_ms)
+            .max(isolations_end.unwrap_or(0))
+    }
+
+    /// [`liveness_bound_ms`] for this run, counted from `start_ms`.
+    fn liveness_bound_ms(&self, start_ms: u64) -> u64 {
+        liveness_bound_ms(
+            &timeouts(),
+            &limits(),
+            CLIENT_RETRY_MS,
+            self.opts.max_delay_ms,
+            self.opts.f as u64,
+            self.max_checkpoint_bytes,
+            start_ms,
+        )
+    }
+
+    /// The failure for a request of client `c` that was not done within the bound.
+    fn liveness_failure(&self, c: usize, seq: u64, submitted_ms: u64, what: &str) -> String {
+        let start_ms = self.liveness_start_ms(submitted_ms);
+        let regencies: Vec<String> = self
+            .replicas
+            .iter()
+            .map(|r| format!("{}:{}", r.id, r.engine.regency()))
+            .collect();
+        format!(
+            "liveness bound exceeded: client {c}'s request seq {seq}, submitted at t={submitted_ms} ms \
+             (counted from t={start_ms} ms, after GST), {what} at t={} ms: {} ms elapsed, bound {} ms; \
+             regencies {}",
+            self.now_ms,
+            self.now_ms.saturating_sub(start_ms),
+            self.liveness_bound_ms(start_ms),
+            regencies.join(" ")
+        )
+    }
+
+    /// Fails the run as soon as one of client `c`'s requests is older than the bound.
+    fn check_liveness_bound(&self, c: usize) -> Result<(), String> {
+        let node = &self.clients[c];
+        for (seq, submitted_ms) in &node.submitted_at_ms {
+            if node.completed.contains_key(seq) {
+                continue;
+            }
+            let start_ms = self.liveness_start_ms(*submitted_ms);
+            if self.now_ms > start_ms + self.liveness_bound_ms(start_ms) {
+                return Err(self.liveness_failure(c, *seq, *submitted_ms, "still not done"));
+            }
+        }
+        Ok(())
+    }
+
     fn final_checks(&mut self) -> Result<(), String> {
+        for c in 0..self.clients.len() {
+            self.check_liveness_bound(c)?;
+        }
         // Liveness after heal: every honest request completed.
         if !self.all_done() {
             let missing: Vec<String> = self
@@ -1230,6 +1661,45 @@ impl SimHost<'_> {
     fn fail(&mut self, failure: String) {
         self.sim.failure.get_or_insert(failure);
     }
+
+    /// What the hunting replica does with its honest engine's output. It remembers every
+    /// message, to replay it later. In BFT it drops a per-seed share of them and sends some of
+    /// its PROPOSEs in two versions, each to part of the followers.
+    fn hunter_send(&mut self, to: &[Peer], message: Message) {
+        let slot = self.slot;
+        let sim = &mut *self.sim;
+        let from = Peer::Replica(sim.replicas[slot].id);
+        let me = Node::Replica(slot);
+        if let Some((_, adversary)) = &mut sim.hunter {
+            adversary.observe(&message);
+        }
+        if sim.opts.mode == Mode::Bft {
+            if sim.rng.chance(sim.hunter_drop) {
+                return;
+            }
+            if let Message::Propose(p) = &message {
+                if sim.rng.chance(0.25) {
+                    let mut body = p.body.clone();
+                    body.batch.requests.reverse();
+                    if body.batch.requests.len() < 2 {
+                        body.batch = Batch::default();
+                    }
+                    let twin = Message::Propose(Signed::new(
+                        body,
+                        Some(sim.replicas[slot].signer.as_ref()),
+                    ));
+                    for peer in to {
+                        let m = if sim.rng.chance(0.5) { &twin } else { &message };
+                        sim.send(me, from, *peer, m);
+                    }
+                    return;
+                }
+            }
+        }
+        for peer in to {
+            sim.send(me, from, *peer, &message);
+        }
+    }
 }
 
 impl Host for SimHost<'_> {
@@ -1329,6 +1799,10 @@ impl Host for SimHost<'_> {
         if let Message::Propose(p) = &message {
             self.sim.replicas[slot].proposed.push(p.body.batch.clone());
         }
+        if self.sim.hunter.as_ref().is_some_and(|(s, _)| *s == slot) {
+            self.hunter_send(to, message);
+            return;
+        }
         let message = self.sim.tamper(slot, message);
         let crash_now =
             self.sim.replicas[slot].crash_after_propose && matches!(message, Message::Propose(_));
@@ -1414,6 +1888,18 @@ impl Host for SimHost<'_> {
             .rejections
             .entry(rejection.name())
             .or_default() += 1;
+        let from_byzantine = self
+            .sim
+            .delivering_from
+            .is_some_and(|from| self.sim.is_byzantine(from));
+        if from_byzantine && self.sim.replicas[self.slot].correct {
+            *self
+                .sim
+                .report
+                .adversary_rejections
+                .entry(rejection.name())
+                .or_default() += 1;
+        }
     }
 
     fn stopped(&self) -> bool {

@@ -4,8 +4,12 @@
 //! `SMR_SIM_SEEDS=20000 cargo test --release -p smr-core --test sim` runs a long one, and
 //! `SMR_SIM_SEED=1234 cargo test -p smr-core --test sim` replays one seed in every test.
 
+mod adversary;
 mod harness;
 
+use std::collections::BTreeMap;
+
+use adversary::ALL_KINDS;
 use harness::{run_seed, Fault, Rng, SimOptions};
 use smr_core::message::Regency;
 use smr_modes::Mode;
@@ -491,4 +495,126 @@ fn isolated_leader_seeds_from_long_sweeps_change_the_leader_at_most_once() {
             r.regencies
         );
     }
+}
+
+/// A run with the hunting adversary ([`adversary`]): the generic Byzantine client instead of the
+/// scripted one, and a hunting replica, the leader of regency 0 or the last follower (Byzantine
+/// in BFT; in CFT a correct replica that replays its own old messages, since a lying replica is
+/// outside the CFT fault model).
+///
+/// On a third of the seeds another replica also loses its disk and rejoins, so that the
+/// adversary's StateInfo, state chunks and decisions meet a replica in rejoin and state
+/// transfer. Until it has caught up, that replica is faulty too (it may not vote), so in BFT
+/// those seeds run n = 7, f = 2: at most f faulty, and liveness is still promised.
+fn hunting(mode: Mode, seed: u64, as_leader: bool) -> SimOptions {
+    let mut rng = Rng::new(seed ^ 0x4a11);
+    let wipe = rng.chance(0.33);
+    let (n, f) = match (mode, wipe) {
+        (Mode::Bft, false) => (4, 1),
+        (Mode::Bft, true) => (7, 2),
+        (Mode::Cft, _) => (3, 1),
+    };
+    let replica = if as_leader { 0 } else { n as u32 - 1 };
+    let mut opts = SimOptions::with_fault(mode, n, f, seed, Fault::Hunter { replica });
+    opts.hunting_client = true;
+    if wipe {
+        let slot = (replica as usize + rng.range(1, n as u64 - 1) as usize) % n;
+        let crash_at_ms = rng.range(100, 1500);
+        opts.wipe_restart = Some((slot, crash_at_ms, crash_at_ms + rng.range(200, 3000)));
+    }
+    opts
+}
+
+/// Sweeps `make`, and prints what the adversaries sent, by kind, and what the correct replicas
+/// refused of what Byzantine peers sent, by rejection (run with `--nocapture` to see it).
+fn hunting_sweep(test: &str, make: impl Fn(u64) -> SimOptions) {
+    let mut sent: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut rejected: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut max_elapsed_ms = 0;
+    let mut bound_ms = 0;
+    let mut runs = 0;
+    sweep_reports(test, make, |r| {
+        runs += 1;
+        for (k, v) in &r.adversary_sent {
+            *sent.entry(k).or_default() += v;
+        }
+        for (k, v) in &r.adversary_rejections {
+            *rejected.entry(k).or_default() += v;
+        }
+        max_elapsed_ms = max_elapsed_ms.max(r.max_elapsed_after_gst_ms);
+        bound_ms = bound_ms.max(r.liveness_bound_ms);
+    });
+    let total_sent: u64 = sent.values().sum();
+    let total_rejected: u64 = rejected.values().sum();
+    eprintln!(
+        "{test}: {runs} runs; adversaries sent {total_sent} messages: {sent:?}; \
+         correct replicas refused {total_rejected} from Byzantine peers: {rejected:?}; \
+         slowest request after GST {max_elapsed_ms} ms (bound {bound_ms} ms)"
+    );
+    assert!(
+        !aggregate_applies() || ALL_KINDS.iter().all(|k| sent.contains_key(k)),
+        "the adversary never sent some kinds: {:?}",
+        ALL_KINDS
+            .iter()
+            .filter(|k| !sent.contains_key(*k))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn bft_hunting_adversary_as_leader_breaks_no_invariant_and_requests_finish_in_bound() {
+    hunting_sweep(
+        "bft_hunting_adversary_as_leader_breaks_no_invariant_and_requests_finish_in_bound",
+        |seed| hunting(Mode::Bft, seed, true),
+    );
+}
+
+#[test]
+fn bft_hunting_adversary_as_follower_breaks_no_invariant_and_requests_finish_in_bound() {
+    hunting_sweep(
+        "bft_hunting_adversary_as_follower_breaks_no_invariant_and_requests_finish_in_bound",
+        |seed| hunting(Mode::Bft, seed, false),
+    );
+}
+
+#[test]
+fn cft_hunting_client_and_replaying_replica_break_no_invariant_and_finish_in_bound() {
+    hunting_sweep(
+        "cft_hunting_client_and_replaying_replica_break_no_invariant_and_finish_in_bound",
+        // The leader on even seeds, a follower on odd ones.
+        |seed| hunting(Mode::Cft, seed, seed % 2 == 0),
+    );
+}
+
+/// Example 2 of issue 12: a Byzantine leader that never orders one client's requests and sends
+/// every follower a 60-byte `StateInfo` naming a checkpoint at cid 1,000,000 every 10 ms. Each
+/// such StateInfo started a state transfer that can never agree, and a replica in a transfer
+/// skipped its STOP, so the leader was not replaced for minutes. The liveness bound catches it.
+#[test]
+fn bft_leader_spamming_state_info_is_replaced_within_the_liveness_bound() {
+    sweep_reports(
+        "bft_leader_spamming_state_info_is_replaced_within_the_liveness_bound",
+        |seed| {
+            let mut opts = SimOptions::with_fault(
+                Mode::Bft,
+                4,
+                1,
+                seed,
+                Fault::StateInfoSpam { period_ms: 10 },
+            );
+            opts.drop_prob = 0.0;
+            opts.dup_prob = 0.0;
+            opts.partition = false;
+            opts.heal_at_ms = 0;
+            opts.requests_per_client = 20;
+            opts
+        },
+        |r| {
+            assert!(
+                r.regencies.iter().all(|g| *g >= Regency(1)),
+                "the Byzantine leader kept its job: {:?}",
+                r.regencies
+            );
+        },
+    );
 }
