@@ -126,6 +126,8 @@ impl MessageBounds {
                 LEN,
                 times(MAX_REPORTED_CHECKPOINTS as u64, 8 + DIGEST),
                 8,
+                OPTION,
+                decision_proof,
             ]),
         }
     }

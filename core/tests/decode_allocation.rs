@@ -191,6 +191,7 @@ fn samples() -> Vec<(&'static str, Vec<u8>, Decodes)> {
             encode(&Message::StateInfo {
                 checkpoints: vec![(Cid(1000), Digest([1; 32])); 3],
                 voted_up_to: Cid(1004),
+                executed: Some(decided.clone()),
             }),
             message,
         ),

@@ -181,6 +181,7 @@ impl Builder {
                 Message::StateInfo {
                     checkpoints: vec![(Cid(1), Digest([5; 32])); MAX_REPORTED_CHECKPOINTS],
                     voted_up_to: Cid(u64::MAX),
+                    executed: Some(self.decision_proof()),
                 },
             ),
         ]

@@ -566,6 +566,7 @@ impl Adversary {
                     .map(|_| (cid(rng), self.digest(rng)))
                     .collect(),
                 voted_up_to: cid(rng),
+                executed: self.decision_proof(rng),
             },
             "state-fetch" => Message::StateFetch {
                 cid: cid(rng),

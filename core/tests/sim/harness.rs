@@ -1328,6 +1328,7 @@ impl Sim {
         let message = Message::StateInfo {
             checkpoints: vec![(Cid(1_000_000), Digest([0xab; 32]))],
             voted_up_to: Cid::ZERO,
+            executed: None,
         };
         for r in 1..self.opts.n as u32 {
             self.send(
