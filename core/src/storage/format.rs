@@ -74,9 +74,9 @@ pub(super) struct Hashed {
 
 impl Hashed {
     pub(super) fn checksum(&mut self, parts: &[&[u8]]) -> [u8; CHECKSUM_BYTES] {
-        self.bytes = parts
-            .iter()
-            .fold(self.bytes, |sum, part| sum.saturating_add(part.len() as u64));
+        self.bytes = parts.iter().fold(self.bytes, |sum, part| {
+            sum.saturating_add(part.len() as u64)
+        });
         checksum(parts)
     }
 }
@@ -116,7 +116,9 @@ pub(super) fn wal_header(generation: u64, sync: &SyncMarker) -> [u8; WAL_HEADER_
 
 /// A log header read from disk (its magic already checked): the generation and the sync
 /// marker it names, or why it is not a valid header.
-pub(super) fn parse_wal_header(header: &[u8; WAL_HEADER_BYTES]) -> Result<(u64, SyncMarker), String> {
+pub(super) fn parse_wal_header(
+    header: &[u8; WAL_HEADER_BYTES],
+) -> Result<(u64, SyncMarker), String> {
     let body = MAGIC_BYTES + 8 + SYNC_BYTES;
     if checksum(&[&header[..body]])[..] != header[body..] {
         return Err("log header checksum mismatch".to_string());
