@@ -572,7 +572,7 @@ fn open_named_file(path: &Path, generation: u64) -> Result<(File, u64), StorageE
 /// a short file, is corruption.
 fn read_checkpoint(path: &Path, generation: u64) -> Result<Vec<u8>, StorageError> {
     let (file, file_len) = open_named_file(path, generation)?;
-    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
+    let mut reader = BufReader::with_capacity(read_buffer_bytes(file_len), file);
     let mut header = [0u8; CHECKPOINT_HEADER_BYTES];
     let header_len = read_up_to(&mut reader, &mut header).map_err(io_error(path))?;
     require_magic(
@@ -639,7 +639,7 @@ struct ScannedLog {
 /// torn tail (to cut), or corruption (an error).
 fn read_log(path: &Path, generation: u64) -> Result<ScannedLog, StorageError> {
     let (file, file_len) = open_named_file(path, generation)?;
-    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
+    let mut reader = BufReader::with_capacity(read_buffer_bytes(file_len), file);
 
     // The header is written and fsynced before the manifest names the log, so it is never torn.
     let mut header = [0u8; WAL_HEADER_BYTES];
@@ -736,6 +736,12 @@ fn read_log(path: &Path, generation: u64) -> Result<ScannedLog, StorageError> {
         tail_reason: reason,
         hashed_bytes: hashed.bytes,
     })
+}
+
+/// The read buffer for a file of `file_len` bytes: never more than the file holds, so reading a
+/// small file allocates little.
+fn read_buffer_bytes(file_len: u64) -> usize {
+    usize::try_from(file_len).map_or(READ_BUFFER_BYTES, |len| len.min(READ_BUFFER_BYTES))
 }
 
 /// Fills `buf` as far as the reader allows; returns how many bytes were read.
