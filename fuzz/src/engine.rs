@@ -440,7 +440,7 @@ impl Sim {
             requests: (0..count)
                 .map(|_| {
                     let seq = r.edgy(self.next_seq);
-                    let kind = if r.u8() % 8 == 0 {
+                    let kind = if r.u8().is_multiple_of(8) {
                         RequestKind::Unordered
                     } else {
                         RequestKind::Ordered
@@ -537,7 +537,7 @@ impl Sim {
                 let epoch = Regency(r.edgy(0));
                 let digest = batch.digest();
                 let writes = self.votes(r, VoteKind::Write, cid, epoch, digest);
-                let prepared = if r.u8() % 2 == 0 {
+                let prepared = if r.u8().is_multiple_of(2) {
                     vec![PreparedProof {
                         cid,
                         epoch,
@@ -547,7 +547,7 @@ impl Sim {
                 } else {
                     Vec::new()
                 };
-                let last_decided = if r.u8() % 2 == 0 {
+                let last_decided = if r.u8().is_multiple_of(2) {
                     self.seen_decision_proof()
                 } else {
                     None
@@ -592,7 +592,7 @@ impl Sim {
                     .flatten()
                     .take(usize::from(r.u8() % 4))
                     .collect();
-                if r.u8() % 2 == 0 {
+                if r.u8().is_multiple_of(2) {
                     let batch = self.batch(r);
                     let digest = batch.digest();
                     let certificate = self.votes(r, VoteKind::Accept, cid, regency, digest);
@@ -629,7 +629,7 @@ impl Sim {
                 offset: r.edgy(0),
                 total_len: r.edgy(64),
                 bytes: r.bytes(64),
-                decided: if r.u8() % 2 == 0 {
+                decided: if r.u8().is_multiple_of(2) {
                     self.seen_decision_proof()
                 } else {
                     None

@@ -24,7 +24,7 @@
 //! marker of Avro's container files) and a header check over them and the length; only then is
 //! the payload hashed. Clients never see the marker, so their bytes cannot form a candidate,
 //! and the payload spans of real records do not overlap, so the scan hashes each byte of the
-//! file at most once ([`find_valid_record`]): recovery is linear in the file. Version 01 files
+//! file at most once (`find_valid_record`): recovery is linear in the file. Version 01 files
 //! exist in no released data directory (nothing was released), so they are refused as an
 //! unsupported version rather than read.
 
