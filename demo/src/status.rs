@@ -42,14 +42,30 @@ pub async fn query(
     answers
 }
 
-/// The line `smr status` prints for one replica.
+/// A string a peer supplied (a replica's mode, a service's reply or refusal), made safe to
+/// print on a terminal: control characters (ESC and the rest of C0 and C1), Unicode format
+/// characters such as bidirectional overrides, backslashes and quotes are shown as Rust escapes
+/// (`\u{1b}`, `\"`), so a peer can neither move the cursor, recolour or clear the screen, nor
+/// make one line pass for two. Printable text, non-ASCII letters included, is shown as is.
+pub fn escape_peer_text(text: &str) -> String {
+    text.escape_debug().to_string()
+}
+
+/// Bytes a peer supplied as text (a kv value), decoded as UTF-8 (invalid sequences shown as
+/// U+FFFD) and escaped by [`escape_peer_text`].
+pub fn escape_peer_bytes(bytes: &[u8]) -> String {
+    escape_peer_text(&String::from_utf8_lossy(bytes))
+}
+
+/// The line `smr status` prints for one replica. Every string in it that the replica supplied
+/// is escaped ([`escape_peer_text`]).
 pub fn format_line(answer: &ReplicaAnswer) -> String {
     match &answer.report {
         None => format!("replica {}  unreachable", answer.id),
         Some(r) => format!(
             "replica {}  up  {}  regency {}  leader {}  decided {}  checkpoint {}  digest {}  pending {}  rejected {}  log {}",
             answer.id,
-            r.mode,
+            escape_peer_text(&r.mode),
             r.regency,
             r.leader,
             r.last_decided,
@@ -164,6 +180,35 @@ mod tests {
             report: None,
         };
         assert_eq!(format_line(&down), "replica 3  unreachable");
+    }
+
+    /// Issue 12 item 11: a replica's mode string carrying terminal escapes (clear the screen,
+    /// red text, a bidirectional override) is printed escaped, not interpreted.
+    #[test]
+    fn status_line_escapes_a_mode_string_with_terminal_escapes() {
+        let mut hostile = report(2, 9, 0x1a);
+        hostile.mode = "\u{1b}[2J\u{1b}[31mbft\u{9b}0m\u{202e}\r\nreplica 3  up".into();
+        let line = format_line(&ReplicaAnswer {
+            id: 2,
+            report: Some(hostile),
+        });
+        assert_eq!(
+            line,
+            "replica 2  up  \\u{1b}[2J\\u{1b}[31mbft\\u{9b}0m\\u{202e}\\r\\nreplica 3  up  regency 0  leader 0  decided 9  checkpoint 0  digest 1a1a1a1a1a1a1a1a  pending 0  rejected 0  log 0"
+        );
+        assert!(!line.chars().any(|c| c.is_control()), "{line:?}");
+    }
+
+    #[test]
+    fn peer_bytes_are_shown_escaped_and_plain_text_unchanged() {
+        assert_eq!(escape_peer_bytes(b"blue"), "blue");
+        assert_eq!(escape_peer_bytes("grüße 中文".as_bytes()), "grüße 中文");
+        assert_eq!(
+            escape_peer_bytes(b"\x1b]0;owned\x07"),
+            "\\u{1b}]0;owned\\u{7}"
+        );
+        assert_eq!(escape_peer_bytes(b"a\xffb"), "a\u{fffd}b");
+        assert_eq!(escape_peer_text("say \"hi\"\\"), "say \\\"hi\\\"\\\\");
     }
 
     #[test]

@@ -496,21 +496,22 @@ async fn cft_whole_cluster_killed_mid_load_and_restarted_loses_no_acknowledged_r
 
 // ----- 5. damaged data dirs --------------------------------------------------------------------
 
-const WAL_HEADER: usize = 16;
-const RECORD_HEADER: usize = 4 + 16;
+const WAL_HEADER: usize = 8 + 8 + 8 + 16;
+const RECORD_HEADER: usize = 8 + 4 + 4 + 16;
 
-/// WAL layout (core/src/storage/format.rs): "SMRWAL01" | generation u64 | record*, each
-/// record `length u32 | checksum [16] | payload`. Returns each whole record's (offset,
-/// length); a partly written record at the end (of a running replica's WAL) is left out.
+/// WAL layout (core/src/storage/format.rs): "SMRWAL02" | generation u64 | sync [8] | checksum
+/// [16] | record*, each record `sync [8] | length u32 | header check [4] | checksum [16] |
+/// payload`. Returns each whole record's (offset, length); a partly written record at the end
+/// (of a running replica's WAL) is left out.
 fn wal_records(bytes: &[u8]) -> Vec<(usize, usize)> {
     assert!(
-        bytes.len() >= WAL_HEADER && &bytes[..8] == b"SMRWAL01",
+        bytes.len() >= WAL_HEADER && &bytes[..8] == b"SMRWAL02",
         "not a WAL"
     );
     let mut records = Vec::new();
     let mut at = WAL_HEADER;
     while at + RECORD_HEADER <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let len = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
         if at + RECORD_HEADER + len > bytes.len() {
             break;
         }

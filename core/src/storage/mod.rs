@@ -35,12 +35,14 @@
 //! record* are not a torn tail but damage inside the log: records after them were
 //! acknowledged, and silently skipping the bad one would forget a promise, so `open` refuses
 //! with [`StorageError::Corrupt`] naming the file and offset. Telling the two apart scans
-//! forward from the bad record for any position where a valid record parses.
+//! forward from the bad record for any position where a valid record parses; every record
+//! starts with the log's random sync marker, so that scan hashes each byte at most once and
+//! recovery is linear in the file, and client bytes stored in records cannot pose as a record
+//! ([`format`](mod@format) says how).
 //!
 //! One rare case lands on the refusing side: power loss during an fsync may persist the pages
 //! of one unsynced batch out of order, leaving a hole followed by valid (unacknowledged)
-//! records. That reads as `Corrupt`: safe, and the replica rejoins through state transfer. So
-//! does a record whose payload happens to embed a valid encoded record after a torn write.
+//! records. That reads as `Corrupt`: safe, and the replica rejoins through state transfer.
 //!
 //! **Failures.** After any I/O error a [`Wal`] refuses further use ([`StorageError::Poisoned`]):
 //! after a failed fsync the kernel may have dropped the dirty pages, so retrying could report

@@ -6,8 +6,9 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::format::{
-    self, MagicCheck, CHECKPOINT_HEADER_BYTES, CHECKPOINT_MAGIC, MAGIC_BYTES, MANIFEST_BYTES,
-    MANIFEST_MAGIC, MAX_RECORD_BYTES, RECORD_HEADER_BYTES, WAL_HEADER_BYTES, WAL_MAGIC,
+    self, Hashed, MagicCheck, SyncMarker, CHECKPOINT_HEADER_BYTES, CHECKPOINT_MAGIC, MAGIC_BYTES,
+    MANIFEST_BYTES, MANIFEST_MAGIC, MAX_RECORD_BYTES, RECORD_HEADER_BYTES, SYNC_BYTES,
+    WAL_HEADER_BYTES, WAL_MAGIC,
 };
 use super::lock::DirLock;
 use super::{FsyncPolicy, Recovered, StorageError};
@@ -91,6 +92,10 @@ pub struct Wal {
     generation: u64,
     log_path: PathBuf,
     log: File,
+    /// The current log's sync marker, which starts each of its records.
+    sync: SyncMarker,
+    /// Bytes `open` hashed while reading the log.
+    recovery_hashed_bytes: u64,
     /// Bytes written to the log file so far (its length, once `pending` is empty).
     written_bytes: u64,
     /// Encoded records appended but not yet written to the file.
@@ -174,6 +179,8 @@ impl Wal {
             generation,
             log_path,
             log,
+            sync: scanned.sync,
+            recovery_hashed_bytes: scanned.hashed_bytes,
             written_bytes: scanned.valid_bytes,
             pending: Vec::new(),
             poisoned: false,
@@ -199,7 +206,7 @@ impl Wal {
     pub fn append(&mut self, record: &[u8]) -> Result<(), StorageError> {
         self.check_usable()?;
         check_record_size(record)?;
-        format::encode_record(&mut self.pending, record);
+        format::encode_record(&mut self.pending, &self.sync, record);
         if self.pending.len() >= WRITE_BUFFER_BYTES {
             self.write_pending()?;
         }
@@ -250,11 +257,12 @@ impl Wal {
             .checked_add(1)
             .expect("checkpoint generation overflowed u64");
         let result = (|| {
-            let new_log = self.prepare_generation(next, checkpoint, records_after)?;
+            let (new_log, sync) = self.prepare_generation(next, checkpoint, records_after)?;
             self.commit_generation(next)?;
             let new_log_path = self.dir.join(wal_file_name(next));
             self.written_bytes = new_log.metadata().map_err(io_error(&new_log_path))?.len();
             self.log = new_log;
+            self.sync = sync;
             self.log_path = new_log_path;
             self.generation = next;
             self.pending.clear();
@@ -267,6 +275,13 @@ impl Wal {
     /// yet written: after `sync` it equals the file's length.
     pub fn log_bytes(&self) -> u64 {
         self.written_bytes + self.pending.len() as u64
+    }
+
+    /// Bytes that [`Wal::open`] ran the checksum over while reading the log: the work of
+    /// recovery, at most about twice the log's length however the log was damaged (the records
+    /// once, and after a bad record every candidate record once; `format`'s docs say why).
+    pub fn recovery_hashed_bytes(&self) -> u64 {
+        self.recovery_hashed_bytes
     }
 
     /// The data directory.
@@ -286,13 +301,13 @@ impl Wal {
 
     /// Step 1 of a checkpoint: writes generation `next` in full and makes it durable. Until
     /// the manifest names it, it is an uncommitted leftover that `open` deletes. Returns the
-    /// new log, positioned at its end.
+    /// new log, positioned at its end, and its sync marker.
     pub(super) fn prepare_generation(
         &self,
         next: u64,
         checkpoint: &[u8],
         records_after: &[Vec<u8>],
-    ) -> Result<File, StorageError> {
+    ) -> Result<(File, SyncMarker), StorageError> {
         let checkpoint_path = self.dir.join(checkpoint_file_name(next));
         write_new_file(
             &checkpoint_path,
@@ -301,13 +316,14 @@ impl Wal {
         )?;
 
         let log_path = self.dir.join(wal_file_name(next));
-        let mut log_bytes = format::wal_header(next).to_vec();
+        let sync = new_sync_marker(&log_path)?;
+        let mut log_bytes = format::wal_header(next, &sync).to_vec();
         for record in records_after {
-            format::encode_record(&mut log_bytes, record);
+            format::encode_record(&mut log_bytes, &sync, record);
         }
         let log = write_new_file(&log_path, &log_bytes, self.policy)?;
         sync_dir(&self.dir, self.policy)?;
-        Ok(log)
+        Ok((log, sync))
     }
 
     /// Step 2, the commit point: atomically points the manifest at generation `next`.
@@ -354,6 +370,21 @@ impl Wal {
         self.pending.clear();
         Ok(())
     }
+}
+
+/// A fresh sync marker for a new log file, from the operating system's random source: it must
+/// be unpredictable to clients, whose operation bytes the log stores verbatim, or they could
+/// embed records that recovery would find in a torn tail.
+fn new_sync_marker(path: &Path) -> Result<SyncMarker, StorageError> {
+    use rand_core::RngCore;
+    let mut sync = [0u8; SYNC_BYTES];
+    rand_core::OsRng
+        .try_fill_bytes(&mut sync)
+        .map_err(|e| StorageError::Io {
+            path: path.to_path_buf(),
+            source: io::Error::other(e.to_string()),
+        })?;
+    Ok(sync)
 }
 
 fn check_record_size(record: &[u8]) -> Result<(), StorageError> {
@@ -486,7 +517,9 @@ fn initialize(dir: &Path, policy: FsyncPolicy) -> Result<(), StorageError> {
             });
         }
     }
-    write_new_file(&dir.join(wal_file_name(0)), &format::wal_header(0), policy)?;
+    let log_path = dir.join(wal_file_name(0));
+    let sync = new_sync_marker(&log_path)?;
+    write_new_file(&log_path, &format::wal_header(0, &sync), policy)?;
     sync_dir(dir, policy)?;
     write_manifest(dir, 0, policy)
 }
@@ -539,7 +572,7 @@ fn open_named_file(path: &Path, generation: u64) -> Result<(File, u64), StorageE
 /// a short file, is corruption.
 fn read_checkpoint(path: &Path, generation: u64) -> Result<Vec<u8>, StorageError> {
     let (file, file_len) = open_named_file(path, generation)?;
-    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
+    let mut reader = BufReader::with_capacity(read_buffer_bytes(file_len), file);
     let mut header = [0u8; CHECKPOINT_HEADER_BYTES];
     let header_len = read_up_to(&mut reader, &mut header).map_err(io_error(path))?;
     require_magic(
@@ -590,19 +623,23 @@ fn read_checkpoint(path: &Path, generation: u64) -> Result<Vec<u8>, StorageError
 
 /// What reading a log found.
 struct ScannedLog {
+    /// The log's sync marker.
+    sync: SyncMarker,
     records: Vec<Vec<u8>>,
     /// End of the last valid record: where the log continues.
     valid_bytes: u64,
     truncated_tail_bytes: u64,
     /// Why the tail was cut (empty if it was not).
     tail_reason: String,
+    /// Bytes run through the checksum.
+    hashed_bytes: u64,
 }
 
 /// Reads every valid record of a log, and classifies what follows the last one as nothing, a
 /// torn tail (to cut), or corruption (an error).
 fn read_log(path: &Path, generation: u64) -> Result<ScannedLog, StorageError> {
     let (file, file_len) = open_named_file(path, generation)?;
-    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
+    let mut reader = BufReader::with_capacity(read_buffer_bytes(file_len), file);
 
     // The header is written and fsynced before the manifest names the log, so it is never torn.
     let mut header = [0u8; WAL_HEADER_BYTES];
@@ -620,7 +657,8 @@ fn read_log(path: &Path, generation: u64) -> Result<ScannedLog, StorageError> {
             format!("file ends inside the {WAL_HEADER_BYTES}-byte log header"),
         ));
     }
-    let header_generation = u64::from_le_bytes(header[MAGIC_BYTES..].try_into().expect("8 bytes"));
+    let (header_generation, sync) = format::parse_wal_header(&header)
+        .map_err(|reason| corrupt(path, MAGIC_BYTES as u64, reason))?;
     if header_generation != generation {
         return Err(corrupt(
             path,
@@ -629,6 +667,7 @@ fn read_log(path: &Path, generation: u64) -> Result<ScannedLog, StorageError> {
         ));
     }
 
+    let mut hashed = Hashed::default();
     let mut records = Vec::new();
     let mut offset = WAL_HEADER_BYTES as u64;
     let bad_record_reason = loop {
@@ -647,14 +686,16 @@ fn read_log(path: &Path, generation: u64) -> Result<ScannedLog, StorageError> {
             .map_err(io_error(path))?;
         let parsed = match format::parse_record_header(
             &record_header,
+            &sync,
             remaining - RECORD_HEADER_BYTES as u64,
+            &mut hashed,
         ) {
             Ok(parsed) => parsed,
             Err(reason) => break Some(reason),
         };
         let mut payload = vec![0u8; parsed.payload_len];
         reader.read_exact(&mut payload).map_err(io_error(path))?;
-        if !format::record_checksum_matches(&parsed, &payload) {
+        if !format::record_checksum_matches(&parsed, &payload, &mut hashed) {
             break Some("record checksum mismatch".to_string());
         }
         records.push(payload);
@@ -663,10 +704,12 @@ fn read_log(path: &Path, generation: u64) -> Result<ScannedLog, StorageError> {
 
     let Some(reason) = bad_record_reason else {
         return Ok(ScannedLog {
+            sync,
             records,
             valid_bytes: offset,
             truncated_tail_bytes: 0,
             tail_reason: String::new(),
+            hashed_bytes: hashed.bytes,
         });
     };
 
@@ -675,7 +718,7 @@ fn read_log(path: &Path, generation: u64) -> Result<ScannedLog, StorageError> {
     file.seek(SeekFrom::Start(offset)).map_err(io_error(path))?;
     let mut rest = Vec::new();
     file.read_to_end(&mut rest).map_err(io_error(path))?;
-    if let Some(position) = format::find_valid_record(&rest, 1) {
+    if let Some(position) = format::find_valid_record(&rest, 1, &sync, &mut hashed) {
         return Err(corrupt(
             path,
             offset,
@@ -686,11 +729,19 @@ fn read_log(path: &Path, generation: u64) -> Result<ScannedLog, StorageError> {
         ));
     }
     Ok(ScannedLog {
+        sync,
         records,
         valid_bytes: offset,
         truncated_tail_bytes: file_len - offset,
         tail_reason: reason,
+        hashed_bytes: hashed.bytes,
     })
+}
+
+/// The read buffer for a file of `file_len` bytes: never more than the file holds, so reading a
+/// small file allocates little.
+fn read_buffer_bytes(file_len: u64) -> usize {
+    usize::try_from(file_len).map_or(READ_BUFFER_BYTES, |len| len.min(READ_BUFFER_BYTES))
 }
 
 /// Fills `buf` as far as the reader allows; returns how many bytes were read.

@@ -218,7 +218,10 @@ fn rate(ops: usize, elapsed: Duration) -> String {
 async fn counter_value(client: &Client, op: CounterOp) -> anyhow::Result<i64> {
     match CounterReply::decode(&client.invoke(op.encode()).await?)? {
         CounterReply::Value(v) => Ok(v),
-        CounterReply::Error(e) => bail!("the counter refused the operation: {e}"),
+        CounterReply::Error(e) => bail!(
+            "the counter refused the operation: {}",
+            status::escape_peer_text(&e)
+        ),
     }
 }
 
@@ -258,7 +261,10 @@ async fn counter_workload(clients: &[Client], clock: &Clock) -> anyhow::Result<(
 
 async fn kv(client: &Client, op: KvOp) -> anyhow::Result<KvReply> {
     match KvReply::decode(&client.invoke(op.encode()).await?)? {
-        KvReply::Error(e) => bail!("the kv service refused the operation: {e}"),
+        KvReply::Error(e) => bail!(
+            "the kv service refused the operation: {}",
+            status::escape_peer_text(&e)
+        ),
         reply => Ok(reply),
     }
 }

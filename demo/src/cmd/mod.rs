@@ -302,7 +302,8 @@ async fn run_client_op(client: &Client, op: ClientService) -> Result<ExitCode, O
                     Ok(ExitCode::SUCCESS)
                 }
                 Ok(CounterReply::Error(message)) => Err(OpError::Other(anyhow!(
-                    "the counter refused the operation: {message}"
+                    "the counter refused the operation: {}",
+                    replica_status::escape_peer_text(&message)
                 ))),
                 Err(_) => Err(OpError::Other(anyhow!(
                     "the reply is not a counter reply; does the cluster run --service counter?"
@@ -328,7 +329,7 @@ async fn run_client_op(client: &Client, op: ClientService) -> Result<ExitCode, O
             let reply = client.invoke(op.encode()).await?;
             match KvReply::decode(&reply) {
                 Ok(KvReply::Previous(Some(previous))) => {
-                    println!("{}", String::from_utf8_lossy(&previous));
+                    println!("{}", replica_status::escape_peer_bytes(&previous));
                     Ok(ExitCode::SUCCESS)
                 }
                 Ok(KvReply::Previous(None)) => {
@@ -336,7 +337,7 @@ async fn run_client_op(client: &Client, op: ClientService) -> Result<ExitCode, O
                     Ok(ExitCode::SUCCESS)
                 }
                 Ok(KvReply::Value(Some(value))) => {
-                    println!("{}", String::from_utf8_lossy(&value));
+                    println!("{}", replica_status::escape_peer_bytes(&value));
                     Ok(ExitCode::SUCCESS)
                 }
                 Ok(KvReply::Value(None)) => {
@@ -344,7 +345,8 @@ async fn run_client_op(client: &Client, op: ClientService) -> Result<ExitCode, O
                     Ok(ExitCode::from(1))
                 }
                 Ok(KvReply::Error(message)) => Err(OpError::Other(anyhow!(
-                    "the kv service refused the operation: {message}"
+                    "the kv service refused the operation: {}",
+                    replica_status::escape_peer_text(&message)
                 ))),
                 Err(_) => Err(OpError::Other(anyhow!(
                     "the reply is not a kv reply; does the cluster run --service kv?"

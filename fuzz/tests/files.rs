@@ -1,0 +1,93 @@
+//! Fuzz targets for the files an operator hands a replica: key files, public keys in hex and
+//! DER, and the cluster config (TOML).
+
+use smr_core::cluster::ClusterConfig;
+use smr_crypto::{public_key_from_der, public_key_to_der, IdentityKey, PublicKey};
+use smr_fuzz::{run, seeds, AllocBudget, Target};
+
+#[test]
+fn key_files() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("key");
+    run(Target {
+        name: "key_files",
+        known_open: &[],
+        seeds: seeds::key_files(),
+        default_iters: 2000,
+        budget: AllocBudget {
+            constant_bytes: 32 * 1024,
+            per_input_byte: 4,
+        },
+        check: &|bytes| {
+            std::fs::write(&path, bytes).expect("write the key file");
+            if let Ok(key) = IdentityKey::load(&path) {
+                key.public_key()
+                    .check_ed25519()
+                    .expect("a loaded key's public key is a valid ed25519 key");
+            }
+        },
+    });
+}
+
+#[test]
+fn public_keys() {
+    let seeds: Vec<Vec<u8>> = (1..=3u8)
+        .flat_map(|i| {
+            let key = IdentityKey::from_seed([i; 32]).public_key();
+            [key.to_hex().into_bytes(), public_key_to_der(&key)]
+        })
+        .collect();
+    run(Target {
+        name: "public_keys",
+        known_open: &[],
+        seeds,
+        default_iters: 2000,
+        budget: AllocBudget {
+            constant_bytes: 16 * 1024,
+            per_input_byte: 4,
+        },
+        check: &|bytes| {
+            if let Ok(key) = PublicKey::from_hex(&String::from_utf8_lossy(bytes)) {
+                let _ = key.check_ed25519();
+            }
+            if let Some(key) = public_key_from_der(bytes) {
+                let _ = key.check_ed25519();
+            }
+        },
+    });
+}
+
+#[test]
+fn cluster_config() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    run(Target {
+        name: "cluster_config",
+        known_open: &[],
+        seeds: seeds::configs(),
+        default_iters: 2000,
+        // The TOML parser builds a document tree a few dozen times the text at worst.
+        budget: AllocBudget {
+            constant_bytes: 256 * 1024,
+            per_input_byte: 64,
+        },
+        check: &|bytes| {
+            let text = String::from_utf8_lossy(bytes);
+            let Ok(config) = ClusterConfig::from_toml_str(&text, dir.path()) else {
+                return;
+            };
+            for replica in &config.replicas {
+                let engine = config
+                    .engine_config(replica.id)
+                    .expect("a parsed config yields each replica's engine config");
+                engine
+                    .validate()
+                    .expect("a parsed config's engine config validates");
+            }
+            let again = ClusterConfig::from_toml_str(&config.to_toml(), dir.path())
+                .expect("to_toml of a parsed config parses");
+            assert_eq!(again.replicas, config.replicas);
+            assert_eq!(again.limits, config.limits);
+            assert_eq!(again.timeouts, config.timeouts);
+        },
+    });
+}
