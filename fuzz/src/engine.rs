@@ -618,6 +618,7 @@ impl Sim {
                 Message::StateInfo {
                     checkpoints,
                     voted_up_to: Cid(r.edgy(base_cid)),
+                    executed: self.seen_decision_proof(),
                 }
             }
             13 => Message::StateFetch {
