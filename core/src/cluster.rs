@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use smr_crypto::PublicKey;
+use smr_crypto::{KeyError, PublicKey};
 use smr_modes::{Mode, Quorums};
 
 use crate::config::{ClientPolicy, EngineConfig, Limits, Timeouts};
@@ -147,6 +147,22 @@ struct RawTimeouts {
     heartbeat_ms: Option<u64>,
 }
 
+/// A public key from the file: 64 hex characters that are a valid ed25519 key (canonical, not
+/// of small order, no torsion component; [`PublicKey::from_hex`]). A placeholder such as the
+/// identity point `0100…00` is refused: anyone can sign for it, and in CFT the key is all that
+/// authenticates a replica.
+fn parse_key(path: &str, text: &str) -> Result<PublicKey, ConfigError> {
+    PublicKey::from_hex(text).map_err(|e| {
+        let fix = match e {
+            KeyError::BadHex | KeyError::WrongLength { .. } => {
+                "expected 64 hex characters, as `smr keygen` writes them"
+            }
+            _ => "use the public key `smr keygen` printed for this identity",
+        };
+        invalid(path, format!("{e}; {fix}"))
+    })
+}
+
 fn positive(path: &str, value: Option<u64>, default: u64) -> Result<u64, ConfigError> {
     match value {
         None => Ok(default),
@@ -253,17 +269,12 @@ impl ClusterConfig {
                         format!("{e}; use ip:port, e.g. \"127.0.0.1:7000\""),
                     )
                 })?;
-            let public_key: PublicKey = r
-                .public_key
-                .as_deref()
-                .ok_or_else(|| invalid(&at("public_key"), "missing; `smr keygen` writes it"))?
-                .parse()
-                .map_err(|e| {
-                    invalid(
-                        &at("public_key"),
-                        format!("{e}; expected 64 hex characters"),
-                    )
-                })?;
+            let public_key = parse_key(
+                &at("public_key"),
+                r.public_key
+                    .as_deref()
+                    .ok_or_else(|| invalid(&at("public_key"), "missing; `smr keygen` writes it"))?,
+            )?;
             if !addresses.insert(address) {
                 return Err(invalid(
                     &at("address"),
@@ -301,11 +312,12 @@ impl ClusterConfig {
             Some(toml::Value::Array(items)) => {
                 let mut allowed = BTreeSet::new();
                 for (i, item) in items.iter().enumerate() {
-                    let key: PublicKey = item
-                        .as_str()
-                        .ok_or_else(|| invalid(&format!("clients[{i}]"), "must be a hex public key string"))?
-                        .parse()
-                        .map_err(|e| invalid(&format!("clients[{i}]"), format!("{e}")))?;
+                    let at = format!("clients[{i}]");
+                    let key = parse_key(
+                        &at,
+                        item.as_str()
+                            .ok_or_else(|| invalid(&at, "must be a hex public key string"))?,
+                    )?;
                     if keys.contains(&key) {
                         return Err(invalid(&format!("clients[{i}]"), "is a replica's key; clients need their own"));
                     }
@@ -606,6 +618,79 @@ mod tests {
             .replace(KEY_B, "zz");
         let e = error(&text);
         assert!(e.contains("replicas[1].public_key"), "{e}");
+    }
+
+    /// KEY_C + (0, -1): on the curve, not of small order, but with a torsion component.
+    const MIXED_ORDER_KEY: &str =
+        "f1ad32719de75e5c725b812ffdcf0fa7f7e912ec45ccfc53a2146eeab76f7fda";
+
+    /// The canonical encodings of the eight points of small order (the curve's torsion
+    /// subgroup; smr-crypto derives the same list from the curve), the identity first.
+    const SMALL_ORDER_KEYS: [&str; 8] = [
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0000000000000000000000000000000000000000000000000000000000000080",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+    ];
+
+    /// Issue 12, item 7: `0100…00` (the identity point) was accepted as a replica key, and TLS
+    /// then accepted a handshake signed with no secret under it.
+    #[test]
+    fn small_order_replica_keys_are_refused_with_the_reason() {
+        for (i, weak) in SMALL_ORDER_KEYS.iter().enumerate() {
+            let text = format!("mode = \"cft\"\nf = 1\nclients = \"any\"\n{}", replicas(3))
+                .replace(KEY_B, weak);
+            let e = error(&text);
+            assert_eq!(
+                e,
+                "config replicas[1].public_key: key is a weak (small-order) ed25519 point: it \
+                 proves nothing, anyone can sign for it; use the public key `smr keygen` printed \
+                 for this identity",
+                "small-order point {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn small_order_client_keys_are_refused_with_the_reason() {
+        for weak in SMALL_ORDER_KEYS {
+            let text = format!(
+                "mode = \"cft\"\nf = 1\nclients = [\"{KEY_D}\", \"{weak}\"]\n{}",
+                replicas(3)
+            );
+            let e = error(&text);
+            assert!(
+                e.starts_with("config clients[1]: key is a weak (small-order) ed25519 point"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_canonical_and_mixed_order_keys_are_refused() {
+        // y = p + 1: another encoding of the identity point's y.
+        let non_canonical = format!("ee{}7f", "ff".repeat(30));
+        let e = error(
+            &format!("mode = \"cft\"\nf = 1\nclients = \"any\"\n{}", replicas(3))
+                .replace(KEY_A, &non_canonical),
+        );
+        assert!(
+            e.starts_with("config replicas[0].public_key: key is not a canonical ed25519 encoding"),
+            "{e}"
+        );
+        // KEY_C plus the point of order 2, (0, -1): (x, y) + (0, -1) = (-x, -y).
+        let e = error(
+            &format!("mode = \"cft\"\nf = 1\nclients = \"any\"\n{}", replicas(3))
+                .replace(KEY_C, MIXED_ORDER_KEY),
+        );
+        assert!(
+            e.starts_with("config replicas[2].public_key: key is a mixed-order ed25519 point"),
+            "{e}"
+        );
     }
 
     #[test]
