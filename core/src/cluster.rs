@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use smr_crypto::{KeyError, PublicKey};
 use smr_modes::{Mode, Quorums};
 
-use crate::config::{ClientPolicy, EngineConfig, Limits, Timeouts};
+use crate::config::{ClientPolicy, EngineConfig, InvalidConfig, Limits, Timeouts};
 use crate::message::ReplicaId;
 use crate::storage::FsyncPolicy;
 
@@ -136,6 +136,10 @@ struct RawLimits {
     checkpoint_period: Option<u64>,
     max_state_bytes: Option<u64>,
     state_chunk_bytes: Option<u64>,
+    max_clients: Option<u64>,
+    max_client_reply_bytes: Option<u64>,
+    max_reply_cache_bytes: Option<u64>,
+    client_expiry_cids: Option<u64>,
 }
 
 #[derive(Default, Deserialize, Serialize)]
@@ -145,6 +149,18 @@ struct RawTimeouts {
     retransmit_initial_ms: Option<u64>,
     retransmit_max_ms: Option<u64>,
     heartbeat_ms: Option<u64>,
+}
+
+/// The file's key an engine rule is about, for the error's path.
+fn invalid_config_key(e: &InvalidConfig) -> &'static str {
+    match e {
+        InvalidConfig::ReplicaKeyCount { .. } | InvalidConfig::IdOutOfRange { .. } => "replicas",
+        InvalidConfig::ClientsAboveMaxClients { .. } => "clients",
+        InvalidConfig::TimeoutNotPositive { .. }
+        | InvalidConfig::TimeoutTooLong { .. }
+        | InvalidConfig::RetransmitMaxBelowInitial { .. } => "timeouts",
+        _ => "limits",
+    }
 }
 
 /// A public key from the file: 64 hex characters that are a valid ed25519 key (canonical, not
@@ -172,6 +188,12 @@ fn positive(path: &str, value: Option<u64>, default: u64) -> Result<u64, ConfigE
         )),
         Some(v) => Ok(v),
     }
+}
+
+/// [`positive`], for a limit held as a `usize`: refused, not truncated, if it does not fit.
+fn positive_usize(path: &str, value: Option<u64>, default: usize) -> Result<usize, ConfigError> {
+    let v = positive(path, value, default as u64)?;
+    usize::try_from(v).map_err(|_| invalid(path, format!("{v} is too large for this machine")))
 }
 
 impl ClusterConfig {
@@ -332,28 +354,27 @@ impl ClusterConfig {
         let d = Limits::default();
         let l = &raw.limits;
         let limits = Limits {
-            max_batch_requests: positive(
+            max_batch_requests: positive_usize(
                 "limits.max_batch_requests",
                 l.max_batch_requests,
-                d.max_batch_requests as u64,
-            )? as usize,
-            max_batch_bytes: positive(
+                d.max_batch_requests,
+            )?,
+            max_batch_bytes: positive_usize(
                 "limits.max_batch_bytes",
                 l.max_batch_bytes,
-                d.max_batch_bytes as u64,
-            )? as usize,
-            max_op_bytes: positive("limits.max_op_bytes", l.max_op_bytes, d.max_op_bytes as u64)?
-                as usize,
-            max_pending_per_client: positive(
+                d.max_batch_bytes,
+            )?,
+            max_op_bytes: positive_usize("limits.max_op_bytes", l.max_op_bytes, d.max_op_bytes)?,
+            max_pending_per_client: positive_usize(
                 "limits.max_pending_per_client",
                 l.max_pending_per_client,
-                d.max_pending_per_client as u64,
-            )? as usize,
-            max_pending_total: positive(
+                d.max_pending_per_client,
+            )?,
+            max_pending_total: positive_usize(
                 "limits.max_pending_total",
                 l.max_pending_total,
-                d.max_pending_total as u64,
-            )? as usize,
+                d.max_pending_total,
+            )?,
             max_instances_in_flight: positive(
                 "limits.max_instances_in_flight",
                 l.max_instances_in_flight,
@@ -364,16 +385,16 @@ impl ClusterConfig {
                 l.max_instances_ahead,
                 d.max_instances_ahead,
             )?,
-            max_decisions_per_reply: positive(
+            max_decisions_per_reply: positive_usize(
                 "limits.max_decisions_per_reply",
                 l.max_decisions_per_reply,
-                d.max_decisions_per_reply as u64,
-            )? as usize,
-            max_log_entries: positive(
+                d.max_decisions_per_reply,
+            )?,
+            max_log_entries: positive_usize(
                 "limits.max_log_entries",
                 l.max_log_entries,
-                d.max_log_entries as u64,
-            )? as usize,
+                d.max_log_entries,
+            )?,
             checkpoint_period: positive(
                 "limits.checkpoint_period",
                 l.checkpoint_period,
@@ -384,11 +405,27 @@ impl ClusterConfig {
                 l.max_state_bytes,
                 d.max_state_bytes,
             )?,
-            state_chunk_bytes: positive(
+            state_chunk_bytes: positive_usize(
                 "limits.state_chunk_bytes",
                 l.state_chunk_bytes,
-                d.state_chunk_bytes as u64,
-            )? as usize,
+                d.state_chunk_bytes,
+            )?,
+            max_clients: positive("limits.max_clients", l.max_clients, d.max_clients)?,
+            max_client_reply_bytes: positive(
+                "limits.max_client_reply_bytes",
+                l.max_client_reply_bytes,
+                d.max_client_reply_bytes,
+            )?,
+            max_reply_cache_bytes: positive(
+                "limits.max_reply_cache_bytes",
+                l.max_reply_cache_bytes,
+                d.max_reply_cache_bytes,
+            )?,
+            client_expiry_cids: positive(
+                "limits.client_expiry_cids",
+                l.client_expiry_cids,
+                d.client_expiry_cids,
+            )?,
         };
         if limits.max_instances_ahead < limits.max_instances_in_flight {
             return Err(invalid(
@@ -432,7 +469,7 @@ impl ClusterConfig {
             None => FsyncPolicy::default(),
             Some(v) => v.parse().map_err(|e| invalid("fsync", format!("{e}")))?,
         };
-        Ok(ClusterConfig {
+        let config = ClusterConfig {
             quorums,
             replicas,
             clients,
@@ -440,7 +477,14 @@ impl ClusterConfig {
             timeouts,
             fsync,
             directory: directory.to_path_buf(),
-        })
+        };
+        // Every rule the engine relies on (relations between limits, bounds on each), with
+        // the engine's message; the friendlier checks above catch the common mistakes first.
+        config
+            .engine_config(0)?
+            .validate()
+            .map_err(|e| invalid(invalid_config_key(&e), e.to_string()))?;
+        Ok(config)
     }
 
     /// BFT or CFT.
@@ -513,10 +557,11 @@ impl ClusterConfig {
         }
         let l = &self.limits;
         out.push_str(&format!(
-            "\n[limits]\nmax_batch_requests = {}\nmax_batch_bytes = {}\nmax_op_bytes = {}\nmax_pending_per_client = {}\nmax_pending_total = {}\nmax_instances_in_flight = {}\nmax_instances_ahead = {}\nmax_decisions_per_reply = {}\nmax_log_entries = {}\ncheckpoint_period = {}\nmax_state_bytes = {}\nstate_chunk_bytes = {}\n",
+            "\n[limits]\nmax_batch_requests = {}\nmax_batch_bytes = {}\nmax_op_bytes = {}\nmax_pending_per_client = {}\nmax_pending_total = {}\nmax_instances_in_flight = {}\nmax_instances_ahead = {}\nmax_decisions_per_reply = {}\nmax_log_entries = {}\ncheckpoint_period = {}\nmax_state_bytes = {}\nstate_chunk_bytes = {}\nmax_clients = {}\nmax_client_reply_bytes = {}\nmax_reply_cache_bytes = {}\nclient_expiry_cids = {}\n",
             l.max_batch_requests, l.max_batch_bytes, l.max_op_bytes, l.max_pending_per_client, l.max_pending_total,
             l.max_instances_in_flight, l.max_instances_ahead, l.max_decisions_per_reply, l.max_log_entries,
-            l.checkpoint_period, l.max_state_bytes, l.state_chunk_bytes
+            l.checkpoint_period, l.max_state_bytes, l.state_chunk_bytes, l.max_clients,
+            l.max_client_reply_bytes, l.max_reply_cache_bytes, l.client_expiry_cids
         ));
         let t = &self.timeouts;
         out.push_str(&format!(
