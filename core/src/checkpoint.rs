@@ -76,28 +76,28 @@ impl Checkpoint {
 
     /// Rebuilds a checkpoint from stored or transferred bytes and the proof of its cid, and
     /// returns it with the decoded contents. The digest is computed here; comparing it with
-    /// the one the peers agreed on is the caller's job. The client table must have been built
-    /// under `client_limits`, this replica's (decoding it already checked it against its own
-    /// bounds: [`ClientTable`]).
+    /// the one the peers agreed on is the caller's job. The client table is checked against
+    /// and bound to `client_limits`, this replica's ([`ClientTable::bind`]).
     ///
     /// # Errors
     /// A message naming the problem if the bytes do not decode (a client table that breaks
-    /// its bounds does not), the proof is for another cid, or the client table was built under
-    /// other limits or records executions after the checkpoint's cid.
+    /// its invariants does not), the proof is for another cid, or the client table breaks
+    /// `client_limits` or records executions after the checkpoint's cid.
     pub fn from_bytes(
         bytes: Vec<u8>,
         decided: DecisionProof,
         client_limits: &ClientLimits,
     ) -> Result<(Checkpoint, CheckpointData), String> {
-        let data: CheckpointData = codec::decode(&bytes).map_err(|e| e.to_string())?;
+        let mut data: CheckpointData = codec::decode(&bytes).map_err(|e| e.to_string())?;
         if decided.cid != data.cid {
             return Err(format!(
                 "checkpoint of cid {} comes with a decision proof for cid {}",
                 data.cid, decided.cid
             ));
         }
-        data.clients
-            .check_against(client_limits, data.cid)
+        data.clients = data
+            .clients
+            .bind(client_limits, data.cid)
             .map_err(|e| e.to_string())?;
         Ok((
             Checkpoint {

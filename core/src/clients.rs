@@ -51,9 +51,10 @@ const RECORD_OVERHEAD_BYTES: u64 = 32 + 4 * 10;
 const SLOT_OVERHEAD_BYTES: u64 = 10 + 1 + 10;
 
 /// The bounds of a [`ClientTable`]; the engine takes them from its
-/// [`Limits`](crate::config::Limits). Part of the table's encoding, so that a decoded table is
-/// checked against the bounds it was built under, and those against the replica's own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// [`Limits`](crate::config::Limits). Not part of the table's encoding: every replica has the
+/// same limits, and a decoded table is checked against the replica's own
+/// ([`ClientTable::bind`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientLimits {
     /// Sequence numbers remembered per client (`max_pending_per_client`), `1..=`
     /// [`MAX_CLIENT_WINDOW`].
@@ -122,15 +123,7 @@ pub enum ClientTableError {
     /// The table's bounds break a rule ([`ClientLimits::check`]).
     #[error("client table limits are invalid: {0}")]
     BadLimits(&'static str),
-    /// The table was built under other bounds than this replica's configuration.
-    #[error("client table limits {found:?} differ from this replica's {expected:?}")]
-    OtherLimits {
-        /// The table's.
-        found: ClientLimits,
-        /// This replica's.
-        expected: ClientLimits,
-    },
-    /// The contents break the table's own bounds or invariants.
+    /// The contents break this replica's bounds or the table's invariants.
     #[error("client table is inconsistent: {0}")]
     Inconsistent(String),
 }
@@ -199,55 +192,63 @@ pub enum Admission {
 
 /// Per client: the highest executed seq and the replies of the last `window` seqs up to it
 /// (docs/design.md §3.7; BFT-SMaRt keeps only the last reply), bounded in clients and bytes
-/// (module docs). Part of every checkpoint; decoding checks every bound and invariant.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "ClientTableWire", into = "ClientTableWire")]
+/// (module docs). Part of every checkpoint. Decoding checks the invariants that need no
+/// limits; [`ClientTable::bind`] then checks the contents against the replica's limits, and
+/// only a bound table executes anything.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientTable {
     limits: ClientLimits,
+    /// Whether `limits` are the replica's (a new table, or a decoded one after `bind`).
+    bound: bool,
     /// Executions so far: the next stamp.
     executions: u64,
     clients: BTreeMap<ClientId, ClientRecord>,
     /// `(stamp, client)` of every record, oldest first: the eviction order.
     by_stamp: BTreeSet<(u64, ClientId)>,
-    /// `(stamp, client)` of the records that hold cached replies.
+    /// `(stamp, client)` of the records that hold cached reply bytes.
     with_replies: BTreeSet<(u64, ClientId)>,
     /// Bytes of all cached replies.
     reply_bytes: u64,
 }
 
-/// The encoding: the limits, the execution count, the records. The indexes are rebuilt.
-#[derive(Serialize, Deserialize)]
+/// The encoding: the execution count and the records. The indexes are rebuilt.
+#[derive(Serialize)]
+struct ClientTableRef<'a> {
+    executions: u64,
+    clients: &'a BTreeMap<ClientId, ClientRecord>,
+}
+
+#[derive(Deserialize)]
 struct ClientTableWire {
-    limits: ClientLimits,
     executions: u64,
     clients: BTreeMap<ClientId, ClientRecord>,
 }
 
-impl From<ClientTable> for ClientTableWire {
-    fn from(table: ClientTable) -> Self {
-        ClientTableWire {
-            limits: table.limits,
-            executions: table.executions,
-            clients: table.clients,
+impl Serialize for ClientTable {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        ClientTableRef {
+            executions: self.executions,
+            clients: &self.clients,
         }
+        .serialize(serializer)
     }
 }
 
-impl TryFrom<ClientTableWire> for ClientTable {
-    type Error = ClientTableError;
+impl<'de> Deserialize<'de> for ClientTable {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = ClientTableWire::deserialize(deserializer)?;
+        ClientTable::unbound(wire).map_err(serde::de::Error::custom)
+    }
+}
 
-    fn try_from(wire: ClientTableWire) -> Result<Self, ClientTableError> {
-        let limits = wire.limits;
-        limits.check()?;
+impl ClientTable {
+    /// A decoded table, its invariants that need no limits checked: stamps unique and below
+    /// the execution count, each record's highest seq among its seqs and none above it, at
+    /// most [`MAX_CLIENT_WINDOW`] seqs per record.
+    fn unbound(wire: ClientTableWire) -> Result<ClientTable, ClientTableError> {
         let inconsistent = |what: String| Err(ClientTableError::Inconsistent(what));
-        if wire.clients.len() as u64 > limits.max_clients {
-            return inconsistent(format!(
-                "{} records, more than max_clients = {}",
-                wire.clients.len(),
-                limits.max_clients
-            ));
-        }
-        let mut table = ClientTable::bounded(limits);
+        let mut table = ClientTable::bounded(ClientLimits::default());
+        table.bound = false;
         table.executions = wire.executions;
         let mut stamps = BTreeSet::new();
         for (client, record) in wire.clients {
@@ -257,14 +258,53 @@ impl TryFrom<ClientTableWire> for ClientTable {
                     record.stamp, wire.executions
                 ));
             }
-            table.by_stamp.insert((record.stamp, client));
             if !stamps.insert(record.stamp) {
                 return inconsistent(format!("two records share the stamp {}", record.stamp));
             }
-            let floor = record.max_seq.saturating_sub(limits.window);
-            let in_window = |seq: &u64| *seq > floor && *seq <= record.max_seq;
-            if !record.recent.contains_key(&record.max_seq) || !record.recent.keys().all(in_window)
+            if !record.recent.contains_key(&record.max_seq)
+                || record.recent.keys().any(|seq| *seq > record.max_seq)
+                || record.recent.len() as u64 > MAX_CLIENT_WINDOW
             {
+                return inconsistent(format!(
+                    "a record's seqs do not end at its highest seq {}",
+                    record.max_seq
+                ));
+            }
+            let bytes = record.reply_bytes();
+            table.by_stamp.insert((record.stamp, client));
+            if bytes > 0 {
+                table.with_replies.insert((record.stamp, client));
+            }
+            table.reply_bytes = table.reply_bytes.saturating_add(bytes);
+            table.clients.insert(client, record);
+        }
+        Ok(table)
+    }
+
+    /// Checks a decoded table against `limits`, this replica's, and `cid`, the checkpoint it
+    /// came with, and binds it to them: at most `max_clients` records, each record's seqs
+    /// within its window, reply bytes within both bounds, no execution after `cid`.
+    ///
+    /// # Errors
+    /// [`ClientTableError::BadLimits`] for limits that break a rule (a validated config's never
+    /// do), [`ClientTableError::Inconsistent`] for contents that break them.
+    pub fn bind(
+        mut self,
+        limits: &ClientLimits,
+        cid: Cid,
+    ) -> Result<ClientTable, ClientTableError> {
+        limits.check()?;
+        let inconsistent = |what: String| Err(ClientTableError::Inconsistent(what));
+        if self.clients.len() as u64 > limits.max_clients {
+            return inconsistent(format!(
+                "{} records, more than max_clients = {}",
+                self.clients.len(),
+                limits.max_clients
+            ));
+        }
+        for record in self.clients.values() {
+            let floor = record.max_seq.saturating_sub(limits.window);
+            if record.recent.keys().any(|seq| *seq <= floor) {
                 return inconsistent(format!(
                     "a record's seqs are not within its window ({floor}, {}]",
                     record.max_seq
@@ -276,19 +316,22 @@ impl TryFrom<ClientTableWire> for ClientTable {
                     "a record caches {bytes} reply bytes, more than max_client_reply_bytes"
                 ));
             }
-            if bytes > 0 {
-                table.with_replies.insert((record.stamp, client));
+            if record.last_cid > cid {
+                return inconsistent(format!(
+                    "a record executed at cid {} in a checkpoint of cid {cid}",
+                    record.last_cid
+                ));
             }
-            table.reply_bytes = table.reply_bytes.saturating_add(bytes);
-            table.clients.insert(client, record);
         }
-        if table.reply_bytes > limits.max_reply_cache_bytes {
+        if self.reply_bytes > limits.max_reply_cache_bytes {
             return inconsistent(format!(
                 "{} reply bytes cached, more than max_reply_cache_bytes",
-                table.reply_bytes
+                self.reply_bytes
             ));
         }
-        Ok(table)
+        self.limits = *limits;
+        self.bound = true;
+        Ok(self)
     }
 }
 
@@ -316,6 +359,7 @@ impl ClientTable {
         }
         ClientTable {
             limits,
+            bound: true,
             executions: 0,
             clients: BTreeMap::new(),
             by_stamp: BTreeSet::new(),
@@ -327,28 +371,6 @@ impl ClientTable {
     /// The bounds the table enforces.
     pub fn limits(&self) -> &ClientLimits {
         &self.limits
-    }
-
-    /// Checks that a decoded table (whose own consistency decoding checked) was built under
-    /// `expected`, this replica's bounds, and that no record claims an execution after `cid`,
-    /// the checkpoint it came with.
-    ///
-    /// # Errors
-    /// [`ClientTableError::OtherLimits`] or [`ClientTableError::Inconsistent`].
-    pub fn check_against(&self, expected: &ClientLimits, cid: Cid) -> Result<(), ClientTableError> {
-        if self.limits != *expected {
-            return Err(ClientTableError::OtherLimits {
-                found: self.limits,
-                expected: *expected,
-            });
-        }
-        if let Some(record) = self.clients.values().find(|r| r.last_cid > cid) {
-            return Err(ClientTableError::Inconsistent(format!(
-                "a record executed at cid {} in a checkpoint of cid {cid}",
-                record.last_cid
-            )));
-        }
-        Ok(())
     }
 
     /// Where `id` stands: new, executed (with its reply if the service has returned it), or
@@ -377,6 +399,10 @@ impl ClientTable {
     /// If `id` was marked before: a request would execute twice (callers check
     /// [`ClientTable::status`] first).
     pub fn mark_executing(&mut self, id: &RequestId, cid: Cid) -> Admission {
+        assert!(
+            self.bound,
+            "a decoded client table executes only once bound to limits"
+        );
         if !self.clients.contains_key(&id.client)
             && self.clients.len() as u64 >= self.limits.max_clients
         {
@@ -654,7 +680,11 @@ mod tests {
     }
 
     fn round_trip(table: &ClientTable) -> Result<ClientTable, String> {
-        crate::codec::decode(&crate::codec::encode(table)).map_err(|e| e.to_string())
+        let decoded: ClientTable =
+            crate::codec::decode(&crate::codec::encode(table)).map_err(|e| e.to_string())?;
+        decoded
+            .bind(table.limits(), Cid(100))
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -668,12 +698,25 @@ mod tests {
         assert_eq!(decoded, table);
     }
 
-    /// Issue 12, item 3: a checkpoint whose table had window 0, then a request with seq
-    /// `u64::MAX`, overflowed `floor + 1`. Such a table is now refused when decoded.
     #[test]
-    fn decoding_refuses_tables_that_break_their_bounds() {
-        let wire = |limits: ClientLimits, clients: Vec<(u8, ClientRecord)>| ClientTableWire {
-            limits,
+    #[should_panic(expected = "only once bound")]
+    fn an_unbound_table_executes_nothing() {
+        let table = ClientTable::new(4);
+        let mut decoded: ClientTable = crate::codec::decode(&crate::codec::encode(&table)).unwrap();
+        decoded.mark_executing(&id(1), Cid(1));
+    }
+
+    /// Issue 12, item 3: a checkpoint whose table had window 0, then a request with seq
+    /// `u64::MAX`, overflowed `floor + 1`. The window now comes from the replica's validated
+    /// config, and a decoded table is refused if it breaks its invariants or those limits.
+    #[test]
+    fn decoding_and_binding_refuse_tables_that_break_their_bounds() {
+        #[derive(Serialize)]
+        struct Wire {
+            executions: u64,
+            clients: BTreeMap<ClientId, ClientRecord>,
+        }
+        let wire = |clients: Vec<(u8, ClientRecord)>| Wire {
             executions: 10,
             clients: clients
                 .into_iter()
@@ -686,65 +729,74 @@ mod tests {
             stamp,
             recent: seqs.iter().map(|s| (*s, Slot::Executing)).collect(),
         };
-        let decode = |wire: ClientTableWire| -> Result<ClientTable, String> {
-            crate::codec::decode(&crate::codec::encode(&wire)).map_err(|e| e.to_string())
+        let load = |wire: Wire, limits: ClientLimits| -> Result<ClientTable, String> {
+            let table: ClientTable =
+                crate::codec::decode(&crate::codec::encode(&wire)).map_err(|e| e.to_string())?;
+            table.bind(&limits, Cid(5)).map_err(|e| e.to_string())
         };
         let cases = [
             (
-                wire(
-                    ClientLimits {
-                        window: 0,
-                        ..limits(2, 1)
-                    },
-                    vec![],
-                ),
+                wire(vec![(1, record(1, 0, &[1]))]),
+                ClientLimits {
+                    window: 0,
+                    ..limits(2, 1)
+                },
                 "window must be 1..=65536",
             ),
             (
-                wire(
-                    ClientLimits {
-                        window: MAX_CLIENT_WINDOW + 1,
-                        ..limits(2, 1)
-                    },
-                    vec![],
-                ),
+                wire(vec![(1, record(u64::MAX, 0, &[u64::MAX]))]),
+                ClientLimits {
+                    window: MAX_CLIENT_WINDOW + 1,
+                    ..limits(2, 1)
+                },
                 "window must be 1..=65536",
             ),
             (
-                wire(
-                    limits(1, 1),
-                    vec![(1, record(1, 0, &[1])), (2, record(1, 1, &[1]))],
-                ),
+                wire(vec![(1, record(1, 0, &[1])), (2, record(1, 1, &[1]))]),
+                limits(1, 1),
                 "more than max_clients",
             ),
             (
-                wire(limits(2, 1), vec![(1, record(9, 0, &[1, 9]))]),
+                wire(vec![(1, record(9, 0, &[1, 9]))]),
+                limits(2, 1),
                 "not within its window",
             ),
             (
-                wire(limits(2, 1), vec![(1, record(9, 0, &[8]))]),
-                "not within its window",
+                wire(vec![(1, record(9, 0, &[8]))]),
+                limits(2, 1),
+                "do not end at its highest",
             ),
             (
-                wire(
-                    limits(2, 1),
-                    vec![(1, record(1, 3, &[1])), (2, record(1, 3, &[1]))],
-                ),
+                wire(vec![(1, record(9, 0, &[9, 10]))]),
+                limits(2, 1),
+                "do not end at its highest",
+            ),
+            (
+                wire(vec![(1, record(1, 3, &[1])), (2, record(1, 3, &[1]))]),
+                limits(2, 1),
                 "share the stamp",
             ),
             (
-                wire(limits(2, 1), vec![(1, record(1, 10, &[1]))]),
+                wire(vec![(1, record(1, 10, &[1]))]),
+                limits(2, 1),
                 "stamp 10",
             ),
         ];
-        for (wire, expected) in cases {
-            let err = decode(wire).expect_err(expected);
+        for (wire, limits, expected) in cases {
+            let err = load(wire, limits).expect_err(expected);
             assert!(err.contains(expected), "{err} (expected {expected})");
         }
         let mut too_many_bytes = record(2, 0, &[1, 2]);
         too_many_bytes.recent.insert(1, Slot::Reply(vec![0; 6]));
         too_many_bytes.recent.insert(2, Slot::Reply(vec![0; 6]));
-        let err = decode(wire(limits(2, 1), vec![(1, too_many_bytes)])).unwrap_err();
+        let err = load(wire(vec![(1, too_many_bytes)]), limits(2, 1)).unwrap_err();
         assert!(err.contains("more than max_client_reply_bytes"), "{err}");
+        let mut late = record(1, 0, &[1]);
+        late.last_cid = Cid(6);
+        let err = load(wire(vec![(1, late)]), limits(2, 1)).unwrap_err();
+        assert!(
+            err.contains("executed at cid 6 in a checkpoint of cid 5"),
+            "{err}"
+        );
     }
 }

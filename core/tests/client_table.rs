@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use smr_core::checkpoint::Checkpoint;
-use smr_core::clients::ClientLimits;
 use smr_core::engine::{Output, PersistRecord, ServiceWork};
 use smr_core::message::{
     Batch, Cid, Decision, Message, Regency, Request, RequestBody, RequestKind, VoteKind,
@@ -191,7 +190,7 @@ fn minting_client_keys_keeps_the_table_and_checkpoints_bounded() {
 }
 
 /// What a checkpoint's bytes look like: the checkpoint's cid, the service's bytes, and the
-/// client table (its limits, its execution count, its records).
+/// client table (its execution count, its records).
 #[derive(Serialize)]
 struct CheckpointBytes {
     cid: Cid,
@@ -202,59 +201,88 @@ struct CheckpointBytes {
 
 #[derive(Serialize)]
 struct TableBytes {
-    limits: ClientLimits,
     executions: u64,
-    clients: BTreeMap<PublicKey, ()>,
+    clients: BTreeMap<PublicKey, RecordBytes>,
+}
+
+/// A client's record: its highest seq, the cid and stamp of its last execution, and its seqs
+/// (each `Executing`, the slot's first variant).
+#[derive(Serialize)]
+struct RecordBytes {
+    max_seq: u64,
+    last_cid: Cid,
+    stamp: u64,
+    recent: BTreeMap<u64, SlotBytes>,
+}
+
+#[derive(Serialize)]
+enum SlotBytes {
+    Executing,
+}
+
+fn stored_checkpoint(c: &Cluster, records: Vec<(PublicKey, RecordBytes)>) -> Checkpoint {
+    let data = smr_core::codec::encode(&CheckpointBytes {
+        cid: Cid(4),
+        service: b"service".to_vec(),
+        clients: TableBytes {
+            executions: 100,
+            clients: records.into_iter().collect(),
+        },
+    });
+    Checkpoint {
+        cid: Cid(4),
+        digest: smr_crypto::digest(&data),
+        data,
+        decided: c.decision_proof(Cid(4), Batch::default().digest()),
+    }
+}
+
+fn record(max_seq: u64, stamp: u64, seqs: &[u64]) -> RecordBytes {
+    RecordBytes {
+        max_seq,
+        last_cid: Cid(1),
+        stamp,
+        recent: seqs
+            .iter()
+            .map(|seq| (*seq, SlotBytes::Executing))
+            .collect(),
+    }
 }
 
 /// Item 3, from files: a stored checkpoint whose client table had window 0, followed by a
-/// request with seq `u64::MAX`, panicked in clients.rs (`floor + 1`). A table that breaks its
-/// bounds is now refused where it is decoded, with a typed error, so recovery reports the
-/// stored checkpoint as unreadable; so is one built under other limits than the replica's.
+/// request with seq `u64::MAX`, panicked in clients.rs (`floor + 1`). The window now comes
+/// from the replica's validated config, not the file, and a stored table that breaks the
+/// table's invariants or the replica's limits is refused where it is decoded, with a typed
+/// error: recovery reports the stored checkpoint as unreadable. A valid one still recovers,
+/// and a request with seq `u64::MAX` then executes without overflow.
 #[test]
 fn a_stored_checkpoint_whose_client_table_breaks_its_bounds_is_refused() {
     let c = open_cluster(small_table());
-    let own = small_table().client_limits();
     let cases = [
         (
-            ClientLimits { window: 0, ..own },
-            "client table limits are invalid: window must be 1..=65536",
+            (1..=9)
+                .map(|i| (PublicKey([i; 32]), record(1, i as u64, &[1])))
+                .collect(),
+            "9 records, more than max_clients = 8",
         ),
         (
-            ClientLimits {
-                max_clients: 0,
-                ..own
-            },
-            "client table limits are invalid: max_clients must be at least 1",
+            vec![(PublicKey([1; 32]), record(u64::MAX, 0, &[1, u64::MAX]))],
+            "not within its window",
         ),
         (
-            ClientLimits {
-                max_clients: 9,
-                ..own
-            },
-            "differ from this replica's",
+            vec![(PublicKey([1; 32]), record(3, 0, &[2]))],
+            "do not end at its highest seq 3",
+        ),
+        (
+            vec![(PublicKey([1; 32]), record(1, 100, &[1]))],
+            "stamp 100 is not below the execution count 100",
         ),
     ];
-    for (limits, expected) in cases {
-        let data = smr_core::codec::encode(&CheckpointBytes {
-            cid: Cid(4),
-            service: b"service".to_vec(),
-            clients: TableBytes {
-                limits,
-                executions: 0,
-                clients: BTreeMap::new(),
-            },
-        });
-        let checkpoint = Checkpoint {
-            cid: Cid(4),
-            digest: smr_crypto::digest(&data),
-            data,
-            decided: c.decision_proof(Cid(4), Batch::default().digest()),
-        };
+    for (records, expected) in cases {
         let err = Engine::recover(
             c.cfg(1),
             c.engine_signer(1),
-            [PersistRecord::Checkpoint(checkpoint)],
+            [PersistRecord::Checkpoint(stored_checkpoint(&c, records))],
         )
         .map(|_| ())
         .expect_err(expected);
@@ -263,4 +291,34 @@ fn a_stored_checkpoint_whose_client_table_breaks_its_bounds_is_refused() {
             "{err}"
         );
     }
+
+    // The fixture's client, at the top of the seq range.
+    let valid = stored_checkpoint(
+        &c,
+        vec![(
+            c.client.public_key(),
+            record(u64::MAX - 1, 0, &[u64::MAX - 2, u64::MAX - 1]),
+        )],
+    );
+    let (mut engine, _) = Engine::recover(
+        c.cfg(1),
+        c.engine_signer(1),
+        [PersistRecord::Checkpoint(valid)],
+    )
+    .expect("a valid stored checkpoint recovers");
+    engine.start(0);
+    assert_eq!(engine.pending_clients(), 1);
+    let at_the_top = request(&c.client, u64::MAX);
+    let checkpoints = decide(&c, &mut engine, 5, vec![at_the_top.clone()]);
+    assert_eq!(checkpoints, Vec::<usize>::new());
+    assert_eq!(engine.stats().executed_requests, 1);
+    assert_eq!(
+        c.deliver_ok(
+            &mut engine,
+            0,
+            c.client_peer(),
+            Message::Request(at_the_top.clone())
+        ),
+        only_sent(vec![c.reply(1, u64::MAX, &result_of(&at_the_top))])
+    );
 }
