@@ -253,7 +253,9 @@ impl ClusterConfig {
                 ))
             }
             Some(f) if f < 0 => return Err(invalid("f", "must not be negative")),
-            Some(f) => f as usize,
+            // Any f that fits is then checked against n by `Quorums::new` (saturating).
+            Some(f) => usize::try_from(f)
+                .map_err(|_| invalid("f", format!("{f} is too large for this machine")))?,
         };
         if raw.replicas.is_empty() {
             return Err(invalid(
@@ -736,6 +738,35 @@ mod tests {
             e.starts_with("config replicas[2].public_key: key is a mixed-order ed25519 point"),
             "{e}"
         );
+    }
+
+    /// Issue 12, item 3, from files: every limit the engine relates to another is checked
+    /// when the file is loaded, with the engine's message, so a config that loads is one the
+    /// engine accepts (here a checkpoint period of 2^63 - 1, whose `4 * period` overflowed).
+    #[test]
+    fn limits_the_engine_would_refuse_are_refused_at_load() {
+        let e = error(&format!(
+            "mode = \"cft\"\nf = 1\nclients = \"any\"\n{}\n[limits]\ncheckpoint_period = 9223372036854775807\n",
+            replicas(3)
+        ));
+        assert_eq!(
+            e,
+            "config limits: limits.max_log_entries (10000) is below limits.checkpoint_period \
+             (9223372036854775807); raise max_log_entries to at least 9223372036854775807"
+        );
+        let e = error(&format!(
+            "mode = \"cft\"\nf = 1\nclients = [\"{KEY_D}\"]\n{}\n[limits]\nmax_clients = 1\nmax_reply_cache_bytes = 10\n",
+            replicas(3)
+        ));
+        assert!(
+            e.starts_with("config limits: limits.max_reply_cache_bytes (10) is below"),
+            "{e}"
+        );
+        let e = error(&format!(
+            "mode = \"cft\"\nf = 9223372036854775807\nclients = \"any\"\n{}",
+            replicas(3)
+        ));
+        assert!(e.starts_with("config replicas:"), "{e}");
     }
 
     #[test]
