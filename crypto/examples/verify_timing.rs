@@ -9,7 +9,8 @@
 //! key, single with a key never seen before (parsed and checked on each call: 8,192 keys cycle
 //! through a cache of 4,096), and per item in batches of 64; and, interleaved with them for a
 //! fair comparison on a busy machine, dalek's cofactorless `verify_strict` on a parsed key (what
-//! `Ed25519Verifier::verify` did before it became cofactored).
+//! `Ed25519Verifier::verify` did before it became cofactored), and the cost of checking a new
+//! key against the cost of the check it replaced.
 
 use std::time::Instant;
 
@@ -54,7 +55,16 @@ fn main() {
         })
         .collect();
     let (mut cached, mut cold, mut batched, mut strict) = (f64::MAX, f64::MAX, f64::MAX, f64::MAX);
+    let (mut key_check, mut old_key_check) = (f64::MAX, f64::MAX);
     for _ in 0..7 {
+        key_check = key_check.min(per_call_us(CALLS, |i| {
+            signed[i % signed.len()].0.check_ed25519().expect("valid");
+        }));
+        old_key_check = old_key_check.min(per_call_us(CALLS, |i| {
+            let key =
+                ed25519_dalek::VerifyingKey::from_bytes(signed[i % signed.len()].0.as_bytes());
+            assert!(!key.expect("valid").is_weak());
+        }));
         strict = strict.min(per_call_us(CALLS, |i| {
             let (key, signature) = &dalek_keys[i % 4];
             key.verify_strict(&message, signature).expect("valid");
@@ -77,6 +87,9 @@ fn main() {
             }) / 64.0,
         );
     }
+    println!(
+        "key check: {key_check:.2} µs (decompress and is_weak alone, the check before: {old_key_check:.2} µs)"
+    );
     println!(
         "single, cached key: {cached:.2} µs/verify (dalek verify_strict: {strict:.2}); single, new key: {cold:.2} µs/verify; batch of 64: {batched:.2} µs/item (best of 7)"
     );
