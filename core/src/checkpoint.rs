@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use smr_crypto::Digest;
 
-use crate::clients::ClientTable;
+use crate::clients::{ClientLimits, ClientTable};
 use crate::codec;
 use crate::message::{Cid, DecisionProof, ReplicaId};
 
@@ -76,22 +76,29 @@ impl Checkpoint {
 
     /// Rebuilds a checkpoint from stored or transferred bytes and the proof of its cid, and
     /// returns it with the decoded contents. The digest is computed here; comparing it with
-    /// the one the peers agreed on is the caller's job.
+    /// the one the peers agreed on is the caller's job. The client table is checked against
+    /// and bound to `client_limits`, this replica's ([`ClientTable::bind`]).
     ///
     /// # Errors
-    /// A message naming the problem if the bytes do not decode or the proof is for another
-    /// cid.
+    /// A message naming the problem if the bytes do not decode (a client table that breaks
+    /// its invariants does not), the proof is for another cid, or the client table breaks
+    /// `client_limits` or records executions after the checkpoint's cid.
     pub fn from_bytes(
         bytes: Vec<u8>,
         decided: DecisionProof,
+        client_limits: &ClientLimits,
     ) -> Result<(Checkpoint, CheckpointData), String> {
-        let data: CheckpointData = codec::decode(&bytes).map_err(|e| e.to_string())?;
+        let mut data: CheckpointData = codec::decode(&bytes).map_err(|e| e.to_string())?;
         if decided.cid != data.cid {
             return Err(format!(
                 "checkpoint of cid {} comes with a decision proof for cid {}",
                 data.cid, decided.cid
             ));
         }
+        data.clients = data
+            .clients
+            .bind(client_limits, data.cid)
+            .map_err(|e| e.to_string())?;
         Ok((
             Checkpoint {
                 cid: data.cid,
@@ -181,9 +188,14 @@ mod tests {
             clients: ClientTable::new(4),
         };
         let c = Checkpoint::new(&data, proof(Cid(7)));
-        let (again, decoded) = Checkpoint::from_bytes(c.data.clone(), proof(Cid(7))).unwrap();
+        let (again, decoded) =
+            Checkpoint::from_bytes(c.data.clone(), proof(Cid(7)), &limits()).unwrap();
         assert_eq!(again, c);
         assert_eq!(decoded, data);
+    }
+
+    fn limits() -> ClientLimits {
+        ClientTable::new(4).limits().to_owned()
     }
 
     fn proof(cid: Cid) -> DecisionProof {
@@ -202,7 +214,7 @@ mod tests {
             clients: ClientTable::new(4),
         };
         let c = Checkpoint::new(&data, proof(Cid(7)));
-        let err = Checkpoint::from_bytes(c.data, proof(Cid(6))).unwrap_err();
+        let err = Checkpoint::from_bytes(c.data, proof(Cid(6)), &limits()).unwrap_err();
         assert!(err.contains("proof for cid 6"), "{err}");
     }
 }

@@ -1,107 +1,541 @@
-//! The client table: exactly-once execution and the reply cache.
+//! The client table: exactly-once execution and the reply cache, bounded in clients and bytes.
 //!
 //! A request is identified by (client, seq). A client may have up to `window` requests in
 //! flight, and must not send seq `s` before every seq at or below `s - window` has completed.
 //! The table therefore remembers, per client, the replies of the last `window` sequence numbers
 //! up to the highest executed one; anything older is known to be executed already. A duplicate
 //! within the window gets the cached reply again, never a second execution.
+//!
+//! The table is replicated state (it is part of every checkpoint), so everything that bounds it
+//! is a function of the decided sequence alone, applied at execution time (docs/design.md
+//! §3.7, "Bounds"):
+//!
+//! - **Records.** At most `max_clients` clients have a record. A client with no record whose
+//!   request executes while the table is full takes the place of the least recently executed
+//!   client (the oldest execution stamp), provided that client has executed nothing for
+//!   `client_expiry_cids` cids. If even that client is more recent, the request is refused at
+//!   execution: it is decided but not executed, on every correct replica alike, and its client
+//!   sees no reply and may send it again later (it never ran). So a flood of fresh keys fills
+//!   the table but never pushes out a client that executed within the last
+//!   `client_expiry_cids` cids: exactly-once holds for active clients.
+//! - **Reply bytes.** A client's cached replies hold at most `max_client_reply_bytes`, and all
+//!   of them together at most `max_reply_cache_bytes`. Past either bound, replies are dropped,
+//!   oldest first: the client's own oldest for the first, those of the least recently executed
+//!   clients for the second. A dropped reply's seq stays known as executed.
+//!
+//! What a client sees when it sends a request again whose reply is no longer cached (dropped,
+//! or older than its window): the request is refused as stale ([`RequestStatus::Stale`],
+//! counted as `stale_request`), never executed a second time; the client's retry times out and
+//! the outcome is unknown to it. A client whose record was evicted (idle for
+//! `client_expiry_cids` cids and displaced by another) starts afresh: its seqs are new again.
+//! Like Raft's and BFT-SMaRt's client sessions, a client that comes back after expiry with a
+//! request it sent before expiry may see it executed again; that needs it to have stayed away
+//! for `client_expiry_cids` decisions while waiting for that very reply.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::message::{ClientId, RequestId};
+use crate::message::{Cid, ClientId, RequestId};
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The largest window a table accepts (the engine's `max_pending_per_client`): beyond it, one
+/// client's record alone could not be bounded sensibly.
+pub const MAX_CLIENT_WINDOW: u64 = 1 << 16;
+
+/// Bytes a record is charged for besides its replies: the key, the highest seq, the last cid,
+/// the stamp and the map's length, as the codec writes them (an upper bound).
+const RECORD_OVERHEAD_BYTES: u64 = 32 + 4 * 10;
+
+/// Bytes a cached seq is charged for besides its reply: the seq, the slot's tag and the reply's
+/// length prefix (an upper bound).
+const SLOT_OVERHEAD_BYTES: u64 = 10 + 1 + 10;
+
+/// The bounds of a [`ClientTable`]; the engine takes them from its
+/// [`Limits`](crate::config::Limits). Not part of the table's encoding: every replica has the
+/// same limits, and a decoded table is checked against the replica's own
+/// ([`ClientTable::bind`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Sequence numbers remembered per client (`max_pending_per_client`), `1..=`
+    /// [`MAX_CLIENT_WINDOW`].
+    pub window: u64,
+    /// Most clients with a record (`limits.max_clients`).
+    pub max_clients: u64,
+    /// Most bytes of cached replies per client (`limits.max_client_reply_bytes`).
+    pub max_client_reply_bytes: u64,
+    /// Most bytes of cached replies in all (`limits.max_reply_cache_bytes`).
+    pub max_reply_cache_bytes: u64,
+    /// Cids a client must have executed nothing for before its record can be evicted
+    /// (`limits.client_expiry_cids`).
+    pub client_expiry_cids: u64,
+}
+
+impl Default for ClientLimits {
+    /// The defaults of [`Limits`](crate::config::Limits).
+    fn default() -> Self {
+        ClientLimits {
+            window: 64,
+            max_clients: 10_000,
+            max_client_reply_bytes: 1 << 20,
+            max_reply_cache_bytes: 64 << 20,
+            client_expiry_cids: 10_000,
+        }
+    }
+}
+
+impl ClientLimits {
+    /// The most bytes a table under these limits can encode to (records, cached seqs and
+    /// replies), saturating: what a checkpoint's client table may add to `max_state_bytes`.
+    pub fn max_encoded_bytes(&self) -> u64 {
+        let per_record =
+            RECORD_OVERHEAD_BYTES.saturating_add(self.window.saturating_mul(SLOT_OVERHEAD_BYTES));
+        self.max_clients
+            .saturating_mul(per_record)
+            .saturating_add(self.max_reply_cache_bytes)
+            .saturating_add(4 * 10)
+    }
+
+    /// Checks the rules a table relies on.
+    ///
+    /// # Errors
+    /// [`ClientTableError::BadLimits`] naming the first broken rule: a window of 0 or above
+    /// [`MAX_CLIENT_WINDOW`], `max_clients` or a reply bound of 0, or a per-client reply bound
+    /// above the total.
+    pub fn check(&self) -> Result<(), ClientTableError> {
+        let rule = if self.window == 0 || self.window > MAX_CLIENT_WINDOW {
+            "window must be 1..=65536"
+        } else if self.max_clients == 0 {
+            "max_clients must be at least 1"
+        } else if self.max_client_reply_bytes == 0 {
+            "max_client_reply_bytes must be at least 1"
+        } else if self.max_reply_cache_bytes < self.max_client_reply_bytes {
+            "max_reply_cache_bytes must be at least max_client_reply_bytes"
+        } else {
+            return Ok(());
+        };
+        Err(ClientTableError::BadLimits(rule))
+    }
+}
+
+/// Why a decoded client table (from a checkpoint file or a state transfer) was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientTableError {
+    /// The table's bounds break a rule ([`ClientLimits::check`]).
+    #[error("client table limits are invalid: {0}")]
+    BadLimits(&'static str),
+    /// The contents break this replica's bounds or the table's invariants.
+    #[error("client table is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+/// One seq in a client's window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Slot {
+    /// Handed to the service, no result yet.
+    Executing,
+    /// Executed; the reply is cached.
+    Reply(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Executed; the reply was dropped to respect a byte bound.
+    Dropped,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct ClientRecord {
     max_seq: u64,
-    /// seq -> reply; `None` while the service is still executing it.
-    recent: BTreeMap<u64, Option<Vec<u8>>>,
+    /// The cid of the client's last executed request.
+    last_cid: Cid,
+    /// When, in the table's count of executions, the client last executed a request: unique
+    /// per record, the eviction order.
+    stamp: u64,
+    /// Seqs within the window up to `max_seq`.
+    recent: BTreeMap<u64, Slot>,
+}
+
+impl ClientRecord {
+    fn reply_bytes(&self) -> u64 {
+        self.recent
+            .values()
+            .map(|slot| match slot {
+                Slot::Reply(bytes) => bytes.len() as u64,
+                _ => 0,
+            })
+            .sum()
+    }
 }
 
 /// Where a request stands with respect to execution.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RequestStatus<'a> {
-    /// Never executed: it may be ordered.
+    /// Never executed (as far as the table knows: see the module docs on eviction): it may be
+    /// ordered.
     New,
     /// Executed (or executing); here is the reply if it is known.
     Executed(Option<&'a [u8]>),
-    /// Older than the client's window: executed long ago, reply no longer kept.
+    /// Executed, and the reply is no longer kept: older than the client's window, or dropped
+    /// to respect a byte bound. Refused, never executed again.
     Stale,
 }
 
+/// What [`ClientTable::mark_executing`] decided.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// The request executes. `floor`: the highest seq that is now outside the client's window,
+    /// if the window moved (callers drop pending copies of it and older requests).
+    Execute {
+        /// See above.
+        floor: Option<u64>,
+    },
+    /// The table is full of clients active within `client_expiry_cids`: this new client's
+    /// request is not executed (on every correct replica alike).
+    Refused,
+}
+
 /// Per client: the highest executed seq and the replies of the last `window` seqs up to it
-/// (docs/design.md §3.7; BFT-SMaRt keeps only the last reply). Part of every checkpoint.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// (docs/design.md §3.7; BFT-SMaRt keeps only the last reply), bounded in clients and bytes
+/// (module docs). Part of every checkpoint. Decoding checks the invariants that need no
+/// limits; [`ClientTable::bind`] then checks the contents against the replica's limits, and
+/// only a bound table executes anything.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientTable {
-    window: u64,
+    limits: ClientLimits,
+    /// Whether `limits` are the replica's (a new table, or a decoded one after `bind`).
+    bound: bool,
+    /// Executions so far: the next stamp.
+    executions: u64,
+    clients: BTreeMap<ClientId, ClientRecord>,
+    /// `(stamp, client)` of every record, oldest first: the eviction order.
+    by_stamp: BTreeSet<(u64, ClientId)>,
+    /// `(stamp, client)` of the records that hold cached reply bytes.
+    with_replies: BTreeSet<(u64, ClientId)>,
+    /// Bytes of all cached replies.
+    reply_bytes: u64,
+}
+
+/// The encoding: the execution count and the records. The indexes are rebuilt.
+#[derive(Serialize)]
+struct ClientTableRef<'a> {
+    executions: u64,
+    clients: &'a BTreeMap<ClientId, ClientRecord>,
+}
+
+#[derive(Deserialize)]
+struct ClientTableWire {
+    executions: u64,
     clients: BTreeMap<ClientId, ClientRecord>,
 }
 
+impl Serialize for ClientTable {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        ClientTableRef {
+            executions: self.executions,
+            clients: &self.clients,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientTable {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = ClientTableWire::deserialize(deserializer)?;
+        ClientTable::unbound(wire).map_err(serde::de::Error::custom)
+    }
+}
+
 impl ClientTable {
-    /// An empty table whose window is `window` sequence numbers (the engine uses
-    /// `max_pending_per_client`).
+    /// A decoded table, its invariants that need no limits checked: stamps unique and below
+    /// the execution count, each record's highest seq among its seqs and none above it, at
+    /// most [`MAX_CLIENT_WINDOW`] seqs per record.
+    fn unbound(wire: ClientTableWire) -> Result<ClientTable, ClientTableError> {
+        let inconsistent = |what: String| Err(ClientTableError::Inconsistent(what));
+        let mut table = ClientTable::bounded(ClientLimits::default());
+        table.bound = false;
+        table.executions = wire.executions;
+        let mut stamps = BTreeSet::new();
+        for (client, record) in wire.clients {
+            if record.stamp >= wire.executions {
+                return inconsistent(format!(
+                    "a record's stamp {} is not below the execution count {}",
+                    record.stamp, wire.executions
+                ));
+            }
+            if !stamps.insert(record.stamp) {
+                return inconsistent(format!("two records share the stamp {}", record.stamp));
+            }
+            if !record.recent.contains_key(&record.max_seq)
+                || record.recent.keys().any(|seq| *seq > record.max_seq)
+                || record.recent.len() as u64 > MAX_CLIENT_WINDOW
+            {
+                return inconsistent(format!(
+                    "a record's seqs do not end at its highest seq {}",
+                    record.max_seq
+                ));
+            }
+            let bytes = record.reply_bytes();
+            table.by_stamp.insert((record.stamp, client));
+            if bytes > 0 {
+                table.with_replies.insert((record.stamp, client));
+            }
+            table.reply_bytes = table.reply_bytes.saturating_add(bytes);
+            table.clients.insert(client, record);
+        }
+        Ok(table)
+    }
+
+    /// Checks a decoded table against `limits`, this replica's, and `cid`, the checkpoint it
+    /// came with, and binds it to them: at most `max_clients` records, each record's seqs
+    /// within its window, reply bytes within both bounds, no execution after `cid`.
+    ///
+    /// # Errors
+    /// [`ClientTableError::BadLimits`] for limits that break a rule (a validated config's never
+    /// do), [`ClientTableError::Inconsistent`] for contents that break them.
+    pub fn bind(
+        mut self,
+        limits: &ClientLimits,
+        cid: Cid,
+    ) -> Result<ClientTable, ClientTableError> {
+        limits.check()?;
+        let inconsistent = |what: String| Err(ClientTableError::Inconsistent(what));
+        if self.clients.len() as u64 > limits.max_clients {
+            return inconsistent(format!(
+                "{} records, more than max_clients = {}",
+                self.clients.len(),
+                limits.max_clients
+            ));
+        }
+        for record in self.clients.values() {
+            let floor = record.max_seq.saturating_sub(limits.window);
+            if record.recent.keys().any(|seq| *seq <= floor) {
+                return inconsistent(format!(
+                    "a record's seqs are not within its window ({floor}, {}]",
+                    record.max_seq
+                ));
+            }
+            let bytes = record.reply_bytes();
+            if bytes > limits.max_client_reply_bytes {
+                return inconsistent(format!(
+                    "a record caches {bytes} reply bytes, more than max_client_reply_bytes"
+                ));
+            }
+            if record.last_cid > cid {
+                return inconsistent(format!(
+                    "a record executed at cid {} in a checkpoint of cid {cid}",
+                    record.last_cid
+                ));
+            }
+        }
+        if self.reply_bytes > limits.max_reply_cache_bytes {
+            return inconsistent(format!(
+                "{} reply bytes cached, more than max_reply_cache_bytes",
+                self.reply_bytes
+            ));
+        }
+        self.limits = *limits;
+        self.bound = true;
+        Ok(self)
+    }
+}
+
+impl ClientTable {
+    /// An empty table whose window is `window` sequence numbers, with the other bounds at
+    /// their defaults ([`ClientLimits::default`]).
     ///
     /// # Panics
-    /// If `window` is 0.
+    /// If `window` is 0 or above [`MAX_CLIENT_WINDOW`].
     pub fn new(window: u64) -> ClientTable {
-        assert!(window > 0, "client window must be positive");
-        ClientTable {
+        ClientTable::bounded(ClientLimits {
             window,
+            ..ClientLimits::default()
+        })
+    }
+
+    /// An empty table under `limits`.
+    ///
+    /// # Panics
+    /// If `limits` break a rule of [`ClientLimits::check`] (a validated engine config never
+    /// does).
+    pub fn bounded(limits: ClientLimits) -> ClientTable {
+        if let Err(e) = limits.check() {
+            panic!("{e}");
+        }
+        ClientTable {
+            limits,
+            bound: true,
+            executions: 0,
             clients: BTreeMap::new(),
+            by_stamp: BTreeSet::new(),
+            with_replies: BTreeSet::new(),
+            reply_bytes: 0,
         }
     }
 
+    /// The bounds the table enforces.
+    pub fn limits(&self) -> &ClientLimits {
+        &self.limits
+    }
+
     /// Where `id` stands: new, executed (with its reply if the service has returned it), or
-    /// stale (`max_seq - seq >= window`).
+    /// stale (`max_seq - seq >= window`, or the reply was dropped).
     pub fn status(&self, id: &RequestId) -> RequestStatus<'_> {
         let Some(record) = self.clients.get(&id.client) else {
             return RequestStatus::New;
         };
-        if let Some(reply) = record.recent.get(&id.seq) {
-            return RequestStatus::Executed(reply.as_deref());
+        match record.recent.get(&id.seq) {
+            Some(Slot::Executing) => return RequestStatus::Executed(None),
+            Some(Slot::Reply(reply)) => return RequestStatus::Executed(Some(reply)),
+            Some(Slot::Dropped) => return RequestStatus::Stale,
+            None => {}
         }
-        if id.seq.saturating_add(self.window) <= record.max_seq {
+        if id.seq.saturating_add(self.limits.window) <= record.max_seq {
             return RequestStatus::Stale;
         }
         RequestStatus::New
     }
 
-    /// Marks `id` as executing. Returns the highest seq that is now outside the window (so
-    /// that callers can drop pending copies of it and older requests), if the window moved.
+    /// Marks `id`, decided in `cid`, as executing, or refuses it if its client has no record
+    /// and the table is full of clients active within `client_expiry_cids` of `cid`. A new
+    /// client in a full table evicts the least recently executed one.
     ///
     /// # Panics
-    /// If `id` was marked before: a request would execute twice.
-    pub fn mark_executing(&mut self, id: &RequestId) -> Option<u64> {
-        let window = self.window;
-        let record = self.clients.entry(id.client).or_default();
-        let previous = record.recent.insert(id.seq, None);
+    /// If `id` was marked before: a request would execute twice (callers check
+    /// [`ClientTable::status`] first).
+    pub fn mark_executing(&mut self, id: &RequestId, cid: Cid) -> Admission {
+        assert!(
+            self.bound,
+            "a decoded client table executes only once bound to limits"
+        );
+        if !self.clients.contains_key(&id.client)
+            && self.clients.len() as u64 >= self.limits.max_clients
+        {
+            let (stamp, oldest) = *self.by_stamp.first().expect("a full table has records");
+            let last_cid = self.clients[&oldest].last_cid;
+            if cid.0.saturating_sub(last_cid.0) < self.limits.client_expiry_cids {
+                return Admission::Refused;
+            }
+            self.evict(stamp, oldest);
+        }
+        let stamp = self.executions;
+        self.executions = self.executions.saturating_add(1);
+        let window = self.limits.window;
+        let record = self
+            .clients
+            .entry(id.client)
+            .or_insert_with(|| ClientRecord {
+                max_seq: 0,
+                last_cid: cid,
+                stamp,
+                recent: BTreeMap::new(),
+            });
+        let old_stamp = record.stamp;
+        record.stamp = stamp;
+        record.last_cid = record.last_cid.max(cid);
+        let previous = record.recent.insert(id.seq, Slot::Executing);
         assert!(previous.is_none(), "request {id:?} executed twice");
+        let mut floor = None;
         if id.seq > record.max_seq {
             record.max_seq = id.seq;
-            if let Some(floor) = record.max_seq.checked_sub(window) {
-                record.recent = record.recent.split_off(&(floor + 1));
-                return Some(floor);
+            if let Some(new_floor) = record.max_seq.checked_sub(window) {
+                // new_floor < u64::MAX since window >= 1.
+                let kept = record.recent.split_off(&new_floor.saturating_add(1));
+                let dropped = std::mem::replace(&mut record.recent, kept);
+                let freed: u64 = dropped
+                    .values()
+                    .map(|slot| match slot {
+                        Slot::Reply(bytes) => bytes.len() as u64,
+                        _ => 0,
+                    })
+                    .sum();
+                self.reply_bytes = self.reply_bytes.saturating_sub(freed);
+                floor = Some(new_floor);
             }
         }
-        None
+        let has_replies = record.reply_bytes() > 0;
+        self.by_stamp.remove(&(old_stamp, id.client));
+        self.by_stamp.insert((stamp, id.client));
+        self.with_replies.remove(&(old_stamp, id.client));
+        if has_replies {
+            self.with_replies.insert((stamp, id.client));
+        }
+        Admission::Execute { floor }
     }
 
-    /// Stores the reply of an executing request; ignored for a request not marked executing
-    /// (or already outside the window).
+    /// Stores the reply of an executing request (ignored for a request not marked executing,
+    /// or already outside the window), then drops cached replies as the byte bounds require:
+    /// the client's own oldest first, then those of the least recently executed clients.
     pub fn record_reply(&mut self, id: &RequestId, reply: Vec<u8>) {
-        if let Some(slot) = self
-            .clients
-            .get_mut(&id.client)
-            .and_then(|r| r.recent.get_mut(&id.seq))
-        {
-            *slot = Some(reply);
+        let limits = self.limits;
+        let Some(record) = self.clients.get_mut(&id.client) else {
+            return;
+        };
+        let Some(slot) = record.recent.get_mut(&id.seq) else {
+            return;
+        };
+        if *slot != Slot::Executing {
+            return;
+        }
+        let added = reply.len() as u64;
+        *slot = Slot::Reply(reply);
+        // The client's own bound: drop its oldest replies (this one too, if it alone is larger
+        // than the bound).
+        let mut client_bytes = record.reply_bytes();
+        let mut freed = 0u64;
+        for slot in record.recent.values_mut() {
+            if client_bytes <= limits.max_client_reply_bytes {
+                break;
+            }
+            if let Slot::Reply(bytes) = slot {
+                client_bytes -= bytes.len() as u64;
+                freed += bytes.len() as u64;
+                *slot = Slot::Dropped;
+            }
+        }
+        let stamp = record.stamp;
+        self.reply_bytes = self.reply_bytes.saturating_add(added).saturating_sub(freed);
+        if client_bytes > 0 {
+            self.with_replies.insert((stamp, id.client));
+        } else {
+            self.with_replies.remove(&(stamp, id.client));
+        }
+        // The total bound: whole clients' caches, least recently executed first.
+        while self.reply_bytes > limits.max_reply_cache_bytes {
+            let Some((stamp, client)) = self.with_replies.pop_first() else {
+                break;
+            };
+            let record = self
+                .clients
+                .get_mut(&client)
+                .expect("indexed records exist");
+            let mut remaining = record.reply_bytes();
+            for slot in record.recent.values_mut() {
+                if self.reply_bytes <= limits.max_reply_cache_bytes {
+                    break;
+                }
+                if let Slot::Reply(bytes) = slot {
+                    self.reply_bytes = self.reply_bytes.saturating_sub(bytes.len() as u64);
+                    remaining -= bytes.len() as u64;
+                    *slot = Slot::Dropped;
+                }
+            }
+            if remaining > 0 {
+                self.with_replies.insert((stamp, client));
+            }
         }
     }
 
-    /// Clients with a record: every client that has had a request executed.
+    fn evict(&mut self, stamp: u64, client: ClientId) {
+        let record = self.clients.remove(&client).expect("indexed records exist");
+        self.by_stamp.remove(&(stamp, client));
+        self.with_replies.remove(&(stamp, client));
+        self.reply_bytes = self.reply_bytes.saturating_sub(record.reply_bytes());
+    }
+
+    /// Clients with a record: those that executed a request and were not evicted since.
     pub fn client_count(&self) -> usize {
         self.clients.len()
+    }
+
+    /// Bytes of cached replies, in all.
+    pub fn reply_bytes(&self) -> u64 {
+        self.reply_bytes
     }
 }
 
@@ -111,9 +545,20 @@ mod tests {
     use smr_crypto::PublicKey;
 
     fn id(seq: u64) -> RequestId {
+        client_id(7, seq)
+    }
+
+    fn client_id(client: u8, seq: u64) -> RequestId {
         RequestId {
-            client: PublicKey([7; 32]),
+            client: PublicKey([client; 32]),
             seq,
+        }
+    }
+
+    fn execute(table: &mut ClientTable, id: &RequestId, cid: u64) -> Option<u64> {
+        match table.mark_executing(id, Cid(cid)) {
+            Admission::Execute { floor } => floor,
+            Admission::Refused => panic!("{id:?} refused"),
         }
     }
 
@@ -121,33 +566,36 @@ mod tests {
     fn duplicate_gets_cached_reply() {
         let mut table = ClientTable::new(4);
         assert_eq!(table.status(&id(1)), RequestStatus::New);
-        table.mark_executing(&id(1));
+        execute(&mut table, &id(1), 1);
         assert_eq!(table.status(&id(1)), RequestStatus::Executed(None));
         table.record_reply(&id(1), b"ok".to_vec());
         assert_eq!(
             table.status(&id(1)),
             RequestStatus::Executed(Some(&b"ok"[..]))
         );
+        assert_eq!(table.reply_bytes(), 2);
     }
 
     #[test]
     fn requests_older_than_the_window_are_stale() {
         let mut table = ClientTable::new(2);
-        table.mark_executing(&id(1));
-        table.mark_executing(&id(3));
-        assert_eq!(table.mark_executing(&id(4)), Some(2));
+        execute(&mut table, &id(1), 1);
+        table.record_reply(&id(1), b"one".to_vec());
+        execute(&mut table, &id(3), 2);
+        assert_eq!(execute(&mut table, &id(4), 3), Some(2));
         assert_eq!(table.status(&id(1)), RequestStatus::Stale);
         assert_eq!(table.status(&id(2)), RequestStatus::Stale);
         assert_eq!(table.status(&id(3)), RequestStatus::Executed(None));
         assert_eq!(table.status(&id(5)), RequestStatus::New);
+        assert_eq!(table.reply_bytes(), 0, "the reply left the window");
     }
 
     #[test]
     fn out_of_order_seqs_within_the_window_execute() {
         let mut table = ClientTable::new(8);
-        table.mark_executing(&id(5));
+        execute(&mut table, &id(5), 1);
         assert_eq!(table.status(&id(3)), RequestStatus::New);
-        table.mark_executing(&id(3));
+        execute(&mut table, &id(3), 1);
         assert_eq!(table.status(&id(3)), RequestStatus::Executed(None));
     }
 
@@ -155,7 +603,200 @@ mod tests {
     #[should_panic(expected = "executed twice")]
     fn executing_twice_is_an_invariant_violation() {
         let mut table = ClientTable::new(8);
-        table.mark_executing(&id(5));
-        table.mark_executing(&id(5));
+        execute(&mut table, &id(5), 1);
+        execute(&mut table, &id(5), 1);
+    }
+
+    #[test]
+    fn seq_u64_max_executes_without_overflow() {
+        let mut table = ClientTable::new(1);
+        assert_eq!(execute(&mut table, &id(u64::MAX), 1), Some(u64::MAX - 1));
+        assert_eq!(table.status(&id(u64::MAX)), RequestStatus::Executed(None));
+        assert_eq!(table.status(&id(u64::MAX - 1)), RequestStatus::Stale);
+    }
+
+    fn limits(max_clients: u64, expiry: u64) -> ClientLimits {
+        ClientLimits {
+            window: 4,
+            max_clients,
+            max_client_reply_bytes: 10,
+            max_reply_cache_bytes: 25,
+            client_expiry_cids: expiry,
+        }
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_least_recently_executed_idle_client() {
+        let mut table = ClientTable::bounded(limits(2, 10));
+        execute(&mut table, &client_id(1, 1), 1);
+        execute(&mut table, &client_id(2, 1), 2);
+        execute(&mut table, &client_id(1, 2), 3);
+        // Client 2 executed at cid 2, client 1 at 3: at cid 11, client 2 is not yet idle for
+        // 10 cids, so a third client is refused.
+        assert_eq!(
+            table.mark_executing(&client_id(3, 1), Cid(11)),
+            Admission::Refused
+        );
+        assert_eq!(table.status(&client_id(3, 1)), RequestStatus::New);
+        // At cid 12 it is: client 2 goes, client 1 (more recent) stays.
+        execute(&mut table, &client_id(3, 1), 12);
+        assert_eq!(table.client_count(), 2);
+        assert_eq!(table.status(&client_id(2, 1)), RequestStatus::New);
+        assert_eq!(
+            table.status(&client_id(1, 2)),
+            RequestStatus::Executed(None)
+        );
+    }
+
+    #[test]
+    fn reply_bytes_are_bounded_per_client_and_in_total() {
+        let mut table = ClientTable::bounded(limits(10, 10));
+        for seq in 1..=3 {
+            execute(&mut table, &client_id(1, seq), seq);
+            table.record_reply(&client_id(1, seq), vec![seq as u8; 4]);
+        }
+        // 12 bytes > 10: the oldest reply is dropped, its seq stays executed.
+        assert_eq!(table.status(&client_id(1, 1)), RequestStatus::Stale);
+        assert_eq!(
+            table.status(&client_id(1, 3)),
+            RequestStatus::Executed(Some(&[3u8; 4][..]))
+        );
+        assert_eq!(table.reply_bytes(), 8);
+        // A reply larger than the client bound is not kept at all.
+        execute(&mut table, &client_id(2, 1), 4);
+        table.record_reply(&client_id(2, 1), vec![0; 11]);
+        assert_eq!(table.status(&client_id(2, 1)), RequestStatus::Stale);
+        // Total: 8 + 10 + 10 > 25 drops client 1's (least recently executed) replies.
+        for client in [3, 4] {
+            execute(&mut table, &client_id(client, 1), 5);
+            table.record_reply(&client_id(client, 1), vec![client; 10]);
+        }
+        assert!(table.reply_bytes() <= 25);
+        assert_eq!(table.status(&client_id(1, 2)), RequestStatus::Stale);
+        assert_eq!(
+            table.status(&client_id(4, 1)),
+            RequestStatus::Executed(Some(&[4u8; 10][..]))
+        );
+    }
+
+    fn round_trip(table: &ClientTable) -> Result<ClientTable, String> {
+        let decoded: ClientTable =
+            crate::codec::decode(&crate::codec::encode(table)).map_err(|e| e.to_string())?;
+        decoded
+            .bind(table.limits(), Cid(100))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_table_round_trips_and_rebuilds_its_indexes() {
+        let mut table = ClientTable::bounded(limits(3, 1));
+        for client in 1..=3 {
+            execute(&mut table, &client_id(client, 1), client as u64);
+            table.record_reply(&client_id(client, 1), vec![client; 5]);
+        }
+        let decoded = round_trip(&table).unwrap();
+        assert_eq!(decoded, table);
+    }
+
+    #[test]
+    #[should_panic(expected = "only once bound")]
+    fn an_unbound_table_executes_nothing() {
+        let table = ClientTable::new(4);
+        let mut decoded: ClientTable = crate::codec::decode(&crate::codec::encode(&table)).unwrap();
+        decoded.mark_executing(&id(1), Cid(1));
+    }
+
+    /// Issue 12, item 3: a checkpoint whose table had window 0, then a request with seq
+    /// `u64::MAX`, overflowed `floor + 1`. The window now comes from the replica's validated
+    /// config, and a decoded table is refused if it breaks its invariants or those limits.
+    #[test]
+    fn decoding_and_binding_refuse_tables_that_break_their_bounds() {
+        #[derive(Serialize)]
+        struct Wire {
+            executions: u64,
+            clients: BTreeMap<ClientId, ClientRecord>,
+        }
+        let wire = |clients: Vec<(u8, ClientRecord)>| Wire {
+            executions: 10,
+            clients: clients
+                .into_iter()
+                .map(|(c, r)| (PublicKey([c; 32]), r))
+                .collect(),
+        };
+        let record = |max_seq: u64, stamp: u64, seqs: &[u64]| ClientRecord {
+            max_seq,
+            last_cid: Cid(1),
+            stamp,
+            recent: seqs.iter().map(|s| (*s, Slot::Executing)).collect(),
+        };
+        let load = |wire: Wire, limits: ClientLimits| -> Result<ClientTable, String> {
+            let table: ClientTable =
+                crate::codec::decode(&crate::codec::encode(&wire)).map_err(|e| e.to_string())?;
+            table.bind(&limits, Cid(5)).map_err(|e| e.to_string())
+        };
+        let cases = [
+            (
+                wire(vec![(1, record(1, 0, &[1]))]),
+                ClientLimits {
+                    window: 0,
+                    ..limits(2, 1)
+                },
+                "window must be 1..=65536",
+            ),
+            (
+                wire(vec![(1, record(u64::MAX, 0, &[u64::MAX]))]),
+                ClientLimits {
+                    window: MAX_CLIENT_WINDOW + 1,
+                    ..limits(2, 1)
+                },
+                "window must be 1..=65536",
+            ),
+            (
+                wire(vec![(1, record(1, 0, &[1])), (2, record(1, 1, &[1]))]),
+                limits(1, 1),
+                "more than max_clients",
+            ),
+            (
+                wire(vec![(1, record(9, 0, &[1, 9]))]),
+                limits(2, 1),
+                "not within its window",
+            ),
+            (
+                wire(vec![(1, record(9, 0, &[8]))]),
+                limits(2, 1),
+                "do not end at its highest",
+            ),
+            (
+                wire(vec![(1, record(9, 0, &[9, 10]))]),
+                limits(2, 1),
+                "do not end at its highest",
+            ),
+            (
+                wire(vec![(1, record(1, 3, &[1])), (2, record(1, 3, &[1]))]),
+                limits(2, 1),
+                "share the stamp",
+            ),
+            (
+                wire(vec![(1, record(1, 10, &[1]))]),
+                limits(2, 1),
+                "stamp 10",
+            ),
+        ];
+        for (wire, limits, expected) in cases {
+            let err = load(wire, limits).expect_err(expected);
+            assert!(err.contains(expected), "{err} (expected {expected})");
+        }
+        let mut too_many_bytes = record(2, 0, &[1, 2]);
+        too_many_bytes.recent.insert(1, Slot::Reply(vec![0; 6]));
+        too_many_bytes.recent.insert(2, Slot::Reply(vec![0; 6]));
+        let err = load(wire(vec![(1, too_many_bytes)]), limits(2, 1)).unwrap_err();
+        assert!(err.contains("more than max_client_reply_bytes"), "{err}");
+        let mut late = record(1, 0, &[1]);
+        late.last_cid = Cid(6);
+        let err = load(wire(vec![(1, late)]), limits(2, 1)).unwrap_err();
+        assert!(
+            err.contains("executed at cid 6 in a checkpoint of cid 5"),
+            "{err}"
+        );
     }
 }

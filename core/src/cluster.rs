@@ -25,10 +25,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use smr_crypto::PublicKey;
+use smr_crypto::{KeyError, PublicKey};
 use smr_modes::{Mode, Quorums};
 
-use crate::config::{ClientPolicy, EngineConfig, Limits, Timeouts, LIMIT_MAXIMA, MAX_TIMEOUT_MS};
+use crate::config::{
+    ClientPolicy, EngineConfig, InvalidConfig, Limits, Timeouts, LIMIT_MAXIMA, MAX_TIMEOUT_MS,
+};
 use crate::message::ReplicaId;
 use crate::storage::FsyncPolicy;
 
@@ -136,6 +138,10 @@ struct RawLimits {
     checkpoint_period: Option<u64>,
     max_state_bytes: Option<u64>,
     state_chunk_bytes: Option<u64>,
+    max_clients: Option<u64>,
+    max_client_reply_bytes: Option<u64>,
+    max_reply_cache_bytes: Option<u64>,
+    client_expiry_cids: Option<u64>,
 }
 
 #[derive(Default, Deserialize, Serialize)]
@@ -147,6 +153,34 @@ struct RawTimeouts {
     heartbeat_ms: Option<u64>,
 }
 
+/// The file's key an engine rule is about, for the error's path.
+fn invalid_config_key(e: &InvalidConfig) -> &'static str {
+    match e {
+        InvalidConfig::ReplicaKeyCount { .. } | InvalidConfig::IdOutOfRange { .. } => "replicas",
+        InvalidConfig::ClientsAboveMaxClients { .. } => "clients",
+        InvalidConfig::TimeoutNotPositive { .. }
+        | InvalidConfig::TimeoutTooLong { .. }
+        | InvalidConfig::RetransmitMaxBelowInitial { .. } => "timeouts",
+        _ => "limits",
+    }
+}
+
+/// A public key from the file: 64 hex characters that are a valid ed25519 key (canonical, not
+/// of small order, no torsion component; [`PublicKey::from_hex`]). A placeholder such as the
+/// identity point `0100…00` is refused: anyone can sign for it, and in CFT the key is all that
+/// authenticates a replica.
+fn parse_key(path: &str, text: &str) -> Result<PublicKey, ConfigError> {
+    PublicKey::from_hex(text).map_err(|e| {
+        let fix = match e {
+            KeyError::BadHex | KeyError::WrongLength { .. } => {
+                "expected 64 hex characters, as `smr keygen` writes them"
+            }
+            _ => "use the public key `smr keygen` printed for this identity",
+        };
+        invalid(path, format!("{e}; {fix}"))
+    })
+}
+
 fn positive(path: &str, value: Option<u64>, default: u64) -> Result<u64, ConfigError> {
     match value {
         None => Ok(default),
@@ -156,6 +190,12 @@ fn positive(path: &str, value: Option<u64>, default: u64) -> Result<u64, ConfigE
         )),
         Some(v) => Ok(v),
     }
+}
+
+/// [`positive`], for a limit held as a `usize`: refused, not truncated, if it does not fit.
+fn positive_usize(path: &str, value: Option<u64>, default: usize) -> Result<usize, ConfigError> {
+    let v = positive(path, value, default as u64)?;
+    usize::try_from(v).map_err(|_| invalid(path, format!("{v} is too large for this machine")))
 }
 
 impl ClusterConfig {
@@ -215,7 +255,9 @@ impl ClusterConfig {
                 ))
             }
             Some(f) if f < 0 => return Err(invalid("f", "must not be negative")),
-            Some(f) => f as usize,
+            // Any f that fits is then checked against n by `Quorums::new` (saturating).
+            Some(f) => usize::try_from(f)
+                .map_err(|_| invalid("f", format!("{f} is too large for this machine")))?,
         };
         if raw.replicas.is_empty() {
             return Err(invalid(
@@ -253,17 +295,12 @@ impl ClusterConfig {
                         format!("{e}; use ip:port, e.g. \"127.0.0.1:7000\""),
                     )
                 })?;
-            let public_key: PublicKey = r
-                .public_key
-                .as_deref()
-                .ok_or_else(|| invalid(&at("public_key"), "missing; `smr keygen` writes it"))?
-                .parse()
-                .map_err(|e| {
-                    invalid(
-                        &at("public_key"),
-                        format!("{e}; expected 64 hex characters"),
-                    )
-                })?;
+            let public_key = parse_key(
+                &at("public_key"),
+                r.public_key
+                    .as_deref()
+                    .ok_or_else(|| invalid(&at("public_key"), "missing; `smr keygen` writes it"))?,
+            )?;
             if !addresses.insert(address) {
                 return Err(invalid(
                     &at("address"),
@@ -301,11 +338,12 @@ impl ClusterConfig {
             Some(toml::Value::Array(items)) => {
                 let mut allowed = BTreeSet::new();
                 for (i, item) in items.iter().enumerate() {
-                    let key: PublicKey = item
-                        .as_str()
-                        .ok_or_else(|| invalid(&format!("clients[{i}]"), "must be a hex public key string"))?
-                        .parse()
-                        .map_err(|e| invalid(&format!("clients[{i}]"), format!("{e}")))?;
+                    let at = format!("clients[{i}]");
+                    let key = parse_key(
+                        &at,
+                        item.as_str()
+                            .ok_or_else(|| invalid(&at, "must be a hex public key string"))?,
+                    )?;
                     if keys.contains(&key) {
                         return Err(invalid(&format!("clients[{i}]"), "is a replica's key; clients need their own"));
                     }
@@ -344,28 +382,27 @@ impl ClusterConfig {
             }
         }
         let limits = Limits {
-            max_batch_requests: positive(
+            max_batch_requests: positive_usize(
                 "limits.max_batch_requests",
                 l.max_batch_requests,
-                d.max_batch_requests as u64,
-            )? as usize,
-            max_batch_bytes: positive(
+                d.max_batch_requests,
+            )?,
+            max_batch_bytes: positive_usize(
                 "limits.max_batch_bytes",
                 l.max_batch_bytes,
-                d.max_batch_bytes as u64,
-            )? as usize,
-            max_op_bytes: positive("limits.max_op_bytes", l.max_op_bytes, d.max_op_bytes as u64)?
-                as usize,
-            max_pending_per_client: positive(
+                d.max_batch_bytes,
+            )?,
+            max_op_bytes: positive_usize("limits.max_op_bytes", l.max_op_bytes, d.max_op_bytes)?,
+            max_pending_per_client: positive_usize(
                 "limits.max_pending_per_client",
                 l.max_pending_per_client,
-                d.max_pending_per_client as u64,
-            )? as usize,
-            max_pending_total: positive(
+                d.max_pending_per_client,
+            )?,
+            max_pending_total: positive_usize(
                 "limits.max_pending_total",
                 l.max_pending_total,
-                d.max_pending_total as u64,
-            )? as usize,
+                d.max_pending_total,
+            )?,
             max_instances_in_flight: positive(
                 "limits.max_instances_in_flight",
                 l.max_instances_in_flight,
@@ -376,16 +413,16 @@ impl ClusterConfig {
                 l.max_instances_ahead,
                 d.max_instances_ahead,
             )?,
-            max_decisions_per_reply: positive(
+            max_decisions_per_reply: positive_usize(
                 "limits.max_decisions_per_reply",
                 l.max_decisions_per_reply,
-                d.max_decisions_per_reply as u64,
-            )? as usize,
-            max_log_entries: positive(
+                d.max_decisions_per_reply,
+            )?,
+            max_log_entries: positive_usize(
                 "limits.max_log_entries",
                 l.max_log_entries,
-                d.max_log_entries as u64,
-            )? as usize,
+                d.max_log_entries,
+            )?,
             checkpoint_period: positive(
                 "limits.checkpoint_period",
                 l.checkpoint_period,
@@ -396,11 +433,27 @@ impl ClusterConfig {
                 l.max_state_bytes,
                 d.max_state_bytes,
             )?,
-            state_chunk_bytes: positive(
+            state_chunk_bytes: positive_usize(
                 "limits.state_chunk_bytes",
                 l.state_chunk_bytes,
-                d.state_chunk_bytes as u64,
-            )? as usize,
+                d.state_chunk_bytes,
+            )?,
+            max_clients: positive("limits.max_clients", l.max_clients, d.max_clients)?,
+            max_client_reply_bytes: positive(
+                "limits.max_client_reply_bytes",
+                l.max_client_reply_bytes,
+                d.max_client_reply_bytes,
+            )?,
+            max_reply_cache_bytes: positive(
+                "limits.max_reply_cache_bytes",
+                l.max_reply_cache_bytes,
+                d.max_reply_cache_bytes,
+            )?,
+            client_expiry_cids: positive(
+                "limits.client_expiry_cids",
+                l.client_expiry_cids,
+                d.client_expiry_cids,
+            )?,
         };
         if limits.max_instances_ahead < limits.max_instances_in_flight {
             return Err(invalid(
@@ -471,7 +524,7 @@ impl ClusterConfig {
             None => FsyncPolicy::default(),
             Some(v) => v.parse().map_err(|e| invalid("fsync", format!("{e}")))?,
         };
-        Ok(ClusterConfig {
+        let config = ClusterConfig {
             quorums,
             replicas,
             clients,
@@ -479,7 +532,14 @@ impl ClusterConfig {
             timeouts,
             fsync,
             directory: directory.to_path_buf(),
-        })
+        };
+        // Every rule the engine relies on (relations between limits, bounds on each), with
+        // the engine's message; the friendlier checks above catch the common mistakes first.
+        config
+            .engine_config(0)?
+            .validate()
+            .map_err(|e| invalid(invalid_config_key(&e), e.to_string()))?;
+        Ok(config)
     }
 
     /// BFT or CFT.
@@ -552,10 +612,11 @@ impl ClusterConfig {
         }
         let l = &self.limits;
         out.push_str(&format!(
-            "\n[limits]\nmax_batch_requests = {}\nmax_batch_bytes = {}\nmax_op_bytes = {}\nmax_pending_per_client = {}\nmax_pending_total = {}\nmax_instances_in_flight = {}\nmax_instances_ahead = {}\nmax_decisions_per_reply = {}\nmax_log_entries = {}\ncheckpoint_period = {}\nmax_state_bytes = {}\nstate_chunk_bytes = {}\n",
+            "\n[limits]\nmax_batch_requests = {}\nmax_batch_bytes = {}\nmax_op_bytes = {}\nmax_pending_per_client = {}\nmax_pending_total = {}\nmax_instances_in_flight = {}\nmax_instances_ahead = {}\nmax_decisions_per_reply = {}\nmax_log_entries = {}\ncheckpoint_period = {}\nmax_state_bytes = {}\nstate_chunk_bytes = {}\nmax_clients = {}\nmax_client_reply_bytes = {}\nmax_reply_cache_bytes = {}\nclient_expiry_cids = {}\n",
             l.max_batch_requests, l.max_batch_bytes, l.max_op_bytes, l.max_pending_per_client, l.max_pending_total,
             l.max_instances_in_flight, l.max_instances_ahead, l.max_decisions_per_reply, l.max_log_entries,
-            l.checkpoint_period, l.max_state_bytes, l.state_chunk_bytes
+            l.checkpoint_period, l.max_state_bytes, l.state_chunk_bytes, l.max_clients,
+            l.max_client_reply_bytes, l.max_reply_cache_bytes, l.client_expiry_cids
         ));
         let t = &self.timeouts;
         out.push_str(&format!(
@@ -689,6 +750,108 @@ mod tests {
             .replace(KEY_B, "zz");
         let e = error(&text);
         assert!(e.contains("replicas[1].public_key"), "{e}");
+    }
+
+    /// KEY_C + (0, -1): on the curve, not of small order, but with a torsion component.
+    const MIXED_ORDER_KEY: &str =
+        "f1ad32719de75e5c725b812ffdcf0fa7f7e912ec45ccfc53a2146eeab76f7fda";
+
+    /// The canonical encodings of the eight points of small order (the curve's torsion
+    /// subgroup; smr-crypto derives the same list from the curve), the identity first.
+    const SMALL_ORDER_KEYS: [&str; 8] = [
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0000000000000000000000000000000000000000000000000000000000000080",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+    ];
+
+    /// Issue 12, item 7: `0100…00` (the identity point) was accepted as a replica key, and TLS
+    /// then accepted a handshake signed with no secret under it.
+    #[test]
+    fn small_order_replica_keys_are_refused_with_the_reason() {
+        for (i, weak) in SMALL_ORDER_KEYS.iter().enumerate() {
+            let text = format!("mode = \"cft\"\nf = 1\nclients = \"any\"\n{}", replicas(3))
+                .replace(KEY_B, weak);
+            let e = error(&text);
+            assert_eq!(
+                e,
+                "config replicas[1].public_key: key is a weak (small-order) ed25519 point: it \
+                 proves nothing, anyone can sign for it; use the public key `smr keygen` printed \
+                 for this identity",
+                "small-order point {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn small_order_client_keys_are_refused_with_the_reason() {
+        for weak in SMALL_ORDER_KEYS {
+            let text = format!(
+                "mode = \"cft\"\nf = 1\nclients = [\"{KEY_D}\", \"{weak}\"]\n{}",
+                replicas(3)
+            );
+            let e = error(&text);
+            assert!(
+                e.starts_with("config clients[1]: key is a weak (small-order) ed25519 point"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_canonical_and_mixed_order_keys_are_refused() {
+        // y = p + 1: another encoding of the identity point's y.
+        let non_canonical = format!("ee{}7f", "ff".repeat(30));
+        let e = error(
+            &format!("mode = \"cft\"\nf = 1\nclients = \"any\"\n{}", replicas(3))
+                .replace(KEY_A, &non_canonical),
+        );
+        assert!(
+            e.starts_with("config replicas[0].public_key: key is not a canonical ed25519 encoding"),
+            "{e}"
+        );
+        // KEY_C plus the point of order 2, (0, -1): (x, y) + (0, -1) = (-x, -y).
+        let e = error(
+            &format!("mode = \"cft\"\nf = 1\nclients = \"any\"\n{}", replicas(3))
+                .replace(KEY_C, MIXED_ORDER_KEY),
+        );
+        assert!(
+            e.starts_with("config replicas[2].public_key: key is a mixed-order ed25519 point"),
+            "{e}"
+        );
+    }
+
+    /// Issue 12, item 3, from files: every limit the engine relates to another is checked
+    /// when the file is loaded, with the engine's message, so a config that loads is one the
+    /// engine accepts (here a checkpoint period of 2^63 - 1, whose `4 * period` overflowed).
+    #[test]
+    fn limits_the_engine_would_refuse_are_refused_at_load() {
+        let e = error(&format!(
+            "mode = \"cft\"\nf = 1\nclients = \"any\"\n{}\n[limits]\ncheckpoint_period = 9223372036854775807\n",
+            replicas(3)
+        ));
+        assert_eq!(
+            e,
+            "config limits: limits.max_log_entries (10000) is below limits.checkpoint_period \
+             (9223372036854775807); raise max_log_entries to at least 9223372036854775807"
+        );
+        let e = error(&format!(
+            "mode = \"cft\"\nf = 1\nclients = [\"{KEY_D}\"]\n{}\n[limits]\nmax_clients = 1\nmax_reply_cache_bytes = 10\n",
+            replicas(3)
+        ));
+        assert!(
+            e.starts_with("config limits: limits.max_reply_cache_bytes (10) is below"),
+            "{e}"
+        );
+        let e = error(&format!(
+            "mode = \"cft\"\nf = 9223372036854775807\nclients = \"any\"\n{}",
+            replicas(3)
+        ));
+        assert!(e.starts_with("config replicas:"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use smr_crypto::PublicKey;
 use smr_modes::Quorums;
 
+use crate::clients::{ClientLimits, MAX_CLIENT_WINDOW};
 use crate::message::ReplicaId;
 
 /// Which client keys the replicas serve.
@@ -65,6 +66,35 @@ pub struct Limits {
     pub max_state_bytes: u64,
     /// Most checkpoint bytes per state-transfer chunk.
     pub state_chunk_bytes: usize,
+    /// Most clients the client table keeps a record for (docs/design.md §3.7, "Bounds"): a
+    /// new client in a full table takes the place of the least recently executed one, if that
+    /// one has been idle for `client_expiry_cids`; otherwise its request is refused at
+    /// execution. With an allow-list of clients, at least the list's length, so that no listed
+    /// client is ever evicted.
+    pub max_clients: u64,
+    /// Most bytes of cached replies per client; older replies beyond it are dropped (a retry
+    /// of one is then refused as stale, never executed again).
+    pub max_client_reply_bytes: u64,
+    /// Most bytes of cached replies in all, at least `max_client_reply_bytes`; beyond it the
+    /// replies of the least recently executed clients are dropped first.
+    pub max_reply_cache_bytes: u64,
+    /// Cids a client must have executed nothing for before its record may be evicted: how long,
+    /// in decisions, a client's retry is guaranteed an answer from the reply cache rather than
+    /// a second execution.
+    pub client_expiry_cids: u64,
+}
+
+impl Limits {
+    /// The client table's bounds under these limits.
+    pub fn client_limits(&self) -> ClientLimits {
+        ClientLimits {
+            window: self.max_pending_per_client as u64,
+            max_clients: self.max_clients,
+            max_client_reply_bytes: self.max_client_reply_bytes,
+            max_reply_cache_bytes: self.max_reply_cache_bytes,
+            client_expiry_cids: self.client_expiry_cids,
+        }
+    }
 }
 
 /// The largest value each limit may take, by field name, in the field order of [`Limits`].
@@ -138,6 +168,10 @@ impl Default for Limits {
             checkpoint_period: 1000,
             max_state_bytes: 1 << 30,
             state_chunk_bytes: 1 << 20,
+            max_clients: ClientLimits::default().max_clients,
+            max_client_reply_bytes: ClientLimits::default().max_client_reply_bytes,
+            max_reply_cache_bytes: ClientLimits::default().max_reply_cache_bytes,
+            client_expiry_cids: ClientLimits::default().client_expiry_cids,
         }
     }
 }
@@ -266,6 +300,37 @@ pub enum InvalidConfig {
         /// Its bound, in bytes.
         bytes: u64,
     },
+    /// The reply cache's total bound must hold one client's.
+    #[error(
+        "limits.max_reply_cache_bytes ({total}) is below limits.max_client_reply_bytes ({per_client}); raise max_reply_cache_bytes to at least {per_client}"
+    )]
+    ReplyCacheBelowPerClient {
+        /// `max_reply_cache_bytes`.
+        total: u64,
+        /// `max_client_reply_bytes`.
+        per_client: u64,
+    },
+    /// The largest client table these limits allow must fit in half of `max_state_bytes`
+    /// (the rest is the service's), or checkpoints could outgrow what state transfer accepts.
+    #[error(
+        "the client table may reach {table_bytes} bytes (limits.max_clients, max_pending_per_client, max_reply_cache_bytes), more than half of limits.max_state_bytes ({max_state_bytes}); lower those limits or raise max_state_bytes"
+    )]
+    ClientTableAboveStateBytes {
+        /// [`ClientLimits::max_encoded_bytes`].
+        table_bytes: u64,
+        /// `max_state_bytes`.
+        max_state_bytes: u64,
+    },
+    /// With an allow-list, every listed client must fit in the table, so none is ever evicted.
+    #[error(
+        "clients lists {listed} keys but limits.max_clients is {max_clients}; raise max_clients to at least {listed}"
+    )]
+    ClientsAboveMaxClients {
+        /// Keys in the allow-list.
+        listed: usize,
+        /// `max_clients`.
+        max_clients: u64,
+    },
     /// A timeout that must be at least 1 ms is 0.
     #[error("timeouts.{timeout} is 0; set it to at least 1 ms")]
     TimeoutNotPositive {
@@ -320,7 +385,7 @@ impl EngineConfig {
             return Err(InvalidConfig::IdOutOfRange { me: self.me, n });
         }
         let l = &self.limits;
-        let positive_limits: [(&'static str, u64); 9] = [
+        let positive_limits: [(&'static str, u64); 13] = [
             ("max_batch_requests", l.max_batch_requests as u64),
             ("max_batch_bytes", l.max_batch_bytes as u64),
             ("max_pending_per_client", l.max_pending_per_client as u64),
@@ -330,6 +395,10 @@ impl EngineConfig {
             ("max_log_entries", l.max_log_entries as u64),
             ("checkpoint_period", l.checkpoint_period),
             ("state_chunk_bytes", l.state_chunk_bytes as u64),
+            ("max_clients", l.max_clients),
+            ("max_client_reply_bytes", l.max_client_reply_bytes),
+            ("max_reply_cache_bytes", l.max_reply_cache_bytes),
+            ("client_expiry_cids", l.client_expiry_cids),
         ];
         if let Some((limit, _)) = positive_limits.iter().find(|(_, value)| *value == 0) {
             return Err(InvalidConfig::LimitNotPositive { limit });
@@ -350,6 +419,34 @@ impl EngineConfig {
         let (message, bytes) = crate::frame_limits::MessageBounds::new(&self.quorums, l).largest();
         if bytes > crate::frame_limits::MAX_FRAME_BYTES {
             return Err(InvalidConfig::MessageTooLarge { message, bytes });
+        }
+        if l.max_pending_per_client as u64 > MAX_CLIENT_WINDOW {
+            return Err(InvalidConfig::LimitTooLarge {
+                limit: "max_pending_per_client",
+                value: l.max_pending_per_client as u64,
+                max: MAX_CLIENT_WINDOW,
+            });
+        }
+        if l.max_reply_cache_bytes < l.max_client_reply_bytes {
+            return Err(InvalidConfig::ReplyCacheBelowPerClient {
+                total: l.max_reply_cache_bytes,
+                per_client: l.max_client_reply_bytes,
+            });
+        }
+        let table_bytes = l.client_limits().max_encoded_bytes();
+        if table_bytes > l.max_state_bytes / 2 {
+            return Err(InvalidConfig::ClientTableAboveStateBytes {
+                table_bytes,
+                max_state_bytes: l.max_state_bytes,
+            });
+        }
+        if let ClientPolicy::Allowed(keys) = &self.clients {
+            if keys.len() as u64 > l.max_clients {
+                return Err(InvalidConfig::ClientsAboveMaxClients {
+                    listed: keys.len(),
+                    max_clients: l.max_clients,
+                });
+            }
         }
         let t = &self.timeouts;
         let positive_timeouts: [(&'static str, u64); 3] = [
@@ -464,7 +561,7 @@ mod tests {
 
     #[test]
     fn every_limit_that_must_be_positive() {
-        let zeroed: [(&str, ZeroLimit); 9] = [
+        let zeroed: [(&str, ZeroLimit); 13] = [
             ("max_batch_requests", |l| l.max_batch_requests = 0),
             ("max_batch_bytes", |l| l.max_batch_bytes = 0),
             ("max_pending_per_client", |l| l.max_pending_per_client = 0),
@@ -474,6 +571,10 @@ mod tests {
             ("max_log_entries", |l| l.max_log_entries = 0),
             ("checkpoint_period", |l| l.checkpoint_period = 0),
             ("state_chunk_bytes", |l| l.state_chunk_bytes = 0),
+            ("max_clients", |l| l.max_clients = 0),
+            ("max_client_reply_bytes", |l| l.max_client_reply_bytes = 0),
+            ("max_reply_cache_bytes", |l| l.max_reply_cache_bytes = 0),
+            ("client_expiry_cids", |l| l.client_expiry_cids = 0),
         ];
         for (name, zero) in zeroed {
             let err = error_of(|c| zero(&mut c.limits));
@@ -575,6 +676,51 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn client_table_bounds_are_checked_against_each_other_and_the_state_bound() {
+        let err = error_of(|c| c.limits.max_pending_per_client = MAX_CLIENT_WINDOW as usize + 1);
+        assert_eq!(
+            err,
+            InvalidConfig::LimitTooLarge {
+                limit: "max_pending_per_client",
+                value: MAX_CLIENT_WINDOW + 1,
+                max: MAX_CLIENT_WINDOW,
+            }
+        );
+        let err = error_of(|c| {
+            c.limits.max_client_reply_bytes = 10;
+            c.limits.max_reply_cache_bytes = 9;
+        });
+        assert_eq!(
+            err,
+            InvalidConfig::ReplyCacheBelowPerClient {
+                total: 9,
+                per_client: 10
+            }
+        );
+        let err = error_of(|c| c.limits.max_state_bytes = 1 << 20);
+        let table_bytes = Limits::default().client_limits().max_encoded_bytes();
+        assert_eq!(
+            err,
+            InvalidConfig::ClientTableAboveStateBytes {
+                table_bytes,
+                max_state_bytes: 1 << 20
+            }
+        );
+        assert!(table_bytes < 100 << 20, "defaults: {table_bytes} bytes");
+        let err = error_of(|c| {
+            c.clients = ClientPolicy::Allowed((0..3u8).map(|i| PublicKey([100 + i; 32])).collect());
+            c.limits.max_clients = 2;
+        });
+        assert_eq!(
+            err,
+            InvalidConfig::ClientsAboveMaxClients {
+                listed: 3,
+                max_clients: 2
+            }
+        );
     }
 
     #[test]

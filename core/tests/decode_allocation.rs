@@ -117,7 +117,7 @@ fn checkpoint_data() -> CheckpointData {
             client: PublicKey([seq as u8; 32]),
             seq,
         };
-        clients.mark_executing(&id);
+        clients.mark_executing(&id, Cid(seq));
         clients.record_reply(&id, vec![seq as u8; 20]);
     }
     CheckpointData {

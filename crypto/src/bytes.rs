@@ -7,6 +7,10 @@ use serde::ser::{SerializeTuple, Serializer};
 use serde::{Deserialize, Serialize};
 
 /// Why a key could not be parsed.
+///
+/// Every ed25519 public key that enters through a parser is checked the same way
+/// ([`PublicKey::from_ed25519_bytes`]): canonically encoded, a curve point, not of small order,
+/// and of prime order (no torsion component). See the crate docs, "Which keys are valid".
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum KeyError {
     /// The text is not hexadecimal.
@@ -20,12 +24,30 @@ pub enum KeyError {
         /// Bytes found.
         got: usize,
     },
+    /// The y-coordinate is not reduced (y >= 2^255 - 19): another encoding of some point, so
+    /// two byte strings would name one key.
+    #[error("key is not a canonical ed25519 encoding (its y-coordinate is not reduced)")]
+    NotCanonical,
     /// The bytes are not the encoding of a point on the ed25519 curve.
     #[error("key is not a point on the ed25519 curve")]
     NotOnCurve,
-    /// The key is a small-order ("weak") point, for which signatures prove nothing.
-    #[error("key is a weak (small-order) ed25519 point")]
+    /// The key is a small-order ("weak") point, for which signatures prove nothing: with the
+    /// identity point, for example, (R = identity, s = 0) verifies for every message.
+    #[error(
+        "key is a weak (small-order) ed25519 point: it proves nothing, anyone can sign for it"
+    )]
     WeakKey,
+    /// The key has a small-order (torsion) component: no honest key generator makes one.
+    #[error(
+        "key is a mixed-order ed25519 point (it has a torsion component); honest keys never do"
+    )]
+    MixedOrder,
+    /// DER bytes that are not an ed25519 SubjectPublicKeyInfo (44 bytes: the algorithm
+    /// 1.3.101.112, then the 32 key bytes).
+    #[error(
+        "not an ed25519 SubjectPublicKeyInfo (expected 44 DER bytes for algorithm 1.3.101.112)"
+    )]
+    NotEd25519Spki,
 }
 
 /// Length of the short hex prefix that `Debug` prints.
@@ -64,11 +86,30 @@ impl PublicKey {
         hex::encode(self.0)
     }
 
-    /// Parses 64 hex characters (either case; surrounding whitespace is ignored). Does not check
-    /// that the bytes are an ed25519 point, because simulator identities are not; see
-    /// [`PublicKey::check_ed25519`].
+    /// Parses 64 hex characters (either case; surrounding whitespace is ignored) as an ed25519
+    /// key, validated as [`PublicKey::from_ed25519_bytes`] does: this is how keys are read from
+    /// configuration files, and `FromStr` and the human-readable serde form (TOML, JSON) go
+    /// through it too.
+    ///
+    /// # Errors
+    /// [`KeyError::BadHex`] or [`KeyError::WrongLength`] for bad text, and the errors of
+    /// [`PublicKey::from_ed25519_bytes`] for bytes that are not a valid key.
     pub fn from_hex(s: &str) -> Result<PublicKey, KeyError> {
-        decode_hex_array(s).map(PublicKey)
+        decode_hex_array(s).and_then(PublicKey::from_ed25519_bytes)
+    }
+
+    /// The key with these bytes, if they are a valid ed25519 public key: canonically encoded,
+    /// on the curve, not of small order, and with no torsion component. Every parser of keys
+    /// (configuration hex, TLS certificates, key files) goes through this; keys inside protocol
+    /// messages are checked the same way by [`crate::Ed25519Verifier`] before any signature
+    /// under them counts.
+    ///
+    /// # Errors
+    /// [`KeyError::NotCanonical`], [`KeyError::NotOnCurve`], [`KeyError::WeakKey`] or
+    /// [`KeyError::MixedOrder`], in that order of checking.
+    pub fn from_ed25519_bytes(bytes: [u8; 32]) -> Result<PublicKey, KeyError> {
+        crate::ed25519::validate_key(&bytes)?;
+        Ok(PublicKey(bytes))
     }
 
     /// The raw 32 bytes: for ed25519, the compressed Edwards point as in RFC 8032.
@@ -76,15 +117,14 @@ impl PublicKey {
         &self.0
     }
 
-    /// Checks that these bytes are a usable ed25519 public key: a curve point that is not of
-    /// small order. Use it to validate configured keys early.
+    /// Checks that these bytes are a valid ed25519 public key, as
+    /// [`PublicKey::from_ed25519_bytes`] does. For keys built from raw bytes (the field is
+    /// public, because simulator identities are not curve points).
+    ///
+    /// # Errors
+    /// As [`PublicKey::from_ed25519_bytes`].
     pub fn check_ed25519(&self) -> Result<(), KeyError> {
-        let key =
-            ed25519_dalek::VerifyingKey::from_bytes(&self.0).map_err(|_| KeyError::NotOnCurve)?;
-        if key.is_weak() {
-            return Err(KeyError::WeakKey);
-        }
-        Ok(())
+        crate::ed25519::validate_key(&self.0).map(|_| ())
     }
 }
 
@@ -259,13 +299,35 @@ macro_rules! serde_fixed_bytes {
                 serialize_fixed(&self.0, serializer)
             }
         }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<$name, D::Error> {
-                deserialize_fixed(deserializer).map($name)
-            }
-        }
     )*};
 }
 
 serde_fixed_bytes!(PublicKey, Signature, Digest);
+
+impl<'de> Deserialize<'de> for Signature {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Signature, D::Error> {
+        deserialize_fixed(deserializer).map(Signature)
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Digest, D::Error> {
+        deserialize_fixed(deserializer).map(Digest)
+    }
+}
+
+/// In human-readable formats (configuration, status JSON) a key is validated like
+/// [`PublicKey::from_hex`]. In binary formats (protocol messages, checkpoints) it is 32 raw bytes
+/// and is not: it may be a simulator identity, and the verifier checks every key a signature
+/// is made under ([`crate::Ed25519Verifier`]) before the message counts.
+impl<'de> Deserialize<'de> for PublicKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<PublicKey, D::Error> {
+        let human_readable = deserializer.is_human_readable();
+        let bytes = deserialize_fixed(deserializer)?;
+        if human_readable {
+            PublicKey::from_ed25519_bytes(bytes).map_err(de::Error::custom)
+        } else {
+            Ok(PublicKey(bytes))
+        }
+    }
+}

@@ -1,18 +1,24 @@
-//! The real scheme: ed25519 identities, strict single verification, batched verification, and
-//! the SubjectPublicKeyInfo encoding that pins a TLS certificate to an identity.
+//! The real scheme: ed25519 identities, cofactored single verification, batched verification
+//! that accepts exactly what single verification accepts, and the SubjectPublicKeyInfo encoding
+//! that pins a TLS certificate to an identity.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
+use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::IsIdentity;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand_core::OsRng;
+use sha2::{Digest as _, Sha512};
 
 use crate::keyfile::{self, KeyFileError};
 use crate::{
-    verify_each, BatchVerifyError, PublicKey, Signature, SignedItem, Signer, Verifier, VerifyError,
+    verify_each, BatchVerifyError, KeyError, PublicKey, Signature, SignedItem, Signer, Verifier,
+    VerifyError,
 };
 
 /// An ed25519 identity: the secret signing key of one replica or client.
@@ -101,13 +107,19 @@ const SPKI_PREFIX: [u8; 12] = [
 pub const SPKI_LEN: usize = 44;
 
 /// Extracts the key from a 44-byte ed25519 SubjectPublicKeyInfo (what rustls reports for a peer
-/// certificate). `None` if the bytes are not exactly that shape.
-pub fn public_key_from_der(spki_der: &[u8]) -> Option<PublicKey> {
+/// certificate), validated as [`PublicKey::from_ed25519_bytes`] does.
+///
+/// # Errors
+/// [`KeyError::NotEd25519Spki`] if the bytes are not exactly that shape, and the errors of
+/// [`PublicKey::from_ed25519_bytes`] if the key in it is not valid.
+pub fn public_key_from_der(spki_der: &[u8]) -> Result<PublicKey, KeyError> {
     if spki_der.len() != SPKI_LEN || spki_der[..SPKI_PREFIX.len()] != SPKI_PREFIX {
-        return None;
+        return Err(KeyError::NotEd25519Spki);
     }
-    let key: [u8; 32] = spki_der[SPKI_PREFIX.len()..].try_into().ok()?;
-    Some(PublicKey(key))
+    let key: [u8; 32] = spki_der[SPKI_PREFIX.len()..]
+        .try_into()
+        .map_err(|_| KeyError::NotEd25519Spki)?;
+    PublicKey::from_ed25519_bytes(key)
 }
 
 /// The 44-byte ed25519 SubjectPublicKeyInfo of `key`.
@@ -118,29 +130,86 @@ pub fn public_key_to_der(key: &PublicKey) -> Vec<u8> {
     out
 }
 
-/// Verifies real ed25519 signatures.
+/// Verifies real ed25519 signatures. Validity is a function of `(key, message, signature)`
+/// alone: batch and single verification give the same verdict, whatever else shares the batch
+/// and whatever the caches hold (docs/design.md §3.6).
 ///
-/// - [`Verifier::verify`] uses dalek's `verify_strict`: it rejects weak (small-order) keys,
-///   small-order or non-canonical `R`, and non-canonical `s`.
-/// - [`Verifier::verify_batch`] first applies those same cheap per-item checks, then runs
-///   `ed25519_dalek::verify_batch` over everything. If anything fails it falls back to verifying
-///   one by one, so the error names the first failing item exactly as `verify` would.
+/// - [`Verifier::verify`] is **cofactored** (as ZIP-215 and RFC 8032 §5.1.7 allow): it accepts
+///   iff `[8]([s]B - [k]A - R)` is the identity, `k = SHA-512(R || A || M)`, after cheap
+///   pre-checks: `s` canonical (`s < l`), `R` canonically encoded and not of small order, and
+///   the key valid ([`PublicKey::from_ed25519_bytes`]: canonical, not small order, no torsion
+///   component).
+/// - [`Verifier::verify_batch`] applies the same pre-checks to every item, then runs
+///   `ed25519_dalek::verify_batch`, which checks `sum z_i ([s_i]B - [k_i]A_i - R_i) = 0` for
+///   128-bit `z_i` derived from a transcript of all items. If anything fails it verifies one by
+///   one, so the error names the first failing item exactly as `verify` would.
 ///
-/// One residual difference remains, inherent to cofactorless batch verification: a signature
-/// whose `R` (or a key) has a mixed-order torsion component is always rejected by `verify` but
-/// may be accepted by `verify_batch`. Honest signers never produce one, so this is signature
-/// malleability (never forgery under an honest key). `verify_batch` is deterministic in its
-/// input list, so replicas checking the same certificate as one batch agree on the verdict.
-/// Never use signature bytes as an identity; hash the signed message instead.
+/// Why they agree. Write `D_i = [s_i]B - [k_i]A_i - R_i = P_i + T_i`, with `P_i` in the
+/// prime-order subgroup and `T_i` a torsion point. A batch accepts only if `sum z_i P_i = 0`,
+/// which, for `z_i` the items cannot choose, means every `P_i = 0` except with probability
+/// about 2^-128; and `P_i = 0` is exactly the cofactored equation `[8]D_i = 0`. So a batch
+/// accepts only items `verify` accepts, and whatever a batch rejects is decided by `verify`.
+/// A cofactorless single check (dalek's `verify_strict`) would not agree: it rejects
+/// `T_i != 0`, which a cofactorless batch misses whenever `z_i T_i = 0` (half the time for an
+/// order-2 `T_i`).
+///
+/// Accepting a torsion component in `R` lets a signer make several valid signatures of one
+/// message (never a third party, since `k` hashes `R`); signature bytes are never used as an
+/// identity here, the signed message is hashed instead.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Ed25519Verifier;
 
-fn parse_key(key: &PublicKey) -> Result<VerifyingKey, VerifyError> {
-    let key = VerifyingKey::from_bytes(key.as_bytes()).map_err(|_| VerifyError::MalformedKey)?;
-    if key.is_weak() {
-        return Err(VerifyError::MalformedKey);
+/// The checks every key gets, from any source: canonical encoding, on the curve, not of small
+/// order, of prime order. Returns the decompressed point.
+pub(crate) fn validate_key(bytes: &[u8; 32]) -> Result<EdwardsPoint, KeyError> {
+    if !is_canonical_y(bytes) {
+        return Err(KeyError::NotCanonical);
     }
-    Ok(key)
+    let point = CompressedEdwardsY(*bytes)
+        .decompress()
+        .ok_or(KeyError::NotOnCurve)?;
+    // The sign bit with x = 0 is the other non-canonical case; x = 0 only for y = 1 and
+    // y = -1, both of small order, which this check catches whatever the sign bit.
+    if is_small_order_encoding(bytes) {
+        return Err(KeyError::WeakKey);
+    }
+    if !is_torsion_free(&point) {
+        return Err(KeyError::MixedOrder);
+    }
+    Ok(point)
+}
+
+/// `8^-1 mod l`, little-endian.
+const INVERSE_OF_EIGHT: [u8; 32] = [
+    0x79, 0x2f, 0xdc, 0xe2, 0x29, 0xe5, 0x06, 0x61, 0xd0, 0xda, 0x1c, 0x7d, 0xb3, 0x9d, 0xd3, 0x07,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x06,
+];
+
+/// Whether `point` has no torsion component, in variable time (a key is public): with
+/// `c = 8^-1 mod l`, `[8][c](P + T) = P` for `P` of order `l` and any torsion point `T`, so
+/// the point is torsion-free iff `[8][c]` maps it to itself. About half the cost of dalek's
+/// constant-time `is_torsion_free`, which multiplies by `l`.
+fn is_torsion_free(point: &EdwardsPoint) -> bool {
+    let inverse_of_eight = Scalar::from_bytes_mod_order(INVERSE_OF_EIGHT);
+    EdwardsPoint::vartime_double_scalar_mul_basepoint(&inverse_of_eight, point, &Scalar::ZERO)
+        .mul_by_cofactor()
+        == *point
+}
+
+/// A key ready for verification: the dalek key (for batches) and `-A` (for single checks).
+#[derive(Clone, Copy, Debug)]
+struct ParsedKey {
+    dalek: VerifyingKey,
+    minus_a: EdwardsPoint,
+}
+
+fn parse_key(key: &PublicKey) -> Result<ParsedKey, VerifyError> {
+    let point = validate_key(key.as_bytes()).map_err(|_| VerifyError::MalformedKey)?;
+    let dalek = VerifyingKey::from_bytes(key.as_bytes()).map_err(|_| VerifyError::MalformedKey)?;
+    Ok(ParsedKey {
+        dalek,
+        minus_a: -point,
+    })
 }
 
 /// Keys parsed on this thread, at most this many.
@@ -151,11 +220,11 @@ thread_local! {
     /// costs about a fifth of a batched verification, and a replica sees the same few replica
     /// and client keys over and over. Per thread, so verify workers never contend; bounded, and
     /// emptied when full, so a flood of fresh keys costs memory only up to the bound.
-    static PARSED_KEYS: RefCell<HashMap<[u8; 32], VerifyingKey>> = RefCell::new(HashMap::new());
+    static PARSED_KEYS: RefCell<HashMap<[u8; 32], ParsedKey>> = RefCell::new(HashMap::new());
 }
 
 /// [`parse_key`], remembering valid keys (see [`PARSED_KEYS`]).
-fn parse_key_cached(key: &PublicKey) -> Result<VerifyingKey, VerifyError> {
+fn parse_key_cached(key: &PublicKey) -> Result<ParsedKey, VerifyError> {
     PARSED_KEYS.with(|cache| {
         if let Some(parsed) = cache.borrow().get(key.as_bytes()) {
             return Ok(*parsed);
@@ -214,13 +283,43 @@ fn is_canonical_y(encoded: &[u8; 32]) -> bool {
     !(top_is_max && middle_is_max && encoded[0] >= 0xed)
 }
 
-/// The checks `verify_strict` makes on `R` that a cofactorless batch equation does not: `R` must
-/// be canonically encoded and not of small order. Both are checks on the bytes (no point
-/// decompression, which the batch equation does anyway); an `R` that is not on the curve at all
-/// fails the batch, and the one-by-one fallback then names it.
-fn strict_r_is_acceptable(signature: &Signature) -> bool {
+/// The pre-checks on `R`, the same in single and batch verification: canonically encoded and
+/// not of small order. Both are checks on the bytes (no point decompression); an `R` that is
+/// not on the curve at all fails the batch, and the one-by-one fallback then names it.
+fn r_is_acceptable(signature: &Signature) -> bool {
     let r: [u8; 32] = signature.0[..32].try_into().expect("R is 32 bytes");
     is_canonical_y(&r) && !is_small_order_encoding(&r)
+}
+
+/// The cofactored check of one signature under a validated key: the pre-checks on `R` and
+/// `s`, then `[8]([s]B - [k]A - R) == identity`.
+fn verify_cofactored(
+    key_bytes: &[u8; 32],
+    key: &ParsedKey,
+    message: &[u8],
+    signature: &Signature,
+) -> Result<(), VerifyError> {
+    if !r_is_acceptable(signature) {
+        return Err(VerifyError::BadSignature);
+    }
+    let r_bytes: [u8; 32] = signature.0[..32].try_into().expect("R is 32 bytes");
+    let s_bytes: [u8; 32] = signature.0[32..].try_into().expect("s is 32 bytes");
+    let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes))
+        .ok_or(VerifyError::BadSignature)?;
+    let r = CompressedEdwardsY(r_bytes)
+        .decompress()
+        .ok_or(VerifyError::BadSignature)?;
+    let mut hash = Sha512::new();
+    hash.update(r_bytes);
+    hash.update(key_bytes);
+    hash.update(message);
+    let k = Scalar::from_bytes_mod_order_wide(&hash.finalize().into());
+    let sb_minus_ka = EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &key.minus_a, &s);
+    if (sb_minus_ka - r).mul_by_cofactor().is_identity() {
+        Ok(())
+    } else {
+        Err(VerifyError::BadSignature)
+    }
 }
 
 impl Verifier for Ed25519Verifier {
@@ -230,10 +329,8 @@ impl Verifier for Ed25519Verifier {
         message: &[u8],
         signature: &Signature,
     ) -> Result<(), VerifyError> {
-        let key = parse_key_cached(key)?;
-        let signature = ed25519_dalek::Signature::from_bytes(signature.as_bytes());
-        key.verify_strict(message, &signature)
-            .map_err(|_| VerifyError::BadSignature)
+        let parsed = parse_key_cached(key)?;
+        verify_cofactored(key.as_bytes(), &parsed, message, signature)
     }
 
     fn verify_batch(&self, items: &[SignedItem<'_>]) -> Result<(), BatchVerifyError> {
@@ -243,7 +340,7 @@ impl Verifier for Ed25519Verifier {
         let mut keys = Vec::with_capacity(items.len());
         for item in items {
             match parse_key_cached(item.key) {
-                Ok(key) if strict_r_is_acceptable(item.signature) => keys.push(key),
+                Ok(key) if r_is_acceptable(item.signature) => keys.push(key.dalek),
                 _ => return verify_each(self, items),
             }
         }
@@ -252,6 +349,7 @@ impl Verifier for Ed25519Verifier {
             .iter()
             .map(|item| ed25519_dalek::Signature::from_bytes(item.signature.as_bytes()))
             .collect();
+        // Accepts only what `verify` accepts (see the type's docs); on failure `verify` decides.
         match ed25519_dalek::verify_batch(&messages, &signatures, &keys) {
             Ok(()) => Ok(()),
             Err(_) => verify_each(self, items),
@@ -311,6 +409,24 @@ mod tests {
     }
 
     #[test]
+    fn inverse_of_eight_and_the_torsion_check_match_dalek() {
+        let c = Scalar::from_bytes_mod_order(INVERSE_OF_EIGHT);
+        assert_eq!(c * Scalar::from(8u8), Scalar::ONE);
+        use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+        for (i, torsion) in EIGHT_TORSION.iter().enumerate() {
+            for k in 1..4u8 {
+                let point = ED25519_BASEPOINT_POINT * Scalar::from(k) + torsion;
+                assert_eq!(
+                    is_torsion_free(&point),
+                    point.is_torsion_free(),
+                    "T{i}, k {k}"
+                );
+                assert_eq!(is_torsion_free(&point), i == 0);
+            }
+        }
+    }
+
+    #[test]
     fn a_cached_key_is_checked_like_a_fresh_one() {
         let signer = IdentityKey::from_seed([5; 32]);
         let signature = signer.sign(b"m");
@@ -338,8 +454,8 @@ mod tests {
         // The identity point (y = 1) has order 1.
         let mut identity = [0u8; 64];
         identity[0] = 1;
-        assert!(!strict_r_is_acceptable(&Signature(identity)));
+        assert!(!r_is_acceptable(&Signature(identity)));
         let honest = IdentityKey::from_seed([7; 32]).sign(b"hello");
-        assert!(strict_r_is_acceptable(&honest));
+        assert!(r_is_acceptable(&honest));
     }
 }

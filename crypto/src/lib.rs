@@ -7,12 +7,26 @@
 //!   (fixed-size tuples in binary formats, lowercase hex in human-readable ones such as TOML).
 //! - [`Signer`] signs, [`Verifier`] checks one signature or a batch. A batch failure names the
 //!   first failing item, so that the caller can reject exactly that message.
-//! - [`IdentityKey`] and [`Ed25519Verifier`] are the real scheme (ed25519, strict verification,
-//!   batched when possible). [`IdentityKey::save`]/[`IdentityKey::load`] are the only file I/O.
+//! - [`IdentityKey`] and [`Ed25519Verifier`] are the real scheme (ed25519, cofactored
+//!   verification, batched when possible; a batch accepts exactly what single verification
+//!   accepts, so validity never depends on what else shared the batch).
+//!   [`IdentityKey::save`]/[`IdentityKey::load`] are the only file I/O.
 //! - [`sim::SimKey`] and [`sim::SimVerifier`] are a keyed-blake3 stand-in for the deterministic
 //!   simulator. They are not signatures and must never be used in production.
 //! - [`canonical_message`] prefixes every signed payload with a domain-separation tag, so that a
 //!   signature made for one purpose can never be replayed as another.
+//!
+//! # Which keys are valid
+//!
+//! An ed25519 public key is valid if it is canonically encoded (y < 2^255 - 19), a point of the
+//! curve, not of small order (the eight torsion points, such as the identity `0100…00`, for
+//! which anyone can make signatures), and of prime order (no torsion component: no honest key
+//! generator makes one, and refusing them keeps one rule everywhere). Every parser checks it
+//! ([`PublicKey::from_hex`], `FromStr`, the human-readable serde form, [`public_key_from_der`]),
+//! and [`Ed25519Verifier`] checks the key of every signature it verifies. The binary serde form
+//! is unchecked, because simulator identities ([`sim`]) are not curve points; a message's keys
+//! count only through the verifier. Parsing a new key costs one variable-time scalar
+//! multiplication (the order check); the verifier caches parsed keys per thread.
 //!
 //! There is no async and no global state here; everything is a pure function of its inputs
 //! (except key generation, which reads the OS RNG).
@@ -50,8 +64,8 @@ pub enum VerifyError {
     /// forged or corrupted signature).
     #[error("signature does not verify for this key and message")]
     BadSignature,
-    /// The public key bytes are not a usable key for this scheme (not a curve point, or a weak
-    /// small-order key).
+    /// The public key bytes are not a valid key for this scheme (see "Which keys are valid":
+    /// not canonical, not a curve point, of small order, or with a torsion component).
     #[error("public key is malformed: not a valid key for this signature scheme")]
     MalformedKey,
     /// The verifier does not know this key (simulator: the identity was never registered).

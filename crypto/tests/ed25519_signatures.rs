@@ -298,3 +298,224 @@ proptest! {
         prop_assert!(Ed25519Verifier.verify_batch(&items).is_err());
     }
 }
+
+/// Issue 12, item 6: validity is a function of the message alone. A signature whose `R` (or
+/// key) carries a torsion component got one verdict from single verification and another from
+/// about half of the batches it shared, so a Byzantine client could make correct replicas
+/// disagree on a PROPOSE. Single and batch verification must now agree for every torsion point,
+/// whatever the companions in the batch.
+mod torsion {
+    use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+    use curve25519_dalek::edwards::EdwardsPoint;
+    use curve25519_dalek::scalar::Scalar;
+    use sha2::{Digest as _, Sha512};
+
+    use super::*;
+
+    /// An ed25519 signature made by hand: nonce `r`, commitment `[r]B + r_torsion`, published
+    /// key `[a]A + key_torsion`, `s = r + k a` with `k` hashed over the published `R` and key.
+    /// With both torsion points the identity this is an ordinary signature.
+    fn sign_by_hand(
+        signer: &IdentityKey,
+        message: &[u8],
+        nonce: u64,
+        r_torsion: EdwardsPoint,
+        key_torsion: EdwardsPoint,
+    ) -> (PublicKey, Signature) {
+        let a = signer.as_dalek().to_scalar();
+        let key = (ED25519_BASEPOINT_POINT * a + key_torsion)
+            .compress()
+            .to_bytes();
+        let r = Scalar::from(nonce) * Scalar::from(0x9e37_79b9_7f4a_7c15u64) + Scalar::ONE;
+        let big_r = (ED25519_BASEPOINT_POINT * r + r_torsion)
+            .compress()
+            .to_bytes();
+        let k = Scalar::from_bytes_mod_order_wide(
+            &Sha512::new()
+                .chain_update(big_r)
+                .chain_update(key)
+                .chain_update(message)
+                .finalize()
+                .into(),
+        );
+        let s = r + k * a;
+        let mut signature = [0u8; 64];
+        signature[..32].copy_from_slice(&big_r);
+        signature[32..].copy_from_slice(s.as_bytes());
+        (PublicKey(key), Signature(signature))
+    }
+
+    /// Checks that `verify_batch` gives `(key, message, signature)` the verdict `verify` gives
+    /// it, in `runs` batches with different companions, sizes and positions. Returns the
+    /// single verdict.
+    fn batch_agrees_with_single(
+        key: &PublicKey,
+        message: &[u8],
+        signature: &Signature,
+        runs: u64,
+    ) -> Result<(), VerifyError> {
+        let single = Ed25519Verifier.verify(key, message, signature);
+        for run in 0..runs {
+            let companions: Vec<(PublicKey, Vec<u8>, Signature)> = (0..1 + run % 5)
+                .map(|c| {
+                    let signer = IdentityKey::from_seed([(run * 7 + c) as u8; 32]);
+                    let text = format!("companion {c} of run {run}").into_bytes();
+                    let signature = signer.sign(&text);
+                    (signer.public_key(), text, signature)
+                })
+                .collect();
+            let position = (run as usize) % (companions.len() + 1);
+            let mut items: Vec<SignedItem<'_>> = companions
+                .iter()
+                .map(|(key, message, signature)| SignedItem {
+                    key,
+                    message,
+                    signature,
+                })
+                .collect();
+            items.insert(
+                position,
+                SignedItem {
+                    key,
+                    message,
+                    signature,
+                },
+            );
+            let expected = single.clone().map_err(|reason| BatchVerifyError {
+                index: position,
+                reason,
+            });
+            assert_eq!(
+                Ed25519Verifier.verify_batch(&items),
+                expected,
+                "run {run}: {} items, ours at {position}",
+                items.len()
+            );
+        }
+        single
+    }
+
+    const RUNS: u64 = 48;
+
+    #[test]
+    fn torsion_in_r_gets_the_same_verdict_single_and_batched() {
+        let signer = key(21);
+        for (t, torsion) in EIGHT_TORSION.iter().enumerate() {
+            let message = format!("request with R + T{t}").into_bytes();
+            let (key, signature) = sign_by_hand(
+                &signer,
+                &message,
+                t as u64 + 1,
+                *torsion,
+                EdwardsPoint::default(),
+            );
+            assert_eq!(key, signer.public_key());
+            // Cofactored: the torsion component vanishes under [8], so the signer's own
+            // signature with a torsioned R is valid, in every batch too.
+            assert_eq!(
+                batch_agrees_with_single(&key, &message, &signature, RUNS),
+                Ok(()),
+                "T{t}"
+            );
+            // Nobody else can add the torsion: k hashes R, so the same s no longer fits.
+            let honest = signer.sign(&message);
+            let mut mauled = honest.0;
+            let r = curve25519_dalek::edwards::CompressedEdwardsY(mauled[..32].try_into().unwrap())
+                .decompress()
+                .unwrap();
+            mauled[..32].copy_from_slice((r + torsion).compress().as_bytes());
+            let expected = if t == 0 {
+                Ok(())
+            } else {
+                Err(VerifyError::BadSignature)
+            };
+            assert_eq!(
+                batch_agrees_with_single(&key, &message, &Signature(mauled), 8),
+                expected,
+                "mauled T{t}"
+            );
+        }
+    }
+
+    #[test]
+    fn torsion_in_the_key_gets_the_same_verdict_single_and_batched() {
+        let signer = key(22);
+        for (t, torsion) in EIGHT_TORSION.iter().enumerate() {
+            let message = format!("request under A + T{t}").into_bytes();
+            let (key, signature) = sign_by_hand(
+                &signer,
+                &message,
+                100 + t as u64,
+                EdwardsPoint::default(),
+                *torsion,
+            );
+            let expected = if t == 0 {
+                Ok(())
+            } else {
+                // A mixed-order key is refused wherever it appears (crate docs).
+                Err(VerifyError::MalformedKey)
+            };
+            assert_eq!(
+                batch_agrees_with_single(&key, &message, &signature, RUNS),
+                expected,
+                "T{t}"
+            );
+            // With torsion in R as well.
+            let (key, signature) =
+                sign_by_hand(&signer, &message, 200 + t as u64, *torsion, *torsion);
+            assert_eq!(
+                batch_agrees_with_single(&key, &message, &signature, 8),
+                expected,
+                "T{t} in both"
+            );
+        }
+    }
+
+    #[test]
+    fn honest_non_canonical_s_and_small_order_r_agree_too() {
+        let signer = key(23);
+        let message = b"an ordinary request".to_vec();
+        let honest = signer.sign(&message);
+        assert_eq!(
+            batch_agrees_with_single(&signer.public_key(), &message, &honest, RUNS),
+            Ok(())
+        );
+
+        // s + l: the same point equation, but s is not reduced.
+        const L: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
+            0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let s = Scalar::from_canonical_bytes(honest.0[32..].try_into().unwrap()).unwrap();
+        let mut s_plus_l = [0u8; 32];
+        let mut carry = 0u16;
+        for i in 0..32 {
+            let sum = s.as_bytes()[i] as u16 + L[i] as u16 + carry;
+            s_plus_l[i] = sum as u8;
+            carry = sum >> 8;
+        }
+        assert_eq!(carry, 0, "s + l < 2^254 fits in 32 bytes");
+        let mut non_canonical = honest.0;
+        non_canonical[32..].copy_from_slice(&s_plus_l);
+        assert_eq!(
+            batch_agrees_with_single(
+                &signer.public_key(),
+                &message,
+                &Signature(non_canonical),
+                RUNS
+            ),
+            Err(VerifyError::BadSignature)
+        );
+
+        // R of small order (each of the eight), any s.
+        for (t, torsion) in EIGHT_TORSION.iter().enumerate() {
+            let mut small_r = honest.0;
+            small_r[..32].copy_from_slice(torsion.compress().as_bytes());
+            assert_eq!(
+                batch_agrees_with_single(&signer.public_key(), &message, &Signature(small_r), 8),
+                Err(VerifyError::BadSignature),
+                "R = T{t}"
+            );
+        }
+    }
+}

@@ -162,14 +162,15 @@ struct Config {
 
 #[test]
 fn human_readable_formats_use_hex_strings() {
+    let key = IdentityKey::from_seed([0xab; 32]).public_key();
     let config = Config {
-        key: PublicKey([0xab; 32]),
+        key,
         signature: Signature([0xcd; 64]),
         digest: Digest([0xef; 32]),
     };
     let text = toml::to_string(&config).unwrap();
     assert!(
-        text.contains(&format!("key = \"{}\"", "ab".repeat(32))),
+        text.contains(&format!("key = \"{}\"", key.to_hex())),
         "{text}"
     );
     assert!(
@@ -197,7 +198,7 @@ fn spki_der_round_trips_and_matches_dalek() {
     let key = identity.public_key();
     let der = public_key_to_der(&key);
     assert_eq!(der.len(), 44);
-    assert_eq!(public_key_from_der(&der), Some(key));
+    assert_eq!(public_key_from_der(&der), Ok(key));
     let dalek_der = identity
         .as_dalek()
         .verifying_key()
@@ -208,13 +209,17 @@ fn spki_der_round_trips_and_matches_dalek() {
 
 #[test]
 fn spki_of_another_shape_is_not_a_key() {
-    let der = public_key_to_der(&PublicKey([9; 32]));
-    assert_eq!(public_key_from_der(&der[..43]), None);
-    assert_eq!(public_key_from_der(&[der.as_slice(), &[0]].concat()), None);
-    assert_eq!(public_key_from_der(&[]), None);
+    let der = public_key_to_der(&IdentityKey::from_seed([9; 32]).public_key());
+    let not_spki = Err(KeyError::NotEd25519Spki);
+    assert_eq!(public_key_from_der(&der[..43]), not_spki);
+    assert_eq!(
+        public_key_from_der(&[der.as_slice(), &[0]].concat()),
+        not_spki
+    );
+    assert_eq!(public_key_from_der(&[]), not_spki);
     let mut wrong_oid = der.clone();
     wrong_oid[8] = 0x71; // 1.3.101.113 is Ed448
-    assert_eq!(public_key_from_der(&wrong_oid), None);
+    assert_eq!(public_key_from_der(&wrong_oid), not_spki);
 }
 
 #[test]

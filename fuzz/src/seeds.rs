@@ -147,7 +147,7 @@ pub fn client_tables() -> Vec<Vec<u8>> {
                     client: PublicKey([client; 32]),
                     seq,
                 };
-                table.mark_executing(&id);
+                table.mark_executing(&id, Cid(seq));
                 if seq % 3 != 0 {
                     table.record_reply(&id, vec![client, seq as u8]);
                 }

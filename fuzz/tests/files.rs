@@ -50,7 +50,7 @@ fn public_keys() {
             if let Ok(key) = PublicKey::from_hex(&String::from_utf8_lossy(bytes)) {
                 let _ = key.check_ed25519();
             }
-            if let Some(key) = public_key_from_der(bytes) {
+            if let Ok(key) = public_key_from_der(bytes) {
                 let _ = key.check_ed25519();
             }
         },

@@ -70,7 +70,7 @@ impl LocalCertificate {
 /// Extracts the pinned ed25519 key from a SubjectPublicKeyInfo, or `None` if it is not exactly the
 /// canonical 44-byte ed25519 encoding (so comparing keys is comparing SPKI bytes).
 pub(crate) fn key_from_spki(spki: &[u8]) -> Option<PublicKey> {
-    let key = public_key_from_der(spki)?;
+    let key = public_key_from_der(spki).ok()?;
     (public_key_to_der(&key) == spki).then_some(key)
 }
 
@@ -292,4 +292,85 @@ pub(crate) fn client_config(
     config.enable_early_data = false;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
+}
+
+#[cfg(test)]
+mod weak_key_tests {
+    use super::*;
+
+    /// A "key pair" for a point of small order: no secret, and for the identity point the
+    /// signature (R = identity, s = 0) fits the cofactorless equation for every message (issue
+    /// 12, item 7: ring accepted it in the handshake).
+    struct NoSecret([u8; 32]);
+
+    impl rcgen::RemoteKeyPair for NoSecret {
+        fn public_key(&self) -> &[u8] {
+            &self.0
+        }
+        fn sign(&self, _message: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+            let mut signature = vec![0u8; 64];
+            signature[0] = 1;
+            Ok(signature)
+        }
+        fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+            &rcgen::PKCS_ED25519
+        }
+    }
+
+    fn certificate_for(key: [u8; 32]) -> CertificateDer<'static> {
+        let key_pair = rcgen::KeyPair::from_remote(Box::new(NoSecret(key))).unwrap();
+        let params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()]).unwrap();
+        params.self_signed(&key_pair).unwrap().der().clone()
+    }
+
+    /// The eight points of small order, the identity first (the same list as
+    /// core/src/cluster.rs's tests; smr-crypto derives its blacklist from the curve).
+    const SMALL_ORDER_KEYS: [&str; 8] = [
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0000000000000000000000000000000000000000000000000000000000000080",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+    ];
+
+    #[test]
+    fn a_peer_presenting_a_small_order_key_is_refused() {
+        let counters = Arc::new(Counters::default());
+        for (i, hex) in SMALL_ORDER_KEYS.iter().enumerate() {
+            let mut key = [0u8; 32];
+            for (byte, pair) in key.iter_mut().zip(hex.as_bytes().chunks(2)) {
+                *byte = u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap();
+            }
+            let certificate = certificate_for(key);
+            // A well-formed ed25519 certificate...
+            let parsed = ParsedCertificate::try_from(&certificate).unwrap();
+            assert_eq!(
+                parsed.subject_public_key_info().as_ref(),
+                public_key_to_der(&PublicKey(key)).as_slice()
+            );
+            // ...whose key is never taken as an identity, even one the admission names (a
+            // replica key that a config could once hold) and under clients = "any".
+            assert_eq!(key_from_cert(&certificate), None, "point {i}");
+            let verifier = PinnedClientVerifier {
+                admission: Arc::new(Admission {
+                    replica_by_key: [(PublicKey(key), 0)].into_iter().collect(),
+                    clients: ClientPolicy::Any,
+                }),
+                algorithms: provider().signature_verification_algorithms,
+                counters: counters.clone(),
+            };
+            assert!(verifier
+                .verify_client_cert(&certificate, &[], UnixTime::now())
+                .is_err());
+            assert_eq!(
+                counters
+                    .connections_refused_unknown_key
+                    .load(Ordering::Relaxed),
+                i as u64 + 1
+            );
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! Execution and replies: decided batches go to the service strictly in cid order, exactly
 //! once per request, and the replies are cached and sent (docs/design.md §3.7).
 
-use crate::clients::RequestStatus;
+use crate::clients::{Admission, RequestStatus};
 use crate::message::{Cid, Message, RequestId};
 use crate::network::Peer;
 
@@ -34,8 +34,19 @@ impl Engine {
                     self.stats.skipped_duplicates += 1;
                     continue;
                 }
-                if let Some(floor) = self.clients.mark_executing(&id) {
-                    self.pool.remove_up_to(&id.client, floor);
+                match self.clients.mark_executing(&id, cid) {
+                    Admission::Execute { floor } => {
+                        if let Some(floor) = floor {
+                            self.pool.remove_up_to(&id.client, floor);
+                        }
+                    }
+                    Admission::Refused => {
+                        // The client table is full of active clients: this new client's
+                        // request is decided but not executed, here and on every correct
+                        // replica (docs/design.md §3.7, "Bounds").
+                        self.stats.refused_new_clients += 1;
+                        continue;
+                    }
                 }
                 ids.push(id);
                 items.push(ExecuteItem {

@@ -172,6 +172,9 @@ pub struct EngineStats {
     pub executed_requests: u64,
     /// Requests in a decided batch that were already executed, and so skipped.
     pub skipped_duplicates: u64,
+    /// Requests in a decided batch not executed because their client had no record and the
+    /// client table was full of clients active within `client_expiry_cids`.
+    pub refused_new_clients: u64,
     /// PROPOSEs made as leader; retransmissions not counted.
     pub proposals_sent: u64,
     /// Expiries of the retransmit timer.
@@ -292,7 +295,7 @@ impl Engine {
                 cfg.limits.max_pending_per_client,
                 cfg.limits.max_pending_total,
             ),
-            clients: ClientTable::new(cfg.limits.max_pending_per_client as u64),
+            clients: ClientTable::bounded(cfg.limits.client_limits()),
             retransmit_interval_ms: cfg.timeouts.retransmit_initial_ms,
             cfg,
             quorums,

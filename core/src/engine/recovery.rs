@@ -82,8 +82,9 @@ impl Engine {
             }
         }
         if let Some(c) = checkpoint {
-            let (c, contents) = Checkpoint::from_bytes(c.data, c.decided)
-                .map_err(|e| format!("stored checkpoint is unreadable: {e}"))?;
+            let (c, contents) =
+                Checkpoint::from_bytes(c.data, c.decided, &engine.cfg.limits.client_limits())
+                    .map_err(|e| format!("stored checkpoint is unreadable: {e}"))?;
             engine.out.service(ServiceWork::Restore {
                 cid: c.cid,
                 snapshot: contents.service,

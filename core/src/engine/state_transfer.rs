@@ -257,7 +257,9 @@ impl Engine {
         let verified = (smr_crypto::digest(&data) == digest)
             .then_some(decided)
             .flatten()
-            .and_then(|decided| Checkpoint::from_bytes(data, decided).ok())
+            .and_then(|decided| {
+                Checkpoint::from_bytes(data, decided, &self.cfg.limits.client_limits()).ok()
+            })
             .filter(|(c, _)| c.cid == target_cid);
         let Some((checkpoint, contents)) = verified else {
             // The source lied: its bytes do not hash to the digest its peers agreed on, or it

@@ -474,6 +474,11 @@ fn limits() -> Limits {
         max_state_bytes: 1 << 20,
         // Small chunks, so that every transfer takes several.
         state_chunk_bytes: 512,
+        // A client table that fits in half of max_state_bytes (EngineConfig::validate).
+        max_clients: 64,
+        max_client_reply_bytes: 16 * 1024,
+        max_reply_cache_bytes: 256 * 1024,
+        client_expiry_cids: 1000,
     }
 }
 
