@@ -11,7 +11,7 @@ use smr_core::{Peer, Service};
 use smr_demo::status::{self, ReplicaAnswer};
 use smr_demo::{Counter, CounterOp, CounterReply, KeyValue, KvOp, KvReply};
 use smr_fuzz::engine::Sim;
-use smr_fuzz::{run, seeds, AllocBudget, KnownOpen, Target};
+use smr_fuzz::{run, seeds, AllocBudget, Target};
 use smr_modes::Mode;
 
 /// Decoded messages are a few times larger in memory than on the wire (vectors of requests,
@@ -29,10 +29,7 @@ fn replica_frames() {
     let cache = VerifiedRequests::new(64);
     run(Target {
         name: "replica_frames",
-        known_open: &[KnownOpen {
-            fixed_by: "issue 12 item 1 (codec: a decode allocates no more than its input)",
-            violation: "allocated up to",
-        }],
+        known_open: &[],
         seeds: seeds::messages(3),
         default_iters: 4000,
         budget: DECODE_BUDGET,
@@ -55,10 +52,7 @@ fn client_frames() {
     let key = sim.client_key().clone();
     run(Target {
         name: "client_frames",
-        known_open: &[KnownOpen {
-            fixed_by: "issue 12 item 1 (codec: a decode allocates no more than its input)",
-            violation: "allocated up to",
-        }],
+        known_open: &[],
         seeds: seeds::messages(2),
         default_iters: 4000,
         budget: DECODE_BUDGET,
@@ -125,10 +119,7 @@ fn service_operations() {
     ];
     run(Target {
         name: "service_operations",
-        known_open: &[KnownOpen {
-            fixed_by: "issue 12 item 1 (codec: a decode allocates no more than its input)",
-            violation: "allocated up to",
-        }],
+        known_open: &[],
         seeds,
         default_iters: 2000,
         budget: DECODE_BUDGET,

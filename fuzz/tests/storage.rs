@@ -10,7 +10,7 @@ use smr_core::storage::{FsyncPolicy, Wal};
 use smr_core::Engine;
 use smr_crypto::PublicKey;
 use smr_fuzz::engine::Sim;
-use smr_fuzz::{run, seeds, AllocBudget, KnownOpen, Target};
+use smr_fuzz::{run, seeds, AllocBudget, Target};
 use smr_modes::Mode;
 
 /// Records decode into structures a few times their encoding; recovering an engine costs a
@@ -34,7 +34,7 @@ fn wal_records() {
     let sim = Sim::new(Mode::Bft, None);
     run(Target {
         name: "wal_records",
-        known_open: &[KnownOpen { fixed_by: "issue 12 item 1 (codec: a decode allocates no more than its input)", violation: "allocated up to" }, KnownOpen { fixed_by: "issue 12 item 3 (Engine::recover trusts checksum-valid records: a decision or vote that does not match its certificate, replica or cid)", violation: "(at core/src/engine/invariants.rs" }],
+        known_open: &[],
         seeds: seeds::persist_records(3),
         default_iters: 3000,
         budget: RECORD_BUDGET,
@@ -140,10 +140,7 @@ fn checkpoint_files() {
     let sim = Sim::new(Mode::Bft, None);
     run(Target {
         name: "checkpoint_files",
-        known_open: &[KnownOpen {
-            fixed_by: "issue 12 item 1 (codec: a decode allocates no more than its input)",
-            violation: "allocated up to",
-        }],
+        known_open: &[],
         seeds: seeds::checkpoints(4),
         default_iters: 2000,
         budget: RECORD_BUDGET,
@@ -161,10 +158,7 @@ fn checkpoint_files() {
 fn checkpoint_data() {
     run(Target {
         name: "checkpoint_data",
-        known_open: &[KnownOpen {
-            fixed_by: "issue 12 item 1 (codec: a decode allocates no more than its input)",
-            violation: "allocated up to",
-        }],
+        known_open: &[],
         seeds: seeds::checkpoint_data(4),
         default_iters: 2000,
         budget: RECORD_BUDGET,
@@ -185,12 +179,7 @@ fn checkpoint_data() {
 fn client_table() {
     run(Target {
         name: "client_table",
-        known_open: &[
-            KnownOpen {
-                fixed_by: "issue 12 item 1 (codec: a decode allocates no more than its input)",
-                violation: "allocated up to",
-            },
-        ],
+        known_open: &[],
         seeds: seeds::client_tables(),
         default_iters: 3000,
         budget: RECORD_BUDGET,
