@@ -372,6 +372,10 @@ impl ClusterConfig {
             l.checkpoint_period,
             l.max_state_bytes,
             l.state_chunk_bytes,
+            l.max_clients,
+            l.max_client_reply_bytes,
+            l.max_reply_cache_bytes,
+            l.client_expiry_cids,
         ];
         for ((name, max), value) in LIMIT_MAXIMA.into_iter().zip(given) {
             if let Some(value) = value.filter(|v| *v > max) {
@@ -836,8 +840,7 @@ mod tests {
         ));
         assert_eq!(
             e,
-            "config limits: limits.max_log_entries (10000) is below limits.checkpoint_period \
-             (9223372036854775807); raise max_log_entries to at least 9223372036854775807"
+            "config limits.checkpoint_period: is 9223372036854775807; it may be at most 1073741824"
         );
         let e = error(&format!(
             "mode = \"cft\"\nf = 1\nclients = [\"{KEY_D}\"]\n{}\n[limits]\nmax_clients = 1\nmax_reply_cache_bytes = 10\n",

@@ -102,11 +102,11 @@ impl Limits {
 /// `4 × checkpoint_period` horizons, byte sums, `as usize` conversions on 32-bit targets) far
 /// from overflow, whatever cid it is added to (cid arithmetic saturates); each is still far
 /// above any sensible setting.
-pub const LIMIT_MAXIMA: [(&str, u64); 12] = [
+pub const LIMIT_MAXIMA: [(&str, u64); 16] = [
     ("max_batch_requests", 1 << 20),
     ("max_batch_bytes", 1 << 30),
     ("max_op_bytes", 1 << 30),
-    ("max_pending_per_client", 1 << 20),
+    ("max_pending_per_client", crate::clients::MAX_CLIENT_WINDOW),
     ("max_pending_total", 1 << 30),
     ("max_instances_in_flight", 1 << 20),
     ("max_instances_ahead", 1 << 20),
@@ -115,11 +115,15 @@ pub const LIMIT_MAXIMA: [(&str, u64); 12] = [
     ("checkpoint_period", 1 << 30),
     ("max_state_bytes", 1 << 40),
     ("state_chunk_bytes", MAX_STATE_CHUNK_BYTES as u64),
+    ("max_clients", 1 << 24),
+    ("max_client_reply_bytes", 1 << 30),
+    ("max_reply_cache_bytes", 1 << 40),
+    ("client_expiry_cids", 1 << 40),
 ];
 
 impl Limits {
     /// Every limit with its name, in the field order (the names of [`LIMIT_MAXIMA`]).
-    pub fn named(&self) -> [(&'static str, u64); 12] {
+    pub fn named(&self) -> [(&'static str, u64); 16] {
         [
             ("max_batch_requests", self.max_batch_requests as u64),
             ("max_batch_bytes", self.max_batch_bytes as u64),
@@ -136,6 +140,10 @@ impl Limits {
             ("checkpoint_period", self.checkpoint_period),
             ("max_state_bytes", self.max_state_bytes),
             ("state_chunk_bytes", self.state_chunk_bytes as u64),
+            ("max_clients", self.max_clients),
+            ("max_client_reply_bytes", self.max_client_reply_bytes),
+            ("max_reply_cache_bytes", self.max_reply_cache_bytes),
+            ("client_expiry_cids", self.client_expiry_cids),
         ]
     }
 
@@ -643,7 +651,11 @@ mod tests {
                     8 => l.max_log_entries = v,
                     9 => l.checkpoint_period = v as u64,
                     10 => l.max_state_bytes = v as u64,
-                    _ => l.state_chunk_bytes = v,
+                    11 => l.state_chunk_bytes = v,
+                    12 => l.max_clients = v as u64,
+                    13 => l.max_client_reply_bytes = v as u64,
+                    14 => l.max_reply_cache_bytes = v as u64,
+                    _ => l.client_expiry_cids = v as u64,
                 }
             };
             let mut at_bound = Limits::default();

@@ -148,7 +148,11 @@ fn checkpoint_files() {
             let Ok(checkpoint) = codec::decode::<Checkpoint>(bytes) else {
                 return;
             };
-            let _ = Checkpoint::from_bytes(checkpoint.data.clone(), checkpoint.decided.clone(), &ClientLimits::default());
+            let _ = Checkpoint::from_bytes(
+                checkpoint.data.clone(),
+                checkpoint.decided.clone(),
+                &ClientLimits::default(),
+            );
             recover(&sim, vec![PersistRecord::Checkpoint(checkpoint)]);
         },
     });
