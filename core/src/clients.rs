@@ -149,10 +149,20 @@ struct ClientRecord {
     stamp: u64,
     /// Seqs within the window up to `max_seq`.
     recent: BTreeMap<u64, Slot>,
+    /// The sum of `recent`'s cached reply lengths, kept beside it so that executing a request
+    /// costs no walk over the window (it did: about 4% of a CFT replica's CPU). Not encoded;
+    /// recomputed when a table is decoded.
+    #[serde(skip)]
+    reply_bytes: u64,
 }
 
 impl ClientRecord {
     fn reply_bytes(&self) -> u64 {
+        self.reply_bytes
+    }
+
+    /// The sum of the cached reply lengths, counted.
+    fn count_reply_bytes(&self) -> u64 {
         self.recent
             .values()
             .map(|slot| match slot {
@@ -251,7 +261,8 @@ impl ClientTable {
         table.bound = false;
         table.executions = wire.executions;
         let mut stamps = BTreeSet::new();
-        for (client, record) in wire.clients {
+        for (client, mut record) in wire.clients {
+            record.reply_bytes = record.count_reply_bytes();
             if record.stamp >= wire.executions {
                 return inconsistent(format!(
                     "a record's stamp {} is not below the execution count {}",
@@ -424,6 +435,7 @@ impl ClientTable {
                 last_cid: cid,
                 stamp,
                 recent: BTreeMap::new(),
+                reply_bytes: 0,
             });
         let old_stamp = record.stamp;
         record.stamp = stamp;
@@ -444,6 +456,7 @@ impl ClientTable {
                         _ => 0,
                     })
                     .sum();
+                record.reply_bytes = record.reply_bytes.saturating_sub(freed);
                 self.reply_bytes = self.reply_bytes.saturating_sub(freed);
                 floor = Some(new_floor);
             }
@@ -474,6 +487,7 @@ impl ClientTable {
         }
         let added = reply.len() as u64;
         *slot = Slot::Reply(reply);
+        record.reply_bytes = record.reply_bytes.saturating_add(added);
         // The client's own bound: drop its oldest replies (this one too, if it alone is larger
         // than the bound).
         let mut client_bytes = record.reply_bytes();
@@ -488,6 +502,8 @@ impl ClientTable {
                 *slot = Slot::Dropped;
             }
         }
+        record.reply_bytes = client_bytes;
+        debug_assert_eq!(record.reply_bytes, record.count_reply_bytes());
         let stamp = record.stamp;
         self.reply_bytes = self.reply_bytes.saturating_add(added).saturating_sub(freed);
         if client_bytes > 0 {
@@ -515,6 +531,7 @@ impl ClientTable {
                     *slot = Slot::Dropped;
                 }
             }
+            record.reply_bytes = remaining;
             if remaining > 0 {
                 self.with_replies.insert((stamp, client));
             }
@@ -728,6 +745,7 @@ mod tests {
             last_cid: Cid(1),
             stamp,
             recent: seqs.iter().map(|s| (*s, Slot::Executing)).collect(),
+            reply_bytes: 0,
         };
         let load = |wire: Wire, limits: ClientLimits| -> Result<ClientTable, String> {
             let table: ClientTable =
