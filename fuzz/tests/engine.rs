@@ -54,7 +54,7 @@ fn engine_bft_follower() {
         name: "engine_bft_follower",
         known_open: &[],
         seeds: scripts(),
-        default_iters: 1500,
+        default_iters: 6000,
         budget: ENGINE_BUDGET,
         check: &|bytes| Sim::new(Mode::Bft, Some(3)).run_script(bytes),
     });
@@ -66,7 +66,7 @@ fn engine_bft_leader() {
         name: "engine_bft_leader",
         known_open: &[],
         seeds: scripts(),
-        default_iters: 1500,
+        default_iters: 6000,
         budget: ENGINE_BUDGET,
         check: &|bytes| Sim::new(Mode::Bft, Some(0)).run_script(bytes),
     });
@@ -80,7 +80,7 @@ fn engine_cft_peer() {
         name: "engine_cft_peer",
         known_open: &[],
         seeds: scripts(),
-        default_iters: 1000,
+        default_iters: 6000,
         budget: ENGINE_BUDGET,
         check: &|bytes| {
             let mut sim = Sim::new(Mode::Cft, Some(2));

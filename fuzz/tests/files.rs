@@ -13,7 +13,7 @@ fn key_files() {
         name: "key_files",
         known_open: &[],
         seeds: seeds::key_files(),
-        default_iters: 2000,
+        default_iters: 20000,
         budget: AllocBudget {
             constant_bytes: 32 * 1024,
             per_input_byte: 4,
@@ -41,7 +41,7 @@ fn public_keys() {
         name: "public_keys",
         known_open: &[],
         seeds,
-        default_iters: 2000,
+        default_iters: 100000,
         budget: AllocBudget {
             constant_bytes: 16 * 1024,
             per_input_byte: 4,
@@ -64,7 +64,7 @@ fn cluster_config() {
         name: "cluster_config",
         known_open: &[],
         seeds: seeds::configs(),
-        default_iters: 2000,
+        default_iters: 6000,
         // The TOML parser builds a document tree a few dozen times the text at worst.
         budget: AllocBudget {
             constant_bytes: 256 * 1024,

@@ -31,7 +31,7 @@ fn replica_frames() {
         name: "replica_frames",
         known_open: &[],
         seeds: seeds::messages(3),
-        default_iters: 4000,
+        default_iters: 100000,
         budget: DECODE_BUDGET,
         check: &|bytes| {
             let Ok(message) = codec::decode::<Message>(bytes) else {
@@ -54,7 +54,7 @@ fn client_frames() {
         name: "client_frames",
         known_open: &[],
         seeds: seeds::messages(2),
-        default_iters: 4000,
+        default_iters: 100000,
         budget: DECODE_BUDGET,
         check: &|bytes| {
             let Ok(message) = codec::decode::<Message>(bytes) else {
@@ -121,7 +121,7 @@ fn service_operations() {
         name: "service_operations",
         known_open: &[],
         seeds,
-        default_iters: 2000,
+        default_iters: 100000,
         budget: DECODE_BUDGET,
         check: &|bytes| {
             let mut counter = Counter::default();

@@ -36,7 +36,7 @@ fn wal_records() {
         name: "wal_records",
         known_open: &[],
         seeds: seeds::persist_records(3),
-        default_iters: 3000,
+        default_iters: 100000,
         budget: RECORD_BUDGET,
         check: &|bytes| {
             if let Ok(record) = codec::decode::<PersistRecord>(bytes) {
@@ -91,7 +91,7 @@ fn wal_recovery() {
         name: "wal_recovery",
         known_open: &[],
         seeds,
-        default_iters: 1500,
+        default_iters: 6000,
         // Reading allocates what the files hold (the log is read once more after a bad record);
         // the engine rebuilt from it a fixed amount more.
         budget: AllocBudget {
@@ -142,7 +142,7 @@ fn checkpoint_files() {
         name: "checkpoint_files",
         known_open: &[],
         seeds: seeds::checkpoints(4),
-        default_iters: 2000,
+        default_iters: 100000,
         budget: RECORD_BUDGET,
         check: &|bytes| {
             let Ok(checkpoint) = codec::decode::<Checkpoint>(bytes) else {
@@ -164,7 +164,7 @@ fn checkpoint_data() {
         name: "checkpoint_data",
         known_open: &[],
         seeds: seeds::checkpoint_data(4),
-        default_iters: 2000,
+        default_iters: 100000,
         budget: RECORD_BUDGET,
         check: &|bytes| {
             if let Ok(data) = codec::decode::<CheckpointData>(bytes) {
@@ -185,7 +185,7 @@ fn client_table() {
         name: "client_table",
         known_open: &[],
         seeds: seeds::client_tables(),
-        default_iters: 3000,
+        default_iters: 100000,
         budget: RECORD_BUDGET,
         check: &|bytes| {
             // What a replica does with a table from a checkpoint: decode, then bind it to its
