@@ -18,7 +18,7 @@ use smr_core::{Engine, Limits, Output, Peer, Rejection};
 use smr_crypto::{Digest, Signer};
 use smr_modes::Mode;
 
-use common::{bft, broadcast, cft, cluster, only_rejected, only_sent, send, Cluster};
+use common::{bft, broadcast, cft, cluster, only_rejected, only_sent, run_service, send, Cluster};
 
 fn stops(out: &Output) -> usize {
     out.messages()
@@ -192,8 +192,13 @@ fn rejoin_with_reports(c: &Cluster, reports: [(u32, u64, u64); 3]) -> Engine {
 
 /// Feeds certified decisions `cids` (each a batch of its own request) from replica 2.
 fn learn(c: &Cluster, engine: &mut Engine, cids: std::ops::RangeInclusive<u64>) {
-    let decisions = cids.map(|cid| decision(c, cid, c.batch(&[cid]))).collect();
-    c.deliver_ok(engine, 2, Peer::Replica(2), Message::Decisions(decisions));
+    // One at a time, each executed before the next arrives: a replica accepts decisions only
+    // up to a window past what it has handed to the service.
+    for cid in cids {
+        let decisions = vec![decision(c, cid, c.batch(&[cid]))];
+        let output = c.deliver_ok(engine, 2, Peer::Replica(2), Message::Decisions(decisions));
+        run_service(engine, 2, &output);
+    }
 }
 
 /// Issue 12 item 3: a rejoining replica took the highest `voted_up_to` of n-f unsigned reports
@@ -216,7 +221,11 @@ fn one_inflated_rejoin_report_does_not_keep_the_replica_silent() {
         learn(&c, &mut rejoining, 1..=10);
         assert!(rejoining.is_rejoining(), "silent until the horizon, cid 11");
         learn(&c, &mut rejoining, 11..=11);
-        assert!(!rejoining.is_rejoining(), "report {inflated}");
+        assert!(
+            !rejoining.is_rejoining(),
+            "report {inflated}, executed {}",
+            rejoining.last_executed()
+        );
     }
     // A correct report, however far above the others, counts in full: 9 is within a window
     // of the 5 its sender proves, so the horizon is 9 + 4 = 13.
@@ -404,12 +413,13 @@ fn server_with_large_decisions(op_bytes: usize) -> (Cluster, Engine, Vec<Decisio
             )
         })
         .collect();
-    c.deliver_ok(
+    let output = c.deliver_ok(
         &mut server,
         0,
         Peer::Replica(2),
         Message::Decisions(decisions.clone()),
     );
+    run_service(&mut server, 0, &output);
     assert_eq!(server.last_executed(), Cid(6));
     (c, server, decisions)
 }
@@ -497,7 +507,11 @@ fn a_lagging_replica_still_catches_up_through_a_spent_budget() {
             outputs.push((1, c.deliver_from(&mut lagging, now, 0, m)));
         }
         for (from, out) in outputs {
-            for outgoing in out.messages() {
+            // The service of each replica executes what it is handed at once.
+            let engine = if from == 0 { &mut server } else { &mut lagging };
+            let mut all = run_service(engine, now, &out);
+            all.insert(0, out);
+            for outgoing in all.iter().flat_map(|out| out.messages()) {
                 let to_other = match outgoing {
                     smr_core::engine::Outgoing::Broadcast(_) => true,
                     smr_core::engine::Outgoing::Send { to, .. } => *to == Peer::Replica(1 - from),

@@ -13,7 +13,13 @@ impl Engine {
         let mut progressed = false;
         // A checkpoint is a barrier: the next batch waits until the checkpointed one has
         // executed, so that the client table captured with it matches the service state.
+        // And one batch is with the service at a time: the client table is replicated state,
+        // and its byte bounds drop replies by an order that marking the next batch changes, so
+        // marking cid c+1 before cid c's replies are recorded would make the table depend on
+        // service timing (two correct replicas would checkpoint different tables). Marking
+        // and recording alternate in cid order on every replica.
         while self.checkpoints.barrier.is_none()
+            && self.executing.is_empty()
             && self
                 .instances
                 .get(&self.last_executed.saturating_add(1))
@@ -56,6 +62,11 @@ impl Engine {
             }
             self.stats.executed_requests += items.len() as u64;
             self.executing.push_back((cid, ids));
+            assert_eq!(
+                self.executing.len(),
+                1,
+                "one batch with the service at a time"
+            );
             self.out.service(ServiceWork::Execute { cid, items });
             self.last_executed = cid;
             // The leader's requests proposed in an instance decided with another batch (only
@@ -102,7 +113,7 @@ impl Engine {
     /// # Panics
     /// If `cid` is not the oldest batch handed to the service, or `results` does not hold one
     /// result per executed item: the driver broke its contract.
-    pub fn on_executed(&mut self, _now_ms: u64, cid: Cid, results: Vec<Vec<u8>>) -> Output {
+    pub fn on_executed(&mut self, now_ms: u64, cid: Cid, results: Vec<Vec<u8>>) -> Output {
         let (expected_cid, ids) = self
             .executing
             .pop_front()
@@ -123,6 +134,8 @@ impl Engine {
             self.checkpoints.snapshot_clients = Some((cid, self.clients.clone()));
             self.out.service(ServiceWork::TakeSnapshot { cid });
         }
+        // The next decided batch, if any (the barrier above holds it until the snapshot).
+        self.execute_ready(now_ms);
         self.finish_input()
     }
 

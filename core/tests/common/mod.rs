@@ -309,6 +309,33 @@ impl Cluster {
     }
 }
 
+/// Carries out every piece of service work in `output`, and in what that produces, as a
+/// service that answers each operation with `b"ok"` and snapshots as `b"snapshot"`; returns
+/// the outputs it produced, in order. The engine hands the service one batch at a time, so
+/// a test that learns several decisions runs them through this to execute them all.
+#[allow(dead_code)] // Not every test binary that includes this module runs a service.
+pub fn run_service(engine: &mut Engine, now_ms: u64, output: &Output) -> Vec<Output> {
+    let mut work: std::collections::VecDeque<ServiceWork> =
+        output.service.iter().cloned().collect();
+    let mut produced = Vec::new();
+    while let Some(next) = work.pop_front() {
+        let out = match next {
+            ServiceWork::Execute { cid, items } => {
+                engine.on_executed(now_ms, cid, vec![b"ok".to_vec(); items.len()])
+            }
+            ServiceWork::TakeSnapshot { cid } => {
+                engine.on_snapshot(now_ms, cid, b"snapshot".to_vec())
+            }
+            // Restoring a snapshot has no answer.
+            ServiceWork::Restore { .. } => continue,
+            other => panic!("unexpected service work {other:?}"),
+        };
+        work.extend(out.service.iter().cloned());
+        produced.push(out);
+    }
+    produced
+}
+
 pub fn send(to: u32, message: Message) -> Outgoing {
     Outgoing::Send {
         to: Peer::Replica(to),
