@@ -173,6 +173,17 @@ impl ClientRecord {
     }
 }
 
+/// Whether `seq` is below the window of a client whose highest executed seq is `max_seq`: the
+/// window is the `window` seqs up to `max_seq`, `(max_seq - window, max_seq]`, and starts at
+/// seq 0 while `max_seq < window`. The one rule behind [`ClientTable::status`], the trimming in
+/// [`ClientTable::mark_executing`] and [`ClientTable::bind`], so that every table execution
+/// builds binds (exact at both ends of the range: no saturating floor or ceiling).
+fn below_window(seq: u64, max_seq: u64, window: u64) -> bool {
+    max_seq
+        .checked_sub(seq)
+        .is_some_and(|distance| distance >= window)
+}
+
 /// Where a request stands with respect to execution.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RequestStatus<'a> {
@@ -314,11 +325,18 @@ impl ClientTable {
             ));
         }
         for record in self.clients.values() {
-            let floor = record.max_seq.saturating_sub(limits.window);
-            if record.recent.keys().any(|seq| *seq <= floor) {
+            // The same predicate as execution's: while `max_seq < window` the window starts
+            // at seq 0, and a table `mark_executing` built must always bind (a floor that
+            // saturated at 0 refused seq 0, so no replica could install a correct peer's
+            // checkpoint once a client had executed seq 0: sim seed 637).
+            if let Some(seq) = record
+                .recent
+                .keys()
+                .find(|seq| below_window(**seq, record.max_seq, limits.window))
+            {
                 return inconsistent(format!(
-                    "a record's seqs are not within its window ({floor}, {}]",
-                    record.max_seq
+                    "a record's seq {seq} is not within its window of {} seqs up to {}",
+                    limits.window, record.max_seq
                 ));
             }
             let bytes = record.reply_bytes();
@@ -396,7 +414,7 @@ impl ClientTable {
             Some(Slot::Dropped) => return RequestStatus::Stale,
             None => {}
         }
-        if id.seq.saturating_add(self.limits.window) <= record.max_seq {
+        if below_window(id.seq, record.max_seq, self.limits.window) {
             return RequestStatus::Stale;
         }
         RequestStatus::New
@@ -445,6 +463,7 @@ impl ClientTable {
         let mut floor = None;
         if id.seq > record.max_seq {
             record.max_seq = id.seq;
+            // Drops exactly the seqs `below_window` calls old: those at or below `new_floor`.
             if let Some(new_floor) = record.max_seq.checked_sub(window) {
                 // new_floor < u64::MAX since window >= 1.
                 let kept = record.recent.split_off(&new_floor.saturating_add(1));
@@ -713,6 +732,95 @@ mod tests {
         }
         let decoded = round_trip(&table).unwrap();
         assert_eq!(decoded, table);
+    }
+
+    /// Sim seed 637: a client whose first executed seqs were 15 and then 0 (window 16) left
+    /// seq 0 in its window, and `bind` computed the window's floor as `15 - 16`, saturated to
+    /// 0, and refused it. Every checkpoint after that was refused by every replica installing
+    /// it, so replicas behind the truncated log never caught up.
+    #[test]
+    fn seq_0_in_a_window_that_starts_at_0_binds() {
+        let mut table = ClientTable::bounded(limits(10, 10));
+        execute(&mut table, &id(3), 1);
+        assert_eq!(table.status(&id(0)), RequestStatus::New);
+        execute(&mut table, &id(0), 2);
+        assert_eq!(round_trip(&table).unwrap(), table);
+        // One seq further and 0 leaves the window, on both sides of the round trip.
+        execute(&mut table, &id(4), 3);
+        assert_eq!(table.status(&id(0)), RequestStatus::Stale);
+        assert_eq!(
+            round_trip(&table).unwrap().status(&id(0)),
+            RequestStatus::Stale
+        );
+    }
+
+    /// At the top of the range the window is exact too: with `max_seq = u64::MAX` and a window
+    /// of 4, `u64::MAX - 3` is in it (a saturating `seq + window` called it stale).
+    #[test]
+    fn the_window_is_exact_at_u64_max() {
+        let mut table = ClientTable::bounded(limits(10, 10));
+        execute(&mut table, &id(u64::MAX), 1);
+        assert_eq!(table.status(&id(u64::MAX - 3)), RequestStatus::New);
+        assert_eq!(table.status(&id(u64::MAX - 4)), RequestStatus::Stale);
+        execute(&mut table, &id(u64::MAX - 3), 2);
+        assert_eq!(round_trip(&table).unwrap(), table);
+    }
+
+    /// The kind of bug of seed 637: every table that execution builds, from any seqs a
+    /// Byzantine client can send (0, the window's edges, `u64::MAX` and its neighbours,
+    /// random) and any replies, binds under the same limits, and the bound copy answers
+    /// `status` exactly as the original.
+    #[test]
+    fn every_table_execution_builds_round_trips_and_binds() {
+        let mut state = 0x637u64;
+        let mut next = move || {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        for run in 0..200u64 {
+            let window = [1, 2, 4, 16][(run % 4) as usize];
+            let limits = ClientLimits {
+                window,
+                ..limits(3, 5)
+            };
+            let mut table = ClientTable::bounded(limits);
+            let mut probes = BTreeSet::new();
+            for cid in 1..=40u64 {
+                let client = (next() % 4) as u8;
+                let pick = next();
+                let seq = match pick % 8 {
+                    0 => 0,
+                    1 => pick % (2 * window + 2),
+                    2 => u64::MAX - (pick >> 8) % (window + 2),
+                    3 => window.wrapping_add((pick >> 8) % 3).wrapping_sub(1),
+                    _ => pick >> 40,
+                };
+                let id = client_id(client, seq);
+                probes.insert(id);
+                if table.status(&id) == RequestStatus::New
+                    && table.mark_executing(&id, Cid(cid)) != Admission::Refused
+                    && next() % 4 != 0
+                {
+                    table.record_reply(&id, vec![client; (next() % 7) as usize]);
+                }
+                let decoded: ClientTable = crate::codec::decode(&crate::codec::encode(&table))
+                    .unwrap_or_else(|e| panic!("run {run} cid {cid}: {e}"));
+                let bound = decoded
+                    .bind(&limits, Cid(cid))
+                    .unwrap_or_else(|e| panic!("run {run} cid {cid}: {e}"));
+                assert_eq!(bound, table, "run {run} cid {cid}");
+                for probe in &probes {
+                    assert_eq!(
+                        bound.status(probe),
+                        table.status(probe),
+                        "run {run} {probe:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -936,6 +936,20 @@ impl Sim {
                                 "decisions {:?}",
                                 d.iter().map(|d| d.cid).collect::<Vec<_>>()
                             ),
+                            Message::StateChunk {
+                                cid,
+                                offset,
+                                total_len,
+                                bytes,
+                                decided,
+                            } => format!(
+                                "state-chunk cid {cid} offset {offset} of {total_len}: {} bytes, \
+                                 proof {}",
+                                bytes.len(),
+                                decided.is_some()
+                            ),
+                            Message::StateFetch { cid, offset } =>
+                                format!("state-fetch cid {cid} offset {offset}"),
                             m => m.kind_name().to_string(),
                         }
                     );

@@ -525,6 +525,26 @@ fn hunting(mode: Mode, seed: u64, as_leader: bool) -> SimOptions {
     opts
 }
 
+/// Hunting seeds that once failed, kept as regression tests: (mode, seed, the hunter as the
+/// leader, the bug it caught).
+const HUNTING_REGRESSIONS: &[(Mode, u64, bool, &str)] = &[(
+    Mode::Bft,
+    637,
+    false,
+    "the hunting client executed seq 0 after seq 15 (window 16), and ClientTable::bind's \
+     saturated floor refused its own window: every checkpoint was refused by every replica \
+     installing it, so a follower partitioned past the truncated log and the wiped replica \
+     never caught up",
+)];
+
+#[test]
+fn hunting_seeds_that_once_failed_still_pass() {
+    for (mode, seed, as_leader, bug) in HUNTING_REGRESSIONS {
+        run_seed(hunting(*mode, *seed, *as_leader))
+            .unwrap_or_else(|e| panic!("{mode:?} seed {seed} ({bug}): {e}"));
+    }
+}
+
 /// Sweeps `make`, and prints what the adversaries sent, by kind, and what the correct replicas
 /// refused of what Byzantine peers sent, by rejection (run with `--nocapture` to see it).
 fn hunting_sweep(test: &str, make: impl Fn(u64) -> SimOptions) {
