@@ -527,15 +527,24 @@ fn hunting(mode: Mode, seed: u64, as_leader: bool) -> SimOptions {
 
 /// Hunting seeds that once failed, kept as regression tests: (mode, seed, the hunter as the
 /// leader, the bug it caught).
-const HUNTING_REGRESSIONS: &[(Mode, u64, bool, &str)] = &[(
-    Mode::Bft,
-    637,
-    false,
-    "the hunting client executed seq 0 after seq 15 (window 16), and ClientTable::bind's \
+const HUNTING_REGRESSIONS: &[(Mode, u64, bool, &str)] = &[
+    (
+        Mode::Bft,
+        637,
+        false,
+        "the hunting client executed seq 0 after seq 15 (window 16), and ClientTable::bind's \
      saturated floor refused its own window: every checkpoint was refused by every replica \
      installing it, so a follower partitioned past the truncated log and the wiped replica \
      never caught up",
-)];
+    ),
+    (
+        Mode::Bft,
+        1790,
+        true,
+        "found by the same long sweep as 637, with the hunter as leader: a correct replica stayed \
+         at cid 19 while the others reached 50; passes with 637's fix to ClientTable::bind alone",
+    ),
+];
 
 #[test]
 fn hunting_seeds_that_once_failed_still_pass() {
