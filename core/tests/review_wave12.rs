@@ -11,7 +11,6 @@ use smr_core::message::{
 };
 use smr_core::{ClientPolicy, Limits, Peer};
 use smr_crypto::sim::SimKey;
-use smr_crypto::Signer;
 use smr_modes::Mode;
 
 use common::{cluster, Cluster};
