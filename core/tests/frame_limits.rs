@@ -8,11 +8,11 @@ use smr_core::engine::PersistRecord;
 use smr_core::frame_limits::{
     client_frame_bytes, replica_frame_bytes, MessageBounds, RecordBounds,
 };
-use smr_core::storage::MAX_RECORD_BYTES;
 use smr_core::message::{
     Batch, Cid, Decision, DecisionProof, Message, PreparedProof, Propose, Regency, Request,
     RequestBody, RequestKind, Signed, Stop, StopData, Sync, Vote, VoteKind,
 };
+use smr_core::storage::MAX_RECORD_BYTES;
 use smr_core::verify::MAX_REPORTED_CHECKPOINTS;
 use smr_core::Limits;
 use smr_crypto::{Digest, PublicKey, Signature};
@@ -373,7 +373,10 @@ fn the_largest_record_of_every_type_meets_its_bound_for_every_n_and_mode() {
                 "{mode:?} n = {n}: the largest {name} record is {bytes} bytes, above its bound {bound}"
             );
             if builder.signed {
-                assert_eq!(bytes, bound, "{mode:?} n = {n}: {name}'s bound is not tight");
+                assert_eq!(
+                    bytes, bound,
+                    "{mode:?} n = {n}: {name}'s bound is not tight"
+                );
             }
         }
     }

@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use smr_core::engine::ServiceWork;
+use smr_core::engine::{Output, ServiceWork};
 use smr_core::message::{
     Batch, Cid, Decision, Message, Regency, Request, RequestBody, RequestKind, VoteKind,
 };
@@ -133,4 +133,74 @@ fn every_record_a_valid_config_can_persist_fits_the_wal() {
         }
     }
     assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// The other side of the budget above: an honest client whose reply was lost retries after a
+/// timeout and gets its cached reply, every time. Copies within one `retransmit_initial_ms`
+/// of an answer are withheld (counted, not refused); the copy after the interval is answered.
+#[test]
+fn an_honest_retry_after_the_retransmit_interval_gets_its_cached_reply() {
+    use smr_core::message::Reply;
+    use smr_core::{Outgoing, Timeouts};
+    let c = open_cluster(Limits::default());
+    let interval_ms = Timeouts::default().retransmit_initial_ms;
+    let client = SimKey::from_seed([42; 32]);
+    let request = Request::new(
+        RequestBody {
+            client: client.public_key(),
+            seq: 1,
+            kind: RequestKind::Ordered,
+            op: b"op".to_vec(),
+        },
+        None,
+    );
+    let mut engine = c.engine(1);
+    engine.start(0);
+    let out = c.deliver_ok(
+        &mut engine,
+        0,
+        Peer::Replica(0),
+        Message::Decisions(vec![decision(&c, 1, vec![request.clone()])]),
+    );
+    let cid = match &out.service[..] {
+        [ServiceWork::Execute { cid, items }] if items.len() == 1 => *cid,
+        other => panic!("expected one execution, got {other:?}"),
+    };
+    // The largest reply a client can have cached.
+    let result = vec![7u8; Limits::default().max_client_reply_bytes as usize];
+    engine.on_executed(0, cid, vec![result.clone()]);
+    let answered = Output {
+        send_now: vec![Outgoing::Send {
+            to: Peer::Client(client.public_key()),
+            message: Message::Reply(Reply {
+                replica: 1,
+                client: client.public_key(),
+                seq: 1,
+                regency: Regency(0),
+                result,
+            }),
+        }],
+        ..Output::default()
+    };
+    let mut retry = |now_ms: u64| {
+        c.deliver(
+            &mut engine,
+            now_ms,
+            Peer::Client(client.public_key()),
+            Message::Request(request.clone()),
+        )
+    };
+
+    assert_eq!(retry(10), answered, "the first retry");
+    assert_eq!(retry(10), Output::default(), "a copy at once");
+    assert_eq!(
+        retry(10 + interval_ms / 2),
+        Output::default(),
+        "half an interval later"
+    );
+    assert_eq!(retry(10 + interval_ms), answered, "one interval later");
+    assert_eq!(retry(10 + interval_ms), Output::default());
+    assert_eq!(retry(10 + 10 * interval_ms), answered, "much later");
+    assert_eq!(engine.stats().cached_replies_withheld, 3);
+    assert_eq!(engine.stats().rejections.get("rate_limited"), None);
 }
