@@ -482,6 +482,13 @@ impl ClusterConfig {
                 ),
             ));
         }
+        // The same for what a replica persists: a record its log cannot take stops it.
+        crate::config::check_records_fit(
+            &quorums,
+            &limits,
+            crate::storage::MAX_RECORD_BYTES as u64,
+        )
+        .map_err(|e| invalid("limits", format!("at n = {}, {e}", quorums.n())))?;
         let d = Timeouts::default();
         let t = &raw.timeouts;
         let timeouts = Timeouts {

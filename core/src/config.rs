@@ -308,6 +308,20 @@ pub enum InvalidConfig {
         /// Its bound, in bytes.
         bytes: u64,
     },
+    /// The largest write-ahead-log record the limits allow does not fit a record
+    /// ([`crate::storage::MAX_RECORD_BYTES`]): a replica would stop when it persists it (a
+    /// leader's SYNC, a prepared or decided batch).
+    #[error(
+        "the largest {record} record these limits allow is {bytes} bytes, above the {max} bytes a write-ahead-log record can hold; lower limits.max_batch_bytes, limits.max_batch_requests, limits.max_op_bytes or limits.max_instances_ahead (or use fewer replicas)",
+        max = crate::storage::MAX_RECORD_BYTES
+    )]
+    RecordTooLarge {
+        /// The record type whose bound is too large (a [`crate::frame_limits::RecordBounds`]
+        /// name).
+        record: &'static str,
+        /// Its bound, in bytes.
+        bytes: u64,
+    },
     /// The reply cache's total bound must hold one client's.
     #[error(
         "limits.max_reply_cache_bytes ({total}) is below limits.max_client_reply_bytes ({per_client}); raise max_reply_cache_bytes to at least {per_client}"
@@ -374,6 +388,20 @@ pub const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
 /// proof (Q signed votes): the spare MiB keeps every chunk inside one frame.
 pub const MAX_STATE_CHUNK_BYTES: usize = 15 * 1024 * 1024;
 
+/// Refuses limits under which the engine could build a write-ahead-log record of more than
+/// `max_record_bytes` ([`crate::frame_limits::RecordBounds`]).
+pub(crate) fn check_records_fit(
+    quorums: &Quorums,
+    limits: &Limits,
+    max_record_bytes: u64,
+) -> Result<(), InvalidConfig> {
+    let (record, bytes) = crate::frame_limits::RecordBounds::new(quorums, limits).largest();
+    if bytes > max_record_bytes {
+        return Err(InvalidConfig::RecordTooLarge { record, bytes });
+    }
+    Ok(())
+}
+
 impl EngineConfig {
     /// Checks the invariants the engine relies on, and hands back the config as a
     /// [`ValidEngineConfig`], the only form [`crate::Engine`] takes.
@@ -428,6 +456,7 @@ impl EngineConfig {
         if bytes > crate::frame_limits::MAX_FRAME_BYTES {
             return Err(InvalidConfig::MessageTooLarge { message, bytes });
         }
+        check_records_fit(&self.quorums, l, crate::storage::MAX_RECORD_BYTES as u64)?;
         if l.max_pending_per_client as u64 > MAX_CLIENT_WINDOW {
             return Err(InvalidConfig::LimitTooLarge {
                 limit: "max_pending_per_client",
@@ -614,6 +643,29 @@ mod tests {
         at_the_bound
             .validate()
             .expect("a log of one period is enough");
+    }
+
+    #[test]
+    fn limits_whose_largest_record_the_log_cannot_hold_are_refused_naming_the_keys() {
+        // With MAX_RECORD_BYTES equal to the frame limit no valid config reaches it (a record
+        // is never larger than the largest message), so this checks the rule itself against a
+        // smaller log limit.
+        let c = config();
+        let bounds = crate::frame_limits::RecordBounds::new(&c.quorums, &c.limits);
+        let (record, bytes) = bounds.largest();
+        assert_eq!(record, "sync");
+        assert_eq!(check_records_fit(&c.quorums, &c.limits, bytes), Ok(()));
+        let err = check_records_fit(&c.quorums, &c.limits, bytes - 1).unwrap_err();
+        assert_eq!(err, InvalidConfig::RecordTooLarge { record, bytes });
+        let text = err.to_string();
+        for key in [
+            "limits.max_batch_bytes",
+            "limits.max_batch_requests",
+            "limits.max_op_bytes",
+            "limits.max_instances_ahead",
+        ] {
+            assert!(text.contains(key), "{text}");
+        }
     }
 
     #[test]

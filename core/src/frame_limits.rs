@@ -14,8 +14,11 @@
 //! or a status query, so a replica refuses anything longer than the largest request from a
 //! client connection.
 //!
-//! `core/tests/frame_limits.rs` builds the largest message of each type with the real encoder,
-//! over n and both modes, and checks it fits.
+//! The same holds on disk: every record the engine can persist must fit a write-ahead-log
+//! record ([`RecordBounds`]; `validate` refuses a config whose largest record would not).
+//!
+//! `core/tests/frame_limits.rs` builds the largest message and record of each type with the
+//! real encoder, over n and both modes, and checks it fits.
 
 use smr_modes::Quorums;
 
@@ -151,6 +154,76 @@ impl MessageBounds {
     }
 
     /// The largest of them: the message type and its bound.
+    pub fn largest(&self) -> (&'static str, u64) {
+        self.by_size()[0]
+    }
+}
+
+/// Upper bounds, in bytes, of the encoding of each write-ahead-log record
+/// ([`PersistRecord`](crate::engine::PersistRecord)) under one config, computed like
+/// [`MessageBounds`]. Each includes the record's variant tag. A checkpoint is not among them:
+/// the tokio driver writes it as a checkpoint file, whose length field is 8 bytes
+/// ([`crate::storage::Wal::write_checkpoint`]), not as a log record.
+///
+/// [`EngineConfig::validate`](crate::EngineConfig::validate) refuses a config whose largest
+/// record exceeds [`MAX_RECORD_BYTES`](crate::storage::MAX_RECORD_BYTES): the driver stops the
+/// replica when an append fails, so a record the engine can build but the log cannot take
+/// would stop every correct replica at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordBounds {
+    /// A vote this replica is about to send (unsigned: the record holds its body).
+    pub vote: u64,
+    /// A prepared value with its proof (a full batch and n WRITEs).
+    pub prepared: u64,
+    /// A decided instance (a full batch and n ACCEPTs).
+    pub decided: u64,
+    /// A regency.
+    pub regency: u64,
+    /// The SYNC this replica is about to send as leader: as large as the message.
+    pub sync: u64,
+}
+
+impl RecordBounds {
+    /// The bounds for a cluster of `quorums.n()` replicas under `limits`. Saturates at
+    /// `u64::MAX` rather than overflow.
+    pub fn new(quorums: &Quorums, limits: &Limits) -> RecordBounds {
+        let n = quorums.n() as u64;
+        let add = |parts: &[u64]| parts.iter().fold(0u64, |sum, p| sum.saturating_add(*p));
+        let messages = MessageBounds::new(quorums, limits);
+        // The batch and certificate sizes, as in `MessageBounds::new`.
+        let request = add(&[KEY, 8, TAG, LEN, limits.max_op_bytes as u64, SIGNED]);
+        let batch_requests = (limits.max_batch_requests as u64)
+            .saturating_mul(request)
+            .min((limits.max_batch_bytes as u64).max(request));
+        let batch = add(&[LEN, batch_requests]);
+        let vote = add(&[TAG, 4, 8, 8, DIGEST]);
+        let certificate = add(&[LEN, n.saturating_mul(add(&[vote, SIGNED]))]);
+        RecordBounds {
+            vote: add(&[TAG, vote]),
+            // PreparedProof { cid, epoch, batch, writes }.
+            prepared: add(&[TAG, 8, 8, batch, certificate]),
+            // Decision { cid, batch, certificate }.
+            decided: add(&[TAG, 8, batch, certificate]),
+            regency: add(&[TAG, 8]),
+            // The record's tag replaces the message's: same size.
+            sync: messages.sync,
+        }
+    }
+
+    /// Every bound with its record's name, largest first.
+    pub fn by_size(&self) -> Vec<(&'static str, u64)> {
+        let mut all = vec![
+            ("vote", self.vote),
+            ("prepared", self.prepared),
+            ("decided", self.decided),
+            ("regency", self.regency),
+            ("sync", self.sync),
+        ];
+        all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        all
+    }
+
+    /// The largest of them: the record's name and its bound.
     pub fn largest(&self) -> (&'static str, u64) {
         self.by_size()[0]
     }

@@ -1,13 +1,18 @@
 //! Every message the engine can build fits the frame limit derived from its config (issue 12
 //! item 10): the largest message of each type, built with the real encoder at the config's
-//! limits, over n and both modes.
+//! limits, over n and both modes. The same for every record it can persist and the
+//! write-ahead log's record limit.
 
 use smr_core::codec::encode;
-use smr_core::frame_limits::{client_frame_bytes, replica_frame_bytes, MessageBounds};
+use smr_core::engine::PersistRecord;
+use smr_core::frame_limits::{
+    client_frame_bytes, replica_frame_bytes, MessageBounds, RecordBounds,
+};
 use smr_core::message::{
     Batch, Cid, Decision, DecisionProof, Message, PreparedProof, Propose, Regency, Request,
     RequestBody, RequestKind, Signed, Stop, StopData, Sync, Vote, VoteKind,
 };
+use smr_core::storage::MAX_RECORD_BYTES;
 use smr_core::verify::MAX_REPORTED_CHECKPOINTS;
 use smr_core::Limits;
 use smr_crypto::{Digest, PublicKey, Signature};
@@ -106,6 +111,37 @@ impl Builder {
             },
             signature: self.signature(),
         }
+    }
+
+    /// The largest write-ahead-log record of every type the bounds cover, by their names.
+    fn largest_records(&self) -> Vec<(&'static str, PersistRecord)> {
+        let vote = self.votes(VoteKind::Accept, u64::MAX).remove(0).body;
+        let sync = match self.largest_messages().remove(7) {
+            ("sync", Message::Sync(sync)) => sync,
+            other => panic!("expected the SYNC, got {}", other.0),
+        };
+        vec![
+            ("vote", PersistRecord::Vote(vote)),
+            (
+                "prepared",
+                PersistRecord::Prepared(PreparedProof {
+                    cid: Cid(u64::MAX),
+                    epoch: Regency(u64::MAX),
+                    batch: self.batch(),
+                    writes: self.votes(VoteKind::Write, u64::MAX),
+                }),
+            ),
+            (
+                "decided",
+                PersistRecord::Decided(Decision {
+                    cid: Cid(u64::MAX),
+                    batch: self.batch(),
+                    certificate: self.votes(VoteKind::Accept, u64::MAX),
+                }),
+            ),
+            ("regency", PersistRecord::Regency(Regency(u64::MAX))),
+            ("sync", PersistRecord::Sync(sync)),
+        ]
     }
 
     /// The largest message of every type the bounds cover, by the bounds' names.
@@ -303,4 +339,132 @@ fn limits_whose_largest_message_cannot_fit_a_frame_are_refused_naming_the_keys()
         text.contains("limits.max_batch_bytes") && text.contains("limits.max_instances_ahead"),
         "{text}"
     );
+}
+
+const CLUSTERS: [(Mode, usize, usize); 8] = [
+    (Mode::Bft, 4, 1),
+    (Mode::Bft, 7, 2),
+    (Mode::Bft, 10, 3),
+    (Mode::Bft, 13, 4),
+    (Mode::Cft, 3, 1),
+    (Mode::Cft, 5, 2),
+    (Mode::Cft, 7, 3),
+    (Mode::Cft, 9, 4),
+];
+
+#[test]
+fn the_largest_record_of_every_type_meets_its_bound_for_every_n_and_mode() {
+    for (mode, n, f) in CLUSTERS {
+        let quorums = Quorums::new(mode, n, f).unwrap();
+        let limits = small_limits();
+        let bounds = RecordBounds::new(&quorums, &limits).by_size();
+        let builder = Builder {
+            n,
+            signed: quorums.requires_signatures(),
+            limits,
+        };
+        let records = builder.largest_records();
+        assert_eq!(records.len(), bounds.len(), "one record per bound");
+        for (name, record) in records {
+            let bytes = encode(&record).len() as u64;
+            let (_, bound) = *bounds.iter().find(|(b, _)| *b == name).unwrap();
+            assert!(
+                bytes <= bound,
+                "{mode:?} n = {n}: the largest {name} record is {bytes} bytes, above its bound {bound}"
+            );
+            if builder.signed {
+                assert_eq!(
+                    bytes, bound,
+                    "{mode:?} n = {n}: {name}'s bound is not tight"
+                );
+            }
+        }
+    }
+}
+
+/// Review of issue 12 (finding 2 of review 23): with a 256 MiB record limit, a leader's SYNC
+/// at the default limits (256.1 MiB at n = 4, 448 MiB at n = 7) and a prepared batch under a
+/// validated config with 512 MiB operations could not be persisted, and the driver stops the
+/// replica when an append fails. Over n, both modes, and limits from small to the largest a
+/// frame allows: whatever validates persists.
+#[test]
+fn every_record_of_every_valid_config_fits_the_wal_for_every_n_and_mode() {
+    let defaults = Limits::default();
+    let variants = [
+        ("defaults", defaults.clone()),
+        ("small", small_limits()),
+        (
+            "512 MiB operations",
+            Limits {
+                max_op_bytes: 512 << 20,
+                max_batch_requests: 1,
+                max_batch_bytes: 512 << 20,
+                max_decisions_per_reply: 1,
+                max_instances_ahead: 1,
+                max_instances_in_flight: 1,
+                ..defaults.clone()
+            },
+        ),
+        (
+            "64 MiB batches",
+            Limits {
+                max_batch_bytes: 64 << 20,
+                max_op_bytes: 1 << 20,
+                ..defaults.clone()
+            },
+        ),
+        (
+            "far ahead",
+            Limits {
+                max_instances_ahead: 1024,
+                ..defaults.clone()
+            },
+        ),
+    ];
+    let mut valid = Vec::new();
+    for (name, limits) in variants {
+        for (mode, n, f) in CLUSTERS {
+            let quorums = Quorums::new(mode, n, f).unwrap();
+            let config = smr_core::EngineConfig {
+                quorums,
+                me: 0,
+                replica_keys: vec![PublicKey([1; 32]); n],
+                clients: smr_core::ClientPolicy::Any,
+                limits: limits.clone(),
+                timeouts: Default::default(),
+            };
+            let records = RecordBounds::new(&quorums, &limits);
+            let (largest, bytes) = records.largest();
+            // No record is larger than the largest message, so the frame rule covers it.
+            assert!(bytes <= MessageBounds::new(&quorums, &limits).largest().1);
+            match config.validate() {
+                Ok(_) => {
+                    valid.push((name, mode, n));
+                    assert!(
+                        bytes <= MAX_RECORD_BYTES as u64,
+                        "{name}, {mode:?} n = {n}: valid, yet a {largest} record may be {bytes} bytes, above MAX_RECORD_BYTES {MAX_RECORD_BYTES}"
+                    );
+                }
+                Err(e) => assert!(
+                    matches!(
+                        e,
+                        smr_core::InvalidConfig::MessageTooLarge { .. }
+                            | smr_core::InvalidConfig::RecordTooLarge { .. }
+                    ),
+                    "{name}, {mode:?} n = {n}: {e}"
+                ),
+            }
+        }
+    }
+    // The examples that failed are valid configs: the defaults at n = 4 and 7, and 512 MiB
+    // operations.
+    for example in [
+        ("defaults", Mode::Bft, 4),
+        ("defaults", Mode::Bft, 7),
+        ("512 MiB operations", Mode::Bft, 4),
+        ("512 MiB operations", Mode::Bft, 7),
+    ] {
+        assert!(valid.contains(&example), "{example:?} is refused");
+    }
+    eprintln!("{} of 40 configs validated: {valid:?}", valid.len());
 }

@@ -71,7 +71,7 @@ use crate::pool::RequestPool;
 use crate::rejection::Rejection;
 use crate::verify::Verified;
 
-use budget::ReplyBudgets;
+use budget::{ClientReplyBudgets, ReplyBudgets};
 use catch_up::CatchUp;
 use checkpoints::Checkpoints;
 use leader_change::LeaderChange;
@@ -172,6 +172,9 @@ pub struct EngineStats {
     pub executed_requests: u64,
     /// Requests in a decided batch that were already executed, and so skipped.
     pub skipped_duplicates: u64,
+    /// Duplicates of executed requests whose cached reply was not resent because their
+    /// client's cached-reply budget (`engine/budget.rs`) was spent.
+    pub cached_replies_withheld: u64,
     /// Requests in a decided batch not executed because their client had no record and the
     /// client table was full of clients active within `client_expiry_cids`.
     pub refused_new_clients: u64,
@@ -258,6 +261,9 @@ pub struct Engine {
     rejoin: Rejoin,
     /// Per peer: what it may still make this replica send in reply (`engine/budget.rs`).
     reply_budgets: ReplyBudgets,
+    /// Per client: what its duplicate requests may still make this replica resend from the
+    /// reply cache (`engine/budget.rs`).
+    client_reply_budgets: ClientReplyBudgets,
     stats: EngineStats,
 }
 
@@ -317,6 +323,7 @@ impl Engine {
             leader_progress: None,
             rejoin: Rejoin::Done,
             reply_budgets: ReplyBudgets::default(),
+            client_reply_budgets: ClientReplyBudgets::default(),
             stats: EngineStats::default(),
         }
     }

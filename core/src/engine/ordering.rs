@@ -34,14 +34,30 @@ impl Engine {
             }
             return Ok(());
         }
+        let budget = super::budget::ClientReplyBudget::from_config(&self.cfg);
         match self.clients.status(&id) {
             RequestStatus::Executed(Some(result)) => {
-                if direct {
-                    self.out.send(
-                        Peer::Client(id.client),
-                        Message::Reply(self.reply(id, result.to_vec())),
-                    );
+                if !direct {
+                    return Ok(());
                 }
+                // A duplicate: resent from the reply cache if the client's budget pays for it
+                // (`engine/budget.rs`), checked before the reply is copied. Withheld otherwise,
+                // counted but not refused: a client that sends its retry to every replica at
+                // once, or retries sooner than `retransmit_initial_ms`, is not misbehaving, and
+                // its next retry after the interval is answered.
+                let cost = super::budget::REPLY_OVERHEAD_BYTES.saturating_add(result.len() as u64);
+                if !self
+                    .client_reply_budgets
+                    .try_spend(&budget, id.client, now_ms, cost)
+                {
+                    self.stats.cached_replies_withheld += 1;
+                    return Ok(());
+                }
+                let result = result.to_vec();
+                self.out.send(
+                    Peer::Client(id.client),
+                    Message::Reply(self.reply(id, result)),
+                );
                 return Ok(());
             }
             RequestStatus::Executed(None) => return Ok(()),

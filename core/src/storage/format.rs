@@ -28,10 +28,16 @@
 //! exist in no released data directory (nothing was released), so they are refused as an
 //! unsupported version rather than read.
 
-/// Largest record [`super::Wal::append`] accepts. A length field above it is corrupt, so a
-/// flipped bit in a length can never make recovery allocate more than this (and never more
-/// than the bytes actually left in the file).
-pub const MAX_RECORD_BYTES: usize = 256 * 1024 * 1024;
+/// Largest record [`super::Wal::append`] accepts: whatever a record header's 4-byte length
+/// field can say (4 GiB - 1). [`crate::EngineConfig::validate`] refuses a config under which
+/// the engine could build a larger record
+/// ([`RecordBounds`](crate::frame_limits::RecordBounds)), so a correct replica never fails
+/// an append for its size (it was 256 MiB, below a SYNC the default limits allow at n = 4).
+///
+/// Recovery does not trust the length field for how much to allocate: `parse_record_header`
+/// refuses a length above the bytes left in the file before the payload is read, so a flipped
+/// bit in a length makes recovery allocate at most the file's size.
+pub const MAX_RECORD_BYTES: usize = u32::MAX as usize;
 
 pub(super) const MAGIC_BYTES: usize = 8;
 /// The part of the magic that names the kind of file; the last two bytes are the version.

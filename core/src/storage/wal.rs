@@ -205,7 +205,7 @@ impl Wal {
     /// on); [`StorageError::Poisoned`] after an earlier I/O error.
     pub fn append(&mut self, record: &[u8]) -> Result<(), StorageError> {
         self.check_usable()?;
-        check_record_size(record)?;
+        check_record_size(record.len())?;
         format::encode_record(&mut self.pending, &self.sync, record);
         if self.pending.len() >= WRITE_BUFFER_BYTES {
             self.write_pending()?;
@@ -250,7 +250,7 @@ impl Wal {
     ) -> Result<(), StorageError> {
         self.check_usable()?;
         for record in records_after {
-            check_record_size(record)?;
+            check_record_size(record.len())?;
         }
         let old = self.generation;
         let next = old
@@ -387,10 +387,12 @@ fn new_sync_marker(path: &Path) -> Result<SyncMarker, StorageError> {
     Ok(sync)
 }
 
-fn check_record_size(record: &[u8]) -> Result<(), StorageError> {
-    if record.len() > MAX_RECORD_BYTES {
+/// Refuses a record of `len` bytes above [`MAX_RECORD_BYTES`] (what `append` and
+/// `write_checkpoint` check before writing anything).
+pub(super) fn check_record_size(len: usize) -> Result<(), StorageError> {
+    if len > MAX_RECORD_BYTES {
         Err(StorageError::RecordTooLarge {
-            len: record.len(),
+            len,
             max: MAX_RECORD_BYTES,
         })
     } else {

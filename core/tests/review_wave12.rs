@@ -1,0 +1,206 @@
+//! Findings of the wave-12 review (attacker's view): each test here failed on the reviewed
+//! commit (55df220) and demonstrated a real bug; the review commits e12d2e9 and 7fededb say more.
+
+mod common;
+
+use std::sync::Arc;
+
+use smr_core::engine::{Output, ServiceWork};
+use smr_core::message::{
+    Batch, Cid, Decision, Message, Regency, Request, RequestBody, RequestKind, VoteKind,
+};
+use smr_core::{ClientPolicy, Limits, Peer};
+use smr_crypto::sim::SimKey;
+use smr_modes::Mode;
+
+use common::{cluster, Cluster};
+
+fn open_cluster(limits: Limits) -> Cluster {
+    let mut c = cluster(Mode::Cft, 3, 1, limits);
+    c.verifier.clients = Arc::new(ClientPolicy::Any);
+    c
+}
+
+fn decision(c: &Cluster, cid: u64, requests: Vec<Request>) -> Decision {
+    let batch = Batch { requests };
+    let digest = batch.digest();
+    Decision {
+        cid: Cid(cid),
+        batch,
+        certificate: c.votes(VoteKind::Accept, &[0, 1, 2], Cid(cid), Regency(0), digest),
+    }
+}
+
+/// Issue 12 kind 4, "every reply that a peer's message triggers is rate-limited per peer and
+/// bounded in bytes": the replica-side budgets (`engine/budget.rs`) cover decisions, state
+/// info, chunks and SYNCs, but not the cached reply a client gets back for a duplicate
+/// request (`handle_request`, `RequestStatus::Executed(Some(_))`). A client whose reply of
+/// `max_client_reply_bytes` (1 MiB by default) is cached resends its ~100-byte request: every
+/// copy makes every replica clone and send the whole reply again, with no per-client budget,
+/// a 10,000x amplification in replica CPU and bandwidth. Any key may do this under
+/// `clients = "any"`. Here 200 copies in one millisecond make one replica send 200 MiB to
+/// one client, over three times the per-peer burst the replica budgets allow.
+#[test]
+fn duplicate_requests_do_not_make_a_replica_resend_a_cached_reply_without_bound() {
+    let c = open_cluster(Limits::default());
+    let client = SimKey::from_seed([41; 32]);
+    let big = Request::new(
+        RequestBody {
+            client: client.public_key(),
+            seq: 1,
+            kind: RequestKind::Ordered,
+            op: b"big".to_vec(),
+        },
+        None,
+    );
+    let mut engine = c.engine(1);
+    engine.start(0);
+    let out = c.deliver_ok(
+        &mut engine,
+        0,
+        Peer::Replica(0),
+        Message::Decisions(vec![decision(&c, 1, vec![big.clone()])]),
+    );
+    let cid = match &out.service[..] {
+        [ServiceWork::Execute { cid, items }] if items.len() == 1 => *cid,
+        other => panic!("expected one execution, got {other:?}"),
+    };
+    let reply_len = Limits::default().max_client_reply_bytes as usize;
+    engine.on_executed(0, cid, vec![vec![7u8; reply_len]]);
+
+    let mut sent_bytes = 0u64;
+    for _ in 0..200 {
+        let out = c.deliver_ok(
+            &mut engine,
+            1,
+            Peer::Client(client.public_key()),
+            Message::Request(big.clone()),
+        );
+        for m in out.messages() {
+            if let smr_core::Outgoing::Send {
+                message: Message::Reply(r),
+                ..
+            } = m
+            {
+                sent_bytes += r.result.len() as u64;
+            }
+        }
+    }
+    assert!(
+        sent_bytes <= smr_core::engine::REPLY_BURST_BYTES,
+        "200 duplicate requests (about 20 KB) in one ms made the replica send {} MiB of cached replies to one client",
+        sent_bytes >> 20
+    );
+}
+
+/// Issue 12 kind 10 has a twin on disk: every record the engine can persist must fit the
+/// WAL's `MAX_RECORD_BYTES` (256 MiB), or `EngineLoop::append` panics ("storage failed,
+/// stopping the replica"). `EngineConfig::validate` only checks the derived frame limit
+/// against `u32::MAX`. (a) At the default limits a leader's SYNC, which is persisted as
+/// `PersistRecord::Sync` before it is sent, can reach 256.1 MiB at n = 4 and 448 MiB at n = 7;
+/// (b) a config with large operations validates although one prepared batch (persisted as
+/// `PersistRecord::Prepared` / `Decided`) exceeds the record limit, so one admitted client's
+/// request crashes every correct replica.
+#[test]
+fn every_record_a_valid_config_can_persist_fits_the_wal() {
+    use smr_core::frame_limits::MessageBounds;
+    use smr_core::storage::MAX_RECORD_BYTES;
+    use smr_modes::Quorums;
+    let mut problems = Vec::new();
+    let big_ops = Limits {
+        max_op_bytes: 512 << 20,
+        max_batch_requests: 1,
+        max_batch_bytes: 512 << 20,
+        max_decisions_per_reply: 1,
+        max_instances_ahead: 1,
+        max_instances_in_flight: 1,
+        ..Limits::default()
+    };
+    for (name, limits) in [("defaults", Limits::default()), ("512 MiB ops", big_ops)] {
+        for n in [4usize, 7] {
+            let mut c = cluster(Mode::Bft, n, (n - 1) / 3, limits.clone());
+            c.limits = limits.clone();
+            let _valid = c.cfg(0); // panics if the config does not validate
+            let q = Quorums::new(Mode::Bft, n, (n - 1) / 3).unwrap();
+            let b = MessageBounds::new(&q, &limits);
+            for (what, bytes) in [("sync", b.sync), ("propose", b.propose)] {
+                if bytes > MAX_RECORD_BYTES as u64 {
+                    problems.push(format!(
+                        "{name}, n = {n}: a persisted {what} of up to {bytes} bytes > MAX_RECORD_BYTES {MAX_RECORD_BYTES}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// The other side of the budget above: an honest client whose reply was lost retries after a
+/// timeout and gets its cached reply, every time. Copies within one `retransmit_initial_ms`
+/// of an answer are withheld (counted, not refused); the copy after the interval is answered.
+#[test]
+fn an_honest_retry_after_the_retransmit_interval_gets_its_cached_reply() {
+    use smr_core::message::Reply;
+    use smr_core::{Outgoing, Timeouts};
+    let c = open_cluster(Limits::default());
+    let interval_ms = Timeouts::default().retransmit_initial_ms;
+    let client = SimKey::from_seed([42; 32]);
+    let request = Request::new(
+        RequestBody {
+            client: client.public_key(),
+            seq: 1,
+            kind: RequestKind::Ordered,
+            op: b"op".to_vec(),
+        },
+        None,
+    );
+    let mut engine = c.engine(1);
+    engine.start(0);
+    let out = c.deliver_ok(
+        &mut engine,
+        0,
+        Peer::Replica(0),
+        Message::Decisions(vec![decision(&c, 1, vec![request.clone()])]),
+    );
+    let cid = match &out.service[..] {
+        [ServiceWork::Execute { cid, items }] if items.len() == 1 => *cid,
+        other => panic!("expected one execution, got {other:?}"),
+    };
+    // The largest reply a client can have cached.
+    let result = vec![7u8; Limits::default().max_client_reply_bytes as usize];
+    engine.on_executed(0, cid, vec![result.clone()]);
+    let answered = Output {
+        send_now: vec![Outgoing::Send {
+            to: Peer::Client(client.public_key()),
+            message: Message::Reply(Reply {
+                replica: 1,
+                client: client.public_key(),
+                seq: 1,
+                regency: Regency(0),
+                result,
+            }),
+        }],
+        ..Output::default()
+    };
+    let mut retry = |now_ms: u64| {
+        c.deliver(
+            &mut engine,
+            now_ms,
+            Peer::Client(client.public_key()),
+            Message::Request(request.clone()),
+        )
+    };
+
+    assert_eq!(retry(10), answered, "the first retry");
+    assert_eq!(retry(10), Output::default(), "a copy at once");
+    assert_eq!(
+        retry(10 + interval_ms / 2),
+        Output::default(),
+        "half an interval later"
+    );
+    assert_eq!(retry(10 + interval_ms), answered, "one interval later");
+    assert_eq!(retry(10 + interval_ms), Output::default());
+    assert_eq!(retry(10 + 10 * interval_ms), answered, "much later");
+    assert_eq!(engine.stats().cached_replies_withheld, 3);
+    assert_eq!(engine.stats().rejections.get("rate_limited"), None);
+}
