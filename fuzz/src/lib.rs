@@ -10,8 +10,10 @@
 //! bytes set to edge values (0, 1, the bytes left in the input, `u32::MAX`, `u64::MAX`, ...),
 //! truncation, duplication and splices of two inputs. For every input it checks:
 //! - **no panic** (a violation of an invariant the target asserts is a panic too);
-//! - **no allocation beyond the input**: the heap's peak while the input runs stays within
-//!   [`AllocBudget`] (a constant plus a multiple of the input's length) above where it started;
+//! - **no allocation beyond the input**: the bytes allocated while the input runs (every
+//!   allocation and every growth by reallocation, summed) stay within [`AllocBudget`] (a
+//!   constant plus a multiple of the input's length). That sum bounds from above how far the
+//!   heap's peak rose during the input, so an input's peak is never unseen;
 //! - **no growth across inputs**: the heap holds no more after the mutants than before them,
 //!   up to [`MAX_GROWTH_BYTES`] (bounded caches filling up).
 //!
@@ -23,19 +25,19 @@
 //! input, minimal, with its bytes in hex. The mutations themselves are strategies in this file.
 //!
 //! **Run length.** Each target has a default number of mutants sized for CI (all targets
-//! together in about 15 s on 2 cores, beside the rest of the test run). `SMR_FUZZ_ITERS=N` runs N mutants per target,
-//! `SMR_FUZZ_SECS=S` runs mutants for S seconds per target instead (for long runs), and
+//! together in about 15 s on 2 cores, beside the rest of the test run). `SMR_FUZZ_ITERS=N` runs
+//! N mutants per target, `SMR_FUZZ_SECS=S` runs mutants for S seconds per target instead (for long runs), and
 //! `SMR_FUZZ_SEED=N` changes the fixed seed (default 0). A failure prints the minimal input in
 //! hex: add it to `corpus/<target>/` as a `.hex` file to keep it as a regression.
 //!
-//! **How the heap is measured.** The crate installs [`cap::Cap`] over the system allocator as the
-//! global allocator of every test binary that links it (no unsafe code of ours). `Cap` counts
-//! bytes in use and their all-time peak. The peak cannot be reset, so an input's peak is known
-//! exactly only when it sets a new all-time peak; an input that stays below the peak of an
-//! earlier one passes unmeasured. Since all inputs are small, that blind spot is small too (it
-//! is printed per target as `blind spot`): every allocation that matters, one sized by a length
-//! field rather than by the bytes, sets a new peak and is caught. Targets are serialized by a
-//! lock so that only one input runs at a time.
+//! **How the heap is measured.** The crate installs [`stats_alloc::StatsAlloc`] over the system
+//! allocator as the global allocator of every test binary that links it (no unsafe code of
+//! ours). It counts bytes allocated and deallocated; a [`stats_alloc::Region`] opened before an
+//! input and read after it gives the bytes that input allocated, on its own, whatever earlier
+//! inputs did (the sum over its allocations, not its peak: an input that allocates and frees
+//! the same buffer in a loop counts every time, which the per-target budgets, measured, allow
+//! for). The counters are process-wide, so each target runs alone in a process of its own (see
+//! [`run`]) and targets are serialized by a lock besides.
 
 use std::alloc::System;
 use std::cell::Cell;
@@ -45,16 +47,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cap::Cap;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
+use stats_alloc::{Region, StatsAlloc};
 
 pub mod engine;
 pub mod seeds;
 
 #[global_allocator]
-static ALLOCATOR: Cap<System> = Cap::new(System, usize::MAX);
+static ALLOCATOR: StatsAlloc<System> = StatsAlloc::system();
+
+/// Bytes the heap holds now (allocated minus freed, since the process started).
+fn heap_bytes() -> i64 {
+    let stats = ALLOCATOR.stats();
+    stats.bytes_allocated as i64 - stats.bytes_deallocated as i64
+}
 
 /// Targets run one at a time, so that the allocator's counts belong to one input.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -88,7 +96,8 @@ pub const MAX_GROWTH_BYTES: usize = 256 * 1024;
 const DEFAULT_SEED: u64 = 0;
 
 /// How much one input may make a target allocate: `constant_bytes + per_input_byte * len`
-/// above what the heap held when the input started, at the peak.
+/// bytes in total while it runs (every allocation and every growth by reallocation, summed;
+/// an upper bound on how far the heap's peak rises during the input).
 #[derive(Clone, Copy, Debug)]
 pub struct AllocBudget {
     /// Bytes allowed whatever the input.
@@ -142,8 +151,13 @@ pub struct Report {
     pub seeds: usize,
     /// Mutants run.
     pub mutants: u64,
-    /// Largest peak seen above an input's starting heap, in bytes.
-    pub max_peak_bytes: usize,
+    /// Most bytes one input allocated in total while it ran.
+    pub max_allocated_bytes: usize,
+    /// The length of that input.
+    pub max_allocated_input_len: usize,
+    /// Most bytes one input allocated beyond `per_input_byte * len` (what `constant_bytes`
+    /// must cover).
+    pub max_beyond_per_byte_bytes: usize,
     /// Heap growth across the mutants, in bytes (negative: shrank).
     pub growth_bytes: i64,
 }
@@ -192,12 +206,20 @@ fn env_number(name: &str) -> Option<u64> {
     )
 }
 
-/// Runs `check` on `input` and measures the heap. `Err` names the violation.
-fn run_one(target: &Target<'_>, input: &[u8], peak_seen: &Cell<usize>) -> Result<(), String> {
-    let before = ALLOCATOR.allocated();
-    let peak_before = ALLOCATOR.max_allocated();
+/// The most any one input allocated, for the report line.
+#[derive(Debug, Default)]
+struct Measured {
+    /// Most bytes one input allocated, and that input's length.
+    max: Cell<(usize, usize)>,
+    /// Most bytes one input allocated beyond `per_input_byte * len`.
+    beyond_per_byte: Cell<usize>,
+}
+
+/// Runs `check` on `input` and counts the bytes it allocates. `Err` names the violation.
+fn run_one(target: &Target<'_>, input: &[u8], measured: &Measured) -> Result<(), String> {
+    let region = Region::new(&ALLOCATOR);
     let result = panic::catch_unwind(AssertUnwindSafe(|| (target.check)(input)));
-    let peak_after = ALLOCATOR.max_allocated();
+    let allocated = region.change().bytes_allocated;
     if result.is_err() {
         let message = LAST_PANIC
             .lock()
@@ -206,16 +228,22 @@ fn run_one(target: &Target<'_>, input: &[u8], peak_seen: &Cell<usize>) -> Result
             .unwrap_or_else(|| "a panic".to_string());
         return Err(format!("panicked: {message}"));
     }
-    if peak_after > peak_before {
-        let peak = peak_after.saturating_sub(before);
-        peak_seen.set(peak_seen.get().max(peak));
-        let bound = target.budget.for_len(input.len());
-        if peak > bound {
-            return Err(format!(
-                "allocated up to {peak} bytes for a {}-byte input; the bound is {bound}",
-                input.len()
-            ));
-        }
+    if allocated > measured.max.get().0 {
+        measured.max.set((allocated, input.len()));
+    }
+    let per_byte = target.budget.per_input_byte.saturating_mul(input.len());
+    measured.beyond_per_byte.set(
+        measured
+            .beyond_per_byte
+            .get()
+            .max(allocated.saturating_sub(per_byte)),
+    );
+    let bound = target.budget.for_len(input.len());
+    if allocated > bound {
+        return Err(format!(
+            "allocated {allocated} bytes for a {}-byte input; the bound is {bound}",
+            input.len()
+        ));
     }
     Ok(())
 }
@@ -231,8 +259,8 @@ fn failure(target: &str, what: &str, input: &[u8], detail: &str) -> ! {
 /// Runs a target: the corpus, the seeds, then the mutants; panics on the first violation
 /// (after shrinking it, for mutants) and returns what it did otherwise.
 ///
-/// Each target runs in a process of its own, so that no other target's peak hides its
-/// allocations: unless `SMR_FUZZ_CHILD` is set, this runs the test binary again with only the
+/// Each target runs in a process of its own, so that no other test's allocations (the
+/// allocator's counters are process-wide) count as the target's: unless `SMR_FUZZ_CHILD` is set, this runs the test binary again with only the
 /// test named like the target (so a target's `#[test]` function must carry the target's name)
 /// and fails if that child fails. The child returns a default [`Report`] to the parent.
 pub fn run(target: Target<'_>) -> Report {
@@ -280,9 +308,9 @@ fn run_locked(target: Target<'_>) -> Report {
     let started = Instant::now();
     let known_hits: Vec<Cell<u64>> = target.known_open.iter().map(|_| Cell::new(0)).collect();
     let first_hit: Vec<Cell<bool>> = target.known_open.iter().map(|_| Cell::new(false)).collect();
-    let peak_seen = Cell::new(0);
+    let measured = Measured::default();
     let check_one = |input: &[u8]| -> Result<(), String> {
-        let Err(violation) = run_one(&target, input, &peak_seen) else {
+        let Err(violation) = run_one(&target, input, &measured) else {
             return Ok(());
         };
         match target
@@ -324,12 +352,6 @@ fn run_locked(target: Target<'_>) -> Report {
             failure(target.name, &format!("seed {i}"), input, &e);
         }
     }
-    // The allocator's peak cannot be reset: an input is measured only when it sets a new
-    // all-time peak, so what any earlier input of this process reached is the blind spot.
-    let blind_spot = ALLOCATOR
-        .max_allocated()
-        .saturating_sub(ALLOCATOR.allocated());
-
     let mut pool: Vec<Vec<u8>> = corpus.into_iter().map(|(_, bytes)| bytes).collect();
     pool.extend(target.seeds.iter().cloned());
     if pool.is_empty() {
@@ -343,7 +365,7 @@ fn run_locked(target: Target<'_>) -> Report {
         (None, None) => u64::from(target.default_iters),
     };
 
-    let heap_before_mutants = ALLOCATOR.allocated();
+    let heap_before_mutants = heap_bytes();
     let mut chunk = 0u64;
     while report.mutants < total && deadline.is_none_or(|d| Instant::now() < d) {
         let cases = (total - report.mutants).min(500) as u32;
@@ -385,18 +407,21 @@ fn run_locked(target: Target<'_>) -> Report {
         report.mutants += u64::from(cases);
         chunk += 1;
     }
-    let heap_after = ALLOCATOR.allocated();
-    report.growth_bytes = heap_after as i64 - heap_before_mutants as i64;
-    report.max_peak_bytes = peak_seen.get();
+    report.growth_bytes = heap_bytes() - heap_before_mutants;
+    (report.max_allocated_bytes, report.max_allocated_input_len) = measured.max.get();
+    report.max_beyond_per_byte_bytes = measured.beyond_per_byte.get();
     eprintln!(
-        "fuzz target {}: {} corpus inputs, {} seeds, {} mutants in {:.1} s; peak above an input's start {} bytes (blind spot below {} bytes); heap growth across mutants {} bytes",
+        "fuzz target {}: {} corpus inputs, {} seeds, {} mutants in {:.1} s; most allocated by one input {} bytes (a {}-byte input), most beyond {} bytes per input byte {} bytes (bound {}); heap growth across mutants {} bytes",
         target.name,
         report.corpus,
         report.seeds,
         report.mutants,
         started.elapsed().as_secs_f64(),
-        report.max_peak_bytes,
-        blind_spot,
+        report.max_allocated_bytes,
+        report.max_allocated_input_len,
+        target.budget.per_input_byte,
+        report.max_beyond_per_byte_bytes,
+        target.budget.constant_bytes,
         report.growth_bytes
     );
     for (known, hits) in target.known_open.iter().zip(&known_hits) {

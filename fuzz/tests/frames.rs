@@ -15,9 +15,12 @@ use smr_fuzz::{run, seeds, AllocBudget, Target};
 use smr_modes::Mode;
 
 /// Decoded messages are a few times larger in memory than on the wire (vectors of requests,
-/// signatures as options); verification copies what it checks once more.
+/// signatures as options); verification copies what it checks once more. Measured (seed 0,
+/// default run, total bytes allocated per input): beyond 16 bytes per input byte, at most 5.1
+/// KB (replica_frames, client_frames) and 2.7 KB (service_operations); the constant is about
+/// three times that, so an allocation of a few tens of KB that no input byte pays for fails.
 const DECODE_BUDGET: AllocBudget = AllocBudget {
-    constant_bytes: 64 * 1024,
+    constant_bytes: 16 * 1024,
     per_input_byte: 16,
 };
 

@@ -14,9 +14,12 @@ use smr_fuzz::{run, seeds, AllocBudget, Target};
 use smr_modes::Mode;
 
 /// Records decode into structures a few times their encoding; recovering an engine costs a
-/// fixed amount on top (its tables, a re-signed vote).
+/// fixed amount on top (its tables, a re-signed vote). Measured (seed 0, default run, total
+/// bytes allocated per input): beyond 16 bytes per input byte, at most 9.5 KB (wal_records),
+/// 7.6 KB (client_table), 3.4 KB (checkpoint_data), 0.6 KB (checkpoint_files); the constant is
+/// about three times the largest.
 const RECORD_BUDGET: AllocBudget = AllocBudget {
-    constant_bytes: 256 * 1024,
+    constant_bytes: 32 * 1024,
     per_input_byte: 16,
 };
 
@@ -93,10 +96,12 @@ fn wal_recovery() {
         seeds,
         default_iters: 6000,
         // Reading allocates what the files hold (the log is read once more after a bad record);
-        // the engine rebuilt from it a fixed amount more.
+        // the engine rebuilt from it a fixed amount more. Measured: at most 27 KB per input
+        // beyond 8 bytes per input byte, nearly all of it the fixed files and the engine
+        // (an empty input costs 2.7 KB, a 64-byte one up to 27 KB); the constant is 2.4 times that.
         budget: AllocBudget {
-            constant_bytes: 512 * 1024,
-            per_input_byte: 24,
+            constant_bytes: 64 * 1024,
+            per_input_byte: 8,
         },
         check: &|input| {
             let dir = tempfile::tempdir().expect("a temp dir");
