@@ -13,7 +13,7 @@ fn key_files() {
         name: "key_files",
         known_open: &[],
         seeds: seeds::key_files(),
-        default_iters: 20000,
+        default_iters: 3000,
         // Measured: at most 393 bytes (a 135-byte file), 97 beyond 4 per input byte.
         budget: AllocBudget {
             constant_bytes: 4 * 1024,

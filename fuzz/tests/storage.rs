@@ -94,7 +94,7 @@ fn wal_recovery() {
         name: "wal_recovery",
         known_open: &[],
         seeds,
-        default_iters: 6000,
+        default_iters: 2000,
         // Reading allocates what the files hold (the log is read once more after a bad record);
         // the engine rebuilt from it a fixed amount more. Measured: at most 27 KB per input
         // beyond 8 bytes per input byte, nearly all of it the fixed files and the engine
