@@ -2,8 +2,12 @@
 //!
 //! # Replica threads and tasks
 //! - **Reader task:** takes frames from the network and deals them to the verify workers.
+//!   Each worker has two queues (lanes), one for replica frames and one for client frames, each
+//!   with half of `verify_queue_frames` and `verify_queue_bytes`, so that client frames (anyone's,
+//!   under an open client policy) never fill the room replica frames need; the reader waits only
+//!   on the lane of the frame in hand.
 //! - **Verify workers** (`verify_workers` OS threads): each takes every frame waiting in its
-//!   queue (up to [`MAX_VERIFY_RUN_FRAMES`] frames or [`MAX_VERIFY_RUN_BYTES`] bytes), decodes
+//!   replica lane, then in its client lane (up to [`MAX_VERIFY_RUN_FRAMES`] frames or [`MAX_VERIFY_RUN_BYTES`] bytes), decodes
 //!   them and runs [`InboundVerifier::verify_many`] on the run: one batch verification of all
 //!   their signatures, so the cost per signature falls as load rises, and a client request whose
 //!   signature a worker already verified (its own copy, before the leader proposes it) is not
@@ -60,10 +64,12 @@ const MAX_VERIFIED_REQUESTS: usize = 1 << 13;
 pub struct DriverOptions {
     /// Threads that decode and verify inbound messages [default: half the cores, 1 to 4].
     pub verify_workers: usize,
-    /// Frames queued per verify worker before the reader waits.
+    /// Frames queued per verify worker before the reader waits: half for replica frames, half
+    /// for client frames.
     pub verify_queue_frames: usize,
-    /// Bytes of frames queued per verify worker before the reader waits (a frame larger than
-    /// this waits for an empty queue). With the transport's own bounds, this keeps what a
+    /// Bytes of frames queued per verify worker before the reader waits, half for replica
+    /// frames and half for client frames (a frame larger than its half waits for an empty
+    /// lane). With the transport's own bounds, this keeps what a
     /// flood of large frames can pile up in memory bounded in bytes, not only in frames.
     pub verify_queue_bytes: usize,
     /// Start as a replica that lost its state and may have voted before (a wiped data dir):
@@ -253,16 +259,24 @@ pub fn start_replica<N: Network>(
             .clamp(1024, MAX_VERIFIED_REQUESTS),
     ));
     let mut worker_txs = Vec::new();
-    let verify_queue_bytes = options
-        .verify_queue_bytes
-        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let lane_bytes = (options.verify_queue_bytes / 2).clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let lane_frames = (options.verify_queue_frames / 2).max(1);
+    let runtime = tokio::runtime::Handle::current();
     for w in 0..options.verify_workers.max(1) {
-        let (tx, rx) = mpsc::channel::<InboundFrame>(options.verify_queue_frames.max(1));
-        let queued_bytes = Arc::new(QueuedBytes {
-            permits: tokio::sync::Semaphore::new(verify_queue_bytes),
-            max: verify_queue_bytes,
-        });
-        worker_txs.push((tx, queued_bytes.clone()));
+        let mut lanes = Vec::new();
+        let mut rxs = Vec::new();
+        for _ in 0..2 {
+            let (tx, rx) = mpsc::channel::<InboundFrame>(lane_frames);
+            let queued_bytes = Arc::new(QueuedBytes {
+                permits: tokio::sync::Semaphore::new(lane_bytes),
+                max: lane_bytes,
+            });
+            lanes.push((tx, queued_bytes.clone()));
+            rxs.push((rx, queued_bytes));
+        }
+        let client_rx = rxs.pop().expect("two lanes");
+        let replica_rx = rxs.pop().expect("two lanes");
+        worker_txs.push(lanes);
         let worker = VerifyWorker {
             verifier: verifier.clone(),
             cache: verified_requests.clone(),
@@ -270,21 +284,26 @@ pub fn start_replica<N: Network>(
             rejected: rejected.clone(),
             decode_errors: decode_errors.clone(),
         };
+        let runtime = runtime.clone();
         std::thread::Builder::new()
             .name(format!("smr-verify-{w}"))
-            .spawn(move || worker.run(rx, &queued_bytes))
+            .spawn(move || worker.run(&runtime, replica_rx, client_rx))
             .expect("spawning a verify worker thread");
     }
     drop(input_tx);
 
-    // Reader task: deal frames to workers; a peer's frames always go to the same worker, so
-    // that one flooding peer fills one queue.
+    // Reader task: deal frames to workers; a peer's frames always go to the same worker and
+    // lane, so that one flooding peer fills one lane of one worker, and its frames stay in order.
     {
         let network = network.clone();
         tokio::spawn(async move {
             while let Some(frame) = network.recv().await {
                 let w = worker_for(&frame.from, worker_txs.len());
-                let (tx, queued_bytes) = &worker_txs[w];
+                let lane = match frame.from {
+                    Peer::Replica(_) => 0,
+                    Peer::Client(_) => 1,
+                };
+                let (tx, queued_bytes) = &worker_txs[w][lane];
                 if !queued_bytes.reserve(frame.frame.len()).await || tx.send(frame).await.is_err() {
                     break;
                 }
@@ -372,20 +391,49 @@ impl QueuedBytes {
 }
 
 impl VerifyWorker {
-    fn run(self, mut rx: mpsc::Receiver<InboundFrame>, queued_bytes: &QueuedBytes) {
+    /// Serves the replica lane first: a run takes every replica frame waiting, then client
+    /// frames, up to the run's bounds. Ends when both lanes have closed.
+    fn run(
+        self,
+        runtime: &tokio::runtime::Handle,
+        replicas: (mpsc::Receiver<InboundFrame>, Arc<QueuedBytes>),
+        clients: (mpsc::Receiver<InboundFrame>, Arc<QueuedBytes>),
+    ) {
+        let (mut replica_rx, replica_bytes) = replicas;
+        let (mut client_rx, client_bytes) = clients;
         let mut frames = Vec::with_capacity(MAX_VERIFY_RUN_FRAMES);
-        while let Some(first) = rx.blocking_recv() {
+        loop {
+            let first = runtime.block_on(async {
+                tokio::select! {
+                    biased;
+                    Some(frame) = replica_rx.recv() => Some((frame, true)),
+                    Some(frame) = client_rx.recv() => Some((frame, false)),
+                    else => None,
+                }
+            });
+            let Some((first, from_replica)) = first else {
+                break;
+            };
             let mut bytes = first.frame.len();
-            queued_bytes.release(first.frame.len());
+            if from_replica {
+                replica_bytes.release(first.frame.len());
+            } else {
+                client_bytes.release(first.frame.len());
+            }
             frames.push(first);
-            while frames.len() < MAX_VERIFY_RUN_FRAMES && bytes < MAX_VERIFY_RUN_BYTES {
-                match rx.try_recv() {
-                    Ok(frame) => {
-                        bytes += frame.frame.len();
-                        queued_bytes.release(frame.frame.len());
-                        frames.push(frame);
+            for (rx, queued_bytes) in [
+                (&mut replica_rx, &replica_bytes),
+                (&mut client_rx, &client_bytes),
+            ] {
+                while frames.len() < MAX_VERIFY_RUN_FRAMES && bytes < MAX_VERIFY_RUN_BYTES {
+                    match rx.try_recv() {
+                        Ok(frame) => {
+                            bytes += frame.frame.len();
+                            queued_bytes.release(frame.frame.len());
+                            frames.push(frame);
+                        }
+                        Err(_) => break,
                     }
-                    Err(_) => break,
                 }
             }
             if !self.verify_run(frames.drain(..)) {
