@@ -391,51 +391,11 @@ impl QueuedBytes {
 }
 
 impl VerifyWorker {
-    /// Serves the replica lane first: a run takes every replica frame waiting, then client
-    /// frames, up to the run's bounds. Ends when both lanes have closed.
-    fn run(
-        self,
-        runtime: &tokio::runtime::Handle,
-        replicas: (mpsc::Receiver<InboundFrame>, Arc<QueuedBytes>),
-        clients: (mpsc::Receiver<InboundFrame>, Arc<QueuedBytes>),
-    ) {
-        let (mut replica_rx, replica_bytes) = replicas;
-        let (mut client_rx, client_bytes) = clients;
+    /// Verifies one run after another (see [`next_run`]) until both lanes have closed or the
+    /// engine is gone.
+    fn run(self, runtime: &tokio::runtime::Handle, mut replicas: Lane, mut clients: Lane) {
         let mut frames = Vec::with_capacity(MAX_VERIFY_RUN_FRAMES);
-        loop {
-            let first = runtime.block_on(async {
-                tokio::select! {
-                    biased;
-                    Some(frame) = replica_rx.recv() => Some((frame, true)),
-                    Some(frame) = client_rx.recv() => Some((frame, false)),
-                    else => None,
-                }
-            });
-            let Some((first, from_replica)) = first else {
-                break;
-            };
-            let mut bytes = first.frame.len();
-            if from_replica {
-                replica_bytes.release(first.frame.len());
-            } else {
-                client_bytes.release(first.frame.len());
-            }
-            frames.push(first);
-            for (rx, queued_bytes) in [
-                (&mut replica_rx, &replica_bytes),
-                (&mut client_rx, &client_bytes),
-            ] {
-                while frames.len() < MAX_VERIFY_RUN_FRAMES && bytes < MAX_VERIFY_RUN_BYTES {
-                    match rx.try_recv() {
-                        Ok(frame) => {
-                            bytes += frame.frame.len();
-                            queued_bytes.release(frame.frame.len());
-                            frames.push(frame);
-                        }
-                        Err(_) => break,
-                    }
-                }
-            }
+        while next_run(runtime, &mut replicas, &mut clients, &mut frames) {
             if !self.verify_run(frames.drain(..)) {
                 break;
             }
@@ -500,6 +460,51 @@ impl VerifyWorker {
         }
         true
     }
+}
+
+/// One lane of a verify worker's queue: its frames and their bytes.
+type Lane = (mpsc::Receiver<InboundFrame>, Arc<QueuedBytes>);
+
+/// Waits for a frame in either lane, then takes into `frames` every replica frame waiting and
+/// then client frames, up to [`MAX_VERIFY_RUN_FRAMES`] and [`MAX_VERIFY_RUN_BYTES`]: the
+/// replica lane is served first. False once both lanes have closed.
+fn next_run(
+    runtime: &tokio::runtime::Handle,
+    replicas: &mut Lane,
+    clients: &mut Lane,
+    frames: &mut Vec<InboundFrame>,
+) -> bool {
+    let first = runtime.block_on(async {
+        tokio::select! {
+            biased;
+            Some(frame) = replicas.0.recv() => Some((frame, true)),
+            Some(frame) = clients.0.recv() => Some((frame, false)),
+            else => None,
+        }
+    });
+    let Some((first, from_replica)) = first else {
+        return false;
+    };
+    let mut bytes = first.frame.len();
+    if from_replica {
+        replicas.1.release(first.frame.len());
+    } else {
+        clients.1.release(first.frame.len());
+    }
+    frames.push(first);
+    for (rx, queued_bytes) in [replicas, clients] {
+        while frames.len() < MAX_VERIFY_RUN_FRAMES && bytes < MAX_VERIFY_RUN_BYTES {
+            match rx.try_recv() {
+                Ok(frame) => {
+                    bytes += frame.frame.len();
+                    queued_bytes.release(frame.frame.len());
+                    frames.push(frame);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    true
 }
 
 fn worker_for(peer: &Peer, workers: usize) -> usize {
@@ -1053,5 +1058,61 @@ mod tests {
             .is_err());
         queue.release(5000);
         assert_eq!(queue.permits.available_permits(), 1000);
+    }
+
+    fn lane(max_bytes: usize) -> (mpsc::Sender<InboundFrame>, Lane) {
+        let (tx, rx) = mpsc::channel(1024);
+        let bytes = Arc::new(QueuedBytes {
+            permits: tokio::sync::Semaphore::new(max_bytes),
+            max: max_bytes,
+        });
+        (tx, (rx, bytes))
+    }
+
+    #[test]
+    fn a_verify_run_takes_waiting_replica_frames_before_a_client_backlog() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (replica_tx, mut replicas) = lane(1 << 20);
+        let (client_tx, mut clients) = lane(1 << 20);
+        let client = Peer::Client(smr_crypto::IdentityKey::from_seed([9; 32]).public_key());
+        let queue = |tx: &mpsc::Sender<InboundFrame>, bytes: &QueuedBytes, from, body: u8| {
+            assert!(runtime.block_on(bytes.reserve(1000)));
+            tx.try_send(InboundFrame {
+                from,
+                frame: vec![body; 1000],
+            })
+            .unwrap();
+        };
+        // A client backlog of a whole run's worth arrives first, then two replica frames.
+        for i in 0..MAX_VERIFY_RUN_FRAMES as u8 {
+            queue(&client_tx, &clients.1, client, i);
+        }
+        queue(&replica_tx, &replicas.1, Peer::Replica(1), 200);
+        queue(&replica_tx, &replicas.1, Peer::Replica(2), 201);
+        let mut frames = Vec::new();
+        assert!(next_run(
+            runtime.handle(),
+            &mut replicas,
+            &mut clients,
+            &mut frames
+        ));
+        let firsts: Vec<(Peer, u8)> = frames.iter().map(|f| (f.from, f.frame[0])).collect();
+        // The replica frames lead the run; the client's follow in their order, up to the
+        // run's frame bound (its byte bound, 256 KiB, is not reached by 128 frames of 1000).
+        let mut expected = vec![(Peer::Replica(1), 200), (Peer::Replica(2), 201)];
+        expected.extend((0..MAX_VERIFY_RUN_FRAMES as u8 - 2).map(|i| (client, i)));
+        assert_eq!(firsts, expected);
+        assert_eq!(
+            replicas.1.permits.available_permits(),
+            1 << 20,
+            "taken frames give their bytes back"
+        );
+        // Closing both lanes ends the worker once they are drained.
+        drop((replica_tx, client_tx));
+        frames.clear();
+        while next_run(runtime.handle(), &mut replicas, &mut clients, &mut frames) {}
+        assert_eq!(frames.len(), MAX_VERIFY_RUN_FRAMES + 2 - expected.len());
     }
 }
