@@ -150,7 +150,7 @@ impl Lane {
 
     /// Waits for room for a frame of `length` bytes from `peer`: first in its share, then in
     /// the lane. False at shutdown. `held_back` counts the frames that waited because their
-    /// peer's share was full (the first of an episode is logged by the caller's counters).
+    /// peer's share was full; the first since start is logged as a warning, later ones at debug.
     pub(crate) async fn reserve(&self, peer: Peer, length: usize, held_back: &AtomicU64) -> bool {
         let share = self.share(peer);
         let permits = self.share_permits(length);
