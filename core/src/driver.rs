@@ -2,8 +2,12 @@
 //!
 //! # Replica threads and tasks
 //! - **Reader task:** takes frames from the network and deals them to the verify workers.
+//!   Each worker has two queues (lanes), one for replica frames and one for client frames, each
+//!   with half of `verify_queue_frames` and `verify_queue_bytes`, so that client frames (anyone's,
+//!   under an open client policy) never fill the room replica frames need; the reader waits only
+//!   on the lane of the frame in hand.
 //! - **Verify workers** (`verify_workers` OS threads): each takes every frame waiting in its
-//!   queue (up to [`MAX_VERIFY_RUN_FRAMES`] frames or [`MAX_VERIFY_RUN_BYTES`] bytes), decodes
+//!   replica lane, then in its client lane (up to [`MAX_VERIFY_RUN_FRAMES`] frames or [`MAX_VERIFY_RUN_BYTES`] bytes), decodes
 //!   them and runs [`InboundVerifier::verify_many`] on the run: one batch verification of all
 //!   their signatures, so the cost per signature falls as load rises, and a client request whose
 //!   signature a worker already verified (its own copy, before the leader proposes it) is not
@@ -60,10 +64,12 @@ const MAX_VERIFIED_REQUESTS: usize = 1 << 13;
 pub struct DriverOptions {
     /// Threads that decode and verify inbound messages [default: half the cores, 1 to 4].
     pub verify_workers: usize,
-    /// Frames queued per verify worker before the reader waits.
+    /// Frames queued per verify worker before the reader waits: half for replica frames, half
+    /// for client frames.
     pub verify_queue_frames: usize,
-    /// Bytes of frames queued per verify worker before the reader waits (a frame larger than
-    /// this waits for an empty queue). With the transport's own bounds, this keeps what a
+    /// Bytes of frames queued per verify worker before the reader waits, half for replica
+    /// frames and half for client frames (a frame larger than its half waits for an empty
+    /// lane). With the transport's own bounds, this keeps what a
     /// flood of large frames can pile up in memory bounded in bytes, not only in frames.
     pub verify_queue_bytes: usize,
     /// Start as a replica that lost its state and may have voted before (a wiped data dir):
@@ -253,16 +259,24 @@ pub fn start_replica<N: Network>(
             .clamp(1024, MAX_VERIFIED_REQUESTS),
     ));
     let mut worker_txs = Vec::new();
-    let verify_queue_bytes = options
-        .verify_queue_bytes
-        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let lane_bytes = (options.verify_queue_bytes / 2).clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let lane_frames = (options.verify_queue_frames / 2).max(1);
+    let runtime = tokio::runtime::Handle::current();
     for w in 0..options.verify_workers.max(1) {
-        let (tx, rx) = mpsc::channel::<InboundFrame>(options.verify_queue_frames.max(1));
-        let queued_bytes = Arc::new(QueuedBytes {
-            permits: tokio::sync::Semaphore::new(verify_queue_bytes),
-            max: verify_queue_bytes,
-        });
-        worker_txs.push((tx, queued_bytes.clone()));
+        let mut lanes = Vec::new();
+        let mut rxs = Vec::new();
+        for _ in 0..2 {
+            let (tx, rx) = mpsc::channel::<InboundFrame>(lane_frames);
+            let queued_bytes = Arc::new(QueuedBytes {
+                permits: tokio::sync::Semaphore::new(lane_bytes),
+                max: lane_bytes,
+            });
+            lanes.push((tx, queued_bytes.clone()));
+            rxs.push((rx, queued_bytes));
+        }
+        let client_rx = rxs.pop().expect("two lanes");
+        let replica_rx = rxs.pop().expect("two lanes");
+        worker_txs.push(lanes);
         let worker = VerifyWorker {
             verifier: verifier.clone(),
             cache: verified_requests.clone(),
@@ -270,21 +284,26 @@ pub fn start_replica<N: Network>(
             rejected: rejected.clone(),
             decode_errors: decode_errors.clone(),
         };
+        let runtime = runtime.clone();
         std::thread::Builder::new()
             .name(format!("smr-verify-{w}"))
-            .spawn(move || worker.run(rx, &queued_bytes))
+            .spawn(move || worker.run(&runtime, replica_rx, client_rx))
             .expect("spawning a verify worker thread");
     }
     drop(input_tx);
 
-    // Reader task: deal frames to workers; a peer's frames always go to the same worker, so
-    // that one flooding peer fills one queue.
+    // Reader task: deal frames to workers; a peer's frames always go to the same worker and
+    // lane, so that one flooding peer fills one lane of one worker, and its frames stay in order.
     {
         let network = network.clone();
         tokio::spawn(async move {
             while let Some(frame) = network.recv().await {
                 let w = worker_for(&frame.from, worker_txs.len());
-                let (tx, queued_bytes) = &worker_txs[w];
+                let lane = match frame.from {
+                    Peer::Replica(_) => 0,
+                    Peer::Client(_) => 1,
+                };
+                let (tx, queued_bytes) = &worker_txs[w][lane];
                 if !queued_bytes.reserve(frame.frame.len()).await || tx.send(frame).await.is_err() {
                     break;
                 }
@@ -372,22 +391,11 @@ impl QueuedBytes {
 }
 
 impl VerifyWorker {
-    fn run(self, mut rx: mpsc::Receiver<InboundFrame>, queued_bytes: &QueuedBytes) {
+    /// Verifies one run after another (see [`next_run`]) until both lanes have closed or the
+    /// engine is gone.
+    fn run(self, runtime: &tokio::runtime::Handle, mut replicas: Lane, mut clients: Lane) {
         let mut frames = Vec::with_capacity(MAX_VERIFY_RUN_FRAMES);
-        while let Some(first) = rx.blocking_recv() {
-            let mut bytes = first.frame.len();
-            queued_bytes.release(first.frame.len());
-            frames.push(first);
-            while frames.len() < MAX_VERIFY_RUN_FRAMES && bytes < MAX_VERIFY_RUN_BYTES {
-                match rx.try_recv() {
-                    Ok(frame) => {
-                        bytes += frame.frame.len();
-                        queued_bytes.release(frame.frame.len());
-                        frames.push(frame);
-                    }
-                    Err(_) => break,
-                }
-            }
+        while next_run(runtime, &mut replicas, &mut clients, &mut frames) {
             if !self.verify_run(frames.drain(..)) {
                 break;
             }
@@ -452,6 +460,51 @@ impl VerifyWorker {
         }
         true
     }
+}
+
+/// One lane of a verify worker's queue: its frames and their bytes.
+type Lane = (mpsc::Receiver<InboundFrame>, Arc<QueuedBytes>);
+
+/// Waits for a frame in either lane, then takes into `frames` every replica frame waiting and
+/// then client frames, up to [`MAX_VERIFY_RUN_FRAMES`] and [`MAX_VERIFY_RUN_BYTES`]: the
+/// replica lane is served first. False once both lanes have closed.
+fn next_run(
+    runtime: &tokio::runtime::Handle,
+    replicas: &mut Lane,
+    clients: &mut Lane,
+    frames: &mut Vec<InboundFrame>,
+) -> bool {
+    let first = runtime.block_on(async {
+        tokio::select! {
+            biased;
+            Some(frame) = replicas.0.recv() => Some((frame, true)),
+            Some(frame) = clients.0.recv() => Some((frame, false)),
+            else => None,
+        }
+    });
+    let Some((first, from_replica)) = first else {
+        return false;
+    };
+    let mut bytes = first.frame.len();
+    if from_replica {
+        replicas.1.release(first.frame.len());
+    } else {
+        clients.1.release(first.frame.len());
+    }
+    frames.push(first);
+    for (rx, queued_bytes) in [replicas, clients] {
+        while frames.len() < MAX_VERIFY_RUN_FRAMES && bytes < MAX_VERIFY_RUN_BYTES {
+            match rx.try_recv() {
+                Ok(frame) => {
+                    bytes += frame.frame.len();
+                    queued_bytes.release(frame.frame.len());
+                    frames.push(frame);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    true
 }
 
 fn worker_for(peer: &Peer, workers: usize) -> usize {
@@ -1005,5 +1058,61 @@ mod tests {
             .is_err());
         queue.release(5000);
         assert_eq!(queue.permits.available_permits(), 1000);
+    }
+
+    fn lane(max_bytes: usize) -> (mpsc::Sender<InboundFrame>, Lane) {
+        let (tx, rx) = mpsc::channel(1024);
+        let bytes = Arc::new(QueuedBytes {
+            permits: tokio::sync::Semaphore::new(max_bytes),
+            max: max_bytes,
+        });
+        (tx, (rx, bytes))
+    }
+
+    #[test]
+    fn a_verify_run_takes_waiting_replica_frames_before_a_client_backlog() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (replica_tx, mut replicas) = lane(1 << 20);
+        let (client_tx, mut clients) = lane(1 << 20);
+        let client = Peer::Client(smr_crypto::IdentityKey::from_seed([9; 32]).public_key());
+        let queue = |tx: &mpsc::Sender<InboundFrame>, bytes: &QueuedBytes, from, body: u8| {
+            assert!(runtime.block_on(bytes.reserve(1000)));
+            tx.try_send(InboundFrame {
+                from,
+                frame: vec![body; 1000],
+            })
+            .unwrap();
+        };
+        // A client backlog of a whole run's worth arrives first, then two replica frames.
+        for i in 0..MAX_VERIFY_RUN_FRAMES as u8 {
+            queue(&client_tx, &clients.1, client, i);
+        }
+        queue(&replica_tx, &replicas.1, Peer::Replica(1), 200);
+        queue(&replica_tx, &replicas.1, Peer::Replica(2), 201);
+        let mut frames = Vec::new();
+        assert!(next_run(
+            runtime.handle(),
+            &mut replicas,
+            &mut clients,
+            &mut frames
+        ));
+        let firsts: Vec<(Peer, u8)> = frames.iter().map(|f| (f.from, f.frame[0])).collect();
+        // The replica frames lead the run; the client's follow in their order, up to the
+        // run's frame bound (its byte bound, 256 KiB, is not reached by 128 frames of 1000).
+        let mut expected = vec![(Peer::Replica(1), 200), (Peer::Replica(2), 201)];
+        expected.extend((0..MAX_VERIFY_RUN_FRAMES as u8 - 2).map(|i| (client, i)));
+        assert_eq!(firsts, expected);
+        assert_eq!(
+            replicas.1.permits.available_permits(),
+            1 << 20,
+            "taken frames give their bytes back"
+        );
+        // Closing both lanes ends the worker once they are drained.
+        drop((replica_tx, client_tx));
+        frames.clear();
+        while next_run(runtime.handle(), &mut replicas, &mut clients, &mut frames) {}
+        assert_eq!(frames.len(), MAX_VERIFY_RUN_FRAMES + 2 - expected.len());
     }
 }

@@ -109,9 +109,17 @@
 //! that were in the write that failed are lost, and counted.
 //!
 //! # Receiving
-//! Frames from all connections funnel into one queue read by [`Network::recv`], bounded in frames
-//! and in bytes ([`TransportConfig::recv_queue_bytes`]). When it is full, readers wait, which
-//! pushes back on peers through QUIC flow control.
+//! Frames from all connections funnel into the queue read by [`Network::recv`], bounded in frames
+//! ([`TransportConfig::recv_queue_frames`]) and in bytes ([`TransportConfig::recv_queue_bytes`]).
+//! It has two lanes, each with half of both bounds: one for replica frames, one for client
+//! frames, so that clients (anyone, under [`ClientPolicy::Any`]) cannot make protocol messages
+//! wait behind theirs. Within a lane each peer may hold only a share: a replica
+//! `1 / replicas` of its lane, a client key `1 / 16` (both at least one frame of the peer's
+//! limit); a frame counts against its share at least `lane bytes / lane frames`, so a share also
+//! bounds the frame slots a peer holds. `recv` takes replica frames first, but after 16 in a row
+//! one waiting client frame. When a share or a lane is full, that peer's readers wait (counted in
+//! [`TransportStats::frames_held_back_peer_share`], the first logged), which pushes back on the
+//! peer through QUIC flow control; no frame is dropped.
 //!
 //! # Threading
 //! Everything runs as tasks on the caller's tokio runtime (multi-threaded recommended): one
@@ -208,10 +216,13 @@ pub struct TransportConfig {
     /// Bound of all send queues together, in bytes: a frame that would cross it is dropped
     /// (unless nothing is queued at all).
     pub send_queue_total_bytes: usize,
-    /// Bound of the queue that [`Network::recv`] reads, in frames.
+    /// Bound of the queue that [`Network::recv`] reads, in frames: half for replica frames,
+    /// half for client frames.
     pub recv_queue_frames: usize,
-    /// Bound of the queue that [`Network::recv`] reads, in bytes; readers wait (pushing back
-    /// on peers through QUIC flow control) while it is full.
+    /// Bound of the queue that [`Network::recv`] reads, in bytes: half for replica frames,
+    /// half for client frames, each peer with a share of its half (see the crate docs,
+    /// "Receiving"). Readers wait (pushing back on peers through QUIC flow control) while
+    /// their peer's share or lane is full.
     pub recv_queue_bytes: usize,
     /// Most distinct client keys with live connections at once (replica role); a connection
     /// from a further key is refused, counted and logged. Matters under
@@ -489,6 +500,9 @@ pub struct TransportStats {
     pub bytes_received: u64,
     /// New frames dropped because the peer's send queue was full.
     pub frames_dropped_queue_full: u64,
+    /// Incoming frames that waited because their peer held its whole share of its lane of the
+    /// receive queue (see the crate docs, "Receiving"); the first is logged.
+    pub frames_held_back_peer_share: u64,
     /// Frames lost because the connection failed while they were being written.
     pub frames_dropped_connection_lost: u64,
     /// Incoming frames whose length prefix exceeded the peer's frame limit (`max_frame_bytes`,
@@ -519,6 +533,14 @@ pub struct TransportStats {
     pub connections_lost: u64,
 }
 
+/// The receive queue's two lanes, read by `recv` (see the crate docs, "Receiving").
+struct Inbound {
+    replicas: mpsc::Receiver<InboundFrame>,
+    clients: mpsc::Receiver<InboundFrame>,
+    /// Replica frames taken in a row since the last client frame.
+    replica_streak: u32,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     frames_sent: AtomicU64,
@@ -526,6 +548,7 @@ pub(crate) struct Counters {
     frames_received: AtomicU64,
     bytes_received: AtomicU64,
     frames_dropped_queue_full: AtomicU64,
+    frames_held_back_peer_share: AtomicU64,
     frames_dropped_connection_lost: AtomicU64,
     frames_rejected_oversize: AtomicU64,
     connections_closed_buffer_limit: AtomicU64,
@@ -549,6 +572,7 @@ impl Counters {
             frames_received: get(&self.frames_received),
             bytes_received: get(&self.bytes_received),
             frames_dropped_queue_full: get(&self.frames_dropped_queue_full),
+            frames_held_back_peer_share: get(&self.frames_held_back_peer_share),
             frames_dropped_connection_lost: get(&self.frames_dropped_connection_lost),
             frames_rejected_oversize: get(&self.frames_rejected_oversize),
             connections_closed_buffer_limit: get(&self.connections_closed_buffer_limit),
@@ -583,7 +607,7 @@ struct Inner {
     role: Role,
     /// Outgoing queues to the replicas we dial (every replica but ourselves).
     replica_queues: BTreeMap<ReplicaId, link::SendQueue>,
-    inbound_rx: tokio::sync::Mutex<mpsc::Receiver<InboundFrame>>,
+    inbound_rx: tokio::sync::Mutex<Inbound>,
     endpoint: Mutex<Option<quinn::Endpoint>>,
     local_addr: SocketAddr,
 }
@@ -666,8 +690,22 @@ impl QuicTransport {
             Role::Replica(id) => format!("replica {id}"),
             Role::Client => format!("client {}", config.identity.public_key()),
         };
-        let (inbound_tx, inbound_rx) = mpsc::channel(config.recv_queue_frames);
-        let inbound_bytes = Arc::new(tokio::sync::Semaphore::new(config.recv_queue_bytes));
+        let lane_frames = (config.recv_queue_frames / 2).max(1);
+        let lane_bytes = (config.recv_queue_bytes / 2).max(1);
+        let (replica_tx, replica_rx) = mpsc::channel(lane_frames);
+        let (client_tx, client_rx) = mpsc::channel(lane_frames);
+        let replica_lane = link::Lane::new(
+            replica_tx,
+            lane_bytes,
+            lane_frames,
+            (lane_bytes / config.replicas.len().max(1)).max(config.max_frame_bytes),
+        );
+        let client_lane = link::Lane::new(
+            client_tx,
+            lane_bytes,
+            lane_frames,
+            (lane_bytes / link::CLIENT_SHARES).max(config.max_client_frame_bytes),
+        );
         let (shutdown_tx, _) = watch::channel(false);
         let shared = Arc::new(link::Shared {
             me,
@@ -676,15 +714,14 @@ impl QuicTransport {
             client_send_queue_frames: config.client_send_queue_frames,
             client_send_queue_bytes: config.client_send_queue_bytes,
             max_client_keys: config.max_client_keys,
-            recv_queue_bytes: config.recv_queue_bytes,
-            inbound_bytes,
+            replica_lane,
+            client_lane,
             send_queue_total: Arc::new(link::ByteBudget::new(config.send_queue_total_bytes)),
             reconnect_initial: Duration::from_millis(config.reconnect_initial_ms),
             reconnect_max: Duration::from_millis(config.reconnect_max_ms),
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
             admission,
             counters,
-            inbound_tx,
             client_links: Mutex::new(Default::default()),
             replica_links: Mutex::new(Default::default()),
             replicas_connected_in: Mutex::new(Default::default()),
@@ -736,7 +773,11 @@ impl QuicTransport {
                 shared,
                 role: config.role,
                 replica_queues,
-                inbound_rx: tokio::sync::Mutex::new(inbound_rx),
+                inbound_rx: tokio::sync::Mutex::new(Inbound {
+                    replicas: replica_rx,
+                    clients: client_rx,
+                    replica_streak: 0,
+                }),
                 endpoint: Mutex::new(Some(endpoint)),
                 local_addr,
             }),
@@ -792,14 +833,34 @@ impl QuicTransport {
         if *shutdown.borrow() {
             return None;
         }
-        let mut inbound = self.inner.inbound_rx.lock().await;
-        let frame = tokio::select! {
-            biased;
-            _ = link::shutdown_signaled(&mut shutdown) => None,
-            frame = inbound.recv() => frame,
+        let mut guard = self.inner.inbound_rx.lock().await;
+        let inbound = &mut *guard;
+        let frame = if inbound.replica_streak < link::REPLICA_FRAMES_PER_CLIENT_FRAME {
+            tokio::select! {
+                biased;
+                _ = link::shutdown_signaled(&mut shutdown) => None,
+                Some(frame) = inbound.replicas.recv() => Some(frame),
+                Some(frame) = inbound.clients.recv() => Some(frame),
+                else => None,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                _ = link::shutdown_signaled(&mut shutdown) => None,
+                Some(frame) = inbound.clients.recv() => Some(frame),
+                Some(frame) = inbound.replicas.recv() => Some(frame),
+                else => None,
+            }
         };
         if let Some(frame) = &frame {
-            self.inner.shared.release_inbound(frame.frame.len());
+            inbound.replica_streak = match frame.from {
+                Peer::Replica(_) => inbound.replica_streak.saturating_add(1),
+                Peer::Client(_) => 0,
+            };
+            self.inner
+                .shared
+                .lane(frame.from)
+                .release(frame.from, frame.frame.len());
         }
         frame
     }
@@ -825,14 +886,15 @@ impl Network for QuicTransport {
         }
         match to {
             Peer::Replica(id) if self.inner.role == Role::Replica(id) => {
-                if !shared.try_reserve_inbound(frame.len()) {
+                let lane = &shared.replica_lane;
+                if !lane.try_reserve(to, frame.len()) {
                     return Err(self.queue_full(to));
                 }
                 let length = frame.len();
-                match shared.inbound_tx.try_send(InboundFrame { from: to, frame }) {
+                match lane.tx.try_send(InboundFrame { from: to, frame }) {
                     Ok(()) => Ok(()),
                     Err(e) => {
-                        shared.release_inbound(length);
+                        lane.release(to, length);
                         match e {
                             TrySendError::Full(_) => Err(self.queue_full(to)),
                             TrySendError::Closed(_) => Err(SendError::Closed),

@@ -62,6 +62,154 @@ const REDIAL_MIN_AGE: Duration = Duration::from_secs(1);
 /// A body is read in chunks of at most this size, so memory follows bytes actually received.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
+/// How many clients together can fill the client lane of the receive queue: each client key may
+/// hold `1 / CLIENT_SHARES` of it (at least one frame of the client limit), so one client cannot
+/// hold the whole lane and keep the others out.
+pub(crate) const CLIENT_SHARES: usize = 16;
+
+/// After this many replica frames in a row while client frames wait, `recv` takes one client
+/// frame: replica frames come first, but clients are never starved outright.
+pub(crate) const REPLICA_FRAMES_PER_CLIENT_FRAME: u32 = 16;
+
+/// One lane of the receive queue (replica frames, or client frames): a channel bounded in frames,
+/// a byte budget for all of it, and a byte share per peer, so that no peer can hold the whole
+/// lane and no lane can hold up the other.
+///
+/// A frame holds its length against the lane, and against its sender's share at least
+/// `lane bytes / lane frames` (so a share also bounds the lane's frame slots a peer holds). Both
+/// are capped at the whole budget, so that one frame larger than a bound passes alone.
+pub(crate) struct Lane {
+    pub(crate) tx: mpsc::Sender<InboundFrame>,
+    /// Bytes of frames in the lane, as permits.
+    pub(crate) bytes: tokio::sync::Semaphore,
+    pub(crate) max_bytes: usize,
+    /// The most one peer may hold.
+    pub(crate) share_bytes: usize,
+    /// The least a frame holds against its peer's share.
+    min_share_charge_bytes: usize,
+    /// The shares of the peers that hold or wait for room in the lane. A share is removed once
+    /// its peer holds nothing and nobody waits on it, so there are at most as many as the
+    /// frames in the lane plus the readers waiting.
+    shares: Mutex<HashMap<Peer, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl Lane {
+    pub(crate) fn new(
+        tx: mpsc::Sender<InboundFrame>,
+        max_bytes: usize,
+        max_frames: usize,
+        share_bytes: usize,
+    ) -> Lane {
+        let max_bytes = max_bytes.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        Lane {
+            tx,
+            bytes: tokio::sync::Semaphore::new(max_bytes),
+            max_bytes,
+            share_bytes: share_bytes.clamp(1, max_bytes),
+            min_share_charge_bytes: max_bytes / max_frames.max(1),
+            shares: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lane_permits(&self, length: usize) -> u32 {
+        u32::try_from(length.clamp(1, self.max_bytes)).unwrap_or(u32::MAX)
+    }
+
+    fn share_permits(&self, length: usize) -> u32 {
+        let charge = length.max(self.min_share_charge_bytes);
+        u32::try_from(charge.clamp(1, self.share_bytes)).unwrap_or(u32::MAX)
+    }
+
+    fn share(&self, peer: Peer) -> Arc<tokio::sync::Semaphore> {
+        lock(&self.shares)
+            .entry(peer)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.share_bytes)))
+            .clone()
+    }
+
+    /// Takes room for a frame of `length` bytes from `peer` without waiting.
+    pub(crate) fn try_reserve(&self, peer: Peer, length: usize) -> bool {
+        let share = self.share(peer);
+        let reserved = match share.try_acquire_many(self.share_permits(length)) {
+            Ok(share_permit) => match self.bytes.try_acquire_many(self.lane_permits(length)) {
+                Ok(permit) => {
+                    permit.forget();
+                    share_permit.forget();
+                    true
+                }
+                Err(_) => false,
+            },
+            Err(_) => false,
+        };
+        drop(share);
+        if !reserved {
+            self.forget_idle_share(peer);
+        }
+        reserved
+    }
+
+    /// Waits for room for a frame of `length` bytes from `peer`: first in its share, then in
+    /// the lane. False at shutdown. `held_back` counts the frames that waited because their
+    /// peer's share was full; the first since start is logged as a warning, later ones at debug.
+    pub(crate) async fn reserve(&self, peer: Peer, length: usize, held_back: &AtomicU64) -> bool {
+        let share = self.share(peer);
+        let permits = self.share_permits(length);
+        let share_permit = match share.try_acquire_many(permits) {
+            Ok(permit) => permit,
+            Err(_) => {
+                if held_back.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(
+                        ?peer,
+                        share_bytes = self.share_bytes,
+                        "a peer filled its share of the receive queue; its frames wait"
+                    );
+                } else {
+                    tracing::debug!(?peer, "a peer's share of the receive queue is full");
+                }
+                match share.acquire_many(permits).await {
+                    Ok(permit) => permit,
+                    Err(_) => return false,
+                }
+            }
+        };
+        match self.bytes.acquire_many(self.lane_permits(length)).await {
+            Ok(permit) => {
+                permit.forget();
+                share_permit.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Gives back the room of a frame of `length` bytes from `peer` that left the lane.
+    pub(crate) fn release(&self, peer: Peer, length: usize) {
+        self.bytes.add_permits(self.lane_permits(length) as usize);
+        let mut shares = lock(&self.shares);
+        if let Some(share) = shares.get(&peer) {
+            share.add_permits(self.share_permits(length) as usize);
+            if share.available_permits() == self.share_bytes && Arc::strong_count(share) == 1 {
+                shares.remove(&peer);
+            }
+        }
+    }
+
+    fn forget_idle_share(&self, peer: Peer) {
+        let mut shares = lock(&self.shares);
+        if let Some(share) = shares.get(&peer) {
+            if share.available_permits() == self.share_bytes && Arc::strong_count(share) == 1 {
+                shares.remove(&peer);
+            }
+        }
+    }
+
+    /// How many peers have a share (for tests).
+    #[cfg(test)]
+    pub(crate) fn shares_held(&self) -> usize {
+        lock(&self.shares).len()
+    }
+}
+
 /// State shared by the transport handle and all of its tasks.
 pub(crate) struct Shared {
     pub(crate) me: String,
@@ -70,10 +218,11 @@ pub(crate) struct Shared {
     pub(crate) client_send_queue_frames: usize,
     pub(crate) client_send_queue_bytes: usize,
     pub(crate) max_client_keys: usize,
-    pub(crate) recv_queue_bytes: usize,
-    /// Bytes of frames in `inbound_tx`'s queue, as permits: a reader takes a frame's bytes
-    /// before queueing it, and [`Shared::release_inbound`] gives them back once `recv` took it.
-    pub(crate) inbound_bytes: Arc<tokio::sync::Semaphore>,
+    /// The receive queue's lane for replica frames (our own loopback frames included): a
+    /// reader takes a frame's room before queueing it, and `recv` gives it back.
+    pub(crate) replica_lane: Lane,
+    /// The receive queue's lane for client frames, with a share per client key.
+    pub(crate) client_lane: Lane,
     /// Bytes in all send queues together.
     pub(crate) send_queue_total: Arc<ByteBudget>,
     pub(crate) reconnect_initial: Duration,
@@ -81,7 +230,6 @@ pub(crate) struct Shared {
     pub(crate) connect_timeout: Duration,
     pub(crate) admission: Arc<Admission>,
     pub(crate) counters: Arc<Counters>,
-    pub(crate) inbound_tx: mpsc::Sender<InboundFrame>,
     /// Replica role: the live connections each client opened to us, oldest first. Replies go
     /// over the last one.
     pub(crate) client_links: Mutex<HashMap<PublicKey, Vec<ClientLink>>>,
@@ -285,45 +433,12 @@ impl Shared {
         self.shutdown_tx.subscribe()
     }
 
-    /// The permits a frame of `length` bytes holds in the receive queue: its length, capped
-    /// at the whole queue so that one frame larger than `recv_queue_bytes` passes alone.
-    fn inbound_permits(&self, length: usize) -> u32 {
-        u32::try_from(length.clamp(1, self.recv_queue_bytes)).unwrap_or(u32::MAX)
-    }
-
-    /// Takes room for a frame of `length` bytes in the receive queue without waiting.
-    pub(crate) fn try_reserve_inbound(&self, length: usize) -> bool {
-        match self
-            .inbound_bytes
-            .try_acquire_many(self.inbound_permits(length))
-        {
-            Ok(permit) => {
-                permit.forget();
-                true
-            }
-            Err(_) => false,
+    /// The receive queue's lane for frames from `peer`.
+    pub(crate) fn lane(&self, peer: Peer) -> &Lane {
+        match peer {
+            Peer::Replica(_) => &self.replica_lane,
+            Peer::Client(_) => &self.client_lane,
         }
-    }
-
-    /// Waits for room for a frame of `length` bytes in the receive queue; false at shutdown.
-    async fn reserve_inbound(&self, length: usize) -> bool {
-        match self
-            .inbound_bytes
-            .acquire_many(self.inbound_permits(length))
-            .await
-        {
-            Ok(permit) => {
-                permit.forget();
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// Gives back the room of a frame of `length` bytes that left the receive queue.
-    pub(crate) fn release_inbound(&self, length: usize) {
-        self.inbound_bytes
-            .add_permits(self.inbound_permits(length) as usize);
     }
 
     /// The largest frame accepted from `peer`.
@@ -869,16 +984,20 @@ async fn read_frames(
             // counted.
             bump(&shared.counters.frames_received, 1);
             bump(&shared.counters.bytes_received, length as u64);
-            if !shared.reserve_inbound(length).await {
+            let lane = shared.lane(peer);
+            if !lane
+                .reserve(peer, length, &shared.counters.frames_held_back_peer_share)
+                .await
+            {
                 return StreamEnd::Closed;
             }
-            if shared
-                .inbound_tx
+            if lane
+                .tx
                 .send(InboundFrame { from: peer, frame })
                 .await
                 .is_err()
             {
-                shared.release_inbound(length);
+                lane.release(peer, length);
                 return StreamEnd::Closed;
             }
         }

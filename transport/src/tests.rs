@@ -541,28 +541,138 @@ fn a_byte_budget_lets_one_large_frame_through_alone_and_nothing_past_its_bound()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_receive_queue_is_bounded_in_bytes_and_pushes_back_without_losing_frames() {
     let client = key(65);
+    // Half of the 4096 bytes is the client lane; one client key may hold 1024 bytes of it
+    // (one frame of its limit), so one frame of 1000 bytes fills its share.
     let (replica, endpoint) =
-        single_replica_with(&[client.public_key()], |c| c.recv_queue_bytes = 2048).await;
+        single_replica_with(&[client.public_key()], |c| c.recv_queue_bytes = 4096).await;
     let (_endpoint, conn) = raw_connect(&client, &endpoint).await.unwrap();
     let mut stream = conn.open_uni().await.unwrap();
     for i in 0..5u8 {
         stream.write_all(&frame(&[i; 1000])).await.unwrap();
     }
     let shared = replica.inner.shared.clone();
-    // Two frames fill the queue's 2048 bytes; the reader waits with the third.
-    wait_until("the receive queue is full", || {
-        shared.inbound_bytes.available_permits() < 1000
+    let lane = &shared.client_lane;
+    // One frame fills the share; the reader waits with the second.
+    wait_until("the client's share is full", || {
+        replica.stats().frames_held_back_peer_share >= 1
     })
     .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(shared.inbound_bytes.available_permits() < 1000);
-    assert!(replica.stats().frames_received <= 3);
+    assert_eq!(lane.bytes.available_permits(), 2048 - 1000);
+    assert!(replica.stats().frames_received <= 2);
     for i in 0..5u8 {
         assert_eq!(recv_within(&replica).await.frame, vec![i; 1000]);
     }
     wait_until("every byte is given back", || {
-        shared.inbound_bytes.available_permits() == 2048
+        lane.bytes.available_permits() == 2048 && lane.shares_held() == 0
     })
     .await;
+    replica.shutdown().await;
+}
+
+/// Replica 0 (key seed 1) that also knows replica 1 (key seed 2, at an address nobody serves),
+/// admitting the given clients, with a receive queue of `recv_queue_bytes`.
+async fn replica_with_a_peer(
+    clients: &[PublicKey],
+    recv_queue_bytes: usize,
+) -> (QuicTransport, ReplicaEndpoint, Arc<IdentityKey>) {
+    let peer = key(2);
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let peer_endpoint = ReplicaEndpoint {
+        id: 1,
+        addr: silent.local_addr().unwrap(),
+        public_key: peer.public_key(),
+    };
+    let (replica, endpoint) = single_replica_with(clients, |c| {
+        c.replicas.push(peer_endpoint);
+        c.recv_queue_bytes = recv_queue_bytes;
+    })
+    .await;
+    (replica, endpoint, peer)
+}
+
+/// Waits until the replica's readers have read `frames` frames in all (each is counted as it is
+/// cut out of its stream, before it waits for room in the receive queue).
+async fn wait_read(replica: &QuicTransport, frames: u64) {
+    wait_until("the frames were read", || {
+        replica.stats().frames_received >= frames
+    })
+    .await;
+}
+
+/// The first `count` frames `recv` yields, as (sender, first body byte).
+async fn take(replica: &QuicTransport, count: usize) -> Vec<(Peer, u8)> {
+    let mut taken = Vec::new();
+    for _ in 0..count {
+        let frame = recv_within(replica).await;
+        taken.push((frame.from, frame.frame[0]));
+    }
+    taken
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_cannot_make_replica_frames_wait_behind_its_own() {
+    let flooder = key(70);
+    let (replica, endpoint, peer) = replica_with_a_peer(&[flooder.public_key()], 64 * 1024).await;
+    // The client sends 64 frames of 1000 bytes while nobody calls recv: the receive queue
+    // fills, and the client's reader waits.
+    let (_flood_endpoint, flood_conn) = raw_connect(&flooder, &endpoint).await.unwrap();
+    let mut flood = flood_conn.open_uni().await.unwrap();
+    for _ in 0..64 {
+        flood.write_all(&frame(&[0xc1; 1000])).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = replica.stats().frames_received;
+    // Then replica 1 sends 4 small frames.
+    let (_peer_endpoint, peer_conn) = raw_connect(&peer, &endpoint).await.unwrap();
+    let mut stream = peer_conn.open_uni().await.unwrap();
+    for i in 0..4u8 {
+        stream.write_all(&frame(&[i; 100])).await.unwrap();
+    }
+    wait_read(&replica, before + 4).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The replica's frames come first, not after the client's backlog.
+    let first = take(&replica, 4).await;
+    assert_eq!(
+        first,
+        (0..4u8).map(|i| (Peer::Replica(1), i)).collect::<Vec<_>>()
+    );
+    // And nothing of the client's was lost.
+    for _ in 0..64 {
+        let frame = recv_within(&replica).await;
+        assert_eq!(frame.from, Peer::Client(flooder.public_key()));
+    }
+    replica.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_holds_only_its_share_of_the_receive_queue() {
+    let flooder = key(71);
+    let honest = key(72);
+    // A client lane of 128 KiB: each client key may hold 8 KiB of it (8 frames of 1000 bytes).
+    let (replica, endpoint, _peer) =
+        replica_with_a_peer(&[flooder.public_key(), honest.public_key()], 256 * 1024).await;
+    let (_flood_endpoint, flood_conn) = raw_connect(&flooder, &endpoint).await.unwrap();
+    let mut flood = flood_conn.open_uni().await.unwrap();
+    for _ in 0..64 {
+        flood.write_all(&frame(&[0xc1; 1000])).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = replica.stats().frames_received;
+    let (_honest_endpoint, honest_conn) = raw_connect(&honest, &endpoint).await.unwrap();
+    let mut stream = honest_conn.open_uni().await.unwrap();
+    for i in 0..4u8 {
+        stream.write_all(&frame(&[i; 1000])).await.unwrap();
+    }
+    wait_read(&replica, before + 4).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The honest client's frames wait behind at most the flooder's share, not its backlog.
+    let taken = take(&replica, 16).await;
+    let honest_frames = taken
+        .iter()
+        .filter(|(from, _)| *from == Peer::Client(honest.public_key()))
+        .count();
+    assert_eq!(honest_frames, 4, "{taken:?}");
+    assert!(replica.stats().frames_held_back_peer_share >= 1);
     replica.shutdown().await;
 }
