@@ -118,16 +118,34 @@ pub(crate) struct Transfer {
     pub(crate) reports: BTreeMap<ReplicaId, Vec<(Cid, Digest)>>,
     /// The (cid, digest) being downloaded and from whom.
     pub(crate) target: Option<(Cid, Digest, ReplicaId)>,
+    /// A prefix of the checkpoint `buffer_of`, at most its `total_len` (so at most
+    /// `max_state_bytes`, which the verifier checks on every chunk).
     pub(crate) buffer: Vec<u8>,
-    /// Peers that sent bytes not matching the agreed digest, or stalled.
+    /// The checkpoint `buffer` holds a prefix of: a new source that vouches for the same one
+    /// resumes at `buffer.len()` instead of starting over.
+    pub(crate) buffer_of: Option<(Cid, Digest)>,
+    /// The sources whose chunks are in `buffer`.
+    pub(crate) contributors: BTreeSet<ReplicaId>,
+    /// Peers that sent bytes not matching the agreed digest, or chunks of the wrong length:
+    /// never asked again in this transfer.
     pub(crate) failed: BTreeSet<ReplicaId>,
+    /// Peers that went quiet for a stall period: asked again only after every other source
+    /// that vouches for the checkpoint went quiet too.
+    pub(crate) silent: BTreeSet<ReplicaId>,
+    /// A download assembled from several sources did not match its digest, so which one lied
+    /// is unknown: from then on each download comes from one source alone, and a mismatch
+    /// blames it.
+    pub(crate) single_source: bool,
     /// When the download last made progress.
     pub(crate) last_progress_ms: u64,
+    /// When the last StateFetch left, for pacing the next.
+    pub(crate) last_fetch_ms: Option<u64>,
 }
 
 impl Transfer {
     /// The highest checkpoint above `above` that at least `needed` peers report identically,
-    /// with a source among them that has not failed yet.
+    /// with a source among them that has not failed: one that has not gone quiet if there is
+    /// one, else the first of those that did.
     pub(crate) fn agreed(&self, above: Cid, needed: usize) -> Option<(Cid, Digest, ReplicaId)> {
         let mut groups: BTreeMap<(Cid, Digest), Vec<ReplicaId>> = BTreeMap::new();
         for (replica, checkpoints) in &self.reports {
@@ -142,11 +160,23 @@ impl Transfer {
             .rev()
             .filter(|(_, replicas)| replicas.len() >= needed)
             .find_map(|((cid, digest), replicas)| {
-                replicas
+                let usable: Vec<ReplicaId> = replicas
                     .into_iter()
-                    .find(|r| !self.failed.contains(r))
-                    .map(|source| (cid, digest, source))
+                    .filter(|r| !self.failed.contains(r))
+                    .collect();
+                usable
+                    .iter()
+                    .find(|r| !self.silent.contains(r))
+                    .or(usable.first())
+                    .map(|source| (cid, digest, *source))
             })
+    }
+
+    /// Drops the bytes downloaded so far.
+    pub(crate) fn clear_buffer(&mut self) {
+        self.buffer = Vec::new();
+        self.buffer_of = None;
+        self.contributors.clear();
     }
 }
 
@@ -178,6 +208,23 @@ mod tests {
         assert_eq!(t.agreed(Cid(0), 2), Some((Cid(10), Digest([1; 32]), 2)));
         t.failed.insert(2);
         assert_eq!(t.agreed(Cid(0), 2), None);
+    }
+
+    #[test]
+    fn a_quiet_source_is_chosen_again_only_when_every_other_is_quiet() {
+        let mut t = Transfer::default();
+        for r in [0, 1, 2] {
+            t.reports.insert(r, vec![(Cid(10), Digest([1; 32]))]);
+        }
+        t.silent.insert(0);
+        assert_eq!(t.agreed(Cid(0), 2), Some((Cid(10), Digest([1; 32]), 1)));
+        t.silent.insert(1);
+        t.failed.insert(2);
+        assert_eq!(
+            t.agreed(Cid(0), 2),
+            Some((Cid(10), Digest([1; 32]), 0)),
+            "quiet, not lying: asked again"
+        );
     }
 
     #[test]

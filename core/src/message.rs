@@ -685,9 +685,11 @@ pub enum Message {
     },
     /// "Send me the bytes of your checkpoint `cid` from `offset`": sent by a replica
     /// transferring state to the one peer it chose among those that agree on the checkpoint,
-    /// at offset 0 and then where each chunk ended. The receiver serves at most
-    /// [`STATE_FETCHES_PER_SECOND`](crate::engine::STATE_FETCHES_PER_SECOND) per peer (more
-    /// are refused as [`Rejection::RateLimited`](crate::Rejection::RateLimited)); it answers with
+    /// at offset 0 and then where each chunk ended, one at a time and paced to half of the
+    /// receiver's reply budget for the peer
+    /// ([`STATE_FETCH_BYTES_PER_SECOND`](crate::engine::STATE_FETCH_BYTES_PER_SECOND)).
+    /// The receiver pays each answer from that budget (beyond it, fetches are refused as
+    /// [`Rejection::RateLimited`](crate::Rejection::RateLimited)); it answers with
     /// one [`Message::StateChunk`], or with [`Message::StateInfo`] if it no longer holds the
     /// checkpoint.
     StateFetch {

@@ -128,8 +128,8 @@ pub enum Rejection {
     /// contradict; the leader's retransmission brings it again.
     #[error("the current regency's SYNC has not been applied yet")]
     SyncInProgress,
-    /// A peer asked for more than its share of a rate-limited answer (state chunks:
-    /// [`STATE_FETCHES_PER_SECOND`](crate::engine::STATE_FETCHES_PER_SECOND)); names what.
+    /// A peer asked for more than its share of a rate-limited answer (its reply budget,
+    /// `engine/budget.rs`); names what.
     #[error("{0}: this peer asked for more than its share")]
     RateLimited(&'static str),
 }

@@ -357,39 +357,57 @@ fn request_naming_another_client_is_rejected_as_impersonation() {
     assert_eq!(err, Rejection::Impersonation);
 }
 
+/// Issue 17 item 2: state fetches are paid from the peer's reply budget like every other reply
+/// (there was also a fixed 256 fetches per second per peer, which a requester fetching 4 KiB
+/// chunks over a fast link exceeded, and its excess was dropped silently). With 1 MiB chunks a
+/// reply costs 1 MiB + 4 KiB: a full 64 MiB bucket pays 63 of them, the 64th is refused, and
+/// the refill at 64 MiB/s pays the next 4 ms later. Another peer has its own bucket.
 #[test]
-fn state_fetches_beyond_a_peers_share_per_second_are_dropped() {
-    use smr_core::engine::STATE_FETCHES_PER_SECOND;
+fn state_fetches_are_paid_from_the_peers_reply_budget() {
+    use smr_core::checkpoint::{Checkpoint, CheckpointData};
+    use smr_core::clients::ClientTable;
+    use smr_core::engine::PersistRecord;
     let c = bft();
-    let mut replica = c.engine(0);
+    let data = CheckpointData {
+        cid: Cid(2),
+        service: vec![7; 2 << 20],
+        clients: ClientTable::new(c.limits.max_pending_per_client as u64),
+    };
+    let checkpoint = Checkpoint::new(&data, c.decision_proof(Cid(2), Batch::default().digest()));
+    let (mut replica, _) = Engine::recover(
+        c.cfg(0),
+        c.engine_signer(0),
+        [PersistRecord::Checkpoint(checkpoint.clone())],
+    )
+    .unwrap();
+    replica.start(0);
     let mut fetch = |now_ms: u64, from: u32| {
         let fetch = Message::StateFetch {
-            cid: Cid(100),
+            cid: Cid(2),
             offset: 0,
         };
         c.deliver(&mut replica, now_ms, Peer::Replica(from), fetch)
     };
-    // No checkpoint 100 here: each fetch within the share is answered with what this replica
-    // has (nothing).
     let answered = |to: u32| {
         only_sent(vec![send(
             to,
-            Message::StateInfo {
-                checkpoints: Vec::new(),
-                voted_up_to: Cid(0),
-                executed: None,
+            Message::StateChunk {
+                cid: Cid(2),
+                offset: 0,
+                total_len: checkpoint.data.len() as u64,
+                bytes: checkpoint.data[..1 << 20].to_vec(),
+                decided: None,
             },
         )])
     };
-    for _ in 0..STATE_FETCHES_PER_SECOND {
-        assert_eq!(fetch(5, 1), answered(1), "within the share");
+    for _ in 0..63 {
+        assert_eq!(fetch(5, 1), answered(1), "within the budget");
     }
-    let dropped = only_rejected(Rejection::RateLimited("state fetches"));
+    let dropped = only_rejected(Rejection::RateLimited("state chunks"));
     assert_eq!(fetch(5, 1), dropped);
-    assert_eq!(fetch(1004, 1), dropped);
-    // Another peer has its own share, and the next second brings a new one.
-    assert_eq!(fetch(1004, 2), answered(2));
-    assert_eq!(fetch(1005, 1), answered(1));
+    assert_eq!(fetch(8, 1), dropped);
+    assert_eq!(fetch(8, 2), answered(2));
+    assert_eq!(fetch(9, 1), answered(1));
     assert_eq!(replica.stats().rejections.get("rate_limited"), Some(&2));
 }
 

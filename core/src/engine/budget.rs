@@ -27,6 +27,13 @@ use crate::rejection::Rejection;
 /// send.
 pub const REPLY_BYTES_PER_SECOND: u64 = 64 << 20;
 
+/// The reply bytes per second a state transfer asks of one source: half of
+/// [`REPLY_BYTES_PER_SECOND`], so that the requester's pacing and the source's budget agree
+/// with room to spare for the peer's other replies and for network jitter (a burst of
+/// [`REPLY_BURST_BYTES`] absorbs more than a second of it). No fetch of a correct requester is
+/// refused, and the transfer runs at up to 32 MiB/s per source.
+pub const STATE_FETCH_BYTES_PER_SECOND: u64 = REPLY_BYTES_PER_SECOND / 2;
+
 /// The most reply bytes one peer may be sent at once, after it has been quiet for a second.
 pub const REPLY_BURST_BYTES: u64 = REPLY_BYTES_PER_SECOND;
 

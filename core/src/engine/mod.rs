@@ -93,7 +93,7 @@ mod timers;
 
 pub use budget::{
     MAX_DECISIONS_REPLY_BYTES, REPLY_BURST_BYTES, REPLY_BYTES_PER_SECOND, REPLY_OVERHEAD_BYTES,
-    REPLY_VOTE_BYTES,
+    REPLY_VOTE_BYTES, STATE_FETCH_BYTES_PER_SECOND,
 };
 pub use output::{ExecuteItem, Outgoing, Output, ServiceDone, ServiceWork};
 
@@ -122,15 +122,15 @@ pub enum TimerKind {
     /// A leader change has not finished within `request_timeout_ms` doubled per failed change
     /// in a row (at most 64 times): ask for the next regency (§3.9, "Growing timeouts").
     LeaderChange,
+    /// A state transfer's next StateFetch is due: fetches are paced so that a correct
+    /// requester never asks a source for more than half of its reply budget
+    /// (docs/design.md §3.11, "Paced").
+    StateFetch,
 }
 
 /// A STOP may ask for a regency at most this far beyond the current one; anything further is
 /// a peer trying to exhaust the regency space.
 const MAX_REGENCY_JUMP: u64 = 1 << 20;
-
-/// State-transfer chunks (or "superseded" answers) one peer is served per second: 256 MiB/s
-/// with the default 1 MiB chunks, far above what one-chunk-at-a-time transfer asks for.
-pub const STATE_FETCHES_PER_SECOND: u64 = 256;
 
 /// What the engine promises, to be made durable before the promise is sent (docs/design.md
 /// §3.12). The driver appends them in order ([`crate::runner::Host::append`]) and syncs once

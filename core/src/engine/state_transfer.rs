@@ -3,7 +3,6 @@
 //! the agreed digest before installing it (docs/design.md §3.11; BFT-SMaRt's `StateManager`).
 
 use smr_crypto::Digest;
-use std::collections::BTreeMap;
 
 use crate::checkpoint::{Checkpoint, CheckpointData, Transfer};
 use crate::clients::RequestStatus;
@@ -11,7 +10,8 @@ use crate::message::{Cid, DecisionProof, Message, ReplicaId};
 use crate::network::Peer;
 use crate::rejection::Rejection;
 
-use super::{Engine, PersistRecord, ServiceWork, STATE_FETCHES_PER_SECOND};
+use super::budget::{REPLY_OVERHEAD_BYTES, REPLY_VOTE_BYTES, STATE_FETCH_BYTES_PER_SECOND};
+use super::{Engine, PersistRecord, ServiceWork, TimerKind};
 
 /// The fields of an incoming [`Message::StateChunk`].
 pub(super) struct StateChunkIn {
@@ -22,20 +22,27 @@ pub(super) struct StateChunkIn {
     pub(super) decided: Option<DecisionProof>,
 }
 
-/// A download in progress, and what this replica serves to others.
+/// A download in progress.
 #[derive(Clone, Debug, Default)]
 pub(super) struct StateTransfer {
     /// The checkpoint being fetched, if any.
     pub(super) download: Option<Transfer>,
-    /// Per peer: the state fetches served in its current one-second window.
-    pub(super) fetches_served: BTreeMap<ReplicaId, FetchWindow>,
 }
 
-/// The state fetches one peer was served since `start_ms`.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct FetchWindow {
-    pub(super) start_ms: u64,
-    pub(super) served: u64,
+/// The least time between two StateFetches of one download: the time a source's reply budget
+/// takes to refill twice the largest chunk reply ([`STATE_FETCH_BYTES_PER_SECOND`] is half of
+/// [`REPLY_BYTES_PER_SECOND`](super::budget::REPLY_BYTES_PER_SECOND)), rounded up, so that a
+/// correct requester never asks a source for more than half of what the source serves it.
+/// With 1 MiB chunks 32 ms (32 MiB/s), with 4 KiB chunks 1 ms; a slower network paces it
+/// instead (one fetch is outstanding at a time).
+pub(super) fn state_fetch_interval_ms(chunk_bytes: usize, n: usize) -> u64 {
+    let reply = REPLY_OVERHEAD_BYTES
+        .saturating_add(chunk_bytes as u64)
+        .saturating_add(REPLY_VOTE_BYTES.saturating_mul(n as u64));
+    reply
+        .saturating_mul(1000)
+        .div_ceil(STATE_FETCH_BYTES_PER_SECOND)
+        .max(1)
 }
 
 impl Engine {
@@ -90,9 +97,9 @@ impl Engine {
         let transfer = self.transfer.download.as_mut().expect("just ensured");
         if let Some((cid, _, source)) = transfer.target {
             if source == from && !checkpoints.iter().any(|(c, _)| *c == cid) {
-                // Our source no longer has what we are downloading: start over.
+                // Our source no longer has what we are downloading: resume from another that
+                // does, or start on the newest agreed one.
                 transfer.target = None;
-                transfer.buffer.clear();
             }
         }
         transfer.reports.insert(from, checkpoints);
@@ -101,11 +108,15 @@ impl Engine {
         }
     }
 
-    /// Starts or restarts the download of an agreed checkpoint, or asks again if none is
-    /// agreed yet or the download stalled.
+    /// Starts the download of an agreed checkpoint, or resumes it from another source that
+    /// vouches for the same one when its source went quiet for a stall period (keeping the
+    /// bytes it has, so a transfer progresses at whatever rate its sources allow), or asks
+    /// again if none is agreed yet. A quiet source is not blamed: it is asked again once every
+    /// other one went quiet too (it may have been rate limiting or lost a message).
     pub(super) fn drive_transfer(&mut self, now_ms: u64) {
         let needed = self.quorums.state_transfer_digests();
-        let stall_ms = self.cfg.timeouts.retransmit_max_ms;
+        let interval_ms = state_fetch_interval_ms(self.cfg.limits.state_chunk_bytes, self.quorums.n());
+        let stall_ms = self.cfg.timeouts.retransmit_max_ms.saturating_add(interval_ms);
         let last_executed = self.last_executed;
         let Some(transfer) = self.transfer.download.as_mut() else {
             return;
@@ -114,36 +125,66 @@ impl Engine {
             if now_ms < transfer.last_progress_ms.saturating_add(stall_ms) {
                 return;
             }
-            // The source went quiet: try another.
-            transfer.failed.insert(source);
+            // The source went quiet: resume from another.
+            transfer.silent.insert(source);
             transfer.target = None;
-            transfer.buffer.clear();
         }
         match transfer.agreed(last_executed, needed) {
             Some((cid, digest, source)) => {
+                if transfer.silent.contains(&source) {
+                    // Every source went quiet: start the round again.
+                    transfer.silent.clear();
+                }
+                let foreign = transfer.single_source
+                    && transfer.contributors.iter().any(|c| *c != source);
+                if transfer.buffer_of != Some((cid, digest)) || foreign {
+                    transfer.clear_buffer();
+                    transfer.buffer_of = Some((cid, digest));
+                }
                 transfer.target = Some((cid, digest, source));
-                transfer.buffer.clear();
                 transfer.last_progress_ms = now_ms;
-                self.out.send(
-                    Peer::Replica(source),
-                    Message::StateFetch { cid, offset: 0 },
-                );
+                self.send_state_fetch(now_ms);
             }
             None => {
                 if now_ms >= transfer.last_progress_ms.saturating_add(stall_ms) {
-                    // Every agreed source failed or too few agree: give up for now. The next
+                    // Every agreed source lied or too few agree: give up for now. The next
                     // hint that we are behind starts a fresh transfer.
                     self.transfer.download = None;
+                    self.deadlines_ms.remove(&TimerKind::StateFetch);
                 }
             }
         }
     }
 
-    /// Serves one chunk of a checkpoint, at most [`STATE_FETCHES_PER_SECOND`] per peer: a
-    /// fetch is a few bytes and its answer up to `state_chunk_bytes`, so without a bound one
-    /// Byzantine peer could make this replica send as fast as it asks. An honest requester
-    /// fetches one chunk at a time and never comes near it; past it, fetches are dropped and
-    /// the requester's stall timer retries.
+    /// Asks the download's source for the next chunk, at once if the last fetch left at least
+    /// [`state_fetch_interval_ms`] ago, else when the `StateFetch` timer fires.
+    pub(super) fn send_state_fetch(&mut self, now_ms: u64) {
+        let interval_ms = state_fetch_interval_ms(self.cfg.limits.state_chunk_bytes, self.quorums.n());
+        let Some(transfer) = self.transfer.download.as_mut() else {
+            return;
+        };
+        let Some((cid, _, source)) = transfer.target else {
+            return;
+        };
+        let due_ms = transfer
+            .last_fetch_ms
+            .map_or(now_ms, |t| t.saturating_add(interval_ms));
+        if due_ms > now_ms {
+            self.deadlines_ms.insert(TimerKind::StateFetch, due_ms);
+            return;
+        }
+        self.deadlines_ms.remove(&TimerKind::StateFetch);
+        transfer.last_fetch_ms = Some(now_ms);
+        let offset = transfer.buffer.len() as u64;
+        self.out
+            .send(Peer::Replica(source), Message::StateFetch { cid, offset });
+    }
+
+    /// Serves one chunk of a checkpoint, paid from the peer's reply budget like every other
+    /// reply (`engine/budget.rs`): a fetch is a few bytes and its answer up to
+    /// `state_chunk_bytes`, so without a bound one Byzantine peer could make this replica send
+    /// as fast as it asks. A correct requester paces its fetches to half that budget
+    /// ([`state_fetch_interval_ms`]), so none of its fetches is refused.
     pub(super) fn handle_state_fetch(
         &mut self,
         now_ms: u64,
@@ -151,24 +192,6 @@ impl Engine {
         cid: Cid,
         offset: u64,
     ) -> Result<(), Rejection> {
-        let window = self
-            .transfer
-            .fetches_served
-            .entry(from)
-            .or_insert(FetchWindow {
-                start_ms: now_ms,
-                served: 0,
-            });
-        if now_ms >= window.start_ms.saturating_add(1000) {
-            *window = FetchWindow {
-                start_ms: now_ms,
-                served: 0,
-            };
-        }
-        if window.served >= STATE_FETCHES_PER_SECOND {
-            return Err(Rejection::RateLimited("state fetches"));
-        }
-        window.served += 1;
         let Some(c) = self
             .checkpoints
             .stable
@@ -227,13 +250,15 @@ impl Engine {
         }
         // A source serves full chunks of `state_chunk_bytes` up to the last one (everyone
         // runs the same limits), so a transfer takes at most total_len / chunk stall periods;
-        // a source that trickles smaller ones is dropped like a quiet one.
+        // a source that trickles smaller ones is dropped like a liar.
         let end = offset.saturating_add(bytes.len() as u64);
         let full_chunk = bytes.len() == self.cfg.limits.state_chunk_bytes;
         if end > total_len || (end < total_len && !full_chunk) {
             transfer.failed.insert(source);
+            if transfer.contributors.contains(&source) {
+                transfer.clear_buffer();
+            }
             transfer.target = None;
-            transfer.buffer.clear();
             transfer.last_progress_ms = 0;
             self.drive_transfer(now_ms);
             return Err(Rejection::Malformed(
@@ -241,18 +266,15 @@ impl Engine {
             ));
         }
         transfer.buffer.extend_from_slice(&bytes);
+        transfer.contributors.insert(source);
         transfer.last_progress_ms = now_ms;
         if (transfer.buffer.len() as u64) < total_len {
-            self.out.send(
-                Peer::Replica(source),
-                Message::StateFetch {
-                    cid,
-                    offset: transfer.buffer.len() as u64,
-                },
-            );
+            self.send_state_fetch(now_ms);
             return Ok(());
         }
         let data = std::mem::take(&mut transfer.buffer);
+        let contributors = std::mem::take(&mut transfer.contributors);
+        transfer.buffer_of = None;
         // The proof's certificate was checked on arrival; a missing one is a lie too.
         let verified = (smr_crypto::digest(&data) == digest)
             .then_some(decided)
@@ -262,18 +284,26 @@ impl Engine {
             })
             .filter(|(c, _)| c.cid == target_cid);
         let Some((checkpoint, contents)) = verified else {
-            // The source lied: its bytes do not hash to the digest its peers agreed on, or it
-            // withheld the proof that the checkpoint's cid was decided.
+            // A source lied: the bytes do not hash to the digest its peers agreed on, or the
+            // proof that the checkpoint's cid was decided was withheld. If one source sent them
+            // all, it is the liar; if several did, which one is unknown, so every later
+            // download comes from a single source.
             self.stats.lying_state_sources += 1;
-            transfer.failed.insert(source);
             transfer.target = None;
             transfer.last_progress_ms = 0;
+            if contributors.len() > 1 {
+                transfer.single_source = true;
+                self.drive_transfer(now_ms);
+                return Ok(());
+            }
+            transfer.failed.insert(source);
             self.drive_transfer(now_ms);
             return Err(Rejection::BadCertificate(
                 "state does not match the agreed digest",
             ));
         };
         self.transfer.download = None;
+        self.deadlines_ms.remove(&TimerKind::StateFetch);
         self.install_transferred_state(now_ms, checkpoint, contents);
         Ok(())
     }

@@ -57,6 +57,7 @@ impl Engine {
                 TimerKind::Request => self.on_request_timeout(now_ms),
                 TimerKind::Heartbeat => self.on_heartbeat(now_ms),
                 TimerKind::LeaderChange => self.on_leader_change_timeout(now_ms),
+                TimerKind::StateFetch => self.send_state_fetch(now_ms),
             }
         }
         self.finish_input()
