@@ -299,7 +299,7 @@ pub enum InvalidConfig {
     /// transport can carry (a SYNC of n STOPDATA with `max_instances_ahead` full batches each,
     /// a reply of `max_decisions_per_reply` batches, a STOP of `max_batch_requests` requests).
     #[error(
-        "the largest {message} these limits allow is {bytes} bytes, above the {max} bytes a frame can carry; lower limits.max_batch_bytes, limits.max_batch_requests, limits.max_op_bytes, limits.max_instances_ahead or limits.max_decisions_per_reply (or use fewer replicas)",
+        "the largest {message} these limits allow is {bytes} bytes, above the {max} bytes a frame can carry; lower limits.max_batch_bytes, limits.max_batch_requests, limits.max_op_bytes, limits.max_instances_ahead, limits.max_decisions_per_reply, limits.state_chunk_bytes or limits.max_client_reply_bytes (or use fewer replicas)",
         max = crate::frame_limits::MAX_FRAME_BYTES
     )]
     MessageTooLarge {

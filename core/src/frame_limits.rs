@@ -63,6 +63,10 @@ pub struct MessageBounds {
     pub state_chunk: u64,
     /// A state info with [`MAX_REPORTED_CHECKPOINTS`] checkpoints.
     pub state_info: u64,
+    /// A reply to a client whose result is as large as one client's reply cache may hold
+    /// (`max_client_reply_bytes`): the largest result the replica keeps for a retry, so one
+    /// it must be able to send, and the client to receive (issue 17 item 3).
+    pub reply: u64,
 }
 
 impl MessageBounds {
@@ -132,6 +136,8 @@ impl MessageBounds {
                 OPTION,
                 decision_proof,
             ]),
+            // Reply { replica, client, seq, regency, result }.
+            reply: add(&[TAG, 4, KEY, 8, 8, LEN, limits.max_client_reply_bytes]),
         }
     }
 
@@ -148,6 +154,7 @@ impl MessageBounds {
             ("sync", self.sync),
             ("state-chunk", self.state_chunk),
             ("state-info", self.state_info),
+            ("reply", self.reply),
         ];
         all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         all

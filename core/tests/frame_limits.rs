@@ -9,7 +9,7 @@ use smr_core::frame_limits::{
     client_frame_bytes, replica_frame_bytes, MessageBounds, RecordBounds,
 };
 use smr_core::message::{
-    Batch, Cid, Decision, DecisionProof, Message, PreparedProof, Propose, Regency, Request,
+    Batch, Cid, Decision, DecisionProof, Message, PreparedProof, Propose, Regency, Reply, Request,
     RequestBody, RequestKind, Signed, Stop, StopData, Sync, Vote, VoteKind,
 };
 use smr_core::storage::MAX_RECORD_BYTES;
@@ -30,6 +30,7 @@ fn small_limits() -> Limits {
         max_instances_ahead: 5,
         max_decisions_per_reply: 3,
         state_chunk_bytes: 1000,
+        max_client_reply_bytes: 2000,
         ..Limits::default()
     }
 }
@@ -219,6 +220,16 @@ impl Builder {
                     voted_up_to: Cid(u64::MAX),
                     executed: Some(self.decision_proof()),
                 },
+            ),
+            (
+                "reply",
+                Message::Reply(Reply {
+                    replica: n - 1,
+                    client: PublicKey([6; 32]),
+                    seq: u64::MAX,
+                    regency: Regency(u64::MAX),
+                    result: vec![6; self.limits.max_client_reply_bytes as usize],
+                }),
             ),
         ]
     }

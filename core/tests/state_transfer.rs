@@ -47,7 +47,7 @@ impl Net {
                 c.engine_signer(me),
                 [PersistRecord::Checkpoint(checkpoint.clone())],
             )
-            .unwrap();
+            .expect("recovers from the checkpoint");
             outputs.push(engine.start(0));
             net.engines.push(engine);
         }
@@ -206,4 +206,130 @@ fn a_transfer_of_more_than_256_chunks_completes() {
     }
     assert_eq!(net.engines[3].stats().lying_state_sources, 0);
     assert_eq!(net.engines[3].stats().state_transfers, 1);
+}
+
+/// Pacing and resuming, handler by handler (default limits: 1 MiB chunks, so one fetch per
+/// 32 ms; stall period 2000 ms + 32 ms). Replicas 0 and 1 vouch for checkpoint 20; the
+/// requester fetches from 0; the second chunk arrives 1 ms after the first fetch, so the next
+/// fetch waits for its timer at 32 ms. Then 0 goes quiet: at the stall the requester asks
+/// replica 1 for the same offset (keeping the 2 MiB it has, not starting from byte 0), and
+/// the bytes from both sources install.
+#[test]
+fn fetches_are_paced_and_a_quiet_source_is_replaced_at_the_same_offset() {
+    use smr_core::engine::TimerKind;
+    let c = cluster(Mode::Bft, 4, 1, Limits::default());
+    let checkpoint = checkpoint(&c, Cid(20), (3 << 20) + 100);
+    let data = &checkpoint.data;
+    let mb = 1usize << 20;
+    let mut r = c.engine(3);
+    r.start(0);
+    let info = Message::StateInfo {
+        checkpoints: vec![(Cid(20), checkpoint.digest)],
+        voted_up_to: Cid(20),
+        executed: None,
+    };
+    assert_eq!(
+        c.deliver_ok(&mut r, 0, Peer::Replica(0), info.clone()),
+        only_sent(vec![broadcast(Message::StateQuery)])
+    );
+    let fetch = |to: u32, offset: usize| {
+        send(
+            to,
+            Message::StateFetch {
+                cid: Cid(20),
+                offset: offset as u64,
+            },
+        )
+    };
+    assert_eq!(
+        c.deliver_ok(&mut r, 0, Peer::Replica(1), info),
+        only_sent(vec![fetch(0, 0)])
+    );
+    let chunk = |offset: usize, decided: bool| Message::StateChunk {
+        cid: Cid(20),
+        offset: offset as u64,
+        total_len: data.len() as u64,
+        bytes: data[offset..(offset + mb).min(data.len())].to_vec(),
+        decided: decided.then(|| checkpoint.decided.clone()),
+    };
+    // The chunk came back after 1 ms: the next fetch waits for 32 ms after the first.
+    assert_eq!(
+        c.deliver_ok(&mut r, 1, Peer::Replica(0), chunk(0, false)),
+        Output::default()
+    );
+    assert!(timers(&r).contains(&(TimerKind::StateFetch, 32)), "{:?}", timers(&r));
+    assert_eq!(r.on_timeout(32), only_sent(vec![fetch(0, mb)]));
+    assert_eq!(
+        c.deliver_ok(&mut r, 40, Peer::Replica(0), chunk(mb, false)),
+        Output::default()
+    );
+    assert_eq!(r.on_timeout(64), only_sent(vec![fetch(0, 2 * mb)]));
+    // Replica 0 goes quiet. At the stall the same offset is asked of replica 1.
+    let out = r.on_timeout(40 + 2032);
+    assert!(
+        out.send_now.contains(&fetch(1, 2 * mb)),
+        "resumed at the offset: {out:?}"
+    );
+    assert_eq!(
+        c.deliver_ok(&mut r, 2080, Peer::Replica(1), chunk(2 * mb, false)),
+        Output::default()
+    );
+    assert_eq!(r.on_timeout(2072 + 32), only_sent(vec![fetch(1, 3 * mb)]));
+    let out = c.deliver_ok(&mut r, 2110, Peer::Replica(1), chunk(3 * mb, true));
+    assert_eq!(out.persist, [PersistRecord::Checkpoint(checkpoint.clone())]);
+    assert_eq!(r.last_checkpoint(), Cid(20));
+    assert_eq!(r.stats().lying_state_sources, 0);
+}
+
+/// Issue 17 item 3, one real run above the old fixed 64 MiB decode limit: a checkpoint of
+/// 66 MiB (under the default `max_state_bytes` of 1 GiB) is written to a data dir as the
+/// driver writes it, read back and decoded on reopening (a fixed decode limit made a replica
+/// refuse its own data dir here), recovered into engines, and transferred in 15 MiB chunks
+/// (`MAX_STATE_CHUNK_BYTES`) to a wiped replica, whose pacing keeps every chunk within the
+/// sources' 64 MiB reply budget. CFT n = 3, so that only two replicas hold a copy.
+#[test]
+fn a_checkpoint_above_64_mib_is_recovered_from_its_data_dir_and_transferred() {
+    use smr_core::codec;
+    use smr_core::config::MAX_STATE_CHUNK_BYTES;
+    use smr_core::storage::{FsyncPolicy, Wal};
+    let limits = Limits {
+        state_chunk_bytes: MAX_STATE_CHUNK_BYTES,
+        ..Limits::default()
+    };
+    let c = cluster(Mode::Cft, 3, 1, limits);
+    let written = checkpoint(&c, Cid(1000), 66 << 20);
+    assert!(written.data.len() > 64 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), FsyncPolicy::Never).unwrap();
+    wal.write_checkpoint(
+        &codec::encode(&PersistRecord::Checkpoint(written.clone())),
+        &[],
+    )
+    .unwrap();
+    drop(wal);
+    let (_wal, recovered) = Wal::open(dir.path(), FsyncPolicy::Never).unwrap();
+    let record: PersistRecord =
+        codec::decode(&recovered.checkpoint.expect("a checkpoint")).expect("decodes");
+    drop(recovered.records);
+    let PersistRecord::Checkpoint(read) = record else {
+        panic!("not a checkpoint record");
+    };
+    assert_eq!(read, written);
+    drop(written);
+    let mut net = Net::new(&c, &read, 1);
+    let at = net.run_until(&c, 60_000, |_, _, _| false, |net| {
+        net.engines[2].last_executed() == Cid(1000)
+    });
+    assert!(
+        at.is_some(),
+        "the wiped replica is at cid {}",
+        net.engines[2].last_executed()
+    );
+    assert_eq!(net.persisted[2], [read]);
+    for source in 0..2 {
+        assert_eq!(
+            net.engines[source].stats().rejections.get("rate_limited"),
+            None
+        );
+    }
 }
