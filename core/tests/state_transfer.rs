@@ -122,9 +122,7 @@ impl Net {
                 .iter()
                 .filter_map(|e| e.next_deadline_ms())
                 .min();
-            let Some(now_ms) = [next_message, next_timer].into_iter().flatten().min() else {
-                return None;
-            };
+            let now_ms = [next_message, next_timer].into_iter().flatten().min()?;
             if now_ms > limit_ms {
                 return None;
             }
@@ -141,7 +139,10 @@ impl Net {
                 self.handle(to, now_ms, out);
             } else {
                 for me in 0..self.engines.len() {
-                    if self.engines[me].next_deadline_ms().is_some_and(|d| d <= now_ms) {
+                    if self.engines[me]
+                        .next_deadline_ms()
+                        .is_some_and(|d| d <= now_ms)
+                    {
                         let out = self.engines[me].on_timeout(now_ms);
                         self.handle(me as u32, now_ms, out);
                     }
@@ -184,9 +185,12 @@ fn a_transfer_of_more_than_256_chunks_completes() {
     let chunks = checkpoint.data.len().div_ceil(4096);
     assert!(chunks > 380, "{chunks} chunks");
     let mut net = Net::new(&c, &checkpoint, 1);
-    let at = net.run_until(&c, 60_000, |_, _, _| false, |net| {
-        net.engines[3].last_executed() == Cid(20)
-    });
+    let at = net.run_until(
+        &c,
+        60_000,
+        |_, _, _| false,
+        |net| net.engines[3].last_executed() == Cid(20),
+    );
     let at = at.unwrap_or_else(|| {
         panic!(
             "the wiped replica is at cid {} after 60 s",
@@ -257,7 +261,11 @@ fn fetches_are_paced_and_a_quiet_source_is_replaced_at_the_same_offset() {
         c.deliver_ok(&mut r, 1, Peer::Replica(0), chunk(0, false)),
         Output::default()
     );
-    assert!(timers(&r).contains(&(TimerKind::StateFetch, 32)), "{:?}", timers(&r));
+    assert!(
+        timers(&r).contains(&(TimerKind::StateFetch, 32)),
+        "{:?}",
+        timers(&r)
+    );
     assert_eq!(r.on_timeout(32), only_sent(vec![fetch(0, mb)]));
     assert_eq!(
         c.deliver_ok(&mut r, 40, Peer::Replica(0), chunk(mb, false)),
@@ -317,9 +325,12 @@ fn a_checkpoint_above_64_mib_is_recovered_from_its_data_dir_and_transferred() {
     assert_eq!(read, written);
     drop(written);
     let mut net = Net::new(&c, &read, 1);
-    let at = net.run_until(&c, 60_000, |_, _, _| false, |net| {
-        net.engines[2].last_executed() == Cid(1000)
-    });
+    let at = net.run_until(
+        &c,
+        60_000,
+        |_, _, _| false,
+        |net| net.engines[2].last_executed() == Cid(1000),
+    );
     assert!(
         at.is_some(),
         "the wiped replica is at cid {}",

@@ -111,12 +111,18 @@ impl Engine {
     /// Starts the download of an agreed checkpoint, or resumes it from another source that
     /// vouches for the same one when its source went quiet for a stall period (keeping the
     /// bytes it has, so a transfer progresses at whatever rate its sources allow), or asks
-    /// again if none is agreed yet. A quiet source is not blamed: it is asked again once every
-    /// other one went quiet too (it may have been rate limiting or lost a message).
+    /// again if none is agreed yet. A quiet source is not blamed as a liar (it may have lost a
+    /// message); once every voucher went quiet the download is dropped, and the next hint
+    /// starts a fresh one with fresh reports.
     pub(super) fn drive_transfer(&mut self, now_ms: u64) {
         let needed = self.quorums.state_transfer_digests();
-        let interval_ms = state_fetch_interval_ms(self.cfg.limits.state_chunk_bytes, self.quorums.n());
-        let stall_ms = self.cfg.timeouts.retransmit_max_ms.saturating_add(interval_ms);
+        let interval_ms =
+            state_fetch_interval_ms(self.cfg.limits.state_chunk_bytes, self.quorums.n());
+        let stall_ms = self
+            .cfg
+            .timeouts
+            .retransmit_max_ms
+            .saturating_add(interval_ms);
         let last_executed = self.last_executed;
         let Some(transfer) = self.transfer.download.as_mut() else {
             return;
@@ -129,14 +135,13 @@ impl Engine {
             transfer.silent.insert(source);
             transfer.target = None;
         }
-        match transfer.agreed(last_executed, needed) {
+        match transfer
+            .agreed(last_executed, needed)
+            .filter(|(_, _, source)| !transfer.silent.contains(source))
+        {
             Some((cid, digest, source)) => {
-                if transfer.silent.contains(&source) {
-                    // Every source went quiet: start the round again.
-                    transfer.silent.clear();
-                }
-                let foreign = transfer.single_source
-                    && transfer.contributors.iter().any(|c| *c != source);
+                let foreign =
+                    transfer.single_source && transfer.contributors.iter().any(|c| *c != source);
                 if transfer.buffer_of != Some((cid, digest)) || foreign {
                     transfer.clear_buffer();
                     transfer.buffer_of = Some((cid, digest));
@@ -147,8 +152,9 @@ impl Engine {
             }
             None => {
                 if now_ms >= transfer.last_progress_ms.saturating_add(stall_ms) {
-                    // Every agreed source lied or too few agree: give up for now. The next
-                    // hint that we are behind starts a fresh transfer.
+                    // Every agreed source lied or went quiet, or too few agree: give up for
+                    // now. The next hint that we are behind starts a fresh transfer, with
+                    // fresh reports from everyone.
                     self.transfer.download = None;
                     self.deadlines_ms.remove(&TimerKind::StateFetch);
                 }
@@ -159,7 +165,8 @@ impl Engine {
     /// Asks the download's source for the next chunk, at once if the last fetch left at least
     /// [`state_fetch_interval_ms`] ago, else when the `StateFetch` timer fires.
     pub(super) fn send_state_fetch(&mut self, now_ms: u64) {
-        let interval_ms = state_fetch_interval_ms(self.cfg.limits.state_chunk_bytes, self.quorums.n());
+        let interval_ms =
+            state_fetch_interval_ms(self.cfg.limits.state_chunk_bytes, self.quorums.n());
         let Some(transfer) = self.transfer.download.as_mut() else {
             return;
         };
