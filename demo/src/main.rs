@@ -33,7 +33,8 @@ struct Cli {
 enum Command {
     /// Write replica keys, a client key and a cluster.toml (by default for replicas on 127.0.0.1).
     Keygen(KeygenArgs),
-    /// Run one replica until SIGINT or SIGTERM.
+    /// Run one replica until SIGINT or SIGTERM (exit status 0), or until it fails: storage,
+    /// service, engine or transport (exit status 2, with the reason on stderr).
     Replica(ReplicaArgs),
     /// Run one operation on the cluster and print its result.
     #[command(

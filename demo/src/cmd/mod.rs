@@ -183,7 +183,28 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
         config.quorums.f(),
         args.service
     );
-    let why = stop_requested(args.exit_on_stdin_eof).await;
+    // Fail-stop: a replica whose storage, service, engine or transport failed exits non-zero
+    // with the reason (already logged), so that a supervisor restarts it from its data dir.
+    let why = tokio::select! {
+        why = stop_requested(args.exit_on_stdin_eof) => why,
+        outcome = replica.closed() => {
+            let status = replica.status();
+            replica.shutdown().await;
+            let error = match outcome {
+                Err(e) => anyhow::Error::new(e),
+                Ok(()) => anyhow!("the engine stopped without being asked to"),
+            };
+            let restart = if args.data_dir.is_some() {
+                "restart it: it recovers from its data dir"
+            } else {
+                "restart it with --rejoin: it ran in memory"
+            };
+            return Err(error.context(format!(
+                "replica {id} stopped at cid {}; {restart}",
+                status.last_decided.0
+            )));
+        }
+    };
     let status = replica.status();
     tracing::info!(
         replica = id,
