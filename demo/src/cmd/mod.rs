@@ -190,19 +190,19 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
         outcome = replica.closed() => {
             let status = replica.status();
             replica.shutdown().await;
-            let error = match outcome {
-                Err(e) => anyhow::Error::new(e),
-                Ok(()) => anyhow!("the engine stopped without being asked to"),
+            let reason = match outcome {
+                Err(e) => e.to_string(),
+                Ok(()) => "the engine stopped without being asked to".to_string(),
             };
             let restart = if args.data_dir.is_some() {
                 "restart it: it recovers from its data dir"
             } else {
                 "restart it with --rejoin: it ran in memory"
             };
-            return Err(error.context(format!(
-                "replica {id} stopped at cid {}; {restart}",
+            bail!(
+                "replica {id} stopped at cid {}: {reason}. {restart}",
                 status.last_decided.0
-            )));
+            );
         }
     };
     let status = replica.status();
