@@ -195,9 +195,9 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
                 Ok(()) => "the engine stopped without being asked to".to_string(),
             };
             let restart = if args.data_dir.is_some() {
-                "restart it: it recovers from its data dir"
+                "Restart it: it recovers from its data dir"
             } else {
-                "restart it with --rejoin: it ran in memory"
+                "Restart it with --rejoin: it ran in memory"
             };
             bail!(
                 "replica {id} stopped at cid {}: {reason}. {restart}",
