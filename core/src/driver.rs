@@ -248,7 +248,7 @@ impl ReplicaHandle {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A stored record is not a [`PersistRecord`]; holds the decoder's description.
-    #[error("the data directory holds a record that does not decode ({0}); it was written by an incompatible version or is damaged. Move the directory aside to rejoin through state transfer")]
+    #[error("the data directory holds a record that does not decode ({0}); it was written by an incompatible version or is damaged. {advice}", advice = crate::storage::REJOIN_ADVICE)]
     UndecodableRecord(String),
     /// [`Engine::recover`] refused the records (a checkpoint that does not decode).
     #[error("cannot rebuild the replica from its data directory: {0}")]

@@ -18,6 +18,9 @@
 //!    the config's directory, and `smr keygen` writes `client.key` next to the config.
 //! 3. On each server, start its replica with [`Replica::start_with_data_dir`] (durable state
 //!    in a directory) or [`Replica::start`] (in memory); [`Replica::shutdown`] stops it.
+//!    Await [`Replica::closed`] beside your stop signal: it resolves with a [`ReplicaError`]
+//!    if the replica fails on its own (storage, service, a broken invariant), and the process
+//!    should then exit non-zero so that a supervisor restarts it.
 //! 4. In a client, [`Client::connect`] with an admitted key, then [`Client::invoke`] runs an
 //!    operation through consensus and returns the reply.
 //! 5. Install a [`tracing`](https://docs.rs/tracing) subscriber (e.g. `tracing_subscriber::fmt().init()`): smr logs
