@@ -140,7 +140,10 @@ enum ServiceCommand {
 
 enum ServiceOutput {
     Done(ServiceDone),
-    Status { to: Peer, report: StatusReport },
+    Status {
+        to: Peer,
+        report: StatusReport,
+    },
     /// The service cannot go on; the last thing the service thread sends.
     Failed(ReplicaError),
 }
@@ -379,10 +382,12 @@ pub fn start_replica<N: Network>(
                 // Reported while the lanes are still open, so the engine learns of the panic
                 // before the reader finds a lane closed.
                 if let Err(payload) = run {
-                    let _ = worker.input_tx.blocking_send(EngineInput::Failed(ReplicaError::Panicked {
-                        component: "verify worker",
-                        message: panic_message(&*payload),
-                    }));
+                    let _ = worker.input_tx.blocking_send(EngineInput::Failed(
+                        ReplicaError::Panicked {
+                            component: "verify worker",
+                            message: panic_message(&*payload),
+                        },
+                    ));
                 }
             })
             .expect("spawning a verify worker thread");

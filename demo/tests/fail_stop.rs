@@ -168,8 +168,8 @@ async fn an_embedded_replica_whose_service_panics_resolves_closed_to_the_error()
     within(TEST_TIMEOUT, async {
         init_tracing();
         let dir = tempfile::tempdir().unwrap();
-        let generated = keygen::generate(dir.path(), &KeygenOptions::new(Mode::Cft, 3))
-            .expect("keygen");
+        let generated =
+            keygen::generate(dir.path(), &KeygenOptions::new(Mode::Cft, 3)).expect("keygen");
         let config = generated.config.clone();
         let mut replicas = Vec::new();
         for entry in &config.replicas {
@@ -190,7 +190,10 @@ async fn an_embedded_replica_whose_service_panics_resolves_closed_to_the_error()
             .await
             .unwrap()
             .with_timeout(Duration::from_secs(20));
-        client.invoke(b"boom".to_vec()).await.expect("a quorum replies");
+        client
+            .invoke(b"boom".to_vec())
+            .await
+            .expect("a quorum replies");
         let outcome = tokio::time::timeout(EXIT_WITHIN, replicas[1].closed())
             .await
             .expect("closed() resolves once the service panicked");

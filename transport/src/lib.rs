@@ -763,12 +763,12 @@ impl QuicTransport {
             shared.spawn_essential(
                 "link to a replica",
                 link::run_replica_link(
-                shared.clone(),
-                endpoint.clone(),
-                replica.clone(),
-                client_config,
-                rx,
-            ),
+                    shared.clone(),
+                    endpoint.clone(),
+                    replica.clone(),
+                    client_config,
+                    rx,
+                ),
             );
         }
         if let Role::Replica(_) = config.role {
