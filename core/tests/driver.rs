@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use smr_core::client::ClientConfig;
-use smr_core::driver::{start_replica, Client, DriverOptions, StartError};
+use smr_core::driver::{start_replica, Client, DriverOptions, ReplicaError, StartError};
 use smr_core::network::{InboundFrame, Network, Peer, SendError};
 use smr_core::{ClientPolicy, EngineConfig, InvalidConfig, Limits, Service, Timeouts};
 use smr_crypto::sim::{SimKey, SimVerifier};
@@ -303,4 +303,61 @@ async fn an_invalid_config_is_an_error_not_a_panic() {
         Err(other) => panic!("wrong error: {other}"),
         Ok(_) => panic!("an invalid config started a replica"),
     }
+}
+
+/// A network whose `send` panics: the engine task, the only one that sends, panics on its first
+/// message (the leader's heartbeat), as on a broken invariant.
+struct PanicsOnSend;
+
+impl Network for PanicsOnSend {
+    fn send(&self, _to: Peer, _frame: Vec<u8>) -> Result<(), SendError> {
+        panic!("a broken invariant in the engine task");
+    }
+    async fn recv(&self) -> Option<InboundFrame> {
+        std::future::pending().await
+    }
+}
+
+/// Fail-stop (issue 17 item 4): a panic in the engine task is not lost inside tokio.
+/// `ReplicaHandle::closed` resolves to it, with its message, and `shutdown` still returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_engine_task_resolves_closed_to_the_error() {
+    let quorums = Quorums::new(Mode::Cft, 3, 1).unwrap();
+    let keys: Vec<SimKey> = (0..3u8).map(|i| SimKey::from_seed([i; 32])).collect();
+    let mut sim = SimVerifier::new();
+    for k in &keys {
+        sim.register(k);
+    }
+    let cfg = EngineConfig {
+        quorums,
+        me: 0,
+        replica_keys: keys.iter().map(|k| k.public_key()).collect(),
+        clients: ClientPolicy::Any,
+        limits: Limits::default(),
+        timeouts: Timeouts::default(),
+    };
+    let handle = start_replica(
+        cfg,
+        Arc::new(keys[0].clone()),
+        Arc::new(sim),
+        Arc::new(PanicsOnSend),
+        Box::new(Counter::default()),
+        DriverOptions::default(),
+        None,
+    )
+    .expect("replica starts");
+    let outcome = tokio::time::timeout(Duration::from_secs(10), handle.closed())
+        .await
+        .expect("closed() resolves once the engine task panicked");
+    assert_eq!(
+        outcome,
+        Err(ReplicaError::Panicked {
+            component: "engine task",
+            message: "a broken invariant in the engine task".to_string(),
+        })
+    );
+    assert_eq!(handle.outcome(), Some(outcome));
+    tokio::time::timeout(Duration::from_secs(5), handle.shutdown())
+        .await
+        .expect("shutdown of a failed replica returns");
 }
