@@ -539,6 +539,34 @@ fn corrupt_manifest_and_missing_files_are_refused() {
     assert_says_what_to_do(&err);
 }
 
+/// A manifest (checksum intact) naming the last possible generation is refused at open, so
+/// the next checkpoint never overflows the counter on a number the file supplied.
+#[test]
+fn a_manifest_naming_the_last_generation_is_refused_not_a_later_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), FsyncPolicy::Never, &sample_records(1));
+    // A consistent directory of generation u64::MAX: its files, and a manifest naming it.
+    for (from, to) in [
+        (wal_file_name(0), wal_file_name(u64::MAX)),
+        (checkpoint_file_name(0), checkpoint_file_name(u64::MAX)),
+    ] {
+        if dir.path().join(&from).exists() {
+            fs::rename(dir.path().join(from), dir.path().join(to)).unwrap();
+        }
+    }
+    fs::write(
+        dir.path().join(MANIFEST_FILE),
+        super::format::encode_manifest(u64::MAX),
+    )
+    .unwrap();
+    let err = open_err(dir.path());
+    assert!(
+        matches!(err, StorageError::Corrupt { ref reason, .. } if reason.contains("last possible generation")),
+        "{err}"
+    );
+    assert_says_what_to_do(&err);
+}
+
 #[test]
 fn log_of_an_interrupted_first_open_is_reinitialized() {
     let dir = tempfile::tempdir().unwrap();
