@@ -949,7 +949,8 @@ pub enum InvokeError {
     /// execute.
     #[error("no reply quorum within {0:?}; the request may still execute")]
     TimedOut(Duration),
-    /// [`Client::shutdown`] was called.
+    /// [`Client::shutdown`] was called, or the client's own tasks failed (a panic, logged as
+    /// an error, or its network closed under it): the client cannot receive replies any more.
     #[error("the client is shut down")]
     Closed,
 }
@@ -971,7 +972,7 @@ struct ClientShared<N> {
 /// (up to the client's window); replies are matched by sequence number.
 pub struct Client<N> {
     shared: Arc<ClientShared<N>>,
-    tasks: Arc<Vec<tokio::task::JoinHandle<()>>>,
+    tasks: Arc<Vec<tokio::task::AbortHandle>>,
 }
 
 impl<N> Clone for Client<N> {
@@ -1075,10 +1076,35 @@ impl<N: Network> Client<N> {
                 }
             })
         };
-        Client {
-            shared,
-            tasks: Arc::new(vec![reader, timer]),
+        let tasks = Arc::new(vec![reader.abort_handle(), timer.abort_handle()]);
+        // Fail-stop: if the reader or the timer ends on its own, the client can no longer
+        // complete anything; it closes, so invocations fail at once instead of by timeout.
+        {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let (mut reader, mut timer) = (reader, timer);
+                let (task, ended) = tokio::select! {
+                    ended = &mut reader => ("reader", ended),
+                    ended = &mut timer => ("timer", ended),
+                };
+                match ended {
+                    // Aborted by `Client::shutdown`.
+                    Err(e) if e.is_cancelled() => return,
+                    Err(e) => tracing::error!(
+                        task,
+                        panic = %panic_message(&*e.into_panic()),
+                        "a client task panicked; the client is closed"
+                    ),
+                    Ok(()) => {
+                        tracing::warn!(task, "the client's network closed; the client is closed")
+                    }
+                }
+                shared.close();
+                reader.abort();
+                timer.abort();
+            });
         }
+        Client { shared, tasks }
     }
 
     /// Runs an ordered operation and returns the result agreed by the reply quorum. Waits for
@@ -1180,8 +1206,16 @@ impl<N: Network> Client<N> {
         for t in self.tasks.iter() {
             t.abort();
         }
-        self.shared.closed.store(true, Ordering::Relaxed);
-        self.shared.window_freed.notify_waiters();
+        self.shared.close();
+    }
+}
+
+impl<N> ClientShared<N> {
+    /// No new invocation starts; those waiting for a reply fail with [`InvokeError::Closed`].
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.waiters.lock().expect("client lock").clear();
+        self.window_freed.notify_waiters();
     }
 }
 

@@ -361,3 +361,47 @@ async fn a_panic_in_the_engine_task_resolves_closed_to_the_error() {
         .await
         .expect("shutdown of a failed replica returns");
 }
+
+/// A network that delivers nothing and is closed from the start.
+struct Closed;
+
+impl Network for Closed {
+    fn send(&self, _to: Peer, _frame: Vec<u8>) -> Result<(), SendError> {
+        Ok(())
+    }
+    async fn recv(&self) -> Option<InboundFrame> {
+        None
+    }
+}
+
+/// Fail-stop for clients: when the client's reader ends (its network closed under it), the
+/// client closes, and an invocation fails with `Closed` at once instead of waiting out its
+/// timeout for replies that can no longer arrive.
+#[tokio::test]
+async fn a_client_whose_network_closes_fails_invocations_at_once() {
+    let quorums = Quorums::new(Mode::Cft, 3, 1).unwrap();
+    let client = Client::start(
+        Arc::new(Closed),
+        ClientConfig {
+            quorums,
+            unordered_reads_enabled: false,
+            max_outstanding: 4,
+            max_op_bytes: Limits::default().max_op_bytes,
+            retry_timeout_ms: 1000,
+        },
+        Arc::new(SimKey::from_seed([100; 32])),
+    );
+    let started = std::time::Instant::now();
+    let result = client
+        .invoke(1i64.to_le_bytes().to_vec(), Duration::from_secs(10))
+        .await;
+    assert!(
+        matches!(result, Err(smr_core::driver::InvokeError::Closed)),
+        "{result:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -266,8 +266,8 @@ impl Client {
     }
 
     /// Stops the client's tasks and closes its connections, for every clone. Invocations in
-    /// flight receive no more replies and fail by their timeout at the latest (the request may
-    /// still execute); new ones fail with [`InvokeError::Closed`].
+    /// flight and new ones fail with [`InvokeError::Closed`] (a request in flight may still
+    /// execute).
     pub async fn shutdown(&self) {
         self.inner.shutdown();
         self.transport.shutdown().await;
