@@ -38,7 +38,7 @@ enum Command {
     Replica(ReplicaArgs),
     /// Run one operation on the cluster and print its result.
     #[command(
-        after_help = "Exit status: 0 on success, 1 if `kv get` finds no value, 2 on errors (such as no reply quorum in time)."
+        after_help = "Exit status: 0 on success, 1 if `kv get` finds no value, 2 on errors (such as no reply quorum in time). An operation that timed out may still execute later: read the state before repeating it."
     )]
     Client(ClientArgs),
     /// Print each replica's mode, regency, leader, last decided cid and state digest.

@@ -277,7 +277,8 @@ fn invoke_error(
 ) -> anyhow::Error {
     match e {
         InvokeError::TimedOut(timeout) => anyhow!(
-            "no reply quorum within {} ms (the request may still execute): {}",
+            "no reply quorum within {} ms (the request may still execute later: read the state \
+             before repeating it): {}",
             timeout.as_millis(),
             diagnose(client, client_key, config_path)
         ),
