@@ -259,6 +259,10 @@ pub enum StartError {
     /// The engine configuration breaks a rule (see [`InvalidConfig`]); nothing was started.
     #[error("invalid engine configuration: {0}")]
     Config(#[from] InvalidConfig),
+    /// The operating system refused a thread of the replica (a verify worker or the service
+    /// thread); what had started stops once the returned channels close.
+    #[error("cannot start a thread of the replica: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Decodes what a store recovered into the engine's records.
@@ -390,7 +394,7 @@ pub fn start_replica<N: Network>(
                     ));
                 }
             })
-            .expect("spawning a verify worker thread");
+            .map_err(StartError::Thread)?;
     }
     drop(input_tx);
 
@@ -430,7 +434,7 @@ pub fn start_replica<N: Network>(
                 ))));
             }
         })
-        .expect("spawning the service thread");
+        .map_err(StartError::Thread)?;
 
     let (status_tx, status_rx) = watch::channel(ReplicaStatus::default());
     let shutdown = Arc::new(Notify::new());
