@@ -405,3 +405,84 @@ async fn a_client_whose_network_closes_fails_invocations_at_once() {
         started.elapsed()
     );
 }
+
+/// A verifier that panics: the verify worker that checks the first request panics.
+struct PanicsOnVerify;
+
+impl Verifier for PanicsOnVerify {
+    fn verify(
+        &self,
+        _key: &smr_crypto::PublicKey,
+        _message: &[u8],
+        _signature: &smr_crypto::Signature,
+    ) -> Result<(), smr_crypto::VerifyError> {
+        panic!("a broken invariant in a verify worker");
+    }
+    fn verify_batch(
+        &self,
+        _items: &[smr_crypto::SignedItem<'_>],
+    ) -> Result<(), smr_crypto::BatchVerifyError> {
+        panic!("a broken invariant in a verify worker");
+    }
+}
+
+/// Fail-stop: a verify worker (an OS thread) that panics stops the whole replica, instead of
+/// leaving it running without that worker's peers; `closed` names the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_verify_worker_resolves_closed_to_the_error() {
+    // BFT: client requests are signed and verified (CFT does not check them).
+    let quorums = Quorums::new(Mode::Bft, 4, 1).unwrap();
+    let keys: Vec<SimKey> = (0..4u8).map(|i| SimKey::from_seed([i; 32])).collect();
+    let client_key = SimKey::from_seed([100; 32]);
+    let hub = Hub::default();
+    let cfg = EngineConfig {
+        quorums,
+        me: 0,
+        replica_keys: keys.iter().map(|k| k.public_key()).collect(),
+        clients: ClientPolicy::Any,
+        limits: Limits::default(),
+        timeouts: Timeouts::default(),
+    };
+    let handle = start_replica(
+        cfg,
+        Arc::new(keys[0].clone()),
+        Arc::new(PanicsOnVerify),
+        hub.endpoint(Peer::Replica(0)),
+        Box::new(Counter::default()),
+        DriverOptions::default(),
+        None,
+    )
+    .expect("replica starts");
+    let client = Client::start(
+        hub.endpoint(Peer::Client(client_key.public_key())),
+        ClientConfig {
+            quorums,
+            unordered_reads_enabled: false,
+            max_outstanding: 4,
+            max_op_bytes: Limits::default().max_op_bytes,
+            retry_timeout_ms: 1000,
+        },
+        Arc::new(client_key),
+    );
+    let invoke = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .invoke(1i64.to_le_bytes().to_vec(), Duration::from_secs(5))
+                .await
+        })
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(10), handle.closed())
+        .await
+        .expect("closed() resolves once the verify worker panicked");
+    assert_eq!(
+        outcome,
+        Err(ReplicaError::Panicked {
+            component: "verify worker",
+            message: "a broken invariant in a verify worker".to_string(),
+        })
+    );
+    client.shutdown();
+    let _ = invoke.await;
+    handle.shutdown().await;
+}
