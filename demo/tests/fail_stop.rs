@@ -9,8 +9,6 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -26,18 +24,6 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a failed replica may take to exit.
 const EXIT_WITHIN: Duration = Duration::from_secs(5);
 
-/// Kills and reaps the child if the test gives up on it.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
-
 async fn put(client: &Client, key: String, value: Vec<u8>) {
     let op = KvOp::Put {
         key: key.into_bytes(),
@@ -50,47 +36,35 @@ async fn put(client: &Client, key: String, value: Vec<u8>) {
     KvReply::decode(&reply).expect("a kv reply");
 }
 
-/// CFT n = 3, f = 1, kv service, data dirs. Replica 2 is restarted on its data dir under
-/// `ulimit -f 128` (64 or 128 KiB, by the shell's unit) with SIGXFSZ ignored; 400 KB of puts
-/// then cannot fit. On the old code the engine task panicked inside tokio and the process kept
-/// running (and accepting connections) until a signal.
+/// CFT n = 3, f = 1, kv service, data dirs. Replica 2 runs under `ulimit -f 128` (64 or
+/// 128 KiB, by the shell's unit) with SIGXFSZ ignored, through a wrapper script given to the
+/// cluster as its binary (so it starts with the others, and no restart is involved); 400 KB of
+/// puts then cannot fit in its data dir. On the old code the engine task panicked inside tokio
+/// and the process kept running (and accepting connections) until a signal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_disk_fills_exits_non_zero_naming_the_storage_failure() {
     within(TEST_TIMEOUT, async {
+        use std::os::unix::fs::PermissionsExt;
         init_tracing();
+        let scripts = tempfile::tempdir().unwrap();
+        let wrapper = scripts.path().join("smr-limited");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\ncase \" $* \" in *\" --id 2 \"*) ulimit -f 128; trap \"\" XFSZ;; esac\nexec '{SMR}' \"$@\"\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
         let options = KeygenOptions::new(Mode::Cft, 3);
         let setup = ClusterSetup {
             data_dirs: true,
             ..ClusterSetup::default()
         };
         let mut cluster = tokio::task::block_in_place(|| {
-            LocalCluster::start_with(
-                Path::new(SMR),
-                &options,
-                ServiceKind::Kv,
-                READY_TIMEOUT,
-                false,
-                &setup,
-            )
+            LocalCluster::start_with(&wrapper, &options, ServiceKind::Kv, READY_TIMEOUT, false, &setup)
         })
         .expect("cluster starts");
-        cluster.kill(2);
-        let log_path = cluster.dir().join("replica-2-limited.log");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let limited = Command::new("sh")
-            .arg("-c")
-            .arg(r#"ulimit -f 128; trap "" XFSZ; exec "$0" "$@""#)
-            .arg(SMR)
-            .args(["replica", "--config"])
-            .arg(cluster.config_path())
-            .args(["--id", "2", "--service", "kv", "--data-dir"])
-            .arg(cluster.data_dir(2))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("sh starts");
-        let mut limited = KillOnDrop(limited);
         let client = client(&cluster, 0, Duration::from_secs(20)).await;
         let value = vec![7u8; 4000];
         let mut last_put = Instant::now();
@@ -98,7 +72,7 @@ async fn a_replica_whose_disk_fills_exits_non_zero_naming_the_storage_failure() 
         for i in 0..100 {
             put(&client, format!("key-{i}"), value.clone()).await;
             last_put = Instant::now();
-            if let Some(status) = limited.0.try_wait().unwrap() {
+            if let Some(status) = cluster.replica(2).unwrap().try_exit_status() {
                 exited = Some((status, Instant::now()));
                 break;
             }
@@ -106,11 +80,11 @@ async fn a_replica_whose_disk_fills_exits_non_zero_naming_the_storage_failure() 
         // It must exit soon after the write that failed, and the cluster (f = 1) serves on.
         while exited.is_none() && last_put.elapsed() < EXIT_WITHIN {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            if let Some(status) = limited.0.try_wait().unwrap() {
+            if let Some(status) = cluster.replica(2).unwrap().try_exit_status() {
                 exited = Some((status, Instant::now()));
             }
         }
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let text = std::fs::read_to_string(cluster.log_path(2)).unwrap_or_default();
         let Some((status, at)) = exited else {
             panic!(
                 "the replica with a full disk still runs {EXIT_WITHIN:?} after the last put; its log:\n{text}"
