@@ -22,6 +22,15 @@
 //! - **Service thread:** executes batches and queries on the embedder's [`Service`], in cid
 //!   order, so a slow service never stalls the network or the protocol.
 //!
+//! # Fail-stop
+//! A replica that cannot go on stops, and says why, rather than running on half-dead: a
+//! storage error (I/O, disk full), a service that panics or cannot restore a checkpoint, a
+//! broken invariant (a panic) in the engine task or a verify worker, and a network that stops
+//! delivering all end the engine task with a [`ReplicaError`]. It is logged once, at error
+//! level, and [`ReplicaHandle::closed`] resolves to it, so the embedder (the `smr replica`
+//! command exits non-zero) can stop the process and let a supervisor restart it from its data
+//! dir. Nothing that may promise an unpersisted record leaves after a storage error.
+//!
 //! Every queue between them is bounded (the verify workers' in frames and in bytes), except the
 //! two between the engine and the service.
 //! The engine bounds the batches in them itself: execution holds at each checkpoint cid until
@@ -131,20 +140,71 @@ enum ServiceCommand {
 
 enum ServiceOutput {
     Done(ServiceDone),
-    Status { to: Peer, report: StatusReport },
+    Status {
+        to: Peer,
+        report: StatusReport,
+    },
+    /// The service cannot go on; the last thing the service thread sends.
+    Failed(ReplicaError),
 }
 
 enum EngineInput {
     /// A verify worker's run, in arrival order: one hand-off and one wake-up for all of it.
     Messages(Vec<Verified>),
     StatusQuery(Peer),
+    /// A verify worker panicked; the last thing it sends.
+    Failed(ReplicaError),
 }
+
+/// Why a running replica stopped on its own (fail-stop; see the module docs). The replica
+/// stops taking part at once; restart the process, which recovers from its data dir.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicaError {
+    /// Appending to or syncing the write-ahead log, or writing a checkpoint, failed (an I/O
+    /// error, a full disk, a file-size limit). Nothing that promised the lost records was sent.
+    #[error("storage failed, stopping the replica: {0}")]
+    Storage(String),
+    /// The service panicked, could not restore a checkpoint that a quorum vouches for, or its
+    /// thread ended.
+    #[error("the service failed, stopping the replica: {0}")]
+    Service(String),
+    /// A thread or task of the replica panicked: a broken invariant.
+    #[error("the {component} panicked, stopping the replica: {message}")]
+    Panicked {
+        /// Which part: `engine task`, `verify worker`, `network reader`.
+        component: &'static str,
+        /// The panic's message.
+        message: String,
+    },
+    /// The network stopped delivering messages while the replica ran (its transport failed or
+    /// was shut down first).
+    #[error("the network stopped delivering messages, stopping the replica")]
+    NetworkClosed,
+    /// The transport under the replica failed (reported by the embedding layer).
+    #[error("the transport failed, stopping the replica: {0}")]
+    Transport(String),
+}
+
+/// The message of a caught panic.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
+
+/// How the engine task ended: `None` while it runs, then `Ok` after
+/// [`ReplicaHandle::shutdown`] or the error that stopped it.
+type Outcome = Option<Result<(), ReplicaError>>;
 
 /// A running replica. Dropping the handle does not stop it; call [`ReplicaHandle::shutdown`].
 pub struct ReplicaHandle {
     status: watch::Receiver<ReplicaStatus>,
     shutdown: Arc<Notify>,
-    engine_task: tokio::task::JoinHandle<()>,
+    outcome: watch::Receiver<Outcome>,
 }
 
 impl ReplicaHandle {
@@ -153,10 +213,37 @@ impl ReplicaHandle {
         self.status.borrow().clone()
     }
 
-    /// Stops the engine task. The network is the caller's to shut down.
+    /// Resolves once the replica has stopped: `Ok` after [`ReplicaHandle::shutdown`], or the
+    /// [`ReplicaError`] that stopped it on its own (already logged). Await it beside your own
+    /// stop signal and exit (non-zero) on an error, so that a supervisor restarts the process.
+    pub async fn closed(&self) -> Result<(), ReplicaError> {
+        let mut outcome = self.outcome.clone();
+        let outcome = outcome
+            .wait_for(Option::is_some)
+            .await
+            .map(|done| done.clone());
+        match outcome {
+            Ok(Some(result)) => result,
+            // The watchdog publishes before it drops the sender, unless the runtime is
+            // dropped first.
+            _ => Err(ReplicaError::Panicked {
+                component: "engine watchdog",
+                message: "ended without an outcome".to_string(),
+            }),
+        }
+    }
+
+    /// Whether the replica has stopped, and how, without waiting.
+    pub fn outcome(&self) -> Option<Result<(), ReplicaError>> {
+        self.outcome.borrow().clone()
+    }
+
+    /// Stops the engine task and waits for it. The network is the caller's to shut down. A
+    /// failure that stopped the replica before is not repeated here: see
+    /// [`ReplicaHandle::closed`].
     pub async fn shutdown(self) {
         self.shutdown.notify_one();
-        let _ = self.engine_task.await;
+        let _ = self.closed().await;
     }
 }
 
@@ -164,7 +251,7 @@ impl ReplicaHandle {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A stored record is not a [`PersistRecord`]; holds the decoder's description.
-    #[error("the data directory holds a record that does not decode ({0}); it was written by an incompatible version or is damaged. Move the directory aside to rejoin through state transfer")]
+    #[error("the data directory holds a record that does not decode ({0}); it was written by an incompatible version or is damaged. {advice}", advice = crate::storage::REJOIN_ADVICE)]
     UndecodableRecord(String),
     /// [`Engine::recover`] refused the records (a checkpoint that does not decode).
     #[error("cannot rebuild the replica from its data directory: {0}")]
@@ -172,6 +259,10 @@ pub enum StartError {
     /// The engine configuration breaks a rule (see [`InvalidConfig`]); nothing was started.
     #[error("invalid engine configuration: {0}")]
     Config(#[from] InvalidConfig),
+    /// The operating system refused a thread of the replica (a verify worker or the service
+    /// thread); what had started stops once the returned channels close.
+    #[error("cannot start a thread of the replica: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Decodes what a store recovered into the engine's records.
@@ -287,14 +378,29 @@ pub fn start_replica<N: Network>(
         let runtime = runtime.clone();
         std::thread::Builder::new()
             .name(format!("smr-verify-{w}"))
-            .spawn(move || worker.run(&runtime, replica_rx, client_rx))
-            .expect("spawning a verify worker thread");
+            .spawn(move || {
+                let (mut replica_rx, mut client_rx) = (replica_rx, client_rx);
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    worker.run(&runtime, &mut replica_rx, &mut client_rx)
+                }));
+                // Reported while the lanes are still open, so the engine learns of the panic
+                // before the reader finds a lane closed.
+                if let Err(payload) = run {
+                    let _ = worker.input_tx.blocking_send(EngineInput::Failed(
+                        ReplicaError::Panicked {
+                            component: "verify worker",
+                            message: panic_message(&*payload),
+                        },
+                    ));
+                }
+            })
+            .map_err(StartError::Thread)?;
     }
     drop(input_tx);
 
     // Reader task: deal frames to workers; a peer's frames always go to the same worker and
     // lane, so that one flooding peer fills one lane of one worker, and its frames stay in order.
-    {
+    let reader = {
         let network = network.clone();
         tokio::spawn(async move {
             while let Some(frame) = network.recv().await {
@@ -308,16 +414,27 @@ pub fn start_replica<N: Network>(
                     break;
                 }
             }
-        });
-    }
+        })
+    };
 
     // Service thread.
     let (service_tx, service_rx) = std::sync::mpsc::channel::<ServiceCommand>();
     let (output_tx, output_rx) = mpsc::unbounded_channel::<ServiceOutput>();
     std::thread::Builder::new()
         .name(format!("smr-service-{me}"))
-        .spawn(move || run_service(service, service_rx, output_tx))
-        .expect("spawning the service thread");
+        .spawn(move || {
+            let failed = output_tx.clone();
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_service(service, service_rx, output_tx)
+            }));
+            if let Err(payload) = run {
+                let _ = failed.send(ServiceOutput::Failed(ReplicaError::Service(format!(
+                    "it panicked: {}",
+                    panic_message(&*payload)
+                ))));
+            }
+        })
+        .map_err(StartError::Thread)?;
 
     let (status_tx, status_rx) = watch::channel(ReplicaStatus::default());
     let shutdown = Arc::new(Notify::new());
@@ -326,6 +443,8 @@ pub fn start_replica<N: Network>(
         initial_output,
         wal,
         unsynced: false,
+        failure: None,
+        reader,
         network,
         mode,
         input_rx,
@@ -337,10 +456,30 @@ pub fn start_replica<N: Network>(
         decode_errors,
         frames_too_large: 0,
     }));
+    // The one place a replica's failure is logged and published, whatever part failed: the
+    // engine task ends with it (or panics) and this watchdog reports how.
+    let (outcome_tx, outcome_rx) = watch::channel::<Outcome>(None);
+    tokio::spawn(async move {
+        let result = match engine_task.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => Err(ReplicaError::Panicked {
+                component: "engine task",
+                message: panic_message(&*e.into_panic()),
+            }),
+            Err(_) => Err(ReplicaError::Panicked {
+                component: "engine task",
+                message: "cancelled (the runtime is shutting down)".to_string(),
+            }),
+        };
+        if let Err(e) = &result {
+            tracing::error!(replica = me, error = %e, "replica stopped");
+        }
+        outcome_tx.send_replace(Some(result));
+    });
     Ok(ReplicaHandle {
         status: status_rx,
         shutdown,
-        engine_task,
+        outcome: outcome_rx,
     })
 }
 
@@ -393,9 +532,9 @@ impl QueuedBytes {
 impl VerifyWorker {
     /// Verifies one run after another (see [`next_run`]) until both lanes have closed or the
     /// engine is gone.
-    fn run(self, runtime: &tokio::runtime::Handle, mut replicas: Lane, mut clients: Lane) {
+    fn run(&self, runtime: &tokio::runtime::Handle, replicas: &mut Lane, clients: &mut Lane) {
         let mut frames = Vec::with_capacity(MAX_VERIFY_RUN_FRAMES);
-        while next_run(runtime, &mut replicas, &mut clients, &mut frames) {
+        while next_run(runtime, replicas, clients, &mut frames) {
             if !self.verify_run(frames.drain(..)) {
                 break;
             }
@@ -538,10 +677,13 @@ fn run_service(
                 snapshot: service.snapshot(),
             }),
             ServiceCommand::Restore { cid, snapshot } => {
-                // A checkpoint that f+1 replicas vouch for but this service cannot read is an
-                // invariant violation: continuing would serve a state that differs from theirs.
+                // A checkpoint that f+1 replicas vouch for but this service cannot read: going
+                // on would serve a state that differs from theirs.
                 if let Err(e) = service.restore(&snapshot) {
-                    panic!("cannot restore the service from the checkpoint at cid {cid}: {e}");
+                    let _ = outputs.send(ServiceOutput::Failed(ReplicaError::Service(format!(
+                        "cannot restore the service from the checkpoint at cid {cid}: {e}"
+                    ))));
+                    return;
                 }
                 continue;
             }
@@ -559,6 +701,11 @@ struct EngineLoop<N> {
     wal: Option<Wal>,
     /// Records appended since the last sync.
     unsynced: bool,
+    /// Set when performing an output failed: nothing more of it is performed
+    /// ([`Host::stopped`]), and the engine task ends with it.
+    failure: Option<ReplicaError>,
+    /// The task that reads the network; it ends only when the network closes.
+    reader: tokio::task::JoinHandle<()>,
     network: Arc<N>,
     mode: String,
     input_rx: mpsc::Receiver<EngineInput>,
@@ -577,19 +724,20 @@ fn now_ms(epoch: Instant) -> u64 {
     epoch.elapsed().as_millis() as u64
 }
 
-async fn run_engine<N: Network>(mut l: EngineLoop<N>) {
+/// Runs the engine until shutdown (`Ok`) or until the replica cannot go on (the error).
+async fn run_engine<N: Network>(mut l: EngineLoop<N>) -> Result<(), ReplicaError> {
     let epoch = Instant::now();
     let initial = std::mem::take(&mut l.initial_output);
-    runner::perform(&mut l, now_ms(epoch), initial);
+    l.perform_checked(now_ms(epoch), initial)?;
     let output = l.engine.start(now_ms(epoch));
-    runner::perform(&mut l, now_ms(epoch), output);
+    l.perform_checked(now_ms(epoch), output)?;
     loop {
         // Due timers first: the select below prefers inputs, and a steady stream of them (a
         // peer flooding cheap messages) must not starve request timeouts and leader changes.
         let now = now_ms(epoch);
         if l.engine.next_deadline_ms().is_some_and(|d| d <= now) {
             let output = l.engine.on_timeout(now);
-            runner::perform(&mut l, now, output);
+            l.perform_checked(now, output)?;
         }
         let next_deadline = l.engine.next_deadline_ms();
         let sleep_until = next_deadline
@@ -597,27 +745,33 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) {
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             biased;
-            _ = l.shutdown.notified() => break,
-            Some(output) = l.output_rx.recv() => {
+            _ = l.shutdown.notified() => return Ok(()),
+            output = l.output_rx.recv() => {
                 let now = now_ms(epoch);
                 match output {
-                    ServiceOutput::Done(done) => {
+                    Some(ServiceOutput::Done(done)) => {
                         let output = l.engine.on_service_done(now, done);
-                        runner::perform(&mut l, now, output);
+                        l.perform_checked(now, output)?;
                     }
-                    ServiceOutput::Status { to, report } => {
+                    Some(ServiceOutput::Status { to, report }) => {
                         l.send(&[to], Message::Status(report));
+                    }
+                    Some(ServiceOutput::Failed(e)) => return Err(e),
+                    None => {
+                        return Err(ReplicaError::Service("its thread ended".to_string()));
                     }
                 }
             }
             input = l.input_rx.recv() => {
-                let Some(input) = input else { break };
+                let Some(input) = input else {
+                    return Err(ReplicaError::NetworkClosed);
+                };
                 let now = now_ms(epoch);
                 match input {
                     EngineInput::Messages(run) => {
                         for verified in run {
                             let output = l.engine.on_message(now, verified);
-                            runner::perform(&mut l, now, output);
+                            l.perform_checked(now, output)?;
                         }
                     }
                     EngineInput::StatusQuery(from) => {
@@ -636,15 +790,28 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) {
                             executed_requests: l.engine.stats().executed_requests,
                         };
                         // The service thread fills in the digest after the batches queued
-                        // before this query, i.e. exactly at `last_decided`.
+                        // before this query, i.e. exactly at `last_decided`. If it is gone,
+                        // its output channel says why.
                         let _ = l.service_tx.send(ServiceCommand::Status { to: from, report });
                     }
+                    EngineInput::Failed(e) => return Err(e),
                 }
             }
             _ = tokio::time::sleep_until(sleep_until), if next_deadline.is_some() => {
                 let now = now_ms(epoch);
                 let output = l.engine.on_timeout(now);
-                runner::perform(&mut l, now, output);
+                l.perform_checked(now, output)?;
+            }
+            // Last: a verify worker that panicked reports it (above) before the reader can
+            // find its lane closed.
+            ended = &mut l.reader => {
+                return Err(match ended {
+                    Err(e) if e.is_panic() => ReplicaError::Panicked {
+                        component: "network reader",
+                        message: panic_message(&*e.into_panic()),
+                    },
+                    _ => ReplicaError::NetworkClosed,
+                });
             }
         }
         l.publish_status();
@@ -682,17 +849,17 @@ impl<N: Network> Host for EngineLoop<N> {
         };
         if let Err(e) = result {
             // A replica that cannot keep its promises must stop making them.
-            panic!("storage failed, stopping the replica: {e}");
+            self.fail(ReplicaError::Storage(e.to_string()));
         }
     }
 
     fn sync(&mut self) {
-        if !std::mem::take(&mut self.unsynced) {
+        if self.failure.is_some() || !std::mem::take(&mut self.unsynced) {
             return;
         }
         if let Some(wal) = self.wal.as_mut() {
             if let Err(e) = wal.sync() {
-                panic!("storage failed, stopping the replica: {e}");
+                self.fail(ReplicaError::Storage(e.to_string()));
             }
         }
     }
@@ -723,9 +890,15 @@ impl<N: Network> Host for EngineLoop<N> {
             ServiceWork::TakeSnapshot { cid } => ServiceCommand::Snapshot { cid },
             ServiceWork::Restore { cid, snapshot } => ServiceCommand::Restore { cid, snapshot },
         };
-        // The service thread answers through `output_rx`; a closed channel means shutdown.
-        let _ = self.service_tx.send(command);
+        // The service thread answers through `output_rx`.
+        if self.service_tx.send(command).is_err() {
+            self.fail(ReplicaError::Service("its thread ended".to_string()));
+        }
         None
+    }
+
+    fn stopped(&self) -> bool {
+        self.failure.is_some()
     }
 
     fn rejected(&mut self, rejection: &Rejection) {
@@ -735,6 +908,17 @@ impl<N: Network> Host for EngineLoop<N> {
 }
 
 impl<N: Network> EngineLoop<N> {
+    /// Performs `output`; the error if a part of it failed (the rest was not performed).
+    fn perform_checked(&mut self, now_ms: u64, output: Output) -> Result<(), ReplicaError> {
+        runner::perform(self, now_ms, output);
+        self.failure.take().map_or(Ok(()), Err)
+    }
+
+    /// Records the first failure; [`Host::stopped`] then stops performing the output.
+    fn fail(&mut self, error: ReplicaError) {
+        self.failure.get_or_insert(error);
+    }
+
     fn publish_status(&self) {
         let status = ReplicaStatus {
             regency: self.engine.regency(),
@@ -769,7 +953,8 @@ pub enum InvokeError {
     /// execute.
     #[error("no reply quorum within {0:?}; the request may still execute")]
     TimedOut(Duration),
-    /// [`Client::shutdown`] was called.
+    /// [`Client::shutdown`] was called, or the client's own tasks failed (a panic, logged as
+    /// an error, or its network closed under it): the client cannot receive replies any more.
     #[error("the client is shut down")]
     Closed,
 }
@@ -791,7 +976,7 @@ struct ClientShared<N> {
 /// (up to the client's window); replies are matched by sequence number.
 pub struct Client<N> {
     shared: Arc<ClientShared<N>>,
-    tasks: Arc<Vec<tokio::task::JoinHandle<()>>>,
+    tasks: Arc<Vec<tokio::task::AbortHandle>>,
 }
 
 impl<N> Clone for Client<N> {
@@ -895,10 +1080,35 @@ impl<N: Network> Client<N> {
                 }
             })
         };
-        Client {
-            shared,
-            tasks: Arc::new(vec![reader, timer]),
+        let tasks = Arc::new(vec![reader.abort_handle(), timer.abort_handle()]);
+        // Fail-stop: if the reader or the timer ends on its own, the client can no longer
+        // complete anything; it closes, so invocations fail at once instead of by timeout.
+        {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let (mut reader, mut timer) = (reader, timer);
+                let (task, ended) = tokio::select! {
+                    ended = &mut reader => ("reader", ended),
+                    ended = &mut timer => ("timer", ended),
+                };
+                match ended {
+                    // Aborted by `Client::shutdown`.
+                    Err(e) if e.is_cancelled() => return,
+                    Err(e) => tracing::error!(
+                        task,
+                        panic = %panic_message(&*e.into_panic()),
+                        "a client task panicked; the client is closed"
+                    ),
+                    Ok(()) => {
+                        tracing::warn!(task, "the client's network closed; the client is closed")
+                    }
+                }
+                shared.close();
+                reader.abort();
+                timer.abort();
+            });
         }
+        Client { shared, tasks }
     }
 
     /// Runs an ordered operation and returns the result agreed by the reply quorum. Waits for
@@ -1000,8 +1210,16 @@ impl<N: Network> Client<N> {
         for t in self.tasks.iter() {
             t.abort();
         }
-        self.shared.closed.store(true, Ordering::Relaxed);
-        self.shared.window_freed.notify_waiters();
+        self.shared.close();
+    }
+}
+
+impl<N> ClientShared<N> {
+    /// No new invocation starts; those waiting for a reply fail with [`InvokeError::Closed`].
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.waiters.lock().expect("client lock").clear();
+        self.window_freed.notify_waiters();
     }
 }
 

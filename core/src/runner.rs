@@ -37,8 +37,8 @@ pub trait Host {
         let _ = rejection;
     }
 
-    /// Whether the host has stopped (a crashed replica in a simulation): nothing more of the
-    /// output is performed.
+    /// Whether the host has stopped (a crashed replica in a simulation, or a storage failure
+    /// in the tokio driver): nothing more of the output is performed.
     fn stopped(&self) -> bool {
         false
     }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use smr_core::client::ClientConfig;
-use smr_core::driver::{start_replica, Client, DriverOptions, StartError};
+use smr_core::driver::{start_replica, Client, DriverOptions, ReplicaError, StartError};
 use smr_core::network::{InboundFrame, Network, Peer, SendError};
 use smr_core::{ClientPolicy, EngineConfig, InvalidConfig, Limits, Service, Timeouts};
 use smr_crypto::sim::{SimKey, SimVerifier};
@@ -303,4 +303,186 @@ async fn an_invalid_config_is_an_error_not_a_panic() {
         Err(other) => panic!("wrong error: {other}"),
         Ok(_) => panic!("an invalid config started a replica"),
     }
+}
+
+/// A network whose `send` panics: the engine task, the only one that sends, panics on its first
+/// message (the leader's heartbeat), as on a broken invariant.
+struct PanicsOnSend;
+
+impl Network for PanicsOnSend {
+    fn send(&self, _to: Peer, _frame: Vec<u8>) -> Result<(), SendError> {
+        panic!("a broken invariant in the engine task");
+    }
+    async fn recv(&self) -> Option<InboundFrame> {
+        std::future::pending().await
+    }
+}
+
+/// Fail-stop (issue 17 item 4): a panic in the engine task is not lost inside tokio.
+/// `ReplicaHandle::closed` resolves to it, with its message, and `shutdown` still returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_engine_task_resolves_closed_to_the_error() {
+    let quorums = Quorums::new(Mode::Cft, 3, 1).unwrap();
+    let keys: Vec<SimKey> = (0..3u8).map(|i| SimKey::from_seed([i; 32])).collect();
+    let mut sim = SimVerifier::new();
+    for k in &keys {
+        sim.register(k);
+    }
+    let cfg = EngineConfig {
+        quorums,
+        me: 0,
+        replica_keys: keys.iter().map(|k| k.public_key()).collect(),
+        clients: ClientPolicy::Any,
+        limits: Limits::default(),
+        timeouts: Timeouts::default(),
+    };
+    let handle = start_replica(
+        cfg,
+        Arc::new(keys[0].clone()),
+        Arc::new(sim),
+        Arc::new(PanicsOnSend),
+        Box::new(Counter::default()),
+        DriverOptions::default(),
+        None,
+    )
+    .expect("replica starts");
+    let outcome = tokio::time::timeout(Duration::from_secs(10), handle.closed())
+        .await
+        .expect("closed() resolves once the engine task panicked");
+    assert_eq!(
+        outcome,
+        Err(ReplicaError::Panicked {
+            component: "engine task",
+            message: "a broken invariant in the engine task".to_string(),
+        })
+    );
+    assert_eq!(handle.outcome(), Some(outcome));
+    tokio::time::timeout(Duration::from_secs(5), handle.shutdown())
+        .await
+        .expect("shutdown of a failed replica returns");
+}
+
+/// A network that delivers nothing and is closed from the start.
+struct Closed;
+
+impl Network for Closed {
+    fn send(&self, _to: Peer, _frame: Vec<u8>) -> Result<(), SendError> {
+        Ok(())
+    }
+    async fn recv(&self) -> Option<InboundFrame> {
+        None
+    }
+}
+
+/// Fail-stop for clients: when the client's reader ends (its network closed under it), the
+/// client closes, and an invocation fails with `Closed` at once instead of waiting out its
+/// timeout for replies that can no longer arrive.
+#[tokio::test]
+async fn a_client_whose_network_closes_fails_invocations_at_once() {
+    let quorums = Quorums::new(Mode::Cft, 3, 1).unwrap();
+    let client = Client::start(
+        Arc::new(Closed),
+        ClientConfig {
+            quorums,
+            unordered_reads_enabled: false,
+            max_outstanding: 4,
+            max_op_bytes: Limits::default().max_op_bytes,
+            retry_timeout_ms: 1000,
+        },
+        Arc::new(SimKey::from_seed([100; 32])),
+    );
+    let started = std::time::Instant::now();
+    let result = client
+        .invoke(1i64.to_le_bytes().to_vec(), Duration::from_secs(10))
+        .await;
+    assert!(
+        matches!(result, Err(smr_core::driver::InvokeError::Closed)),
+        "{result:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A verifier that panics: the verify worker that checks the first request panics.
+struct PanicsOnVerify;
+
+impl Verifier for PanicsOnVerify {
+    fn verify(
+        &self,
+        _key: &smr_crypto::PublicKey,
+        _message: &[u8],
+        _signature: &smr_crypto::Signature,
+    ) -> Result<(), smr_crypto::VerifyError> {
+        panic!("a broken invariant in a verify worker");
+    }
+    fn verify_batch(
+        &self,
+        _items: &[smr_crypto::SignedItem<'_>],
+    ) -> Result<(), smr_crypto::BatchVerifyError> {
+        panic!("a broken invariant in a verify worker");
+    }
+}
+
+/// Fail-stop: a verify worker (an OS thread) that panics stops the whole replica, instead of
+/// leaving it running without that worker's peers; `closed` names the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_verify_worker_resolves_closed_to_the_error() {
+    // BFT: client requests are signed and verified (CFT does not check them).
+    let quorums = Quorums::new(Mode::Bft, 4, 1).unwrap();
+    let keys: Vec<SimKey> = (0..4u8).map(|i| SimKey::from_seed([i; 32])).collect();
+    let client_key = SimKey::from_seed([100; 32]);
+    let hub = Hub::default();
+    let cfg = EngineConfig {
+        quorums,
+        me: 0,
+        replica_keys: keys.iter().map(|k| k.public_key()).collect(),
+        clients: ClientPolicy::Any,
+        limits: Limits::default(),
+        timeouts: Timeouts::default(),
+    };
+    let handle = start_replica(
+        cfg,
+        Arc::new(keys[0].clone()),
+        Arc::new(PanicsOnVerify),
+        hub.endpoint(Peer::Replica(0)),
+        Box::new(Counter::default()),
+        DriverOptions::default(),
+        None,
+    )
+    .expect("replica starts");
+    let client = Client::start(
+        hub.endpoint(Peer::Client(client_key.public_key())),
+        ClientConfig {
+            quorums,
+            unordered_reads_enabled: false,
+            max_outstanding: 4,
+            max_op_bytes: Limits::default().max_op_bytes,
+            retry_timeout_ms: 1000,
+        },
+        Arc::new(client_key),
+    );
+    let invoke = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .invoke(1i64.to_le_bytes().to_vec(), Duration::from_secs(5))
+                .await
+        })
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(10), handle.closed())
+        .await
+        .expect("closed() resolves once the verify worker panicked");
+    assert_eq!(
+        outcome,
+        Err(ReplicaError::Panicked {
+            component: "verify worker",
+            message: "a broken invariant in a verify worker".to_string(),
+        })
+    );
+    client.shutdown();
+    let _ = invoke.await;
+    handle.shutdown().await;
 }

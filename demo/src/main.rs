@@ -33,11 +33,12 @@ struct Cli {
 enum Command {
     /// Write replica keys, a client key and a cluster.toml (by default for replicas on 127.0.0.1).
     Keygen(KeygenArgs),
-    /// Run one replica until SIGINT or SIGTERM.
+    /// Run one replica until SIGINT or SIGTERM (exit status 0), or until it fails: storage,
+    /// service, engine or transport (exit status 2, with the reason on stderr).
     Replica(ReplicaArgs),
     /// Run one operation on the cluster and print its result.
     #[command(
-        after_help = "Exit status: 0 on success, 1 if `kv get` finds no value, 2 on errors (such as no reply quorum in time)."
+        after_help = "Exit status: 0 on success, 1 if `kv get` finds no value, 2 on errors (such as no reply quorum in time). An operation that timed out may still execute later: read the state before repeating it."
     )]
     Client(ClientArgs),
     /// Print each replica's mode, regency, leader, last decided cid and state digest.
@@ -93,7 +94,8 @@ struct ReplicaArgs {
     #[arg(long)]
     key: Option<PathBuf>,
     /// Keep durable state (write-ahead log and checkpoints) here, and recover from it on
-    /// restart. Without it the replica runs in memory and forgets everything when it stops.
+    /// restart. Without it the replica runs in memory and forgets everything when it stops. A
+    /// damaged data dir is refused with an error that names the file (see `--rejoin`).
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Reply size of the null service (`--service null`), in bytes.
@@ -101,6 +103,8 @@ struct ReplicaArgs {
     reply_bytes: usize,
     /// This replica lost its state (wiped data dir, or a restarted in-memory replica) while the
     /// cluster ran on: stay out of votes until caught up past anything it may have voted on.
+    /// Also after a refusal to start from a damaged data dir: move the directory aside and
+    /// restart with `--rejoin`; the replica then catches up from its peers by state transfer.
     #[arg(long)]
     rejoin: bool,
     /// Shut down when stdin reaches end-of-file (used by `smr cluster` so that its children

@@ -608,6 +608,11 @@ async fn assert_refused(cluster: &LocalCluster, id: ReplicaId, damaged: &Path, w
     assert!(!run.status.success(), "{what}: the replica started:\n{run}");
     assert!(run.stderr.contains("corrupt"), "{what}:\n{run}");
     assert!(
+        run.stderr
+            .contains("Move the data directory aside and restart the replica with `--rejoin`"),
+        "{what}: the error says what to do:\n{run}"
+    );
+    assert!(
         run.stderr.contains(&*damaged.to_string_lossy()),
         "{what}: the error names {}:\n{run}",
         damaged.display()

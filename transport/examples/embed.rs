@@ -88,7 +88,15 @@ async fn run_replica(config_path: &Path, id: u32) -> Result<(), Box<dyn std::err
     )
     .await?;
     println!("replica {id} running; Ctrl-C stops it");
-    tokio::signal::ctrl_c().await?;
+    // Fail-stop: if the replica fails on its own (its storage, its service, ...), `closed`
+    // resolves with the reason; exit non-zero so that a supervisor restarts the process.
+    tokio::select! {
+        stop = tokio::signal::ctrl_c() => stop?,
+        failed = replica.closed() => {
+            replica.shutdown().await;
+            return Err(format!("replica {id} stopped: {failed:?}").into());
+        }
+    }
     replica.shutdown().await;
     Ok(())
 }

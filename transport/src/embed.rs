@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use smr_core::client::ClientConfig;
 use smr_core::cluster::ClusterConfig;
-use smr_core::driver::{self, DriverOptions, InvokeError, ReplicaHandle, ReplicaStatus};
+use smr_core::driver::{
+    self, DriverOptions, InvokeError, ReplicaError, ReplicaHandle, ReplicaStatus,
+};
 use smr_core::message::StatusReport;
 use smr_core::storage::Wal;
 use smr_core::{ReplicaId, Service};
@@ -145,6 +147,35 @@ impl Replica {
         self.transport.stats()
     }
 
+    /// Resolves once the replica has stopped on its own, with the reason (fail-stop): its
+    /// storage failed (an I/O error, a full disk), its service panicked, a broken invariant
+    /// stopped the engine, or the transport failed. The reason is already logged. Await it
+    /// beside your own stop signal, then [`Replica::shutdown`] and exit non-zero, so that a
+    /// supervisor restarts the process (it recovers from its data dir). Resolves to `Ok` only
+    /// if the engine was stopped by [`Replica::shutdown`].
+    ///
+    /// ```no_run
+    /// # async fn demo(replica: smr_transport::Replica) -> std::process::ExitCode {
+    /// tokio::select! {
+    ///     _ = tokio::signal::ctrl_c() => {
+    ///         replica.shutdown().await;
+    ///         std::process::ExitCode::SUCCESS
+    ///     }
+    ///     failed = replica.closed() => {
+    ///         eprintln!("replica stopped: {failed:?}");
+    ///         replica.shutdown().await;
+    ///         std::process::ExitCode::FAILURE
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub async fn closed(&self) -> Result<(), ReplicaError> {
+        tokio::select! {
+            outcome = self.handle.closed() => outcome,
+            reason = self.transport.failed() => Err(ReplicaError::Transport(reason)),
+        }
+    }
+
     /// Stops the engine task, then closes the transport and waits until the UDP port is free
     /// again, so a replica can be restarted on the same address at once. What was persisted
     /// stays in the data directory.
@@ -235,8 +266,8 @@ impl Client {
     }
 
     /// Stops the client's tasks and closes its connections, for every clone. Invocations in
-    /// flight receive no more replies and fail by their timeout at the latest (the request may
-    /// still execute); new ones fail with [`InvokeError::Closed`].
+    /// flight and new ones fail with [`InvokeError::Closed`] (a request in flight may still
+    /// execute).
     pub async fn shutdown(&self) {
         self.inner.shutdown();
         self.transport.shutdown().await;

@@ -18,6 +18,9 @@
 //!    the config's directory, and `smr keygen` writes `client.key` next to the config.
 //! 3. On each server, start its replica with [`Replica::start_with_data_dir`] (durable state
 //!    in a directory) or [`Replica::start`] (in memory); [`Replica::shutdown`] stops it.
+//!    Await [`Replica::closed`] beside your stop signal: it resolves with a [`ReplicaError`]
+//!    if the replica fails on its own (storage, service, a broken invariant), and the process
+//!    should then exit non-zero so that a supervisor restarts it.
 //! 4. In a client, [`Client::connect`] with an admitted key, then [`Client::invoke`] runs an
 //!    operation through consensus and returns the reply.
 //! 5. Install a [`tracing`](https://docs.rs/tracing) subscriber (e.g. `tracing_subscriber::fmt().init()`): smr logs
@@ -142,6 +145,7 @@ mod tls;
 pub struct ReadmeDoctests;
 
 pub use embed::{Client, Replica, StartError};
+pub use smr_core::driver::ReplicaError;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -732,6 +736,7 @@ impl QuicTransport {
                 .collect(),
             next_link_id: AtomicU64::new(0),
             shutdown_tx,
+            failure: watch::channel(None).0,
             tasks: Mutex::new(link::Tasks {
                 set: JoinSet::new(),
                 closed: false,
@@ -755,16 +760,22 @@ impl QuicTransport {
                 shared.send_queue_total.clone(),
             );
             replica_queues.insert(replica.id, tx);
-            shared.spawn(link::run_replica_link(
-                shared.clone(),
-                endpoint.clone(),
-                replica.clone(),
-                client_config,
-                rx,
-            ));
+            shared.spawn_essential(
+                "link to a replica",
+                link::run_replica_link(
+                    shared.clone(),
+                    endpoint.clone(),
+                    replica.clone(),
+                    client_config,
+                    rx,
+                ),
+            );
         }
         if let Role::Replica(_) = config.role {
-            shared.spawn(link::run_acceptor(shared.clone(), endpoint.clone()));
+            shared.spawn_essential(
+                "connection acceptor",
+                link::run_acceptor(shared.clone(), endpoint.clone()),
+            );
         }
         tracing::info!(me = %shared.me, %local_addr, "transport started");
 
@@ -782,6 +793,22 @@ impl QuicTransport {
                 local_addr,
             }),
         })
+    }
+
+    /// Resolves with the reason once the transport has failed on its own: one of its tasks
+    /// panicked, or its connection acceptor or a link to a replica ended before
+    /// [`QuicTransport::shutdown`]. Never resolves while it works.
+    pub async fn failed(&self) -> String {
+        let mut failure = self.inner.shared.failure.subscribe();
+        let reason = failure
+            .wait_for(Option::is_some)
+            .await
+            .map(|reason| reason.clone());
+        match reason {
+            Ok(reason) => reason.unwrap_or_default(),
+            // The sender lives as long as the transport.
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// A snapshot of the counters.

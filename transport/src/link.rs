@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use quinn::{Connection, ConnectionError, Endpoint, RecvStream, VarInt};
 use smr_core::network::{InboundFrame, Peer};
 use smr_crypto::PublicKey;
@@ -244,6 +245,9 @@ pub(crate) struct Shared {
     pub(crate) next_link_id: AtomicU64,
     pub(crate) shutdown_tx: watch::Sender<bool>,
     pub(crate) tasks: Mutex<Tasks>,
+    /// The first failure of the transport itself (a task that panicked, an acceptor or
+    /// replica link that ended before shutdown); see [`crate::QuicTransport::failed`].
+    pub(crate) failure: watch::Sender<Option<String>>,
 }
 
 pub(crate) struct Tasks {
@@ -410,14 +414,53 @@ impl Drop for SendQueueRx {
 }
 
 impl Shared {
-    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+    /// Spawns a task of the transport. One that panics (a broken invariant) is reported as
+    /// the transport's failure rather than lost in the set.
+    pub(crate) fn spawn(self: &Arc<Self>, task: impl Future<Output = ()> + Send + 'static) {
         let mut tasks = lock(&self.tasks);
         if tasks.closed {
             return;
         }
         // Reap finished tasks so the set stays as small as the number of live ones.
         while tasks.set.try_join_next().is_some() {}
-        tasks.set.spawn(task);
+        let shared = self.clone();
+        tasks.set.spawn(async move {
+            if let Err(payload) = std::panic::AssertUnwindSafe(task).catch_unwind().await {
+                shared.fail(format!(
+                    "a transport task panicked: {}",
+                    smr_core::driver::panic_message(&*payload)
+                ));
+            }
+        });
+    }
+
+    /// Like [`Shared::spawn`], for a task that must run until shutdown (the acceptor, a link
+    /// to a replica): its ending before shutdown is the transport's failure.
+    pub(crate) fn spawn_essential(
+        self: &Arc<Self>,
+        name: &'static str,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let shared = self.clone();
+        self.spawn(async move {
+            task.await;
+            if !shared.is_shut_down() {
+                shared.fail(format!("the {name} ended before shutdown"));
+            }
+        });
+    }
+
+    /// Records the transport's first failure and logs it.
+    pub(crate) fn fail(&self, reason: String) {
+        tracing::error!(me = %self.me, %reason, "transport failed");
+        self.failure.send_if_modified(|failure| {
+            if failure.is_none() {
+                *failure = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
     }
 
     pub(crate) fn begin_shutdown(&self) {

@@ -676,3 +676,39 @@ async fn a_flooding_client_holds_only_its_share_of_the_receive_queue() {
     assert!(replica.stats().frames_held_back_peer_share >= 1);
     replica.shutdown().await;
 }
+
+/// Fail-stop (issue 17 item 4): a transport task that panics, or an essential one (the
+/// acceptor, a link to a replica) that ends before shutdown, is reported by
+/// [`QuicTransport::failed`] instead of vanishing into the task set; a working transport never
+/// reports.
+#[tokio::test]
+async fn a_transport_task_that_panics_or_an_essential_one_that_ends_is_reported() {
+    let (transport, _) = single_replica(&[]).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), transport.failed())
+            .await
+            .is_err(),
+        "a working transport reports no failure"
+    );
+    let shared = &transport.inner.shared;
+    shared.spawn(async { panic!("a broken invariant in a link task") });
+    let reason = tokio::time::timeout(WAIT, transport.failed())
+        .await
+        .expect("the panic is reported");
+    assert_eq!(
+        reason,
+        "a transport task panicked: a broken invariant in a link task"
+    );
+    transport.shutdown().await;
+
+    let (transport, _) = single_replica(&[]).await;
+    transport
+        .inner
+        .shared
+        .spawn_essential("connection acceptor", async {});
+    let reason = tokio::time::timeout(WAIT, transport.failed())
+        .await
+        .expect("the ending is reported");
+    assert_eq!(reason, "the connection acceptor ended before shutdown");
+    transport.shutdown().await;
+}

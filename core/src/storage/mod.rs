@@ -110,6 +110,11 @@ impl FromStr for FsyncPolicy {
     }
 }
 
+/// What a refusal to start from a damaged data directory tells the operator to do. Without
+/// `--rejoin` (an embedder's `rejoin` argument) a replica on an empty data dir starts as new and
+/// could vote against what it voted before.
+pub const REJOIN_ADVICE: &str = "Move the data directory aside and restart the replica with `--rejoin`; it then catches up from its peers by state transfer";
+
 /// Operating errors of the storage layer (docs/design.md §7.6): returned, never a panic.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -124,7 +129,7 @@ pub enum StorageError {
     /// Damage that is not a torn tail: bad bytes followed by a valid record in the log, a
     /// checkpoint or manifest that fails its checksum or has the wrong length, or a file that
     /// is not an smr file of its kind.
-    #[error("{path} is corrupt at byte {offset}: {reason}; it is not a torn tail, so the replica refuses to start. Move the data directory aside to rejoin through state transfer")]
+    #[error("{path} is corrupt at byte {offset}: {reason}; it is not a torn tail, so the replica refuses to start. {REJOIN_ADVICE}", REJOIN_ADVICE = REJOIN_ADVICE)]
     Corrupt {
         /// The damaged file.
         path: PathBuf,
@@ -153,7 +158,7 @@ pub enum StorageError {
         pid: u32,
     },
     /// A file of the generation the manifest names is absent.
-    #[error("{path} is missing, but the manifest names generation {generation}; the data directory is damaged, so the replica refuses to start. Move the data directory aside to rejoin through state transfer")]
+    #[error("{path} is missing, but the manifest names generation {generation}; the data directory is damaged, so the replica refuses to start. {REJOIN_ADVICE}", REJOIN_ADVICE = REJOIN_ADVICE)]
     MissingFile {
         /// The missing file.
         path: PathBuf,
@@ -161,7 +166,7 @@ pub enum StorageError {
         generation: u64,
     },
     /// No manifest, yet log or checkpoint files that only a manifest could explain.
-    #[error("{path} is missing, but the data directory holds log or checkpoint files, so which state is current is unknown and the replica refuses to start. Move the data directory aside to rejoin through state transfer")]
+    #[error("{path} is missing, but the data directory holds log or checkpoint files, so which state is current is unknown and the replica refuses to start. {REJOIN_ADVICE}", REJOIN_ADVICE = REJOIN_ADVICE)]
     MissingManifest {
         /// Where the manifest should be.
         path: PathBuf,

@@ -96,6 +96,19 @@ fn assert_corrupt_message_names(err: &StorageError, path: &Path) {
     let message = err.to_string();
     assert!(message.contains(&path.display().to_string()), "{message}");
     assert!(message.contains("corrupt"), "{message}");
+    assert_says_what_to_do(err);
+}
+
+/// A refusal says exactly what to do: without `--rejoin` the replica would start as new.
+fn assert_says_what_to_do(err: &StorageError) {
+    let message = err.to_string();
+    assert!(
+        message.ends_with(
+            ". Move the data directory aside and restart the replica with `--rejoin`; it then \
+             catches up from its peers by state transfer"
+        ),
+        "{message}"
+    );
 }
 
 #[test]
@@ -506,6 +519,7 @@ fn corrupt_manifest_and_missing_files_are_refused() {
     flip_byte(&dir.path().join(MANIFEST_FILE), 9);
     let err = open_err(dir.path());
     assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+    assert_says_what_to_do(&err);
 
     let dir = tempfile::tempdir().unwrap();
     write_log(dir.path(), FsyncPolicy::Never, &sample_records(2));
@@ -515,12 +529,42 @@ fn corrupt_manifest_and_missing_files_are_refused() {
         matches!(err, StorageError::MissingFile { generation: 0, .. }),
         "{err}"
     );
+    assert_says_what_to_do(&err);
 
     let dir = tempfile::tempdir().unwrap();
     write_log(dir.path(), FsyncPolicy::Never, &sample_records(2));
     fs::remove_file(dir.path().join(MANIFEST_FILE)).unwrap();
     let err = open_err(dir.path());
     assert!(matches!(err, StorageError::MissingManifest { .. }), "{err}");
+    assert_says_what_to_do(&err);
+}
+
+/// A manifest (checksum intact) naming the last possible generation is refused at open, so
+/// the next checkpoint never overflows the counter on a number the file supplied.
+#[test]
+fn a_manifest_naming_the_last_generation_is_refused_not_a_later_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), FsyncPolicy::Never, &sample_records(1));
+    // A consistent directory of generation u64::MAX: its files, and a manifest naming it.
+    for (from, to) in [
+        (wal_file_name(0), wal_file_name(u64::MAX)),
+        (checkpoint_file_name(0), checkpoint_file_name(u64::MAX)),
+    ] {
+        if dir.path().join(&from).exists() {
+            fs::rename(dir.path().join(from), dir.path().join(to)).unwrap();
+        }
+    }
+    fs::write(
+        dir.path().join(MANIFEST_FILE),
+        super::format::encode_manifest(u64::MAX),
+    )
+    .unwrap();
+    let err = open_err(dir.path());
+    assert!(
+        matches!(err, StorageError::Corrupt { ref reason, .. } if reason.contains("last possible generation")),
+        "{err}"
+    );
+    assert_says_what_to_do(&err);
 }
 
 #[test]

@@ -241,8 +241,6 @@ impl Wal {
     /// [`StorageError::RecordTooLarge`] before anything is written; [`StorageError::Io`] (the
     /// `Wal` is poisoned from then on); [`StorageError::Poisoned`] after an earlier one.
     ///
-    /// # Panics
-    /// If the generation counter would overflow `u64`.
     pub fn write_checkpoint(
         &mut self,
         checkpoint: &[u8],
@@ -253,9 +251,10 @@ impl Wal {
             check_record_size(record.len())?;
         }
         let old = self.generation;
+        // `open` refuses a manifest naming `u64::MAX`, and each checkpoint adds one.
         let next = old
             .checked_add(1)
-            .expect("checkpoint generation overflowed u64");
+            .expect("open refuses the last generation");
         let result = (|| {
             let (new_log, sync) = self.prepare_generation(next, checkpoint, records_after)?;
             self.commit_generation(next)?;
@@ -495,6 +494,15 @@ fn read_manifest(dir: &Path) -> Result<Option<u64>, StorageError> {
         return Err(corrupt(&path, 0, "manifest checksum mismatch"));
     }
     let generation = u64::from_le_bytes(body[MAGIC_BYTES..].try_into().expect("8 bytes"));
+    // The next checkpoint's generation must exist: refused here, so that writing it never
+    // overflows on a number the file supplied.
+    if generation == u64::MAX {
+        return Err(corrupt(
+            &path,
+            MAGIC_BYTES as u64,
+            "the manifest names the last possible generation",
+        ));
+    }
     Ok(Some(generation))
 }
 

@@ -183,7 +183,28 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
         config.quorums.f(),
         args.service
     );
-    let why = stop_requested(args.exit_on_stdin_eof).await;
+    // Fail-stop: a replica whose storage, service, engine or transport failed exits non-zero
+    // with the reason (already logged), so that a supervisor restarts it from its data dir.
+    let why = tokio::select! {
+        why = stop_requested(args.exit_on_stdin_eof) => why,
+        outcome = replica.closed() => {
+            let status = replica.status();
+            replica.shutdown().await;
+            let reason = match outcome {
+                Err(e) => e.to_string(),
+                Ok(()) => "the engine stopped without being asked to".to_string(),
+            };
+            let restart = if args.data_dir.is_some() {
+                "Restart it: it recovers from its data dir"
+            } else {
+                "Restart it with --rejoin: it ran in memory"
+            };
+            bail!(
+                "replica {id} stopped at cid {}: {reason}. {restart}",
+                status.last_decided.0
+            );
+        }
+    };
     let status = replica.status();
     tracing::info!(
         replica = id,
@@ -256,7 +277,8 @@ fn invoke_error(
 ) -> anyhow::Error {
     match e {
         InvokeError::TimedOut(timeout) => anyhow!(
-            "no reply quorum within {} ms (the request may still execute): {}",
+            "no reply quorum within {} ms (the request may still execute later: read the state \
+             before repeating it): {}",
             timeout.as_millis(),
             diagnose(client, client_key, config_path)
         ),
