@@ -678,8 +678,14 @@ impl QuicTransport {
             }
             Role::Client => None,
         };
+        let reset_key = link::StatelessResetKey::derive(&config.identity);
+        let cid_key = reset_key.connection_id_key();
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             server_config,
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -724,7 +730,6 @@ impl QuicTransport {
             counters,
             client_links: Mutex::new(Default::default()),
             replica_links: Mutex::new(Default::default()),
-            replicas_connected_in: Mutex::new(Default::default()),
             redial: config
                 .replicas
                 .iter()

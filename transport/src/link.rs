@@ -235,10 +235,7 @@ pub(crate) struct Shared {
     pub(crate) client_links: Mutex<HashMap<PublicKey, Vec<ClientLink>>>,
     /// Replica role: the live connections each replica opened to us, oldest first.
     pub(crate) replica_links: Mutex<HashMap<smr_core::message::ReplicaId, Vec<(u64, Connection)>>>,
-    /// Replica role: the peers that have connected to us at least once since we started.
-    pub(crate) replicas_connected_in:
-        Mutex<std::collections::HashSet<smr_core::message::ReplicaId>>,
-    /// Per peer replica: bumped when that peer connects to us again (see
+    /// Per peer replica: bumped whenever that peer connects to us (see
     /// [`note_replica_connected_in`]); our outgoing link to it then redials.
     pub(crate) redial: HashMap<smr_core::message::ReplicaId, watch::Sender<u64>>,
     pub(crate) next_link_id: AtomicU64,
@@ -450,6 +447,62 @@ impl Shared {
     }
 }
 
+/// The key of the stateless resets our endpoint sends, derived from our identity key, so that
+/// it is the same in every run of this replica and secret like the identity key; also the key
+/// of our connection ids ([`StatelessResetKey::connection_id_key`]).
+///
+/// A peer that still holds a connection to a run of ours that crashed sends its next packet to
+/// our address; the new run does not know the connection and answers with a stateless reset,
+/// whose token is a MAC of the connection id under this key. With keys drawn at random per run
+/// (quinn's default) the new run would not even recognise the connection id as one of its own
+/// and would drop the packet, or its token would not match the one the old run gave the peer:
+/// the peer would hold the dead connection until its idle timeout (10 s by default), losing
+/// everything it sent meanwhile. With the same keys the peer (a replica or a client) drops the
+/// connection at its next packet, and reconnects.
+pub(crate) struct StatelessResetKey([u8; 32]);
+
+impl StatelessResetKey {
+    /// Tokens are this long (quinn's `RESET_TOKEN_SIZE`; longer tags are cut to it).
+    const TAG_BYTES: usize = 32;
+
+    pub(crate) fn derive(identity: &smr_crypto::IdentityKey) -> StatelessResetKey {
+        StatelessResetKey(blake3::derive_key(
+            "smr transport 2026 QUIC stateless reset key",
+            &identity.as_dalek().to_bytes(),
+        ))
+    }
+
+    /// The key of quinn's `HashedConnectionIdGenerator`, which checks that a packet's
+    /// connection id is one this endpoint's key made before it answers (with a reset, here): the
+    /// same in every run, so that a new run answers for the old run's ids. It is not a secret
+    /// (the check only spares work on packets that are not QUIC).
+    pub(crate) fn connection_id_key(&self) -> u64 {
+        let derived = blake3::keyed_hash(&self.0, b"connection ids");
+        u64::from_le_bytes(derived.as_bytes()[..8].try_into().expect("8 bytes"))
+    }
+}
+
+impl quinn::crypto::HmacKey for StatelessResetKey {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        let tag = blake3::keyed_hash(&self.0, data);
+        let n = signature_out.len().min(Self::TAG_BYTES);
+        signature_out[..n].copy_from_slice(&tag.as_bytes()[..n]);
+    }
+
+    fn signature_len(&self) -> usize {
+        Self::TAG_BYTES
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        // blake3::Hash compares in constant time.
+        let tag = blake3::keyed_hash(&self.0, data);
+        match <[u8; 32]>::try_from(signature) {
+            Ok(bytes) if tag == blake3::Hash::from(bytes) => Ok(()),
+            _ => Err(quinn::crypto::CryptoError),
+        }
+    }
+}
+
 /// Resolves once shutdown has begun.
 pub(crate) async fn shutdown_signaled(shutdown: &mut watch::Receiver<bool>) {
     // An error means the sender is gone, which also means we are shutting down.
@@ -603,14 +656,17 @@ pub(crate) async fn run_replica_link(
                 // peer's restart, or in answer to it.
                 let write = write_frames(&shared, &conn, &mut queue, &mut shutdown);
                 tokio::pin!(write);
+                // The redial signal first: frames queued in answer to what the peer sent on its
+                // new connection must not go out on the dead one.
                 let end = loop {
                     tokio::select! {
-                        end = &mut write => break Some(end),
+                        biased;
                         () = peer_reconnected(redial.as_mut()) => {
                             if connected_at.elapsed() >= REDIAL_MIN_AGE {
                                 break None;
                             }
                         }
+                        end = &mut write => break Some(end),
                     }
                 };
                 match end {
@@ -647,9 +703,16 @@ pub(crate) async fn run_replica_link(
                     retry_in_ms = backoff.as_millis() as u64, "dial failed");
             }
         }
+        // A peer that connects to us is up: dial it at once rather than at the end of the
+        // backoff (a restarted replica must not wait up to `reconnect_max_ms` for our frames).
         tokio::select! {
             biased;
             _ = shutdown_signaled(&mut shutdown) => return,
+            () = peer_reconnected(redial.as_mut()) => {
+                tracing::debug!(me = %shared.me, ?peer, "peer connected to us; dialing it now");
+                backoff = shared.reconnect_initial;
+                continue;
+            }
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(shared.reconnect_max);
@@ -801,20 +864,16 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     read_connection(shared, conn, peer).await;
 }
 
-/// A peer replica that connects to us a second time has most likely restarted (or lost its
-/// network), and then our outgoing connection to it is dead as well. quinn would only find out
-/// at the idle timeout, since the restarted process cannot reset connections it never had: until
-/// then everything we send it would vanish. So the second and later inbound connections from a
-/// replica make our link to it redial at once, if that link is older than [`REDIAL_MIN_AGE`].
-/// The first inbound connection does not (a restarted replica's peers dial it), and neither
-/// does one that arrives just after we dialed, so two replicas never make each other redial in
-/// turn.
+/// A peer replica that connects to us has most likely (re)started, or found its network again,
+/// and then our outgoing connection to it, if we hold one, is dead as well: quinn would only find
+/// out at the idle timeout (or at a stateless reset, see `stateless_reset_key`), and until then
+/// everything we send it would vanish. So every inbound connection from a replica signals our
+/// link to it: a link waiting out its reconnect backoff dials at once, and a connected link
+/// older than [`REDIAL_MIN_AGE`] redials. A link younger than that was dialed after the peer's
+/// restart or in answer to it, so two replicas never make each other redial in turn.
 fn note_replica_connected_in(shared: &Shared, replica: smr_core::message::ReplicaId) {
-    let again = !lock(&shared.replicas_connected_in).insert(replica);
-    if again {
-        if let Some(redial) = shared.redial.get(&replica) {
-            redial.send_modify(|generation| *generation += 1);
-        }
+    if let Some(redial) = shared.redial.get(&replica) {
+        redial.send_modify(|generation| *generation += 1);
     }
 }
 
