@@ -237,6 +237,13 @@ pub struct TransportConfig {
     /// A connection with no traffic for this long is considered dead. Keep-alives are sent at a
     /// third of it, so this bounds how long a silently vanished peer goes unnoticed.
     pub idle_timeout_ms: u64,
+    /// The protocol settings of the cluster ([`smr_core::settings`]), if replicas are to check
+    /// them: a replica then opens every stream to a replica with its settings, and refuses
+    /// (closes, logging an error naming the settings that differ, and reporting it in
+    /// [`QuicTransport::refused_replicas`]) a replica whose settings differ or that sends
+    /// none, before any of its frames reaches [`Network::recv`]. [`Replica`] sets it from the
+    /// cluster's config; with `None` nothing is sent or checked.
+    pub protocol_settings: Option<Arc<smr_core::settings::ProtocolSettings>>,
 }
 
 impl TransportConfig {
@@ -312,6 +319,7 @@ impl TransportConfig {
             reconnect_max_ms: Self::DEFAULT_RECONNECT_MAX_MS,
             connect_timeout_ms: Self::DEFAULT_CONNECT_TIMEOUT_MS,
             idle_timeout_ms: Self::DEFAULT_IDLE_TIMEOUT_MS,
+            protocol_settings: None,
         }
     }
 
@@ -531,6 +539,9 @@ pub struct TransportStats {
     pub handshake_failures: u64,
     /// Established connections that ended other than by our own shutdown.
     pub connections_lost: u64,
+    /// Connections from replicas we closed because their protocol settings differ from ours
+    /// (see [`TransportConfig::protocol_settings`]).
+    pub connections_refused_settings: u64,
 }
 
 /// The receive queue's two lanes, read by `recv` (see the crate docs, "Receiving").
@@ -561,6 +572,7 @@ pub(crate) struct Counters {
     connections_refused_by_peer: AtomicU64,
     handshake_failures: AtomicU64,
     connections_lost: AtomicU64,
+    pub(crate) connections_refused_settings: AtomicU64,
 }
 
 impl Counters {
@@ -585,6 +597,7 @@ impl Counters {
             connections_refused_by_peer: get(&self.connections_refused_by_peer),
             handshake_failures: get(&self.handshake_failures),
             connections_lost: get(&self.connections_lost),
+            connections_refused_settings: get(&self.connections_refused_settings),
         }
     }
 }
@@ -713,8 +726,24 @@ impl QuicTransport {
             (lane_bytes / link::CLIENT_SHARES).max(config.max_client_frame_bytes),
         );
         let (shutdown_tx, _) = watch::channel(false);
+        let settings = match config.role {
+            Role::Replica(_) => config.protocol_settings.clone().map(|settings| {
+                let bytes = settings.to_bytes();
+                let mut hello = Vec::with_capacity(link::LENGTH_PREFIX_BYTES + bytes.len());
+                let length = u32::try_from(bytes.len()).expect("settings are a few hundred bytes");
+                hello.extend_from_slice(&length.to_be_bytes());
+                hello.extend_from_slice(&bytes);
+                link::Settings {
+                    ours: settings,
+                    hello,
+                    refused: Mutex::new(Default::default()),
+                }
+            }),
+            Role::Client => None,
+        };
         let shared = Arc::new(link::Shared {
             me,
+            settings,
             max_frame_bytes: config.max_frame_bytes,
             max_client_frame_bytes: config.max_client_frame_bytes,
             client_send_queue_frames: config.client_send_queue_frames,
@@ -792,6 +821,12 @@ impl QuicTransport {
     /// A snapshot of the counters.
     pub fn stats(&self) -> TransportStats {
         self.inner.shared.counters.snapshot()
+    }
+
+    /// The replicas refused now because their protocol settings differ from ours (see
+    /// [`TransportConfig::protocol_settings`]), with the keys of the settings that differ.
+    pub fn refused_replicas(&self) -> Vec<smr_core::message::RefusedReplica> {
+        self.inner.shared.refused_replicas()
     }
 
     /// The address the endpoint is bound to.
@@ -877,6 +912,10 @@ impl QuicTransport {
 }
 
 impl Network for QuicTransport {
+    fn refused_replicas(&self) -> Vec<smr_core::message::RefusedReplica> {
+        QuicTransport::refused_replicas(self)
+    }
+
     fn send(&self, to: Peer, frame: Vec<u8>) -> Result<(), SendError> {
         use mpsc::error::TrySendError;
         let shared = &self.inner.shared;

@@ -1,14 +1,16 @@
 //! The tasks behind a transport: dialing replicas, accepting connections, writing and reading
 //! frames.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quinn::{Connection, ConnectionError, Endpoint, RecvStream, VarInt};
+use smr_core::message::ReplicaId;
 use smr_core::network::{InboundFrame, Peer};
+use smr_core::settings::ProtocolSettings;
 use smr_crypto::PublicKey;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -25,6 +27,7 @@ pub(crate) const CLOSE_UNIDENTIFIED: VarInt = VarInt::from_u32(3);
 pub(crate) const CLOSE_TOO_MANY_CONNECTIONS: VarInt = VarInt::from_u32(4);
 pub(crate) const CLOSE_TOO_MANY_CLIENTS: VarInt = VarInt::from_u32(5);
 pub(crate) const CLOSE_BUFFER_LIMIT: VarInt = VarInt::from_u32(6);
+pub(crate) const CLOSE_SETTINGS_DIFFER: VarInt = VarInt::from_u32(7);
 
 /// Frames are a 4-byte big-endian length followed by the body.
 pub(crate) const LENGTH_PREFIX_BYTES: usize = 4;
@@ -230,6 +233,8 @@ pub(crate) struct Shared {
     pub(crate) connect_timeout: Duration,
     pub(crate) admission: Arc<Admission>,
     pub(crate) counters: Arc<Counters>,
+    /// Replica role, when protocol settings are checked: ours, and the peers refused.
+    pub(crate) settings: Option<Settings>,
     /// Replica role: the live connections each client opened to us, oldest first. Replies go
     /// over the last one.
     pub(crate) client_links: Mutex<HashMap<PublicKey, Vec<ClientLink>>>,
@@ -503,6 +508,88 @@ impl quinn::crypto::HmacKey for StatelessResetKey {
     }
 }
 
+/// Our protocol settings and what they made us refuse (see
+/// [`TransportConfig::protocol_settings`](crate::TransportConfig::protocol_settings)).
+pub(crate) struct Settings {
+    pub(crate) ours: Arc<ProtocolSettings>,
+    /// The first frame of every stream we open to a replica: our settings, length-prefixed.
+    pub(crate) hello: Vec<u8>,
+    /// The replicas refused now, with the keys of the settings that differ; a replica leaves
+    /// when it connects with our settings.
+    pub(crate) refused: Mutex<BTreeMap<ReplicaId, Vec<String>>>,
+}
+
+/// The most characters of one peer-supplied setting value or key that a log line shows.
+const SHOWN_SETTING_CHARS: usize = 80;
+
+fn shown(text: &str) -> String {
+    let cut: String = text.chars().take(SHOWN_SETTING_CHARS).collect();
+    cut.escape_debug().to_string()
+}
+
+impl Shared {
+    /// Checks the first frame of a stream from replica `from`: its protocol settings. Logs an
+    /// error naming the settings that differ (once per peer and difference) and notes the
+    /// refusal; false if the connection must be refused.
+    fn check_settings(&self, from: ReplicaId, frame: &[u8]) -> bool {
+        let Some(settings) = &self.settings else {
+            return true;
+        };
+        if frame == &settings.hello[LENGTH_PREFIX_BYTES..] {
+            if lock(&settings.refused).remove(&from).is_some() {
+                tracing::info!(me = %self.me, peer = from,
+                    "replica connected with our protocol settings; no longer refused");
+            }
+            return true;
+        }
+        bump(&self.counters.connections_refused_settings, 1);
+        let (keys, detail) = match ProtocolSettings::from_bytes(frame) {
+            Ok(theirs) => {
+                let differences = settings.ours.differences(&theirs);
+                let keys: Vec<String> = differences.iter().map(|d| shown(&d.key)).collect();
+                let detail = differences
+                    .iter()
+                    .map(|d| {
+                        format!(
+                            "{} = {} here, {} there",
+                            shown(&d.key),
+                            d.ours.as_deref().unwrap_or("(none)"),
+                            d.theirs.as_deref().map_or("(none)".to_string(), shown)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                (keys, detail)
+            }
+            Err(why) => (
+                vec!["(settings unreadable)".to_string()],
+                format!("its settings are unreadable: {why}"),
+            ),
+        };
+        let changed = lock(&settings.refused).insert(from, keys.clone()) != Some(keys);
+        if changed {
+            tracing::error!(me = %self.me, peer = from, differing = %detail,
+                "refusing replica {from}: its protocol settings differ from ours, and replicas must agree on everything that decides whether a message is valid; make the [limits] (and mode, replicas, clients) of the config files equal");
+        } else {
+            tracing::debug!(me = %self.me, peer = from, "refused replica connected again with the same differing settings");
+        }
+        false
+    }
+
+    pub(crate) fn refused_replicas(&self) -> Vec<smr_core::message::RefusedReplica> {
+        let Some(settings) = &self.settings else {
+            return Vec::new();
+        };
+        lock(&settings.refused)
+            .iter()
+            .map(|(replica, keys)| smr_core::message::RefusedReplica {
+                replica: *replica,
+                settings: keys.clone(),
+            })
+            .collect()
+    }
+}
+
 /// Resolves once shutdown has begun.
 pub(crate) async fn shutdown_signaled(shutdown: &mut watch::Receiver<bool>) {
     // An error means the sender is gone, which also means we are shutting down.
@@ -533,16 +620,28 @@ enum WriteEnd {
     ConnectionLost(String),
 }
 
-/// Writes queued frames onto one unidirectional stream of `conn` until something ends it.
+/// Writes queued frames onto one unidirectional stream of `conn` until something ends it. A
+/// `hello` (our protocol settings, to a replica) opens the stream, at once.
 async fn write_frames(
     shared: &Shared,
     conn: &Connection,
     queue: &mut SendQueueRx,
     shutdown: &mut watch::Receiver<bool>,
+    hello: Option<&[u8]>,
 ) -> WriteEnd {
     let counters = &shared.counters;
     let mut stream = None;
     let mut buffer = Vec::new();
+    if hello.is_some() {
+        let result = tokio::select! {
+            biased;
+            _ = shutdown_signaled(shutdown) => return WriteEnd::Shutdown,
+            result = write_buffer(conn, &mut stream, hello, &[]) => result,
+        };
+        if let Err(error) = result {
+            return WriteEnd::ConnectionLost(error);
+        }
+    }
     loop {
         let first = tokio::select! {
             biased;
@@ -571,7 +670,7 @@ async fn write_frames(
         let result = tokio::select! {
             biased;
             _ = shutdown_signaled(shutdown) => return WriteEnd::Shutdown,
-            result = write_buffer(conn, &mut stream, &buffer) => result,
+            result = write_buffer(conn, &mut stream, hello, &buffer) => result,
         };
         match result {
             Ok(()) => {
@@ -592,11 +691,18 @@ async fn write_frames(
 async fn write_buffer(
     conn: &Connection,
     stream: &mut Option<quinn::SendStream>,
+    hello: Option<&[u8]>,
     buffer: &[u8],
 ) -> Result<(), String> {
     let send = match stream {
         Some(send) => send,
-        None => stream.insert(conn.open_uni().await.map_err(|e| e.to_string())?),
+        None => {
+            let send = stream.insert(conn.open_uni().await.map_err(|e| e.to_string())?);
+            if let Some(hello) = hello {
+                send.write_all(hello).await.map_err(|e| e.to_string())?;
+            }
+            send
+        }
     };
     send.write_all(buffer).await.map_err(|e| e.to_string())
 }
@@ -608,6 +714,13 @@ fn connection_ended(shared: &Shared, peer: Peer, conn: &Connection, end: &str) {
             bump(&shared.counters.connections_refused_by_peer, 1);
             tracing::warn!(me = %shared.me, ?peer, reason = %close,
                 "peer refused our connection; is our key in its configuration?");
+        }
+        Some(ConnectionError::ApplicationClosed(close))
+            if close.error_code == CLOSE_SETTINGS_DIFFER =>
+        {
+            bump(&shared.counters.connections_refused_by_peer, 1);
+            tracing::warn!(me = %shared.me, ?peer,
+                "peer refused our connection: its protocol settings differ from ours (our log names them when it connects to us)");
         }
         Some(ConnectionError::LocallyClosed) if shared.is_shut_down() => {}
         _ => {
@@ -654,7 +767,8 @@ pub(crate) async fn run_replica_link(
                 // `None`: the peer connected to us anew, and this connection is presumed dead.
                 // A connection younger than REDIAL_MIN_AGE is kept: it was dialed after the
                 // peer's restart, or in answer to it.
-                let write = write_frames(&shared, &conn, &mut queue, &mut shutdown);
+                let hello = shared.settings.as_ref().map(|s| s.hello.as_slice());
+                let write = write_frames(&shared, &conn, &mut queue, &mut shutdown, hello);
                 tokio::pin!(write);
                 // The redial signal first: frames queued in answer to what the peer sent on its
                 // new connection must not go out on the dead one.
@@ -895,7 +1009,7 @@ async fn run_client_link(
 ) {
     let peer = Peer::Client(key);
     let mut shutdown = shared.shutdown_rx();
-    let end = write_frames(&shared, &conn, &mut queue, &mut shutdown).await;
+    let end = write_frames(&shared, &conn, &mut queue, &mut shutdown, None).await;
     {
         let mut all_links = lock(&shared.client_links);
         if let Some(links) = all_links.get_mut(&key) {
@@ -959,6 +1073,8 @@ pub(crate) enum StreamEnd {
     Failed(String),
     /// Nobody takes frames any more.
     Closed,
+    /// A replica's stream did not open with our protocol settings.
+    SettingsDiffer,
 }
 
 async fn read_stream(
@@ -993,6 +1109,9 @@ async fn read_stream(
                 "a connection's streams buffered more than one frame; closing it");
             conn.close(CLOSE_BUFFER_LIMIT, b"too many partial frames");
         }
+        StreamEnd::SettingsDiffer => {
+            conn.close(CLOSE_SETTINGS_DIFFER, b"protocol settings differ");
+        }
         StreamEnd::Failed(reason) => {
             tracing::debug!(me = %shared.me, ?peer, %reason, "stream failed");
             let _ = stream.stop(CLOSE_STREAM_REFUSED);
@@ -1013,6 +1132,11 @@ async fn read_frames(
     buffered: &ByteBudget,
 ) -> StreamEnd {
     let max_frame_bytes = shared.frame_limit(peer);
+    // A replica's stream opens with its protocol settings, when we check them.
+    let mut settings_from = match peer {
+        Peer::Replica(id) if shared.settings.is_some() => Some(id),
+        _ => None,
+    };
     let mut buffer: Vec<u8> = Vec::new();
     let mut held = Held {
         budget: buffered,
@@ -1036,6 +1160,13 @@ async fn read_frames(
             let body = start + LENGTH_PREFIX_BYTES;
             if buffer.len() - body < length {
                 break;
+            }
+            if let Some(from) = settings_from.take() {
+                if !shared.check_settings(from, &buffer[body..body + length]) {
+                    return StreamEnd::SettingsDiffer;
+                }
+                start = body + length;
+                continue;
             }
             let frame = buffer[body..body + length].to_vec();
             start = body + length;
