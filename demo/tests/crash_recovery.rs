@@ -717,7 +717,7 @@ const CAUGHT_UP_WITHIN: Duration = Duration::from_secs(3);
 async fn a_replica_restarted_into_a_quiet_cluster_catches_up_without_waiting_for_a_timeout() {
     within(TEST_TIMEOUT, async {
         const VICTIM: ReplicaId = 3;
-        let setup = Setup::new(Mode::Bft, 4, 1).with_data_dirs();
+        let setup = Setup::new(Mode::Bft, 4, 2).with_data_dirs();
         let mut cluster = start_cluster(&setup);
         let client = client(&cluster, 0, INVOKE_TIMEOUT).await;
         let ids = all_ids(&cluster);
@@ -750,19 +750,34 @@ async fn a_replica_restarted_into_a_quiet_cluster_catches_up_without_waiting_for
             counter(&client, CounterOp::Add(1)).await;
         }
         let last_add = Instant::now();
-        let (answers, agree) = smr_demo::status::wait_until_agree(&client, &ids, AGREE_TIMEOUT).await;
-        let caught_up = last_add.elapsed();
+        // Asked by a client that connects now (as `smr status` does), and by the client that
+        // was connected to the replica's previous run: both must see it caught up. (Two keys:
+        // a replica answers a key over its most recent connection.)
+        let fresh = common::client(&cluster, 1, INVOKE_TIMEOUT).await;
+        let agreed = |c: Client| {
+            let ids = ids.clone();
+            async move {
+                let (answers, agree) =
+                    smr_demo::status::wait_until_agree(&c, &ids, AGREE_TIMEOUT).await;
+                (answers, agree, last_add.elapsed())
+            }
+        };
+        let ((answers, agree, caught_up), (_, agree_old, seen_by_old_client)) =
+            tokio::join!(agreed(fresh.clone()), agreed(client.clone()));
         let lines: Vec<String> = answers.iter().map(smr_demo::status::format_line).collect();
         report!(
-            "replica {VICTIM} reached the others' state {caught_up:?} after the last add:\n{}",
+            "replica {VICTIM} reached the others' state {caught_up:?} after the last add ({seen_by_old_client:?} as seen by the client connected before its restart):\n{}",
             lines.join("\n")
         );
-        assert!(agree, "the replicas never agreed:\n{}", lines.join("\n"));
-        assert!(
-            caught_up <= CAUGHT_UP_WITHIN,
-            "replica {VICTIM} took {caught_up:?} (more than {CAUGHT_UP_WITHIN:?}) to catch up after the last add:\n{}",
-            lines.join("\n")
-        );
+        assert!(agree && agree_old, "the replicas never agreed:\n{}", lines.join("\n"));
+        for elapsed in [caught_up, seen_by_old_client] {
+            assert!(
+                elapsed <= CAUGHT_UP_WITHIN,
+                "replica {VICTIM} took {caught_up:?} to catch up after the last add, and {seen_by_old_client:?} as seen by the old client (more than {CAUGHT_UP_WITHIN:?}):\n{}",
+                lines.join("\n")
+            );
+        }
+        fresh.shutdown().await;
         assert_eq!(counter(&client, CounterOp::Get).await, 80);
         cluster.check_running().expect("every replica runs");
         client.shutdown().await;
