@@ -82,6 +82,23 @@
 //! a frame for a client with no live connection is refused with [`SendError::UnknownPeer`]. Frames sent by a replica to itself are looped back to its own
 //! [`Network::recv`] without touching the network.
 //!
+//! A restarted replica is recognised at once. Its QUIC endpoint's stateless-reset and
+//! connection-id keys are derived from its identity key, so the new run answers a packet its
+//! peers or clients send on a connection to the old run with a stateless reset they accept, and
+//! they reconnect instead of waiting out [`TransportConfig::idle_timeout_ms`]. Every incoming
+//! connection from a replica also makes our link to it dial at once if it is waiting out its
+//! reconnect backoff, or redial if its connection is older than a second.
+//!
+//! # Protocol settings
+//! With [`TransportConfig::protocol_settings`] (which [`Replica`] always sets), a replica opens
+//! every stream to a replica with its settings ([`smr_core::settings`]: mode, n, f, keys,
+//! client admission, the limits that decide validity), and closes a replica connection whose
+//! first frame is not exactly its own settings, before any frame of it reaches
+//! [`Network::recv`]. It logs an error naming each setting that differs, with both values,
+//! counts it ([`TransportStats::connections_refused_settings`]) and reports the peer in
+//! [`QuicTransport::refused_replicas`] (and so in `smr status`) until it connects with equal
+//! settings.
+//!
 //! # Framing
 //! A sender opens one long-lived unidirectional stream on the connection it sends over (on first
 //! use) and writes frames to it, each a `u32` big-endian length followed by that many bytes. A frame longer than

@@ -568,7 +568,10 @@ impl Shared {
         };
         let changed = lock(&settings.refused).insert(from, keys.clone()) != Some(keys);
         if changed {
+            let short = |d: smr_crypto::Digest| d.to_hex()[..16].to_string();
             tracing::error!(me = %self.me, peer = from, differing = %detail,
+                our_digest = %short(settings.ours.digest()),
+                their_digest = %short(smr_crypto::digest(frame)),
                 "refusing replica {from}: its protocol settings differ from ours, and replicas must agree on everything that decides whether a message is valid; make the [limits] (and mode, replicas, clients) of the config files equal");
         } else {
             tracing::debug!(me = %self.me, peer = from, "refused replica connected again with the same differing settings");
