@@ -5,16 +5,19 @@
 //! a peer whose settings differ, naming the settings (issue 17).
 //!
 //! Included: the mode, n and f; the replicas' public keys, in id order (one entry, a digest);
-//! which clients are admitted (a digest of the allow-list); and the limits in
-//! [`PROTOCOL_LIMITS`]. Left out, as local to each replica: addresses (a replica may move, and
-//! its key identifies it), timeouts, the fsync policy, and the limits that bound only local
-//! resources or pace (`max_pending_total`, `max_instances_in_flight`, `max_log_entries`).
+//! and the limits in [`PROTOCOL_LIMITS`]. Left out, as local to each replica: addresses (a
+//! replica may move, and its key identifies it), timeouts, the fsync policy, and the limits
+//! that bound only local resources or pace (`max_pending_total`, `max_instances_in_flight`,
+//! `max_log_entries`). Also left out: which clients are admitted. It does decide validity (a
+//! request of a client some replicas do not admit is refused by those), but a new client key is
+//! admitted by changing the replicas' configs one at a time, and refusing each other meanwhile
+//! would stall a cluster half-way through; a key is used only once every replica admits it.
 
 use std::collections::BTreeMap;
 
 use smr_crypto::Digest;
 
-use crate::config::{ClientPolicy, EngineConfig};
+use crate::config::EngineConfig;
 
 /// The limits that decide validity: what `verify.rs` and the engine refuse a peer's message for
 /// (batch, operation, decision-reply and chunk sizes, the window, the largest state), when
@@ -76,21 +79,6 @@ impl ProtocolSettings {
             "replica_keys".to_string(),
             smr_crypto::digest(&keys).to_hex(),
         ));
-        let clients = match &cfg.clients {
-            ClientPolicy::Any => "any".to_string(),
-            ClientPolicy::Allowed(allowed) => {
-                let mut keys = Vec::with_capacity(allowed.len() * 64);
-                for key in allowed {
-                    keys.extend_from_slice(key.to_hex().as_bytes());
-                }
-                format!(
-                    "{} keys, digest {}",
-                    allowed.len(),
-                    smr_crypto::digest(&keys).to_hex()
-                )
-            }
-        };
-        entries.push(("clients".to_string(), clients));
         for (name, value) in cfg.limits.named() {
             if PROTOCOL_LIMITS.contains(&name) {
                 entries.push((format!("limits.{name}"), value.to_string()));
@@ -186,7 +174,7 @@ impl ProtocolSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Limits, Timeouts};
+    use crate::config::{ClientPolicy, Limits, Timeouts};
     use smr_crypto::IdentityKey;
     use smr_modes::{Mode, Quorums};
 
@@ -261,11 +249,14 @@ mod tests {
         local.timeouts.request_timeout_ms += 1;
         local.timeouts.heartbeat_ms += 1;
         local.timeouts.retransmit_max_ms += 1;
+        // Client keys are admitted one replica at a time.
+        local.clients =
+            ClientPolicy::Allowed([IdentityKey::from_seed([7; 32]).public_key()].into());
         assert_eq!(ProtocolSettings::of(&local).digest(), base.digest());
     }
 
     #[test]
-    fn mode_members_and_clients_change_the_digest_and_are_named() {
+    fn mode_and_members_change_the_digest_and_are_named() {
         let base = ProtocolSettings::of(&config(0));
         let mut cft = config(0);
         cft.quorums = Quorums::new(Mode::Cft, 4, 1).unwrap();
@@ -277,12 +268,15 @@ mod tests {
             keys_of(&base.differences(&ProtocolSettings::of(&other_key))),
             vec!["replica_keys"]
         );
-        let mut allowed = config(0);
-        allowed.clients =
-            ClientPolicy::Allowed([IdentityKey::from_seed([7; 32]).public_key()].into());
-        let theirs = ProtocolSettings::of(&allowed);
-        assert_ne!(theirs.digest(), base.digest());
-        assert_eq!(keys_of(&base.differences(&theirs)), vec!["clients"]);
+        let mut fewer = config(0);
+        fewer.quorums = Quorums::new(Mode::Bft, 7, 2).unwrap();
+        fewer.replica_keys = (0..7u8)
+            .map(|i| IdentityKey::from_seed([i + 1; 32]).public_key())
+            .collect();
+        assert_eq!(
+            keys_of(&base.differences(&ProtocolSettings::of(&fewer))),
+            vec!["n", "f", "replica_keys"]
+        );
     }
 
     #[test]

@@ -92,7 +92,7 @@
 //! # Protocol settings
 //! With [`TransportConfig::protocol_settings`] (which [`Replica`] always sets), a replica opens
 //! every stream to a replica with its settings ([`smr_core::settings`]: mode, n, f, keys,
-//! client admission, the limits that decide validity), and closes a replica connection whose
+//! the limits that decide validity), and closes a replica connection whose
 //! first frame is not exactly its own settings, before any frame of it reaches
 //! [`Network::recv`]. It logs an error naming each setting that differs, with both values,
 //! counts it ([`TransportStats::connections_refused_settings`]) and reports the peer in
