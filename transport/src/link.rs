@@ -467,7 +467,8 @@ impl Shared {
 pub(crate) struct StatelessResetKey([u8; 32]);
 
 impl StatelessResetKey {
-    /// Tokens are this long (quinn's `RESET_TOKEN_SIZE`; longer tags are cut to it).
+    /// The tag length, blake3's output; a reset token is its first 16 bytes (quinn's
+    /// `RESET_TOKEN_SIZE`).
     const TAG_BYTES: usize = 32;
 
     pub(crate) fn derive(identity: &smr_crypto::IdentityKey) -> StatelessResetKey {
@@ -722,8 +723,17 @@ fn connection_ended(shared: &Shared, peer: Peer, conn: &Connection, end: &str) {
             if close.error_code == CLOSE_SETTINGS_DIFFER =>
         {
             bump(&shared.counters.connections_refused_by_peer, 1);
-            tracing::warn!(me = %shared.me, ?peer,
-                "peer refused our connection: its protocol settings differ from ours (our log names them when it connects to us)");
+            // Once we refuse it too, our error log has named the settings already.
+            let known = match (peer, &shared.settings) {
+                (Peer::Replica(id), Some(settings)) => lock(&settings.refused).contains_key(&id),
+                _ => false,
+            };
+            if known {
+                tracing::debug!(me = %shared.me, ?peer, "peer refused our connection again: protocol settings differ");
+            } else {
+                tracing::warn!(me = %shared.me, ?peer,
+                    "peer refused our connection: its protocol settings differ from ours (our log names them when it connects to us)");
+            }
         }
         Some(ConnectionError::LocallyClosed) if shared.is_shut_down() => {}
         _ => {

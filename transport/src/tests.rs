@@ -808,3 +808,26 @@ async fn replicas_whose_protocol_settings_differ_refuse_each_others_frames() {
     replica0.shutdown().await;
     replica1.shutdown().await;
 }
+
+/// Issue 17 item 6: a replica's stateless-reset and connection-id keys are the same in every
+/// run (derived from its identity key), so a new run's resets are accepted on the old run's
+/// connections; they differ between identities.
+#[test]
+fn stateless_reset_keys_are_stable_per_identity_and_differ_between_identities() {
+    use quinn::crypto::HmacKey;
+    let a = crate::link::StatelessResetKey::derive(&key(1));
+    let again = crate::link::StatelessResetKey::derive(&key(1));
+    let b = crate::link::StatelessResetKey::derive(&key(2));
+    let sign = |k: &crate::link::StatelessResetKey| {
+        let mut tag = vec![0; k.signature_len()];
+        k.sign(b"connection id", &mut tag);
+        tag
+    };
+    assert_eq!(sign(&a), sign(&again));
+    assert_ne!(sign(&a), sign(&b));
+    assert_eq!(a.connection_id_key(), again.connection_id_key());
+    assert_ne!(a.connection_id_key(), b.connection_id_key());
+    assert!(a.verify(b"connection id", &sign(&again)).is_ok());
+    assert!(a.verify(b"connection id", &sign(&b)).is_err());
+    assert!(a.verify(b"connection id", &sign(&a)[..16]).is_err());
+}
