@@ -929,7 +929,9 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     tracing::info!(me = %shared.me, ?peer, %remote, "accepted connection");
     let id = shared.next_link_id.fetch_add(1, Ordering::Relaxed);
     if let Peer::Replica(replica) = peer {
-        note_replica_connected_in(&shared, replica);
+        if shared.settings.is_none() {
+            note_replica_connected_in(&shared, replica);
+        }
         let evicted = {
             let mut links = lock(&shared.replica_links);
             let links = links.entry(replica).or_default();
@@ -991,6 +993,9 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     read_connection(shared, conn, peer).await;
 }
 
+/// Called when a replica's connection is accepted (with protocol settings, once its settings
+/// are found equal to ours).
+///
 /// A peer replica that connects to us has most likely (re)started, or found its network again,
 /// and then our outgoing connection to it, if we hold one, is dead as well: quinn would only find
 /// out at the idle timeout (or at a stateless reset, see `stateless_reset_key`), and until then
@@ -1178,6 +1183,9 @@ async fn read_frames(
                 if !shared.check_settings(from, &buffer[body..body + length]) {
                     return StreamEnd::SettingsDiffer;
                 }
+                // Only a peer we accept makes our link to it dial: two replicas that refuse
+                // each other would otherwise wake each other's links in a loop.
+                note_replica_connected_in(shared, from);
                 start = body + length;
                 continue;
             }

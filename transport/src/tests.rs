@@ -709,10 +709,20 @@ fn two_replicas(tweak: impl Fn(&mut TransportConfig)) -> [(TransportConfig, UdpS
 /// peer arrives within a round trip or two of the peer's start, not at the end of the backoff.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_connects_in_is_dialed_at_once_not_at_the_end_of_the_backoff() {
+    // Without and with protocol settings (then the signal comes once they are checked).
+    dialed_at_once(None).await;
+    dialed_at_once(Some(settings(
+        "smr-protocol-settings-v1\nmode=bft\nlimits.max_op_bytes=1024\n",
+    )))
+    .await;
+}
+
+async fn dialed_at_once(protocol_settings: Option<Arc<smr_core::settings::ProtocolSettings>>) {
     let [(config0, socket0), (config1, socket1)] = two_replicas(|c| {
         c.reconnect_initial_ms = 4_000;
         c.reconnect_max_ms = 10_000;
         c.connect_timeout_ms = 300;
+        c.protocol_settings = protocol_settings.clone();
     });
     // Replica 1's port is bound but nobody serves it: replica 0's first dial times out, and it
     // backs off for 4 s.
@@ -780,6 +790,12 @@ async fn replicas_whose_protocol_settings_differ_refuse_each_others_frames() {
     .await;
     assert!(replica0.stats().connections_refused_settings >= 1);
     assert!(replica1.stats().connections_refused_settings >= 1);
+    // Refused connections do not wake the refused peer's link: the two back off (50 ms
+    // doubling) rather than redial each other in a loop.
+    let before = replica0.stats().connections_incoming;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let during = replica0.stats().connections_incoming - before;
+    assert!(during <= 8, "{during} connections in 1.5 s");
     for replica in [&replica0, &replica1] {
         let got = tokio::time::timeout(Duration::from_millis(300), replica.recv()).await;
         assert!(
