@@ -86,8 +86,9 @@
 //! connection-id keys are derived from its identity key, so the new run answers a packet its
 //! peers or clients send on a connection to the old run with a stateless reset they accept, and
 //! they reconnect instead of waiting out [`TransportConfig::idle_timeout_ms`]. Every incoming
-//! connection from a replica also makes our link to it dial at once if it is waiting out its
-//! reconnect backoff, or redial if its connection is older than a second.
+//! connection from a replica (with protocol settings, once they are found equal to ours) also
+//! makes our link to it dial at once if it is waiting out its reconnect backoff, or redial if
+//! its connection is older than a second.
 //!
 //! # Protocol settings
 //! With [`TransportConfig::protocol_settings`] (which [`Replica`] always sets), a replica opens
