@@ -520,8 +520,12 @@ pub(crate) struct Settings {
     pub(crate) refused: Mutex<BTreeMap<ReplicaId, Vec<String>>>,
 }
 
-/// The most characters of one peer-supplied setting value or key that a log line shows.
+/// The most characters of one peer-supplied setting value or key that a log line or the
+/// status report shows.
 const SHOWN_SETTING_CHARS: usize = 80;
+
+/// The most differing settings reported per refused replica (ours are 16; a peer may send more).
+const MAX_REPORTED_SETTINGS: usize = 32;
 
 fn shown(text: &str) -> String {
     let cut: String = text.chars().take(SHOWN_SETTING_CHARS).collect();
@@ -547,9 +551,15 @@ impl Shared {
         let (keys, detail) = match ProtocolSettings::from_bytes(frame) {
             Ok(theirs) => {
                 let differences = settings.ours.differences(&theirs);
-                let keys: Vec<String> = differences.iter().map(|d| shown(&d.key)).collect();
-                let detail = differences
+                // Raw (the status report escapes them when printed), cut to a bound.
+                let keys: Vec<String> = differences
                     .iter()
+                    .take(MAX_REPORTED_SETTINGS)
+                    .map(|d| d.key.chars().take(SHOWN_SETTING_CHARS).collect())
+                    .collect();
+                let mut detail = differences
+                    .iter()
+                    .take(MAX_REPORTED_SETTINGS)
                     .map(|d| {
                         format!(
                             "{} = {} here, {} there",
@@ -560,6 +570,12 @@ impl Shared {
                     })
                     .collect::<Vec<_>>()
                     .join("; ");
+                if differences.len() > MAX_REPORTED_SETTINGS {
+                    detail.push_str(&format!(
+                        "; and {} more",
+                        differences.len() - MAX_REPORTED_SETTINGS
+                    ));
+                }
                 (keys, detail)
             }
             Err(why) => (
@@ -573,7 +589,7 @@ impl Shared {
             tracing::error!(me = %self.me, peer = from, differing = %detail,
                 our_digest = %short(settings.ours.digest()),
                 their_digest = %short(smr_crypto::digest(frame)),
-                "refusing replica {from}: its protocol settings differ from ours, and replicas must agree on everything that decides whether a message is valid; make the [limits] (and mode, replicas, clients) of the config files equal");
+                "refusing replica {from}: its protocol settings differ from ours, and replicas must agree on everything that decides whether a message is valid; make mode, f, [[replicas]] keys and the [limits] of README's protocol settings equal in every config file");
         } else {
             tracing::debug!(me = %self.me, peer = from, "refused replica connected again with the same differing settings");
         }
