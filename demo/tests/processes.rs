@@ -701,6 +701,7 @@ async fn a_replica_whose_limits_differ_is_refused_and_named_in_the_log_and_statu
             .lines()
             .find(|l| l.contains("refusing replica"))
             .unwrap();
+        println!("{error}");
         assert!(
             error.contains("limits.max_op_bytes = 1024 here, 65536 there"),
             "{error}"
