@@ -39,6 +39,15 @@ pub const PROTOCOL_LIMITS: [&str; 13] = [
     "client_expiry_cids",
 ];
 
+/// The limits that bound only a replica's own resources or pace, and may differ between
+/// replicas: the pool, the leader's instances in flight, the decisions kept in memory. Every
+/// limit of [`crate::config::LIMIT_MAXIMA`] is in exactly one of this and [`PROTOCOL_LIMITS`].
+pub const LOCAL_LIMITS: [&str; 3] = [
+    "max_pending_total",
+    "max_instances_in_flight",
+    "max_log_entries",
+];
+
 /// The most bytes the settings of a peer may take on the wire; ours take well under 1 KiB.
 pub const MAX_SETTINGS_BYTES: usize = 4096;
 
@@ -235,6 +244,23 @@ mod tests {
             15 => limits.client_expiry_cids += 1,
             _ => unreachable!(),
         }
+    }
+
+    /// A new limit must be classified: as deciding validity (exchanged) or as local.
+    #[test]
+    fn every_limit_is_either_a_protocol_or_a_local_limit() {
+        for (name, _) in crate::config::LIMIT_MAXIMA {
+            let protocol = PROTOCOL_LIMITS.contains(&name);
+            let local = LOCAL_LIMITS.contains(&name);
+            assert!(
+                protocol != local,
+                "{name}: protocol {protocol}, local {local}"
+            );
+        }
+        assert_eq!(
+            PROTOCOL_LIMITS.len() + LOCAL_LIMITS.len(),
+            crate::config::LIMIT_MAXIMA.len()
+        );
     }
 
     #[test]
