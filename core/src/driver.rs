@@ -788,6 +788,7 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) -> Result<(), ReplicaError
                             log_entries: l.engine.log_len() as u64,
                             decided_instances: l.engine.stats().decided_instances,
                             executed_requests: l.engine.stats().executed_requests,
+                            refused_replicas: l.network.refused_replicas(),
                         };
                         // The service thread fills in the digest after the batches queued
                         // before this query, i.e. exactly at `last_decided`. If it is gone,

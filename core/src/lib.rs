@@ -34,6 +34,7 @@ pub mod pool;
 pub mod rejection;
 pub mod runner;
 pub mod service;
+pub mod settings;
 pub mod storage;
 pub mod sync;
 pub mod verify;

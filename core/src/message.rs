@@ -759,6 +759,19 @@ pub struct StatusReport {
     pub decided_instances: u64,
     /// Requests executed since the replica started (duplicates skipped are not counted).
     pub executed_requests: u64,
+    /// Peer replicas this one refuses because their protocol settings differ from its own
+    /// ([`crate::settings`]), with the settings that differ.
+    pub refused_replicas: Vec<RefusedReplica>,
+}
+
+/// A peer replica refused because its protocol settings differ ([`StatusReport`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedReplica {
+    /// The refused replica.
+    pub replica: ReplicaId,
+    /// The keys of the settings that differ (a key only the peer sent is its text: escape it
+    /// before printing).
+    pub settings: Vec<String>,
 }
 
 impl Message {

@@ -69,4 +69,9 @@ pub trait Network: Send + Sync + 'static {
     fn send(&self, to: Peer, frame: Vec<u8>) -> Result<(), SendError>;
     /// The next frame from any authenticated peer, or `None` once the transport has shut down.
     fn recv(&self) -> impl Future<Output = Option<InboundFrame>> + Send;
+    /// Peer replicas the transport refuses because their protocol settings differ from ours
+    /// ([`crate::settings`]), for the status report. None by default.
+    fn refused_replicas(&self) -> Vec<crate::message::RefusedReplica> {
+        Vec::new()
+    }
 }

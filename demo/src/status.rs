@@ -63,7 +63,7 @@ pub fn format_line(answer: &ReplicaAnswer) -> String {
     match &answer.report {
         None => format!("replica {}  unreachable", answer.id),
         Some(r) => format!(
-            "replica {}  up  {}  regency {}  leader {}  decided {}  checkpoint {}  digest {}  pending {}  rejected {}  log {}",
+            "replica {}  up  {}  regency {}  leader {}  decided {}  checkpoint {}  digest {}  pending {}  rejected {}  log {}{}",
             answer.id,
             escape_peer_text(&r.mode),
             r.regency,
@@ -73,9 +73,28 @@ pub fn format_line(answer: &ReplicaAnswer) -> String {
             short_digest(r),
             r.pending_requests,
             r.rejected_messages,
-            r.log_entries
+            r.log_entries,
+            refusals(r)
         ),
     }
+}
+
+/// The replicas a replica refuses because their protocol settings differ, as the end of its
+/// status line (`  REFUSES replica 3 (settings differ: limits.max_op_bytes)`); empty if none.
+/// The keys are the replica's text, escaped.
+fn refusals(report: &StatusReport) -> String {
+    report
+        .refused_replicas
+        .iter()
+        .map(|r| {
+            let keys: Vec<String> = r.settings.iter().map(|k| escape_peer_text(k)).collect();
+            format!(
+                "  REFUSES replica {} (settings differ: {})",
+                r.replica,
+                keys.join(", ")
+            )
+        })
+        .collect()
 }
 
 pub fn short_digest(report: &StatusReport) -> String {
@@ -162,6 +181,7 @@ mod tests {
             log_entries: 0,
             decided_instances: 0,
             executed_requests: 0,
+            refused_replicas: Vec::new(),
         }
     }
 
@@ -180,6 +200,21 @@ mod tests {
             report: None,
         };
         assert_eq!(format_line(&down), "replica 3  unreachable");
+        let mut refusing = report(1, 42, 0x1a);
+        refusing.refused_replicas = vec![smr_core::message::RefusedReplica {
+            replica: 3,
+            settings: vec!["limits.max_op_bytes".into(), "x\u{1b}[2J".into()],
+        }];
+        let line = format_line(&ReplicaAnswer {
+            id: 1,
+            report: Some(refusing),
+        });
+        assert!(
+            line.ends_with(
+                "log 0  REFUSES replica 3 (settings differ: limits.max_op_bytes, x\\u{1b}[2J)"
+            ),
+            "{line}"
+        );
     }
 
     /// Issue 12 item 11: a replica's mode string carrying terminal escapes (clear the screen,

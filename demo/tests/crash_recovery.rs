@@ -705,3 +705,87 @@ async fn corrupted_data_dir_is_refused_or_cut_back_never_served_silently() {
     })
     .await;
 }
+
+// ----- 5. restart-to-caught-up is bounded by transfer time, not by timeouts ------------------
+
+/// How long a restarted replica may take to reach the others' state after the last add: a
+/// second plus the transfer time (a few hundred decisions here take well under a second);
+/// waiting out an idle timeout or a backoff takes 5-10 s.
+const CAUGHT_UP_WITHIN: Duration = Duration::from_secs(3);
+
+/// Issue 17 item 6. BFT n=4 with data directories: 50 adds, all four replicas killed and
+/// restarted, then replica 3 killed, wiped and started with `--rejoin`, then 30 adds in a
+/// cluster that is otherwise quiet. Replica 3 must reach the others' last decided cid and state
+/// digest within [`CAUGHT_UP_WITHIN`] of the last add: it asks its peers at once when it
+/// starts, and its peers replace their connections to the dead process at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_restarted_into_a_quiet_cluster_catches_up_without_waiting_for_a_timeout() {
+    within(TEST_TIMEOUT, async {
+        const VICTIM: ReplicaId = 3;
+        let setup = Setup::new(Mode::Bft, 4, 2).with_data_dirs();
+        let mut cluster = start_cluster(&setup);
+        let client = client(&cluster, 0, INVOKE_TIMEOUT).await;
+        let ids = all_ids(&cluster);
+        wait_agree(&client, &ids, AGREE_TIMEOUT).await;
+        for _ in 0..50 {
+            counter(&client, CounterOp::Add(1)).await;
+        }
+        for &id in &ids {
+            cluster.kill(id).expect("running").unwrap();
+        }
+        for &id in &ids {
+            keep_log(&cluster, id, "before-restart");
+            let args = data_dir_args(&cluster, id);
+            tokio::task::block_in_place(|| {
+                cluster
+                    .start_replica(id, &as_strs(&args))
+                    .unwrap_or_else(|e| panic!("replica {id} did not restart: {e}"))
+            });
+        }
+        tokio::task::block_in_place(|| cluster.wait_ready(READY_TIMEOUT).expect("restarted"));
+        assert_eq!(counter(&client, CounterOp::Get).await, 50);
+
+        cluster.kill(VICTIM).expect("running").unwrap();
+        keep_log(&cluster, VICTIM, "before-wipe");
+        let data_dir = cluster.data_dir(VICTIM);
+        std::fs::remove_dir_all(&data_dir).unwrap();
+        std::fs::create_dir(&data_dir).unwrap();
+        restart_on_data_dir(&mut cluster, VICTIM, true);
+        for _ in 0..30 {
+            counter(&client, CounterOp::Add(1)).await;
+        }
+        let last_add = Instant::now();
+        // Asked by a client that connects now (as `smr status` does), and by the client that
+        // was connected to the replica's previous run: both must see it caught up. (Two keys:
+        // a replica answers a key over its most recent connection.)
+        let fresh = common::client(&cluster, 1, INVOKE_TIMEOUT).await;
+        let agreed = |c: Client| {
+            let ids = ids.clone();
+            async move {
+                let (answers, agree) =
+                    smr_demo::status::wait_until_agree(&c, &ids, AGREE_TIMEOUT).await;
+                (answers, agree, last_add.elapsed())
+            }
+        };
+        let ((answers, agree, caught_up), (_, agree_old, seen_by_old_client)) =
+            tokio::join!(agreed(fresh.clone()), agreed(client.clone()));
+        let lines: Vec<String> = answers.iter().map(smr_demo::status::format_line).collect();
+        report!(
+            "replica {VICTIM} reached the others' state {caught_up:?} after the last add ({seen_by_old_client:?} as seen by the client connected before its restart):\n{}",
+            lines.join("\n")
+        );
+        assert!(agree && agree_old, "the replicas never agreed:\n{}", lines.join("\n"));
+        for elapsed in [caught_up, seen_by_old_client] {
+            assert!(
+                elapsed <= CAUGHT_UP_WITHIN,
+                "replica {VICTIM} took {caught_up:?} to catch up after the last add, and {seen_by_old_client:?} as seen by the old client (more than {CAUGHT_UP_WITHIN:?}):\n{}",
+                lines.join("\n")
+            );
+        }
+        fresh.shutdown().await;
+        assert_eq!(counter(&client, CounterOp::Get).await, 80);
+        cluster.check_running().expect("every replica runs");
+        client.shutdown().await;
+    })
+    .await;
+}

@@ -611,3 +611,119 @@ async fn local_cluster_reports_a_replica_that_exits_before_ready_with_its_log() 
     })
     .await;
 }
+
+/// Issue 17 item 5: replicas must agree on everything that decides whether a message is valid.
+/// Replica 3 runs with `max_op_bytes = 1024`, the others with 65,536 (so it would reject a
+/// 4,000-byte operation the others decide, and silently cost the cluster its fault tolerance).
+/// Replica 3 must refuse the others and log an error naming `max_op_bytes`, the others must
+/// refuse it, and `smr status` must show the refusals; the other three still serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_limits_differ_is_refused_and_named_in_the_log_and_status() {
+    within(async {
+        let mut cluster = start_cluster(Mode::Bft, 4, 1, ServiceKind::Counter);
+        let client = client(&cluster, 0).await;
+        wait_all_up(&cluster, &client).await;
+        assert_eq!(cluster.config().limits.max_op_bytes, 65_536);
+
+        cluster.kill(3).expect("running").unwrap();
+        let text = std::fs::read_to_string(cluster.config_path()).unwrap();
+        let drifted = cluster.dir().join("cluster-3.toml");
+        std::fs::write(
+            &drifted,
+            common::set_toml_value(&text, "limits", "max_op_bytes", "1024"),
+        )
+        .unwrap();
+        let log = cluster.dir().join("replica-3-drifted.log");
+        let mut replica3 = ReplicaProcess::spawn(
+            Path::new(SMR),
+            &drifted,
+            3,
+            ServiceKind::Counter,
+            &[],
+            log.clone(),
+        )
+        .unwrap();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !replica3.is_ready() {
+            assert!(
+                replica3.try_exit_status().is_none(),
+                "{}",
+                replica3.log_tail()
+            );
+            assert!(Instant::now() < deadline, "{}", replica3.log_tail());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        // The three others still decide (n - f = 3).
+        assert_eq!(counter(&client, CounterOp::Add(1)).await, 1);
+
+        let refuses = |report: &Option<smr_core::message::StatusReport>, ids: &[ReplicaId]| {
+            report.as_ref().is_some_and(|r| {
+                ids.iter().all(|id| {
+                    r.refused_replicas.iter().any(|refused| {
+                        refused.replica == *id
+                            && refused.settings == vec!["limits.max_op_bytes".to_string()]
+                    })
+                })
+            })
+        };
+        let deadline = Instant::now() + AGREE_TIMEOUT;
+        let lines = loop {
+            let answers = status::query(&client, 0..4, Duration::from_millis(1000)).await;
+            let lines: Vec<String> = answers.iter().map(status::format_line).collect();
+            let logged = std::fs::read_to_string(&log).unwrap_or_default();
+            let done = answers[..3].iter().all(|a| refuses(&a.report, &[3]))
+                && refuses(&answers[3].report, &[0, 1, 2])
+                && logged.lines().any(|l| {
+                    l.contains("ERROR")
+                        && l.contains("refusing replica")
+                        && l.contains("max_op_bytes")
+                });
+            if done {
+                break lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the refusals did not show within {AGREE_TIMEOUT:?}:\n{}\nreplica 3's log:\n{}",
+                lines.join("\n"),
+                replica3.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        println!("{}", lines.join("\n"));
+        assert!(
+            lines[3].contains("REFUSES replica 0 (settings differ: limits.max_op_bytes)"),
+            "{}",
+            lines[3]
+        );
+        let logged = std::fs::read_to_string(&log).unwrap();
+        let error = logged
+            .lines()
+            .find(|l| l.contains("refusing replica"))
+            .unwrap();
+        println!("{error}");
+        assert!(
+            error.contains("limits.max_op_bytes = 1024 here, 65536 there"),
+            "{error}"
+        );
+        // Every other replica logs it too, with the values the other way round.
+        let log0 = std::fs::read_to_string(cluster.log_path(0)).unwrap();
+        assert!(
+            log0.lines().any(|l| l.contains("ERROR")
+                && l.contains("refusing replica 3")
+                && l.contains("limits.max_op_bytes = 65536 here, 1024 there")),
+            "{log0}"
+        );
+        // Nothing from the refused replica reached the others' engines: replica 3 never
+        // learned the decision.
+        let r3 = status::query(&client, [3], Duration::from_millis(1000)).await;
+        assert_eq!(
+            r3[0].report.as_ref().map(|r| r.last_decided),
+            Some(Cid(0)),
+            "{r3:?}"
+        );
+        let _ = replica3.kill();
+        client.shutdown().await;
+    })
+    .await;
+}

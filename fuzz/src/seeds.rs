@@ -70,6 +70,10 @@ pub fn messages(per_kind: usize) -> Vec<Vec<u8>> {
         log_entries: 3,
         decided_instances: 9,
         executed_requests: 10,
+        refused_replicas: vec![smr_core::message::RefusedReplica {
+            replica: 3,
+            settings: vec!["limits.max_op_bytes".into()],
+        }],
     }));
     messages.push(Message::Reply(smr_core::message::Reply {
         replica: 0,

@@ -112,6 +112,9 @@ impl Replica {
         let mut transport_config =
             TransportConfig::replica(id, key.clone(), endpoints(config), config.clients.clone());
         apply_frame_limits(&mut transport_config, config);
+        transport_config.protocol_settings = Some(Arc::new(
+            smr_core::settings::ProtocolSettings::of(&engine_config),
+        ));
         let transport = Arc::new(QuicTransport::start(transport_config).await?);
         let handle = driver::start_replica(
             engine_config,

@@ -85,6 +85,24 @@
 //! a frame for a client with no live connection is refused with [`SendError::UnknownPeer`]. Frames sent by a replica to itself are looped back to its own
 //! [`Network::recv`] without touching the network.
 //!
+//! A restarted replica is recognised at once. Its QUIC endpoint's stateless-reset and
+//! connection-id keys are derived from its identity key, so the new run answers a packet its
+//! peers or clients send on a connection to the old run with a stateless reset they accept, and
+//! they reconnect instead of waiting out [`TransportConfig::idle_timeout_ms`]. Every incoming
+//! connection from a replica (with protocol settings, once they are found equal to ours) also
+//! makes our link to it dial at once if it is waiting out its reconnect backoff, or redial if
+//! its connection is older than a second.
+//!
+//! # Protocol settings
+//! With [`TransportConfig::protocol_settings`] (which [`Replica`] always sets), a replica opens
+//! every stream to a replica with its settings ([`smr_core::settings`]: mode, n, f, keys,
+//! the limits that decide validity), and closes a replica connection whose
+//! first frame is not exactly its own settings, before any frame of it reaches
+//! [`Network::recv`]. It logs an error naming each setting that differs, with both values,
+//! counts it ([`TransportStats::connections_refused_settings`]) and reports the peer in
+//! [`QuicTransport::refused_replicas`] (and so in `smr status`) until it connects with equal
+//! settings.
+//!
 //! # Framing
 //! A sender opens one long-lived unidirectional stream on the connection it sends over (on first
 //! use) and writes frames to it, each a `u32` big-endian length followed by that many bytes. A frame longer than
@@ -241,6 +259,13 @@ pub struct TransportConfig {
     /// A connection with no traffic for this long is considered dead. Keep-alives are sent at a
     /// third of it, so this bounds how long a silently vanished peer goes unnoticed.
     pub idle_timeout_ms: u64,
+    /// The protocol settings of the cluster ([`smr_core::settings`]), if replicas are to check
+    /// them: a replica then opens every stream to a replica with its settings, and refuses
+    /// (closes, logging an error naming the settings that differ, and reporting it in
+    /// [`QuicTransport::refused_replicas`]) a replica whose settings differ or that sends
+    /// none, before any of its frames reaches [`Network::recv`]. [`Replica`] sets it from the
+    /// cluster's config; with `None` nothing is sent or checked.
+    pub protocol_settings: Option<Arc<smr_core::settings::ProtocolSettings>>,
 }
 
 impl TransportConfig {
@@ -316,6 +341,7 @@ impl TransportConfig {
             reconnect_max_ms: Self::DEFAULT_RECONNECT_MAX_MS,
             connect_timeout_ms: Self::DEFAULT_CONNECT_TIMEOUT_MS,
             idle_timeout_ms: Self::DEFAULT_IDLE_TIMEOUT_MS,
+            protocol_settings: None,
         }
     }
 
@@ -535,6 +561,9 @@ pub struct TransportStats {
     pub handshake_failures: u64,
     /// Established connections that ended other than by our own shutdown.
     pub connections_lost: u64,
+    /// Connections from replicas we closed because their protocol settings differ from ours
+    /// (see [`TransportConfig::protocol_settings`]).
+    pub connections_refused_settings: u64,
 }
 
 /// The receive queue's two lanes, read by `recv` (see the crate docs, "Receiving").
@@ -565,6 +594,7 @@ pub(crate) struct Counters {
     connections_refused_by_peer: AtomicU64,
     handshake_failures: AtomicU64,
     connections_lost: AtomicU64,
+    pub(crate) connections_refused_settings: AtomicU64,
 }
 
 impl Counters {
@@ -589,6 +619,7 @@ impl Counters {
             connections_refused_by_peer: get(&self.connections_refused_by_peer),
             handshake_failures: get(&self.handshake_failures),
             connections_lost: get(&self.connections_lost),
+            connections_refused_settings: get(&self.connections_refused_settings),
         }
     }
 }
@@ -682,8 +713,14 @@ impl QuicTransport {
             }
             Role::Client => None,
         };
+        let reset_key = link::StatelessResetKey::derive(&config.identity);
+        let cid_key = reset_key.connection_id_key();
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             server_config,
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -711,8 +748,24 @@ impl QuicTransport {
             (lane_bytes / link::CLIENT_SHARES).max(config.max_client_frame_bytes),
         );
         let (shutdown_tx, _) = watch::channel(false);
+        let settings = match config.role {
+            Role::Replica(_) => config.protocol_settings.clone().map(|settings| {
+                let bytes = settings.to_bytes();
+                let mut hello = Vec::with_capacity(link::LENGTH_PREFIX_BYTES + bytes.len());
+                let length = u32::try_from(bytes.len()).expect("settings are a few hundred bytes");
+                hello.extend_from_slice(&length.to_be_bytes());
+                hello.extend_from_slice(&bytes);
+                link::Settings {
+                    ours: settings,
+                    hello,
+                    refused: Mutex::new(Default::default()),
+                }
+            }),
+            Role::Client => None,
+        };
         let shared = Arc::new(link::Shared {
             me,
+            settings,
             max_frame_bytes: config.max_frame_bytes,
             max_client_frame_bytes: config.max_client_frame_bytes,
             client_send_queue_frames: config.client_send_queue_frames,
@@ -728,7 +781,6 @@ impl QuicTransport {
             counters,
             client_links: Mutex::new(Default::default()),
             replica_links: Mutex::new(Default::default()),
-            replicas_connected_in: Mutex::new(Default::default()),
             redial: config
                 .replicas
                 .iter()
@@ -816,6 +868,12 @@ impl QuicTransport {
         self.inner.shared.counters.snapshot()
     }
 
+    /// The replicas refused now because their protocol settings differ from ours (see
+    /// [`TransportConfig::protocol_settings`]), with the keys of the settings that differ.
+    pub fn refused_replicas(&self) -> Vec<smr_core::message::RefusedReplica> {
+        self.inner.shared.refused_replicas()
+    }
+
     /// The address the endpoint is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local_addr
@@ -899,6 +957,10 @@ impl QuicTransport {
 }
 
 impl Network for QuicTransport {
+    fn refused_replicas(&self) -> Vec<smr_core::message::RefusedReplica> {
+        QuicTransport::refused_replicas(self)
+    }
+
     fn send(&self, to: Peer, frame: Vec<u8>) -> Result<(), SendError> {
         use mpsc::error::TrySendError;
         let shared = &self.inner.shared;

@@ -1,7 +1,7 @@
 //! The tasks behind a transport: dialing replicas, accepting connections, writing and reading
 //! frames.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use quinn::{Connection, ConnectionError, Endpoint, RecvStream, VarInt};
+use smr_core::message::ReplicaId;
 use smr_core::network::{InboundFrame, Peer};
+use smr_core::settings::ProtocolSettings;
 use smr_crypto::PublicKey;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -26,6 +28,7 @@ pub(crate) const CLOSE_UNIDENTIFIED: VarInt = VarInt::from_u32(3);
 pub(crate) const CLOSE_TOO_MANY_CONNECTIONS: VarInt = VarInt::from_u32(4);
 pub(crate) const CLOSE_TOO_MANY_CLIENTS: VarInt = VarInt::from_u32(5);
 pub(crate) const CLOSE_BUFFER_LIMIT: VarInt = VarInt::from_u32(6);
+pub(crate) const CLOSE_SETTINGS_DIFFER: VarInt = VarInt::from_u32(7);
 
 /// Frames are a 4-byte big-endian length followed by the body.
 pub(crate) const LENGTH_PREFIX_BYTES: usize = 4;
@@ -231,15 +234,14 @@ pub(crate) struct Shared {
     pub(crate) connect_timeout: Duration,
     pub(crate) admission: Arc<Admission>,
     pub(crate) counters: Arc<Counters>,
+    /// Replica role, when protocol settings are checked: ours, and the peers refused.
+    pub(crate) settings: Option<Settings>,
     /// Replica role: the live connections each client opened to us, oldest first. Replies go
     /// over the last one.
     pub(crate) client_links: Mutex<HashMap<PublicKey, Vec<ClientLink>>>,
     /// Replica role: the live connections each replica opened to us, oldest first.
     pub(crate) replica_links: Mutex<HashMap<smr_core::message::ReplicaId, Vec<(u64, Connection)>>>,
-    /// Replica role: the peers that have connected to us at least once since we started.
-    pub(crate) replicas_connected_in:
-        Mutex<std::collections::HashSet<smr_core::message::ReplicaId>>,
-    /// Per peer replica: bumped when that peer connects to us again (see
+    /// Per peer replica: bumped whenever that peer connects to us (see
     /// [`note_replica_connected_in`]); our outgoing link to it then redials.
     pub(crate) redial: HashMap<smr_core::message::ReplicaId, watch::Sender<u64>>,
     pub(crate) next_link_id: AtomicU64,
@@ -493,6 +495,164 @@ impl Shared {
     }
 }
 
+/// The key of the stateless resets our endpoint sends, derived from our identity key, so that
+/// it is the same in every run of this replica and secret like the identity key; also the key
+/// of our connection ids ([`StatelessResetKey::connection_id_key`]).
+///
+/// A peer that still holds a connection to a run of ours that crashed sends its next packet to
+/// our address; the new run does not know the connection and answers with a stateless reset,
+/// whose token is a MAC of the connection id under this key. With keys drawn at random per run
+/// (quinn's default) the new run would not even recognise the connection id as one of its own
+/// and would drop the packet, or its token would not match the one the old run gave the peer:
+/// the peer would hold the dead connection until its idle timeout (10 s by default), losing
+/// everything it sent meanwhile. With the same keys the peer (a replica or a client) drops the
+/// connection at its next packet, and reconnects.
+pub(crate) struct StatelessResetKey([u8; 32]);
+
+impl StatelessResetKey {
+    /// The tag length, blake3's output; a reset token is its first 16 bytes (quinn's
+    /// `RESET_TOKEN_SIZE`).
+    const TAG_BYTES: usize = 32;
+
+    pub(crate) fn derive(identity: &smr_crypto::IdentityKey) -> StatelessResetKey {
+        StatelessResetKey(blake3::derive_key(
+            "smr transport 2026 QUIC stateless reset key",
+            &identity.as_dalek().to_bytes(),
+        ))
+    }
+
+    /// The key of quinn's `HashedConnectionIdGenerator`, which checks that a packet's
+    /// connection id is one this endpoint's key made before it answers (with a reset, here): the
+    /// same in every run, so that a new run answers for the old run's ids. It is not a secret
+    /// (the check only spares work on packets that are not QUIC).
+    pub(crate) fn connection_id_key(&self) -> u64 {
+        let derived = blake3::keyed_hash(&self.0, b"connection ids");
+        u64::from_le_bytes(derived.as_bytes()[..8].try_into().expect("8 bytes"))
+    }
+}
+
+impl quinn::crypto::HmacKey for StatelessResetKey {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        let tag = blake3::keyed_hash(&self.0, data);
+        let n = signature_out.len().min(Self::TAG_BYTES);
+        signature_out[..n].copy_from_slice(&tag.as_bytes()[..n]);
+    }
+
+    fn signature_len(&self) -> usize {
+        Self::TAG_BYTES
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        // blake3::Hash compares in constant time.
+        let tag = blake3::keyed_hash(&self.0, data);
+        match <[u8; 32]>::try_from(signature) {
+            Ok(bytes) if tag == blake3::Hash::from(bytes) => Ok(()),
+            _ => Err(quinn::crypto::CryptoError),
+        }
+    }
+}
+
+/// Our protocol settings and what they made us refuse (see
+/// [`TransportConfig::protocol_settings`](crate::TransportConfig::protocol_settings)).
+pub(crate) struct Settings {
+    pub(crate) ours: Arc<ProtocolSettings>,
+    /// The first frame of every stream we open to a replica: our settings, length-prefixed.
+    pub(crate) hello: Vec<u8>,
+    /// The replicas refused now, with the keys of the settings that differ; a replica leaves
+    /// when it connects with our settings.
+    pub(crate) refused: Mutex<BTreeMap<ReplicaId, Vec<String>>>,
+}
+
+/// The most characters of one peer-supplied setting value or key that a log line or the
+/// status report shows.
+const SHOWN_SETTING_CHARS: usize = 80;
+
+/// The most differing settings reported per refused replica (ours are 16; a peer may send more).
+const MAX_REPORTED_SETTINGS: usize = 32;
+
+fn shown(text: &str) -> String {
+    let cut: String = text.chars().take(SHOWN_SETTING_CHARS).collect();
+    cut.escape_debug().to_string()
+}
+
+impl Shared {
+    /// Checks the first frame of a stream from replica `from`: its protocol settings. Logs an
+    /// error naming the settings that differ (once per peer and difference) and notes the
+    /// refusal; false if the connection must be refused.
+    fn check_settings(&self, from: ReplicaId, frame: &[u8]) -> bool {
+        let Some(settings) = &self.settings else {
+            return true;
+        };
+        if frame == &settings.hello[LENGTH_PREFIX_BYTES..] {
+            if lock(&settings.refused).remove(&from).is_some() {
+                tracing::info!(me = %self.me, peer = from,
+                    "replica connected with our protocol settings; no longer refused");
+            }
+            return true;
+        }
+        bump(&self.counters.connections_refused_settings, 1);
+        let (keys, detail) = match ProtocolSettings::from_bytes(frame) {
+            Ok(theirs) => {
+                let differences = settings.ours.differences(&theirs);
+                // Raw (the status report escapes them when printed), cut to a bound.
+                let keys: Vec<String> = differences
+                    .iter()
+                    .take(MAX_REPORTED_SETTINGS)
+                    .map(|d| d.key.chars().take(SHOWN_SETTING_CHARS).collect())
+                    .collect();
+                let mut detail = differences
+                    .iter()
+                    .take(MAX_REPORTED_SETTINGS)
+                    .map(|d| {
+                        format!(
+                            "{} = {} here, {} there",
+                            shown(&d.key),
+                            d.ours.as_deref().unwrap_or("(none)"),
+                            d.theirs.as_deref().map_or("(none)".to_string(), shown)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                if differences.len() > MAX_REPORTED_SETTINGS {
+                    detail.push_str(&format!(
+                        "; and {} more",
+                        differences.len() - MAX_REPORTED_SETTINGS
+                    ));
+                }
+                (keys, detail)
+            }
+            Err(why) => (
+                vec!["(settings unreadable)".to_string()],
+                format!("its settings are unreadable: {why}"),
+            ),
+        };
+        let changed = lock(&settings.refused).insert(from, keys.clone()) != Some(keys);
+        if changed {
+            let short = |d: smr_crypto::Digest| d.to_hex()[..16].to_string();
+            tracing::error!(me = %self.me, peer = from, differing = %detail,
+                our_digest = %short(settings.ours.digest()),
+                their_digest = %short(smr_crypto::digest(frame)),
+                "refusing replica {from}: its protocol settings differ from ours, and replicas must agree on everything that decides whether a message is valid; make mode, f, [[replicas]] keys and the [limits] of README's protocol settings equal in every config file");
+        } else {
+            tracing::debug!(me = %self.me, peer = from, "refused replica connected again with the same differing settings");
+        }
+        false
+    }
+
+    pub(crate) fn refused_replicas(&self) -> Vec<smr_core::message::RefusedReplica> {
+        let Some(settings) = &self.settings else {
+            return Vec::new();
+        };
+        lock(&settings.refused)
+            .iter()
+            .map(|(replica, keys)| smr_core::message::RefusedReplica {
+                replica: *replica,
+                settings: keys.clone(),
+            })
+            .collect()
+    }
+}
+
 /// Resolves once shutdown has begun.
 pub(crate) async fn shutdown_signaled(shutdown: &mut watch::Receiver<bool>) {
     // An error means the sender is gone, which also means we are shutting down.
@@ -523,16 +683,28 @@ enum WriteEnd {
     ConnectionLost(String),
 }
 
-/// Writes queued frames onto one unidirectional stream of `conn` until something ends it.
+/// Writes queued frames onto one unidirectional stream of `conn` until something ends it. A
+/// `hello` (our protocol settings, to a replica) opens the stream, at once.
 async fn write_frames(
     shared: &Shared,
     conn: &Connection,
     queue: &mut SendQueueRx,
     shutdown: &mut watch::Receiver<bool>,
+    hello: Option<&[u8]>,
 ) -> WriteEnd {
     let counters = &shared.counters;
     let mut stream = None;
     let mut buffer = Vec::new();
+    if hello.is_some() {
+        let result = tokio::select! {
+            biased;
+            _ = shutdown_signaled(shutdown) => return WriteEnd::Shutdown,
+            result = write_buffer(conn, &mut stream, hello, &[]) => result,
+        };
+        if let Err(error) = result {
+            return WriteEnd::ConnectionLost(error);
+        }
+    }
     loop {
         let first = tokio::select! {
             biased;
@@ -561,7 +733,7 @@ async fn write_frames(
         let result = tokio::select! {
             biased;
             _ = shutdown_signaled(shutdown) => return WriteEnd::Shutdown,
-            result = write_buffer(conn, &mut stream, &buffer) => result,
+            result = write_buffer(conn, &mut stream, hello, &buffer) => result,
         };
         match result {
             Ok(()) => {
@@ -582,11 +754,18 @@ async fn write_frames(
 async fn write_buffer(
     conn: &Connection,
     stream: &mut Option<quinn::SendStream>,
+    hello: Option<&[u8]>,
     buffer: &[u8],
 ) -> Result<(), String> {
     let send = match stream {
         Some(send) => send,
-        None => stream.insert(conn.open_uni().await.map_err(|e| e.to_string())?),
+        None => {
+            let send = stream.insert(conn.open_uni().await.map_err(|e| e.to_string())?);
+            if let Some(hello) = hello {
+                send.write_all(hello).await.map_err(|e| e.to_string())?;
+            }
+            send
+        }
     };
     send.write_all(buffer).await.map_err(|e| e.to_string())
 }
@@ -598,6 +777,22 @@ fn connection_ended(shared: &Shared, peer: Peer, conn: &Connection, end: &str) {
             bump(&shared.counters.connections_refused_by_peer, 1);
             tracing::warn!(me = %shared.me, ?peer, reason = %close,
                 "peer refused our connection; is our key in its configuration?");
+        }
+        Some(ConnectionError::ApplicationClosed(close))
+            if close.error_code == CLOSE_SETTINGS_DIFFER =>
+        {
+            bump(&shared.counters.connections_refused_by_peer, 1);
+            // Once we refuse it too, our error log has named the settings already.
+            let known = match (peer, &shared.settings) {
+                (Peer::Replica(id), Some(settings)) => lock(&settings.refused).contains_key(&id),
+                _ => false,
+            };
+            if known {
+                tracing::debug!(me = %shared.me, ?peer, "peer refused our connection again: protocol settings differ");
+            } else {
+                tracing::warn!(me = %shared.me, ?peer,
+                    "peer refused our connection: its protocol settings differ from ours (our log names them when it connects to us)");
+            }
         }
         Some(ConnectionError::LocallyClosed) if shared.is_shut_down() => {}
         _ => {
@@ -644,16 +839,20 @@ pub(crate) async fn run_replica_link(
                 // `None`: the peer connected to us anew, and this connection is presumed dead.
                 // A connection younger than REDIAL_MIN_AGE is kept: it was dialed after the
                 // peer's restart, or in answer to it.
-                let write = write_frames(&shared, &conn, &mut queue, &mut shutdown);
+                let hello = shared.settings.as_ref().map(|s| s.hello.as_slice());
+                let write = write_frames(&shared, &conn, &mut queue, &mut shutdown, hello);
                 tokio::pin!(write);
+                // The redial signal first: frames queued in answer to what the peer sent on its
+                // new connection must not go out on the dead one.
                 let end = loop {
                     tokio::select! {
-                        end = &mut write => break Some(end),
+                        biased;
                         () = peer_reconnected(redial.as_mut()) => {
                             if connected_at.elapsed() >= REDIAL_MIN_AGE {
                                 break None;
                             }
                         }
+                        end = &mut write => break Some(end),
                     }
                 };
                 match end {
@@ -690,9 +889,16 @@ pub(crate) async fn run_replica_link(
                     retry_in_ms = backoff.as_millis() as u64, "dial failed");
             }
         }
+        // A peer that connects to us is up: dial it at once rather than at the end of the
+        // backoff (a restarted replica must not wait up to `reconnect_max_ms` for our frames).
         tokio::select! {
             biased;
             _ = shutdown_signaled(&mut shutdown) => return,
+            () = peer_reconnected(redial.as_mut()) => {
+                tracing::debug!(me = %shared.me, ?peer, "peer connected to us; dialing it now");
+                backoff = shared.reconnect_initial;
+                continue;
+            }
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(shared.reconnect_max);
@@ -782,7 +988,9 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     tracing::info!(me = %shared.me, ?peer, %remote, "accepted connection");
     let id = shared.next_link_id.fetch_add(1, Ordering::Relaxed);
     if let Peer::Replica(replica) = peer {
-        note_replica_connected_in(&shared, replica);
+        if shared.settings.is_none() {
+            note_replica_connected_in(&shared, replica);
+        }
         let evicted = {
             let mut links = lock(&shared.replica_links);
             let links = links.entry(replica).or_default();
@@ -844,20 +1052,19 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     read_connection(shared, conn, peer).await;
 }
 
-/// A peer replica that connects to us a second time has most likely restarted (or lost its
-/// network), and then our outgoing connection to it is dead as well. quinn would only find out
-/// at the idle timeout, since the restarted process cannot reset connections it never had: until
-/// then everything we send it would vanish. So the second and later inbound connections from a
-/// replica make our link to it redial at once, if that link is older than [`REDIAL_MIN_AGE`].
-/// The first inbound connection does not (a restarted replica's peers dial it), and neither
-/// does one that arrives just after we dialed, so two replicas never make each other redial in
-/// turn.
+/// Called when a replica's connection is accepted (with protocol settings, once its settings
+/// are found equal to ours).
+///
+/// A peer replica that connects to us has most likely (re)started, or found its network again,
+/// and then our outgoing connection to it, if we hold one, is dead as well: quinn would only find
+/// out at the idle timeout (or at a stateless reset, see `stateless_reset_key`), and until then
+/// everything we send it would vanish. So every inbound connection from a replica signals our
+/// link to it: a link waiting out its reconnect backoff dials at once, and a connected link
+/// older than [`REDIAL_MIN_AGE`] redials. A link younger than that was dialed after the peer's
+/// restart or in answer to it, so two replicas never make each other redial in turn.
 fn note_replica_connected_in(shared: &Shared, replica: smr_core::message::ReplicaId) {
-    let again = !lock(&shared.replicas_connected_in).insert(replica);
-    if again {
-        if let Some(redial) = shared.redial.get(&replica) {
-            redial.send_modify(|generation| *generation += 1);
-        }
+    if let Some(redial) = shared.redial.get(&replica) {
+        redial.send_modify(|generation| *generation += 1);
     }
 }
 
@@ -879,7 +1086,7 @@ async fn run_client_link(
 ) {
     let peer = Peer::Client(key);
     let mut shutdown = shared.shutdown_rx();
-    let end = write_frames(&shared, &conn, &mut queue, &mut shutdown).await;
+    let end = write_frames(&shared, &conn, &mut queue, &mut shutdown, None).await;
     {
         let mut all_links = lock(&shared.client_links);
         if let Some(links) = all_links.get_mut(&key) {
@@ -943,6 +1150,8 @@ pub(crate) enum StreamEnd {
     Failed(String),
     /// Nobody takes frames any more.
     Closed,
+    /// A replica's stream did not open with our protocol settings.
+    SettingsDiffer,
 }
 
 async fn read_stream(
@@ -977,6 +1186,9 @@ async fn read_stream(
                 "a connection's streams buffered more than one frame; closing it");
             conn.close(CLOSE_BUFFER_LIMIT, b"too many partial frames");
         }
+        StreamEnd::SettingsDiffer => {
+            conn.close(CLOSE_SETTINGS_DIFFER, b"protocol settings differ");
+        }
         StreamEnd::Failed(reason) => {
             tracing::debug!(me = %shared.me, ?peer, %reason, "stream failed");
             let _ = stream.stop(CLOSE_STREAM_REFUSED);
@@ -997,6 +1209,11 @@ async fn read_frames(
     buffered: &ByteBudget,
 ) -> StreamEnd {
     let max_frame_bytes = shared.frame_limit(peer);
+    // A replica's stream opens with its protocol settings, when we check them.
+    let mut settings_from = match peer {
+        Peer::Replica(id) if shared.settings.is_some() => Some(id),
+        _ => None,
+    };
     let mut buffer: Vec<u8> = Vec::new();
     let mut held = Held {
         budget: buffered,
@@ -1020,6 +1237,16 @@ async fn read_frames(
             let body = start + LENGTH_PREFIX_BYTES;
             if buffer.len() - body < length {
                 break;
+            }
+            if let Some(from) = settings_from.take() {
+                if !shared.check_settings(from, &buffer[body..body + length]) {
+                    return StreamEnd::SettingsDiffer;
+                }
+                // Only a peer we accept makes our link to it dial: two replicas that refuse
+                // each other would otherwise wake each other's links in a loop.
+                note_replica_connected_in(shared, from);
+                start = body + length;
+                continue;
             }
             let frame = buffer[body..body + length].to_vec();
             start = body + length;

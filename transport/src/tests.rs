@@ -712,3 +712,174 @@ async fn a_transport_task_that_panics_or_an_essential_one_that_ends_is_reported(
     assert_eq!(reason, "the connection acceptor ended before shutdown");
     transport.shutdown().await;
 }
+
+/// Two replicas (ids 0 and 1, key seeds 1 and 2) on bound sockets, each configuration tweaked;
+/// returns their configurations and sockets, not started.
+fn two_replicas(tweak: impl Fn(&mut TransportConfig)) -> [(TransportConfig, UdpSocket); 2] {
+    let sockets = [
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+    ];
+    let endpoints: Vec<ReplicaEndpoint> = (0..2)
+        .map(|i| ReplicaEndpoint {
+            id: i as u32,
+            addr: sockets[i].local_addr().unwrap(),
+            public_key: key(i as u8 + 1).public_key(),
+        })
+        .collect();
+    sockets.map(|socket| {
+        let id = endpoints
+            .iter()
+            .find(|e| e.addr == socket.local_addr().unwrap())
+            .unwrap()
+            .id;
+        let mut config =
+            TransportConfig::replica(id, key(id as u8 + 1), endpoints.clone(), ClientPolicy::Any);
+        tweak(&mut config);
+        (config, socket)
+    })
+}
+
+/// Issue 17 item 6: a replica whose peer was down waits out its reconnect backoff; when the
+/// peer comes back and connects to it, it must dial the peer at once, so what it queued for the
+/// peer arrives within a round trip or two of the peer's start, not at the end of the backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_connects_in_is_dialed_at_once_not_at_the_end_of_the_backoff() {
+    // Without and with protocol settings (then the signal comes once they are checked).
+    dialed_at_once(None).await;
+    dialed_at_once(Some(settings(
+        "smr-protocol-settings-v1\nmode=bft\nlimits.max_op_bytes=1024\n",
+    )))
+    .await;
+}
+
+async fn dialed_at_once(protocol_settings: Option<Arc<smr_core::settings::ProtocolSettings>>) {
+    let [(config0, socket0), (config1, socket1)] = two_replicas(|c| {
+        c.reconnect_initial_ms = 4_000;
+        c.reconnect_max_ms = 10_000;
+        c.connect_timeout_ms = 300;
+        c.protocol_settings = protocol_settings.clone();
+    });
+    // Replica 1's port is bound but nobody serves it: replica 0's first dial times out, and it
+    // backs off for 4 s.
+    let replica0 = QuicTransport::start_with_socket(config0, socket0)
+        .await
+        .unwrap();
+    replica0.send(Peer::Replica(1), b"queued".to_vec()).unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let started = tokio::time::Instant::now();
+    let replica1 = QuicTransport::start_with_socket(config1, socket1)
+        .await
+        .unwrap();
+    let frame = recv_within(&replica1).await;
+    assert_eq!(
+        (frame.from, frame.frame),
+        (Peer::Replica(0), b"queued".to_vec())
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1_000),
+        "the queued frame arrived {:?} after the peer started",
+        started.elapsed()
+    );
+    replica0.shutdown().await;
+    replica1.shutdown().await;
+}
+
+fn settings(text: &str) -> Arc<smr_core::settings::ProtocolSettings> {
+    Arc::new(smr_core::settings::ProtocolSettings::from_bytes(text.as_bytes()).unwrap())
+}
+
+/// Issue 17 item 5: two replicas whose protocol settings differ refuse each other: no frame of
+/// either reaches the other's `recv`, both report the refusal naming the setting, and both
+/// count it. With equal settings the same frames pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_whose_protocol_settings_differ_refuse_each_others_frames() {
+    let [(mut config0, socket0), (mut config1, socket1)] = two_replicas(|c| {
+        c.reconnect_initial_ms = 50;
+    });
+    config0.protocol_settings = Some(settings(
+        "smr-protocol-settings-v1\nmode=bft\nlimits.max_op_bytes=65536\n",
+    ));
+    config1.protocol_settings = Some(settings(
+        "smr-protocol-settings-v1\nmode=bft\nlimits.max_op_bytes=1024\n",
+    ));
+    let replica0 = QuicTransport::start_with_socket(config0, socket0)
+        .await
+        .unwrap();
+    let replica1 = QuicTransport::start_with_socket(config1, socket1)
+        .await
+        .unwrap();
+    let refused = |id: u32| {
+        vec![smr_core::message::RefusedReplica {
+            replica: id,
+            settings: vec!["limits.max_op_bytes".to_string()],
+        }]
+    };
+    for round in 0..20u8 {
+        let _ = replica0.send(Peer::Replica(1), vec![round]);
+        let _ = replica1.send(Peer::Replica(0), vec![round]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_until("both replicas refuse each other", || {
+        replica0.refused_replicas() == refused(1) && replica1.refused_replicas() == refused(0)
+    })
+    .await;
+    assert!(replica0.stats().connections_refused_settings >= 1);
+    assert!(replica1.stats().connections_refused_settings >= 1);
+    // Refused connections do not wake the refused peer's link: the two back off (50 ms
+    // doubling) rather than redial each other in a loop.
+    let before = replica0.stats().connections_incoming;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let during = replica0.stats().connections_incoming - before;
+    assert!(during <= 8, "{during} connections in 1.5 s");
+    for replica in [&replica0, &replica1] {
+        let got = tokio::time::timeout(Duration::from_millis(300), replica.recv()).await;
+        assert!(
+            got.is_err(),
+            "a frame of a refused replica arrived: {got:?}"
+        );
+    }
+    replica0.shutdown().await;
+    replica1.shutdown().await;
+
+    // Equal settings: the frames pass.
+    let [(mut config0, socket0), (mut config1, socket1)] = two_replicas(|_| {});
+    let same = settings("smr-protocol-settings-v1\nmode=bft\nlimits.max_op_bytes=1024\n");
+    config0.protocol_settings = Some(same.clone());
+    config1.protocol_settings = Some(same);
+    let replica0 = QuicTransport::start_with_socket(config0, socket0)
+        .await
+        .unwrap();
+    let replica1 = QuicTransport::start_with_socket(config1, socket1)
+        .await
+        .unwrap();
+    replica0.send(Peer::Replica(1), b"same".to_vec()).unwrap();
+    let frame = recv_within(&replica1).await;
+    assert_eq!(frame.frame, b"same".to_vec());
+    assert!(replica0.refused_replicas().is_empty() && replica1.refused_replicas().is_empty());
+    replica0.shutdown().await;
+    replica1.shutdown().await;
+}
+
+/// Issue 17 item 6: a replica's stateless-reset and connection-id keys are the same in every
+/// run (derived from its identity key), so a new run's resets are accepted on the old run's
+/// connections; they differ between identities.
+#[test]
+fn stateless_reset_keys_are_stable_per_identity_and_differ_between_identities() {
+    use quinn::crypto::HmacKey;
+    let a = crate::link::StatelessResetKey::derive(&key(1));
+    let again = crate::link::StatelessResetKey::derive(&key(1));
+    let b = crate::link::StatelessResetKey::derive(&key(2));
+    let sign = |k: &crate::link::StatelessResetKey| {
+        let mut tag = vec![0; k.signature_len()];
+        k.sign(b"connection id", &mut tag);
+        tag
+    };
+    assert_eq!(sign(&a), sign(&again));
+    assert_ne!(sign(&a), sign(&b));
+    assert_eq!(a.connection_id_key(), again.connection_id_key());
+    assert_ne!(a.connection_id_key(), b.connection_id_key());
+    assert!(a.verify(b"connection id", &sign(&again)).is_ok());
+    assert!(a.verify(b"connection id", &sign(&b)).is_err());
+    assert!(a.verify(b"connection id", &sign(&a)[..16]).is_err());
+}
