@@ -27,6 +27,8 @@ struct Net {
     /// Every checkpoint each replica persisted.
     persisted: Vec<Vec<Checkpoint>>,
     clock: u64,
+    /// Extra delay on every StateChunk from replica .0: a slow (Byzantine) source.
+    slow_chunks_from: Option<(u32, u64)>,
 }
 
 impl Net {
@@ -39,6 +41,7 @@ impl Net {
             latency_ms,
             persisted: vec![Vec::new(); n as usize],
             clock: 0,
+            slow_chunks_from: None,
         };
         let mut outputs = Vec::new();
         for me in 0..n - 1 {
@@ -79,10 +82,14 @@ impl Net {
                 Outgoing::Broadcast(message) => ((0..n).filter(|j| *j != me).collect(), message),
                 _ => continue,
             };
+            let extra_ms = match (self.slow_chunks_from, message) {
+                (Some((slow, delay_ms)), Message::StateChunk { .. }) if slow == me => delay_ms,
+                _ => 0,
+            };
             for to in targets {
                 self.seq += 1;
                 self.queue.insert(
-                    (now_ms + self.latency_ms, self.seq),
+                    (now_ms + self.latency_ms + extra_ms, self.seq),
                     (me, to, message.clone()),
                 );
             }
@@ -343,4 +350,40 @@ fn a_checkpoint_above_64_mib_is_recovered_from_its_data_dir_and_transferred() {
             None
         );
     }
+}
+
+/// Attack (issue 17 review): a Byzantine source that serves correct chunks, each just before
+/// the stall period (`retransmit_max_ms` + one pacing interval) would replace it. Silence is no
+/// longer blamed and progress resets the stall clock, so the requester never leaves it: the
+/// 381-chunk transfer that takes under a second from an honest source takes 381 stall periods
+/// (about 13 minutes; 1 GiB in 1 MiB chunks would take 35 minutes), long enough for the
+/// cluster to truncate the decisions after the checkpoint, so the wiped replica transfers
+/// again, from the same slow source. Meanwhile it is one more replica the cluster cannot
+/// count on: with the slow source also stopping its votes, n - f correct replicas stall.
+/// The requester should complete within a few stall periods, since f + 1 vouchers include a
+/// correct one that serves at full rate. FAILS on main (ed9ab6d): caught up only at 761 s.
+#[test]
+fn a_source_that_answers_just_before_the_stall_cannot_slow_a_transfer_without_bound() {
+    let limits = Limits {
+        state_chunk_bytes: 4096,
+        checkpoint_period: 20,
+        ..Limits::default()
+    };
+    let c = cluster(Mode::Bft, 4, 1, limits);
+    let checkpoint = checkpoint(&c, Cid(20), 24 * 65_000);
+    let mut net = Net::new(&c, &checkpoint, 1);
+    // Replica 0 (the lowest id, so chosen first) delays each chunk to 2 ms short of the stall.
+    net.slow_chunks_from = Some((0, 1_996));
+    let at = net.run_until(
+        &c,
+        30_000,
+        |_, _, _| false,
+        |net| net.engines[3].last_executed() == Cid(20),
+    );
+    eprintln!("caught up at {at:?}");
+    assert!(
+        at.is_some(),
+        "the wiped replica is still at cid {} after 30 s behind one slow source",
+        net.engines[3].last_executed()
+    );
 }
