@@ -29,6 +29,9 @@ struct Net {
     clock: u64,
     /// Extra delay on every StateChunk from replica .0: a slow (Byzantine) source.
     slow_chunks_from: Option<(u32, u64)>,
+    /// A Byzantine source: replica .0 answers every StateFetch below offset .1 with a full
+    /// chunk of garbage claiming a total length of .2, and is silent beyond .1.
+    garbage_chunks_from: Option<(u32, u64, u64)>,
 }
 
 impl Net {
@@ -42,6 +45,7 @@ impl Net {
             persisted: vec![Vec::new(); n as usize],
             clock: 0,
             slow_chunks_from: None,
+            garbage_chunks_from: None,
         };
         let mut outputs = Vec::new();
         for me in 0..n - 1 {
@@ -138,6 +142,25 @@ impl Net {
                 let (_, (from, to, message)) = self.queue.pop_first().expect("due");
                 if drop(from, to, &message) {
                     continue;
+                }
+                if let (Some((liar, stop, total_len)), Message::StateFetch { cid, offset }) =
+                    (self.garbage_chunks_from, &message)
+                {
+                    if to == liar {
+                        if *offset < stop {
+                            self.seq += 1;
+                            let chunk = Message::StateChunk {
+                                cid: *cid,
+                                offset: *offset,
+                                total_len,
+                                bytes: vec![0xAA; c.limits.state_chunk_bytes],
+                                decided: None,
+                            };
+                            self.queue
+                                .insert((now_ms + self.latency_ms, self.seq), (liar, from, chunk));
+                        }
+                        continue;
+                    }
                 }
                 let Ok(verified) = c.verifier.verify_inbound(Peer::Replica(from), message) else {
                     continue;
@@ -385,5 +408,45 @@ fn a_source_that_answers_just_before_the_stall_cannot_slow_a_transfer_without_bo
         at.is_some(),
         "the wiped replica is still at cid {} after 30 s behind one slow source",
         net.engines[3].last_executed()
+    );
+}
+
+/// Attack (issue 17 review): a Byzantine source (replica 0, the lowest id, so asked first)
+/// serves full chunks of garbage claiming a total length above the real one, until the
+/// requester's buffer is longer than the real checkpoint, then goes quiet. The requester
+/// resumes at that offset from each correct voucher in turn; each refuses a fetch beyond its
+/// checkpoint ("state fetch beyond the checkpoint", no reply), so each looks quiet, and once
+/// every voucher went quiet the transfer is dropped and started afresh, with fresh `failed` /
+/// `silent` sets: replica 0 is asked first again. Nothing it sent is of the wrong length and no
+/// download completed, so it is never blamed: the wiped replica never catches up.
+#[test]
+fn a_source_that_overshoots_the_real_length_is_blamed_and_the_transfer_completes() {
+    let limits = Limits {
+        state_chunk_bytes: 4096,
+        checkpoint_period: 20,
+        ..Limits::default()
+    };
+    let c = cluster(Mode::Bft, 4, 1, limits);
+    let checkpoint = checkpoint(&c, Cid(20), 24 * 65_000);
+    let real_chunks = checkpoint.data.len().div_ceil(4096) as u64;
+    let mut net = Net::new(&c, &checkpoint, 1);
+    let stop = (real_chunks + 1) * 4096;
+    net.garbage_chunks_from = Some((0, stop, stop + 100 * 4096));
+    let at = net.run_until(
+        &c,
+        60_000,
+        |_, _, _| false,
+        |net| net.engines[3].last_executed() == Cid(20),
+    );
+    eprintln!(
+        "caught up at {at:?}; {} transfers started, {} lying sources seen",
+        net.engines[3].stats().state_transfers,
+        net.engines[3].stats().lying_state_sources
+    );
+    assert!(
+        at.is_some(),
+        "the wiped replica is still at cid {} after 60 s ({} transfers started)",
+        net.engines[3].last_executed(),
+        net.engines[3].stats().state_transfers
     );
 }
