@@ -136,6 +136,10 @@ pub(crate) struct Transfer {
     /// is unknown: from then on each download comes from one source alone, and a mismatch
     /// blames it.
     pub(crate) single_source: bool,
+    /// The current source was asked to continue bytes another source sent, and has sent
+    /// nothing since: if it stays quiet, that prefix may be what it cannot serve (a liar's
+    /// prefix longer than the checkpoint, which no correct source answers).
+    pub(crate) resumed: bool,
     /// When the download last made progress.
     pub(crate) last_progress_ms: u64,
     /// When the last StateFetch left, for pacing the next.

@@ -131,8 +131,17 @@ impl Engine {
             if now_ms < transfer.last_progress_ms.saturating_add(stall_ms) {
                 return;
             }
-            // The source went quiet: resume from another.
-            transfer.silent.insert(source);
+            if std::mem::take(&mut transfer.resumed) {
+                // Asked to continue another source's bytes, it sent nothing: a correct source
+                // does not answer an offset beyond its checkpoint, so those bytes may be a
+                // liar's prefix longer than the real one. Which source lied is unknown: from
+                // now on every download comes from one source alone, starting again with
+                // this one from byte 0 (it is not blamed for the quiet).
+                transfer.single_source = true;
+            } else {
+                // The source went quiet: resume from another.
+                transfer.silent.insert(source);
+            }
             transfer.target = None;
         }
         match transfer
@@ -146,6 +155,7 @@ impl Engine {
                     transfer.clear_buffer();
                     transfer.buffer_of = Some((cid, digest));
                 }
+                transfer.resumed = transfer.contributors.iter().any(|c| *c != source);
                 transfer.target = Some((cid, digest, source));
                 transfer.last_progress_ms = now_ms;
                 self.send_state_fetch(now_ms);
@@ -274,6 +284,7 @@ impl Engine {
         }
         transfer.buffer.extend_from_slice(&bytes);
         transfer.contributors.insert(source);
+        transfer.resumed = false;
         transfer.last_progress_ms = now_ms;
         if (transfer.buffer.len() as u64) < total_len {
             self.send_state_fetch(now_ms);
