@@ -455,3 +455,43 @@ fn a_source_that_overshoots_the_real_length_cannot_stall_the_transfer() {
     assert!(at < Some(10_000), "caught up at {at:?}");
     assert_eq!(net.persisted[3], [checkpoint]);
 }
+
+/// Attack (issue 17 review, limits end to end): `max_state_bytes` is checked only by a
+/// requester's verifier, never where a checkpoint is taken. A service whose state outgrows it
+/// (here 1.2 MiB against 1 MiB) is checkpointed and announced by every replica without a word,
+/// but no chunk of it is ever accepted ("oversize state", a debug-level rejection at the
+/// requester), so a wiped replica never catches up and the cluster has silently lost one
+/// replica of fault tolerance. FAILS on main: expected either the transfer to work or the
+/// sources to refuse/flag the oversize checkpoint visibly (a stat, an error log, status).
+#[test]
+fn a_checkpoint_above_max_state_bytes_is_flagged_where_it_is_taken() {
+    let limits = Limits {
+        state_chunk_bytes: 64 * 1024,
+        max_state_bytes: 1 << 20,
+        max_clients: 16,
+        max_client_reply_bytes: 16 * 1024,
+        max_reply_cache_bytes: 64 * 1024,
+        ..Limits::default()
+    };
+    let c = cluster(Mode::Bft, 4, 1, limits);
+    let checkpoint = checkpoint(&c, Cid(20), 1_200_000);
+    assert!(checkpoint.data.len() as u64 > c.limits.max_state_bytes);
+    let mut net = Net::new(&c, &checkpoint, 1);
+    let at = net.run_until(
+        &c,
+        30_000,
+        |_, _, _| false,
+        |net| net.engines[3].last_executed() == Cid(20),
+    );
+    let rejected: Vec<_> = net.engines[3].stats().rejections.iter().collect();
+    assert!(
+        at.is_some(),
+        "the wiped replica is at cid {} after 30 s, {} transfers started; the sources hold a \
+         checkpoint of {} bytes against max_state_bytes {} and report nothing (requester's \
+         engine rejections: {rejected:?})",
+        net.engines[3].last_executed(),
+        net.engines[3].stats().state_transfers,
+        checkpoint.data.len(),
+        c.limits.max_state_bytes,
+    );
+}
