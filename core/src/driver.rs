@@ -1253,6 +1253,21 @@ impl<N: Network> ClientShared<N> {
 mod tests {
     use super::*;
 
+    /// Issue 17 item 8 says every refusal of a damaged data dir gives the same advice
+    /// (`REJOIN_ADVICE`); a stored checkpoint that does not decode, or stored records beyond
+    /// what a replica can have written (`Engine::recover`'s refusals), said only "cannot
+    /// rebuild the replica from its data directory".
+    #[test]
+    fn every_refusal_of_a_data_dir_says_to_move_it_aside_and_rejoin() {
+        for refusal in [
+            StartError::UndecodableRecord("x".into()),
+            StartError::Recovery("stored checkpoint is unreadable: x".into()),
+        ] {
+            let text = refusal.to_string();
+            assert!(text.contains("--rejoin"), "{text}");
+        }
+    }
+
     #[tokio::test]
     async fn a_verify_queue_is_bounded_in_bytes_and_lets_one_large_frame_through_alone() {
         let queue = QueuedBytes {
