@@ -254,7 +254,7 @@ pub enum StartError {
     #[error("the data directory holds a record that does not decode ({0}); it was written by an incompatible version or is damaged. {advice}", advice = crate::storage::REJOIN_ADVICE)]
     UndecodableRecord(String),
     /// [`Engine::recover`] refused the records (a checkpoint that does not decode).
-    #[error("cannot rebuild the replica from its data directory: {0}")]
+    #[error("cannot rebuild the replica from its data directory: {0}. {advice}", advice = crate::storage::REJOIN_ADVICE)]
     Recovery(String),
     /// The engine configuration breaks a rule (see [`InvalidConfig`]); nothing was started.
     #[error("invalid engine configuration: {0}")]
