@@ -304,6 +304,7 @@ pub fn start_replica<N: Network>(
     };
     let me = config.me;
     let mode = config.quorums.mode().to_string();
+    let max_state_bytes = config.limits.max_state_bytes;
     let (engine, initial_output, wal) = match storage {
         None => {
             tracing::info!(replica = me, mode = %mode, "replica starting without a data dir: state is kept in memory only and is lost on restart");
@@ -455,6 +456,8 @@ pub fn start_replica<N: Network>(
         rejected,
         decode_errors,
         frames_too_large: 0,
+        max_state_bytes,
+        oversize_checkpoints_logged: 0,
     }));
     // The one place a replica's failure is logged and published, whatever part failed: the
     // engine task ends with it (or panics) and this watchdog reports how.
@@ -717,6 +720,10 @@ struct EngineLoop<N> {
     decode_errors: Arc<AtomicU64>,
     /// Sends refused as larger than the frame limit ([`ReplicaStatus::frames_too_large`]).
     frames_too_large: u64,
+    /// `limits.max_state_bytes`, for the error logged when a checkpoint exceeds it.
+    max_state_bytes: u64,
+    /// The engine's `oversize_checkpoints` already logged.
+    oversize_checkpoints_logged: u64,
 }
 
 /// Milliseconds since the driver started: the engine's `now`.
@@ -729,6 +736,8 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) -> Result<(), ReplicaError
     let epoch = Instant::now();
     let initial = std::mem::take(&mut l.initial_output);
     l.perform_checked(now_ms(epoch), initial)?;
+    // A checkpoint recovered from the data dir may exceed a limit lowered since.
+    l.log_state_over_max_state_bytes();
     let output = l.engine.start(now_ms(epoch));
     l.perform_checked(now_ms(epoch), output)?;
     loop {
@@ -788,6 +797,10 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) -> Result<(), ReplicaError
                             log_entries: l.engine.log_len() as u64,
                             decided_instances: l.engine.stats().decided_instances,
                             executed_requests: l.engine.stats().executed_requests,
+                            state_over_max_state_bytes: l
+                                .engine
+                                .state_over_max_state_bytes()
+                                .is_some(),
                         };
                         // The service thread fills in the digest after the batches queued
                         // before this query, i.e. exactly at `last_decided`. If it is gone,
@@ -911,7 +924,34 @@ impl<N: Network> EngineLoop<N> {
     /// Performs `output`; the error if a part of it failed (the rest was not performed).
     fn perform_checked(&mut self, now_ms: u64, output: Output) -> Result<(), ReplicaError> {
         runner::perform(self, now_ms, output);
+        let oversize = self.engine.stats().oversize_checkpoints;
+        if oversize > self.oversize_checkpoints_logged {
+            self.oversize_checkpoints_logged = oversize;
+            self.log_state_over_max_state_bytes();
+        }
         self.failure.take().map_or(Ok(()), Err)
+    }
+
+    /// Logs an error if this replica's newest checkpoint exceeds `limits.max_state_bytes`
+    /// ([`Engine::state_over_max_state_bytes`]): the replica goes on (every replica shares the
+    /// limit, so stopping would stop them all), but none can receive the state by transfer.
+    fn log_state_over_max_state_bytes(&self) {
+        let Some((cid, state_bytes)) = self.engine.state_over_max_state_bytes() else {
+            return;
+        };
+        let maximum = crate::config::LIMIT_MAXIMA
+            .iter()
+            .find(|(name, _)| *name == "max_state_bytes")
+            .map_or(0, |(_, max)| *max);
+        tracing::error!(
+            replica = self.engine.id(),
+            cid = cid.0,
+            state_bytes,
+            max_state_bytes = self.max_state_bytes,
+            "the checkpoint at cid {} holds {state_bytes} bytes, more than limits.max_state_bytes ({}): no replica can receive it by state transfer, so a replica that loses its data dir cannot rejoin; raise limits.max_state_bytes on every replica (at most {maximum}) and restart them one at a time",
+            cid.0,
+            self.max_state_bytes
+        );
     }
 
     /// Records the first failure; [`Host::stopped`] then stops performing the output.

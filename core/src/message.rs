@@ -759,6 +759,10 @@ pub struct StatusReport {
     pub decided_instances: u64,
     /// Requests executed since the replica started (duplicates skipped are not counted).
     pub executed_requests: u64,
+    /// The replica's newest checkpoint exceeds `limits.max_state_bytes`, so no replica can
+    /// receive it by state transfer
+    /// ([`Engine::state_over_max_state_bytes`](crate::Engine::state_over_max_state_bytes)).
+    pub state_over_max_state_bytes: bool,
 }
 
 impl Message {

@@ -221,6 +221,7 @@ fn samples() -> Vec<(&'static str, Vec<u8>, Decodes)> {
                 log_entries: 0,
                 decided_instances: 0,
                 executed_requests: 0,
+                state_over_max_state_bytes: false,
             })),
             message,
         ),

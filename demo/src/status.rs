@@ -74,7 +74,12 @@ pub fn format_line(answer: &ReplicaAnswer) -> String {
             r.pending_requests,
             r.rejected_messages,
             r.log_entries
-        ),
+        ) + if r.state_over_max_state_bytes {
+            // No replica can receive this state by transfer: raise the limit everywhere.
+            "  state over max_state_bytes"
+        } else {
+            ""
+        },
     }
 }
 
@@ -162,6 +167,7 @@ mod tests {
             log_entries: 0,
             decided_instances: 0,
             executed_requests: 0,
+            state_over_max_state_bytes: false,
         }
     }
 
@@ -180,6 +186,15 @@ mod tests {
             report: None,
         };
         assert_eq!(format_line(&down), "replica 3  unreachable");
+        let mut oversize = report(1, 42, 0x1a);
+        oversize.state_over_max_state_bytes = true;
+        assert_eq!(
+            format_line(&ReplicaAnswer {
+                id: 1,
+                report: Some(oversize),
+            }),
+            "replica 1  up  bft  regency 0  leader 0  decided 42  checkpoint 0  digest 1a1a1a1a1a1a1a1a  pending 0  rejected 0  log 0  state over max_state_bytes"
+        );
     }
 
     /// Issue 12 item 11: a replica's mode string carrying terminal escapes (clear the screen,

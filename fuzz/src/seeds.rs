@@ -70,6 +70,7 @@ pub fn messages(per_kind: usize) -> Vec<Vec<u8>> {
         log_entries: 3,
         decided_instances: 9,
         executed_requests: 10,
+        state_over_max_state_bytes: true,
     }));
     messages.push(Message::Reply(smr_core::message::Reply {
         replica: 0,

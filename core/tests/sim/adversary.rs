@@ -593,6 +593,7 @@ impl Adversary {
                 log_entries: edge(rng, 0),
                 decided_instances: edge(rng, 0),
                 executed_requests: edge(rng, 0),
+                state_over_max_state_bytes: true,
             }),
         }
     }
