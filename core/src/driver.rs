@@ -164,10 +164,22 @@ pub enum ReplicaError {
     /// error, a full disk, a file-size limit). Nothing that promised the lost records was sent.
     #[error("storage failed, stopping the replica: {0}")]
     Storage(String),
-    /// The service panicked, could not restore a checkpoint that a quorum vouches for, or its
-    /// thread ended.
+    /// The service panicked or its thread ended.
     #[error("the service failed, stopping the replica: {0}")]
     Service(String),
+    /// The service could not restore a checkpoint (its own from the data dir, or one that f+1
+    /// replicas vouched for in a state transfer): going on would serve a state that differs
+    /// from the others'. Restarting restores the same checkpoint again, so it fails again
+    /// until the service can read it.
+    #[error(
+        "the service cannot restore the checkpoint at cid {cid}, stopping the replica: {error}"
+    )]
+    Restore {
+        /// The checkpoint's cid.
+        cid: Cid,
+        /// The service's error.
+        error: String,
+    },
     /// A thread or task of the replica panicked: a broken invariant.
     #[error("the {component} panicked, stopping the replica: {message}")]
     Panicked {
@@ -683,9 +695,10 @@ fn run_service(
                 // A checkpoint that f+1 replicas vouch for but this service cannot read: going
                 // on would serve a state that differs from theirs.
                 if let Err(e) = service.restore(&snapshot) {
-                    let _ = outputs.send(ServiceOutput::Failed(ReplicaError::Service(format!(
-                        "cannot restore the service from the checkpoint at cid {cid}: {e}"
-                    ))));
+                    let _ = outputs.send(ServiceOutput::Failed(ReplicaError::Restore {
+                        cid,
+                        error: e.to_string(),
+                    }));
                     return;
                 }
                 continue;
