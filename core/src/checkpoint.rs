@@ -136,16 +136,27 @@ pub(crate) struct Transfer {
     /// is unknown: from then on each download comes from one source alone, and a mismatch
     /// blames it.
     pub(crate) single_source: bool,
+    /// The current source was asked to continue bytes another source sent, and has sent
+    /// nothing since: if it stays quiet, that prefix may be what it cannot serve (a liar's
+    /// prefix longer than the checkpoint, which no correct source answers).
+    pub(crate) resumed: bool,
     /// When the download last made progress.
     pub(crate) last_progress_ms: u64,
-    /// When the last StateFetch left, for pacing the next.
+    /// When the last StateFetch left, for pacing the next and for timing its answer.
     pub(crate) last_fetch_ms: Option<u64>,
+    /// Each source's latest answer time in this transfer (from its StateFetch leaving to its
+    /// chunk arriving): a source is chosen by it, the fastest first, so one slow source does
+    /// not set the pace while others vouch for the same checkpoint. Slowness is not blame.
+    pub(crate) answer_ms: BTreeMap<ReplicaId, u64>,
+    /// The fastest answer any source gave in this transfer.
+    pub(crate) fastest_answer_ms: Option<u64>,
 }
 
 impl Transfer {
     /// The highest checkpoint above `above` that at least `needed` peers report identically,
     /// with a source among them that has not failed: one that has not gone quiet if there is
-    /// one, else the first of those that did.
+    /// one, else one of those that did; among those, the fastest (a source not yet asked
+    /// counts as fastest), the lowest id on a tie.
     pub(crate) fn agreed(&self, above: Cid, needed: usize) -> Option<(Cid, Digest, ReplicaId)> {
         let mut groups: BTreeMap<(Cid, Digest), Vec<ReplicaId>> = BTreeMap::new();
         for (replica, checkpoints) in &self.reports {
@@ -166,9 +177,44 @@ impl Transfer {
                     .collect();
                 usable
                     .iter()
-                    .find(|r| !self.silent.contains(r))
-                    .or(usable.first())
+                    .min_by_key(|r| (self.silent.contains(r), self.answer_of(**r)))
                     .map(|source| (cid, digest, *source))
+            })
+    }
+
+    /// `source`'s latest answer time in this transfer; 0 if it was not asked yet.
+    pub(crate) fn answer_of(&self, source: ReplicaId) -> u64 {
+        self.answer_ms.get(&source).copied().unwrap_or(0)
+    }
+
+    /// Records that `source` answered a fetch in `took_ms`, and returns whether another
+    /// source vouching for (`cid`, `digest`), neither failed nor quiet, is worth resuming
+    /// from instead: `took_ms` exceeded the slowness threshold (four times the fastest answer
+    /// seen before in this transfer, at least `floor_ms`, at most `stall_ms`; just `floor_ms`
+    /// before any answer) and that source answered at least twice as fast, or was not asked
+    /// yet. The factor two bounds the switches: each switch back to a source needs an answer
+    /// twice as slow as the one that made it leave, and answers beyond `stall_ms` are silence.
+    pub(crate) fn record_answer(
+        &mut self,
+        source: ReplicaId,
+        took_ms: u64,
+        (cid, digest): (Cid, Digest),
+        floor_ms: u64,
+        stall_ms: u64,
+    ) -> bool {
+        let threshold_ms = self
+            .fastest_answer_ms
+            .map_or(floor_ms, |f| f.saturating_mul(4).max(floor_ms))
+            .min(stall_ms);
+        self.answer_ms.insert(source, took_ms);
+        self.fastest_answer_ms = Some(self.fastest_answer_ms.map_or(took_ms, |f| f.min(took_ms)));
+        took_ms > threshold_ms
+            && self.reports.iter().any(|(replica, checkpoints)| {
+                *replica != source
+                    && checkpoints.contains(&(cid, digest))
+                    && !self.failed.contains(replica)
+                    && !self.silent.contains(replica)
+                    && self.answer_of(*replica).saturating_mul(2) < took_ms
             })
     }
 
@@ -225,6 +271,35 @@ mod tests {
             Some((Cid(10), Digest([1; 32]), 0)),
             "quiet, not lying: asked again"
         );
+    }
+
+    #[test]
+    fn a_slow_source_is_left_for_a_faster_voucher_and_kept_when_every_voucher_is_slow() {
+        let target = (Cid(10), Digest([1; 32]));
+        let mut t = Transfer::default();
+        for r in [0, 1, 2] {
+            t.reports.insert(r, vec![target]);
+        }
+        // First answer: only the floor applies; replicas 1 and 2 were not asked yet.
+        assert!(t.record_answer(0, 1_998, target, 100, 2_001));
+        assert_eq!(t.agreed(Cid(0), 2), Some((Cid(10), Digest([1; 32]), 1)));
+        // Replica 1 answers in 2 ms: not slow, and the threshold is now 4 x 2 ms, at least 100.
+        assert!(!t.record_answer(1, 2, target, 100, 2_001));
+        assert!(!t.record_answer(1, 100, target, 100, 2_001));
+        // Replica 1 turns slow: replica 2, never asked, is tried next.
+        assert!(t.record_answer(1, 600, target, 100, 2_001));
+        assert_eq!(t.agreed(Cid(0), 2), Some((Cid(10), Digest([1; 32]), 2)));
+        // Replica 2 is slow too, but not twice as slow as the fastest other (replica 1, 600):
+        // carry on with it rather than drop the transfer or switch back and forth.
+        assert!(!t.record_answer(2, 1_000, target, 100, 2_001));
+        // Twice as slow as replica 1: back to replica 1, at the same offset.
+        assert!(t.record_answer(2, 1_500, target, 100, 2_001));
+        assert_eq!(t.agreed(Cid(0), 2), Some((Cid(10), Digest([1; 32]), 1)));
+        // A quiet or failed source is no alternative, and nothing here is blame.
+        t.silent.insert(0);
+        t.failed.insert(2);
+        assert!(!t.record_answer(1, 1_900, target, 100, 2_001));
+        assert_eq!(t.agreed(Cid(0), 2), Some((Cid(10), Digest([1; 32]), 1)));
     }
 
     #[test]

@@ -164,10 +164,22 @@ pub enum ReplicaError {
     /// error, a full disk, a file-size limit). Nothing that promised the lost records was sent.
     #[error("storage failed, stopping the replica: {0}")]
     Storage(String),
-    /// The service panicked, could not restore a checkpoint that a quorum vouches for, or its
-    /// thread ended.
+    /// The service panicked or its thread ended.
     #[error("the service failed, stopping the replica: {0}")]
     Service(String),
+    /// The service could not restore a checkpoint (its own from the data dir, or one that f+1
+    /// replicas vouched for in a state transfer): going on would serve a state that differs
+    /// from the others'. Restarting restores the same checkpoint again, so it fails again
+    /// until the service can read it.
+    #[error(
+        "the service cannot restore the checkpoint at cid {cid}, stopping the replica: {error}"
+    )]
+    Restore {
+        /// The checkpoint's cid.
+        cid: Cid,
+        /// The service's error.
+        error: String,
+    },
     /// A thread or task of the replica panicked: a broken invariant.
     #[error("the {component} panicked, stopping the replica: {message}")]
     Panicked {
@@ -254,7 +266,7 @@ pub enum StartError {
     #[error("the data directory holds a record that does not decode ({0}); it was written by an incompatible version or is damaged. {advice}", advice = crate::storage::REJOIN_ADVICE)]
     UndecodableRecord(String),
     /// [`Engine::recover`] refused the records (a checkpoint that does not decode).
-    #[error("cannot rebuild the replica from its data directory: {0}")]
+    #[error("cannot rebuild the replica from its data directory: {0}. {advice}", advice = crate::storage::REJOIN_ADVICE)]
     Recovery(String),
     /// The engine configuration breaks a rule (see [`InvalidConfig`]); nothing was started.
     #[error("invalid engine configuration: {0}")]
@@ -304,6 +316,7 @@ pub fn start_replica<N: Network>(
     };
     let me = config.me;
     let mode = config.quorums.mode().to_string();
+    let max_state_bytes = config.limits.max_state_bytes;
     let (engine, initial_output, wal) = match storage {
         None => {
             tracing::info!(replica = me, mode = %mode, "replica starting without a data dir: state is kept in memory only and is lost on restart");
@@ -455,6 +468,8 @@ pub fn start_replica<N: Network>(
         rejected,
         decode_errors,
         frames_too_large: 0,
+        max_state_bytes,
+        oversize_checkpoints_logged: 0,
     }));
     // The one place a replica's failure is logged and published, whatever part failed: the
     // engine task ends with it (or panics) and this watchdog reports how.
@@ -680,9 +695,10 @@ fn run_service(
                 // A checkpoint that f+1 replicas vouch for but this service cannot read: going
                 // on would serve a state that differs from theirs.
                 if let Err(e) = service.restore(&snapshot) {
-                    let _ = outputs.send(ServiceOutput::Failed(ReplicaError::Service(format!(
-                        "cannot restore the service from the checkpoint at cid {cid}: {e}"
-                    ))));
+                    let _ = outputs.send(ServiceOutput::Failed(ReplicaError::Restore {
+                        cid,
+                        error: e.to_string(),
+                    }));
                     return;
                 }
                 continue;
@@ -717,6 +733,10 @@ struct EngineLoop<N> {
     decode_errors: Arc<AtomicU64>,
     /// Sends refused as larger than the frame limit ([`ReplicaStatus::frames_too_large`]).
     frames_too_large: u64,
+    /// `limits.max_state_bytes`, for the error logged when a checkpoint exceeds it.
+    max_state_bytes: u64,
+    /// The engine's `oversize_checkpoints` already logged.
+    oversize_checkpoints_logged: u64,
 }
 
 /// Milliseconds since the driver started: the engine's `now`.
@@ -729,6 +749,8 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) -> Result<(), ReplicaError
     let epoch = Instant::now();
     let initial = std::mem::take(&mut l.initial_output);
     l.perform_checked(now_ms(epoch), initial)?;
+    // A checkpoint recovered from the data dir may exceed a limit lowered since.
+    l.log_state_over_max_state_bytes();
     let output = l.engine.start(now_ms(epoch));
     l.perform_checked(now_ms(epoch), output)?;
     loop {
@@ -789,6 +811,10 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) -> Result<(), ReplicaError
                             decided_instances: l.engine.stats().decided_instances,
                             executed_requests: l.engine.stats().executed_requests,
                             refused_replicas: l.network.refused_replicas(),
+                            state_over_max_state_bytes: l
+                                .engine
+                                .state_over_max_state_bytes()
+                                .is_some(),
                         };
                         // The service thread fills in the digest after the batches queued
                         // before this query, i.e. exactly at `last_decided`. If it is gone,
@@ -912,7 +938,34 @@ impl<N: Network> EngineLoop<N> {
     /// Performs `output`; the error if a part of it failed (the rest was not performed).
     fn perform_checked(&mut self, now_ms: u64, output: Output) -> Result<(), ReplicaError> {
         runner::perform(self, now_ms, output);
+        let oversize = self.engine.stats().oversize_checkpoints;
+        if oversize > self.oversize_checkpoints_logged {
+            self.oversize_checkpoints_logged = oversize;
+            self.log_state_over_max_state_bytes();
+        }
         self.failure.take().map_or(Ok(()), Err)
+    }
+
+    /// Logs an error if this replica's newest checkpoint exceeds `limits.max_state_bytes`
+    /// ([`Engine::state_over_max_state_bytes`]): the replica goes on (every replica shares the
+    /// limit, so stopping would stop them all), but none can receive the state by transfer.
+    fn log_state_over_max_state_bytes(&self) {
+        let Some((cid, state_bytes)) = self.engine.state_over_max_state_bytes() else {
+            return;
+        };
+        let maximum = crate::config::LIMIT_MAXIMA
+            .iter()
+            .find(|(name, _)| *name == "max_state_bytes")
+            .map_or(0, |(_, max)| *max);
+        tracing::error!(
+            replica = self.engine.id(),
+            cid = cid.0,
+            state_bytes,
+            max_state_bytes = self.max_state_bytes,
+            "the checkpoint at cid {} holds {state_bytes} bytes, more than limits.max_state_bytes ({}): no replica can receive it by state transfer, so a replica that loses its data dir cannot rejoin; raise limits.max_state_bytes on every replica (at most {maximum}) and restart them one at a time",
+            cid.0,
+            self.max_state_bytes
+        );
     }
 
     /// Records the first failure; [`Host::stopped`] then stops performing the output.
@@ -1253,6 +1306,21 @@ impl<N: Network> ClientShared<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 17 item 8 says every refusal of a damaged data dir gives the same advice
+    /// (`REJOIN_ADVICE`); a stored checkpoint that does not decode, or stored records beyond
+    /// what a replica can have written (`Engine::recover`'s refusals), said only "cannot
+    /// rebuild the replica from its data directory".
+    #[test]
+    fn every_refusal_of_a_data_dir_says_to_move_it_aside_and_rejoin() {
+        for refusal in [
+            StartError::UndecodableRecord("x".into()),
+            StartError::Recovery("stored checkpoint is unreadable: x".into()),
+        ] {
+            let text = refusal.to_string();
+            assert!(text.contains("--rejoin"), "{text}");
+        }
+    }
 
     #[tokio::test]
     async fn a_verify_queue_is_bounded_in_bytes_and_lets_one_large_frame_through_alone() {

@@ -762,6 +762,10 @@ pub struct StatusReport {
     /// Peer replicas this one refuses because their protocol settings differ from its own
     /// ([`crate::settings`]), with the settings that differ.
     pub refused_replicas: Vec<RefusedReplica>,
+    /// The replica's newest checkpoint exceeds `limits.max_state_bytes`, so no replica can
+    /// receive it by state transfer
+    /// ([`Engine::state_over_max_state_bytes`](crate::Engine::state_over_max_state_bytes)).
+    pub state_over_max_state_bytes: bool,
 }
 
 /// A peer replica refused because its protocol settings differ ([`StatusReport`]).

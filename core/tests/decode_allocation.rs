@@ -222,6 +222,7 @@ fn samples() -> Vec<(&'static str, Vec<u8>, Decodes)> {
                 decided_instances: 0,
                 executed_requests: 0,
                 refused_replicas: Vec::new(),
+                state_over_max_state_bytes: false,
             })),
             message,
         ),

@@ -10,7 +10,7 @@ use common::*;
 use smr_core::checkpoint::{Checkpoint, CheckpointData};
 use smr_core::clients::ClientTable;
 use smr_core::engine::{Outgoing, Output, PersistRecord, ServiceWork};
-use smr_core::message::{Batch, Cid, Message};
+use smr_core::message::{Batch, Cid, Decision, Message, Regency, VoteKind};
 use smr_core::{Engine, Limits, Peer};
 use smr_modes::Mode;
 
@@ -27,6 +27,11 @@ struct Net {
     /// Every checkpoint each replica persisted.
     persisted: Vec<Vec<Checkpoint>>,
     clock: u64,
+    /// Extra delay on every StateChunk from replica .0: a slow (Byzantine) source.
+    slow_chunks_from: Option<(u32, u64)>,
+    /// A Byzantine source: replica .0 answers every StateFetch below offset .1 with a full
+    /// chunk of garbage claiming a total length of .2, and is silent beyond .1.
+    garbage_chunks_from: Option<(u32, u64, u64)>,
 }
 
 impl Net {
@@ -39,6 +44,8 @@ impl Net {
             latency_ms,
             persisted: vec![Vec::new(); n as usize],
             clock: 0,
+            slow_chunks_from: None,
+            garbage_chunks_from: None,
         };
         let mut outputs = Vec::new();
         for me in 0..n - 1 {
@@ -79,10 +86,14 @@ impl Net {
                 Outgoing::Broadcast(message) => ((0..n).filter(|j| *j != me).collect(), message),
                 _ => continue,
             };
+            let extra_ms = match (self.slow_chunks_from, message) {
+                (Some((slow, delay_ms)), Message::StateChunk { .. }) if slow == me => delay_ms,
+                _ => 0,
+            };
             for to in targets {
                 self.seq += 1;
                 self.queue.insert(
-                    (now_ms + self.latency_ms, self.seq),
+                    (now_ms + self.latency_ms + extra_ms, self.seq),
                     (me, to, message.clone()),
                 );
             }
@@ -131,6 +142,25 @@ impl Net {
                 let (_, (from, to, message)) = self.queue.pop_first().expect("due");
                 if drop(from, to, &message) {
                     continue;
+                }
+                if let (Some((liar, stop, total_len)), Message::StateFetch { cid, offset }) =
+                    (self.garbage_chunks_from, &message)
+                {
+                    if to == liar {
+                        if *offset < stop {
+                            self.seq += 1;
+                            let chunk = Message::StateChunk {
+                                cid: *cid,
+                                offset: *offset,
+                                total_len,
+                                bytes: vec![0xAA; c.limits.state_chunk_bytes],
+                                decided: None,
+                            };
+                            self.queue
+                                .insert((now_ms + self.latency_ms, self.seq), (liar, from, chunk));
+                        }
+                        continue;
+                    }
                 }
                 let Ok(verified) = c.verifier.verify_inbound(Peer::Replica(from), message) else {
                     continue;
@@ -343,4 +373,187 @@ fn a_checkpoint_above_64_mib_is_recovered_from_its_data_dir_and_transferred() {
             None
         );
     }
+}
+
+/// Attack (issue 17 review): a Byzantine source that serves correct chunks, each just before
+/// the stall period (`retransmit_max_ms` + one pacing interval) would replace it. Silence is no
+/// longer blamed and progress resets the stall clock, so the requester never leaves it: the
+/// 381-chunk transfer that takes under a second from an honest source takes 381 stall periods
+/// (about 13 minutes; 1 GiB in 1 MiB chunks would take 35 minutes), long enough for the
+/// cluster to truncate the decisions after the checkpoint, so the wiped replica transfers
+/// again, from the same slow source. Meanwhile it is one more replica the cluster cannot
+/// count on: with the slow source also stopping its votes, n - f correct replicas stall.
+/// The requester should complete within a few stall periods, since f + 1 vouchers include a
+/// correct one that serves at full rate. FAILS on main (ed9ab6d): caught up only at 761 s.
+/// Now its first answer (1,998 ms, above the 100 ms floor) sends the requester to replica 1 at
+/// the same offset, which answers in 2 ms: caught up at 2.76 s, and replica 0 is not blamed.
+#[test]
+fn a_source_that_answers_just_before_the_stall_cannot_slow_a_transfer_without_bound() {
+    let limits = Limits {
+        state_chunk_bytes: 4096,
+        checkpoint_period: 20,
+        ..Limits::default()
+    };
+    let c = cluster(Mode::Bft, 4, 1, limits);
+    let checkpoint = checkpoint(&c, Cid(20), 24 * 65_000);
+    let mut net = Net::new(&c, &checkpoint, 1);
+    // Replica 0 (the lowest id, so chosen first) delays each chunk to 2 ms short of the stall.
+    net.slow_chunks_from = Some((0, 1_996));
+    let at = net.run_until(
+        &c,
+        30_000,
+        |_, _, _| false,
+        |net| net.engines[3].last_executed() == Cid(20),
+    );
+    eprintln!("caught up at {at:?}");
+    assert!(
+        at.is_some(),
+        "the wiped replica is still at cid {} after 30 s behind one slow source",
+        net.engines[3].last_executed()
+    );
+    assert!(at < Some(3_000), "caught up at {at:?}");
+    assert_eq!(net.persisted[3], [checkpoint]);
+    assert_eq!(net.engines[3].stats().lying_state_sources, 0);
+    assert_eq!(net.engines[3].stats().state_transfers, 1);
+}
+
+/// Attack (issue 17 review): a Byzantine source (replica 0, the lowest id, so asked first)
+/// serves full chunks of garbage claiming a total length above the real one, until the
+/// requester's buffer is longer than the real checkpoint, then goes quiet. The requester
+/// resumes at that offset from each correct voucher in turn; each refuses a fetch beyond its
+/// checkpoint ("state fetch beyond the checkpoint", no reply), so each looks quiet, and once
+/// every voucher went quiet the transfer is dropped and started afresh, with fresh `failed` /
+/// `silent` sets: replica 0 is asked first again. Nothing it sent is of the wrong length and no
+/// download completed, so it is never blamed: on ed9ab6d the wiped replica never caught up
+/// (6 fresh transfers in 60 s). Now a source that stays quiet when asked to continue another's
+/// bytes makes every later download single-source, starting again with it from byte 0: about
+/// two stall periods, then one clean download.
+#[test]
+fn a_source_that_overshoots_the_real_length_cannot_stall_the_transfer() {
+    let limits = Limits {
+        state_chunk_bytes: 4096,
+        checkpoint_period: 20,
+        ..Limits::default()
+    };
+    let c = cluster(Mode::Bft, 4, 1, limits);
+    let checkpoint = checkpoint(&c, Cid(20), 24 * 65_000);
+    let real_chunks = checkpoint.data.len().div_ceil(4096) as u64;
+    let mut net = Net::new(&c, &checkpoint, 1);
+    let stop = (real_chunks + 1) * 4096;
+    net.garbage_chunks_from = Some((0, stop, stop + 100 * 4096));
+    let at = net.run_until(
+        &c,
+        60_000,
+        |_, _, _| false,
+        |net| net.engines[3].last_executed() == Cid(20),
+    );
+    eprintln!(
+        "caught up at {at:?}; {} transfers started, {} lying sources seen",
+        net.engines[3].stats().state_transfers,
+        net.engines[3].stats().lying_state_sources
+    );
+    assert!(
+        at.is_some(),
+        "the wiped replica is still at cid {} after 60 s ({} transfers started)",
+        net.engines[3].last_executed(),
+        net.engines[3].stats().state_transfers
+    );
+    assert!(at < Some(10_000), "caught up at {at:?}");
+    assert_eq!(net.persisted[3], [checkpoint]);
+}
+
+/// Attack (issue 17 review, limits end to end): `max_state_bytes` was checked only by a
+/// requester's verifier, never where a checkpoint is taken. A service whose state outgrows it
+/// (here 1.2 MB against 1 MiB) was checkpointed and announced by every replica without a word,
+/// but no chunk of it is ever accepted ("oversize state", a debug-level rejection at the
+/// requester), so a wiped replica never catches up and the cluster has silently lost one
+/// replica of fault tolerance. FAILED on main (no flag anywhere). Stopping the replica would
+/// stop every replica at once (they share the limit), so the checkpoint is still kept and
+/// announced, but counted where it is taken (`oversize_checkpoints`, which the driver logs as
+/// an error naming `limits.max_state_bytes`) and shown by every replica holding it
+/// (`state_over_max_state_bytes`, in `smr status`). The transfer still cannot complete: that
+/// is the limit doing its job.
+#[test]
+fn a_checkpoint_above_max_state_bytes_is_flagged_where_it_is_taken() {
+    let limits = Limits {
+        state_chunk_bytes: 64 * 1024,
+        max_state_bytes: 1 << 20,
+        max_clients: 16,
+        max_client_reply_bytes: 16 * 1024,
+        max_reply_cache_bytes: 64 * 1024,
+        checkpoint_period: 2,
+        ..Limits::default()
+    };
+    let c = cluster(Mode::Bft, 4, 1, limits);
+
+    // Taken: replica 2 executes two certified decisions and its service snapshots 1.2 MB.
+    let mut replica = c.engine(2);
+    let decisions: Vec<Decision> = [Cid(1), Cid(2)]
+        .into_iter()
+        .map(|cid| {
+            let batch = c.batch(&[cid.0]);
+            let digest = batch.digest();
+            Decision {
+                cid,
+                batch,
+                certificate: c.votes(VoteKind::Accept, &[0, 1, 3], cid, Regency(0), digest),
+            }
+        })
+        .collect();
+    c.deliver_ok(
+        &mut replica,
+        0,
+        Peer::Replica(0),
+        Message::Decisions(decisions),
+    );
+    replica.on_executed(0, Cid(1), vec![b"ok".to_vec()]);
+    let output = replica.on_executed(0, Cid(2), vec![b"ok".to_vec()]);
+    assert_eq!(output.service, [ServiceWork::TakeSnapshot { cid: Cid(2) }]);
+    assert_eq!(replica.stats().oversize_checkpoints, 0);
+    assert_eq!(replica.state_over_max_state_bytes(), None);
+    let output = replica.on_snapshot(0, Cid(2), vec![7; 1_200_000]);
+    let [PersistRecord::Checkpoint(taken)] = &output.persist[..] else {
+        panic!("expected the checkpoint persisted: {output:?}");
+    };
+    let taken_bytes = taken.data.len() as u64;
+    assert!(taken_bytes > 1_200_000, "{taken_bytes}");
+    // Kept and announced as any other: the replica goes on.
+    assert_eq!(
+        output,
+        Output {
+            persist: vec![PersistRecord::Checkpoint(taken.clone())],
+            send_after_persist: vec![Outgoing::Broadcast(Message::CheckpointAnnounce {
+                cid: Cid(2),
+                digest: taken.digest,
+            })],
+            ..Output::default()
+        }
+    );
+    assert_eq!(replica.stats().oversize_checkpoints, 1);
+    assert_eq!(
+        replica.state_over_max_state_bytes(),
+        Some((Cid(2), taken_bytes))
+    );
+
+    // Held: replicas that recovered such a checkpoint from their data dirs show it too (not
+    // counted: recovery counts nothing it rebuilds), and a wiped replica cannot receive it.
+    let checkpoint = checkpoint(&c, Cid(20), 1_200_000);
+    let mut net = Net::new(&c, &checkpoint, 1);
+    let at = net.run_until(
+        &c,
+        30_000,
+        |_, _, _| false,
+        |net| net.engines[3].last_executed() == Cid(20),
+    );
+    assert_eq!(at, None);
+    for source in 0..3 {
+        assert_eq!(
+            net.engines[source].state_over_max_state_bytes(),
+            Some((Cid(20), checkpoint.data.len() as u64))
+        );
+        assert_eq!(net.engines[source].stats().oversize_checkpoints, 0);
+    }
+    assert_eq!(net.engines[3].last_executed(), Cid::ZERO);
+    assert_eq!(net.engines[3].state_over_max_state_bytes(), None);
+    assert!(net.persisted[3].is_empty());
 }

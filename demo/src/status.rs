@@ -63,7 +63,7 @@ pub fn format_line(answer: &ReplicaAnswer) -> String {
     match &answer.report {
         None => format!("replica {}  unreachable", answer.id),
         Some(r) => format!(
-            "replica {}  up  {}  regency {}  leader {}  decided {}  checkpoint {}  digest {}  pending {}  rejected {}  log {}{}",
+            "replica {}  up  {}  regency {}  leader {}  decided {}  checkpoint {}  digest {}  pending {}  rejected {}  log {}{}{}",
             answer.id,
             escape_peer_text(&r.mode),
             r.regency,
@@ -74,6 +74,12 @@ pub fn format_line(answer: &ReplicaAnswer) -> String {
             r.pending_requests,
             r.rejected_messages,
             r.log_entries,
+            if r.state_over_max_state_bytes {
+                // No replica can receive this state by transfer: raise the limit everywhere.
+                "  state over max_state_bytes"
+            } else {
+                ""
+            },
             refusals(r)
         ),
     }
@@ -182,6 +188,7 @@ mod tests {
             decided_instances: 0,
             executed_requests: 0,
             refused_replicas: Vec::new(),
+            state_over_max_state_bytes: false,
         }
     }
 
@@ -205,15 +212,22 @@ mod tests {
             replica: 3,
             settings: vec!["limits.max_op_bytes".into(), "x\u{1b}[2J".into()],
         }];
-        let line = format_line(&ReplicaAnswer {
-            id: 1,
-            report: Some(refusing),
-        });
-        assert!(
-            line.ends_with(
-                "log 0  REFUSES replica 3 (settings differ: limits.max_op_bytes, x\\u{1b}[2J)"
-            ),
-            "{line}"
+        refusing.state_over_max_state_bytes = true;
+        assert_eq!(
+            format_line(&ReplicaAnswer {
+                id: 1,
+                report: Some(refusing),
+            }),
+            "replica 1  up  bft  regency 0  leader 0  decided 42  checkpoint 0  digest 1a1a1a1a1a1a1a1a  pending 0  rejected 0  log 0  state over max_state_bytes  REFUSES replica 3 (settings differ: limits.max_op_bytes, x\\u{1b}[2J)"
+        );
+        let mut oversize = report(1, 42, 0x1a);
+        oversize.state_over_max_state_bytes = true;
+        assert_eq!(
+            format_line(&ReplicaAnswer {
+                id: 1,
+                report: Some(oversize),
+            }),
+            "replica 1  up  bft  regency 0  leader 0  decided 42  checkpoint 0  digest 1a1a1a1a1a1a1a1a  pending 0  rejected 0  log 0  state over max_state_bytes"
         );
     }
 

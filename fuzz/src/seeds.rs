@@ -74,6 +74,7 @@ pub fn messages(per_kind: usize) -> Vec<Vec<u8>> {
             replica: 3,
             settings: vec!["limits.max_op_bytes".into()],
         }],
+        state_over_max_state_bytes: true,
     }));
     messages.push(Message::Reply(smr_core::message::Reply {
         replica: 0,

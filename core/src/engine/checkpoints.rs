@@ -67,6 +67,12 @@ impl Engine {
             },
             decided,
         );
+        if checkpoint.data.len() as u64 > self.cfg.limits.max_state_bytes {
+            // No replica can receive it (a requester refuses any chunk claiming more), but
+            // stopping would stop every replica at once: keep it, count it, and let the
+            // driver tell the operator to raise the limit.
+            self.stats.oversize_checkpoints += 1;
+        }
         self.out
             .persist(PersistRecord::Checkpoint(checkpoint.clone()));
         self.out.broadcast(Message::CheckpointAnnounce {
@@ -202,5 +208,21 @@ impl Engine {
             .stable
             .as_ref()
             .map_or(Cid::ZERO, |c| c.cid)
+    }
+
+    /// The cid and size in bytes of this replica's newest checkpoint (its own or the stable
+    /// one) if that exceeds `limits.max_state_bytes`: no replica can receive it by state
+    /// transfer, so a replica that loses its data dir cannot rejoin until the limit is raised
+    /// on every replica. `None` if the newest checkpoint fits (or there is none).
+    pub fn state_over_max_state_bytes(&self) -> Option<(Cid, u64)> {
+        self.checkpoints
+            .own
+            .values()
+            .next_back()
+            .into_iter()
+            .chain(self.checkpoints.stable.as_ref())
+            .max_by_key(|c| c.cid)
+            .map(|c| (c.cid, c.data.len() as u64))
+            .filter(|(_, bytes)| *bytes > self.cfg.limits.max_state_bytes)
     }
 }

@@ -193,6 +193,11 @@ pub struct EngineStats {
     pub state_transfers: u64,
     /// State-transfer sources whose bytes did not match the agreed digest.
     pub lying_state_sources: u64,
+    /// Checkpoints this replica took whose state exceeds `limits.max_state_bytes`, so that no
+    /// replica can receive them by state transfer (the checkpoint is kept and announced: a
+    /// replica does not stop over a limit every replica shares). The driver logs each; see
+    /// [`Engine::state_over_max_state_bytes`].
+    pub oversize_checkpoints: u64,
 }
 
 #[derive(Clone, Debug)]

@@ -45,7 +45,22 @@ pub(super) fn state_fetch_interval_ms(chunk_bytes: usize, n: usize) -> u64 {
         .max(1)
 }
 
+/// The least answer time for which a state source counts as slow, whatever the fastest answer
+/// seen: below it, network jitter, not a source, sets the pace.
+pub(super) const SLOW_STATE_SOURCE_FLOOR_MS: u64 = 100;
+
 impl Engine {
+    /// How long a download's source may send nothing before another is asked: the longest
+    /// retransmit timeout plus one pacing interval.
+    fn state_stall_ms(&self) -> u64 {
+        let interval_ms =
+            state_fetch_interval_ms(self.cfg.limits.state_chunk_bytes, self.quorums.n());
+        self.cfg
+            .timeouts
+            .retransmit_max_ms
+            .saturating_add(interval_ms)
+    }
+
     /// What this replica tells a peer asking about its state.
     pub(super) fn state_info(&self) -> Message {
         let voted = self
@@ -116,13 +131,7 @@ impl Engine {
     /// starts a fresh one with fresh reports.
     pub(super) fn drive_transfer(&mut self, now_ms: u64) {
         let needed = self.quorums.state_transfer_digests();
-        let interval_ms =
-            state_fetch_interval_ms(self.cfg.limits.state_chunk_bytes, self.quorums.n());
-        let stall_ms = self
-            .cfg
-            .timeouts
-            .retransmit_max_ms
-            .saturating_add(interval_ms);
+        let stall_ms = self.state_stall_ms();
         let last_executed = self.last_executed;
         let Some(transfer) = self.transfer.download.as_mut() else {
             return;
@@ -131,8 +140,17 @@ impl Engine {
             if now_ms < transfer.last_progress_ms.saturating_add(stall_ms) {
                 return;
             }
-            // The source went quiet: resume from another.
-            transfer.silent.insert(source);
+            if std::mem::take(&mut transfer.resumed) {
+                // Asked to continue another source's bytes, it sent nothing: a correct source
+                // does not answer an offset beyond its checkpoint, so those bytes may be a
+                // liar's prefix longer than the real one. Which source lied is unknown: from
+                // now on every download comes from one source alone, starting again with
+                // this one from byte 0 (it is not blamed for the quiet).
+                transfer.single_source = true;
+            } else {
+                // The source went quiet: resume from another.
+                transfer.silent.insert(source);
+            }
             transfer.target = None;
         }
         match transfer
@@ -146,6 +164,7 @@ impl Engine {
                     transfer.clear_buffer();
                     transfer.buffer_of = Some((cid, digest));
                 }
+                transfer.resumed = transfer.contributors.iter().any(|c| *c != source);
                 transfer.target = Some((cid, digest, source));
                 transfer.last_progress_ms = now_ms;
                 self.send_state_fetch(now_ms);
@@ -243,6 +262,7 @@ impl Engine {
             bytes,
             decided,
         } = chunk;
+        let stall_ms = self.state_stall_ms();
         let Some(transfer) = self.transfer.download.as_mut() else {
             return Ok(());
         };
@@ -274,8 +294,25 @@ impl Engine {
         }
         transfer.buffer.extend_from_slice(&bytes);
         transfer.contributors.insert(source);
+        transfer.resumed = false;
         transfer.last_progress_ms = now_ms;
         if (transfer.buffer.len() as u64) < total_len {
+            // Timed from the fetch leaving, not from when the pacing made it due.
+            let took_ms = now_ms.saturating_sub(transfer.last_fetch_ms.unwrap_or(now_ms));
+            if transfer.record_answer(
+                source,
+                took_ms,
+                (target_cid, digest),
+                SLOW_STATE_SOURCE_FLOOR_MS,
+                stall_ms,
+            ) {
+                // A slow source, while a faster one vouches for the same checkpoint: resume
+                // from that one at the same offset (by the same rules as after a quiet
+                // source). Not blamed: it answered correctly.
+                transfer.target = None;
+                self.drive_transfer(now_ms);
+                return Ok(());
+            }
             self.send_state_fetch(now_ms);
             return Ok(());
         }

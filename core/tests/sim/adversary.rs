@@ -594,6 +594,7 @@ impl Adversary {
                 decided_instances: edge(rng, 0),
                 executed_requests: edge(rng, 0),
                 refused_replicas: Vec::new(),
+                state_over_max_state_bytes: true,
             }),
         }
     }

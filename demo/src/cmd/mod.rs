@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use smr_core::cluster::ClusterConfig;
-use smr_core::driver::InvokeError;
+use smr_core::driver::{InvokeError, ReplicaError};
 use smr_crypto::{IdentityKey, PublicKey};
 use smr_demo::keygen::{self, KeygenOptions, CLIENT_KEY_FILE, CONFIG_FILE};
 use smr_demo::{status as replica_status, CounterOp, CounterReply, KvOp, KvReply};
@@ -190,14 +190,10 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
         outcome = replica.closed() => {
             let status = replica.status();
             replica.shutdown().await;
+            let restart = restart_advice(outcome.as_ref().err(), args.data_dir.is_some());
             let reason = match outcome {
                 Err(e) => e.to_string(),
                 Ok(()) => "the engine stopped without being asked to".to_string(),
-            };
-            let restart = if args.data_dir.is_some() {
-                "Restart it: it recovers from its data dir"
-            } else {
-                "Restart it with --rejoin: it ran in memory"
             };
             bail!(
                 "replica {id} stopped at cid {}: {reason}. {restart}",
@@ -214,6 +210,22 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
     );
     replica.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What to tell the operator after the replica stopped with `error`: a restart helps unless
+/// the same failure comes back, as when the service cannot read a checkpoint (restarting, from
+/// the data dir or with `--rejoin`, restores the same state again).
+fn restart_advice(error: Option<&ReplicaError>, has_data_dir: bool) -> &'static str {
+    match error {
+        Some(ReplicaError::Restore { .. }) => {
+            "Restarting it fails the same way: run a service that can read this checkpoint (the version the other replicas run)"
+        }
+        Some(ReplicaError::Storage(_)) => {
+            "Fix its storage (free space, permissions, file-size limits), then restart it: it recovers from its data dir"
+        }
+        _ if has_data_dir => "Restart it: it recovers from its data dir",
+        _ => "Restart it with --rejoin: it ran in memory",
+    }
 }
 
 fn client_key_path(config: &Path, key: Option<PathBuf>) -> PathBuf {
@@ -391,4 +403,41 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     close(client).await;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smr_core::message::Cid;
+
+    #[test]
+    fn the_restart_advice_depends_on_why_the_replica_stopped() {
+        let restore = ReplicaError::Restore {
+            cid: Cid(20),
+            error: "unknown snapshot version".into(),
+        };
+        for has_data_dir in [true, false] {
+            assert_eq!(
+                restart_advice(Some(&restore), has_data_dir),
+                "Restarting it fails the same way: run a service that can read this checkpoint (the version the other replicas run)"
+            );
+        }
+        assert_eq!(
+            restart_advice(Some(&ReplicaError::Storage("disk full".into())), true),
+            "Fix its storage (free space, permissions, file-size limits), then restart it: it recovers from its data dir"
+        );
+        let panicked = ReplicaError::Service("it panicked: boom".into());
+        assert_eq!(
+            restart_advice(Some(&panicked), true),
+            "Restart it: it recovers from its data dir"
+        );
+        assert_eq!(
+            restart_advice(Some(&panicked), false),
+            "Restart it with --rejoin: it ran in memory"
+        );
+        assert_eq!(
+            restart_advice(None, true),
+            "Restart it: it recovers from its data dir"
+        );
+    }
 }
