@@ -470,6 +470,7 @@ pub fn start_replica<N: Network>(
         frames_too_large: 0,
         max_state_bytes,
         oversize_checkpoints_logged: 0,
+        unusable_checkpoints_logged: 0,
     }));
     // The one place a replica's failure is logged and published, whatever part failed: the
     // engine task ends with it (or panics) and this watchdog reports how.
@@ -737,6 +738,8 @@ struct EngineLoop<N> {
     max_state_bytes: u64,
     /// The engine's `oversize_checkpoints` already logged.
     oversize_checkpoints_logged: u64,
+    /// The engine's `unusable_agreed_checkpoints` already logged.
+    unusable_checkpoints_logged: u64,
 }
 
 /// Milliseconds since the driver started: the engine's `now`.
@@ -942,6 +945,19 @@ impl<N: Network> EngineLoop<N> {
         if oversize > self.oversize_checkpoints_logged {
             self.oversize_checkpoints_logged = oversize;
             self.log_state_over_max_state_bytes();
+        }
+        let unusable = self.engine.stats().unusable_agreed_checkpoints;
+        if unusable > self.unusable_checkpoints_logged {
+            self.unusable_checkpoints_logged = unusable;
+            if let Some((cid, reason)) = self.engine.unusable_agreed_checkpoint() {
+                tracing::error!(
+                    %cid,
+                    reason,
+                    "the checkpoint f+1 peers agree on cannot be used here: this replica's \
+                     settings or version differ from theirs; make them equal (see the \
+                     settings refusals in `smr status`) and restart it"
+                );
+            }
         }
         self.failure.take().map_or(Ok(()), Err)
     }

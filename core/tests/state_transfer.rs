@@ -557,3 +557,75 @@ fn a_checkpoint_above_max_state_bytes_is_flagged_where_it_is_taken() {
     assert_eq!(net.engines[3].state_over_max_state_bytes(), None);
     assert!(net.persisted[3].is_empty());
 }
+
+/// Issue 12 follow-up: a downloaded checkpoint whose bytes match the digest f+1 peers vouch
+/// for, but which this replica cannot use (here: bytes that do not decode, as from a replica
+/// of another version; or a client table beyond this replica's limits), was counted as a lying
+/// source and its sender excluded, although any other source could only send the same bytes.
+/// Now no source is blamed: it is counted as unusable, kept for the driver's error log, and not
+/// fetched again while the same checkpoint is all the peers offer.
+#[test]
+fn an_agreed_checkpoint_this_replica_cannot_use_blames_no_source_and_is_not_fetched_again() {
+    let c = cluster(Mode::Bft, 4, 1, Limits::default());
+    let bytes = b"not a checkpoint of this version".to_vec();
+    let unusable = Checkpoint {
+        cid: Cid(20),
+        digest: smr_crypto::digest(&bytes),
+        data: bytes.clone(),
+        decided: c.decision_proof(Cid(20), Batch::default().digest()),
+    };
+    let mut r = c.engine(3);
+    r.start(0);
+    let info = Message::StateInfo {
+        checkpoints: vec![(Cid(20), unusable.digest)],
+        voted_up_to: Cid(20),
+        executed: None,
+    };
+    assert_eq!(
+        c.deliver_ok(&mut r, 0, Peer::Replica(0), info.clone()),
+        only_sent(vec![broadcast(Message::StateQuery)])
+    );
+    let fetch = send(
+        0,
+        Message::StateFetch {
+            cid: Cid(20),
+            offset: 0,
+        },
+    );
+    assert_eq!(
+        c.deliver_ok(&mut r, 0, Peer::Replica(1), info.clone()),
+        only_sent(vec![fetch])
+    );
+    let chunk = Message::StateChunk {
+        cid: Cid(20),
+        offset: 0,
+        total_len: bytes.len() as u64,
+        bytes: bytes.clone(),
+        decided: Some(unusable.decided.clone()),
+    };
+    // The whole checkpoint in one chunk: it matches the digest, does not decode, and nothing
+    // is persisted, sent or rejected.
+    assert_eq!(
+        c.deliver_ok(&mut r, 1, Peer::Replica(0), chunk),
+        Output::default()
+    );
+    assert_eq!(r.last_checkpoint(), Cid::ZERO);
+    assert_eq!(r.stats().lying_state_sources, 0);
+    assert_eq!(r.stats().unusable_agreed_checkpoints, 1);
+    let (cid, reason) = r.unusable_agreed_checkpoint().expect("kept for the log");
+    assert_eq!(cid, Cid(20));
+    assert_eq!(
+        reason,
+        "malformed frame: UnexpectedEnd { additional: 8389759083186185045 }"
+    );
+    // The same offer again starts a new transfer (a StateQuery for fresh reports), but the
+    // unusable checkpoint is not fetched again from either source.
+    assert_eq!(
+        c.deliver_ok(&mut r, 5000, Peer::Replica(0), info.clone()),
+        only_sent(vec![broadcast(Message::StateQuery)])
+    );
+    assert_eq!(
+        c.deliver_ok(&mut r, 5000, Peer::Replica(1), info),
+        Output::default()
+    );
+}

@@ -198,6 +198,11 @@ pub struct EngineStats {
     /// replica does not stop over a limit every replica shares). The driver logs each; see
     /// [`Engine::state_over_max_state_bytes`].
     pub oversize_checkpoints: u64,
+    /// Downloaded checkpoints whose bytes matched the digest f+1 peers vouch for, but which
+    /// this replica cannot use (their contents break its limits or do not decode here: its
+    /// configuration or version differs from the replicas that took them). Not blamed on the
+    /// source; the driver logs each; see [`Engine::unusable_agreed_checkpoint`].
+    pub unusable_agreed_checkpoints: u64,
 }
 
 #[derive(Clone, Debug)]

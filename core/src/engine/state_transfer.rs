@@ -27,6 +27,10 @@ pub(super) struct StateChunkIn {
 pub(super) struct StateTransfer {
     /// The checkpoint being fetched, if any.
     pub(super) download: Option<Transfer>,
+    /// The latest agreed checkpoint whose bytes matched the digest f+1 peers vouch for but
+    /// which this replica cannot use (its contents break this replica's limits, or do not
+    /// decode here), and why: never fetched again, and no source is blamed for it.
+    pub(super) unusable: Option<(Cid, Digest, String)>,
 }
 
 /// The least time between two StateFetches of one download: the time a source's reply budget
@@ -133,6 +137,11 @@ impl Engine {
         let needed = self.quorums.state_transfer_digests();
         let stall_ms = self.state_stall_ms();
         let last_executed = self.last_executed;
+        let unusable = self
+            .transfer
+            .unusable
+            .as_ref()
+            .map(|(cid, digest, _)| (*cid, *digest));
         let Some(transfer) = self.transfer.download.as_mut() else {
             return;
         };
@@ -156,6 +165,7 @@ impl Engine {
         match transfer
             .agreed(last_executed, needed)
             .filter(|(_, _, source)| !transfer.silent.contains(source))
+            .filter(|(cid, digest, _)| unusable != Some((*cid, *digest)))
         {
             Some((cid, digest, source)) => {
                 let foreign =
@@ -323,11 +333,27 @@ impl Engine {
         let verified = (smr_crypto::digest(&data) == digest)
             .then_some(decided)
             .flatten()
-            .and_then(|decided| {
-                Checkpoint::from_bytes(data, decided, &self.cfg.limits.client_limits()).ok()
-            })
-            .filter(|(c, _)| c.cid == target_cid);
-        let Some((checkpoint, contents)) = verified else {
+            .map(|decided| {
+                Checkpoint::from_bytes(data, decided, &self.cfg.limits.client_limits()).and_then(
+                    |(c, contents)| match c.cid == target_cid {
+                        true => Ok((c, contents)),
+                        false => Err(format!("its proof is for cid {}", c.cid)),
+                    },
+                )
+            });
+        if let Some(Err(reason)) = verified {
+            // The bytes are the ones f+1 peers vouch for, so a correct replica made them: the
+            // source did not lie, and no other source can send anything else. This replica
+            // cannot use that checkpoint (its limits or its version differ from the one that
+            // took it); it is counted, logged by the driver and not fetched again, and the
+            // replica catches up from a later checkpoint or by decisions if it can.
+            self.stats.unusable_agreed_checkpoints += 1;
+            self.transfer.unusable = Some((target_cid, digest, reason));
+            self.transfer.download = None;
+            self.deadlines_ms.remove(&TimerKind::StateFetch);
+            return Ok(());
+        }
+        let Some(Ok((checkpoint, contents))) = verified else {
             // A source lied: the bytes do not hash to the digest its peers agreed on, or the
             // proof that the checkpoint's cid was decided was withheld. If one source sent them
             // all, it is the liar; if several did, which one is unknown, so every later
@@ -350,6 +376,16 @@ impl Engine {
         self.deadlines_ms.remove(&TimerKind::StateFetch);
         self.install_transferred_state(now_ms, checkpoint, contents);
         Ok(())
+    }
+
+    /// The latest checkpoint this replica downloaded and could not use although its bytes
+    /// matched the digest f+1 peers vouch for, and why (counted in
+    /// [`EngineStats::unusable_agreed_checkpoints`](super::EngineStats::unusable_agreed_checkpoints)).
+    pub fn unusable_agreed_checkpoint(&self) -> Option<(Cid, &str)> {
+        self.transfer
+            .unusable
+            .as_ref()
+            .map(|(cid, _, reason)| (*cid, reason.as_str()))
     }
 
     /// Jumps to a verified checkpoint: the service and client table are replaced, and the
