@@ -723,6 +723,61 @@ pub enum Message {
     StatusQuery,
     /// The answer to a [`Message::StatusQuery`], sent to the connection that asked.
     Status(StatusReport),
+    /// "I abstain until I have executed `until`": broadcast by a rejoining replica once it knows
+    /// its horizon (docs/design.md §3.12, "Reaching the horizon"), and again by its retransmit
+    /// timer until it takes part. Every receiver records it (the leader may change); a leader
+    /// with no requests to propose orders empty batches up to it, so the rejoining replica
+    /// takes part within a few consensus rounds even in a quiet cluster. Each receiver counts
+    /// it only up to two windows past its own execution, and lets one peer raise what it asked
+    /// for at most once per `request_timeout_ms`, so a Byzantine peer cannot keep the cluster
+    /// busy with empty instances.
+    Abstaining {
+        /// The cid the sender must execute before it votes again.
+        until: Cid,
+    },
+}
+
+/// Whether a replica takes part in the protocol, for operators ([`StatusReport::participation`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Participation {
+    /// It votes, leads and reports to new leaders.
+    #[default]
+    Participating,
+    /// It lost its state (or started with an empty one) and is asking its peers how far they
+    /// voted: `reports` of the `needed` answers are in. It casts no vote yet.
+    CollectingReports {
+        /// Peers that answered.
+        reports: u64,
+        /// Answers it needs (n-f).
+        needed: u64,
+    },
+    /// It knows its horizon and abstains until it has executed `until`.
+    CatchingUp {
+        /// The cid it must execute before it votes again.
+        until: Cid,
+    },
+}
+
+impl Participation {
+    /// Whether the replica votes.
+    pub fn participates(&self) -> bool {
+        matches!(self, Participation::Participating)
+    }
+}
+
+impl std::fmt::Display for Participation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Participation::Participating => write!(f, "participating"),
+            Participation::CollectingReports { reports, needed } => write!(
+                f,
+                "ABSTAINING (rejoining: collecting reports, {reports} of {needed})"
+            ),
+            Participation::CatchingUp { until } => {
+                write!(f, "ABSTAINING (rejoining: catching up to cid {until})")
+            }
+        }
+    }
 }
 
 /// What `smr status` prints for one replica. The driver builds it from the engine's accessors
@@ -757,6 +812,9 @@ pub struct StatusReport {
     pub decided_instances: u64,
     /// Requests executed since the replica started (duplicates skipped are not counted).
     pub executed_requests: u64,
+    /// Whether the replica votes, or abstains while it rejoins
+    /// ([`Engine::participation`](crate::Engine::participation)).
+    pub participation: Participation,
 }
 
 impl Message {
@@ -784,6 +842,7 @@ impl Message {
             Message::StateChunk { .. } => "state-chunk",
             Message::StatusQuery => "status-query",
             Message::Status(_) => "status",
+            Message::Abstaining { .. } => "abstaining",
         }
     }
 }

@@ -221,7 +221,13 @@ fn samples() -> Vec<(&'static str, Vec<u8>, Decodes)> {
                 log_entries: 0,
                 decided_instances: 0,
                 executed_requests: 0,
+                participation: smr_core::message::Participation::CatchingUp { until: Cid(70) },
             })),
+            message,
+        ),
+        (
+            "abstaining",
+            encode(&Message::Abstaining { until: Cid(70) }),
             message,
         ),
         ("checkpoint-data", encode(&data), checkpoint),

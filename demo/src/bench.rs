@@ -1414,6 +1414,7 @@ mod tests {
             log_entries: 0,
             decided_instances: decided,
             executed_requests: executed,
+            participation: Default::default(),
         };
         let before = vec![Some(report(10, 100)), None];
         let after = vec![Some(report(20, 300)), Some(report(50, 5000))];

@@ -70,7 +70,9 @@ pub fn messages(per_kind: usize) -> Vec<Vec<u8>> {
         log_entries: 3,
         decided_instances: 9,
         executed_requests: 10,
+        participation: smr_core::message::Participation::CatchingUp { until: Cid(70) },
     }));
+    messages.push(Message::Abstaining { until: Cid(70) });
     messages.push(Message::Reply(smr_core::message::Reply {
         replica: 0,
         client,
@@ -104,6 +106,7 @@ pub fn persist_records(per_kind: usize) -> Vec<Vec<u8>> {
                 PersistRecord::Regency(_) => 3,
                 PersistRecord::Checkpoint(_) => 4,
                 PersistRecord::Sync(_) => 5,
+                PersistRecord::Rejoining { .. } => 6,
             };
             let count = per.entry(kind).or_default();
             *count += 1;

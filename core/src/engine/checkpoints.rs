@@ -146,6 +146,8 @@ impl Engine {
     /// [`Wal::write_checkpoint`](crate::storage::Wal::write_checkpoint).
     pub fn durable_records_after(&self, cid: Cid) -> Vec<PersistRecord> {
         let mut records = vec![PersistRecord::Regency(self.regency)];
+        // A replica still rejoining stays so across a restart.
+        records.extend(self.rejoin_record());
         // This leader's SYNC for its regency: it must not build another after a restart.
         if let Some(sync) = self
             .leader_change

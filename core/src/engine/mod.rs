@@ -156,6 +156,15 @@ pub enum PersistRecord {
     /// it sends this one again and never another for that regency (the value rule counts on
     /// one SYNC per regency; docs/design.md §3.10).
     Sync(Signed<crate::message::Sync>),
+    /// This replica lost its state (or started with none) and must not vote until it has
+    /// executed `horizon`: `None` while it is still asking its peers how far they voted. The
+    /// newest such record is what [`Engine::recover`] resumes from, so a replica that crashes
+    /// mid-rejoin, after persisting a transferred checkpoint, restarts still abstaining
+    /// (docs/design.md §3.12). A store keeps it until the horizon is executed.
+    Rejoining {
+        /// The cid to execute before voting again, once known.
+        horizon: Option<Cid>,
+    },
 }
 
 /// Counters for operators and tests, all counts since the engine was built (recovery does not
@@ -259,6 +268,9 @@ pub struct Engine {
     /// The highest cid the current leader's heartbeats reported decided, and when it rose.
     leader_progress: Option<LeaderProgress>,
     rejoin: Rejoin,
+    /// Per peer that said it abstains ([`Message::Abstaining`]): the cid it waits for, and
+    /// when that was last raised. The leader orders empty batches up to the highest.
+    abstaining: BTreeMap<ReplicaId, recovery::AbstainingPeer>,
     /// Per peer: what it may still make this replica send in reply (`engine/budget.rs`).
     reply_budgets: ReplyBudgets,
     /// Per client: what its duplicate requests may still make this replica resend from the
@@ -322,6 +334,7 @@ impl Engine {
             highest_seen_cid: Cid::ZERO,
             leader_progress: None,
             rejoin: Rejoin::Done,
+            abstaining: BTreeMap::new(),
             reply_budgets: ReplyBudgets::default(),
             client_reply_budgets: ClientReplyBudgets::default(),
             stats: EngineStats::default(),
@@ -548,6 +561,10 @@ impl Engine {
                 let executed = executed.map_or(Cid::ZERO, |proof| proof.cid);
                 self.note_rejoin_report(now_ms, j, voted_up_to, executed);
                 self.handle_state_info(now_ms, j, checkpoints);
+                Ok(())
+            }
+            (Peer::Replica(j), Message::Abstaining { until }) => {
+                self.note_abstaining(now_ms, j, until);
                 Ok(())
             }
             (Peer::Replica(j), Message::CheckpointAnnounce { cid, digest }) => {

@@ -44,6 +44,7 @@ pub const ALL_KINDS: &[&str] = &[
     "state-info",
     "state-fetch",
     "state-chunk",
+    "abstaining",
     "status-query",
     "status",
 ];
@@ -579,6 +580,7 @@ impl Adversary {
                 bytes: vec![0x5c; rng.range(0, 600) as usize],
                 decided: self.decision_proof(rng),
             },
+            "abstaining" => Message::Abstaining { until: cid(rng) },
             "status-query" => Message::StatusQuery,
             _ => Message::Status(StatusReport {
                 replica: me,
@@ -593,6 +595,7 @@ impl Adversary {
                 log_entries: edge(rng, 0),
                 decided_instances: edge(rng, 0),
                 executed_requests: edge(rng, 0),
+                participation: smr_core::message::Participation::CatchingUp { until: cid(rng) },
             }),
         }
     }

@@ -1787,7 +1787,10 @@ impl Host for SimHost<'_> {
                     eprintln!("t={} replica {r} enters regency {regency}", self.sim.now_ms);
                 }
             }
-            PersistRecord::Prepared(_) | PersistRecord::Checkpoint(_) | PersistRecord::Sync(_) => {}
+            PersistRecord::Prepared(_)
+            | PersistRecord::Checkpoint(_)
+            | PersistRecord::Sync(_)
+            | PersistRecord::Rejoining { .. } => {}
         }
         self.sim.store(slot, record);
     }
