@@ -17,8 +17,9 @@
 //!   (pulled from [`Engine::next_deadline_ms`]) and what the service produced, and performs each
 //!   input's [`Output`] through the shared [`runner::perform`]: the records are appended to the
 //!   write-ahead log and synced once, before any message that may promise them leaves. Without
-//!   a data dir the replica keeps nothing (it says so at start) and can only rejoin after a
-//!   restart.
+//!   a data dir the replica keeps nothing (it says so at start), and like a replica with an
+//!   empty data dir it always starts rejoining ([`Engine::rejoin`]): it abstains from votes
+//!   until it has caught up past anything it can have voted on before.
 //! - **Service thread:** executes batches and queries on the embedder's [`Service`], in cid
 //!   order, so a slow service never stalls the network or the protocol.
 //!

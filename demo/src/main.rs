@@ -99,8 +99,10 @@ struct ReplicaArgs {
     /// Reply size of the null service (`--service null`), in bytes.
     #[arg(long, default_value_t = 0)]
     reply_bytes: usize,
-    /// This replica lost its state (wiped data dir, or a restarted in-memory replica) while the
-    /// cluster ran on: stay out of votes until caught up past anything it may have voted on.
+    /// Deprecated: now the default, and without effect. A replica whose data dir is empty (or
+    /// that has none) always starts rejoining: it asks its peers how far they voted and stays
+    /// out of votes until caught up past anything it may have voted on (at once in a brand-new
+    /// cluster). A data dir that holds state is always recovered from.
     #[arg(long)]
     rejoin: bool,
     /// Shut down when stdin reaches end-of-file (used by `smr cluster` so that its children

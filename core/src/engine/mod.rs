@@ -8,8 +8,10 @@
 //! # The driving loop
 //! [`crate::runner`] implements this loop once, for the tokio driver, the simulator and the
 //! model checker alike; a new driver should use it rather than copy it.
-//! 1. Build the engine: [`Engine::new`] for a replica of a new cluster, [`Engine::recover`]
-//!    from the records a store kept, or [`Engine::rejoin`] after the store was lost. Perform
+//! 1. Build the engine: [`Engine::recover`] from the records a store kept, or
+//!    [`Engine::rejoin`] from an empty store (a new one or a lost one cannot be told apart; the
+//!    tokio driver always does this), or [`Engine::new`] where the cluster is known to be new
+//!    (tests, simulations). Perform
 //!    the output `recover`/`rejoin` return, then the output of [`Engine::start`].
 //! 2. Feed it inputs, one at a time, each with the current `now_ms` (milliseconds on a
 //!    monotonic clock; only differences matter):
