@@ -286,3 +286,27 @@ fn a_brand_new_replica_takes_part_once_n_minus_f_peers_report_cid_0() {
         "{output:?}"
     );
 }
+
+/// A leader that abstains proposes nothing, so nothing would ever reach its horizon (and it
+/// would stay the fault the cluster does not know it has): a follower that hears it asks for
+/// the next regency at once.
+#[test]
+fn a_follower_asks_for_the_next_regency_when_its_leader_abstains() {
+    let c = small_window();
+    let mut follower = c.engine(1);
+    follower.start(0);
+    let output = c.deliver_ok(
+        &mut follower,
+        1,
+        Peer::Replica(0),
+        Message::Abstaining { until: Cid(5) },
+    );
+    assert_eq!(
+        output,
+        only_sent(vec![broadcast(Message::Stop(c.stop(
+            1,
+            Regency(1),
+            Regency(0)
+        )))])
+    );
+}
