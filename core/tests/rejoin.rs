@@ -201,9 +201,12 @@ fn an_abstaining_peer_may_raise_its_horizon_once_per_request_timeout() {
 fn recover_resumes_a_rejoin_that_a_crash_interrupted() {
     let c = small_window();
     // Crashed while collecting reports: it asks again.
-    let (engine, output) =
-        Engine::recover(c.cfg(3), c.engine_signer(3), [PersistRecord::Rejoining { horizon: None }])
-            .unwrap();
+    let (engine, output) = Engine::recover(
+        c.cfg(3),
+        c.engine_signer(3),
+        [PersistRecord::Rejoining { horizon: None }],
+    )
+    .unwrap();
     assert!(engine.is_rejoining());
     assert_eq!(output, only_sent(vec![broadcast(Message::StateQuery)]));
 
@@ -253,7 +256,10 @@ fn recover_resumes_a_rejoin_that_a_crash_interrupted() {
     ];
     let (engine, _) = Engine::recover(c.cfg(3), c.engine_signer(3), records).unwrap();
     assert_eq!(engine.participation(), Participation::Participating);
-    assert_eq!(engine.durable_records_after(Cid(1)), vec![PersistRecord::Regency(Regency(0))]);
+    assert_eq!(
+        engine.durable_records_after(Cid(1)),
+        vec![PersistRecord::Regency(Regency(0))]
+    );
 }
 
 /// Issue 17 item 7: every replica of a brand-new cluster starts rejoining (an empty store may

@@ -371,7 +371,10 @@ async fn rejoin_in_a_quiet_cluster_then_crash(rejoin_flag: bool) -> Duration {
         "with replica {CRASHED} down, replicas {survivors:?} (n-f, all holding the state) must order the next add; it took {took:?}: {value:?}\n{}",
         lines.join("\n")
     );
-    report!("the add after killing replica {CRASHED} took {took:?}:\n{}", lines.join("\n"));
+    report!(
+        "the add after killing replica {CRASHED} took {took:?}:\n{}",
+        lines.join("\n")
+    );
     let log = std::fs::read_to_string(cluster.log_path(VICTIM)).unwrap_or_default();
     assert!(
         log.contains("starting as a rejoining replica"),

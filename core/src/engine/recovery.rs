@@ -255,8 +255,10 @@ impl Engine {
             return;
         }
         if let Some(peer) = self.abstaining.get(&from) {
-            let rate_limited =
-                now_ms < peer.raised_at_ms.saturating_add(self.cfg.timeouts.request_timeout_ms);
+            let rate_limited = now_ms
+                < peer
+                    .raised_at_ms
+                    .saturating_add(self.cfg.timeouts.request_timeout_ms);
             if until <= peer.until || rate_limited {
                 return;
             }
