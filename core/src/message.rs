@@ -672,10 +672,11 @@ pub enum Message {
         /// as (cid, 32-byte digest); at most
         /// [`MAX_REPORTED_CHECKPOINTS`](crate::verify::MAX_REPORTED_CHECKPOINTS).
         checkpoints: Vec<(Cid, Digest)>,
-        /// The highest cid the replica has executed, voted in or prepared a value for. A
-        /// rejoining replica stays silent until it has executed `max_instances_ahead` cids past
-        /// the highest of n-f of these (docs/design.md §3.12), each counted only up to
-        /// `max_instances_ahead` past the cid that `executed` proves.
+        /// The highest cid the replica has executed or accepted a value in (holds a prepared
+        /// value for; a WRITE alone does not count). A rejoining replica stays silent until it
+        /// has executed `max_instances_ahead` cids past the highest of n-f of these
+        /// (docs/design.md §3.12), each counted only up to `max_instances_ahead` past the cid
+        /// that `executed` proves.
         voted_up_to: Cid,
         /// Proof that the replica executed up to a cid: the decision of its last executed cid
         /// (none before the first). A replica votes at most `max_instances_ahead` past what it
