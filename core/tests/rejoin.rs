@@ -270,9 +270,15 @@ fn a_brand_new_replica_takes_part_once_n_minus_f_peers_report_cid_0() {
     let (mut engine, _) = Engine::rejoin(c.cfg(3), c.engine_signer(3));
     engine.start(0);
     // A rejoining replica answers a StateQuery, so new replicas starting together do not
-    // wait on each other.
+    // wait on each other; and it asks back a peer it has no report from, at once.
     let output = c.deliver_ok(&mut engine, 1, Peer::Replica(0), Message::StateQuery);
-    assert_eq!(output, only_sent(vec![send(0, state_info(&c, 0))]));
+    assert_eq!(
+        output,
+        only_sent(vec![
+            send(0, Message::StateQuery),
+            send(0, state_info(&c, 0))
+        ])
+    );
     for from in [0, 1] {
         c.deliver_ok(&mut engine, 1, Peer::Replica(from), state_info(&c, 0));
     }
@@ -315,4 +321,25 @@ fn a_follower_asks_for_the_next_regency_when_its_leader_abstains() {
             Regency(0)
         )))])
     );
+}
+
+/// Issue 17 item 7: a StateInfo counted WRITEs, so the first replicas of a brand-new BFT
+/// cluster to take part, which can only WRITE until a quorum takes part, pushed the horizon of
+/// the others a window ahead, where fewer than a quorum could never bring it. A report now
+/// counts what was executed or accepted (prepared): what the rejoin bound needs.
+#[test]
+fn a_write_alone_does_not_raise_what_a_replica_reports_to_a_rejoining_peer() {
+    let c = small_window();
+    let mut follower = c.engine(1);
+    follower.start(0);
+    let batch = c.batch(&[1]);
+    let output = c.deliver_ok(
+        &mut follower,
+        1,
+        Peer::Replica(0),
+        Message::Propose(c.propose(0, Cid(1), Regency(0), batch)),
+    );
+    assert_eq!(output.persist.len(), 1, "it wrote: {output:?}");
+    let output = c.deliver_ok(&mut follower, 2, Peer::Replica(3), Message::StateQuery);
+    assert_eq!(output, only_sent(vec![send(3, state_info(&c, 0))]));
 }

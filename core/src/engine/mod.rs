@@ -550,6 +550,15 @@ impl Engine {
             }
             (Peer::Replica(j), Message::StateQuery) => {
                 let info = self.state_info();
+                // A peer that asks has (re)started: if this replica is rejoining too and has
+                // no report from it yet, it asks back at once rather than at its next,
+                // backed-off retransmission, so replicas of a new cluster that start apart
+                // all take part within a round trip of the last one's start.
+                if let Rejoin::Collecting(reports) = &self.rejoin {
+                    if !reports.contains_key(&j) {
+                        self.out.send(Peer::Replica(j), Message::StateQuery);
+                    }
+                }
                 self.reply_to_peer(now_ms, j, info, "state info")
             }
             (

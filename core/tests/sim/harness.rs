@@ -189,6 +189,10 @@ pub struct SimOptions {
     pub wipe_restart: Option<(usize, u64, u64)>,
     /// Drop every message of this kind, forever (used to prove what a phase is needed for).
     pub drop_kind: Option<&'static str>,
+    /// Every replica starts as the tokio driver starts one on an empty data dir, rejoining
+    /// ([`Engine::rejoin`]), each after its own delay of up to this many ms (from the seed): a
+    /// brand-new cluster whose replicas come up apart.
+    pub start_rejoining: Option<u64>,
     pub max_time_ms: u64,
 }
 
@@ -219,6 +223,7 @@ impl SimOptions {
             hunting_client: false,
             wipe_restart: None,
             drop_kind: None,
+            start_rejoining: None,
             max_time_ms: 120_000,
         }
     }
@@ -705,6 +710,15 @@ impl Sim {
             sim.schedule(crash_at_ms, Event::Crash { slot });
             sim.schedule(restart_at_ms, Event::Restart { slot, wipe: true });
         }
+        if let Some(max_delay_ms) = opts.start_rejoining {
+            let mut rng = Rng::new(opts.seed ^ 0x5747);
+            for slot in 0..opts.n {
+                // Down until its start, then up from an empty disk.
+                sim.replicas[slot].crashed = true;
+                let at_ms = rng.range(0, max_delay_ms);
+                sim.schedule(at_ms, Event::Restart { slot, wipe: true });
+            }
+        }
         sim.report.expected_requests = opts.clients * opts.requests_per_client;
         sim
     }
@@ -807,6 +821,9 @@ impl Sim {
 
     pub fn run(mut self) -> Result<SimReport, String> {
         for slot in 0..self.replicas.len() {
+            if self.replicas[slot].crashed {
+                continue;
+            }
             let output = self.replicas[slot].engine.start(0);
             self.perform(slot, output)?;
         }

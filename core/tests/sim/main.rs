@@ -469,6 +469,26 @@ fn cft_replica_rejoined_in_a_quiet_cluster_takes_part_before_the_next_crash() {
     );
 }
 
+/// Issue 17 item 7: every replica of a brand-new cluster starts rejoining (the driver cannot
+/// tell a new data dir from a lost one), each at its own time. The first to take part must not
+/// push the horizon of the others beyond what fewer than a quorum can reach: a WRITE-only
+/// report once did, and the cluster never decided anything. BFT only: in CFT a lone leader's
+/// proposal is already an acceptance, and that race remains (docs/design.md §3.12, item 4).
+fn brand_new_cluster_starting_apart(mode: Mode, n: usize, f: usize, seed: u64) -> SimOptions {
+    let mut opts = SimOptions::for_seed(mode, n, f, seed);
+    opts.requests_per_client = 30;
+    opts.start_rejoining = Some(1500);
+    opts
+}
+
+#[test]
+fn bft_brand_new_cluster_of_rejoining_replicas_starting_apart_orders_every_request() {
+    sweep(
+        "bft_brand_new_cluster_of_rejoining_replicas_starting_apart_orders_every_request",
+        |seed| brand_new_cluster_starting_apart(Mode::Bft, 4, 1, seed),
+    );
+}
+
 #[test]
 fn bft_lying_state_transfer_sender_is_detected_and_another_peer_serves() {
     let mut caught = 0;
