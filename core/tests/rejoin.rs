@@ -158,8 +158,8 @@ fn a_leader_with_nothing_to_propose_orders_empty_batches_up_to_an_abstaining_pee
 }
 
 /// The claim is unproven: one peer may raise what it waits for at most once per
-/// `request_timeout_ms` (1000 ms here), and the leader never proposes beyond its window for
-/// it.
+/// `request_timeout_ms` (1000 ms here), and the leader never proposes beyond its in-flight
+/// bound for it.
 #[test]
 fn an_abstaining_peer_may_raise_its_horizon_once_per_request_timeout() {
     let c = small_window();
@@ -190,7 +190,7 @@ fn an_abstaining_peer_may_raise_its_horizon_once_per_request_timeout() {
     assert_eq!(
         output,
         empty_proposals(&c, 2..=4),
-        "raised after the request timeout: up to the window"
+        "raised after the request timeout: up to the in-flight bound"
     );
 }
 

@@ -499,7 +499,7 @@ impl Sim {
         let base_cid = self.executed.keys().next_back().map_or(0, |c| c.0);
         let cid = Cid(r.edgy(base_cid + 1));
         let regency = Regency(r.edgy(0));
-        match r.u8() % 21 {
+        match r.u8() % 20 {
             0 => Message::Propose(self.sign(Propose {
                 leader: byz,
                 cid,
@@ -650,9 +650,6 @@ impl Sim {
                 result: r.bytes(8),
             }),
             18 => Message::StatusQuery,
-            19 => Message::Abstaining {
-                until: Cid(r.edgy(base_cid)),
-            },
             _ => {
                 // A replay of something an honest replica sent it.
                 let index = usize::from(r.u8());

@@ -134,21 +134,14 @@ impl Engine {
         self.next_cid_to_propose = self
             .next_cid_to_propose
             .max(self.last_executed.saturating_add(1));
-        loop {
+        while self.in_flight() < self.cfg.limits.max_instances_in_flight {
             let cid = self.next_cid_to_propose;
-            let with_requests = self.in_flight() < self.cfg.limits.max_instances_in_flight
-                && self.pool.unproposed() > 0
-                && self.worth_another_instance();
+            let with_requests = self.pool.unproposed() > 0 && self.worth_another_instance();
             // With nothing to propose, a leader orders empty batches up to the cid a
             // rejoining peer waits for, so that it takes part even in a quiet cluster
-            // (docs/design.md §3.12, "Reaching the horizon"). They cost no execution, so
-            // the whole window runs at once: the horizon is a window or two away, reached in
-            // a round or two rather than one in-flight bound after another.
-            let window_end = self
-                .last_executed
-                .saturating_add(self.cfg.limits.max_instances_ahead);
+            // (docs/design.md §3.12, "Reaching the horizon"), within the in-flight bound
+            // like any other instance.
             let empty = self.pool.unproposed() == 0
-                && cid <= window_end
                 && self.abstaining_until().is_some_and(|until| cid <= until);
             if !with_requests && !empty {
                 break;

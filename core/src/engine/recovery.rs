@@ -305,7 +305,12 @@ impl Engine {
             return;
         };
         let ahead = self.cfg.limits.max_instances_ahead;
-        reports.insert(from, voted_up_to.min(executed.saturating_add(ahead)));
+        // The first report of each peer counts: any report made after this replica lost its
+        // state bounds what it voted before, and a later one can only be higher (a peer that
+        // takes part meanwhile may accept values this replica's horizon need not wait for).
+        reports
+            .entry(from)
+            .or_insert(voted_up_to.min(executed.saturating_add(ahead)));
         if reports.len() < self.quorums.stopdata_to_collect() {
             return;
         }
