@@ -17,8 +17,9 @@
 //!   (pulled from [`Engine::next_deadline_ms`]) and what the service produced, and performs each
 //!   input's [`Output`] through the shared [`runner::perform`]: the records are appended to the
 //!   write-ahead log and synced once, before any message that may promise them leaves. Without
-//!   a data dir the replica keeps nothing (it says so at start) and can only rejoin after a
-//!   restart.
+//!   a data dir the replica keeps nothing (it says so at start), and like a replica with an
+//!   empty data dir it always starts rejoining ([`Engine::rejoin`]): it abstains from votes
+//!   until it has caught up past anything it can have voted on before.
 //! - **Service thread:** executes batches and queries on the embedder's [`Service`], in cid
 //!   order, so a slow service never stalls the network or the protocol.
 //!
@@ -49,7 +50,9 @@ use tokio::time::Instant;
 use crate::client::{ClientAction, ClientConfig, ClientEngine, ClientError};
 use crate::codec;
 use crate::engine::{Engine, ExecuteItem, Output, PersistRecord, ServiceDone, ServiceWork};
-use crate::message::{Cid, Message, Regency, ReplicaId, RequestId, RequestKind, StatusReport};
+use crate::message::{
+    Cid, Message, Participation, Regency, ReplicaId, RequestId, RequestKind, StatusReport,
+};
 use crate::network::{InboundFrame, Network, Peer, SendError};
 use crate::rejection::Rejection;
 use crate::runner::{self, Host};
@@ -81,8 +84,10 @@ pub struct DriverOptions {
     /// lane). With the transport's own bounds, this keeps what a
     /// flood of large frames can pile up in memory bounded in bytes, not only in frames.
     pub verify_queue_bytes: usize,
-    /// Start as a replica that lost its state and may have voted before (a wiped data dir):
-    /// it takes no part until it has caught up past anything it can have voted on.
+    /// Deprecated, and without effect beyond a warning: a replica whose data dir is empty (or
+    /// that has none) always starts as one that lost its state and may have voted before
+    /// ([`Engine::rejoin`]), taking no part until it has caught up past anything it can have
+    /// voted on. A data dir that holds records is always recovered from.
     pub rejoin: bool,
 }
 
@@ -128,6 +133,8 @@ pub struct ReplicaStatus {
     /// never sent (each logged as an error). The replica frame limit is derived from the
     /// config ([`crate::frame_limits`]), so only a service's oversize reply can cause this.
     pub frames_too_large: u64,
+    /// Whether the replica votes, or abstains while it rejoins ([`Engine::participation`]).
+    pub participation: Participation,
 }
 
 enum ServiceCommand {
@@ -319,13 +326,11 @@ pub fn start_replica<N: Network>(
     let max_state_bytes = config.limits.max_state_bytes;
     let (engine, initial_output, wal) = match storage {
         None => {
-            tracing::info!(replica = me, mode = %mode, "replica starting without a data dir: state is kept in memory only and is lost on restart");
-            if options.rejoin {
-                let (engine, output) = Engine::rejoin(config, signer);
-                (engine, output, None)
-            } else {
-                (Engine::new(config, signer), Output::default(), None)
-            }
+            // A restarted in-memory replica has forgotten its votes: it always starts by
+            // asking its peers how far they voted (docs/design.md §3.12).
+            tracing::warn!(replica = me, mode = %mode, "replica starting without a data dir: state is kept in memory only and is lost on restart; it rejoins (abstains from votes until it has caught up with its peers)");
+            let (engine, output) = Engine::rejoin(config, signer);
+            (engine, output, None)
         }
         Some((wal, recovered)) => {
             if recovered.truncated_tail_bytes > 0 {
@@ -338,12 +343,19 @@ pub fn start_replica<N: Network>(
                     "rejoin ignored: the data dir holds this replica's state"
                 );
             }
-            tracing::info!(replica = me, mode = %mode, records = records.len(), dir = %wal.dir().display(), policy = %wal.policy(), "replica starting from its data dir");
-            let (engine, output) = if options.rejoin && records.is_empty() {
+            let (engine, output) = if records.is_empty() {
+                // An empty data dir may be a brand-new one or a lost one, and a replica that
+                // lost its disk must not vote against what it voted before: it rejoins. In a
+                // brand-new cluster its peers report cid 0 and it takes part at once.
+                tracing::warn!(replica = me, mode = %mode, dir = %wal.dir().display(), policy = %wal.policy(), "the data dir is empty: starting as a rejoining replica, which abstains from votes until n-f peers said how far they voted and it has caught up past that (immediately in a brand-new cluster)");
                 Engine::rejoin(config, signer)
             } else {
+                tracing::info!(replica = me, mode = %mode, records = records.len(), dir = %wal.dir().display(), policy = %wal.policy(), "replica starting from its data dir");
                 Engine::recover(config, signer, records).map_err(StartError::Recovery)?
             };
+            if !engine.participation().participates() {
+                tracing::warn!(replica = me, participation = %engine.participation(), "the replica abstains from votes until it has caught up");
+            }
             (engine, output, Some(wal))
         }
     };
@@ -818,6 +830,7 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) -> Result<(), ReplicaError
                                 .engine
                                 .state_over_max_state_bytes()
                                 .is_some(),
+                            participation: l.engine.participation(),
                         };
                         // The service thread fills in the digest after the batches queued
                         // before this query, i.e. exactly at `last_decided`. If it is gone,
@@ -998,8 +1011,26 @@ impl<N: Network> EngineLoop<N> {
             rejected_messages: self.rejected.load(Ordering::Relaxed),
             decode_errors: self.decode_errors.load(Ordering::Relaxed),
             frames_too_large: self.frames_too_large,
+            participation: self.engine.participation(),
         };
         self.status_tx.send_if_modified(|s| {
+            if s.participation != status.participation {
+                let replica = self.engine.id();
+                match status.participation {
+                    Participation::Participating => tracing::info!(
+                        replica,
+                        cid = %status.last_decided,
+                        "rejoin done: the replica has executed everything it can have voted on before, and takes part again"
+                    ),
+                    Participation::CollectingReports { .. } => {}
+                    Participation::CatchingUp { until } => tracing::warn!(
+                        replica,
+                        %until,
+                        cid = %status.last_decided,
+                        "rejoining: abstaining from votes until cid {until} is executed here"
+                    ),
+                }
+            }
             if *s != status {
                 *s = status;
                 true

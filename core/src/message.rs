@@ -672,10 +672,11 @@ pub enum Message {
         /// as (cid, 32-byte digest); at most
         /// [`MAX_REPORTED_CHECKPOINTS`](crate::verify::MAX_REPORTED_CHECKPOINTS).
         checkpoints: Vec<(Cid, Digest)>,
-        /// The highest cid the replica has executed, voted in or prepared a value for. A
-        /// rejoining replica stays silent until it has executed `max_instances_ahead` cids past
-        /// the highest of n-f of these (docs/design.md §3.12), each counted only up to
-        /// `max_instances_ahead` past the cid that `executed` proves.
+        /// The highest cid the replica has executed or accepted a value in (holds a prepared
+        /// value for; a WRITE alone does not count). A rejoining replica stays silent until it
+        /// has executed `max_instances_ahead` cids past the highest of n-f of these
+        /// (docs/design.md §3.12), each counted only up to `max_instances_ahead` past the cid
+        /// that `executed` proves.
         voted_up_to: Cid,
         /// Proof that the replica executed up to a cid: the decision of its last executed cid
         /// (none before the first). A replica votes at most `max_instances_ahead` past what it
@@ -725,6 +726,61 @@ pub enum Message {
     StatusQuery,
     /// The answer to a [`Message::StatusQuery`], sent to the connection that asked.
     Status(StatusReport),
+    /// "I abstain until I have executed `until`": broadcast by a rejoining replica once it knows
+    /// its horizon (docs/design.md §3.12, "Reaching the horizon"), and again by its retransmit
+    /// timer until it takes part. Every receiver records it (the leader may change); a leader
+    /// with no requests to propose orders empty batches up to it, so the rejoining replica
+    /// takes part within a few consensus rounds even in a quiet cluster. Each receiver counts
+    /// it only up to two windows past its own execution, and lets one peer raise what it asked
+    /// for at most once per `request_timeout_ms`, so a Byzantine peer cannot keep the cluster
+    /// busy with empty instances.
+    Abstaining {
+        /// The cid the sender must execute before it votes again.
+        until: Cid,
+    },
+}
+
+/// Whether a replica takes part in the protocol, for operators ([`StatusReport::participation`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Participation {
+    /// It votes, leads and reports to new leaders.
+    #[default]
+    Participating,
+    /// It lost its state (or started with an empty one) and is asking its peers how far they
+    /// voted: `reports` of the `needed` answers are in. It casts no vote yet.
+    CollectingReports {
+        /// Peers that answered.
+        reports: u64,
+        /// Answers it needs (n-f).
+        needed: u64,
+    },
+    /// It knows its horizon and abstains until it has executed `until`.
+    CatchingUp {
+        /// The cid it must execute before it votes again.
+        until: Cid,
+    },
+}
+
+impl Participation {
+    /// Whether the replica votes.
+    pub fn participates(&self) -> bool {
+        matches!(self, Participation::Participating)
+    }
+}
+
+impl std::fmt::Display for Participation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Participation::Participating => write!(f, "participating"),
+            Participation::CollectingReports { reports, needed } => write!(
+                f,
+                "ABSTAINING (rejoining: collecting reports, {reports} of {needed})"
+            ),
+            Participation::CatchingUp { until } => {
+                write!(f, "ABSTAINING (rejoining: catching up to cid {until})")
+            }
+        }
+    }
 }
 
 /// What `smr status` prints for one replica. The driver builds it from the engine's accessors
@@ -766,6 +822,9 @@ pub struct StatusReport {
     /// receive it by state transfer
     /// ([`Engine::state_over_max_state_bytes`](crate::Engine::state_over_max_state_bytes)).
     pub state_over_max_state_bytes: bool,
+    /// Whether the replica votes, or abstains while it rejoins
+    /// ([`Engine::participation`](crate::Engine::participation)).
+    pub participation: Participation,
 }
 
 /// A peer replica refused because its protocol settings differ ([`StatusReport`]).
@@ -803,6 +862,7 @@ impl Message {
             Message::StateChunk { .. } => "state-chunk",
             Message::StatusQuery => "status-query",
             Message::Status(_) => "status",
+            Message::Abstaining { .. } => "abstaining",
         }
     }
 }

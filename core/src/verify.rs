@@ -354,6 +354,7 @@ impl InboundVerifier {
                     | Message::Heartbeat { .. }
                     | Message::SyncQuery
                     | Message::StateQuery
+                    | Message::Abstaining { .. }
                     | Message::CheckpointAnnounce { .. }
                     | Message::StateFetch { .. } => {}
                     Message::StateInfo {

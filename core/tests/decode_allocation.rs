@@ -223,7 +223,13 @@ fn samples() -> Vec<(&'static str, Vec<u8>, Decodes)> {
                 executed_requests: 0,
                 refused_replicas: Vec::new(),
                 state_over_max_state_bytes: false,
+                participation: smr_core::message::Participation::CatchingUp { until: Cid(70) },
             })),
+            message,
+        ),
+        (
+            "abstaining",
+            encode(&Message::Abstaining { until: Cid(70) }),
             message,
         ),
         ("checkpoint-data", encode(&data), checkpoint),

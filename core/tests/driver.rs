@@ -486,3 +486,82 @@ async fn a_panic_in_a_verify_worker_resolves_closed_to_the_error() {
     let _ = invoke.await;
     handle.shutdown().await;
 }
+
+/// Issue 17 item 7: a replica started on an empty data dir, without `--rejoin`, started as a
+/// brand-new replica and voted at once, though its data dir may have been lost after it voted.
+/// Now it starts rejoining: with no peer answering it abstains, and says so in its status; once
+/// its peers (a brand-new cluster) report cid 0, it takes part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_on_an_empty_data_dir_abstains_until_its_peers_report() {
+    let quorums = Quorums::new(Mode::Bft, 4, 1).unwrap();
+    let keys: Vec<SimKey> = (0..4u8).map(|i| SimKey::from_seed([i; 32])).collect();
+    let mut sim = SimVerifier::new();
+    for k in &keys {
+        sim.register(k);
+    }
+    let signatures: Arc<dyn Verifier> = Arc::new(sim);
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::default();
+    let config = |i: usize| EngineConfig {
+        quorums,
+        me: i as u32,
+        replica_keys: keys.iter().map(|k| k.public_key()).collect(),
+        clients: ClientPolicy::Any,
+        limits: Limits::default(),
+        timeouts: Timeouts::default(),
+    };
+    let storage = smr_core::storage::Wal::open(dir.path(), smr_core::storage::FsyncPolicy::Never)
+        .expect("data dir opens");
+    let mut handles = vec![start_replica(
+        config(0),
+        Arc::new(keys[0].clone()),
+        signatures.clone(),
+        hub.endpoint(Peer::Replica(0)),
+        Box::new(Counter::default()),
+        DriverOptions::default(),
+        Some(storage),
+    )
+    .expect("replica starts on an empty data dir")];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        handles[0].status().participation,
+        smr_core::message::Participation::CollectingReports {
+            reports: 0,
+            needed: 3
+        },
+        "alone, on an empty data dir, replica 0 abstains"
+    );
+    // The others of the brand-new cluster start: everyone reports cid 0, and all take part.
+    for (i, key) in keys.iter().enumerate().skip(1) {
+        handles.push(
+            start_replica(
+                config(i),
+                Arc::new(key.clone()),
+                signatures.clone(),
+                hub.endpoint(Peer::Replica(i as u32)),
+                Box::new(Counter::default()),
+                DriverOptions::default(),
+                None,
+            )
+            .expect("replica starts"),
+        );
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while handles
+        .iter()
+        .any(|h| !h.status().participation.participates())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a brand-new cluster takes part: {:?}",
+            handles
+                .iter()
+                .map(|h| h.status().participation)
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for h in handles {
+        h.shutdown().await;
+    }
+}

@@ -1416,6 +1416,7 @@ mod tests {
             executed_requests: executed,
             refused_replicas: Vec::new(),
             state_over_max_state_bytes: false,
+            participation: Default::default(),
         };
         let before = vec![Some(report(10, 100)), None];
         let after = vec![Some(report(20, 300)), Some(report(50, 5000))];

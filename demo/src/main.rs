@@ -101,10 +101,12 @@ struct ReplicaArgs {
     /// Reply size of the null service (`--service null`), in bytes.
     #[arg(long, default_value_t = 0)]
     reply_bytes: usize,
-    /// This replica lost its state (wiped data dir, or a restarted in-memory replica) while the
-    /// cluster ran on: stay out of votes until caught up past anything it may have voted on.
-    /// Also after a refusal to start from a damaged data dir: move the directory aside and
-    /// restart with `--rejoin`; the replica then catches up from its peers by state transfer.
+    /// Deprecated: now the default, and without effect. A replica whose data dir is empty (or
+    /// that has none) always starts rejoining: it asks its peers how far they voted and stays
+    /// out of votes until caught up past anything it may have voted on (at once in a brand-new
+    /// cluster). A data dir that holds state is always recovered from; after a refusal to start
+    /// from a damaged data dir, move the directory aside and restart: the replica then catches
+    /// up from its peers by state transfer.
     #[arg(long)]
     rejoin: bool,
     /// Shut down when stdin reaches end-of-file (used by `smr cluster` so that its children

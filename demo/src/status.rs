@@ -58,12 +58,13 @@ pub fn escape_peer_bytes(bytes: &[u8]) -> String {
 }
 
 /// The line `smr status` prints for one replica. Every string in it that the replica supplied
-/// is escaped ([`escape_peer_text`]).
+/// is escaped ([`escape_peer_text`]). A replica that abstains from votes while it rejoins says
+/// so at the end of its line: it holds the state but does not count towards a quorum.
 pub fn format_line(answer: &ReplicaAnswer) -> String {
     match &answer.report {
         None => format!("replica {}  unreachable", answer.id),
         Some(r) => format!(
-            "replica {}  up  {}  regency {}  leader {}  decided {}  checkpoint {}  digest {}  pending {}  rejected {}  log {}{}{}",
+            "replica {}  up  {}  regency {}  leader {}  decided {}  checkpoint {}  digest {}  pending {}  rejected {}  log {}{}{}{}",
             answer.id,
             escape_peer_text(&r.mode),
             r.regency,
@@ -80,7 +81,12 @@ pub fn format_line(answer: &ReplicaAnswer) -> String {
             } else {
                 ""
             },
-            refusals(r)
+            refusals(r),
+            if r.participation.participates() {
+                String::new()
+            } else {
+                format!("  {}", r.participation)
+            }
         ),
     }
 }
@@ -145,7 +151,20 @@ pub fn summary(answers: &[ReplicaAnswer]) -> String {
     } else {
         format!("reachable replicas decided {min}..{max} (some are catching up)")
     };
-    format!("{up} of {total} replicas reachable; {agreement}")
+    let abstaining: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.participation.participates())
+        .map(|r| r.replica.to_string())
+        .collect();
+    let abstaining = if abstaining.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; ABSTAINING from votes (rejoining, not counted towards a quorum): replica {}",
+            abstaining.join(", ")
+        )
+    };
+    format!("{up} of {total} replicas reachable; {agreement}{abstaining}")
 }
 
 /// Polls the replicas in `ids` until all answer and agree (same last decided cid and digest),
@@ -170,7 +189,7 @@ pub async fn wait_until_agree(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smr_core::message::Regency;
+    use smr_core::message::{Participation, Regency};
     use smr_crypto::Digest;
 
     fn report(replica: ReplicaId, last_decided: u64, digest: u8) -> StatusReport {
@@ -189,7 +208,44 @@ mod tests {
             executed_requests: 0,
             refused_replicas: Vec::new(),
             state_over_max_state_bytes: false,
+            participation: Participation::Participating,
         }
+    }
+
+    /// Issue 17 item 1: a rejoining replica holding the others' state still says that it
+    /// abstains, on its line and in the summary.
+    #[test]
+    fn status_shows_a_replica_that_abstains_while_rejoining() {
+        let mut rejoining = report(3, 42, 0x1a);
+        rejoining.participation = Participation::CatchingUp { until: Cid(106) };
+        let answers = [
+            ReplicaAnswer {
+                id: 0,
+                report: Some(report(0, 42, 0x1a)),
+            },
+            ReplicaAnswer {
+                id: 3,
+                report: Some(rejoining),
+            },
+        ];
+        assert_eq!(
+            format_line(&answers[1]),
+            "replica 3  up  bft  regency 0  leader 0  decided 42  checkpoint 0  digest 1a1a1a1a1a1a1a1a  pending 0  rejected 0  log 0  ABSTAINING (rejoining: catching up to cid 106)"
+        );
+        assert_eq!(
+            summary(&answers),
+            "2 of 2 replicas reachable; all reachable replicas decided 42 with digest 1a1a1a1a1a1a1a1a (equal digests); ABSTAINING from votes (rejoining, not counted towards a quorum): replica 3"
+        );
+        let mut collecting = report(2, 0, 0);
+        collecting.participation = Participation::CollectingReports {
+            reports: 1,
+            needed: 3,
+        };
+        assert!(format_line(&ReplicaAnswer {
+            id: 2,
+            report: Some(collecting)
+        })
+        .ends_with("  ABSTAINING (rejoining: collecting reports, 1 of 3)"));
     }
 
     #[test]

@@ -75,7 +75,9 @@ pub fn messages(per_kind: usize) -> Vec<Vec<u8>> {
             settings: vec!["limits.max_op_bytes".into()],
         }],
         state_over_max_state_bytes: true,
+        participation: smr_core::message::Participation::CatchingUp { until: Cid(70) },
     }));
+    messages.push(Message::Abstaining { until: Cid(70) });
     messages.push(Message::Reply(smr_core::message::Reply {
         replica: 0,
         client,
@@ -109,6 +111,7 @@ pub fn persist_records(per_kind: usize) -> Vec<Vec<u8>> {
                 PersistRecord::Regency(_) => 3,
                 PersistRecord::Checkpoint(_) => 4,
                 PersistRecord::Sync(_) => 5,
+                PersistRecord::Rejoining { .. } => 6,
             };
             let count = per.entry(kind).or_default();
             *count += 1;

@@ -147,11 +147,13 @@ impl Engine {
     }
 
     /// Everything a store must keep after compacting at a checkpoint at `cid`: the regency,
-    /// and the decisions, prepared values and own votes of later instances (docs/design.md
-    /// §3.12). The tokio driver writes them into the fresh log of
+    /// the rejoin state while the replica rejoins ([`PersistRecord::Rejoining`]), and the
+    /// decisions, prepared values and own votes of later instances (docs/design.md §3.12). The tokio driver writes them into the fresh log of
     /// [`Wal::write_checkpoint`](crate::storage::Wal::write_checkpoint).
     pub fn durable_records_after(&self, cid: Cid) -> Vec<PersistRecord> {
         let mut records = vec![PersistRecord::Regency(self.regency)];
+        // A replica still rejoining stays so across a restart.
+        records.extend(self.rejoin_record());
         // This leader's SYNC for its regency: it must not build another after a restart.
         if let Some(sync) = self
             .leader_change

@@ -8,8 +8,10 @@
 //! # The driving loop
 //! [`crate::runner`] implements this loop once, for the tokio driver, the simulator and the
 //! model checker alike; a new driver should use it rather than copy it.
-//! 1. Build the engine: [`Engine::new`] for a replica of a new cluster, [`Engine::recover`]
-//!    from the records a store kept, or [`Engine::rejoin`] after the store was lost. Perform
+//! 1. Build the engine: [`Engine::recover`] from the records a store kept, or
+//!    [`Engine::rejoin`] from an empty store (a new one or a lost one cannot be told apart; the
+//!    tokio driver always does this), or [`Engine::new`] where the cluster is known to be new
+//!    (tests, simulations). Perform
 //!    the output `recover`/`rejoin` return, then the output of [`Engine::start`].
 //! 2. Feed it inputs, one at a time, each with the current `now_ms` (milliseconds on a
 //!    monotonic clock; only differences matter):
@@ -156,6 +158,15 @@ pub enum PersistRecord {
     /// it sends this one again and never another for that regency (the value rule counts on
     /// one SYNC per regency; docs/design.md §3.10).
     Sync(Signed<crate::message::Sync>),
+    /// This replica lost its state (or started with none) and must not vote until it has
+    /// executed `horizon`: `None` while it is still asking its peers how far they voted. The
+    /// newest such record is what [`Engine::recover`] resumes from, so a replica that crashes
+    /// mid-rejoin, after persisting a transferred checkpoint, restarts still abstaining
+    /// (docs/design.md §3.12). A store keeps it until the horizon is executed.
+    Rejoining {
+        /// The cid to execute before voting again, once known.
+        horizon: Option<Cid>,
+    },
 }
 
 /// Counters for operators and tests, all counts since the engine was built (recovery does not
@@ -269,6 +280,9 @@ pub struct Engine {
     /// The highest cid the current leader's heartbeats reported decided, and when it rose.
     leader_progress: Option<LeaderProgress>,
     rejoin: Rejoin,
+    /// Per peer that said it abstains ([`Message::Abstaining`]): the cid it waits for, and
+    /// when that was last raised. The leader orders empty batches up to the highest.
+    abstaining: BTreeMap<ReplicaId, recovery::AbstainingPeer>,
     /// Per peer: what it may still make this replica send in reply (`engine/budget.rs`).
     reply_budgets: ReplyBudgets,
     /// Per client: what its duplicate requests may still make this replica resend from the
@@ -332,6 +346,7 @@ impl Engine {
             highest_seen_cid: Cid::ZERO,
             leader_progress: None,
             rejoin: Rejoin::Done,
+            abstaining: BTreeMap::new(),
             reply_budgets: ReplyBudgets::default(),
             client_reply_budgets: ClientReplyBudgets::default(),
             stats: EngineStats::default(),
@@ -545,6 +560,15 @@ impl Engine {
             }
             (Peer::Replica(j), Message::StateQuery) => {
                 let info = self.state_info();
+                // A peer that asks has (re)started: if this replica is rejoining too and has
+                // no report from it yet, it asks back at once rather than at its next,
+                // backed-off retransmission, so replicas of a new cluster that start apart
+                // all take part within a round trip of the last one's start.
+                if let Rejoin::Collecting(reports) = &self.rejoin {
+                    if !reports.contains_key(&j) {
+                        self.out.send(Peer::Replica(j), Message::StateQuery);
+                    }
+                }
                 self.reply_to_peer(now_ms, j, info, "state info")
             }
             (
@@ -558,6 +582,10 @@ impl Engine {
                 let executed = executed.map_or(Cid::ZERO, |proof| proof.cid);
                 self.note_rejoin_report(now_ms, j, voted_up_to, executed);
                 self.handle_state_info(now_ms, j, checkpoints);
+                Ok(())
+            }
+            (Peer::Replica(j), Message::Abstaining { until }) => {
+                self.note_abstaining(now_ms, j, until);
                 Ok(())
             }
             (Peer::Replica(j), Message::CheckpointAnnounce { cid, digest }) => {

@@ -134,11 +134,18 @@ impl Engine {
         self.next_cid_to_propose = self
             .next_cid_to_propose
             .max(self.last_executed.saturating_add(1));
-        while self.pool.unproposed() > 0
-            && self.in_flight() < self.cfg.limits.max_instances_in_flight
-            && self.worth_another_instance()
-        {
+        while self.in_flight() < self.cfg.limits.max_instances_in_flight {
             let cid = self.next_cid_to_propose;
+            let with_requests = self.pool.unproposed() > 0 && self.worth_another_instance();
+            // With nothing to propose, a leader orders empty batches up to the cid a
+            // rejoining peer waits for, so that it takes part even in a quiet cluster
+            // (docs/design.md §3.12, "Reaching the horizon"), within the in-flight bound
+            // like any other instance.
+            let empty = self.pool.unproposed() == 0
+                && self.abstaining_until().is_some_and(|until| cid <= until);
+            if !with_requests && !empty {
+                break;
+            }
             if self.instances.get(&cid).is_some_and(|i| {
                 i.proposal.is_some()
                     || i.decided.is_some()
@@ -150,15 +157,20 @@ impl Engine {
                 self.next_cid_to_propose = cid.next();
                 continue;
             }
-            let requests = self.pool.cut_batch(
-                cid,
-                self.cfg.limits.max_batch_requests,
-                self.cfg.limits.max_batch_bytes,
-            );
-            assert!(
-                !requests.is_empty(),
-                "pool reported unproposed requests but cut none"
-            );
+            let requests = if with_requests {
+                let requests = self.pool.cut_batch(
+                    cid,
+                    self.cfg.limits.max_batch_requests,
+                    self.cfg.limits.max_batch_bytes,
+                );
+                assert!(
+                    !requests.is_empty(),
+                    "pool reported unproposed requests but cut none"
+                );
+                requests
+            } else {
+                Vec::new()
+            };
             let propose = Signed::new(
                 Propose {
                     leader: self.me,

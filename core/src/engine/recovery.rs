@@ -9,7 +9,8 @@ use smr_crypto::Signer;
 use crate::checkpoint::Checkpoint;
 use crate::config::ValidEngineConfig;
 use crate::message::{
-    Cid, Decision, Message, PreparedProof, Regency, ReplicaId, Signed, Sync, Vote, VoteKind,
+    Cid, Decision, Message, Participation, PreparedProof, Regency, ReplicaId, Signed, Sync, Vote,
+    VoteKind,
 };
 
 use super::{Engine, Output, PersistRecord, Phase, ServiceWork};
@@ -23,6 +24,15 @@ pub(super) enum Rejoin {
     Collecting(BTreeMap<ReplicaId, Cid>),
     /// Catching up to this cid before taking part.
     CatchingUp(Cid),
+}
+
+/// A peer that said it abstains until it has executed `until` ([`Message::Abstaining`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct AbstainingPeer {
+    /// The cid it waits for, capped at two windows past this replica's execution when noted.
+    pub(super) until: Cid,
+    /// When `until` was last raised: a peer may raise it once per `request_timeout_ms`.
+    pub(super) raised_at_ms: u64,
 }
 
 impl Engine {
@@ -54,6 +64,7 @@ impl Engine {
         let mut prepared: BTreeMap<Cid, PreparedProof> = BTreeMap::new();
         let mut votes = Vec::new();
         let mut own_sync: Option<Signed<Sync>> = None;
+        let mut rejoining: Option<Option<Cid>> = None;
         for record in records {
             match record {
                 PersistRecord::Checkpoint(c) => {
@@ -71,6 +82,7 @@ impl Engine {
                     }
                 }
                 PersistRecord::Vote(v) => votes.push(v),
+                PersistRecord::Rejoining { horizon } => rejoining = Some(horizon),
                 PersistRecord::Sync(s) => {
                     if own_sync
                         .as_ref()
@@ -141,7 +153,20 @@ impl Engine {
                 engine.out.broadcast(Message::SyncQuery);
             }
         }
+        // It crashed while rejoining: it still may not vote in anything it voted in before it
+        // lost its state, whatever it persisted since (a transferred checkpoint, decisions).
+        match rejoining {
+            None => {}
+            Some(None) => engine.rejoin = Rejoin::Collecting(BTreeMap::new()),
+            Some(Some(horizon)) => engine.rejoin = Rejoin::CatchingUp(horizon),
+        }
         engine.execute_ready(0);
+        engine.check_rejoined(0);
+        match engine.rejoin {
+            Rejoin::Done => {}
+            Rejoin::Collecting(_) => engine.out.broadcast(Message::StateQuery),
+            Rejoin::CatchingUp(until) => engine.out.broadcast(Message::Abstaining { until }),
+        }
         let output = engine.take_output();
         Ok((engine, output))
     }
@@ -151,12 +176,22 @@ impl Engine {
     /// proposals) until every instance it can have voted in is decided and executed here:
     /// it asks n-f peers how far they have voted, and catches up one window past the highest
     /// answer (see `Engine::participates`; docs/design.md §3.12). Returns the engine and its
-    /// first output, a broadcast [`Message::StateQuery`]; perform it, then call
-    /// [`Engine::start`]. A brand-new replica of a brand-new cluster uses [`Engine::new`]
-    /// instead.
+    /// first output: a [`PersistRecord::Rejoining`] (so that a crash mid-rejoin restarts still
+    /// rejoining) and a broadcast [`Message::StateQuery`]; perform it, then call
+    /// [`Engine::start`].
+    ///
+    /// A replica that starts from an empty store cannot tell a brand-new disk from a wiped
+    /// one, so the tokio driver starts every such replica here: in a brand-new cluster every
+    /// peer reports cid 0, the horizon is 0, and it takes part as soon as n-f peers answered
+    /// (a rejoining replica answers StateQuery too, so a new cluster whose replicas all start
+    /// at once does not wait on itself). [`Engine::new`] skips the question; it is for tests
+    /// and simulations that know the cluster is new.
     pub fn rejoin(cfg: ValidEngineConfig, signer: Arc<dyn Signer>) -> (Engine, Output) {
         let mut engine = Engine::new(cfg, signer);
         engine.rejoin = Rejoin::Collecting(BTreeMap::new());
+        engine
+            .out
+            .persist(PersistRecord::Rejoining { horizon: None });
         engine.out.broadcast(Message::StateQuery);
         let output = engine.take_output();
         (engine, output)
@@ -173,6 +208,79 @@ impl Engine {
     /// have voted in is decided and executed here.
     pub(super) fn participates(&self) -> bool {
         matches!(self.rejoin, Rejoin::Done)
+    }
+
+    /// Whether this replica votes, or abstains while it rejoins and what it waits for: what
+    /// `smr status` shows.
+    pub fn participation(&self) -> Participation {
+        match &self.rejoin {
+            Rejoin::Done => Participation::Participating,
+            Rejoin::Collecting(reports) => Participation::CollectingReports {
+                reports: reports.len() as u64,
+                needed: self.quorums.stopdata_to_collect() as u64,
+            },
+            Rejoin::CatchingUp(until) => Participation::CatchingUp { until: *until },
+        }
+    }
+
+    /// The record a store must keep while this replica rejoins
+    /// ([`Engine::durable_records_after`]); none once it takes part.
+    pub(super) fn rejoin_record(&self) -> Option<PersistRecord> {
+        match self.rejoin {
+            Rejoin::Done => None,
+            Rejoin::Collecting(_) => Some(PersistRecord::Rejoining { horizon: None }),
+            Rejoin::CatchingUp(horizon) => Some(PersistRecord::Rejoining {
+                horizon: Some(horizon),
+            }),
+        }
+    }
+
+    /// A peer abstains until it has executed `until` (docs/design.md §3.12, "Reaching the
+    /// horizon"). The claim is unsigned and unproven, so it is bounded twice: it counts only up
+    /// to two windows past this replica's execution (a correct rejoiner's horizon is at most
+    /// one window past the highest report, and each report at most one window past a cid
+    /// proven decided), and a peer may raise it at most once per `request_timeout_ms`. So one
+    /// Byzantine peer makes a correct leader order at most two windows of empty batches per
+    /// request timeout, and a correct rejoiner, which asks once, is served at once.
+    pub(super) fn note_abstaining(&mut self, now_ms: u64, from: ReplicaId, until: Cid) {
+        if from == self.leader() {
+            // The leader itself abstains: it will propose nothing, so nothing would ever
+            // reach its horizon. Ask for the next regency now, while the cluster may still
+            // lack only this one replica (the leader can only have itself replaced this way).
+            self.start_leader_change(now_ms, self.regency.saturating_add(1));
+        }
+        let ahead = self.cfg.limits.max_instances_ahead;
+        let until = until.min(self.last_executed.saturating_add(ahead.saturating_mul(2)));
+        if until <= self.last_executed {
+            return;
+        }
+        if let Some(peer) = self.abstaining.get(&from) {
+            let rate_limited = now_ms
+                < peer
+                    .raised_at_ms
+                    .saturating_add(self.cfg.timeouts.request_timeout_ms);
+            if until <= peer.until || rate_limited {
+                return;
+            }
+        }
+        self.abstaining.insert(
+            from,
+            AbstainingPeer {
+                until,
+                raised_at_ms: now_ms,
+            },
+        );
+        self.try_propose(now_ms);
+    }
+
+    /// The highest cid a peer abstains until, if this replica has not executed it yet: a
+    /// leader with no requests to propose orders empty batches up to it.
+    pub(super) fn abstaining_until(&self) -> Option<Cid> {
+        self.abstaining
+            .values()
+            .map(|p| p.until)
+            .max()
+            .filter(|until| *until > self.last_executed)
     }
 
     /// A rejoining replica collects n-f reports of how far each peer has executed or voted.
@@ -197,7 +305,12 @@ impl Engine {
             return;
         };
         let ahead = self.cfg.limits.max_instances_ahead;
-        reports.insert(from, voted_up_to.min(executed.saturating_add(ahead)));
+        // The first report of each peer counts: any report made after this replica lost its
+        // state bounds what it voted before, and a later one can only be higher (a peer that
+        // takes part meanwhile may accept values this replica's horizon need not wait for).
+        reports
+            .entry(from)
+            .or_insert(voted_up_to.min(executed.saturating_add(ahead)));
         if reports.len() < self.quorums.stopdata_to_collect() {
             return;
         }
@@ -210,7 +323,15 @@ impl Engine {
             highest.saturating_add(ahead)
         };
         self.rejoin = Rejoin::CatchingUp(horizon);
+        self.out.persist(PersistRecord::Rejoining {
+            horizon: Some(horizon),
+        });
         self.check_rejoined(now_ms);
+        if let Rejoin::CatchingUp(until) = self.rejoin {
+            // Nothing may drive a quiet cluster to the horizon: ask the leader to.
+            self.out.broadcast(Message::Abstaining { until });
+            self.arm_retransmit(now_ms);
+        }
     }
 
     pub(super) fn check_rejoined(&mut self, now_ms: u64) {

@@ -67,10 +67,16 @@ impl Engine {
 
     /// What this replica tells a peer asking about its state.
     pub(super) fn state_info(&self) -> Message {
+        // What a rejoining peer's horizon needs is a bound on the cids that were *decided*
+        // with this replica among the Q that accepted (docs/design.md §3.12): its accepted
+        // (prepared) values and its execution, not its WRITEs. WRITEs alone would let replicas
+        // that took part early in a brand-new cluster, and can only WRITE until a quorum takes
+        // part, push the horizon of those still asking a window ahead, which then no quorum
+        // could reach (issue 17 item 7).
         let voted = self
             .instances
             .iter()
-            .filter(|(_, i)| i.my_write.is_some() || i.my_accept.is_some() || i.prepared.is_some())
+            .filter(|(_, i)| i.prepared.is_some())
             .map(|(cid, _)| *cid)
             .max()
             .unwrap_or(Cid::ZERO);

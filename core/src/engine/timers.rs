@@ -14,7 +14,7 @@ impl Engine {
             && self.leader_change.my_stop.is_none()
             && self.leader_change.my_stopdata.is_none()
             && self.transfer.download.is_none()
-            && !matches!(self.rejoin, Rejoin::Collecting(_))
+            && matches!(self.rejoin, Rejoin::Done)
         {
             self.deadlines_ms.remove(&TimerKind::Retransmit);
         } else {
@@ -82,8 +82,11 @@ impl Engine {
             }
         }
         self.drive_transfer(now_ms);
-        if matches!(self.rejoin, Rejoin::Collecting(_)) {
-            self.out.broadcast(Message::StateQuery);
+        match self.rejoin {
+            Rejoin::Collecting(_) => self.out.broadcast(Message::StateQuery),
+            // The leader may have changed, or not heard: say again what it waits for.
+            Rejoin::CatchingUp(until) => self.out.broadcast(Message::Abstaining { until }),
+            Rejoin::Done => {}
         }
         // A leader change in progress: keep asking until the regency changes.
         if let Some(stop) = &self.leader_change.my_stop {

@@ -113,7 +113,7 @@ impl FromStr for FsyncPolicy {
 /// What a refusal to start from a damaged data directory tells the operator to do. Without
 /// `--rejoin` (an embedder's `rejoin` argument) a replica on an empty data dir starts as new and
 /// could vote against what it voted before.
-pub const REJOIN_ADVICE: &str = "Move the data directory aside and restart the replica with `--rejoin`; it then catches up from its peers by state transfer";
+pub const REJOIN_ADVICE: &str = "Move the data directory aside and restart the replica on an empty one; it then rejoins: it takes no part in votes until it has caught up from its peers by state transfer";
 
 /// Operating errors of the storage layer (docs/design.md §7.6): returned, never a panic.
 #[derive(Debug, thiserror::Error)]

@@ -99,13 +99,14 @@ fn assert_corrupt_message_names(err: &StorageError, path: &Path) {
     assert_says_what_to_do(err);
 }
 
-/// A refusal says exactly what to do: without `--rejoin` the replica would start as new.
+/// A refusal says exactly what to do (an empty data dir starts rejoining).
 fn assert_says_what_to_do(err: &StorageError) {
     let message = err.to_string();
     assert!(
         message.ends_with(
-            ". Move the data directory aside and restart the replica with `--rejoin`; it then \
-             catches up from its peers by state transfer"
+            ". Move the data directory aside and restart the replica on an empty one; it then \
+             rejoins: it takes no part in votes until it has caught up from its peers by state \
+             transfer"
         ),
         "{message}"
     );

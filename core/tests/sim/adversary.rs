@@ -44,6 +44,7 @@ pub const ALL_KINDS: &[&str] = &[
     "state-info",
     "state-fetch",
     "state-chunk",
+    "abstaining",
     "status-query",
     "status",
 ];
@@ -579,6 +580,7 @@ impl Adversary {
                 bytes: vec![0x5c; rng.range(0, 600) as usize],
                 decided: self.decision_proof(rng),
             },
+            "abstaining" => Message::Abstaining { until: cid(rng) },
             "status-query" => Message::StatusQuery,
             _ => Message::Status(StatusReport {
                 replica: me,
@@ -595,6 +597,7 @@ impl Adversary {
                 executed_requests: edge(rng, 0),
                 refused_replicas: Vec::new(),
                 state_over_max_state_bytes: true,
+                participation: smr_core::message::Participation::CatchingUp { until: cid(rng) },
             }),
         }
     }

@@ -142,6 +142,18 @@ pub enum Fault {
     StateInfoSpam {
         period_ms: u64,
     },
+    /// Issue 17 item 1: each client submits `first_requests` and then nothing until
+    /// `crash_at_ms`; meanwhile, in the quiet, replica `wiped` loses its disk at `wipe_at_ms`
+    /// and rejoins at `restart_at_ms`. At `crash_at_ms` replica `crashed` crashes for good and
+    /// the clients go on: the n-f left, the rejoined one included, must order the rest.
+    QuietRejoinThenCrash {
+        wiped: usize,
+        crashed: usize,
+        first_requests: usize,
+        wipe_at_ms: u64,
+        restart_at_ms: u64,
+        crash_at_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -177,6 +189,10 @@ pub struct SimOptions {
     pub wipe_restart: Option<(usize, u64, u64)>,
     /// Drop every message of this kind, forever (used to prove what a phase is needed for).
     pub drop_kind: Option<&'static str>,
+    /// Every replica starts as the tokio driver starts one on an empty data dir, rejoining
+    /// ([`Engine::rejoin`]), each after its own delay of up to this many ms (from the seed): a
+    /// brand-new cluster whose replicas come up apart.
+    pub start_rejoining: Option<u64>,
     pub max_time_ms: u64,
 }
 
@@ -207,6 +223,7 @@ impl SimOptions {
             hunting_client: false,
             wipe_restart: None,
             drop_kind: None,
+            start_rejoining: None,
             max_time_ms: 120_000,
         }
     }
@@ -246,6 +263,8 @@ enum Event {
     ByzantineStep,
     /// [`Fault::StateInfoSpam`]'s next StateInfo round.
     Spam,
+    /// [`Fault::QuietRejoinThenCrash`]: the clients submit the rest of their requests.
+    ResumeClients,
     Crash {
         slot: usize,
     },
@@ -554,7 +573,7 @@ impl Sim {
             Fault::Twins | Fault::SilentForClient | Fault::ForgingLeader => Some(0),
             Fault::StopSpammer | Fault::LyingStateSender { .. } => Some(opts.n as u32 - 1),
             Fault::BadSyncLeader => Some(1),
-            Fault::CrashRestart { .. } => None,
+            Fault::CrashRestart { .. } | Fault::QuietRejoinThenCrash { .. } => None,
             Fault::Hunter { replica } => (opts.mode == Mode::Bft).then_some(replica),
             Fault::StateInfoSpam { .. } => Some(0),
         };
@@ -650,6 +669,30 @@ impl Sim {
                 sim.schedule(crash_at_ms, Event::Crash { slot });
                 sim.schedule(restart_at_ms, Event::Restart { slot, wipe });
             }
+            Fault::QuietRejoinThenCrash {
+                wiped,
+                crashed,
+                wipe_at_ms,
+                restart_at_ms,
+                crash_at_ms,
+                ..
+            } => {
+                if std::env::var("SMR_SIM_TRACE").is_ok() {
+                    eprintln!(
+                        "wipe {wiped} at {wipe_at_ms}, restart at {restart_at_ms}; crash {crashed} at {crash_at_ms}"
+                    );
+                }
+                sim.schedule(wipe_at_ms, Event::Crash { slot: wiped });
+                sim.schedule(
+                    restart_at_ms,
+                    Event::Restart {
+                        slot: wiped,
+                        wipe: true,
+                    },
+                );
+                sim.schedule(crash_at_ms, Event::Crash { slot: crashed });
+                sim.schedule(crash_at_ms, Event::ResumeClients);
+            }
             Fault::LyingStateSender {
                 crash_at_ms,
                 restart_at_ms,
@@ -666,6 +709,15 @@ impl Sim {
             }
             sim.schedule(crash_at_ms, Event::Crash { slot });
             sim.schedule(restart_at_ms, Event::Restart { slot, wipe: true });
+        }
+        if let Some(max_delay_ms) = opts.start_rejoining {
+            let mut rng = Rng::new(opts.seed ^ 0x5747);
+            for slot in 0..opts.n {
+                // Down until its start, then up from an empty disk.
+                sim.replicas[slot].crashed = true;
+                let at_ms = rng.range(0, max_delay_ms);
+                sim.schedule(at_ms, Event::Restart { slot, wipe: true });
+            }
         }
         sim.report.expected_requests = opts.clients * opts.requests_per_client;
         sim
@@ -769,6 +821,9 @@ impl Sim {
 
     pub fn run(mut self) -> Result<SimReport, String> {
         for slot in 0..self.replicas.len() {
+            if self.replicas[slot].crashed {
+                continue;
+            }
             let output = self.replicas[slot].engine.start(0);
             self.perform(slot, output)?;
         }
@@ -812,6 +867,11 @@ impl Sim {
                 }
                 Event::ByzantineStep => self.byzantine_step(),
                 Event::Spam => self.state_info_spam(),
+                Event::ResumeClients => {
+                    for c in 0..self.clients.len() {
+                        self.client_fill(c)?;
+                    }
+                }
                 Event::Restart { slot, wipe } => self.restart(slot, wipe)?,
                 Event::Crash { slot } => {
                     self.last_fault_ms = self.now_ms;
@@ -869,11 +929,11 @@ impl Sim {
         node.crashed = false;
         node.crash_after_propose = false;
         if wipe {
-            // It forgot everything, promises included: the checkers start over with it.
+            // It forgot everything, promises included; its regency starts over. Its votes do
+            // not: a rejoined replica must never vote against what it voted before it lost its
+            // disk (docs/design.md §3.12), so the vote checker keeps them.
             node.stored.clear();
             node.regency = Regency::ZERO;
-            let id = node.id;
-            self.votes.retain(|(r, ..), _| *r != id);
         }
         self.perform(slot, output)?;
         let output = self.replicas[slot].engine.start(self.now_ms);
@@ -1161,6 +1221,16 @@ impl Sim {
             let node = &mut self.clients[c];
             if node.remaining == 0 {
                 break;
+            }
+            if let Fault::QuietRejoinThenCrash {
+                first_requests,
+                crash_at_ms,
+                ..
+            } = self.opts.fault
+            {
+                if self.now_ms < crash_at_ms && node.submitted.len() >= first_requests {
+                    break;
+                }
             }
             let op = format!("client{c}-op{}", node.submitted.len() + 1).into_bytes();
             let (seq, actions) =
@@ -1787,7 +1857,10 @@ impl Host for SimHost<'_> {
                     eprintln!("t={} replica {r} enters regency {regency}", self.sim.now_ms);
                 }
             }
-            PersistRecord::Prepared(_) | PersistRecord::Checkpoint(_) | PersistRecord::Sync(_) => {}
+            PersistRecord::Prepared(_)
+            | PersistRecord::Checkpoint(_)
+            | PersistRecord::Sync(_)
+            | PersistRecord::Rejoining { .. } => {}
         }
         self.sim.store(slot, record);
     }

@@ -428,6 +428,67 @@ fn cft_replica_restarted_with_a_wiped_disk_catches_up_through_state_transfer() {
     );
 }
 
+/// Issue 17 item 1: a replica rejoins in a quiet cluster (nothing to order after the first
+/// requests), then another replica crashes for good. The rejoined replica must be taking part
+/// by then, so the n-f left order the rest within the liveness bound. Before the fix it
+/// abstained until the cluster decided a window past its horizon, which nothing drove it to,
+/// and every request after the crash waited forever.
+fn quiet_rejoin_then_crash(mode: Mode, n: usize, f: usize, seed: u64) -> SimOptions {
+    let mut rng = Rng::new(seed ^ 0x9e1d);
+    let wiped = rng.range(0, n as u64 - 1) as usize;
+    let crashed = (wiped + 1 + rng.range(0, n as u64 - 2) as usize) % n;
+    let restart_at_ms = 2000 + rng.range(0, 1000);
+    let fault = Fault::QuietRejoinThenCrash {
+        wiped,
+        crashed,
+        first_requests: 10,
+        wipe_at_ms: 1500,
+        restart_at_ms,
+        crash_at_ms: restart_at_ms + 4000,
+    };
+    let mut opts = SimOptions::with_fault(mode, n, f, seed, fault);
+    opts.requests_per_client = 20;
+    opts.heal_at_ms = opts.heal_at_ms.min(1000);
+    opts.partition = false;
+    opts
+}
+
+#[test]
+fn bft_replica_rejoined_in_a_quiet_cluster_takes_part_before_the_next_crash() {
+    sweep(
+        "bft_replica_rejoined_in_a_quiet_cluster_takes_part_before_the_next_crash",
+        |seed| quiet_rejoin_then_crash(Mode::Bft, 4, 1, seed),
+    );
+}
+
+#[test]
+fn cft_replica_rejoined_in_a_quiet_cluster_takes_part_before_the_next_crash() {
+    sweep(
+        "cft_replica_rejoined_in_a_quiet_cluster_takes_part_before_the_next_crash",
+        |seed| quiet_rejoin_then_crash(Mode::Cft, 3, 1, seed),
+    );
+}
+
+/// Issue 17 item 7: every replica of a brand-new cluster starts rejoining (the driver cannot
+/// tell a new data dir from a lost one), each at its own time. The first to take part must not
+/// push the horizon of the others beyond what fewer than a quorum can reach: a WRITE-only
+/// report once did, and the cluster never decided anything. BFT only: in CFT a lone leader's
+/// proposal is already an acceptance, and that race remains (docs/design.md §3.12, item 4).
+fn brand_new_cluster_starting_apart(mode: Mode, n: usize, f: usize, seed: u64) -> SimOptions {
+    let mut opts = SimOptions::for_seed(mode, n, f, seed);
+    opts.requests_per_client = 30;
+    opts.start_rejoining = Some(1500);
+    opts
+}
+
+#[test]
+fn bft_brand_new_cluster_of_rejoining_replicas_starting_apart_orders_every_request() {
+    sweep(
+        "bft_brand_new_cluster_of_rejoining_replicas_starting_apart_orders_every_request",
+        |seed| brand_new_cluster_starting_apart(Mode::Bft, 4, 1, seed),
+    );
+}
+
 #[test]
 fn bft_lying_state_transfer_sender_is_detected_and_another_peer_serves() {
     let mut caught = 0;

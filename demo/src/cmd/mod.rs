@@ -214,7 +214,7 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
 
 /// What to tell the operator after the replica stopped with `error`: a restart helps unless
 /// the same failure comes back, as when the service cannot read a checkpoint (restarting, from
-/// the data dir or with `--rejoin`, restores the same state again).
+/// the data dir or by rejoining, restores the same state again).
 fn restart_advice(error: Option<&ReplicaError>, has_data_dir: bool) -> &'static str {
     match error {
         Some(ReplicaError::Restore { .. }) => {
@@ -224,7 +224,7 @@ fn restart_advice(error: Option<&ReplicaError>, has_data_dir: bool) -> &'static 
             "Fix its storage (free space, permissions, file-size limits), then restart it: it recovers from its data dir"
         }
         _ if has_data_dir => "Restart it: it recovers from its data dir",
-        _ => "Restart it with --rejoin: it ran in memory",
+        _ => "Restart it: it ran in memory, so it rejoins and catches up from its peers",
     }
 }
 
@@ -433,7 +433,7 @@ mod tests {
         );
         assert_eq!(
             restart_advice(Some(&panicked), false),
-            "Restart it with --rejoin: it ran in memory"
+            "Restart it: it ran in memory, so it rejoins and catches up from its peers"
         );
         assert_eq!(
             restart_advice(None, true),

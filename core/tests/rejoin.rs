@@ -1,0 +1,345 @@
+//! Rejoining after a lost store (issue 17, items 1 and 7; docs/design.md §3.12): the rejoin
+//! state is persisted and recovery honours it, a rejoining replica tells its peers the horizon it
+//! waits for, and a leader with nothing to propose orders empty batches up to it, so that the
+//! rejoiner takes part within a few consensus rounds even in a quiet cluster.
+
+mod common;
+
+use common::*;
+use smr_core::engine::{Outgoing, Output, PersistRecord};
+use smr_core::message::{
+    Batch, Cid, Decision, Message, Participation, Regency, Signed, Vote, VoteKind,
+};
+use smr_core::{Engine, Limits, Peer};
+use smr_modes::Mode;
+
+/// BFT n = 4 with a window of 4 instances (and at most 4 in flight).
+fn small_window() -> Cluster {
+    let limits = Limits {
+        max_instances_ahead: 4,
+        max_instances_in_flight: 4,
+        ..Limits::default()
+    };
+    cluster(Mode::Bft, 4, 1, limits)
+}
+
+fn decision(c: &Cluster, cid: u64) -> Decision {
+    let batch = c.batch(&[cid]);
+    let certificate = c.votes(
+        VoteKind::Accept,
+        &[0, 1, 2],
+        Cid(cid),
+        Regency(0),
+        batch.digest(),
+    );
+    Decision {
+        cid: Cid(cid),
+        batch,
+        certificate,
+    }
+}
+
+/// A StateInfo of a peer that executed and voted up to `cid`, with the proof.
+fn state_info(c: &Cluster, cid: u64) -> Message {
+    Message::StateInfo {
+        checkpoints: vec![],
+        voted_up_to: Cid(cid),
+        executed: (cid > 0).then(|| c.decision_proof(Cid(cid), c.batch(&[cid]).digest())),
+    }
+}
+
+/// The leader's PROPOSE of an empty batch at `cid` and its own WRITE, as the output holds them.
+fn empty_proposal(c: &Cluster, cid: u64) -> (Signed<smr_core::message::Propose>, Signed<Vote>) {
+    let empty = Batch { requests: vec![] };
+    let propose = c.propose(0, Cid(cid), Regency(0), empty.clone());
+    let write = c.vote(VoteKind::Write, 0, Cid(cid), Regency(0), empty.digest());
+    (propose, write)
+}
+
+/// The leader's output for empty batches at `cids`: each PROPOSE behind its WRITE's record.
+fn empty_proposals(c: &Cluster, cids: std::ops::RangeInclusive<u64>) -> Output {
+    let mut output = Output::default();
+    for cid in cids {
+        let (propose, write) = empty_proposal(c, cid);
+        output.persist.push(PersistRecord::Vote(write.body));
+        output
+            .send_after_persist
+            .push(Outgoing::Broadcast(Message::Propose(propose)));
+        output
+            .send_after_persist
+            .push(Outgoing::Broadcast(Message::Write(write)));
+    }
+    output
+}
+
+#[test]
+fn a_rejoining_replica_persists_that_it_rejoins_before_it_asks_for_reports() {
+    let c = small_window();
+    let (engine, output) = Engine::rejoin(c.cfg(3), c.engine_signer(3));
+    assert_eq!(
+        output,
+        Output {
+            persist: vec![PersistRecord::Rejoining { horizon: None }],
+            send_after_persist: vec![broadcast(Message::StateQuery)],
+            ..Output::default()
+        }
+    );
+    assert_eq!(
+        engine.participation(),
+        Participation::CollectingReports {
+            reports: 0,
+            needed: 3
+        }
+    );
+}
+
+/// Issue 17 item 1: with n-f reports the rejoiner knows its horizon (highest report 3 plus a
+/// window of 4): it persists it and tells every peer, which it did not before.
+#[test]
+fn a_rejoiner_that_learns_its_horizon_persists_it_and_tells_its_peers() {
+    let c = small_window();
+    let (mut engine, _) = Engine::rejoin(c.cfg(3), c.engine_signer(3));
+    engine.start(0);
+    for from in [0, 1] {
+        let output = c.deliver_ok(&mut engine, 1, Peer::Replica(from), state_info(&c, 3));
+        assert_eq!(output, Output::default());
+    }
+    let output = c.deliver_ok(&mut engine, 1, Peer::Replica(2), state_info(&c, 2));
+    assert_eq!(
+        output,
+        Output {
+            persist: vec![PersistRecord::Rejoining {
+                horizon: Some(Cid(7))
+            }],
+            send_after_persist: vec![broadcast(Message::Abstaining { until: Cid(7) })],
+            ..Output::default()
+        }
+    );
+    assert_eq!(
+        engine.participation(),
+        Participation::CatchingUp { until: Cid(7) }
+    );
+    // Its retransmit timer says it again, for a leader that changed or did not hear.
+    let due = engine.next_deadline_ms().unwrap();
+    let output = engine.on_timeout(due);
+    assert!(
+        output
+            .send_now
+            .contains(&broadcast(Message::Abstaining { until: Cid(7) })),
+        "{output:?}"
+    );
+}
+
+/// Issue 17 item 1: a leader with an empty pool ordered nothing, so a rejoiner's horizon was
+/// reached only by client traffic. Now it orders empty batches up to the horizon, within its
+/// in-flight bound.
+#[test]
+fn a_leader_with_nothing_to_propose_orders_empty_batches_up_to_an_abstaining_peers_horizon() {
+    let c = small_window();
+    let mut leader = c.engine(0);
+    leader.start(0);
+    let output = c.deliver_ok(
+        &mut leader,
+        1,
+        Peer::Replica(3),
+        Message::Abstaining { until: Cid(2) },
+    );
+    assert_eq!(output, empty_proposals(&c, 1..=2));
+    // A follower records it (it may lead later) but proposes nothing.
+    let mut follower = c.engine(1);
+    follower.start(0);
+    let output = c.deliver_ok(
+        &mut follower,
+        1,
+        Peer::Replica(3),
+        Message::Abstaining { until: Cid(2) },
+    );
+    assert_eq!(output, Output::default());
+}
+
+/// The claim is unproven: one peer may raise what it waits for at most once per
+/// `request_timeout_ms` (1000 ms here), and the leader never proposes beyond its in-flight
+/// bound for it.
+#[test]
+fn an_abstaining_peer_may_raise_its_horizon_once_per_request_timeout() {
+    let c = small_window();
+    let mut leader = c.engine(0);
+    leader.start(0);
+    let output = c.deliver_ok(
+        &mut leader,
+        1,
+        Peer::Replica(3),
+        Message::Abstaining { until: Cid(1) },
+    );
+    assert_eq!(output, empty_proposals(&c, 1..=1));
+    let output = c.deliver_ok(
+        &mut leader,
+        2,
+        Peer::Replica(3),
+        Message::Abstaining { until: Cid(2) },
+    );
+    assert_eq!(output, Output::default(), "raised too soon");
+    let output = c.deliver_ok(
+        &mut leader,
+        1001,
+        Peer::Replica(3),
+        Message::Abstaining {
+            until: Cid(u64::MAX),
+        },
+    );
+    assert_eq!(
+        output,
+        empty_proposals(&c, 2..=4),
+        "raised after the request timeout: up to the in-flight bound"
+    );
+}
+
+/// Issue 17 item 1: a replica that crashed mid-rejoin, after persisting what it caught up
+/// with, restarted as if it had never lost its disk and voted at once. `recover` now resumes
+/// the rejoin from the newest `Rejoining` record.
+#[test]
+fn recover_resumes_a_rejoin_that_a_crash_interrupted() {
+    let c = small_window();
+    // Crashed while collecting reports: it asks again.
+    let (engine, output) = Engine::recover(
+        c.cfg(3),
+        c.engine_signer(3),
+        [PersistRecord::Rejoining { horizon: None }],
+    )
+    .unwrap();
+    assert!(engine.is_rejoining());
+    assert_eq!(output, only_sent(vec![broadcast(Message::StateQuery)]));
+
+    // Crashed while catching up to cid 7, with cids 1 and 2 decided: it executes them (one
+    // batch with the service at a time) and still abstains, saying so.
+    let records = [
+        PersistRecord::Rejoining { horizon: None },
+        PersistRecord::Rejoining {
+            horizon: Some(Cid(7)),
+        },
+        PersistRecord::Decided(decision(&c, 1)),
+        PersistRecord::Decided(decision(&c, 2)),
+    ];
+    let (engine, output) = Engine::recover(c.cfg(3), c.engine_signer(3), records).unwrap();
+    assert_eq!(
+        engine.participation(),
+        Participation::CatchingUp { until: Cid(7) }
+    );
+    assert_eq!(engine.last_executed(), Cid(1));
+    assert_eq!(
+        output,
+        Output {
+            send_now: vec![broadcast(Message::Abstaining { until: Cid(7) })],
+            service: vec![c.execute(Cid(1), &[1])],
+            ..Output::default()
+        }
+    );
+    // A store compacted at a checkpoint keeps the record while the replica rejoins.
+    assert_eq!(
+        engine.durable_records_after(Cid(0)),
+        vec![
+            PersistRecord::Regency(Regency(0)),
+            PersistRecord::Rejoining {
+                horizon: Some(Cid(7))
+            },
+            PersistRecord::Decided(decision(&c, 1)),
+            PersistRecord::Decided(decision(&c, 2)),
+        ]
+    );
+
+    // It had reached its horizon before the crash: it takes part at once.
+    let records = [
+        PersistRecord::Rejoining {
+            horizon: Some(Cid(1)),
+        },
+        PersistRecord::Decided(decision(&c, 1)),
+    ];
+    let (engine, _) = Engine::recover(c.cfg(3), c.engine_signer(3), records).unwrap();
+    assert_eq!(engine.participation(), Participation::Participating);
+    assert_eq!(
+        engine.durable_records_after(Cid(1)),
+        vec![PersistRecord::Regency(Regency(0))]
+    );
+}
+
+/// Issue 17 item 7: every replica of a brand-new cluster starts rejoining (an empty store may
+/// be a lost one); reports of cid 0 from n-f peers give horizon 0, and it takes part at once.
+#[test]
+fn a_brand_new_replica_takes_part_once_n_minus_f_peers_report_cid_0() {
+    let c = small_window();
+    let (mut engine, _) = Engine::rejoin(c.cfg(3), c.engine_signer(3));
+    engine.start(0);
+    // A rejoining replica answers a StateQuery, so new replicas starting together do not
+    // wait on each other; and it asks back a peer it has no report from, at once.
+    let output = c.deliver_ok(&mut engine, 1, Peer::Replica(0), Message::StateQuery);
+    assert_eq!(
+        output,
+        only_sent(vec![
+            send(0, Message::StateQuery),
+            send(0, state_info(&c, 0))
+        ])
+    );
+    for from in [0, 1] {
+        c.deliver_ok(&mut engine, 1, Peer::Replica(from), state_info(&c, 0));
+    }
+    assert!(engine.is_rejoining());
+    let output = c.deliver_ok(&mut engine, 1, Peer::Replica(2), state_info(&c, 0));
+    assert_eq!(engine.participation(), Participation::Participating);
+    assert_eq!(
+        output.persist,
+        vec![PersistRecord::Rejoining {
+            horizon: Some(Cid(0))
+        }]
+    );
+    assert!(
+        !output
+            .messages()
+            .any(|m| matches!(m, Outgoing::Broadcast(Message::Abstaining { .. }))),
+        "{output:?}"
+    );
+}
+
+/// A leader that abstains proposes nothing, so nothing would ever reach its horizon (and it
+/// would stay the fault the cluster does not know it has): a follower that hears it asks for
+/// the next regency at once.
+#[test]
+fn a_follower_asks_for_the_next_regency_when_its_leader_abstains() {
+    let c = small_window();
+    let mut follower = c.engine(1);
+    follower.start(0);
+    let output = c.deliver_ok(
+        &mut follower,
+        1,
+        Peer::Replica(0),
+        Message::Abstaining { until: Cid(5) },
+    );
+    assert_eq!(
+        output,
+        only_sent(vec![broadcast(Message::Stop(c.stop(
+            1,
+            Regency(1),
+            Regency(0)
+        )))])
+    );
+}
+
+/// Issue 17 item 7: a StateInfo counted WRITEs, so the first replicas of a brand-new BFT
+/// cluster to take part, which can only WRITE until a quorum takes part, pushed the horizon of
+/// the others a window ahead, where fewer than a quorum could never bring it. A report now
+/// counts what was executed or accepted (prepared): what the rejoin bound needs.
+#[test]
+fn a_write_alone_does_not_raise_what_a_replica_reports_to_a_rejoining_peer() {
+    let c = small_window();
+    let mut follower = c.engine(1);
+    follower.start(0);
+    let batch = c.batch(&[1]);
+    let output = c.deliver_ok(
+        &mut follower,
+        1,
+        Peer::Replica(0),
+        Message::Propose(c.propose(0, Cid(1), Regency(0), batch)),
+    );
+    assert_eq!(output.persist.len(), 1, "it wrote: {output:?}");
+    let output = c.deliver_ok(&mut follower, 2, Peer::Replica(3), Message::StateQuery);
+    assert_eq!(output, only_sent(vec![send(3, state_info(&c, 0))]));
+}
