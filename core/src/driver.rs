@@ -1365,7 +1365,10 @@ mod tests {
             StartError::Recovery("stored checkpoint is unreadable: x".into()),
         ] {
             let text = refusal.to_string();
-            assert!(text.contains("--rejoin"), "{text}");
+            assert!(
+                text.contains("restart the replica on an empty one; it then rejoins"),
+                "{text}"
+            );
         }
     }
 

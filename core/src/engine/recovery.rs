@@ -342,6 +342,13 @@ impl Engine {
                 for instance in self.instances.values_mut() {
                     instance.proposal = None;
                 }
+                // Its report as of now, before any vote of its own, to every peer: a peer still
+                // collecting counts only the first report from each replica, so a later one
+                // carrying this replica's new votes (in CFT a leader's proposal is its
+                // acceptance) cannot push that peer's horizon a window past what the cluster
+                // can reach while it, too, abstains (a brand-new cluster whose replicas all
+                // start rejoining; docs/design.md §3.12).
+                self.out.broadcast(self.state_info());
                 let leader = self.leader();
                 self.request_sync(now_ms, leader);
                 self.try_propose(now_ms);

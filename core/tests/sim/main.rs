@@ -489,6 +489,17 @@ fn bft_brand_new_cluster_of_rejoining_replicas_starting_apart_orders_every_reque
     );
 }
 
+/// The CFT twin: a CFT leader's proposal is its own acceptance, so a replica still collecting
+/// reports could hear of the leader's first votes and wait a window past them, which the
+/// cluster, with that replica abstaining, could not reach (issue 17 item 7, found in review).
+#[test]
+fn cft_brand_new_cluster_of_rejoining_replicas_starting_apart_orders_every_request() {
+    sweep(
+        "cft_brand_new_cluster_of_rejoining_replicas_starting_apart_orders_every_request",
+        |seed| brand_new_cluster_starting_apart(Mode::Cft, 3, 1, seed),
+    );
+}
+
 #[test]
 fn bft_lying_state_transfer_sender_is_detected_and_another_peer_serves() {
     let mut caught = 0;
