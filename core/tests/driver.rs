@@ -37,6 +37,28 @@ impl Hub {
     }
 }
 
+/// Replica keys for `n` replicas (seeds 0..n) and a verifier that knows them and `clients`.
+fn sim_keys(n: usize, clients: &[&SimKey]) -> (Vec<SimKey>, SimVerifier) {
+    let keys: Vec<SimKey> = (0..n as u8).map(|i| SimKey::from_seed([i; 32])).collect();
+    let mut sim = SimVerifier::new();
+    for k in keys.iter().chain(clients.iter().copied()) {
+        sim.register(k);
+    }
+    (keys, sim)
+}
+
+/// Replica `me`'s config in a cluster of `keys`, admitting any client.
+fn engine_config(quorums: Quorums, keys: &[SimKey], me: usize, limits: Limits) -> EngineConfig {
+    EngineConfig {
+        quorums,
+        me: me as u32,
+        replica_keys: keys.iter().map(|k| k.public_key()).collect(),
+        clients: ClientPolicy::Any,
+        limits,
+        timeouts: Timeouts::default(),
+    }
+}
+
 impl Network for MemNetwork {
     fn send(&self, to: Peer, frame: Vec<u8>) -> Result<(), SendError> {
         let inboxes = self.hub.inboxes.lock().unwrap();
@@ -74,24 +96,13 @@ impl Service for Counter {
 
 async fn run_cluster(mode: Mode, n: usize, f: usize) {
     let quorums = Quorums::new(mode, n, f).unwrap();
-    let keys: Vec<SimKey> = (0..n as u8).map(|i| SimKey::from_seed([i; 32])).collect();
     let client_key = SimKey::from_seed([100; 32]);
-    let mut sim = SimVerifier::new();
-    for k in keys.iter().chain([&client_key]) {
-        sim.register(k);
-    }
+    let (keys, sim) = sim_keys(n, &[&client_key]);
     let signatures: Arc<dyn Verifier> = Arc::new(sim);
     let hub = Hub::default();
     let mut handles = Vec::new();
     for (i, key) in keys.iter().enumerate() {
-        let cfg = EngineConfig {
-            quorums,
-            me: i as u32,
-            replica_keys: keys.iter().map(|k| k.public_key()).collect(),
-            clients: ClientPolicy::Any,
-            limits: Limits::default(),
-            timeouts: Timeouts::default(),
-        };
+        let cfg = engine_config(quorums, &keys, i, Limits::default());
         let net = hub.endpoint(Peer::Replica(i as u32));
         handles.push(
             start_replica(
@@ -193,17 +204,15 @@ fn start_persistent(
     keys.iter()
         .enumerate()
         .map(|(i, key)| {
-            let cfg = EngineConfig {
+            let cfg = engine_config(
                 quorums,
-                me: i as u32,
-                replica_keys: keys.iter().map(|k| k.public_key()).collect(),
-                clients: ClientPolicy::Any,
-                limits: Limits {
+                &keys,
+                i,
+                Limits {
                     checkpoint_period: 7,
                     ..Limits::default()
                 },
-                timeouts: Timeouts::default(),
-            };
+            );
             let storage =
                 smr_core::storage::Wal::open(dirs[i].path(), smr_core::storage::FsyncPolicy::Never)
                     .expect("data dir opens");
@@ -224,12 +233,8 @@ fn start_persistent(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_cluster_restarted_from_its_data_dirs_loses_and_repeats_nothing() {
     let quorums = Quorums::new(Mode::Bft, 4, 1).unwrap();
-    let keys: Vec<SimKey> = (0..4u8).map(|i| SimKey::from_seed([i; 32])).collect();
     let client_key = SimKey::from_seed([100; 32]);
-    let mut sim = SimVerifier::new();
-    for k in keys.iter().chain([&client_key]) {
-        sim.register(k);
-    }
+    let (keys, sim) = sim_keys(4, &[&client_key]);
     let signatures: Arc<dyn Verifier> = Arc::new(sim);
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let hub = Hub::default();
@@ -270,22 +275,16 @@ async fn whole_cluster_restarted_from_its_data_dirs_loses_and_repeats_nothing() 
 #[tokio::test]
 async fn an_invalid_config_is_an_error_not_a_panic() {
     let quorums = Quorums::new(Mode::Cft, 3, 1).unwrap();
-    let keys: Vec<SimKey> = (0..3u8).map(|i| SimKey::from_seed([i; 32])).collect();
-    let mut sim = SimVerifier::new();
-    for k in &keys {
-        sim.register(k);
-    }
-    let cfg = EngineConfig {
+    let (keys, sim) = sim_keys(3, &[]);
+    let cfg = engine_config(
         quorums,
-        me: 0,
-        replica_keys: keys.iter().map(|k| k.public_key()).collect(),
-        clients: ClientPolicy::Any,
-        limits: Limits {
+        &keys,
+        0,
+        Limits {
             max_instances_in_flight: 0,
             ..Limits::default()
         },
-        timeouts: Timeouts::default(),
-    };
+    );
     let hub = Hub::default();
     let result = start_replica(
         cfg,
@@ -323,19 +322,8 @@ impl Network for PanicsOnSend {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_the_engine_task_resolves_closed_to_the_error() {
     let quorums = Quorums::new(Mode::Cft, 3, 1).unwrap();
-    let keys: Vec<SimKey> = (0..3u8).map(|i| SimKey::from_seed([i; 32])).collect();
-    let mut sim = SimVerifier::new();
-    for k in &keys {
-        sim.register(k);
-    }
-    let cfg = EngineConfig {
-        quorums,
-        me: 0,
-        replica_keys: keys.iter().map(|k| k.public_key()).collect(),
-        clients: ClientPolicy::Any,
-        limits: Limits::default(),
-        timeouts: Timeouts::default(),
-    };
+    let (keys, sim) = sim_keys(3, &[]);
+    let cfg = engine_config(quorums, &keys, 0, Limits::default());
     let handle = start_replica(
         cfg,
         Arc::new(keys[0].clone()),
@@ -435,14 +423,7 @@ async fn a_panic_in_a_verify_worker_resolves_closed_to_the_error() {
     let keys: Vec<SimKey> = (0..4u8).map(|i| SimKey::from_seed([i; 32])).collect();
     let client_key = SimKey::from_seed([100; 32]);
     let hub = Hub::default();
-    let cfg = EngineConfig {
-        quorums,
-        me: 0,
-        replica_keys: keys.iter().map(|k| k.public_key()).collect(),
-        clients: ClientPolicy::Any,
-        limits: Limits::default(),
-        timeouts: Timeouts::default(),
-    };
+    let cfg = engine_config(quorums, &keys, 0, Limits::default());
     let handle = start_replica(
         cfg,
         Arc::new(keys[0].clone()),
@@ -494,22 +475,11 @@ async fn a_panic_in_a_verify_worker_resolves_closed_to_the_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_on_an_empty_data_dir_abstains_until_its_peers_report() {
     let quorums = Quorums::new(Mode::Bft, 4, 1).unwrap();
-    let keys: Vec<SimKey> = (0..4u8).map(|i| SimKey::from_seed([i; 32])).collect();
-    let mut sim = SimVerifier::new();
-    for k in &keys {
-        sim.register(k);
-    }
+    let (keys, sim) = sim_keys(4, &[]);
     let signatures: Arc<dyn Verifier> = Arc::new(sim);
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::default();
-    let config = |i: usize| EngineConfig {
-        quorums,
-        me: i as u32,
-        replica_keys: keys.iter().map(|k| k.public_key()).collect(),
-        clients: ClientPolicy::Any,
-        limits: Limits::default(),
-        timeouts: Timeouts::default(),
-    };
+    let config = |i: usize| engine_config(quorums, &keys, i, Limits::default());
     let storage = smr_core::storage::Wal::open(dir.path(), smr_core::storage::FsyncPolicy::Never)
         .expect("data dir opens");
     let mut handles = vec![start_replica(
