@@ -206,7 +206,7 @@ fn start_persistent(
         .map(|(i, key)| {
             let cfg = engine_config(
                 quorums,
-                &keys,
+                keys,
                 i,
                 Limits {
                     checkpoint_period: 7,
