@@ -84,11 +84,26 @@ pub struct DriverOptions {
     /// lane). With the transport's own bounds, this keeps what a
     /// flood of large frames can pile up in memory bounded in bytes, not only in frames.
     pub verify_queue_bytes: usize,
-    /// Deprecated, and without effect beyond a warning: a replica whose data dir is empty (or
-    /// that has none) always starts as one that lost its state and may have voted before
-    /// ([`Engine::rejoin`]), taking no part until it has caught up past anything it can have
-    /// voted on. A data dir that holds records is always recovered from.
-    pub rejoin: bool,
+    /// How a replica whose data dir is empty (or that has none) starts; a data dir that holds
+    /// records is always recovered from, whatever this says.
+    pub empty_start: EmptyStart,
+}
+
+/// How a replica with an empty data dir (or none) starts. It cannot tell a new disk from a
+/// lost one, so the default assumes the worst (docs/design.md §3.12).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EmptyStart {
+    /// As a replica that may have lost its state after voting ([`Engine::rejoin`]): it takes
+    /// no part in votes until n−f of its peers said how far they voted and it has caught up
+    /// past that (at once in a brand-new cluster whose replicas all run). The safe default.
+    #[default]
+    Rejoin,
+    /// As a replica of a brand-new cluster that has never voted ([`Engine::new`]): it votes at
+    /// once. Only for the first start of a new cluster, when some replicas cannot start with
+    /// the others (a brand-new cluster of rejoining replicas needs n−f answers for each, all
+    /// four at n = 4). Used on a replica that lost its disk, it may vote against what it voted
+    /// before, which counts as a fault against `f`.
+    NewCluster,
 }
 
 impl Default for DriverOptions {
@@ -97,7 +112,7 @@ impl Default for DriverOptions {
             verify_workers: default_verify_workers(),
             verify_queue_frames: 4096,
             verify_queue_bytes: 64 * 1024 * 1024,
-            rejoin: false,
+            empty_start: EmptyStart::Rejoin,
         }
     }
 }
@@ -328,22 +343,32 @@ pub fn start_replica<N: Network>(
         None => {
             // A restarted in-memory replica has forgotten its votes: it always starts by
             // asking its peers how far they voted (docs/design.md §3.12).
-            tracing::warn!(replica = me, mode = %mode, "replica starting without a data dir: state is kept in memory only and is lost on restart; it rejoins (abstains from votes until it has caught up with its peers)");
-            let (engine, output) = Engine::rejoin(config, signer);
-            (engine, output, None)
+            if options.empty_start == EmptyStart::NewCluster {
+                tracing::warn!(replica = me, mode = %mode, "replica starting without a data dir as a replica of a brand-new cluster (new-cluster): it votes at once; state is kept in memory only and is lost on restart");
+                (Engine::new(config, signer), Output::default(), None)
+            } else {
+                tracing::warn!(replica = me, mode = %mode, "replica starting without a data dir: state is kept in memory only and is lost on restart; it rejoins (abstains from votes until it has caught up with its peers)");
+                let (engine, output) = Engine::rejoin(config, signer);
+                (engine, output, None)
+            }
         }
         Some((wal, recovered)) => {
             if recovered.truncated_tail_bytes > 0 {
                 tracing::warn!(replica = me, bytes = recovered.truncated_tail_bytes, dir = %wal.dir().display(), "cut a torn tail off the write-ahead log");
             }
             let records = decode_recovered(recovered)?;
-            if options.rejoin && !records.is_empty() {
+            if options.empty_start == EmptyStart::NewCluster && !records.is_empty() {
                 tracing::warn!(
                     replica = me,
-                    "rejoin ignored: the data dir holds this replica's state"
+                    "new-cluster ignored: the data dir holds this replica's state"
                 );
             }
-            let (engine, output) = if records.is_empty() {
+            let (engine, output) = if records.is_empty()
+                && options.empty_start == EmptyStart::NewCluster
+            {
+                tracing::warn!(replica = me, mode = %mode, dir = %wal.dir().display(), policy = %wal.policy(), "the data dir is empty: starting as a replica of a brand-new cluster (new-cluster), which votes at once");
+                (Engine::new(config, signer), Output::default())
+            } else if records.is_empty() {
                 // An empty data dir may be a brand-new one or a lost one, and a replica that
                 // lost its disk must not vote against what it voted before: it rejoins. In a
                 // brand-new cluster its peers report cid 0 and it takes part at once.

@@ -344,15 +344,21 @@ impl LocalCluster {
         }
     }
 
+    /// The first start of a brand-new cluster: every replica gets `--new-cluster`, so the
+    /// cluster starts once any n−f run (restarts, [`LocalCluster::start_replica`], do not: an
+    /// empty data dir then rejoins).
     fn start_all(&mut self) -> Result<(), LocalClusterError> {
         for id in 0..self.n() as ReplicaId {
             if self.data_dirs {
                 // A retry after a bind race starts over with new keys: no state survives it.
                 let data_dir = self.data_dir(id);
                 let _ = std::fs::remove_dir_all(&data_dir);
-                self.start_replica(id, &["--data-dir", &data_dir.to_string_lossy()])?;
+                self.start_replica(
+                    id,
+                    &["--data-dir", &data_dir.to_string_lossy(), "--new-cluster"],
+                )?;
             } else {
-                self.start_replica(id, &[])?;
+                self.start_replica(id, &["--new-cluster"])?;
             }
         }
         Ok(())

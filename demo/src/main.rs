@@ -109,6 +109,13 @@ struct ReplicaArgs {
     /// up from its peers by state transfer.
     #[arg(long)]
     rejoin: bool,
+    /// First start of a brand-new cluster only: a replica with an empty data dir (or none)
+    /// votes at once instead of rejoining. Without it, a brand-new cluster starts once n−f of
+    /// each replica's peers run (all four at n = 4); with it, once any n−f replicas run. Never
+    /// use it on a replica that may have lost its state: it may vote against what it voted
+    /// before. Ignored when the data dir holds state.
+    #[arg(long, conflicts_with = "rejoin")]
+    new_cluster: bool,
     /// Shut down when stdin reaches end-of-file (used by `smr cluster` so that its children
     /// never outlive it).
     #[arg(long, hide = true)]

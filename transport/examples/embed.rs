@@ -13,7 +13,7 @@ use std::path::Path;
 use smr_core::cluster::ClusterConfig;
 use smr_core::Service;
 use smr_crypto::IdentityKey;
-use smr_transport::{Client, Replica};
+use smr_transport::{Client, EmptyStart, Replica};
 
 /// The replicated state machine: a sum. An operation is an `i64` (8 bytes, little-endian) to
 /// add; the reply is the new total. It must be deterministic: every replica executes the same
@@ -76,7 +76,8 @@ async fn run_replica(config_path: &Path, id: u32) -> Result<(), Box<dyn std::err
         .ok_or("the config names no key_file for this replica")?;
     let key = IdentityKey::load(&key_file)?;
     // Durable state (write-ahead log and checkpoints) in this directory; `None` keeps it in
-    // memory. `false`: not rejoining after losing that state.
+    // memory. `EmptyStart::Rejoin`: an empty data dir may be a lost one, so the replica asks its
+    // peers before it votes (the safe default; `NewCluster` only for a brand-new cluster).
     let data_dir = config.directory.join(format!("sum-data-{id}"));
     let replica = Replica::start_with_data_dir(
         &config,
@@ -84,7 +85,7 @@ async fn run_replica(config_path: &Path, id: u32) -> Result<(), Box<dyn std::err
         key,
         Box::new(Sum::default()),
         Some(&data_dir),
-        false,
+        EmptyStart::Rejoin,
     )
     .await?;
     println!("replica {id} running; Ctrl-C stops it");

@@ -17,7 +17,7 @@ use std::time::Duration;
 use smr_core::client::ClientConfig;
 use smr_core::cluster::ClusterConfig;
 use smr_core::driver::{
-    self, DriverOptions, InvokeError, ReplicaError, ReplicaHandle, ReplicaStatus,
+    self, DriverOptions, EmptyStart, InvokeError, ReplicaError, ReplicaHandle, ReplicaStatus,
 };
 use smr_core::message::StatusReport;
 use smr_core::storage::Wal;
@@ -85,21 +85,22 @@ impl Replica {
         key: IdentityKey,
         service: Box<dyn Service>,
     ) -> Result<Replica, StartError> {
-        Self::start_with_data_dir(config, id, key, service, None, false).await
+        Self::start_with_data_dir(config, id, key, service, None, EmptyStart::Rejoin).await
     }
 
     /// Like [`Replica::start`], persisting to (and recovering from) `data_dir` when given,
     /// with the config's fsync policy. A damaged data directory is refused with an error that
-    /// says what is wrong and where. `rejoin` is for a replica that lost its state (an empty
-    /// or wiped data dir, or an in-memory replica restarted while the cluster ran on): it takes
-    /// no part in votes until it has caught up past anything it can have voted on before.
+    /// says what is wrong and where. `empty_start` says how a replica with an empty data dir
+    /// (or none) starts: [`EmptyStart::Rejoin`] (the safe default: it may have lost its state,
+    /// so it takes no part in votes until it has caught up past anything it can have voted on
+    /// before) or [`EmptyStart::NewCluster`] (the first start of a brand-new cluster only).
     pub async fn start_with_data_dir(
         config: &ClusterConfig,
         id: ReplicaId,
         key: IdentityKey,
         service: Box<dyn Service>,
         data_dir: Option<&Path>,
-        rejoin: bool,
+        empty_start: EmptyStart,
     ) -> Result<Replica, StartError> {
         let engine_config = config
             .engine_config(id)
@@ -123,7 +124,7 @@ impl Replica {
             transport.clone(),
             service,
             DriverOptions {
-                rejoin,
+                empty_start,
                 ..DriverOptions::default()
             },
             storage,

@@ -163,7 +163,7 @@ mod tls;
 pub struct ReadmeDoctests;
 
 pub use embed::{Client, Replica, StartError};
-pub use smr_core::driver::ReplicaError;
+pub use smr_core::driver::{EmptyStart, ReplicaError};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};

@@ -10,7 +10,7 @@ use smr_core::driver::{InvokeError, ReplicaError};
 use smr_crypto::{IdentityKey, PublicKey};
 use smr_demo::keygen::{self, KeygenOptions, CLIENT_KEY_FILE, CONFIG_FILE};
 use smr_demo::{status as replica_status, CounterOp, CounterReply, KvOp, KvReply};
-use smr_transport::{Client, Replica};
+use smr_transport::{Client, EmptyStart, Replica};
 
 use crate::{
     ClientArgs, ClientService, CounterCommand, KeygenArgs, KvCommand, ReplicaArgs, StatusArgs,
@@ -172,7 +172,11 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
         key,
         args.service.create_with_reply_bytes(args.reply_bytes),
         args.data_dir.as_deref(),
-        args.rejoin,
+        if args.new_cluster {
+            EmptyStart::NewCluster
+        } else {
+            EmptyStart::Rejoin
+        },
     )
     .await
     .with_context(|| format!("replica {id} cannot start on {address}"))?;
