@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU64;
 
 use common::*;
 use smr_core::checkpoint::{Checkpoint, CheckpointData};
@@ -58,7 +59,8 @@ impl Net {
             outputs.push(engine.start(0));
             net.engines.push(engine);
         }
-        let (mut wiped, out) = Engine::rejoin(c.cfg(n - 1), c.engine_signer(n - 1));
+        let (mut wiped, out) =
+            Engine::rejoin(c.cfg(n - 1), c.engine_signer(n - 1), NonZeroU64::MIN);
         let started = wiped.start(0);
         net.engines.push(wiped);
         for (me, out) in outputs.into_iter().enumerate() {
@@ -261,10 +263,12 @@ fn fetches_are_paced_and_a_quiet_source_is_replaced_at_the_same_offset() {
         checkpoints: vec![(Cid(20), checkpoint.digest)],
         voted_up_to: Cid(20),
         executed: None,
+        for_nonce: 0,
+        rejoin_nonce: 0,
     };
     assert_eq!(
         c.deliver_ok(&mut r, 0, Peer::Replica(0), info.clone()),
-        only_sent(vec![broadcast(Message::StateQuery)])
+        only_sent(vec![broadcast(Message::StateQuery { rejoin_nonce: 0 })])
     );
     let fetch = |to: u32, offset: usize| {
         send(
@@ -580,10 +584,12 @@ fn an_agreed_checkpoint_this_replica_cannot_use_blames_no_source_and_is_not_fetc
         checkpoints: vec![(Cid(20), unusable.digest)],
         voted_up_to: Cid(20),
         executed: None,
+        for_nonce: 0,
+        rejoin_nonce: 0,
     };
     assert_eq!(
         c.deliver_ok(&mut r, 0, Peer::Replica(0), info.clone()),
-        only_sent(vec![broadcast(Message::StateQuery)])
+        only_sent(vec![broadcast(Message::StateQuery { rejoin_nonce: 0 })])
     );
     let fetch = send(
         0,
@@ -622,7 +628,7 @@ fn an_agreed_checkpoint_this_replica_cannot_use_blames_no_source_and_is_not_fetc
     // unusable checkpoint is not fetched again from either source.
     assert_eq!(
         c.deliver_ok(&mut r, 5000, Peer::Replica(0), info.clone()),
-        only_sent(vec![broadcast(Message::StateQuery)])
+        only_sent(vec![broadcast(Message::StateQuery { rejoin_nonce: 0 })])
     );
     assert_eq!(
         c.deliver_ok(&mut r, 5000, Peer::Replica(1), info),
