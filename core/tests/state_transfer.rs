@@ -142,7 +142,11 @@ impl Net {
             self.clock = now_ms;
             if next_message == Some(now_ms) {
                 let (_, (from, to, message)) = self.queue.pop_first().expect("due");
-                if drop(from, to, &message) {
+                // These tests measure one transfer of the checkpoint the sources hold. The
+                // wiped replica's `Abstaining` would have the leader order empty batches up to
+                // its horizon (a window past cid 20), taking newer checkpoints meanwhile
+                // (issue 17 item 1): not what is measured here, so it is not delivered.
+                if drop(from, to, &message) || matches!(message, Message::Abstaining { .. }) {
                     continue;
                 }
                 if let (Some((liar, stop, total_len)), Message::StateFetch { cid, offset }) =
