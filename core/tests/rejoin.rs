@@ -242,6 +242,22 @@ fn recover_resumes_a_rejoin_that_a_crash_interrupted() {
     // With the nonce it persisted: it cast no vote since that incarnation began.
     assert_eq!(output, only_sent(vec![broadcast(query())]));
 
+    // A collecting record with nonce 0, which no rejoin writes, is refused: answers to a
+    // state transfer's query (nonce 0) would count as reports.
+    let refused = Engine::recover(
+        c.cfg(3),
+        c.engine_signer(3),
+        [PersistRecord::Rejoining {
+            horizon: None,
+            nonce: 0,
+        }],
+    )
+    .err();
+    assert_eq!(
+        refused.as_deref(),
+        Some("stored rejoin record has nonce 0, which no rejoin writes: the store is damaged")
+    );
+
     // Crashed while catching up to cid 7, with cids 1 and 2 decided: it executes them (one
     // batch with the service at a time) and still abstains, saying so.
     let records = [
