@@ -39,6 +39,7 @@
 //! reads (one query each) are not bounded there; only the inbound queues limit them.
 
 use std::collections::HashMap;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -297,6 +298,23 @@ pub enum StartError {
     /// thread); what had started stops once the returned channels close.
     #[error("cannot start a thread of the replica: {0}")]
     Thread(std::io::Error),
+    /// The operating system's random source failed, so a rejoining replica has no fresh
+    /// incarnation nonce ([`Engine::rejoin`]).
+    #[error("cannot draw a rejoin nonce from the operating system's random source: {0}")]
+    Random(String),
+}
+
+/// A fresh incarnation nonce for [`Engine::rejoin`], from the operating system's random
+/// source: it must differ from every earlier incarnation's of this replica, so that no report
+/// made for one before the store was lost counts (docs/design.md §3.12 item 6).
+fn rejoin_nonce() -> Result<NonZeroU64, StartError> {
+    use rand_core::RngCore;
+    let mut bytes = [0u8; 8];
+    rand_core::OsRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| StartError::Random(e.to_string()))?;
+    // 0 means "not rejoining" on the wire; one nonce in 2^64 is remapped.
+    Ok(NonZeroU64::new(u64::from_le_bytes(bytes)).unwrap_or(NonZeroU64::MIN))
 }
 
 /// Decodes what a store recovered into the engine's records.
@@ -348,7 +366,7 @@ pub fn start_replica<N: Network>(
                 (Engine::new(config, signer), Output::default(), None)
             } else {
                 tracing::warn!(replica = me, mode = %mode, "replica starting without a data dir: state is kept in memory only and is lost on restart; it rejoins (abstains from votes until it has caught up with its peers)");
-                let (engine, output) = Engine::rejoin(config, signer);
+                let (engine, output) = Engine::rejoin(config, signer, rejoin_nonce()?);
                 (engine, output, None)
             }
         }
@@ -373,7 +391,7 @@ pub fn start_replica<N: Network>(
                 // lost its disk must not vote against what it voted before: it rejoins. In a
                 // brand-new cluster its peers report cid 0 and it takes part at once.
                 tracing::warn!(replica = me, mode = %mode, dir = %wal.dir().display(), policy = %wal.policy(), "the data dir is empty: starting as a rejoining replica, which abstains from votes until n-f peers said how far they voted and it has caught up past that (immediately in a brand-new cluster)");
-                Engine::rejoin(config, signer)
+                Engine::rejoin(config, signer, rejoin_nonce()?)
             } else {
                 tracing::info!(replica = me, mode = %mode, records = records.len(), dir = %wal.dir().display(), policy = %wal.policy(), "replica starting from its data dir");
                 Engine::recover(config, signer, records).map_err(StartError::Recovery)?

@@ -128,6 +128,7 @@ impl MessageBounds {
                 OPTION,
                 decision_proof,
             ]),
+            // StateInfo { checkpoints, voted_up_to, executed, for_nonce, rejoin_nonce }.
             state_info: add(&[
                 TAG,
                 LEN,
@@ -135,6 +136,8 @@ impl MessageBounds {
                 8,
                 OPTION,
                 decision_proof,
+                8,
+                8,
             ]),
             // Reply { replica, client, seq, regency, result }.
             reply: add(&[TAG, 4, KEY, 8, 8, LEN, limits.max_client_reply_bytes]),

@@ -658,7 +658,13 @@ pub enum Message {
     /// replica rejoining after it lost its disk ([`Engine::rejoin`](crate::Engine::rejoin);
     /// repeated by its retransmit timer until n-f answered). The receiver answers with
     /// [`Message::StateInfo`].
-    StateQuery,
+    StateQuery {
+        /// The asker's incarnation nonce while it collects rejoin reports (fresh each time a
+        /// replica starts rejoining, never 0), or 0 (a state transfer's query). The answer
+        /// echoes it, and its `voted_up_to` is then the answerer's as of when it first saw
+        /// this nonce (docs/design.md §3.12, item 6).
+        rejoin_nonce: u64,
+    },
     /// A replica's checkpoints (none if it has none) and the highest cid it has executed or
     /// voted in: the answer to a [`Message::StateQuery`], to a [`Message::DecisionQuery`] for
     /// decisions truncated away (a hint that state transfer is needed), and to a
@@ -683,6 +689,14 @@ pub enum Message {
         /// executed, so this bounds what its `voted_up_to` can truthfully be, and one peer
         /// cannot keep a rejoining replica silent with a made-up number (issue 12).
         executed: Option<DecisionProof>,
+        /// The `rejoin_nonce` of the [`Message::StateQuery`] this answers, or 0 (an answer to
+        /// a state transfer's query, a DecisionQuery or a StateFetch). A rejoining replica
+        /// counts a report only if it echoes its current nonce: a report made for an earlier
+        /// incarnation, before its store was lost, bounds nothing.
+        for_nonce: u64,
+        /// The sender's own incarnation nonce while it collects rejoin reports, or 0: the
+        /// receiver learns that this incarnation has started (docs/design.md §3.12, item 6).
+        rejoin_nonce: u64,
     },
     /// "Send me the bytes of your checkpoint `cid` from `offset`": sent by a replica
     /// transferring state to the one peer it chose among those that agree on the checkpoint,
@@ -856,7 +870,7 @@ impl Message {
             Message::Sync(_) => "sync",
             Message::SyncQuery => "sync-query",
             Message::CheckpointAnnounce { .. } => "checkpoint-announce",
-            Message::StateQuery => "state-query",
+            Message::StateQuery { .. } => "state-query",
             Message::StateInfo { .. } => "state-info",
             Message::StateFetch { .. } => "state-fetch",
             Message::StateChunk { .. } => "state-chunk",

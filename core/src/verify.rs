@@ -353,7 +353,7 @@ impl InboundVerifier {
                     Message::DecisionQuery { .. }
                     | Message::Heartbeat { .. }
                     | Message::SyncQuery
-                    | Message::StateQuery
+                    | Message::StateQuery { .. }
                     | Message::Abstaining { .. }
                     | Message::CheckpointAnnounce { .. }
                     | Message::StateFetch { .. } => {}

@@ -511,10 +511,15 @@ fn transfer_from_0(c: &Cluster, checkpoint: &Checkpoint, first: Vec<u8>) -> Engi
         checkpoints: vec![(checkpoint.cid, checkpoint.digest)],
         voted_up_to: checkpoint.cid,
         executed: Some(checkpoint.decided.clone()),
+        for_nonce: 0,
+        rejoin_nonce: 0,
     };
     // The first hint starts a transfer: ask everyone. One report is not f+1 = 2.
     let out = c.deliver_from(&mut replica, 1000, 0, info());
-    assert_eq!(out, only_sent(vec![broadcast(Message::StateQuery)]));
+    assert_eq!(
+        out,
+        only_sent(vec![broadcast(Message::StateQuery { rejoin_nonce: 0 })])
+    );
     // The second agrees: fetch from the first agreeing source, from offset 0.
     let out = c.deliver_from(&mut replica, 1010, 1, info());
     assert_eq!(out, only_sent(vec![send(0, state_fetch(0))]));
@@ -635,6 +640,8 @@ fn state_fetch_is_served_from_the_checkpoint_in_bounded_chunks_with_the_proof_on
         checkpoints: vec![(Cid(2), checkpoint.digest)],
         voted_up_to: Cid(2),
         executed: Some(checkpoint.decided.clone()),
+        for_nonce: 0,
+        rejoin_nonce: 0,
     };
     assert_eq!(out, only_sent(vec![send(3, info)]));
     // Past the end of the checkpoint: refused, nothing sent.

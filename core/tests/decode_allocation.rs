@@ -192,6 +192,8 @@ fn samples() -> Vec<(&'static str, Vec<u8>, Decodes)> {
                 checkpoints: vec![(Cid(1000), Digest([1; 32])); 3],
                 voted_up_to: Cid(1004),
                 executed: Some(decided.clone()),
+                for_nonce: u64::MAX,
+                rejoin_nonce: u64::MAX,
             }),
             message,
         ),

@@ -219,6 +219,8 @@ impl Builder {
                     checkpoints: vec![(Cid(1), Digest([5; 32])); MAX_REPORTED_CHECKPOINTS],
                     voted_up_to: Cid(u64::MAX),
                     executed: Some(self.decision_proof()),
+                    for_nonce: u64::MAX,
+                    rejoin_nonce: u64::MAX,
                 },
             ),
             (

@@ -19,6 +19,7 @@ use smr_crypto::{Digest, Signer};
 use smr_modes::Mode;
 
 use common::{bft, broadcast, cft, cluster, only_rejected, only_sent, run_service, send, Cluster};
+use std::num::NonZeroU64;
 
 fn stops(out: &Output) -> usize {
     out.messages()
@@ -32,6 +33,8 @@ fn lying_state_info() -> Message {
         checkpoints: vec![(Cid(1_000_000), Digest([0xab; 32]))],
         voted_up_to: Cid(0),
         executed: None,
+        for_nonce: 0,
+        rejoin_nonce: 0,
     }
 }
 
@@ -93,7 +96,10 @@ fn one_peers_state_info_does_not_hold_back_the_request_timeouts_stop() {
         ])
     );
     let out = c.deliver(&mut follower, 1500, Peer::Replica(0), lying_state_info());
-    assert_eq!(out, only_sent(vec![broadcast(Message::StateQuery)]));
+    assert_eq!(
+        out,
+        only_sent(vec![broadcast(Message::StateQuery { rejoin_nonce: 0 })])
+    );
     for now in 1501..2000 {
         let out = follower.on_timeout(now);
         assert_eq!(stops(&out), 0, "no STOP before the second timeout");
@@ -171,10 +177,13 @@ fn decision(c: &Cluster, cid: u64, batch: Batch) -> Decision {
     }
 }
 
+/// The incarnation nonce of the rejoining replica of these tests.
+const NONCE: u64 = 1;
+
 /// A rejoining replica 1 given the reports `(from, voted_up_to, executed)`, each with a
 /// certified proof of its `executed` cid (none for 0).
 fn rejoin_with_reports(c: &Cluster, reports: [(u32, u64, u64); 3]) -> Engine {
-    let (mut rejoining, _) = Engine::rejoin(c.cfg(1), c.engine_signer(1));
+    let (mut rejoining, _) = Engine::rejoin(c.cfg(1), c.engine_signer(1), NonZeroU64::MIN);
     rejoining.start(0);
     for (from, voted_up_to, executed) in reports {
         let info = Message::StateInfo {
@@ -184,6 +193,8 @@ fn rejoin_with_reports(c: &Cluster, reports: [(u32, u64, u64); 3]) -> Engine {
                 let batch = c.batch(&[executed]);
                 c.decision_proof(Cid(executed), batch.digest())
             }),
+            for_nonce: NONCE,
+            rejoin_nonce: 0,
         };
         c.deliver_ok(&mut rejoining, 1, Peer::Replica(from), info);
     }
@@ -351,13 +362,15 @@ fn state_queries_beyond_a_peers_reply_budget_are_dropped() {
         checkpoints: vec![],
         voted_up_to: Cid(0),
         executed: None,
+        for_nonce: 0,
+        rejoin_nonce: 0,
     };
     let k = REPLY_BURST_BYTES / REPLY_OVERHEAD_BYTES;
     assert_eq!(k, 16_384);
     let dropped = only_rejected(Rejection::RateLimited("state info"));
     let mut answered = 0;
     for _ in 0..k + 100 {
-        let out = c.deliver_from(&mut server, 5, 3, Message::StateQuery);
+        let out = c.deliver_from(&mut server, 5, 3, Message::StateQuery { rejoin_nonce: 0 });
         if out == only_sent(vec![send(3, info.clone())]) {
             answered += 1;
         } else {
@@ -369,14 +382,14 @@ fn state_queries_beyond_a_peers_reply_budget_are_dropped() {
     assert_eq!(per_ms, 16);
     let answered_next_ms = (0..100)
         .filter(|_| {
-            c.deliver_from(&mut server, 6, 3, Message::StateQuery)
+            c.deliver_from(&mut server, 6, 3, Message::StateQuery { rejoin_nonce: 0 })
                 .rejections
                 .is_empty()
         })
         .count() as u64;
     assert_eq!(answered_next_ms, per_ms);
     assert_eq!(
-        c.deliver_from(&mut server, 6, 2, Message::StateQuery),
+        c.deliver_from(&mut server, 6, 2, Message::StateQuery { rejoin_nonce: 0 }),
         only_sent(vec![send(2, info)])
     );
     assert_eq!(
@@ -482,7 +495,7 @@ fn a_lagging_replica_still_catches_up_through_a_spent_budget() {
     // Spend replica 1's whole budget at the server.
     let spent = (0..20_000)
         .take_while(|_| {
-            c.deliver_from(&mut server, 0, 1, Message::StateQuery)
+            c.deliver_from(&mut server, 0, 1, Message::StateQuery { rejoin_nonce: 0 })
                 .rejections
                 .is_empty()
         })

@@ -593,7 +593,7 @@ fn kinds(store: &[PersistRecord]) -> Vec<(&'static str, u64)> {
             PersistRecord::Prepared(p) => ("prepared", p.cid.0),
             PersistRecord::Vote(v) => ("vote", v.cid.0),
             PersistRecord::Sync(s) => ("sync", s.body.regency.0),
-            PersistRecord::Rejoining { horizon } => ("rejoining", horizon.map_or(0, |h| h.0)),
+            PersistRecord::Rejoining { horizon, .. } => ("rejoining", horizon.map_or(0, |h| h.0)),
         })
         .collect()
 }

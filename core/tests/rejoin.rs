@@ -12,6 +12,7 @@ use smr_core::message::{
 };
 use smr_core::{Engine, Limits, Peer};
 use smr_modes::Mode;
+use std::num::NonZeroU64;
 
 /// BFT n = 4 with a window of 4 instances (and at most 4 in flight).
 fn small_window() -> Cluster {
@@ -39,12 +40,35 @@ fn decision(c: &Cluster, cid: u64) -> Decision {
     }
 }
 
-/// A StateInfo of a peer that executed and voted up to `cid`, with the proof.
+/// The incarnation nonce the rejoining replicas of these tests are given.
+const NONCE: u64 = 7;
+
+fn nonce() -> NonZeroU64 {
+    NonZeroU64::new(NONCE).unwrap()
+}
+
+/// The StateQuery of a replica rejoining with [`NONCE`].
+fn query() -> Message {
+    Message::StateQuery {
+        rejoin_nonce: NONCE,
+    }
+}
+
+/// A StateInfo of a peer that executed and voted up to `cid`, with the proof, answering
+/// [`NONCE`] (the peer itself not rejoining).
 fn state_info(c: &Cluster, cid: u64) -> Message {
+    report(c, cid, NONCE, 0)
+}
+
+/// A StateInfo reporting `cid` (executed and voted, with the proof) for the asker's nonce
+/// `for_nonce`, from a replica whose own rejoin nonce is `rejoin_nonce` (0: not rejoining).
+fn report(c: &Cluster, cid: u64, for_nonce: u64, rejoin_nonce: u64) -> Message {
     Message::StateInfo {
         checkpoints: vec![],
         voted_up_to: Cid(cid),
         executed: (cid > 0).then(|| c.decision_proof(Cid(cid), c.batch(&[cid]).digest())),
+        for_nonce,
+        rejoin_nonce,
     }
 }
 
@@ -75,12 +99,15 @@ fn empty_proposals(c: &Cluster, cids: std::ops::RangeInclusive<u64>) -> Output {
 #[test]
 fn a_rejoining_replica_persists_that_it_rejoins_before_it_asks_for_reports() {
     let c = small_window();
-    let (engine, output) = Engine::rejoin(c.cfg(3), c.engine_signer(3));
+    let (engine, output) = Engine::rejoin(c.cfg(3), c.engine_signer(3), nonce());
     assert_eq!(
         output,
         Output {
-            persist: vec![PersistRecord::Rejoining { horizon: None }],
-            send_after_persist: vec![broadcast(Message::StateQuery)],
+            persist: vec![PersistRecord::Rejoining {
+                horizon: None,
+                nonce: NONCE
+            }],
+            send_after_persist: vec![broadcast(query())],
             ..Output::default()
         }
     );
@@ -98,7 +125,7 @@ fn a_rejoining_replica_persists_that_it_rejoins_before_it_asks_for_reports() {
 #[test]
 fn a_rejoiner_that_learns_its_horizon_persists_it_and_tells_its_peers() {
     let c = small_window();
-    let (mut engine, _) = Engine::rejoin(c.cfg(3), c.engine_signer(3));
+    let (mut engine, _) = Engine::rejoin(c.cfg(3), c.engine_signer(3), nonce());
     engine.start(0);
     for from in [0, 1] {
         let output = c.deliver_ok(&mut engine, 1, Peer::Replica(from), state_info(&c, 3));
@@ -109,7 +136,8 @@ fn a_rejoiner_that_learns_its_horizon_persists_it_and_tells_its_peers() {
         output,
         Output {
             persist: vec![PersistRecord::Rejoining {
-                horizon: Some(Cid(7))
+                horizon: Some(Cid(7)),
+                nonce: 0
             }],
             send_after_persist: vec![broadcast(Message::Abstaining { until: Cid(7) })],
             ..Output::default()
@@ -204,18 +232,42 @@ fn recover_resumes_a_rejoin_that_a_crash_interrupted() {
     let (engine, output) = Engine::recover(
         c.cfg(3),
         c.engine_signer(3),
-        [PersistRecord::Rejoining { horizon: None }],
+        [PersistRecord::Rejoining {
+            horizon: None,
+            nonce: NONCE,
+        }],
     )
     .unwrap();
     assert!(engine.is_rejoining());
-    assert_eq!(output, only_sent(vec![broadcast(Message::StateQuery)]));
+    // With the nonce it persisted: it cast no vote since that incarnation began.
+    assert_eq!(output, only_sent(vec![broadcast(query())]));
+
+    // A collecting record with nonce 0, which no rejoin writes, is refused: answers to a
+    // state transfer's query (nonce 0) would count as reports.
+    let refused = Engine::recover(
+        c.cfg(3),
+        c.engine_signer(3),
+        [PersistRecord::Rejoining {
+            horizon: None,
+            nonce: 0,
+        }],
+    )
+    .err();
+    assert_eq!(
+        refused.as_deref(),
+        Some("stored rejoin record has nonce 0, which no rejoin writes: the store is damaged")
+    );
 
     // Crashed while catching up to cid 7, with cids 1 and 2 decided: it executes them (one
     // batch with the service at a time) and still abstains, saying so.
     let records = [
-        PersistRecord::Rejoining { horizon: None },
+        PersistRecord::Rejoining {
+            horizon: None,
+            nonce: NONCE,
+        },
         PersistRecord::Rejoining {
             horizon: Some(Cid(7)),
+            nonce: 0,
         },
         PersistRecord::Decided(decision(&c, 1)),
         PersistRecord::Decided(decision(&c, 2)),
@@ -240,7 +292,8 @@ fn recover_resumes_a_rejoin_that_a_crash_interrupted() {
         vec![
             PersistRecord::Regency(Regency(0)),
             PersistRecord::Rejoining {
-                horizon: Some(Cid(7))
+                horizon: Some(Cid(7)),
+                nonce: 0
             },
             PersistRecord::Decided(decision(&c, 1)),
             PersistRecord::Decided(decision(&c, 2)),
@@ -251,6 +304,7 @@ fn recover_resumes_a_rejoin_that_a_crash_interrupted() {
     let records = [
         PersistRecord::Rejoining {
             horizon: Some(Cid(1)),
+            nonce: 0,
         },
         PersistRecord::Decided(decision(&c, 1)),
     ];
@@ -267,17 +321,20 @@ fn recover_resumes_a_rejoin_that_a_crash_interrupted() {
 #[test]
 fn a_brand_new_replica_takes_part_once_n_minus_f_peers_report_cid_0() {
     let c = small_window();
-    let (mut engine, _) = Engine::rejoin(c.cfg(3), c.engine_signer(3));
+    let (mut engine, _) = Engine::rejoin(c.cfg(3), c.engine_signer(3), nonce());
     engine.start(0);
     // A rejoining replica answers a StateQuery, so new replicas starting together do not
     // wait on each other; and it asks back a peer it has no report from, at once.
-    let output = c.deliver_ok(&mut engine, 1, Peer::Replica(0), Message::StateQuery);
+    // Its answer echoes the asker's nonce and carries its own.
+    let output = c.deliver_ok(
+        &mut engine,
+        1,
+        Peer::Replica(0),
+        Message::StateQuery { rejoin_nonce: 5 },
+    );
     assert_eq!(
         output,
-        only_sent(vec![
-            send(0, Message::StateQuery),
-            send(0, state_info(&c, 0))
-        ])
+        only_sent(vec![send(0, query()), send(0, report(&c, 0, 5, NONCE))])
     );
     for from in [0, 1] {
         c.deliver_ok(&mut engine, 1, Peer::Replica(from), state_info(&c, 0));
@@ -285,17 +342,15 @@ fn a_brand_new_replica_takes_part_once_n_minus_f_peers_report_cid_0() {
     assert!(engine.is_rejoining());
     let output = c.deliver_ok(&mut engine, 1, Peer::Replica(2), state_info(&c, 0));
     assert_eq!(engine.participation(), Participation::Participating);
-    // Horizon 0: nothing to wait for, so no Abstaining. Before any vote it tells every peer
-    // its report as of now (a peer still collecting counts only the first, so one taken after
-    // this replica's first votes cannot push that peer's horizon), and asks the leader for
-    // the regency.
+    // Horizon 0: nothing to wait for, so no Abstaining; it asks the leader for the regency.
     assert_eq!(
         output,
         Output {
             persist: vec![PersistRecord::Rejoining {
-                horizon: Some(Cid(0))
+                horizon: Some(Cid(0)),
+                nonce: 0
             }],
-            send_after_persist: vec![broadcast(state_info(&c, 0)), send(0, Message::SyncQuery),],
+            send_after_persist: vec![send(0, Message::SyncQuery)],
             ..Output::default()
         }
     );
@@ -342,6 +397,102 @@ fn a_write_alone_does_not_raise_what_a_replica_reports_to_a_rejoining_peer() {
         Message::Propose(c.propose(0, Cid(1), Regency(0), batch)),
     );
     assert_eq!(output.persist.len(), 1, "it wrote: {output:?}");
-    let output = c.deliver_ok(&mut follower, 2, Peer::Replica(3), Message::StateQuery);
+    let output = c.deliver_ok(&mut follower, 2, Peer::Replica(3), query());
     assert_eq!(output, only_sent(vec![send(3, state_info(&c, 0))]));
+}
+
+/// Issue 17 item 7: a StateInfo made for an earlier incarnation of the rejoiner (before its
+/// store was lost, delivered late), or one not made for a rejoin at all (nonce 0), counted as
+/// the peer's first report, although only a report made after the loss bounds what it voted
+/// before. Now only a report echoing the current nonce counts, and then the peer's first.
+#[test]
+fn a_report_for_another_incarnation_does_not_count() {
+    let c = small_window();
+    let (mut engine, _) = Engine::rejoin(c.cfg(3), c.engine_signer(3), nonce());
+    engine.start(0);
+    for from in [0, 1, 2] {
+        for stale in [report(&c, 0, NONCE + 1, 0), report(&c, 0, 0, 0)] {
+            let output = c.deliver_ok(&mut engine, 1, Peer::Replica(from), stale);
+            assert_eq!(output, Output::default());
+        }
+    }
+    assert_eq!(
+        engine.participation(),
+        Participation::CollectingReports {
+            reports: 0,
+            needed: 3
+        }
+    );
+    for from in [0, 1] {
+        c.deliver_ok(&mut engine, 1, Peer::Replica(from), state_info(&c, 1));
+    }
+    let output = c.deliver_ok(&mut engine, 1, Peer::Replica(2), state_info(&c, 2));
+    assert_eq!(
+        output.persist,
+        vec![PersistRecord::Rejoining {
+            horizon: Some(Cid(6)),
+            nonce: 0
+        }]
+    );
+}
+
+/// Issue 17 item 7: a replica reported what it had voted when it was asked, so in a brand-new
+/// CFT cluster a leader that took part and proposed (its own acceptance) before a rejoining
+/// peer's report pushed that peer's horizon a window ahead, which no quorum could reach while
+/// that peer abstained. It now reports to an incarnation what it had voted when it first saw
+/// that incarnation's nonce (in a query, or in a StateInfo of the rejoiner), every time.
+#[test]
+fn a_reporter_answers_an_incarnation_with_its_votes_when_it_first_saw_the_nonce() {
+    let c = cluster(
+        Mode::Cft,
+        3,
+        1,
+        Limits {
+            max_instances_ahead: 4,
+            max_instances_in_flight: 4,
+            ..Limits::default()
+        },
+    );
+    let mut leader = c.engine(0);
+    leader.start(0);
+    let output = c.deliver_ok(&mut leader, 1, Peer::Replica(2), query());
+    assert_eq!(output, only_sent(vec![send(2, report(&c, 0, NONCE, 0))]));
+    // Replica 1 rejoins with nonce 9; the leader learns it from its StateInfo.
+    let output = c.deliver_ok(&mut leader, 1, Peer::Replica(1), report(&c, 0, 0, 9));
+    assert_eq!(output, Output::default());
+    // The leader proposes cid 1: in CFT its own acceptance.
+    let output = c.deliver_ok(
+        &mut leader,
+        2,
+        c.client_peer(),
+        Message::Request(c.request(1)),
+    );
+    assert!(!output.persist.is_empty(), "it proposed: {output:?}");
+    let voted = |cid: u64, for_nonce: u64| Message::StateInfo {
+        checkpoints: vec![],
+        voted_up_to: Cid(cid),
+        executed: None,
+        for_nonce,
+        rejoin_nonce: 0,
+    };
+    for (now, from, nonce, answer) in [
+        // As of first sight, however often asked.
+        (3, 2, NONCE, voted(0, NONCE)),
+        (4, 2, NONCE, voted(0, NONCE)),
+        (5, 1, 9, voted(0, 9)),
+        // A state transfer's query gets the current value.
+        (6, 2, 0, voted(1, 0)),
+        // A new incarnation, first seen now.
+        (7, 2, NONCE + 1, voted(1, NONCE + 1)),
+    ] {
+        let output = c.deliver_ok(
+            &mut leader,
+            now,
+            Peer::Replica(from),
+            Message::StateQuery {
+                rejoin_nonce: nonce,
+            },
+        );
+        assert_eq!(output, only_sent(vec![send(from, answer)]), "at {now}");
+    }
 }

@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU64;
 
 use common::*;
 use smr_core::checkpoint::{Checkpoint, CheckpointData};
@@ -14,9 +15,6 @@ use smr_core::message::{Batch, Cid, Decision, Message, Regency, VoteKind};
 use smr_core::{Engine, Limits, Peer};
 use smr_modes::Mode;
 
-/// The tests drop the wiped replica's `Abstaining`, so that the others stay at the checkpoint
-/// instead of ordering empty batches up to its horizon and taking a later, small one.
-///
 /// Replicas 0..n-1 hold `checkpoint` (recovered from it, as from a data dir); replica n-1 starts
 /// wiped, with `Engine::rejoin`. Messages take `latency_ms` each way; `drop` may discard a
 /// message (from, to) before delivery. Runs until the wiped replica reaches the checkpoint's
@@ -61,7 +59,8 @@ impl Net {
             outputs.push(engine.start(0));
             net.engines.push(engine);
         }
-        let (mut wiped, out) = Engine::rejoin(c.cfg(n - 1), c.engine_signer(n - 1));
+        let (mut wiped, out) =
+            Engine::rejoin(c.cfg(n - 1), c.engine_signer(n - 1), NonZeroU64::MIN);
         let started = wiped.start(0);
         net.engines.push(wiped);
         for (me, out) in outputs.into_iter().enumerate() {
@@ -143,7 +142,11 @@ impl Net {
             self.clock = now_ms;
             if next_message == Some(now_ms) {
                 let (_, (from, to, message)) = self.queue.pop_first().expect("due");
-                if drop(from, to, &message) {
+                // These tests measure one transfer of the checkpoint the sources hold. The
+                // wiped replica's `Abstaining` would have the leader order empty batches up to
+                // its horizon (a window past cid 20), taking newer checkpoints meanwhile
+                // (issue 17 item 1): not what is measured here, so it is not delivered.
+                if drop(from, to, &message) || matches!(message, Message::Abstaining { .. }) {
                     continue;
                 }
                 if let (Some((liar, stop, total_len)), Message::StateFetch { cid, offset }) =
@@ -221,7 +224,7 @@ fn a_transfer_of_more_than_256_chunks_completes() {
     let at = net.run_until(
         &c,
         60_000,
-        |_, _, message| matches!(message, Message::Abstaining { .. }),
+        |_, _, _| false,
         |net| net.engines[3].last_executed() >= Cid(20),
     );
     let at = at.unwrap_or_else(|| {
@@ -264,10 +267,12 @@ fn fetches_are_paced_and_a_quiet_source_is_replaced_at_the_same_offset() {
         checkpoints: vec![(Cid(20), checkpoint.digest)],
         voted_up_to: Cid(20),
         executed: None,
+        for_nonce: 0,
+        rejoin_nonce: 0,
     };
     assert_eq!(
         c.deliver_ok(&mut r, 0, Peer::Replica(0), info.clone()),
-        only_sent(vec![broadcast(Message::StateQuery)])
+        only_sent(vec![broadcast(Message::StateQuery { rejoin_nonce: 0 })])
     );
     let fetch = |to: u32, offset: usize| {
         send(
@@ -361,7 +366,7 @@ fn a_checkpoint_above_64_mib_is_recovered_from_its_data_dir_and_transferred() {
     let at = net.run_until(
         &c,
         60_000,
-        |_, _, message| matches!(message, Message::Abstaining { .. }),
+        |_, _, _| false,
         |net| net.engines[2].last_executed() == Cid(1000),
     );
     assert!(
@@ -405,7 +410,7 @@ fn a_source_that_answers_just_before_the_stall_cannot_slow_a_transfer_without_bo
     let at = net.run_until(
         &c,
         30_000,
-        |_, _, message| matches!(message, Message::Abstaining { .. }),
+        |_, _, _| false,
         |net| net.engines[3].last_executed() >= Cid(20),
     );
     eprintln!("caught up at {at:?}");
@@ -447,7 +452,7 @@ fn a_source_that_overshoots_the_real_length_cannot_stall_the_transfer() {
     let at = net.run_until(
         &c,
         60_000,
-        |_, _, message| matches!(message, Message::Abstaining { .. }),
+        |_, _, _| false,
         |net| net.engines[3].last_executed() >= Cid(20),
     );
     eprintln!(
@@ -540,14 +545,12 @@ fn a_checkpoint_above_max_state_bytes_is_flagged_where_it_is_taken() {
 
     // Held: replicas that recovered such a checkpoint from their data dirs show it too (not
     // counted: recovery counts nothing it rebuilds), and a wiped replica cannot receive it.
-    // The wiped replica's Abstaining is dropped, so that the others do not order empty batches
-    // up to its horizon and move on to a later checkpoint that fits.
     let checkpoint = checkpoint(&c, Cid(20), 1_200_000);
     let mut net = Net::new(&c, &checkpoint, 1);
     let at = net.run_until(
         &c,
         30_000,
-        |_, _, message| matches!(message, Message::Abstaining { .. }),
+        |_, _, _| false,
         |net| net.engines[3].last_executed() >= Cid(20),
     );
     assert_eq!(at, None);
@@ -585,10 +588,12 @@ fn an_agreed_checkpoint_this_replica_cannot_use_blames_no_source_and_is_not_fetc
         checkpoints: vec![(Cid(20), unusable.digest)],
         voted_up_to: Cid(20),
         executed: None,
+        for_nonce: 0,
+        rejoin_nonce: 0,
     };
     assert_eq!(
         c.deliver_ok(&mut r, 0, Peer::Replica(0), info.clone()),
-        only_sent(vec![broadcast(Message::StateQuery)])
+        only_sent(vec![broadcast(Message::StateQuery { rejoin_nonce: 0 })])
     );
     let fetch = send(
         0,
@@ -627,7 +632,7 @@ fn an_agreed_checkpoint_this_replica_cannot_use_blames_no_source_and_is_not_fetc
     // unusable checkpoint is not fetched again from either source.
     assert_eq!(
         c.deliver_ok(&mut r, 5000, Peer::Replica(0), info.clone()),
-        only_sent(vec![broadcast(Message::StateQuery)])
+        only_sent(vec![broadcast(Message::StateQuery { rejoin_nonce: 0 })])
     );
     assert_eq!(
         c.deliver_ok(&mut r, 5000, Peer::Replica(1), info),

@@ -608,7 +608,10 @@ impl Sim {
                 cid,
                 digest: self.some_digest(r),
             },
-            10 => Message::StateQuery,
+            // A few nonces, so that queries of one incarnation repeat and answers echo them.
+            10 => Message::StateQuery {
+                rejoin_nonce: u64::from(r.u8() % 3),
+            },
             11 => Message::SyncQuery,
             12 => {
                 let count = usize::from(r.u8() % 4);
@@ -619,6 +622,8 @@ impl Sim {
                     checkpoints,
                     voted_up_to: Cid(r.edgy(base_cid)),
                     executed: self.seen_decision_proof(),
+                    for_nonce: u64::from(r.u8() % 3),
+                    rejoin_nonce: u64::from(r.u8() % 3),
                 }
             }
             13 => Message::StateFetch {

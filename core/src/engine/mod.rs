@@ -166,6 +166,9 @@ pub enum PersistRecord {
     Rejoining {
         /// The cid to execute before voting again, once known.
         horizon: Option<Cid>,
+        /// The incarnation nonce [`Engine::rejoin`] was given: a recovery still collecting
+        /// reports asks with it again (it cast no vote since it was drawn; §3.12 item 6).
+        nonce: u64,
     },
 }
 
@@ -283,6 +286,9 @@ pub struct Engine {
     /// Per peer that said it abstains ([`Message::Abstaining`]): the cid it waits for, and
     /// when that was last raised. The leader orders empty batches up to the highest.
     abstaining: BTreeMap<ReplicaId, recovery::AbstainingPeer>,
+    /// Per peer: the latest rejoin nonce seen from it, and this replica's `voted_up_to` when
+    /// it first saw that nonce, which is what it reports to that incarnation (§3.12 item 6).
+    peer_incarnations: BTreeMap<ReplicaId, recovery::PeerIncarnation>,
     /// Per peer: what it may still make this replica send in reply (`engine/budget.rs`).
     reply_budgets: ReplyBudgets,
     /// Per client: what its duplicate requests may still make this replica resend from the
@@ -347,6 +353,7 @@ impl Engine {
             leader_progress: None,
             rejoin: Rejoin::Done,
             abstaining: BTreeMap::new(),
+            peer_incarnations: BTreeMap::new(),
             reply_budgets: ReplyBudgets::default(),
             client_reply_budgets: ClientReplyBudgets::default(),
             stats: EngineStats::default(),
@@ -558,15 +565,22 @@ impl Engine {
                 self.help_stale_peer(now_ms, j);
                 Ok(())
             }
-            (Peer::Replica(j), Message::StateQuery) => {
-                let info = self.state_info();
+            (Peer::Replica(j), Message::StateQuery { rejoin_nonce }) => {
+                let info = if rejoin_nonce == 0 {
+                    self.state_info()
+                } else {
+                    let voted_up_to = self.note_incarnation(j, rejoin_nonce);
+                    self.state_info_for(rejoin_nonce, voted_up_to)
+                };
                 // A peer that asks has (re)started: if this replica is rejoining too and has
                 // no report from it yet, it asks back at once rather than at its next,
                 // backed-off retransmission, so replicas of a new cluster that start apart
                 // all take part within a round trip of the last one's start.
-                if let Rejoin::Collecting(reports) = &self.rejoin {
+                if let Rejoin::Collecting { nonce, reports } = &self.rejoin {
                     if !reports.contains_key(&j) {
-                        self.out.send(Peer::Replica(j), Message::StateQuery);
+                        let rejoin_nonce = *nonce;
+                        self.out
+                            .send(Peer::Replica(j), Message::StateQuery { rejoin_nonce });
                     }
                 }
                 self.reply_to_peer(now_ms, j, info, "state info")
@@ -577,10 +591,15 @@ impl Engine {
                     checkpoints,
                     voted_up_to,
                     executed,
+                    for_nonce,
+                    rejoin_nonce,
                 },
             ) => {
+                if rejoin_nonce != 0 {
+                    self.note_incarnation(j, rejoin_nonce);
+                }
                 let executed = executed.map_or(Cid::ZERO, |proof| proof.cid);
-                self.note_rejoin_report(now_ms, j, voted_up_to, executed);
+                self.note_rejoin_report(now_ms, j, for_nonce, voted_up_to, executed);
                 self.handle_state_info(now_ms, j, checkpoints);
                 Ok(())
             }

@@ -2,6 +2,7 @@
 //! replica that lost them silent until it cannot contradict what it forgot (docs/design.md §3.12).
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use smr_crypto::Signer;
@@ -21,9 +22,24 @@ pub(super) enum Rejoin {
     /// It may vote, lead and send STOPDATA.
     Done,
     /// Waiting for n-f peers to say how far they have voted.
-    Collecting(BTreeMap<ReplicaId, Cid>),
+    Collecting {
+        /// This incarnation's nonce: only reports that echo it count.
+        nonce: u64,
+        /// The first counted report of each peer.
+        reports: BTreeMap<ReplicaId, Cid>,
+    },
     /// Catching up to this cid before taking part.
     CatchingUp(Cid),
+}
+
+/// The latest rejoin nonce a peer asked with, and what this replica reports to it
+/// (docs/design.md §3.12 item 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct PeerIncarnation {
+    /// The peer's incarnation nonce.
+    pub(super) nonce: u64,
+    /// This replica's `voted_up_to` when it first saw `nonce`.
+    pub(super) voted_up_to: Cid,
 }
 
 /// A peer that said it abstains until it has executed `until` ([`Message::Abstaining`]).
@@ -64,7 +80,7 @@ impl Engine {
         let mut prepared: BTreeMap<Cid, PreparedProof> = BTreeMap::new();
         let mut votes = Vec::new();
         let mut own_sync: Option<Signed<Sync>> = None;
-        let mut rejoining: Option<Option<Cid>> = None;
+        let mut rejoining: Option<(Option<Cid>, u64)> = None;
         for record in records {
             match record {
                 PersistRecord::Checkpoint(c) => {
@@ -82,7 +98,7 @@ impl Engine {
                     }
                 }
                 PersistRecord::Vote(v) => votes.push(v),
-                PersistRecord::Rejoining { horizon } => rejoining = Some(horizon),
+                PersistRecord::Rejoining { horizon, nonce } => rejoining = Some((horizon, nonce)),
                 PersistRecord::Sync(s) => {
                     if own_sync
                         .as_ref()
@@ -155,16 +171,33 @@ impl Engine {
         }
         // It crashed while rejoining: it still may not vote in anything it voted in before it
         // lost its state, whatever it persisted since (a transferred checkpoint, decisions).
+        // Still collecting, it asks with the nonce it persisted: it has cast no vote since that
+        // incarnation began, so a report made for it still bounds every vote it forgot, and
+        // peers answer it as before rather than with what they voted meanwhile (§3.12 item 6).
+        // A nonce of 0 (a damaged record) would make the answers to state transfer count.
         match rejoining {
             None => {}
-            Some(None) => engine.rejoin = Rejoin::Collecting(BTreeMap::new()),
-            Some(Some(horizon)) => engine.rejoin = Rejoin::CatchingUp(horizon),
+            Some((None, nonce)) => {
+                if nonce == 0 {
+                    return Err(
+                        "stored rejoin record has nonce 0, which no rejoin writes: the store is damaged"
+                            .to_string(),
+                    );
+                }
+                engine.rejoin = Rejoin::Collecting {
+                    nonce,
+                    reports: BTreeMap::new(),
+                }
+            }
+            Some((Some(horizon), _)) => engine.rejoin = Rejoin::CatchingUp(horizon),
         }
         engine.execute_ready(0);
         engine.check_rejoined(0);
         match engine.rejoin {
             Rejoin::Done => {}
-            Rejoin::Collecting(_) => engine.out.broadcast(Message::StateQuery),
+            Rejoin::Collecting { nonce, .. } => engine.out.broadcast(Message::StateQuery {
+                rejoin_nonce: nonce,
+            }),
             Rejoin::CatchingUp(until) => engine.out.broadcast(Message::Abstaining { until }),
         }
         let output = engine.take_output();
@@ -180,19 +213,35 @@ impl Engine {
     /// rejoining) and a broadcast [`Message::StateQuery`]; perform it, then call
     /// [`Engine::start`].
     ///
+    /// `nonce` names this incarnation: draw it fresh for every start from an empty store (the
+    /// tokio driver draws it from the OS's randomness). Only reports that echo it count, so a
+    /// StateInfo made for an earlier incarnation, before the store was lost, does not; and a
+    /// peer reports its votes as of when it first saw the nonce (docs/design.md §3.12 item 6).
+    ///
     /// A replica that starts from an empty store cannot tell a brand-new disk from a wiped
     /// one, so the tokio driver starts every such replica here: in a brand-new cluster every
     /// peer reports cid 0, the horizon is 0, and it takes part as soon as n-f peers answered
     /// (a rejoining replica answers StateQuery too, so a new cluster whose replicas all start
     /// at once does not wait on itself). [`Engine::new`] skips the question; it is for tests
     /// and simulations that know the cluster is new.
-    pub fn rejoin(cfg: ValidEngineConfig, signer: Arc<dyn Signer>) -> (Engine, Output) {
+    pub fn rejoin(
+        cfg: ValidEngineConfig,
+        signer: Arc<dyn Signer>,
+        nonce: NonZeroU64,
+    ) -> (Engine, Output) {
         let mut engine = Engine::new(cfg, signer);
-        engine.rejoin = Rejoin::Collecting(BTreeMap::new());
-        engine
-            .out
-            .persist(PersistRecord::Rejoining { horizon: None });
-        engine.out.broadcast(Message::StateQuery);
+        let nonce = nonce.get();
+        engine.rejoin = Rejoin::Collecting {
+            nonce,
+            reports: BTreeMap::new(),
+        };
+        engine.out.persist(PersistRecord::Rejoining {
+            horizon: None,
+            nonce,
+        });
+        engine.out.broadcast(Message::StateQuery {
+            rejoin_nonce: nonce,
+        });
         let output = engine.take_output();
         (engine, output)
     }
@@ -215,7 +264,7 @@ impl Engine {
     pub fn participation(&self) -> Participation {
         match &self.rejoin {
             Rejoin::Done => Participation::Participating,
-            Rejoin::Collecting(reports) => Participation::CollectingReports {
+            Rejoin::Collecting { reports, .. } => Participation::CollectingReports {
                 reports: reports.len() as u64,
                 needed: self.quorums.stopdata_to_collect() as u64,
             },
@@ -228,9 +277,13 @@ impl Engine {
     pub(super) fn rejoin_record(&self) -> Option<PersistRecord> {
         match self.rejoin {
             Rejoin::Done => None,
-            Rejoin::Collecting(_) => Some(PersistRecord::Rejoining { horizon: None }),
+            Rejoin::Collecting { nonce, .. } => Some(PersistRecord::Rejoining {
+                horizon: None,
+                nonce,
+            }),
             Rejoin::CatchingUp(horizon) => Some(PersistRecord::Rejoining {
                 horizon: Some(horizon),
+                nonce: 0,
             }),
         }
     }
@@ -294,20 +347,28 @@ impl Engine {
     /// certificate): a replica votes at most one window past its execution, so a correct
     /// report is never cut, and a made-up one is bounded by what the cluster really decided
     /// (docs/design.md §3.12, "Rejoin").
+    ///
+    /// Only a report that echoes this incarnation's nonce counts (`for_nonce`): one made
+    /// for an earlier incarnation, before the store was lost, bounds nothing; an unsolicited
+    /// StateInfo (state transfer's, a DecisionQuery's answer) carries 0 and never counts.
     pub(super) fn note_rejoin_report(
         &mut self,
         now_ms: u64,
         from: ReplicaId,
+        for_nonce: u64,
         voted_up_to: Cid,
         executed: Cid,
     ) {
-        let Rejoin::Collecting(reports) = &mut self.rejoin else {
+        let Rejoin::Collecting { nonce, reports } = &mut self.rejoin else {
             return;
         };
+        if for_nonce != *nonce {
+            return;
+        }
         let ahead = self.cfg.limits.max_instances_ahead;
-        // The first report of each peer counts: any report made after this replica lost its
-        // state bounds what it voted before, and a later one can only be higher (a peer that
-        // takes part meanwhile may accept values this replica's horizon need not wait for).
+        // The first report of each peer counts: a correct peer answers this nonce with the
+        // same value every time (its votes when it first saw the nonce), and one that lost
+        // that memory in a restart answers higher, never lower.
         reports
             .entry(from)
             .or_insert(voted_up_to.min(executed.saturating_add(ahead)));
@@ -325,6 +386,7 @@ impl Engine {
         self.rejoin = Rejoin::CatchingUp(horizon);
         self.out.persist(PersistRecord::Rejoining {
             horizon: Some(horizon),
+            nonce: 0,
         });
         self.check_rejoined(now_ms);
         if let Rejoin::CatchingUp(until) = self.rejoin {
@@ -332,6 +394,23 @@ impl Engine {
             self.out.broadcast(Message::Abstaining { until });
             self.arm_retransmit(now_ms);
         }
+    }
+
+    /// A peer asked with, or reported while collecting under, its rejoin `nonce`: that
+    /// incarnation has started, so it lost its store before now. Returns what this replica
+    /// reports to it: its `voted_up_to` when it first saw this nonce (remembered, one entry per
+    /// peer). Any later value is safe too, but might be a window past what a brand-new cluster
+    /// can reach while that peer abstains (docs/design.md §3.12 item 6).
+    pub(super) fn note_incarnation(&mut self, from: ReplicaId, nonce: u64) -> Cid {
+        if let Some(seen) = self.peer_incarnations.get(&from) {
+            if seen.nonce == nonce {
+                return seen.voted_up_to;
+            }
+        }
+        let voted_up_to = self.voted_up_to();
+        self.peer_incarnations
+            .insert(from, PeerIncarnation { nonce, voted_up_to });
+        voted_up_to
     }
 
     pub(super) fn check_rejoined(&mut self, now_ms: u64) {
@@ -342,13 +421,6 @@ impl Engine {
                 for instance in self.instances.values_mut() {
                     instance.proposal = None;
                 }
-                // Its report as of now, before any vote of its own, to every peer: a peer still
-                // collecting counts only the first report from each replica, so a later one
-                // carrying this replica's new votes (in CFT a leader's proposal is its
-                // acceptance) cannot push that peer's horizon a window past what the cluster
-                // can reach while it, too, abstains (a brand-new cluster whose replicas all
-                // start rejoining; docs/design.md §3.12).
-                self.out.broadcast(self.state_info());
                 let leader = self.leader();
                 self.request_sync(now_ms, leader);
                 self.try_propose(now_ms);

@@ -11,6 +11,7 @@ use crate::network::Peer;
 use crate::rejection::Rejection;
 
 use super::budget::{REPLY_OVERHEAD_BYTES, REPLY_VOTE_BYTES, STATE_FETCH_BYTES_PER_SECOND};
+use super::recovery::Rejoin;
 use super::{Engine, PersistRecord, ServiceWork, TimerKind};
 
 /// The fields of an incoming [`Message::StateChunk`].
@@ -65,8 +66,15 @@ impl Engine {
             .saturating_add(interval_ms)
     }
 
-    /// What this replica tells a peer asking about its state.
+    /// What this replica tells a peer asking about its state, as of now (not for a rejoining
+    /// incarnation: see [`Engine::state_info_for`]).
     pub(super) fn state_info(&self) -> Message {
+        self.state_info_for(0, self.voted_up_to())
+    }
+
+    /// The highest cid this replica has executed or accepted a value in: what a rejoining
+    /// peer's horizon counts (docs/design.md §3.12).
+    pub(super) fn voted_up_to(&self) -> Cid {
         // What a rejoining peer's horizon needs is a bound on the cids that were *decided*
         // with this replica among the Q that accepted (docs/design.md §3.12): its accepted
         // (prepared) values and its execution, not its WRITEs. WRITEs alone would let replicas
@@ -80,6 +88,16 @@ impl Engine {
             .map(|(cid, _)| *cid)
             .max()
             .unwrap_or(Cid::ZERO);
+        voted.max(self.last_executed)
+    }
+
+    /// This replica's StateInfo answering a query with `for_nonce` (0 for none), reporting
+    /// `voted_up_to`, and carrying its own rejoin nonce while it collects reports.
+    pub(super) fn state_info_for(&self, for_nonce: u64, voted_up_to: Cid) -> Message {
+        let rejoin_nonce = match self.rejoin {
+            Rejoin::Collecting { nonce, .. } => nonce,
+            _ => 0,
+        };
         Message::StateInfo {
             checkpoints: self
                 .checkpoints
@@ -88,8 +106,10 @@ impl Engine {
                 .chain(self.checkpoints.own.values())
                 .map(|c| (c.cid, c.digest))
                 .collect(),
-            voted_up_to: voted.max(self.last_executed),
+            voted_up_to,
             executed: self.decision_proof(self.last_executed),
+            for_nonce,
+            rejoin_nonce,
         }
     }
 
@@ -116,7 +136,7 @@ impl Engine {
                 last_progress_ms: now_ms,
                 ..Transfer::default()
             });
-            self.out.broadcast(Message::StateQuery);
+            self.out.broadcast(Message::StateQuery { rejoin_nonce: 0 });
             self.arm_retransmit(now_ms);
         }
         let transfer = self.transfer.download.as_mut().expect("just ensured");

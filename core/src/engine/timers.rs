@@ -83,7 +83,9 @@ impl Engine {
         }
         self.drive_transfer(now_ms);
         match self.rejoin {
-            Rejoin::Collecting(_) => self.out.broadcast(Message::StateQuery),
+            Rejoin::Collecting { nonce, .. } => self.out.broadcast(Message::StateQuery {
+                rejoin_nonce: nonce,
+            }),
             // The leader may have changed, or not heard: say again what it waits for.
             Rejoin::CatchingUp(until) => self.out.broadcast(Message::Abstaining { until }),
             Rejoin::Done => {}

@@ -169,6 +169,30 @@ impl Adversary {
         out
     }
 
+    /// Rejoin nonces it saw honest replicas use: a lie that echoes one counts as a report.
+    fn seen_nonces(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        for m in &self.seen {
+            match m {
+                Message::StateQuery { rejoin_nonce } | Message::StateInfo { rejoin_nonce, .. } => {
+                    out.push(*rejoin_nonce)
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// A nonce to put in a StateQuery or StateInfo: 0, one seen, or a random one.
+    fn nonce(&self, rng: &mut Rng) -> u64 {
+        let seen = self.seen_nonces();
+        match rng.range(0, 2) {
+            0 => 0,
+            1 if !seen.is_empty() => seen[rng.range(0, seen.len() as u64 - 1) as usize],
+            _ => rng.next_u64(),
+        }
+    }
+
     fn seen_decisions(&self) -> Vec<Decision> {
         let mut out = Vec::new();
         for m in &self.seen {
@@ -561,13 +585,17 @@ impl Adversary {
                 cid: cid(rng),
                 digest: self.digest(rng),
             },
-            "state-query" => Message::StateQuery,
+            "state-query" => Message::StateQuery {
+                rejoin_nonce: self.nonce(rng),
+            },
             "state-info" => Message::StateInfo {
                 checkpoints: (0..rng.range(0, 3))
                     .map(|_| (cid(rng), self.digest(rng)))
                     .collect(),
                 voted_up_to: cid(rng),
                 executed: self.decision_proof(rng),
+                for_nonce: self.nonce(rng),
+                rejoin_nonce: self.nonce(rng),
             },
             "state-fetch" => Message::StateFetch {
                 cid: cid(rng),

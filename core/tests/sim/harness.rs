@@ -13,6 +13,7 @@
 //! ([`crate::adversary`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use smr_core::client::{ClientAction, ClientConfig, ClientEngine};
@@ -918,7 +919,11 @@ impl Sim {
             self.replicas[slot].stored.clone()
         };
         let (engine, output) = if wipe {
-            Engine::rejoin(cfg, key)
+            // A fresh incarnation nonce, from the seed, the slot and the time, on an RNG of
+            // its own: the network's schedule for a seed stays what it was before nonces.
+            let draw = Rng::new(self.opts.seed ^ ((slot as u64) << 48) ^ self.now_ms).next_u64();
+            let nonce = NonZeroU64::new(draw).unwrap_or(NonZeroU64::MIN);
+            Engine::rejoin(cfg, key, nonce)
         } else {
             Engine::recover(cfg, key, records)?
         };
@@ -1127,6 +1132,8 @@ impl Sim {
                     mut checkpoints,
                     voted_up_to,
                     executed,
+                    for_nonce,
+                    rejoin_nonce,
                 },
             ) if node.id == self.opts.n as u32 - 1 => {
                 // Half the time made-up digests; otherwise the true ones, and corrupt chunks.
@@ -1139,6 +1146,8 @@ impl Sim {
                     checkpoints,
                     voted_up_to,
                     executed,
+                    for_nonce,
+                    rejoin_nonce,
                 }
             }
             (
@@ -1418,6 +1427,8 @@ impl Sim {
             checkpoints: vec![(Cid(1_000_000), Digest([0xab; 32]))],
             voted_up_to: Cid::ZERO,
             executed: None,
+            for_nonce: 0,
+            rejoin_nonce: 0,
         };
         for r in 1..self.opts.n as u32 {
             self.send(

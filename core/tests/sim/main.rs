@@ -472,8 +472,7 @@ fn cft_replica_rejoined_in_a_quiet_cluster_takes_part_before_the_next_crash() {
 /// Issue 17 item 7: every replica of a brand-new cluster starts rejoining (the driver cannot
 /// tell a new data dir from a lost one), each at its own time. The first to take part must not
 /// push the horizon of the others beyond what fewer than a quorum can reach: a WRITE-only
-/// report once did, and the cluster never decided anything. BFT only: in CFT a lone leader's
-/// proposal is already an acceptance, and that race remains (docs/design.md §3.12, item 4).
+/// report once did, and the cluster never decided anything.
 fn brand_new_cluster_starting_apart(mode: Mode, n: usize, f: usize, seed: u64) -> SimOptions {
     let mut opts = SimOptions::for_seed(mode, n, f, seed);
     opts.requests_per_client = 30;
@@ -492,12 +491,36 @@ fn bft_brand_new_cluster_of_rejoining_replicas_starting_apart_orders_every_reque
 /// The CFT twin: a CFT leader's proposal is its own acceptance, so a replica still collecting
 /// reports could hear of the leader's first votes and wait a window past them, which the
 /// cluster, with that replica abstaining, could not reach (issue 17 item 7, found in review).
+/// Reports are now per incarnation, as of when the reporter first saw the rejoiner's nonce
+/// (docs/design.md §3.12 item 6).
 #[test]
 fn cft_brand_new_cluster_of_rejoining_replicas_starting_apart_orders_every_request() {
     sweep(
         "cft_brand_new_cluster_of_rejoining_replicas_starting_apart_orders_every_request",
         |seed| brand_new_cluster_starting_apart(Mode::Cft, 3, 1, seed),
     );
+}
+
+/// Brand-new CFT clusters (n = 3, replicas starting apart) that once stalled for good, kept as
+/// regression tests: (seed, the bug it caught).
+const BRAND_NEW_REGRESSIONS: &[(u64, &str)] = &[
+    (
+        1767,
+        "under message loss the leader's first report reached a follower only after the leader \
+         had proposed (its own acceptance in CFT): the follower waited a window past cid 1, which \
+         the leader alone could not reach; broadcasting a report on taking part did not help \
+         when that broadcast was lost",
+    ),
+    (1952, "as 1767"),
+    (2711, "as 1767"),
+];
+
+#[test]
+fn cft_brand_new_cluster_seeds_that_once_stalled_still_pass() {
+    for (seed, bug) in BRAND_NEW_REGRESSIONS {
+        run_seed(brand_new_cluster_starting_apart(Mode::Cft, 3, 1, *seed))
+            .unwrap_or_else(|e| panic!("CFT brand-new seed {seed} ({bug}): {e}"));
+    }
 }
 
 #[test]
