@@ -345,3 +345,37 @@ fn a_write_alone_does_not_raise_what_a_replica_reports_to_a_rejoining_peer() {
     let output = c.deliver_ok(&mut follower, 2, Peer::Replica(3), Message::StateQuery);
     assert_eq!(output, only_sent(vec![send(3, state_info(&c, 0))]));
 }
+
+/// Review (issue 17 item 2, hostile data dir): a `Rejoining` record whose horizon no run can
+/// have persisted (a correct horizon is at most two windows past a cid some peer proved
+/// executed when it was computed) was resumed as is: the replica abstained until cid
+/// u64::MAX, forever, ignoring fresh reports, and asked every leader for empty batches
+/// without end. Recovery must either refuse such a record or let fresh reports bound it.
+#[test]
+fn a_stored_rejoin_horizon_no_peer_can_vouch_for_does_not_keep_the_replica_abstaining_forever() {
+    let c = small_window();
+    let records = [PersistRecord::Rejoining {
+        horizon: Some(Cid(u64::MAX)),
+    }];
+    let Ok((mut engine, _)) = Engine::recover(c.cfg(3), c.engine_signer(3), records) else {
+        return; // refused at recovery, naming the record: fine
+    };
+    engine.start(0);
+    // Nothing panics on the way (retransmits say it again).
+    let due = engine.next_deadline_ms().unwrap();
+    let _ = engine.on_timeout(due);
+    // n-f peers report cid 3, proven executed: any horizon above 3 + 2 windows is made up.
+    for from in [0, 1, 2] {
+        let _ = c.deliver(&mut engine, due + 1, Peer::Replica(from), state_info(&c, 3));
+    }
+    match engine.participation() {
+        Participation::CatchingUp { until } => assert!(
+            until <= Cid(3 + 2 * 4),
+            "still abstaining until {until}, which no peer vouched for"
+        ),
+        other => assert!(
+            !matches!(other, Participation::Participating),
+            "must not take part before catching up: {other:?}"
+        ),
+    }
+}
