@@ -379,3 +379,61 @@ fn a_stored_rejoin_horizon_no_peer_can_vouch_for_does_not_keep_the_replica_absta
         ),
     }
 }
+
+/// Review (issue 17 item 1): a replica that rejoined and took part keeps its `Rejoining`
+/// record until the next checkpoint compacts its log. Restarted before that, `recover` resumes
+/// "catching up" to a horizon its stored decisions already reach and broadcasts `Abstaining`
+/// before re-executing them; a follower that heard it from its leader asked for the next
+/// regency at once, though it had itself executed past that horizon: a routine restart of the
+/// leader cost a leader change (and one more fault meanwhile, a regency with a dead leader).
+/// A leader that abstains until a cid the follower has executed will take part as soon as it
+/// catches up by decisions; only a horizon past the follower's execution needs a new leader.
+#[test]
+fn a_follower_does_not_replace_its_leader_for_a_horizon_it_has_already_executed() {
+    let c = small_window();
+    // Replica 0, the leader of regency 0, rejoined up to cid 2 and took part; no checkpoint
+    // has compacted its log since. It restarts.
+    let records = [
+        PersistRecord::Rejoining { horizon: None },
+        PersistRecord::Rejoining {
+            horizon: Some(Cid(2)),
+        },
+        PersistRecord::Decided(decision(&c, 1)),
+        PersistRecord::Decided(decision(&c, 2)),
+    ];
+    let (_leader, output) = Engine::recover(c.cfg(0), c.engine_signer(0), records).unwrap();
+    assert!(
+        output
+            .send_now
+            .contains(&broadcast(Message::Abstaining { until: Cid(2) })),
+        "{output:?}"
+    );
+    // A follower that executed cids 1 and 2.
+    let (mut follower, _) = Engine::recover(
+        c.cfg(1),
+        c.engine_signer(1),
+        [
+            PersistRecord::Decided(decision(&c, 1)),
+            PersistRecord::Decided(decision(&c, 2)),
+        ],
+    )
+    .unwrap();
+    let _ = follower.on_executed(0, Cid(1), vec![b"r".to_vec()]);
+    let _ = follower.on_executed(0, Cid(2), vec![b"r".to_vec()]);
+    follower.start(0);
+    assert_eq!(follower.last_executed(), Cid(2));
+    let output = c.deliver_ok(
+        &mut follower,
+        1,
+        Peer::Replica(0),
+        Message::Abstaining { until: Cid(2) },
+    );
+    assert!(
+        !output
+            .send_now
+            .iter()
+            .chain(&output.send_after_persist)
+            .any(|o| matches!(o, Outgoing::Broadcast(Message::Stop(_)))),
+        "asked for the next regency: {output:?}"
+    );
+}
