@@ -243,16 +243,19 @@ impl Engine {
     /// Byzantine peer makes a correct leader order at most two windows of empty batches per
     /// request timeout, and a correct rejoiner, which asks once, is served at once.
     pub(super) fn note_abstaining(&mut self, now_ms: u64, from: ReplicaId, until: Cid) {
+        let ahead = self.cfg.limits.max_instances_ahead;
+        let until = until.min(self.last_executed.saturating_add(ahead.saturating_mul(2)));
+        // A horizon this replica has executed needs no empty batch: the peer gets there by
+        // decisions (a leader restarted over the record of a rejoin it finished says so until
+        // it has re-executed its own stored decisions, and must not be replaced for it).
+        if until <= self.last_executed {
+            return;
+        }
         if from == self.leader() {
             // The leader itself abstains: it will propose nothing, so nothing would ever
             // reach its horizon. Ask for the next regency now, while the cluster may still
             // lack only this one replica (the leader can only have itself replaced this way).
             self.start_leader_change(now_ms, self.regency.saturating_add(1));
-        }
-        let ahead = self.cfg.limits.max_instances_ahead;
-        let until = until.min(self.last_executed.saturating_add(ahead.saturating_mul(2)));
-        if until <= self.last_executed {
-            return;
         }
         if let Some(peer) = self.abstaining.get(&from) {
             let rate_limited = now_ms
