@@ -137,7 +137,7 @@ fn a_rejoiner_that_learns_its_horizon_persists_it_and_tells_its_peers() {
         Output {
             persist: vec![PersistRecord::Rejoining {
                 horizon: Some(Cid(7)),
-                nonce: 0
+                nonce: NONCE
             }],
             send_after_persist: vec![broadcast(Message::Abstaining { until: Cid(7) })],
             ..Output::default()
@@ -258,8 +258,10 @@ fn recover_resumes_a_rejoin_that_a_crash_interrupted() {
         Some("stored rejoin record has nonce 0, which no rejoin writes: the store is damaged")
     );
 
-    // Crashed while catching up to cid 7, with cids 1 and 2 decided: it executes them (one
-    // batch with the service at a time) and still abstains, saying so.
+    // Crashed while catching up to cid 7, with cids 1 and 2 decided: a horizon its stored
+    // decisions do not reach is not trusted as it stands (a damaged record could name any
+    // cid); it executes them (one batch with the service at a time) and collects reports
+    // again with the same nonce, abstaining meanwhile.
     let records = [
         PersistRecord::Rejoining {
             horizon: None,
@@ -267,7 +269,7 @@ fn recover_resumes_a_rejoin_that_a_crash_interrupted() {
         },
         PersistRecord::Rejoining {
             horizon: Some(Cid(7)),
-            nonce: 0,
+            nonce: NONCE,
         },
         PersistRecord::Decided(decision(&c, 1)),
         PersistRecord::Decided(decision(&c, 2)),
@@ -275,13 +277,16 @@ fn recover_resumes_a_rejoin_that_a_crash_interrupted() {
     let (engine, output) = Engine::recover(c.cfg(3), c.engine_signer(3), records).unwrap();
     assert_eq!(
         engine.participation(),
-        Participation::CatchingUp { until: Cid(7) }
+        Participation::CollectingReports {
+            reports: 0,
+            needed: 3
+        }
     );
     assert_eq!(engine.last_executed(), Cid(1));
     assert_eq!(
         output,
         Output {
-            send_now: vec![broadcast(Message::Abstaining { until: Cid(7) })],
+            send_now: vec![broadcast(query())],
             service: vec![c.execute(Cid(1), &[1])],
             ..Output::default()
         }
@@ -292,8 +297,8 @@ fn recover_resumes_a_rejoin_that_a_crash_interrupted() {
         vec![
             PersistRecord::Regency(Regency(0)),
             PersistRecord::Rejoining {
-                horizon: Some(Cid(7)),
-                nonce: 0
+                horizon: None,
+                nonce: NONCE
             },
             PersistRecord::Decided(decision(&c, 1)),
             PersistRecord::Decided(decision(&c, 2)),
@@ -304,7 +309,7 @@ fn recover_resumes_a_rejoin_that_a_crash_interrupted() {
     let records = [
         PersistRecord::Rejoining {
             horizon: Some(Cid(1)),
-            nonce: 0,
+            nonce: NONCE,
         },
         PersistRecord::Decided(decision(&c, 1)),
     ];
@@ -348,7 +353,7 @@ fn a_brand_new_replica_takes_part_once_n_minus_f_peers_report_cid_0() {
         Output {
             persist: vec![PersistRecord::Rejoining {
                 horizon: Some(Cid(0)),
-                nonce: 0
+                nonce: NONCE
             }],
             send_after_persist: vec![send(0, Message::SyncQuery)],
             ..Output::default()
@@ -431,7 +436,7 @@ fn a_report_for_another_incarnation_does_not_count() {
         output.persist,
         vec![PersistRecord::Rejoining {
             horizon: Some(Cid(6)),
-            nonce: 0
+            nonce: NONCE
         }]
     );
 }
@@ -495,4 +500,101 @@ fn a_reporter_answers_an_incarnation_with_its_votes_when_it_first_saw_the_nonce(
         );
         assert_eq!(output, only_sent(vec![send(from, answer)]), "at {now}");
     }
+}
+
+/// Review (issue 17 item 2, hostile data dir): a `Rejoining` record whose horizon no run can
+/// have persisted (a correct horizon is at most two windows past a cid some peer proved
+/// executed when it was computed) was resumed as is: the replica abstained until cid
+/// u64::MAX, forever, ignoring fresh reports, and asked every leader for empty batches
+/// without end. Recovery must either refuse such a record or let fresh reports bound it.
+#[test]
+fn a_stored_rejoin_horizon_no_peer_can_vouch_for_does_not_keep_the_replica_abstaining_forever() {
+    let c = small_window();
+    let records = [PersistRecord::Rejoining {
+        horizon: Some(Cid(u64::MAX)),
+        nonce: NONCE,
+    }];
+    let Ok((mut engine, _)) = Engine::recover(c.cfg(3), c.engine_signer(3), records) else {
+        return; // refused at recovery, naming the record: fine
+    };
+    engine.start(0);
+    // Nothing panics on the way (retransmits say it again).
+    let due = engine.next_deadline_ms().unwrap();
+    let _ = engine.on_timeout(due);
+    // n-f peers report cid 3, proven executed: any horizon above 3 + 2 windows is made up.
+    for from in [0, 1, 2] {
+        let _ = c.deliver(&mut engine, due + 1, Peer::Replica(from), state_info(&c, 3));
+    }
+    match engine.participation() {
+        Participation::CatchingUp { until } => assert!(
+            until <= Cid(3 + 2 * 4),
+            "still abstaining until {until}, which no peer vouched for"
+        ),
+        other => assert!(
+            !matches!(other, Participation::Participating),
+            "must not take part before catching up: {other:?}"
+        ),
+    }
+}
+
+/// Review (issue 17 item 1): a replica that rejoined and took part keeps its `Rejoining`
+/// record until the next checkpoint compacts its log. Restarted before that, `recover` resumes
+/// "catching up" to a horizon its stored decisions already reach and broadcasts `Abstaining`
+/// before re-executing them; a follower that heard it from its leader asked for the next
+/// regency at once, though it had itself executed past that horizon: a routine restart of the
+/// leader cost a leader change (and one more fault meanwhile, a regency with a dead leader).
+/// A leader that abstains until a cid the follower has executed will take part as soon as it
+/// catches up by decisions; only a horizon past the follower's execution needs a new leader.
+#[test]
+fn a_follower_does_not_replace_its_leader_for_a_horizon_it_has_already_executed() {
+    let c = small_window();
+    // Replica 0, the leader of regency 0, rejoined up to cid 2 and took part; no checkpoint
+    // has compacted its log since. It restarts.
+    let records = [
+        PersistRecord::Rejoining {
+            horizon: None,
+            nonce: NONCE,
+        },
+        PersistRecord::Rejoining {
+            horizon: Some(Cid(2)),
+            nonce: NONCE,
+        },
+        PersistRecord::Decided(decision(&c, 1)),
+        PersistRecord::Decided(decision(&c, 2)),
+    ];
+    let (_leader, output) = Engine::recover(c.cfg(0), c.engine_signer(0), records).unwrap();
+    assert!(
+        output
+            .send_now
+            .contains(&broadcast(Message::Abstaining { until: Cid(2) })),
+        "{output:?}"
+    );
+    // A follower that executed cids 1 and 2.
+    let (mut follower, _) = Engine::recover(
+        c.cfg(1),
+        c.engine_signer(1),
+        [
+            PersistRecord::Decided(decision(&c, 1)),
+            PersistRecord::Decided(decision(&c, 2)),
+        ],
+    )
+    .unwrap();
+    let _ = follower.on_executed(0, Cid(1), vec![b"r".to_vec()]);
+    let _ = follower.on_executed(0, Cid(2), vec![b"r".to_vec()]);
+    follower.start(0);
+    assert_eq!(follower.last_executed(), Cid(2));
+    let output = c.deliver_ok(
+        &mut follower,
+        1,
+        Peer::Replica(0),
+        Message::Abstaining { until: Cid(2) },
+    );
+    assert!(
+        !output
+            .send_now
+            .iter()
+            .chain(&output.send_after_persist)
+            .any(|o| matches!(o, Outgoing::Broadcast(Message::Stop(_)))),
+        "asked for the next regency: {output:?}"
+    );
 }

@@ -28,8 +28,9 @@ pub(super) enum Rejoin {
         /// The first counted report of each peer.
         reports: BTreeMap<ReplicaId, Cid>,
     },
-    /// Catching up to this cid before taking part.
-    CatchingUp(Cid),
+    /// Catching up to `horizon` before taking part; `nonce` is the incarnation's, kept so that
+    /// a crash before the horizon can collect reports again (see `Engine::recover`).
+    CatchingUp { horizon: Cid, nonce: u64 },
 }
 
 /// The latest rejoin nonce a peer asked with, and what this replica reports to it
@@ -130,6 +131,7 @@ impl Engine {
             &prepared,
             &votes,
         )?;
+        let highest_stored_decision = decisions.keys().next_back().copied().unwrap_or(base);
         let mut highest_voted = base;
         for (cid, p) in prepared.into_iter().filter(|(cid, _)| *cid > base) {
             engine.instances.entry(cid).or_default().prepared = Some(p);
@@ -175,9 +177,18 @@ impl Engine {
         // incarnation began, so a report made for it still bounds every vote it forgot, and
         // peers answer it as before rather than with what they voted meanwhile (§3.12 item 6).
         // A nonce of 0 (a damaged record) would make the answers to state transfer count.
+        //
+        // A stored horizon its stored decisions reach is resumed: re-executing them ends the
+        // rejoin. One they do not reach is not trusted as it stands (a damaged record could
+        // name any cid, and it would abstain for ever): the replica collects reports again
+        // with the same nonce, which is as safe as the first time (it has voted in nothing
+        // since), and the fresh horizon is bounded by what its peers prove executed.
         match rejoining {
             None => {}
-            Some((None, nonce)) => {
+            Some((Some(horizon), nonce)) if horizon <= highest_stored_decision.max(base) => {
+                engine.rejoin = Rejoin::CatchingUp { horizon, nonce }
+            }
+            Some((_, nonce)) => {
                 if nonce == 0 {
                     return Err(
                         "stored rejoin record has nonce 0, which no rejoin writes: the store is damaged"
@@ -189,7 +200,6 @@ impl Engine {
                     reports: BTreeMap::new(),
                 }
             }
-            Some((Some(horizon), _)) => engine.rejoin = Rejoin::CatchingUp(horizon),
         }
         engine.execute_ready(0);
         engine.check_rejoined(0);
@@ -198,7 +208,9 @@ impl Engine {
             Rejoin::Collecting { nonce, .. } => engine.out.broadcast(Message::StateQuery {
                 rejoin_nonce: nonce,
             }),
-            Rejoin::CatchingUp(until) => engine.out.broadcast(Message::Abstaining { until }),
+            Rejoin::CatchingUp { horizon: until, .. } => {
+                engine.out.broadcast(Message::Abstaining { until })
+            }
         }
         let output = engine.take_output();
         Ok((engine, output))
@@ -268,7 +280,7 @@ impl Engine {
                 reports: reports.len() as u64,
                 needed: self.quorums.stopdata_to_collect() as u64,
             },
-            Rejoin::CatchingUp(until) => Participation::CatchingUp { until: *until },
+            Rejoin::CatchingUp { horizon, .. } => Participation::CatchingUp { until: *horizon },
         }
     }
 
@@ -281,9 +293,9 @@ impl Engine {
                 horizon: None,
                 nonce,
             }),
-            Rejoin::CatchingUp(horizon) => Some(PersistRecord::Rejoining {
+            Rejoin::CatchingUp { horizon, nonce } => Some(PersistRecord::Rejoining {
                 horizon: Some(horizon),
-                nonce: 0,
+                nonce,
             }),
         }
     }
@@ -296,16 +308,19 @@ impl Engine {
     /// Byzantine peer makes a correct leader order at most two windows of empty batches per
     /// request timeout, and a correct rejoiner, which asks once, is served at once.
     pub(super) fn note_abstaining(&mut self, now_ms: u64, from: ReplicaId, until: Cid) {
+        let ahead = self.cfg.limits.max_instances_ahead;
+        let until = until.min(self.last_executed.saturating_add(ahead.saturating_mul(2)));
+        // A horizon this replica has executed needs no empty batch: the peer gets there by
+        // decisions (a leader restarted over the record of a rejoin it finished says so until
+        // it has re-executed its own stored decisions, and must not be replaced for it).
+        if until <= self.last_executed {
+            return;
+        }
         if from == self.leader() {
             // The leader itself abstains: it will propose nothing, so nothing would ever
             // reach its horizon. Ask for the next regency now, while the cluster may still
             // lack only this one replica (the leader can only have itself replaced this way).
             self.start_leader_change(now_ms, self.regency.saturating_add(1));
-        }
-        let ahead = self.cfg.limits.max_instances_ahead;
-        let until = until.min(self.last_executed.saturating_add(ahead.saturating_mul(2)));
-        if until <= self.last_executed {
-            return;
         }
         if let Some(peer) = self.abstaining.get(&from) {
             let rate_limited = now_ms
@@ -383,13 +398,14 @@ impl Engine {
         } else {
             highest.saturating_add(ahead)
         };
-        self.rejoin = Rejoin::CatchingUp(horizon);
+        let nonce = *nonce;
+        self.rejoin = Rejoin::CatchingUp { horizon, nonce };
         self.out.persist(PersistRecord::Rejoining {
             horizon: Some(horizon),
-            nonce: 0,
+            nonce,
         });
         self.check_rejoined(now_ms);
-        if let Rejoin::CatchingUp(until) = self.rejoin {
+        if let Rejoin::CatchingUp { horizon: until, .. } = self.rejoin {
             // Nothing may drive a quiet cluster to the horizon: ask the leader to.
             self.out.broadcast(Message::Abstaining { until });
             self.arm_retransmit(now_ms);
@@ -414,7 +430,7 @@ impl Engine {
     }
 
     pub(super) fn check_rejoined(&mut self, now_ms: u64) {
-        if let Rejoin::CatchingUp(horizon) = self.rejoin {
+        if let Rejoin::CatchingUp { horizon, .. } = self.rejoin {
             if self.last_executed >= horizon {
                 self.rejoin = Rejoin::Done;
                 // Whatever it saw while silent is void; it learns the regency from its peers.

@@ -87,7 +87,9 @@ impl Engine {
                 rejoin_nonce: nonce,
             }),
             // The leader may have changed, or not heard: say again what it waits for.
-            Rejoin::CatchingUp(until) => self.out.broadcast(Message::Abstaining { until }),
+            Rejoin::CatchingUp { horizon: until, .. } => {
+                self.out.broadcast(Message::Abstaining { until })
+            }
             Rejoin::Done => {}
         }
         // A leader change in progress: keep asking until the regency changes.
