@@ -207,6 +207,7 @@ fn an_abstaining_peer_may_raise_its_horizon_once_per_request_timeout() {
         Message::Abstaining { until: Cid(2) },
     );
     assert_eq!(output, Output::default(), "raised too soon");
+    assert_eq!(leader.stats().abstaining_raises_deferred, 1);
     let output = c.deliver_ok(
         &mut leader,
         1001,
@@ -220,6 +221,7 @@ fn an_abstaining_peer_may_raise_its_horizon_once_per_request_timeout() {
         empty_proposals(&c, 2..=4),
         "raised after the request timeout: up to the in-flight bound"
     );
+    assert_eq!(leader.stats().abstaining_raises_deferred, 1);
 }
 
 /// Issue 17 item 1: a replica that crashed mid-rejoin, after persisting what it caught up

@@ -217,6 +217,10 @@ pub struct EngineStats {
     /// configuration or version differs from the replicas that took them). Not blamed on the
     /// source; the driver logs each; see [`Engine::unusable_agreed_checkpoint`].
     pub unusable_agreed_checkpoints: u64,
+    /// `Abstaining` messages that raised a peer's horizon sooner than one `request_timeout_ms`
+    /// after its last raise, and were held back: the empty-batch budget of one peer (at most
+    /// two windows per request timeout) at work.
+    pub abstaining_raises_deferred: u64,
 }
 
 #[derive(Clone, Debug)]

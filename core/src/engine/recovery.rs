@@ -327,7 +327,13 @@ impl Engine {
                 < peer
                     .raised_at_ms
                     .saturating_add(self.cfg.timeouts.request_timeout_ms);
-            if until <= peer.until || rate_limited {
+            if until <= peer.until {
+                return;
+            }
+            if rate_limited {
+                // Not refused as misbehaviour (a correct rejoiner's horizon may rise once its
+                // reports come in), but seen: a peer raising it faster is held to the budget.
+                self.stats.abstaining_raises_deferred += 1;
                 return;
             }
         }
