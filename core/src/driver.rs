@@ -95,15 +95,15 @@ pub struct DriverOptions {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum EmptyStart {
     /// As a replica that may have lost its state after voting ([`Engine::rejoin`]): it takes
-    /// no part in votes until n−f of its peers said how far they voted and it has caught up
-    /// past that (at once in a brand-new cluster whose replicas all run). The safe default.
+    /// no part in votes until n−f of its peers said how far they voted and it has caught up a
+    /// window past that, which the others reach by ordering empty batches for it. The safe
+    /// default; replicas that all start this way wait for each other for ever.
     #[default]
     Rejoin,
     /// As a replica of a brand-new cluster that has never voted ([`Engine::new`]): it votes at
-    /// once. Only for the first start of a new cluster, when some replicas cannot start with
-    /// the others (a brand-new cluster of rejoining replicas needs n−f answers for each, all
-    /// four at n = 4). Used on a replica that lost its disk, it may vote against what it voted
-    /// before, which counts as a fault against `f`.
+    /// once. For the first start of a new cluster (which then starts once any n−f run). Used on
+    /// a replica that lost its disk, it may vote against what it voted before, which counts as
+    /// a fault against `f`.
     NewCluster,
 }
 
@@ -1066,6 +1066,13 @@ impl<N: Network> EngineLoop<N> {
                         "rejoin done: the replica has executed everything it can have voted on before, and takes part again"
                     ),
                     Participation::CollectingReports { .. } => {}
+                    Participation::CatchingUp { until } if status.last_decided == Cid::ZERO => {
+                        tracing::warn!(
+                            replica,
+                            %until,
+                            "rejoining: abstaining from votes until cid {until} is executed here; its peers report nothing decided yet. If this is the first start of a brand-new cluster, start every replica with --new-cluster (`EmptyStart::NewCluster`): replicas that all rejoin wait for each other for ever"
+                        )
+                    }
                     Participation::CatchingUp { until } => tracing::warn!(
                         replica,
                         %until,

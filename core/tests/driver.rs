@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use smr_core::client::ClientConfig;
-use smr_core::driver::{start_replica, Client, DriverOptions, ReplicaError, StartError};
+use smr_core::driver::{
+    start_replica, Client, DriverOptions, EmptyStart, ReplicaError, StartError,
+};
 use smr_core::network::{InboundFrame, Network, Peer, SendError};
 use smr_core::{ClientPolicy, EngineConfig, InvalidConfig, Limits, Service, Timeouts};
 use smr_crypto::sim::{SimKey, SimVerifier};
@@ -111,7 +113,10 @@ async fn run_cluster(mode: Mode, n: usize, f: usize) {
                 signatures.clone(),
                 net,
                 Box::new(Counter::default()),
-                DriverOptions::default(),
+                DriverOptions {
+                    empty_start: EmptyStart::NewCluster,
+                    ..DriverOptions::default()
+                },
                 None,
             )
             .expect("replica starts"),
@@ -222,7 +227,10 @@ fn start_persistent(
                 signatures.clone(),
                 hub.endpoint(Peer::Replica(i as u32)),
                 Box::new(Counter::default()),
-                DriverOptions::default(),
+                DriverOptions {
+                    empty_start: EmptyStart::NewCluster,
+                    ..DriverOptions::default()
+                },
                 Some(storage),
             )
             .expect("replica starts from its data dir")
@@ -471,7 +479,8 @@ async fn a_panic_in_a_verify_worker_resolves_closed_to_the_error() {
 /// Issue 17 item 7: a replica started on an empty data dir, without `--rejoin`, started as a
 /// brand-new replica and voted at once, though its data dir may have been lost after it voted.
 /// Now it starts rejoining: with no peer answering it abstains, and says so in its status; once
-/// its peers (a brand-new cluster) report cid 0, it takes part.
+/// its peers (started with `--new-cluster`) report cid 0, it waits a window past that, which
+/// they reach by ordering empty batches for it, and takes part.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_on_an_empty_data_dir_abstains_until_its_peers_report() {
     let quorums = Quorums::new(Mode::Bft, 4, 1).unwrap();
@@ -510,7 +519,10 @@ async fn a_replica_on_an_empty_data_dir_abstains_until_its_peers_report() {
                 signatures.clone(),
                 hub.endpoint(Peer::Replica(i as u32)),
                 Box::new(Counter::default()),
-                DriverOptions::default(),
+                DriverOptions {
+                    empty_start: EmptyStart::NewCluster,
+                    ..DriverOptions::default()
+                },
                 None,
             )
             .expect("replica starts"),

@@ -323,10 +323,13 @@ fn recover_resumes_a_rejoin_that_a_crash_interrupted() {
     );
 }
 
-/// Issue 17 item 7: every replica of a brand-new cluster starts rejoining (an empty store may
-/// be a lost one); reports of cid 0 from n-f peers give horizon 0, and it takes part at once.
+/// Issue 17 item 7: a replica on an empty store starts rejoining (it may be a lost one), and
+/// reports of cid 0 from n-f peers still leave it a window to wait for: its own votes from
+/// before the loss may be in flight (see the attack-review test at the end of this file). It
+/// says so (Abstaining), so a leader orders empty batches up to it; a brand-new cluster starts
+/// its replicas with `--new-cluster` instead.
 #[test]
-fn a_brand_new_replica_takes_part_once_n_minus_f_peers_report_cid_0() {
+fn reports_of_cid_0_still_leave_a_rejoining_replica_a_window_to_wait_for() {
     let c = small_window();
     let (mut engine, _) = Engine::rejoin(c.cfg(3), c.engine_signer(3), nonce());
     engine.start(0);
@@ -348,16 +351,18 @@ fn a_brand_new_replica_takes_part_once_n_minus_f_peers_report_cid_0() {
     }
     assert!(engine.is_rejoining());
     let output = c.deliver_ok(&mut engine, 1, Peer::Replica(2), state_info(&c, 0));
-    assert_eq!(engine.participation(), Participation::Participating);
-    // Horizon 0: nothing to wait for, so no Abstaining; it asks the leader for the regency.
+    assert_eq!(
+        engine.participation(),
+        Participation::CatchingUp { until: Cid(4) }
+    );
     assert_eq!(
         output,
         Output {
             persist: vec![PersistRecord::Rejoining {
-                horizon: Some(Cid(0)),
+                horizon: Some(Cid(4)),
                 nonce: NONCE
             }],
-            send_after_persist: vec![send(0, Message::SyncQuery)],
+            send_after_persist: vec![broadcast(Message::Abstaining { until: Cid(4) })],
             ..Output::default()
         }
     );
@@ -598,5 +603,35 @@ fn a_follower_does_not_replace_its_leader_for_a_horizon_it_has_already_executed(
             .chain(&output.send_after_persist)
             .any(|o| matches!(o, Outgoing::Broadcast(Message::Stop(_)))),
         "asked for the next regency: {output:?}"
+    );
+}
+
+/// Attack review (i17-attack3), counting the amnesiac as correct-but-forgetful plus f = 1
+/// Byzantine: a horizon of 0 when every report is 0 skips the window that covers what the
+/// rejoiner may have voted past its last execution (0). Before its wipe replica 3 WROTE and
+/// ACCEPTED value v at (cid 1, regency 0), on WRITEs of the Byzantine leader 0, replica 1 and
+/// itself; its WRITE to replica 1 is still in flight, so replica 1 has two WRITEs and accepted
+/// nothing. Replicas 0, 1, 2 first see the new nonce with nothing accepted and report 0: the
+/// horizon is 0 and it votes at once. The leader now proposes v' at (1, 0); replica 3 WRITEs
+/// it, and with replicas 0 and 2 v' is decided, while the delayed WRITE lets replica 1 accept
+/// v and decide it with the forgotten ACCEPT and the leader's. With a horizon of one window
+/// it abstains until cid 1 is executed (and a brand-new cluster starts with --new-cluster).
+#[test]
+fn a_rejoiner_whose_reports_are_all_0_does_not_vote_again_where_it_may_have_voted() {
+    let c = small_window();
+    let (mut engine, _) = Engine::rejoin(c.cfg(3), c.engine_signer(3), nonce());
+    engine.start(0);
+    for from in [0, 1, 2] {
+        c.deliver_ok(&mut engine, 1, Peer::Replica(from), state_info(&c, 0));
+    }
+    let v2 = c.batch(&[2]);
+    let propose = c.propose(0, Cid(1), Regency(0), v2.clone());
+    let output = c.deliver(&mut engine, 2, Peer::Replica(0), Message::Propose(propose));
+    let wrote = output.persist.iter().any(
+        |r| matches!(r, PersistRecord::Vote(v) if v.cid == Cid(1) && v.kind == VoteKind::Write),
+    );
+    assert!(
+        !wrote,
+        "it voted in cid 1, where it may have voted for another value before its wipe: {output:?}"
     );
 }

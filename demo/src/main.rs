@@ -102,18 +102,17 @@ struct ReplicaArgs {
     #[arg(long, default_value_t = 0)]
     reply_bytes: usize,
     /// Deprecated: now the default, and without effect. A replica whose data dir is empty (or
-    /// that has none) always starts rejoining: it asks its peers how far they voted and stays
-    /// out of votes until caught up past anything it may have voted on (at once in a brand-new
-    /// cluster). A data dir that holds state is always recovered from; after a refusal to start
+    /// that has none) starts rejoining unless given --new-cluster: it asks its peers how far
+    /// they voted and stays out of votes until caught up past anything it may have voted on. A data dir that holds state is always recovered from; after a refusal to start
     /// from a damaged data dir, move the directory aside and restart: the replica then catches
     /// up from its peers by state transfer.
     #[arg(long)]
     rejoin: bool,
-    /// First start of a brand-new cluster only: a replica with an empty data dir (or none)
-    /// votes at once instead of rejoining. Without it, a brand-new cluster starts once n−f of
-    /// each replica's peers run (all four at n = 4); with it, once any n−f replicas run. Never
-    /// use it on a replica that may have lost its state: it may vote against what it voted
-    /// before. Ignored when the data dir holds state.
+    /// First start of a brand-new cluster: a replica with an empty data dir (or none) votes at
+    /// once instead of rejoining, and the cluster starts once any n−f replicas run. Replicas
+    /// that all start rejoining wait for each other for ever. Leave it out of later starts: on a
+    /// replica that lost its state it may vote against what it voted before. Ignored when the
+    /// data dir holds state.
     #[arg(long, conflicts_with = "rejoin")]
     new_cluster: bool,
     /// Shut down when stdin reaches end-of-file (used by `smr cluster` so that its children

@@ -18,7 +18,7 @@ use smr_demo::keygen::{self, KeygenOptions};
 use smr_demo::local::{ClusterSetup, LocalCluster};
 use smr_demo::{KvOp, KvReply, ServiceKind};
 use smr_modes::Mode;
-use smr_transport::{Client, Replica, ReplicaError};
+use smr_transport::{Client, EmptyStart, Replica, ReplicaError};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a failed replica may take to exit.
@@ -154,9 +154,16 @@ async fn an_embedded_replica_whose_service_panics_resolves_closed_to_the_error()
                 ServiceKind::Kv.create()
             };
             replicas.push(
-                Replica::start(&config, entry.id, key, service)
-                    .await
-                    .expect("replica starts"),
+                Replica::start_with_data_dir(
+                    &config,
+                    entry.id,
+                    key,
+                    service,
+                    None,
+                    EmptyStart::NewCluster,
+                )
+                .await
+                .expect("replica starts"),
             );
         }
         let client_key = IdentityKey::load(&generated.client_keys[0]).unwrap();

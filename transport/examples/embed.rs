@@ -4,7 +4,8 @@
 //
 // ```sh
 // smr keygen --replicas 4 --mode bft --out c     # c/cluster.toml, c/replica-<i>.key, c/client.key
-// cargo run -p smr-transport --example embed -- replica c/cluster.toml 0 &   # and 1, 2, 3
+// cargo run -p smr-transport --example embed -- replica c/cluster.toml 0 --new-cluster &  # and 1, 2, 3
+//                                        (the first start only; later starts leave it out)
 // cargo run -p smr-transport --example embed -- client c/cluster.toml 5      # prints the new total
 // ```
 
@@ -57,16 +58,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let args: Vec<String> = std::env::args().collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>()[1..] {
-        ["replica", config, id] => run_replica(Path::new(config), id.parse()?).await,
+        ["replica", config, id] => {
+            run_replica(Path::new(config), id.parse()?, EmptyStart::Rejoin).await
+        }
+        // The first start of a brand-new cluster only: an empty data dir votes at once.
+        ["replica", config, id, "--new-cluster"] => {
+            run_replica(Path::new(config), id.parse()?, EmptyStart::NewCluster).await
+        }
         ["client", config, amount] => run_client(Path::new(config), amount.parse()?).await,
-        _ => Err(
-            "usage: embed replica <cluster.toml> <id> | embed client <cluster.toml> <amount>"
-                .into(),
-        ),
+        _ => Err("usage: embed replica <cluster.toml> <id> [--new-cluster] | embed client <cluster.toml> <amount>".into()),
     }
 }
 
-async fn run_replica(config_path: &Path, id: u32) -> Result<(), Box<dyn std::error::Error>> {
+async fn run_replica(
+    config_path: &Path,
+    id: u32,
+    empty_start: EmptyStart,
+) -> Result<(), Box<dyn std::error::Error>> {
     let config = ClusterConfig::load(config_path)?;
     // `smr keygen` writes replica-<id>.key and names it in the config (`key_file`, resolved
     // against the config's directory).
@@ -77,7 +85,7 @@ async fn run_replica(config_path: &Path, id: u32) -> Result<(), Box<dyn std::err
     let key = IdentityKey::load(&key_file)?;
     // Durable state (write-ahead log and checkpoints) in this directory; `None` keeps it in
     // memory. `EmptyStart::Rejoin`: an empty data dir may be a lost one, so the replica asks its
-    // peers before it votes (the safe default; `NewCluster` only for a brand-new cluster).
+    // peers before it votes (the safe default); `NewCluster` on a brand-new cluster's first start.
     let data_dir = config.directory.join(format!("sum-data-{id}"));
     let replica = Replica::start_with_data_dir(
         &config,
@@ -85,7 +93,7 @@ async fn run_replica(config_path: &Path, id: u32) -> Result<(), Box<dyn std::err
         key,
         Box::new(Sum::default()),
         Some(&data_dir),
-        EmptyStart::Rejoin,
+        empty_start,
     )
     .await?;
     println!("replica {id} running; Ctrl-C stops it");

@@ -397,13 +397,11 @@ impl Engine {
             return;
         }
         let highest = reports.values().copied().max().unwrap_or(Cid::ZERO);
-        // Nobody has voted anywhere: a brand-new cluster, nothing to forget. The reports come
-        // from peers, so the horizon saturates rather than overflows.
-        let horizon = if highest == Cid::ZERO {
-            Cid::ZERO
-        } else {
-            highest.saturating_add(ahead)
-        };
+        // Always a window past the highest report, even when every report is 0: its own votes
+        // from before the loss may still be in flight to peers that have accepted nothing yet
+        // (a WRITE delayed on its way), so "nobody has voted" is never known. A brand-new
+        // cluster therefore starts its replicas as new (`--new-cluster`), not rejoining.
+        let horizon = highest.saturating_add(ahead);
         let nonce = *nonce;
         self.rejoin = Rejoin::CatchingUp { horizon, nonce };
         self.out.persist(PersistRecord::Rejoining {

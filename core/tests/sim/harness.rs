@@ -190,9 +190,10 @@ pub struct SimOptions {
     pub wipe_restart: Option<(usize, u64, u64)>,
     /// Drop every message of this kind, forever (used to prove what a phase is needed for).
     pub drop_kind: Option<&'static str>,
-    /// Every replica starts as the tokio driver starts one on an empty data dir, rejoining
-    /// ([`Engine::rejoin`]), each after its own delay of up to this many ms (from the seed): a
-    /// brand-new cluster whose replicas come up apart.
+    /// A brand-new cluster whose replicas come up apart, each after its own delay of up to this
+    /// many ms (from the seed): all but the last as `--new-cluster` starts them (nothing to
+    /// recover, voting at once), the last as the driver starts one on an empty data dir
+    /// without it, rejoining ([`Engine::rejoin`]).
     pub start_rejoining: Option<u64>,
     pub max_time_ms: u64,
 }
@@ -714,10 +715,12 @@ impl Sim {
         if let Some(max_delay_ms) = opts.start_rejoining {
             let mut rng = Rng::new(opts.seed ^ 0x5747);
             for slot in 0..opts.n {
-                // Down until its start, then up from an empty disk.
+                // Down until its start, then up from an empty disk: new (an empty store
+                // recovered) or, the last, rejoining.
                 sim.replicas[slot].crashed = true;
                 let at_ms = rng.range(0, max_delay_ms);
-                sim.schedule(at_ms, Event::Restart { slot, wipe: true });
+                let wipe = slot + 1 == opts.n;
+                sim.schedule(at_ms, Event::Restart { slot, wipe });
             }
         }
         sim.report.expected_requests = opts.clients * opts.requests_per_client;

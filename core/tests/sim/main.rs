@@ -469,10 +469,12 @@ fn cft_replica_rejoined_in_a_quiet_cluster_takes_part_before_the_next_crash() {
     );
 }
 
-/// Issue 17 item 7: every replica of a brand-new cluster starts rejoining (the driver cannot
-/// tell a new data dir from a lost one), each at its own time. The first to take part must not
-/// push the horizon of the others beyond what fewer than a quorum can reach: a WRITE-only
-/// report once did, and the cluster never decided anything.
+/// Issue 17 item 7: a brand-new cluster whose replicas come up apart, all with `--new-cluster`
+/// but the last, which starts as a replica on an empty data dir does by default: rejoining. It
+/// abstains a window past what its peers report (even 0: its own votes from before a loss may
+/// be in flight), and the others order empty batches up to that so it takes part. (When every
+/// replica started rejoining, a WRITE-only report, then a leader's first acceptance under
+/// message loss, stalled the cluster; an all-0 horizon of 0 was unsafe: see core/tests/rejoin.rs.)
 fn brand_new_cluster_starting_apart(mode: Mode, n: usize, f: usize, seed: u64) -> SimOptions {
     let mut opts = SimOptions::for_seed(mode, n, f, seed);
     opts.requests_per_client = 30;
