@@ -47,6 +47,23 @@ fn nonce() -> NonZeroU64 {
     NonZeroU64::new(NONCE).unwrap()
 }
 
+/// What a replica that rejoined with [`NONCE`] stores once it learned `horizon` and decided
+/// cids 1 and 2: its two `Rejoining` records and the decisions.
+fn rejoined_until(c: &Cluster, horizon: Cid) -> Vec<PersistRecord> {
+    vec![
+        PersistRecord::Rejoining {
+            horizon: None,
+            nonce: NONCE,
+        },
+        PersistRecord::Rejoining {
+            horizon: Some(horizon),
+            nonce: NONCE,
+        },
+        PersistRecord::Decided(decision(c, 1)),
+        PersistRecord::Decided(decision(c, 2)),
+    ]
+}
+
 /// The StateQuery of a replica rejoining with [`NONCE`].
 fn query() -> Message {
     Message::StateQuery {
@@ -264,18 +281,7 @@ fn recover_resumes_a_rejoin_that_a_crash_interrupted() {
     // decisions do not reach is not trusted as it stands (a damaged record could name any
     // cid); it executes them (one batch with the service at a time) and collects reports
     // again with the same nonce, abstaining meanwhile.
-    let records = [
-        PersistRecord::Rejoining {
-            horizon: None,
-            nonce: NONCE,
-        },
-        PersistRecord::Rejoining {
-            horizon: Some(Cid(7)),
-            nonce: NONCE,
-        },
-        PersistRecord::Decided(decision(&c, 1)),
-        PersistRecord::Decided(decision(&c, 2)),
-    ];
+    let records = rejoined_until(&c, Cid(7));
     let (engine, output) = Engine::recover(c.cfg(3), c.engine_signer(3), records).unwrap();
     assert_eq!(
         engine.participation(),
@@ -557,18 +563,7 @@ fn a_follower_does_not_replace_its_leader_for_a_horizon_it_has_already_executed(
     let c = small_window();
     // Replica 0, the leader of regency 0, rejoined up to cid 2 and took part; no checkpoint
     // has compacted its log since. It restarts.
-    let records = [
-        PersistRecord::Rejoining {
-            horizon: None,
-            nonce: NONCE,
-        },
-        PersistRecord::Rejoining {
-            horizon: Some(Cid(2)),
-            nonce: NONCE,
-        },
-        PersistRecord::Decided(decision(&c, 1)),
-        PersistRecord::Decided(decision(&c, 2)),
-    ];
+    let records = rejoined_until(&c, Cid(2));
     let (_leader, output) = Engine::recover(c.cfg(0), c.engine_signer(0), records).unwrap();
     assert!(
         output
