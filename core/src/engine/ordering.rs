@@ -34,7 +34,6 @@ impl Engine {
             }
             return Ok(());
         }
-        let budget = super::budget::ClientReplyBudget::from_config(&self.cfg);
         match self.clients.status(&id) {
             RequestStatus::Executed(Some(result)) => {
                 if !direct {
@@ -45,6 +44,7 @@ impl Engine {
                 // counted but not refused: a client that sends its retry to every replica at
                 // once, or retries sooner than `retransmit_initial_ms`, is not misbehaving, and
                 // its next retry after the interval is answered.
+                let budget = super::budget::ClientReplyBudget::from_config(&self.cfg);
                 let cost = super::budget::REPLY_OVERHEAD_BYTES.saturating_add(result.len() as u64);
                 if !self
                     .client_reply_budgets
