@@ -261,3 +261,119 @@ fn client_table_is_a_function_of_the_decided_sequence_not_of_service_timing() {
         "two correct replicas built different checkpoints at cid 4 from the same decisions"
     );
 }
+
+/// An unordered read from `client`.
+fn unordered_read(client: &SimKey, seq: u64) -> Request {
+    Request::new(
+        RequestBody {
+            client: client.public_key(),
+            seq,
+            kind: RequestKind::Unordered,
+            op: b"read".to_vec(),
+        },
+        None,
+    )
+}
+
+/// Unordered reads pay from their client's reply budget (`engine/budget.rs`), like cached
+/// replies: `REPLY_OVERHEAD_BYTES` when the read is handed to the service, the result's bytes
+/// when it is sent. Before, every read was answered: a client could make a replica run the
+/// service and send a reply for each ~100-byte request, without bound. Here a burst of 12,288
+/// bytes (a 4 KiB reply cache plus 2 × 4 KiB) pays for one read with a 3,000-byte answer
+/// (7,096 bytes) and the overhead of a second (1,096 left), whose answer is then withheld; the
+/// third is withheld before the service sees it. Another client is answered all along, and
+/// after a full refill interval the first one is answered again.
+#[test]
+fn a_flood_of_unordered_reads_is_answered_up_to_the_clients_budget_and_no_more() {
+    use smr_core::engine::{Outgoing, ServiceDone};
+    use smr_core::message::{Reply, RequestId};
+    use smr_core::Timeouts;
+    let limits = Limits {
+        max_client_reply_bytes: 4096,
+        max_reply_cache_bytes: 4096,
+        max_pending_per_client: 2,
+        ..Limits::default()
+    };
+    let interval_ms = Timeouts::default().retransmit_initial_ms;
+    let c = open_cluster(limits);
+    let mut engine = c.engine(1);
+    engine.start(0);
+    let flooder = SimKey::from_seed([51; 32]);
+    let other = SimKey::from_seed([52; 32]);
+    let answer = vec![b'a'; 3000];
+    let query = |id: RequestId| Output {
+        service: vec![ServiceWork::Query {
+            id,
+            op: b"read".to_vec(),
+        }],
+        ..Output::default()
+    };
+    let reply = |id: RequestId| Output {
+        send_now: vec![Outgoing::Send {
+            to: Peer::Client(id.client),
+            message: Message::Reply(Reply {
+                replica: 1,
+                client: id.client,
+                seq: id.seq,
+                regency: Regency(0),
+                result: answer.clone(),
+            }),
+        }],
+        ..Output::default()
+    };
+    // One read: delivered at `now_ms`; if handed to the service, answered at `result_ms`.
+    let read = |engine: &mut Engine, client: &SimKey, seq: u64, now_ms: u64, result_ms: u64| {
+        let request = unordered_read(client, seq);
+        let id = request.id();
+        let asked = c.deliver(
+            engine,
+            now_ms,
+            Peer::Client(client.public_key()),
+            Message::Request(request),
+        );
+        if asked.is_empty() {
+            return (asked, None);
+        }
+        let done = engine.on_service_done(
+            result_ms,
+            ServiceDone::Queried {
+                id,
+                result: answer.clone(),
+            },
+        );
+        (asked, Some(done))
+    };
+    let id = |client: &SimKey, seq: u64| RequestId {
+        client: client.public_key(),
+        seq,
+    };
+
+    assert_eq!(
+        read(&mut engine, &flooder, 1, 10, 10),
+        (query(id(&flooder, 1)), Some(reply(id(&flooder, 1)))),
+        "the first read is within the budget"
+    );
+    assert_eq!(
+        read(&mut engine, &flooder, 2, 10, 10),
+        (query(id(&flooder, 2)), Some(Output::default())),
+        "the service runs the second read, but its answer is withheld"
+    );
+    assert_eq!(
+        read(&mut engine, &flooder, 3, 10, 10),
+        (Output::default(), None),
+        "the third read is withheld before the service runs it"
+    );
+    assert_eq!(
+        read(&mut engine, &other, 1, 10, 10),
+        (query(id(&other, 1)), Some(reply(id(&other, 1)))),
+        "another client is answered"
+    );
+    assert_eq!(engine.stats().unordered_reads_withheld, 2);
+    assert_eq!(
+        read(&mut engine, &flooder, 4, 10 + 3 * interval_ms, 10 + 3 * interval_ms),
+        (query(id(&flooder, 4)), Some(reply(id(&flooder, 4)))),
+        "after a full interval the flooder is answered again"
+    );
+    assert_eq!(engine.stats().unordered_reads_withheld, 2);
+    assert_eq!(engine.stats().rejections.get("rate_limited"), None);
+}

@@ -12,7 +12,11 @@
 //! request (200 copies in a millisecond made one replica send 200 MiB). A client's bucket
 //! holds enough to resend every reply it can have cached once
 //! ([`ClientReplyBudget::from_config`]) and refills in one `retransmit_initial_ms`, so an honest
-//! client that retries after a timeout is always answered.
+//! client that retries after a timeout is always answered. The same bucket pays for unordered
+//! reads: [`REPLY_OVERHEAD_BYTES`] when a read is handed to the service, the result's bytes
+//! when it is sent, so a flood of reads costs the service and the network at most a bucket per
+//! interval (a reply longer than the bucket minus the overhead is never sent unordered; the
+//! client falls back to an ordered request, §3.8).
 
 use std::collections::BTreeMap;
 

@@ -140,8 +140,19 @@ impl Engine {
     }
 
     /// The result of a [`ServiceWork::Query`]: sends it to the client in a [`Message::Reply`],
-    /// uncached (an unordered read is not deduplicated).
-    pub fn on_query_result(&mut self, _now_ms: u64, id: RequestId, result: Vec<u8>) -> Output {
+    /// uncached (an unordered read is not deduplicated), if the client's reply budget
+    /// (`engine/budget.rs`) pays for the result's bytes; withheld and counted
+    /// ([`EngineStats::unordered_reads_withheld`](super::EngineStats::unordered_reads_withheld))
+    /// otherwise. The read's overhead was paid when it was handed to the service.
+    pub fn on_query_result(&mut self, now_ms: u64, id: RequestId, result: Vec<u8>) -> Output {
+        let budget = super::budget::ClientReplyBudget::from_config(&self.cfg);
+        if !self
+            .client_reply_budgets
+            .try_spend(&budget, id.client, now_ms, result.len() as u64)
+        {
+            self.stats.unordered_reads_withheld += 1;
+            return self.finish_input();
+        }
         self.out.send(
             Peer::Client(id.client),
             Message::Reply(self.reply(id, result)),

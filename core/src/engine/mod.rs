@@ -189,6 +189,10 @@ pub struct EngineStats {
     /// Duplicates of executed requests whose cached reply was not resent because their
     /// client's cached-reply budget (`engine/budget.rs`) was spent.
     pub cached_replies_withheld: u64,
+    /// Unordered reads not answered because their client's reply budget (`engine/budget.rs`,
+    /// the same bucket as cached replies) was spent: counted once when the read is not
+    /// handed to the service, or once when its result is not sent.
+    pub unordered_reads_withheld: u64,
     /// Requests in a decided batch not executed because their client had no record and the
     /// client table was full of clients active within `client_expiry_cids`.
     pub refused_new_clients: u64,

@@ -26,7 +26,22 @@ impl Engine {
     ) -> Result<(), Rejection> {
         let id = request.id();
         if request.body.kind == RequestKind::Unordered {
+            // An unordered read is answered from the client's reply budget (`engine/budget.rs`),
+            // the bucket that pays for its cached replies: `REPLY_OVERHEAD_BYTES` here,
+            // before the service does any work, and the result's bytes when it comes back
+            // (`on_query_result`). Withheld (counted, not refused) once the bucket is spent:
+            // the client falls back to an ordered request, or reads again after the refill.
             if direct {
+                let budget = super::budget::ClientReplyBudget::from_config(&self.cfg);
+                if !self.client_reply_budgets.try_spend(
+                    &budget,
+                    id.client,
+                    now_ms,
+                    super::budget::REPLY_OVERHEAD_BYTES,
+                ) {
+                    self.stats.unordered_reads_withheld += 1;
+                    return Ok(());
+                }
                 self.out.service(ServiceWork::Query {
                     id,
                     op: request.body.op,
