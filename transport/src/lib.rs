@@ -246,6 +246,11 @@ pub struct TransportConfig {
     /// "Receiving"). Readers wait (pushing back on peers through QUIC flow control) while
     /// their peer's share or lane is full.
     pub recv_queue_bytes: usize,
+    /// Bound of the bytes of partial frames (frames whose body has not fully arrived) buffered
+    /// from all client connections together (replica role). A client stream that needs more
+    /// waits, which pushes back on its client through QUIC flow control. Replica frames never
+    /// count against it: each replica connection has its own bound of one frame.
+    pub client_partial_frame_bytes: usize,
     /// Most distinct client keys with live connections at once (replica role); a connection
     /// from a further key is refused, counted and logged. Matters under
     /// [`ClientPolicy::Any`], where anyone can mint keys.
@@ -289,6 +294,9 @@ impl TransportConfig {
     pub const DEFAULT_RECV_QUEUE_FRAMES: usize = 16384;
     /// Default [`TransportConfig::recv_queue_bytes`]: 128 MiB from all peers together.
     pub const DEFAULT_RECV_QUEUE_BYTES: usize = 128 * 1024 * 1024;
+    /// Default [`TransportConfig::client_partial_frame_bytes`]: 64 MiB, 64 client frames of
+    /// the default limit.
+    pub const DEFAULT_CLIENT_PARTIAL_FRAME_BYTES: usize = 64 * 1024 * 1024;
     /// Default [`TransportConfig::max_client_keys`]: 4096.
     pub const DEFAULT_MAX_CLIENT_KEYS: usize = 4096;
     /// Default [`TransportConfig::reconnect_initial_ms`]: 100 ms.
@@ -336,6 +344,7 @@ impl TransportConfig {
             send_queue_total_bytes: Self::DEFAULT_SEND_QUEUE_TOTAL_BYTES,
             recv_queue_frames: Self::DEFAULT_RECV_QUEUE_FRAMES,
             recv_queue_bytes: Self::DEFAULT_RECV_QUEUE_BYTES,
+            client_partial_frame_bytes: Self::DEFAULT_CLIENT_PARTIAL_FRAME_BYTES,
             max_client_keys: Self::DEFAULT_MAX_CLIENT_KEYS,
             reconnect_initial_ms: Self::DEFAULT_RECONNECT_INITIAL_MS,
             reconnect_max_ms: Self::DEFAULT_RECONNECT_MAX_MS,
@@ -367,6 +376,7 @@ impl TransportConfig {
         for (name, value) in [
             ("max_frame_bytes", self.max_frame_bytes),
             ("max_client_frame_bytes", self.max_client_frame_bytes),
+            ("client_partial_frame_bytes", self.client_partial_frame_bytes),
         ] {
             if value == 0 || u32::try_from(value).is_err() {
                 return invalid(format!("{name} must be in 1..={}, not {value}", u32::MAX));
@@ -459,6 +469,7 @@ impl std::fmt::Debug for TransportConfig {
             .field("send_queue_total_bytes", &self.send_queue_total_bytes)
             .field("recv_queue_frames", &self.recv_queue_frames)
             .field("recv_queue_bytes", &self.recv_queue_bytes)
+            .field("client_partial_frame_bytes", &self.client_partial_frame_bytes)
             .field("max_client_keys", &self.max_client_keys)
             .field("reconnect_initial_ms", &self.reconnect_initial_ms)
             .field("reconnect_max_ms", &self.reconnect_max_ms)
@@ -533,6 +544,10 @@ pub struct TransportStats {
     /// Incoming frames that waited because their peer held its whole share of its lane of the
     /// receive queue (see the crate docs, "Receiving"); the first is logged.
     pub frames_held_back_peer_share: u64,
+    /// Times a client stream waited to buffer more of a partial frame because the budget of
+    /// all clients' partial frames ([`TransportConfig::client_partial_frame_bytes`]) was
+    /// spent; the first is logged.
+    pub frames_held_back_partial_budget: u64,
     /// Frames lost because the connection failed while they were being written.
     pub frames_dropped_connection_lost: u64,
     /// Incoming frames whose length prefix exceeded the peer's frame limit (`max_frame_bytes`,
@@ -582,6 +597,7 @@ pub(crate) struct Counters {
     bytes_received: AtomicU64,
     frames_dropped_queue_full: AtomicU64,
     frames_held_back_peer_share: AtomicU64,
+    pub(crate) frames_held_back_partial_budget: AtomicU64,
     frames_dropped_connection_lost: AtomicU64,
     frames_rejected_oversize: AtomicU64,
     connections_closed_buffer_limit: AtomicU64,
@@ -607,6 +623,7 @@ impl Counters {
             bytes_received: get(&self.bytes_received),
             frames_dropped_queue_full: get(&self.frames_dropped_queue_full),
             frames_held_back_peer_share: get(&self.frames_held_back_peer_share),
+            frames_held_back_partial_budget: get(&self.frames_held_back_partial_budget),
             frames_dropped_connection_lost: get(&self.frames_dropped_connection_lost),
             frames_rejected_oversize: get(&self.frames_rejected_oversize),
             connections_closed_buffer_limit: get(&self.connections_closed_buffer_limit),
@@ -774,6 +791,7 @@ impl QuicTransport {
             replica_lane,
             client_lane,
             send_queue_total: Arc::new(link::ByteBudget::new(config.send_queue_total_bytes)),
+            client_partial_frames: link::PartialFrameBudget::new(config.client_partial_frame_bytes),
             reconnect_initial: Duration::from_millis(config.reconnect_initial_ms),
             reconnect_max: Duration::from_millis(config.reconnect_max_ms),
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
@@ -872,6 +890,13 @@ impl QuicTransport {
     /// [`TransportConfig::protocol_settings`]), with the keys of the settings that differ.
     pub fn refused_replicas(&self) -> Vec<smr_core::message::RefusedReplica> {
         self.inner.shared.refused_replicas()
+    }
+
+    /// Bytes of partial client frames buffered now, over all client connections (a gauge):
+    /// at most [`TransportConfig::client_partial_frame_bytes`] plus the first chunk of a frame
+    /// (at most 64 KiB, in practice one packet) per client stream.
+    pub fn client_partial_frame_bytes(&self) -> usize {
+        self.inner.shared.client_partial_frames.buffered()
     }
 
     /// The address the endpoint is bound to.

@@ -229,6 +229,8 @@ pub(crate) struct Shared {
     pub(crate) client_lane: Lane,
     /// Bytes in all send queues together.
     pub(crate) send_queue_total: Arc<ByteBudget>,
+    /// Bytes of partial frames buffered from all client connections together.
+    pub(crate) client_partial_frames: PartialFrameBudget,
     pub(crate) reconnect_initial: Duration,
     pub(crate) reconnect_max: Duration,
     pub(crate) connect_timeout: Duration,
@@ -296,6 +298,104 @@ impl ByteBudget {
 
     pub(crate) fn held(&self) -> usize {
         self.held.load(Ordering::Acquire)
+    }
+}
+
+/// The bytes of partial client frames buffered over all client connections: what readers
+/// hold of a frame whose body has not fully arrived. A reader that needs more than is left
+/// waits (and so stops reading its stream, which pushes back on the client through QUIC flow
+/// control); nothing fails. Replicas never draw from it: each replica connection has its own
+/// bound of one replica frame (at most two connections per replica), so the replicas' part is
+/// reserved by construction and clients cannot starve it.
+pub(crate) struct PartialFrameBudget {
+    permits: tokio::sync::Semaphore,
+    max_bytes: usize,
+    /// Bytes in client streams' buffers now, held against the budget or not (a stream's first
+    /// read of a frame, at most one chunk, is read before it is held): what
+    /// [`crate::QuicTransport::client_partial_frame_bytes`] reports.
+    buffered: AtomicUsize,
+}
+
+impl PartialFrameBudget {
+    pub(crate) fn new(max_bytes: usize) -> PartialFrameBudget {
+        let max_bytes = max_bytes.clamp(1, u32::MAX as usize);
+        PartialFrameBudget {
+            permits: tokio::sync::Semaphore::new(max_bytes),
+            max_bytes,
+            buffered: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn buffered(&self) -> usize {
+        self.buffered.load(Ordering::Acquire)
+    }
+}
+
+/// What one client stream holds of the [`PartialFrameBudget`], and what its buffer holds
+/// (for the gauge); both given back when the stream ends.
+struct PartialHeld<'a> {
+    budget: &'a PartialFrameBudget,
+    held_bytes: usize,
+    buffered_bytes: usize,
+}
+
+impl PartialHeld<'_> {
+    /// Holds `bytes` (capped at the whole budget, so that one frame larger than it can still
+    /// be read alone). Growing is all or nothing: a stream that must wait first gives back
+    /// what it holds, so that no stream waits while holding room (two streams holding half a
+    /// frame each and waiting for the rest would wait for ever). False at shutdown. `held_back`
+    /// counts the waits; the first is logged as a warning.
+    async fn hold(&mut self, bytes: usize, held_back: &AtomicU64, peer: Peer) -> bool {
+        let bytes = bytes.min(self.budget.max_bytes);
+        if bytes <= self.held_bytes {
+            self.budget.permits.add_permits(self.held_bytes - bytes);
+            self.held_bytes = bytes;
+            return true;
+        }
+        let more = u32::try_from(bytes - self.held_bytes).expect("the budget fits u32");
+        if let Ok(permit) = self.budget.permits.try_acquire_many(more) {
+            permit.forget();
+            self.held_bytes = bytes;
+            return true;
+        }
+        self.budget.permits.add_permits(self.held_bytes);
+        self.held_bytes = 0;
+        if held_back.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!(?peer, client_partial_frame_bytes = self.budget.max_bytes,
+                "the budget for partial client frames is spent; client streams wait");
+        } else {
+            tracing::debug!(?peer, "waiting for room for a partial client frame");
+        }
+        let all = u32::try_from(bytes).expect("the budget fits u32");
+        match self.budget.permits.acquire_many(all).await {
+            Ok(permit) => {
+                permit.forget();
+                self.held_bytes = bytes;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Notes that the stream's buffer holds `bytes`.
+    fn buffered(&mut self, bytes: usize) {
+        if bytes >= self.buffered_bytes {
+            self.budget
+                .buffered
+                .fetch_add(bytes - self.buffered_bytes, Ordering::AcqRel);
+        } else {
+            self.budget
+                .buffered
+                .fetch_sub(self.buffered_bytes - bytes, Ordering::AcqRel);
+        }
+        self.buffered_bytes = bytes;
+    }
+}
+
+impl Drop for PartialHeld<'_> {
+    fn drop(&mut self) {
+        self.budget.permits.add_permits(self.held_bytes);
+        self.buffered(0);
     }
 }
 
@@ -1219,6 +1319,15 @@ async fn read_frames(
         budget: buffered,
         bytes: 0,
     };
+    // A client's partial frames are also held against the budget of all clients together.
+    let mut partial = match peer {
+        Peer::Client(_) => Some(PartialHeld {
+            budget: &shared.client_partial_frames,
+            held_bytes: 0,
+            buffered_bytes: 0,
+        }),
+        Peer::Replica(_) => None,
+    };
     loop {
         let mut start = 0;
         while buffer.len() - start >= LENGTH_PREFIX_BYTES {
@@ -1273,9 +1382,40 @@ async fn read_frames(
         }
         buffer.drain(..start);
         held.set(buffer.len());
-        match stream.read_chunk(READ_CHUNK_BYTES, true).await {
+        let mut read_bytes = READ_CHUNK_BYTES;
+        if let Some(partial) = &mut partial {
+            partial.buffered(buffer.len());
+            // A client's partial frame holds room for its whole length, taken before any of
+            // its body is read past the first chunk, and reads stop at the frame's end: the
+            // buffer never outgrows what it holds. At a frame boundary it holds nothing, and
+            // the first chunk of the next frame (what one read returns, at most
+            // READ_CHUNK_BYTES) is read before it is held.
+            let room = match buffer.get(..LENGTH_PREFIX_BYTES) {
+                None => 0,
+                Some(prefix) => {
+                    let prefix: [u8; LENGTH_PREFIX_BYTES] = prefix.try_into().expect("prefix");
+                    // Checked against the frame limit by the loop above.
+                    LENGTH_PREFIX_BYTES + u32::from_be_bytes(prefix) as usize
+                }
+            };
+            if !partial
+                .hold(room, &shared.counters.frames_held_back_partial_budget, peer)
+                .await
+            {
+                return StreamEnd::Closed;
+            }
+            read_bytes = match buffer.len() {
+                0 => READ_CHUNK_BYTES,
+                short if short < LENGTH_PREFIX_BYTES => LENGTH_PREFIX_BYTES - short,
+                _ => room.saturating_sub(buffer.len()).clamp(1, READ_CHUNK_BYTES),
+            };
+        }
+        match stream.read_chunk(read_bytes, true).await {
             Ok(Some(chunk)) => {
                 buffer.extend_from_slice(&chunk.bytes);
+                if let Some(partial) = &mut partial {
+                    partial.buffered(buffer.len());
+                }
                 if !held.set(buffer.len()) {
                     return StreamEnd::BufferLimit;
                 }

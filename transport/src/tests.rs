@@ -883,3 +883,77 @@ fn stateless_reset_keys_are_stable_per_identity_and_differ_between_identities() 
     assert!(a.verify(b"connection id", &sign(&b)).is_err());
     assert!(a.verify(b"connection id", &sign(&a)[..16]).is_err());
 }
+
+/// Issue 12: partial frames had a bound per connection (one frame) but none in total, so many
+/// clients (anyone, under `clients = "any"`) each sending the head of a maximal frame made the
+/// replica buffer that head for every one of them. Six clients each send 400 KiB of a 512 KiB
+/// frame: 2.4 MiB before; now their partial frames hold at most the 1 MiB budget (plus the
+/// first chunk of a frame per waiting stream) and the rest wait, unread, in QUIC flow control.
+/// A replica's frame still passes (replicas never draw from the clients' budget), and once the
+/// clients finish their frames, every one of them is delivered: waiting fails nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_sending_heads_of_maximal_frames_hold_at_most_the_partial_frame_budget() {
+    const LIMIT: usize = 512 * 1024;
+    const BUDGET: usize = 1024 * 1024;
+    const HEAD: usize = 400 * 1024;
+    const CLIENTS: usize = 6;
+    let clients: Vec<Arc<IdentityKey>> = (0..CLIENTS as u8).map(|i| key(100 + i)).collect();
+    let admitted: Vec<PublicKey> = clients.iter().map(|k| k.public_key()).collect();
+    let peer = key(2);
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let peer_endpoint = ReplicaEndpoint {
+        id: 1,
+        addr: silent.local_addr().unwrap(),
+        public_key: peer.public_key(),
+    };
+    let (replica, endpoint) = single_replica_with(&admitted, |c| {
+        c.replicas.push(peer_endpoint);
+        c.max_frame_bytes = LIMIT;
+        c.max_client_frame_bytes = LIMIT;
+        c.client_partial_frame_bytes = BUDGET;
+    })
+    .await;
+    let mut senders = Vec::new();
+    for client in &clients {
+        let (endpoint_, conn) = raw_connect(client, &endpoint).await.unwrap();
+        let mut stream = conn.open_uni().await.unwrap();
+        let mut head = (LIMIT as u32).to_be_bytes().to_vec();
+        head.extend_from_slice(&[7; HEAD]);
+        stream.write_all(&head).await.unwrap();
+        senders.push((endpoint_, conn, stream));
+    }
+    // Let the readers take what they may.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let buffered = replica.client_partial_frame_bytes();
+    let bound = BUDGET + CLIENTS * 64 * 1024;
+    assert!(
+        buffered <= bound,
+        "{CLIENTS} clients' partial frames hold {buffered} bytes, above the budget's bound {bound}"
+    );
+    assert!(replica.stats().frames_held_back_partial_budget >= 1);
+
+    // A replica's frame is not held up by the clients' partial frames.
+    let (_peer_endpoint, peer_conn) = raw_connect(&peer, &endpoint).await.unwrap();
+    let mut stream = peer_conn.open_uni().await.unwrap();
+    stream.write_all(&frame(&[9; 300 * 1024])).await.unwrap();
+    let from_replica = recv_within(&replica).await;
+    assert_eq!(from_replica.from, Peer::Replica(1));
+    assert_eq!(from_replica.frame.len(), 300 * 1024);
+
+    // The clients finish their frames; every one arrives.
+    for (_, _, stream) in &mut senders {
+        stream.write_all(&[7; LIMIT - HEAD]).await.unwrap();
+    }
+    let mut from_clients = BTreeSet::new();
+    for _ in 0..CLIENTS {
+        let frame = recv_within(&replica).await;
+        assert_eq!(frame.frame.len(), LIMIT);
+        from_clients.insert(frame.from);
+    }
+    assert_eq!(from_clients.len(), CLIENTS);
+    wait_until("the partial frames are released", || {
+        replica.client_partial_frame_bytes() == 0
+    })
+    .await;
+    replica.shutdown().await;
+}
