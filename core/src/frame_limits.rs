@@ -19,6 +19,23 @@
 //!
 //! `core/tests/frame_limits.rs` builds the largest message and record of each type with the
 //! real encoder, over n and both modes, and checks it fits.
+//!
+//! # Why the replica limit is about 256 MiB at the defaults
+//!
+//! The largest message is the SYNC: n STOPDATA, each with up to `max_instances_ahead` (64)
+//! prepared batches of `max_batch_bytes` (1 MiB), so about n × 64 MiB (256 MiB at n = 4). It
+//! cannot be derived tighter from the config alone: a follower votes for any cid up to
+//! `max_instances_ahead` past its *own* last decided cid (so that a correct replica that lags
+//! still takes part), and a leader's `max_instances_in_flight` is not checked by followers
+//! (they do not know what the leader executed). So a correct replica that lags can hold, and
+//! must report, a prepared proof for every cid of that window; dropping any of them from its
+//! STOPDATA could lose a value that was decided (§3.10). A tighter limit needs either
+//! followers that vote at most `max_instances_in_flight` past their own decided cid (a change
+//! to when a replica votes, with its own safety and liveness argument), or a SYNC split into
+//! messages (the STOPDATA sent apart from the SYNC that names their digests). Until then, what
+//! this limit costs is bounded elsewhere: a frame is buffered only as its bytes arrive, each
+//! replica connection holds at most one partial frame (two connections per replica), and
+//! clients, who get [`client_frame_bytes`], never draw from the replicas' part.
 
 use smr_modes::Quorums;
 

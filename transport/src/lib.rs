@@ -111,7 +111,15 @@
 //! with `tracing::warn`, and the connection that carried it is closed, while every other peer is
 //! still served. A frame body is buffered only as its bytes arrive, so a peer cannot make us
 //! allocate by lying about a length, and all streams of one connection together buffer at most
-//! one frame of the peer's limit (more closes the connection, counted). A stream that ends in the
+//! one frame of the peer's limit (more closes the connection, counted). Partial frames from
+//! clients also share one total, [`TransportConfig::client_partial_frame_bytes`]: a client
+//! stream takes room for its frame's whole length (known from the prefix, already checked
+//! against the limit) before it reads past the frame's first chunk, and reads no further than
+//! the frame's end, so their buffers never outgrow the total (plus the first chunk of a frame
+//! per waiting stream). Taking room is all or nothing: a stream that must wait gives back what
+//! it holds and waits, unread, which pushes back on its client through QUIC flow control;
+//! nothing fails, and no two streams wait on each other. Replica frames never count against
+//! it, so clients cannot starve them. A stream that ends in the
 //! middle of a frame is counted as truncated.
 //!
 //! # Sending and the overflow policy
