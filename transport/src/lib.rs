@@ -81,7 +81,12 @@
 //! Clients dial every replica. A replica answers a client over the most recent live
 //! connection that client opened to it (a client may hold four; opening more closes the oldest).
 //! At most [`TransportConfig::max_client_keys`] distinct client keys may be connected at once; a
-//! further key's connection is refused, counted and logged;
+//! further key's connection is refused, counted and logged. From one source network (an IPv4
+//! /24, an IPv6 /64) at most [`TransportConfig::max_client_keys_per_source`] keys may be
+//! connected at once, and keys not already connected from it are admitted at most
+//! [`TransportConfig::client_keys_per_source_per_minute`] a minute after a burst of that many;
+//! further ones are refused, counted and logged, so that one host cannot mint keys fast enough
+//! to fill the client table under [`ClientPolicy::Any`] (docs/design.md §3.7);
 //! a frame for a client with no live connection is refused with [`SendError::UnknownPeer`]. Frames sent by a replica to itself are looped back to its own
 //! [`Network::recv`] without touching the network.
 //!
@@ -263,6 +268,15 @@ pub struct TransportConfig {
     /// from a further key is refused, counted and logged. Matters under
     /// [`ClientPolicy::Any`], where anyone can mint keys.
     pub max_client_keys: usize,
+    /// Most distinct client keys connected at once from one source network: an IPv4 /24 or an
+    /// IPv6 /64 (replica role). A connection from a further key is refused, counted and
+    /// logged. With [`TransportConfig::client_keys_per_source_per_minute`], it bounds how fast
+    /// one host can mint client keys under [`ClientPolicy::Any`] (docs/design.md §3.7).
+    pub max_client_keys_per_source: usize,
+    /// How many keys not already connected from it one source network may connect per
+    /// minute, after a burst of [`TransportConfig::max_client_keys_per_source`] (replica
+    /// role); a further one is refused, counted and logged. 0 admits no key beyond the burst.
+    pub client_keys_per_source_per_minute: u64,
     /// First delay before redialing a replica; doubles on every failure.
     pub reconnect_initial_ms: u64,
     /// Largest delay between dials.
@@ -307,6 +321,11 @@ impl TransportConfig {
     pub const DEFAULT_CLIENT_PARTIAL_FRAME_BYTES: usize = 64 * 1024 * 1024;
     /// Default [`TransportConfig::max_client_keys`]: 4096.
     pub const DEFAULT_MAX_CLIENT_KEYS: usize = 4096;
+    /// Default [`TransportConfig::max_client_keys_per_source`]: 256 (`smr bench --sweep` runs
+    /// 127 keys from one host).
+    pub const DEFAULT_MAX_CLIENT_KEYS_PER_SOURCE: usize = 256;
+    /// Default [`TransportConfig::client_keys_per_source_per_minute`]: 600, ten a second.
+    pub const DEFAULT_CLIENT_KEYS_PER_SOURCE_PER_MINUTE: u64 = 600;
     /// Default [`TransportConfig::reconnect_initial_ms`]: 100 ms.
     pub const DEFAULT_RECONNECT_INITIAL_MS: u64 = 100;
     /// Default [`TransportConfig::reconnect_max_ms`]: 5 s.
@@ -354,6 +373,8 @@ impl TransportConfig {
             recv_queue_bytes: Self::DEFAULT_RECV_QUEUE_BYTES,
             client_partial_frame_bytes: Self::DEFAULT_CLIENT_PARTIAL_FRAME_BYTES,
             max_client_keys: Self::DEFAULT_MAX_CLIENT_KEYS,
+            max_client_keys_per_source: Self::DEFAULT_MAX_CLIENT_KEYS_PER_SOURCE,
+            client_keys_per_source_per_minute: Self::DEFAULT_CLIENT_KEYS_PER_SOURCE_PER_MINUTE,
             reconnect_initial_ms: Self::DEFAULT_RECONNECT_INITIAL_MS,
             reconnect_max_ms: Self::DEFAULT_RECONNECT_MAX_MS,
             connect_timeout_ms: Self::DEFAULT_CONNECT_TIMEOUT_MS,
@@ -399,6 +420,7 @@ impl TransportConfig {
             ("recv_queue_frames", self.recv_queue_frames),
             ("recv_queue_bytes", self.recv_queue_bytes),
             ("max_client_keys", self.max_client_keys),
+            ("max_client_keys_per_source", self.max_client_keys_per_source),
         ] {
             if value == 0 {
                 return invalid(format!("{name} must be at least 1"));
@@ -479,6 +501,11 @@ impl std::fmt::Debug for TransportConfig {
             .field("recv_queue_bytes", &self.recv_queue_bytes)
             .field("client_partial_frame_bytes", &self.client_partial_frame_bytes)
             .field("max_client_keys", &self.max_client_keys)
+            .field("max_client_keys_per_source", &self.max_client_keys_per_source)
+            .field(
+                "client_keys_per_source_per_minute",
+                &self.client_keys_per_source_per_minute,
+            )
             .field("reconnect_initial_ms", &self.reconnect_initial_ms)
             .field("reconnect_max_ms", &self.reconnect_max_ms)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
@@ -587,6 +614,10 @@ pub struct TransportStats {
     /// Connections from replicas we closed because their protocol settings differ from ours
     /// (see [`TransportConfig::protocol_settings`]).
     pub connections_refused_settings: u64,
+    /// Client connections refused because their source network (IPv4 /24, IPv6 /64) had
+    /// [`TransportConfig::max_client_keys_per_source`] keys connected, or connected new keys
+    /// faster than [`TransportConfig::client_keys_per_source_per_minute`]; the first is logged.
+    pub connections_refused_source_limit: u64,
 }
 
 /// The receive queue's two lanes, read by `recv` (see the crate docs, "Receiving").
@@ -619,6 +650,7 @@ pub(crate) struct Counters {
     handshake_failures: AtomicU64,
     connections_lost: AtomicU64,
     pub(crate) connections_refused_settings: AtomicU64,
+    pub(crate) connections_refused_source_limit: AtomicU64,
 }
 
 impl Counters {
@@ -645,6 +677,7 @@ impl Counters {
             handshake_failures: get(&self.handshake_failures),
             connections_lost: get(&self.connections_lost),
             connections_refused_settings: get(&self.connections_refused_settings),
+            connections_refused_source_limit: get(&self.connections_refused_source_limit),
         }
     }
 }
@@ -796,6 +829,11 @@ impl QuicTransport {
             client_send_queue_frames: config.client_send_queue_frames,
             client_send_queue_bytes: config.client_send_queue_bytes,
             max_client_keys: config.max_client_keys,
+            client_sources: Arc::new(link::ClientSources::new(
+                config.max_client_keys_per_source,
+                config.client_keys_per_source_per_minute,
+                config.max_client_keys.saturating_mul(2),
+            )),
             replica_lane,
             client_lane,
             send_queue_total: Arc::new(link::ByteBudget::new(config.send_queue_total_bytes)),

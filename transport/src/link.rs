@@ -2,6 +2,7 @@
 //! frames.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,7 @@ pub(crate) const CLOSE_TOO_MANY_CONNECTIONS: VarInt = VarInt::from_u32(4);
 pub(crate) const CLOSE_TOO_MANY_CLIENTS: VarInt = VarInt::from_u32(5);
 pub(crate) const CLOSE_BUFFER_LIMIT: VarInt = VarInt::from_u32(6);
 pub(crate) const CLOSE_SETTINGS_DIFFER: VarInt = VarInt::from_u32(7);
+pub(crate) const CLOSE_SOURCE_LIMIT: VarInt = VarInt::from_u32(8);
 
 /// Frames are a 4-byte big-endian length followed by the body.
 pub(crate) const LENGTH_PREFIX_BYTES: usize = 4;
@@ -214,6 +216,133 @@ impl Lane {
     }
 }
 
+/// Where a client connects from, as far as admission cares: its IPv4 /24 or its IPv6 /64 (an
+/// IPv4-mapped IPv6 address counts as IPv4). One host, or one small network, is one source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ClientSource(IpAddr);
+
+impl ClientSource {
+    pub(crate) fn of(addr: IpAddr) -> ClientSource {
+        match addr {
+            IpAddr::V4(v4) => ClientSource::v4(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => ClientSource::v4(v4),
+                None => {
+                    let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                    ClientSource(IpAddr::V6(bits.into()))
+                }
+            },
+        }
+    }
+
+    fn v4(v4: std::net::Ipv4Addr) -> ClientSource {
+        ClientSource(IpAddr::V4((u32::from(v4) & 0xffff_ff00).into()))
+    }
+}
+
+/// Why a client connection was refused by [`ClientSources::admit`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SourceRefusal {
+    /// Its source has `max_client_keys_per_source` other keys connected.
+    TooManyKeys,
+    /// Its source connected new keys faster than `client_keys_per_source_per_minute`.
+    TooFast,
+}
+
+/// One source's connected client keys (with their connection counts) and its bucket of key
+/// admissions.
+struct Source {
+    keys: HashMap<PublicKey, usize>,
+    tokens: f64,
+    at: Instant,
+}
+
+/// Client admission per source (replica role; see [`ClientSource`]): at most
+/// `max_keys` distinct keys connected at once from one source, and a key that is not already
+/// connected from it is admitted only with a token of the source's bucket, which holds
+/// `max_keys` and refills at `per_minute`. So one host cannot mint keys faster than that,
+/// which is what keeps a flood of fresh keys from filling the replicated client table under
+/// `clients = "any"` (docs/design.md §3.7). Not replicated state: it only decides which
+/// connections reach the engine.
+pub(crate) struct ClientSources {
+    max_keys: usize,
+    per_minute: u64,
+    /// Most sources remembered; beyond it, sources with no key connected are forgotten.
+    max_sources: usize,
+    sources: Mutex<HashMap<ClientSource, Source>>,
+}
+
+impl ClientSources {
+    pub(crate) fn new(max_keys: usize, per_minute: u64, max_sources: usize) -> ClientSources {
+        ClientSources {
+            max_keys,
+            per_minute,
+            max_sources: max_sources.max(1),
+            sources: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Admits `key` connecting from `addr`, or says why not. The guard holds its place until
+    /// the connection ends.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        addr: IpAddr,
+        key: PublicKey,
+    ) -> Result<SourceGuard, SourceRefusal> {
+        let source = ClientSource::of(addr);
+        let now = Instant::now();
+        let mut sources = lock(&self.sources);
+        if sources.len() >= self.max_sources && !sources.contains_key(&source) {
+            sources.retain(|_, s| !s.keys.is_empty());
+        }
+        let capacity = self.max_keys as f64;
+        let entry = sources.entry(source).or_insert(Source {
+            keys: HashMap::new(),
+            tokens: capacity,
+            at: now,
+        });
+        let elapsed = now.saturating_duration_since(entry.at).as_secs_f64();
+        entry.tokens = (entry.tokens + elapsed * self.per_minute as f64 / 60.0).min(capacity);
+        entry.at = now;
+        if let Some(count) = entry.keys.get_mut(&key) {
+            *count += 1;
+        } else if entry.keys.len() >= self.max_keys {
+            return Err(SourceRefusal::TooManyKeys);
+        } else if entry.tokens < 1.0 {
+            return Err(SourceRefusal::TooFast);
+        } else {
+            entry.tokens -= 1.0;
+            entry.keys.insert(key, 1);
+        }
+        Ok(SourceGuard {
+            sources: self.clone(),
+            source,
+            key,
+        })
+    }
+}
+
+/// A client connection's place in its source's count; released when dropped.
+pub(crate) struct SourceGuard {
+    sources: Arc<ClientSources>,
+    source: ClientSource,
+    key: PublicKey,
+}
+
+impl Drop for SourceGuard {
+    fn drop(&mut self) {
+        let mut sources = lock(&self.sources.sources);
+        if let Some(source) = sources.get_mut(&self.source) {
+            if let Some(count) = source.keys.get_mut(&self.key) {
+                *count -= 1;
+                if *count == 0 {
+                    source.keys.remove(&self.key);
+                }
+            }
+        }
+    }
+}
+
 /// State shared by the transport handle and all of its tasks.
 pub(crate) struct Shared {
     pub(crate) me: String,
@@ -222,6 +351,8 @@ pub(crate) struct Shared {
     pub(crate) client_send_queue_frames: usize,
     pub(crate) client_send_queue_bytes: usize,
     pub(crate) max_client_keys: usize,
+    /// Client admission per source address (replica role).
+    pub(crate) client_sources: Arc<ClientSources>,
     /// The receive queue's lane for replica frames (our own loopback frames included): a
     /// reader takes a frame's room before queueing it, and `recv` gives it back.
     pub(crate) replica_lane: Lane,
@@ -1110,7 +1241,27 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
         }
         return;
     }
+    // A client connection's place in its source's count, held until the connection ends.
+    let mut _source = None;
     if let Peer::Client(key) = peer {
+        _source = match shared.client_sources.admit(remote.ip(), key) {
+            Ok(guard) => Some(guard),
+            Err(refusal) => {
+                let count =
+                    shared.counters.connections_refused_source_limit.fetch_add(1, Ordering::Relaxed);
+                let why = match refusal {
+                    SourceRefusal::TooManyKeys => "max_client_keys_per_source other client keys are connected from its network",
+                    SourceRefusal::TooFast => "its network connected new client keys faster than client_keys_per_source_per_minute",
+                };
+                if count == 0 {
+                    tracing::warn!(me = %shared.me, ?peer, %remote, "refusing a client connection: {why}");
+                } else {
+                    tracing::debug!(me = %shared.me, ?peer, %remote, "refusing a client connection: {why}");
+                }
+                conn.close(CLOSE_SOURCE_LIMIT, b"too many client keys from this network");
+                return;
+            }
+        };
         let (queue_tx, queue_rx) = SendQueue::new(
             shared.client_send_queue_frames,
             shared.client_send_queue_bytes,

@@ -957,3 +957,38 @@ async fn many_clients_sending_heads_of_maximal_frames_hold_at_most_the_partial_f
     .await;
     replica.shutdown().await;
 }
+
+#[test]
+fn a_client_source_is_its_ipv4_slash_24_or_ipv6_slash_64() {
+    use crate::link::ClientSource;
+    let of = |ip: &str| ClientSource::of(ip.parse().unwrap());
+    assert_eq!(of("192.0.2.1"), of("192.0.2.254"));
+    assert_ne!(of("192.0.2.1"), of("192.0.3.1"));
+    assert_eq!(of("::ffff:192.0.2.7"), of("192.0.2.9"));
+    assert_eq!(of("2001:db8:1:2::1"), of("2001:db8:1:2:ffff::9"));
+    assert_ne!(of("2001:db8:1:2::1"), of("2001:db8:1:3::1"));
+}
+
+#[test]
+fn a_source_gets_its_burst_of_keys_then_none_faster_than_its_rate() {
+    use crate::link::{ClientSources, SourceRefusal};
+    let sources = Arc::new(ClientSources::new(2, 0, 16));
+    let ip = "192.0.2.1".parse().unwrap();
+    let a = sources.admit(ip, key(1).public_key()).unwrap();
+    let b = sources.admit(ip, key(2).public_key()).unwrap();
+    // A key already connected may connect again; a third key may not.
+    let a_again = sources.admit(ip, key(1).public_key()).unwrap();
+    assert_eq!(
+        sources.admit(ip, key(3).public_key()).err(),
+        Some(SourceRefusal::TooManyKeys)
+    );
+    // Once a key leaves, its place is free, but the burst is spent and the rate is 0.
+    drop((a, a_again));
+    assert_eq!(
+        sources.admit(ip, key(3).public_key()).err(),
+        Some(SourceRefusal::TooFast)
+    );
+    // Another network has its own.
+    let _other = sources.admit("192.0.3.1".parse().unwrap(), key(3).public_key()).unwrap();
+    drop(b);
+}
