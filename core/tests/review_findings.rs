@@ -370,7 +370,13 @@ fn a_flood_of_unordered_reads_is_answered_up_to_the_clients_budget_and_no_more()
     );
     assert_eq!(engine.stats().unordered_reads_withheld, 2);
     assert_eq!(
-        read(&mut engine, &flooder, 4, 10 + 3 * interval_ms, 10 + 3 * interval_ms),
+        read(
+            &mut engine,
+            &flooder,
+            4,
+            10 + 3 * interval_ms,
+            10 + 3 * interval_ms
+        ),
         (query(id(&flooder, 4)), Some(reply(id(&flooder, 4)))),
         "after a full interval the flooder is answered again"
     );

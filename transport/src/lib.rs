@@ -405,7 +405,10 @@ impl TransportConfig {
         for (name, value) in [
             ("max_frame_bytes", self.max_frame_bytes),
             ("max_client_frame_bytes", self.max_client_frame_bytes),
-            ("client_partial_frame_bytes", self.client_partial_frame_bytes),
+            (
+                "client_partial_frame_bytes",
+                self.client_partial_frame_bytes,
+            ),
         ] {
             if value == 0 || u32::try_from(value).is_err() {
                 return invalid(format!("{name} must be in 1..={}, not {value}", u32::MAX));
@@ -420,7 +423,10 @@ impl TransportConfig {
             ("recv_queue_frames", self.recv_queue_frames),
             ("recv_queue_bytes", self.recv_queue_bytes),
             ("max_client_keys", self.max_client_keys),
-            ("max_client_keys_per_source", self.max_client_keys_per_source),
+            (
+                "max_client_keys_per_source",
+                self.max_client_keys_per_source,
+            ),
         ] {
             if value == 0 {
                 return invalid(format!("{name} must be at least 1"));
@@ -499,9 +505,15 @@ impl std::fmt::Debug for TransportConfig {
             .field("send_queue_total_bytes", &self.send_queue_total_bytes)
             .field("recv_queue_frames", &self.recv_queue_frames)
             .field("recv_queue_bytes", &self.recv_queue_bytes)
-            .field("client_partial_frame_bytes", &self.client_partial_frame_bytes)
+            .field(
+                "client_partial_frame_bytes",
+                &self.client_partial_frame_bytes,
+            )
             .field("max_client_keys", &self.max_client_keys)
-            .field("max_client_keys_per_source", &self.max_client_keys_per_source)
+            .field(
+                "max_client_keys_per_source",
+                &self.max_client_keys_per_source,
+            )
             .field(
                 "client_keys_per_source_per_minute",
                 &self.client_keys_per_source_per_minute,

@@ -2,8 +2,8 @@
 //! frames.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -492,8 +492,11 @@ impl PartialHeld<'_> {
         self.budget.permits.add_permits(self.held_bytes);
         self.held_bytes = 0;
         if held_back.fetch_add(1, Ordering::Relaxed) == 0 {
-            tracing::warn!(?peer, client_partial_frame_bytes = self.budget.max_bytes,
-                "the budget for partial client frames is spent; client streams wait");
+            tracing::warn!(
+                ?peer,
+                client_partial_frame_bytes = self.budget.max_bytes,
+                "the budget for partial client frames is spent; client streams wait"
+            );
         } else {
             tracing::debug!(?peer, "waiting for room for a partial client frame");
         }
@@ -1247,8 +1250,10 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
         _source = match shared.client_sources.admit(remote.ip(), key) {
             Ok(guard) => Some(guard),
             Err(refusal) => {
-                let count =
-                    shared.counters.connections_refused_source_limit.fetch_add(1, Ordering::Relaxed);
+                let count = shared
+                    .counters
+                    .connections_refused_source_limit
+                    .fetch_add(1, Ordering::Relaxed);
                 let why = match refusal {
                     SourceRefusal::TooManyKeys => "max_client_keys_per_source other client keys are connected from its network",
                     SourceRefusal::TooFast => "its network connected new client keys faster than client_keys_per_source_per_minute",
@@ -1258,7 +1263,10 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
                 } else {
                     tracing::debug!(me = %shared.me, ?peer, %remote, "refusing a client connection: {why}");
                 }
-                conn.close(CLOSE_SOURCE_LIMIT, b"too many client keys from this network");
+                conn.close(
+                    CLOSE_SOURCE_LIMIT,
+                    b"too many client keys from this network",
+                );
                 return;
             }
         };

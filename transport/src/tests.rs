@@ -989,6 +989,8 @@ fn a_source_gets_its_burst_of_keys_then_none_faster_than_its_rate() {
         Some(SourceRefusal::TooFast)
     );
     // Another network has its own.
-    let _other = sources.admit("192.0.3.1".parse().unwrap(), key(3).public_key()).unwrap();
+    let _other = sources
+        .admit("192.0.3.1".parse().unwrap(), key(3).public_key())
+        .unwrap();
     drop(b);
 }

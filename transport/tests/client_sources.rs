@@ -46,7 +46,9 @@ async fn one_request(
     let mut config = TransportConfig::client(identity.clone(), replicas.to_vec());
     config.reconnect_initial_ms = 50;
     config.reconnect_max_ms = 200;
-    let client = QuicTransport::start_with_socket(config, socket).await.unwrap();
+    let client = QuicTransport::start_with_socket(config, socket)
+        .await
+        .unwrap();
     let request = Request::new(
         RequestBody {
             client: identity.public_key(),
