@@ -135,9 +135,38 @@ impl Lane {
 
     /// Takes room for a frame of `length` bytes from `peer` without waiting.
     pub(crate) fn try_reserve(&self, peer: Peer, length: usize) -> bool {
+        self.try_reserve_permits(peer, self.share_permits(length), self.lane_permits(length))
+    }
+
+    /// Takes room for several frames from `peer` at once, without waiting: what
+    /// [`Lane::try_reserve`] takes for each, summed, in one step (one share lookup and one
+    /// acquisition from each semaphore instead of one per frame). Each frame is released on
+    /// its own ([`Lane::release`]), so the bounds are those of reserving one by one. False
+    /// (taking nothing) if the room is not there now, or if the frames together exceed a
+    /// bound that each fits alone; the caller then reserves frame by frame, waiting.
+    pub(crate) fn try_reserve_many(
+        &self,
+        peer: Peer,
+        lengths: impl IntoIterator<Item = usize>,
+    ) -> bool {
+        let (mut share, mut lane) = (0usize, 0usize);
+        for length in lengths {
+            share = share.saturating_add(self.share_permits(length) as usize);
+            lane = lane.saturating_add(self.lane_permits(length) as usize);
+        }
+        if share > self.share_bytes || lane > self.max_bytes {
+            return false;
+        }
+        match (u32::try_from(share), u32::try_from(lane)) {
+            (Ok(share), Ok(lane)) => self.try_reserve_permits(peer, share, lane),
+            _ => false,
+        }
+    }
+
+    fn try_reserve_permits(&self, peer: Peer, share_permits: u32, lane_permits: u32) -> bool {
         let share = self.share(peer);
-        let reserved = match share.try_acquire_many(self.share_permits(length)) {
-            Ok(share_permit) => match self.bytes.try_acquire_many(self.lane_permits(length)) {
+        let reserved = match share.try_acquire_many(share_permits) {
+            Ok(share_permit) => match self.bytes.try_acquire_many(lane_permits) {
                 Ok(permit) => {
                     permit.forget();
                     share_permit.forget();
@@ -1487,8 +1516,13 @@ async fn read_frames(
         }),
         Peer::Replica(_) => None,
     };
+    // The complete frames cut from the buffer in one pass, as (body offset, length).
+    let mut cut: Vec<(usize, usize)> = Vec::new();
     loop {
         let mut start = 0;
+        // Set when a prefix is refused: the frames cut before it are still handed off.
+        let mut end = None;
+        cut.clear();
         while buffer.len() - start >= LENGTH_PREFIX_BYTES {
             let prefix: [u8; LENGTH_PREFIX_BYTES] = buffer[start..start + LENGTH_PREFIX_BYTES]
                 .try_into()
@@ -1497,9 +1531,10 @@ async fn read_frames(
             let length = match usize::try_from(length_bytes) {
                 Ok(length) if length <= max_frame_bytes => length,
                 _ => {
-                    return StreamEnd::Oversize {
+                    end = Some(StreamEnd::Oversize {
                         length_bytes: u64::from(length_bytes),
-                    }
+                    });
+                    break;
                 }
             };
             let body = start + LENGTH_PREFIX_BYTES;
@@ -1516,28 +1551,49 @@ async fn read_frames(
                 start = body + length;
                 continue;
             }
-            let frame = buffer[body..body + length].to_vec();
+            cut.push((body, length));
             start = body + length;
-            // Counted before the hand-off so that whoever receives the frame already sees it
-            // counted.
-            bump(&shared.counters.frames_received, 1);
-            bump(&shared.counters.bytes_received, length as u64);
-            let lane = shared.lane(peer);
-            if !lane
-                .reserve(peer, length, &shared.counters.frames_held_back_peer_share)
-                .await
+        }
+        // Counted before the hand-off so that whoever receives a frame already sees it
+        // counted.
+        bump(&shared.counters.frames_received, cut.len() as u64);
+        bump(
+            &shared.counters.bytes_received,
+            cut.iter().map(|&(_, length)| length as u64).sum(),
+        );
+        let lane = shared.lane(peer);
+        // Several frames from one read take their room in the receive queue in one step when
+        // it is there (the common case under load); otherwise frame by frame, waiting.
+        let reserved_together =
+            cut.len() > 1 && lane.try_reserve_many(peer, cut.iter().map(|&(_, length)| length));
+        for (i, &(body, length)) in cut.iter().enumerate() {
+            if !reserved_together
+                && !lane
+                    .reserve(peer, length, &shared.counters.frames_held_back_peer_share)
+                    .await
             {
                 return StreamEnd::Closed;
             }
+            let frame = buffer[body..body + length].to_vec();
             if lane
                 .tx
                 .send(InboundFrame { from: peer, frame })
                 .await
                 .is_err()
             {
-                lane.release(peer, length);
+                let unsent = if reserved_together {
+                    &cut[i..]
+                } else {
+                    &cut[i..=i]
+                };
+                for &(_, length) in unsent {
+                    lane.release(peer, length);
+                }
                 return StreamEnd::Closed;
             }
+        }
+        if let Some(end) = end {
+            return end;
         }
         buffer.drain(..start);
         held.set(buffer.len());

@@ -994,3 +994,32 @@ fn a_source_gets_its_burst_of_keys_then_none_faster_than_its_rate() {
         .unwrap();
     drop(b);
 }
+
+#[tokio::test]
+async fn frames_reserved_together_hold_what_they_would_one_by_one_and_release_one_by_one() {
+    use crate::link::Lane;
+    let (tx, _rx) = tokio::sync::mpsc::channel(16);
+    // 1000 bytes, 10 frames: a frame holds at least 100 against its peer's share of 400.
+    let lane = Lane::new(tx, 1000, 10, 400);
+    let peer = Peer::Replica(1);
+    assert!(
+        lane.try_reserve_many(peer, [10, 150]),
+        "100 + 150 of the share"
+    );
+    assert!(
+        !lane.try_reserve_many(peer, [10, 10]),
+        "200 more would cross the share"
+    );
+    assert!(
+        lane.try_reserve(peer, 10),
+        "one more frame fits: 350 of 400"
+    );
+    // Together beyond the share, though each would fit alone: refused, nothing taken.
+    assert!(!lane.try_reserve_many(Peer::Replica(2), [300, 300]));
+    assert_eq!(lane.bytes.available_permits(), 1000 - 10 - 150 - 10);
+    for length in [10, 150, 10] {
+        lane.release(peer, length);
+    }
+    assert_eq!(lane.bytes.available_permits(), 1000);
+    assert_eq!(lane.shares_held(), 0);
+}
