@@ -123,7 +123,9 @@
 //! the frame's end, so their buffers never outgrow the total (plus the first chunk of a frame
 //! per waiting stream). Taking room is all or nothing: a stream that must wait gives back what
 //! it holds and waits, unread, which pushes back on its client through QUIC flow control;
-//! nothing fails, and no two streams wait on each other. Replica frames never count against
+//! nothing fails, and no two streams wait on each other. One source network (an IPv4 /24, an
+//! IPv6 /64) may hold at most an eighth of the total (at least one client frame), so one host
+//! cannot make every other client's large frames wait. Replica frames never count against
 //! it, so clients cannot starve them. A stream that ends in the
 //! middle of a frame is counted as truncated.
 //!
@@ -261,8 +263,9 @@ pub struct TransportConfig {
     pub recv_queue_bytes: usize,
     /// Bound of the bytes of partial frames (frames whose body has not fully arrived) buffered
     /// from all client connections together (replica role). A client stream that needs more
-    /// waits, which pushes back on its client through QUIC flow control. Replica frames never
-    /// count against it: each replica connection has its own bound of one frame.
+    /// waits, which pushes back on its client through QUIC flow control. One source network
+    /// (IPv4 /24, IPv6 /64) may hold an eighth of it, at least one client frame. Replica frames
+    /// never count against it: each replica connection has its own bound of one frame.
     pub client_partial_frame_bytes: usize,
     /// Most distinct client keys with live connections at once (replica role); a connection
     /// from a further key is refused, counted and logged. Matters under
@@ -849,7 +852,10 @@ impl QuicTransport {
             replica_lane,
             client_lane,
             send_queue_total: Arc::new(link::ByteBudget::new(config.send_queue_total_bytes)),
-            client_partial_frames: link::PartialFrameBudget::new(config.client_partial_frame_bytes),
+            client_partial_frames: link::PartialFrameBudget::new(
+                config.client_partial_frame_bytes,
+                config.max_client_frame_bytes,
+            ),
             reconnect_initial: Duration::from_millis(config.reconnect_initial_ms),
             reconnect_max: Duration::from_millis(config.reconnect_max_ms),
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),

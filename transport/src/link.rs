@@ -461,15 +461,25 @@ impl ByteBudget {
     }
 }
 
+/// How many source networks together can hold the whole [`PartialFrameBudget`]: each may hold
+/// `1 / PARTIAL_FRAME_SOURCE_SHARES` of it (at least one client frame), so that one host cannot
+/// take all the room and make every other client's large frames wait.
+pub(crate) const PARTIAL_FRAME_SOURCE_SHARES: usize = 8;
+
 /// The bytes of partial client frames buffered over all client connections: what readers
-/// hold of a frame whose body has not fully arrived. A reader that needs more than is left
-/// waits (and so stops reading its stream, which pushes back on the client through QUIC flow
-/// control); nothing fails. Replicas never draw from it: each replica connection has its own
-/// bound of one replica frame (at most two connections per replica), so the replicas' part is
-/// reserved by construction and clients cannot starve it.
+/// hold of a frame whose body has not fully arrived, in total and per source network
+/// ([`ClientSource`]). A reader that needs more than is left waits (and so stops reading its
+/// stream, which pushes back on the client through QUIC flow control); nothing fails. Replicas
+/// never draw from it: each replica connection has its own bound of one replica frame (at most
+/// two connections per replica), so the replicas' part is reserved by construction and
+/// clients cannot starve it.
 pub(crate) struct PartialFrameBudget {
     permits: tokio::sync::Semaphore,
     max_bytes: usize,
+    /// The most one source network may hold.
+    share_bytes: usize,
+    /// The shares of the sources with client streams open.
+    shares: Mutex<HashMap<ClientSource, Arc<tokio::sync::Semaphore>>>,
     /// Bytes in client streams' buffers now, held against the budget or not (a stream's first
     /// read of a frame, at most one chunk, is read before it is held): what
     /// [`crate::QuicTransport::client_partial_frame_bytes`] reports.
@@ -477,11 +487,17 @@ pub(crate) struct PartialFrameBudget {
 }
 
 impl PartialFrameBudget {
-    pub(crate) fn new(max_bytes: usize) -> PartialFrameBudget {
+    /// A budget of `max_bytes` in all, for client frames of at most `max_frame_bytes`.
+    pub(crate) fn new(max_bytes: usize, max_frame_bytes: usize) -> PartialFrameBudget {
         let max_bytes = max_bytes.clamp(1, u32::MAX as usize);
+        let share_bytes = (max_bytes / PARTIAL_FRAME_SOURCE_SHARES)
+            .max(max_frame_bytes.saturating_add(LENGTH_PREFIX_BYTES))
+            .clamp(1, max_bytes);
         PartialFrameBudget {
             permits: tokio::sync::Semaphore::new(max_bytes),
             max_bytes,
+            share_bytes,
+            shares: Mutex::new(HashMap::new()),
             buffered: AtomicUsize::new(0),
         }
     }
@@ -489,55 +505,91 @@ impl PartialFrameBudget {
     pub(crate) fn buffered(&self) -> usize {
         self.buffered.load(Ordering::Acquire)
     }
+
+    /// How many sources have a share (for tests).
+    #[cfg(test)]
+    pub(crate) fn shares_held(&self) -> usize {
+        lock(&self.shares).len()
+    }
+
+    fn holder(&self, source: ClientSource) -> PartialHeld<'_> {
+        let share = lock(&self.shares)
+            .entry(source)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.share_bytes)))
+            .clone();
+        PartialHeld {
+            budget: self,
+            source,
+            share,
+            held_bytes: 0,
+            buffered_bytes: 0,
+        }
+    }
 }
 
-/// What one client stream holds of the [`PartialFrameBudget`], and what its buffer holds
-/// (for the gauge); both given back when the stream ends.
+/// What one client stream holds of the [`PartialFrameBudget`] (the same bytes in its source's
+/// share and in the total), and what its buffer holds (for the gauge); both given back when
+/// the stream ends.
 struct PartialHeld<'a> {
     budget: &'a PartialFrameBudget,
+    source: ClientSource,
+    share: Arc<tokio::sync::Semaphore>,
     held_bytes: usize,
     buffered_bytes: usize,
 }
 
 impl PartialHeld<'_> {
-    /// Holds `bytes` (capped at the whole budget, so that one frame larger than it can still
-    /// be read alone). Growing is all or nothing: a stream that must wait first gives back
-    /// what it holds, so that no stream waits while holding room (two streams holding half a
-    /// frame each and waiting for the rest would wait for ever). False at shutdown. `held_back`
+    fn give_back(&mut self, bytes: usize) {
+        self.share.add_permits(bytes);
+        self.budget.permits.add_permits(bytes);
+        self.held_bytes -= bytes;
+    }
+
+    /// Holds `bytes` (capped at a source's share, which holds at least one frame of the client
+    /// limit). Growing is all or nothing: a stream that must wait first gives back what it
+    /// holds, then waits for its source's share and then for the total, so that no stream
+    /// waits while holding room in the total (two streams holding half a frame each and
+    /// waiting for the rest would wait for ever; a stream that holds room in the total holds
+    /// all it needs, and gives it back when its frame is in). False at shutdown. `held_back`
     /// counts the waits; the first is logged as a warning.
     async fn hold(&mut self, bytes: usize, held_back: &AtomicU64, peer: Peer) -> bool {
-        let bytes = bytes.min(self.budget.max_bytes);
+        let bytes = bytes.min(self.budget.share_bytes);
         if bytes <= self.held_bytes {
-            self.budget.permits.add_permits(self.held_bytes - bytes);
-            self.held_bytes = bytes;
+            self.give_back(self.held_bytes - bytes);
             return true;
         }
         let more = u32::try_from(bytes - self.held_bytes).expect("the budget fits u32");
-        if let Ok(permit) = self.budget.permits.try_acquire_many(more) {
-            permit.forget();
-            self.held_bytes = bytes;
-            return true;
+        if let Ok(share) = self.share.try_acquire_many(more) {
+            if let Ok(total) = self.budget.permits.try_acquire_many(more) {
+                share.forget();
+                total.forget();
+                self.held_bytes = bytes;
+                return true;
+            }
         }
-        self.budget.permits.add_permits(self.held_bytes);
-        self.held_bytes = 0;
+        self.give_back(self.held_bytes);
         if held_back.fetch_add(1, Ordering::Relaxed) == 0 {
             tracing::warn!(
                 ?peer,
+                source = ?self.source,
                 client_partial_frame_bytes = self.budget.max_bytes,
-                "the budget for partial client frames is spent; client streams wait"
+                source_share_bytes = self.budget.share_bytes,
+                "the budget for partial client frames (or its network's share) is spent; client streams wait"
             );
         } else {
             tracing::debug!(?peer, "waiting for room for a partial client frame");
         }
         let all = u32::try_from(bytes).expect("the budget fits u32");
-        match self.budget.permits.acquire_many(all).await {
-            Ok(permit) => {
-                permit.forget();
-                self.held_bytes = bytes;
-                true
-            }
-            Err(_) => false,
-        }
+        let Ok(share) = self.share.acquire_many(all).await else {
+            return false;
+        };
+        let Ok(total) = self.budget.permits.acquire_many(all).await else {
+            return false;
+        };
+        share.forget();
+        total.forget();
+        self.held_bytes = bytes;
+        true
     }
 
     /// Notes that the stream's buffer holds `bytes`.
@@ -557,8 +609,15 @@ impl PartialHeld<'_> {
 
 impl Drop for PartialHeld<'_> {
     fn drop(&mut self) {
-        self.budget.permits.add_permits(self.held_bytes);
+        self.give_back(self.held_bytes);
         self.buffered(0);
+        let mut shares = lock(&self.budget.shares);
+        // The map's and ours: nobody else holds or waits on this share.
+        if Arc::strong_count(&self.share) == 2
+            && self.share.available_permits() == self.budget.share_bytes
+        {
+            shares.remove(&self.source);
+        }
     }
 }
 
@@ -1450,10 +1509,11 @@ async fn read_stream(
     buffered: Arc<ByteBudget>,
 ) {
     let mut shutdown = shared.shutdown_rx();
+    let source = Some(ClientSource::of(conn.remote_address().ip()));
     let end = tokio::select! {
         biased;
         _ = shutdown_signaled(&mut shutdown) => StreamEnd::Closed,
-        end = read_frames(&shared, &mut stream, peer, &buffered) => end,
+        end = read_frames(&shared, &mut stream, peer, source, &buffered) => end,
     };
     match end {
         StreamEnd::Finished | StreamEnd::Closed => {}
@@ -1494,6 +1554,7 @@ async fn read_frames(
     shared: &Shared,
     stream: &mut RecvStream,
     peer: Peer,
+    source: Option<ClientSource>,
     buffered: &ByteBudget,
 ) -> StreamEnd {
     let max_frame_bytes = shared.frame_limit(peer);
@@ -1507,14 +1568,11 @@ async fn read_frames(
         budget: buffered,
         bytes: 0,
     };
-    // A client's partial frames are also held against the budget of all clients together.
-    let mut partial = match peer {
-        Peer::Client(_) => Some(PartialHeld {
-            budget: &shared.client_partial_frames,
-            held_bytes: 0,
-            buffered_bytes: 0,
-        }),
-        Peer::Replica(_) => None,
+    // A client's partial frames are also held against the budget of all clients together,
+    // and its source network's share of it.
+    let mut partial = match (peer, source) {
+        (Peer::Client(_), Some(source)) => Some(shared.client_partial_frames.holder(source)),
+        _ => None,
     };
     // The complete frames cut from the buffer in one pass, as (body offset, length).
     let mut cut: Vec<(usize, usize)> = Vec::new();

@@ -60,10 +60,20 @@ fn raw_client(
     identity: &IdentityKey,
     server_key: PublicKey,
 ) -> (quinn::Endpoint, quinn::ClientConfig) {
+    raw_client_on("127.0.0.1", identity, server_key)
+}
+
+/// [`raw_client`], bound on `ip` (any 127.x.y.z: another source network than 127.0.0.1's /24
+/// for the replica's per-source limits).
+fn raw_client_on(
+    ip: &str,
+    identity: &IdentityKey,
+    server_key: PublicKey,
+) -> (quinn::Endpoint, quinn::ClientConfig) {
     let local = tls::LocalCertificate::from_identity(identity).unwrap();
     let crypto = tls::client_config(&local, server_key, Arc::new(Counters::default())).unwrap();
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let endpoint = quinn::Endpoint::client(format!("{ip}:0").parse().unwrap()).unwrap();
     (endpoint, quinn::ClientConfig::new(Arc::new(crypto)))
 }
 
@@ -71,7 +81,15 @@ async fn raw_connect(
     identity: &IdentityKey,
     replica: &ReplicaEndpoint,
 ) -> Result<(quinn::Endpoint, quinn::Connection), ConnectionError> {
-    let (endpoint, config) = raw_client(identity, replica.public_key);
+    raw_connect_from("127.0.0.1", identity, replica).await
+}
+
+async fn raw_connect_from(
+    ip: &str,
+    identity: &IdentityKey,
+    replica: &ReplicaEndpoint,
+) -> Result<(quinn::Endpoint, quinn::Connection), ConnectionError> {
+    let (endpoint, config) = raw_client_on(ip, identity, replica.public_key);
     let connecting = endpoint
         .connect_with(config, replica.addr, tls::SERVER_NAME)
         .unwrap();
@@ -1022,4 +1040,50 @@ async fn frames_reserved_together_hold_what_they_would_one_by_one_and_release_on
     }
     assert_eq!(lane.bytes.available_permits(), 1000);
     assert_eq!(lane.shares_held(), 0);
+}
+
+/// The partial-frame budget is shared per source network too: one host that claims maximal
+/// frames on many streams and never sends their bodies (4 bytes each) holds at most its share
+/// (one frame here), and a client on another network still gets room for its own large frame.
+/// Without shares, the host's first three claims held 1.5 MiB of the 2 MiB total and the other
+/// client's 512 KiB frame waited for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_holding_partial_frames_does_not_make_another_networks_frames_wait() {
+    const LIMIT: usize = 512 * 1024;
+    const BUDGET: usize = 2 * 1024 * 1024;
+    let flooders: Vec<Arc<IdentityKey>> = (0..6u8).map(|i| key(120 + i)).collect();
+    let other = key(130);
+    let admitted: Vec<PublicKey> = flooders
+        .iter()
+        .chain([&other])
+        .map(|k| k.public_key())
+        .collect();
+    let (replica, endpoint) = single_replica_with(&admitted, |c| {
+        c.max_client_frame_bytes = LIMIT;
+        c.client_partial_frame_bytes = BUDGET;
+    })
+    .await;
+    let mut held = Vec::new();
+    for flooder in &flooders {
+        let (endpoint_, conn) = raw_connect(flooder, &endpoint).await.unwrap();
+        let mut stream = conn.open_uni().await.unwrap();
+        let mut claim = (LIMIT as u32).to_be_bytes().to_vec();
+        claim.push(1);
+        stream.write_all(&claim).await.unwrap();
+        held.push((endpoint_, conn, stream));
+    }
+    wait_until("the flooding host's streams wait for room", || {
+        replica.stats().frames_held_back_partial_budget >= 3
+    })
+    .await;
+    let (_other_endpoint, conn) = raw_connect_from("127.0.1.1", &other, &endpoint)
+        .await
+        .unwrap();
+    let mut stream = conn.open_uni().await.unwrap();
+    stream.write_all(&frame(&[5; LIMIT])).await.unwrap();
+    let frame = recv_within(&replica).await;
+    assert_eq!(frame.from, Peer::Client(other.public_key()));
+    assert_eq!(frame.frame.len(), LIMIT);
+    drop(held);
+    replica.shutdown().await;
 }
