@@ -55,16 +55,9 @@ async fn single_replica_with(
     (transport, endpoint)
 }
 
-/// A bare quinn client endpoint on 127.0.0.1 presenting `identity` and expecting `server_key`.
-fn raw_client(
-    identity: &IdentityKey,
-    server_key: PublicKey,
-) -> (quinn::Endpoint, quinn::ClientConfig) {
-    raw_client_on("127.0.0.1", identity, server_key)
-}
-
-/// [`raw_client`], bound on `ip` (any 127.x.y.z: another source network than 127.0.0.1's /24
-/// for the replica's per-source limits).
+/// A bare quinn client endpoint on `ip` presenting `identity` and expecting `server_key`. Any
+/// 127.x.y.z works: another source network than 127.0.0.1's /24 for the replica's per-source
+/// limits.
 fn raw_client_on(
     ip: &str,
     identity: &IdentityKey,
@@ -1084,6 +1077,9 @@ async fn one_host_holding_partial_frames_does_not_make_another_networks_frames_w
     let frame = recv_within(&replica).await;
     assert_eq!(frame.from, Peer::Client(other.public_key()));
     assert_eq!(frame.frame.len(), LIMIT);
-    drop(held);
+    // Once every stream is gone, so are the sources' shares.
+    drop((held, stream, conn));
+    let partial = &replica.inner.shared.client_partial_frames;
+    wait_until("the shares are forgotten", || partial.shares_held() == 0).await;
     replica.shutdown().await;
 }
