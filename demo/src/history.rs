@@ -161,7 +161,7 @@ pub enum RegisterViolation {
     },
     #[error("key {key}: the put of {value} is not in the chain of writes from the unset key (lost, or a cycle)")]
     Detached { key: String, value: String },
-    #[error("key {key}: {0}", key = .key)]
+    #[error("key {key}: {violation}")]
     Order {
         key: String,
         #[source]
