@@ -399,7 +399,13 @@ mod tests {
             Err(HistoryViolation::RepeatedAdd { value: 1 })
         );
     }
-    fn put(origin: Instant, from: u64, to: u64, value: &str, previous: Option<&str>) -> RegisterEvent {
+    fn put(
+        origin: Instant,
+        from: u64,
+        to: u64,
+        value: &str,
+        previous: Option<&str>,
+    ) -> RegisterEvent {
         RegisterEvent {
             key: b"k".to_vec(),
             call: RegisterCall::Put {
@@ -477,10 +483,7 @@ mod tests {
     #[test]
     fn a_cycle_of_puts_detached_from_the_unset_key_is_refused() {
         let o = Instant::now();
-        let events = vec![
-            put(o, 0, 1, "a", Some("b")),
-            put(o, 0, 1, "b", Some("a")),
-        ];
+        let events = vec![put(o, 0, 1, "a", Some("b")), put(o, 0, 1, "b", Some("a"))];
         assert!(matches!(
             check_register_history(&events),
             Err(RegisterViolation::UnknownValue { .. } | RegisterViolation::Detached { .. })

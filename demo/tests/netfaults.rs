@@ -62,6 +62,10 @@ use smr_transport::Client;
 
 /// See the module docs for the derivation.
 const RECOVERY_BOUND: Duration = Duration::from_secs(18);
+/// How long a replica restarted from its data dir may take to execute what the others had
+/// decided when it came back: not a timeout bound (it fetches decisions, or a checkpoint, while
+/// the load goes on), so only a generous limit; the figure is printed.
+const CATCH_UP_BOUND: Duration = Duration::from_secs(60);
 /// Long enough that no operation gives up during a phase (a give-up would leave the history
 /// undecidable); a no-quorum split lasts at most 12 s.
 const INVOKE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -137,8 +141,12 @@ impl Workload {
         let mut workers = Vec::new();
         for (c, client) in clients.iter().enumerate() {
             for w in 0..window {
-                let (client, stop, done, completions) =
-                    (client.clone(), stop.clone(), done.clone(), completions.clone());
+                let (client, stop, done, completions) = (
+                    client.clone(),
+                    stop.clone(),
+                    done.clone(),
+                    completions.clone(),
+                );
                 workers.push(tokio::spawn(async move {
                     let mut events = Vec::new();
                     let mut seq = 0u64;
@@ -160,7 +168,9 @@ impl Workload {
                         let returned = Instant::now();
                         let call = match (is_get, reply) {
                             (true, KvReply::Value(v)) => RegisterCall::Get { value: v },
-                            (false, KvReply::Previous(p)) => RegisterCall::Put { value, previous: p },
+                            (false, KvReply::Previous(p)) => {
+                                RegisterCall::Put { value, previous: p }
+                            }
                             (_, other) => return Err(format!("unexpected reply {other:?}")),
                         };
                         events.push(RegisterEvent {
@@ -288,6 +298,7 @@ struct Run<'a> {
     lines: Vec<PhaseLine>,
     ids: Vec<ReplicaId>,
     clients: usize,
+    window: usize,
 }
 
 impl Run<'_> {
@@ -314,14 +325,25 @@ impl Run<'_> {
             assert!(
                 Instant::now() < deadline,
                 "no majority names a leader:\n{}",
-                answers.iter().map(status::format_line).collect::<Vec<_>>().join("\n")
+                answers
+                    .iter()
+                    .map(status::format_line)
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
     /// Records one phase that ran from `from` to now.
-    fn record(&mut self, name: &str, from: Instant, stats: &RelayStats, leader: usize, note: String) {
+    fn record(
+        &mut self,
+        name: &str,
+        from: Instant,
+        stats: &RelayStats,
+        leader: usize,
+        note: String,
+    ) {
         let to = Instant::now();
         let lat = self.load.latencies_ms(from, to);
         let n = self.ids.len();
@@ -368,8 +390,14 @@ impl Run<'_> {
 
     /// Runs the load under `fault` on every link for `length`.
     async fn steady(&mut self, name: &str, fault: Fault, length: Duration) {
+        self.measured(name, fault, Duration::ZERO, length).await;
+    }
+
+    /// Runs the load under `fault` on every link for `warmup`, then measures for `length`.
+    async fn measured(&mut self, name: &str, fault: Fault, warmup: Duration, length: Duration) {
         let leader = self.leader().await as usize;
         self.cluster.relay.set_all(fault);
+        tokio::time::sleep(warmup).await;
         self.cluster.relay.take_stats();
         let from = Instant::now();
         let before = self.load.done();
@@ -384,7 +412,13 @@ impl Run<'_> {
     }
 
     /// How long after `since` replica `id` executed at least `cid` (polling its status).
-    async fn caught_up(&self, id: ReplicaId, cid: u64, since: Instant) -> Duration {
+    async fn caught_up(
+        &self,
+        id: ReplicaId,
+        cid: u64,
+        since: Instant,
+        bound: Duration,
+    ) -> Duration {
         loop {
             let answers = status::query(&self.observer, [id], Duration::from_secs(1)).await;
             if answers[0]
@@ -394,10 +428,17 @@ impl Run<'_> {
             {
                 return since.elapsed();
             }
-            assert!(
-                since.elapsed() < RECOVERY_BOUND,
-                "replica {id} did not reach cid {cid} within {RECOVERY_BOUND:?} of the heal"
-            );
+            if since.elapsed() >= bound {
+                let answers = self.statuses(Duration::from_secs(2)).await;
+                panic!(
+                    "replica {id} did not reach cid {cid} within {bound:?}:\n{}",
+                    answers
+                        .iter()
+                        .map(status::format_line)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -428,9 +469,14 @@ impl Run<'_> {
         let healed = Instant::now();
         let target = self.max_decided().await;
         self.cluster.relay.heal();
-        let back = self.caught_up(leader as ReplicaId, target, healed).await;
+        let back = self
+            .caught_up(leader as ReplicaId, target, healed, RECOVERY_BOUND)
+            .await;
         let stats = self.cluster.relay.take_stats();
-        assert_ne!(new_leader as usize, leader, "a new leader replaced the isolated one");
+        assert_ne!(
+            new_leader as usize, leader,
+            "a new leader replaced the isolated one"
+        );
         self.record(
             "isolate leader",
             from,
@@ -475,12 +521,11 @@ impl Run<'_> {
             .load
             .first_completion_after(healed, RECOVERY_BOUND)
             .await
-            .unwrap_or_else(|| panic!("no progress within {RECOVERY_BOUND:?} of healing the split"));
+            .unwrap_or_else(|| {
+                panic!("no progress within {RECOVERY_BOUND:?} of healing the split")
+            });
         let stats = self.cluster.relay.take_stats();
-        assert_eq!(
-            during, 0,
-            "operations completed while no side had a quorum"
-        );
+        assert_eq!(during, 0, "operations completed while no side had a quorum");
         self.record(
             "split halves",
             from,
@@ -537,27 +582,33 @@ impl Run<'_> {
 
     /// Kills `id` with SIGKILL under `background` faults, waits `down`, restarts it on its data
     /// dir and waits until it caught up.
-    async fn kill_and_restart(&mut self, id: ReplicaId, down: Duration, background: Fault, name: &str) {
+    async fn kill_and_restart(
+        &mut self,
+        id: ReplicaId,
+        down: Duration,
+        background: Fault,
+        name: &str,
+    ) {
         let leader = self.leader().await as usize;
         self.cluster.relay.set_all(background);
         self.cluster.relay.take_stats();
         let from = Instant::now();
         let status = tokio::task::block_in_place(|| self.cluster.kill(id)).expect("it ran");
         assert!(!status.success(), "killed, not stopped: {status}");
-        let stall = self
-            .load
-            .first_completion_after(Instant::now(), RECOVERY_BOUND)
-            .await
-            .expect("progress without the killed replica");
         tokio::time::sleep(down).await;
         let restarted = Instant::now();
+        let stall = self.load.longest_gap(from, restarted);
+        assert!(
+            stall < RECOVERY_BOUND,
+            "no progress for {stall:?} after replica {id} was killed"
+        );
         tokio::task::block_in_place(|| {
             self.cluster.start_replica(id, false)?;
             self.cluster.wait_ready(Duration::from_secs(30))
         })
         .unwrap_or_else(|e| panic!("replica {id} did not restart: {e}"));
         let target = self.max_decided().await;
-        let back = self.caught_up(id, target, restarted).await;
+        let back = self.caught_up(id, target, restarted, CATCH_UP_BOUND).await;
         let stats = self.cluster.relay.take_stats();
         self.cluster.relay.set_all(Fault::default());
         let leader_now = self.leader().await as usize;
@@ -567,7 +618,7 @@ impl Run<'_> {
             &stats,
             leader_now,
             format!(
-                "replica {id}{} killed -9, down {:.1} s: first completion {:.2} s after the kill; restarted, reached cid {target} in {:.2} s",
+                "replica {id}{} killed -9, down {:.1} s: longest gap between completions {:.2} s; restarted, reached cid {target} in {:.2} s",
                 if leader == id as usize { " (the leader)" } else { "" },
                 down.as_secs_f64(),
                 stall.as_secs_f64(),
@@ -627,7 +678,7 @@ impl Run<'_> {
             .await
             .expect("progress after the mixed faults end");
         let target = self.max_decided().await;
-        let back = self.caught_up(victim, target, healed).await;
+        let back = self.caught_up(victim, target, healed, CATCH_UP_BOUND).await;
         let stats = self.cluster.relay.take_stats();
         self.record(
             "mixed",
@@ -645,7 +696,13 @@ impl Run<'_> {
 
 /// Starts a cluster in namespaces, runs `body` on a thread in the clients' namespace, and
 /// cleans everything up (also on a panic).
-fn with_cluster(mode: Mode, n: usize, clients: usize, limit: Duration, body: impl AsyncFnOnce(&mut NetCluster) + Send) {
+fn with_cluster(
+    mode: Mode,
+    n: usize,
+    clients: usize,
+    limit: Duration,
+    body: impl AsyncFnOnce(&mut NetCluster) + Send,
+) {
     let seed = std::env::var("SMR_NETFAULTS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -675,7 +732,10 @@ fn with_cluster(mode: Mode, n: usize, clients: usize, limit: Duration, body: imp
     });
     if let Err(panic) = result {
         if std::env::var_os("SMR_TEST_KEEP_DIRS").is_some() {
-            eprintln!("SMR_TEST_KEEP_DIRS: keeping {}", cluster.keep_dir().display());
+            eprintln!(
+                "SMR_TEST_KEEP_DIRS: keeping {}",
+                cluster.keep_dir().display()
+            );
         } else {
             for id in 0..n as ReplicaId {
                 eprintln!(
@@ -689,34 +749,45 @@ fn with_cluster(mode: Mode, n: usize, clients: usize, limit: Duration, body: imp
     }
 }
 
-async fn fault_scenarios(cluster: &mut NetCluster, long: bool) {
+/// Connects `clients` clients with `window` workers each (keys 0..clients) and an observer
+/// (key `clients`), and starts the load.
+async fn start_run(cluster: &mut NetCluster, clients: usize, window: usize) -> Run<'_> {
     let n = cluster.n();
-    let clients = 3;
     let mut cs = Vec::new();
     for i in 0..clients {
-        cs.push(cluster.client(i, 2, INVOKE_TIMEOUT).await);
+        cs.push(cluster.client(i, window, INVOKE_TIMEOUT).await);
     }
     let observer = cluster.client(clients, 4, INVOKE_TIMEOUT).await;
     let ids: Vec<ReplicaId> = (0..n as ReplicaId).collect();
     status::wait_until_agree(&observer, &ids, Duration::from_secs(30)).await;
-    let load = Workload::start(&cs, 2);
-    let mut run = Run {
+    let load = Workload::start(&cs, window);
+    Run {
         cluster,
         observer,
         load,
         lines: Vec::new(),
         ids,
         clients,
-    };
+        window,
+    }
+}
+
+async fn fault_scenarios(cluster: &mut NetCluster, long: bool) {
+    let n = cluster.n();
+    let mut run = start_run(cluster, 3, 2).await;
     let scale = if long { 3.0 } else { 1.0 };
     let started = Instant::now();
 
     // One at a time.
-    run.steady("baseline", Fault::default(), secs(2.0 * scale)).await;
-    run.steady("delay 20±10 ms", delay(20, 10), secs(3.0 * scale)).await;
+    run.steady("baseline", Fault::default(), secs(2.0 * scale))
+        .await;
+    run.steady("delay 20±10 ms", delay(20, 10), secs(3.0 * scale))
+        .await;
     if long {
-        run.steady("delay 50±10 ms", delay(50, 10), secs(3.0 * scale)).await;
-        run.steady("delay 100±10 ms", delay(100, 10), secs(3.0 * scale)).await;
+        run.steady("delay 50±10 ms", delay(50, 10), secs(3.0 * scale))
+            .await;
+        run.steady("delay 100±10 ms", delay(100, 10), secs(3.0 * scale))
+            .await;
         run.steady("loss 1%", loss(0.01), secs(3.0 * scale)).await;
     }
     run.steady("loss 5%", loss(0.05), secs(3.0 * scale)).await;
@@ -725,16 +796,33 @@ async fn fault_scenarios(cluster: &mut NetCluster, long: bool) {
     }
     run.isolate_leader(secs(5.0 * scale)).await;
     run.split_halves(secs(4.0 * scale)).await;
-    run.flap(secs(4.0 * scale), Duration::from_millis(500), Fault::default(), "flapping link").await;
+    run.flap(
+        secs(4.0 * scale),
+        Duration::from_millis(500),
+        Fault::default(),
+        "flapping link",
+    )
+    .await;
     let leader = run.leader().await;
     let follower = (leader + 1) % n as ReplicaId;
-    run.kill_and_restart(follower, secs(2.0 * scale), Fault::default(), "kill -9 follower").await;
+    run.kill_and_restart(
+        follower,
+        secs(2.0 * scale),
+        Fault::default(),
+        "kill -9 follower",
+    )
+    .await;
     let leader = run.leader().await;
-    run.kill_and_restart(leader, secs(2.0 * scale), delay(10, 5), "kill -9 leader").await;
+    run.kill_and_restart(leader, secs(2.0 * scale), delay(10, 5), "kill -9 leader")
+        .await;
     // Mixed.
     run.mixed(secs(8.0 * scale)).await;
 
-    // The end: stop the load, check the history and the final state.
+    finish(run, started).await;
+}
+
+/// Stops the load, checks the history and the final state, prints the closing table.
+async fn finish(run: Run<'_>, started: Instant) {
     let Run {
         cluster,
         observer,
@@ -742,25 +830,38 @@ async fn fault_scenarios(cluster: &mut NetCluster, long: bool) {
         lines,
         ids,
         clients,
+        window,
     } = run;
     let total = load.done();
     let events = load.finish().await;
     let took = started.elapsed();
     let reports = {
-        let (answers, agree) =
-            status::wait_until_agree(&observer, &ids, RECOVERY_BOUND * 2).await;
-        let table = answers.iter().map(status::format_line).collect::<Vec<_>>().join("\n");
+        let (answers, agree) = status::wait_until_agree(&observer, &ids, RECOVERY_BOUND * 2).await;
+        let table = answers
+            .iter()
+            .map(status::format_line)
+            .collect::<Vec<_>>()
+            .join("\n");
         report!("final status (what `smr status` shows):\n{table}");
-        assert!(agree, "the replicas' state digests differ at the end:\n{table}");
+        assert!(
+            agree,
+            "the replicas' state digests differ at the end:\n{table}"
+        );
         answers
     };
-    check_register_history(&events)
-        .unwrap_or_else(|v| panic!("the history of {} operations is not linearizable: {v}", events.len()));
+    check_register_history(&events).unwrap_or_else(|v| {
+        panic!(
+            "the history of {} operations is not linearizable: {v}",
+            events.len()
+        )
+    });
     // The check has teeth on this very history: a put made to replace what another put
     // replaced (one write lost) is refused.
     let mut damaged = events.clone();
     let puts: Vec<usize> = (0..damaged.len())
-        .filter(|i| damaged[*i].key == b"k0" && matches!(damaged[*i].call, RegisterCall::Put { .. }))
+        .filter(|i| {
+            damaged[*i].key == b"k0" && matches!(damaged[*i].call, RegisterCall::Put { .. })
+        })
         .take(2)
         .collect();
     if let [a, b] = puts[..] {
@@ -777,12 +878,16 @@ async fn fault_scenarios(cluster: &mut NetCluster, long: bool) {
     // Every key's final value is the last put of its chain (read through the cluster).
     for k in 0..KEYS {
         let key = format!("k{k}").into_bytes();
-        let now = kv(&observer, KvOp::Get { key: key.clone() }).await.expect("final get");
+        let now = kv(&observer, KvOp::Get { key: key.clone() })
+            .await
+            .expect("final get");
         let written: std::collections::HashSet<Vec<u8>> = events
             .iter()
             .filter(|e| e.key == key)
             .filter_map(|e| match &e.call {
-                RegisterCall::Put { previous: Some(p), .. } => Some(p.clone()),
+                RegisterCall::Put {
+                    previous: Some(p), ..
+                } => Some(p.clone()),
                 _ => None,
             })
             .collect();
@@ -795,31 +900,62 @@ async fn fault_scenarios(cluster: &mut NetCluster, long: bool) {
             })
             .collect();
         assert_eq!(last.len(), 1, "key k{k}: one put is the last of its chain");
-        assert_eq!(now, KvReply::Value(Some(last[0].clone())), "key k{k}'s final value");
+        assert_eq!(
+            now,
+            KvReply::Value(Some(last[0].clone())),
+            "key k{k}'s final value"
+        );
     }
-    cluster.check_running().expect("every replica runs at the end");
+    cluster
+        .check_running()
+        .expect("every replica runs at the end");
     let digest = status::short_digest(reports[0].report.as_ref().unwrap());
     report!(
-        "{} operations ({total} counted) by {clients} clients x 2 in {:.1} s checked linearizable ({} puts, {} gets); every replica at the same state digest {digest}",
+        "{} operations ({total} counted) by {clients} clients x {window} in {:.1} s checked linearizable ({} puts, {} gets); every replica at the same state digest {digest}",
         events.len(),
         took.as_secs_f64(),
         events.iter().filter(|e| matches!(e.call, RegisterCall::Put { .. })).count(),
         events.iter().filter(|e| matches!(e.call, RegisterCall::Get { .. })).count(),
     );
-    report!("{:<22} {:>6} {:>6} {:>8} {:>8} {:>8} {:>7} {:>8}", "phase", "ops", "s", "p50 ms", "p99 ms", "RTT ms", "loss %", "cut drops");
+    report!(
+        "{:<22} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}",
+        "phase",
+        "ops",
+        "s",
+        "ops/s",
+        "p50 ms",
+        "p99 ms",
+        "RTT ms",
+        "loss %",
+        "cut drops"
+    );
     for l in &lines {
         report!(
-            "{:<22} {:>6} {:>6.1} {:>8.1} {:>8.1} {:>8.1} {:>7.2} {:>8}",
-            l.name, l.ops, l.seconds, l.p50_ms, l.p99_ms, l.rtt_ms, 100.0 * l.loss_rate, l.partition_drops
+            "{:<22} {:>6} {:>6.1} {:>8.0} {:>8.1} {:>8.1} {:>8.1} {:>7.2} {:>8}",
+            l.name,
+            l.ops,
+            l.seconds,
+            l.ops as f64 / l.seconds,
+            l.p50_ms,
+            l.p99_ms,
+            l.rtt_ms,
+            100.0 * l.loss_rate,
+            l.partition_drops
         );
+    }
+    for l in lines.iter().filter(|l| !l.note.is_empty()) {
+        report!("{}: {}", l.name, l.note);
     }
     observer.shutdown().await;
 }
 
 #[test]
-fn bft_kv_cluster_stays_linearizable_and_recovers_under_delay_loss_partitions_flapping_and_kills_on_a_real_network() {
+fn bft_kv_cluster_stays_linearizable_and_recovers_under_delay_loss_partitions_flapping_and_kills_on_a_real_network(
+) {
     if let Some(why) = skip_reason() {
-        report!("netfaults: SKIPPED, and passing: {why}. Run as root on Linux with iproute2 to run it.");
+        report!(
+            "netfaults: SKIPPED, and passing: {why}. Run as root on Linux with iproute2 to run it."
+        );
         return;
     }
     if length() == Length::Bench {
@@ -828,18 +964,64 @@ fn bft_kv_cluster_stays_linearizable_and_recovers_under_delay_loss_partitions_fl
     }
     let long = length() == Length::Long;
     let limit = Duration::from_secs(if long { 900 } else { 240 });
-    with_cluster(Mode::Bft, 4, 4, limit, async |c| fault_scenarios(c, long).await);
+    with_cluster(Mode::Bft, 4, 4, limit, async |c| {
+        fault_scenarios(c, long).await
+    });
 }
 
 #[test]
 fn cft_kv_cluster_stays_linearizable_and_recovers_under_network_faults_in_the_long_run() {
     if let Some(why) = skip_reason() {
-        report!("netfaults: SKIPPED, and passing: {why}. Run as root on Linux with iproute2 to run it.");
+        report!(
+            "netfaults: SKIPPED, and passing: {why}. Run as root on Linux with iproute2 to run it."
+        );
         return;
     }
     if length() != Length::Long {
         report!("netfaults (CFT): runs with SMR_NETFAULTS=long only (CI runs the BFT scenario)");
         return;
     }
-    with_cluster(Mode::Cft, 3, 4, Duration::from_secs(900), async |c| fault_scenarios(c, true).await);
+    with_cluster(Mode::Cft, 3, 4, Duration::from_secs(900), async |c| {
+        fault_scenarios(c, true).await
+    });
+}
+
+/// The measurements of BENCHMARKS.md: a closed loop of 8 clients x 8 in flight (kv puts and
+/// ordered gets), 2 s warm-up and 8 s measured per condition; then the leader partitioned (cut
+/// off from replicas and clients for 6 s) against the leader killed (-9, down 6 s), with the
+/// longest gap between completions as the stall.
+async fn bench(cluster: &mut NetCluster) {
+    let mut run = start_run(cluster, 8, 8).await;
+    let started = Instant::now();
+    let (warmup, window) = (secs(2.0), secs(8.0));
+    run.measured("no fault", Fault::default(), warmup, window)
+        .await;
+    run.measured("RTT 20 ms", delay(10, 0), warmup, window)
+        .await;
+    run.measured("RTT 100 ms", delay(50, 0), warmup, window)
+        .await;
+    run.measured("loss 1%", loss(0.01), warmup, window).await;
+    run.isolate_leader(secs(6.0)).await;
+    let leader = run.leader().await;
+    run.kill_and_restart(leader, secs(6.0), Fault::default(), "leader killed")
+        .await;
+    finish(run, started).await;
+}
+
+#[test]
+fn netfaults_bench_figures_with_smr_netfaults_bench() {
+    if length() != Length::Bench {
+        return;
+    }
+    if let Some(why) = skip_reason() {
+        report!("netfaults bench: SKIPPED: {why}");
+        return;
+    }
+    report!("the machine is shared with other builds and tests: figures are indicative");
+    with_cluster(Mode::Bft, 4, 9, Duration::from_secs(600), async |c| {
+        bench(c).await
+    });
+    with_cluster(Mode::Cft, 3, 9, Duration::from_secs(600), async |c| {
+        bench(c).await
+    });
 }

@@ -175,9 +175,25 @@ impl NetLab {
                 "-n", &relay, "link", "add", &here, "type", "veth", "peer", "name", "eth0",
                 "netns", &node,
             ])?;
-            ip(&["-n", &relay, "addr", "add", &format!("{}/24", relay_ip(k)), "dev", &here])?;
+            ip(&[
+                "-n",
+                &relay,
+                "addr",
+                "add",
+                &format!("{}/24", relay_ip(k)),
+                "dev",
+                &here,
+            ])?;
             ip(&["-n", &relay, "link", "set", &here, "up"])?;
-            ip(&["-n", &node, "addr", "add", &format!("{}/24", node_ip(k)), "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                &node,
+                "addr",
+                "add",
+                &format!("{}/24", node_ip(k)),
+                "dev",
+                "eth0",
+            ])?;
             ip(&["-n", &node, "link", "set", "eth0", "up"])?;
             ip(&["-n", &node, "link", "set", "lo", "up"])?;
         }
@@ -399,7 +415,11 @@ async fn serve_link(shared: Arc<RelayShared>, listener: Arc<UdpSocket>, from: us
                 let Ok(socket) = UdpSocket::bind(sock(relay_ip(to), 0)).await else {
                     continue;
                 };
-                if socket.connect(sock(node_ip(to), REPLICA_PORT)).await.is_err() {
+                if socket
+                    .connect(sock(node_ip(to), REPLICA_PORT))
+                    .await
+                    .is_err()
+                {
                     continue;
                 }
                 let socket = Arc::new(socket);
