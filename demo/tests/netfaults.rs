@@ -22,7 +22,8 @@
 //! Short by default (BFT n=4, about a minute of faults, for CI). `SMR_NETFAULTS=long` runs
 //! every phase longer, with 100 ms RTT and 1% and 10% loss, and CFT n=3 too. `SMR_NETFAULTS=bench`
 //! runs only the measurements of BENCHMARKS.md (throughput and p50/p99 under 20 ms and 100 ms
-//! RTT and 1% loss, BFT and CFT; leader partitioned against leader killed). Without root or
+//! RTT and 1% loss, BFT and CFT; leader partitioned against leader killed), and
+//! `SMR_NETFAULTS=cft` the short run in CFT (n=3) only. Without root or
 //! network namespaces, the test says that it was skipped and why, and passes.
 //!
 //! ## The recovery bound
@@ -76,12 +77,15 @@ enum Length {
     Short,
     Long,
     Bench,
+    /// The short run, CFT only.
+    Cft,
 }
 
 fn length() -> Length {
     match std::env::var("SMR_NETFAULTS").as_deref() {
         Ok("long") => Length::Long,
         Ok("bench") => Length::Bench,
+        Ok("cft") => Length::Cft,
         _ => Length::Short,
     }
 }
@@ -958,8 +962,8 @@ fn bft_kv_cluster_stays_linearizable_and_recovers_under_delay_loss_partitions_fl
         );
         return;
     }
-    if length() == Length::Bench {
-        report!("netfaults: SMR_NETFAULTS=bench runs only the benchmark test");
+    if matches!(length(), Length::Bench | Length::Cft) {
+        report!("netfaults: SMR_NETFAULTS=bench or =cft runs only the benchmark or the CFT test");
         return;
     }
     let long = length() == Length::Long;
@@ -977,12 +981,16 @@ fn cft_kv_cluster_stays_linearizable_and_recovers_under_network_faults_in_the_lo
         );
         return;
     }
-    if length() != Length::Long {
-        report!("netfaults (CFT): runs with SMR_NETFAULTS=long only (CI runs the BFT scenario)");
-        return;
-    }
+    let long = match length() {
+        Length::Long => true,
+        Length::Cft => false,
+        _ => {
+            report!("netfaults (CFT): runs with SMR_NETFAULTS=long (or =cft for the short run) only; CI runs the BFT scenario");
+            return;
+        }
+    };
     with_cluster(Mode::Cft, 3, 4, Duration::from_secs(900), async |c| {
-        fault_scenarios(c, true).await
+        fault_scenarios(c, long).await
     });
 }
 
