@@ -157,7 +157,7 @@ impl Workload {
                     while !stop.load(Ordering::Relaxed) {
                         seq += 1;
                         let key = format!("k{}", (seq as usize + c + w) % KEYS).into_bytes();
-                        let is_get = seq % 4 == 0;
+                        let is_get = seq.is_multiple_of(4);
                         let value = format!("c{c}w{w}-{seq}").into_bytes();
                         let op = if is_get {
                             KvOp::Get { key: key.clone() }
@@ -502,7 +502,7 @@ impl Run<'_> {
         let leader = self.leader().await as usize;
         // Two halves where n is even (BFT and CFT with n = 4: no side has n - f = 3); every
         // replica alone otherwise (no two halves of an odd n both lack a quorum).
-        let sides: Vec<Vec<usize>> = if n % 2 == 0 {
+        let sides: Vec<Vec<usize>> = if n.is_multiple_of(2) {
             vec![(0..n / 2).collect(), (n / 2..n).collect()]
         } else {
             (0..n).map(|k| vec![k]).collect()
