@@ -406,6 +406,8 @@ async fn serve_link(shared: Arc<RelayShared>, listener: Arc<UdpSocket>, from: us
     let mut buf = vec![0u8; 65536];
     loop {
         let Ok((len, source)) = listener.recv_from(&mut buf).await else {
+            // Not expected on an unconnected UDP socket; never spin on it.
+            tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
         };
         let arrived = tokio::time::Instant::now();
