@@ -1,4 +1,4 @@
-//! A linearizability checker for recorded counter histories.
+//! Linearizability checkers for recorded counter and key-value (register) histories.
 //!
 //! The process-level tests record, for every operation on the counter service, when its client
 //! invoked it, when the reply came back, and what it returned. [`check_counter_history`] then
@@ -122,6 +122,165 @@ pub fn check_counter_history(events: &[CounterEvent]) -> Result<(), HistoryViola
     Ok(())
 }
 
+// ----- registers (the kv service) -------------------------------------------------------------
+
+/// What an operation on one key of the kv service was, and what it returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegisterCall {
+    /// `Put` of a value no other put wrote; returned the value the key had before (`None` if
+    /// unset).
+    Put {
+        value: Vec<u8>,
+        previous: Option<Vec<u8>>,
+    },
+    /// `Get`, which returned the key's value (`None` if unset).
+    Get { value: Option<Vec<u8>> },
+}
+
+/// One completed operation on one key, as its client saw it.
+#[derive(Clone, Debug)]
+pub struct RegisterEvent {
+    pub key: Vec<u8>,
+    pub call: RegisterCall,
+    pub invoked: Instant,
+    pub returned: Instant,
+}
+
+/// Why a kv history is not linearizable (or cannot be decided).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterViolation {
+    #[error("key {key}: two puts wrote the same value {value}; the checker needs unique values")]
+    ValueWrittenTwice { key: String, value: String },
+    #[error("key {key}: two puts both returned {previous} as the previous value: one write was lost or executed twice")]
+    Fork { key: String, previous: String },
+    #[error("key {key}: {what} returned {value}, which no completed put wrote")]
+    UnknownValue {
+        key: String,
+        what: &'static str,
+        value: String,
+    },
+    #[error("key {key}: the put of {value} is not in the chain of writes from the unset key (lost, or a cycle)")]
+    Detached { key: String, value: String },
+    #[error("key {key}: {violation}")]
+    Order {
+        key: String,
+        #[source]
+        violation: HistoryViolation,
+    },
+}
+
+fn shown(value: &Option<Vec<u8>>) -> String {
+    match value {
+        None => "(unset)".to_string(),
+        Some(v) => String::from_utf8_lossy(v).into_owned(),
+    }
+}
+
+/// Checks a history of puts of unique values and gets on the kv service's keys, all unset at
+/// the start, for linearizability. Keys are checked one at a time (linearizability is local:
+/// a history is linearizable if and only if each object's is).
+///
+/// Every put returns the value it replaced, so with unique values the puts of a key form one
+/// chain from "unset": the put that returned `None` comes first, the put that returned v comes
+/// right after the put of v. That chain is the only order that explains the returned values, so,
+/// as for the counter, each operation has a fixed place in it (a put its position, a get the
+/// position of the put whose value it read), and [`check_counter_history`]'s real-time sweep
+/// decides the rest.
+///
+/// Only completed operations may be given. A put whose client gave up but that executed leaves a
+/// gap in the chain that is reported ([`RegisterViolation::UnknownValue`]) rather than guessed
+/// around, so a test that gives such histories must not let operations time out.
+pub fn check_register_history(events: &[RegisterEvent]) -> Result<(), RegisterViolation> {
+    use std::collections::BTreeMap;
+    let mut by_key: BTreeMap<&[u8], Vec<&RegisterEvent>> = BTreeMap::new();
+    for e in events {
+        by_key.entry(&e.key).or_default().push(e);
+    }
+    for (key, events) in by_key {
+        check_one_register(key, &events)?;
+    }
+    Ok(())
+}
+
+fn check_one_register(key: &[u8], events: &[&RegisterEvent]) -> Result<(), RegisterViolation> {
+    use std::collections::{HashMap, HashSet};
+    let key_text = String::from_utf8_lossy(key).into_owned();
+    // previous value -> the value the put after it wrote.
+    let mut next: HashMap<Option<&[u8]>, &[u8]> = HashMap::new();
+    let mut written: HashSet<&[u8]> = HashSet::new();
+    for e in events {
+        if let RegisterCall::Put { value, previous } = &e.call {
+            if !written.insert(value) {
+                return Err(RegisterViolation::ValueWrittenTwice {
+                    key: key_text,
+                    value: shown(&Some(value.clone())),
+                });
+            }
+            if next.insert(previous.as_deref(), value).is_some() {
+                return Err(RegisterViolation::Fork {
+                    key: key_text,
+                    previous: shown(previous),
+                });
+            }
+        }
+    }
+    // Walk the chain from "unset"; at most one step per put, so a cycle cannot loop for ever.
+    let mut position: HashMap<Option<&[u8]>, i64> = HashMap::new();
+    position.insert(None, 0);
+    let mut at: Option<&[u8]> = None;
+    let mut steps = 0i64;
+    while let Some(value) = next.get(&at) {
+        steps += 1;
+        if position.insert(Some(value), steps).is_some() || steps as usize > written.len() {
+            break;
+        }
+        at = Some(value);
+    }
+    let mut counter_events = Vec::with_capacity(events.len());
+    for e in events {
+        let (call, value) = match &e.call {
+            RegisterCall::Put { value, previous } => {
+                if !position.contains_key(&previous.as_deref()) {
+                    return Err(RegisterViolation::UnknownValue {
+                        key: key_text,
+                        what: "a put",
+                        value: shown(previous),
+                    });
+                }
+                match position.get(&Some(value.as_slice())) {
+                    Some(p) => (CounterCall::Add, *p),
+                    None => {
+                        return Err(RegisterViolation::Detached {
+                            key: key_text,
+                            value: shown(&Some(value.clone())),
+                        })
+                    }
+                }
+            }
+            RegisterCall::Get { value } => match position.get(&value.as_deref()) {
+                Some(p) => (CounterCall::Get, *p),
+                None => {
+                    return Err(RegisterViolation::UnknownValue {
+                        key: key_text,
+                        what: "a get",
+                        value: shown(value),
+                    })
+                }
+            },
+        };
+        counter_events.push(CounterEvent {
+            call,
+            invoked: e.invoked,
+            returned: e.returned,
+            value,
+        });
+    }
+    check_counter_history(&counter_events).map_err(|violation| RegisterViolation::Order {
+        key: key_text,
+        violation,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +398,95 @@ mod tests {
             check_counter_history(&history),
             Err(HistoryViolation::RepeatedAdd { value: 1 })
         );
+    }
+    fn put(
+        origin: Instant,
+        from: u64,
+        to: u64,
+        value: &str,
+        previous: Option<&str>,
+    ) -> RegisterEvent {
+        RegisterEvent {
+            key: b"k".to_vec(),
+            call: RegisterCall::Put {
+                value: value.as_bytes().to_vec(),
+                previous: previous.map(|p| p.as_bytes().to_vec()),
+            },
+            invoked: origin + Duration::from_millis(from),
+            returned: origin + Duration::from_millis(to),
+        }
+    }
+
+    fn get(origin: Instant, from: u64, to: u64, value: Option<&str>) -> RegisterEvent {
+        RegisterEvent {
+            key: b"k".to_vec(),
+            call: RegisterCall::Get {
+                value: value.map(|v| v.as_bytes().to_vec()),
+            },
+            invoked: origin + Duration::from_millis(from),
+            returned: origin + Duration::from_millis(to),
+        }
+    }
+
+    #[test]
+    fn concurrent_puts_chained_by_their_previous_values_and_gets_between_them_are_linearizable() {
+        let o = Instant::now();
+        let events = vec![
+            get(o, 0, 1, None),
+            // b and a overlap; b executed first (a returned b as previous).
+            put(o, 2, 10, "a", Some("b")),
+            put(o, 3, 9, "b", None),
+            get(o, 11, 12, Some("a")),
+            put(o, 13, 14, "c", Some("a")),
+            get(o, 15, 16, Some("c")),
+        ];
+        assert_eq!(check_register_history(&events), Ok(()));
+    }
+
+    #[test]
+    fn a_get_of_an_overwritten_value_after_the_overwrite_finished_is_refused() {
+        let o = Instant::now();
+        let events = vec![
+            put(o, 0, 1, "a", None),
+            put(o, 2, 3, "b", Some("a")),
+            get(o, 4, 5, Some("a")),
+        ];
+        assert!(matches!(
+            check_register_history(&events),
+            Err(RegisterViolation::Order { .. })
+        ));
+    }
+
+    #[test]
+    fn two_puts_that_replaced_the_same_value_are_refused() {
+        let o = Instant::now();
+        let events = vec![put(o, 0, 1, "a", None), put(o, 0, 1, "b", None)];
+        assert_eq!(
+            check_register_history(&events),
+            Err(RegisterViolation::Fork {
+                key: "k".into(),
+                previous: "(unset)".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_get_of_a_value_nobody_wrote_is_refused() {
+        let o = Instant::now();
+        let events = vec![put(o, 0, 1, "a", None), get(o, 2, 3, Some("z"))];
+        assert!(matches!(
+            check_register_history(&events),
+            Err(RegisterViolation::UnknownValue { what: "a get", .. })
+        ));
+    }
+
+    #[test]
+    fn a_cycle_of_puts_detached_from_the_unset_key_is_refused() {
+        let o = Instant::now();
+        let events = vec![put(o, 0, 1, "a", Some("b")), put(o, 0, 1, "b", Some("a"))];
+        assert!(matches!(
+            check_register_history(&events),
+            Err(RegisterViolation::UnknownValue { .. } | RegisterViolation::Detached { .. })
+        ));
     }
 }
