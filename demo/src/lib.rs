@@ -24,6 +24,7 @@ pub mod bench;
 pub mod history;
 pub mod keygen;
 pub mod local;
+pub mod metrics_http;
 pub mod services;
 pub mod status;
 

@@ -115,6 +115,11 @@ struct ReplicaArgs {
     /// data dir holds state.
     #[arg(long, conflicts_with = "rejoin")]
     new_cluster: bool,
+    /// Serve the replica's metrics for Prometheus at http://IP:PORT/metrics (OpenMetrics
+    /// text; every metric is described in docs/metrics.md). Binds exactly this address: use
+    /// 127.0.0.1 or a private interface, not 0.0.0.0, unless the port is firewalled.
+    #[arg(long, value_name = "IP:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Shut down when stdin reaches end-of-file (used by `smr cluster` so that its children
     /// never outlive it).
     #[arg(long, hide = true)]

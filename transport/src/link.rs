@@ -687,6 +687,7 @@ enum WriteEnd {
 /// `hello` (our protocol settings, to a replica) opens the stream, at once.
 async fn write_frames(
     shared: &Shared,
+    peer: Peer,
     conn: &Connection,
     queue: &mut SendQueueRx,
     shutdown: &mut watch::Receiver<bool>,
@@ -739,6 +740,7 @@ async fn write_frames(
             Ok(()) => {
                 bump(&counters.frames_sent, frames);
                 bump(&counters.bytes_sent, payload_bytes);
+                counters.peers.sent(peer, frames, payload_bytes);
             }
             Err(error) => {
                 bump(&counters.frames_dropped_connection_lost, frames);
@@ -840,7 +842,7 @@ pub(crate) async fn run_replica_link(
                 // A connection younger than REDIAL_MIN_AGE is kept: it was dialed after the
                 // peer's restart, or in answer to it.
                 let hello = shared.settings.as_ref().map(|s| s.hello.as_slice());
-                let write = write_frames(&shared, &conn, &mut queue, &mut shutdown, hello);
+                let write = write_frames(&shared, peer, &conn, &mut queue, &mut shutdown, hello);
                 tokio::pin!(write);
                 // The redial signal first: frames queued in answer to what the peer sent on its
                 // new connection must not go out on the dead one.
@@ -1086,7 +1088,7 @@ async fn run_client_link(
 ) {
     let peer = Peer::Client(key);
     let mut shutdown = shared.shutdown_rx();
-    let end = write_frames(&shared, &conn, &mut queue, &mut shutdown, None).await;
+    let end = write_frames(&shared, peer, &conn, &mut queue, &mut shutdown, None).await;
     {
         let mut all_links = lock(&shared.client_links);
         if let Some(links) = all_links.get_mut(&key) {
@@ -1254,6 +1256,7 @@ async fn read_frames(
             // counted.
             bump(&shared.counters.frames_received, 1);
             bump(&shared.counters.bytes_received, length as u64);
+            shared.counters.peers.received(peer, length as u64);
             let lane = shared.lane(peer);
             if !lane
                 .reserve(peer, length, &shared.counters.frames_held_back_peer_share)

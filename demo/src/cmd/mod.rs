@@ -163,6 +163,15 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let address = entry.address;
+    // Bound before the replica starts, so that a taken metrics port fails the start at once.
+    let metrics_listener = match args.metrics_addr {
+        Some(addr) => Some(
+            smr_demo::metrics_http::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind the metrics address {addr}"))?,
+        ),
+        None => None,
+    };
     if args.data_dir.is_none() {
         tracing::warn!(replica = id, "no --data-dir: running in memory; a restart forgets everything and rejoins by state transfer");
     }
@@ -187,6 +196,19 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
         config.quorums.f(),
         args.service
     );
+    let _metrics_server = metrics_listener.map(|listener| {
+        let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        println!("replica {id} serves metrics on http://{local}/metrics");
+        let registry = std::sync::Arc::new(replica.metrics_registry());
+        AbortOnDrop(tokio::spawn(smr_demo::metrics_http::serve(
+            listener,
+            smr_demo::metrics_http::Limits::default(),
+            smr_transport::OPENMETRICS_CONTENT_TYPE,
+            std::sync::Arc::new(move |out: &mut String| {
+                smr_transport::encode_registry(out, &registry)
+            }),
+        )))
+    });
     // Fail-stop: a replica whose storage, service, engine or transport failed exits non-zero
     // with the reason (already logged), so that a supervisor restarts it from its data dir.
     let why = tokio::select! {
@@ -214,6 +236,15 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
     );
     replica.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What to tell the operator after the replica stopped with `error`: a restart helps unless
