@@ -426,15 +426,41 @@ async fn run_client_op(client: &Client, op: ClientService) -> Result<ExitCode, O
 }
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
     let (config, client, key) = connect(&args.config, args.key).await?;
-    let ids = config.replicas.iter().map(|r| r.id);
-    let answers = replica_status::query(&client, ids, Duration::from_millis(args.timeout_ms)).await;
-    for answer in &answers {
-        println!("{}", replica_status::format_line(answer));
-    }
-    println!("{}", replica_status::summary(&answers));
-    if answers.iter().all(|a| a.report.is_none()) {
-        eprintln!("{}", diagnose(&client, &key, &args.config));
+    let ids: Vec<_> = config.replicas.iter().map(|r| r.id).collect();
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let clear_screen = args.watch && std::io::stdout().is_terminal();
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+    loop {
+        let started = tokio::time::Instant::now();
+        let answers = tokio::select! {
+            answers = replica_status::query(&client, ids.iter().copied(), timeout) => answers,
+            _ = &mut stop => break,
+        };
+        if clear_screen {
+            // Clear the screen and move the cursor home.
+            print!("\x1b[2J\x1b[H");
+        }
+        if args.json {
+            println!("{}", replica_status::ascii_json(&replica_status::to_json(&answers)));
+        } else {
+            for answer in &answers {
+                println!("{}", replica_status::format_line(answer));
+            }
+            println!("{}", replica_status::summary(&answers));
+            if answers.iter().all(|a| a.report.is_none()) {
+                eprintln!("{}", diagnose(&client, &key, &args.config));
+            }
+        }
+        if !args.watch {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(started + Duration::from_secs(1)) => {}
+            _ = &mut stop => break,
+        }
     }
     close(client).await;
     Ok(ExitCode::SUCCESS)
