@@ -294,3 +294,103 @@ impl Collector for ReplicaMetrics {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::registry::Registry;
+    use std::sync::Arc;
+
+    fn encode(metrics: &Arc<ReplicaMetrics>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(metrics.clone()));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn histograms_count_atomically_into_cumulative_buckets() {
+        let h = Histogram::new(&[1.0, 2.0], 1.0);
+        for v in [0, 1, 2, 3, 7] {
+            h.observe(v);
+        }
+        assert_eq!(h.count(), 5);
+        let metrics = Arc::new(ReplicaMetrics::default());
+        metrics.batch_size.observe(3);
+        metrics.batch_size.observe(40);
+        metrics
+            .request_latency
+            .observe_duration(std::time::Duration::from_millis(3));
+        metrics.count_rejection("bad_signature");
+        metrics.count_rejection("bad_signature");
+        metrics.count_rejection("stale_regency");
+        metrics.ops_executed.set(42);
+        let text = encode(&metrics);
+        let section = |name: &str| -> String {
+            text.lines()
+                .filter(|l| l.starts_with(name))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(
+            section("smr_batch_size"),
+            "smr_batch_size_sum 43.0\nsmr_batch_size_count 2\n\
+             smr_batch_size_bucket{le=\"0.0\"} 0\nsmr_batch_size_bucket{le=\"1.0\"} 0\n\
+             smr_batch_size_bucket{le=\"2.0\"} 0\nsmr_batch_size_bucket{le=\"4.0\"} 1\n\
+             smr_batch_size_bucket{le=\"8.0\"} 1\nsmr_batch_size_bucket{le=\"16.0\"} 1\n\
+             smr_batch_size_bucket{le=\"32.0\"} 1\nsmr_batch_size_bucket{le=\"64.0\"} 2\n\
+             smr_batch_size_bucket{le=\"128.0\"} 2\nsmr_batch_size_bucket{le=\"256.0\"} 2\n\
+             smr_batch_size_bucket{le=\"512.0\"} 2\nsmr_batch_size_bucket{le=\"1024.0\"} 2\n\
+             smr_batch_size_bucket{le=\"+Inf\"} 2"
+        );
+        assert_eq!(
+            section("smr_request_latency_seconds_bucket{le=\"0.005\"}"),
+            "smr_request_latency_seconds_bucket{le=\"0.005\"} 1"
+        );
+        assert_eq!(
+            section("smr_request_latency_seconds_bucket{le=\"0.0025\"}"),
+            "smr_request_latency_seconds_bucket{le=\"0.0025\"} 0"
+        );
+        assert_eq!(
+            section("smr_rejections"),
+            "smr_rejections_total{reason=\"bad_signature\"} 2\n\
+             smr_rejections_total{reason=\"stale_regency\"} 1"
+        );
+        assert_eq!(section("smr_ops_executed"), "smr_ops_executed_total 42");
+        assert!(text.contains("# TYPE smr_ops_executed counter\n"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// The cost of one encode of the engine-side metrics (run with `--ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn encode_cost() {
+        let metrics = Arc::new(ReplicaMetrics::default());
+        for reason in ["bad_signature", "stale_regency", "malformed"] {
+            metrics.count_rejection(reason);
+        }
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(metrics.clone()));
+        let rounds = 2000;
+        let started = std::time::Instant::now();
+        let mut bytes = 0;
+        for _ in 0..rounds {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+            bytes = out.len();
+        }
+        println!(
+            "encode: {:.1} us for {bytes} bytes",
+            started.elapsed().as_secs_f64() * 1e6 / f64::from(rounds)
+        );
+        let started = std::time::Instant::now();
+        for i in 0..1_000_000u64 {
+            metrics.request_latency.observe(i * 1000);
+        }
+        println!(
+            "histogram observe: {:.1} ns",
+            started.elapsed().as_secs_f64() * 1e9 / 1e6
+        );
+    }
+}

@@ -189,13 +189,7 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
     )
     .await
     .with_context(|| format!("replica {id} cannot start on {address}"))?;
-    println!(
-        "replica {id} listening on {address} ({}, n={}, f={}, service {})",
-        config.mode(),
-        config.quorums.n(),
-        config.quorums.f(),
-        args.service
-    );
+    // Printed before the ready line, so whoever waits for that line finds this one too.
     let _metrics_server = metrics_listener.map(|listener| {
         let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         println!("replica {id} serves metrics on http://{local}/metrics");
@@ -209,6 +203,13 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
             }),
         )))
     });
+    println!(
+        "replica {id} listening on {address} ({}, n={}, f={}, service {})",
+        config.mode(),
+        config.quorums.n(),
+        config.quorums.f(),
+        args.service
+    );
     // Fail-stop: a replica whose storage, service, engine or transport failed exits non-zero
     // with the reason (already logged), so that a supervisor restarts it from its data dir.
     let why = tokio::select! {
