@@ -51,15 +51,15 @@ use tokio::time::Instant;
 use crate::client::{ClientAction, ClientConfig, ClientEngine, ClientError};
 use crate::codec;
 use crate::engine::{Engine, ExecuteItem, Output, PersistRecord, ServiceDone, ServiceWork};
-use crate::metrics::ReplicaMetrics;
 use crate::message::{
     Cid, Message, Participation, Regency, ReplicaId, RequestId, RequestKind, StatusReport,
 };
+use crate::metrics::ReplicaMetrics;
 use crate::network::{InboundFrame, Network, Peer, SendError};
 use crate::rejection::Rejection;
-use crate::storage::FsyncPolicy;
 use crate::runner::{self, Host};
 use crate::service::Service;
+use crate::storage::FsyncPolicy;
 use crate::storage::{Recovered, Wal};
 use crate::verify::{InboundVerifier, Verified, VerifiedRequests};
 use crate::{EngineConfig, InvalidConfig};
@@ -875,7 +875,11 @@ impl Timing {
     /// How long since `cid`'s PROPOSE, if it was timed; forgets it and every earlier cid.
     fn decided(&mut self, cid: Cid) -> Option<Duration> {
         let at = self.proposed.remove(&cid);
-        if self.proposed.first_key_value().is_some_and(|(c, _)| *c < cid) {
+        if self
+            .proposed
+            .first_key_value()
+            .is_some_and(|(c, _)| *c < cid)
+        {
             self.proposed = self.proposed.split_off(&cid);
         }
         at.map(|at| at.elapsed())
@@ -1035,7 +1039,9 @@ impl<N: Network> Host for EngineLoop<N> {
                 let result = wal.write_checkpoint(&codec::encode(&record), &after);
                 if wal.policy() == FsyncPolicy::Always {
                     self.metrics.fsyncs.add(1);
-                    self.metrics.fsync_latency.observe_duration(started.elapsed());
+                    self.metrics
+                        .fsync_latency
+                        .observe_duration(started.elapsed());
                 }
                 result
             }
@@ -1059,7 +1065,9 @@ impl<N: Network> Host for EngineLoop<N> {
             let result = wal.sync();
             if wal.policy() == FsyncPolicy::Always {
                 self.metrics.fsyncs.add(1);
-                self.metrics.fsync_latency.observe_duration(started.elapsed());
+                self.metrics
+                    .fsync_latency
+                    .observe_duration(started.elapsed());
             }
             if let Err(e) = result {
                 self.fail(ReplicaError::Storage(e.to_string()));

@@ -47,7 +47,9 @@ impl Histogram {
         Histogram {
             upper_bounds,
             scale,
-            buckets: (0..=upper_bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            buckets: (0..=upper_bounds.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             sum_raw: AtomicU64::new(0),
         }
     }
@@ -259,24 +261,114 @@ impl Collector for ReplicaMetrics {
         use MetricType::{Counter, Gauge};
         let e = &mut encoder;
         let values: [(&str, &str, MetricType, &Value); 18] = [
-            ("smr_last_decided_cid", "Highest cid decided and handed to the service, in cid order.", Gauge, &self.last_decided_cid),
-            ("smr_last_executed_cid", "Highest cid whose batch the service finished executing.", Gauge, &self.last_executed_cid),
-            ("smr_last_checkpoint_cid", "Cid of the newest checkpoint.", Gauge, &self.last_checkpoint_cid),
-            ("smr_regency", "The current regency (leader-change epoch).", Gauge, &self.regency),
-            ("smr_leader", "Id of the current regency's leader.", Gauge, &self.leader),
-            ("smr_participating", "1 while the replica takes part in votes, 0 while it rejoins.", Gauge, &self.participating),
-            ("smr_pending_requests", "Requests waiting in the pool to be ordered.", Gauge, &self.pending_requests),
-            ("smr_ops_executed", "Requests handed to the service to execute (duplicates skipped not counted).", Counter, &self.ops_executed),
-            ("smr_instances_decided", "Consensus instances decided.", Counter, &self.instances_decided),
-            ("smr_leader_changes", "Regencies entered (leader changes).", Counter, &self.leader_changes),
-            ("smr_proposals", "PROPOSEs made as leader, retransmissions not counted.", Counter, &self.proposals),
-            ("smr_retransmissions", "Expiries of the retransmit timer.", Counter, &self.retransmissions),
-            ("smr_state_transfers", "State transfers started.", Counter, &self.state_transfers),
-            ("smr_checkpoints", "Checkpoints taken (service snapshots asked for).", Counter, &self.checkpoints),
-            ("smr_signature_verifications", "Signatures checked by the verify workers.", Counter, &self.signature_verifications),
-            ("smr_decode_errors", "Inbound frames that did not decode into a message.", Counter, &self.decode_errors),
-            ("smr_frames_too_large", "Messages not sent because they exceed the frame limit.", Counter, &self.frames_too_large),
-            ("smr_fsyncs", "Write-ahead log fsyncs (policy always), checkpoint writes included.", Counter, &self.fsyncs),
+            (
+                "smr_last_decided_cid",
+                "Highest cid decided and handed to the service, in cid order.",
+                Gauge,
+                &self.last_decided_cid,
+            ),
+            (
+                "smr_last_executed_cid",
+                "Highest cid whose batch the service finished executing.",
+                Gauge,
+                &self.last_executed_cid,
+            ),
+            (
+                "smr_last_checkpoint_cid",
+                "Cid of the newest checkpoint.",
+                Gauge,
+                &self.last_checkpoint_cid,
+            ),
+            (
+                "smr_regency",
+                "The current regency (leader-change epoch).",
+                Gauge,
+                &self.regency,
+            ),
+            (
+                "smr_leader",
+                "Id of the current regency's leader.",
+                Gauge,
+                &self.leader,
+            ),
+            (
+                "smr_participating",
+                "1 while the replica takes part in votes, 0 while it rejoins.",
+                Gauge,
+                &self.participating,
+            ),
+            (
+                "smr_pending_requests",
+                "Requests waiting in the pool to be ordered.",
+                Gauge,
+                &self.pending_requests,
+            ),
+            (
+                "smr_ops_executed",
+                "Requests handed to the service to execute (duplicates skipped not counted).",
+                Counter,
+                &self.ops_executed,
+            ),
+            (
+                "smr_instances_decided",
+                "Consensus instances decided.",
+                Counter,
+                &self.instances_decided,
+            ),
+            (
+                "smr_leader_changes",
+                "Regencies entered (leader changes).",
+                Counter,
+                &self.leader_changes,
+            ),
+            (
+                "smr_proposals",
+                "PROPOSEs made as leader, retransmissions not counted.",
+                Counter,
+                &self.proposals,
+            ),
+            (
+                "smr_retransmissions",
+                "Expiries of the retransmit timer.",
+                Counter,
+                &self.retransmissions,
+            ),
+            (
+                "smr_state_transfers",
+                "State transfers started.",
+                Counter,
+                &self.state_transfers,
+            ),
+            (
+                "smr_checkpoints",
+                "Checkpoints taken (service snapshots asked for).",
+                Counter,
+                &self.checkpoints,
+            ),
+            (
+                "smr_signature_verifications",
+                "Signatures checked by the verify workers.",
+                Counter,
+                &self.signature_verifications,
+            ),
+            (
+                "smr_decode_errors",
+                "Inbound frames that did not decode into a message.",
+                Counter,
+                &self.decode_errors,
+            ),
+            (
+                "smr_frames_too_large",
+                "Messages not sent because they exceed the frame limit.",
+                Counter,
+                &self.frames_too_large,
+            ),
+            (
+                "smr_fsyncs",
+                "Write-ahead log fsyncs (policy always), checkpoint writes included.",
+                Counter,
+                &self.fsyncs,
+            ),
         ];
         for (name, help, metric_type, value) in values {
             encode_value(e, name, help, metric_type, value.get())?;
@@ -286,11 +378,34 @@ impl Collector for ReplicaMetrics {
             .into_iter()
             .map(|(reason, count)| (reason.to_string(), count))
             .collect();
-        encode_labelled(e, "smr_rejections", "Refused messages, by reason.", Counter, "reason", &rejections)?;
-        self.fsync_latency.encode_into(e, "smr_fsync_duration_seconds", "Duration of each fsync of smr_fsyncs_total.")?;
-        self.batch_size.encode_into(e, "smr_batch_size", "Requests per decided batch handed to the service.")?;
-        self.consensus_latency.encode_into(e, "smr_consensus_latency_seconds", "From the PROPOSE for a cid (sent as leader, or first received) to its decision.")?;
-        self.request_latency.encode_into(e, "smr_request_latency_seconds", "From a request's first arrival from its client to this replica's reply.")?;
+        encode_labelled(
+            e,
+            "smr_rejections",
+            "Refused messages, by reason.",
+            Counter,
+            "reason",
+            &rejections,
+        )?;
+        self.fsync_latency.encode_into(
+            e,
+            "smr_fsync_duration_seconds",
+            "Duration of each fsync of smr_fsyncs_total.",
+        )?;
+        self.batch_size.encode_into(
+            e,
+            "smr_batch_size",
+            "Requests per decided batch handed to the service.",
+        )?;
+        self.consensus_latency.encode_into(
+            e,
+            "smr_consensus_latency_seconds",
+            "From the PROPOSE for a cid (sent as leader, or first received) to its decision.",
+        )?;
+        self.request_latency.encode_into(
+            e,
+            "smr_request_latency_seconds",
+            "From a request's first arrival from its client to this replica's reply.",
+        )?;
         Ok(())
     }
 }

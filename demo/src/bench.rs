@@ -447,7 +447,7 @@ fn start_cluster(binary: &Path, settings: &Settings, n: usize) -> anyhow::Result
         for id in 0..n as smr_core::ReplicaId {
             let log = std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default();
             if let Some(line) = log.lines().find(|l| l.contains("serves metrics on")) {
-                say(line.to_string());
+                say(line);
             }
         }
     }

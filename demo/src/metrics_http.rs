@@ -131,10 +131,30 @@ async fn answer(
             render(&mut body);
             ("200 OK", body, content_type, head_only)
         }
-        Verdict::NotFound => ("404 Not Found", "not found; try GET /metrics\n".to_string(), "text/plain", false),
-        Verdict::MethodNotAllowed => ("405 Method Not Allowed", "only GET /metrics\n".to_string(), "text/plain", false),
-        Verdict::BadRequest => ("400 Bad Request", "bad request\n".to_string(), "text/plain", false),
-        Verdict::TooLarge => ("431 Request Header Fields Too Large", "request head too large\n".to_string(), "text/plain", false),
+        Verdict::NotFound => (
+            "404 Not Found",
+            "not found; try GET /metrics\n".to_string(),
+            "text/plain",
+            false,
+        ),
+        Verdict::MethodNotAllowed => (
+            "405 Method Not Allowed",
+            "only GET /metrics\n".to_string(),
+            "text/plain",
+            false,
+        ),
+        Verdict::BadRequest => (
+            "400 Bad Request",
+            "bad request\n".to_string(),
+            "text/plain",
+            false,
+        ),
+        Verdict::TooLarge => (
+            "431 Request Header Fields Too Large",
+            "request head too large\n".to_string(),
+            "text/plain",
+            false,
+        ),
     };
     let mut response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -271,12 +291,15 @@ mod tests {
         for stream in &mut idle {
             let mut byte = [0u8; 1];
             match tokio::time::timeout(Duration::from_millis(20), stream.read(&mut byte)).await {
-                Err(_) => open += 1,       // still waiting: holds a slot
-                Ok(Ok(0) | Err(_)) => {}   // closed by the server
+                Err(_) => open += 1,     // still waiting: holds a slot
+                Ok(Ok(0) | Err(_)) => {} // closed by the server
                 Ok(Ok(_)) => panic!("an unfinished request got an answer"),
             }
         }
-        assert!(open <= limits.max_connections, "{open} connections held open");
+        assert!(
+            open <= limits.max_connections,
+            "{open} connections held open"
+        );
         // After the timeout every slot is free again and a scrape is served.
         tokio::time::sleep(limits.request_timeout * 2).await;
         assert!(exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n")

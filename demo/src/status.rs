@@ -432,15 +432,27 @@ mod json_tests {
             participation: Participation::Participating,
         };
         let answers = [
-            ReplicaAnswer { id: 0, report: None },
-            ReplicaAnswer { id: 1, report: Some(report.clone()) },
+            ReplicaAnswer {
+                id: 0,
+                report: None,
+            },
+            ReplicaAnswer {
+                id: 1,
+                report: Some(report.clone()),
+            },
         ];
         let line = ascii_json(&to_json(&answers));
-        assert!(line.chars().all(|c| c == ' ' || c.is_ascii_graphic()), "{line}");
+        assert!(
+            line.chars().all(|c| c == ' ' || c.is_ascii_graphic()),
+            "{line}"
+        );
         assert!(!line.contains('\n'));
         let parsed: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(parsed["replicas"][1]["mode"], report.mode.as_str());
-        assert_eq!(parsed["replicas"][1]["refused_replicas"][0]["settings"][0], "limits.\u{0}x");
+        assert_eq!(
+            parsed["replicas"][1]["refused_replicas"][0]["settings"][0],
+            "limits.\u{0}x"
+        );
         assert_eq!(
             parsed,
             serde_json::json!({

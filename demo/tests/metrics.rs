@@ -33,7 +33,10 @@ fn documented() -> BTreeMap<String, String> {
             ["counter", "gauge", "histogram"].contains(&kind.as_str()),
             "{line}"
         );
-        assert!(!cells[4].is_empty(), "{name} has no meaning in docs/metrics.md");
+        assert!(
+            !cells[4].is_empty(),
+            "{name} has no meaning in docs/metrics.md"
+        );
         assert_eq!(
             name.ends_with("_total"),
             kind == "counter",
@@ -96,7 +99,10 @@ fn the_dashboard_is_valid_json_with_named_panels_using_documented_metrics() {
         for target in targets {
             let expr = target["expr"].as_str().expect("expr");
             let names = metric_names(expr);
-            assert!(!names.is_empty(), "panel {title}: {expr} uses no smr metric");
+            assert!(
+                !names.is_empty(),
+                "panel {title}: {expr} uses no smr metric"
+            );
             used.extend(names);
         }
     }
@@ -213,11 +219,17 @@ fn metrics_addr(cluster: &LocalCluster, id: u32) -> SocketAddr {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         let log = std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default();
-        if let Some(line) = log.lines().find(|l| l.contains("serves metrics on http://")) {
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("serves metrics on http://"))
+        {
             let url = line.split("http://").nth(1).unwrap();
             return url.trim_end_matches("/metrics").parse().unwrap();
         }
-        assert!(Instant::now() < deadline, "replica {id} printed no metrics address:\n{log}");
+        assert!(
+            Instant::now() < deadline,
+            "replica {id} printed no metrics address:\n{log}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -298,19 +310,31 @@ async fn replicas_serve_metrics_that_match_their_status_and_survive_hostile_scra
                         (name, kind.clone())
                     })
                     .collect();
-                assert_eq!(exposed, documented, "replica {id}: /metrics and docs/metrics.md differ");
+                assert_eq!(
+                    exposed, documented,
+                    "replica {id}: /metrics and docs/metrics.md differ"
+                );
 
-                assert!(m.value("smr_ops_executed_total") >= OPS as f64, "replica {id}");
+                assert!(
+                    m.value("smr_ops_executed_total") >= OPS as f64,
+                    "replica {id}"
+                );
                 assert!(m.value("smr_instances_decided_total") >= 1.0);
                 assert!(m.value("smr_last_executed_cid") > 0.0);
-                assert_eq!(m.value("smr_last_decided_cid"), reports[id].last_decided.0 as f64);
+                assert_eq!(
+                    m.value("smr_last_decided_cid"),
+                    reports[id].last_decided.0 as f64
+                );
                 assert_eq!(m.value("smr_leader"), f64::from(leader));
                 assert_eq!(m.value("smr_regency"), reports[id].regency.0 as f64);
                 assert_eq!(m.value("smr_participating"), 1.0);
                 assert_eq!(m.value("smr_leader_changes_total"), 0.0);
                 assert!(m.value("smr_batch_size_count") >= 1.0);
                 assert!(m.value("smr_batch_size_sum") >= OPS as f64);
-                assert!(m.value("smr_consensus_latency_seconds_count") >= 1.0, "replica {id}");
+                assert!(
+                    m.value("smr_consensus_latency_seconds_count") >= 1.0,
+                    "replica {id}"
+                );
                 assert!(m.value("smr_signature_verifications_total") > 0.0);
                 // Data dirs with the default fsync policy (always).
                 assert!(m.value("smr_fsyncs_total") > 0.0);
@@ -322,13 +346,19 @@ async fn replicas_serve_metrics_that_match_their_status_and_survive_hostile_scra
                     assert!(m.labelled("smr_peer_frames_received_total", "peer", &peer) > 0.0);
                 }
                 if id == leader as usize {
-                    assert!(m.labelled("smr_peer_frames_received_total", "peer", "clients") >= OPS as f64);
+                    assert!(
+                        m.labelled("smr_peer_frames_received_total", "peer", "clients")
+                            >= OPS as f64
+                    );
                     assert!(m.value("smr_proposals_total") >= 1.0);
                 }
                 request_latencies += m.value("smr_request_latency_seconds_count");
             }
         });
-        assert!(request_latencies >= OPS as f64, "{request_latencies} request latencies timed");
+        assert!(
+            request_latencies >= OPS as f64,
+            "{request_latencies} request latencies timed"
+        );
 
         // Hostile scrapers: the endpoint answers or closes, and serves on.
         let addr = addrs[0];
@@ -340,12 +370,22 @@ async fn replicas_serve_metrics_that_match_their_status_and_survive_hostile_scra
                     "{response}"
                 ),
                 Err(e) => assert!(
-                    matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe),
+                    matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                    ),
                     "{e}"
                 ),
             }
-            let post = http(addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc").unwrap();
-            assert!(post.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{post}");
+            let post = http(
+                addr,
+                b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            )
+            .unwrap();
+            assert!(
+                post.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+                "{post}"
+            );
             let other = http(addr, b"GET /admin HTTP/1.1\r\n\r\n").unwrap();
             assert!(other.starts_with("HTTP/1.1 404 Not Found\r\n"), "{other}");
             // Slowloris: partial heads on more connections than the endpoint serves at once.

@@ -169,7 +169,8 @@ pub use embed::{Client, Replica, StartError};
 pub use prometheus_client;
 
 /// The HTTP content type of [`Replica::encode_metrics`]'s text.
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Appends `registry` in the OpenMetrics text format, `# EOF` included. Writing to a `String`
 /// cannot fail, and the collectors of this crate and of smr-core never fail.

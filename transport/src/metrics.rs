@@ -77,6 +77,9 @@ impl PeerTraffic {
     }
 }
 
+/// One counter of a [`Traffic`].
+type TrafficField = fn(&Traffic) -> &AtomicU64;
+
 /// A [`QuicTransport`]'s metrics, read from it at each scrape.
 #[derive(Clone)]
 pub(crate) struct TransportMetrics(pub(crate) QuicTransport);
@@ -93,7 +96,7 @@ impl Collector for TransportMetrics {
         let e = &mut encoder;
         let transport = &self.0;
         let traffic = transport.peer_traffic();
-        let per_peer: [(&str, &str, fn(&Traffic) -> &AtomicU64); 4] = [
+        let per_peer: [(&str, &str, TrafficField); 4] = [
             (
                 "smr_peer_frames_sent",
                 "Frames written to a peer (peer: replica id, or clients for all clients).",

@@ -191,7 +191,10 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
     .with_context(|| format!("replica {id} cannot start on {address}"))?;
     // Printed before the ready line, so whoever waits for that line finds this one too.
     let _metrics_server = metrics_listener.map(|listener| {
-        let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let local = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         println!("replica {id} serves metrics on http://{local}/metrics");
         let registry = std::sync::Arc::new(replica.metrics_registry());
         AbortOnDrop(tokio::spawn(smr_demo::metrics_http::serve(
@@ -445,7 +448,10 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             print!("\x1b[2J\x1b[H");
         }
         if args.json {
-            println!("{}", replica_status::ascii_json(&replica_status::to_json(&answers)));
+            println!(
+                "{}",
+                replica_status::ascii_json(&replica_status::to_json(&answers))
+            );
         } else {
             for answer in &answers {
                 println!("{}", replica_status::format_line(answer));
