@@ -193,6 +193,14 @@ impl Scrape {
     }
 }
 
+/// Sends SIGINT to process `pid`, as Ctrl-C would (with kill(1)); whether it was sent.
+fn sigint(pid: u32) -> bool {
+    std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Sends `request` and reads the whole response (the server closes after one).
 fn http(addr: SocketAddr, request: &[u8]) -> std::io::Result<String> {
     let mut stream = TcpStream::connect(addr)?;
@@ -290,6 +298,34 @@ async fn replicas_serve_metrics_that_match_their_status_and_survive_hostile_scra
             assert_eq!(replica["last_decided"], reports[i].last_decided.0);
             assert_eq!(replica["state_digest"], reports[i].state_digest.to_hex());
             assert_eq!(replica["participating"], true);
+        }
+
+        // `smr status --watch --json` into a pipe: a line of JSON per second, no screen
+        // clearing (stdout is not a terminal), and Ctrl-C (SIGINT) ends it with status 0.
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let mut watch = std::process::Command::new(SMR)
+            .args([
+                "status", "--config", &config, "--key", &key, "--watch", "--json",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(out.reopen().unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(sigint(watch.id()));
+        let exit = tokio::task::block_in_place(|| watch.wait()).unwrap();
+        assert!(exit.success(), "{exit}");
+        let text = std::fs::read_to_string(out.path()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!((2..=4).contains(&lines.len()), "{text}");
+        assert!(
+            !text.contains('\u{1b}'),
+            "cleared the screen of a pipe: {text:?}"
+        );
+        for line in lines {
+            let json: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(json["summary"]["reachable"], 4);
         }
 
         let documented = documented();
