@@ -54,10 +54,12 @@ use crate::engine::{Engine, ExecuteItem, Output, PersistRecord, ServiceDone, Ser
 use crate::message::{
     Cid, Message, Participation, Regency, ReplicaId, RequestId, RequestKind, StatusReport,
 };
+use crate::metrics::ReplicaMetrics;
 use crate::network::{InboundFrame, Network, Peer, SendError};
 use crate::rejection::Rejection;
 use crate::runner::{self, Host};
 use crate::service::Service;
+use crate::storage::FsyncPolicy;
 use crate::storage::{Recovered, Wal};
 use crate::verify::{InboundVerifier, Verified, VerifiedRequests};
 use crate::{EngineConfig, InvalidConfig};
@@ -240,12 +242,19 @@ pub struct ReplicaHandle {
     status: watch::Receiver<ReplicaStatus>,
     shutdown: Arc<Notify>,
     outcome: watch::Receiver<Outcome>,
+    metrics: Arc<ReplicaMetrics>,
 }
 
 impl ReplicaHandle {
     /// The replica's latest status.
     pub fn status(&self) -> ReplicaStatus {
         self.status.borrow().clone()
+    }
+
+    /// The replica's metrics (docs/metrics.md), updated by the driver as it runs: register
+    /// them in a `prometheus_client` registry as a collector to expose them.
+    pub fn metrics(&self) -> Arc<ReplicaMetrics> {
+        self.metrics.clone()
     }
 
     /// Resolves once the replica has stopped: `Ok` after [`ReplicaHandle::shutdown`], or the
@@ -347,6 +356,11 @@ pub fn start_replica<N: Network>(
     storage: Option<(Wal, Recovered)>,
 ) -> Result<ReplicaHandle, StartError> {
     let config = config.validate()?;
+    let metrics = Arc::new(ReplicaMetrics::default());
+    let signatures: Arc<dyn Verifier> = Arc::new(CountingVerifier {
+        inner: signatures,
+        metrics: metrics.clone(),
+    });
     let verifier = InboundVerifier {
         quorums: config.quorums,
         replica_keys: Arc::new(config.replica_keys.clone()),
@@ -442,6 +456,7 @@ pub fn start_replica<N: Network>(
             input_tx: input_tx.clone(),
             rejected: rejected.clone(),
             decode_errors: decode_errors.clone(),
+            metrics: metrics.clone(),
         };
         let runtime = runtime.clone();
         std::thread::Builder::new()
@@ -523,6 +538,8 @@ pub fn start_replica<N: Network>(
         rejected,
         decode_errors,
         frames_too_large: 0,
+        metrics: metrics.clone(),
+        timing: Timing::default(),
         max_state_bytes,
         oversize_checkpoints_logged: 0,
         unusable_checkpoints_logged: 0,
@@ -551,6 +568,7 @@ pub fn start_replica<N: Network>(
         status: status_rx,
         shutdown,
         outcome: outcome_rx,
+        metrics,
     })
 }
 
@@ -561,6 +579,34 @@ struct VerifyWorker {
     input_tx: mpsc::Sender<EngineInput>,
     rejected: Arc<AtomicU64>,
     decode_errors: Arc<AtomicU64>,
+    metrics: Arc<ReplicaMetrics>,
+}
+
+/// A [`Verifier`] that counts the signatures it checks
+/// ([`ReplicaMetrics::signature_verifications`]): one atomic add per batch.
+struct CountingVerifier {
+    inner: Arc<dyn Verifier>,
+    metrics: Arc<ReplicaMetrics>,
+}
+
+impl Verifier for CountingVerifier {
+    fn verify(
+        &self,
+        key: &smr_crypto::PublicKey,
+        message: &[u8],
+        signature: &smr_crypto::Signature,
+    ) -> Result<(), smr_crypto::VerifyError> {
+        self.metrics.signature_verifications.add(1);
+        self.inner.verify(key, message, signature)
+    }
+
+    fn verify_batch(
+        &self,
+        items: &[smr_crypto::SignedItem<'_>],
+    ) -> Result<(), smr_crypto::BatchVerifyError> {
+        self.metrics.signature_verifications.add(items.len() as u64);
+        self.inner.verify_batch(items)
+    }
 }
 
 /// What a frame of a verify run turned into, in arrival order.
@@ -660,6 +706,7 @@ impl VerifyWorker {
                     Ok(v) => run.push(v),
                     Err(rejection) => {
                         self.rejected.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.count_rejection(rejection.name());
                         tracing::debug!(?from, %rejection, "rejected message");
                     }
                 },
@@ -789,12 +836,69 @@ struct EngineLoop<N> {
     decode_errors: Arc<AtomicU64>,
     /// Sends refused as larger than the frame limit ([`ReplicaStatus::frames_too_large`]).
     frames_too_large: u64,
+    metrics: Arc<ReplicaMetrics>,
+    /// When the latencies in [`ReplicaMetrics`] started, by the driver's clock.
+    timing: Timing,
     /// `limits.max_state_bytes`, for the error logged when a checkpoint exceeds it.
     max_state_bytes: u64,
     /// The engine's `oversize_checkpoints` already logged.
     oversize_checkpoints_logged: u64,
     /// The engine's `unusable_agreed_checkpoints` already logged.
     unusable_checkpoints_logged: u64,
+}
+
+/// Most undecided cids whose PROPOSE time [`Timing`] keeps.
+const MAX_TIMED_PROPOSALS: usize = 4096;
+/// Most requests whose arrival time [`Timing`] keeps.
+const MAX_TIMED_REQUESTS: usize = 1 << 16;
+/// A request unanswered this long no longer holds room in [`Timing`] once it is full.
+const TIMED_REQUEST_EXPIRY: Duration = Duration::from_secs(60);
+
+/// When what the latency histograms of [`ReplicaMetrics`] measure started, by the driver's
+/// clock (the engine has none). Bounded: past its bounds, a start is not timed.
+#[derive(Default)]
+struct Timing {
+    /// The PROPOSE of each undecided cid: when this replica sent it (as leader) or first
+    /// received it.
+    proposed: std::collections::BTreeMap<Cid, std::time::Instant>,
+    /// Each request's first arrival from its client.
+    requests: HashMap<RequestId, std::time::Instant>,
+}
+
+impl Timing {
+    fn proposed(&mut self, cid: Cid, at: std::time::Instant) {
+        if self.proposed.len() < MAX_TIMED_PROPOSALS {
+            self.proposed.entry(cid).or_insert(at);
+        }
+    }
+
+    /// How long since `cid`'s PROPOSE, if it was timed; forgets it and every earlier cid.
+    fn decided(&mut self, cid: Cid) -> Option<Duration> {
+        let at = self.proposed.remove(&cid);
+        if self
+            .proposed
+            .first_key_value()
+            .is_some_and(|(c, _)| *c < cid)
+        {
+            self.proposed = self.proposed.split_off(&cid);
+        }
+        at.map(|at| at.elapsed())
+    }
+
+    fn request_arrived(&mut self, id: RequestId, at: std::time::Instant) {
+        if self.requests.len() >= MAX_TIMED_REQUESTS {
+            self.requests
+                .retain(|_, arrived| at.duration_since(*arrived) < TIMED_REQUEST_EXPIRY);
+            if self.requests.len() >= MAX_TIMED_REQUESTS {
+                return;
+            }
+        }
+        self.requests.entry(id).or_insert(at);
+    }
+
+    fn replied(&mut self, id: &RequestId) -> Option<Duration> {
+        self.requests.remove(id).map(|at| at.elapsed())
+    }
 }
 
 /// Milliseconds since the driver started: the engine's `now`.
@@ -830,6 +934,9 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) -> Result<(), ReplicaError
                 let now = now_ms(epoch);
                 match output {
                     Some(ServiceOutput::Done(done)) => {
+                        if let ServiceDone::Executed { cid, .. } = &done {
+                            l.metrics.last_executed_cid.set(cid.0);
+                        }
                         let output = l.engine.on_service_done(now, done);
                         l.perform_checked(now, output)?;
                     }
@@ -849,7 +956,9 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) -> Result<(), ReplicaError
                 let now = now_ms(epoch);
                 match input {
                     EngineInput::Messages(run) => {
+                        let arrived = std::time::Instant::now();
                         for verified in run {
+                            l.time_arrival(&verified, arrived);
                             let output = l.engine.on_message(now, verified);
                             l.perform_checked(now, output)?;
                         }
@@ -926,7 +1035,15 @@ impl<N: Network> Host for EngineLoop<N> {
                     .collect();
                 // Written and synced in one go.
                 self.unsynced = false;
-                wal.write_checkpoint(&codec::encode(&record), &after)
+                let started = std::time::Instant::now();
+                let result = wal.write_checkpoint(&codec::encode(&record), &after);
+                if wal.policy() == FsyncPolicy::Always {
+                    self.metrics.fsyncs.add(1);
+                    self.metrics
+                        .fsync_latency
+                        .observe_duration(started.elapsed());
+                }
+                result
             }
             _ => {
                 self.unsynced = true;
@@ -944,13 +1061,36 @@ impl<N: Network> Host for EngineLoop<N> {
             return;
         }
         if let Some(wal) = self.wal.as_mut() {
-            if let Err(e) = wal.sync() {
+            let started = std::time::Instant::now();
+            let result = wal.sync();
+            if wal.policy() == FsyncPolicy::Always {
+                self.metrics.fsyncs.add(1);
+                self.metrics
+                    .fsync_latency
+                    .observe_duration(started.elapsed());
+            }
+            if let Err(e) = result {
                 self.fail(ReplicaError::Storage(e.to_string()));
             }
         }
     }
 
     fn send(&mut self, to: &[Peer], message: Message) {
+        match &message {
+            Message::Propose(propose) => self
+                .timing
+                .proposed(propose.body.cid, std::time::Instant::now()),
+            Message::Reply(reply) => {
+                let id = RequestId {
+                    client: reply.client,
+                    seq: reply.seq,
+                };
+                if let Some(latency) = self.timing.replied(&id) {
+                    self.metrics.request_latency.observe_duration(latency);
+                }
+            }
+            _ => {}
+        }
         // Encoded once, however many receive it.
         let frame = codec::encode(&message);
         for peer in to {
@@ -970,6 +1110,16 @@ impl<N: Network> Host for EngineLoop<N> {
     }
 
     fn service(&mut self, work: ServiceWork) -> Option<ServiceDone> {
+        match &work {
+            ServiceWork::Execute { cid, items } => {
+                self.metrics.batch_size.observe(items.len() as u64);
+                if let Some(latency) = self.timing.decided(*cid) {
+                    self.metrics.consensus_latency.observe_duration(latency);
+                }
+            }
+            ServiceWork::TakeSnapshot { .. } => self.metrics.checkpoints.add(1),
+            _ => {}
+        }
         let command = match work {
             ServiceWork::Execute { cid, items } => ServiceCommand::Execute { cid, items },
             ServiceWork::Query { id, op } => ServiceCommand::Query { id, op },
@@ -989,6 +1139,7 @@ impl<N: Network> Host for EngineLoop<N> {
 
     fn rejected(&mut self, rejection: &Rejection) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.metrics.count_rejection(rejection.name());
         tracing::debug!(%rejection, "engine rejected message");
     }
 }
@@ -1045,7 +1196,50 @@ impl<N: Network> EngineLoop<N> {
         self.failure.get_or_insert(error);
     }
 
+    /// Notes when a PROPOSE or a client's request arrived, for the latency histograms.
+    fn time_arrival(&mut self, verified: &Verified, arrived: std::time::Instant) {
+        match (verified.from(), verified.message()) {
+            (Peer::Replica(_), Message::Propose(propose))
+                if propose.body.cid > self.engine.last_executed() =>
+            {
+                self.timing.proposed(propose.body.cid, arrived);
+            }
+            (Peer::Client(_), Message::Request(request)) => {
+                let id = RequestId {
+                    client: request.body.client,
+                    seq: request.body.seq,
+                };
+                self.timing.request_arrived(id, arrived);
+            }
+            _ => {}
+        }
+    }
+
+    /// Copies the engine's state and counters into [`ReplicaMetrics`]: relaxed stores.
+    fn publish_metrics(&self) {
+        let m = &self.metrics;
+        let stats = self.engine.stats();
+        m.last_decided_cid.set(self.engine.last_executed().0);
+        m.last_checkpoint_cid.set(self.engine.last_checkpoint().0);
+        m.regency.set(self.engine.regency().0);
+        m.leader.set(u64::from(self.engine.leader()));
+        m.participating
+            .set(u64::from(self.engine.participation().participates()));
+        m.pending_requests
+            .set(self.engine.pending_requests() as u64);
+        m.ops_executed.set(stats.executed_requests);
+        m.instances_decided.set(stats.decided_instances);
+        m.leader_changes.set(stats.regency_changes);
+        m.proposals.set(stats.proposals_sent);
+        m.retransmissions.set(stats.retransmissions);
+        m.state_transfers.set(stats.state_transfers);
+        m.decode_errors
+            .set(self.decode_errors.load(Ordering::Relaxed));
+        m.frames_too_large.set(self.frames_too_large);
+    }
+
     fn publish_status(&self) {
+        self.publish_metrics();
         let status = ReplicaStatus {
             regency: self.engine.regency(),
             leader: self.engine.leader(),

@@ -29,6 +29,7 @@ pub mod driver;
 pub mod engine;
 pub mod frame_limits;
 pub mod message;
+pub mod metrics;
 pub mod network;
 pub mod pool;
 pub mod rejection;

@@ -113,6 +113,10 @@ pub struct BenchArgs {
     /// Keep the replicas' directory (config, keys, logs) and print where it is.
     #[arg(long)]
     pub keep_dir: bool,
+    /// Start the replicas with `--metrics-addr 127.0.0.1:0` and print where each serves its
+    /// Prometheus metrics (docs/metrics.md), to watch them under load.
+    #[arg(long)]
+    pub metrics: bool,
     /// Override the config's limits.max_instances_in_flight (for experiments).
     #[arg(long)]
     pub max_instances_in_flight: Option<u64>,
@@ -231,6 +235,7 @@ struct Settings {
     kill_leader_after: Option<Duration>,
     threads: bool,
     progress: bool,
+    metrics: bool,
     limits: smr_core::Limits,
     timeouts: smr_core::Timeouts,
 }
@@ -283,6 +288,7 @@ pub async fn run_with_binary(binary: &Path, args: BenchArgs) -> anyhow::Result<E
         outstanding: args.outstanding,
         kill_leader_after,
         threads: args.threads,
+        metrics: args.metrics,
         progress: true,
         limits: smr_core::Limits {
             max_instances_in_flight: args
@@ -423,16 +429,28 @@ fn start_cluster(binary: &Path, settings: &Settings, n: usize) -> anyhow::Result
     options.limits = settings.limits.clone();
     options.timeouts = settings.timeouts.clone();
     let reply_bytes = settings.reply_bytes.to_string();
+    let mut replica_args = vec!["--reply-bytes", &reply_bytes];
+    if settings.metrics {
+        replica_args.extend(["--metrics-addr", "127.0.0.1:0"]);
+    }
     let cluster = tokio::task::block_in_place(|| {
         LocalCluster::start_with_args(
             binary,
             &options,
             ServiceKind::Null,
-            &["--reply-bytes", &reply_bytes],
+            &replica_args,
             READY_TIMEOUT,
             true,
         )
     })?;
+    if settings.metrics {
+        for id in 0..n as smr_core::ReplicaId {
+            let log = std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default();
+            if let Some(line) = log.lines().find(|l| l.contains("serves metrics on")) {
+                say(line);
+            }
+        }
+    }
     let limit = cluster.config().limits.max_pending_per_client;
     if settings.outstanding > limit {
         bail!("--outstanding {} exceeds the replicas' max_pending_per_client ({limit}); a client cannot have more in flight", settings.outstanding);

@@ -3,10 +3,11 @@
 //! The binary (`src/main.rs`) has one subcommand per job:
 //! - `smr keygen` writes replica and client keys and a `cluster.toml` for replicas on free
 //!   127.0.0.1 ports ([`keygen`]);
-//! - `smr replica` runs one replica of a demo service over QUIC until SIGINT or SIGTERM;
+//! - `smr replica` runs one replica of a demo service over QUIC until SIGINT or SIGTERM, and
+//!   with `--metrics-addr` serves its Prometheus metrics ([`metrics_http`]);
 //! - `smr client` runs one counter or key-value operation and prints the result;
 //! - `smr status` asks every replica for its regency, leader, last decided cid and state digest
-//!   ([`status`]);
+//!   ([`status`]), once or every second (`--watch`), as a table or as JSON (`--json`);
 //! - `smr cluster` is the one-command demo: it starts replicas as child processes in a temporary
 //!   directory ([`local`]), runs a short concurrent workload, shows that every replica ends with
 //!   the same state digest, and cleans up;
@@ -24,6 +25,7 @@ pub mod bench;
 pub mod history;
 pub mod keygen;
 pub mod local;
+pub mod metrics_http;
 pub mod services;
 pub mod status;
 

@@ -41,7 +41,8 @@ enum Command {
         after_help = "Exit status: 0 on success, 1 if `kv get` finds no value, 2 on errors (such as no reply quorum in time). An operation that timed out may still execute later: read the state before repeating it."
     )]
     Client(ClientArgs),
-    /// Print each replica's mode, regency, leader, last decided cid and state digest.
+    /// Print each replica's mode, regency, leader, last decided cid and state digest, once,
+    /// or every second with --watch; as a table, or as JSON with --json.
     Status(StatusArgs),
     /// Start a local cluster as child processes, run a demo workload, show equal digests.
     Cluster(ClusterArgs),
@@ -115,6 +116,11 @@ struct ReplicaArgs {
     /// data dir holds state.
     #[arg(long, conflicts_with = "rejoin")]
     new_cluster: bool,
+    /// Serve the replica's metrics for Prometheus at http://IP:PORT/metrics (OpenMetrics
+    /// text; every metric is described in docs/metrics.md). Binds exactly this address: use
+    /// 127.0.0.1 or a private interface, not 0.0.0.0, unless the port is firewalled.
+    #[arg(long, value_name = "IP:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Shut down when stdin reaches end-of-file (used by `smr cluster` so that its children
     /// never outlive it).
     #[arg(long, hide = true)]
@@ -176,6 +182,16 @@ struct StatusArgs {
     /// How long to wait for each replica's answer.
     #[arg(long, default_value_t = 2_000)]
     timeout_ms: u64,
+    /// Ask again every second and print the new answers, until Ctrl-C. On a terminal the
+    /// screen is cleared between answers; otherwise (a pipe, a file) they follow each other.
+    #[arg(long)]
+    watch: bool,
+    /// Print each set of answers as one line of JSON for scripts: {"replicas": [...],
+    /// "summary": {...}}, one object per replica with the fields of the table
+    /// ("reachable": false for one that did not answer). Strings a replica supplied are
+    /// escaped, and the line is plain ASCII. With --watch, one line per second (JSON Lines).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug)]

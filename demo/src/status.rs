@@ -336,3 +336,141 @@ mod tests {
         assert!(summary(&[down(0)]).contains("0 of 1"));
     }
 }
+
+/// The answers as one JSON object (`smr status --json`): `replicas`, one object per replica in
+/// id order (`reachable: false` and nothing else for one that did not answer), and `summary`
+/// (`reachable`, `total`, `agree`: [`reachable_agree`]). Field names are those of
+/// [`StatusReport`]; cids and regencies are numbers, the state digest is hex, `participation`
+/// is its display text and `participating` a boolean.
+pub fn to_json(answers: &[ReplicaAnswer]) -> serde_json::Value {
+    use serde_json::json;
+    let replicas: Vec<serde_json::Value> = answers
+        .iter()
+        .map(|answer| match &answer.report {
+            None => json!({ "id": answer.id, "reachable": false }),
+            Some(r) => json!({
+                "id": answer.id,
+                "reachable": true,
+                "mode": r.mode,
+                "regency": r.regency.0,
+                "leader": r.leader,
+                "last_decided": r.last_decided.0,
+                "last_checkpoint": r.last_checkpoint.0,
+                "state_digest": r.state_digest.to_hex(),
+                "pending_requests": r.pending_requests,
+                "rejected_messages": r.rejected_messages,
+                "log_entries": r.log_entries,
+                "decided_instances": r.decided_instances,
+                "executed_requests": r.executed_requests,
+                "state_over_max_state_bytes": r.state_over_max_state_bytes,
+                "participating": r.participation.participates(),
+                "participation": r.participation.to_string(),
+                "refused_replicas": r.refused_replicas.iter().map(|refused| json!({
+                    "replica": refused.replica,
+                    "settings": refused.settings,
+                })).collect::<Vec<_>>(),
+            }),
+        })
+        .collect();
+    json!({
+        "replicas": replicas,
+        "summary": {
+            "reachable": answers.iter().filter(|a| a.report.is_some()).count(),
+            "total": answers.len(),
+            "agree": reachable_agree(answers),
+        },
+    })
+}
+
+/// `value` as one line of JSON in ASCII alone: every character outside printable ASCII (in a
+/// peer-supplied string: control characters, bidirectional overrides, any non-ASCII letter)
+/// is written as a `\uXXXX` escape (a surrogate pair above U+FFFF). Still exactly the same
+/// JSON value, and safe to print on a terminal.
+pub fn ascii_json(value: &serde_json::Value) -> String {
+    // serde_json escapes quotes, backslashes and C0 controls; what remains outside printable
+    // ASCII can only be inside strings, where a \u escape means the same character.
+    let text = value.to_string();
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c == ' ' || c.is_ascii_graphic() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{:04x}", unit));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod json_tests {
+    use super::*;
+    use smr_core::message::{Participation, Regency, StatusReport};
+
+    #[test]
+    fn status_json_escapes_peer_strings_and_parses_back() {
+        let report = StatusReport {
+            replica: 1,
+            mode: "bft\u{1b}[2J\u{202e}\"\\é😀\u{7f}\u{85}".to_string(),
+            regency: Regency(3),
+            leader: 3,
+            last_decided: Cid(42),
+            last_checkpoint: Cid(40),
+            state_digest: smr_crypto::Digest::default(),
+            pending_requests: 2,
+            rejected_messages: 1,
+            log_entries: 5,
+            decided_instances: 42,
+            executed_requests: 100,
+            refused_replicas: vec![smr_core::message::RefusedReplica {
+                replica: 2,
+                settings: vec!["limits.\u{0}x".to_string()],
+            }],
+            state_over_max_state_bytes: false,
+            participation: Participation::Participating,
+        };
+        let answers = [
+            ReplicaAnswer {
+                id: 0,
+                report: None,
+            },
+            ReplicaAnswer {
+                id: 1,
+                report: Some(report.clone()),
+            },
+        ];
+        let line = ascii_json(&to_json(&answers));
+        assert!(
+            line.chars().all(|c| c == ' ' || c.is_ascii_graphic()),
+            "{line}"
+        );
+        assert!(!line.contains('\n'));
+        let parsed: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed["replicas"][1]["mode"], report.mode.as_str());
+        assert_eq!(
+            parsed["replicas"][1]["refused_replicas"][0]["settings"][0],
+            "limits.\u{0}x"
+        );
+        assert_eq!(
+            parsed,
+            serde_json::json!({
+                "replicas": [
+                    { "id": 0, "reachable": false },
+                    {
+                        "id": 1, "reachable": true, "mode": report.mode, "regency": 3,
+                        "leader": 3, "last_decided": 42, "last_checkpoint": 40,
+                        "state_digest": smr_crypto::Digest::default().to_hex(),
+                        "pending_requests": 2, "rejected_messages": 1, "log_entries": 5,
+                        "decided_instances": 42, "executed_requests": 100,
+                        "state_over_max_state_bytes": false, "participating": true,
+                        "participation": "participating",
+                        "refused_replicas": [{ "replica": 2, "settings": ["limits.\u{0}x"] }],
+                    },
+                ],
+                "summary": { "reachable": 1, "total": 2, "agree": true },
+            })
+        );
+    }
+}

@@ -151,6 +151,40 @@ impl Replica {
         self.transport.stats()
     }
 
+    /// Registers every metric of this replica (docs/metrics.md: the engine's, the driver's
+    /// latencies and fsyncs, the transport's traffic by peer) in `registry`, as collectors
+    /// read at each scrape. Use it to serve them with your own HTTP stack, beside your own
+    /// metrics:
+    ///
+    /// ```no_run
+    /// # fn demo(replica: &smr_transport::Replica) {
+    /// use smr_transport::prometheus_client::{encoding::text::encode, registry::Registry};
+    /// let mut registry = Registry::default();
+    /// replica.register_metrics(&mut registry);
+    /// let mut body = String::new();
+    /// encode(&mut body, &registry).unwrap(); // serve with content type OPENMETRICS_CONTENT_TYPE
+    /// # }
+    /// ```
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register_collector(Box::new(self.handle.metrics()));
+        self.transport.register_metrics(registry);
+    }
+
+    /// A registry with this replica's metrics alone ([`Replica::register_metrics`]).
+    pub fn metrics_registry(&self) -> prometheus_client::registry::Registry {
+        let mut registry = prometheus_client::registry::Registry::default();
+        self.register_metrics(&mut registry);
+        registry
+    }
+
+    /// Appends this replica's metrics to `out` in the OpenMetrics text format (which
+    /// Prometheus scrapes; serve it as [`crate::OPENMETRICS_CONTENT_TYPE`]), `# EOF` line
+    /// included. Reads atomics and the transport's connection tables; never waits for the
+    /// engine.
+    pub fn encode_metrics(&self, out: &mut String) {
+        crate::encode_registry(out, &self.metrics_registry());
+    }
+
     /// Resolves once the replica has stopped on its own, with the reason (fail-stop): its
     /// storage failed (an I/O error, a full disk), its service panicked, a broken invariant
     /// stopped the engine, or the transport failed. The reason is already logged. Await it

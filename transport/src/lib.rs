@@ -170,6 +170,7 @@
 
 mod embed;
 mod link;
+mod metrics;
 mod tls;
 
 /// The Rust snippets of the repository's README.md, compiled as doc-tests so that they stay true.
@@ -178,6 +179,21 @@ mod tls;
 pub struct ReadmeDoctests;
 
 pub use embed::{Client, Replica, StartError};
+/// The metrics crate whose registry [`Replica::register_metrics`] fills: use this re-export to
+/// be sure of the same version.
+pub use prometheus_client;
+
+/// The HTTP content type of [`Replica::encode_metrics`]'s text.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Appends `registry` in the OpenMetrics text format, `# EOF` included. Writing to a `String`
+/// cannot fail, and the collectors of this crate and of smr-core never fail.
+pub fn encode_registry(out: &mut String, registry: &prometheus_client::registry::Registry) {
+    if prometheus_client::encoding::text::encode(out, registry).is_err() {
+        tracing::error!("a metrics collector failed to encode");
+    }
+}
 pub use smr_core::driver::{EmptyStart, ReplicaError};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -666,6 +682,8 @@ pub(crate) struct Counters {
     connections_lost: AtomicU64,
     pub(crate) connections_refused_settings: AtomicU64,
     pub(crate) connections_refused_source_limit: AtomicU64,
+    /// Frames and bytes by peer, for the metrics (`metrics.rs`).
+    pub(crate) peers: metrics::PeerTraffic,
 }
 
 impl Counters {
@@ -763,7 +781,11 @@ impl QuicTransport {
             .set_nonblocking(true)
             .map_err(TransportError::Endpoint)?;
 
-        let counters = Arc::new(Counters::default());
+        let replica_ids = config.replicas.iter().map(|r| r.id as usize + 1).max();
+        let counters = Arc::new(Counters {
+            peers: metrics::PeerTraffic::new(replica_ids.unwrap_or(0)),
+            ..Counters::default()
+        });
         let local_cert = tls::LocalCertificate::from_identity(&config.identity)?;
         let transport_config = Arc::new(link::quic_transport_config(&config)?);
         let admission = Arc::new(tls::Admission {
@@ -948,6 +970,35 @@ impl QuicTransport {
     /// A snapshot of the counters.
     pub fn stats(&self) -> TransportStats {
         self.inner.shared.counters.snapshot()
+    }
+
+    /// Bytes waiting in all send queues together (bounded by
+    /// [`TransportConfig::send_queue_total_bytes`]).
+    pub fn send_queue_bytes(&self) -> usize {
+        self.inner.shared.send_queue_total.held()
+    }
+
+    /// Replica role: the replicas and the client keys with a live connection to us now.
+    pub fn connected_peers(&self) -> (usize, usize) {
+        let shared = &self.inner.shared;
+        let replicas = lock(&shared.replica_links)
+            .values()
+            .filter(|links| !links.is_empty())
+            .count();
+        let clients = lock(&shared.client_links)
+            .values()
+            .filter(|links| !links.is_empty())
+            .count();
+        (replicas, clients)
+    }
+
+    pub(crate) fn peer_traffic(&self) -> &metrics::PeerTraffic {
+        &self.inner.shared.counters.peers
+    }
+
+    /// Registers the transport's metrics (docs/metrics.md) in `registry`, read at each scrape.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register_collector(Box::new(metrics::TransportMetrics(self.clone())));
     }
 
     /// The replicas refused now because their protocol settings differ from ours (see

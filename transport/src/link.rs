@@ -1009,6 +1009,7 @@ enum WriteEnd {
 /// `hello` (our protocol settings, to a replica) opens the stream, at once.
 async fn write_frames(
     shared: &Shared,
+    peer: Peer,
     conn: &Connection,
     queue: &mut SendQueueRx,
     shutdown: &mut watch::Receiver<bool>,
@@ -1061,6 +1062,7 @@ async fn write_frames(
             Ok(()) => {
                 bump(&counters.frames_sent, frames);
                 bump(&counters.bytes_sent, payload_bytes);
+                counters.peers.sent(peer, frames, payload_bytes);
             }
             Err(error) => {
                 bump(&counters.frames_dropped_connection_lost, frames);
@@ -1162,7 +1164,7 @@ pub(crate) async fn run_replica_link(
                 // A connection younger than REDIAL_MIN_AGE is kept: it was dialed after the
                 // peer's restart, or in answer to it.
                 let hello = shared.settings.as_ref().map(|s| s.hello.as_slice());
-                let write = write_frames(&shared, &conn, &mut queue, &mut shutdown, hello);
+                let write = write_frames(&shared, peer, &conn, &mut queue, &mut shutdown, hello);
                 tokio::pin!(write);
                 // The redial signal first: frames queued in answer to what the peer sent on its
                 // new connection must not go out on the dead one.
@@ -1433,7 +1435,7 @@ async fn run_client_link(
 ) {
     let peer = Peer::Client(key);
     let mut shutdown = shared.shutdown_rx();
-    let end = write_frames(&shared, &conn, &mut queue, &mut shutdown, None).await;
+    let end = write_frames(&shared, peer, &conn, &mut queue, &mut shutdown, None).await;
     {
         let mut all_links = lock(&shared.client_links);
         if let Some(links) = all_links.get_mut(&key) {
@@ -1614,11 +1616,10 @@ async fn read_frames(
         }
         // Counted before the hand-off so that whoever receives a frame already sees it
         // counted.
+        let cut_bytes: u64 = cut.iter().map(|&(_, length)| length as u64).sum();
         bump(&shared.counters.frames_received, cut.len() as u64);
-        bump(
-            &shared.counters.bytes_received,
-            cut.iter().map(|&(_, length)| length as u64).sum(),
-        );
+        bump(&shared.counters.bytes_received, cut_bytes);
+        shared.counters.peers.received(peer, cut.len() as u64, cut_bytes);
         let lane = shared.lane(peer);
         // Several frames from one read take their room in the receive queue in one step when
         // it is there (the common case under load); otherwise frame by frame, waiting.

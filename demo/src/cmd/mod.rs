@@ -163,6 +163,15 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let address = entry.address;
+    // Bound before the replica starts, so that a taken metrics port fails the start at once.
+    let metrics_listener = match args.metrics_addr {
+        Some(addr) => Some(
+            smr_demo::metrics_http::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind the metrics address {addr}"))?,
+        ),
+        None => None,
+    };
     if args.data_dir.is_none() {
         tracing::warn!(replica = id, "no --data-dir: running in memory; a restart forgets everything and rejoins by state transfer");
     }
@@ -180,6 +189,23 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
     )
     .await
     .with_context(|| format!("replica {id} cannot start on {address}"))?;
+    // Printed before the ready line, so whoever waits for that line finds this one too.
+    let _metrics_server = metrics_listener.map(|listener| {
+        let local = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        println!("replica {id} serves metrics on http://{local}/metrics");
+        let registry = std::sync::Arc::new(replica.metrics_registry());
+        AbortOnDrop(tokio::spawn(smr_demo::metrics_http::serve(
+            listener,
+            smr_demo::metrics_http::Limits::default(),
+            smr_transport::OPENMETRICS_CONTENT_TYPE,
+            std::sync::Arc::new(move |out: &mut String| {
+                smr_transport::encode_registry(out, &registry)
+            }),
+        )))
+    });
     println!(
         "replica {id} listening on {address} ({}, n={}, f={}, service {})",
         config.mode(),
@@ -214,6 +240,15 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
     );
     replica.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What to tell the operator after the replica stopped with `error`: a restart helps unless
@@ -395,15 +430,44 @@ async fn run_client_op(client: &Client, op: ClientService) -> Result<ExitCode, O
 }
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
     let (config, client, key) = connect(&args.config, args.key).await?;
-    let ids = config.replicas.iter().map(|r| r.id);
-    let answers = replica_status::query(&client, ids, Duration::from_millis(args.timeout_ms)).await;
-    for answer in &answers {
-        println!("{}", replica_status::format_line(answer));
-    }
-    println!("{}", replica_status::summary(&answers));
-    if answers.iter().all(|a| a.report.is_none()) {
-        eprintln!("{}", diagnose(&client, &key, &args.config));
+    let ids: Vec<_> = config.replicas.iter().map(|r| r.id).collect();
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let clear_screen = args.watch && std::io::stdout().is_terminal();
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+    loop {
+        let started = tokio::time::Instant::now();
+        let answers = tokio::select! {
+            answers = replica_status::query(&client, ids.iter().copied(), timeout) => answers,
+            _ = &mut stop => break,
+        };
+        if clear_screen {
+            // Clear the screen and move the cursor home.
+            print!("\x1b[2J\x1b[H");
+        }
+        if args.json {
+            println!(
+                "{}",
+                replica_status::ascii_json(&replica_status::to_json(&answers))
+            );
+        } else {
+            for answer in &answers {
+                println!("{}", replica_status::format_line(answer));
+            }
+            println!("{}", replica_status::summary(&answers));
+            if answers.iter().all(|a| a.report.is_none()) {
+                eprintln!("{}", diagnose(&client, &key, &args.config));
+            }
+        }
+        if !args.watch {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(started + Duration::from_secs(1)) => {}
+            _ = &mut stop => break,
+        }
     }
     close(client).await;
     Ok(ExitCode::SUCCESS)
