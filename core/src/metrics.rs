@@ -476,36 +476,4 @@ mod tests {
         assert!(text.contains("# TYPE smr_ops_executed counter\n"));
         assert!(text.ends_with("# EOF\n"));
     }
-
-    /// The cost of one encode of the engine-side metrics (run with `--ignored --nocapture`).
-    #[test]
-    #[ignore]
-    fn encode_cost() {
-        let metrics = Arc::new(ReplicaMetrics::default());
-        for reason in ["bad_signature", "stale_regency", "malformed"] {
-            metrics.count_rejection(reason);
-        }
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(metrics.clone()));
-        let rounds = 2000;
-        let started = std::time::Instant::now();
-        let mut bytes = 0;
-        for _ in 0..rounds {
-            let mut out = String::new();
-            prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
-            bytes = out.len();
-        }
-        println!(
-            "encode: {:.1} us for {bytes} bytes",
-            started.elapsed().as_secs_f64() * 1e6 / f64::from(rounds)
-        );
-        let started = std::time::Instant::now();
-        for i in 0..1_000_000u64 {
-            metrics.request_latency.observe(i * 1000);
-        }
-        println!(
-            "histogram observe: {:.1} ns",
-            started.elapsed().as_secs_f64() * 1e9 / 1e6
-        );
-    }
 }
