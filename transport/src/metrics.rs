@@ -155,6 +155,43 @@ impl Collector for TransportMetrics {
                 ),
             ],
         )?;
+        encode_labelled(
+            e,
+            "smr_connections_refused",
+            "Connections refused (reason: client_limit, source_limit, unknown_key, settings, by_peer).",
+            Counter,
+            "reason",
+            &[
+                (
+                    "client_limit".to_string(),
+                    stats.connections_refused_client_limit,
+                ),
+                (
+                    "source_limit".to_string(),
+                    stats.connections_refused_source_limit,
+                ),
+                (
+                    "unknown_key".to_string(),
+                    stats.connections_refused_unknown_key,
+                ),
+                ("settings".to_string(), stats.connections_refused_settings),
+                ("by_peer".to_string(), stats.connections_refused_by_peer),
+            ],
+        )?;
+        encode_labelled(
+            e,
+            "smr_frames_held_back",
+            "Incoming frames that waited for room (reason: peer_share, partial_budget).",
+            Counter,
+            "reason",
+            &[
+                ("peer_share".to_string(), stats.frames_held_back_peer_share),
+                (
+                    "partial_budget".to_string(),
+                    stats.frames_held_back_partial_budget,
+                ),
+            ],
+        )?;
         encode_value(
             e,
             "smr_connections_lost",
