@@ -1619,7 +1619,10 @@ async fn read_frames(
         let cut_bytes: u64 = cut.iter().map(|&(_, length)| length as u64).sum();
         bump(&shared.counters.frames_received, cut.len() as u64);
         bump(&shared.counters.bytes_received, cut_bytes);
-        shared.counters.peers.received(peer, cut.len() as u64, cut_bytes);
+        shared
+            .counters
+            .peers
+            .received(peer, cut.len() as u64, cut_bytes);
         let lane = shared.lane(peer);
         // Several frames from one read take their room in the receive queue in one step when
         // it is there (the common case under load); otherwise frame by frame, waiting.
