@@ -103,6 +103,24 @@ fn the_dashboard_is_valid_json_with_named_panels_using_documented_metrics() {
                 !names.is_empty(),
                 "panel {title}: {expr} uses no smr metric"
             );
+            // rate()/increase() only over counters and histogram series, and quantiles only
+            // from buckets; a gauge is plotted as is.
+            let over_time = expr.contains("rate(") || expr.contains("increase(");
+            for name in &names {
+                let counted = ["_total", "_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|suffix| name.ends_with(suffix));
+                assert_eq!(
+                    over_time, counted,
+                    "panel {title}: {expr}: {name} under rate() must be a counter or histogram series, and only those"
+                );
+            }
+            if expr.contains("histogram_quantile(") {
+                assert!(
+                    names.iter().all(|n| n.ends_with("_bucket")),
+                    "panel {title}: {expr}"
+                );
+            }
             used.extend(names);
         }
     }
