@@ -371,6 +371,7 @@ pub fn start_replica<N: Network>(
     let me = config.me;
     let mode = config.quorums.mode().to_string();
     let max_state_bytes = config.limits.max_state_bytes;
+    let max_instances_ahead = config.limits.max_instances_ahead;
     let (engine, initial_output, wal) = match storage {
         None => {
             // A restarted in-memory replica has forgotten its votes: it always starts by
@@ -541,6 +542,7 @@ pub fn start_replica<N: Network>(
         metrics: metrics.clone(),
         timing: Timing::default(),
         max_state_bytes,
+        max_instances_ahead,
         oversize_checkpoints_logged: 0,
         unusable_checkpoints_logged: 0,
     }));
@@ -841,6 +843,8 @@ struct EngineLoop<N> {
     timing: Timing,
     /// `limits.max_state_bytes`, for the error logged when a checkpoint exceeds it.
     max_state_bytes: u64,
+    /// `limits.max_instances_ahead`: the window of cids whose PROPOSE [`Timing`] notes.
+    max_instances_ahead: u64,
     /// The engine's `oversize_checkpoints` already logged.
     oversize_checkpoints_logged: u64,
     /// The engine's `unusable_agreed_checkpoints` already logged.
@@ -863,10 +867,22 @@ struct Timing {
     proposed: std::collections::BTreeMap<Cid, std::time::Instant>,
     /// Each request's first arrival from its client.
     requests: HashMap<RequestId, std::time::Instant>,
+    /// While `requests` is full: no entry can expire before this, so no sweep frees room.
+    /// Without it, a map full of requests that never get a reply (refused as
+    /// `client_pool_full` or `rate_limited`) was swept again at every arrival.
+    next_request_sweep: Option<std::time::Instant>,
+    /// Sweeps of a full `requests` so far (for the tests).
+    request_sweeps: u64,
 }
 
 impl Timing {
-    fn proposed(&mut self, cid: Cid, at: std::time::Instant) {
+    /// Notes the PROPOSE for `cid` at `at` if `cid` is in the window after `last_executed`
+    /// (`window`: `limits.max_instances_ahead`). Beyond it the engine refuses the PROPOSE, so
+    /// it would never be decided nor forgotten (a Byzantine peer could fill the map for good).
+    fn proposed(&mut self, cid: Cid, at: std::time::Instant, last_executed: Cid, window: u64) {
+        if cid <= last_executed || cid.0 > last_executed.0.saturating_add(window) {
+            return;
+        }
         if self.proposed.len() < MAX_TIMED_PROPOSALS {
             self.proposed.entry(cid).or_insert(at);
         }
@@ -887,11 +903,21 @@ impl Timing {
 
     fn request_arrived(&mut self, id: RequestId, at: std::time::Instant) {
         if self.requests.len() >= MAX_TIMED_REQUESTS {
-            self.requests
-                .retain(|_, arrived| at.duration_since(*arrived) < TIMED_REQUEST_EXPIRY);
-            if self.requests.len() >= MAX_TIMED_REQUESTS {
+            if self.next_request_sweep.is_some_and(|next| at < next) {
                 return;
             }
+            self.request_sweeps += 1;
+            self.requests
+                .retain(|_, arrived| at.saturating_duration_since(*arrived) < TIMED_REQUEST_EXPIRY);
+            if self.requests.len() >= MAX_TIMED_REQUESTS {
+                self.next_request_sweep = self
+                    .requests
+                    .values()
+                    .min()
+                    .map(|oldest| *oldest + TIMED_REQUEST_EXPIRY);
+                return;
+            }
+            self.next_request_sweep = None;
         }
         self.requests.entry(id).or_insert(at);
     }
@@ -1077,9 +1103,12 @@ impl<N: Network> Host for EngineLoop<N> {
 
     fn send(&mut self, to: &[Peer], message: Message) {
         match &message {
-            Message::Propose(propose) => self
-                .timing
-                .proposed(propose.body.cid, std::time::Instant::now()),
+            Message::Propose(propose) => self.timing.proposed(
+                propose.body.cid,
+                std::time::Instant::now(),
+                self.engine.last_executed(),
+                self.max_instances_ahead,
+            ),
             Message::Reply(reply) => {
                 let id = RequestId {
                     client: reply.client,
@@ -1199,10 +1228,19 @@ impl<N: Network> EngineLoop<N> {
     /// Notes when a PROPOSE or a client's request arrived, for the latency histograms.
     fn time_arrival(&mut self, verified: &Verified, arrived: std::time::Instant) {
         match (verified.from(), verified.message()) {
-            (Peer::Replica(_), Message::Propose(propose))
-                if propose.body.cid > self.engine.last_executed() =>
+            // Only the current leader's PROPOSE starts the clock: one from another replica is
+            // refused (`wrong_leader`), and timing it would let a Byzantine peer make the
+            // latency of cids it does not propose look as long as it likes.
+            (Peer::Replica(from), Message::Propose(propose))
+                if from == self.engine.leader()
+                    && propose.body.regency == self.engine.regency() =>
             {
-                self.timing.proposed(propose.body.cid, arrived);
+                self.timing.proposed(
+                    propose.body.cid,
+                    arrived,
+                    self.engine.last_executed(),
+                    self.max_instances_ahead,
+                );
             }
             (Peer::Client(_), Message::Request(request)) => {
                 let id = RequestId {
@@ -1597,6 +1635,59 @@ impl<N: Network> ClientShared<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request_id(client: u8, seq: u64) -> RequestId {
+        RequestId {
+            client: smr_crypto::PublicKey([client; 32]),
+            seq,
+        }
+    }
+
+    /// Review of issue 16: once the request timing map was full of requests that never get a
+    /// reply (refused as `client_pool_full` or `rate_limited`: one client can send 65536 of
+    /// them in seconds), every further arrival swept the whole map again on the engine task
+    /// (65536 entries per request, for 60 s).
+    #[test]
+    fn a_full_request_timing_map_is_swept_at_most_once_until_an_entry_can_have_expired() {
+        let mut timing = Timing::default();
+        let start = std::time::Instant::now();
+        for seq in 0..MAX_TIMED_REQUESTS as u64 {
+            timing.request_arrived(request_id(1, seq), start);
+        }
+        for seq in 0..1000 {
+            timing.request_arrived(request_id(2, seq), start + Duration::from_secs(1));
+        }
+        assert!(
+            timing.request_sweeps <= 1,
+            "{} sweeps",
+            timing.request_sweeps
+        );
+        // Once the first entries can have expired, a sweep makes room again.
+        timing.request_arrived(
+            request_id(3, 0),
+            start + TIMED_REQUEST_EXPIRY + Duration::from_secs(1),
+        );
+        assert_eq!(timing.requests.len(), 1);
+        assert_eq!(timing.request_sweeps, 2);
+    }
+
+    /// Review of issue 16: PROPOSEs were timed as they arrived, before the engine checked
+    /// them, so a Byzantine replica's PROPOSEs for cids beyond the window (refused by the
+    /// engine, never decided, never forgotten) filled the map for good and no consensus
+    /// latency was recorded again.
+    #[test]
+    fn proposals_beyond_the_window_are_not_timed_and_cannot_fill_the_map() {
+        let mut timing = Timing::default();
+        let at = std::time::Instant::now();
+        let window = 64;
+        for cid in 1_000_000..1_000_000 + MAX_TIMED_PROPOSALS as u64 {
+            timing.proposed(Cid(cid), at, Cid(0), window);
+        }
+        timing.proposed(Cid(1), at, Cid(0), window);
+        assert!(timing.decided(Cid(1)).is_some());
+        timing.proposed(Cid(65), at, Cid(0), window);
+        assert!(timing.decided(Cid(65)).is_none());
+    }
 
     /// Issue 17 item 8 says every refusal of a damaged data dir gives the same advice
     /// (`REJOIN_ADVICE`); a stored checkpoint that does not decode, or stored records beyond

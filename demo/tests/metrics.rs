@@ -103,6 +103,24 @@ fn the_dashboard_is_valid_json_with_named_panels_using_documented_metrics() {
                 !names.is_empty(),
                 "panel {title}: {expr} uses no smr metric"
             );
+            // rate()/increase() only over counters and histogram series, and quantiles only
+            // from buckets; a gauge is plotted as is.
+            let over_time = expr.contains("rate(") || expr.contains("increase(");
+            for name in &names {
+                let counted = ["_total", "_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|suffix| name.ends_with(suffix));
+                assert_eq!(
+                    over_time, counted,
+                    "panel {title}: {expr}: {name} under rate() must be a counter or histogram series, and only those"
+                );
+            }
+            if expr.contains("histogram_quantile(") {
+                assert!(
+                    names.iter().all(|n| n.ends_with("_bucket")),
+                    "panel {title}: {expr}"
+                );
+            }
             used.extend(names);
         }
     }
@@ -327,6 +345,49 @@ async fn replicas_serve_metrics_that_match_their_status_and_survive_hostile_scra
             let json: serde_json::Value = serde_json::from_str(line).unwrap();
             assert_eq!(json["summary"]["reachable"], 4);
         }
+
+        // Into a reader that stops after the first line (`| head -n1`, a `jq` that exits):
+        // the watch ends quietly with 0. It panicked ("failed printing to stdout: Broken
+        // pipe", exit 101) at the next line it printed.
+        let mut watch = std::process::Command::new(SMR)
+            .args([
+                "status", "--config", &config, "--key", &key, "--watch", "--json",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(watch.stdout.take().unwrap()),
+            &mut first,
+        )
+        .unwrap();
+        assert!(first.starts_with("{\"replicas\""), "{first}");
+        // The reader is gone; the next line (within a second) finds the pipe closed.
+        let started = Instant::now();
+        let exit = loop {
+            if let Some(exit) = watch.try_wait().unwrap() {
+                break exit;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = watch.kill();
+                panic!("smr status --watch went on writing into a closed pipe");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mut stderr = String::new();
+        watch
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(
+            exit.success() && !stderr.contains("panicked"),
+            "{exit}: {stderr}"
+        );
 
         let documented = documented();
         let mut request_latencies = 0.0;

@@ -443,23 +443,40 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             answers = replica_status::query(&client, ids.iter().copied(), timeout) => answers,
             _ = &mut stop => break,
         };
+        let mut text = String::new();
         if clear_screen {
             // Clear the screen and move the cursor home.
-            print!("\x1b[2J\x1b[H");
+            text.push_str("\x1b[2J\x1b[H");
         }
         if args.json {
-            println!(
-                "{}",
-                replica_status::ascii_json(&replica_status::to_json(&answers))
-            );
+            text.push_str(&replica_status::ascii_json(&replica_status::to_json(
+                &answers,
+            )));
+            text.push('\n');
         } else {
             for answer in &answers {
-                println!("{}", replica_status::format_line(answer));
+                text.push_str(&replica_status::format_line(answer));
+                text.push('\n');
             }
-            println!("{}", replica_status::summary(&answers));
-            if answers.iter().all(|a| a.report.is_none()) {
-                eprintln!("{}", diagnose(&client, &key, &args.config));
-            }
+            text.push_str(&replica_status::summary(&answers));
+            text.push('\n');
+        }
+        // Not `println!`, which panics once the reader is gone (`| head -n1`): a closed pipe
+        // ends the watch as Ctrl-C does.
+        let written = {
+            use std::io::Write;
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+        };
+        match written {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+            Err(e) => return Err(anyhow!("cannot write to stdout: {e}")),
+        }
+        if !args.json && answers.iter().all(|a| a.report.is_none()) {
+            eprintln!("{}", diagnose(&client, &key, &args.config));
         }
         if !args.watch {
             break;
