@@ -119,6 +119,27 @@ fn delete_stale_namespaces() {
     }
 }
 
+/// Deletes `smr-netfaults-<pid>-...` temp dirs whose test process no longer exists (a run killed
+/// with SIGKILL cannot drop its own).
+fn delete_stale_dirs() {
+    let temp = std::env::temp_dir();
+    let Ok(entries) = std::fs::read_dir(&temp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("smr-netfaults-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 static LABS: AtomicUsize = AtomicUsize::new(0);
 
 /// Why the network-fault tests cannot run here, if they cannot: not root, no `ip`, or no
@@ -678,8 +699,9 @@ impl NetCluster {
     ) -> Result<NetCluster, String> {
         let lab = NetLab::create(n + 1)?;
         let relay = Relay::start(&lab, n, seed)?;
+        delete_stale_dirs();
         let dir = tempfile::Builder::new()
-            .prefix("smr-netfaults-")
+            .prefix(&format!("smr-netfaults-{}-", std::process::id()))
             .tempdir()
             .map_err(|e| e.to_string())?;
         let mut options = KeygenOptions::new(mode, n);
