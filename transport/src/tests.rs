@@ -1083,3 +1083,60 @@ async fn one_host_holding_partial_frames_does_not_make_another_networks_frames_w
     wait_until("the shares are forgotten", || partial.shares_held() == 0).await;
     replica.shutdown().await;
 }
+
+/// Review finding (issue 12): the partial-frame budget can be held for ever by a handful of
+/// source networks at a cost of five bytes each. A stream takes room for its frame's whole
+/// length as soon as the prefix is in, and keeps it while its client sends nothing more (the
+/// replica's own keep-alives keep the connection open), so eight networks (eight /24s, or eight
+/// IPv6 /64s: one home's /56 has 256) each claiming a maximal frame hold the whole budget, and
+/// every other client's frame that does not arrive in one read waits for as long as they like.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "review finding, not fixed: stalled claims from eight networks hold the partial-frame budget for ever"]
+async fn eight_networks_claiming_frames_and_stalling_do_not_make_other_clients_wait_for_ever() {
+    const LIMIT: usize = 16 * 1024;
+    // As at the defaults (64 MiB for 1 MiB frames): an eighth of the budget is about one frame.
+    const BUDGET: usize = 8 * LIMIT;
+    let stallers: Vec<Arc<IdentityKey>> = (0..8u8).map(|i| key(140 + i)).collect();
+    let victim = key(150);
+    let admitted: Vec<PublicKey> = stallers
+        .iter()
+        .chain([&victim])
+        .map(|k| k.public_key())
+        .collect();
+    let (replica, endpoint) = single_replica_with(&admitted, |c| {
+        c.max_client_frame_bytes = LIMIT;
+        c.client_partial_frame_bytes = BUDGET;
+    })
+    .await;
+    let mut held = Vec::new();
+    for (i, staller) in stallers.iter().enumerate() {
+        let ip = format!("127.0.{}.1", 10 + i);
+        let (endpoint_, conn) = raw_connect_from(&ip, staller, &endpoint).await.unwrap();
+        let mut stream = conn.open_uni().await.unwrap();
+        let mut claim = (LIMIT as u32).to_be_bytes().to_vec();
+        claim.push(1);
+        stream.write_all(&claim).await.unwrap();
+        held.push((endpoint_, conn, stream));
+    }
+    wait_until("every stalling stream's claim is read", || {
+        replica.client_partial_frame_bytes() >= 5 * stallers.len()
+    })
+    .await;
+    // An honest client on a ninth network sends a 4 KiB frame, in two writes (as packets do).
+    let (_victim_endpoint, conn) = raw_connect_from("127.0.30.1", &victim, &endpoint)
+        .await
+        .unwrap();
+    let mut stream = conn.open_uni().await.unwrap();
+    let whole = frame(&[5; 4096]);
+    stream.write_all(&whole[..100]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(&whole[100..]).await.unwrap();
+    let arrived = tokio::time::timeout(WAIT, replica.recv()).await;
+    let buffered = replica.client_partial_frame_bytes();
+    drop(held);
+    replica.shutdown().await;
+    assert!(
+        arrived.is_ok(),
+        "an honest 4 KiB frame waited {WAIT:?} behind eight stalled 5-byte claims ({buffered} bytes buffered)"
+    );
+}
