@@ -1140,3 +1140,49 @@ async fn eight_networks_claiming_frames_and_stalling_do_not_make_other_clients_w
         "an honest 4 KiB frame waited {WAIT:?} behind eight stalled 5-byte claims ({buffered} bytes buffered)"
     );
 }
+
+/// Review finding (issue 12): the per-source limit bounds the keys one network holds, but not
+/// the share of `max_client_keys` that a few networks hold together, and connected keys never
+/// expire (the replica's keep-alives keep an idle connection open). `max_client_keys /
+/// max_client_keys_per_source` networks (16 at the defaults; one home's IPv6 /56 is 256 /64s)
+/// that connect keys and send nothing keep every further client out at the transport, for as
+/// long as they stay connected, without one request executed. Here: 4 keys in all, 2 per
+/// network, two idle networks; a client from a third network is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "review finding, not fixed: a few networks' idle keys fill max_client_keys for ever"]
+async fn idle_keys_from_a_few_networks_do_not_keep_every_other_client_out() {
+    let idle: Vec<Arc<IdentityKey>> = (0..4u8).map(|i| key(160 + i)).collect();
+    let newcomer = key(170);
+    let admitted: Vec<PublicKey> = idle
+        .iter()
+        .chain([&newcomer])
+        .map(|k| k.public_key())
+        .collect();
+    let (replica, endpoint) = single_replica_with(&admitted, |c| {
+        c.max_client_keys = 4;
+        c.max_client_keys_per_source = 2;
+    })
+    .await;
+    let mut live = Vec::new();
+    for (i, k) in idle.iter().enumerate() {
+        let ip = format!("127.0.{}.1", 40 + i / 2);
+        let (endpoint_, conn) = raw_connect_from(&ip, k, &endpoint).await.unwrap();
+        let mut stream = conn.open_uni().await.unwrap();
+        stream.write_all(&frame(b"hello")).await.unwrap();
+        recv_within(&replica).await;
+        live.push((endpoint_, conn, stream));
+    }
+    let (_endpoint, conn) = raw_connect_from("127.0.50.1", &newcomer, &endpoint)
+        .await
+        .unwrap();
+    let mut stream = conn.open_uni().await.unwrap();
+    let _ = stream.write_all(&frame(b"newcomer")).await;
+    let arrived = tokio::time::timeout(WAIT, replica.recv()).await;
+    let refused = replica.stats().connections_refused_client_limit;
+    drop(live);
+    replica.shutdown().await;
+    assert!(
+        arrived.is_ok(),
+        "a client from a third network was refused ({refused} refused): two idle networks hold every client key slot"
+    );
+}
