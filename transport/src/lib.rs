@@ -265,7 +265,10 @@ pub struct TransportConfig {
     /// from all client connections together (replica role). A client stream that needs more
     /// waits, which pushes back on its client through QUIC flow control. One source network
     /// (IPv4 /24, IPv6 /64) may hold an eighth of it, at least one client frame. Replica frames
-    /// never count against it: each replica connection has its own bound of one frame.
+    /// never count against it: each replica connection has its own bound of one frame. Must
+    /// hold at least one client frame (`max_client_frame_bytes` + 4); replicas and clients
+    /// started from a cluster config ([`Replica`], [`Client`]) raise it to at least eight, so that an
+    /// eighth still holds one whatever `max_op_bytes` is.
     pub client_partial_frame_bytes: usize,
     /// Most distinct client keys with live connections at once (replica role); a connection
     /// from a further key is refused, counted and logged. Matters under
@@ -434,6 +437,19 @@ impl TransportConfig {
             if value == 0 {
                 return invalid(format!("{name} must be at least 1"));
             }
+        }
+        // A stream holds room for its frame's whole length; with less than one frame, it would
+        // hold the whole budget and still read to the frame's end, past the bound.
+        let one_client_frame = self
+            .max_client_frame_bytes
+            .saturating_add(link::LENGTH_PREFIX_BYTES);
+        if self.client_partial_frame_bytes < one_client_frame {
+            return invalid(format!(
+                "client_partial_frame_bytes ({}) must hold at least one client frame \
+                 (max_client_frame_bytes + {} = {one_client_frame})",
+                self.client_partial_frame_bytes,
+                link::LENGTH_PREFIX_BYTES
+            ));
         }
         if self.recv_queue_bytes > tokio::sync::Semaphore::MAX_PERMITS {
             return invalid(format!(

@@ -1186,3 +1186,46 @@ async fn idle_keys_from_a_few_networks_do_not_keep_every_other_client_out() {
         "a client from a third network was refused ({refused} refused): two idle networks hold every client key slot"
     );
 }
+
+/// Review finding (issue 12): a partial-frame budget below one client frame was accepted, and
+/// a stream then held the whole budget yet read its frame to the end, so buffers outgrew the
+/// total that the docs and the gauge promise. And the replicas started from a cluster config
+/// kept the 64 MiB default whatever the client frame limit (`max_op_bytes` may be up to 1 GiB):
+/// with 32 MiB requests two networks' share was the whole budget, not an eighth each.
+#[tokio::test]
+async fn a_partial_frame_budget_below_one_client_frame_is_refused() {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let identity = key(1);
+    let endpoint = ReplicaEndpoint {
+        id: 0,
+        addr: socket.local_addr().unwrap(),
+        public_key: identity.public_key(),
+    };
+    let mut config = TransportConfig::replica(
+        0,
+        identity,
+        vec![endpoint],
+        ClientPolicy::Allowed(Default::default()),
+    );
+    config.max_client_frame_bytes = 512 * 1024;
+    config.client_partial_frame_bytes = 64 * 1024;
+    match QuicTransport::start_with_socket(config, socket).await {
+        Err(crate::TransportError::InvalidConfig(why)) => {
+            assert!(why.contains("client_partial_frame_bytes"), "{why}")
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(transport) => {
+            transport.shutdown().await;
+            panic!("a partial-frame budget of 64 KiB for 512 KiB client frames was accepted");
+        }
+    }
+    // Replicas and clients started from a cluster config: an eighth of the budget holds a frame.
+    use crate::embed::partial_frame_budget;
+    let default = TransportConfig::DEFAULT_CLIENT_PARTIAL_FRAME_BYTES;
+    assert_eq!(partial_frame_budget(1024 * 1024, default), default);
+    assert_eq!(
+        partial_frame_budget(32 << 20, default),
+        8 * ((32 << 20) + LENGTH_PREFIX_BYTES)
+    );
+    assert_eq!(partial_frame_budget(1 << 30, default), u32::MAX as usize);
+}
