@@ -247,6 +247,8 @@ impl Lane {
 
 /// Where a client connects from, as far as admission cares: its IPv4 /24 or its IPv6 /64 (an
 /// IPv4-mapped IPv6 address counts as IPv4). One host, or one small network, is one source.
+/// A connection's source is fixed when it is admitted: QUIC lets a client move a connection to
+/// another address later, and neither its keys nor its partial frames move with it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct ClientSource(IpAddr);
 
@@ -1154,7 +1156,7 @@ pub(crate) async fn run_replica_link(
                 tracing::info!(me = %shared.me, ?peer, addr = %target.addr, "connected");
                 let connected_at = Instant::now();
                 // Replies to a client come back on the connection it opened.
-                shared.spawn(read_connection(shared.clone(), conn.clone(), peer));
+                shared.spawn(read_connection(shared.clone(), conn.clone(), peer, None));
                 if let Some(redial) = redial.as_mut() {
                     redial.mark_unchanged();
                 }
@@ -1325,7 +1327,7 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
             tracing::info!(me = %shared.me, ?peer, "closing a replica's oldest incoming connection");
             old.close(CLOSE_TOO_MANY_CONNECTIONS, b"too many connections");
         }
-        read_connection(shared.clone(), conn, peer).await;
+        read_connection(shared.clone(), conn, peer, None).await;
         let mut all_links = lock(&shared.replica_links);
         if let Some(links) = all_links.get_mut(&replica) {
             links.retain(|(link, _)| *link != id);
@@ -1396,7 +1398,10 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
             queue_rx,
         ));
     }
-    read_connection(shared, conn, peer).await;
+    // A client's partial frames are charged to the network it was admitted from, whatever
+    // address its connection moves to later (QUIC migration).
+    let source = matches!(peer, Peer::Client(_)).then(|| ClientSource::of(remote.ip()));
+    read_connection(shared, conn, peer, source).await;
 }
 
 /// Called when a replica's connection is accepted (with protocol settings, once its settings
@@ -1453,7 +1458,14 @@ async fn run_client_link(
 }
 
 /// Reads every unidirectional stream the peer opens on `conn`.
-pub(crate) async fn read_connection(shared: Arc<Shared>, conn: Connection, peer: Peer) {
+/// Reads the streams `peer` opens on `conn`; a client's partial frames are charged to
+/// `source`, the network it was admitted from.
+pub(crate) async fn read_connection(
+    shared: Arc<Shared>,
+    conn: Connection,
+    peer: Peer,
+    source: Option<ClientSource>,
+) {
     let mut shutdown = shared.shutdown_rx();
     // A peer may open a few streams; together they buffer at most one frame of its limit
     // (plus the chunks being cut), which is all a sender that uses one stream ever needs.
@@ -1474,6 +1486,7 @@ pub(crate) async fn read_connection(shared: Arc<Shared>, conn: Connection, peer:
                 conn.clone(),
                 stream,
                 peer,
+                source,
                 buffered.clone(),
             )),
             // The connection ended; whoever writes on it counts that.
@@ -1506,10 +1519,10 @@ async fn read_stream(
     conn: Connection,
     mut stream: RecvStream,
     peer: Peer,
+    source: Option<ClientSource>,
     buffered: Arc<ByteBudget>,
 ) {
     let mut shutdown = shared.shutdown_rx();
-    let source = Some(ClientSource::of(conn.remote_address().ip()));
     let end = tokio::select! {
         biased;
         _ = shutdown_signaled(&mut shutdown) => StreamEnd::Closed,

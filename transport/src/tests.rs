@@ -1229,3 +1229,53 @@ async fn a_partial_frame_budget_below_one_client_frame_is_refused() {
     );
     assert_eq!(partial_frame_budget(1 << 30, default), u32::MAX as usize);
 }
+
+/// Review finding (issue 12): a client stream's source network was taken from the
+/// connection's address when the stream opened, not when the connection was admitted, and QUIC
+/// lets a client move its connection to another address (migration; quinn allows it by
+/// default). So a client admitted from one network could charge its partial frames to another
+/// network's share: here a connection admitted from 127.0.61.0/24 moves to 127.0.62.2 and
+/// claims a maximal frame, filling 127.0.62.0/24's share (one frame), and a client of that
+/// network waits behind it. (With a spoofed source address, any network's share.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_migrates_charges_its_partial_frames_to_the_network_it_was_admitted_from()
+{
+    const LIMIT: usize = 16 * 1024;
+    const BUDGET: usize = 8 * (LIMIT + LENGTH_PREFIX_BYTES);
+    let mover = key(180);
+    let victim = key(181);
+    let admitted = [mover.public_key(), victim.public_key()];
+    let (replica, endpoint) = single_replica_with(&admitted, |c| {
+        c.max_client_frame_bytes = LIMIT;
+        c.client_partial_frame_bytes = BUDGET;
+    })
+    .await;
+    let (mover_endpoint, conn) = raw_connect_from("127.0.61.1", &mover, &endpoint)
+        .await
+        .unwrap();
+    // Move to the victim's network, then claim a maximal frame and stall.
+    mover_endpoint
+        .rebind(std::net::UdpSocket::bind("127.0.62.2:0").unwrap())
+        .unwrap();
+    let mut claim_stream = conn.open_uni().await.unwrap();
+    let mut claim = (LIMIT as u32).to_be_bytes().to_vec();
+    claim.push(1);
+    claim_stream.write_all(&claim).await.unwrap();
+    wait_until("the claim is read", || {
+        replica.client_partial_frame_bytes() >= claim.len()
+    })
+    .await;
+    let (_victim_endpoint, victim_conn) = raw_connect_from("127.0.62.1", &victim, &endpoint)
+        .await
+        .unwrap();
+    let mut stream = victim_conn.open_uni().await.unwrap();
+    let whole = frame(&[5; 4096]);
+    stream.write_all(&whole[..100]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(&whole[100..]).await.unwrap();
+    let arrived = tokio::time::timeout(WAIT, replica.recv()).await;
+    drop((claim_stream, conn, mover_endpoint));
+    replica.shutdown().await;
+    let arrived = arrived.expect("the victim's frame waited behind a migrated connection's claim");
+    assert_eq!(arrived.unwrap().from, Peer::Client(victim.public_key()));
+}
