@@ -122,7 +122,8 @@
 //! against the limit) before it reads past the frame's first chunk, and reads no further than
 //! the frame's end, so their buffers never outgrow the total (plus the first chunk of a frame
 //! per waiting stream). Taking room is all or nothing: a stream that must wait gives back what
-//! it holds and waits, unread, which pushes back on its client through QUIC flow control;
+//! it holds and waits, unread (until room comes or its connection ends), which pushes back on
+//! its client through QUIC flow control;
 //! nothing fails, and no two streams wait on each other. One source network (an IPv4 /24, an
 //! IPv6 /64) may hold at most an eighth of the total (at least one client frame), so one host
 //! cannot make every other client's large frames wait. Replica frames never count against

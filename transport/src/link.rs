@@ -1526,7 +1526,7 @@ async fn read_stream(
     let end = tokio::select! {
         biased;
         _ = shutdown_signaled(&mut shutdown) => StreamEnd::Closed,
-        end = read_frames(&shared, &mut stream, peer, source, &buffered) => end,
+        end = read_frames(&shared, &conn, &mut stream, peer, source, &buffered) => end,
     };
     match end {
         StreamEnd::Finished | StreamEnd::Closed => {}
@@ -1565,6 +1565,7 @@ async fn read_stream(
 /// arrived, never a length prefix, and an oversize prefix is refused before its body is read.
 async fn read_frames(
     shared: &Shared,
+    conn: &Connection,
     stream: &mut RecvStream,
     peer: Peer,
     source: Option<ClientSource>,
@@ -1684,10 +1685,14 @@ async fn read_frames(
                     LENGTH_PREFIX_BYTES + u32::from_be_bytes(prefix) as usize
                 }
             };
-            if !partial
-                .hold(room, &shared.counters.frames_held_back_partial_budget, peer)
-                .await
-            {
+            // A stream that waits does not read, so it would not see its connection end; it
+            // stops waiting then, or every connection a client ever closed would leave a task
+            // and a chunk behind for as long as the budget stays spent.
+            let held = tokio::select! {
+                held = partial.hold(room, &shared.counters.frames_held_back_partial_budget, peer) => held,
+                error = conn.closed() => return StreamEnd::Failed(error.to_string()),
+            };
+            if !held {
                 return StreamEnd::Closed;
             }
             read_bytes = match buffer.len() {

@@ -1279,3 +1279,61 @@ async fn a_connection_that_migrates_charges_its_partial_frames_to_the_network_it
     let arrived = arrived.expect("the victim's frame waited behind a migrated connection's claim");
     assert_eq!(arrived.unwrap().from, Peer::Client(victim.public_key()));
 }
+
+/// Review finding (issue 12): a client stream waiting for room in the partial-frame budget did
+/// not notice its connection close: it kept its task, its buffered first chunk and its place
+/// in the queue until room came, which need never happen (a stalled claim holds the room).
+/// A client that reconnects over and over, each time opening streams that wait, made the
+/// replica keep a task and up to a chunk per stream for every connection it ever opened: no
+/// bound. Here a stalled claim holds the network's share, and ten connections in turn each
+/// leave a stream waiting with 8 KiB buffered and close; their buffers must be let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_waiting_for_partial_frame_room_end_with_their_connection() {
+    const LIMIT: usize = 16 * 1024;
+    const BUDGET: usize = 8 * (LIMIT + LENGTH_PREFIX_BYTES);
+    let client = key(190);
+    let (replica, endpoint) = single_replica_with(&[client.public_key()], |c| {
+        c.max_client_frame_bytes = LIMIT;
+        c.client_partial_frame_bytes = BUDGET;
+    })
+    .await;
+    let (_claim_endpoint, claim_conn) = raw_connect_from("127.0.70.1", &client, &endpoint)
+        .await
+        .unwrap();
+    let mut claim_stream = claim_conn.open_uni().await.unwrap();
+    let mut claim = (LIMIT as u32).to_be_bytes().to_vec();
+    claim.push(1);
+    claim_stream.write_all(&claim).await.unwrap();
+    wait_until("the claim is read", || {
+        replica.client_partial_frame_bytes() >= claim.len()
+    })
+    .await;
+    for round in 0..10 {
+        let ip = format!("127.0.70.{}", 2 + round);
+        let (endpoint_, conn) = raw_connect_from(&ip, &client, &endpoint).await.unwrap();
+        let mut stream = conn.open_uni().await.unwrap();
+        let mut head = (LIMIT as u32).to_be_bytes().to_vec();
+        head.extend_from_slice(&[3; 8 * 1024]);
+        let waits = replica.stats().frames_held_back_partial_budget;
+        stream.write_all(&head).await.unwrap();
+        wait_until("the stream waits for room", || {
+            replica.stats().frames_held_back_partial_budget > waits
+        })
+        .await;
+        conn.close(0u32.into(), b"bye");
+        drop((stream, conn, endpoint_));
+    }
+    let settled = tokio::time::timeout(WAIT, async {
+        while replica.client_partial_frame_bytes() > claim.len() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let buffered = replica.client_partial_frame_bytes();
+    drop((claim_stream, claim_conn));
+    replica.shutdown().await;
+    assert!(
+        settled.is_ok(),
+        "streams of ten closed connections still buffer {buffered} bytes, waiting for room"
+    );
+}
