@@ -1337,3 +1337,58 @@ async fn streams_waiting_for_partial_frame_room_end_with_their_connection() {
         "streams of ten closed connections still buffer {buffered} bytes, waiting for room"
     );
 }
+
+/// Review finding (issue 12), not fixed: "a stream that must wait ... pushes back on its client
+/// through QUIC flow control" holds only after quinn has buffered the stream's whole receive
+/// window, which the transport leaves at quinn's defaults: 1.25 MB per stream and no limit per
+/// connection (`receive_window = VarInt::MAX`). So the bytes a waiting client stream makes the
+/// replica hold are not bounded by the partial-frame budget: about 1.25 MB per stream, 4
+/// streams per connection, 4 connections per key, `max_client_keys` keys (80 GB at the
+/// defaults). Here a stream waiting for room still accepts 1 MiB that nobody reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "review finding, not fixed: quinn buffers a waiting client stream's whole 1.25 MB window"]
+async fn a_stream_waiting_for_partial_frame_room_is_not_sent_a_megabyte_it_does_not_read() {
+    const LIMIT: usize = 2 * 1024 * 1024;
+    const BUDGET: usize = 8 * (LIMIT + LENGTH_PREFIX_BYTES);
+    let client = key(200);
+    let (replica, endpoint) = single_replica_with(&[client.public_key()], |c| {
+        c.max_frame_bytes = LIMIT;
+        c.max_client_frame_bytes = LIMIT;
+        c.client_partial_frame_bytes = BUDGET;
+    })
+    .await;
+    let (_claim_endpoint, claim_conn) = raw_connect_from("127.0.80.1", &client, &endpoint)
+        .await
+        .unwrap();
+    let mut claim_stream = claim_conn.open_uni().await.unwrap();
+    let mut claim = (LIMIT as u32).to_be_bytes().to_vec();
+    claim.push(1);
+    claim_stream.write_all(&claim).await.unwrap();
+    wait_until("the claim is read", || {
+        replica.client_partial_frame_bytes() >= claim.len()
+    })
+    .await;
+    let (_endpoint, conn) = raw_connect_from("127.0.80.2", &client, &endpoint)
+        .await
+        .unwrap();
+    let mut stream = conn.open_uni().await.unwrap();
+    let mut head = (LIMIT as u32).to_be_bytes().to_vec();
+    head.push(1);
+    let waits = replica.stats().frames_held_back_partial_budget;
+    stream.write_all(&head).await.unwrap();
+    wait_until("the stream waits for room", || {
+        replica.stats().frames_held_back_partial_budget > waits
+    })
+    .await;
+    let pushed = tokio::time::timeout(
+        Duration::from_secs(2),
+        stream.write_all(&vec![3; 1024 * 1024]),
+    )
+    .await;
+    drop((stream, conn, claim_stream, claim_conn));
+    replica.shutdown().await;
+    assert!(
+        pushed.is_err(),
+        "a client pushed 1 MiB into a stream the replica does not read (quinn buffers it)"
+    );
+}
