@@ -650,6 +650,14 @@ pub struct TransportStats {
     /// [`TransportConfig::max_client_keys_per_source`] keys connected, or connected new keys
     /// faster than [`TransportConfig::client_keys_per_source_per_minute`]; the first is logged.
     pub connections_refused_source_limit: u64,
+    /// Client connections closed because a partial frame did not complete within its deadline
+    /// (`idle_timeout_ms` plus its length at 256 KiB/s; see the crate docs, "Receiving"); the
+    /// room it held in the partial-frame budget is given back. The first is logged.
+    pub connections_closed_slow_frame: u64,
+    /// Client keys whose connections were closed to make room for a new key when
+    /// [`TransportConfig::max_client_keys`] keys were connected: each the key that had sent no
+    /// frame for the longest time, at least 5 s. The first is logged.
+    pub client_keys_evicted_idle: u64,
 }
 
 /// The receive queue's two lanes, read by `recv` (see the crate docs, "Receiving").
@@ -683,6 +691,8 @@ pub(crate) struct Counters {
     connections_lost: AtomicU64,
     pub(crate) connections_refused_settings: AtomicU64,
     pub(crate) connections_refused_source_limit: AtomicU64,
+    pub(crate) connections_closed_slow_frame: AtomicU64,
+    pub(crate) client_keys_evicted_idle: AtomicU64,
 }
 
 impl Counters {
@@ -710,6 +720,8 @@ impl Counters {
             connections_lost: get(&self.connections_lost),
             connections_refused_settings: get(&self.connections_refused_settings),
             connections_refused_source_limit: get(&self.connections_refused_source_limit),
+            connections_closed_slow_frame: get(&self.connections_closed_slow_frame),
+            client_keys_evicted_idle: get(&self.client_keys_evicted_idle),
         }
     }
 }
@@ -873,6 +885,8 @@ impl QuicTransport {
                 config.client_partial_frame_bytes,
                 config.max_client_frame_bytes,
             ),
+            client_frame_grace: Duration::from_millis(config.idle_timeout_ms),
+            epoch: tokio::time::Instant::now(),
             reconnect_initial: Duration::from_millis(config.reconnect_initial_ms),
             reconnect_max: Duration::from_millis(config.reconnect_max_ms),
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),

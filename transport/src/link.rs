@@ -31,6 +31,63 @@ pub(crate) const CLOSE_TOO_MANY_CLIENTS: VarInt = VarInt::from_u32(5);
 pub(crate) const CLOSE_BUFFER_LIMIT: VarInt = VarInt::from_u32(6);
 pub(crate) const CLOSE_SETTINGS_DIFFER: VarInt = VarInt::from_u32(7);
 pub(crate) const CLOSE_SOURCE_LIMIT: VarInt = VarInt::from_u32(8);
+pub(crate) const CLOSE_FRAME_TOO_SLOW: VarInt = VarInt::from_u32(9);
+pub(crate) const CLOSE_IDLE_KEY_EVICTED: VarInt = VarInt::from_u32(10);
+
+/// The slowest a client's frame may arrive once it has begun, in bytes per second: a partial
+/// client frame of `length` bytes must be complete within
+/// `idle_timeout_ms + (4 + length) / MIN_CLIENT_FRAME_BYTES_PER_SECOND` of its first bytes
+/// ([`client_frame_deadline`]), or its connection is closed and the room it held in the
+/// partial-frame budget is given back.
+///
+/// Why this bound: partial frames hold room for the bytes that arrived, and a stream that needs
+/// more waits while keeping what it holds, so partial frames that each need more could hold the
+/// whole budget and wait on each other for ever, and a client that sends part of a frame and
+/// stalls (the replica's own keep-alives keep its connection open) could hold its room for ever.
+/// The deadline ends both. `idle_timeout_ms` (10 s by default) is what the transport already
+/// allows a silent peer; 256 KiB/s is a rate any client that can use the cluster at all
+/// reaches (a 1 MiB frame gets 14 s at the defaults), including one that waited for room a
+/// while. Holding room then costs a client the bytes held, sent again every deadline: holding
+/// the whole 64 MiB default budget takes about 4.6 MiB/s of 1 MiB frames (and more from many
+/// small ones, whose deadline is about `idle_timeout_ms`).
+pub(crate) const MIN_CLIENT_FRAME_BYTES_PER_SECOND: u64 = 256 * 1024;
+
+/// The time a client frame of `length` bytes (without its prefix) may take to arrive from its
+/// first bytes: `grace` (`idle_timeout_ms`) plus its bytes at
+/// [`MIN_CLIENT_FRAME_BYTES_PER_SECOND`].
+pub(crate) fn client_frame_deadline(grace: Duration, length: usize) -> Duration {
+    let bytes = (length as u64).saturating_add(LENGTH_PREFIX_BYTES as u64);
+    grace.saturating_add(Duration::from_millis(
+        bytes.saturating_mul(1000) / MIN_CLIENT_FRAME_BYTES_PER_SECOND,
+    ))
+}
+
+/// How long a connected client key must have sent no frame before a new key may take its
+/// place when [`TransportConfig::max_client_keys`] keys are connected (the idlest key goes).
+/// Long enough that a client between two requests, or one waiting a few seconds for a reply,
+/// keeps its place; short enough that keys parked idle by a few networks cannot keep every
+/// other client out for more than a few seconds at a time. An evicted client may reconnect
+/// (it then competes like any new key); a request it had pending is answered to its retry,
+/// from the client table.
+pub(crate) const CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION: Duration = Duration::from_secs(5);
+
+/// The connection-level receive window of a client connection: what quinn buffers of a
+/// client's streams that the transport has not read yet, for all the connection's streams
+/// together (quinn's default is unlimited per connection and 1.25 MB per stream). A client
+/// stream that waits for room in the partial-frame budget does not read, so without it each
+/// waiting stream would make the replica hold about a megabyte outside every budget. Four read
+/// chunks: a client's throughput is at most this much per round trip (over 1 GB/s at 0.2 ms,
+/// 5 MB/s at 50 ms).
+///
+/// Credit once granted cannot be taken back (quinn's `set_receive_window` only stops granting
+/// more), and a connection's first credit goes out in the handshake, before its key is known.
+/// So every connection starts with this window ([`quic_transport_config`]), and a connection
+/// known to be a replica's (accepted from one, or dialed to one) is raised to quinn's unlimited
+/// default ([`REPLICA_RECEIVE_WINDOW`]): replicas' throughput is not limited by it.
+pub(crate) const CLIENT_RECEIVE_WINDOW_BYTES: u32 = 4 * READ_CHUNK_BYTES as u32;
+
+/// The connection-level receive window of a connection with a replica: quinn's default.
+const REPLICA_RECEIVE_WINDOW: VarInt = VarInt::MAX;
 
 /// Frames are a 4-byte big-endian length followed by the body.
 pub(crate) const LENGTH_PREFIX_BYTES: usize = 4;
@@ -393,6 +450,11 @@ pub(crate) struct Shared {
     pub(crate) send_queue_total: Arc<ByteBudget>,
     /// Bytes of partial frames buffered from all client connections together.
     pub(crate) client_partial_frames: PartialFrameBudget,
+    /// What a client frame may take to arrive beyond its bytes at the minimum rate
+    /// (`idle_timeout_ms`; see [`client_frame_deadline`]).
+    pub(crate) client_frame_grace: Duration,
+    /// Start of the transport: client keys' last-frame times are milliseconds since then.
+    pub(crate) epoch: Instant,
     pub(crate) reconnect_initial: Duration,
     pub(crate) reconnect_max: Duration,
     pub(crate) connect_timeout: Duration,
@@ -426,6 +488,9 @@ pub(crate) struct ClientLink {
     id: u64,
     pub(crate) queue: SendQueue,
     conn: Connection,
+    /// When a frame last arrived on this connection (or when it was accepted), in ms since
+    /// [`Shared::epoch`].
+    last_frame_ms: Arc<AtomicU64>,
 }
 
 /// A count of bytes held against a bound, shared by several holders.
@@ -547,13 +612,16 @@ impl PartialHeld<'_> {
         self.held_bytes -= bytes;
     }
 
-    /// Holds `bytes` (capped at a source's share, which holds at least one frame of the client
-    /// limit). Growing is all or nothing: a stream that must wait first gives back what it
-    /// holds, then waits for its source's share and then for the total, so that no stream
-    /// waits while holding room in the total (two streams holding half a frame each and
-    /// waiting for the rest would wait for ever; a stream that holds room in the total holds
-    /// all it needs, and gives it back when its frame is in). False at shutdown. `held_back`
-    /// counts the waits; the first is logged as a warning.
+    /// Holds `bytes`, the bytes of the partial frame the stream's buffer holds now (capped at
+    /// a source's share, which holds at least one frame of the client limit): room follows the
+    /// bytes that arrived, never a length prefix. Shrinking gives back at once; growing takes
+    /// the difference from its source's share and then from the total, waiting while either is
+    /// spent, and keeps what it holds meanwhile (those bytes are in memory). Streams that wait
+    /// while holding could wait on each other for ever (the whole budget held by partial frames
+    /// that each need more); the caller ends that with the frame's deadline
+    /// ([`client_frame_deadline`]): a frame not complete in time closes its connection and so
+    /// gives its room back. Cancel-safe: what it waits on is given back on drop. False at
+    /// shutdown. `held_back` counts the waits; the first is logged as a warning.
     async fn hold(&mut self, bytes: usize, held_back: &AtomicU64, peer: Peer) -> bool {
         let bytes = bytes.min(self.budget.share_bytes);
         if bytes <= self.held_bytes {
@@ -569,7 +637,6 @@ impl PartialHeld<'_> {
                 return true;
             }
         }
-        self.give_back(self.held_bytes);
         if held_back.fetch_add(1, Ordering::Relaxed) == 0 {
             tracing::warn!(
                 ?peer,
@@ -581,11 +648,10 @@ impl PartialHeld<'_> {
         } else {
             tracing::debug!(?peer, "waiting for room for a partial client frame");
         }
-        let all = u32::try_from(bytes).expect("the budget fits u32");
-        let Ok(share) = self.share.acquire_many(all).await else {
+        let Ok(share) = self.share.acquire_many(more).await else {
             return false;
         };
-        let Ok(total) = self.budget.permits.acquire_many(all).await else {
+        let Ok(total) = self.budget.permits.acquire_many(more).await else {
             return false;
         };
         share.forget();
@@ -993,6 +1059,8 @@ pub(crate) fn quic_transport_config(
     transport
         .max_concurrent_bidi_streams(VarInt::from_u32(0))
         .max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS))
+        // Raised for replica connections once they are known (see the constant).
+        .receive_window(VarInt::from_u32(CLIENT_RECEIVE_WINDOW_BYTES))
         .max_idle_timeout(Some(idle_timeout))
         .keep_alive_interval(Some(idle / 3))
         .initial_rtt(INITIAL_RTT);
@@ -1258,7 +1326,11 @@ async fn dial(
         .connect_with(client_config.clone(), target.addr, tls::SERVER_NAME)
         .map_err(|e| DialError::Failed(e.to_string()))?;
     match tokio::time::timeout(shared.connect_timeout, connecting).await {
-        Ok(Ok(conn)) => Ok(conn),
+        Ok(Ok(conn)) => {
+            // We only dial replicas.
+            conn.set_receive_window(REPLICA_RECEIVE_WINDOW);
+            Ok(conn)
+        }
         Ok(Err(ConnectionError::ConnectionClosed(close))) if is_tls_alert(&close) => {
             Err(DialError::Refused(close.to_string()))
         }
@@ -1312,6 +1384,7 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     tracing::info!(me = %shared.me, ?peer, %remote, "accepted connection");
     let id = shared.next_link_id.fetch_add(1, Ordering::Relaxed);
     if let Peer::Replica(replica) = peer {
+        conn.set_receive_window(REPLICA_RECEIVE_WINDOW);
         if shared.settings.is_none() {
             note_replica_connected_in(&shared, replica);
         }
@@ -1336,6 +1409,7 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     }
     // A client connection's place in its source's count, held until the connection ends.
     let mut _source = None;
+    let mut client = None;
     if let Peer::Client(key) = peer {
         _source = match shared.client_sources.admit(remote.ip(), key) {
             Ok(guard) => Some(guard),
@@ -1365,25 +1439,69 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
             shared.client_send_queue_bytes,
             shared.send_queue_total.clone(),
         );
-        let evicted = {
+        let now_ms = u64::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last_frame_ms = Arc::new(AtomicU64::new(now_ms));
+        let (evicted, idle_evicted) = {
             let mut all_links = lock(&shared.client_links);
+            let mut idle_evicted = None;
             if !all_links.contains_key(&key) && all_links.len() >= shared.max_client_keys {
-                drop(all_links);
-                bump(&shared.counters.connections_refused_client_limit, 1);
-                tracing::warn!(me = %shared.me, ?peer, max_client_keys = shared.max_client_keys,
-                    "refusing a connection: as many client keys as max_client_keys are connected");
-                conn.close(CLOSE_TOO_MANY_CLIENTS, b"too many clients");
-                return;
+                // The table is full: the key that sent no frame for the longest time gives
+                // its place, if it has been idle long enough; active keys are never evicted.
+                let min_idle_ms = CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION.as_millis() as u64;
+                let idlest = all_links
+                    .iter()
+                    .map(|(key, links)| {
+                        let last = links
+                            .iter()
+                            .map(|link| link.last_frame_ms.load(Ordering::Relaxed))
+                            .max()
+                            .unwrap_or(0);
+                        (*key, last)
+                    })
+                    .min_by_key(|&(_, last)| last)
+                    .filter(|&(_, last)| now_ms.saturating_sub(last) >= min_idle_ms);
+                match idlest {
+                    Some((idle_key, _)) => {
+                        idle_evicted = all_links.remove(&idle_key).map(|links| (idle_key, links));
+                    }
+                    None => {
+                        drop(all_links);
+                        bump(&shared.counters.connections_refused_client_limit, 1);
+                        tracing::warn!(me = %shared.me, ?peer, max_client_keys = shared.max_client_keys,
+                            "refusing a connection: max_client_keys client keys are connected, none idle for {:?}",
+                            CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION);
+                        conn.close(CLOSE_TOO_MANY_CLIENTS, b"too many clients");
+                        return;
+                    }
+                }
             }
             let links = all_links.entry(key).or_default();
             links.push(ClientLink {
                 id,
                 queue: queue_tx,
                 conn: conn.clone(),
+                last_frame_ms: last_frame_ms.clone(),
             });
             let excess = links.len().saturating_sub(MAX_CONNECTIONS_PER_CLIENT);
-            links.drain(..excess).collect::<Vec<_>>()
+            (links.drain(..excess).collect::<Vec<_>>(), idle_evicted)
         };
+        if let Some((idle_key, links)) = idle_evicted {
+            let count = shared
+                .counters
+                .client_keys_evicted_idle
+                .fetch_add(1, Ordering::Relaxed);
+            if count == 0 {
+                tracing::warn!(me = %shared.me, evicted = ?Peer::Client(idle_key), for_key = ?peer,
+                    "max_client_keys client keys are connected; closing the connections of the key idle longest");
+            } else {
+                tracing::debug!(me = %shared.me, evicted = ?Peer::Client(idle_key), for_key = ?peer,
+                    "closing the connections of the client key idle longest");
+            }
+            for link in links {
+                link.conn
+                    .close(CLOSE_IDLE_KEY_EVICTED, b"idle client key evicted");
+            }
+        }
         for link in evicted {
             bump(&shared.counters.connections_evicted, 1);
             tracing::info!(me = %shared.me, ?peer, "closing a client's oldest connection");
@@ -1397,11 +1515,14 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
             id,
             queue_rx,
         ));
+        // A client's partial frames are charged to the network it was admitted from, whatever
+        // address its connection moves to later (QUIC migration).
+        client = Some(ClientReader {
+            source: ClientSource::of(remote.ip()),
+            last_frame_ms,
+        });
     }
-    // A client's partial frames are charged to the network it was admitted from, whatever
-    // address its connection moves to later (QUIC migration).
-    let source = matches!(peer, Peer::Client(_)).then(|| ClientSource::of(remote.ip()));
-    read_connection(shared, conn, peer, source).await;
+    read_connection(shared, conn, peer, client).await;
 }
 
 /// Called when a replica's connection is accepted (with protocol settings, once its settings
@@ -1457,14 +1578,22 @@ async fn run_client_link(
     }
 }
 
-/// Reads every unidirectional stream the peer opens on `conn`.
-/// Reads the streams `peer` opens on `conn`; a client's partial frames are charged to
-/// `source`, the network it was admitted from.
+/// What the reader of a client connection needs besides the connection.
+#[derive(Clone)]
+pub(crate) struct ClientReader {
+    /// The network the connection was admitted from: its partial frames are charged to it.
+    source: ClientSource,
+    /// Where to note when a frame last arrived (see [`ClientLink`]).
+    last_frame_ms: Arc<AtomicU64>,
+}
+
+/// Reads every unidirectional stream `peer` opens on `conn`; a client's partial frames are
+/// charged to the network it was admitted from (`client`).
 pub(crate) async fn read_connection(
     shared: Arc<Shared>,
     conn: Connection,
     peer: Peer,
-    source: Option<ClientSource>,
+    client: Option<ClientReader>,
 ) {
     let mut shutdown = shared.shutdown_rx();
     // A peer may open a few streams; together they buffer at most one frame of its limit
@@ -1486,7 +1615,7 @@ pub(crate) async fn read_connection(
                 conn.clone(),
                 stream,
                 peer,
-                source,
+                client.clone(),
                 buffered.clone(),
             )),
             // The connection ended; whoever writes on it counts that.
@@ -1512,6 +1641,9 @@ pub(crate) enum StreamEnd {
     Closed,
     /// A replica's stream did not open with our protocol settings.
     SettingsDiffer,
+    /// A client's partial frame did not complete within its deadline
+    /// ([`client_frame_deadline`]).
+    TooSlow { length_bytes: usize },
 }
 
 async fn read_stream(
@@ -1519,14 +1651,14 @@ async fn read_stream(
     conn: Connection,
     mut stream: RecvStream,
     peer: Peer,
-    source: Option<ClientSource>,
+    client: Option<ClientReader>,
     buffered: Arc<ByteBudget>,
 ) {
     let mut shutdown = shared.shutdown_rx();
     let end = tokio::select! {
         biased;
         _ = shutdown_signaled(&mut shutdown) => StreamEnd::Closed,
-        end = read_frames(&shared, &conn, &mut stream, peer, source, &buffered) => end,
+        end = read_frames(&shared, &conn, &mut stream, peer, client, &buffered) => end,
     };
     match end {
         StreamEnd::Finished | StreamEnd::Closed => {}
@@ -1550,6 +1682,21 @@ async fn read_stream(
         StreamEnd::SettingsDiffer => {
             conn.close(CLOSE_SETTINGS_DIFFER, b"protocol settings differ");
         }
+        StreamEnd::TooSlow { length_bytes } => {
+            let count = shared
+                .counters
+                .connections_closed_slow_frame
+                .fetch_add(1, Ordering::Relaxed);
+            let deadline = client_frame_deadline(shared.client_frame_grace, length_bytes);
+            if count == 0 {
+                tracing::warn!(me = %shared.me, ?peer, length_bytes, ?deadline,
+                    "a client frame did not arrive within its deadline; closing the connection");
+            } else {
+                tracing::debug!(me = %shared.me, ?peer, length_bytes, ?deadline,
+                    "a client frame did not arrive within its deadline; closing the connection");
+            }
+            conn.close(CLOSE_FRAME_TOO_SLOW, b"frame too slow");
+        }
         StreamEnd::Failed(reason) => {
             tracing::debug!(me = %shared.me, ?peer, %reason, "stream failed");
             let _ = stream.stop(CLOSE_STREAM_REFUSED);
@@ -1568,7 +1715,7 @@ async fn read_frames(
     conn: &Connection,
     stream: &mut RecvStream,
     peer: Peer,
-    source: Option<ClientSource>,
+    client: Option<ClientReader>,
     buffered: &ByteBudget,
 ) -> StreamEnd {
     let max_frame_bytes = shared.frame_limit(peer);
@@ -1584,10 +1731,12 @@ async fn read_frames(
     };
     // A client's partial frames are also held against the budget of all clients together,
     // and its source network's share of it.
-    let mut partial = match (peer, source) {
-        (Peer::Client(_), Some(source)) => Some(shared.client_partial_frames.holder(source)),
+    let mut partial = match (peer, &client) {
+        (Peer::Client(_), Some(client)) => Some(shared.client_partial_frames.holder(client.source)),
         _ => None,
     };
+    // When the partial frame at the head of the buffer began to arrive (clients only).
+    let mut frame_began: Option<Instant> = None;
     // The complete frames cut from the buffer in one pass, as (body offset, length).
     let mut cut: Vec<(usize, usize)> = Vec::new();
     loop {
@@ -1629,6 +1778,10 @@ async fn read_frames(
         // Counted before the hand-off so that whoever receives a frame already sees it
         // counted.
         bump(&shared.counters.frames_received, cut.len() as u64);
+        if let (Some(client), false) = (&client, cut.is_empty()) {
+            let now_ms = u64::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            client.last_frame_ms.fetch_max(now_ms, Ordering::Relaxed);
+        }
         bump(
             &shared.counters.bytes_received,
             cut.iter().map(|&(_, length)| length as u64).sum(),
@@ -1670,27 +1823,36 @@ async fn read_frames(
         buffer.drain(..start);
         held.set(buffer.len());
         let mut read_bytes = READ_CHUNK_BYTES;
+        let mut deadline = None;
         if let Some(partial) = &mut partial {
             partial.buffered(buffer.len());
-            // A client's partial frame holds room for its whole length, taken before any of
-            // its body is read past the first chunk, and reads stop at the frame's end: the
-            // buffer never outgrows what it holds. At a frame boundary it holds nothing, and
-            // the first chunk of the next frame (what one read returns, at most
-            // READ_CHUNK_BYTES) is read before it is held.
-            let room = match buffer.get(..LENGTH_PREFIX_BYTES) {
+            // A client's partial frame holds room for the bytes of it that arrived (the last
+            // chunk, at most READ_CHUNK_BYTES, is read before it is held), and reads stop at
+            // the frame's end, so the buffer never holds more than one partial frame. It must
+            // be complete by its deadline, counted from when its first bytes arrived (in the
+            // read that completed the frame before it, if any).
+            if buffer.is_empty() {
+                frame_began = None;
+            } else if start > 0 || frame_began.is_none() {
+                frame_began = Some(Instant::now());
+            }
+            let length = match buffer.get(..LENGTH_PREFIX_BYTES) {
                 None => 0,
                 Some(prefix) => {
                     let prefix: [u8; LENGTH_PREFIX_BYTES] = prefix.try_into().expect("prefix");
                     // Checked against the frame limit by the loop above.
-                    LENGTH_PREFIX_BYTES + u32::from_be_bytes(prefix) as usize
+                    u32::from_be_bytes(prefix) as usize
                 }
             };
+            deadline = frame_began
+                .map(|began| began + client_frame_deadline(shared.client_frame_grace, length));
             // A stream that waits does not read, so it would not see its connection end; it
             // stops waiting then, or every connection a client ever closed would leave a task
             // and a chunk behind for as long as the budget stays spent.
             let held = tokio::select! {
-                held = partial.hold(room, &shared.counters.frames_held_back_partial_budget, peer) => held,
+                held = partial.hold(buffer.len(), &shared.counters.frames_held_back_partial_budget, peer) => held,
                 error = conn.closed() => return StreamEnd::Failed(error.to_string()),
+                _ = until(deadline) => return StreamEnd::TooSlow { length_bytes: length },
             };
             if !held {
                 return StreamEnd::Closed;
@@ -1698,10 +1860,21 @@ async fn read_frames(
             read_bytes = match buffer.len() {
                 0 => READ_CHUNK_BYTES,
                 short if short < LENGTH_PREFIX_BYTES => LENGTH_PREFIX_BYTES - short,
-                _ => room.saturating_sub(buffer.len()).clamp(1, READ_CHUNK_BYTES),
+                _ => (LENGTH_PREFIX_BYTES + length)
+                    .saturating_sub(buffer.len())
+                    .clamp(1, READ_CHUNK_BYTES),
             };
         }
-        match stream.read_chunk(read_bytes, true).await {
+        let read = tokio::select! {
+            read = stream.read_chunk(read_bytes, true) => read,
+            _ = until(deadline) => {
+                let length_bytes = buffer
+                    .get(..LENGTH_PREFIX_BYTES)
+                    .map_or(0, |p| u32::from_be_bytes(p.try_into().expect("prefix")) as usize);
+                return StreamEnd::TooSlow { length_bytes };
+            }
+        };
+        match read {
             Ok(Some(chunk)) => {
                 buffer.extend_from_slice(&chunk.bytes);
                 if let Some(partial) = &mut partial {
@@ -1718,6 +1891,14 @@ async fn read_frames(
         if buffer.capacity() > RETAINED_BUFFER_BYTES && buffer.len() < READ_CHUNK_BYTES {
             buffer.shrink_to(READ_CHUNK_BYTES);
         }
+    }
+}
+
+/// Resolves at `deadline`, or never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

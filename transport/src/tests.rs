@@ -1084,14 +1084,14 @@ async fn one_host_holding_partial_frames_does_not_make_another_networks_frames_w
     replica.shutdown().await;
 }
 
-/// Review finding (issue 12): the partial-frame budget can be held for ever by a handful of
-/// source networks at a cost of five bytes each. A stream takes room for its frame's whole
-/// length as soon as the prefix is in, and keeps it while its client sends nothing more (the
+/// Review finding (issue 12): the partial-frame budget could be held for ever by a handful of
+/// source networks at a cost of five bytes each. A stream took room for its frame's whole
+/// length as soon as the prefix was in, and kept it while its client sent nothing more (the
 /// replica's own keep-alives keep the connection open), so eight networks (eight /24s, or eight
-/// IPv6 /64s: one home's /56 has 256) each claiming a maximal frame hold the whole budget, and
-/// every other client's frame that does not arrive in one read waits for as long as they like.
+/// IPv6 /64s: one home's /56 has 256) each claiming a maximal frame held the whole budget, and
+/// every other client's frame that did not arrive in one read waited for as long as they
+/// liked. Room now follows the bytes that arrived.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "review finding, not fixed: stalled claims from eight networks hold the partial-frame budget for ever"]
 async fn eight_networks_claiming_frames_and_stalling_do_not_make_other_clients_wait_for_ever() {
     const LIMIT: usize = 16 * 1024;
     // As at the defaults (64 MiB for 1 MiB frames): an eighth of the budget is about one frame.
@@ -1148,8 +1148,10 @@ async fn eight_networks_claiming_frames_and_stalling_do_not_make_other_clients_w
 /// that connect keys and send nothing keep every further client out at the transport, for as
 /// long as they stay connected, without one request executed. Here: 4 keys in all, 2 per
 /// network, two idle networks; a client from a third network is refused.
+///
+/// Now a new key takes the place of the key idle longest, once that one has sent nothing for
+/// `CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION`; keys that sent a frame since are never evicted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "review finding, not fixed: a few networks' idle keys fill max_client_keys for ever"]
 async fn idle_keys_from_a_few_networks_do_not_keep_every_other_client_out() {
     let idle: Vec<Arc<IdentityKey>> = (0..4u8).map(|i| key(160 + i)).collect();
     let newcomer = key(170);
@@ -1172,19 +1174,44 @@ async fn idle_keys_from_a_few_networks_do_not_keep_every_other_client_out() {
         recv_within(&replica).await;
         live.push((endpoint_, conn, stream));
     }
+    // While every key sent a frame recently, a further key is refused: active keys keep
+    // their place.
+    let (_early_endpoint, early) = raw_connect_from("127.0.50.1", &newcomer, &endpoint)
+        .await
+        .unwrap();
+    let _ = early.closed().await;
+    assert_eq!(replica.stats().connections_refused_client_limit, 1);
+    assert_eq!(replica.stats().client_keys_evicted_idle, 0);
+    // Once they have been idle long enough, the idlest gives its place to the newcomer.
+    tokio::time::sleep(
+        crate::link::CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION + Duration::from_millis(300),
+    )
+    .await;
     let (_endpoint, conn) = raw_connect_from("127.0.50.1", &newcomer, &endpoint)
         .await
         .unwrap();
     let mut stream = conn.open_uni().await.unwrap();
     let _ = stream.write_all(&frame(b"newcomer")).await;
     let arrived = tokio::time::timeout(WAIT, replica.recv()).await;
-    let refused = replica.stats().connections_refused_client_limit;
+    let stats = replica.stats();
+    let closed = || {
+        live.iter()
+            .filter(|(_, conn, _)| conn.close_reason().is_some())
+            .count()
+    };
+    if arrived.is_ok() {
+        wait_until("the evicted key's connection is closed", || closed() > 0).await;
+    }
+    let closed = closed();
     drop(live);
     replica.shutdown().await;
     assert!(
         arrived.is_ok(),
-        "a client from a third network was refused ({refused} refused): two idle networks hold every client key slot"
+        "a client from a third network was refused ({} refused): two idle networks hold every client key slot",
+        stats.connections_refused_client_limit
     );
+    assert_eq!(stats.client_keys_evicted_idle, 1);
+    assert_eq!(closed, 1, "exactly the evicted key's connection is closed");
 }
 
 /// Review finding (issue 12): a partial-frame budget below one client frame was accepted, and
@@ -1338,17 +1365,19 @@ async fn streams_waiting_for_partial_frame_room_end_with_their_connection() {
     );
 }
 
-/// Review finding (issue 12), not fixed: "a stream that must wait ... pushes back on its client
-/// through QUIC flow control" holds only after quinn has buffered the stream's whole receive
-/// window, which the transport leaves at quinn's defaults: 1.25 MB per stream and no limit per
-/// connection (`receive_window = VarInt::MAX`). So the bytes a waiting client stream makes the
-/// replica hold are not bounded by the partial-frame budget: about 1.25 MB per stream, 4
+/// Review finding (issue 12): "a stream that must wait ... pushes back on its client through
+/// QUIC flow control" held only after quinn had buffered the stream's whole receive window,
+/// which the transport left at quinn's defaults: 1.25 MB per stream and no limit per
+/// connection (`receive_window = VarInt::MAX`). So the bytes a waiting client stream made the
+/// replica hold were not bounded by the partial-frame budget: about 1.25 MB per stream, 4
 /// streams per connection, 4 connections per key, `max_client_keys` keys (80 GB at the
-/// defaults). Here a stream waiting for room still accepts 1 MiB that nobody reads.
+/// defaults). Here a stream waiting for room (its network's share is held by a frame that
+/// arrived all but its last byte) must not accept 1 MiB that nobody reads: a client
+/// connection's receive window is now `CLIENT_RECEIVE_WINDOW_BYTES` (256 KiB) in all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "review finding, not fixed: quinn buffers a waiting client stream's whole 1.25 MB window"]
 async fn a_stream_waiting_for_partial_frame_room_is_not_sent_a_megabyte_it_does_not_read() {
     const LIMIT: usize = 2 * 1024 * 1024;
+    // A network's share is then one frame.
     const BUDGET: usize = 8 * (LIMIT + LENGTH_PREFIX_BYTES);
     let client = key(200);
     let (replica, endpoint) = single_replica_with(&[client.public_key()], |c| {
@@ -1361,8 +1390,9 @@ async fn a_stream_waiting_for_partial_frame_room_is_not_sent_a_megabyte_it_does_
         .await
         .unwrap();
     let mut claim_stream = claim_conn.open_uni().await.unwrap();
-    let mut claim = (LIMIT as u32).to_be_bytes().to_vec();
-    claim.push(1);
+    // A whole frame but its last byte: it holds its network's share less one byte.
+    let mut claim = frame(&vec![1; LIMIT]);
+    claim.pop();
     claim_stream.write_all(&claim).await.unwrap();
     wait_until("the claim is read", || {
         replica.client_partial_frame_bytes() >= claim.len()
@@ -1391,4 +1421,66 @@ async fn a_stream_waiting_for_partial_frame_room_is_not_sent_a_megabyte_it_does_
         pushed.is_err(),
         "a client pushed 1 MiB into a stream the replica does not read (quinn buffers it)"
     );
+}
+
+/// Partial client frames that each need more room than is left could hold the whole budget
+/// and wait on each other for ever, and a client that sends all of a frame but its last byte
+/// and stalls holds its room for as long as it likes. Every partial client frame has a
+/// deadline (`idle_timeout_ms` plus its length at 256 KiB/s): eight networks that fill the
+/// budget with frames they never finish are closed at their deadline, their room comes back,
+/// and an honest client's frame waiting for room arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_frames_that_stall_past_their_deadline_give_back_their_room() {
+    const LIMIT: usize = 16 * 1024;
+    const BUDGET: usize = 8 * (LIMIT + LENGTH_PREFIX_BYTES);
+    const IDLE_MS: u64 = 1000;
+    let stallers: Vec<Arc<IdentityKey>> = (0..8u8).map(|i| key(180 + i)).collect();
+    let victim = key(190);
+    let admitted: Vec<PublicKey> = stallers
+        .iter()
+        .chain([&victim])
+        .map(|k| k.public_key())
+        .collect();
+    let (replica, endpoint) = single_replica_with(&admitted, |c| {
+        c.max_client_frame_bytes = LIMIT;
+        c.client_partial_frame_bytes = BUDGET;
+        c.idle_timeout_ms = IDLE_MS;
+    })
+    .await;
+    let mut held = Vec::new();
+    let mut claim = frame(&vec![1; LIMIT]);
+    claim.pop();
+    for (i, staller) in stallers.iter().enumerate() {
+        let ip = format!("127.0.{}.1", 110 + i);
+        let (endpoint_, conn) = raw_connect_from(&ip, staller, &endpoint).await.unwrap();
+        let mut stream = conn.open_uni().await.unwrap();
+        stream.write_all(&claim).await.unwrap();
+        held.push((endpoint_, conn, stream));
+    }
+    wait_until("every stalled frame is read", || {
+        replica.client_partial_frame_bytes() >= claim.len() * stallers.len()
+    })
+    .await;
+    // The stalled frames' deadlines (1 s + 62 ms) end well before the victim's (1 s + 16 ms).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_victim_endpoint, conn) = raw_connect_from("127.0.130.1", &victim, &endpoint)
+        .await
+        .unwrap();
+    let mut stream = conn.open_uni().await.unwrap();
+    let whole = frame(&[5; 4096]);
+    stream.write_all(&whole[..100]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(&whole[100..]).await.unwrap();
+    let arrived = tokio::time::timeout(WAIT, replica.recv()).await;
+    wait_until("the stalled frames' room is back", || {
+        replica.client_partial_frame_bytes() == 0
+    })
+    .await;
+    let stats = replica.stats();
+    drop(held);
+    replica.shutdown().await;
+    let arrived = arrived.expect("the honest frame arrived once the stalled frames timed out");
+    assert_eq!(arrived.map(|f| f.frame), Some(vec![5; 4096]));
+    assert!(stats.frames_held_back_partial_budget >= 1, "{stats:?}");
+    assert_eq!(stats.connections_closed_slow_frame, 8, "{stats:?}");
 }
