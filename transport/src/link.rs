@@ -551,6 +551,13 @@ pub(crate) struct PartialFrameBudget {
     /// read of a frame, at most one chunk, is read before it is held): what
     /// [`crate::QuicTransport::client_partial_frame_bytes`] reports.
     buffered: AtomicUsize,
+    /// One permit: a stream that must wait for room may instead take this and read the rest of
+    /// its frame without holding more, until the frame is complete. Streams that wait while
+    /// holding room could otherwise wait on each other until their deadlines closed them
+    /// (honest clients of one network with more large frames in flight than its share, say);
+    /// with it one of them always makes progress. It costs at most one client frame beyond the
+    /// budget, and a holder that stalls is closed at its frame's deadline.
+    overdraft: tokio::sync::Semaphore,
 }
 
 impl PartialFrameBudget {
@@ -566,6 +573,7 @@ impl PartialFrameBudget {
             share_bytes,
             shares: Mutex::new(HashMap::new()),
             buffered: AtomicUsize::new(0),
+            overdraft: tokio::sync::Semaphore::new(1),
         }
     }
 
@@ -590,6 +598,7 @@ impl PartialFrameBudget {
             share,
             held_bytes: 0,
             buffered_bytes: 0,
+            overdraft: None,
         }
     }
 }
@@ -603,9 +612,17 @@ struct PartialHeld<'a> {
     share: Arc<tokio::sync::Semaphore>,
     held_bytes: usize,
     buffered_bytes: usize,
+    /// Held while the stream reads its current frame beyond what it holds (see
+    /// [`PartialFrameBudget::overdraft`]).
+    overdraft: Option<tokio::sync::SemaphorePermit<'a>>,
 }
 
-impl PartialHeld<'_> {
+impl<'a> PartialHeld<'a> {
+    /// Notes that the frame being read is complete: an overdraft taken for it is given back.
+    fn frame_done(&mut self) {
+        self.overdraft = None;
+    }
+
     fn give_back(&mut self, bytes: usize) {
         self.share.add_permits(bytes);
         self.budget.permits.add_permits(bytes);
@@ -620,12 +637,17 @@ impl PartialHeld<'_> {
     /// while holding could wait on each other for ever (the whole budget held by partial frames
     /// that each need more); the caller ends that with the frame's deadline
     /// ([`client_frame_deadline`]): a frame not complete in time closes its connection and so
-    /// gives its room back. Cancel-safe: what it waits on is given back on drop. False at
-    /// shutdown. `held_back` counts the waits; the first is logged as a warning.
+    /// gives its room back; and while waiting it may take the budget's overdraft instead
+    /// ([`PartialFrameBudget::overdraft`]), so that one waiting stream always makes progress.
+    /// Cancel-safe: what it waits on is given back on drop. False at shutdown. `held_back`
+    /// counts the waits; the first is logged as a warning.
     async fn hold(&mut self, bytes: usize, held_back: &AtomicU64, peer: Peer) -> bool {
         let bytes = bytes.min(self.budget.share_bytes);
         if bytes <= self.held_bytes {
             self.give_back(self.held_bytes - bytes);
+            return true;
+        }
+        if self.overdraft.is_some() {
             return true;
         }
         let more = u32::try_from(bytes - self.held_bytes).expect("the budget fits u32");
@@ -648,16 +670,31 @@ impl PartialHeld<'_> {
         } else {
             tracing::debug!(?peer, "waiting for room for a partial client frame");
         }
-        let Ok(share) = self.share.acquire_many(more).await else {
-            return false;
+        let budget: &'a PartialFrameBudget = self.budget;
+        let share = self.share.clone();
+        let room = async {
+            let share = share.acquire_many(more).await.ok()?;
+            let total = budget.permits.acquire_many(more).await.ok()?;
+            share.forget();
+            total.forget();
+            Some(())
         };
-        let Ok(total) = self.budget.permits.acquire_many(more).await else {
-            return false;
-        };
-        share.forget();
-        total.forget();
-        self.held_bytes = bytes;
-        true
+        tokio::select! {
+            room = room => match room {
+                Some(()) => {
+                    self.held_bytes = bytes;
+                    true
+                }
+                None => false,
+            },
+            overdraft = budget.overdraft.acquire() => match overdraft {
+                Ok(overdraft) => {
+                    self.overdraft = Some(overdraft);
+                    true
+                }
+                Err(_) => false,
+            },
+        }
     }
 
     /// Notes that the stream's buffer holds `bytes`.
@@ -1831,6 +1868,9 @@ async fn read_frames(
             // the frame's end, so the buffer never holds more than one partial frame. It must
             // be complete by its deadline, counted from when its first bytes arrived (in the
             // read that completed the frame before it, if any).
+            if start > 0 {
+                partial.frame_done();
+            }
             if buffer.is_empty() {
                 frame_began = None;
             } else if start > 0 || frame_began.is_none() {

@@ -92,6 +92,45 @@ async fn raw_connect_from(
     Ok((endpoint, conn))
 }
 
+/// A client connection sending all of a `limit`-byte frame but its last byte, from a task
+/// (the write may wait for room at the replica); the connection and its stream end when this
+/// is dropped.
+struct StalledFrame {
+    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl StalledFrame {
+    async fn send(
+        ip: &str,
+        identity: &IdentityKey,
+        replica: &ReplicaEndpoint,
+        limit: usize,
+    ) -> StalledFrame {
+        let (endpoint, conn) = raw_connect_from(ip, identity, replica).await.unwrap();
+        let mut stream = conn.open_uni().await.unwrap();
+        let mut bytes = frame(&vec![1; limit]);
+        bytes.pop();
+        let writer = tokio::spawn(async move {
+            let _ = stream.write_all(&bytes).await;
+            std::future::pending::<()>().await;
+        });
+        StalledFrame {
+            _endpoint: endpoint,
+            conn,
+            writer,
+        }
+    }
+}
+
+impl Drop for StalledFrame {
+    fn drop(&mut self) {
+        self.writer.abort();
+        self.conn.close(0u32.into(), b"bye");
+    }
+}
+
 fn frame(body: &[u8]) -> Vec<u8> {
     let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
     bytes.extend_from_slice(body);
@@ -899,7 +938,8 @@ fn stateless_reset_keys_are_stable_per_identity_and_differ_between_identities() 
 /// clients (anyone, under `clients = "any"`) each sending the head of a maximal frame made the
 /// replica buffer that head for every one of them. Six clients each send 400 KiB of a 512 KiB
 /// frame: 2.4 MiB before; now their partial frames hold at most the 1 MiB budget (plus the
-/// first chunk of a frame per waiting stream) and the rest wait, unread, in QUIC flow control.
+/// last chunk read per waiting stream, and one frame read on the budget's overdraft) and the
+/// rest wait, unread, in QUIC flow control (256 KiB per client connection).
 /// A replica's frame still passes (replicas never draw from the clients' budget), and once the
 /// clients finish their frames, every one of them is delivered: waiting fails nobody.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -924,19 +964,28 @@ async fn many_clients_sending_heads_of_maximal_frames_hold_at_most_the_partial_f
         c.client_partial_frame_bytes = BUDGET;
     })
     .await;
+    // Each client writes the head of its frame, waits for the word, and writes the rest (a
+    // waiting stream is not read, so a client's write of its head may not return meanwhile).
+    let (finish, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut senders = Vec::new();
     for client in &clients {
         let (endpoint_, conn) = raw_connect(client, &endpoint).await.unwrap();
         let mut stream = conn.open_uni().await.unwrap();
-        let mut head = (LIMIT as u32).to_be_bytes().to_vec();
-        head.extend_from_slice(&[7; HEAD]);
-        stream.write_all(&head).await.unwrap();
-        senders.push((endpoint_, conn, stream));
+        let mut finished = finish.subscribe();
+        let writer = tokio::spawn(async move {
+            let mut head = (LIMIT as u32).to_be_bytes().to_vec();
+            head.extend_from_slice(&[7; HEAD]);
+            stream.write_all(&head).await.unwrap();
+            finished.recv().await.unwrap();
+            stream.write_all(&[7; LIMIT - HEAD]).await.unwrap();
+            stream
+        });
+        senders.push((endpoint_, conn, writer));
     }
     // Let the readers take what they may.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let buffered = replica.client_partial_frame_bytes();
-    let bound = BUDGET + CLIENTS * 64 * 1024;
+    let bound = BUDGET + LIMIT + CLIENTS * 64 * 1024;
     assert!(
         buffered <= bound,
         "{CLIENTS} clients' partial frames hold {buffered} bytes, above the budget's bound {bound}"
@@ -952,9 +1001,7 @@ async fn many_clients_sending_heads_of_maximal_frames_hold_at_most_the_partial_f
     assert_eq!(from_replica.frame.len(), 300 * 1024);
 
     // The clients finish their frames; every one arrives.
-    for (_, _, stream) in &mut senders {
-        stream.write_all(&[7; LIMIT - HEAD]).await.unwrap();
-    }
+    finish.send(()).unwrap();
     let mut from_clients = BTreeSet::new();
     for _ in 0..CLIENTS {
         let frame = recv_within(&replica).await;
@@ -962,6 +1009,9 @@ async fn many_clients_sending_heads_of_maximal_frames_hold_at_most_the_partial_f
         from_clients.insert(frame.from);
     }
     assert_eq!(from_clients.len(), CLIENTS);
+    for (_, _, writer) in senders {
+        writer.await.unwrap();
+    }
     wait_until("the partial frames are released", || {
         replica.client_partial_frame_bytes() == 0
     })
@@ -1035,11 +1085,12 @@ async fn frames_reserved_together_hold_what_they_would_one_by_one_and_release_on
     assert_eq!(lane.shares_held(), 0);
 }
 
-/// The partial-frame budget is shared per source network too: one host that claims maximal
-/// frames on many streams and never sends their bodies (4 bytes each) holds at most its share
-/// (one frame here), and a client on another network still gets room for its own large frame.
-/// Without shares, the host's first three claims held 1.5 MiB of the 2 MiB total and the other
-/// client's 512 KiB frame waited for ever.
+/// The partial-frame budget is shared per source network too: one network that sends all but
+/// the last byte of maximal frames on many streams holds at most its share (one frame here,
+/// and one more on the budget's overdraft), and a client on another network still gets room
+/// for its own large frame. Without shares, the network's first three frames held 1.5 MiB of
+/// the 2 MiB total and the other client's 512 KiB frame waited (when room was taken for a
+/// frame's whole length at its prefix, their 4-byte claims alone did that).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_host_holding_partial_frames_does_not_make_another_networks_frames_wait() {
     const LIMIT: usize = 512 * 1024;
@@ -1058,14 +1109,9 @@ async fn one_host_holding_partial_frames_does_not_make_another_networks_frames_w
     .await;
     let mut held = Vec::new();
     for flooder in &flooders {
-        let (endpoint_, conn) = raw_connect(flooder, &endpoint).await.unwrap();
-        let mut stream = conn.open_uni().await.unwrap();
-        let mut claim = (LIMIT as u32).to_be_bytes().to_vec();
-        claim.push(1);
-        stream.write_all(&claim).await.unwrap();
-        held.push((endpoint_, conn, stream));
+        held.push(StalledFrame::send("127.0.0.1", flooder, &endpoint, LIMIT).await);
     }
-    wait_until("the flooding host's streams wait for room", || {
+    wait_until("the flooding network's streams wait for room", || {
         replica.stats().frames_held_back_partial_budget >= 3
     })
     .await;
@@ -1080,6 +1126,10 @@ async fn one_host_holding_partial_frames_does_not_make_another_networks_frames_w
     // Once every stream is gone, so are the sources' shares.
     drop((held, stream, conn));
     let partial = &replica.inner.shared.client_partial_frames;
+    wait_until("the partial frames are released", || {
+        replica.client_partial_frame_bytes() == 0
+    })
+    .await;
     wait_until("the shares are forgotten", || partial.shares_held() == 0).await;
     replica.shutdown().await;
 }
@@ -1312,8 +1362,9 @@ async fn a_connection_that_migrates_charges_its_partial_frames_to_the_network_it
 /// in the queue until room came, which need never happen (a stalled claim holds the room).
 /// A client that reconnects over and over, each time opening streams that wait, made the
 /// replica keep a task and up to a chunk per stream for every connection it ever opened: no
-/// bound. Here a stalled claim holds the network's share, and ten connections in turn each
-/// leave a stream waiting with 8 KiB buffered and close; their buffers must be let go.
+/// bound. Here two stalled frames hold the network's share and the budget's overdraft, and ten
+/// connections in turn each leave a stream waiting with 8 KiB buffered and close; their
+/// buffers must be let go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_waiting_for_partial_frame_room_end_with_their_connection() {
     const LIMIT: usize = 16 * 1024;
@@ -1324,15 +1375,17 @@ async fn streams_waiting_for_partial_frame_room_end_with_their_connection() {
         c.client_partial_frame_bytes = BUDGET;
     })
     .await;
-    let (_claim_endpoint, claim_conn) = raw_connect_from("127.0.70.1", &client, &endpoint)
-        .await
-        .unwrap();
-    let mut claim_stream = claim_conn.open_uni().await.unwrap();
-    let mut claim = (LIMIT as u32).to_be_bytes().to_vec();
-    claim.push(1);
-    claim_stream.write_all(&claim).await.unwrap();
-    wait_until("the claim is read", || {
-        replica.client_partial_frame_bytes() >= claim.len()
+    let mut stalled = Vec::new();
+    for held in 1..=2 {
+        stalled.push(StalledFrame::send("127.0.70.1", &client, &endpoint, LIMIT).await);
+        wait_until("the stalled frame is read", || {
+            replica.client_partial_frame_bytes() >= held * (LENGTH_PREFIX_BYTES + LIMIT - 1)
+        })
+        .await;
+    }
+    let claimed = 2 * (LENGTH_PREFIX_BYTES + LIMIT - 1);
+    wait_until("the stalled frames are read", || {
+        replica.client_partial_frame_bytes() >= claimed
     })
     .await;
     for round in 0..10 {
@@ -1351,13 +1404,13 @@ async fn streams_waiting_for_partial_frame_room_end_with_their_connection() {
         drop((stream, conn, endpoint_));
     }
     let settled = tokio::time::timeout(WAIT, async {
-        while replica.client_partial_frame_bytes() > claim.len() {
+        while replica.client_partial_frame_bytes() > claimed {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await;
     let buffered = replica.client_partial_frame_bytes();
-    drop((claim_stream, claim_conn));
+    drop(stalled);
     replica.shutdown().await;
     assert!(
         settled.is_ok(),
@@ -1371,8 +1424,9 @@ async fn streams_waiting_for_partial_frame_room_end_with_their_connection() {
 /// connection (`receive_window = VarInt::MAX`). So the bytes a waiting client stream made the
 /// replica hold were not bounded by the partial-frame budget: about 1.25 MB per stream, 4
 /// streams per connection, 4 connections per key, `max_client_keys` keys (80 GB at the
-/// defaults). Here a stream waiting for room (its network's share is held by a frame that
-/// arrived all but its last byte) must not accept 1 MiB that nobody reads: a client
+/// defaults). Here a stream waiting for room (its network's share and the budget's overdraft
+/// are held by frames that arrived all but their last byte) must not accept 1 MiB that nobody
+/// reads: a client
 /// connection's receive window is now `CLIENT_RECEIVE_WINDOW_BYTES` (256 KiB) in all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_waiting_for_partial_frame_room_is_not_sent_a_megabyte_it_does_not_read() {
@@ -1386,16 +1440,18 @@ async fn a_stream_waiting_for_partial_frame_room_is_not_sent_a_megabyte_it_does_
         c.client_partial_frame_bytes = BUDGET;
     })
     .await;
-    let (_claim_endpoint, claim_conn) = raw_connect_from("127.0.80.1", &client, &endpoint)
-        .await
-        .unwrap();
-    let mut claim_stream = claim_conn.open_uni().await.unwrap();
-    // A whole frame but its last byte: it holds its network's share less one byte.
-    let mut claim = frame(&vec![1; LIMIT]);
-    claim.pop();
-    claim_stream.write_all(&claim).await.unwrap();
-    wait_until("the claim is read", || {
-        replica.client_partial_frame_bytes() >= claim.len()
+    // Whole frames but their last byte: they hold the network's share less one byte, and the
+    // overdraft.
+    let mut stalled = Vec::new();
+    for held in 1..=2 {
+        stalled.push(StalledFrame::send("127.0.80.1", &client, &endpoint, LIMIT).await);
+        wait_until("the stalled frame is read", || {
+            replica.client_partial_frame_bytes() >= held * (LENGTH_PREFIX_BYTES + LIMIT - 1)
+        })
+        .await;
+    }
+    wait_until("the stalled frames are read", || {
+        replica.client_partial_frame_bytes() >= 2 * (LENGTH_PREFIX_BYTES + LIMIT - 1)
     })
     .await;
     let (_endpoint, conn) = raw_connect_from("127.0.80.2", &client, &endpoint)
@@ -1415,7 +1471,7 @@ async fn a_stream_waiting_for_partial_frame_room_is_not_sent_a_megabyte_it_does_
         stream.write_all(&vec![3; 1024 * 1024]),
     )
     .await;
-    drop((stream, conn, claim_stream, claim_conn));
+    drop((stream, conn, stalled));
     replica.shutdown().await;
     assert!(
         pushed.is_err(),
@@ -1427,14 +1483,15 @@ async fn a_stream_waiting_for_partial_frame_room_is_not_sent_a_megabyte_it_does_
 /// and wait on each other for ever, and a client that sends all of a frame but its last byte
 /// and stalls holds its room for as long as it likes. Every partial client frame has a
 /// deadline (`idle_timeout_ms` plus its length at 256 KiB/s): eight networks that fill the
-/// budget with frames they never finish are closed at their deadline, their room comes back,
-/// and an honest client's frame waiting for room arrives.
+/// budget with frames they never finish (and a ninth that holds the overdraft) are closed at
+/// their deadline, their room comes back, and an honest client's frame waiting for room
+/// arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_frames_that_stall_past_their_deadline_give_back_their_room() {
     const LIMIT: usize = 16 * 1024;
     const BUDGET: usize = 8 * (LIMIT + LENGTH_PREFIX_BYTES);
     const IDLE_MS: u64 = 1000;
-    let stallers: Vec<Arc<IdentityKey>> = (0..8u8).map(|i| key(180 + i)).collect();
+    let stallers: Vec<Arc<IdentityKey>> = (0..9u8).map(|i| key(180 + i)).collect();
     let victim = key(190);
     let admitted: Vec<PublicKey> = stallers
         .iter()
@@ -1448,17 +1505,12 @@ async fn partial_frames_that_stall_past_their_deadline_give_back_their_room() {
     })
     .await;
     let mut held = Vec::new();
-    let mut claim = frame(&vec![1; LIMIT]);
-    claim.pop();
     for (i, staller) in stallers.iter().enumerate() {
         let ip = format!("127.0.{}.1", 110 + i);
-        let (endpoint_, conn) = raw_connect_from(&ip, staller, &endpoint).await.unwrap();
-        let mut stream = conn.open_uni().await.unwrap();
-        stream.write_all(&claim).await.unwrap();
-        held.push((endpoint_, conn, stream));
+        held.push(StalledFrame::send(&ip, staller, &endpoint, LIMIT).await);
     }
     wait_until("every stalled frame is read", || {
-        replica.client_partial_frame_bytes() >= claim.len() * stallers.len()
+        replica.client_partial_frame_bytes() >= (LENGTH_PREFIX_BYTES + LIMIT - 1) * stallers.len()
     })
     .await;
     // The stalled frames' deadlines (1 s + 62 ms) end well before the victim's (1 s + 16 ms).
@@ -1482,5 +1534,5 @@ async fn partial_frames_that_stall_past_their_deadline_give_back_their_room() {
     let arrived = arrived.expect("the honest frame arrived once the stalled frames timed out");
     assert_eq!(arrived.map(|f| f.frame), Some(vec![5; 4096]));
     assert!(stats.frames_held_back_partial_budget >= 1, "{stats:?}");
-    assert_eq!(stats.connections_closed_slow_frame, 8, "{stats:?}");
+    assert_eq!(stats.connections_closed_slow_frame, 9, "{stats:?}");
 }
