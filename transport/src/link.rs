@@ -348,7 +348,7 @@ struct Source {
 /// Client admission per source (replica role; see [`ClientSource`]): at most
 /// `max_keys` distinct keys connected at once from one source, and a key that is not already
 /// connected from it is admitted only with a token of the source's bucket, which holds
-/// `max_keys` and refills at `per_minute`. So one host cannot mint keys faster than that,
+/// `max_keys` and refills at `per_minute`. So one source network cannot mint keys faster than that,
 /// which is what keeps a flood of fresh keys from filling the replicated client table under
 /// `clients = "any"` (docs/design.md §3.7). Not replicated state: it only decides which
 /// connections reach the engine.
@@ -529,14 +529,17 @@ impl ByteBudget {
 }
 
 /// How many source networks together can hold the whole [`PartialFrameBudget`]: each may hold
-/// `1 / PARTIAL_FRAME_SOURCE_SHARES` of it (at least one client frame), so that one host cannot
+/// `1 / PARTIAL_FRAME_SOURCE_SHARES` of it (at least one client frame), so that one source network cannot
 /// take all the room and make every other client's large frames wait.
 pub(crate) const PARTIAL_FRAME_SOURCE_SHARES: usize = 8;
 
 /// The bytes of partial client frames buffered over all client connections: what readers
-/// hold of a frame whose body has not fully arrived, in total and per source network
-/// ([`ClientSource`]). A reader that needs more than is left waits (and so stops reading its
-/// stream, which pushes back on the client through QUIC flow control); nothing fails. Replicas
+/// hold of a frame whose body has not fully arrived (the bytes that arrived, never the length
+/// its prefix claims), in total and per source network ([`ClientSource`]). A reader that
+/// needs more than is left waits (and so stops reading its stream, which pushes back on the
+/// client through QUIC flow control, [`CLIENT_RECEIVE_WINDOW_BYTES`]) until room comes, its
+/// connection ends or its frame's deadline ([`client_frame_deadline`]) closes the connection;
+/// one waiter at a time may take the overdraft instead. Replicas
 /// never draw from it: each replica connection has its own bound of one replica frame (at most
 /// two connections per replica), so the replicas' part is reserved by construction and
 /// clients cannot starve it.
