@@ -383,3 +383,48 @@ fn a_flood_of_unordered_reads_is_answered_up_to_the_clients_budget_and_no_more()
     assert_eq!(engine.stats().unordered_reads_withheld, 2);
     assert_eq!(engine.stats().rejections.get("rate_limited"), None);
 }
+
+/// Review finding: design.md §3.8 says a result longer than the client's bucket less 4 KiB is
+/// never sent unordered, but a result that came back after the bucket had refilled met a full
+/// bucket, which pays for any one reply however large: a slow service (or a long queue of
+/// reads) made oversized unordered replies go out, one per refill interval per client.
+#[test]
+fn an_unordered_result_longer_than_the_bucket_is_never_sent_even_after_a_refill() {
+    use smr_core::engine::ServiceDone;
+    use smr_core::Timeouts;
+    let limits = Limits {
+        max_client_reply_bytes: 4096,
+        max_reply_cache_bytes: 4096,
+        max_pending_per_client: 2,
+        ..Limits::default()
+    };
+    // A bucket of 4096 + 2 × 4096 bytes.
+    let burst = 3 * 4096;
+    let interval_ms = Timeouts::default().retransmit_initial_ms;
+    let c = open_cluster(limits);
+    let mut engine = c.engine(1);
+    engine.start(0);
+    let client = SimKey::from_seed([53; 32]);
+    let request = unordered_read(&client, 1);
+    let id = request.id();
+    let asked = c.deliver(
+        &mut engine,
+        10,
+        Peer::Client(client.public_key()),
+        Message::Request(request),
+    );
+    assert_eq!(asked.service.len(), 1, "the read is handed to the service");
+    let done = engine.on_service_done(
+        10 + 2 * interval_ms,
+        ServiceDone::Queried {
+            id,
+            result: vec![b'x'; burst + 1],
+        },
+    );
+    assert!(
+        done.send_now.is_empty(),
+        "a {}-byte unordered result was sent from a bucket of {burst}",
+        burst + 1
+    );
+    assert_eq!(engine.stats().unordered_reads_withheld, 1);
+}

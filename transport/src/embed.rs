@@ -62,12 +62,28 @@ fn endpoints(config: &ClusterConfig) -> Vec<ReplicaEndpoint> {
 }
 
 /// Frames between replicas fit the largest message the config allows (a SYNC, a reply of
-/// decisions, ...; [`smr_core::frame_limits`]); frames from clients fit the largest request.
+/// decisions, ...; [`smr_core::frame_limits`]); frames from clients fit the largest request,
+/// and the budget of partial client frames holds at least [`partial_frame_budget`] of them.
 fn apply_frame_limits(transport_config: &mut TransportConfig, config: &ClusterConfig) {
     transport_config.max_frame_bytes =
         smr_core::frame_limits::replica_frame_bytes(&config.quorums, &config.limits);
     transport_config.max_client_frame_bytes =
         smr_core::frame_limits::client_frame_bytes(&config.quorums, &config.limits);
+    transport_config.client_partial_frame_bytes = partial_frame_budget(
+        transport_config.max_client_frame_bytes,
+        transport_config.client_partial_frame_bytes,
+    );
+}
+
+/// The partial-frame budget for client frames of `max_client_frame_bytes`: at least
+/// `configured`, and at least one frame per source network's share (an eighth), so that a
+/// large `max_op_bytes` does not let two or three networks hold the whole budget; at most
+/// `u32::MAX`, which still holds one frame of any limit the engine config allows (1 GiB ops).
+pub(crate) fn partial_frame_budget(max_client_frame_bytes: usize, configured: usize) -> usize {
+    let eighth_each = max_client_frame_bytes
+        .saturating_add(crate::link::LENGTH_PREFIX_BYTES)
+        .saturating_mul(crate::link::PARTIAL_FRAME_SOURCE_SHARES);
+    configured.max(eighth_each).min(u32::MAX as usize)
 }
 
 /// A running replica: the engine driver over its QUIC transport.

@@ -80,13 +80,22 @@
 //! tie-breaking; a replica may hold two incoming connections to us (a third closes the oldest).
 //! Clients dial every replica. A replica answers a client over the most recent live
 //! connection that client opened to it (a client may hold four; opening more closes the oldest).
-//! At most [`TransportConfig::max_client_keys`] distinct client keys may be connected at once; a
-//! further key's connection is refused, counted and logged. From one source network (an IPv4
+//! At most [`TransportConfig::max_client_keys`] distinct client keys may be connected at once.
+//! When that many are, a further key takes the place of the connected key that has sent no
+//! frame for the longest time, if that is at least 5 s: the idle key's connections are closed
+//! (counted, [`TransportStats::client_keys_evicted_idle`]; the first is logged) and it may
+//! reconnect later; if every key sent a frame within 5 s, the new key's connection is refused,
+//! counted and logged. So keys parked idle keep nobody out for more than a few seconds, while
+//! active keys are never evicted (a flood of keys that all keep sending still fills the table;
+//! see docs/design.md §3.7). From one source network (an IPv4
 //! /24, an IPv6 /64) at most [`TransportConfig::max_client_keys_per_source`] keys may be
 //! connected at once, and keys not already connected from it are admitted at most
 //! [`TransportConfig::client_keys_per_source_per_minute`] a minute after a burst of that many;
-//! further ones are refused, counted and logged, so that one host cannot mint keys fast enough
-//! to fill the client table under [`ClientPolicy::Any`] (docs/design.md §3.7);
+//! further ones are refused, counted and logged, so that one source network cannot mint keys
+//! fast enough to fill the client table under [`ClientPolicy::Any`] (docs/design.md §3.7).
+//! A source network is not a host or a customer: an IPv6 customer often holds a /56 or a /48,
+//! that is 256 or 65,536 /64s, so every per-network bound here is worth that many times as
+//! much to one such customer;
 //! a frame for a client with no live connection is refused with [`SendError::UnknownPeer`]. Frames sent by a replica to itself are looped back to its own
 //! [`Network::recv`] without touching the network.
 //!
@@ -118,16 +127,34 @@
 //! allocate by lying about a length, and all streams of one connection together buffer at most
 //! one frame of the peer's limit (more closes the connection, counted). Partial frames from
 //! clients also share one total, [`TransportConfig::client_partial_frame_bytes`]: a client
-//! stream takes room for its frame's whole length (known from the prefix, already checked
-//! against the limit) before it reads past the frame's first chunk, and reads no further than
-//! the frame's end, so their buffers never outgrow the total (plus the first chunk of a frame
-//! per waiting stream). Taking room is all or nothing: a stream that must wait gives back what
-//! it holds and waits, unread, which pushes back on its client through QUIC flow control;
-//! nothing fails, and no two streams wait on each other. One source network (an IPv4 /24, an
-//! IPv6 /64) may hold at most an eighth of the total (at least one client frame), so one host
-//! cannot make every other client's large frames wait. Replica frames never count against
-//! it, so clients cannot starve them. A stream that ends in the
-//! middle of a frame is counted as truncated.
+//! stream holds room for the bytes of its partial frame that have arrived (never for the length
+//! its prefix claims), taken after each read of at most 64 KiB, and reads no further than the
+//! frame's end. A stream that needs more room than is left waits, keeping what it holds,
+//! unread (until room comes, its connection ends or its frame's deadline passes), which pushes
+//! back on its client through QUIC flow control. One source network (an IPv4 /24, an IPv6 /64)
+//! may hold at most an eighth of the total (at least one client frame), so one network cannot
+//! make every other client's large frames wait. Every partial client frame has a deadline:
+//! it must be complete within [`TransportConfig::idle_timeout_ms`] plus its length at
+//! 256 KiB/s from its first bytes (14 s for 1 MiB at the defaults), or its connection is
+//! closed (counted, [`TransportStats::connections_closed_slow_frame`]; the first is logged)
+//! and its room given back. So holding room costs a client the bytes held, sent again every
+//! deadline, and streams that wait while holding room cannot wait on each other for ever;
+//! besides, one waiting stream at a time may read the rest of its frame without room (an
+//! overdraft of one client frame), so waiting streams always make progress without waiting
+//! for a deadline. Replica frames never count against the total, so clients cannot starve
+//! them. A stream that ends in the middle of a frame is counted as truncated.
+//!
+//! What a client connection can make a replica hold, and the total: quinn buffers at most
+//! 256 KiB of a client connection's unread stream data (its connection-level receive window,
+//! for all its streams together; replica connections keep quinn's unlimited default, for
+//! throughput); the transport's buffers of its partial frames hold at most one client frame
+//! plus two 64 KiB chunks per connection, and over all clients at most
+//! `client_partial_frame_bytes` plus one client frame (the overdraft) plus one 64 KiB chunk
+//! per waiting stream. Per client connection that is at most 256 KiB + 4 × 64 KiB = 512 KiB
+//! outside the partial-frame budget; over `max_client_keys` keys with 4 connections each
+//! (16,384 connections at the defaults) at most 8 GiB outside the budget in the worst case
+//! (every connection of every key waiting with full windows), where quinn's defaults allowed
+//! about 80 GB. Lower `max_client_keys` to lower it.
 //!
 //! # Sending and the overflow policy
 //! [`Network::send`] never blocks. It pushes the frame onto a per-peer queue that a writer task
@@ -278,19 +305,26 @@ pub struct TransportConfig {
     /// their peer's share or lane is full.
     pub recv_queue_bytes: usize,
     /// Bound of the bytes of partial frames (frames whose body has not fully arrived) buffered
-    /// from all client connections together (replica role). A client stream that needs more
-    /// waits, which pushes back on its client through QUIC flow control. One source network
-    /// (IPv4 /24, IPv6 /64) may hold an eighth of it, at least one client frame. Replica frames
-    /// never count against it: each replica connection has its own bound of one frame.
+    /// from all client connections together (replica role), held for the bytes that arrived.
+    /// A client stream that needs more waits, which pushes back on its client through QUIC
+    /// flow control; a partial frame not complete by its deadline (`idle_timeout_ms` plus its
+    /// length at 256 KiB/s) closes its connection. One source network (IPv4 /24, IPv6 /64)
+    /// may hold an eighth of it, at least one client frame. Replica frames
+    /// never count against it: each replica connection has its own bound of one frame. Must
+    /// hold at least one client frame (`max_client_frame_bytes` + 4); replicas and clients
+    /// started from a cluster config ([`Replica`], [`Client`]) raise it to at least eight, so that an
+    /// eighth still holds one whatever `max_op_bytes` is.
     pub client_partial_frame_bytes: usize,
-    /// Most distinct client keys with live connections at once (replica role); a connection
-    /// from a further key is refused, counted and logged. Matters under
-    /// [`ClientPolicy::Any`], where anyone can mint keys.
+    /// Most distinct client keys with live connections at once (replica role). A further key
+    /// takes the place of the key idle longest if that one sent no frame for 5 s (its
+    /// connections are closed, counted); otherwise its connection is refused, counted and
+    /// logged. Matters under [`ClientPolicy::Any`], where anyone can mint keys.
     pub max_client_keys: usize,
     /// Most distinct client keys connected at once from one source network: an IPv4 /24 or an
     /// IPv6 /64 (replica role). A connection from a further key is refused, counted and
     /// logged. With [`TransportConfig::client_keys_per_source_per_minute`], it bounds how fast
-    /// one host can mint client keys under [`ClientPolicy::Any`] (docs/design.md §3.7).
+    /// one source network can mint client keys under [`ClientPolicy::Any`] (docs/design.md
+    /// §3.7). A network is not a customer: IPv6 customers often hold a /56 (256 /64s) or more.
     pub max_client_keys_per_source: usize,
     /// How many keys not already connected from it one source network may connect per
     /// minute, after a burst of [`TransportConfig::max_client_keys_per_source`] (replica
@@ -450,6 +484,19 @@ impl TransportConfig {
             if value == 0 {
                 return invalid(format!("{name} must be at least 1"));
             }
+        }
+        // A stream holds room for its frame's whole length; with less than one frame, it would
+        // hold the whole budget and still read to the frame's end, past the bound.
+        let one_client_frame = self
+            .max_client_frame_bytes
+            .saturating_add(link::LENGTH_PREFIX_BYTES);
+        if self.client_partial_frame_bytes < one_client_frame {
+            return invalid(format!(
+                "client_partial_frame_bytes ({}) must hold at least one client frame \
+                 (max_client_frame_bytes + {} = {one_client_frame})",
+                self.client_partial_frame_bytes,
+                link::LENGTH_PREFIX_BYTES
+            ));
         }
         if self.recv_queue_bytes > tokio::sync::Semaphore::MAX_PERMITS {
             return invalid(format!(
@@ -622,7 +669,8 @@ pub struct TransportStats {
     /// Connections closed because their streams together buffered more partial-frame bytes
     /// than one frame of the peer's limit.
     pub connections_closed_buffer_limit: u64,
-    /// Connections refused because `max_client_keys` distinct client keys were connected.
+    /// Connections refused because `max_client_keys` distinct client keys were connected and
+    /// none had been idle (no frame) for 5 s.
     pub connections_refused_client_limit: u64,
     /// Older connections closed because a peer opened more than its per-key limit.
     pub connections_evicted: u64,
@@ -649,6 +697,14 @@ pub struct TransportStats {
     /// [`TransportConfig::max_client_keys_per_source`] keys connected, or connected new keys
     /// faster than [`TransportConfig::client_keys_per_source_per_minute`]; the first is logged.
     pub connections_refused_source_limit: u64,
+    /// Client connections closed because a partial frame did not complete within its deadline
+    /// (`idle_timeout_ms` plus its length at 256 KiB/s; see the crate docs, "Receiving"); the
+    /// room it held in the partial-frame budget is given back. The first is logged.
+    pub connections_closed_slow_frame: u64,
+    /// Client keys whose connections were closed to make room for a new key when
+    /// [`TransportConfig::max_client_keys`] keys were connected: each the key that had sent no
+    /// frame for the longest time, at least 5 s. The first is logged.
+    pub client_keys_evicted_idle: u64,
 }
 
 /// The receive queue's two lanes, read by `recv` (see the crate docs, "Receiving").
@@ -684,6 +740,8 @@ pub(crate) struct Counters {
     pub(crate) connections_refused_source_limit: AtomicU64,
     /// Frames and bytes by peer, for the metrics (`metrics.rs`).
     pub(crate) peers: metrics::PeerTraffic,
+    pub(crate) connections_closed_slow_frame: AtomicU64,
+    pub(crate) client_keys_evicted_idle: AtomicU64,
 }
 
 impl Counters {
@@ -711,6 +769,8 @@ impl Counters {
             connections_lost: get(&self.connections_lost),
             connections_refused_settings: get(&self.connections_refused_settings),
             connections_refused_source_limit: get(&self.connections_refused_source_limit),
+            connections_closed_slow_frame: get(&self.connections_closed_slow_frame),
+            client_keys_evicted_idle: get(&self.client_keys_evicted_idle),
         }
     }
 }
@@ -878,6 +938,8 @@ impl QuicTransport {
                 config.client_partial_frame_bytes,
                 config.max_client_frame_bytes,
             ),
+            client_frame_grace: Duration::from_millis(config.idle_timeout_ms),
+            epoch: tokio::time::Instant::now(),
             reconnect_initial: Duration::from_millis(config.reconnect_initial_ms),
             reconnect_max: Duration::from_millis(config.reconnect_max_ms),
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),

@@ -31,6 +31,63 @@ pub(crate) const CLOSE_TOO_MANY_CLIENTS: VarInt = VarInt::from_u32(5);
 pub(crate) const CLOSE_BUFFER_LIMIT: VarInt = VarInt::from_u32(6);
 pub(crate) const CLOSE_SETTINGS_DIFFER: VarInt = VarInt::from_u32(7);
 pub(crate) const CLOSE_SOURCE_LIMIT: VarInt = VarInt::from_u32(8);
+pub(crate) const CLOSE_FRAME_TOO_SLOW: VarInt = VarInt::from_u32(9);
+pub(crate) const CLOSE_IDLE_KEY_EVICTED: VarInt = VarInt::from_u32(10);
+
+/// The slowest a client's frame may arrive once it has begun, in bytes per second: a partial
+/// client frame of `length` bytes must be complete within
+/// `idle_timeout_ms + (4 + length) / MIN_CLIENT_FRAME_BYTES_PER_SECOND` of its first bytes
+/// ([`client_frame_deadline`]), or its connection is closed and the room it held in the
+/// partial-frame budget is given back.
+///
+/// Why this bound: partial frames hold room for the bytes that arrived, and a stream that needs
+/// more waits while keeping what it holds, so partial frames that each need more could hold the
+/// whole budget and wait on each other for ever, and a client that sends part of a frame and
+/// stalls (the replica's own keep-alives keep its connection open) could hold its room for ever.
+/// The deadline ends both. `idle_timeout_ms` (10 s by default) is what the transport already
+/// allows a silent peer; 256 KiB/s is a rate any client that can use the cluster at all
+/// reaches (a 1 MiB frame gets 14 s at the defaults), including one that waited for room a
+/// while. Holding room then costs a client the bytes held, sent again every deadline: holding
+/// the whole 64 MiB default budget takes about 4.6 MiB/s of 1 MiB frames (and more from many
+/// small ones, whose deadline is about `idle_timeout_ms`).
+pub(crate) const MIN_CLIENT_FRAME_BYTES_PER_SECOND: u64 = 256 * 1024;
+
+/// The time a client frame of `length` bytes (without its prefix) may take to arrive from its
+/// first bytes: `grace` (`idle_timeout_ms`) plus its bytes at
+/// [`MIN_CLIENT_FRAME_BYTES_PER_SECOND`].
+pub(crate) fn client_frame_deadline(grace: Duration, length: usize) -> Duration {
+    let bytes = (length as u64).saturating_add(LENGTH_PREFIX_BYTES as u64);
+    grace.saturating_add(Duration::from_millis(
+        bytes.saturating_mul(1000) / MIN_CLIENT_FRAME_BYTES_PER_SECOND,
+    ))
+}
+
+/// How long a connected client key must have sent no frame before a new key may take its
+/// place when [`TransportConfig::max_client_keys`] keys are connected (the idlest key goes).
+/// Long enough that a client between two requests, or one waiting a few seconds for a reply,
+/// keeps its place; short enough that keys parked idle by a few networks cannot keep every
+/// other client out for more than a few seconds at a time. An evicted client may reconnect
+/// (it then competes like any new key); a request it had pending is answered to its retry,
+/// from the client table.
+pub(crate) const CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION: Duration = Duration::from_secs(5);
+
+/// The connection-level receive window of a client connection: what quinn buffers of a
+/// client's streams that the transport has not read yet, for all the connection's streams
+/// together (quinn's default is unlimited per connection and 1.25 MB per stream). A client
+/// stream that waits for room in the partial-frame budget does not read, so without it each
+/// waiting stream would make the replica hold about a megabyte outside every budget. Four read
+/// chunks: a client's throughput is at most this much per round trip (over 1 GB/s at 0.2 ms,
+/// 5 MB/s at 50 ms).
+///
+/// Credit once granted cannot be taken back (quinn's `set_receive_window` only stops granting
+/// more), and a connection's first credit goes out in the handshake, before its key is known.
+/// So every connection starts with this window ([`quic_transport_config`]), and a connection
+/// known to be a replica's (accepted from one, or dialed to one) is raised to quinn's unlimited
+/// default ([`REPLICA_RECEIVE_WINDOW`]): replicas' throughput is not limited by it.
+pub(crate) const CLIENT_RECEIVE_WINDOW_BYTES: u32 = 4 * READ_CHUNK_BYTES as u32;
+
+/// The connection-level receive window of a connection with a replica: quinn's default.
+const REPLICA_RECEIVE_WINDOW: VarInt = VarInt::MAX;
 
 /// Frames are a 4-byte big-endian length followed by the body.
 pub(crate) const LENGTH_PREFIX_BYTES: usize = 4;
@@ -247,6 +304,8 @@ impl Lane {
 
 /// Where a client connects from, as far as admission cares: its IPv4 /24 or its IPv6 /64 (an
 /// IPv4-mapped IPv6 address counts as IPv4). One host, or one small network, is one source.
+/// A connection's source is fixed when it is admitted: QUIC lets a client move a connection to
+/// another address later, and neither its keys nor its partial frames move with it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct ClientSource(IpAddr);
 
@@ -289,7 +348,7 @@ struct Source {
 /// Client admission per source (replica role; see [`ClientSource`]): at most
 /// `max_keys` distinct keys connected at once from one source, and a key that is not already
 /// connected from it is admitted only with a token of the source's bucket, which holds
-/// `max_keys` and refills at `per_minute`. So one host cannot mint keys faster than that,
+/// `max_keys` and refills at `per_minute`. So one source network cannot mint keys faster than that,
 /// which is what keeps a flood of fresh keys from filling the replicated client table under
 /// `clients = "any"` (docs/design.md §3.7). Not replicated state: it only decides which
 /// connections reach the engine.
@@ -391,6 +450,11 @@ pub(crate) struct Shared {
     pub(crate) send_queue_total: Arc<ByteBudget>,
     /// Bytes of partial frames buffered from all client connections together.
     pub(crate) client_partial_frames: PartialFrameBudget,
+    /// What a client frame may take to arrive beyond its bytes at the minimum rate
+    /// (`idle_timeout_ms`; see [`client_frame_deadline`]).
+    pub(crate) client_frame_grace: Duration,
+    /// Start of the transport: client keys' last-frame times are milliseconds since then.
+    pub(crate) epoch: Instant,
     pub(crate) reconnect_initial: Duration,
     pub(crate) reconnect_max: Duration,
     pub(crate) connect_timeout: Duration,
@@ -424,6 +488,9 @@ pub(crate) struct ClientLink {
     id: u64,
     pub(crate) queue: SendQueue,
     conn: Connection,
+    /// When a frame last arrived on this connection (or when it was accepted), in ms since
+    /// [`Shared::epoch`].
+    last_frame_ms: Arc<AtomicU64>,
 }
 
 /// A count of bytes held against a bound, shared by several holders.
@@ -462,14 +529,17 @@ impl ByteBudget {
 }
 
 /// How many source networks together can hold the whole [`PartialFrameBudget`]: each may hold
-/// `1 / PARTIAL_FRAME_SOURCE_SHARES` of it (at least one client frame), so that one host cannot
+/// `1 / PARTIAL_FRAME_SOURCE_SHARES` of it (at least one client frame), so that one source network cannot
 /// take all the room and make every other client's large frames wait.
 pub(crate) const PARTIAL_FRAME_SOURCE_SHARES: usize = 8;
 
 /// The bytes of partial client frames buffered over all client connections: what readers
-/// hold of a frame whose body has not fully arrived, in total and per source network
-/// ([`ClientSource`]). A reader that needs more than is left waits (and so stops reading its
-/// stream, which pushes back on the client through QUIC flow control); nothing fails. Replicas
+/// hold of a frame whose body has not fully arrived (the bytes that arrived, never the length
+/// its prefix claims), in total and per source network ([`ClientSource`]). A reader that
+/// needs more than is left waits (and so stops reading its stream, which pushes back on the
+/// client through QUIC flow control, [`CLIENT_RECEIVE_WINDOW_BYTES`]) until room comes, its
+/// connection ends or its frame's deadline ([`client_frame_deadline`]) closes the connection;
+/// one waiter at a time may take the overdraft instead. Replicas
 /// never draw from it: each replica connection has its own bound of one replica frame (at most
 /// two connections per replica), so the replicas' part is reserved by construction and
 /// clients cannot starve it.
@@ -484,6 +554,13 @@ pub(crate) struct PartialFrameBudget {
     /// read of a frame, at most one chunk, is read before it is held): what
     /// [`crate::QuicTransport::client_partial_frame_bytes`] reports.
     buffered: AtomicUsize,
+    /// One permit: a stream that must wait for room may instead take this and read the rest of
+    /// its frame without holding more, until the frame is complete. Streams that wait while
+    /// holding room could otherwise wait on each other until their deadlines closed them
+    /// (honest clients of one network with more large frames in flight than its share, say);
+    /// with it one of them always makes progress. It costs at most one client frame beyond the
+    /// budget, and a holder that stalls is closed at its frame's deadline.
+    overdraft: tokio::sync::Semaphore,
 }
 
 impl PartialFrameBudget {
@@ -499,6 +576,7 @@ impl PartialFrameBudget {
             share_bytes,
             shares: Mutex::new(HashMap::new()),
             buffered: AtomicUsize::new(0),
+            overdraft: tokio::sync::Semaphore::new(1),
         }
     }
 
@@ -523,6 +601,7 @@ impl PartialFrameBudget {
             share,
             held_bytes: 0,
             buffered_bytes: 0,
+            overdraft: None,
         }
     }
 }
@@ -536,26 +615,42 @@ struct PartialHeld<'a> {
     share: Arc<tokio::sync::Semaphore>,
     held_bytes: usize,
     buffered_bytes: usize,
+    /// Held while the stream reads its current frame beyond what it holds (see
+    /// [`PartialFrameBudget::overdraft`]).
+    overdraft: Option<tokio::sync::SemaphorePermit<'a>>,
 }
 
-impl PartialHeld<'_> {
+impl<'a> PartialHeld<'a> {
+    /// Notes that the frame being read is complete: an overdraft taken for it is given back.
+    fn frame_done(&mut self) {
+        self.overdraft = None;
+    }
+
     fn give_back(&mut self, bytes: usize) {
         self.share.add_permits(bytes);
         self.budget.permits.add_permits(bytes);
         self.held_bytes -= bytes;
     }
 
-    /// Holds `bytes` (capped at a source's share, which holds at least one frame of the client
-    /// limit). Growing is all or nothing: a stream that must wait first gives back what it
-    /// holds, then waits for its source's share and then for the total, so that no stream
-    /// waits while holding room in the total (two streams holding half a frame each and
-    /// waiting for the rest would wait for ever; a stream that holds room in the total holds
-    /// all it needs, and gives it back when its frame is in). False at shutdown. `held_back`
+    /// Holds `bytes`, the bytes of the partial frame the stream's buffer holds now (capped at
+    /// a source's share, which holds at least one frame of the client limit): room follows the
+    /// bytes that arrived, never a length prefix. Shrinking gives back at once; growing takes
+    /// the difference from its source's share and then from the total, waiting while either is
+    /// spent, and keeps what it holds meanwhile (those bytes are in memory). Streams that wait
+    /// while holding could wait on each other for ever (the whole budget held by partial frames
+    /// that each need more); the caller ends that with the frame's deadline
+    /// ([`client_frame_deadline`]): a frame not complete in time closes its connection and so
+    /// gives its room back; and while waiting it may take the budget's overdraft instead
+    /// ([`PartialFrameBudget::overdraft`]), so that one waiting stream always makes progress.
+    /// Cancel-safe: what it waits on is given back on drop. False at shutdown. `held_back`
     /// counts the waits; the first is logged as a warning.
     async fn hold(&mut self, bytes: usize, held_back: &AtomicU64, peer: Peer) -> bool {
         let bytes = bytes.min(self.budget.share_bytes);
         if bytes <= self.held_bytes {
             self.give_back(self.held_bytes - bytes);
+            return true;
+        }
+        if self.overdraft.is_some() {
             return true;
         }
         let more = u32::try_from(bytes - self.held_bytes).expect("the budget fits u32");
@@ -567,7 +662,6 @@ impl PartialHeld<'_> {
                 return true;
             }
         }
-        self.give_back(self.held_bytes);
         if held_back.fetch_add(1, Ordering::Relaxed) == 0 {
             tracing::warn!(
                 ?peer,
@@ -579,17 +673,31 @@ impl PartialHeld<'_> {
         } else {
             tracing::debug!(?peer, "waiting for room for a partial client frame");
         }
-        let all = u32::try_from(bytes).expect("the budget fits u32");
-        let Ok(share) = self.share.acquire_many(all).await else {
-            return false;
+        let budget: &'a PartialFrameBudget = self.budget;
+        let share = self.share.clone();
+        let room = async {
+            let share = share.acquire_many(more).await.ok()?;
+            let total = budget.permits.acquire_many(more).await.ok()?;
+            share.forget();
+            total.forget();
+            Some(())
         };
-        let Ok(total) = self.budget.permits.acquire_many(all).await else {
-            return false;
-        };
-        share.forget();
-        total.forget();
-        self.held_bytes = bytes;
-        true
+        tokio::select! {
+            room = room => match room {
+                Some(()) => {
+                    self.held_bytes = bytes;
+                    true
+                }
+                None => false,
+            },
+            overdraft = budget.overdraft.acquire() => match overdraft {
+                Ok(overdraft) => {
+                    self.overdraft = Some(overdraft);
+                    true
+                }
+                Err(_) => false,
+            },
+        }
     }
 
     /// Notes that the stream's buffer holds `bytes`.
@@ -991,6 +1099,8 @@ pub(crate) fn quic_transport_config(
     transport
         .max_concurrent_bidi_streams(VarInt::from_u32(0))
         .max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS))
+        // Raised for replica connections once they are known (see the constant).
+        .receive_window(VarInt::from_u32(CLIENT_RECEIVE_WINDOW_BYTES))
         .max_idle_timeout(Some(idle_timeout))
         .keep_alive_interval(Some(idle / 3))
         .initial_rtt(INITIAL_RTT);
@@ -1156,7 +1266,7 @@ pub(crate) async fn run_replica_link(
                 tracing::info!(me = %shared.me, ?peer, addr = %target.addr, "connected");
                 let connected_at = Instant::now();
                 // Replies to a client come back on the connection it opened.
-                shared.spawn(read_connection(shared.clone(), conn.clone(), peer));
+                shared.spawn(read_connection(shared.clone(), conn.clone(), peer, None));
                 if let Some(redial) = redial.as_mut() {
                     redial.mark_unchanged();
                 }
@@ -1258,7 +1368,11 @@ async fn dial(
         .connect_with(client_config.clone(), target.addr, tls::SERVER_NAME)
         .map_err(|e| DialError::Failed(e.to_string()))?;
     match tokio::time::timeout(shared.connect_timeout, connecting).await {
-        Ok(Ok(conn)) => Ok(conn),
+        Ok(Ok(conn)) => {
+            // We only dial replicas.
+            conn.set_receive_window(REPLICA_RECEIVE_WINDOW);
+            Ok(conn)
+        }
         Ok(Err(ConnectionError::ConnectionClosed(close))) if is_tls_alert(&close) => {
             Err(DialError::Refused(close.to_string()))
         }
@@ -1312,6 +1426,7 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     tracing::info!(me = %shared.me, ?peer, %remote, "accepted connection");
     let id = shared.next_link_id.fetch_add(1, Ordering::Relaxed);
     if let Peer::Replica(replica) = peer {
+        conn.set_receive_window(REPLICA_RECEIVE_WINDOW);
         if shared.settings.is_none() {
             note_replica_connected_in(&shared, replica);
         }
@@ -1327,7 +1442,7 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
             tracing::info!(me = %shared.me, ?peer, "closing a replica's oldest incoming connection");
             old.close(CLOSE_TOO_MANY_CONNECTIONS, b"too many connections");
         }
-        read_connection(shared.clone(), conn, peer).await;
+        read_connection(shared.clone(), conn, peer, None).await;
         let mut all_links = lock(&shared.replica_links);
         if let Some(links) = all_links.get_mut(&replica) {
             links.retain(|(link, _)| *link != id);
@@ -1336,6 +1451,7 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     }
     // A client connection's place in its source's count, held until the connection ends.
     let mut _source = None;
+    let mut client = None;
     if let Peer::Client(key) = peer {
         _source = match shared.client_sources.admit(remote.ip(), key) {
             Ok(guard) => Some(guard),
@@ -1365,25 +1481,69 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
             shared.client_send_queue_bytes,
             shared.send_queue_total.clone(),
         );
-        let evicted = {
+        let now_ms = u64::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last_frame_ms = Arc::new(AtomicU64::new(now_ms));
+        let (evicted, idle_evicted) = {
             let mut all_links = lock(&shared.client_links);
+            let mut idle_evicted = None;
             if !all_links.contains_key(&key) && all_links.len() >= shared.max_client_keys {
-                drop(all_links);
-                bump(&shared.counters.connections_refused_client_limit, 1);
-                tracing::warn!(me = %shared.me, ?peer, max_client_keys = shared.max_client_keys,
-                    "refusing a connection: as many client keys as max_client_keys are connected");
-                conn.close(CLOSE_TOO_MANY_CLIENTS, b"too many clients");
-                return;
+                // The table is full: the key that sent no frame for the longest time gives
+                // its place, if it has been idle long enough; active keys are never evicted.
+                let min_idle_ms = CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION.as_millis() as u64;
+                let idlest = all_links
+                    .iter()
+                    .map(|(key, links)| {
+                        let last = links
+                            .iter()
+                            .map(|link| link.last_frame_ms.load(Ordering::Relaxed))
+                            .max()
+                            .unwrap_or(0);
+                        (*key, last)
+                    })
+                    .min_by_key(|&(_, last)| last)
+                    .filter(|&(_, last)| now_ms.saturating_sub(last) >= min_idle_ms);
+                match idlest {
+                    Some((idle_key, _)) => {
+                        idle_evicted = all_links.remove(&idle_key).map(|links| (idle_key, links));
+                    }
+                    None => {
+                        drop(all_links);
+                        bump(&shared.counters.connections_refused_client_limit, 1);
+                        tracing::warn!(me = %shared.me, ?peer, max_client_keys = shared.max_client_keys,
+                            "refusing a connection: max_client_keys client keys are connected, none idle for {:?}",
+                            CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION);
+                        conn.close(CLOSE_TOO_MANY_CLIENTS, b"too many clients");
+                        return;
+                    }
+                }
             }
             let links = all_links.entry(key).or_default();
             links.push(ClientLink {
                 id,
                 queue: queue_tx,
                 conn: conn.clone(),
+                last_frame_ms: last_frame_ms.clone(),
             });
             let excess = links.len().saturating_sub(MAX_CONNECTIONS_PER_CLIENT);
-            links.drain(..excess).collect::<Vec<_>>()
+            (links.drain(..excess).collect::<Vec<_>>(), idle_evicted)
         };
+        if let Some((idle_key, links)) = idle_evicted {
+            let count = shared
+                .counters
+                .client_keys_evicted_idle
+                .fetch_add(1, Ordering::Relaxed);
+            if count == 0 {
+                tracing::warn!(me = %shared.me, evicted = ?Peer::Client(idle_key), for_key = ?peer,
+                    "max_client_keys client keys are connected; closing the connections of the key idle longest");
+            } else {
+                tracing::debug!(me = %shared.me, evicted = ?Peer::Client(idle_key), for_key = ?peer,
+                    "closing the connections of the client key idle longest");
+            }
+            for link in links {
+                link.conn
+                    .close(CLOSE_IDLE_KEY_EVICTED, b"idle client key evicted");
+            }
+        }
         for link in evicted {
             bump(&shared.counters.connections_evicted, 1);
             tracing::info!(me = %shared.me, ?peer, "closing a client's oldest connection");
@@ -1397,8 +1557,14 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
             id,
             queue_rx,
         ));
+        // A client's partial frames are charged to the network it was admitted from, whatever
+        // address its connection moves to later (QUIC migration).
+        client = Some(ClientReader {
+            source: ClientSource::of(remote.ip()),
+            last_frame_ms,
+        });
     }
-    read_connection(shared, conn, peer).await;
+    read_connection(shared, conn, peer, client).await;
 }
 
 /// Called when a replica's connection is accepted (with protocol settings, once its settings
@@ -1454,8 +1620,23 @@ async fn run_client_link(
     }
 }
 
-/// Reads every unidirectional stream the peer opens on `conn`.
-pub(crate) async fn read_connection(shared: Arc<Shared>, conn: Connection, peer: Peer) {
+/// What the reader of a client connection needs besides the connection.
+#[derive(Clone)]
+pub(crate) struct ClientReader {
+    /// The network the connection was admitted from: its partial frames are charged to it.
+    source: ClientSource,
+    /// Where to note when a frame last arrived (see [`ClientLink`]).
+    last_frame_ms: Arc<AtomicU64>,
+}
+
+/// Reads every unidirectional stream `peer` opens on `conn`; a client's partial frames are
+/// charged to the network it was admitted from (`client`).
+pub(crate) async fn read_connection(
+    shared: Arc<Shared>,
+    conn: Connection,
+    peer: Peer,
+    client: Option<ClientReader>,
+) {
     let mut shutdown = shared.shutdown_rx();
     // A peer may open a few streams; together they buffer at most one frame of its limit
     // (plus the chunks being cut), which is all a sender that uses one stream ever needs.
@@ -1476,6 +1657,7 @@ pub(crate) async fn read_connection(shared: Arc<Shared>, conn: Connection, peer:
                 conn.clone(),
                 stream,
                 peer,
+                client.clone(),
                 buffered.clone(),
             )),
             // The connection ended; whoever writes on it counts that.
@@ -1501,6 +1683,9 @@ pub(crate) enum StreamEnd {
     Closed,
     /// A replica's stream did not open with our protocol settings.
     SettingsDiffer,
+    /// A client's partial frame did not complete within its deadline
+    /// ([`client_frame_deadline`]).
+    TooSlow { length_bytes: usize },
 }
 
 async fn read_stream(
@@ -1508,14 +1693,14 @@ async fn read_stream(
     conn: Connection,
     mut stream: RecvStream,
     peer: Peer,
+    client: Option<ClientReader>,
     buffered: Arc<ByteBudget>,
 ) {
     let mut shutdown = shared.shutdown_rx();
-    let source = Some(ClientSource::of(conn.remote_address().ip()));
     let end = tokio::select! {
         biased;
         _ = shutdown_signaled(&mut shutdown) => StreamEnd::Closed,
-        end = read_frames(&shared, &mut stream, peer, source, &buffered) => end,
+        end = read_frames(&shared, &conn, &mut stream, peer, client, &buffered) => end,
     };
     match end {
         StreamEnd::Finished | StreamEnd::Closed => {}
@@ -1539,6 +1724,21 @@ async fn read_stream(
         StreamEnd::SettingsDiffer => {
             conn.close(CLOSE_SETTINGS_DIFFER, b"protocol settings differ");
         }
+        StreamEnd::TooSlow { length_bytes } => {
+            let count = shared
+                .counters
+                .connections_closed_slow_frame
+                .fetch_add(1, Ordering::Relaxed);
+            let deadline = client_frame_deadline(shared.client_frame_grace, length_bytes);
+            if count == 0 {
+                tracing::warn!(me = %shared.me, ?peer, length_bytes, ?deadline,
+                    "a client frame did not arrive within its deadline; closing the connection");
+            } else {
+                tracing::debug!(me = %shared.me, ?peer, length_bytes, ?deadline,
+                    "a client frame did not arrive within its deadline; closing the connection");
+            }
+            conn.close(CLOSE_FRAME_TOO_SLOW, b"frame too slow");
+        }
         StreamEnd::Failed(reason) => {
             tracing::debug!(me = %shared.me, ?peer, %reason, "stream failed");
             let _ = stream.stop(CLOSE_STREAM_REFUSED);
@@ -1554,9 +1754,10 @@ async fn read_stream(
 /// arrived, never a length prefix, and an oversize prefix is refused before its body is read.
 async fn read_frames(
     shared: &Shared,
+    conn: &Connection,
     stream: &mut RecvStream,
     peer: Peer,
-    source: Option<ClientSource>,
+    client: Option<ClientReader>,
     buffered: &ByteBudget,
 ) -> StreamEnd {
     let max_frame_bytes = shared.frame_limit(peer);
@@ -1572,10 +1773,12 @@ async fn read_frames(
     };
     // A client's partial frames are also held against the budget of all clients together,
     // and its source network's share of it.
-    let mut partial = match (peer, source) {
-        (Peer::Client(_), Some(source)) => Some(shared.client_partial_frames.holder(source)),
+    let mut partial = match (peer, &client) {
+        (Peer::Client(_), Some(client)) => Some(shared.client_partial_frames.holder(client.source)),
         _ => None,
     };
+    // When the partial frame at the head of the buffer began to arrive (clients only).
+    let mut frame_began: Option<Instant> = None;
     // The complete frames cut from the buffer in one pass, as (body offset, length).
     let mut cut: Vec<(usize, usize)> = Vec::new();
     loop {
@@ -1618,6 +1821,10 @@ async fn read_frames(
         // counted.
         let cut_bytes: u64 = cut.iter().map(|&(_, length)| length as u64).sum();
         bump(&shared.counters.frames_received, cut.len() as u64);
+        if let (Some(client), false) = (&client, cut.is_empty()) {
+            let now_ms = u64::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            client.last_frame_ms.fetch_max(now_ms, Ordering::Relaxed);
+        }
         bump(&shared.counters.bytes_received, cut_bytes);
         shared
             .counters
@@ -1660,34 +1867,61 @@ async fn read_frames(
         buffer.drain(..start);
         held.set(buffer.len());
         let mut read_bytes = READ_CHUNK_BYTES;
+        let mut deadline = None;
         if let Some(partial) = &mut partial {
             partial.buffered(buffer.len());
-            // A client's partial frame holds room for its whole length, taken before any of
-            // its body is read past the first chunk, and reads stop at the frame's end: the
-            // buffer never outgrows what it holds. At a frame boundary it holds nothing, and
-            // the first chunk of the next frame (what one read returns, at most
-            // READ_CHUNK_BYTES) is read before it is held.
-            let room = match buffer.get(..LENGTH_PREFIX_BYTES) {
+            // A client's partial frame holds room for the bytes of it that arrived (the last
+            // chunk, at most READ_CHUNK_BYTES, is read before it is held), and reads stop at
+            // the frame's end, so the buffer never holds more than one partial frame. It must
+            // be complete by its deadline, counted from when its first bytes arrived (in the
+            // read that completed the frame before it, if any).
+            if start > 0 {
+                partial.frame_done();
+            }
+            if buffer.is_empty() {
+                frame_began = None;
+            } else if start > 0 || frame_began.is_none() {
+                frame_began = Some(Instant::now());
+            }
+            let length = match buffer.get(..LENGTH_PREFIX_BYTES) {
                 None => 0,
                 Some(prefix) => {
                     let prefix: [u8; LENGTH_PREFIX_BYTES] = prefix.try_into().expect("prefix");
                     // Checked against the frame limit by the loop above.
-                    LENGTH_PREFIX_BYTES + u32::from_be_bytes(prefix) as usize
+                    u32::from_be_bytes(prefix) as usize
                 }
             };
-            if !partial
-                .hold(room, &shared.counters.frames_held_back_partial_budget, peer)
-                .await
-            {
+            deadline = frame_began
+                .map(|began| began + client_frame_deadline(shared.client_frame_grace, length));
+            // A stream that waits does not read, so it would not see its connection end; it
+            // stops waiting then, or every connection a client ever closed would leave a task
+            // and a chunk behind for as long as the budget stays spent.
+            let held = tokio::select! {
+                held = partial.hold(buffer.len(), &shared.counters.frames_held_back_partial_budget, peer) => held,
+                error = conn.closed() => return StreamEnd::Failed(error.to_string()),
+                _ = until(deadline) => return StreamEnd::TooSlow { length_bytes: length },
+            };
+            if !held {
                 return StreamEnd::Closed;
             }
             read_bytes = match buffer.len() {
                 0 => READ_CHUNK_BYTES,
                 short if short < LENGTH_PREFIX_BYTES => LENGTH_PREFIX_BYTES - short,
-                _ => room.saturating_sub(buffer.len()).clamp(1, READ_CHUNK_BYTES),
+                _ => (LENGTH_PREFIX_BYTES + length)
+                    .saturating_sub(buffer.len())
+                    .clamp(1, READ_CHUNK_BYTES),
             };
         }
-        match stream.read_chunk(read_bytes, true).await {
+        let read = tokio::select! {
+            read = stream.read_chunk(read_bytes, true) => read,
+            _ = until(deadline) => {
+                let length_bytes = buffer
+                    .get(..LENGTH_PREFIX_BYTES)
+                    .map_or(0, |p| u32::from_be_bytes(p.try_into().expect("prefix")) as usize);
+                return StreamEnd::TooSlow { length_bytes };
+            }
+        };
+        match read {
             Ok(Some(chunk)) => {
                 buffer.extend_from_slice(&chunk.bytes);
                 if let Some(partial) = &mut partial {
@@ -1704,6 +1938,14 @@ async fn read_frames(
         if buffer.capacity() > RETAINED_BUFFER_BYTES && buffer.len() < READ_CHUNK_BYTES {
             buffer.shrink_to(READ_CHUNK_BYTES);
         }
+    }
+}
+
+/// Resolves at `deadline`, or never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -180,6 +180,25 @@ impl Collector for TransportMetrics {
         )?;
         encode_labelled(
             e,
+            "smr_connections_closed",
+            "Connections this replica closed (reason: buffer_limit, slow_frame, key_limit, idle_key).",
+            Counter,
+            "reason",
+            &[
+                (
+                    "buffer_limit".to_string(),
+                    stats.connections_closed_buffer_limit,
+                ),
+                (
+                    "slow_frame".to_string(),
+                    stats.connections_closed_slow_frame,
+                ),
+                ("key_limit".to_string(), stats.connections_evicted),
+                ("idle_key".to_string(), stats.client_keys_evicted_idle),
+            ],
+        )?;
+        encode_labelled(
+            e,
             "smr_frames_held_back",
             "Incoming frames that waited for room (reason: peer_share, partial_budget).",
             Counter,

@@ -92,6 +92,45 @@ async fn raw_connect_from(
     Ok((endpoint, conn))
 }
 
+/// A client connection sending all of a `limit`-byte frame but its last byte, from a task
+/// (the write may wait for room at the replica); the connection and its stream end when this
+/// is dropped.
+struct StalledFrame {
+    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl StalledFrame {
+    async fn send(
+        ip: &str,
+        identity: &IdentityKey,
+        replica: &ReplicaEndpoint,
+        limit: usize,
+    ) -> StalledFrame {
+        let (endpoint, conn) = raw_connect_from(ip, identity, replica).await.unwrap();
+        let mut stream = conn.open_uni().await.unwrap();
+        let mut bytes = frame(&vec![1; limit]);
+        bytes.pop();
+        let writer = tokio::spawn(async move {
+            let _ = stream.write_all(&bytes).await;
+            std::future::pending::<()>().await;
+        });
+        StalledFrame {
+            _endpoint: endpoint,
+            conn,
+            writer,
+        }
+    }
+}
+
+impl Drop for StalledFrame {
+    fn drop(&mut self) {
+        self.writer.abort();
+        self.conn.close(0u32.into(), b"bye");
+    }
+}
+
 fn frame(body: &[u8]) -> Vec<u8> {
     let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
     bytes.extend_from_slice(body);
@@ -899,7 +938,8 @@ fn stateless_reset_keys_are_stable_per_identity_and_differ_between_identities() 
 /// clients (anyone, under `clients = "any"`) each sending the head of a maximal frame made the
 /// replica buffer that head for every one of them. Six clients each send 400 KiB of a 512 KiB
 /// frame: 2.4 MiB before; now their partial frames hold at most the 1 MiB budget (plus the
-/// first chunk of a frame per waiting stream) and the rest wait, unread, in QUIC flow control.
+/// last chunk read per waiting stream, and one frame read on the budget's overdraft) and the
+/// rest wait, unread, in QUIC flow control (256 KiB per client connection).
 /// A replica's frame still passes (replicas never draw from the clients' budget), and once the
 /// clients finish their frames, every one of them is delivered: waiting fails nobody.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -924,19 +964,28 @@ async fn many_clients_sending_heads_of_maximal_frames_hold_at_most_the_partial_f
         c.client_partial_frame_bytes = BUDGET;
     })
     .await;
+    // Each client writes the head of its frame, waits for the word, and writes the rest (a
+    // waiting stream is not read, so a client's write of its head may not return meanwhile).
+    let (finish, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut senders = Vec::new();
     for client in &clients {
         let (endpoint_, conn) = raw_connect(client, &endpoint).await.unwrap();
         let mut stream = conn.open_uni().await.unwrap();
-        let mut head = (LIMIT as u32).to_be_bytes().to_vec();
-        head.extend_from_slice(&[7; HEAD]);
-        stream.write_all(&head).await.unwrap();
-        senders.push((endpoint_, conn, stream));
+        let mut finished = finish.subscribe();
+        let writer = tokio::spawn(async move {
+            let mut head = (LIMIT as u32).to_be_bytes().to_vec();
+            head.extend_from_slice(&[7; HEAD]);
+            stream.write_all(&head).await.unwrap();
+            finished.recv().await.unwrap();
+            stream.write_all(&[7; LIMIT - HEAD]).await.unwrap();
+            stream
+        });
+        senders.push((endpoint_, conn, writer));
     }
     // Let the readers take what they may.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let buffered = replica.client_partial_frame_bytes();
-    let bound = BUDGET + CLIENTS * 64 * 1024;
+    let bound = BUDGET + LIMIT + CLIENTS * 64 * 1024;
     assert!(
         buffered <= bound,
         "{CLIENTS} clients' partial frames hold {buffered} bytes, above the budget's bound {bound}"
@@ -952,9 +1001,7 @@ async fn many_clients_sending_heads_of_maximal_frames_hold_at_most_the_partial_f
     assert_eq!(from_replica.frame.len(), 300 * 1024);
 
     // The clients finish their frames; every one arrives.
-    for (_, _, stream) in &mut senders {
-        stream.write_all(&[7; LIMIT - HEAD]).await.unwrap();
-    }
+    finish.send(()).unwrap();
     let mut from_clients = BTreeSet::new();
     for _ in 0..CLIENTS {
         let frame = recv_within(&replica).await;
@@ -962,6 +1009,9 @@ async fn many_clients_sending_heads_of_maximal_frames_hold_at_most_the_partial_f
         from_clients.insert(frame.from);
     }
     assert_eq!(from_clients.len(), CLIENTS);
+    for (_, _, writer) in senders {
+        writer.await.unwrap();
+    }
     wait_until("the partial frames are released", || {
         replica.client_partial_frame_bytes() == 0
     })
@@ -1035,11 +1085,12 @@ async fn frames_reserved_together_hold_what_they_would_one_by_one_and_release_on
     assert_eq!(lane.shares_held(), 0);
 }
 
-/// The partial-frame budget is shared per source network too: one host that claims maximal
-/// frames on many streams and never sends their bodies (4 bytes each) holds at most its share
-/// (one frame here), and a client on another network still gets room for its own large frame.
-/// Without shares, the host's first three claims held 1.5 MiB of the 2 MiB total and the other
-/// client's 512 KiB frame waited for ever.
+/// The partial-frame budget is shared per source network too: one network that sends all but
+/// the last byte of maximal frames on many streams holds at most its share (one frame here,
+/// and one more on the budget's overdraft), and a client on another network still gets room
+/// for its own large frame. Without shares, the network's first three frames held 1.5 MiB of
+/// the 2 MiB total and the other client's 512 KiB frame waited (when room was taken for a
+/// frame's whole length at its prefix, their 4-byte claims alone did that).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_host_holding_partial_frames_does_not_make_another_networks_frames_wait() {
     const LIMIT: usize = 512 * 1024;
@@ -1058,14 +1109,9 @@ async fn one_host_holding_partial_frames_does_not_make_another_networks_frames_w
     .await;
     let mut held = Vec::new();
     for flooder in &flooders {
-        let (endpoint_, conn) = raw_connect(flooder, &endpoint).await.unwrap();
-        let mut stream = conn.open_uni().await.unwrap();
-        let mut claim = (LIMIT as u32).to_be_bytes().to_vec();
-        claim.push(1);
-        stream.write_all(&claim).await.unwrap();
-        held.push((endpoint_, conn, stream));
+        held.push(StalledFrame::send("127.0.0.1", flooder, &endpoint, LIMIT).await);
     }
-    wait_until("the flooding host's streams wait for room", || {
+    wait_until("the flooding network's streams wait for room", || {
         replica.stats().frames_held_back_partial_budget >= 3
     })
     .await;
@@ -1080,6 +1126,413 @@ async fn one_host_holding_partial_frames_does_not_make_another_networks_frames_w
     // Once every stream is gone, so are the sources' shares.
     drop((held, stream, conn));
     let partial = &replica.inner.shared.client_partial_frames;
+    wait_until("the partial frames are released", || {
+        replica.client_partial_frame_bytes() == 0
+    })
+    .await;
     wait_until("the shares are forgotten", || partial.shares_held() == 0).await;
     replica.shutdown().await;
+}
+
+/// Review finding (issue 12): the partial-frame budget could be held for ever by a handful of
+/// source networks at a cost of five bytes each. A stream took room for its frame's whole
+/// length as soon as the prefix was in, and kept it while its client sent nothing more (the
+/// replica's own keep-alives keep the connection open), so eight networks (eight /24s, or eight
+/// IPv6 /64s: one home's /56 has 256) each claiming a maximal frame held the whole budget, and
+/// every other client's frame that did not arrive in one read waited for as long as they
+/// liked. Room now follows the bytes that arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_networks_claiming_frames_and_stalling_do_not_make_other_clients_wait_for_ever() {
+    const LIMIT: usize = 16 * 1024;
+    // As at the defaults (64 MiB for 1 MiB frames): an eighth of the budget is about one frame.
+    const BUDGET: usize = 8 * LIMIT;
+    let stallers: Vec<Arc<IdentityKey>> = (0..8u8).map(|i| key(140 + i)).collect();
+    let victim = key(150);
+    let admitted: Vec<PublicKey> = stallers
+        .iter()
+        .chain([&victim])
+        .map(|k| k.public_key())
+        .collect();
+    let (replica, endpoint) = single_replica_with(&admitted, |c| {
+        c.max_client_frame_bytes = LIMIT;
+        c.client_partial_frame_bytes = BUDGET;
+    })
+    .await;
+    let mut held = Vec::new();
+    for (i, staller) in stallers.iter().enumerate() {
+        let ip = format!("127.0.{}.1", 10 + i);
+        let (endpoint_, conn) = raw_connect_from(&ip, staller, &endpoint).await.unwrap();
+        let mut stream = conn.open_uni().await.unwrap();
+        let mut claim = (LIMIT as u32).to_be_bytes().to_vec();
+        claim.push(1);
+        stream.write_all(&claim).await.unwrap();
+        held.push((endpoint_, conn, stream));
+    }
+    wait_until("every stalling stream's claim is read", || {
+        replica.client_partial_frame_bytes() >= 5 * stallers.len()
+    })
+    .await;
+    // An honest client on a ninth network sends a 4 KiB frame, in two writes (as packets do).
+    let (_victim_endpoint, conn) = raw_connect_from("127.0.30.1", &victim, &endpoint)
+        .await
+        .unwrap();
+    let mut stream = conn.open_uni().await.unwrap();
+    let whole = frame(&[5; 4096]);
+    stream.write_all(&whole[..100]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(&whole[100..]).await.unwrap();
+    let arrived = tokio::time::timeout(WAIT, replica.recv()).await;
+    let buffered = replica.client_partial_frame_bytes();
+    drop(held);
+    replica.shutdown().await;
+    assert!(
+        arrived.is_ok(),
+        "an honest 4 KiB frame waited {WAIT:?} behind eight stalled 5-byte claims ({buffered} bytes buffered)"
+    );
+}
+
+/// Review finding (issue 12): the per-source limit bounds the keys one network holds, but not
+/// the share of `max_client_keys` that a few networks hold together, and connected keys never
+/// expire (the replica's keep-alives keep an idle connection open). `max_client_keys /
+/// max_client_keys_per_source` networks (16 at the defaults; one home's IPv6 /56 is 256 /64s)
+/// that connect keys and send nothing keep every further client out at the transport, for as
+/// long as they stay connected, without one request executed. Here: 4 keys in all, 2 per
+/// network, two idle networks; a client from a third network is refused.
+///
+/// Now a new key takes the place of the key idle longest, once that one has sent nothing for
+/// `CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION`; keys that sent a frame since are never evicted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keys_from_a_few_networks_do_not_keep_every_other_client_out() {
+    let idle: Vec<Arc<IdentityKey>> = (0..4u8).map(|i| key(160 + i)).collect();
+    let newcomer = key(170);
+    let admitted: Vec<PublicKey> = idle
+        .iter()
+        .chain([&newcomer])
+        .map(|k| k.public_key())
+        .collect();
+    let (replica, endpoint) = single_replica_with(&admitted, |c| {
+        c.max_client_keys = 4;
+        c.max_client_keys_per_source = 2;
+    })
+    .await;
+    let mut live = Vec::new();
+    for (i, k) in idle.iter().enumerate() {
+        let ip = format!("127.0.{}.1", 40 + i / 2);
+        let (endpoint_, conn) = raw_connect_from(&ip, k, &endpoint).await.unwrap();
+        let mut stream = conn.open_uni().await.unwrap();
+        stream.write_all(&frame(b"hello")).await.unwrap();
+        recv_within(&replica).await;
+        live.push((endpoint_, conn, stream));
+    }
+    // While every key sent a frame recently, a further key is refused: active keys keep
+    // their place.
+    let (_early_endpoint, early) = raw_connect_from("127.0.50.1", &newcomer, &endpoint)
+        .await
+        .unwrap();
+    let _ = early.closed().await;
+    assert_eq!(replica.stats().connections_refused_client_limit, 1);
+    assert_eq!(replica.stats().client_keys_evicted_idle, 0);
+    // Once they have been idle long enough, the idlest gives its place to the newcomer.
+    tokio::time::sleep(
+        crate::link::CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION + Duration::from_millis(300),
+    )
+    .await;
+    let (_endpoint, conn) = raw_connect_from("127.0.50.1", &newcomer, &endpoint)
+        .await
+        .unwrap();
+    let mut stream = conn.open_uni().await.unwrap();
+    let _ = stream.write_all(&frame(b"newcomer")).await;
+    let arrived = tokio::time::timeout(WAIT, replica.recv()).await;
+    let stats = replica.stats();
+    let closed = || {
+        live.iter()
+            .filter(|(_, conn, _)| conn.close_reason().is_some())
+            .count()
+    };
+    if arrived.is_ok() {
+        wait_until("the evicted key's connection is closed", || closed() > 0).await;
+    }
+    let closed = closed();
+    drop(live);
+    replica.shutdown().await;
+    assert!(
+        arrived.is_ok(),
+        "a client from a third network was refused ({} refused): two idle networks hold every client key slot",
+        stats.connections_refused_client_limit
+    );
+    assert_eq!(stats.client_keys_evicted_idle, 1);
+    assert_eq!(closed, 1, "exactly the evicted key's connection is closed");
+}
+
+/// Review finding (issue 12): a partial-frame budget below one client frame was accepted, and
+/// a stream then held the whole budget yet read its frame to the end, so buffers outgrew the
+/// total that the docs and the gauge promise. And the replicas started from a cluster config
+/// kept the 64 MiB default whatever the client frame limit (`max_op_bytes` may be up to 1 GiB):
+/// with 32 MiB requests two networks' share was the whole budget, not an eighth each.
+#[tokio::test]
+async fn a_partial_frame_budget_below_one_client_frame_is_refused() {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let identity = key(1);
+    let endpoint = ReplicaEndpoint {
+        id: 0,
+        addr: socket.local_addr().unwrap(),
+        public_key: identity.public_key(),
+    };
+    let mut config = TransportConfig::replica(
+        0,
+        identity,
+        vec![endpoint],
+        ClientPolicy::Allowed(Default::default()),
+    );
+    config.max_client_frame_bytes = 512 * 1024;
+    config.client_partial_frame_bytes = 64 * 1024;
+    match QuicTransport::start_with_socket(config, socket).await {
+        Err(crate::TransportError::InvalidConfig(why)) => {
+            assert!(why.contains("client_partial_frame_bytes"), "{why}")
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(transport) => {
+            transport.shutdown().await;
+            panic!("a partial-frame budget of 64 KiB for 512 KiB client frames was accepted");
+        }
+    }
+    // Replicas and clients started from a cluster config: an eighth of the budget holds a frame.
+    use crate::embed::partial_frame_budget;
+    let default = TransportConfig::DEFAULT_CLIENT_PARTIAL_FRAME_BYTES;
+    assert_eq!(partial_frame_budget(1024 * 1024, default), default);
+    assert_eq!(
+        partial_frame_budget(32 << 20, default),
+        8 * ((32 << 20) + LENGTH_PREFIX_BYTES)
+    );
+    assert_eq!(partial_frame_budget(1 << 30, default), u32::MAX as usize);
+}
+
+/// Review finding (issue 12): a client stream's source network was taken from the
+/// connection's address when the stream opened, not when the connection was admitted, and QUIC
+/// lets a client move its connection to another address (migration; quinn allows it by
+/// default). So a client admitted from one network could charge its partial frames to another
+/// network's share: here a connection admitted from 127.0.61.0/24 moves to 127.0.62.2 and
+/// claims a maximal frame, filling 127.0.62.0/24's share (one frame), and a client of that
+/// network waits behind it. (With a spoofed source address, any network's share.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_migrates_charges_its_partial_frames_to_the_network_it_was_admitted_from()
+{
+    const LIMIT: usize = 16 * 1024;
+    const BUDGET: usize = 8 * (LIMIT + LENGTH_PREFIX_BYTES);
+    let mover = key(180);
+    let victim = key(181);
+    let admitted = [mover.public_key(), victim.public_key()];
+    let (replica, endpoint) = single_replica_with(&admitted, |c| {
+        c.max_client_frame_bytes = LIMIT;
+        c.client_partial_frame_bytes = BUDGET;
+    })
+    .await;
+    let (mover_endpoint, conn) = raw_connect_from("127.0.61.1", &mover, &endpoint)
+        .await
+        .unwrap();
+    // Move to the victim's network, then claim a maximal frame and stall.
+    mover_endpoint
+        .rebind(std::net::UdpSocket::bind("127.0.62.2:0").unwrap())
+        .unwrap();
+    let mut claim_stream = conn.open_uni().await.unwrap();
+    let mut claim = (LIMIT as u32).to_be_bytes().to_vec();
+    claim.push(1);
+    claim_stream.write_all(&claim).await.unwrap();
+    wait_until("the claim is read", || {
+        replica.client_partial_frame_bytes() >= claim.len()
+    })
+    .await;
+    let (_victim_endpoint, victim_conn) = raw_connect_from("127.0.62.1", &victim, &endpoint)
+        .await
+        .unwrap();
+    let mut stream = victim_conn.open_uni().await.unwrap();
+    let whole = frame(&[5; 4096]);
+    stream.write_all(&whole[..100]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(&whole[100..]).await.unwrap();
+    let arrived = tokio::time::timeout(WAIT, replica.recv()).await;
+    drop((claim_stream, conn, mover_endpoint));
+    replica.shutdown().await;
+    let arrived = arrived.expect("the victim's frame waited behind a migrated connection's claim");
+    assert_eq!(arrived.unwrap().from, Peer::Client(victim.public_key()));
+}
+
+/// Review finding (issue 12): a client stream waiting for room in the partial-frame budget did
+/// not notice its connection close: it kept its task, its buffered first chunk and its place
+/// in the queue until room came, which need never happen (a stalled claim holds the room).
+/// A client that reconnects over and over, each time opening streams that wait, made the
+/// replica keep a task and up to a chunk per stream for every connection it ever opened: no
+/// bound. Here two stalled frames hold the network's share and the budget's overdraft, and ten
+/// connections in turn each leave a stream waiting with 8 KiB buffered and close; their
+/// buffers must be let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_waiting_for_partial_frame_room_end_with_their_connection() {
+    const LIMIT: usize = 16 * 1024;
+    const BUDGET: usize = 8 * (LIMIT + LENGTH_PREFIX_BYTES);
+    let client = key(190);
+    let (replica, endpoint) = single_replica_with(&[client.public_key()], |c| {
+        c.max_client_frame_bytes = LIMIT;
+        c.client_partial_frame_bytes = BUDGET;
+    })
+    .await;
+    let mut stalled = Vec::new();
+    for held in 1..=2 {
+        stalled.push(StalledFrame::send("127.0.70.1", &client, &endpoint, LIMIT).await);
+        wait_until("the stalled frame is read", || {
+            replica.client_partial_frame_bytes() >= held * (LENGTH_PREFIX_BYTES + LIMIT - 1)
+        })
+        .await;
+    }
+    let claimed = 2 * (LENGTH_PREFIX_BYTES + LIMIT - 1);
+    wait_until("the stalled frames are read", || {
+        replica.client_partial_frame_bytes() >= claimed
+    })
+    .await;
+    for round in 0..10 {
+        let ip = format!("127.0.70.{}", 2 + round);
+        let (endpoint_, conn) = raw_connect_from(&ip, &client, &endpoint).await.unwrap();
+        let mut stream = conn.open_uni().await.unwrap();
+        let mut head = (LIMIT as u32).to_be_bytes().to_vec();
+        head.extend_from_slice(&[3; 8 * 1024]);
+        let waits = replica.stats().frames_held_back_partial_budget;
+        stream.write_all(&head).await.unwrap();
+        wait_until("the stream waits for room", || {
+            replica.stats().frames_held_back_partial_budget > waits
+        })
+        .await;
+        conn.close(0u32.into(), b"bye");
+        drop((stream, conn, endpoint_));
+    }
+    let settled = tokio::time::timeout(WAIT, async {
+        while replica.client_partial_frame_bytes() > claimed {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let buffered = replica.client_partial_frame_bytes();
+    drop(stalled);
+    replica.shutdown().await;
+    assert!(
+        settled.is_ok(),
+        "streams of ten closed connections still buffer {buffered} bytes, waiting for room"
+    );
+}
+
+/// Review finding (issue 12): "a stream that must wait ... pushes back on its client through
+/// QUIC flow control" held only after quinn had buffered the stream's whole receive window,
+/// which the transport left at quinn's defaults: 1.25 MB per stream and no limit per
+/// connection (`receive_window = VarInt::MAX`). So the bytes a waiting client stream made the
+/// replica hold were not bounded by the partial-frame budget: about 1.25 MB per stream, 4
+/// streams per connection, 4 connections per key, `max_client_keys` keys (80 GB at the
+/// defaults). Here a stream waiting for room (its network's share and the budget's overdraft
+/// are held by frames that arrived all but their last byte) must not accept 1 MiB that nobody
+/// reads: a client
+/// connection's receive window is now `CLIENT_RECEIVE_WINDOW_BYTES` (256 KiB) in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_waiting_for_partial_frame_room_is_not_sent_a_megabyte_it_does_not_read() {
+    const LIMIT: usize = 2 * 1024 * 1024;
+    // A network's share is then one frame.
+    const BUDGET: usize = 8 * (LIMIT + LENGTH_PREFIX_BYTES);
+    let client = key(200);
+    let (replica, endpoint) = single_replica_with(&[client.public_key()], |c| {
+        c.max_frame_bytes = LIMIT;
+        c.max_client_frame_bytes = LIMIT;
+        c.client_partial_frame_bytes = BUDGET;
+    })
+    .await;
+    // Whole frames but their last byte: they hold the network's share less one byte, and the
+    // overdraft.
+    let mut stalled = Vec::new();
+    for held in 1..=2 {
+        stalled.push(StalledFrame::send("127.0.80.1", &client, &endpoint, LIMIT).await);
+        wait_until("the stalled frame is read", || {
+            replica.client_partial_frame_bytes() >= held * (LENGTH_PREFIX_BYTES + LIMIT - 1)
+        })
+        .await;
+    }
+    wait_until("the stalled frames are read", || {
+        replica.client_partial_frame_bytes() >= 2 * (LENGTH_PREFIX_BYTES + LIMIT - 1)
+    })
+    .await;
+    let (_endpoint, conn) = raw_connect_from("127.0.80.2", &client, &endpoint)
+        .await
+        .unwrap();
+    let mut stream = conn.open_uni().await.unwrap();
+    let mut head = (LIMIT as u32).to_be_bytes().to_vec();
+    head.push(1);
+    let waits = replica.stats().frames_held_back_partial_budget;
+    stream.write_all(&head).await.unwrap();
+    wait_until("the stream waits for room", || {
+        replica.stats().frames_held_back_partial_budget > waits
+    })
+    .await;
+    let pushed = tokio::time::timeout(
+        Duration::from_secs(2),
+        stream.write_all(&vec![3; 1024 * 1024]),
+    )
+    .await;
+    drop((stream, conn, stalled));
+    replica.shutdown().await;
+    assert!(
+        pushed.is_err(),
+        "a client pushed 1 MiB into a stream the replica does not read (quinn buffers it)"
+    );
+}
+
+/// Partial client frames that each need more room than is left could hold the whole budget
+/// and wait on each other for ever, and a client that sends all of a frame but its last byte
+/// and stalls holds its room for as long as it likes. Every partial client frame has a
+/// deadline (`idle_timeout_ms` plus its length at 256 KiB/s): eight networks that fill the
+/// budget with frames they never finish (and a ninth that holds the overdraft) are closed at
+/// their deadline, their room comes back, and an honest client's frame waiting for room
+/// arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_frames_that_stall_past_their_deadline_give_back_their_room() {
+    const LIMIT: usize = 16 * 1024;
+    const BUDGET: usize = 8 * (LIMIT + LENGTH_PREFIX_BYTES);
+    const IDLE_MS: u64 = 1000;
+    let stallers: Vec<Arc<IdentityKey>> = (0..9u8).map(|i| key(180 + i)).collect();
+    let victim = key(190);
+    let admitted: Vec<PublicKey> = stallers
+        .iter()
+        .chain([&victim])
+        .map(|k| k.public_key())
+        .collect();
+    let (replica, endpoint) = single_replica_with(&admitted, |c| {
+        c.max_client_frame_bytes = LIMIT;
+        c.client_partial_frame_bytes = BUDGET;
+        c.idle_timeout_ms = IDLE_MS;
+    })
+    .await;
+    let mut held = Vec::new();
+    for (i, staller) in stallers.iter().enumerate() {
+        let ip = format!("127.0.{}.1", 110 + i);
+        held.push(StalledFrame::send(&ip, staller, &endpoint, LIMIT).await);
+    }
+    wait_until("every stalled frame is read", || {
+        replica.client_partial_frame_bytes() >= (LENGTH_PREFIX_BYTES + LIMIT - 1) * stallers.len()
+    })
+    .await;
+    // The stalled frames' deadlines (1 s + 62 ms) end well before the victim's (1 s + 16 ms).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_victim_endpoint, conn) = raw_connect_from("127.0.130.1", &victim, &endpoint)
+        .await
+        .unwrap();
+    let mut stream = conn.open_uni().await.unwrap();
+    let whole = frame(&[5; 4096]);
+    stream.write_all(&whole[..100]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(&whole[100..]).await.unwrap();
+    let arrived = tokio::time::timeout(WAIT, replica.recv()).await;
+    wait_until("the stalled frames' room is back", || {
+        replica.client_partial_frame_bytes() == 0
+    })
+    .await;
+    let stats = replica.stats();
+    drop(held);
+    replica.shutdown().await;
+    let arrived = arrived.expect("the honest frame arrived once the stalled frames timed out");
+    assert_eq!(arrived.map(|f| f.frame), Some(vec![5; 4096]));
+    assert!(stats.frames_held_back_partial_budget >= 1, "{stats:?}");
+    assert_eq!(stats.connections_closed_slow_frame, 9, "{stats:?}");
 }

@@ -146,9 +146,15 @@ impl Engine {
     /// otherwise. The read's overhead was paid when it was handed to the service.
     pub fn on_query_result(&mut self, now_ms: u64, id: RequestId, result: Vec<u8>) -> Output {
         let budget = super::budget::ClientReplyBudget::from_config(&self.cfg);
-        if !self
-            .client_reply_budgets
-            .try_spend(&budget, id.client, now_ms, result.len() as u64)
+        // Checked apart from the bucket: a bucket that refilled while the service ran is full,
+        // and a full bucket pays for any one reply (§3.8: such a result is never sent).
+        let longest = budget
+            .burst_bytes
+            .saturating_sub(super::budget::REPLY_OVERHEAD_BYTES);
+        if result.len() as u64 > longest
+            || !self
+                .client_reply_budgets
+                .try_spend(&budget, id.client, now_ms, result.len() as u64)
         {
             self.stats.unordered_reads_withheld += 1;
             return self.finish_input();
