@@ -565,6 +565,21 @@ async fn an_embedded_replica_exposes_its_metrics_in_the_embedders_registry() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
 
+        // A request is timed when this replica sends its reply, which follows the execution
+        // that `last_decided` shows (and a CFT client may complete on another replica's reply).
+        loop {
+            let mut text = String::new();
+            replicas[leader].encode_metrics(&mut text);
+            if Scrape::parse(&text).value("smr_request_latency_seconds_count") >= 5.0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the leader did not time the replies of the adds"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
         let mut registry = Registry::default();
         let mine: Counter = Counter::default();
         mine.inc();
