@@ -62,7 +62,7 @@ pub(crate) fn client_frame_deadline(grace: Duration, length: usize) -> Duration 
     ))
 }
 
-/// How long a connected client key must have sent no frame before a new key may take its
+/// How long a connected client key must have sent no bytes before a new key may take its
 /// place when [`TransportConfig::max_client_keys`] keys are connected (the idlest key goes).
 /// Long enough that a client between two requests, or one waiting a few seconds for a reply,
 /// keeps its place; short enough that keys parked idle by a few networks cannot keep every
@@ -453,7 +453,7 @@ pub(crate) struct Shared {
     /// What a client frame may take to arrive beyond its bytes at the minimum rate
     /// (`idle_timeout_ms`; see [`client_frame_deadline`]).
     pub(crate) client_frame_grace: Duration,
-    /// Start of the transport: client keys' last-frame times are milliseconds since then.
+    /// Start of the transport: client keys' last-activity times are milliseconds since then.
     pub(crate) epoch: Instant,
     pub(crate) reconnect_initial: Duration,
     pub(crate) reconnect_max: Duration,
@@ -488,7 +488,7 @@ pub(crate) struct ClientLink {
     id: u64,
     pub(crate) queue: SendQueue,
     conn: Connection,
-    /// When a frame last arrived on this connection (or when it was accepted), in ms since
+    /// When bytes last arrived on this connection (or when it was accepted), in ms since
     /// [`Shared::epoch`].
     last_frame_ms: Arc<AtomicU64>,
 }
@@ -1487,7 +1487,7 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
             let mut all_links = lock(&shared.client_links);
             let mut idle_evicted = None;
             if !all_links.contains_key(&key) && all_links.len() >= shared.max_client_keys {
-                // The table is full: the key that sent no frame for the longest time gives
+                // The table is full: the key that sent no bytes for the longest time gives
                 // its place, if it has been idle long enough; active keys are never evicted.
                 let min_idle_ms = CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION.as_millis() as u64;
                 let idlest = all_links
@@ -1625,7 +1625,7 @@ async fn run_client_link(
 pub(crate) struct ClientReader {
     /// The network the connection was admitted from: its partial frames are charged to it.
     source: ClientSource,
-    /// Where to note when a frame last arrived (see [`ClientLink`]).
+    /// Where to note when bytes last arrived (see [`ClientLink`]).
     last_frame_ms: Arc<AtomicU64>,
 }
 
@@ -1821,10 +1821,6 @@ async fn read_frames(
         // counted.
         let cut_bytes: u64 = cut.iter().map(|&(_, length)| length as u64).sum();
         bump(&shared.counters.frames_received, cut.len() as u64);
-        if let (Some(client), false) = (&client, cut.is_empty()) {
-            let now_ms = u64::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-            client.last_frame_ms.fetch_max(now_ms, Ordering::Relaxed);
-        }
         bump(&shared.counters.bytes_received, cut_bytes);
         shared
             .counters
@@ -1923,6 +1919,14 @@ async fn read_frames(
         };
         match read {
             Ok(Some(chunk)) => {
+                // Any bytes are activity, not only whole frames: a client uploading one large
+                // frame over a slow link for longer than CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION
+                // must not be evicted as idle in the middle of it.
+                if let Some(client) = &client {
+                    let now_ms =
+                        u64::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    client.last_frame_ms.fetch_max(now_ms, Ordering::Relaxed);
+                }
                 buffer.extend_from_slice(&chunk.bytes);
                 if let Some(partial) = &mut partial {
                     partial.buffered(buffer.len());
