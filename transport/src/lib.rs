@@ -85,7 +85,8 @@
 //! bytes for the longest time (a key uploading a frame is active), if that is at least 5 s: the idle key's connections are closed
 //! (counted, [`TransportStats::client_keys_evicted_idle`]; the first is logged) and it may
 //! reconnect later; if every key sent bytes within 5 s, the new key's connection is refused,
-//! counted and logged. So keys parked idle keep nobody out for more than a few seconds, while
+//! counted and logged (the first as a warning; one scan of the key table finds when the first
+//! key can become idle, and until then further keys are refused without one). So keys parked idle keep nobody out for more than a few seconds, while
 //! active keys are never evicted (a flood of keys that all keep sending still fills the table;
 //! see docs/design.md §3.7). From one source network (an IPv4
 //! /24, an IPv6 /64) at most [`TransportConfig::max_client_keys_per_source`] keys may be
@@ -940,6 +941,9 @@ impl QuicTransport {
             ),
             client_frame_grace: Duration::from_millis(config.idle_timeout_ms),
             epoch: tokio::time::Instant::now(),
+            client_keys_idle_not_before_ms: AtomicU64::new(0),
+            #[cfg(test)]
+            client_key_scans: AtomicU64::new(0),
             reconnect_initial: Duration::from_millis(config.reconnect_initial_ms),
             reconnect_max: Duration::from_millis(config.reconnect_max_ms),
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),

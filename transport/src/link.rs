@@ -455,6 +455,13 @@ pub(crate) struct Shared {
     pub(crate) client_frame_grace: Duration,
     /// Start of the transport: client keys' last-activity times are milliseconds since then.
     pub(crate) epoch: Instant,
+    /// When `max_client_keys` keys are connected: no connected key can have been idle for
+    /// [`CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION`] before this time (ms since `epoch`), as found
+    /// by the last scan for the idlest key, so new keys are refused without a scan until then.
+    pub(crate) client_keys_idle_not_before_ms: AtomicU64,
+    /// Scans of the client key table for the idlest key (for tests).
+    #[cfg(test)]
+    pub(crate) client_key_scans: AtomicU64,
     pub(crate) reconnect_initial: Duration,
     pub(crate) reconnect_max: Duration,
     pub(crate) connect_timeout: Duration,
@@ -1489,29 +1496,58 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
             if !all_links.contains_key(&key) && all_links.len() >= shared.max_client_keys {
                 // The table is full: the key that sent no bytes for the longest time gives
                 // its place, if it has been idle long enough; active keys are never evicted.
+                //
+                // The scan is O(keys), under the lock every send to a client takes, so it is
+                // not repeated for every key of a flood: it finds when the first key can have
+                // been idle long enough (activity times only grow, and keys join with the time
+                // they join), and until then new keys are refused without a scan.
                 let min_idle_ms = CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION.as_millis() as u64;
-                let idlest = all_links
-                    .iter()
-                    .map(|(key, links)| {
-                        let last = links
-                            .iter()
-                            .map(|link| link.last_frame_ms.load(Ordering::Relaxed))
-                            .max()
-                            .unwrap_or(0);
-                        (*key, last)
-                    })
-                    .min_by_key(|&(_, last)| last)
-                    .filter(|&(_, last)| now_ms.saturating_sub(last) >= min_idle_ms);
+                let not_before = &shared.client_keys_idle_not_before_ms;
+                let idlest = if now_ms < not_before.load(Ordering::Relaxed) {
+                    None
+                } else {
+                    #[cfg(test)]
+                    shared.client_key_scans.fetch_add(1, Ordering::Relaxed);
+                    let idlest = all_links
+                        .iter()
+                        .map(|(key, links)| {
+                            let last = links
+                                .iter()
+                                .map(|link| link.last_frame_ms.load(Ordering::Relaxed))
+                                .max()
+                                .unwrap_or(0);
+                            (*key, last)
+                        })
+                        .min_by_key(|&(_, last)| last);
+                    match idlest {
+                        Some((key, last)) if now_ms.saturating_sub(last) >= min_idle_ms => {
+                            Some(key)
+                        }
+                        Some((_, last)) => {
+                            not_before.store(last.saturating_add(min_idle_ms), Ordering::Relaxed);
+                            None
+                        }
+                        None => None,
+                    }
+                };
                 match idlest {
-                    Some((idle_key, _)) => {
+                    Some(idle_key) => {
                         idle_evicted = all_links.remove(&idle_key).map(|links| (idle_key, links));
                     }
                     None => {
                         drop(all_links);
-                        bump(&shared.counters.connections_refused_client_limit, 1);
-                        tracing::warn!(me = %shared.me, ?peer, max_client_keys = shared.max_client_keys,
-                            "refusing a connection: max_client_keys client keys are connected, none idle for {:?}",
-                            CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION);
+                        let count = shared
+                            .counters
+                            .connections_refused_client_limit
+                            .fetch_add(1, Ordering::Relaxed);
+                        if count == 0 {
+                            tracing::warn!(me = %shared.me, ?peer, max_client_keys = shared.max_client_keys,
+                                "refusing a connection: max_client_keys client keys are connected, none idle for {:?}",
+                                CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION);
+                        } else {
+                            tracing::debug!(me = %shared.me, ?peer,
+                                "refusing a connection: max_client_keys client keys are connected and active");
+                        }
                         conn.close(CLOSE_TOO_MANY_CLIENTS, b"too many clients");
                         return;
                     }
