@@ -82,10 +82,11 @@
 //! connection that client opened to it (a client may hold four; opening more closes the oldest).
 //! At most [`TransportConfig::max_client_keys`] distinct client keys may be connected at once.
 //! When that many are, a further key takes the place of the connected key that has sent no
-//! frame for the longest time, if that is at least 5 s: the idle key's connections are closed
+//! bytes for the longest time (a key uploading a frame is active), if that is at least 5 s: the idle key's connections are closed
 //! (counted, [`TransportStats::client_keys_evicted_idle`]; the first is logged) and it may
-//! reconnect later; if every key sent a frame within 5 s, the new key's connection is refused,
-//! counted and logged. So keys parked idle keep nobody out for more than a few seconds, while
+//! reconnect later; if every key sent bytes within 5 s, the new key's connection is refused,
+//! counted and logged (the first as a warning; one scan of the key table finds when the first
+//! key can become idle, and until then further keys are refused without one). So keys parked idle keep nobody out for more than a few seconds, while
 //! active keys are never evicted (a flood of keys that all keep sending still fills the table;
 //! see docs/design.md §3.7). From one source network (an IPv4
 //! /24, an IPv6 /64) at most [`TransportConfig::max_client_keys_per_source`] keys may be
@@ -316,7 +317,7 @@ pub struct TransportConfig {
     /// eighth still holds one whatever `max_op_bytes` is.
     pub client_partial_frame_bytes: usize,
     /// Most distinct client keys with live connections at once (replica role). A further key
-    /// takes the place of the key idle longest if that one sent no frame for 5 s (its
+    /// takes the place of the key idle longest if that one sent no bytes for 5 s (its
     /// connections are closed, counted); otherwise its connection is refused, counted and
     /// logged. Matters under [`ClientPolicy::Any`], where anyone can mint keys.
     pub max_client_keys: usize,
@@ -670,7 +671,7 @@ pub struct TransportStats {
     /// than one frame of the peer's limit.
     pub connections_closed_buffer_limit: u64,
     /// Connections refused because `max_client_keys` distinct client keys were connected and
-    /// none had been idle (no frame) for 5 s.
+    /// none had been idle (no bytes) for 5 s.
     pub connections_refused_client_limit: u64,
     /// Older connections closed because a peer opened more than its per-key limit.
     pub connections_evicted: u64,
@@ -940,6 +941,9 @@ impl QuicTransport {
             ),
             client_frame_grace: Duration::from_millis(config.idle_timeout_ms),
             epoch: tokio::time::Instant::now(),
+            client_keys_idle_not_before_ms: AtomicU64::new(0),
+            #[cfg(test)]
+            client_key_scans: AtomicU64::new(0),
             reconnect_initial: Duration::from_millis(config.reconnect_initial_ms),
             reconnect_max: Duration::from_millis(config.reconnect_max_ms),
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),

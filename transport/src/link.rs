@@ -62,7 +62,7 @@ pub(crate) fn client_frame_deadline(grace: Duration, length: usize) -> Duration 
     ))
 }
 
-/// How long a connected client key must have sent no frame before a new key may take its
+/// How long a connected client key must have sent no bytes before a new key may take its
 /// place when [`TransportConfig::max_client_keys`] keys are connected (the idlest key goes).
 /// Long enough that a client between two requests, or one waiting a few seconds for a reply,
 /// keeps its place; short enough that keys parked idle by a few networks cannot keep every
@@ -453,8 +453,15 @@ pub(crate) struct Shared {
     /// What a client frame may take to arrive beyond its bytes at the minimum rate
     /// (`idle_timeout_ms`; see [`client_frame_deadline`]).
     pub(crate) client_frame_grace: Duration,
-    /// Start of the transport: client keys' last-frame times are milliseconds since then.
+    /// Start of the transport: client keys' last-activity times are milliseconds since then.
     pub(crate) epoch: Instant,
+    /// When `max_client_keys` keys are connected: no connected key can have been idle for
+    /// [`CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION`] before this time (ms since `epoch`), as found
+    /// by the last scan for the idlest key, so new keys are refused without a scan until then.
+    pub(crate) client_keys_idle_not_before_ms: AtomicU64,
+    /// Scans of the client key table for the idlest key (for tests).
+    #[cfg(test)]
+    pub(crate) client_key_scans: AtomicU64,
     pub(crate) reconnect_initial: Duration,
     pub(crate) reconnect_max: Duration,
     pub(crate) connect_timeout: Duration,
@@ -488,7 +495,7 @@ pub(crate) struct ClientLink {
     id: u64,
     pub(crate) queue: SendQueue,
     conn: Connection,
-    /// When a frame last arrived on this connection (or when it was accepted), in ms since
+    /// When bytes last arrived on this connection (or when it was accepted), in ms since
     /// [`Shared::epoch`].
     last_frame_ms: Arc<AtomicU64>,
 }
@@ -1487,31 +1494,60 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
             let mut all_links = lock(&shared.client_links);
             let mut idle_evicted = None;
             if !all_links.contains_key(&key) && all_links.len() >= shared.max_client_keys {
-                // The table is full: the key that sent no frame for the longest time gives
+                // The table is full: the key that sent no bytes for the longest time gives
                 // its place, if it has been idle long enough; active keys are never evicted.
+                //
+                // The scan is O(keys), under the lock every send to a client takes, so it is
+                // not repeated for every key of a flood: it finds when the first key can have
+                // been idle long enough (activity times only grow, and keys join with the time
+                // they join), and until then new keys are refused without a scan.
                 let min_idle_ms = CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION.as_millis() as u64;
-                let idlest = all_links
-                    .iter()
-                    .map(|(key, links)| {
-                        let last = links
-                            .iter()
-                            .map(|link| link.last_frame_ms.load(Ordering::Relaxed))
-                            .max()
-                            .unwrap_or(0);
-                        (*key, last)
-                    })
-                    .min_by_key(|&(_, last)| last)
-                    .filter(|&(_, last)| now_ms.saturating_sub(last) >= min_idle_ms);
+                let not_before = &shared.client_keys_idle_not_before_ms;
+                let idlest = if now_ms < not_before.load(Ordering::Relaxed) {
+                    None
+                } else {
+                    #[cfg(test)]
+                    shared.client_key_scans.fetch_add(1, Ordering::Relaxed);
+                    let idlest = all_links
+                        .iter()
+                        .map(|(key, links)| {
+                            let last = links
+                                .iter()
+                                .map(|link| link.last_frame_ms.load(Ordering::Relaxed))
+                                .max()
+                                .unwrap_or(0);
+                            (*key, last)
+                        })
+                        .min_by_key(|&(_, last)| last);
+                    match idlest {
+                        Some((key, last)) if now_ms.saturating_sub(last) >= min_idle_ms => {
+                            Some(key)
+                        }
+                        Some((_, last)) => {
+                            not_before.store(last.saturating_add(min_idle_ms), Ordering::Relaxed);
+                            None
+                        }
+                        None => None,
+                    }
+                };
                 match idlest {
-                    Some((idle_key, _)) => {
+                    Some(idle_key) => {
                         idle_evicted = all_links.remove(&idle_key).map(|links| (idle_key, links));
                     }
                     None => {
                         drop(all_links);
-                        bump(&shared.counters.connections_refused_client_limit, 1);
-                        tracing::warn!(me = %shared.me, ?peer, max_client_keys = shared.max_client_keys,
-                            "refusing a connection: max_client_keys client keys are connected, none idle for {:?}",
-                            CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION);
+                        let count = shared
+                            .counters
+                            .connections_refused_client_limit
+                            .fetch_add(1, Ordering::Relaxed);
+                        if count == 0 {
+                            tracing::warn!(me = %shared.me, ?peer, max_client_keys = shared.max_client_keys,
+                                "refusing a connection: max_client_keys client keys are connected, none idle for {:?}",
+                                CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION);
+                        } else {
+                            tracing::debug!(me = %shared.me, ?peer,
+                                "refusing a connection: max_client_keys client keys are connected and active");
+                        }
                         conn.close(CLOSE_TOO_MANY_CLIENTS, b"too many clients");
                         return;
                     }
@@ -1625,7 +1661,7 @@ async fn run_client_link(
 pub(crate) struct ClientReader {
     /// The network the connection was admitted from: its partial frames are charged to it.
     source: ClientSource,
-    /// Where to note when a frame last arrived (see [`ClientLink`]).
+    /// Where to note when bytes last arrived (see [`ClientLink`]).
     last_frame_ms: Arc<AtomicU64>,
 }
 
@@ -1821,10 +1857,6 @@ async fn read_frames(
         // counted.
         let cut_bytes: u64 = cut.iter().map(|&(_, length)| length as u64).sum();
         bump(&shared.counters.frames_received, cut.len() as u64);
-        if let (Some(client), false) = (&client, cut.is_empty()) {
-            let now_ms = u64::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-            client.last_frame_ms.fetch_max(now_ms, Ordering::Relaxed);
-        }
         bump(&shared.counters.bytes_received, cut_bytes);
         shared
             .counters
@@ -1923,6 +1955,14 @@ async fn read_frames(
         };
         match read {
             Ok(Some(chunk)) => {
+                // Any bytes are activity, not only whole frames: a client uploading one large
+                // frame over a slow link for longer than CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION
+                // must not be evicted as idle in the middle of it.
+                if let Some(client) = &client {
+                    let now_ms =
+                        u64::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    client.last_frame_ms.fetch_max(now_ms, Ordering::Relaxed);
+                }
                 buffer.extend_from_slice(&chunk.bytes);
                 if let Some(partial) = &mut partial {
                     partial.buffered(buffer.len());
