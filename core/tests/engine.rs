@@ -429,13 +429,13 @@ fn certified_decision(c: &Cluster, cid: Cid) -> Decision {
 /// chain. The catch-up then went on at one answer per heartbeat (16 decisions per 500 ms), and a
 /// lagging replica that the quorum needed after a leader failure held the cluster up for the
 /// whole 6 s outage. Now the query asks from the first cid it lacks, goes on while answers
-/// teach it decisions, pauses while the window is full of decisions waiting for the service,
-/// and resumes when execution makes room.
+/// teach it decisions, pauses while the window has no room for a full answer (decisions wait
+/// for the service), and resumes when execution makes that room.
 #[test]
 fn catch_up_goes_on_while_learned_decisions_wait_for_the_service() {
     let limits = Limits {
         max_decisions_per_reply: 2,
-        max_instances_ahead: 4,
+        max_instances_ahead: 6,
         ..Limits::default()
     };
     let c = cluster(Mode::Bft, 4, 1, limits);
@@ -483,20 +483,23 @@ fn catch_up_goes_on_while_learned_decisions_wait_for_the_service() {
             ..Output::default()
         }
     );
-    // The window (last executed 1 + 4) is full once cid 5 is learned; cid 6 is beyond it. No
-    // query now: an answer could teach nothing.
+    // The window (last executed 1 + 6) has room for one more decision once 5 and 6 are
+    // learned, less than a full answer: no query now (it would fetch two to learn one).
     assert_eq!(
         answer(&mut replica, 2, 5..=6),
         Output {
-            persist: vec![PersistRecord::Decided(d[4].clone())],
+            persist: vec![
+                PersistRecord::Decided(d[4].clone()),
+                PersistRecord::Decided(d[5].clone())
+            ],
             ..Output::default()
         }
     );
-    // Execution makes room: the catch-up resumes from cid 6 at once.
+    // Execution makes room for a full answer: the catch-up resumes from cid 7 at once.
     assert_eq!(
         replica.on_executed(3, Cid(1), vec![b"ok".to_vec()]),
         Output {
-            send_now: vec![c.reply(2, 1, b"ok"), query(6)],
+            send_now: vec![c.reply(2, 1, b"ok"), query(7)],
             service: vec![c.execute(Cid(2), &[2])],
             ..Output::default()
         }

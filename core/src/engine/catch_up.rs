@@ -132,8 +132,9 @@ impl Engine {
 
     /// Asks `peer` for the decisions this replica lacks, from [`Engine::first_undecided_cid`],
     /// at most once per retransmit interval so that a lying or repeated trigger cannot make us
-    /// flood. If the window is full of decisions waiting for the service, nothing an answer
-    /// holds could be learned: the query waits until execution makes room, then goes to `peer`.
+    /// flood. If the window has no room left for a full answer (decisions waiting for the
+    /// service fill it), the query waits until execution makes that room, then goes to `peer`:
+    /// asking for every slot that frees would fetch a whole answer to learn one decision.
     pub(super) fn maybe_query(&mut self, now_ms: u64, peer: ReplicaId) {
         if peer == self.me {
             return;
@@ -142,7 +143,12 @@ impl Engine {
         let window_end = self
             .last_executed
             .saturating_add(self.cfg.limits.max_instances_ahead);
-        if from_cid > window_end {
+        let answer = (self.cfg.limits.max_decisions_per_reply as u64)
+            .clamp(1, self.cfg.limits.max_instances_ahead.max(1));
+        let room = window_end
+            .saturating_add(1)
+            .saturating_distance_from(from_cid);
+        if room < answer {
             self.catch_up.resume_from = Some(peer);
             return;
         }
