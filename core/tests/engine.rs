@@ -422,6 +422,90 @@ fn certified_decision(c: &Cluster, cid: Cid) -> Decision {
     }
 }
 
+/// The open finding of BENCHMARKS.md "Faults on a real network": a replica catching up by
+/// decisions asked for more only when an answer made it *execute*; but the service runs one
+/// batch at a time, so the rest of a full answer waits, decided, in the window, the next query
+/// asked again from `last_executed + 1` for decisions it held, learned nothing and ended the
+/// chain. The catch-up then went on at one answer per heartbeat (16 decisions per 500 ms), and a
+/// lagging replica that the quorum needed after a leader failure held the cluster up for the
+/// whole 6 s outage. Now the query asks from the first cid it lacks, goes on while answers
+/// teach it decisions, pauses while the window has no room for a full answer (decisions wait
+/// for the service), and resumes when execution makes that room.
+#[test]
+fn catch_up_goes_on_while_learned_decisions_wait_for_the_service() {
+    let limits = Limits {
+        max_decisions_per_reply: 2,
+        max_instances_ahead: 6,
+        ..Limits::default()
+    };
+    let c = cluster(Mode::Bft, 4, 1, limits);
+    let mut replica = c.engine(2);
+    let d: Vec<Decision> = (1..=6).map(|i| certified_decision(&c, Cid(i))).collect();
+    let query = |from_cid: u64| {
+        send(
+            0,
+            Message::DecisionQuery {
+                from_cid: Cid(from_cid),
+            },
+        )
+    };
+    let answer = |replica: &mut Engine, now_ms: u64, cids: std::ops::RangeInclusive<usize>| {
+        c.deliver_ok(
+            replica,
+            now_ms,
+            Peer::Replica(0),
+            Message::Decisions(d[cids.start() - 1..*cids.end()].to_vec()),
+        )
+    };
+    // A full answer: cid 1 goes to the service, cid 2 waits; the next query asks from cid 3.
+    assert_eq!(
+        answer(&mut replica, 0, 1..=2),
+        Output {
+            persist: vec![
+                PersistRecord::Decided(d[0].clone()),
+                PersistRecord::Decided(d[1].clone())
+            ],
+            send_after_persist: vec![query(3)],
+            service: vec![c.execute(Cid(1), &[1])],
+            ..Output::default()
+        }
+    );
+    // The service is still busy with cid 1: the answer's decisions are new all the same, so the
+    // catch-up goes on (before the fix: no query, the chain ended here).
+    assert_eq!(
+        answer(&mut replica, 1, 3..=4),
+        Output {
+            persist: vec![
+                PersistRecord::Decided(d[2].clone()),
+                PersistRecord::Decided(d[3].clone())
+            ],
+            send_after_persist: vec![query(5)],
+            ..Output::default()
+        }
+    );
+    // The window (last executed 1 + 6) has room for one more decision once 5 and 6 are
+    // learned, less than a full answer: no query now (it would fetch two to learn one).
+    assert_eq!(
+        answer(&mut replica, 2, 5..=6),
+        Output {
+            persist: vec![
+                PersistRecord::Decided(d[4].clone()),
+                PersistRecord::Decided(d[5].clone())
+            ],
+            ..Output::default()
+        }
+    );
+    // Execution makes room for a full answer: the catch-up resumes from cid 7 at once.
+    assert_eq!(
+        replica.on_executed(3, Cid(1), vec![b"ok".to_vec()]),
+        Output {
+            send_now: vec![c.reply(2, 1, b"ok"), query(7)],
+            service: vec![c.execute(Cid(2), &[2])],
+            ..Output::default()
+        }
+    );
+}
+
 /// Replica 2's STOPDATA for regency 1 (whose leader is replica 1), after STOPs from 0, 1, 3.
 fn stopdata_for_regency_1(c: &Cluster, replica: &mut Engine) -> StopData {
     let mut sent = None;

@@ -1033,3 +1033,91 @@ fn netfaults_bench_figures_with_smr_netfaults_bench() {
         bench(c).await
     });
 }
+
+/// Diagnosis aid (SMR_NETFAULTS=trace): CFT n=3 under the bench's load, the leader cut off
+/// then killed, each for 6 s, with every replica's regency, decided cid and pending requests
+/// printed every 250 ms (`SMR_TRACE_ROUNDS` rounds, 3 by default). With `SMR_TEST_KEEP_DIRS`
+/// set the test fails at the end on purpose, which keeps the replicas' logs; `RUST_LOG=info,
+/// smr_core=debug` puts every rejection in them. It found the stalled catch-up of docs/design.md
+/// §3.5, "Catching up while the service runs".
+async fn trace_failover(cluster: &mut NetCluster, rounds: usize) {
+    let run = start_run(cluster, 8, 8).await;
+    let started = Instant::now();
+    tokio::time::sleep(secs(3.0)).await;
+    async fn poll(run: &Run<'_>, what: &str, length: Duration, t0: Instant) {
+        let end = Instant::now() + length;
+        while Instant::now() < end {
+            let answers = run.statuses(Duration::from_millis(200)).await;
+            let line: Vec<String> = answers
+                .iter()
+                .map(|a| match &a.report {
+                    None => format!("r{} --", a.id),
+                    Some(r) => format!(
+                        "r{} reg {} dec {} pend {}",
+                        a.id, r.regency, r.last_decided, r.pending_requests
+                    ),
+                })
+                .collect();
+            report!(
+                "trace {:6.2} {what:10} done {:7} | {}",
+                t0.elapsed().as_secs_f64(),
+                run.load.done(),
+                line.join(" | ")
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    for round in 0..rounds {
+        let leader = run.leader().await as usize;
+        let others: Vec<usize> = (0..=run.ids.len()).filter(|k| *k != leader).collect();
+        let t0 = Instant::now();
+        report!("trace round {round}: cut off leader {leader}");
+        run.cluster.relay.partition(&[leader], &others);
+        poll(&run, "cut", secs(6.0), t0).await;
+        let stall = run.load.longest_gap(t0, Instant::now());
+        run.cluster.relay.heal();
+        report!(
+            "trace round {round}: healed; stall {:.2} s",
+            stall.as_secs_f64()
+        );
+        poll(&run, "healed", secs(4.0), t0).await;
+        let leader = run.leader().await;
+        let t0 = Instant::now();
+        report!("trace round {round}: kill leader {leader}");
+        tokio::task::block_in_place(|| run.cluster.kill(leader));
+        poll(&run, "killed", secs(6.0), t0).await;
+        let stall = run.load.longest_gap(t0, Instant::now());
+        report!(
+            "trace round {round}: restart; stall {:.2} s",
+            stall.as_secs_f64()
+        );
+        tokio::task::block_in_place(|| {
+            run.cluster.start_replica(leader, false)?;
+            run.cluster.wait_ready(Duration::from_secs(30))
+        })
+        .unwrap_or_else(|e| panic!("replica {leader} did not restart: {e}"));
+        poll(&run, "restarted", secs(4.0), t0).await;
+    }
+    finish(run, started).await;
+}
+
+#[test]
+fn netfaults_failover_trace_with_smr_netfaults_trace() {
+    if std::env::var("SMR_NETFAULTS").as_deref() != Ok("trace") {
+        return;
+    }
+    if let Some(why) = skip_reason() {
+        report!("netfaults trace: SKIPPED: {why}");
+        return;
+    }
+    let rounds = std::env::var("SMR_TRACE_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    with_cluster(Mode::Cft, 3, 9, Duration::from_secs(900), async |c| {
+        trace_failover(c, rounds).await;
+        if std::env::var_os("SMR_TEST_KEEP_DIRS").is_some() {
+            panic!("keep the dir");
+        }
+    });
+}

@@ -30,6 +30,10 @@ pub(super) struct CatchUp {
     /// When certified decisions from a peer last moved this replica forward. A replica that is
     /// catching up blames its own lag, not the leader, for its requests' timeouts.
     pub(super) last_catch_up_ms: Option<u64>,
+    /// The peer a catch-up was asking when the window filled with decisions that still wait
+    /// for the service: asked again as soon as execution makes room (see
+    /// [`Engine::maybe_query`]).
+    pub(super) resume_from: Option<ReplicaId>,
 }
 
 impl CatchUp {
@@ -41,6 +45,7 @@ impl CatchUp {
             next_sync_query_allowed_ms: BTreeMap::new(),
             next_help_ms: BTreeMap::new(),
             last_catch_up_ms: None,
+            resume_from: None,
         }
     }
 }
@@ -108,10 +113,43 @@ impl Engine {
         self.reply_to_peer(now_ms, from, Message::Decisions(decisions), "decisions")
     }
 
-    /// Asks `peer` for decisions after our last executed cid, at most once per retransmit
-    /// interval so that a lying or repeated trigger cannot make us flood.
+    /// The first cid after the last executed one for which this replica holds no decision.
+    /// Execution is asynchronous (one batch with the service at a time), so decisions learned
+    /// from a peer can wait, decided, in the window: asking from `last_executed + 1` would
+    /// fetch them again and learn nothing new (docs/design.md §3.5, "Catching up while the
+    /// service runs").
+    pub(super) fn first_undecided_cid(&self) -> Cid {
+        let mut cid = self.last_executed.saturating_add(1);
+        while self
+            .instances
+            .get(&cid)
+            .is_some_and(|i| i.decided.is_some())
+        {
+            cid = cid.saturating_add(1);
+        }
+        cid
+    }
+
+    /// Asks `peer` for the decisions this replica lacks, from [`Engine::first_undecided_cid`],
+    /// at most once per retransmit interval so that a lying or repeated trigger cannot make us
+    /// flood. If the window has no room left for a full answer (decisions waiting for the
+    /// service fill it), the query waits until execution makes that room, then goes to `peer`:
+    /// asking for every slot that frees would fetch a whole answer to learn one decision.
     pub(super) fn maybe_query(&mut self, now_ms: u64, peer: ReplicaId) {
         if peer == self.me {
+            return;
+        }
+        let from_cid = self.first_undecided_cid();
+        let window_end = self
+            .last_executed
+            .saturating_add(self.cfg.limits.max_instances_ahead);
+        let answer = (self.cfg.limits.max_decisions_per_reply as u64)
+            .clamp(1, self.cfg.limits.max_instances_ahead.max(1));
+        let room = window_end
+            .saturating_add(1)
+            .saturating_distance_from(from_cid);
+        if room < answer {
+            self.catch_up.resume_from = Some(peer);
             return;
         }
         let next = self.catch_up.next_query_allowed_ms.entry(peer).or_insert(0);
@@ -119,12 +157,16 @@ impl Engine {
             return;
         }
         *next = now_ms.saturating_add(self.cfg.timeouts.retransmit_initial_ms);
-        self.out.send(
-            Peer::Replica(peer),
-            Message::DecisionQuery {
-                from_cid: self.last_executed.saturating_add(1),
-            },
-        );
+        self.out
+            .send(Peer::Replica(peer), Message::DecisionQuery { from_cid });
+    }
+
+    /// Execution made room in the window: resume a catch-up that paused because it was full.
+    pub(super) fn resume_catch_up(&mut self, now_ms: u64) {
+        if let Some(peer) = self.catch_up.resume_from.take() {
+            self.allow_query_now(peer);
+            self.maybe_query(now_ms, peer);
+        }
     }
 
     pub(super) fn next_query_peer(&mut self) -> ReplicaId {

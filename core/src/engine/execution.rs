@@ -94,6 +94,7 @@ impl Engine {
                 self.transfer.download = None;
             }
             self.check_rejoined(now_ms);
+            self.resume_catch_up(now_ms);
             if self.phase == Phase::Normal {
                 self.leader_change.change_failures = 0;
             }

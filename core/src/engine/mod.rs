@@ -516,6 +516,7 @@ impl Engine {
             }
             (Peer::Replica(j), Message::Decisions(decisions)) => {
                 let before = self.last_executed;
+                let learned_before = self.stats.decisions_learned_from_peers;
                 // Full by count, or by bytes: the sender stops before the decision that would
                 // take the answer past `MAX_DECISIONS_REPLY_BYTES`.
                 let bytes: u64 = decisions.iter().map(budget::decision_bytes).sum();
@@ -524,7 +525,11 @@ impl Engine {
                 for decision in decisions {
                     self.learn_decision(now_ms, decision);
                 }
-                if self.last_executed > before {
+                // Learned, not only executed: the service runs one batch at a time, so the
+                // decisions of a full answer mostly wait in the window, and the catch-up must
+                // go on meanwhile (docs/design.md §3.5, "Catching up while the service runs").
+                let learned = self.stats.decisions_learned_from_peers > learned_before;
+                if self.last_executed > before || learned {
                     self.catch_up.last_catch_up_ms = Some(now_ms);
                     // A full answer means the peer probably has more: keep the catch-up going
                     // without waiting for a timer.
