@@ -4,8 +4,8 @@ mod common;
 
 use smr_core::engine::{Outgoing, Output, PersistRecord, ServiceWork};
 use smr_core::message::{
-    Batch, Cid, Decision, Message, PreparedProof, Regency, Request, RequestBody, RequestKind,
-    Signed, StopData, Vote, VoteKind,
+    Batch, Cid, Decision, DecisionProof, Message, PreparedProof, Regency, Request, RequestBody,
+    RequestKind, Signed, StopData, Vote, VoteKind,
 };
 use smr_core::{Engine, Limits, Peer, Rejection};
 use smr_crypto::{Digest, PublicKey, Signature};
@@ -649,4 +649,110 @@ fn stopdata_proves_the_checkpointed_cid_decided_after_truncation_and_after_a_res
     );
     let sd = stopdata_for_regency_1(&c, &mut restarted);
     assert_eq!(sd.last_decided.map(|p| p.cid), Some(Cid(2)));
+}
+
+/// A replica restarted from its store re-executes its stored decisions one batch at a time,
+/// so it holds decided instances (with the values it prepared in them) far past its last
+/// executed cid. Its STOPDATA used to prove only the last executed cid and report every
+/// prepared value above it: more than `max_instances_ahead` of them, and past the window the
+/// verifier measures from the proven cid, so every new leader refused it as oversized; with f
+/// other replicas down, no leader change could complete. It now proves the highest cid up to
+/// which everything is decided here, reports only what it prepared above that, and answers a
+/// new leader's query for the decisions it proved but has not executed yet.
+#[test]
+fn a_replica_restarted_with_many_stored_decisions_sends_a_stopdata_the_new_leader_accepts() {
+    let limits = Limits {
+        max_instances_ahead: 4,
+        max_decisions_per_reply: 3,
+        ..Limits::default()
+    };
+    let c = cluster(Mode::Bft, 4, 1, limits);
+    // It decided cids 1..=10 and prepared each, and prepared cid 11 (the window past 10 allows
+    // up to 14) without deciding it.
+    let decisions: Vec<Decision> = (1..=10).map(|i| certified_decision(&c, Cid(i))).collect();
+    let prepared: Vec<PreparedProof> = (1..=11)
+        .map(|i| c.prepared(Cid(i), Regency(0), c.batch(&[i])))
+        .collect();
+    let mut store: Vec<PersistRecord> = Vec::new();
+    for (d, p) in decisions.iter().zip(&prepared) {
+        store.push(PersistRecord::Prepared(p.clone()));
+        store.push(PersistRecord::Decided(d.clone()));
+    }
+    store.push(PersistRecord::Prepared(prepared[10].clone()));
+    let (mut replica, output) =
+        Engine::recover(c.cfg(2), c.engine_signer(2), store).expect("a store it can have written");
+    assert_eq!(
+        output,
+        Output {
+            service: vec![c.execute(Cid(1), &[1])],
+            ..Output::default()
+        }
+    );
+    replica.start(0);
+
+    // A leader change while cid 1 is still with the service: STOPs from 0 and 3 (f+1 to join,
+    // 2f+1 with its own to install regency 1, led by replica 1).
+    let stop = |r: u32| Message::Stop(c.stop(r, Regency(1), Regency(0)));
+    assert_eq!(
+        c.deliver_ok(&mut replica, 10, Peer::Replica(0), stop(0)),
+        Output::default()
+    );
+    let output = c.deliver_ok(&mut replica, 10, Peer::Replica(3), stop(3));
+    let last = &decisions[9];
+    let stopdata = c.stopdata(
+        2,
+        Regency(1),
+        Some(DecisionProof {
+            cid: Cid(10),
+            digest: last.batch.digest(),
+            certificate: last.certificate.clone(),
+        }),
+        vec![prepared[10].clone()],
+    );
+    assert_eq!(
+        output,
+        Output {
+            send_now: vec![Outgoing::Broadcast(stop(2))],
+            persist: vec![PersistRecord::Regency(Regency(1))],
+            send_after_persist: vec![send(1, Message::StopData(stopdata.clone()))],
+            ..Output::default()
+        }
+    );
+
+    // The new leader accepts it (before the fix: refused, oversized) ...
+    let mut leader = c.engine(1);
+    leader.start(0);
+    for from in [0u32, 3] {
+        c.deliver_ok(&mut leader, 10, Peer::Replica(from), stop(from));
+    }
+    let output = c.deliver(
+        &mut leader,
+        20,
+        Peer::Replica(2),
+        Message::StopData(stopdata),
+    );
+    assert_eq!(output.rejections, []);
+
+    // ... and can fetch from it the decisions it proved, executed or not: cid 1 is with the
+    // service, 2..=10 wait; a query from cid 1 is answered from both, three per reply.
+    let output = c.deliver_ok(
+        &mut replica,
+        30,
+        Peer::Replica(1),
+        Message::DecisionQuery { from_cid: Cid(1) },
+    );
+    assert_eq!(
+        output,
+        only_sent(vec![send(1, Message::Decisions(decisions[0..3].to_vec()))])
+    );
+    let output = c.deliver_ok(
+        &mut replica,
+        31,
+        Peer::Replica(0),
+        Message::DecisionQuery { from_cid: Cid(9) },
+    );
+    assert_eq!(
+        output,
+        only_sent(vec![send(0, Message::Decisions(decisions[8..10].to_vec()))])
+    );
 }

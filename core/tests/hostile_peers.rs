@@ -271,7 +271,7 @@ fn recovery_refuses_records_no_engine_can_have_written() {
     let err = recover(vec![vote(1, u64::MAX, 1)]).unwrap_err();
     assert_eq!(
         err,
-        "stored vote for cid 18446744073709551615 is more than limits.max_instances_ahead (64) past cid 0, the highest decided before it: the store is damaged, or max_instances_ahead was lowered since it was written"
+        "stored vote for cid 18446744073709551615 is more than limits.max_instances_ahead (64) past cid 0, the highest cid up to which every cid is decided: the store is damaged, or max_instances_ahead was lowered since it was written"
     );
     assert!(recover(vec![vote(1, 65, 1)])
         .unwrap_err()
@@ -302,9 +302,31 @@ fn recovery_refuses_records_no_engine_can_have_written() {
         "stored decision for cid 2 carries a certificate for another cid or value"
     );
     let far = PersistRecord::Decided(decision(&c, 1 << 40, c.batch(&[4])));
-    assert!(recover(vec![d1, far])
+    assert!(recover(vec![d1.clone(), far])
         .unwrap_err()
         .contains("decision for cid 1099511627776"));
+    // The window is measured from the highest cid up to which every cid is decided, not from
+    // the highest decision: that is the cid the replica's STOPDATA proves, and the verifier
+    // refuses a STOPDATA with a prepared value more than a window past it. With decisions 1
+    // and 3 (a gap at 2), a vote or a prepared value at 66 is one past the window after 1, and
+    // so is a decision at 66 (before: all within a window of the decision at 3).
+    let d3 = PersistRecord::Decided(decision(&c, 3, c.batch(&[3])));
+    let d66 = PersistRecord::Decided(decision(&c, 66, c.batch(&[66])));
+    let p66 = PersistRecord::Prepared(c.prepared(Cid(66), Regency(0), c.batch(&[66])));
+    for beyond in [vote(1, 66, 1), p66, d66] {
+        assert_eq!(
+            recover(vec![d1.clone(), d3.clone(), beyond.clone()]),
+            Err(format!(
+                "stored {} for cid 66 is more than limits.max_instances_ahead (64) past cid 1, the highest cid up to which every cid is decided: the store is damaged, or max_instances_ahead was lowered since it was written",
+                match beyond {
+                    PersistRecord::Vote(_) => "vote",
+                    PersistRecord::Prepared(_) => "prepared value",
+                    _ => "decision",
+                }
+            ))
+        );
+    }
+    assert_eq!(recover(vec![d1, d3, vote(1, 65, 1)]), Ok(()));
 }
 
 /// Issue 12 item 3: in CFT a prepared proof at cid ≈ 2^60 in a STOPDATA made `sync::choose`

@@ -25,7 +25,7 @@ mod common;
 use smr_core::config::{MAX_STATE_CHUNK_BYTES, MAX_TIMEOUT_MS};
 use smr_core::engine::{PersistRecord, Phase};
 use smr_core::message::{
-    Batch, Cid, Decision, Message, Regency, Signed, Sync as SyncMsg, VoteKind,
+    Batch, Cid, Decision, Message, Regency, Signed, Sync as SyncMsg, Vote, VoteKind,
 };
 use smr_core::runner::{self, Host};
 use smr_core::{
@@ -1048,4 +1048,76 @@ fn replica_recovered_into_regency_1_gets_the_sync_even_if_its_first_sync_query_i
         [c.sync(2, Regency(2), vec![sd2(0), sd2(2), sd2(3)])]
     );
     assert_eq!((r2.regency(), r2.phase()), (Regency(2), Phase::Normal));
+}
+
+/// Found by the simulator's check that no correct replica refuses a correct replica's message
+/// as misbehaviour (CFT crash-restart, seed 7 of the 300-seed sweep): a replica recovered into
+/// its regency before it had the SYNC back sends its STOPDATA again to get that SYNC (F6). Its
+/// STOPDATA carried what it had accepted in the regency itself before the crash, and the
+/// verifier refuses a prepared proof whose epoch is not below the STOPDATA's regency ("from a
+/// future epoch"): the leader never answered, and the SYNC came only if the SyncQuery did.
+/// A STOPDATA now reports only values prepared before its regency (docs/design.md §3.10.7).
+#[test]
+fn replica_recovered_after_voting_in_its_regency_gets_the_sync_from_its_stopdata() {
+    let c = cft();
+    let stop = |r: u32| Message::Stop(c.stop(r, Regency(1), Regency(0)));
+    let sd = |r: u32| c.stopdata(r, Regency(1), None, vec![]);
+    // Replica 1 leads regency 1 (CFT, n = 3: one STOP to join, f+1 = 2 to install, n-f = 2
+    // STOPDATA to collect).
+    let mut r1 = c.engine(1);
+    r1.start(0);
+    c.deliver_ok(&mut r1, 1000, Peer::Replica(0), stop(0));
+    let out = c.deliver_ok(&mut r1, 1100, Peer::Replica(0), Message::StopData(sd(0)));
+    let sync = c.sync(1, Regency(1), vec![sd(0), sd(1)]);
+    assert_eq!(syncs(&out), std::slice::from_ref(&sync));
+    assert_eq!((r1.regency(), r1.phase()), (Regency(1), Phase::Normal));
+
+    // Replica 2 enters regency 1, applies the SYNC and accepts cid 1 of the new regency.
+    let mut r2 = c.engine(2);
+    r2.start(0);
+    let mut store: Vec<PersistRecord> = Vec::new();
+    store.extend(
+        c.deliver_ok(&mut r2, 1000, Peer::Replica(0), stop(0))
+            .persist,
+    );
+    store.extend(
+        c.deliver_ok(&mut r2, 1200, Peer::Replica(1), Message::Sync(sync.clone()))
+            .persist,
+    );
+    let batch = c.batch(&[1]);
+    let p1 = c.propose(1, Cid(1), Regency(1), batch.clone());
+    store.extend(
+        c.deliver_ok(&mut r2, 1300, Peer::Replica(1), Message::Propose(p1))
+            .persist,
+    );
+    assert_eq!(
+        store,
+        [
+            PersistRecord::Regency(Regency(1)),
+            PersistRecord::Prepared(c.prepared(Cid(1), Regency(1), batch.clone())),
+            PersistRecord::Vote(Vote {
+                kind: VoteKind::Accept,
+                replica: 2,
+                cid: Cid(1),
+                regency: Regency(1),
+                digest: batch.digest(),
+            }),
+        ]
+    );
+
+    // It crashes before the SYNC is stored anywhere it recovers from; restarted, it reports to
+    // the leader again, without the value it accepted in regency 1 ...
+    let (mut r2, _) = Engine::recover(c.cfg(2), c.engine_signer(2), store).unwrap();
+    assert_eq!(
+        r2.start(5000),
+        only_sent(vec![send(1, Message::StopData(sd(2)))])
+    );
+    // ... which the leader takes (before the fix: refused by the verifier, a prepared proof
+    // from a future epoch) and answers with its SYNC.
+    assert_eq!(
+        c.deliver_ok(&mut r1, 5010, Peer::Replica(2), Message::StopData(sd(2))),
+        only_sent(vec![send(2, Message::Sync(sync.clone()))])
+    );
+    c.deliver_ok(&mut r2, 5020, Peer::Replica(1), Message::Sync(sync));
+    assert_eq!((r2.regency(), r2.phase()), (Regency(1), Phase::Normal));
 }

@@ -96,9 +96,23 @@ impl Engine {
         }
         let mut bytes = 0u64;
         let mut decisions: Vec<Decision> = Vec::new();
-        for (_, d) in self
+        // Executed decisions from the log, then those decided here that still wait for the
+        // service, up to `decided_up_to`: what this replica's STOPDATA proves decided, so a
+        // new leader that starts after it can fetch it here (docs/design.md §3.10).
+        let first = from_cid.max(Cid::FIRST);
+        let waiting_from = first.max(self.last_executed.saturating_add(1));
+        let waiting_to = self.decided_up_to();
+        // (`range` panics on an empty range given backwards.)
+        let waiting = self
+            .instances
+            .range(waiting_from..)
+            .take_while(move |(cid, _)| **cid <= waiting_to)
+            .filter_map(|(_, i)| i.decided.as_ref());
+        for d in self
             .log
-            .range(from_cid.max(Cid::FIRST)..)
+            .range(first..)
+            .map(|(_, d)| d)
+            .chain(waiting)
             .take(self.cfg.limits.max_decisions_per_reply)
         {
             bytes = bytes.saturating_add(decision_bytes(d));
@@ -128,6 +142,17 @@ impl Engine {
             cid = cid.saturating_add(1);
         }
         cid
+    }
+
+    /// The highest cid up to which every cid is decided here: executed, or decided and waiting
+    /// for the service. What a STOPDATA proves decided.
+    pub(super) fn decided_up_to(&self) -> Cid {
+        let first_undecided = self.first_undecided_cid();
+        assert!(
+            first_undecided > Cid::ZERO,
+            "the first undecided cid is past cid 0"
+        );
+        Cid(first_undecided.0 - 1)
     }
 
     /// Asks `peer` for the decisions this replica lacks, from [`Engine::first_undecided_cid`],

@@ -203,6 +203,19 @@ impl Engine {
             .map(|c| c.decided.clone())
     }
 
+    /// Proof that `cid` was decided, as [`Engine::decision_proof`], or from a decided instance
+    /// that still waits for the service (learned, or recovered from the store).
+    pub(super) fn decided_proof(&self, cid: Cid) -> Option<DecisionProof> {
+        self.decision_proof(cid).or_else(|| {
+            let d = self.instances.get(&cid)?.decided.as_ref()?;
+            Some(DecisionProof {
+                cid,
+                digest: d.batch.digest(),
+                certificate: d.certificate.clone(),
+            })
+        })
+    }
+
     /// Cid of the stable checkpoint: the newest one a quorum announced with the same digest,
     /// or one installed by state transfer (0 if none).
     pub fn last_checkpoint(&self) -> Cid {

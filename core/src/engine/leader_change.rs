@@ -172,23 +172,43 @@ impl Engine {
         if !self.participates() {
             return;
         }
-        // Everything up to `last_executed` is decided, and this replica no longer reports
-        // values for those cids: it must prove the decision, or a new leader could start below
-        // it and re-open an instance this replica executed.
-        let last_decided = self.decision_proof(self.last_executed);
+        // Everything up to `last_decided` (the highest cid with every cid up to it decided
+        // here, executed or still waiting for the service) is decided, and this replica no
+        // longer reports values for those cids: it must prove the decision, or a new leader
+        // could start below it and re-open an instance this replica decided. Proving the
+        // highest contiguous decision, not the last executed one, keeps the report inside the
+        // window the verifier allows (docs/design.md §3.10, "What a STOPDATA reports"): a
+        // replica restarted from its store, or one whose service lags, holds decided
+        // instances past `last_executed`, and their prepared proofs with them, possibly more
+        // than `max_instances_ahead` of them.
+        let decided_up_to = self.decided_up_to();
+        let last_decided = self.decided_proof(decided_up_to);
         assert!(
-            last_decided.is_some() || self.last_executed == Cid::ZERO,
-            "no proof for the executed cid {}",
-            self.last_executed
+            last_decided.is_some() || decided_up_to == Cid::ZERO,
+            "no proof for the decided cid {decided_up_to}"
         );
-        // Decided-but-unexecuted instances are reported too: this replica may be one of the
-        // acceptors the value rule relies on.
-        let prepared = self
+        // Everything prepared above it is reported: this replica may be one of the acceptors
+        // the value rule relies on (a correct replica prepares only within its window, at
+        // most `max_instances_ahead` past a cid it had executed, and so at most that far past
+        // `decided_up_to`).
+        //
+        // Only values prepared in epochs before this regency: one prepared in this regency
+        // exists only after its leader sent the regency's SYNC, after which no STOPDATA for it
+        // is collected, so leaving it out changes no SYNC; the verifier refuses it ("from a
+        // future epoch"). A replica recovered into its regency before the SYNC came back
+        // (`start`) sends its STOPDATA again to get that SYNC, and must not be refused for
+        // what it voted in the regency before its crash (docs/design.md §3.10.7).
+        let prepared: Vec<_> = self
             .instances
-            .iter()
-            .filter(|(cid, _)| **cid > self.last_executed)
+            .range(decided_up_to.saturating_add(1)..)
             .filter_map(|(_, i)| i.prepared.clone())
+            .filter(|p| p.epoch < self.regency)
             .collect();
+        assert!(
+            prepared.len() as u64 <= self.cfg.limits.max_instances_ahead,
+            "{} prepared proofs past the decided cid {decided_up_to}: more than the window",
+            prepared.len()
+        );
         let stopdata = Signed::new(
             StopData {
                 replica: self.me,

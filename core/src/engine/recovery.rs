@@ -450,12 +450,15 @@ impl Engine {
 }
 
 /// Refuses stored records that no run of this engine can have written, before recovery uses
-/// any number in them. A replica votes, prepares and decides only within its window, at most
-/// `ahead` past its last executed cid, whose decision is itself stored (or covered by the
-/// checkpoint at `base`); so, in cid order, every decision is within `ahead` of the checkpoint
-/// or an earlier decision, and every vote and prepared value within `ahead` of the highest
-/// such decision. Its votes are its own, one value per (cid, regency, kind), and a WRITE and an
-/// ACCEPT of one (cid, regency) agree; a decision's certificate is for its batch and cid.
+/// any number in them. A replica votes, prepares and learns decisions only within its window,
+/// at most `ahead` past its last executed cid; every cid it executed is decided in its store
+/// (stored, or covered by the checkpoint at `base`), and the store keeps records in the order
+/// they were written, so nothing after them is kept without them. So every stored decision,
+/// vote and prepared value is within `ahead` of `reach`, the highest cid up to which every
+/// cid is decided in the store: the cid a restarted replica's STOPDATA proves decided, which
+/// the verifier measures its window from (docs/design.md §3.10, "What a STOPDATA reports").
+/// Its votes are its own, one value per (cid, regency, kind), and a WRITE and an ACCEPT of one
+/// (cid, regency) agree; a decision's certificate is for its batch and cid.
 fn check_stored_records(
     base: Cid,
     me: ReplicaId,
@@ -466,10 +469,9 @@ fn check_stored_records(
 ) -> Result<(), String> {
     let beyond = |what: &str, cid: Cid, reach: Cid| {
         format!(
-            "stored {what} for cid {cid} is more than limits.max_instances_ahead ({ahead}) past cid {reach}, the highest decided before it: the store is damaged, or max_instances_ahead was lowered since it was written"
+            "stored {what} for cid {cid} is more than limits.max_instances_ahead ({ahead}) past cid {reach}, the highest cid up to which every cid is decided: the store is damaged, or max_instances_ahead was lowered since it was written"
         )
     };
-    let mut reach = base;
     for (cid, d) in decisions {
         let digest = d.batch.digest();
         if d.certificate
@@ -480,12 +482,15 @@ fn check_stored_records(
                 "stored decision for cid {cid} carries a certificate for another cid or value"
             ));
         }
-        if *cid > base && *cid > reach.saturating_add(ahead) {
-            return Err(beyond("decision", *cid, reach));
-        }
-        reach = reach.max(*cid);
+    }
+    let mut reach = base;
+    while let Some(next) = reach.checked_add(1).filter(|c| decisions.contains_key(c)) {
+        reach = next;
     }
     let horizon = reach.saturating_add(ahead);
+    if let Some(cid) = decisions.keys().find(|cid| **cid > horizon) {
+        return Err(beyond("decision", *cid, reach));
+    }
     if let Some((cid, _)) = prepared.iter().find(|(cid, _)| **cid > horizon) {
         return Err(beyond("prepared value", *cid, reach));
     }

@@ -195,6 +195,16 @@ pub struct SimOptions {
     /// recover, voting at once), the last as the driver starts one on an empty data dir
     /// without it, rejoining ([`Engine::rejoin`]).
     pub start_rejoining: Option<u64>,
+    /// The service takes this many ms (drawn per batch from the range, on an RNG of its own)
+    /// to execute a batch, as a real service thread does, instead of answering at once: the
+    /// engine then holds decided instances that wait for the service.
+    pub slow_service_ms: Option<(u64, u64)>,
+    /// Overrides the sim's `limits.max_instances_ahead` (32), and lowers
+    /// `max_instances_in_flight` (4) to it if needed: a window smaller than the checkpoint
+    /// period lets a restarted replica hold more stored decisions than a window.
+    pub max_instances_ahead: Option<u64>,
+    /// Also crash replica `.0` for good at `.1` ms.
+    pub crash_for_good: Option<(usize, u64)>,
     pub max_time_ms: u64,
 }
 
@@ -226,6 +236,9 @@ impl SimOptions {
             wipe_restart: None,
             drop_kind: None,
             start_rejoining: None,
+            slow_service_ms: None,
+            max_instances_ahead: None,
+            crash_for_good: None,
             max_time_ms: 120_000,
         }
     }
@@ -274,6 +287,13 @@ enum Event {
         slot: usize,
         wipe: bool,
     },
+    /// A slow service ([`SimOptions::slow_service_ms`]) finished a batch for `slot`'s
+    /// incarnation `incarnation` (dropped if the replica crashed or restarted since).
+    ServiceDone {
+        slot: usize,
+        incarnation: u64,
+        done: ServiceDone,
+    },
 }
 
 struct ReplicaNode {
@@ -298,6 +318,8 @@ struct ReplicaNode {
     executed_count: usize,
     /// Largest decision log it held, to check that checkpoints bound memory.
     max_log_len: usize,
+    /// Restarts so far: a slow service's answer goes to the incarnation that asked.
+    incarnation: u64,
 }
 
 struct ClientNode {
@@ -344,6 +366,8 @@ pub struct SimReport {
 pub struct Sim {
     opts: SimOptions,
     rng: Rng,
+    /// Draws a slow service's delays.
+    service_rng: Rng,
     now_ms: u64,
     next_event: u64,
     queue: BTreeMap<(u64, u64), Event>,
@@ -480,6 +504,16 @@ fn requests_in(message: &Message) -> Vec<&Request> {
     }
 }
 
+/// The sim's limits with `opts`' overrides.
+fn limits_for(opts: &SimOptions) -> Limits {
+    let mut limits = limits();
+    if let Some(ahead) = opts.max_instances_ahead {
+        limits.max_instances_ahead = ahead;
+        limits.max_instances_in_flight = limits.max_instances_in_flight.min(ahead);
+    }
+    limits
+}
+
 fn limits() -> Limits {
     Limits {
         max_batch_requests: 64,
@@ -538,11 +572,13 @@ impl Sim {
             quorums,
             replica_keys: Arc::new(replica_pks.clone()),
             clients: Arc::new(ClientPolicy::Allowed(allowed)),
-            limits: limits(),
+            limits: limits_for(&opts),
             signatures,
         };
         let mut sim = Sim {
             rng: Rng::new(rng.next_u64()),
+            // Its own RNG, so that the network's schedule for a seed stays what it was.
+            service_rng: Rng::new(opts.seed ^ 0x5e41_1ce5),
             now_ms: 0,
             next_event: 0,
             queue: BTreeMap::new(),
@@ -597,7 +633,7 @@ impl Sim {
                 me: id,
                 replica_keys: replica_pks.clone(),
                 clients: (*sim.verifier.clients).clone(),
-                limits: limits(),
+                limits: limits_for(&sim.opts),
                 timeouts: timeouts.clone(),
             }
             .validate()
@@ -617,6 +653,7 @@ impl Sim {
                 stored: Vec::new(),
                 executed_count: 0,
                 max_log_len: 0,
+                incarnation: 0,
             });
         }
         for (i, key) in client_keys.iter().enumerate() {
@@ -711,6 +748,12 @@ impl Sim {
             }
             sim.schedule(crash_at_ms, Event::Crash { slot });
             sim.schedule(restart_at_ms, Event::Restart { slot, wipe: true });
+        }
+        if let Some((slot, at_ms)) = opts.crash_for_good {
+            if std::env::var("SMR_SIM_TRACE").is_ok() {
+                eprintln!("crash {slot} for good at {at_ms}");
+            }
+            sim.schedule(at_ms, Event::Crash { slot });
         }
         if let Some(max_delay_ms) = opts.start_rejoining {
             let mut rng = Rng::new(opts.seed ^ 0x5747);
@@ -877,6 +920,17 @@ impl Sim {
                     }
                 }
                 Event::Restart { slot, wipe } => self.restart(slot, wipe)?,
+                Event::ServiceDone {
+                    slot,
+                    incarnation,
+                    done,
+                } => {
+                    let node = &mut self.replicas[slot];
+                    if !node.crashed && node.incarnation == incarnation {
+                        let output = node.engine.on_service_done(self.now_ms, done);
+                        self.perform(slot, output)?;
+                    }
+                }
                 Event::Crash { slot } => {
                     self.last_fault_ms = self.now_ms;
                     if let Fault::LeaderCrash {
@@ -932,6 +986,7 @@ impl Sim {
         };
         let node = &mut self.replicas[slot];
         node.engine = engine;
+        node.incarnation += 1;
         node.service = ChainService::default();
         node.timer_at_ms = None;
         node.crashed = false;
@@ -1025,6 +1080,7 @@ impl Sim {
                 let verified = match self.verifier.verify_inbound(from, message) {
                     Ok(v) => v,
                     Err(rejection) => {
+                        self.check_correct_sender_not_blamed(slot, from, &rejection)?;
                         self.replicas[slot].engine.count_rejection(&rejection);
                         *self.report.rejections.entry(rejection.name()).or_default() += 1;
                         if self.replicas[slot].correct && self.is_byzantine(from) {
@@ -1319,6 +1375,42 @@ impl Sim {
         self.hunter_client_step();
         let next = self.now_ms + self.rng.range(5, 60);
         self.schedule(next, Event::ByzantineStep);
+    }
+
+    /// A correct replica never refuses, as misbehaviour, what another correct replica sent: a
+    /// refusal of that kind (a malformed, oversized or badly signed message, a certificate that
+    /// proves nothing, an equivocation) means the sender built a message its peers cannot take,
+    /// which can cost a quorum (a STOPDATA a new leader refuses stalls the leader change).
+    /// Refusals for timing (a regency or window the receiver is not in yet, a budget) are fine.
+    fn check_correct_sender_not_blamed(
+        &mut self,
+        slot: usize,
+        from: Peer,
+        rejection: &smr_core::Rejection,
+    ) -> Result<(), String> {
+        use smr_core::Rejection as R;
+        let blames_sender = matches!(
+            rejection,
+            R::Malformed(_)
+                | R::BadSignature { .. }
+                | R::MissingSignature
+                | R::UnknownSender
+                | R::SenderMismatch
+                | R::Oversize(_)
+                | R::Equivocation { .. }
+                | R::BadCertificate(_)
+        );
+        if blames_sender
+            && matches!(from, Peer::Replica(_))
+            && self.replicas[slot].correct
+            && !self.is_byzantine(from)
+        {
+            return Err(format!(
+                "correct replica {} refused a message of correct {from:?} at t={}: {rejection}",
+                self.replicas[slot].id, self.now_ms
+            ));
+        }
+        Ok(())
     }
 
     /// Whether messages from `from` come from a Byzantine peer: the hunting replica (in BFT),
@@ -1969,7 +2061,21 @@ impl Host for SimHost<'_> {
                         }
                     }
                 }
-                Some(ServiceDone::Executed { cid, results })
+                let done = ServiceDone::Executed { cid, results };
+                if let Some((min_ms, max_ms)) = self.sim.opts.slow_service_ms {
+                    let at_ms = self.sim.now_ms + self.sim.service_rng.range(min_ms, max_ms);
+                    let incarnation = self.sim.replicas[slot].incarnation;
+                    self.sim.schedule(
+                        at_ms,
+                        Event::ServiceDone {
+                            slot,
+                            incarnation,
+                            done,
+                        },
+                    );
+                    return None;
+                }
+                Some(done)
             }
             ServiceWork::TakeSnapshot { cid } => Some(ServiceDone::Snapshot {
                 cid,

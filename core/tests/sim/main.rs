@@ -382,6 +382,53 @@ fn cft_replica_restarted_from_its_store_converges_to_the_same_state() {
     );
 }
 
+/// A follower restarts from its store and re-executes its stored decisions through a slow
+/// service (50-150 ms a batch), with a window (2) smaller than the checkpoint period (10); the
+/// leader crashes for good while it does. Its STOPDATA used to prove only its last executed
+/// cid and report every value it prepared above, more than a window of them: the new leader
+/// refused it, and without it no n-f STOPDATA could be collected, so nothing was ordered again
+/// (docs/design.md §3.10.7).
+fn restart_then_leader_crash(mode: Mode, n: usize, f: usize, seed: u64) -> SimOptions {
+    let mut rng = Rng::new(seed ^ 0x7e57_a11);
+    let slot = rng.range(1, n as u64 - 1) as usize;
+    let crash_at_ms = rng.range(300, 1500);
+    let restart_at_ms = crash_at_ms + rng.range(100, 800);
+    let fault = Fault::CrashRestart {
+        slot,
+        crash_at_ms,
+        restart_at_ms,
+        wipe: false,
+    };
+    let mut opts = SimOptions::with_fault(mode, n, f, seed, fault);
+    opts.requests_per_client = 100;
+    opts.slow_service_ms = Some((50, 150));
+    opts.max_instances_ahead = Some(2);
+    // Shortly before the restart (the cluster stalls until the follower is back: the restart
+    // ends the second fault) or shortly after it: the follower's STOPDATA leaves while its
+    // stored decisions still wait for the service.
+    opts.crash_for_good = Some((0, (restart_at_ms + rng.range(0, 200)).saturating_sub(300)));
+    // The restart and the crash are the faults; the network only delays and reorders.
+    opts.partition = false;
+    opts.heal_at_ms = opts.heal_at_ms.min(crash_at_ms);
+    opts
+}
+
+#[test]
+fn bft_follower_restarted_from_a_long_store_joins_the_leader_change_after_a_leader_crash() {
+    sweep(
+        "bft_follower_restarted_from_a_long_store_joins_the_leader_change_after_a_leader_crash",
+        |seed| restart_then_leader_crash(Mode::Bft, 4, 1, seed),
+    );
+}
+
+#[test]
+fn cft_follower_restarted_from_a_long_store_joins_the_leader_change_after_a_leader_crash() {
+    sweep(
+        "cft_follower_restarted_from_a_long_store_joins_the_leader_change_after_a_leader_crash",
+        |seed| restart_then_leader_crash(Mode::Cft, 3, 1, seed),
+    );
+}
+
 /// Seed 240 once violated agreement: a CFT replica restarted from a checkpoint at cid 20 with
 /// nothing decided after it sent STOPDATA without a proof that cid 20 was decided (its log
 /// starts after the checkpoint), so the new leader re-opened cid 20 with another value. The
