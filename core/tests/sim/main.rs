@@ -389,7 +389,7 @@ fn cft_replica_restarted_from_its_store_converges_to_the_same_state() {
 /// refused it, and without it no n-f STOPDATA could be collected, so nothing was ordered again
 /// (docs/design.md §3.10.7).
 fn restart_then_leader_crash(mode: Mode, n: usize, f: usize, seed: u64) -> SimOptions {
-    let mut rng = Rng::new(seed ^ 0x7e57_a11);
+    let mut rng = Rng::new(seed ^ 0x07e5_7a11);
     let slot = rng.range(1, n as u64 - 1) as usize;
     let crash_at_ms = rng.range(300, 1500);
     let restart_at_ms = crash_at_ms + rng.range(100, 800);
