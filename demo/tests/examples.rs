@@ -174,3 +174,49 @@ fn unordered_reads_and_the_counter_client_example_work_against_smr_cluster_keep_
     );
     assert_eq!(get(false), read + 5, "the refused add was not sent");
 }
+
+/// Kills the example's replica processes on drop.
+struct Replicas(Vec<std::process::Child>);
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Issue 15 item 4: the `kv` example (an embedded replicated key-value service with its own
+/// serde types) runs as the four replicas of a cluster from `smr keygen`, and its client puts
+/// and reads (unordered) against them.
+#[test]
+fn the_kv_example_runs_a_replicated_key_value_service() {
+    let kv = example("kv");
+    let dir = tempfile::tempdir().unwrap();
+    let generated = smr_demo::keygen::generate(
+        dir.path(),
+        &smr_demo::keygen::KeygenOptions::new(smr_modes::Mode::Bft, 4),
+    )
+    .unwrap();
+    let config = generated.config_path.to_str().unwrap().to_string();
+    let config = config.as_str();
+    let _replicas = Replicas(
+        (0..4)
+            .map(|i| {
+                Command::new(&kv)
+                    .args(["replica", config, &i.to_string(), "--new-cluster"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    );
+    assert_eq!(run(&kv, &["put", config, "color", "blue"]), "(none)");
+    assert_eq!(run(&kv, &["get", config, "color"]), "blue");
+    assert_eq!(run(&kv, &["put", config, "color", "red"]), "blue");
+    assert_eq!(run(&kv, &["get", config, "color"]), "red");
+    assert_eq!(run(&kv, &["get", config, "size"]), "(none)");
+}
