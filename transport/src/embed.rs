@@ -166,7 +166,7 @@ impl ReplicaBuilder<'_, Box<dyn Service>> {
     /// recovered, or the transport cannot start (e.g. `key` is not the key the config lists
     /// for this id, or the address cannot be bound).
     pub async fn start(self) -> Result<Replica, StartError> {
-        Replica::start_with_data_dir(
+        Replica::start_configured(
             self.config,
             self.id,
             self.key,
@@ -204,16 +204,13 @@ impl Replica {
         key: IdentityKey,
         service: Box<dyn Service>,
     ) -> Result<Replica, StartError> {
-        Self::start_with_data_dir(config, id, key, service, None, EmptyStart::Rejoin).await
+        Self::start_configured(config, id, key, service, None, EmptyStart::Rejoin).await
     }
 
-    /// Like [`Replica::start`], persisting to (and recovering from) `data_dir` when given,
-    /// with the config's fsync policy. A damaged data directory is refused with an error that
-    /// says what is wrong and where. `empty_start` says how a replica with an empty data dir
-    /// (or none) starts: [`EmptyStart::Rejoin`] (the safe default: it may have lost its state,
-    /// so it takes no part in votes until it has caught up past anything it can have voted on
-    /// before) or [`EmptyStart::NewCluster`] (the first start of a brand-new cluster only).
-    pub async fn start_with_data_dir(
+    /// What [`ReplicaBuilder::start`] does: persisting to (and recovering from) `data_dir`
+    /// when given, with the config's fsync policy; `empty_start` says how a replica with an
+    /// empty data dir (or none) starts.
+    async fn start_configured(
         config: &ClusterConfig,
         id: ReplicaId,
         key: IdentityKey,

@@ -175,20 +175,20 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
     if args.data_dir.is_none() {
         tracing::warn!(replica = id, "no --data-dir: running in memory; a restart forgets everything and rejoins by state transfer");
     }
-    let replica = Replica::start_with_data_dir(
-        &config,
-        id,
-        key,
-        args.service.create_with_reply_bytes(args.reply_bytes),
-        args.data_dir.as_deref(),
-        if args.new_cluster {
+    let mut builder = Replica::builder(&config, id, key)
+        .boxed_service(args.service.create_with_reply_bytes(args.reply_bytes))
+        .empty_start(if args.new_cluster {
             EmptyStart::NewCluster
         } else {
             EmptyStart::Rejoin
-        },
-    )
-    .await
-    .with_context(|| format!("replica {id} cannot start on {address}"))?;
+        });
+    if let Some(dir) = &args.data_dir {
+        builder = builder.data_dir(dir);
+    }
+    let replica = builder
+        .start()
+        .await
+        .with_context(|| format!("replica {id} cannot start on {address}"))?;
     // Printed before the ready line, so whoever waits for that line finds this one too.
     let _metrics_server = metrics_listener.map(|listener| {
         let local = listener
