@@ -483,8 +483,9 @@ impl Client {
         self.unordered_reads
     }
 
-    /// Runs `op` through consensus and returns the service's result once f+1 replicas (BFT) or
-    /// one (CFT) replied with the same bytes (docs/design.md §3.7). Resends on its own while it
+    /// Runs `op` through consensus and returns the service's result once a reply quorum
+    /// replied with the same bytes: Q replicas with [`UnorderedReads::Enabled`] (the default),
+    /// else f+1 (BFT) or one (CFT) (docs/design.md §3.7, §3.8). Resends on its own while it
     /// waits; waits for room when `window` requests are already in flight. Fails with
     /// [`InvokeError::TimedOut`] after the client's timeout (the operation may still execute, at
     /// most once), or with an error if `op` exceeds `max_op_bytes`.
