@@ -187,6 +187,40 @@ impl Drop for Replicas {
     }
 }
 
+/// Starts the example `program`'s four replicas (`replica <config> <i> --new-cluster`) of a
+/// fresh BFT cluster from `smr keygen`; returns them and the config's path.
+fn example_cluster(program: &Path, dir: &Path) -> (Replicas, String) {
+    let generated = smr_demo::keygen::generate(
+        dir,
+        &smr_demo::keygen::KeygenOptions::new(smr_modes::Mode::Bft, 4),
+    )
+    .unwrap();
+    let config = generated.config_path.to_str().unwrap().to_string();
+    let replicas = (0..4)
+        .map(|i| {
+            Command::new(program)
+                .args(["replica", &config, &i.to_string(), "--new-cluster"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    (Replicas(replicas), config)
+}
+
+/// The `sum` example (the README's program) adds through consensus and reads unordered.
+#[test]
+fn the_sum_example_adds_and_reads() {
+    let sum = example("sum");
+    let dir = tempfile::tempdir().unwrap();
+    let (_replicas, config) = example_cluster(&sum, dir.path());
+    assert_eq!(run(&sum, &["client", &config, "5"]), "5");
+    assert_eq!(run(&sum, &["client", &config, "-2"]), "3");
+    assert_eq!(run(&sum, &["read", &config]), "3");
+}
+
 /// Issue 15 item 4: the `kv` example (an embedded replicated key-value service with its own
 /// serde types) runs as the four replicas of a cluster from `smr keygen`, and its client puts
 /// and reads (unordered) against them.
@@ -194,26 +228,8 @@ impl Drop for Replicas {
 fn the_kv_example_runs_a_replicated_key_value_service() {
     let kv = example("kv");
     let dir = tempfile::tempdir().unwrap();
-    let generated = smr_demo::keygen::generate(
-        dir.path(),
-        &smr_demo::keygen::KeygenOptions::new(smr_modes::Mode::Bft, 4),
-    )
-    .unwrap();
-    let config = generated.config_path.to_str().unwrap().to_string();
+    let (_replicas, config) = example_cluster(&kv, dir.path());
     let config = config.as_str();
-    let _replicas = Replicas(
-        (0..4)
-            .map(|i| {
-                Command::new(&kv)
-                    .args(["replica", config, &i.to_string(), "--new-cluster"])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect(),
-    );
     assert_eq!(run(&kv, &["put", config, "color", "blue"]), "(none)");
     assert_eq!(run(&kv, &["get", config, "color"]), "blue");
     assert_eq!(run(&kv, &["put", config, "color", "red"]), "blue");
