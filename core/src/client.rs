@@ -274,7 +274,10 @@ impl ClientEngine {
     /// Takes a reply that arrived on replica `from`'s authenticated connection, and returns the
     /// request it completes, if it does: once `replies_ordered` (f+1 in BFT, 1 in CFT; Q with
     /// unordered reads enabled) or, for an unordered read, `replies_unordered` (Q) replicas
-    /// sent identical results. A reply naming another replica or client is ignored; any other
+    /// sent identical results. An unordered read that can no longer reach Q identical results
+    /// (the replicas answered from different states) becomes due at once: the caller's next
+    /// [`ClientEngine::on_timer`], at `now_ms` ([`ClientEngine::next_deadline_ms`]), sends it
+    /// again as an ordered request. A reply naming another replica or client is ignored; any other
     /// reply's regency counts toward [`ClientEngine::believed_leader`], even a late one.
     pub fn on_reply(&mut self, now_ms: u64, from: ReplicaId, reply: Reply) -> Option<Completed> {
         if reply.replica != from || reply.client != self.id {
@@ -288,10 +291,23 @@ impl ClientEngine {
         for r in entry.replies.values() {
             *counts.entry(r.as_slice()).or_default() += 1;
         }
-        let winner = counts
+        let most = counts.values().copied().max().unwrap_or(0);
+        let Some(winner) = counts
             .into_iter()
             .find(|(_, c)| *c >= entry.needed)
-            .map(|(r, _)| r.to_vec())?;
+            .map(|(r, _)| r.to_vec())
+        else {
+            // An unordered read whose replies already disagree too much for any result to
+            // reach Q, even if every replica still silent agreed with the largest group, falls
+            // back to ordering at once (at the next `on_timer`) rather than at its deadline.
+            let silent = self.cfg.quorums.n().saturating_sub(entry.replies.len());
+            if entry.request.body.kind == RequestKind::Unordered
+                && most.saturating_add(silent) < entry.needed
+            {
+                entry.deadline_ms = entry.deadline_ms.min(now_ms);
+            }
+            return None;
+        };
         let done = self.outstanding.remove(&reply.seq).expect("found above");
         if !done.broadcast {
             // Only requests that went to the leader alone measure the leader path (as TCP
@@ -548,6 +564,37 @@ mod tests {
             .unwrap();
         assert_eq!(destinations(&actions), vec![None]);
         assert_eq!(c.next_deadline_ms(), Some(100));
+    }
+
+    #[test]
+    fn an_unordered_read_whose_replies_cannot_reach_q_falls_back_to_ordering_at_once() {
+        let mut c = client(true);
+        let (seq, _) = c
+            .submit(0, RequestKind::Unordered, b"get".to_vec())
+            .unwrap();
+        // n = 4, Q = 3: "a" and "b" can still each reach 3 with the two silent replicas.
+        assert!(c.on_reply(10, 0, reply(&c, 0, seq, b"a")).is_none());
+        assert!(c.on_reply(10, 1, reply(&c, 1, seq, b"b")).is_none());
+        assert_eq!(
+            c.next_deadline_ms(),
+            Some(100),
+            "still at the retry timeout"
+        );
+        // A third distinct result: at most 1 + 1 < 3 can match now.
+        assert!(c.on_reply(20, 2, reply(&c, 2, seq, b"c")).is_none());
+        assert_eq!(c.next_deadline_ms(), Some(20), "due at once");
+        let actions = c.on_timer(20);
+        let [ClientAction::Broadcast(Message::Request(r))] = &actions[..] else {
+            panic!("expected one broadcast request, got {actions:?}");
+        };
+        assert_eq!((r.body.seq, r.body.kind), (seq, RequestKind::Ordered));
+        // The ordered retry completes at Q matching replies (unordered reads are on).
+        assert!(c.on_reply(30, 0, reply(&c, 0, seq, b"v")).is_none());
+        assert!(c.on_reply(30, 1, reply(&c, 1, seq, b"v")).is_none());
+        let done = c
+            .on_reply(30, 2, reply(&c, 2, seq, b"v"))
+            .expect("Q replies");
+        assert_eq!(done.result, b"v");
     }
 
     #[test]

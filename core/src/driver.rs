@@ -1401,11 +1401,16 @@ impl<N: Network> Client<N> {
                     };
                     match codec::decode::<Message>(&frame) {
                         Ok(Message::Reply(reply)) => {
-                            let done = shared.engine.lock().expect("client lock").on_reply(
-                                now_ms(shared.epoch),
-                                replica,
-                                reply,
-                            );
+                            let now = now_ms(shared.epoch);
+                            let (done, due) = {
+                                let mut engine = shared.engine.lock().expect("client lock");
+                                let done = engine.on_reply(now, replica, reply);
+                                (done, engine.next_deadline_ms().is_some_and(|d| d <= now))
+                            };
+                            if due {
+                                // An unordered read whose replies disagree falls back now.
+                                shared.timer_changed.notify_one();
+                            }
                             if let Some(done) = done {
                                 if let Some(w) = shared
                                     .waiters

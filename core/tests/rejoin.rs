@@ -630,3 +630,54 @@ fn a_rejoiner_whose_reports_are_all_0_does_not_vote_again_where_it_may_have_vote
         "it voted in cid 1, where it may have voted for another value before its wipe: {output:?}"
     );
 }
+
+/// Issue 15 item 2 (docs/design.md §3.8): a replica that rejoins after losing its store may
+/// have replied to a write it no longer holds; its answer to an unordered read, from the state
+/// before that write, could complete a read that misses the write (its reply counted in both
+/// quorums). It answers no unordered read until it takes part; a participating replica hands
+/// the same read to its service. Before, the rejoiner handed it to its service too.
+#[test]
+fn a_rejoining_replica_answers_no_unordered_read() {
+    use smr_core::engine::ServiceWork;
+    use smr_core::message::{RequestBody, RequestKind};
+    use smr_core::Request;
+    let c = small_window();
+    let read = Request::new(
+        RequestBody {
+            client: c.client.public_key(),
+            seq: 1,
+            kind: RequestKind::Unordered,
+            op: b"get".to_vec(),
+        },
+        c.signing().then_some(&c.client as &dyn smr_crypto::Signer),
+    );
+    let (mut rejoining, _) = Engine::rejoin(c.cfg(3), c.engine_signer(3), nonce());
+    rejoining.start(0);
+    let output = c.deliver_ok(
+        &mut rejoining,
+        1,
+        c.client_peer(),
+        Message::Request(read.clone()),
+    );
+    assert_eq!(output, Output::default());
+    assert_eq!(rejoining.stats().unordered_reads_withheld, 1);
+
+    let mut participating = c.engine(3);
+    participating.start(0);
+    let output = c.deliver_ok(
+        &mut participating,
+        1,
+        c.client_peer(),
+        Message::Request(read.clone()),
+    );
+    assert_eq!(
+        output,
+        Output {
+            service: vec![ServiceWork::Query {
+                id: read.id(),
+                op: b"get".to_vec(),
+            }],
+            ..Output::default()
+        }
+    );
+}

@@ -126,6 +126,11 @@ pub struct BenchArgs {
     /// Override the config's timeouts.request_timeout_ms (for experiments).
     #[arg(long)]
     pub request_timeout_ms: Option<u64>,
+    /// The fraction of operations (0 to 1) that are reads, sent unordered
+    /// (`Client::invoke_unordered`); the rest are ordered. Reads and ordered operations get
+    /// their own throughput and latency lines besides the totals.
+    #[arg(long, default_value_t = 0.0)]
+    pub read_ratio: f64,
 }
 
 /// The ed25519 verification ceiling measured on this machine.
@@ -151,6 +156,14 @@ pub struct Ceiling {
     /// cores / (verify_us_per_sig × replicas_verifying + sign_us): with the clients' signing
     /// on the same cores.
     pub ceiling_with_signing_ops_s: f64,
+}
+
+/// The operations of one kind (ordered, or unordered reads) in a run with `--read-ratio`.
+#[derive(Clone, Debug, Serialize)]
+pub struct KindResult {
+    pub completed_ops: u64,
+    pub throughput_ops_s: f64,
+    pub latency_ms: Latency,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -205,6 +218,14 @@ pub struct BenchResult {
     pub failed_ops: u64,
     pub throughput_ops_s: f64,
     pub latency_ms: Latency,
+    /// The fraction of operations sent as unordered reads (`--read-ratio`).
+    pub read_ratio: f64,
+    /// With `--read-ratio` above 0: the ordered operations alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ordered: Option<KindResult>,
+    /// With `--read-ratio` above 0: the unordered reads alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unordered_reads: Option<KindResult>,
     /// Requests per decided instance over the window.
     pub avg_batch_size: Option<f64>,
     pub decided_instances: Option<u64>,
@@ -232,6 +253,7 @@ struct Settings {
     warmup: Duration,
     duration: Duration,
     outstanding: usize,
+    read_ratio: f64,
     kill_leader_after: Option<Duration>,
     threads: bool,
     progress: bool,
@@ -276,6 +298,9 @@ pub async fn run_with_binary(binary: &Path, args: BenchArgs) -> anyhow::Result<E
         .kill_leader_after
         .map(|s| seconds(s, "--kill-leader-after"))
         .transpose()?;
+    if !(0.0..=1.0).contains(&args.read_ratio) {
+        bail!("--read-ratio must be between 0 and 1");
+    }
     if kill_leader_after.is_some_and(|k| k >= duration) {
         bail!("--kill-leader-after must be less than --duration");
     }
@@ -286,6 +311,7 @@ pub async fn run_with_binary(binary: &Path, args: BenchArgs) -> anyhow::Result<E
         warmup: seconds(args.warmup, "--warmup")?,
         duration,
         outstanding: args.outstanding,
+        read_ratio: args.read_ratio,
         kill_leader_after,
         threads: args.threads,
         metrics: args.metrics,
@@ -482,6 +508,8 @@ fn finish_cluster(mut cluster: LocalCluster, keep_dir: bool, failed: bool) {
 struct Sample {
     done_us: u64,
     latency_us: u64,
+    /// An unordered read (`--read-ratio`), not an ordered operation.
+    read: bool,
 }
 
 #[derive(Default)]
@@ -490,23 +518,53 @@ struct WorkerOutput {
     failures: u64,
 }
 
+/// Whether each operation is a read, for `read_ratio` of them: the operations whose share
+/// pushes the running total of reads past a whole one (deterministic, evenly spread).
+struct ReadMix {
+    ratio: f64,
+    credit: f64,
+}
+
+impl ReadMix {
+    fn next_is_read(&mut self) -> bool {
+        self.credit += self.ratio;
+        if self.credit >= 1.0 {
+            self.credit -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 async fn worker(
     client: Client,
     op: Vec<u8>,
+    read_ratio: f64,
     start: Instant,
     stop: Arc<AtomicBool>,
     completed: Arc<AtomicU64>,
 ) -> WorkerOutput {
     let mut out = WorkerOutput::default();
+    let mut mix = ReadMix {
+        ratio: read_ratio,
+        credit: 0.0,
+    };
     while !stop.load(Ordering::Relaxed) {
+        let read = mix.next_is_read();
         let began = Instant::now();
-        let result = client.invoke(op.clone()).await;
+        let result = if read {
+            client.invoke_unordered(op.clone()).await
+        } else {
+            client.invoke(op.clone()).await
+        };
         let done = Instant::now();
         match result {
             Ok(_) => {
                 out.samples.push(Sample {
                     done_us: done.duration_since(start).as_micros() as u64,
                     latency_us: done.duration_since(began).as_micros() as u64,
+                    read,
                 });
                 completed.fetch_add(1, Ordering::Relaxed);
             }
@@ -590,6 +648,7 @@ async fn run_point(
             workers.push(tokio::spawn(worker(
                 client.clone(),
                 op.clone(),
+                settings.read_ratio,
                 start,
                 stop.clone(),
                 completed.clone(),
@@ -680,15 +739,24 @@ async fn run_point(
     if ops == 0 {
         bail!("no request completed in the measured window ({failed_ops} failed)");
     }
-    let mut latencies: Vec<u64> = in_window.iter().map(|s| s.latency_us).collect();
-    latencies.sort_unstable();
     let ms = |us: u64| us as f64 / 1000.0;
-    let latency = Latency {
-        p50: ms(percentile(&latencies, 0.50)),
-        p90: ms(percentile(&latencies, 0.90)),
-        p99: ms(percentile(&latencies, 0.99)),
-        max: ms(*latencies.last().expect("non-empty")),
-        mean: latencies.iter().sum::<u64>() as f64 / latencies.len() as f64 / 1000.0,
+    let latency = latency_of(&in_window).expect("non-empty");
+    let of_kind = |read: bool| {
+        let kind: Vec<Sample> = in_window
+            .iter()
+            .copied()
+            .filter(|s| s.read == read)
+            .collect();
+        latency_of(&kind).map(|latency_ms| KindResult {
+            completed_ops: kind.len() as u64,
+            throughput_ops_s: kind.len() as f64 / window_s,
+            latency_ms,
+        })
+    };
+    let (ordered, unordered_reads) = if settings.read_ratio > 0.0 {
+        (of_kind(false), of_kind(true))
+    } else {
+        (None, None)
     };
     in_window.sort_unstable_by_key(|s| s.done_us);
     let failover = failover.map(|(killed_replica, killed_at)| {
@@ -780,6 +848,9 @@ async fn run_point(
         failed_ops,
         throughput_ops_s: ops as f64 / window_s,
         latency_ms: latency,
+        read_ratio: settings.read_ratio,
+        ordered,
+        unordered_reads,
         avg_batch_size,
         decided_instances,
         cpu,
@@ -788,6 +859,20 @@ async fn run_point(
         fraction_of_ceiling: None,
         failover,
         timeline,
+    })
+}
+
+/// The latency percentiles of `samples`; `None` if there are none.
+fn latency_of(samples: &[Sample]) -> Option<Latency> {
+    let mut latencies: Vec<u64> = samples.iter().map(|s| s.latency_us).collect();
+    latencies.sort_unstable();
+    let ms = |us: u64| us as f64 / 1000.0;
+    Some(Latency {
+        p50: ms(percentile(&latencies, 0.50)),
+        p90: ms(percentile(&latencies, 0.90)),
+        p99: ms(percentile(&latencies, 0.99)),
+        max: ms(*latencies.last()?),
+        mean: latencies.iter().sum::<u64>() as f64 / latencies.len() as f64 / 1000.0,
     })
 }
 
@@ -916,6 +1001,25 @@ fn print_result(r: &BenchResult) {
         "latency      p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms  mean {:.2} ms",
         l.p50, l.p90, l.p99, l.max, l.mean
     );
+    if r.read_ratio > 0.0 {
+        for (name, kind) in [
+            ("ordered", &r.ordered),
+            ("unordered reads", &r.unordered_reads),
+        ] {
+            match kind {
+                Some(k) => println!(
+                    "  {name:<16} {:.0} ops/s ({} ops)  p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+                    k.throughput_ops_s,
+                    k.completed_ops,
+                    k.latency_ms.p50,
+                    k.latency_ms.p90,
+                    k.latency_ms.p99,
+                    k.latency_ms.max
+                ),
+                None => println!("  {name:<16} none completed in the window"),
+            }
+        }
+    }
     match (r.avg_batch_size, r.decided_instances) {
         (Some(b), Some(d)) => {
             println!("batches      {b:.1} requests per decided instance on average ({d} instances)")

@@ -138,6 +138,10 @@ struct ClientArgs {
     /// How long to wait for a reply quorum.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
+    /// Read without ordering (`get` only): every replica answers from its state and the read
+    /// completes at a quorum of equal answers, still linearizable; ordered if they disagree.
+    #[arg(long)]
+    unordered: bool,
     #[command(subcommand)]
     service: ClientService,
 }

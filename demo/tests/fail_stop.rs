@@ -154,16 +154,12 @@ async fn an_embedded_replica_whose_service_panics_resolves_closed_to_the_error()
                 ServiceKind::Kv.create()
             };
             replicas.push(
-                Replica::start_with_data_dir(
-                    &config,
-                    entry.id,
-                    key,
-                    service,
-                    None,
-                    EmptyStart::NewCluster,
-                )
-                .await
-                .expect("replica starts"),
+                Replica::builder(&config, entry.id, key)
+                    .boxed_service(service)
+                    .empty_start(EmptyStart::NewCluster)
+                    .start()
+                    .await
+                    .expect("replica starts"),
             );
         }
         let client_key = IdentityKey::load(&generated.client_keys[0]).unwrap();

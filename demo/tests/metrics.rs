@@ -534,16 +534,12 @@ async fn an_embedded_replica_exposes_its_metrics_in_the_embedders_registry() {
         for entry in &config.replicas {
             let key = smr_crypto::IdentityKey::load(entry.key_file.as_ref().unwrap()).unwrap();
             replicas.push(
-                Replica::start_with_data_dir(
-                    &config,
-                    entry.id,
-                    key,
-                    ServiceKind::Counter.create(),
-                    None,
-                    EmptyStart::NewCluster,
-                )
-                .await
-                .expect("replica starts"),
+                Replica::builder(&config, entry.id, key)
+                    .boxed_service(ServiceKind::Counter.create())
+                    .empty_start(EmptyStart::NewCluster)
+                    .start()
+                    .await
+                    .expect("replica starts"),
             );
         }
         let client_key = smr_crypto::IdentityKey::load(&generated.client_keys[0]).unwrap();

@@ -92,7 +92,110 @@ pub struct Replica {
     transport: Arc<QuicTransport>,
 }
 
+/// The builder's state before [`ReplicaBuilder::service`]: a replica cannot start without one.
+pub struct NoService;
+
+/// Starts a [`Replica`]: made by [`Replica::builder`], given its service with
+/// [`ReplicaBuilder::service`], then [`ReplicaBuilder::start`]ed.
+///
+/// ```no_run
+/// # async fn demo(config: smr_core::cluster::ClusterConfig, key: smr_crypto::IdentityKey,
+/// #               service: impl smr_core::Service + 'static)
+/// #               -> Result<(), smr_transport::StartError> {
+/// let replica = smr_transport::Replica::builder(&config, 0, key)
+///     .service(service)
+///     .data_dir("data-0")
+///     .start()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[must_use = "a builder does nothing until `start`"]
+pub struct ReplicaBuilder<'a, S> {
+    config: &'a ClusterConfig,
+    id: ReplicaId,
+    key: IdentityKey,
+    service: S,
+    data_dir: Option<std::path::PathBuf>,
+    empty_start: EmptyStart,
+}
+
+impl<'a, S> ReplicaBuilder<'a, S> {
+    /// The replicated state machine this replica runs (every replica of the cluster runs the
+    /// same one). Required.
+    pub fn service(self, service: impl Service + 'static) -> ReplicaBuilder<'a, Box<dyn Service>> {
+        self.boxed_service(Box::new(service))
+    }
+
+    /// Like [`ReplicaBuilder::service`], for a service already boxed.
+    pub fn boxed_service(self, service: Box<dyn Service>) -> ReplicaBuilder<'a, Box<dyn Service>> {
+        ReplicaBuilder {
+            config: self.config,
+            id: self.id,
+            key: self.key,
+            service,
+            data_dir: self.data_dir,
+            empty_start: self.empty_start,
+        }
+    }
+
+    /// Persists to (and recovers from) `dir`, with the config's fsync policy; created if
+    /// missing. Without it the replica keeps its state in memory only. A damaged data
+    /// directory is refused at [`ReplicaBuilder::start`] with an error that says what is wrong
+    /// and where.
+    pub fn data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// How the replica starts when its data dir is empty (or it has none):
+    /// [`EmptyStart::Rejoin`] (the default, safe after a lost disk) or
+    /// [`EmptyStart::NewCluster`] (the first start of a brand-new cluster only). A data dir
+    /// that holds state is always recovered from.
+    pub fn empty_start(mut self, empty_start: EmptyStart) -> Self {
+        self.empty_start = empty_start;
+        self
+    }
+}
+
+impl ReplicaBuilder<'_, Box<dyn Service>> {
+    /// Opens the data dir (if any), binds the replica's configured address and starts
+    /// serving. Nothing is left running after an error.
+    ///
+    /// # Errors
+    /// See [`StartError`]: the id is not in the config, the data dir cannot be opened or
+    /// recovered, or the transport cannot start (e.g. `key` is not the key the config lists
+    /// for this id, or the address cannot be bound).
+    pub async fn start(self) -> Result<Replica, StartError> {
+        Replica::start_configured(
+            self.config,
+            self.id,
+            self.key,
+            self.service,
+            self.data_dir.as_deref(),
+            self.empty_start,
+        )
+        .await
+    }
+}
+
 impl Replica {
+    /// A builder for replica `id` of the cluster `config`, authenticating with `key` (the key
+    /// the config lists for `id`): give it a service, optionally a data dir, and start it.
+    pub fn builder(
+        config: &ClusterConfig,
+        id: ReplicaId,
+        key: IdentityKey,
+    ) -> ReplicaBuilder<'_, NoService> {
+        ReplicaBuilder {
+            config,
+            id,
+            key,
+            service: NoService,
+            data_dir: None,
+            empty_start: EmptyStart::default(),
+        }
+    }
+
     /// Binds the replica's configured address and starts serving, with its state in memory
     /// only. Fails if `key` is not the key the config lists for `id`.
     pub async fn start(
@@ -101,16 +204,13 @@ impl Replica {
         key: IdentityKey,
         service: Box<dyn Service>,
     ) -> Result<Replica, StartError> {
-        Self::start_with_data_dir(config, id, key, service, None, EmptyStart::Rejoin).await
+        Self::start_configured(config, id, key, service, None, EmptyStart::Rejoin).await
     }
 
-    /// Like [`Replica::start`], persisting to (and recovering from) `data_dir` when given,
-    /// with the config's fsync policy. A damaged data directory is refused with an error that
-    /// says what is wrong and where. `empty_start` says how a replica with an empty data dir
-    /// (or none) starts: [`EmptyStart::Rejoin`] (the safe default: it may have lost its state,
-    /// so it takes no part in votes until it has caught up past anything it can have voted on
-    /// before) or [`EmptyStart::NewCluster`] (the first start of a brand-new cluster only).
-    pub async fn start_with_data_dir(
+    /// What [`ReplicaBuilder::start`] does: persisting to (and recovering from) `data_dir`
+    /// when given, with the config's fsync policy; `empty_start` says how a replica with an
+    /// empty data dir (or none) starts.
+    async fn start_configured(
         config: &ClusterConfig,
         id: ReplicaId,
         key: IdentityKey,
@@ -239,41 +339,83 @@ impl Replica {
     }
 }
 
-/// A client of the cluster. Clone it to share; many invocations may run concurrently.
-#[derive(Clone)]
-pub struct Client {
-    inner: driver::Client<QuicTransport>,
-    transport: Arc<QuicTransport>,
-    timeout: Duration,
+/// Whether a [`Client`] may read without ordering, and so which reply quorum its ordered
+/// requests wait for (docs/design.md §3.8).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnorderedReads {
+    /// [`Client::invoke_unordered`] asks every replica and completes at Q matching replies
+    /// (falling back to ordering when they disagree or do not come); ordered requests wait for
+    /// Q matching replies too. The default: reads of every client of the cluster are then
+    /// linearizable.
+    #[default]
+    Enabled,
+    /// Every read is ordered, and ordered requests complete at f+1 matching replies (BFT) or
+    /// one (CFT): a little lower write latency. Only correct if no client of the cluster reads
+    /// unordered: an unordered read elsewhere could miss a write this client saw complete.
+    Disabled,
 }
 
-impl Client {
-    /// Default time an invocation waits for its reply quorum.
-    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connects a [`Client`]: made by [`Client::builder`], then [`ClientBuilder::connect`]ed.
+///
+/// ```no_run
+/// # async fn demo(config: smr_core::cluster::ClusterConfig, key: smr_crypto::IdentityKey)
+/// #               -> Result<(), smr_transport::StartError> {
+/// use std::time::Duration;
+/// let client = smr_transport::Client::builder(&config, key)
+///     .window(16)
+///     .timeout(Duration::from_secs(5))
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[must_use = "a builder does nothing until `connect`"]
+pub struct ClientBuilder<'a> {
+    config: &'a ClusterConfig,
+    key: IdentityKey,
+    window: usize,
+    timeout: Duration,
+    unordered_reads: UnorderedReads,
+}
 
-    /// Starts a client transport that dials every replica in the config, authenticating with
-    /// `key` (which the replicas must admit through `clients`), with a window of
-    /// `max_pending_per_client` requests in flight. Returns once the endpoint is bound; it does
-    /// not wait for the replicas, and dials that fail are retried in the background.
-    pub async fn connect(config: &ClusterConfig, key: IdentityKey) -> Result<Client, StartError> {
-        Self::connect_with_window(config, key, config.limits.max_pending_per_client).await
+impl ClientBuilder<'_> {
+    /// At most `window` requests in flight (at least 1, capped by the replicas'
+    /// `max_pending_per_client`, which is the default).
+    pub fn window(mut self, window: usize) -> Self {
+        self.window = window;
+        self
     }
 
-    /// Like [`Client::connect`], with at most `window` requests in flight (capped by the
-    /// replicas' `max_pending_per_client`).
-    pub async fn connect_with_window(
-        config: &ClusterConfig,
-        key: IdentityKey,
-        window: usize,
-    ) -> Result<Client, StartError> {
-        let key = Arc::new(key);
+    /// How long each invocation waits for its reply quorum ([`Client::DEFAULT_TIMEOUT`] by
+    /// default).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Whether reads may skip ordering ([`UnorderedReads::Enabled`] by default).
+    pub fn unordered_reads(mut self, unordered_reads: UnorderedReads) -> Self {
+        self.unordered_reads = unordered_reads;
+        self
+    }
+
+    /// Starts the client transport, which dials every replica in the config. Returns once the
+    /// endpoint is bound; it does not wait for the replicas, and dials that fail are retried in
+    /// the background.
+    ///
+    /// # Errors
+    /// [`StartError::Transport`] if the client endpoint cannot start.
+    pub async fn connect(self) -> Result<Client, StartError> {
+        let config = self.config;
+        let key = Arc::new(self.key);
         let mut transport_config = TransportConfig::client(key.clone(), endpoints(config));
         apply_frame_limits(&mut transport_config, config);
         let transport = Arc::new(QuicTransport::start(transport_config).await?);
         let client_config = ClientConfig {
             quorums: config.quorums,
-            unordered_reads_enabled: false,
-            max_outstanding: window.clamp(1, config.limits.max_pending_per_client),
+            unordered_reads_enabled: self.unordered_reads == UnorderedReads::Enabled,
+            max_outstanding: self
+                .window
+                .clamp(1, config.limits.max_pending_per_client.max(1)),
             max_op_bytes: config.limits.max_op_bytes,
             retry_timeout_ms: config.timeouts.request_timeout_ms,
         };
@@ -281,8 +423,53 @@ impl Client {
         Ok(Client {
             inner,
             transport,
-            timeout: Self::DEFAULT_TIMEOUT,
+            timeout: self.timeout,
+            unordered_reads: self.unordered_reads,
         })
+    }
+}
+
+/// A client of the cluster. Clone it to share; many invocations may run concurrently.
+#[derive(Clone)]
+pub struct Client {
+    inner: driver::Client<QuicTransport>,
+    transport: Arc<QuicTransport>,
+    timeout: Duration,
+    unordered_reads: UnorderedReads,
+}
+
+impl Client {
+    /// Default time an invocation waits for its reply quorum.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// A builder for a client of the cluster `config` that authenticates with `key` (which the
+    /// replicas must admit through `clients`): window, timeout and unordered reads at their
+    /// defaults until set.
+    pub fn builder(config: &ClusterConfig, key: IdentityKey) -> ClientBuilder<'_> {
+        ClientBuilder {
+            config,
+            key,
+            window: config.limits.max_pending_per_client,
+            timeout: Self::DEFAULT_TIMEOUT,
+            unordered_reads: UnorderedReads::default(),
+        }
+    }
+
+    /// [`Client::builder`] with every option at its default, connected: a window of
+    /// `max_pending_per_client` requests in flight, [`Client::DEFAULT_TIMEOUT`], and
+    /// [`UnorderedReads::Enabled`].
+    pub async fn connect(config: &ClusterConfig, key: IdentityKey) -> Result<Client, StartError> {
+        Self::builder(config, key).connect().await
+    }
+
+    /// Like [`Client::connect`], with at most `window` requests in flight (capped by the
+    /// replicas' `max_pending_per_client`); the same as `Client::builder(..).window(window)`.
+    pub async fn connect_with_window(
+        config: &ClusterConfig,
+        key: IdentityKey,
+        window: usize,
+    ) -> Result<Client, StartError> {
+        Self::builder(config, key).window(window).connect().await
     }
 
     /// Sets how long each invocation waits for its reply quorum.
@@ -291,8 +478,14 @@ impl Client {
         self
     }
 
-    /// Runs `op` through consensus and returns the service's result once f+1 replicas (BFT) or
-    /// one (CFT) replied with the same bytes (docs/design.md §3.7). Resends on its own while it
+    /// Whether this client reads unordered ([`ClientBuilder::unordered_reads`]).
+    pub fn unordered_reads(&self) -> UnorderedReads {
+        self.unordered_reads
+    }
+
+    /// Runs `op` through consensus and returns the service's result once a reply quorum
+    /// replied with the same bytes: Q replicas with [`UnorderedReads::Enabled`] (the default),
+    /// else f+1 (BFT) or one (CFT) (docs/design.md §3.7, §3.8). Resends on its own while it
     /// waits; waits for room when `window` requests are already in flight. Fails with
     /// [`InvokeError::TimedOut`] after the client's timeout (the operation may still execute, at
     /// most once), or with an error if `op` exceeds `max_op_bytes`.
@@ -300,9 +493,14 @@ impl Client {
         self.inner.invoke(op, self.timeout).await
     }
 
-    /// A read-only operation. This client is connected with unordered reads disabled, so the
-    /// read is ordered like [`Client::invoke`]: an unordered read would be linearizable only if
-    /// every ordered request waited for Q replies instead of f+1 (docs/design.md §3.8).
+    /// A read-only operation, answered by the service's `query` without ordering: sent to
+    /// every replica, it completes once Q replicas (BFT ⌈(n+f+1)/2⌉, 2f+1 at n = 3f+1; CFT a
+    /// majority) replied with the same bytes, which makes it linearizable (docs/design.md
+    /// §3.8). When the replies disagree (a write is executing meanwhile) or do not come within
+    /// the config's `request_timeout_ms`, it is sent again as an ordered request and completes
+    /// like [`Client::invoke`]. With [`UnorderedReads::Disabled`] it is ordered from the start.
+    /// `op` must not change the state: the replicas run it with `Service::query`, or, when it
+    /// falls back, with `Service::execute`.
     pub async fn invoke_unordered(&self, op: Vec<u8>) -> Result<Vec<u8>, InvokeError> {
         self.inner.invoke_unordered(op, self.timeout).await
     }

@@ -1,49 +1,7 @@
-//! smr-transport: run a replica or a client of an smr cluster over QUIC. This is the crate to
-//! depend on to embed smr in your program.
-//!
-//! # Embedding
-//!
-//! 1. Implement [`Service`](smr_core::Service) for your state machine:
-//!    [`execute`](smr_core::Service::execute) an ordered operation and return the reply,
-//!    [`query`](smr_core::Service::query) the state for a read,
-//!    [`snapshot`](smr_core::Service::snapshot) and [`restore`](smr_core::Service::restore)
-//!    the whole state. It must be deterministic: every replica executes the same operations in
-//!    the same order and must reach the same state.
-//! 2. Describe the cluster in a `cluster.toml` (mode, f, every replica's address and public
-//!    key, the admitted client keys): `smr keygen` writes one, with a key file per replica and
-//!    a client key. Load it with
-//!    [`ClusterConfig::load`](smr_core::cluster::ClusterConfig::load), and the keys with
-//!    [`IdentityKey::load`]; a replica's key file is its
-//!    [`ReplicaEntry::key_file`](smr_core::cluster::ReplicaEntry::key_file), resolved against
-//!    the config's directory, and `smr keygen` writes `client.key` next to the config.
-//! 3. On each server, start its replica with [`Replica::start_with_data_dir`] (durable state
-//!    in a directory) or [`Replica::start`] (in memory); [`Replica::shutdown`] stops it.
-//!    Await [`Replica::closed`] beside your stop signal: it resolves with a [`ReplicaError`]
-//!    if the replica fails on its own (storage, service, a broken invariant), and the process
-//!    should then exit non-zero so that a supervisor restarts it.
-//! 4. In a client, [`Client::connect`] with an admitted key, then [`Client::invoke`] runs an
-//!    operation through consensus and returns the reply.
-//! 5. Install a [`tracing`](https://docs.rs/tracing) subscriber (e.g. `tracing_subscriber::fmt().init()`): smr logs
-//!    through `tracing`, and an embedded replica logs nothing without one.
-//!
-//! The crates are not on crates.io: depend on them by path (or by `git = "<the repository's
-//! URL>"` instead of `path`):
-//!
-//! ```toml
-//! [dependencies]
-//! smr-transport = { path = "../smr/transport" }
-//! smr-core = { path = "../smr/core" }
-//! smr-crypto = { path = "../smr/crypto" }
-//! tokio = { version = "1", features = ["macros", "rt-multi-thread", "signal"] }
-//! tracing-subscriber = { version = "0.3", features = ["env-filter"] }
-//! ```
-//!
-//! A whole program, with a replicated sum as the service (`transport/examples/embed.rs`; run
-//! it with `cargo run -p smr-transport --example embed`):
-//!
-//! ```no_run
-#![doc = include_str!("../examples/embed.rs")]
-//! ```
+//! smr-transport: run a replica or a client of an smr cluster over QUIC. To embed smr in your
+//! program, depend on the `smr` crate: it re-exports [`Replica`] and [`Client`] (with their
+//! builders, [`Replica::builder`] and [`Client::builder`]), the service trait, the config and
+//! key types, and its front page walks through a whole program.
 //!
 //! The replicas' engine is [`smr_core::engine::Engine`] (sans-IO and deterministic) run by
 //! [`smr_core::driver`]; `docs/design.md` in the repository explains the protocol.
@@ -201,12 +159,9 @@ mod link;
 mod metrics;
 mod tls;
 
-/// The Rust snippets of the repository's README.md, compiled as doc-tests so that they stay true.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeDoctests;
-
-pub use embed::{Client, Replica, StartError};
+pub use embed::{
+    Client, ClientBuilder, NoService, Replica, ReplicaBuilder, StartError, UnorderedReads,
+};
 /// The metrics crate whose registry [`Replica::register_metrics`] fills: use this re-export to
 /// be sure of the same version.
 pub use prometheus_client;

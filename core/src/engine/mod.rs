@@ -191,7 +191,8 @@ pub struct EngineStats {
     pub cached_replies_withheld: u64,
     /// Unordered reads not answered because their client's reply budget (`engine/budget.rs`,
     /// the same bucket as cached replies) was spent: counted once when the read is not
-    /// handed to the service, or once when its result is not sent.
+    /// handed to the service, or once when its result is not sent. Also the reads a
+    /// rejoining replica does not answer (docs/design.md §3.8).
     pub unordered_reads_withheld: u64,
     /// Requests in a decided batch not executed because their client had no record and the
     /// client table was full of clients active within `client_expiry_cids`.

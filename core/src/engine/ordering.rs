@@ -31,6 +31,13 @@ impl Engine {
             // before the service does any work, and the result's bytes when it comes back
             // (`on_query_result`). Withheld (counted, not refused) once the bucket is spent:
             // the client falls back to an ordered request, or reads again after the refill.
+            // A replica that rejoins may have lost state it answered from before (a write it
+            // replied to): its answer could undo that write's reply in the client's quorum, so
+            // it answers no unordered read until it takes part again (docs/design.md §3.8).
+            if direct && !self.participates() {
+                self.stats.unordered_reads_withheld += 1;
+                return Ok(());
+            }
             if direct {
                 let budget = super::budget::ClientReplyBudget::from_config(&self.cfg);
                 if !self.client_reply_budgets.try_spend(

@@ -175,20 +175,20 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
     if args.data_dir.is_none() {
         tracing::warn!(replica = id, "no --data-dir: running in memory; a restart forgets everything and rejoins by state transfer");
     }
-    let replica = Replica::start_with_data_dir(
-        &config,
-        id,
-        key,
-        args.service.create_with_reply_bytes(args.reply_bytes),
-        args.data_dir.as_deref(),
-        if args.new_cluster {
+    let mut builder = Replica::builder(&config, id, key)
+        .boxed_service(args.service.create_with_reply_bytes(args.reply_bytes))
+        .empty_start(if args.new_cluster {
             EmptyStart::NewCluster
         } else {
             EmptyStart::Rejoin
-        },
-    )
-    .await
-    .with_context(|| format!("replica {id} cannot start on {address}"))?;
+        });
+    if let Some(dir) = &args.data_dir {
+        builder = builder.data_dir(dir);
+    }
+    let replica = builder
+        .start()
+        .await
+        .with_context(|| format!("replica {id} cannot start on {address}"))?;
     // Printed before the ready line, so whoever waits for that line finds this one too.
     let _metrics_server = metrics_listener.map(|listener| {
         let local = listener
@@ -340,7 +340,7 @@ fn invoke_error(
 pub async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
     let (_config, client, key) = connect(&args.config, args.key).await?;
     let client = client.with_timeout(Duration::from_millis(args.timeout_ms));
-    let result = run_client_op(&client, args.service)
+    let result = run_client_op(&client, args.service, args.unordered)
         .await
         .map_err(|e| match e {
             OpError::Invoke(e) => invoke_error(e, &client, &key, &args.config),
@@ -361,14 +361,36 @@ impl From<InvokeError> for OpError {
     }
 }
 
-async fn run_client_op(client: &Client, op: ClientService) -> Result<ExitCode, OpError> {
+/// Runs `op` unordered if asked and it is a read; an unordered write is refused before it is
+/// sent.
+async fn invoke_op(
+    client: &Client,
+    op: Vec<u8>,
+    read_only: bool,
+    unordered: bool,
+) -> Result<Vec<u8>, OpError> {
+    match (unordered, read_only) {
+        (false, _) => Ok(client.invoke(op).await?),
+        (true, true) => Ok(client.invoke_unordered(op).await?),
+        (true, false) => Err(OpError::Other(anyhow!(
+            "--unordered is for reads (`get`) only: an operation that changes the state must be ordered"
+        ))),
+    }
+}
+
+async fn run_client_op(
+    client: &Client,
+    op: ClientService,
+    unordered: bool,
+) -> Result<ExitCode, OpError> {
     match op {
         ClientService::Counter(command) => {
             let op = match command {
                 CounterCommand::Add { amount } => CounterOp::Add(amount),
                 CounterCommand::Get => CounterOp::Get,
             };
-            let reply = client.invoke(op.encode()).await?;
+            let read_only = op == CounterOp::Get;
+            let reply = invoke_op(client, op.encode(), read_only, unordered).await?;
             match CounterReply::decode(&reply) {
                 Ok(CounterReply::Value(v)) => {
                     println!("{v}");
@@ -399,7 +421,8 @@ async fn run_client_op(client: &Client, op: ClientService) -> Result<ExitCode, O
                     key,
                 ),
             };
-            let reply = client.invoke(op.encode()).await?;
+            let read_only = matches!(op, KvOp::Get { .. });
+            let reply = invoke_op(client, op.encode(), read_only, unordered).await?;
             match KvReply::decode(&reply) {
                 Ok(KvReply::Previous(Some(previous))) => {
                     println!("{}", replica_status::escape_peer_bytes(&previous));

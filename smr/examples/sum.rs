@@ -4,17 +4,15 @@
 //
 // ```sh
 // smr keygen --replicas 4 --mode bft --out c     # c/cluster.toml, c/replica-<i>.key, c/client.key
-// cargo run -p smr-transport --example embed -- replica c/cluster.toml 0 --new-cluster &  # and 1, 2, 3
-//                                        (the first start only; later starts leave it out)
-// cargo run -p smr-transport --example embed -- client c/cluster.toml 5      # prints the new total
+// cargo run -p smr --example sum -- replica c/cluster.toml 0 --new-cluster &  # and 1, 2, 3
+//                                   (the first start only; later starts leave it out)
+// cargo run -p smr --example sum -- client c/cluster.toml 5      # prints the new total
+// cargo run -p smr --example sum -- read c/cluster.toml          # the total, read unordered
 // ```
 
 use std::path::Path;
 
-use smr_core::cluster::ClusterConfig;
-use smr_core::Service;
-use smr_crypto::IdentityKey;
-use smr_transport::{Client, EmptyStart, Replica};
+use smr::{Client, ClusterConfig, EmptyStart, IdentityKey, Replica, Service};
 
 /// The replicated state machine: a sum. An operation is an `i64` (8 bytes, little-endian) to
 /// add; the reply is the new total. It must be deterministic: every replica executes the same
@@ -65,8 +63,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ["replica", config, id, "--new-cluster"] => {
             run_replica(Path::new(config), id.parse()?, EmptyStart::NewCluster).await
         }
-        ["client", config, amount] => run_client(Path::new(config), amount.parse()?).await,
-        _ => Err("usage: embed replica <cluster.toml> <id> [--new-cluster] | embed client <cluster.toml> <amount>".into()),
+        ["client", config, amount] => run_client(Path::new(config), Some(amount.parse()?)).await,
+        ["read", config] => run_client(Path::new(config), None).await,
+        _ => Err("usage: sum replica <cluster.toml> <id> [--new-cluster] | sum client <cluster.toml> <amount> | sum read <cluster.toml>".into()),
     }
 }
 
@@ -83,19 +82,16 @@ async fn run_replica(
         .clone()
         .ok_or("the config names no key_file for this replica")?;
     let key = IdentityKey::load(&key_file)?;
-    // Durable state (write-ahead log and checkpoints) in this directory; `None` keeps it in
-    // memory. `EmptyStart::Rejoin`: an empty data dir may be a lost one, so the replica asks its
-    // peers before it votes (the safe default); `NewCluster` on a brand-new cluster's first start.
-    let data_dir = config.directory.join(format!("sum-data-{id}"));
-    let replica = Replica::start_with_data_dir(
-        &config,
-        id,
-        key,
-        Box::new(Sum::default()),
-        Some(&data_dir),
-        empty_start,
-    )
-    .await?;
+    // Durable state (write-ahead log and checkpoints) in this directory; without `data_dir` it
+    // is kept in memory. `EmptyStart::Rejoin` (the default): an empty data dir may be a lost
+    // one, so the replica asks its peers before it votes; `NewCluster` on a brand-new
+    // cluster's first start.
+    let replica = Replica::builder(&config, id, key)
+        .service(Sum::default())
+        .data_dir(config.directory.join(format!("sum-data-{id}")))
+        .empty_start(empty_start)
+        .start()
+        .await?;
     println!("replica {id} running; Ctrl-C stops it");
     // Fail-stop: if the replica fails on its own (its storage, its service, ...), `closed`
     // resolves with the reason; exit non-zero so that a supervisor restarts the process.
@@ -110,13 +106,21 @@ async fn run_replica(
     Ok(())
 }
 
-async fn run_client(config_path: &Path, amount: i64) -> Result<(), Box<dyn std::error::Error>> {
+async fn run_client(
+    config_path: &Path,
+    amount: Option<i64>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let config = ClusterConfig::load(config_path)?;
     // `smr keygen` writes client.key next to the config and lists its public key in `clients`.
     let key = IdentityKey::load(&config.directory.join("client.key"))?;
     let client = Client::connect(&config, key).await?;
-    // Ordered through consensus; returns once f+1 replicas (BFT) or one (CFT) gave this reply.
-    let reply = client.invoke(amount.to_le_bytes().to_vec()).await?;
+    let reply = match amount {
+        // Ordered through consensus; returns once a reply quorum gave this reply.
+        Some(amount) => client.invoke(amount.to_le_bytes().to_vec()).await?,
+        // Read without ordering (`Service::query` on every replica), still linearizable; falls
+        // back to ordering if the replicas' answers disagree.
+        None => client.invoke_unordered(Vec::new()).await?,
+    };
     let total = i64::from_le_bytes(<[u8; 8]>::try_from(reply.as_slice())?);
     println!("{total}");
     client.shutdown().await;
