@@ -542,6 +542,15 @@ impl Engine {
             );
             return;
         }
+        // Certified for its own batch: the verifier checked the certificate against the
+        // batch's digest (or this replica counted the ACCEPTs itself).
+        debug_assert!(
+            {
+                let digest = decision.batch.digest();
+                decision.certificate.iter().all(|a| a.body.digest == digest)
+            },
+            "a decision whose certificate is for another value (cid {cid})"
+        );
         self.out.persist(PersistRecord::Decided(decision.clone()));
         instance.decided = Some(decision);
         self.stats.decided_instances += 1;
