@@ -18,6 +18,13 @@
 //! requests may be outstanding, up to the window the replicas allow per client; replies are
 //! matched by sequence number. A request that times out is resent with the same seq, which the
 //! replicas deduplicate, so retries stay exactly-once.
+//!
+//! Each engine is one *session* (docs/design.md §3.7): a number the caller picks at random,
+//! carried (and signed) in every request, with seqs from 1. Exactly-once is kept per (key,
+//! session), so any number of processes may share a key, and no seq depends on a clock. A
+//! request the replicas refuse (stale, from an expired session, or with the client table
+//! full) completes with that [`ReplyStatus`] once as many replicas said so as a result needs,
+//! so one lying replica cannot make a client give up.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,7 +33,7 @@ use smr_crypto::Signer;
 use smr_modes::Quorums;
 
 use crate::message::{
-    ClientId, Message, Regency, ReplicaId, Reply, Request, RequestBody, RequestKind,
+    ClientId, Message, Regency, ReplicaId, Reply, ReplyStatus, Request, RequestBody, RequestKind,
 };
 
 /// Why [`ClientEngine::submit`] refused a request; nothing was sent.
@@ -66,6 +73,9 @@ pub enum ClientAction {
 pub struct Completed {
     /// The request's sequence number, as [`ClientEngine::submit`] returned it.
     pub seq: u64,
+    /// What enough replicas agreed on: [`ReplyStatus::Executed`] with the service's result,
+    /// or a refusal with an empty result.
+    pub status: ReplyStatus,
     /// The result that enough replicas agreed on.
     pub result: Vec<u8>,
 }
@@ -76,8 +86,8 @@ pub const MIN_LEADER_WAIT_MS: u64 = 100;
 #[derive(Debug)]
 struct Outstanding {
     request: Request,
-    /// Result per replica that answered.
-    replies: BTreeMap<ReplicaId, Vec<u8>>,
+    /// Status and result per replica that answered.
+    replies: BTreeMap<ReplicaId, (ReplyStatus, Vec<u8>)>,
     deadline_ms: u64,
     needed: usize,
     submitted_ms: u64,
@@ -109,6 +119,7 @@ pub struct ClientConfig {
 pub struct ClientEngine {
     cfg: ClientConfig,
     id: ClientId,
+    session: u64,
     signer: Option<Arc<dyn Signer>>,
     next_seq: u64,
     outstanding: BTreeMap<u64, Outstanding>,
@@ -122,14 +133,14 @@ pub struct ClientEngine {
 }
 
 impl ClientEngine {
-    /// A client whose identity is `signer`'s public key. It signs requests with `signer`
-    /// only in BFT. `first_seq` (at least 1) is the first sequence number: it lets a restarted
-    /// client continue above the ones it used before (for example, a wall-clock-derived start),
-    /// since a seq the replicas consider old is refused.
+    /// A client whose identity is `signer`'s public key, in session `session`, numbering its
+    /// requests from 1. It signs requests with `signer` only in BFT. The caller picks
+    /// `session` at random (the driver does: [`crate::driver::Client::start`]), so that two
+    /// processes sharing a key never share a session; no clock is involved.
     ///
     /// # Panics
     /// If `cfg.max_outstanding` is 0.
-    pub fn new(cfg: ClientConfig, signer: Arc<dyn Signer>, first_seq: u64) -> ClientEngine {
+    pub fn new(cfg: ClientConfig, signer: Arc<dyn Signer>, session: u64) -> ClientEngine {
         assert!(
             cfg.max_outstanding > 0,
             "a client needs a window of at least one request"
@@ -139,8 +150,9 @@ impl ClientEngine {
         ClientEngine {
             cfg,
             id,
+            session,
             signer,
-            next_seq: first_seq.max(1),
+            next_seq: 1,
             outstanding: BTreeMap::new(),
             reported_regency: BTreeMap::new(),
             leader_latency_ms: None,
@@ -177,6 +189,11 @@ impl ClientEngine {
     /// The client's identity: its public key.
     pub fn id(&self) -> ClientId {
         self.id
+    }
+
+    /// The client's session.
+    pub fn session(&self) -> u64 {
+        self.session
     }
 
     /// Requests submitted and neither completed nor abandoned.
@@ -234,6 +251,7 @@ impl ClientEngine {
         let request = Request::new(
             RequestBody {
                 client: self.id,
+                session: self.session,
                 seq,
                 kind,
                 op,
@@ -274,24 +292,26 @@ impl ClientEngine {
     /// Takes a reply that arrived on replica `from`'s authenticated connection, and returns the
     /// request it completes, if it does: once `replies_ordered` (f+1 in BFT, 1 in CFT; Q with
     /// unordered reads enabled) or, for an unordered read, `replies_unordered` (Q) replicas
-    /// sent identical results. A reply naming another replica or client is ignored; any other
-    /// reply's regency counts toward [`ClientEngine::believed_leader`], even a late one.
+    /// sent identical results. A refusal (a status other than [`ReplyStatus::Executed`])
+    /// completes the request the same way: only once as many replicas sent it. A reply naming
+    /// another replica, client or session is ignored; any other reply's regency counts toward
+    /// [`ClientEngine::believed_leader`], even a late one.
     pub fn on_reply(&mut self, now_ms: u64, from: ReplicaId, reply: Reply) -> Option<Completed> {
-        if reply.replica != from || reply.client != self.id {
+        if reply.replica != from || reply.client != self.id || reply.session != self.session {
             return None;
         }
         let reported = self.reported_regency.entry(from).or_insert(Regency::ZERO);
         *reported = (*reported).max(reply.regency);
         let entry = self.outstanding.get_mut(&reply.seq)?;
-        entry.replies.insert(from, reply.result);
-        let mut counts: BTreeMap<&[u8], usize> = BTreeMap::new();
-        for r in entry.replies.values() {
-            *counts.entry(r.as_slice()).or_default() += 1;
+        entry.replies.insert(from, (reply.status, reply.result));
+        let mut counts: BTreeMap<(ReplyStatus, &[u8]), usize> = BTreeMap::new();
+        for (status, r) in entry.replies.values() {
+            *counts.entry((*status, r.as_slice())).or_default() += 1;
         }
-        let winner = counts
+        let (status, winner) = counts
             .into_iter()
             .find(|(_, c)| *c >= entry.needed)
-            .map(|(r, _)| r.to_vec())?;
+            .map(|((status, r), _)| (status, r.to_vec()))?;
         let done = self.outstanding.remove(&reply.seq).expect("found above");
         if !done.broadcast {
             // Only requests that went to the leader alone measure the leader path (as TCP
@@ -300,6 +320,7 @@ impl ClientEngine {
         }
         Some(Completed {
             seq: reply.seq,
+            status,
             result: winner,
         })
     }
