@@ -397,6 +397,8 @@ mod tests {
         Reply {
             replica,
             client: c.id(),
+            session: 1,
+            status: crate::message::ReplyStatus::Executed,
             seq,
             regency: Regency::ZERO,
             result: result.to_vec(),

@@ -699,7 +699,7 @@ mod tests {
     fn execute(table: &mut ClientTable, id: &RequestId, cid: u64) -> Option<u64> {
         match table.mark_executing(id, Cid(cid)) {
             Admission::Execute { floor } => floor,
-            Admission::Refused => panic!("{id:?} refused"),
+            refused => panic!("{id:?} refused: {refused:?}"),
         }
     }
 

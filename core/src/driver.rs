@@ -1680,6 +1680,7 @@ mod tests {
     fn request_id(client: u8, seq: u64) -> RequestId {
         RequestId {
             client: smr_crypto::PublicKey([client; 32]),
+            session: 1,
             seq,
         }
     }

@@ -318,6 +318,7 @@ mod tests {
         Request {
             body: RequestBody {
                 client: PublicKey([client; 32]),
+                session: 1,
                 seq,
                 kind: RequestKind::Ordered,
                 op: vec![0; op_len],

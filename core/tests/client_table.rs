@@ -45,6 +45,7 @@ fn open_cluster(limits: Limits) -> Cluster {
 fn request(client: &dyn Signer, seq: u64) -> Request {
     let body = RequestBody {
         client: client.public_key(),
+        session: 1,
         seq,
         kind: RequestKind::Ordered,
         op: format!("op{seq}").into_bytes(),

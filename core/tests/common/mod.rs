@@ -109,6 +109,7 @@ impl Cluster {
     pub fn request(&self, seq: u64) -> Request {
         let body = RequestBody {
             client: self.client.public_key(),
+            session: 1,
             seq,
             kind: RequestKind::Ordered,
             op: format!("op{seq}").into_bytes(),
@@ -253,6 +254,8 @@ impl Cluster {
             message: Message::Reply(Reply {
                 replica,
                 client: self.client.public_key(),
+                session: 1,
+                status: smr_core::message::ReplyStatus::Executed,
                 seq,
                 regency: Regency(0),
                 result: result.to_vec(),

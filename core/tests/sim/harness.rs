@@ -500,6 +500,7 @@ fn limits() -> Limits {
         max_client_reply_bytes: 16 * 1024,
         max_reply_cache_bytes: 256 * 1024,
         client_expiry_cids: 1000,
+        max_sessions_per_client: 16,
     }
 }
 
@@ -1258,6 +1259,7 @@ impl Sim {
             node.submitted_at_ms.insert(seq, self.now_ms);
             let id = RequestId {
                 client: node.engine.id(),
+                session: 1,
                 seq,
             };
             self.legitimately_signed.entry(id).or_default().insert(op);
@@ -1492,6 +1494,7 @@ impl Sim {
                 let op = format!("byz-op{seq}-{}", self.rng.next_u64() % 3).into_bytes();
                 let body = RequestBody {
                     client: me,
+                    session: 1,
                     seq: if choice == 0 {
                         seq
                     } else {
@@ -1506,6 +1509,7 @@ impl Sim {
             2 => {
                 let body = RequestBody {
                     client: if signing { me } else { victim },
+                    session: 1,
                     seq: seq + 1_000_000,
                     kind: RequestKind::Ordered,
                     op: b"FORGED".to_vec(),
@@ -1519,6 +1523,7 @@ impl Sim {
             3 => {
                 let body = RequestBody {
                     client: victim,
+                    session: 1,
                     seq: 1,
                     kind: RequestKind::Ordered,
                     op: b"FORGED-IMPERSONATION".to_vec(),
@@ -1528,6 +1533,7 @@ impl Sim {
             _ => {
                 let body = RequestBody {
                     client: me,
+                    session: 1,
                     seq,
                     kind: RequestKind::Ordered,
                     op: vec![0xAB; limits().max_op_bytes + 1],
@@ -1700,6 +1706,7 @@ impl Sim {
             for (seq, result) in &c.completed {
                 let id = RequestId {
                     client: c.engine.id(),
+                    session: 1,
                     seq: *seq,
                 };
                 let Some(pos) = position.get(&id) else {
