@@ -466,12 +466,6 @@ impl ClusterConfig {
                 d.max_sessions_per_client,
             )?,
         };
-        if limits.max_sessions_per_client > limits.max_clients {
-            return Err(invalid(
-                "limits.max_sessions_per_client",
-                "must be at most limits.max_clients",
-            ));
-        }
         if limits.max_instances_ahead < limits.max_instances_in_flight {
             return Err(invalid(
                 "limits.max_instances_ahead",

@@ -84,8 +84,8 @@ pub struct Limits {
     pub client_expiry_cids: u64,
     /// Most sessions the client table keeps per client key (docs/design.md §3.7, "Bounds"):
     /// every `Client` (every `smr client` process) opens a session, and a key's new session
-    /// beyond this takes the place of that key's least recently executed one. At most
-    /// `max_clients`.
+    /// beyond this takes the place of that key's least recently executed one (`max_clients`
+    /// bounds all sessions together).
     pub max_sessions_per_client: u64,
 }
 
@@ -716,7 +716,8 @@ mod tests {
                     12 => l.max_clients = v as u64,
                     13 => l.max_client_reply_bytes = v as u64,
                     14 => l.max_reply_cache_bytes = v as u64,
-                    _ => l.client_expiry_cids = v as u64,
+                    15 => l.client_expiry_cids = v as u64,
+                    _ => l.max_sessions_per_client = v as u64,
                 }
             };
             let mut at_bound = Limits::default();

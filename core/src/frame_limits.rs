@@ -218,7 +218,7 @@ impl RecordBounds {
         let add = |parts: &[u64]| parts.iter().fold(0u64, |sum, p| sum.saturating_add(*p));
         let messages = MessageBounds::new(quorums, limits);
         // The batch and certificate sizes, as in `MessageBounds::new`.
-        let request = add(&[KEY, 8, TAG, LEN, limits.max_op_bytes as u64, SIGNED]);
+        let request = add(&[KEY, 8, 8, TAG, LEN, limits.max_op_bytes as u64, SIGNED]);
         let batch_requests = (limits.max_batch_requests as u64)
             .saturating_mul(request)
             .min((limits.max_batch_bytes as u64).max(request));

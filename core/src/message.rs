@@ -218,7 +218,7 @@ impl Request {
         canonical_message(REQUEST_DOMAIN, &codec::encode(body))
     }
 
-    /// The request's identity, (client, seq): the key of deduplication, of the pool and of the
+    /// The request's identity, (client, session, seq): the key of deduplication, of the pool and of the
     /// reply cache.
     pub fn id(&self) -> RequestId {
         RequestId {

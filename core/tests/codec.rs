@@ -54,6 +54,7 @@ fn trailing_bytes_are_rejected() {
 #[derive(serde::Serialize)]
 struct BodyWithPlainOp {
     client: PublicKey,
+    session: u64,
     seq: u64,
     kind: RequestKind,
     op: Vec<u8>,
@@ -76,6 +77,7 @@ fn byte_string_fields_encode_to_the_same_bytes_as_plain_byte_vectors() {
         };
         let plain = BodyWithPlainOp {
             client: body.client,
+            session: body.session,
             seq: body.seq,
             kind: body.kind,
             op,

@@ -25,7 +25,7 @@ fn small_limits() -> Limits {
     Limits {
         max_op_bytes,
         max_batch_requests: 4,
-        max_batch_bytes: 4 * (117 + max_op_bytes),
+        max_batch_bytes: 4 * (125 + max_op_bytes),
         max_instances_in_flight: 2,
         max_instances_ahead: 5,
         max_decisions_per_reply: 3,
