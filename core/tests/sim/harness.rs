@@ -1050,6 +1050,14 @@ impl Sim {
                     return Err("client received something other than a reply".into());
                 };
                 if let Some(done) = self.clients[c].engine.on_reply(self.now_ms, replica, reply) {
+                    // Correct clients in a run whose table never fills are never refused
+                    // (issue 15: a refusal completes a request only at the reply quorum).
+                    if done.status != smr_core::message::ReplyStatus::Executed {
+                        return Err(format!(
+                            "client {c} seq {} was refused: {:?}",
+                            done.seq, done.status
+                        ));
+                    }
                     let node = &mut self.clients[c];
                     if node.completed.insert(done.seq, done.result).is_some() {
                         return Err(format!("client {c} completed seq {} twice", done.seq));
