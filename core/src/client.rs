@@ -420,6 +420,75 @@ mod tests {
         assert_eq!(done.result, b"a");
     }
 
+    fn refusal(c: &ClientEngine, replica: ReplicaId, seq: u64, status: ReplyStatus) -> Reply {
+        Reply {
+            status,
+            ..reply(c, replica, seq, b"")
+        }
+    }
+
+    /// Issue 15: a request refused as stale gets an answer that says so, and one Byzantine
+    /// replica saying so is not enough to make the client give up: a refusal needs the same
+    /// f+1 matching replies as a result.
+    #[test]
+    fn a_refusal_completes_a_request_only_at_the_reply_quorum() {
+        let mut c = client(false);
+        let (seq, _) = c.submit(0, RequestKind::Ordered, b"op".to_vec()).unwrap();
+        assert!(c
+            .on_reply(0, 3, refusal(&c, 3, seq, ReplyStatus::Stale))
+            .is_none());
+        assert!(c
+            .on_reply(0, 0, refusal(&c, 0, seq, ReplyStatus::SessionExpired))
+            .is_none());
+        assert_eq!(
+            c.on_reply(0, 1, refusal(&c, 1, seq, ReplyStatus::Stale)),
+            Some(Completed {
+                seq,
+                status: ReplyStatus::Stale,
+                result: Vec::new(),
+            })
+        );
+        // A Byzantine refusal does not outvote the correct replicas' result either.
+        let (seq, _) = c.submit(0, RequestKind::Ordered, b"op".to_vec()).unwrap();
+        assert!(c
+            .on_reply(0, 3, refusal(&c, 3, seq, ReplyStatus::Stale))
+            .is_none());
+        assert!(c.on_reply(0, 0, reply(&c, 0, seq, b"r")).is_none());
+        assert_eq!(
+            c.on_reply(0, 1, reply(&c, 1, seq, b"r")),
+            Some(Completed {
+                seq,
+                status: ReplyStatus::Executed,
+                result: b"r".to_vec(),
+            })
+        );
+    }
+
+    /// Replies are for one session: another process's replies on the same key (should the
+    /// transport deliver them here) never count.
+    #[test]
+    fn a_reply_for_another_session_of_the_key_is_ignored() {
+        let mut c = client(false);
+        assert_eq!(c.session(), 1);
+        let (seq, actions) = c.submit(0, RequestKind::Ordered, b"op".to_vec()).unwrap();
+        let ClientAction::Send {
+            message: Message::Request(sent),
+            ..
+        } = &actions[0]
+        else {
+            panic!("expected a request");
+        };
+        assert_eq!((sent.body.session, sent.body.seq), (1, 1), "seqs start at 1");
+        for replica in 0..4 {
+            let other = Reply {
+                session: 2,
+                ..reply(&c, replica, seq, b"theirs")
+            };
+            assert!(c.on_reply(0, replica, other).is_none());
+        }
+        assert_eq!(c.outstanding(), 1);
+    }
+
     #[test]
     fn reply_claiming_another_replica_is_ignored() {
         let mut c = client(false);
