@@ -478,7 +478,11 @@ mod tests {
         else {
             panic!("expected a request");
         };
-        assert_eq!((sent.body.session, sent.body.seq), (1, 1), "seqs start at 1");
+        assert_eq!(
+            (sent.body.session, sent.body.seq),
+            (1, 1),
+            "seqs start at 1"
+        );
         for replica in 0..4 {
             let other = Reply {
                 session: 2,

@@ -1,23 +1,29 @@
-//! The client table: exactly-once execution and the reply cache, bounded in clients and bytes.
+//! The client table: exactly-once execution and the reply cache, bounded in sessions and bytes.
 //!
-//! A request is identified by (client, seq). A client may have up to `window` requests in
-//! flight, and must not send seq `s` before every seq at or below `s - window` has completed.
-//! The table therefore remembers, per client, the replies of the last `window` sequence numbers
-//! up to the highest executed one; anything older is known to be executed already. A duplicate
-//! within the window gets the cached reply again, never a second execution.
+//! A request is identified by (client key, session, seq) (docs/design.md §3.7, "Sessions"):
+//! every client process picks a random session and numbers its requests from 1 in it, so one
+//! key may have many sessions at once and no seq depends on a clock. A session may have up to
+//! `window` requests in flight, and must not send seq `s` before every seq at or below
+//! `s - window` has completed. The table therefore remembers, per session, the replies of the
+//! last `window` sequence numbers up to the highest executed one; anything older is known to be
+//! executed already. A duplicate within the window gets the cached reply again, never a second
+//! execution. ("Client" and "record" below mean a session's record.)
 //!
 //! The table is replicated state (it is part of every checkpoint), so everything that bounds it
 //! is a function of the decided sequence alone, applied at execution time (docs/design.md
 //! §3.7, "Bounds"):
 //!
-//! - **Records.** At most `max_clients` clients have a record. A client with no record whose
-//!   request executes while the table is full takes the place of the least recently executed
-//!   client (the oldest execution stamp), provided that client has executed nothing for
-//!   `client_expiry_cids` cids. If even that client is more recent, the request is refused at
-//!   execution: it is decided but not executed, on every correct replica alike, and its client
-//!   sees no reply and may send it again later (it never ran). So a flood of fresh keys fills
-//!   the table but never pushes out a client that executed within the last
-//!   `client_expiry_cids` cids: exactly-once holds for active clients.
+//! - **Records.** A session with no record whose seq is above `window` has been evicted (a
+//!   new session sends at most seq `window` first): it is refused at execution,
+//!   [`Admission::SessionExpired`]. A key's new session beyond `max_sessions_per_client`
+//!   takes the place of that key's least recently executed session. At most `max_clients`
+//!   sessions of all keys have a record: a new one whose request executes while the table is
+//!   full takes the place of the least recently executed record (the oldest execution stamp),
+//!   provided it has executed nothing for `client_expiry_cids` cids. If even that record is
+//!   more recent, the request is refused at execution ([`Admission::Refused`]): decided but not
+//!   executed, on every correct replica alike, and answered so; it never ran. So a flood of
+//!   fresh keys fills the table but never pushes out a session that executed within the last
+//!   `client_expiry_cids` cids.
 //! - **Reply bytes.** A client's cached replies hold at most `max_client_reply_bytes`, and all
 //!   of them together at most `max_reply_cache_bytes`. Past either bound, replies are dropped,
 //!   oldest first: the client's own oldest for the first, those of the least recently executed
@@ -25,12 +31,11 @@
 //!
 //! What a client sees when it sends a request again whose reply is no longer cached (dropped,
 //! or older than its window): the request is refused as stale ([`RequestStatus::Stale`],
-//! counted as `stale_request`), never executed a second time; the client's retry times out and
-//! the outcome is unknown to it. A client whose record was evicted (idle for
-//! `client_expiry_cids` cids and displaced by another) starts afresh: its seqs are new again.
-//! Like Raft's and BFT-SMaRt's client sessions, a client that comes back after expiry with a
-//! request it sent before expiry may see it executed again; that needs it to have stayed away
-//! for `client_expiry_cids` decisions while waiting for that very reply.
+//! counted as `stale_request`) and answered so, never executed a second time. A session whose
+//! record was evicted is told so for any seq above `window`
+//! ([`RequestStatus::SessionExpired`]); like Raft's and BFT-SMaRt's expired sessions, its
+//! retry of a seq at or below `window` looks new and may execute again. That needs it to have
+//! been evicted while it waited for that very reply.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -503,16 +508,13 @@ impl ClientTable {
         let stamp = self.executions;
         self.executions = self.executions.saturating_add(1);
         let window = self.limits.window;
-        let record = self
-            .clients
-            .entry(session)
-            .or_insert_with(|| ClientRecord {
-                max_seq: 0,
-                last_cid: cid,
-                stamp,
-                recent: BTreeMap::new(),
-                reply_bytes: 0,
-            });
+        let record = self.clients.entry(session).or_insert_with(|| ClientRecord {
+            max_seq: 0,
+            last_cid: cid,
+            stamp,
+            recent: BTreeMap::new(),
+            reply_bytes: 0,
+        });
         let old_stamp = record.stamp;
         record.stamp = stamp;
         record.last_cid = record.last_cid.max(cid);
@@ -792,6 +794,44 @@ mod tests {
             table.status(&client_id(1, 2)),
             RequestStatus::Executed(None)
         );
+    }
+
+    /// A key's sessions beyond `max_sessions_per_client` give way to its new ones, least
+    /// recently executed first, idle or not; other keys' sessions are untouched; and a
+    /// session with no record is expired exactly for seqs above the window.
+    #[test]
+    fn a_keys_sessions_beyond_its_bound_evict_its_least_recently_executed_one() {
+        let mut table = ClientTable::bounded(ClientLimits {
+            max_sessions_per_client: 2,
+            ..limits(10, 100)
+        });
+        execute(&mut table, &session_of(1, 10, 1), 1);
+        execute(&mut table, &session_of(2, 10, 1), 2);
+        execute(&mut table, &session_of(1, 11, 1), 3);
+        execute(&mut table, &session_of(1, 10, 2), 4);
+        assert_eq!((table.client_count(), table.key_count()), (3, 2));
+        // Key 1's third session: session 11 (executed at stamp 2, before session 10's seq 2)
+        // gives way although it is not idle; key 2's session stays.
+        execute(&mut table, &session_of(1, 12, 1), 5);
+        assert_eq!((table.client_count(), table.key_count()), (3, 2));
+        assert_eq!(table.status(&session_of(1, 11, 1)), RequestStatus::New);
+        assert_eq!(
+            table.status(&session_of(1, 11, 5)),
+            RequestStatus::SessionExpired
+        );
+        assert_eq!(
+            table.mark_executing(&session_of(1, 11, 5), Cid(6)),
+            Admission::SessionExpired
+        );
+        assert_eq!(
+            table.status(&session_of(1, 10, 2)),
+            RequestStatus::Executed(None)
+        );
+        assert_eq!(
+            table.status(&session_of(2, 10, 1)),
+            RequestStatus::Executed(None)
+        );
+        assert_eq!(round_trip(&table).unwrap(), table);
     }
 
     #[test]

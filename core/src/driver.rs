@@ -1367,9 +1367,12 @@ fn refusal_text(status: ReplyStatus) -> &'static str {
     }
 }
 
+/// Where an invocation waits for its outcome: the status and result a reply quorum agreed on.
+type Waiter = oneshot::Sender<(ReplyStatus, Vec<u8>)>;
+
 struct ClientShared<N> {
     engine: Mutex<ClientEngine>,
-    waiters: Mutex<HashMap<u64, oneshot::Sender<(ReplyStatus, Vec<u8>)>>>,
+    waiters: Mutex<HashMap<u64, Waiter>>,
     status_waiters: Mutex<HashMap<ReplicaId, Vec<oneshot::Sender<StatusReport>>>>,
     network: Arc<N>,
     replicas: usize,

@@ -157,7 +157,17 @@ impl MessageBounds {
                 8,
             ]),
             // Reply { replica, client, session, seq, status, regency, result }.
-            reply: add(&[TAG, 4, KEY, 8, 8, TAG, 8, LEN, limits.max_client_reply_bytes]),
+            reply: add(&[
+                TAG,
+                4,
+                KEY,
+                8,
+                8,
+                TAG,
+                8,
+                LEN,
+                limits.max_client_reply_bytes,
+            ]),
         }
     }
 

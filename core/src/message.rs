@@ -585,7 +585,7 @@ pub enum Message {
     /// ([`ClientEngine::leader_wait_ms`](crate::client::ClientEngine::leader_wait_ms)) or on a
     /// retry; an unordered read goes to every replica at once. A replica accepts it only from
     /// the client it names. It answers an executed request from its reply cache (never
-    /// executing it twice), refuses one older than the client's window, runs an unordered read
+    /// executing it twice), answers one older than the session's window as stale, runs an unordered read
     /// against its state, and otherwise pools the request and starts its request timer; a
     /// leader then proposes it.
     Request(Request),

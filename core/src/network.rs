@@ -76,7 +76,12 @@ pub trait Network: Send + Sync + 'static {
     ///
     /// # Errors
     /// As [`Network::send`].
-    fn send_to_session(&self, key: PublicKey, session: u64, frame: Vec<u8>) -> Result<(), SendError> {
+    fn send_to_session(
+        &self,
+        key: PublicKey,
+        session: u64,
+        frame: Vec<u8>,
+    ) -> Result<(), SendError> {
         let _ = session;
         self.send(Peer::Client(key), frame)
     }

@@ -94,7 +94,10 @@ async fn concurrent_processes_sharing_a_key(kill_after_round: Option<usize>) {
             .unwrap()
     });
     assert!(get.status.success(), "{get:?}");
-    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), total.to_string());
+    assert_eq!(
+        String::from_utf8_lossy(&get.stdout).trim(),
+        total.to_string()
+    );
     eprintln!(
         "{ROUNDS} rounds of {PROCESSES} processes sharing client.key{}: {} calls in {:.1} s",
         if kill_after_round.is_some() {
@@ -109,7 +112,11 @@ async fn concurrent_processes_sharing_a_key(kill_after_round: Option<usize>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_client_processes_sharing_the_default_key_all_succeed_exactly_once() {
-    within(Duration::from_secs(300), concurrent_processes_sharing_a_key(None)).await;
+    within(
+        Duration::from_secs(300),
+        concurrent_processes_sharing_a_key(None),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

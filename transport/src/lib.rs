@@ -354,8 +354,10 @@ pub struct TransportConfig {
     /// go to the key's newest connection that announced no session.
     pub client_session: Option<u64>,
     /// Most live connections one client key may hold to a replica (replica role); a further
-    /// one closes the key's oldest, counted. Each client process holds one per replica, so
-    /// this is also how many processes may share a key at once.
+    /// one closes the key's oldest, counted (a client that reconnects after a network blip
+    /// must not wait for its dead connections to time out, and one that opens connections in
+    /// a loop must not grow our memory). Each client process holds one per replica, so this
+    /// is also how many processes may share a key at once (it was a fixed 4).
     pub max_connections_per_client_key: usize,
 }
 
@@ -1240,7 +1242,12 @@ impl Network for QuicTransport {
         }
     }
 
-    fn send_to_session(&self, key: PublicKey, session: u64, frame: Vec<u8>) -> Result<(), SendError> {
+    fn send_to_session(
+        &self,
+        key: PublicKey,
+        session: u64,
+        frame: Vec<u8>,
+    ) -> Result<(), SendError> {
         let shared = &self.inner.shared;
         let to = Peer::Client(key);
         if shared.is_shut_down() {

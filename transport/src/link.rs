@@ -98,10 +98,6 @@ const COALESCE_BYTES: usize = 256 * 1024;
 /// A write buffer that grew past this (for a very large frame) is released after the write.
 const RETAINED_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
-/// Live connections one client key may hold to a replica; a new one beyond this closes the oldest
-/// (a client that reconnects after a network blip must not wait for its dead connections to time
-/// out, and one that opens connections in a loop must not grow our memory).
-
 /// Live incoming connections one replica may hold to us; a new one beyond this closes the
 /// oldest (a restarted replica's new connection replaces its dead one).
 const MAX_CONNECTIONS_PER_REPLICA: usize = 2;

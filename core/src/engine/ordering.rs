@@ -8,8 +8,8 @@ use smr_crypto::Digest;
 
 use crate::clients::RequestStatus;
 use crate::message::{
-    Batch, Cid, Decision, Message, PreparedProof, Propose, Regency, ReplicaId, Reply,
-    ReplyStatus, Request, RequestId, RequestKind, Signed, Vote, VoteKind,
+    Batch, Cid, Decision, Message, PreparedProof, Propose, Regency, ReplicaId, Reply, ReplyStatus,
+    Request, RequestId, RequestKind, Signed, Vote, VoteKind,
 };
 use crate::network::Peer;
 use crate::pool::{Inserted, PoolRejection};
