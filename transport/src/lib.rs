@@ -78,8 +78,14 @@
 //! Every replica dials every other replica and *sends* on that outgoing connection; it *receives*
 //! on the connections others opened to it. So there are two connections per pair of replicas and no
 //! tie-breaking; a replica may hold two incoming connections to us (a third closes the oldest).
-//! Clients dial every replica. A replica answers a client over the most recent live
-//! connection that client opened to it (a client may hold four; opening more closes the oldest).
+//! Clients dial every replica, and open every stream with their session (a random number a
+//! [`Client`] picks when it connects; [`TransportConfig::client_session`]). A replica answers a
+//! session over the most recent live connection that announced it
+//! ([`Network::send_to_session`]), so processes that share a key each get their own replies
+//! (docs/design.md §3.7, "Sessions"); a client that announces none is answered over its key's
+//! most recent connection that announced none. A key may hold
+//! [`TransportConfig::max_connections_per_client_key`] connections (64); opening more closes the
+//! oldest.
 //! At most [`TransportConfig::max_client_keys`] distinct client keys may be connected at once.
 //! When that many are, a further key takes the place of the connected key that has sent no
 //! bytes for the longest time (a key uploading a frame is active), if that is at least 5 s: the idle key's connections are closed
