@@ -18,6 +18,13 @@
 //! requests may be outstanding, up to the window the replicas allow per client; replies are
 //! matched by sequence number. A request that times out is resent with the same seq, which the
 //! replicas deduplicate, so retries stay exactly-once.
+//!
+//! Each engine is one *session* (docs/design.md §3.7): a number the caller picks at random,
+//! carried (and signed) in every request, with seqs from 1. Exactly-once is kept per (key,
+//! session), so any number of processes may share a key, and no seq depends on a clock. A
+//! request the replicas refuse (stale, from an expired session, or with the client table
+//! full) completes with that [`ReplyStatus`] once as many replicas said so as a result needs,
+//! so one lying replica cannot make a client give up.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,7 +33,7 @@ use smr_crypto::Signer;
 use smr_modes::Quorums;
 
 use crate::message::{
-    ClientId, Message, Regency, ReplicaId, Reply, Request, RequestBody, RequestKind,
+    ClientId, Message, Regency, ReplicaId, Reply, ReplyStatus, Request, RequestBody, RequestKind,
 };
 
 /// Why [`ClientEngine::submit`] refused a request; nothing was sent.
@@ -66,6 +73,9 @@ pub enum ClientAction {
 pub struct Completed {
     /// The request's sequence number, as [`ClientEngine::submit`] returned it.
     pub seq: u64,
+    /// What enough replicas agreed on: [`ReplyStatus::Executed`] with the service's result,
+    /// or a refusal with an empty result.
+    pub status: ReplyStatus,
     /// The result that enough replicas agreed on.
     pub result: Vec<u8>,
 }
@@ -76,8 +86,8 @@ pub const MIN_LEADER_WAIT_MS: u64 = 100;
 #[derive(Debug)]
 struct Outstanding {
     request: Request,
-    /// Result per replica that answered.
-    replies: BTreeMap<ReplicaId, Vec<u8>>,
+    /// Status and result per replica that answered.
+    replies: BTreeMap<ReplicaId, (ReplyStatus, Vec<u8>)>,
     deadline_ms: u64,
     needed: usize,
     submitted_ms: u64,
@@ -109,6 +119,7 @@ pub struct ClientConfig {
 pub struct ClientEngine {
     cfg: ClientConfig,
     id: ClientId,
+    session: u64,
     signer: Option<Arc<dyn Signer>>,
     next_seq: u64,
     outstanding: BTreeMap<u64, Outstanding>,
@@ -122,14 +133,14 @@ pub struct ClientEngine {
 }
 
 impl ClientEngine {
-    /// A client whose identity is `signer`'s public key. It signs requests with `signer`
-    /// only in BFT. `first_seq` (at least 1) is the first sequence number: it lets a restarted
-    /// client continue above the ones it used before (for example, a wall-clock-derived start),
-    /// since a seq the replicas consider old is refused.
+    /// A client whose identity is `signer`'s public key, in session `session`, numbering its
+    /// requests from 1. It signs requests with `signer` only in BFT. The caller picks
+    /// `session` at random (the driver does: [`crate::driver::Client::start`]), so that two
+    /// processes sharing a key never share a session; no clock is involved.
     ///
     /// # Panics
     /// If `cfg.max_outstanding` is 0.
-    pub fn new(cfg: ClientConfig, signer: Arc<dyn Signer>, first_seq: u64) -> ClientEngine {
+    pub fn new(cfg: ClientConfig, signer: Arc<dyn Signer>, session: u64) -> ClientEngine {
         assert!(
             cfg.max_outstanding > 0,
             "a client needs a window of at least one request"
@@ -139,8 +150,9 @@ impl ClientEngine {
         ClientEngine {
             cfg,
             id,
+            session,
             signer,
-            next_seq: first_seq.max(1),
+            next_seq: 1,
             outstanding: BTreeMap::new(),
             reported_regency: BTreeMap::new(),
             leader_latency_ms: None,
@@ -177,6 +189,11 @@ impl ClientEngine {
     /// The client's identity: its public key.
     pub fn id(&self) -> ClientId {
         self.id
+    }
+
+    /// The client's session.
+    pub fn session(&self) -> u64 {
+        self.session
     }
 
     /// Requests submitted and neither completed nor abandoned.
@@ -234,6 +251,7 @@ impl ClientEngine {
         let request = Request::new(
             RequestBody {
                 client: self.id,
+                session: self.session,
                 seq,
                 kind,
                 op,
@@ -274,28 +292,30 @@ impl ClientEngine {
     /// Takes a reply that arrived on replica `from`'s authenticated connection, and returns the
     /// request it completes, if it does: once `replies_ordered` (f+1 in BFT, 1 in CFT; Q with
     /// unordered reads enabled) or, for an unordered read, `replies_unordered` (Q) replicas
-    /// sent identical results. An unordered read that can no longer reach Q identical results
-    /// (the replicas answered from different states) becomes due at once: the caller's next
-    /// [`ClientEngine::on_timer`], at `now_ms` ([`ClientEngine::next_deadline_ms`]), sends it
-    /// again as an ordered request. A reply naming another replica or client is ignored; any other
-    /// reply's regency counts toward [`ClientEngine::believed_leader`], even a late one.
+    /// sent identical results. A refusal (a status other than [`ReplyStatus::Executed`])
+    /// completes the request the same way: only once as many replicas sent it. An unordered
+    /// read that can no longer reach Q identical results (the replicas answered from different
+    /// states) becomes due at once: the caller's next [`ClientEngine::on_timer`], at `now_ms`
+    /// ([`ClientEngine::next_deadline_ms`]), sends it again as an ordered request. A reply
+    /// naming another replica, client or session is ignored; any other reply's regency counts
+    /// toward [`ClientEngine::believed_leader`], even a late one.
     pub fn on_reply(&mut self, now_ms: u64, from: ReplicaId, reply: Reply) -> Option<Completed> {
-        if reply.replica != from || reply.client != self.id {
+        if reply.replica != from || reply.client != self.id || reply.session != self.session {
             return None;
         }
         let reported = self.reported_regency.entry(from).or_insert(Regency::ZERO);
         *reported = (*reported).max(reply.regency);
         let entry = self.outstanding.get_mut(&reply.seq)?;
-        entry.replies.insert(from, reply.result);
-        let mut counts: BTreeMap<&[u8], usize> = BTreeMap::new();
-        for r in entry.replies.values() {
-            *counts.entry(r.as_slice()).or_default() += 1;
+        entry.replies.insert(from, (reply.status, reply.result));
+        let mut counts: BTreeMap<(ReplyStatus, &[u8]), usize> = BTreeMap::new();
+        for (status, r) in entry.replies.values() {
+            *counts.entry((*status, r.as_slice())).or_default() += 1;
         }
         let most = counts.values().copied().max().unwrap_or(0);
-        let Some(winner) = counts
+        let Some((status, winner)) = counts
             .into_iter()
             .find(|(_, c)| *c >= entry.needed)
-            .map(|(r, _)| r.to_vec())
+            .map(|((status, r), _)| (status, r.to_vec()))
         else {
             // An unordered read whose replies already disagree too much for any result to
             // reach Q, even if every replica still silent agreed with the largest group, falls
@@ -316,6 +336,7 @@ impl ClientEngine {
         }
         Some(Completed {
             seq: reply.seq,
+            status,
             result: winner,
         })
     }
@@ -392,6 +413,8 @@ mod tests {
         Reply {
             replica,
             client: c.id(),
+            session: 1,
+            status: crate::message::ReplyStatus::Executed,
             seq,
             regency: Regency::ZERO,
             result: result.to_vec(),
@@ -411,6 +434,79 @@ mod tests {
             .on_reply(0, 2, reply(&c, 2, seq, b"a"))
             .expect("two matching replies");
         assert_eq!(done.result, b"a");
+    }
+
+    fn refusal(c: &ClientEngine, replica: ReplicaId, seq: u64, status: ReplyStatus) -> Reply {
+        Reply {
+            status,
+            ..reply(c, replica, seq, b"")
+        }
+    }
+
+    /// Issue 15: a request refused as stale gets an answer that says so, and one Byzantine
+    /// replica saying so is not enough to make the client give up: a refusal needs the same
+    /// f+1 matching replies as a result.
+    #[test]
+    fn a_refusal_completes_a_request_only_at_the_reply_quorum() {
+        let mut c = client(false);
+        let (seq, _) = c.submit(0, RequestKind::Ordered, b"op".to_vec()).unwrap();
+        assert!(c
+            .on_reply(0, 3, refusal(&c, 3, seq, ReplyStatus::Stale))
+            .is_none());
+        assert!(c
+            .on_reply(0, 0, refusal(&c, 0, seq, ReplyStatus::SessionExpired))
+            .is_none());
+        assert_eq!(
+            c.on_reply(0, 1, refusal(&c, 1, seq, ReplyStatus::Stale)),
+            Some(Completed {
+                seq,
+                status: ReplyStatus::Stale,
+                result: Vec::new(),
+            })
+        );
+        // A Byzantine refusal does not outvote the correct replicas' result either.
+        let (seq, _) = c.submit(0, RequestKind::Ordered, b"op".to_vec()).unwrap();
+        assert!(c
+            .on_reply(0, 3, refusal(&c, 3, seq, ReplyStatus::Stale))
+            .is_none());
+        assert!(c.on_reply(0, 0, reply(&c, 0, seq, b"r")).is_none());
+        assert_eq!(
+            c.on_reply(0, 1, reply(&c, 1, seq, b"r")),
+            Some(Completed {
+                seq,
+                status: ReplyStatus::Executed,
+                result: b"r".to_vec(),
+            })
+        );
+    }
+
+    /// Replies are for one session: another process's replies on the same key (should the
+    /// transport deliver them here) never count.
+    #[test]
+    fn a_reply_for_another_session_of_the_key_is_ignored() {
+        let mut c = client(false);
+        assert_eq!(c.session(), 1);
+        let (seq, actions) = c.submit(0, RequestKind::Ordered, b"op".to_vec()).unwrap();
+        let ClientAction::Send {
+            message: Message::Request(sent),
+            ..
+        } = &actions[0]
+        else {
+            panic!("expected a request");
+        };
+        assert_eq!(
+            (sent.body.session, sent.body.seq),
+            (1, 1),
+            "seqs start at 1"
+        );
+        for replica in 0..4 {
+            let other = Reply {
+                session: 2,
+                ..reply(&c, replica, seq, b"theirs")
+            };
+            assert!(c.on_reply(0, replica, other).is_none());
+        }
+        assert_eq!(c.outstanding(), 1);
     }
 
     #[test]

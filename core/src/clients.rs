@@ -1,23 +1,29 @@
-//! The client table: exactly-once execution and the reply cache, bounded in clients and bytes.
+//! The client table: exactly-once execution and the reply cache, bounded in sessions and bytes.
 //!
-//! A request is identified by (client, seq). A client may have up to `window` requests in
-//! flight, and must not send seq `s` before every seq at or below `s - window` has completed.
-//! The table therefore remembers, per client, the replies of the last `window` sequence numbers
-//! up to the highest executed one; anything older is known to be executed already. A duplicate
-//! within the window gets the cached reply again, never a second execution.
+//! A request is identified by (client key, session, seq) (docs/design.md §3.7, "Sessions"):
+//! every client process picks a random session and numbers its requests from 1 in it, so one
+//! key may have many sessions at once and no seq depends on a clock. A session may have up to
+//! `window` requests in flight, and must not send seq `s` before every seq at or below
+//! `s - window` has completed. The table therefore remembers, per session, the replies of the
+//! last `window` sequence numbers up to the highest executed one; anything older is known to be
+//! executed already. A duplicate within the window gets the cached reply again, never a second
+//! execution. ("Client" and "record" below mean a session's record.)
 //!
 //! The table is replicated state (it is part of every checkpoint), so everything that bounds it
 //! is a function of the decided sequence alone, applied at execution time (docs/design.md
 //! §3.7, "Bounds"):
 //!
-//! - **Records.** At most `max_clients` clients have a record. A client with no record whose
-//!   request executes while the table is full takes the place of the least recently executed
-//!   client (the oldest execution stamp), provided that client has executed nothing for
-//!   `client_expiry_cids` cids. If even that client is more recent, the request is refused at
-//!   execution: it is decided but not executed, on every correct replica alike, and its client
-//!   sees no reply and may send it again later (it never ran). So a flood of fresh keys fills
-//!   the table but never pushes out a client that executed within the last
-//!   `client_expiry_cids` cids: exactly-once holds for active clients.
+//! - **Records.** A session with no record whose seq is above `window` has been evicted (a
+//!   new session sends at most seq `window` first): it is refused at execution,
+//!   [`Admission::SessionExpired`]. A key's new session beyond `max_sessions_per_client`
+//!   takes the place of that key's least recently executed session. At most `max_clients`
+//!   sessions of all keys have a record: a new one whose request executes while the table is
+//!   full takes the place of the least recently executed record (the oldest execution stamp),
+//!   provided it has executed nothing for `client_expiry_cids` cids. If even that record is
+//!   more recent, the request is refused at execution ([`Admission::Refused`]): decided but not
+//!   executed, on every correct replica alike, and answered so; it never ran. So a flood of
+//!   fresh keys fills the table but never pushes out a session that executed within the last
+//!   `client_expiry_cids` cids.
 //! - **Reply bytes.** A client's cached replies hold at most `max_client_reply_bytes`, and all
 //!   of them together at most `max_reply_cache_bytes`. Past either bound, replies are dropped,
 //!   oldest first: the client's own oldest for the first, those of the least recently executed
@@ -25,18 +31,17 @@
 //!
 //! What a client sees when it sends a request again whose reply is no longer cached (dropped,
 //! or older than its window): the request is refused as stale ([`RequestStatus::Stale`],
-//! counted as `stale_request`), never executed a second time; the client's retry times out and
-//! the outcome is unknown to it. A client whose record was evicted (idle for
-//! `client_expiry_cids` cids and displaced by another) starts afresh: its seqs are new again.
-//! Like Raft's and BFT-SMaRt's client sessions, a client that comes back after expiry with a
-//! request it sent before expiry may see it executed again; that needs it to have stayed away
-//! for `client_expiry_cids` decisions while waiting for that very reply.
+//! counted as `stale_request`) and answered so, never executed a second time. A session whose
+//! record was evicted is told so for any seq above `window`
+//! ([`RequestStatus::SessionExpired`]); like Raft's and BFT-SMaRt's expired sessions, its
+//! retry of a seq at or below `window` looks new and may execute again. That needs it to have
+//! been evicted while it waited for that very reply.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::message::{Cid, ClientId, RequestId};
+use crate::message::{Cid, ClientId, RequestId, SessionId};
 
 /// The largest window a table accepts (the engine's `max_pending_per_client`): beyond it, one
 /// client's record alone could not be bounded sensibly.
@@ -44,7 +49,7 @@ pub const MAX_CLIENT_WINDOW: u64 = 1 << 16;
 
 /// Bytes a record is charged for besides its replies: the key, the highest seq, the last cid,
 /// the stamp and the map's length, as the codec writes them (an upper bound).
-const RECORD_OVERHEAD_BYTES: u64 = 32 + 4 * 10;
+const RECORD_OVERHEAD_BYTES: u64 = 32 + 8 + 4 * 10;
 
 /// Bytes a cached seq is charged for besides its reply: the seq, the slot's tag and the reply's
 /// length prefix (an upper bound).
@@ -59,8 +64,10 @@ pub struct ClientLimits {
     /// Sequence numbers remembered per client (`max_pending_per_client`), `1..=`
     /// [`MAX_CLIENT_WINDOW`].
     pub window: u64,
-    /// Most clients with a record (`limits.max_clients`).
+    /// Most sessions with a record, of all keys together (`limits.max_clients`).
     pub max_clients: u64,
+    /// Most sessions with a record per client key (`limits.max_sessions_per_client`).
+    pub max_sessions_per_client: u64,
     /// Most bytes of cached replies per client (`limits.max_client_reply_bytes`).
     pub max_client_reply_bytes: u64,
     /// Most bytes of cached replies in all (`limits.max_reply_cache_bytes`).
@@ -76,6 +83,7 @@ impl Default for ClientLimits {
         ClientLimits {
             window: 64,
             max_clients: 10_000,
+            max_sessions_per_client: 256,
             max_client_reply_bytes: 1 << 20,
             max_reply_cache_bytes: 64 << 20,
             client_expiry_cids: 10_000,
@@ -99,13 +107,15 @@ impl ClientLimits {
     ///
     /// # Errors
     /// [`ClientTableError::BadLimits`] naming the first broken rule: a window of 0 or above
-    /// [`MAX_CLIENT_WINDOW`], `max_clients` or a reply bound of 0, or a per-client reply bound
-    /// above the total.
+    /// [`MAX_CLIENT_WINDOW`], `max_clients`, `max_sessions_per_client` or a reply bound of 0,
+    /// or a per-client reply bound above the total.
     pub fn check(&self) -> Result<(), ClientTableError> {
         let rule = if self.window == 0 || self.window > MAX_CLIENT_WINDOW {
             "window must be 1..=65536"
         } else if self.max_clients == 0 {
             "max_clients must be at least 1"
+        } else if self.max_sessions_per_client == 0 {
+            "max_sessions_per_client must be at least 1"
         } else if self.max_client_reply_bytes == 0 {
             "max_client_reply_bytes must be at least 1"
         } else if self.max_reply_cache_bytes < self.max_client_reply_bytes {
@@ -195,6 +205,9 @@ pub enum RequestStatus<'a> {
     /// Executed, and the reply is no longer kept: older than the client's window, or dropped
     /// to respect a byte bound. Refused, never executed again.
     Stale,
+    /// The session has no record and the seq is beyond a new session's first `window` seqs:
+    /// the session's record was evicted. Refused, not executed.
+    SessionExpired,
 }
 
 /// What [`ClientTable::mark_executing`] decided.
@@ -209,6 +222,9 @@ pub enum Admission {
     /// The table is full of clients active within `client_expiry_cids`: this new client's
     /// request is not executed (on every correct replica alike).
     Refused,
+    /// The request's session has no record and its seq is beyond a new session's first window
+    /// ([`RequestStatus::SessionExpired`]): not executed (on every correct replica alike).
+    SessionExpired,
 }
 
 /// Per client: the highest executed seq and the replies of the last `window` seqs up to it
@@ -223,11 +239,14 @@ pub struct ClientTable {
     bound: bool,
     /// Executions so far: the next stamp.
     executions: u64,
-    clients: BTreeMap<ClientId, ClientRecord>,
-    /// `(stamp, client)` of every record, oldest first: the eviction order.
-    by_stamp: BTreeSet<(u64, ClientId)>,
-    /// `(stamp, client)` of the records that hold cached reply bytes.
-    with_replies: BTreeSet<(u64, ClientId)>,
+    clients: BTreeMap<SessionId, ClientRecord>,
+    /// `(stamp, session)` of every record, oldest first: the eviction order.
+    by_stamp: BTreeSet<(u64, SessionId)>,
+    /// `(stamp, session)` of the records that hold cached reply bytes.
+    with_replies: BTreeSet<(u64, SessionId)>,
+    /// Per client key, `(stamp, session)` of its records, oldest first: the order in which a
+    /// key's sessions give way to its new ones (`max_sessions_per_client`).
+    sessions_of: BTreeMap<ClientId, BTreeSet<(u64, u64)>>,
     /// Bytes of all cached replies.
     reply_bytes: u64,
 }
@@ -236,13 +255,13 @@ pub struct ClientTable {
 #[derive(Serialize)]
 struct ClientTableRef<'a> {
     executions: u64,
-    clients: &'a BTreeMap<ClientId, ClientRecord>,
+    clients: &'a BTreeMap<SessionId, ClientRecord>,
 }
 
 #[derive(Deserialize)]
 struct ClientTableWire {
     executions: u64,
-    clients: BTreeMap<ClientId, ClientRecord>,
+    clients: BTreeMap<SessionId, ClientRecord>,
 }
 
 impl Serialize for ClientTable {
@@ -294,6 +313,11 @@ impl ClientTable {
             }
             let bytes = record.reply_bytes();
             table.by_stamp.insert((record.stamp, client));
+            table
+                .sessions_of
+                .entry(client.client)
+                .or_default()
+                .insert((record.stamp, client.session));
             if bytes > 0 {
                 table.with_replies.insert((record.stamp, client));
             }
@@ -322,6 +346,17 @@ impl ClientTable {
                 "{} records, more than max_clients = {}",
                 self.clients.len(),
                 limits.max_clients
+            ));
+        }
+        if let Some((key, sessions)) = self
+            .sessions_of
+            .iter()
+            .find(|(_, sessions)| sessions.len() as u64 > limits.max_sessions_per_client)
+        {
+            return inconsistent(format!(
+                "key {key:?} has {} sessions, more than max_sessions_per_client = {}",
+                sessions.len(),
+                limits.max_sessions_per_client
             ));
         }
         for record in self.clients.values() {
@@ -393,6 +428,7 @@ impl ClientTable {
             clients: BTreeMap::new(),
             by_stamp: BTreeSet::new(),
             with_replies: BTreeSet::new(),
+            sessions_of: BTreeMap::new(),
             reply_bytes: 0,
         }
     }
@@ -402,10 +438,17 @@ impl ClientTable {
         &self.limits
     }
 
-    /// Where `id` stands: new, executed (with its reply if the service has returned it), or
-    /// stale (`max_seq - seq >= window`, or the reply was dropped).
+    /// Where `id` stands: new, executed (with its reply if the service has returned it),
+    /// stale (`max_seq - seq >= window`, or the reply was dropped), or from an expired session
+    /// (no record, and a seq beyond a new session's first window).
     pub fn status(&self, id: &RequestId) -> RequestStatus<'_> {
-        let Some(record) = self.clients.get(&id.client) else {
+        let Some(record) = self.clients.get(&id.session_id()) else {
+            // Seqs start at 1 in a session, and a client sends seq s only once every seq at or
+            // below s - window completed: a session with no record sends at most seq `window`.
+            // Beyond it, the session had a record and lost it.
+            if id.seq > self.limits.window {
+                return RequestStatus::SessionExpired;
+            }
             return RequestStatus::New;
         };
         match record.recent.get(&id.seq) {
@@ -420,9 +463,11 @@ impl ClientTable {
         RequestStatus::New
     }
 
-    /// Marks `id`, decided in `cid`, as executing, or refuses it if its client has no record
-    /// and the table is full of clients active within `client_expiry_cids` of `cid`. A new
-    /// client in a full table evicts the least recently executed one.
+    /// Marks `id`, decided in `cid`, as executing, or refuses it (module docs, "Records"): a
+    /// session with no record and a seq beyond `window` is expired; a new session of a key
+    /// with `max_sessions_per_client` sessions evicts that key's least recently executed one;
+    /// a new session in a table of `max_clients` records evicts the least recently executed
+    /// record if idle for `client_expiry_cids` cids, and is refused otherwise.
     ///
     /// # Panics
     /// If `id` was marked before: a request would execute twice (callers check
@@ -432,29 +477,44 @@ impl ClientTable {
             self.bound,
             "a decoded client table executes only once bound to limits"
         );
-        if !self.clients.contains_key(&id.client)
-            && self.clients.len() as u64 >= self.limits.max_clients
-        {
-            let (stamp, oldest) = *self.by_stamp.first().expect("a full table has records");
-            let last_cid = self.clients[&oldest].last_cid;
-            if cid.0.saturating_sub(last_cid.0) < self.limits.client_expiry_cids {
-                return Admission::Refused;
+        let session = id.session_id();
+        if !self.clients.contains_key(&session) {
+            if id.seq > self.limits.window {
+                return Admission::SessionExpired;
             }
-            self.evict(stamp, oldest);
+            let own = self.sessions_of.get(&id.client);
+            if own.is_some_and(|own| own.len() as u64 >= self.limits.max_sessions_per_client) {
+                // A key's sessions give way to its new ones, least recently executed first,
+                // whether idle or not: a key can only displace its own sessions this way.
+                let (stamp, oldest) = *own
+                    .and_then(|own| own.first())
+                    .expect("a key at its bound has sessions");
+                self.evict(
+                    stamp,
+                    SessionId {
+                        client: id.client,
+                        session: oldest,
+                    },
+                );
+            } else if self.clients.len() as u64 >= self.limits.max_clients {
+                let (stamp, oldest) = *self.by_stamp.first().expect("a full table has records");
+                let last_cid = self.clients[&oldest].last_cid;
+                if cid.0.saturating_sub(last_cid.0) < self.limits.client_expiry_cids {
+                    return Admission::Refused;
+                }
+                self.evict(stamp, oldest);
+            }
         }
         let stamp = self.executions;
         self.executions = self.executions.saturating_add(1);
         let window = self.limits.window;
-        let record = self
-            .clients
-            .entry(id.client)
-            .or_insert_with(|| ClientRecord {
-                max_seq: 0,
-                last_cid: cid,
-                stamp,
-                recent: BTreeMap::new(),
-                reply_bytes: 0,
-            });
+        let record = self.clients.entry(session).or_insert_with(|| ClientRecord {
+            max_seq: 0,
+            last_cid: cid,
+            stamp,
+            recent: BTreeMap::new(),
+            reply_bytes: 0,
+        });
         let old_stamp = record.stamp;
         record.stamp = stamp;
         record.last_cid = record.last_cid.max(cid);
@@ -481,11 +541,14 @@ impl ClientTable {
             }
         }
         let has_replies = record.reply_bytes() > 0;
-        self.by_stamp.remove(&(old_stamp, id.client));
-        self.by_stamp.insert((stamp, id.client));
-        self.with_replies.remove(&(old_stamp, id.client));
+        self.by_stamp.remove(&(old_stamp, session));
+        self.by_stamp.insert((stamp, session));
+        let own = self.sessions_of.entry(id.client).or_default();
+        own.remove(&(old_stamp, id.session));
+        own.insert((stamp, id.session));
+        self.with_replies.remove(&(old_stamp, session));
         if has_replies {
-            self.with_replies.insert((stamp, id.client));
+            self.with_replies.insert((stamp, session));
         }
         Admission::Execute { floor }
     }
@@ -495,7 +558,8 @@ impl ClientTable {
     /// the client's own oldest first, then those of the least recently executed clients.
     pub fn record_reply(&mut self, id: &RequestId, reply: Vec<u8>) {
         let limits = self.limits;
-        let Some(record) = self.clients.get_mut(&id.client) else {
+        let session = id.session_id();
+        let Some(record) = self.clients.get_mut(&session) else {
             return;
         };
         let Some(slot) = record.recent.get_mut(&id.seq) else {
@@ -526,9 +590,9 @@ impl ClientTable {
         let stamp = record.stamp;
         self.reply_bytes = self.reply_bytes.saturating_add(added).saturating_sub(freed);
         if client_bytes > 0 {
-            self.with_replies.insert((stamp, id.client));
+            self.with_replies.insert((stamp, session));
         } else {
-            self.with_replies.remove(&(stamp, id.client));
+            self.with_replies.remove(&(stamp, session));
         }
         // The total bound: whole clients' caches, least recently executed first.
         while self.reply_bytes > limits.max_reply_cache_bytes {
@@ -557,16 +621,27 @@ impl ClientTable {
         }
     }
 
-    fn evict(&mut self, stamp: u64, client: ClientId) {
+    fn evict(&mut self, stamp: u64, client: SessionId) {
         let record = self.clients.remove(&client).expect("indexed records exist");
         self.by_stamp.remove(&(stamp, client));
         self.with_replies.remove(&(stamp, client));
+        if let Some(own) = self.sessions_of.get_mut(&client.client) {
+            own.remove(&(stamp, client.session));
+            if own.is_empty() {
+                self.sessions_of.remove(&client.client);
+            }
+        }
         self.reply_bytes = self.reply_bytes.saturating_sub(record.reply_bytes());
     }
 
-    /// Clients with a record: those that executed a request and were not evicted since.
+    /// Sessions with a record: those that executed a request and were not evicted since.
     pub fn client_count(&self) -> usize {
         self.clients.len()
+    }
+
+    /// Client keys with at least one session on record.
+    pub fn key_count(&self) -> usize {
+        self.sessions_of.len()
     }
 
     /// Bytes of cached replies, in all.
@@ -587,14 +662,46 @@ mod tests {
     fn client_id(client: u8, seq: u64) -> RequestId {
         RequestId {
             client: PublicKey([client; 32]),
+            session: 1,
             seq,
         }
+    }
+
+    fn session_of(client: u8, session: u64, seq: u64) -> RequestId {
+        RequestId {
+            client: PublicKey([client; 32]),
+            session,
+            seq,
+        }
+    }
+
+    /// A table under `limits` whose one session (client 7, session 1) executed up to
+    /// `max_seq` at cid 1, decoded as a checkpoint would bring it: how a session reaches seqs
+    /// near `u64::MAX` without executing every seq below.
+    fn table_at(limits: ClientLimits, max_seq: u64) -> ClientTable {
+        let mut clients = BTreeMap::new();
+        clients.insert(
+            id(0).session_id(),
+            ClientRecord {
+                max_seq,
+                last_cid: Cid(1),
+                stamp: 0,
+                recent: [(max_seq, Slot::Dropped)].into_iter().collect(),
+                reply_bytes: 0,
+            },
+        );
+        let table: ClientTable = crate::codec::decode(&crate::codec::encode(&ClientTableRef {
+            executions: 1,
+            clients: &clients,
+        }))
+        .unwrap();
+        table.bind(&limits, Cid(1)).unwrap()
     }
 
     fn execute(table: &mut ClientTable, id: &RequestId, cid: u64) -> Option<u64> {
         match table.mark_executing(id, Cid(cid)) {
             Admission::Execute { floor } => floor,
-            Admission::Refused => panic!("{id:?} refused"),
+            refused => panic!("{id:?} refused: {refused:?}"),
         }
     }
 
@@ -645,7 +752,11 @@ mod tests {
 
     #[test]
     fn seq_u64_max_executes_without_overflow() {
-        let mut table = ClientTable::new(1);
+        let limits = ClientLimits {
+            window: 1,
+            ..ClientLimits::default()
+        };
+        let mut table = table_at(limits, u64::MAX - 1);
         assert_eq!(execute(&mut table, &id(u64::MAX), 1), Some(u64::MAX - 1));
         assert_eq!(table.status(&id(u64::MAX)), RequestStatus::Executed(None));
         assert_eq!(table.status(&id(u64::MAX - 1)), RequestStatus::Stale);
@@ -655,6 +766,7 @@ mod tests {
         ClientLimits {
             window: 4,
             max_clients,
+            max_sessions_per_client: 8,
             max_client_reply_bytes: 10,
             max_reply_cache_bytes: 25,
             client_expiry_cids: expiry,
@@ -682,6 +794,44 @@ mod tests {
             table.status(&client_id(1, 2)),
             RequestStatus::Executed(None)
         );
+    }
+
+    /// A key's sessions beyond `max_sessions_per_client` give way to its new ones, least
+    /// recently executed first, idle or not; other keys' sessions are untouched; and a
+    /// session with no record is expired exactly for seqs above the window.
+    #[test]
+    fn a_keys_sessions_beyond_its_bound_evict_its_least_recently_executed_one() {
+        let mut table = ClientTable::bounded(ClientLimits {
+            max_sessions_per_client: 2,
+            ..limits(10, 100)
+        });
+        execute(&mut table, &session_of(1, 10, 1), 1);
+        execute(&mut table, &session_of(2, 10, 1), 2);
+        execute(&mut table, &session_of(1, 11, 1), 3);
+        execute(&mut table, &session_of(1, 10, 2), 4);
+        assert_eq!((table.client_count(), table.key_count()), (3, 2));
+        // Key 1's third session: session 11 (executed at stamp 2, before session 10's seq 2)
+        // gives way although it is not idle; key 2's session stays.
+        execute(&mut table, &session_of(1, 12, 1), 5);
+        assert_eq!((table.client_count(), table.key_count()), (3, 2));
+        assert_eq!(table.status(&session_of(1, 11, 1)), RequestStatus::New);
+        assert_eq!(
+            table.status(&session_of(1, 11, 5)),
+            RequestStatus::SessionExpired
+        );
+        assert_eq!(
+            table.mark_executing(&session_of(1, 11, 5), Cid(6)),
+            Admission::SessionExpired
+        );
+        assert_eq!(
+            table.status(&session_of(1, 10, 2)),
+            RequestStatus::Executed(None)
+        );
+        assert_eq!(
+            table.status(&session_of(2, 10, 1)),
+            RequestStatus::Executed(None)
+        );
+        assert_eq!(round_trip(&table).unwrap(), table);
     }
 
     #[test]
@@ -758,7 +908,7 @@ mod tests {
     /// of 4, `u64::MAX - 3` is in it (a saturating `seq + window` called it stale).
     #[test]
     fn the_window_is_exact_at_u64_max() {
-        let mut table = ClientTable::bounded(limits(10, 10));
+        let mut table = table_at(limits(10, 10), u64::MAX - 1);
         execute(&mut table, &id(u64::MAX), 1);
         assert_eq!(table.status(&id(u64::MAX - 3)), RequestStatus::New);
         assert_eq!(table.status(&id(u64::MAX - 4)), RequestStatus::Stale);
@@ -839,13 +989,21 @@ mod tests {
         #[derive(Serialize)]
         struct Wire {
             executions: u64,
-            clients: BTreeMap<ClientId, ClientRecord>,
+            clients: BTreeMap<SessionId, ClientRecord>,
         }
         let wire = |clients: Vec<(u8, ClientRecord)>| Wire {
             executions: 10,
             clients: clients
                 .into_iter()
-                .map(|(c, r)| (PublicKey([c; 32]), r))
+                .map(|(c, r)| {
+                    (
+                        SessionId {
+                            client: PublicKey([c; 32]),
+                            session: 1,
+                        },
+                        r,
+                    )
+                })
                 .collect(),
         };
         let record = |max_seq: u64, stamp: u64, seqs: &[u64]| ClientRecord {

@@ -142,6 +142,7 @@ struct RawLimits {
     max_client_reply_bytes: Option<u64>,
     max_reply_cache_bytes: Option<u64>,
     client_expiry_cids: Option<u64>,
+    max_sessions_per_client: Option<u64>,
 }
 
 #[derive(Default, Deserialize, Serialize)]
@@ -376,6 +377,7 @@ impl ClusterConfig {
             l.max_client_reply_bytes,
             l.max_reply_cache_bytes,
             l.client_expiry_cids,
+            l.max_sessions_per_client,
         ];
         for ((name, max), value) in LIMIT_MAXIMA.into_iter().zip(given) {
             if let Some(value) = value.filter(|v| *v > max) {
@@ -457,6 +459,11 @@ impl ClusterConfig {
                 "limits.client_expiry_cids",
                 l.client_expiry_cids,
                 d.client_expiry_cids,
+            )?,
+            max_sessions_per_client: positive(
+                "limits.max_sessions_per_client",
+                l.max_sessions_per_client,
+                d.max_sessions_per_client,
             )?,
         };
         if limits.max_instances_ahead < limits.max_instances_in_flight {
@@ -623,11 +630,12 @@ impl ClusterConfig {
         }
         let l = &self.limits;
         out.push_str(&format!(
-            "\n[limits]\nmax_batch_requests = {}\nmax_batch_bytes = {}\nmax_op_bytes = {}\nmax_pending_per_client = {}\nmax_pending_total = {}\nmax_instances_in_flight = {}\nmax_instances_ahead = {}\nmax_decisions_per_reply = {}\nmax_log_entries = {}\ncheckpoint_period = {}\nmax_state_bytes = {}\nstate_chunk_bytes = {}\nmax_clients = {}\nmax_client_reply_bytes = {}\nmax_reply_cache_bytes = {}\nclient_expiry_cids = {}\n",
+            "\n[limits]\nmax_batch_requests = {}\nmax_batch_bytes = {}\nmax_op_bytes = {}\nmax_pending_per_client = {}\nmax_pending_total = {}\nmax_instances_in_flight = {}\nmax_instances_ahead = {}\nmax_decisions_per_reply = {}\nmax_log_entries = {}\ncheckpoint_period = {}\nmax_state_bytes = {}\nstate_chunk_bytes = {}\nmax_clients = {}\nmax_client_reply_bytes = {}\nmax_reply_cache_bytes = {}\nclient_expiry_cids = {}\nmax_sessions_per_client = {}\n",
             l.max_batch_requests, l.max_batch_bytes, l.max_op_bytes, l.max_pending_per_client, l.max_pending_total,
             l.max_instances_in_flight, l.max_instances_ahead, l.max_decisions_per_reply, l.max_log_entries,
             l.checkpoint_period, l.max_state_bytes, l.state_chunk_bytes, l.max_clients,
-            l.max_client_reply_bytes, l.max_reply_cache_bytes, l.client_expiry_cids
+            l.max_client_reply_bytes, l.max_reply_cache_bytes, l.client_expiry_cids,
+            l.max_sessions_per_client
         ));
         let t = &self.timeouts;
         out.push_str(&format!(

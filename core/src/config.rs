@@ -82,6 +82,11 @@ pub struct Limits {
     /// in decisions, a client's retry is guaranteed an answer from the reply cache rather than
     /// a second execution.
     pub client_expiry_cids: u64,
+    /// Most sessions the client table keeps per client key (docs/design.md §3.7, "Bounds"):
+    /// every `Client` (every `smr client` process) opens a session, and a key's new session
+    /// beyond this takes the place of that key's least recently executed one (`max_clients`
+    /// bounds all sessions together).
+    pub max_sessions_per_client: u64,
 }
 
 impl Limits {
@@ -90,6 +95,7 @@ impl Limits {
         ClientLimits {
             window: self.max_pending_per_client as u64,
             max_clients: self.max_clients,
+            max_sessions_per_client: self.max_sessions_per_client,
             max_client_reply_bytes: self.max_client_reply_bytes,
             max_reply_cache_bytes: self.max_reply_cache_bytes,
             client_expiry_cids: self.client_expiry_cids,
@@ -102,7 +108,7 @@ impl Limits {
 /// `4 × checkpoint_period` horizons, byte sums, `as usize` conversions on 32-bit targets) far
 /// from overflow, whatever cid it is added to (cid arithmetic saturates); each is still far
 /// above any sensible setting.
-pub const LIMIT_MAXIMA: [(&str, u64); 16] = [
+pub const LIMIT_MAXIMA: [(&str, u64); 17] = [
     ("max_batch_requests", 1 << 20),
     ("max_batch_bytes", 1 << 30),
     ("max_op_bytes", 1 << 30),
@@ -119,11 +125,12 @@ pub const LIMIT_MAXIMA: [(&str, u64); 16] = [
     ("max_client_reply_bytes", 1 << 30),
     ("max_reply_cache_bytes", 1 << 40),
     ("client_expiry_cids", 1 << 40),
+    ("max_sessions_per_client", 1 << 24),
 ];
 
 impl Limits {
     /// Every limit with its name, in the field order (the names of [`LIMIT_MAXIMA`]).
-    pub fn named(&self) -> [(&'static str, u64); 16] {
+    pub fn named(&self) -> [(&'static str, u64); 17] {
         [
             ("max_batch_requests", self.max_batch_requests as u64),
             ("max_batch_bytes", self.max_batch_bytes as u64),
@@ -144,6 +151,7 @@ impl Limits {
             ("max_client_reply_bytes", self.max_client_reply_bytes),
             ("max_reply_cache_bytes", self.max_reply_cache_bytes),
             ("client_expiry_cids", self.client_expiry_cids),
+            ("max_sessions_per_client", self.max_sessions_per_client),
         ]
     }
 
@@ -180,6 +188,7 @@ impl Default for Limits {
             max_client_reply_bytes: ClientLimits::default().max_client_reply_bytes,
             max_reply_cache_bytes: ClientLimits::default().max_reply_cache_bytes,
             client_expiry_cids: ClientLimits::default().client_expiry_cids,
+            max_sessions_per_client: ClientLimits::default().max_sessions_per_client,
         }
     }
 }
@@ -707,7 +716,8 @@ mod tests {
                     12 => l.max_clients = v as u64,
                     13 => l.max_client_reply_bytes = v as u64,
                     14 => l.max_reply_cache_bytes = v as u64,
-                    _ => l.client_expiry_cids = v as u64,
+                    15 => l.client_expiry_cids = v as u64,
+                    _ => l.max_sessions_per_client = v as u64,
                 }
             };
             let mut at_bound = Limits::default();

@@ -52,7 +52,8 @@ use crate::client::{ClientAction, ClientConfig, ClientEngine, ClientError};
 use crate::codec;
 use crate::engine::{Engine, ExecuteItem, Output, PersistRecord, ServiceDone, ServiceWork};
 use crate::message::{
-    Cid, Message, Participation, Regency, ReplicaId, RequestId, RequestKind, StatusReport,
+    Cid, Message, Participation, Regency, ReplicaId, ReplyStatus, RequestId, RequestKind,
+    StatusReport,
 };
 use crate::metrics::ReplicaMetrics;
 use crate::network::{InboundFrame, Network, Peer, SendError};
@@ -1112,6 +1113,7 @@ impl<N: Network> Host for EngineLoop<N> {
             Message::Reply(reply) => {
                 let id = RequestId {
                     client: reply.client,
+                    session: reply.session,
                     seq: reply.seq,
                 };
                 if let Some(latency) = self.timing.replied(&id) {
@@ -1123,7 +1125,16 @@ impl<N: Network> Host for EngineLoop<N> {
         // Encoded once, however many receive it.
         let frame = codec::encode(&message);
         for peer in to {
-            match self.network.send(*peer, frame.clone()) {
+            // A reply goes to the connection its session's requests arrive on, not to any of
+            // its key's connections: many processes may share a key (docs/design.md §3.7).
+            let sent = match (peer, &message) {
+                (Peer::Client(key), Message::Reply(reply)) => {
+                    self.network
+                        .send_to_session(*key, reply.session, frame.clone())
+                }
+                _ => self.network.send(*peer, frame.clone()),
+            };
+            match sent {
                 Ok(()) => {}
                 // The frame limit is derived from the config to fit every message the engine
                 // builds: a message that does not fit is lost for good (a resend is the same
@@ -1243,10 +1254,7 @@ impl<N: Network> EngineLoop<N> {
                 );
             }
             (Peer::Client(_), Message::Request(request)) => {
-                let id = RequestId {
-                    client: request.body.client,
-                    seq: request.body.seq,
-                };
+                let id = request.id();
                 self.timing.request_arrived(id, arrived);
             }
             _ => {}
@@ -1336,15 +1344,35 @@ pub enum InvokeError {
     /// execute.
     #[error("no reply quorum within {0:?}; the request may still execute")]
     TimedOut(Duration),
+    /// A reply quorum of replicas refused the request (docs/design.md §3.7, "What a client
+    /// sees"): [`ReplyStatus::Stale`] (it executed before and its reply is gone; it will never
+    /// execute again), [`ReplyStatus::SessionExpired`] (the session's record was evicted: not
+    /// executed now, whether it executed before is unknown; connect a new client) or
+    /// [`ReplyStatus::TableFull`] (not executed; try again later).
+    #[error("{}", refusal_text(*.0))]
+    Refused(ReplyStatus),
     /// [`Client::shutdown`] was called, or the client's own tasks failed (a panic, logged as
     /// an error, or its network closed under it): the client cannot receive replies any more.
     #[error("the client is shut down")]
     Closed,
 }
 
+/// What [`InvokeError::Refused`] says for each refusal.
+fn refusal_text(status: ReplyStatus) -> &'static str {
+    match status {
+        ReplyStatus::Executed => "the request executed",
+        ReplyStatus::Stale => "the replicas refused the request as stale: it executed before and its reply is no longer kept; it will not execute again",
+        ReplyStatus::SessionExpired => "the replicas no longer know this client session (evicted after being idle while other sessions executed): the request was not executed now, and whether it executed before is unknown; connect a new client",
+        ReplyStatus::TableFull => "the replicas' client table is full of active sessions: the request was not executed; try again later",
+    }
+}
+
+/// Where an invocation waits for its outcome: the status and result a reply quorum agreed on.
+type Waiter = oneshot::Sender<(ReplyStatus, Vec<u8>)>;
+
 struct ClientShared<N> {
     engine: Mutex<ClientEngine>,
-    waiters: Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>,
+    waiters: Mutex<HashMap<u64, Waiter>>,
     status_waiters: Mutex<HashMap<ReplicaId, Vec<oneshot::Sender<StatusReport>>>>,
     network: Arc<N>,
     replicas: usize,
@@ -1372,17 +1400,32 @@ impl<N> Clone for Client<N> {
 }
 
 impl<N: Network> Client<N> {
-    /// Starts a client over `network` (already connected to the replicas).
+    /// Starts a client over `network` (already connected to the replicas) in a new session
+    /// ([`Client::new_session`]); `network` should announce that session on its connections
+    /// ([`Client::start_in_session`]), or replies may go to another process with the key.
     pub fn start(network: Arc<N>, config: ClientConfig, signer: Arc<dyn Signer>) -> Client<N> {
+        Self::start_in_session(network, config, signer, Self::new_session())
+    }
+
+    /// A session number drawn from the operating system's random source: two processes that
+    /// share a key pick the same one with probability 2^-64 per pair. Never from a clock
+    /// (docs/design.md §3.7).
+    pub fn new_session() -> u64 {
+        use rand_core::RngCore;
+        rand_core::OsRng.next_u64()
+    }
+
+    /// Starts a client over `network` in session `session` (see [`Client::new_session`]):
+    /// its requests are numbered from 1 in that session.
+    pub fn start_in_session(
+        network: Arc<N>,
+        config: ClientConfig,
+        signer: Arc<dyn Signer>,
+        session: u64,
+    ) -> Client<N> {
         let replicas = config.quorums.n();
-        // Sequence numbers start from the wall clock, so that a restarted client with the same
-        // key does not reuse seqs that the replicas consider executed.
-        let first_seq = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(1);
         let shared = Arc::new(ClientShared {
-            engine: Mutex::new(ClientEngine::new(config, signer, first_seq)),
+            engine: Mutex::new(ClientEngine::new(config, signer, session)),
             waiters: Mutex::new(HashMap::new()),
             status_waiters: Mutex::new(HashMap::new()),
             network,
@@ -1418,7 +1461,7 @@ impl<N: Network> Client<N> {
                                     .expect("client lock")
                                     .remove(&done.seq)
                                 {
-                                    let _ = w.send(done.result);
+                                    let _ = w.send((done.status, done.result));
                                 }
                                 shared.window_freed.notify_waiters();
                             }
@@ -1561,7 +1604,8 @@ impl<N: Network> Client<N> {
         };
         self.shared.timer_changed.notify_one();
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => Ok(result),
+            Ok(Ok((ReplyStatus::Executed, result))) => Ok(result),
+            Ok(Ok((refusal, _))) => Err(InvokeError::Refused(refusal)),
             Ok(Err(_)) => Err(InvokeError::Closed),
             Err(_) => {
                 self.shared
@@ -1644,6 +1688,7 @@ mod tests {
     fn request_id(client: u8, seq: u64) -> RequestId {
         RequestId {
             client: smr_crypto::PublicKey([client; 32]),
+            session: 1,
             seq,
         }
     }

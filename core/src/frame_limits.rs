@@ -94,8 +94,8 @@ impl MessageBounds {
         let add = |parts: &[u64]| parts.iter().fold(0u64, |sum, p| sum.saturating_add(*p));
         let times = |count: u64, each: u64| count.saturating_mul(each);
 
-        // RequestBody { client, seq, kind, op } + signature.
-        let request = add(&[KEY, 8, TAG, LEN, limits.max_op_bytes as u64, SIGNED]);
+        // RequestBody { client, session, seq, kind, op } + signature.
+        let request = add(&[KEY, 8, 8, TAG, LEN, limits.max_op_bytes as u64, SIGNED]);
         // A batch is at most max_batch_bytes by Request::size_bytes (which is a request's
         // encoded size), unless it holds a single larger request; and at most
         // max_batch_requests requests.
@@ -156,8 +156,18 @@ impl MessageBounds {
                 8,
                 8,
             ]),
-            // Reply { replica, client, seq, regency, result }.
-            reply: add(&[TAG, 4, KEY, 8, 8, LEN, limits.max_client_reply_bytes]),
+            // Reply { replica, client, session, seq, status, regency, result }.
+            reply: add(&[
+                TAG,
+                4,
+                KEY,
+                8,
+                8,
+                TAG,
+                8,
+                LEN,
+                limits.max_client_reply_bytes,
+            ]),
         }
     }
 
@@ -218,7 +228,7 @@ impl RecordBounds {
         let add = |parts: &[u64]| parts.iter().fold(0u64, |sum, p| sum.saturating_add(*p));
         let messages = MessageBounds::new(quorums, limits);
         // The batch and certificate sizes, as in `MessageBounds::new`.
-        let request = add(&[KEY, 8, TAG, LEN, limits.max_op_bytes as u64, SIGNED]);
+        let request = add(&[KEY, 8, 8, TAG, LEN, limits.max_op_bytes as u64, SIGNED]);
         let batch_requests = (limits.max_batch_requests as u64)
             .saturating_mul(request)
             .min((limits.max_batch_bytes as u64).max(request));
@@ -304,7 +314,7 @@ mod tests {
         let limits = Limits::default();
         assert_eq!(
             client_frame_bytes(&quorums, &limits),
-            4 + 117 + limits.max_op_bytes + HEADROOM_BYTES as usize
+            4 + 125 + limits.max_op_bytes + HEADROOM_BYTES as usize
         );
         assert!(
             client_frame_bytes(&quorums, &limits) * 100 < replica_frame_bytes(&quorums, &limits)

@@ -164,11 +164,16 @@ pub struct RequestBody {
     /// ([`Rejection::Impersonation`](crate::Rejection::Impersonation)), and the cluster's
     /// [`ClientPolicy`](crate::ClientPolicy) must admit the key.
     pub client: ClientId,
-    /// The client's sequence number for this request; with `client` it identifies the request
-    /// ([`RequestId`]). A retry reuses it, and replicas execute each (client, seq) at most once
-    /// (docs/design.md §3.7). A seq `max_pending_per_client` or more below the client's highest
-    /// executed one is stale and refused
-    /// ([`Rejection::StaleRequest`](crate::Rejection::StaleRequest)).
+    /// The client's session: a number the client picks at random when it starts
+    /// ([`ClientEngine::new`](crate::client::ClientEngine::new)), so that many processes may
+    /// share one key. Exactly-once is kept per (client, session) (docs/design.md §3.7); the
+    /// signature covers it.
+    pub session: u64,
+    /// The request's sequence number within its session, from 1; with `client` and `session`
+    /// it identifies the request ([`RequestId`]). A retry reuses it, and replicas execute each
+    /// (client, session, seq) at most once (docs/design.md §3.7). A seq
+    /// `max_pending_per_client` or more below the session's highest executed one is stale and
+    /// answered so ([`ReplyStatus::Stale`]), never executed.
     pub seq: u64,
     /// Ordered, or an unordered read.
     pub kind: RequestKind,
@@ -213,33 +218,56 @@ impl Request {
         canonical_message(REQUEST_DOMAIN, &codec::encode(body))
     }
 
-    /// The request's identity, (client, seq): the key of deduplication, of the pool and of the
+    /// The request's identity, (client, session, seq): the key of deduplication, of the pool and of the
     /// reply cache.
     pub fn id(&self) -> RequestId {
         RequestId {
             client: self.body.client,
+            session: self.body.session,
             seq: self.body.seq,
         }
     }
 
-    /// The bytes this request counts for against `max_batch_bytes`: 117 for the client key,
-    /// seq, kind, op length prefix and signature (counted even when absent), plus the op's
-    /// length. The leader's cut ([`crate::pool::RequestPool::cut_batch`]) and the verifier's
+    /// The bytes this request counts for against `max_batch_bytes`: 125 for the client key,
+    /// session, seq, kind, op length prefix and signature (counted even when absent), plus the
+    /// op's length. The leader's cut ([`crate::pool::RequestPool::cut_batch`]) and the verifier's
     /// check of a PROPOSE use this same measure.
     pub fn size_bytes(&self) -> usize {
-        // client key + seq + kind + op length prefix + signature
-        32 + 8 + 4 + 8 + 65 + self.body.op.len()
+        // client key + session + seq + kind + op length prefix + signature
+        32 + 8 + 8 + 4 + 8 + 65 + self.body.op.len()
     }
 }
 
-/// Identifies a request: its client and that client's sequence number (docs/design.md §3.7).
-/// Orders by client, then seq.
+/// Identifies a request: its client, the client's session and the session's sequence number
+/// (docs/design.md §3.7). Orders by client, then session, then seq.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RequestId {
     /// The client's public key.
     pub client: ClientId,
-    /// The client's sequence number.
+    /// The client's session ([`RequestBody::session`]).
+    pub session: u64,
+    /// The sequence number within the session.
     pub seq: u64,
+}
+
+impl RequestId {
+    /// The session the request belongs to: the key of the client table's records.
+    pub fn session_id(&self) -> SessionId {
+        SessionId {
+            client: self.client,
+            session: self.session,
+        }
+    }
+}
+
+/// A client session: the unit of exactly-once (docs/design.md §3.7). One key may have many
+/// sessions at once (one per client process); each numbers its requests from 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SessionId {
+    /// The client's public key.
+    pub client: ClientId,
+    /// The session number the client picked.
+    pub session: u64,
 }
 
 /// An ordered batch of requests: the value one consensus instance decides. Replicas vote on
@@ -504,8 +532,15 @@ pub struct Reply {
     pub replica: ReplicaId,
     /// The client the reply is for: the request's `client`.
     pub client: ClientId,
+    /// The request's session; the transport routes the reply to the connection that session's
+    /// requests arrive on.
+    pub session: u64,
     /// The request's sequence number; the client matches replies to requests by it.
     pub seq: u64,
+    /// Whether the request executed (`result` is then the service's) or was refused, and why
+    /// (`result` is then empty). A client acts on a refusal only with the same reply quorum
+    /// it needs for a result.
+    pub status: ReplyStatus,
     /// The replica's regency when it replied. A client sends its ordered requests to the
     /// leader of the highest regency f+1 replicas reported (one in CFT):
     /// [`ClientEngine::believed_leader`](crate::client::ClientEngine::believed_leader).
@@ -516,6 +551,24 @@ pub struct Reply {
     /// once enough replies carry identical bytes.
     #[serde(with = "serde_bytes")]
     pub result: Vec<u8>,
+}
+
+/// What a [`Reply`] says about its request (docs/design.md §3.7, "What a client sees").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ReplyStatus {
+    /// The request executed; `result` is the service's.
+    Executed,
+    /// The request executed before, and its reply is no longer kept (older than the session's
+    /// window, or dropped to respect a byte bound): it will never execute again, and its
+    /// result cannot be had any more.
+    Stale,
+    /// The session is unknown and the seq is beyond a new session's first window: the
+    /// session's record was evicted. The request was not executed now; whether it executed
+    /// before is unknown. The client should start a new session.
+    SessionExpired,
+    /// The client table is full of sessions active within `client_expiry_cids`: the request
+    /// of this new session was decided but not executed. It may be sent again later.
+    TableFull,
 }
 
 /// Everything that travels between clients and replicas: one per frame.
@@ -532,7 +585,7 @@ pub enum Message {
     /// ([`ClientEngine::leader_wait_ms`](crate::client::ClientEngine::leader_wait_ms)) or on a
     /// retry; an unordered read goes to every replica at once. A replica accepts it only from
     /// the client it names. It answers an executed request from its reply cache (never
-    /// executing it twice), refuses one older than the client's window, runs an unordered read
+    /// executing it twice), answers one older than the session's window as stale, runs an unordered read
     /// against its state, and otherwise pools the request and starts its request timer; a
     /// leader then proposes it.
     Request(Request),

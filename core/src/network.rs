@@ -69,6 +69,22 @@ pub trait Network: Send + Sync + 'static {
     fn send(&self, to: Peer, frame: Vec<u8>) -> Result<(), SendError>;
     /// The next frame from any authenticated peer, or `None` once the transport has shut down.
     fn recv(&self) -> impl Future<Output = Option<InboundFrame>> + Send;
+    /// Queues `frame` (a reply) for client `key`'s session `session`: over the connection
+    /// that session's requests arrive on, if the transport knows it, so that processes sharing
+    /// a key each get their own replies. By default, as [`Network::send`] to
+    /// `Peer::Client(key)`.
+    ///
+    /// # Errors
+    /// As [`Network::send`].
+    fn send_to_session(
+        &self,
+        key: PublicKey,
+        session: u64,
+        frame: Vec<u8>,
+    ) -> Result<(), SendError> {
+        let _ = session;
+        self.send(Peer::Client(key), frame)
+    }
     /// Peer replicas the transport refuses because their protocol settings differ from ours
     /// ([`crate::settings`]), for the status report. None by default.
     fn refused_replicas(&self) -> Vec<crate::message::RefusedReplica> {

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::message::{Cid, ClientId, Request, RequestId};
+use crate::message::{Cid, ClientId, Request, RequestId, SessionId};
 
 #[derive(Clone, Debug)]
 struct Entry {
@@ -34,7 +34,8 @@ pub enum PoolRejection {
 /// execute (or fall out of their client's window).
 #[derive(Clone, Debug)]
 pub struct RequestPool {
-    by_client: BTreeMap<ClientId, BTreeMap<u64, Entry>>,
+    /// Per client key, its pending requests by (session, seq).
+    by_client: BTreeMap<ClientId, BTreeMap<(u64, u64), Entry>>,
     /// (arrival, id) of every entry, so the oldest is found quickly for the request timer.
     by_arrival: BTreeSet<(u64, RequestId)>,
     len: usize,
@@ -95,7 +96,7 @@ impl RequestPool {
     pub fn contains(&self, id: &RequestId) -> bool {
         self.by_client
             .get(&id.client)
-            .is_some_and(|m| m.contains_key(&id.seq))
+            .is_some_and(|m| m.contains_key(&(id.session, id.seq)))
     }
 
     /// Adds `request`, arrived at `now_ms`, unless a request with its id is pending already.
@@ -106,7 +107,7 @@ impl RequestPool {
     pub fn insert(&mut self, request: Request, now_ms: u64) -> Result<Inserted, PoolRejection> {
         let id = request.id();
         let per_client = self.by_client.entry(id.client).or_default();
-        if per_client.contains_key(&id.seq) {
+        if per_client.contains_key(&(id.session, id.seq)) {
             return Ok(Inserted::AlreadyPending);
         }
         if per_client.len() >= self.max_per_client {
@@ -122,7 +123,7 @@ impl RequestPool {
             return Err(PoolRejection::PoolFull);
         }
         per_client.insert(
-            id.seq,
+            (id.session, id.seq),
             Entry {
                 request,
                 arrival_ms: now_ms,
@@ -139,7 +140,7 @@ impl RequestPool {
     /// Removes the request `id` (it executed), returning it if it was pending.
     pub fn remove(&mut self, id: &RequestId) -> Option<Request> {
         let per_client = self.by_client.get_mut(&id.client)?;
-        let entry = per_client.remove(&id.seq)?;
+        let entry = per_client.remove(&(id.session, id.seq))?;
         if per_client.is_empty() {
             self.by_client.remove(&id.client);
         }
@@ -151,15 +152,19 @@ impl RequestPool {
         Some(entry.request)
     }
 
-    /// Drops every pending request of `client` with a sequence number at or below `seq`.
-    pub fn remove_up_to(&mut self, client: &ClientId, seq: u64) {
-        let Some(per_client) = self.by_client.get(client) else {
+    /// Drops every pending request of `session` with a sequence number at or below `seq`.
+    pub fn remove_up_to(&mut self, session: &SessionId, seq: u64) {
+        let Some(per_client) = self.by_client.get(&session.client) else {
             return;
         };
-        let doomed: Vec<u64> = per_client.range(..=seq).map(|(s, _)| *s).collect();
+        let doomed: Vec<u64> = per_client
+            .range((session.session, 0)..=(session.session, seq))
+            .map(|((_, s), _)| *s)
+            .collect();
         for s in doomed {
             self.remove(&RequestId {
-                client: *client,
+                client: session.client,
+                session: session.session,
                 seq: s,
             });
         }
@@ -187,7 +192,7 @@ impl RequestPool {
             let entry = self
                 .by_client
                 .get_mut(&id.client)
-                .and_then(|m| m.get_mut(&id.seq))
+                .and_then(|m| m.get_mut(&(id.session, id.seq)))
                 .expect("by_arrival and by_client agree");
             entry.arrival_ms = now_ms;
             entry.timeouts += 1;
@@ -250,7 +255,7 @@ impl RequestPool {
         self.by_arrival
             .iter()
             .take(max)
-            .filter_map(|(_, id)| self.by_client.get(&id.client)?.get(&id.seq))
+            .filter_map(|(_, id)| self.by_client.get(&id.client)?.get(&(id.session, id.seq)))
             .map(|e| e.request.clone())
             .collect()
     }
@@ -313,6 +318,7 @@ mod tests {
         Request {
             body: RequestBody {
                 client: PublicKey([client; 32]),
+                session: 1,
                 seq,
                 kind: RequestKind::Ordered,
                 op: vec![0; op_len],

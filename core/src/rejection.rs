@@ -111,8 +111,10 @@ pub enum Rejection {
     /// agreed digest; names what is wrong.
     #[error("invalid decision certificate: {0}")]
     BadCertificate(&'static str),
-    /// A request `max_pending_per_client` or more below its client's highest executed seq:
-    /// executed long ago, its reply no longer cached (docs/design.md §3.7).
+    /// A request `max_pending_per_client` or more below its session's highest executed seq, or
+    /// whose reply was dropped: executed before, its reply no longer cached (docs/design.md
+    /// §3.7). Counted, and answered [`ReplyStatus::Stale`](crate::message::ReplyStatus::Stale)
+    /// when it came from its client directly.
     #[error("request sequence number is older than the client's window")]
     StaleRequest,
     /// The client already has `max_pending_per_client` requests in the pool.

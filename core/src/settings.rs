@@ -23,7 +23,7 @@ use crate::config::EngineConfig;
 /// (batch, operation, decision-reply and chunk sizes, the window, the largest state), when
 /// checkpoints are taken (their digests must match across replicas), and the client table's
 /// bounds (the table is part of the replicated state).
-pub const PROTOCOL_LIMITS: [&str; 13] = [
+pub const PROTOCOL_LIMITS: [&str; 14] = [
     "max_batch_requests",
     "max_batch_bytes",
     "max_op_bytes",
@@ -37,6 +37,7 @@ pub const PROTOCOL_LIMITS: [&str; 13] = [
     "max_client_reply_bytes",
     "max_reply_cache_bytes",
     "client_expiry_cids",
+    "max_sessions_per_client",
 ];
 
 /// The limits that bound only a replica's own resources or pace, and may differ between
@@ -242,6 +243,7 @@ mod tests {
             13 => limits.max_client_reply_bytes += 1,
             14 => limits.max_reply_cache_bytes += 1,
             15 => limits.client_expiry_cids += 1,
+            16 => limits.max_sessions_per_client += 1,
             _ => unreachable!(),
         }
     }

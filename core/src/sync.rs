@@ -106,6 +106,7 @@ mod tests {
             requests: vec![Request {
                 body: RequestBody {
                     client: PublicKey([tag; 32]),
+                    session: 1,
                     seq: 1,
                     kind: RequestKind::Ordered,
                     op: vec![tag],

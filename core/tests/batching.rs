@@ -62,6 +62,7 @@ fn request(
     let request = Request::new(
         RequestBody {
             client: client.public_key(),
+            session: 1,
             seq,
             kind: RequestKind::Ordered,
             op: vec![1],

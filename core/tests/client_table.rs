@@ -11,7 +11,8 @@ use serde::Serialize;
 use smr_core::checkpoint::Checkpoint;
 use smr_core::engine::{Output, PersistRecord, ServiceWork};
 use smr_core::message::{
-    Batch, Cid, Decision, Message, Regency, Request, RequestBody, RequestKind, VoteKind,
+    Batch, Cid, Decision, Message, Regency, ReplyStatus, Request, RequestBody, RequestKind,
+    SessionId, VoteKind,
 };
 use smr_core::{ClientPolicy, Engine, Limits, Peer};
 use smr_crypto::sim::SimKey;
@@ -45,6 +46,7 @@ fn open_cluster(limits: Limits) -> Cluster {
 fn request(client: &dyn Signer, seq: u64) -> Request {
     let body = RequestBody {
         client: client.public_key(),
+        session: 1,
         seq,
         kind: RequestKind::Ordered,
         op: format!("op{seq}").into_bytes(),
@@ -172,20 +174,26 @@ fn minting_client_keys_keeps_the_table_and_checkpoints_bounded() {
         );
     }
     // Seq 57's reply was dropped for the per-client bound (it is still in the window), 56 is
-    // out of the window: each is refused as stale, never executed again.
-    for seq in [57, 56] {
+    // out of the window: each is refused as stale, never executed again, and answered so
+    // (issue 15: it was refused in silence, and its client waited for a reply that could not
+    // come). Each a minute apart, so that the client's reply budget (which the retries
+    // above spent) pays for the answer.
+    for (seq, now_ms) in [(57, 60_000), (56, 120_000)] {
         let out = c.deliver(
             &mut engine,
-            0,
+            now_ms,
             c.client_peer(),
             Message::Request(request(active, seq)),
         );
         assert_eq!(
-            out.rejections,
-            vec![smr_core::Rejection::StaleRequest],
+            out,
+            Output {
+                send_now: vec![c.reply_in(1, 1, seq, ReplyStatus::Stale, b"")],
+                rejections: vec![smr_core::Rejection::StaleRequest],
+                ..Output::default()
+            },
             "seq {seq}"
         );
-        assert!(out.service.is_empty() && out.send_now.is_empty());
     }
 }
 
@@ -202,7 +210,7 @@ struct CheckpointBytes {
 #[derive(Serialize)]
 struct TableBytes {
     executions: u64,
-    clients: BTreeMap<PublicKey, RecordBytes>,
+    clients: BTreeMap<SessionId, RecordBytes>,
 }
 
 /// A client's record: its highest seq, the cid and stamp of its last execution, and its seqs
@@ -226,7 +234,10 @@ fn stored_checkpoint(c: &Cluster, records: Vec<(PublicKey, RecordBytes)>) -> Che
         service: b"service".to_vec(),
         clients: TableBytes {
             executions: 100,
-            clients: records.into_iter().collect(),
+            clients: records
+                .into_iter()
+                .map(|(client, record)| (SessionId { client, session: 1 }, record))
+                .collect(),
         },
     });
     Checkpoint {

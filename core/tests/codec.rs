@@ -20,7 +20,7 @@ proptest! {
     #[test]
     fn requests_round_trip_and_any_truncation_is_an_error(seq in any::<u64>(), op in proptest::collection::vec(any::<u8>(), 0..64), cut in 1usize..40) {
         let message = Message::Request(Request {
-            body: RequestBody { client: PublicKey([3; 32]), seq, kind: RequestKind::Ordered, op },
+            body: RequestBody { client: PublicKey([3; 32]), session: 9, seq, kind: RequestKind::Ordered, op },
             signature: None,
         });
         let frame = encode(&message);
@@ -32,9 +32,10 @@ proptest! {
 
 #[test]
 fn huge_length_prefix_is_rejected_without_allocating() {
-    // Variant 0 (Request), then a client key, seq, kind, and an op length of 2^60.
+    // Variant 0 (Request), then a client key, session, seq, kind, and an op length of 2^60.
     let mut frame = vec![0u8; 4];
     frame.extend_from_slice(&[1; 32]);
+    frame.extend_from_slice(&7u64.to_le_bytes());
     frame.extend_from_slice(&1u64.to_le_bytes());
     frame.extend_from_slice(&0u32.to_le_bytes());
     frame.extend_from_slice(&(1u64 << 60).to_le_bytes());
@@ -53,6 +54,7 @@ fn trailing_bytes_are_rejected() {
 #[derive(serde::Serialize)]
 struct BodyWithPlainOp {
     client: PublicKey,
+    session: u64,
     seq: u64,
     kind: RequestKind,
     op: Vec<u8>,
@@ -68,12 +70,14 @@ fn byte_string_fields_encode_to_the_same_bytes_as_plain_byte_vectors() {
     ] {
         let body = RequestBody {
             client: PublicKey([3; 32]),
+            session: 1,
             seq: 9,
             kind: RequestKind::Ordered,
             op: op.clone(),
         };
         let plain = BodyWithPlainOp {
             client: body.client,
+            session: body.session,
             seq: body.seq,
             kind: body.kind,
             op,
@@ -152,6 +156,7 @@ fn cid_and_regency_encode_exactly_as_the_u64s_they_wrap() {
             requests: vec![Request {
                 body: RequestBody {
                     client: PublicKey([3; 32]),
+                    session: 1,
                     seq: 4,
                     kind: RequestKind::Ordered,
                     op: vec![1, 2, 3],

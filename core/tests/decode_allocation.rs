@@ -52,6 +52,7 @@ fn request(seq: u64, op_bytes: usize) -> Request {
     Request {
         body: RequestBody {
             client: PublicKey([7; 32]),
+            session: 1,
             seq,
             kind: RequestKind::Ordered,
             op: vec![0xab; op_bytes],
@@ -115,6 +116,7 @@ fn checkpoint_data() -> CheckpointData {
     for seq in 1..4 {
         let id = RequestId {
             client: PublicKey([seq as u8; 32]),
+            session: 1,
             seq,
         };
         clients.mark_executing(&id, Cid(seq));
@@ -152,6 +154,8 @@ fn samples() -> Vec<(&'static str, Vec<u8>, Decodes)> {
             encode(&Message::Reply(Reply {
                 replica: 1,
                 client: PublicKey([7; 32]),
+                session: 1,
+                status: smr_core::message::ReplyStatus::Executed,
                 seq: 3,
                 regency: Regency(0),
                 result: vec![1; 50],

@@ -224,6 +224,7 @@ fn request_with_bad_signature_or_from_unknown_client_is_rejected() {
     let stranger = key(99);
     let body = RequestBody {
         client: stranger.public_key(),
+        session: 1,
         seq: 1,
         kind: RequestKind::Ordered,
         op: vec![],
@@ -238,6 +239,7 @@ fn oversize_op_is_rejected() {
     let c = cft();
     let body = RequestBody {
         client: c.client.public_key(),
+        session: 1,
         seq: 1,
         kind: RequestKind::Ordered,
         op: vec![0; Limits::default().max_op_bytes + 1],

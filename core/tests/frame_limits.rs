@@ -25,7 +25,7 @@ fn small_limits() -> Limits {
     Limits {
         max_op_bytes,
         max_batch_requests: 4,
-        max_batch_bytes: 4 * (117 + max_op_bytes),
+        max_batch_bytes: 4 * (125 + max_op_bytes),
         max_instances_in_flight: 2,
         max_instances_ahead: 5,
         max_decisions_per_reply: 3,
@@ -50,6 +50,7 @@ impl Builder {
         Request {
             body: RequestBody {
                 client: PublicKey([7; 32]),
+                session: 1,
                 seq,
                 kind: RequestKind::Ordered,
                 op: vec![1; self.limits.max_op_bytes],
@@ -228,6 +229,8 @@ impl Builder {
                 Message::Reply(Reply {
                     replica: n - 1,
                     client: PublicKey([6; 32]),
+                    session: 1,
+                    status: smr_core::message::ReplyStatus::Executed,
                     seq: u64::MAX,
                     regency: Regency(u64::MAX),
                     result: vec![6; self.limits.max_client_reply_bytes as usize],

@@ -434,6 +434,7 @@ fn server_with_large_decisions(op_bytes: usize) -> (Cluster, Engine, Vec<Decisio
         .map(|cid| {
             let body = RequestBody {
                 client: c.client.public_key(),
+                session: 1,
                 seq: cid,
                 kind: RequestKind::Ordered,
                 op: vec![cid as u8; op_bytes],

@@ -493,6 +493,7 @@ impl SmrModel {
         for seq in 1..=model.setup.requests {
             let body = RequestBody {
                 client,
+                session: 1,
                 seq,
                 kind: RequestKind::Ordered,
                 op: format!("op{seq}").into_bytes(),

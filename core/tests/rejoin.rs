@@ -645,6 +645,7 @@ fn a_rejoining_replica_answers_no_unordered_read() {
     let read = Request::new(
         RequestBody {
             client: c.client.public_key(),
+            session: 1,
             seq: 1,
             kind: RequestKind::Unordered,
             op: b"get".to_vec(),

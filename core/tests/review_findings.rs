@@ -65,6 +65,7 @@ fn duplicate_requests_do_not_make_a_replica_resend_a_cached_reply_without_bound(
     let big = Request::new(
         RequestBody {
             client: client.public_key(),
+            session: 1,
             seq: 1,
             kind: RequestKind::Ordered,
             op: b"big".to_vec(),
@@ -112,6 +113,7 @@ fn an_honest_retry_after_the_retransmit_interval_gets_its_cached_reply() {
     let request = Request::new(
         RequestBody {
             client: client.public_key(),
+            session: 1,
             seq: 1,
             kind: RequestKind::Ordered,
             op: b"op".to_vec(),
@@ -127,6 +129,8 @@ fn an_honest_retry_after_the_retransmit_interval_gets_its_cached_reply() {
             message: Message::Reply(Reply {
                 replica: 1,
                 client: client.public_key(),
+                session: 1,
+                status: smr_core::message::ReplyStatus::Executed,
                 seq: 1,
                 regency: Regency(0),
                 result,
@@ -162,6 +166,7 @@ fn request_with_reply_len(client: &SimKey, seq: u64, reply_len: u8) -> Request {
     Request::new(
         RequestBody {
             client: client.public_key(),
+            session: 1,
             seq,
             kind: RequestKind::Ordered,
             op: vec![reply_len, seq as u8],
@@ -267,6 +272,7 @@ fn unordered_read(client: &SimKey, seq: u64) -> Request {
     Request::new(
         RequestBody {
             client: client.public_key(),
+            session: 1,
             seq,
             kind: RequestKind::Unordered,
             op: b"read".to_vec(),
@@ -314,6 +320,8 @@ fn a_flood_of_unordered_reads_is_answered_up_to_the_clients_budget_and_no_more()
             message: Message::Reply(Reply {
                 replica: 1,
                 client: id.client,
+                session: 1,
+                status: smr_core::message::ReplyStatus::Executed,
                 seq: id.seq,
                 regency: Regency(0),
                 result: answer.clone(),
@@ -345,6 +353,7 @@ fn a_flood_of_unordered_reads_is_answered_up_to_the_clients_budget_and_no_more()
     };
     let id = |client: &SimKey, seq: u64| RequestId {
         client: client.public_key(),
+        session: 1,
         seq,
     };
 

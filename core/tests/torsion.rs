@@ -29,6 +29,7 @@ fn verifier(replicas: &[IdentityKey]) -> InboundVerifier {
 fn request_with_torsion(client: &IdentityKey, seq: u64, torsion_index: usize) -> Request {
     let body = RequestBody {
         client: client.public_key(),
+        session: 1,
         seq,
         kind: RequestKind::Ordered,
         op: format!("op{seq}").into_bytes(),
@@ -59,6 +60,7 @@ fn request_with_torsion(client: &IdentityKey, seq: u64, torsion_index: usize) ->
 fn honest_request(client: &IdentityKey, seq: u64) -> Request {
     let body = RequestBody {
         client: client.public_key(),
+        session: 1,
         seq,
         kind: RequestKind::Ordered,
         op: format!("companion {seq}").into_bytes(),

@@ -79,6 +79,7 @@ impl Setup {
     fn request(&self, seq: u64) -> Request {
         let body = RequestBody {
             client: self.client.public_key(),
+            session: 1,
             seq,
             kind: RequestKind::Ordered,
             op: vec![seq as u8; 3],

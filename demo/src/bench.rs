@@ -1119,6 +1119,7 @@ async fn measure_ceiling(settings: &Settings, n: usize, budget_s: f64) -> anyhow
             .map(|(i, key)| {
                 let body = RequestBody {
                     client: key.public_key(),
+                    session: 1,
                     seq: i as u64 + 1,
                     kind: RequestKind::Ordered,
                     op: vec![7; request_bytes],

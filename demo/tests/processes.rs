@@ -367,6 +367,7 @@ async fn malformed_and_oversize_frames_are_rejected_and_the_replica_keeps_servin
             Message::Request(Request {
                 body: RequestBody {
                     client: abuser_key.public_key(),
+                    session: 1,
                     seq,
                     kind: RequestKind::Ordered,
                     op: CounterOp::Add(1000).encode(),

@@ -366,6 +366,7 @@ impl Sim {
     pub fn request(&self, seq: u64, op: Vec<u8>, kind: RequestKind) -> Request {
         let body = RequestBody {
             client: self.client.public_key(),
+            session: 1,
             seq,
             kind,
             op,
@@ -650,6 +651,8 @@ impl Sim {
             17 => Message::Reply(Reply {
                 replica: byz,
                 client: self.client.public_key(),
+                session: 1,
+                status: smr_core::message::ReplyStatus::Executed,
                 seq: r.edgy(self.next_seq),
                 regency,
                 result: r.bytes(8),

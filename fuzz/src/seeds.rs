@@ -81,6 +81,8 @@ pub fn messages(per_kind: usize) -> Vec<Vec<u8>> {
     messages.push(Message::Reply(smr_core::message::Reply {
         replica: 0,
         client,
+        session: 1,
+        status: smr_core::message::ReplyStatus::Executed,
         seq: 1,
         regency: Regency(0),
         result: b"ok".to_vec(),
@@ -153,6 +155,7 @@ pub fn client_tables() -> Vec<Vec<u8>> {
             for seq in 1..=6u64 {
                 let id = RequestId {
                     client: PublicKey([client; 32]),
+                    session: 1,
                     seq,
                 };
                 table.mark_executing(&id, Cid(seq));

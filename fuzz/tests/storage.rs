@@ -208,6 +208,7 @@ fn client_table() {
                 for seq in [0, 1, 2, 7, 1 << 63, u64::MAX - 1, u64::MAX] {
                     let id = RequestId {
                         client: PublicKey([client; 32]),
+                        session: 1,
                         seq,
                     };
                     // The engine marks only a request the table calls new.

@@ -407,7 +407,11 @@ impl ClientBuilder<'_> {
     pub async fn connect(self) -> Result<Client, StartError> {
         let config = self.config;
         let key = Arc::new(self.key);
+        // Every client is a session of its own (docs/design.md §3.7): processes sharing a key
+        // neither take each other's replies nor collide in sequence numbers.
+        let session = driver::Client::<QuicTransport>::new_session();
         let mut transport_config = TransportConfig::client(key.clone(), endpoints(config));
+        transport_config.client_session = Some(session);
         apply_frame_limits(&mut transport_config, config);
         let transport = Arc::new(QuicTransport::start(transport_config).await?);
         let client_config = ClientConfig {
@@ -419,7 +423,8 @@ impl ClientBuilder<'_> {
             max_op_bytes: config.limits.max_op_bytes,
             retry_timeout_ms: config.timeouts.request_timeout_ms,
         };
-        let inner = driver::Client::start(transport.clone(), client_config, key);
+        let inner =
+            driver::Client::start_in_session(transport.clone(), client_config, key, session);
         Ok(Client {
             inner,
             transport,

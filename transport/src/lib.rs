@@ -36,8 +36,14 @@
 //! Every replica dials every other replica and *sends* on that outgoing connection; it *receives*
 //! on the connections others opened to it. So there are two connections per pair of replicas and no
 //! tie-breaking; a replica may hold two incoming connections to us (a third closes the oldest).
-//! Clients dial every replica. A replica answers a client over the most recent live
-//! connection that client opened to it (a client may hold four; opening more closes the oldest).
+//! Clients dial every replica, and open every stream with their session (a random number a
+//! [`Client`] picks when it connects; [`TransportConfig::client_session`]). A replica answers a
+//! session over the most recent live connection that announced it
+//! ([`Network::send_to_session`]), so processes that share a key each get their own replies
+//! (docs/design.md §3.7, "Sessions"); a client that announces none is answered over its key's
+//! most recent connection that announced none. A key may hold
+//! [`TransportConfig::max_connections_per_client_key`] connections (64); opening more closes the
+//! oldest.
 //! At most [`TransportConfig::max_client_keys`] distinct client keys may be connected at once.
 //! When that many are, a further key takes the place of the connected key that has sent no
 //! bytes for the longest time (a key uploading a frame is active), if that is at least 5 s: the idle key's connections are closed
@@ -302,6 +308,18 @@ pub struct TransportConfig {
     /// none, before any of its frames reaches [`Network::recv`]. [`Replica`] sets it from the
     /// cluster's config; with `None` nothing is sent or checked.
     pub protocol_settings: Option<Arc<smr_core::settings::ProtocolSettings>>,
+    /// Client role: the session this client's requests carry ([`smr_core::message::RequestBody::session`]).
+    /// Every stream it opens to a replica then starts with the session, so that the replica
+    /// sends the session's replies over this connection, not over another process's that
+    /// shares the key ([`Network::send_to_session`]). `None` announces nothing: replies then
+    /// go to the key's newest connection that announced no session.
+    pub client_session: Option<u64>,
+    /// Most live connections one client key may hold to a replica (replica role); a further
+    /// one closes the key's oldest, counted (a client that reconnects after a network blip
+    /// must not wait for its dead connections to time out, and one that opens connections in
+    /// a loop must not grow our memory). Each client process holds one per replica, so this
+    /// is also how many processes may share a key at once (it was a fixed 4).
+    pub max_connections_per_client_key: usize,
 }
 
 impl TransportConfig {
@@ -328,6 +346,8 @@ impl TransportConfig {
     /// Default [`TransportConfig::client_partial_frame_bytes`]: 64 MiB, 64 client frames of
     /// the default limit.
     pub const DEFAULT_CLIENT_PARTIAL_FRAME_BYTES: usize = 64 * 1024 * 1024;
+    /// Default [`TransportConfig::max_connections_per_client_key`]: 64.
+    pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT_KEY: usize = 64;
     /// Default [`TransportConfig::max_client_keys`]: 4096.
     pub const DEFAULT_MAX_CLIENT_KEYS: usize = 4096;
     /// Default [`TransportConfig::max_client_keys_per_source`]: 256 (`smr bench --sweep` runs
@@ -389,6 +409,8 @@ impl TransportConfig {
             connect_timeout_ms: Self::DEFAULT_CONNECT_TIMEOUT_MS,
             idle_timeout_ms: Self::DEFAULT_IDLE_TIMEOUT_MS,
             protocol_settings: None,
+            client_session: None,
+            max_connections_per_client_key: Self::DEFAULT_MAX_CONNECTIONS_PER_CLIENT_KEY,
         }
     }
 
@@ -874,9 +896,15 @@ impl QuicTransport {
             }),
             Role::Client => None,
         };
+        let client_hello = match config.role {
+            Role::Client => config.client_session.map(link::session_hello),
+            Role::Replica(_) => None,
+        };
         let shared = Arc::new(link::Shared {
             me,
             settings,
+            client_hello,
+            max_connections_per_client_key: config.max_connections_per_client_key.max(1),
             max_frame_bytes: config.max_frame_bytes,
             max_client_frame_bytes: config.max_client_frame_bytes,
             client_send_queue_frames: config.client_send_queue_frames,
@@ -1170,18 +1198,55 @@ impl Network for QuicTransport {
                     .and_then(|links| links.last())
                     .map(|link| link.queue.clone())
                     .ok_or(SendError::UnknownPeer(to))?;
-                match queue.try_send(frame) {
-                    Ok(()) => Ok(()),
-                    Err(TrySendError::Full(_)) => Err(self.queue_full(to)),
-                    // The connection ended between the lookup and now.
-                    Err(TrySendError::Closed(_)) => Err(SendError::UnknownPeer(to)),
-                }
+                self.send_on_client_queue(to, queue, frame)
             }
         }
     }
 
+    fn send_to_session(
+        &self,
+        key: PublicKey,
+        session: u64,
+        frame: Vec<u8>,
+    ) -> Result<(), SendError> {
+        let shared = &self.inner.shared;
+        let to = Peer::Client(key);
+        if shared.is_shut_down() {
+            return Err(SendError::Closed);
+        }
+        if frame.len() > shared.max_frame_bytes {
+            return Err(SendError::FrameTooLarge {
+                size_bytes: frame.len(),
+                max_bytes: shared.max_frame_bytes,
+            });
+        }
+        let queue = lock(&shared.client_links)
+            .get(&key)
+            .and_then(|links| link::session_link(links, session))
+            .map(|link| link.queue.clone())
+            .ok_or(SendError::UnknownPeer(to))?;
+        self.send_on_client_queue(to, queue, frame)
+    }
+
     fn recv(&self) -> impl std::future::Future<Output = Option<InboundFrame>> + Send {
         self.next_frame()
+    }
+}
+
+impl QuicTransport {
+    fn send_on_client_queue(
+        &self,
+        to: Peer,
+        queue: link::SendQueue,
+        frame: Vec<u8>,
+    ) -> Result<(), SendError> {
+        use mpsc::error::TrySendError;
+        match queue.try_send(frame) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(self.queue_full(to)),
+            // The connection ended between the lookup and now.
+            Err(TrySendError::Closed(_)) => Err(SendError::UnknownPeer(to)),
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -97,11 +97,6 @@ const COALESCE_BYTES: usize = 256 * 1024;
 
 /// A write buffer that grew past this (for a very large frame) is released after the write.
 const RETAINED_BUFFER_BYTES: usize = 4 * 1024 * 1024;
-
-/// Live connections one client key may hold to a replica; a new one beyond this closes the oldest
-/// (a client that reconnects after a network blip must not wait for its dead connections to time
-/// out, and one that opens connections in a loop must not grow our memory).
-const MAX_CONNECTIONS_PER_CLIENT: usize = 4;
 
 /// Live incoming connections one replica may hold to us; a new one beyond this closes the
 /// oldest (a restarted replica's new connection replaces its dead one).
@@ -434,6 +429,11 @@ impl Drop for SourceGuard {
 /// State shared by the transport handle and all of its tasks.
 pub(crate) struct Shared {
     pub(crate) me: String,
+    /// Client role: the first frame of every stream we open to a replica, announcing our
+    /// session ([`session_hello`]).
+    pub(crate) client_hello: Option<Vec<u8>>,
+    /// Replica role: most live connections per client key.
+    pub(crate) max_connections_per_client_key: usize,
     pub(crate) max_frame_bytes: usize,
     pub(crate) max_client_frame_bytes: usize,
     pub(crate) client_send_queue_frames: usize,
@@ -469,8 +469,9 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<Counters>,
     /// Replica role, when protocol settings are checked: ours, and the peers refused.
     pub(crate) settings: Option<Settings>,
-    /// Replica role: the live connections each client opened to us, oldest first. Replies go
-    /// over the last one.
+    /// Replica role: the live connections each client opened to us, oldest first (at most
+    /// `max_connections_per_client_key` per key). A session's replies go over the newest one
+    /// that announced the session ([`session_link`]).
     pub(crate) client_links: Mutex<HashMap<PublicKey, Vec<ClientLink>>>,
     /// Replica role: the live connections each replica opened to us, oldest first.
     pub(crate) replica_links: Mutex<HashMap<smr_core::message::ReplicaId, Vec<(u64, Connection)>>>,
@@ -494,10 +495,47 @@ pub(crate) struct Tasks {
 pub(crate) struct ClientLink {
     id: u64,
     pub(crate) queue: SendQueue,
+    /// The session the client announced on this connection, if it did ([`session_hello`]):
+    /// the first announcement holds for the connection's life.
+    session: Arc<OnceLock<u64>>,
     conn: Connection,
     /// When bytes last arrived on this connection (or when it was accepted), in ms since
     /// [`Shared::epoch`].
     last_frame_ms: Arc<AtomicU64>,
+}
+
+/// What opens a client's session announcement: not the start of any protocol message (those
+/// open with a little-endian `u32` variant tag below 256).
+const SESSION_HELLO_MAGIC: &[u8] = b"smr-client-session-v1:";
+
+/// The frame, length-prefixed, that opens every stream a client opens to a replica: the magic
+/// and the session, little-endian. It tells the replica which session's replies belong on
+/// this connection, so that processes sharing a key each get their own.
+pub(crate) fn session_hello(session: u64) -> Vec<u8> {
+    let length = SESSION_HELLO_MAGIC.len() + 8;
+    let mut hello = Vec::with_capacity(LENGTH_PREFIX_BYTES + length);
+    hello.extend_from_slice(&(length as u32).to_be_bytes());
+    hello.extend_from_slice(SESSION_HELLO_MAGIC);
+    hello.extend_from_slice(&session.to_le_bytes());
+    hello
+}
+
+/// The session a frame announces, if it is a session announcement.
+fn announced_session(frame: &[u8]) -> Option<u64> {
+    let session = frame.strip_prefix(SESSION_HELLO_MAGIC)?;
+    Some(u64::from_le_bytes(session.try_into().ok()?))
+}
+
+/// The connection a reply for `session` goes over: the newest that announced it; else the
+/// newest that announced none (a client that does not announce sessions); else none, and the
+/// reply is refused as for a client not connected (its client retries, and gets the reply
+/// from the cache over the connection it has by then).
+pub(crate) fn session_link(links: &[ClientLink], session: u64) -> Option<&ClientLink> {
+    links
+        .iter()
+        .rev()
+        .find(|link| link.session.get() == Some(&session))
+        .or_else(|| links.iter().rev().find(|link| link.session.get().is_none()))
 }
 
 /// A count of bytes held against a bound, shared by several holders.
@@ -1280,7 +1318,11 @@ pub(crate) async fn run_replica_link(
                 // `None`: the peer connected to us anew, and this connection is presumed dead.
                 // A connection younger than REDIAL_MIN_AGE is kept: it was dialed after the
                 // peer's restart, or in answer to it.
-                let hello = shared.settings.as_ref().map(|s| s.hello.as_slice());
+                let hello = shared
+                    .settings
+                    .as_ref()
+                    .map(|s| s.hello.as_slice())
+                    .or(shared.client_hello.as_deref());
                 let write = write_frames(&shared, peer, &conn, &mut queue, &mut shutdown, hello);
                 tokio::pin!(write);
                 // The redial signal first: frames queued in answer to what the peer sent on its
@@ -1490,6 +1532,7 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
         );
         let now_ms = u64::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         let last_frame_ms = Arc::new(AtomicU64::new(now_ms));
+        let session = Arc::new(OnceLock::new());
         let (evicted, idle_evicted) = {
             let mut all_links = lock(&shared.client_links);
             let mut idle_evicted = None;
@@ -1557,10 +1600,13 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
             links.push(ClientLink {
                 id,
                 queue: queue_tx,
+                session: session.clone(),
                 conn: conn.clone(),
                 last_frame_ms: last_frame_ms.clone(),
             });
-            let excess = links.len().saturating_sub(MAX_CONNECTIONS_PER_CLIENT);
+            let excess = links
+                .len()
+                .saturating_sub(shared.max_connections_per_client_key);
             (links.drain(..excess).collect::<Vec<_>>(), idle_evicted)
         };
         if let Some((idle_key, links)) = idle_evicted {
@@ -1598,6 +1644,7 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
         client = Some(ClientReader {
             source: ClientSource::of(remote.ip()),
             last_frame_ms,
+            session,
         });
     }
     read_connection(shared, conn, peer, client).await;
@@ -1663,6 +1710,8 @@ pub(crate) struct ClientReader {
     source: ClientSource,
     /// Where to note when bytes last arrived (see [`ClientLink`]).
     last_frame_ms: Arc<AtomicU64>,
+    /// Where to note the session the client announces (see [`ClientLink`]).
+    session: Arc<OnceLock<u64>>,
 }
 
 /// Reads every unidirectional stream `peer` opens on `conn`; a client's partial frames are
@@ -1813,6 +1862,8 @@ async fn read_frames(
         (Peer::Client(_), Some(client)) => Some(shared.client_partial_frames.holder(client.source)),
         _ => None,
     };
+    // A client's stream may open with its session announcement (clients only).
+    let mut session_from = client.as_ref().map(|client| client.session.clone());
     // When the partial frame at the head of the buffer began to arrive (clients only).
     let mut frame_began: Option<Instant> = None;
     // The complete frames cut from the buffer in one pass, as (body offset, length).
@@ -1849,6 +1900,15 @@ async fn read_frames(
                 note_replica_connected_in(shared, from);
                 start = body + length;
                 continue;
+            }
+            if let Some(session) = session_from.take() {
+                if let Some(announced) = announced_session(&buffer[body..body + length]) {
+                    // The first announcement on a connection holds; a later, different one
+                    // (another stream) is ignored.
+                    let _ = session.set(announced);
+                    start = body + length;
+                    continue;
+                }
             }
             cut.push((body, length));
             start = body + length;

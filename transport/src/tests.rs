@@ -363,6 +363,68 @@ async fn replica_replies_over_the_clients_most_recent_live_connection() {
     replica.shutdown().await;
 }
 
+/// Issue 15: replies went to the key's newest connection, so processes sharing a key took
+/// each other's replies (3 failed calls in 60). Each connection now announces its session as
+/// its stream's first frame, and a session's replies go to the connection that announced it:
+/// here six connections of one key (more than the four a key could hold before, which closed
+/// the oldest), each with its own session, each get exactly their own reply, oldest included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_sharing_a_key_each_get_their_own_sessions_replies() {
+    let client = key(58);
+    let (replica, endpoint) = single_replica(&[client.public_key()]).await;
+    let mut conns = Vec::new();
+    for i in 0..6u8 {
+        let (client_endpoint, conn) = raw_connect(&client, &endpoint).await.unwrap();
+        let mut stream = conn.open_uni().await.unwrap();
+        let mut bytes = crate::link::session_hello(100 + u64::from(i));
+        bytes.extend_from_slice(&frame(&[i]));
+        stream.write_all(&bytes).await.unwrap();
+        // The announcement is the transport's own: only the frame after it is received.
+        let received = recv_within(&replica).await;
+        assert_eq!(
+            (received.from, received.frame),
+            (Peer::Client(client.public_key()), vec![i])
+        );
+        conns.push((client_endpoint, conn, stream));
+    }
+    assert_eq!(replica.stats().connections_evicted, 0);
+    async fn read_reply(conn: &quinn::Connection) -> Vec<u8> {
+        let mut stream = tokio::time::timeout(WAIT, conn.accept_uni())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
+        stream.read_exact(&mut prefix).await.unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
+        stream.read_exact(&mut body).await.unwrap();
+        body
+    }
+    for i in 0..6u8 {
+        replica
+            .send_to_session(client.public_key(), 100 + u64::from(i), vec![i, i])
+            .unwrap();
+    }
+    for (i, (_, conn, _)) in conns.iter().enumerate() {
+        assert_eq!(read_reply(conn).await, vec![i as u8, i as u8]);
+    }
+    // A session no connection announced has nowhere to go (every connection announced one).
+    assert_eq!(
+        replica.send_to_session(client.public_key(), 7, vec![0]),
+        Err(SendError::UnknownPeer(Peer::Client(client.public_key())))
+    );
+    // A session whose connection ended is forgotten with it.
+    conns[0].1.close(0u32.into(), b"bye");
+    wait_until("the replica forgets the closed connection", || {
+        replica.stats().connections_lost >= 1
+    })
+    .await;
+    assert_eq!(
+        replica.send_to_session(client.public_key(), 100, vec![0]),
+        Err(SendError::UnknownPeer(Peer::Client(client.public_key())))
+    );
+    replica.shutdown().await;
+}
+
 #[test]
 fn pinning_accepts_only_the_canonical_ed25519_spki() {
     let key = key(58).public_key();

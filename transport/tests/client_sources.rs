@@ -52,6 +52,7 @@ async fn one_request(
     let request = Request::new(
         RequestBody {
             client: identity.public_key(),
+            session: 1,
             seq: 1,
             kind: RequestKind::Ordered,
             op: b"op".to_vec(),

@@ -2,7 +2,7 @@
 //! once per request, and the replies are cached and sent (docs/design.md §3.7).
 
 use crate::clients::{Admission, RequestStatus};
-use crate::message::{Cid, Message, RequestId};
+use crate::message::{Cid, Message, ReplyStatus, RequestId};
 use crate::network::Peer;
 
 use super::{Engine, ExecuteItem, Output, Phase, ServiceDone, ServiceWork, TimerKind};
@@ -36,21 +36,33 @@ impl Engine {
             for request in &decision.batch.requests {
                 let id = request.id();
                 self.pool.remove(&id);
-                if self.clients.status(&id) != RequestStatus::New {
-                    self.stats.skipped_duplicates += 1;
-                    continue;
+                match self.clients.status(&id) {
+                    RequestStatus::New => {}
+                    RequestStatus::SessionExpired => {
+                        self.refuse_decided(id, ReplyStatus::SessionExpired);
+                        continue;
+                    }
+                    RequestStatus::Executed(_) | RequestStatus::Stale => {
+                        self.stats.skipped_duplicates += 1;
+                        continue;
+                    }
                 }
                 match self.clients.mark_executing(&id, cid) {
                     Admission::Execute { floor } => {
                         if let Some(floor) = floor {
-                            self.pool.remove_up_to(&id.client, floor);
+                            self.pool.remove_up_to(&id.session_id(), floor);
                         }
                     }
                     Admission::Refused => {
-                        // The client table is full of active clients: this new client's
+                        // The client table is full of active sessions: this new session's
                         // request is decided but not executed, here and on every correct
-                        // replica (docs/design.md §3.7, "Bounds").
+                        // replica (docs/design.md §3.7, "Bounds"), and answered so.
                         self.stats.refused_new_clients += 1;
+                        self.refuse_decided(id, ReplyStatus::TableFull);
+                        continue;
+                    }
+                    Admission::SessionExpired => {
+                        self.refuse_decided(id, ReplyStatus::SessionExpired);
                         continue;
                     }
                 }
@@ -104,6 +116,19 @@ impl Engine {
             self.arm_request_timer();
             self.try_propose(now_ms);
         }
+    }
+
+    /// Answers a decided request that the client table refused to execute: every correct
+    /// replica refuses it alike (the table is replicated state), so the client gets its reply
+    /// quorum of refusals. Not rate-limited: one per decided request, as executed ones are.
+    fn refuse_decided(&mut self, id: RequestId, status: ReplyStatus) {
+        if status == ReplyStatus::SessionExpired {
+            self.stats.session_expired_requests += 1;
+        }
+        self.out.send(
+            Peer::Client(id.client),
+            Message::Reply(self.refusal(id, status)),
+        );
     }
 
     /// The service finished the batch of `cid` ([`ServiceWork::Execute`]), with one result per

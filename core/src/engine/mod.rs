@@ -197,6 +197,10 @@ pub struct EngineStats {
     /// Requests in a decided batch not executed because their client had no record and the
     /// client table was full of clients active within `client_expiry_cids`.
     pub refused_new_clients: u64,
+    /// Requests refused because their session has no record and their seq is beyond a new
+    /// session's first window (its record was evicted); answered
+    /// [`ReplyStatus::SessionExpired`](crate::message::ReplyStatus::SessionExpired).
+    pub session_expired_requests: u64,
     /// PROPOSEs made as leader; retransmissions not counted.
     pub proposals_sent: u64,
     /// Expiries of the retransmit timer.
@@ -660,7 +664,14 @@ impl Engine {
     }
 
     #[doc(hidden)]
-    pub fn debug_client_status(&self, client: ClientId, seq: u64) -> String {
-        format!("{:?}", self.clients.status(&RequestId { client, seq }))
+    pub fn debug_client_status(&self, client: ClientId, session: u64, seq: u64) -> String {
+        format!(
+            "{:?}",
+            self.clients.status(&RequestId {
+                client,
+                session,
+                seq
+            })
+        )
     }
 }

@@ -8,8 +8,8 @@ use smr_crypto::Digest;
 
 use crate::clients::RequestStatus;
 use crate::message::{
-    Batch, Cid, Decision, Message, PreparedProof, Propose, Regency, ReplicaId, Reply, Request,
-    RequestId, RequestKind, Signed, Vote, VoteKind,
+    Batch, Cid, Decision, Message, PreparedProof, Propose, Regency, ReplicaId, Reply, ReplyStatus,
+    Request, RequestId, RequestKind, Signed, Vote, VoteKind,
 };
 use crate::network::Peer;
 use crate::pool::{Inserted, PoolRejection};
@@ -83,8 +83,21 @@ impl Engine {
                 return Ok(());
             }
             RequestStatus::Executed(None) => return Ok(()),
-            RequestStatus::Stale => return Err(Rejection::StaleRequest),
-            RequestStatus::New => {}
+            // Refusals are answered, so that a client never waits for a reply that cannot
+            // come (docs/design.md §3.7, "What a client sees"); from the same budget as cached
+            // replies, so that resending old seqs buys a client no more replies than resending
+            // executed ones.
+            RequestStatus::Stale => {
+                if direct {
+                    self.answer_refusal(now_ms, id, ReplyStatus::Stale);
+                }
+                return Err(Rejection::StaleRequest);
+            }
+            // Not answered from here: a replica behind the others has no record yet of a
+            // session they know (sim seed 24 of the leader-crash scenario: a lagging replica
+            // told a correct client seq 23 its session had expired). Ordered instead, and
+            // refused at execution, where the table is the same on every correct replica.
+            RequestStatus::SessionExpired | RequestStatus::New => {}
         }
         match self.pool.insert(request, now_ms) {
             Ok(Inserted::New) => {
@@ -100,14 +113,44 @@ impl Engine {
         }
     }
 
+    /// The reply of an executed request.
     pub(super) fn reply(&self, id: RequestId, result: Vec<u8>) -> Reply {
         Reply {
             replica: self.me,
             client: id.client,
+            session: id.session,
             seq: id.seq,
+            status: ReplyStatus::Executed,
             regency: self.regency,
             result,
         }
+    }
+
+    /// The reply that refuses `id` for `status`, with an empty result.
+    pub(super) fn refusal(&self, id: RequestId, status: ReplyStatus) -> Reply {
+        Reply {
+            status,
+            ..self.reply(id, Vec::new())
+        }
+    }
+
+    /// Sends the refusal of a request that arrived directly, if the client's reply budget
+    /// pays for it (withheld and counted as a cached reply otherwise).
+    fn answer_refusal(&mut self, now_ms: u64, id: RequestId, status: ReplyStatus) {
+        let budget = super::budget::ClientReplyBudget::from_config(&self.cfg);
+        if !self.client_reply_budgets.try_spend(
+            &budget,
+            id.client,
+            now_ms,
+            super::budget::REPLY_OVERHEAD_BYTES,
+        ) {
+            self.stats.cached_replies_withheld += 1;
+            return;
+        }
+        self.out.send(
+            Peer::Client(id.client),
+            Message::Reply(self.refusal(id, status)),
+        );
     }
 
     pub(super) fn arm_request_timer(&mut self) {

@@ -106,9 +106,16 @@ impl Cluster {
         Peer::Client(self.client.public_key())
     }
 
+    /// The fixture client's request `seq` in session 1.
     pub fn request(&self, seq: u64) -> Request {
+        self.request_in(1, seq)
+    }
+
+    /// The fixture client's request `seq` in `session` (op `op{seq}`, whatever the session).
+    pub fn request_in(&self, session: u64, seq: u64) -> Request {
         let body = RequestBody {
             client: self.client.public_key(),
+            session,
             seq,
             kind: RequestKind::Ordered,
             op: format!("op{seq}").into_bytes(),
@@ -253,6 +260,31 @@ impl Cluster {
             message: Message::Reply(Reply {
                 replica,
                 client: self.client.public_key(),
+                session: 1,
+                status: smr_core::message::ReplyStatus::Executed,
+                seq,
+                regency: Regency(0),
+                result: result.to_vec(),
+            }),
+        }
+    }
+
+    /// Replica `replica`'s reply to the fixture client's session `session`, seq `seq`.
+    pub fn reply_in(
+        &self,
+        replica: u32,
+        session: u64,
+        seq: u64,
+        status: smr_core::message::ReplyStatus,
+        result: &[u8],
+    ) -> Outgoing {
+        Outgoing::Send {
+            to: self.client_peer(),
+            message: Message::Reply(Reply {
+                replica,
+                client: self.client.public_key(),
+                session,
+                status,
                 seq,
                 regency: Regency(0),
                 result: result.to_vec(),

@@ -289,6 +289,7 @@ impl Adversary {
         };
         let body = RequestBody {
             client: self.me(),
+            session: 1,
             seq: edge(rng, 1),
             kind: if rng.chance(0.2) {
                 RequestKind::Unordered
@@ -467,6 +468,8 @@ impl Adversary {
             "reply" => Message::Reply(Reply {
                 replica: me,
                 client: self.me(),
+                session: 1,
+                status: smr_core::message::ReplyStatus::Executed,
                 seq: edge(rng, 1),
                 regency: regency(rng),
                 result: vec![1; rng.range(0, 16) as usize],

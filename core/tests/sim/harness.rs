@@ -534,6 +534,7 @@ fn limits() -> Limits {
         max_client_reply_bytes: 16 * 1024,
         max_reply_cache_bytes: 256 * 1024,
         client_expiry_cids: 1000,
+        max_sessions_per_client: 16,
     }
 }
 
@@ -1105,6 +1106,14 @@ impl Sim {
                     return Err("client received something other than a reply".into());
                 };
                 if let Some(done) = self.clients[c].engine.on_reply(self.now_ms, replica, reply) {
+                    // Correct clients in a run whose table never fills are never refused
+                    // (issue 15: a refusal completes a request only at the reply quorum).
+                    if done.status != smr_core::message::ReplyStatus::Executed {
+                        return Err(format!(
+                            "client {c} seq {} was refused: {:?}",
+                            done.seq, done.status
+                        ));
+                    }
                     let node = &mut self.clients[c];
                     if node.completed.insert(done.seq, done.result).is_some() {
                         return Err(format!("client {c} completed seq {} twice", done.seq));
@@ -1314,6 +1323,7 @@ impl Sim {
             node.submitted_at_ms.insert(seq, self.now_ms);
             let id = RequestId {
                 client: node.engine.id(),
+                session: 1,
                 seq,
             };
             self.legitimately_signed.entry(id).or_default().insert(op);
@@ -1584,6 +1594,7 @@ impl Sim {
                 let op = format!("byz-op{seq}-{}", self.rng.next_u64() % 3).into_bytes();
                 let body = RequestBody {
                     client: me,
+                    session: 1,
                     seq: if choice == 0 {
                         seq
                     } else {
@@ -1598,6 +1609,7 @@ impl Sim {
             2 => {
                 let body = RequestBody {
                     client: if signing { me } else { victim },
+                    session: 1,
                     seq: seq + 1_000_000,
                     kind: RequestKind::Ordered,
                     op: b"FORGED".to_vec(),
@@ -1611,6 +1623,7 @@ impl Sim {
             3 => {
                 let body = RequestBody {
                     client: victim,
+                    session: 1,
                     seq: 1,
                     kind: RequestKind::Ordered,
                     op: b"FORGED-IMPERSONATION".to_vec(),
@@ -1620,6 +1633,7 @@ impl Sim {
             _ => {
                 let body = RequestBody {
                     client: me,
+                    session: 1,
                     seq,
                     kind: RequestKind::Ordered,
                     op: vec![0xAB; limits().max_op_bytes + 1],
@@ -1792,6 +1806,7 @@ impl Sim {
             for (seq, result) in &c.completed {
                 let id = RequestId {
                     client: c.engine.id(),
+                    session: 1,
                     seq: *seq,
                 };
                 let Some(pos) = position.get(&id) else {

@@ -1,0 +1,249 @@
+//! Client sessions (issue 15, item 1, and the wall-clock lockout): exactly-once is kept per
+//! (key, session), sessions are bounded per key and in all with a rule that reads only the
+//! decided sequence, and a request the table refuses gets a reply that says why.
+//! Engine-level, with the shared fixture (core/tests/common/); every assertion is on the
+//! exact output.
+
+mod common;
+
+use std::sync::Arc;
+
+use smr_core::engine::{Outgoing, Output, ServiceWork};
+use smr_core::message::{
+    Batch, Cid, Decision, Message, Regency, Reply, ReplyStatus, Request, RequestBody, RequestKind,
+    VoteKind,
+};
+use smr_core::{ClientPolicy, Engine, Limits, Peer};
+use smr_crypto::sim::SimKey;
+use smr_crypto::Signer;
+use smr_modes::Mode;
+
+use common::{cluster, only_sent, Cluster};
+
+/// A window of 4 seqs, 2 sessions per key, 4 sessions in all, eviction after 3 idle cids.
+fn small_table() -> Limits {
+    Limits {
+        max_pending_per_client: 4,
+        max_clients: 4,
+        max_sessions_per_client: 2,
+        client_expiry_cids: 3,
+        ..Limits::default()
+    }
+}
+
+/// CFT, n = 3, `clients = "any"` (requests unsigned, so any key may send).
+fn open_cluster(limits: Limits) -> Cluster {
+    let mut c = cluster(Mode::Cft, 3, 1, limits);
+    c.verifier.clients = Arc::new(ClientPolicy::Any);
+    c
+}
+
+fn request(client: &dyn Signer, session: u64, seq: u64) -> Request {
+    let body = RequestBody {
+        client: client.public_key(),
+        session,
+        seq,
+        kind: RequestKind::Ordered,
+        op: format!("op{session}.{seq}").into_bytes(),
+    };
+    Request::new(body, None)
+}
+
+/// The service's result: the operation, so that two sessions' results differ.
+fn result_of(request: &Request) -> Vec<u8> {
+    request.body.op.clone()
+}
+
+/// Replica `replica`'s reply to `request` with `status` (the result only when executed).
+fn reply(replica: u32, request: &Request, status: ReplyStatus) -> Outgoing {
+    let result = if status == ReplyStatus::Executed {
+        result_of(request)
+    } else {
+        Vec::new()
+    };
+    Outgoing::Send {
+        to: Peer::Client(request.body.client),
+        message: Message::Reply(Reply {
+            replica,
+            client: request.body.client,
+            session: request.body.session,
+            seq: request.body.seq,
+            status,
+            regency: Regency(0),
+            result,
+        }),
+    }
+}
+
+/// Delivers the decision of `requests` at `cid` to `engine` (replica 1), from replica 0, runs
+/// the service (no checkpoint is due in these tests), and returns every message sent.
+fn decide(c: &Cluster, engine: &mut Engine, cid: u64, requests: Vec<Request>) -> Vec<Outgoing> {
+    let batch = Batch {
+        requests: requests.clone(),
+    };
+    let digest = batch.digest();
+    let decision = Decision {
+        cid: Cid(cid),
+        batch,
+        certificate: c.votes(VoteKind::Accept, &[0, 1, 2], Cid(cid), Regency(0), digest),
+    };
+    let out = c.deliver_ok(
+        engine,
+        0,
+        Peer::Replica(0),
+        Message::Decisions(vec![decision]),
+    );
+    let mut sent: Vec<Outgoing> = out.messages().cloned().collect();
+    for work in out.service {
+        let ServiceWork::Execute { cid, items } = work else {
+            panic!("unexpected service work {work:?}");
+        };
+        let results = items
+            .iter()
+            .map(|item| {
+                result_of(
+                    requests
+                        .iter()
+                        .find(|r| r.id() == item.id)
+                        .expect("executes a request of the batch"),
+                )
+            })
+            .collect();
+        let done = engine.on_executed(0, cid, results);
+        assert!(done.service.is_empty() && done.persist.is_empty());
+        sent.extend(done.messages().cloned());
+    }
+    sent
+}
+
+/// Issue 15: two processes sharing a key both numbered from the wall clock and shared one
+/// record; now each is a session of its own. Two sessions' seq 1 are two requests: both
+/// execute, each reply names its session (the transport routes it by that), and a retry in
+/// either session gets that session's cached reply, never the other's.
+#[test]
+fn two_sessions_of_one_key_each_execute_their_seqs_exactly_once() {
+    let c = open_cluster(small_table());
+    let mut engine = c.engine(1);
+    engine.start(0);
+    let key = SimKey::from_seed([7; 32]);
+    let (a1, b1) = (request(&key, 0xa, 1), request(&key, 0xb, 1));
+    assert_eq!(
+        decide(&c, &mut engine, 1, vec![a1.clone(), b1.clone()]),
+        vec![
+            reply(1, &a1, ReplyStatus::Executed),
+            reply(1, &b1, ReplyStatus::Executed)
+        ]
+    );
+    assert_eq!(engine.stats().executed_requests, 2);
+    for retry in [&a1, &b1] {
+        assert_eq!(
+            c.deliver_ok(
+                &mut engine,
+                0,
+                Peer::Client(key.public_key()),
+                Message::Request(retry.clone())
+            ),
+            only_sent(vec![reply(1, retry, ReplyStatus::Executed)])
+        );
+    }
+    // Decided again (a retry ordered twice): skipped, not executed a second time.
+    assert_eq!(decide(&c, &mut engine, 2, vec![a1, b1]), vec![]);
+    assert_eq!(engine.stats().executed_requests, 2);
+    assert_eq!(engine.stats().skipped_duplicates, 2);
+}
+
+/// Issue 15, "a client whose clock was ahead is locked out": seqs came from the wall clock,
+/// and a run with the clock an hour ahead left the key's highest seq an hour of microseconds
+/// up, so a run with the right clock was refused as stale, in silence, for an hour. Now every
+/// session numbers from 1 and no seq comes from a clock: a session that went far up (here
+/// past its window, as an hour-ahead clock did) does not touch the next session of the key.
+#[test]
+fn a_new_session_of_a_key_starts_at_seq_1_whatever_seqs_an_earlier_one_used() {
+    let c = open_cluster(small_table());
+    let mut engine = c.engine(1);
+    engine.start(0);
+    let key = SimKey::from_seed([7; 32]);
+    for seq in 1..=12 {
+        let ahead = request(&key, 1, seq);
+        assert_eq!(
+            decide(&c, &mut engine, seq, vec![ahead.clone()]),
+            vec![reply(1, &ahead, ReplyStatus::Executed)]
+        );
+    }
+    let right = request(&key, 2, 1);
+    assert_eq!(
+        decide(&c, &mut engine, 13, vec![right.clone()]),
+        vec![reply(1, &right, ReplyStatus::Executed)]
+    );
+    assert_eq!(engine.stats().executed_requests, 13);
+}
+
+/// A key's sessions beyond `max_sessions_per_client` (2) give way to its new ones, least
+/// recently executed first. The evicted session's retry of a seq beyond its first window is
+/// decided and then refused at execution, on every replica alike, with
+/// [`ReplyStatus::SessionExpired`]: its client hears why instead of waiting.
+#[test]
+fn an_evicted_session_is_told_it_expired() {
+    let c = open_cluster(small_table());
+    let mut engine = c.engine(1);
+    engine.start(0);
+    let key = SimKey::from_seed([7; 32]);
+    for seq in 1..=5 {
+        decide(&c, &mut engine, seq, vec![request(&key, 1, seq)]);
+    }
+    decide(&c, &mut engine, 6, vec![request(&key, 2, 1)]);
+    // A third session of the key: session 1 (least recently executed) gives way.
+    let third = request(&key, 3, 1);
+    assert_eq!(
+        decide(&c, &mut engine, 7, vec![third.clone()]),
+        vec![reply(1, &third, ReplyStatus::Executed)]
+    );
+    assert_eq!(engine.pending_clients(), 2);
+    // Session 1's seq 5 (beyond a new session's window of 4) arrives: with no record, it is
+    // not answered by one replica's say (a replica behind would not know the session yet),
+    // but pooled and ordered...
+    let retry = request(&key, 1, 5);
+    assert_eq!(
+        c.deliver_ok(
+            &mut engine,
+            0,
+            Peer::Client(key.public_key()),
+            Message::Request(retry.clone())
+        ),
+        Output::default()
+    );
+    // ... and refused where it executes.
+    assert_eq!(
+        decide(&c, &mut engine, 8, vec![retry.clone()]),
+        vec![reply(1, &retry, ReplyStatus::SessionExpired)]
+    );
+    assert_eq!(engine.stats().executed_requests, 7);
+    assert_eq!(engine.stats().session_expired_requests, 1);
+}
+
+/// A new session in a table full of sessions active within `client_expiry_cids` is refused at
+/// execution (as before), and now answered [`ReplyStatus::TableFull`] instead of silence.
+#[test]
+fn a_new_session_refused_by_a_full_table_is_told_so() {
+    let c = open_cluster(Limits {
+        max_clients: 2,
+        ..small_table()
+    });
+    let mut engine = c.engine(1);
+    engine.start(0);
+    for (cid, seed) in [(1, 1u8), (2, 2)] {
+        decide(
+            &c,
+            &mut engine,
+            cid,
+            vec![request(&SimKey::from_seed([seed; 32]), 1, 1)],
+        );
+    }
+    let late = request(&SimKey::from_seed([3; 32]), 1, 1);
+    assert_eq!(
+        decide(&c, &mut engine, 3, vec![late.clone()]),
+        vec![reply(1, &late, ReplyStatus::TableFull)]
+    );
+    assert_eq!(engine.stats().refused_new_clients, 1);
+    assert_eq!(engine.stats().executed_requests, 2);
+}
