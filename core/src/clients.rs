@@ -13,17 +13,23 @@
 //! is a function of the decided sequence alone, applied at execution time (docs/design.md
 //! §3.7, "Bounds"):
 //!
-//! - **Records.** A session with no record whose seq is above `window` has been evicted (a
-//!   new session sends at most seq `window` first): it is refused at execution,
-//!   [`Admission::SessionExpired`]. A key's new session beyond `max_sessions_per_client`
+//! - **Records.** The table remembers the last `max_clients` sessions it evicted: a request of
+//!   one of them is refused at execution, [`Admission::SessionExpired`], and answered so, so
+//!   neither its client's retry nor a copy a Byzantine replica kept can execute it again. A
+//!   session with no record that is not remembered is new, whatever its seq (a session can
+//!   use up seqs without a record: unordered reads, invocations that timed out, refusals).
+//!   A key's new session beyond `max_sessions_per_client`
 //!   takes the place of that key's least recently executed session. At most `max_clients`
 //!   sessions of all keys have a record: a new one whose request executes while the table is
-//!   full takes the place of the least recently executed record (the oldest execution stamp),
-//!   provided it has executed nothing for `client_expiry_cids` cids. If even that record is
-//!   more recent, the request is refused at execution ([`Admission::Refused`]): decided but not
-//!   executed, on every correct replica alike, and answered so; it never ran. So a flood of
-//!   fresh keys fills the table but never pushes out a session that executed within the last
-//!   `client_expiry_cids` cids.
+//!   full takes the place of the least recently executed session of the key with the most
+//!   sessions, if some key has more than one (idle or not: a key's extra sessions are what a
+//!   full table gives up first); otherwise of the least recently executed record (the oldest
+//!   execution stamp), provided it has executed nothing for `client_expiry_cids` cids. If even
+//!   that record is more recent, the request is refused at execution ([`Admission::Refused`]):
+//!   decided but not executed, on every correct replica alike, and answered so; it never ran.
+//!   So a flood of fresh keys fills the table but never pushes out the only session of a key
+//!   that executed within the last `client_expiry_cids` cids, and many sessions of a few keys
+//!   cannot fill it at all.
 //! - **Reply bytes.** A client's cached replies hold at most `max_client_reply_bytes`, and all
 //!   of them together at most `max_reply_cache_bytes`. Past either bound, replies are dropped,
 //!   oldest first: the client's own oldest for the first, those of the least recently executed
@@ -32,10 +38,10 @@
 //! What a client sees when it sends a request again whose reply is no longer cached (dropped,
 //! or older than its window): the request is refused as stale ([`RequestStatus::Stale`],
 //! counted as `stale_request`) and answered so, never executed a second time. A session whose
-//! record was evicted is told so for any seq above `window`
-//! ([`RequestStatus::SessionExpired`]); like Raft's and BFT-SMaRt's expired sessions, its
-//! retry of a seq at or below `window` looks new and may execute again. That needs it to have
-//! been evicted while it waited for that very reply.
+//! record was evicted is told so ([`RequestStatus::SessionExpired`]) while it is among the
+//! last `max_clients` evictions; like Raft's and BFT-SMaRt's expired sessions, a request of a
+//! session evicted longer ago than that looks new and may execute again (its client's retry,
+//! or a signed copy a Byzantine replica kept all that time).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -50,6 +56,9 @@ pub const MAX_CLIENT_WINDOW: u64 = 1 << 16;
 /// Bytes a record is charged for besides its replies: the key, the highest seq, the last cid,
 /// the stamp and the map's length, as the codec writes them (an upper bound).
 const RECORD_OVERHEAD_BYTES: u64 = 32 + 8 + 4 * 10;
+
+/// Bytes a remembered evicted session takes in the encoding: its key and session number.
+const EXPIRED_ENTRY_BYTES: u64 = 32 + 10;
 
 /// Bytes a cached seq is charged for besides its reply: the seq, the slot's tag and the reply's
 /// length prefix (an upper bound).
@@ -98,9 +107,9 @@ impl ClientLimits {
         let per_record =
             RECORD_OVERHEAD_BYTES.saturating_add(self.window.saturating_mul(SLOT_OVERHEAD_BYTES));
         self.max_clients
-            .saturating_mul(per_record)
+            .saturating_mul(per_record.saturating_add(EXPIRED_ENTRY_BYTES))
             .saturating_add(self.max_reply_cache_bytes)
-            .saturating_add(4 * 10)
+            .saturating_add(6 * 10)
     }
 
     /// Checks the rules a table relies on.
@@ -205,8 +214,8 @@ pub enum RequestStatus<'a> {
     /// Executed, and the reply is no longer kept: older than the client's window, or dropped
     /// to respect a byte bound. Refused, never executed again.
     Stale,
-    /// The session has no record and the seq is beyond a new session's first `window` seqs:
-    /// the session's record was evicted. Refused, not executed.
+    /// The session's record was evicted (it is among the evictions the table remembers).
+    /// Refused, not executed.
     SessionExpired,
 }
 
@@ -222,8 +231,8 @@ pub enum Admission {
     /// The table is full of clients active within `client_expiry_cids`: this new client's
     /// request is not executed (on every correct replica alike).
     Refused,
-    /// The request's session has no record and its seq is beyond a new session's first window
-    /// ([`RequestStatus::SessionExpired`]): not executed (on every correct replica alike).
+    /// The request's session was evicted ([`RequestStatus::SessionExpired`]): not executed
+    /// (on every correct replica alike).
     SessionExpired,
 }
 
@@ -247,8 +256,15 @@ pub struct ClientTable {
     /// Per client key, `(stamp, session)` of its records, oldest first: the order in which a
     /// key's sessions give way to its new ones (`max_sessions_per_client`).
     sessions_of: BTreeMap<ClientId, BTreeSet<(u64, u64)>>,
+    /// `(sessions, key)` of every key with more than one session: in a full table a new
+    /// session takes the place of a session of the key with the most (module docs).
+    crowded: BTreeSet<(usize, ClientId)>,
     /// Bytes of all cached replies.
     reply_bytes: u64,
+    /// The last `max_clients` sessions evicted, oldest first, and the same as a set: their
+    /// requests are refused as expired (module docs, "Records").
+    expired: std::collections::VecDeque<SessionId>,
+    expired_set: BTreeSet<SessionId>,
 }
 
 /// The encoding: the execution count and the records. The indexes are rebuilt.
@@ -256,12 +272,14 @@ pub struct ClientTable {
 struct ClientTableRef<'a> {
     executions: u64,
     clients: &'a BTreeMap<SessionId, ClientRecord>,
+    expired: &'a std::collections::VecDeque<SessionId>,
 }
 
 #[derive(Deserialize)]
 struct ClientTableWire {
     executions: u64,
     clients: BTreeMap<SessionId, ClientRecord>,
+    expired: Vec<SessionId>,
 }
 
 impl Serialize for ClientTable {
@@ -269,6 +287,7 @@ impl Serialize for ClientTable {
         ClientTableRef {
             executions: self.executions,
             clients: &self.clients,
+            expired: &self.expired,
         }
         .serialize(serializer)
     }
@@ -324,6 +343,20 @@ impl ClientTable {
             table.reply_bytes = table.reply_bytes.saturating_add(bytes);
             table.clients.insert(client, record);
         }
+        table.crowded = table
+            .sessions_of
+            .iter()
+            .filter(|(_, sessions)| sessions.len() > 1)
+            .map(|(key, sessions)| (sessions.len(), *key))
+            .collect();
+        for session in wire.expired {
+            if table.clients.contains_key(&session) || !table.expired_set.insert(session) {
+                return inconsistent(format!(
+                    "session {session:?} is remembered as evicted twice, or has a record too"
+                ));
+            }
+            table.expired.push_back(session);
+        }
         Ok(table)
     }
 
@@ -345,6 +378,13 @@ impl ClientTable {
             return inconsistent(format!(
                 "{} records, more than max_clients = {}",
                 self.clients.len(),
+                limits.max_clients
+            ));
+        }
+        if self.expired.len() as u64 > limits.max_clients {
+            return inconsistent(format!(
+                "{} evicted sessions remembered, more than max_clients = {}",
+                self.expired.len(),
                 limits.max_clients
             ));
         }
@@ -429,7 +469,10 @@ impl ClientTable {
             by_stamp: BTreeSet::new(),
             with_replies: BTreeSet::new(),
             sessions_of: BTreeMap::new(),
+            crowded: BTreeSet::new(),
             reply_bytes: 0,
+            expired: std::collections::VecDeque::new(),
+            expired_set: BTreeSet::new(),
         }
     }
 
@@ -440,13 +483,13 @@ impl ClientTable {
 
     /// Where `id` stands: new, executed (with its reply if the service has returned it),
     /// stale (`max_seq - seq >= window`, or the reply was dropped), or from an expired session
-    /// (no record, and a seq beyond a new session's first window).
+    /// (one of the last `max_clients` evicted).
     pub fn status(&self, id: &RequestId) -> RequestStatus<'_> {
         let Some(record) = self.clients.get(&id.session_id()) else {
-            // Seqs start at 1 in a session, and a client sends seq s only once every seq at or
-            // below s - window completed: a session with no record sends at most seq `window`.
-            // Beyond it, the session had a record and lost it.
-            if id.seq > self.limits.window {
+            // Only a remembered eviction says a session had a record: a seq says nothing (a
+            // session uses up seqs without a record through unordered reads, timeouts and
+            // refusals).
+            if self.expired_set.contains(&id.session_id()) {
                 return RequestStatus::SessionExpired;
             }
             return RequestStatus::New;
@@ -479,7 +522,7 @@ impl ClientTable {
         );
         let session = id.session_id();
         if !self.clients.contains_key(&session) {
-            if id.seq > self.limits.window {
+            if self.expired_set.contains(&session) {
                 return Admission::SessionExpired;
             }
             let own = self.sessions_of.get(&id.client);
@@ -493,6 +536,25 @@ impl ClientTable {
                     stamp,
                     SessionId {
                         client: id.client,
+                        session: oldest,
+                    },
+                );
+            } else if self.clients.len() as u64 >= self.limits.max_clients
+                && self.crowded.last().is_some()
+            {
+                // A full table: a key with more than one session gives up its least recently
+                // executed one first, the key with the most sessions (then the highest key)
+                // first, idle or not. So sessions count against a key like keys against a
+                // source network, and many sessions of a few keys cannot lock new clients out
+                // (docs/design.md §3.7, "Bounds").
+                let (_, key) = *self.crowded.last().expect("checked above");
+                let (stamp, oldest) = *self.sessions_of[&key]
+                    .first()
+                    .expect("a crowded key has sessions");
+                self.evict(
+                    stamp,
+                    SessionId {
+                        client: key,
                         session: oldest,
                     },
                 );
@@ -544,8 +606,11 @@ impl ClientTable {
         self.by_stamp.remove(&(old_stamp, session));
         self.by_stamp.insert((stamp, session));
         let own = self.sessions_of.entry(id.client).or_default();
+        let before = own.len();
         own.remove(&(old_stamp, id.session));
         own.insert((stamp, id.session));
+        let after = own.len();
+        self.recount_sessions(id.client, before, after);
         self.with_replies.remove(&(old_stamp, session));
         if has_replies {
             self.with_replies.insert((stamp, session));
@@ -626,12 +691,37 @@ impl ClientTable {
         self.by_stamp.remove(&(stamp, client));
         self.with_replies.remove(&(stamp, client));
         if let Some(own) = self.sessions_of.get_mut(&client.client) {
+            let before = own.len();
             own.remove(&(stamp, client.session));
+            let after = own.len();
             if own.is_empty() {
                 self.sessions_of.remove(&client.client);
             }
+            self.recount_sessions(client.client, before, after);
         }
         self.reply_bytes = self.reply_bytes.saturating_sub(record.reply_bytes());
+        // Remembered, so that its requests are refused rather than executed again; the oldest
+        // memory goes once `max_clients` are kept.
+        if self.expired.len() as u64 >= self.limits.max_clients {
+            if let Some(forgotten) = self.expired.pop_front() {
+                self.expired_set.remove(&forgotten);
+            }
+        }
+        self.expired.push_back(client);
+        self.expired_set.insert(client);
+    }
+
+    /// Keeps [`ClientTable::crowded`] in step with `key`'s session count.
+    fn recount_sessions(&mut self, key: ClientId, before: usize, after: usize) {
+        if before == after {
+            return;
+        }
+        if before > 1 {
+            self.crowded.remove(&(before, key));
+        }
+        if after > 1 {
+            self.crowded.insert((after, key));
+        }
     }
 
     /// Sessions with a record: those that executed a request and were not evicted since.
@@ -693,6 +783,7 @@ mod tests {
         let table: ClientTable = crate::codec::decode(&crate::codec::encode(&ClientTableRef {
             executions: 1,
             clients: &clients,
+            expired: &std::collections::VecDeque::new(),
         }))
         .unwrap();
         table.bind(&limits, Cid(1)).unwrap()
@@ -789,7 +880,11 @@ mod tests {
         // At cid 12 it is: client 2 goes, client 1 (more recent) stays.
         execute(&mut table, &client_id(3, 1), 12);
         assert_eq!(table.client_count(), 2);
-        assert_eq!(table.status(&client_id(2, 1)), RequestStatus::New);
+        // Remembered as evicted: its requests are refused, not executed again.
+        assert_eq!(
+            table.status(&client_id(2, 1)),
+            RequestStatus::SessionExpired
+        );
         assert_eq!(
             table.status(&client_id(1, 2)),
             RequestStatus::Executed(None)
@@ -797,8 +892,9 @@ mod tests {
     }
 
     /// A key's sessions beyond `max_sessions_per_client` give way to its new ones, least
-    /// recently executed first, idle or not; other keys' sessions are untouched; and a
-    /// session with no record is expired exactly for seqs above the window.
+    /// recently executed first, idle or not; other keys' sessions are untouched; an evicted
+    /// session is expired for every seq, while the table remembers it (the last
+    /// `max_clients` evictions); and a session never seen is new whatever its seq.
     #[test]
     fn a_keys_sessions_beyond_its_bound_evict_its_least_recently_executed_one() {
         let mut table = ClientTable::bounded(ClientLimits {
@@ -814,11 +910,16 @@ mod tests {
         // gives way although it is not idle; key 2's session stays.
         execute(&mut table, &session_of(1, 12, 1), 5);
         assert_eq!((table.client_count(), table.key_count()), (3, 2));
-        assert_eq!(table.status(&session_of(1, 11, 1)), RequestStatus::New);
+        assert_eq!(
+            table.status(&session_of(1, 11, 1)),
+            RequestStatus::SessionExpired
+        );
         assert_eq!(
             table.status(&session_of(1, 11, 5)),
             RequestStatus::SessionExpired
         );
+        // A session that used up seqs without a record (reads, timeouts) is not expired.
+        assert_eq!(table.status(&session_of(1, 13, 500)), RequestStatus::New);
         assert_eq!(
             table.mark_executing(&session_of(1, 11, 5), Cid(6)),
             Admission::SessionExpired
@@ -830,6 +931,17 @@ mod tests {
         assert_eq!(
             table.status(&session_of(2, 10, 1)),
             RequestStatus::Executed(None)
+        );
+        assert_eq!(round_trip(&table).unwrap(), table);
+        // Ten more evictions of key 1's sessions (max_clients = 10 remembered): session 11,
+        // the oldest memory, is forgotten and looks new again; session 13's is kept.
+        for (i, session) in (13..23).enumerate() {
+            execute(&mut table, &session_of(1, session, 1), 7 + i as u64);
+        }
+        assert_eq!(table.status(&session_of(1, 11, 1)), RequestStatus::New);
+        assert_eq!(
+            table.status(&session_of(1, 13, 1)),
+            RequestStatus::SessionExpired
         );
         assert_eq!(round_trip(&table).unwrap(), table);
     }
@@ -990,8 +1102,10 @@ mod tests {
         struct Wire {
             executions: u64,
             clients: BTreeMap<SessionId, ClientRecord>,
+            expired: Vec<SessionId>,
         }
         let wire = |clients: Vec<(u8, ClientRecord)>| Wire {
+            expired: Vec::new(),
             executions: 10,
             clients: clients
                 .into_iter()

@@ -16,7 +16,10 @@
 //! - **Engine task:** the only owner of the engine. It takes verified messages, timer expiries
 //!   (pulled from [`Engine::next_deadline_ms`]) and what the service produced, and performs each
 //!   input's [`Output`] through the shared [`runner::perform`]: the records are appended to the
-//!   write-ahead log and synced once, before any message that may promise them leaves. Without
+//!   write-ahead log and synced once, before any message that may promise them leaves. The
+//!   messages of one verified run (up to [`MAX_VERIFY_RUN_FRAMES`]) are handled one by one and
+//!   their outputs performed together ([`Output::absorb`]): one sync per run, not per message
+//!   (group commit), so the fsyncs per operation fall as load rises. Without
 //!   a data dir the replica keeps nothing (it says so at start), and like a replica with an
 //!   empty data dir it always starts rejoining ([`Engine::rejoin`]): it abstains from votes
 //!   until it has caught up past anything it can have voted on before.
@@ -983,12 +986,16 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) -> Result<(), ReplicaError
                 let now = now_ms(epoch);
                 match input {
                     EngineInput::Messages(run) => {
+                        // Group commit: the outputs of a verified run are performed together,
+                        // so one sync covers every record the run produced (`Output::absorb`
+                        // keeps each message after every record produced before it).
                         let arrived = std::time::Instant::now();
+                        let mut group = Output::default();
                         for verified in run {
                             l.time_arrival(&verified, arrived);
-                            let output = l.engine.on_message(now, verified);
-                            l.perform_checked(now, output)?;
+                            group.absorb(l.engine.on_message(now, verified));
                         }
+                        l.perform_checked(now, group)?;
                     }
                     EngineInput::StatusQuery(from) => {
                         let report = StatusReport {

@@ -114,8 +114,13 @@ pub enum Rejection {
     /// A request `max_pending_per_client` or more below its session's highest executed seq, or
     /// whose reply was dropped: executed before, its reply no longer cached (docs/design.md
     /// §3.7). Counted, and answered [`ReplyStatus::Stale`](crate::message::ReplyStatus::Stale)
-    /// when it came from its client directly.
-    #[error("request sequence number is older than the client's window")]
+    /// when it came from its client directly. Also a request of a session whose eviction
+    /// the table remembers (answered
+    /// [`ReplyStatus::SessionExpired`](crate::message::ReplyStatus::SessionExpired)): it is
+    /// not ordered again.
+    #[error(
+        "request sequence number is older than the client's window, or its session was evicted"
+    )]
     StaleRequest,
     /// The client already has `max_pending_per_client` requests in the pool.
     #[error("the client already has the maximum number of pending requests")]

@@ -211,6 +211,8 @@ struct CheckpointBytes {
 struct TableBytes {
     executions: u64,
     clients: BTreeMap<SessionId, RecordBytes>,
+    /// The sessions remembered as evicted, oldest first.
+    expired: Vec<SessionId>,
 }
 
 /// A client's record: its highest seq, the cid and stamp of its last execution, and its seqs
@@ -238,6 +240,7 @@ fn stored_checkpoint(c: &Cluster, records: Vec<(PublicKey, RecordBytes)>) -> Che
                 .into_iter()
                 .map(|(client, record)| (SessionId { client, session: 1 }, record))
                 .collect(),
+            expired: Vec::new(),
         },
     });
     Checkpoint {

@@ -741,3 +741,54 @@ fn leader_change_timers_armed_by_a_rejected_stopdata_stay_armed_and_fire() {
     // to 400.
     assert_eq!(timers(&replica), armed(2400, 4000));
 }
+
+/// Group commit (`Output::absorb`): the outputs of two inputs performed as one keep every
+/// message after every record produced before it. A message the later input may send at once
+/// waits for the earlier input's records (it may promise them: a vote sent again); with no
+/// earlier records it still leaves at once.
+#[test]
+fn absorbed_outputs_keep_every_message_after_the_records_before_it() {
+    let msg = |cid: u64| Outgoing::Broadcast(Message::DecisionQuery { from_cid: Cid(cid) });
+    let record = |r: u64| PersistRecord::Regency(Regency(r));
+    let earlier = Output {
+        send_now: vec![msg(1)],
+        persist: vec![record(1)],
+        send_after_persist: vec![msg(2)],
+        ..Output::default()
+    };
+    let later = Output {
+        send_now: vec![msg(3)],
+        persist: vec![record(2)],
+        send_after_persist: vec![msg(4)],
+        service: vec![ServiceWork::TakeSnapshot { cid: Cid(5) }],
+        rejections: vec![Rejection::NotLeader],
+    };
+    let mut group = earlier;
+    group.absorb(later.clone());
+    assert_eq!(
+        group,
+        Output {
+            send_now: vec![msg(1)],
+            persist: vec![record(1), record(2)],
+            send_after_persist: vec![msg(2), msg(3), msg(4)],
+            service: vec![ServiceWork::TakeSnapshot { cid: Cid(5) }],
+            rejections: vec![Rejection::NotLeader],
+        }
+    );
+    // Nothing recorded before: the later input's immediate messages stay immediate.
+    let mut group = Output {
+        send_now: vec![msg(1)],
+        ..Output::default()
+    };
+    group.absorb(later);
+    assert_eq!(
+        group,
+        Output {
+            send_now: vec![msg(1), msg(3)],
+            persist: vec![record(2)],
+            send_after_persist: vec![msg(4)],
+            service: vec![ServiceWork::TakeSnapshot { cid: Cid(5) }],
+            rejections: vec![Rejection::NotLeader],
+        }
+    );
+}

@@ -13,7 +13,7 @@ use smr_core::message::{
     Batch, Cid, Decision, Message, Regency, Reply, ReplyStatus, Request, RequestBody, RequestKind,
     VoteKind,
 };
-use smr_core::{ClientPolicy, Engine, Limits, Peer};
+use smr_core::{ClientPolicy, Engine, Limits, Peer, Rejection};
 use smr_crypto::sim::SimKey;
 use smr_crypto::Signer;
 use smr_modes::Mode;
@@ -179,9 +179,12 @@ fn a_new_session_of_a_key_starts_at_seq_1_whatever_seqs_an_earlier_one_used() {
 }
 
 /// A key's sessions beyond `max_sessions_per_client` (2) give way to its new ones, least
-/// recently executed first. The evicted session's retry of a seq beyond its first window is
-/// decided and then refused at execution, on every replica alike, with
-/// [`ReplyStatus::SessionExpired`]: its client hears why instead of waiting.
+/// recently executed first, and the table remembers the eviction: the evicted session's
+/// requests, whatever their seq, are answered [`ReplyStatus::SessionExpired`] where they arrive
+/// and not ordered (its client hears why instead of waiting), and one decided anyway (a
+/// Byzantine leader, or a replica that did not know the eviction yet) is refused at execution,
+/// on every replica alike. Its old seq 1 too: a copy a Byzantine replica kept never executes
+/// again (review finding 1 of this change).
 #[test]
 fn an_evicted_session_is_told_it_expired() {
     let c = open_cluster(small_table());
@@ -199,23 +202,27 @@ fn an_evicted_session_is_told_it_expired() {
         vec![reply(1, &third, ReplyStatus::Executed)]
     );
     assert_eq!(engine.pending_clients(), 2);
-    // Session 1's seq 5 (beyond a new session's window of 4) arrives: with no record, it is
-    // not answered by one replica's say (a replica behind would not know the session yet),
-    // but pooled and ordered...
-    let retry = request(&key, 1, 5);
+    for seq in [6, 1] {
+        let retry = request(&key, 1, seq);
+        assert_eq!(
+            c.deliver(
+                &mut engine,
+                0,
+                Peer::Client(key.public_key()),
+                Message::Request(retry.clone())
+            ),
+            Output {
+                send_now: vec![reply(1, &retry, ReplyStatus::SessionExpired)],
+                rejections: vec![Rejection::StaleRequest],
+                ..Output::default()
+            }
+        );
+    }
+    // Decided anyway: refused where it executes.
+    let replay = request(&key, 1, 1);
     assert_eq!(
-        c.deliver_ok(
-            &mut engine,
-            0,
-            Peer::Client(key.public_key()),
-            Message::Request(retry.clone())
-        ),
-        Output::default()
-    );
-    // ... and refused where it executes.
-    assert_eq!(
-        decide(&c, &mut engine, 8, vec![retry.clone()]),
-        vec![reply(1, &retry, ReplyStatus::SessionExpired)]
+        decide(&c, &mut engine, 8, vec![replay.clone()]),
+        vec![reply(1, &replay, ReplyStatus::SessionExpired)]
     );
     assert_eq!(engine.stats().executed_requests, 7);
     assert_eq!(engine.stats().session_expired_requests, 1);

@@ -296,6 +296,11 @@ pub struct Engine {
     /// The highest cid the current leader's heartbeats reported decided, and when it rose.
     leader_progress: Option<LeaderProgress>,
     rejoin: Rejoin,
+    /// A replica restarted from its store re-executes the stored decisions after its
+    /// checkpoint: until it has executed this cid (the highest stored decision), its service
+    /// is behind states it answered from before the crash, and it answers no unordered read
+    /// (docs/design.md §3.8). Cid 0 otherwise.
+    reads_withheld_until: Cid,
     /// Per peer that said it abstains ([`Message::Abstaining`]): the cid it waits for, and
     /// when that was last raised. The leader orders empty batches up to the highest.
     abstaining: BTreeMap<ReplicaId, recovery::AbstainingPeer>,
@@ -365,6 +370,7 @@ impl Engine {
             highest_seen_cid: Cid::ZERO,
             leader_progress: None,
             rejoin: Rejoin::Done,
+            reads_withheld_until: Cid::ZERO,
             abstaining: BTreeMap::new(),
             peer_incarnations: BTreeMap::new(),
             reply_budgets: ReplyBudgets::default(),

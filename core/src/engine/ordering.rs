@@ -34,7 +34,9 @@ impl Engine {
             // A replica that rejoins may have lost state it answered from before (a write it
             // replied to): its answer could undo that write's reply in the client's quorum, so
             // it answers no unordered read until it takes part again (docs/design.md §3.8).
-            if direct && !self.participates() {
+            // Nor does one restarted from its store before it has re-executed every stored
+            // decision: its service is behind states it answered from before the crash.
+            if direct && (!self.participates() || self.last_executed < self.reads_withheld_until) {
                 self.stats.unordered_reads_withheld += 1;
                 return Ok(());
             }
@@ -93,11 +95,19 @@ impl Engine {
                 }
                 return Err(Rejection::StaleRequest);
             }
-            // Not answered from here: a replica behind the others has no record yet of a
-            // session they know (sim seed 24 of the leader-crash scenario: a lagging replica
-            // told a correct client seq 23 its session had expired). Ordered instead, and
-            // refused at execution, where the table is the same on every correct replica.
-            RequestStatus::SessionExpired | RequestStatus::New => {}
+            // The session's eviction is decided (the table remembers it): neither its
+            // client's retry nor a copy a Byzantine replica forwards is ordered again. A
+            // replica behind the others may not know the eviction yet and orders it; it is
+            // then refused at execution, where the table is the same on every correct replica.
+            // (A session is never taken for expired for its seq alone: sim seed 24 of the
+            // leader-crash scenario, a lagging replica without the session's record.)
+            RequestStatus::SessionExpired => {
+                if direct {
+                    self.answer_refusal(now_ms, id, ReplyStatus::SessionExpired);
+                }
+                return Err(Rejection::StaleRequest);
+            }
+            RequestStatus::New => {}
         }
         match self.pool.insert(request, now_ms) {
             Ok(Inserted::New) => {

@@ -157,6 +157,31 @@ impl Output {
             && self.rejections.is_empty()
     }
 
+    /// Appends the output of a later input, so that a driver can perform the outputs of
+    /// several inputs with one sync (group commit): the records of both are made durable
+    /// together, before every message that either input made wait for its records. A message
+    /// of `later` that may leave at once waits too if `self` has records: it may promise what
+    /// `self` recorded (a vote sent again, say), which the engine took to be durable when it
+    /// produced it. So every message still leaves after every record produced before it.
+    pub fn absorb(&mut self, later: Output) {
+        let Output {
+            send_now,
+            persist,
+            send_after_persist,
+            service,
+            rejections,
+        } = later;
+        if self.persist.is_empty() {
+            self.send_now.extend(send_now);
+        } else {
+            self.send_after_persist.extend(send_now);
+        }
+        self.persist.extend(persist);
+        self.send_after_persist.extend(send_after_persist);
+        self.service.extend(service);
+        self.rejections.extend(rejections);
+    }
+
     /// Every message, in the order it must be sent.
     pub fn messages(&self) -> impl Iterator<Item = &Outgoing> {
         self.send_now.iter().chain(self.send_after_persist.iter())

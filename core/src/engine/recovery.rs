@@ -132,6 +132,8 @@ impl Engine {
             &votes,
         )?;
         let highest_stored_decision = decisions.keys().next_back().copied().unwrap_or(base);
+        // It executed and answered from states up to its stored decisions before the crash.
+        engine.reads_withheld_until = highest_stored_decision;
         let mut highest_voted = base;
         for (cid, p) in prepared.into_iter().filter(|(cid, _)| *cid > base) {
             engine.instances.entry(cid).or_default().prepared = Some(p);
