@@ -1369,7 +1369,7 @@ fn refusal_text(status: ReplyStatus) -> &'static str {
     match status {
         ReplyStatus::Executed => "the request executed",
         ReplyStatus::Stale => "the replicas refused the request as stale: it executed before and its reply is no longer kept; it will not execute again",
-        ReplyStatus::SessionExpired => "the replicas no longer know this client session (evicted after being idle while other sessions executed): the request was not executed now, and whether it executed before is unknown; connect a new client",
+        ReplyStatus::SessionExpired => "the replicas evicted this client session (newer sessions of its key, or a full client table, took its place; docs/design.md §3.7): the request was not executed now, and whether it executed before is unknown; connect a new client",
         ReplyStatus::TableFull => "the replicas' client table is full of active sessions: the request was not executed; try again later",
     }
 }
