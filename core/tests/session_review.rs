@@ -1,5 +1,10 @@
-//! Review of issue 15 (sessions, unordered reads): failing tests for findings. Engine-level,
-//! with the shared fixture (core/tests/common/).
+//! Regressions of an adversarial review of client sessions and unordered reads (issue 15).
+//! Each test failed on the code the reviewer was given and passes since its fix (design §3.7
+//! "Expired sessions" and "Bounds", §3.8): a session refused as expired for seqs it used up
+//! without a record, an evicted session's request replayed by a Byzantine replica, a few keys'
+//! sessions filling the table, and a replica replaying its store answering unordered reads.
+//! Engine-level, with the shared fixture (core/tests/common/). Each test's doc states the
+//! finding as the reviewer found it.
 
 mod common;
 
