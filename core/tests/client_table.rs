@@ -11,10 +11,9 @@ use serde::Serialize;
 use smr_core::checkpoint::Checkpoint;
 use smr_core::engine::{Output, PersistRecord, ServiceWork};
 use smr_core::message::{
-    Batch, Cid, Decision, Message, Regency, ReplyStatus, Request, RequestBody, RequestKind,
-    SessionId, VoteKind,
+    Batch, Cid, Message, ReplyStatus, Request, RequestBody, RequestKind, SessionId,
 };
-use smr_core::{ClientPolicy, Engine, Limits, Peer};
+use smr_core::{ClientPolicy, Engine, Limits};
 use smr_crypto::sim::SimKey;
 use smr_crypto::{PublicKey, Signer};
 use smr_modes::Mode;
@@ -96,21 +95,7 @@ fn run_service(engine: &mut Engine, out: Output, requests: &[Request]) -> Vec<us
 /// Delivers the decision of `requests` at `cid` (ACCEPTs of all three) to `engine`, from
 /// replica 0, and runs the service.
 fn decide(c: &Cluster, engine: &mut Engine, cid: u64, requests: Vec<Request>) -> Vec<usize> {
-    let batch = Batch {
-        requests: requests.clone(),
-    };
-    let digest = batch.digest();
-    let decision = Decision {
-        cid: Cid(cid),
-        batch,
-        certificate: c.votes(VoteKind::Accept, &[0, 1, 2], Cid(cid), Regency(0), digest),
-    };
-    let out = c.deliver_ok(
-        engine,
-        0,
-        Peer::Replica(0),
-        Message::Decisions(vec![decision]),
-    );
+    let out = c.deliver_decision(engine, cid, requests.clone());
     run_service(engine, out, &requests)
 }
 

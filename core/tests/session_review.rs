@@ -33,21 +33,7 @@ fn open_cluster(limits: Limits) -> Cluster {
 /// Decides `requests` at `cid` on replica 1, runs the service (result = op), returns the
 /// replies it sent.
 fn decide(c: &Cluster, engine: &mut Engine, cid: u64, requests: Vec<Request>) -> Vec<Reply> {
-    let batch = Batch {
-        requests: requests.clone(),
-    };
-    let digest = batch.digest();
-    let decision = Decision {
-        cid: Cid(cid),
-        batch,
-        certificate: c.votes(VoteKind::Accept, &[0, 1, 2], Cid(cid), Regency(0), digest),
-    };
-    let out = c.deliver_ok(
-        engine,
-        0,
-        Peer::Replica(0),
-        Message::Decisions(vec![decision]),
-    );
+    let out = c.deliver_decision(engine, cid, requests.clone());
     let mut sent: Vec<Message> = out.messages().map(message_of).collect();
     for work in out.service {
         let ServiceWork::Execute { cid, items } = work else {

@@ -9,10 +9,7 @@ mod common;
 use std::sync::Arc;
 
 use smr_core::engine::{Outgoing, Output, ServiceWork};
-use smr_core::message::{
-    Batch, Cid, Decision, Message, Regency, Reply, ReplyStatus, Request, RequestBody, RequestKind,
-    VoteKind,
-};
+use smr_core::message::{Message, Regency, Reply, ReplyStatus, Request, RequestBody, RequestKind};
 use smr_core::{ClientPolicy, Engine, Limits, Peer, Rejection};
 use smr_crypto::sim::SimKey;
 use smr_crypto::Signer;
@@ -78,21 +75,7 @@ fn reply(replica: u32, request: &Request, status: ReplyStatus) -> Outgoing {
 /// Delivers the decision of `requests` at `cid` to `engine` (replica 1), from replica 0, runs
 /// the service (no checkpoint is due in these tests), and returns every message sent.
 fn decide(c: &Cluster, engine: &mut Engine, cid: u64, requests: Vec<Request>) -> Vec<Outgoing> {
-    let batch = Batch {
-        requests: requests.clone(),
-    };
-    let digest = batch.digest();
-    let decision = Decision {
-        cid: Cid(cid),
-        batch,
-        certificate: c.votes(VoteKind::Accept, &[0, 1, 2], Cid(cid), Regency(0), digest),
-    };
-    let out = c.deliver_ok(
-        engine,
-        0,
-        Peer::Replica(0),
-        Message::Decisions(vec![decision]),
-    );
+    let out = c.deliver_decision(engine, cid, requests.clone());
     let mut sent: Vec<Outgoing> = out.messages().cloned().collect();
     for work in out.service {
         let ServiceWork::Execute { cid, items } = work else {

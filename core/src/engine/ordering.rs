@@ -41,13 +41,7 @@ impl Engine {
                 return Ok(());
             }
             if direct {
-                let budget = super::budget::ClientReplyBudget::from_config(&self.cfg);
-                if !self.client_reply_budgets.try_spend(
-                    &budget,
-                    id.client,
-                    now_ms,
-                    super::budget::REPLY_OVERHEAD_BYTES,
-                ) {
+                if !self.spend_reply_overhead(now_ms, id) {
                     self.stats.unordered_reads_withheld += 1;
                     return Ok(());
                 }
@@ -144,16 +138,22 @@ impl Engine {
         }
     }
 
-    /// Sends the refusal of a request that arrived directly, if the client's reply budget
-    /// pays for it (withheld and counted as a cached reply otherwise).
-    fn answer_refusal(&mut self, now_ms: u64, id: RequestId, status: ReplyStatus) {
+    /// Takes `REPLY_OVERHEAD_BYTES` from the reply budget of `id`'s client key; false if it is
+    /// spent.
+    fn spend_reply_overhead(&mut self, now_ms: u64, id: RequestId) -> bool {
         let budget = super::budget::ClientReplyBudget::from_config(&self.cfg);
-        if !self.client_reply_budgets.try_spend(
+        self.client_reply_budgets.try_spend(
             &budget,
             id.client,
             now_ms,
             super::budget::REPLY_OVERHEAD_BYTES,
-        ) {
+        )
+    }
+
+    /// Sends the refusal of a request that arrived directly, if the client's reply budget
+    /// pays for it (withheld and counted as a cached reply otherwise).
+    fn answer_refusal(&mut self, now_ms: u64, id: RequestId, status: ReplyStatus) {
+        if !self.spend_reply_overhead(now_ms, id) {
             self.stats.cached_replies_withheld += 1;
             return;
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use smr_core::engine::{ExecuteItem, Outgoing, Output, ServiceWork, TimerKind};
 use smr_core::message::{
-    Batch, Cid, DecisionProof, Message, PreparedProof, Propose, Regency, Reply, Request,
+    Batch, Cid, Decision, DecisionProof, Message, PreparedProof, Propose, Regency, Reply, Request,
     RequestBody, RequestKind, Signed, Stop, StopData, Sync as SyncMsg, Vote, VoteKind,
 };
 use smr_core::{
@@ -331,6 +331,30 @@ impl Cluster {
 
     pub fn deliver_from(&self, engine: &mut Engine, now_ms: u64, from: u32, m: Message) -> Output {
         self.deliver(engine, now_ms, Peer::Replica(from), m)
+    }
+
+    /// Delivers to `engine`, from replica 0, the decision of `requests` at `cid` in regency 0
+    /// (ACCEPTs of replicas 0, 1 and 2), which the verifier and the engine both accept.
+    #[allow(dead_code)] // Not every test binary that includes this module decides batches.
+    pub fn deliver_decision(
+        &self,
+        engine: &mut Engine,
+        cid: u64,
+        requests: Vec<Request>,
+    ) -> Output {
+        let batch = Batch { requests };
+        let digest = batch.digest();
+        let decision = Decision {
+            cid: Cid(cid),
+            batch,
+            certificate: self.votes(VoteKind::Accept, &[0, 1, 2], Cid(cid), Regency(0), digest),
+        };
+        self.deliver_ok(
+            engine,
+            0,
+            Peer::Replica(0),
+            Message::Decisions(vec![decision]),
+        )
     }
 
     /// Delivers a message that the verifier and the engine both accept.
