@@ -62,6 +62,33 @@ fn decide(c: &Cluster, engine: &mut Engine, cid: u64, requests: Vec<Request>) ->
         .collect()
 }
 
+/// A CFT cluster whose window is `window`, replica 1 of it started, and a client engine of key
+/// 9 in `session` with unordered reads on.
+fn cft_replica_and_client(
+    window: u64,
+    session: u64,
+) -> (Cluster, Engine, Arc<SimKey>, ClientEngine) {
+    let c = open_cluster(Limits {
+        max_pending_per_client: window as _,
+        ..Limits::default()
+    });
+    let mut engine = c.engine(1);
+    engine.start(0);
+    let key = Arc::new(SimKey::from_seed([9; 32]));
+    let client = ClientEngine::new(
+        ClientConfig {
+            quorums: Quorums::new(Mode::Cft, 3, 1).unwrap(),
+            unordered_reads_enabled: true,
+            max_outstanding: window as usize,
+            max_op_bytes: 64,
+            retry_timeout_ms: 1000,
+        },
+        key.clone(),
+        session,
+    );
+    (c, engine, key, client)
+}
+
 fn message_of(o: &smr_core::Outgoing) -> Message {
     match o {
         smr_core::Outgoing::Send { message, .. } => message.clone(),
@@ -90,24 +117,7 @@ fn request_of(actions: &[ClientAction]) -> Request {
 #[test]
 fn a_write_after_a_window_of_unordered_reads_is_not_refused_as_expired() {
     let window = 4u64;
-    let c = open_cluster(Limits {
-        max_pending_per_client: window as _,
-        ..Limits::default()
-    });
-    let mut engine = c.engine(1);
-    engine.start(0);
-    let key = Arc::new(SimKey::from_seed([9; 32]));
-    let mut client = ClientEngine::new(
-        ClientConfig {
-            quorums: Quorums::new(Mode::Cft, 3, 1).unwrap(),
-            unordered_reads_enabled: true,
-            max_outstanding: window as usize,
-            max_op_bytes: 64,
-            retry_timeout_ms: 1000,
-        },
-        key.clone(),
-        0x5e55,
-    );
+    let (c, mut engine, key, mut client) = cft_replica_and_client(window, 0x5e55);
     // `window` unordered reads, each completed by Q = 2 matching replies.
     for _ in 0..window {
         let (seq, actions) = client
@@ -354,24 +364,7 @@ fn a_byzantine_replica_cannot_replay_an_evicted_sessions_request() {
 #[test]
 fn a_session_whose_first_window_of_requests_timed_out_is_not_expired() {
     let window = 4u64;
-    let c = open_cluster(Limits {
-        max_pending_per_client: window as _,
-        ..Limits::default()
-    });
-    let mut engine = c.engine(1);
-    engine.start(0);
-    let key = Arc::new(SimKey::from_seed([9; 32]));
-    let mut client = ClientEngine::new(
-        ClientConfig {
-            quorums: Quorums::new(Mode::Cft, 3, 1).unwrap(),
-            unordered_reads_enabled: true,
-            max_outstanding: window as usize,
-            max_op_bytes: 64,
-            retry_timeout_ms: 1000,
-        },
-        key.clone(),
-        0x07a,
-    );
+    let (c, mut engine, _key, mut client) = cft_replica_and_client(window, 0x07a);
     // The cluster is unreachable: each invocation times out and the driver abandons it.
     for _ in 0..window {
         let (seq, _) = client

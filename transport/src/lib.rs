@@ -1145,6 +1145,20 @@ impl QuicTransport {
     }
 }
 
+/// What every send checks first: the transport is running and the frame fits its limit.
+fn sendable(shared: &link::Shared, length: usize) -> Result<(), SendError> {
+    if shared.is_shut_down() {
+        return Err(SendError::Closed);
+    }
+    if length > shared.max_frame_bytes {
+        return Err(SendError::FrameTooLarge {
+            size_bytes: length,
+            max_bytes: shared.max_frame_bytes,
+        });
+    }
+    Ok(())
+}
+
 impl Network for QuicTransport {
     fn refused_replicas(&self) -> Vec<smr_core::message::RefusedReplica> {
         QuicTransport::refused_replicas(self)
@@ -1153,15 +1167,7 @@ impl Network for QuicTransport {
     fn send(&self, to: Peer, frame: Vec<u8>) -> Result<(), SendError> {
         use mpsc::error::TrySendError;
         let shared = &self.inner.shared;
-        if shared.is_shut_down() {
-            return Err(SendError::Closed);
-        }
-        if frame.len() > shared.max_frame_bytes {
-            return Err(SendError::FrameTooLarge {
-                size_bytes: frame.len(),
-                max_bytes: shared.max_frame_bytes,
-            });
-        }
+        sendable(shared, frame.len())?;
         match to {
             Peer::Replica(id) if self.inner.role == Role::Replica(id) => {
                 let lane = &shared.replica_lane;
@@ -1211,15 +1217,7 @@ impl Network for QuicTransport {
     ) -> Result<(), SendError> {
         let shared = &self.inner.shared;
         let to = Peer::Client(key);
-        if shared.is_shut_down() {
-            return Err(SendError::Closed);
-        }
-        if frame.len() > shared.max_frame_bytes {
-            return Err(SendError::FrameTooLarge {
-                size_bytes: frame.len(),
-                max_bytes: shared.max_frame_bytes,
-            });
-        }
+        sendable(shared, frame.len())?;
         let queue = lock(&shared.client_links)
             .get(&key)
             .and_then(|links| link::session_link(links, session))
