@@ -19,12 +19,17 @@
 //! matched by sequence number. A request that times out is resent with the same seq, which the
 //! replicas deduplicate, so retries stay exactly-once.
 //!
-//! Each engine is one *session* (docs/design.md §3.7): a number the caller picks at random,
-//! carried (and signed) in every request, with seqs from 1. Exactly-once is kept per (key,
-//! session), so any number of processes may share a key, and no seq depends on a clock. A
-//! request the replicas refuse (stale, from an expired session, or with the client table
-//! full) completes with that [`ReplyStatus`] once as many replicas said so as a result needs,
-//! so one lying replica cannot make a client give up.
+//! Each engine is one *session* (docs/design.md §3.7, "Sessions"): before its first request
+//! it sends an *open request* ([`ClientEngine::open`], [`OPEN_SESSION`]) to every replica,
+//! and the replicated client table assigns it the next session number when the open executes;
+//! the engine takes the number once as many replicas sent it as a result needs. Every request
+//! then carries (and signs) that session, with seqs from 1. Exactly-once is kept per (key,
+//! session), so any number of processes may share a key, and no seq depends on a clock. The
+//! open's replies find this process by its *routing tag*, a random number the caller picks
+//! (at or above [`SESSION_NUMBER_LIMIT`]) and its connections announce. A request the
+//! replicas refuse (stale, from an expired session, or with the client table full) completes
+//! with that [`ReplyStatus`] once as many replicas said so as a result needs, so one lying
+//! replica cannot make a client give up.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,8 +37,10 @@ use std::sync::Arc;
 use smr_crypto::Signer;
 use smr_modes::Quorums;
 
+use crate::clients::SESSION_NUMBER_LIMIT;
 use crate::message::{
     ClientId, Message, Regency, ReplicaId, Reply, ReplyStatus, Request, RequestBody, RequestKind,
+    OPEN_SESSION,
 };
 
 /// Why [`ClientEngine::submit`] refused a request; nothing was sent.
@@ -52,6 +59,10 @@ pub enum ClientError {
         /// The configured `max_op_bytes`.
         max_bytes: usize,
     },
+    /// The session is not open yet: call [`ClientEngine::open`] and wait until
+    /// [`ClientEngine::session`] is set (the open's reply quorum).
+    #[error("the client session is not open yet")]
+    SessionNotOpen,
 }
 
 /// A message the client driver must send: the client engine's only kind of output.
@@ -71,7 +82,9 @@ pub enum ClientAction {
 /// A finished request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completed {
-    /// The request's sequence number, as [`ClientEngine::submit`] returned it.
+    /// The request's sequence number, as [`ClientEngine::submit`] returned it; 0 for the open
+    /// request ([`ClientEngine::open`]), whose result is the session number (8 bytes,
+    /// little-endian) when `status` is [`ReplyStatus::Executed`].
     pub seq: u64,
     /// What enough replicas agreed on: [`ReplyStatus::Executed`] with the service's result,
     /// or a refusal with an empty result.
@@ -93,6 +106,30 @@ struct Outstanding {
     submitted_ms: u64,
     /// Sent to every replica (from the start, or after the leader took too long).
     broadcast: bool,
+    /// An unordered read of a client with no session yet, due to fall back to ordering once
+    /// the session is open.
+    falling_back: bool,
+}
+
+/// Counts `from`'s reply toward `entry` and returns the (status, result) that `entry.needed`
+/// replicas sent alike, or the size of the largest group of alike replies so far.
+fn tally(
+    entry: &mut Outstanding,
+    from: ReplicaId,
+    status: ReplyStatus,
+    result: Vec<u8>,
+) -> Result<(ReplyStatus, Vec<u8>), usize> {
+    entry.replies.insert(from, (status, result));
+    let mut counts: BTreeMap<(ReplyStatus, &[u8]), usize> = BTreeMap::new();
+    for (status, r) in entry.replies.values() {
+        *counts.entry((*status, r.as_slice())).or_default() += 1;
+    }
+    let most = counts.values().copied().max().unwrap_or(0);
+    counts
+        .into_iter()
+        .find(|(_, c)| *c >= entry.needed)
+        .map(|((status, r), _)| (status, r.to_vec()))
+        .ok_or(most)
 }
 
 /// What a client needs to know about the cluster and its own limits.
@@ -119,7 +156,12 @@ pub struct ClientConfig {
 pub struct ClientEngine {
     cfg: ClientConfig,
     id: ClientId,
-    session: u64,
+    /// The open's routing tag (module docs).
+    tag: u64,
+    /// The session, once the open's reply quorum gave it.
+    session: Option<u64>,
+    /// The open request, while it waits for its reply quorum.
+    opening: Option<Outstanding>,
     signer: Option<Arc<dyn Signer>>,
     next_seq: u64,
     outstanding: BTreeMap<u64, Outstanding>,
@@ -133,24 +175,31 @@ pub struct ClientEngine {
 }
 
 impl ClientEngine {
-    /// A client whose identity is `signer`'s public key, in session `session`, numbering its
-    /// requests from 1. It signs requests with `signer` only in BFT. The caller picks
-    /// `session` at random (the driver does: [`crate::driver::Client::start`]), so that two
-    /// processes sharing a key never share a session; no clock is involved.
+    /// A client whose identity is `signer`'s public key, with no session yet: call
+    /// [`ClientEngine::open`] first. It signs requests with `signer` only in BFT. `tag` routes
+    /// the open's replies to this process: the caller picks it at random, at or above
+    /// [`SESSION_NUMBER_LIMIT`] (the driver does: [`crate::driver::Client::new_tag`]), and its
+    /// connections announce it; no clock is involved.
     ///
     /// # Panics
-    /// If `cfg.max_outstanding` is 0.
-    pub fn new(cfg: ClientConfig, signer: Arc<dyn Signer>, session: u64) -> ClientEngine {
+    /// If `cfg.max_outstanding` is 0, or `tag` is below [`SESSION_NUMBER_LIMIT`].
+    pub fn new(cfg: ClientConfig, signer: Arc<dyn Signer>, tag: u64) -> ClientEngine {
         assert!(
             cfg.max_outstanding > 0,
             "a client needs a window of at least one request"
+        );
+        assert!(
+            tag >= SESSION_NUMBER_LIMIT,
+            "a routing tag is at or above SESSION_NUMBER_LIMIT, where no session number is"
         );
         let id = signer.public_key();
         let signer = cfg.quorums.requires_signatures().then_some(signer);
         ClientEngine {
             cfg,
             id,
-            session,
+            tag,
+            session: None,
+            opening: None,
             signer,
             next_seq: 1,
             outstanding: BTreeMap::new(),
@@ -191,9 +240,54 @@ impl ClientEngine {
         self.id
     }
 
-    /// The client's session.
-    pub fn session(&self) -> u64 {
+    /// The client's session, once open ([`ClientEngine::open`]).
+    pub fn session(&self) -> Option<u64> {
         self.session
+    }
+
+    /// The routing tag the open's replies find this process by ([`ClientEngine::new`]).
+    pub fn tag(&self) -> u64 {
+        self.tag
+    }
+
+    /// Whether the open request waits for its reply quorum.
+    pub fn opening(&self) -> bool {
+        self.opening.is_some()
+    }
+
+    /// Starts opening the session at `now_ms`, unless it is open or opening: an open request
+    /// ([`OPEN_SESSION`], seq = the routing tag, no operation) to every replica, resent like
+    /// any request at its deadline ([`ClientEngine::on_timer`]). It completes in
+    /// [`ClientEngine::on_reply`] (as [`Completed`] with seq 0) once as many replicas sent the
+    /// same session number as an ordered request's result needs; [`ClientEngine::session`]
+    /// is then set. A refusal (`TableFull`) completes it too, and `open` may be called again.
+    pub fn open(&mut self, now_ms: u64) -> Vec<ClientAction> {
+        if self.session.is_some() || self.opening.is_some() {
+            return Vec::new();
+        }
+        let request = Request::new(
+            RequestBody {
+                client: self.id,
+                session: OPEN_SESSION,
+                seq: self.tag,
+                kind: RequestKind::Ordered,
+                op: Vec::new(),
+            },
+            self.signer.as_deref(),
+        );
+        self.opening = Some(Outstanding {
+            request: request.clone(),
+            replies: BTreeMap::new(),
+            deadline_ms: now_ms + self.cfg.retry_timeout_ms,
+            needed: self
+                .cfg
+                .quorums
+                .replies_ordered(self.cfg.unordered_reads_enabled),
+            submitted_ms: now_ms,
+            broadcast: true,
+            falling_back: false,
+        });
+        vec![ClientAction::Broadcast(Message::Request(request))]
     }
 
     /// Requests submitted and neither completed nor abandoned.
@@ -208,6 +302,7 @@ impl ClientEngine {
     /// `retry_timeout_ms` for an unordered read.
     ///
     /// # Errors
+    /// [`ClientError::SessionNotOpen`] before the session is open,
     /// [`ClientError::TooManyOutstanding`] when the window is full,
     /// [`ClientError::OpTooLarge`] when `op` exceeds `max_op_bytes`.
     pub fn submit(
@@ -216,6 +311,16 @@ impl ClientEngine {
         kind: RequestKind,
         op: Vec<u8>,
     ) -> Result<(u64, Vec<ClientAction>), ClientError> {
+        // An unordered read needs no session: it is never deduplicated, and until the session
+        // is open it carries the routing tag, which this process's connections announce, so
+        // its answers find it. One that falls back to ordering waits for the session
+        // ([`ClientEngine::on_timer`]).
+        let reads_unordered = self.cfg.unordered_reads_enabled && kind == RequestKind::Unordered;
+        let session = match self.session {
+            Some(session) => session,
+            None if reads_unordered => self.tag,
+            None => return Err(ClientError::SessionNotOpen),
+        };
         if self.outstanding.len() >= self.cfg.max_outstanding {
             return Err(ClientError::TooManyOutstanding(self.outstanding.len()));
         }
@@ -251,7 +356,7 @@ impl ClientEngine {
         let request = Request::new(
             RequestBody {
                 client: self.id,
-                session: self.session,
+                session,
                 seq,
                 kind,
                 op,
@@ -284,6 +389,7 @@ impl ClientEngine {
                 needed,
                 submitted_ms: now_ms,
                 broadcast,
+                falling_back: false,
             },
         );
         Ok((seq, vec![action]))
@@ -300,33 +406,38 @@ impl ClientEngine {
     /// naming another replica, client or session is ignored; any other reply's regency counts
     /// toward [`ClientEngine::believed_leader`], even a late one.
     pub fn on_reply(&mut self, now_ms: u64, from: ReplicaId, reply: Reply) -> Option<Completed> {
-        if reply.replica != from || reply.client != self.id || reply.session != self.session {
+        if reply.replica != from || reply.client != self.id {
+            return None;
+        }
+        let to_open = reply.session == OPEN_SESSION && reply.seq == self.tag;
+        if !to_open && Some(reply.session) != self.session && reply.session != self.tag {
             return None;
         }
         let reported = self.reported_regency.entry(from).or_insert(Regency::ZERO);
         *reported = (*reported).max(reply.regency);
-        let entry = self.outstanding.get_mut(&reply.seq)?;
-        entry.replies.insert(from, (reply.status, reply.result));
-        let mut counts: BTreeMap<(ReplyStatus, &[u8]), usize> = BTreeMap::new();
-        for (status, r) in entry.replies.values() {
-            *counts.entry((*status, r.as_slice())).or_default() += 1;
+        if to_open {
+            return self.on_open_reply(now_ms, from, reply);
         }
-        let most = counts.values().copied().max().unwrap_or(0);
-        let Some((status, winner)) = counts
-            .into_iter()
-            .find(|(_, c)| *c >= entry.needed)
-            .map(|((status, r), _)| (status, r.to_vec()))
-        else {
-            // An unordered read whose replies already disagree too much for any result to
-            // reach Q, even if every replica still silent agreed with the largest group, falls
-            // back to ordering at once (at the next `on_timer`) rather than at its deadline.
-            let silent = self.cfg.quorums.n().saturating_sub(entry.replies.len());
-            if entry.request.body.kind == RequestKind::Unordered
-                && most.saturating_add(silent) < entry.needed
-            {
-                entry.deadline_ms = entry.deadline_ms.min(now_ms);
+        let n = self.cfg.quorums.n();
+        let entry = self
+            .outstanding
+            .get_mut(&reply.seq)
+            .filter(|entry| entry.request.body.session == reply.session)?;
+        let (status, winner) = match tally(entry, from, reply.status, reply.result) {
+            Ok(won) => won,
+            Err(most) => {
+                // An unordered read whose replies already disagree too much for any result
+                // to reach Q, even if every replica still silent agreed with the largest
+                // group, falls back to ordering at once (at the next `on_timer`) rather than
+                // at its deadline.
+                let silent = n.saturating_sub(entry.replies.len());
+                if entry.request.body.kind == RequestKind::Unordered
+                    && most.saturating_add(silent) < entry.needed
+                {
+                    entry.deadline_ms = entry.deadline_ms.min(now_ms);
+                }
+                return None;
             }
-            return None;
         };
         let done = self.outstanding.remove(&reply.seq).expect("found above");
         if !done.broadcast {
@@ -336,6 +447,36 @@ impl ClientEngine {
         }
         Some(Completed {
             seq: reply.seq,
+            status,
+            result: winner,
+        })
+    }
+
+    /// A reply to the open request: at the reply quorum, the session is open (or the open
+    /// was refused, and may be tried again).
+    fn on_open_reply(&mut self, now_ms: u64, from: ReplicaId, reply: Reply) -> Option<Completed> {
+        let entry = self.opening.as_mut()?;
+        let (status, winner) = tally(entry, from, reply.status, reply.result).ok()?;
+        if status == ReplyStatus::Executed {
+            // f+1 (BFT) or Q matching replies include a correct replica's, which is a number
+            // the table assigned: never outside FIRST_SESSION..SESSION_NUMBER_LIMIT.
+            let number = <[u8; 8]>::try_from(winner.as_slice()).map(u64::from_le_bytes);
+            match number {
+                Ok(session) if (1..SESSION_NUMBER_LIMIT).contains(&session) => {
+                    self.session = Some(session);
+                    // Reads that fell back to ordering waited for the session: due now.
+                    for o in self.outstanding.values_mut() {
+                        if o.request.body.session == self.tag && o.falling_back {
+                            o.deadline_ms = o.deadline_ms.min(now_ms);
+                        }
+                    }
+                }
+                _ => return None,
+            }
+        }
+        self.opening = None;
+        Some(Completed {
+            seq: 0,
             status,
             result: winner,
         })
@@ -360,7 +501,11 @@ impl ClientEngine {
     /// The earliest retry deadline, in the caller's milliseconds, if any request is
     /// outstanding: call [`ClientEngine::on_timer`] then.
     pub fn next_deadline_ms(&self) -> Option<u64> {
-        self.outstanding.values().map(|o| o.deadline_ms).min()
+        self.outstanding
+            .values()
+            .chain(self.opening.as_ref())
+            .map(|o| o.deadline_ms)
+            .min()
     }
 
     /// Sends every request whose deadline is at or before `now_ms` to every replica, and sets
@@ -369,13 +514,25 @@ impl ClientEngine {
     /// concurrent writes.
     pub fn on_timer(&mut self, now_ms: u64) -> Vec<ClientAction> {
         let mut actions = Vec::new();
-        for o in self.outstanding.values_mut() {
+        let mut needs_session = false;
+        for o in self.outstanding.values_mut().chain(self.opening.as_mut()) {
             if o.deadline_ms > now_ms {
                 continue;
             }
             if o.request.body.kind == RequestKind::Unordered {
+                let Some(session) = self.session else {
+                    // An ordered request needs a session: open it, and meanwhile ask again
+                    // unordered; the open's completion makes this due again.
+                    needs_session = true;
+                    o.falling_back = true;
+                    o.deadline_ms = now_ms + self.cfg.retry_timeout_ms;
+                    o.replies.clear();
+                    actions.push(ClientAction::Broadcast(Message::Request(o.request.clone())));
+                    continue;
+                };
                 let mut body = o.request.body.clone();
                 body.kind = RequestKind::Ordered;
+                body.session = session;
                 o.request = Request::new(body, self.signer.as_deref());
                 o.needed = self
                     .cfg
@@ -388,6 +545,9 @@ impl ClientEngine {
             self.retries += 1;
             actions.push(ClientAction::Broadcast(Message::Request(o.request.clone())));
         }
+        if needs_session {
+            actions.extend(self.open(now_ms));
+        }
         actions
     }
 }
@@ -398,6 +558,9 @@ mod tests {
     use smr_crypto::sim::SimKey;
     use smr_modes::Mode;
 
+    const TAG: u64 = SESSION_NUMBER_LIMIT | 0x7a6;
+
+    /// A BFT client (n = 4, f = 1) whose session 1 is open.
     fn client(unordered_reads_enabled: bool) -> ClientEngine {
         let cfg = ClientConfig {
             quorums: Quorums::new(Mode::Bft, 4, 1).unwrap(),
@@ -406,7 +569,132 @@ mod tests {
             max_op_bytes: 16,
             retry_timeout_ms: 100,
         };
-        ClientEngine::new(cfg, Arc::new(SimKey::from_seed([1; 32])), 1)
+        opened(ClientEngine::new(
+            cfg,
+            Arc::new(SimKey::from_seed([1; 32])),
+            TAG,
+        ))
+    }
+
+    /// `c` with its session open as number 1: the open request and the replies of every
+    /// replica.
+    fn opened(mut c: ClientEngine) -> ClientEngine {
+        c.open(0);
+        for replica in 0..c.cfg.quorums.n() as ReplicaId {
+            c.on_reply(
+                0,
+                replica,
+                open_reply(&c, replica, ReplyStatus::Executed, 1),
+            );
+        }
+        assert_eq!(c.session(), Some(1));
+        c
+    }
+
+    fn open_reply(
+        c: &ClientEngine,
+        replica: ReplicaId,
+        status: ReplyStatus,
+        session: u64,
+    ) -> Reply {
+        Reply {
+            replica,
+            client: c.id(),
+            session: OPEN_SESSION,
+            status,
+            seq: c.tag(),
+            regency: Regency::ZERO,
+            result: if status == ReplyStatus::Executed {
+                session.to_le_bytes().to_vec()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// Issue 15 (second review): a session's number comes from the replicated table through
+    /// an ordered open request, sent to every replica and taken at the reply quorum; nothing
+    /// is submitted before; a refusal completes the open and it may be tried again; replies
+    /// for another tag are ignored.
+    #[test]
+    fn the_session_opens_at_the_reply_quorum_of_its_open_request() {
+        let cfg = client(false).cfg;
+        let mut c = ClientEngine::new(cfg, Arc::new(SimKey::from_seed([1; 32])), TAG);
+        assert_eq!(
+            c.submit(0, RequestKind::Ordered, b"op".to_vec()),
+            Err(ClientError::SessionNotOpen)
+        );
+        let open = Request::new(
+            RequestBody {
+                client: c.id(),
+                session: OPEN_SESSION,
+                seq: TAG,
+                kind: RequestKind::Ordered,
+                op: Vec::new(),
+            },
+            Some(&SimKey::from_seed([1; 32])),
+        );
+        assert_eq!(
+            c.open(5),
+            vec![ClientAction::Broadcast(Message::Request(open.clone()))]
+        );
+        assert_eq!(c.open(6), Vec::new(), "one open at a time");
+        assert_eq!(c.next_deadline_ms(), Some(105));
+        // Refused by f+1: the open completes unopened, and may be sent again.
+        assert_eq!(
+            c.on_reply(7, 0, open_reply(&c, 0, ReplyStatus::TableFull, 0)),
+            None
+        );
+        assert_eq!(
+            c.on_reply(7, 1, open_reply(&c, 1, ReplyStatus::TableFull, 0)),
+            Some(Completed {
+                seq: 0,
+                status: ReplyStatus::TableFull,
+                result: Vec::new(),
+            })
+        );
+        assert_eq!((c.session(), c.opening()), (None, false));
+        assert_eq!(
+            c.open(8),
+            vec![ClientAction::Broadcast(Message::Request(open.clone()))]
+        );
+        // Resent at its deadline like any request.
+        assert_eq!(
+            c.on_timer(108),
+            vec![ClientAction::Broadcast(Message::Request(open))]
+        );
+        // One replica's number (perhaps a lie), another tag's reply: not enough.
+        assert_eq!(
+            c.on_reply(110, 3, open_reply(&c, 3, ReplyStatus::Executed, 9)),
+            None
+        );
+        let other_tag = Reply {
+            seq: TAG + 1,
+            ..open_reply(&c, 0, ReplyStatus::Executed, 4)
+        };
+        assert_eq!(c.on_reply(110, 0, other_tag), None);
+        assert_eq!(
+            c.on_reply(110, 1, open_reply(&c, 1, ReplyStatus::Executed, 4)),
+            None
+        );
+        assert_eq!(
+            c.on_reply(110, 2, open_reply(&c, 2, ReplyStatus::Executed, 4)),
+            Some(Completed {
+                seq: 0,
+                status: ReplyStatus::Executed,
+                result: 4u64.to_le_bytes().to_vec(),
+            })
+        );
+        assert_eq!(c.session(), Some(4));
+        let (seq, actions) = c.submit(111, RequestKind::Ordered, b"op".to_vec()).unwrap();
+        let [ClientAction::Send {
+            message: Message::Request(sent),
+            ..
+        }] = &actions[..]
+        else {
+            panic!("expected one request, got {actions:?}");
+        };
+        assert_eq!((sent.body.session, sent.body.seq, seq), (4, 1, 1));
     }
 
     fn reply(c: &ClientEngine, replica: ReplicaId, seq: u64, result: &[u8]) -> Reply {
@@ -480,12 +768,108 @@ mod tests {
         );
     }
 
+    /// Issue 15: an unordered read needs no session, so a fresh process's `--unordered` read
+    /// orders nothing: it carries the routing tag until the session is open. One that falls
+    /// back to ordering opens the session first, asks again unordered meanwhile, and goes out
+    /// ordered, in the session, once it is open.
+    #[test]
+    fn an_unordered_read_needs_no_session_and_its_fallback_opens_one() {
+        let cfg = client(true).cfg;
+        let key = SimKey::from_seed([1; 32]);
+        let mut c = ClientEngine::new(cfg, Arc::new(key.clone()), TAG);
+        let (seq, actions) = c
+            .submit(0, RequestKind::Unordered, b"get".to_vec())
+            .unwrap();
+        let read = Request::new(
+            RequestBody {
+                client: c.id(),
+                session: TAG,
+                seq,
+                kind: RequestKind::Unordered,
+                op: b"get".to_vec(),
+            },
+            Some(&key),
+        );
+        assert_eq!(
+            actions,
+            vec![ClientAction::Broadcast(Message::Request(read.clone()))]
+        );
+        assert!(!c.opening(), "no open for a read");
+        // Q = 3 matching answers for the tag complete it.
+        for replica in 0..2 {
+            let answer = Reply {
+                session: TAG,
+                ..reply(&c, replica, seq, b"7")
+            };
+            assert_eq!(c.on_reply(1, replica, answer), None);
+        }
+        let answer = Reply {
+            session: TAG,
+            ..reply(&c, 2, seq, b"7")
+        };
+        assert_eq!(
+            c.on_reply(1, 2, answer).map(|done| done.result),
+            Some(b"7".to_vec())
+        );
+        // A read that times out: it opens the session and asks again unordered.
+        let (seq, _) = c
+            .submit(10, RequestKind::Unordered, b"get".to_vec())
+            .unwrap();
+        let again = Request::new(
+            RequestBody {
+                seq,
+                ..read.body.clone()
+            },
+            Some(&key),
+        );
+        let open = Request::new(
+            RequestBody {
+                client: c.id(),
+                session: OPEN_SESSION,
+                seq: TAG,
+                kind: RequestKind::Ordered,
+                op: Vec::new(),
+            },
+            Some(&key),
+        );
+        assert_eq!(
+            c.on_timer(110),
+            vec![
+                ClientAction::Broadcast(Message::Request(again)),
+                ClientAction::Broadcast(Message::Request(open)),
+            ]
+        );
+        for replica in 0..3 {
+            c.on_reply(
+                120,
+                replica,
+                open_reply(&c, replica, ReplyStatus::Executed, 5),
+            );
+        }
+        assert_eq!(c.session(), Some(5));
+        assert_eq!(c.next_deadline_ms(), Some(120), "the read is due at once");
+        let ordered = Request::new(
+            RequestBody {
+                client: c.id(),
+                session: 5,
+                seq,
+                kind: RequestKind::Ordered,
+                op: b"get".to_vec(),
+            },
+            Some(&key),
+        );
+        assert_eq!(
+            c.on_timer(120),
+            vec![ClientAction::Broadcast(Message::Request(ordered))]
+        );
+    }
+
     /// Replies are for one session: another process's replies on the same key (should the
     /// transport deliver them here) never count.
     #[test]
     fn a_reply_for_another_session_of_the_key_is_ignored() {
         let mut c = client(false);
-        assert_eq!(c.session(), 1);
+        assert_eq!(c.session(), Some(1));
         let (seq, actions) = c.submit(0, RequestKind::Ordered, b"op".to_vec()).unwrap();
         let ClientAction::Send {
             message: Message::Request(sent),
@@ -607,7 +991,11 @@ mod tests {
             retry_timeout_ms: 2000,
             ..client(false).cfg
         };
-        let mut c = ClientEngine::new(cfg, Arc::new(SimKey::from_seed([1; 32])), 1);
+        let mut c = opened(ClientEngine::new(
+            cfg,
+            Arc::new(SimKey::from_seed([1; 32])),
+            TAG,
+        ));
         assert_eq!(
             c.leader_wait_ms(),
             1000,
@@ -625,7 +1013,11 @@ mod tests {
             .submit(10_000, RequestKind::Ordered, b"op".to_vec())
             .unwrap();
         assert_eq!(c.next_deadline_ms(), Some(10_000 + MIN_LEADER_WAIT_MS));
-        let mut c2 = ClientEngine::new(c.cfg.clone(), Arc::new(SimKey::from_seed([2; 32])), 1);
+        let mut c2 = opened(ClientEngine::new(
+            c.cfg.clone(),
+            Arc::new(SimKey::from_seed([2; 32])),
+            TAG,
+        ));
         for i in 0..50 {
             complete(&mut c2, i * 1000, i * 1000 + 300);
         }

@@ -1,35 +1,41 @@
 //! The client table: exactly-once execution and the reply cache, bounded in sessions and bytes.
 //!
-//! A request is identified by (client key, session, seq) (docs/design.md §3.7, "Sessions"):
-//! every client process picks a random session and numbers its requests from 1 in it, so one
-//! key may have many sessions at once and no seq depends on a clock. A session may have up to
-//! `window` requests in flight, and must not send seq `s` before every seq at or below
-//! `s - window` has completed. The table therefore remembers, per session, the replies of the
-//! last `window` sequence numbers up to the highest executed one; anything older is known to be
-//! executed already. A duplicate within the window gets the cached reply again, never a second
-//! execution. ("Client" and "record" below mean a session's record.)
+//! A request is identified by (client key, session, seq) (docs/design.md §3.7, "Sessions").
+//! A session is *opened* by an ordered request of its own ([`OPEN_SESSION`]): executing it
+//! assigns the next session number of the table's counter, so session numbers are handed out
+//! in the decided order, and "below the counter without a record" means *evicted* exactly,
+//! however long ago and however many sessions came and went since. One key may have many
+//! sessions at once (one per client process), each numbering its requests from 1, and no seq
+//! depends on a clock. A session may have up to `window` requests in flight, and must not send
+//! seq `s` before every seq at or below `s - window` has completed. The table therefore
+//! remembers, per session, the replies of the last `window` sequence numbers up to the highest
+//! executed one; anything older is known to be executed already. A duplicate within the window
+//! gets the cached reply again, never a second execution. ("Client" and "record" below mean a
+//! session's record.)
 //!
 //! The table is replicated state (it is part of every checkpoint), so everything that bounds it
 //! is a function of the decided sequence alone, applied at execution time (docs/design.md
 //! §3.7, "Bounds"):
 //!
-//! - **Records.** The table remembers the last `max_clients` sessions it evicted: a request of
-//!   one of them is refused at execution, [`Admission::SessionExpired`], and answered so, so
-//!   neither its client's retry nor a copy a Byzantine replica kept can execute it again. A
-//!   session with no record that is not remembered is new, whatever its seq (a session can
-//!   use up seqs without a record: unordered reads, invocations that timed out, refusals).
-//!   A key's new session beyond `max_sessions_per_client`
-//!   takes the place of that key's least recently executed session. At most `max_clients`
-//!   sessions of all keys have a record: a new one whose request executes while the table is
-//!   full takes the place of the least recently executed session of the key with the most
-//!   sessions, if some key has more than one (idle or not: a key's extra sessions are what a
-//!   full table gives up first); otherwise of the least recently executed record (the oldest
-//!   execution stamp), provided it has executed nothing for `client_expiry_cids` cids. If even
-//!   that record is more recent, the request is refused at execution ([`Admission::Refused`]):
-//!   decided but not executed, on every correct replica alike, and answered so; it never ran.
-//!   So a flood of fresh keys fills the table but never pushes out the only session of a key
-//!   that executed within the last `client_expiry_cids` cids, and many sessions of a few keys
-//!   cannot fill it at all.
+//! - **Records.** A request of a session that has no record is refused at execution,
+//!   [`Admission::SessionExpired`], and answered so: below the counter the session was
+//!   evicted, at or above it the session was never opened. So neither its client's retry nor a
+//!   copy a Byzantine replica kept can execute it again. Opening a session makes room as
+//!   follows. A key's new session beyond `max_sessions_per_client` takes the place of that
+//!   key's oldest session that never executed a request, else its least recently executed
+//!   one. At most `max_clients` sessions of all keys have a record: a new one opened while the
+//!   table is full takes the place of a session of the key with the most sessions (the same
+//!   order within the key), if some key has more than one (idle or not: a key's extra
+//!   sessions are what a full table gives up first); otherwise of the least recently executed
+//!   record (the oldest execution stamp), provided it has executed nothing for
+//!   `client_expiry_cids` cids. If even that record is more recent, the open is refused at
+//!   execution ([`ClientTable::open_session`] returns `None`): decided but not executed, on
+//!   every correct replica alike, and answered so. So a flood of fresh keys fills the table but
+//!   never pushes out the only session of a key that executed within the last
+//!   `client_expiry_cids` cids, and many sessions of a few keys cannot fill it at all. Sessions
+//!   that never executed go first within a key, so copies of a key's old open requests that a
+//!   Byzantine replica replays (each opens a new, empty session) displace only such empty
+//!   sessions, never one that executed.
 //! - **Reply bytes.** A client's cached replies hold at most `max_client_reply_bytes`, and all
 //!   of them together at most `max_reply_cache_bytes`. Past either bound, replies are dropped,
 //!   oldest first: the client's own oldest for the first, those of the least recently executed
@@ -38,27 +44,31 @@
 //! What a client sees when it sends a request again whose reply is no longer cached (dropped,
 //! or older than its window): the request is refused as stale ([`RequestStatus::Stale`],
 //! counted as `stale_request`) and answered so, never executed a second time. A session whose
-//! record was evicted is told so ([`RequestStatus::SessionExpired`]) while it is among the
-//! last `max_clients` evictions; like Raft's and BFT-SMaRt's expired sessions, a request of a
-//! session evicted longer ago than that looks new and may execute again (its client's retry,
-//! or a signed copy a Byzantine replica kept all that time).
+//! record was evicted is told so ([`RequestStatus::SessionExpired`]), for ever.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::message::{Cid, ClientId, RequestId, SessionId};
+use crate::message::{Cid, ClientId, RequestId, SessionId, OPEN_SESSION};
 
 /// The largest window a table accepts (the engine's `max_pending_per_client`): beyond it, one
 /// client's record alone could not be bounded sensibly.
 pub const MAX_CLIENT_WINDOW: u64 = 1 << 16;
 
-/// Bytes a record is charged for besides its replies: the key, the highest seq, the last cid,
-/// the stamp and the map's length, as the codec writes them (an upper bound).
-const RECORD_OVERHEAD_BYTES: u64 = 32 + 8 + 4 * 10;
+/// Bytes a record is charged for besides its replies: the key, the session, the open's tag,
+/// the highest seq, the last cid, the stamp and the map's length, as the codec writes them
+/// (an upper bound).
+const RECORD_OVERHEAD_BYTES: u64 = 32 + 8 + 6 * 10;
 
-/// Bytes a remembered evicted session takes in the encoding: its key and session number.
-const EXPIRED_ENTRY_BYTES: u64 = 32 + 10;
+/// The first session number the counter hands out.
+pub const FIRST_SESSION: u64 = 1;
+
+/// Session numbers are handed out below this bound; a client's routing tag
+/// ([`ClientEngine::new`](crate::client::ClientEngine::new)) is at or above it, so the two never
+/// collide on a connection. Reached after 2^63 opens, that is never; opens are refused
+/// beyond it rather than wrapping.
+pub const SESSION_NUMBER_LIMIT: u64 = 1 << 63;
 
 /// Bytes a cached seq is charged for besides its reply: the seq, the slot's tag and the reply's
 /// length prefix (an upper bound).
@@ -107,7 +117,7 @@ impl ClientLimits {
         let per_record =
             RECORD_OVERHEAD_BYTES.saturating_add(self.window.saturating_mul(SLOT_OVERHEAD_BYTES));
         self.max_clients
-            .saturating_mul(per_record.saturating_add(EXPIRED_ENTRY_BYTES))
+            .saturating_mul(per_record)
             .saturating_add(self.max_reply_cache_bytes)
             .saturating_add(6 * 10)
     }
@@ -160,6 +170,9 @@ enum Slot {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct ClientRecord {
+    /// The routing tag of the open request that opened the session (its seq): a copy of that
+    /// open executes as a duplicate and is answered with this session's number.
+    tag: u64,
     max_seq: u64,
     /// The cid of the client's last executed request.
     last_cid: Cid,
@@ -178,6 +191,11 @@ struct ClientRecord {
 impl ClientRecord {
     fn reply_bytes(&self) -> u64 {
         self.reply_bytes
+    }
+
+    /// Where this record, of session `session`, stands among its key's sessions.
+    fn key_order(&self, session: u64) -> KeyOrder {
+        (!self.recent.is_empty(), self.stamp, session)
     }
 
     /// The sum of the cached reply lengths, counted.
@@ -214,8 +232,10 @@ pub enum RequestStatus<'a> {
     /// Executed, and the reply is no longer kept: older than the client's window, or dropped
     /// to respect a byte bound. Refused, never executed again.
     Stale,
-    /// The session's record was evicted (it is among the evictions the table remembers).
-    /// Refused, not executed.
+    /// An open request ([`OPEN_SESSION`]) that already opened this session, which still has
+    /// its record: a duplicate, answered with the session's number, never executed again.
+    Opened(u64),
+    /// The session was opened and its record evicted since. Refused, not executed.
     SessionExpired,
 }
 
@@ -228,11 +248,8 @@ pub enum Admission {
         /// See above.
         floor: Option<u64>,
     },
-    /// The table is full of clients active within `client_expiry_cids`: this new client's
-    /// request is not executed (on every correct replica alike).
-    Refused,
-    /// The request's session was evicted ([`RequestStatus::SessionExpired`]): not executed
-    /// (on every correct replica alike).
+    /// The request's session has no record: evicted, or never opened
+    /// ([`RequestStatus::SessionExpired`]). Not executed (on every correct replica alike).
     SessionExpired,
 }
 
@@ -253,41 +270,49 @@ pub struct ClientTable {
     by_stamp: BTreeSet<(u64, SessionId)>,
     /// `(stamp, session)` of the records that hold cached reply bytes.
     with_replies: BTreeSet<(u64, SessionId)>,
-    /// Per client key, `(stamp, session)` of its records, oldest first: the order in which a
-    /// key's sessions give way to its new ones (`max_sessions_per_client`).
-    sessions_of: BTreeMap<ClientId, BTreeSet<(u64, u64)>>,
+    /// Per client key, `(executed, stamp, session)` of its records: sessions that never
+    /// executed a request first, then the least recently executed; the order in which a key's
+    /// sessions give way to its new ones (module docs, "Records").
+    sessions_of: BTreeMap<ClientId, BTreeSet<KeyOrder>>,
     /// `(sessions, key)` of every key with more than one session: in a full table a new
     /// session takes the place of a session of the key with the most (module docs).
     crowded: BTreeSet<(usize, ClientId)>,
     /// Bytes of all cached replies.
     reply_bytes: u64,
-    /// The last `max_clients` sessions evicted, oldest first, and the same as a set: their
-    /// requests are refused as expired (module docs, "Records").
-    expired: std::collections::VecDeque<SessionId>,
-    expired_set: BTreeSet<SessionId>,
+    /// The number the next opened session gets: every session below it was opened, so one
+    /// below it without a record was evicted (module docs).
+    next_session: u64,
+    /// `(key, tag)` of every record's open request, to its session: copies of an open are
+    /// duplicates while its session has a record.
+    by_tag: BTreeMap<(ClientId, u64), u64>,
 }
 
-/// The encoding: the execution count and the records. The indexes are rebuilt.
+/// Where a session stands among its key's: `(executed, stamp, session)`, where `executed` is
+/// whether it executed a request since it was opened (`false` orders first).
+type KeyOrder = (bool, u64, u64);
+
+/// The encoding: the execution count, the session counter and the records. The indexes are
+/// rebuilt.
 #[derive(Serialize)]
 struct ClientTableRef<'a> {
     executions: u64,
+    next_session: u64,
     clients: &'a BTreeMap<SessionId, ClientRecord>,
-    expired: &'a std::collections::VecDeque<SessionId>,
 }
 
 #[derive(Deserialize)]
 struct ClientTableWire {
     executions: u64,
+    next_session: u64,
     clients: BTreeMap<SessionId, ClientRecord>,
-    expired: Vec<SessionId>,
 }
 
 impl Serialize for ClientTable {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         ClientTableRef {
             executions: self.executions,
+            next_session: self.next_session,
             clients: &self.clients,
-            expired: &self.expired,
         }
         .serialize(serializer)
     }
@@ -302,15 +327,30 @@ impl<'de> Deserialize<'de> for ClientTable {
 
 impl ClientTable {
     /// A decoded table, its invariants that need no limits checked: stamps unique and below
-    /// the execution count, each record's highest seq among its seqs and none above it, at
-    /// most [`MAX_CLIENT_WINDOW`] seqs per record.
+    /// the execution count, session numbers opened (from [`FIRST_SESSION`], below the counter,
+    /// which is at most [`SESSION_NUMBER_LIMIT`]), each record either never executed (no seqs,
+    /// highest seq 0) or with its highest seq among its seqs and none above it, at most
+    /// [`MAX_CLIENT_WINDOW`] seqs per record.
     fn unbound(wire: ClientTableWire) -> Result<ClientTable, ClientTableError> {
         let inconsistent = |what: String| Err(ClientTableError::Inconsistent(what));
         let mut table = ClientTable::bounded(ClientLimits::default());
         table.bound = false;
         table.executions = wire.executions;
+        if !(FIRST_SESSION..=SESSION_NUMBER_LIMIT).contains(&wire.next_session) {
+            return inconsistent(format!(
+                "the session counter {} is outside {FIRST_SESSION}..={SESSION_NUMBER_LIMIT}",
+                wire.next_session
+            ));
+        }
+        table.next_session = wire.next_session;
         let mut stamps = BTreeSet::new();
         for (client, mut record) in wire.clients {
+            if !(FIRST_SESSION..wire.next_session).contains(&client.session) {
+                return inconsistent(format!(
+                    "a record of session {} that the counter {} has not opened",
+                    client.session, wire.next_session
+                ));
+            }
             record.reply_bytes = record.count_reply_bytes();
             if record.stamp >= wire.executions {
                 return inconsistent(format!(
@@ -321,9 +361,11 @@ impl ClientTable {
             if !stamps.insert(record.stamp) {
                 return inconsistent(format!("two records share the stamp {}", record.stamp));
             }
-            if !record.recent.contains_key(&record.max_seq)
-                || record.recent.keys().any(|seq| *seq > record.max_seq)
-                || record.recent.len() as u64 > MAX_CLIENT_WINDOW
+            let opened_only = record.recent.is_empty() && record.max_seq == 0;
+            if !opened_only
+                && (!record.recent.contains_key(&record.max_seq)
+                    || record.recent.keys().any(|seq| *seq > record.max_seq)
+                    || record.recent.len() as u64 > MAX_CLIENT_WINDOW)
             {
                 return inconsistent(format!(
                     "a record's seqs do not end at its highest seq {}",
@@ -332,11 +374,21 @@ impl ClientTable {
             }
             let bytes = record.reply_bytes();
             table.by_stamp.insert((record.stamp, client));
+            if table
+                .by_tag
+                .insert((client.client, record.tag), client.session)
+                .is_some()
+            {
+                return inconsistent(format!(
+                    "two sessions of one key were opened by the tag {}",
+                    record.tag
+                ));
+            }
             table
                 .sessions_of
                 .entry(client.client)
                 .or_default()
-                .insert((record.stamp, client.session));
+                .insert(record.key_order(client.session));
             if bytes > 0 {
                 table.with_replies.insert((record.stamp, client));
             }
@@ -349,14 +401,6 @@ impl ClientTable {
             .filter(|(_, sessions)| sessions.len() > 1)
             .map(|(key, sessions)| (sessions.len(), *key))
             .collect();
-        for session in wire.expired {
-            if table.clients.contains_key(&session) || !table.expired_set.insert(session) {
-                return inconsistent(format!(
-                    "session {session:?} is remembered as evicted twice, or has a record too"
-                ));
-            }
-            table.expired.push_back(session);
-        }
         Ok(table)
     }
 
@@ -378,13 +422,6 @@ impl ClientTable {
             return inconsistent(format!(
                 "{} records, more than max_clients = {}",
                 self.clients.len(),
-                limits.max_clients
-            ));
-        }
-        if self.expired.len() as u64 > limits.max_clients {
-            return inconsistent(format!(
-                "{} evicted sessions remembered, more than max_clients = {}",
-                self.expired.len(),
                 limits.max_clients
             ));
         }
@@ -471,8 +508,8 @@ impl ClientTable {
             sessions_of: BTreeMap::new(),
             crowded: BTreeSet::new(),
             reply_bytes: 0,
-            expired: std::collections::VecDeque::new(),
-            expired_set: BTreeSet::new(),
+            next_session: FIRST_SESSION,
+            by_tag: BTreeMap::new(),
         }
     }
 
@@ -481,15 +518,27 @@ impl ClientTable {
         &self.limits
     }
 
+    /// The number the next opened session gets ([`ClientTable::open_session`]).
+    pub fn next_session(&self) -> u64 {
+        self.next_session
+    }
+
     /// Where `id` stands: new, executed (with its reply if the service has returned it),
     /// stale (`max_seq - seq >= window`, or the reply was dropped), or from an expired session
-    /// (one of the last `max_clients` evicted).
+    /// (opened, and its record evicted since). An open request ([`OPEN_SESSION`]) is always
+    /// new; so is a request of a session this table has not opened yet (it may have been
+    /// opened where the table is further along; execution refuses it if it was not).
     pub fn status(&self, id: &RequestId) -> RequestStatus<'_> {
+        if id.session == OPEN_SESSION {
+            return match self.by_tag.get(&(id.client, id.seq)) {
+                Some(session) => RequestStatus::Opened(*session),
+                None => RequestStatus::New,
+            };
+        }
         let Some(record) = self.clients.get(&id.session_id()) else {
-            // Only a remembered eviction says a session had a record: a seq says nothing (a
-            // session uses up seqs without a record through unordered reads, timeouts and
-            // refusals).
-            if self.expired_set.contains(&id.session_id()) {
+            // Every session below the counter was opened and had a record: without one now,
+            // it was evicted, however long ago.
+            if id.session < self.next_session {
                 return RequestStatus::SessionExpired;
             }
             return RequestStatus::New;
@@ -506,77 +555,124 @@ impl ClientTable {
         RequestStatus::New
     }
 
-    /// Marks `id`, decided in `cid`, as executing, or refuses it (module docs, "Records"): a
-    /// session with no record and a seq beyond `window` is expired; a new session of a key
-    /// with `max_sessions_per_client` sessions evicts that key's least recently executed one;
-    /// a new session in a table of `max_clients` records evicts the least recently executed
-    /// record if idle for `client_expiry_cids` cids, and is refused otherwise.
+    /// Opens a session of `client` for its open request with routing tag `tag`, decided in
+    /// `cid`, and returns its number: the counter's next, with an empty record that remembers
+    /// `tag` (so copies of the open are duplicates: [`RequestStatus::Opened`]). Makes room first (module docs, "Records"): a key at
+    /// `max_sessions_per_client` gives up its first session in key order (never executed,
+    /// then least recently executed); a full table gives up the first session of the key
+    /// with the most sessions if some key has more than one, else the least recently
+    /// executed record if idle for `client_expiry_cids` cids. `None`, nothing changed, if the
+    /// table is full of records active within `client_expiry_cids` (or the counter reached
+    /// [`SESSION_NUMBER_LIMIT`]).
     ///
     /// # Panics
-    /// If `id` was marked before: a request would execute twice (callers check
+    /// If the table was decoded and not bound to limits ([`ClientTable::bind`]), or `(client,
+    /// tag)` already opened a session that has its record (callers check
     /// [`ClientTable::status`] first).
-    pub fn mark_executing(&mut self, id: &RequestId, cid: Cid) -> Admission {
+    pub fn open_session(&mut self, client: ClientId, tag: u64, cid: Cid) -> Option<u64> {
         assert!(
             self.bound,
             "a decoded client table executes only once bound to limits"
         );
-        let session = id.session_id();
-        if !self.clients.contains_key(&session) {
-            if self.expired_set.contains(&session) {
-                return Admission::SessionExpired;
-            }
-            let own = self.sessions_of.get(&id.client);
-            if own.is_some_and(|own| own.len() as u64 >= self.limits.max_sessions_per_client) {
-                // A key's sessions give way to its new ones, least recently executed first,
-                // whether idle or not: a key can only displace its own sessions this way.
-                let (stamp, oldest) = *own
-                    .and_then(|own| own.first())
-                    .expect("a key at its bound has sessions");
-                self.evict(
-                    stamp,
-                    SessionId {
-                        client: id.client,
-                        session: oldest,
-                    },
-                );
-            } else if self.clients.len() as u64 >= self.limits.max_clients
-                && self.crowded.last().is_some()
-            {
-                // A full table: a key with more than one session gives up its least recently
-                // executed one first, the key with the most sessions (then the highest key)
-                // first, idle or not. So sessions count against a key like keys against a
-                // source network, and many sessions of a few keys cannot lock new clients out
-                // (docs/design.md §3.7, "Bounds").
-                let (_, key) = *self.crowded.last().expect("checked above");
-                let (stamp, oldest) = *self.sessions_of[&key]
-                    .first()
-                    .expect("a crowded key has sessions");
-                self.evict(
-                    stamp,
-                    SessionId {
-                        client: key,
-                        session: oldest,
-                    },
-                );
-            } else if self.clients.len() as u64 >= self.limits.max_clients {
-                let (stamp, oldest) = *self.by_stamp.first().expect("a full table has records");
-                let last_cid = self.clients[&oldest].last_cid;
-                if cid.0.saturating_sub(last_cid.0) < self.limits.client_expiry_cids {
-                    return Admission::Refused;
-                }
-                self.evict(stamp, oldest);
-            }
+        assert!(
+            !self.by_tag.contains_key(&(client, tag)),
+            "an open request executed twice (callers check `status` first)"
+        );
+        if self.next_session >= SESSION_NUMBER_LIMIT || !self.make_room(client, cid) {
+            return None;
         }
+        let session = self.next_session;
+        self.next_session += 1;
         let stamp = self.executions;
         self.executions = self.executions.saturating_add(1);
-        let window = self.limits.window;
-        let record = self.clients.entry(session).or_insert_with(|| ClientRecord {
+        let record = ClientRecord {
+            tag,
             max_seq: 0,
             last_cid: cid,
             stamp,
             recent: BTreeMap::new(),
             reply_bytes: 0,
-        });
+        };
+        let id = SessionId { client, session };
+        self.by_stamp.insert((stamp, id));
+        let own = self.sessions_of.entry(client).or_default();
+        let before = own.len();
+        own.insert(record.key_order(session));
+        let after = own.len();
+        self.recount_sessions(client, before, after);
+        let previous = self.clients.insert(id, record);
+        assert!(previous.is_none(), "session {id:?} opened twice");
+        self.by_tag.insert((client, tag), session);
+        Some(session)
+    }
+
+    /// Evicts what the rules of [`ClientTable::open_session`] say, or returns `false` if the
+    /// table is full of records active within `client_expiry_cids`.
+    fn make_room(&mut self, client: ClientId, cid: Cid) -> bool {
+        let own = self.sessions_of.get(&client);
+        if own.is_some_and(|own| own.len() as u64 >= self.limits.max_sessions_per_client) {
+            // A key's sessions give way to its new ones, whether idle or not: a key can only
+            // displace its own sessions this way.
+            let first = *own
+                .and_then(|own| own.first())
+                .expect("a key at its bound has sessions");
+            self.evict_in_key_order(client, first);
+        } else if self.clients.len() as u64 >= self.limits.max_clients
+            && self.crowded.last().is_some()
+        {
+            // A full table: a key with more than one session gives up one first, the key with
+            // the most sessions (then the highest key) first, idle or not. So sessions count
+            // against a key like keys against a source network, and many sessions of a few
+            // keys cannot lock new clients out (docs/design.md §3.7, "Bounds").
+            let (_, key) = *self.crowded.last().expect("checked above");
+            let first = *self.sessions_of[&key]
+                .first()
+                .expect("a crowded key has sessions");
+            self.evict_in_key_order(key, first);
+        } else if self.clients.len() as u64 >= self.limits.max_clients {
+            let (stamp, oldest) = *self.by_stamp.first().expect("a full table has records");
+            let last_cid = self.clients[&oldest].last_cid;
+            if cid.0.saturating_sub(last_cid.0) < self.limits.client_expiry_cids {
+                return false;
+            }
+            self.evict(stamp, oldest);
+        }
+        true
+    }
+
+    fn evict_in_key_order(&mut self, key: ClientId, (_, stamp, session): KeyOrder) {
+        self.evict(
+            stamp,
+            SessionId {
+                client: key,
+                session,
+            },
+        );
+    }
+
+    /// Marks `id`, decided in `cid`, as executing, or refuses it as
+    /// [`Admission::SessionExpired`] if its session has no record: evicted (below the
+    /// counter) or never opened (module docs, "Records").
+    ///
+    /// # Panics
+    /// If `id` was marked before: a request would execute twice (callers check
+    /// [`ClientTable::status`] first); if `id` is an open request (callers use
+    /// [`ClientTable::open_session`]).
+    pub fn mark_executing(&mut self, id: &RequestId, cid: Cid) -> Admission {
+        assert!(
+            self.bound,
+            "a decoded client table executes only once bound to limits"
+        );
+        assert_ne!(id.session, OPEN_SESSION, "an open request is not executed");
+        let session = id.session_id();
+        if !self.clients.contains_key(&session) {
+            return Admission::SessionExpired;
+        }
+        let stamp = self.executions;
+        self.executions = self.executions.saturating_add(1);
+        let window = self.limits.window;
+        let record = self.clients.get_mut(&session).expect("checked above");
+        let old_order = record.key_order(id.session);
         let old_stamp = record.stamp;
         record.stamp = stamp;
         record.last_cid = record.last_cid.max(cid);
@@ -605,12 +701,12 @@ impl ClientTable {
         let has_replies = record.reply_bytes() > 0;
         self.by_stamp.remove(&(old_stamp, session));
         self.by_stamp.insert((stamp, session));
-        let own = self.sessions_of.entry(id.client).or_default();
-        let before = own.len();
-        own.remove(&(old_stamp, id.session));
-        own.insert((stamp, id.session));
-        let after = own.len();
-        self.recount_sessions(id.client, before, after);
+        let own = self
+            .sessions_of
+            .get_mut(&id.client)
+            .expect("a record's key is indexed");
+        own.remove(&old_order);
+        own.insert((true, stamp, id.session));
         self.with_replies.remove(&(old_stamp, session));
         if has_replies {
             self.with_replies.insert((stamp, session));
@@ -692,7 +788,7 @@ impl ClientTable {
         self.with_replies.remove(&(stamp, client));
         if let Some(own) = self.sessions_of.get_mut(&client.client) {
             let before = own.len();
-            own.remove(&(stamp, client.session));
+            own.remove(&record.key_order(client.session));
             let after = own.len();
             if own.is_empty() {
                 self.sessions_of.remove(&client.client);
@@ -700,15 +796,9 @@ impl ClientTable {
             self.recount_sessions(client.client, before, after);
         }
         self.reply_bytes = self.reply_bytes.saturating_sub(record.reply_bytes());
-        // Remembered, so that its requests are refused rather than executed again; the oldest
-        // memory goes once `max_clients` are kept.
-        if self.expired.len() as u64 >= self.limits.max_clients {
-            if let Some(forgotten) = self.expired.pop_front() {
-                self.expired_set.remove(&forgotten);
-            }
-        }
-        self.expired.push_back(client);
-        self.expired_set.insert(client);
+        self.by_tag.remove(&(client.client, record.tag));
+        // Nothing to remember: its number is below the counter and has no record now, so
+        // its requests are refused as expired (module docs).
     }
 
     /// Keeps [`ClientTable::crowded`] in step with `key`'s session count.
@@ -724,7 +814,7 @@ impl ClientTable {
         }
     }
 
-    /// Sessions with a record: those that executed a request and were not evicted since.
+    /// Sessions with a record: those opened and not evicted since.
     pub fn client_count(&self) -> usize {
         self.clients.len()
     }
@@ -745,22 +835,25 @@ mod tests {
     use super::*;
     use smr_crypto::PublicKey;
 
-    fn id(seq: u64) -> RequestId {
-        client_id(7, seq)
+    /// The routing tag tests open session number `n` with.
+    fn tag(n: u64) -> u64 {
+        SESSION_NUMBER_LIMIT | n
     }
 
-    fn client_id(client: u8, seq: u64) -> RequestId {
+    /// Client 7's request `seq` in session 1 (the first a table opens).
+    fn id(seq: u64) -> RequestId {
         RequestId {
-            client: PublicKey([client; 32]),
             session: 1,
-            seq,
+            ..client_id(7, seq)
         }
     }
 
-    fn session_of(client: u8, session: u64, seq: u64) -> RequestId {
+    /// Client `client`'s request `seq`, in session number `client` (tests open their
+    /// clients' sessions in that order: [`execute`]).
+    fn client_id(client: u8, seq: u64) -> RequestId {
         RequestId {
             client: PublicKey([client; 32]),
-            session,
+            session: u64::from(client),
             seq,
         }
     }
@@ -773,6 +866,7 @@ mod tests {
         clients.insert(
             id(0).session_id(),
             ClientRecord {
+                tag: tag(1),
                 max_seq,
                 last_cid: Cid(1),
                 stamp: 0,
@@ -782,14 +876,22 @@ mod tests {
         );
         let table: ClientTable = crate::codec::decode(&crate::codec::encode(&ClientTableRef {
             executions: 1,
+            next_session: 2,
             clients: &clients,
-            expired: &std::collections::VecDeque::new(),
         }))
         .unwrap();
         table.bind(&limits, Cid(1)).unwrap()
     }
 
+    /// Executes `id` in `cid`, opening its session first if it is the counter's next number
+    /// (so a test names sessions by the order it opens them in).
     fn execute(table: &mut ClientTable, id: &RequestId, cid: u64) -> Option<u64> {
+        if id.session == table.next_session() {
+            assert_eq!(
+                table.open_session(id.client, tag(id.session), Cid(cid)),
+                Some(id.session)
+            );
+        }
         match table.mark_executing(id, Cid(cid)) {
             Admission::Execute { floor } => floor,
             refused => panic!("{id:?} refused: {refused:?}"),
@@ -871,16 +973,18 @@ mod tests {
         execute(&mut table, &client_id(2, 1), 2);
         execute(&mut table, &client_id(1, 2), 3);
         // Client 2 executed at cid 2, client 1 at 3: at cid 11, client 2 is not yet idle for
-        // 10 cids, so a third client is refused.
+        // 10 cids, so a third client's open is refused, and changes nothing.
+        let before = table.clone();
         assert_eq!(
-            table.mark_executing(&client_id(3, 1), Cid(11)),
-            Admission::Refused
+            table.open_session(PublicKey([3; 32]), tag(3), Cid(11)),
+            None
         );
+        assert_eq!(table, before);
         assert_eq!(table.status(&client_id(3, 1)), RequestStatus::New);
         // At cid 12 it is: client 2 goes, client 1 (more recent) stays.
         execute(&mut table, &client_id(3, 1), 12);
         assert_eq!(table.client_count(), 2);
-        // Remembered as evicted: its requests are refused, not executed again.
+        // Below the counter without a record: its requests are refused, not executed again.
         assert_eq!(
             table.status(&client_id(2, 1)),
             RequestStatus::SessionExpired
@@ -891,58 +995,61 @@ mod tests {
         );
     }
 
-    /// A key's sessions beyond `max_sessions_per_client` give way to its new ones, least
-    /// recently executed first, idle or not; other keys' sessions are untouched; an evicted
-    /// session is expired for every seq, while the table remembers it (the last
-    /// `max_clients` evictions); and a session never seen is new whatever its seq.
+    /// A key's sessions beyond `max_sessions_per_client` give way to its new ones: first one
+    /// that never executed, else the least recently executed, idle or not; other keys'
+    /// sessions are untouched; an evicted session is expired for every seq, for ever (its
+    /// number is below the counter), and a session not opened yet is refused at execution.
     #[test]
     fn a_keys_sessions_beyond_its_bound_evict_its_least_recently_executed_one() {
         let mut table = ClientTable::bounded(ClientLimits {
             max_sessions_per_client: 2,
             ..limits(10, 100)
         });
-        execute(&mut table, &session_of(1, 10, 1), 1);
-        execute(&mut table, &session_of(2, 10, 1), 2);
-        execute(&mut table, &session_of(1, 11, 1), 3);
-        execute(&mut table, &session_of(1, 10, 2), 4);
+        let key = |k: u8| PublicKey([k; 32]);
+        let of = |k: u8, session: u64, seq: u64| RequestId {
+            client: key(k),
+            session,
+            seq,
+        };
+        execute(&mut table, &of(1, 1, 1), 1);
+        execute(&mut table, &of(2, 2, 1), 2);
+        execute(&mut table, &of(1, 3, 1), 3);
+        execute(&mut table, &of(1, 1, 2), 4);
         assert_eq!((table.client_count(), table.key_count()), (3, 2));
-        // Key 1's third session: session 11 (executed at stamp 2, before session 10's seq 2)
-        // gives way although it is not idle; key 2's session stays.
-        execute(&mut table, &session_of(1, 12, 1), 5);
+        // Key 1's third session: session 3 (executed before session 1's seq 2) gives way
+        // although it is not idle; key 2's session stays.
+        assert_eq!(table.open_session(key(1), tag(4), Cid(5)), Some(4));
         assert_eq!((table.client_count(), table.key_count()), (3, 2));
+        for seq in [1, 5] {
+            assert_eq!(table.status(&of(1, 3, seq)), RequestStatus::SessionExpired);
+            assert_eq!(
+                table.mark_executing(&of(1, 3, seq), Cid(6)),
+                Admission::SessionExpired
+            );
+        }
+        // Session 4 is open and empty: new whatever its seq. Session 5 is not opened: new where
+        // it arrives (this table may lag), refused at execution.
+        assert_eq!(table.status(&of(1, 4, 500)), RequestStatus::New);
+        assert_eq!(table.status(&of(1, 5, 1)), RequestStatus::New);
         assert_eq!(
-            table.status(&session_of(1, 11, 1)),
-            RequestStatus::SessionExpired
-        );
-        assert_eq!(
-            table.status(&session_of(1, 11, 5)),
-            RequestStatus::SessionExpired
-        );
-        // A session that used up seqs without a record (reads, timeouts) is not expired.
-        assert_eq!(table.status(&session_of(1, 13, 500)), RequestStatus::New);
-        assert_eq!(
-            table.mark_executing(&session_of(1, 11, 5), Cid(6)),
+            table.mark_executing(&of(1, 5, 1), Cid(6)),
             Admission::SessionExpired
         );
-        assert_eq!(
-            table.status(&session_of(1, 10, 2)),
-            RequestStatus::Executed(None)
-        );
-        assert_eq!(
-            table.status(&session_of(2, 10, 1)),
-            RequestStatus::Executed(None)
-        );
+        // Session 4 never executed: key 1's next open takes its place, not session 1's,
+        // which is older (replayed opens displace only sessions that never executed).
+        assert_eq!(table.open_session(key(1), tag(5), Cid(7)), Some(5));
+        assert_eq!(table.status(&of(1, 4, 1)), RequestStatus::SessionExpired);
+        assert_eq!(table.status(&of(1, 1, 2)), RequestStatus::Executed(None));
+        assert_eq!(table.status(&of(2, 2, 1)), RequestStatus::Executed(None));
         assert_eq!(round_trip(&table).unwrap(), table);
-        // Ten more evictions of key 1's sessions (max_clients = 10 remembered): session 11,
-        // the oldest memory, is forgotten and looks new again; session 13's is kept.
-        for (i, session) in (13..23).enumerate() {
-            execute(&mut table, &session_of(1, session, 1), 7 + i as u64);
+        // However many sessions come and go later, session 3 stays expired.
+        for session in 6..40 {
+            assert_eq!(
+                table.open_session(key(1), tag(session), Cid(session)),
+                Some(session)
+            );
         }
-        assert_eq!(table.status(&session_of(1, 11, 1)), RequestStatus::New);
-        assert_eq!(
-            table.status(&session_of(1, 13, 1)),
-            RequestStatus::SessionExpired
-        );
+        assert_eq!(table.status(&of(1, 3, 1)), RequestStatus::SessionExpired);
         assert_eq!(round_trip(&table).unwrap(), table);
     }
 
@@ -1053,20 +1160,30 @@ mod tests {
             for cid in 1..=40u64 {
                 let client = (next() % 4) as u8;
                 let pick = next();
-                let seq = match pick % 8 {
-                    0 => 0,
-                    1 => pick % (2 * window + 2),
-                    2 => u64::MAX - (pick >> 8) % (window + 2),
-                    3 => window.wrapping_add((pick >> 8) % 3).wrapping_sub(1),
-                    _ => pick >> 40,
-                };
-                let id = client_id(client, seq);
-                probes.insert(id);
-                if table.status(&id) == RequestStatus::New
-                    && table.mark_executing(&id, Cid(cid)) != Admission::Refused
-                    && next() % 4 != 0
-                {
-                    table.record_reply(&id, vec![client; (next() % 7) as usize]);
+                if pick % 5 == 0 {
+                    // An open (refused or not), or a request in any session number up to
+                    // one not opened yet, of any key.
+                    let _ = table.open_session(PublicKey([client; 32]), tag(cid), Cid(cid));
+                } else {
+                    let seq = match pick % 8 {
+                        0 => 0,
+                        1 => pick % (2 * window + 2),
+                        2 => u64::MAX - (pick >> 8) % (window + 2),
+                        3 => window.wrapping_add((pick >> 8) % 3).wrapping_sub(1),
+                        _ => pick >> 40,
+                    };
+                    let id = RequestId {
+                        client: PublicKey([client; 32]),
+                        session: 1 + next() % table.next_session(),
+                        seq,
+                    };
+                    probes.insert(id);
+                    if table.status(&id) == RequestStatus::New
+                        && table.mark_executing(&id, Cid(cid)) != Admission::SessionExpired
+                        && next() % 4 != 0
+                    {
+                        table.record_reply(&id, vec![client; (next() % 7) as usize]);
+                    }
                 }
                 let decoded: ClientTable = crate::codec::decode(&crate::codec::encode(&table))
                     .unwrap_or_else(|e| panic!("run {run} cid {cid}: {e}"));
@@ -1101,11 +1218,11 @@ mod tests {
         #[derive(Serialize)]
         struct Wire {
             executions: u64,
+            next_session: u64,
             clients: BTreeMap<SessionId, ClientRecord>,
-            expired: Vec<SessionId>,
         }
         let wire = |clients: Vec<(u8, ClientRecord)>| Wire {
-            expired: Vec::new(),
+            next_session: 2,
             executions: 10,
             clients: clients
                 .into_iter()
@@ -1121,6 +1238,7 @@ mod tests {
                 .collect(),
         };
         let record = |max_seq: u64, stamp: u64, seqs: &[u64]| ClientRecord {
+            tag: tag(1),
             max_seq,
             last_cid: Cid(1),
             stamp,
@@ -1184,6 +1302,35 @@ mod tests {
             let err = load(wire, limits).expect_err(expected);
             assert!(err.contains(expected), "{err} (expected {expected})");
         }
+        // The session counter and the numbers it handed out.
+        let opened_only = record(0, 0, &[]);
+        for (next_session, expected) in [
+            (0, "outside 1..="),
+            (SESSION_NUMBER_LIMIT + 1, "outside 1..="),
+            (1, "counter 1 has not opened"),
+        ] {
+            let wire = Wire {
+                next_session,
+                ..wire(vec![(1, opened_only.clone())])
+            };
+            let err = load(wire, limits(2, 1)).expect_err(expected);
+            assert!(err.contains(expected), "{err} (expected {expected})");
+        }
+        let mut session_0 = wire(vec![(1, opened_only.clone())]);
+        let record_0 = session_0.clients.pop_first().unwrap().1;
+        session_0.clients.insert(
+            SessionId {
+                client: PublicKey([1; 32]),
+                session: OPEN_SESSION,
+            },
+            record_0,
+        );
+        let err = load(session_0, limits(2, 1)).unwrap_err();
+        assert!(err.contains("record of session 0"), "{err}");
+        // An opened session that never executed has no seqs and highest seq 0.
+        assert!(load(wire(vec![(1, opened_only)]), limits(2, 1)).is_ok());
+        let err = load(wire(vec![(1, record(3, 0, &[]))]), limits(2, 1)).unwrap_err();
+        assert!(err.contains("do not end at its highest seq 3"), "{err}");
         let mut too_many_bytes = record(2, 0, &[1, 2]);
         too_many_bytes.recent.insert(1, Slot::Reply(vec![0; 6]));
         too_many_bytes.recent.insert(2, Slot::Reply(vec![0; 6]));

@@ -1137,7 +1137,7 @@ impl<N: Network> Host for EngineLoop<N> {
             let sent = match (peer, &message) {
                 (Peer::Client(key), Message::Reply(reply)) => {
                     self.network
-                        .send_to_session(*key, reply.session, frame.clone())
+                        .send_to_session(*key, reply.route(), frame.clone())
                 }
                 _ => self.network.send(*peer, frame.clone()),
             };
@@ -1379,6 +1379,9 @@ type Waiter = oneshot::Sender<(ReplyStatus, Vec<u8>)>;
 
 struct ClientShared<N> {
     engine: Mutex<ClientEngine>,
+    /// Set when the open request completed with a refusal: the invocations waiting for the
+    /// session fail with it.
+    open_refused: Mutex<Option<ReplyStatus>>,
     waiters: Mutex<HashMap<u64, Waiter>>,
     status_waiters: Mutex<HashMap<ReplicaId, Vec<oneshot::Sender<StatusReport>>>>,
     network: Arc<N>,
@@ -1407,32 +1410,42 @@ impl<N> Clone for Client<N> {
 }
 
 impl<N: Network> Client<N> {
-    /// Starts a client over `network` (already connected to the replicas) in a new session
-    /// ([`Client::new_session`]); `network` should announce that session on its connections
-    /// ([`Client::start_in_session`]), or replies may go to another process with the key.
+    /// Starts a client over `network` (already connected to the replicas) with a new routing
+    /// tag ([`Client::new_tag`]); `network` should announce that tag on its connections
+    /// ([`Client::start_with_tag`]), or the session's open reply may go to another process
+    /// with the key.
     pub fn start(network: Arc<N>, config: ClientConfig, signer: Arc<dyn Signer>) -> Client<N> {
-        Self::start_in_session(network, config, signer, Self::new_session())
+        Self::start_with_tag(network, config, signer, Self::new_tag())
     }
 
-    /// A session number drawn from the operating system's random source: two processes that
-    /// share a key pick the same one with probability 2^-64 per pair. Never from a clock
+    /// A routing tag for a session's open request
+    /// ([`ClientEngine::new`](crate::client::ClientEngine::new)), drawn from the operating
+    /// system's random source, at or above
+    /// [`SESSION_NUMBER_LIMIT`](crate::clients::SESSION_NUMBER_LIMIT): two processes that
+    /// share a key pick the same one with probability 2^-63 per pair. Never from a clock
     /// (docs/design.md §3.7).
-    pub fn new_session() -> u64 {
+    pub fn new_tag() -> u64 {
         use rand_core::RngCore;
-        rand_core::OsRng.next_u64()
+        rand_core::OsRng.next_u64() | crate::clients::SESSION_NUMBER_LIMIT
     }
 
-    /// Starts a client over `network` in session `session` (see [`Client::new_session`]):
-    /// its requests are numbered from 1 in that session.
-    pub fn start_in_session(
+    /// Starts a client over `network` whose connections announce `tag` (see
+    /// [`Client::new_tag`]). Its first invocation opens its session (an ordered open
+    /// request; docs/design.md §3.7, "Sessions"), whose number the client then announces
+    /// ([`Network::announce_session`]); its requests are numbered from 1 in that session.
+    ///
+    /// # Panics
+    /// If `tag` is below [`SESSION_NUMBER_LIMIT`](crate::clients::SESSION_NUMBER_LIMIT).
+    pub fn start_with_tag(
         network: Arc<N>,
         config: ClientConfig,
         signer: Arc<dyn Signer>,
-        session: u64,
+        tag: u64,
     ) -> Client<N> {
         let replicas = config.quorums.n();
         let shared = Arc::new(ClientShared {
-            engine: Mutex::new(ClientEngine::new(config, signer, session)),
+            engine: Mutex::new(ClientEngine::new(config, signer, tag)),
+            open_refused: Mutex::new(None),
             waiters: Mutex::new(HashMap::new()),
             status_waiters: Mutex::new(HashMap::new()),
             network,
@@ -1461,7 +1474,19 @@ impl<N: Network> Client<N> {
                                 // An unordered read whose replies disagree falls back now.
                                 shared.timer_changed.notify_one();
                             }
-                            if let Some(done) = done {
+                            if let Some(done) = done.as_ref().filter(|done| done.seq == 0) {
+                                // The open request completed: the session is open (announce
+                                // it, so that its replies find this process), or refused.
+                                let session = shared.engine.lock().expect("client lock").session();
+                                match session {
+                                    Some(session) => shared.network.announce_session(session),
+                                    None => {
+                                        *shared.open_refused.lock().expect("client lock") =
+                                            Some(done.status)
+                                    }
+                                }
+                                shared.window_freed.notify_waiters();
+                            } else if let Some(done) = done {
                                 if let Some(w) = shared
                                     .waiters
                                     .lock()
@@ -1573,6 +1598,54 @@ impl<N: Network> Client<N> {
         self.invoke_kind(RequestKind::Unordered, op, timeout).await
     }
 
+    /// Opens the client's session if it is not open yet, and waits until it is (at most
+    /// `timeout`). Invocations do this on their own; calling it first moves the open's round
+    /// trip out of the first invocation.
+    ///
+    /// # Errors
+    /// [`InvokeError::TimedOut`] if the open's reply quorum did not come within `timeout`
+    /// (the open goes on), [`InvokeError::Refused`] if a reply quorum refused it
+    /// ([`ReplyStatus::TableFull`]: try again later), [`InvokeError::Closed`] after shutdown.
+    pub async fn open(&self, timeout: Duration) -> Result<u64, InvokeError> {
+        tokio::time::timeout(timeout, self.wait_open())
+            .await
+            .unwrap_or(Err(InvokeError::TimedOut(timeout)))
+    }
+
+    /// The client's session, once open.
+    pub fn session(&self) -> Option<u64> {
+        self.shared.engine.lock().expect("client lock").session()
+    }
+
+    async fn wait_open(&self) -> Result<u64, InvokeError> {
+        loop {
+            // Register for a wake-up before looking, so a completion in between is not missed.
+            let changed = self.shared.window_freed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.shared.closed.load(Ordering::Relaxed) {
+                return Err(InvokeError::Closed);
+            }
+            {
+                let mut engine = self.shared.engine.lock().expect("client lock");
+                if let Some(session) = engine.session() {
+                    return Ok(session);
+                }
+                if let Some(refusal) = self.shared.open_refused.lock().expect("client lock").take()
+                {
+                    return Err(InvokeError::Refused(refusal));
+                }
+                if !engine.opening() {
+                    let now = self.shared.epoch.elapsed().as_millis() as u64;
+                    let actions = engine.open(now);
+                    self.shared.perform(actions);
+                    self.shared.timer_changed.notify_one();
+                }
+            }
+            changed.await;
+        }
+    }
+
     async fn invoke_kind(
         &self,
         kind: RequestKind,
@@ -1589,23 +1662,29 @@ impl<N: Network> Client<N> {
             if self.shared.closed.load(Ordering::Relaxed) {
                 return Err(InvokeError::Closed);
             }
-            {
+            let submitted = {
                 let mut engine = self.shared.engine.lock().expect("client lock");
                 let now = self.shared.epoch.elapsed().as_millis() as u64;
-                match engine.submit(now, kind, op.clone()) {
-                    Ok((seq, actions)) => {
-                        let tx = tx.take().expect("sender used once");
-                        self.shared
-                            .waiters
-                            .lock()
-                            .expect("client lock")
-                            .insert(seq, tx);
-                        self.shared.perform(actions);
-                        break seq;
-                    }
-                    Err(ClientError::TooManyOutstanding(_)) => {}
-                    Err(e) => return Err(e.into()),
+                engine.submit(now, kind, op.clone())
+            };
+            match submitted {
+                Ok((seq, actions)) => {
+                    let tx = tx.take().expect("sender used once");
+                    self.shared
+                        .waiters
+                        .lock()
+                        .expect("client lock")
+                        .insert(seq, tx);
+                    self.shared.perform(actions);
+                    break seq;
                 }
+                Err(ClientError::TooManyOutstanding(_)) => {}
+                Err(ClientError::SessionNotOpen) => {
+                    // The session first (an unordered read needs none).
+                    self.open(timeout).await?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
             }
             freed.await;
         };

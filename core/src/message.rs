@@ -164,16 +164,19 @@ pub struct RequestBody {
     /// ([`Rejection::Impersonation`](crate::Rejection::Impersonation)), and the cluster's
     /// [`ClientPolicy`](crate::ClientPolicy) must admit the key.
     pub client: ClientId,
-    /// The client's session: a number the client picks at random when it starts
-    /// ([`ClientEngine::new`](crate::client::ClientEngine::new)), so that many processes may
-    /// share one key. Exactly-once is kept per (client, session) (docs/design.md §3.7); the
-    /// signature covers it.
+    /// The client's session: the number the replicated client table assigned when the
+    /// client's open request executed, or [`OPEN_SESSION`] for that open request itself
+    /// (docs/design.md §3.7, "Sessions"). Many processes may share one key, each in its own
+    /// session. Exactly-once is kept per (client, session); the signature covers it.
     pub session: u64,
     /// The request's sequence number within its session, from 1; with `client` and `session`
     /// it identifies the request ([`RequestId`]). A retry reuses it, and replicas execute each
     /// (client, session, seq) at most once (docs/design.md §3.7). A seq
     /// `max_pending_per_client` or more below the session's highest executed one is stale and
-    /// answered so ([`ReplyStatus::Stale`]), never executed.
+    /// answered so ([`ReplyStatus::Stale`]), never executed. In an open request
+    /// ([`OPEN_SESSION`]) it is the client's routing tag instead: a random number at or above
+    /// [`SESSION_NUMBER_LIMIT`](crate::clients::SESSION_NUMBER_LIMIT) that the client's
+    /// connections announce, so that the open's reply reaches the process that asked.
     pub seq: u64,
     /// Ordered, or an unordered read.
     pub kind: RequestKind,
@@ -237,6 +240,12 @@ impl Request {
         32 + 8 + 8 + 4 + 8 + 65 + self.body.op.len()
     }
 }
+
+/// The session number of an *open request*: a request that opens a session instead of
+/// running an operation (its `op` is ignored). Ordered like any request; executing it assigns
+/// the client table's next session number, which every correct replica replies with (8 bytes,
+/// little-endian) (docs/design.md §3.7, "Sessions").
+pub const OPEN_SESSION: u64 = 0;
 
 /// Identifies a request: its client, the client's session and the session's sequence number
 /// (docs/design.md §3.7). Orders by client, then session, then seq.
@@ -553,6 +562,19 @@ pub struct Reply {
     pub result: Vec<u8>,
 }
 
+impl Reply {
+    /// What the client's connection announced for this reply (docs/design.md §3.7,
+    /// "Sessions"): the session, or for an open request's reply the client's routing tag
+    /// (the open request's seq).
+    pub fn route(&self) -> u64 {
+        if self.session == OPEN_SESSION {
+            self.seq
+        } else {
+            self.session
+        }
+    }
+}
+
 /// What a [`Reply`] says about its request (docs/design.md §3.7, "What a client sees").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ReplyStatus {
@@ -562,12 +584,12 @@ pub enum ReplyStatus {
     /// window, or dropped to respect a byte bound): it will never execute again, and its
     /// result cannot be had any more.
     Stale,
-    /// The session is unknown and the seq is beyond a new session's first window: the
-    /// session's record was evicted. The request was not executed now; whether it executed
-    /// before is unknown. The client should start a new session.
+    /// The session has no record: it was evicted (or never opened). The request was not
+    /// executed now; whether it executed before is unknown. The client should open a new
+    /// session.
     SessionExpired,
-    /// The client table is full of sessions active within `client_expiry_cids`: the request
-    /// of this new session was decided but not executed. It may be sent again later.
+    /// The client table is full of sessions active within `client_expiry_cids`: the open
+    /// request was decided but opened no session. It may be sent again later.
     TableFull,
 }
 

@@ -85,6 +85,13 @@ pub trait Network: Send + Sync + 'static {
         let _ = session;
         self.send(Peer::Client(key), frame)
     }
+    /// Client role: from now on, announce `session` on the connections to the replicas, so
+    /// that the session's replies come over them (a client's connections first announce its
+    /// routing tag, for its open request's reply; docs/design.md §3.7, "Sessions"). Nothing
+    /// by default.
+    fn announce_session(&self, session: u64) {
+        let _ = session;
+    }
     /// Peer replicas the transport refuses because their protocol settings differ from ours
     /// ([`crate::settings`]), for the status report. None by default.
     fn refused_replicas(&self) -> Vec<crate::message::RefusedReplica> {

@@ -53,6 +53,18 @@ fn request(client: &dyn Signer, seq: u64) -> Request {
     Request::new(body, None)
 }
 
+/// `client`'s open request (unsigned: CFT), which opens a session in its name.
+fn open_request(client: &dyn Signer) -> Request {
+    let body = RequestBody {
+        client: client.public_key(),
+        session: smr_core::message::OPEN_SESSION,
+        seq: Cluster::TAG,
+        kind: RequestKind::Ordered,
+        op: Vec::new(),
+    };
+    Request::new(body, None)
+}
+
 /// The service's result for a request: 16 bytes naming it.
 fn result_of(request: &Request) -> Vec<u8> {
     let mut result = format!("{}:{}", request.body.client, request.body.seq).into_bytes();
@@ -103,7 +115,8 @@ fn decide(c: &Cluster, engine: &mut Engine, cid: u64, requests: Vec<Request>) ->
 /// up to 64 cached replies, in memory and in every checkpoint, so a client minting keys grew
 /// checkpoints without bound. Now the table holds at most `max_clients` records and the
 /// checkpoints stop growing, while a client that keeps executing is never evicted and its
-/// retry is answered from the cache.
+/// retry is answered from the cache. (Each minted key opens a session, which takes a record
+/// like a first request did before sessions were opened by ordered requests.)
 #[test]
 fn minting_client_keys_keeps_the_table_and_checkpoints_bounded() {
     let c = open_cluster(small_table());
@@ -114,11 +127,15 @@ fn minting_client_keys_keeps_the_table_and_checkpoints_bounded() {
     let mut minted = 0u32;
     for cid in 1..=60u64 {
         let mut requests = vec![request(active, cid)];
+        if cid == 1 {
+            // The active client's open: session 1.
+            requests.insert(0, open_request(active));
+        }
         for _ in 0..4 {
             minted += 1;
             let mut seed = [0u8; 32];
             seed[..4].copy_from_slice(&minted.to_le_bytes());
-            requests.push(request(&SimKey::from_seed(seed), 1));
+            requests.push(open_request(&SimKey::from_seed(seed)));
         }
         checkpoint_sizes.extend(decide(&c, &mut engine, cid, requests));
         assert!(engine.pending_clients() <= 8, "cid {cid}");
@@ -138,10 +155,11 @@ fn minting_client_keys_keeps_the_table_and_checkpoints_bounded() {
         "{checkpoint_sizes:?}"
     );
     // With 4 new keys per cid and eviction only after 3 idle cids, many new keys found the
-    // table full of recent clients: refused at execution, never run (the same ones on every
-    // replica: the rule reads only the decided sequence).
+    // table full of recent clients: their opens refused at execution, no session opened (the
+    // same ones on every replica: the rule reads only the decided sequence).
     assert_eq!(engine.stats().refused_new_clients, 100);
-    assert_eq!(engine.stats().executed_requests, 60 + 140);
+    assert_eq!(engine.stats().sessions_opened, 1 + 140);
+    assert_eq!(engine.stats().executed_requests, 60);
 
     // The active client executed at every cid: still known, and its retries of the last
     // replies its 48 bytes hold (3 of 16 bytes) are answered from the cache, exactly.
@@ -195,15 +213,17 @@ struct CheckpointBytes {
 #[derive(Serialize)]
 struct TableBytes {
     executions: u64,
+    /// The number the next opened session gets.
+    next_session: u64,
     clients: BTreeMap<SessionId, RecordBytes>,
-    /// The sessions remembered as evicted, oldest first.
-    expired: Vec<SessionId>,
 }
 
-/// A client's record: its highest seq, the cid and stamp of its last execution, and its seqs
+/// A client's record: its open's tag, its highest seq, the cid and stamp of its last execution, and its seqs
 /// (each `Executing`, the slot's first variant).
 #[derive(Serialize)]
 struct RecordBytes {
+    /// The routing tag of the open that opened the session.
+    tag: u64,
     max_seq: u64,
     last_cid: Cid,
     stamp: u64,
@@ -221,11 +241,11 @@ fn stored_checkpoint(c: &Cluster, records: Vec<(PublicKey, RecordBytes)>) -> Che
         service: b"service".to_vec(),
         clients: TableBytes {
             executions: 100,
+            next_session: 2,
             clients: records
                 .into_iter()
                 .map(|(client, record)| (SessionId { client, session: 1 }, record))
                 .collect(),
-            expired: Vec::new(),
         },
     });
     Checkpoint {
@@ -238,6 +258,7 @@ fn stored_checkpoint(c: &Cluster, records: Vec<(PublicKey, RecordBytes)>) -> Che
 
 fn record(max_seq: u64, stamp: u64, seqs: &[u64]) -> RecordBytes {
     RecordBytes {
+        tag: Cluster::TAG,
         max_seq,
         last_cid: Cid(1),
         stamp,

@@ -18,7 +18,7 @@ use common::{bft, cft, cluster, key, only_rejected, only_sent, rejected_sending,
 /// accepted.
 fn follower_given_a_proposal(c: &Cluster) -> (Engine, Batch, Output) {
     let mut follower = c.engine(1);
-    let batch = c.batch(&[1]);
+    let batch = c.opening_batch(&[1]);
     let output = c.deliver_ok(
         &mut follower,
         0,
@@ -81,7 +81,11 @@ fn bft_follower_sends_no_accept_before_a_quorum_of_writes() {
                     certificate: vec![accept(0), my_accept.clone(), accept(2)],
                 }),
             ],
-            send_after_persist: vec![Outgoing::Broadcast(Message::Accept(my_accept))],
+            // The batch's open request opens session 1 as it executes.
+            send_after_persist: vec![
+                Outgoing::Broadcast(Message::Accept(my_accept)),
+                c.open_reply(1, 1)
+            ],
             service: vec![c.execute(Cid(1), &[1])],
             ..Output::default()
         }
@@ -292,37 +296,17 @@ fn decision_whose_batch_does_not_match_its_certificate_is_rejected() {
     assert!(matches!(err, Rejection::BadCertificate(_)), "{err:?}");
 }
 
-#[test]
-fn duplicate_request_gets_the_cached_reply_and_executes_once() {
-    let c = cft();
+/// The CFT leader `c.engine(0)` after its client opened session 1: the open request was
+/// proposed, accepted by replica 1 and executed as cid 1 (answered with the session number;
+/// nothing went to the service but the empty batch).
+fn cft_leader_with_session_1_open(c: &Cluster) -> Engine {
     let mut leader = c.engine(0);
-    let client = c.client_peer();
-    let batch = c.batch(&[1]);
+    let open = c.open_request();
+    let batch = Batch {
+        requests: vec![open.clone()],
+    };
     let digest = batch.digest();
-    let output = c.deliver_ok(&mut leader, 0, client, Message::Request(c.request(1)));
-    // The leader proposes it at once and accepts it: the PROPOSE and its own ACCEPT leave
-    // once the prepared value and the vote are on disk.
-    let my_accept = c.vote(VoteKind::Accept, 0, Cid(1), Regency(0), digest);
-    assert_eq!(
-        output,
-        Output {
-            persist: vec![
-                PersistRecord::Prepared(c.prepared(Cid(1), Regency(0), batch.clone())),
-                PersistRecord::Vote(my_accept.body),
-            ],
-            send_after_persist: vec![
-                Outgoing::Broadcast(Message::Propose(c.propose(
-                    0,
-                    Cid(1),
-                    Regency(0),
-                    batch.clone()
-                ))),
-                Outgoing::Broadcast(Message::Accept(my_accept.clone())),
-            ],
-            ..Output::default()
-        }
-    );
-    // One follower's ACCEPT completes the CFT quorum of 2.
+    c.deliver_ok(&mut leader, 0, c.client_peer(), Message::Request(open));
     let their_accept = c.vote(VoteKind::Accept, 1, Cid(1), Regency(0), digest);
     let output = c.deliver_ok(
         &mut leader,
@@ -336,19 +320,77 @@ fn duplicate_request_gets_the_cached_reply_and_executes_once() {
             persist: vec![PersistRecord::Decided(Decision {
                 cid: Cid(1),
                 batch,
-                certificate: vec![my_accept, their_accept],
+                certificate: vec![
+                    c.vote(VoteKind::Accept, 0, Cid(1), Regency(0), digest),
+                    their_accept
+                ],
             })],
-            service: vec![c.execute(Cid(1), &[1])],
+            send_after_persist: vec![c.open_reply(0, 1)],
+            service: vec![c.execute(Cid(1), &[])],
             ..Output::default()
         }
     );
-    let output = leader.on_executed(0, Cid(1), vec![b"result".to_vec()]);
+    assert_eq!(leader.on_executed(0, Cid(1), vec![]), Output::default());
+    leader
+}
+
+#[test]
+fn duplicate_request_gets_the_cached_reply_and_executes_once() {
+    let c = cft();
+    let mut leader = cft_leader_with_session_1_open(&c);
+    let client = c.client_peer();
+    let batch = c.batch(&[1]);
+    let digest = batch.digest();
+    let output = c.deliver_ok(&mut leader, 0, client, Message::Request(c.request(1)));
+    // The leader proposes it at once and accepts it: the PROPOSE and its own ACCEPT leave
+    // once the prepared value and the vote are on disk.
+    let my_accept = c.vote(VoteKind::Accept, 0, Cid(2), Regency(0), digest);
+    assert_eq!(
+        output,
+        Output {
+            persist: vec![
+                PersistRecord::Prepared(c.prepared(Cid(2), Regency(0), batch.clone())),
+                PersistRecord::Vote(my_accept.body),
+            ],
+            send_after_persist: vec![
+                Outgoing::Broadcast(Message::Propose(c.propose(
+                    0,
+                    Cid(2),
+                    Regency(0),
+                    batch.clone()
+                ))),
+                Outgoing::Broadcast(Message::Accept(my_accept.clone())),
+            ],
+            ..Output::default()
+        }
+    );
+    // One follower's ACCEPT completes the CFT quorum of 2.
+    let their_accept = c.vote(VoteKind::Accept, 1, Cid(2), Regency(0), digest);
+    let output = c.deliver_ok(
+        &mut leader,
+        0,
+        Peer::Replica(1),
+        Message::Accept(their_accept.clone()),
+    );
+    assert_eq!(
+        output,
+        Output {
+            persist: vec![PersistRecord::Decided(Decision {
+                cid: Cid(2),
+                batch,
+                certificate: vec![my_accept, their_accept],
+            })],
+            service: vec![c.execute(Cid(2), &[1])],
+            ..Output::default()
+        }
+    );
+    let output = leader.on_executed(0, Cid(2), vec![b"result".to_vec()]);
     assert_eq!(output, only_sent(vec![c.reply(0, 1, b"result")]));
     // The retry gets the same reply and no new proposal.
     let output = c.deliver_ok(&mut leader, 0, client, Message::Request(c.request(1)));
     assert_eq!(output, only_sent(vec![c.reply(0, 1, b"result")]));
     assert_eq!(leader.stats().executed_requests, 1);
-    assert_eq!(leader.stats().proposals_sent, 1);
+    assert_eq!(leader.stats().proposals_sent, 2);
 }
 
 #[test]
@@ -415,7 +457,7 @@ fn state_fetches_are_paid_from_the_peers_reply_budget() {
 
 /// A decision for `cid` (of request `cid`) with Q signed ACCEPTs from replicas 0, 1 and 3.
 fn certified_decision(c: &Cluster, cid: Cid) -> Decision {
-    let batch = c.batch(&[cid.0]);
+    let batch = c.batch_of_cid(cid);
     let digest = batch.digest();
     Decision {
         cid,
@@ -467,7 +509,8 @@ fn catch_up_goes_on_while_learned_decisions_wait_for_the_service() {
                 PersistRecord::Decided(d[0].clone()),
                 PersistRecord::Decided(d[1].clone())
             ],
-            send_after_persist: vec![query(3)],
+            // Cid 1 opens the client's session as it goes to the service.
+            send_after_persist: vec![c.open_reply(2, 1), query(3)],
             service: vec![c.execute(Cid(1), &[1])],
             ..Output::default()
         }
@@ -568,6 +611,8 @@ fn stopdata_proves_the_checkpointed_cid_decided_after_truncation_and_after_a_res
                 .cloned()
                 .map(PersistRecord::Decided)
                 .collect(),
+            // Cid 1 opens the client's session as it goes to the service.
+            send_after_persist: vec![c.open_reply(2, 1)],
             // One batch with the service at a time: the next follows its predecessor's result.
             service: vec![c.execute(Cid(1), &[1])],
             ..Output::default()
@@ -673,7 +718,7 @@ fn a_replica_restarted_with_many_stored_decisions_sends_a_stopdata_the_new_leade
     // up to 14) without deciding it.
     let decisions: Vec<Decision> = (1..=10).map(|i| certified_decision(&c, Cid(i))).collect();
     let prepared: Vec<PreparedProof> = (1..=11)
-        .map(|i| c.prepared(Cid(i), Regency(0), c.batch(&[i])))
+        .map(|i| c.prepared(Cid(i), Regency(0), c.batch_of_cid(Cid(i))))
         .collect();
     let mut store: Vec<PersistRecord> = Vec::new();
     for (d, p) in decisions.iter().zip(&prepared) {
@@ -686,6 +731,7 @@ fn a_replica_restarted_with_many_stored_decisions_sends_a_stopdata_the_new_leade
     assert_eq!(
         output,
         Output {
+            send_now: vec![c.open_reply(2, 1)],
             service: vec![c.execute(Cid(1), &[1])],
             ..Output::default()
         }

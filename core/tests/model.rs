@@ -69,7 +69,10 @@ use std::time::Instant;
 
 use smr_core::codec;
 use smr_core::engine::{Output, PersistRecord, Phase, ServiceDone, ServiceWork, TimerKind};
-use smr_core::message::{Cid, Message, Regency, Request, RequestBody, RequestId, RequestKind};
+use smr_core::message::{
+    Batch, Cid, Decision, Message, Regency, Request, RequestBody, RequestId, RequestKind, Signed,
+    Vote, VoteKind, OPEN_SESSION,
+};
 use smr_core::runner::{self, Host};
 use smr_core::{
     ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Peer, Timeouts, ValidEngineConfig,
@@ -487,9 +490,57 @@ impl SmrModel {
             let actions = Arc::make_mut(&mut world.engines[slot]).start(0);
             model.perform(&mut world, slot, actions);
         }
+        // Before the model starts, every replica learned cid 1 by a certified decision (as a
+        // catching-up replica does): the client's open request, which opens session 1
+        // (docs/design.md §3.7, "Sessions"). What is explored is the ordering of the client's
+        // requests in that session, from cid 2.
+        let signing = quorums.requires_signatures();
+        let open = Request::new(
+            RequestBody {
+                client,
+                session: OPEN_SESSION,
+                seq: smr_core::clients::SESSION_NUMBER_LIMIT,
+                kind: RequestKind::Ordered,
+                op: Vec::new(),
+            },
+            signing.then_some(&client_key as &dyn Signer),
+        );
+        let batch = Batch {
+            requests: vec![open],
+        };
+        let certificate = (0..quorums.accepts_to_decide() as u32)
+            .map(|r| {
+                Signed::new(
+                    Vote {
+                        kind: VoteKind::Accept,
+                        replica: r,
+                        cid: Cid(1),
+                        regency: Regency::ZERO,
+                        digest: batch.digest(),
+                    },
+                    signing.then_some(&replica_keys[r as usize] as &dyn Signer),
+                )
+            })
+            .collect();
+        let opened = Message::Decisions(vec![Decision {
+            cid: Cid(1),
+            batch,
+            certificate,
+        }]);
+        for slot in 0..world.engines.len() {
+            if model.crashed(slot as u32) {
+                continue;
+            }
+            let from = Peer::Replica(if slot == 0 { 1 } else { 0 });
+            let verified = model
+                .verifier
+                .verify_inbound(from, opened.clone())
+                .expect("the open's decision is certified");
+            let actions = Arc::make_mut(&mut world.engines[slot]).on_message(0, verified);
+            model.perform(&mut world, slot, actions);
+        }
         // The client broadcasts each request to every replica, as the real client does; in
         // BFT the request carries its signature.
-        let signing = quorums.requires_signatures();
         for seq in 1..=model.setup.requests {
             let body = RequestBody {
                 client,

@@ -25,7 +25,7 @@ fn small_window() -> Cluster {
 }
 
 fn decision(c: &Cluster, cid: u64) -> Decision {
-    let batch = c.batch(&[cid]);
+    let batch = c.batch_of_cid(Cid(cid));
     let certificate = c.votes(
         VoteKind::Accept,
         &[0, 1, 2],
@@ -83,7 +83,7 @@ fn report(c: &Cluster, cid: u64, for_nonce: u64, rejoin_nonce: u64) -> Message {
     Message::StateInfo {
         checkpoints: vec![],
         voted_up_to: Cid(cid),
-        executed: (cid > 0).then(|| c.decision_proof(Cid(cid), c.batch(&[cid]).digest())),
+        executed: (cid > 0).then(|| c.decision_proof(Cid(cid), c.batch_of_cid(Cid(cid)).digest())),
         for_nonce,
         rejoin_nonce,
     }
@@ -294,7 +294,8 @@ fn recover_resumes_a_rejoin_that_a_crash_interrupted() {
     assert_eq!(
         output,
         Output {
-            send_now: vec![broadcast(query())],
+            // Cid 1 opens the client's session as it goes to the service.
+            send_now: vec![c.open_reply(3, 1), broadcast(query())],
             service: vec![c.execute(Cid(1), &[1])],
             ..Output::default()
         }

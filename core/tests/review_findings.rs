@@ -31,7 +31,22 @@ fn decision(c: &Cluster, cid: u64, requests: Vec<Request>) -> Decision {
     }
 }
 
-/// Replica 1 of `c`, having learned cid 1 deciding `request` alone and executed it with `reply`.
+/// `client`'s open request (CFT: unsigned), which opens session 1 in a fresh table.
+fn open_request(client: smr_crypto::PublicKey) -> Request {
+    Request::new(
+        RequestBody {
+            client,
+            session: smr_core::message::OPEN_SESSION,
+            seq: Cluster::TAG,
+            kind: RequestKind::Ordered,
+            op: Vec::new(),
+        },
+        None,
+    )
+}
+
+/// Replica 1 of `c`, having learned cid 1 opening session 1 of `request`'s client and deciding
+/// `request`, and executed it with `reply`.
 fn executed(c: &Cluster, request: &Request, reply: Vec<u8>) -> Engine {
     let mut engine = c.engine(1);
     engine.start(0);
@@ -39,7 +54,11 @@ fn executed(c: &Cluster, request: &Request, reply: Vec<u8>) -> Engine {
         &mut engine,
         0,
         Peer::Replica(0),
-        Message::Decisions(vec![decision(c, 1, vec![request.clone()])]),
+        Message::Decisions(vec![decision(
+            c,
+            1,
+            vec![open_request(request.body.client), request.clone()],
+        )]),
     );
     let cid = match &out.service[..] {
         [ServiceWork::Execute { cid, items }] if items.len() == 1 => *cid,

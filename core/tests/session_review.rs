@@ -11,11 +11,13 @@ mod common;
 use std::sync::Arc;
 
 use smr_core::client::{ClientAction, ClientConfig, ClientEngine};
-use smr_core::clients::{Admission, ClientLimits, ClientTable};
+use smr_core::clients::{
+    Admission, ClientLimits, ClientTable, RequestStatus, SESSION_NUMBER_LIMIT,
+};
 use smr_core::engine::ServiceWork;
 use smr_core::message::{
     Batch, Cid, Decision, Message, Regency, Reply, ReplyStatus, Request, RequestId, RequestKind,
-    VoteKind,
+    VoteKind, OPEN_SESSION,
 };
 use smr_core::{ClientPolicy, Engine, Limits, Peer};
 use smr_crypto::sim::SimKey;
@@ -63,11 +65,9 @@ fn decide(c: &Cluster, engine: &mut Engine, cid: u64, requests: Vec<Request>) ->
 }
 
 /// A CFT cluster whose window is `window`, replica 1 of it started, and a client engine of key
-/// 9 in `session` with unordered reads on.
-fn cft_replica_and_client(
-    window: u64,
-    session: u64,
-) -> (Cluster, Engine, Arc<SimKey>, ClientEngine) {
+/// 9 with unordered reads on, its session (1) opened at cid 1 (replica 1's reply, and the
+/// same from replica 0: Q = 2 with unordered reads on).
+fn cft_replica_and_client(window: u64) -> (Cluster, Engine, Arc<SimKey>, ClientEngine) {
     let c = open_cluster(Limits {
         max_pending_per_client: window as _,
         ..Limits::default()
@@ -75,7 +75,7 @@ fn cft_replica_and_client(
     let mut engine = c.engine(1);
     engine.start(0);
     let key = Arc::new(SimKey::from_seed([9; 32]));
-    let client = ClientEngine::new(
+    let mut client = ClientEngine::new(
         ClientConfig {
             quorums: Quorums::new(Mode::Cft, 3, 1).unwrap(),
             unordered_reads_enabled: true,
@@ -84,8 +84,21 @@ fn cft_replica_and_client(
             retry_timeout_ms: 1000,
         },
         key.clone(),
-        session,
+        SESSION_NUMBER_LIMIT | 9,
     );
+    let open = request_of(&client.open(0));
+    let replies = decide(&c, &mut engine, 1, vec![open]);
+    let [reply] = &replies[..] else {
+        panic!("one reply to the open, got {replies:?}");
+    };
+    for replica in [1, 0] {
+        let reply = Reply {
+            replica,
+            ..reply.clone()
+        };
+        client.on_reply(0, replica, reply);
+    }
+    assert_eq!(client.session(), Some(1));
     (c, engine, key, client)
 }
 
@@ -117,7 +130,7 @@ fn request_of(actions: &[ClientAction]) -> Request {
 #[test]
 fn a_write_after_a_window_of_unordered_reads_is_not_refused_as_expired() {
     let window = 4u64;
-    let (c, mut engine, key, mut client) = cft_replica_and_client(window, 0x5e55);
+    let (c, mut engine, key, mut client) = cft_replica_and_client(window);
     // `window` unordered reads, each completed by Q = 2 matching replies.
     for _ in 0..window {
         let (seq, actions) = client
@@ -133,7 +146,7 @@ fn a_write_after_a_window_of_unordered_reads_is_not_refused_as_expired() {
                 Reply {
                     replica,
                     client: key.public_key(),
-                    session: 0x5e55,
+                    session: 1,
                     seq,
                     status: ReplyStatus::Executed,
                     regency: Regency(0),
@@ -149,7 +162,7 @@ fn a_write_after_a_window_of_unordered_reads_is_not_refused_as_expired() {
         .unwrap();
     assert_eq!(seq, window + 1, "seqs count the unordered reads");
     let write = request_of(&actions);
-    let replies = decide(&c, &mut engine, 1, vec![write.clone()]);
+    let replies = decide(&c, &mut engine, 2, vec![write.clone()]);
     assert_eq!(replies.len(), 1);
     assert_eq!(
         replies[0].status,
@@ -175,17 +188,20 @@ fn forty_keys_from_one_host_cannot_fill_the_default_table() {
     let mut inserted = 0u64;
     'flood: for k in 0..keys_needed {
         let key = SimKey::from_seed([k as u8 + 1; 32]).public_key();
-        for session in 0..limits.max_sessions_per_client {
+        for _ in 0..limits.max_sessions_per_client {
             if inserted == limits.max_clients {
                 break 'flood;
             }
+            let cid = Cid(1 + inserted / 100);
+            let tag = SESSION_NUMBER_LIMIT | inserted;
+            let session = table.open_session(key, tag, cid).expect("room");
             let id = RequestId {
                 client: key,
                 session,
                 seq: 1,
             };
             assert!(matches!(
-                table.mark_executing(&id, Cid(1 + inserted / 100)),
+                table.mark_executing(&id, cid),
                 Admission::Execute { .. }
             ));
             table.record_reply(&id, Vec::new());
@@ -193,15 +209,20 @@ fn forty_keys_from_one_host_cannot_fill_the_default_table() {
         }
     }
     let cid = 1 + inserted / 100;
-    let newcomer = RequestId {
-        client: SimKey::from_seed([200; 32]).public_key(),
-        session: 1,
+    let newcomer = SimKey::from_seed([200; 32]).public_key();
+    let session = table.open_session(newcomer, SESSION_NUMBER_LIMIT, Cid(cid));
+    assert!(
+        session.is_some(),
+        "{keys_needed} keys of one source network locked a new client out of the table"
+    );
+    let id = RequestId {
+        client: newcomer,
+        session: session.unwrap(),
         seq: 1,
     };
     assert_eq!(
-        table.mark_executing(&newcomer, Cid(cid)),
-        Admission::Execute { floor: None },
-        "{keys_needed} keys of one source network locked a new client out of the table"
+        table.mark_executing(&id, Cid(cid)),
+        Admission::Execute { floor: None }
     );
 }
 
@@ -287,18 +308,20 @@ fn a_byzantine_replica_cannot_replay_an_evicted_sessions_request() {
             ..Limits::default()
         },
     );
-    let signed = |session: u64, op: &str| {
+    let signed = |session: u64, seq: u64, op: &str| {
         Request::new(
             smr_core::message::RequestBody {
                 client: c.client.public_key(),
                 session,
-                seq: 1,
+                seq,
                 kind: RequestKind::Ordered,
                 op: op.as_bytes().to_vec(),
             },
             Some(&c.client as &dyn Signer),
         )
     };
+    // A process's open request: its seq is its routing tag.
+    let open = |tag: u64| signed(OPEN_SESSION, SESSION_NUMBER_LIMIT | tag, "");
     let decide_bft = |engine: &mut Engine, cid: u64, requests: Vec<Request>| {
         let batch = Batch {
             requests: requests.clone(),
@@ -325,12 +348,13 @@ fn a_byzantine_replica_cannot_replay_an_evicted_sessions_request() {
     // Replica 0 leads regency 0.
     let mut leader = c.engine(0);
     leader.start(0);
-    let add5 = signed(1, "add 5");
-    decide_bft(&mut leader, 1, vec![add5.clone()]);
+    let add5 = signed(1, 1, "add 5");
+    decide_bft(&mut leader, 1, vec![open(1), add5.clone()]);
     // Two later runs of the shared key: session 1 gives way (per-key bound of 2).
-    decide_bft(&mut leader, 2, vec![signed(2, "get")]);
-    decide_bft(&mut leader, 3, vec![signed(3, "get")]);
+    decide_bft(&mut leader, 2, vec![open(2), signed(2, 1, "get")]);
+    decide_bft(&mut leader, 3, vec![open(3), signed(3, 1, "get")]);
     assert_eq!(leader.stats().executed_requests, 3);
+    assert_eq!(leader.stats().sessions_opened, 3);
     // Byzantine replica 3 forwards the old `add 5` it kept.
     let out = c.deliver(
         &mut leader,
@@ -364,7 +388,7 @@ fn a_byzantine_replica_cannot_replay_an_evicted_sessions_request() {
 #[test]
 fn a_session_whose_first_window_of_requests_timed_out_is_not_expired() {
     let window = 4u64;
-    let (c, mut engine, _key, mut client) = cft_replica_and_client(window, 0x07a);
+    let (c, mut engine, _key, mut client) = cft_replica_and_client(window);
     // The cluster is unreachable: each invocation times out and the driver abandons it.
     for _ in 0..window {
         let (seq, _) = client
@@ -377,10 +401,171 @@ fn a_session_whose_first_window_of_requests_timed_out_is_not_expired() {
         .submit(0, RequestKind::Ordered, b"add 1".to_vec())
         .unwrap();
     assert_eq!(seq, window + 1);
-    let replies = decide(&c, &mut engine, 1, vec![request_of(&actions)]);
+    let replies = decide(&c, &mut engine, 2, vec![request_of(&actions)]);
     assert_eq!(
         replies[0].status,
         ReplyStatus::Executed,
         "a session that never executed anything is told it expired"
     );
+}
+
+/// Second review of issue 15 (FINDING, BFT exactly-once): the table remembered its last
+/// `max_clients` evictions in one list for all keys, so ONE key that opened fresh sessions fast
+/// (10,000 cheap requests at the defaults; rule 2 evicts its own) flushed the memory, and a
+/// victim's evicted session looked new again: a signed copy of its executed request that a
+/// Byzantine replica kept would execute a second time. Session numbers now come from the
+/// replicated counter, so "below the counter, no record" is expired for ever, whatever any
+/// key does later.
+#[test]
+fn one_key_opening_sessions_fast_cannot_make_an_evicted_session_new_again() {
+    let limits = ClientLimits::default();
+    let mut table = ClientTable::bounded(limits);
+    let key = |n: u32| {
+        let mut k = [0u8; 32];
+        k[..4].copy_from_slice(&n.to_le_bytes());
+        k[31] = 0xee;
+        smr_crypto::PublicKey(k)
+    };
+    let execute = |table: &mut ClientTable, client, cid: u64| {
+        let session = table
+            .open_session(client, SESSION_NUMBER_LIMIT | cid, Cid(cid))
+            .expect("room");
+        let id = RequestId {
+            client,
+            session,
+            seq: 1,
+        };
+        assert!(matches!(
+            table.mark_executing(&id, Cid(cid)),
+            Admission::Execute { .. }
+        ));
+        table.record_reply(&id, vec![1]);
+        id
+    };
+    // The victim executes once (a Byzantine replica keeps the signed request) and goes idle.
+    let kept = execute(&mut table, key(1), 1);
+    for k in 2..=limits.max_clients as u32 {
+        execute(&mut table, key(k), 2);
+    }
+    // Much later a new client takes the place of the idle victim.
+    let late = 2 + limits.client_expiry_cids + 10;
+    execute(&mut table, key(1_000_000), late);
+    assert_eq!(table.status(&kept), RequestStatus::SessionExpired);
+    // One attacker key opens max_clients fresh sessions (each evicting one of its own).
+    let attacker = key(2_000_000);
+    for i in 1..=limits.max_clients {
+        execute(&mut table, attacker, late + i);
+    }
+    assert_eq!(
+        table.status(&kept),
+        RequestStatus::SessionExpired,
+        "one key's {} sessions made the victim's evicted session new again",
+        limits.max_clients
+    );
+    assert_eq!(
+        table.mark_executing(&kept, Cid(late + limits.max_clients + 1)),
+        Admission::SessionExpired
+    );
+}
+
+/// The same review's second test, as it reads with opened sessions: a Byzantine replica that
+/// replays a victim key's old open request gives the key an extra, empty session; with the
+/// table full, the next newcomer then takes a session of the victim's (now crowded) key. It
+/// must take the replayed empty one, never the victim's live session (executed 2 cids before),
+/// and the victim's evicted session's kept request stays refused.
+#[test]
+fn a_replayed_open_never_costs_the_victim_its_live_session() {
+    let limits = ClientLimits {
+        window: 4,
+        max_clients: 4,
+        max_sessions_per_client: 2,
+        client_expiry_cids: 5,
+        ..ClientLimits::default()
+    };
+    let mut table = ClientTable::bounded(limits);
+    let key = |n: u8| SimKey::from_seed([n; 32]).public_key();
+    let run = |table: &mut ClientTable, id: &RequestId, cid: u64| {
+        assert!(
+            matches!(
+                table.mark_executing(id, Cid(cid)),
+                Admission::Execute { .. }
+            ),
+            "{id:?} refused"
+        );
+        table.record_reply(id, vec![1]);
+    };
+    let open = |table: &mut ClientTable, client, cid: u64| {
+        table
+            .open_session(client, SESSION_NUMBER_LIMIT | cid, Cid(cid))
+            .expect("room")
+    };
+    let victim = key(50);
+    let old = open(&mut table, victim, 1);
+    let kept = RequestId {
+        client: victim,
+        session: old,
+        seq: 1,
+    };
+    run(&mut table, &kept, 1);
+    for k in 10..13 {
+        let session = open(&mut table, key(k), 2);
+        run(
+            &mut table,
+            &RequestId {
+                client: key(k),
+                session,
+                seq: 1,
+            },
+            2,
+        );
+    }
+    // The idle victim session is evicted by a newcomer.
+    let session = open(&mut table, key(13), 20);
+    run(
+        &mut table,
+        &RequestId {
+            client: key(13),
+            session,
+            seq: 1,
+        },
+        20,
+    );
+    assert_eq!(table.status(&kept), RequestStatus::SessionExpired);
+    // The victim's new process: its live session.
+    let live_session = open(&mut table, victim, 21);
+    let live = |seq| RequestId {
+        client: victim,
+        session: live_session,
+        seq,
+    };
+    run(&mut table, &live(1), 21);
+    run(&mut table, &live(2), 25);
+    // A Byzantine replica replays the victim's old open (its tag, from cid 1): its session
+    // has no record any more, so the copy opens a new, empty session of the victim's key,
+    // which now holds two (the table is full, so a newcomer takes from it).
+    table
+        .open_session(victim, SESSION_NUMBER_LIMIT | 1, Cid(26))
+        .expect("room");
+    assert_eq!(table.status(&kept), RequestStatus::SessionExpired);
+    assert_eq!(
+        table.mark_executing(&kept, Cid(26)),
+        Admission::SessionExpired
+    );
+    // A newcomer: the victim's key is the crowded one; its empty session goes.
+    let session = open(&mut table, key(14), 27);
+    run(
+        &mut table,
+        &RequestId {
+            client: key(14),
+            session,
+            seq: 1,
+        },
+        27,
+    );
+    assert_eq!(
+        table.status(&live(3)),
+        RequestStatus::New,
+        "the victim's only live session (executed at cid 25) was evicted at cid 27"
+    );
+    run(&mut table, &live(3), 28);
 }

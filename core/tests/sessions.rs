@@ -8,8 +8,11 @@ mod common;
 
 use std::sync::Arc;
 
+use smr_core::clients::SESSION_NUMBER_LIMIT;
 use smr_core::engine::{Outgoing, Output, ServiceWork};
-use smr_core::message::{Message, Regency, Reply, ReplyStatus, Request, RequestBody, RequestKind};
+use smr_core::message::{
+    Message, Regency, Reply, ReplyStatus, Request, RequestBody, RequestKind, OPEN_SESSION,
+};
 use smr_core::{ClientPolicy, Engine, Limits, Peer, Rejection};
 use smr_crypto::sim::SimKey;
 use smr_crypto::Signer;
@@ -45,6 +48,41 @@ fn request(client: &dyn Signer, session: u64, seq: u64) -> Request {
     };
     Request::new(body, None)
 }
+
+/// `client`'s open request with routing tag `tag` (docs/design.md §3.7, "Sessions").
+fn open(client: &dyn Signer, tag: u64) -> Request {
+    let body = RequestBody {
+        client: client.public_key(),
+        session: OPEN_SESSION,
+        seq: tag,
+        kind: RequestKind::Ordered,
+        op: Vec::new(),
+    };
+    Request::new(body, None)
+}
+
+/// Replica `replica`'s answer to the open request `open`: session `session` opened, or the
+/// refusal `status`.
+fn opened(replica: u32, open: &Request, session: Result<u64, ReplyStatus>) -> Outgoing {
+    let (status, result) = match session {
+        Ok(session) => (ReplyStatus::Executed, session.to_le_bytes().to_vec()),
+        Err(refusal) => (refusal, Vec::new()),
+    };
+    Outgoing::Send {
+        to: Peer::Client(open.body.client),
+        message: Message::Reply(Reply {
+            replica,
+            client: open.body.client,
+            session: OPEN_SESSION,
+            seq: open.body.seq,
+            status,
+            regency: Regency(0),
+            result,
+        }),
+    }
+}
+
+const TAG: u64 = SESSION_NUMBER_LIMIT | 1;
 
 /// The service's result: the operation, so that two sessions' results differ.
 fn result_of(request: &Request) -> Vec<u8> {
@@ -109,10 +147,19 @@ fn two_sessions_of_one_key_each_execute_their_seqs_exactly_once() {
     let mut engine = c.engine(1);
     engine.start(0);
     let key = SimKey::from_seed([7; 32]);
-    let (a1, b1) = (request(&key, 0xa, 1), request(&key, 0xb, 1));
+    // Two processes open their sessions (tags 1 and 2): numbers 1 and 2, in the decided order.
+    let (open_a, open_b) = (open(&key, TAG), open(&key, TAG + 1));
+    let (a1, b1) = (request(&key, 1, 1), request(&key, 2, 1));
     assert_eq!(
-        decide(&c, &mut engine, 1, vec![a1.clone(), b1.clone()]),
+        decide(
+            &c,
+            &mut engine,
+            1,
+            vec![open_a.clone(), open_b.clone(), a1.clone(), b1.clone()]
+        ),
         vec![
+            opened(1, &open_a, Ok(1)),
+            opened(1, &open_b, Ok(2)),
             reply(1, &a1, ReplyStatus::Executed),
             reply(1, &b1, ReplyStatus::Executed)
         ]
@@ -146,43 +193,62 @@ fn a_new_session_of_a_key_starts_at_seq_1_whatever_seqs_an_earlier_one_used() {
     let mut engine = c.engine(1);
     engine.start(0);
     let key = SimKey::from_seed([7; 32]);
+    decide(&c, &mut engine, 1, vec![open(&key, TAG)]);
     for seq in 1..=12 {
         let ahead = request(&key, 1, seq);
         assert_eq!(
-            decide(&c, &mut engine, seq, vec![ahead.clone()]),
+            decide(&c, &mut engine, seq + 1, vec![ahead.clone()]),
             vec![reply(1, &ahead, ReplyStatus::Executed)]
         );
     }
     let right = request(&key, 2, 1);
     assert_eq!(
-        decide(&c, &mut engine, 13, vec![right.clone()]),
-        vec![reply(1, &right, ReplyStatus::Executed)]
+        decide(
+            &c,
+            &mut engine,
+            14,
+            vec![open(&key, TAG + 1), right.clone()]
+        ),
+        vec![
+            opened(1, &open(&key, TAG + 1), Ok(2)),
+            reply(1, &right, ReplyStatus::Executed)
+        ]
     );
     assert_eq!(engine.stats().executed_requests, 13);
 }
 
 /// A key's sessions beyond `max_sessions_per_client` (2) give way to its new ones, least
-/// recently executed first, and the table remembers the eviction: the evicted session's
-/// requests, whatever their seq, are answered [`ReplyStatus::SessionExpired`] where they arrive
-/// and not ordered (its client hears why instead of waiting), and one decided anyway (a
-/// Byzantine leader, or a replica that did not know the eviction yet) is refused at execution,
-/// on every replica alike. Its old seq 1 too: a copy a Byzantine replica kept never executes
-/// again (review finding 1 of this change).
+/// recently executed first, and the eviction is known for ever (the session's number is below
+/// the counter and has no record): the evicted session's requests, whatever their seq, are
+/// answered [`ReplyStatus::SessionExpired`] where they arrive and not ordered (its client hears
+/// why instead of waiting), and one decided anyway (a Byzantine leader, or a replica that did
+/// not know the eviction yet) is refused at execution, on every replica alike. Its old seq 1
+/// too: a copy a Byzantine replica kept never executes again (review finding 1 of this
+/// change).
 #[test]
 fn an_evicted_session_is_told_it_expired() {
     let c = open_cluster(small_table());
     let mut engine = c.engine(1);
     engine.start(0);
     let key = SimKey::from_seed([7; 32]);
+    decide(&c, &mut engine, 1, vec![open(&key, TAG)]);
     for seq in 1..=5 {
-        decide(&c, &mut engine, seq, vec![request(&key, 1, seq)]);
+        decide(&c, &mut engine, seq + 1, vec![request(&key, 1, seq)]);
     }
-    decide(&c, &mut engine, 6, vec![request(&key, 2, 1)]);
+    decide(
+        &c,
+        &mut engine,
+        7,
+        vec![open(&key, TAG + 1), request(&key, 2, 1)],
+    );
     // A third session of the key: session 1 (least recently executed) gives way.
     let third = request(&key, 3, 1);
     assert_eq!(
-        decide(&c, &mut engine, 7, vec![third.clone()]),
-        vec![reply(1, &third, ReplyStatus::Executed)]
+        decide(&c, &mut engine, 8, vec![open(&key, TAG + 2), third.clone()]),
+        vec![
+            opened(1, &open(&key, TAG + 2), Ok(3)),
+            reply(1, &third, ReplyStatus::Executed)
+        ]
     );
     assert_eq!(engine.pending_clients(), 2);
     for seq in [6, 1] {
@@ -204,7 +270,7 @@ fn an_evicted_session_is_told_it_expired() {
     // Decided anyway: refused where it executes.
     let replay = request(&key, 1, 1);
     assert_eq!(
-        decide(&c, &mut engine, 8, vec![replay.clone()]),
+        decide(&c, &mut engine, 9, vec![replay.clone()]),
         vec![reply(1, &replay, ReplyStatus::SessionExpired)]
     );
     assert_eq!(engine.stats().executed_requests, 7);
@@ -212,7 +278,8 @@ fn an_evicted_session_is_told_it_expired() {
 }
 
 /// A new session in a table full of sessions active within `client_expiry_cids` is refused at
-/// execution (as before), and now answered [`ReplyStatus::TableFull`] instead of silence.
+/// execution (its open is decided, no session opened), and answered [`ReplyStatus::TableFull`]
+/// instead of silence.
 #[test]
 fn a_new_session_refused_by_a_full_table_is_told_so() {
     let c = open_cluster(Limits {
@@ -222,18 +289,66 @@ fn a_new_session_refused_by_a_full_table_is_told_so() {
     let mut engine = c.engine(1);
     engine.start(0);
     for (cid, seed) in [(1, 1u8), (2, 2)] {
+        let key = SimKey::from_seed([seed; 32]);
         decide(
             &c,
             &mut engine,
             cid,
-            vec![request(&SimKey::from_seed([seed; 32]), 1, 1)],
+            vec![open(&key, TAG), request(&key, cid, 1)],
         );
     }
-    let late = request(&SimKey::from_seed([3; 32]), 1, 1);
+    let late = open(&SimKey::from_seed([3; 32]), TAG);
     assert_eq!(
         decide(&c, &mut engine, 3, vec![late.clone()]),
-        vec![reply(1, &late, ReplyStatus::TableFull)]
+        vec![opened(1, &late, Err(ReplyStatus::TableFull))]
     );
     assert_eq!(engine.stats().refused_new_clients, 1);
+    assert_eq!(engine.stats().sessions_opened, 2);
     assert_eq!(engine.stats().executed_requests, 2);
+}
+
+/// An open request is executed once while its session has a record: a copy that arrives
+/// directly (the client's retransmission, a duplicate on the network) is answered with the
+/// session's number and not ordered, and one decided again (a Byzantine leader, a copy a
+/// replica forwarded) opens nothing. (The simulator found the alternative: copies of opens
+/// kept coming back, each ordered and opening another session, thousands of instances.) Once
+/// the session is evicted, a copy opens a new, empty session: never the old one again.
+#[test]
+fn a_copy_of_an_open_request_is_answered_with_its_session_and_opens_nothing() {
+    let c = open_cluster(small_table());
+    let mut engine = c.engine(1);
+    engine.start(0);
+    let key = SimKey::from_seed([7; 32]);
+    let first = open(&key, TAG);
+    assert_eq!(
+        decide(&c, &mut engine, 1, vec![first.clone()]),
+        vec![opened(1, &first, Ok(1))]
+    );
+    assert_eq!(
+        c.deliver_ok(
+            &mut engine,
+            0,
+            Peer::Client(key.public_key()),
+            Message::Request(first.clone())
+        ),
+        only_sent(vec![opened(1, &first, Ok(1))])
+    );
+    assert_eq!(engine.pending_requests(), 0, "the copy is not ordered");
+    assert_eq!(decide(&c, &mut engine, 2, vec![first.clone()]), vec![]);
+    assert_eq!(engine.stats().sessions_opened, 1);
+    assert_eq!(engine.stats().skipped_duplicates, 1);
+    // Two more sessions of the key (max 2 per key): session 1, opened by `first`, gives way.
+    for (cid, tag) in [(3, TAG + 1), (4, TAG + 2)] {
+        decide(&c, &mut engine, cid, vec![open(&key, tag)]);
+    }
+    assert_eq!(
+        decide(&c, &mut engine, 5, vec![first.clone()]),
+        vec![opened(1, &first, Ok(4))]
+    );
+    assert_eq!(engine.stats().sessions_opened, 4);
+    let old = request(&key, 1, 1);
+    assert_eq!(
+        decide(&c, &mut engine, 6, vec![old.clone()]),
+        vec![reply(1, &old, ReplyStatus::SessionExpired)]
+    );
 }

@@ -499,7 +499,7 @@ fn a_checkpoint_above_max_state_bytes_is_flagged_where_it_is_taken() {
     let decisions: Vec<Decision> = [Cid(1), Cid(2)]
         .into_iter()
         .map(|cid| {
-            let batch = c.batch(&[cid.0]);
+            let batch = c.batch_of_cid(cid);
             let digest = batch.digest();
             Decision {
                 cid,

@@ -205,16 +205,32 @@ fn client_table() {
             // What the engine does with a table restored from a checkpoint: look up, execute
             // and answer requests of known and unknown clients at edge sequence numbers.
             for client in [0u8, 1, 2, 0xff] {
-                for seq in [0, 1, 2, 7, 1 << 63, u64::MAX - 1, u64::MAX] {
+                // An open, then requests in the session it opened (if any), in session 1 and
+                // in the next number, not opened yet.
+                cid += 1;
+                let id = RequestId {
+                    client: PublicKey([client; 32]),
+                    session: smr_core::message::OPEN_SESSION,
+                    seq: smr_core::clients::SESSION_NUMBER_LIMIT | cid,
+                };
+                let opened = match table.status(&id) {
+                    RequestStatus::New => table.open_session(id.client, id.seq, Cid(cid)),
+                    _ => None,
+                };
+                let next = table.next_session();
+                for (session, seq) in [1, next, opened.unwrap_or(next)]
+                    .into_iter()
+                    .flat_map(|s| [0, 1, 2, 7, 1 << 63, u64::MAX - 1, u64::MAX].map(|seq| (s, seq)))
+                {
                     let id = RequestId {
                         client: PublicKey([client; 32]),
-                        session: 1,
+                        session,
                         seq,
                     };
                     // The engine marks only a request the table calls new.
                     if table.status(&id) == RequestStatus::New {
                         cid += 1;
-                        if table.mark_executing(&id, Cid(cid)) == Admission::Refused {
+                        if table.mark_executing(&id, Cid(cid)) == Admission::SessionExpired {
                             continue;
                         }
                         table.record_reply(&id, vec![1]);

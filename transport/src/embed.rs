@@ -407,11 +407,12 @@ impl ClientBuilder<'_> {
     pub async fn connect(self) -> Result<Client, StartError> {
         let config = self.config;
         let key = Arc::new(self.key);
-        // Every client is a session of its own (docs/design.md §3.7): processes sharing a key
-        // neither take each other's replies nor collide in sequence numbers.
-        let session = driver::Client::<QuicTransport>::new_session();
+        // Every client opens a session of its own (docs/design.md §3.7): processes sharing a
+        // key neither take each other's replies nor collide in sequence numbers. Its
+        // connections announce its routing tag until the session is open.
+        let tag = driver::Client::<QuicTransport>::new_tag();
         let mut transport_config = TransportConfig::client(key.clone(), endpoints(config));
-        transport_config.client_session = Some(session);
+        transport_config.client_session = Some(tag);
         apply_frame_limits(&mut transport_config, config);
         let transport = Arc::new(QuicTransport::start(transport_config).await?);
         let client_config = ClientConfig {
@@ -423,8 +424,7 @@ impl ClientBuilder<'_> {
             max_op_bytes: config.limits.max_op_bytes,
             retry_timeout_ms: config.timeouts.request_timeout_ms,
         };
-        let inner =
-            driver::Client::start_in_session(transport.clone(), client_config, key, session);
+        let inner = driver::Client::start_with_tag(transport.clone(), client_config, key, tag);
         Ok(Client {
             inner,
             transport,

@@ -308,9 +308,10 @@ pub struct TransportConfig {
     /// none, before any of its frames reaches [`Network::recv`]. [`Replica`] sets it from the
     /// cluster's config; with `None` nothing is sent or checked.
     pub protocol_settings: Option<Arc<smr_core::settings::ProtocolSettings>>,
-    /// Client role: the session this client's requests carry ([`smr_core::message::RequestBody::session`]).
-    /// Every stream it opens to a replica then starts with the session, so that the replica
-    /// sends the session's replies over this connection, not over another process's that
+    /// Client role: what this client announces first: the routing tag of its open request
+    /// ([`smr_core::driver::Client::new_tag`]), until [`Network::announce_session`] announces
+    /// its session. Every stream it opens to a replica starts with the announcement, so that
+    /// the replica sends the replies over this connection, not over another process's that
     /// shares the key ([`Network::send_to_session`]). `None` announces nothing: replies then
     /// go to the key's newest connection that announced no session.
     pub client_session: Option<u64>,
@@ -896,10 +897,10 @@ impl QuicTransport {
             }),
             Role::Client => None,
         };
-        let client_hello = match config.role {
+        let client_hello = Mutex::new(match config.role {
             Role::Client => config.client_session.map(link::session_hello),
             Role::Replica(_) => None,
-        };
+        });
         let shared = Arc::new(link::Shared {
             me,
             settings,
@@ -1228,6 +1229,20 @@ impl Network for QuicTransport {
 
     fn recv(&self) -> impl std::future::Future<Output = Option<InboundFrame>> + Send {
         self.next_frame()
+    }
+
+    /// Client role: every stream opened from now on starts with `session`'s announcement,
+    /// and each replica's queue gets the announcement now, for the connection it has.
+    fn announce_session(&self, session: u64) {
+        if !matches!(self.inner.role, Role::Client) {
+            return;
+        }
+        *lock(&self.inner.shared.client_hello) = Some(link::session_hello(session));
+        for replica in self.inner.replica_queues.keys() {
+            // A full or closed queue: the connection that replaces it opens with the new
+            // announcement.
+            let _ = self.send(Peer::Replica(*replica), link::session_announcement(session));
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -431,7 +431,7 @@ pub(crate) struct Shared {
     pub(crate) me: String,
     /// Client role: the first frame of every stream we open to a replica, announcing our
     /// session ([`session_hello`]).
-    pub(crate) client_hello: Option<Vec<u8>>,
+    pub(crate) client_hello: Mutex<Option<Vec<u8>>>,
     /// Replica role: most live connections per client key.
     pub(crate) max_connections_per_client_key: usize,
     pub(crate) max_frame_bytes: usize,
@@ -495,29 +495,42 @@ pub(crate) struct Tasks {
 pub(crate) struct ClientLink {
     id: u64,
     pub(crate) queue: SendQueue,
-    /// The session the client announced on this connection, if it did ([`session_hello`]):
-    /// the first announcement holds for the connection's life.
-    session: Arc<OnceLock<u64>>,
+    /// The session the client announced last on this connection ([`session_hello`]), or
+    /// [`NO_SESSION`] if it announced none: its routing tag until its session is open, then
+    /// the session (docs/design.md §3.7, "Sessions").
+    session: Arc<AtomicU64>,
     conn: Connection,
     /// When bytes last arrived on this connection (or when it was accepted), in ms since
     /// [`Shared::epoch`].
     last_frame_ms: Arc<AtomicU64>,
 }
 
+/// What a connection that announced no session holds in place of one: the open requests'
+/// session number, which a client never announces (it announces a routing tag instead).
+const NO_SESSION: u64 = smr_core::message::OPEN_SESSION;
+
 /// What opens a client's session announcement: not the start of any protocol message (those
 /// open with a little-endian `u32` variant tag below 256).
 const SESSION_HELLO_MAGIC: &[u8] = b"smr-client-session-v1:";
 
 /// The frame, length-prefixed, that opens every stream a client opens to a replica: the magic
-/// and the session, little-endian. It tells the replica which session's replies belong on
-/// this connection, so that processes sharing a key each get their own.
+/// and the session (or routing tag), little-endian. It tells the replica which session's
+/// replies belong on this connection, so that processes sharing a key each get their own.
 pub(crate) fn session_hello(session: u64) -> Vec<u8> {
-    let length = SESSION_HELLO_MAGIC.len() + 8;
-    let mut hello = Vec::with_capacity(LENGTH_PREFIX_BYTES + length);
-    hello.extend_from_slice(&(length as u32).to_be_bytes());
-    hello.extend_from_slice(SESSION_HELLO_MAGIC);
-    hello.extend_from_slice(&session.to_le_bytes());
+    let body = session_announcement(session);
+    let mut hello = Vec::with_capacity(LENGTH_PREFIX_BYTES + body.len());
+    hello.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    hello.extend_from_slice(&body);
     hello
+}
+
+/// A session announcement as a frame's body (without its length prefix): what a client sends
+/// on a connection it already has when its session opens.
+pub(crate) fn session_announcement(session: u64) -> Vec<u8> {
+    let mut body = Vec::with_capacity(SESSION_HELLO_MAGIC.len() + 8);
+    body.extend_from_slice(SESSION_HELLO_MAGIC);
+    body.extend_from_slice(&session.to_le_bytes());
+    body
 }
 
 /// The session a frame announces, if it is a session announcement.
@@ -531,11 +544,17 @@ fn announced_session(frame: &[u8]) -> Option<u64> {
 /// reply is refused as for a client not connected (its client retries, and gets the reply
 /// from the cache over the connection it has by then).
 pub(crate) fn session_link(links: &[ClientLink], session: u64) -> Option<&ClientLink> {
+    let announced = |link: &&ClientLink| link.session.load(Ordering::Relaxed);
     links
         .iter()
         .rev()
-        .find(|link| link.session.get() == Some(&session))
-        .or_else(|| links.iter().rev().find(|link| link.session.get().is_none()))
+        .find(|link| session != NO_SESSION && announced(link) == session)
+        .or_else(|| {
+            links
+                .iter()
+                .rev()
+                .find(|link| announced(link) == NO_SESSION)
+        })
 }
 
 /// A count of bytes held against a bound, shared by several holders.
@@ -1322,7 +1341,9 @@ pub(crate) async fn run_replica_link(
                     .settings
                     .as_ref()
                     .map(|s| s.hello.as_slice())
-                    .or(shared.client_hello.as_deref());
+                    .map(<[u8]>::to_vec)
+                    .or_else(|| lock(&shared.client_hello).clone());
+                let hello = hello.as_deref();
                 let write = write_frames(&shared, peer, &conn, &mut queue, &mut shutdown, hello);
                 tokio::pin!(write);
                 // The redial signal first: frames queued in answer to what the peer sent on its
@@ -1532,7 +1553,7 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
         );
         let now_ms = u64::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         let last_frame_ms = Arc::new(AtomicU64::new(now_ms));
-        let session = Arc::new(OnceLock::new());
+        let session = Arc::new(AtomicU64::new(NO_SESSION));
         let (evicted, idle_evicted) = {
             let mut all_links = lock(&shared.client_links);
             let mut idle_evicted = None;
@@ -1711,7 +1732,7 @@ pub(crate) struct ClientReader {
     /// Where to note when bytes last arrived (see [`ClientLink`]).
     last_frame_ms: Arc<AtomicU64>,
     /// Where to note the session the client announces (see [`ClientLink`]).
-    session: Arc<OnceLock<u64>>,
+    session: Arc<AtomicU64>,
 }
 
 /// Reads every unidirectional stream `peer` opens on `conn`; a client's partial frames are
@@ -1862,8 +1883,9 @@ async fn read_frames(
         (Peer::Client(_), Some(client)) => Some(shared.client_partial_frames.holder(client.source)),
         _ => None,
     };
-    // A client's stream may open with its session announcement (clients only).
-    let mut session_from = client.as_ref().map(|client| client.session.clone());
+    // A client announces its session (routing tag, then session) on any of its streams, at
+    // any frame (clients only); the last announcement holds.
+    let session_from = client.as_ref().map(|client| client.session.clone());
     // When the partial frame at the head of the buffer began to arrive (clients only).
     let mut frame_began: Option<Instant> = None;
     // The complete frames cut from the buffer in one pass, as (body offset, length).
@@ -1901,11 +1923,9 @@ async fn read_frames(
                 start = body + length;
                 continue;
             }
-            if let Some(session) = session_from.take() {
+            if let Some(session) = &session_from {
                 if let Some(announced) = announced_session(&buffer[body..body + length]) {
-                    // The first announcement on a connection holds; a later, different one
-                    // (another stream) is ignored.
-                    let _ = session.set(announced);
+                    session.store(announced, Ordering::Relaxed);
                     start = body + length;
                     continue;
                 }

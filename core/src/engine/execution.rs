@@ -2,7 +2,7 @@
 //! once per request, and the replies are cached and sent (docs/design.md §3.7).
 
 use crate::clients::{Admission, RequestStatus};
-use crate::message::{Cid, Message, ReplyStatus, RequestId};
+use crate::message::{Cid, Message, ReplyStatus, RequestId, OPEN_SESSION};
 use crate::network::Peer;
 
 use super::{Engine, ExecuteItem, Output, Phase, ServiceDone, ServiceWork, TimerKind};
@@ -36,13 +36,43 @@ impl Engine {
             for request in &decision.batch.requests {
                 let id = request.id();
                 self.pool.remove(&id);
+                if id.session == OPEN_SESSION {
+                    // An open request: a new session, numbered by the table's counter in
+                    // the decided order, so every correct replica assigns the same number
+                    // (docs/design.md §3.7, "Sessions"). Nothing goes to the service. A copy
+                    // of an open that already has its session is a duplicate (its client is
+                    // answered where its retry arrives).
+                    if let RequestStatus::Opened(_) = self.clients.status(&id) {
+                        self.stats.skipped_duplicates += 1;
+                        continue;
+                    }
+                    match self.clients.open_session(id.client, id.seq, cid) {
+                        Some(session) => {
+                            self.stats.sessions_opened += 1;
+                            self.out.send(
+                                Peer::Client(id.client),
+                                Message::Reply(self.reply(id, session.to_le_bytes().to_vec())),
+                            );
+                        }
+                        None => {
+                            // The client table is full of active sessions: decided, no
+                            // session opened, here and on every correct replica
+                            // (docs/design.md §3.7, "Bounds"), and answered so.
+                            self.stats.refused_new_clients += 1;
+                            self.refuse_decided(id, ReplyStatus::TableFull);
+                        }
+                    }
+                    continue;
+                }
                 match self.clients.status(&id) {
                     RequestStatus::New => {}
                     RequestStatus::SessionExpired => {
                         self.refuse_decided(id, ReplyStatus::SessionExpired);
                         continue;
                     }
-                    RequestStatus::Executed(_) | RequestStatus::Stale => {
+                    RequestStatus::Executed(_)
+                    | RequestStatus::Stale
+                    | RequestStatus::Opened(_) => {
                         self.stats.skipped_duplicates += 1;
                         continue;
                     }
@@ -52,14 +82,6 @@ impl Engine {
                         if let Some(floor) = floor {
                             self.pool.remove_up_to(&id.session_id(), floor);
                         }
-                    }
-                    Admission::Refused => {
-                        // The client table is full of active sessions: this new session's
-                        // request is decided but not executed, here and on every correct
-                        // replica (docs/design.md §3.7, "Bounds"), and answered so.
-                        self.stats.refused_new_clients += 1;
-                        self.refuse_decided(id, ReplyStatus::TableFull);
-                        continue;
                     }
                     Admission::SessionExpired => {
                         self.refuse_decided(id, ReplyStatus::SessionExpired);

@@ -194,12 +194,15 @@ pub struct EngineStats {
     /// handed to the service, or once when its result is not sent. Also the reads a
     /// rejoining replica does not answer (docs/design.md §3.8).
     pub unordered_reads_withheld: u64,
-    /// Requests in a decided batch not executed because their client had no record and the
-    /// client table was full of clients active within `client_expiry_cids`.
+    /// Sessions opened: decided open requests
+    /// ([`OPEN_SESSION`](crate::message::OPEN_SESSION)) that got a session number.
+    pub sessions_opened: u64,
+    /// Decided open requests that opened no session because the client table was full of
+    /// sessions active within `client_expiry_cids`; answered
+    /// [`ReplyStatus::TableFull`](crate::message::ReplyStatus::TableFull).
     pub refused_new_clients: u64,
-    /// Requests refused because their session has no record and their seq is beyond a new
-    /// session's first window (its record was evicted); answered
-    /// [`ReplyStatus::SessionExpired`](crate::message::ReplyStatus::SessionExpired).
+    /// Requests refused because their session has no record (evicted, or never opened);
+    /// answered [`ReplyStatus::SessionExpired`](crate::message::ReplyStatus::SessionExpired).
     pub session_expired_requests: u64,
     /// PROPOSEs made as leader; retransmissions not counted.
     pub proposals_sent: u64,

@@ -54,31 +54,34 @@ impl Engine {
         }
         match self.clients.status(&id) {
             RequestStatus::Executed(Some(result)) => {
-                if !direct {
-                    return Ok(());
+                // A duplicate: resent from the reply cache if the client's budget pays for it,
+                // checked before the reply is copied.
+                let len = result.len();
+                if direct && self.pay_cached_reply(now_ms, id, len) {
+                    if let RequestStatus::Executed(Some(result)) = self.clients.status(&id) {
+                        let result = result.to_vec();
+                        self.out.send(
+                            Peer::Client(id.client),
+                            Message::Reply(self.reply(id, result)),
+                        );
+                    }
                 }
-                // A duplicate: resent from the reply cache if the client's budget pays for it
-                // (`engine/budget.rs`), checked before the reply is copied. Withheld otherwise,
-                // counted but not refused: a client that sends its retry to every replica at
-                // once, or retries sooner than `retransmit_initial_ms`, is not misbehaving, and
-                // its next retry after the interval is answered.
-                let budget = super::budget::ClientReplyBudget::from_config(&self.cfg);
-                let cost = super::budget::REPLY_OVERHEAD_BYTES.saturating_add(result.len() as u64);
-                if !self
-                    .client_reply_budgets
-                    .try_spend(&budget, id.client, now_ms, cost)
-                {
-                    self.stats.cached_replies_withheld += 1;
-                    return Ok(());
-                }
-                let result = result.to_vec();
-                self.out.send(
-                    Peer::Client(id.client),
-                    Message::Reply(self.reply(id, result)),
-                );
                 return Ok(());
             }
             RequestStatus::Executed(None) => return Ok(()),
+            // A copy of an open whose session is open: answered with the session's number
+            // from the client's reply budget like a cached reply, never ordered again (an open
+            // is executed once while its session has a record).
+            RequestStatus::Opened(session) => {
+                if direct && self.pay_cached_reply(now_ms, id, 8) {
+                    let number = session.to_le_bytes().to_vec();
+                    self.out.send(
+                        Peer::Client(id.client),
+                        Message::Reply(self.reply(id, number)),
+                    );
+                }
+                return Ok(());
+            }
             // Refusals are answered, so that a client never waits for a reply that cannot
             // come (docs/design.md §3.7, "What a client sees"); from the same budget as cached
             // replies, so that resending old seqs buys a client no more replies than resending
@@ -115,6 +118,23 @@ impl Engine {
             Err(PoolRejection::ClientFull) => Err(Rejection::ClientPoolFull),
             Err(PoolRejection::PoolFull) => Err(Rejection::PoolFull),
         }
+    }
+
+    /// Whether the client's reply budget (`engine/budget.rs`) pays for resending a cached
+    /// result of `len` bytes to `id`'s client. Withheld otherwise, counted but not refused: a
+    /// client that sends its retry to every replica at once, or retries sooner than
+    /// `retransmit_initial_ms`, is not misbehaving, and its next retry after the interval is
+    /// answered.
+    fn pay_cached_reply(&mut self, now_ms: u64, id: RequestId, len: usize) -> bool {
+        let budget = super::budget::ClientReplyBudget::from_config(&self.cfg);
+        let cost = super::budget::REPLY_OVERHEAD_BYTES.saturating_add(len as u64);
+        let paid = self
+            .client_reply_budgets
+            .try_spend(&budget, id.client, now_ms, cost);
+        if !paid {
+            self.stats.cached_replies_withheld += 1;
+        }
+        paid
     }
 
     /// The reply of an executed request.

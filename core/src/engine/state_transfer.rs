@@ -451,6 +451,12 @@ impl Engine {
         let peer = self.next_query_peer();
         self.allow_query_now(peer);
         self.maybe_query(now_ms, peer);
+        // A rejoining replica whose checkpoint reaches its horizon has executed everything it
+        // may have voted on: it takes part now. `execute_ready` checks only when a decision
+        // executes, and in a quiet cluster none may follow the checkpoint (simulator, quiet
+        // rejoin scenario seed 8 once opens shifted the cids: a checkpoint at exactly the
+        // horizon, and the replica abstained for ever).
+        self.check_rejoined(now_ms);
         self.execute_ready(now_ms);
         self.arm_request_timer();
     }

@@ -2,6 +2,7 @@
 //! earliest ([`Engine::next_deadline_ms`], [`Engine::on_timeout`]). Retransmission, request
 //! timeouts (forward, then STOP), the leader's heartbeat and the leader-change timeout.
 
+use crate::clients::RequestStatus;
 use crate::message::{Message, Request};
 use crate::network::Peer;
 
@@ -113,7 +114,21 @@ impl Engine {
 
     pub(super) fn on_request_timeout(&mut self, now_ms: u64) {
         let cutoff = now_ms.saturating_sub(self.cfg.timeouts.request_timeout_ms);
-        let timed_out = self.pool.take_timed_out(cutoff, now_ms);
+        let mut timed_out = self.pool.take_timed_out(cutoff, now_ms);
+        // A replica acts against its leader only for requests its own table still calls new:
+        // one that arrived while this table was behind (say, of a session it had not seen
+        // opened yet, which its table now calls expired) is one a correct leader refuses too,
+        // and never proposes. It leaves the pool instead (docs/design.md §3.7, "Sessions";
+        // simulator: a Byzantine client's request of a session number another key was given
+        // made correct followers replace a correct leader).
+        timed_out.retain(|(request, _)| {
+            let id = request.id();
+            let new = self.clients.status(&id) == RequestStatus::New;
+            if !new {
+                self.pool.remove(&id);
+            }
+            new
+        });
         let second_timeout = timed_out.iter().any(|(_, timeouts)| *timeouts >= 2);
         if !timed_out.is_empty() && !self.is_leader() {
             // First timeout: make sure the leader has the request.

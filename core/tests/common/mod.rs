@@ -106,9 +106,42 @@ impl Cluster {
         Peer::Client(self.client.public_key())
     }
 
-    /// The fixture client's request `seq` in session 1.
+    /// The fixture client's request `seq` in session 1 (the first session a replica's table
+    /// opens: [`Cluster::open_request`]).
     pub fn request(&self, seq: u64) -> Request {
         self.request_in(1, seq)
+    }
+
+    /// The fixture client's routing tag: the seq of its open requests.
+    pub const TAG: u64 = smr_core::clients::SESSION_NUMBER_LIMIT | 0x0f1c;
+
+    /// The fixture client's open request (docs/design.md §3.7, "Sessions"): executed first
+    /// in a fresh table, it opens session 1.
+    pub fn open_request(&self) -> Request {
+        let body = RequestBody {
+            client: self.client.public_key(),
+            session: smr_core::message::OPEN_SESSION,
+            seq: Self::TAG,
+            kind: RequestKind::Ordered,
+            op: Vec::new(),
+        };
+        Request::new(body, self.signing().then_some(&self.client as &dyn Signer))
+    }
+
+    /// Replica `replica`'s reply to the fixture client's open request: session `session`.
+    pub fn open_reply(&self, replica: u32, session: u64) -> Outgoing {
+        Outgoing::Send {
+            to: self.client_peer(),
+            message: Message::Reply(Reply {
+                replica,
+                client: self.client.public_key(),
+                session: smr_core::message::OPEN_SESSION,
+                status: smr_core::message::ReplyStatus::Executed,
+                seq: Self::TAG,
+                regency: Regency(0),
+                result: session.to_le_bytes().to_vec(),
+            }),
+        }
     }
 
     /// The fixture client's request `seq` in `session` (op `op{seq}`, whatever the session).
@@ -123,10 +156,29 @@ impl Cluster {
         Request::new(body, self.signing().then_some(&self.client as &dyn Signer))
     }
 
+    /// The fixture client's requests `seqs` in session 1.
     pub fn batch(&self, seqs: &[u64]) -> Batch {
         Batch {
             requests: seqs.iter().map(|s| self.request(*s)).collect(),
         }
+    }
+
+    /// The batch of the fixture client's request `cid` for instance `cid`: the first opens
+    /// session 1 ([`Cluster::opening_batch`]).
+    pub fn batch_of_cid(&self, cid: Cid) -> Batch {
+        if cid == Cid(1) {
+            self.opening_batch(&[1])
+        } else {
+            self.batch(&[cid.0])
+        }
+    }
+
+    /// The fixture client's first batch: its open request (which opens session 1), then its
+    /// requests `seqs` in session 1.
+    pub fn opening_batch(&self, seqs: &[u64]) -> Batch {
+        let mut batch = self.batch(seqs);
+        batch.requests.insert(0, self.open_request());
+        batch
     }
 
     pub fn propose(

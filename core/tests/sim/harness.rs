@@ -667,7 +667,11 @@ impl Sim {
             };
             sim.client_index.insert(key.public_key(), i);
             sim.clients.push(ClientNode {
-                engine: ClientEngine::new(cfg, key.clone(), 1),
+                engine: ClientEngine::new(
+                    cfg,
+                    key.clone(),
+                    smr_core::clients::SESSION_NUMBER_LIMIT | i as u64,
+                ),
                 remaining: opts.requests_per_client,
                 submitted: BTreeMap::new(),
                 completed: BTreeMap::new(),
@@ -1074,6 +1078,16 @@ impl Sim {
                             ),
                             Message::StateFetch { cid, offset } =>
                                 format!("state-fetch cid {cid} offset {offset}"),
+                            Message::Abstaining { until } => format!("abstaining until {until}"),
+                            Message::Request(r) => format!(
+                                "request {:?} {} {}",
+                                r.body.client, r.body.session, r.body.seq
+                            ),
+                            Message::Propose(p) => format!(
+                                "propose cid {} of {} requests",
+                                p.body.cid,
+                                p.body.batch.requests.len()
+                            ),
                             m => m.kind_name().to_string(),
                         }
                     );
@@ -1113,6 +1127,11 @@ impl Sim {
                             "client {c} seq {} was refused: {:?}",
                             done.seq, done.status
                         ));
+                    }
+                    if done.seq == 0 {
+                        // The session's open completed: the client starts its requests.
+                        self.client_fill(c)?;
+                        return Ok(());
                     }
                     let node = &mut self.clients[c];
                     if node.completed.insert(done.seq, done.result).is_some() {
@@ -1294,6 +1313,16 @@ impl Sim {
     }
 
     fn client_fill(&mut self, c: usize) -> Result<(), String> {
+        let Some(session) = self.clients[c].engine.session() else {
+            // A session first (docs/design.md §3.7, "Sessions"): its open request, once.
+            let node = &mut self.clients[c];
+            if node.remaining > 0 && !node.engine.opening() {
+                let actions = node.engine.open(self.now_ms);
+                self.client_actions(c, actions);
+                self.arm_client_timer(c);
+            }
+            return Ok(());
+        };
         loop {
             let node = &mut self.clients[c];
             if node.remaining == 0 {
@@ -1323,7 +1352,7 @@ impl Sim {
             node.submitted_at_ms.insert(seq, self.now_ms);
             let id = RequestId {
                 client: node.engine.id(),
-                session: 1,
+                session,
                 seq,
             };
             self.legitimately_signed.entry(id).or_default().insert(op);
@@ -1589,17 +1618,28 @@ impl Sim {
             .engine
             .id();
         let (request, legit) = match choice {
-            // A valid request of its own, later replayed with another op.
+            // A valid request of its own, later replayed with another op: an open request
+            // (every one opens a session of its key), or a request in session 1 (opened by
+            // whichever client's open executed first, so refused unless that was its own).
             0 | 1 => {
                 let op = format!("byz-op{seq}-{}", self.rng.next_u64() % 3).into_bytes();
+                let seq = if choice == 0 {
+                    seq
+                } else {
+                    seq.saturating_sub(1).max(1)
+                };
+                let (session, seq) = if self.rng.chance(0.5) {
+                    (
+                        smr_core::message::OPEN_SESSION,
+                        smr_core::clients::SESSION_NUMBER_LIMIT | seq,
+                    )
+                } else {
+                    (1, seq)
+                };
                 let body = RequestBody {
                     client: me,
-                    session: 1,
-                    seq: if choice == 0 {
-                        seq
-                    } else {
-                        seq.saturating_sub(1).max(1)
-                    },
+                    session,
+                    seq,
                     kind: RequestKind::Ordered,
                     op,
                 };
@@ -1806,7 +1846,10 @@ impl Sim {
             for (seq, result) in &c.completed {
                 let id = RequestId {
                     client: c.engine.id(),
-                    session: 1,
+                    session: c
+                        .engine
+                        .session()
+                        .ok_or("a client completed without a session")?,
                     seq: *seq,
                 };
                 let Some(pos) = position.get(&id) else {
