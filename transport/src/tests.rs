@@ -1168,7 +1168,11 @@ async fn a_release_wakes_a_reader_waiting_on_the_share_and_forgets_an_idle_share
     .await;
     lane.release(peer, 400);
     assert!(waiter.await.unwrap(), "the release woke the waiting reader");
-    assert_eq!(lane.shares_held(), 1, "the woken reader's frame holds the share");
+    assert_eq!(
+        lane.shares_held(),
+        1,
+        "the woken reader's frame holds the share"
+    );
     assert_eq!(lane.bytes.available_permits(), 1000 - 300);
     lane.release(peer, 300);
     assert_eq!(lane.shares_held(), 0);
