@@ -869,8 +869,9 @@ struct Timing {
     /// The PROPOSE of each undecided cid: when this replica sent it (as leader) or first
     /// received it.
     proposed: std::collections::BTreeMap<Cid, std::time::Instant>,
-    /// Each request's first arrival from its client.
-    requests: HashMap<RequestId, std::time::Instant>,
+    /// Each request's first arrival from its client. Keyed by a randomly seeded aHash, not
+    /// SipHash: two lookups per request, and clients choose the keys.
+    requests: HashMap<RequestId, std::time::Instant, ahash::RandomState>,
     /// While `requests` is full: no entry can expire before this, so no sweep frees room.
     /// Without it, a map full of requests that never get a reply (refused as
     /// `client_pool_full` or `rate_limited`) was swept again at every arrival.

@@ -1,6 +1,7 @@
 //! The tasks behind a transport: dialing replicas, accepting connections, writing and reading
 //! frames.
 
+use std::collections::hash_map::{Entry, OccupiedEntry};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::IpAddr;
@@ -148,7 +149,8 @@ pub(crate) struct Lane {
     /// The shares of the peers that hold or wait for room in the lane. A share is removed once
     /// its peer holds nothing and nobody waits on it, so there are at most as many as the
     /// frames in the lane plus the readers waiting.
-    shares: Mutex<HashMap<Peer, Arc<tokio::sync::Semaphore>>>,
+    /// Keyed by a randomly seeded aHash, not SipHash: looked up for every frame.
+    shares: Mutex<HashMap<Peer, Arc<tokio::sync::Semaphore>, ahash::RandomState>>,
 }
 
 impl Lane {
@@ -165,7 +167,7 @@ impl Lane {
             max_bytes,
             share_bytes: share_bytes.clamp(1, max_bytes),
             min_share_charge_bytes: max_bytes / max_frames.max(1),
-            shares: Mutex::new(HashMap::new()),
+            shares: Mutex::new(HashMap::default()),
         }
     }
 
@@ -273,20 +275,36 @@ impl Lane {
     pub(crate) fn release(&self, peer: Peer, length: usize) {
         self.bytes.add_permits(self.lane_permits(length) as usize);
         let mut shares = lock(&self.shares);
-        if let Some(share) = shares.get(&peer) {
-            share.add_permits(self.share_permits(length) as usize);
-            if share.available_permits() == self.share_bytes && Arc::strong_count(share) == 1 {
-                shares.remove(&peer);
+        // One lookup (the entry) for both the release and the removal.
+        if let Entry::Occupied(share) = shares.entry(peer) {
+            let permits = self.share_permits(length) as usize;
+            // Only the map holds a share that no reader holds (a reader waits through its own
+            // clone, taken under this lock): nobody can wait on it, so if these permits make
+            // it whole it is removed without giving them back (which would take the
+            // semaphore's waiter lock for nothing).
+            if Arc::strong_count(share.get()) == 1
+                && share.get().available_permits().saturating_add(permits) == self.share_bytes
+            {
+                share.remove();
+            } else {
+                share.get().add_permits(permits);
+                self.remove_if_idle(share);
             }
         }
     }
 
     fn forget_idle_share(&self, peer: Peer) {
-        let mut shares = lock(&self.shares);
-        if let Some(share) = shares.get(&peer) {
-            if share.available_permits() == self.share_bytes && Arc::strong_count(share) == 1 {
-                shares.remove(&peer);
-            }
+        if let Entry::Occupied(share) = lock(&self.shares).entry(peer) {
+            self.remove_if_idle(share);
+        }
+    }
+
+    /// Removes a share that nobody holds room in nor waits on.
+    fn remove_if_idle(&self, share: OccupiedEntry<'_, Peer, Arc<tokio::sync::Semaphore>>) {
+        if share.get().available_permits() == self.share_bytes
+            && Arc::strong_count(share.get()) == 1
+        {
+            share.remove();
         }
     }
 
@@ -472,7 +490,8 @@ pub(crate) struct Shared {
     /// Replica role: the live connections each client opened to us, oldest first (at most
     /// `max_connections_per_client_key` per key). A session's replies go over the newest one
     /// that announced the session ([`session_link`]).
-    pub(crate) client_links: Mutex<HashMap<PublicKey, Vec<ClientLink>>>,
+    /// Keyed by a randomly seeded aHash, not SipHash: looked up for every reply.
+    pub(crate) client_links: Mutex<HashMap<PublicKey, Vec<ClientLink>, ahash::RandomState>>,
     /// Replica role: the live connections each replica opened to us, oldest first.
     pub(crate) replica_links: Mutex<HashMap<smr_core::message::ReplicaId, Vec<(u64, Connection)>>>,
     /// Per peer replica: bumped whenever that peer connects to us (see

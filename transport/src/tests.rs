@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -1145,6 +1146,44 @@ async fn frames_reserved_together_hold_what_they_would_one_by_one_and_release_on
     }
     assert_eq!(lane.bytes.available_permits(), 1000);
     assert_eq!(lane.shares_held(), 0);
+}
+
+/// `Lane::release` forgets a share that nobody holds without giving its permits back first, and
+/// gives them back (waking the waiter) while a reader waits on it.
+#[tokio::test]
+async fn a_release_wakes_a_reader_waiting_on_the_share_and_forgets_an_idle_share() {
+    use crate::link::Lane;
+    let (tx, _rx) = tokio::sync::mpsc::channel(16);
+    let lane = Arc::new(Lane::new(tx, 1000, 10, 400));
+    let peer = Peer::Replica(1);
+    assert!(lane.try_reserve(peer, 400), "the whole share");
+    let held_back = Arc::new(AtomicU64::new(0));
+    let waiter = {
+        let (lane, held_back) = (lane.clone(), held_back.clone());
+        tokio::spawn(async move { lane.reserve(peer, 300, &held_back).await })
+    };
+    wait_until("the reader waits on the share", || {
+        held_back.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    lane.release(peer, 400);
+    assert!(waiter.await.unwrap(), "the release woke the waiting reader");
+    assert_eq!(
+        lane.shares_held(),
+        1,
+        "the woken reader's frame holds the share"
+    );
+    assert_eq!(lane.bytes.available_permits(), 1000 - 300);
+    lane.release(peer, 300);
+    assert_eq!(lane.shares_held(), 0);
+    assert_eq!(lane.bytes.available_permits(), 1000);
+    // A share created and released again is forgotten each time.
+    for _ in 0..3 {
+        assert!(lane.try_reserve(peer, 100));
+        assert_eq!(lane.shares_held(), 1);
+        lane.release(peer, 100);
+        assert_eq!(lane.shares_held(), 0);
+    }
 }
 
 /// The partial-frame budget is shared per source network too: one network that sends all but

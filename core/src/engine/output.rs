@@ -147,6 +147,16 @@ pub struct Output {
     pub rejections: Vec<Rejection>,
 }
 
+/// Appends `more` to `to`; moves it when `to` is empty (the common case when
+/// [`Output::absorb`] collects a run's outputs), so nothing is copied or reallocated.
+fn append<T>(to: &mut Vec<T>, more: Vec<T>) {
+    if to.is_empty() {
+        *to = more;
+    } else {
+        to.extend(more);
+    }
+}
+
 impl Output {
     /// Whether the input produced nothing at all.
     pub fn is_empty(&self) -> bool {
@@ -172,14 +182,14 @@ impl Output {
             rejections,
         } = later;
         if self.persist.is_empty() {
-            self.send_now.extend(send_now);
+            append(&mut self.send_now, send_now);
         } else {
-            self.send_after_persist.extend(send_now);
+            append(&mut self.send_after_persist, send_now);
         }
-        self.persist.extend(persist);
-        self.send_after_persist.extend(send_after_persist);
-        self.service.extend(service);
-        self.rejections.extend(rejections);
+        append(&mut self.persist, persist);
+        append(&mut self.send_after_persist, send_after_persist);
+        append(&mut self.service, service);
+        append(&mut self.rejections, rejections);
     }
 
     /// Every message, in the order it must be sent.
