@@ -1,20 +1,16 @@
 //! The client's side of the protocol, sans-IO like the replica engine.
 //!
-//! A client sends an ordered request first to the replica it believes leads, and completes it
-//! when enough replicas sent the same result: f+1 in BFT (one of them is correct), 1 in CFT,
-//! and Q for unordered reads (which go to every replica at once). The followers learn the
-//! request from the leader's PROPOSE, so in the common case each request crosses the network
-//! once instead of n times; that is a tenth of the whole cluster's CPU per request in the BFT
-//! benchmark. If no result arrives in time the request goes to every replica, which starts the
-//! followers' request timers: a silent or censoring leader is then replaced as if the client
-//! had broadcast from the start, that much later. "In time" adapts like TCP's retransmission
-//! timeout: the smoothed latency of requests the leader alone completed plus four times its
-//! mean deviation, at least [`MIN_LEADER_WAIT_MS`] and at most half the retry timeout (also
-//! the value before any sample), so a failover costs little more than the replicas' own
-//! timeouts and an overloaded cluster does not make its clients broadcast.
+//! A client sends every request to every replica at once, as BFT-SMaRt's clients do, and
+//! completes it when enough replicas sent the same result: f+1 in BFT (one of them is
+//! correct), 1 in CFT, and Q for unordered reads. Every follower thus holds an ordered request
+//! (received on the client's own authenticated connection, so without a signature check:
+//! docs/design.md §5) before the leader's PROPOSE repeats it, and starts its request timer at
+//! once: a silent or censoring leader is replaced after the replicas' own timeouts, with no
+//! client-side wait in front of them. A request with no result after `retry_timeout_ms` is
+//! sent to every replica again, once per `retry_timeout_ms`.
 //!
-//! The believed leader is that of the highest regency at least f+1 replicas reported in their
-//! replies (any one in CFT), so a lying replica cannot steer the client's first sends. Many
+//! The believed leader (for diagnostics) is that of the highest regency at least f+1 replicas
+//! reported in their replies (any one in CFT), so a lying replica cannot move it. Many
 //! requests may be outstanding, up to the window the replicas allow per client; replies are
 //! matched by sequence number. A request that times out is resent with the same seq, which the
 //! replicas deduplicate, so retries stay exactly-once.
@@ -80,9 +76,6 @@ pub struct Completed {
     pub result: Vec<u8>,
 }
 
-/// The shortest wait for the leader before a request goes to every replica.
-pub const MIN_LEADER_WAIT_MS: u64 = 100;
-
 #[derive(Debug)]
 struct Outstanding {
     request: Request,
@@ -90,9 +83,6 @@ struct Outstanding {
     replies: BTreeMap<ReplicaId, (ReplyStatus, Vec<u8>)>,
     deadline_ms: u64,
     needed: usize,
-    submitted_ms: u64,
-    /// Sent to every replica (from the start, or after the leader took too long).
-    broadcast: bool,
 }
 
 /// What a client needs to know about the cluster and its own limits.
@@ -108,8 +98,8 @@ pub struct ClientConfig {
     pub max_outstanding: usize,
     /// Longest operation, in bytes: the replicas' `max_op_bytes`.
     pub max_op_bytes: usize,
-    /// How long, in milliseconds, a request sent to every replica waits for its replies before
-    /// it is sent to every replica again; half of it caps the wait for the leader alone.
+    /// How long, in milliseconds, a request waits for its replies before it is sent to every
+    /// replica again.
     pub retry_timeout_ms: u64,
 }
 
@@ -125,10 +115,8 @@ pub struct ClientEngine {
     outstanding: BTreeMap<u64, Outstanding>,
     /// The highest regency each replica reported in a reply.
     reported_regency: BTreeMap<ReplicaId, Regency>,
-    /// Smoothed latency and mean deviation (ms) of requests the leader alone completed.
-    leader_latency_ms: Option<(f64, f64)>,
-    /// Sends to every replica that [`ClientEngine::on_timer`] made, counted per request: the
-    /// first after the wait for the leader alone, then each retry.
+    /// Retries: sends to every replica that [`ClientEngine::on_timer`] made, counted per
+    /// request.
     pub retries: u64,
 }
 
@@ -155,25 +143,13 @@ impl ClientEngine {
             next_seq: 1,
             outstanding: BTreeMap::new(),
             reported_regency: BTreeMap::new(),
-            leader_latency_ms: None,
             retries: 0,
         }
     }
 
-    /// How long a request sent to the leader alone waits before going to every replica (see
-    /// the module docs).
-    pub fn leader_wait_ms(&self) -> u64 {
-        let ceiling = (self.cfg.retry_timeout_ms / 2).max(1);
-        match self.leader_latency_ms {
-            None => ceiling,
-            Some((smoothed, deviation)) => ((smoothed + 4.0 * deviation).ceil() as u64)
-                .max(MIN_LEADER_WAIT_MS)
-                .min(ceiling),
-        }
-    }
-
     /// The leader of the highest regency that f+1 replicas reported (one in CFT, where replicas
-    /// do not lie); regency 0 until then.
+    /// do not lie); regency 0 until then. Requests go to every replica; this is for
+    /// diagnostics.
     pub fn believed_leader(&self) -> ReplicaId {
         let vouching = if self.cfg.quorums.requires_signatures() {
             self.cfg.quorums.f() + 1
@@ -201,11 +177,8 @@ impl ClientEngine {
         self.outstanding.len()
     }
 
-    /// Starts a request at `now_ms`; returns its seq and what to send: an ordered request to
-    /// the [`believed_leader`](ClientEngine::believed_leader), an unordered read to every
-    /// replica. Its deadline ([`ClientEngine::next_deadline_ms`]) is
-    /// [`leader_wait_ms`](ClientEngine::leader_wait_ms) later for an ordered request,
-    /// `retry_timeout_ms` for an unordered read.
+    /// Starts a request at `now_ms`; returns its seq and what to send: the request, to every
+    /// replica. Its deadline ([`ClientEngine::next_deadline_ms`]) is `retry_timeout_ms` later.
     ///
     /// # Errors
     /// [`ClientError::TooManyOutstanding`] when the window is full,
@@ -258,32 +231,15 @@ impl ClientEngine {
             },
             self.signer.as_deref(),
         );
-        // Ordered requests go to the leader alone at first (see the module docs); unordered
-        // reads need Q replies and go to everyone.
-        let (action, wait_ms, broadcast) = match kind {
-            RequestKind::Ordered => (
-                ClientAction::Send {
-                    to: self.believed_leader(),
-                    message: Message::Request(request.clone()),
-                },
-                self.leader_wait_ms(),
-                false,
-            ),
-            RequestKind::Unordered => (
-                ClientAction::Broadcast(Message::Request(request.clone())),
-                self.cfg.retry_timeout_ms,
-                true,
-            ),
-        };
+        // Every request goes to every replica at once (see the module docs).
+        let action = ClientAction::Broadcast(Message::Request(request.clone()));
         self.outstanding.insert(
             seq,
             Outstanding {
                 request,
                 replies: BTreeMap::new(),
-                deadline_ms: now_ms + wait_ms,
+                deadline_ms: now_ms.saturating_add(self.cfg.retry_timeout_ms),
                 needed,
-                submitted_ms: now_ms,
-                broadcast,
             },
         );
         Ok((seq, vec![action]))
@@ -328,28 +284,12 @@ impl ClientEngine {
             }
             return None;
         };
-        let done = self.outstanding.remove(&reply.seq).expect("found above");
-        if !done.broadcast {
-            // Only requests that went to the leader alone measure the leader path (as TCP
-            // samples no retransmitted segment).
-            self.note_leader_latency(now_ms.saturating_sub(done.submitted_ms) as f64);
-        }
+        self.outstanding.remove(&reply.seq);
         Some(Completed {
             seq: reply.seq,
             status,
             result: winner,
         })
-    }
-
-    /// RFC 6298's estimator: gains 1/8 for the mean and 1/4 for the deviation.
-    fn note_leader_latency(&mut self, sample_ms: f64) {
-        self.leader_latency_ms = Some(match self.leader_latency_ms {
-            None => (sample_ms, sample_ms / 2.0),
-            Some((smoothed, deviation)) => (
-                smoothed + (sample_ms - smoothed) / 8.0,
-                deviation + ((sample_ms - smoothed).abs() - deviation) / 4.0,
-            ),
-        });
     }
 
     /// Forgets a request the caller gave up on. It may still execute; its reply is ignored.
@@ -383,8 +323,7 @@ impl ClientEngine {
                     .replies_ordered(self.cfg.unordered_reads_enabled);
                 o.replies.clear();
             }
-            o.deadline_ms = now_ms + self.cfg.retry_timeout_ms;
-            o.broadcast = true;
+            o.deadline_ms = now_ms.saturating_add(self.cfg.retry_timeout_ms);
             self.retries += 1;
             actions.push(ClientAction::Broadcast(Message::Request(o.request.clone())));
         }
@@ -487,11 +426,7 @@ mod tests {
         let mut c = client(false);
         assert_eq!(c.session(), 1);
         let (seq, actions) = c.submit(0, RequestKind::Ordered, b"op".to_vec()).unwrap();
-        let ClientAction::Send {
-            message: Message::Request(sent),
-            ..
-        } = &actions[0]
-        else {
+        let ClientAction::Broadcast(Message::Request(sent)) = &actions[0] else {
             panic!("expected a request");
         };
         assert_eq!(
@@ -524,11 +459,7 @@ mod tests {
         let (_, actions) = c
             .submit(0, RequestKind::Unordered, b"get".to_vec())
             .unwrap();
-        let ClientAction::Send {
-            message: Message::Request(r),
-            ..
-        } = &actions[0]
-        else {
+        let ClientAction::Broadcast(Message::Request(r)) = &actions[0] else {
             panic!("expected a request");
         };
         assert_eq!(r.body.kind, RequestKind::Ordered);
@@ -560,14 +491,16 @@ mod tests {
     }
 
     #[test]
-    fn ordered_request_goes_to_the_leader_and_to_everyone_after_half_the_retry_timeout() {
+    fn ordered_request_goes_to_every_replica_at_once_and_again_each_retry_timeout() {
         let mut c = client(false);
         let (_, actions) = c.submit(0, RequestKind::Ordered, b"op".to_vec()).unwrap();
-        assert_eq!(destinations(&actions), vec![Some(0)], "leader of regency 0");
-        assert_eq!(c.next_deadline_ms(), Some(50));
-        assert!(c.on_timer(49).is_empty());
-        assert_eq!(destinations(&c.on_timer(50)), vec![None], "then everyone");
-        assert_eq!(c.next_deadline_ms(), Some(150), "then every retry timeout");
+        assert_eq!(destinations(&actions), vec![None], "every replica at once");
+        assert_eq!(c.next_deadline_ms(), Some(100));
+        assert!(c.on_timer(99).is_empty());
+        assert_eq!(destinations(&c.on_timer(100)), vec![None], "again");
+        assert_eq!(c.next_deadline_ms(), Some(200), "then every retry timeout");
+        assert!(c.on_timer(199).is_empty(), "never more often");
+        assert_eq!(c.retries, 1);
     }
 
     #[test]
@@ -583,73 +516,10 @@ mod tests {
             1,
             "two replicas are at regency 1 or more"
         );
-        let (_, actions) = c.submit(0, RequestKind::Ordered, b"op".to_vec()).unwrap();
-        assert_eq!(destinations(&actions), vec![Some(1)]);
         // An old reply does not move it back.
         let (seq, _) = c.submit(0, RequestKind::Ordered, b"op".to_vec()).unwrap();
         c.on_reply(0, 1, reply_in(&c, 1, seq, Regency(0)));
         assert_eq!(c.believed_leader(), 1);
-    }
-
-    fn complete(c: &mut ClientEngine, submitted_ms: u64, done_ms: u64) -> Vec<ClientAction> {
-        let (seq, actions) = c
-            .submit(submitted_ms, RequestKind::Ordered, b"op".to_vec())
-            .unwrap();
-        c.on_reply(done_ms, 0, reply(c, 0, seq, b"r"));
-        c.on_reply(done_ms, 1, reply(c, 1, seq, b"r"))
-            .expect("two matching replies");
-        actions
-    }
-
-    #[test]
-    fn the_wait_for_the_leader_follows_its_latency_between_a_floor_and_half_the_retry_timeout() {
-        let cfg = ClientConfig {
-            retry_timeout_ms: 2000,
-            ..client(false).cfg
-        };
-        let mut c = ClientEngine::new(cfg, Arc::new(SimKey::from_seed([1; 32])), 1);
-        assert_eq!(
-            c.leader_wait_ms(),
-            1000,
-            "no sample yet: half the retry timeout"
-        );
-        for i in 0..50 {
-            complete(&mut c, i * 100, i * 100 + 10);
-        }
-        assert_eq!(
-            c.leader_wait_ms(),
-            MIN_LEADER_WAIT_MS,
-            "10 ms replies: the floor"
-        );
-        let (_, _) = c
-            .submit(10_000, RequestKind::Ordered, b"op".to_vec())
-            .unwrap();
-        assert_eq!(c.next_deadline_ms(), Some(10_000 + MIN_LEADER_WAIT_MS));
-        let mut c2 = ClientEngine::new(c.cfg.clone(), Arc::new(SimKey::from_seed([2; 32])), 1);
-        for i in 0..50 {
-            complete(&mut c2, i * 1000, i * 1000 + 300);
-        }
-        let wait = c2.leader_wait_ms();
-        assert!((300..=400).contains(&wait), "300 ms replies: {wait} ms");
-        for i in 50..100 {
-            complete(&mut c2, i * 10_000, i * 10_000 + 5000);
-        }
-        assert_eq!(
-            c2.leader_wait_ms(),
-            1000,
-            "capped at half the retry timeout"
-        );
-    }
-
-    #[test]
-    fn a_request_that_went_to_everyone_does_not_count_as_a_leader_sample() {
-        let mut c = client(false);
-        let (seq, _) = c.submit(0, RequestKind::Ordered, b"op".to_vec()).unwrap();
-        assert_eq!(destinations(&c.on_timer(50)), vec![None]);
-        c.on_reply(70, 0, reply(&c, 0, seq, b"r"));
-        c.on_reply(70, 1, reply(&c, 1, seq, b"r"))
-            .expect("completes");
-        assert_eq!(c.leader_wait_ms(), 50, "still no sample");
     }
 
     #[test]

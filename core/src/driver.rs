@@ -74,8 +74,8 @@ pub const MAX_VERIFY_RUN_FRAMES: usize = 128;
 /// frame that crosses it).
 pub const MAX_VERIFY_RUN_BYTES: usize = 256 * 1024;
 /// Most client requests the verified-request cache remembers (about 80 bytes each). It only
-/// needs to span the time between a request reaching a replica directly and in a PROPOSE, and
-/// clients send ordered requests to the leader alone unless it is slow, so a few thousand do.
+/// needs to span the time between a request reaching a replica directly and in a PROPOSE (a
+/// few batches of every client's window), so a few thousand do.
 const MAX_VERIFIED_REQUESTS: usize = 1 << 13;
 
 /// Tuning of the driver itself (not of the protocol).
