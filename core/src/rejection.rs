@@ -30,6 +30,15 @@ pub enum Rejection {
         /// Why it failed.
         reason: VerifyError,
     },
+    /// A client request that this replica authenticated by its client's channel (docs/design.md
+    /// §5) carries a signature that does not verify, found when the replica was about to relay
+    /// it (propose, forward, or carry it in a STOP). The client sent it; the request is
+    /// dropped, and the rejection counts against the client, never against a replica.
+    #[error("a client's own request carries a signature that does not verify: {reason}")]
+    BadClientSignature {
+        /// Why it failed.
+        reason: VerifyError,
+    },
     /// A request or replica message lacks the signature BFT requires.
     #[error("a signature is required in this mode but missing")]
     MissingSignature,
@@ -148,6 +157,7 @@ impl Rejection {
         match self {
             Rejection::Malformed(_) => "malformed",
             Rejection::BadSignature { .. } => "bad_signature",
+            Rejection::BadClientSignature { .. } => "bad_client_signature",
             Rejection::MissingSignature => "missing_signature",
             Rejection::UnknownSender => "unknown_sender",
             Rejection::SenderMismatch => "sender_mismatch",

@@ -113,7 +113,13 @@ impl Engine {
 
     pub(super) fn on_request_timeout(&mut self, now_ms: u64) {
         let cutoff = now_ms.saturating_sub(self.cfg.timeouts.request_timeout_ms);
-        let timed_out = self.pool.take_timed_out(cutoff, now_ms);
+        let mut timed_out = self.pool.take_timed_out(cutoff, now_ms);
+        // A replica acts against the leader (forward, then STOP) only for requests whose
+        // signature verifies (docs/design.md §5): a client cannot get a correct leader
+        // suspected with requests it signed badly.
+        let requests: Vec<Request> = timed_out.iter().map(|(r, _)| r.clone()).collect();
+        self.authenticate_pending(&requests);
+        timed_out.retain(|(r, _)| self.pool.contains(&r.id()));
         let second_timeout = timed_out.iter().any(|(_, timeouts)| *timeouts >= 2);
         if !timed_out.is_empty() && !self.is_leader() {
             // First timeout: make sure the leader has the request.
