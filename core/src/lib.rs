@@ -46,4 +46,4 @@ pub use message::{Message, Request, RequestKind};
 pub use network::{Network, Peer, ReplicaId};
 pub use rejection::Rejection;
 pub use service::Service;
-pub use verify::{InboundVerifier, Verified};
+pub use verify::{InboundVerifier, RequestAuth, Verified, VerifiedRequests};
