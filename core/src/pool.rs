@@ -413,10 +413,19 @@ mod tests {
         let mut pool = RequestPool::new(2, 3);
         pool.insert(req(1, 1, 0), 0, true).unwrap();
         pool.insert(req(1, 2, 0), 0, true).unwrap();
-        assert_eq!(pool.insert(req(1, 3, 0), 0, true), Err(PoolRejection::ClientFull));
+        assert_eq!(
+            pool.insert(req(1, 3, 0), 0, true),
+            Err(PoolRejection::ClientFull)
+        );
         pool.insert(req(2, 1, 0), 0, true).unwrap();
-        assert_eq!(pool.insert(req(3, 1, 0), 0, true), Err(PoolRejection::PoolFull));
-        assert_eq!(pool.insert(req(1, 1, 0), 0, true), Ok(Inserted::AlreadyPending));
+        assert_eq!(
+            pool.insert(req(3, 1, 0), 0, true),
+            Err(PoolRejection::PoolFull)
+        );
+        assert_eq!(
+            pool.insert(req(1, 1, 0), 0, true),
+            Ok(Inserted::AlreadyPending)
+        );
         assert_eq!(pool.len(), 3);
     }
 

@@ -6,7 +6,7 @@
 
 use smr_crypto::VerifyError;
 
-use crate::message::{Cid, Regency};
+use crate::message::{Cid, ClientId, Regency};
 
 /// Why a message (or part of one) was refused. The first group comes from the stateless
 /// checks of [`crate::verify`], the second from the engine's stateful ones.
@@ -34,8 +34,10 @@ pub enum Rejection {
     /// §5) carries a signature that does not verify, found when the replica was about to relay
     /// it (propose, forward, or carry it in a STOP). The client sent it; the request is
     /// dropped, and the rejection counts against the client, never against a replica.
-    #[error("a client's own request carries a signature that does not verify: {reason}")]
+    #[error("client {client}'s own request carries a signature that does not verify: {reason}")]
     BadClientSignature {
+        /// The client that sent it.
+        client: ClientId,
         /// Why it failed.
         reason: VerifyError,
     },

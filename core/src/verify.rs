@@ -320,13 +320,22 @@ impl InboundVerifier {
         cache: Option<&VerifiedRequests>,
         auth: RequestAuth,
     ) -> Vec<Result<Verified, Rejection>> {
-        let collected: Vec<(Peer, Message, Result<Pending<'_>, Rejection>)> = inputs
+        // Direct client requests first, so that a PROPOSE in the same run finds their copies
+        // in the cache whatever the order of arrival (the driver puts replica frames first).
+        let mut order: Vec<usize> = (0..inputs.len()).collect();
+        order.sort_by_key(|&i| !matches!(inputs[i], (Peer::Client(_), Message::Request(_))));
+        let mut slots: Vec<Option<(Peer, Message)>> = inputs.into_iter().map(Some).collect();
+        let mut by_index: Vec<Option<(Peer, Message, Result<Pending<'_>, Rejection>)>> =
+            (0..slots.len()).map(|_| None).collect();
+        for i in order {
+            let (from, message) = slots[i].take().expect("each index once");
+            let mut pending = Pending::new(cache, auth);
+            let checked = self.collect(&from, &message, &mut pending);
+            by_index[i] = Some((from, message, checked.map(|()| pending)));
+        }
+        let collected: Vec<(Peer, Message, Result<Pending<'_>, Rejection>)> = by_index
             .into_iter()
-            .map(|(from, message)| {
-                let mut pending = Pending::new(cache, auth);
-                let checked = self.collect(&from, &message, &mut pending);
-                (from, message, checked.map(|()| pending))
-            })
+            .map(|c| c.expect("every index collected"))
             .collect();
         // Everything in one batch; a request that appears twice (a client's own copy and the
         // leader's PROPOSE, say) is checked once.

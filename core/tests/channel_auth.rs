@@ -12,8 +12,10 @@ use smr_core::message::{Batch, Cid, Decision, Message, Regency, VoteKind};
 use smr_core::{Peer, Rejection, RequestAuth, VerifiedRequests};
 use smr_crypto::VerifyError;
 
-fn bad_client_signature() -> Rejection {
+/// The rejection of the fixture client's badly signed request.
+fn bad_client_signature(c: &Cluster) -> Rejection {
     Rejection::BadClientSignature {
+        client: c.client.public_key(),
         reason: VerifyError::BadSignature,
     }
 }
@@ -26,7 +28,11 @@ fn a_request_on_its_clients_connection_is_authenticated_by_the_channel_not_its_s
     let bad = Message::Request(c.badly_signed_request(1));
     let by_signature = c
         .verifier
-        .verify_run(vec![(c.client_peer(), bad.clone())], None, RequestAuth::Signature)
+        .verify_run(
+            vec![(c.client_peer(), bad.clone())],
+            None,
+            RequestAuth::Signature,
+        )
         .pop()
         .unwrap();
     assert!(
@@ -99,19 +105,20 @@ fn a_proposed_request_is_verified_unless_the_same_bytes_came_directly() {
         "{verdict:?}"
     );
     // One that got these exact bytes from the client takes it as the client's (a correct
-    // leader never proposes it: it verifies first), checking only the PROPOSE's signature.
+    // leader never proposes it: it verifies first), checking only the PROPOSE's signature;
+    // also when the PROPOSE comes first in the run (the driver puts replica frames first).
     let with = VerifiedRequests::new(16);
     let run = c.verifier.verify_run(
         vec![
-            (c.client_peer(), Message::Request(bad)),
             (Peer::Replica(0), propose),
+            (c.client_peer(), Message::Request(bad)),
         ],
         Some(&with),
         RequestAuth::Channel,
     );
-    assert!(run.iter().all(|v| v
-        .as_ref()
-        .is_ok_and(|v| !v.request_signatures_checked())));
+    assert!(run
+        .iter()
+        .all(|v| v.as_ref().is_ok_and(|v| !v.request_signatures_checked())));
     assert_eq!(with.hits(), 1);
     // A good copy in the PROPOSE with another signature than the direct one is verified.
     let good = c.request(1);
@@ -125,7 +132,11 @@ fn a_proposed_request_is_verified_unless_the_same_bytes_came_directly() {
     ));
     let verdict = c
         .verifier
-        .verify_run(vec![(Peer::Replica(0), propose)], Some(&with), RequestAuth::Channel)
+        .verify_run(
+            vec![(Peer::Replica(0), propose)],
+            Some(&with),
+            RequestAuth::Channel,
+        )
         .pop()
         .unwrap()
         .expect("verified");
@@ -145,7 +156,13 @@ fn a_certified_batch_needs_no_request_signature_but_a_proposal_does() {
     let decision = Decision {
         cid: Cid(1),
         batch: batch.clone(),
-        certificate: c.votes(VoteKind::Accept, &[0, 1, 2], Cid(1), Regency(0), batch.digest()),
+        certificate: c.votes(
+            VoteKind::Accept,
+            &[0, 1, 2],
+            Cid(1),
+            Regency(0),
+            batch.digest(),
+        ),
     };
     c.verifier
         .verify_inbound(Peer::Replica(1), Message::Decisions(vec![decision]))
@@ -177,10 +194,13 @@ fn the_leader_verifies_a_channel_authenticated_request_before_proposing_it() {
     let mut leader = c.channel_engine(0);
     let bad = Message::Request(c.badly_signed_request(1));
     let out = c.deliver_by_channel(&mut leader, 0, c.client_peer(), bad, &cache);
-    assert_eq!(out, only_rejected(bad_client_signature()));
+    assert_eq!(out, only_rejected(bad_client_signature(&c)));
     assert_eq!(leader.pending_requests(), 0);
     assert_eq!(timers(&leader), vec![], "nothing pending, no request timer");
-    assert_eq!(leader.stats().rejections.get("bad_client_signature"), Some(&1));
+    assert_eq!(
+        leader.stats().rejections.get("bad_client_signature"),
+        Some(&1)
+    );
     // A good request is verified once and proposed.
     let good = c.request(2);
     let out = c.deliver_by_channel(
@@ -246,7 +266,7 @@ fn a_follower_verifies_requests_before_forwarding_them_and_drops_a_bad_one() {
                 // The requests may have been decided unnoticed: ask a peer.
                 send(2, Message::DecisionQuery { from_cid: Cid(1) }),
             ],
-            rejections: vec![bad_client_signature()],
+            rejections: vec![bad_client_signature(&c)],
             ..Output::default()
         }
     );
@@ -266,8 +286,12 @@ fn a_badly_signed_request_alone_never_makes_a_follower_suspect_the_leader() {
     assert_eq!(out, Output::default());
     assert_eq!(timers(&follower), vec![(TimerKind::Request, 1000)]);
     let out = follower.on_timeout(1000);
-    assert_eq!(out, only_rejected(bad_client_signature()));
-    assert_eq!(timers(&follower), vec![], "nothing pending: no second timeout");
+    assert_eq!(out, only_rejected(bad_client_signature(&c)));
+    assert_eq!(
+        timers(&follower),
+        vec![],
+        "nothing pending: no second timeout"
+    );
     assert_eq!(follower.on_timeout(2000), Output::default());
     assert_eq!(follower.stats().stops_sent, 0);
 }
@@ -298,9 +322,8 @@ fn a_stop_carries_only_requests_whose_signature_verified() {
         Output {
             send_now: vec![broadcast(Message::Stop(stop))],
             persist: vec![PersistRecord::Regency(Regency(1))],
-            rejections: vec![bad_client_signature()],
+            rejections: vec![bad_client_signature(&c)],
             ..Output::default()
         }
     );
-
 }

@@ -454,7 +454,8 @@ async fn a_panic_in_a_verify_worker_resolves_closed_to_the_error() {
     };
     let signer: &dyn smr_crypto::Signer = &keys[1];
     let frame = codec::encode(&Message::Write(Signed::new(vote, Some(signer))));
-    peer.send(Peer::Replica(0), frame).expect("replica 0 is on the hub");
+    peer.send(Peer::Replica(0), frame)
+        .expect("replica 0 is on the hub");
     let outcome = tokio::time::timeout(Duration::from_secs(10), handle.closed())
         .await
         .expect("closed() resolves once the verify worker panicked");

@@ -141,10 +141,9 @@ impl Engine {
         if unchecked.is_empty() {
             return;
         }
-        let verifier = self
-            .request_verifier
-            .clone()
-            .expect("a request authenticated by channel reached an engine without a request verifier");
+        let verifier = self.request_verifier.clone().expect(
+            "a request authenticated by channel reached an engine without a request verifier",
+        );
         let bytes: Vec<Vec<u8>> = unchecked
             .iter()
             .map(|r| Request::signing_bytes_of(&r.body))
@@ -183,7 +182,10 @@ impl Engine {
                 Ok(()) => self.pool.mark_signature_checked(&id),
                 Err(reason) => {
                     self.pool.remove(&id);
-                    self.reject(Rejection::BadClientSignature { reason });
+                    self.reject(Rejection::BadClientSignature {
+                        client: id.client,
+                        reason,
+                    });
                 }
             }
         }

@@ -1771,7 +1771,10 @@ impl Sim {
                 _ => {}
             }
         }
-        if let Some(r) = self.live_correct().find(|r| r.engine.regency() != Regency::ZERO) {
+        if let Some(r) = self
+            .live_correct()
+            .find(|r| r.engine.regency() != Regency::ZERO)
+        {
             return Err(format!(
                 "{split:?}: the correct leader was replaced: replica {} is in regency {}",
                 r.id,
