@@ -9,7 +9,8 @@
 //! notes are in `docs/design.md`.
 //!
 //! A request's path: a client ([`client::ClientEngine`]) signs it and sends it to every
-//! replica;
+//! replica (BFT), or to the leader it believes in and to every replica if that leader is slow
+//! to answer (CFT);
 //! [`verify::InboundVerifier`] checks sender, sizes and signatures off the engine's thread; the
 //! engine pools it ([`pool`]), the leader batches and proposes it, the replicas vote (WRITE,
 //! ACCEPT) on the batch's blake3 digest, and a decided batch executes in cid order through the

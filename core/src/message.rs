@@ -541,8 +541,8 @@ pub struct Reply {
     /// (`result` is then empty). A client acts on a refusal only with the same reply quorum
     /// it needs for a result.
     pub status: ReplyStatus,
-    /// The replica's regency when it replied. A client reports the leader of the highest
-    /// regency f+1 replicas reported (one in CFT):
+    /// The replica's regency when it replied. A CFT client sends its ordered requests to the
+    /// leader of the highest regency f+1 replicas reported (one in CFT):
     /// [`ClientEngine::believed_leader`](crate::client::ClientEngine::believed_leader).
     pub regency: Regency,
     /// What the service returned: [`Service::execute`](crate::Service::execute)'s result for
@@ -580,9 +580,12 @@ pub enum ReplyStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// A client's request (docs/design.md §3.4 step 1, §3.7, §3.8). The client
-    /// ([`ClientEngine::submit`](crate::client::ClientEngine::submit)) sends every request to
-    /// every replica at once, and again at each retry. A replica accepts it only from the
-    /// client it names, on that client's own connection (docs/design.md §5). It answers an executed request from its reply cache (never
+    /// ([`ClientEngine::submit`](crate::client::ClientEngine::submit)) sends it to every
+    /// replica at once in BFT; in CFT an ordered request to the leader it believes in, and to
+    /// every replica once that leader is slow
+    /// ([`ClientEngine::leader_wait_ms`](crate::client::ClientEngine::leader_wait_ms)) or on a
+    /// retry. A replica accepts it only from the client it names, on that client's own
+    /// connection (docs/design.md §5). It answers an executed request from its reply cache (never
     /// executing it twice), answers one older than the session's window as stale, runs an unordered read
     /// against its state, and otherwise pools the request and starts its request timer; a
     /// leader then proposes it.

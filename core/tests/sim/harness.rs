@@ -474,8 +474,8 @@ const CLIENT_RETRY_MS: u64 = 500;
 /// request timeout, R the largest retransmit interval, R₀ the first, H the heartbeat and C the
 /// client's retry timeout:
 ///
-/// 1. `C + Δ`: the client's next retry reaches every correct replica (its first send, to every
-///    replica, may have been lost before GST).
+/// 1. `C + Δ`: the client's next retry reaches every correct replica (its first send may have
+///    been lost before GST, or gone to a crashed CFT leader alone).
 /// 2. `3T`: a correct replica forwards the request to the leader at its first request timeout
 ///    and broadcasts STOP at the second, one more T if it had just caught up (it then blames
 ///    its own lag for a while).
