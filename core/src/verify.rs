@@ -221,6 +221,9 @@ impl VerifiedRequests {
     }
 }
 
+/// A message of a run with its stateless verdict so far and its signatures to check.
+type Collected<'c> = (Peer, Message, Result<Pending<'c>, Rejection>);
+
 /// Signatures collected from one message, checked in a batch at the end.
 struct Pending<'c> {
     messages: Vec<Vec<u8>>,
@@ -325,15 +328,14 @@ impl InboundVerifier {
         let mut order: Vec<usize> = (0..inputs.len()).collect();
         order.sort_by_key(|&i| !matches!(inputs[i], (Peer::Client(_), Message::Request(_))));
         let mut slots: Vec<Option<(Peer, Message)>> = inputs.into_iter().map(Some).collect();
-        let mut by_index: Vec<Option<(Peer, Message, Result<Pending<'_>, Rejection>)>> =
-            (0..slots.len()).map(|_| None).collect();
+        let mut by_index: Vec<Option<Collected<'_>>> = (0..slots.len()).map(|_| None).collect();
         for i in order {
             let (from, message) = slots[i].take().expect("each index once");
             let mut pending = Pending::new(cache, auth);
             let checked = self.collect(&from, &message, &mut pending);
             by_index[i] = Some((from, message, checked.map(|()| pending)));
         }
-        let collected: Vec<(Peer, Message, Result<Pending<'_>, Rejection>)> = by_index
+        let collected: Vec<Collected<'_>> = by_index
             .into_iter()
             .map(|c| c.expect("every index collected"))
             .collect();
