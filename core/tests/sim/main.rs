@@ -331,7 +331,6 @@ fn bft_client_splitting_good_and_bad_signatures_neither_splits_replicas_nor_repl
         "bft_client_splitting_good_and_bad_signatures_neither_splits_replicas_nor_replaces_the_leader",
         |seed| split_client(Mode::Bft, 4, 1, seed),
         |r| {
-            eprintln!("split {:?} end {}", r.split_requests, r.end_time_ms);
             assert!(r.split_requests.0 >= 10, "the client split {:?}", r.split_requests);
         },
     );
@@ -343,7 +342,6 @@ fn cft_client_splitting_good_and_bad_signatures_neither_splits_replicas_nor_repl
         "cft_client_splitting_good_and_bad_signatures_neither_splits_replicas_nor_replaces_the_leader",
         |seed| split_client(Mode::Cft, 3, 1, seed),
         |r| {
-            eprintln!("split {:?} end {}", r.split_requests, r.end_time_ms);
             assert!(r.split_requests.0 >= 10, "the client split {:?}", r.split_requests);
         },
     );
