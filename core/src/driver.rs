@@ -8,10 +8,13 @@
 //!   on the lane of the frame in hand.
 //! - **Verify workers** (`verify_workers` OS threads): each takes every frame waiting in its
 //!   replica lane, then in its client lane (up to [`MAX_VERIFY_RUN_FRAMES`] frames or [`MAX_VERIFY_RUN_BYTES`] bytes), decodes
-//!   them and runs [`InboundVerifier::verify_many`] on the run: one batch verification of all
-//!   their signatures, so the cost per signature falls as load rises, and a client request whose
-//!   signature a worker already verified (its own copy, before the leader proposes it) is not
-//!   verified again ([`VerifiedRequests`]). The engine thread never verifies a signature.
+//!   them and runs [`InboundVerifier::verify_run`] on the run: one batch verification of all
+//!   their signatures, so the cost per signature falls as load rises. A client request on its
+//!   own client's connection is authenticated by that channel, without a signature check
+//!   ([`RequestAuth::Channel`], docs/design.md §5), and remembered, so that the byte-identical
+//!   copy in the leader's PROPOSE is not verified either ([`VerifiedRequests`]). The engine
+//!   thread verifies the signatures of such requests only where it relays them (the leader's
+//!   PROPOSE, a follower's Forward or STOP; [`Engine::set_request_verifier`]).
 //!   Rejections are counted and logged here.
 //! - **Engine task:** the only owner of the engine. It takes verified messages, timer expiries
 //!   (pulled from [`Engine::next_deadline_ms`]) and what the service produced, and performs each
@@ -65,7 +68,7 @@ use crate::runner::{self, Host};
 use crate::service::Service;
 use crate::storage::FsyncPolicy;
 use crate::storage::{Recovered, Wal};
-use crate::verify::{InboundVerifier, Verified, VerifiedRequests};
+use crate::verify::{InboundVerifier, RequestAuth, Verified, VerifiedRequests};
 use crate::{EngineConfig, InvalidConfig};
 
 /// Most frames a verify worker takes from its queue for one batch verification.
@@ -74,8 +77,8 @@ pub const MAX_VERIFY_RUN_FRAMES: usize = 128;
 /// frame that crosses it).
 pub const MAX_VERIFY_RUN_BYTES: usize = 256 * 1024;
 /// Most client requests the verified-request cache remembers (about 80 bytes each). It only
-/// needs to span the time between a request reaching a replica directly and in a PROPOSE, and
-/// clients send ordered requests to the leader alone unless it is slow, so a few thousand do.
+/// needs to span the time between a request reaching a replica directly and in a PROPOSE (a
+/// few batches of every client's window), so a few thousand do.
 const MAX_VERIFIED_REQUESTS: usize = 1 << 13;
 
 /// Tuning of the driver itself (not of the protocol).
@@ -422,6 +425,11 @@ pub fn start_replica<N: Network>(
         }
     };
 
+    let mut engine = engine;
+    // Direct requests are authenticated by channel (the verify workers' `RequestAuth::Channel`
+    // below); the engine checks their signatures where it relays them.
+    engine.set_request_verifier(verifier.signatures.clone());
+
     let rejected = Arc::new(AtomicU64::new(0));
     let decode_errors = Arc::new(AtomicU64::new(0));
     // Inputs are whole runs: this bounds the messages waiting for the engine to about
@@ -692,7 +700,7 @@ impl VerifyWorker {
         }
         let mut verdicts = self
             .verifier
-            .verify_many(messages, Some(&self.cache))
+            .verify_run(messages, Some(&self.cache), RequestAuth::Channel)
             .into_iter();
         let mut run = Vec::with_capacity(slots.len());
         for slot in slots {

@@ -8,8 +8,9 @@
 //! model checker (`tests/model.rs`). The driving loop is in the [`engine`] docs; the design
 //! notes are in `docs/design.md`.
 //!
-//! A request's path: a client ([`client::ClientEngine`]) signs it and sends it to the leader
-//! it believes in, and to every replica if that leader is slow to answer;
+//! A request's path: a client ([`client::ClientEngine`]) signs it and sends it to every
+//! replica (BFT), or to the leader it believes in and to every replica if that leader is slow
+//! to answer (CFT);
 //! [`verify::InboundVerifier`] checks sender, sizes and signatures off the engine's thread; the
 //! engine pools it ([`pool`]), the leader batches and proposes it, the replicas vote (WRITE,
 //! ACCEPT) on the batch's blake3 digest, and a decided batch executes in cid order through the
@@ -46,4 +47,4 @@ pub use message::{Message, Request, RequestKind};
 pub use network::{Network, Peer, ReplicaId};
 pub use rejection::Rejection;
 pub use service::Service;
-pub use verify::{InboundVerifier, Verified};
+pub use verify::{InboundVerifier, RequestAuth, Verified, VerifiedRequests};

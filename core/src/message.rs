@@ -550,7 +550,7 @@ pub struct Reply {
     /// (`result` is then empty). A client acts on a refusal only with the same reply quorum
     /// it needs for a result.
     pub status: ReplyStatus,
-    /// The replica's regency when it replied. A client sends its ordered requests to the
+    /// The replica's regency when it replied. A CFT client sends its ordered requests to the
     /// leader of the highest regency f+1 replicas reported (one in CFT):
     /// [`ClientEngine::believed_leader`](crate::client::ClientEngine::believed_leader).
     pub regency: Regency,
@@ -602,11 +602,12 @@ pub enum ReplyStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// A client's request (docs/design.md §3.4 step 1, §3.7, §3.8). The client
-    /// ([`ClientEngine::submit`](crate::client::ClientEngine::submit)) sends an ordered request
-    /// to the leader it believes in, and to every replica once that leader is slow
+    /// ([`ClientEngine::submit`](crate::client::ClientEngine::submit)) sends it to every
+    /// replica at once in BFT; in CFT an ordered request to the leader it believes in, and to
+    /// every replica once that leader is slow
     /// ([`ClientEngine::leader_wait_ms`](crate::client::ClientEngine::leader_wait_ms)) or on a
-    /// retry; an unordered read goes to every replica at once. A replica accepts it only from
-    /// the client it names. It answers an executed request from its reply cache (never
+    /// retry. A replica accepts it only from the client it names, on that client's own
+    /// connection (docs/design.md §5). It answers an executed request from its reply cache (never
     /// executing it twice), answers one older than the session's window as stale, runs an unordered read
     /// against its state, and otherwise pools the request and starts its request timer; a
     /// leader then proposes it.

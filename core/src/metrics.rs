@@ -189,7 +189,7 @@ pub struct ReplicaMetrics {
     pub state_transfers: Value,
     /// Snapshots the service was asked to take for a checkpoint.
     pub checkpoints: Value,
-    /// Signatures checked by the verify workers.
+    /// Signatures checked by the verify workers and by the engine (client requests it relays).
     pub signature_verifications: Value,
     /// Frames that did not decode into a message.
     pub decode_errors: Value,
@@ -347,7 +347,7 @@ impl Collector for ReplicaMetrics {
             ),
             (
                 "smr_signature_verifications",
-                "Signatures checked by the verify workers.",
+                "Signatures checked by the verify workers and by the engine.",
                 Counter,
                 &self.signature_verifications,
             ),

@@ -18,6 +18,10 @@ struct Entry {
     proposed_in: Option<Cid>,
     /// How many request timeouts this entry has gone through.
     timeouts: u32,
+    /// Whether this replica verified the request's signature (or got it in a message whose
+    /// signatures it verified); false for one authenticated by its client's channel only
+    /// (docs/design.md §5), which is verified before it is relayed.
+    signature_checked: bool,
 }
 
 /// Why a request was not admitted to the pool.
@@ -100,14 +104,27 @@ impl RequestPool {
     }
 
     /// Adds `request`, arrived at `now_ms`, unless a request with its id is pending already.
-    /// Whether it is new to the client table is the caller's check.
+    /// `signature_checked` says whether its signature was verified (see
+    /// [`RequestPool::signature_checked`]). A pending copy whose signature was not checked
+    /// and that is in no batch yet gives way to a checked copy: a client's bad signature on
+    /// its own copy cannot keep a good copy from being proposed. Whether it is new to the
+    /// client table is the caller's check.
     ///
     /// # Errors
     /// [`PoolRejection::ClientFull`] or [`PoolRejection::PoolFull`] at the limits.
-    pub fn insert(&mut self, request: Request, now_ms: u64) -> Result<Inserted, PoolRejection> {
+    pub fn insert(
+        &mut self,
+        request: Request,
+        now_ms: u64,
+        signature_checked: bool,
+    ) -> Result<Inserted, PoolRejection> {
         let id = request.id();
         let per_client = self.by_client.entry(id.client).or_default();
-        if per_client.contains_key(&(id.session, id.seq)) {
+        if let Some(entry) = per_client.get_mut(&(id.session, id.seq)) {
+            if signature_checked && !entry.signature_checked && entry.proposed_in.is_none() {
+                entry.request = request;
+                entry.signature_checked = true;
+            }
             return Ok(Inserted::AlreadyPending);
         }
         if per_client.len() >= self.max_per_client {
@@ -129,12 +146,33 @@ impl RequestPool {
                 arrival_ms: now_ms,
                 proposed_in: None,
                 timeouts: 0,
+                signature_checked,
             },
         );
         self.by_arrival.insert((now_ms, id));
         self.len += 1;
         self.unproposed += 1;
         Ok(Inserted::New)
+    }
+
+    /// Whether the pending request `id`'s signature was verified here (false if it is not
+    /// pending).
+    pub fn signature_checked(&self, id: &RequestId) -> bool {
+        self.by_client
+            .get(&id.client)
+            .and_then(|m| m.get(&(id.session, id.seq)))
+            .is_some_and(|e| e.signature_checked)
+    }
+
+    /// Notes that the pending request `id`'s signature verified.
+    pub fn mark_signature_checked(&mut self, id: &RequestId) {
+        if let Some(entry) = self
+            .by_client
+            .get_mut(&id.client)
+            .and_then(|m| m.get_mut(&(id.session, id.seq)))
+        {
+            entry.signature_checked = true;
+        }
     }
 
     /// Removes the request `id` (it executed), returning it if it was pending.
@@ -331,10 +369,10 @@ mod tests {
     fn batch_takes_one_request_per_client_per_round() {
         let mut pool = RequestPool::new(100, 1000);
         for seq in 1..=10 {
-            pool.insert(req(1, seq, 0), 0).unwrap();
+            pool.insert(req(1, seq, 0), 0, true).unwrap();
         }
-        pool.insert(req(2, 1, 0), 0).unwrap();
-        pool.insert(req(3, 1, 0), 0).unwrap();
+        pool.insert(req(2, 1, 0), 0, true).unwrap();
+        pool.insert(req(3, 1, 0), 0, true).unwrap();
         let batch = pool.cut_batch(Cid(1), 4, usize::MAX);
         let ids: Vec<(u8, u64)> = batch
             .iter()
@@ -349,7 +387,7 @@ mod tests {
         let mut pool = RequestPool::new(100, 1000);
         for c in 1..=3 {
             for seq in 1..=3 {
-                pool.insert(req(c, seq, 0), 0).unwrap();
+                pool.insert(req(c, seq, 0), 0, true).unwrap();
             }
         }
         let first = pool.cut_batch(Cid(1), 1, usize::MAX);
@@ -361,8 +399,8 @@ mod tests {
     #[test]
     fn batch_respects_byte_limit_but_never_starves() {
         let mut pool = RequestPool::new(100, 1000);
-        pool.insert(req(1, 1, 5000), 0).unwrap();
-        pool.insert(req(2, 1, 10), 0).unwrap();
+        pool.insert(req(1, 1, 5000), 0, true).unwrap();
+        pool.insert(req(2, 1, 10), 0, true).unwrap();
         let batch = pool.cut_batch(Cid(1), 100, 1000);
         assert_eq!(batch.len(), 1, "an oversize first request still goes alone");
         let batch = pool.cut_batch(Cid(2), 100, 1000);
@@ -373,20 +411,29 @@ mod tests {
     #[test]
     fn limits_per_client_and_total_are_enforced() {
         let mut pool = RequestPool::new(2, 3);
-        pool.insert(req(1, 1, 0), 0).unwrap();
-        pool.insert(req(1, 2, 0), 0).unwrap();
-        assert_eq!(pool.insert(req(1, 3, 0), 0), Err(PoolRejection::ClientFull));
-        pool.insert(req(2, 1, 0), 0).unwrap();
-        assert_eq!(pool.insert(req(3, 1, 0), 0), Err(PoolRejection::PoolFull));
-        assert_eq!(pool.insert(req(1, 1, 0), 0), Ok(Inserted::AlreadyPending));
+        pool.insert(req(1, 1, 0), 0, true).unwrap();
+        pool.insert(req(1, 2, 0), 0, true).unwrap();
+        assert_eq!(
+            pool.insert(req(1, 3, 0), 0, true),
+            Err(PoolRejection::ClientFull)
+        );
+        pool.insert(req(2, 1, 0), 0, true).unwrap();
+        assert_eq!(
+            pool.insert(req(3, 1, 0), 0, true),
+            Err(PoolRejection::PoolFull)
+        );
+        assert_eq!(
+            pool.insert(req(1, 1, 0), 0, true),
+            Ok(Inserted::AlreadyPending)
+        );
         assert_eq!(pool.len(), 3);
     }
 
     #[test]
     fn timed_out_requests_restart_their_timer() {
         let mut pool = RequestPool::new(10, 10);
-        pool.insert(req(1, 1, 0), 0).unwrap();
-        pool.insert(req(1, 2, 0), 50).unwrap();
+        pool.insert(req(1, 1, 0), 0, true).unwrap();
+        pool.insert(req(1, 2, 0), 50, true).unwrap();
         let out = pool.take_timed_out(10, 100);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].1, 1);

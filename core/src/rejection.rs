@@ -6,7 +6,7 @@
 
 use smr_crypto::VerifyError;
 
-use crate::message::{Cid, Regency};
+use crate::message::{Cid, ClientId, Regency};
 
 /// Why a message (or part of one) was refused. The first group comes from the stateless
 /// checks of [`crate::verify`], the second from the engine's stateful ones.
@@ -27,6 +27,17 @@ pub enum Rejection {
         /// first, then those of the requests and votes inside it, in order (a request whose
         /// exact copy was verified here before is not queued).
         index: usize,
+        /// Why it failed.
+        reason: VerifyError,
+    },
+    /// A client request that this replica authenticated by its client's channel (docs/design.md
+    /// §5) carries a signature that does not verify, found when the replica was about to relay
+    /// it (propose, forward, or carry it in a STOP). The client sent it; the request is
+    /// dropped, and the rejection counts against the client, never against a replica.
+    #[error("client {client}'s own request carries a signature that does not verify: {reason}")]
+    BadClientSignature {
+        /// The client that sent it.
+        client: ClientId,
         /// Why it failed.
         reason: VerifyError,
     },
@@ -148,6 +159,7 @@ impl Rejection {
         match self {
             Rejection::Malformed(_) => "malformed",
             Rejection::BadSignature { .. } => "bad_signature",
+            Rejection::BadClientSignature { .. } => "bad_client_signature",
             Rejection::MissingSignature => "missing_signature",
             Rejection::UnknownSender => "unknown_sender",
             Rejection::SenderMismatch => "sender_mismatch",

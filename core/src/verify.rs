@@ -12,17 +12,31 @@
 //! only ever rejects the message that carries it; a peer that sends bad signatures costs at most
 //! the message-by-message price (plus the one failed batch), never more.
 //!
-//! # Each client signature is verified once
-//! A request can reach a replica twice: directly from its client (always at the leader, and at
-//! every replica once the client stops waiting for the leader) and again inside the leader's
-//! PROPOSE. Without care the replica would verify the same client signature twice. A
-//! [`VerifiedRequests`] cache remembers, by the blake3 hash of the exact signed bytes and the
-//! signature, client requests whose signature verified here; a byte-identical request met again
-//! (in a PROPOSE, a STOP, a SYNC or a forwarded batch) skips only the signature check. Every
-//! other check still runs on it. Verification is a pure function of those bytes, so skipping a
-//! repeat changes no verdict; the cache is bounded and forgets its oldest entries first.
+//! # Requests are authenticated by their channel (BFT, docs/design.md §5)
+//! A client request that arrives on its own client's connection was sent by that client: the
+//! transport pinned the connection's key by TLS ([`Peer::Client`] is that key), the verifier
+//! refuses a request naming another key ([`Rejection::Impersonation`]), and QUIC authenticates
+//! every packet. With [`RequestAuth::Channel`] such a request skips its signature check (the
+//! signature must still be present: it is what lets the request be relayed) and reaches the
+//! engine marked [`Verified::request_signatures_checked`] false. The engine verifies it before
+//! it relays it in any replica message (a PROPOSE, a Forward, a STOP).
+//!
+//! # Each request is authenticated once
+//! A request can reach a replica twice: directly from its client and again inside the leader's
+//! PROPOSE (or a STOP, or a Forward). A [`VerifiedRequests`] cache remembers, by the blake3
+//! hash of the exact signed bytes and the signature, client requests authenticated here: by
+//! their signature, or by their channel. A byte-identical request met again inside a replica's
+//! message skips only the signature check; every other check still runs on it.
+//!
+//! # Certified batches carry no request check
+//! The batch of a decision (Q signed ACCEPTs) or of a BFT prepared proof (Q signed WRITEs) was
+//! accepted by at least one correct replica, which authenticated each of its requests (by
+//! signature or channel) before voting. The certificate vouches for the requests, so their
+//! signatures are not checked again: a follower that accepted a Byzantine leader's PROPOSE on
+//! the strength of its client's direct copies must not leave the replicas that did not get
+//! those copies unable to learn the decision or apply a SYNC (docs/design.md §5).
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use smr_crypto::{BatchVerifyError, Digest, PublicKey, Signature, SignedItem, Verifier};
@@ -46,6 +60,22 @@ pub const MAX_REPORTED_CHECKPOINTS: usize = 8;
 pub struct Verified {
     pub(crate) from: Peer,
     pub(crate) message: Message,
+    /// Whether every client signature the message carries was verified here (or by an
+    /// earlier verification of the same bytes); false when one was authenticated by its
+    /// client's channel only (docs/design.md §5). The engine verifies such a request before
+    /// relaying it.
+    pub(crate) request_signatures_checked: bool,
+}
+
+/// How a client request that arrives on its own client's connection is authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestAuth {
+    /// By its signature, like a request met inside a replica's message.
+    Signature,
+    /// By the connection (docs/design.md §5): its signature must be present but is not
+    /// checked; the engine checks it before relaying the request, so the engine must have a
+    /// request verifier ([`crate::Engine::set_request_verifier`]).
+    Channel,
 }
 
 impl Verified {
@@ -56,6 +86,11 @@ impl Verified {
     /// The verified message.
     pub fn message(&self) -> &Message {
         &self.message
+    }
+
+    /// Whether every client signature in the message was verified (see the field).
+    pub fn request_signatures_checked(&self) -> bool {
+        self.request_signatures_checked
     }
 }
 
@@ -73,6 +108,17 @@ pub struct InboundVerifier {
     /// The signature scheme: ed25519 in production, a deterministic stand-in in the
     /// simulator.
     pub signatures: Arc<dyn Verifier>,
+}
+
+/// Where a client request was met, which decides how it is authenticated.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RequestAt {
+    /// On its client's own connection.
+    Direct,
+    /// Inside a replica's PROPOSE, Forward or STOP.
+    Relayed,
+    /// Inside a batch with Q signed votes: a decision or a BFT prepared proof.
+    Certified,
 }
 
 /// Identifies a client request's exact body and signature.
@@ -97,14 +143,16 @@ fn request_key(body: &RequestBody, signature: &Signature) -> RequestKey {
     *hasher.finalize().as_bytes()
 }
 
-/// Client requests whose signature verified: see the module docs. Shared by the verify workers.
+/// Client requests authenticated here, by signature or by channel: see the module docs. Shared
+/// by the verify workers.
 pub struct VerifiedRequests {
     inner: Mutex<VerifiedInner>,
     capacity: usize,
 }
 
 struct VerifiedInner {
-    keys: HashSet<RequestKey>,
+    /// Whether the request's signature was verified (true) or only its channel (false).
+    keys: HashMap<RequestKey, bool>,
     /// Insertion order, for evicting the oldest.
     order: VecDeque<RequestKey>,
     hits: u64,
@@ -115,7 +163,7 @@ impl VerifiedRequests {
     pub fn new(capacity: usize) -> VerifiedRequests {
         VerifiedRequests {
             inner: Mutex::new(VerifiedInner {
-                keys: HashSet::new(),
+                keys: HashMap::new(),
                 order: VecDeque::new(),
                 hits: 0,
             }),
@@ -128,23 +176,30 @@ impl VerifiedRequests {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn contains(&self, key: &RequestKey) -> bool {
+    /// Whether the request is known, and then whether its signature was verified.
+    fn lookup(&self, key: &RequestKey) -> Option<bool> {
         let mut inner = self.lock();
-        let hit = inner.keys.contains(key);
-        if hit {
+        let hit = inner.keys.get(key).copied();
+        if hit.is_some() {
             inner.hits += 1;
         }
         hit
     }
 
-    fn insert_all(&self, keys: impl IntoIterator<Item = RequestKey>) {
+    /// Remembers requests; `signature_verified` says how they were authenticated (a verified
+    /// signature upgrades a channel-only entry, never the reverse).
+    fn insert_all(&self, keys: impl IntoIterator<Item = RequestKey>, signature_verified: bool) {
         let mut inner = self.lock();
         for key in keys {
-            if inner.keys.insert(key) {
-                inner.order.push_back(key);
-                if inner.order.len() > self.capacity {
-                    let oldest = inner.order.pop_front().expect("non-empty");
-                    inner.keys.remove(&oldest);
+            match inner.keys.get_mut(&key) {
+                Some(verified) => *verified |= signature_verified,
+                None => {
+                    inner.keys.insert(key, signature_verified);
+                    inner.order.push_back(key);
+                    if inner.order.len() > self.capacity {
+                        let oldest = inner.order.pop_front().expect("non-empty");
+                        inner.keys.remove(&oldest);
+                    }
                 }
             }
         }
@@ -160,11 +215,14 @@ impl VerifiedRequests {
         self.len() == 0
     }
 
-    /// Signature checks skipped so far because the request was already verified.
+    /// Signature checks skipped so far because the request was already authenticated here.
     pub fn hits(&self) -> u64 {
         self.lock().hits
     }
 }
+
+/// A message of a run with its stateless verdict so far and its signatures to check.
+type Collected<'c> = (Peer, Message, Result<Pending<'c>, Rejection>);
 
 /// Signatures collected from one message, checked in a batch at the end.
 struct Pending<'c> {
@@ -174,16 +232,25 @@ struct Pending<'c> {
     /// For each item, the request key if it is a client request's signature (with a cache).
     request_keys: Vec<Option<RequestKey>>,
     cache: Option<&'c VerifiedRequests>,
+    auth: RequestAuth,
+    /// Whether a request of the message was authenticated by channel only (directly, or by a
+    /// channel-only cache entry).
+    channel_only: bool,
+    /// Requests received directly and authenticated by channel, for the cache.
+    channel_keys: Vec<RequestKey>,
 }
 
 impl<'c> Pending<'c> {
-    fn new(cache: Option<&'c VerifiedRequests>) -> Pending<'c> {
+    fn new(cache: Option<&'c VerifiedRequests>, auth: RequestAuth) -> Pending<'c> {
         Pending {
             messages: Vec::new(),
             keys: Vec::new(),
             signatures: Vec::new(),
             request_keys: Vec::new(),
             cache,
+            auth,
+            channel_only: false,
+            channel_keys: Vec::new(),
         }
     }
 
@@ -222,27 +289,55 @@ impl InboundVerifier {
     /// # Errors
     /// The first check that fails, as a [`Rejection`].
     pub fn verify_inbound(&self, from: Peer, message: Message) -> Result<Verified, Rejection> {
-        let mut pending = Pending::new(None);
+        let mut pending = Pending::new(None, RequestAuth::Signature);
         self.collect(&from, &message, &mut pending)?;
         self.finish(&pending)?;
-        Ok(Verified { from, message })
+        Ok(Verified {
+            from,
+            message,
+            request_signatures_checked: true,
+        })
     }
 
     /// Verifies a run of messages, with one batch verification of all their signatures when they
     /// are all good (see the module docs); returns one verdict per message, in order. Requests
     /// found in `cache` skip their signature check, and requests verified here are added to it.
+    /// Every request's signature is checked unless the cache knows it
+    /// ([`RequestAuth::Signature`]); [`InboundVerifier::verify_run`] may authenticate direct
+    /// requests by channel.
     pub fn verify_many(
         &self,
         inputs: Vec<(Peer, Message)>,
         cache: Option<&VerifiedRequests>,
     ) -> Vec<Result<Verified, Rejection>> {
-        let collected: Vec<(Peer, Message, Result<Pending<'_>, Rejection>)> = inputs
+        self.verify_run(inputs, cache, RequestAuth::Signature)
+    }
+
+    /// [`InboundVerifier::verify_many`], with client requests that arrive on their client's
+    /// own connection authenticated as `auth` says (module docs). Such requests are added to
+    /// `cache` as authenticated by channel, so a byte-identical copy in a PROPOSE skips its
+    /// signature check.
+    pub fn verify_run(
+        &self,
+        inputs: Vec<(Peer, Message)>,
+        cache: Option<&VerifiedRequests>,
+        auth: RequestAuth,
+    ) -> Vec<Result<Verified, Rejection>> {
+        // Direct client requests first, so that a PROPOSE in the same run finds their copies
+        // in the cache whatever the order of arrival (the driver puts replica frames first).
+        let mut order: Vec<usize> = (0..inputs.len()).collect();
+        order.sort_by_key(|&i| !matches!(inputs[i], (Peer::Client(_), Message::Request(_))));
+        let mut slots: Vec<Option<(Peer, Message)>> = inputs.into_iter().map(Some).collect();
+        let mut by_index: Vec<Option<Collected<'_>>> = (0..slots.len()).map(|_| None).collect();
+        for i in order {
+            let (from, message) = slots[i].take().expect("each index once");
+            let mut pending = Pending::new(cache, auth);
+            let checked = self.collect(&from, &message, &mut pending);
+            by_index[i] = Some((from, message, checked.map(|()| pending)));
+        }
+        let collected: Vec<Collected<'_>> = by_index
             .into_iter()
-            .map(|(from, message)| {
-                let mut pending = Pending::new(cache);
-                let checked = self.collect(&from, &message, &mut pending);
-                (from, message, checked.map(|()| pending))
-            })
+            .map(|c| c.expect("every index collected"))
             .collect();
         // Everything in one batch; a request that appears twice (a client's own copy and the
         // leader's PROPOSE, say) is checked once.
@@ -263,11 +358,17 @@ impl InboundVerifier {
         drop(items);
         if all_good {
             if let Some(cache) = cache {
-                cache.insert_all(seen);
+                cache.insert_all(seen, true);
             }
             return collected
                 .into_iter()
-                .map(|(from, message, pending)| pending.map(|_| Verified { from, message }))
+                .map(|(from, message, pending)| {
+                    pending.map(|p| Verified {
+                        from,
+                        message,
+                        request_signatures_checked: !p.channel_only,
+                    })
+                })
                 .collect();
         }
         // Something is bad: find out which messages, one at a time. Requests that a message
@@ -294,10 +395,14 @@ impl InboundVerifier {
                 let verified: Vec<RequestKey> =
                     pending.request_keys.iter().flatten().copied().collect();
                 if let Some(cache) = cache {
-                    cache.insert_all(verified.iter().copied());
+                    cache.insert_all(verified.iter().copied(), true);
                 }
                 good.extend(verified);
-                Ok(Verified { from, message })
+                Ok(Verified {
+                    from,
+                    message,
+                    request_signatures_checked: !pending.channel_only,
+                })
             })
             .collect()
     }
@@ -314,7 +419,11 @@ impl InboundVerifier {
                 if request.body.client != *key {
                     return Err(Rejection::Impersonation);
                 }
-                self.check_request(request, pending, true)?;
+                self.check_request(request, pending, RequestAt::Direct)?;
+                // Known at once to later messages of the same run (a PROPOSE right behind).
+                if let Some(cache) = pending.cache {
+                    cache.insert_all(pending.channel_keys.drain(..), false);
+                }
             }
             (Peer::Client(_), Message::StatusQuery) => {}
             (Peer::Replica(_), Message::Reply(_)) | (Peer::Client(_), _) => {
@@ -325,7 +434,7 @@ impl InboundVerifier {
                 match msg {
                     Message::Propose(p) => {
                         self.check_signed(*j, p, pending)?;
-                        self.check_batch(&p.body.batch, pending)?;
+                        self.check_batch(&p.body.batch, pending, false)?;
                     }
                     Message::Write(v) | Message::Accept(v) => {
                         let expected = match msg {
@@ -347,7 +456,7 @@ impl InboundVerifier {
                             return Err(Rejection::Oversize("forwarded requests"));
                         }
                         for r in requests {
-                            self.check_request(r, pending, false)?;
+                            self.check_request(r, pending, RequestAt::Relayed)?;
                         }
                     }
                     Message::DecisionQuery { .. }
@@ -397,7 +506,7 @@ impl InboundVerifier {
                             return Err(Rejection::Oversize("stop pending requests"));
                         }
                         for r in &stop.body.pending {
-                            self.check_request(r, pending, false)?;
+                            self.check_request(r, pending, RequestAt::Relayed)?;
                         }
                     }
                     Message::StopData(sd) => {
@@ -439,8 +548,9 @@ impl InboundVerifier {
         &self,
         request: &Request,
         pending: &mut Pending<'_>,
-        direct: bool,
+        at: RequestAt,
     ) -> Result<(), Rejection> {
+        let direct = at == RequestAt::Direct;
         if !self.clients.admits(&request.body.client) {
             return Err(Rejection::ClientNotAdmitted);
         }
@@ -454,13 +564,28 @@ impl InboundVerifier {
         }
         if self.signing() {
             let signature = request.signature.ok_or(Rejection::MissingSignature)?;
+            if at == RequestAt::Certified {
+                return Ok(());
+            }
+            if direct && pending.auth == RequestAuth::Channel {
+                pending.channel_only = true;
+                if pending.cache.is_some() {
+                    pending
+                        .channel_keys
+                        .push(request_key(&request.body, &signature));
+                }
+                return Ok(());
+            }
             let key = match pending.cache {
                 Some(cache) => {
                     let key = request_key(&request.body, &signature);
-                    if cache.contains(&key) {
-                        return Ok(());
+                    match cache.lookup(&key) {
+                        Some(signature_verified) => {
+                            pending.channel_only |= !signature_verified;
+                            return Ok(());
+                        }
+                        None => Some(key),
                     }
-                    Some(key)
                 }
                 None => None,
             };
@@ -501,7 +626,15 @@ impl InboundVerifier {
         Ok(())
     }
 
-    fn check_batch(&self, batch: &Batch, pending: &mut Pending<'_>) -> Result<(), Rejection> {
+    /// A batch's structure and requests. `certified`: the batch comes with Q signed votes (a
+    /// decision, a BFT prepared proof), which vouch for its requests (module docs), so their
+    /// signatures are required but not checked.
+    fn check_batch(
+        &self,
+        batch: &Batch,
+        pending: &mut Pending<'_>,
+        certified: bool,
+    ) -> Result<(), Rejection> {
         if batch.requests.len() > self.limits.max_batch_requests {
             return Err(Rejection::Oversize("batch requests"));
         }
@@ -516,7 +649,12 @@ impl InboundVerifier {
                     "request appears twice in a batch".into(),
                 ));
             }
-            self.check_request(request, pending, false)?;
+            let at = if certified {
+                RequestAt::Certified
+            } else {
+                RequestAt::Relayed
+            };
+            self.check_request(request, pending, at)?;
         }
         Ok(())
     }
@@ -607,7 +745,8 @@ impl InboundVerifier {
                     "prepared proof from a future epoch".into(),
                 ));
             }
-            self.check_batch(&prepared.batch, pending)?;
+            // Certified by its Q WRITEs (checked below) in BFT; CFT checks no signature.
+            self.check_batch(&prepared.batch, pending, true)?;
             if let Some(needed) = self.quorums.writes_to_accept() {
                 let digest = prepared.batch.digest();
                 if prepared.writes.len() < needed || prepared.writes.len() > self.quorums.n() {
@@ -671,7 +810,7 @@ impl InboundVerifier {
         decision: &Decision,
         pending: &mut Pending<'_>,
     ) -> Result<(), Rejection> {
-        self.check_batch(&decision.batch, pending)?;
+        self.check_batch(&decision.batch, pending, true)?;
         let digest = decision.batch.digest();
         self.check_certificate(decision.cid, digest, &decision.certificate)?;
         for vote in &decision.certificate {

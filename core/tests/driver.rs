@@ -423,13 +423,15 @@ impl Verifier for PanicsOnVerify {
 }
 
 /// Fail-stop: a verify worker (an OS thread) that panics stops the whole replica, instead of
-/// leaving it running without that worker's peers; `closed` names the worker.
+/// leaving it running without that worker's peers; `closed` names the worker. A replica's
+/// signed vote makes the worker verify (a client's request on its own connection would not:
+/// it is authenticated by the channel, docs/design.md §5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_a_verify_worker_resolves_closed_to_the_error() {
-    // BFT: client requests are signed and verified (CFT does not check them).
+    use smr_core::codec;
+    use smr_core::message::{Cid, Message, Regency, Signed, Vote, VoteKind};
     let quorums = Quorums::new(Mode::Bft, 4, 1).unwrap();
     let keys: Vec<SimKey> = (0..4u8).map(|i| SimKey::from_seed([i; 32])).collect();
-    let client_key = SimKey::from_seed([100; 32]);
     let hub = Hub::default();
     let cfg = engine_config(quorums, &keys, 0, Limits::default());
     let handle = start_replica(
@@ -442,25 +444,18 @@ async fn a_panic_in_a_verify_worker_resolves_closed_to_the_error() {
         None,
     )
     .expect("replica starts");
-    let client = Client::start(
-        hub.endpoint(Peer::Client(client_key.public_key())),
-        ClientConfig {
-            quorums,
-            unordered_reads_enabled: false,
-            max_outstanding: 4,
-            max_op_bytes: Limits::default().max_op_bytes,
-            retry_timeout_ms: 1000,
-        },
-        Arc::new(client_key),
-    );
-    let invoke = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            client
-                .invoke(1i64.to_le_bytes().to_vec(), Duration::from_secs(5))
-                .await
-        })
+    let peer = hub.endpoint(Peer::Replica(1));
+    let vote = Vote {
+        kind: VoteKind::Write,
+        replica: 1,
+        cid: Cid::FIRST,
+        regency: Regency::ZERO,
+        digest: smr_crypto::digest(b"batch"),
     };
+    let signer: &dyn smr_crypto::Signer = &keys[1];
+    let frame = codec::encode(&Message::Write(Signed::new(vote, Some(signer))));
+    peer.send(Peer::Replica(0), frame)
+        .expect("replica 0 is on the hub");
     let outcome = tokio::time::timeout(Duration::from_secs(10), handle.closed())
         .await
         .expect("closed() resolves once the verify worker panicked");
@@ -471,8 +466,6 @@ async fn a_panic_in_a_verify_worker_resolves_closed_to_the_error() {
             message: "a broken invariant in a verify worker".to_string(),
         })
     );
-    client.shutdown();
-    let _ = invoke.await;
     handle.shutdown().await;
 }
 

@@ -364,6 +364,69 @@ async fn replica_replies_over_the_clients_most_recent_live_connection() {
     replica.shutdown().await;
 }
 
+/// Issue 15, sessions opened by an ordered request: a client announces its routing tag when it
+/// connects (for its open's reply) and its session once open, as a frame in the middle of a
+/// stream it already has. The last announcement holds: the session's replies then come over
+/// this connection, not the other process's that shares the key, and announcements are the
+/// transport's own (never received as frames). Before, only a stream's first frame could
+/// announce, once per connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_announced_mid_stream_takes_over_the_connections_routing() {
+    let client = key(59);
+    let (replica, endpoint) = single_replica(&[client.public_key()]).await;
+    let tag = smr_core::clients::SESSION_NUMBER_LIMIT | 5;
+    let other_tag = smr_core::clients::SESSION_NUMBER_LIMIT | 6;
+    let mut conns = Vec::new();
+    for (i, t) in [tag, other_tag].into_iter().enumerate() {
+        let (client_endpoint, conn) = raw_connect(&client, &endpoint).await.unwrap();
+        let mut stream = conn.open_uni().await.unwrap();
+        let mut bytes = crate::link::session_hello(t);
+        bytes.extend_from_slice(&frame(&[i as u8]));
+        stream.write_all(&bytes).await.unwrap();
+        assert_eq!(recv_within(&replica).await.frame, vec![i as u8]);
+        conns.push((client_endpoint, conn, stream));
+    }
+    // The replica writes a connection's replies on one stream: accepted once, kept open.
+    async fn accept(conn: &quinn::Connection) -> quinn::RecvStream {
+        tokio::time::timeout(WAIT, conn.accept_uni())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+    async fn read_reply(stream: &mut quinn::RecvStream) -> Vec<u8> {
+        let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
+        stream.read_exact(&mut prefix).await.unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
+        stream.read_exact(&mut body).await.unwrap();
+        body
+    }
+    // The open's reply, by tag, reaches the first connection.
+    replica
+        .send_to_session(client.public_key(), tag, vec![1, 1])
+        .unwrap();
+    let mut replies = accept(&conns[0].1).await;
+    assert_eq!(read_reply(&mut replies).await, vec![1, 1]);
+    // Session 3 is open: announced mid-stream, then a request.
+    let mut bytes = frame(&crate::link::session_announcement(3));
+    bytes.extend_from_slice(&frame(&[9]));
+    conns[0].2.write_all(&bytes).await.unwrap();
+    assert_eq!(recv_within(&replica).await.frame, vec![9]);
+    replica
+        .send_to_session(client.public_key(), 3, vec![3, 3])
+        .unwrap();
+    assert_eq!(read_reply(&mut replies).await, vec![3, 3]);
+    // The tag no longer routes anywhere; the other process's tag still does.
+    assert_eq!(
+        replica.send_to_session(client.public_key(), tag, vec![0]),
+        Err(SendError::UnknownPeer(Peer::Client(client.public_key())))
+    );
+    replica
+        .send_to_session(client.public_key(), other_tag, vec![6, 6])
+        .unwrap();
+    assert_eq!(read_reply(&mut accept(&conns[1].1).await).await, vec![6, 6]);
+    replica.shutdown().await;
+}
+
 /// Issue 15: replies went to the key's newest connection, so processes sharing a key took
 /// each other's replies (3 failed calls in 60). Each connection now announces its session as
 /// its stream's first frame, and a session's replies go to the connection that announced it:

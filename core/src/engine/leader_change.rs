@@ -51,7 +51,10 @@ impl Engine {
             return;
         }
         self.leader_change.stop_for.insert(self.me, target);
-        let pending = self.pool.oldest(self.cfg.limits.max_batch_requests);
+        // Only requests whose signature verifies go into a STOP (docs/design.md §5).
+        let mut pending = self.pool.oldest(self.cfg.limits.max_batch_requests);
+        self.authenticate_pending(&pending);
+        pending.retain(|r| self.pool.contains(&r.id()));
         let stop = Signed::new(
             Stop {
                 replica: self.me,
@@ -77,6 +80,7 @@ impl Engine {
         now_ms: u64,
         from: ReplicaId,
         stop: Signed<Stop>,
+        signatures_checked: bool,
     ) -> Result<(), Rejection> {
         let target = stop.body.regency;
         if target <= self.regency || stop.body.from_regency < self.regency {
@@ -97,7 +101,7 @@ impl Engine {
         *entry = (*entry).max(target);
         for request in stop.body.pending {
             // Stale or already pending requests are fine; a full pool just drops them.
-            let _ = self.handle_request(now_ms, request, false);
+            let _ = self.handle_request(now_ms, request, false, signatures_checked);
         }
         self.check_stops(now_ms);
         Ok(())

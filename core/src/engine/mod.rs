@@ -58,7 +58,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use smr_crypto::{Digest, Signer};
+use smr_crypto::{Digest, Signer, Verifier};
 use smr_modes::Quorums;
 
 use crate::checkpoint::Checkpoint;
@@ -182,6 +182,10 @@ pub struct EngineStats {
     /// Instances decided, by this replica's vote counting or from certified decisions of
     /// peers.
     pub decided_instances: u64,
+    /// Client signatures the engine verified before relaying requests that were
+    /// authenticated by their channel only (docs/design.md §5); the verify workers count
+    /// their own.
+    pub client_signatures_verified: u64,
     /// Requests handed to the service to execute (duplicates skipped are not counted).
     pub executed_requests: u64,
     /// Requests in a decided batch that were already executed, and so skipped.
@@ -271,6 +275,10 @@ pub struct Engine {
     me: ReplicaId,
     /// Signs votes, proposals and nothing else. `None` in CFT, where channels authenticate.
     signer: Option<Arc<dyn Signer>>,
+    /// Verifies the signatures of pending requests that were authenticated by their client's
+    /// channel only, before they are relayed (docs/design.md §5); see
+    /// [`Engine::set_request_verifier`].
+    request_verifier: Option<Arc<dyn Verifier>>,
     regency: Regency,
     /// Highest cid handed to the service.
     last_executed: Cid,
@@ -357,6 +365,7 @@ impl Engine {
             cfg,
             quorums,
             signer,
+            request_verifier: None,
             regency: Regency::ZERO,
             last_executed: Cid::ZERO,
             next_cid_to_propose: Cid::FIRST,
@@ -449,6 +458,16 @@ impl Engine {
         std::mem::take(&mut self.out)
     }
 
+    /// Gives the engine the signature scheme for client requests. A driver that authenticates
+    /// direct requests by their channel ([`crate::verify::RequestAuth::Channel`]) must set it:
+    /// the engine then verifies such a request's signature before it relays it in a PROPOSE,
+    /// a Forward or a STOP (docs/design.md §5). Verification is a pure function, so the engine
+    /// stays deterministic. Not needed when every request reaches the engine with its
+    /// signature checked ([`crate::verify::RequestAuth::Signature`]), nor in CFT.
+    pub fn set_request_verifier(&mut self, verifier: Arc<dyn Verifier>) {
+        self.request_verifier = Some(verifier);
+    }
+
     /// Arms the timers, counting from `now_ms`: the heartbeat, and the retransmit and request
     /// timers if anything is open or pending (a recovered replica's records, a rejoin). Call it
     /// once, after [`Engine::new`], or after performing the output of [`Engine::recover`] or
@@ -501,10 +520,14 @@ impl Engine {
     }
 
     fn dispatch(&mut self, now_ms: u64, verified: Verified) -> Result<(), Rejection> {
-        let Verified { from, message } = verified;
+        let Verified {
+            from,
+            message,
+            request_signatures_checked: checked,
+        } = verified;
         match (from, message) {
             (Peer::Client(_), Message::Request(request)) => {
-                self.handle_request(now_ms, request, true)
+                self.handle_request(now_ms, request, true, checked)
             }
             (Peer::Replica(j), Message::Forward(requests)) => {
                 if !self.is_leader() {
@@ -515,7 +538,7 @@ impl Engine {
                     // A forwarded request may be stale or already pending; neither is the
                     // forwarder's fault. One request the pool refuses does not stop the
                     // others, and never undoes what earlier ones started (a proposal).
-                    match self.handle_request(now_ms, request, false) {
+                    match self.handle_request(now_ms, request, false, checked) {
                         Ok(()) | Err(Rejection::StaleRequest) => {}
                         Err(e) => self.reject(e),
                     }
@@ -582,7 +605,7 @@ impl Engine {
                 }
                 Ok(())
             }
-            (Peer::Replica(j), Message::Stop(stop)) => self.handle_stop(now_ms, j, stop),
+            (Peer::Replica(j), Message::Stop(stop)) => self.handle_stop(now_ms, j, stop, checked),
             (Peer::Replica(j), Message::StopData(sd)) => self.handle_stopdata(now_ms, j, sd),
             (Peer::Replica(_), Message::Sync(sync)) => {
                 self.handle_sync(now_ms, sync);
@@ -670,6 +693,12 @@ impl Engine {
     /// checkpoint installed here), for diagnostics.
     pub fn pending_clients(&self) -> usize {
         self.clients.client_count()
+    }
+
+    /// The replicated client table (sessions, executed seqs, cached replies), for inspection:
+    /// tests and tools read a session's standing with [`ClientTable::status`].
+    pub fn client_table(&self) -> &ClientTable {
+        &self.clients
     }
 
     #[doc(hidden)]

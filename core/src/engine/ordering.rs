@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use smr_crypto::Digest;
+use smr_crypto::{Digest, SignedItem, VerifyError};
 
 use crate::clients::RequestStatus;
 use crate::message::{
@@ -23,6 +23,7 @@ impl Engine {
         now_ms: u64,
         request: Request,
         direct: bool,
+        signature_checked: bool,
     ) -> Result<(), Rejection> {
         let id = request.id();
         if request.body.kind == RequestKind::Unordered {
@@ -106,7 +107,7 @@ impl Engine {
             }
             RequestStatus::New => {}
         }
-        match self.pool.insert(request, now_ms) {
+        match self.pool.insert(request, now_ms, signature_checked) {
             Ok(Inserted::New) => {
                 if self.is_leader() {
                     self.try_propose(now_ms);
@@ -135,6 +136,80 @@ impl Engine {
             self.stats.cached_replies_withheld += 1;
         }
         paid
+    }
+
+    /// Verifies the signatures of those of `requests` (all pending) that were authenticated by
+    /// their client's channel only, in one batch; a request whose signature fails leaves the
+    /// pool and counts against its client ([`Rejection::BadClientSignature`]). Every request
+    /// this replica puts in a PROPOSE, Forward or STOP passes through here first, so a correct
+    /// replica never relays a bad signature, and a client cannot get a correct leader suspected
+    /// with requests it signed badly (docs/design.md §5). Verification is a pure function of
+    /// the request, so the engine stays deterministic.
+    ///
+    /// # Panics
+    /// If a request needs checking and no verifier was set ([`Engine::set_request_verifier`]):
+    /// only a driver that authenticates requests by channel produces such requests, and it
+    /// must set one.
+    pub(super) fn authenticate_pending(&mut self, requests: &[Request]) {
+        if !self.quorums.requires_signatures() {
+            return;
+        }
+        let unchecked: Vec<&Request> = requests
+            .iter()
+            .filter(|r| !self.pool.signature_checked(&r.id()))
+            .collect();
+        if unchecked.is_empty() {
+            return;
+        }
+        let verifier = self.request_verifier.clone().expect(
+            "a request authenticated by channel reached an engine without a request verifier",
+        );
+        let bytes: Vec<Vec<u8>> = unchecked
+            .iter()
+            .map(|r| Request::signing_bytes_of(&r.body))
+            .collect();
+        // The verifier refused unsigned requests; a missing one here is treated as bad.
+        let verdicts: Vec<Result<(), VerifyError>> = {
+            let signed: Vec<Option<SignedItem<'_>>> = unchecked
+                .iter()
+                .zip(&bytes)
+                .map(|(r, message)| {
+                    r.signature.as_ref().map(|signature| SignedItem {
+                        key: &r.body.client,
+                        message,
+                        signature,
+                    })
+                })
+                .collect();
+            let all: Option<Vec<SignedItem<'_>>> = signed.iter().copied().collect();
+            match all {
+                Some(items) if verifier.verify_batch(&items).is_ok() => {
+                    vec![Ok(()); items.len()]
+                }
+                _ => signed
+                    .iter()
+                    .map(|item| match item {
+                        Some(i) => verifier.verify(i.key, i.message, i.signature),
+                        None => Err(VerifyError::BadSignature),
+                    })
+                    .collect(),
+            }
+        };
+        self.stats.client_signatures_verified += unchecked.len() as u64;
+        let ids: Vec<RequestId> = unchecked.iter().map(|r| r.id()).collect();
+        for (id, verdict) in ids.into_iter().zip(verdicts) {
+            match verdict {
+                Ok(()) => self.pool.mark_signature_checked(&id),
+                Err(reason) => {
+                    self.pool.remove(&id);
+                    self.reject(Rejection::BadClientSignature {
+                        client: id.client,
+                        reason,
+                    });
+                }
+            }
+        }
+        self.arm_request_timer();
     }
 
     /// The reply of an executed request.
@@ -253,7 +328,7 @@ impl Engine {
                 continue;
             }
             let requests = if with_requests {
-                let requests = self.pool.cut_batch(
+                let mut requests = self.pool.cut_batch(
                     cid,
                     self.cfg.limits.max_batch_requests,
                     self.cfg.limits.max_batch_bytes,
@@ -262,6 +337,14 @@ impl Engine {
                     !requests.is_empty(),
                     "pool reported unproposed requests but cut none"
                 );
+                // A correct leader's PROPOSE carries only good signatures, so every correct
+                // follower can take it (docs/design.md §5). Badly signed requests leave the
+                // pool; if none is left, cut again (the pool is smaller, so this ends).
+                self.authenticate_pending(&requests);
+                requests.retain(|r| self.pool.contains(&r.id()));
+                if requests.is_empty() {
+                    continue;
+                }
                 requests
             } else {
                 Vec::new()

@@ -129,6 +129,12 @@ impl Engine {
             }
             new
         });
+        // A replica acts against the leader (forward, then STOP) only for requests whose
+        // signature verifies (docs/design.md §5): a client cannot get a correct leader
+        // suspected with requests it signed badly.
+        let requests: Vec<Request> = timed_out.iter().map(|(r, _)| r.clone()).collect();
+        self.authenticate_pending(&requests);
+        timed_out.retain(|(r, _)| self.pool.contains(&r.id()));
         let second_timeout = timed_out.iter().any(|(_, timeouts)| *timeouts >= 2);
         if !timed_out.is_empty() && !self.is_leader() {
             // First timeout: make sure the leader has the request.

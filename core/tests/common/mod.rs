@@ -14,8 +14,8 @@ use smr_core::message::{
     RequestBody, RequestKind, Signed, Stop, StopData, Sync as SyncMsg, Vote, VoteKind,
 };
 use smr_core::{
-    ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Peer, Rejection, Timeouts,
-    ValidEngineConfig,
+    ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Peer, Rejection, RequestAuth,
+    Timeouts, ValidEngineConfig, VerifiedRequests,
 };
 use smr_crypto::sim::{SimKey, SimVerifier};
 use smr_crypto::{Digest, Signer};
@@ -90,6 +90,42 @@ impl Cluster {
 
     pub fn engine(&self, me: u32) -> Engine {
         Engine::new(self.cfg(me), self.engine_signer(me))
+    }
+
+    /// Replica `me`'s engine as the driver builds it: it takes direct requests authenticated
+    /// by their channel ([`Cluster::deliver_by_channel`]) and verifies their signatures where
+    /// it relays them (docs/design.md §5).
+    pub fn channel_engine(&self, me: u32) -> Engine {
+        let mut engine = self.engine(me);
+        engine.set_request_verifier(self.verifier.signatures.clone());
+        engine
+    }
+
+    /// The fixture client's request `seq` with a signature that does not verify (the
+    /// signature of another request of the client), as a Byzantine client may send.
+    pub fn badly_signed_request(&self, seq: u64) -> Request {
+        let mut request = self.request(seq);
+        request.signature = self.request(seq + 1_000).signature;
+        request
+    }
+
+    /// Verifies `message` as the driver does (direct requests authenticated by their
+    /// channel, `cache` shared by the replica's verify workers), then hands it to `engine`.
+    pub fn deliver_by_channel(
+        &self,
+        engine: &mut Engine,
+        now_ms: u64,
+        from: Peer,
+        message: Message,
+        cache: &VerifiedRequests,
+    ) -> Output {
+        let verified = self
+            .verifier
+            .verify_run(vec![(from, message)], Some(cache), RequestAuth::Channel)
+            .pop()
+            .expect("one verdict")
+            .expect("the verifier passes it");
+        engine.on_message(now_ms, verified)
     }
 
     pub fn signing(&self) -> bool {

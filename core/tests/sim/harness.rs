@@ -25,8 +25,8 @@ use smr_core::message::{
 };
 use smr_core::runner::{self, Host};
 use smr_core::{
-    ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Peer, Service, Timeouts,
-    ValidEngineConfig,
+    ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Peer, RequestAuth, Service,
+    Timeouts, ValidEngineConfig, VerifiedRequests,
 };
 use smr_crypto::sim::{SimKey, SimVerifier};
 use smr_crypto::{Digest, Ed25519Verifier, IdentityKey, PublicKey, Signature, Signer, Verifier};
@@ -205,7 +205,44 @@ pub struct SimOptions {
     pub max_instances_ahead: Option<u64>,
     /// Also crash replica `.0` for good at `.1` ms.
     pub crash_for_good: Option<(usize, u64)>,
+    /// Replace the scripted Byzantine client by one that splits its signatures (issue 13).
+    pub split_client: Option<SplitSignatures>,
     pub max_time_ms: u64,
+}
+
+/// A Byzantine client that sends each of its requests to every replica at once, with a good
+/// signature to some and a bad one (the same body) to the others (docs/design.md §5). The
+/// leader is that of regency 0, replica 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplitSignatures {
+    /// A good copy to the leader only, bad copies to every follower.
+    GoodToLeaderOnly,
+    /// A bad copy to the leader only, good copies to every follower.
+    BadToLeaderOnly,
+    /// Bad copies to the leader and to follower 1, good copies to the others.
+    BadToLeaderAndOneFollower,
+    /// Bad copies to every replica.
+    BadEverywhere,
+}
+
+impl SplitSignatures {
+    /// Whether replica `r` gets a good copy.
+    pub fn good_at(self, r: u32) -> bool {
+        match self {
+            SplitSignatures::GoodToLeaderOnly => r == 0,
+            SplitSignatures::BadToLeaderOnly => r != 0,
+            SplitSignatures::BadToLeaderAndOneFollower => r > 1,
+            SplitSignatures::BadEverywhere => false,
+        }
+    }
+}
+
+/// A split client's request (see [`SplitSignatures`]).
+struct SplitRequest {
+    sent_ms: u64,
+    /// Whether some replica got a good copy: then it must execute.
+    good_somewhere: bool,
+    executed_ms: Option<u64>,
 }
 
 impl SimOptions {
@@ -239,6 +276,7 @@ impl SimOptions {
             slow_service_ms: None,
             max_instances_ahead: None,
             crash_for_good: None,
+            split_client: None,
             max_time_ms: 120_000,
         }
     }
@@ -320,6 +358,8 @@ struct ReplicaNode {
     max_log_len: usize,
     /// Restarts so far: a slow service's answer goes to the incarnation that asked.
     incarnation: u64,
+    /// Its verify workers' cache of authenticated requests (emptied by a restart).
+    verified_requests: VerifiedRequests,
 }
 
 struct ClientNode {
@@ -361,6 +401,8 @@ pub struct SimReport {
     /// The longest a correct client's request took, counted from its submission or from the
     /// end of the last fault (GST), whichever is later.
     pub max_elapsed_after_gst_ms: u64,
+    /// The splitting client's requests ([`SimOptions::split_client`]): sent, and executed.
+    pub split_requests: (usize, usize),
 }
 
 pub struct Sim {
@@ -376,7 +418,14 @@ pub struct Sim {
     clients: Vec<ClientNode>,
     client_index: BTreeMap<PublicKey, usize>,
     byzantine: Option<(Arc<dyn Signer>, u64)>,
-    /// (client, seq) -> op for every request a client really signed.
+    /// The splitting Byzantine client ([`SimOptions::split_client`]) and its next seq.
+    split: Option<(Arc<dyn Signer>, u64)>,
+    /// Its requests so far.
+    split_requests: BTreeMap<RequestId, SplitRequest>,
+    /// When the splitting client last sent its open request, while its session is not open.
+    split_open_sent_ms: Option<u64>,
+    /// (client, seq) -> op for every request a client really sent: signed, or on its own
+    /// connection (docs/design.md §5).
     legitimately_signed: BTreeMap<RequestId, BTreeSet<Vec<u8>>>,
     /// (replica, from, until): windows in which one replica is cut off from everyone.
     isolated: Vec<(u32, u64, u64)>,
@@ -427,8 +476,8 @@ const CLIENT_RETRY_MS: u64 = 500;
 /// request timeout, R the largest retransmit interval, R₀ the first, H the heartbeat and C the
 /// client's retry timeout:
 ///
-/// 1. `C + Δ`: the client's next retry reaches every correct replica (its first send, to the
-///    leader alone, may have been lost before GST, or the leader may be Byzantine).
+/// 1. `C + Δ`: the client's next retry reaches every correct replica (its first send may have
+///    been lost before GST, or gone to a crashed CFT leader alone).
 /// 2. `3T`: a correct replica forwards the request to the leader at its first request timeout
 ///    and broadcasts STOP at the second, one more T if it had just caught up (it then blames
 ///    its own lag for a while).
@@ -586,8 +635,13 @@ impl Sim {
             replicas: Vec::new(),
             clients: Vec::new(),
             client_index: BTreeMap::new(),
-            byzantine: (opts.byzantine_client && !opts.hunting_client)
-                .then(|| (byzantine_key.clone(), 1)),
+            byzantine: (opts.byzantine_client
+                && !opts.hunting_client
+                && opts.split_client.is_none())
+            .then(|| (byzantine_key.clone(), 1)),
+            split: opts.split_client.map(|_| (byzantine_key.clone(), 1)),
+            split_requests: BTreeMap::new(),
+            split_open_sent_ms: None,
             legitimately_signed: BTreeMap::new(),
             isolated: Vec::new(),
             decided: BTreeMap::new(),
@@ -642,7 +696,7 @@ impl Sim {
             sim.engine_configs.push(cfg.clone());
             sim.replicas.push(ReplicaNode {
                 id,
-                engine: Engine::new(cfg, key.clone()),
+                engine: channel_engine(Engine::new(cfg, key.clone()), &sim.verifier),
                 signer: key,
                 service: ChainService::default(),
                 timer_at_ms: None,
@@ -655,6 +709,7 @@ impl Sim {
                 executed_count: 0,
                 max_log_len: 0,
                 incarnation: 0,
+                verified_requests: VerifiedRequests::new(4096),
             });
         }
         for (i, key) in client_keys.iter().enumerate() {
@@ -883,6 +938,7 @@ impl Sim {
             self.client_fill(c)?;
         }
         if self.byzantine.is_some()
+            || self.split.is_some()
             || self.hunter.is_some()
             || self.hunter_client.is_some()
             || self.opts.fault == Fault::StopSpammer
@@ -990,7 +1046,8 @@ impl Sim {
             Engine::recover(cfg, key, records)?
         };
         let node = &mut self.replicas[slot];
-        node.engine = engine;
+        node.engine = channel_engine(engine, &self.verifier);
+        node.verified_requests = VerifiedRequests::new(4096);
         node.incarnation += 1;
         node.service = ChainService::default();
         node.timer_at_ms = None;
@@ -1009,9 +1066,27 @@ impl Sim {
     }
 
     fn all_done(&self) -> bool {
+        let bft = self.opts.mode == Mode::Bft;
         self.clients
             .iter()
             .all(|c| c.remaining == 0 && c.engine.outstanding() == 0)
+            && self
+                .split_requests
+                .values()
+                .all(|r| r.executed_ms.is_some() || (bft && !r.good_somewhere))
+            && self.split_client_done()
+    }
+
+    /// The splitting client sends until the scripted Byzantine steps end
+    /// (`heal_at_ms + 4000`); a run with it goes on two request timeouts and a few delays
+    /// longer, so that every follower's timers (forward, then STOP) ran for its last request.
+    fn split_client_done(&self) -> bool {
+        self.opts.split_client.is_none()
+            || self.now_ms
+                >= self.opts.heal_at_ms
+                    + 4000
+                    + 2 * timeouts().request_timeout_ms
+                    + 20 * self.opts.max_delay_ms
     }
 
     /// The replicas the convergence and liveness checks judge: correct and not crashed.
@@ -1092,7 +1167,19 @@ impl Sim {
                         }
                     );
                 }
-                let verified = match self.verifier.verify_inbound(from, message) {
+                // As the driver does: a request on its client's own connection is authenticated
+                // by the channel, and remembered with the replica's other authenticated
+                // requests (docs/design.md §5).
+                let verdict = self
+                    .verifier
+                    .verify_run(
+                        vec![(from, message)],
+                        Some(&self.replicas[slot].verified_requests),
+                        RequestAuth::Channel,
+                    )
+                    .pop()
+                    .expect("one verdict per message");
+                let verified = match verdict {
                     Ok(v) => v,
                     Err(rejection) => {
                         self.check_correct_sender_not_blamed(slot, from, &rejection)?;
@@ -1603,6 +1690,171 @@ impl Sim {
         if self.byzantine.is_some() {
             self.byzantine_client_step();
         }
+        if self.split.is_some() {
+            self.split_client_step();
+        }
+    }
+
+    /// The splitting Byzantine client ([`SplitSignatures`]): a new request to every replica,
+    /// a good copy to some and a bad one to the others, at most two of its requests
+    /// unexecuted at a time.
+    fn split_client_step(&mut self) {
+        let (Some((key, seq)), Some(split)) = (self.split.clone(), self.opts.split_client) else {
+            return;
+        };
+        let unexecuted = self
+            .split_requests
+            .values()
+            .filter(|r| r.good_somewhere && r.executed_ms.is_none())
+            .count();
+        if unexecuted >= 2 {
+            return;
+        }
+        let me = key.public_key();
+        let signing = self.opts.mode == Mode::Bft;
+        // Its session first: a good open to every replica (again every retry timeout until
+        // it executes); the session number is read from a correct replica's table.
+        let open = Request::new(
+            RequestBody {
+                client: me,
+                session: smr_core::message::OPEN_SESSION,
+                seq: smr_core::clients::SESSION_NUMBER_LIMIT,
+                kind: RequestKind::Ordered,
+                op: Vec::new(),
+            },
+            signing.then_some(key.as_ref()),
+        );
+        let session =
+            self.live_correct()
+                .find_map(|r| match r.engine.client_table().status(&open.id()) {
+                    smr_core::clients::RequestStatus::Opened(session) => Some(session),
+                    _ => None,
+                });
+        let Some(session) = session else {
+            if self
+                .split_open_sent_ms
+                .is_none_or(|t| self.now_ms >= t + 500)
+            {
+                self.split_open_sent_ms = Some(self.now_ms);
+                let frame = codec::encode(&Message::Request(open));
+                for slot in 0..self.replicas.len() {
+                    let delay = self
+                        .rng
+                        .range(self.opts.min_delay_ms, self.opts.max_delay_ms);
+                    self.schedule(
+                        self.now_ms + delay,
+                        Event::Deliver {
+                            to: Node::Replica(slot),
+                            from: Peer::Client(me),
+                            frame: frame.clone(),
+                        },
+                    );
+                }
+            }
+            return;
+        };
+        let body = RequestBody {
+            client: me,
+            session,
+            seq,
+            kind: RequestKind::Ordered,
+            op: format!("split-op{seq}").into_bytes(),
+        };
+        let good = Request::new(body, signing.then_some(key.as_ref()));
+        let mut bad = good.clone();
+        if signing {
+            // Its own signature of another request: well-formed, and wrong for this one.
+            let mut other = good.body.clone();
+            other.op = b"another op".to_vec();
+            bad.signature = Request::new(other, Some(key.as_ref())).signature;
+        }
+        // The client sent it (on its own connection), whatever signatures it put on it.
+        self.legitimately_signed
+            .entry(good.id())
+            .or_default()
+            .insert(good.body.op.clone());
+        let good_somewhere = (0..self.opts.n as u32).any(|r| split.good_at(r));
+        self.split_requests.insert(
+            good.id(),
+            SplitRequest {
+                sent_ms: self.now_ms,
+                good_somewhere,
+                executed_ms: None,
+            },
+        );
+        for slot in 0..self.replicas.len() {
+            let copy = if split.good_at(self.replicas[slot].id) {
+                &good
+            } else {
+                &bad
+            };
+            let frame = codec::encode(&Message::Request(copy.clone()));
+            let delay = self
+                .rng
+                .range(self.opts.min_delay_ms, self.opts.max_delay_ms);
+            self.schedule(
+                self.now_ms + delay,
+                Event::Deliver {
+                    to: Node::Replica(slot),
+                    from: Peer::Client(me),
+                    frame,
+                },
+            );
+        }
+        self.split = Some((key, seq + 1));
+    }
+
+    /// How long a split client's request with a good copy somewhere may take to execute: a
+    /// follower's request timeout (it forwards its verified copy to a leader that dropped a
+    /// bad one) and a few message delays; a STOP would take a second timeout.
+    fn split_bound_ms(&self) -> u64 {
+        timeouts().request_timeout_ms + 20 * self.opts.max_delay_ms
+    }
+
+    /// The split client's checks (docs/design.md §5): its requests with a good copy somewhere
+    /// execute within [`Sim::split_bound_ms`] (BFT; in CFT, where nothing checks a
+    /// signature, every request does), a request with no good copy never executes (BFT: a
+    /// correct leader never proposes it), and the correct leader is never replaced.
+    fn check_split_client(&self) -> Result<(), String> {
+        let Some(split) = self.opts.split_client else {
+            return Ok(());
+        };
+        let bft = self.opts.mode == Mode::Bft;
+        for (id, r) in &self.split_requests {
+            let must_execute = r.good_somewhere || !bft;
+            match r.executed_ms {
+                Some(_) if !must_execute => {
+                    return Err(format!(
+                        "{split:?}: {id:?}, badly signed at every replica, executed: a correct leader proposed a bad signature"
+                    ))
+                }
+                Some(t) if t > r.sent_ms + self.split_bound_ms() => {
+                    return Err(format!(
+                        "{split:?}: {id:?} sent at {} ms executed at {t} ms, beyond the bound of {} ms",
+                        r.sent_ms,
+                        self.split_bound_ms()
+                    ))
+                }
+                None if must_execute && self.now_ms > r.sent_ms + self.split_bound_ms() => {
+                    return Err(format!(
+                        "{split:?}: {id:?} sent at {} ms not executed by {} ms",
+                        r.sent_ms, self.now_ms
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if let Some(r) = self
+            .live_correct()
+            .find(|r| r.engine.regency() != Regency::ZERO)
+        {
+            return Err(format!(
+                "{split:?}: the correct leader was replaced: replica {} is in regency {}",
+                r.id,
+                r.engine.regency()
+            ));
+        }
+        Ok(())
     }
 
     /// A scripted Byzantine client: forged signatures, impersonation, replayed seqs with new
@@ -1658,7 +1910,10 @@ impl Sim {
                 if signing {
                     r.signature = Some(Signature([7; 64]));
                 }
-                (r, false)
+                // In BFT it is the client's own request on its own connection: sent by it,
+                // so allowed to execute should a Byzantine leader propose it to followers
+                // holding this copy (docs/design.md §5); a correct leader drops it.
+                (r, signing)
             }
             3 => {
                 let body = RequestBody {
@@ -1772,6 +2027,14 @@ impl Sim {
         for c in 0..self.clients.len() {
             self.check_liveness_bound(c)?;
         }
+        self.check_split_client()?;
+        self.report.split_requests = (
+            self.split_requests.len(),
+            self.split_requests
+                .values()
+                .filter(|r| r.executed_ms.is_some())
+                .count(),
+        );
         // Liveness after heal: every honest request completed.
         if !self.all_done() {
             let missing: Vec<String> = self
@@ -1885,6 +2148,13 @@ impl Sim {
         self.report.regencies = self.live_correct().map(|r| r.engine.regency()).collect();
         Ok(())
     }
+}
+
+/// `engine` as the driver sets it up: direct requests reach it authenticated by their channel,
+/// and it verifies their signatures where it relays them (docs/design.md §5).
+fn channel_engine(mut engine: Engine, verifier: &InboundVerifier) -> Engine {
+    engine.set_request_verifier(verifier.signatures.clone());
+    engine
 }
 
 /// Runs one seed and turns a panic inside the engine into a failure naming the seed.
@@ -2084,6 +2354,11 @@ impl Host for SimHost<'_> {
                 let mut results = Vec::with_capacity(items.len());
                 let mut ids = Vec::with_capacity(items.len());
                 for item in items {
+                    if correct {
+                        if let Some(r) = self.sim.split_requests.get_mut(&item.id) {
+                            r.executed_ms.get_or_insert(self.sim.now_ms);
+                        }
+                    }
                     let signed = self.sim.legitimately_signed.get(&item.id);
                     if !signed.is_some_and(|ops| ops.contains(&item.op)) {
                         self.fail(format!("validity violated: replica {r} executed an op its client never signed: {:?}", item.id));

@@ -10,7 +10,7 @@ mod harness;
 use std::collections::BTreeMap;
 
 use adversary::ALL_KINDS;
-use harness::{run_seed, Fault, Rng, SimOptions};
+use harness::{run_seed, Fault, Rng, SimOptions, SplitSignatures};
 use smr_core::message::Regency;
 use smr_modes::Mode;
 
@@ -300,6 +300,49 @@ fn bft_stops_from_one_byzantine_follower_never_change_the_leader() {
                 "fewer than f+1 STOPs changed the regency: {:?}",
                 r.regencies
             );
+        },
+    );
+}
+
+/// A run whose only fault is a Byzantine client splitting its signatures (docs/design.md §5),
+/// the pattern chosen by the seed; no network faults, so that any leader change would be the
+/// client's doing. The harness checks (`check_split_client`): its requests with a good copy
+/// somewhere execute within a request timeout and a few delays, one with none never executes
+/// (BFT), no correct replica's regency moves, and, as in every run, no correct replica refuses
+/// a correct one's message, correct replicas agree, and correct clients' requests complete.
+fn split_client(mode: Mode, n: usize, f: usize, seed: u64) -> SimOptions {
+    const SPLITS: [SplitSignatures; 4] = [
+        SplitSignatures::GoodToLeaderOnly,
+        SplitSignatures::BadToLeaderOnly,
+        SplitSignatures::BadToLeaderAndOneFollower,
+        SplitSignatures::BadEverywhere,
+    ];
+    let mut opts = SimOptions::with_fault(mode, n, f, seed, Fault::None);
+    opts.split_client = Some(SPLITS[(seed % 4) as usize]);
+    opts.drop_prob = 0.0;
+    opts.dup_prob = 0.0;
+    opts.partition = false;
+    opts
+}
+
+#[test]
+fn bft_client_splitting_good_and_bad_signatures_neither_splits_replicas_nor_replaces_the_leader() {
+    sweep_reports(
+        "bft_client_splitting_good_and_bad_signatures_neither_splits_replicas_nor_replaces_the_leader",
+        |seed| split_client(Mode::Bft, 4, 1, seed),
+        |r| {
+            assert!(r.split_requests.0 >= 10, "the client split {:?}", r.split_requests);
+        },
+    );
+}
+
+#[test]
+fn cft_client_splitting_good_and_bad_signatures_neither_splits_replicas_nor_replaces_the_leader() {
+    sweep_reports(
+        "cft_client_splitting_good_and_bad_signatures_neither_splits_replicas_nor_replaces_the_leader",
+        |seed| split_client(Mode::Cft, 3, 1, seed),
+        |r| {
+            assert!(r.split_requests.0 >= 10, "the client split {:?}", r.split_requests);
         },
     );
 }
