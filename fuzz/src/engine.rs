@@ -376,10 +376,27 @@ impl Sim {
 
     /// The client sends a new ordered request to every replica.
     pub fn submit(&mut self, op: Vec<u8>) {
+        let client = Peer::Client(self.client.public_key());
+        if self.next_seq == 1 {
+            // The client's session first (docs/design.md §3.7, "Sessions"): ordered before
+            // its requests, it opens session 1, the table's first number.
+            let open = Request::new(
+                RequestBody {
+                    client: self.client.public_key(),
+                    session: smr_core::message::OPEN_SESSION,
+                    seq: smr_core::clients::SESSION_NUMBER_LIMIT,
+                    kind: RequestKind::Ordered,
+                    op: Vec::new(),
+                },
+                self.signing().then_some(&self.client as &dyn Signer),
+            );
+            for to in 0..self.n() as ReplicaId {
+                self.deliver(client, to, Message::Request(open.clone()));
+            }
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         let request = self.request(seq, op, RequestKind::Ordered);
-        let client = Peer::Client(self.client.public_key());
         for to in 0..self.n() as ReplicaId {
             self.deliver(client, to, Message::Request(request.clone()));
         }

@@ -152,10 +152,15 @@ pub fn client_tables() -> Vec<Vec<u8>> {
         let mut table = ClientTable::new(window);
         out.push(codec::encode(&table));
         for client in 0..3u8 {
+            // Each client opens a session (one stays empty), then executes in it.
+            let key = PublicKey([client; 32]);
+            let tag = smr_core::clients::SESSION_NUMBER_LIMIT | u64::from(client);
+            let session = table.open_session(key, tag, Cid(1)).expect("room");
+            table.open_session(key, tag + 8, Cid(1)).expect("room");
             for seq in 1..=6u64 {
                 let id = RequestId {
-                    client: PublicKey([client; 32]),
-                    session: 1,
+                    client: key,
+                    session,
                     seq,
                 };
                 table.mark_executing(&id, Cid(seq));
