@@ -87,6 +87,16 @@ pub fn messages(per_kind: usize) -> Vec<Vec<u8>> {
         regency: Regency(0),
         result: b"ok".to_vec(),
     }));
+    // The answer to an open request (session number 1), routed by the client's tag.
+    messages.push(Message::Reply(smr_core::message::Reply {
+        replica: 0,
+        client,
+        session: smr_core::message::OPEN_SESSION,
+        status: smr_core::message::ReplyStatus::Executed,
+        seq: smr_core::clients::SESSION_NUMBER_LIMIT | 1,
+        regency: Regency(0),
+        result: 1u64.to_le_bytes().to_vec(),
+    }));
     let mut per = std::collections::BTreeMap::<&str, usize>::new();
     messages
         .into_iter()

@@ -72,8 +72,11 @@ fn client_frames() {
                     retry_timeout_ms: 1000,
                 },
                 std::sync::Arc::new(key.clone()),
-                1,
+                smr_core::clients::SESSION_NUMBER_LIMIT | 1,
             );
+            // Its open is outstanding (a reply may open the session, or refuse it); reads go
+            // out in the routing tag meanwhile.
+            let _ = client.open(0);
             for kind in seeds::request_kinds() {
                 let _ = client.submit(0, kind, b"op".to_vec());
             }
