@@ -457,6 +457,13 @@ impl ClientEngine {
             // samples no retransmitted segment).
             self.note_leader_latency(now_ms.saturating_sub(done.submitted_ms) as f64);
         }
+        if status == ReplyStatus::SessionExpired && Some(done.request.body.session) == self.session
+        {
+            // A reply quorum says the session was evicted: the next ordered request opens a
+            // new one ([`ClientEngine::open`]); seqs go on from here, which is fine in a new
+            // session.
+            self.session = None;
+        }
         Some(Completed {
             seq: reply.seq,
             status,
@@ -780,6 +787,40 @@ mod tests {
                 result: b"r".to_vec(),
             })
         );
+    }
+
+    /// A session the replicas evicted is told so at the reply quorum, and the client opens a
+    /// new one for its next ordered request instead of failing every call from then on.
+    #[test]
+    fn an_expired_session_is_replaced_by_a_new_one() {
+        let mut c = client(false);
+        let (seq, _) = c.submit(0, RequestKind::Ordered, b"op".to_vec()).unwrap();
+        for replica in 0..2 {
+            c.on_reply(
+                0,
+                replica,
+                refusal(&c, replica, seq, ReplyStatus::SessionExpired),
+            );
+        }
+        assert_eq!(c.session(), None);
+        assert_eq!(
+            c.submit(0, RequestKind::Ordered, b"op".to_vec()),
+            Err(ClientError::SessionNotOpen)
+        );
+        assert_eq!(c.open(0).len(), 1);
+        for replica in 0..2 {
+            c.on_reply(
+                0,
+                replica,
+                open_reply(&c, replica, ReplyStatus::Executed, 7),
+            );
+        }
+        assert_eq!(c.session(), Some(7));
+        let (seq, actions) = c.submit(0, RequestKind::Ordered, b"op".to_vec()).unwrap();
+        let [ClientAction::Broadcast(Message::Request(sent))] = &actions[..] else {
+            panic!("expected one request, got {actions:?}");
+        };
+        assert_eq!((sent.body.session, sent.body.seq), (7, seq));
     }
 
     /// Issue 15: an unordered read needs no session, so a fresh process's `--unordered` read

@@ -1363,7 +1363,8 @@ pub enum InvokeError {
     /// A reply quorum of replicas refused the request (docs/design.md §3.7, "What a client
     /// sees"): [`ReplyStatus::Stale`] (it executed before and its reply is gone; it will never
     /// execute again), [`ReplyStatus::SessionExpired`] (the session's record was evicted: not
-    /// executed now, whether it executed before is unknown; connect a new client) or
+    /// executed now, whether it executed before is unknown; the next invocation opens a new
+    /// session) or
     /// [`ReplyStatus::TableFull`] (not executed; try again later).
     #[error("{}", refusal_text(*.0))]
     Refused(ReplyStatus),
@@ -1378,7 +1379,7 @@ fn refusal_text(status: ReplyStatus) -> &'static str {
     match status {
         ReplyStatus::Executed => "the request executed",
         ReplyStatus::Stale => "the replicas refused the request as stale: it executed before and its reply is no longer kept; it will not execute again",
-        ReplyStatus::SessionExpired => "the replicas evicted this client session (newer sessions of its key, or a full client table, took its place; docs/design.md §3.7): the request was not executed now, and whether it executed before is unknown; connect a new client",
+        ReplyStatus::SessionExpired => "the replicas evicted this client session (newer sessions of its key, or a full client table, took its place; docs/design.md §3.7): the request was not executed now, and whether it executed before is unknown; the client's next invocation opens a new session",
         ReplyStatus::TableFull => "the replicas' client table is full of active sessions: the request was not executed; try again later",
     }
 }
@@ -1755,6 +1756,13 @@ impl<N: Network> ClientShared<N> {
         for action in actions {
             match action {
                 ClientAction::Broadcast(message) => {
+                    if let Message::Request(open) = &message {
+                        if open.body.session == crate::message::OPEN_SESSION {
+                            // The open's reply is routed by the tag: announce it first (again,
+                            // after an expired session announced its number).
+                            self.network.announce_session(open.body.seq);
+                        }
+                    }
                     let frame = codec::encode(&message);
                     for r in 0..self.replicas as ReplicaId {
                         self.send_to(r, frame.clone());
