@@ -115,8 +115,15 @@ pub struct InboundVerifier {
 enum RequestAt {
     /// On its client's own connection.
     Direct,
-    /// Inside a replica's PROPOSE, Forward or STOP.
+    /// Inside a replica's PROPOSE.
     Relayed,
+    /// Inside a replica's Forward or STOP: a copy this replica authenticated only by its
+    /// client's channel is not enough; the signature is checked here, and a bad one is the
+    /// relaying replica's (a correct replica verifies before it forwards or STOPs). Otherwise a
+    /// Byzantine replica could make the leader's engine re-verify, again and again, a bad
+    /// signature its client once sent directly, and the blame would fall on the client
+    /// (review of issue 13, finding 2).
+    Forwarded,
     /// Inside a batch with Q signed votes: a decision or a BFT prepared proof.
     Certified,
 }
@@ -127,18 +134,29 @@ type RequestKey = [u8; 32];
 /// A blake3 hash of an unambiguous encoding of the body (every field fixed-size but the op,
 /// which is length-prefixed) and the signature. The signed bytes are a function of the body, so
 /// equal keys mean the same (key, message, signature) triple. Computed without serializing the
-/// body, so a cache hit costs one pass of blake3 over the op.
+/// body, so a cache hit costs one pass of blake3 over the op. Every field of the body is
+/// hashed, the destructuring makes a new field a compile error here: the session was left out
+/// once, and a Byzantine leader could relabel a client's signed request into another session
+/// of its key and have followers take it for the copy they had verified (review of issue 13).
 fn request_key(body: &RequestBody, signature: &Signature) -> RequestKey {
+    let RequestBody {
+        client,
+        session,
+        seq,
+        kind,
+        op,
+    } = body;
     let mut hasher = blake3::Hasher::new();
-    hasher.update(b"smr/verified-request/v1");
-    hasher.update(body.client.as_bytes());
-    hasher.update(&body.seq.to_le_bytes());
-    hasher.update(&[match body.kind {
+    hasher.update(b"smr/verified-request/v2");
+    hasher.update(client.as_bytes());
+    hasher.update(&session.to_le_bytes());
+    hasher.update(&seq.to_le_bytes());
+    hasher.update(&[match kind {
         RequestKind::Ordered => 0,
         RequestKind::Unordered => 1,
     }]);
-    hasher.update(&(body.op.len() as u64).to_le_bytes());
-    hasher.update(&body.op);
+    hasher.update(&(op.len() as u64).to_le_bytes());
+    hasher.update(op);
     hasher.update(signature.as_bytes());
     *hasher.finalize().as_bytes()
 }
@@ -456,7 +474,7 @@ impl InboundVerifier {
                             return Err(Rejection::Oversize("forwarded requests"));
                         }
                         for r in requests {
-                            self.check_request(r, pending, RequestAt::Relayed)?;
+                            self.check_request(r, pending, RequestAt::Forwarded)?;
                         }
                     }
                     Message::DecisionQuery { .. }
@@ -506,7 +524,7 @@ impl InboundVerifier {
                             return Err(Rejection::Oversize("stop pending requests"));
                         }
                         for r in &stop.body.pending {
-                            self.check_request(r, pending, RequestAt::Relayed)?;
+                            self.check_request(r, pending, RequestAt::Forwarded)?;
                         }
                     }
                     Message::StopData(sd) => {
@@ -580,11 +598,14 @@ impl InboundVerifier {
                 Some(cache) => {
                     let key = request_key(&request.body, &signature);
                     match cache.lookup(&key) {
-                        Some(signature_verified) => {
-                            pending.channel_only |= !signature_verified;
+                        Some(true) => return Ok(()),
+                        Some(false) if at == RequestAt::Relayed => {
+                            pending.channel_only = true;
                             return Ok(());
                         }
-                        None => Some(key),
+                        // Unknown, or known by its channel only and relayed in a Forward or
+                        // STOP: checked here.
+                        _ => Some(key),
                     }
                 }
                 None => None,
@@ -829,5 +850,53 @@ impl InboundVerifier {
         self.signatures
             .verify_batch(&items)
             .map_err(|BatchVerifyError { index, reason }| Rejection::BadSignature { index, reason })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smr_crypto::PublicKey;
+
+    /// Every field of a request's body, and its signature, changes its cache key (the session
+    /// once did not: review of issue 13, finding 1).
+    #[test]
+    fn every_field_of_a_request_changes_its_cache_key() {
+        let body = RequestBody {
+            client: PublicKey([1; 32]),
+            session: 2,
+            seq: 3,
+            kind: RequestKind::Ordered,
+            op: b"op".to_vec(),
+        };
+        let signature = Signature([9; 64]);
+        let key = request_key(&body, &signature);
+        let variants = [
+            RequestBody {
+                client: PublicKey([4; 32]),
+                ..body.clone()
+            },
+            RequestBody {
+                session: 5,
+                ..body.clone()
+            },
+            RequestBody {
+                seq: 6,
+                ..body.clone()
+            },
+            RequestBody {
+                kind: RequestKind::Unordered,
+                ..body.clone()
+            },
+            RequestBody {
+                op: b"oq".to_vec(),
+                ..body.clone()
+            },
+        ];
+        for variant in &variants {
+            assert_ne!(request_key(variant, &signature), key, "{variant:?}");
+        }
+        assert_ne!(request_key(&body, &Signature([8; 64])), key);
+        assert_eq!(request_key(&body.clone(), &signature), key);
     }
 }
