@@ -5,7 +5,7 @@ use std::collections::hash_map::{Entry, OccupiedEntry};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -1770,6 +1770,9 @@ pub(crate) async fn read_connection(
             .frame_limit(peer)
             .saturating_add(2 * READ_CHUNK_BYTES),
     ));
+    // Set by the first of the connection's streams that closes it over its buffer bound, so
+    // that the closure is counted once however many streams hit the bound at once.
+    let closed_over_buffer = Arc::new(AtomicBool::new(false));
     loop {
         let stream = tokio::select! {
             biased;
@@ -1784,6 +1787,7 @@ pub(crate) async fn read_connection(
                 peer,
                 client.clone(),
                 buffered.clone(),
+                closed_over_buffer.clone(),
             )),
             // The connection ended; whoever writes on it counts that.
             Err(_) => return,
@@ -1820,6 +1824,7 @@ async fn read_stream(
     peer: Peer,
     client: Option<ClientReader>,
     buffered: Arc<ByteBudget>,
+    closed_over_buffer: Arc<AtomicBool>,
 ) {
     let mut shutdown = shared.shutdown_rx();
     let end = tokio::select! {
@@ -1841,6 +1846,9 @@ async fn read_stream(
             conn.close(CLOSE_FRAME_TOO_LARGE, b"frame exceeds max_frame_bytes");
         }
         StreamEnd::BufferLimit => {
+            if closed_over_buffer.swap(true, Ordering::AcqRel) {
+                return;
+            }
             bump(&shared.counters.connections_closed_buffer_limit, 1);
             tracing::warn!(me = %shared.me, ?peer, max_frame_bytes = shared.frame_limit(peer),
                 "a connection's streams buffered more than one frame; closing it");
