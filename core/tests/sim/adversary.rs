@@ -279,7 +279,8 @@ impl Adversary {
     }
 
     /// A request in the adversary's own name (valid when it is a client the cluster admits),
-    /// with an edge seq, kind and op size.
+    /// with an edge session (an open request, its first opened number, or an edge of the
+    /// numbers; tags of opens at the edges of the tag range too), seq, kind and op size.
     pub fn own_request(&self, rng: &mut Rng, max_op_bytes: usize) -> Request {
         let op_len = match rng.range(0, 3) {
             0 => 0,
@@ -287,10 +288,20 @@ impl Adversary {
             2 => max_op_bytes + 1,
             _ => rng.range(1, 32) as usize,
         };
+        let limit = smr_core::clients::SESSION_NUMBER_LIMIT;
+        let (session, seq) = match rng.range(0, 3) {
+            0 => (
+                smr_core::message::OPEN_SESSION,
+                [limit, limit + 1, u64::MAX, limit - 1][rng.range(0, 3) as usize],
+            ),
+            1 => (1, edge(rng, 1)),
+            2 => (edge(rng, 1), edge(rng, 1)),
+            _ => ([limit - 1, limit, u64::MAX][rng.range(0, 2) as usize], 1),
+        };
         let body = RequestBody {
             client: self.me(),
-            session: 1,
-            seq: edge(rng, 1),
+            session,
+            seq,
             kind: if rng.chance(0.2) {
                 RequestKind::Unordered
             } else {
