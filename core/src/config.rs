@@ -43,8 +43,10 @@ pub struct Limits {
     pub max_batch_bytes: usize,
     /// Largest operation a client may submit, in bytes.
     pub max_op_bytes: usize,
-    /// Requests a client may have in the pool at once; also the size, in sequence numbers, of
-    /// its reply-cache window (docs/design.md §3.7).
+    /// Requests a client session may have in the pool at once (a key, all its sessions
+    /// together, [`SESSIONS_PER_KEY_IN_POOL`](crate::pool::SESSIONS_PER_KEY_IN_POOL) times
+    /// that); also the size, in sequence numbers, of a session's reply-cache window
+    /// (docs/design.md §3.7).
     pub max_pending_per_client: usize,
     /// Requests the pool holds in all.
     pub max_pending_total: usize,

@@ -24,10 +24,14 @@ struct Entry {
     signature_checked: bool,
 }
 
+/// How many sessions' windows of one client key the pool holds at most.
+pub const SESSIONS_PER_KEY_IN_POOL: usize = 8;
+
 /// Why a request was not admitted to the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolRejection {
-    /// The client already has `max_per_client` requests pending.
+    /// The request's session already has `max_per_session` requests pending, or its client key
+    /// [`SESSIONS_PER_KEY_IN_POOL`] times that.
     ClientFull,
     /// The pool holds `max_total` requests.
     PoolFull,
@@ -44,7 +48,7 @@ pub struct RequestPool {
     by_arrival: BTreeSet<(u64, RequestId)>,
     len: usize,
     unproposed: usize,
-    max_per_client: usize,
+    max_per_session: usize,
     max_total: usize,
     /// The client served first by the previous cut; the next cut starts after it.
     fairness_cursor: Option<ClientId>,
@@ -60,14 +64,17 @@ pub enum Inserted {
 }
 
 impl RequestPool {
-    /// An empty pool holding at most `max_per_client` requests per client and `max_total` in
-    /// all.
+    /// An empty pool holding at most `max_per_session` requests per client session (a
+    /// session's window: `max_pending_per_client`), [`SESSIONS_PER_KEY_IN_POOL`] times that per
+    /// client key, and `max_total` in all. Per session, so that one busy process of a key
+    /// cannot keep another process of the key (even its open request) out of the pool (review
+    /// of issue 15); per key as well, so that one key's many sessions cannot take the pool.
     ///
     /// # Panics
     /// If either limit is 0.
-    pub fn new(max_per_client: usize, max_total: usize) -> RequestPool {
+    pub fn new(max_per_session: usize, max_total: usize) -> RequestPool {
         assert!(
-            max_per_client > 0 && max_total > 0,
+            max_per_session > 0 && max_total > 0,
             "pool limits must be positive"
         );
         RequestPool {
@@ -75,7 +82,7 @@ impl RequestPool {
             by_arrival: BTreeSet::new(),
             len: 0,
             unproposed: 0,
-            max_per_client,
+            max_per_session,
             max_total,
             fairness_cursor: None,
         }
@@ -127,7 +134,15 @@ impl RequestPool {
             }
             return Ok(Inserted::AlreadyPending);
         }
-        if per_client.len() >= self.max_per_client {
+        let of_session = per_client
+            .range((id.session, 0)..=(id.session, u64::MAX))
+            .count();
+        if of_session >= self.max_per_session
+            || per_client.len()
+                >= self
+                    .max_per_session
+                    .saturating_mul(SESSIONS_PER_KEY_IN_POOL)
+        {
             if per_client.is_empty() {
                 self.by_client.remove(&id.client);
             }
@@ -406,6 +421,40 @@ mod tests {
         let batch = pool.cut_batch(Cid(2), 100, 1000);
         assert_eq!(batch.len(), 1);
         assert!(pool.cut_batch(Cid(3), 100, 1000).is_empty());
+    }
+
+    /// Review of issue 15: one session's full window does not keep another session of the key
+    /// (its open included) out; the key as a whole holds at most SESSIONS_PER_KEY_IN_POOL
+    /// windows.
+    #[test]
+    fn the_pool_bounds_each_session_and_each_key() {
+        let mut pool = RequestPool::new(2, 1000);
+        let in_session = |session: u64, seq: u64| Request {
+            body: RequestBody {
+                session,
+                ..req(1, seq, 0).body
+            },
+            signature: None,
+        };
+        pool.insert(in_session(1, 1), 0, true).unwrap();
+        pool.insert(in_session(1, 2), 0, true).unwrap();
+        assert_eq!(
+            pool.insert(in_session(1, 3), 0, true),
+            Err(PoolRejection::ClientFull)
+        );
+        // Another process's open (session 0) and its requests still get in.
+        pool.insert(in_session(0, u64::MAX), 0, true).unwrap();
+        for session in 2..SESSIONS_PER_KEY_IN_POOL as u64 {
+            pool.insert(in_session(session, 1), 0, true).unwrap();
+            pool.insert(in_session(session, 2), 0, true).unwrap();
+        }
+        // 2 + 1 + 2 * 6 = 15 of the key's 16: one more, then the key is full.
+        pool.insert(in_session(99, 1), 0, true).unwrap();
+        assert_eq!(
+            pool.insert(in_session(100, 1), 0, true),
+            Err(PoolRejection::ClientFull)
+        );
+        pool.insert(req(2, 1, 0), 0, true).unwrap();
     }
 
     #[test]

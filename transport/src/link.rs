@@ -514,14 +514,43 @@ pub(crate) struct Tasks {
 pub(crate) struct ClientLink {
     id: u64,
     pub(crate) queue: SendQueue,
-    /// The session the client announced last on this connection ([`session_hello`]), or
-    /// [`NO_SESSION`] if it announced none: its routing tag until its session is open, then
-    /// the session (docs/design.md §3.7, "Sessions").
-    session: Arc<AtomicU64>,
+    /// The last two numbers the client announced on this connection ([`session_hello`]),
+    /// [`NO_SESSION`] where it announced none: its routing tag, then its session once open
+    /// (docs/design.md §3.7, "Sessions"). Two, so that answers to what it sent under the tag
+    /// just before (an unordered read) still find it.
+    session: Arc<Announced>,
     conn: Connection,
     /// When bytes last arrived on this connection (or when it was accepted), in ms since
     /// [`Shared::epoch`].
     last_frame_ms: Arc<AtomicU64>,
+}
+
+/// The last two numbers a client connection announced (see [`ClientLink`]).
+#[derive(Default)]
+pub(crate) struct Announced {
+    latest: AtomicU64,
+    previous: AtomicU64,
+}
+
+impl Announced {
+    /// Notes an announcement of `number`: it becomes the latest, the latest the previous.
+    fn announce(&self, number: u64) {
+        let latest = self.latest.swap(number, Ordering::Relaxed);
+        if latest != number {
+            self.previous.store(latest, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `number` is one of the last two announced.
+    fn routes(&self, number: u64) -> bool {
+        self.latest.load(Ordering::Relaxed) == number
+            || self.previous.load(Ordering::Relaxed) == number
+    }
+
+    /// Whether nothing was announced.
+    fn none(&self) -> bool {
+        self.latest.load(Ordering::Relaxed) == NO_SESSION
+    }
 }
 
 /// What a connection that announced no session holds in place of one: the open requests'
@@ -558,22 +587,17 @@ fn announced_session(frame: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(session.try_into().ok()?))
 }
 
-/// The connection a reply for `session` goes over: the newest that announced it; else the
+/// The connection a reply for `session` goes over: the newest that announced it (as one of its
+/// last two announcements); else the
 /// newest that announced none (a client that does not announce sessions); else none, and the
 /// reply is refused as for a client not connected (its client retries, and gets the reply
 /// from the cache over the connection it has by then).
 pub(crate) fn session_link(links: &[ClientLink], session: u64) -> Option<&ClientLink> {
-    let announced = |link: &&ClientLink| link.session.load(Ordering::Relaxed);
     links
         .iter()
         .rev()
-        .find(|link| session != NO_SESSION && announced(link) == session)
-        .or_else(|| {
-            links
-                .iter()
-                .rev()
-                .find(|link| announced(link) == NO_SESSION)
-        })
+        .find(|link| session != NO_SESSION && link.session.routes(session))
+        .or_else(|| links.iter().rev().find(|link| link.session.none()))
 }
 
 /// A count of bytes held against a bound, shared by several holders.
@@ -1572,7 +1596,7 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
         );
         let now_ms = u64::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         let last_frame_ms = Arc::new(AtomicU64::new(now_ms));
-        let session = Arc::new(AtomicU64::new(NO_SESSION));
+        let session = Arc::new(Announced::default());
         let (evicted, idle_evicted) = {
             let mut all_links = lock(&shared.client_links);
             let mut idle_evicted = None;
@@ -1751,7 +1775,7 @@ pub(crate) struct ClientReader {
     /// Where to note when bytes last arrived (see [`ClientLink`]).
     last_frame_ms: Arc<AtomicU64>,
     /// Where to note the session the client announces (see [`ClientLink`]).
-    session: Arc<AtomicU64>,
+    session: Arc<Announced>,
 }
 
 /// Reads every unidirectional stream `peer` opens on `conn`; a client's partial frames are
@@ -1952,7 +1976,7 @@ async fn read_frames(
             }
             if let Some(session) = &session_from {
                 if let Some(announced) = announced_session(&buffer[body..body + length]) {
-                    session.store(announced, Ordering::Relaxed);
+                    session.announce(announced);
                     start = body + length;
                     continue;
                 }

@@ -366,10 +366,11 @@ async fn replica_replies_over_the_clients_most_recent_live_connection() {
 
 /// Issue 15, sessions opened by an ordered request: a client announces its routing tag when it
 /// connects (for its open's reply) and its session once open, as a frame in the middle of a
-/// stream it already has. The last announcement holds: the session's replies then come over
-/// this connection, not the other process's that shares the key, and announcements are the
-/// transport's own (never received as frames). Before, only a stream's first frame could
-/// announce, once per connection.
+/// stream it already has. The last two announcements route: the session's replies then come
+/// over this connection, not the other process's that shares the key, answers under the tag
+/// still do until something else is announced, and announcements are the transport's own
+/// (never received as frames). Before, only a stream's first frame could announce, once per
+/// connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_announced_mid_stream_takes_over_the_connections_routing() {
     let client = key(59);
@@ -415,7 +416,23 @@ async fn a_session_announced_mid_stream_takes_over_the_connections_routing() {
         .send_to_session(client.public_key(), 3, vec![3, 3])
         .unwrap();
     assert_eq!(read_reply(&mut replies).await, vec![3, 3]);
-    // The tag no longer routes anywhere; the other process's tag still does.
+    // The tag still routes here (answers to a read sent under it just before), until the
+    // connection announces something else again; the other process's tag still routes there.
+    replica
+        .send_to_session(client.public_key(), tag, vec![5, 5])
+        .unwrap();
+    assert_eq!(read_reply(&mut replies).await, vec![5, 5]);
+    conns[0]
+        .2
+        .write_all(&frame(&crate::link::session_announcement(4)))
+        .await
+        .unwrap();
+    wait_until("the replica notes the announcement of session 4", || {
+        replica
+            .send_to_session(client.public_key(), tag, vec![0])
+            .is_err()
+    })
+    .await;
     assert_eq!(
         replica.send_to_session(client.public_key(), tag, vec![0]),
         Err(SendError::UnknownPeer(Peer::Client(client.public_key())))
