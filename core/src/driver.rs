@@ -1628,6 +1628,9 @@ impl<N: Network> Client<N> {
     }
 
     async fn wait_open(&self) -> Result<u64, InvokeError> {
+        // A refusal counts only for an open this call saw in flight: one left over from an
+        // earlier open nobody waited for (a read's fallback) is stale.
+        let mut saw_open = false;
         loop {
             // Register for a wake-up before looking, so a completion in between is not missed.
             let changed = self.shared.window_freed.notified();
@@ -1641,10 +1644,11 @@ impl<N: Network> Client<N> {
                 if let Some(session) = engine.session() {
                     return Ok(session);
                 }
-                if let Some(refusal) = self.shared.open_refused.lock().expect("client lock").take()
-                {
+                let refusal = self.shared.open_refused.lock().expect("client lock").take();
+                if let Some(refusal) = refusal.filter(|_| saw_open) {
                     return Err(InvokeError::Refused(refusal));
                 }
+                saw_open = true;
                 if !engine.opening() {
                     let now = self.shared.epoch.elapsed().as_millis() as u64;
                     let actions = engine.open(now);
