@@ -10,7 +10,6 @@ mod common;
 use smr_core::clients::{
     Admission, ClientLimits, ClientTable, RequestStatus, SESSION_NUMBER_LIMIT,
 };
-use smr_core::engine::ServiceWork;
 use smr_core::message::{Message, Reply, ReplyStatus, Request, RequestId, RequestKind};
 use smr_core::{Engine, Limits};
 use smr_crypto::sim::SimKey;
@@ -18,43 +17,8 @@ use smr_modes::Mode;
 
 use common::{cluster, Cluster};
 
-/// Decides `requests` at `cid` on `engine` (certificate of replicas 0, 1, 2), runs the
-/// service (result = the op) and returns every reply the engine sent.
 fn decide(c: &Cluster, engine: &mut Engine, cid: u64, requests: Vec<Request>) -> Vec<Reply> {
-    let out = c.deliver_decision(engine, cid, requests.clone());
-    let mut sent: Vec<Message> = out.messages().map(message_of).collect();
-    for work in out.service {
-        let ServiceWork::Execute { cid, items } = work else {
-            panic!("unexpected service work {work:?}");
-        };
-        let results = items
-            .iter()
-            .map(|item| {
-                requests
-                    .iter()
-                    .find(|r| r.id() == item.id)
-                    .expect("in the batch")
-                    .body
-                    .op
-                    .clone()
-            })
-            .collect();
-        let done = engine.on_executed(0, cid, results);
-        sent.extend(done.messages().map(message_of));
-    }
-    sent.into_iter()
-        .filter_map(|m| match m {
-            Message::Reply(r) => Some(r),
-            _ => None,
-        })
-        .collect()
-}
-
-fn message_of(o: &smr_core::Outgoing) -> Message {
-    match o {
-        smr_core::Outgoing::Send { message, .. } => message.clone(),
-        other => panic!("unexpected output {other:?}"),
-    }
+    c.decide_and_execute(engine, cid, requests)
 }
 
 /// FINDING (low-medium liveness) as the reviewer found it: once an open's session is evicted,

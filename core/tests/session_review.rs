@@ -32,36 +32,8 @@ fn open_cluster(limits: Limits) -> Cluster {
     c
 }
 
-/// Decides `requests` at `cid` on replica 1, runs the service (result = op), returns the
-/// replies it sent.
 fn decide(c: &Cluster, engine: &mut Engine, cid: u64, requests: Vec<Request>) -> Vec<Reply> {
-    let out = c.deliver_decision(engine, cid, requests.clone());
-    let mut sent: Vec<Message> = out.messages().map(message_of).collect();
-    for work in out.service {
-        let ServiceWork::Execute { cid, items } = work else {
-            panic!("unexpected service work {work:?}");
-        };
-        let results = items
-            .iter()
-            .map(|item| {
-                requests
-                    .iter()
-                    .find(|r| r.id() == item.id)
-                    .expect("in the batch")
-                    .body
-                    .op
-                    .clone()
-            })
-            .collect();
-        let done = engine.on_executed(0, cid, results);
-        sent.extend(done.messages().map(message_of));
-    }
-    sent.into_iter()
-        .filter_map(|m| match m {
-            Message::Reply(r) => Some(r),
-            _ => None,
-        })
-        .collect()
+    c.decide_and_execute(engine, cid, requests)
 }
 
 /// A CFT cluster whose window is `window`, replica 1 of it started, and a client engine of key
@@ -100,13 +72,6 @@ fn cft_replica_and_client(window: u64) -> (Cluster, Engine, Arc<SimKey>, ClientE
     }
     assert_eq!(client.session(), Some(1));
     (c, engine, key, client)
-}
-
-fn message_of(o: &smr_core::Outgoing) -> Message {
-    match o {
-        smr_core::Outgoing::Send { message, .. } => message.clone(),
-        other => panic!("unexpected output {other:?}"),
-    }
 }
 
 fn request_of(actions: &[ClientAction]) -> Request {

@@ -424,6 +424,44 @@ impl Cluster {
     /// Delivers to `engine`, from replica 0, the decision of `requests` at `cid` in regency 0
     /// (ACCEPTs of replicas 0, 1 and 2), which the verifier and the engine both accept.
     #[allow(dead_code)] // Not every test binary that includes this module decides batches.
+    /// Delivers the decision of `requests` at `cid` ([`Cluster::deliver_decision`]), runs the
+    /// service on what it hands over (each result is the request's op) and returns every reply
+    /// the engine sent.
+    pub fn decide_and_execute(
+        &self,
+        engine: &mut Engine,
+        cid: u64,
+        requests: Vec<Request>,
+    ) -> Vec<Reply> {
+        let out = self.deliver_decision(engine, cid, requests.clone());
+        let mut sent: Vec<Message> = out.messages().filter_map(sent_message).collect();
+        for work in out.service {
+            let ServiceWork::Execute { cid, items } = work else {
+                panic!("unexpected service work {work:?}");
+            };
+            let results = items
+                .iter()
+                .map(|item| {
+                    requests
+                        .iter()
+                        .find(|r| r.id() == item.id)
+                        .expect("in the batch")
+                        .body
+                        .op
+                        .clone()
+                })
+                .collect();
+            let done = engine.on_executed(0, cid, results);
+            sent.extend(done.messages().filter_map(sent_message));
+        }
+        sent.into_iter()
+            .filter_map(|m| match m {
+                Message::Reply(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn deliver_decision(
         &self,
         engine: &mut Engine,
@@ -518,4 +556,12 @@ pub fn only_sent(outgoing: Vec<Outgoing>) -> Output {
 
 pub fn timers(engine: &Engine) -> Vec<(TimerKind, u64)> {
     engine.timer_deadlines_ms().collect()
+}
+
+/// The message of a send to one peer, if `o` is one.
+fn sent_message(o: &Outgoing) -> Option<Message> {
+    match o {
+        Outgoing::Send { message, .. } => Some(message.clone()),
+        _ => None,
+    }
 }

@@ -912,18 +912,16 @@ impl Sim {
             1
         };
         for _ in 0..copies {
-            let delay = self
-                .rng
-                .range(self.opts.min_delay_ms, self.opts.max_delay_ms);
-            self.schedule(
-                self.now_ms + delay,
-                Event::Deliver {
-                    to,
-                    from,
-                    frame: frame.clone(),
-                },
-            );
+            self.deliver_after_a_delay(to, from, frame.clone());
         }
+    }
+
+    /// Schedules `frame` from `from` to `to` after a network delay (no loss, no duplicate).
+    fn deliver_after_a_delay(&mut self, to: Node, from: Peer, frame: Vec<u8>) {
+        let delay = self
+            .rng
+            .range(self.opts.min_delay_ms, self.opts.max_delay_ms);
+        self.schedule(self.now_ms + delay, Event::Deliver { to, from, frame });
     }
 
     pub fn run(mut self) -> Result<SimReport, String> {
@@ -1622,17 +1620,7 @@ impl Sim {
             let to = shot.to.unwrap_or_else(|| (0..self.opts.n as u32).collect());
             for r in to {
                 let frame = codec::encode(&shot.message);
-                let delay = self
-                    .rng
-                    .range(self.opts.min_delay_ms, self.opts.max_delay_ms);
-                self.schedule(
-                    self.now_ms + delay,
-                    Event::Deliver {
-                        to: Node::Replica(r as usize),
-                        from: Peer::Client(me),
-                        frame,
-                    },
-                );
+                self.deliver_after_a_delay(Node::Replica(r as usize), Peer::Client(me), frame);
             }
         }
         self.hunter_client = Some(adversary);
@@ -1738,16 +1726,10 @@ impl Sim {
                 self.split_open_sent_ms = Some(self.now_ms);
                 let frame = codec::encode(&Message::Request(open));
                 for slot in 0..self.replicas.len() {
-                    let delay = self
-                        .rng
-                        .range(self.opts.min_delay_ms, self.opts.max_delay_ms);
-                    self.schedule(
-                        self.now_ms + delay,
-                        Event::Deliver {
-                            to: Node::Replica(slot),
-                            from: Peer::Client(me),
-                            frame: frame.clone(),
-                        },
+                    self.deliver_after_a_delay(
+                        Node::Replica(slot),
+                        Peer::Client(me),
+                        frame.clone(),
                     );
                 }
             }
@@ -1789,17 +1771,7 @@ impl Sim {
                 &bad
             };
             let frame = codec::encode(&Message::Request(copy.clone()));
-            let delay = self
-                .rng
-                .range(self.opts.min_delay_ms, self.opts.max_delay_ms);
-            self.schedule(
-                self.now_ms + delay,
-                Event::Deliver {
-                    to: Node::Replica(slot),
-                    from: Peer::Client(me),
-                    frame,
-                },
-            );
+            self.deliver_after_a_delay(Node::Replica(slot), Peer::Client(me), frame);
         }
         self.split = Some((key, seq + 1));
     }
@@ -1947,17 +1919,7 @@ impl Sim {
         for slot in 0..self.replicas.len() {
             if self.rng.chance(0.7) {
                 let frame = codec::encode(&message);
-                let delay = self
-                    .rng
-                    .range(self.opts.min_delay_ms, self.opts.max_delay_ms);
-                self.schedule(
-                    self.now_ms + delay,
-                    Event::Deliver {
-                        to: Node::Replica(slot),
-                        from: Peer::Client(me),
-                        frame,
-                    },
-                );
+                self.deliver_after_a_delay(Node::Replica(slot), Peer::Client(me), frame);
             }
         }
         if choice == 0 {
