@@ -37,12 +37,11 @@ fn small_pool() -> Limits {
     }
 }
 
-/// Replica 1 forwards requests 1 and 2 of the client's session 1, and request 1 of its session
-/// 2, to the leader, replica 0, at 1000 ms (the pool's bound is per key, over all of its
-/// sessions). Returns the leader's output and the batches it can propose: request 1 alone and
-/// request 2 alone.
+/// Replica 1 forwards requests 1, 2 and 3 of the client's session 1 to the leader, replica 0,
+/// at 1000 ms (the pool holds a session's window, 2). Returns the leader's output and the
+/// batches it can propose: request 1 alone and request 2 alone.
 fn forward_three_requests(c: &Cluster, leader: &mut Engine) -> (Output, Batch, Batch) {
-    let forward = Message::Forward(vec![c.request(1), c.request(2), c.request_in(2, 1)]);
+    let forward = Message::Forward(vec![c.request(1), c.request(2), c.request(3)]);
     let out = c.deliver_from(leader, 1000, 1, forward);
     (out, c.batch(&[1]), c.batch(&[2]))
 }
