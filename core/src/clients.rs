@@ -46,7 +46,7 @@
 //! counted as `stale_request`) and answered so, never executed a second time. A session whose
 //! record was evicted is told so ([`RequestStatus::SessionExpired`]), for ever.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -265,7 +265,12 @@ pub struct ClientTable {
     bound: bool,
     /// Executions so far: the next stamp.
     executions: u64,
-    clients: BTreeMap<SessionId, ClientRecord>,
+    /// The records, hashed: looked up several times per request, where a B-tree of 40-byte
+    /// keys cost a `memcmp` per step (BENCHMARKS.md, "Instruction counts per op"). The
+    /// hasher is randomly seeded, against keys chosen to collide; its seed decides only the
+    /// memory layout, because nothing depends on the map's iteration order: the encoding
+    /// sorts ([`ClientTableRef`]), and `bind`'s checks give the same verdict in any order.
+    clients: HashMap<SessionId, ClientRecord, ahash::RandomState>,
     /// `(stamp, session)` of every record, oldest first: the eviction order.
     by_stamp: BTreeSet<(u64, SessionId)>,
     /// `(stamp, session)` of the records that hold cached reply bytes.
@@ -273,7 +278,8 @@ pub struct ClientTable {
     /// Per client key, `(executed, stamp, session)` of its records: sessions that never
     /// executed a request first, then the least recently executed; the order in which a key's
     /// sessions give way to its new ones (module docs, "Records").
-    sessions_of: BTreeMap<ClientId, BTreeSet<KeyOrder>>,
+    /// Hashed like `clients`, for the same reasons.
+    sessions_of: HashMap<ClientId, BTreeSet<KeyOrder>, ahash::RandomState>,
     /// `(sessions, key)` of every key with more than one session: in a full table a new
     /// session takes the place of a session of the key with the most (module docs).
     crowded: BTreeSet<(usize, ClientId)>,
@@ -291,13 +297,25 @@ pub struct ClientTable {
 /// whether it executed a request since it was opened (`false` orders first).
 type KeyOrder = (bool, u64, u64);
 
-/// The encoding: the execution count, the session counter and the records. The indexes are
-/// rebuilt.
+/// The encoding: the execution count, the session counter and the records in the order of
+/// their sessions (as a `BTreeMap` encodes: every replica's table encodes to the same bytes,
+/// which checkpoint digests need). The indexes are rebuilt.
 #[derive(Serialize)]
 struct ClientTableRef<'a> {
     executions: u64,
     next_session: u64,
-    clients: &'a BTreeMap<SessionId, ClientRecord>,
+    clients: SortedRecords<'a>,
+}
+
+/// The records, sorted by session when encoded.
+struct SortedRecords<'a>(&'a HashMap<SessionId, ClientRecord, ahash::RandomState>);
+
+impl Serialize for SortedRecords<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut records: Vec<(&SessionId, &ClientRecord)> = self.0.iter().collect();
+        records.sort_unstable_by_key(|(session, _)| **session);
+        serializer.collect_map(records)
+    }
 }
 
 #[derive(Deserialize)]
@@ -312,7 +330,7 @@ impl Serialize for ClientTable {
         ClientTableRef {
             executions: self.executions,
             next_session: self.next_session,
-            clients: &self.clients,
+            clients: SortedRecords(&self.clients),
         }
         .serialize(serializer)
     }
@@ -502,10 +520,10 @@ impl ClientTable {
             limits,
             bound: true,
             executions: 0,
-            clients: BTreeMap::new(),
+            clients: HashMap::default(),
             by_stamp: BTreeSet::new(),
             with_replies: BTreeSet::new(),
-            sessions_of: BTreeMap::new(),
+            sessions_of: HashMap::default(),
             crowded: BTreeSet::new(),
             reply_bytes: 0,
             next_session: FIRST_SESSION,
@@ -665,15 +683,15 @@ impl ClientTable {
         );
         assert_ne!(id.session, OPEN_SESSION, "an open request is not executed");
         let session = id.session_id();
-        if !self.clients.contains_key(&session) {
-            return Admission::SessionExpired;
-        }
         let stamp = self.executions;
-        self.executions = self.executions.saturating_add(1);
         let window = self.limits.window;
-        let record = self.clients.get_mut(&session).expect("checked above");
+        let Some(record) = self.clients.get_mut(&session) else {
+            return Admission::SessionExpired;
+        };
+        self.executions = self.executions.saturating_add(1);
         let old_order = record.key_order(id.session);
         let old_stamp = record.stamp;
+        let had_replies = record.reply_bytes() > 0;
         record.stamp = stamp;
         record.last_cid = record.last_cid.max(cid);
         let previous = record.recent.insert(id.seq, Slot::Executing);
@@ -682,17 +700,18 @@ impl ClientTable {
         if id.seq > record.max_seq {
             record.max_seq = id.seq;
             // Drops exactly the seqs `below_window` calls old: those at or below `new_floor`.
+            // One at a time from the front (a request usually moves the window by one seq),
+            // not `split_off`, which builds a new tree for every execution.
             if let Some(new_floor) = record.max_seq.checked_sub(window) {
-                // new_floor < u64::MAX since window >= 1.
-                let kept = record.recent.split_off(&new_floor.saturating_add(1));
-                let dropped = std::mem::replace(&mut record.recent, kept);
-                let freed: u64 = dropped
-                    .values()
-                    .map(|slot| match slot {
-                        Slot::Reply(bytes) => bytes.len() as u64,
-                        _ => 0,
-                    })
-                    .sum();
+                let mut freed = 0u64;
+                while let Some(oldest) = record.recent.first_entry() {
+                    if *oldest.key() > new_floor {
+                        break;
+                    }
+                    if let Slot::Reply(bytes) = oldest.remove() {
+                        freed += bytes.len() as u64;
+                    }
+                }
                 record.reply_bytes = record.reply_bytes.saturating_sub(freed);
                 self.reply_bytes = self.reply_bytes.saturating_sub(freed);
                 floor = Some(new_floor);
@@ -707,7 +726,10 @@ impl ClientTable {
             .expect("a record's key is indexed");
         own.remove(&old_order);
         own.insert((true, stamp, id.session));
-        self.with_replies.remove(&(old_stamp, session));
+        // `with_replies` holds exactly the records with reply bytes.
+        if had_replies {
+            self.with_replies.remove(&(old_stamp, session));
+        }
         if has_replies {
             self.with_replies.insert((stamp, session));
         }
@@ -723,6 +745,7 @@ impl ClientTable {
         let Some(record) = self.clients.get_mut(&session) else {
             return;
         };
+        let had_replies = record.reply_bytes() > 0;
         let Some(slot) = record.recent.get_mut(&id.seq) else {
             return;
         };
@@ -750,9 +773,10 @@ impl ClientTable {
         debug_assert_eq!(record.reply_bytes, record.count_reply_bytes());
         let stamp = record.stamp;
         self.reply_bytes = self.reply_bytes.saturating_add(added).saturating_sub(freed);
-        if client_bytes > 0 {
+        // `with_replies` holds exactly the records with reply bytes.
+        if client_bytes > 0 && !had_replies {
             self.with_replies.insert((stamp, session));
-        } else {
+        } else if client_bytes == 0 && had_replies {
             self.with_replies.remove(&(stamp, session));
         }
         // The total bound: whole clients' caches, least recently executed first.
@@ -862,7 +886,7 @@ mod tests {
     /// `max_seq` at cid 1, decoded as a checkpoint would bring it: how a session reaches seqs
     /// near `u64::MAX` without executing every seq below.
     fn table_at(limits: ClientLimits, max_seq: u64) -> ClientTable {
-        let mut clients = BTreeMap::new();
+        let mut clients = HashMap::default();
         clients.insert(
             id(0).session_id(),
             ClientRecord {
@@ -877,7 +901,7 @@ mod tests {
         let table: ClientTable = crate::codec::decode(&crate::codec::encode(&ClientTableRef {
             executions: 1,
             next_session: 2,
-            clients: &clients,
+            clients: SortedRecords(&clients),
         }))
         .unwrap();
         table.bind(&limits, Cid(1)).unwrap()
@@ -1101,6 +1125,57 @@ mod tests {
         }
         let decoded = round_trip(&table).unwrap();
         assert_eq!(decoded, table);
+    }
+
+    /// The records are hashed with a randomly seeded hasher, so two replicas' maps hold them in
+    /// different orders; their checkpoints must still encode to the same bytes (the digests
+    /// of correct replicas' checkpoints must match), sorted by session as a `BTreeMap`
+    /// encodes. Fails if the encoding follows the map's order.
+    #[test]
+    fn tables_built_alike_encode_alike_whatever_their_hash_seeds() {
+        let build = || {
+            let mut table = ClientTable::bounded(limits(300, 1));
+            for client in 0..=255u8 {
+                let session = table
+                    .open_session(PublicKey([client; 32]), tag(client as u64), Cid(1))
+                    .unwrap();
+                let id = RequestId {
+                    client: PublicKey([client; 32]),
+                    session,
+                    seq: 1,
+                };
+                assert_eq!(
+                    table.mark_executing(&id, Cid(2)),
+                    Admission::Execute { floor: None }
+                );
+                table.record_reply(&id, vec![client; 3]);
+            }
+            table
+        };
+        let first = crate::codec::encode(&build());
+        for _ in 0..4 {
+            assert_eq!(crate::codec::encode(&build()), first);
+        }
+        #[derive(Serialize)]
+        struct Sorted<'a> {
+            executions: u64,
+            next_session: u64,
+            clients: &'a BTreeMap<SessionId, ClientRecord>,
+        }
+        let table = build();
+        let sorted: BTreeMap<SessionId, ClientRecord> = table
+            .clients
+            .iter()
+            .map(|(session, record)| (*session, record.clone()))
+            .collect();
+        assert_eq!(
+            crate::codec::encode(&Sorted {
+                executions: table.executions,
+                next_session: table.next_session,
+                clients: &sorted,
+            }),
+            first
+        );
     }
 
     /// Sim seed 637: a client whose first executed seqs were 15 and then 0 (window 16) left
