@@ -6,7 +6,7 @@
 //! of a cut takes at most one request per client, starting after the client that went first
 //! last time.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::message::{Cid, ClientId, Request, RequestId, SessionId};
 
@@ -14,6 +14,9 @@ use crate::message::{Cid, ClientId, Request, RequestId, SessionId};
 struct Entry {
     request: Request,
     arrival_ms: u64,
+    /// Its place in `by_arrival` among requests of the same `arrival_ms`: the pool's count of
+    /// timer starts when its timer last started.
+    serial: u64,
     /// The instance this leader proposed the request in, if any.
     proposed_in: Option<Cid>,
     /// How many request timeouts this entry has gone through.
@@ -42,10 +45,18 @@ pub enum PoolRejection {
 /// execute (or fall out of their client's window).
 #[derive(Clone, Debug)]
 pub struct RequestPool {
-    /// Per client key, its pending requests by (session, seq).
-    by_client: BTreeMap<ClientId, BTreeMap<(u64, u64), Entry>>,
-    /// (arrival, id) of every entry, so the oldest is found quickly for the request timer.
-    by_arrival: BTreeSet<(u64, RequestId)>,
+    /// Per client key, its pending requests by (session, seq). Hashed (randomly seeded,
+    /// against keys chosen to collide): looked up several times per request, where a B-tree of
+    /// 32-byte keys cost a `memcmp` per step. Nothing depends on its iteration order (the
+    /// fairness order is `client_order`'s), so the seed changes no output.
+    by_client: HashMap<ClientId, BTreeMap<(u64, u64), Entry>, ahash::RandomState>,
+    /// The keys of `by_client`, sorted: the order in which a cut serves clients.
+    client_order: BTreeSet<ClientId>,
+    /// `(arrival, serial)` of every entry, to its id: the oldest first for the request timer,
+    /// and among requests of one millisecond the one whose timer started first.
+    by_arrival: BTreeMap<(u64, u64), RequestId>,
+    /// Timer starts so far: the next entry's serial.
+    next_serial: u64,
     len: usize,
     unproposed: usize,
     max_per_session: usize,
@@ -78,8 +89,10 @@ impl RequestPool {
             "pool limits must be positive"
         );
         RequestPool {
-            by_client: BTreeMap::new(),
-            by_arrival: BTreeSet::new(),
+            by_client: HashMap::default(),
+            client_order: BTreeSet::new(),
+            by_arrival: BTreeMap::new(),
+            next_serial: 0,
             len: 0,
             unproposed: 0,
             max_per_session,
@@ -126,7 +139,13 @@ impl RequestPool {
         signature_checked: bool,
     ) -> Result<Inserted, PoolRejection> {
         let id = request.id();
-        let per_client = self.by_client.entry(id.client).or_default();
+        let per_client = match self.by_client.entry(id.client) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                self.client_order.insert(id.client);
+                v.insert(BTreeMap::new())
+            }
+        };
         if let Some(entry) = per_client.get_mut(&(id.session, id.seq)) {
             if signature_checked && !entry.signature_checked && entry.proposed_in.is_none() {
                 entry.request = request;
@@ -144,27 +163,30 @@ impl RequestPool {
                     .saturating_mul(SESSIONS_PER_KEY_IN_POOL)
         {
             if per_client.is_empty() {
-                self.by_client.remove(&id.client);
+                self.forget_client(&id.client);
             }
             return Err(PoolRejection::ClientFull);
         }
         if self.len >= self.max_total {
             if per_client.is_empty() {
-                self.by_client.remove(&id.client);
+                self.forget_client(&id.client);
             }
             return Err(PoolRejection::PoolFull);
         }
+        let serial = self.next_serial;
+        self.next_serial += 1;
         per_client.insert(
             (id.session, id.seq),
             Entry {
                 request,
                 arrival_ms: now_ms,
+                serial,
                 proposed_in: None,
                 timeouts: 0,
                 signature_checked,
             },
         );
-        self.by_arrival.insert((now_ms, id));
+        self.by_arrival.insert((now_ms, serial), id);
         self.len += 1;
         self.unproposed += 1;
         Ok(Inserted::New)
@@ -195,14 +217,20 @@ impl RequestPool {
         let per_client = self.by_client.get_mut(&id.client)?;
         let entry = per_client.remove(&(id.session, id.seq))?;
         if per_client.is_empty() {
-            self.by_client.remove(&id.client);
+            self.forget_client(&id.client);
         }
-        self.by_arrival.remove(&(entry.arrival_ms, *id));
+        self.by_arrival.remove(&(entry.arrival_ms, entry.serial));
         self.len -= 1;
         if entry.proposed_in.is_none() {
             self.unproposed -= 1;
         }
         Some(entry.request)
+    }
+
+    /// Drops the empty request map of `client`.
+    fn forget_client(&mut self, client: &ClientId) {
+        self.by_client.remove(client);
+        self.client_order.remove(client);
     }
 
     /// Drops every pending request of `session` with a sequence number at or below `seq`.
@@ -225,29 +253,32 @@ impl RequestPool {
 
     /// The arrival time of the oldest pending request, for the request timer.
     pub fn oldest_arrival_ms(&self) -> Option<u64> {
-        self.by_arrival.first().map(|(t, _)| *t)
+        self.by_arrival.first_key_value().map(|((t, _), _)| *t)
     }
 
     /// Finds every request that arrived (or last timed out) at or before `cutoff_ms`, restarts
     /// its timer at `now_ms` and counts the timeout. Returns copies of those requests, oldest
     /// first, with their timeout counts (1 at the first timeout); they stay pending.
     pub fn take_timed_out(&mut self, cutoff_ms: u64, now_ms: u64) -> Vec<(Request, u32)> {
-        let expired: Vec<(u64, RequestId)> = self
+        let expired: Vec<((u64, u64), RequestId)> = self
             .by_arrival
             .iter()
-            .take_while(|(t, _)| *t <= cutoff_ms)
-            .copied()
+            .take_while(|((t, _), _)| *t <= cutoff_ms)
+            .map(|(key, id)| (*key, *id))
             .collect();
         let mut out = Vec::with_capacity(expired.len());
-        for (t, id) in expired {
-            self.by_arrival.remove(&(t, id));
-            self.by_arrival.insert((now_ms, id));
+        for (key, id) in expired {
+            self.by_arrival.remove(&key);
+            let serial = self.next_serial;
+            self.next_serial += 1;
+            self.by_arrival.insert((now_ms, serial), id);
             let entry = self
                 .by_client
                 .get_mut(&id.client)
                 .and_then(|m| m.get_mut(&(id.session, id.seq)))
                 .expect("by_arrival and by_client agree");
             entry.arrival_ms = now_ms;
+            entry.serial = serial;
             entry.timeouts += 1;
             out.push((entry.request.clone(), entry.timeouts));
         }
@@ -280,13 +311,20 @@ impl RequestPool {
     /// Restarts every request's timer and forgets its timeouts: a new regency gets the full
     /// two timeouts before anyone asks to replace its leader.
     pub fn restart_timers(&mut self, now_ms: u64) {
-        self.by_arrival.clear();
-        for per_client in self.by_client.values_mut() {
-            for entry in per_client.values_mut() {
-                entry.arrival_ms = now_ms;
-                entry.timeouts = 0;
-                self.by_arrival.insert((now_ms, entry.request.id()));
-            }
+        // In the order the timers ran before, not the hashed map's.
+        let ids: Vec<RequestId> = std::mem::take(&mut self.by_arrival).into_values().collect();
+        for id in ids {
+            let serial = self.next_serial;
+            self.next_serial += 1;
+            let entry = self
+                .by_client
+                .get_mut(&id.client)
+                .and_then(|m| m.get_mut(&(id.session, id.seq)))
+                .expect("by_arrival and by_client agree");
+            entry.arrival_ms = now_ms;
+            entry.serial = serial;
+            entry.timeouts = 0;
+            self.by_arrival.insert((now_ms, serial), id);
         }
     }
 
@@ -294,9 +332,9 @@ impl RequestPool {
     pub fn retain(&mut self, mut keep: impl FnMut(&RequestId) -> bool) {
         let doomed: Vec<RequestId> = self
             .by_arrival
-            .iter()
-            .map(|(_, id)| *id)
+            .values()
             .filter(|id| !keep(id))
+            .copied()
             .collect();
         for id in doomed {
             self.remove(&id);
@@ -306,9 +344,9 @@ impl RequestPool {
     /// The `max` oldest pending requests (what a STOP carries to the next leader).
     pub fn oldest(&self, max: usize) -> Vec<Request> {
         self.by_arrival
-            .iter()
+            .values()
             .take(max)
-            .filter_map(|(_, id)| self.by_client.get(&id.client)?.get(&(id.session, id.seq)))
+            .filter_map(|id| self.by_client.get(&id.client)?.get(&(id.session, id.seq)))
             .map(|e| e.request.clone())
             .collect()
     }
@@ -322,7 +360,7 @@ impl RequestPool {
         if self.unproposed == 0 || max_requests == 0 {
             return batch;
         }
-        let mut clients: Vec<ClientId> = self.by_client.keys().copied().collect();
+        let mut clients: Vec<ClientId> = self.client_order.iter().copied().collect();
         if let Some(cursor) = self.fairness_cursor {
             let start = clients.partition_point(|c| *c <= cursor);
             clients.rotate_left(start);
@@ -378,6 +416,41 @@ mod tests {
             },
             signature: None,
         }
+    }
+
+    /// Among requests that arrived in the same millisecond, the one whose timer started first
+    /// is the oldest (it was the one with the smallest id): what a STOP carries and what times
+    /// out first follow arrival, and the order costs no comparison of client keys.
+    #[test]
+    fn requests_of_one_millisecond_are_oldest_in_arrival_order() {
+        let mut pool = RequestPool::new(100, 1000);
+        pool.insert(req(9, 1, 0), 5, true).unwrap();
+        pool.insert(req(1, 1, 0), 5, true).unwrap();
+        pool.insert(req(5, 1, 0), 5, true).unwrap();
+        let firsts = |pool: &RequestPool| -> Vec<u8> {
+            pool.oldest(10).iter().map(|r| r.body.client.0[0]).collect()
+        };
+        assert_eq!(firsts(&pool), vec![9, 1, 5]);
+        // A timeout moves the expired to the back in their order; a restart keeps the order.
+        pool.insert(req(3, 1, 0), 6, true).unwrap();
+        let timed_out: Vec<(u8, u32)> = pool
+            .take_timed_out(5, 7)
+            .iter()
+            .map(|(r, timeouts)| (r.body.client.0[0], *timeouts))
+            .collect();
+        assert_eq!(timed_out, vec![(9, 1), (1, 1), (5, 1)]);
+        assert_eq!(firsts(&pool), vec![3, 9, 1, 5]);
+        pool.restart_timers(8);
+        assert_eq!(firsts(&pool), vec![3, 9, 1, 5]);
+        assert_eq!(pool.oldest_arrival_ms(), Some(8));
+        // Removing every request of a client takes it out of the cut's order.
+        pool.remove(&req(9, 1, 0).id());
+        let cut: Vec<u8> = pool
+            .cut_batch(Cid(1), 10, usize::MAX)
+            .iter()
+            .map(|r| r.body.client.0[0])
+            .collect();
+        assert_eq!(cut, vec![1, 3, 5]);
     }
 
     #[test]
