@@ -143,3 +143,41 @@ fn a_direct_copy_of_a_request_verified_in_a_propose_is_not_verified_again() {
         "the engine verified again a signature its verify worker had verified"
     );
 }
+
+/// The mark is per request: in a PROPOSE whose first request is known here by its channel only
+/// and whose second was verified in it, only the first is unchecked.
+#[test]
+fn a_propose_marks_only_its_channel_only_requests_unchecked() {
+    let c = bft();
+    let cache = VerifiedRequests::new(16);
+    let direct = c
+        .verifier
+        .verify_run(
+            vec![(c.client_peer(), Message::Request(c.request(1)))],
+            Some(&cache),
+            RequestAuth::Channel,
+        )
+        .pop()
+        .unwrap()
+        .expect("direct");
+    assert!(!direct.request_signature_checked(0));
+    let propose = Message::Propose(c.propose(0, Cid(1), Regency(0), c.batch(&[1, 2])));
+    let verified = c
+        .verifier
+        .verify_run(
+            vec![(Peer::Replica(0), propose)],
+            Some(&cache),
+            RequestAuth::Channel,
+        )
+        .pop()
+        .unwrap()
+        .expect("a correct leader's PROPOSE");
+    assert!(!verified.request_signatures_checked());
+    assert_eq!(
+        (0..3)
+            .map(|i| verified.request_signature_checked(i))
+            .collect::<Vec<_>>(),
+        vec![false, true, true],
+        "position 2 holds no request: nothing unchecked there"
+    );
+}
