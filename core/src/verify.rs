@@ -298,28 +298,41 @@ impl VerifiedRequests {
 
     /// Remembers requests, each with the client that signed it; `signature_verified` says how
     /// they were authenticated (a verified signature upgrades a channel-only entry, never the
-    /// reverse). Returns, in order, whether each request's signature is known to verify (here,
-    /// or by an earlier entry).
+    /// reverse).
     fn insert_all(
         &self,
         keys: impl IntoIterator<Item = (RequestKey, PublicKey)>,
         signature_verified: bool,
-    ) -> Vec<bool> {
+    ) {
         let mut inner = self.lock();
-        let mut verified = Vec::new();
         for (key, client) in keys {
-            if let Some(known) = inner.keys.get_mut(&key) {
-                *known |= signature_verified;
-                verified.push(*known);
-                continue;
-            }
-            inner.add(key, client, signature_verified);
-            verified.push(signature_verified);
-            if inner.keys.len() > self.capacity {
-                inner.evict_one();
-            }
+            self.insert_locked(&mut inner, key, client, signature_verified);
         }
-        verified
+    }
+
+    /// [`VerifiedRequests::insert_all`] of one request; returns whether its signature is known
+    /// to verify (now, or by an earlier entry).
+    fn insert(&self, key: RequestKey, client: PublicKey, signature_verified: bool) -> bool {
+        let mut inner = self.lock();
+        self.insert_locked(&mut inner, key, client, signature_verified)
+    }
+
+    fn insert_locked(
+        &self,
+        inner: &mut VerifiedInner,
+        key: RequestKey,
+        client: PublicKey,
+        signature_verified: bool,
+    ) -> bool {
+        if let Some(known) = inner.keys.get_mut(&key) {
+            *known |= signature_verified;
+            return *known;
+        }
+        inner.add(key, client, signature_verified);
+        if inner.keys.len() > self.capacity {
+            inner.evict_one();
+        }
+        signature_verified
     }
 
     /// Requests held.
@@ -547,8 +560,10 @@ impl InboundVerifier {
                 // copy whose signature this replica already verified (in a PROPOSE, a Forward
                 // or a STOP that came first) is marked checked: the engine need not verify it
                 // again before relaying it.
-                if let (Some(cache), Some(entry)) = (pending.cache, pending.channel_key.take()) {
-                    if cache.insert_all([entry], false) == [true] {
+                if let (Some(cache), Some((key, client))) =
+                    (pending.cache, pending.channel_key.take())
+                {
+                    if cache.insert(key, client, false) {
                         pending.channel_only.clear();
                     }
                 }
@@ -1022,11 +1037,15 @@ mod tests {
         cache.insert_all([entry(4, 0)], false);
         assert_eq!(shares(&cache), vec![(1, 1), (2, 2), (3, 2), (4, 1)]);
         assert_eq!(cache.lookup(&entry(1, 0).0), None);
-        // An upgrade keeps the entry where it is and reports whether it is verified.
-        assert_eq!(
-            cache.insert_all([entry(3, 9), entry(2, 2)], false),
-            vec![false, true]
-        );
+        // An upgrade keeps the entry where it is; a channel-only insert reports whether the
+        // signature is known to verify.
+        let (key, c) = entry(3, 9);
+        assert!(!cache.insert(key, c, false));
+        let (key, c) = entry(2, 2);
+        assert!(cache.insert(key, c, false));
+        let (key, c) = entry(3, 9);
+        assert!(cache.insert(key, c, true));
+        assert_eq!(cache.lookup(&key), Some(true));
         assert_eq!(cache.len(), 6);
     }
 
