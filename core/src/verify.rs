@@ -60,11 +60,22 @@ pub const MAX_REPORTED_CHECKPOINTS: usize = 8;
 pub struct Verified {
     pub(crate) from: Peer,
     pub(crate) message: Message,
-    /// Whether every client signature the message carries was verified here (or by an
-    /// earlier verification of the same bytes); false when one was authenticated by its
-    /// client's channel only (docs/design.md §5). The engine verifies such a request before
-    /// relaying it.
-    pub(crate) request_signatures_checked: bool,
+    /// The positions, ascending, of the message's client requests that were authenticated by
+    /// their client's channel only (docs/design.md §5); every other request's signature was
+    /// verified here (or by an earlier verification of the same bytes). The engine verifies
+    /// such a request before relaying it. Per request, not per message: one channel-only
+    /// request must not make the engine verify the others again. Usually empty (no
+    /// allocation).
+    pub(crate) channel_only: ChannelOnly,
+}
+
+/// Positions of client requests in a message (see [`Verified`]): index 0 for a direct
+/// request, the index in the batch of a PROPOSE, in a Forward, or in a STOP's pending list.
+pub(crate) type ChannelOnly = Vec<u32>;
+
+/// Whether the request at `position` is not among the `channel_only` ones (ascending).
+pub(crate) fn signature_checked(channel_only: &[u32], position: usize) -> bool {
+    u32::try_from(position).is_ok_and(|p| channel_only.binary_search(&p).is_err())
 }
 
 /// How a client request that arrives on its own client's connection is authenticated.
@@ -88,9 +99,18 @@ impl Verified {
         &self.message
     }
 
-    /// Whether every client signature in the message was verified (see the field).
+    /// Whether every client signature in the message was verified, by this replica or by an
+    /// earlier verification of the same bytes; false when one of its requests was
+    /// authenticated by its client's channel only (docs/design.md §5).
     pub fn request_signatures_checked(&self) -> bool {
-        self.request_signatures_checked
+        self.channel_only.is_empty()
+    }
+
+    /// Whether the signature of the message's client request at `position` was verified (see
+    /// [`Verified::request_signatures_checked`]): position 0 for a direct request, the index in
+    /// a PROPOSE's batch, in a Forward, or in a STOP's pending requests.
+    pub fn request_signature_checked(&self, position: usize) -> bool {
+        signature_checked(&self.channel_only, position)
     }
 }
 
@@ -163,6 +183,19 @@ fn request_key(body: &RequestBody, signature: &Signature) -> RequestKey {
 
 /// Client requests authenticated here, by signature or by channel: see the module docs. Shared
 /// by the verify workers.
+///
+/// # Each client gets a bounded share
+/// Every entry belongs to the client that signed the request, and when the cache is full it
+/// evicts the oldest entry among those of the clients holding the most entries. A client that
+/// holds more entries than another can therefore only evict its own: a Byzantine client
+/// sending junk or stale requests on its own connection (cached before the engine's pool
+/// bounds have a say) no longer flushes the correct clients' direct copies, which made every
+/// follower verify their requests again inside each PROPOSE (review 24 of issue 13). Shares
+/// converge to equal: of k clients that keep inserting, each keeps about `capacity / k`
+/// entries. Under [`ClientPolicy::Any`] keys are free, so a
+/// client with many keys still gets one share per key; when there are more clients than
+/// room, the oldest entries go first, so no early set of keys holds the cache for good.
+/// Hot-path cost: one map insert and two ordered-set updates (O(log clients)) per new entry.
 pub struct VerifiedRequests {
     inner: Mutex<VerifiedInner>,
     capacity: usize,
@@ -171,9 +204,66 @@ pub struct VerifiedRequests {
 struct VerifiedInner {
     /// Whether the request's signature was verified (true) or only its channel (false).
     keys: HashMap<RequestKey, bool>,
-    /// Insertion order, for evicting the oldest.
-    order: VecDeque<RequestKey>,
+    /// Each client's entries with their insertion numbers, oldest first; every key of `keys`
+    /// is in its client's queue once.
+    by_client: HashMap<PublicKey, VecDeque<(u64, RequestKey)>>,
+    /// The clients of `by_client` by how many entries they hold, then by how old their oldest
+    /// entry is: the last is the client that holds the most and, among those, the oldest entry.
+    shares: BTreeSet<Share>,
+    /// The insertion number of the next new entry.
+    next: u64,
     hits: u64,
+}
+
+/// A client's place in [`VerifiedInner::shares`]: its entry count, its oldest entry's
+/// insertion number (reversed, so that the oldest sorts last), the client.
+type Share = (usize, std::cmp::Reverse<u64>, PublicKey);
+
+impl VerifiedInner {
+    /// `client`'s place in `shares`, if it holds entries.
+    fn share(&self, client: PublicKey) -> Option<Share> {
+        let queue = self.by_client.get(&client)?;
+        let (oldest, _) = queue.front()?;
+        Some((queue.len(), std::cmp::Reverse(*oldest), client))
+    }
+
+    /// Adds `key` to `client`'s entries (it is not held yet).
+    fn add(&mut self, key: RequestKey, client: PublicKey, signature_verified: bool) {
+        self.keys.insert(key, signature_verified);
+        if let Some(share) = self.share(client) {
+            self.shares.remove(&share);
+        }
+        let number = self.next;
+        self.next += 1;
+        self.by_client
+            .entry(client)
+            .or_default()
+            .push_back((number, key));
+        let share = self.share(client).expect("just added");
+        self.shares.insert(share);
+    }
+
+    /// Evicts the oldest entry among those of the clients holding the most entries.
+    fn evict_one(&mut self) {
+        let Some(share) = self.shares.pop_last() else {
+            return;
+        };
+        let client = share.2;
+        let queue = self
+            .by_client
+            .get_mut(&client)
+            .expect("every client in shares has a queue");
+        let (_, oldest) = queue
+            .pop_front()
+            .expect("a client in shares holds an entry");
+        if queue.is_empty() {
+            self.by_client.remove(&client);
+        }
+        self.keys.remove(&oldest);
+        if let Some(share) = self.share(client) {
+            self.shares.insert(share);
+        }
+    }
 }
 
 impl VerifiedRequests {
@@ -182,7 +272,9 @@ impl VerifiedRequests {
         VerifiedRequests {
             inner: Mutex::new(VerifiedInner {
                 keys: HashMap::new(),
-                order: VecDeque::new(),
+                by_client: HashMap::new(),
+                shares: BTreeSet::new(),
+                next: 0,
                 hits: 0,
             }),
             capacity: capacity.max(1),
@@ -204,28 +296,48 @@ impl VerifiedRequests {
         hit
     }
 
-    /// Remembers requests; `signature_verified` says how they were authenticated (a verified
-    /// signature upgrades a channel-only entry, never the reverse).
-    fn insert_all(&self, keys: impl IntoIterator<Item = RequestKey>, signature_verified: bool) {
+    /// Remembers requests, each with the client that signed it; `signature_verified` says how
+    /// they were authenticated (a verified signature upgrades a channel-only entry, never the
+    /// reverse).
+    fn insert_all(
+        &self,
+        keys: impl IntoIterator<Item = (RequestKey, PublicKey)>,
+        signature_verified: bool,
+    ) {
         let mut inner = self.lock();
-        for key in keys {
-            match inner.keys.get_mut(&key) {
-                Some(verified) => *verified |= signature_verified,
-                None => {
-                    inner.keys.insert(key, signature_verified);
-                    inner.order.push_back(key);
-                    if inner.order.len() > self.capacity {
-                        let oldest = inner.order.pop_front().expect("non-empty");
-                        inner.keys.remove(&oldest);
-                    }
-                }
-            }
+        for (key, client) in keys {
+            self.insert_locked(&mut inner, key, client, signature_verified);
         }
+    }
+
+    /// [`VerifiedRequests::insert_all`] of one request; returns whether its signature is known
+    /// to verify (now, or by an earlier entry).
+    fn insert(&self, key: RequestKey, client: PublicKey, signature_verified: bool) -> bool {
+        let mut inner = self.lock();
+        self.insert_locked(&mut inner, key, client, signature_verified)
+    }
+
+    fn insert_locked(
+        &self,
+        inner: &mut VerifiedInner,
+        key: RequestKey,
+        client: PublicKey,
+        signature_verified: bool,
+    ) -> bool {
+        if let Some(known) = inner.keys.get_mut(&key) {
+            *known |= signature_verified;
+            return *known;
+        }
+        inner.add(key, client, signature_verified);
+        if inner.keys.len() > self.capacity {
+            inner.evict_one();
+        }
+        signature_verified
     }
 
     /// Requests held.
     pub fn len(&self) -> usize {
-        self.lock().order.len()
+        self.lock().keys.len()
     }
 
     /// Whether it holds no request.
@@ -247,15 +359,17 @@ struct Pending<'c> {
     messages: Vec<Vec<u8>>,
     keys: Vec<PublicKey>,
     signatures: Vec<smr_crypto::Signature>,
-    /// For each item, the request key if it is a client request's signature (with a cache).
+    /// For each item, the request key if it is a client request's signature (with a cache);
+    /// the item's key is then its client's.
     request_keys: Vec<Option<RequestKey>>,
     cache: Option<&'c VerifiedRequests>,
     auth: RequestAuth,
-    /// Whether a request of the message was authenticated by channel only (directly, or by a
-    /// channel-only cache entry).
-    channel_only: bool,
-    /// Requests received directly and authenticated by channel, for the cache.
-    channel_keys: Vec<RequestKey>,
+    /// The positions of the message's requests authenticated by channel only (directly, or
+    /// by a channel-only cache entry), ascending.
+    channel_only: ChannelOnly,
+    /// A request received directly and authenticated by channel, with its client, for the
+    /// cache.
+    channel_key: Option<(RequestKey, PublicKey)>,
 }
 
 impl<'c> Pending<'c> {
@@ -267,8 +381,8 @@ impl<'c> Pending<'c> {
             request_keys: Vec::new(),
             cache,
             auth,
-            channel_only: false,
-            channel_keys: Vec::new(),
+            channel_only: ChannelOnly::new(),
+            channel_key: None,
         }
     }
 
@@ -313,7 +427,7 @@ impl InboundVerifier {
         Ok(Verified {
             from,
             message,
-            request_signatures_checked: true,
+            channel_only: ChannelOnly::new(),
         })
     }
 
@@ -359,13 +473,13 @@ impl InboundVerifier {
             .collect();
         // Everything in one batch; a request that appears twice (a client's own copy and the
         // leader's PROPOSE, say) is checked once.
-        let mut seen: HashSet<RequestKey> = HashSet::new();
+        let mut seen: HashMap<RequestKey, PublicKey> = HashMap::new();
         let mut items: Vec<SignedItem<'_>> = Vec::new();
         for (_, _, pending) in &collected {
             let Ok(pending) = pending else { continue };
             for i in 0..pending.signatures.len() {
                 if let Some(key) = pending.request_keys[i] {
-                    if !seen.insert(key) {
+                    if seen.insert(key, pending.keys[i]).is_some() {
                         continue;
                     }
                 }
@@ -384,7 +498,7 @@ impl InboundVerifier {
                     pending.map(|p| Verified {
                         from,
                         message,
-                        request_signatures_checked: !p.channel_only,
+                        channel_only: p.channel_only,
                     })
                 })
                 .collect();
@@ -410,16 +524,20 @@ impl InboundVerifier {
                         reason,
                     },
                 )?;
-                let verified: Vec<RequestKey> =
-                    pending.request_keys.iter().flatten().copied().collect();
+                let verified: Vec<(RequestKey, PublicKey)> = pending
+                    .request_keys
+                    .iter()
+                    .zip(&pending.keys)
+                    .filter_map(|(key, client)| key.map(|key| (key, *client)))
+                    .collect();
+                good.extend(verified.iter().map(|(key, _)| *key));
                 if let Some(cache) = cache {
-                    cache.insert_all(verified.iter().copied(), true);
+                    cache.insert_all(verified, true);
                 }
-                good.extend(verified);
                 Ok(Verified {
                     from,
                     message,
-                    request_signatures_checked: !pending.channel_only,
+                    channel_only: pending.channel_only,
                 })
             })
             .collect()
@@ -437,10 +555,17 @@ impl InboundVerifier {
                 if request.body.client != *key {
                     return Err(Rejection::Impersonation);
                 }
-                self.check_request(request, pending, RequestAt::Direct)?;
-                // Known at once to later messages of the same run (a PROPOSE right behind).
-                if let Some(cache) = pending.cache {
-                    cache.insert_all(pending.channel_keys.drain(..), false);
+                self.check_request(request, 0, pending, RequestAt::Direct)?;
+                // Known at once to later messages of the same run (a PROPOSE right behind). A
+                // copy whose signature this replica already verified (in a PROPOSE, a Forward
+                // or a STOP that came first) is marked checked: the engine need not verify it
+                // again before relaying it.
+                if let (Some(cache), Some((key, client))) =
+                    (pending.cache, pending.channel_key.take())
+                {
+                    if cache.insert(key, client, false) {
+                        pending.channel_only.clear();
+                    }
                 }
             }
             (Peer::Client(_), Message::StatusQuery) => {}
@@ -473,8 +598,8 @@ impl InboundVerifier {
                         if requests.len() > self.limits.max_batch_requests {
                             return Err(Rejection::Oversize("forwarded requests"));
                         }
-                        for r in requests {
-                            self.check_request(r, pending, RequestAt::Forwarded)?;
+                        for (i, r) in (0u32..).zip(requests) {
+                            self.check_request(r, i, pending, RequestAt::Forwarded)?;
                         }
                     }
                     Message::DecisionQuery { .. }
@@ -523,8 +648,8 @@ impl InboundVerifier {
                         if stop.body.pending.len() > self.limits.max_batch_requests {
                             return Err(Rejection::Oversize("stop pending requests"));
                         }
-                        for r in &stop.body.pending {
-                            self.check_request(r, pending, RequestAt::Forwarded)?;
+                        for (i, r) in (0u32..).zip(&stop.body.pending) {
+                            self.check_request(r, i, pending, RequestAt::Forwarded)?;
                         }
                     }
                     Message::StopData(sd) => {
@@ -562,9 +687,11 @@ impl InboundVerifier {
         }
     }
 
+    /// One client request, at `position` in its message (see [`Verified`]).
     fn check_request(
         &self,
         request: &Request,
+        position: u32,
         pending: &mut Pending<'_>,
         at: RequestAt,
     ) -> Result<(), Rejection> {
@@ -589,11 +716,10 @@ impl InboundVerifier {
                 return Ok(());
             }
             if direct && pending.auth == RequestAuth::Channel {
-                pending.channel_only = true;
+                pending.channel_only.push(position);
                 if pending.cache.is_some() {
-                    pending
-                        .channel_keys
-                        .push(request_key(&request.body, &signature));
+                    pending.channel_key =
+                        Some((request_key(&request.body, &signature), request.body.client));
                 }
                 return Ok(());
             }
@@ -603,7 +729,7 @@ impl InboundVerifier {
                     match cache.lookup(&key) {
                         Some(true) => return Ok(()),
                         Some(false) if at == RequestAt::Relayed => {
-                            pending.channel_only = true;
+                            pending.channel_only.push(position);
                             return Ok(());
                         }
                         // Unknown, or known by its channel only and relayed in a Forward or
@@ -667,7 +793,7 @@ impl InboundVerifier {
             return Err(Rejection::Oversize("batch bytes"));
         }
         let mut ids = BTreeSet::new();
-        for request in &batch.requests {
+        for (position, request) in (0u32..).zip(&batch.requests) {
             if !ids.insert(request.id()) {
                 return Err(Rejection::Malformed(
                     "request appears twice in a batch".into(),
@@ -678,7 +804,7 @@ impl InboundVerifier {
             } else {
                 RequestAt::Relayed
             };
-            self.check_request(request, pending, at)?;
+            self.check_request(request, position, pending, at)?;
         }
         Ok(())
     }
@@ -860,6 +986,79 @@ impl InboundVerifier {
 mod tests {
     use super::*;
     use smr_crypto::PublicKey;
+
+    fn client(i: u8) -> PublicKey {
+        PublicKey([i; 32])
+    }
+
+    fn entry(c: u8, n: u32) -> (RequestKey, PublicKey) {
+        let mut key = [0u8; 32];
+        key[0] = c;
+        key[1..5].copy_from_slice(&n.to_le_bytes());
+        (key, client(c))
+    }
+
+    /// The clients' entry counts, and the cache's bookkeeping checked against its entries.
+    fn shares(cache: &VerifiedRequests) -> Vec<(u8, usize)> {
+        let inner = cache.lock();
+        let queued: usize = inner.by_client.values().map(VecDeque::len).sum();
+        assert_eq!(queued, inner.keys.len());
+        assert_eq!(inner.shares.len(), inner.by_client.len());
+        for share in &inner.shares {
+            assert_eq!(inner.share(share.2).as_ref(), Some(share));
+        }
+        let mut out: Vec<(u8, usize)> = inner
+            .by_client
+            .iter()
+            .map(|(c, q)| (c.0[0], q.len()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// A full cache evicts from the client holding the most entries, the one with the oldest
+    /// entry among equals: a client evicts another's entry only while it holds fewer.
+    #[test]
+    fn a_full_cache_evicts_the_largest_holders_oldest_entry() {
+        let cache = VerifiedRequests::new(6);
+        cache.insert_all([entry(1, 0), entry(1, 1), entry(2, 0)], false);
+        for n in 0..10 {
+            cache.insert_all([entry(3, n)], false);
+        }
+        // Client 3 filled the room left, then evicted its own oldest entries.
+        assert_eq!(shares(&cache), vec![(1, 2), (2, 1), (3, 3)]);
+        assert_eq!(cache.lookup(&entry(3, 6).0), None);
+        assert_eq!(cache.lookup(&entry(3, 7).0), Some(false));
+        assert_eq!(cache.lookup(&entry(1, 0).0), Some(false));
+        // Client 2 (1 entry) takes room from the largest holder until it holds as many, then
+        // pays with its own oldest.
+        cache.insert_all([entry(2, 1), entry(2, 2)], true);
+        assert_eq!(shares(&cache), vec![(1, 2), (2, 2), (3, 2)]);
+        assert_eq!(cache.lookup(&entry(3, 7).0), None);
+        assert_eq!(cache.lookup(&entry(2, 0).0), None);
+        // Among equals, the oldest entry goes: client 1's first.
+        cache.insert_all([entry(4, 0)], false);
+        assert_eq!(shares(&cache), vec![(1, 1), (2, 2), (3, 2), (4, 1)]);
+        assert_eq!(cache.lookup(&entry(1, 0).0), None);
+        // An upgrade keeps the entry where it is; a channel-only insert reports whether the
+        // signature is known to verify.
+        let (key, c) = entry(3, 9);
+        assert!(!cache.insert(key, c, false));
+        let (key, c) = entry(2, 2);
+        assert!(cache.insert(key, c, false));
+        let (key, c) = entry(3, 9);
+        assert!(cache.insert(key, c, true));
+        assert_eq!(cache.lookup(&key), Some(true));
+        assert_eq!(cache.len(), 6);
+    }
+
+    /// With more clients than room, the oldest entry goes: no early set of keys holds the cache.
+    #[test]
+    fn a_cache_of_one_entry_keeps_the_latest() {
+        let cache = VerifiedRequests::new(0);
+        cache.insert_all([entry(1, 0), entry(2, 0)], false);
+        assert_eq!(shares(&cache), vec![(2, 1)]);
+    }
 
     /// Every field of a request's body, and its signature, changes its cache key (the session
     /// once did not: review of issue 13, finding 1).

@@ -17,9 +17,10 @@
 //!
 //! # Cheap by default, the rest with `SMR_MODEL=full`
 //!
-//! `cargo test -p smr-core --test model` (and so `cargo test --workspace`) runs only the two
-//! cheap models, both explored to exhaustion in well under a second: one CFT request, and one
-//! CFT request with leader 0 crashed. Every other model is heavy, from 6 s to 40 s and up to
+//! `cargo test -p smr-core --test model` (and so `cargo test --workspace`) runs only the three
+//! cheap models: one CFT request, and one CFT request with leader 0 crashed, both explored to
+//! exhaustion in well under a second, and one BFT request from a client that splits good and
+//! bad signatures (issue 13), bounded at 18 steps (about 2 s). Every other model is heavy, from 6 s to 40 s and up to
 //! 7 GB of memory each (noted at each test), about a minute and 8 GB for the whole target on
 //! two cores; each is skipped, with a line on stderr saying so and how to run it:
 //! `SMR_MODEL=full cargo test -p smr-core --test model`. CI (`.ci/run`) runs them all.
@@ -58,7 +59,8 @@
 //! before the crash.
 //!
 //! Clients are not modelled beyond their signed requests, which start in flight to every
-//! replica: replies to clients are discarded, and nothing else a client does (retries, reads)
+//! replica (in the split-client model, some replicas' copies carry a bad signature, and direct
+//! requests are authenticated by their channel as in the driver): replies to clients are discarded, and nothing else a client does (retries, reads)
 //! is explored here. Persist actions are discarded except by the replica that may restart.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -75,7 +77,8 @@ use smr_core::message::{
 };
 use smr_core::runner::{self, Host};
 use smr_core::{
-    ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Peer, Timeouts, ValidEngineConfig,
+    ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Peer, RequestAuth, Timeouts,
+    ValidEngineConfig,
 };
 use smr_crypto::sim::{SimKey, SimVerifier};
 use smr_crypto::{PublicKey, Signer, Verifier};
@@ -196,6 +199,9 @@ struct World {
     /// nothing reaches it.
     down: bool,
     crashes: u8,
+    /// Messages from correct replicas that the verifier refused (only the split-client model
+    /// asks that there be none).
+    refused_from_correct: u32,
 }
 
 impl World {
@@ -254,6 +260,7 @@ impl PartialEq for World {
         self.now_ms == other.now_ms
             && self.down == other.down
             && self.crashes == other.crashes
+            && self.refused_from_correct == other.refused_from_correct
             && self.network_summary() == other.network_summary()
             && self.executed == other.executed
             && self.earlier_lives == other.earlier_lives
@@ -270,6 +277,7 @@ impl Hash for World {
         self.now_ms.hash(state);
         self.down.hash(state);
         self.crashes.hash(state);
+        self.refused_from_correct.hash(state);
         self.network_summary().hash(state);
         self.executed.hash(state);
         self.earlier_lives.hash(state);
@@ -355,10 +363,21 @@ struct Setup {
     /// `None`: progress means every correct replica executed every request. `Some(rs)`: it
     /// means each of `rs` executed a batch (with twins, replica 1 can never decide alone).
     progress: Option<&'static [usize]>,
+    /// `Some(rs)`: progress means each of `rs` executed every request (with `progress` unset).
+    progress_of: Option<&'static [usize]>,
     default_depth: usize,
     /// `Some(cost)`: a heavy model, run only with `SMR_MODEL=full`; `cost` is what it takes
     /// (time and memory), printed when it is skipped.
     heavy: Option<&'static str>,
+    /// `Some(rs)`: the client is Byzantine and splits its copies (BFT, docs/design.md §5): the
+    /// replicas `rs` get its request with a bad signature (another request's), the others a
+    /// good one. Direct requests are then authenticated by their channel, as the driver does
+    /// (`RequestAuth::Channel`, engines with a request verifier; no `VerifiedRequests` cache,
+    /// which only skips checks of bytes a replica got directly and so never changes whether a
+    /// correct leader's PROPOSE passes). Two more `always` properties hold: no correct replica
+    /// leaves regency 0 (the correct leader is never replaced) and the verifier refuses no
+    /// message from a correct replica (none is blamed for the client's signature).
+    split_client: Option<&'static [u32]>,
 }
 
 impl Setup {
@@ -377,8 +396,10 @@ impl Setup {
             timers: &[],
             twins: false,
             progress: None,
+            progress_of: None,
             default_depth: 0,
             heavy: None,
+            split_client: None,
         }
     }
 }
@@ -449,6 +470,7 @@ impl SmrModel {
             stores: vec![Vec::new(); setup.n + usize::from(setup.twins)],
             down: false,
             crashes: 0,
+            refused_from_correct: 0,
         };
         let mut configs = Vec::new();
         let mut signers = Vec::new();
@@ -464,9 +486,11 @@ impl SmrModel {
             .validate()
             .expect("valid test config");
             let signer: Arc<dyn Signer> = Arc::new(k.clone());
-            world
-                .engines
-                .push(Arc::new(Engine::new(cfg.clone(), signer.clone())));
+            let mut engine = Engine::new(cfg.clone(), signer.clone());
+            if setup.split_client.is_some() {
+                engine.set_request_verifier(verifier.signatures.clone());
+            }
+            world.engines.push(Arc::new(engine));
             configs.push(cfg);
             signers.push(signer);
         }
@@ -551,6 +575,18 @@ impl SmrModel {
             };
             let request = Request::new(body, signing.then_some(&client_key as &dyn Signer));
             model.signed.insert(request.id(), request.body.op.clone());
+            // The Byzantine client's other copy: the same body under another request's
+            // signature.
+            let mut bad = request.clone();
+            bad.signature = Request::new(
+                RequestBody {
+                    seq: seq + 1000,
+                    ..request.body.clone()
+                },
+                signing.then_some(&client_key as &dyn Signer),
+            )
+            .signature;
+            let bad = Message::Request(bad);
             let message = Message::Request(request);
             model
                 .requests
@@ -564,10 +600,14 @@ impl SmrModel {
                     .collect()
             };
             for slot in to {
+                let copy = match model.setup.split_client {
+                    Some(bad_to) if bad_to.contains(&(slot as u32)) => &bad,
+                    _ => &message,
+                };
                 world.in_flight.push(Arc::new(Envelope::new(
                     slot as u32,
                     Peer::Client(client),
-                    &message,
+                    copy,
                 )));
             }
         }
@@ -710,11 +750,28 @@ impl Model for SmrModel {
                 let message: Message = codec::decode(&env.frame).expect("own frame decodes");
                 // A message the verifier or the engine rejects changes nothing we fingerprint,
                 // but the delivery itself is still a step: it leaves the network.
-                if let Ok(verified) = self.verifier.verify_inbound(env.from, message) {
-                    let now = next.now_ms;
-                    let output =
-                        Arc::make_mut(&mut next.engines[env.to as usize]).on_message(now, verified);
-                    self.perform(&mut next, env.to as usize, output);
+                let verdict = match env.from {
+                    Peer::Client(_) if self.setup.split_client.is_some() => self
+                        .verifier
+                        .verify_run(vec![(env.from, message)], None, RequestAuth::Channel)
+                        .pop()
+                        .expect("one verdict"),
+                    _ => self.verifier.verify_inbound(env.from, message),
+                };
+                match verdict {
+                    Ok(verified) => {
+                        let now = next.now_ms;
+                        let output = Arc::make_mut(&mut next.engines[env.to as usize])
+                            .on_message(now, verified);
+                        self.perform(&mut next, env.to as usize, output);
+                    }
+                    Err(_) => {
+                        if let Peer::Replica(r) = env.from {
+                            if self.correct().any(|c| c == r as usize) {
+                                next.refused_from_correct += 1;
+                            }
+                        }
+                    }
                 }
             }
             Step::Fire { replica, timer } => {
@@ -822,6 +879,21 @@ impl Model for SmrModel {
                     })
                 },
             ),
+            Property::always(
+                "a client that splits its copies gets no correct leader replaced",
+                |model: &SmrModel, world: &World| {
+                    model.setup.split_client.is_none()
+                        || model
+                            .correct()
+                            .all(|r| world.engines[r].regency() == Regency::ZERO)
+                },
+            ),
+            Property::always(
+                "a client that splits its copies gets no correct replica's message refused",
+                |model: &SmrModel, world: &World| {
+                    model.setup.split_client.is_none() || world.refused_from_correct == 0
+                },
+            ),
             Property::sometimes(
                 "every correct replica executed every request",
                 |model: &SmrModel, world: &World| {
@@ -833,7 +905,11 @@ impl Model for SmrModel {
                     if let Some(replicas) = model.setup.progress {
                         return replicas.iter().all(|r| !world.executed[*r].is_empty());
                     }
-                    model.correct().all(|r| {
+                    let mut replicas: Vec<usize> = model.correct().collect();
+                    if let Some(only) = model.setup.progress_of {
+                        replicas = only.to_vec();
+                    }
+                    replicas.into_iter().all(|r| {
                         let done: BTreeSet<RequestId> = world.executed[r]
                             .iter()
                             .flat_map(|(_, batch)| batch.iter().map(|(id, _)| *id))
@@ -1015,6 +1091,34 @@ fn cft_replicas_agree_on_two_requests_when_the_leader_restarts_at_any_step_and_i
             Mode::Cft,
             3,
             2,
+        )
+    });
+}
+
+/// Issue 13 item 3: a Byzantine client sends the leader and replicas 1 and 2 its request with a
+/// bad signature and replica 3 a good one. The leader and replicas 1 and 2 must drop their
+/// copies at once or at their first request timeout; replica 3 forwards its copy at its timeout
+/// and the leader proposes it. Had 1 and 2 kept theirs, their second timeouts would have sent
+/// two STOPs (f+1: the others join) and replaced a correct leader; had a follower forwarded or
+/// STOPped a bad copy, the verifier would refuse a correct replica's message. Progress: replica
+/// 1, which got only a bad copy, executes the request from the leader's PROPOSE.
+///
+/// Bounded at 18 steps (about 29,000 states, 2 s in a debug build): progress needs 16 (four
+/// request deliveries, a timeout, the Forward, two PROPOSEs, then WRITEs and ACCEPTs), and a
+/// second request timeout at a follower holding a bad copy comes at the sixth step. Every
+/// correct replica executing takes 25 steps, beyond a cheap bound.
+#[test]
+fn bft_a_client_that_signs_badly_for_the_leader_and_two_followers_gets_no_leader_replaced() {
+    check(Setup {
+        split_client: Some(&[0, 1, 2]),
+        timers: &[TimerKind::Request, TimerKind::LeaderChange],
+        progress_of: Some(&[1]),
+        default_depth: 18,
+        ..Setup::correct(
+            "bft n=4 f=1, 1 request, bad signature to replicas 0, 1 and 2",
+            Mode::Bft,
+            4,
+            1,
         )
     });
 }

@@ -80,7 +80,7 @@ impl Engine {
         now_ms: u64,
         from: ReplicaId,
         stop: Signed<Stop>,
-        signatures_checked: bool,
+        signature_checked: &dyn Fn(usize) -> bool,
     ) -> Result<(), Rejection> {
         let target = stop.body.regency;
         if target <= self.regency || stop.body.from_regency < self.regency {
@@ -99,9 +99,10 @@ impl Engine {
             .entry(from)
             .or_insert(Regency::ZERO);
         *entry = (*entry).max(target);
-        for request in stop.body.pending {
+        for (position, request) in stop.body.pending.into_iter().enumerate() {
             // Stale or already pending requests are fine; a full pool just drops them.
-            let _ = self.handle_request(now_ms, request, false, signatures_checked);
+            let checked = signature_checked(position);
+            let _ = self.handle_request(now_ms, request, false, checked);
         }
         self.check_stops(now_ms);
         Ok(())

@@ -523,22 +523,23 @@ impl Engine {
         let Verified {
             from,
             message,
-            request_signatures_checked: checked,
+            channel_only,
         } = verified;
+        let checked = |position: usize| crate::verify::signature_checked(&channel_only, position);
         match (from, message) {
             (Peer::Client(_), Message::Request(request)) => {
-                self.handle_request(now_ms, request, true, checked)
+                self.handle_request(now_ms, request, true, checked(0))
             }
             (Peer::Replica(j), Message::Forward(requests)) => {
                 if !self.is_leader() {
                     return Err(Rejection::NotLeader);
                 }
                 let _ = j;
-                for request in requests {
+                for (position, request) in requests.into_iter().enumerate() {
                     // A forwarded request may be stale or already pending; neither is the
                     // forwarder's fault. One request the pool refuses does not stop the
                     // others, and never undoes what earlier ones started (a proposal).
-                    match self.handle_request(now_ms, request, false, checked) {
+                    match self.handle_request(now_ms, request, false, checked(position)) {
                         Ok(()) | Err(Rejection::StaleRequest) => {}
                         Err(e) => self.reject(e),
                     }
@@ -605,7 +606,7 @@ impl Engine {
                 }
                 Ok(())
             }
-            (Peer::Replica(j), Message::Stop(stop)) => self.handle_stop(now_ms, j, stop, checked),
+            (Peer::Replica(j), Message::Stop(stop)) => self.handle_stop(now_ms, j, stop, &checked),
             (Peer::Replica(j), Message::StopData(sd)) => self.handle_stopdata(now_ms, j, sd),
             (Peer::Replica(_), Message::Sync(sync)) => {
                 self.handle_sync(now_ms, sync);

@@ -1,0 +1,183 @@
+//! Review 25 of issue 13: the verified-request cache (`VerifiedRequests`) shared by the verify
+//! workers, and the per-request "signature checked" mark. Each test fails on the code before
+//! the fix it names (see the report of task 25-a).
+
+mod common;
+
+use common::*;
+use smr_core::engine::{Output, PersistRecord};
+use smr_core::message::{
+    Batch, Cid, Message, Regency, Request, RequestBody, RequestKind, VoteKind,
+};
+use smr_core::{ClientPolicy, Peer, RequestAuth, VerifiedRequests};
+use smr_crypto::sim::SimKey;
+
+/// Request `seq` of `client`'s session 1, signed by it.
+fn request_of(client: &SimKey, seq: u64) -> Request {
+    let body = RequestBody {
+        client: client.public_key(),
+        session: 1,
+        seq,
+        kind: RequestKind::Ordered,
+        op: Vec::new(),
+    };
+    Request::new(body, Some(client as &dyn smr_crypto::Signer))
+}
+
+/// One client can flush every other client's entries out of `VerifiedRequests`: each request
+/// it sends on its own connection is cached (as channel-authenticated) by the verify worker,
+/// before the engine's pool bounds (`max_pending_per_client`) or its client table (stale,
+/// executed) have any say, and the cache (1024 to 8192 entries in the driver) evicted the
+/// oldest whoever owned it. A Byzantine client resending already-executed or junk seqs at a few
+/// thousand requests per second thus made every follower verify every other client's request
+/// inside each PROPOSE again (about n verifications per operation instead of 1, the issue's
+/// target), at no cost to itself. The cache now evicts from the client holding the most
+/// entries (the inserting one on a tie), so a client evicts only its own entries while another
+/// holds fewer.
+#[test]
+fn a_client_cannot_flush_other_clients_requests_from_the_verified_cache() {
+    let c = bft();
+    let mut verifier = c.verifier.clone();
+    verifier.clients = std::sync::Arc::new(ClientPolicy::Any);
+    let attacker = key(201);
+    let cache = VerifiedRequests::new(16);
+    let victim = c.request_in(1, 1);
+    let direct = |from: Peer, m: Message| {
+        verifier
+            .verify_run(vec![(from, m)], Some(&cache), RequestAuth::Channel)
+            .pop()
+            .unwrap()
+            .expect("direct request");
+    };
+    direct(c.client_peer(), Message::Request(victim.clone()));
+    for seq in 1..=16 {
+        direct(
+            Peer::Client(attacker.public_key()),
+            Message::Request(request_of(&attacker, seq)),
+        );
+    }
+    assert_eq!(cache.len(), 16, "the cache stays within its capacity");
+    let propose = Message::Propose(c.propose(
+        0,
+        Cid(1),
+        Regency(0),
+        Batch {
+            requests: vec![victim],
+        },
+    ));
+    let hits = cache.hits();
+    verifier
+        .verify_run(
+            vec![(Peer::Replica(0), propose)],
+            Some(&cache),
+            RequestAuth::Channel,
+        )
+        .pop()
+        .unwrap()
+        .expect("a correct leader's PROPOSE");
+    assert_eq!(
+        cache.hits(),
+        hits + 1,
+        "the victim's direct copy was evicted by another client's requests: re-verified"
+    );
+}
+
+/// A direct copy of a request whose signature this replica already verified (in the leader's
+/// PROPOSE, a Forward or a STOP that overtook the client's own copy) reached the engine marked
+/// unchecked, so the engine verified the same bytes again before relaying them (a Forward at
+/// its request timeout here; a STOP, or its own PROPOSE as the next leader, likewise). The
+/// verify worker now reads the cache entry it updates for the direct copy, per request: the
+/// follower's timeout costs no verification (one before).
+#[test]
+fn a_direct_copy_of_a_request_verified_in_a_propose_is_not_verified_again() {
+    let c = bft();
+    let cache = VerifiedRequests::new(16);
+    let mut follower = c.channel_engine(1);
+    let request = c.request(1);
+    let batch = Batch {
+        requests: vec![request.clone()],
+    };
+    let propose = c.propose(0, Cid(1), Regency(0), batch.clone());
+    let out = c.deliver_by_channel(
+        &mut follower,
+        0,
+        Peer::Replica(0),
+        Message::Propose(propose),
+        &cache,
+    );
+    let write = c.vote(VoteKind::Write, 1, Cid(1), Regency(0), batch.digest());
+    assert_eq!(
+        out,
+        Output {
+            persist: vec![PersistRecord::Vote(write.body)],
+            send_after_persist: vec![broadcast(Message::Write(write.clone()))],
+            ..Output::default()
+        }
+    );
+    let out = c.deliver_by_channel(
+        &mut follower,
+        1,
+        c.client_peer(),
+        Message::Request(request.clone()),
+        &cache,
+    );
+    assert_eq!(out, Output::default(), "pooled");
+    // The request timer (1000 ms after the request), with the retransmit of the WRITE and the
+    // catch-up queries for the undecided cid that are due by then.
+    let out = follower.on_timeout(1001);
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![
+                broadcast(Message::Write(write)),
+                send(2, Message::DecisionQuery { from_cid: Cid(1) }),
+                send(0, Message::Forward(vec![request])),
+                send(3, Message::DecisionQuery { from_cid: Cid(1) }),
+            ],
+            ..Output::default()
+        }
+    );
+    assert_eq!(
+        follower.stats().client_signatures_verified,
+        0,
+        "the engine verified again a signature its verify worker had verified"
+    );
+}
+
+/// The mark is per request: in a PROPOSE whose first request is known here by its channel only
+/// and whose second was verified in it, only the first is unchecked.
+#[test]
+fn a_propose_marks_only_its_channel_only_requests_unchecked() {
+    let c = bft();
+    let cache = VerifiedRequests::new(16);
+    let direct = c
+        .verifier
+        .verify_run(
+            vec![(c.client_peer(), Message::Request(c.request(1)))],
+            Some(&cache),
+            RequestAuth::Channel,
+        )
+        .pop()
+        .unwrap()
+        .expect("direct");
+    assert!(!direct.request_signature_checked(0));
+    let propose = Message::Propose(c.propose(0, Cid(1), Regency(0), c.batch(&[1, 2])));
+    let verified = c
+        .verifier
+        .verify_run(
+            vec![(Peer::Replica(0), propose)],
+            Some(&cache),
+            RequestAuth::Channel,
+        )
+        .pop()
+        .unwrap()
+        .expect("a correct leader's PROPOSE");
+    assert!(!verified.request_signatures_checked());
+    assert_eq!(
+        (0..3)
+            .map(|i| verified.request_signature_checked(i))
+            .collect::<Vec<_>>(),
+        vec![false, true, true],
+        "position 2 holds no request: nothing unchecked there"
+    );
+}
