@@ -361,7 +361,8 @@ struct Setup {
     /// cid 1.
     twins: bool,
     /// `None`: progress means every correct replica executed every request. `Some(rs)`: it
-    /// means each of `rs` executed a batch (with twins, replica 1 can never decide alone).
+    /// means each of `rs` executed a batch with one of the client's requests (with twins,
+    /// replica 1 can never decide alone).
     progress: Option<&'static [usize]>,
     /// `Some(rs)`: progress means each of `rs` executed every request (with `progress` unset).
     progress_of: Option<&'static [usize]>,
@@ -903,7 +904,14 @@ impl Model for SmrModel {
                         return false;
                     }
                     if let Some(replicas) = model.setup.progress {
-                        return replicas.iter().all(|r| !world.executed[*r].is_empty());
+                        // A batch with one of the client's requests: cid 1 (the session's
+                        // open, learned before the model starts) executes no request of the
+                        // service, yet leaves an entry in `executed`.
+                        return replicas.iter().all(|r| {
+                            world.executed[*r].iter().any(|(_, batch)| {
+                                batch.iter().any(|(id, _)| model.signed.contains_key(id))
+                            })
+                        });
                     }
                     let mut replicas: Vec<usize> = model.correct().collect();
                     if let Some(only) = model.setup.progress_of {
