@@ -137,23 +137,10 @@ impl Default for DriverOptions {
 /// benchmark machine, where four replicas share the cores, one worker per replica used about 10%
 /// less CPU per request than two.)
 fn default_verify_workers() -> usize {
-    available_cores().div_euclid(2).clamp(1, 4)
-}
-
-fn available_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// Worker threads for a replica process's tokio runtime (the transport, the network reader
-/// and the engine task): the cores the default verify workers leave, at least one. One
-/// replica's runtime needs few: its heavy work is on the verify workers, and every extra
-/// worker of a multi-threaded runtime is woken to steal each task another wakes, which at one
-/// request in flight cost more than it saved (on the 2-core benchmark machine, one worker
-/// instead of two cut CFT's CPU per operation by a quarter; issue 13, BENCHMARKS.md).
-pub fn replica_runtime_workers() -> usize {
-    available_cores()
-        .saturating_sub(default_verify_workers())
-        .max(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get() / 2)
+        .unwrap_or(1)
+        .clamp(1, 4)
 }
 
 /// A live view of a replica, for operators and tests; republished after every engine input.

@@ -227,15 +227,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// A replica's runtime: as many workers as the verify workers leave cores
-/// ([`smr_core::driver::replica_runtime_workers`]).
-fn replica_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(smr_core::driver::replica_runtime_workers())
-        .enable_all()
-        .build()?)
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -245,7 +236,7 @@ fn main() -> ExitCode {
         }
         Command::Replica(args) => {
             init_logging("info");
-            replica_runtime().and_then(|rt| rt.block_on(cmd::replica(args)))
+            runtime().and_then(|rt| rt.block_on(cmd::replica(args)))
         }
         // The client commands explain failures themselves; transport warnings (such as every
         // reconnect to a replica that is down) would bury the answer.
