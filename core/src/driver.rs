@@ -657,7 +657,7 @@ pub fn start_replica<N: Network>(
     })
 }
 
-/// Most frames the network reader verifies itself, as one run ([`verify_inline`]).
+/// Most frames the network reader verifies itself, as one run (see the module docs).
 pub const MAX_INLINE_RUN_FRAMES: usize = 4;
 /// Most frame bytes the network reader verifies itself, as one run: a few votes and requests,
 /// or a PROPOSE of a few requests, whose check takes tens of microseconds. More could hold up
