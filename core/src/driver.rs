@@ -1,7 +1,11 @@
 //! The tokio driver: runs an [`Engine`] over a [`Network`], and a [`ClientEngine`] for clients.
 //!
 //! # Replica threads and tasks
-//! - **Reader task:** takes frames from the network and deals them to the verify workers.
+//! - **Reader task:** takes frames from the network and deals them to the verify workers,
+//!   except when only a few small frames are waiting and their workers are idle: it then
+//!   decodes and verifies them itself, as one run, and hands them to the engine directly
+//!   ([`MAX_INLINE_RUN_FRAMES`]): at low load a worker's run would hold them alone, and the
+//!   hop costs two thread wake-ups.
 //!   Each worker has two queues (lanes), one for replica frames and one for client frames, each
 //!   with half of `verify_queue_frames` and `verify_queue_bytes`, so that client frames (anyone's,
 //!   under an open client policy) never fill the room replica frames need; the reader waits only
@@ -46,7 +50,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -445,6 +449,7 @@ pub fn start_replica<N: Network>(
             .clamp(1024, MAX_VERIFIED_REQUESTS),
     ));
     let mut worker_txs = Vec::new();
+    let mut worker_backlogs = Vec::new();
     let lane_bytes = (options.verify_queue_bytes / 2).clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
     let lane_frames = (options.verify_queue_frames / 2).max(1);
     let runtime = tokio::runtime::Handle::current();
@@ -463,7 +468,10 @@ pub fn start_replica<N: Network>(
         let client_rx = rxs.pop().expect("two lanes");
         let replica_rx = rxs.pop().expect("two lanes");
         worker_txs.push(lanes);
+        let backlog = Arc::new(AtomicUsize::new(0));
+        worker_backlogs.push(backlog.clone());
         let worker = VerifyWorker {
+            backlog,
             verifier: verifier.clone(),
             cache: verified_requests.clone(),
             input_tx: input_tx.clone(),
@@ -492,21 +500,84 @@ pub fn start_replica<N: Network>(
             })
             .map_err(StartError::Thread)?;
     }
-    drop(input_tx);
+    // The reader verifies a lone small frame itself when its worker is idle (see
+    // [`verify_inline`]); what it verifies goes to the engine on the same channel.
+    let inline = VerifyWorker {
+        backlog: Arc::new(AtomicUsize::new(0)),
+        verifier: verifier.clone(),
+        cache: verified_requests.clone(),
+        input_tx,
+        rejected: rejected.clone(),
+        decode_errors: decode_errors.clone(),
+        metrics: metrics.clone(),
+    };
 
     // Reader task: deal frames to workers; a peer's frames always go to the same worker and
     // lane, so that one flooding peer fills one lane of one worker, and its frames stay in order.
     let reader = {
         let network = network.clone();
         tokio::spawn(async move {
-            while let Some(frame) = network.recv().await {
-                let w = worker_for(&frame.from, worker_txs.len());
-                let lane = match frame.from {
-                    Peer::Replica(_) => 0,
-                    Peer::Client(_) => 1,
-                };
-                let (tx, queued_bytes) = &worker_txs[w][lane];
-                if !queued_bytes.reserve(frame.frame.len()).await || tx.send(frame).await.is_err() {
+            let mut gathered: Vec<InboundFrame> = Vec::with_capacity(MAX_INLINE_RUN_FRAMES);
+            while let Some(first) = network.recv().await {
+                // Whatever else is waiting right now, up to one more than an inline run holds:
+                // more than that means load, and the workers' runs batch it better.
+                let mut bytes = first.frame.len();
+                gathered.push(first);
+                let mut closed = false;
+                while gathered.len() <= MAX_INLINE_RUN_FRAMES && bytes <= MAX_INLINE_RUN_BYTES {
+                    match recv_now(&*network).await {
+                        Some(Some(frame)) => {
+                            bytes += frame.frame.len();
+                            gathered.push(frame);
+                        }
+                        Some(None) => {
+                            closed = true;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                // Client frames are authenticated by their channel, and CFT carries no
+                // signatures: what needs no signature check is cheap to decode here.
+                let unsigned = !inline.verifier.quorums.requires_signatures()
+                    || gathered
+                        .iter()
+                        .all(|frame| matches!(frame.from, Peer::Client(_)));
+                let workers_idle = gathered.iter().all(|frame| {
+                    worker_backlogs[worker_for(&frame.from, worker_txs.len())]
+                        .load(Ordering::Acquire)
+                        == 0
+                });
+                if verify_inline(gathered.len(), bytes, unsigned, workers_idle) {
+                    inline
+                        .metrics
+                        .frames_verified_inline
+                        .add(gathered.len() as u64);
+                    for input in inline.verify_run(gathered.drain(..)) {
+                        if inline.input_tx.send(input).await.is_err() {
+                            return;
+                        }
+                    }
+                } else {
+                    for frame in gathered.drain(..) {
+                        let w = worker_for(&frame.from, worker_txs.len());
+                        let lane = match frame.from {
+                            Peer::Replica(_) => 0,
+                            Peer::Client(_) => 1,
+                        };
+                        let (tx, queued_bytes) = &worker_txs[w][lane];
+                        if !queued_bytes.reserve(frame.frame.len()).await {
+                            return;
+                        }
+                        // Counted before it is queued: the worker uncounts it only after
+                        // handing its verdict to the engine.
+                        worker_backlogs[w].fetch_add(1, Ordering::AcqRel);
+                        if tx.send(frame).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                if closed {
                     break;
                 }
             }
@@ -586,8 +657,38 @@ pub fn start_replica<N: Network>(
     })
 }
 
+/// Most frames the network reader verifies itself, as one run (see the module docs).
+pub const MAX_INLINE_RUN_FRAMES: usize = 4;
+/// Most frame bytes the network reader verifies itself, as one run: a few votes and requests,
+/// or a PROPOSE of a few requests, whose check takes tens of microseconds. More could hold up
+/// the runtime's thread for longer than the hop to a worker costs.
+pub const MAX_INLINE_RUN_BYTES: usize = 4 * 1024;
+
+/// Whether the network reader decodes and checks the frames it took at once (`frames`
+/// frames, `bytes` bytes: all that was waiting, or one more than [`MAX_INLINE_RUN_FRAMES`])
+/// itself, as one run, instead of queueing them for the verify workers. Only when
+/// - they need no signature check (`unsigned`: client frames, authenticated by their
+///   channel, or any frame in CFT, which signs nothing): a signature is tens of microseconds
+///   that a worker thread runs beside the transport and the engine, and measured at one
+///   request in flight, checking votes here made BFT's latency worse although it saved CPU;
+/// - they are few and small (the replica is not under load, so a worker's run would hold them
+///   alone);
+/// - the workers they belong to have nothing queued or in hand (`workers_idle`: everything
+///   those workers took has reached the engine, so the frames still reach it after every
+///   earlier frame of their peers).
+///
+/// It saves two thread wake-ups per message, each a futex wake and a context switch: on
+/// BFT's critical path, the hop of the client's request at the leader; in CFT, every hop.
+fn verify_inline(frames: usize, bytes: usize, unsigned: bool, workers_idle: bool) -> bool {
+    unsigned && frames <= MAX_INLINE_RUN_FRAMES && bytes <= MAX_INLINE_RUN_BYTES && workers_idle
+}
+
 /// One verify worker thread: see the module docs.
 struct VerifyWorker {
+    /// Frames queued for this worker or in its hands and not yet handed to the engine: the
+    /// reader adds one before queueing a frame, the worker takes a run's off after handing it
+    /// over (the reader verifies a frame itself only while its worker's is 0).
+    backlog: Arc<AtomicUsize>,
     verifier: InboundVerifier,
     cache: Arc<VerifiedRequests>,
     input_tx: mpsc::Sender<EngineInput>,
@@ -666,20 +767,21 @@ impl VerifyWorker {
     fn run(&self, runtime: &tokio::runtime::Handle, replicas: &mut Lane, clients: &mut Lane) {
         let mut frames = Vec::with_capacity(MAX_VERIFY_RUN_FRAMES);
         while next_run(runtime, replicas, clients, &mut frames) {
-            if !self.verify_run(frames.drain(..)) {
-                break;
+            let taken = frames.len();
+            for input in self.verify_run(frames.drain(..)) {
+                // Returns false once the engine is gone.
+                if self.input_tx.blocking_send(input).is_err() {
+                    return;
+                }
             }
+            self.backlog.fetch_sub(taken, Ordering::AcqRel);
         }
     }
 
-    /// Returns false once the engine is gone.
-    fn hand_over(&self, input: EngineInput) -> bool {
-        self.input_tx.blocking_send(input).is_ok()
-    }
-
-    /// Decodes and verifies one run of frames and hands the good ones to the engine, in
-    /// order. Returns false once the engine is gone.
-    fn verify_run(&self, frames: impl Iterator<Item = InboundFrame>) -> bool {
+    /// Decodes and verifies one run of frames: what the engine gets of it, in order (a
+    /// status query splits the run).
+    fn verify_run(&self, frames: impl Iterator<Item = InboundFrame>) -> Vec<EngineInput> {
+        let mut inputs = Vec::new();
         let mut slots = Vec::new();
         let mut messages = Vec::new();
         for InboundFrame { from, frame } in frames {
@@ -707,14 +809,10 @@ impl VerifyWorker {
             match slot {
                 Slot::StatusQuery(from) => {
                     // Keep the order: what arrived before the query is handed over first.
-                    if !run.is_empty()
-                        && !self.hand_over(EngineInput::Messages(std::mem::take(&mut run)))
-                    {
-                        return false;
+                    if !run.is_empty() {
+                        inputs.push(EngineInput::Messages(std::mem::take(&mut run)));
                     }
-                    if !self.hand_over(EngineInput::StatusQuery(from)) {
-                        return false;
-                    }
+                    inputs.push(EngineInput::StatusQuery(from));
                 }
                 Slot::Verdict(from) => match verdicts.next().expect("one verdict per message") {
                     Ok(v) => run.push(v),
@@ -727,9 +825,9 @@ impl VerifyWorker {
             }
         }
         if !run.is_empty() {
-            return self.hand_over(EngineInput::Messages(run));
+            inputs.push(EngineInput::Messages(run));
         }
-        true
+        inputs
     }
 }
 
@@ -776,6 +874,16 @@ fn next_run(
         }
     }
     true
+}
+
+/// The next frame if one is waiting now (`Some(None)` once the network has closed), without
+/// waiting for one. The network's `recv` is cancel-safe.
+async fn recv_now<N: Network>(network: &N) -> Option<Option<InboundFrame>> {
+    tokio::select! {
+        biased;
+        frame = network.recv() => Some(frame),
+        () = std::future::ready(()) => None,
+    }
 }
 
 fn worker_for(peer: &Peer, workers: usize) -> usize {
@@ -1791,6 +1899,24 @@ impl<N: Network> ClientShared<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reader_checks_only_few_small_unsigned_frames_of_idle_workers_itself() {
+        assert!(verify_inline(1, 200, true, true));
+        assert!(verify_inline(
+            MAX_INLINE_RUN_FRAMES,
+            MAX_INLINE_RUN_BYTES,
+            true,
+            true
+        ));
+        // A signature: a worker checks it beside the transport and the engine.
+        assert!(!verify_inline(1, 200, false, true));
+        // A backlog: the frames would overtake their peers' earlier ones.
+        assert!(!verify_inline(1, 200, true, false));
+        // Load: the workers' runs batch it.
+        assert!(!verify_inline(MAX_INLINE_RUN_FRAMES + 1, 200, true, true));
+        assert!(!verify_inline(1, MAX_INLINE_RUN_BYTES + 1, true, true));
+    }
 
     fn request_id(client: u8, seq: u64) -> RequestId {
         RequestId {

@@ -191,6 +191,9 @@ pub struct ReplicaMetrics {
     pub checkpoints: Value,
     /// Signatures checked by the verify workers and by the engine (client requests it relays).
     pub signature_verifications: Value,
+    /// Inbound frames the network reader verified itself instead of queueing them for a verify
+    /// worker (a lone small frame while the worker is idle; see the driver's module docs).
+    pub frames_verified_inline: Value,
     /// Frames that did not decode into a message.
     pub decode_errors: Value,
     /// Messages not sent because they exceed the frame limit.
@@ -227,6 +230,7 @@ impl Default for ReplicaMetrics {
             state_transfers: Value::default(),
             checkpoints: Value::default(),
             signature_verifications: Value::default(),
+            frames_verified_inline: Value::default(),
             decode_errors: Value::default(),
             frames_too_large: Value::default(),
             fsyncs: Value::default(),
@@ -260,7 +264,7 @@ impl Collector for ReplicaMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         use MetricType::{Counter, Gauge};
         let e = &mut encoder;
-        let values: [(&str, &str, MetricType, &Value); 18] = [
+        let values: [(&str, &str, MetricType, &Value); 19] = [
             (
                 "smr_last_decided_cid",
                 "Highest cid decided and handed to the service, in cid order.",
@@ -350,6 +354,12 @@ impl Collector for ReplicaMetrics {
                 "Signatures checked by the verify workers and by the engine.",
                 Counter,
                 &self.signature_verifications,
+            ),
+            (
+                "smr_frames_verified_inline",
+                "Inbound frames verified by the network reader itself (a lone small frame while its verify worker is idle), not by a verify worker.",
+                Counter,
+                &self.frames_verified_inline,
             ),
             (
                 "smr_decode_errors",

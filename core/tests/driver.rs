@@ -540,3 +540,87 @@ async fn a_replica_on_an_empty_data_dir_abstains_until_its_peers_report() {
         h.shutdown().await;
     }
 }
+
+/// Issue 13 (latency at one request in flight): the network reader decodes a lone frame that
+/// needs no signature check itself and hands it to the engine, instead of waking a verify
+/// worker and then the engine (two thread wake-ups per message). A signed frame still goes to
+/// a worker. Before, every frame went through a worker and `frames_verified_inline` did not
+/// exist.
+async fn inline_checks(mode: Mode, n: usize) -> (u64, u64, u64) {
+    use smr_core::codec;
+    use smr_core::message::{Cid, Message, Regency, Signed, Vote, VoteKind};
+    let quorums = Quorums::new(mode, n, 1).unwrap();
+    let client_key = SimKey::from_seed([100; 32]);
+    let (keys, sim) = sim_keys(n, &[&client_key]);
+    let hub = Hub::default();
+    let cfg = engine_config(quorums, &keys, 0, Limits::default());
+    let handle = start_replica(
+        cfg,
+        Arc::new(keys[0].clone()),
+        Arc::new(sim),
+        hub.endpoint(Peer::Replica(0)),
+        Box::new(Counter::default()),
+        DriverOptions {
+            empty_start: EmptyStart::NewCluster,
+            ..DriverOptions::default()
+        },
+        None,
+    )
+    .expect("replica starts");
+    let metrics = handle.metrics();
+    let settled = |what: &'static str, done: &dyn Fn() -> bool| {
+        let started = std::time::Instant::now();
+        while !done() {
+            assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    // A vote of replica 1 (signed in BFT only).
+    let vote = Vote {
+        kind: VoteKind::Write,
+        replica: 1,
+        cid: Cid::FIRST,
+        regency: Regency::ZERO,
+        digest: smr_crypto::digest(b"batch"),
+    };
+    let signer: &dyn smr_crypto::Signer = &keys[1];
+    let signed = Signed::new(vote, quorums.requires_signatures().then_some(signer));
+    let kind = if mode == Mode::Bft {
+        Message::Write(signed)
+    } else {
+        Message::Accept(signed)
+    };
+    hub.endpoint(Peer::Replica(1))
+        .send(Peer::Replica(0), codec::encode(&kind))
+        .expect("replica 0 is on the hub");
+    settled("the vote reached the engine", &|| {
+        metrics.frames_verified_inline.get() + metrics.signature_verifications.get() >= 1
+    });
+    let after_vote = metrics.frames_verified_inline.get();
+    // A client's frame, authenticated by its channel.
+    let client = Peer::Client(client_key.public_key());
+    hub.endpoint(client)
+        .send(Peer::Replica(0), codec::encode(&Message::StatusQuery))
+        .expect("replica 0 is on the hub");
+    settled("the status query reached the engine", &|| {
+        metrics.frames_verified_inline.get() > after_vote
+    });
+    let counts = (
+        after_vote,
+        metrics.frames_verified_inline.get(),
+        metrics.signature_verifications.get(),
+    );
+    handle.shutdown().await;
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bft_reader_checks_a_lone_client_frame_itself_and_leaves_signatures_to_the_workers() {
+    // (inline after the vote, inline after the client frame, signatures verified)
+    assert_eq!(inline_checks(Mode::Bft, 4).await, (0, 1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cft_reader_checks_lone_frames_itself() {
+    assert_eq!(inline_checks(Mode::Cft, 3).await, (1, 2, 0));
+}
