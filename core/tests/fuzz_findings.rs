@@ -40,8 +40,7 @@ fn a_peer_behind_the_capped_log_is_pointed_at_an_unstable_checkpoint() {
         let output = c.deliver_decision(&mut replica, cid, Vec::new());
         for produced in run_service(&mut replica, 0, &output) {
             for outgoing in produced.messages() {
-                if let Outgoing::Broadcast(Message::CheckpointAnnounce { cid, digest }) = outgoing
-                {
+                if let Outgoing::Broadcast(Message::CheckpointAnnounce { cid, digest }) = outgoing {
                     checkpoint_digests.push((*cid, *digest));
                 }
             }
@@ -49,7 +48,10 @@ fn a_peer_behind_the_capped_log_is_pointed_at_an_unstable_checkpoint() {
     }
     assert_eq!(replica.last_executed(), Cid(8));
     assert_eq!(
-        checkpoint_digests.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+        checkpoint_digests
+            .iter()
+            .map(|(c, _)| *c)
+            .collect::<Vec<_>>(),
         [Cid(4), Cid(8)]
     );
 

@@ -119,7 +119,7 @@ const INITIAL_RTT: Duration = Duration::from_millis(100);
 const REDIAL_MIN_AGE: Duration = Duration::from_secs(1);
 
 /// A body is read in chunks of at most this size, so memory follows bytes actually received.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
+pub(crate) const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// How many clients together can fill the client lane of the receive queue: each client key may
 /// hold `1 / CLIENT_SHARES` of it (at least one frame of the client limit), so one client cannot
@@ -457,6 +457,11 @@ pub(crate) struct Shared {
     pub(crate) client_send_queue_frames: usize,
     pub(crate) client_send_queue_bytes: usize,
     pub(crate) max_client_keys: usize,
+    /// Most client connections open at once: `client_connection_total_bytes` over
+    /// `CLIENT_CONNECTION_HELD_BYTES` (replica role).
+    pub(crate) max_client_connections: usize,
+    /// Client connections open now, each holding a [`ClientConnectionSlot`].
+    pub(crate) client_connections: AtomicUsize,
     /// Client admission per source address (replica role).
     pub(crate) client_sources: Arc<ClientSources>,
     /// The receive queue's lane for replica frames (our own loopback frames included): a
@@ -1497,6 +1502,29 @@ async fn dial(
     }
 }
 
+/// A client connection's place in [`Shared::client_connections`]: taken when it is accepted,
+/// given back when it ends (dropped).
+pub(crate) struct ClientConnectionSlot(Arc<Shared>);
+
+impl ClientConnectionSlot {
+    /// Takes a place if fewer than `max_client_connections` client connections are open.
+    fn take(shared: &Arc<Shared>) -> Option<ClientConnectionSlot> {
+        shared
+            .client_connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < shared.max_client_connections).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| ClientConnectionSlot(shared.clone()))
+    }
+}
+
+impl Drop for ClientConnectionSlot {
+    fn drop(&mut self) {
+        self.0.client_connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Replica role: accepts connections until shutdown.
 pub(crate) async fn run_acceptor(shared: Arc<Shared>, endpoint: Endpoint) {
     let mut shutdown = shared.shutdown_rx();
@@ -1564,8 +1592,29 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     }
     // A client connection's place in its source's count, held until the connection ends.
     let mut _source = None;
+    // Its place in the total of client connections, likewise.
+    let mut _slot = None;
     let mut client = None;
     if let Peer::Client(key) = peer {
+        _slot = match ClientConnectionSlot::take(&shared) {
+            Some(slot) => Some(slot),
+            None => {
+                let count = shared
+                    .counters
+                    .connections_refused_client_bytes
+                    .fetch_add(1, Ordering::Relaxed);
+                if count == 0 {
+                    tracing::warn!(me = %shared.me, ?peer, %remote,
+                        max_client_connections = shared.max_client_connections,
+                        "refusing a client connection: client_connection_total_bytes is taken by the client connections open");
+                } else {
+                    tracing::debug!(me = %shared.me, ?peer, %remote,
+                        "refusing a client connection: client_connection_total_bytes is taken");
+                }
+                conn.close(CLOSE_TOO_MANY_CLIENTS, b"too many client connections");
+                return;
+            }
+        };
         _source = match shared.client_sources.admit(remote.ip(), key) {
             Ok(guard) => Some(guard),
             Err(refusal) => {
