@@ -106,7 +106,9 @@
 //! deadline, and streams that wait while holding room cannot wait on each other for ever;
 //! besides, one waiting stream at a time may read the rest of its frame without room (an
 //! overdraft of one client frame), so waiting streams always make progress without waiting
-//! for a deadline. Replica frames never count against the total, so clients cannot starve
+//! for a deadline. The overdraft goes in turns by source network: a network that held it
+//! last does not take it again while a stream of another network waits, so one network
+//! cannot hold it for more than one frame in a row. Replica frames never count against the total, so clients cannot starve
 //! them. A stream that ends in the middle of a frame is counted as truncated.
 //!
 //! What a client connection can make a replica hold, and the total: quinn buffers at most

@@ -672,7 +672,23 @@ pub(crate) struct PartialFrameBudget {
     /// (honest clients of one network with more large frames in flight than its share, say);
     /// with it one of them always makes progress. It costs at most one client frame beyond the
     /// budget, and a holder that stalls is closed at its frame's deadline.
+    ///
+    /// Taken in turns by source network: a source that held it last does not take it again
+    /// while a stream of another source waits for it ([`PartialFrameBudget::overdraft_turn`]),
+    /// so one network cannot hold it for longer than one frame in a row (the semaphore alone is
+    /// FIFO by stream, and one network can keep a stream of its own always first in line).
     overdraft: tokio::sync::Semaphore,
+    /// Who held the overdraft last, and how many streams of each source wait for room.
+    overdraft_turns: Mutex<OverdraftTurns>,
+}
+
+/// Whose turn the [`PartialFrameBudget::overdraft`] is.
+#[derive(Default)]
+struct OverdraftTurns {
+    /// The source network that took it last.
+    last: Option<ClientSource>,
+    /// Streams waiting for room (and so for the overdraft), per source network.
+    waiting: HashMap<ClientSource, usize>,
 }
 
 impl PartialFrameBudget {
@@ -689,6 +705,35 @@ impl PartialFrameBudget {
             shares: Mutex::new(HashMap::new()),
             buffered: AtomicUsize::new(0),
             overdraft: tokio::sync::Semaphore::new(1),
+            overdraft_turns: Mutex::new(OverdraftTurns::default()),
+        }
+    }
+
+    /// Whether a stream of `source` that got the overdraft may keep it: not if its source
+    /// took it last and a stream of another source waits for room. If so, it is its source's
+    /// now.
+    fn overdraft_turn(&self, source: ClientSource) -> bool {
+        let mut turns = lock(&self.overdraft_turns);
+        let others_wait = turns
+            .waiting
+            .iter()
+            .any(|(waiting, count)| *waiting != source && *count > 0);
+        if turns.last == Some(source) && others_wait {
+            return false;
+        }
+        turns.last = Some(source);
+        true
+    }
+
+    /// Counts a stream of `source` as waiting for room until the guard is dropped.
+    fn note_waiting(&self, source: ClientSource) -> WaitingForRoom<'_> {
+        *lock(&self.overdraft_turns)
+            .waiting
+            .entry(source)
+            .or_insert(0) += 1;
+        WaitingForRoom {
+            budget: self,
+            source,
         }
     }
 
@@ -702,7 +747,7 @@ impl PartialFrameBudget {
         lock(&self.shares).len()
     }
 
-    fn holder(&self, source: ClientSource) -> PartialHeld<'_> {
+    pub(crate) fn holder(&self, source: ClientSource) -> PartialHeld<'_> {
         let share = lock(&self.shares)
             .entry(source)
             .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.share_bytes)))
@@ -718,10 +763,29 @@ impl PartialFrameBudget {
     }
 }
 
+/// A stream of `source` waiting for room in the [`PartialFrameBudget`] (see
+/// [`PartialFrameBudget::note_waiting`]).
+struct WaitingForRoom<'a> {
+    budget: &'a PartialFrameBudget,
+    source: ClientSource,
+}
+
+impl Drop for WaitingForRoom<'_> {
+    fn drop(&mut self) {
+        let mut turns = lock(&self.budget.overdraft_turns);
+        if let Some(count) = turns.waiting.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                turns.waiting.remove(&self.source);
+            }
+        }
+    }
+}
+
 /// What one client stream holds of the [`PartialFrameBudget`] (the same bytes in its source's
 /// share and in the total), and what its buffer holds (for the gauge); both given back when
 /// the stream ends.
-struct PartialHeld<'a> {
+pub(crate) struct PartialHeld<'a> {
     budget: &'a PartialFrameBudget,
     source: ClientSource,
     share: Arc<tokio::sync::Semaphore>,
@@ -734,7 +798,7 @@ struct PartialHeld<'a> {
 
 impl<'a> PartialHeld<'a> {
     /// Notes that the frame being read is complete: an overdraft taken for it is given back.
-    fn frame_done(&mut self) {
+    pub(crate) fn frame_done(&mut self) {
         self.overdraft = None;
     }
 
@@ -756,7 +820,7 @@ impl<'a> PartialHeld<'a> {
     /// ([`PartialFrameBudget::overdraft`]), so that one waiting stream always makes progress.
     /// Cancel-safe: what it waits on is given back on drop. False at shutdown. `held_back`
     /// counts the waits; the first is logged as a warning.
-    async fn hold(&mut self, bytes: usize, held_back: &AtomicU64, peer: Peer) -> bool {
+    pub(crate) async fn hold(&mut self, bytes: usize, held_back: &AtomicU64, peer: Peer) -> bool {
         let bytes = bytes.min(self.budget.share_bytes);
         if bytes <= self.held_bytes {
             self.give_back(self.held_bytes - bytes);
@@ -794,21 +858,31 @@ impl<'a> PartialHeld<'a> {
             total.forget();
             Some(())
         };
-        tokio::select! {
-            room = room => match room {
-                Some(()) => {
-                    self.held_bytes = bytes;
-                    true
-                }
-                None => false,
-            },
-            overdraft = budget.overdraft.acquire() => match overdraft {
-                Ok(overdraft) => {
-                    self.overdraft = Some(overdraft);
-                    true
-                }
-                Err(_) => false,
-            },
+        let mut room = std::pin::pin!(room);
+        let _waiting = budget.note_waiting(self.source);
+        loop {
+            tokio::select! {
+                room = &mut room => return match room {
+                    Some(()) => {
+                        self.held_bytes = bytes;
+                        true
+                    }
+                    None => false,
+                },
+                overdraft = budget.overdraft.acquire() => match overdraft {
+                    Ok(overdraft) if budget.overdraft_turn(self.source) => {
+                        self.overdraft = Some(overdraft);
+                        return true;
+                    }
+                    // Our network had it last and another waits: its turn. Queue again
+                    // behind it (the semaphore is FIFO).
+                    Ok(not_our_turn) => {
+                        drop(not_our_turn);
+                        tokio::task::yield_now().await;
+                    }
+                    Err(_) => return false,
+                },
+            }
         }
     }
 

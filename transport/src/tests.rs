@@ -1891,3 +1891,51 @@ async fn client_connections_beyond_the_total_byte_bound_are_refused_and_counted(
     replica0.shutdown().await;
     replica1.shutdown().await;
 }
+
+/// Issue 12 item 5 (the stop-22 note): the partial-frame budget's overdraft goes in turns by
+/// source network. One network that holds its share and keeps a second stream waiting behind
+/// the one on the overdraft used to get the overdraft again as soon as it was given back (the
+/// semaphore is FIFO by stream); now a waiting stream of another network gets it first.
+#[tokio::test(flavor = "current_thread")]
+async fn the_overdraft_goes_to_another_network_before_the_same_one_again() {
+    use crate::link::{ClientSource, PartialFrameBudget};
+    const FRAME: usize = 1000 + LENGTH_PREFIX_BYTES;
+    // Two frames in all, one per network's share.
+    let budget = PartialFrameBudget::new(2 * FRAME, 1000);
+    let held_back = AtomicU64::new(0);
+    let peer = Peer::Client(key(80).public_key());
+    let a = ClientSource::of("10.0.1.1".parse().unwrap());
+    let b = ClientSource::of("10.0.2.1".parse().unwrap());
+    let c = ClientSource::of("10.0.3.1".parse().unwrap());
+    let quick = Duration::from_millis(50);
+    // Network A holds its share, C the rest of the total.
+    let mut a1 = budget.holder(a);
+    assert!(a1.hold(FRAME, &held_back, peer).await);
+    let mut c1 = budget.holder(c);
+    assert!(c1.hold(FRAME, &held_back, peer).await);
+    // A's second stream must wait: it takes the overdraft.
+    let mut a2 = budget.holder(a);
+    assert_eq!(
+        tokio::time::timeout(quick, a2.hold(FRAME, &held_back, peer)).await,
+        Ok(true)
+    );
+    // A's third stream waits first, then B's.
+    let mut a3 = budget.holder(a);
+    let mut b1 = budget.holder(b);
+    let mut a3_waits = std::pin::pin!(a3.hold(FRAME, &held_back, peer));
+    assert!(tokio::time::timeout(quick, &mut a3_waits).await.is_err());
+    let mut b1_waits = std::pin::pin!(b1.hold(FRAME, &held_back, peer));
+    assert!(tokio::time::timeout(quick, &mut b1_waits).await.is_err());
+    // A's overdraft frame completes: B's stream gets the overdraft, A's waits on.
+    a2.frame_done();
+    let first = tokio::time::timeout(Duration::from_secs(2), async {
+        tokio::select! {
+            biased;
+            got = &mut a3_waits => ("network A", got),
+            got = &mut b1_waits => ("network B", got),
+        }
+    })
+    .await;
+    assert_eq!(first, Ok(("network B", true)));
+    assert!(tokio::time::timeout(quick, &mut a3_waits).await.is_err());
+}
