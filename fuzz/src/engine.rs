@@ -104,6 +104,15 @@ pub struct Sim {
     /// Whether honest replicas must execute the same operations at every cid (true by
     /// default; a CFT cluster with a Byzantine peer is outside its fault model).
     pub check_agreement: bool,
+    /// Instances the Byzantine replica's STOPDATA claimed prepared beyond the honest
+    /// replicas' execution, summed over the script (see [`Sim::instances_claimed_by`]).
+    pub claimed_instances: u64,
+    /// Steps of the script that moved the clock (each can fire every timer once).
+    pub advance_steps: u64,
+    /// Claimed instances that the script's clock steps and lost messages can make replicas
+    /// retransmit their votes in: for each such step, the instances claimed so far, at most
+    /// `max_instances_ahead`.
+    pub retransmitted_claims: u64,
 }
 
 /// The limits every engine of the harness runs with: small enough that checkpoints, log
@@ -232,11 +241,62 @@ impl Sim {
             executed: BTreeMap::new(),
             recorded: None,
             check_agreement: true,
+            claimed_instances: 0,
+            advance_steps: 0,
+            retransmitted_claims: 0,
         };
         for me in 0..n as ReplicaId {
             sim.with_node(me, |engine, now| engine.start(now));
         }
         sim
+    }
+
+    /// How many instances `message` of the Byzantine replica, sent to replica `to`, can make
+    /// the honest replicas run: for a STOPDATA, the instances from `to`'s last executed cid up
+    /// to the highest cid it claims a value prepared in, at most `max_instances_ahead` (the
+    /// window a SYNC fixes values in, `sync::choose`, which starts at the newest decision its
+    /// STOPDATA prove, the new leader's own among them); 0 for any other message or an
+    /// honest replica that is not `to`'s. In CFT nothing certifies a prepared value, so one
+    /// STOPDATA to the next leader makes the cluster re-propose that many instances (null
+    /// ones where nobody prepared a value): what the fuzz target's allocation bound charges
+    /// the script for. (In BFT a prepared value needs a WRITE quorum; this over-counts there.)
+    pub fn instances_claimed_by(&self, message: &Message, to: ReplicaId) -> u64 {
+        let Message::StopData(stopdata) = message else {
+            return 0;
+        };
+        let Some(Some(node)) = self.nodes.get(to as usize) else {
+            return 0;
+        };
+        let window = limits().max_instances_ahead;
+        let executed = node.engine.last_executed().0;
+        // A SYNC's window starts at the newest decision its STOPDATA prove, which no honest
+        // replica's execution trails by more than a window: a claim beyond that end fixes
+        // nothing.
+        let window_end = self
+            .nodes
+            .iter()
+            .flatten()
+            .map(|node| node.engine.last_executed().0)
+            .max()
+            .unwrap_or(0)
+            .saturating_add(window.saturating_mul(2));
+        stopdata
+            .body
+            .prepared
+            .iter()
+            .filter(|p| p.cid.0 <= window_end)
+            .map(|p| p.cid.0.saturating_sub(executed))
+            .max()
+            .unwrap_or(0)
+            .min(window)
+    }
+
+    /// A clock step or a lost message of the script: it can make the replicas resend their
+    /// votes of every undecided instance once, the claimed ones included.
+    fn note_retransmission_round(&mut self) {
+        self.retransmitted_claims = self
+            .retransmitted_claims
+            .saturating_add(self.claimed_instances.min(limits().max_instances_ahead));
     }
 
     /// How many cids some honest replica executed.
@@ -705,15 +765,21 @@ impl Sim {
                 }
                 2 => {
                     let ms = u64::from(r.u8()) * 20;
+                    self.advance_steps += 1;
+                    self.note_retransmission_round();
                     self.advance(ms);
                 }
                 3 | 4 if self.byzantine.is_some() => {
                     let message = self.byzantine_message(&mut r);
                     let to = ReplicaId::from(r.u8()) % self.n() as ReplicaId;
+                    self.claimed_instances = self
+                        .claimed_instances
+                        .saturating_add(self.instances_claimed_by(&message, to));
                     self.deliver(Peer::Replica(self.byz()), to, message);
                 }
                 _ => {
                     // The network loses a message.
+                    self.note_retransmission_round();
                     let at = usize::from(r.u8());
                     if !self.queue.is_empty() {
                         let at = at % self.queue.len();

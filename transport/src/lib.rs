@@ -106,7 +106,9 @@
 //! deadline, and streams that wait while holding room cannot wait on each other for ever;
 //! besides, one waiting stream at a time may read the rest of its frame without room (an
 //! overdraft of one client frame), so waiting streams always make progress without waiting
-//! for a deadline. Replica frames never count against the total, so clients cannot starve
+//! for a deadline. The overdraft goes in turns by source network: a network that held it
+//! last does not take it again while a stream of another network waits, so one network
+//! cannot hold it for more than one frame in a row. Replica frames never count against the total, so clients cannot starve
 //! them. A stream that ends in the middle of a frame is counted as truncated.
 //!
 //! What a client connection can make a replica hold, and the total: quinn buffers at most
@@ -116,10 +118,19 @@
 //! plus two 64 KiB chunks per connection, and over all clients at most
 //! `client_partial_frame_bytes` plus one client frame (the overdraft) plus one 64 KiB chunk
 //! per waiting stream. Per client connection that is at most 256 KiB + 4 × 64 KiB = 512 KiB
-//! outside the partial-frame budget; over `max_client_keys` keys with 4 connections each
-//! (16,384 connections at the defaults) at most 8 GiB outside the budget in the worst case
-//! (every connection of every key waiting with full windows), where quinn's defaults allowed
-//! about 80 GB. Lower `max_client_keys` to lower it.
+//! ([`TransportConfig::CLIENT_CONNECTION_HELD_BYTES`]) outside the partial-frame budget.
+//! The total has a bound of its own, [`TransportConfig::client_connection_total_bytes`]
+//! (2 GiB at the defaults): every live client connection counts its 512 KiB worst case
+//! against it, so at most `client_connection_total_bytes / 512 KiB` client connections are
+//! open at once (4096 at the defaults) and a further one is refused at once, before it
+//! holds anything (counted, [`TransportStats::connections_refused_client_bytes`]). So all
+//! client connections together make a replica hold at most `client_connection_total_bytes`
+//! outside the partial-frame budget (and `client_partial_frame_bytes` plus one client frame
+//! inside it), whatever `max_client_keys` and `max_connections_per_client_key` allow (before
+//! this bound, 4096 keys × 64 connections could hold 128 GiB). Replica connections never
+//! count against it. Which clients get the connections is first come, first served: the
+//! per-source key limit (256 keys × 64 connections) does not stop one network from taking
+//! them all, which then refuses everyone else's new connections until its own end.
 //!
 //! # Sending and the overflow policy
 //! [`Network::send`] never blocks. It pushes the frame onto a per-peer queue that a writer task
@@ -321,6 +332,15 @@ pub struct TransportConfig {
     /// a loop must not grow our memory). Each client process holds one per replica, so this
     /// is also how many processes may share a key at once (it was a fixed 4).
     pub max_connections_per_client_key: usize,
+    /// Most bytes all client connections together may make the replica hold outside the
+    /// partial-frame budget (replica role): each live client connection counts its worst case,
+    /// [`TransportConfig::CLIENT_CONNECTION_HELD_BYTES`], so at most this divided by that many
+    /// client connections are open at once (4096 at the default, 2 GiB). A further client
+    /// connection is refused, counted ([`TransportStats::connections_refused_client_bytes`])
+    /// and logged (the first); replica connections never count against it. Must be at least
+    /// one connection's worth. See the crate docs, "What a client connection can make a
+    /// replica hold".
+    pub client_connection_total_bytes: usize,
 }
 
 impl TransportConfig {
@@ -349,6 +369,16 @@ impl TransportConfig {
     pub const DEFAULT_CLIENT_PARTIAL_FRAME_BYTES: usize = 64 * 1024 * 1024;
     /// Default [`TransportConfig::max_connections_per_client_key`]: 64.
     pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT_KEY: usize = 64;
+    /// What one client connection can make a replica hold outside the partial-frame budget,
+    /// at most: quinn's buffer of its unread stream data (its connection-level receive
+    /// window, 256 KiB) and the transport's read chunks of its streams beside their room in
+    /// the budget (4 × 64 KiB). [`TransportConfig::client_connection_total_bytes`] counts
+    /// every client connection at this.
+    pub const CLIENT_CONNECTION_HELD_BYTES: usize =
+        link::CLIENT_RECEIVE_WINDOW_BYTES as usize + 4 * link::READ_CHUNK_BYTES;
+    /// Default [`TransportConfig::client_connection_total_bytes`]: 2 GiB, 4096 client
+    /// connections.
+    pub const DEFAULT_CLIENT_CONNECTION_TOTAL_BYTES: usize = 2 * 1024 * 1024 * 1024;
     /// Default [`TransportConfig::max_client_keys`]: 4096.
     pub const DEFAULT_MAX_CLIENT_KEYS: usize = 4096;
     /// Default [`TransportConfig::max_client_keys_per_source`]: 256 (`smr bench --sweep` runs
@@ -412,6 +442,7 @@ impl TransportConfig {
             protocol_settings: None,
             client_session: None,
             max_connections_per_client_key: Self::DEFAULT_MAX_CONNECTIONS_PER_CLIENT_KEY,
+            client_connection_total_bytes: Self::DEFAULT_CLIENT_CONNECTION_TOTAL_BYTES,
         }
     }
 
@@ -475,6 +506,14 @@ impl TransportConfig {
                  (max_client_frame_bytes + {} = {one_client_frame})",
                 self.client_partial_frame_bytes,
                 link::LENGTH_PREFIX_BYTES
+            ));
+        }
+        if self.client_connection_total_bytes < Self::CLIENT_CONNECTION_HELD_BYTES {
+            return invalid(format!(
+                "client_connection_total_bytes ({}) must hold at least one client connection \
+                 ({} bytes)",
+                self.client_connection_total_bytes,
+                Self::CLIENT_CONNECTION_HELD_BYTES
             ));
         }
         if self.recv_queue_bytes > tokio::sync::Semaphore::MAX_PERMITS {
@@ -567,6 +606,10 @@ impl std::fmt::Debug for TransportConfig {
             .field("reconnect_max_ms", &self.reconnect_max_ms)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("idle_timeout_ms", &self.idle_timeout_ms)
+            .field(
+                "client_connection_total_bytes",
+                &self.client_connection_total_bytes,
+            )
             .finish()
     }
 }
@@ -651,6 +694,11 @@ pub struct TransportStats {
     /// Connections refused because `max_client_keys` distinct client keys were connected and
     /// none had been idle (no bytes) for 5 s.
     pub connections_refused_client_limit: u64,
+    /// Client connections refused because
+    /// [`TransportConfig::client_connection_total_bytes`] was taken by the client connections
+    /// open (each counted at [`TransportConfig::CLIENT_CONNECTION_HELD_BYTES`]); the first is
+    /// logged.
+    pub connections_refused_client_bytes: u64,
     /// Older connections closed because a peer opened more than its per-key limit.
     pub connections_evicted: u64,
     /// Incoming streams that ended inside a frame.
@@ -707,6 +755,7 @@ pub(crate) struct Counters {
     frames_rejected_oversize: AtomicU64,
     connections_closed_buffer_limit: AtomicU64,
     connections_refused_client_limit: AtomicU64,
+    pub(crate) connections_refused_client_bytes: AtomicU64,
     connections_evicted: AtomicU64,
     frames_truncated: AtomicU64,
     connections_outgoing: AtomicU64,
@@ -738,6 +787,7 @@ impl Counters {
             frames_rejected_oversize: get(&self.frames_rejected_oversize),
             connections_closed_buffer_limit: get(&self.connections_closed_buffer_limit),
             connections_refused_client_limit: get(&self.connections_refused_client_limit),
+            connections_refused_client_bytes: get(&self.connections_refused_client_bytes),
             connections_evicted: get(&self.connections_evicted),
             frames_truncated: get(&self.frames_truncated),
             connections_outgoing: get(&self.connections_outgoing),
@@ -911,6 +961,9 @@ impl QuicTransport {
             client_send_queue_frames: config.client_send_queue_frames,
             client_send_queue_bytes: config.client_send_queue_bytes,
             max_client_keys: config.max_client_keys,
+            max_client_connections: config.client_connection_total_bytes
+                / TransportConfig::CLIENT_CONNECTION_HELD_BYTES,
+            client_connections: std::sync::atomic::AtomicUsize::new(0),
             client_sources: Arc::new(link::ClientSources::new(
                 config.max_client_keys_per_source,
                 config.client_keys_per_source_per_minute,

@@ -119,7 +119,7 @@ const INITIAL_RTT: Duration = Duration::from_millis(100);
 const REDIAL_MIN_AGE: Duration = Duration::from_secs(1);
 
 /// A body is read in chunks of at most this size, so memory follows bytes actually received.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
+pub(crate) const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// How many clients together can fill the client lane of the receive queue: each client key may
 /// hold `1 / CLIENT_SHARES` of it (at least one frame of the client limit), so one client cannot
@@ -457,6 +457,11 @@ pub(crate) struct Shared {
     pub(crate) client_send_queue_frames: usize,
     pub(crate) client_send_queue_bytes: usize,
     pub(crate) max_client_keys: usize,
+    /// Most client connections open at once: `client_connection_total_bytes` over
+    /// `CLIENT_CONNECTION_HELD_BYTES` (replica role).
+    pub(crate) max_client_connections: usize,
+    /// Client connections open now, each holding a [`ClientConnectionSlot`].
+    pub(crate) client_connections: AtomicUsize,
     /// Client admission per source address (replica role).
     pub(crate) client_sources: Arc<ClientSources>,
     /// The receive queue's lane for replica frames (our own loopback frames included): a
@@ -667,7 +672,23 @@ pub(crate) struct PartialFrameBudget {
     /// (honest clients of one network with more large frames in flight than its share, say);
     /// with it one of them always makes progress. It costs at most one client frame beyond the
     /// budget, and a holder that stalls is closed at its frame's deadline.
+    ///
+    /// Taken in turns by source network: a source that held it last does not take it again
+    /// while a stream of another source waits for it ([`PartialFrameBudget::overdraft_turn`]),
+    /// so one network cannot hold it for longer than one frame in a row (the semaphore alone is
+    /// FIFO by stream, and one network can keep a stream of its own always first in line).
     overdraft: tokio::sync::Semaphore,
+    /// Who held the overdraft last, and how many streams of each source wait for room.
+    overdraft_turns: Mutex<OverdraftTurns>,
+}
+
+/// Whose turn the [`PartialFrameBudget::overdraft`] is.
+#[derive(Default)]
+struct OverdraftTurns {
+    /// The source network that took it last.
+    last: Option<ClientSource>,
+    /// Streams waiting for room (and so for the overdraft), per source network.
+    waiting: HashMap<ClientSource, usize>,
 }
 
 impl PartialFrameBudget {
@@ -684,6 +705,35 @@ impl PartialFrameBudget {
             shares: Mutex::new(HashMap::new()),
             buffered: AtomicUsize::new(0),
             overdraft: tokio::sync::Semaphore::new(1),
+            overdraft_turns: Mutex::new(OverdraftTurns::default()),
+        }
+    }
+
+    /// Whether a stream of `source` that got the overdraft may keep it: not if its source
+    /// took it last and a stream of another source waits for room. If so, it is its source's
+    /// now.
+    fn overdraft_turn(&self, source: ClientSource) -> bool {
+        let mut turns = lock(&self.overdraft_turns);
+        let others_wait = turns
+            .waiting
+            .iter()
+            .any(|(waiting, count)| *waiting != source && *count > 0);
+        if turns.last == Some(source) && others_wait {
+            return false;
+        }
+        turns.last = Some(source);
+        true
+    }
+
+    /// Counts a stream of `source` as waiting for room until the guard is dropped.
+    fn note_waiting(&self, source: ClientSource) -> WaitingForRoom<'_> {
+        *lock(&self.overdraft_turns)
+            .waiting
+            .entry(source)
+            .or_insert(0) += 1;
+        WaitingForRoom {
+            budget: self,
+            source,
         }
     }
 
@@ -697,7 +747,7 @@ impl PartialFrameBudget {
         lock(&self.shares).len()
     }
 
-    fn holder(&self, source: ClientSource) -> PartialHeld<'_> {
+    pub(crate) fn holder(&self, source: ClientSource) -> PartialHeld<'_> {
         let share = lock(&self.shares)
             .entry(source)
             .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.share_bytes)))
@@ -713,10 +763,29 @@ impl PartialFrameBudget {
     }
 }
 
+/// A stream of `source` waiting for room in the [`PartialFrameBudget`] (see
+/// [`PartialFrameBudget::note_waiting`]).
+struct WaitingForRoom<'a> {
+    budget: &'a PartialFrameBudget,
+    source: ClientSource,
+}
+
+impl Drop for WaitingForRoom<'_> {
+    fn drop(&mut self) {
+        let mut turns = lock(&self.budget.overdraft_turns);
+        if let Some(count) = turns.waiting.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                turns.waiting.remove(&self.source);
+            }
+        }
+    }
+}
+
 /// What one client stream holds of the [`PartialFrameBudget`] (the same bytes in its source's
 /// share and in the total), and what its buffer holds (for the gauge); both given back when
 /// the stream ends.
-struct PartialHeld<'a> {
+pub(crate) struct PartialHeld<'a> {
     budget: &'a PartialFrameBudget,
     source: ClientSource,
     share: Arc<tokio::sync::Semaphore>,
@@ -729,7 +798,7 @@ struct PartialHeld<'a> {
 
 impl<'a> PartialHeld<'a> {
     /// Notes that the frame being read is complete: an overdraft taken for it is given back.
-    fn frame_done(&mut self) {
+    pub(crate) fn frame_done(&mut self) {
         self.overdraft = None;
     }
 
@@ -751,7 +820,7 @@ impl<'a> PartialHeld<'a> {
     /// ([`PartialFrameBudget::overdraft`]), so that one waiting stream always makes progress.
     /// Cancel-safe: what it waits on is given back on drop. False at shutdown. `held_back`
     /// counts the waits; the first is logged as a warning.
-    async fn hold(&mut self, bytes: usize, held_back: &AtomicU64, peer: Peer) -> bool {
+    pub(crate) async fn hold(&mut self, bytes: usize, held_back: &AtomicU64, peer: Peer) -> bool {
         let bytes = bytes.min(self.budget.share_bytes);
         if bytes <= self.held_bytes {
             self.give_back(self.held_bytes - bytes);
@@ -789,21 +858,31 @@ impl<'a> PartialHeld<'a> {
             total.forget();
             Some(())
         };
-        tokio::select! {
-            room = room => match room {
-                Some(()) => {
-                    self.held_bytes = bytes;
-                    true
-                }
-                None => false,
-            },
-            overdraft = budget.overdraft.acquire() => match overdraft {
-                Ok(overdraft) => {
-                    self.overdraft = Some(overdraft);
-                    true
-                }
-                Err(_) => false,
-            },
+        let mut room = std::pin::pin!(room);
+        let _waiting = budget.note_waiting(self.source);
+        loop {
+            tokio::select! {
+                room = &mut room => return match room {
+                    Some(()) => {
+                        self.held_bytes = bytes;
+                        true
+                    }
+                    None => false,
+                },
+                overdraft = budget.overdraft.acquire() => match overdraft {
+                    Ok(overdraft) if budget.overdraft_turn(self.source) => {
+                        self.overdraft = Some(overdraft);
+                        return true;
+                    }
+                    // Our network had it last and another waits: its turn. Queue again
+                    // behind it (the semaphore is FIFO).
+                    Ok(not_our_turn) => {
+                        drop(not_our_turn);
+                        tokio::task::yield_now().await;
+                    }
+                    Err(_) => return false,
+                },
+            }
         }
     }
 
@@ -1497,6 +1576,29 @@ async fn dial(
     }
 }
 
+/// A client connection's place in [`Shared::client_connections`]: taken when it is accepted,
+/// given back when it ends (dropped).
+pub(crate) struct ClientConnectionSlot(Arc<Shared>);
+
+impl ClientConnectionSlot {
+    /// Takes a place if fewer than `max_client_connections` client connections are open.
+    fn take(shared: &Arc<Shared>) -> Option<ClientConnectionSlot> {
+        shared
+            .client_connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < shared.max_client_connections).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| ClientConnectionSlot(shared.clone()))
+    }
+}
+
+impl Drop for ClientConnectionSlot {
+    fn drop(&mut self) {
+        self.0.client_connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Replica role: accepts connections until shutdown.
 pub(crate) async fn run_acceptor(shared: Arc<Shared>, endpoint: Endpoint) {
     let mut shutdown = shared.shutdown_rx();
@@ -1564,8 +1666,29 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     }
     // A client connection's place in its source's count, held until the connection ends.
     let mut _source = None;
+    // Its place in the total of client connections, likewise.
+    let mut _slot = None;
     let mut client = None;
     if let Peer::Client(key) = peer {
+        _slot = match ClientConnectionSlot::take(&shared) {
+            Some(slot) => Some(slot),
+            None => {
+                let count = shared
+                    .counters
+                    .connections_refused_client_bytes
+                    .fetch_add(1, Ordering::Relaxed);
+                if count == 0 {
+                    tracing::warn!(me = %shared.me, ?peer, %remote,
+                        max_client_connections = shared.max_client_connections,
+                        "refusing a client connection: client_connection_total_bytes is taken by the client connections open");
+                } else {
+                    tracing::debug!(me = %shared.me, ?peer, %remote,
+                        "refusing a client connection: client_connection_total_bytes is taken");
+                }
+                conn.close(CLOSE_TOO_MANY_CLIENTS, b"too many client connections");
+                return;
+            }
+        };
         _source = match shared.client_sources.admit(remote.ip(), key) {
             Ok(guard) => Some(guard),
             Err(refusal) => {

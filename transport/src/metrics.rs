@@ -158,13 +158,17 @@ impl Collector for TransportMetrics {
         encode_labelled(
             e,
             "smr_connections_refused",
-            "Connections refused (reason: client_limit, source_limit, unknown_key, settings, by_peer).",
+            "Connections refused (reason: client_limit, client_bytes, source_limit, unknown_key, settings, by_peer).",
             Counter,
             "reason",
             &[
                 (
                     "client_limit".to_string(),
                     stats.connections_refused_client_limit,
+                ),
+                (
+                    "client_bytes".to_string(),
+                    stats.connections_refused_client_bytes,
                 ),
                 (
                     "source_limit".to_string(),

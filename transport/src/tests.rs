@@ -1816,3 +1816,126 @@ async fn a_full_table_of_active_keys_refuses_new_keys_without_scanning_it_each_t
     assert_eq!(stats.connections_refused_client_limit, 5, "{stats:?}");
     assert_eq!(scans, 1, "each refused key scanned the whole key table");
 }
+
+/// Issue 12 item 5: the bytes client connections make a replica hold outside the partial-frame
+/// budget (each up to `CLIENT_CONNECTION_HELD_BYTES`) have a total bound,
+/// `client_connection_total_bytes`: with room for two client connections, a third (of
+/// another key, well within `max_client_keys`) is refused and counted; replica connections
+/// do not count against it and carry frames both ways; a client connection that ends gives
+/// its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_connections_beyond_the_total_byte_bound_are_refused_and_counted() {
+    let [(config0, socket0), (config1, socket1)] = two_replicas(|c| {
+        c.client_connection_total_bytes = 2 * TransportConfig::CLIENT_CONNECTION_HELD_BYTES;
+    });
+    let endpoint0 = config0.replicas[0].clone();
+    let replica0 = QuicTransport::start_with_socket(config0, socket0)
+        .await
+        .unwrap();
+    let replica1 = QuicTransport::start_with_socket(config1, socket1)
+        .await
+        .unwrap();
+    let keys = [key(70), key(71), key(72)];
+    let mut live = Vec::new();
+    for k in &keys[..2] {
+        let (endpoint, conn) = raw_connect(k, &endpoint0).await.unwrap();
+        let mut stream = conn.open_uni().await.unwrap();
+        stream.write_all(&frame(b"hello")).await.unwrap();
+        assert_eq!(recv_within(&replica0).await.frame, b"hello".to_vec());
+        live.push((endpoint, conn, stream));
+    }
+    let (_endpoint, refused) = raw_connect(&keys[2], &endpoint0).await.unwrap();
+    match closed_within(&refused).await {
+        ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, CLOSE_TOO_MANY_CLIENTS)
+        }
+        other => panic!("expected the replica to refuse the connection, got {other}"),
+    }
+    let stats = replica0.stats();
+    assert_eq!(stats.connections_refused_client_bytes, 1, "{stats:?}");
+    assert_eq!(stats.connections_refused_client_limit, 0, "{stats:?}");
+
+    // Replica connections are not client connections: frames pass both ways.
+    replica1.send(Peer::Replica(0), b"to 0".to_vec()).unwrap();
+    let got = recv_within(&replica0).await;
+    assert_eq!((got.from, got.frame), (Peer::Replica(1), b"to 0".to_vec()));
+    replica0.send(Peer::Replica(1), b"to 1".to_vec()).unwrap();
+    let got = recv_within(&replica1).await;
+    assert_eq!((got.from, got.frame), (Peer::Replica(0), b"to 1".to_vec()));
+
+    // A client connection that ends gives its place back.
+    let (_endpoint, first, _stream) = live.remove(0);
+    first.close(0u32.into(), b"done");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (endpoint, conn) = raw_connect(&keys[2], &endpoint0).await.unwrap();
+        let mut stream = conn.open_uni().await.unwrap();
+        stream.write_all(&frame(b"in")).await.unwrap();
+        let admitted = tokio::select! {
+            _ = conn.closed() => false,
+            frame = replica0.recv() => {
+                assert_eq!(frame.unwrap().frame, b"in".to_vec());
+                true
+            }
+        };
+        if admitted {
+            drop((endpoint, stream));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place of the closed client connection was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    replica0.shutdown().await;
+    replica1.shutdown().await;
+}
+
+/// Issue 12 item 5 (the stop-22 note): the partial-frame budget's overdraft goes in turns by
+/// source network. One network that holds its share and keeps a second stream waiting behind
+/// the one on the overdraft used to get the overdraft again as soon as it was given back (the
+/// semaphore is FIFO by stream); now a waiting stream of another network gets it first.
+#[tokio::test(flavor = "current_thread")]
+async fn the_overdraft_goes_to_another_network_before_the_same_one_again() {
+    use crate::link::{ClientSource, PartialFrameBudget};
+    const FRAME: usize = 1000 + LENGTH_PREFIX_BYTES;
+    // Two frames in all, one per network's share.
+    let budget = PartialFrameBudget::new(2 * FRAME, 1000);
+    let held_back = AtomicU64::new(0);
+    let peer = Peer::Client(key(80).public_key());
+    let a = ClientSource::of("10.0.1.1".parse().unwrap());
+    let b = ClientSource::of("10.0.2.1".parse().unwrap());
+    let c = ClientSource::of("10.0.3.1".parse().unwrap());
+    let quick = Duration::from_millis(50);
+    // Network A holds its share, C the rest of the total.
+    let mut a1 = budget.holder(a);
+    assert!(a1.hold(FRAME, &held_back, peer).await);
+    let mut c1 = budget.holder(c);
+    assert!(c1.hold(FRAME, &held_back, peer).await);
+    // A's second stream must wait: it takes the overdraft.
+    let mut a2 = budget.holder(a);
+    assert_eq!(
+        tokio::time::timeout(quick, a2.hold(FRAME, &held_back, peer)).await,
+        Ok(true)
+    );
+    // A's third stream waits first, then B's.
+    let mut a3 = budget.holder(a);
+    let mut b1 = budget.holder(b);
+    let mut a3_waits = std::pin::pin!(a3.hold(FRAME, &held_back, peer));
+    assert!(tokio::time::timeout(quick, &mut a3_waits).await.is_err());
+    let mut b1_waits = std::pin::pin!(b1.hold(FRAME, &held_back, peer));
+    assert!(tokio::time::timeout(quick, &mut b1_waits).await.is_err());
+    // A's overdraft frame completes: B's stream gets the overdraft, A's waits on.
+    a2.frame_done();
+    let first = tokio::time::timeout(Duration::from_secs(2), async {
+        tokio::select! {
+            biased;
+            got = &mut a3_waits => ("network A", got),
+            got = &mut b1_waits => ("network B", got),
+        }
+    })
+    .await;
+    assert_eq!(first, Ok(("network B", true)));
+    assert!(tokio::time::timeout(quick, &mut a3_waits).await.is_err());
+}

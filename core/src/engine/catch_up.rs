@@ -83,13 +83,22 @@ impl Engine {
             .copied()
             .unwrap_or(self.last_executed.saturating_add(1));
         if from_cid < log_start {
-            // Truncated away: the peer needs a checkpoint.
-            if self
+            // Truncated away: the peer needs a checkpoint. Not only a stable one: the log is
+            // also capped at `max_log_entries` while no checkpoint becomes stable (a quorum
+            // that stopped announcing), and then the decisions the peer needs are gone while
+            // our own checkpoints still cover them. Our StateInfo reports those too, and the
+            // peer transfers one once `state_transfer_digests` replicas report it identically;
+            // answering with the decisions after the gap instead would leave it stuck for good.
+            let newest_held = self
                 .checkpoints
-                .stable
-                .as_ref()
-                .is_some_and(|c| c.cid >= from_cid)
-            {
+                .own
+                .keys()
+                .next_back()
+                .copied()
+                .into_iter()
+                .chain(self.checkpoints.stable.as_ref().map(|c| c.cid))
+                .max();
+            if newest_held.is_some_and(|cid| cid >= from_cid) {
                 let info = self.state_info();
                 return self.reply_to_peer(now_ms, from, info, "state info");
             }
