@@ -128,9 +128,12 @@
 //! outside the partial-frame budget (and `client_partial_frame_bytes` plus one client frame
 //! inside it), whatever `max_client_keys` and `max_connections_per_client_key` allow (before
 //! this bound, 4096 keys × 64 connections could hold 128 GiB). Replica connections never
-//! count against it. Which clients get the connections is first come, first served: the
-//! per-source key limit (256 keys × 64 connections) does not stop one network from taking
-//! them all, which then refuses everyone else's new connections until its own end.
+//! count against it. One source network (an IPv4 /24, an IPv6 /64) may hold at most an eighth
+//! of those places (at least 4: 512 at the defaults; refused beyond it and counted in
+//! [`TransportStats::connections_refused_source_limit`]): without that share, one network's
+//! 256 keys × 64 connections could take every place and lock every other client's new
+//! connections out. Eight networks together still can (Sybil across networks, as with the
+//! partial-frame budget).
 //!
 //! # Sending and the overflow policy
 //! [`Network::send`] never blocks. It pushes the frame onto a per-peer queue that a writer task
@@ -337,8 +340,8 @@ pub struct TransportConfig {
     /// [`TransportConfig::CLIENT_CONNECTION_HELD_BYTES`], so at most this divided by that many
     /// client connections are open at once (4096 at the default, 2 GiB). A further client
     /// connection is refused, counted ([`TransportStats::connections_refused_client_bytes`])
-    /// and logged (the first); replica connections never count against it. Must be at least
-    /// one connection's worth. See the crate docs, "What a client connection can make a
+    /// and logged (the first); replica connections never count against it. One source network
+    /// may hold an eighth of the places (at least 4). Must be at least one connection's worth. See the crate docs, "What a client connection can make a
     /// replica hold".
     pub client_connection_total_bytes: usize,
 }
@@ -722,7 +725,9 @@ pub struct TransportStats {
     pub connections_refused_settings: u64,
     /// Client connections refused because their source network (IPv4 /24, IPv6 /64) had
     /// [`TransportConfig::max_client_keys_per_source`] keys connected, or connected new keys
-    /// faster than [`TransportConfig::client_keys_per_source_per_minute`]; the first is logged.
+    /// faster than [`TransportConfig::client_keys_per_source_per_minute`], or held its share
+    /// of the client connection places (see
+    /// [`TransportConfig::client_connection_total_bytes`]); the first is logged.
     pub connections_refused_source_limit: u64,
     /// Client connections closed because a partial frame did not complete within its deadline
     /// (`idle_timeout_ms` plus its length at 256 KiB/s; see the crate docs, "Receiving"); the
@@ -968,6 +973,10 @@ impl QuicTransport {
                 config.max_client_keys_per_source,
                 config.client_keys_per_source_per_minute,
                 config.max_client_keys.saturating_mul(2),
+                link::client_connections_per_source(
+                    config.client_connection_total_bytes
+                        / TransportConfig::CLIENT_CONNECTION_HELD_BYTES,
+                ),
             )),
             replica_lane,
             client_lane,

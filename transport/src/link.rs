@@ -348,12 +348,32 @@ pub(crate) enum SourceRefusal {
     TooManyKeys,
     /// Its source connected new keys faster than `client_keys_per_source_per_minute`.
     TooFast,
+    /// Its source holds its share of the client connection places (an eighth of
+    /// `client_connection_total_bytes`' connections, [`CLIENT_CONNECTION_SOURCE_SHARES`]).
+    TooManyConnections,
+}
+
+/// One source network may hold at most this fraction (`1 / n`) of the client connection places
+/// (at least one): without it, one network (256 keys × 64 connections each at the defaults)
+/// could take every place and lock every other client's new connections out.
+pub(crate) const CLIENT_CONNECTION_SOURCE_SHARES: usize = 8;
+
+/// Most client connections one source network may have open when `places` client connections
+/// may be open in all: an eighth ([`CLIENT_CONNECTION_SOURCE_SHARES`]), and at least 4 (never
+/// more than `places`), so that a small configuration still lets one network run a few client
+/// processes (each holds one connection per replica).
+pub(crate) fn client_connections_per_source(places: usize) -> usize {
+    (places / CLIENT_CONNECTION_SOURCE_SHARES)
+        .max(4)
+        .min(places)
 }
 
 /// One source's connected client keys (with their connection counts) and its bucket of key
 /// admissions.
 struct Source {
     keys: HashMap<PublicKey, usize>,
+    /// Its connections open: the sum of `keys`' counts.
+    connections: usize,
     tokens: f64,
     at: Instant,
 }
@@ -368,16 +388,25 @@ struct Source {
 pub(crate) struct ClientSources {
     max_keys: usize,
     per_minute: u64,
+    /// Most connections open from one source at once.
+    max_connections: usize,
     /// Most sources remembered; beyond it, sources with no key connected are forgotten.
     max_sources: usize,
     sources: Mutex<HashMap<ClientSource, Source>>,
 }
 
 impl ClientSources {
-    pub(crate) fn new(max_keys: usize, per_minute: u64, max_sources: usize) -> ClientSources {
+    /// `max_connections`: most connections one source may have open at once (at least 1).
+    pub(crate) fn new(
+        max_keys: usize,
+        per_minute: u64,
+        max_sources: usize,
+        max_connections: usize,
+    ) -> ClientSources {
         ClientSources {
             max_keys,
             per_minute,
+            max_connections: max_connections.max(1),
             max_sources: max_sources.max(1),
             sources: Mutex::new(HashMap::new()),
         }
@@ -399,12 +428,16 @@ impl ClientSources {
         let capacity = self.max_keys as f64;
         let entry = sources.entry(source).or_insert(Source {
             keys: HashMap::new(),
+            connections: 0,
             tokens: capacity,
             at: now,
         });
         let elapsed = now.saturating_duration_since(entry.at).as_secs_f64();
         entry.tokens = (entry.tokens + elapsed * self.per_minute as f64 / 60.0).min(capacity);
         entry.at = now;
+        if entry.connections >= self.max_connections {
+            return Err(SourceRefusal::TooManyConnections);
+        }
         if let Some(count) = entry.keys.get_mut(&key) {
             *count += 1;
         } else if entry.keys.len() >= self.max_keys {
@@ -415,6 +448,7 @@ impl ClientSources {
             entry.tokens -= 1.0;
             entry.keys.insert(key, 1);
         }
+        entry.connections += 1;
         Ok(SourceGuard {
             sources: self.clone(),
             source,
@@ -434,6 +468,7 @@ impl Drop for SourceGuard {
     fn drop(&mut self) {
         let mut sources = lock(&self.sources.sources);
         if let Some(source) = sources.get_mut(&self.source) {
+            source.connections = source.connections.saturating_sub(1);
             if let Some(count) = source.keys.get_mut(&self.key) {
                 *count -= 1;
                 if *count == 0 {
@@ -1699,6 +1734,7 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
                 let why = match refusal {
                     SourceRefusal::TooManyKeys => "max_client_keys_per_source other client keys are connected from its network",
                     SourceRefusal::TooFast => "its network connected new client keys faster than client_keys_per_source_per_minute",
+                    SourceRefusal::TooManyConnections => "its network holds its share (an eighth) of the client connection places of client_connection_total_bytes",
                 };
                 if count == 0 {
                     tracing::warn!(me = %shared.me, ?peer, %remote, "refusing a client connection: {why}");

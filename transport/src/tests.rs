@@ -1176,7 +1176,7 @@ fn a_client_source_is_its_ipv4_slash_24_or_ipv6_slash_64() {
 #[test]
 fn a_source_gets_its_burst_of_keys_then_none_faster_than_its_rate() {
     use crate::link::{ClientSources, SourceRefusal};
-    let sources = Arc::new(ClientSources::new(2, 0, 16));
+    let sources = Arc::new(ClientSources::new(2, 0, 16, usize::MAX));
     let ip = "192.0.2.1".parse().unwrap();
     let a = sources.admit(ip, key(1).public_key()).unwrap();
     let b = sources.admit(ip, key(2).public_key()).unwrap();
@@ -1197,6 +1197,39 @@ fn a_source_gets_its_burst_of_keys_then_none_faster_than_its_rate() {
         .admit("192.0.3.1".parse().unwrap(), key(3).public_key())
         .unwrap();
     drop(b);
+}
+
+/// One network may hold an eighth of the client connection places: with the total's bound
+/// alone (stop 25), one network's 256 keys × 64 connections could take every place of the
+/// default 4,096 and lock every other client's new connections out. Fails with the per-source
+/// count removed (the third connection is admitted).
+#[test]
+fn one_network_holds_at_most_its_share_of_the_client_connection_places() {
+    use crate::link::{client_connections_per_source, ClientSources, SourceRefusal};
+    // The default's share: 4,096 places, 512 per network; at least 4, never more than all.
+    assert_eq!(client_connections_per_source(4096), 512);
+    assert_eq!(client_connections_per_source(16), 4);
+    assert_eq!(client_connections_per_source(2), 2);
+    // 2 per network here, to keep the test small.
+    let sources = Arc::new(ClientSources::new(256, 1000, 16, 2));
+    let ip = "192.0.2.1".parse().unwrap();
+    let a = sources.admit(ip, key(1).public_key()).unwrap();
+    let _a_again = sources.admit(ip, key(1).public_key()).unwrap();
+    // Neither another connection of a connected key nor a new key of the network.
+    for k in [1, 2] {
+        assert_eq!(
+            sources
+                .admit("192.0.2.200".parse().unwrap(), key(k).public_key())
+                .err(),
+            Some(SourceRefusal::TooManyConnections)
+        );
+    }
+    // Another network has its own share; a connection that ends gives its place back.
+    let _b = sources
+        .admit("192.0.3.1".parse().unwrap(), key(2).public_key())
+        .unwrap();
+    drop(a);
+    let _c = sources.admit(ip, key(3).public_key()).unwrap();
 }
 
 #[tokio::test]
