@@ -350,7 +350,7 @@ pub(crate) enum SourceRefusal {
     TooFast,
     /// Its source holds its share of the client connection places (an eighth of
     /// `client_connection_total_bytes`' connections, [`CLIENT_CONNECTION_SOURCE_SHARES`]).
-    TooManyConnections,
+    ConnectionShareTaken,
 }
 
 /// One source network may hold at most this fraction (`1 / n`) of the client connection places
@@ -436,7 +436,7 @@ impl ClientSources {
         entry.tokens = (entry.tokens + elapsed * self.per_minute as f64 / 60.0).min(capacity);
         entry.at = now;
         if entry.connections >= self.max_connections {
-            return Err(SourceRefusal::TooManyConnections);
+            return Err(SourceRefusal::ConnectionShareTaken);
         }
         if let Some(count) = entry.keys.get_mut(&key) {
             *count += 1;
@@ -1734,7 +1734,7 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
                 let why = match refusal {
                     SourceRefusal::TooManyKeys => "max_client_keys_per_source other client keys are connected from its network",
                     SourceRefusal::TooFast => "its network connected new client keys faster than client_keys_per_source_per_minute",
-                    SourceRefusal::TooManyConnections => "its network holds its share (an eighth) of the client connection places of client_connection_total_bytes",
+                    SourceRefusal::ConnectionShareTaken => "its network holds its share (an eighth) of the client connection places of client_connection_total_bytes",
                 };
                 if count == 0 {
                     tracing::warn!(me = %shared.me, ?peer, %remote, "refusing a client connection: {why}");

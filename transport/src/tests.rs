@@ -1221,7 +1221,7 @@ fn one_network_holds_at_most_its_share_of_the_client_connection_places() {
             sources
                 .admit("192.0.2.200".parse().unwrap(), key(k).public_key())
                 .err(),
-            Some(SourceRefusal::TooManyConnections)
+            Some(SourceRefusal::ConnectionShareTaken)
         );
     }
     // Another network has its own share; a connection that ends gives its place back.
