@@ -188,6 +188,8 @@ fn a_leader_cannot_move_a_cached_request_into_another_session() {
     assert_eq!(out.rejections, []);
     let replies = decide(&c, &mut engine, 2, vec![genuine.clone()]);
     assert_eq!(replies.len(), 1);
+    // The Byzantine leader's PROPOSE for cid 3: the write's body and signature, its session
+    // set to 0 (an open, tag = seq 1: it opens session 2) and then to 2.
     let moved = |session: u64| Request {
         body: RequestBody {
             session,
@@ -195,38 +197,10 @@ fn a_leader_cannot_move_a_cached_request_into_another_session() {
         },
         signature: genuine.signature,
     };
-    // The write moved into an open (tag = seq 1) is refused by its shape since stop 25, before
-    // any signature: an open carries no operation (and its tag is at or above 2^63).
-    assert_eq!(
-        c.verifier_rejects(
-            Peer::Replica(0),
-            Message::Propose(c.propose(
-                0,
-                Cid(3),
-                Regency(0),
-                Batch {
-                    requests: vec![moved(OPEN_SESSION)]
-                }
-            ))
-        ),
-        smr_core::Rejection::Malformed("an open request carries no operation".into())
-    );
-    // A second process of the key opens session 2 (cid 3). The Byzantine leader's PROPOSE for
-    // cid 4: the write's body and signature, its session set to 2, where seq 1 is new.
-    let second_open = Request::new(
-        RequestBody {
-            session: OPEN_SESSION,
-            seq: Cluster::TAG + 1,
-            op: Vec::new(),
-            ..genuine.body.clone()
-        },
-        Some(&c.client as &dyn smr_crypto::Signer),
-    );
-    decide(&c, &mut engine, 3, vec![second_open]);
     let batch = Batch {
-        requests: vec![moved(2)],
+        requests: vec![moved(OPEN_SESSION), moved(2)],
     };
-    let propose = c.propose(0, Cid(4), Regency(0), batch.clone());
+    let propose = c.propose(0, Cid(3), Regency(0), batch.clone());
     // Checked on its own (no cache), the PROPOSE is refused: the signatures are bad.
     assert!(matches!(
         c.verifier
@@ -245,7 +219,7 @@ fn a_leader_cannot_move_a_cached_request_into_another_session() {
     let Ok(verified) = verdict else {
         return; // Refused: the rewritten requests' signatures were checked.
     };
-    let out = engine.on_message(4, verified);
+    let out = engine.on_message(3, verified);
     let voted = out.messages().any(|o| {
         matches!(
             o,
@@ -255,7 +229,7 @@ fn a_leader_cannot_move_a_cached_request_into_another_session() {
     // Correct replicas 2 and 3 vote alike (same cache hit), so the batch is decided: the
     // write executes again, in session 2.
     let again: Vec<(u64, u64)> = if voted {
-        decide(&c, &mut engine, 4, batch.requests.clone())
+        decide(&c, &mut engine, 3, batch.requests.clone())
             .into_iter()
             .filter(|r| r.status == ReplyStatus::Executed && r.result == genuine.body.op)
             .map(|r| (r.session, r.seq))
