@@ -187,35 +187,6 @@ pub struct RequestBody {
     pub op: Vec<u8>,
 }
 
-impl RequestBody {
-    /// Why this body can never be a valid request, whatever the state: an open request
-    /// ([`OPEN_SESSION`]) must be ordered, carry no operation, and name a routing tag at or
-    /// above [`SESSION_NUMBER_LIMIT`](crate::clients::SESSION_NUMBER_LIMIT) (so that its
-    /// reply's route cannot be a session number); an ordered request in any other session
-    /// must name a session below that limit, since no session is ever opened there.
-    /// (Unordered reads may be sent under the routing tag: docs/design.md §3.7.) Checked
-    /// wherever a request is verified, alone or inside a replica's message, so every correct
-    /// replica refuses the same requests.
-    pub fn shape_error(&self) -> Option<&'static str> {
-        let limit = crate::clients::SESSION_NUMBER_LIMIT;
-        if self.session == OPEN_SESSION {
-            if self.kind != RequestKind::Ordered {
-                Some("an open request must be ordered")
-            } else if !self.op.is_empty() {
-                Some("an open request carries no operation")
-            } else if self.seq < limit {
-                Some("an open request's routing tag is below 2^63")
-            } else {
-                None
-            }
-        } else if self.kind == RequestKind::Ordered && self.session >= limit {
-            Some("an ordered request names a session at or above 2^63, where none is opened")
-        } else {
-            None
-        }
-    }
-}
-
 /// A client request (docs/design.md §3.4 step 1, §3.7).
 ///
 /// In BFT it carries the client's signature, so that a Byzantine leader cannot invent or alter
