@@ -181,3 +181,34 @@ fn harness_decides_and_the_byzantine_replica_is_heard() {
     sim.run_script(&scripts[1]);
     assert!(sim.rejections() > 0);
 }
+
+/// Review 25 R2, finding 2: a lost message moves no clock, so it fires no retransmit timer and
+/// buys no retransmission round; yet each 2-byte loss step of a script was charged a round
+/// over the whole claimed window (up to 64 × 16 KiB = 1 MiB): one 15-byte STOPDATA claim
+/// followed by 100 losses was allowed 94 MiB more than the claim alone, enough to hide any
+/// allocation bug of the CFT engine behind a few cheap bytes. Now the losses pay nothing
+/// beyond what their bytes buy. Fails on c1a455b (94 MiB paid for 200 bytes of losses).
+#[test]
+fn lost_messages_buy_no_retransmission_allowance() {
+    let claim = hex_bytes("0002d1539a17ba020404011f02011f");
+    let paid = |script: &[u8]| {
+        let mut sim = Sim::new(Mode::Cft, Some(2));
+        sim.check_agreement = false;
+        sim.run_script(script);
+        cft_paid_bytes(&sim)
+    };
+    let claim_alone = paid(&claim);
+    assert!(claim_alone > 0, "the corpus claim no longer claims a window");
+    let mut with_losses = claim.clone();
+    for _ in 0..100 {
+        with_losses.extend_from_slice(&[5, 0]);
+    }
+    assert_eq!(paid(&with_losses), claim_alone);
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect()
+}
