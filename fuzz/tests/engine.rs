@@ -121,7 +121,7 @@ fn cft_budget() -> AllocBudget {
 ///   ones where nobody prepared) for every cid up to it, at most `max_instances_ahead` (64)
 ///   of them past execution ([`Sim::instances_claimed_by`]): the protocol's window, bounded
 ///   by the configuration. Each claimed instance is allowed [`CFT_INSTANCE_BYTES`], and
-///   every later clock step or lost message of the script (2 bytes each) one round of
+///   every later clock step of the script (2 bytes each) one round of
 ///   retransmission over the claimed window ([`CFT_RETRANSMIT_INSTANCE_BYTES`] each).
 ///
 /// The bound is an upper one: a script is not charged for what its bytes did not cause, so
@@ -198,7 +198,10 @@ fn lost_messages_buy_no_retransmission_allowance() {
         cft_paid_bytes(&sim)
     };
     let claim_alone = paid(&claim);
-    assert!(claim_alone > 0, "the corpus claim no longer claims a window");
+    assert!(
+        claim_alone > 0,
+        "the corpus claim no longer claims a window"
+    );
     let mut with_losses = claim.clone();
     for _ in 0..100 {
         with_losses.extend_from_slice(&[5, 0]);
