@@ -127,8 +127,9 @@ fn cft_budget() -> AllocBudget {
 /// The bound is an upper one: a script is not charged for what its bytes did not cause, so
 /// it cannot tell every engine bug from a window's legitimate cost. The 43-byte corpus input
 /// `window-left-a-replica-behind-the-capped-log.hex` (2.87 MB before the catch-up fix of
-/// `core/tests/fuzz_findings.rs`, 1.13 MB after) passes it either way; that fix's regression
-/// is the unit test, and the input stays here for panics and invariants.
+/// `core/tests/fuzz_findings.rs`, 1.13 MB after) is within its 1.94 MB bound only with that
+/// fix (it passed either way while lost messages were charged retransmission rounds, review
+/// 25 R2); the unit test stays the fix's regression.
 fn cft_paid_bytes(sim: &Sim) -> usize {
     let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     count(sim.advance_steps)
