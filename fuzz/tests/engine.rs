@@ -216,3 +216,26 @@ fn hex_bytes(hex: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
         .collect()
 }
+
+
+/// Review 25 R2, finding 3: STOPDATA claims were charged each time one was sent, but only a
+/// leader change acts on them (its SYNC fixes at most `max_instances_ahead` instances), and
+/// leader changes need an honest replica's timer: at most one per honest replica per clock
+/// step, and the two of the closing `settle` the constant covers. A 125-byte script repeating
+/// one claim eleven times, with no clock step, was allowed 13.3 MB for 649 claimed instances,
+/// though at most two leader changes (128 instances) could act on them. Fails on c1a455b.
+#[test]
+fn repeated_claims_buy_no_more_than_the_leader_changes_that_can_act_on_them() {
+    let claim = hex_bytes("0002d1539a17ba020404011f02011f");
+    let mut script = claim.clone();
+    for _ in 0..10 {
+        script.extend_from_slice(&claim[4..]);
+    }
+    let mut sim = Sim::new(Mode::Cft, Some(2));
+    sim.check_agreement = false;
+    sim.run_script(&script);
+    assert_eq!(sim.advance_steps, 0);
+    assert!(sim.claimed_instances > 128, "{}", sim.claimed_instances);
+    let window = usize::try_from(limits().max_instances_ahead).expect("small");
+    assert_eq!(cft_paid_bytes(&sim), 2 * window * CFT_INSTANCE_BYTES);
+}
