@@ -109,9 +109,9 @@ pub struct Sim {
     pub claimed_instances: u64,
     /// Steps of the script that moved the clock (each can fire every timer once).
     pub advance_steps: u64,
-    /// Claimed instances that the script's clock steps and lost messages can make replicas
-    /// retransmit their votes in: for each such step, the instances claimed so far, at most
-    /// `max_instances_ahead`.
+    /// Claimed instances that the script's clock steps can make replicas retransmit their
+    /// votes in: for each clock step, the instances claimed so far, at most
+    /// `max_instances_ahead` (a lost message moves no clock and fires no timer).
     pub retransmitted_claims: u64,
 }
 
@@ -291,8 +291,8 @@ impl Sim {
             .min(window)
     }
 
-    /// A clock step or a lost message of the script: it can make the replicas resend their
-    /// votes of every undecided instance once, the claimed ones included.
+    /// A clock step of the script: it can make the replicas resend their votes of every
+    /// undecided instance once, the claimed ones included.
     fn note_retransmission_round(&mut self) {
         self.retransmitted_claims = self
             .retransmitted_claims
@@ -778,8 +778,8 @@ impl Sim {
                     self.deliver(Peer::Replica(self.byz()), to, message);
                 }
                 _ => {
-                    // The network loses a message.
-                    self.note_retransmission_round();
+                    // The network loses a message. It moves no clock, so it fires no
+                    // retransmit timer and buys no retransmission round.
                     let at = usize::from(r.u8());
                     if !self.queue.is_empty() {
                         let at = at % self.queue.len();

@@ -102,6 +102,17 @@ fn cft_leader_change_bytes() -> usize {
     in_flight * CFT_INSTANCE_BYTES + 64 * 1024
 }
 
+/// The claimed instances leader changes can act on: a leader change's SYNC fixes at most
+/// `max_instances_ahead` of them, and a leader change needs an honest replica's timer (one
+/// Byzantine STOP is not f + 1), so there are at most one per honest replica (two) per clock
+/// step, and the two of the closing `settle` that the constant covers.
+fn acted_on_claims(sim: &Sim) -> usize {
+    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let window = count(limits().max_instances_ahead);
+    let leader_changes = count(sim.advance_steps).saturating_mul(2).saturating_add(2);
+    count(sim.claimed_instances).min(leader_changes.saturating_mul(window))
+}
+
 /// The CFT target's bound, derived from the cluster's limits and the unit costs above rather
 /// than fitted to what the fuzzer finds:
 /// - the empty script, plus two leader changes that timers cause on their own in the
@@ -121,19 +132,20 @@ fn cft_budget() -> AllocBudget {
 ///   ones where nobody prepared) for every cid up to it, at most `max_instances_ahead` (64)
 ///   of them past execution ([`Sim::instances_claimed_by`]): the protocol's window, bounded
 ///   by the configuration. Each claimed instance is allowed [`CFT_INSTANCE_BYTES`], and
-///   every later clock step or lost message of the script (2 bytes each) one round of
+///   every later clock step of the script (2 bytes each) one round of
 ///   retransmission over the claimed window ([`CFT_RETRANSMIT_INSTANCE_BYTES`] each).
 ///
 /// The bound is an upper one: a script is not charged for what its bytes did not cause, so
 /// it cannot tell every engine bug from a window's legitimate cost. The 43-byte corpus input
 /// `window-left-a-replica-behind-the-capped-log.hex` (2.87 MB before the catch-up fix of
-/// `core/tests/fuzz_findings.rs`, 1.13 MB after) passes it either way; that fix's regression
-/// is the unit test, and the input stays here for panics and invariants.
+/// `core/tests/fuzz_findings.rs`, 1.13 MB after) is within its 1.94 MB bound only with that
+/// fix (it passed either way while lost messages were charged retransmission rounds, review
+/// 25 R2); the unit test stays the fix's regression.
 fn cft_paid_bytes(sim: &Sim) -> usize {
     let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     count(sim.advance_steps)
         .saturating_mul(cft_leader_change_bytes())
-        .saturating_add(count(sim.claimed_instances).saturating_mul(CFT_INSTANCE_BYTES))
+        .saturating_add(acted_on_claims(sim).saturating_mul(CFT_INSTANCE_BYTES))
         .saturating_add(
             count(sim.retransmitted_claims).saturating_mul(CFT_RETRANSMIT_INSTANCE_BYTES),
         )
@@ -180,4 +192,60 @@ fn harness_decides_and_the_byzantine_replica_is_heard() {
     let mut sim = Sim::new(Mode::Bft, Some(3));
     sim.run_script(&scripts[1]);
     assert!(sim.rejections() > 0);
+}
+
+/// Review 25 R2, finding 2: a lost message moves no clock, so it fires no retransmit timer and
+/// buys no retransmission round; yet each 2-byte loss step of a script was charged a round
+/// over the whole claimed window (up to 64 × 16 KiB = 1 MiB): one 15-byte STOPDATA claim
+/// followed by 100 losses was allowed 94 MiB more than the claim alone, enough to hide any
+/// allocation bug of the CFT engine behind a few cheap bytes. Now the losses pay nothing
+/// beyond what their bytes buy. Fails on c1a455b (94 MiB paid for 200 bytes of losses).
+#[test]
+fn lost_messages_buy_no_retransmission_allowance() {
+    let claim = hex_bytes("0002d1539a17ba020404011f02011f");
+    let paid = |script: &[u8]| {
+        let mut sim = Sim::new(Mode::Cft, Some(2));
+        sim.check_agreement = false;
+        sim.run_script(script);
+        cft_paid_bytes(&sim)
+    };
+    let claim_alone = paid(&claim);
+    assert!(
+        claim_alone > 0,
+        "the corpus claim no longer claims a window"
+    );
+    let mut with_losses = claim.clone();
+    for _ in 0..100 {
+        with_losses.extend_from_slice(&[5, 0]);
+    }
+    assert_eq!(paid(&with_losses), claim_alone);
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// Review 25 R2, finding 3: STOPDATA claims were charged each time one was sent, but only a
+/// leader change acts on them (its SYNC fixes at most `max_instances_ahead` instances), and
+/// leader changes need an honest replica's timer: at most one per honest replica per clock
+/// step, and the two of the closing `settle` the constant covers. A 125-byte script repeating
+/// one claim eleven times, with no clock step, was allowed 13.3 MB for 649 claimed instances,
+/// though at most two leader changes (128 instances) could act on them. Fails on c1a455b.
+#[test]
+fn repeated_claims_buy_no_more_than_the_leader_changes_that_can_act_on_them() {
+    let claim = hex_bytes("0002d1539a17ba020404011f02011f");
+    let mut script = claim.clone();
+    for _ in 0..10 {
+        script.extend_from_slice(&claim[4..]);
+    }
+    let mut sim = Sim::new(Mode::Cft, Some(2));
+    sim.check_agreement = false;
+    sim.run_script(&script);
+    assert_eq!(sim.advance_steps, 0);
+    assert!(sim.claimed_instances > 128, "{}", sim.claimed_instances);
+    let window = usize::try_from(limits().max_instances_ahead).expect("small");
+    assert_eq!(cft_paid_bytes(&sim), 2 * window * CFT_INSTANCE_BYTES);
 }

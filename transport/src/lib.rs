@@ -133,7 +133,9 @@
 //! [`TransportStats::connections_refused_source_limit`]): without that share, one network's
 //! 256 keys × 64 connections could take every place and lock every other client's new
 //! connections out. Eight networks together still can (Sybil across networks, as with the
-//! partial-frame budget).
+//! partial-frame budget), but not with idle connections: a connection refused for want of a
+//! place closes the connections of the client key idle longest if it sent nothing for 5 s
+//! (as the key table does), so the refused client's retry gets in.
 //!
 //! # Sending and the overflow policy
 //! [`Network::send`] never blocks. It pushes the frame onto a per-peer queue that a writer task

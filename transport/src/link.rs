@@ -1634,6 +1634,73 @@ impl Drop for ClientConnectionSlot {
     }
 }
 
+/// The connected client key that sent no bytes for the longest time, if it has been idle for
+/// [`CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION`]: the one that gives its place when the key table or
+/// the client connection places are full. The scan is O(keys), under the lock every send to a
+/// client takes, so it is not repeated for every connection of a flood: it finds when the
+/// first key can have been idle long enough (activity times only grow, and keys join with the
+/// time they join), and until then answers `None` without a scan.
+fn idlest_client_key(
+    shared: &Shared,
+    all_links: &HashMap<PublicKey, Vec<ClientLink>, ahash::RandomState>,
+    now_ms: u64,
+) -> Option<PublicKey> {
+    let min_idle_ms = CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION.as_millis() as u64;
+    let not_before = &shared.client_keys_idle_not_before_ms;
+    if now_ms < not_before.load(Ordering::Relaxed) {
+        return None;
+    }
+    #[cfg(test)]
+    shared.client_key_scans.fetch_add(1, Ordering::Relaxed);
+    let idlest = all_links
+        .iter()
+        .map(|(key, links)| {
+            let last = links
+                .iter()
+                .map(|link| link.last_frame_ms.load(Ordering::Relaxed))
+                .max()
+                .unwrap_or(0);
+            (*key, last)
+        })
+        .min_by_key(|&(_, last)| last);
+    match idlest {
+        Some((key, last)) if now_ms.saturating_sub(last) >= min_idle_ms => Some(key),
+        Some((_, last)) => {
+            not_before.store(last.saturating_add(min_idle_ms), Ordering::Relaxed);
+            None
+        }
+        None => None,
+    }
+}
+
+/// Closes the connections of the client key idle longest, if one has been idle long enough
+/// ([`idlest_client_key`]), and counts it; their places are given back as they end.
+fn evict_idlest_client_key(shared: &Shared, now_ms: u64, for_key: Peer) {
+    let evicted = {
+        let mut all_links = lock(&shared.client_links);
+        idlest_client_key(shared, &all_links, now_ms)
+            .and_then(|idle_key| all_links.remove(&idle_key).map(|links| (idle_key, links)))
+    };
+    let Some((idle_key, links)) = evicted else {
+        return;
+    };
+    let count = shared
+        .counters
+        .client_keys_evicted_idle
+        .fetch_add(1, Ordering::Relaxed);
+    if count == 0 {
+        tracing::warn!(me = %shared.me, evicted = ?Peer::Client(idle_key), ?for_key,
+            "the client connection places are taken; closing the connections of the key idle longest");
+    } else {
+        tracing::debug!(me = %shared.me, evicted = ?Peer::Client(idle_key), ?for_key,
+            "closing the connections of the client key idle longest");
+    }
+    for link in links {
+        link.conn
+            .close(CLOSE_IDLE_KEY_EVICTED, b"idle client key evicted");
+    }
+}
+
 /// Replica role: accepts connections until shutdown.
 pub(crate) async fn run_acceptor(shared: Arc<Shared>, endpoint: Endpoint) {
     let mut shutdown = shared.shutdown_rx();
@@ -1720,6 +1787,11 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
                     tracing::debug!(me = %shared.me, ?peer, %remote,
                         "refusing a client connection: client_connection_total_bytes is taken");
                 }
+                // Idle connections must not keep their places for ever (a few networks'
+                // worth of them take every place): the key idle longest gives its places,
+                // and this client's retry finds one.
+                let now_ms = u64::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+                evict_idlest_client_key(&shared, now_ms, peer);
                 conn.close(CLOSE_TOO_MANY_CLIENTS, b"too many client connections");
                 return;
             }
@@ -1767,36 +1839,7 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
                 // not repeated for every key of a flood: it finds when the first key can have
                 // been idle long enough (activity times only grow, and keys join with the time
                 // they join), and until then new keys are refused without a scan.
-                let min_idle_ms = CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION.as_millis() as u64;
-                let not_before = &shared.client_keys_idle_not_before_ms;
-                let idlest = if now_ms < not_before.load(Ordering::Relaxed) {
-                    None
-                } else {
-                    #[cfg(test)]
-                    shared.client_key_scans.fetch_add(1, Ordering::Relaxed);
-                    let idlest = all_links
-                        .iter()
-                        .map(|(key, links)| {
-                            let last = links
-                                .iter()
-                                .map(|link| link.last_frame_ms.load(Ordering::Relaxed))
-                                .max()
-                                .unwrap_or(0);
-                            (*key, last)
-                        })
-                        .min_by_key(|&(_, last)| last);
-                    match idlest {
-                        Some((key, last)) if now_ms.saturating_sub(last) >= min_idle_ms => {
-                            Some(key)
-                        }
-                        Some((_, last)) => {
-                            not_before.store(last.saturating_add(min_idle_ms), Ordering::Relaxed);
-                            None
-                        }
-                        None => None,
-                    }
-                };
-                match idlest {
+                match idlest_client_key(&shared, &all_links, now_ms) {
                     Some(idle_key) => {
                         idle_evicted = all_links.remove(&idle_key).map(|links| (idle_key, links));
                     }

@@ -1972,3 +1972,79 @@ async fn the_overdraft_goes_to_another_network_before_the_same_one_again() {
     assert_eq!(first, Ok(("network B", true)));
     assert!(tokio::time::timeout(quick, &mut a3_waits).await.is_err());
 }
+
+/// Review 25 R2, finding 1: the client connection places of `client_connection_total_bytes`
+/// had no idle eviction (the key table has one). Connections that send nothing, from a few
+/// networks each within its share (two here, where places are few and the share is at least
+/// 4; eight at the defaults, or eight IPv6 /64s of one /61), took every place and locked
+/// every other client's new connections out for as long as they stayed open. Now a
+/// connection refused for want of a place closes the connections of the client key idle
+/// longest, if it has been idle for `CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION`, so the client's
+/// retry gets in. Fails on c1a455b: the honest client is refused until the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_from_a_few_networks_do_not_lock_other_clients_out_for_ever() {
+    let [(config0, socket0), (config1, socket1)] = two_replicas(|c| {
+        c.client_connection_total_bytes = 8 * TransportConfig::CLIENT_CONNECTION_HELD_BYTES;
+    });
+    let endpoint0 = config0.replicas[0].clone();
+    let replica0 = QuicTransport::start_with_socket(config0, socket0)
+        .await
+        .unwrap();
+    let replica1 = QuicTransport::start_with_socket(config1, socket1)
+        .await
+        .unwrap();
+    // Two networks take their share (4 of the 8 places each) and then send nothing.
+    let mut idle = Vec::new();
+    for (ip, k) in [("127.0.1.1", 90u8), ("127.0.2.1", 91u8)] {
+        for _ in 0..4 {
+            idle.push(raw_connect_from(ip, &key(k), &endpoint0).await.unwrap());
+        }
+    }
+    // Let the replica register them all.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let honest = key(92);
+    let (_endpoint, refused) = raw_connect_from("127.0.3.1", &honest, &endpoint0)
+        .await
+        .unwrap();
+    match closed_within(&refused).await {
+        ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, CLOSE_TOO_MANY_CLIENTS)
+        }
+        other => panic!("expected the replica to refuse the connection, got {other}"),
+    }
+    // Once they have been idle long enough, the honest client's retries get in.
+    let deadline = tokio::time::Instant::now()
+        + crate::link::CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION
+        + Duration::from_secs(3);
+    loop {
+        let (endpoint, conn) = raw_connect_from("127.0.3.1", &honest, &endpoint0)
+            .await
+            .unwrap();
+        let admitted = match conn.open_uni().await {
+            Ok(mut stream) => {
+                let _ = stream.write_all(&frame(b"let me in")).await;
+                tokio::select! {
+                    _ = conn.closed() => false,
+                    frame = replica0.recv() => {
+                        assert_eq!(frame.unwrap().frame, b"let me in".to_vec());
+                        true
+                    }
+                }
+            }
+            Err(_) => false,
+        };
+        if admitted {
+            drop(endpoint);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "idle connections of two networks locked the honest client out: {:?}",
+            replica0.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(idle);
+    replica0.shutdown().await;
+    replica1.shutdown().await;
+}
