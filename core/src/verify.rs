@@ -36,7 +36,7 @@
 //! the strength of its client's direct copies must not leave the replicas that did not get
 //! those copies unable to learn the decision or apply a SYNC (docs/design.md §5).
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use smr_crypto::{BatchVerifyError, Digest, PublicKey, Signature, SignedItem, Verifier};
@@ -194,8 +194,21 @@ fn request_key(body: &RequestBody, signature: &Signature) -> RequestKey {
 /// converge to equal: of k clients that keep inserting, each keeps about `capacity / k`
 /// entries. Under [`ClientPolicy::Any`] keys are free, so a
 /// client with many keys still gets one share per key; when there are more clients than
-/// room, the oldest entries go first, so no early set of keys holds the cache for good.
-/// Hot-path cost: one map insert and two ordered-set updates (O(log clients)) per new entry.
+/// room, the oldest entries go first.
+///
+/// # Entries age out
+/// Shares alone never look at age: keys that inserted once and went quiet held their entries
+/// for good while a busy client held more, so a Byzantine client that sent one request from
+/// each of `capacity` keys once (under [`ClientPolicy::Any`]) left every correct client its
+/// latest entry only, and every follower verified all but the last of a window of requests
+/// again inside the PROPOSE (review R1 of session 25). An entry that has outlived
+/// [`VerifiedRequests::MAX_AGE_IN_CAPACITIES`] times the capacity in insertions is therefore
+/// evicted first, whoever holds it: holding a share now takes inserting at the rate of the
+/// traffic it displaces. A single key's flood still evicts only its own entries until it has
+/// inserted that many times the capacity after a correct client's entry, which takes far
+/// longer than a direct copy waits for its PROPOSE.
+/// Hot-path cost: one map insert and three ordered-set or map updates (O(log entries)) per
+/// new entry.
 pub struct VerifiedRequests {
     inner: Mutex<VerifiedInner>,
     capacity: usize,
@@ -210,6 +223,9 @@ struct VerifiedInner {
     /// The clients of `by_client` by how many entries they hold, then by how old their oldest
     /// entry is: the last is the client that holds the most and, among those, the oldest entry.
     shares: BTreeSet<Share>,
+    /// The insertion number of every entry, to its client: the globally oldest first, for
+    /// evicting entries that outlived [`VerifiedRequests::max_age`] insertions.
+    by_age: BTreeMap<u64, PublicKey>,
     /// The insertion number of the next new entry.
     next: u64,
     hits: u64,
@@ -235,6 +251,7 @@ impl VerifiedInner {
         }
         let number = self.next;
         self.next += 1;
+        self.by_age.insert(number, client);
         self.by_client
             .entry(client)
             .or_default()
@@ -243,19 +260,38 @@ impl VerifiedInner {
         self.shares.insert(share);
     }
 
-    /// Evicts the oldest entry among those of the clients holding the most entries.
-    fn evict_one(&mut self) {
-        let Some(share) = self.shares.pop_last() else {
-            return;
+    /// Evicts the globally oldest entry if it has outlived `max_age` insertions, else the
+    /// oldest entry among those of the clients holding the most entries.
+    fn evict_one(&mut self, max_age: u64) {
+        let aged = self
+            .by_age
+            .first_key_value()
+            .filter(|(number, _)| self.next - **number > max_age)
+            .map(|(_, client)| *client);
+        let share = match aged {
+            // The globally oldest entry is its client's oldest (each queue is in insertion
+            // order).
+            Some(client) => {
+                let share = self
+                    .share(client)
+                    .expect("every aged entry's client holds it");
+                self.shares.remove(&share);
+                share
+            }
+            None => match self.shares.pop_last() {
+                Some(share) => share,
+                None => return,
+            },
         };
         let client = share.2;
         let queue = self
             .by_client
             .get_mut(&client)
             .expect("every client in shares has a queue");
-        let (_, oldest) = queue
+        let (number, oldest) = queue
             .pop_front()
             .expect("a client in shares holds an entry");
+        self.by_age.remove(&number);
         if queue.is_empty() {
             self.by_client.remove(&client);
         }
@@ -274,6 +310,7 @@ impl VerifiedRequests {
                 keys: HashMap::new(),
                 by_client: HashMap::new(),
                 shares: BTreeSet::new(),
+                by_age: BTreeMap::new(),
                 next: 0,
                 hits: 0,
             }),
@@ -330,10 +367,21 @@ impl VerifiedRequests {
         }
         inner.add(key, client, signature_verified);
         if inner.keys.len() > self.capacity {
-            inner.evict_one();
+            inner.evict_one(self.max_age());
         }
         signature_verified
     }
+
+    /// Insertions an entry outlives before it goes first, whatever its client's share:
+    /// [`VerifiedRequests::MAX_AGE_IN_CAPACITIES`] times the capacity.
+    fn max_age(&self) -> u64 {
+        (self.capacity as u64).saturating_mul(Self::MAX_AGE_IN_CAPACITIES)
+    }
+
+    /// An entry that has outlived this many times the cache's capacity in insertions is
+    /// evicted first, whoever holds it (see the type's docs): far longer than a direct copy
+    /// waits for its PROPOSE (a few milliseconds), far shorter than for ever.
+    pub const MAX_AGE_IN_CAPACITIES: u64 = 4;
 
     /// Requests held.
     pub fn len(&self) -> usize {
@@ -1001,6 +1049,12 @@ mod tests {
         let queued: usize = inner.by_client.values().map(VecDeque::len).sum();
         assert_eq!(queued, inner.keys.len());
         assert_eq!(inner.shares.len(), inner.by_client.len());
+        assert_eq!(inner.by_age.len(), inner.keys.len());
+        for (client, queue) in &inner.by_client {
+            for (number, _) in queue {
+                assert_eq!(inner.by_age.get(number), Some(client));
+            }
+        }
         for share in &inner.shares {
             assert_eq!(inner.share(share.2).as_ref(), Some(share));
         }
@@ -1047,6 +1101,24 @@ mod tests {
         assert!(cache.insert(key, c, true));
         assert_eq!(cache.lookup(&key), Some(true));
         assert_eq!(cache.len(), 6);
+    }
+
+    /// An entry that outlived `MAX_AGE_IN_CAPACITIES` times the capacity in insertions goes
+    /// first, though its client holds fewer entries than the inserting one.
+    #[test]
+    fn an_entry_that_outlived_four_capacities_of_insertions_goes_first() {
+        let cache = VerifiedRequests::new(4);
+        cache.insert_all([entry(1, 0), entry(2, 0), entry(3, 0)], false);
+        // Client 4 inserts 13 times (numbers 3..=15): only its own entries go while client
+        // 1's (number 0) has outlived at most 16 insertions.
+        for n in 0..13 {
+            cache.insert_all([entry(4, n)], false);
+        }
+        assert_eq!(shares(&cache), vec![(1, 1), (2, 1), (3, 1), (4, 1)]);
+        cache.insert_all([entry(4, 13)], false);
+        assert_eq!(shares(&cache), vec![(2, 1), (3, 1), (4, 2)]);
+        assert_eq!(cache.lookup(&entry(1, 0).0), None);
+        assert_eq!(cache.lookup(&entry(4, 12).0), Some(false));
     }
 
     /// With more clients than room, the oldest entry goes: no early set of keys holds the cache.
