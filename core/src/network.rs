@@ -68,6 +68,10 @@ pub trait Network: Send + Sync + 'static {
     /// [`SendError`] if the frame cannot be queued; it is then dropped.
     fn send(&self, to: Peer, frame: Vec<u8>) -> Result<(), SendError>;
     /// The next frame from any authenticated peer, or `None` once the transport has shut down.
+    ///
+    /// Must be cancel-safe: a future dropped before it completes must not have taken a frame.
+    /// The driver's reader polls it once to see whether another frame is waiting (`recv_now`
+    /// in `driver.rs`) and drops it if not; a frame such a future had taken would be lost.
     fn recv(&self) -> impl Future<Output = Option<InboundFrame>> + Send;
     /// Queues `frame` (a reply) for client `key`'s session `session`: over the connection
     /// that session's requests arrive on, if the transport knows it, so that processes sharing
