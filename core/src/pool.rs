@@ -227,6 +227,14 @@ impl RequestPool {
         Some(entry.request)
     }
 
+    /// The entry of `id`, which `by_arrival` lists.
+    fn timed_entry(&mut self, id: &RequestId) -> &mut Entry {
+        self.by_client
+            .get_mut(&id.client)
+            .and_then(|m| m.get_mut(&(id.session, id.seq)))
+            .expect("by_arrival and by_client agree")
+    }
+
     /// Drops the empty request map of `client`.
     fn forget_client(&mut self, client: &ClientId) {
         self.by_client.remove(client);
@@ -272,11 +280,7 @@ impl RequestPool {
             let serial = self.next_serial;
             self.next_serial += 1;
             self.by_arrival.insert((now_ms, serial), id);
-            let entry = self
-                .by_client
-                .get_mut(&id.client)
-                .and_then(|m| m.get_mut(&(id.session, id.seq)))
-                .expect("by_arrival and by_client agree");
+            let entry = self.timed_entry(&id);
             entry.arrival_ms = now_ms;
             entry.serial = serial;
             entry.timeouts += 1;
@@ -316,11 +320,7 @@ impl RequestPool {
         for id in ids {
             let serial = self.next_serial;
             self.next_serial += 1;
-            let entry = self
-                .by_client
-                .get_mut(&id.client)
-                .and_then(|m| m.get_mut(&(id.session, id.seq)))
-                .expect("by_arrival and by_client agree");
+            let entry = self.timed_entry(&id);
             entry.arrival_ms = now_ms;
             entry.serial = serial;
             entry.timeouts = 0;
