@@ -209,8 +209,9 @@ pub struct Timeouts {
     /// The longest retransmission interval; also how long a state transfer waits for its
     /// source before it tries another.
     pub retransmit_max_ms: u64,
-    /// How often the leader broadcasts its heartbeat (its regency and last executed cid), and
-    /// every replica repeats its newest unstable checkpoint announcement.
+    /// How often every replica broadcasts its heartbeat (its regency and last executed cid;
+    /// docs/design.md §3.5, "Quiet clusters converge") and repeats its newest unstable
+    /// checkpoint announcement.
     pub heartbeat_ms: u64,
 }
 

@@ -187,6 +187,35 @@ pub struct RequestBody {
     pub op: Vec<u8>,
 }
 
+impl RequestBody {
+    /// Why this body can never be a valid request, whatever the state: an open request
+    /// ([`OPEN_SESSION`]) must be ordered, carry no operation, and name a routing tag at or
+    /// above [`SESSION_NUMBER_LIMIT`](crate::clients::SESSION_NUMBER_LIMIT) (so that its
+    /// reply's route cannot be a session number); an ordered request in any other session
+    /// must name a session below that limit, since no session is ever opened there.
+    /// (Unordered reads may be sent under the routing tag: docs/design.md §3.7.) Checked
+    /// wherever a request is verified, alone or inside a replica's message, so every correct
+    /// replica refuses the same requests.
+    pub fn shape_error(&self) -> Option<&'static str> {
+        let limit = crate::clients::SESSION_NUMBER_LIMIT;
+        if self.session == OPEN_SESSION {
+            if self.kind != RequestKind::Ordered {
+                Some("an open request must be ordered")
+            } else if !self.op.is_empty() {
+                Some("an open request carries no operation")
+            } else if self.seq < limit {
+                Some("an open request's routing tag is below 2^63")
+            } else {
+                None
+            }
+        } else if self.kind == RequestKind::Ordered && self.session >= limit {
+            Some("an ordered request names a session at or above 2^63, where none is opened")
+        } else {
+            None
+        }
+    }
+}
+
 /// A client request (docs/design.md §3.4 step 1, §3.7).
 ///
 /// In BFT it carries the client's signature, so that a Byzantine leader cannot invent or alter
@@ -669,12 +698,14 @@ pub enum Message {
     /// window that it has not decided yet and executes what is next in cid order; if a full
     /// answer moved it forward, it asks the same peer for more at once.
     Decisions(Vec<Decision>),
-    /// The leader's periodic "I lead `regency`, and executed up to `last_decided`": broadcast
-    /// every `heartbeat_ms` by the leader. A receiver in an older regency asks the sender for
-    /// its SYNC; one in a newer regency sends the sender its own. From its own leader, the
-    /// receiver notes the progress (in CFT a follower whose leader progresses blames its own
-    /// lag, not the leader, for its requests' timeouts) and, if `last_decided` is past its own
-    /// execution, asks the leader for the decisions.
+    /// A replica's periodic "I am in `regency`, and executed up to `last_decided`": broadcast
+    /// every `heartbeat_ms` by every replica (in a quiet cluster nothing else tells a replica,
+    /// the leader included, that its peers are ahead). A receiver in an older regency asks the
+    /// sender for its SYNC; one in a newer regency sends the sender its own. In the same
+    /// regency, if `last_decided` is past the receiver's execution, it asks the sender for the
+    /// decisions (rate-limited per peer; only certified decisions are learned); from its own
+    /// leader it also notes the progress (in CFT a follower whose leader progresses blames its
+    /// own lag, not the leader, for its requests' timeouts).
     Heartbeat {
         /// The leader's regency.
         regency: Regency,

@@ -750,6 +750,9 @@ impl InboundVerifier {
         if request.body.op.len() > self.limits.max_op_bytes {
             return Err(Rejection::Oversize("op"));
         }
+        if let Some(why) = request.body.shape_error() {
+            return Err(Rejection::Malformed(why.into()));
+        }
         if !direct && request.body.kind != RequestKind::Ordered {
             return Err(Rejection::Malformed(
                 "unordered request inside a batch".into(),

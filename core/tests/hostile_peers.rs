@@ -88,9 +88,16 @@ fn one_peers_state_info_does_not_hold_back_the_request_timeouts_stop() {
     let c = bft();
     let mut follower = follower_with_a_pending_request(&c);
     let request = c.request(1);
+    // Every replica says where it stands at its heartbeat (docs/design.md §3.5, "Quiet
+    // clusters converge"): regency 0, nothing executed.
+    let heartbeat = broadcast(Message::Heartbeat {
+        regency: Regency(0),
+        last_decided: Cid(0),
+    });
     assert_eq!(
         follower.on_timeout(1000),
         only_sent(vec![
+            heartbeat,
             send(0, Message::Forward(vec![request.clone()])),
             send(2, Message::DecisionQuery { from_cid: Cid(1) }),
         ])
@@ -115,6 +122,7 @@ fn one_peers_state_info_does_not_hold_back_the_request_timeouts_stop() {
     );
     assert_eq!(
         follower.on_timeout(2000),
+        // (The heartbeat fired at 1501 and is next due at 2001.)
         only_sent(vec![
             send(0, Message::Forward(vec![request])),
             send(2, Message::DecisionQuery { from_cid: Cid(1) }),

@@ -197,52 +197,76 @@ fn a_leader_cannot_move_a_cached_request_into_another_session() {
         },
         signature: genuine.signature,
     };
-    let batch = Batch {
-        requests: vec![moved(OPEN_SESSION), moved(2)],
-    };
-    let propose = c.propose(0, Cid(3), Regency(0), batch.clone());
-    // Checked on its own (no cache), the PROPOSE is refused: the signatures are bad.
-    assert!(matches!(
-        c.verifier
-            .verify_inbound(Peer::Replica(0), Message::Propose(propose.clone())),
-        Err(smr_core::Rejection::BadSignature { .. })
-    ));
-    let verdict = c
-        .verifier
-        .verify_run(
-            vec![(Peer::Replica(0), Message::Propose(propose))],
-            Some(&cache),
-            RequestAuth::Channel,
-        )
-        .pop()
-        .expect("one verdict");
-    let Ok(verified) = verdict else {
-        return; // Refused: the rewritten requests' signatures were checked.
-    };
-    let out = engine.on_message(3, verified);
-    let voted = out.messages().any(|o| {
-        matches!(
-            o,
-            Outgoing::Broadcast(Message::Write(_) | Message::Accept(_))
-        )
-    });
-    // Correct replicas 2 and 3 vote alike (same cache hit), so the batch is decided: the
-    // write executes again, in session 2.
-    let again: Vec<(u64, u64)> = if voted {
-        decide(&c, &mut engine, 3, batch.requests.clone())
-            .into_iter()
-            .filter(|r| r.status == ReplyStatus::Executed && r.result == genuine.body.op)
-            .map(|r| (r.session, r.seq))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    assert!(
-        !voted,
-        "a correct replica voted for a PROPOSE whose requests carry the signature of another \
-         session's body; decided, the client's write (session 1, seq 1) executed again as \
-         {again:?}"
-    );
+    // Moved into an open, the copy carries an operation, which no open may (refused for its
+    // shape, whatever the signature); moved into session 2, only the signature can tell.
+    for (batch, expected) in [
+        (
+            Batch {
+                requests: vec![moved(OPEN_SESSION)],
+            },
+            "malformed",
+        ),
+        (
+            Batch {
+                requests: vec![moved(2)],
+            },
+            "bad signature",
+        ),
+    ] {
+        let propose = c.propose(0, Cid(3), Regency(0), batch.clone());
+        // Checked on its own (no cache), the PROPOSE is refused.
+        let alone = c
+            .verifier
+            .verify_inbound(Peer::Replica(0), Message::Propose(propose.clone()));
+        match expected {
+            "malformed" => assert_eq!(
+                alone.err(),
+                Some(smr_core::Rejection::Malformed(
+                    "an open request carries no operation".into()
+                ))
+            ),
+            _ => assert!(matches!(
+                alone,
+                Err(smr_core::Rejection::BadSignature { .. })
+            )),
+        }
+        let verdict = c
+            .verifier
+            .verify_run(
+                vec![(Peer::Replica(0), Message::Propose(propose))],
+                Some(&cache),
+                RequestAuth::Channel,
+            )
+            .pop()
+            .expect("one verdict");
+        let Ok(verified) = verdict else {
+            continue; // Refused: the rewritten requests were checked.
+        };
+        let out = engine.on_message(3, verified);
+        let voted = out.messages().any(|o| {
+            matches!(
+                o,
+                Outgoing::Broadcast(Message::Write(_) | Message::Accept(_))
+            )
+        });
+        // Correct replicas 2 and 3 vote alike (same cache hit), so the batch is decided: the
+        // write executes again, in another session.
+        let again: Vec<(u64, u64)> = if voted {
+            decide(&c, &mut engine, 3, batch.requests.clone())
+                .into_iter()
+                .filter(|r| r.status == ReplyStatus::Executed && r.result == genuine.body.op)
+                .map(|r| (r.session, r.seq))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        assert!(
+            !voted,
+            "a correct replica voted for a PROPOSE whose requests carry the signature of \
+             another session's body; decided, the client's write (session 1, seq 1) executed \
+             again as {again:?}"
+        );
+    }
 }
 
 /// The same finding at the verifier, with signatures checked (`RequestAuth::Signature`, the

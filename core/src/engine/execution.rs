@@ -129,6 +129,7 @@ impl Engine {
             }
             self.check_rejoined(now_ms);
             self.resume_catch_up(now_ms);
+            self.accept_deferred_sync_values(now_ms);
             if self.phase == Phase::Normal {
                 self.leader_change.change_failures = 0;
             }

@@ -1,7 +1,7 @@
 //! The synchronization phase (leader change): STOP, STOPDATA and SYNC (docs/design.md §3.9 and
 //! §3.10; BFT-SMaRt's `Synchronizer`).
 
-use crate::message::{Cid, Message, Regency, ReplicaId, Signed, Stop, StopData, Sync};
+use crate::message::{Batch, Cid, Message, Regency, ReplicaId, Signed, Stop, StopData, Sync};
 use crate::network::Peer;
 use crate::rejection::Rejection;
 use crate::sync::choose;
@@ -27,6 +27,12 @@ pub(super) struct LeaderChange {
     /// The SYNC this replica sent as leader of its regency before a restart, applied again at
     /// [`Engine::start`].
     pub(super) recovered_sync: Option<Signed<Sync>>,
+    /// Values the current regency's SYNC fixed for cids that were past this replica's window
+    /// when it applied the SYNC (it was behind): accepted as execution brings them into the
+    /// window, so that a replica, the new leader included, that catches up after the SYNC
+    /// still votes for them. At most `max_instances_ahead` entries (one SYNC's choice);
+    /// cleared when a regency is entered.
+    pub(super) deferred_sync_values: BTreeMap<Cid, Batch>,
 }
 
 impl Engine {
@@ -153,6 +159,7 @@ impl Engine {
         if *mine <= regency {
             self.leader_change.my_stop = None;
         }
+        self.leader_change.deferred_sync_values.clear();
         for instance in self.instances.values_mut() {
             instance.proposal = None;
             instance.writes.clear();
@@ -333,8 +340,17 @@ impl Engine {
         let window_end = self
             .last_executed
             .saturating_add(self.cfg.limits.max_instances_ahead);
+        self.leader_change.deferred_sync_values.clear();
         for (cid, batch) in choice.values.iter().cloned() {
-            if cid <= self.last_executed || cid > window_end {
+            if cid <= self.last_executed {
+                continue;
+            }
+            if cid > window_end {
+                // Behind the SYNC: vote for it once caught up (before, such values were
+                // dropped; a new leader that built its SYNC while behind then never voted
+                // for them and, with one replica crashed and one rejoining, the instances
+                // never decided: simulator, CFT quiet rejoin seed 145).
+                self.leader_change.deferred_sync_values.insert(cid, batch);
                 continue;
             }
             self.accept_proposal(now_ms, cid, batch, None);
@@ -353,6 +369,30 @@ impl Engine {
         }
         self.arm_retransmit(now_ms);
         self.arm_request_timer();
+    }
+
+    /// Accepts the values of the current regency's SYNC that execution has brought into the
+    /// window since the SYNC was applied (see `LeaderChange::deferred_sync_values`).
+    pub(super) fn accept_deferred_sync_values(&mut self, now_ms: u64) {
+        if self.leader_change.deferred_sync_values.is_empty()
+            || self.phase != Phase::Normal
+            || !self.participates()
+        {
+            return;
+        }
+        let window_end = self
+            .last_executed
+            .saturating_add(self.cfg.limits.max_instances_ahead);
+        let later = self
+            .leader_change
+            .deferred_sync_values
+            .split_off(&window_end.saturating_add(1));
+        let due = std::mem::replace(&mut self.leader_change.deferred_sync_values, later);
+        for (cid, batch) in due {
+            if cid > self.last_executed {
+                self.accept_proposal(now_ms, cid, batch, None);
+            }
+        }
     }
 
     /// The leader change did not complete in time: ask for the next regency, and wait twice as

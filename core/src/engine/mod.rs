@@ -117,7 +117,7 @@ pub enum TimerKind {
     /// beyond it), and so it blames its own lag. A state transfer in progress never holds the
     /// STOP back: one peer's word starts it.
     Request,
-    /// Every `heartbeat_ms`: the leader broadcasts [`Message::Heartbeat`]; every replica asks
+    /// Every `heartbeat_ms`: every replica broadcasts [`Message::Heartbeat`] and asks
     /// for decisions if it has seen a cid beyond its execution, and repeats its newest
     /// checkpoint announcement until that checkpoint is stable.
     Heartbeat,
@@ -589,10 +589,15 @@ impl Engine {
                     self.request_sync(now_ms, j);
                 } else if regency < self.regency {
                     self.help_stale_peer(now_ms, j);
-                } else if j == self.leader() {
-                    if self
-                        .leader_progress
-                        .is_none_or(|p| last_decided > p.decided)
+                } else {
+                    // Only the leader's word counts as the leader's progress (CFT's "blame my
+                    // own lag"); anyone's claim to be ahead is worth one decision query to it,
+                    // rate-limited per peer, and answered only with certified decisions, so a
+                    // false claim costs a query and suppresses nothing.
+                    if j == self.leader()
+                        && self
+                            .leader_progress
+                            .is_none_or(|p| last_decided > p.decided)
                     {
                         self.leader_progress = Some(LeaderProgress {
                             decided: last_decided,

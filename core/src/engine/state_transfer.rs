@@ -457,6 +457,7 @@ impl Engine {
         // rejoin scenario seed 8 once opens shifted the cids: a checkpoint at exactly the
         // horizon, and the replica abstained for ever).
         self.check_rejoined(now_ms);
+        self.accept_deferred_sync_values(now_ms);
         self.execute_ready(now_ms);
         self.arm_request_timer();
     }

@@ -178,12 +178,15 @@ impl Engine {
     }
 
     pub(super) fn on_heartbeat(&mut self, now_ms: u64) {
-        if self.is_leader() {
-            self.out.broadcast(Message::Heartbeat {
-                regency: self.regency,
-                last_decided: self.last_executed,
-            });
-        }
+        // Every replica, not only the leader, says where it stands: in a quiet cluster (no
+        // client traffic, so no votes and no timeouts) this is the only way a replica behind its
+        // peers, the leader included, learns it is behind (issue 12's liveness check; before,
+        // a follower two cids behind after a leader crash, or a leader behind its followers
+        // after partitions healed, stayed behind until the next request).
+        self.out.broadcast(Message::Heartbeat {
+            regency: self.regency,
+            last_decided: self.last_executed,
+        });
         // Evidence that we are behind, with nothing else prompting a catch-up.
         if self.highest_seen_cid > self.last_executed {
             let peer = self.next_query_peer();

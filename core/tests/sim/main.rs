@@ -154,6 +154,41 @@ fn seeds_that_once_failed_still_pass() {
     }
 }
 
+/// Seeds of quiet CFT clusters that once did not converge: once requests of impossible shape
+/// (the simulator's Byzantine client sends opens that carry an operation) were refused at the
+/// door, nothing drove a leader change, and only the leader sent heartbeats, so a follower two
+/// cids behind after the leader crashed (180), a leader behind its followers after partitions
+/// healed (166), and a rejoined replica (12) stayed behind. Every replica's heartbeat now says
+/// where it stands (`tests/quiet_cluster.rs`).
+#[test]
+fn quiet_cluster_seeds_that_once_did_not_converge_still_pass() {
+    let cases: [(&str, SimOptions); 4] = [
+        (
+            "cft_leader_crash_before_or_after_propose_loses_no_decision",
+            SimOptions::with_fault(Mode::Cft, 3, 1, 180, leader_crash(180)),
+        ),
+        (
+            "cft_rolling_partitions_force_repeated_leader_changes_without_divergence",
+            rolling_partitions(Mode::Cft, 3, 1, 166),
+        ),
+        (
+            "cft_replica_rejoined_in_a_quiet_cluster_takes_part_before_the_next_crash",
+            quiet_rejoin_then_crash(Mode::Cft, 3, 1, 12),
+        ),
+        // Not converging at first, then a second bug: the new leader built regency 5's SYNC
+        // while far behind, dropped the values past its window, and never voted for them
+        // once caught up; with one replica crashed and one rejoining, nothing decided them
+        // for about 80 s (`tests/sync_behind.rs`).
+        (
+            "cft_replica_rejoined_in_a_quiet_cluster_takes_part_before_the_next_crash",
+            quiet_rejoin_then_crash(Mode::Cft, 3, 1, 145),
+        ),
+    ];
+    for (scenario, opts) in cases {
+        run_seed(opts).unwrap_or_else(|e| panic!("{scenario}: {e}"));
+    }
+}
+
 fn rolling_partitions(mode: Mode, n: usize, f: usize, seed: u64) -> SimOptions {
     let mut opts = SimOptions::with_fault(mode, n, f, seed, Fault::None);
     opts.partition = false;
