@@ -70,7 +70,7 @@ fn sync_values_past_the_window_are_voted_for_once_caught_up() {
             send_now: vec![],
             persist: vec![
                 PersistRecord::Decided(decision(&c, 1)),
-                PersistRecord::Vote(write.body.clone()),
+                PersistRecord::Vote(write.body),
             ],
             send_after_persist: vec![broadcast(Message::Write(write))],
             service: vec![c.execute(Cid(1), &[])],
