@@ -460,5 +460,11 @@ impl Engine {
         self.accept_deferred_sync_values(now_ms);
         self.execute_ready(now_ms);
         self.arm_request_timer();
+        // The window moved: a leader proposes into it (requests, or empty batches up to a
+        // rejoining peer's horizon). `execute_ready` does so only when a decision executes,
+        // and none may follow the checkpoint: a leader that caught up by a transfer then
+        // proposed nothing, and in a quiet cluster with a peer abstaining up to a horizon past
+        // the checkpoint nothing ever decided (simulator, CFT quiet rejoin seed 935).
+        self.try_propose(now_ms);
     }
 }
