@@ -37,6 +37,7 @@
 //! those copies unable to learn the decision or apply a SYNC (docs/design.md §5).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use smr_crypto::{BatchVerifyError, Digest, PublicKey, Signature, SignedItem, Verifier};
@@ -212,6 +213,10 @@ fn request_key(body: &RequestBody, signature: &Signature) -> RequestKey {
 pub struct VerifiedRequests {
     inner: Mutex<VerifiedInner>,
     capacity: usize,
+    /// Client signature checks skipped because the request was already authenticated here.
+    hits: AtomicU64,
+    /// Client signatures verified by the runs that used this cache.
+    verified: AtomicU64,
 }
 
 struct VerifiedInner {
@@ -228,7 +233,6 @@ struct VerifiedInner {
     by_age: BTreeMap<u64, PublicKey>,
     /// The insertion number of the next new entry.
     next: u64,
-    hits: u64,
 }
 
 /// A client's place in [`VerifiedInner::shares`]: its entry count, its oldest entry's
@@ -312,9 +316,10 @@ impl VerifiedRequests {
                 shares: BTreeSet::new(),
                 by_age: BTreeMap::new(),
                 next: 0,
-                hits: 0,
             }),
             capacity: capacity.max(1),
+            hits: AtomicU64::new(0),
+            verified: AtomicU64::new(0),
         }
     }
 
@@ -325,12 +330,7 @@ impl VerifiedRequests {
 
     /// Whether the request is known, and then whether its signature was verified.
     fn lookup(&self, key: &RequestKey) -> Option<bool> {
-        let mut inner = self.lock();
-        let hit = inner.keys.get(key).copied();
-        if hit.is_some() {
-            inner.hits += 1;
-        }
-        hit
+        self.lock().keys.get(key).copied()
     }
 
     /// Remembers requests, each with the client that signed it; `signature_verified` says how
@@ -393,9 +393,31 @@ impl VerifiedRequests {
         self.len() == 0
     }
 
-    /// Signature checks skipped so far because the request was already authenticated here.
+    /// Client signature checks skipped so far because the request was already authenticated
+    /// here: a relayed request whose signature was verified, or (inside a PROPOSE) whose
+    /// direct copy came on its client's channel. A copy known by channel only and met in a
+    /// Forward or STOP is verified, so it is not a hit.
     pub fn hits(&self) -> u64 {
-        self.lock().hits
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Client request signatures verified so far by the runs of
+    /// [`InboundVerifier::verify_run`] that used this cache, each signature submitted to a
+    /// verification counted once (a failed batch and its one-by-one retry count twice).
+    /// Replica signatures (votes, PROPOSEs, STOPs) are not counted.
+    pub fn signatures_verified(&self) -> u64 {
+        self.verified.load(Ordering::Relaxed)
+    }
+
+    fn count_hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_verified(&self, signatures: usize) {
+        if signatures > 0 {
+            self.verified
+                .fetch_add(signatures as u64, Ordering::Relaxed);
+        }
     }
 }
 
@@ -534,6 +556,10 @@ impl InboundVerifier {
                 items.push(pending.item(i));
             }
         }
+        // With a cache, exactly the client requests' signatures carry a request key.
+        if let Some(cache) = cache {
+            cache.count_verified(seen.len());
+        }
         let all_good = items.is_empty() || self.signatures.verify_batch(&items).is_ok();
         drop(items);
         if all_good {
@@ -566,6 +592,13 @@ impl InboundVerifier {
                         pending.item(i)
                     })
                     .collect();
+                if let Some(cache) = cache {
+                    let requests = index_of
+                        .iter()
+                        .filter(|&&i| pending.request_keys[i].is_some())
+                        .count();
+                    cache.count_verified(requests);
+                }
                 self.signatures.verify_batch(&items).map_err(
                     |BatchVerifyError { index, reason }| Rejection::BadSignature {
                         index: index_of[index],
@@ -772,8 +805,12 @@ impl InboundVerifier {
                 Some(cache) => {
                     let key = request_key(&request.body, &signature);
                     match cache.lookup(&key) {
-                        Some(true) => return Ok(()),
+                        Some(true) => {
+                            cache.count_hit();
+                            return Ok(());
+                        }
                         Some(false) if at == RequestAt::Relayed => {
+                            cache.count_hit();
                             pending.channel_only.push(position);
                             return Ok(());
                         }
