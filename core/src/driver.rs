@@ -623,6 +623,7 @@ pub fn start_replica<N: Network>(
         decode_errors,
         frames_too_large: 0,
         metrics: metrics.clone(),
+        verified_requests,
         timing: Timing::default(),
         max_state_bytes,
         max_instances_ahead,
@@ -959,6 +960,8 @@ struct EngineLoop<N> {
     /// Sends refused as larger than the frame limit ([`ReplicaStatus::frames_too_large`]).
     frames_too_large: u64,
     metrics: Arc<ReplicaMetrics>,
+    /// The verify workers' cache, which also counts their client-signature work.
+    verified_requests: Arc<VerifiedRequests>,
     /// When the latencies in [`ReplicaMetrics`] started, by the driver's clock.
     timing: Timing,
     /// `limits.max_state_bytes`, for the error logged when a checkpoint exceeds it.
@@ -1128,6 +1131,8 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) -> Result<(), ReplicaError
                             log_entries: l.engine.log_len() as u64,
                             decided_instances: l.engine.stats().decided_instances,
                             executed_requests: l.engine.stats().executed_requests,
+                            client_signatures_verified: l.client_signatures_verified(),
+                            client_signatures_cached: l.verified_requests.hits(),
                             refused_replicas: l.network.refused_replicas(),
                             state_over_max_state_bytes: l
                                 .engine
@@ -1385,6 +1390,17 @@ impl<N: Network> EngineLoop<N> {
         }
     }
 
+    /// Client request signatures this replica verified, wherever: in the verify workers (a
+    /// request met in a PROPOSE, Forward, STOP or SYNC, and not known here) and in the engine
+    /// (a request authenticated by its channel, before relaying it: the leader's PROPOSE, a
+    /// Forward, a STOP). Vote and PROPOSE signatures are not counted (docs/design.md §5).
+    fn client_signatures_verified(&self) -> u64 {
+        self.engine
+            .stats()
+            .client_signatures_verified
+            .saturating_add(self.verified_requests.signatures_verified())
+    }
+
     /// Copies the engine's state and counters into [`ReplicaMetrics`]: relaxed stores.
     fn publish_metrics(&self) {
         let m = &self.metrics;
@@ -1403,6 +1419,10 @@ impl<N: Network> EngineLoop<N> {
         m.proposals.set(stats.proposals_sent);
         m.retransmissions.set(stats.retransmissions);
         m.state_transfers.set(stats.state_transfers);
+        m.client_signature_verifications
+            .set(self.client_signatures_verified());
+        m.client_signatures_cached
+            .set(self.verified_requests.hits());
         m.decode_errors
             .set(self.decode_errors.load(Ordering::Relaxed));
         m.frames_too_large.set(self.frames_too_large);

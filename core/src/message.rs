@@ -936,6 +936,13 @@ pub struct StatusReport {
     pub decided_instances: u64,
     /// Requests executed since the replica started (duplicates skipped are not counted).
     pub executed_requests: u64,
+    /// Client request signatures the replica verified since it started, wherever (verify
+    /// workers and engine; vote and PROPOSE signatures not counted). A benchmark divides the
+    /// growth summed over replicas by the growth of `executed_requests` (docs/design.md §5).
+    pub client_signatures_verified: u64,
+    /// Client request signature checks the replica skipped since it started, because a
+    /// byte-identical copy was already authenticated here.
+    pub client_signatures_cached: u64,
     /// Peer replicas this one refuses because their protocol settings differ from its own
     /// ([`crate::settings`]), with the settings that differ.
     pub refused_replicas: Vec<RefusedReplica>,

@@ -191,6 +191,13 @@ pub struct ReplicaMetrics {
     pub checkpoints: Value,
     /// Signatures checked by the verify workers and by the engine (client requests it relays).
     pub signature_verifications: Value,
+    /// Client request signatures verified, by the verify workers (requests met inside a
+    /// PROPOSE, Forward, STOP or SYNC) and by the engine (a request authenticated by its
+    /// channel, before it is relayed); also counted in `signature_verifications`.
+    pub client_signature_verifications: Value,
+    /// Client request signature checks skipped because a byte-identical copy was already
+    /// authenticated here (by its signature, or by its channel for a PROPOSE's request).
+    pub client_signatures_cached: Value,
     /// Inbound frames the network reader verified itself instead of queueing them for a verify
     /// worker (a lone small frame while the worker is idle; see the driver's module docs).
     pub frames_verified_inline: Value,
@@ -230,6 +237,8 @@ impl Default for ReplicaMetrics {
             state_transfers: Value::default(),
             checkpoints: Value::default(),
             signature_verifications: Value::default(),
+            client_signature_verifications: Value::default(),
+            client_signatures_cached: Value::default(),
             frames_verified_inline: Value::default(),
             decode_errors: Value::default(),
             frames_too_large: Value::default(),
@@ -264,7 +273,7 @@ impl Collector for ReplicaMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         use MetricType::{Counter, Gauge};
         let e = &mut encoder;
-        let values: [(&str, &str, MetricType, &Value); 19] = [
+        let values: [(&str, &str, MetricType, &Value); 21] = [
             (
                 "smr_last_decided_cid",
                 "Highest cid decided and handed to the service, in cid order.",
@@ -354,6 +363,18 @@ impl Collector for ReplicaMetrics {
                 "Signatures checked by the verify workers and by the engine.",
                 Counter,
                 &self.signature_verifications,
+            ),
+            (
+                "smr_client_signature_verifications",
+                "Client request signatures verified (verify workers and engine); also in smr_signature_verifications.",
+                Counter,
+                &self.client_signature_verifications,
+            ),
+            (
+                "smr_client_signatures_cached",
+                "Client request signature checks skipped: a byte-identical copy was already authenticated here.",
+                Counter,
+                &self.client_signatures_cached,
             ),
             (
                 "smr_frames_verified_inline",

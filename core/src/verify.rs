@@ -36,7 +36,8 @@
 //! the strength of its client's direct copies must not leave the replicas that did not get
 //! those copies unable to learn the decision or apply a SYNC (docs/design.md §5).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use smr_crypto::{BatchVerifyError, Digest, PublicKey, Signature, SignedItem, Verifier};
@@ -148,8 +149,9 @@ enum RequestAt {
     Certified,
 }
 
-/// Identifies a client request's exact body and signature.
-type RequestKey = [u8; 32];
+/// Identifies a client request's exact body and signature in [`VerifiedRequests`] (a blake3
+/// hash of both).
+pub type RequestKey = [u8; 32];
 
 /// A blake3 hash of an unambiguous encoding of the body (every field fixed-size but the op,
 /// which is length-prefixed) and the signature. The signed bytes are a function of the body, so
@@ -207,114 +209,226 @@ fn request_key(body: &RequestBody, signature: &Signature) -> RequestKey {
 /// traffic it displaces. A single key's flood still evicts only its own entries until it has
 /// inserted that many times the capacity after a correct client's entry, which takes far
 /// longer than a direct copy waits for its PROPOSE.
-/// Hot-path cost: one map insert and three ordered-set or map updates (O(log entries)) per
-/// new entry.
+///
+/// # Hot-path cost
+/// Per new entry, under the lock: one lookup of its key and one of its client's, both in
+/// randomly seeded aHash maps (clients choose the keys), a push onto the age queue, and two
+/// updates of the ordered set of shares, which holds one small entry per client (not per
+/// request). Entries and clients live in slots that are reused, threaded into per-client
+/// lists, so inserting allocates nothing once the cache has filled (the age queue and the
+/// set's nodes grow amortized to their bounds).
 pub struct VerifiedRequests {
     inner: Mutex<VerifiedInner>,
     capacity: usize,
+    /// Client signature checks skipped because the request was already authenticated here.
+    hits: AtomicU64,
+    /// Client signatures verified by the runs that used this cache.
+    verified: AtomicU64,
+}
+
+/// The end of a list of slots.
+const NO_SLOT: u32 = u32::MAX;
+
+/// One remembered request, in [`VerifiedInner::entries`].
+struct Entry {
+    key: RequestKey,
+    /// Its insertion number; [`FREE`] while the slot is free.
+    number: u64,
+    /// Its client's slot in [`VerifiedInner::clients`].
+    client: u32,
+    /// The client's next younger entry, or [`NO_SLOT`].
+    younger: u32,
+    /// Whether the request's signature was verified (true) or only its channel (false).
+    signature_verified: bool,
+}
+
+/// The insertion number of a free entry slot: no live entry has it.
+const FREE: u64 = u64::MAX;
+
+/// One client's entries, in [`VerifiedInner::clients`]: a list through [`Entry::younger`].
+struct ClientEntries {
+    key: PublicKey,
+    oldest: u32,
+    youngest: u32,
+    count: u32,
 }
 
 struct VerifiedInner {
-    /// Whether the request's signature was verified (true) or only its channel (false).
-    keys: HashMap<RequestKey, bool>,
-    /// Each client's entries with their insertion numbers, oldest first; every key of `keys`
-    /// is in its client's queue once.
-    by_client: HashMap<PublicKey, VecDeque<(u64, RequestKey)>>,
-    /// The clients of `by_client` by how many entries they hold, then by how old their oldest
-    /// entry is: the last is the client that holds the most and, among those, the oldest entry.
+    /// Each entry's slot in `entries`, by key.
+    index: HashMap<RequestKey, u32, ahash::RandomState>,
+    entries: Vec<Entry>,
+    free_entries: Vec<u32>,
+    /// Each client's slot in `clients`, by key; a client is there while it holds an entry.
+    client_index: HashMap<PublicKey, u32, ahash::RandomState>,
+    clients: Vec<ClientEntries>,
+    free_clients: Vec<u32>,
+    /// The clients by how many entries they hold, then by how old their oldest entry is: the
+    /// last is the client that holds the most and, among those, the oldest entry.
     shares: BTreeSet<Share>,
-    /// The insertion number of every entry, to its client: the globally oldest first, for
-    /// evicting entries that outlived [`VerifiedRequests::max_age`] insertions.
-    by_age: BTreeMap<u64, PublicKey>,
+    /// (insertion number, entry slot) of every entry, oldest first, for evicting entries that
+    /// outlived [`VerifiedRequests::max_age`] insertions. A pair whose entry was evicted by
+    /// its share is dropped when it reaches the front: the front is then the globally oldest
+    /// entry, so the queue holds at most about `max_age` pairs.
+    by_age: VecDeque<(u64, u32)>,
     /// The insertion number of the next new entry.
     next: u64,
-    hits: u64,
 }
 
 /// A client's place in [`VerifiedInner::shares`]: its entry count, its oldest entry's
-/// insertion number (reversed, so that the oldest sorts last), the client.
-type Share = (usize, std::cmp::Reverse<u64>, PublicKey);
+/// insertion number (reversed, so that the oldest sorts last), its slot. Numbers are unique,
+/// so the slot never decides the order.
+type Share = (u32, std::cmp::Reverse<u64>, u32);
 
 impl VerifiedInner {
-    /// `client`'s place in `shares`, if it holds entries.
-    fn share(&self, client: PublicKey) -> Option<Share> {
-        let queue = self.by_client.get(&client)?;
-        let (oldest, _) = queue.front()?;
-        Some((queue.len(), std::cmp::Reverse(*oldest), client))
+    fn new(capacity: usize) -> VerifiedInner {
+        // Room for a full cache at once, within reason (the driver's is at most 8192).
+        let room = capacity.saturating_add(1).min(1 << 16);
+        VerifiedInner {
+            index: HashMap::with_capacity_and_hasher(room, ahash::RandomState::new()),
+            entries: Vec::with_capacity(room),
+            free_entries: Vec::new(),
+            client_index: HashMap::with_hasher(ahash::RandomState::new()),
+            clients: Vec::new(),
+            free_clients: Vec::new(),
+            shares: BTreeSet::new(),
+            by_age: VecDeque::with_capacity(room),
+            next: 0,
+        }
+    }
+
+    /// The place in `shares` of the client in `slot` (which holds an entry).
+    fn share(&self, slot: u32) -> Share {
+        let client = &self.clients[slot as usize];
+        let oldest = self.entries[client.oldest as usize].number;
+        (client.count, std::cmp::Reverse(oldest), slot)
     }
 
     /// Adds `key` to `client`'s entries (it is not held yet).
     fn add(&mut self, key: RequestKey, client: PublicKey, signature_verified: bool) {
-        self.keys.insert(key, signature_verified);
-        if let Some(share) = self.share(client) {
-            self.shares.remove(&share);
-        }
         let number = self.next;
         self.next += 1;
-        self.by_age.insert(number, client);
-        self.by_client
-            .entry(client)
-            .or_default()
-            .push_back((number, key));
-        let share = self.share(client).expect("just added");
+        let slot = match self.client_index.get(&client) {
+            Some(&slot) => {
+                let share = self.share(slot);
+                self.shares.remove(&share);
+                slot
+            }
+            None => {
+                let entries = ClientEntries {
+                    key: client,
+                    oldest: NO_SLOT,
+                    youngest: NO_SLOT,
+                    count: 0,
+                };
+                let slot = match self.free_clients.pop() {
+                    Some(slot) => {
+                        self.clients[slot as usize] = entries;
+                        slot
+                    }
+                    None => {
+                        self.clients.push(entries);
+                        slot_number(self.clients.len() - 1)
+                    }
+                };
+                self.client_index.insert(client, slot);
+                slot
+            }
+        };
+        let entry = Entry {
+            key,
+            number,
+            client: slot,
+            younger: NO_SLOT,
+            signature_verified,
+        };
+        let at = match self.free_entries.pop() {
+            Some(at) => {
+                self.entries[at as usize] = entry;
+                at
+            }
+            None => {
+                self.entries.push(entry);
+                slot_number(self.entries.len() - 1)
+            }
+        };
+        self.index.insert(key, at);
+        self.by_age.push_back((number, at));
+        let holder = &mut self.clients[slot as usize];
+        match holder.youngest {
+            NO_SLOT => holder.oldest = at,
+            youngest => self.entries[youngest as usize].younger = at,
+        }
+        holder.youngest = at;
+        holder.count += 1;
+        let share = self.share(slot);
         self.shares.insert(share);
     }
 
     /// Evicts the globally oldest entry if it has outlived `max_age` insertions, else the
     /// oldest entry among those of the clients holding the most entries.
     fn evict_one(&mut self, max_age: u64) {
+        // Pairs of entries evicted by their share go first: the front is then live.
+        while let Some(&(number, at)) = self.by_age.front() {
+            if self.entries[at as usize].number == number {
+                break;
+            }
+            self.by_age.pop_front();
+        }
         let aged = self
             .by_age
-            .first_key_value()
-            .filter(|(number, _)| self.next - **number > max_age)
-            .map(|(_, client)| *client);
-        let share = match aged {
-            // The globally oldest entry is its client's oldest (each queue is in insertion
+            .front()
+            .filter(|(number, _)| self.next - *number > max_age)
+            .map(|&(_, at)| self.entries[at as usize].client);
+        let slot = match aged {
+            // The globally oldest entry is its client's oldest (each list is in insertion
             // order).
-            Some(client) => {
-                let share = self
-                    .share(client)
-                    .expect("every aged entry's client holds it");
+            Some(slot) => {
+                let share = self.share(slot);
                 self.shares.remove(&share);
-                share
+                slot
             }
             None => match self.shares.pop_last() {
-                Some(share) => share,
+                Some((_, _, slot)) => slot,
                 None => return,
             },
         };
-        let client = share.2;
-        let queue = self
-            .by_client
-            .get_mut(&client)
-            .expect("every client in shares has a queue");
-        let (number, oldest) = queue
-            .pop_front()
-            .expect("a client in shares holds an entry");
-        self.by_age.remove(&number);
-        if queue.is_empty() {
-            self.by_client.remove(&client);
-        }
-        self.keys.remove(&oldest);
-        if let Some(share) = self.share(client) {
+        let holder = &mut self.clients[slot as usize];
+        let at = holder.oldest;
+        let entry = &mut self.entries[at as usize];
+        holder.oldest = entry.younger;
+        holder.count -= 1;
+        entry.number = FREE;
+        let key = entry.key;
+        self.index.remove(&key);
+        self.free_entries.push(at);
+        if holder.count == 0 {
+            let client = holder.key;
+            self.client_index.remove(&client);
+            self.free_clients.push(slot);
+        } else {
+            let share = self.share(slot);
             self.shares.insert(share);
         }
     }
 }
 
+/// A slot's number: slots are at most `capacity + 1` (entries) or one per entry (clients),
+/// and a cache of 2^32 entries is not one this fits.
+fn slot_number(index: usize) -> u32 {
+    let slot = u32::try_from(index).expect("fewer than 2^32 slots");
+    assert!(slot != NO_SLOT, "fewer than 2^32 - 1 slots");
+    slot
+}
+
 impl VerifiedRequests {
     /// A cache of at most `capacity` requests (at least 1).
     pub fn new(capacity: usize) -> VerifiedRequests {
+        let capacity = capacity.max(1);
         VerifiedRequests {
-            inner: Mutex::new(VerifiedInner {
-                keys: HashMap::new(),
-                by_client: HashMap::new(),
-                shares: BTreeSet::new(),
-                by_age: BTreeMap::new(),
-                next: 0,
-                hits: 0,
-            }),
-            capacity: capacity.max(1),
+            inner: Mutex::new(VerifiedInner::new(capacity)),
+            capacity,
+            hits: AtomicU64::new(0),
+            verified: AtomicU64::new(0),
         }
     }
 
@@ -323,14 +437,12 @@ impl VerifiedRequests {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether the request is known, and then whether its signature was verified.
-    fn lookup(&self, key: &RequestKey) -> Option<bool> {
-        let mut inner = self.lock();
-        let hit = inner.keys.get(key).copied();
-        if hit.is_some() {
-            inner.hits += 1;
-        }
-        hit
+    /// Whether the request is known, and then whether its signature was verified (true) or
+    /// only its channel (false). Counts nothing: the verifier counts the hits it uses.
+    pub fn lookup(&self, key: &RequestKey) -> Option<bool> {
+        let inner = self.lock();
+        let at = *inner.index.get(key)?;
+        Some(inner.entries[at as usize].signature_verified)
     }
 
     /// Remembers requests, each with the client that signed it; `signature_verified` says how
@@ -347,9 +459,12 @@ impl VerifiedRequests {
         }
     }
 
-    /// [`VerifiedRequests::insert_all`] of one request; returns whether its signature is known
-    /// to verify (now, or by an earlier entry).
-    fn insert(&self, key: RequestKey, client: PublicKey, signature_verified: bool) -> bool {
+    /// Remembers one request, signed by `client`, as authenticated by its signature
+    /// (`signature_verified`) or by its channel; a verified signature upgrades a channel-only
+    /// entry, never the reverse. Returns whether its signature is known to verify (now, or by
+    /// an earlier entry). The verifier inserts what it authenticated; a caller that inserts a
+    /// key as verified vouches for it.
+    pub fn insert(&self, key: RequestKey, client: PublicKey, signature_verified: bool) -> bool {
         let mut inner = self.lock();
         self.insert_locked(&mut inner, key, client, signature_verified)
     }
@@ -361,12 +476,13 @@ impl VerifiedRequests {
         client: PublicKey,
         signature_verified: bool,
     ) -> bool {
-        if let Some(known) = inner.keys.get_mut(&key) {
+        if let Some(&at) = inner.index.get(&key) {
+            let known = &mut inner.entries[at as usize].signature_verified;
             *known |= signature_verified;
             return *known;
         }
         inner.add(key, client, signature_verified);
-        if inner.keys.len() > self.capacity {
+        if inner.index.len() > self.capacity {
             inner.evict_one(self.max_age());
         }
         signature_verified
@@ -385,7 +501,7 @@ impl VerifiedRequests {
 
     /// Requests held.
     pub fn len(&self) -> usize {
-        self.lock().keys.len()
+        self.lock().index.len()
     }
 
     /// Whether it holds no request.
@@ -393,9 +509,31 @@ impl VerifiedRequests {
         self.len() == 0
     }
 
-    /// Signature checks skipped so far because the request was already authenticated here.
+    /// Client signature checks skipped so far because the request was already authenticated
+    /// here: a relayed request whose signature was verified, or (inside a PROPOSE) whose
+    /// direct copy came on its client's channel. A copy known by channel only and met in a
+    /// Forward or STOP is verified, so it is not a hit.
     pub fn hits(&self) -> u64 {
-        self.lock().hits
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Client request signatures verified so far by the runs of
+    /// [`InboundVerifier::verify_run`] that used this cache, each signature submitted to a
+    /// verification counted once (a failed batch and its one-by-one retry count twice).
+    /// Replica signatures (votes, PROPOSEs, STOPs) are not counted.
+    pub fn signatures_verified(&self) -> u64 {
+        self.verified.load(Ordering::Relaxed)
+    }
+
+    fn count_hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_verified(&self, signatures: usize) {
+        if signatures > 0 {
+            self.verified
+                .fetch_add(signatures as u64, Ordering::Relaxed);
+        }
     }
 }
 
@@ -534,6 +672,10 @@ impl InboundVerifier {
                 items.push(pending.item(i));
             }
         }
+        // With a cache, exactly the client requests' signatures carry a request key.
+        if let Some(cache) = cache {
+            cache.count_verified(seen.len());
+        }
         let all_good = items.is_empty() || self.signatures.verify_batch(&items).is_ok();
         drop(items);
         if all_good {
@@ -566,6 +708,13 @@ impl InboundVerifier {
                         pending.item(i)
                     })
                     .collect();
+                if let Some(cache) = cache {
+                    let requests = index_of
+                        .iter()
+                        .filter(|&&i| pending.request_keys[i].is_some())
+                        .count();
+                    cache.count_verified(requests);
+                }
                 self.signatures.verify_batch(&items).map_err(
                     |BatchVerifyError { index, reason }| Rejection::BadSignature {
                         index: index_of[index],
@@ -775,8 +924,12 @@ impl InboundVerifier {
                 Some(cache) => {
                     let key = request_key(&request.body, &signature);
                     match cache.lookup(&key) {
-                        Some(true) => return Ok(()),
+                        Some(true) => {
+                            cache.count_hit();
+                            return Ok(());
+                        }
                         Some(false) if at == RequestAt::Relayed => {
+                            cache.count_hit();
                             pending.channel_only.push(position);
                             return Ok(());
                         }
@@ -1049,23 +1202,37 @@ mod tests {
     /// The clients' entry counts, and the cache's bookkeeping checked against its entries.
     fn shares(cache: &VerifiedRequests) -> Vec<(u8, usize)> {
         let inner = cache.lock();
-        let queued: usize = inner.by_client.values().map(VecDeque::len).sum();
-        assert_eq!(queued, inner.keys.len());
-        assert_eq!(inner.shares.len(), inner.by_client.len());
-        assert_eq!(inner.by_age.len(), inner.keys.len());
-        for (client, queue) in &inner.by_client {
-            for (number, _) in queue {
-                assert_eq!(inner.by_age.get(number), Some(client));
+        let mut out = Vec::new();
+        let mut listed = 0;
+        for (client, &slot) in &inner.client_index {
+            let holder = &inner.clients[slot as usize];
+            assert_eq!(holder.key, *client);
+            assert!(inner.shares.contains(&inner.share(slot)));
+            // The list: in insertion order, every entry indexed by its key and in by_age.
+            let (mut at, mut count, mut last) = (holder.oldest, 0, None);
+            while at != NO_SLOT {
+                let entry = &inner.entries[at as usize];
+                assert_eq!(entry.client, slot);
+                assert_eq!(inner.index.get(&entry.key), Some(&at));
+                assert!(last < Some(entry.number));
+                assert!(inner.by_age.contains(&(entry.number, at)));
+                last = Some(entry.number);
+                if entry.younger == NO_SLOT {
+                    assert_eq!(holder.youngest, at);
+                }
+                at = entry.younger;
+                count += 1;
             }
+            assert_eq!(count, holder.count);
+            listed += count as usize;
+            out.push((client.0[0], count as usize));
         }
-        for share in &inner.shares {
-            assert_eq!(inner.share(share.2).as_ref(), Some(share));
-        }
-        let mut out: Vec<(u8, usize)> = inner
-            .by_client
-            .iter()
-            .map(|(c, q)| (c.0[0], q.len()))
-            .collect();
+        assert_eq!(listed, inner.index.len());
+        assert_eq!(inner.shares.len(), inner.client_index.len());
+        assert_eq!(
+            inner.entries.len() - inner.free_entries.len(),
+            inner.index.len()
+        );
         out.sort();
         out
     }
@@ -1122,6 +1289,97 @@ mod tests {
         assert_eq!(shares(&cache), vec![(2, 1), (3, 1), (4, 2)]);
         assert_eq!(cache.lookup(&entry(1, 0).0), None);
         assert_eq!(cache.lookup(&entry(4, 12).0), Some(false));
+    }
+
+    /// The eviction rules, written as plainly as possible: entries in insertion order with
+    /// their numbers; a full cache evicts the globally oldest entry if it outlived `max_age`
+    /// insertions, else the oldest entry of the client holding the most (the oldest such
+    /// entry among equals).
+    struct Reference {
+        capacity: usize,
+        max_age: u64,
+        next: u64,
+        entries: Vec<(u64, RequestKey, PublicKey, bool)>,
+    }
+
+    impl Reference {
+        fn insert(&mut self, key: RequestKey, client: PublicKey, verified: bool) -> bool {
+            if let Some(e) = self.entries.iter_mut().find(|e| e.1 == key) {
+                e.3 |= verified;
+                return e.3;
+            }
+            self.entries.push((self.next, key, client, verified));
+            self.next += 1;
+            if self.entries.len() > self.capacity {
+                let oldest = self.entries[0].0;
+                let victim = if self.next - oldest > self.max_age {
+                    0
+                } else {
+                    let count = |c: &PublicKey| self.entries.iter().filter(|e| e.2 == *c).count();
+                    let most = self.entries.iter().map(|e| count(&e.2)).max().unwrap();
+                    // Entries are in insertion order: the first of a largest holder is the
+                    // oldest entry among the largest holders' oldest.
+                    self.entries
+                        .iter()
+                        .position(|e| count(&e.2) == most)
+                        .unwrap()
+                };
+                self.entries.remove(victim);
+            }
+            verified
+        }
+
+        fn lookup(&self, key: &RequestKey) -> Option<bool> {
+            self.entries.iter().find(|e| e.1 == *key).map(|e| e.3)
+        }
+    }
+
+    /// The slot-and-list cache keeps exactly the reference's entries through long random runs
+    /// of inserts (repeats and upgrades included) by few and many clients, and of every
+    /// capacity size class, with the bookkeeping checked throughout.
+    #[test]
+    fn the_cache_keeps_exactly_what_the_eviction_rules_say() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = move |below: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % below
+        };
+        for (capacity, clients, keys) in [
+            (1, 3, 8),
+            (4, 2, 12),
+            (6, 5, 40),
+            (16, 3, 200),
+            (16, 40, 200),
+        ] {
+            let cache = VerifiedRequests::new(capacity);
+            let mut reference = Reference {
+                capacity,
+                max_age: cache.max_age(),
+                next: 0,
+                entries: Vec::new(),
+            };
+            for step in 0..3000 {
+                let client = random(clients) as u8;
+                let (key, c) = entry(client, random(keys) as u32);
+                let verified = random(3) == 0;
+                assert_eq!(
+                    cache.insert(key, c, verified),
+                    reference.insert(key, c, verified),
+                    "capacity {capacity}, step {step}"
+                );
+                // The same entries: as many, and each of the reference's held alike.
+                assert_eq!(cache.len(), reference.entries.len(), "step {step}");
+                for (_, key, _, _) in &reference.entries {
+                    assert_eq!(cache.lookup(key), reference.lookup(key), "step {step}");
+                }
+                if step % 97 == 0 {
+                    shares(&cache);
+                }
+            }
+            assert_eq!(cache.len(), reference.entries.len());
+        }
     }
 
     /// With more clients than room, the oldest entry goes: no early set of keys holds the cache.

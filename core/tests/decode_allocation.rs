@@ -227,6 +227,8 @@ fn samples() -> Vec<(&'static str, Vec<u8>, Decodes)> {
                 log_entries: 0,
                 decided_instances: 0,
                 executed_requests: 0,
+                client_signatures_verified: 0,
+                client_signatures_cached: 0,
                 refused_replicas: Vec::new(),
                 state_over_max_state_bytes: false,
                 participation: smr_core::message::Participation::CatchingUp { until: Cid(70) },

@@ -9,8 +9,37 @@ use smr_core::engine::{Output, PersistRecord};
 use smr_core::message::{
     Batch, Cid, Message, Regency, Request, RequestBody, RequestKind, VoteKind,
 };
-use smr_core::{ClientPolicy, Peer, RequestAuth, VerifiedRequests};
+use smr_core::{ClientPolicy, InboundVerifier, Peer, RequestAuth, VerifiedRequests};
 use smr_crypto::sim::SimKey;
+
+/// `m`, received on the connection of `from`, through the verify workers' path: checked
+/// with `cache`, direct requests authenticated by their channel. Panics if it is refused.
+fn verify_through(
+    verifier: &InboundVerifier,
+    cache: &VerifiedRequests,
+    from: Peer,
+    m: Message,
+) -> smr_core::Verified {
+    verifier
+        .verify_run(vec![(from, m)], Some(cache), RequestAuth::Channel)
+        .pop()
+        .unwrap()
+        .unwrap_or_else(|r| panic!("refused: {r}"))
+}
+
+/// What verifying a correct leader's PROPOSE (leader 0, cid 1, regency 0) of `requests`
+/// through `cache` cost: (client signatures verified, cache hits).
+fn propose_cost(
+    c: &Cluster,
+    verifier: &InboundVerifier,
+    cache: &VerifiedRequests,
+    requests: Vec<Request>,
+) -> (u64, u64) {
+    let (verified, hits) = (cache.signatures_verified(), cache.hits());
+    let propose = Message::Propose(c.propose(0, Cid(1), Regency(0), Batch { requests }));
+    verify_through(verifier, cache, Peer::Replica(0), propose);
+    (cache.signatures_verified() - verified, cache.hits() - hits)
+}
 
 /// Request `seq` of `client`'s session 1, signed by it.
 fn request_of(client: &SimKey, seq: u64) -> Request {
@@ -42,13 +71,7 @@ fn a_client_cannot_flush_other_clients_requests_from_the_verified_cache() {
     let attacker = key(201);
     let cache = VerifiedRequests::new(16);
     let victim = c.request_in(1, 1);
-    let direct = |from: Peer, m: Message| {
-        verifier
-            .verify_run(vec![(from, m)], Some(&cache), RequestAuth::Channel)
-            .pop()
-            .unwrap()
-            .expect("direct request");
-    };
+    let direct = |from: Peer, m: Message| verify_through(&verifier, &cache, from, m);
     direct(c.client_peer(), Message::Request(victim.clone()));
     for seq in 1..=16 {
         direct(
@@ -57,27 +80,9 @@ fn a_client_cannot_flush_other_clients_requests_from_the_verified_cache() {
         );
     }
     assert_eq!(cache.len(), 16, "the cache stays within its capacity");
-    let propose = Message::Propose(c.propose(
-        0,
-        Cid(1),
-        Regency(0),
-        Batch {
-            requests: vec![victim],
-        },
-    ));
-    let hits = cache.hits();
-    verifier
-        .verify_run(
-            vec![(Peer::Replica(0), propose)],
-            Some(&cache),
-            RequestAuth::Channel,
-        )
-        .pop()
-        .unwrap()
-        .expect("a correct leader's PROPOSE");
     assert_eq!(
-        cache.hits(),
-        hits + 1,
+        propose_cost(&c, &verifier, &cache, vec![victim]),
+        (0, 1),
         "the victim's direct copy was evicted by another client's requests: re-verified"
     );
 }
@@ -198,13 +203,7 @@ fn keys_that_inserted_once_do_not_hold_the_verified_cache_for_good() {
     let mut verifier = c.verifier.clone();
     verifier.clients = std::sync::Arc::new(ClientPolicy::Any);
     let cache = VerifiedRequests::new(16);
-    let direct = |from: Peer, m: Message| {
-        verifier
-            .verify_run(vec![(from, m)], Some(&cache), RequestAuth::Channel)
-            .pop()
-            .unwrap()
-            .expect("direct request");
-    };
+    let direct = |from: Peer, m: Message| verify_through(&verifier, &cache, from, m);
     // The one-shot flood: one request from each of 15 keys, never again.
     for k in 0..15u8 {
         let attacker = key(100 + k);
@@ -222,28 +221,83 @@ fn keys_that_inserted_once_do_not_hold_the_verified_cache_for_good() {
     for seq in 65..=68 {
         direct(c.client_peer(), Message::Request(c.request(seq)));
     }
-    let propose = Message::Propose(c.propose(
-        0,
-        Cid(1),
-        Regency(0),
-        Batch {
-            requests: (65..=68).map(|seq| c.request(seq)).collect(),
-        },
-    ));
-    let hits = cache.hits();
-    verifier
-        .verify_run(
-            vec![(Peer::Replica(0), propose)],
-            Some(&cache),
-            RequestAuth::Channel,
-        )
-        .pop()
-        .unwrap()
-        .expect("a correct leader's PROPOSE");
+    let requests = (65..=68).map(|seq| c.request(seq)).collect();
     assert_eq!(
-        cache.hits() - hits,
-        4,
+        propose_cost(&c, &verifier, &cache, requests),
+        (0, 4),
         "keys that inserted once hold the cache for good: the correct client's direct copies \
          were evicted, and the follower verified them again in the PROPOSE"
     );
+}
+
+/// Issue 13's counter (task 26-v): a follower that got a PROPOSE's 3 requests directly from
+/// their client verifies none of their signatures and counts 3 cache hits; a follower that
+/// never got them verifies all 3. Before the counter, the verify workers' client-signature
+/// checks were counted only with the votes' and PROPOSEs' in `smr_signature_verifications`.
+#[test]
+fn a_propose_counts_its_client_signatures_verified_and_cached() {
+    let c = bft();
+    let requests: Vec<Request> = (1..=3).map(|seq| c.request(seq)).collect();
+    let got_them = VerifiedRequests::new(16);
+    for request in &requests {
+        let direct = verify_through(
+            &c.verifier,
+            &got_them,
+            c.client_peer(),
+            Message::Request(request.clone()),
+        );
+        assert!(!direct.request_signature_checked(0), "by its channel");
+    }
+    assert_eq!((got_them.signatures_verified(), got_them.hits()), (0, 0));
+    assert_eq!(
+        propose_cost(&c, &c.verifier, &got_them, requests.clone()),
+        (0, 3)
+    );
+    let never_got_them = VerifiedRequests::new(16);
+    assert_eq!(
+        propose_cost(&c, &c.verifier, &never_got_them, requests.clone()),
+        (3, 0)
+    );
+    // Now known by their signatures: the same PROPOSE again costs nothing.
+    assert_eq!(
+        propose_cost(&c, &c.verifier, &never_got_them, requests),
+        (0, 3)
+    );
+}
+
+/// A Forward's (or a STOP's) request known here by its channel only is verified (module docs
+/// of `verify`): counted as verified, not as a cache hit. A batch that fails and is retried
+/// message by message counts each signature submitted.
+#[test]
+fn relayed_requests_known_by_channel_only_are_verified_and_counted() {
+    let c = bft();
+    let cache = VerifiedRequests::new(16);
+    verify_through(
+        &c.verifier,
+        &cache,
+        c.client_peer(),
+        Message::Request(c.request(1)),
+    );
+    verify_through(
+        &c.verifier,
+        &cache,
+        Peer::Replica(1),
+        Message::Forward(vec![c.request(1), c.request(2)]),
+    );
+    assert_eq!((cache.signatures_verified(), cache.hits()), (2, 0));
+    // A run of a good Forward and a bad one: one failed batch of 2, then 1 and 1.
+    let verdicts = c.verifier.verify_run(
+        vec![
+            (Peer::Replica(1), Message::Forward(vec![c.request(3)])),
+            (
+                Peer::Replica(2),
+                Message::Forward(vec![c.badly_signed_request(4)]),
+            ),
+        ],
+        Some(&cache),
+        RequestAuth::Channel,
+    );
+    assert!(verdicts[0].is_ok());
+    assert!(verdicts[1].is_err());
+    assert_eq!((cache.signatures_verified(), cache.hits()), (6, 0));
 }

@@ -237,6 +237,12 @@ pub struct BenchResult {
     /// Requests per decided instance over the window.
     pub avg_batch_size: Option<f64>,
     pub decided_instances: Option<u64>,
+    /// Client request signatures verified over the window, summed over the replicas that
+    /// reported at both edges, per ordered operation executed in it (issue 13's target:
+    /// at most 1.1 in the fault-free run).
+    pub client_signature_verifications_per_op: Option<f64>,
+    /// Each replica's client-signature work over the window.
+    pub client_signatures: Vec<ReplicaClientSignatures>,
     pub cpu: Vec<ProcessCpu>,
     /// CPU seconds per 1000 ops of all processes together.
     pub total_cpu_s_per_1000_ops: Option<f64>,
@@ -250,6 +256,19 @@ pub struct BenchResult {
     /// Completions per second in 100 ms buckets over warm-up and window (for plots).
     #[serde(skip)]
     pub timeline: Vec<f64>,
+}
+
+/// One replica's client-signature work over the window (from [`StatusReport`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct ReplicaClientSignatures {
+    pub replica: ReplicaId,
+    /// Client request signatures it verified (verify workers and engine).
+    pub verified: u64,
+    /// Client request signature checks it skipped: a byte-identical copy was already
+    /// authenticated there.
+    pub cached: u64,
+    /// Ordered requests it executed.
+    pub executed_requests: u64,
 }
 
 /// What every point of a run shares.
@@ -846,6 +865,8 @@ async fn run_point(
     let total_cpu: Option<f64> = cpu.iter().map(|c| c.cpu_s).sum();
 
     let (avg_batch_size, decided_instances) = batch_size(&before.statuses, &after.statuses);
+    let (client_signatures, client_signature_verifications_per_op) =
+        client_signatures(&before.statuses, &after.statuses);
     let mut timeline = vec![0f64; (total.as_millis() as u64 / BUCKET_MS + 1) as usize];
     for s in &samples {
         let bucket = (s.done_us / 1000 / BUCKET_MS) as usize;
@@ -872,6 +893,8 @@ async fn run_point(
         unordered_reads,
         avg_batch_size,
         decided_instances,
+        client_signature_verifications_per_op,
+        client_signatures,
         cpu,
         total_cpu_s_per_1000_ops: total_cpu.map(per_1000),
         ceiling: None,
@@ -906,6 +929,38 @@ fn current_leader(statuses: &[Option<StatusReport>]) -> Option<ReplicaId> {
         *votes.entry(s.leader).or_default() += 1;
     }
     votes.into_iter().max_by_key(|(_, v)| *v).map(|(l, _)| l)
+}
+
+/// Each replica's client-signature work over the window, and the sum of the verifications
+/// per ordered operation executed in it (the most any replica executed: all live replicas
+/// execute the same ones). `None` if no replica executed one.
+fn client_signatures(
+    before: &[Option<StatusReport>],
+    after: &[Option<StatusReport>],
+) -> (Vec<ReplicaClientSignatures>, Option<f64>) {
+    let per_replica: Vec<ReplicaClientSignatures> = before
+        .iter()
+        .zip(after)
+        .filter_map(|(b, a)| {
+            let (b, a) = (b.as_ref()?, a.as_ref()?);
+            Some(ReplicaClientSignatures {
+                replica: a.replica,
+                verified: a
+                    .client_signatures_verified
+                    .saturating_sub(b.client_signatures_verified),
+                cached: a
+                    .client_signatures_cached
+                    .saturating_sub(b.client_signatures_cached),
+                executed_requests: a.executed_requests.saturating_sub(b.executed_requests),
+            })
+        })
+        .collect();
+    let ops = per_replica.iter().map(|r| r.executed_requests).max();
+    let verified: u64 = per_replica.iter().map(|r| r.verified).sum();
+    let per_op = ops
+        .filter(|&ops| ops > 0)
+        .map(|ops| verified as f64 / ops as f64);
+    (per_replica, per_op)
 }
 
 /// Requests per decided instance over the window, from the replica that decided the most
@@ -1050,6 +1105,17 @@ fn print_result(r: &BenchResult) {
             println!("batches      {b:.1} requests per decided instance on average ({d} instances)")
         }
         _ => println!("batches      (no replica reported its counters at both edges)"),
+    }
+    if let Some(per_op) = r.client_signature_verifications_per_op {
+        let each: Vec<String> = r
+            .client_signatures
+            .iter()
+            .map(|c| format!("r{} {}/{}", c.replica, c.verified, c.cached))
+            .collect();
+        println!(
+            "client sigs  {per_op:.3} verified per ordered op, all replicas (verified/cached: {})",
+            each.join(", ")
+        );
     }
     println!("cpu          seconds per 1000 ops (user+system over the window):");
     for p in &r.cpu {
@@ -1556,6 +1622,57 @@ mod tests {
         assert!(parse_stat_ticks(&own).is_some());
     }
 
+    fn report(replica: ReplicaId, executed: u64, verified: u64, cached: u64) -> StatusReport {
+        StatusReport {
+            replica,
+            mode: "bft".into(),
+            regency: Regency::ZERO,
+            leader: 0,
+            last_decided: Cid::ZERO,
+            last_checkpoint: Cid::ZERO,
+            state_digest: Default::default(),
+            pending_requests: 0,
+            rejected_messages: 0,
+            log_entries: 0,
+            decided_instances: 0,
+            executed_requests: executed,
+            client_signatures_verified: verified,
+            client_signatures_cached: cached,
+            refused_replicas: Vec::new(),
+            state_over_max_state_bytes: false,
+            participation: Default::default(),
+        }
+    }
+
+    /// The window's verifications of all replicas that reported at both edges, per ordered
+    /// operation executed in it.
+    #[test]
+    fn client_signatures_sum_the_replicas_growth_per_executed_op() {
+        let before = vec![
+            Some(report(0, 100, 100, 0)),
+            Some(report(1, 100, 5, 300)),
+            None,
+            Some(report(3, 90, 0, 0)),
+        ];
+        let after = vec![
+            Some(report(0, 300, 300, 0)),
+            Some(report(1, 300, 15, 490)),
+            Some(report(2, 300, 1000, 0)),
+            Some(report(3, 250, 20, 160)),
+        ];
+        let (each, per_op) = client_signatures(&before, &after);
+        assert_eq!(
+            each.iter()
+                .map(|c| (c.replica, c.verified, c.cached, c.executed_requests))
+                .collect::<Vec<_>>(),
+            vec![(0, 200, 0, 200), (1, 10, 190, 200), (3, 20, 160, 160)]
+        );
+        assert_eq!(per_op, Some(230.0 / 200.0));
+        let (each, per_op) = client_signatures(&[None], &[None]);
+        assert!(each.is_empty());
+        assert_eq!(per_op, None);
+    }
+
     #[test]
     fn batch_size_divides_executed_by_decided_growth() {
         let report = |decided, executed| StatusReport {
@@ -1571,6 +1688,8 @@ mod tests {
             log_entries: 0,
             decided_instances: decided,
             executed_requests: executed,
+            client_signatures_verified: 0,
+            client_signatures_cached: 0,
             refused_replicas: Vec::new(),
             state_over_max_state_bytes: false,
             participation: Default::default(),

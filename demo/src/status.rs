@@ -64,7 +64,7 @@ pub fn format_line(answer: &ReplicaAnswer) -> String {
     match &answer.report {
         None => format!("replica {}  unreachable", answer.id),
         Some(r) => format!(
-            "replica {}  up  {}  regency {}  leader {}  decided {}  checkpoint {}  digest {}  pending {}  rejected {}  log {}{}{}{}",
+            "replica {}  up  {}  regency {}  leader {}  decided {}  checkpoint {}  digest {}  pending {}  rejected {}  log {}  client-sigs verified {} cached {}{}{}{}",
             answer.id,
             escape_peer_text(&r.mode),
             r.regency,
@@ -75,6 +75,8 @@ pub fn format_line(answer: &ReplicaAnswer) -> String {
             r.pending_requests,
             r.rejected_messages,
             r.log_entries,
+            r.client_signatures_verified,
+            r.client_signatures_cached,
             if r.state_over_max_state_bytes {
                 // No replica can receive this state by transfer: raise the limit everywhere.
                 "  state over max_state_bytes"
@@ -206,6 +208,8 @@ mod tests {
             log_entries: 0,
             decided_instances: 0,
             executed_requests: 0,
+            client_signatures_verified: 0,
+            client_signatures_cached: 0,
             refused_replicas: Vec::new(),
             state_over_max_state_bytes: false,
             participation: Participation::Participating,
@@ -230,7 +234,7 @@ mod tests {
         ];
         assert_eq!(
             format_line(&answers[1]),
-            "replica 3  up  bft  regency 0  leader 0  decided 42  checkpoint 0  digest 1a1a1a1a1a1a1a1a  pending 0  rejected 0  log 0  ABSTAINING (rejoining: catching up to cid 106)"
+            "replica 3  up  bft  regency 0  leader 0  decided 42  checkpoint 0  digest 1a1a1a1a1a1a1a1a  pending 0  rejected 0  log 0  client-sigs verified 0 cached 0  ABSTAINING (rejoining: catching up to cid 106)"
         );
         assert_eq!(
             summary(&answers),
@@ -256,7 +260,7 @@ mod tests {
         };
         assert_eq!(
             format_line(&up),
-            "replica 0  up  bft  regency 0  leader 0  decided 42  checkpoint 0  digest 1a1a1a1a1a1a1a1a  pending 0  rejected 0  log 0"
+            "replica 0  up  bft  regency 0  leader 0  decided 42  checkpoint 0  digest 1a1a1a1a1a1a1a1a  pending 0  rejected 0  log 0  client-sigs verified 0 cached 0"
         );
         let down = ReplicaAnswer {
             id: 3,
@@ -274,7 +278,7 @@ mod tests {
                 id: 1,
                 report: Some(refusing),
             }),
-            "replica 1  up  bft  regency 0  leader 0  decided 42  checkpoint 0  digest 1a1a1a1a1a1a1a1a  pending 0  rejected 0  log 0  state over max_state_bytes  REFUSES replica 3 (settings differ: limits.max_op_bytes, x\\u{1b}[2J)"
+            "replica 1  up  bft  regency 0  leader 0  decided 42  checkpoint 0  digest 1a1a1a1a1a1a1a1a  pending 0  rejected 0  log 0  client-sigs verified 0 cached 0  state over max_state_bytes  REFUSES replica 3 (settings differ: limits.max_op_bytes, x\\u{1b}[2J)"
         );
         let mut oversize = report(1, 42, 0x1a);
         oversize.state_over_max_state_bytes = true;
@@ -283,7 +287,7 @@ mod tests {
                 id: 1,
                 report: Some(oversize),
             }),
-            "replica 1  up  bft  regency 0  leader 0  decided 42  checkpoint 0  digest 1a1a1a1a1a1a1a1a  pending 0  rejected 0  log 0  state over max_state_bytes"
+            "replica 1  up  bft  regency 0  leader 0  decided 42  checkpoint 0  digest 1a1a1a1a1a1a1a1a  pending 0  rejected 0  log 0  client-sigs verified 0 cached 0  state over max_state_bytes"
         );
     }
 
@@ -299,7 +303,7 @@ mod tests {
         });
         assert_eq!(
             line,
-            "replica 2  up  \\u{1b}[2J\\u{1b}[31mbft\\u{9b}0m\\u{202e}\\r\\nreplica 3  up  regency 0  leader 0  decided 9  checkpoint 0  digest 1a1a1a1a1a1a1a1a  pending 0  rejected 0  log 0"
+            "replica 2  up  \\u{1b}[2J\\u{1b}[31mbft\\u{9b}0m\\u{202e}\\r\\nreplica 3  up  regency 0  leader 0  decided 9  checkpoint 0  digest 1a1a1a1a1a1a1a1a  pending 0  rejected 0  log 0  client-sigs verified 0 cached 0"
         );
         assert!(!line.chars().any(|c| c.is_control()), "{line:?}");
     }
@@ -362,6 +366,8 @@ pub fn to_json(answers: &[ReplicaAnswer]) -> serde_json::Value {
                 "log_entries": r.log_entries,
                 "decided_instances": r.decided_instances,
                 "executed_requests": r.executed_requests,
+                "client_signatures_verified": r.client_signatures_verified,
+                "client_signatures_cached": r.client_signatures_cached,
                 "state_over_max_state_bytes": r.state_over_max_state_bytes,
                 "participating": r.participation.participates(),
                 "participation": r.participation.to_string(),
@@ -424,6 +430,8 @@ mod json_tests {
             log_entries: 5,
             decided_instances: 42,
             executed_requests: 100,
+            client_signatures_verified: 7,
+            client_signatures_cached: 93,
             refused_replicas: vec![smr_core::message::RefusedReplica {
                 replica: 2,
                 settings: vec!["limits.\u{0}x".to_string()],
@@ -464,6 +472,7 @@ mod json_tests {
                         "state_digest": smr_crypto::Digest::default().to_hex(),
                         "pending_requests": 2, "rejected_messages": 1, "log_entries": 5,
                         "decided_instances": 42, "executed_requests": 100,
+                        "client_signatures_verified": 7, "client_signatures_cached": 93,
                         "state_over_max_state_bytes": false, "participating": true,
                         "participation": "participating",
                         "refused_replicas": [{ "replica": 2, "settings": ["limits.\u{0}x"] }],

@@ -69,7 +69,20 @@ fn a_short_bft_run_reports_throughput_latency_and_cpu_as_json() {
     let cpu = value["cpu"].as_array().unwrap();
     assert_eq!(cpu.len(), 5, "four replicas and the clients: {value}");
     assert!(cpu.iter().all(|p| p["cpu_s_per_1000_ops"].is_number()));
+    // Issue 13's verifications per operation: the leader's about one each (it verifies every
+    // request it proposes; requests in flight at the window's edges blur it a little), the
+    // followers' only where a PROPOSE overtook a direct copy.
+    let per_op = value["client_signature_verifications_per_op"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no verifications per op: {value}"));
+    assert!((0.9..=4.0).contains(&per_op), "{per_op}");
+    let replicas = value["client_signatures"].as_array().unwrap();
+    assert_eq!(replicas.len(), 4, "{value}");
+    assert!(replicas
+        .iter()
+        .all(|r| r["verified"].is_u64() && r["cached"].is_u64()));
     assert!(stdout.contains("throughput"), "{stdout}");
+    assert!(stdout.contains("verified per ordered op"), "{stdout}");
     let svg = std::fs::read_to_string(&plot).expect("the plot");
     assert!(
         svg.contains("<svg"),

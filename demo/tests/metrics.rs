@@ -440,6 +440,15 @@ async fn replicas_serve_metrics_that_match_their_status_and_survive_hostile_scra
                     "replica {id}"
                 );
                 assert!(m.value("smr_signature_verifications_total") > 0.0);
+                // A leader that proposed every request verified each one before its PROPOSE
+                // (docs/design.md §5 rule 3); a follower's count depends on which copy came
+                // first, and one that caught up by decisions checked none.
+                if id == leader as usize && reports[id].regency.0 == 0 {
+                    assert!(
+                        m.value("smr_client_signature_verifications_total") >= OPS as f64,
+                        "the leader"
+                    );
+                }
                 // Data dirs with the default fsync policy (always).
                 assert!(m.value("smr_fsyncs_total") > 0.0);
                 assert!(m.value("smr_fsync_duration_seconds_count") > 0.0);

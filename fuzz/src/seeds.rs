@@ -70,6 +70,8 @@ pub fn messages(per_kind: usize) -> Vec<Vec<u8>> {
         log_entries: 3,
         decided_instances: 9,
         executed_requests: 10,
+        client_signatures_verified: 0,
+        client_signatures_cached: 0,
         refused_replicas: vec![smr_core::message::RefusedReplica {
             replica: 3,
             settings: vec!["limits.max_op_bytes".into()],

@@ -637,6 +637,8 @@ impl Adversary {
                 log_entries: edge(rng, 0),
                 decided_instances: edge(rng, 0),
                 executed_requests: edge(rng, 0),
+                client_signatures_verified: 0,
+                client_signatures_cached: 0,
                 refused_replicas: Vec::new(),
                 state_over_max_state_bytes: true,
                 participation: smr_core::message::Participation::CatchingUp { until: cid(rng) },
