@@ -517,26 +517,21 @@ pub fn start_replica<N: Network>(
     let reader = {
         let network = network.clone();
         tokio::spawn(async move {
-            let mut gathered: Vec<InboundFrame> = Vec::with_capacity(MAX_INLINE_RUN_FRAMES);
-            while let Some(first) = network.recv().await {
-                // Whatever else is waiting right now, up to one more than an inline run holds:
-                // more than that means load, and the workers' runs batch it better.
-                let mut bytes = first.frame.len();
-                gathered.push(first);
-                let mut closed = false;
-                while gathered.len() <= MAX_INLINE_RUN_FRAMES && bytes <= MAX_INLINE_RUN_BYTES {
-                    match recv_now(&*network).await {
-                        Some(Some(frame)) => {
-                            bytes += frame.frame.len();
-                            gathered.push(frame);
-                        }
-                        Some(None) => {
-                            closed = true;
-                            break;
-                        }
-                        None => break,
-                    }
-                }
+            let mut gathered: Vec<InboundFrame> = Vec::with_capacity(MAX_READER_BATCH_FRAMES);
+            // Per worker lane (`2 * worker + lane`): the permits and the frames of this batch.
+            let mut groups: Vec<(usize, usize)> = vec![(0, 0); 2 * worker_txs.len()];
+            loop {
+                // Whatever is waiting right now, in one call (the transport accounts for it
+                // once): more than an inline run holds means load, and the workers' runs
+                // batch it better.
+                let open = network
+                    .recv_many(
+                        &mut gathered,
+                        MAX_READER_BATCH_FRAMES,
+                        MAX_READER_BATCH_BYTES,
+                    )
+                    .await;
+                let bytes: usize = gathered.iter().map(|frame| frame.frame.len()).sum();
                 // Client frames are authenticated by their channel, and CFT carries no
                 // signatures: what needs no signature check is cheap to decode here.
                 let unsigned = !inline.verifier.quorums.requires_signatures()
@@ -548,7 +543,9 @@ pub fn start_replica<N: Network>(
                         .load(Ordering::Acquire)
                         == 0
                 });
-                if verify_inline(gathered.len(), bytes, unsigned, workers_idle) {
+                if gathered.is_empty() {
+                    // Closed before a frame arrived.
+                } else if verify_inline(gathered.len(), bytes, unsigned, workers_idle) {
                     inline
                         .metrics
                         .frames_verified_inline
@@ -558,26 +555,10 @@ pub fn start_replica<N: Network>(
                             return;
                         }
                     }
-                } else {
-                    for frame in gathered.drain(..) {
-                        let w = worker_for(&frame.from, worker_txs.len());
-                        let lane = match frame.from {
-                            Peer::Replica(_) => 0,
-                            Peer::Client(_) => 1,
-                        };
-                        let (tx, queued_bytes) = &worker_txs[w][lane];
-                        if !queued_bytes.reserve(frame.frame.len()).await {
-                            return;
-                        }
-                        // Counted before it is queued: the worker uncounts it only after
-                        // handing its verdict to the engine.
-                        worker_backlogs[w].fetch_add(1, Ordering::AcqRel);
-                        if tx.send(frame).await.is_err() {
-                            return;
-                        }
-                    }
+                } else if !deal(&mut gathered, &mut groups, &worker_txs, &worker_backlogs).await {
+                    return;
                 }
-                if closed {
+                if !open {
                     break;
                 }
             }
@@ -655,6 +636,67 @@ pub fn start_replica<N: Network>(
         outcome: outcome_rx,
         metrics,
     })
+}
+
+/// Most frames the network reader takes from the transport at once ([`Network::recv_many`]).
+/// They are out of the transport's receive queue and not yet in a worker's, so this and
+/// [`MAX_READER_BATCH_BYTES`] bound what the reader holds.
+pub const MAX_READER_BATCH_FRAMES: usize = 32;
+/// Most frame bytes the network reader takes at once (plus one frame: the batch stops after
+/// the frame that crosses it).
+pub const MAX_READER_BATCH_BYTES: usize = 64 * 1024;
+
+/// Queues the reader's frames for their verify workers, in order: a peer's frames always go to
+/// the same worker and lane. Each worker lane's frames of the batch take their room in its
+/// queue in one step when it is there (the common case under load), else frame by frame,
+/// waiting. False if a worker is gone.
+async fn deal(
+    frames: &mut Vec<InboundFrame>,
+    groups: &mut [(usize, usize)],
+    worker_txs: &[Vec<(mpsc::Sender<InboundFrame>, Arc<QueuedBytes>)>],
+    worker_backlogs: &[Arc<AtomicUsize>],
+) -> bool {
+    let workers = worker_txs.len();
+    let lane_of = |frame: &InboundFrame| {
+        let lane = match frame.from {
+            Peer::Replica(_) => 0,
+            Peer::Client(_) => 1,
+        };
+        (worker_for(&frame.from, workers), lane)
+    };
+    groups.fill((0, 0));
+    for frame in frames.iter() {
+        let (w, lane) = lane_of(frame);
+        let group = &mut groups[2 * w + lane];
+        let permits = worker_txs[w][lane].1.permits_for(frame.frame.len()) as usize;
+        group.0 = group.0.saturating_add(permits);
+        group.1 += 1;
+    }
+    // Taken together where possible; a group that was not keeps 0 permits and its frames
+    // reserve one by one below.
+    for (index, group) in groups.iter_mut().enumerate() {
+        let (w, lane) = (index / 2, index % 2);
+        let together = group.1 > 1 && worker_txs[w][lane].1.try_reserve_permits(group.0);
+        if !together {
+            group.0 = 0;
+        }
+        if group.1 > 0 {
+            // Counted before they are queued: the worker uncounts them only after handing
+            // its verdict to the engine.
+            worker_backlogs[w].fetch_add(group.1, Ordering::AcqRel);
+        }
+    }
+    for frame in frames.drain(..) {
+        let (w, lane) = lane_of(&frame);
+        let (tx, queued_bytes) = &worker_txs[w][lane];
+        if groups[2 * w + lane].0 == 0 && !queued_bytes.reserve(frame.frame.len()).await {
+            return false;
+        }
+        if tx.send(frame).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// Most frames the network reader verifies itself, as one run (see the module docs).
@@ -753,6 +795,18 @@ impl QueuedBytes {
                 true
             }
             Err(_) => false,
+        }
+    }
+
+    /// Takes `permits` (several frames' [`QueuedBytes::permits_for`], summed) without waiting;
+    /// false, taking nothing, if they are not all there now.
+    fn try_reserve_permits(&self, permits: usize) -> bool {
+        match u32::try_from(permits).map(|permits| self.permits.try_acquire_many(permits)) {
+            Ok(Ok(permit)) => {
+                permit.forget();
+                true
+            }
+            _ => false,
         }
     }
 
@@ -874,16 +928,6 @@ fn next_run(
         }
     }
     true
-}
-
-/// The next frame if one is waiting now (`Some(None)` once the network has closed), without
-/// waiting for one. The network's `recv` is cancel-safe.
-async fn recv_now<N: Network>(network: &N) -> Option<Option<InboundFrame>> {
-    tokio::select! {
-        biased;
-        frame = network.recv() => Some(frame),
-        () = std::future::ready(()) => None,
-    }
 }
 
 fn worker_for(peer: &Peer, workers: usize) -> usize {
