@@ -812,8 +812,11 @@ impl QueuedBytes {
         }
     }
 
-    fn release(&self, length: usize) {
-        self.permits.add_permits(self.permits_for(length) as usize);
+    /// Gives back `permits` (frames' [`QueuedBytes::permits_for`], summed).
+    fn release_permits(&self, permits: usize) {
+        if permits > 0 {
+            self.permits.add_permits(permits);
+        }
     }
 }
 
@@ -911,24 +914,30 @@ fn next_run(
         return false;
     };
     let mut bytes = first.frame.len();
-    if from_replica {
-        replicas.1.release(first.frame.len());
+    // Each lane's permits are given back once for the run (`QueuedBytes::release` of each
+    // frame, summed).
+    let mut released = [0usize; 2];
+    let first_lane = if from_replica {
+        &replicas.1
     } else {
-        clients.1.release(first.frame.len());
-    }
+        &clients.1
+    };
+    released[usize::from(!from_replica)] = first_lane.permits_for(first.frame.len()) as usize;
     frames.push(first);
-    for (rx, queued_bytes) in [replicas, clients] {
+    for (index, (rx, queued_bytes)) in [&mut *replicas, &mut *clients].into_iter().enumerate() {
         while frames.len() < MAX_VERIFY_RUN_FRAMES && bytes < MAX_VERIFY_RUN_BYTES {
             match rx.try_recv() {
                 Ok(frame) => {
                     bytes += frame.frame.len();
-                    queued_bytes.release(frame.frame.len());
+                    released[index] += queued_bytes.permits_for(frame.frame.len()) as usize;
                     frames.push(frame);
                 }
                 Err(_) => break,
             }
         }
     }
+    replicas.1.release_permits(released[0]);
+    clients.1.release_permits(released[1]);
     true
 }
 
@@ -2160,7 +2169,7 @@ mod tests {
             .permits
             .try_acquire_many(queue.permits_for(600))
             .is_err());
-        queue.release(600);
+        queue.release_permits(queue.permits_for(600) as usize);
         assert!(
             queue.reserve(5000).await,
             "alone, a larger frame takes the whole queue"
@@ -2170,7 +2179,7 @@ mod tests {
             .permits
             .try_acquire_many(queue.permits_for(1))
             .is_err());
-        queue.release(5000);
+        queue.release_permits(queue.permits_for(5000) as usize);
         assert_eq!(queue.permits.available_permits(), 1000);
     }
 

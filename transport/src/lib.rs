@@ -1329,12 +1329,14 @@ impl Network for QuicTransport {
                 }
             }
             Peer::Client(key) => {
-                let queue = lock(&shared.client_links)
+                // Queued under the lock (`try_send` does not wait), so the queue is not cloned
+                // (four reference counts up and down) for every frame.
+                let links = lock(&shared.client_links);
+                let link = links
                     .get(&key)
                     .and_then(|links| links.last())
-                    .map(|link| link.queue.clone())
                     .ok_or(SendError::UnknownPeer(to))?;
-                self.send_on_client_queue(to, queue, frame)
+                self.send_on_client_queue(to, &link.queue, frame)
             }
         }
     }
@@ -1348,12 +1350,13 @@ impl Network for QuicTransport {
         let shared = &self.inner.shared;
         let to = Peer::Client(key);
         sendable(shared, frame.len())?;
-        let queue = lock(&shared.client_links)
+        // Queued under the lock, as in `send`.
+        let links = lock(&shared.client_links);
+        let link = links
             .get(&key)
             .and_then(|links| link::session_link(links, session))
-            .map(|link| link.queue.clone())
             .ok_or(SendError::UnknownPeer(to))?;
-        self.send_on_client_queue(to, queue, frame)
+        self.send_on_client_queue(to, &link.queue, frame)
     }
 
     fn recv(&self) -> impl std::future::Future<Output = Option<InboundFrame>> + Send {
@@ -1388,7 +1391,7 @@ impl QuicTransport {
     fn send_on_client_queue(
         &self,
         to: Peer,
-        queue: link::SendQueue,
+        queue: &link::SendQueue,
         frame: Vec<u8>,
     ) -> Result<(), SendError> {
         use mpsc::error::TrySendError;

@@ -2263,6 +2263,20 @@ async fn read_frames(
         // it is there (the common case under load); otherwise frame by frame, waiting.
         let reserved_together =
             cut.len() > 1 && lane.try_reserve_many(peer, cut.iter().map(|&(_, length)| length));
+        // And their slots in the lane's channel, in one step when they are free now.
+        let slots = match reserved_together {
+            true => lane.tx.try_reserve_many(cut.len()).ok(),
+            false => None,
+        };
+        if let Some(slots) = slots {
+            for (slot, &(body, length)) in slots.zip(cut.iter()) {
+                slot.send(InboundFrame {
+                    from: peer,
+                    frame: buffer[body..body + length].to_vec(),
+                });
+            }
+            cut.clear();
+        }
         for (i, &(body, length)) in cut.iter().enumerate() {
             if !reserved_together
                 && !lane
