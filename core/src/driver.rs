@@ -533,21 +533,26 @@ pub fn start_replica<N: Network>(
                         MAX_READER_BATCH_BYTES,
                     )
                     .await;
-                let bytes: usize = gathered.iter().map(|frame| frame.frame.len()).sum();
-                // Client frames are authenticated by their channel, and CFT carries no
-                // signatures: what needs no signature check is cheap to decode here.
-                let unsigned = !inline.verifier.quorums.requires_signatures()
-                    || gathered
-                        .iter()
-                        .all(|frame| matches!(frame.from, Peer::Client(_)));
-                let workers_idle = gathered.iter().all(|frame| {
-                    worker_backlogs[worker_for(&frame.from, worker_txs.len())]
-                        .load(Ordering::Acquire)
-                        == 0
-                });
+                // More frames than an inline run holds go to the workers whatever else holds:
+                // the rest is looked at only for a few.
+                let inline_run = gathered.len() <= MAX_INLINE_RUN_FRAMES && {
+                    let bytes: usize = gathered.iter().map(|frame| frame.frame.len()).sum();
+                    // Client frames are authenticated by their channel, and CFT carries no
+                    // signatures: what needs no signature check is cheap to decode here.
+                    let unsigned = !inline.verifier.quorums.requires_signatures()
+                        || gathered
+                            .iter()
+                            .all(|frame| matches!(frame.from, Peer::Client(_)));
+                    let workers_idle = gathered.iter().all(|frame| {
+                        worker_backlogs[worker_for(&frame.from, worker_txs.len())]
+                            .load(Ordering::Acquire)
+                            == 0
+                    });
+                    verify_inline(gathered.len(), bytes, unsigned, workers_idle)
+                };
                 if gathered.is_empty() {
                     // Closed before a frame arrived.
-                } else if verify_inline(gathered.len(), bytes, unsigned, workers_idle) {
+                } else if inline_run {
                     inline
                         .metrics
                         .frames_verified_inline
@@ -674,14 +679,20 @@ async fn deal(
         group.0 = group.0.saturating_add(permits);
         group.1 += 1;
     }
-    // Taken together where possible; a group that was not keeps 0 permits and its frames
-    // reserve one by one below.
+    // Taken together where possible (room in the queue's bytes, then slots in its channel);
+    // a group that was not keeps 0 permits and its frames wait for room one by one below.
+    let mut slots = Vec::with_capacity(groups.len());
     for (index, group) in groups.iter_mut().enumerate() {
         let (w, lane) = (index / 2, index % 2);
-        let together = group.1 > 1 && worker_txs[w][lane].1.try_reserve_permits(group.0);
+        let (tx, queued_bytes) = &worker_txs[w][lane];
+        let together = group.1 > 1 && queued_bytes.try_reserve_permits(group.0);
         if !together {
             group.0 = 0;
         }
+        slots.push(match together {
+            true => tx.try_reserve_many(group.1).ok(),
+            false => None,
+        });
         if group.1 > 0 {
             // Counted before they are queued: the worker uncounts them only after handing
             // its verdict to the engine.
@@ -690,8 +701,13 @@ async fn deal(
     }
     for frame in frames.drain(..) {
         let (w, lane) = lane_of(&frame);
+        let index = 2 * w + lane;
+        if let Some(slot) = slots[index].as_mut().and_then(Iterator::next) {
+            slot.send(frame);
+            continue;
+        }
         let (tx, queued_bytes) = &worker_txs[w][lane];
-        if groups[2 * w + lane].0 == 0 && !queued_bytes.reserve(frame.frame.len()).await {
+        if groups[index].0 == 0 && !queued_bytes.reserve(frame.frame.len()).await {
             return false;
         }
         if tx.send(frame).await.is_err() {
