@@ -163,7 +163,10 @@
 //! bounds the frame slots a peer holds. `recv` takes replica frames first, but after 16 in a row
 //! one waiting client frame. When a share or a lane is full, that peer's readers wait (counted in
 //! [`TransportStats::frames_held_back_peer_share`], the first logged), which pushes back on the
-//! peer through QUIC flow control; no frame is dropped.
+//! peer through QUIC flow control; no frame is dropped. [`Network::recv_many`] takes what is
+//! waiting in the same order as `recv` would, and gives the frames' room back together; a
+//! reader takes the room of the frames of one read together when it is there. Either way each
+//! frame holds and gives back exactly what it would alone.
 //!
 //! # Threading
 //! Everything runs as tasks on the caller's tokio runtime (multi-threaded recommended): one
