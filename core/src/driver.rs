@@ -48,7 +48,7 @@
 //! the service's snapshot is in, so at most `checkpoint_period` decided batches wait. Unordered
 //! reads (one query each) are not bounded there; only the inbound queues limit them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -67,6 +67,7 @@ use crate::message::{
 };
 use crate::metrics::ReplicaMetrics;
 use crate::network::{InboundFrame, Network, Peer, SendError};
+use crate::pool::SESSIONS_PER_KEY_IN_POOL;
 use crate::rejection::Rejection;
 use crate::runner::{self, Host};
 use crate::service::Service;
@@ -383,6 +384,7 @@ pub fn start_replica<N: Network>(
     let mode = config.quorums.mode().to_string();
     let max_state_bytes = config.limits.max_state_bytes;
     let max_instances_ahead = config.limits.max_instances_ahead;
+    let max_pending_per_client = config.limits.max_pending_per_client;
     let (engine, initial_output, wal) = match storage {
         None => {
             // A restarted in-memory replica has forgotten its votes: it always starts by
@@ -517,38 +519,40 @@ pub fn start_replica<N: Network>(
     let reader = {
         let network = network.clone();
         tokio::spawn(async move {
-            let mut gathered: Vec<InboundFrame> = Vec::with_capacity(MAX_INLINE_RUN_FRAMES);
-            while let Some(first) = network.recv().await {
-                // Whatever else is waiting right now, up to one more than an inline run holds:
-                // more than that means load, and the workers' runs batch it better.
-                let mut bytes = first.frame.len();
-                gathered.push(first);
-                let mut closed = false;
-                while gathered.len() <= MAX_INLINE_RUN_FRAMES && bytes <= MAX_INLINE_RUN_BYTES {
-                    match recv_now(&*network).await {
-                        Some(Some(frame)) => {
-                            bytes += frame.frame.len();
-                            gathered.push(frame);
-                        }
-                        Some(None) => {
-                            closed = true;
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-                // Client frames are authenticated by their channel, and CFT carries no
-                // signatures: what needs no signature check is cheap to decode here.
-                let unsigned = !inline.verifier.quorums.requires_signatures()
-                    || gathered
-                        .iter()
-                        .all(|frame| matches!(frame.from, Peer::Client(_)));
-                let workers_idle = gathered.iter().all(|frame| {
-                    worker_backlogs[worker_for(&frame.from, worker_txs.len())]
-                        .load(Ordering::Acquire)
-                        == 0
-                });
-                if verify_inline(gathered.len(), bytes, unsigned, workers_idle) {
+            let mut gathered: Vec<InboundFrame> = Vec::with_capacity(MAX_READER_BATCH_FRAMES);
+            // Per worker lane (`2 * worker + lane`): the permits and the frames of this batch.
+            let mut groups: Vec<(usize, usize)> = vec![(0, 0); 2 * worker_txs.len()];
+            loop {
+                // Whatever is waiting right now, in one call (the transport accounts for it
+                // once): more than an inline run holds means load, and the workers' runs
+                // batch it better.
+                let open = network
+                    .recv_many(
+                        &mut gathered,
+                        MAX_READER_BATCH_FRAMES,
+                        MAX_READER_BATCH_BYTES,
+                    )
+                    .await;
+                // More frames than an inline run holds go to the workers whatever else holds:
+                // the rest is looked at only for a few.
+                let inline_run = gathered.len() <= MAX_INLINE_RUN_FRAMES && {
+                    let bytes: usize = gathered.iter().map(|frame| frame.frame.len()).sum();
+                    // Client frames are authenticated by their channel, and CFT carries no
+                    // signatures: what needs no signature check is cheap to decode here.
+                    let unsigned = !inline.verifier.quorums.requires_signatures()
+                        || gathered
+                            .iter()
+                            .all(|frame| matches!(frame.from, Peer::Client(_)));
+                    let workers_idle = gathered.iter().all(|frame| {
+                        worker_backlogs[worker_for(&frame.from, worker_txs.len())]
+                            .load(Ordering::Acquire)
+                            == 0
+                    });
+                    verify_inline(gathered.len(), bytes, unsigned, workers_idle)
+                };
+                if gathered.is_empty() {
+                    // Closed before a frame arrived.
+                } else if inline_run {
                     inline
                         .metrics
                         .frames_verified_inline
@@ -558,26 +562,10 @@ pub fn start_replica<N: Network>(
                             return;
                         }
                     }
-                } else {
-                    for frame in gathered.drain(..) {
-                        let w = worker_for(&frame.from, worker_txs.len());
-                        let lane = match frame.from {
-                            Peer::Replica(_) => 0,
-                            Peer::Client(_) => 1,
-                        };
-                        let (tx, queued_bytes) = &worker_txs[w][lane];
-                        if !queued_bytes.reserve(frame.frame.len()).await {
-                            return;
-                        }
-                        // Counted before it is queued: the worker uncounts it only after
-                        // handing its verdict to the engine.
-                        worker_backlogs[w].fetch_add(1, Ordering::AcqRel);
-                        if tx.send(frame).await.is_err() {
-                            return;
-                        }
-                    }
+                } else if !deal(&mut gathered, &mut groups, &worker_txs, &worker_backlogs).await {
+                    return;
                 }
-                if closed {
+                if !open {
                     break;
                 }
             }
@@ -624,7 +612,7 @@ pub fn start_replica<N: Network>(
         frames_too_large: 0,
         metrics: metrics.clone(),
         verified_requests,
-        timing: Timing::default(),
+        timing: Timing::new(max_pending_per_client),
         max_state_bytes,
         max_instances_ahead,
         oversize_checkpoints_logged: 0,
@@ -656,6 +644,78 @@ pub fn start_replica<N: Network>(
         outcome: outcome_rx,
         metrics,
     })
+}
+
+/// Most frames the network reader takes from the transport at once ([`Network::recv_many`]).
+/// They are out of the transport's receive queue and not yet in a worker's, so this and
+/// [`MAX_READER_BATCH_BYTES`] bound what the reader holds.
+pub const MAX_READER_BATCH_FRAMES: usize = 32;
+/// Most frame bytes the network reader takes at once (plus one frame: the batch stops after
+/// the frame that crosses it).
+pub const MAX_READER_BATCH_BYTES: usize = 64 * 1024;
+
+/// Queues the reader's frames for their verify workers, in order: a peer's frames always go to
+/// the same worker and lane. Each worker lane's frames of the batch take their room in its
+/// queue in one step when it is there (the common case under load), else frame by frame,
+/// waiting. False if a worker is gone.
+async fn deal(
+    frames: &mut Vec<InboundFrame>,
+    groups: &mut [(usize, usize)],
+    worker_txs: &[Vec<(mpsc::Sender<InboundFrame>, Arc<QueuedBytes>)>],
+    worker_backlogs: &[Arc<AtomicUsize>],
+) -> bool {
+    let workers = worker_txs.len();
+    let lane_of = |frame: &InboundFrame| {
+        let lane = match frame.from {
+            Peer::Replica(_) => 0,
+            Peer::Client(_) => 1,
+        };
+        (worker_for(&frame.from, workers), lane)
+    };
+    groups.fill((0, 0));
+    for frame in frames.iter() {
+        let (w, lane) = lane_of(frame);
+        let group = &mut groups[2 * w + lane];
+        let permits = worker_txs[w][lane].1.permits_for(frame.frame.len()) as usize;
+        group.0 = group.0.saturating_add(permits);
+        group.1 += 1;
+    }
+    // Taken together where possible (room in the queue's bytes, then slots in its channel);
+    // a group that was not keeps 0 permits and its frames wait for room one by one below.
+    let mut slots = Vec::with_capacity(groups.len());
+    for (index, group) in groups.iter_mut().enumerate() {
+        let (w, lane) = (index / 2, index % 2);
+        let (tx, queued_bytes) = &worker_txs[w][lane];
+        let together = group.1 > 1 && queued_bytes.try_reserve_permits(group.0);
+        if !together {
+            group.0 = 0;
+        }
+        slots.push(match together {
+            true => tx.try_reserve_many(group.1).ok(),
+            false => None,
+        });
+        if group.1 > 0 {
+            // Counted before they are queued: the worker uncounts them only after handing
+            // its verdict to the engine.
+            worker_backlogs[w].fetch_add(group.1, Ordering::AcqRel);
+        }
+    }
+    for frame in frames.drain(..) {
+        let (w, lane) = lane_of(&frame);
+        let index = 2 * w + lane;
+        if let Some(slot) = slots[index].as_mut().and_then(Iterator::next) {
+            slot.send(frame);
+            continue;
+        }
+        let (tx, queued_bytes) = &worker_txs[w][lane];
+        if groups[index].0 == 0 && !queued_bytes.reserve(frame.frame.len()).await {
+            return false;
+        }
+        if tx.send(frame).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// Most frames the network reader verifies itself, as one run (see the module docs).
@@ -757,8 +817,23 @@ impl QueuedBytes {
         }
     }
 
-    fn release(&self, length: usize) {
-        self.permits.add_permits(self.permits_for(length) as usize);
+    /// Takes `permits` (several frames' [`QueuedBytes::permits_for`], summed) without waiting;
+    /// false, taking nothing, if they are not all there now.
+    fn try_reserve_permits(&self, permits: usize) -> bool {
+        match u32::try_from(permits).map(|permits| self.permits.try_acquire_many(permits)) {
+            Ok(Ok(permit)) => {
+                permit.forget();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Gives back `permits` (frames' [`QueuedBytes::permits_for`], summed).
+    fn release_permits(&self, permits: usize) {
+        if permits > 0 {
+            self.permits.add_permits(permits);
+        }
     }
 }
 
@@ -856,35 +931,31 @@ fn next_run(
         return false;
     };
     let mut bytes = first.frame.len();
-    if from_replica {
-        replicas.1.release(first.frame.len());
+    // Each lane's permits are given back once for the run (`QueuedBytes::release` of each
+    // frame, summed).
+    let mut released = [0usize; 2];
+    let first_lane = if from_replica {
+        &replicas.1
     } else {
-        clients.1.release(first.frame.len());
-    }
+        &clients.1
+    };
+    released[usize::from(!from_replica)] = first_lane.permits_for(first.frame.len()) as usize;
     frames.push(first);
-    for (rx, queued_bytes) in [replicas, clients] {
+    for (index, (rx, queued_bytes)) in [&mut *replicas, &mut *clients].into_iter().enumerate() {
         while frames.len() < MAX_VERIFY_RUN_FRAMES && bytes < MAX_VERIFY_RUN_BYTES {
             match rx.try_recv() {
                 Ok(frame) => {
                     bytes += frame.frame.len();
-                    queued_bytes.release(frame.frame.len());
+                    released[index] += queued_bytes.permits_for(frame.frame.len()) as usize;
                     frames.push(frame);
                 }
                 Err(_) => break,
             }
         }
     }
+    replicas.1.release_permits(released[0]);
+    clients.1.release_permits(released[1]);
     true
-}
-
-/// The next frame if one is waiting now (`Some(None)` once the network has closed), without
-/// waiting for one. The network's `recv` is cancel-safe.
-async fn recv_now<N: Network>(network: &N) -> Option<Option<InboundFrame>> {
-    tokio::select! {
-        biased;
-        frame = network.recv() => Some(frame),
-        () = std::future::ready(()) => None,
-    }
 }
 
 fn worker_for(peer: &Peer, workers: usize) -> usize {
@@ -976,30 +1047,63 @@ struct EngineLoop<N> {
 
 /// Most undecided cids whose PROPOSE time [`Timing`] keeps.
 const MAX_TIMED_PROPOSALS: usize = 4096;
-/// Most requests whose arrival time [`Timing`] keeps.
+/// Most requests whose arrival time [`Timing`] keeps, over all clients.
 const MAX_TIMED_REQUESTS: usize = 1 << 16;
 /// A request unanswered this long no longer holds room in [`Timing`] once it is full.
 const TIMED_REQUEST_EXPIRY: Duration = Duration::from_secs(60);
 
 /// When what the latency histograms of [`ReplicaMetrics`] measure started, by the driver's
 /// clock (the engine has none). Bounded: past its bounds, a start is not timed.
-#[derive(Default)]
 struct Timing {
     /// The PROPOSE of each undecided cid: when this replica sent it (as leader) or first
     /// received it.
     proposed: std::collections::BTreeMap<Cid, std::time::Instant>,
-    /// Each request's first arrival from its client. Keyed by a randomly seeded aHash, not
-    /// SipHash: two lookups per request, and clients choose the keys.
-    requests: HashMap<RequestId, std::time::Instant, ahash::RandomState>,
+    /// Each client key's requests by first arrival, oldest first: (session, seq, arrival).
+    /// At most `max_requests_per_client` per key (its oldest makes room for its newest), so
+    /// one client's requests that never get a reply (refused as `client_pool_full` or
+    /// `rate_limited`) cannot keep other clients' requests from being timed. Keyed by a
+    /// randomly seeded aHash, not SipHash: two lookups per request, and clients choose the
+    /// keys. A key's entries are few and usually answered in order, so they are scanned.
+    requests: HashMap<
+        crate::message::ClientId,
+        VecDeque<(u64, u64, std::time::Instant)>,
+        ahash::RandomState,
+    >,
+    /// Entries in `requests`, over all keys: at most [`MAX_TIMED_REQUESTS`].
+    timed_requests: usize,
+    /// What the pool holds of one key at most: `limits.max_pending_per_client` times
+    /// [`SESSIONS_PER_KEY_IN_POOL`].
+    max_requests_per_client: usize,
     /// While `requests` is full: no entry can expire before this, so no sweep frees room.
-    /// Without it, a map full of requests that never get a reply (refused as
-    /// `client_pool_full` or `rate_limited`) was swept again at every arrival.
+    /// Without it, a map full of requests that never get a reply was swept again at every
+    /// arrival.
     next_request_sweep: Option<std::time::Instant>,
     /// Sweeps of a full `requests` so far (for the tests).
     request_sweeps: u64,
 }
 
+impl Default for Timing {
+    /// With the default limits.
+    fn default() -> Timing {
+        Timing::new(crate::config::Limits::default().max_pending_per_client)
+    }
+}
+
 impl Timing {
+    /// Timing for a replica whose pool holds `max_pending_per_client` requests of a session.
+    fn new(max_pending_per_client: usize) -> Timing {
+        Timing {
+            proposed: std::collections::BTreeMap::new(),
+            requests: HashMap::default(),
+            timed_requests: 0,
+            max_requests_per_client: max_pending_per_client
+                .saturating_mul(SESSIONS_PER_KEY_IN_POOL)
+                .clamp(1, MAX_TIMED_REQUESTS),
+            next_request_sweep: None,
+            request_sweeps: 0,
+        }
+    }
+
     /// Notes the PROPOSE for `cid` at `at` if `cid` is in the window after `last_executed`
     /// (`window`: `limits.max_instances_ahead`). Beyond it the engine refuses the PROPOSE, so
     /// it would never be decided nor forgotten (a Byzantine peer could fill the map for good).
@@ -1025,29 +1129,71 @@ impl Timing {
         at.map(|at| at.elapsed())
     }
 
+    /// Notes request `id`'s first arrival, at `at` (arrivals come in time order).
     fn request_arrived(&mut self, id: RequestId, at: std::time::Instant) {
-        if self.requests.len() >= MAX_TIMED_REQUESTS {
-            if self.next_request_sweep.is_some_and(|next| at < next) {
-                return;
-            }
-            self.request_sweeps += 1;
-            self.requests
-                .retain(|_, arrived| at.saturating_duration_since(*arrived) < TIMED_REQUEST_EXPIRY);
-            if self.requests.len() >= MAX_TIMED_REQUESTS {
-                self.next_request_sweep = self
-                    .requests
-                    .values()
-                    .min()
-                    .map(|oldest| *oldest + TIMED_REQUEST_EXPIRY);
-                return;
-            }
-            self.next_request_sweep = None;
+        if self.timed_requests >= MAX_TIMED_REQUESTS && !self.sweep_requests(at) {
+            return;
         }
-        self.requests.entry(id).or_insert(at);
+        let timed = self.requests.entry(id.client).or_default();
+        if timed
+            .iter()
+            .any(|&(session, seq, _)| (session, seq) == (id.session, id.seq))
+        {
+            return;
+        }
+        if timed.len() >= self.max_requests_per_client {
+            timed.pop_front();
+        } else {
+            self.timed_requests += 1;
+        }
+        timed.push_back((id.session, id.seq, at));
     }
 
+    /// Forgets the requests older than [`TIMED_REQUEST_EXPIRY`] at `now`, at most once until
+    /// one can have expired; whether there is room now.
+    fn sweep_requests(&mut self, now: std::time::Instant) -> bool {
+        if self.next_request_sweep.is_some_and(|next| now < next) {
+            return false;
+        }
+        self.request_sweeps += 1;
+        let live = |&(_, _, arrived): &(u64, u64, std::time::Instant)| {
+            now.saturating_duration_since(arrived) < TIMED_REQUEST_EXPIRY
+        };
+        self.requests.retain(|_, timed| {
+            timed.retain(live);
+            !timed.is_empty()
+        });
+        self.timed_requests = self.requests.values().map(VecDeque::len).sum();
+        if self.timed_requests >= MAX_TIMED_REQUESTS {
+            // Each key's oldest entry is its first.
+            self.next_request_sweep = self
+                .requests
+                .values()
+                .filter_map(|timed| timed.front().map(|&(_, _, arrived)| arrived))
+                .min()
+                .map(|oldest| oldest + TIMED_REQUEST_EXPIRY);
+            return false;
+        }
+        self.next_request_sweep = None;
+        true
+    }
+
+    /// How long since request `id` first arrived, if it was timed; forgets it.
     fn replied(&mut self, id: &RequestId) -> Option<Duration> {
-        self.requests.remove(id).map(|at| at.elapsed())
+        let std::collections::hash_map::Entry::Occupied(mut timed) = self.requests.entry(id.client)
+        else {
+            return None;
+        };
+        let index = timed
+            .get()
+            .iter()
+            .position(|&(session, seq, _)| (session, seq) == (id.session, id.seq))?;
+        let (_, _, at) = timed.get_mut().remove(index)?;
+        self.timed_requests -= 1;
+        if timed.get().is_empty() {
+            timed.remove();
+        }
+        Some(at.elapsed())
     }
 }
 
@@ -1938,6 +2084,17 @@ mod tests {
         assert!(!verify_inline(1, MAX_INLINE_RUN_BYTES + 1, true, true));
     }
 
+    /// Request `seq` of the client numbered `client` (any u64).
+    fn client_request_id(client: u64, seq: u64) -> RequestId {
+        let mut key = [0xc1; 32];
+        key[..8].copy_from_slice(&client.to_le_bytes());
+        RequestId {
+            client: smr_crypto::PublicKey(key),
+            session: 1,
+            seq,
+        }
+    }
+
     fn request_id(client: u8, seq: u64) -> RequestId {
         RequestId {
             client: smr_crypto::PublicKey([client; 32]),
@@ -1954,11 +2111,15 @@ mod tests {
     fn a_full_request_timing_map_is_swept_at_most_once_until_an_entry_can_have_expired() {
         let mut timing = Timing::default();
         let start = std::time::Instant::now();
+        // Many clients (each holds at most its own bound), all their requests unanswered.
+        let per_client = timing.max_requests_per_client as u64;
         for seq in 0..MAX_TIMED_REQUESTS as u64 {
-            timing.request_arrived(request_id(1, seq), start);
+            let client = seq / per_client;
+            timing.request_arrived(client_request_id(client, seq), start);
         }
+        assert_eq!(timing.timed_requests, MAX_TIMED_REQUESTS);
         for seq in 0..1000 {
-            timing.request_arrived(request_id(2, seq), start + Duration::from_secs(1));
+            timing.request_arrived(request_id(200, seq), start + Duration::from_secs(1));
         }
         assert!(
             timing.request_sweeps <= 1,
@@ -1967,11 +2128,34 @@ mod tests {
         );
         // Once the first entries can have expired, a sweep makes room again.
         timing.request_arrived(
-            request_id(3, 0),
+            request_id(201, 0),
             start + TIMED_REQUEST_EXPIRY + Duration::from_secs(1),
         );
-        assert_eq!(timing.requests.len(), 1);
+        assert_eq!((timing.requests.len(), timing.timed_requests), (1, 1));
         assert_eq!(timing.request_sweeps, 2);
+    }
+
+    /// Stop 26: the request timing map was bounded in all (65,536 entries), not per client:
+    /// one client's requests that never get a reply (refused as `client_pool_full` or
+    /// `rate_limited`, or sent to a replica that is not the leader) filled it, and no other
+    /// client's request was timed until they expired, 60 s later.
+    #[test]
+    fn one_clients_unanswered_requests_cannot_fill_the_request_timing_map() {
+        let mut timing = Timing::default();
+        let start = std::time::Instant::now();
+        for seq in 0..MAX_TIMED_REQUESTS as u64 {
+            timing.request_arrived(request_id(1, seq), start);
+        }
+        let other = request_id(2, 0);
+        timing.request_arrived(other, start + Duration::from_secs(1));
+        assert!(
+            timing.replied(&other).is_some(),
+            "another client's request is timed"
+        );
+        // The client's newest requests are timed; its oldest made room for them.
+        let newest = request_id(1, MAX_TIMED_REQUESTS as u64 - 1);
+        assert!(timing.replied(&newest).is_some());
+        assert!(timing.replied(&request_id(1, 0)).is_none());
     }
 
     /// Review of issue 16: PROPOSEs were timed as they arrived, before the engine checked
@@ -2021,7 +2205,7 @@ mod tests {
             .permits
             .try_acquire_many(queue.permits_for(600))
             .is_err());
-        queue.release(600);
+        queue.release_permits(queue.permits_for(600) as usize);
         assert!(
             queue.reserve(5000).await,
             "alone, a larger frame takes the whole queue"
@@ -2031,7 +2215,7 @@ mod tests {
             .permits
             .try_acquire_many(queue.permits_for(1))
             .is_err());
-        queue.release(5000);
+        queue.release_permits(queue.permits_for(5000) as usize);
         assert_eq!(queue.permits.available_permits(), 1000);
     }
 

@@ -70,9 +70,49 @@ pub trait Network: Send + Sync + 'static {
     /// The next frame from any authenticated peer, or `None` once the transport has shut down.
     ///
     /// Must be cancel-safe: a future dropped before it completes must not have taken a frame.
-    /// The driver's reader polls it once to see whether another frame is waiting (`recv_now`
-    /// in `driver.rs`) and drops it if not; a frame such a future had taken would be lost.
+    /// The default [`Network::recv_many`] polls it once to see whether another frame is
+    /// waiting and drops it if not; a frame such a future had taken would be lost.
     fn recv(&self) -> impl Future<Output = Option<InboundFrame>> + Send;
+    /// Waits for the next frame, then appends it and the frames waiting right after it to
+    /// `frames`, in the order [`Network::recv`] would yield them: more while fewer than
+    /// `max_frames` were taken and they hold fewer than `max_bytes` (so at most `max_frames`
+    /// frames, and `max_bytes` plus one frame). False once the transport has shut down (the
+    /// frames taken before it are still appended).
+    ///
+    /// The driver's reader takes its frames this way: a transport can then take them, and
+    /// account for them, once per batch instead of once per frame. By default, one
+    /// [`Network::recv`] per frame (which must be cancel-safe: the frames after the first are
+    /// taken by polling it once).
+    fn recv_many<'a>(
+        &'a self,
+        frames: &'a mut Vec<InboundFrame>,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> impl Future<Output = bool> + Send + 'a {
+        async move {
+            let Some(first) = self.recv().await else {
+                return false;
+            };
+            let (mut taken, mut bytes) = (1, first.frame.len());
+            frames.push(first);
+            while taken < max_frames && bytes < max_bytes {
+                let next = {
+                    let recv = std::pin::pin!(self.recv());
+                    poll_once(recv).await
+                };
+                match next {
+                    Some(Some(frame)) => {
+                        taken += 1;
+                        bytes = bytes.saturating_add(frame.frame.len());
+                        frames.push(frame);
+                    }
+                    Some(None) => return false,
+                    None => break,
+                }
+            }
+            true
+        }
+    }
     /// Queues `frame` (a reply) for client `key`'s session `session`: over the connection
     /// that session's requests arrive on, if the transport knows it, so that processes sharing
     /// a key each get their own replies. By default, as [`Network::send`] to
@@ -101,4 +141,13 @@ pub trait Network: Send + Sync + 'static {
     fn refused_replicas(&self) -> Vec<crate::message::RefusedReplica> {
         Vec::new()
     }
+}
+
+/// The future's output if it is ready at the first poll, else `None` (and it is dropped).
+async fn poll_once<F: Future + Unpin>(mut future: F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match std::pin::Pin::new(&mut future).poll(cx) {
+        std::task::Poll::Ready(output) => std::task::Poll::Ready(Some(output)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
 }

@@ -538,8 +538,6 @@ impl VerifiedRequests {
 }
 
 /// A message of a run with its stateless verdict so far and its signatures to check.
-type Collected<'c> = (Peer, Message, Result<Pending<'c>, Rejection>);
-
 /// Signatures collected from one message, checked in a batch at the end.
 struct Pending<'c> {
     messages: Vec<Vec<u8>>,
@@ -643,17 +641,23 @@ impl InboundVerifier {
     ) -> Vec<Result<Verified, Rejection>> {
         // Direct client requests first, so that a PROPOSE in the same run finds their copies
         // in the cache whatever the order of arrival (the driver puts replica frames first).
-        let mut order: Vec<usize> = (0..inputs.len()).collect();
-        order.sort_by_key(|&i| !matches!(inputs[i], (Peer::Client(_), Message::Request(_))));
-        let mut slots: Vec<Option<(Peer, Message)>> = inputs.into_iter().map(Some).collect();
-        let mut by_index: Vec<Option<Collected<'_>>> = (0..slots.len()).map(|_| None).collect();
-        for i in order {
-            let (from, message) = slots[i].take().expect("each index once");
-            let mut pending = Pending::new(cache, auth);
-            let checked = self.collect(&from, &message, &mut pending);
-            by_index[i] = Some((from, message, checked.map(|()| pending)));
+        // The messages stay where they are until they leave as `Verified` (a message is
+        // large: each move is a copy).
+        let direct = |(from, message): &(Peer, Message)| {
+            matches!((from, message), (Peer::Client(_), Message::Request(_)))
+        };
+        let mut checked: Vec<Option<Result<Pending<'_>, Rejection>>> =
+            (0..inputs.len()).map(|_| None).collect();
+        for first in [true, false] {
+            for (input, slot) in inputs.iter().zip(checked.iter_mut()) {
+                if direct(input) == first {
+                    let mut pending = Pending::new(cache, auth);
+                    let result = self.collect(&input.0, &input.1, &mut pending);
+                    *slot = Some(result.map(|()| pending));
+                }
+            }
         }
-        let collected: Vec<Collected<'_>> = by_index
+        let collected: Vec<Result<Pending<'_>, Rejection>> = checked
             .into_iter()
             .map(|c| c.expect("every index collected"))
             .collect();
@@ -661,7 +665,7 @@ impl InboundVerifier {
         // leader's PROPOSE, say) is checked once.
         let mut seen: HashMap<RequestKey, PublicKey> = HashMap::new();
         let mut items: Vec<SignedItem<'_>> = Vec::new();
-        for (_, _, pending) in &collected {
+        for pending in &collected {
             let Ok(pending) = pending else { continue };
             for i in 0..pending.signatures.len() {
                 if let Some(key) = pending.request_keys[i] {
@@ -682,9 +686,10 @@ impl InboundVerifier {
             if let Some(cache) = cache {
                 cache.insert_all(seen, true);
             }
-            return collected
+            return inputs
                 .into_iter()
-                .map(|(from, message, pending)| {
+                .zip(collected)
+                .map(|((from, message), pending)| {
                     pending.map(|p| Verified {
                         from,
                         message,
@@ -696,9 +701,10 @@ impl InboundVerifier {
         // Something is bad: find out which messages, one at a time. Requests that a message
         // earlier in the run proved good are not checked again.
         let mut good: HashSet<RequestKey> = HashSet::new();
-        collected
+        inputs
             .into_iter()
-            .map(|(from, message, pending)| {
+            .zip(collected)
+            .map(|((from, message), pending)| {
                 let pending = pending?;
                 let mut index_of = Vec::new();
                 let items: Vec<SignedItem<'_>> = (0..pending.signatures.len())

@@ -163,7 +163,10 @@
 //! bounds the frame slots a peer holds. `recv` takes replica frames first, but after 16 in a row
 //! one waiting client frame. When a share or a lane is full, that peer's readers wait (counted in
 //! [`TransportStats::frames_held_back_peer_share`], the first logged), which pushes back on the
-//! peer through QUIC flow control; no frame is dropped.
+//! peer through QUIC flow control; no frame is dropped. [`Network::recv_many`] takes what is
+//! waiting in the same order as `recv` would, and gives the frames' room back together; a
+//! reader takes the room of the frames of one read together when it is there. Either way each
+//! frame holds and gives back exactly what it would alone.
 //!
 //! # Threading
 //! Everything runs as tasks on the caller's tokio runtime (multi-threaded recommended): one
@@ -1204,6 +1207,71 @@ impl QuicTransport {
         frame
     }
 
+    /// [`Network::recv_many`]: the first frame as [`QuicTransport::next_frame`] takes it, then
+    /// the frames waiting now, in the order `next_frame` would take them (the lanes' alternation
+    /// included), under one lock of the receive queue; their room in the lanes is given back
+    /// together, once per run of frames from one peer.
+    async fn next_frames(
+        &self,
+        frames: &mut Vec<InboundFrame>,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> bool {
+        let mut shutdown = self.inner.shared.shutdown_rx();
+        if *shutdown.borrow() {
+            return false;
+        }
+        let mut guard = self.inner.inbound_rx.lock().await;
+        let inbound = &mut *guard;
+        let first = if inbound.replica_streak < link::REPLICA_FRAMES_PER_CLIENT_FRAME {
+            tokio::select! {
+                biased;
+                _ = link::shutdown_signaled(&mut shutdown) => None,
+                Some(frame) = inbound.replicas.recv() => Some(frame),
+                Some(frame) = inbound.clients.recv() => Some(frame),
+                else => None,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                _ = link::shutdown_signaled(&mut shutdown) => None,
+                Some(frame) = inbound.clients.recv() => Some(frame),
+                Some(frame) = inbound.replicas.recv() => Some(frame),
+                else => None,
+            }
+        };
+        // Nothing below waits: once the first frame is taken, the call completes.
+        let Some(first) = first else {
+            return false;
+        };
+        let shared = &self.inner.shared;
+        let mut releases = link::Releases::default();
+        let (mut taken, mut bytes) = (0usize, 0usize);
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            inbound.replica_streak = match frame.from {
+                Peer::Replica(_) => inbound.replica_streak.saturating_add(1),
+                Peer::Client(_) => 0,
+            };
+            releases.add(shared.lane(frame.from), frame.from, frame.frame.len());
+            taken += 1;
+            bytes = bytes.saturating_add(frame.frame.len());
+            frames.push(frame);
+            if taken >= max_frames || bytes >= max_bytes {
+                break;
+            }
+            let (before, after) = if inbound.replica_streak < link::REPLICA_FRAMES_PER_CLIENT_FRAME
+            {
+                (&mut inbound.replicas, &mut inbound.clients)
+            } else {
+                (&mut inbound.clients, &mut inbound.replicas)
+            };
+            next = before.try_recv().or_else(|_| after.try_recv()).ok();
+        }
+        releases.finish(shared);
+        true
+    }
+
     fn queue_full(&self, to: Peer) -> SendError {
         bump(&self.inner.shared.counters.frames_dropped_queue_full, 1);
         SendError::QueueFull(to)
@@ -1264,12 +1332,14 @@ impl Network for QuicTransport {
                 }
             }
             Peer::Client(key) => {
-                let queue = lock(&shared.client_links)
+                // Queued under the lock (`try_send` does not wait), so the queue is not cloned
+                // (four reference counts up and down) for every frame.
+                let links = lock(&shared.client_links);
+                let link = links
                     .get(&key)
                     .and_then(|links| links.last())
-                    .map(|link| link.queue.clone())
                     .ok_or(SendError::UnknownPeer(to))?;
-                self.send_on_client_queue(to, queue, frame)
+                self.send_on_client_queue(to, &link.queue, frame)
             }
         }
     }
@@ -1283,16 +1353,26 @@ impl Network for QuicTransport {
         let shared = &self.inner.shared;
         let to = Peer::Client(key);
         sendable(shared, frame.len())?;
-        let queue = lock(&shared.client_links)
+        // Queued under the lock, as in `send`.
+        let links = lock(&shared.client_links);
+        let link = links
             .get(&key)
             .and_then(|links| link::session_link(links, session))
-            .map(|link| link.queue.clone())
             .ok_or(SendError::UnknownPeer(to))?;
-        self.send_on_client_queue(to, queue, frame)
+        self.send_on_client_queue(to, &link.queue, frame)
     }
 
     fn recv(&self) -> impl std::future::Future<Output = Option<InboundFrame>> + Send {
         self.next_frame()
+    }
+
+    fn recv_many<'a>(
+        &'a self,
+        frames: &'a mut Vec<InboundFrame>,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> impl std::future::Future<Output = bool> + Send + 'a {
+        self.next_frames(frames, max_frames, max_bytes)
     }
 
     /// Client role: every stream opened from now on starts with `session`'s announcement,
@@ -1314,7 +1394,7 @@ impl QuicTransport {
     fn send_on_client_queue(
         &self,
         to: Peer,
-        queue: link::SendQueue,
+        queue: &link::SendQueue,
         frame: Vec<u8>,
     ) -> Result<(), SendError> {
         use mpsc::error::TrySendError;

@@ -274,10 +274,23 @@ impl Lane {
     /// Gives back the room of a frame of `length` bytes from `peer` that left the lane.
     pub(crate) fn release(&self, peer: Peer, length: usize) {
         self.bytes.add_permits(self.lane_permits(length) as usize);
-        let mut shares = lock(&self.shares);
+        self.release_share(
+            &mut lock(&self.shares),
+            peer,
+            self.share_permits(length) as usize,
+        );
+    }
+
+    /// Gives back `permits` of `peer`'s share (several frames' [`Lane::share_permits`],
+    /// summed), with the shares' lock held.
+    fn release_share(
+        &self,
+        shares: &mut HashMap<Peer, Arc<tokio::sync::Semaphore>, ahash::RandomState>,
+        peer: Peer,
+        permits: usize,
+    ) {
         // One lookup (the entry) for both the release and the removal.
         if let Entry::Occupied(share) = shares.entry(peer) {
-            let permits = self.share_permits(length) as usize;
             // Only the map holds a share that no reader holds (a reader waits through its own
             // clone, taken under this lock): nobody can wait on it, so if these permits make
             // it whole it is removed without giving them back (which would take the
@@ -312,6 +325,56 @@ impl Lane {
     #[cfg(test)]
     pub(crate) fn shares_held(&self) -> usize {
         lock(&self.shares).len()
+    }
+}
+
+/// The room in the receive queue's lanes of frames taken from it together, given back in one
+/// step ([`Releases::finish`]): per lane, one addition to its byte semaphore and one lock of
+/// its shares; per run of consecutive frames from one peer, one release of its share. What is
+/// given back is what [`Lane::release`] would give back for each frame.
+#[derive(Default)]
+pub(crate) struct Releases {
+    /// Lane bytes to give back: the replica lane's, the client lane's.
+    lane_permits: [usize; 2],
+    /// Share permits to give back, per run of frames from one peer (a peer may appear twice).
+    shares: Vec<(Peer, usize)>,
+}
+
+impl Releases {
+    /// Notes a frame of `length` bytes from `peer`, taken from `lane` (`peer`'s lane).
+    pub(crate) fn add(&mut self, lane: &Lane, peer: Peer, length: usize) {
+        let index = usize::from(matches!(peer, Peer::Client(_)));
+        self.lane_permits[index] =
+            self.lane_permits[index].saturating_add(lane.lane_permits(length) as usize);
+        let permits = lane.share_permits(length) as usize;
+        match self.shares.last_mut() {
+            Some((last, held)) if *last == peer => *held = held.saturating_add(permits),
+            _ => self.shares.push((peer, permits)),
+        }
+    }
+
+    /// Gives it all back.
+    pub(crate) fn finish(self, shared: &Shared) {
+        for (index, lane) in [&shared.replica_lane, &shared.client_lane]
+            .into_iter()
+            .enumerate()
+        {
+            if self.lane_permits[index] > 0 {
+                lane.bytes.add_permits(self.lane_permits[index]);
+            }
+            let mut peers = self
+                .shares
+                .iter()
+                .filter(|(peer, _)| usize::from(matches!(peer, Peer::Client(_))) == index)
+                .peekable();
+            if peers.peek().is_none() {
+                continue;
+            }
+            let mut shares = lock(&lane.shares);
+            for &(peer, permits) in peers {
+                lane.release_share(&mut shares, peer, permits);
+            }
+        }
     }
 }
 
@@ -2200,6 +2263,20 @@ async fn read_frames(
         // it is there (the common case under load); otherwise frame by frame, waiting.
         let reserved_together =
             cut.len() > 1 && lane.try_reserve_many(peer, cut.iter().map(|&(_, length)| length));
+        // And their slots in the lane's channel, in one step when they are free now.
+        let slots = match reserved_together {
+            true => lane.tx.try_reserve_many(cut.len()).ok(),
+            false => None,
+        };
+        if let Some(slots) = slots {
+            for (slot, &(body, length)) in slots.zip(cut.iter()) {
+                slot.send(InboundFrame {
+                    from: peer,
+                    frame: buffer[body..body + length].to_vec(),
+                });
+            }
+            cut.clear();
+        }
         for (i, &(body, length)) in cut.iter().enumerate() {
             if !reserved_together
                 && !lane

@@ -2048,3 +2048,71 @@ async fn idle_connections_from_a_few_networks_do_not_lock_other_clients_out_for_
     replica0.shutdown().await;
     replica1.shutdown().await;
 }
+
+/// `recv_many` takes what `recv` would take, in the same order (replica frames first, one client
+/// frame after every `REPLICA_FRAMES_PER_CLIENT_FRAME` replica frames while client frames
+/// wait), and gives back all their room in the lanes: bytes and shares, as `recv` does frame by
+/// frame.
+#[tokio::test]
+async fn frames_taken_together_come_in_recvs_order_and_give_back_their_room() {
+    use crate::link::REPLICA_FRAMES_PER_CLIENT_FRAME;
+    let [(config0, socket0), _] = two_replicas(|_| {});
+    let transport = QuicTransport::start_with_socket(config0, socket0)
+        .await
+        .unwrap();
+    let shared = &transport.inner.shared;
+    let client = Peer::Client(key(9).public_key());
+    let streak = REPLICA_FRAMES_PER_CLIENT_FRAME as usize;
+    // Replica 1's frames, then a client's, as the transport's readers would queue them.
+    let queue = || {
+        for (peer, count) in [(Peer::Replica(1), 2 * streak + 3), (client, 3)] {
+            let lane = shared.lane(peer);
+            for i in 0..count {
+                let frame = vec![i as u8; 10 + i];
+                assert!(lane.try_reserve(peer, frame.len()));
+                lane.tx
+                    .try_send(InboundFrame { from: peer, frame })
+                    .unwrap();
+            }
+        }
+    };
+    let room = || {
+        [&shared.replica_lane, &shared.client_lane]
+            .map(|lane| (lane.bytes.available_permits(), lane.shares_held()))
+    };
+    let empty = room();
+    let total = 2 * streak + 6;
+    queue();
+    let mut one_by_one = Vec::new();
+    for _ in 0..total {
+        let frame = recv_within(&transport).await;
+        one_by_one.push((frame.from, frame.frame));
+    }
+    assert_eq!(room(), empty);
+    queue();
+    let mut together = Vec::new();
+    assert!(transport.recv_many(&mut together, 10, usize::MAX).await);
+    assert_eq!(together.len(), 10, "at most max_frames");
+    // Bytes: the batch stops after the frame that reaches max_bytes.
+    assert!(transport.recv_many(&mut together, usize::MAX, 11).await);
+    assert_eq!(together.len(), 11);
+    assert!(
+        transport
+            .recv_many(&mut together, usize::MAX, usize::MAX)
+            .await
+    );
+    let together: Vec<_> = together.into_iter().map(|f| (f.from, f.frame)).collect();
+    assert_eq!(together, one_by_one);
+    let order: Vec<bool> = together
+        .iter()
+        .map(|(from, _)| matches!(from, Peer::Client(_)))
+        .collect();
+    let mut expected = vec![false; streak];
+    expected.push(true);
+    expected.extend(vec![false; streak]);
+    expected.push(true);
+    expected.extend([false, false, false, true]);
+    assert_eq!(order, expected);
+    assert_eq!(room(), empty, "every byte and share given back");
+    transport.shutdown().await;
+}
