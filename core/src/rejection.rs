@@ -113,7 +113,8 @@ pub enum Rejection {
         replica: u32,
         /// The instance.
         cid: Cid,
-        /// `"proposals"`, `"writes"` or `"accepts"`.
+        /// `"proposals"`, `"writes"` or `"accepts"` (a leader's SYNC counts as its proposal for
+        /// every cid the SYNC fixes).
         what: &'static str,
     },
     /// A certificate that proves nothing: a decision certificate with too few ACCEPTs,

@@ -32,7 +32,9 @@ pub(super) struct CatchUp {
     pub(super) last_catch_up_ms: Option<u64>,
     /// The peer a catch-up was asking when the window filled with decisions that still wait
     /// for the service: asked again as soon as execution makes room (see
-    /// [`Engine::maybe_query`]).
+    /// [`Engine::maybe_query`]). The sender of a full answer takes the place; otherwise the
+    /// first peer named keeps it, so that no peer's claim (a heartbeat, a vote beyond the
+    /// window) takes it from the peer that was answering.
     pub(super) resume_from: Option<ReplicaId>,
 }
 
@@ -183,7 +185,11 @@ impl Engine {
             .saturating_add(1)
             .saturating_distance_from(from_cid);
         if room < answer {
-            self.catch_up.resume_from = Some(peer);
+            // The first peer named keeps the place: a full answer names its sender (the
+            // Decisions handler clears the place first), and any peer's heartbeat or vote
+            // beyond the window would otherwise take it over, a liar's included, so the
+            // resumed query went to a peer with nothing to send (review R1).
+            self.catch_up.resume_from.get_or_insert(peer);
             return;
         }
         let next = self.catch_up.next_query_allowed_ms.entry(peer).or_insert(0);

@@ -33,6 +33,10 @@ pub(super) struct LeaderChange {
     /// still votes for them. At most `max_instances_ahead` entries (one SYNC's choice);
     /// cleared when a regency is entered.
     pub(super) deferred_sync_values: BTreeMap<Cid, Batch>,
+    /// The last cid the current regency's SYNC fixed (its choice's end; cid 0 before any
+    /// SYNC): decided up to its start, its values after. In this regency a PROPOSE is taken
+    /// only past it (docs/design.md §3.10, "A replica behind the SYNC").
+    pub(super) sync_end: Cid,
 }
 
 impl Engine {
@@ -341,6 +345,7 @@ impl Engine {
             .last_executed
             .saturating_add(self.cfg.limits.max_instances_ahead);
         self.leader_change.deferred_sync_values.clear();
+        self.leader_change.sync_end = choice.end();
         for (cid, batch) in choice.values.iter().cloned() {
             if cid <= self.last_executed {
                 continue;

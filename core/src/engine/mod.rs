@@ -572,6 +572,8 @@ impl Engine {
                     // A full answer means the peer probably has more: keep the catch-up going
                     // without waiting for a timer.
                     if full {
+                        // The peer that showed it has more resumes a paused catch-up.
+                        self.catch_up.resume_from = None;
                         self.allow_query_now(j);
                         self.maybe_query(now_ms, j);
                     }

@@ -460,6 +460,18 @@ impl Engine {
             return Err(Rejection::SyncInProgress);
         }
         let cid = p.cid;
+        if cid <= self.leader_change.sync_end {
+            // The regency's SYNC fixed this cid (decided up to its start, its value after), and
+            // a correct leader proposes only past its end. A replica behind the SYNC, which
+            // holds neither the decision nor the SYNC's value here, would otherwise vote for
+            // whatever a Byzantine leader proposes at a cid decided with another value
+            // (docs/design.md §3.10, "A replica behind the SYNC").
+            return Err(Rejection::Equivocation {
+                replica: from,
+                cid,
+                what: "proposals (its SYNC fixed the cid)",
+            });
+        }
         if let Some(existing) = self.instances.get(&cid).and_then(|i| i.proposal.as_ref()) {
             if existing.digest != propose.body.batch.digest() {
                 return Err(Rejection::Equivocation {
