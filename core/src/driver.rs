@@ -2158,6 +2158,26 @@ mod tests {
         assert!(timing.replied(&request_id(1, 0)).is_none());
     }
 
+    /// Review R2 of stop 26: the bound per key was what the pool holds of one key, clamped
+    /// only to the whole map, so with `max_pending_per_client` of 8,192 or more (valid up to
+    /// 65,536) one key's unanswered requests filled all 65,536 entries again, and each of its
+    /// arrivals scanned them all.
+    #[test]
+    fn one_client_cannot_fill_the_request_timing_map_under_a_large_client_window() {
+        let mut timing = Timing::new(crate::clients::MAX_CLIENT_WINDOW as usize);
+        let start = std::time::Instant::now();
+        for seq in 0..MAX_TIMED_REQUESTS as u64 {
+            timing.request_arrived(request_id(1, seq), start);
+        }
+        let other = request_id(2, 0);
+        timing.request_arrived(other, start + Duration::from_secs(1));
+        assert!(
+            timing.replied(&other).is_some(),
+            "another client's request is timed"
+        );
+        assert!(timing.timed_requests <= MAX_TIMED_REQUESTS / 16);
+    }
+
     /// Review of issue 16: PROPOSEs were timed as they arrived, before the engine checked
     /// them, so a Byzantine replica's PROPOSEs for cids beyond the window (refused by the
     /// engine, never decided, never forgotten) filled the map for good and no consensus
