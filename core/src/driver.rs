@@ -1049,6 +1049,10 @@ struct EngineLoop<N> {
 const MAX_TIMED_PROPOSALS: usize = 4096;
 /// Most requests whose arrival time [`Timing`] keeps, over all clients.
 const MAX_TIMED_REQUESTS: usize = 1 << 16;
+/// Most requests of one client key whose arrival time [`Timing`] keeps, whatever the pool
+/// holds of a key: a sixteenth of the map, so that one key cannot fill it under a large
+/// `max_pending_per_client`, and a key's scan per arrival stays short.
+const MAX_TIMED_REQUESTS_PER_CLIENT: usize = MAX_TIMED_REQUESTS / 16;
 /// A request unanswered this long no longer holds room in [`Timing`] once it is full.
 const TIMED_REQUEST_EXPIRY: Duration = Duration::from_secs(60);
 
@@ -1072,7 +1076,7 @@ struct Timing {
     /// Entries in `requests`, over all keys: at most [`MAX_TIMED_REQUESTS`].
     timed_requests: usize,
     /// What the pool holds of one key at most: `limits.max_pending_per_client` times
-    /// [`SESSIONS_PER_KEY_IN_POOL`].
+    /// [`SESSIONS_PER_KEY_IN_POOL`], at most [`MAX_TIMED_REQUESTS_PER_CLIENT`].
     max_requests_per_client: usize,
     /// While `requests` is full: no entry can expire before this, so no sweep frees room.
     /// Without it, a map full of requests that never get a reply was swept again at every
@@ -1098,7 +1102,7 @@ impl Timing {
             timed_requests: 0,
             max_requests_per_client: max_pending_per_client
                 .saturating_mul(SESSIONS_PER_KEY_IN_POOL)
-                .clamp(1, MAX_TIMED_REQUESTS),
+                .clamp(1, MAX_TIMED_REQUESTS_PER_CLIENT),
             next_request_sweep: None,
             request_sweeps: 0,
         }
