@@ -1049,6 +1049,10 @@ struct EngineLoop<N> {
 const MAX_TIMED_PROPOSALS: usize = 4096;
 /// Most requests whose arrival time [`Timing`] keeps, over all clients.
 const MAX_TIMED_REQUESTS: usize = 1 << 16;
+/// Most requests of one client key whose arrival time [`Timing`] keeps, whatever the pool
+/// holds of a key: a sixteenth of the map, so that one key cannot fill it under a large
+/// `max_pending_per_client`, and a key's scan per arrival stays short.
+const MAX_TIMED_REQUESTS_PER_CLIENT: usize = MAX_TIMED_REQUESTS / 16;
 /// A request unanswered this long no longer holds room in [`Timing`] once it is full.
 const TIMED_REQUEST_EXPIRY: Duration = Duration::from_secs(60);
 
@@ -1072,7 +1076,7 @@ struct Timing {
     /// Entries in `requests`, over all keys: at most [`MAX_TIMED_REQUESTS`].
     timed_requests: usize,
     /// What the pool holds of one key at most: `limits.max_pending_per_client` times
-    /// [`SESSIONS_PER_KEY_IN_POOL`].
+    /// [`SESSIONS_PER_KEY_IN_POOL`], at most [`MAX_TIMED_REQUESTS_PER_CLIENT`].
     max_requests_per_client: usize,
     /// While `requests` is full: no entry can expire before this, so no sweep frees room.
     /// Without it, a map full of requests that never get a reply was swept again at every
@@ -1098,7 +1102,7 @@ impl Timing {
             timed_requests: 0,
             max_requests_per_client: max_pending_per_client
                 .saturating_mul(SESSIONS_PER_KEY_IN_POOL)
-                .clamp(1, MAX_TIMED_REQUESTS),
+                .clamp(1, MAX_TIMED_REQUESTS_PER_CLIENT),
             next_request_sweep: None,
             request_sweeps: 0,
         }
@@ -2156,6 +2160,26 @@ mod tests {
         let newest = request_id(1, MAX_TIMED_REQUESTS as u64 - 1);
         assert!(timing.replied(&newest).is_some());
         assert!(timing.replied(&request_id(1, 0)).is_none());
+    }
+
+    /// Review R2 of stop 26: the bound per key was what the pool holds of one key, clamped
+    /// only to the whole map, so with `max_pending_per_client` of 8,192 or more (valid up to
+    /// 65,536) one key's unanswered requests filled all 65,536 entries again, and each of its
+    /// arrivals scanned them all.
+    #[test]
+    fn one_client_cannot_fill_the_request_timing_map_under_a_large_client_window() {
+        let mut timing = Timing::new(crate::clients::MAX_CLIENT_WINDOW as usize);
+        let start = std::time::Instant::now();
+        for seq in 0..MAX_TIMED_REQUESTS as u64 {
+            timing.request_arrived(request_id(1, seq), start);
+        }
+        let other = request_id(2, 0);
+        timing.request_arrived(other, start + Duration::from_secs(1));
+        assert!(
+            timing.replied(&other).is_some(),
+            "another client's request is timed"
+        );
+        assert!(timing.timed_requests <= MAX_TIMED_REQUESTS / 16);
     }
 
     /// Review of issue 16: PROPOSEs were timed as they arrived, before the engine checked

@@ -224,3 +224,45 @@ fn one_bad_direct_request_costs_the_leaders_engine_thread_one_verification() {
         "signatures the engine thread checked for one bad request"
     );
 }
+
+/// Review R2 of stop 26: `authenticate_pending` batch-verified what followed each bad
+/// signature again, so a run of n badly signed requests cost batches of n, n - 1, ..., 1
+/// (n(n+1)/2 signatures) on the engine thread, while `client_signatures_verified` counted n.
+/// A Byzantine client's 64 bad requests sent directly to a follower (one session's window)
+/// cost 2,080 checks at the request timeout, and the pool's timed-out requests are not capped
+/// (up to `max_pending_total` of many keys). Now a failed batch is followed by one check per
+/// remaining request (at most 2n), and the counter says what was checked.
+#[test]
+fn a_run_of_bad_signatures_costs_the_engine_thread_linear_work_and_is_counted() {
+    let c = bft();
+    let counting = std::sync::Arc::new(Counting {
+        inner: c.verifier.signatures.clone(),
+        checked: std::sync::atomic::AtomicU64::new(0),
+    });
+    let mut follower = c.channel_engine(1);
+    follower.set_request_verifier(counting.clone());
+    let cache = VerifiedRequests::new(128);
+    const BAD: u64 = 64;
+    for seq in 1..=BAD {
+        let bad = Message::Request(c.badly_signed_request(seq));
+        let out = c.deliver_by_channel(&mut follower, 0, c.client_peer(), bad, &cache);
+        assert_eq!(out, smr_core::Output::default());
+    }
+    let out = follower.on_timeout(1000);
+    let bad = Rejection::BadClientSignature {
+        client: c.client.public_key(),
+        reason: smr_crypto::VerifyError::BadSignature,
+    };
+    assert_eq!(
+        out,
+        smr_core::Output {
+            rejections: vec![bad; BAD as usize],
+            ..smr_core::Output::default()
+        }
+    );
+    assert_eq!(follower.pending_requests(), 0);
+    // One batch of 64, then the 63 after the first bad one, one by one.
+    let checked = counting.checked.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(checked, 2 * BAD - 1, "signatures the engine thread checked");
+    assert_eq!(follower.stats().client_signatures_verified, checked);
+}

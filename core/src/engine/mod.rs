@@ -183,8 +183,9 @@ pub struct EngineStats {
     /// peers.
     pub decided_instances: u64,
     /// Client signatures the engine verified before relaying requests that were
-    /// authenticated by their channel only (docs/design.md §5); the verify workers count
-    /// their own.
+    /// authenticated by their channel only (docs/design.md §5): each signature submitted to
+    /// a check, so a failed batch and the checks after its first bad item count twice. The
+    /// verify workers count their own.
     pub client_signatures_verified: u64,
     /// Requests handed to the service to execute (duplicates skipped are not counted).
     pub executed_requests: u64,
