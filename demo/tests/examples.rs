@@ -96,11 +96,13 @@ fn keep_running_cluster() -> (KeptCluster, String) {
     let stdout = child.stdout.take().unwrap();
     let cluster = KeptCluster(child);
     let (lines, received) = mpsc::channel();
+    // Reads to the end, not only up to the config line: a reader that stopped early would
+    // close the pipe, and the cluster's next line (it prints its hints after the config line)
+    // would fail with EPIPE and end it, removing its directory under the test (seen once in a
+    // loaded whole-workspace run: the counter example found no cluster.toml).
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
-            if lines.send(line.unwrap_or_default()).is_err() {
-                return;
-            }
+            let _ = lines.send(line.unwrap_or_default());
         }
     });
     let deadline = Instant::now() + Duration::from_secs(120);
