@@ -2139,13 +2139,9 @@ mod tests {
         assert_eq!(timing.request_sweeps, 2);
     }
 
-    /// Stop 26: the request timing map was bounded in all (65,536 entries), not per client:
-    /// one client's requests that never get a reply (refused as `client_pool_full` or
-    /// `rate_limited`, or sent to a replica that is not the leader) filled it, and no other
-    /// client's request was timed until they expired, 60 s later.
-    #[test]
-    fn one_clients_unanswered_requests_cannot_fill_the_request_timing_map() {
-        let mut timing = Timing::default();
+    /// Client 1 sends as many requests as the whole map holds, none answered; then client 2's
+    /// request arrives, and must be timed.
+    fn one_client_fills_then_another_arrives(timing: &mut Timing) {
         let start = std::time::Instant::now();
         for seq in 0..MAX_TIMED_REQUESTS as u64 {
             timing.request_arrived(request_id(1, seq), start);
@@ -2156,6 +2152,16 @@ mod tests {
             timing.replied(&other).is_some(),
             "another client's request is timed"
         );
+    }
+
+    /// Stop 26: the request timing map was bounded in all (65,536 entries), not per client:
+    /// one client's requests that never get a reply (refused as `client_pool_full` or
+    /// `rate_limited`, or sent to a replica that is not the leader) filled it, and no other
+    /// client's request was timed until they expired, 60 s later.
+    #[test]
+    fn one_clients_unanswered_requests_cannot_fill_the_request_timing_map() {
+        let mut timing = Timing::default();
+        one_client_fills_then_another_arrives(&mut timing);
         // The client's newest requests are timed; its oldest made room for them.
         let newest = request_id(1, MAX_TIMED_REQUESTS as u64 - 1);
         assert!(timing.replied(&newest).is_some());
@@ -2169,16 +2175,7 @@ mod tests {
     #[test]
     fn one_client_cannot_fill_the_request_timing_map_under_a_large_client_window() {
         let mut timing = Timing::new(crate::clients::MAX_CLIENT_WINDOW as usize);
-        let start = std::time::Instant::now();
-        for seq in 0..MAX_TIMED_REQUESTS as u64 {
-            timing.request_arrived(request_id(1, seq), start);
-        }
-        let other = request_id(2, 0);
-        timing.request_arrived(other, start + Duration::from_secs(1));
-        assert!(
-            timing.replied(&other).is_some(),
-            "another client's request is timed"
-        );
+        one_client_fills_then_another_arrives(&mut timing);
         assert!(timing.timed_requests <= MAX_TIMED_REQUESTS / 16);
     }
 

@@ -1170,17 +1170,18 @@ impl QuicTransport {
         tracing::info!(me = %shared.me, "transport shut down");
     }
 
-    async fn next_frame(&self) -> Option<InboundFrame> {
-        let mut shutdown = self.inner.shared.shutdown_rx();
-        if *shutdown.borrow() {
-            return None;
-        }
-        let mut guard = self.inner.inbound_rx.lock().await;
-        let inbound = &mut *guard;
-        let frame = if inbound.replica_streak < link::REPLICA_FRAMES_PER_CLIENT_FRAME {
+    /// Waits for the next frame in the lanes' alternation: replica frames first until
+    /// `REPLICA_FRAMES_PER_CLIENT_FRAME` of them came in a row, then a client frame first;
+    /// `None` at shutdown or when both lanes are closed. The one place that order is decided,
+    /// for [`QuicTransport::next_frame`] and [`QuicTransport::next_frames`].
+    async fn take_next(
+        inbound: &mut Inbound,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Option<InboundFrame> {
+        if inbound.replica_streak < link::REPLICA_FRAMES_PER_CLIENT_FRAME {
             tokio::select! {
                 biased;
-                _ = link::shutdown_signaled(&mut shutdown) => None,
+                _ = link::shutdown_signaled(shutdown) => None,
                 Some(frame) = inbound.replicas.recv() => Some(frame),
                 Some(frame) = inbound.clients.recv() => Some(frame),
                 else => None,
@@ -1188,12 +1189,22 @@ impl QuicTransport {
         } else {
             tokio::select! {
                 biased;
-                _ = link::shutdown_signaled(&mut shutdown) => None,
+                _ = link::shutdown_signaled(shutdown) => None,
                 Some(frame) = inbound.clients.recv() => Some(frame),
                 Some(frame) = inbound.replicas.recv() => Some(frame),
                 else => None,
             }
-        };
+        }
+    }
+
+    async fn next_frame(&self) -> Option<InboundFrame> {
+        let mut shutdown = self.inner.shared.shutdown_rx();
+        if *shutdown.borrow() {
+            return None;
+        }
+        let mut guard = self.inner.inbound_rx.lock().await;
+        let inbound = &mut *guard;
+        let frame = Self::take_next(inbound, &mut shutdown).await;
         if let Some(frame) = &frame {
             inbound.replica_streak = match frame.from {
                 Peer::Replica(_) => inbound.replica_streak.saturating_add(1),
@@ -1223,23 +1234,7 @@ impl QuicTransport {
         }
         let mut guard = self.inner.inbound_rx.lock().await;
         let inbound = &mut *guard;
-        let first = if inbound.replica_streak < link::REPLICA_FRAMES_PER_CLIENT_FRAME {
-            tokio::select! {
-                biased;
-                _ = link::shutdown_signaled(&mut shutdown) => None,
-                Some(frame) = inbound.replicas.recv() => Some(frame),
-                Some(frame) = inbound.clients.recv() => Some(frame),
-                else => None,
-            }
-        } else {
-            tokio::select! {
-                biased;
-                _ = link::shutdown_signaled(&mut shutdown) => None,
-                Some(frame) = inbound.clients.recv() => Some(frame),
-                Some(frame) = inbound.replicas.recv() => Some(frame),
-                else => None,
-            }
-        };
+        let first = Self::take_next(inbound, &mut shutdown).await;
         // Nothing below waits: once the first frame is taken, the call completes.
         let Some(first) = first else {
             return false;
