@@ -58,7 +58,7 @@ use smr_crypto::{Digest, Signer, Verifier};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
-use crate::client::{ClientAction, ClientConfig, ClientEngine, ClientError};
+use crate::client::{ClientAction, ClientConfig, ClientEngine, ClientError, Completed};
 use crate::codec;
 use crate::engine::{Engine, ExecuteItem, Output, PersistRecord, ServiceDone, ServiceWork};
 use crate::message::{
@@ -1746,64 +1746,18 @@ impl<N: Network> Client<N> {
         let reader = {
             let shared = shared.clone();
             tokio::spawn(async move {
-                while let Some(InboundFrame { from, frame }) = shared.network.recv().await {
-                    let Peer::Replica(replica) = from else {
-                        continue;
-                    };
-                    match codec::decode::<Message>(&frame) {
-                        Ok(Message::Reply(reply)) => {
-                            let now = now_ms(shared.epoch);
-                            let (done, due) = {
-                                let mut engine = shared.engine.lock().expect("client lock");
-                                let done = engine.on_reply(now, replica, reply);
-                                (done, engine.next_deadline_ms().is_some_and(|d| d <= now))
-                            };
-                            if due {
-                                // An unordered read whose replies disagree falls back now.
-                                shared.timer_changed.notify_one();
-                            }
-                            if let Some(done) = done.as_ref().filter(|done| done.seq == 0) {
-                                // The open request completed: the session is open (announce
-                                // it, so that its replies find this process), or refused.
-                                let session = shared.engine.lock().expect("client lock").session();
-                                match session {
-                                    Some(session) => shared.network.announce_session(session),
-                                    None => {
-                                        *shared.open_refused.lock().expect("client lock") =
-                                            Some(done.status)
-                                    }
-                                }
-                                shared.window_freed.notify_waiters();
-                            } else if let Some(done) = done {
-                                if let Some(w) = shared
-                                    .waiters
-                                    .lock()
-                                    .expect("client lock")
-                                    .remove(&done.seq)
-                                {
-                                    let _ = w.send((done.status, done.result));
-                                }
-                                shared.window_freed.notify_waiters();
-                            }
-                        }
-                        Ok(Message::Status(report)) if report.replica == replica => {
-                            if let Some(ws) = shared
-                                .status_waiters
-                                .lock()
-                                .expect("client lock")
-                                .remove(&replica)
-                            {
-                                for w in ws {
-                                    let _ = w.send(report.clone());
-                                }
-                            }
-                        }
-                        Ok(other) => {
-                            tracing::debug!(replica, kind = other.kind_name(), "unexpected message")
-                        }
-                        Err(e) => {
-                            tracing::warn!(replica, error = %e, "undecodable frame from replica")
-                        }
+                // Frames are taken per batch, as the replica's reader takes them: the
+                // transport accounts for a batch once, and the client's locks are taken once
+                // per batch instead of once per reply.
+                let mut frames = Vec::with_capacity(MAX_READER_BATCH_FRAMES);
+                loop {
+                    let open = shared
+                        .network
+                        .recv_many(&mut frames, MAX_READER_BATCH_FRAMES, MAX_READER_BATCH_BYTES)
+                        .await;
+                    shared.take_frames(&mut frames);
+                    if !open {
+                        break;
                     }
                 }
             })
@@ -2034,6 +1988,86 @@ impl<N> ClientShared<N> {
 }
 
 impl<N: Network> ClientShared<N> {
+    /// Takes one batch of the reader's frames (emptying `frames`): replies go to the engine
+    /// under one lock, the completed invocations are woken under one lock of the waiters, and
+    /// the window's waiters are told once.
+    fn take_frames(&self, frames: &mut Vec<InboundFrame>) {
+        let mut replies = Vec::with_capacity(frames.len());
+        for InboundFrame { from, frame } in frames.drain(..) {
+            let Peer::Replica(replica) = from else {
+                continue;
+            };
+            match codec::decode::<Message>(&frame) {
+                Ok(Message::Reply(reply)) => replies.push((replica, reply)),
+                Ok(Message::Status(report)) if report.replica == replica => {
+                    if let Some(ws) = self
+                        .status_waiters
+                        .lock()
+                        .expect("client lock")
+                        .remove(&replica)
+                    {
+                        for w in ws {
+                            let _ = w.send(report.clone());
+                        }
+                    }
+                }
+                Ok(other) => {
+                    tracing::debug!(replica, kind = other.kind_name(), "unexpected message")
+                }
+                Err(e) => {
+                    tracing::warn!(replica, error = %e, "undecodable frame from replica")
+                }
+            }
+        }
+        if replies.is_empty() {
+            return;
+        }
+        let now = now_ms(self.epoch);
+        // Each completion with the session as it was right after it (what an open's
+        // completion announces).
+        let (completed, due) = {
+            let mut engine = self.engine.lock().expect("client lock");
+            let completed: Vec<(Completed, Option<u64>)> = replies
+                .into_iter()
+                .filter_map(|(replica, reply)| {
+                    let done = engine.on_reply(now, replica, reply)?;
+                    Some((done, engine.session()))
+                })
+                .collect();
+            let due = engine.next_deadline_ms().is_some_and(|d| d <= now);
+            (completed, due)
+        };
+        if due {
+            // An unordered read whose replies disagree falls back now.
+            self.timer_changed.notify_one();
+        }
+        if completed.is_empty() {
+            return;
+        }
+        let mut invocations = Vec::with_capacity(completed.len());
+        for (done, session) in completed {
+            if done.seq == 0 {
+                // The open request completed: the session is open (announce it, so that its
+                // replies find this process), or refused.
+                match session {
+                    Some(session) => self.network.announce_session(session),
+                    None => *self.open_refused.lock().expect("client lock") = Some(done.status),
+                }
+            } else {
+                invocations.push(done);
+            }
+        }
+        if !invocations.is_empty() {
+            let mut waiters = self.waiters.lock().expect("client lock");
+            for done in invocations {
+                if let Some(w) = waiters.remove(&done.seq) {
+                    let _ = w.send((done.status, done.result));
+                }
+            }
+        }
+        self.window_freed.notify_waiters();
+    }
+
     fn perform(&self, actions: Vec<ClientAction>) {
         for action in actions {
             match action {

@@ -37,7 +37,7 @@ use smr_core::message::{Request, RequestBody, RequestKind, StatusReport};
 use smr_core::ReplicaId;
 use smr_crypto::{Ed25519Verifier, IdentityKey, SignedItem, Signer, Verifier};
 use smr_modes::Mode;
-use smr_transport::Client;
+use smr_transport::{Client, UnorderedReads};
 
 use crate::keygen::KeygenOptions;
 use crate::local::{ClusterSetup, LocalCluster};
@@ -131,6 +131,12 @@ pub struct BenchArgs {
     /// their own throughput and latency lines besides the totals.
     #[arg(long, default_value_t = 0.0)]
     pub read_ratio: f64,
+    /// The clients do not read unordered (`UnorderedReads::Disabled`), so their ordered
+    /// operations complete at f+1 matching replies (BFT) or one (CFT) instead of Q, as in a
+    /// deployment whose clients never read unordered (docs/design.md §3.8). Refused with a
+    /// `--read-ratio` above 0.
+    #[arg(long)]
+    pub no_unordered_reads: bool,
     /// Start the replicas with data dirs (`--data-dir`, and the config's default
     /// `fsync = "always"`): every vote and decision is written and fsynced before the messages
     /// that promise it leave, as in a deployment. Without it the replicas keep nothing on disk.
@@ -226,6 +232,9 @@ pub struct BenchResult {
     pub latency_ms: Latency,
     /// The fraction of operations sent as unordered reads (`--read-ratio`).
     pub read_ratio: f64,
+    /// Matching replies an ordered operation waited for: Q while the clients may read
+    /// unordered (the default), f+1 (BFT) or one (CFT) with `--no-unordered-reads`.
+    pub ordered_reply_quorum: usize,
     /// Whether the replicas wrote and fsynced their votes to data dirs (`--durable`).
     pub durable: bool,
     /// With `--read-ratio` above 0: the ordered operations alone.
@@ -281,6 +290,7 @@ struct Settings {
     duration: Duration,
     outstanding: usize,
     read_ratio: f64,
+    unordered_reads: UnorderedReads,
     durable: bool,
     kill_leader_after: Option<Duration>,
     threads: bool,
@@ -329,6 +339,9 @@ pub async fn run_with_binary(binary: &Path, args: BenchArgs) -> anyhow::Result<E
     if !(0.0..=1.0).contains(&args.read_ratio) {
         bail!("--read-ratio must be between 0 and 1");
     }
+    if args.no_unordered_reads && args.read_ratio > 0.0 {
+        bail!("--no-unordered-reads leaves no way to read unordered: --read-ratio must be 0");
+    }
     if kill_leader_after.is_some_and(|k| k >= duration) {
         bail!("--kill-leader-after must be less than --duration");
     }
@@ -340,6 +353,11 @@ pub async fn run_with_binary(binary: &Path, args: BenchArgs) -> anyhow::Result<E
         duration,
         outstanding: args.outstanding,
         read_ratio: args.read_ratio,
+        unordered_reads: if args.no_unordered_reads {
+            UnorderedReads::Disabled
+        } else {
+            UnorderedReads::Enabled
+        },
         durable: args.durable,
         kill_leader_after,
         threads: args.threads,
@@ -667,10 +685,12 @@ async fn run_point(
 
     let mut handles = Vec::with_capacity(clients);
     for _ in 0..clients {
-        let client =
-            Client::connect_with_window(&config, IdentityKey::generate(), settings.outstanding)
-                .await?
-                .with_timeout(INVOKE_TIMEOUT);
+        let client = Client::builder(&config, IdentityKey::generate())
+            .window(settings.outstanding)
+            .unordered_reads(settings.unordered_reads)
+            .connect()
+            .await?
+            .with_timeout(INVOKE_TIMEOUT);
         handles.push(client);
     }
     let op: Vec<u8> = (0..settings.request_bytes)
@@ -888,6 +908,9 @@ async fn run_point(
         throughput_ops_s: ops as f64 / window_s,
         latency_ms: latency,
         read_ratio: settings.read_ratio,
+        ordered_reply_quorum: config
+            .quorums
+            .replies_ordered(settings.unordered_reads == UnorderedReads::Enabled),
         durable: settings.durable,
         ordered,
         unordered_reads,
@@ -1067,10 +1090,11 @@ fn say(what: impl AsRef<str>) {
 
 fn print_result(r: &BenchResult) {
     println!(
-        "smr bench: {}{}, {} replicas, {} clients x {} outstanding, {} B requests, {} B replies, warm-up {:.1} s, window {:.2} s",
+        "smr bench: {}{}, {} replicas, {} clients x {} outstanding, {} B requests, {} B replies, ordered reply quorum {}, warm-up {:.1} s, window {:.2} s",
         r.mode,
         if r.durable { " durable (data dirs, fsync always)" } else { "" },
-        r.replicas, r.clients, r.outstanding, r.request_bytes, r.reply_bytes, r.warmup_s, r.duration_s
+        r.replicas, r.clients, r.outstanding, r.request_bytes, r.reply_bytes,
+        r.ordered_reply_quorum, r.warmup_s, r.duration_s
     );
     println!(
         "throughput   {:.0} ops/s ({} ops completed in the window, {} failed)",

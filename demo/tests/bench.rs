@@ -60,6 +60,8 @@ fn a_short_bft_run_reports_throughput_latency_and_cpu_as_json() {
     assert_eq!(value["mode"], "bft");
     assert_eq!(value["replicas"], 4);
     assert_eq!(value["clients"], 2);
+    // The clients may read unordered (the default): ordered operations waited for Q = 3 of 4.
+    assert_eq!(value["ordered_reply_quorum"], 3, "{value}");
     assert!(value["throughput_ops_s"].as_f64().unwrap() > 0.0, "{value}");
     for p in ["p50", "p90", "p99"] {
         let latency = value["latency_ms"][p].as_f64().unwrap();
@@ -99,4 +101,26 @@ fn bad_arguments_are_refused_before_anything_starts() {
     let (status, _, stderr) = run_bench(&["--plot", "out.txt"]);
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains(".svg or .png"), "{stderr}");
+    let (status, _, stderr) = run_bench(&["--no-unordered-reads", "--read-ratio", "0.5"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--read-ratio must be 0"), "{stderr}");
+}
+
+/// `--no-unordered-reads`: the clients' ordered operations complete at one reply in CFT (f+1
+/// in BFT) instead of Q, and the report says so.
+#[test]
+fn a_run_whose_clients_never_read_unordered_waits_for_fewer_replies() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let args = "--mode cft --no-unordered-reads --duration 1 --warmup 0 --clients 2 --outstanding 2 --no-ceiling --json";
+    let mut args: Vec<&str> = args.split(' ').collect();
+    args.push(json.to_str().unwrap());
+    let (status, stdout, stderr) = run_bench(&args);
+    assert!(status.success(), "smr bench failed:\n{stdout}\n{stderr}");
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON file")).unwrap();
+    assert_eq!(value["mode"], "cft");
+    assert_eq!(value["ordered_reply_quorum"], 1, "{value}");
+    assert!(value["completed_ops"].as_u64().unwrap() > 0, "{value}");
+    assert!(stdout.contains("ordered reply quorum 1,"), "{stdout}");
 }
