@@ -556,14 +556,25 @@ impl Engine {
             (Peer::Replica(j), Message::Decisions(decisions)) => {
                 let before = self.last_executed;
                 let learned_before = self.stats.decisions_learned_from_peers;
-                // Full by count, or by bytes: the sender stops before the decision that would
-                // take the answer past `MAX_DECISIONS_REPLY_BYTES`.
-                let bytes: u64 = decisions.iter().map(budget::decision_bytes).sum();
-                let full = decisions.len() >= self.cfg.limits.max_decisions_per_reply
-                    || bytes >= MAX_DECISIONS_REPLY_BYTES / 2;
+                // Full by count, or by bytes (the sender stops before the decision that would
+                // take the answer past `MAX_DECISIONS_REPLY_BYTES`), counting only the
+                // decisions new here: an answer padded with decisions this replica holds shows
+                // nothing about what its sender has, and must not buy it an immediate query
+                // nor the paused catch-up's place (review R27: a Byzantine replica's three
+                // held decisions and one new one took the place, and the resumed query went
+                // to it, which answers nothing).
+                let (mut taught, mut taught_bytes) = (0usize, 0u64);
                 for decision in decisions {
+                    let size = budget::decision_bytes(&decision);
+                    let known = self.stats.decisions_learned_from_peers;
                     self.learn_decision(now_ms, decision);
+                    if self.stats.decisions_learned_from_peers > known {
+                        taught += 1;
+                        taught_bytes = taught_bytes.saturating_add(size);
+                    }
                 }
+                let full = taught >= self.cfg.limits.max_decisions_per_reply
+                    || taught_bytes >= MAX_DECISIONS_REPLY_BYTES / 2;
                 // Learned, not only executed: the service runs one batch at a time, so the
                 // decisions of a full answer mostly wait in the window, and the catch-up must
                 // go on meanwhile (docs/design.md §3.5, "Catching up while the service runs").
