@@ -10,8 +10,7 @@
 
 mod common;
 
-use smr_core::checkpoint::{Checkpoint, CheckpointData};
-use smr_core::clients::ClientTable;
+use smr_core::checkpoint::Checkpoint;
 use smr_core::engine::{PersistRecord, Phase};
 use smr_core::message::{
     Batch, Cid, Message, Propose, Regency, Signed, Sync as SyncMsg, Vote, VoteKind,
@@ -21,7 +20,8 @@ use smr_crypto::Digest;
 use smr_modes::Mode;
 
 use common::{
-    bft, broadcast, cft, cluster, only_rejected, only_sent, rejected_sending, send, timers, Cluster,
+    bft, broadcast, cft, cluster, only_rejected, only_sent, rejected_sending, send, state_chunk,
+    state_fetch, timers, Cluster,
 };
 
 // ----- 1. a Forward whose later request the pool refuses ------------------------------------
@@ -471,12 +471,7 @@ fn small_chunks() -> Limits {
 /// was decided (a no-op batch, Q signed ACCEPTs).
 fn checkpoint_at_2(c: &Cluster) -> (Checkpoint, Vec<u8>) {
     let service = b"service state at 2".to_vec();
-    let data = CheckpointData {
-        cid: Cid(2),
-        service: service.clone(),
-        clients: ClientTable::new(c.limits.max_pending_per_client as u64),
-    };
-    let checkpoint = Checkpoint::new(&data, c.decision_proof(Cid(2), Batch::default().digest()));
+    let checkpoint = c.checkpoint_at(Cid(2), &service);
     assert!(
         checkpoint.data.len() > 32 && checkpoint.data.len() <= 64,
         "the fixture is meant to travel in exactly two chunks: {} bytes",
@@ -485,47 +480,26 @@ fn checkpoint_at_2(c: &Cluster) -> (Checkpoint, Vec<u8>) {
     (checkpoint, service)
 }
 
-fn chunk(checkpoint: &Checkpoint, offset: usize, bytes: Vec<u8>, last: bool) -> Message {
-    Message::StateChunk {
-        cid: checkpoint.cid,
-        offset: offset as u64,
-        total_len: checkpoint.data.len() as u64,
-        bytes,
-        decided: last.then(|| checkpoint.decided.clone()),
-    }
-}
-
 /// A fetch of checkpoint 2's state from `offset`.
-fn state_fetch(offset: u64) -> Message {
-    Message::StateFetch {
-        cid: Cid(2),
-        offset,
-    }
+fn fetch_at_2(offset: u64) -> Message {
+    state_fetch(Cid(2), offset)
 }
 
 /// Replica 3, behind, hears from replicas 0 and 1 (f+1) that they hold `checkpoint`, starts
 /// fetching it from replica 0, and gets its first chunk (`first`, the first 32 bytes) from it.
 fn transfer_from_0(c: &Cluster, checkpoint: &Checkpoint, first: Vec<u8>) -> Engine {
     let mut replica = c.engine(3);
-    let info = || Message::StateInfo {
-        checkpoints: vec![(checkpoint.cid, checkpoint.digest)],
-        voted_up_to: checkpoint.cid,
-        executed: Some(checkpoint.decided.clone()),
-        for_nonce: 0,
-        rejoin_nonce: 0,
-    };
-    // The first hint starts a transfer: ask everyone. One report is not f+1 = 2.
-    let out = c.deliver_from(&mut replica, 1000, 0, info());
-    assert_eq!(
-        out,
-        only_sent(vec![broadcast(Message::StateQuery { rejoin_nonce: 0 })])
-    );
-    // The second agrees: fetch from the first agreeing source, from offset 0.
-    let out = c.deliver_from(&mut replica, 1010, 1, info());
-    assert_eq!(out, only_sent(vec![send(0, state_fetch(0))]));
+    // The first hint starts a transfer: ask everyone. One report is not f+1 = 2. The second
+    // agrees: fetch from the first agreeing source, from offset 0.
+    c.agree_on_checkpoint(&mut replica, 1000, checkpoint, [0, 1]);
     // The first chunk: fetch the next from the same source.
-    let out = c.deliver_from(&mut replica, 1020, 0, chunk(checkpoint, 0, first, false));
-    assert_eq!(out, only_sent(vec![send(0, state_fetch(32))]));
+    let out = c.deliver_from(
+        &mut replica,
+        1020,
+        0,
+        state_chunk(checkpoint, 0, first, false),
+    );
+    assert_eq!(out, only_sent(vec![send(0, fetch_at_2(32))]));
     replica
 }
 
@@ -552,7 +526,12 @@ fn replica_behind_fetches_the_agreed_checkpoint_chunk_by_chunk_and_installs_it()
     let (checkpoint, service) = checkpoint_at_2(&c);
     let mut replica = transfer_from_0(&c, &checkpoint, checkpoint.data[..32].to_vec());
     let rest = checkpoint.data[32..].to_vec();
-    let out = c.deliver_from(&mut replica, 1030, 0, chunk(&checkpoint, 32, rest, true));
+    let out = c.deliver_from(
+        &mut replica,
+        1030,
+        0,
+        state_chunk(&checkpoint, 32, rest, true),
+    );
     assert_eq!(out, installs(&checkpoint, service));
     assert_eq!(replica.last_executed(), Cid(2));
     assert_eq!(replica.last_checkpoint(), Cid(2));
@@ -568,11 +547,16 @@ fn lying_state_chunk_is_rejected_and_the_fetch_moves_to_the_next_agreed_source()
     // Replica 0's last chunk (with a valid decision proof) completes bytes that do not hash to
     // the digest f+1 replicas agreed on: it is refused, and the download starts over from
     // replica 1, the other agreeing source.
-    let out = c.deliver_from(&mut replica, 1030, 0, chunk(&checkpoint, 32, forged, true));
+    let out = c.deliver_from(
+        &mut replica,
+        1030,
+        0,
+        state_chunk(&checkpoint, 32, forged, true),
+    );
     assert_eq!(
         out,
         Output {
-            send_now: vec![send(1, state_fetch(0))],
+            send_now: vec![send(1, fetch_at_2(0))],
             persist: vec![],
             send_after_persist: vec![],
             service: vec![],
@@ -588,14 +572,24 @@ fn lying_state_chunk_is_rejected_and_the_fetch_moves_to_the_next_agreed_source()
         &mut replica,
         1040,
         0,
-        chunk(&checkpoint, 0, first.clone(), false),
+        state_chunk(&checkpoint, 0, first.clone(), false),
     );
     assert_eq!(out, Output::default());
     // Replica 1 serves the real bytes.
-    let out = c.deliver_from(&mut replica, 1050, 1, chunk(&checkpoint, 0, first, false));
-    assert_eq!(out, only_sent(vec![send(1, state_fetch(32))]));
+    let out = c.deliver_from(
+        &mut replica,
+        1050,
+        1,
+        state_chunk(&checkpoint, 0, first, false),
+    );
+    assert_eq!(out, only_sent(vec![send(1, fetch_at_2(32))]));
     let rest = checkpoint.data[32..].to_vec();
-    let out = c.deliver_from(&mut replica, 1060, 1, chunk(&checkpoint, 32, rest, true));
+    let out = c.deliver_from(
+        &mut replica,
+        1060,
+        1,
+        state_chunk(&checkpoint, 32, rest, true),
+    );
     assert_eq!(out, installs(&checkpoint, service));
     assert_eq!(replica.last_checkpoint(), Cid(2));
 }
@@ -620,11 +614,11 @@ fn state_fetch_is_served_from_the_checkpoint_in_bounded_chunks_with_the_proof_on
             ..Output::default()
         }
     );
-    let out = c.deliver_from(&mut server, 1000, 3, state_fetch(0));
-    let first = chunk(&checkpoint, 0, checkpoint.data[..32].to_vec(), false);
+    let out = c.deliver_from(&mut server, 1000, 3, fetch_at_2(0));
+    let first = state_chunk(&checkpoint, 0, checkpoint.data[..32].to_vec(), false);
     assert_eq!(out, only_sent(vec![send(3, first)]));
-    let out = c.deliver_from(&mut server, 1010, 3, state_fetch(32));
-    let last = chunk(&checkpoint, 32, checkpoint.data[32..].to_vec(), true);
+    let out = c.deliver_from(&mut server, 1010, 3, fetch_at_2(32));
+    let last = state_chunk(&checkpoint, 32, checkpoint.data[32..].to_vec(), true);
     assert_eq!(out, only_sent(vec![send(3, last)]));
     // A checkpoint it does not hold: it says what it has instead.
     let out = c.deliver_from(
@@ -646,7 +640,7 @@ fn state_fetch_is_served_from_the_checkpoint_in_bounded_chunks_with_the_proof_on
     assert_eq!(out, only_sent(vec![send(3, info)]));
     // Past the end of the checkpoint: refused, nothing sent.
     let beyond = checkpoint.data.len() as u64 + 1;
-    let out = c.deliver_from(&mut server, 1030, 3, state_fetch(beyond));
+    let out = c.deliver_from(&mut server, 1030, 3, fetch_at_2(beyond));
     assert_eq!(
         out,
         only_rejected(Rejection::Malformed(
