@@ -933,6 +933,18 @@ fn current_leader(statuses: &[Option<StatusReport>]) -> Option<ReplicaId> {
     votes.into_iter().max_by_key(|(_, v)| *v).map(|(l, _)| l)
 }
 
+/// The (before, after) status reports of each replica that answered at both edges of the
+/// window.
+fn at_both_edges<'a>(
+    before: &'a [Option<StatusReport>],
+    after: &'a [Option<StatusReport>],
+) -> impl Iterator<Item = (&'a StatusReport, &'a StatusReport)> {
+    before
+        .iter()
+        .zip(after)
+        .filter_map(|(b, a)| Some((b.as_ref()?, a.as_ref()?)))
+}
+
 /// Each replica's client-signature work over the window, and the sum of the verifications
 /// per ordered operation executed in it (the most any replica executed: all live replicas
 /// execute the same ones). `None` if no replica executed one.
@@ -940,21 +952,16 @@ fn client_signatures(
     before: &[Option<StatusReport>],
     after: &[Option<StatusReport>],
 ) -> (Vec<ReplicaClientSignatures>, Option<f64>) {
-    let per_replica: Vec<ReplicaClientSignatures> = before
-        .iter()
-        .zip(after)
-        .filter_map(|(b, a)| {
-            let (b, a) = (b.as_ref()?, a.as_ref()?);
-            Some(ReplicaClientSignatures {
-                replica: a.replica,
-                verified: a
-                    .client_signatures_verified
-                    .saturating_sub(b.client_signatures_verified),
-                cached: a
-                    .client_signatures_cached
-                    .saturating_sub(b.client_signatures_cached),
-                executed_requests: a.executed_requests.saturating_sub(b.executed_requests),
-            })
+    let per_replica: Vec<ReplicaClientSignatures> = at_both_edges(before, after)
+        .map(|(b, a)| ReplicaClientSignatures {
+            replica: a.replica,
+            verified: a
+                .client_signatures_verified
+                .saturating_sub(b.client_signatures_verified),
+            cached: a
+                .client_signatures_cached
+                .saturating_sub(b.client_signatures_cached),
+            executed_requests: a.executed_requests.saturating_sub(b.executed_requests),
         })
         .collect();
     let ops = per_replica.iter().map(|r| r.executed_requests).max();
@@ -971,15 +978,12 @@ fn batch_size(
     before: &[Option<StatusReport>],
     after: &[Option<StatusReport>],
 ) -> (Option<f64>, Option<u64>) {
-    let best = before
-        .iter()
-        .zip(after)
-        .filter_map(|(b, a)| {
-            let (b, a) = (b.as_ref()?, a.as_ref()?);
-            Some((
+    let best = at_both_edges(before, after)
+        .map(|(b, a)| {
+            (
                 a.decided_instances.saturating_sub(b.decided_instances),
                 a.executed_requests.saturating_sub(b.executed_requests),
-            ))
+            )
         })
         .max_by_key(|(decided, _)| *decided);
     match best {
@@ -1606,7 +1610,6 @@ fn draw_timeline<DB: plotters::prelude::DrawingBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smr_core::message::{Cid, Regency};
 
     #[test]
     fn percentiles_use_the_nearest_rank() {
@@ -1638,23 +1641,10 @@ mod tests {
 
     fn report(replica: ReplicaId, executed: u64, verified: u64, cached: u64) -> StatusReport {
         StatusReport {
-            replica,
-            mode: "bft".into(),
-            regency: Regency::ZERO,
-            leader: 0,
-            last_decided: Cid::ZERO,
-            last_checkpoint: Cid::ZERO,
-            state_digest: Default::default(),
-            pending_requests: 0,
-            rejected_messages: 0,
-            log_entries: 0,
-            decided_instances: 0,
             executed_requests: executed,
             client_signatures_verified: verified,
             client_signatures_cached: cached,
-            refused_replicas: Vec::new(),
-            state_over_max_state_bytes: false,
-            participation: Default::default(),
+            ..crate::status::tests::report(replica, 0, 0)
         }
     }
 
@@ -1690,23 +1680,8 @@ mod tests {
     #[test]
     fn batch_size_divides_executed_by_decided_growth() {
         let report = |decided, executed| StatusReport {
-            replica: 0,
-            mode: "bft".into(),
-            regency: Regency::ZERO,
-            leader: 0,
-            last_decided: Cid::ZERO,
-            last_checkpoint: Cid::ZERO,
-            state_digest: Default::default(),
-            pending_requests: 0,
-            rejected_messages: 0,
-            log_entries: 0,
             decided_instances: decided,
-            executed_requests: executed,
-            client_signatures_verified: 0,
-            client_signatures_cached: 0,
-            refused_replicas: Vec::new(),
-            state_over_max_state_bytes: false,
-            participation: Default::default(),
+            ..report(0, executed, 0, 0)
         };
         let before = vec![Some(report(10, 100)), None];
         let after = vec![Some(report(20, 300)), Some(report(50, 5000))];
