@@ -457,6 +457,45 @@ fn message_from_a_stale_regency_is_rejected_and_the_sender_gets_our_sync_once_pe
     );
 }
 
+/// A replica asked by a stale peer before it has a SYNC to send (installed in regency 1 by
+/// STOPs, waiting for the SYNC) spends no pacing slot on it: once the SYNC is applied, the
+/// peer's next ask, within the retransmit interval of the first, gets it. Before, the empty
+/// first answer took the slot and the stale peer waited out the interval.
+#[test]
+fn a_replica_with_no_sync_yet_keeps_its_pacing_slot_for_the_stale_peer() {
+    let c = bft();
+    let mut follower = follower_in_syncing(&c);
+    let stale = Rejection::StaleRegency {
+        got: Regency(0),
+        current: Regency(1),
+    };
+    let vote = |r: u32| c.vote(VoteKind::Write, r, Cid(1), Regency(0), Digest([7; 32]));
+    let out = c.deliver_from(&mut follower, 1100, 3, Message::Write(vote(3)));
+    assert_eq!(out, only_rejected(stale.clone()));
+    let fixture = sync_for_regency_1(&c);
+    let out = c.deliver_from(&mut follower, 1150, 1, Message::Sync(fixture.sync.clone()));
+    let (persist, writes) = writes_for(&c, 2, &fixture.values);
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![],
+            persist,
+            send_after_persist: writes,
+            service: vec![],
+            rejections: vec![],
+        }
+    );
+    // 99 ms after the first ask (retransmit_initial_ms is 100).
+    let out = c.deliver_from(&mut follower, 1199, 3, Message::Write(vote(3)));
+    assert_eq!(
+        out,
+        rejected_sending(stale.clone(), send(3, Message::Sync(fixture.sync)))
+    );
+    // That answer took the slot.
+    let out = c.deliver_from(&mut follower, 1200, 3, Message::Write(vote(3)));
+    assert_eq!(out, only_rejected(stale));
+}
+
 // ----- checkpoints and state transfer -------------------------------------------------------
 
 /// State chunks of 32 bytes, so that the checkpoint below travels in two.
