@@ -317,6 +317,19 @@ fn writes_for(
         .unzip()
 }
 
+/// Replica `me`'s output when it applies `fixture`'s SYNC in the syncing phase: each fixed
+/// value is accepted as the regency's proposal, a WRITE (BFT), persisted first.
+fn applies_sync(c: &Cluster, me: u32, fixture: &SyncFixture) -> Output {
+    let (persist, writes) = writes_for(c, me, &fixture.values);
+    Output {
+        send_now: vec![],
+        persist,
+        send_after_persist: writes,
+        service: vec![],
+        rejections: vec![],
+    }
+}
+
 /// Replica 2 of a BFT cluster, moved into regency 1 by STOPs from replicas 0 and 1, waiting for
 /// the SYNC.
 fn follower_in_syncing(c: &Cluster) -> Engine {
@@ -358,19 +371,9 @@ fn follower_in_syncing_applies_the_new_leaders_sync_and_writes_the_values_it_fix
     let c = bft();
     let mut follower = follower_in_syncing(&c);
     let fixture = sync_for_regency_1(&c);
-    let out = c.deliver_from(&mut follower, 1200, 1, Message::Sync(fixture.sync));
+    let out = c.deliver_from(&mut follower, 1200, 1, Message::Sync(fixture.sync.clone()));
     // Each fixed value is accepted as the regency's proposal: a WRITE (BFT), persisted first.
-    let (persist, writes) = writes_for(&c, 2, &fixture.values);
-    assert_eq!(
-        out,
-        Output {
-            send_now: vec![],
-            persist,
-            send_after_persist: writes,
-            service: vec![],
-            rejections: vec![],
-        }
-    );
+    assert_eq!(out, applies_sync(&c, 2, &fixture));
     assert_eq!(follower.phase(), Phase::Normal);
     assert_eq!(follower.regency(), Regency(1));
     assert_eq!(follower.open_instances(), 3);
@@ -382,20 +385,13 @@ fn replica_in_an_older_regency_adopts_the_regency_of_a_valid_sync_before_writing
     let mut replica = c.engine(3);
     let fixture = sync_for_regency_1(&c);
     // Relayed by replica 0 (answering a SyncQuery): the leader's signature is what counts.
-    let out = c.deliver_from(&mut replica, 1000, 0, Message::Sync(fixture.sync));
-    let (votes, writes) = writes_for(&c, 3, &fixture.values);
-    let mut persist = vec![PersistRecord::Regency(Regency(1))];
-    persist.extend(votes);
-    assert_eq!(
-        out,
-        Output {
-            send_now: vec![],
-            persist,
-            send_after_persist: writes,
-            service: vec![],
-            rejections: vec![],
-        }
-    );
+    let out = c.deliver_from(&mut replica, 1000, 0, Message::Sync(fixture.sync.clone()));
+    // As a replica in the syncing phase applies it, behind the new regency's record.
+    let mut expected = applies_sync(&c, 3, &fixture);
+    expected
+        .persist
+        .insert(0, PersistRecord::Regency(Regency(1)));
+    assert_eq!(out, expected);
     assert_eq!(
         (replica.regency(), replica.phase()),
         (Regency(1), Phase::Normal)
@@ -474,17 +470,7 @@ fn a_replica_with_no_sync_yet_keeps_its_pacing_slot_for_the_stale_peer() {
     assert_eq!(out, only_rejected(stale.clone()));
     let fixture = sync_for_regency_1(&c);
     let out = c.deliver_from(&mut follower, 1150, 1, Message::Sync(fixture.sync.clone()));
-    let (persist, writes) = writes_for(&c, 2, &fixture.values);
-    assert_eq!(
-        out,
-        Output {
-            send_now: vec![],
-            persist,
-            send_after_persist: writes,
-            service: vec![],
-            rejections: vec![],
-        }
-    );
+    assert_eq!(out, applies_sync(&c, 2, &fixture));
     // 99 ms after the first ask (retransmit_initial_ms is 100).
     let out = c.deliver_from(&mut follower, 1199, 3, Message::Write(vote(3)));
     assert_eq!(

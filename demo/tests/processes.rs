@@ -516,26 +516,6 @@ async fn smr_cluster_kv_demo_exits_zero_and_reads_back_its_writes() {
     .await;
 }
 
-/// Waits for `child` to exit (killing it after `COMMAND_TIMEOUT`) and returns its status and
-/// stderr.
-fn exit_and_stderr(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > COMMAND_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("smr went on writing into a closed pipe for {COMMAND_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    (status, stderr)
-}
-
 /// `smr cluster | head -n1` and `smr keygen ... | true`: a reader that closes stdout early
 /// ends the command quietly with status 0; `smr cluster` still stops its replicas and removes
 /// its directory. `println!` panicked on the closed pipe ("failed printing to stdout: Broken
@@ -556,34 +536,14 @@ async fn a_reader_that_closes_stdout_early_ends_smr_quietly() {
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap();
-            let (status, stderr) = exit_and_stderr(keygen);
-            assert!(
-                status.success() && !stderr.contains("panicked"),
-                "{status}: {stderr}"
-            );
+            common::assert_quiet_exit(keygen, COMMAND_TIMEOUT);
 
             // The reader stops after the first line, with the replicas starting.
             let tmp = tempfile::tempdir().unwrap();
-            let mut cluster = std::process::Command::new(SMR)
-                .args(["cluster", "--mode", "cft"])
-                .env("TMPDIR", tmp.path())
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut first = String::new();
-            std::io::BufRead::read_line(
-                &mut std::io::BufReader::new(cluster.stdout.take().unwrap()),
-                &mut first,
-            )
-            .unwrap();
+            let (cluster, first) =
+                common::smr_into_head(&["cluster", "--mode", "cft"], &[("TMPDIR", tmp.path())]);
             assert!(first.contains("starting 3 cft replicas"), "{first}");
-            let (status, stderr) = exit_and_stderr(cluster);
-            assert!(
-                status.success() && !stderr.contains("panicked"),
-                "{status}: {stderr}"
-            );
+            common::assert_quiet_exit(cluster, COMMAND_TIMEOUT);
             let left: Vec<_> = std::fs::read_dir(tmp.path())
                 .unwrap()
                 .map(|e| e.unwrap().file_name())
