@@ -377,20 +377,21 @@ impl ClientEngine {
         // In CFT, ordered requests go to the leader alone at first; in BFT, every request
         // goes to every replica at once (see the module docs).
         let leader_first = kind == RequestKind::Ordered && !self.cfg.quorums.requires_signatures();
-        let (action, wait_ms, broadcast) = match leader_first {
-            true => (
+        let (action, wait_ms, broadcast) = if leader_first {
+            (
                 ClientAction::Send {
                     to: self.believed_leader(),
                     message: Message::Request(request.clone()),
                 },
                 self.leader_wait_ms(),
                 false,
-            ),
-            false => (
+            )
+        } else {
+            (
                 ClientAction::Broadcast(Message::Request(request.clone())),
                 self.cfg.retry_timeout_ms,
                 true,
-            ),
+            )
         };
         self.outstanding.insert(
             seq,

@@ -690,9 +690,10 @@ async fn deal(
         if !together {
             group.0 = 0;
         }
-        slots.push(match together {
-            true => tx.try_reserve_many(group.1).ok(),
-            false => None,
+        slots.push(if together {
+            tx.try_reserve_many(group.1).ok()
+        } else {
+            None
         });
         if group.1 > 0 {
             // Counted before they are queued: the worker uncounts them only after handing

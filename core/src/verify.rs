@@ -699,7 +699,9 @@ impl InboundVerifier {
                 .collect();
         }
         // Something is bad: find out which messages, one at a time. Requests that a message
-        // earlier in the run proved good are not checked again.
+        // earlier in the run proved good are not checked again. (Per message, not
+        // `smr_crypto::verify_batch_then_each` per signature: a message's verdict is its first
+        // bad signature, and the cache counts what each message's batch submits.)
         let mut good: HashSet<RequestKey> = HashSet::new();
         inputs
             .into_iter()

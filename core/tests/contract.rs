@@ -10,8 +10,7 @@
 
 mod common;
 
-use smr_core::checkpoint::{Checkpoint, CheckpointData};
-use smr_core::clients::ClientTable;
+use smr_core::checkpoint::Checkpoint;
 use smr_core::engine::{PersistRecord, Phase};
 use smr_core::message::{
     Batch, Cid, Message, Propose, Regency, Signed, Sync as SyncMsg, Vote, VoteKind,
@@ -21,7 +20,8 @@ use smr_crypto::Digest;
 use smr_modes::Mode;
 
 use common::{
-    bft, broadcast, cft, cluster, only_rejected, only_sent, rejected_sending, send, timers, Cluster,
+    bft, broadcast, cft, cluster, only_rejected, only_sent, rejected_sending, send, state_chunk,
+    state_fetch, timers, Cluster,
 };
 
 // ----- 1. a Forward whose later request the pool refuses ------------------------------------
@@ -317,6 +317,19 @@ fn writes_for(
         .unzip()
 }
 
+/// Replica `me`'s output when it applies `fixture`'s SYNC in the syncing phase: each fixed
+/// value is accepted as the regency's proposal, a WRITE (BFT), persisted first.
+fn applies_sync(c: &Cluster, me: u32, fixture: &SyncFixture) -> Output {
+    let (persist, writes) = writes_for(c, me, &fixture.values);
+    Output {
+        send_now: vec![],
+        persist,
+        send_after_persist: writes,
+        service: vec![],
+        rejections: vec![],
+    }
+}
+
 /// Replica 2 of a BFT cluster, moved into regency 1 by STOPs from replicas 0 and 1, waiting for
 /// the SYNC.
 fn follower_in_syncing(c: &Cluster) -> Engine {
@@ -358,19 +371,9 @@ fn follower_in_syncing_applies_the_new_leaders_sync_and_writes_the_values_it_fix
     let c = bft();
     let mut follower = follower_in_syncing(&c);
     let fixture = sync_for_regency_1(&c);
-    let out = c.deliver_from(&mut follower, 1200, 1, Message::Sync(fixture.sync));
+    let out = c.deliver_from(&mut follower, 1200, 1, Message::Sync(fixture.sync.clone()));
     // Each fixed value is accepted as the regency's proposal: a WRITE (BFT), persisted first.
-    let (persist, writes) = writes_for(&c, 2, &fixture.values);
-    assert_eq!(
-        out,
-        Output {
-            send_now: vec![],
-            persist,
-            send_after_persist: writes,
-            service: vec![],
-            rejections: vec![],
-        }
-    );
+    assert_eq!(out, applies_sync(&c, 2, &fixture));
     assert_eq!(follower.phase(), Phase::Normal);
     assert_eq!(follower.regency(), Regency(1));
     assert_eq!(follower.open_instances(), 3);
@@ -382,20 +385,13 @@ fn replica_in_an_older_regency_adopts_the_regency_of_a_valid_sync_before_writing
     let mut replica = c.engine(3);
     let fixture = sync_for_regency_1(&c);
     // Relayed by replica 0 (answering a SyncQuery): the leader's signature is what counts.
-    let out = c.deliver_from(&mut replica, 1000, 0, Message::Sync(fixture.sync));
-    let (votes, writes) = writes_for(&c, 3, &fixture.values);
-    let mut persist = vec![PersistRecord::Regency(Regency(1))];
-    persist.extend(votes);
-    assert_eq!(
-        out,
-        Output {
-            send_now: vec![],
-            persist,
-            send_after_persist: writes,
-            service: vec![],
-            rejections: vec![],
-        }
-    );
+    let out = c.deliver_from(&mut replica, 1000, 0, Message::Sync(fixture.sync.clone()));
+    // As a replica in the syncing phase applies it, behind the new regency's record.
+    let mut expected = applies_sync(&c, 3, &fixture);
+    expected
+        .persist
+        .insert(0, PersistRecord::Regency(Regency(1)));
+    assert_eq!(out, expected);
     assert_eq!(
         (replica.regency(), replica.phase()),
         (Regency(1), Phase::Normal)
@@ -457,6 +453,35 @@ fn message_from_a_stale_regency_is_rejected_and_the_sender_gets_our_sync_once_pe
     );
 }
 
+/// A replica asked by a stale peer before it has a SYNC to send (installed in regency 1 by
+/// STOPs, waiting for the SYNC) spends no pacing slot on it: once the SYNC is applied, the
+/// peer's next ask, within the retransmit interval of the first, gets it. Before, the empty
+/// first answer took the slot and the stale peer waited out the interval.
+#[test]
+fn a_replica_with_no_sync_yet_keeps_its_pacing_slot_for_the_stale_peer() {
+    let c = bft();
+    let mut follower = follower_in_syncing(&c);
+    let stale = Rejection::StaleRegency {
+        got: Regency(0),
+        current: Regency(1),
+    };
+    let vote = |r: u32| c.vote(VoteKind::Write, r, Cid(1), Regency(0), Digest([7; 32]));
+    let out = c.deliver_from(&mut follower, 1100, 3, Message::Write(vote(3)));
+    assert_eq!(out, only_rejected(stale.clone()));
+    let fixture = sync_for_regency_1(&c);
+    let out = c.deliver_from(&mut follower, 1150, 1, Message::Sync(fixture.sync.clone()));
+    assert_eq!(out, applies_sync(&c, 2, &fixture));
+    // 99 ms after the first ask (retransmit_initial_ms is 100).
+    let out = c.deliver_from(&mut follower, 1199, 3, Message::Write(vote(3)));
+    assert_eq!(
+        out,
+        rejected_sending(stale.clone(), send(3, Message::Sync(fixture.sync)))
+    );
+    // That answer took the slot.
+    let out = c.deliver_from(&mut follower, 1200, 3, Message::Write(vote(3)));
+    assert_eq!(out, only_rejected(stale));
+}
+
 // ----- checkpoints and state transfer -------------------------------------------------------
 
 /// State chunks of 32 bytes, so that the checkpoint below travels in two.
@@ -471,12 +496,7 @@ fn small_chunks() -> Limits {
 /// was decided (a no-op batch, Q signed ACCEPTs).
 fn checkpoint_at_2(c: &Cluster) -> (Checkpoint, Vec<u8>) {
     let service = b"service state at 2".to_vec();
-    let data = CheckpointData {
-        cid: Cid(2),
-        service: service.clone(),
-        clients: ClientTable::new(c.limits.max_pending_per_client as u64),
-    };
-    let checkpoint = Checkpoint::new(&data, c.decision_proof(Cid(2), Batch::default().digest()));
+    let checkpoint = c.checkpoint_at(Cid(2), &service);
     assert!(
         checkpoint.data.len() > 32 && checkpoint.data.len() <= 64,
         "the fixture is meant to travel in exactly two chunks: {} bytes",
@@ -485,47 +505,26 @@ fn checkpoint_at_2(c: &Cluster) -> (Checkpoint, Vec<u8>) {
     (checkpoint, service)
 }
 
-fn chunk(checkpoint: &Checkpoint, offset: usize, bytes: Vec<u8>, last: bool) -> Message {
-    Message::StateChunk {
-        cid: checkpoint.cid,
-        offset: offset as u64,
-        total_len: checkpoint.data.len() as u64,
-        bytes,
-        decided: last.then(|| checkpoint.decided.clone()),
-    }
-}
-
 /// A fetch of checkpoint 2's state from `offset`.
-fn state_fetch(offset: u64) -> Message {
-    Message::StateFetch {
-        cid: Cid(2),
-        offset,
-    }
+fn fetch_at_2(offset: u64) -> Message {
+    state_fetch(Cid(2), offset)
 }
 
 /// Replica 3, behind, hears from replicas 0 and 1 (f+1) that they hold `checkpoint`, starts
 /// fetching it from replica 0, and gets its first chunk (`first`, the first 32 bytes) from it.
 fn transfer_from_0(c: &Cluster, checkpoint: &Checkpoint, first: Vec<u8>) -> Engine {
     let mut replica = c.engine(3);
-    let info = || Message::StateInfo {
-        checkpoints: vec![(checkpoint.cid, checkpoint.digest)],
-        voted_up_to: checkpoint.cid,
-        executed: Some(checkpoint.decided.clone()),
-        for_nonce: 0,
-        rejoin_nonce: 0,
-    };
-    // The first hint starts a transfer: ask everyone. One report is not f+1 = 2.
-    let out = c.deliver_from(&mut replica, 1000, 0, info());
-    assert_eq!(
-        out,
-        only_sent(vec![broadcast(Message::StateQuery { rejoin_nonce: 0 })])
-    );
-    // The second agrees: fetch from the first agreeing source, from offset 0.
-    let out = c.deliver_from(&mut replica, 1010, 1, info());
-    assert_eq!(out, only_sent(vec![send(0, state_fetch(0))]));
+    // The first hint starts a transfer: ask everyone. One report is not f+1 = 2. The second
+    // agrees: fetch from the first agreeing source, from offset 0.
+    c.agree_on_checkpoint(&mut replica, 1000, checkpoint, [0, 1]);
     // The first chunk: fetch the next from the same source.
-    let out = c.deliver_from(&mut replica, 1020, 0, chunk(checkpoint, 0, first, false));
-    assert_eq!(out, only_sent(vec![send(0, state_fetch(32))]));
+    let out = c.deliver_from(
+        &mut replica,
+        1020,
+        0,
+        state_chunk(checkpoint, 0, first, false),
+    );
+    assert_eq!(out, only_sent(vec![send(0, fetch_at_2(32))]));
     replica
 }
 
@@ -552,7 +551,12 @@ fn replica_behind_fetches_the_agreed_checkpoint_chunk_by_chunk_and_installs_it()
     let (checkpoint, service) = checkpoint_at_2(&c);
     let mut replica = transfer_from_0(&c, &checkpoint, checkpoint.data[..32].to_vec());
     let rest = checkpoint.data[32..].to_vec();
-    let out = c.deliver_from(&mut replica, 1030, 0, chunk(&checkpoint, 32, rest, true));
+    let out = c.deliver_from(
+        &mut replica,
+        1030,
+        0,
+        state_chunk(&checkpoint, 32, rest, true),
+    );
     assert_eq!(out, installs(&checkpoint, service));
     assert_eq!(replica.last_executed(), Cid(2));
     assert_eq!(replica.last_checkpoint(), Cid(2));
@@ -568,11 +572,16 @@ fn lying_state_chunk_is_rejected_and_the_fetch_moves_to_the_next_agreed_source()
     // Replica 0's last chunk (with a valid decision proof) completes bytes that do not hash to
     // the digest f+1 replicas agreed on: it is refused, and the download starts over from
     // replica 1, the other agreeing source.
-    let out = c.deliver_from(&mut replica, 1030, 0, chunk(&checkpoint, 32, forged, true));
+    let out = c.deliver_from(
+        &mut replica,
+        1030,
+        0,
+        state_chunk(&checkpoint, 32, forged, true),
+    );
     assert_eq!(
         out,
         Output {
-            send_now: vec![send(1, state_fetch(0))],
+            send_now: vec![send(1, fetch_at_2(0))],
             persist: vec![],
             send_after_persist: vec![],
             service: vec![],
@@ -588,14 +597,24 @@ fn lying_state_chunk_is_rejected_and_the_fetch_moves_to_the_next_agreed_source()
         &mut replica,
         1040,
         0,
-        chunk(&checkpoint, 0, first.clone(), false),
+        state_chunk(&checkpoint, 0, first.clone(), false),
     );
     assert_eq!(out, Output::default());
     // Replica 1 serves the real bytes.
-    let out = c.deliver_from(&mut replica, 1050, 1, chunk(&checkpoint, 0, first, false));
-    assert_eq!(out, only_sent(vec![send(1, state_fetch(32))]));
+    let out = c.deliver_from(
+        &mut replica,
+        1050,
+        1,
+        state_chunk(&checkpoint, 0, first, false),
+    );
+    assert_eq!(out, only_sent(vec![send(1, fetch_at_2(32))]));
     let rest = checkpoint.data[32..].to_vec();
-    let out = c.deliver_from(&mut replica, 1060, 1, chunk(&checkpoint, 32, rest, true));
+    let out = c.deliver_from(
+        &mut replica,
+        1060,
+        1,
+        state_chunk(&checkpoint, 32, rest, true),
+    );
     assert_eq!(out, installs(&checkpoint, service));
     assert_eq!(replica.last_checkpoint(), Cid(2));
 }
@@ -620,11 +639,11 @@ fn state_fetch_is_served_from_the_checkpoint_in_bounded_chunks_with_the_proof_on
             ..Output::default()
         }
     );
-    let out = c.deliver_from(&mut server, 1000, 3, state_fetch(0));
-    let first = chunk(&checkpoint, 0, checkpoint.data[..32].to_vec(), false);
+    let out = c.deliver_from(&mut server, 1000, 3, fetch_at_2(0));
+    let first = state_chunk(&checkpoint, 0, checkpoint.data[..32].to_vec(), false);
     assert_eq!(out, only_sent(vec![send(3, first)]));
-    let out = c.deliver_from(&mut server, 1010, 3, state_fetch(32));
-    let last = chunk(&checkpoint, 32, checkpoint.data[32..].to_vec(), true);
+    let out = c.deliver_from(&mut server, 1010, 3, fetch_at_2(32));
+    let last = state_chunk(&checkpoint, 32, checkpoint.data[32..].to_vec(), true);
     assert_eq!(out, only_sent(vec![send(3, last)]));
     // A checkpoint it does not hold: it says what it has instead.
     let out = c.deliver_from(
@@ -646,7 +665,7 @@ fn state_fetch_is_served_from_the_checkpoint_in_bounded_chunks_with_the_proof_on
     assert_eq!(out, only_sent(vec![send(3, info)]));
     // Past the end of the checkpoint: refused, nothing sent.
     let beyond = checkpoint.data.len() as u64 + 1;
-    let out = c.deliver_from(&mut server, 1030, 3, state_fetch(beyond));
+    let out = c.deliver_from(&mut server, 1030, 3, fetch_at_2(beyond));
     assert_eq!(
         out,
         only_rejected(Rejection::Malformed(

@@ -692,8 +692,6 @@ fn a_rejoining_replica_answers_no_unordered_read() {
 /// with the next crash, about 80 s without progress).
 #[test]
 fn a_leader_that_catches_up_by_state_transfer_proposes_into_the_moved_window() {
-    use smr_core::checkpoint::{Checkpoint, CheckpointData};
-    use smr_core::clients::ClientTable;
     use smr_core::ServiceWork;
     let c = small_window();
     let mut leader = c.engine(0);
@@ -707,38 +705,12 @@ fn a_leader_that_catches_up_by_state_transfer_proposes_into_the_moved_window() {
     );
     assert_eq!(output, empty_proposals(&c, 1..=4));
     // Replicas 1 and 2 (f+1) report a checkpoint at cid 4; the leader fetches it from replica 1.
-    let data = CheckpointData {
-        cid: Cid(4),
-        service: b"service state at 4".to_vec(),
-        clients: ClientTable::new(c.limits.max_pending_per_client as u64),
-    };
-    let checkpoint = Checkpoint::new(&data, c.decision_proof(Cid(4), Batch::default().digest()));
-    let info = || Message::StateInfo {
-        checkpoints: vec![(checkpoint.cid, checkpoint.digest)],
-        voted_up_to: checkpoint.cid,
-        executed: Some(checkpoint.decided.clone()),
-        for_nonce: 0,
-        rejoin_nonce: 0,
-    };
-    c.deliver_ok(&mut leader, 10, Peer::Replica(1), info());
-    let fetch = Message::StateFetch {
-        cid: Cid(4),
-        offset: 0,
-    };
-    assert_eq!(
-        c.deliver_ok(&mut leader, 11, Peer::Replica(2), info()),
-        only_sent(vec![send(1, fetch)])
-    );
+    let checkpoint = c.checkpoint_at(Cid(4), b"service state at 4");
+    c.agree_on_checkpoint(&mut leader, 10, &checkpoint, [1, 2]);
     // The whole state in one chunk: installed at cid 4, and the window (5..=8) is free, so the
     // leader proposes empty batches for cids 5 and 6, behind the checkpoint record.
-    let chunk = Message::StateChunk {
-        cid: Cid(4),
-        offset: 0,
-        total_len: checkpoint.data.len() as u64,
-        bytes: checkpoint.data.clone(),
-        decided: Some(checkpoint.decided.clone()),
-    };
-    let output = c.deliver_ok(&mut leader, 12, Peer::Replica(1), chunk);
+    let chunk = state_chunk(&checkpoint, 0, checkpoint.data.clone(), true);
+    let output = c.deliver_ok(&mut leader, 30, Peer::Replica(1), chunk);
     let mut expected = empty_proposals(&c, 5..=6);
     expected
         .persist

@@ -4,7 +4,7 @@
 mod common;
 
 use smr_core::engine::{PersistRecord, ServiceWork};
-use smr_core::message::{Batch, Cid, Decision, Message, Regency, VoteKind};
+use smr_core::message::{Cid, Decision, Message, Regency, VoteKind};
 use smr_core::{Limits, Output, Peer, Rejection};
 use smr_modes::Mode;
 
@@ -31,18 +31,7 @@ fn a_replica_behind_the_sync_refuses_a_proposal_at_a_cid_the_sync_fixed() {
         c.stopdata(1, Regency(1), None, vec![]),
         c.stopdata(3, Regency(1), None, vec![prepared_1]),
     ];
-    let sync = c.sync(1, Regency(1), proofs);
-    let out = c.deliver_from(&mut replica, 100, 1, Message::Sync(sync));
-    assert_eq!(
-        out,
-        Output {
-            send_now: vec![],
-            persist: vec![PersistRecord::Regency(Regency(1))],
-            send_after_persist: vec![send(0, Message::DecisionQuery { from_cid: Cid(1) })],
-            service: vec![],
-            rejections: vec![],
-        }
-    );
+    c.apply_sync_behind(&mut replica, proofs);
     // The leader proposes X at cid 1, which its own SYNC proves decided: refused, no vote.
     let x = c.batch(&[9]);
     let propose = c.propose(1, Cid(1), Regency(1), x);
@@ -98,7 +87,7 @@ fn a_byzantine_heartbeat_does_not_take_over_a_paused_catch_up() {
     replica.start(0);
     // Replica 0 answers with a full reply, cids 1-4: cid 1 goes to the service, and the window
     // (up to 1 + 4) has room for one more decision only, so the next query waits, for replica 0.
-    let decisions: Vec<Decision> = (1..=4).map(|cid| empty_decision(&c, cid)).collect();
+    let decisions: Vec<Decision> = (1..=4).map(|cid| c.decision(cid, vec![])).collect();
     let out = c.deliver_ok(
         &mut replica,
         10,
@@ -141,16 +130,5 @@ fn out_with(work: ServiceWork) -> Output {
     Output {
         service: vec![work],
         ..Output::default()
-    }
-}
-
-/// The decision of an empty batch at `cid` in regency 0 (ACCEPTs of replicas 0, 1 and 2).
-fn empty_decision(c: &common::Cluster, cid: u64) -> Decision {
-    let batch = Batch::default();
-    let digest = batch.digest();
-    Decision {
-        cid: Cid(cid),
-        certificate: c.votes(VoteKind::Accept, &[0, 1, 2], Cid(cid), Regency(0), digest),
-        batch,
     }
 }

@@ -8,11 +8,11 @@
 mod common;
 
 use smr_core::engine::PersistRecord;
-use smr_core::message::{Batch, Cid, Decision, Message, Regency, VoteKind};
+use smr_core::message::{Batch, Cid, Message, Regency, VoteKind};
 use smr_core::{Limits, Output};
 use smr_modes::Mode;
 
-use common::{broadcast, cluster, send, Cluster};
+use common::{broadcast, cluster};
 
 #[test]
 fn sync_values_past_the_window_are_voted_for_once_caught_up() {
@@ -45,20 +45,9 @@ fn sync_values_past_the_window_are_voted_for_once_caught_up() {
         c.stopdata(1, Regency(1), Some(decided_2), vec![prepared_3]),
         c.stopdata(3, Regency(1), None, vec![]),
     ];
-    let sync = c.sync(1, Regency(1), proofs);
-    let out = c.deliver_from(&mut replica, 100, 1, Message::Sync(sync));
     // It adopts the regency (persisted before anything leaves) and asks the holder of the
     // decided cid 2 for the decisions; it cannot vote for cid 3 yet.
-    assert_eq!(
-        out,
-        Output {
-            send_now: vec![],
-            persist: vec![PersistRecord::Regency(Regency(1))],
-            send_after_persist: vec![send(0, Message::DecisionQuery { from_cid: Cid(1) })],
-            service: vec![],
-            rejections: vec![],
-        }
-    );
+    c.apply_sync_behind(&mut replica, proofs);
     // Decision 1 arrives; its hand-off to the service moves the window to 1 + 2 and so brings
     // cid 3 into it: the replica writes the SYNC's value for it, persisted first, in the same
     // output.
@@ -69,7 +58,7 @@ fn sync_values_past_the_window_are_voted_for_once_caught_up() {
         Output {
             send_now: vec![],
             persist: vec![
-                PersistRecord::Decided(decision(&c, 1)),
+                PersistRecord::Decided(c.decision(1, vec![])),
                 PersistRecord::Vote(write.body),
             ],
             send_after_persist: vec![broadcast(Message::Write(write))],
@@ -77,15 +66,4 @@ fn sync_values_past_the_window_are_voted_for_once_caught_up() {
             rejections: vec![],
         }
     );
-}
-
-/// The decision of an empty batch at `cid` as `Cluster::deliver_decision` delivers it.
-fn decision(c: &Cluster, cid: u64) -> Decision {
-    let batch = Batch::default();
-    let digest = batch.digest();
-    Decision {
-        cid: Cid(cid),
-        certificate: c.votes(VoteKind::Accept, &[0, 1, 2], Cid(cid), Regency(0), digest),
-        batch,
-    }
 }

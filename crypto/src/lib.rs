@@ -131,6 +131,41 @@ pub fn verify_each<V: Verifier + ?Sized>(
     Ok(())
 }
 
+/// One verdict per item of `items`, found with one [`Verifier::verify_batch`] and, if it fails,
+/// one [`Verifier::verify`] per item after the first bad one: the items before it verified in
+/// the batch, that one fails for the reason the batch gives, and the ones after it are checked
+/// on their own. A bad signature costs one failed batch, not a second check of every item, and
+/// a run of bad ones costs at most two checks each, not a batch over what follows each of them
+/// (n bad signatures would cost n(n+1)/2).
+///
+/// Also returns how many signatures were submitted to a check: the batch's items, plus each
+/// item checked on its own after it (so the items after a failed batch count twice). An
+/// empty `items` submits none. A verifier whose failed batch names an index past the batch
+/// breaks its contract: every item then gets that failure, rather than being trusted.
+pub fn verify_batch_then_each<V: Verifier + ?Sized>(
+    verifier: &V,
+    items: &[SignedItem<'_>],
+) -> (Vec<Result<(), VerifyError>>, usize) {
+    let mut verdicts: Vec<Result<(), VerifyError>> = vec![Ok(()); items.len()];
+    if items.is_empty() {
+        return (verdicts, 0);
+    }
+    let mut submitted = items.len();
+    if let Err(BatchVerifyError { index, reason }) = verifier.verify_batch(items) {
+        match verdicts.get_mut(index) {
+            Some(bad) => {
+                *bad = Err(reason);
+                for (verdict, item) in verdicts[index + 1..].iter_mut().zip(&items[index + 1..]) {
+                    submitted += 1;
+                    *verdict = verifier.verify(item.key, item.message, item.signature);
+                }
+            }
+            None => verdicts.fill(Err(reason)),
+        }
+    }
+    (verdicts, submitted)
+}
+
 macro_rules! forward_through_pointer {
     ($($pointer:ident),*) => {$(
         impl<S: Signer + ?Sized> Signer for $pointer<S> {

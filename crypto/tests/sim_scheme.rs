@@ -167,3 +167,69 @@ proptest! {
         );
     }
 }
+
+/// `verify_batch_then_each`: one batch, then one check per item after the first bad one; the
+/// count is every signature submitted (the items after a failed batch twice).
+#[test]
+fn batch_then_each_checks_only_what_follows_the_first_bad_item() {
+    let key = sim_key(1);
+    let verifier = verifier_for(&[&key]);
+    let public = key.public_key();
+    let messages: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i]).collect();
+    let good: Vec<_> = messages.iter().map(|m| key.sign(m)).collect();
+    let forged = sim_key(2).sign(b"x");
+    let items = |bad: &[usize]| -> Vec<SignedItem<'_>> {
+        messages
+            .iter()
+            .enumerate()
+            .map(|(i, message)| SignedItem {
+                key: &public,
+                message,
+                signature: if bad.contains(&i) { &forged } else { &good[i] },
+            })
+            .collect()
+    };
+    let bad = Err(VerifyError::BadSignature);
+    assert_eq!(
+        smr_crypto::verify_batch_then_each(&verifier, &items(&[])),
+        (vec![Ok(()); 5], 5)
+    );
+    assert_eq!(
+        smr_crypto::verify_batch_then_each(&verifier, &items(&[1, 3])),
+        (
+            vec![Ok(()), bad.clone(), Ok(()), bad.clone(), Ok(())],
+            5 + 3
+        )
+    );
+    assert_eq!(
+        smr_crypto::verify_batch_then_each(&verifier, &items(&[4])),
+        (vec![Ok(()), Ok(()), Ok(()), Ok(()), bad.clone()], 5)
+    );
+    assert_eq!(
+        smr_crypto::verify_batch_then_each(&verifier, &[]),
+        (Vec::new(), 0)
+    );
+
+    /// Names an item past the batch: a broken contract, so nothing is trusted.
+    struct PastTheEnd;
+    impl Verifier for PastTheEnd {
+        fn verify(
+            &self,
+            _: &PublicKey,
+            _: &[u8],
+            _: &smr_crypto::Signature,
+        ) -> Result<(), VerifyError> {
+            Ok(())
+        }
+        fn verify_batch(&self, items: &[SignedItem<'_>]) -> Result<(), BatchVerifyError> {
+            Err(BatchVerifyError {
+                index: items.len(),
+                reason: VerifyError::UnknownKey,
+            })
+        }
+    }
+    assert_eq!(
+        smr_crypto::verify_batch_then_each(&PastTheEnd, &items(&[])),
+        (vec![Err(VerifyError::UnknownKey); 5], 5)
+    );
+}

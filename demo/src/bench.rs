@@ -41,8 +41,10 @@ use smr_transport::{Client, UnorderedReads};
 
 use crate::keygen::KeygenOptions;
 use crate::local::{ClusterSetup, LocalCluster};
+use crate::output::OutputError;
 use crate::services::ServiceKind;
 use crate::status;
+use crate::{errln, outln};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -389,7 +391,7 @@ pub async fn run_with_binary(binary: &Path, args: BenchArgs) -> anyhow::Result<E
         None
     };
     if let Some(c) = &ceiling {
-        print_ceiling(c);
+        print_ceiling(c)?;
     }
     let mut cluster = start_cluster(binary, &settings, n)?;
     let outcome = run_point(&mut cluster, &settings, args.clients).await;
@@ -399,13 +401,13 @@ pub async fn run_with_binary(binary: &Path, args: BenchArgs) -> anyhow::Result<E
         result.fraction_of_ceiling = Some(result.throughput_ops_s / c.ceiling_ops_s);
         result.ceiling = Some(c);
     }
-    print_result(&result);
+    print_result(&result)?;
     if let Some(path) = &args.json {
         write_json(path, &serde_json::to_value(&result)?)?;
     }
     if let Some(path) = &args.plot {
         plot_timeline(path, &result)?;
-        println!("plot written to {}", path.display());
+        outln!("plot written to {}", path.display())?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -426,7 +428,7 @@ async fn sweep(binary: &Path, args: &BenchArgs, settings: Settings) -> anyhow::R
         };
         let ceiling = if mode == Mode::Bft && !args.no_ceiling {
             let c = measure_ceiling(&settings, n, args.ceiling_seconds).await?;
-            print_ceiling(&c);
+            print_ceiling(&c)?;
             Some(c)
         } else {
             None
@@ -440,7 +442,7 @@ async fn sweep(binary: &Path, args: &BenchArgs, settings: Settings) -> anyhow::R
                         r.fraction_of_ceiling = Some(r.throughput_ops_s / c.ceiling_ops_s);
                         r.ceiling = Some(c.clone());
                     }
-                    println!("{}", sweep_line(&r));
+                    outln!("{}", sweep_line(&r))?;
                     all.push(r);
                 }
                 Err(e) => {
@@ -454,17 +456,17 @@ async fn sweep(binary: &Path, args: &BenchArgs, settings: Settings) -> anyhow::R
             return Err(e);
         }
     }
-    println!();
-    println!("mode  clients  ops/s      p50 ms   p90 ms   p99 ms   batch   cpu s/1000 ops");
+    outln!()?;
+    outln!("mode  clients  ops/s      p50 ms   p90 ms   p99 ms   batch   cpu s/1000 ops")?;
     for r in &all {
-        println!("{}", sweep_line(r));
+        outln!("{}", sweep_line(r))?;
     }
     if let Some(path) = &args.json {
         write_json(path, &serde_json::json!({ "sweep": all }))?;
     }
     if let Some(path) = &args.plot {
         plot_sweep(path, &all)?;
-        println!("plot written to {}", path.display());
+        outln!("plot written to {}", path.display())?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -550,7 +552,7 @@ fn finish_cluster(mut cluster: LocalCluster, keep_dir: bool, failed: bool) {
     say("stopping the replicas");
     if keep_dir || failed {
         let dir = cluster.keep_dir();
-        eprintln!("replica config, keys and logs kept in {}", dir.display());
+        errln!("replica config, keys and logs kept in {}", dir.display());
     }
     tokio::task::block_in_place(|| cluster.stop(STOP_GRACE));
 }
@@ -954,6 +956,18 @@ fn current_leader(statuses: &[Option<StatusReport>]) -> Option<ReplicaId> {
     votes.into_iter().max_by_key(|(_, v)| *v).map(|(l, _)| l)
 }
 
+/// The (before, after) status reports of each replica that answered at both edges of the
+/// window.
+fn at_both_edges<'a>(
+    before: &'a [Option<StatusReport>],
+    after: &'a [Option<StatusReport>],
+) -> impl Iterator<Item = (&'a StatusReport, &'a StatusReport)> {
+    before
+        .iter()
+        .zip(after)
+        .filter_map(|(b, a)| Some((b.as_ref()?, a.as_ref()?)))
+}
+
 /// Each replica's client-signature work over the window, and the sum of the verifications
 /// per ordered operation executed in it (the most any replica executed: all live replicas
 /// execute the same ones). `None` if no replica executed one.
@@ -961,21 +975,16 @@ fn client_signatures(
     before: &[Option<StatusReport>],
     after: &[Option<StatusReport>],
 ) -> (Vec<ReplicaClientSignatures>, Option<f64>) {
-    let per_replica: Vec<ReplicaClientSignatures> = before
-        .iter()
-        .zip(after)
-        .filter_map(|(b, a)| {
-            let (b, a) = (b.as_ref()?, a.as_ref()?);
-            Some(ReplicaClientSignatures {
-                replica: a.replica,
-                verified: a
-                    .client_signatures_verified
-                    .saturating_sub(b.client_signatures_verified),
-                cached: a
-                    .client_signatures_cached
-                    .saturating_sub(b.client_signatures_cached),
-                executed_requests: a.executed_requests.saturating_sub(b.executed_requests),
-            })
+    let per_replica: Vec<ReplicaClientSignatures> = at_both_edges(before, after)
+        .map(|(b, a)| ReplicaClientSignatures {
+            replica: a.replica,
+            verified: a
+                .client_signatures_verified
+                .saturating_sub(b.client_signatures_verified),
+            cached: a
+                .client_signatures_cached
+                .saturating_sub(b.client_signatures_cached),
+            executed_requests: a.executed_requests.saturating_sub(b.executed_requests),
         })
         .collect();
     let ops = per_replica.iter().map(|r| r.executed_requests).max();
@@ -992,15 +1001,12 @@ fn batch_size(
     before: &[Option<StatusReport>],
     after: &[Option<StatusReport>],
 ) -> (Option<f64>, Option<u64>) {
-    let best = before
-        .iter()
-        .zip(after)
-        .filter_map(|(b, a)| {
-            let (b, a) = (b.as_ref()?, a.as_ref()?);
-            Some((
+    let best = at_both_edges(before, after)
+        .map(|(b, a)| {
+            (
                 a.decided_instances.saturating_sub(b.decided_instances),
                 a.executed_requests.saturating_sub(b.executed_requests),
-            ))
+            )
         })
         .max_by_key(|(decided, _)| *decided);
     match best {
@@ -1066,8 +1072,8 @@ fn progress_bar(
 
 // ----- output ---------------------------------------------------------------------------------
 
-fn print_ceiling(c: &Ceiling) {
-    println!(
+fn print_ceiling(c: &Ceiling) -> Result<(), OutputError> {
+    outln!(
         "ceiling      {:.0} ops/s from signature verification alone ({} cores / ({:.1} us x {} \
          replicas)); {:.0} ops/s counting the clients' signing",
         c.ceiling_ops_s,
@@ -1075,43 +1081,54 @@ fn print_ceiling(c: &Ceiling) {
         c.verify_us_per_sig,
         c.replicas_verifying,
         c.ceiling_with_signing_ops_s
-    );
-    println!(
+    )?;
+    outln!(
         "  ed25519    batch verify {:.1} us/signature in batches of {} ({:.1} us in dalek with \
          keys parsed once), {:.1} us alone; sign {:.1} us",
-        c.verify_us_per_sig, c.batch, c.dalek_parsed_keys_us_per_sig, c.verify_single_us, c.sign_us
-    );
+        c.verify_us_per_sig,
+        c.batch,
+        c.dalek_parsed_keys_us_per_sig,
+        c.verify_single_us,
+        c.sign_us
+    )?;
+    Ok(())
 }
 
 /// Says what the benchmark is doing, once per phase, on stderr (stdout has the results).
 fn say(what: impl AsRef<str>) {
-    eprintln!("smr bench: {}", what.as_ref());
+    errln!("smr bench: {}", what.as_ref());
 }
 
-fn print_result(r: &BenchResult) {
-    println!(
+fn print_result(r: &BenchResult) -> Result<(), OutputError> {
+    outln!(
         "smr bench: {}{}, {} replicas, {} clients x {} outstanding, {} B requests, {} B replies, ordered reply quorum {}, warm-up {:.1} s, window {:.2} s",
         r.mode,
         if r.durable { " durable (data dirs, fsync always)" } else { "" },
         r.replicas, r.clients, r.outstanding, r.request_bytes, r.reply_bytes,
         r.ordered_reply_quorum, r.warmup_s, r.duration_s
-    );
-    println!(
+    )?;
+    outln!(
         "throughput   {:.0} ops/s ({} ops completed in the window, {} failed)",
-        r.throughput_ops_s, r.completed_ops, r.failed_ops
-    );
+        r.throughput_ops_s,
+        r.completed_ops,
+        r.failed_ops
+    )?;
     let l = &r.latency_ms;
-    println!(
+    outln!(
         "latency      p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms  mean {:.2} ms",
-        l.p50, l.p90, l.p99, l.max, l.mean
-    );
+        l.p50,
+        l.p90,
+        l.p99,
+        l.max,
+        l.mean
+    )?;
     if r.read_ratio > 0.0 {
         for (name, kind) in [
             ("ordered", &r.ordered),
             ("unordered reads", &r.unordered_reads),
         ] {
             match kind {
-                Some(k) => println!(
+                Some(k) => outln!(
                     "  {name:<16} {:.0} ops/s ({} ops)  p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
                     k.throughput_ops_s,
                     k.completed_ops,
@@ -1119,16 +1136,16 @@ fn print_result(r: &BenchResult) {
                     k.latency_ms.p90,
                     k.latency_ms.p99,
                     k.latency_ms.max
-                ),
-                None => println!("  {name:<16} none completed in the window"),
+                )?,
+                None => outln!("  {name:<16} none completed in the window")?,
             }
         }
     }
     match (r.avg_batch_size, r.decided_instances) {
         (Some(b), Some(d)) => {
-            println!("batches      {b:.1} requests per decided instance on average ({d} instances)")
+            outln!("batches      {b:.1} requests per decided instance on average ({d} instances)")?
         }
-        _ => println!("batches      (no replica reported its counters at both edges)"),
+        _ => outln!("batches      (no replica reported its counters at both edges)")?,
     }
     if let Some(per_op) = r.client_signature_verifications_per_op {
         let each: Vec<String> = r
@@ -1136,55 +1153,56 @@ fn print_result(r: &BenchResult) {
             .iter()
             .map(|c| format!("r{} {}/{}", c.replica, c.verified, c.cached))
             .collect();
-        println!(
+        outln!(
             "client sigs  {per_op:.3} verified per ordered op, all replicas (verified/cached: {})",
             each.join(", ")
-        );
+        )?;
     }
-    println!("cpu          seconds per 1000 ops (user+system over the window):");
+    outln!("cpu          seconds per 1000 ops (user+system over the window):")?;
     for p in &r.cpu {
         match (p.cpu_s, p.cpu_s_per_1000_ops) {
-            (Some(s), Some(per)) => println!(
+            (Some(s), Some(per)) => outln!(
                 "  {:<10} {:>7.4}  ({:.2} s, {:.2} cores)",
                 p.name,
                 per,
                 s,
                 s / r.duration_s
-            ),
-            _ => println!("  {:<10} (not running at both edges of the window)", p.name),
+            )?,
+            _ => outln!("  {:<10} (not running at both edges of the window)", p.name)?,
         }
         let mut threads: Vec<(&String, &f64)> = p.threads_per_1000_ops.iter().collect();
         threads.sort_by(|a, b| b.1.total_cmp(a.1));
         for (name, per) in threads.into_iter().filter(|(_, v)| **v > 0.0) {
-            println!("      {name:<18} {per:>7.4}");
+            outln!("      {name:<18} {per:>7.4}")?;
         }
         if let Some(switches) = p.context_switches_per_op {
-            println!("      {:<18} {switches:>7.2} per op", "context switches");
+            outln!("      {:<18} {switches:>7.2} per op", "context switches")?;
         }
     }
     if let Some(total) = r.total_cpu_s_per_1000_ops {
-        println!(
+        outln!(
             "  {:<10} {:>7.4}  ({:.2} cores busy)",
             "total",
             total,
             total * r.throughput_ops_s / 1000.0
-        );
+        )?;
     }
     if let (Some(c), Some(f)) = (&r.ceiling, r.fraction_of_ceiling) {
-        println!(
+        outln!(
             "ceiling      {:.0} ops/s (verification alone); this run reached {:.2} of it ({:.2} of the {:.0} ops/s that counts signing)",
             c.ceiling_ops_s,
             f,
             r.throughput_ops_s / c.ceiling_with_signing_ops_s,
             c.ceiling_with_signing_ops_s
-        );
+        )?;
     }
     if let Some(f) = &r.failover {
-        println!(
+        outln!(
             "failover     killed replica {} (the leader) at {:.2} s; longest gap between completions {:.0} ms (from {:.2} s); max latency {:.0} ms",
             f.killed_replica, f.killed_at_s, f.longest_gap_ms, f.gap_started_at_s, f.max_latency_ms
-        );
+        )?;
     }
+    Ok(())
 }
 
 // ----- the verification ceiling ---------------------------------------------------------------
@@ -1616,7 +1634,6 @@ fn draw_timeline<DB: plotters::prelude::DrawingBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smr_core::message::{Cid, Regency};
 
     #[test]
     fn percentiles_use_the_nearest_rank() {
@@ -1648,23 +1665,10 @@ mod tests {
 
     fn report(replica: ReplicaId, executed: u64, verified: u64, cached: u64) -> StatusReport {
         StatusReport {
-            replica,
-            mode: "bft".into(),
-            regency: Regency::ZERO,
-            leader: 0,
-            last_decided: Cid::ZERO,
-            last_checkpoint: Cid::ZERO,
-            state_digest: Default::default(),
-            pending_requests: 0,
-            rejected_messages: 0,
-            log_entries: 0,
-            decided_instances: 0,
             executed_requests: executed,
             client_signatures_verified: verified,
             client_signatures_cached: cached,
-            refused_replicas: Vec::new(),
-            state_over_max_state_bytes: false,
-            participation: Default::default(),
+            ..crate::status::tests::report(replica, 0, 0)
         }
     }
 
@@ -1700,23 +1704,8 @@ mod tests {
     #[test]
     fn batch_size_divides_executed_by_decided_growth() {
         let report = |decided, executed| StatusReport {
-            replica: 0,
-            mode: "bft".into(),
-            regency: Regency::ZERO,
-            leader: 0,
-            last_decided: Cid::ZERO,
-            last_checkpoint: Cid::ZERO,
-            state_digest: Default::default(),
-            pending_requests: 0,
-            rejected_messages: 0,
-            log_entries: 0,
             decided_instances: decided,
-            executed_requests: executed,
-            client_signatures_verified: 0,
-            client_signatures_cached: 0,
-            refused_replicas: Vec::new(),
-            state_over_max_state_bytes: false,
-            participation: Default::default(),
+            ..report(0, executed, 0, 0)
         };
         let before = vec![Some(report(10, 100)), None];
         let after = vec![Some(report(20, 300)), Some(report(50, 5000))];

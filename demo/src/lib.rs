@@ -26,6 +26,7 @@ pub mod history;
 pub mod keygen;
 pub mod local;
 pub mod metrics_http;
+pub mod output;
 pub mod services;
 pub mod status;
 

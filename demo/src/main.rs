@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use smr_core::ReplicaId;
-use smr_demo::ServiceKind;
+use smr_demo::{errln, output, ServiceKind};
 use smr_modes::Mode;
 
 mod cmd;
@@ -259,8 +259,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader of stdout went away (`smr cluster | head`): it asked for no more.
+        Err(e) if output::reader_gone(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            errln!("error: {e:#}");
             ExitCode::from(2)
         }
     }

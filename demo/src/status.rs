@@ -189,12 +189,15 @@ pub async fn wait_until_agree(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use smr_core::message::{Participation, Regency};
     use smr_crypto::Digest;
 
-    fn report(replica: ReplicaId, last_decided: u64, digest: u8) -> StatusReport {
+    /// A participating BFT replica's report in regency 0 with leader 0, decided up to
+    /// `last_decided`, its state digest `digest` repeated, and every counter 0 (the unit tests'
+    /// one status-report fixture).
+    pub(crate) fn report(replica: ReplicaId, last_decided: u64, digest: u8) -> StatusReport {
         StatusReport {
             replica,
             mode: "bft".into(),

@@ -349,45 +349,15 @@ async fn replicas_serve_metrics_that_match_their_status_and_survive_hostile_scra
         // Into a reader that stops after the first line (`| head -n1`, a `jq` that exits):
         // the watch ends quietly with 0. It panicked ("failed printing to stdout: Broken
         // pipe", exit 101) at the next line it printed.
-        let mut watch = std::process::Command::new(SMR)
-            .args([
+        let (watch, first) = common::smr_into_head(
+            &[
                 "status", "--config", &config, "--key", &key, "--watch", "--json",
-            ])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut first = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(watch.stdout.take().unwrap()),
-            &mut first,
-        )
-        .unwrap();
+            ],
+            &[],
+        );
         assert!(first.starts_with("{\"replicas\""), "{first}");
         // The reader is gone; the next line (within a second) finds the pipe closed.
-        let started = Instant::now();
-        let exit = loop {
-            if let Some(exit) = watch.try_wait().unwrap() {
-                break exit;
-            }
-            if started.elapsed() > Duration::from_secs(10) {
-                let _ = watch.kill();
-                panic!("smr status --watch went on writing into a closed pipe");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let mut stderr = String::new();
-        watch
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        assert!(
-            exit.success() && !stderr.contains("panicked"),
-            "{exit}: {stderr}"
-        );
+        tokio::task::block_in_place(|| common::assert_quiet_exit(watch, Duration::from_secs(10)));
 
         let documented = documented();
         let mut request_latencies = 0.0;

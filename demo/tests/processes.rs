@@ -516,6 +516,44 @@ async fn smr_cluster_kv_demo_exits_zero_and_reads_back_its_writes() {
     .await;
 }
 
+/// `smr cluster | head -n1` and `smr keygen ... | true`: a reader that closes stdout early
+/// ends the command quietly with status 0; `smr cluster` still stops its replicas and removes
+/// its directory. `println!` panicked on the closed pipe ("failed printing to stdout: Broken
+/// pipe", exit 101).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_closes_stdout_early_ends_smr_quietly() {
+    within(async {
+        tokio::task::block_in_place(|| {
+            // The reader is gone before the first line: keygen's first write fails.
+            let out = tempfile::tempdir().unwrap();
+            let (reader, writer) = std::io::pipe().unwrap();
+            drop(reader);
+            let keygen = std::process::Command::new(SMR)
+                .args(["keygen", "--replicas", "4", "--mode", "bft", "--out"])
+                .arg(out.path())
+                .stdin(std::process::Stdio::null())
+                .stdout(writer)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            common::assert_quiet_exit(keygen, COMMAND_TIMEOUT);
+
+            // The reader stops after the first line, with the replicas starting.
+            let tmp = tempfile::tempdir().unwrap();
+            let (cluster, first) =
+                common::smr_into_head(&["cluster", "--mode", "cft"], &[("TMPDIR", tmp.path())]);
+            assert!(first.contains("starting 3 cft replicas"), "{first}");
+            common::assert_quiet_exit(cluster, COMMAND_TIMEOUT);
+            let left: Vec<_> = std::fs::read_dir(tmp.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert!(left.is_empty(), "smr cluster left {left:?} behind");
+        });
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keygen_writes_a_loadable_config_and_refuses_to_overwrite_it_without_force() {
     within(async {

@@ -253,20 +253,26 @@ impl Engine {
         self.out.send(Peer::Replica(peer), Message::SyncQuery);
     }
 
-    /// Sends a peer that is in an older regency the SYNC that proves ours.
+    /// Sends a peer that is in an older regency the SYNC that proves ours, if this replica has
+    /// one yet (it may be in the regency by STOPs, waiting for the SYNC).
     pub(super) fn help_stale_peer(&mut self, now_ms: u64, peer: ReplicaId) {
+        // Without a SYNC there is nothing to send, and no pacing slot is spent: the peer's
+        // next ask, once the SYNC is here, gets it at once.
+        let Some(sync) = &self.leader_change.current_sync else {
+            return;
+        };
         // A SYNC can be large: at most one per peer per retransmit interval, however often a
-        // (possibly Byzantine) peer asks.
+        // (possibly Byzantine) peer asks. The slot goes with each SYNC this replica tries to
+        // send, one the peer's reply budget refuses included (so a peer over its budget does
+        // not get a SYNC cloned at each of its messages).
         let next = self.catch_up.next_help_ms.entry(peer).or_insert(0);
         if now_ms < *next {
             return;
         }
         *next = now_ms.saturating_add(self.cfg.timeouts.retransmit_initial_ms);
-        if let Some(sync) = &self.leader_change.current_sync {
-            let message = Message::Sync(sync.clone());
-            // A dropped SYNC is the stale peer's loss only; it asks again.
-            let _ = self.reply_to_peer(now_ms, peer, message, "syncs");
-        }
+        let message = Message::Sync(sync.clone());
+        // A dropped SYNC is the stale peer's loss only; it asks again.
+        let _ = self.reply_to_peer(now_ms, peer, message, "syncs");
     }
 
     /// Allows the next decision query to `peer` at once (an answer showed it has more).

@@ -361,9 +361,12 @@ impl Engine {
             .flatten()
             .map(|decided| {
                 Checkpoint::from_bytes(data, decided, &self.cfg.limits.client_limits()).and_then(
-                    |(c, contents)| match c.cid == target_cid {
-                        true => Ok((c, contents)),
-                        false => Err(format!("its proof is for cid {}", c.cid)),
+                    |(c, contents)| {
+                        if c.cid == target_cid {
+                            Ok((c, contents))
+                        } else {
+                            Err(format!("its proof is for cid {}", c.cid))
+                        }
                     },
                 )
             });

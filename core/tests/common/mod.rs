@@ -8,7 +8,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use smr_core::engine::{ExecuteItem, Outgoing, Output, ServiceWork, TimerKind};
+use smr_core::checkpoint::{Checkpoint, CheckpointData};
+use smr_core::clients::ClientTable;
+use smr_core::engine::{ExecuteItem, Outgoing, Output, PersistRecord, ServiceWork, TimerKind};
 use smr_core::message::{
     Batch, Cid, Decision, DecisionProof, Message, PreparedProof, Propose, Regency, Reply, Request,
     RequestBody, RequestKind, Signed, Stop, StopData, Sync as SyncMsg, Vote, VoteKind,
@@ -421,9 +423,6 @@ impl Cluster {
         self.deliver(engine, now_ms, Peer::Replica(from), m)
     }
 
-    /// Delivers to `engine`, from replica 0, the decision of `requests` at `cid` in regency 0
-    /// (ACCEPTs of replicas 0, 1 and 2), which the verifier and the engine both accept.
-    #[allow(dead_code)] // Not every test binary that includes this module decides batches.
     /// Delivers the decision of `requests` at `cid` ([`Cluster::deliver_decision`]), runs the
     /// service on what it hands over (each result is the request's op) and returns every reply
     /// the engine sent.
@@ -462,25 +461,86 @@ impl Cluster {
             .collect()
     }
 
+    /// The decision of `requests` at `cid` in regency 0 (ACCEPTs of replicas 0, 1 and 2).
+    pub fn decision(&self, cid: u64, requests: Vec<Request>) -> Decision {
+        let batch = Batch { requests };
+        let digest = batch.digest();
+        Decision {
+            cid: Cid(cid),
+            certificate: self.votes(VoteKind::Accept, &[0, 1, 2], Cid(cid), Regency(0), digest),
+            batch,
+        }
+    }
+
+    /// Delivers to `engine`, from replica 0, the decision of `requests` at `cid`
+    /// ([`Cluster::decision`]), which the verifier and the engine both accept.
     pub fn deliver_decision(
         &self,
         engine: &mut Engine,
         cid: u64,
         requests: Vec<Request>,
     ) -> Output {
-        let batch = Batch { requests };
-        let digest = batch.digest();
-        let decision = Decision {
-            cid: Cid(cid),
-            batch,
-            certificate: self.votes(VoteKind::Accept, &[0, 1, 2], Cid(cid), Regency(0), digest),
-        };
+        let decision = self.decision(cid, requests);
         self.deliver_ok(
             engine,
             0,
             Peer::Replica(0),
             Message::Decisions(vec![decision]),
         )
+    }
+
+    /// Delivers to `replica` (replica 3, started, that has executed nothing) regency 1's SYNC
+    /// from its leader 1 at time 100, made of `proofs`, of which replica 0's proves a cid
+    /// decided: the replica is behind the SYNC. Checks its exact output: it adopts regency 1
+    /// (persisted before anything leaves) and asks replica 0 for the decisions from cid 1.
+    pub fn apply_sync_behind(&self, replica: &mut Engine, proofs: Vec<Signed<StopData>>) {
+        let sync = self.sync(1, Regency(1), proofs);
+        let out = self.deliver_from(replica, 100, 1, Message::Sync(sync));
+        assert_eq!(
+            out,
+            Output {
+                send_now: vec![],
+                persist: vec![PersistRecord::Regency(Regency(1))],
+                send_after_persist: vec![send(0, Message::DecisionQuery { from_cid: Cid(1) })],
+                service: vec![],
+                rejections: vec![],
+            }
+        );
+    }
+
+    /// A checkpoint at `cid` of a service whose state is `service`, with no client sessions,
+    /// built as `Engine::on_snapshot` builds one, with the proof that `cid` was decided (an
+    /// empty batch, ACCEPTs of replicas 0, 1 and 2).
+    pub fn checkpoint_at(&self, cid: Cid, service: &[u8]) -> Checkpoint {
+        let data = CheckpointData {
+            cid,
+            service: service.to_vec(),
+            clients: ClientTable::new(self.limits.max_pending_per_client as u64),
+        };
+        Checkpoint::new(&data, self.decision_proof(cid, Batch::default().digest()))
+    }
+
+    /// Delivers to `engine` a report that replica `sources[0]`, then `sources[1]` (f+1 = 2
+    /// with f = 1), hold `checkpoint`, at `now_ms` and `now_ms + 10`, and checks the exact
+    /// outputs: the first report starts a transfer (a query to everyone), the second makes
+    /// f+1 agree and the engine fetches the state from `sources[0]`, from offset 0.
+    pub fn agree_on_checkpoint(
+        &self,
+        engine: &mut Engine,
+        now_ms: u64,
+        checkpoint: &Checkpoint,
+        sources: [u32; 2],
+    ) {
+        let out = self.deliver_from(engine, now_ms, sources[0], state_info(checkpoint));
+        assert_eq!(
+            out,
+            only_sent(vec![broadcast(Message::StateQuery { rejoin_nonce: 0 })])
+        );
+        let out = self.deliver_from(engine, now_ms + 10, sources[1], state_info(checkpoint));
+        assert_eq!(
+            out,
+            only_sent(vec![send(sources[0], state_fetch(checkpoint.cid, 0))])
+        );
     }
 
     /// Delivers a message that the verifier and the engine both accept.
@@ -516,6 +576,34 @@ pub fn run_service(engine: &mut Engine, now_ms: u64, output: &Output) -> Vec<Out
         produced.push(out);
     }
     produced
+}
+
+/// A replica's report that it holds `checkpoint` and has executed up to it (an unsolicited
+/// hint: no nonces).
+pub fn state_info(checkpoint: &Checkpoint) -> Message {
+    Message::StateInfo {
+        checkpoints: vec![(checkpoint.cid, checkpoint.digest)],
+        voted_up_to: checkpoint.cid,
+        executed: Some(checkpoint.decided.clone()),
+        for_nonce: 0,
+        rejoin_nonce: 0,
+    }
+}
+
+/// A fetch of the state of the checkpoint at `cid` from `offset`.
+pub fn state_fetch(cid: Cid, offset: u64) -> Message {
+    Message::StateFetch { cid, offset }
+}
+
+/// The chunk of `checkpoint`'s state at `offset`; the `last` one carries the decision proof.
+pub fn state_chunk(checkpoint: &Checkpoint, offset: usize, bytes: Vec<u8>, last: bool) -> Message {
+    Message::StateChunk {
+        cid: checkpoint.cid,
+        offset: offset as u64,
+        total_len: checkpoint.data.len() as u64,
+        bytes,
+        decided: last.then(|| checkpoint.decided.clone()),
+    }
 }
 
 pub fn send(to: u32, message: Message) -> Outgoing {

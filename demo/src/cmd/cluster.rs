@@ -15,6 +15,8 @@ use anyhow::{anyhow, bail, Context};
 use smr_core::ReplicaId;
 use smr_demo::keygen::KeygenOptions;
 use smr_demo::local::LocalCluster;
+use smr_demo::output::{self, OutputError};
+use smr_demo::{errln, outln};
 use smr_demo::{status, CounterOp, CounterReply, KvOp, KvReply, ServiceKind};
 use smr_modes::Mode;
 use smr_transport::Client;
@@ -37,12 +39,12 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 struct Clock(Instant);
 
 impl Clock {
-    fn say(&self, what: impl AsRef<str>) {
-        println!(
+    fn say(&self, what: impl AsRef<str>) -> Result<(), OutputError> {
+        outln!(
             "[{:6.2}s] {}",
             self.0.elapsed().as_secs_f64(),
             what.as_ref()
-        );
+        )
     }
 }
 
@@ -63,46 +65,54 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         args.mode,
         args.service,
         exe.display()
-    ));
+    ))?;
     let mut cluster = tokio::task::block_in_place(|| {
         LocalCluster::start(&exe, &options, args.service, READY_TIMEOUT, true)
     })?;
     let config = cluster.config();
-    clock.say(format!(
+    let up = format!(
         "{} replicas up ({}, n={}, f={}); config, keys and logs in {}",
         n,
         config.mode(),
         config.quorums.n(),
         config.quorums.f(),
         cluster.dir().display()
-    ));
+    );
 
     // A signal ends the demo at any step; the replicas are stopped below either way.
     let outcome = tokio::select! {
-        outcome = demo(&mut cluster, &args, &clock) => outcome,
+        outcome = async {
+            clock.say(up)?;
+            demo(&mut cluster, &args, &clock).await
+        } => outcome,
         why = stop_requested(false) => {
-            clock.say(format!("{why}: stopping the replicas"));
-            Ok(())
+            clock.say(format!("{why}: stopping the replicas")).map_err(Into::into)
         }
     };
-    match outcome {
-        Ok(()) => {}
+    // When the reader of stdout went away the demo stops there, and the replicas and the
+    // directory go as on success (nothing failed); `main` then exits quietly.
+    let reader_gone = match outcome {
+        Ok(()) => None,
+        Err(e) if output::reader_gone(&e) => Some(e),
         Err(e) => {
             let dir = cluster.keep_dir();
-            eprintln!(
+            errln!(
                 "the demo failed; replica logs are kept in {}/replica-<i>.log",
                 dir.display()
             );
             return Err(e);
         }
-    }
+    };
     let dir = cluster.dir().to_path_buf();
     tokio::task::block_in_place(|| cluster.stop(STOP_GRACE));
     drop(cluster);
+    if let Some(e) = reader_gone {
+        return Err(e);
+    }
     clock.say(format!(
         "stopped the replicas and removed {}",
         dir.display()
-    ));
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -115,11 +125,11 @@ async fn demo(cluster: &mut LocalCluster, args: &ClusterArgs, clock: &Clock) -> 
     let (answers, all_up) = status::wait_until_agree(&clients[0], &ids, READY_TIMEOUT).await;
     if !all_up {
         for a in &answers {
-            eprintln!("{}", status::format_line(a));
+            errln!("{}", status::format_line(a));
         }
         bail!("not every replica answered a status query within {READY_TIMEOUT:?}");
     }
-    clock.say(format!("all {} replicas answer status queries", ids.len()));
+    clock.say(format!("all {} replicas answer status queries", ids.len()))?;
 
     // Replicas dial each other as they start, and a dial to a peer that is not up yet is
     // retried with backoff, so the first requests can wait a few hundred milliseconds for the
@@ -141,7 +151,7 @@ async fn demo(cluster: &mut LocalCluster, args: &ClusterArgs, clock: &Clock) -> 
     if !agree {
         bail!("the replicas did not all decide the warm-up request within {READY_TIMEOUT:?}");
     }
-    clock.say("warm-up: one ordered read decided on every replica");
+    clock.say("warm-up: one ordered read decided on every replica")?;
 
     let result = match args.service {
         ServiceKind::Counter => counter_workload(&clients, clock).await,
@@ -154,11 +164,11 @@ async fn demo(cluster: &mut LocalCluster, args: &ClusterArgs, clock: &Clock) -> 
     }
 
     let (answers, agree) = status::wait_until_agree(&clients[0], &ids, AGREE_TIMEOUT).await;
-    clock.say("status of every replica:");
+    clock.say("status of every replica:")?;
     for a in &answers {
-        println!("    {}", status::format_line(a));
+        outln!("    {}", status::format_line(a))?;
     }
-    println!("    {}", status::summary(&answers));
+    outln!("    {}", status::summary(&answers))?;
     if !agree {
         cluster.check_running()?;
         bail!(
@@ -166,7 +176,7 @@ async fn demo(cluster: &mut LocalCluster, args: &ClusterArgs, clock: &Clock) -> 
         );
     }
     if args.keep_running {
-        keep_running(cluster, args.service, clock);
+        keep_running(cluster, args.service, clock)?;
         // Until a signal ends the demo (see `cluster`).
         std::future::pending::<()>().await;
     }
@@ -246,16 +256,16 @@ async fn counter_workload(clients: &[Client], clock: &Clock) -> anyhow::Result<(
         "{} clients did {OPS_PER_CLIENT} increments each, {IN_FLIGHT_PER_CLIENT} in flight per client: {}",
         clients.len(),
         rate(total, elapsed)
-    ));
+    ))?;
     clock.say(format!(
         "the {total} add replies are exactly 1..={total}, each once: every increment executed exactly once, in one order"
-    ));
+    ))?;
     let value = counter_value(&clients[0], CounterOp::Get).await?;
-    clock.say(format!("counter get -> {value}"));
+    clock.say(format!("counter get -> {value}"))?;
     if value != total as i64 {
         bail!("the counter is {value}, expected {total}");
     }
-    clock.say(format!("final counter value = {value}"));
+    clock.say(format!("final counter value = {value}"))?;
     Ok(())
 }
 
@@ -296,7 +306,7 @@ async fn kv_workload(clients: &[Client], clock: &Clock) -> anyhow::Result<()> {
         "{} clients put {OPS_PER_CLIENT} distinct keys each, {IN_FLIGHT_PER_CLIENT} in flight per client: {}",
         clients.len(),
         rate(total, elapsed)
-    ));
+    ))?;
     let key = b"greeting".to_vec();
     let put = |value: &str| KvOp::Put {
         key: key.clone(),
@@ -308,18 +318,18 @@ async fn kv_workload(clients: &[Client], clock: &Clock) -> anyhow::Result<()> {
     clock.say(format!(
         "kv put greeting hello -> previous {}",
         show(&first)
-    ));
+    ))?;
     let KvReply::Previous(second) = kv(&clients[1], put("hello again")).await? else {
         bail!("put did not answer with the previous value");
     };
     clock.say(format!(
         "kv put greeting \"hello again\" -> previous {}",
         show(&second)
-    ));
+    ))?;
     let KvReply::Value(got) = kv(&clients[2], KvOp::Get { key: key.clone() }).await? else {
         bail!("get did not answer with a value");
     };
-    clock.say(format!("kv get greeting -> {}", show(&got)));
+    clock.say(format!("kv get greeting -> {}", show(&got)))?;
     let KvReply::Value(missing) = kv(
         &clients[2],
         KvOp::Get {
@@ -330,12 +340,12 @@ async fn kv_workload(clients: &[Client], clock: &Clock) -> anyhow::Result<()> {
     else {
         bail!("get did not answer with a value");
     };
-    clock.say(format!("kv get no-such-key -> {}", show(&missing)));
+    clock.say(format!("kv get no-such-key -> {}", show(&missing)))?;
     let sample = b"client-1/key-042".to_vec();
     let KvReply::Value(sampled) = kv(&clients[0], KvOp::Get { key: sample }).await? else {
         bail!("get did not answer with a value");
     };
-    clock.say(format!("kv get client-1/key-042 -> {}", show(&sampled)));
+    clock.say(format!("kv get client-1/key-042 -> {}", show(&sampled)))?;
     if first.is_some()
         || second.as_deref() != Some(b"hello")
         || got.as_deref() != Some(b"hello again")
@@ -347,27 +357,31 @@ async fn kv_workload(clients: &[Client], clock: &Clock) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn keep_running(cluster: &LocalCluster, service: ServiceKind, clock: &Clock) {
+fn keep_running(
+    cluster: &LocalCluster,
+    service: ServiceKind,
+    clock: &Clock,
+) -> Result<(), OutputError> {
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "smr".to_string());
     let config = cluster.config_path().display().to_string();
-    clock.say("the cluster keeps running; from another terminal, try:");
-    println!("    {exe} status --config {config}");
+    clock.say("the cluster keeps running; from another terminal, try:")?;
+    outln!("    {exe} status --config {config}")?;
     match service {
         ServiceKind::Counter => {
-            println!("    {exe} client --config {config} counter get");
-            println!("    {exe} client --config {config} counter add 5");
+            outln!("    {exe} client --config {config} counter get")?;
+            outln!("    {exe} client --config {config} counter add 5")?;
         }
         ServiceKind::Kv => {
-            println!("    {exe} client --config {config} kv get greeting");
-            println!("    {exe} client --config {config} kv put color blue");
+            outln!("    {exe} client --config {config} kv get greeting")?;
+            outln!("    {exe} client --config {config} kv put color blue")?;
         }
         ServiceKind::Null => {}
     }
-    println!(
+    outln!(
         "    replica logs: {}/replica-<i>.log",
         cluster.dir().display()
-    );
-    println!("press Ctrl-C to stop the replicas and remove the directory");
+    )?;
+    outln!("press Ctrl-C to stop the replicas and remove the directory")
 }

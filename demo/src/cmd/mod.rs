@@ -9,6 +9,8 @@ use smr_core::cluster::ClusterConfig;
 use smr_core::driver::{InvokeError, ReplicaError};
 use smr_crypto::{IdentityKey, PublicKey};
 use smr_demo::keygen::{self, KeygenOptions, CLIENT_KEY_FILE, CONFIG_FILE};
+use smr_demo::output::{self, OutputError};
+use smr_demo::{errln, outln};
 use smr_demo::{status as replica_status, CounterOp, CounterReply, KvOp, KvReply};
 use smr_transport::{Client, EmptyStart, Replica};
 
@@ -37,7 +39,7 @@ pub fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
     };
     let generated = keygen::generate(&args.out, &options)?;
     let config = &generated.config;
-    println!(
+    outln!(
         "wrote {} ({}, n={}, f={}) with {} replica keys and {} client key{} in {}",
         generated.config_path.display(),
         config.mode(),
@@ -51,40 +53,40 @@ pub fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
             "s"
         },
         args.out.display()
-    );
+    )?;
     for r in &config.replicas {
-        println!(
+        outln!(
             "  replica {}  {}  {}",
             r.id,
             r.address,
             r.public_key.to_hex()
-        );
+        )?;
     }
     let last = config.replicas.len().saturating_sub(1);
     if several_machines {
-        println!(
+        outln!(
             "copy {CONFIG_FILE} to every machine, replica-<i>.key to machine i only, and \
              {CLIENT_KEY_FILE} to the clients; on machine i (i from 0 to {last}) run:"
-        );
-        println!(
+        )?;
+        outln!(
             "  smr replica --config {CONFIG_FILE} --id i --service counter --data-dir /var/lib/smr"
-        );
+        )?;
     } else {
-        println!(
+        outln!(
             "start replica i (i from 0 to {last}), e.g. in the background with its log in a file:"
-        );
-        println!(
+        )?;
+        outln!(
             "  smr replica --config {} --id i --service counter --data-dir {} > {} 2>&1 &",
             generated.config_path.display(),
             args.out.join("data-i").display(),
             args.out.join("replica-i.log").display()
-        );
+        )?;
     }
-    println!(
+    outln!(
         "then: smr client --config {} counter add 5   (smr status --config {} shows every replica)",
         generated.config_path.display(),
         generated.config_path.display()
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -195,7 +197,9 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        println!("replica {id} serves metrics on http://{local}/metrics");
+        // A replica serves on when whoever reads its stdout goes away (its log lines on
+        // stderr are dropped the same way): best effort, unlike the commands' output.
+        let _ = outln!("replica {id} serves metrics on http://{local}/metrics");
         let registry = std::sync::Arc::new(replica.metrics_registry());
         AbortOnDrop(tokio::spawn(smr_demo::metrics_http::serve(
             listener,
@@ -206,7 +210,7 @@ pub async fn replica(args: ReplicaArgs) -> anyhow::Result<ExitCode> {
             }),
         )))
     });
-    println!(
+    let _ = outln!(
         "replica {id} listening on {address} ({}, n={}, f={}, service {})",
         config.mode(),
         config.quorums.n(),
@@ -355,6 +359,12 @@ enum OpError {
     Other(anyhow::Error),
 }
 
+impl From<OutputError> for OpError {
+    fn from(e: OutputError) -> Self {
+        OpError::Other(e.into())
+    }
+}
+
 impl From<InvokeError> for OpError {
     fn from(e: InvokeError) -> Self {
         OpError::Invoke(e)
@@ -393,7 +403,7 @@ async fn run_client_op(
             let reply = invoke_op(client, op.encode(), read_only, unordered).await?;
             match CounterReply::decode(&reply) {
                 Ok(CounterReply::Value(v)) => {
-                    println!("{v}");
+                    outln!("{v}")?;
                     Ok(ExitCode::SUCCESS)
                 }
                 Ok(CounterReply::Error(message)) => Err(OpError::Other(anyhow!(
@@ -425,19 +435,19 @@ async fn run_client_op(
             let reply = invoke_op(client, op.encode(), read_only, unordered).await?;
             match KvReply::decode(&reply) {
                 Ok(KvReply::Previous(Some(previous))) => {
-                    println!("{}", replica_status::escape_peer_bytes(&previous));
+                    outln!("{}", replica_status::escape_peer_bytes(&previous))?;
                     Ok(ExitCode::SUCCESS)
                 }
                 Ok(KvReply::Previous(None)) => {
-                    eprintln!("(no previous value for {key:?})");
+                    errln!("(no previous value for {key:?})");
                     Ok(ExitCode::SUCCESS)
                 }
                 Ok(KvReply::Value(Some(value))) => {
-                    println!("{}", replica_status::escape_peer_bytes(&value));
+                    outln!("{}", replica_status::escape_peer_bytes(&value))?;
                     Ok(ExitCode::SUCCESS)
                 }
                 Ok(KvReply::Value(None)) => {
-                    eprintln!("not found: {key:?}");
+                    errln!("not found: {key:?}");
                     Ok(ExitCode::from(1))
                 }
                 Ok(KvReply::Error(message)) => Err(OpError::Other(anyhow!(
@@ -484,22 +494,14 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             text.push_str(&replica_status::summary(&answers));
             text.push('\n');
         }
-        // Not `println!`, which panics once the reader is gone (`| head -n1`): a closed pipe
-        // ends the watch as Ctrl-C does.
-        let written = {
-            use std::io::Write;
-            let mut stdout = std::io::stdout().lock();
-            stdout
-                .write_all(text.as_bytes())
-                .and_then(|()| stdout.flush())
-        };
-        match written {
+        // A closed pipe (`| head -n1`) ends the watch as Ctrl-C does.
+        match output::stdout_text(&text) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
-            Err(e) => return Err(anyhow!("cannot write to stdout: {e}")),
+            Err(OutputError::ReaderGone) => break,
+            Err(e) => return Err(e.into()),
         }
         if !args.json && answers.iter().all(|a| a.report.is_none()) {
-            eprintln!("{}", diagnose(&client, &key, &args.config));
+            errln!("{}", diagnose(&client, &key, &args.config));
         }
         if !args.watch {
             break;

@@ -385,3 +385,48 @@ pub fn smr(args: &[&str], timeout: Duration) -> Run {
 pub async fn smr_async(args: &[&str], timeout: Duration) -> Run {
     tokio::task::block_in_place(|| smr(args, timeout))
 }
+
+/// Starts `smr ARGS` (with the environment variables `envs`) with stdout and stderr piped,
+/// reads the first line of its stdout and closes it: a reader that stops after one line
+/// (`| head -n1`). Returns the running command and that line.
+pub fn smr_into_head(args: &[&str], envs: &[(&str, &Path)]) -> (std::process::Child, String) {
+    let mut child = Command::new(SMR)
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("smr starts");
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("piped")),
+        &mut first,
+    )
+    .expect("smr prints a line");
+    (child, first)
+}
+
+/// Waits up to `timeout` for `child`, whose stdout reader went away, to exit (killing it and
+/// failing the test after that), and checks that it exited quietly: status 0 and no panic
+/// on its stderr (which must be piped).
+pub fn assert_quiet_exit(mut child: std::process::Child, timeout: Duration) {
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("smr went on writing into a closed pipe for {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr).unwrap();
+    assert!(
+        status.success() && !stderr.contains("panicked"),
+        "{status}: {stderr}"
+    );
+}
