@@ -742,6 +742,12 @@ pub struct TransportStats {
     /// [`TransportConfig::max_client_keys`] keys were connected: each the key that had sent no
     /// frame for the longest time, at least 5 s. The first is logged.
     pub client_keys_evicted_idle: u64,
+    /// Client connections closed to give their place to a client of another network when
+    /// every client connection place was taken: each the idlest connection of the network
+    /// holding the most, given to a network holding less than its fair share (max-min
+    /// fairness between networks; see the crate docs, "What a client connection can make a
+    /// replica hold"). The first is logged.
+    pub client_connections_displaced: u64,
 }
 
 /// The receive queue's two lanes, read by `recv` (see the crate docs, "Receiving").
@@ -780,6 +786,7 @@ pub(crate) struct Counters {
     pub(crate) peers: metrics::PeerTraffic,
     pub(crate) connections_closed_slow_frame: AtomicU64,
     pub(crate) client_keys_evicted_idle: AtomicU64,
+    pub(crate) client_connections_displaced: AtomicU64,
 }
 
 impl Counters {
@@ -810,6 +817,7 @@ impl Counters {
             connections_refused_source_limit: get(&self.connections_refused_source_limit),
             connections_closed_slow_frame: get(&self.connections_closed_slow_frame),
             client_keys_evicted_idle: get(&self.client_keys_evicted_idle),
+            client_connections_displaced: get(&self.client_connections_displaced),
         }
     }
 }
@@ -973,11 +981,12 @@ impl QuicTransport {
             max_client_keys: config.max_client_keys,
             max_client_connections: config.client_connection_total_bytes
                 / TransportConfig::CLIENT_CONNECTION_HELD_BYTES,
-            client_connections: std::sync::atomic::AtomicUsize::new(0),
             client_sources: Arc::new(link::ClientSources::new(
                 config.max_client_keys_per_source,
                 config.client_keys_per_source_per_minute,
                 config.max_client_keys.saturating_mul(2),
+                config.client_connection_total_bytes
+                    / TransportConfig::CLIENT_CONNECTION_HELD_BYTES,
                 link::client_connections_per_source(
                     config.client_connection_total_bytes
                         / TransportConfig::CLIENT_CONNECTION_HELD_BYTES,

@@ -34,6 +34,9 @@ pub(crate) const CLOSE_SETTINGS_DIFFER: VarInt = VarInt::from_u32(7);
 pub(crate) const CLOSE_SOURCE_LIMIT: VarInt = VarInt::from_u32(8);
 pub(crate) const CLOSE_FRAME_TOO_SLOW: VarInt = VarInt::from_u32(9);
 pub(crate) const CLOSE_IDLE_KEY_EVICTED: VarInt = VarInt::from_u32(10);
+/// A client connection closed to give its place to a client of a network holding less than
+/// its fair share of the client connection places (see [`place_donor`]).
+pub(crate) const CLOSE_PLACE_GIVEN: VarInt = VarInt::from_u32(11);
 
 /// The slowest a client's frame may arrive once it has begun, in bytes per second: a partial
 /// client frame of `length` bytes must be complete within
@@ -414,6 +417,9 @@ pub(crate) enum SourceRefusal {
     /// Its source holds its share of the client connection places (an eighth of
     /// `client_connection_total_bytes`' connections, [`CLIENT_CONNECTION_SOURCE_SHARES`]).
     ConnectionShareTaken,
+    /// Every client connection place is taken and its source holds at least its fair share
+    /// of them ([`place_donor`]), so it may not take one from another network.
+    PlacesTaken,
 }
 
 /// One source network may hold at most this fraction (`1 / n`) of the client connection places
@@ -431,17 +437,100 @@ pub(crate) fn client_connections_per_source(places: usize) -> usize {
         .min(places)
 }
 
-/// One source's connected client keys (with their connection counts) and its bucket of key
-/// admissions.
+/// A network's fair share of `places` when `networks` networks want places: `places /
+/// networks`, rounded down, but at least 1 (so that, when there are more networks than
+/// places, a network holding none may still take one from a network holding two or more).
+pub(crate) fn fair_share(places: usize, networks: usize) -> usize {
+    (places / networks.max(1)).max(1)
+}
+
+/// Max-min fairness between source networks for a resource of `places` places that is full:
+/// which network gives one place to a newcomer of network `newcomer`, if any. `held` lists
+/// what each network holds (networks holding none may be left out; the newcomer may be in it).
+///
+/// The newcomer's network may take a place only while it holds less than its fair share
+/// ([`fair_share`] of `places` among the networks holding any, itself included), and only
+/// from the network holding the most, and only if that one holds at least two more than the
+/// newcomer's (so the move raises the smallest holdings and never just swaps who is on top).
+/// The donor then holds more than the fair share before giving (it holds more than the mean
+/// of the others, which is above `places / networks`) and at least the fair share after, so
+/// a network holding no more than its fair share never loses a place to another network. So
+/// with N networks that take all they can, every other network can still get
+/// `places / (N + 1)` places (if the per-network cap allows that many), whatever N, and the
+/// holdings converge to the max-min fair ones: the smallest as large as possible.
+///
+/// Why this rule rather than a fixed share per network (what the per-network caps are):
+/// fixed shares of `1 / k` are all taken by k networks, and an attacker holding addresses in
+/// k /24s is cheap; a share that shrinks as networks appear cannot be exhausted by any number
+/// of them. Why not weights or reputations: they need state that outlives connections and that
+/// an attacker can farm; this needs only what each network holds now.
+pub(crate) fn place_donor<S: Copy + Eq>(
+    places: usize,
+    held: impl IntoIterator<Item = (S, usize)>,
+    newcomer: S,
+) -> Option<S> {
+    let mut networks = 1usize;
+    let mut newcomer_held = 0;
+    let mut largest: Option<(S, usize)> = None;
+    for (source, count) in held {
+        if source == newcomer {
+            newcomer_held = count;
+            continue;
+        }
+        if count == 0 {
+            continue;
+        }
+        networks = networks.saturating_add(1);
+        if largest.is_none_or(|(_, most)| count > most) {
+            largest = Some((source, count));
+        }
+    }
+    if newcomer_held >= fair_share(places, networks) {
+        return None;
+    }
+    largest
+        .filter(|&(_, most)| most >= newcomer_held.saturating_add(2))
+        .map(|(source, _)| source)
+}
+
+/// An open client connection's place in its source's count.
+struct Place {
+    key: PublicKey,
+    /// When bytes last arrived on the connection (ms since [`Shared::epoch`]): the idlest
+    /// connection of a network gives its place first.
+    last_active_ms: Arc<AtomicU64>,
+    /// The connection, to close it when it gives its place (`None` in unit tests).
+    conn: Option<Connection>,
+}
+
+/// One source's open client connections, its connected client keys (with their connection
+/// counts) and its bucket of key admissions.
 struct Source {
     keys: HashMap<PublicKey, usize>,
-    /// Its connections open: the sum of `keys`' counts.
-    connections: usize,
+    /// Its open connections, by link id.
+    places: HashMap<u64, Place>,
     tokens: f64,
     at: Instant,
 }
 
-/// Client admission per source (replica role; see [`ClientSource`]): at most
+/// What [`ClientSources`] guards with its lock.
+struct SourcesState {
+    sources: HashMap<ClientSource, Source>,
+    /// Client connections open from all sources: the sum of their `places`.
+    open: usize,
+}
+
+/// A connection that gave its place to a newcomer of another network ([`place_donor`]): its
+/// place is no longer counted, and the caller closes it.
+pub(crate) struct Displaced {
+    pub(crate) key: PublicKey,
+    pub(crate) source: ClientSource,
+    pub(crate) conn: Option<Connection>,
+}
+
+/// Client admission per source (replica role; see [`ClientSource`]): the client connection
+/// places (at most `max_open` connections from all sources, at most `max_connections` from
+/// one, shared between sources by max-min fairness, [`place_donor`]), at most
 /// `max_keys` distinct keys connected at once from one source, and a key that is not already
 /// connected from it is admitted only with a token of the source's bucket, which holds
 /// `max_keys` and refills at `per_minute`. So one source network cannot mint keys faster than that,
@@ -453,90 +542,168 @@ pub(crate) struct ClientSources {
     per_minute: u64,
     /// Most connections open from one source at once.
     max_connections: usize,
-    /// Most sources remembered; beyond it, sources with no key connected are forgotten.
+    /// Most client connections open at once from all sources.
+    max_open: usize,
+    /// Most sources remembered; beyond it, sources with no connection open are forgotten.
     max_sources: usize,
-    sources: Mutex<HashMap<ClientSource, Source>>,
+    state: Mutex<SourcesState>,
 }
 
 impl ClientSources {
-    /// `max_connections`: most connections one source may have open at once (at least 1).
+    /// `max_open`: most client connections open at once; `max_connections`: most one source
+    /// may have open at once (at least 1).
     pub(crate) fn new(
         max_keys: usize,
         per_minute: u64,
         max_sources: usize,
+        max_open: usize,
         max_connections: usize,
     ) -> ClientSources {
         ClientSources {
             max_keys,
             per_minute,
             max_connections: max_connections.max(1),
+            max_open,
             max_sources: max_sources.max(1),
-            sources: Mutex::new(HashMap::new()),
+            state: Mutex::new(SourcesState {
+                sources: HashMap::new(),
+                open: 0,
+            }),
         }
     }
 
-    /// Admits `key` connecting from `addr`, or says why not. The guard holds its place until
-    /// the connection ends.
+    /// Admits connection `id` of `key` connecting from `addr`, or says why not. The guard
+    /// holds its place until the connection ends. When every place is taken, a network below
+    /// its fair share takes the place of the idlest connection of the network holding the
+    /// most ([`place_donor`]), returned for the caller to close.
     pub(crate) fn admit(
         self: &Arc<Self>,
         addr: IpAddr,
         key: PublicKey,
-    ) -> Result<SourceGuard, SourceRefusal> {
+        id: u64,
+        last_active_ms: Arc<AtomicU64>,
+        conn: Option<Connection>,
+    ) -> Result<(SourceGuard, Option<Displaced>), SourceRefusal> {
         let source = ClientSource::of(addr);
         let now = Instant::now();
-        let mut sources = lock(&self.sources);
+        let mut state = lock(&self.state);
+        let SourcesState { sources, open } = &mut *state;
         if sources.len() >= self.max_sources && !sources.contains_key(&source) {
-            sources.retain(|_, s| !s.keys.is_empty());
+            sources.retain(|_, s| !s.places.is_empty());
         }
         let capacity = self.max_keys as f64;
-        let entry = sources.entry(source).or_insert(Source {
+        let fresh = || Source {
             keys: HashMap::new(),
-            connections: 0,
+            places: HashMap::new(),
             tokens: capacity,
             at: now,
-        });
+        };
+        let entry = sources.entry(source).or_insert_with(fresh);
         let elapsed = now.saturating_duration_since(entry.at).as_secs_f64();
         entry.tokens = (entry.tokens + elapsed * self.per_minute as f64 / 60.0).min(capacity);
         entry.at = now;
-        if entry.connections >= self.max_connections {
+        if entry.places.len() >= self.max_connections {
             return Err(SourceRefusal::ConnectionShareTaken);
         }
-        if let Some(count) = entry.keys.get_mut(&key) {
-            *count += 1;
-        } else if entry.keys.len() >= self.max_keys {
+        let new_key = !entry.keys.contains_key(&key);
+        if new_key && entry.keys.len() >= self.max_keys {
             return Err(SourceRefusal::TooManyKeys);
-        } else if entry.tokens < 1.0 {
-            return Err(SourceRefusal::TooFast);
-        } else {
-            entry.tokens -= 1.0;
-            entry.keys.insert(key, 1);
         }
-        entry.connections += 1;
-        Ok(SourceGuard {
-            sources: self.clone(),
-            source,
-            key,
-        })
+        if new_key && entry.tokens < 1.0 {
+            return Err(SourceRefusal::TooFast);
+        }
+        let mut displaced = None;
+        if *open >= self.max_open {
+            let donor = place_donor(
+                self.max_open,
+                sources.iter().map(|(s, held)| (*s, held.places.len())),
+                source,
+            )
+            .ok_or(SourceRefusal::PlacesTaken)?;
+            let giver = sources.get_mut(&donor).ok_or(SourceRefusal::PlacesTaken)?;
+            let idlest = giver
+                .places
+                .iter()
+                .min_by_key(|(_, place)| place.last_active_ms.load(Ordering::Relaxed))
+                .map(|(id, _)| *id)
+                .ok_or(SourceRefusal::PlacesTaken)?;
+            if let Some(place) = giver.places.remove(&idlest) {
+                release_key(&mut giver.keys, &place.key);
+                displaced = Some(Displaced {
+                    key: place.key,
+                    source: donor,
+                    conn: place.conn,
+                });
+            }
+        } else {
+            *open += 1;
+        }
+        // Present (inserted above, under the same lock): `fresh` is never called here.
+        let entry = sources.entry(source).or_insert_with(fresh);
+        if new_key {
+            entry.tokens -= 1.0;
+        }
+        *entry.keys.entry(key).or_insert(0) += 1;
+        entry.places.insert(
+            id,
+            Place {
+                key,
+                last_active_ms,
+                conn,
+            },
+        );
+        Ok((
+            SourceGuard {
+                sources: self.clone(),
+                source,
+                id,
+            },
+            displaced,
+        ))
+    }
+
+    /// Client connections open from `addr`'s source network (for tests).
+    #[cfg(test)]
+    pub(crate) fn held(&self, addr: IpAddr) -> usize {
+        lock(&self.state)
+            .sources
+            .get(&ClientSource::of(addr))
+            .map_or(0, |source| source.places.len())
+    }
+
+    /// Client connections open from all sources (for tests).
+    #[cfg(test)]
+    pub(crate) fn open(&self) -> usize {
+        lock(&self.state).open
     }
 }
 
-/// A client connection's place in its source's count; released when dropped.
+/// Counts one connection of `key` less in a source's `keys`, forgetting the key at none.
+fn release_key(keys: &mut HashMap<PublicKey, usize>, key: &PublicKey) {
+    if let Some(count) = keys.get_mut(key) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            keys.remove(key);
+        }
+    }
+}
+
+/// A client connection's place in its source's count (and in the total); released when
+/// dropped, unless it was given to another network's newcomer already.
 pub(crate) struct SourceGuard {
     sources: Arc<ClientSources>,
     source: ClientSource,
-    key: PublicKey,
+    id: u64,
 }
 
 impl Drop for SourceGuard {
     fn drop(&mut self) {
-        let mut sources = lock(&self.sources.sources);
+        let mut state = lock(&self.sources.state);
+        let SourcesState { sources, open } = &mut *state;
         if let Some(source) = sources.get_mut(&self.source) {
-            source.connections = source.connections.saturating_sub(1);
-            if let Some(count) = source.keys.get_mut(&self.key) {
-                *count -= 1;
-                if *count == 0 {
-                    source.keys.remove(&self.key);
-                }
+            if let Some(place) = source.places.remove(&self.id) {
+                release_key(&mut source.keys, &place.key);
+                *open = open.saturating_sub(1);
             }
         }
     }
@@ -558,8 +725,6 @@ pub(crate) struct Shared {
     /// Most client connections open at once: `client_connection_total_bytes` over
     /// `CLIENT_CONNECTION_HELD_BYTES` (replica role).
     pub(crate) max_client_connections: usize,
-    /// Client connections open now, each holding a [`ClientConnectionSlot`].
-    pub(crate) client_connections: AtomicUsize,
     /// Client admission per source address (replica role).
     pub(crate) client_sources: Arc<ClientSources>,
     /// The receive queue's lane for replica frames (our own loopback frames included): a
@@ -1674,29 +1839,6 @@ async fn dial(
     }
 }
 
-/// A client connection's place in [`Shared::client_connections`]: taken when it is accepted,
-/// given back when it ends (dropped).
-pub(crate) struct ClientConnectionSlot(Arc<Shared>);
-
-impl ClientConnectionSlot {
-    /// Takes a place if fewer than `max_client_connections` client connections are open.
-    fn take(shared: &Arc<Shared>) -> Option<ClientConnectionSlot> {
-        shared
-            .client_connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                (open < shared.max_client_connections).then_some(open + 1)
-            })
-            .ok()
-            .map(|_| ClientConnectionSlot(shared.clone()))
-    }
-}
-
-impl Drop for ClientConnectionSlot {
-    fn drop(&mut self) {
-        self.0.client_connections.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// The connected client key that sent no bytes for the longest time, if it has been idle for
 /// [`CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION`]: the one that gives its place when the key table or
 /// the client connection places are full. The scan is O(keys), under the lock every send to a
@@ -1761,6 +1903,37 @@ fn evict_idlest_client_key(shared: &Shared, now_ms: u64, for_key: Peer) {
     for link in links {
         link.conn
             .close(CLOSE_IDLE_KEY_EVICTED, b"idle client key evicted");
+    }
+}
+
+/// Closes a client connection that gave its place to `for_peer`, a newcomer of a network
+/// below its fair share of the client connection places ([`place_donor`]), and counts it. Its
+/// client sees the connection closed with [`CLOSE_PLACE_GIVEN`]; it may reconnect at once,
+/// and is admitted while its network holds less than its fair share (or places are free).
+fn close_displaced(
+    shared: &Shared,
+    displaced: Displaced,
+    for_peer: Peer,
+    remote: std::net::SocketAddr,
+) {
+    let count = shared
+        .counters
+        .client_connections_displaced
+        .fetch_add(1, Ordering::Relaxed);
+    let evicted = Peer::Client(displaced.key);
+    let network = displaced.source;
+    if count == 0 {
+        tracing::warn!(me = %shared.me, ?evicted, ?network, ?for_peer, %remote,
+            "the client connection places are taken: the network holding the most gives its idlest connection's place to a network below its fair share");
+    } else {
+        tracing::debug!(me = %shared.me, ?evicted, ?network, ?for_peer, %remote,
+            "a client connection gives its place to a network below its fair share");
+    }
+    if let Some(conn) = displaced.conn {
+        conn.close(
+            CLOSE_PLACE_GIVEN,
+            b"place given to a client of another network",
+        );
     }
 }
 
@@ -1829,15 +2002,28 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
         }
         return;
     }
-    // A client connection's place in its source's count, held until the connection ends.
+    // A client connection's place in its source's count and in the total of client
+    // connections, held until the connection ends (or given to another network's newcomer).
     let mut _source = None;
-    // Its place in the total of client connections, likewise.
-    let mut _slot = None;
     let mut client = None;
     if let Peer::Client(key) = peer {
-        _slot = match ClientConnectionSlot::take(&shared) {
-            Some(slot) => Some(slot),
-            None => {
+        let now_ms = u64::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last_frame_ms = Arc::new(AtomicU64::new(now_ms));
+        let admitted = shared.client_sources.admit(
+            remote.ip(),
+            key,
+            id,
+            last_frame_ms.clone(),
+            Some(conn.clone()),
+        );
+        _source = match admitted {
+            Ok((guard, displaced)) => {
+                if let Some(displaced) = displaced {
+                    close_displaced(&shared, displaced, peer, remote);
+                }
+                Some(guard)
+            }
+            Err(SourceRefusal::PlacesTaken) => {
                 let count = shared
                     .counters
                     .connections_refused_client_bytes
@@ -1845,7 +2031,7 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
                 if count == 0 {
                     tracing::warn!(me = %shared.me, ?peer, %remote,
                         max_client_connections = shared.max_client_connections,
-                        "refusing a client connection: client_connection_total_bytes is taken by the client connections open");
+                        "refusing a client connection: client_connection_total_bytes is taken by the client connections open, and its network holds its fair share of them");
                 } else {
                     tracing::debug!(me = %shared.me, ?peer, %remote,
                         "refusing a client connection: client_connection_total_bytes is taken");
@@ -1853,14 +2039,10 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
                 // Idle connections must not keep their places for ever (a few networks'
                 // worth of them take every place): the key idle longest gives its places,
                 // and this client's retry finds one.
-                let now_ms = u64::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
                 evict_idlest_client_key(&shared, now_ms, peer);
                 conn.close(CLOSE_TOO_MANY_CLIENTS, b"too many client connections");
                 return;
             }
-        };
-        _source = match shared.client_sources.admit(remote.ip(), key) {
-            Ok(guard) => Some(guard),
             Err(refusal) => {
                 let count = shared
                     .counters
@@ -1869,7 +2051,7 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
                 let why = match refusal {
                     SourceRefusal::TooManyKeys => "max_client_keys_per_source other client keys are connected from its network",
                     SourceRefusal::TooFast => "its network connected new client keys faster than client_keys_per_source_per_minute",
-                    SourceRefusal::ConnectionShareTaken => "its network holds its share (an eighth) of the client connection places of client_connection_total_bytes",
+                    SourceRefusal::ConnectionShareTaken | SourceRefusal::PlacesTaken => "its network holds its share (an eighth) of the client connection places of client_connection_total_bytes",
                 };
                 if count == 0 {
                     tracing::warn!(me = %shared.me, ?peer, %remote, "refusing a client connection: {why}");
@@ -1888,8 +2070,6 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
             shared.client_send_queue_bytes,
             shared.send_queue_total.clone(),
         );
-        let now_ms = u64::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let last_frame_ms = Arc::new(AtomicU64::new(now_ms));
         let session = Arc::new(Announced::default());
         let (evicted, idle_evicted) = {
             let mut all_links = lock(&shared.client_links);

@@ -1173,29 +1173,58 @@ fn a_client_source_is_its_ipv4_slash_24_or_ipv6_slash_64() {
     assert_ne!(of("2001:db8:1:2::1"), of("2001:db8:1:3::1"));
 }
 
+/// Admits a connection of `key` from `ip` to `sources` (a fresh link id, active now), without
+/// a quinn connection; drops what it displaced, if anything.
+fn admit(
+    sources: &Arc<crate::link::ClientSources>,
+    ip: std::net::IpAddr,
+    key: PublicKey,
+) -> Result<crate::link::SourceGuard, crate::link::SourceRefusal> {
+    admit_active(sources, ip, key, 0).map(|(guard, _)| guard)
+}
+
+/// [`admit`], for a connection that last received bytes at `active_ms`, saying which network
+/// and key gave their place, if one did.
+fn admit_active(
+    sources: &Arc<crate::link::ClientSources>,
+    ip: std::net::IpAddr,
+    key: PublicKey,
+    active_ms: u64,
+) -> Result<
+    (
+        crate::link::SourceGuard,
+        Option<(crate::link::ClientSource, PublicKey)>,
+    ),
+    crate::link::SourceRefusal,
+> {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    sources
+        .admit(ip, key, id, Arc::new(AtomicU64::new(active_ms)), None)
+        .map(|(guard, displaced)| (guard, displaced.map(|d| (d.source, d.key))))
+}
+
 #[test]
 fn a_source_gets_its_burst_of_keys_then_none_faster_than_its_rate() {
     use crate::link::{ClientSources, SourceRefusal};
-    let sources = Arc::new(ClientSources::new(2, 0, 16, usize::MAX));
+    let sources = Arc::new(ClientSources::new(2, 0, 16, usize::MAX, usize::MAX));
     let ip = "192.0.2.1".parse().unwrap();
-    let a = sources.admit(ip, key(1).public_key()).unwrap();
-    let b = sources.admit(ip, key(2).public_key()).unwrap();
+    let a = admit(&sources, ip, key(1).public_key()).unwrap();
+    let b = admit(&sources, ip, key(2).public_key()).unwrap();
     // A key already connected may connect again; a third key may not.
-    let a_again = sources.admit(ip, key(1).public_key()).unwrap();
+    let a_again = admit(&sources, ip, key(1).public_key()).unwrap();
     assert_eq!(
-        sources.admit(ip, key(3).public_key()).err(),
+        admit(&sources, ip, key(3).public_key()).err(),
         Some(SourceRefusal::TooManyKeys)
     );
     // Once a key leaves, its place is free, but the burst is spent and the rate is 0.
     drop((a, a_again));
     assert_eq!(
-        sources.admit(ip, key(3).public_key()).err(),
+        admit(&sources, ip, key(3).public_key()).err(),
         Some(SourceRefusal::TooFast)
     );
     // Another network has its own.
-    let _other = sources
-        .admit("192.0.3.1".parse().unwrap(), key(3).public_key())
-        .unwrap();
+    let _other = admit(&sources, "192.0.3.1".parse().unwrap(), key(3).public_key()).unwrap();
     drop(b);
 }
 
@@ -1211,25 +1240,179 @@ fn one_network_holds_at_most_its_share_of_the_client_connection_places() {
     assert_eq!(client_connections_per_source(16), 4);
     assert_eq!(client_connections_per_source(2), 2);
     // 2 per network here, to keep the test small.
-    let sources = Arc::new(ClientSources::new(256, 1000, 16, 2));
+    let sources = Arc::new(ClientSources::new(256, 1000, 16, usize::MAX, 2));
     let ip = "192.0.2.1".parse().unwrap();
-    let a = sources.admit(ip, key(1).public_key()).unwrap();
-    let _a_again = sources.admit(ip, key(1).public_key()).unwrap();
+    let a = admit(&sources, ip, key(1).public_key()).unwrap();
+    let _a_again = admit(&sources, ip, key(1).public_key()).unwrap();
     // Neither another connection of a connected key nor a new key of the network.
     for k in [1, 2] {
         assert_eq!(
-            sources
-                .admit("192.0.2.200".parse().unwrap(), key(k).public_key())
-                .err(),
+            admit(
+                &sources,
+                "192.0.2.200".parse().unwrap(),
+                key(k).public_key()
+            )
+            .err(),
             Some(SourceRefusal::ConnectionShareTaken)
         );
     }
     // Another network has its own share; a connection that ends gives its place back.
-    let _b = sources
-        .admit("192.0.3.1".parse().unwrap(), key(2).public_key())
-        .unwrap();
+    let _b = admit(&sources, "192.0.3.1".parse().unwrap(), key(2).public_key()).unwrap();
     drop(a);
-    let _c = sources.admit(ip, key(3).public_key()).unwrap();
+    let _c = admit(&sources, ip, key(3).public_key()).unwrap();
+}
+
+/// The arithmetic of max-min fairness between source networks (`fair_share`, `place_donor`),
+/// over its edge cases: one network, many, more networks than places, ties, and a newcomer
+/// that already holds places.
+#[test]
+fn the_fair_share_of_a_full_resource_goes_from_the_network_holding_most_to_one_below_it() {
+    use crate::link::{fair_share, place_donor};
+    assert_eq!(fair_share(4096, 1), 4096);
+    assert_eq!(fair_share(4096, 9), 455);
+    assert_eq!(fair_share(10, 3), 3);
+    // More networks than places: one place each, never 0; no networks counts as one.
+    assert_eq!(fair_share(3, 10), 1);
+    assert_eq!(fair_share(0, 5), 1);
+    assert_eq!(fair_share(8, 0), 8);
+    // One network holding everything: it is the newcomer's own, so nobody gives.
+    assert_eq!(place_donor(4, [("a", 4)], "a"), None);
+    // A second network gets in from the only one holding places, up to half.
+    assert_eq!(place_donor(4, [("a", 4)], "b"), Some("a"));
+    assert_eq!(place_donor(4, [("a", 3), ("b", 1)], "b"), Some("a"));
+    assert_eq!(place_donor(4, [("a", 2), ("b", 2)], "b"), None);
+    // Eight networks holding an eighth each (the per-network cap): a ninth gets in, from
+    // one of the largest, up to 4096 / 9 = 455; a network at its fair share gets nothing.
+    let eight: Vec<(u32, usize)> = (0..8).map(|n| (n, 512)).collect();
+    assert!(place_donor(4096, eight.clone(), 8).is_some_and(|n| n < 8));
+    let mut nine: Vec<(u32, usize)> = (0..8).map(|n| (n, 455)).collect();
+    nine[3].1 = 456;
+    nine.push((8, 454));
+    assert_eq!(place_donor(4096, nine.clone(), 8), Some(3));
+    nine[3].1 = 455;
+    nine[8].1 = 455;
+    nine[0].1 = 456;
+    assert_eq!(place_donor(4096, nine.clone(), 8), None);
+    // Networks holding none are left out of the count whether listed or not.
+    nine.push((9, 0));
+    assert_eq!(place_donor(4096, nine.clone(), 8), None);
+    // Many networks (1,000 with 4 each, 4,000 places, and 96 held by one): a newcomer's
+    // fair share is 3, and it takes from the one holding most.
+    let mut many: Vec<(u32, usize)> = (0..1000).map(|n| (n, 4)).collect();
+    many[500].1 = 100;
+    assert_eq!(place_donor(4096, many.clone(), 5000), Some(500));
+    // Fewer places than networks: a network with none takes from one with two or more, never
+    // from one with a single place (that would only move the shortage).
+    assert_eq!(place_donor(3, [("a", 2), ("b", 1)], "c"), Some("a"));
+    assert_eq!(place_donor(3, [("a", 1), ("b", 1), ("c", 1)], "d"), None);
+    assert_eq!(place_donor(1, [("a", 1)], "b"), None);
+    // A network at its fair share (7 / 3 = 2) takes nothing, though another holds more.
+    assert_eq!(place_donor(7, [("a", 3), ("b", 2), ("c", 2)], "c"), None);
+}
+
+/// Issue 12 item 5, Sybil across networks (task 27): each network may hold an eighth of the
+/// client connection places, so eight networks together could take every place and refuse
+/// every other network's clients for as long as they kept their connections active. Now a
+/// network below its fair share takes the place of the idlest connection of the network
+/// holding the most, and networks at their fair share are refused. Fails on the old code: the
+/// ninth network is refused.
+#[test]
+fn eight_full_networks_give_a_ninth_its_fair_share_of_the_connection_places() {
+    use crate::link::{ClientSource, ClientSources, SourceRefusal};
+    // 64 places, 8 per network (the per-network cap).
+    let sources = Arc::new(ClientSources::new(256, 1000, 64, 64, 8));
+    let network = |n: u8| -> std::net::IpAddr { format!("10.0.{n}.1").parse().unwrap() };
+    let mut held = Vec::new();
+    for n in 0..8u8 {
+        for c in 0..8u64 {
+            // Network n's connection c was last active at (c + 1) * 10 ms (c = 0 idlest).
+            let (guard, displaced) = admit_active(
+                &sources,
+                network(n),
+                key(100 + n).public_key(),
+                (c + 1) * 10,
+            )
+            .unwrap();
+            assert_eq!(displaced, None);
+            held.push(guard);
+        }
+    }
+    assert_eq!(sources.open(), 64);
+    // Every network at its cap: none may take more, from anyone.
+    assert_eq!(
+        admit(&sources, network(0), key(100).public_key()).err(),
+        Some(SourceRefusal::ConnectionShareTaken)
+    );
+    // A ninth network gets in: fair share 64 / 9 = 7; it takes places while below it, each
+    // from a network holding the most, the total staying at 64.
+    let mut ninth = Vec::new();
+    for i in 0..7 {
+        let (guard, displaced) =
+            admit_active(&sources, network(9), key(120).public_key(), 1000).unwrap();
+        let (donor, _) = displaced.expect("a network holding the most gives a place");
+        assert!((0..8).any(|n| donor == ClientSource::of(network(n))), "{i}");
+        ninth.push(guard);
+        assert_eq!(sources.open(), 64);
+    }
+    // At its fair share it is refused like the rest, and so is a network that gave one.
+    assert_eq!(
+        admit(&sources, network(9), key(120).public_key()).err(),
+        Some(SourceRefusal::PlacesTaken)
+    );
+    // A tenth network: fair share 64 / 10 = 6; it takes 6, each from a network holding the
+    // most (the ninth too, once it is among them), and no network falls below 6.
+    for _ in 0..6 {
+        let (guard, displaced) =
+            admit_active(&sources, network(10), key(121).public_key(), 1000).unwrap();
+        assert!(displaced.is_some());
+        ninth.push(guard);
+    }
+    assert_eq!(
+        admit(&sources, network(10), key(121).public_key()).err(),
+        Some(SourceRefusal::PlacesTaken)
+    );
+    assert_eq!(sources.open(), 64);
+    let holdings: Vec<usize> = (0..8)
+        .chain([9, 10])
+        .map(|n| sources.held(network(n)))
+        .collect();
+    assert_eq!(holdings.iter().sum::<usize>(), 64, "{holdings:?}");
+    assert!(
+        holdings.iter().all(|&h| (6..=7).contains(&h)),
+        "{holdings:?}"
+    );
+    // Places given away are not given back twice: dropping every guard empties the count.
+    drop(held);
+    drop(ninth);
+    assert_eq!(sources.open(), 0);
+}
+
+/// Which connection a network gives: its idlest (the one that received bytes longest ago),
+/// and never one of a network holding no more than its fair share.
+#[test]
+fn the_network_holding_most_gives_its_idlest_connection() {
+    use crate::link::{ClientSource, ClientSources};
+    let sources = Arc::new(ClientSources::new(256, 1000, 64, 4, 4));
+    let a: std::net::IpAddr = "10.1.0.1".parse().unwrap();
+    let b: std::net::IpAddr = "10.2.0.1".parse().unwrap();
+    let c: std::net::IpAddr = "10.3.0.1".parse().unwrap();
+    // A holds 3 connections (keys 1, 2, 3, key 2 idlest), B one.
+    let mut guards = Vec::new();
+    for (k, active_ms) in [(1u8, 500u64), (2, 100), (3, 900)] {
+        guards.push(admit_active(&sources, a, key(k).public_key(), active_ms).unwrap());
+    }
+    guards.push(admit_active(&sources, b, key(4).public_key(), 0).unwrap());
+    // C (fair share 4 / 3 = 1) takes A's idlest place: key 2's, whose key then counts no more
+    // in A's keys, and B (one place, its fair share, though the idlest) keeps its own.
+    let (_c, displaced) = admit_active(&sources, c, key(5).public_key(), 1000).unwrap();
+    assert_eq!(displaced, Some((ClientSource::of(a), key(2).public_key())));
+    // A's remaining places are keys 1 and 3: with 2 places and 3 networks nothing moves.
+    assert_eq!(
+        admit(&sources, c, key(6).public_key()).err(),
+        Some(crate::link::SourceRefusal::PlacesTaken)
+    );
+    drop(guards);
+    assert_eq!(sources.open(), 1);
 }
 
 #[tokio::test]
@@ -1975,8 +2158,8 @@ async fn the_overdraft_goes_to_another_network_before_the_same_one_again() {
 
 /// Review 25 R2, finding 1: the client connection places of `client_connection_total_bytes`
 /// had no idle eviction (the key table has one). Connections that send nothing, from a few
-/// networks each within its share (two here, where places are few and the share is at least
-/// 4; eight at the defaults, or eight IPv6 /64s of one /61), took every place and locked
+/// networks each within its share (eight here, one place each; eight at the defaults, or
+/// eight IPv6 /64s of one /61), took every place and locked
 /// every other client's new connections out for as long as they stayed open. Now a
 /// connection refused for want of a place closes the connections of the client key idle
 /// longest, if it has been idle for `CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION`, so the client's
@@ -1993,17 +2176,23 @@ async fn idle_connections_from_a_few_networks_do_not_lock_other_clients_out_for_
     let replica1 = QuicTransport::start_with_socket(config1, socket1)
         .await
         .unwrap();
-    // Two networks take their share (4 of the 8 places each) and then send nothing.
+    // Eight networks take one place each (all 8) and then send nothing. (With fewer networks
+    // holding more places each, the newcomer's network, below its fair share, now takes a
+    // place at once: see `a_ninth_network_gets_its_fair_share_of_client_connection_places`.
+    // Here every network holds its fair share, one, so only idleness frees a place.)
     let mut idle = Vec::new();
-    for (ip, k) in [("127.0.1.1", 90u8), ("127.0.2.1", 91u8)] {
-        for _ in 0..4 {
-            idle.push(raw_connect_from(ip, &key(k), &endpoint0).await.unwrap());
-        }
+    for i in 0..8u8 {
+        let ip = format!("127.0.{}.1", 1 + i);
+        idle.push(
+            raw_connect_from(&ip, &key(90 + i), &endpoint0)
+                .await
+                .unwrap(),
+        );
     }
     // Let the replica register them all.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let honest = key(92);
-    let (_endpoint, refused) = raw_connect_from("127.0.3.1", &honest, &endpoint0)
+    let honest = key(99);
+    let (_endpoint, refused) = raw_connect_from("127.0.9.1", &honest, &endpoint0)
         .await
         .unwrap();
     match closed_within(&refused).await {
@@ -2017,7 +2206,7 @@ async fn idle_connections_from_a_few_networks_do_not_lock_other_clients_out_for_
         + crate::link::CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION
         + Duration::from_secs(3);
     loop {
-        let (endpoint, conn) = raw_connect_from("127.0.3.1", &honest, &endpoint0)
+        let (endpoint, conn) = raw_connect_from("127.0.9.1", &honest, &endpoint0)
             .await
             .unwrap();
         let admitted = match conn.open_uni().await {
