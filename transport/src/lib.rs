@@ -748,6 +748,12 @@ pub struct TransportStats {
     /// fairness between networks; see the crate docs, "What a client connection can make a
     /// replica hold"). The first is logged.
     pub client_connections_displaced: u64,
+    /// Client keys whose connections were closed to give their place in the key table to a
+    /// key of another network when [`TransportConfig::max_client_keys`] keys were connected:
+    /// each the idlest key of the network with the most keys, given to a network with fewer
+    /// than its fair share (max-min fairness between networks, as for connection places).
+    /// The first is logged.
+    pub client_keys_displaced: u64,
 }
 
 /// The receive queue's two lanes, read by `recv` (see the crate docs, "Receiving").
@@ -787,6 +793,7 @@ pub(crate) struct Counters {
     pub(crate) connections_closed_slow_frame: AtomicU64,
     pub(crate) client_keys_evicted_idle: AtomicU64,
     pub(crate) client_connections_displaced: AtomicU64,
+    pub(crate) client_keys_displaced: AtomicU64,
 }
 
 impl Counters {
@@ -818,6 +825,7 @@ impl Counters {
             connections_closed_slow_frame: get(&self.connections_closed_slow_frame),
             client_keys_evicted_idle: get(&self.client_keys_evicted_idle),
             client_connections_displaced: get(&self.client_connections_displaced),
+            client_keys_displaced: get(&self.client_keys_displaced),
         }
     }
 }

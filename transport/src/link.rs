@@ -501,6 +501,10 @@ struct Place {
     last_active_ms: Arc<AtomicU64>,
     /// The connection, to close it when it gives its place (`None` in unit tests).
     conn: Option<Connection>,
+    /// Its key gave its place in the key table to another network's ([`ClientSources::key_donor`])
+    /// and no longer counts in the source's keys; the connection still holds its connection
+    /// place until it ends.
+    key_given: bool,
 }
 
 /// One source's open client connections, its connected client keys (with their connection
@@ -628,7 +632,9 @@ impl ClientSources {
                 .map(|(id, _)| *id)
                 .ok_or(SourceRefusal::PlacesTaken)?;
             if let Some(place) = giver.places.remove(&idlest) {
-                release_key(&mut giver.keys, &place.key);
+                if !place.key_given {
+                    release_key(&mut giver.keys, &place.key);
+                }
                 displaced = Some(Displaced {
                     key: place.key,
                     source: donor,
@@ -650,6 +656,7 @@ impl ClientSources {
                 key,
                 last_active_ms,
                 conn,
+                key_given: false,
             },
         );
         Ok((
@@ -660,6 +667,49 @@ impl ClientSources {
             },
             displaced,
         ))
+    }
+
+    /// When the key table ([`TransportConfig::max_client_keys`] places) is full and `key`, just
+    /// admitted from `addr`, is not in it: the key of another network that gives its place,
+    /// by the same max-min fairness between networks as the connection places
+    /// ([`place_donor`], over the keys each network has connected): the idlest key (by its
+    /// connections from that network) of the network with the most keys, if `key`'s network
+    /// has fewer than its fair share. Only keys `in_table` are considered. The key given no
+    /// longer counts in that network's keys (its connections still hold their connection
+    /// places until they end); the caller closes its connections.
+    pub(crate) fn key_donor(
+        &self,
+        addr: IpAddr,
+        key: PublicKey,
+        places: usize,
+        in_table: impl Fn(&PublicKey) -> bool,
+    ) -> Option<(PublicKey, ClientSource)> {
+        let newcomer = ClientSource::of(addr);
+        let mut state = lock(&self.state);
+        let held = state.sources.iter().map(|(source, held)| {
+            // The newcomer's own key was counted at its admission: not yet in the table.
+            let own = usize::from(*source == newcomer && held.keys.contains_key(&key));
+            (*source, held.keys.len().saturating_sub(own))
+        });
+        let donor = place_donor(places, held, newcomer)?;
+        let giver = state.sources.get_mut(&donor)?;
+        let mut last_active: HashMap<PublicKey, u64> = HashMap::new();
+        for place in giver.places.values() {
+            if place.key_given || !in_table(&place.key) {
+                continue;
+            }
+            let at = place.last_active_ms.load(Ordering::Relaxed);
+            let entry = last_active.entry(place.key).or_insert(at);
+            *entry = (*entry).max(at);
+        }
+        let (idlest, _) = last_active.into_iter().min_by_key(|&(_, at)| at)?;
+        giver.keys.remove(&idlest);
+        for place in giver.places.values_mut() {
+            if place.key == idlest {
+                place.key_given = true;
+            }
+        }
+        Some((idlest, donor))
     }
 
     /// Client connections open from `addr`'s source network (for tests).
@@ -702,7 +752,9 @@ impl Drop for SourceGuard {
         let SourcesState { sources, open } = &mut *state;
         if let Some(source) = sources.get_mut(&self.source) {
             if let Some(place) = source.places.remove(&self.id) {
-                release_key(&mut source.keys, &place.key);
+                if !place.key_given {
+                    release_key(&mut source.keys, &place.key);
+                }
                 *open = open.saturating_sub(1);
             }
         }
@@ -2071,9 +2123,10 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
             shared.send_queue_total.clone(),
         );
         let session = Arc::new(Announced::default());
-        let (evicted, idle_evicted) = {
+        let (evicted, idle_evicted, key_given) = {
             let mut all_links = lock(&shared.client_links);
             let mut idle_evicted = None;
+            let mut key_given = None;
             if !all_links.contains_key(&key) && all_links.len() >= shared.max_client_keys {
                 // The table is full: the key that sent no bytes for the longest time gives
                 // its place, if it has been idle long enough; active keys are never evicted.
@@ -2082,26 +2135,45 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
                 // not repeated for every key of a flood: it finds when the first key can have
                 // been idle long enough (activity times only grow, and keys join with the time
                 // they join), and until then new keys are refused without a scan.
-                match idlest_client_key(&shared, &all_links, now_ms) {
-                    Some(idle_key) => {
-                        idle_evicted = all_links.remove(&idle_key).map(|links| (idle_key, links));
-                    }
-                    None => {
-                        drop(all_links);
-                        let count = shared
-                            .counters
-                            .connections_refused_client_limit
-                            .fetch_add(1, Ordering::Relaxed);
-                        if count == 0 {
-                            tracing::warn!(me = %shared.me, ?peer, max_client_keys = shared.max_client_keys,
+                //
+                // But first, max-min fairness between networks: a network with fewer keys
+                // than its fair share takes the place of the idlest key of the network with
+                // the most (active or not), so that no number of networks can fill the table.
+                let in_table = |k: &PublicKey| all_links.contains_key(k);
+                let fair = shared.client_sources.key_donor(
+                    remote.ip(),
+                    key,
+                    shared.max_client_keys,
+                    in_table,
+                );
+                if let Some((given, network)) = fair {
+                    key_given = all_links
+                        .remove(&given)
+                        .map(|links| (given, network, links));
+                }
+                if key_given.is_none() {
+                    match idlest_client_key(&shared, &all_links, now_ms) {
+                        Some(idle_key) => {
+                            idle_evicted =
+                                all_links.remove(&idle_key).map(|links| (idle_key, links));
+                        }
+                        None => {
+                            drop(all_links);
+                            let count = shared
+                                .counters
+                                .connections_refused_client_limit
+                                .fetch_add(1, Ordering::Relaxed);
+                            if count == 0 {
+                                tracing::warn!(me = %shared.me, ?peer, max_client_keys = shared.max_client_keys,
                                 "refusing a connection: max_client_keys client keys are connected, none idle for {:?}",
                                 CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION);
-                        } else {
-                            tracing::debug!(me = %shared.me, ?peer,
+                            } else {
+                                tracing::debug!(me = %shared.me, ?peer,
                                 "refusing a connection: max_client_keys client keys are connected and active");
+                            }
+                            conn.close(CLOSE_TOO_MANY_CLIENTS, b"too many clients");
+                            return;
                         }
-                        conn.close(CLOSE_TOO_MANY_CLIENTS, b"too many clients");
-                        return;
                     }
                 }
             }
@@ -2116,8 +2188,31 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
             let excess = links
                 .len()
                 .saturating_sub(shared.max_connections_per_client_key);
-            (links.drain(..excess).collect::<Vec<_>>(), idle_evicted)
+            (
+                links.drain(..excess).collect::<Vec<_>>(),
+                idle_evicted,
+                key_given,
+            )
         };
+        if let Some((given, network, links)) = key_given {
+            let count = shared
+                .counters
+                .client_keys_displaced
+                .fetch_add(1, Ordering::Relaxed);
+            if count == 0 {
+                tracing::warn!(me = %shared.me, evicted = ?Peer::Client(given), ?network, for_key = ?peer, %remote,
+                    "max_client_keys client keys are connected: the network with the most gives its idlest key's place to a network below its fair share");
+            } else {
+                tracing::debug!(me = %shared.me, evicted = ?Peer::Client(given), ?network, for_key = ?peer,
+                    "a client key gives its place to a network below its fair share");
+            }
+            for link in links {
+                link.conn.close(
+                    CLOSE_PLACE_GIVEN,
+                    b"place given to a client of another network",
+                );
+            }
+        }
         if let Some((idle_key, links)) = idle_evicted {
             let count = shared
                 .counters

@@ -1593,8 +1593,10 @@ async fn eight_networks_claiming_frames_and_stalling_do_not_make_other_clients_w
 /// expire (the replica's keep-alives keep an idle connection open). `max_client_keys /
 /// max_client_keys_per_source` networks (16 at the defaults; one home's IPv6 /56 is 256 /64s)
 /// that connect keys and send nothing keep every further client out at the transport, for as
-/// long as they stay connected, without one request executed. Here: 4 keys in all, 2 per
-/// network, two idle networks; a client from a third network is refused.
+/// long as they stay connected, without one request executed. Here: 4 keys in all, from four
+/// idle networks, each at its fair share of one key (two networks holding two each would
+/// now give a fifth network a place at once: see
+/// `a_ninth_network_gets_its_fair_share_of_client_keys`); a client from a fifth is refused.
 ///
 /// Now a new key takes the place of the key idle longest, once that one has sent nothing for
 /// `CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION`; keys that sent a frame since are never evicted.
@@ -1614,7 +1616,7 @@ async fn idle_keys_from_a_few_networks_do_not_keep_every_other_client_out() {
     .await;
     let mut live = Vec::new();
     for (i, k) in idle.iter().enumerate() {
-        let ip = format!("127.0.{}.1", 40 + i / 2);
+        let ip = format!("127.0.{}.1", 40 + i);
         let (endpoint_, conn) = raw_connect_from(&ip, k, &endpoint).await.unwrap();
         let mut stream = conn.open_uni().await.unwrap();
         stream.write_all(&frame(b"hello")).await.unwrap();
@@ -2009,9 +2011,11 @@ async fn a_full_table_of_active_keys_refuses_new_keys_without_scanning_it_each_t
         c.max_client_keys = 2;
     })
     .await;
+    // One key from each of two networks: each at its fair share, so a third network's key
+    // takes no place from them.
     let mut live = Vec::new();
-    for k in &active {
-        let (endpoint_, conn) = raw_connect_from("127.0.62.1", k, &endpoint).await.unwrap();
+    for (k, ip) in active.iter().zip(["127.0.62.1", "127.0.64.1"]) {
+        let (endpoint_, conn) = raw_connect_from(ip, k, &endpoint).await.unwrap();
         let mut stream = conn.open_uni().await.unwrap();
         stream.write_all(&frame(b"hello")).await.unwrap();
         recv_within(&replica).await;
@@ -2351,6 +2355,121 @@ async fn a_ninth_network_gets_its_fair_share_of_client_connection_places() {
     codes.sort();
     assert_eq!(codes, vec![CLOSE_TOO_MANY_CLIENTS, CLOSE_PLACE_GIVEN]);
     // The honest client connected before it all was never displaced and is still served.
+    honest_stream.write_all(&frame(b"after")).await.unwrap();
+    assert_eq!(from(connected_peer, "the connected client").await, b"after");
+    assert!(honest.close_reason().is_none());
+    drop(attack);
+    drain.abort();
+    replica.shutdown().await;
+}
+
+/// Issue 12 item 5, Sybil across networks (task 27), for the key table: each network may
+/// connect `max_client_keys_per_source` keys, so `max_client_keys / max_client_keys_per_source`
+/// networks (16 at the defaults; 8 here, 16 keys in all, 2 per network) keeping their keys
+/// active took every place of the table and refused every other network's new keys. Now a
+/// network with fewer keys than its fair share takes the place of the idlest key of the
+/// network with the most (its connections closed with `CLOSE_PLACE_GIVEN`), and the honest
+/// client connected before keeps working. Fails on the old code: the ninth network's key is
+/// refused (`CLOSE_TOO_MANY_CLIENTS`) while the eight keep their keys active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ninth_network_gets_its_fair_share_of_client_keys() {
+    use crate::link::CLOSE_PLACE_GIVEN;
+    let connected = key(40);
+    let newcomer = key(41);
+    let attackers: Vec<Arc<IdentityKey>> = (0..16u8).map(|i| key(60 + i)).collect();
+    let admitted: Vec<PublicKey> = [&connected, &newcomer]
+        .into_iter()
+        .chain(&attackers)
+        .map(|k| k.public_key())
+        .collect();
+    let (replica, endpoint) = single_replica_with(&admitted, |c| {
+        c.max_client_keys = 16;
+        c.max_client_keys_per_source = 2;
+    })
+    .await;
+    let (frames_tx, mut frames) = tokio::sync::mpsc::unbounded_channel();
+    let reader = replica.clone();
+    let drain = tokio::spawn(async move {
+        while let Some(frame) = reader.recv().await {
+            let _ = frames_tx.send((frame.from, frame.frame));
+        }
+    });
+    let connected_peer = Peer::Client(connected.public_key());
+    let mut from = async |peer: Peer, what: &str| loop {
+        let (got, bytes) = tokio::time::timeout(WAIT, frames.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no frame from {what} in time"))
+            .expect("replica closed");
+        if got == peer {
+            return bytes;
+        }
+    };
+    let (_connected_endpoint, honest) = raw_connect_from("127.0.90.1", &connected, &endpoint)
+        .await
+        .unwrap();
+    let mut honest_stream = honest.open_uni().await.unwrap();
+    honest_stream.write_all(&frame(b"before")).await.unwrap();
+    assert_eq!(
+        from(connected_peer, "the connected client").await,
+        b"before"
+    );
+    // Eight networks connect two keys each, each active; the 16th attacking key finds the
+    // table full (15 + the honest one) and its network at its fair share (16 / 9 = 1).
+    let mut attack = Vec::new();
+    for (i, k) in attackers.iter().enumerate() {
+        let ip = format!("127.0.{}.1", 70 + i / 2);
+        let (attack_endpoint, conn) = raw_connect_from(&ip, k, &endpoint).await.unwrap();
+        let stream = match conn.open_uni().await {
+            Ok(mut stream) => {
+                let _ = stream.write_all(&frame(b"mine")).await;
+                Some(stream)
+            }
+            Err(_) => None,
+        };
+        attack.push((attack_endpoint, conn, stream));
+    }
+    wait_until("the eight networks hold every other key place", || {
+        replica.stats().connections_refused_client_limit == 1
+    })
+    .await;
+    // The ninth network's key is admitted at once.
+    let (_newcomer_endpoint, conn) = raw_connect_from("127.0.91.1", &newcomer, &endpoint)
+        .await
+        .unwrap();
+    let mut stream = conn.open_uni().await.unwrap();
+    stream.write_all(&frame(b"let me in")).await.unwrap();
+    let newcomer_peer = Peer::Client(newcomer.public_key());
+    tokio::select! {
+        closed = conn.closed() => panic!(
+            "the ninth network's key was refused ({closed}): {:?}",
+            replica.stats()
+        ),
+        bytes = from(newcomer_peer, "the ninth network's client") => {
+            assert_eq!(bytes, b"let me in")
+        }
+    }
+    let stats = replica.stats();
+    assert_eq!(stats.client_keys_displaced, 1, "{stats:?}");
+    assert_eq!(stats.client_keys_evicted_idle, 0, "{stats:?}");
+    assert_eq!(stats.connections_refused_client_limit, 1, "{stats:?}");
+    wait_until("the displaced key's connection is closed", || {
+        attack
+            .iter()
+            .filter(|(_, c, _)| c.close_reason().is_some())
+            .count()
+            >= 2
+    })
+    .await;
+    let mut codes: Vec<_> = attack
+        .iter()
+        .filter_map(|(_, c, _)| match c.close_reason() {
+            Some(ConnectionError::ApplicationClosed(close)) => Some(close.error_code),
+            Some(other) => panic!("an attacking connection ended otherwise: {other}"),
+            None => None,
+        })
+        .collect();
+    codes.sort();
+    assert_eq!(codes, vec![CLOSE_TOO_MANY_CLIENTS, CLOSE_PLACE_GIVEN]);
     honest_stream.write_all(&frame(b"after")).await.unwrap();
     assert_eq!(from(connected_peer, "the connected client").await, b"after");
     assert!(honest.close_reason().is_none());
