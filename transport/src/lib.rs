@@ -51,8 +51,15 @@
 //! reconnect later; if every key sent bytes within 5 s, the new key's connection is refused,
 //! counted and logged (the first as a warning; one scan of the key table finds when the first
 //! key can become idle, and until then further keys are refused without one). So keys parked idle keep nobody out for more than a few seconds, while
-//! active keys are never evicted (a flood of keys that all keep sending still fills the table;
-//! see docs/design.md §3.7). From one source network (an IPv4
+//! active keys are never evicted by that rule. A flood of keys that all keep sending from
+//! enough networks would still fill the table, so the key places are shared between source
+//! networks by max-min fairness, as the client connection places are (see "What a client
+//! connection can make a replica hold" below): when the table is full, a new key from a
+//! network with fewer keys connected than its fair share takes the place of the idlest key
+//! of the network with the most keys, active or not (its connections are closed with
+//! application code 11, counted in [`TransportStats::client_keys_displaced`]; it may
+//! reconnect), and a network with no fewer than its fair share falls back to the idle rule
+//! above (docs/design.md §3.7). From one source network (an IPv4
 //! /24, an IPv6 /64) at most [`TransportConfig::max_client_keys_per_source`] keys may be
 //! connected at once, and keys not already connected from it are admitted at most
 //! [`TransportConfig::client_keys_per_source_per_minute`] a minute after a burst of that many;
@@ -132,10 +139,34 @@
 //! of those places (at least 4: 512 at the defaults; refused beyond it and counted in
 //! [`TransportStats::connections_refused_source_limit`]): without that share, one network's
 //! 256 keys × 64 connections could take every place and lock every other client's new
-//! connections out. Eight networks together still can (Sybil across networks, as with the
-//! partial-frame budget), but not with idle connections: a connection refused for want of a
-//! place closes the connections of the client key idle longest if it sent nothing for 5 s
-//! (as the key table does), so the refused client's retry gets in.
+//! connections out.
+//!
+//! Fixed shares alone are not enough: eight networks (eight /24s, or eight /64s of one
+//! customer's /61) would take every place, and keep it by keeping their connections active.
+//! So the places are shared between networks by **max-min fairness**: when every place is
+//! taken, a connection from a network holding fewer than its *fair share* (the places divided
+//! by the number of networks holding any, its own counted, rounded down, at least 1) takes the
+//! place of the connection of the network holding the most that received bytes longest ago
+//! (active or not), if that network holds at least two more; a network at or above its fair
+//! share is refused as before (counted in
+//! [`TransportStats::connections_refused_client_bytes`], logged). A network never loses a
+//! place to another while it holds no more than its fair share, so with N networks taking
+//! all they can, every other network still gets `places / (N + 1)` places (up to the eighth),
+//! whatever N: at the defaults, with a thousand attacking networks, 4 connections, one
+//! client process per network against a cluster of 4. In particular a client already
+//! connected and active, in a network that holds no more than its fair share, is never
+//! displaced by newcomers of other networks. The displaced connection is counted
+//! ([`TransportStats::client_connections_displaced`], the first logged) and closed with
+//! application code 11 ("place given to a client of another network"); its client sees a
+//! closed connection, and a [`Client`] redials (with its reconnect backoff): it gets in again
+//! while its network holds less than its fair share, and a request it had pending is
+//! answered to its retry (from the client table's reply cache). The place changes hands under
+//! one lock, so the total stays bounded. A connection refused for want of a place still
+//! closes the connections of the client key idle longest if it sent nothing for 5 s (as the
+//! key table does), so idle connections cannot keep out even a network at its fair share.
+//! Why this rule: a share that shrinks as networks appear cannot be exhausted by any number
+//! of them; weights or reputations would need state that outlives connections and that an
+//! attacker can farm, while this needs only what each network holds now.
 //!
 //! # Sending and the overflow policy
 //! [`Network::send`] never blocks. It pushes the frame onto a per-peer queue that a writer task
@@ -297,7 +328,9 @@ pub struct TransportConfig {
     /// eighth still holds one whatever `max_op_bytes` is.
     pub client_partial_frame_bytes: usize,
     /// Most distinct client keys with live connections at once (replica role). A further key
-    /// takes the place of the key idle longest if that one sent no bytes for 5 s (its
+    /// from a network with fewer keys than its fair share takes the place of the idlest key of
+    /// the network with the most (max-min fairness between source networks); otherwise it
+    /// takes the place of the key idle longest if that one sent no bytes for 5 s (the key's
     /// connections are closed, counted); otherwise its connection is refused, counted and
     /// logged. Matters under [`ClientPolicy::Any`], where anyone can mint keys.
     pub max_client_keys: usize,
@@ -346,8 +379,10 @@ pub struct TransportConfig {
     /// client connections are open at once (4096 at the default, 2 GiB). A further client
     /// connection is refused, counted ([`TransportStats::connections_refused_client_bytes`])
     /// and logged (the first); replica connections never count against it. One source network
-    /// may hold an eighth of the places (at least 4). Must be at least one connection's worth. See the crate docs, "What a client connection can make a
-    /// replica hold".
+    /// may hold an eighth of the places (at least 4), and when every place is taken a network
+    /// below its fair share takes one from the network holding the most (max-min fairness).
+    /// Must be at least one connection's worth. See the crate docs, "What a client connection
+    /// can make a replica hold".
     pub client_connection_total_bytes: usize,
 }
 
