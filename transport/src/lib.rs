@@ -789,6 +789,12 @@ pub struct TransportStats {
     /// than its fair share (max-min fairness between networks, as for connection places).
     /// The first is logged.
     pub client_keys_displaced: u64,
+    /// Client connections closed because a stream of theirs gave the room its partial frame
+    /// held to a stream of a network holding less than its fair share of
+    /// [`TransportConfig::client_partial_frame_bytes`]: each the partial frame that began
+    /// holding room longest ago, of the network holding the most (max-min fairness between
+    /// networks). The first is logged.
+    pub connections_closed_room_given: u64,
 }
 
 /// The receive queue's two lanes, read by `recv` (see the crate docs, "Receiving").
@@ -829,6 +835,7 @@ pub(crate) struct Counters {
     pub(crate) client_keys_evicted_idle: AtomicU64,
     pub(crate) client_connections_displaced: AtomicU64,
     pub(crate) client_keys_displaced: AtomicU64,
+    pub(crate) connections_closed_room_given: AtomicU64,
 }
 
 impl Counters {
@@ -861,6 +868,7 @@ impl Counters {
             client_keys_evicted_idle: get(&self.client_keys_evicted_idle),
             client_connections_displaced: get(&self.client_connections_displaced),
             client_keys_displaced: get(&self.client_keys_displaced),
+            connections_closed_room_given: get(&self.connections_closed_room_given),
         }
     }
 }

@@ -37,6 +37,10 @@ pub(crate) const CLOSE_IDLE_KEY_EVICTED: VarInt = VarInt::from_u32(10);
 /// A client connection closed to give its place to a client of a network holding less than
 /// its fair share of the client connection places (see [`place_donor`]).
 pub(crate) const CLOSE_PLACE_GIVEN: VarInt = VarInt::from_u32(11);
+/// A client connection closed because one of its streams was told to give the room its
+/// partial frame held in the partial-frame budget to a stream of a network holding less than
+/// its fair share (see [`PartialFrameBudget::take_room_for`]).
+pub(crate) const CLOSE_ROOM_GIVEN: VarInt = VarInt::from_u32(12);
 
 /// The slowest a client's frame may arrive once it has begun, in bytes per second: a partial
 /// client frame of `length` bytes must be complete within
@@ -485,11 +489,14 @@ pub(crate) fn place_donor<S: Copy + Eq>(
             largest = Some((source, count));
         }
     }
-    if newcomer_held >= fair_share(places, networks) {
+    let fair = fair_share(places, networks);
+    if newcomer_held >= fair {
         return None;
     }
+    // (When the resource is full, `most > fair` follows from the rest; it matters for the
+    // partial-frame budget, which may be short of a stream's need without being full.)
     largest
-        .filter(|&(_, most)| most >= newcomer_held.saturating_add(2))
+        .filter(|&(_, most)| most >= newcomer_held.saturating_add(2) && most > fair)
         .map(|(source, _)| source)
 }
 
@@ -606,6 +613,21 @@ impl ClientSources {
         let elapsed = now.saturating_duration_since(entry.at).as_secs_f64();
         entry.tokens = (entry.tokens + elapsed * self.per_minute as f64 / 60.0).min(capacity);
         entry.at = now;
+        // Every place taken: only a network below its fair share may take one (from the
+        // network holding the most), once the checks below admit it.
+        let full = *open >= self.max_open;
+        let donor = match full {
+            true => Some(
+                place_donor(
+                    self.max_open,
+                    sources.iter().map(|(s, held)| (*s, held.places.len())),
+                    source,
+                )
+                .ok_or(SourceRefusal::PlacesTaken)?,
+            ),
+            false => None,
+        };
+        let entry = sources.entry(source).or_insert_with(fresh);
         if entry.places.len() >= self.max_connections {
             return Err(SourceRefusal::ConnectionShareTaken);
         }
@@ -617,13 +639,7 @@ impl ClientSources {
             return Err(SourceRefusal::TooFast);
         }
         let mut displaced = None;
-        if *open >= self.max_open {
-            let donor = place_donor(
-                self.max_open,
-                sources.iter().map(|(s, held)| (*s, held.places.len())),
-                source,
-            )
-            .ok_or(SourceRefusal::PlacesTaken)?;
+        if let Some(donor) = donor {
             let giver = sources.get_mut(&donor).ok_or(SourceRefusal::PlacesTaken)?;
             let idlest = giver
                 .places
@@ -995,6 +1011,35 @@ pub(crate) struct PartialFrameBudget {
     overdraft: tokio::sync::Semaphore,
     /// Who held the overdraft last, and how many streams of each source wait for room.
     overdraft_turns: Mutex<OverdraftTurns>,
+    /// The streams holding room now, by stream: which network, since when, and how to make
+    /// one give its room to another network's stream ([`PartialFrameBudget::take_room_for`]).
+    holding: Mutex<HashMap<u64, Holding>>,
+    next_stream: AtomicU64,
+}
+
+/// A stream holding room in the [`PartialFrameBudget`].
+struct Holding {
+    source: ClientSource,
+    /// When it began to hold room for its current partial frame.
+    since: Instant,
+    given: Arc<RoomGiven>,
+}
+
+/// How a stream holding room is told to give it to another network's stream: `notify` wakes
+/// its reader, which ends the stream (closing its connection); the room it held then goes to
+/// `to`, not back to the budget, where the first stream in line (any network's) would take it.
+#[derive(Default)]
+pub(crate) struct RoomGiven {
+    notify: tokio::sync::Notify,
+    to: Mutex<Option<tokio::sync::oneshot::Sender<usize>>>,
+}
+
+/// Resolves once the stream of `given` has been told to give its room (never without one).
+pub(crate) async fn room_asked(given: &Option<Arc<RoomGiven>>) {
+    match given {
+        Some(given) => given.notify.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Whose turn the [`PartialFrameBudget::overdraft`] is.
@@ -1021,7 +1066,37 @@ impl PartialFrameBudget {
             buffered: AtomicUsize::new(0),
             overdraft: tokio::sync::Semaphore::new(1),
             overdraft_turns: Mutex::new(OverdraftTurns::default()),
+            holding: Mutex::new(HashMap::new()),
+            next_stream: AtomicU64::new(0),
         }
+    }
+
+    /// Max-min fairness between source networks for the budget ([`place_donor`], in bytes):
+    /// when a stream of `source` needs room that the total lacks and its network holds less
+    /// than its fair share (the budget over the networks holding any), the stream of the
+    /// network holding the most that began holding room the longest ago is told to give its
+    /// room (its connection is closed), and the room comes to the receiver returned, not back
+    /// to the budget. `None` if no network is to give.
+    fn take_room_for(&self, source: ClientSource) -> Option<tokio::sync::oneshot::Receiver<usize>> {
+        let held: Vec<(ClientSource, usize)> = lock(&self.shares)
+            .iter()
+            .map(|(s, share)| {
+                (
+                    *s,
+                    self.share_bytes.saturating_sub(share.available_permits()),
+                )
+            })
+            .collect();
+        let donor = place_donor(self.max_bytes, held, source)?;
+        let holding = lock(&self.holding);
+        let oldest = holding
+            .values()
+            .filter(|h| h.source == donor && lock(&h.given.to).is_none())
+            .min_by_key(|h| h.since)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        *lock(&oldest.given.to) = Some(tx);
+        oldest.given.notify.notify_one();
+        Some(rx)
     }
 
     /// Whether a stream of `source` that got the overdraft may keep it: not if its source
@@ -1074,6 +1149,8 @@ impl PartialFrameBudget {
             held_bytes: 0,
             buffered_bytes: 0,
             overdraft: None,
+            stream: self.next_stream.fetch_add(1, Ordering::Relaxed),
+            given: Arc::new(RoomGiven::default()),
         }
     }
 }
@@ -1109,6 +1186,10 @@ pub(crate) struct PartialHeld<'a> {
     /// Held while the stream reads its current frame beyond what it holds (see
     /// [`PartialFrameBudget::overdraft`]).
     overdraft: Option<tokio::sync::SemaphorePermit<'a>>,
+    /// Its key in [`PartialFrameBudget::holding`].
+    stream: u64,
+    /// Set when it is told to give its room to another network's stream.
+    given: Arc<RoomGiven>,
 }
 
 impl<'a> PartialHeld<'a> {
@@ -1117,10 +1198,34 @@ impl<'a> PartialHeld<'a> {
         self.overdraft = None;
     }
 
+    /// What tells this stream to give its room to another network's (its reader ends the
+    /// stream when it resolves).
+    pub(crate) fn room_given(&self) -> Arc<RoomGiven> {
+        self.given.clone()
+    }
+
     fn give_back(&mut self, bytes: usize) {
         self.share.add_permits(bytes);
         self.budget.permits.add_permits(bytes);
         self.held_bytes -= bytes;
+        if self.held_bytes == 0 {
+            lock(&self.budget.holding).remove(&self.stream);
+        }
+    }
+
+    /// Notes that the stream holds `bytes` now, more than before.
+    fn took(&mut self, bytes: usize) {
+        if self.held_bytes == 0 {
+            lock(&self.budget.holding).insert(
+                self.stream,
+                Holding {
+                    source: self.source,
+                    since: Instant::now(),
+                    given: self.given.clone(),
+                },
+            );
+        }
+        self.held_bytes = bytes;
     }
 
     /// Holds `bytes`, the bytes of the partial frame the stream's buffer holds now (capped at
@@ -1145,13 +1250,20 @@ impl<'a> PartialHeld<'a> {
             return true;
         }
         let more = u32::try_from(bytes - self.held_bytes).expect("the budget fits u32");
-        if let Ok(share) = self.share.try_acquire_many(more) {
-            if let Ok(total) = self.budget.permits.try_acquire_many(more) {
-                share.forget();
-                total.forget();
-                self.held_bytes = bytes;
-                return true;
-            }
+        let fast = match self.share.try_acquire_many(more) {
+            Ok(share) => match self.budget.permits.try_acquire_many(more) {
+                Ok(total) => {
+                    share.forget();
+                    total.forget();
+                    true
+                }
+                Err(_) => false,
+            },
+            Err(_) => false,
+        };
+        if fast {
+            self.took(bytes);
+            return true;
         }
         if held_back.fetch_add(1, Ordering::Relaxed) == 0 {
             tracing::warn!(
@@ -1166,24 +1278,60 @@ impl<'a> PartialHeld<'a> {
         }
         let budget: &'a PartialFrameBudget = self.budget;
         let share = self.share.clone();
-        let room = async {
-            let share = share.acquire_many(more).await.ok()?;
-            let total = budget.permits.acquire_many(more).await.ok()?;
-            share.forget();
-            total.forget();
-            Some(())
+        let make_room = || {
+            let share = share.clone();
+            Box::pin(async move {
+                let share = share.acquire_many(more).await.ok()?;
+                let total = budget.permits.acquire_many(more).await.ok()?;
+                share.forget();
+                total.forget();
+                Some(())
+            })
         };
-        let mut room = std::pin::pin!(room);
+        let mut room = Some(make_room());
         let _waiting = budget.note_waiting(self.source);
+        // If its network has room in its share but the total has none, and the network holds
+        // less than its fair share, a network holding more gives room to this stream.
+        let mut given = match self.share.available_permits() >= more as usize {
+            true => budget.take_room_for(self.source),
+            false => None,
+        };
         loop {
             tokio::select! {
-                room = &mut room => return match room {
+                room = async { room.as_mut().expect("guarded").await }, if room.is_some() => return match room {
                     Some(()) => {
-                        self.held_bytes = bytes;
+                        self.took(bytes);
                         true
                     }
                     None => false,
                 },
+                given_bytes = async { given.as_mut().expect("guarded").await }, if given.is_some() => {
+                    given = None;
+                    let Ok(given_bytes) = given_bytes else {
+                        continue;
+                    };
+                    // The room comes from the total; this network's share pays for it as
+                    // usual (the wait for room gives back what it took of the share first).
+                    // What is not needed goes back to the budget.
+                    drop(room.take());
+                    let paid = given_bytes >= more as usize
+                        && match self.share.try_acquire_many(more) {
+                            Ok(share_paid) => {
+                                share_paid.forget();
+                                true
+                            }
+                            Err(_) => false,
+                        };
+                    if paid {
+                        budget.permits.add_permits(given_bytes - more as usize);
+                        self.took(bytes);
+                        return true;
+                    }
+                    // Not all it needs (or its own network's streams took the share
+                    // meanwhile): back to the budget, and wait as before.
+                    budget.permits.add_permits(given_bytes);
+                    room = Some(make_room());
+                }
                 overdraft = budget.overdraft.acquire() => match overdraft {
                     Ok(overdraft) if budget.overdraft_turn(self.source) => {
                         self.overdraft = Some(overdraft);
@@ -1218,6 +1366,17 @@ impl<'a> PartialHeld<'a> {
 
 impl Drop for PartialHeld<'_> {
     fn drop(&mut self) {
+        // Told to give its room to another network's stream: the total's part goes there.
+        let to = lock(&self.given.to).take();
+        if let Some(to) = to {
+            let bytes = self.held_bytes;
+            self.share.add_permits(bytes);
+            self.held_bytes = 0;
+            lock(&self.budget.holding).remove(&self.stream);
+            if let Err(bytes) = to.send(bytes) {
+                self.budget.permits.add_permits(bytes);
+            }
+        }
         self.give_back(self.held_bytes);
         self.buffered(0);
         let mut shares = lock(&self.budget.shares);
@@ -2379,6 +2538,9 @@ pub(crate) enum StreamEnd {
     /// A client's partial frame did not complete within its deadline
     /// ([`client_frame_deadline`]).
     TooSlow { length_bytes: usize },
+    /// The stream was told to give the room its partial frame held to a stream of a network
+    /// holding less than its fair share of the partial-frame budget.
+    RoomGiven,
 }
 
 async fn read_stream(
@@ -2436,6 +2598,23 @@ async fn read_stream(
             }
             conn.close(CLOSE_FRAME_TOO_SLOW, b"frame too slow");
         }
+        StreamEnd::RoomGiven => {
+            let count = shared
+                .counters
+                .connections_closed_room_given
+                .fetch_add(1, Ordering::Relaxed);
+            if count == 0 {
+                tracing::warn!(me = %shared.me, ?peer,
+                    "the partial-frame budget is spent: the network holding the most gives its oldest partial frame's room to a network below its fair share; closing that frame's connection");
+            } else {
+                tracing::debug!(me = %shared.me, ?peer,
+                    "a partial client frame gives its room to a network below its fair share");
+            }
+            conn.close(
+                CLOSE_ROOM_GIVEN,
+                b"partial frame room given to another network",
+            );
+        }
         StreamEnd::Failed(reason) => {
             tracing::debug!(me = %shared.me, ?peer, %reason, "stream failed");
             let _ = stream.stop(CLOSE_STREAM_REFUSED);
@@ -2477,6 +2656,8 @@ async fn read_frames(
     // A client announces its session (routing tag, then session) on any of its streams, at
     // any frame (clients only); the last announcement holds.
     let session_from = client.as_ref().map(|client| client.session.clone());
+    // Resolves when the stream is told to give its room to another network's stream.
+    let room_given = partial.as_ref().map(|partial| partial.room_given());
     // When the partial frame at the head of the buffer began to arrive (clients only).
     let mut frame_began: Option<Instant> = None;
     // The complete frames cut from the buffer in one pass, as (body offset, length).
@@ -2617,6 +2798,7 @@ async fn read_frames(
                 held = partial.hold(buffer.len(), &shared.counters.frames_held_back_partial_budget, peer) => held,
                 error = conn.closed() => return StreamEnd::Failed(error.to_string()),
                 _ = until(deadline) => return StreamEnd::TooSlow { length_bytes: length },
+                _ = room_asked(&room_given) => return StreamEnd::RoomGiven,
             };
             if !held {
                 return StreamEnd::Closed;
@@ -2631,6 +2813,7 @@ async fn read_frames(
         }
         let read = tokio::select! {
             read = stream.read_chunk(read_bytes, true) => read,
+            _ = room_asked(&room_given) => return StreamEnd::RoomGiven,
             _ = until(deadline) => {
                 let length_bytes = buffer
                     .get(..LENGTH_PREFIX_BYTES)

@@ -1338,10 +1338,10 @@ fn eight_full_networks_give_a_ninth_its_fair_share_of_the_connection_places() {
         }
     }
     assert_eq!(sources.open(), 64);
-    // Every network at its cap: none may take more, from anyone.
+    // Every network at its cap, and its fair share: none may take more, from anyone.
     assert_eq!(
         admit(&sources, network(0), key(100).public_key()).err(),
-        Some(SourceRefusal::ConnectionShareTaken)
+        Some(SourceRefusal::PlacesTaken)
     );
     // A ninth network gets in: fair share 64 / 9 = 7; it takes places while below it, each
     // from a network holding the most, the total staying at 64.
@@ -1881,10 +1881,12 @@ async fn a_stream_waiting_for_partial_frame_room_is_not_sent_a_megabyte_it_does_
 /// Partial client frames that each need more room than is left could hold the whole budget
 /// and wait on each other for ever, and a client that sends all of a frame but its last byte
 /// and stalls holds its room for as long as it likes. Every partial client frame has a
-/// deadline (`idle_timeout_ms` plus its length at 256 KiB/s): eight networks that fill the
-/// budget with frames they never finish (and a ninth that holds the overdraft) are closed at
-/// their deadline, their room comes back, and an honest client's frame waiting for room
-/// arrives.
+/// deadline (`idle_timeout_ms` plus its length at 256 KiB/s): networks that fill the budget
+/// with frames they never finish are closed at their deadline and their room comes back.
+/// (Nine networks here: since max-min fairness between networks (task 27), the ninth's frame
+/// takes the room of one of the first eight, and an honest client of a tenth network takes
+/// another's at once rather than waiting for the deadlines; see
+/// `a_ninth_network_gets_room_in_a_partial_frame_budget_held_by_eight`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_frames_that_stall_past_their_deadline_give_back_their_room() {
     const LIMIT: usize = 16 * 1024;
@@ -1908,8 +1910,11 @@ async fn partial_frames_that_stall_past_their_deadline_give_back_their_room() {
         let ip = format!("127.0.{}.1", 110 + i);
         held.push(StalledFrame::send(&ip, staller, &endpoint, LIMIT).await);
     }
+    // Eight stalled frames fill the budget: the ninth network's took the room of one of the
+    // first eight.
     wait_until("every stalled frame is read", || {
-        replica.client_partial_frame_bytes() >= (LENGTH_PREFIX_BYTES + LIMIT - 1) * stallers.len()
+        replica.client_partial_frame_bytes() >= (LENGTH_PREFIX_BYTES + LIMIT - 1) * 8
+            && replica.stats().connections_closed_room_given == 1
     })
     .await;
     // The stalled frames' deadlines (1 s + 62 ms) end well before the victim's (1 s + 16 ms).
@@ -1930,10 +1935,15 @@ async fn partial_frames_that_stall_past_their_deadline_give_back_their_room() {
     let stats = replica.stats();
     drop(held);
     replica.shutdown().await;
-    let arrived = arrived.expect("the honest frame arrived once the stalled frames timed out");
+    let arrived = arrived.expect("the honest frame arrived");
     assert_eq!(arrived.map(|f| f.frame), Some(vec![5; 4096]));
     assert!(stats.frames_held_back_partial_budget >= 1, "{stats:?}");
-    assert_eq!(stats.connections_closed_slow_frame, 9, "{stats:?}");
+    // One stalled frame gave its room to the ninth network's, and one more to the honest
+    // client's if it came before the deadlines (on a loaded machine it may not); every other
+    // stalled frame was closed at its deadline.
+    let given = stats.connections_closed_room_given;
+    assert!((1..=2).contains(&given), "{stats:?}");
+    assert_eq!(stats.connections_closed_slow_frame + given, 9, "{stats:?}");
 }
 
 /// Review finding (issue 12): a key's activity was noted only when a whole frame arrived, so
@@ -2158,6 +2168,69 @@ async fn the_overdraft_goes_to_another_network_before_the_same_one_again() {
     .await;
     assert_eq!(first, Ok(("network B", true)));
     assert!(tokio::time::timeout(quick, &mut a3_waits).await.is_err());
+}
+
+/// Issue 12 item 5, Sybil across networks (task 27), for the partial-frame budget: each
+/// network may hold an eighth of it, so eight networks each holding its share (and one more
+/// stream on the overdraft) left every other network's streams waiting until a deadline
+/// closed one of theirs (about 14 s for a 1 MiB frame at the defaults, then the next). Now a
+/// stream of a network holding less than its fair share (the budget over the networks holding
+/// any) makes the oldest partial frame of the network holding the most give its room, which
+/// comes to that stream, not back to the budget. Fails on the old code: the ninth network's
+/// stream waits.
+#[tokio::test(flavor = "current_thread")]
+async fn a_ninth_network_gets_room_in_a_partial_frame_budget_held_by_eight() {
+    use crate::link::{room_asked, ClientSource, PartialFrameBudget};
+    const FRAME: usize = 1000 + LENGTH_PREFIX_BYTES;
+    // Eight frames in all, one per network's share.
+    let budget = PartialFrameBudget::new(8 * FRAME, 1000);
+    let held_back = AtomicU64::new(0);
+    let peer = Peer::Client(key(81).public_key());
+    let network = |n: u8| ClientSource::of(format!("10.9.{n}.1").parse().unwrap());
+    let quick = Duration::from_millis(50);
+    let mut eight = Vec::new();
+    for n in 0..8 {
+        let mut holder = budget.holder(network(n));
+        assert!(holder.hold(FRAME, &held_back, peer).await);
+        eight.push(holder);
+    }
+    // Another stream of the first network takes the overdraft.
+    let mut overdraft = budget.holder(network(0));
+    assert_eq!(
+        tokio::time::timeout(quick, overdraft.hold(FRAME, &held_back, peer)).await,
+        Ok(true)
+    );
+    // A ninth network's stream: one of the eight is asked to give its room.
+    let mut ninth = budget.holder(network(9));
+    let mut waits = std::pin::pin!(ninth.hold(FRAME, &held_back, peer));
+    assert!(tokio::time::timeout(quick, &mut waits).await.is_err());
+    let mut asked = Vec::new();
+    for (i, holder) in eight.iter().enumerate() {
+        let given = Some(holder.room_given());
+        if tokio::time::timeout(Duration::from_millis(5), room_asked(&given))
+            .await
+            .is_ok()
+        {
+            asked.push(i);
+        }
+    }
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    // Its reader ends the stream: the room goes to the ninth network's stream.
+    drop(eight.remove(asked[0]));
+    assert_eq!(tokio::time::timeout(quick, &mut waits).await, Ok(true));
+    // A second stream of the ninth network, now at its fair share (8 / 9 of a frame, rounded
+    // down to bytes: it holds a frame), makes nobody give.
+    let mut second = budget.holder(network(9));
+    let mut waits = std::pin::pin!(second.hold(FRAME, &held_back, peer));
+    assert!(tokio::time::timeout(quick, &mut waits).await.is_err());
+    for holder in &eight {
+        let given = Some(holder.room_given());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(5), room_asked(&given))
+                .await
+                .is_err()
+        );
+    }
 }
 
 /// Review 25 R2, finding 1: the client connection places of `client_connection_total_bytes`
