@@ -105,7 +105,17 @@
 //! unread (until room comes, its connection ends or its frame's deadline passes), which pushes
 //! back on its client through QUIC flow control. One source network (an IPv4 /24, an IPv6 /64)
 //! may hold at most an eighth of the total (at least one client frame), so one network cannot
-//! make every other client's large frames wait. Every partial client frame has a deadline:
+//! make every other client's large frames wait; and since eight networks could, the total is
+//! shared between networks by max-min fairness, as the client connection places are (see
+//! "What a client connection can make a replica hold"): a stream that needs room the total
+//! lacks, of a network holding less than its fair share of it (the total over the networks
+//! holding any, its own counted), makes the partial frame of the network holding the most
+//! that began holding room longest ago give its room, which goes to that stream directly
+//! (not back to the budget, where the first stream in line, of any network, would take it).
+//! The frame that gives is refused: its connection is closed with application code 12
+//! ("partial frame room given to another network"; counted in
+//! [`TransportStats::connections_closed_room_given`], the first logged), and its client
+//! reconnects and sends the request again, like after any lost connection. Every partial client frame has a deadline:
 //! it must be complete within [`TransportConfig::idle_timeout_ms`] plus its length at
 //! 256 KiB/s from its first bytes (14 s for 1 MiB at the defaults), or its connection is
 //! closed (counted, [`TransportStats::connections_closed_slow_frame`]; the first is logged)
@@ -321,7 +331,9 @@ pub struct TransportConfig {
     /// A client stream that needs more waits, which pushes back on its client through QUIC
     /// flow control; a partial frame not complete by its deadline (`idle_timeout_ms` plus its
     /// length at 256 KiB/s) closes its connection. One source network (IPv4 /24, IPv6 /64)
-    /// may hold an eighth of it, at least one client frame. Replica frames
+    /// may hold an eighth of it, at least one client frame, and a network below its fair
+    /// share of it takes room from the network holding the most (max-min fairness; see the
+    /// crate docs, "Framing"). Replica frames
     /// never count against it: each replica connection has its own bound of one frame. Must
     /// hold at least one client frame (`max_client_frame_bytes` + 4); replicas and clients
     /// started from a cluster config ([`Replica`], [`Client`]) raise it to at least eight, so that an
