@@ -51,8 +51,15 @@
 //! reconnect later; if every key sent bytes within 5 s, the new key's connection is refused,
 //! counted and logged (the first as a warning; one scan of the key table finds when the first
 //! key can become idle, and until then further keys are refused without one). So keys parked idle keep nobody out for more than a few seconds, while
-//! active keys are never evicted (a flood of keys that all keep sending still fills the table;
-//! see docs/design.md §3.7). From one source network (an IPv4
+//! active keys are never evicted by that rule. A flood of keys that all keep sending from
+//! enough networks would still fill the table, so the key places are shared between source
+//! networks by max-min fairness, as the client connection places are (see "What a client
+//! connection can make a replica hold" below): when the table is full, a new key from a
+//! network with fewer keys connected than its fair share takes the place of the idlest key
+//! of the network with the most keys, active or not (its connections are closed with
+//! application code 11, counted in [`TransportStats::client_keys_displaced`]; it may
+//! reconnect), and a network with no fewer than its fair share falls back to the idle rule
+//! above (docs/design.md §3.7). From one source network (an IPv4
 //! /24, an IPv6 /64) at most [`TransportConfig::max_client_keys_per_source`] keys may be
 //! connected at once, and keys not already connected from it are admitted at most
 //! [`TransportConfig::client_keys_per_source_per_minute`] a minute after a burst of that many;
@@ -98,7 +105,17 @@
 //! unread (until room comes, its connection ends or its frame's deadline passes), which pushes
 //! back on its client through QUIC flow control. One source network (an IPv4 /24, an IPv6 /64)
 //! may hold at most an eighth of the total (at least one client frame), so one network cannot
-//! make every other client's large frames wait. Every partial client frame has a deadline:
+//! make every other client's large frames wait; and since eight networks could, the total is
+//! shared between networks by max-min fairness, as the client connection places are (see
+//! "What a client connection can make a replica hold"): a stream that needs room the total
+//! lacks, of a network holding less than its fair share of it (the total over the networks
+//! holding any, its own counted), makes the partial frame of the network holding the most
+//! that began holding room longest ago give its room, which goes to that stream directly
+//! (not back to the budget, where the first stream in line, of any network, would take it).
+//! The frame that gives is refused: its connection is closed with application code 12
+//! ("partial frame room given to another network"; counted in
+//! [`TransportStats::connections_closed_room_given`], the first logged), and its client
+//! reconnects and sends the request again, like after any lost connection. Every partial client frame has a deadline:
 //! it must be complete within [`TransportConfig::idle_timeout_ms`] plus its length at
 //! 256 KiB/s from its first bytes (14 s for 1 MiB at the defaults), or its connection is
 //! closed (counted, [`TransportStats::connections_closed_slow_frame`]; the first is logged)
@@ -132,10 +149,34 @@
 //! of those places (at least 4: 512 at the defaults; refused beyond it and counted in
 //! [`TransportStats::connections_refused_source_limit`]): without that share, one network's
 //! 256 keys × 64 connections could take every place and lock every other client's new
-//! connections out. Eight networks together still can (Sybil across networks, as with the
-//! partial-frame budget), but not with idle connections: a connection refused for want of a
-//! place closes the connections of the client key idle longest if it sent nothing for 5 s
-//! (as the key table does), so the refused client's retry gets in.
+//! connections out.
+//!
+//! Fixed shares alone are not enough: eight networks (eight /24s, or eight /64s of one
+//! customer's /61) would take every place, and keep it by keeping their connections active.
+//! So the places are shared between networks by **max-min fairness**: when every place is
+//! taken, a connection from a network holding fewer than its *fair share* (the places divided
+//! by the number of networks holding any, its own counted, rounded down, at least 1) takes the
+//! place of the connection of the network holding the most that received bytes longest ago
+//! (active or not), if that network holds at least two more; a network at or above its fair
+//! share is refused as before (counted in
+//! [`TransportStats::connections_refused_client_bytes`], logged). A network never loses a
+//! place to another while it holds no more than its fair share, so with N networks taking
+//! all they can, every other network still gets `places / (N + 1)` places (up to the eighth),
+//! whatever N: at the defaults, with a thousand attacking networks, 4 connections, one
+//! client process per network against a cluster of 4. In particular a client already
+//! connected and active, in a network that holds no more than its fair share, is never
+//! displaced by newcomers of other networks. The displaced connection is counted
+//! ([`TransportStats::client_connections_displaced`], the first logged) and closed with
+//! application code 11 ("place given to a client of another network"); its client sees a
+//! closed connection, and a [`Client`] redials (with its reconnect backoff): it gets in again
+//! while its network holds less than its fair share, and a request it had pending is
+//! answered to its retry (from the client table's reply cache). The place changes hands under
+//! one lock, so the total stays bounded. A connection refused for want of a place still
+//! closes the connections of the client key idle longest if it sent nothing for 5 s (as the
+//! key table does), so idle connections cannot keep out even a network at its fair share.
+//! Why this rule: a share that shrinks as networks appear cannot be exhausted by any number
+//! of them; weights or reputations would need state that outlives connections and that an
+//! attacker can farm, while this needs only what each network holds now.
 //!
 //! # Sending and the overflow policy
 //! [`Network::send`] never blocks. It pushes the frame onto a per-peer queue that a writer task
@@ -290,14 +331,18 @@ pub struct TransportConfig {
     /// A client stream that needs more waits, which pushes back on its client through QUIC
     /// flow control; a partial frame not complete by its deadline (`idle_timeout_ms` plus its
     /// length at 256 KiB/s) closes its connection. One source network (IPv4 /24, IPv6 /64)
-    /// may hold an eighth of it, at least one client frame. Replica frames
+    /// may hold an eighth of it, at least one client frame, and a network below its fair
+    /// share of it takes room from the network holding the most (max-min fairness; see the
+    /// crate docs, "Framing"). Replica frames
     /// never count against it: each replica connection has its own bound of one frame. Must
     /// hold at least one client frame (`max_client_frame_bytes` + 4); replicas and clients
     /// started from a cluster config ([`Replica`], [`Client`]) raise it to at least eight, so that an
     /// eighth still holds one whatever `max_op_bytes` is.
     pub client_partial_frame_bytes: usize,
     /// Most distinct client keys with live connections at once (replica role). A further key
-    /// takes the place of the key idle longest if that one sent no bytes for 5 s (its
+    /// from a network with fewer keys than its fair share takes the place of the idlest key of
+    /// the network with the most (max-min fairness between source networks); otherwise it
+    /// takes the place of the key idle longest if that one sent no bytes for 5 s (the key's
     /// connections are closed, counted); otherwise its connection is refused, counted and
     /// logged. Matters under [`ClientPolicy::Any`], where anyone can mint keys.
     pub max_client_keys: usize,
@@ -346,8 +391,10 @@ pub struct TransportConfig {
     /// client connections are open at once (4096 at the default, 2 GiB). A further client
     /// connection is refused, counted ([`TransportStats::connections_refused_client_bytes`])
     /// and logged (the first); replica connections never count against it. One source network
-    /// may hold an eighth of the places (at least 4). Must be at least one connection's worth. See the crate docs, "What a client connection can make a
-    /// replica hold".
+    /// may hold an eighth of the places (at least 4), and when every place is taken a network
+    /// below its fair share takes one from the network holding the most (max-min fairness).
+    /// Must be at least one connection's worth. See the crate docs, "What a client connection
+    /// can make a replica hold".
     pub client_connection_total_bytes: usize,
 }
 
@@ -742,6 +789,24 @@ pub struct TransportStats {
     /// [`TransportConfig::max_client_keys`] keys were connected: each the key that had sent no
     /// frame for the longest time, at least 5 s. The first is logged.
     pub client_keys_evicted_idle: u64,
+    /// Client connections closed to give their place to a client of another network when
+    /// every client connection place was taken: each the idlest connection of the network
+    /// holding the most, given to a network holding less than its fair share (max-min
+    /// fairness between networks; see the crate docs, "What a client connection can make a
+    /// replica hold"). The first is logged.
+    pub client_connections_displaced: u64,
+    /// Client keys whose connections were closed to give their place in the key table to a
+    /// key of another network when [`TransportConfig::max_client_keys`] keys were connected:
+    /// each the idlest key of the network with the most keys, given to a network with fewer
+    /// than its fair share (max-min fairness between networks, as for connection places).
+    /// The first is logged.
+    pub client_keys_displaced: u64,
+    /// Client connections closed because a stream of theirs gave the room its partial frame
+    /// held to a stream of a network holding less than its fair share of
+    /// [`TransportConfig::client_partial_frame_bytes`]: each the partial frame that began
+    /// holding room longest ago, of the network holding the most (max-min fairness between
+    /// networks). The first is logged.
+    pub connections_closed_room_given: u64,
 }
 
 /// The receive queue's two lanes, read by `recv` (see the crate docs, "Receiving").
@@ -780,6 +845,9 @@ pub(crate) struct Counters {
     pub(crate) peers: metrics::PeerTraffic,
     pub(crate) connections_closed_slow_frame: AtomicU64,
     pub(crate) client_keys_evicted_idle: AtomicU64,
+    pub(crate) client_connections_displaced: AtomicU64,
+    pub(crate) client_keys_displaced: AtomicU64,
+    pub(crate) connections_closed_room_given: AtomicU64,
 }
 
 impl Counters {
@@ -810,6 +878,9 @@ impl Counters {
             connections_refused_source_limit: get(&self.connections_refused_source_limit),
             connections_closed_slow_frame: get(&self.connections_closed_slow_frame),
             client_keys_evicted_idle: get(&self.client_keys_evicted_idle),
+            client_connections_displaced: get(&self.client_connections_displaced),
+            client_keys_displaced: get(&self.client_keys_displaced),
+            connections_closed_room_given: get(&self.connections_closed_room_given),
         }
     }
 }
@@ -973,11 +1044,12 @@ impl QuicTransport {
             max_client_keys: config.max_client_keys,
             max_client_connections: config.client_connection_total_bytes
                 / TransportConfig::CLIENT_CONNECTION_HELD_BYTES,
-            client_connections: std::sync::atomic::AtomicUsize::new(0),
             client_sources: Arc::new(link::ClientSources::new(
                 config.max_client_keys_per_source,
                 config.client_keys_per_source_per_minute,
                 config.max_client_keys.saturating_mul(2),
+                config.client_connection_total_bytes
+                    / TransportConfig::CLIENT_CONNECTION_HELD_BYTES,
                 link::client_connections_per_source(
                     config.client_connection_total_bytes
                         / TransportConfig::CLIENT_CONNECTION_HELD_BYTES,

@@ -34,6 +34,13 @@ pub(crate) const CLOSE_SETTINGS_DIFFER: VarInt = VarInt::from_u32(7);
 pub(crate) const CLOSE_SOURCE_LIMIT: VarInt = VarInt::from_u32(8);
 pub(crate) const CLOSE_FRAME_TOO_SLOW: VarInt = VarInt::from_u32(9);
 pub(crate) const CLOSE_IDLE_KEY_EVICTED: VarInt = VarInt::from_u32(10);
+/// A client connection closed to give its place to a client of a network holding less than
+/// its fair share of the client connection places (see [`place_donor`]).
+pub(crate) const CLOSE_PLACE_GIVEN: VarInt = VarInt::from_u32(11);
+/// A client connection closed because one of its streams was told to give the room its
+/// partial frame held in the partial-frame budget to a stream of a network holding less than
+/// its fair share (see [`PartialFrameBudget::take_room_for`]).
+pub(crate) const CLOSE_ROOM_GIVEN: VarInt = VarInt::from_u32(12);
 
 /// The slowest a client's frame may arrive once it has begun, in bytes per second: a partial
 /// client frame of `length` bytes must be complete within
@@ -414,6 +421,9 @@ pub(crate) enum SourceRefusal {
     /// Its source holds its share of the client connection places (an eighth of
     /// `client_connection_total_bytes`' connections, [`CLIENT_CONNECTION_SOURCE_SHARES`]).
     ConnectionShareTaken,
+    /// Every client connection place is taken and its source holds at least its fair share
+    /// of them ([`place_donor`]), so it may not take one from another network.
+    PlacesTaken,
 }
 
 /// One source network may hold at most this fraction (`1 / n`) of the client connection places
@@ -431,17 +441,107 @@ pub(crate) fn client_connections_per_source(places: usize) -> usize {
         .min(places)
 }
 
-/// One source's connected client keys (with their connection counts) and its bucket of key
-/// admissions.
+/// A network's fair share of `places` when `networks` networks want places: `places /
+/// networks`, rounded down, but at least 1 (so that, when there are more networks than
+/// places, a network holding none may still take one from a network holding two or more).
+pub(crate) fn fair_share(places: usize, networks: usize) -> usize {
+    (places / networks.max(1)).max(1)
+}
+
+/// Max-min fairness between source networks for a resource of `places` places that is full:
+/// which network gives one place to a newcomer of network `newcomer`, if any. `held` lists
+/// what each network holds (networks holding none may be left out; the newcomer may be in it).
+///
+/// The newcomer's network may take a place only while it holds less than its fair share
+/// ([`fair_share`] of `places` among the networks holding any, itself included), and only
+/// from the network holding the most, and only if that one holds at least two more than the
+/// newcomer's (so the move raises the smallest holdings and never just swaps who is on top).
+/// The donor then holds more than the fair share before giving (it holds more than the mean
+/// of the others, which is above `places / networks`) and at least the fair share after, so
+/// a network holding no more than its fair share never loses a place to another network. So
+/// with N networks that take all they can, every other network can still get
+/// `places / (N + 1)` places (if the per-network cap allows that many), whatever N, and the
+/// holdings converge to the max-min fair ones: the smallest as large as possible.
+///
+/// Why this rule rather than a fixed share per network (what the per-network caps are):
+/// fixed shares of `1 / k` are all taken by k networks, and an attacker holding addresses in
+/// k /24s is cheap; a share that shrinks as networks appear cannot be exhausted by any number
+/// of them. Why not weights or reputations: they need state that outlives connections and that
+/// an attacker can farm; this needs only what each network holds now.
+pub(crate) fn place_donor<S: Copy + Eq>(
+    places: usize,
+    held: impl IntoIterator<Item = (S, usize)>,
+    newcomer: S,
+) -> Option<S> {
+    let mut networks = 1usize;
+    let mut newcomer_held = 0;
+    let mut largest: Option<(S, usize)> = None;
+    for (source, count) in held {
+        if source == newcomer {
+            newcomer_held = count;
+            continue;
+        }
+        if count == 0 {
+            continue;
+        }
+        networks = networks.saturating_add(1);
+        if largest.is_none_or(|(_, most)| count > most) {
+            largest = Some((source, count));
+        }
+    }
+    let fair = fair_share(places, networks);
+    if newcomer_held >= fair {
+        return None;
+    }
+    // (When the resource is full, `most > fair` follows from the rest; it matters for the
+    // partial-frame budget, which may be short of a stream's need without being full.)
+    largest
+        .filter(|&(_, most)| most >= newcomer_held.saturating_add(2) && most > fair)
+        .map(|(source, _)| source)
+}
+
+/// An open client connection's place in its source's count.
+struct Place {
+    key: PublicKey,
+    /// When bytes last arrived on the connection (ms since [`Shared::epoch`]): the idlest
+    /// connection of a network gives its place first.
+    last_active_ms: Arc<AtomicU64>,
+    /// The connection, to close it when it gives its place (`None` in unit tests).
+    conn: Option<Connection>,
+    /// Its key gave its place in the key table to another network's ([`ClientSources::key_donor`])
+    /// and no longer counts in the source's keys; the connection still holds its connection
+    /// place until it ends.
+    key_given: bool,
+}
+
+/// One source's open client connections, its connected client keys (with their connection
+/// counts) and its bucket of key admissions.
 struct Source {
     keys: HashMap<PublicKey, usize>,
-    /// Its connections open: the sum of `keys`' counts.
-    connections: usize,
+    /// Its open connections, by link id.
+    places: HashMap<u64, Place>,
     tokens: f64,
     at: Instant,
 }
 
-/// Client admission per source (replica role; see [`ClientSource`]): at most
+/// What [`ClientSources`] guards with its lock.
+struct SourcesState {
+    sources: HashMap<ClientSource, Source>,
+    /// Client connections open from all sources: the sum of their `places`.
+    open: usize,
+}
+
+/// A connection that gave its place to a newcomer of another network ([`place_donor`]): its
+/// place is no longer counted, and the caller closes it.
+pub(crate) struct Displaced {
+    pub(crate) key: PublicKey,
+    pub(crate) source: ClientSource,
+    pub(crate) conn: Option<Connection>,
+}
+
+/// Client admission per source (replica role; see [`ClientSource`]): the client connection
+/// places (at most `max_open` connections from all sources, at most `max_connections` from
+/// one, shared between sources by max-min fairness, [`place_donor`]), at most
 /// `max_keys` distinct keys connected at once from one source, and a key that is not already
 /// connected from it is admitted only with a token of the source's bucket, which holds
 /// `max_keys` and refills at `per_minute`. So one source network cannot mint keys faster than that,
@@ -453,90 +553,225 @@ pub(crate) struct ClientSources {
     per_minute: u64,
     /// Most connections open from one source at once.
     max_connections: usize,
-    /// Most sources remembered; beyond it, sources with no key connected are forgotten.
+    /// Most client connections open at once from all sources.
+    max_open: usize,
+    /// Most sources remembered; beyond it, sources with no connection open are forgotten.
     max_sources: usize,
-    sources: Mutex<HashMap<ClientSource, Source>>,
+    state: Mutex<SourcesState>,
 }
 
 impl ClientSources {
-    /// `max_connections`: most connections one source may have open at once (at least 1).
+    /// `max_open`: most client connections open at once; `max_connections`: most one source
+    /// may have open at once (at least 1).
     pub(crate) fn new(
         max_keys: usize,
         per_minute: u64,
         max_sources: usize,
+        max_open: usize,
         max_connections: usize,
     ) -> ClientSources {
         ClientSources {
             max_keys,
             per_minute,
             max_connections: max_connections.max(1),
+            max_open,
             max_sources: max_sources.max(1),
-            sources: Mutex::new(HashMap::new()),
+            state: Mutex::new(SourcesState {
+                sources: HashMap::new(),
+                open: 0,
+            }),
         }
     }
 
-    /// Admits `key` connecting from `addr`, or says why not. The guard holds its place until
-    /// the connection ends.
+    /// Admits connection `id` of `key` connecting from `addr`, or says why not. The guard
+    /// holds its place until the connection ends. When every place is taken, a network below
+    /// its fair share takes the place of the idlest connection of the network holding the
+    /// most ([`place_donor`]), returned for the caller to close.
     pub(crate) fn admit(
         self: &Arc<Self>,
         addr: IpAddr,
         key: PublicKey,
-    ) -> Result<SourceGuard, SourceRefusal> {
+        id: u64,
+        last_active_ms: Arc<AtomicU64>,
+        conn: Option<Connection>,
+    ) -> Result<(SourceGuard, Option<Displaced>), SourceRefusal> {
         let source = ClientSource::of(addr);
         let now = Instant::now();
-        let mut sources = lock(&self.sources);
+        let mut state = lock(&self.state);
+        let SourcesState { sources, open } = &mut *state;
         if sources.len() >= self.max_sources && !sources.contains_key(&source) {
-            sources.retain(|_, s| !s.keys.is_empty());
+            sources.retain(|_, s| !s.places.is_empty());
         }
         let capacity = self.max_keys as f64;
-        let entry = sources.entry(source).or_insert(Source {
+        let fresh = || Source {
             keys: HashMap::new(),
-            connections: 0,
+            places: HashMap::new(),
             tokens: capacity,
             at: now,
-        });
+        };
+        let entry = sources.entry(source).or_insert_with(fresh);
         let elapsed = now.saturating_duration_since(entry.at).as_secs_f64();
         entry.tokens = (entry.tokens + elapsed * self.per_minute as f64 / 60.0).min(capacity);
         entry.at = now;
-        if entry.connections >= self.max_connections {
+        // Every place taken: only a network below its fair share may take one (from the
+        // network holding the most), once the checks below admit it.
+        let full = *open >= self.max_open;
+        let donor = match full {
+            true => Some(
+                place_donor(
+                    self.max_open,
+                    sources.iter().map(|(s, held)| (*s, held.places.len())),
+                    source,
+                )
+                .ok_or(SourceRefusal::PlacesTaken)?,
+            ),
+            false => None,
+        };
+        let entry = sources.entry(source).or_insert_with(fresh);
+        if entry.places.len() >= self.max_connections {
             return Err(SourceRefusal::ConnectionShareTaken);
         }
-        if let Some(count) = entry.keys.get_mut(&key) {
-            *count += 1;
-        } else if entry.keys.len() >= self.max_keys {
+        let new_key = !entry.keys.contains_key(&key);
+        if new_key && entry.keys.len() >= self.max_keys {
             return Err(SourceRefusal::TooManyKeys);
-        } else if entry.tokens < 1.0 {
-            return Err(SourceRefusal::TooFast);
-        } else {
-            entry.tokens -= 1.0;
-            entry.keys.insert(key, 1);
         }
-        entry.connections += 1;
-        Ok(SourceGuard {
-            sources: self.clone(),
-            source,
-            key,
-        })
+        if new_key && entry.tokens < 1.0 {
+            return Err(SourceRefusal::TooFast);
+        }
+        let mut displaced = None;
+        if let Some(donor) = donor {
+            let giver = sources.get_mut(&donor).ok_or(SourceRefusal::PlacesTaken)?;
+            let idlest = giver
+                .places
+                .iter()
+                .min_by_key(|(_, place)| place.last_active_ms.load(Ordering::Relaxed))
+                .map(|(id, _)| *id)
+                .ok_or(SourceRefusal::PlacesTaken)?;
+            if let Some(place) = giver.places.remove(&idlest) {
+                if !place.key_given {
+                    release_key(&mut giver.keys, &place.key);
+                }
+                displaced = Some(Displaced {
+                    key: place.key,
+                    source: donor,
+                    conn: place.conn,
+                });
+            }
+        } else {
+            *open += 1;
+        }
+        // Present (inserted above, under the same lock): `fresh` is never called here.
+        let entry = sources.entry(source).or_insert_with(fresh);
+        if new_key {
+            entry.tokens -= 1.0;
+        }
+        *entry.keys.entry(key).or_insert(0) += 1;
+        entry.places.insert(
+            id,
+            Place {
+                key,
+                last_active_ms,
+                conn,
+                key_given: false,
+            },
+        );
+        Ok((
+            SourceGuard {
+                sources: self.clone(),
+                source,
+                id,
+            },
+            displaced,
+        ))
+    }
+
+    /// When the key table ([`TransportConfig::max_client_keys`] places) is full and `key`, just
+    /// admitted from `addr`, is not in it: the key of another network that gives its place,
+    /// by the same max-min fairness between networks as the connection places
+    /// ([`place_donor`], over the keys each network has connected): the idlest key (by its
+    /// connections from that network) of the network with the most keys, if `key`'s network
+    /// has fewer than its fair share. Only keys `in_table` are considered. The key given no
+    /// longer counts in that network's keys (its connections still hold their connection
+    /// places until they end); the caller closes its connections.
+    pub(crate) fn key_donor(
+        &self,
+        addr: IpAddr,
+        key: PublicKey,
+        places: usize,
+        in_table: impl Fn(&PublicKey) -> bool,
+    ) -> Option<(PublicKey, ClientSource)> {
+        let newcomer = ClientSource::of(addr);
+        let mut state = lock(&self.state);
+        let held = state.sources.iter().map(|(source, held)| {
+            // The newcomer's own key was counted at its admission: not yet in the table.
+            let own = usize::from(*source == newcomer && held.keys.contains_key(&key));
+            (*source, held.keys.len().saturating_sub(own))
+        });
+        let donor = place_donor(places, held, newcomer)?;
+        let giver = state.sources.get_mut(&donor)?;
+        let mut last_active: HashMap<PublicKey, u64> = HashMap::new();
+        for place in giver.places.values() {
+            if place.key_given || !in_table(&place.key) {
+                continue;
+            }
+            let at = place.last_active_ms.load(Ordering::Relaxed);
+            let entry = last_active.entry(place.key).or_insert(at);
+            *entry = (*entry).max(at);
+        }
+        let (idlest, _) = last_active.into_iter().min_by_key(|&(_, at)| at)?;
+        giver.keys.remove(&idlest);
+        for place in giver.places.values_mut() {
+            if place.key == idlest {
+                place.key_given = true;
+            }
+        }
+        Some((idlest, donor))
+    }
+
+    /// Client connections open from `addr`'s source network (for tests).
+    #[cfg(test)]
+    pub(crate) fn held(&self, addr: IpAddr) -> usize {
+        lock(&self.state)
+            .sources
+            .get(&ClientSource::of(addr))
+            .map_or(0, |source| source.places.len())
+    }
+
+    /// Client connections open from all sources (for tests).
+    #[cfg(test)]
+    pub(crate) fn open(&self) -> usize {
+        lock(&self.state).open
     }
 }
 
-/// A client connection's place in its source's count; released when dropped.
+/// Counts one connection of `key` less in a source's `keys`, forgetting the key at none.
+fn release_key(keys: &mut HashMap<PublicKey, usize>, key: &PublicKey) {
+    if let Some(count) = keys.get_mut(key) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            keys.remove(key);
+        }
+    }
+}
+
+/// A client connection's place in its source's count (and in the total); released when
+/// dropped, unless it was given to another network's newcomer already.
 pub(crate) struct SourceGuard {
     sources: Arc<ClientSources>,
     source: ClientSource,
-    key: PublicKey,
+    id: u64,
 }
 
 impl Drop for SourceGuard {
     fn drop(&mut self) {
-        let mut sources = lock(&self.sources.sources);
+        let mut state = lock(&self.sources.state);
+        let SourcesState { sources, open } = &mut *state;
         if let Some(source) = sources.get_mut(&self.source) {
-            source.connections = source.connections.saturating_sub(1);
-            if let Some(count) = source.keys.get_mut(&self.key) {
-                *count -= 1;
-                if *count == 0 {
-                    source.keys.remove(&self.key);
+            if let Some(place) = source.places.remove(&self.id) {
+                if !place.key_given {
+                    release_key(&mut source.keys, &place.key);
                 }
+                *open = open.saturating_sub(1);
             }
         }
     }
@@ -558,8 +793,6 @@ pub(crate) struct Shared {
     /// Most client connections open at once: `client_connection_total_bytes` over
     /// `CLIENT_CONNECTION_HELD_BYTES` (replica role).
     pub(crate) max_client_connections: usize,
-    /// Client connections open now, each holding a [`ClientConnectionSlot`].
-    pub(crate) client_connections: AtomicUsize,
     /// Client admission per source address (replica role).
     pub(crate) client_sources: Arc<ClientSources>,
     /// The receive queue's lane for replica frames (our own loopback frames included): a
@@ -778,6 +1011,35 @@ pub(crate) struct PartialFrameBudget {
     overdraft: tokio::sync::Semaphore,
     /// Who held the overdraft last, and how many streams of each source wait for room.
     overdraft_turns: Mutex<OverdraftTurns>,
+    /// The streams holding room now, by stream: which network, since when, and how to make
+    /// one give its room to another network's stream ([`PartialFrameBudget::take_room_for`]).
+    holding: Mutex<HashMap<u64, Holding>>,
+    next_stream: AtomicU64,
+}
+
+/// A stream holding room in the [`PartialFrameBudget`].
+struct Holding {
+    source: ClientSource,
+    /// When it began to hold room for its current partial frame.
+    since: Instant,
+    given: Arc<RoomGiven>,
+}
+
+/// How a stream holding room is told to give it to another network's stream: `notify` wakes
+/// its reader, which ends the stream (closing its connection); the room it held then goes to
+/// `to`, not back to the budget, where the first stream in line (any network's) would take it.
+#[derive(Default)]
+pub(crate) struct RoomGiven {
+    notify: tokio::sync::Notify,
+    to: Mutex<Option<tokio::sync::oneshot::Sender<usize>>>,
+}
+
+/// Resolves once the stream of `given` has been told to give its room (never without one).
+pub(crate) async fn room_asked(given: &Option<Arc<RoomGiven>>) {
+    match given {
+        Some(given) => given.notify.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Whose turn the [`PartialFrameBudget::overdraft`] is.
@@ -804,7 +1066,37 @@ impl PartialFrameBudget {
             buffered: AtomicUsize::new(0),
             overdraft: tokio::sync::Semaphore::new(1),
             overdraft_turns: Mutex::new(OverdraftTurns::default()),
+            holding: Mutex::new(HashMap::new()),
+            next_stream: AtomicU64::new(0),
         }
+    }
+
+    /// Max-min fairness between source networks for the budget ([`place_donor`], in bytes):
+    /// when a stream of `source` needs room that the total lacks and its network holds less
+    /// than its fair share (the budget over the networks holding any), the stream of the
+    /// network holding the most that began holding room the longest ago is told to give its
+    /// room (its connection is closed), and the room comes to the receiver returned, not back
+    /// to the budget. `None` if no network is to give.
+    fn take_room_for(&self, source: ClientSource) -> Option<tokio::sync::oneshot::Receiver<usize>> {
+        let held: Vec<(ClientSource, usize)> = lock(&self.shares)
+            .iter()
+            .map(|(s, share)| {
+                (
+                    *s,
+                    self.share_bytes.saturating_sub(share.available_permits()),
+                )
+            })
+            .collect();
+        let donor = place_donor(self.max_bytes, held, source)?;
+        let holding = lock(&self.holding);
+        let oldest = holding
+            .values()
+            .filter(|h| h.source == donor && lock(&h.given.to).is_none())
+            .min_by_key(|h| h.since)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        *lock(&oldest.given.to) = Some(tx);
+        oldest.given.notify.notify_one();
+        Some(rx)
     }
 
     /// Whether a stream of `source` that got the overdraft may keep it: not if its source
@@ -857,6 +1149,8 @@ impl PartialFrameBudget {
             held_bytes: 0,
             buffered_bytes: 0,
             overdraft: None,
+            stream: self.next_stream.fetch_add(1, Ordering::Relaxed),
+            given: Arc::new(RoomGiven::default()),
         }
     }
 }
@@ -892,6 +1186,10 @@ pub(crate) struct PartialHeld<'a> {
     /// Held while the stream reads its current frame beyond what it holds (see
     /// [`PartialFrameBudget::overdraft`]).
     overdraft: Option<tokio::sync::SemaphorePermit<'a>>,
+    /// Its key in [`PartialFrameBudget::holding`].
+    stream: u64,
+    /// Set when it is told to give its room to another network's stream.
+    given: Arc<RoomGiven>,
 }
 
 impl<'a> PartialHeld<'a> {
@@ -900,10 +1198,34 @@ impl<'a> PartialHeld<'a> {
         self.overdraft = None;
     }
 
+    /// What tells this stream to give its room to another network's (its reader ends the
+    /// stream when it resolves).
+    pub(crate) fn room_given(&self) -> Arc<RoomGiven> {
+        self.given.clone()
+    }
+
     fn give_back(&mut self, bytes: usize) {
         self.share.add_permits(bytes);
         self.budget.permits.add_permits(bytes);
         self.held_bytes -= bytes;
+        if self.held_bytes == 0 {
+            lock(&self.budget.holding).remove(&self.stream);
+        }
+    }
+
+    /// Notes that the stream holds `bytes` now, more than before.
+    fn took(&mut self, bytes: usize) {
+        if self.held_bytes == 0 {
+            lock(&self.budget.holding).insert(
+                self.stream,
+                Holding {
+                    source: self.source,
+                    since: Instant::now(),
+                    given: self.given.clone(),
+                },
+            );
+        }
+        self.held_bytes = bytes;
     }
 
     /// Holds `bytes`, the bytes of the partial frame the stream's buffer holds now (capped at
@@ -928,13 +1250,20 @@ impl<'a> PartialHeld<'a> {
             return true;
         }
         let more = u32::try_from(bytes - self.held_bytes).expect("the budget fits u32");
-        if let Ok(share) = self.share.try_acquire_many(more) {
-            if let Ok(total) = self.budget.permits.try_acquire_many(more) {
-                share.forget();
-                total.forget();
-                self.held_bytes = bytes;
-                return true;
-            }
+        let fast = match self.share.try_acquire_many(more) {
+            Ok(share) => match self.budget.permits.try_acquire_many(more) {
+                Ok(total) => {
+                    share.forget();
+                    total.forget();
+                    true
+                }
+                Err(_) => false,
+            },
+            Err(_) => false,
+        };
+        if fast {
+            self.took(bytes);
+            return true;
         }
         if held_back.fetch_add(1, Ordering::Relaxed) == 0 {
             tracing::warn!(
@@ -949,24 +1278,60 @@ impl<'a> PartialHeld<'a> {
         }
         let budget: &'a PartialFrameBudget = self.budget;
         let share = self.share.clone();
-        let room = async {
-            let share = share.acquire_many(more).await.ok()?;
-            let total = budget.permits.acquire_many(more).await.ok()?;
-            share.forget();
-            total.forget();
-            Some(())
+        let make_room = || {
+            let share = share.clone();
+            Box::pin(async move {
+                let share = share.acquire_many(more).await.ok()?;
+                let total = budget.permits.acquire_many(more).await.ok()?;
+                share.forget();
+                total.forget();
+                Some(())
+            })
         };
-        let mut room = std::pin::pin!(room);
+        let mut room = Some(make_room());
         let _waiting = budget.note_waiting(self.source);
+        // If its network has room in its share but the total has none, and the network holds
+        // less than its fair share, a network holding more gives room to this stream.
+        let mut given = match self.share.available_permits() >= more as usize {
+            true => budget.take_room_for(self.source),
+            false => None,
+        };
         loop {
             tokio::select! {
-                room = &mut room => return match room {
+                room = async { room.as_mut().expect("guarded").await }, if room.is_some() => return match room {
                     Some(()) => {
-                        self.held_bytes = bytes;
+                        self.took(bytes);
                         true
                     }
                     None => false,
                 },
+                given_bytes = async { given.as_mut().expect("guarded").await }, if given.is_some() => {
+                    given = None;
+                    let Ok(given_bytes) = given_bytes else {
+                        continue;
+                    };
+                    // The room comes from the total; this network's share pays for it as
+                    // usual (the wait for room gives back what it took of the share first).
+                    // What is not needed goes back to the budget.
+                    drop(room.take());
+                    let paid = given_bytes >= more as usize
+                        && match self.share.try_acquire_many(more) {
+                            Ok(share_paid) => {
+                                share_paid.forget();
+                                true
+                            }
+                            Err(_) => false,
+                        };
+                    if paid {
+                        budget.permits.add_permits(given_bytes - more as usize);
+                        self.took(bytes);
+                        return true;
+                    }
+                    // Not all it needs (or its own network's streams took the share
+                    // meanwhile): back to the budget, and wait as before.
+                    budget.permits.add_permits(given_bytes);
+                    room = Some(make_room());
+                }
                 overdraft = budget.overdraft.acquire() => match overdraft {
                     Ok(overdraft) if budget.overdraft_turn(self.source) => {
                         self.overdraft = Some(overdraft);
@@ -1001,6 +1366,17 @@ impl<'a> PartialHeld<'a> {
 
 impl Drop for PartialHeld<'_> {
     fn drop(&mut self) {
+        // Told to give its room to another network's stream: the total's part goes there.
+        let to = lock(&self.given.to).take();
+        if let Some(to) = to {
+            let bytes = self.held_bytes;
+            self.share.add_permits(bytes);
+            self.held_bytes = 0;
+            lock(&self.budget.holding).remove(&self.stream);
+            if let Err(bytes) = to.send(bytes) {
+                self.budget.permits.add_permits(bytes);
+            }
+        }
         self.give_back(self.held_bytes);
         self.buffered(0);
         let mut shares = lock(&self.budget.shares);
@@ -1674,29 +2050,6 @@ async fn dial(
     }
 }
 
-/// A client connection's place in [`Shared::client_connections`]: taken when it is accepted,
-/// given back when it ends (dropped).
-pub(crate) struct ClientConnectionSlot(Arc<Shared>);
-
-impl ClientConnectionSlot {
-    /// Takes a place if fewer than `max_client_connections` client connections are open.
-    fn take(shared: &Arc<Shared>) -> Option<ClientConnectionSlot> {
-        shared
-            .client_connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                (open < shared.max_client_connections).then_some(open + 1)
-            })
-            .ok()
-            .map(|_| ClientConnectionSlot(shared.clone()))
-    }
-}
-
-impl Drop for ClientConnectionSlot {
-    fn drop(&mut self) {
-        self.0.client_connections.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// The connected client key that sent no bytes for the longest time, if it has been idle for
 /// [`CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION`]: the one that gives its place when the key table or
 /// the client connection places are full. The scan is O(keys), under the lock every send to a
@@ -1761,6 +2114,37 @@ fn evict_idlest_client_key(shared: &Shared, now_ms: u64, for_key: Peer) {
     for link in links {
         link.conn
             .close(CLOSE_IDLE_KEY_EVICTED, b"idle client key evicted");
+    }
+}
+
+/// Closes a client connection that gave its place to `for_peer`, a newcomer of a network
+/// below its fair share of the client connection places ([`place_donor`]), and counts it. Its
+/// client sees the connection closed with [`CLOSE_PLACE_GIVEN`]; it may reconnect at once,
+/// and is admitted while its network holds less than its fair share (or places are free).
+fn close_displaced(
+    shared: &Shared,
+    displaced: Displaced,
+    for_peer: Peer,
+    remote: std::net::SocketAddr,
+) {
+    let count = shared
+        .counters
+        .client_connections_displaced
+        .fetch_add(1, Ordering::Relaxed);
+    let evicted = Peer::Client(displaced.key);
+    let network = displaced.source;
+    if count == 0 {
+        tracing::warn!(me = %shared.me, ?evicted, ?network, ?for_peer, %remote,
+            "the client connection places are taken: the network holding the most gives its idlest connection's place to a network below its fair share");
+    } else {
+        tracing::debug!(me = %shared.me, ?evicted, ?network, ?for_peer, %remote,
+            "a client connection gives its place to a network below its fair share");
+    }
+    if let Some(conn) = displaced.conn {
+        conn.close(
+            CLOSE_PLACE_GIVEN,
+            b"place given to a client of another network",
+        );
     }
 }
 
@@ -1829,15 +2213,28 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
         }
         return;
     }
-    // A client connection's place in its source's count, held until the connection ends.
+    // A client connection's place in its source's count and in the total of client
+    // connections, held until the connection ends (or given to another network's newcomer).
     let mut _source = None;
-    // Its place in the total of client connections, likewise.
-    let mut _slot = None;
     let mut client = None;
     if let Peer::Client(key) = peer {
-        _slot = match ClientConnectionSlot::take(&shared) {
-            Some(slot) => Some(slot),
-            None => {
+        let now_ms = u64::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last_frame_ms = Arc::new(AtomicU64::new(now_ms));
+        let admitted = shared.client_sources.admit(
+            remote.ip(),
+            key,
+            id,
+            last_frame_ms.clone(),
+            Some(conn.clone()),
+        );
+        _source = match admitted {
+            Ok((guard, displaced)) => {
+                if let Some(displaced) = displaced {
+                    close_displaced(&shared, displaced, peer, remote);
+                }
+                Some(guard)
+            }
+            Err(SourceRefusal::PlacesTaken) => {
                 let count = shared
                     .counters
                     .connections_refused_client_bytes
@@ -1845,7 +2242,7 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
                 if count == 0 {
                     tracing::warn!(me = %shared.me, ?peer, %remote,
                         max_client_connections = shared.max_client_connections,
-                        "refusing a client connection: client_connection_total_bytes is taken by the client connections open");
+                        "refusing a client connection: client_connection_total_bytes is taken by the client connections open, and its network holds its fair share of them");
                 } else {
                     tracing::debug!(me = %shared.me, ?peer, %remote,
                         "refusing a client connection: client_connection_total_bytes is taken");
@@ -1853,14 +2250,10 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
                 // Idle connections must not keep their places for ever (a few networks'
                 // worth of them take every place): the key idle longest gives its places,
                 // and this client's retry finds one.
-                let now_ms = u64::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
                 evict_idlest_client_key(&shared, now_ms, peer);
                 conn.close(CLOSE_TOO_MANY_CLIENTS, b"too many client connections");
                 return;
             }
-        };
-        _source = match shared.client_sources.admit(remote.ip(), key) {
-            Ok(guard) => Some(guard),
             Err(refusal) => {
                 let count = shared
                     .counters
@@ -1869,7 +2262,7 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
                 let why = match refusal {
                     SourceRefusal::TooManyKeys => "max_client_keys_per_source other client keys are connected from its network",
                     SourceRefusal::TooFast => "its network connected new client keys faster than client_keys_per_source_per_minute",
-                    SourceRefusal::ConnectionShareTaken => "its network holds its share (an eighth) of the client connection places of client_connection_total_bytes",
+                    SourceRefusal::ConnectionShareTaken | SourceRefusal::PlacesTaken => "its network holds its share (an eighth) of the client connection places of client_connection_total_bytes",
                 };
                 if count == 0 {
                     tracing::warn!(me = %shared.me, ?peer, %remote, "refusing a client connection: {why}");
@@ -1888,12 +2281,11 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
             shared.client_send_queue_bytes,
             shared.send_queue_total.clone(),
         );
-        let now_ms = u64::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let last_frame_ms = Arc::new(AtomicU64::new(now_ms));
         let session = Arc::new(Announced::default());
-        let (evicted, idle_evicted) = {
+        let (evicted, idle_evicted, key_given) = {
             let mut all_links = lock(&shared.client_links);
             let mut idle_evicted = None;
+            let mut key_given = None;
             if !all_links.contains_key(&key) && all_links.len() >= shared.max_client_keys {
                 // The table is full: the key that sent no bytes for the longest time gives
                 // its place, if it has been idle long enough; active keys are never evicted.
@@ -1902,26 +2294,45 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
                 // not repeated for every key of a flood: it finds when the first key can have
                 // been idle long enough (activity times only grow, and keys join with the time
                 // they join), and until then new keys are refused without a scan.
-                match idlest_client_key(&shared, &all_links, now_ms) {
-                    Some(idle_key) => {
-                        idle_evicted = all_links.remove(&idle_key).map(|links| (idle_key, links));
-                    }
-                    None => {
-                        drop(all_links);
-                        let count = shared
-                            .counters
-                            .connections_refused_client_limit
-                            .fetch_add(1, Ordering::Relaxed);
-                        if count == 0 {
-                            tracing::warn!(me = %shared.me, ?peer, max_client_keys = shared.max_client_keys,
+                //
+                // But first, max-min fairness between networks: a network with fewer keys
+                // than its fair share takes the place of the idlest key of the network with
+                // the most (active or not), so that no number of networks can fill the table.
+                let in_table = |k: &PublicKey| all_links.contains_key(k);
+                let fair = shared.client_sources.key_donor(
+                    remote.ip(),
+                    key,
+                    shared.max_client_keys,
+                    in_table,
+                );
+                if let Some((given, network)) = fair {
+                    key_given = all_links
+                        .remove(&given)
+                        .map(|links| (given, network, links));
+                }
+                if key_given.is_none() {
+                    match idlest_client_key(&shared, &all_links, now_ms) {
+                        Some(idle_key) => {
+                            idle_evicted =
+                                all_links.remove(&idle_key).map(|links| (idle_key, links));
+                        }
+                        None => {
+                            drop(all_links);
+                            let count = shared
+                                .counters
+                                .connections_refused_client_limit
+                                .fetch_add(1, Ordering::Relaxed);
+                            if count == 0 {
+                                tracing::warn!(me = %shared.me, ?peer, max_client_keys = shared.max_client_keys,
                                 "refusing a connection: max_client_keys client keys are connected, none idle for {:?}",
                                 CLIENT_KEY_MIN_IDLE_BEFORE_EVICTION);
-                        } else {
-                            tracing::debug!(me = %shared.me, ?peer,
+                            } else {
+                                tracing::debug!(me = %shared.me, ?peer,
                                 "refusing a connection: max_client_keys client keys are connected and active");
+                            }
+                            conn.close(CLOSE_TOO_MANY_CLIENTS, b"too many clients");
+                            return;
                         }
-                        conn.close(CLOSE_TOO_MANY_CLIENTS, b"too many clients");
-                        return;
                     }
                 }
             }
@@ -1936,8 +2347,31 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
             let excess = links
                 .len()
                 .saturating_sub(shared.max_connections_per_client_key);
-            (links.drain(..excess).collect::<Vec<_>>(), idle_evicted)
+            (
+                links.drain(..excess).collect::<Vec<_>>(),
+                idle_evicted,
+                key_given,
+            )
         };
+        if let Some((given, network, links)) = key_given {
+            let count = shared
+                .counters
+                .client_keys_displaced
+                .fetch_add(1, Ordering::Relaxed);
+            if count == 0 {
+                tracing::warn!(me = %shared.me, evicted = ?Peer::Client(given), ?network, for_key = ?peer, %remote,
+                    "max_client_keys client keys are connected: the network with the most gives its idlest key's place to a network below its fair share");
+            } else {
+                tracing::debug!(me = %shared.me, evicted = ?Peer::Client(given), ?network, for_key = ?peer,
+                    "a client key gives its place to a network below its fair share");
+            }
+            for link in links {
+                link.conn.close(
+                    CLOSE_PLACE_GIVEN,
+                    b"place given to a client of another network",
+                );
+            }
+        }
         if let Some((idle_key, links)) = idle_evicted {
             let count = shared
                 .counters
@@ -2104,6 +2538,9 @@ pub(crate) enum StreamEnd {
     /// A client's partial frame did not complete within its deadline
     /// ([`client_frame_deadline`]).
     TooSlow { length_bytes: usize },
+    /// The stream was told to give the room its partial frame held to a stream of a network
+    /// holding less than its fair share of the partial-frame budget.
+    RoomGiven,
 }
 
 async fn read_stream(
@@ -2161,6 +2598,23 @@ async fn read_stream(
             }
             conn.close(CLOSE_FRAME_TOO_SLOW, b"frame too slow");
         }
+        StreamEnd::RoomGiven => {
+            let count = shared
+                .counters
+                .connections_closed_room_given
+                .fetch_add(1, Ordering::Relaxed);
+            if count == 0 {
+                tracing::warn!(me = %shared.me, ?peer,
+                    "the partial-frame budget is spent: the network holding the most gives its oldest partial frame's room to a network below its fair share; closing that frame's connection");
+            } else {
+                tracing::debug!(me = %shared.me, ?peer,
+                    "a partial client frame gives its room to a network below its fair share");
+            }
+            conn.close(
+                CLOSE_ROOM_GIVEN,
+                b"partial frame room given to another network",
+            );
+        }
         StreamEnd::Failed(reason) => {
             tracing::debug!(me = %shared.me, ?peer, %reason, "stream failed");
             let _ = stream.stop(CLOSE_STREAM_REFUSED);
@@ -2202,6 +2656,8 @@ async fn read_frames(
     // A client announces its session (routing tag, then session) on any of its streams, at
     // any frame (clients only); the last announcement holds.
     let session_from = client.as_ref().map(|client| client.session.clone());
+    // Resolves when the stream is told to give its room to another network's stream.
+    let room_given = partial.as_ref().map(|partial| partial.room_given());
     // When the partial frame at the head of the buffer began to arrive (clients only).
     let mut frame_began: Option<Instant> = None;
     // The complete frames cut from the buffer in one pass, as (body offset, length).
@@ -2342,6 +2798,7 @@ async fn read_frames(
                 held = partial.hold(buffer.len(), &shared.counters.frames_held_back_partial_budget, peer) => held,
                 error = conn.closed() => return StreamEnd::Failed(error.to_string()),
                 _ = until(deadline) => return StreamEnd::TooSlow { length_bytes: length },
+                _ = room_asked(&room_given) => return StreamEnd::RoomGiven,
             };
             if !held {
                 return StreamEnd::Closed;
@@ -2356,6 +2813,7 @@ async fn read_frames(
         }
         let read = tokio::select! {
             read = stream.read_chunk(read_bytes, true) => read,
+            _ = room_asked(&room_given) => return StreamEnd::RoomGiven,
             _ = until(deadline) => {
                 let length_bytes = buffer
                     .get(..LENGTH_PREFIX_BYTES)

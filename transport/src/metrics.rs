@@ -185,7 +185,7 @@ impl Collector for TransportMetrics {
         encode_labelled(
             e,
             "smr_connections_closed",
-            "Connections this replica closed (reason: buffer_limit, slow_frame, key_limit, idle_key).",
+            "Connections this replica closed (reason: buffer_limit, slow_frame, key_limit, idle_key, place_given, key_given, room_given).",
             Counter,
             "reason",
             &[
@@ -199,6 +199,15 @@ impl Collector for TransportMetrics {
                 ),
                 ("key_limit".to_string(), stats.connections_evicted),
                 ("idle_key".to_string(), stats.client_keys_evicted_idle),
+                (
+                    "place_given".to_string(),
+                    stats.client_connections_displaced,
+                ),
+                ("key_given".to_string(), stats.client_keys_displaced),
+                (
+                    "room_given".to_string(),
+                    stats.connections_closed_room_given,
+                ),
             ],
         )?;
         encode_labelled(
