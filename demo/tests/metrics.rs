@@ -542,10 +542,15 @@ async fn an_embedded_replica_exposes_its_metrics_in_the_embedders_registry() {
 
         // A request is timed when this replica sends its reply, which follows the execution
         // that `last_decided` shows (and a CFT client may complete on another replica's reply).
+        // The session's open is decided and timed too, so `last_decided` and the latency count
+        // can reach 5 with the fifth add still to execute: wait for the adds themselves.
         loop {
             let mut text = String::new();
             replicas[leader].encode_metrics(&mut text);
-            if Scrape::parse(&text).value("smr_request_latency_seconds_count") >= 5.0 {
+            let scrape = Scrape::parse(&text);
+            if scrape.value("smr_request_latency_seconds_count") >= 5.0
+                && scrape.value("smr_ops_executed_total") >= 5.0
+            {
                 break;
             }
             assert!(
