@@ -109,9 +109,12 @@
 //! shared between networks by max-min fairness, as the client connection places are (see
 //! "What a client connection can make a replica hold"): a stream that needs room the total
 //! lacks, of a network holding less than its fair share of it (the total over the networks
-//! holding any, its own counted), makes the partial frame of the network holding the most
-//! that began holding room longest ago give its room, which goes to that stream directly
-//! (not back to the budget, where the first stream in line, of any network, would take it).
+//! holding any, its own counted), makes a partial frame of the network holding the most give
+//! its room, which goes to that stream directly (not back to the budget, where the first
+//! stream in line, of any network, would take it): the frame that began holding room longest
+//! ago of those holding what the stream needs, or, if none does, the one holding the most,
+//! and then the next, until what the stream was given covers its need (so a network cannot
+//! answer with a frame of a few bytes it keeps oldest).
 //! The frame that gives is refused: its connection is closed with application code 12
 //! ("partial frame room given to another network"; counted in
 //! [`TransportStats::connections_closed_room_given`], the first logged), and its client
@@ -803,9 +806,10 @@ pub struct TransportStats {
     pub client_keys_displaced: u64,
     /// Client connections closed because a stream of theirs gave the room its partial frame
     /// held to a stream of a network holding less than its fair share of
-    /// [`TransportConfig::client_partial_frame_bytes`]: each the partial frame that began
-    /// holding room longest ago, of the network holding the most (max-min fairness between
-    /// networks). The first is logged.
+    /// [`TransportConfig::client_partial_frame_bytes`]: each a partial frame of the network
+    /// holding the most, the one that began holding room longest ago of those holding what
+    /// the stream needs (else the largest; max-min fairness between networks). The first is
+    /// logged.
     pub connections_closed_room_given: u64,
 }
 

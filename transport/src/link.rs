@@ -1032,6 +1032,9 @@ struct Holding {
 pub(crate) struct RoomGiven {
     notify: tokio::sync::Notify,
     to: Mutex<Option<tokio::sync::oneshot::Sender<usize>>>,
+    /// The room the stream holds now (what it would give), so that the frame asked is one
+    /// that holds what the asking stream needs ([`PartialFrameBudget::take_room_for`]).
+    held_bytes: AtomicUsize,
 }
 
 /// Resolves once the stream of `given` has been told to give its room (never without one).
@@ -1072,12 +1075,19 @@ impl PartialFrameBudget {
     }
 
     /// Max-min fairness between source networks for the budget ([`place_donor`], in bytes):
-    /// when a stream of `source` needs room that the total lacks and its network holds less
-    /// than its fair share (the budget over the networks holding any), the stream of the
-    /// network holding the most that began holding room the longest ago is told to give its
-    /// room (its connection is closed), and the room comes to the receiver returned, not back
-    /// to the budget. `None` if no network is to give.
-    fn take_room_for(&self, source: ClientSource) -> Option<tokio::sync::oneshot::Receiver<usize>> {
+    /// when a stream of `source` needs `need_bytes` of room that the total lacks and its
+    /// network holds less than its fair share (the budget over the networks holding any), a
+    /// stream of the network holding the most is told to give its room (its connection is
+    /// closed), and the room comes to the receiver returned, not back to the budget: the one
+    /// that began holding room the longest ago of those holding at least `need_bytes`, or, if
+    /// none does, the one holding the most (the asking stream then asks again for the rest,
+    /// [`PartialHeld::hold`]). So a network cannot answer with a frame of a few bytes kept
+    /// oldest. `None` if no network is to give.
+    fn take_room_for(
+        &self,
+        source: ClientSource,
+        need_bytes: usize,
+    ) -> Option<tokio::sync::oneshot::Receiver<usize>> {
         let held: Vec<(ClientSource, usize)> = lock(&self.shares)
             .iter()
             .map(|(s, share)| {
@@ -1089,13 +1099,19 @@ impl PartialFrameBudget {
             .collect();
         let donor = place_donor(self.max_bytes, held, source)?;
         let holding = lock(&self.holding);
-        let oldest = holding
-            .values()
-            .filter(|h| h.source == donor && lock(&h.given.to).is_none())
-            .min_by_key(|h| h.since)?;
+        let candidates = || {
+            holding
+                .values()
+                .filter(|h| h.source == donor && lock(&h.given.to).is_none())
+        };
+        let held = |h: &Holding| h.given.held_bytes.load(Ordering::Relaxed);
+        let giver = candidates()
+            .filter(|h| held(h) >= need_bytes)
+            .min_by_key(|h| h.since)
+            .or_else(|| candidates().max_by_key(|h| (held(h), std::cmp::Reverse(h.since))))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        *lock(&oldest.given.to) = Some(tx);
-        oldest.given.notify.notify_one();
+        *lock(&giver.given.to) = Some(tx);
+        giver.given.notify.notify_one();
         Some(rx)
     }
 
@@ -1155,6 +1171,27 @@ impl PartialFrameBudget {
     }
 }
 
+/// Room of the [`PartialFrameBudget`]'s total given to a waiting stream by other networks'
+/// streams ([`PartialFrameBudget::take_room_for`]) and not used yet: out of the budget's
+/// permits, and back to them when dropped.
+struct Gift<'a> {
+    budget: &'a PartialFrameBudget,
+    bytes: usize,
+}
+
+impl Gift<'_> {
+    fn give_back(&mut self) {
+        self.budget.permits.add_permits(self.bytes);
+        self.bytes = 0;
+    }
+}
+
+impl Drop for Gift<'_> {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
 /// A stream of `source` waiting for room in the [`PartialFrameBudget`] (see
 /// [`PartialFrameBudget::note_waiting`]).
 struct WaitingForRoom<'a> {
@@ -1208,6 +1245,9 @@ impl<'a> PartialHeld<'a> {
         self.share.add_permits(bytes);
         self.budget.permits.add_permits(bytes);
         self.held_bytes -= bytes;
+        self.given
+            .held_bytes
+            .store(self.held_bytes, Ordering::Relaxed);
         if self.held_bytes == 0 {
             lock(&self.budget.holding).remove(&self.stream);
         }
@@ -1226,6 +1266,7 @@ impl<'a> PartialHeld<'a> {
             );
         }
         self.held_bytes = bytes;
+        self.given.held_bytes.store(bytes, Ordering::Relaxed);
     }
 
     /// Holds `bytes`, the bytes of the partial frame the stream's buffer holds now (capped at
@@ -1292,10 +1333,18 @@ impl<'a> PartialHeld<'a> {
         let _waiting = budget.note_waiting(self.source);
         // If its network has room in its share but the total has none, and the network holds
         // less than its fair share, a network holding more gives room to this stream.
-        let mut given = match self.share.available_permits() >= more as usize {
-            true => budget.take_room_for(self.source),
-            false => None,
+        let source = self.source;
+        let ask = |short: usize| {
+            if share.available_permits() >= more as usize {
+                budget.take_room_for(source, short)
+            } else {
+                None
+            }
         };
+        let mut given = ask(more as usize);
+        // The room given so far, out of the budget until this stream uses it (back to the
+        // budget if it does not: on return, or when the wait is dropped).
+        let mut gift = Gift { budget, bytes: 0 };
         loop {
             tokio::select! {
                 room = async { room.as_mut().expect("guarded").await }, if room.is_some() => return match room {
@@ -1307,29 +1356,42 @@ impl<'a> PartialHeld<'a> {
                 },
                 given_bytes = async { given.as_mut().expect("guarded").await }, if given.is_some() => {
                     given = None;
-                    let Ok(given_bytes) = given_bytes else {
+                    if let Ok(given_bytes) = given_bytes {
+                        gift.bytes = gift.bytes.saturating_add(given_bytes);
+                    }
+                    if gift.bytes < more as usize {
+                        // Not all it needs: the network holding the most now (still above its
+                        // fair share, this one still below) gives more; if none is to give,
+                        // what was given goes back to the budget. Either way the stream waits
+                        // for room as before meanwhile (the wait gives back what it took of
+                        // the share first, so that the ask sees the share as it is).
+                        drop(room.take());
+                        given = ask(more as usize - gift.bytes);
+                        if given.is_none() {
+                            gift.give_back();
+                        }
+                        room = Some(make_room());
                         continue;
-                    };
+                    }
                     // The room comes from the total; this network's share pays for it as
                     // usual (the wait for room gives back what it took of the share first).
                     // What is not needed goes back to the budget.
                     drop(room.take());
-                    let paid = given_bytes >= more as usize
-                        && match self.share.try_acquire_many(more) {
-                            Ok(share_paid) => {
-                                share_paid.forget();
-                                true
-                            }
-                            Err(_) => false,
-                        };
+                    let paid = match self.share.try_acquire_many(more) {
+                        Ok(share_paid) => {
+                            share_paid.forget();
+                            true
+                        }
+                        Err(_) => false,
+                    };
                     if paid {
-                        budget.permits.add_permits(given_bytes - more as usize);
+                        gift.bytes -= more as usize;
                         self.took(bytes);
                         return true;
                     }
-                    // Not all it needs (or its own network's streams took the share
-                    // meanwhile): back to the budget, and wait as before.
-                    budget.permits.add_permits(given_bytes);
+                    // Its own network's streams took the share meanwhile: back to the
+                    // budget, and wait as before.
+                    gift.give_back();
                     room = Some(make_room());
                 }
                 overdraft = budget.overdraft.acquire() => match overdraft {
@@ -1372,6 +1434,7 @@ impl Drop for PartialHeld<'_> {
             let bytes = self.held_bytes;
             self.share.add_permits(bytes);
             self.held_bytes = 0;
+            self.given.held_bytes.store(0, Ordering::Relaxed);
             lock(&self.budget.holding).remove(&self.stream);
             if let Err(bytes) = to.send(bytes) {
                 self.budget.permits.add_permits(bytes);
@@ -2605,7 +2668,7 @@ async fn read_stream(
                 .fetch_add(1, Ordering::Relaxed);
             if count == 0 {
                 tracing::warn!(me = %shared.me, ?peer,
-                    "the partial-frame budget is spent: the network holding the most gives its oldest partial frame's room to a network below its fair share; closing that frame's connection");
+                    "the partial-frame budget is spent: the network holding the most gives a partial frame's room to a network below its fair share; closing that frame's connection");
             } else {
                 tracing::debug!(me = %shared.me, ?peer,
                     "a partial client frame gives its room to a network below its fair share");

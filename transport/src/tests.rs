@@ -2233,6 +2233,141 @@ async fn a_ninth_network_gets_room_in_a_partial_frame_budget_held_by_eight() {
     }
 }
 
+/// Review R28, finding 1: the room a network below its fair share of the partial-frame budget
+/// is given must cover what its stream needs. The network holding the most gave the room of
+/// its partial frame that began holding room longest ago, whatever that frame held: an
+/// attacker's network that keeps a frame of a few bytes oldest (a length prefix and one byte,
+/// sent first) gave those few bytes, they went back to the budget, and the newcomer's stream
+/// waited in line behind the attacker's streams, with no second ask, until its deadline closed
+/// it. Now the frame that gives is the oldest that holds what the stream needs (one frame,
+/// one connection closed), here the large one. Fails on the old code: the tiny frame is asked,
+/// and the ninth network's stream waits.
+#[tokio::test(flavor = "current_thread")]
+async fn a_network_below_its_fair_share_is_given_a_frame_holding_what_it_needs() {
+    use crate::link::{room_asked, ClientSource, PartialFrameBudget};
+    const FRAME: usize = 1000 + LENGTH_PREFIX_BYTES;
+    const TINY: usize = LENGTH_PREFIX_BYTES + 1;
+    // Each network's share is two frames; eight shares fill the budget.
+    let budget = PartialFrameBudget::new(8 * 2 * FRAME, 1000);
+    let held_back = AtomicU64::new(0);
+    let peer = Peer::Client(key(82).public_key());
+    let network = |n: u8| ClientSource::of(format!("10.8.{n}.1").parse().unwrap());
+    let quick = Duration::from_millis(50);
+    // Every network's oldest frame holds a few bytes, its newer one the rest of its share.
+    let mut tiny = Vec::new();
+    for n in 0..8 {
+        let mut holder = budget.holder(network(n));
+        assert!(holder.hold(TINY, &held_back, peer).await);
+        tiny.push(holder);
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut large = Vec::new();
+    for n in 0..8 {
+        let mut holder = budget.holder(network(n));
+        assert!(holder.hold(2 * FRAME - TINY, &held_back, peer).await);
+        large.push(holder);
+    }
+    // Another stream of the first network takes the overdraft.
+    let mut overdraft = budget.holder(network(0));
+    assert_eq!(
+        tokio::time::timeout(quick, overdraft.hold(FRAME, &held_back, peer)).await,
+        Ok(true)
+    );
+    // A ninth network's stream needs a frame's room.
+    let mut ninth = budget.holder(network(9));
+    let mut waits = std::pin::pin!(ninth.hold(FRAME, &held_back, peer));
+    assert!(tokio::time::timeout(quick, &mut waits).await.is_err());
+    let asked = |holders: &Vec<crate::link::PartialHeld<'_>>| {
+        let given: Vec<_> = holders.iter().map(|h| Some(h.room_given())).collect();
+        async move {
+            let mut asked = Vec::new();
+            for (i, given) in given.iter().enumerate() {
+                if tokio::time::timeout(Duration::from_millis(5), room_asked(given))
+                    .await
+                    .is_ok()
+                {
+                    asked.push(i);
+                }
+            }
+            asked
+        }
+    };
+    let (asked_tiny, asked_large) = (asked(&tiny).await, asked(&large).await);
+    assert_eq!(
+        (asked_tiny.as_slice(), asked_large.len()),
+        (&[][..], 1),
+        "one large frame gives"
+    );
+    // Its reader ends the stream: the room goes to the ninth network's stream.
+    drop(large.remove(asked_large[0]));
+    assert_eq!(tokio::time::timeout(quick, &mut waits).await, Ok(true));
+}
+
+/// Review R28, finding 1, continued: when no frame of the network holding the most holds what
+/// the stream of a network below its fair share needs (its share spread over many small
+/// partial frames, one per stream), the room given is kept for the stream and the next frame
+/// is asked, until what it was given covers its need. Before, the room of the one frame asked
+/// went back to the budget, where the streams first in line took it, and the stream waited
+/// for room with no second ask. Fails on the old code: the ninth network's stream waits.
+#[tokio::test(flavor = "current_thread")]
+async fn a_network_below_its_fair_share_is_given_several_small_frames_when_none_holds_enough() {
+    use crate::link::{room_asked, ClientSource, PartialFrameBudget};
+    const FRAME: usize = 1000 + LENGTH_PREFIX_BYTES;
+    const QUARTER: usize = FRAME / 2 / 2;
+    // Each network's share is two frames; eight shares fill the budget, each in eight partial
+    // frames of a quarter of a frame.
+    let budget = PartialFrameBudget::new(8 * 2 * FRAME, 1000);
+    let held_back = AtomicU64::new(0);
+    let peer = Peer::Client(key(83).public_key());
+    let network = |n: u8| ClientSource::of(format!("10.7.{n}.1").parse().unwrap());
+    let quick = Duration::from_millis(50);
+    let mut small = Vec::new();
+    for n in 0..8 {
+        for _ in 0..8 {
+            let mut holder = budget.holder(network(n));
+            assert!(holder.hold(QUARTER, &held_back, peer).await);
+            small.push(holder);
+        }
+    }
+    // Another stream of the first network takes the overdraft.
+    let mut overdraft = budget.holder(network(0));
+    assert_eq!(
+        tokio::time::timeout(quick, overdraft.hold(FRAME, &held_back, peer)).await,
+        Ok(true)
+    );
+    // A ninth network's stream needs a frame's room: no one frame holds it.
+    let mut ninth = budget.holder(network(9));
+    let mut waits = std::pin::pin!(ninth.hold(FRAME, &held_back, peer));
+    let mut closed = 0;
+    let got = loop {
+        if let Ok(got) = tokio::time::timeout(quick, &mut waits).await {
+            break got;
+        }
+        let mut asked = None;
+        for (i, holder) in small.iter().enumerate() {
+            let given = Some(holder.room_given());
+            if tokio::time::timeout(Duration::from_millis(5), room_asked(&given))
+                .await
+                .is_ok()
+            {
+                asked = Some(i);
+                break;
+            }
+        }
+        // Nobody asked and no room: the stream waits (the old code, after one frame).
+        let Some(asked) = asked else {
+            panic!("the ninth network's stream waits after {closed} frames gave their room");
+        };
+        // Its reader ends the stream: its room goes to the ninth network's stream.
+        drop(small.remove(asked));
+        closed += 1;
+        assert!(closed <= 8, "{closed} frames closed for one frame's room");
+    };
+    assert!(got);
+    // Each frame given held a quarter of a frame: the ninth network's stream needed four.
+    assert_eq!(closed, 4);
+}
+
 /// Review 25 R2, finding 1: the client connection places of `client_connection_total_bytes`
 /// had no idle eviction (the key table has one). Connections that send nothing, from a few
 /// networks each within its share (eight here, one place each; eight at the defaults, or
