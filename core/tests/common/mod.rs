@@ -61,6 +61,45 @@ pub fn cluster(mode: Mode, n: usize, f: usize, limits: Limits) -> Cluster {
     }
 }
 
+/// Replica 3 of four BFT replicas (f = 1) whose window holds four instances
+/// (`max_instances_ahead`, `max_instances_in_flight` and `max_decisions_per_reply` 4),
+/// started, with a catch-up paused for replica 0: replica 0's full answer, cids 1-4 (empty
+/// batches) at time 10, sends cid 1 to the service, and the window (up to 1 + 4) has room for
+/// one more decision only, so the next query waits, for replica 0. Checks that exact output.
+pub fn paused_catch_up() -> (Cluster, Engine) {
+    let c = cluster(
+        Mode::Bft,
+        4,
+        1,
+        Limits {
+            max_instances_ahead: 4,
+            max_instances_in_flight: 4,
+            max_decisions_per_reply: 4,
+            ..Limits::default()
+        },
+    );
+    let mut replica = c.engine(3);
+    replica.start(0);
+    let decisions: Vec<Decision> = (1..=4).map(|cid| c.decision(cid, vec![])).collect();
+    let out = c.deliver_ok(
+        &mut replica,
+        10,
+        Peer::Replica(0),
+        Message::Decisions(decisions.clone()),
+    );
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![],
+            persist: decisions.into_iter().map(PersistRecord::Decided).collect(),
+            send_after_persist: vec![],
+            service: vec![c.execute(Cid(1), &[])],
+            rejections: vec![],
+        }
+    );
+    (c, replica)
+}
+
 /// Four BFT replicas (f = 1) with the default limits.
 pub fn bft() -> Cluster {
     cluster(Mode::Bft, 4, 1, Limits::default())
@@ -630,6 +669,14 @@ pub fn rejected_sending(rejection: Rejection, outgoing: Outgoing) -> Output {
     Output {
         send_now: vec![outgoing],
         rejections: vec![rejection],
+        ..Output::default()
+    }
+}
+
+/// An output that holds nothing but `work` for the service.
+pub fn only_service(work: ServiceWork) -> Output {
+    Output {
+        service: vec![work],
         ..Output::default()
     }
 }
