@@ -760,7 +760,8 @@ struct VerifyWorker {
 }
 
 /// A [`Verifier`] that counts the signatures it checks
-/// ([`ReplicaMetrics::signature_verifications`]): one atomic add per batch.
+/// ([`ReplicaMetrics::signature_verifications`]): one atomic add per batch, of its items and
+/// those a failed batch checked again ([`smr_crypto::BatchChecked::submitted`]).
 struct CountingVerifier {
     inner: Arc<dyn Verifier>,
     metrics: Arc<ReplicaMetrics>,
@@ -777,12 +778,12 @@ impl Verifier for CountingVerifier {
         self.inner.verify(key, message, signature)
     }
 
-    fn verify_batch(
-        &self,
-        items: &[smr_crypto::SignedItem<'_>],
-    ) -> Result<(), smr_crypto::BatchVerifyError> {
-        self.metrics.signature_verifications.add(items.len() as u64);
-        self.inner.verify_batch(items)
+    fn check_batch(&self, items: &[smr_crypto::SignedItem<'_>]) -> smr_crypto::BatchChecked {
+        let checked = self.inner.check_batch(items);
+        self.metrics
+            .signature_verifications
+            .add(checked.submitted(items.len()) as u64);
+        checked
     }
 }
 
@@ -2104,6 +2105,52 @@ impl<N: Network> ClientShared<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `smr_signature_verifications` counted a batch's items, but not those the verifier
+    /// checked again one by one after the batch failed (ed25519's does, to name the first bad
+    /// item): four signatures, the third bad, through `verify_batch_then_each` as the engine
+    /// checks them cost a batch of 4, the first 3 again and the last alone, 8 checks, and 5
+    /// were counted.
+    #[test]
+    fn the_signature_counter_counts_what_a_failed_batch_checks_again() {
+        use smr_crypto::sim::{CountingSimVerifier, SimKey, SimVerifier};
+        use smr_crypto::{SignedItem, Signer};
+        let key = SimKey::from_seed([1; 32]);
+        let mut sim = SimVerifier::new();
+        sim.register(&key);
+        let inner = Arc::new(CountingSimVerifier::new(sim));
+        let metrics = Arc::new(ReplicaMetrics::default());
+        let counting = CountingVerifier {
+            inner: inner.clone(),
+            metrics: metrics.clone(),
+        };
+        let public = key.public_key();
+        let messages: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i]).collect();
+        let mut signatures: Vec<_> = messages.iter().map(|m| key.sign(m)).collect();
+        signatures[2] = key.sign(b"another message");
+        let items: Vec<SignedItem<'_>> = messages
+            .iter()
+            .zip(&signatures)
+            .map(|(message, signature)| SignedItem {
+                key: &public,
+                message,
+                signature,
+            })
+            .collect();
+        let (verdicts, submitted) = smr_crypto::verify_batch_then_each(&counting, &items);
+        assert_eq!(
+            verdicts,
+            vec![
+                Ok(()),
+                Ok(()),
+                Err(smr_crypto::VerifyError::BadSignature),
+                Ok(())
+            ]
+        );
+        assert_eq!(inner.checks(), 4 + 3 + 1);
+        assert_eq!(submitted as u64, inner.checks());
+        assert_eq!(metrics.signature_verifications.get(), inner.checks());
+    }
 
     #[test]
     fn the_reader_checks_only_few_small_unsigned_frames_of_idle_workers_itself() {

@@ -19,7 +19,7 @@ use smr_core::{
     ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Peer, Rejection, RequestAuth,
     Timeouts, ValidEngineConfig, VerifiedRequests,
 };
-use smr_crypto::sim::{SimKey, SimVerifier};
+use smr_crypto::sim::{CountingSimVerifier, SimKey, SimVerifier};
 use smr_crypto::{Digest, Signer};
 use smr_modes::{Mode, Quorums};
 
@@ -41,10 +41,7 @@ pub fn cluster(mode: Mode, n: usize, f: usize, limits: Limits) -> Cluster {
     let quorums = Quorums::new(mode, n, f).unwrap();
     let keys: Vec<SimKey> = (0..n as u8).map(key).collect();
     let client = key(200);
-    let mut sim = SimVerifier::new();
-    for k in keys.iter().chain([&client]) {
-        sim.register(k);
-    }
+    let sim = sim_verifier(&keys, &client);
     let verifier = InboundVerifier {
         quorums,
         replica_keys: Arc::new(keys.iter().map(|k| k.public_key()).collect()),
@@ -59,6 +56,15 @@ pub fn cluster(mode: Mode, n: usize, f: usize, limits: Limits) -> Cluster {
         limits,
         verifier,
     }
+}
+
+/// A sim verifier that knows `replicas` and `client`.
+fn sim_verifier(replicas: &[SimKey], client: &SimKey) -> SimVerifier {
+    let mut sim = SimVerifier::new();
+    for k in replicas.iter().chain([client]) {
+        sim.register(k);
+    }
+    sim
 }
 
 /// Replica 3 of four BFT replicas (f = 1) whose window holds four instances
@@ -136,6 +142,24 @@ impl Cluster {
     /// Replica `me`'s engine as the driver builds it: it takes direct requests authenticated
     /// by their channel ([`Cluster::deliver_by_channel`]) and verifies their signatures where
     /// it relays them (docs/design.md §5).
+    /// A verifier of the cluster's identities that counts every signature check it makes,
+    /// and whose failed batches check their items again up to the first bad one, as ed25519's
+    /// do ([`CountingSimVerifier`]).
+    pub fn counting_verifier(&self) -> Arc<CountingSimVerifier> {
+        Arc::new(CountingSimVerifier::new(sim_verifier(
+            &self.keys,
+            &self.client,
+        )))
+    }
+
+    /// The cluster's verifier, checking signatures with `signatures`.
+    pub fn verifier_with(&self, signatures: Arc<dyn smr_crypto::Verifier>) -> InboundVerifier {
+        InboundVerifier {
+            signatures,
+            ..self.verifier.clone()
+        }
+    }
+
     pub fn channel_engine(&self, me: u32) -> Engine {
         let mut engine = self.engine(me);
         engine.set_request_verifier(self.verifier.signatures.clone());
