@@ -1067,7 +1067,9 @@ struct Timing {
     /// Each client key's requests by first arrival, oldest first: (session, seq, arrival).
     /// At most `max_requests_per_client` per key (its oldest makes room for its newest), so
     /// one client's requests that never get a reply (refused as `client_pool_full` or
-    /// `rate_limited`) cannot keep other clients' requests from being timed. Keyed by a
+    /// `rate_limited`) cannot keep other clients' requests from being timed; and while the map
+    /// is full, a key holding fewer than the most takes a place (`shares`), so many keys'
+    /// cannot either. Keyed by a
     /// randomly seeded aHash, not SipHash: two lookups per request, and clients choose the
     /// keys. A key's entries are few and usually answered in order, so they are scanned.
     requests: HashMap<
@@ -1077,6 +1079,12 @@ struct Timing {
     >,
     /// Entries in `requests`, over all keys: at most [`MAX_TIMED_REQUESTS`].
     timed_requests: usize,
+    /// Each key of `requests` by its entry count: while the map is full, a key holding fewer
+    /// than the most takes the place of the oldest entry of a key holding the most, so keys
+    /// minted to fill it (`clients = "any"`) cannot keep other keys' requests untimed.
+    shares: std::collections::BTreeSet<(usize, crate::message::ClientId)>,
+    /// Entries that gave their place to another key's so far (for the tests).
+    requests_displaced: u64,
     /// What the pool holds of one key at most: `limits.max_pending_per_client` times
     /// [`SESSIONS_PER_KEY_IN_POOL`], at most [`MAX_TIMED_REQUESTS_PER_CLIENT`].
     max_requests_per_client: usize,
@@ -1102,6 +1110,8 @@ impl Timing {
             proposed: std::collections::BTreeMap::new(),
             requests: HashMap::default(),
             timed_requests: 0,
+            shares: std::collections::BTreeSet::new(),
+            requests_displaced: 0,
             max_requests_per_client: max_pending_per_client
                 .saturating_mul(SESSIONS_PER_KEY_IN_POOL)
                 .clamp(1, MAX_TIMED_REQUESTS_PER_CLIENT),
@@ -1135,24 +1145,74 @@ impl Timing {
         at.map(|at| at.elapsed())
     }
 
-    /// Notes request `id`'s first arrival, at `at` (arrivals come in time order).
+    /// Notes request `id`'s first arrival, at `at` (arrivals come in time order). A key at its
+    /// bound makes room with its own oldest entry; otherwise, while the map is full of live
+    /// entries, the request takes the place of the oldest entry of a key holding more than
+    /// its key does, or is not timed.
     fn request_arrived(&mut self, id: RequestId, at: std::time::Instant) {
-        if self.timed_requests >= MAX_TIMED_REQUESTS && !self.sweep_requests(at) {
-            return;
-        }
-        let timed = self.requests.entry(id.client).or_default();
-        if timed
-            .iter()
-            .any(|&(session, seq, _)| (session, seq) == (id.session, id.seq))
+        let held = match self.requests.get_mut(&id.client) {
+            Some(timed) => {
+                if timed
+                    .iter()
+                    .any(|&(session, seq, _)| (session, seq) == (id.session, id.seq))
+                {
+                    return;
+                }
+                if timed.len() >= self.max_requests_per_client {
+                    timed.pop_front();
+                    timed.push_back((id.session, id.seq, at));
+                    return;
+                }
+                timed.len()
+            }
+            None => 0,
+        };
+        if self.timed_requests >= MAX_TIMED_REQUESTS
+            && !self.sweep_requests(at)
+            && !self.give_place(held)
         {
             return;
         }
-        if timed.len() >= self.max_requests_per_client {
-            timed.pop_front();
-        } else {
-            self.timed_requests += 1;
+        self.requests
+            .entry(id.client)
+            .or_default()
+            .push_back((id.session, id.seq, at));
+        self.reshare(id.client, held, held + 1);
+        self.timed_requests += 1;
+    }
+
+    /// Frees one entry for a key holding `held`: the oldest of a key holding the most, if that
+    /// is more than `held`; whether it did.
+    fn give_place(&mut self, held: usize) -> bool {
+        let Some(&(most, client)) = self.shares.last() else {
+            return false;
+        };
+        if most <= held {
+            return false;
         }
-        timed.push_back((id.session, id.seq, at));
+        let timed = self
+            .requests
+            .get_mut(&client)
+            .expect("a key in shares holds entries");
+        timed.pop_front();
+        if timed.is_empty() {
+            self.requests.remove(&client);
+        }
+        self.reshare(client, most, most - 1);
+        self.timed_requests -= 1;
+        self.requests_displaced += 1;
+        true
+    }
+
+    /// Moves `client` from holding `from` entries to `to` in `shares`.
+    fn reshare(&mut self, client: crate::message::ClientId, from: usize, to: usize) {
+        if from > 0 {
+            let removed = self.shares.remove(&(from, client));
+            assert!(removed, "shares holds each key's entry count");
+        }
+        if to > 0 {
+            self.shares.insert((to, client));
+        }
     }
 
     /// Forgets the requests older than [`TIMED_REQUEST_EXPIRY`] at `now`, at most once until
@@ -1170,6 +1230,11 @@ impl Timing {
             !timed.is_empty()
         });
         self.timed_requests = self.requests.values().map(VecDeque::len).sum();
+        self.shares = self
+            .requests
+            .iter()
+            .map(|(client, timed)| (timed.len(), *client))
+            .collect();
         if self.timed_requests >= MAX_TIMED_REQUESTS {
             // Each key's oldest entry is its first.
             self.next_request_sweep = self
@@ -1195,10 +1260,12 @@ impl Timing {
             .iter()
             .position(|&(session, seq, _)| (session, seq) == (id.session, id.seq))?;
         let (_, _, at) = timed.get_mut().remove(index)?;
+        let held = timed.get().len();
         self.timed_requests -= 1;
-        if timed.get().is_empty() {
+        if held == 0 {
             timed.remove();
         }
+        self.reshare(id.client, held + 1, held);
         Some(at.elapsed())
     }
 }
@@ -2234,6 +2301,91 @@ mod tests {
             timing.replied(&other).is_some(),
             "another client's request is timed"
         );
+    }
+
+    /// `shares` against the entries: each key with its count, and nothing else.
+    fn check_shares(timing: &Timing) {
+        let counted: std::collections::BTreeSet<_> = timing
+            .requests
+            .iter()
+            .map(|(client, timed)| (timed.len(), *client))
+            .collect();
+        assert_eq!(timing.shares, counted);
+        assert_eq!(
+            timing.timed_requests,
+            timing.requests.values().map(VecDeque::len).sum::<usize>()
+        );
+    }
+
+    /// Task 28: with `clients = "any"` anyone can mint keys, and 128 keys each at its bound of
+    /// 512 unanswered requests (64 per session, 8 sessions) filled all 65,536 entries of the
+    /// request timing map: no other key's request was timed for 60 s, so the latency
+    /// histogram showed the attack's keys only. Now while the map is full a key holding fewer
+    /// entries than the most takes the place of the oldest entry of a key holding the most:
+    /// an honest key's requests are timed, and the attack's keys keep what they hold less one
+    /// entry each, at most, per honest entry.
+    #[test]
+    fn keys_minted_to_fill_the_request_timing_map_cannot_keep_another_keys_requests_untimed() {
+        let mut timing = Timing::default();
+        let start = std::time::Instant::now();
+        let per_client = timing.max_requests_per_client as u64;
+        assert_eq!(per_client, 512);
+        for seq in 0..MAX_TIMED_REQUESTS as u64 {
+            timing.request_arrived(client_request_id(seq / per_client, seq), start);
+        }
+        assert_eq!(
+            (timing.requests.len(), timing.timed_requests),
+            (128, MAX_TIMED_REQUESTS)
+        );
+        // An honest key's requests, one after another (each answered), and three in flight.
+        let honest = |seq| request_id(7, seq);
+        let later = start + Duration::from_secs(1);
+        for seq in 0..10 {
+            timing.request_arrived(honest(seq), later);
+            assert!(
+                timing.replied(&honest(seq)).is_some(),
+                "request {seq} timed"
+            );
+        }
+        for seq in 10..13 {
+            timing.request_arrived(honest(seq), later);
+        }
+        for seq in 10..13 {
+            assert!(
+                timing.replied(&honest(seq)).is_some(),
+                "request {seq} timed"
+            );
+        }
+        // Three places were given, each by the oldest entry of a key holding the most: to the
+        // first request, and to the two in flight beside the place the first one freed.
+        assert_eq!(timing.requests_displaced, 3);
+        assert_eq!(timing.timed_requests, MAX_TIMED_REQUESTS - 3);
+        assert!(timing.requests.values().all(|t| t.len() >= 511));
+        check_shares(&timing);
+        // An attacking key at its bound makes room with its own oldest only.
+        let key_0 = timing.requests[&client_request_id(0, 0).client].clone();
+        timing.request_arrived(client_request_id(0, 1 << 20), later);
+        let now_0 = &timing.requests[&client_request_id(0, 0).client];
+        assert_eq!(now_0.len(), 512);
+        assert_eq!(now_0.front(), key_0.get(1));
+        assert_eq!(
+            (timing.requests_displaced, timing.timed_requests),
+            (3, MAX_TIMED_REQUESTS - 3)
+        );
+        check_shares(&timing);
+        // A key holding as many as the most takes no place: its request is not timed.
+        let mut even = Timing::default();
+        for client in 0..MAX_TIMED_REQUESTS as u64 {
+            even.request_arrived(client_request_id(client, 0), start);
+        }
+        let first = request_id(8, 0);
+        even.request_arrived(first, later);
+        assert_eq!(even.requests_displaced, 1, "a key with none takes a place");
+        even.request_arrived(request_id(8, 1), later);
+        assert_eq!(even.requests_displaced, 1, "a key with one takes none");
+        assert!(even.replied(&request_id(8, 1)).is_none());
+        assert!(even.replied(&first).is_some());
+        check_shares(&even);
     }
 
     /// Stop 26: the request timing map was bounded in all (65,536 entries), not per client:
