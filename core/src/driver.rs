@@ -760,7 +760,8 @@ struct VerifyWorker {
 }
 
 /// A [`Verifier`] that counts the signatures it checks
-/// ([`ReplicaMetrics::signature_verifications`]): one atomic add per batch.
+/// ([`ReplicaMetrics::signature_verifications`]): one atomic add per batch, of its items and
+/// those a failed batch checked again ([`smr_crypto::BatchChecked::submitted`]).
 struct CountingVerifier {
     inner: Arc<dyn Verifier>,
     metrics: Arc<ReplicaMetrics>,
@@ -777,12 +778,12 @@ impl Verifier for CountingVerifier {
         self.inner.verify(key, message, signature)
     }
 
-    fn verify_batch(
-        &self,
-        items: &[smr_crypto::SignedItem<'_>],
-    ) -> Result<(), smr_crypto::BatchVerifyError> {
-        self.metrics.signature_verifications.add(items.len() as u64);
-        self.inner.verify_batch(items)
+    fn check_batch(&self, items: &[smr_crypto::SignedItem<'_>]) -> smr_crypto::BatchChecked {
+        let checked = self.inner.check_batch(items);
+        self.metrics
+            .signature_verifications
+            .add(checked.submitted(items.len()) as u64);
+        checked
     }
 }
 
@@ -1066,7 +1067,9 @@ struct Timing {
     /// Each client key's requests by first arrival, oldest first: (session, seq, arrival).
     /// At most `max_requests_per_client` per key (its oldest makes room for its newest), so
     /// one client's requests that never get a reply (refused as `client_pool_full` or
-    /// `rate_limited`) cannot keep other clients' requests from being timed. Keyed by a
+    /// `rate_limited`) cannot keep other clients' requests from being timed; and while the map
+    /// is full, a key holding fewer than the most takes a place (`shares`), so many keys'
+    /// cannot either. Keyed by a
     /// randomly seeded aHash, not SipHash: two lookups per request, and clients choose the
     /// keys. A key's entries are few and usually answered in order, so they are scanned.
     requests: HashMap<
@@ -1076,6 +1079,17 @@ struct Timing {
     >,
     /// Entries in `requests`, over all keys: at most [`MAX_TIMED_REQUESTS`].
     timed_requests: usize,
+    /// Each key of `requests` by its entry count: while the map is full, a key holding fewer
+    /// than the most takes the place of the oldest entry of a key holding the most, so keys
+    /// minted to fill it (`clients = "any"`) cannot keep other keys' requests untimed.
+    /// Kept only while `sharing`: under ordinary load the map is far from full, and the
+    /// arrivals and replies pay nothing for it.
+    shares: std::collections::BTreeSet<(usize, crate::message::ClientId)>,
+    /// Whether `shares` is kept: from the first time a full map has to give a place until
+    /// the map is less than half full again.
+    sharing: bool,
+    /// Entries that gave their place to another key's so far (for the tests).
+    requests_displaced: u64,
     /// What the pool holds of one key at most: `limits.max_pending_per_client` times
     /// [`SESSIONS_PER_KEY_IN_POOL`], at most [`MAX_TIMED_REQUESTS_PER_CLIENT`].
     max_requests_per_client: usize,
@@ -1101,6 +1115,9 @@ impl Timing {
             proposed: std::collections::BTreeMap::new(),
             requests: HashMap::default(),
             timed_requests: 0,
+            shares: std::collections::BTreeSet::new(),
+            sharing: false,
+            requests_displaced: 0,
             max_requests_per_client: max_pending_per_client
                 .saturating_mul(SESSIONS_PER_KEY_IN_POOL)
                 .clamp(1, MAX_TIMED_REQUESTS_PER_CLIENT),
@@ -1134,24 +1151,95 @@ impl Timing {
         at.map(|at| at.elapsed())
     }
 
-    /// Notes request `id`'s first arrival, at `at` (arrivals come in time order).
+    /// Notes request `id`'s first arrival, at `at` (arrivals come in time order). A key at its
+    /// bound makes room with its own oldest entry; otherwise, while the map is full of live
+    /// entries, the request takes the place of the oldest entry of a key holding more than
+    /// its key does, or is not timed.
     fn request_arrived(&mut self, id: RequestId, at: std::time::Instant) {
-        if self.timed_requests >= MAX_TIMED_REQUESTS && !self.sweep_requests(at) {
-            return;
-        }
-        let timed = self.requests.entry(id.client).or_default();
-        if timed
-            .iter()
-            .any(|&(session, seq, _)| (session, seq) == (id.session, id.seq))
+        let held = match self.requests.get_mut(&id.client) {
+            Some(timed) => {
+                if timed
+                    .iter()
+                    .any(|&(session, seq, _)| (session, seq) == (id.session, id.seq))
+                {
+                    return;
+                }
+                if timed.len() >= self.max_requests_per_client {
+                    timed.pop_front();
+                    timed.push_back((id.session, id.seq, at));
+                    return;
+                }
+                timed.len()
+            }
+            None => 0,
+        };
+        if self.timed_requests >= MAX_TIMED_REQUESTS
+            && !self.sweep_requests(at)
+            && !self.give_place(held)
         {
             return;
         }
-        if timed.len() >= self.max_requests_per_client {
-            timed.pop_front();
-        } else {
-            self.timed_requests += 1;
+        self.requests
+            .entry(id.client)
+            .or_default()
+            .push_back((id.session, id.seq, at));
+        self.timed_requests += 1;
+        self.reshare(id.client, held, held + 1);
+    }
+
+    /// Frees one entry for a key holding `held`: the oldest of a key holding the most, if that
+    /// is more than `held`; whether it did.
+    fn give_place(&mut self, held: usize) -> bool {
+        if !self.sharing {
+            self.shares = self.counted_shares();
+            self.sharing = true;
         }
-        timed.push_back((id.session, id.seq, at));
+        let Some(&(most, client)) = self.shares.last() else {
+            return false;
+        };
+        if most <= held {
+            return false;
+        }
+        let timed = self
+            .requests
+            .get_mut(&client)
+            .expect("a key in shares holds entries");
+        timed.pop_front();
+        if timed.is_empty() {
+            self.requests.remove(&client);
+        }
+        self.timed_requests -= 1;
+        self.reshare(client, most, most - 1);
+        self.requests_displaced += 1;
+        true
+    }
+
+    /// Each key of `requests` with its entry count, counted afresh.
+    fn counted_shares(&self) -> std::collections::BTreeSet<(usize, crate::message::ClientId)> {
+        self.requests
+            .iter()
+            .map(|(client, timed)| (timed.len(), *client))
+            .collect()
+    }
+
+    /// Moves `client` from holding `from` entries to `to` in `shares`, while it is kept; stops
+    /// keeping it once the map is less than half full.
+    fn reshare(&mut self, client: crate::message::ClientId, from: usize, to: usize) {
+        if !self.sharing {
+            return;
+        }
+        if self.timed_requests < MAX_TIMED_REQUESTS / 2 {
+            self.sharing = false;
+            self.shares.clear();
+            return;
+        }
+        if from > 0 {
+            let removed = self.shares.remove(&(from, client));
+            assert!(removed, "shares holds each key's entry count");
+        }
+        if to > 0 {
+            self.shares.insert((to, client));
+        }
     }
 
     /// Forgets the requests older than [`TIMED_REQUEST_EXPIRY`] at `now`, at most once until
@@ -1169,6 +1257,9 @@ impl Timing {
             !timed.is_empty()
         });
         self.timed_requests = self.requests.values().map(VecDeque::len).sum();
+        if self.sharing {
+            self.shares = self.counted_shares();
+        }
         if self.timed_requests >= MAX_TIMED_REQUESTS {
             // Each key's oldest entry is its first.
             self.next_request_sweep = self
@@ -1194,10 +1285,12 @@ impl Timing {
             .iter()
             .position(|&(session, seq, _)| (session, seq) == (id.session, id.seq))?;
         let (_, _, at) = timed.get_mut().remove(index)?;
-        self.timed_requests -= 1;
-        if timed.get().is_empty() {
+        let held = timed.get().len();
+        if held == 0 {
             timed.remove();
         }
+        self.timed_requests -= 1;
+        self.reshare(id.client, held + 1, held);
         Some(at.elapsed())
     }
 }
@@ -2105,6 +2198,52 @@ impl<N: Network> ClientShared<N> {
 mod tests {
     use super::*;
 
+    /// `smr_signature_verifications` counted a batch's items, but not those the verifier
+    /// checked again one by one after the batch failed (ed25519's does, to name the first bad
+    /// item): four signatures, the third bad, through `verify_batch_then_each` as the engine
+    /// checks them cost a batch of 4, the first 3 again and the last alone, 8 checks, and 5
+    /// were counted.
+    #[test]
+    fn the_signature_counter_counts_what_a_failed_batch_checks_again() {
+        use smr_crypto::sim::{CountingSimVerifier, SimKey, SimVerifier};
+        use smr_crypto::{SignedItem, Signer};
+        let key = SimKey::from_seed([1; 32]);
+        let mut sim = SimVerifier::new();
+        sim.register(&key);
+        let inner = Arc::new(CountingSimVerifier::new(sim));
+        let metrics = Arc::new(ReplicaMetrics::default());
+        let counting = CountingVerifier {
+            inner: inner.clone(),
+            metrics: metrics.clone(),
+        };
+        let public = key.public_key();
+        let messages: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i]).collect();
+        let mut signatures: Vec<_> = messages.iter().map(|m| key.sign(m)).collect();
+        signatures[2] = key.sign(b"another message");
+        let items: Vec<SignedItem<'_>> = messages
+            .iter()
+            .zip(&signatures)
+            .map(|(message, signature)| SignedItem {
+                key: &public,
+                message,
+                signature,
+            })
+            .collect();
+        let (verdicts, submitted) = smr_crypto::verify_batch_then_each(&counting, &items);
+        assert_eq!(
+            verdicts,
+            vec![
+                Ok(()),
+                Ok(()),
+                Err(smr_crypto::VerifyError::BadSignature),
+                Ok(())
+            ]
+        );
+        assert_eq!(inner.checks(), 4 + 3 + 1);
+        assert_eq!(submitted as u64, inner.checks());
+        assert_eq!(metrics.signature_verifications.get(), inner.checks());
+    }
+
     #[test]
     fn the_reader_checks_only_few_small_unsigned_frames_of_idle_workers_itself() {
         assert!(verify_inline(1, 200, true, true));
@@ -2187,6 +2326,124 @@ mod tests {
             timing.replied(&other).is_some(),
             "another client's request is timed"
         );
+    }
+
+    /// `shares` against the entries: each key with its count, and nothing else.
+    fn check_shares(timing: &Timing) {
+        if timing.sharing {
+            assert_eq!(timing.shares, timing.counted_shares());
+        } else {
+            assert!(timing.shares.is_empty());
+        }
+        assert_eq!(
+            timing.timed_requests,
+            timing.requests.values().map(VecDeque::len).sum::<usize>()
+        );
+    }
+
+    /// The per-key counts behind the fair places cost the arrivals and replies nothing until
+    /// a full map has to give a place, and nothing again once the map is less than half full.
+    #[test]
+    fn the_timing_maps_counts_per_key_are_kept_only_while_it_is_nearly_full() {
+        let mut timing = Timing::default();
+        let start = std::time::Instant::now();
+        let per_client = timing.max_requests_per_client as u64;
+        for seq in 0..MAX_TIMED_REQUESTS as u64 - 1 {
+            timing.request_arrived(client_request_id(seq / per_client, seq), start);
+        }
+        assert!(!timing.sharing && timing.shares.is_empty());
+        // The last place, then one more arrival: the full map gives a place.
+        let last = MAX_TIMED_REQUESTS as u64 - 1;
+        timing.request_arrived(client_request_id(last / per_client, last), start);
+        assert!(!timing.sharing);
+        timing.request_arrived(request_id(7, 0), start);
+        assert!(timing.sharing);
+        assert_eq!(timing.shares.len(), 129);
+        check_shares(&timing);
+        // Replies until the map is less than half full.
+        let mut answered = 0u64;
+        while timing.timed_requests >= MAX_TIMED_REQUESTS / 2 {
+            let client = answered / per_client;
+            let seq = answered;
+            answered += 1;
+            timing.replied(&client_request_id(client, seq));
+            if answered % 4096 == 0 {
+                check_shares(&timing);
+            }
+        }
+        assert!(!timing.sharing && timing.shares.is_empty());
+        check_shares(&timing);
+    }
+
+    /// Issue 12 (review): with `clients = "any"` anyone can mint keys, and 128 keys each at its bound of
+    /// 512 unanswered requests (64 per session, 8 sessions) filled all 65,536 entries of the
+    /// request timing map: no other key's request was timed for 60 s, so the latency
+    /// histogram showed the attack's keys only. Now while the map is full a key holding fewer
+    /// entries than the most takes the place of the oldest entry of a key holding the most:
+    /// an honest key's requests are timed, and the attack's keys keep what they hold less one
+    /// entry each, at most, per honest entry.
+    #[test]
+    fn keys_minted_to_fill_the_request_timing_map_cannot_keep_another_keys_requests_untimed() {
+        let mut timing = Timing::default();
+        let start = std::time::Instant::now();
+        let per_client = timing.max_requests_per_client as u64;
+        assert_eq!(per_client, 512);
+        for seq in 0..MAX_TIMED_REQUESTS as u64 {
+            timing.request_arrived(client_request_id(seq / per_client, seq), start);
+        }
+        assert_eq!(
+            (timing.requests.len(), timing.timed_requests),
+            (128, MAX_TIMED_REQUESTS)
+        );
+        // An honest key's requests, one after another (each answered), and three in flight.
+        let honest = |seq| request_id(7, seq);
+        let later = start + Duration::from_secs(1);
+        for seq in 0..10 {
+            timing.request_arrived(honest(seq), later);
+            assert!(
+                timing.replied(&honest(seq)).is_some(),
+                "request {seq} timed"
+            );
+        }
+        for seq in 10..13 {
+            timing.request_arrived(honest(seq), later);
+        }
+        for seq in 10..13 {
+            assert!(
+                timing.replied(&honest(seq)).is_some(),
+                "request {seq} timed"
+            );
+        }
+        // Three places were given, each by the oldest entry of a key holding the most: to the
+        // first request, and to the two in flight beside the place the first one freed.
+        assert_eq!(timing.requests_displaced, 3);
+        assert_eq!(timing.timed_requests, MAX_TIMED_REQUESTS - 3);
+        assert!(timing.requests.values().all(|t| t.len() >= 511));
+        check_shares(&timing);
+        // An attacking key at its bound makes room with its own oldest only.
+        let key_0 = timing.requests[&client_request_id(0, 0).client].clone();
+        timing.request_arrived(client_request_id(0, 1 << 20), later);
+        let now_0 = &timing.requests[&client_request_id(0, 0).client];
+        assert_eq!(now_0.len(), 512);
+        assert_eq!(now_0.front(), key_0.get(1));
+        assert_eq!(
+            (timing.requests_displaced, timing.timed_requests),
+            (3, MAX_TIMED_REQUESTS - 3)
+        );
+        check_shares(&timing);
+        // A key holding as many as the most takes no place: its request is not timed.
+        let mut even = Timing::default();
+        for client in 0..MAX_TIMED_REQUESTS as u64 {
+            even.request_arrived(client_request_id(client, 0), start);
+        }
+        let first = request_id(8, 0);
+        even.request_arrived(first, later);
+        assert_eq!(even.requests_displaced, 1, "a key with none takes a place");
+        even.request_arrived(request_id(8, 1), later);
+        assert_eq!(even.requests_displaced, 1, "a key with one takes none");
+        assert!(even.replied(&request_id(8, 1)).is_none());
+        assert!(even.replied(&first).is_some());
+        check_shares(&even);
     }
 
     /// Stop 26: the request timing map was bounded in all (65,536 entries), not per client:

@@ -189,7 +189,8 @@ pub struct ReplicaMetrics {
     pub state_transfers: Value,
     /// Snapshots the service was asked to take for a checkpoint.
     pub checkpoints: Value,
-    /// Signatures checked by the verify workers and by the engine (client requests it relays).
+    /// Signatures checked by the verify workers and by the engine (client requests it relays):
+    /// each item of a batch, and again each one a failed batch checked again one by one.
     pub signature_verifications: Value,
     /// Client request signatures verified, by the verify workers (requests met inside a
     /// PROPOSE, Forward, STOP or SYNC) and by the engine (a request authenticated by its

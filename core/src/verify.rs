@@ -40,7 +40,9 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use smr_crypto::{BatchVerifyError, Digest, PublicKey, Signature, SignedItem, Verifier};
+use smr_crypto::{
+    BatchChecked, BatchVerifyError, Digest, PublicKey, Signature, SignedItem, Verifier,
+};
 
 use crate::config::{ClientPolicy, Limits};
 use crate::message::{
@@ -518,9 +520,11 @@ impl VerifiedRequests {
     }
 
     /// Client request signatures verified so far by the runs of
-    /// [`InboundVerifier::verify_run`] that used this cache, each signature submitted to a
-    /// verification counted once (a failed batch and its one-by-one retry count twice).
-    /// Replica signatures (votes, PROPOSEs, STOPs) are not counted.
+    /// [`InboundVerifier::verify_run`] that used this cache, each submission of a signature to
+    /// a check counted: a batch's, the verifier's own check again of the items up to the first
+    /// bad one when the batch fails ([`smr_crypto::BatchChecked::rechecked`]), and the run's
+    /// retry message by message (so a failed run checks a request's signature up to three
+    /// times). Replica signatures (votes, PROPOSEs, STOPs) are not counted.
     pub fn signatures_verified(&self) -> u64 {
         self.verified.load(Ordering::Relaxed)
     }
@@ -529,7 +533,13 @@ impl VerifiedRequests {
         self.hits.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn count_verified(&self, signatures: usize) {
+    /// Counts the client request signatures `checked` submitted, of a batch whose items are
+    /// client requests' signatures where `is_request` says so: each of them once, and again
+    /// each of those among the items the verifier rechecked (the first ones).
+    fn count_verified(&self, is_request: &[bool], checked: &BatchChecked) {
+        let requests = |items: &[bool]| items.iter().filter(|&&r| r).count();
+        let rechecked = &is_request[..checked.rechecked.min(is_request.len())];
+        let signatures = requests(is_request) + requests(rechecked);
         if signatures > 0 {
             self.verified
                 .fetch_add(signatures as u64, Ordering::Relaxed);
@@ -665,6 +675,8 @@ impl InboundVerifier {
         // leader's PROPOSE, say) is checked once.
         let mut seen: HashMap<RequestKey, PublicKey> = HashMap::new();
         let mut items: Vec<SignedItem<'_>> = Vec::new();
+        // With a cache, exactly the client requests' signatures carry a request key.
+        let mut is_request: Vec<bool> = Vec::new();
         for pending in &collected {
             let Ok(pending) = pending else { continue };
             for i in 0..pending.signatures.len() {
@@ -674,13 +686,16 @@ impl InboundVerifier {
                     }
                 }
                 items.push(pending.item(i));
+                is_request.push(pending.request_keys[i].is_some());
             }
         }
-        // With a cache, exactly the client requests' signatures carry a request key.
-        if let Some(cache) = cache {
-            cache.count_verified(seen.len());
-        }
-        let all_good = items.is_empty() || self.signatures.verify_batch(&items).is_ok();
+        let all_good = items.is_empty() || {
+            let checked = self.signatures.check_batch(&items);
+            if let Some(cache) = cache {
+                cache.count_verified(&is_request, &checked);
+            }
+            checked.verdict.is_ok()
+        };
         drop(items);
         if all_good {
             if let Some(cache) = cache {
@@ -716,19 +731,22 @@ impl InboundVerifier {
                         pending.item(i)
                     })
                     .collect();
+                let checked = self.signatures.check_batch(&items);
                 if let Some(cache) = cache {
-                    let requests = index_of
+                    let is_request: Vec<bool> = index_of
                         .iter()
-                        .filter(|&&i| pending.request_keys[i].is_some())
-                        .count();
-                    cache.count_verified(requests);
+                        .map(|&i| pending.request_keys[i].is_some())
+                        .collect();
+                    cache.count_verified(&is_request, &checked);
                 }
-                self.signatures.verify_batch(&items).map_err(
-                    |BatchVerifyError { index, reason }| Rejection::BadSignature {
-                        index: index_of[index],
-                        reason,
-                    },
-                )?;
+                checked
+                    .verdict
+                    .map_err(
+                        |BatchVerifyError { index, reason }| Rejection::BadSignature {
+                            index: index_of[index],
+                            reason,
+                        },
+                    )?;
                 let verified: Vec<(RequestKey, PublicKey)> = pending
                     .request_keys
                     .iter()

@@ -414,10 +414,7 @@ impl Verifier for PanicsOnVerify {
     ) -> Result<(), smr_crypto::VerifyError> {
         panic!("a broken invariant in a verify worker");
     }
-    fn verify_batch(
-        &self,
-        _items: &[smr_crypto::SignedItem<'_>],
-    ) -> Result<(), smr_crypto::BatchVerifyError> {
+    fn check_batch(&self, _items: &[smr_crypto::SignedItem<'_>]) -> smr_crypto::BatchChecked {
         panic!("a broken invariant in a verify worker");
     }
 }

@@ -301,3 +301,65 @@ fn relayed_requests_known_by_channel_only_are_verified_and_counted() {
     assert!(verdicts[1].is_err());
     assert_eq!((cache.signatures_verified(), cache.hits()), (6, 0));
 }
+
+/// The verdicts of `run`, every request's signature checked, through `cache`.
+fn verdicts_of(
+    verifier: &InboundVerifier,
+    run: Vec<(Peer, Message)>,
+    cache: &VerifiedRequests,
+) -> Vec<Result<(), smr_core::Rejection>> {
+    verifier
+        .verify_many(run, Some(cache))
+        .into_iter()
+        .map(|v| v.map(|_| ()))
+        .collect()
+}
+
+/// After a failed batch the verifier (ed25519's) checks its items again one by one, up to the
+/// first bad one, to name it; `VerifiedRequests::signatures_verified` counted the batch and
+/// the run's retry message by message, but not those checks, so a bad signature's cost was
+/// under-counted. Five direct requests verified by signature, the third badly signed: a batch
+/// of 5, its first 3 checked again, then one check per message: 13 checks, 10 counted before.
+/// In a PROPOSE of 3 requests, the second badly signed, the rechecked items include the
+/// leader's own signature, which is not a client's: 14 checks, 10 of client signatures (6
+/// counted before).
+#[test]
+fn a_failed_batch_counts_the_client_signatures_the_verifier_checked_again() {
+    let c = bft();
+    let counting = c.counting_verifier();
+    let verifier = c.verifier_with(counting.clone());
+    let cache = VerifiedRequests::new(16);
+    let run: Vec<(Peer, Message)> = (1..=5)
+        .map(|seq| {
+            let request = match seq {
+                3 => c.badly_signed_request(3),
+                _ => c.request(seq),
+            };
+            (c.client_peer(), Message::Request(request))
+        })
+        .collect();
+    let verdicts = verdicts_of(&verifier, run, &cache);
+    let bad = Err(smr_core::Rejection::BadSignature {
+        index: 0,
+        reason: smr_crypto::VerifyError::BadSignature,
+    });
+    assert_eq!(verdicts, vec![Ok(()), Ok(()), bad, Ok(()), Ok(())]);
+    assert_eq!(counting.checks(), 5 + 3 + 5);
+    assert_eq!(cache.signatures_verified(), counting.checks());
+
+    let cache = VerifiedRequests::new(16);
+    let before = counting.checks();
+    let requests = vec![c.request(11), c.badly_signed_request(12), c.request(13)];
+    let propose = c.propose(0, Cid(1), Regency(0), Batch { requests });
+    let run = vec![(Peer::Replica(0), Message::Propose(propose))];
+    let verdicts = verdicts_of(&verifier, run, &cache);
+    // The leader's signature is item 0, the requests' items 1 to 3.
+    let bad = Err(smr_core::Rejection::BadSignature {
+        index: 2,
+        reason: smr_crypto::VerifyError::BadSignature,
+    });
+    assert_eq!(verdicts, vec![bad]);
+    // The run's batch (4) and its first 3 again; the message's batch (4) and its first 3 again.
+    assert_eq!(counting.checks() - before, 4 + 3 + 4 + 3);
+    assert_eq!(cache.signatures_verified(), 3 + 2 + 3 + 2);
+}

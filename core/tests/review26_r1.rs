@@ -3,12 +3,12 @@
 
 mod common;
 
-use smr_core::engine::{PersistRecord, ServiceWork};
-use smr_core::message::{Cid, Decision, Message, Regency, VoteKind};
-use smr_core::{Limits, Output, Peer, Rejection};
+use smr_core::engine::PersistRecord;
+use smr_core::message::{Cid, Message, Regency, VoteKind};
+use smr_core::{Limits, Output, Rejection};
 use smr_modes::Mode;
 
-use common::{broadcast, cluster, run_service, send};
+use common::{broadcast, cluster, only_service, paused_catch_up, run_service, send};
 
 /// A replica behind the start of a SYNC (it has not executed the cids the SYNC proves decided)
 /// must not vote, in the SYNC's regency, for a value its leader proposes at one of those cids:
@@ -72,38 +72,7 @@ fn a_replica_behind_the_sync_refuses_a_proposal_at_a_cid_the_sync_fixed() {
 /// the liar's turn included) however often it did so.
 #[test]
 fn a_byzantine_heartbeat_does_not_take_over_a_paused_catch_up() {
-    let c = cluster(
-        Mode::Bft,
-        4,
-        1,
-        Limits {
-            max_instances_ahead: 4,
-            max_instances_in_flight: 4,
-            max_decisions_per_reply: 4,
-            ..Limits::default()
-        },
-    );
-    let mut replica = c.engine(3);
-    replica.start(0);
-    // Replica 0 answers with a full reply, cids 1-4: cid 1 goes to the service, and the window
-    // (up to 1 + 4) has room for one more decision only, so the next query waits, for replica 0.
-    let decisions: Vec<Decision> = (1..=4).map(|cid| c.decision(cid, vec![])).collect();
-    let out = c.deliver_ok(
-        &mut replica,
-        10,
-        Peer::Replica(0),
-        Message::Decisions(decisions.clone()),
-    );
-    assert_eq!(
-        out,
-        Output {
-            send_now: vec![],
-            persist: decisions.into_iter().map(PersistRecord::Decided).collect(),
-            send_after_persist: vec![],
-            service: vec![c.execute(Cid(1), &[])],
-            rejections: vec![],
-        }
-    );
+    let (c, mut replica) = paused_catch_up();
     // Byzantine replica 2 claims to have executed everything: nothing to send yet.
     let out = c.deliver_from(
         &mut replica,
@@ -117,18 +86,10 @@ fn a_byzantine_heartbeat_does_not_take_over_a_paused_catch_up() {
     assert_eq!(out, Output::default());
     // The service executes cids 1-4; once cid 4 is handed over, the window (up to 8) has room
     // for a full answer: the query from cid 5 goes to replica 0, whose answer was full.
-    let outputs = run_service(&mut replica, 30, &out_with(c.execute(Cid(1), &[])));
+    let outputs = run_service(&mut replica, 30, &only_service(c.execute(Cid(1), &[])));
     let sent: Vec<_> = outputs.iter().flat_map(|o| o.messages().cloned()).collect();
     assert_eq!(
         sent,
         vec![send(0, Message::DecisionQuery { from_cid: Cid(5) })]
     );
-}
-
-/// An output that holds nothing but `work` for the service.
-fn out_with(work: ServiceWork) -> Output {
-    Output {
-        service: vec![work],
-        ..Output::default()
-    }
 }

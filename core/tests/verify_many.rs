@@ -9,12 +9,13 @@ use smr_core::message::{
 use smr_core::verify::VerifiedRequests;
 use smr_core::{ClientPolicy, InboundVerifier, Limits, Peer, Rejection};
 use smr_crypto::{
-    BatchVerifyError, Ed25519Verifier, IdentityKey, PublicKey, Signature, SignedItem, Signer,
-    Verifier, VerifyError,
+    BatchChecked, Ed25519Verifier, IdentityKey, PublicKey, Signature, SignedItem, Signer, Verifier,
+    VerifyError,
 };
 use smr_modes::{Mode, Quorums};
 
-/// Real ed25519, counting batch calls and the signatures they checked.
+/// Real ed25519, counting batch calls and the signatures they checked (a failed batch's
+/// rechecked items twice).
 #[derive(Default)]
 struct Counting {
     batches: AtomicUsize,
@@ -32,10 +33,12 @@ impl Verifier for Counting {
         Ed25519Verifier.verify(key, message, signature)
     }
 
-    fn verify_batch(&self, items: &[SignedItem<'_>]) -> Result<(), BatchVerifyError> {
+    fn check_batch(&self, items: &[SignedItem<'_>]) -> BatchChecked {
         self.batches.fetch_add(1, Ordering::Relaxed);
-        self.signatures.fetch_add(items.len(), Ordering::Relaxed);
-        Ed25519Verifier.verify_batch(items)
+        let checked = Ed25519Verifier.check_batch(items);
+        self.signatures
+            .fetch_add(checked.submitted(items.len()), Ordering::Relaxed);
+        checked
     }
 }
 

@@ -17,8 +17,8 @@ use sha2::{Digest as _, Sha512};
 
 use crate::keyfile::{self, KeyFileError};
 use crate::{
-    verify_each, BatchVerifyError, KeyError, PublicKey, Signature, SignedItem, Signer, Verifier,
-    VerifyError,
+    recheck_each, verify_each, BatchChecked, KeyError, PublicKey, Signature, SignedItem, Signer,
+    Verifier, VerifyError,
 };
 
 /// An ed25519 identity: the secret signing key of one replica or client.
@@ -142,7 +142,8 @@ pub fn public_key_to_der(key: &PublicKey) -> Vec<u8> {
 /// - [`Verifier::verify_batch`] applies the same pre-checks to every item, then runs
 ///   `ed25519_dalek::verify_batch`, which checks `sum z_i ([s_i]B - [k_i]A_i - R_i) = 0` for
 ///   128-bit `z_i` derived from a transcript of all items. If anything fails it verifies one by
-///   one, so the error names the first failing item exactly as `verify` would.
+///   one, so the error names the first failing item exactly as `verify` would; after a failed
+///   batch equation, [`Verifier::check_batch`] counts the items so checked again as rechecked.
 ///
 /// Why they agree. Write `D_i = [s_i]B - [k_i]A_i - R_i = P_i + T_i`, with `P_i` in the
 /// prime-order subgroup and `T_i` a torsion point. A batch accepts only if `sum z_i P_i = 0`,
@@ -333,15 +334,19 @@ impl Verifier for Ed25519Verifier {
         verify_cofactored(key.as_bytes(), &parsed, message, signature)
     }
 
-    fn verify_batch(&self, items: &[SignedItem<'_>]) -> Result<(), BatchVerifyError> {
+    fn check_batch(&self, items: &[SignedItem<'_>]) -> BatchChecked {
+        let one_by_one = |verdict| BatchChecked {
+            verdict,
+            rechecked: 0,
+        };
         if items.len() <= 1 {
-            return verify_each(self, items);
+            return one_by_one(verify_each(self, items));
         }
         let mut keys = Vec::with_capacity(items.len());
         for item in items {
             match parse_key_cached(item.key) {
                 Ok(key) if r_is_acceptable(item.signature) => keys.push(key.dalek),
-                _ => return verify_each(self, items),
+                _ => return one_by_one(verify_each(self, items)),
             }
         }
         let messages: Vec<&[u8]> = items.iter().map(|item| item.message).collect();
@@ -349,10 +354,11 @@ impl Verifier for Ed25519Verifier {
             .iter()
             .map(|item| ed25519_dalek::Signature::from_bytes(item.signature.as_bytes()))
             .collect();
-        // Accepts only what `verify` accepts (see the type's docs); on failure `verify` decides.
+        // Accepts only what `verify` accepts (see the type's docs); on failure `verify` decides,
+        // and what it checks again is counted.
         match ed25519_dalek::verify_batch(&messages, &signatures, &keys) {
-            Ok(()) => Ok(()),
-            Err(_) => verify_each(self, items),
+            Ok(()) => one_by_one(Ok(())),
+            Err(_) => recheck_each(self, items),
         }
     }
 }

@@ -6,7 +6,9 @@
 //! - [`PublicKey`], [`Signature`] and [`Digest`] are plain byte newtypes that serialize compactly
 //!   (fixed-size tuples in binary formats, lowercase hex in human-readable ones such as TOML).
 //! - [`Signer`] signs, [`Verifier`] checks one signature or a batch. A batch failure names the
-//!   first failing item, so that the caller can reject exactly that message.
+//!   first failing item, so that the caller can reject exactly that message; and
+//!   [`Verifier::check_batch`] says how many items a failed batch checked again to find it, so
+//!   that counters of signatures checked count them.
 //! - [`IdentityKey`] and [`Ed25519Verifier`] are the real scheme (ed25519, cofactored
 //!   verification, batched when possible; a batch accepts exactly what single verification
 //!   accepts, so validity never depends on what else shared the batch).
@@ -113,12 +115,52 @@ pub trait Verifier: Send + Sync {
     ) -> Result<(), VerifyError>;
 
     /// Verifies all items. On failure, names the FIRST failing item's index. An empty batch
-    /// verifies.
-    fn verify_batch(&self, items: &[SignedItem<'_>]) -> Result<(), BatchVerifyError>;
+    /// verifies. The verdict of [`Verifier::check_batch`].
+    fn verify_batch(&self, items: &[SignedItem<'_>]) -> Result<(), BatchVerifyError> {
+        self.check_batch(items).verdict
+    }
+
+    /// [`Verifier::verify_batch`]'s verdict, and how many items it checked a second time
+    /// ([`BatchChecked::rechecked`]), so that counters of signatures checked count them.
+    fn check_batch(&self, items: &[SignedItem<'_>]) -> BatchChecked;
+}
+
+/// What [`Verifier::check_batch`] found, and the checks beyond one per item it took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchChecked {
+    /// The batch's verdict, as [`Verifier::verify_batch`] returns it.
+    pub verdict: Result<(), BatchVerifyError>,
+    /// How many items were checked again, one by one, after the batch as a whole failed: the
+    /// first `rechecked` items of the batch, each submitted to a second check (up to and
+    /// including the first bad one, or all of them if none is bad alone). [`Ed25519Verifier`]
+    /// rechecks after a failed batch equation; a verifier that checks a batch one by one from
+    /// the start (the simulator's, a batch of one, an item refused before the equation)
+    /// rechecks none.
+    pub rechecked: usize,
+}
+
+impl BatchChecked {
+    /// Signatures submitted to checks for a batch of `items`: each item once, plus the
+    /// rechecked ones a second time. What every counter of signatures checked adds.
+    pub fn submitted(&self, items: usize) -> usize {
+        items + self.rechecked.min(items)
+    }
+}
+
+/// [`verify_each`] after a batch check of `items` failed: its verdict, and as rechecked the
+/// items it checked again (up to and including the first bad one, or all of them).
+pub fn recheck_each<V: Verifier + ?Sized>(verifier: &V, items: &[SignedItem<'_>]) -> BatchChecked {
+    let verdict = verify_each(verifier, items);
+    let rechecked = match &verdict {
+        Ok(()) => items.len(),
+        Err(error) => error.index + 1,
+    };
+    BatchChecked { verdict, rechecked }
 }
 
 /// Verifies items one by one and returns the first failure: the reference semantics of
-/// [`Verifier::verify_batch`], and the fallback that batch implementations use to find the index.
+/// [`Verifier::verify_batch`], and the fallback that batch implementations use to find the index
+/// ([`recheck_each`] after a failed batch check).
 pub fn verify_each<V: Verifier + ?Sized>(
     verifier: &V,
     items: &[SignedItem<'_>],
@@ -138,9 +180,11 @@ pub fn verify_each<V: Verifier + ?Sized>(
 /// a run of bad ones costs at most two checks each, not a batch over what follows each of them
 /// (n bad signatures would cost n(n+1)/2).
 ///
-/// Also returns how many signatures were submitted to a check: the batch's items, plus each
-/// item checked on its own after it (so the items after a failed batch count twice). An
-/// empty `items` submits none. A verifier whose failed batch names an index past the batch
+/// Also returns how many signatures were submitted to a check: the batch's items, plus those
+/// the verifier checked again to find the first bad one ([`BatchChecked::rechecked`]), plus
+/// each item checked on its own after it. With [`Ed25519Verifier`] a failed batch of n items
+/// thus counts 2n, each item twice; with the simulator's, n plus the items after the first bad
+/// one. An empty `items` submits none. A verifier whose failed batch names an index past the batch
 /// breaks its contract: every item then gets that failure, rather than being trusted.
 pub fn verify_batch_then_each<V: Verifier + ?Sized>(
     verifier: &V,
@@ -150,8 +194,9 @@ pub fn verify_batch_then_each<V: Verifier + ?Sized>(
     if items.is_empty() {
         return (verdicts, 0);
     }
-    let mut submitted = items.len();
-    if let Err(BatchVerifyError { index, reason }) = verifier.verify_batch(items) {
+    let checked = verifier.check_batch(items);
+    let mut submitted = checked.submitted(items.len());
+    if let Err(BatchVerifyError { index, reason }) = checked.verdict {
         match verdicts.get_mut(index) {
             Some(bad) => {
                 *bad = Err(reason);
@@ -188,6 +233,9 @@ macro_rules! forward_through_pointer {
             }
             fn verify_batch(&self, items: &[SignedItem<'_>]) -> Result<(), BatchVerifyError> {
                 (**self).verify_batch(items)
+            }
+            fn check_batch(&self, items: &[SignedItem<'_>]) -> BatchChecked {
+                (**self).check_batch(items)
             }
         }
     )*};

@@ -15,9 +15,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{
-    verify_each, BatchVerifyError, PublicKey, Signature, SignedItem, Signer, Verifier, VerifyError,
+    recheck_each, verify_each, BatchChecked, PublicKey, Signature, SignedItem, Signer, Verifier,
+    VerifyError,
 };
 
 const PUBLIC_KEY_CONTEXT: &str = "smr sim public key v1";
@@ -128,7 +130,72 @@ impl Verifier for SimVerifier {
         }
     }
 
-    fn verify_batch(&self, items: &[SignedItem<'_>]) -> Result<(), BatchVerifyError> {
-        verify_each(self, items)
+    fn check_batch(&self, items: &[SignedItem<'_>]) -> BatchChecked {
+        BatchChecked {
+            verdict: verify_each(self, items),
+            rechecked: 0,
+        }
+    }
+}
+
+/// A [`SimVerifier`] whose batches behave as [`crate::Ed25519Verifier`]'s do, counting every
+/// signature check it makes, for tests of the counters of signatures checked: a batch of two
+/// or more is one check of all its items (counted once each), and when it fails the items are
+/// checked again one by one up to the first bad one ([`recheck_each`], counted once each); a
+/// batch of one is a single check. NOT for production; see the module docs.
+#[derive(Debug, Default)]
+pub struct CountingSimVerifier {
+    inner: SimVerifier,
+    checks: AtomicU64,
+}
+
+impl CountingSimVerifier {
+    /// Counts the checks of `inner`'s identities.
+    pub fn new(inner: SimVerifier) -> Self {
+        CountingSimVerifier {
+            inner,
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    /// Signatures checked so far: each item of each batch, and each single check.
+    pub fn checks(&self) -> u64 {
+        self.checks.load(Ordering::Relaxed)
+    }
+}
+
+impl Verifier for CountingSimVerifier {
+    fn verify(
+        &self,
+        key: &PublicKey,
+        message: &[u8],
+        signature: &Signature,
+    ) -> Result<(), VerifyError> {
+        self.checks.fetch_add(1, Ordering::Relaxed);
+        self.inner.verify(key, message, signature)
+    }
+
+    fn check_batch(&self, items: &[SignedItem<'_>]) -> BatchChecked {
+        if items.len() <= 1 {
+            // A batch of one is a single check, as ed25519's is.
+            return BatchChecked {
+                verdict: verify_each(self, items),
+                rechecked: 0,
+            };
+        }
+        self.checks.fetch_add(items.len() as u64, Ordering::Relaxed);
+        let all_good = items.iter().all(|item| {
+            self.inner
+                .verify(item.key, item.message, item.signature)
+                .is_ok()
+        });
+        if all_good {
+            BatchChecked {
+                verdict: Ok(()),
+                rechecked: 0,
+            }
+        } else {
+            recheck_each(self, items)
+        }
     }
 }

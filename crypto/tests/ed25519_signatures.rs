@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use smr_crypto::{
-    canonical_message, BatchVerifyError, Ed25519Verifier, IdentityKey, PublicKey, Signature,
-    SignedItem, Signer, Verifier, VerifyError,
+    canonical_message, BatchChecked, BatchVerifyError, Ed25519Verifier, IdentityKey, PublicKey,
+    Signature, SignedItem, Signer, Verifier, VerifyError,
 };
 
 fn key(n: u8) -> IdentityKey {
@@ -163,15 +163,18 @@ impl Batch {
         }
     }
 
-    fn verify(&self) -> Result<(), BatchVerifyError> {
-        let items: Vec<SignedItem<'_>> = (0..self.keys.len())
+    fn items(&self) -> Vec<SignedItem<'_>> {
+        (0..self.keys.len())
             .map(|i| SignedItem {
                 key: &self.keys[i],
                 message: &self.messages[i],
                 signature: &self.signatures[i],
             })
-            .collect();
-        Ed25519Verifier.verify_batch(&items)
+            .collect()
+    }
+
+    fn verify(&self) -> Result<(), BatchVerifyError> {
+        Ed25519Verifier.verify_batch(&self.items())
     }
 }
 
@@ -518,4 +521,56 @@ mod torsion {
             );
         }
     }
+}
+
+/// After a failed batch equation the verifier checks the items again one by one, up to the
+/// first bad one, to name it; `check_batch` says how many, so that the counters of signatures
+/// checked count them: a failed batch of n costs 2n checks in `verify_batch_then_each` (each
+/// item twice), not the n + (n - 1 - index) that was counted. A batch of one, or one with an
+/// item refused before the equation (a malformed key), is checked one by one from the start:
+/// nothing is checked twice.
+#[test]
+fn a_failed_batch_says_how_many_items_it_checked_again() {
+    for bad in 0..5 {
+        let mut batch = Batch::valid(5);
+        batch.messages[bad].push(b'!');
+        let items = batch.items();
+        assert_eq!(
+            Ed25519Verifier.check_batch(&items),
+            BatchChecked {
+                verdict: Err(BatchVerifyError {
+                    index: bad,
+                    reason: VerifyError::BadSignature
+                }),
+                rechecked: bad + 1,
+            },
+            "bad {bad}"
+        );
+        let (verdicts, submitted) = smr_crypto::verify_batch_then_each(&Ed25519Verifier, &items);
+        assert_eq!(verdicts[bad], Err(VerifyError::BadSignature));
+        assert_eq!(submitted, 10, "bad {bad}");
+    }
+    let good = Batch::valid(5);
+    assert_eq!(
+        Ed25519Verifier.check_batch(&good.items()),
+        BatchChecked {
+            verdict: Ok(()),
+            rechecked: 0
+        }
+    );
+    let mut one = Batch::valid(1);
+    one.messages[0].push(b'!');
+    assert_eq!(Ed25519Verifier.check_batch(&one.items()).rechecked, 0);
+    let mut malformed = Batch::valid(5);
+    malformed.keys[3] = off_curve_key();
+    assert_eq!(
+        Ed25519Verifier.check_batch(&malformed.items()),
+        BatchChecked {
+            verdict: Err(BatchVerifyError {
+                index: 3,
+                reason: VerifyError::MalformedKey
+            }),
+            rechecked: 0,
+        }
+    );
 }

@@ -2450,29 +2450,30 @@ async fn idle_connections_from_a_few_networks_do_not_lock_other_clients_out_for_
     replica1.shutdown().await;
 }
 
-/// Issue 12 item 5, Sybil across networks (task 27), over the wire: eight networks, each
-/// within its per-network cap (an eighth of the places) and each connection active (it sent
-/// a frame just now), take every client connection place but the one an honest client holds.
-/// A client from a ninth network then gets in at once, in place of the idlest connection of a
-/// network holding the most (closed with `CLOSE_PLACE_GIVEN`), and the honest client already
-/// connected keeps working throughout. Fails on the old code: the ninth network's client is
-/// refused (`CLOSE_TOO_MANY_CLIENTS`) for as long as the eight keep their connections active.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_ninth_network_gets_its_fair_share_of_client_connection_places() {
+/// Sybil across networks (issue 12 item 5, task 27), over the wire, as the two tests below
+/// play it: on a replica configured by `tweak`, the honest client `connected` (from
+/// 127.0.`honest`.1) connects and is served; the `attack` connections (each a key and a
+/// source address, each active: it sends a frame at once) then take every place but the
+/// honest client's, the last of them refused, and `filled` says when they have. A client from
+/// a ninth network, `newcomer` (from 127.0.`ninth`.1), must then get in at once; `admitted`
+/// checks the replica right then. Exactly one attacking connection gave its place, told so
+/// (`CLOSE_PLACE_GIVEN`), beside the refused one (`CLOSE_TOO_MANY_CLIENTS`), and the honest
+/// client is still served.
+async fn a_ninth_network_gets_in(
+    tweak: impl FnOnce(&mut TransportConfig),
+    (connected, honest): (Arc<IdentityKey>, u8),
+    (newcomer, ninth): (Arc<IdentityKey>, u8),
+    attack: &[(Arc<IdentityKey>, String)],
+    filled: (&str, impl Fn(&QuicTransport) -> bool),
+    admitted: impl FnOnce(&QuicTransport),
+) {
     use crate::link::CLOSE_PLACE_GIVEN;
-    let connected = key(200);
-    let newcomer = key(201);
-    let attackers: Vec<Arc<IdentityKey>> = (0..8u8).map(|i| key(210 + i)).collect();
-    let admitted: Vec<PublicKey> = [&connected, &newcomer]
+    let clients: Vec<PublicKey> = [&connected, &newcomer]
         .into_iter()
-        .chain(&attackers)
+        .chain(attack.iter().map(|(k, _)| k))
         .map(|k| k.public_key())
         .collect();
-    // 32 places, 4 per network (its cap, an eighth).
-    let (replica, endpoint) = single_replica_with(&admitted, |c| {
-        c.client_connection_total_bytes = 32 * TransportConfig::CLIENT_CONNECTION_HELD_BYTES;
-    })
-    .await;
+    let (replica, endpoint) = single_replica_with(&clients, tweak).await;
     let (frames_tx, mut frames) = tokio::sync::mpsc::unbounded_channel();
     let reader = replica.clone();
     let drain = tokio::spawn(async move {
@@ -2491,42 +2492,37 @@ async fn a_ninth_network_gets_its_fair_share_of_client_connection_places() {
         }
     };
     // The honest client connects first and is served.
-    let (_connected_endpoint, honest) = raw_connect_from("127.0.200.1", &connected, &endpoint)
-        .await
-        .unwrap();
-    let mut honest_stream = honest.open_uni().await.unwrap();
+    let (_connected_endpoint, honest_conn) =
+        raw_connect_from(&format!("127.0.{honest}.1"), &connected, &endpoint)
+            .await
+            .unwrap();
+    let mut honest_stream = honest_conn.open_uni().await.unwrap();
     honest_stream.write_all(&frame(b"before")).await.unwrap();
     assert_eq!(
         from(connected_peer, "the connected client").await,
         b"before"
     );
-    // Eight networks take every other place, each connection active.
-    let mut attack = Vec::new();
-    for (i, k) in attackers.iter().enumerate() {
-        let ip = format!("127.0.{}.1", 210 + i);
-        for _ in 0..4 {
-            let (attack_endpoint, conn) = raw_connect_from(&ip, k, &endpoint).await.unwrap();
-            // (The 32nd is refused: the open or the write may fail.)
-            let stream = match conn.open_uni().await {
-                Ok(mut stream) => {
-                    let _ = stream.write_all(&frame(b"mine")).await;
-                    Some(stream)
-                }
-                Err(_) => None,
-            };
-            attack.push((attack_endpoint, conn, stream));
-        }
+    // The attack takes every other place, each connection active.
+    let mut attacking = Vec::new();
+    for (k, ip) in attack {
+        let (attack_endpoint, conn) = raw_connect_from(ip, k, &endpoint).await.unwrap();
+        // (The last is refused: the open or the write may fail.)
+        let stream = match conn.open_uni().await {
+            Ok(mut stream) => {
+                let _ = stream.write_all(&frame(b"mine")).await;
+                Some(stream)
+            }
+            Err(_) => None,
+        };
+        attacking.push((attack_endpoint, conn, stream));
     }
-    // The 32nd is refused: its network holds its fair share (32 / 9 = 3) when it comes.
-    wait_until("the eight networks hold every place", || {
-        replica.inner.shared.client_sources.open() == 32
-            && replica.stats().connections_refused_client_bytes == 1
-    })
-    .await;
+    let (what, condition) = filled;
+    wait_until(what, || condition(&replica)).await;
     // The ninth network's client is admitted at once.
-    let (_newcomer_endpoint, conn) = raw_connect_from("127.0.201.1", &newcomer, &endpoint)
-        .await
-        .unwrap();
+    let (_newcomer_endpoint, conn) =
+        raw_connect_from(&format!("127.0.{ninth}.1"), &newcomer, &endpoint)
+            .await
+            .unwrap();
     let mut stream = conn.open_uni().await.unwrap();
     stream.write_all(&frame(b"let me in")).await.unwrap();
     let newcomer_peer = Peer::Client(newcomer.public_key());
@@ -2539,20 +2535,17 @@ async fn a_ninth_network_gets_its_fair_share_of_client_connection_places() {
             assert_eq!(bytes, b"let me in")
         }
     }
-    let stats = replica.stats();
-    assert_eq!(stats.client_connections_displaced, 1, "{stats:?}");
-    assert_eq!(stats.connections_refused_client_bytes, 1, "{stats:?}");
-    assert_eq!(replica.inner.shared.client_sources.open(), 32);
-    // Exactly one attacking connection gave its place, told why; and the 32nd was refused.
+    admitted(&replica);
+    // Exactly one attacking connection gave its place, told why; and the last was refused.
     wait_until("the displaced connection is closed", || {
-        attack
+        attacking
             .iter()
             .filter(|(_, c, _)| c.close_reason().is_some())
             .count()
             >= 2
     })
     .await;
-    let mut codes: Vec<_> = attack
+    let mut codes: Vec<_> = attacking
         .iter()
         .filter_map(|(_, c, _)| match c.close_reason() {
             Some(ConnectionError::ApplicationClosed(close)) => Some(close.error_code),
@@ -2565,10 +2558,47 @@ async fn a_ninth_network_gets_its_fair_share_of_client_connection_places() {
     // The honest client connected before it all was never displaced and is still served.
     honest_stream.write_all(&frame(b"after")).await.unwrap();
     assert_eq!(from(connected_peer, "the connected client").await, b"after");
-    assert!(honest.close_reason().is_none());
-    drop(attack);
+    assert!(honest_conn.close_reason().is_none());
+    drop(attacking);
     drain.abort();
     replica.shutdown().await;
+}
+
+/// Issue 12 item 5, Sybil across networks (task 27), over the wire: eight networks, each
+/// within its per-network cap (an eighth of the places) and each connection active (it sent
+/// a frame just now), take every client connection place but the one an honest client holds.
+/// A client from a ninth network then gets in at once, in place of the idlest connection of a
+/// network holding the most (closed with `CLOSE_PLACE_GIVEN`), and the honest client already
+/// connected keeps working throughout. Fails on the old code: the ninth network's client is
+/// refused (`CLOSE_TOO_MANY_CLIENTS`) for as long as the eight keep their connections active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ninth_network_gets_its_fair_share_of_client_connection_places() {
+    // Eight networks, four connections each (the 32nd is refused: its network holds its
+    // fair share, 32 / 9 = 3, when it comes).
+    let attack: Vec<(Arc<IdentityKey>, String)> = (0..8u8)
+        .flat_map(|i| (0..4).map(move |_| (key(210 + i), format!("127.0.{}.1", 210 + i))))
+        .collect();
+    a_ninth_network_gets_in(
+        // 32 places, 4 per network (its cap, an eighth).
+        |c| c.client_connection_total_bytes = 32 * TransportConfig::CLIENT_CONNECTION_HELD_BYTES,
+        (key(200), 200),
+        (key(201), 201),
+        &attack,
+        (
+            "the eight networks hold every place",
+            |replica: &QuicTransport| {
+                replica.inner.shared.client_sources.open() == 32
+                    && replica.stats().connections_refused_client_bytes == 1
+            },
+        ),
+        |replica| {
+            let stats = replica.stats();
+            assert_eq!(stats.client_connections_displaced, 1, "{stats:?}");
+            assert_eq!(stats.connections_refused_client_bytes, 1, "{stats:?}");
+            assert_eq!(replica.inner.shared.client_sources.open(), 32);
+        },
+    )
+    .await;
 }
 
 /// Issue 12 item 5, Sybil across networks (task 27), for the key table: each network may
@@ -2581,109 +2611,31 @@ async fn a_ninth_network_gets_its_fair_share_of_client_connection_places() {
 /// refused (`CLOSE_TOO_MANY_CLIENTS`) while the eight keep their keys active.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ninth_network_gets_its_fair_share_of_client_keys() {
-    use crate::link::CLOSE_PLACE_GIVEN;
-    let connected = key(40);
-    let newcomer = key(41);
-    let attackers: Vec<Arc<IdentityKey>> = (0..16u8).map(|i| key(60 + i)).collect();
-    let admitted: Vec<PublicKey> = [&connected, &newcomer]
-        .into_iter()
-        .chain(&attackers)
-        .map(|k| k.public_key())
+    // Eight networks connect two keys each; the 16th attacking key finds the table full (15 +
+    // the honest one) and its network at its fair share (16 / 9 = 1).
+    let attack: Vec<(Arc<IdentityKey>, String)> = (0..16u8)
+        .map(|i| (key(60 + i), format!("127.0.{}.1", 70 + i / 2)))
         .collect();
-    let (replica, endpoint) = single_replica_with(&admitted, |c| {
-        c.max_client_keys = 16;
-        c.max_client_keys_per_source = 2;
-    })
-    .await;
-    let (frames_tx, mut frames) = tokio::sync::mpsc::unbounded_channel();
-    let reader = replica.clone();
-    let drain = tokio::spawn(async move {
-        while let Some(frame) = reader.recv().await {
-            let _ = frames_tx.send((frame.from, frame.frame));
-        }
-    });
-    let connected_peer = Peer::Client(connected.public_key());
-    let mut from = async |peer: Peer, what: &str| loop {
-        let (got, bytes) = tokio::time::timeout(WAIT, frames.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no frame from {what} in time"))
-            .expect("replica closed");
-        if got == peer {
-            return bytes;
-        }
-    };
-    let (_connected_endpoint, honest) = raw_connect_from("127.0.90.1", &connected, &endpoint)
-        .await
-        .unwrap();
-    let mut honest_stream = honest.open_uni().await.unwrap();
-    honest_stream.write_all(&frame(b"before")).await.unwrap();
-    assert_eq!(
-        from(connected_peer, "the connected client").await,
-        b"before"
-    );
-    // Eight networks connect two keys each, each active; the 16th attacking key finds the
-    // table full (15 + the honest one) and its network at its fair share (16 / 9 = 1).
-    let mut attack = Vec::new();
-    for (i, k) in attackers.iter().enumerate() {
-        let ip = format!("127.0.{}.1", 70 + i / 2);
-        let (attack_endpoint, conn) = raw_connect_from(&ip, k, &endpoint).await.unwrap();
-        let stream = match conn.open_uni().await {
-            Ok(mut stream) => {
-                let _ = stream.write_all(&frame(b"mine")).await;
-                Some(stream)
-            }
-            Err(_) => None,
-        };
-        attack.push((attack_endpoint, conn, stream));
-    }
-    wait_until("the eight networks hold every other key place", || {
-        replica.stats().connections_refused_client_limit == 1
-    })
-    .await;
-    // The ninth network's key is admitted at once.
-    let (_newcomer_endpoint, conn) = raw_connect_from("127.0.91.1", &newcomer, &endpoint)
-        .await
-        .unwrap();
-    let mut stream = conn.open_uni().await.unwrap();
-    stream.write_all(&frame(b"let me in")).await.unwrap();
-    let newcomer_peer = Peer::Client(newcomer.public_key());
-    tokio::select! {
-        closed = conn.closed() => panic!(
-            "the ninth network's key was refused ({closed}): {:?}",
-            replica.stats()
+    a_ninth_network_gets_in(
+        |c| {
+            c.max_client_keys = 16;
+            c.max_client_keys_per_source = 2;
+        },
+        (key(40), 90),
+        (key(41), 91),
+        &attack,
+        (
+            "the eight networks hold every other key place",
+            |replica: &QuicTransport| replica.stats().connections_refused_client_limit == 1,
         ),
-        bytes = from(newcomer_peer, "the ninth network's client") => {
-            assert_eq!(bytes, b"let me in")
-        }
-    }
-    let stats = replica.stats();
-    assert_eq!(stats.client_keys_displaced, 1, "{stats:?}");
-    assert_eq!(stats.client_keys_evicted_idle, 0, "{stats:?}");
-    assert_eq!(stats.connections_refused_client_limit, 1, "{stats:?}");
-    wait_until("the displaced key's connection is closed", || {
-        attack
-            .iter()
-            .filter(|(_, c, _)| c.close_reason().is_some())
-            .count()
-            >= 2
-    })
+        |replica| {
+            let stats = replica.stats();
+            assert_eq!(stats.client_keys_displaced, 1, "{stats:?}");
+            assert_eq!(stats.client_keys_evicted_idle, 0, "{stats:?}");
+            assert_eq!(stats.connections_refused_client_limit, 1, "{stats:?}");
+        },
+    )
     .await;
-    let mut codes: Vec<_> = attack
-        .iter()
-        .filter_map(|(_, c, _)| match c.close_reason() {
-            Some(ConnectionError::ApplicationClosed(close)) => Some(close.error_code),
-            Some(other) => panic!("an attacking connection ended otherwise: {other}"),
-            None => None,
-        })
-        .collect();
-    codes.sort();
-    assert_eq!(codes, vec![CLOSE_TOO_MANY_CLIENTS, CLOSE_PLACE_GIVEN]);
-    honest_stream.write_all(&frame(b"after")).await.unwrap();
-    assert_eq!(from(connected_peer, "the connected client").await, b"after");
-    assert!(honest.close_reason().is_none());
-    drop(attack);
-    drain.abort();
-    replica.shutdown().await;
 }
 
 /// `recv_many` takes what `recv` would take, in the same order (replica frames first, one client

@@ -19,7 +19,7 @@ use smr_core::{
     ClientPolicy, Engine, EngineConfig, InboundVerifier, Limits, Peer, Rejection, RequestAuth,
     Timeouts, ValidEngineConfig, VerifiedRequests,
 };
-use smr_crypto::sim::{SimKey, SimVerifier};
+use smr_crypto::sim::{CountingSimVerifier, SimKey, SimVerifier};
 use smr_crypto::{Digest, Signer};
 use smr_modes::{Mode, Quorums};
 
@@ -41,10 +41,7 @@ pub fn cluster(mode: Mode, n: usize, f: usize, limits: Limits) -> Cluster {
     let quorums = Quorums::new(mode, n, f).unwrap();
     let keys: Vec<SimKey> = (0..n as u8).map(key).collect();
     let client = key(200);
-    let mut sim = SimVerifier::new();
-    for k in keys.iter().chain([&client]) {
-        sim.register(k);
-    }
+    let sim = sim_verifier(&keys, &client);
     let verifier = InboundVerifier {
         quorums,
         replica_keys: Arc::new(keys.iter().map(|k| k.public_key()).collect()),
@@ -59,6 +56,54 @@ pub fn cluster(mode: Mode, n: usize, f: usize, limits: Limits) -> Cluster {
         limits,
         verifier,
     }
+}
+
+/// A sim verifier that knows `replicas` and `client`.
+fn sim_verifier(replicas: &[SimKey], client: &SimKey) -> SimVerifier {
+    let mut sim = SimVerifier::new();
+    for k in replicas.iter().chain([client]) {
+        sim.register(k);
+    }
+    sim
+}
+
+/// Replica 3 of four BFT replicas (f = 1) whose window holds four instances
+/// (`max_instances_ahead`, `max_instances_in_flight` and `max_decisions_per_reply` 4),
+/// started, with a catch-up paused for replica 0: replica 0's full answer, cids 1-4 (empty
+/// batches) at time 10, sends cid 1 to the service, and the window (up to 1 + 4) has room for
+/// one more decision only, so the next query waits, for replica 0. Checks that exact output.
+pub fn paused_catch_up() -> (Cluster, Engine) {
+    let c = cluster(
+        Mode::Bft,
+        4,
+        1,
+        Limits {
+            max_instances_ahead: 4,
+            max_instances_in_flight: 4,
+            max_decisions_per_reply: 4,
+            ..Limits::default()
+        },
+    );
+    let mut replica = c.engine(3);
+    replica.start(0);
+    let decisions: Vec<Decision> = (1..=4).map(|cid| c.decision(cid, vec![])).collect();
+    let out = c.deliver_ok(
+        &mut replica,
+        10,
+        Peer::Replica(0),
+        Message::Decisions(decisions.clone()),
+    );
+    assert_eq!(
+        out,
+        Output {
+            send_now: vec![],
+            persist: decisions.into_iter().map(PersistRecord::Decided).collect(),
+            send_after_persist: vec![],
+            service: vec![c.execute(Cid(1), &[])],
+            rejections: vec![],
+        }
+    );
+    (c, replica)
 }
 
 /// Four BFT replicas (f = 1) with the default limits.
@@ -97,6 +142,24 @@ impl Cluster {
     /// Replica `me`'s engine as the driver builds it: it takes direct requests authenticated
     /// by their channel ([`Cluster::deliver_by_channel`]) and verifies their signatures where
     /// it relays them (docs/design.md §5).
+    /// A verifier of the cluster's identities that counts every signature check it makes,
+    /// and whose failed batches check their items again up to the first bad one, as ed25519's
+    /// do ([`CountingSimVerifier`]).
+    pub fn counting_verifier(&self) -> Arc<CountingSimVerifier> {
+        Arc::new(CountingSimVerifier::new(sim_verifier(
+            &self.keys,
+            &self.client,
+        )))
+    }
+
+    /// The cluster's verifier, checking signatures with `signatures`.
+    pub fn verifier_with(&self, signatures: Arc<dyn smr_crypto::Verifier>) -> InboundVerifier {
+        InboundVerifier {
+            signatures,
+            ..self.verifier.clone()
+        }
+    }
+
     pub fn channel_engine(&self, me: u32) -> Engine {
         let mut engine = self.engine(me);
         engine.set_request_verifier(self.verifier.signatures.clone());
@@ -630,6 +693,14 @@ pub fn rejected_sending(rejection: Rejection, outgoing: Outgoing) -> Output {
     Output {
         send_now: vec![outgoing],
         rejections: vec![rejection],
+        ..Output::default()
+    }
+}
+
+/// An output that holds nothing but `work` for the service.
+pub fn only_service(work: ServiceWork) -> Output {
+    Output {
+        service: vec![work],
         ..Output::default()
     }
 }
