@@ -2367,7 +2367,7 @@ mod tests {
             let seq = answered;
             answered += 1;
             timing.replied(&client_request_id(client, seq));
-            if answered % 4096 == 0 {
+            if answered.is_multiple_of(4096) {
                 check_shares(&timing);
             }
         }
