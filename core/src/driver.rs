@@ -2,10 +2,11 @@
 //!
 //! # Replica threads and tasks
 //! - **Reader task:** takes frames from the network and deals them to the verify workers,
-//!   except when only a few small frames are waiting and their workers are idle: it then
-//!   decodes and verifies them itself, as one run, and hands them to the engine directly
-//!   ([`MAX_INLINE_RUN_FRAMES`]): at low load a worker's run would hold them alone, and the
-//!   hop costs two thread wake-ups.
+//!   except when what it took needs no signature check and their workers are idle: it then
+//!   decodes and checks the frames itself, as one run, and hands them to the engine directly
+//!   (`verify_inline`): in BFT only a few small client frames ([`MAX_INLINE_RUN_FRAMES`]: at
+//!   low load a worker's run would hold them alone), in CFT, which signs nothing, any batch of
+//!   small frames ([`MAX_UNSIGNED_INLINE_RUN_BYTES`]). The hop costs two thread wake-ups.
 //!   Each worker has two queues (lanes), one for replica frames and one for client frames, each
 //!   with half of `verify_queue_frames` and `verify_queue_bytes`, so that client frames (anyone's,
 //!   under an open client policy) never fill the room replica frames need; the reader waits only
@@ -533,22 +534,29 @@ pub fn start_replica<N: Network>(
                         MAX_READER_BATCH_BYTES,
                     )
                     .await;
-                // More frames than an inline run holds go to the workers whatever else holds:
-                // the rest is looked at only for a few.
-                let inline_run = gathered.len() <= MAX_INLINE_RUN_FRAMES && {
+                // Only what needs no signature check and fits an inline run is looked at
+                // further (in BFT, more frames than an inline run holds go to the workers
+                // whatever else holds).
+                let signatures = if !inline.verifier.quorums.requires_signatures() {
+                    ReaderBatch::Unsigned
+                } else if gathered.len() <= MAX_INLINE_RUN_FRAMES
+                    && gathered
+                        .iter()
+                        .all(|frame| matches!(frame.from, Peer::Client(_)))
+                {
+                    // Client frames are authenticated by their channel.
+                    ReaderBatch::ClientFrames
+                } else {
+                    ReaderBatch::Signed
+                };
+                let inline_run = signatures != ReaderBatch::Signed && {
                     let bytes: usize = gathered.iter().map(|frame| frame.frame.len()).sum();
-                    // Client frames are authenticated by their channel, and CFT carries no
-                    // signatures: what needs no signature check is cheap to decode here.
-                    let unsigned = !inline.verifier.quorums.requires_signatures()
-                        || gathered
-                            .iter()
-                            .all(|frame| matches!(frame.from, Peer::Client(_)));
                     let workers_idle = gathered.iter().all(|frame| {
                         worker_backlogs[worker_for(&frame.from, worker_txs.len())]
                             .load(Ordering::Acquire)
                             == 0
                     });
-                    verify_inline(gathered.len(), bytes, unsigned, workers_idle)
+                    verify_inline(gathered.len(), bytes, signatures, workers_idle)
                 };
                 if gathered.is_empty() {
                     // Closed before a frame arrived.
@@ -726,23 +734,50 @@ pub const MAX_INLINE_RUN_FRAMES: usize = 4;
 /// the runtime's thread for longer than the hop to a worker costs.
 pub const MAX_INLINE_RUN_BYTES: usize = 4 * 1024;
 
+/// Most frame bytes the network reader decodes itself, as one run, in CFT (which signs
+/// nothing): a whole reader batch of small frames. Decoding costs less than the hop to a
+/// worker and back (two thread wake-ups) at any load; a batch holding a large frame (a
+/// PROPOSE of a big batch) still goes to a worker, so that the runtime's thread is not held.
+pub const MAX_UNSIGNED_INLINE_RUN_BYTES: usize = MAX_READER_BATCH_BYTES;
+
+/// What the signatures of a reader batch ask for (see [`verify_inline`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReaderBatch {
+    /// BFT, and some frame is a replica's: its signature needs checking.
+    Signed,
+    /// BFT, at most [`MAX_INLINE_RUN_FRAMES`] frames, every one a client's: authenticated by
+    /// their channels (docs/design.md §5), no signature to check.
+    ClientFrames,
+    /// CFT: nothing is signed.
+    Unsigned,
+}
+
 /// Whether the network reader decodes and checks the frames it took at once (`frames`
-/// frames, `bytes` bytes: all that was waiting, or one more than [`MAX_INLINE_RUN_FRAMES`])
-/// itself, as one run, instead of queueing them for the verify workers. Only when
-/// - they need no signature check (`unsigned`: client frames, authenticated by their
+/// frames, `bytes` bytes: all that was waiting, up to a reader batch) itself, as one run,
+/// instead of queueing them for the verify workers. Only when
+/// - they need no signature check (`signatures`: client frames, authenticated by their
 ///   channel, or any frame in CFT, which signs nothing): a signature is tens of microseconds
 ///   that a worker thread runs beside the transport and the engine, and measured at one
 ///   request in flight, checking votes here made BFT's latency worse although it saved CPU;
-/// - they are few and small (the replica is not under load, so a worker's run would hold them
-///   alone);
+/// - in BFT, they are few and small ([`MAX_INLINE_RUN_FRAMES`], [`MAX_INLINE_RUN_BYTES`]:
+///   the replica is not under load, so a worker's run would hold them alone); in CFT, they
+///   hold at most [`MAX_UNSIGNED_INLINE_RUN_BYTES`], at any load (decoding is cheaper than the
+///   hop; measured in BENCHMARKS.md, "CFT frames decoded by the reader");
 /// - the workers they belong to have nothing queued or in hand (`workers_idle`: everything
 ///   those workers took has reached the engine, so the frames still reach it after every
 ///   earlier frame of their peers).
 ///
 /// It saves two thread wake-ups per message, each a futex wake and a context switch: on
 /// BFT's critical path, the hop of the client's request at the leader; in CFT, every hop.
-fn verify_inline(frames: usize, bytes: usize, unsigned: bool, workers_idle: bool) -> bool {
-    unsigned && frames <= MAX_INLINE_RUN_FRAMES && bytes <= MAX_INLINE_RUN_BYTES && workers_idle
+fn verify_inline(frames: usize, bytes: usize, signatures: ReaderBatch, workers_idle: bool) -> bool {
+    workers_idle
+        && match signatures {
+            ReaderBatch::Signed => false,
+            ReaderBatch::ClientFrames => {
+                frames <= MAX_INLINE_RUN_FRAMES && bytes <= MAX_INLINE_RUN_BYTES
+            }
+            ReaderBatch::Unsigned => bytes <= MAX_UNSIGNED_INLINE_RUN_BYTES,
+        }
 }
 
 /// One verify worker thread: see the module docs.
@@ -2245,21 +2280,46 @@ mod tests {
     }
 
     #[test]
-    fn the_reader_checks_only_few_small_unsigned_frames_of_idle_workers_itself() {
-        assert!(verify_inline(1, 200, true, true));
+    fn the_reader_checks_only_unsigned_frames_of_idle_workers_itself_and_in_bft_few_small_ones() {
+        use ReaderBatch::{ClientFrames, Signed, Unsigned};
+        assert!(verify_inline(1, 200, ClientFrames, true));
         assert!(verify_inline(
             MAX_INLINE_RUN_FRAMES,
             MAX_INLINE_RUN_BYTES,
-            true,
+            ClientFrames,
             true
         ));
         // A signature: a worker checks it beside the transport and the engine.
-        assert!(!verify_inline(1, 200, false, true));
+        assert!(!verify_inline(1, 200, Signed, true));
         // A backlog: the frames would overtake their peers' earlier ones.
-        assert!(!verify_inline(1, 200, true, false));
-        // Load: the workers' runs batch it.
-        assert!(!verify_inline(MAX_INLINE_RUN_FRAMES + 1, 200, true, true));
-        assert!(!verify_inline(1, MAX_INLINE_RUN_BYTES + 1, true, true));
+        assert!(!verify_inline(1, 200, ClientFrames, false));
+        assert!(!verify_inline(1, 200, Unsigned, false));
+        // BFT under load: the workers' runs batch it.
+        assert!(!verify_inline(
+            MAX_INLINE_RUN_FRAMES + 1,
+            200,
+            ClientFrames,
+            true
+        ));
+        assert!(!verify_inline(
+            1,
+            MAX_INLINE_RUN_BYTES + 1,
+            ClientFrames,
+            true
+        ));
+        // CFT: a whole reader batch of small frames, at any load; not one holding a big frame.
+        assert!(verify_inline(
+            MAX_READER_BATCH_FRAMES,
+            MAX_UNSIGNED_INLINE_RUN_BYTES,
+            Unsigned,
+            true
+        ));
+        assert!(!verify_inline(
+            2,
+            MAX_UNSIGNED_INLINE_RUN_BYTES + 1,
+            Unsigned,
+            true
+        ));
     }
 
     /// Request `seq` of the client numbered `client` (any u64).

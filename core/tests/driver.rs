@@ -543,7 +543,7 @@ async fn a_replica_on_an_empty_data_dir_abstains_until_its_peers_report() {
 /// worker and then the engine (two thread wake-ups per message). A signed frame still goes to
 /// a worker. Before, every frame went through a worker and `frames_verified_inline` did not
 /// exist.
-async fn inline_checks(mode: Mode, n: usize) -> (u64, u64, u64) {
+async fn inline_checks(mode: Mode, n: usize) -> (u64, u64, u64, u64) {
     use smr_core::codec;
     use smr_core::message::{Cid, Message, Regency, Signed, Vote, VoteKind};
     let quorums = Quorums::new(mode, n, 1).unwrap();
@@ -602,10 +602,20 @@ async fn inline_checks(mode: Mode, n: usize) -> (u64, u64, u64) {
     settled("the status query reached the engine", &|| {
         metrics.frames_verified_inline.get() > after_vote
     });
+    let after_client_frame = metrics.frames_verified_inline.get();
+    // A client frame bigger than a BFT inline run (5,000 bytes that decode to nothing): CFT's
+    // reader still decodes it itself, BFT's hands it to a worker.
+    hub.endpoint(client)
+        .send(Peer::Replica(0), vec![0xff; 5_000])
+        .expect("replica 0 is on the hub");
+    settled("the big frame was decoded", &|| {
+        metrics.decode_errors.get() == 1
+    });
     let counts = (
         after_vote,
-        metrics.frames_verified_inline.get(),
+        after_client_frame,
         metrics.signature_verifications.get(),
+        metrics.frames_verified_inline.get(),
     );
     handle.shutdown().await;
     counts
@@ -613,13 +623,17 @@ async fn inline_checks(mode: Mode, n: usize) -> (u64, u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bft_reader_checks_a_lone_client_frame_itself_and_leaves_signatures_to_the_workers() {
-    // (inline after the vote, inline after the client frame, signatures verified)
-    assert_eq!(inline_checks(Mode::Bft, 4).await, (0, 1, 1));
+    // (inline after the vote, inline after the client frame, signatures verified, inline
+    // after the big client frame)
+    assert_eq!(inline_checks(Mode::Bft, 4).await, (0, 1, 1, 1));
 }
 
+/// In CFT, which signs nothing, the reader decodes what it took itself at any load, up to
+/// `MAX_UNSIGNED_INLINE_RUN_BYTES` (a frame of 5,000 bytes too, which a BFT reader leaves to
+/// a worker; before, CFT's reader did so too: `(1, 2, 0, 2)`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cft_reader_checks_lone_frames_itself() {
-    assert_eq!(inline_checks(Mode::Cft, 3).await, (1, 2, 0));
+    assert_eq!(inline_checks(Mode::Cft, 3).await, (1, 2, 0, 3));
 }
 
 /// Issue 13's target, counted: in a fault-free BFT run where the client sends each request to
