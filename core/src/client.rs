@@ -45,7 +45,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use smr_crypto::Signer;
+use smr_crypto::{Digest, Signer};
 use smr_modes::Quorums;
 
 use crate::clients::SESSION_NUMBER_LIMIT;
@@ -110,8 +110,10 @@ pub const MIN_LEADER_WAIT_MS: u64 = 100;
 #[derive(Debug)]
 struct Outstanding {
     request: Request,
-    /// Status and result per replica that answered.
-    replies: BTreeMap<ReplicaId, (ReplyStatus, Vec<u8>)>,
+    /// Status and the digest of the result, per replica that answered: replies are counted,
+    /// not kept, so what a Byzantine replica's results make the client hold does not grow
+    /// with their size (the reply that completes a request carries the result).
+    replies: BTreeMap<ReplicaId, (ReplyStatus, Digest)>,
     deadline_ms: u64,
     needed: usize,
     submitted_ms: u64,
@@ -122,25 +124,26 @@ struct Outstanding {
     falling_back: bool,
 }
 
-/// Counts `from`'s reply toward `entry` and returns the (status, result) that `entry.needed`
-/// replicas sent alike, or the size of the largest group of alike replies so far.
+/// Counts `from`'s reply toward `entry` and returns its (status, result) once `entry.needed`
+/// replicas sent it alike, or else the size of the largest group of alike replies so far.
+/// Alike means the same status and result digest (blake3: no replica can make two results
+/// collide); only the digest is kept.
 fn tally(
     entry: &mut Outstanding,
     from: ReplicaId,
     status: ReplyStatus,
     result: Vec<u8>,
 ) -> Result<(ReplyStatus, Vec<u8>), usize> {
-    entry.replies.insert(from, (status, result));
-    let mut counts: BTreeMap<(ReplyStatus, &[u8]), usize> = BTreeMap::new();
-    for (status, r) in entry.replies.values() {
-        *counts.entry((*status, r.as_slice())).or_default() += 1;
+    let alike = (status, smr_crypto::digest(&result));
+    entry.replies.insert(from, alike);
+    let mut counts: BTreeMap<(ReplyStatus, Digest), usize> = BTreeMap::new();
+    for reply in entry.replies.values() {
+        *counts.entry(*reply).or_default() += 1;
     }
-    let most = counts.values().copied().max().unwrap_or(0);
-    counts
-        .into_iter()
-        .find(|(_, c)| *c >= entry.needed)
-        .map(|((status, r), _)| (status, r.to_vec()))
-        .ok_or(most)
+    if counts.get(&alike).is_some_and(|c| *c >= entry.needed) {
+        return Ok((status, result));
+    }
+    Err(counts.values().copied().max().unwrap_or(0))
 }
 
 /// What a client needs to know about the cluster and its own limits.

@@ -2081,21 +2081,35 @@ impl<N: Network> Client<N> {
         }
     }
 
-    /// Asks one replica for its status; `None` if it does not answer in time.
+    /// Asks one replica for its status; `None` if it does not answer in time. A replica that
+    /// never answers leaves no waiter behind: only the calls still waiting hold one.
     pub async fn status(&self, replica: ReplicaId, timeout: Duration) -> Option<StatusReport> {
         let (tx, rx) = oneshot::channel();
-        self.shared
-            .status_waiters
-            .lock()
-            .expect("client lock")
-            .entry(replica)
-            .or_default()
-            .push(tx);
+        {
+            let mut waiters = self.shared.status_waiters.lock().expect("client lock");
+            let waiting = waiters.entry(replica).or_default();
+            // Those whose call ended (timed out, or dropped by its caller).
+            waiting.retain(|w| !w.is_closed());
+            waiting.push(tx);
+        }
         let _ = self
             .shared
             .network
             .send(Peer::Replica(replica), codec::encode(&Message::StatusQuery));
-        tokio::time::timeout(timeout, rx).await.ok()?.ok()
+        let answer = tokio::time::timeout(timeout, rx)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        if answer.is_none() {
+            let mut waiters = self.shared.status_waiters.lock().expect("client lock");
+            if let Some(waiting) = waiters.get_mut(&replica) {
+                waiting.retain(|w| !w.is_closed());
+                if waiting.is_empty() {
+                    waiters.remove(&replica);
+                }
+            }
+        }
+        answer
     }
 
     /// Stops the client's tasks. The network is the caller's to shut down.
@@ -2232,6 +2246,50 @@ impl<N: Network> ClientShared<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A network that sends nowhere, delivers nothing and stays open: a silent cluster.
+    struct Silent;
+
+    impl Network for Silent {
+        fn send(&self, _to: Peer, _frame: Vec<u8>) -> Result<(), SendError> {
+            Ok(())
+        }
+        async fn recv(&self) -> Option<InboundFrame> {
+            std::future::pending().await
+        }
+    }
+
+    /// A replica that never answers a status query (down, or Byzantine) left one waiter per
+    /// `Client::status` call in the client for good: `smr status --watch` asks every second,
+    /// so its memory grew for as long as it watched a silent replica (100 after 100 calls
+    /// here, before the fix). Now a call that ends unanswered takes its waiter with it.
+    #[tokio::test]
+    async fn a_replica_that_never_answers_leaves_no_status_waiters_behind() {
+        let client = Client::start(
+            Arc::new(Silent),
+            ClientConfig {
+                quorums: smr_modes::Quorums::new(smr_modes::Mode::Bft, 4, 1).unwrap(),
+                unordered_reads_enabled: true,
+                max_outstanding: 4,
+                max_op_bytes: 64,
+                retry_timeout_ms: 1000,
+            },
+            Arc::new(smr_crypto::sim::SimKey::from_seed([3; 32])),
+        );
+        for _ in 0..100 {
+            assert_eq!(client.status(1, Duration::from_millis(1)).await, None);
+        }
+        // A call dropped by its caller before its timeout: the next call clears its waiter.
+        let dropped = client.status(1, Duration::from_secs(60));
+        assert!(tokio::time::timeout(Duration::from_millis(1), dropped)
+            .await
+            .is_err());
+        assert_eq!(client.status(1, Duration::from_millis(1)).await, None);
+        let waiters = client.shared.status_waiters.lock().expect("client lock");
+        assert_eq!(waiters.get(&1).map(Vec::len), None);
+        drop(waiters);
+        client.shutdown();
+    }
 
     /// `smr_signature_verifications` counted a batch's items, but not those the verifier
     /// checked again one by one after the batch failed (ed25519's does, to name the first bad

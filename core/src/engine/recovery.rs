@@ -53,6 +53,13 @@ pub(super) struct AbstainingPeer {
 }
 
 impl Engine {
+    /// The highest checkpoint cid [`Engine::recover`] accepts from a store: 2^62. No run
+    /// reaches it (2^62 decisions at a million a second take 146,000 years), and above it a
+    /// replica's own counters (the next cid to propose, a window past its execution) would
+    /// overflow within the limits a config allows (each at most 2^40). A checksum-valid
+    /// checkpoint file at `u64::MAX` made a recovered leader panic on its first request.
+    pub const MAX_RECOVERED_CID: Cid = Cid(1 << 62);
+
     /// Rebuilds a replica from what it persisted before a crash, in the order it persisted
     /// it (docs/design.md §3.12). Returns the engine and the output that rebuilds the service:
     /// a `Restore` of the latest checkpoint and the `Execute`s of the decisions after it (and,
@@ -67,8 +74,9 @@ impl Engine {
     /// A message naming the problem if the newest stored checkpoint does not decode, or if a
     /// record is one this engine can never have written (`check_stored_records`): a vote of
     /// another replica, two values voted in one instance, a decision whose certificate is for
-    /// another value, or a cid more than `max_instances_ahead` past every decision before it
-    /// (a damaged store, or a window lowered in the config since the records were written).
+    /// another value, a cid more than `max_instances_ahead` past every decision before it
+    /// (a damaged store, or a window lowered in the config since the records were written),
+    /// or a checkpoint above [`Engine::MAX_RECOVERED_CID`].
     /// File-supplied numbers never panic recovery.
     pub fn recover(
         cfg: ValidEngineConfig,
@@ -114,6 +122,14 @@ impl Engine {
             let (c, contents) =
                 Checkpoint::from_bytes(c.data, c.decided, &engine.cfg.limits.client_limits())
                     .map_err(|e| format!("stored checkpoint is unreadable: {e}"))?;
+            // The cid its data holds, which the engine takes.
+            if c.cid > Self::MAX_RECOVERED_CID {
+                return Err(format!(
+                    "stored checkpoint is at cid {}, beyond cid {}, the highest a store can hold: the store is damaged",
+                    c.cid,
+                    Self::MAX_RECOVERED_CID
+                ));
+            }
             engine.out.service(ServiceWork::Restore {
                 cid: c.cid,
                 snapshot: contents.service,
