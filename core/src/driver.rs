@@ -525,8 +525,8 @@ pub fn start_replica<N: Network>(
             let mut groups: Vec<(usize, usize)> = vec![(0, 0); 2 * worker_txs.len()];
             loop {
                 // Whatever is waiting right now, in one call (the transport accounts for it
-                // once): more than an inline run holds means load, and the workers' runs
-                // batch it better.
+                // once): in BFT, more than an inline run holds means load, and the workers'
+                // runs batch its signatures better.
                 let open = network
                     .recv_many(
                         &mut gathered,

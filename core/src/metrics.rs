@@ -200,7 +200,8 @@ pub struct ReplicaMetrics {
     /// authenticated here (by its signature, or by its channel for a PROPOSE's request).
     pub client_signatures_cached: Value,
     /// Inbound frames the network reader verified itself instead of queueing them for a verify
-    /// worker (a lone small frame while the worker is idle; see the driver's module docs).
+    /// worker, while the frames' workers are idle (in BFT a few small client frames, in CFT any
+    /// batch of small frames; see the driver's module docs).
     pub frames_verified_inline: Value,
     /// Frames that did not decode into a message.
     pub decode_errors: Value,
@@ -379,7 +380,7 @@ impl Collector for ReplicaMetrics {
             ),
             (
                 "smr_frames_verified_inline",
-                "Inbound frames verified by the network reader itself (a lone small frame while its verify worker is idle), not by a verify worker.",
+                "Inbound frames verified by the network reader itself while their verify workers are idle (in BFT a few small client frames, in CFT any batch of small frames), not by a verify worker.",
                 Counter,
                 &self.frames_verified_inline,
             ),
