@@ -1027,7 +1027,9 @@ impl QueuedBytes {
         u32::try_from(length.clamp(1, self.max)).unwrap_or(u32::MAX)
     }
 
-    /// Waits for room for a frame of `length` bytes; false if the semaphore closed.
+    /// Waits for room for a frame of `length` bytes; false if the semaphore closed. (The
+    /// reader takes room without waiting, [`Dealer`]; the unit tests queue frames this way.)
+    #[cfg(test)]
     async fn reserve(&self, length: usize) -> bool {
         match self.permits.acquire_many(self.permits_for(length)).await {
             Ok(permit) => {
