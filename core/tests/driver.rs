@@ -138,33 +138,31 @@ impl Network for MemNetwork {
         self.took(call, &frame);
         Some(frame)
     }
-    fn recv_many_from<'a>(
-        &'a self,
-        frames: &'a mut Vec<InboundFrame>,
+    async fn recv_many_from(
+        &self,
+        frames: &mut Vec<InboundFrame>,
         senders: Senders,
         max_frames: usize,
         max_bytes: usize,
-    ) -> impl std::future::Future<Output = bool> + Send + 'a {
-        async move {
-            let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-            let mut inbox = self.inbox.lock().await;
-            // Nothing waits once the first frame is taken: cancel-safe.
-            let Some(first) = Self::take(&mut inbox, senders).await else {
-                return false;
-            };
-            let (mut taken, mut bytes) = (0, 0);
-            let mut next = Some(first);
-            while let Some(frame) = next.take() {
-                self.took(call, &frame);
-                taken += 1;
-                bytes += frame.frame.len();
-                frames.push(frame);
-                if taken < max_frames && bytes < max_bytes {
-                    next = Self::try_take(&mut inbox, senders);
-                }
+    ) -> bool {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut inbox = self.inbox.lock().await;
+        // Nothing waits once the first frame is taken: cancel-safe.
+        let Some(first) = Self::take(&mut inbox, senders).await else {
+            return false;
+        };
+        let (mut taken, mut bytes) = (0, 0);
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            self.took(call, &frame);
+            taken += 1;
+            bytes += frame.frame.len();
+            frames.push(frame);
+            if taken < max_frames && bytes < max_bytes {
+                next = Self::try_take(&mut inbox, senders);
             }
-            true
         }
+        true
     }
 }
 
