@@ -682,7 +682,7 @@ pub fn start_replica<N: Network>(
 /// They are out of the transport's receive queue and not yet in a worker's, so this and
 /// [`MAX_READER_BATCH_BYTES`] bound what the reader holds: the batch in hand, and of each kind of
 /// sender (replicas, clients) at most one batch's frames held for lanes that were full
-/// ([`Dealer`]).
+/// (the reader's `Dealer`).
 pub const MAX_READER_BATCH_FRAMES: usize = 32;
 /// Most frame bytes the network reader takes at once (plus one frame: the batch stops after
 /// the frame that crosses it).
