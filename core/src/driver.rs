@@ -18,7 +18,8 @@
 //!   full (its worker busy or stalled) so holds up no replica frame, nor a full replica lane
 //!   any client frame.
 //! - **Verify workers** (`verify_workers` OS threads): each takes every frame waiting in its
-//!   replica lane, then in its client lane (up to [`MAX_VERIFY_RUN_FRAMES`] frames or [`MAX_VERIFY_RUN_BYTES`] bytes), decodes
+//!   replica lane, then in its client lane (up to [`MAX_VERIFY_RUN_FRAMES`] frames or [`MAX_VERIFY_RUN_BYTES`] bytes;
+//!   a quarter of each run is left to waiting client frames, [`CLIENT_SHARE_OF_RUN_FRAMES`]), decodes
 //!   them and runs [`InboundVerifier::verify_run`] on the run: one batch verification of all
 //!   their signatures, so the cost per signature falls as load rises. A client request on its
 //!   own client's connection is authenticated by that channel, without a signature check
@@ -86,8 +87,17 @@ use crate::{EngineConfig, InvalidConfig};
 /// Most frames a verify worker takes from its queue for one batch verification.
 pub const MAX_VERIFY_RUN_FRAMES: usize = 128;
 /// Most frame bytes a verify worker takes for one batch verification (a run stops after the
-/// frame that crosses it).
+/// frame that crosses it; the client lane's share, [`CLIENT_SHARE_OF_RUN_BYTES`], comes on top
+/// when replica frames took the rest).
 pub const MAX_VERIFY_RUN_BYTES: usize = 256 * 1024;
+/// Frames of every verify run left to the client lane while client frames wait: a replica
+/// that keeps its lane full (validly signed votes faster than the worker checks them) cannot
+/// keep the worker's client lane full, and with it, once the network reader holds client
+/// frames, every client's frames at this replica (docs/design.md §7.8).
+pub const CLIENT_SHARE_OF_RUN_FRAMES: usize = MAX_VERIFY_RUN_FRAMES / 4;
+/// Frame bytes of every verify run left to the client lane while client frames wait (see
+/// [`CLIENT_SHARE_OF_RUN_FRAMES`]).
+pub const CLIENT_SHARE_OF_RUN_BYTES: usize = MAX_VERIFY_RUN_BYTES / 4;
 /// Most client requests the verified-request cache remembers (about 80 bytes each). It only
 /// needs to span the time between a request reaching a replica directly and in a PROPOSE (a
 /// few batches of every client's window), so a few thousand do.
@@ -1199,17 +1209,44 @@ fn next_run(
     };
     released[usize::from(!from_replica)] = first_lane.permits_for(first.frame.len()) as usize;
     frames.push(first);
-    for (index, (rx, queued_bytes)) in [&mut *replicas, &mut *clients].into_iter().enumerate() {
-        while frames.len() < MAX_VERIFY_RUN_FRAMES && bytes < MAX_VERIFY_RUN_BYTES {
-            match rx.try_recv() {
-                Ok(frame) => {
-                    bytes += frame.frame.len();
-                    released[index] += queued_bytes.permits_for(frame.frame.len()) as usize;
-                    frames.push(frame);
-                }
-                Err(_) => break,
-            }
-        }
+    // Replica frames first, leaving the client lane its share of the run; then client frames
+    // (at least their share, whatever bytes the replica frames took); then replica frames in
+    // what is left. Each lane's frames keep their order.
+    let mut client_bytes = if from_replica { 0 } else { bytes };
+    let replica_room = |frames: &Vec<InboundFrame>, bytes: usize| {
+        frames.len() < MAX_VERIFY_RUN_FRAMES - CLIENT_SHARE_OF_RUN_FRAMES
+            && bytes < MAX_VERIFY_RUN_BYTES - CLIENT_SHARE_OF_RUN_BYTES
+    };
+    while replica_room(frames, bytes) {
+        let Ok(frame) = replicas.0.try_recv() else {
+            break;
+        };
+        bytes += frame.frame.len();
+        released[0] += replicas.1.permits_for(frame.frame.len()) as usize;
+        frames.push(frame);
+    }
+    let mut client_frames = usize::from(!from_replica);
+    while frames.len() < MAX_VERIFY_RUN_FRAMES
+        && (bytes < MAX_VERIFY_RUN_BYTES
+            || (client_frames < CLIENT_SHARE_OF_RUN_FRAMES
+                && client_bytes < CLIENT_SHARE_OF_RUN_BYTES))
+    {
+        let Ok(frame) = clients.0.try_recv() else {
+            break;
+        };
+        bytes += frame.frame.len();
+        client_bytes += frame.frame.len();
+        client_frames += 1;
+        released[1] += clients.1.permits_for(frame.frame.len()) as usize;
+        frames.push(frame);
+    }
+    while frames.len() < MAX_VERIFY_RUN_FRAMES && bytes < MAX_VERIFY_RUN_BYTES {
+        let Ok(frame) = replicas.0.try_recv() else {
+            break;
+        };
+        bytes += frame.frame.len();
+        released[0] += replicas.1.permits_for(frame.frame.len()) as usize;
+        frames.push(frame);
     }
     replicas.1.release_permits(released[0]);
     clients.1.release_permits(released[1]);

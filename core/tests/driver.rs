@@ -1017,3 +1017,146 @@ async fn a_client_filling_its_verify_lane_does_not_hold_up_replica_frames() {
     assert_eq!(network.taken[1].load(Ordering::SeqCst), flood);
     handle.shutdown().await;
 }
+
+/// A verifier that takes `per_item` for every signature of `slow`'s (a replica whose frames
+/// keep its verify worker busy: a Byzantine replica sending validly signed votes faster than
+/// the worker checks them).
+struct SlowVerifier {
+    inner: SimVerifier,
+    slow: smr_crypto::PublicKey,
+    per_item: Duration,
+}
+
+impl Verifier for SlowVerifier {
+    fn verify(
+        &self,
+        key: &smr_crypto::PublicKey,
+        message: &[u8],
+        signature: &smr_crypto::Signature,
+    ) -> Result<(), smr_crypto::VerifyError> {
+        if *key == self.slow {
+            std::thread::sleep(self.per_item);
+        }
+        self.inner.verify(key, message, signature)
+    }
+    fn check_batch(&self, items: &[smr_crypto::SignedItem<'_>]) -> smr_crypto::BatchChecked {
+        let slow = items.iter().filter(|item| *item.key == self.slow).count();
+        std::thread::sleep(self.per_item * slow as u32);
+        self.inner.check_batch(items)
+    }
+}
+
+/// A client key whose frames go to verify worker `worker` of 2 (the driver's `worker_for`).
+fn client_key_on_worker(worker: usize) -> SimKey {
+    (100u8..=255)
+        .map(|seed| SimKey::from_seed([seed; 32]))
+        .find(|key| usize::from(key.public_key().0[0]) % 2 == worker)
+        .expect("a key for each worker")
+}
+
+/// Whether client B (whose verify worker, 1, is idle) gets an answer to its status query
+/// within 2 s while replica 2 keeps worker 0 busy with its replica lane, after client A (of
+/// worker 0) has sent `client_a_frames` frames.
+async fn idle_worker_client_answered(client_a_frames: usize) -> bool {
+    use smr_core::codec;
+    use smr_core::message::{Cid, Message, Regency, Signed, Vote, VoteKind};
+    let quorums = Quorums::new(Mode::Bft, 4, 1).unwrap();
+    let (a_key, b_key) = (client_key_on_worker(0), client_key_on_worker(1));
+    let (keys, sim) = sim_keys(4, &[&a_key, &b_key]);
+    let verifier = Arc::new(SlowVerifier {
+        inner: sim,
+        slow: keys[2].public_key(),
+        per_item: Duration::from_millis(2),
+    });
+    let hub = Hub::default();
+    let network = hub.endpoint(Peer::Replica(0));
+    let handle = start_replica(
+        engine_config(quorums, &keys, 0, Limits::default()),
+        Arc::new(keys[0].clone()),
+        verifier,
+        network.clone(),
+        Box::new(Counter::default()),
+        DriverOptions {
+            // Replica 2 and client A on worker 0, client B on worker 1; default lanes
+            // (2,048 frames each).
+            verify_workers: 2,
+            empty_start: EmptyStart::NewCluster,
+            ..DriverOptions::default()
+        },
+        None,
+    )
+    .expect("replica starts");
+    let vote = |replica: u32| {
+        let signer: &dyn smr_crypto::Signer = &keys[replica as usize];
+        codec::encode(&Message::Write(Signed::new(
+            Vote {
+                kind: VoteKind::Write,
+                replica,
+                cid: Cid::FIRST,
+                regency: Regency::ZERO,
+                digest: smr_crypto::digest(b"batch"),
+            },
+            Some(signer),
+        )))
+    };
+    let lane = DriverOptions::default().verify_queue_frames / 2;
+    // Replica 2: validly signed votes, more than worker 0 checks in the test's time (2 ms
+    // each: 3,000 are 6 s of its work), so its replica lane always holds a whole verify run.
+    let byzantine = hub.endpoint(Peer::Replica(2));
+    let flood = 3_000;
+    for _ in 0..flood {
+        byzantine.send(Peer::Replica(0), vote(2)).unwrap();
+    }
+    assert!(
+        within(Duration::from_secs(10), || network.taken[0]
+            .load(Ordering::SeqCst)
+            > lane)
+        .await,
+        "the reader fills worker 0's replica lane"
+    );
+    // Client A (worker 0): frames its worker never reaches (it serves its replica lane
+    // first, a whole run of it each time).
+    let client_a = hub.endpoint(Peer::Client(a_key.public_key()));
+    for _ in 0..client_a_frames {
+        client_a.send(Peer::Replica(0), vote(1)).unwrap();
+    }
+    assert!(
+        within(Duration::from_secs(10), || network.taken[1]
+            .load(Ordering::SeqCst)
+            >= client_a_frames.min(lane + 1))
+        .await,
+        "the reader takes client A's frames"
+    );
+    // Client B (worker 1, idle): one status query.
+    let client_b = hub.endpoint(Peer::Client(b_key.public_key()));
+    client_b
+        .send(Peer::Replica(0), codec::encode(&Message::StatusQuery))
+        .unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(2), client_b.recv())
+        .await
+        .is_ok();
+    let taken = network.taken.each_ref().map(|t| t.load(Ordering::SeqCst));
+    eprintln!(
+        "client A frames {client_a_frames}: B answered {answered}; frames taken (replicas, clients) {taken:?}"
+    );
+    drop(handle);
+    answered
+}
+
+/// Without client A's frames, B is answered: replica 2's full lane does not hold up client
+/// frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_replica_lane_alone_does_not_hold_up_clients() {
+    assert!(idle_worker_client_answered(0).await);
+}
+
+/// A Byzantine replica keeps worker 0's replica lane full. Worker 0 served that lane first, so
+/// its client lane never drained; once client A (worker 0) had filled it, the reader held A's
+/// frames and took no client frame at all: client B, whose worker is idle, was not answered
+/// within 2 s (frames taken `[3000, 2049]`). Now every verify run leaves a quarter to waiting
+/// client frames (`CLIENT_SHARE_OF_RUN_FRAMES`), so the client lane drains and B is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_keeping_its_lane_full_cannot_hold_up_every_client_behind_one_full_client_lane() {
+    let lane = DriverOptions::default().verify_queue_frames / 2;
+    assert!(idle_worker_client_answered(lane + 64).await);
+}
