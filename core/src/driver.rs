@@ -9,10 +9,17 @@
 //!   small frames ([`MAX_UNSIGNED_INLINE_RUN_BYTES`]). The hop costs two thread wake-ups.
 //!   Each worker has two queues (lanes), one for replica frames and one for client frames, each
 //!   with half of `verify_queue_frames` and `verify_queue_bytes`, so that client frames (anyone's,
-//!   under an open client policy) never fill the room replica frames need; the reader waits only
-//!   on the lane of the frame in hand.
+//!   under an open client policy) never fill the room replica frames need. The reader never
+//!   waits for room in a lane: it holds the frames of a full lane (and every later frame for
+//!   that lane, so each peer's order is kept) and queues them once the lane has room, and
+//!   meanwhile takes from the transport only the other kind of sender's frames
+//!   ([`Network::recv_many_from`]), so it holds at most one reader batch of each kind
+//!   ([`MAX_READER_BATCH_FRAMES`], [`MAX_READER_BATCH_BYTES`]). One client keeping its lane
+//!   full (its worker busy or stalled) so holds up no replica frame, nor a full replica lane
+//!   any client frame.
 //! - **Verify workers** (`verify_workers` OS threads): each takes every frame waiting in its
-//!   replica lane, then in its client lane (up to [`MAX_VERIFY_RUN_FRAMES`] frames or [`MAX_VERIFY_RUN_BYTES`] bytes), decodes
+//!   replica lane, then in its client lane (up to [`MAX_VERIFY_RUN_FRAMES`] frames or [`MAX_VERIFY_RUN_BYTES`] bytes;
+//!   a quarter of each run is left to waiting client frames, [`CLIENT_SHARE_OF_RUN_FRAMES`]), decodes
 //!   them and runs [`InboundVerifier::verify_run`] on the run: one batch verification of all
 //!   their signatures, so the cost per signature falls as load rises. A client request on its
 //!   own client's connection is authenticated by that channel, without a signature check
@@ -67,7 +74,7 @@ use crate::message::{
     StatusReport,
 };
 use crate::metrics::ReplicaMetrics;
-use crate::network::{InboundFrame, Network, Peer, SendError};
+use crate::network::{InboundFrame, Network, Peer, SendError, Senders};
 use crate::pool::SESSIONS_PER_KEY_IN_POOL;
 use crate::rejection::Rejection;
 use crate::runner::{self, Host};
@@ -80,8 +87,17 @@ use crate::{EngineConfig, InvalidConfig};
 /// Most frames a verify worker takes from its queue for one batch verification.
 pub const MAX_VERIFY_RUN_FRAMES: usize = 128;
 /// Most frame bytes a verify worker takes for one batch verification (a run stops after the
-/// frame that crosses it).
+/// frame that crosses it; the client lane's share, [`CLIENT_SHARE_OF_RUN_BYTES`], comes on top
+/// when replica frames took the rest).
 pub const MAX_VERIFY_RUN_BYTES: usize = 256 * 1024;
+/// Frames of every verify run left to the client lane while client frames wait: a replica
+/// that keeps its lane full (validly signed votes faster than the worker checks them) cannot
+/// keep the worker's client lane full, and with it, once the network reader holds client
+/// frames, every client's frames at this replica (docs/design.md §7.8).
+pub const CLIENT_SHARE_OF_RUN_FRAMES: usize = MAX_VERIFY_RUN_FRAMES / 4;
+/// Frame bytes of every verify run left to the client lane while client frames wait (see
+/// [`CLIENT_SHARE_OF_RUN_FRAMES`]).
+pub const CLIENT_SHARE_OF_RUN_BYTES: usize = MAX_VERIFY_RUN_BYTES / 4;
 /// Most client requests the verified-request cache remembers (about 80 bytes each). It only
 /// needs to span the time between a request reaching a replica directly and in a PROPOSE (a
 /// few batches of every client's window), so a few thousand do.
@@ -521,19 +537,44 @@ pub fn start_replica<N: Network>(
         let network = network.clone();
         tokio::spawn(async move {
             let mut gathered: Vec<InboundFrame> = Vec::with_capacity(MAX_READER_BATCH_FRAMES);
-            // Per worker lane (`2 * worker + lane`): the permits and the frames of this batch.
-            let mut groups: Vec<(usize, usize)> = vec![(0, 0); 2 * worker_txs.len()];
+            let mut dealer = Dealer::new(worker_txs, worker_backlogs);
+            let mut open = true;
             loop {
-                // Whatever is waiting right now, in one call (the transport accounts for it
-                // once): in BFT, more than an inline run holds means load, and the workers'
-                // runs batch its signatures better.
-                let open = network
-                    .recv_many(
-                        &mut gathered,
-                        MAX_READER_BATCH_FRAMES,
-                        MAX_READER_BATCH_BYTES,
-                    )
-                    .await;
+                // Frames held for full lanes go first, as far as their lanes have room now.
+                if !dealer.queue_held() {
+                    return;
+                }
+                let taken = if dealer.held.is_empty() {
+                    if !open {
+                        break;
+                    }
+                    // Whatever is waiting right now, in one call (the transport accounts for
+                    // it once): in BFT, more than an inline run holds means load, and the
+                    // workers' runs batch its signatures better.
+                    network
+                        .recv_many_from(
+                            &mut gathered,
+                            Senders::Any,
+                            MAX_READER_BATCH_FRAMES,
+                            MAX_READER_BATCH_BYTES,
+                        )
+                        .await
+                } else {
+                    // A lane is full: frames of the kind of sender it holds none of are still
+                    // taken (and dealt to lanes with room), until room comes for a held frame.
+                    let senders = if open { dealer.senders() } else { None };
+                    tokio::select! {
+                        biased;
+                        () = dealer.room() => continue,
+                        open = network.recv_many_from(
+                            &mut gathered,
+                            senders.unwrap_or(Senders::Any),
+                            MAX_READER_BATCH_FRAMES,
+                            MAX_READER_BATCH_BYTES,
+                        ), if senders.is_some() => open,
+                    }
+                };
+                open = taken;
                 // Only what needs no signature check and fits an inline run is looked at
                 // further (in BFT, more frames than an inline run holds go to the workers
                 // whatever else holds).
@@ -551,11 +592,7 @@ pub fn start_replica<N: Network>(
                 };
                 let inline_run = signatures != ReaderBatch::Signed && {
                     let bytes: usize = gathered.iter().map(|frame| frame.frame.len()).sum();
-                    let workers_idle = gathered.iter().all(|frame| {
-                        worker_backlogs[worker_for(&frame.from, worker_txs.len())]
-                            .load(Ordering::Acquire)
-                            == 0
-                    });
+                    let workers_idle = gathered.iter().all(|frame| dealer.worker_idle(&frame.from));
                     verify_inline(gathered.len(), bytes, signatures, workers_idle)
                 };
                 if gathered.is_empty() {
@@ -570,11 +607,8 @@ pub fn start_replica<N: Network>(
                             return;
                         }
                     }
-                } else if !deal(&mut gathered, &mut groups, &worker_txs, &worker_backlogs).await {
+                } else if !dealer.deal(&mut gathered) {
                     return;
-                }
-                if !open {
-                    break;
                 }
             }
         })
@@ -654,77 +688,272 @@ pub fn start_replica<N: Network>(
     })
 }
 
-/// Most frames the network reader takes from the transport at once ([`Network::recv_many`]).
+/// Most frames the network reader takes from the transport at once ([`Network::recv_many_from`]).
 /// They are out of the transport's receive queue and not yet in a worker's, so this and
-/// [`MAX_READER_BATCH_BYTES`] bound what the reader holds.
+/// [`MAX_READER_BATCH_BYTES`] bound what the reader holds: the batch in hand, and of each kind of
+/// sender (replicas, clients) at most one batch's frames held for lanes that were full
+/// (the reader's `Dealer`).
 pub const MAX_READER_BATCH_FRAMES: usize = 32;
 /// Most frame bytes the network reader takes at once (plus one frame: the batch stops after
 /// the frame that crosses it).
 pub const MAX_READER_BATCH_BYTES: usize = 64 * 1024;
 
-/// Queues the reader's frames for their verify workers, in order: a peer's frames always go to
-/// the same worker and lane. Each worker lane's frames of the batch take their room in its
-/// queue in one step when it is there (the common case under load), else frame by frame,
-/// waiting. False if a worker is gone.
-async fn deal(
-    frames: &mut Vec<InboundFrame>,
-    groups: &mut [(usize, usize)],
-    worker_txs: &[Vec<(mpsc::Sender<InboundFrame>, Arc<QueuedBytes>)>],
-    worker_backlogs: &[Arc<AtomicUsize>],
-) -> bool {
-    let workers = worker_txs.len();
-    let lane_of = |frame: &InboundFrame| {
-        let lane = match frame.from {
+/// The network reader's side of the verify workers' lanes: it queues the reader's frames for
+/// their workers, in order (a peer's frames always go to the same worker and lane), and holds
+/// the frames of a lane that is full, so that the frames of other lanes are still queued.
+///
+/// A frame whose lane has no room (in frames or bytes) is held, and so is every later frame for
+/// that lane (its peer's among them, so each peer's order is kept), until the lane has room.
+/// While frames of one kind of sender are held the reader takes only the other kind's frames
+/// from the transport ([`Dealer::senders`]), so it holds at most one reader batch of each kind:
+/// one client that keeps its lane full makes no replica frame wait, and a full replica lane no
+/// client frame.
+struct Dealer {
+    worker_txs: Vec<Vec<(mpsc::Sender<InboundFrame>, Arc<QueuedBytes>)>>,
+    worker_backlogs: Vec<Arc<AtomicUsize>>,
+    /// Per worker lane (`2 * worker + lane`): the permits and the frames of the batch in hand.
+    groups: Vec<(usize, usize)>,
+    /// Per worker lane: whether the reader holds frames for it (later ones are held after them).
+    blocked: Vec<bool>,
+    /// Frames whose lane was full, and the later frames of those lanes, in arrival order.
+    held: VecDeque<InboundFrame>,
+    /// How many of `held` are replica frames, and how many client frames.
+    held_frames: [usize; 2],
+}
+
+/// Holds `frame` for lane `index` after the others of its lane ([`Dealer::hold`], on the
+/// fields it changes: `blocked`, `held_frames`, `held`).
+fn hold(
+    (blocked, held_frames, held): (&mut [bool], &mut [usize; 2], &mut VecDeque<InboundFrame>),
+    index: usize,
+    frame: InboundFrame,
+) {
+    blocked[index] = true;
+    held_frames[index % 2] += 1;
+    held.push_back(frame);
+}
+
+/// What became of a frame the reader tried to queue without waiting.
+enum Queued {
+    Yes,
+    /// Its lane has no room for it now.
+    Full(InboundFrame),
+    /// Its worker is gone.
+    Gone,
+}
+
+impl Dealer {
+    fn new(
+        worker_txs: Vec<Vec<(mpsc::Sender<InboundFrame>, Arc<QueuedBytes>)>>,
+        worker_backlogs: Vec<Arc<AtomicUsize>>,
+    ) -> Dealer {
+        let lanes = 2 * worker_txs.len();
+        Dealer {
+            worker_txs,
+            worker_backlogs,
+            groups: vec![(0, 0); lanes],
+            blocked: vec![false; lanes],
+            held: VecDeque::with_capacity(2 * MAX_READER_BATCH_FRAMES),
+            held_frames: [0, 0],
+        }
+    }
+
+    /// The worker lane (`2 * worker + lane`) of a peer's frames: 0 for replicas, 1 for clients.
+    fn lane_of(&self, peer: &Peer) -> usize {
+        let kind = match peer {
             Peer::Replica(_) => 0,
             Peer::Client(_) => 1,
         };
-        (worker_for(&frame.from, workers), lane)
-    };
-    groups.fill((0, 0));
-    for frame in frames.iter() {
-        let (w, lane) = lane_of(frame);
-        let group = &mut groups[2 * w + lane];
-        let permits = worker_txs[w][lane].1.permits_for(frame.frame.len()) as usize;
-        group.0 = group.0.saturating_add(permits);
-        group.1 += 1;
+        2 * worker_for(peer, self.worker_txs.len()) + kind
     }
-    // Taken together where possible (room in the queue's bytes, then slots in its channel);
-    // a group that was not keeps 0 permits and its frames wait for room one by one below.
-    let mut slots = Vec::with_capacity(groups.len());
-    for (index, group) in groups.iter_mut().enumerate() {
-        let (w, lane) = (index / 2, index % 2);
-        let (tx, queued_bytes) = &worker_txs[w][lane];
-        let together = group.1 > 1 && queued_bytes.try_reserve_permits(group.0);
-        if !together {
-            group.0 = 0;
-        }
-        slots.push(if together {
-            tx.try_reserve_many(group.1).ok()
-        } else {
-            None
-        });
-        if group.1 > 0 {
-            // Counted before they are queued: the worker uncounts them only after handing
-            // its verdict to the engine.
-            worker_backlogs[w].fetch_add(group.1, Ordering::AcqRel);
+
+    /// Whether the worker of `peer`'s frames has nothing queued, held or in hand.
+    fn worker_idle(&self, peer: &Peer) -> bool {
+        self.worker_backlogs[worker_for(peer, self.worker_txs.len())].load(Ordering::Acquire) == 0
+    }
+
+    /// Whose frames the reader may take from the transport now: those of the kind of sender
+    /// none of whose frames it holds; none while it holds both kinds'.
+    fn senders(&self) -> Option<Senders> {
+        match self.held_frames {
+            [0, 0] => Some(Senders::Any),
+            [0, _] => Some(Senders::Replicas),
+            [_, 0] => Some(Senders::Clients),
+            _ => None,
         }
     }
-    for frame in frames.drain(..) {
-        let (w, lane) = lane_of(&frame);
-        let index = 2 * w + lane;
-        if let Some(slot) = slots[index].as_mut().and_then(Iterator::next) {
-            slot.send(frame);
-            continue;
+
+    /// Holds `frame` after the others of its lane.
+    fn hold(&mut self, index: usize, frame: InboundFrame) {
+        hold(
+            (&mut self.blocked, &mut self.held_frames, &mut self.held),
+            index,
+            frame,
+        );
+    }
+
+    /// Queues `frame` for lane `index` if the lane has room for it now.
+    fn try_queue(&self, index: usize, frame: InboundFrame) -> Queued {
+        let (tx, queued_bytes) = &self.worker_txs[index / 2][index % 2];
+        let permits = queued_bytes.permits_for(frame.frame.len());
+        match queued_bytes.permits.try_acquire_many(permits) {
+            Ok(permit) => permit.forget(),
+            Err(tokio::sync::TryAcquireError::NoPermits) if tx.is_closed() => return Queued::Gone,
+            Err(tokio::sync::TryAcquireError::NoPermits) => return Queued::Full(frame),
+            Err(tokio::sync::TryAcquireError::Closed) => return Queued::Gone,
         }
-        let (tx, queued_bytes) = &worker_txs[w][lane];
-        if groups[index].0 == 0 && !queued_bytes.reserve(frame.frame.len()).await {
-            return false;
-        }
-        if tx.send(frame).await.is_err() {
-            return false;
+        match tx.try_send(frame) {
+            Ok(()) => Queued::Yes,
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                queued_bytes.release_permits(permits as usize);
+                Queued::Full(frame)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Queued::Gone,
         }
     }
-    true
+
+    /// Queues the held frames whose lanes have room now, in order: a lane that is still full
+    /// keeps its first held frame and every later one. False if a worker is gone.
+    fn queue_held(&mut self) -> bool {
+        if self.held.is_empty() {
+            return true;
+        }
+        self.blocked.fill(false);
+        self.held_frames = [0, 0];
+        for _ in 0..self.held.len() {
+            let frame = self.held.pop_front().expect("counted");
+            let index = self.lane_of(&frame.from);
+            if self.blocked[index] {
+                self.hold(index, frame);
+                continue;
+            }
+            match self.try_queue(index, frame) {
+                Queued::Yes => {}
+                Queued::Full(frame) => self.hold(index, frame),
+                Queued::Gone => return false,
+            }
+        }
+        true
+    }
+
+    /// Queues the reader's batch (emptying `frames`) after the frames held before it. Each
+    /// worker lane's frames of the batch take their room in its queue in one step when it is
+    /// there (the common case under load), else frame by frame; the frames of a lane without
+    /// room are held ([`Dealer`]). False if a worker is gone.
+    fn deal(&mut self, frames: &mut Vec<InboundFrame>) -> bool {
+        self.groups.fill((0, 0));
+        for frame in frames.iter() {
+            let index = self.lane_of(&frame.from);
+            let permits = self.worker_txs[index / 2][index % 2]
+                .1
+                .permits_for(frame.frame.len()) as usize;
+            let group = &mut self.groups[index];
+            group.0 = group.0.saturating_add(permits);
+            group.1 += 1;
+        }
+        // Taken together where possible (room in the queue's bytes, then slots in its channel),
+        // and never before frames held for the lane.
+        let mut slots = Vec::with_capacity(self.groups.len());
+        for (index, group) in self.groups.iter().enumerate() {
+            let (w, lane) = (index / 2, index % 2);
+            let (tx, queued_bytes) = &self.worker_txs[w][lane];
+            let together =
+                group.1 > 1 && !self.blocked[index] && queued_bytes.try_reserve_permits(group.0);
+            slots.push(if together {
+                let slots = tx.try_reserve_many(group.1).ok();
+                if slots.is_none() {
+                    queued_bytes.release_permits(group.0);
+                }
+                slots
+            } else {
+                None
+            });
+            if group.1 > 0 {
+                // Counted before they are queued (or held): the worker uncounts them only after
+                // handing its verdict to the engine.
+                self.worker_backlogs[w].fetch_add(group.1, Ordering::AcqRel);
+            }
+        }
+        for frame in frames.drain(..) {
+            let index = self.lane_of(&frame.from);
+            if let Some(slot) = slots[index].as_mut().and_then(Iterator::next) {
+                slot.send(frame);
+                continue;
+            }
+            if self.blocked[index] {
+                hold(
+                    (&mut self.blocked, &mut self.held_frames, &mut self.held),
+                    index,
+                    frame,
+                );
+                continue;
+            }
+            match self.try_queue(index, frame) {
+                Queued::Yes => {}
+                Queued::Full(frame) => hold(
+                    (&mut self.blocked, &mut self.held_frames, &mut self.held),
+                    index,
+                    frame,
+                ),
+                Queued::Gone => return false,
+            }
+        }
+        assert!(
+            self.held_frames[0] <= MAX_READER_BATCH_FRAMES
+                && self.held_frames[1] <= MAX_READER_BATCH_FRAMES,
+            "the reader holds at most one batch of each kind of sender: {:?}",
+            self.held_frames
+        );
+        true
+    }
+
+    /// Waits until a lane the reader holds frames for has room for the first of them, or its
+    /// worker is gone. Takes nothing: the room is taken by [`Dealer::queue_held`] (the reader
+    /// is the only one that takes room in the lanes, so it is still there).
+    async fn room(&self) {
+        use std::future::Future;
+        let mut firsts: Vec<(usize, usize)> = Vec::with_capacity(self.blocked.len());
+        for frame in &self.held {
+            let index = self.lane_of(&frame.from);
+            if !firsts.iter().any(|(lane, _)| *lane == index) {
+                firsts.push((index, frame.frame.len()));
+            }
+        }
+        let mut waits: Vec<_> = firsts
+            .into_iter()
+            .map(|(index, length)| {
+                let (tx, queued_bytes) = &self.worker_txs[index / 2][index % 2];
+                Box::pin(async move {
+                    let room = async {
+                        // Dropped at once, giving the room back.
+                        if let Ok(_bytes) = queued_bytes
+                            .permits
+                            .acquire_many(queued_bytes.permits_for(length))
+                            .await
+                        {
+                            let _slot = tx.reserve().await;
+                        }
+                    };
+                    // A worker that is gone gives no room back.
+                    tokio::select! {
+                        () = room => {}
+                        () = tx.closed() => {}
+                    }
+                })
+            })
+            .collect();
+        std::future::poll_fn(|cx| {
+            if waits
+                .iter_mut()
+                .any(|wait| wait.as_mut().poll(cx).is_ready())
+            {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+    }
 }
 
 /// Most frames the network reader verifies itself, as one run (see the module docs).
@@ -843,7 +1072,9 @@ impl QueuedBytes {
         u32::try_from(length.clamp(1, self.max)).unwrap_or(u32::MAX)
     }
 
-    /// Waits for room for a frame of `length` bytes; false if the semaphore closed.
+    /// Waits for room for a frame of `length` bytes; false if the semaphore closed. (The
+    /// reader takes room without waiting, [`Dealer`]; the unit tests queue frames this way.)
+    #[cfg(test)]
     async fn reserve(&self, length: usize) -> bool {
         match self.permits.acquire_many(self.permits_for(length)).await {
             Ok(permit) => {
@@ -978,17 +1209,44 @@ fn next_run(
     };
     released[usize::from(!from_replica)] = first_lane.permits_for(first.frame.len()) as usize;
     frames.push(first);
-    for (index, (rx, queued_bytes)) in [&mut *replicas, &mut *clients].into_iter().enumerate() {
-        while frames.len() < MAX_VERIFY_RUN_FRAMES && bytes < MAX_VERIFY_RUN_BYTES {
-            match rx.try_recv() {
-                Ok(frame) => {
-                    bytes += frame.frame.len();
-                    released[index] += queued_bytes.permits_for(frame.frame.len()) as usize;
-                    frames.push(frame);
-                }
-                Err(_) => break,
-            }
-        }
+    // Replica frames first, leaving the client lane its share of the run; then client frames
+    // (at least their share, whatever bytes the replica frames took); then replica frames in
+    // what is left. Each lane's frames keep their order.
+    let mut client_bytes = if from_replica { 0 } else { bytes };
+    let replica_room = |frames: &Vec<InboundFrame>, bytes: usize| {
+        frames.len() < MAX_VERIFY_RUN_FRAMES - CLIENT_SHARE_OF_RUN_FRAMES
+            && bytes < MAX_VERIFY_RUN_BYTES - CLIENT_SHARE_OF_RUN_BYTES
+    };
+    while replica_room(frames, bytes) {
+        let Ok(frame) = replicas.0.try_recv() else {
+            break;
+        };
+        bytes += frame.frame.len();
+        released[0] += replicas.1.permits_for(frame.frame.len()) as usize;
+        frames.push(frame);
+    }
+    let mut client_frames = usize::from(!from_replica);
+    while frames.len() < MAX_VERIFY_RUN_FRAMES
+        && (bytes < MAX_VERIFY_RUN_BYTES
+            || (client_frames < CLIENT_SHARE_OF_RUN_FRAMES
+                && client_bytes < CLIENT_SHARE_OF_RUN_BYTES))
+    {
+        let Ok(frame) = clients.0.try_recv() else {
+            break;
+        };
+        bytes += frame.frame.len();
+        client_bytes += frame.frame.len();
+        client_frames += 1;
+        released[1] += clients.1.permits_for(frame.frame.len()) as usize;
+        frames.push(frame);
+    }
+    while frames.len() < MAX_VERIFY_RUN_FRAMES && bytes < MAX_VERIFY_RUN_BYTES {
+        let Ok(frame) = replicas.0.try_recv() else {
+            break;
+        };
+        bytes += frame.frame.len();
+        released[0] += replicas.1.permits_for(frame.frame.len()) as usize;
+        frames.push(frame);
     }
     replicas.1.release_permits(released[0]);
     clients.1.release_permits(released[1]);

@@ -23,6 +23,31 @@ pub enum Peer {
     Client(PublicKey),
 }
 
+/// Whose frames [`Network::recv_many_from`] takes: any peer's, or only replicas' or only
+/// clients'. The driver's reader takes only one kind while it holds frames of the other kind
+/// that their verify queues have no room for yet, so that one busy lane does not stop the
+/// other kind's frames (docs/design.md §7.8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Senders {
+    /// Frames of every peer, in the order [`Network::recv`] yields them.
+    Any,
+    /// Only frames of replicas ([`Peer::Replica`]).
+    Replicas,
+    /// Only frames of clients ([`Peer::Client`]).
+    Clients,
+}
+
+impl Senders {
+    /// Whether a frame from `peer` is one of these senders'.
+    pub fn admits(self, peer: &Peer) -> bool {
+        match (self, peer) {
+            (Senders::Any, _) => true,
+            (Senders::Replicas, Peer::Replica(_)) | (Senders::Clients, Peer::Client(_)) => true,
+            (Senders::Replicas, Peer::Client(_)) | (Senders::Clients, Peer::Replica(_)) => false,
+        }
+    }
+}
+
 /// A frame received from an authenticated peer.
 #[derive(Debug)]
 pub struct InboundFrame {
@@ -79,10 +104,11 @@ pub trait Network: Send + Sync + 'static {
     /// frames, and `max_bytes` plus one frame). False once the transport has shut down (the
     /// frames taken before it are still appended).
     ///
-    /// The driver's reader takes its frames this way: a transport can then take them, and
-    /// account for them, once per batch instead of once per frame. By default, one
-    /// [`Network::recv`] per frame (which must be cancel-safe: the frames after the first are
-    /// taken by polling it once).
+    /// The driver's readers take their frames this way (the replica's through
+    /// [`Network::recv_many_from`]): a transport can then take them, and account for them,
+    /// once per batch instead of once per frame. Must be cancel-safe as `recv` is: nothing may
+    /// wait once the first frame is taken. By default, one [`Network::recv`] per frame (which
+    /// must be cancel-safe: the frames after the first are taken by polling it once).
     fn recv_many<'a>(
         &'a self,
         frames: &'a mut Vec<InboundFrame>,
@@ -111,6 +137,28 @@ pub trait Network: Send + Sync + 'static {
                 }
             }
             true
+        }
+    }
+    /// As [`Network::recv_many`], but only frames of `senders`; the frames of other senders
+    /// stay queued, in their order, for a later call. Cancel-safe as `recv_many` is: a future
+    /// dropped before it completes has taken no frame (the driver's reader drops it when room
+    /// for frames it holds comes first).
+    ///
+    /// By default, [`Senders::Any`] is [`Network::recv_many`], and a transport that cannot take
+    /// one kind of sender's frames alone never completes for the others (the driver's reader
+    /// then only waits for room in its verify queues, taking nothing meanwhile).
+    fn recv_many_from<'a>(
+        &'a self,
+        frames: &'a mut Vec<InboundFrame>,
+        senders: Senders,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> impl Future<Output = bool> + Send + 'a {
+        async move {
+            match senders {
+                Senders::Any => self.recv_many(frames, max_frames, max_bytes).await,
+                Senders::Replicas | Senders::Clients => std::future::pending().await,
+            }
         }
     }
     /// Queues `frame` (a reply) for client `key`'s session `session`: over the connection

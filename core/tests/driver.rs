@@ -1,6 +1,7 @@
 //! The tokio driver over an in-memory network: real threads and tasks, no sockets.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use smr_core::client::ClientConfig;
 use smr_core::driver::{
     start_replica, Client, DriverOptions, EmptyStart, ReplicaError, StartError,
 };
-use smr_core::network::{InboundFrame, Network, Peer, SendError};
+use smr_core::network::{InboundFrame, Network, Peer, SendError, Senders};
 use smr_core::{ClientPolicy, EngineConfig, InvalidConfig, Limits, Service, Timeouts};
 use smr_crypto::sim::{SimKey, SimVerifier};
 use smr_crypto::Verifier;
@@ -18,24 +19,81 @@ use tokio::sync::mpsc;
 /// A hub of channels; `endpoint(me)` gives one node's view.
 #[derive(Clone, Default)]
 struct Hub {
-    inboxes: Arc<Mutex<BTreeMap<Peer, mpsc::UnboundedSender<InboundFrame>>>>,
+    inboxes: Arc<Mutex<BTreeMap<Peer, [mpsc::UnboundedSender<InboundFrame>; 2]>>>,
 }
 
+/// One node's view of the hub. Like the QUIC transport, it keeps replicas' and clients' frames
+/// in two queues and yields replica frames first.
 struct MemNetwork {
     me: Peer,
     hub: Hub,
-    inbox: tokio::sync::Mutex<mpsc::UnboundedReceiver<InboundFrame>>,
+    inbox: tokio::sync::Mutex<Inbox>,
+    /// Calls to take frames so far, and which of them took the last replica frame.
+    calls: AtomicUsize,
+    last_replica_frame_call: AtomicUsize,
+    /// Frames taken so far: replicas', clients'.
+    taken: [AtomicUsize; 2],
+}
+
+struct Inbox {
+    replicas: mpsc::UnboundedReceiver<InboundFrame>,
+    clients: mpsc::UnboundedReceiver<InboundFrame>,
 }
 
 impl Hub {
     fn endpoint(&self, me: Peer) -> Arc<MemNetwork> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.inboxes.lock().unwrap().insert(me, tx);
+        let (replica_tx, replicas) = mpsc::unbounded_channel();
+        let (client_tx, clients) = mpsc::unbounded_channel();
+        self.inboxes
+            .lock()
+            .unwrap()
+            .insert(me, [replica_tx, client_tx]);
         Arc::new(MemNetwork {
             me,
             hub: self.clone(),
-            inbox: tokio::sync::Mutex::new(rx),
+            inbox: tokio::sync::Mutex::new(Inbox { replicas, clients }),
+            calls: AtomicUsize::new(0),
+            last_replica_frame_call: AtomicUsize::new(0),
+            taken: [AtomicUsize::new(0), AtomicUsize::new(0)],
         })
+    }
+}
+
+impl MemNetwork {
+    /// Counts a frame taken by call `call`.
+    fn took(&self, call: usize, frame: &InboundFrame) {
+        let kind = usize::from(matches!(frame.from, Peer::Client(_)));
+        self.taken[kind].fetch_add(1, Ordering::SeqCst);
+        if kind == 0 {
+            self.last_replica_frame_call.store(call, Ordering::SeqCst);
+        }
+    }
+
+    /// The next frame of `senders` waiting now, if any.
+    fn try_take(inbox: &mut Inbox, senders: Senders) -> Option<InboundFrame> {
+        match senders {
+            Senders::Any => inbox
+                .replicas
+                .try_recv()
+                .or_else(|_| inbox.clients.try_recv())
+                .ok(),
+            Senders::Replicas => inbox.replicas.try_recv().ok(),
+            Senders::Clients => inbox.clients.try_recv().ok(),
+        }
+    }
+
+    /// Waits for the next frame of `senders`; `None` once its queues are closed.
+    async fn take(inbox: &mut Inbox, senders: Senders) -> Option<InboundFrame> {
+        match senders {
+            Senders::Any => tokio::select! {
+                biased;
+                Some(frame) = inbox.replicas.recv() => Some(frame),
+                Some(frame) = inbox.clients.recv() => Some(frame),
+                else => None,
+            },
+            Senders::Replicas => inbox.replicas.recv().await,
+            Senders::Clients => inbox.clients.recv().await,
+        }
     }
 }
 
@@ -64,15 +122,47 @@ fn engine_config(quorums: Quorums, keys: &[SimKey], me: usize, limits: Limits) -
 impl Network for MemNetwork {
     fn send(&self, to: Peer, frame: Vec<u8>) -> Result<(), SendError> {
         let inboxes = self.hub.inboxes.lock().unwrap();
-        let tx = inboxes.get(&to).ok_or(SendError::UnknownPeer(to))?;
-        tx.send(InboundFrame {
-            from: self.me,
-            frame,
-        })
-        .map_err(|_| SendError::Closed)
+        let txs = inboxes.get(&to).ok_or(SendError::UnknownPeer(to))?;
+        let kind = usize::from(matches!(self.me, Peer::Client(_)));
+        txs[kind]
+            .send(InboundFrame {
+                from: self.me,
+                frame,
+            })
+            .map_err(|_| SendError::Closed)
     }
     async fn recv(&self) -> Option<InboundFrame> {
-        self.inbox.lock().await.recv().await
+        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut inbox = self.inbox.lock().await;
+        let frame = Self::take(&mut inbox, Senders::Any).await?;
+        self.took(call, &frame);
+        Some(frame)
+    }
+    async fn recv_many_from(
+        &self,
+        frames: &mut Vec<InboundFrame>,
+        senders: Senders,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> bool {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut inbox = self.inbox.lock().await;
+        // Nothing waits once the first frame is taken: cancel-safe.
+        let Some(first) = Self::take(&mut inbox, senders).await else {
+            return false;
+        };
+        let (mut taken, mut bytes) = (0, 0);
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            self.took(call, &frame);
+            taken += 1;
+            bytes += frame.frame.len();
+            frames.push(frame);
+            if taken < max_frames && bytes < max_bytes {
+                next = Self::try_take(&mut inbox, senders);
+            }
+        }
+        true
     }
 }
 
@@ -736,4 +826,337 @@ async fn a_fault_free_bft_run_verifies_each_client_signature_once_across_the_rep
     for h in handles {
         h.shutdown().await;
     }
+}
+
+/// A verifier that records each signature it checks, as (signer, client frames the replica had
+/// refused by then), and holds its first check until the gate opens: the verify worker that
+/// makes it stalls meanwhile.
+struct GateVerifier {
+    inner: SimVerifier,
+    metrics: std::sync::OnceLock<Arc<smr_core::metrics::ReplicaMetrics>>,
+    /// (a check is waiting at the gate, the gate is open)
+    gate: Mutex<(bool, bool)>,
+    opened: std::sync::Condvar,
+    checked: Mutex<Vec<(smr_crypto::PublicKey, u64)>>,
+}
+
+impl GateVerifier {
+    fn pass(&self, keys: &[&smr_crypto::PublicKey]) {
+        let mut gate = self.gate.lock().unwrap();
+        gate.0 = true;
+        while !gate.1 {
+            gate = self.opened.wait(gate).unwrap();
+        }
+        drop(gate);
+        let refused = self.client_frames_refused();
+        let mut checked = self.checked.lock().unwrap();
+        checked.extend(keys.iter().map(|key| (**key, refused)));
+    }
+
+    /// Frames refused so far as messages a client may not send.
+    fn client_frames_refused(&self) -> u64 {
+        let rejections = self.metrics.get().unwrap().rejections();
+        rejections.get("unexpected_message").copied().unwrap_or(0)
+    }
+
+    fn open(&self) {
+        self.gate.lock().unwrap().1 = true;
+        self.opened.notify_all();
+    }
+}
+
+impl Verifier for GateVerifier {
+    fn verify(
+        &self,
+        key: &smr_crypto::PublicKey,
+        message: &[u8],
+        signature: &smr_crypto::Signature,
+    ) -> Result<(), smr_crypto::VerifyError> {
+        self.pass(&[key]);
+        self.inner.verify(key, message, signature)
+    }
+    fn check_batch(&self, items: &[smr_crypto::SignedItem<'_>]) -> smr_crypto::BatchChecked {
+        self.pass(&items.iter().map(|item| item.key).collect::<Vec<_>>());
+        self.inner.check_batch(items)
+    }
+}
+
+/// Waits up to `limit` for `done`; whether it came.
+async fn within(limit: Duration, done: impl Fn() -> bool) -> bool {
+    let started = std::time::Instant::now();
+    while !done() {
+        if started.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    true
+}
+
+/// Issue 12 (no peer holds up what a quorum decides): a client that keeps its verify lane full
+/// while its worker is busy made the network reader wait for room in that lane, taking nothing
+/// from the transport meanwhile, so replica frames waited behind the client's. Now the reader
+/// holds the client's frames that do not fit (one batch of them) and still takes replica
+/// frames: replica 2's vote, sent after the client's flood, is queued while the worker is
+/// stalled and checked in the worker's next run, before any of the client's frames. Before,
+/// the vote was taken only once the client's frames the reader had in hand were queued, and
+/// the worker refused those queued before it first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_filling_its_verify_lane_does_not_hold_up_replica_frames() {
+    use smr_core::codec;
+    use smr_core::driver::MAX_READER_BATCH_FRAMES;
+    use smr_core::message::{Cid, Message, Regency, Signed, Vote, VoteKind};
+    let quorums = Quorums::new(Mode::Bft, 4, 1).unwrap();
+    let client_key = SimKey::from_seed([100; 32]);
+    let (keys, sim) = sim_keys(4, &[&client_key]);
+    let verifier = Arc::new(GateVerifier {
+        inner: sim,
+        metrics: std::sync::OnceLock::new(),
+        gate: Mutex::new((false, false)),
+        opened: std::sync::Condvar::new(),
+        checked: Mutex::new(Vec::new()),
+    });
+    let hub = Hub::default();
+    let network = hub.endpoint(Peer::Replica(0));
+    let handle = start_replica(
+        engine_config(quorums, &keys, 0, Limits::default()),
+        Arc::new(keys[0].clone()),
+        verifier.clone(),
+        network.clone(),
+        Box::new(Counter::default()),
+        DriverOptions {
+            verify_workers: 1,
+            // Lanes of 4 frames.
+            verify_queue_frames: 8,
+            empty_start: EmptyStart::NewCluster,
+            ..DriverOptions::default()
+        },
+        None,
+    )
+    .expect("replica starts");
+    assert!(verifier.metrics.set(handle.metrics()).is_ok());
+    let vote = |replica: u32| {
+        let signer: &dyn smr_crypto::Signer = &keys[replica as usize];
+        codec::encode(&Message::Write(Signed::new(
+            Vote {
+                kind: VoteKind::Write,
+                replica,
+                cid: Cid::FIRST,
+                regency: Regency::ZERO,
+                digest: smr_crypto::digest(b"batch"),
+            },
+            Some(signer),
+        )))
+    };
+    // Replica 1's vote: the worker takes it and stalls in its check.
+    hub.endpoint(Peer::Replica(1))
+        .send(Peer::Replica(0), vote(1))
+        .unwrap();
+    assert!(
+        within(Duration::from_secs(10), || verifier.gate.lock().unwrap().0).await,
+        "the worker checks replica 1's vote"
+    );
+    // The client sends two reader batches of frames the verifier refuses (a vote, which a
+    // client may not send): 4 fill the client lane, and the reader holds (before: waited to
+    // queue) the others it took.
+    let client = hub.endpoint(Peer::Client(client_key.public_key()));
+    let flood = 2 * MAX_READER_BATCH_FRAMES;
+    let lane = 4;
+    for _ in 0..flood {
+        client.send(Peer::Replica(0), vote(1)).unwrap();
+    }
+    assert!(
+        within(Duration::from_secs(10), || network.taken[1]
+            .load(Ordering::SeqCst)
+            > lane)
+        .await,
+        "the reader takes more of the client's frames than its lane holds"
+    );
+    // Then replica 2's vote. The reader takes it and asks for more (so it has dealt it) while
+    // the worker is still stalled (before, it was not taken: this waits in vain).
+    hub.endpoint(Peer::Replica(2))
+        .send(Peer::Replica(0), vote(2))
+        .unwrap();
+    let dealt = within(Duration::from_secs(2), || {
+        network.taken[0].load(Ordering::SeqCst) == 2
+            && network.calls.load(Ordering::SeqCst)
+                > network.last_replica_frame_call.load(Ordering::SeqCst)
+    })
+    .await;
+    let taken = network.taken[1].load(Ordering::SeqCst);
+    assert!(
+        taken - lane <= MAX_READER_BATCH_FRAMES,
+        "while it holds client frames, the reader takes no more of them: {taken} taken"
+    );
+    verifier.open();
+    assert!(
+        within(Duration::from_secs(10), || verifier
+            .checked
+            .lock()
+            .unwrap()
+            .len()
+            == 2)
+        .await,
+        "both votes are checked"
+    );
+    // Replica 2's vote was checked before any client frame was refused.
+    assert_eq!(
+        *verifier.checked.lock().unwrap(),
+        vec![(keys[1].public_key(), 0), (keys[2].public_key(), 0)],
+        "dealt while the worker was stalled: {dealt}"
+    );
+    // Every frame of the client is refused in the end: the frames held were queued once the
+    // lane had room, none lost.
+    assert!(
+        within(Duration::from_secs(10), || verifier.client_frames_refused()
+            == flood as u64)
+        .await,
+        "{:?}",
+        handle.metrics().rejections()
+    );
+    assert_eq!(network.taken[1].load(Ordering::SeqCst), flood);
+    handle.shutdown().await;
+}
+
+/// A verifier that takes `per_item` for every signature of `slow`'s (a replica whose frames
+/// keep its verify worker busy: a Byzantine replica sending validly signed votes faster than
+/// the worker checks them).
+struct SlowVerifier {
+    inner: SimVerifier,
+    slow: smr_crypto::PublicKey,
+    per_item: Duration,
+}
+
+impl Verifier for SlowVerifier {
+    fn verify(
+        &self,
+        key: &smr_crypto::PublicKey,
+        message: &[u8],
+        signature: &smr_crypto::Signature,
+    ) -> Result<(), smr_crypto::VerifyError> {
+        if *key == self.slow {
+            std::thread::sleep(self.per_item);
+        }
+        self.inner.verify(key, message, signature)
+    }
+    fn check_batch(&self, items: &[smr_crypto::SignedItem<'_>]) -> smr_crypto::BatchChecked {
+        let slow = items.iter().filter(|item| *item.key == self.slow).count();
+        std::thread::sleep(self.per_item * slow as u32);
+        self.inner.check_batch(items)
+    }
+}
+
+/// A client key whose frames go to verify worker `worker` of 2 (the driver's `worker_for`).
+fn client_key_on_worker(worker: usize) -> SimKey {
+    (100u8..=255)
+        .map(|seed| SimKey::from_seed([seed; 32]))
+        .find(|key| usize::from(key.public_key().0[0]) % 2 == worker)
+        .expect("a key for each worker")
+}
+
+/// Whether client B (whose verify worker, 1, is idle) gets an answer to its status query
+/// within 2 s while replica 2 keeps worker 0 busy with its replica lane, after client A (of
+/// worker 0) has sent `client_a_frames` frames.
+async fn idle_worker_client_answered(client_a_frames: usize) -> bool {
+    use smr_core::codec;
+    use smr_core::message::{Cid, Message, Regency, Signed, Vote, VoteKind};
+    let quorums = Quorums::new(Mode::Bft, 4, 1).unwrap();
+    let (a_key, b_key) = (client_key_on_worker(0), client_key_on_worker(1));
+    let (keys, sim) = sim_keys(4, &[&a_key, &b_key]);
+    let verifier = Arc::new(SlowVerifier {
+        inner: sim,
+        slow: keys[2].public_key(),
+        per_item: Duration::from_millis(2),
+    });
+    let hub = Hub::default();
+    let network = hub.endpoint(Peer::Replica(0));
+    let handle = start_replica(
+        engine_config(quorums, &keys, 0, Limits::default()),
+        Arc::new(keys[0].clone()),
+        verifier,
+        network.clone(),
+        Box::new(Counter::default()),
+        DriverOptions {
+            // Replica 2 and client A on worker 0, client B on worker 1; default lanes
+            // (2,048 frames each).
+            verify_workers: 2,
+            empty_start: EmptyStart::NewCluster,
+            ..DriverOptions::default()
+        },
+        None,
+    )
+    .expect("replica starts");
+    let vote = |replica: u32| {
+        let signer: &dyn smr_crypto::Signer = &keys[replica as usize];
+        codec::encode(&Message::Write(Signed::new(
+            Vote {
+                kind: VoteKind::Write,
+                replica,
+                cid: Cid::FIRST,
+                regency: Regency::ZERO,
+                digest: smr_crypto::digest(b"batch"),
+            },
+            Some(signer),
+        )))
+    };
+    let lane = DriverOptions::default().verify_queue_frames / 2;
+    // Replica 2: validly signed votes, more than worker 0 checks in the test's time (2 ms
+    // each: 3,000 are 6 s of its work), so its replica lane always holds a whole verify run.
+    let byzantine = hub.endpoint(Peer::Replica(2));
+    let flood = 3_000;
+    for _ in 0..flood {
+        byzantine.send(Peer::Replica(0), vote(2)).unwrap();
+    }
+    assert!(
+        within(Duration::from_secs(10), || network.taken[0]
+            .load(Ordering::SeqCst)
+            > lane)
+        .await,
+        "the reader fills worker 0's replica lane"
+    );
+    // Client A (worker 0): frames its worker never reaches (it serves its replica lane
+    // first, a whole run of it each time).
+    let client_a = hub.endpoint(Peer::Client(a_key.public_key()));
+    for _ in 0..client_a_frames {
+        client_a.send(Peer::Replica(0), vote(1)).unwrap();
+    }
+    assert!(
+        within(Duration::from_secs(10), || network.taken[1]
+            .load(Ordering::SeqCst)
+            >= client_a_frames.min(lane + 1))
+        .await,
+        "the reader takes client A's frames"
+    );
+    // Client B (worker 1, idle): one status query.
+    let client_b = hub.endpoint(Peer::Client(b_key.public_key()));
+    client_b
+        .send(Peer::Replica(0), codec::encode(&Message::StatusQuery))
+        .unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(2), client_b.recv())
+        .await
+        .is_ok();
+    let taken = network.taken.each_ref().map(|t| t.load(Ordering::SeqCst));
+    eprintln!(
+        "client A frames {client_a_frames}: B answered {answered}; frames taken (replicas, clients) {taken:?}"
+    );
+    drop(handle);
+    answered
+}
+
+/// Without client A's frames, B is answered: replica 2's full lane does not hold up client
+/// frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_replica_lane_alone_does_not_hold_up_clients() {
+    assert!(idle_worker_client_answered(0).await);
+}
+
+/// A Byzantine replica keeps worker 0's replica lane full. Worker 0 served that lane first, so
+/// its client lane never drained; once client A (worker 0) had filled it, the reader held A's
+/// frames and took no client frame at all: client B, whose worker is idle, was not answered
+/// within 2 s (frames taken `[3000, 2049]`). Now every verify run leaves a quarter to waiting
+/// client frames (`CLIENT_SHARE_OF_RUN_FRAMES`), so the client lane drains and B is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_keeping_its_lane_full_cannot_hold_up_every_client_behind_one_full_client_lane() {
+    let lane = DriverOptions::default().verify_queue_frames / 2;
+    assert!(idle_worker_client_answered(lane + 64).await);
 }

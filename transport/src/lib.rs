@@ -210,7 +210,9 @@
 //! peer through QUIC flow control; no frame is dropped. [`Network::recv_many`] takes what is
 //! waiting in the same order as `recv` would, and gives the frames' room back together; a
 //! reader takes the room of the frames of one read together when it is there. Either way each
-//! frame holds and gives back exactly what it would alone.
+//! frame holds and gives back exactly what it would alone. [`Network::recv_many_from`] takes
+//! only one lane's frames when asked for replicas' or clients' alone (the driver's reader does
+//! while it holds frames of the other kind for a full verify queue); the other lane's wait.
 //!
 //! # Threading
 //! Everything runs as tasks on the caller's tokio runtime (multi-threaded recommended): one
@@ -254,7 +256,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use smr_core::network::{InboundFrame, Network, Peer, ReplicaId, SendError};
+use smr_core::network::{InboundFrame, Network, Peer, ReplicaId, SendError, Senders};
 use smr_crypto::{IdentityKey, PublicKey};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -1246,29 +1248,48 @@ impl QuicTransport {
         tracing::info!(me = %shared.me, "transport shut down");
     }
 
-    /// Waits for the next frame in the lanes' alternation: replica frames first until
-    /// `REPLICA_FRAMES_PER_CLIENT_FRAME` of them came in a row, then a client frame first;
-    /// `None` at shutdown or when both lanes are closed. The one place that order is decided,
+    /// Waits for the next frame of `senders` in the lanes' alternation: replica frames first
+    /// until `REPLICA_FRAMES_PER_CLIENT_FRAME` of them came in a row, then a client frame
+    /// first (only one lane's frames for [`Senders::Replicas`] or [`Senders::Clients`]);
+    /// `None` at shutdown or when the lanes are closed. The one place that order is decided,
     /// for [`QuicTransport::next_frame`] and [`QuicTransport::next_frames`].
     async fn take_next(
         inbound: &mut Inbound,
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
+        senders: Senders,
     ) -> Option<InboundFrame> {
-        if inbound.replica_streak < link::REPLICA_FRAMES_PER_CLIENT_FRAME {
-            tokio::select! {
-                biased;
-                _ = link::shutdown_signaled(shutdown) => None,
-                Some(frame) = inbound.replicas.recv() => Some(frame),
-                Some(frame) = inbound.clients.recv() => Some(frame),
-                else => None,
+        match senders {
+            Senders::Any if inbound.replica_streak < link::REPLICA_FRAMES_PER_CLIENT_FRAME => {
+                tokio::select! {
+                    biased;
+                    _ = link::shutdown_signaled(shutdown) => None,
+                    Some(frame) = inbound.replicas.recv() => Some(frame),
+                    Some(frame) = inbound.clients.recv() => Some(frame),
+                    else => None,
+                }
             }
-        } else {
-            tokio::select! {
-                biased;
-                _ = link::shutdown_signaled(shutdown) => None,
-                Some(frame) = inbound.clients.recv() => Some(frame),
-                Some(frame) = inbound.replicas.recv() => Some(frame),
-                else => None,
+            Senders::Any => {
+                tokio::select! {
+                    biased;
+                    _ = link::shutdown_signaled(shutdown) => None,
+                    Some(frame) = inbound.clients.recv() => Some(frame),
+                    Some(frame) = inbound.replicas.recv() => Some(frame),
+                    else => None,
+                }
+            }
+            Senders::Replicas => {
+                tokio::select! {
+                    biased;
+                    _ = link::shutdown_signaled(shutdown) => None,
+                    frame = inbound.replicas.recv() => frame,
+                }
+            }
+            Senders::Clients => {
+                tokio::select! {
+                    biased;
+                    _ = link::shutdown_signaled(shutdown) => None,
+                    frame = inbound.clients.recv() => frame,
+                }
             }
         }
     }
@@ -1280,7 +1301,7 @@ impl QuicTransport {
         }
         let mut guard = self.inner.inbound_rx.lock().await;
         let inbound = &mut *guard;
-        let frame = Self::take_next(inbound, &mut shutdown).await;
+        let frame = Self::take_next(inbound, &mut shutdown, Senders::Any).await;
         if let Some(frame) = &frame {
             inbound.replica_streak = match frame.from {
                 Peer::Replica(_) => inbound.replica_streak.saturating_add(1),
@@ -1294,13 +1315,17 @@ impl QuicTransport {
         frame
     }
 
-    /// [`Network::recv_many`]: the first frame as [`QuicTransport::next_frame`] takes it, then
-    /// the frames waiting now, in the order `next_frame` would take them (the lanes' alternation
-    /// included), under one lock of the receive queue; their room in the lanes is given back
-    /// together, once per run of frames from one peer.
+    /// [`Network::recv_many_from`]: the first frame of `senders` as [`QuicTransport::next_frame`]
+    /// takes it, then the frames of `senders` waiting now, in the order `next_frame` would take
+    /// them (the lanes' alternation included, for [`Senders::Any`]), under one lock of the
+    /// receive queue; their room in the lanes is given back together, once per run of frames
+    /// from one peer. Only one lane is read for [`Senders::Replicas`] or [`Senders::Clients`]:
+    /// the other's frames stay queued. Cancel-safe: once the first frame is taken, nothing
+    /// waits.
     async fn next_frames(
         &self,
         frames: &mut Vec<InboundFrame>,
+        senders: Senders,
         max_frames: usize,
         max_bytes: usize,
     ) -> bool {
@@ -1310,7 +1335,7 @@ impl QuicTransport {
         }
         let mut guard = self.inner.inbound_rx.lock().await;
         let inbound = &mut *guard;
-        let first = Self::take_next(inbound, &mut shutdown).await;
+        let first = Self::take_next(inbound, &mut shutdown, senders).await;
         // Nothing below waits: once the first frame is taken, the call completes.
         let Some(first) = first else {
             return false;
@@ -1331,13 +1356,19 @@ impl QuicTransport {
             if taken >= max_frames || bytes >= max_bytes {
                 break;
             }
-            let (before, after) = if inbound.replica_streak < link::REPLICA_FRAMES_PER_CLIENT_FRAME
-            {
-                (&mut inbound.replicas, &mut inbound.clients)
-            } else {
-                (&mut inbound.clients, &mut inbound.replicas)
+            next = match senders {
+                Senders::Any => {
+                    let (before, after) =
+                        if inbound.replica_streak < link::REPLICA_FRAMES_PER_CLIENT_FRAME {
+                            (&mut inbound.replicas, &mut inbound.clients)
+                        } else {
+                            (&mut inbound.clients, &mut inbound.replicas)
+                        };
+                    before.try_recv().or_else(|_| after.try_recv()).ok()
+                }
+                Senders::Replicas => inbound.replicas.try_recv().ok(),
+                Senders::Clients => inbound.clients.try_recv().ok(),
             };
-            next = before.try_recv().or_else(|_| after.try_recv()).ok();
         }
         releases.finish(shared);
         true
@@ -1443,7 +1474,17 @@ impl Network for QuicTransport {
         max_frames: usize,
         max_bytes: usize,
     ) -> impl std::future::Future<Output = bool> + Send + 'a {
-        self.next_frames(frames, max_frames, max_bytes)
+        self.next_frames(frames, Senders::Any, max_frames, max_bytes)
+    }
+
+    fn recv_many_from<'a>(
+        &'a self,
+        frames: &'a mut Vec<InboundFrame>,
+        senders: Senders,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> impl std::future::Future<Output = bool> + Send + 'a {
+        self.next_frames(frames, senders, max_frames, max_bytes)
     }
 
     /// Client role: every stream opened from now on starts with `session`'s announcement,

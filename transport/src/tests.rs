@@ -2705,3 +2705,76 @@ async fn frames_taken_together_come_in_recvs_order_and_give_back_their_room() {
     assert_eq!(room(), empty, "every byte and share given back");
     transport.shutdown().await;
 }
+
+/// What `taking` yields, if it does within 5 s.
+async fn within<F: std::future::Future>(taking: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(5), taking)
+        .await
+        .expect("frames of those senders are waiting")
+}
+
+/// `recv_many_from` takes only the frames of the senders asked for, in `recv`'s order, and
+/// leaves the other lane's frames queued for a later call; a call for a lane with nothing in
+/// it waits, and dropping it takes nothing. Each frame taken gives back its room, as `recv`.
+#[tokio::test]
+async fn frames_taken_from_one_kind_of_sender_leave_the_others_queued() {
+    use smr_core::network::Senders;
+    let [(config0, socket0), _] = two_replicas(|_| {});
+    let transport = QuicTransport::start_with_socket(config0, socket0)
+        .await
+        .unwrap();
+    let shared = &transport.inner.shared;
+    let client = Peer::Client(key(9).public_key());
+    let queue = |peer: Peer, bodies: std::ops::Range<u8>| {
+        let lane = shared.lane(peer);
+        for body in bodies {
+            let frame = vec![body; 10];
+            assert!(lane.try_reserve(peer, frame.len()));
+            lane.tx
+                .try_send(InboundFrame { from: peer, frame })
+                .unwrap();
+        }
+    };
+    let room = || {
+        [&shared.replica_lane, &shared.client_lane]
+            .map(|lane| (lane.bytes.available_permits(), lane.shares_held()))
+    };
+    let empty = room();
+    let taken = |frames: &mut Vec<InboundFrame>| -> Vec<(Peer, u8)> {
+        frames.drain(..).map(|f| (f.from, f.frame[0])).collect()
+    };
+    queue(client, 0..3);
+    queue(Peer::Replica(1), 10..14);
+    let mut frames = Vec::new();
+    // Clients only: the client's frames, though replica frames come first for `recv`.
+    assert!(within(transport.recv_many_from(&mut frames, Senders::Clients, 2, usize::MAX)).await);
+    assert_eq!(taken(&mut frames), vec![(client, 0), (client, 1)]);
+    // Replicas only: all of replica 1's, and not the client's third frame.
+    assert!(
+        within(transport.recv_many_from(&mut frames, Senders::Replicas, usize::MAX, usize::MAX))
+            .await
+    );
+    assert_eq!(
+        taken(&mut frames),
+        (10..14).map(|i| (Peer::Replica(1), i)).collect::<Vec<_>>()
+    );
+    // No replica frame waits: a call for replicas' waits, and dropped, has taken nothing.
+    let waited = tokio::time::timeout(
+        Duration::from_millis(50),
+        transport.recv_many_from(&mut frames, Senders::Replicas, usize::MAX, usize::MAX),
+    )
+    .await;
+    assert!(waited.is_err(), "nothing of replicas' to take");
+    assert!(frames.is_empty());
+    // The client's frame left behind comes next, with frames of both kinds for `Any`.
+    queue(Peer::Replica(1), 14..15);
+    assert!(
+        within(transport.recv_many_from(&mut frames, Senders::Any, usize::MAX, usize::MAX)).await
+    );
+    assert_eq!(
+        taken(&mut frames),
+        vec![(Peer::Replica(1), 14), (client, 2)]
+    );
+    assert_eq!(room(), empty, "every byte and share given back");
+    transport.shutdown().await;
+}
