@@ -108,13 +108,14 @@ const MAX_VERIFIED_REQUESTS: usize = 1 << 13;
 pub struct DriverOptions {
     /// Threads that decode and verify inbound messages [default: half the cores, 1 to 4].
     pub verify_workers: usize,
-    /// Frames queued per verify worker before the reader waits: half for replica frames, half
-    /// for client frames.
+    /// Frames queued per verify worker: half for replica frames, half for client frames. The
+    /// network reader holds a full lane's frames (at most one reader batch per kind of sender)
+    /// and meanwhile takes only the other kind's (module docs).
     pub verify_queue_frames: usize,
-    /// Bytes of frames queued per verify worker before the reader waits, half for replica
-    /// frames and half for client frames (a frame larger than its half waits for an empty
-    /// lane). With the transport's own bounds, this keeps what a
-    /// flood of large frames can pile up in memory bounded in bytes, not only in frames.
+    /// Bytes of frames queued per verify worker, half for replica frames and half for client
+    /// frames (a frame larger than its half waits for an empty lane). With the transport's own
+    /// bounds, this keeps what a flood of large frames can pile up in memory bounded in bytes,
+    /// not only in frames.
     pub verify_queue_bytes: usize,
     /// How a replica whose data dir is empty (or that has none) starts; a data dir that holds
     /// records is always recovered from, whatever this says.
