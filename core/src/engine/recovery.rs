@@ -76,7 +76,9 @@ impl Engine {
     /// another replica, two values voted in one instance, a decision whose certificate is for
     /// another value, a cid more than `max_instances_ahead` past every decision before it
     /// (a damaged store, or a window lowered in the config since the records were written),
-    /// or a checkpoint above [`Engine::MAX_RECOVERED_CID`].
+    /// a checkpoint above [`Engine::MAX_RECOVERED_CID`], or a SYNC of the stored regency that
+    /// is not this replica's own as its leader or names a cid beyond that bound or outside a
+    /// STOPDATA's window (`check_stored_sync`).
     /// File-supplied numbers never panic recovery.
     pub fn recover(
         cfg: ValidEngineConfig,
@@ -183,8 +185,16 @@ impl Engine {
         if engine.regency > Regency::ZERO {
             engine.phase = Phase::Syncing;
             // This replica led its regency and sent its SYNC: `start` applies it again.
-            engine.leader_change.recovered_sync =
-                own_sync.filter(|s| s.body.regency == engine.regency);
+            let own_sync = own_sync.filter(|s| s.body.regency == engine.regency);
+            if let Some(sync) = &own_sync {
+                check_stored_sync(
+                    &sync.body,
+                    engine.me,
+                    engine.quorums.leader_of(sync.body.regency.0),
+                    engine.cfg.limits.max_instances_ahead,
+                )?;
+            }
+            engine.leader_change.recovered_sync = own_sync;
             if engine.leader_change.recovered_sync.is_none() {
                 engine.out.broadcast(Message::SyncQuery);
             }
@@ -477,6 +487,63 @@ impl Engine {
 /// the verifier measures its window from (docs/design.md §3.10, "What a STOPDATA reports").
 /// Its votes are its own, one value per (cid, regency, kind), and a WRITE and an ACCEPT of one
 /// (cid, regency) agree; a decision's certificate is for its batch and cid.
+/// The stored SYNC a restarted leader applies again is one this engine can have written: its
+/// own (`leader` is `me` and leads the SYNC's regency, `leader_of_regency`), built from STOPDATA
+/// of that regency, each naming a decided cid no store can pass ([`Engine::MAX_RECOVERED_CID`])
+/// and prepared cids above it and at most `ahead` past it (the window a received STOPDATA is
+/// held to, `verify.rs`). A damaged SYNC naming cid `u64::MAX` otherwise left a recovered
+/// leader's next cid saturated, proposing nothing for its whole regency, or a follower
+/// refusing every proposal of it. Signatures are not checked again: the store is the
+/// replica's own, and these checks keep every number it takes from it in range.
+fn check_stored_sync(
+    sync: &Sync,
+    me: ReplicaId,
+    leader_of_regency: ReplicaId,
+    ahead: u64,
+) -> Result<(), String> {
+    if sync.leader != me || leader_of_regency != me {
+        return Err(format!(
+            "stored SYNC of regency {} is signed as replica {}'s, and replica {leader_of_regency} leads that regency: a replica stores only the SYNC it sent as leader, so the store is damaged",
+            sync.regency.0, sync.leader
+        ));
+    }
+    for proof in &sync.proofs {
+        if proof.body.regency != sync.regency {
+            return Err(format!(
+                "stored SYNC of regency {} carries a STOPDATA of regency {}: the store is damaged",
+                sync.regency.0, proof.body.regency.0
+            ));
+        }
+        let decided = proof
+            .body
+            .last_decided
+            .as_ref()
+            .map_or(Cid::ZERO, |d| d.cid);
+        if decided > Engine::MAX_RECOVERED_CID {
+            return Err(format!(
+                "stored SYNC of regency {} names cid {decided} decided, beyond cid {}, the highest a store can hold: the store is damaged",
+                sync.regency.0,
+                Engine::MAX_RECOVERED_CID
+            ));
+        }
+        let window_end = decided.saturating_add(ahead);
+        if let Some(p) = proof
+            .body
+            .prepared
+            .iter()
+            .find(|p| p.cid <= decided || p.cid > window_end)
+        {
+            return Err(format!(
+                "stored SYNC of regency {} names a value prepared for cid {}, outside cids {} to {window_end} that its STOPDATA's decided cid {decided} allows: the store is damaged",
+                sync.regency.0,
+                p.cid,
+                decided.saturating_add(1)
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_stored_records(
     base: Cid,
     me: ReplicaId,
