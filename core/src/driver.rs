@@ -533,7 +533,8 @@ pub fn start_replica<N: Network>(
     };
 
     // Reader task: deal frames to workers; a peer's frames always go to the same worker and
-    // lane, so that one flooding peer fills one lane of one worker, and its frames stay in order.
+    // lane, so that its frames stay in order and one flooding peer fills one lane of one worker
+    // (which still stops the reader taking its kind of sender meanwhile: docs/design.md §7.8).
     let reader = {
         let network = network.clone();
         tokio::spawn(async move {
@@ -1179,9 +1180,11 @@ impl VerifyWorker {
 /// One lane of a verify worker's queue: its frames and their bytes.
 type Lane = (mpsc::Receiver<InboundFrame>, Arc<QueuedBytes>);
 
-/// Waits for a frame in either lane, then takes into `frames` every replica frame waiting and
-/// then client frames, up to [`MAX_VERIFY_RUN_FRAMES`] and [`MAX_VERIFY_RUN_BYTES`]: the
-/// replica lane is served first. False once both lanes have closed.
+/// Waits for a frame in either lane, then takes into `frames` the replica frames waiting up to
+/// three quarters of a run, then client frames (at least [`CLIENT_SHARE_OF_RUN_FRAMES`] and
+/// [`CLIENT_SHARE_OF_RUN_BYTES`] of them if waiting, more if replica frames left room), then
+/// replica frames again, up to [`MAX_VERIFY_RUN_FRAMES`] and [`MAX_VERIFY_RUN_BYTES`]. Each
+/// lane's frames keep their order. False once both lanes have closed.
 fn next_run(
     runtime: &tokio::runtime::Handle,
     replicas: &mut Lane,
