@@ -97,6 +97,23 @@ impl MemNetwork {
     }
 }
 
+/// Replica `replica`'s WRITE for cid 1 in regency 0, signed with its key, encoded as a frame.
+fn encoded_write(keys: &[SimKey], replica: u32) -> Vec<u8> {
+    use smr_core::codec;
+    use smr_core::message::{Cid, Message, Regency, Signed, Vote, VoteKind};
+    let signer: &dyn smr_crypto::Signer = &keys[replica as usize];
+    codec::encode(&Message::Write(Signed::new(
+        Vote {
+            kind: VoteKind::Write,
+            replica,
+            cid: Cid::FIRST,
+            regency: Regency::ZERO,
+            digest: smr_crypto::digest(b"batch"),
+        },
+        Some(signer),
+    )))
+}
+
 /// Replica keys for `n` replicas (seeds 0..n) and a verifier that knows them and `clients`.
 fn sim_keys(n: usize, clients: &[&SimKey]) -> (Vec<SimKey>, SimVerifier) {
     let keys: Vec<SimKey> = (0..n as u8).map(|i| SimKey::from_seed([i; 32])).collect();
@@ -903,9 +920,7 @@ async fn within(limit: Duration, done: impl Fn() -> bool) -> bool {
 /// the worker refused those queued before it first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_filling_its_verify_lane_does_not_hold_up_replica_frames() {
-    use smr_core::codec;
     use smr_core::driver::MAX_READER_BATCH_FRAMES;
-    use smr_core::message::{Cid, Message, Regency, Signed, Vote, VoteKind};
     let quorums = Quorums::new(Mode::Bft, 4, 1).unwrap();
     let client_key = SimKey::from_seed([100; 32]);
     let (keys, sim) = sim_keys(4, &[&client_key]);
@@ -935,19 +950,7 @@ async fn a_client_filling_its_verify_lane_does_not_hold_up_replica_frames() {
     )
     .expect("replica starts");
     assert!(verifier.metrics.set(handle.metrics()).is_ok());
-    let vote = |replica: u32| {
-        let signer: &dyn smr_crypto::Signer = &keys[replica as usize];
-        codec::encode(&Message::Write(Signed::new(
-            Vote {
-                kind: VoteKind::Write,
-                replica,
-                cid: Cid::FIRST,
-                regency: Regency::ZERO,
-                digest: smr_crypto::digest(b"batch"),
-            },
-            Some(signer),
-        )))
-    };
+    let vote = |replica: u32| encoded_write(&keys, replica);
     // Replica 1's vote: the worker takes it and stalls in its check.
     hub.endpoint(Peer::Replica(1))
         .send(Peer::Replica(0), vote(1))
@@ -1059,7 +1062,7 @@ fn client_key_on_worker(worker: usize) -> SimKey {
 /// worker 0) has sent `client_a_frames` frames.
 async fn idle_worker_client_answered(client_a_frames: usize) -> bool {
     use smr_core::codec;
-    use smr_core::message::{Cid, Message, Regency, Signed, Vote, VoteKind};
+    use smr_core::message::Message;
     let quorums = Quorums::new(Mode::Bft, 4, 1).unwrap();
     let (a_key, b_key) = (client_key_on_worker(0), client_key_on_worker(1));
     let (keys, sim) = sim_keys(4, &[&a_key, &b_key]);
@@ -1086,19 +1089,7 @@ async fn idle_worker_client_answered(client_a_frames: usize) -> bool {
         None,
     )
     .expect("replica starts");
-    let vote = |replica: u32| {
-        let signer: &dyn smr_crypto::Signer = &keys[replica as usize];
-        codec::encode(&Message::Write(Signed::new(
-            Vote {
-                kind: VoteKind::Write,
-                replica,
-                cid: Cid::FIRST,
-                regency: Regency::ZERO,
-                digest: smr_crypto::digest(b"batch"),
-            },
-            Some(signer),
-        )))
-    };
+    let vote = |replica: u32| encoded_write(&keys, replica);
     let lane = DriverOptions::default().verify_queue_frames / 2;
     // Replica 2: validly signed votes, more than worker 0 checks in the test's time (2 ms
     // each: 3,000 are 6 s of its work), so its replica lane always holds a whole verify run.
