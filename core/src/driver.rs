@@ -62,7 +62,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use smr_crypto::{Digest, Signer, Verifier};
+use smr_crypto::{Digest, PublicKey, Signer, Verifier};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
@@ -188,7 +188,7 @@ pub struct ReplicaStatus {
 enum ServiceCommand {
     Execute { cid: Cid, items: Vec<ExecuteItem> },
     Query { id: RequestId, op: Vec<u8> },
-    Status { to: Peer, report: StatusReport },
+    Status { to: StatusRoute, report: StatusReport },
     Snapshot { cid: Cid },
     Restore { cid: Cid, snapshot: Vec<u8> },
 }
@@ -196,17 +196,25 @@ enum ServiceCommand {
 enum ServiceOutput {
     Done(ServiceDone),
     Status {
-        to: Peer,
+        to: StatusRoute,
         report: StatusReport,
     },
     /// The service cannot go on; the last thing the service thread sends.
     Failed(ReplicaError),
 }
 
+/// Where a status answer goes: the asking client key's connection that announced `route`
+/// ([`Message::StatusQuery`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StatusRoute {
+    client: PublicKey,
+    route: u64,
+}
+
 enum EngineInput {
     /// A verify worker's run, in arrival order: one hand-off and one wake-up for all of it.
     Messages(Vec<Verified>),
-    StatusQuery(Peer),
+    StatusQuery(StatusRoute),
     /// A verify worker panicked; the last thing it sends.
     Failed(ReplicaError),
 }
@@ -1055,7 +1063,7 @@ impl Verifier for CountingVerifier {
 
 /// What a frame of a verify run turned into, in arrival order.
 enum Slot {
-    StatusQuery(Peer),
+    StatusQuery(StatusRoute),
     /// The next verdict of the run's `verify_many`, on a message from this peer.
     Verdict(Peer),
 }
@@ -1139,11 +1147,14 @@ impl VerifyWorker {
                     continue;
                 }
             };
-            if matches!((&from, &message), (Peer::Client(_), Message::StatusQuery)) {
-                slots.push(Slot::StatusQuery(from));
-            } else {
-                slots.push(Slot::Verdict(from));
-                messages.push((from, message));
+            match (from, message) {
+                (Peer::Client(client), Message::StatusQuery { route }) => {
+                    slots.push(Slot::StatusQuery(StatusRoute { client, route }));
+                }
+                (from, message) => {
+                    slots.push(Slot::Verdict(from));
+                    messages.push((from, message));
+                }
             }
         }
         let mut verdicts = self
@@ -1153,12 +1164,12 @@ impl VerifyWorker {
         let mut run = Vec::with_capacity(slots.len());
         for slot in slots {
             match slot {
-                Slot::StatusQuery(from) => {
+                Slot::StatusQuery(to) => {
                     // Keep the order: what arrived before the query is handed over first.
                     if !run.is_empty() {
                         inputs.push(EngineInput::Messages(std::mem::take(&mut run)));
                     }
-                    inputs.push(EngineInput::StatusQuery(from));
+                    inputs.push(EngineInput::StatusQuery(to));
                 }
                 Slot::Verdict(from) => match verdicts.next().expect("one verdict per message") {
                     Ok(v) => run.push(v),
@@ -1631,9 +1642,7 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) -> Result<(), ReplicaError
                         let output = l.engine.on_service_done(now, done);
                         l.perform_checked(now, output)?;
                     }
-                    Some(ServiceOutput::Status { to, report }) => {
-                        l.send(&[to], Message::Status(report));
-                    }
+                    Some(ServiceOutput::Status { to, report }) => l.send_status(to, report),
                     Some(ServiceOutput::Failed(e)) => return Err(e),
                     None => {
                         return Err(ReplicaError::Service("its thread ended".to_string()));
@@ -1658,7 +1667,7 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) -> Result<(), ReplicaError
                         }
                         l.perform_checked(now, group)?;
                     }
-                    EngineInput::StatusQuery(from) => {
+                    EngineInput::StatusQuery(to) => {
                         let report = StatusReport {
                             replica: l.engine.id(),
                             mode: l.mode.clone(),
@@ -1684,7 +1693,7 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) -> Result<(), ReplicaError
                         // The service thread fills in the digest after the batches queued
                         // before this query, i.e. exactly at `last_decided`. If it is gone,
                         // its output channel says why.
-                        let _ = l.service_tx.send(ServiceCommand::Status { to: from, report });
+                        let _ = l.service_tx.send(ServiceCommand::Status { to, report });
                     }
                     EngineInput::Failed(e) => return Err(e),
                 }
@@ -1804,18 +1813,7 @@ impl<N: Network> Host for EngineLoop<N> {
                 }
                 _ => self.network.send(*peer, frame.clone()),
             };
-            match sent {
-                Ok(()) => {}
-                // The frame limit is derived from the config to fit every message the engine
-                // builds: a message that does not fit is lost for good (a resend is the same
-                // size), so it is an error, never a debug line.
-                Err(e @ SendError::FrameTooLarge { .. }) => {
-                    self.frames_too_large += 1;
-                    tracing::error!(?peer, message = message.kind_name(), error = %e, "message larger than the frame limit was not sent");
-                }
-                // Counted by the transport; the protocol retransmits.
-                Err(e) => tracing::debug!(?peer, error = %e, "send failed"),
-            }
+            self.sent(*peer, &message, sent);
         }
     }
 
@@ -1855,6 +1853,33 @@ impl<N: Network> Host for EngineLoop<N> {
 }
 
 impl<N: Network> EngineLoop<N> {
+    /// Sends a status answer to the connection that asked: the newest of its key's that
+    /// announced the query's route, as a reply to that session goes (processes that share a
+    /// key each get their own answers; docs/design.md §3.7, "Sessions").
+    fn send_status(&mut self, to: StatusRoute, report: StatusReport) {
+        let message = Message::Status(report);
+        let sent = self
+            .network
+            .send_to_session(to.client, to.route, codec::encode(&message));
+        self.sent(Peer::Client(to.client), &message, sent);
+    }
+
+    /// Accounts for the outcome of sending `message` to `peer`.
+    fn sent(&mut self, peer: Peer, message: &Message, sent: Result<(), SendError>) {
+        match sent {
+            Ok(()) => {}
+            // The frame limit is derived from the config to fit every message the engine
+            // builds: a message that does not fit is lost for good (a resend is the same
+            // size), so it is an error, never a debug line.
+            Err(e @ SendError::FrameTooLarge { .. }) => {
+                self.frames_too_large += 1;
+                tracing::error!(?peer, message = message.kind_name(), error = %e, "message larger than the frame limit was not sent");
+            }
+            // Counted by the transport; the protocol retransmits.
+            Err(e) => tracing::debug!(?peer, error = %e, "send failed"),
+        }
+    }
+
     /// Performs `output`; the error if a part of it failed (the rest was not performed).
     fn perform_checked(&mut self, now_ms: u64, output: Output) -> Result<(), ReplicaError> {
         runner::perform(self, now_ms, output);
@@ -2063,6 +2088,10 @@ struct ClientShared<N> {
     open_refused: Mutex<Option<ReplyStatus>>,
     waiters: Mutex<HashMap<u64, Waiter>>,
     status_waiters: Mutex<HashMap<ReplicaId, Vec<oneshot::Sender<StatusReport>>>>,
+    /// What the client's connections announced last ([`ClientShared::announce`]): its
+    /// routing tag, then its session once open. A status query names it as its route, so
+    /// that the answer comes to this process's connection.
+    announced: AtomicU64,
     network: Arc<N>,
     replicas: usize,
     /// Signalled whenever a request completes or is abandoned, freeing room in the window.
@@ -2127,6 +2156,7 @@ impl<N: Network> Client<N> {
             open_refused: Mutex::new(None),
             waiters: Mutex::new(HashMap::new()),
             status_waiters: Mutex::new(HashMap::new()),
+            announced: AtomicU64::new(tag),
             network,
             replicas,
             window_freed: Notify::new(),
@@ -2354,10 +2384,12 @@ impl<N: Network> Client<N> {
             waiting.retain(|w| !w.is_closed());
             waiting.push(tx);
         }
-        let _ = self
-            .shared
-            .network
-            .send(Peer::Replica(replica), codec::encode(&Message::StatusQuery));
+        // The answer comes to the connection that announced the route, this process's.
+        let route = self.shared.announced.load(Ordering::Acquire);
+        let _ = self.shared.network.send(
+            Peer::Replica(replica),
+            codec::encode(&Message::StatusQuery { route }),
+        );
         let answer = tokio::time::timeout(timeout, rx)
             .await
             .ok()
@@ -2455,7 +2487,7 @@ impl<N: Network> ClientShared<N> {
                 // The open request completed: the session is open (announce it, so that its
                 // replies find this process), or refused.
                 match session {
-                    Some(session) => self.network.announce_session(session),
+                    Some(session) => self.announce(session),
                     None => *self.open_refused.lock().expect("client lock") = Some(done.status),
                 }
             } else {
@@ -2473,6 +2505,15 @@ impl<N: Network> ClientShared<N> {
         self.window_freed.notify_waiters();
     }
 
+    /// Announces `number` (a session, or the routing tag) on the client's connections
+    /// ([`Network::announce_session`]), then notes it for status queries. In that order: a
+    /// query that reads the number before the change still names one of the connection's
+    /// last two announcements, which the transport routes.
+    fn announce(&self, number: u64) {
+        self.network.announce_session(number);
+        self.announced.store(number, Ordering::Release);
+    }
+
     fn perform(&self, actions: Vec<ClientAction>) {
         for action in actions {
             match action {
@@ -2481,7 +2522,7 @@ impl<N: Network> ClientShared<N> {
                         if open.body.session == crate::message::OPEN_SESSION {
                             // The open's reply is routed by the tag: announce it first (again,
                             // after an expired session announced its number).
-                            self.network.announce_session(open.body.seq);
+                            self.announce(open.body.seq);
                         }
                     }
                     let frame = codec::encode(&message);

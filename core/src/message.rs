@@ -844,8 +844,16 @@ pub enum Message {
     /// An operator's "how are you?", from a client connection (`smr status`,
     /// [`Client::status`](crate::driver::Client::status)). The driver answers it with
     /// [`Message::Status`] without involving the engine, which refuses it.
-    StatusQuery,
-    /// The answer to a [`Message::StatusQuery`], sent to the connection that asked.
+    StatusQuery {
+        /// What the asking connection announced last (docs/design.md §3.7, "Sessions"): the
+        /// client's session once open, else its routing tag. The answer goes to the newest
+        /// connection of the key that announced it, as a reply to that session does
+        /// ([`Network::send_to_session`](crate::network::Network::send_to_session)), so that
+        /// processes sharing a key each get their own answers.
+        route: u64,
+    },
+    /// The answer to a [`Message::StatusQuery`], sent to the connection that asked (the one
+    /// that announced the query's `route`).
     Status(StatusReport),
     /// "I abstain until I have executed `until`": broadcast by a rejoining replica once it knows
     /// its horizon (docs/design.md §3.12, "Reaching the horizon"), and again by its retransmit
@@ -988,7 +996,7 @@ impl Message {
             Message::StateInfo { .. } => "state-info",
             Message::StateFetch { .. } => "state-fetch",
             Message::StateChunk { .. } => "state-chunk",
-            Message::StatusQuery => "status-query",
+            Message::StatusQuery { .. } => "status-query",
             Message::Status(_) => "status",
             Message::Abstaining { .. } => "abstaining",
         }

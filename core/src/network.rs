@@ -161,10 +161,11 @@ pub trait Network: Send + Sync + 'static {
             }
         }
     }
-    /// Queues `frame` (a reply) for client `key`'s session `session`: over the connection
-    /// that session's requests arrive on, if the transport knows it, so that processes sharing
-    /// a key each get their own replies. By default, as [`Network::send`] to
-    /// `Peer::Client(key)`.
+    /// Queues `frame` (a reply, or a status answer) for client `key`'s session `session` (or
+    /// routing tag: what the client's connection announced, [`Network::announce_session`]):
+    /// over the connection that session's requests arrive on, if the transport knows it, so
+    /// that processes sharing a key each get their own replies. By default, as
+    /// [`Network::send`] to `Peer::Client(key)`.
     ///
     /// # Errors
     /// As [`Network::send`].

@@ -791,7 +791,7 @@ impl InboundVerifier {
                     }
                 }
             }
-            (Peer::Client(_), Message::StatusQuery) => {}
+            (Peer::Client(_), Message::StatusQuery { .. }) => {}
             (Peer::Replica(_), Message::Reply(_)) | (Peer::Client(_), _) => {
                 return Err(Rejection::UnexpectedMessage(message.kind_name()));
             }
@@ -892,7 +892,7 @@ impl InboundVerifier {
                     }
                     Message::Request(_)
                     | Message::Reply(_)
-                    | Message::StatusQuery
+                    | Message::StatusQuery { .. }
                     | Message::Status(_) => {
                         return Err(Rejection::UnexpectedMessage(msg.kind_name()))
                     }

@@ -6,13 +6,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use smr_core::client::ClientConfig;
+use smr_core::codec;
 use smr_core::driver::{
     start_replica, Client, DriverOptions, EmptyStart, ReplicaError, StartError,
 };
+use smr_core::message::Message;
 use smr_core::network::{InboundFrame, Network, Peer, SendError, Senders};
 use smr_core::{ClientPolicy, EngineConfig, InvalidConfig, Limits, Service, Timeouts};
 use smr_crypto::sim::{SimKey, SimVerifier};
-use smr_crypto::Verifier;
+use smr_crypto::{PublicKey, Verifier};
 use smr_modes::{Mode, Quorums};
 use tokio::sync::mpsc;
 
@@ -33,6 +35,11 @@ struct MemNetwork {
     last_replica_frame_call: AtomicUsize,
     /// Frames taken so far: replicas', clients'.
     taken: [AtomicUsize; 2],
+    /// What it sent by [`Network::send_to_session`]: the client key, the session (or
+    /// routing tag) and the message's kind.
+    session_sends: Mutex<Vec<(PublicKey, u64, &'static str)>>,
+    /// What it announced ([`Network::announce_session`]), in order.
+    announced: Mutex<Vec<u64>>,
 }
 
 struct Inbox {
@@ -55,6 +62,8 @@ impl Hub {
             calls: AtomicUsize::new(0),
             last_replica_frame_call: AtomicUsize::new(0),
             taken: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            session_sends: Mutex::new(Vec::new()),
+            announced: Mutex::new(Vec::new()),
         })
     }
 }
@@ -99,8 +108,7 @@ impl MemNetwork {
 
 /// Replica `replica`'s WRITE for cid 1 in regency 0, signed with its key, encoded as a frame.
 fn encoded_write(keys: &[SimKey], replica: u32) -> Vec<u8> {
-    use smr_core::codec;
-    use smr_core::message::{Cid, Message, Regency, Signed, Vote, VoteKind};
+    use smr_core::message::{Cid, Regency, Signed, Vote, VoteKind};
     let signer: &dyn smr_crypto::Signer = &keys[replica as usize];
     codec::encode(&Message::Write(Signed::new(
         Vote {
@@ -147,6 +155,25 @@ impl Network for MemNetwork {
                 frame,
             })
             .map_err(|_| SendError::Closed)
+    }
+    /// Noted, then sent as to `Peer::Client(key)`: the hub has one endpoint per key.
+    fn send_to_session(
+        &self,
+        key: PublicKey,
+        session: u64,
+        frame: Vec<u8>,
+    ) -> Result<(), SendError> {
+        let kind = codec::decode::<Message>(&frame)
+            .expect("the driver sends messages")
+            .kind_name();
+        self.session_sends
+            .lock()
+            .unwrap()
+            .push((key, session, kind));
+        self.send(Peer::Client(key), frame)
+    }
+    fn announce_session(&self, session: u64) {
+        self.announced.lock().unwrap().push(session);
     }
     async fn recv(&self) -> Option<InboundFrame> {
         let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
@@ -532,8 +559,7 @@ impl Verifier for PanicsOnVerify {
 /// it is authenticated by the channel, docs/design.md §5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_a_verify_worker_resolves_closed_to_the_error() {
-    use smr_core::codec;
-    use smr_core::message::{Cid, Message, Regency, Signed, Vote, VoteKind};
+    use smr_core::message::{Cid, Regency, Signed, Vote, VoteKind};
     let quorums = Quorums::new(Mode::Bft, 4, 1).unwrap();
     let keys: Vec<SimKey> = (0..4u8).map(|i| SimKey::from_seed([i; 32])).collect();
     let hub = Hub::default();
@@ -651,8 +677,7 @@ async fn a_replica_on_an_empty_data_dir_abstains_until_its_peers_report() {
 /// a worker. Before, every frame went through a worker and `frames_verified_inline` did not
 /// exist.
 async fn inline_checks(mode: Mode, n: usize) -> (u64, u64, u64, u64) {
-    use smr_core::codec;
-    use smr_core::message::{Cid, Message, Regency, Signed, Vote, VoteKind};
+    use smr_core::message::{Cid, Regency, Signed, Vote, VoteKind};
     let quorums = Quorums::new(mode, n, 1).unwrap();
     let client_key = SimKey::from_seed([100; 32]);
     let (keys, sim) = sim_keys(n, &[&client_key]);
@@ -704,7 +729,7 @@ async fn inline_checks(mode: Mode, n: usize) -> (u64, u64, u64, u64) {
     // A client's frame, authenticated by its channel.
     let client = Peer::Client(client_key.public_key());
     hub.endpoint(client)
-        .send(Peer::Replica(0), codec::encode(&Message::StatusQuery))
+        .send(Peer::Replica(0), codec::encode(&Message::StatusQuery { route: 0 }))
         .expect("replica 0 is on the hub");
     settled("the status query reached the engine", &|| {
         metrics.frames_verified_inline.get() > after_vote
@@ -1061,8 +1086,6 @@ fn client_key_on_worker(worker: usize) -> SimKey {
 /// within 2 s while replica 2 keeps worker 0 busy with its replica lane, after client A (of
 /// worker 0) has sent `client_a_frames` frames.
 async fn idle_worker_client_answered(client_a_frames: usize) -> bool {
-    use smr_core::codec;
-    use smr_core::message::Message;
     let quorums = Quorums::new(Mode::Bft, 4, 1).unwrap();
     let (a_key, b_key) = (client_key_on_worker(0), client_key_on_worker(1));
     let (keys, sim) = sim_keys(4, &[&a_key, &b_key]);
@@ -1121,7 +1144,7 @@ async fn idle_worker_client_answered(client_a_frames: usize) -> bool {
     // Client B (worker 1, idle): one status query.
     let client_b = hub.endpoint(Peer::Client(b_key.public_key()));
     client_b
-        .send(Peer::Replica(0), codec::encode(&Message::StatusQuery))
+        .send(Peer::Replica(0), codec::encode(&Message::StatusQuery { route: 0 }))
         .unwrap();
     let answered = tokio::time::timeout(Duration::from_secs(2), client_b.recv())
         .await
@@ -1150,4 +1173,122 @@ async fn a_busy_replica_lane_alone_does_not_hold_up_clients() {
 async fn a_replica_keeping_its_lane_full_cannot_hold_up_every_client_behind_one_full_client_lane() {
     let lane = DriverOptions::default().verify_queue_frames / 2;
     assert!(idle_worker_client_answered(lane + 64).await);
+}
+
+/// A one-replica CFT cluster on `hub`, admitting `client`; its network endpoint and handle.
+fn single_replica(
+    hub: &Hub,
+    client: &SimKey,
+) -> (Arc<MemNetwork>, smr_core::driver::ReplicaHandle) {
+    let quorums = Quorums::new(Mode::Cft, 1, 0).unwrap();
+    let (keys, sim) = sim_keys(1, &[client]);
+    let net = hub.endpoint(Peer::Replica(0));
+    let handle = start_replica(
+        engine_config(quorums, &keys, 0, Limits::default()),
+        Arc::new(keys[0].clone()),
+        Arc::new(sim),
+        net.clone(),
+        Box::new(Counter::default()),
+        DriverOptions {
+            empty_start: EmptyStart::NewCluster,
+            ..DriverOptions::default()
+        },
+        None,
+    )
+    .expect("replica starts");
+    (net, handle)
+}
+
+/// The status sends of `net` ([`MemNetwork::session_sends`] of kind "status").
+fn status_sends(net: &MemNetwork) -> Vec<(PublicKey, u64, &'static str)> {
+    let sends = net.session_sends.lock().unwrap();
+    sends.iter().filter(|s| s.2 == "status").copied().collect()
+}
+
+/// Processes sharing a client key each announce their own routing tag, then their session
+/// (docs/design.md §3.7, "Sessions"); a status query names what its connection announced and
+/// the replica answers over the connection that announced it, as it sends a session's
+/// replies. It sent the answer to the key's newest connection instead (`Network::send`), so
+/// a process asking while another process of its key was connected got no answer. Two
+/// queries of one key with routes 5 and 6 are answered by exactly two session sends, in
+/// order; before the fix there were none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_answer_goes_to_the_connection_that_announced_the_query_route() {
+    let hub = Hub::default();
+    let client_key = SimKey::from_seed([100; 32]);
+    let (replica, handle) = single_replica(&hub, &client_key);
+    let key = client_key.public_key();
+    let client = hub.endpoint(Peer::Client(key));
+    for route in [5, 6] {
+        client
+            .send(
+                Peer::Replica(0),
+                codec::encode(&Message::StatusQuery { route }),
+            )
+            .unwrap();
+    }
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let frame = tokio::time::timeout(Duration::from_secs(5), client.recv())
+            .await
+            .expect("the replica answers")
+            .expect("the hub stays open");
+        assert_eq!(frame.from, Peer::Replica(0));
+        match codec::decode::<Message>(&frame.frame).unwrap() {
+            Message::Status(report) => answers.push(report.replica),
+            other => panic!("expected a status answer, got {}", other.kind_name()),
+        }
+    }
+    assert_eq!(answers, vec![0, 0]);
+    assert_eq!(
+        *replica.session_sends.lock().unwrap(),
+        vec![(key, 5, "status"), (key, 6, "status")]
+    );
+    handle.shutdown().await;
+}
+
+/// `Client::status` names the client's routing tag until its session opens, then the session:
+/// whatever its connections announced last, so that the answer finds this process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_status_query_names_its_tag_then_its_session() {
+    let hub = Hub::default();
+    let client_key = SimKey::from_seed([100; 32]);
+    let (replica, handle) = single_replica(&hub, &client_key);
+    let key = client_key.public_key();
+    let client_net = hub.endpoint(Peer::Client(key));
+    let tag = Client::<MemNetwork>::new_tag();
+    let client = Client::start_with_tag(
+        client_net.clone(),
+        ClientConfig {
+            quorums: Quorums::new(Mode::Cft, 1, 0).unwrap(),
+            unordered_reads_enabled: false,
+            max_outstanding: 4,
+            max_op_bytes: Limits::default().max_op_bytes,
+            retry_timeout_ms: 1000,
+        },
+        Arc::new(client_key),
+        tag,
+    );
+    let wait = Duration::from_secs(5);
+    let before_open = client.status(0, wait).await.expect("the replica answers");
+    assert_eq!(before_open.replica, 0);
+    assert_eq!(status_sends(&replica), vec![(key, tag, "status")]);
+    let session = client.open(wait).await.expect("the session opens");
+    assert_eq!(*client_net.announced.lock().unwrap(), vec![tag, session]);
+    let after_open = client.status(0, wait).await.expect("the replica answers");
+    assert_eq!(after_open.replica, 0);
+    assert_eq!(
+        status_sends(&replica),
+        vec![(key, tag, "status"), (key, session, "status")]
+    );
+    // The open's reply went by the tag too (however often it was sent).
+    assert!(replica
+        .session_sends
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.2 == "reply")
+        .all(|s| *s == (key, tag, "reply")));
+    client.shutdown();
+    handle.shutdown().await;
 }

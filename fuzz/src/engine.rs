@@ -734,7 +734,9 @@ impl Sim {
                 regency,
                 result: r.bytes(8),
             }),
-            18 => Message::StatusQuery,
+            // The engine refuses it whatever its route; a constant keeps the stored inputs'
+            // paths as they were.
+            18 => Message::StatusQuery { route: 0 },
             _ => {
                 // A replay of something an honest replica sent it.
                 let index = usize::from(r.u8());

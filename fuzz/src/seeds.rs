@@ -56,7 +56,7 @@ pub fn messages(per_kind: usize) -> Vec<Vec<u8>> {
         bytes: vec![1, 2, 3],
         decided: None,
     });
-    messages.push(Message::StatusQuery);
+    messages.push(Message::StatusQuery { route: 1 << 63 });
     messages.push(Message::Status(StatusReport {
         replica: 1,
         mode: "bft".into(),

@@ -118,7 +118,7 @@ impl Adversary {
 
     /// Remembers an honest message it observed.
     pub fn observe(&mut self, message: &Message) {
-        if matches!(message, Message::StatusQuery | Message::SyncQuery) {
+        if matches!(message, Message::StatusQuery { .. } | Message::SyncQuery) {
             return;
         }
         if self.seen.len() == SEEN_CAPACITY {
@@ -623,7 +623,8 @@ impl Adversary {
                 decided: self.decision_proof(rng),
             },
             "abstaining" => Message::Abstaining { until: cid(rng) },
-            "status-query" => Message::StatusQuery,
+            // The engine refuses it whatever its route; no draw, so seeds replay as before.
+            "status-query" => Message::StatusQuery { route: 0 },
             _ => Message::Status(StatusReport {
                 replica: me,
                 mode: "\u{1b}[31mbft".into(),
