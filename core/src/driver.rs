@@ -2374,7 +2374,10 @@ impl<N: Network> Client<N> {
     }
 
     /// Asks one replica for its status; `None` if it does not answer in time. A replica that
-    /// never answers leaves no waiter behind: only the calls still waiting hold one.
+    /// never answers leaves no waiter behind: only the calls still waiting hold one. The query
+    /// names what this client's connections announced last (its session, or its routing tag
+    /// before the session is open), and the replica answers over the connection that
+    /// announced it: other processes sharing the key do not take the answer.
     pub async fn status(&self, replica: ReplicaId, timeout: Duration) -> Option<StatusReport> {
         let (tx, rx) = oneshot::channel();
         {
