@@ -186,11 +186,25 @@ pub struct ReplicaStatus {
 }
 
 enum ServiceCommand {
-    Execute { cid: Cid, items: Vec<ExecuteItem> },
-    Query { id: RequestId, op: Vec<u8> },
-    Status { to: StatusRoute, report: StatusReport },
-    Snapshot { cid: Cid },
-    Restore { cid: Cid, snapshot: Vec<u8> },
+    Execute {
+        cid: Cid,
+        items: Vec<ExecuteItem>,
+    },
+    Query {
+        id: RequestId,
+        op: Vec<u8>,
+    },
+    Status {
+        to: StatusRoute,
+        report: StatusReport,
+    },
+    Snapshot {
+        cid: Cid,
+    },
+    Restore {
+        cid: Cid,
+        snapshot: Vec<u8>,
+    },
 }
 
 enum ServiceOutput {

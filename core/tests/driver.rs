@@ -729,7 +729,10 @@ async fn inline_checks(mode: Mode, n: usize) -> (u64, u64, u64, u64) {
     // A client's frame, authenticated by its channel.
     let client = Peer::Client(client_key.public_key());
     hub.endpoint(client)
-        .send(Peer::Replica(0), codec::encode(&Message::StatusQuery { route: 0 }))
+        .send(
+            Peer::Replica(0),
+            codec::encode(&Message::StatusQuery { route: 0 }),
+        )
         .expect("replica 0 is on the hub");
     settled("the status query reached the engine", &|| {
         metrics.frames_verified_inline.get() > after_vote
@@ -1144,7 +1147,10 @@ async fn idle_worker_client_answered(client_a_frames: usize) -> bool {
     // Client B (worker 1, idle): one status query.
     let client_b = hub.endpoint(Peer::Client(b_key.public_key()));
     client_b
-        .send(Peer::Replica(0), codec::encode(&Message::StatusQuery { route: 0 }))
+        .send(
+            Peer::Replica(0),
+            codec::encode(&Message::StatusQuery { route: 0 }),
+        )
         .unwrap();
     let answered = tokio::time::timeout(Duration::from_secs(2), client_b.recv())
         .await
