@@ -1298,3 +1298,143 @@ async fn a_client_status_query_names_its_tag_then_its_session() {
     client.shutdown();
     handle.shutdown().await;
 }
+
+/// A [`SlowVerifier`] that also notes whether it has checked a signature of `watched`.
+struct WatchingVerifier {
+    slow: SlowVerifier,
+    watched: smr_crypto::PublicKey,
+    seen: std::sync::atomic::AtomicBool,
+}
+
+impl WatchingVerifier {
+    fn note(&self, keys: impl IntoIterator<Item = smr_crypto::PublicKey>) {
+        if keys.into_iter().any(|key| key == self.watched) {
+            self.seen.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Verifier for WatchingVerifier {
+    fn verify(
+        &self,
+        key: &smr_crypto::PublicKey,
+        message: &[u8],
+        signature: &smr_crypto::Signature,
+    ) -> Result<(), smr_crypto::VerifyError> {
+        let verdict = self.slow.verify(key, message, signature);
+        self.note([*key]);
+        verdict
+    }
+    fn check_batch(&self, items: &[smr_crypto::SignedItem<'_>]) -> smr_crypto::BatchChecked {
+        let checked = self.slow.check_batch(items);
+        self.note(items.iter().map(|item| *item.key));
+        checked
+    }
+}
+
+/// Whether replica 3's vote (its verify worker, 1 of 2, idle) is checked within 2 s after
+/// replica 2 (worker 0) has sent `flood` validly signed votes that take worker 0 2 ms each.
+async fn idle_worker_replica_vote_checked(flood: usize) -> bool {
+    use smr_core::codec;
+    use smr_core::message::{Cid, Message, Regency, Signed, Vote, VoteKind};
+    let quorums = Quorums::new(Mode::Bft, 4, 1).unwrap();
+    let (keys, sim) = sim_keys(4, &[]);
+    let verifier = Arc::new(WatchingVerifier {
+        slow: SlowVerifier {
+            inner: sim,
+            slow: keys[2].public_key(),
+            per_item: Duration::from_millis(2),
+        },
+        watched: keys[3].public_key(),
+        seen: std::sync::atomic::AtomicBool::new(false),
+    });
+    let hub = Hub::default();
+    let network = hub.endpoint(Peer::Replica(0));
+    let handle = start_replica(
+        engine_config(quorums, &keys, 0, Limits::default()),
+        Arc::new(keys[0].clone()),
+        verifier.clone(),
+        network.clone(),
+        Box::new(Counter::default()),
+        DriverOptions {
+            // Replica 2 on worker 0, replica 3 on worker 1; default lanes (2,048 frames each).
+            verify_workers: 2,
+            empty_start: EmptyStart::NewCluster,
+            ..DriverOptions::default()
+        },
+        None,
+    )
+    .expect("replica starts");
+    let vote = |replica: u32| {
+        let signer: &dyn smr_crypto::Signer = &keys[replica as usize];
+        codec::encode(&Message::Write(Signed::new(
+            Vote {
+                kind: VoteKind::Write,
+                replica,
+                cid: Cid::FIRST,
+                regency: Regency::ZERO,
+                digest: smr_crypto::digest(b"batch"),
+            },
+            Some(signer),
+        )))
+    };
+    let lane = DriverOptions::default().verify_queue_frames / 2;
+    let byzantine = hub.endpoint(Peer::Replica(2));
+    for _ in 0..flood {
+        byzantine.send(Peer::Replica(0), vote(2)).unwrap();
+    }
+    if flood > lane {
+        assert!(
+            within(Duration::from_secs(10), || network.taken[0]
+                .load(Ordering::SeqCst)
+                > lane)
+            .await,
+            "the reader fills worker 0's replica lane"
+        );
+    }
+    hub.endpoint(Peer::Replica(3))
+        .send(Peer::Replica(0), vote(3))
+        .unwrap();
+    let checked = within(Duration::from_secs(2), || {
+        verifier.seen.load(Ordering::SeqCst)
+    })
+    .await;
+    let taken = network.taken.each_ref().map(|t| t.load(Ordering::SeqCst));
+    eprintln!(
+        "replica 2 frames {flood}: replica 3's vote checked within 2 s {checked}; frames taken (replicas, clients) {taken:?}"
+    );
+    drop(handle);
+    checked
+}
+
+/// Without replica 2's frames, replica 3's vote is checked at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vote_for_an_idle_worker_is_checked_at_once() {
+    assert!(idle_worker_replica_vote_checked(0).await);
+}
+
+/// Issue 12 (docs/design.md §7.8: "nor can one peer's traffic make a quorum's messages wait"):
+/// a Byzantine replica keeps worker 0's replica lane full. The reader then holds replica frames
+/// and takes no replica frame at all until worker 0 frees room, so replica 3's vote, whose
+/// worker (1) is idle, waits behind every frame of replica 2 ahead of it at the transport: here
+/// 1,920 of them (within replica 2's share of the QUIC receive queue's replica lane at the
+/// defaults, 2,048 frames of 8 KiB charge), about 4 s of worker 0's time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_keeping_its_lane_full_holds_up_votes_of_replicas_on_idle_workers() {
+    let lane = DriverOptions::default().verify_queue_frames / 2;
+    let held = smr_core::driver::MAX_READER_BATCH_FRAMES;
+    assert!(idle_worker_replica_vote_checked(lane + held + 1_920).await);
+}
+
+/// The client share of a run is a share of runs, not of time: replica 2 makes worker 0's runs
+/// slow (96 of its votes each, 2 ms apiece), and client A (worker 0) keeps 480 frames waiting at
+/// the transport behind its full client lane (within one client's share of the QUIC receive
+/// queue's client lane at the defaults, 512 frames of 8 KiB charge). The reader takes client
+/// frames only as worker 0 frees room, 32 per run, so client B's status query, whose worker (1)
+/// is idle, waits about 15 of worker 0's runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_replica_lane_and_one_client_hold_up_clients_of_idle_workers() {
+    let lane = DriverOptions::default().verify_queue_frames / 2;
+    let held = smr_core::driver::MAX_READER_BATCH_FRAMES;
+    assert!(idle_worker_client_answered(lane + held + 480).await);
+}
