@@ -56,6 +56,7 @@
 //! the service's snapshot is in, so at most `checkpoint_period` decided batches wait. Unordered
 //! reads (one query each) are not bounded there; only the inbound queues limit them.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -98,6 +99,10 @@ pub const CLIENT_SHARE_OF_RUN_FRAMES: usize = MAX_VERIFY_RUN_FRAMES / 4;
 /// Frame bytes of every verify run left to the client lane while client frames wait (see
 /// [`CLIENT_SHARE_OF_RUN_FRAMES`]).
 pub const CLIENT_SHARE_OF_RUN_BYTES: usize = MAX_VERIFY_RUN_BYTES / 4;
+/// How many client keys together can fill a verify lane: each may have `1 / 16` of it queued
+/// (at least a verify run's frames), as each may hold `1 / 16` of the QUIC transport's receive
+/// queue for clients.
+pub const VERIFY_LANE_CLIENT_SHARES: usize = 16;
 /// Most client requests the verified-request cache remembers (about 80 bytes each). It only
 /// needs to span the time between a request reaching a replica directly and in a PROPOSE (a
 /// few batches of every client's window), so a few thousand do.
@@ -494,16 +499,21 @@ pub fn start_replica<N: Network>(
     let mut worker_backlogs = Vec::new();
     let lane_bytes = (options.verify_queue_bytes / 2).clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
     let lane_frames = (options.verify_queue_frames / 2).max(1);
+    let replicas_in_cluster = verifier.quorums.n();
+    // What the reader may hold of each kind of sender for lanes without room: over a transport
+    // that keeps the frames' room taken meanwhile (QUIC), more than any f peers' shares of
+    // its receive queue, so that Byzantine peers only hold themselves back.
+    let (max_held_frames, max_held_bytes) =
+        (options.verify_queue_frames, options.verify_queue_bytes);
     let runtime = tokio::runtime::Handle::current();
     for w in 0..options.verify_workers.max(1) {
         let mut lanes = Vec::new();
         let mut rxs = Vec::new();
-        for _ in 0..2 {
+        // Each replica may have a `1 / n` share of its lane queued, each client key
+        // `1 / VERIFY_LANE_CLIENT_SHARES` of its (and never less than a verify run).
+        for shares in [replicas_in_cluster, VERIFY_LANE_CLIENT_SHARES] {
             let (tx, rx) = mpsc::channel::<InboundFrame>(lane_frames);
-            let queued_bytes = Arc::new(QueuedBytes {
-                permits: tokio::sync::Semaphore::new(lane_bytes),
-                max: lane_bytes,
-            });
+            let queued_bytes = Arc::new(QueuedBytes::new(lane_bytes, lane_frames, shares));
             lanes.push((tx, queued_bytes.clone()));
             rxs.push((rx, queued_bytes));
         }
@@ -561,14 +571,17 @@ pub fn start_replica<N: Network>(
         let network = network.clone();
         tokio::spawn(async move {
             let mut gathered: Vec<InboundFrame> = Vec::with_capacity(MAX_READER_BATCH_FRAMES);
-            let mut dealer = Dealer::new(worker_txs, worker_backlogs);
+            let mut dealer =
+                Dealer::new(worker_txs, worker_backlogs, max_held_frames, max_held_bytes);
             let mut open = true;
             loop {
-                // Frames held for full lanes go first, as far as their lanes have room now.
+                // Frames held for lanes without room go first, as far as there is room now.
                 if !dealer.queue_held() {
                     return;
                 }
-                let taken = if dealer.held.is_empty() {
+                dealer.release_room(&*network);
+                let senders = if open { dealer.senders() } else { None };
+                let taken = if dealer.holds_nothing() {
                     if !open {
                         break;
                     }
@@ -576,7 +589,7 @@ pub fn start_replica<N: Network>(
                     // it once): in BFT, more than an inline run holds means load, and the
                     // workers' runs batch its signatures better.
                     network
-                        .recv_many_from(
+                        .recv_many_holding_room(
                             &mut gathered,
                             Senders::Any,
                             MAX_READER_BATCH_FRAMES,
@@ -584,13 +597,13 @@ pub fn start_replica<N: Network>(
                         )
                         .await
                 } else {
-                    // A lane is full: frames of the kind of sender it holds none of are still
-                    // taken (and dealt to lanes with room), until room comes for a held frame.
-                    let senders = if open { dealer.senders() } else { None };
+                    // Frames are held: more are still taken (of a kind the reader holds too
+                    // much of, none), until a worker takes frames from a lane frames are held
+                    // for.
                     tokio::select! {
                         biased;
                         () = dealer.room() => continue,
-                        open = network.recv_many_from(
+                        open = network.recv_many_holding_room(
                             &mut gathered,
                             senders.unwrap_or(Senders::Any),
                             MAX_READER_BATCH_FRAMES,
@@ -626,6 +639,10 @@ pub fn start_replica<N: Network>(
                         .metrics
                         .frames_verified_inline
                         .add(gathered.len() as u64);
+                    dealer
+                        .released
+                        .extend(gathered.iter().map(|f| (f.from, f.frame.len())));
+                    dealer.release_room(&*network);
                     for input in inline.verify_run(gathered.drain(..)) {
                         if inline.input_tx.send(input).await.is_err() {
                             return;
@@ -634,6 +651,7 @@ pub fn start_replica<N: Network>(
                 } else if !dealer.deal(&mut gathered) {
                     return;
                 }
+                dealer.release_room(&*network);
             }
         })
     };
@@ -724,37 +742,67 @@ pub const MAX_READER_BATCH_BYTES: usize = 64 * 1024;
 
 /// The network reader's side of the verify workers' lanes: it queues the reader's frames for
 /// their workers, in order (a peer's frames always go to the same worker and lane), and holds
-/// the frames of a lane that is full, so that the frames of other lanes are still queued.
+/// the frames that their lane has no room for, so that the frames of other lanes, and of other
+/// peers, are still queued.
 ///
-/// A frame whose lane has no room (in frames or bytes) is held, and so is every later frame for
-/// that lane (its peer's among them, so each peer's order is kept), until the lane has room.
-/// While frames of one kind of sender are held the reader takes only the other kind's frames
-/// from the transport ([`Dealer::senders`]), so it holds at most one reader batch of each kind:
-/// one client that keeps its lane full makes no replica frame wait, and a full replica lane no
-/// client frame.
+/// Each peer may have at most a share of a lane queued ([`QueuedBytes::try_admit`]). A frame
+/// that does not fit is held, and so is every later frame of its peer (each peer's order is
+/// kept); the frames held for a lane are queued in turns, one peer after another, as room comes
+/// ([`Dealer::queue_held`]), and while a lane holds frames, every new frame for it is held too,
+/// so a large frame cannot be passed over for ever by small ones.
+///
+/// Over the QUIC transport a held frame still holds its room in the transport's receive queue
+/// ([`Network::recv_many_holding_room`]); the reader gives it back once the frame is queued or
+/// verified ([`Dealer::released`]). So the peer that fills its share waits on its own share
+/// there (and on QUIC flow control behind it), and the reader goes on taking every other peer's
+/// frames. Whatever the transport, the reader holds at most `max_held_frames` and
+/// `max_held_bytes` (plus one reader batch) of each kind of sender; beyond that it takes only
+/// the other kind's frames ([`Dealer::senders`]).
 struct Dealer {
     worker_txs: Vec<Vec<(mpsc::Sender<InboundFrame>, Arc<QueuedBytes>)>>,
     worker_backlogs: Vec<Arc<AtomicUsize>>,
     /// Per worker lane (`2 * worker + lane`): the permits and the frames of the batch in hand.
     groups: Vec<(usize, usize)>,
-    /// Per worker lane: whether the reader holds frames for it (later ones are held after them).
-    blocked: Vec<bool>,
-    /// Frames whose lane was full, and the later frames of those lanes, in arrival order.
-    held: VecDeque<InboundFrame>,
-    /// How many of `held` are replica frames, and how many client frames.
-    held_frames: [usize; 2],
+    /// The frames held for lanes without room.
+    held: Held,
+    /// The most frames and bytes held of one kind of sender before the reader stops taking it.
+    max_held_frames: usize,
+    max_held_bytes: usize,
+    /// Frames that left the reader (queued for a worker, or verified by it), whose room in the
+    /// network's receive queue is still to be given back ([`Network::release_room`]).
+    released: Vec<(Peer, usize)>,
 }
 
-/// Holds `frame` for lane `index` after the others of its lane ([`Dealer::hold`], on the
-/// fields it changes: `blocked`, `held_frames`, `held`).
-fn hold(
-    (blocked, held_frames, held): (&mut [bool], &mut [usize; 2], &mut VecDeque<InboundFrame>),
-    index: usize,
-    frame: InboundFrame,
-) {
-    blocked[index] = true;
-    held_frames[index % 2] += 1;
-    held.push_back(frame);
+/// The frames the reader holds for verify lanes without room.
+struct Held {
+    /// Per worker lane (`2 * worker + lane`).
+    lanes: Vec<HeldLane>,
+    /// Frames and bytes held, of replicas and of clients.
+    frames: [usize; 2],
+    bytes: [usize; 2],
+}
+
+impl Held {
+    /// Holds `frame` for lane `index`, after its peer's others.
+    fn hold(&mut self, index: usize, frame: InboundFrame) {
+        let kind = kind_of(&frame.from);
+        self.frames[kind] += 1;
+        self.bytes[kind] = self.bytes[kind].saturating_add(frame.frame.len());
+        let lane = &mut self.lanes[index];
+        let queue = lane.frames.entry(frame.from).or_default();
+        if queue.is_empty() {
+            lane.turns.push_back(frame.from);
+        }
+        queue.push_back(frame);
+    }
+}
+
+/// The frames held for one verify lane: per peer in its order, the peers served in turns.
+#[derive(Default)]
+struct HeldLane {
+    /// Peers with held frames, the next to be served first.
+    turns: VecDeque<Peer>,
+    frames: HashMap<Peer, VecDeque<InboundFrame>>,
 }
 
 /// What became of a frame the reader tried to queue without waiting.
@@ -762,33 +810,43 @@ enum Queued {
     Yes,
     /// Its lane has no room for it now.
     Full(InboundFrame),
+    /// Its peer's share of the lane has no room for it now.
+    ShareFull(InboundFrame),
     /// Its worker is gone.
     Gone,
+}
+
+/// The kind of sender a frame counts for: 0 for replicas, 1 for clients.
+fn kind_of(peer: &Peer) -> usize {
+    usize::from(matches!(peer, Peer::Client(_)))
 }
 
 impl Dealer {
     fn new(
         worker_txs: Vec<Vec<(mpsc::Sender<InboundFrame>, Arc<QueuedBytes>)>>,
         worker_backlogs: Vec<Arc<AtomicUsize>>,
+        max_held_frames: usize,
+        max_held_bytes: usize,
     ) -> Dealer {
         let lanes = 2 * worker_txs.len();
         Dealer {
             worker_txs,
             worker_backlogs,
             groups: vec![(0, 0); lanes],
-            blocked: vec![false; lanes],
-            held: VecDeque::with_capacity(2 * MAX_READER_BATCH_FRAMES),
-            held_frames: [0, 0],
+            held: Held {
+                lanes: (0..lanes).map(|_| HeldLane::default()).collect(),
+                frames: [0, 0],
+                bytes: [0, 0],
+            },
+            max_held_frames: max_held_frames.max(1),
+            max_held_bytes: max_held_bytes.max(1),
+            released: Vec::with_capacity(MAX_READER_BATCH_FRAMES),
         }
     }
 
     /// The worker lane (`2 * worker + lane`) of a peer's frames: 0 for replicas, 1 for clients.
     fn lane_of(&self, peer: &Peer) -> usize {
-        let kind = match peer {
-            Peer::Replica(_) => 0,
-            Peer::Client(_) => 1,
-        };
-        2 * worker_for(peer, self.worker_txs.len()) + kind
+        2 * worker_for(peer, self.worker_txs.len()) + kind_of(peer)
     }
 
     /// Whether the worker of `peer`'s frames has nothing queued, held or in hand.
@@ -796,74 +854,118 @@ impl Dealer {
         self.worker_backlogs[worker_for(peer, self.worker_txs.len())].load(Ordering::Acquire) == 0
     }
 
-    /// Whose frames the reader may take from the transport now: those of the kind of sender
-    /// none of whose frames it holds; none while it holds both kinds'.
+    /// Whether the reader holds no frame.
+    fn holds_nothing(&self) -> bool {
+        self.held.frames == [0, 0]
+    }
+
+    /// Whose frames the reader may take from the network now: those of the kinds of sender it
+    /// holds less than `max_held_frames` and `max_held_bytes` of; none while it holds that much
+    /// of both.
     fn senders(&self) -> Option<Senders> {
-        match self.held_frames {
-            [0, 0] => Some(Senders::Any),
-            [0, _] => Some(Senders::Replicas),
-            [_, 0] => Some(Senders::Clients),
-            _ => None,
+        let room = |kind: usize| {
+            self.held.frames[kind] < self.max_held_frames
+                && self.held.bytes[kind] < self.max_held_bytes
+        };
+        match (room(0), room(1)) {
+            (true, true) => Some(Senders::Any),
+            (true, false) => Some(Senders::Replicas),
+            (false, true) => Some(Senders::Clients),
+            (false, false) => None,
         }
     }
 
-    /// Holds `frame` after the others of its lane.
-    fn hold(&mut self, index: usize, frame: InboundFrame) {
-        hold(
-            (&mut self.blocked, &mut self.held_frames, &mut self.held),
-            index,
-            frame,
-        );
-    }
-
-    /// Queues `frame` for lane `index` if the lane has room for it now.
+    /// Queues `frame` for lane `index` if the lane, and its peer's share of it, have room for
+    /// it now.
     fn try_queue(&self, index: usize, frame: InboundFrame) -> Queued {
         let (tx, queued_bytes) = &self.worker_txs[index / 2][index % 2];
+        let entry = [(frame.from, frame.frame.len())];
+        if !queued_bytes.try_admit(&entry) {
+            return if tx.is_closed() {
+                Queued::Gone
+            } else {
+                Queued::ShareFull(frame)
+            };
+        }
         let permits = queued_bytes.permits_for(frame.frame.len());
         match queued_bytes.permits.try_acquire_many(permits) {
             Ok(permit) => permit.forget(),
-            Err(tokio::sync::TryAcquireError::NoPermits) if tx.is_closed() => return Queued::Gone,
-            Err(tokio::sync::TryAcquireError::NoPermits) => return Queued::Full(frame),
-            Err(tokio::sync::TryAcquireError::Closed) => return Queued::Gone,
+            Err(tokio::sync::TryAcquireError::NoPermits) if !tx.is_closed() => {
+                queued_bytes.unadmit(&entry);
+                return Queued::Full(frame);
+            }
+            Err(_) => return Queued::Gone,
         }
         match tx.try_send(frame) {
             Ok(()) => Queued::Yes,
             Err(mpsc::error::TrySendError::Full(frame)) => {
                 queued_bytes.release_permits(permits as usize);
+                queued_bytes.unadmit(&entry);
                 Queued::Full(frame)
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Queued::Gone,
         }
     }
 
-    /// Queues the held frames whose lanes have room now, in order: a lane that is still full
-    /// keeps its first held frame and every later one. False if a worker is gone.
+    /// Queues held frames as far as their lanes have room now: in each lane the peers take
+    /// turns, one frame each, and the lane stops at the first frame it has no room for (a peer
+    /// at its share of the lane only loses its turn). False if a worker is gone.
     fn queue_held(&mut self) -> bool {
-        if self.held.is_empty() {
+        if self.holds_nothing() {
             return true;
         }
-        self.blocked.fill(false);
-        self.held_frames = [0, 0];
-        for _ in 0..self.held.len() {
-            let frame = self.held.pop_front().expect("counted");
-            let index = self.lane_of(&frame.from);
-            if self.blocked[index] {
-                self.hold(index, frame);
-                continue;
-            }
-            match self.try_queue(index, frame) {
-                Queued::Yes => {}
-                Queued::Full(frame) => self.hold(index, frame),
-                Queued::Gone => return false,
+        for index in 0..self.held.lanes.len() {
+            // Each peer's turn at most once per pass without a frame queued.
+            let mut misses = 0;
+            while misses < self.held.lanes[index].turns.len() {
+                let lane = &mut self.held.lanes[index];
+                let peer = lane.turns.pop_front().expect("counted");
+                let queue = lane
+                    .frames
+                    .get_mut(&peer)
+                    .expect("a peer in turn holds frames");
+                let frame = queue.pop_front().expect("a peer in turn holds frames");
+                let length = frame.frame.len();
+                match self.try_queue(index, frame) {
+                    Queued::Yes => {
+                        misses = 0;
+                        self.released.push((peer, length));
+                        let kind = kind_of(&peer);
+                        self.held.frames[kind] -= 1;
+                        self.held.bytes[kind] -= length;
+                        let lane = &mut self.held.lanes[index];
+                        if lane.frames[&peer].is_empty() {
+                            lane.frames.remove(&peer);
+                        } else {
+                            lane.turns.push_back(peer);
+                        }
+                    }
+                    Queued::ShareFull(frame) => {
+                        // Its share is full: the next peer's turn.
+                        let lane = &mut self.held.lanes[index];
+                        lane.frames.get_mut(&peer).expect("held").push_front(frame);
+                        lane.turns.push_back(peer);
+                        misses += 1;
+                    }
+                    Queued::Full(frame) => {
+                        // The lane is full: the peer keeps its turn for when room comes.
+                        let lane = &mut self.held.lanes[index];
+                        lane.frames.get_mut(&peer).expect("held").push_front(frame);
+                        lane.turns.push_front(peer);
+                        break;
+                    }
+                    Queued::Gone => return false,
+                }
             }
         }
         true
     }
 
-    /// Queues the reader's batch (emptying `frames`) after the frames held before it. Each
-    /// worker lane's frames of the batch take their room in its queue in one step when it is
-    /// there (the common case under load), else frame by frame; the frames of a lane without
-    /// room are held ([`Dealer`]). False if a worker is gone.
+    /// Queues the reader's batch (emptying `frames`). Each worker lane's frames of the batch
+    /// take their room in its queue in one step when it is there and the lane holds nothing
+    /// (the common case under load), else frame by frame; a frame that does not fit, every
+    /// later frame of its peer, and every frame for a lane that holds frames, are held
+    /// ([`Dealer`]). False if a worker is gone.
     fn deal(&mut self, frames: &mut Vec<InboundFrame>) -> bool {
         self.groups.fill((0, 0));
         for frame in frames.iter() {
@@ -875,18 +977,37 @@ impl Dealer {
             group.0 = group.0.saturating_add(permits);
             group.1 += 1;
         }
-        // Taken together where possible (room in the queue's bytes, then slots in its channel),
-        // and never before frames held for the lane.
+        // Taken together where possible (the peers' shares, room in the queue's bytes, then
+        // slots in its channel), and never before frames held for the lane.
         let mut slots = Vec::with_capacity(self.groups.len());
         for (index, group) in self.groups.iter().enumerate() {
             let (w, lane) = (index / 2, index % 2);
             let (tx, queued_bytes) = &self.worker_txs[w][lane];
-            let together =
-                group.1 > 1 && !self.blocked[index] && queued_bytes.try_reserve_permits(group.0);
+            let entries = || -> Vec<(Peer, usize)> {
+                frames
+                    .iter()
+                    .filter(|frame| self.lane_of(&frame.from) == index)
+                    .map(|frame| (frame.from, frame.frame.len()))
+                    .collect()
+            };
+            let together = group.1 > 1 && self.held.lanes[index].turns.is_empty() && {
+                let entries = entries();
+                if queued_bytes.try_admit(&entries) {
+                    if queued_bytes.try_reserve_permits(group.0) {
+                        true
+                    } else {
+                        queued_bytes.unadmit(&entries);
+                        false
+                    }
+                } else {
+                    false
+                }
+            };
             slots.push(if together {
                 let slots = tx.try_reserve_many(group.1).ok();
                 if slots.is_none() {
                     queued_bytes.release_permits(group.0);
+                    queued_bytes.unadmit(&entries());
                 }
                 slots
             } else {
@@ -901,66 +1022,48 @@ impl Dealer {
         for frame in frames.drain(..) {
             let index = self.lane_of(&frame.from);
             if let Some(slot) = slots[index].as_mut().and_then(Iterator::next) {
+                self.released.push((frame.from, frame.frame.len()));
                 slot.send(frame);
                 continue;
             }
-            if self.blocked[index] {
-                hold(
-                    (&mut self.blocked, &mut self.held_frames, &mut self.held),
-                    index,
-                    frame,
-                );
+            if !self.held.lanes[index].turns.is_empty() {
+                self.held.hold(index, frame);
                 continue;
             }
+            let entry = (frame.from, frame.frame.len());
             match self.try_queue(index, frame) {
-                Queued::Yes => {}
-                Queued::Full(frame) => hold(
-                    (&mut self.blocked, &mut self.held_frames, &mut self.held),
-                    index,
-                    frame,
-                ),
+                Queued::Yes => self.released.push(entry),
+                Queued::Full(frame) | Queued::ShareFull(frame) => self.held.hold(index, frame),
                 Queued::Gone => return false,
             }
         }
-        assert!(
-            self.held_frames[0] <= MAX_READER_BATCH_FRAMES
-                && self.held_frames[1] <= MAX_READER_BATCH_FRAMES,
-            "the reader holds at most one batch of each kind of sender: {:?}",
-            self.held_frames
-        );
         true
     }
 
-    /// Waits until a lane the reader holds frames for has room for the first of them, or its
-    /// worker is gone. Takes nothing: the room is taken by [`Dealer::queue_held`] (the reader
-    /// is the only one that takes room in the lanes, so it is still there).
+    /// Gives the room of the frames that left the reader back to `network`.
+    fn release_room<N: Network>(&mut self, network: &N) {
+        if !self.released.is_empty() {
+            network.release_room(&self.released);
+            self.released.clear();
+        }
+    }
+
+    /// Waits until a worker whose lane the reader holds frames for has taken frames from it
+    /// (or is gone): the room for a held frame may be there now.
     async fn room(&self) {
         use std::future::Future;
-        let mut firsts: Vec<(usize, usize)> = Vec::with_capacity(self.blocked.len());
-        for frame in &self.held {
-            let index = self.lane_of(&frame.from);
-            if !firsts.iter().any(|(lane, _)| *lane == index) {
-                firsts.push((index, frame.frame.len()));
-            }
-        }
-        let mut waits: Vec<_> = firsts
-            .into_iter()
-            .map(|(index, length)| {
+        let mut waits: Vec<_> = self
+            .held
+            .lanes
+            .iter()
+            .enumerate()
+            .filter(|(_, lane)| !lane.turns.is_empty())
+            .map(|(index, _)| {
                 let (tx, queued_bytes) = &self.worker_txs[index / 2][index % 2];
                 Box::pin(async move {
-                    let room = async {
-                        // Dropped at once, giving the room back.
-                        if let Ok(_bytes) = queued_bytes
-                            .permits
-                            .acquire_many(queued_bytes.permits_for(length))
-                            .await
-                        {
-                            let _slot = tx.reserve().await;
-                        }
-                    };
-                    // A worker that is gone gives no room back.
+                    // A worker that is gone takes nothing.
                     tokio::select! {
-                        () = room => {}
+                        () = queued_bytes.freed.notified() => {}
                         () = tx.closed() => {}
                     }
                 })
@@ -1087,9 +1190,90 @@ enum Slot {
 struct QueuedBytes {
     permits: tokio::sync::Semaphore,
     max: usize,
+    /// The frames and bytes each peer has queued in the lane (peers with none are left out),
+    /// and the most it may: a peer's share ([`QueuedBytes::try_admit`]).
+    queued_by_peer: Mutex<HashMap<Peer, (usize, usize)>>,
+    share_frames: usize,
+    share_bytes: usize,
+    /// Signalled by the worker whenever it took frames from the lane ([`QueuedBytes::taken`]):
+    /// the reader waits on it for room for the frames it holds ([`Dealer::room`]).
+    freed: Notify,
 }
 
 impl QueuedBytes {
+    /// A lane of `max_bytes` and `max_frames`, each peer allowed `1 / shares` of both, but
+    /// never fewer than a verify run's frames (or the lane's, if fewer) and bytes: a peer's
+    /// frames still batch.
+    fn new(max_bytes: usize, max_frames: usize, shares: usize) -> QueuedBytes {
+        let max_bytes = max_bytes.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        let shares = shares.max(1);
+        QueuedBytes {
+            permits: tokio::sync::Semaphore::new(max_bytes),
+            max: max_bytes,
+            queued_by_peer: Mutex::new(HashMap::new()),
+            share_frames: (max_frames / shares).max(max_frames.min(MAX_VERIFY_RUN_FRAMES)),
+            share_bytes: (max_bytes / shares).max(max_bytes.min(MAX_VERIFY_RUN_BYTES)),
+            freed: Notify::new(),
+        }
+    }
+
+    /// Counts `frames` (sender, length) as queued, all or none: none if a peer would have more
+    /// than its share of the lane's frames or bytes queued. A frame larger than a share passes
+    /// when its peer has nothing queued.
+    fn try_admit(&self, frames: &[(Peer, usize)]) -> bool {
+        let mut queued = self.queued_by_peer.lock().expect("verify lane lock");
+        // Per peer in `frames` (a reader batch: a few peers), what it would have queued.
+        let mut after: Vec<(Peer, usize, usize)> = Vec::with_capacity(4);
+        for &(peer, length) in frames {
+            let at = match after.iter().position(|(p, _, _)| *p == peer) {
+                Some(at) => at,
+                None => {
+                    let (f, b) = queued.get(&peer).copied().unwrap_or((0, 0));
+                    after.push((peer, f, b));
+                    after.len() - 1
+                }
+            };
+            let (_, f, b) = &mut after[at];
+            if *f >= self.share_frames || (*b > 0 && b.saturating_add(length) > self.share_bytes) {
+                return false;
+            }
+            *f += 1;
+            *b = b.saturating_add(length);
+        }
+        for (peer, f, b) in after {
+            queued.insert(peer, (f, b));
+        }
+        true
+    }
+
+    /// Uncounts frames counted by [`QueuedBytes::try_admit`] that were not queued after all, or
+    /// that the worker took.
+    fn unadmit(&self, frames: &[(Peer, usize)]) {
+        let mut queued = self.queued_by_peer.lock().expect("verify lane lock");
+        for &(peer, length) in frames {
+            if let Entry::Occupied(mut entry) = queued.entry(peer) {
+                let (f, b) = entry.get_mut();
+                *f = f.saturating_sub(1);
+                *b = b.saturating_sub(length);
+                if *f == 0 {
+                    entry.remove();
+                }
+            }
+        }
+    }
+
+    /// The worker took `frames` from the lane: uncounts them from their peers' shares, gives
+    /// back their `permits`, and tells the reader.
+    fn taken<'a>(&self, frames: impl Iterator<Item = &'a InboundFrame>, permits: usize) {
+        let frames: Vec<(Peer, usize)> = frames.map(|f| (f.from, f.frame.len())).collect();
+        if frames.is_empty() {
+            return;
+        }
+        self.unadmit(&frames);
+        self.release_permits(permits);
+        self.freed.notify_one();
+    }
+
     /// A frame's permits: its length, capped at the whole queue so that a larger frame
     /// passes alone.
     fn permits_for(&self, length: usize) -> u32 {
@@ -1277,8 +1461,12 @@ fn next_run(
         released[0] += replicas.1.permits_for(frame.frame.len()) as usize;
         frames.push(frame);
     }
-    replicas.1.release_permits(released[0]);
-    clients.1.release_permits(released[1]);
+    replicas
+        .1
+        .taken(frames.iter().filter(|f| kind_of(&f.from) == 0), released[0]);
+    clients
+        .1
+        .taken(frames.iter().filter(|f| kind_of(&f.from) == 1), released[1]);
     true
 }
 
@@ -2947,10 +3135,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_verify_queue_is_bounded_in_bytes_and_lets_one_large_frame_through_alone() {
-        let queue = QueuedBytes {
-            permits: tokio::sync::Semaphore::new(1000),
-            max: 1000,
-        };
+        let queue = QueuedBytes::new(1000, 16, 1);
         assert!(queue.reserve(600).await);
         assert!(queue
             .permits
@@ -2972,10 +3157,7 @@ mod tests {
 
     fn lane(max_bytes: usize) -> (mpsc::Sender<InboundFrame>, Lane) {
         let (tx, rx) = mpsc::channel(1024);
-        let bytes = Arc::new(QueuedBytes {
-            permits: tokio::sync::Semaphore::new(max_bytes),
-            max: max_bytes,
-        });
+        let bytes = Arc::new(QueuedBytes::new(max_bytes, 1024, 1));
         (tx, (rx, bytes))
     }
 

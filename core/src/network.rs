@@ -161,6 +161,32 @@ pub trait Network: Send + Sync + 'static {
             }
         }
     }
+    /// As [`Network::recv_many_from`], but the frames taken keep their room in the transport's
+    /// receive queue (their bytes, and their sender's share of them) until it is given back
+    /// with [`Network::release_room`], once per frame. The driver's reader takes frames this
+    /// way, and gives their room back only once a frame is in a verify queue (or verified):
+    /// the frames it holds for a full verify queue still count against their sender's share,
+    /// so the transport's per-peer bounds (and QUIC flow control behind them) hold back the
+    /// peer that fills a queue, not every peer of its kind (docs/design.md §7.8).
+    ///
+    /// By default, [`Network::recv_many_from`]: the room is given back at once, and
+    /// `release_room` does nothing. The reader then bounds what it holds itself (at most
+    /// `verify_queue_frames` and `verify_queue_bytes` of each kind of sender, the driver's
+    /// `DriverOptions`), and takes only the other kind's frames beyond that.
+    fn recv_many_holding_room<'a>(
+        &'a self,
+        frames: &'a mut Vec<InboundFrame>,
+        senders: Senders,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> impl Future<Output = bool> + Send + 'a {
+        self.recv_many_from(frames, senders, max_frames, max_bytes)
+    }
+    /// Gives back the room of frames taken with [`Network::recv_many_holding_room`]: each
+    /// `(sender, frame length in bytes)` once. Nothing by default.
+    fn release_room(&self, frames: &[(Peer, usize)]) {
+        let _ = frames;
+    }
     /// Queues `frame` (a reply, or a status answer) for client `key`'s session `session` (or
     /// routing tag: what the client's connection announced, [`Network::announce_session`]):
     /// over the connection that session's requests arrive on, if the transport knows it, so

@@ -211,8 +211,10 @@
 //! waiting in the same order as `recv` would, and gives the frames' room back together; a
 //! reader takes the room of the frames of one read together when it is there. Either way each
 //! frame holds and gives back exactly what it would alone. [`Network::recv_many_from`] takes
-//! only one lane's frames when asked for replicas' or clients' alone (the driver's reader does
-//! while it holds frames of the other kind for a full verify queue); the other lane's wait.
+//! only one lane's frames when asked for replicas' or clients' alone; the other lane's wait.
+//! The driver's reader takes frames with [`Network::recv_many_holding_room`]: their room stays
+//! taken until it gives it back ([`Network::release_room`]) once they are in a verify queue, so
+//! a peer whose frames the reader holds for a full verify queue is held back by its own share.
 //!
 //! # Threading
 //! Everything runs as tasks on the caller's tokio runtime (multi-threaded recommended): one
@@ -1322,12 +1324,16 @@ impl QuicTransport {
     /// from one peer. Only one lane is read for [`Senders::Replicas`] or [`Senders::Clients`]:
     /// the other's frames stay queued. Cancel-safe: once the first frame is taken, nothing
     /// waits.
+    ///
+    /// With `keep_room`, the frames' room stays taken, to be given back by
+    /// [`Network::release_room`].
     async fn next_frames(
         &self,
         frames: &mut Vec<InboundFrame>,
         senders: Senders,
         max_frames: usize,
         max_bytes: usize,
+        keep_room: bool,
     ) -> bool {
         let mut shutdown = self.inner.shared.shutdown_rx();
         if *shutdown.borrow() {
@@ -1349,7 +1355,9 @@ impl QuicTransport {
                 Peer::Replica(_) => inbound.replica_streak.saturating_add(1),
                 Peer::Client(_) => 0,
             };
-            releases.add(shared.lane(frame.from), frame.from, frame.frame.len());
+            if !keep_room {
+                releases.add(shared.lane(frame.from), frame.from, frame.frame.len());
+            }
             taken += 1;
             bytes = bytes.saturating_add(frame.frame.len());
             frames.push(frame);
@@ -1474,7 +1482,7 @@ impl Network for QuicTransport {
         max_frames: usize,
         max_bytes: usize,
     ) -> impl std::future::Future<Output = bool> + Send + 'a {
-        self.next_frames(frames, Senders::Any, max_frames, max_bytes)
+        self.next_frames(frames, Senders::Any, max_frames, max_bytes, false)
     }
 
     fn recv_many_from<'a>(
@@ -1484,7 +1492,28 @@ impl Network for QuicTransport {
         max_frames: usize,
         max_bytes: usize,
     ) -> impl std::future::Future<Output = bool> + Send + 'a {
-        self.next_frames(frames, senders, max_frames, max_bytes)
+        self.next_frames(frames, senders, max_frames, max_bytes, false)
+    }
+
+    fn recv_many_holding_room<'a>(
+        &'a self,
+        frames: &'a mut Vec<InboundFrame>,
+        senders: Senders,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> impl std::future::Future<Output = bool> + Send + 'a {
+        self.next_frames(frames, senders, max_frames, max_bytes, true)
+    }
+
+    /// Gives the room back together: per lane one addition, per run of frames from one peer
+    /// one release of its share (as [`QuicTransport::next_frames`] does).
+    fn release_room(&self, frames: &[(Peer, usize)]) {
+        let shared = &self.inner.shared;
+        let mut releases = link::Releases::default();
+        for &(peer, length) in frames {
+            releases.add(shared.lane(peer), peer, length);
+        }
+        releases.finish(shared);
     }
 
     /// Client role: every stream opened from now on starts with `session`'s announcement,
