@@ -3155,6 +3155,93 @@ mod tests {
         assert_eq!(queue.permits.available_permits(), 1000);
     }
 
+    /// A peer may have `1 / shares` of a lane's frames and bytes queued (never less than a
+    /// verify run's), a frame larger than its share only alone; uncounting forgets a peer with
+    /// nothing queued.
+    #[test]
+    fn a_peer_may_have_only_its_share_of_a_verify_lane_queued() {
+        let lane = QueuedBytes::new(1 << 24, 2048, 4);
+        assert_eq!((lane.share_frames, lane.share_bytes), (512, 1 << 22));
+        let small = QueuedBytes::new(1000, 16, 4);
+        assert_eq!((small.share_frames, small.share_bytes), (16, 1000));
+        let (a, b) = (Peer::Replica(1), Peer::Replica(2));
+        let many = vec![(a, 100); 512];
+        assert!(lane.try_admit(&many));
+        assert!(!lane.try_admit(&[(a, 1)]), "a's share of frames is full");
+        assert!(lane.try_admit(&[(b, 1)]), "b has its own share");
+        // All or nothing: b's frame fits, a's does not, so neither is counted.
+        assert!(!lane.try_admit(&[(b, 1), (a, 1)]));
+        lane.unadmit(&[(a, 100)]);
+        assert!(lane.try_admit(&[(b, 1), (a, 1)]));
+        lane.unadmit(&many);
+        lane.unadmit(&[(a, 1), (b, 1), (b, 1)]);
+        assert!(lane.queued_by_peer.lock().unwrap().is_empty());
+        // Bytes: a frame larger than the share passes alone, then nothing more of that peer.
+        assert!(lane.try_admit(&[(a, 5 << 22)]));
+        assert!(!lane.try_admit(&[(a, 1)]));
+        lane.unadmit(&[(a, 5 << 22)]);
+        assert!(lane.try_admit(&[(a, 3 << 20), (a, 1 << 20)]));
+        assert!(!lane.try_admit(&[(a, 1)]), "a's share of bytes is full");
+    }
+
+    /// The reader holds what a lane has no room for, in each peer's order, and queues it in
+    /// turns, one frame of each peer at a time, as the worker takes frames; the room of every
+    /// frame queued is noted for the network once.
+    #[tokio::test]
+    async fn held_frames_are_queued_in_each_peers_order_and_in_turns() {
+        let (tx, mut rx) = mpsc::channel::<InboundFrame>(2);
+        let (client_tx, _client_rx) = mpsc::channel::<InboundFrame>(2);
+        let lane = Arc::new(QueuedBytes::new(1 << 20, 1024, 4));
+        let clients = Arc::new(QueuedBytes::new(1 << 20, 1024, 16));
+        let mut dealer = Dealer::new(
+            vec![vec![(tx, lane.clone()), (client_tx, clients)]],
+            vec![Arc::new(AtomicUsize::new(0))],
+            1000,
+            1 << 20,
+        );
+        let (a, b) = (Peer::Replica(1), Peer::Replica(2));
+        let frame = |from: Peer, body: u8| InboundFrame {
+            from,
+            frame: vec![body; 10],
+        };
+        let mut batch = vec![
+            frame(a, 1),
+            frame(a, 2),
+            frame(a, 3),
+            frame(b, 1),
+            frame(b, 2),
+        ];
+        assert!(dealer.deal(&mut batch));
+        assert_eq!(dealer.released, vec![(a, 10), (a, 10)]);
+        assert_eq!(dealer.held.frames, [3, 0]);
+        dealer.released.clear();
+        // The worker takes both: room for two more, a's next and then b's first.
+        let mut taken = Vec::new();
+        while let Ok(frame) = rx.try_recv() {
+            taken.push(frame);
+        }
+        lane.taken(taken.iter(), 20);
+        assert!(dealer.queue_held());
+        assert_eq!(dealer.released, vec![(a, 10), (b, 10)]);
+        assert_eq!(dealer.held.frames, [1, 0]);
+        while let Ok(frame) = rx.try_recv() {
+            taken.push(frame);
+        }
+        lane.taken(taken[2..].iter(), 20);
+        assert!(dealer.queue_held());
+        while let Ok(frame) = rx.try_recv() {
+            taken.push(frame);
+        }
+        assert_eq!(
+            taken
+                .iter()
+                .map(|f| (f.from, f.frame[0]))
+                .collect::<Vec<_>>(),
+            vec![(a, 1), (a, 2), (a, 3), (b, 1), (b, 2)]
+        );
+        assert!(dealer.holds_nothing());
+    }
+
     fn lane(max_bytes: usize) -> (mpsc::Sender<InboundFrame>, Lane) {
         let (tx, rx) = mpsc::channel(1024);
         let bytes = Arc::new(QueuedBytes::new(max_bytes, 1024, 1));

@@ -1424,6 +1424,18 @@ impl Verifier for WatchingVerifier {
 /// Whether replica 3's vote (its verify worker, 1 of 2, idle) is checked within 2 s after
 /// replica 2 (worker 0) has sent `flood` validly signed votes that take worker 0 2 ms each.
 async fn idle_worker_replica_vote_checked(flood: usize) -> bool {
+    vote_checked_after_a_flood(2, 3, flood, Duration::from_millis(2)).await
+}
+
+/// Whether replica `voter`'s vote is checked within 2 s after replica 2 has sent `flood`
+/// validly signed votes that take its worker `per_vote` each, with `workers` verify workers
+/// (replica r's frames go to worker r mod `workers`).
+async fn vote_checked_after_a_flood(
+    workers: usize,
+    voter: u32,
+    flood: usize,
+    per_vote: Duration,
+) -> bool {
     use smr_core::codec;
     use smr_core::message::{Cid, Message, Regency, Signed, Vote, VoteKind};
     let quorums = Quorums::new(Mode::Bft, 4, 1).unwrap();
@@ -1432,9 +1444,9 @@ async fn idle_worker_replica_vote_checked(flood: usize) -> bool {
         slow: SlowVerifier {
             inner: sim,
             slow: keys[2].public_key(),
-            per_item: Duration::from_millis(2),
+            per_item: per_vote,
         },
-        watched: keys[3].public_key(),
+        watched: keys[voter as usize].public_key(),
         seen: std::sync::atomic::AtomicBool::new(false),
     });
     let hub = Hub::default();
@@ -1446,8 +1458,8 @@ async fn idle_worker_replica_vote_checked(flood: usize) -> bool {
         network.clone(),
         Box::new(Counter::default()),
         DriverOptions {
-            // Replica 2 on worker 0, replica 3 on worker 1; default lanes (2,048 frames each).
-            verify_workers: 2,
+            // Default lanes (2,048 frames each).
+            verify_workers: workers,
             empty_start: EmptyStart::NewCluster,
             ..DriverOptions::default()
         },
@@ -1478,11 +1490,11 @@ async fn idle_worker_replica_vote_checked(flood: usize) -> bool {
                 .load(Ordering::SeqCst)
                 > lane)
             .await,
-            "the reader fills worker 0's replica lane"
+            "the reader takes more of replica 2's frames than a lane holds"
         );
     }
-    hub.endpoint(Peer::Replica(3))
-        .send(Peer::Replica(0), vote(3))
+    hub.endpoint(Peer::Replica(voter))
+        .send(Peer::Replica(0), vote(voter))
         .unwrap();
     let checked = within(Duration::from_secs(2), || {
         verifier.seen.load(Ordering::SeqCst)
@@ -1490,7 +1502,7 @@ async fn idle_worker_replica_vote_checked(flood: usize) -> bool {
     .await;
     let taken = network.taken.each_ref().map(|t| t.load(Ordering::SeqCst));
     eprintln!(
-        "replica 2 frames {flood}: replica 3's vote checked within 2 s {checked}; frames taken (replicas, clients) {taken:?}"
+        "replica 2 frames {flood}: replica {voter}'s vote checked within 2 s {checked}; frames taken (replicas, clients) {taken:?}"
     );
     drop(handle);
     checked
@@ -1526,4 +1538,16 @@ async fn a_slow_replica_lane_and_one_client_hold_up_clients_of_idle_workers() {
     let lane = DriverOptions::default().verify_queue_frames / 2;
     let held = smr_core::driver::MAX_READER_BATCH_FRAMES;
     assert!(idle_worker_client_answered(lane + held + 480).await);
+}
+
+/// Issue 12 (per-peer resources have a per-peer bound): with one verify worker, replica 2
+/// filled the whole replica lane (2,048 frames) with validly signed votes that take 1 ms each,
+/// and replica 1's vote waited behind all of them, and behind those of replica 2's frames the
+/// reader held or had not taken yet. Now each replica may have only a quarter of a lane queued
+/// (`1 / n`), and the reader holds replica 2's others apart from replica 1's: replica 1's vote
+/// waits behind at most 512 of replica 2's (about 0.5 s of the worker's time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_flooding_a_shared_worker_delays_another_replicas_vote_by_its_share_only() {
+    let lane = DriverOptions::default().verify_queue_frames / 2;
+    assert!(vote_checked_after_a_flood(1, 1, 2 * lane, Duration::from_millis(1)).await);
 }

@@ -2778,3 +2778,97 @@ async fn frames_taken_from_one_kind_of_sender_leave_the_others_queued() {
     assert_eq!(room(), empty, "every byte and share given back");
     transport.shutdown().await;
 }
+
+/// Every frame `recv_many_holding_room` yields within `quiet` of the one before, holding its room.
+async fn take_holding_room(replica: &QuicTransport, quiet: Duration) -> Vec<InboundFrame> {
+    use smr_core::network::Senders;
+    let mut frames = Vec::new();
+    while tokio::time::timeout(
+        quiet,
+        replica.recv_many_holding_room(&mut frames, Senders::Any, usize::MAX, usize::MAX),
+    )
+    .await
+    .is_ok()
+    {}
+    frames
+}
+
+/// Issue 12 (docs/design.md §7.8): the driver's reader holds frames for a full verify queue and
+/// takes them with `recv_many_holding_room`, so they keep their room here until
+/// `release_room`. The flooding client's frames taken and held fill its share: its later frames
+/// wait at its stream (QUIC flow control), while another client's frames are still taken. Room
+/// given back lets exactly a share's worth more in, and once every frame's room is given back
+/// the lanes are whole again (no share left behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_taken_holding_their_room_hold_back_only_their_sender_until_released() {
+    let flooder = key(73);
+    let honest = key(74);
+    // A client lane of 128 KiB: each client key may hold 8 KiB of it (8 frames of 1000 bytes).
+    let (replica, endpoint, _peer) =
+        replica_with_a_peer(&[flooder.public_key(), honest.public_key()], 256 * 1024).await;
+    let shared = &replica.inner.shared;
+    let room = || {
+        [&shared.replica_lane, &shared.client_lane]
+            .map(|lane| (lane.bytes.available_permits(), lane.shares_held()))
+    };
+    let empty = room();
+    let quiet = Duration::from_millis(300);
+    let (_flood_endpoint, flood_conn) = raw_connect(&flooder, &endpoint).await.unwrap();
+    let mut flood = flood_conn.open_uni().await.unwrap();
+    tokio::spawn(async move {
+        for _ in 0..64 {
+            if flood.write_all(&frame(&[0xc1; 1000])).await.is_err() {
+                return;
+            }
+        }
+        let _ = flood.finish();
+        std::future::pending::<()>().await;
+    });
+    let first = take_holding_room(&replica, quiet).await;
+    let flooder_peer = Peer::Client(flooder.public_key());
+    assert_eq!(
+        first.iter().map(|f| f.from).collect::<Vec<_>>(),
+        vec![flooder_peer; 8],
+        "while its frames hold their room, the flooder gets no more than its share in"
+    );
+    // Another client's frames are still taken.
+    let (_honest_endpoint, honest_conn) = raw_connect(&honest, &endpoint).await.unwrap();
+    let mut stream = honest_conn.open_uni().await.unwrap();
+    for i in 0..4u8 {
+        stream.write_all(&frame(&[i; 1000])).await.unwrap();
+    }
+    let second = take_holding_room(&replica, quiet).await;
+    assert_eq!(
+        second
+            .iter()
+            .map(|f| (f.from, f.frame[0]))
+            .collect::<Vec<_>>(),
+        (0..4u8)
+            .map(|i| (Peer::Client(honest.public_key()), i))
+            .collect::<Vec<_>>()
+    );
+    // The flooder's room back: a share's worth more of its frames comes in, no more.
+    let rooms = |frames: &[InboundFrame]| -> Vec<(Peer, usize)> {
+        frames.iter().map(|f| (f.from, f.frame.len())).collect()
+    };
+    replica.release_room(&rooms(&first));
+    let third = take_holding_room(&replica, quiet).await;
+    assert_eq!(
+        third.iter().map(|f| f.from).collect::<Vec<_>>(),
+        vec![flooder_peer; 8]
+    );
+    // Its other frames come in as their room is given back, a share at a time.
+    let (mut flooded, mut last) = (first.len() + third.len(), third);
+    while flooded < 64 {
+        replica.release_room(&rooms(&last));
+        last = take_holding_room(&replica, quiet).await;
+        assert!((1..=8).contains(&last.len()), "{} frames", last.len());
+        flooded += last.len();
+    }
+    assert_eq!(flooded, 64);
+    // Every frame's room given back: the lanes are whole, no share left.
+    replica.release_room(&rooms(&second));
+    replica.release_room(&rooms(&last));
+    assert_eq!(room(), empty, "every byte and share given back");
+    replica.shutdown().await;
+}
