@@ -9,14 +9,18 @@
 //!   small frames ([`MAX_UNSIGNED_INLINE_RUN_BYTES`]). The hop costs two thread wake-ups.
 //!   Each worker has two queues (lanes), one for replica frames and one for client frames, each
 //!   with half of `verify_queue_frames` and `verify_queue_bytes`, so that client frames (anyone's,
-//!   under an open client policy) never fill the room replica frames need. The reader never
-//!   waits for room in a lane: it holds the frames of a full lane (and every later frame for
-//!   that lane, so each peer's order is kept) and queues them once the lane has room, and
-//!   meanwhile takes from the transport only the other kind of sender's frames
-//!   ([`Network::recv_many_from`]), so it holds at most one reader batch of each kind
-//!   ([`MAX_READER_BATCH_FRAMES`], [`MAX_READER_BATCH_BYTES`]). One client keeping its lane
-//!   full (its worker busy or stalled) so holds up no replica frame, nor a full replica lane
-//!   any client frame.
+//!   under an open client policy) never fill the room replica frames need; in a lane each peer
+//!   may have only a share queued (a replica `1 / n`, a client key
+//!   `1 / `[`VERIFY_LANE_CLIENT_SHARES`], never less than a verify run). The reader never
+//!   waits for room in a lane: it holds a frame its lane or its peer's share has no room for
+//!   (and every later frame of that peer, so each peer's order is kept), and queues the held
+//!   frames in turns, peer by peer, as the worker takes frames. Held frames keep their room in
+//!   the transport's receive queue ([`Network::recv_many_holding_room`]) until they are queued,
+//!   so the peer that keeps its share full waits on its own share there (and QUIC flow control),
+//!   and every other peer's frames are still taken: one peer keeping its lane full (its worker
+//!   busy or stalled) holds up no other peer beyond its share of that lane
+//!   (docs/design.md §7.8). Beyond `verify_queue_frames` or `verify_queue_bytes` held of one
+//!   kind of sender, the reader takes only the other kind's ([`Network::recv_many_from`]).
 //! - **Verify workers** (`verify_workers` OS threads): each takes every frame waiting in its
 //!   replica lane, then in its client lane (up to [`MAX_VERIFY_RUN_FRAMES`] frames or [`MAX_VERIFY_RUN_BYTES`] bytes;
 //!   a quarter of each run is left to waiting client frames, [`CLIENT_SHARE_OF_RUN_FRAMES`]), decodes
@@ -113,14 +117,15 @@ const MAX_VERIFIED_REQUESTS: usize = 1 << 13;
 pub struct DriverOptions {
     /// Threads that decode and verify inbound messages [default: half the cores, 1 to 4].
     pub verify_workers: usize,
-    /// Frames queued per verify worker: half for replica frames, half for client frames. The
-    /// network reader holds a full lane's frames (at most one reader batch per kind of sender)
-    /// and meanwhile takes only the other kind's (module docs).
+    /// Frames queued per verify worker: half for replica frames, half for client frames, each
+    /// peer a share of its half (module docs). Also the most frames of one kind of sender the
+    /// network reader holds for lanes without room before it takes only the other kind's.
     pub verify_queue_frames: usize,
     /// Bytes of frames queued per verify worker, half for replica frames and half for client
-    /// frames (a frame larger than its half waits for an empty lane). With the transport's own
-    /// bounds, this keeps what a flood of large frames can pile up in memory bounded in bytes,
-    /// not only in frames.
+    /// frames (a frame larger than its half waits for an empty lane), each peer a share of its
+    /// half; also the most bytes of one kind of sender the reader holds. With the transport's
+    /// own bounds, this keeps what a flood of large frames can pile up in memory bounded in
+    /// bytes, not only in frames.
     pub verify_queue_bytes: usize,
     /// How a replica whose data dir is empty (or that has none) starts; a data dir that holds
     /// records is always recovered from, whatever this says.
@@ -586,8 +591,7 @@ pub fn start_replica<N: Network>(
                         break;
                     }
                     // Whatever is waiting right now, in one call (the transport accounts for
-                    // it once): in BFT, more than an inline run holds means load, and the
-                    // workers' runs batch its signatures better.
+                    // it once).
                     network
                         .recv_many_holding_room(
                             &mut gathered,
@@ -730,11 +734,10 @@ pub fn start_replica<N: Network>(
     })
 }
 
-/// Most frames the network reader takes from the transport at once ([`Network::recv_many_from`]).
-/// They are out of the transport's receive queue and not yet in a worker's, so this and
-/// [`MAX_READER_BATCH_BYTES`] bound what the reader holds: the batch in hand, and of each kind of
-/// sender (replicas, clients) at most one batch's frames held for lanes that were full
-/// (the reader's `Dealer`).
+/// Most frames the network reader takes from the transport at once
+/// ([`Network::recv_many_holding_room`]): the batch in hand. What it holds for lanes without
+/// room is bounded apart (`verify_queue_frames` and `verify_queue_bytes` of each kind of
+/// sender, the reader's `Dealer`).
 pub const MAX_READER_BATCH_FRAMES: usize = 32;
 /// Most frame bytes the network reader takes at once (plus one frame: the batch stops after
 /// the frame that crosses it).

@@ -24,9 +24,9 @@ pub enum Peer {
 }
 
 /// Whose frames [`Network::recv_many_from`] takes: any peer's, or only replicas' or only
-/// clients'. The driver's reader takes only one kind while it holds frames of the other kind
-/// that their verify queues have no room for yet, so that one busy lane does not stop the
-/// other kind's frames (docs/design.md §7.8).
+/// clients'. The driver's reader takes only one kind while it holds as many frames of the
+/// other kind as it may (`DriverOptions::verify_queue_frames`, `verify_queue_bytes`) for verify
+/// queues without room, so that the other kind's frames are still taken (docs/design.md §7.8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Senders {
     /// Frames of every peer, in the order [`Network::recv`] yields them.
@@ -105,7 +105,7 @@ pub trait Network: Send + Sync + 'static {
     /// frames taken before it are still appended).
     ///
     /// The driver's readers take their frames this way (the replica's through
-    /// [`Network::recv_many_from`]): a transport can then take them, and account for them,
+    /// [`Network::recv_many_holding_room`]): a transport can then take them, and account for them,
     /// once per batch instead of once per frame. Must be cancel-safe as `recv` is: nothing may
     /// wait once the first frame is taken. By default, one [`Network::recv`] per frame (which
     /// must be cancel-safe: the frames after the first are taken by polling it once).
@@ -141,8 +141,8 @@ pub trait Network: Send + Sync + 'static {
     }
     /// As [`Network::recv_many`], but only frames of `senders`; the frames of other senders
     /// stay queued, in their order, for a later call. Cancel-safe as `recv_many` is: a future
-    /// dropped before it completes has taken no frame (the driver's reader drops it when room
-    /// for frames it holds comes first).
+    /// dropped before it completes has taken no frame (the driver's reader drops it when a
+    /// verify worker frees room for frames it holds first).
     ///
     /// By default, [`Senders::Any`] is [`Network::recv_many`], and a transport that cannot take
     /// one kind of sender's frames alone never completes for the others (the driver's reader

@@ -1506,7 +1506,7 @@ impl Network for QuicTransport {
     }
 
     /// Gives the room back together: per lane one addition, per run of frames from one peer
-    /// one release of its share (as [`QuicTransport::next_frames`] does).
+    /// one release of its share (as taking frames with their room given back does).
     fn release_room(&self, frames: &[(Peer, usize)]) {
         let shared = &self.inner.shared;
         let mut releases = link::Releases::default();
