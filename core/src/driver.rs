@@ -1414,63 +1414,78 @@ fn next_run(
     let Some((first, from_replica)) = first else {
         return false;
     };
-    let mut bytes = first.frame.len();
-    // Each lane's permits are given back once for the run (`QueuedBytes::release` of each
-    // frame, summed).
-    let mut released = [0usize; 2];
+    let mut run = RunSize::default();
     let first_lane = if from_replica {
         &replicas.1
     } else {
         &clients.1
     };
-    released[usize::from(!from_replica)] = first_lane.permits_for(first.frame.len()) as usize;
+    run.add(&first, first_lane);
     frames.push(first);
     // Replica frames first, leaving the client lane its share of the run; then client frames
     // (at least their share, whatever bytes the replica frames took); then replica frames in
     // what is left. Each lane's frames keep their order.
-    let mut client_bytes = if from_replica { 0 } else { bytes };
-    let replica_room = |frames: &Vec<InboundFrame>, bytes: usize| {
-        frames.len() < MAX_VERIFY_RUN_FRAMES - CLIENT_SHARE_OF_RUN_FRAMES
-            && bytes < MAX_VERIFY_RUN_BYTES - CLIENT_SHARE_OF_RUN_BYTES
-    };
-    while replica_room(frames, bytes) {
-        let Ok(frame) = replicas.0.try_recv() else {
-            break;
-        };
-        bytes += frame.frame.len();
-        released[0] += replicas.1.permits_for(frame.frame.len()) as usize;
-        frames.push(frame);
-    }
-    let mut client_frames = usize::from(!from_replica);
-    while frames.len() < MAX_VERIFY_RUN_FRAMES
-        && (bytes < MAX_VERIFY_RUN_BYTES
-            || (client_frames < CLIENT_SHARE_OF_RUN_FRAMES
-                && client_bytes < CLIENT_SHARE_OF_RUN_BYTES))
-    {
-        let Ok(frame) = clients.0.try_recv() else {
-            break;
-        };
-        bytes += frame.frame.len();
-        client_bytes += frame.frame.len();
-        client_frames += 1;
-        released[1] += clients.1.permits_for(frame.frame.len()) as usize;
-        frames.push(frame);
-    }
-    while frames.len() < MAX_VERIFY_RUN_FRAMES && bytes < MAX_VERIFY_RUN_BYTES {
-        let Ok(frame) = replicas.0.try_recv() else {
-            break;
-        };
-        bytes += frame.frame.len();
-        released[0] += replicas.1.permits_for(frame.frame.len()) as usize;
-        frames.push(frame);
-    }
-    replicas
-        .1
-        .taken(frames.iter().filter(|f| kind_of(&f.from) == 0), released[0]);
-    clients
-        .1
-        .taken(frames.iter().filter(|f| kind_of(&f.from) == 1), released[1]);
+    take_while(replicas, frames, &mut run, |run| {
+        run.frames < MAX_VERIFY_RUN_FRAMES - CLIENT_SHARE_OF_RUN_FRAMES
+            && run.bytes < MAX_VERIFY_RUN_BYTES - CLIENT_SHARE_OF_RUN_BYTES
+    });
+    take_while(clients, frames, &mut run, |run| {
+        run.frames < MAX_VERIFY_RUN_FRAMES
+            && (run.bytes < MAX_VERIFY_RUN_BYTES
+                || (run.of_kind[1].0 < CLIENT_SHARE_OF_RUN_FRAMES
+                    && run.of_kind[1].1 < CLIENT_SHARE_OF_RUN_BYTES))
+    });
+    take_while(replicas, frames, &mut run, |run| {
+        run.frames < MAX_VERIFY_RUN_FRAMES && run.bytes < MAX_VERIFY_RUN_BYTES
+    });
+    // Each lane's permits are given back once for the run.
+    replicas.1.taken(
+        frames.iter().filter(|f| kind_of(&f.from) == 0),
+        run.of_kind[0].2,
+    );
+    clients.1.taken(
+        frames.iter().filter(|f| kind_of(&f.from) == 1),
+        run.of_kind[1].2,
+    );
     true
+}
+
+/// What a verify run holds so far: frames and bytes in all, and per kind of sender (replicas,
+/// clients) frames, bytes and lane permits ([`QueuedBytes::permits_for`], summed).
+#[derive(Default)]
+struct RunSize {
+    frames: usize,
+    bytes: usize,
+    of_kind: [(usize, usize, usize); 2],
+}
+
+impl RunSize {
+    fn add(&mut self, frame: &InboundFrame, lane: &QueuedBytes) {
+        let length = frame.frame.len();
+        self.frames += 1;
+        self.bytes = self.bytes.saturating_add(length);
+        let kind = &mut self.of_kind[kind_of(&frame.from)];
+        kind.0 += 1;
+        kind.1 = kind.1.saturating_add(length);
+        kind.2 += lane.permits_for(length) as usize;
+    }
+}
+
+/// Takes the frames waiting in `lane` into `frames`, in order, while `room` says the run has
+/// room for another.
+fn take_while(
+    lane: &mut Lane,
+    frames: &mut Vec<InboundFrame>,
+    run: &mut RunSize,
+    room: impl Fn(&RunSize) -> bool,
+) {
+    while room(run) {
+        let Ok(frame) = lane.0.try_recv() else {
+            break;
+        };
+        run.add(&frame, &lane.1);
+        frames.push(frame);
+    }
 }
 
 fn worker_for(peer: &Peer, workers: usize) -> usize {
