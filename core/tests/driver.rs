@@ -36,6 +36,9 @@ const RECEIVE_SHARE_FRAMES: [usize; 2] = [2048, 512];
 struct Mailbox {
     txs: [mpsc::UnboundedSender<InboundFrame>; 2],
     room: Mutex<Room>,
+    /// Each sender's share, in frames: replicas', clients' ([`RECEIVE_SHARE_FRAMES`] unless
+    /// set by [`Hub::endpoint_with_shares`]).
+    share_frames: [usize; 2],
 }
 
 #[derive(Default)]
@@ -51,7 +54,7 @@ impl Mailbox {
         let mut room = self.room.lock().unwrap();
         let kind = usize::from(matches!(frame.from, Peer::Client(_)));
         let holding = room.holding.get(&frame.from).copied().unwrap_or(0);
-        if holding >= RECEIVE_SHARE_FRAMES[kind] || room.waiting.contains_key(&frame.from) {
+        if holding >= self.share_frames[kind] || room.waiting.contains_key(&frame.from) {
             room.waiting.entry(frame.from).or_default().push_back(frame);
             return Ok(());
         }
@@ -117,11 +120,18 @@ struct Inbox {
 
 impl Hub {
     fn endpoint(&self, me: Peer) -> Arc<MemNetwork> {
+        self.endpoint_with_shares(me, RECEIVE_SHARE_FRAMES)
+    }
+
+    /// As [`Hub::endpoint`], each sender's share of its receive queue `share_frames`
+    /// (replicas', clients').
+    fn endpoint_with_shares(&self, me: Peer, share_frames: [usize; 2]) -> Arc<MemNetwork> {
         let (replica_tx, replicas) = mpsc::unbounded_channel();
         let (client_tx, clients) = mpsc::unbounded_channel();
         let mailbox = Arc::new(Mailbox {
             txs: [replica_tx, client_tx],
             room: Mutex::new(Room::default()),
+            share_frames,
         });
         self.inboxes.lock().unwrap().insert(me, mailbox.clone());
         Arc::new(MemNetwork {
@@ -1421,9 +1431,63 @@ impl Verifier for WatchingVerifier {
     }
 }
 
+/// How the replica's network gives back the room of the frames its reader takes.
+#[derive(Clone, Copy, Debug)]
+enum Receiving {
+    /// [`MemNetwork`]: the room stays taken until the reader gives it back, each replica a
+    /// share of this many frames.
+    KeepsRoom { replica_share_frames: usize },
+    /// [`RoomBackAtOnce`]: the `Network` trait's defaults.
+    RoomBackAtOnce,
+}
+
+/// A network that gives the frames' room back as the reader takes them: a [`MemNetwork`] seen
+/// through the `Network` trait's defaults for [`Network::recv_many_holding_room`] and
+/// [`Network::release_room`] (as any transport that does not implement them).
+struct RoomBackAtOnce(Arc<MemNetwork>);
+
+impl Network for RoomBackAtOnce {
+    fn send(&self, to: Peer, frame: Vec<u8>) -> Result<(), SendError> {
+        self.0.send(to, frame)
+    }
+    fn send_to_session(
+        &self,
+        key: PublicKey,
+        session: u64,
+        frame: Vec<u8>,
+    ) -> Result<(), SendError> {
+        self.0.send_to_session(key, session, frame)
+    }
+    async fn recv(&self) -> Option<InboundFrame> {
+        self.0.recv().await
+    }
+    async fn recv_many_from(
+        &self,
+        frames: &mut Vec<InboundFrame>,
+        senders: Senders,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> bool {
+        self.0
+            .recv_many_from(frames, senders, max_frames, max_bytes)
+            .await
+    }
+}
+
 /// Whether replica 3's vote (its verify worker, 1 of 2, idle) is checked within 2 s after
 /// replica 2 (worker 0) has sent `flood` validly signed votes that take worker 0 2 ms each.
 async fn idle_worker_replica_vote_checked(flood: usize) -> bool {
+    idle_worker_replica_vote_checked_over(
+        flood,
+        Receiving::KeepsRoom {
+            replica_share_frames: RECEIVE_SHARE_FRAMES[0],
+        },
+    )
+    .await
+}
+
+/// [`idle_worker_replica_vote_checked`] over a network that receives as `receiving`.
+async fn idle_worker_replica_vote_checked_over(flood: usize, receiving: Receiving) -> bool {
     use smr_core::codec;
     use smr_core::message::{Cid, Message, Regency, Signed, Vote, VoteKind};
     let quorums = Quorums::new(Mode::Bft, 4, 1).unwrap();
@@ -1438,21 +1502,41 @@ async fn idle_worker_replica_vote_checked(flood: usize) -> bool {
         seen: std::sync::atomic::AtomicBool::new(false),
     });
     let hub = Hub::default();
-    let network = hub.endpoint(Peer::Replica(0));
-    let handle = start_replica(
-        engine_config(quorums, &keys, 0, Limits::default()),
-        Arc::new(keys[0].clone()),
-        verifier.clone(),
-        network.clone(),
-        Box::new(Counter::default()),
-        DriverOptions {
-            // Replica 2 on worker 0, replica 3 on worker 1; default lanes (2,048 frames each).
-            verify_workers: 2,
-            empty_start: EmptyStart::NewCluster,
-            ..DriverOptions::default()
-        },
-        None,
-    )
+    let share_frames = match receiving {
+        Receiving::KeepsRoom {
+            replica_share_frames,
+        } => [replica_share_frames, RECEIVE_SHARE_FRAMES[1]],
+        Receiving::RoomBackAtOnce => RECEIVE_SHARE_FRAMES,
+    };
+    let network = hub.endpoint_with_shares(Peer::Replica(0), share_frames);
+    let config = engine_config(quorums, &keys, 0, Limits::default());
+    let options = DriverOptions {
+        // Replica 2 on worker 0, replica 3 on worker 1; default lanes (2,048 frames each).
+        verify_workers: 2,
+        empty_start: EmptyStart::NewCluster,
+        ..DriverOptions::default()
+    };
+    let service = Box::new(Counter::default());
+    let handle = match receiving {
+        Receiving::KeepsRoom { .. } => start_replica(
+            config,
+            Arc::new(keys[0].clone()),
+            verifier.clone(),
+            network.clone(),
+            service,
+            options,
+            None,
+        ),
+        Receiving::RoomBackAtOnce => start_replica(
+            config,
+            Arc::new(keys[0].clone()),
+            verifier.clone(),
+            Arc::new(RoomBackAtOnce(network.clone())),
+            service,
+            options,
+            None,
+        ),
+    }
     .expect("replica starts");
     let vote = |replica: u32| {
         let signer: &dyn smr_crypto::Signer = &keys[replica as usize];
@@ -1490,7 +1574,8 @@ async fn idle_worker_replica_vote_checked(flood: usize) -> bool {
     .await;
     let taken = network.taken.each_ref().map(|t| t.load(Ordering::SeqCst));
     eprintln!(
-        "replica 2 frames {flood}: replica 3's vote checked within 2 s {checked}; frames taken (replicas, clients) {taken:?}"
+        "{receiving:?}: replica 2 frames {flood}: replica 3's vote checked within 2 s {checked}; frames taken (replicas, clients) {taken:?}; frames with room taken, waiting for room {:?}",
+        network.mailbox.held()
     );
     drop(handle);
     checked
@@ -1513,6 +1598,53 @@ async fn a_replica_keeping_its_lane_full_holds_up_votes_of_replicas_on_idle_work
     let lane = DriverOptions::default().verify_queue_frames / 2;
     let held = smr_core::driver::MAX_READER_BATCH_FRAMES;
     assert!(idle_worker_replica_vote_checked(lane + held + 1_920).await);
+}
+
+/// The embedded replica (`smr_transport::Replica`) runs the QUIC transport with its frame limit
+/// raised to the largest message of the cluster's limits: 268,635,649 bytes at
+/// `Limits::default()` with n = 4 (a SYNC). Each replica's share of the receive queue's replica
+/// lane is `max(lane / n, frame limit)`, clamped to the lane: the whole 64 MiB lane, 8,192
+/// frames of 8 KiB charge. That is more than the 4,096 replica frames (`verify_queue_frames`)
+/// the reader holds before it stops taking replica frames, so a Byzantine replica whose verify
+/// lane share is full is not held back by its share before the reader stops: replica 3's vote,
+/// whose worker (1) is idle, waits behind replica 2's frames at the transport (about 2,400
+/// here, 2 ms of worker 0's time each). At the transport's own default frame limit (16 MiB: a
+/// share of 2,048 frames) it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_receive_share_is_the_whole_lane_holds_up_votes_of_replicas_on_idle_workers(
+) {
+    let flood = 7_000;
+    assert!(
+        idle_worker_replica_vote_checked_over(
+            flood,
+            Receiving::KeepsRoom {
+                replica_share_frames: 2_048
+            }
+        )
+        .await,
+        "a share of 2,048 frames holds replica 2 back"
+    );
+    assert!(
+        idle_worker_replica_vote_checked_over(
+            flood,
+            Receiving::KeepsRoom {
+                replica_share_frames: 8_192
+            }
+        )
+        .await,
+        "a share of the whole lane (8,192 frames) does not"
+    );
+}
+
+/// A network that uses the `Network` trait's defaults (the room of a frame is given back as
+/// the reader takes it) does not hold a flooding replica back: the reader takes its frames
+/// until it holds 4,096 replica frames (`verify_queue_frames`, and their bytes: up to 64 MiB),
+/// then takes no replica frame until worker 0 frees room, so replica 3's vote, whose worker (1)
+/// is idle, waits behind replica 2's frames in the network's queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_network_that_gives_room_back_at_once_a_replica_keeping_its_lane_full_holds_up_votes(
+) {
+    assert!(idle_worker_replica_vote_checked_over(7_000, Receiving::RoomBackAtOnce).await);
 }
 
 /// The client share of a run is a share of runs, not of time: replica 2 makes worker 0's runs
