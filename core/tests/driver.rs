@@ -1607,16 +1607,17 @@ async fn a_replica_keeping_its_lane_full_holds_up_votes_of_replicas_on_idle_work
     assert!(idle_worker_replica_vote_checked(lane + held + 1_920).await);
 }
 
-/// The embedded replica (`smr_transport::Replica`) runs the QUIC transport with its frame limit
-/// raised to the largest message of the cluster's limits: 268,635,649 bytes at
-/// `Limits::default()` with n = 4 (a SYNC). Each replica's share of the receive queue's replica
-/// lane is `max(lane / n, frame limit)`, clamped to the lane: the whole 64 MiB lane, 8,192
-/// frames of 8 KiB charge. That is more than the 4,096 replica frames (`verify_queue_frames`)
-/// the reader holds before it stops taking replica frames, so a Byzantine replica whose verify
-/// lane share is full is not held back by its share before the reader stops: replica 3's vote,
-/// whose worker (1) is idle, waits behind replica 2's frames at the transport (about 2,400
-/// here, 2 ms of worker 0's time each). At the transport's own default frame limit (16 MiB: a
-/// share of 2,048 frames) it does not.
+/// The reader holds a flooding replica back only while the network's share of one replica is
+/// below what the reader holds of one kind of sender before it stops taking it (4,096 frames,
+/// `verify_queue_frames`). Nothing ties the two: `DriverOptions` and the transport's
+/// configuration are set apart, and the embedded replica (`smr_transport::Replica`) ran the QUIC
+/// transport with a replica share of the whole 64 MiB replica lane (8,192 frames of 8 KiB
+/// charge) at `Limits::default()` with n = 4, its frame limit (268,635,649 bytes) raising the
+/// share. With a share of 8,192 frames, a Byzantine replica whose verify lane share is full is
+/// not held back before the reader stops taking replica frames: replica 3's vote, whose worker
+/// (1) is idle, waits behind replica 2's frames in the network's queue (about 2,400 here, 2 ms
+/// of worker 0's time each). With a share of 2,048 frames (the QUIC transport's at its own
+/// defaults, and the embedded replica's now) it does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_receive_share_is_the_whole_lane_holds_up_votes_of_replicas_on_idle_workers(
 ) {

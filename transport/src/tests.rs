@@ -2850,13 +2850,14 @@ async fn frames_taken_holding_their_room_hold_back_their_sender_until_released()
 
 /// The embedded replica sets the transport's frame limit to the largest message of the
 /// cluster's limits (`smr_core::frame_limits::replica_frame_bytes`): 268,635,649 bytes for
-/// n = 4 at `Limits::default()`. A replica's share of the receive queue's replica lane is
-/// `max(lane / replicas, frame limit)`, clamped to the lane: so at those defaults each replica
-/// may hold the whole lane (64 MiB, 8,192 frames of 8 KiB charge), not a quarter of it, and one
-/// Byzantine replica can keep every other replica's frames out of the receive queue, and make
-/// the driver's reader hold more than the 4,096 frames it holds of one kind of sender before it
-/// stops taking replica frames (see core/tests/driver.rs,
+/// n = 4 at `Limits::default()`. A replica's share of the receive queue's replica lane was
+/// `max(lane / replicas, frame limit)`, clamped to the lane: at those defaults the whole lane
+/// (64 MiB, 8,192 frames of 8 KiB charge), not a quarter of it, so one Byzantine replica could
+/// keep every other replica's frames out of the receive queue, and make the driver's reader
+/// hold more than the 4,096 frames it holds of one kind of sender before it stops taking
+/// replica frames (core/tests/driver.rs,
 /// `a_replica_whose_receive_share_is_the_whole_lane_holds_up_votes_of_replicas_on_idle_workers`).
+/// Now a quarter: 16 MiB, 2,048 frames.
 #[tokio::test]
 async fn at_the_embedded_replicas_default_limits_each_replica_has_a_share_of_its_lane() {
     use smr_modes::{Mode, Quorums};
