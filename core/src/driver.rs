@@ -505,11 +505,17 @@ pub fn start_replica<N: Network>(
     let lane_bytes = (options.verify_queue_bytes / 2).clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
     let lane_frames = (options.verify_queue_frames / 2).max(1);
     let replicas_in_cluster = verifier.quorums.n();
-    // What the reader may hold of each kind of sender for lanes without room: over a transport
-    // that keeps the frames' room taken meanwhile (QUIC), more than any f peers' shares of
-    // its receive queue, so that Byzantine peers only hold themselves back.
-    let (max_held_frames, max_held_bytes) =
-        (options.verify_queue_frames, options.verify_queue_bytes);
+    // What the reader may hold of each kind of sender (replicas, clients) for lanes without
+    // room: over a transport that keeps the frames' room taken meanwhile (QUIC), its receive
+    // queue's bound for that kind, so that only the transport's per-peer shares hold a peer
+    // back; else the verify queue's bounds.
+    let max_held = [Senders::Replicas, Senders::Clients].map(|senders| {
+        let (frames, bytes) = network.receive_queue_bound(senders).unwrap_or((0, 0));
+        (
+            frames.max(options.verify_queue_frames),
+            bytes.max(options.verify_queue_bytes),
+        )
+    });
     let runtime = tokio::runtime::Handle::current();
     for w in 0..options.verify_workers.max(1) {
         let mut lanes = Vec::new();
@@ -576,8 +582,7 @@ pub fn start_replica<N: Network>(
         let network = network.clone();
         tokio::spawn(async move {
             let mut gathered: Vec<InboundFrame> = Vec::with_capacity(MAX_READER_BATCH_FRAMES);
-            let mut dealer =
-                Dealer::new(worker_txs, worker_backlogs, max_held_frames, max_held_bytes);
+            let mut dealer = Dealer::new(worker_txs, worker_backlogs, max_held);
             let mut open = true;
             loop {
                 // Frames held for lanes without room go first, as far as there is room now.
@@ -758,9 +763,10 @@ pub const MAX_READER_BATCH_BYTES: usize = 64 * 1024;
 /// ([`Network::recv_many_holding_room`]); the reader gives it back once the frame is queued or
 /// verified ([`Dealer::released`]). So the peer that fills its share waits on its own share
 /// there (and on QUIC flow control behind it), and the reader goes on taking every other peer's
-/// frames. Whatever the transport, the reader holds at most `max_held_frames` and
-/// `max_held_bytes` (plus one reader batch) of each kind of sender; beyond that it takes only
-/// the other kind's frames ([`Dealer::senders`]).
+/// frames. Whatever the transport, the reader holds at most `max_held` of each kind of sender
+/// (plus one reader batch): the transport's receive queue bound for the kind
+/// ([`Network::receive_queue_bound`]), or the verify queues' bounds if larger or if it has
+/// none; beyond that it takes only the other kind's frames ([`Dealer::senders`]).
 struct Dealer {
     worker_txs: Vec<Vec<(mpsc::Sender<InboundFrame>, Arc<QueuedBytes>)>>,
     worker_backlogs: Vec<Arc<AtomicUsize>>,
@@ -769,8 +775,7 @@ struct Dealer {
     /// The frames held for lanes without room.
     held: Held,
     /// The most frames and bytes held of one kind of sender before the reader stops taking it.
-    max_held_frames: usize,
-    max_held_bytes: usize,
+    max_held: [(usize, usize); 2],
     /// Frames that left the reader (queued for a worker, or verified by it), whose room in the
     /// network's receive queue is still to be given back ([`Network::release_room`]).
     released: Vec<(Peer, usize)>,
@@ -828,8 +833,7 @@ impl Dealer {
     fn new(
         worker_txs: Vec<Vec<(mpsc::Sender<InboundFrame>, Arc<QueuedBytes>)>>,
         worker_backlogs: Vec<Arc<AtomicUsize>>,
-        max_held_frames: usize,
-        max_held_bytes: usize,
+        max_held: [(usize, usize); 2],
     ) -> Dealer {
         let lanes = 2 * worker_txs.len();
         Dealer {
@@ -841,8 +845,7 @@ impl Dealer {
                 frames: [0, 0],
                 bytes: [0, 0],
             },
-            max_held_frames: max_held_frames.max(1),
-            max_held_bytes: max_held_bytes.max(1),
+            max_held,
             released: Vec::with_capacity(MAX_READER_BATCH_FRAMES),
         }
     }
@@ -863,12 +866,12 @@ impl Dealer {
     }
 
     /// Whose frames the reader may take from the network now: those of the kinds of sender it
-    /// holds less than `max_held_frames` and `max_held_bytes` of; none while it holds that much
+    /// holds less than `max_held` of; none while it holds that much
     /// of both.
     fn senders(&self) -> Option<Senders> {
         let room = |kind: usize| {
-            self.held.frames[kind] < self.max_held_frames
-                && self.held.bytes[kind] < self.max_held_bytes
+            self.held.frames[kind] < self.max_held[kind].0
+                && self.held.bytes[kind] < self.max_held[kind].1
         };
         match (room(0), room(1)) {
             (true, true) => Some(Senders::Any),
@@ -3214,8 +3217,7 @@ mod tests {
         let mut dealer = Dealer::new(
             vec![vec![(tx, lane.clone()), (client_tx, clients)]],
             vec![Arc::new(AtomicUsize::new(0))],
-            1000,
-            1 << 20,
+            [(1000, 1 << 20); 2],
         );
         let (a, b) = (Peer::Replica(1), Peer::Replica(2));
         let frame = |from: Peer, body: u8| InboundFrame {

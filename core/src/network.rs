@@ -182,6 +182,17 @@ pub trait Network: Send + Sync + 'static {
     ) -> impl Future<Output = bool> + Send + 'a {
         self.recv_many_from(frames, senders, max_frames, max_bytes)
     }
+    /// How much of `senders`' frames ([`Senders::Replicas`] or [`Senders::Clients`]) the
+    /// transport's receive queue holds at most, as (frames, bytes), frames taken with
+    /// [`Network::recv_many_holding_room`] and not yet given back included; `None` if it does
+    /// not keep their room (the default). The driver's reader then holds up to this much of a
+    /// kind before it stops taking that kind, so that only the transport's per-peer shares
+    /// hold a peer back; without it, up to `verify_queue_frames` and `verify_queue_bytes`, and
+    /// beyond that one peer's flood holds up the other peers of its kind (docs/design.md §7.8).
+    fn receive_queue_bound(&self, senders: Senders) -> Option<(usize, usize)> {
+        let _ = senders;
+        None
+    }
     /// Gives back the room of frames taken with [`Network::recv_many_holding_room`]: each
     /// `(sender, frame length in bytes)` once. Nothing by default.
     fn release_room(&self, frames: &[(Peer, usize)]) {

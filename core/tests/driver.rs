@@ -36,6 +36,9 @@ const RECEIVE_SHARE_FRAMES: [usize; 2] = [2048, 512];
 struct Mailbox {
     txs: [mpsc::UnboundedSender<InboundFrame>; 2],
     room: Mutex<Room>,
+    /// Each sender's share, in frames: replicas', clients' ([`RECEIVE_SHARE_FRAMES`] unless
+    /// set by [`Hub::endpoint_with_shares`]).
+    share_frames: [usize; 2],
 }
 
 #[derive(Default)]
@@ -51,7 +54,7 @@ impl Mailbox {
         let mut room = self.room.lock().unwrap();
         let kind = usize::from(matches!(frame.from, Peer::Client(_)));
         let holding = room.holding.get(&frame.from).copied().unwrap_or(0);
-        if holding >= RECEIVE_SHARE_FRAMES[kind] || room.waiting.contains_key(&frame.from) {
+        if holding >= self.share_frames[kind] || room.waiting.contains_key(&frame.from) {
             room.waiting.entry(frame.from).or_default().push_back(frame);
             return Ok(());
         }
@@ -103,6 +106,8 @@ struct MemNetwork {
     last_replica_frame_call: AtomicUsize,
     /// Frames taken so far: replicas', clients'.
     taken: [AtomicUsize; 2],
+    /// Frames taken whose room is not given back yet, and the most there were.
+    kept: [AtomicUsize; 2],
     /// What it sent by [`Network::send_to_session`]: the client key, the session (or
     /// routing tag) and the message's kind.
     session_sends: Mutex<Vec<(PublicKey, u64, &'static str)>>,
@@ -117,11 +122,18 @@ struct Inbox {
 
 impl Hub {
     fn endpoint(&self, me: Peer) -> Arc<MemNetwork> {
+        self.endpoint_with_shares(me, RECEIVE_SHARE_FRAMES)
+    }
+
+    /// As [`Hub::endpoint`], each sender's share of its receive queue `share_frames`
+    /// (replicas', clients').
+    fn endpoint_with_shares(&self, me: Peer, share_frames: [usize; 2]) -> Arc<MemNetwork> {
         let (replica_tx, replicas) = mpsc::unbounded_channel();
         let (client_tx, clients) = mpsc::unbounded_channel();
         let mailbox = Arc::new(Mailbox {
             txs: [replica_tx, client_tx],
             room: Mutex::new(Room::default()),
+            share_frames,
         });
         self.inboxes.lock().unwrap().insert(me, mailbox.clone());
         Arc::new(MemNetwork {
@@ -132,6 +144,7 @@ impl Hub {
             calls: AtomicUsize::new(0),
             last_replica_frame_call: AtomicUsize::new(0),
             taken: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            kept: [AtomicUsize::new(0), AtomicUsize::new(0)],
             session_sends: Mutex::new(Vec::new()),
             announced: Mutex::new(Vec::new()),
         })
@@ -262,12 +275,23 @@ impl Network for MemNetwork {
             .recv_many_holding_room(frames, senders, max_frames, max_bytes)
             .await;
         for frame in &frames[before..] {
+            self.kept[0].fetch_sub(1, Ordering::SeqCst);
             self.mailbox.release(frame.from);
         }
         open
     }
+    /// Four senders' shares of frames, as in a cluster of 4 (no bound in bytes).
+    fn receive_queue_bound(&self, senders: Senders) -> Option<(usize, usize)> {
+        let kind = match senders {
+            Senders::Replicas => 0,
+            Senders::Clients => 1,
+            Senders::Any => return None,
+        };
+        Some((4 * self.mailbox.share_frames[kind], usize::MAX))
+    }
     fn release_room(&self, frames: &[(Peer, usize)]) {
         for (peer, _) in frames {
+            self.kept[0].fetch_sub(1, Ordering::SeqCst);
             self.mailbox.release(*peer);
         }
     }
@@ -288,6 +312,8 @@ impl Network for MemNetwork {
         let mut next = Some(first);
         while let Some(frame) = next.take() {
             self.took(call, &frame);
+            let kept = self.kept[0].fetch_add(1, Ordering::SeqCst) + 1;
+            self.kept[1].fetch_max(kept, Ordering::SeqCst);
             taken += 1;
             bytes += frame.frame.len();
             frames.push(frame);
@@ -1424,7 +1450,14 @@ impl Verifier for WatchingVerifier {
 /// Whether replica 3's vote (its verify worker, 1 of 2, idle) is checked within 2 s after
 /// replica 2 (worker 0) has sent `flood` validly signed votes that take worker 0 2 ms each.
 async fn idle_worker_replica_vote_checked(flood: usize) -> bool {
-    vote_checked_after_a_flood(2, 3, flood, Duration::from_millis(2)).await
+    vote_checked_after_a_flood(
+        2,
+        3,
+        flood,
+        Duration::from_millis(2),
+        RECEIVE_SHARE_FRAMES[0],
+    )
+    .await
 }
 
 /// Whether replica `voter`'s vote is checked within 2 s after replica 2 has sent `flood`
@@ -1435,6 +1468,7 @@ async fn vote_checked_after_a_flood(
     voter: u32,
     flood: usize,
     per_vote: Duration,
+    replica_share_frames: usize,
 ) -> bool {
     use smr_core::codec;
     use smr_core::message::{Cid, Message, Regency, Signed, Vote, VoteKind};
@@ -1450,7 +1484,10 @@ async fn vote_checked_after_a_flood(
         seen: std::sync::atomic::AtomicBool::new(false),
     });
     let hub = Hub::default();
-    let network = hub.endpoint(Peer::Replica(0));
+    let network = hub.endpoint_with_shares(
+        Peer::Replica(0),
+        [replica_share_frames, RECEIVE_SHARE_FRAMES[1]],
+    );
     let handle = start_replica(
         engine_config(quorums, &keys, 0, Limits::default()),
         Arc::new(keys[0].clone()),
@@ -1552,5 +1589,192 @@ async fn a_slow_replica_lane_and_one_client_do_not_hold_up_clients_of_idle_worke
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_flooding_a_shared_worker_delays_another_replicas_vote_by_its_share_only() {
     let lane = DriverOptions::default().verify_queue_frames / 2;
-    assert!(vote_checked_after_a_flood(1, 1, 2 * lane, Duration::from_millis(1)).await);
+    assert!(
+        vote_checked_after_a_flood(
+            1,
+            1,
+            2 * lane,
+            Duration::from_millis(1),
+            RECEIVE_SHARE_FRAMES[0]
+        )
+        .await
+    );
+}
+
+/// A replica's share of the network's receive queue may be larger than what the reader holds of
+/// a kind at the verify queues' bounds (4,096 frames): so it was in the QUIC transport at the
+/// embedded replica's default limits, where a replica's share was raised to one frame of its
+/// 256 MiB limit, the whole lane (8,192 frames). The reader then stopped taking replica frames
+/// before replica 2's share held it back, and replica 3's vote, whose worker (1) is idle,
+/// waited behind replica 2's frames (not checked within 2 s; frames taken 5,632 of 7,001). The
+/// reader now holds up to the network's own bound for the kind
+/// (`Network::receive_queue_bound`), so only replica 2's share holds it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_share_larger_than_the_verify_queues_holds_back_only_that_replica() {
+    for share in [2_048, 8_192] {
+        assert!(
+            vote_checked_after_a_flood(2, 3, 7_000, Duration::from_millis(2), share).await,
+            "replica share of {share} frames"
+        );
+    }
+}
+
+/// A [`SlowVerifier`] that notes every signed message it checks, in order, with its signer.
+struct RecordingVerifier {
+    slow: SlowVerifier,
+    checked: Mutex<Vec<(smr_crypto::PublicKey, Vec<u8>)>>,
+}
+
+impl Verifier for RecordingVerifier {
+    fn verify(
+        &self,
+        key: &smr_crypto::PublicKey,
+        message: &[u8],
+        signature: &smr_crypto::Signature,
+    ) -> Result<(), smr_crypto::VerifyError> {
+        self.checked.lock().unwrap().push((*key, message.to_vec()));
+        self.slow.verify(key, message, signature)
+    }
+    fn check_batch(&self, items: &[smr_crypto::SignedItem<'_>]) -> smr_crypto::BatchChecked {
+        self.checked
+            .lock()
+            .unwrap()
+            .extend(items.iter().map(|item| (*item.key, item.message.to_vec())));
+        self.slow.check_batch(items)
+    }
+}
+
+/// Every path a frame takes through the reader gives its room in the network back exactly once,
+/// and keeps its peer's order: one worker with replica lanes of 512 frames (each replica a share
+/// of 128), replica 2 flooding votes that take 1 ms each, replicas 1 and 3 sending numbered
+/// votes between undecodable frames, a client's status queries (verified by the reader while
+/// the worker is idle, then queued or held) and undecodable frames. In the end every frame was
+/// taken, none holds room (a leak would keep it; a second release panics the network), and
+/// replica 1's and 3's votes were checked in the order they were sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_frame_gives_its_room_back_once_and_each_peer_keeps_its_order() {
+    use smr_core::driver::MAX_READER_BATCH_FRAMES;
+    use smr_core::message::{Cid, Regency, Signed, Vote, VoteKind};
+    let quorums = Quorums::new(Mode::Bft, 4, 1).unwrap();
+    let client_key = SimKey::from_seed([100; 32]);
+    let (keys, sim) = sim_keys(4, &[&client_key]);
+    let verifier = Arc::new(RecordingVerifier {
+        slow: SlowVerifier {
+            inner: sim,
+            slow: keys[2].public_key(),
+            per_item: Duration::from_millis(1),
+        },
+        checked: Mutex::new(Vec::new()),
+    });
+    let hub = Hub::default();
+    let network = hub.endpoint(Peer::Replica(0));
+    let handle = start_replica(
+        engine_config(quorums, &keys, 0, Limits::default()),
+        Arc::new(keys[0].clone()),
+        verifier.clone(),
+        network.clone(),
+        Box::new(Counter::default()),
+        DriverOptions {
+            verify_workers: 1,
+            verify_queue_frames: 1024,
+            empty_start: EmptyStart::NewCluster,
+            ..DriverOptions::default()
+        },
+        None,
+    )
+    .expect("replica starts");
+    let digest = |replica: u32, i: usize| smr_crypto::digest(format!("{replica}/{i}").as_bytes());
+    let vote = |replica: u32, i: usize| {
+        let signer: &dyn smr_crypto::Signer = &keys[replica as usize];
+        codec::encode(&Message::Write(Signed::new(
+            Vote {
+                kind: VoteKind::Write,
+                replica,
+                cid: Cid::FIRST,
+                regency: Regency::ZERO,
+                digest: digest(replica, i),
+            },
+            Some(signer),
+        )))
+    };
+    let query = codec::encode(&Message::StatusQuery { route: 0 });
+    let client = hub.endpoint(Peer::Client(client_key.public_key()));
+    let replicas: Vec<_> = (1..4).map(|r| hub.endpoint(Peer::Replica(r))).collect();
+    let mut sent = 0;
+    // While the worker is idle: the reader checks the client's queries itself.
+    for _ in 0..4 {
+        client.send(Peer::Replica(0), query.clone()).unwrap();
+        sent += 1;
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), client.recv())
+                .await
+                .is_ok(),
+            "answered"
+        );
+    }
+    let numbered = 300;
+    for i in 0..numbered {
+        for _ in 0..3 {
+            replicas[1].send(Peer::Replica(0), vote(2, i)).unwrap();
+            sent += 1;
+        }
+        replicas[0].send(Peer::Replica(0), vote(1, i)).unwrap();
+        replicas[2].send(Peer::Replica(0), vote(3, i)).unwrap();
+        sent += 2;
+        if i % 10 == 0 {
+            replicas[0].send(Peer::Replica(0), vec![0xff; 9]).unwrap();
+            client.send(Peer::Replica(0), vec![0xff; 9]).unwrap();
+            client.send(Peer::Replica(0), query.clone()).unwrap();
+            sent += 3;
+        }
+        if i % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let done = within(Duration::from_secs(20), || {
+        network
+            .taken
+            .iter()
+            .map(|t| t.load(Ordering::SeqCst))
+            .sum::<usize>()
+            == sent
+            && network.mailbox.held() == (0, 0)
+    })
+    .await;
+    let taken = network.taken.each_ref().map(|t| t.load(Ordering::SeqCst));
+    let kept = network.kept.each_ref().map(|k| k.load(Ordering::SeqCst));
+    eprintln!(
+        "frames sent {sent}, taken (replicas, clients) {taken:?}; frames with room taken, waiting for room {:?}; inline {}; taken with room kept now, at most {kept:?}",
+        network.mailbox.held(),
+        handle.metrics().frames_verified_inline.get()
+    );
+    assert!(done, "every frame taken and its room given back");
+    assert!(
+        kept[1] > 2 * MAX_READER_BATCH_FRAMES,
+        "the reader held frames for lanes without room: at most {} at once",
+        kept[1]
+    );
+    // Each of replica 1's and 3's votes checked once, in the order sent.
+    let checked = verifier.checked.lock().unwrap().clone();
+    for replica in [1u32, 3] {
+        let key = keys[replica as usize].public_key();
+        let order: Vec<usize> = checked
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, message)| {
+                (0..numbered)
+                    .find(|&i| {
+                        let d = digest(replica, i);
+                        message.windows(d.0.len()).any(|w| w == d.0.as_slice())
+                    })
+                    .expect("a numbered vote")
+            })
+            .collect();
+        assert_eq!(
+            order,
+            (0..numbered).collect::<Vec<_>>(),
+            "replica {replica}"
+        );
+    }
+    handle.shutdown().await;
 }

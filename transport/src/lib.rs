@@ -199,19 +199,19 @@
 //! # Receiving
 //! Frames from all connections funnel into the queue read by [`Network::recv`], bounded in frames
 //! ([`TransportConfig::recv_queue_frames`]) and in bytes ([`TransportConfig::recv_queue_bytes`]).
-//! It has two lanes, each with half of both bounds: one for replica frames, one for client
-//! frames, so that clients (anyone, under [`ClientPolicy::Any`]) cannot make protocol messages
-//! wait behind theirs. Within a lane each peer may hold only a share: a replica
-//! `1 / replicas` of its lane, a client key `1 / 16` (both at least one frame of the peer's
-//! limit); a frame counts against its share at least `lane bytes / lane frames`, so a share also
-//! bounds the frame slots a peer holds. `recv` takes replica frames first, but after 16 in a row
-//! one waiting client frame. When a share or a lane is full, that peer's readers wait (counted in
-//! [`TransportStats::frames_held_back_peer_share`], the first logged), which pushes back on the
-//! peer through QUIC flow control; no frame is dropped. [`Network::recv_many`] takes what is
-//! waiting in the same order as `recv` would, and gives the frames' room back together; a
-//! reader takes the room of the frames of one read together when it is there. Either way each
-//! frame holds and gives back exactly what it would alone. [`Network::recv_many_from`] takes
-//! only one lane's frames when asked for replicas' or clients' alone; the other lane's wait.
+//! It has two lanes, each with half of both bounds: one for replica frames, one for client frames,
+//! so that clients (anyone, under [`ClientPolicy::Any`]) cannot make protocol messages wait behind
+//! theirs. Within a lane each peer may hold only a share: a replica `1 / replicas` of its lane (a
+//! larger frame passes alone, charged the whole share), a client key `1 / 16` (at least one frame
+//! of the client limit); a frame counts against its share at least `lane bytes / lane frames`, so a
+//! share also bounds the frame slots a peer holds. `recv` takes replica frames first, but after 16
+//! in a row one waiting client frame. When a share or a lane is full, that peer's readers wait
+//! (counted in [`TransportStats::frames_held_back_peer_share`], the first logged), which pushes
+//! back on the peer through QUIC flow control; no frame is dropped. [`Network::recv_many`] takes
+//! what is waiting in the same order as `recv` would, and gives the frames' room back together; a
+//! reader takes the room of the frames of one read together when it is there. Either way each frame
+//! holds and gives back exactly what it would alone. [`Network::recv_many_from`] takes only one
+//! lane's frames when asked for replicas' or clients' alone; the other lane's wait.
 //! The driver's reader takes frames with [`Network::recv_many_holding_room`]: their room stays
 //! taken until it gives it back ([`Network::release_room`]) once they are in a verify queue, so
 //! a peer whose frames the reader holds for a full verify queue is held back by its own share.
@@ -1012,7 +1012,11 @@ impl QuicTransport {
             replica_tx,
             lane_bytes,
             lane_frames,
-            (lane_bytes / config.replicas.len().max(1)).max(config.max_frame_bytes),
+            // A replica's share is `1 / replicas` of the lane whatever its frame limit (a frame
+            // larger than the share passes alone, charged the whole share): raised to one
+            // frame of the limit, it would be the whole lane at the embedded replica's default
+            // limits (a frame limit of 256 MiB), and one replica could hold the lane.
+            lane_bytes / config.replicas.len().max(1),
         );
         let client_lane = link::Lane::new(
             client_tx,
@@ -1503,6 +1507,19 @@ impl Network for QuicTransport {
         max_bytes: usize,
     ) -> impl std::future::Future<Output = bool> + Send + 'a {
         self.next_frames(frames, senders, max_frames, max_bytes, true)
+    }
+
+    /// A lane's bytes, and its frames (a replica's frames count against its share at least
+    /// `lane bytes / lane frames` each, and the replicas' shares add up to the lane, so they
+    /// hold at most that many; clients' shares add up to the lane at 16 keys).
+    fn receive_queue_bound(&self, senders: Senders) -> Option<(usize, usize)> {
+        let shared = &self.inner.shared;
+        let lane = match senders {
+            Senders::Replicas => &shared.replica_lane,
+            Senders::Clients => &shared.client_lane,
+            Senders::Any => return None,
+        };
+        Some((lane.tx.max_capacity(), lane.max_bytes))
     }
 
     /// Gives the room back together: per lane one addition, per run of frames from one peer

@@ -2872,3 +2872,114 @@ async fn frames_taken_holding_their_room_hold_back_only_their_sender_until_relea
     assert_eq!(room(), empty, "every byte and share given back");
     replica.shutdown().await;
 }
+
+/// `recv_many_holding_room` takes frames as `recv_many_from` does, but their room (lane bytes
+/// and their sender's share) stays taken: the sender cannot queue beyond its share meanwhile,
+/// other peers can. `release_room` gives back exactly what the frames held, once each, in any
+/// grouping and order of peers.
+#[tokio::test]
+async fn frames_taken_holding_their_room_hold_back_their_sender_until_released() {
+    use smr_core::network::Senders;
+    let [(config0, socket0), _] = two_replicas(|_| {});
+    let transport = QuicTransport::start_with_socket(config0, socket0)
+        .await
+        .unwrap();
+    let shared = &transport.inner.shared;
+    let (a, b) = (
+        Peer::Client(key(9).public_key()),
+        Peer::Client(key(10).public_key()),
+    );
+    let share = shared.client_lane.share_bytes;
+    let queue = |peer: Peer, length: usize, count: usize| -> usize {
+        let lane = shared.lane(peer);
+        let mut queued = 0;
+        for _ in 0..count {
+            if !lane.try_reserve(peer, length) {
+                break;
+            }
+            lane.tx
+                .try_send(InboundFrame {
+                    from: peer,
+                    frame: vec![0; length],
+                })
+                .unwrap();
+            queued += 1;
+        }
+        queued
+    };
+    let room = || {
+        [&shared.replica_lane, &shared.client_lane]
+            .map(|lane| (lane.bytes.available_permits(), lane.shares_held()))
+    };
+    let empty = room();
+    // Client a fills its share (frames of a quarter of it), then client b queues two frames and
+    // replica 1 one.
+    let quarter = share / 4;
+    assert_eq!(queue(a, quarter, 8), 4, "a's share holds four");
+    assert_eq!(queue(b, quarter, 2), 2);
+    assert_eq!(queue(Peer::Replica(1), 100, 1), 1);
+    let mut frames = Vec::new();
+    assert!(
+        within(transport.recv_many_holding_room(&mut frames, Senders::Any, 64, usize::MAX)).await
+    );
+    let taken: Vec<(Peer, usize)> = frames.iter().map(|f| (f.from, f.frame.len())).collect();
+    assert_eq!(taken.len(), 7);
+    // Taken, but still held against a's share: a can queue nothing more.
+    assert_eq!(queue(a, quarter, 1), 0, "a is held back by its share");
+    assert_eq!(room()[0].1, 1, "replica 1's share still held");
+    // Given back in two calls, peers interleaved: b's first, then a's and the replica's.
+    let (bs, rest): (Vec<_>, Vec<_>) = taken.iter().partition(|(peer, _)| *peer == b);
+    transport.release_room(&bs);
+    assert_eq!(queue(a, quarter, 1), 0, "b's room does not free a's share");
+    let mut rest = rest;
+    rest.reverse();
+    transport.release_room(&rest);
+    assert_eq!(room(), empty, "every byte and share given back, once");
+    // And a's share is whole again.
+    assert_eq!(queue(a, quarter, 8), 4);
+    assert!(within(transport.recv_many_from(&mut frames, Senders::Clients, 64, usize::MAX)).await);
+    assert_eq!(room(), empty);
+    transport.shutdown().await;
+}
+
+/// The embedded replica sets the transport's frame limit to the largest message of the
+/// cluster's limits (`smr_core::frame_limits::replica_frame_bytes`): 268,635,649 bytes for
+/// n = 4 at `Limits::default()`. A replica's share of the receive queue's replica lane was
+/// `max(lane / replicas, frame limit)`, clamped to the lane: at those defaults the whole lane
+/// (64 MiB, 8,192 frames of 8 KiB charge), not a quarter of it, so one Byzantine replica could
+/// keep every other replica's frames out of the receive queue, and make the driver's reader
+/// hold more than the 4,096 frames it holds of one kind of sender before it stops taking
+/// replica frames (core/tests/driver.rs,
+/// `a_replica_share_larger_than_the_verify_queues_holds_back_only_that_replica`).
+/// Now a quarter: 16 MiB, 2,048 frames.
+#[tokio::test]
+async fn at_the_embedded_replicas_default_limits_each_replica_has_a_share_of_its_lane() {
+    use smr_modes::{Mode, Quorums};
+    let quorums = Quorums::new(Mode::Bft, 4, 1).unwrap();
+    let frame_limit =
+        smr_core::frame_limits::replica_frame_bytes(&quorums, &smr_core::Limits::default());
+    let sockets: Vec<UdpSocket> = (0..4)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let endpoints: Vec<ReplicaEndpoint> = (0..4)
+        .map(|i| ReplicaEndpoint {
+            id: i as u32,
+            addr: sockets[i].local_addr().unwrap(),
+            public_key: key(i as u8 + 1).public_key(),
+        })
+        .collect();
+    let mut config = TransportConfig::replica(0, key(1), endpoints, ClientPolicy::Any);
+    config.max_frame_bytes = frame_limit;
+    let socket = sockets.into_iter().next().unwrap();
+    let transport = QuicTransport::start_with_socket(config, socket)
+        .await
+        .unwrap();
+    let lane = &transport.inner.shared.replica_lane;
+    let (share, max) = (lane.share_bytes, lane.max_bytes);
+    eprintln!("frame limit {frame_limit} bytes: replica share {share} of a lane of {max} bytes");
+    transport.shutdown().await;
+    assert!(
+        share <= max / 4,
+        "frame limit {frame_limit} bytes: each replica's share is {share} bytes of a lane of {max}"
+    );
+}
