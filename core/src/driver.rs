@@ -19,8 +19,10 @@
 //!   so the peer that keeps its share full waits on its own share there (and QUIC flow control),
 //!   and every other peer's frames are still taken: one peer keeping its lane full (its worker
 //!   busy or stalled) holds up no other peer beyond its share of that lane
-//!   (docs/design.md §7.8). Beyond `verify_queue_frames` or `verify_queue_bytes` held of one
-//!   kind of sender, the reader takes only the other kind's ([`Network::recv_many_from`]).
+//!   (docs/design.md §7.8). Beyond the transport's receive-queue bound of one kind of sender
+//!   ([`Network::receive_queue_bound`]; `verify_queue_frames` and `verify_queue_bytes` if
+//!   larger or if it has none) held, the reader takes only the other kind's
+//!   ([`Network::recv_many_from`]).
 //! - **Verify workers** (`verify_workers` OS threads): each takes every frame waiting in its
 //!   replica lane, then in its client lane (up to [`MAX_VERIFY_RUN_FRAMES`] frames or [`MAX_VERIFY_RUN_BYTES`] bytes;
 //!   a quarter of each run is left to waiting client frames, [`CLIENT_SHARE_OF_RUN_FRAMES`]), decodes
@@ -118,12 +120,13 @@ pub struct DriverOptions {
     /// Threads that decode and verify inbound messages [default: half the cores, 1 to 4].
     pub verify_workers: usize,
     /// Frames queued per verify worker: half for replica frames, half for client frames, each
-    /// peer a share of its half (module docs). Also the most frames of one kind of sender the
-    /// network reader holds for lanes without room before it takes only the other kind's.
+    /// peer a share of its half (module docs). Also the least the network reader may hold of
+    /// one kind of sender for lanes without room before it takes only the other kind's (the
+    /// transport's receive-queue bound, if larger: [`Network::receive_queue_bound`]).
     pub verify_queue_frames: usize,
     /// Bytes of frames queued per verify worker, half for replica frames and half for client
     /// frames (a frame larger than its half waits for an empty lane), each peer a share of its
-    /// half; also the most bytes of one kind of sender the reader holds. With the transport's
+    /// half; also the least the reader may hold of one kind, in bytes. With the transport's
     /// own bounds, this keeps what a flood of large frames can pile up in memory bounded in
     /// bytes, not only in frames.
     pub verify_queue_bytes: usize,
@@ -897,7 +900,7 @@ impl Dealer {
         match queued_bytes.permits.try_acquire_many(permits) {
             Ok(permit) => permit.forget(),
             Err(tokio::sync::TryAcquireError::NoPermits) if !tx.is_closed() => {
-                queued_bytes.unadmit(&entry);
+                queued_bytes.unadmit(entry);
                 return Queued::Full(frame);
             }
             Err(_) => return Queued::Gone,
@@ -906,7 +909,7 @@ impl Dealer {
             Ok(()) => Queued::Yes,
             Err(mpsc::error::TrySendError::Full(frame)) => {
                 queued_bytes.release_permits(permits as usize);
-                queued_bytes.unadmit(&entry);
+                queued_bytes.unadmit(entry);
                 Queued::Full(frame)
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Queued::Gone,
@@ -1002,7 +1005,7 @@ impl Dealer {
                     if queued_bytes.try_reserve_permits(group.0) {
                         true
                     } else {
-                        queued_bytes.unadmit(&entries);
+                        queued_bytes.unadmit(entries);
                         false
                     }
                 } else {
@@ -1013,7 +1016,7 @@ impl Dealer {
                 let slots = tx.try_reserve_many(group.1).ok();
                 if slots.is_none() {
                     queued_bytes.release_permits(group.0);
-                    queued_bytes.unadmit(&entries());
+                    queued_bytes.unadmit(entries());
                 }
                 slots
             } else {
@@ -1198,7 +1201,8 @@ struct QueuedBytes {
     max: usize,
     /// The frames and bytes each peer has queued in the lane (peers with none are left out),
     /// and the most it may: a peer's share ([`QueuedBytes::try_admit`]).
-    queued_by_peer: Mutex<HashMap<Peer, (usize, usize)>>,
+    /// Keyed by a randomly seeded aHash, not SipHash: looked up for every frame.
+    queued_by_peer: Mutex<HashMap<Peer, (usize, usize), ahash::RandomState>>,
     share_frames: usize,
     share_bytes: usize,
     /// Signalled by the worker whenever it took frames from the lane ([`QueuedBytes::taken`]):
@@ -1216,7 +1220,7 @@ impl QueuedBytes {
         QueuedBytes {
             permits: tokio::sync::Semaphore::new(max_bytes),
             max: max_bytes,
-            queued_by_peer: Mutex::new(HashMap::new()),
+            queued_by_peer: Mutex::new(HashMap::default()),
             share_frames: (max_frames / shares).max(max_frames.min(MAX_VERIFY_RUN_FRAMES)),
             share_bytes: (max_bytes / shares).max(max_bytes.min(MAX_VERIFY_RUN_BYTES)),
             freed: Notify::new(),
@@ -1253,14 +1257,20 @@ impl QueuedBytes {
     }
 
     /// Uncounts frames counted by [`QueuedBytes::try_admit`] that were not queued after all, or
-    /// that the worker took.
-    fn unadmit(&self, frames: &[(Peer, usize)]) {
+    /// that the worker took: one lookup per run of frames from one peer.
+    fn unadmit(&self, frames: impl IntoIterator<Item = (Peer, usize)>) {
         let mut queued = self.queued_by_peer.lock().expect("verify lane lock");
-        for &(peer, length) in frames {
+        let mut frames = frames.into_iter().peekable();
+        while let Some((peer, length)) = frames.next() {
+            let (mut count, mut bytes) = (1usize, length);
+            while let Some((_, length)) = frames.next_if(|(next, _)| *next == peer) {
+                count += 1;
+                bytes = bytes.saturating_add(length);
+            }
             if let Entry::Occupied(mut entry) = queued.entry(peer) {
                 let (f, b) = entry.get_mut();
-                *f = f.saturating_sub(1);
-                *b = b.saturating_sub(length);
+                *f = f.saturating_sub(count);
+                *b = b.saturating_sub(bytes);
                 if *f == 0 {
                     entry.remove();
                 }
@@ -1271,11 +1281,10 @@ impl QueuedBytes {
     /// The worker took `frames` from the lane: uncounts them from their peers' shares, gives
     /// back their `permits`, and tells the reader.
     fn taken<'a>(&self, frames: impl Iterator<Item = &'a InboundFrame>, permits: usize) {
-        let frames: Vec<(Peer, usize)> = frames.map(|f| (f.from, f.frame.len())).collect();
-        if frames.is_empty() {
+        if permits == 0 {
             return;
         }
-        self.unadmit(&frames);
+        self.unadmit(frames.map(|f| (f.from, f.frame.len())));
         self.release_permits(permits);
         self.freed.notify_one();
     }
@@ -3192,15 +3201,15 @@ mod tests {
         assert!(lane.try_admit(&[(b, 1)]), "b has its own share");
         // All or nothing: b's frame fits, a's does not, so neither is counted.
         assert!(!lane.try_admit(&[(b, 1), (a, 1)]));
-        lane.unadmit(&[(a, 100)]);
+        lane.unadmit([(a, 100)]);
         assert!(lane.try_admit(&[(b, 1), (a, 1)]));
-        lane.unadmit(&many);
-        lane.unadmit(&[(a, 1), (b, 1), (b, 1)]);
+        lane.unadmit(many.iter().copied());
+        lane.unadmit([(a, 1), (b, 1), (b, 1)]);
         assert!(lane.queued_by_peer.lock().unwrap().is_empty());
         // Bytes: a frame larger than the share passes alone, then nothing more of that peer.
         assert!(lane.try_admit(&[(a, 5 << 22)]));
         assert!(!lane.try_admit(&[(a, 1)]));
-        lane.unadmit(&[(a, 5 << 22)]);
+        lane.unadmit([(a, 5 << 22)]);
         assert!(lane.try_admit(&[(a, 3 << 20), (a, 1 << 20)]));
         assert!(!lane.try_admit(&[(a, 1)]), "a's share of bytes is full");
     }

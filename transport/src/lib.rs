@@ -201,10 +201,10 @@
 //! ([`TransportConfig::recv_queue_frames`]) and in bytes ([`TransportConfig::recv_queue_bytes`]).
 //! It has two lanes, each with half of both bounds: one for replica frames, one for client frames,
 //! so that clients (anyone, under [`ClientPolicy::Any`]) cannot make protocol messages wait behind
-//! theirs. Within a lane each peer may hold only a share: a replica `1 / replicas` of its lane (a
-//! larger frame passes alone, charged the whole share), a client key `1 / 16` (at least one frame
-//! of the client limit); a frame counts against its share at least `lane bytes / lane frames`, so a
-//! share also bounds the frame slots a peer holds. `recv` takes replica frames first, but after 16
+//! theirs. Within a lane each peer may hold only a share: a replica `1 / replicas` of its lane,
+//! a client key `1 / 16` (a frame larger than a share passes alone, charged the whole share);
+//! a frame counts against its share at least `lane bytes / lane frames`, so a share also bounds
+//! the frame slots a peer holds. `recv` takes replica frames first, but after 16
 //! in a row one waiting client frame. When a share or a lane is full, that peer's readers wait
 //! (counted in [`TransportStats::frames_held_back_peer_share`], the first logged), which pushes
 //! back on the peer through QUIC flow control; no frame is dropped. [`Network::recv_many`] takes
@@ -1022,7 +1022,8 @@ impl QuicTransport {
             client_tx,
             lane_bytes,
             lane_frames,
-            (lane_bytes / link::CLIENT_SHARES).max(config.max_client_frame_bytes),
+            // Likewise a client key's, `1 / 16` of the lane.
+            lane_bytes / link::CLIENT_SHARES,
         );
         let (shutdown_tx, _) = watch::channel(false);
         let settings = match config.role {
