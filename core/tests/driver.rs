@@ -1470,8 +1470,6 @@ async fn vote_checked_after_a_flood(
     per_vote: Duration,
     replica_share_frames: usize,
 ) -> bool {
-    use smr_core::codec;
-    use smr_core::message::{Cid, Message, Regency, Signed, Vote, VoteKind};
     let quorums = Quorums::new(Mode::Bft, 4, 1).unwrap();
     let (keys, sim) = sim_keys(4, &[]);
     let verifier = Arc::new(WatchingVerifier {
@@ -1503,19 +1501,7 @@ async fn vote_checked_after_a_flood(
         None,
     )
     .expect("replica starts");
-    let vote = |replica: u32| {
-        let signer: &dyn smr_crypto::Signer = &keys[replica as usize];
-        codec::encode(&Message::Write(Signed::new(
-            Vote {
-                kind: VoteKind::Write,
-                replica,
-                cid: Cid::FIRST,
-                regency: Regency::ZERO,
-                digest: smr_crypto::digest(b"batch"),
-            },
-            Some(signer),
-        )))
-    };
+    let vote = |replica: u32| encoded_write(&keys, replica);
     let lane = DriverOptions::default().verify_queue_frames / 2;
     let byzantine = hub.endpoint(Peer::Replica(2));
     for _ in 0..flood {
