@@ -2983,3 +2983,87 @@ async fn at_the_embedded_replicas_default_limits_each_replica_has_a_share_of_its
         "frame limit {frame_limit} bytes: each replica's share is {share} bytes of a lane of {max}"
     );
 }
+
+/// docs/design.md §7.8: the replicas' shares of the receive queue's replica lane add up to the
+/// lane, so f Byzantine replicas never fill it, and each replica can queue up to its share. But
+/// a frame larger than a share passes alone, charged the whole share against its sender's share
+/// and its whole length (up to the lane) against the lane: at the embedded replica's default
+/// limits (n = 4, frame limit 268,635,649 bytes, lane of 64 MiB, share 16 MiB) one replica's
+/// 60 MiB frame holds 60 MiB of the lane, and another replica that holds nothing can queue only
+/// 4 MiB of its 16 MiB share. Taken with its room kept (`recv_many_holding_room`, as the
+/// driver's reader takes frames), the frame goes on holding the lane for as long as the reader
+/// holds it for a full verify lane (until the Byzantine replica's frames queued before it are
+/// verified), and the other replicas' frames wait at the transport meanwhile, whichever worker
+/// they belong to.
+#[tokio::test]
+async fn one_replicas_frame_larger_than_its_share_leaves_every_other_replica_its_share() {
+    use smr_core::network::Senders;
+    use smr_modes::{Mode, Quorums};
+    let quorums = Quorums::new(Mode::Bft, 4, 1).unwrap();
+    let frame_limit =
+        smr_core::frame_limits::replica_frame_bytes(&quorums, &smr_core::Limits::default());
+    let sockets: Vec<UdpSocket> = (0..4)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let endpoints: Vec<ReplicaEndpoint> = (0..4)
+        .map(|i| ReplicaEndpoint {
+            id: i as u32,
+            addr: sockets[i].local_addr().unwrap(),
+            public_key: key(i as u8 + 1).public_key(),
+        })
+        .collect();
+    let mut config = TransportConfig::replica(0, key(1), endpoints, ClientPolicy::Any);
+    config.max_frame_bytes = frame_limit;
+    let socket = sockets.into_iter().next().unwrap();
+    let transport = QuicTransport::start_with_socket(config, socket)
+        .await
+        .unwrap();
+    let lane = &transport.inner.shared.replica_lane;
+    let (share, max) = (lane.share_bytes, lane.max_bytes);
+    // Replica 1 queues one frame of 60 MiB (within its frame limit), as its stream reader would.
+    let large = 60 * 1024 * 1024;
+    assert!(large > share && large <= frame_limit);
+    let byzantine = Peer::Replica(1);
+    assert!(
+        lane.try_reserve(byzantine, large),
+        "a frame larger than a share passes alone"
+    );
+    lane.tx
+        .try_send(InboundFrame {
+            from: byzantine,
+            frame: vec![0; large],
+        })
+        .unwrap();
+    // The driver's reader takes it keeping its room (and holds it while its verify lane share
+    // is full).
+    let mut frames = Vec::new();
+    assert!(
+        within(transport.recv_many_holding_room(&mut frames, Senders::Any, 32, 64 * 1024)).await
+    );
+    assert_eq!(frames.len(), 1);
+    let left = lane.bytes.available_permits();
+    // Replica 2 holds nothing: it should be able to queue its share, in frames of 1 MiB.
+    let (honest, mib) = (Peer::Replica(2), 1024 * 1024);
+    let mut queued = 0;
+    while queued < share / mib && lane.try_reserve(honest, mib) {
+        queued += 1;
+    }
+    eprintln!(
+        "frame limit {frame_limit} bytes, lane {max} bytes, share {share} bytes: replica 1's \
+         frame of {large} bytes holds {} bytes of the lane ({left} left); replica 2 queues \
+         {queued} of the {} MiB frames of its share",
+        max - left,
+        share / mib
+    );
+    for _ in 0..queued {
+        lane.release(honest, mib);
+    }
+    transport.release_room(&[(byzantine, large)]);
+    transport.shutdown().await;
+    assert_eq!(
+        queued,
+        share / mib,
+        "one replica's frame of {large} bytes holds {} of a lane of {max} bytes (share {share})",
+        max - left
+    );
+}
