@@ -19,10 +19,9 @@
 //!   so the peer that keeps its share full waits on its own share there (and QUIC flow control),
 //!   and every other peer's frames are still taken: one peer keeping its lane full (its worker
 //!   busy or stalled) holds up no other peer beyond its share of that lane
-//!   (docs/design.md §7.8). Beyond the transport's receive-queue bound of one kind of sender
-//!   ([`Network::receive_queue_bound`]; `verify_queue_frames` and `verify_queue_bytes` if
-//!   larger or if it has none) held, the reader takes only the other kind's
-//!   ([`Network::recv_many_from`]).
+//!   (docs/design.md §7.8). Beyond the transport's receive-queue frames of one kind of sender
+//!   held ([`Network::receive_queue_frames`]; `verify_queue_frames` and `verify_queue_bytes`
+//!   if it has none), the reader takes only the other kind's ([`Network::recv_many_from`]).
 //! - **Verify workers** (`verify_workers` OS threads): each takes every frame waiting in its
 //!   replica lane, then in its client lane (up to [`MAX_VERIFY_RUN_FRAMES`] frames or [`MAX_VERIFY_RUN_BYTES`] bytes;
 //!   a quarter of each run is left to waiting client frames, [`CLIENT_SHARE_OF_RUN_FRAMES`]), decodes
@@ -122,11 +121,12 @@ pub struct DriverOptions {
     /// Frames queued per verify worker: half for replica frames, half for client frames, each
     /// peer a share of its half (module docs). Also the least the network reader may hold of
     /// one kind of sender for lanes without room before it takes only the other kind's (the
-    /// transport's receive-queue bound, if larger: [`Network::receive_queue_bound`]).
+    /// transport's receive-queue frames, if larger: [`Network::receive_queue_frames`]).
     pub verify_queue_frames: usize,
     /// Bytes of frames queued per verify worker, half for replica frames and half for client
-    /// frames (a frame larger than its half waits for an empty lane), each peer a share of its
-    /// half; also the least the reader may hold of one kind, in bytes. With the transport's
+    /// frames (a frame larger than its peer's share passes alone, charged the share), each peer a share of its
+    /// half; also the most the reader holds of one kind, in bytes, over a transport that gives
+    /// room back at once. With the transport's
     /// own bounds, this keeps what a flood of large frames can pile up in memory bounded in
     /// bytes, not only in frames.
     pub verify_queue_bytes: usize,
@@ -509,15 +509,16 @@ pub fn start_replica<N: Network>(
     let lane_frames = (options.verify_queue_frames / 2).max(1);
     let replicas_in_cluster = verifier.quorums.n();
     // What the reader may hold of each kind of sender (replicas, clients) for lanes without
-    // room: over a transport that keeps the frames' room taken meanwhile (QUIC), its receive
-    // queue's bound for that kind, so that only the transport's per-peer shares hold a peer
-    // back; else the verify queue's bounds.
+    // room, in frames and bytes: over a transport that keeps the frames' room taken meanwhile
+    // (QUIC), its receive queue's frames for that kind, so that only the transport's per-peer
+    // shares hold a peer back; else the verify queue's bounds.
     let max_held = [Senders::Replicas, Senders::Clients].map(|senders| {
-        let (frames, bytes) = network.receive_queue_bound(senders).unwrap_or((0, 0));
-        (
-            frames.max(options.verify_queue_frames),
-            bytes.max(options.verify_queue_bytes),
-        )
+        match network.receive_queue_frames(senders) {
+            // Each held frame still holds its room in the transport, which bounds their bytes
+            // per peer and in all.
+            Some(frames) => (frames.max(options.verify_queue_frames), usize::MAX),
+            None => (options.verify_queue_frames, options.verify_queue_bytes),
+        }
     });
     let runtime = tokio::runtime::Handle::current();
     for w in 0..options.verify_workers.max(1) {
@@ -579,8 +580,8 @@ pub fn start_replica<N: Network>(
     };
 
     // Reader task: deal frames to workers; a peer's frames always go to the same worker and
-    // lane, so that its frames stay in order and one flooding peer fills one lane of one worker
-    // (which still stops the reader taking its kind of sender meanwhile: docs/design.md §7.8).
+    // lane, so that its frames stay in order and one flooding peer fills its share of one lane
+    // of one worker (docs/design.md §7.8).
     let reader = {
         let network = network.clone();
         tokio::spawn(async move {
@@ -744,8 +745,8 @@ pub fn start_replica<N: Network>(
 
 /// Most frames the network reader takes from the transport at once
 /// ([`Network::recv_many_holding_room`]): the batch in hand. What it holds for lanes without
-/// room is bounded apart (`verify_queue_frames` and `verify_queue_bytes` of each kind of
-/// sender, the reader's `Dealer`).
+/// room is bounded apart (the reader's `Dealer`: [`Network::receive_queue_frames`] of each
+/// kind of sender, or `verify_queue_frames` and `verify_queue_bytes`).
 pub const MAX_READER_BATCH_FRAMES: usize = 32;
 /// Most frame bytes the network reader takes at once (plus one frame: the batch stops after
 /// the frame that crosses it).
@@ -767,9 +768,10 @@ pub const MAX_READER_BATCH_BYTES: usize = 64 * 1024;
 /// verified ([`Dealer::released`]). So the peer that fills its share waits on its own share
 /// there (and on QUIC flow control behind it), and the reader goes on taking every other peer's
 /// frames. Whatever the transport, the reader holds at most `max_held` of each kind of sender
-/// (plus one reader batch): the transport's receive queue bound for the kind
-/// ([`Network::receive_queue_bound`]), or the verify queues' bounds if larger or if it has
-/// none; beyond that it takes only the other kind's frames ([`Dealer::senders`]).
+/// (plus one reader batch): the transport's receive-queue frames for the kind
+/// ([`Network::receive_queue_frames`], its bytes left to the transport's bounds), or the
+/// verify queues' bounds if it has none; beyond that it takes only the other kind's frames
+/// ([`Dealer::senders`]).
 struct Dealer {
     worker_txs: Vec<Vec<(mpsc::Sender<InboundFrame>, Arc<QueuedBytes>)>>,
     worker_backlogs: Vec<Arc<AtomicUsize>>,
@@ -1198,7 +1200,6 @@ enum Slot {
 /// frame's before queueing it, the worker gives them back as it takes the frame.
 struct QueuedBytes {
     permits: tokio::sync::Semaphore,
-    max: usize,
     /// The frames and bytes each peer has queued in the lane (peers with none are left out),
     /// and the most it may: a peer's share ([`QueuedBytes::try_admit`]).
     /// Keyed by a randomly seeded aHash, not SipHash: looked up for every frame.
@@ -1219,7 +1220,6 @@ impl QueuedBytes {
         let shares = shares.max(1);
         QueuedBytes {
             permits: tokio::sync::Semaphore::new(max_bytes),
-            max: max_bytes,
             queued_by_peer: Mutex::new(HashMap::default()),
             share_frames: (max_frames / shares).max(max_frames.min(MAX_VERIFY_RUN_FRAMES)),
             share_bytes: (max_bytes / shares).max(max_bytes.min(MAX_VERIFY_RUN_BYTES)),
@@ -1289,10 +1289,11 @@ impl QueuedBytes {
         self.freed.notify_one();
     }
 
-    /// A frame's permits: its length, capped at the whole queue so that a larger frame
-    /// passes alone.
+    /// A frame's permits: its length, capped at its peer's share so that a larger frame passes
+    /// alone ([`QueuedBytes::try_admit`]) and still leaves every other peer its share of the
+    /// lane (the frame is in memory either way).
     fn permits_for(&self, length: usize) -> u32 {
-        u32::try_from(length.clamp(1, self.max)).unwrap_or(u32::MAX)
+        u32::try_from(length.clamp(1, self.share_bytes)).unwrap_or(u32::MAX)
     }
 
     /// Waits for room for a frame of `length` bytes; false if the semaphore closed. (The
@@ -3206,7 +3207,9 @@ mod tests {
         lane.unadmit(many.iter().copied());
         lane.unadmit([(a, 1), (b, 1), (b, 1)]);
         assert!(lane.queued_by_peer.lock().unwrap().is_empty());
-        // Bytes: a frame larger than the share passes alone, then nothing more of that peer.
+        // Bytes: a frame larger than the share passes alone, charged the share against the
+        // lane (so it leaves the others theirs), then nothing more of that peer.
+        assert_eq!(lane.permits_for(5 << 22), 1 << 22);
         assert!(lane.try_admit(&[(a, 5 << 22)]));
         assert!(!lane.try_admit(&[(a, 1)]));
         lane.unadmit([(a, 5 << 22)]);

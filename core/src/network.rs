@@ -25,8 +25,8 @@ pub enum Peer {
 
 /// Whose frames [`Network::recv_many_from`] takes: any peer's, or only replicas' or only
 /// clients'. The driver's reader takes only one kind while it holds as many frames of the
-/// other kind as it may (`DriverOptions::verify_queue_frames`, `verify_queue_bytes`) for verify
-/// queues without room, so that the other kind's frames are still taken (docs/design.md §7.8).
+/// other kind as it may for verify queues without room ([`Network::receive_queue_frames`]), so
+/// that the other kind's frames are still taken (docs/design.md §7.8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Senders {
     /// Frames of every peer, in the order [`Network::recv`] yields them.
@@ -182,14 +182,19 @@ pub trait Network: Send + Sync + 'static {
     ) -> impl Future<Output = bool> + Send + 'a {
         self.recv_many_from(frames, senders, max_frames, max_bytes)
     }
-    /// How much of `senders`' frames ([`Senders::Replicas`] or [`Senders::Clients`]) the
-    /// transport's receive queue holds at most, as (frames, bytes), frames taken with
-    /// [`Network::recv_many_holding_room`] and not yet given back included; `None` if it does
-    /// not keep their room (the default). The driver's reader then holds up to this much of a
-    /// kind before it stops taking that kind, so that only the transport's per-peer shares
-    /// hold a peer back; without it, up to `verify_queue_frames` and `verify_queue_bytes`, and
-    /// beyond that one peer's flood holds up the other peers of its kind (docs/design.md §7.8).
-    fn receive_queue_bound(&self, senders: Senders) -> Option<(usize, usize)> {
+    /// For a transport that keeps the room of frames taken with
+    /// [`Network::recv_many_holding_room`] until [`Network::release_room`], bounded per peer:
+    /// how many frames of `senders`' kind ([`Senders::Replicas`] or [`Senders::Clients`]) its
+    /// receive queue holds at most, those taken and not given back included. The driver's
+    /// reader then holds up to that many frames of a kind (at least `verify_queue_frames`) for
+    /// verify queues without room before it stops taking that kind, and leaves their bytes to
+    /// the transport's own bounds, so that only a peer's share holds it back. Must be finite:
+    /// the reader may hold that many frames in memory.
+    ///
+    /// `None` by default (room given back at once): the reader then holds at most
+    /// `verify_queue_frames` and `verify_queue_bytes` of a kind, and beyond that one peer's
+    /// flood holds up the other peers of its kind (docs/design.md §7.8).
+    fn receive_queue_frames(&self, senders: Senders) -> Option<usize> {
         let _ = senders;
         None
     }

@@ -280,14 +280,14 @@ impl Network for MemNetwork {
         }
         open
     }
-    /// Four senders' shares of frames, as in a cluster of 4 (no bound in bytes).
-    fn receive_queue_bound(&self, senders: Senders) -> Option<(usize, usize)> {
+    /// Four senders' shares of frames, as in a cluster of 4.
+    fn receive_queue_frames(&self, senders: Senders) -> Option<usize> {
         let kind = match senders {
             Senders::Replicas => 0,
             Senders::Clients => 1,
             Senders::Any => return None,
         };
-        Some((4 * self.mailbox.share_frames[kind], usize::MAX))
+        Some(4 * self.mailbox.share_frames[kind])
     }
     fn release_room(&self, frames: &[(Peer, usize)]) {
         for (peer, _) in frames {
@@ -1594,7 +1594,7 @@ async fn a_replica_flooding_a_shared_worker_delays_another_replicas_vote_by_its_
 /// before replica 2's share held it back, and replica 3's vote, whose worker (1) is idle,
 /// waited behind replica 2's frames (not checked within 2 s; frames taken 5,632 of 7,001). The
 /// reader now holds up to the network's own bound for the kind
-/// (`Network::receive_queue_bound`), so only replica 2's share holds it back.
+/// (`Network::receive_queue_frames`), so only replica 2's share holds it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_share_larger_than_the_verify_queues_holds_back_only_that_replica() {
     for share in [2_048, 8_192] {

@@ -202,7 +202,8 @@
 //! It has two lanes, each with half of both bounds: one for replica frames, one for client frames,
 //! so that clients (anyone, under [`ClientPolicy::Any`]) cannot make protocol messages wait behind
 //! theirs. Within a lane each peer may hold only a share: a replica `1 / replicas` of its lane,
-//! a client key `1 / 16` (a frame larger than a share passes alone, charged the whole share);
+//! a client key `1 / 16` (a frame larger than a share passes alone, charged the whole share
+//! against both its share and the lane, so it leaves every other peer its share);
 //! a frame counts against its share at least `lane bytes / lane frames`, so a share also bounds
 //! the frame slots a peer holds. `recv` takes replica frames first, but after 16
 //! in a row one waiting client frame. When a share or a lane is full, that peer's readers wait
@@ -1013,7 +1014,8 @@ impl QuicTransport {
             lane_bytes,
             lane_frames,
             // A replica's share is `1 / replicas` of the lane whatever its frame limit (a frame
-            // larger than the share passes alone, charged the whole share): raised to one
+            // larger than the share passes alone, charged the whole share against the share
+            // and the lane, `link::Lane`): raised to one
             // frame of the limit, it would be the whole lane at the embedded replica's default
             // limits (a frame limit of 256 MiB), and one replica could hold the lane.
             lane_bytes / config.replicas.len().max(1),
@@ -1510,17 +1512,16 @@ impl Network for QuicTransport {
         self.next_frames(frames, senders, max_frames, max_bytes, true)
     }
 
-    /// A lane's bytes, and its frames (a replica's frames count against its share at least
-    /// `lane bytes / lane frames` each, and the replicas' shares add up to the lane, so they
-    /// hold at most that many; clients' shares add up to the lane at 16 keys).
-    fn receive_queue_bound(&self, senders: Senders) -> Option<(usize, usize)> {
+    /// A lane's frames. The replicas' frames taken and not given back stay within it (each
+    /// counts against its sender's share at least `lane bytes / lane frames`, and the shares add
+    /// up to the lane); the clients' reach it once 16 keys fill their shares.
+    fn receive_queue_frames(&self, senders: Senders) -> Option<usize> {
         let shared = &self.inner.shared;
-        let lane = match senders {
-            Senders::Replicas => &shared.replica_lane,
-            Senders::Clients => &shared.client_lane,
-            Senders::Any => return None,
-        };
-        Some((lane.tx.max_capacity(), lane.max_bytes))
+        match senders {
+            Senders::Replicas => Some(shared.replica_lane.tx.max_capacity()),
+            Senders::Clients => Some(shared.client_lane.tx.max_capacity()),
+            Senders::Any => None,
+        }
     }
 
     /// Gives the room back together: per lane one addition, per run of frames from one peer

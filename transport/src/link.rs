@@ -143,7 +143,10 @@ pub(crate) const REPLICA_FRAMES_PER_CLIENT_FRAME: u32 = 16;
 ///
 /// A frame holds its length against the lane, and against its sender's share at least
 /// `lane bytes / lane frames` (so a share also bounds the lane's frame slots a peer holds). Both
-/// are capped at the whole budget, so that one frame larger than a bound passes alone.
+/// are capped at the sender's share, so that one frame larger than a share passes alone and
+/// still leaves every other peer its share of the lane: the lane's bytes bound what the frames
+/// are charged, and each peer holds at most one frame beyond its share (the frame is in memory
+/// before it waits for room either way: a stream reads a whole frame first).
 pub(crate) struct Lane {
     pub(crate) tx: mpsc::Sender<InboundFrame>,
     /// Bytes of frames in the lane, as permits.
@@ -179,7 +182,7 @@ impl Lane {
     }
 
     fn lane_permits(&self, length: usize) -> u32 {
-        u32::try_from(length.clamp(1, self.max_bytes)).unwrap_or(u32::MAX)
+        u32::try_from(length.clamp(1, self.share_bytes)).unwrap_or(u32::MAX)
     }
 
     fn share_permits(&self, length: usize) -> u32 {

@@ -734,8 +734,9 @@ fn a_byte_budget_lets_one_large_frame_through_alone_and_nothing_past_its_bound()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_receive_queue_is_bounded_in_bytes_and_pushes_back_without_losing_frames() {
     let client = key(65);
-    // Half of the 4096 bytes is the client lane; one client key may hold 1024 bytes of it
-    // (one frame of its limit), so one frame of 1000 bytes fills its share.
+    // Half of the 4096 bytes is the client lane; one client key may hold 128 bytes of it (a
+    // sixteenth), so one frame of 1000 bytes passes alone and fills its share, charged the
+    // share (not its length) against the lane.
     let (replica, endpoint) =
         single_replica_with(&[client.public_key()], |c| c.recv_queue_bytes = 4096).await;
     let (_endpoint, conn) = raw_connect(&client, &endpoint).await.unwrap();
@@ -751,7 +752,7 @@ async fn the_receive_queue_is_bounded_in_bytes_and_pushes_back_without_losing_fr
     })
     .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(lane.bytes.available_permits(), 2048 - 1000);
+    assert_eq!(lane.bytes.available_permits(), 2048 - 128);
     assert!(replica.stats().frames_received <= 2);
     for i in 0..5u8 {
         assert_eq!(recv_within(&replica).await.frame, vec![i; 1000]);
@@ -2991,10 +2992,10 @@ async fn at_the_embedded_replicas_default_limits_each_replica_has_a_share_of_its
 /// limits (n = 4, frame limit 268,635,649 bytes, lane of 64 MiB, share 16 MiB) one replica's
 /// 60 MiB frame holds 60 MiB of the lane, and another replica that holds nothing can queue only
 /// 4 MiB of its 16 MiB share. Taken with its room kept (`recv_many_holding_room`, as the
-/// driver's reader takes frames), the frame goes on holding the lane for as long as the reader
-/// holds it for a full verify lane (until the Byzantine replica's frames queued before it are
-/// verified), and the other replicas' frames wait at the transport meanwhile, whichever worker
-/// they belong to.
+/// driver's reader takes frames), the frame went on holding the lane for as long as the reader
+/// held it for a full verify lane (until the Byzantine replica's frames queued before it were
+/// verified), and the other replicas' frames waited at the transport meanwhile, whichever worker
+/// they belong to. Now a frame is charged at most its sender's share against the lane too.
 #[tokio::test]
 async fn one_replicas_frame_larger_than_its_share_leaves_every_other_replica_its_share() {
     use smr_core::network::Senders;
