@@ -405,10 +405,16 @@ async fn replicas_serve_metrics_that_match_their_status_and_survive_hostile_scra
                 );
                 assert!(m.value("smr_batch_size_count") >= 1.0);
                 assert!(m.value("smr_batch_size_sum") >= OPS as f64);
-                assert!(
-                    m.value("smr_consensus_latency_seconds_count") >= 1.0,
-                    "replica {id}"
-                );
+                // The leader times each PROPOSE it sends; a follower only those it received
+                // from the leader of its regency before it executed their cids, so one that
+                // decided them through a leader change's SYNC or caught up by decisions on a
+                // loaded machine may have timed none (seen once in CI: replica 1, count 0).
+                if id == leader as usize && reports[id].regency.0 == 0 {
+                    assert!(
+                        m.value("smr_consensus_latency_seconds_count") >= 1.0,
+                        "the leader"
+                    );
+                }
                 assert!(m.value("smr_signature_verifications_total") > 0.0);
                 // A leader that proposed every request verified each one before its PROPOSE
                 // (docs/design.md §5 rule 3); a follower's count depends on which copy came
