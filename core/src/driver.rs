@@ -83,10 +83,10 @@ use crate::metrics::ReplicaMetrics;
 use crate::network::{InboundFrame, Network, Peer, SendError, Senders};
 use crate::pool::SESSIONS_PER_KEY_IN_POOL;
 use crate::rejection::Rejection;
-use crate::runner::{self, Host};
+use crate::runner::{self, GroupCommit, Host};
 use crate::service::Service;
 use crate::storage::FsyncPolicy;
-use crate::storage::{Recovered, Wal};
+use crate::storage::{LogSync, Recovered, StorageError, Wal};
 use crate::verify::{InboundVerifier, RequestAuth, Verified, VerifiedRequests};
 use crate::{EngineConfig, InvalidConfig};
 
@@ -197,6 +197,29 @@ pub struct ReplicaStatus {
     /// Whether the replica votes, or abstains while it rejoins ([`Engine::participation`]).
     pub participation: Participation,
 }
+
+/// What waits for an fsync in the driver's group commit ([`GroupCommit`]).
+enum HeldAction {
+    /// A message, encoded, to send to each of `to`.
+    Send {
+        to: Vec<Peer>,
+        message: Message,
+        frame: Vec<u8>,
+    },
+    /// A command for the service thread.
+    Service(ServiceCommand),
+}
+
+/// How one fsync on the blocking thread ended, and how long it took.
+type FsyncEnded = (Result<(), StorageError>, Duration);
+
+/// Most actions held behind a running fsync: beyond them, or beyond
+/// [`MAX_HELD_BYTES`], the engine takes no input until the fsync ends (a slow disk slows the
+/// replica, and never makes it hold without bound).
+const MAX_HELD_ACTIONS: usize = 16_384;
+/// Most bytes of actions held behind a running fsync (messages counted twice: encoded and
+/// not; service commands by their operations and snapshots).
+const MAX_HELD_BYTES: usize = 64 << 20;
 
 enum ServiceCommand {
     Execute {
@@ -695,6 +718,8 @@ pub fn start_replica<N: Network>(
         initial_output,
         wal,
         unsynced: false,
+        commit: GroupCommit::default(),
+        fsync: None,
         failure: None,
         reader,
         network,
@@ -1557,6 +1582,11 @@ struct EngineLoop<N> {
     wal: Option<Wal>,
     /// Records appended since the last sync.
     unsynced: bool,
+    /// Group commit: sends and service work that wait for an fsync that has not ended
+    /// ([`Host::sync`] returns at once; the fsync runs on a blocking thread).
+    commit: GroupCommit<HeldAction>,
+    /// The fsync running, by the highest sync number it covers.
+    fsync: Option<(u64, tokio::task::JoinHandle<FsyncEnded>)>,
     /// Set when performing an output failed: nothing more of it is performed
     /// ([`Host::stopped`]), and the engine task ends with it.
     failure: Option<ReplicaError>,
@@ -1851,6 +1881,25 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) -> Result<(), ReplicaError
     let output = l.engine.start(now_ms(epoch));
     l.perform_checked(now_ms(epoch), output)?;
     loop {
+        // Group commit's bound: with too much waiting for the running fsync, nothing else is
+        // taken until it ends.
+        if l.commit_full() {
+            let (number, task) = l
+                .fsync
+                .as_mut()
+                .expect("held actions wait for a running fsync");
+            let number = *number;
+            tokio::select! {
+                biased;
+                _ = l.shutdown.notified() => return Ok(()),
+                joined = task => {
+                    l.fsync = None;
+                    l.fsync_ended(number, joined)?;
+                }
+            }
+            l.publish_status();
+            continue;
+        }
         // Due timers first: the select below prefers inputs, and a steady stream of them (a
         // peer flooding cheap messages) must not starve request timeouts and leader changes.
         let now = now_ms(epoch);
@@ -1862,9 +1911,15 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) -> Result<(), ReplicaError
         let sleep_until = next_deadline
             .map(|d| epoch + Duration::from_millis(d))
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let fsync_number = l.fsync.as_ref().map(|(number, _)| *number);
         tokio::select! {
             biased;
             _ = l.shutdown.notified() => return Ok(()),
+            // First after shutdown: what it frees was decided before anything below.
+            joined = async { (&mut l.fsync.as_mut().expect("guarded").1).await }, if fsync_number.is_some() => {
+                l.fsync = None;
+                l.fsync_ended(fsync_number.expect("guarded"), joined)?;
+            }
             output = l.output_rx.recv() => {
                 let now = now_ms(epoch);
                 match output {
@@ -1923,10 +1978,11 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) -> Result<(), ReplicaError
                                 .is_some(),
                             participation: l.engine.participation(),
                         };
-                        // The service thread fills in the digest after the batches queued
-                        // before this query, i.e. exactly at `last_decided`. If it is gone,
-                        // its output channel says why.
-                        let _ = l.service_tx.send(ServiceCommand::Status { to, report });
+                        // The service thread fills in the digest after the batches handed
+                        // to it before this query (held behind an fsync or not), i.e.
+                        // exactly at `last_decided`. If it is gone, its output channel says
+                        // why.
+                        let _ = l.to_service(ServiceCommand::Status { to, report });
                     }
                     EngineInput::Failed(e) => return Err(e),
                 }
@@ -1982,6 +2038,12 @@ impl<N: Network> Host for EngineLoop<N> {
                         .fsync_latency
                         .observe_duration(started.elapsed());
                 }
+                if result.is_ok() {
+                    // The new log holds, synced, every record that must survive: whatever
+                    // waited for a sync may go (a running fsync of the old log still ends).
+                    let freed = self.commit.all_durable();
+                    self.release(freed);
+                }
                 result
             }
             _ => {
@@ -1995,58 +2057,41 @@ impl<N: Network> Host for EngineLoop<N> {
         }
     }
 
+    /// Group commit: writes the records out and returns; the fsync runs on a blocking thread
+    /// (one at a time: the next covers every sync asked for meanwhile), and every later send
+    /// and service command waits for it in [`EngineLoop::commit`].
     fn sync(&mut self) {
         if self.failure.is_some() || !std::mem::take(&mut self.unsynced) {
             return;
         }
-        if let Some(wal) = self.wal.as_mut() {
-            let started = std::time::Instant::now();
-            let result = wal.sync();
-            if wal.policy() == FsyncPolicy::Always {
-                self.metrics.fsyncs.add(1);
-                self.metrics
-                    .fsync_latency
-                    .observe_duration(started.elapsed());
-            }
-            if let Err(e) = result {
-                self.fail(ReplicaError::Storage(e.to_string()));
+        let Some(wal) = self.wal.as_mut() else {
+            return;
+        };
+        match wal.write_for_sync() {
+            Err(e) => self.fail(ReplicaError::Storage(e.to_string())),
+            // `fsync = "never"`: written is all it promises.
+            Ok(None) => {}
+            Ok(Some(log_sync)) => {
+                if let Some(number) = self.commit.ask() {
+                    self.start_fsync(number, log_sync);
+                }
             }
         }
     }
 
     fn send(&mut self, to: &[Peer], message: Message) {
-        match &message {
-            Message::Propose(propose) => self.timing.proposed(
-                propose.body.cid,
-                std::time::Instant::now(),
-                self.engine.last_executed(),
-                self.max_instances_ahead,
-            ),
-            Message::Reply(reply) => {
-                let id = RequestId {
-                    client: reply.client,
-                    session: reply.session,
-                    seq: reply.seq,
-                };
-                if let Some(latency) = self.timing.replied(&id) {
-                    self.metrics.request_latency.observe_duration(latency);
-                }
-            }
-            _ => {}
-        }
         // Encoded once, however many receive it.
         let frame = codec::encode(&message);
-        for peer in to {
-            // A reply goes to the connection its session's requests arrive on, not to any of
-            // its key's connections: many processes may share a key (docs/design.md §3.7).
-            let sent = match (peer, &message) {
-                (Peer::Client(key), Message::Reply(reply)) => {
-                    self.network
-                        .send_to_session(*key, reply.route(), frame.clone())
-                }
-                _ => self.network.send(*peer, frame.clone()),
+        if self.commit.must_wait() {
+            let bytes = frame.len().saturating_mul(2);
+            let action = HeldAction::Send {
+                to: to.to_vec(),
+                message,
+                frame,
             };
-            self.sent(*peer, &message, sent);
+            self.commit.hold(action, bytes);
+        } else {
+            self.send_frame(to, &message, frame);
         }
     }
 
@@ -2068,7 +2113,7 @@ impl<N: Network> Host for EngineLoop<N> {
             ServiceWork::Restore { cid, snapshot } => ServiceCommand::Restore { cid, snapshot },
         };
         // The service thread answers through `output_rx`.
-        if self.service_tx.send(command).is_err() {
+        if !self.to_service(command) {
             self.fail(ReplicaError::Service("its thread ended".to_string()));
         }
         None
@@ -2095,6 +2140,117 @@ impl<N: Network> EngineLoop<N> {
             .network
             .send_to_session(to.client, to.route, codec::encode(&message));
         self.sent(Peer::Client(to.client), &message, sent);
+    }
+
+    /// Sends `frame`, the encoding of `message`, to each of `to`.
+    fn send_frame(&mut self, to: &[Peer], message: &Message, frame: Vec<u8>) {
+        match message {
+            Message::Propose(propose) => self.timing.proposed(
+                propose.body.cid,
+                std::time::Instant::now(),
+                self.engine.last_executed(),
+                self.max_instances_ahead,
+            ),
+            Message::Reply(reply) => {
+                let id = RequestId {
+                    client: reply.client,
+                    session: reply.session,
+                    seq: reply.seq,
+                };
+                if let Some(latency) = self.timing.replied(&id) {
+                    self.metrics.request_latency.observe_duration(latency);
+                }
+            }
+            _ => {}
+        }
+        for peer in to {
+            // A reply goes to the connection its session's requests arrive on, not to any of
+            // its key's connections: many processes may share a key (docs/design.md §3.7).
+            let sent = match (peer, message) {
+                (Peer::Client(key), Message::Reply(reply)) => {
+                    self.network
+                        .send_to_session(*key, reply.route(), frame.clone())
+                }
+                _ => self.network.send(*peer, frame.clone()),
+            };
+            self.sent(*peer, message, sent);
+        }
+    }
+
+    /// Hands `command` to the service thread, after every action held before it; false if
+    /// the thread is gone.
+    fn to_service(&mut self, command: ServiceCommand) -> bool {
+        if self.commit.must_wait() {
+            let bytes = match &command {
+                ServiceCommand::Execute { items, .. } => items
+                    .iter()
+                    .map(|item| item.op.len().saturating_add(64))
+                    .fold(0usize, usize::saturating_add),
+                ServiceCommand::Query { op, .. } => op.len(),
+                ServiceCommand::Restore { snapshot, .. } => snapshot.len(),
+                ServiceCommand::Status { .. } | ServiceCommand::Snapshot { .. } => 0,
+            };
+            self.commit
+                .hold(HeldAction::Service(command), bytes.saturating_add(64));
+            return true;
+        }
+        self.service_tx.send(command).is_ok()
+    }
+
+    /// Performs actions freed by a sync, in order.
+    fn release(&mut self, freed: Vec<HeldAction>) {
+        for action in freed {
+            match action {
+                HeldAction::Send { to, message, frame } => self.send_frame(&to, &message, frame),
+                HeldAction::Service(command) => {
+                    if self.service_tx.send(command).is_err() {
+                        self.fail(ReplicaError::Service("its thread ended".to_string()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts fsync `number` on a blocking thread.
+    fn start_fsync(&mut self, number: u64, log_sync: LogSync) {
+        let task = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let result = log_sync.run();
+            (result, started.elapsed())
+        });
+        self.fsync = Some((number, task));
+    }
+
+    /// Whether the actions held behind the running fsync reached their bound: the engine
+    /// then takes no input until it ends.
+    fn commit_full(&self) -> bool {
+        self.commit.held() >= MAX_HELD_ACTIONS || self.commit.held_bytes() >= MAX_HELD_BYTES
+    }
+
+    /// The fsync numbered `number` ended: what waited for it goes, in order, and the next
+    /// fsync starts if syncs were asked for meanwhile. An fsync that failed stops the replica:
+    /// it can no longer keep what it promised.
+    fn fsync_ended(
+        &mut self,
+        number: u64,
+        joined: Result<FsyncEnded, tokio::task::JoinError>,
+    ) -> Result<(), ReplicaError> {
+        let (result, took) =
+            joined.map_err(|e| ReplicaError::Storage(format!("the fsync thread failed: {e}")))?;
+        self.metrics.fsyncs.add(1);
+        self.metrics.fsync_latency.observe_duration(took);
+        result.map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        let (freed, next) = self.commit.completed(number);
+        self.release(freed);
+        if let Some(next) = next {
+            let wal = self.wal.as_mut().expect("only a replica with a log syncs");
+            match wal.write_for_sync() {
+                Ok(Some(log_sync)) => self.start_fsync(next, log_sync),
+                Ok(None) => unreachable!("only fsync = \"always\" runs fsyncs"),
+                Err(e) => self.fail(ReplicaError::Storage(e.to_string())),
+            }
+        }
+        self.failure.take().map_or(Ok(()), Err)
     }
 
     /// Accounts for the outcome of sending `message` to `peer`.

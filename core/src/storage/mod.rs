@@ -58,7 +58,7 @@ mod lock;
 mod wal;
 
 pub use format::MAX_RECORD_BYTES;
-pub use wal::Wal;
+pub use wal::{LogSync, Wal};
 
 /// When appended records reach the disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -230,6 +230,31 @@ impl Wal {
         Ok(())
     }
 
+    /// Writes every appended record to the file, without an fsync, and returns what makes
+    /// them durable on another thread ([`LogSync::run`]), so that the caller can go on while
+    /// the disk works (the tokio driver's group commit, [`crate::runner::GroupCommit`]).
+    /// `None` under [`FsyncPolicy::Never`], whose promise writing alone keeps.
+    ///
+    /// Records appended later are not covered by the returned `LogSync`, though its fsync may
+    /// happen to make some of them durable too.
+    ///
+    /// # Errors
+    /// As [`Wal::sync`]: [`StorageError::Io`] (the `Wal` is poisoned from then on), or
+    /// [`StorageError::Poisoned`] after an earlier one.
+    pub fn write_for_sync(&mut self) -> Result<Option<LogSync>, StorageError> {
+        self.check_usable()?;
+        self.write_pending()?;
+        if self.policy != FsyncPolicy::Always {
+            return Ok(None);
+        }
+        let file = self.log.try_clone().map_err(io_error(&self.log_path));
+        let file = self.poison_on_error(file)?;
+        Ok(Some(LogSync {
+            file,
+            path: self.log_path.clone(),
+        }))
+    }
+
     /// Atomically replaces the checkpoint and starts a fresh log containing exactly
     /// `records_after` (the records that must survive after this checkpoint). Crash at any
     /// point leaves either the old (checkpoint, log) pair or the new one, never a mix. Both
@@ -368,6 +393,26 @@ impl Wal {
         self.written_bytes += self.pending.len() as u64;
         self.pending.clear();
         Ok(())
+    }
+}
+
+/// An fsync of a log, for another thread: see [`Wal::write_for_sync`].
+#[derive(Debug)]
+pub struct LogSync {
+    /// The log file (its own descriptor: the `Wal` may move to a new log meanwhile).
+    file: File,
+    path: PathBuf,
+}
+
+impl LogSync {
+    /// Makes durable every record written before [`Wal::write_for_sync`] returned this
+    /// (`fdatasync`). It blocks for the disk's round trip.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`]: the records may be lost, so the replica that asked must stop
+    /// promising them (the `Wal` is not poisoned from here; its owner fails instead).
+    pub fn run(self) -> Result<(), StorageError> {
+        self.file.sync_data().map_err(io_error(&self.path))
     }
 }
 
