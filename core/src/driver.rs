@@ -1971,6 +1971,7 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) -> Result<(), ReplicaError
                             executed_requests: l.engine.stats().executed_requests,
                             client_signatures_verified: l.client_signatures_verified(),
                             client_signatures_cached: l.verified_requests.hits(),
+                            fsyncs: l.metrics.fsyncs.get(),
                             refused_replicas: l.network.refused_replicas(),
                             state_over_max_state_bytes: l
                                 .engine

@@ -951,6 +951,10 @@ pub struct StatusReport {
     /// Client request signature checks the replica skipped since it started, because a
     /// byte-identical copy was already authenticated here.
     pub client_signatures_cached: u64,
+    /// Write-ahead log fsyncs since the replica started (`fsync = "always"`; checkpoint
+    /// writes included; 0 without a data dir). A benchmark divides its growth by the window
+    /// and by the growth of `decided_instances` (group commit, docs/design.md §6).
+    pub fsyncs: u64,
     /// Peer replicas this one refuses because their protocol settings differ from its own
     /// ([`crate::settings`]), with the settings that differ.
     pub refused_replicas: Vec<RefusedReplica>,

@@ -229,6 +229,7 @@ fn samples() -> Vec<(&'static str, Vec<u8>, Decodes)> {
                 executed_requests: 0,
                 client_signatures_verified: 0,
                 client_signatures_cached: 0,
+                fsyncs: 0,
                 refused_replicas: Vec::new(),
                 state_over_max_state_bytes: false,
                 participation: smr_core::message::Participation::CatchingUp { until: Cid(70) },

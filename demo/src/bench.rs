@@ -254,6 +254,9 @@ pub struct BenchResult {
     pub client_signature_verifications_per_op: Option<f64>,
     /// Each replica's client-signature work over the window.
     pub client_signatures: Vec<ReplicaClientSignatures>,
+    /// With `--durable`: each replica's write-ahead log fsyncs over the window.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fsyncs: Vec<ReplicaFsyncs>,
     pub cpu: Vec<ProcessCpu>,
     /// CPU seconds per 1000 ops of all processes together.
     pub total_cpu_s_per_1000_ops: Option<f64>,
@@ -280,6 +283,18 @@ pub struct ReplicaClientSignatures {
     pub cached: u64,
     /// Ordered requests it executed.
     pub executed_requests: u64,
+}
+
+/// One replica's write-ahead log fsyncs over the window (from [`StatusReport`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct ReplicaFsyncs {
+    pub replica: ReplicaId,
+    /// Fsyncs in the window.
+    pub fsyncs: u64,
+    /// Per second of the window.
+    pub per_s: f64,
+    /// Per instance it decided in the window; `None` if it decided none.
+    pub per_decided_instance: Option<f64>,
 }
 
 /// What every point of a run shares.
@@ -889,6 +904,11 @@ async fn run_point(
     let (avg_batch_size, decided_instances) = batch_size(&before.statuses, &after.statuses);
     let (client_signatures, client_signature_verifications_per_op) =
         client_signatures(&before.statuses, &after.statuses);
+    let fsyncs = if settings.durable {
+        fsyncs(&before.statuses, &after.statuses, window_s)
+    } else {
+        Vec::new()
+    };
     let mut timeline = vec![0f64; (total.as_millis() as u64 / BUCKET_MS + 1) as usize];
     for s in &samples {
         let bucket = (s.done_us / 1000 / BUCKET_MS) as usize;
@@ -920,6 +940,7 @@ async fn run_point(
         decided_instances,
         client_signature_verifications_per_op,
         client_signatures,
+        fsyncs,
         cpu,
         total_cpu_s_per_1000_ops: total_cpu.map(per_1000),
         ceiling: None,
@@ -993,6 +1014,27 @@ fn client_signatures(
         .filter(|&ops| ops > 0)
         .map(|ops| verified as f64 / ops as f64);
     (per_replica, per_op)
+}
+
+/// Each replica's fsyncs over a window of `window_s` seconds: in all, per second and per
+/// instance it decided.
+fn fsyncs(
+    before: &[Option<StatusReport>],
+    after: &[Option<StatusReport>],
+    window_s: f64,
+) -> Vec<ReplicaFsyncs> {
+    at_both_edges(before, after)
+        .map(|(b, a)| {
+            let fsyncs = a.fsyncs.saturating_sub(b.fsyncs);
+            let decided = a.decided_instances.saturating_sub(b.decided_instances);
+            ReplicaFsyncs {
+                replica: a.replica,
+                fsyncs,
+                per_s: fsyncs as f64 / window_s,
+                per_decided_instance: (decided > 0).then(|| fsyncs as f64 / decided as f64),
+            }
+        })
+        .collect()
 }
 
 /// Requests per decided instance over the window, from the replica that decided the most
@@ -1155,6 +1197,20 @@ fn print_result(r: &BenchResult) -> Result<(), OutputError> {
             .collect();
         outln!(
             "client sigs  {per_op:.3} verified per ordered op, all replicas (verified/cached: {})",
+            each.join(", ")
+        )?;
+    }
+    if !r.fsyncs.is_empty() {
+        let each: Vec<String> = r
+            .fsyncs
+            .iter()
+            .map(|f| match f.per_decided_instance {
+                Some(per) => format!("r{} {:.0}/s {per:.2}", f.replica, f.per_s),
+                None => format!("r{} {:.0}/s -", f.replica, f.per_s),
+            })
+            .collect();
+        outln!(
+            "fsyncs       per second and per decided instance, each replica: {}",
             each.join(", ")
         )?;
     }
@@ -1668,6 +1724,7 @@ mod tests {
             executed_requests: executed,
             client_signatures_verified: verified,
             client_signatures_cached: cached,
+            fsyncs: 0,
             ..crate::status::tests::report(replica, 0, 0)
         }
     }
@@ -1711,6 +1768,26 @@ mod tests {
         let after = vec![Some(report(20, 300)), Some(report(50, 5000))];
         assert_eq!(batch_size(&before, &after), (Some(20.0), Some(10)));
         assert_eq!(batch_size(&[None], &[None]), (None, None));
+    }
+
+    #[test]
+    fn fsyncs_are_each_replicas_growth_per_second_and_per_decided_instance() {
+        let report = |replica, decided, fsyncs| StatusReport {
+            decided_instances: decided,
+            fsyncs,
+            ..report(replica, 0, 0, 0)
+        };
+        let before = vec![Some(report(0, 10, 100)), None, Some(report(2, 5, 7))];
+        let after = vec![
+            Some(report(0, 30, 150)),
+            Some(report(1, 99, 99)),
+            Some(report(2, 5, 11)),
+        ];
+        let each: Vec<(ReplicaId, u64, f64, Option<f64>)> = fsyncs(&before, &after, 2.0)
+            .into_iter()
+            .map(|f| (f.replica, f.fsyncs, f.per_s, f.per_decided_instance))
+            .collect();
+        assert_eq!(each, vec![(0, 50, 25.0, Some(2.5)), (2, 4, 2.0, None)]);
     }
 
     /// The plots' text is drawn with the embedded font: without a registered font plotters'

@@ -640,6 +640,7 @@ impl Adversary {
                 executed_requests: edge(rng, 0),
                 client_signatures_verified: 0,
                 client_signatures_cached: 0,
+                fsyncs: 0,
                 refused_replicas: Vec::new(),
                 state_over_max_state_bytes: true,
                 participation: smr_core::message::Participation::CatchingUp { until: cid(rng) },
