@@ -454,6 +454,7 @@ fn start_persistent(
     keys: &[SimKey],
     signatures: &Arc<dyn Verifier>,
     dirs: &[tempfile::TempDir],
+    policy: smr_core::storage::FsyncPolicy,
 ) -> Vec<smr_core::driver::ReplicaHandle> {
     keys.iter()
         .enumerate()
@@ -468,8 +469,7 @@ fn start_persistent(
                 },
             );
             let storage =
-                smr_core::storage::Wal::open(dirs[i].path(), smr_core::storage::FsyncPolicy::Never)
-                    .expect("data dir opens");
+                smr_core::storage::Wal::open(dirs[i].path(), policy).expect("data dir opens");
             start_replica(
                 cfg,
                 Arc::new(key.clone()),
@@ -489,6 +489,19 @@ fn start_persistent(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_cluster_restarted_from_its_data_dirs_loses_and_repeats_nothing() {
+    restarted_from_data_dirs(smr_core::storage::FsyncPolicy::Never).await;
+}
+
+/// With `fsync = "always"` every sync's fsync runs on a blocking thread and every later send
+/// and service command waits for it (group commit, `runner::GroupCommit`): a held action
+/// never freed would stall the cluster here, and one freed out of order would break the
+/// counter's sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_cluster_with_fsync_always_restarted_from_its_data_dirs_loses_and_repeats_nothing() {
+    restarted_from_data_dirs(smr_core::storage::FsyncPolicy::Always).await;
+}
+
+async fn restarted_from_data_dirs(policy: smr_core::storage::FsyncPolicy) {
     let quorums = Quorums::new(Mode::Bft, 4, 1).unwrap();
     let client_key = SimKey::from_seed([100; 32]);
     let (keys, sim) = sim_keys(4, &[&client_key]);
@@ -504,7 +517,7 @@ async fn whole_cluster_restarted_from_its_data_dirs_loses_and_repeats_nothing() 
     };
     let mut seen = Vec::new();
     for round in 0..2 {
-        let handles = start_persistent(&hub, quorums, &keys, &signatures, &dirs);
+        let handles = start_persistent(&hub, quorums, &keys, &signatures, &dirs, policy);
         let client = Client::start(
             hub.endpoint(Peer::Client(client_key.public_key())),
             client_config.clone(),
