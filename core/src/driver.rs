@@ -514,6 +514,7 @@ pub fn start_replica<N: Network>(
 
     let rejected = Arc::new(AtomicU64::new(0));
     let decode_errors = Arc::new(AtomicU64::new(0));
+    let undecodable_log = Arc::new(LogThrottle::new(PEER_EVENT_LOG_INTERVAL_MS));
     // Inputs are whole runs: this bounds the messages waiting for the engine to about
     // `verify_queue_frames`.
     let (input_tx, input_rx) =
@@ -567,6 +568,7 @@ pub fn start_replica<N: Network>(
             input_tx: input_tx.clone(),
             rejected: rejected.clone(),
             decode_errors: decode_errors.clone(),
+            undecodable_log: undecodable_log.clone(),
             metrics: metrics.clone(),
         };
         let runtime = runtime.clone();
@@ -599,6 +601,7 @@ pub fn start_replica<N: Network>(
         input_tx,
         rejected: rejected.clone(),
         decode_errors: decode_errors.clone(),
+        undecodable_log,
         metrics: metrics.clone(),
     };
 
@@ -1183,8 +1186,63 @@ struct VerifyWorker {
     input_tx: mpsc::Sender<EngineInput>,
     rejected: Arc<AtomicU64>,
     decode_errors: Arc<AtomicU64>,
+    /// Undecodable frames are logged at most once a second, whoever sends them.
+    undecodable_log: Arc<LogThrottle>,
     metrics: Arc<ReplicaMetrics>,
 }
+
+/// At most one log line per interval for an event a peer can repeat at will (an undecodable
+/// frame): the events in between are counted, and the next line says how many it stands for.
+/// A peer flooding junk then costs the log a line a second, not one per frame (the event's
+/// own counter, such as [`ReplicaStatus::decode_errors`], still counts every one).
+#[derive(Debug)]
+struct LogThrottle {
+    interval_ms: u64,
+    /// When the next line may be logged, in ms since `epoch`.
+    next_ms: AtomicU64,
+    /// Events since the last line logged.
+    left_out: AtomicU64,
+    epoch: std::time::Instant,
+}
+
+impl LogThrottle {
+    fn new(interval_ms: u64) -> Self {
+        LogThrottle {
+            interval_ms,
+            next_ms: AtomicU64::new(0),
+            left_out: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+        }
+    }
+
+    /// One event now: `Some(events left out since the last line)` if it may be logged.
+    fn admit(&self) -> Option<u64> {
+        self.admit_at(self.epoch.elapsed().as_millis() as u64)
+    }
+
+    /// [`LogThrottle::admit`] at `now_ms` since the throttle's epoch.
+    fn admit_at(&self, now_ms: u64) -> Option<u64> {
+        let next = self.next_ms.load(Ordering::Relaxed);
+        if now_ms >= next
+            && self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now_ms.saturating_add(self.interval_ms),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            return Some(self.left_out.swap(0, Ordering::Relaxed));
+        }
+        self.left_out.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+/// How often an event a peer can repeat at will may be logged ([`LogThrottle`]).
+const PEER_EVENT_LOG_INTERVAL_MS: u64 = 1000;
 
 /// A [`Verifier`] that counts the signatures it checks
 /// ([`ReplicaMetrics::signature_verifications`]): one atomic add per batch, of its items and
@@ -1382,7 +1440,9 @@ impl VerifyWorker {
                 Ok(m) => m,
                 Err(e) => {
                     self.decode_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(?from, error = %e, "dropping undecodable frame");
+                    if let Some(left_out) = self.undecodable_log.admit() {
+                        tracing::warn!(?from, error = %e, left_out, "dropping undecodable frame (left_out: those not logged since the last such line)");
+                    }
                     continue;
                 }
             };
@@ -2489,6 +2549,8 @@ struct ClientShared<N> {
     closed: std::sync::atomic::AtomicBool,
     timer_changed: Notify,
     epoch: Instant,
+    /// Undecodable replica frames are logged at most once a second.
+    undecodable_log: LogThrottle,
 }
 
 /// A client handle for async code. It is cheap to clone, and many invocations may run at once
@@ -2553,6 +2615,7 @@ impl<N: Network> Client<N> {
             closed: std::sync::atomic::AtomicBool::new(false),
             timer_changed: Notify::new(),
             epoch: Instant::now(),
+            undecodable_log: LogThrottle::new(PEER_EVENT_LOG_INTERVAL_MS),
         });
         let reader = {
             let shared = shared.clone();
@@ -2845,7 +2908,9 @@ impl<N: Network> ClientShared<N> {
                     tracing::debug!(replica, kind = other.kind_name(), "unexpected message")
                 }
                 Err(e) => {
-                    tracing::warn!(replica, error = %e, "undecodable frame from replica")
+                    if let Some(left_out) = self.undecodable_log.admit() {
+                        tracing::warn!(replica, error = %e, left_out, "undecodable frame from replica (left_out: those not logged since the last such line)")
+                    }
                 }
             }
         }
@@ -2942,6 +3007,19 @@ impl<N: Network> ClientShared<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_event_is_logged_at_most_once_an_interval_and_the_next_line_counts_the_rest() {
+        let throttle = LogThrottle::new(1000);
+        assert_eq!(throttle.admit_at(5), Some(0));
+        for now in [5, 6, 500, 1004] {
+            assert_eq!(throttle.admit_at(now), None, "at {now} ms");
+        }
+        assert_eq!(throttle.admit_at(1005), Some(4));
+        assert_eq!(throttle.admit_at(2004), None);
+        assert_eq!(throttle.admit_at(9000), Some(1));
+        assert_eq!(throttle.admit_at(9001), None);
+    }
 
     /// A network that sends nowhere, delivers nothing and stays open: a silent cluster.
     struct Silent;
