@@ -63,7 +63,16 @@ impl IdentityKey {
     /// characters. On unix the file is readable by its owner only (0600). An existing file is
     /// replaced atomically (write to a temporary file in the same directory, then rename).
     pub fn save(&self, path: &Path) -> Result<(), KeyFileError> {
-        keyfile::write_secret(path, &self.signing.to_bytes())
+        keyfile::write_secret(path, &self.signing.to_bytes(), keyfile::Existing::Replace)
+    }
+
+    /// Writes the key as [`IdentityKey::save`] does, but only where no file is yet.
+    ///
+    /// # Errors
+    /// [`KeyFileError::Exists`] if `path` exists (it is left as it was), or
+    /// [`KeyFileError::Io`].
+    pub fn save_new(&self, path: &Path) -> Result<(), KeyFileError> {
+        keyfile::write_secret(path, &self.signing.to_bytes(), keyfile::Existing::Keep)
     }
 
     /// Reads a key written by [`IdentityKey::save`]. Errors name the file and what is wrong with

@@ -22,6 +22,13 @@ pub enum KeyFileError {
         /// The underlying error.
         source: io::Error,
     },
+    /// A new key was to be written where a file already is: it is left as it was (a key it
+    /// holds would be lost).
+    #[error("{} already exists: it is left as it is (a key it holds would be lost); choose another path or move it aside", path.display())]
+    Exists {
+        /// The file.
+        path: PathBuf,
+    },
     /// The file exists but is not a valid key file.
     #[error("key file {} is malformed: {reason}", path.display())]
     Malformed {
@@ -46,7 +53,20 @@ fn malformed(path: &Path, reason: impl Into<String>) -> KeyFileError {
     }
 }
 
-pub(crate) fn write_secret(path: &Path, secret: &[u8; 32]) -> Result<(), KeyFileError> {
+/// Whether [`write_secret`] may replace a file already at its path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Existing {
+    /// Replace it, atomically.
+    Replace,
+    /// Refuse ([`KeyFileError::Exists`]), atomically: a file that appears meanwhile is kept.
+    Keep,
+}
+
+pub(crate) fn write_secret(
+    path: &Path,
+    secret: &[u8; 32],
+    existing: Existing,
+) -> Result<(), KeyFileError> {
     let contents = format!("{KEY_FILE_HEADER}\n{}\n", hex::encode(secret));
     let file_name = path
         .file_name()
@@ -70,7 +90,21 @@ pub(crate) fn write_secret(path: &Path, secret: &[u8; 32]) -> Result<(), KeyFile
         file.write_all(contents.as_bytes())
             .map_err(io_error(&tmp_path))?;
         file.sync_all().map_err(io_error(&tmp_path))?;
-        fs::rename(&tmp_path, path).map_err(io_error(path))
+        match existing {
+            Existing::Replace => fs::rename(&tmp_path, path).map_err(io_error(path)),
+            // A hard link is created only where no file is: no window in which another
+            // writer's key could be replaced.
+            Existing::Keep => match fs::hard_link(&tmp_path, path) {
+                Ok(()) => {
+                    let _ = fs::remove_file(&tmp_path);
+                    Ok(())
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(KeyFileError::Exists {
+                    path: path.to_path_buf(),
+                }),
+                Err(e) => Err(io_error(path)(e)),
+            },
+        }
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp_path);

@@ -219,3 +219,49 @@ fn concurrent_saves_to_one_path_all_succeed_and_leave_a_whole_key() {
     assert!(keys.iter().any(|k| k.public_key() == loaded));
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
 }
+
+/// `save_new` never replaces a file: of eight concurrent writers to one path exactly one
+/// succeeds, the others get `Exists`, and the file holds the winner's key, whole, with no
+/// temporary file left behind.
+#[test]
+fn a_new_key_is_written_only_where_no_file_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k");
+    let keys: Vec<IdentityKey> = (0..8u8).map(|i| IdentityKey::from_seed([i; 32])).collect();
+    let results: Vec<Result<(), KeyFileError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = keys
+            .iter()
+            .map(|key| {
+                let path = &path;
+                scope.spawn(move || key.save_new(path))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let winners: Vec<usize> = (0..8).filter(|&i| results[i].is_ok()).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    for (i, result) in results.iter().enumerate() {
+        if i != winners[0] {
+            match result {
+                Err(e @ KeyFileError::Exists { path: p }) => {
+                    assert_eq!(p, &path);
+                    assert!(e.to_string().contains("already exists"), "{e}");
+                }
+                other => panic!("writer {i}: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(
+        IdentityKey::load(&path).unwrap().public_key(),
+        keys[winners[0]].public_key()
+    );
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    // An existing file of any kind is kept as it is.
+    let other = dir.path().join("notes");
+    fs::write(&other, "keep me").unwrap();
+    assert!(matches!(
+        keys[0].save_new(&other),
+        Err(KeyFileError::Exists { .. })
+    ));
+    assert_eq!(fs::read_to_string(&other).unwrap(), "keep me");
+}

@@ -33,6 +33,10 @@ struct Cli {
 enum Command {
     /// Write replica keys, a client key and a cluster.toml (by default for replicas on 127.0.0.1).
     Keygen(KeygenArgs),
+    /// Write one fresh identity key (a replica's or a client's) to a new file, never over an
+    /// existing one, and print its public key in hex: prepare a key on the machine that will
+    /// use it, and send only the public key to whoever edits cluster.toml.
+    Key(KeyArgs),
     /// Run one replica until SIGINT or SIGTERM (exit status 0), or until it fails: storage,
     /// service, engine or transport (exit status 2, with the reason on stderr).
     Replica(ReplicaArgs),
@@ -49,6 +53,13 @@ enum Command {
     /// Measure throughput, latency and CPU per op of a local cluster (null service, closed-loop
     /// clients); `--sweep` draws BFT and CFT throughput-latency curves.
     Bench(smr_demo::bench::BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct KeyArgs {
+    /// The file to write (readable by its owner only); it must not exist yet.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -233,6 +244,10 @@ fn main() -> ExitCode {
         Command::Keygen(args) => {
             init_logging("warn");
             cmd::keygen(args)
+        }
+        Command::Key(args) => {
+            init_logging("warn");
+            cmd::key(&args.out)
         }
         Command::Replica(args) => {
             init_logging("info");

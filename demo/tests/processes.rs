@@ -773,3 +773,39 @@ async fn a_replica_whose_limits_differ_is_refused_and_named_in_the_log_and_statu
     })
     .await;
 }
+
+/// `smr key --out FILE` writes a fresh key and prints its public key in hex, alone on stdout;
+/// a second run on the same path exits 2, says the file exists, and leaves the key as it was.
+#[test]
+fn smr_key_writes_a_new_key_and_never_replaces_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replica-9.key");
+    let run = || {
+        std::process::Command::new(SMR)
+            .args(["key", "--out"])
+            .arg(&path)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert_eq!(first.status.code(), Some(0), "{first:?}");
+    let printed = String::from_utf8(first.stdout).unwrap();
+    let key = IdentityKey::load(&path).unwrap();
+    assert_eq!(printed, format!("{}\n", key.public_key().to_hex()));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let second = run();
+    assert_eq!(second.status.code(), Some(2), "{second:?}");
+    assert!(second.stdout.is_empty());
+    let error = String::from_utf8(second.stderr).unwrap();
+    assert!(error.contains("already exists"), "{error}");
+    assert_eq!(
+        IdentityKey::load(&path).unwrap().public_key(),
+        key.public_key()
+    );
+}

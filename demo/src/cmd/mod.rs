@@ -24,6 +24,15 @@ pub use cluster::cluster;
 /// How long a command waits for its client connections to close before exiting anyway.
 const CLIENT_CLOSE_GRACE: Duration = Duration::from_millis(500);
 
+/// `smr key --out FILE`: a fresh identity key in a new file; its public key in hex on stdout,
+/// alone on its line (for scripts).
+pub fn key(out: &Path) -> anyhow::Result<ExitCode> {
+    let key = IdentityKey::generate();
+    key.save_new(out)?;
+    outln!("{}", key.public_key().to_hex())?;
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
     let several_machines = args.addresses.is_some();
     let options = KeygenOptions {
