@@ -2707,6 +2707,42 @@ async fn frames_taken_together_come_in_recvs_order_and_give_back_their_room() {
     transport.shutdown().await;
 }
 
+/// `take_next` takes a waiting frame without waiting on the shutdown signal (a fast path), but
+/// not once shutdown has begun: a reader that got the receive queue's lock after the signal
+/// (`next_frames` and `next_frame` read it before taking the lock) takes nothing, as when the
+/// signal was the first thing its wait looked at. The frames stay queued.
+#[tokio::test]
+async fn a_frame_waiting_after_shutdown_began_is_not_taken() {
+    use smr_core::network::Senders;
+    let [(config0, socket0), _] = two_replicas(|_| {});
+    let transport = QuicTransport::start_with_socket(config0, socket0)
+        .await
+        .unwrap();
+    let shared = &transport.inner.shared;
+    let client = Peer::Client(key(9).public_key());
+    for peer in [Peer::Replica(1), client] {
+        let lane = shared.lane(peer);
+        let frame = vec![7; 10];
+        assert!(lane.try_reserve(peer, frame.len()));
+        lane.tx
+            .try_send(InboundFrame { from: peer, frame })
+            .unwrap();
+    }
+    let mut shutdown = shared.shutdown_rx();
+    let mut inbound = transport.inner.inbound_rx.lock().await;
+    // Before shutdown the fast path takes the replica's frame, in the lanes' order.
+    let taken = QuicTransport::take_next(&mut inbound, &mut shutdown, Senders::Any).await;
+    assert_eq!(taken.map(|f| f.from), Some(Peer::Replica(1)));
+    shared.begin_shutdown();
+    for senders in [Senders::Any, Senders::Clients] {
+        let taken = QuicTransport::take_next(&mut inbound, &mut shutdown, senders).await;
+        assert_eq!(taken.map(|f| f.from), None, "{senders:?}");
+    }
+    assert_eq!(inbound.clients.len(), 1, "the client's frame stays queued");
+    drop(inbound);
+    transport.shutdown().await;
+}
+
 /// What `taking` yields, if it does within 5 s.
 async fn within<F: std::future::Future>(taking: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(5), taking)
