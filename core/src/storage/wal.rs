@@ -54,7 +54,7 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
 
 /// Makes `file` (named `path`) durable: its data and, with `all`, its metadata too (`fsync`,
 /// else `fdatasync`). Every fsync of the store goes through here; test builds note which file
-/// each made durable ([`synced_files`]).
+/// each made durable (`synced_files`).
 fn fsync(file: &File, path: &Path, all: bool) -> io::Result<()> {
     #[cfg(test)]
     SYNCED_FILES.with(|synced| synced.borrow_mut().push(path.to_path_buf()));
