@@ -2043,7 +2043,7 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) -> Result<(), ReplicaError
                         // to it before this query (held behind an fsync or not), i.e.
                         // exactly at `last_decided`. If it is gone, its output channel says
                         // why.
-                        let _ = l.to_service(ServiceCommand::Status { to, report });
+                        let _ = l.hand_to_service(ServiceCommand::Status { to, report });
                     }
                     EngineInput::Failed(e) => return Err(e),
                 }
@@ -2174,7 +2174,7 @@ impl<N: Network> Host for EngineLoop<N> {
             ServiceWork::Restore { cid, snapshot } => ServiceCommand::Restore { cid, snapshot },
         };
         // The service thread answers through `output_rx`.
-        if !self.to_service(command) {
+        if !self.hand_to_service(command) {
             self.fail(ReplicaError::Service("its thread ended".to_string()));
         }
         None
@@ -2240,7 +2240,7 @@ impl<N: Network> EngineLoop<N> {
 
     /// Hands `command` to the service thread, after every action held before it; false if
     /// the thread is gone.
-    fn to_service(&mut self, command: ServiceCommand) -> bool {
+    fn hand_to_service(&mut self, command: ServiceCommand) -> bool {
         if self.commit.must_wait() {
             let bytes = match &command {
                 ServiceCommand::Execute { items, .. } => items

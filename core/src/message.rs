@@ -953,7 +953,7 @@ pub struct StatusReport {
     pub client_signatures_cached: u64,
     /// Write-ahead log fsyncs since the replica started (`fsync = "always"`; checkpoint
     /// writes included; 0 without a data dir). A benchmark divides its growth by the window
-    /// and by the growth of `decided_instances` (group commit, docs/design.md §6).
+    /// and by the growth of `decided_instances` (group commit, docs/design.md §3.12).
     pub fsyncs: u64,
     /// Peer replicas this one refuses because their protocol settings differ from its own
     /// ([`crate::settings`]), with the settings that differ.

@@ -112,7 +112,7 @@ pub fn perform<H: Host>(host: &mut H, now_ms: u64, output: Output) {
 /// durable. The gate does that bookkeeping, and nothing else: `A` is whatever the host holds
 /// (a frame to send, a command for the service). Seen from outside, the replica then behaves
 /// as one that synced at once and whose sends after a crash were lost in the network; the
-/// engine, computing ahead, never learns the difference (docs/design.md §6, "Group commit").
+/// engine, computing ahead, never learns the difference (docs/design.md §3.12, "Group commit").
 ///
 /// Syncs are numbered from 1 in the order asked for; an fsync numbered `k` covers every record
 /// appended before sync `k` was asked for. At most one fsync runs at a time, and the next one
@@ -218,7 +218,7 @@ impl<A> GroupCommit<A> {
         self.held.len()
     }
 
-    /// Bytes of the actions held, as weighed by [`GroupCommit::pass`].
+    /// Bytes of the actions held, as weighed by [`GroupCommit::hold`].
     pub fn held_bytes(&self) -> usize {
         self.held_bytes
     }

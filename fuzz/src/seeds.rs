@@ -72,6 +72,7 @@ pub fn messages(per_kind: usize) -> Vec<Vec<u8>> {
         executed_requests: 10,
         client_signatures_verified: 0,
         client_signatures_cached: 0,
+        fsyncs: 4,
         refused_replicas: vec![smr_core::message::RefusedReplica {
             replica: 3,
             settings: vec!["limits.max_op_bytes".into()],

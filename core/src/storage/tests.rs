@@ -147,6 +147,36 @@ fn appended_records_come_back_in_order_after_reopen_with_each_policy() {
     }
 }
 
+/// Records written out whose fsync never ended (the driver's group commit writes them out at
+/// once and fsyncs them on a blocking thread; the process stopped before that ended) are in the
+/// page cache only, where the next `open` finds them: the replica acts on them and may resend
+/// what they promise, so under `Always` `open` makes them, and the directory's entries,
+/// durable before it returns; under `Never` it fsyncs nothing.
+#[test]
+fn open_makes_records_written_out_but_never_fsynced_durable_before_it_returns() {
+    for policy in POLICIES {
+        let dir = tempfile::tempdir().unwrap();
+        let records = sample_records(3);
+        let (mut wal, _) = Wal::open(dir.path(), FsyncPolicy::Always).unwrap();
+        for record in &records {
+            wal.append(record).unwrap();
+        }
+        let log_sync = wal.write_for_sync().unwrap().expect("fsync = always");
+        // The process stops before the fsync runs.
+        drop(log_sync);
+        drop(wal);
+        super::wal::synced_files();
+
+        let (_wal, recovered) = Wal::open(dir.path(), policy).unwrap();
+        assert_eq!(recovered.records, records);
+        let expected = match policy {
+            FsyncPolicy::Always => vec![log_path(dir.path(), 0), dir.path().to_path_buf()],
+            FsyncPolicy::Never => vec![],
+        };
+        assert_eq!(super::wal::synced_files(), expected, "{policy}");
+    }
+}
+
 #[test]
 fn missing_directory_is_created_and_empty_directory_recovers_nothing() {
     let parent = tempfile::tempdir().unwrap();

@@ -52,6 +52,33 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
     }
 }
 
+/// Makes `file` (named `path`) durable: its data and, with `all`, its metadata too (`fsync`,
+/// else `fdatasync`). Every fsync of the store goes through here; test builds note which file
+/// each made durable (`synced_files`).
+fn fsync(file: &File, path: &Path, all: bool) -> io::Result<()> {
+    #[cfg(test)]
+    SYNCED_FILES.with(|synced| synced.borrow_mut().push(path.to_path_buf()));
+    #[cfg(not(test))]
+    let _ = path;
+    if all {
+        file.sync_all()
+    } else {
+        file.sync_data()
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    static SYNCED_FILES: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The files this thread's store calls made durable since the last call, in order (test
+/// builds only).
+#[cfg(test)]
+pub(super) fn synced_files() -> Vec<PathBuf> {
+    SYNCED_FILES.with(|synced| std::mem::take(&mut *synced.borrow_mut()))
+}
+
 fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> StorageError {
     StorageError::Corrupt {
         path: path.to_path_buf(),
@@ -122,7 +149,10 @@ impl Wal {
     ///
     /// Takes the directory's lock (a lock left by a process that is no longer running does not
     /// block), deletes leftovers of an interrupted checkpoint, cuts a torn tail off the log, and
-    /// refuses a damaged directory rather than start without something it promised.
+    /// refuses a damaged directory rather than start without something it promised. With
+    /// [`FsyncPolicy::Always`] what it recovered is durable when it returns (fsynced log and
+    /// directory): it may have been in the page cache only, written out by a process that
+    /// stopped before the fsync.
     ///
     /// # Errors
     /// [`StorageError::Locked`] if another process holds the directory; `Corrupt`,
@@ -166,9 +196,16 @@ impl Wal {
             );
             log.set_len(scanned.valid_bytes)
                 .map_err(io_error(&log_path))?;
-            if policy == FsyncPolicy::Always {
-                log.sync_all().map_err(io_error(&log_path))?;
-            }
+        }
+        if policy == FsyncPolicy::Always {
+            // What was read may be in the page cache only: records a process that crashed
+            // (or stopped) had written out but whose fsync had not ended (the driver's group
+            // commit writes records out well before their fsync ends), or the manifest's
+            // switch of an interrupted checkpoint. The replica acts on what it recovers, and
+            // may send what it promises (a restarted leader resends its PROPOSE), so it must
+            // be durable first: a power loss after those sends must not take it back.
+            fsync(&log, &log_path, true).map_err(io_error(&log_path))?;
+            sync_dir(dir, policy)?;
         }
         log.seek(SeekFrom::Start(scanned.valid_bytes))
             .map_err(io_error(&log_path))?;
@@ -224,7 +261,7 @@ impl Wal {
         self.check_usable()?;
         self.write_pending()?;
         if self.policy == FsyncPolicy::Always {
-            let result = self.log.sync_data().map_err(io_error(&self.log_path));
+            let result = fsync(&self.log, &self.log_path, false).map_err(io_error(&self.log_path));
             self.poison_on_error(result)?;
         }
         Ok(())
@@ -412,7 +449,7 @@ impl LogSync {
     /// [`StorageError::Io`]: the records may be lost, so the replica that asked must stop
     /// promising them (the `Wal` is not poisoned from here; its owner fails instead).
     pub fn run(self) -> Result<(), StorageError> {
-        self.file.sync_data().map_err(io_error(&self.path))
+        fsync(&self.file, &self.path, false).map_err(io_error(&self.path))
     }
 }
 
@@ -454,7 +491,7 @@ fn write_new_file(path: &Path, bytes: &[u8], policy: FsyncPolicy) -> Result<File
         .map_err(io_error(path))?;
     file.write_all(bytes).map_err(io_error(path))?;
     if policy == FsyncPolicy::Always {
-        file.sync_all().map_err(io_error(path))?;
+        fsync(&file, path, true).map_err(io_error(path))?;
     }
     Ok(file)
 }
@@ -464,7 +501,7 @@ fn write_new_file(path: &Path, bytes: &[u8], policy: FsyncPolicy) -> Result<File
 fn sync_dir(dir: &Path, policy: FsyncPolicy) -> Result<(), StorageError> {
     if policy == FsyncPolicy::Always && cfg!(unix) {
         File::open(dir)
-            .and_then(|d| d.sync_all())
+            .and_then(|d| fsync(&d, dir, true))
             .map_err(io_error(dir))?;
     }
     Ok(())
