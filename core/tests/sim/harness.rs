@@ -205,8 +205,17 @@ pub struct SimOptions {
     pub max_instances_ahead: Option<u64>,
     /// Also crash replica `.0` for good at `.1` ms.
     pub crash_for_good: Option<(usize, u64)>,
+    /// Also crash each replica `.0` at `.1` ms and restart it from its store at `.2` ms.
+    pub restarts: Vec<(usize, u64, u64)>,
     /// Replace the scripted Byzantine client by one that splits its signatures (issue 13).
     pub split_client: Option<SplitSignatures>,
+    /// Each correct replica's disk takes this many ms (drawn per fsync from the range, on an
+    /// RNG of its own) to complete an fsync, and the replica does what the tokio driver does
+    /// ([`runner::GroupCommit`]): [`Host::sync`] returns at once, and every later send and
+    /// piece of service work waits, in order, until the fsync ends. A crash keeps what a
+    /// completed fsync covered and a seeded prefix of what was written after it ([`Disk`]).
+    /// `None`: the disk is durable at once.
+    pub fsync_ms: Option<(u64, u64)>,
     pub max_time_ms: u64,
 }
 
@@ -276,7 +285,9 @@ impl SimOptions {
             slow_service_ms: None,
             max_instances_ahead: None,
             crash_for_good: None,
+            restarts: Vec::new(),
             split_client: None,
+            fsync_ms: Some((0, 3)),
             max_time_ms: 120_000,
         }
     }
@@ -318,8 +329,10 @@ enum Event {
     Spam,
     /// [`Fault::QuietRejoinThenCrash`]: the clients submit the rest of their requests.
     ResumeClients,
+    /// `slot` crashes; with `after_propose`, right after it sends its next PROPOSE.
     Crash {
         slot: usize,
+        after_propose: bool,
     },
     Restart {
         slot: usize,
@@ -332,6 +345,39 @@ enum Event {
         incarnation: u64,
         done: ServiceDone,
     },
+    /// `slot`'s disk completed fsync `number` ([`SimOptions::fsync_ms`]) for its incarnation
+    /// `incarnation` (dropped if the replica crashed or restarted since).
+    FsyncDone {
+        slot: usize,
+        incarnation: u64,
+        number: u64,
+    },
+}
+
+/// What a replica's group commit holds until an fsync ends ([`runner::GroupCommit`]).
+#[derive(Debug)]
+enum Held {
+    Send { to: Vec<Peer>, message: Message },
+    Service(ServiceWork),
+}
+
+/// A replica's simulated disk with a latency ([`SimOptions::fsync_ms`]): which of its stored
+/// records are durable, and the group commit that holds its actions meanwhile, as the tokio
+/// driver's write-ahead log and `EngineLoop::commit` do.
+#[derive(Debug, Default)]
+struct Disk {
+    commit: runner::GroupCommit<Held>,
+    /// A record other than a checkpoint was appended since the last sync (the driver's
+    /// `unsynced`): a checkpoint is written and synced in one go.
+    unsynced: bool,
+    /// The first `durable` records of `ReplicaNode::stored` are covered by a completed fsync
+    /// (or a checkpoint).
+    durable: usize,
+    /// How many stored records the running fsync covers: those written when it started.
+    fsync_covers: Option<usize>,
+    /// What freed service work produced, to feed the engine in order once the output being
+    /// performed is done (the driver's service thread answers later too).
+    service_done: std::collections::VecDeque<ServiceDone>,
 }
 
 struct ReplicaNode {
@@ -360,6 +406,14 @@ struct ReplicaNode {
     incarnation: u64,
     /// Its verify workers' cache of authenticated requests (emptied by a restart).
     verified_requests: VerifiedRequests,
+    /// Its disk's latency per fsync, if it has one ([`SimOptions::fsync_ms`]; correct
+    /// replicas only).
+    fsync_ms: Option<(u64, u64)>,
+    disk: Disk,
+    /// Whether it ever ran: restarted from an empty store, it then rejoins, as the driver
+    /// starts a replica on an empty data dir (only a brand-new cluster's first start votes
+    /// at once).
+    started: bool,
 }
 
 struct ClientNode {
@@ -403,6 +457,14 @@ pub struct SimReport {
     pub max_elapsed_after_gst_ms: u64,
     /// The splitting client's requests ([`SimOptions::split_client`]): sent, and executed.
     pub split_requests: (usize, usize),
+    /// Fsyncs started on correct replicas' disks ([`SimOptions::fsync_ms`]).
+    pub fsyncs: u64,
+    /// Most actions a replica's group commit held at once.
+    pub max_held_actions: usize,
+    /// Records written but not synced that crashes took.
+    pub records_lost: u64,
+    /// Actions held for an fsync that crashes took.
+    pub held_actions_lost: u64,
 }
 
 pub struct Sim {
@@ -430,7 +492,14 @@ pub struct Sim {
     /// (replica, from, until): windows in which one replica is cut off from everyone.
     isolated: Vec<(u32, u64, u64)>,
     decided: BTreeMap<Cid, Digest>,
+    /// Each correct replica's votes on its disk: a vote appended and lost in a crash before
+    /// any fsync covered it was never sent, and is forgotten ([`Sim::crash`]).
     votes: BTreeMap<(u32, Cid, Regency, u8), Digest>,
+    /// Each correct replica's votes as they left it (WRITE, ACCEPT, and in CFT the leader's
+    /// PROPOSE, its acceptance): never forgotten, a wipe included.
+    sent_votes: BTreeMap<(u32, Cid, Regency, u8), Digest>,
+    /// Draws fsync latencies and what a crash keeps of what was not synced.
+    disk_rng: Rng,
     /// What each cid executed, as the first correct replica to execute it saw it; every other
     /// correct replica must execute exactly the same.
     executed_by_cid: BTreeMap<Cid, Vec<RequestId>>,
@@ -646,6 +715,8 @@ impl Sim {
             isolated: Vec::new(),
             decided: BTreeMap::new(),
             votes: BTreeMap::new(),
+            sent_votes: BTreeMap::new(),
+            disk_rng: Rng::new(opts.seed ^ 0xd15c_f5c0),
             executed_by_cid: BTreeMap::new(),
             replica_keys: replica_keys.clone(),
             engine_configs: Vec::new(),
@@ -710,6 +781,9 @@ impl Sim {
                 max_log_len: 0,
                 incarnation: 0,
                 verified_requests: VerifiedRequests::new(4096),
+                fsync_ms: opts.fsync_ms.filter(|_| faulty_id != Some(id)),
+                disk: Disk::default(),
+                started: false,
             });
         }
         for (i, key) in client_keys.iter().enumerate() {
@@ -753,7 +827,16 @@ impl Sim {
             }
         }
         match opts.fault {
-            Fault::LeaderCrash { at_ms, .. } => sim.schedule(at_ms, Event::Crash { slot: 0 }),
+            Fault::LeaderCrash {
+                at_ms,
+                after_propose,
+            } => sim.schedule(
+                at_ms,
+                Event::Crash {
+                    slot: 0,
+                    after_propose,
+                },
+            ),
             Fault::CrashRestart {
                 slot,
                 crash_at_ms,
@@ -765,7 +848,13 @@ impl Sim {
                         "crash {slot} at {crash_at_ms}, restart at {restart_at_ms}, wipe {wipe}"
                     );
                 }
-                sim.schedule(crash_at_ms, Event::Crash { slot });
+                sim.schedule(
+                    crash_at_ms,
+                    Event::Crash {
+                        slot,
+                        after_propose: false,
+                    },
+                );
                 sim.schedule(restart_at_ms, Event::Restart { slot, wipe });
             }
             Fault::QuietRejoinThenCrash {
@@ -781,7 +870,13 @@ impl Sim {
                         "wipe {wiped} at {wipe_at_ms}, restart at {restart_at_ms}; crash {crashed} at {crash_at_ms}"
                     );
                 }
-                sim.schedule(wipe_at_ms, Event::Crash { slot: wiped });
+                sim.schedule(
+                    wipe_at_ms,
+                    Event::Crash {
+                        slot: wiped,
+                        after_propose: false,
+                    },
+                );
                 sim.schedule(
                     restart_at_ms,
                     Event::Restart {
@@ -789,7 +884,13 @@ impl Sim {
                         wipe: true,
                     },
                 );
-                sim.schedule(crash_at_ms, Event::Crash { slot: crashed });
+                sim.schedule(
+                    crash_at_ms,
+                    Event::Crash {
+                        slot: crashed,
+                        after_propose: false,
+                    },
+                );
                 sim.schedule(crash_at_ms, Event::ResumeClients);
             }
             Fault::LyingStateSender {
@@ -797,7 +898,13 @@ impl Sim {
                 restart_at_ms,
             } => {
                 let slot = opts.n - 2;
-                sim.schedule(crash_at_ms, Event::Crash { slot });
+                sim.schedule(
+                    crash_at_ms,
+                    Event::Crash {
+                        slot,
+                        after_propose: false,
+                    },
+                );
                 sim.schedule(restart_at_ms, Event::Restart { slot, wipe: true });
             }
             _ => {}
@@ -806,14 +913,39 @@ impl Sim {
             if std::env::var("SMR_SIM_TRACE").is_ok() {
                 eprintln!("crash {slot} at {crash_at_ms}, restart at {restart_at_ms}, wipe true");
             }
-            sim.schedule(crash_at_ms, Event::Crash { slot });
+            sim.schedule(
+                crash_at_ms,
+                Event::Crash {
+                    slot,
+                    after_propose: false,
+                },
+            );
             sim.schedule(restart_at_ms, Event::Restart { slot, wipe: true });
+        }
+        for &(slot, crash_at_ms, restart_at_ms) in &opts.restarts {
+            if std::env::var("SMR_SIM_TRACE").is_ok() {
+                eprintln!("crash {slot} at {crash_at_ms}, restart at {restart_at_ms}, wipe false");
+            }
+            sim.schedule(
+                crash_at_ms,
+                Event::Crash {
+                    slot,
+                    after_propose: false,
+                },
+            );
+            sim.schedule(restart_at_ms, Event::Restart { slot, wipe: false });
         }
         if let Some((slot, at_ms)) = opts.crash_for_good {
             if std::env::var("SMR_SIM_TRACE").is_ok() {
                 eprintln!("crash {slot} for good at {at_ms}");
             }
-            sim.schedule(at_ms, Event::Crash { slot });
+            sim.schedule(
+                at_ms,
+                Event::Crash {
+                    slot,
+                    after_propose: false,
+                },
+            );
         }
         if let Some(max_delay_ms) = opts.start_rejoining {
             let mut rng = Rng::new(opts.seed ^ 0x5747);
@@ -929,6 +1061,7 @@ impl Sim {
             if self.replicas[slot].crashed {
                 continue;
             }
+            self.replicas[slot].started = true;
             let output = self.replicas[slot].engine.start(0);
             self.perform(slot, output)?;
         }
@@ -990,16 +1123,25 @@ impl Sim {
                         self.perform(slot, output)?;
                     }
                 }
-                Event::Crash { slot } => {
+                Event::FsyncDone {
+                    slot,
+                    incarnation,
+                    number,
+                } => {
+                    let node = &self.replicas[slot];
+                    if !node.crashed && node.incarnation == incarnation {
+                        self.fsync_done(slot, number)?;
+                    }
+                }
+                Event::Crash {
+                    slot,
+                    after_propose,
+                } => {
                     self.last_fault_ms = self.now_ms;
-                    if let Fault::LeaderCrash {
-                        after_propose: true,
-                        ..
-                    } = self.opts.fault
-                    {
+                    if after_propose {
                         self.replicas[slot].crash_after_propose = true;
                     } else {
-                        self.replicas[slot].crashed = true;
+                        self.crash(slot);
                     }
                 }
             }
@@ -1034,7 +1176,10 @@ impl Sim {
         } else {
             self.replicas[slot].stored.clone()
         };
-        let (engine, output) = if wipe {
+        // As the driver starts a replica whose data dir is empty (a crash may leave nothing
+        // when no fsync had completed): it rejoins.
+        let rejoin = wipe || (records.is_empty() && self.replicas[slot].started);
+        let (engine, output) = if rejoin {
             // A fresh incarnation nonce, from the seed, the slot and the time, on an RNG of
             // its own: the network's schedule for a seed stays what it was before nonces.
             let draw = Rng::new(self.opts.seed ^ ((slot as u64) << 48) ^ self.now_ms).next_u64();
@@ -1051,13 +1196,25 @@ impl Sim {
         node.timer_at_ms = None;
         node.crashed = false;
         node.crash_after_propose = false;
+        node.started = true;
         if wipe {
             // It forgot everything, promises included; its regency starts over. Its votes do
             // not: a rejoined replica must never vote against what it voted before it lost its
-            // disk (docs/design.md §3.12), so the vote checker keeps them.
+            // disk (docs/design.md §3.12), so the vote checkers keep them (those the crash took
+            // before any fsync covered them were never sent, and are forgotten).
             node.stored.clear();
             node.regency = Regency::ZERO;
         }
+        // What the crash left counts as durable from now on, as if the crash were a power
+        // loss, which leaves only what reached the disk. A process crash leaves records that
+        // were written but not synced in the page cache, and `Wal::open` syncs the log only
+        // when it cuts a torn tail: until its first fsync, a recovered driver's votes may rest
+        // on records that a power loss would still take (counting only the synced ones as
+        // durable here fails about one CFT slow-disk seed in four on the durability check).
+        node.disk = Disk {
+            durable: node.stored.len(),
+            ..Disk::default()
+        };
         self.perform(slot, output)?;
         let output = self.replicas[slot].engine.start(self.now_ms);
         self.perform(slot, output)
@@ -1084,7 +1241,7 @@ impl Sim {
                 >= self.opts.heal_at_ms
                     + 4000
                     + 2 * timeouts().request_timeout_ms
-                    + 20 * self.opts.max_delay_ms
+                    + 20 * self.delay_bound_ms()
     }
 
     /// The replicas the convergence and liveness checks judge: correct and not crashed.
@@ -1092,7 +1249,15 @@ impl Sim {
         self.replicas.iter().filter(|r| r.correct && !r.crashed)
     }
 
+    /// Whether every live correct replica executed up to the same cid, and its service too:
+    /// nothing waits for an fsync.
     fn replicas_converged(&self) -> bool {
+        if self
+            .live_correct()
+            .any(|r| r.disk.commit.held() > 0 || !r.disk.service_done.is_empty())
+        {
+            return false;
+        }
         let mut live = self.live_correct();
         let first = live.next().map(|r| r.engine.last_executed());
         live.all(|r| Some(r.engine.last_executed()) == first)
@@ -1359,7 +1524,16 @@ impl Sim {
     /// engine's invariants and reschedules its timer.
     fn perform(&mut self, slot: usize, output: Output) -> Result<(), String> {
         let now = self.now_ms;
-        runner::perform(&mut SimHost { sim: self, slot }, now, output);
+        let mut host = SimHost { sim: self, slot };
+        runner::perform(&mut host, now, output);
+        // What service work freed by an fsync produced, in order.
+        while !host.stopped() {
+            let Some(done) = host.sim.replicas[slot].disk.service_done.pop_front() else {
+                break;
+            };
+            let output = host.sim.replicas[slot].engine.on_service_done(now, done);
+            runner::perform(&mut host, now, output);
+        }
         if let Some(failure) = self.failure.take() {
             return Err(failure);
         }
@@ -1379,6 +1553,111 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// Starts `slot`'s fsync `number`: it covers every record written so far, and completes
+    /// after the disk's latency.
+    fn start_fsync(&mut self, slot: usize, number: u64) {
+        let node = &mut self.replicas[slot];
+        let (min_ms, max_ms) = node
+            .fsync_ms
+            .expect("only a disk with a latency syncs later");
+        node.disk.fsync_covers = Some(node.stored.len());
+        let incarnation = node.incarnation;
+        self.report.fsyncs += 1;
+        let at_ms = self.now_ms + self.disk_rng.range(min_ms, max_ms);
+        self.schedule(
+            at_ms,
+            Event::FsyncDone {
+                slot,
+                incarnation,
+                number,
+            },
+        );
+    }
+
+    /// `slot`'s fsync `number` completed: what it covers is durable, what waited for it goes,
+    /// in order, and the next fsync starts if syncs were asked for meanwhile.
+    fn fsync_done(&mut self, slot: usize, number: u64) -> Result<(), String> {
+        let disk = &mut self.replicas[slot].disk;
+        if let Some(covers) = disk.fsync_covers.take() {
+            disk.durable = disk.durable.max(covers);
+        }
+        let (freed, next) = disk.commit.completed(number);
+        let held = freed.len() + disk.commit.held();
+        self.report.max_held_actions = self.report.max_held_actions.max(held);
+        SimHost { sim: self, slot }.release(freed);
+        if let Some(next) = next {
+            if !self.replicas[slot].crashed {
+                self.start_fsync(slot, next);
+            }
+        }
+        self.perform(slot, Output::default())
+    }
+
+    /// `slot` crashes. Its disk keeps every record a completed fsync (or a checkpoint) covered
+    /// and a seeded prefix of those written after it: none, all, or some (the log's recovery
+    /// cuts at the first torn record). What its group commit held is lost with it, as is what
+    /// its service produced and the engine had not taken. A vote lost with its record was never
+    /// sent, and the checker of appended votes forgets it; its regency is what the disk says.
+    fn crash(&mut self, slot: usize) {
+        let node = &mut self.replicas[slot];
+        node.crashed = true;
+        if node.fsync_ms.is_none() {
+            return;
+        }
+        let durable = node.disk.durable.min(node.stored.len());
+        let written = (node.stored.len() - durable) as u64;
+        let kept = match self.disk_rng.range(0, 2) {
+            0 => 0,
+            1 => written,
+            _ => self.disk_rng.range(0, written),
+        };
+        let lost = node.stored.split_off(durable + kept as usize);
+        self.report.records_lost += lost.len() as u64;
+        self.report.held_actions_lost += node.disk.commit.held() as u64;
+        node.disk = Disk::default();
+        node.regency = node
+            .stored
+            .iter()
+            .filter_map(|record| match record {
+                PersistRecord::Regency(regency) => Some(*regency),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(Regency::ZERO);
+        if std::env::var("SMR_SIM_TRACE").is_ok() {
+            eprintln!(
+                "t={} replica {} crashes: {durable} records durable, {kept} of {written} written after kept",
+                self.now_ms, node.id
+            );
+        }
+        if !node.correct {
+            return;
+        }
+        let r = node.id;
+        let key = |v: &smr_core::message::Vote| {
+            let phase = match v.kind {
+                VoteKind::Write => 0,
+                VoteKind::Accept => 1,
+            };
+            (r, v.cid, v.regency, phase)
+        };
+        let surviving: BTreeSet<_> = node
+            .stored
+            .iter()
+            .filter_map(|record| match record {
+                PersistRecord::Vote(v) => Some(key(v)),
+                _ => None,
+            })
+            .collect();
+        for record in &lost {
+            if let PersistRecord::Vote(v) = record {
+                if !surviving.contains(&key(v)) {
+                    self.votes.remove(&key(v));
+                }
+            }
+        }
     }
 
     /// Appends to a replica's "disk". A checkpoint compacts it exactly as the driver's
@@ -1780,7 +2059,7 @@ impl Sim {
     /// follower's request timeout (it forwards its verified copy to a leader that dropped a
     /// bad one) and a few message delays; a STOP would take a second timeout.
     fn split_bound_ms(&self) -> u64 {
-        timeouts().request_timeout_ms + 20 * self.opts.max_delay_ms
+        timeouts().request_timeout_ms + 20 * self.delay_bound_ms()
     }
 
     /// The split client's checks (docs/design.md §5): its requests with a good copy somewhere
@@ -1938,13 +2217,21 @@ impl Sim {
             .max(isolations_end.unwrap_or(0))
     }
 
+    /// The longest a correct replica's message takes to arrive after GST (Δ): the network's
+    /// delay, and with a disk that syncs late ([`SimOptions::fsync_ms`]) two fsyncs, the one
+    /// running when it was built and the next, which covers the records it waits for.
+    fn delay_bound_ms(&self) -> u64 {
+        let fsync_ms = self.opts.fsync_ms.map_or(0, |(_, max_ms)| max_ms);
+        self.opts.max_delay_ms + 2 * fsync_ms
+    }
+
     /// [`liveness_bound_ms`] for this run, counted from `start_ms`.
     fn liveness_bound_ms(&self, start_ms: u64) -> u64 {
         liveness_bound_ms(
             &timeouts(),
             &limits(),
             CLIENT_RETRY_MS,
-            self.opts.max_delay_ms,
+            self.delay_bound_ms(),
             self.opts.f as u64,
             self.max_checkpoint_bytes,
             start_ms,
@@ -2144,6 +2431,214 @@ struct SimHost<'a> {
 }
 
 impl SimHost<'_> {
+    /// Performs actions freed by an fsync (or a checkpoint), in order; what freed service work
+    /// produces is fed to the engine once the output being performed is done ([`Sim::perform`]).
+    fn release(&mut self, freed: Vec<Held>) {
+        for action in freed {
+            if self.stopped() {
+                return;
+            }
+            match action {
+                Held::Send { to, message } => self.send_out(&to, message),
+                Held::Service(work) => {
+                    if let Some(done) = self.run_service(work) {
+                        self.sim.replicas[self.slot]
+                            .disk
+                            .service_done
+                            .push_back(done);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks a vote leaving a correct replica: it never sends two different votes in one cid,
+    /// regency and phase, across crashes and wipes; and with a disk that syncs late, the vote's
+    /// record is durable when it leaves (the group commit's promise), or something durable
+    /// stands for it: a decision of the same value, a checkpoint at or past its cid, or a later
+    /// regency (a vote held across a leader change and freed by a checkpoint, whose compaction
+    /// keeps only the current regency's votes).
+    fn check_sent_vote(&mut self, message: &Message) {
+        let slot = self.slot;
+        let node = &self.sim.replicas[slot];
+        if !node.correct {
+            return;
+        }
+        let r = node.id;
+        let (cid, regency, kind, digest) = match message {
+            Message::Write(v) => (v.body.cid, v.body.regency, VoteKind::Write, v.body.digest),
+            Message::Accept(v) => (v.body.cid, v.body.regency, VoteKind::Accept, v.body.digest),
+            // A CFT leader's proposal is its acceptance.
+            Message::Propose(p) if self.sim.opts.mode == Mode::Cft => (
+                p.body.cid,
+                p.body.regency,
+                VoteKind::Accept,
+                p.body.batch.digest(),
+            ),
+            _ => return,
+        };
+        let phase = match kind {
+            VoteKind::Write => 0,
+            VoteKind::Accept => 1,
+        };
+        if node.fsync_ms.is_some() {
+            let durable = &node.stored[..node.disk.durable.min(node.stored.len())];
+            let on_disk = durable.iter().any(|record| match record {
+                PersistRecord::Vote(v) => {
+                    v.cid == cid && v.regency == regency && v.kind == kind && v.digest == digest
+                }
+                // A decision of the same value stands for it (compaction keeps the decision
+                // and may drop the vote).
+                PersistRecord::Decided(d) => d.cid == cid && d.batch.digest() == digest,
+                PersistRecord::Checkpoint(c) => c.cid >= cid,
+                // So does a later regency: the replica never votes in this one again
+                // (compaction keeps only the votes of the current regency).
+                PersistRecord::Regency(later) => *later > regency,
+                _ => false,
+            });
+            if !on_disk {
+                self.fail(format!(
+                    "replica {r} sent a {kind:?} vote in cid {cid} regency {regency} before its \
+                     record was durable"
+                ));
+                return;
+            }
+        }
+        if let Some(prev) = self.sim.sent_votes.insert((r, cid, regency, phase), digest) {
+            if prev != digest {
+                self.fail(format!(
+                    "replica {r} sent two different {kind:?} votes in cid {cid} regency {regency}"
+                ));
+            }
+        }
+    }
+
+    fn send_out(&mut self, to: &[Peer], message: Message) {
+        let slot = self.slot;
+        let r = self.sim.replicas[slot].id;
+        let from = Peer::Replica(r);
+        let me = Node::Replica(slot);
+        self.check_sent_vote(&message);
+        if std::env::var("SMR_SIM_TRACE").is_ok() {
+            if let Message::Stop(s) = &message {
+                let pending: Vec<(u8, u64)> = s
+                    .body
+                    .pending
+                    .iter()
+                    .map(|q| (q.body.client.0[0], q.body.seq))
+                    .collect();
+                eprintln!(
+                    "t={} replica {r} sends STOP {:?} at cid {} pending {pending:?}",
+                    self.sim.now_ms,
+                    (s.body.from_regency, s.body.regency),
+                    self.sim.replicas[slot].engine.last_executed()
+                );
+            }
+        }
+        if let Message::Propose(p) = &message {
+            self.sim.replicas[slot].proposed.push(p.body.batch.clone());
+        }
+        if self.sim.hunter.as_ref().is_some_and(|(s, _)| *s == slot) {
+            self.hunter_send(to, message);
+            return;
+        }
+        let message = self.sim.tamper(slot, message);
+        let crash_now =
+            self.sim.replicas[slot].crash_after_propose && matches!(message, Message::Propose(_));
+        for peer in to {
+            // A leader crashing mid-broadcast reaches only some followers.
+            if crash_now && self.sim.rng.chance(0.5) {
+                continue;
+            }
+            self.sim.send(me, from, *peer, &message);
+        }
+        if crash_now {
+            self.sim.crash(slot);
+        }
+    }
+
+    fn run_service(&mut self, work: ServiceWork) -> Option<ServiceDone> {
+        let slot = self.slot;
+        let r = self.sim.replicas[slot].id;
+        let correct = self.sim.replicas[slot].correct;
+        match work {
+            ServiceWork::Execute { cid, items } => {
+                let mut results = Vec::with_capacity(items.len());
+                let mut ids = Vec::with_capacity(items.len());
+                for item in items {
+                    if correct {
+                        if let Some(r) = self.sim.split_requests.get_mut(&item.id) {
+                            r.executed_ms.get_or_insert(self.sim.now_ms);
+                        }
+                    }
+                    let signed = self.sim.legitimately_signed.get(&item.id);
+                    if !signed.is_some_and(|ops| ops.contains(&item.op)) {
+                        self.fail(format!("validity violated: replica {r} executed an op its client never signed: {:?}", item.id));
+                        return None;
+                    }
+                    ids.push(item.id);
+                    results.push(self.sim.replicas[slot].service.execute(&item.op));
+                }
+                let node = &mut self.sim.replicas[slot];
+                node.executed_count += ids.len();
+                node.max_log_len = node.max_log_len.max(node.engine.log_len());
+                if std::env::var("SMR_SIM_TRACE").is_ok()
+                    && node.engine.log_len() >= 2 * limits().checkpoint_period as usize
+                {
+                    eprintln!(
+                        "t={} replica {r} cid {cid} log {} checkpoint {}",
+                        self.sim.now_ms,
+                        node.engine.log_len(),
+                        node.engine.last_checkpoint()
+                    );
+                }
+                if correct {
+                    match self.sim.executed_by_cid.get(&cid) {
+                        Some(first) if *first != ids => {
+                            self.fail(format!(
+                                "replica {r} executed a different sequence at cid {cid}"
+                            ));
+                            return None;
+                        }
+                        Some(_) => {}
+                        None => {
+                            self.sim.executed_by_cid.insert(cid, ids);
+                        }
+                    }
+                }
+                let done = ServiceDone::Executed { cid, results };
+                if let Some((min_ms, max_ms)) = self.sim.opts.slow_service_ms {
+                    let at_ms = self.sim.now_ms + self.sim.service_rng.range(min_ms, max_ms);
+                    let incarnation = self.sim.replicas[slot].incarnation;
+                    self.sim.schedule(
+                        at_ms,
+                        Event::ServiceDone {
+                            slot,
+                            incarnation,
+                            done,
+                        },
+                    );
+                    return None;
+                }
+                Some(done)
+            }
+            ServiceWork::TakeSnapshot { cid } => Some(ServiceDone::Snapshot {
+                cid,
+                snapshot: self.sim.replicas[slot].service.snapshot(),
+            }),
+            ServiceWork::Restore { snapshot, .. } => {
+                if let Err(e) = self.sim.replicas[slot].service.restore(&snapshot) {
+                    self.fail(format!("replica {r} cannot restore a checkpoint: {e}"));
+                }
+                None
+            }
+            ServiceWork::Query { id, op } => Some(ServiceDone::Queried {
+                id,
+                result: self.sim.replicas[slot].service.query(&op),
+            }),
+        }
+    }
+
     fn fail(&mut self, failure: String) {
         self.sim.failure.get_or_insert(failure);
     }
@@ -2258,135 +2753,72 @@ impl Host for SimHost<'_> {
             | PersistRecord::Sync(_)
             | PersistRecord::Rejoining { .. } => {}
         }
+        let checkpoint = matches!(record, PersistRecord::Checkpoint(_));
         self.sim.store(slot, record);
-    }
-
-    /// The simulated disk is durable at once.
-    fn sync(&mut self) {}
-
-    fn send(&mut self, to: &[Peer], message: Message) {
-        let slot = self.slot;
-        let r = self.sim.replicas[slot].id;
-        let from = Peer::Replica(r);
-        let me = Node::Replica(slot);
-        if std::env::var("SMR_SIM_TRACE").is_ok() {
-            if let Message::Stop(s) = &message {
-                let pending: Vec<(u8, u64)> = s
-                    .body
-                    .pending
-                    .iter()
-                    .map(|q| (q.body.client.0[0], q.body.seq))
-                    .collect();
-                eprintln!(
-                    "t={} replica {r} sends STOP {:?} at cid {} pending {pending:?}",
-                    self.sim.now_ms,
-                    (s.body.from_regency, s.body.regency),
-                    self.sim.replicas[slot].engine.last_executed()
-                );
-            }
-        }
-        if let Message::Propose(p) = &message {
-            self.sim.replicas[slot].proposed.push(p.body.batch.clone());
-        }
-        if self.sim.hunter.as_ref().is_some_and(|(s, _)| *s == slot) {
-            self.hunter_send(to, message);
+        let node = &mut self.sim.replicas[slot];
+        if node.fsync_ms.is_none() {
             return;
         }
-        let message = self.sim.tamper(slot, message);
-        let crash_now =
-            self.sim.replicas[slot].crash_after_propose && matches!(message, Message::Propose(_));
-        for peer in to {
-            // A leader crashing mid-broadcast reaches only some followers.
-            if crash_now && self.sim.rng.chance(0.5) {
-                continue;
+        if checkpoint {
+            // Written and synced in one go with what must survive it, as the driver's
+            // `write_checkpoint` does: whatever waited for a sync may go (a running fsync of
+            // the old log still ends, and covers nothing more).
+            node.disk.unsynced = false;
+            node.disk.durable = node.stored.len();
+            if node.disk.fsync_covers.is_some() {
+                node.disk.fsync_covers = Some(0);
             }
-            self.sim.send(me, from, *peer, &message);
+            let freed = node.disk.commit.all_durable();
+            self.release(freed);
+        } else {
+            node.disk.unsynced = true;
         }
-        if crash_now {
-            self.sim.replicas[slot].crashed = true;
+    }
+
+    /// Group commit, as the driver does ([`runner::GroupCommit`]): the fsync completes later
+    /// ([`Event::FsyncDone`]), one at a time, the next covering every sync asked for meanwhile.
+    fn sync(&mut self) {
+        let node = &mut self.sim.replicas[self.slot];
+        if node.fsync_ms.is_none() || !std::mem::take(&mut node.disk.unsynced) {
+            return;
         }
+        if let Some(number) = node.disk.commit.ask() {
+            self.sim.start_fsync(self.slot, number);
+        }
+    }
+
+    fn send(&mut self, to: &[Peer], message: Message) {
+        let commit = &mut self.sim.replicas[self.slot].disk.commit;
+        if commit.must_wait() {
+            commit.hold(
+                Held::Send {
+                    to: to.to_vec(),
+                    message,
+                },
+                0,
+            );
+            return;
+        }
+        self.send_out(to, message);
     }
 
     fn service(&mut self, work: ServiceWork) -> Option<ServiceDone> {
-        let slot = self.slot;
-        let r = self.sim.replicas[slot].id;
-        let correct = self.sim.replicas[slot].correct;
-        match work {
-            ServiceWork::Execute { cid, items } => {
-                let mut results = Vec::with_capacity(items.len());
-                let mut ids = Vec::with_capacity(items.len());
-                for item in items {
-                    if correct {
-                        if let Some(r) = self.sim.split_requests.get_mut(&item.id) {
-                            r.executed_ms.get_or_insert(self.sim.now_ms);
-                        }
-                    }
-                    let signed = self.sim.legitimately_signed.get(&item.id);
-                    if !signed.is_some_and(|ops| ops.contains(&item.op)) {
-                        self.fail(format!("validity violated: replica {r} executed an op its client never signed: {:?}", item.id));
-                        return None;
-                    }
-                    ids.push(item.id);
-                    results.push(self.sim.replicas[slot].service.execute(&item.op));
-                }
-                let node = &mut self.sim.replicas[slot];
-                node.executed_count += ids.len();
-                node.max_log_len = node.max_log_len.max(node.engine.log_len());
-                if std::env::var("SMR_SIM_TRACE").is_ok()
-                    && node.engine.log_len() >= 2 * limits().checkpoint_period as usize
-                {
-                    eprintln!(
-                        "t={} replica {r} cid {cid} log {} checkpoint {}",
-                        self.sim.now_ms,
-                        node.engine.log_len(),
-                        node.engine.last_checkpoint()
-                    );
-                }
-                if correct {
-                    match self.sim.executed_by_cid.get(&cid) {
-                        Some(first) if *first != ids => {
-                            self.fail(format!(
-                                "replica {r} executed a different sequence at cid {cid}"
-                            ));
-                            return None;
-                        }
-                        Some(_) => {}
-                        None => {
-                            self.sim.executed_by_cid.insert(cid, ids);
-                        }
-                    }
-                }
-                let done = ServiceDone::Executed { cid, results };
-                if let Some((min_ms, max_ms)) = self.sim.opts.slow_service_ms {
-                    let at_ms = self.sim.now_ms + self.sim.service_rng.range(min_ms, max_ms);
-                    let incarnation = self.sim.replicas[slot].incarnation;
-                    self.sim.schedule(
-                        at_ms,
-                        Event::ServiceDone {
-                            slot,
-                            incarnation,
-                            done,
-                        },
-                    );
-                    return None;
-                }
-                Some(done)
-            }
-            ServiceWork::TakeSnapshot { cid } => Some(ServiceDone::Snapshot {
-                cid,
-                snapshot: self.sim.replicas[slot].service.snapshot(),
-            }),
-            ServiceWork::Restore { snapshot, .. } => {
-                if let Err(e) = self.sim.replicas[slot].service.restore(&snapshot) {
-                    self.fail(format!("replica {r} cannot restore a checkpoint: {e}"));
-                }
-                None
-            }
-            ServiceWork::Query { id, op } => Some(ServiceDone::Queried {
-                id,
-                result: self.sim.replicas[slot].service.query(&op),
-            }),
+        let disk = &mut self.sim.replicas[self.slot].disk;
+        if disk.commit.must_wait() {
+            disk.commit.hold(Held::Service(work), 0);
+            return None;
         }
+        if !disk.service_done.is_empty() {
+            // Behind what freed work produced: the engine takes the service's answers in order.
+            if let Some(done) = self.run_service(work) {
+                self.sim.replicas[self.slot]
+                    .disk
+                    .service_done
+                    .push_back(done);
+            }
+            return None;
+        }
+        self.run_service(work)
     }
 
     fn rejected(&mut self, rejection: &smr_core::Rejection) {
