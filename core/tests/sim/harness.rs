@@ -1205,12 +1205,13 @@ impl Sim {
             node.stored.clear();
             node.regency = Regency::ZERO;
         }
-        // What the crash left counts as durable from now on, as if the crash were a power
-        // loss, which leaves only what reached the disk. A process crash leaves records that
-        // were written but not synced in the page cache, and `Wal::open` syncs the log only
-        // when it cuts a torn tail: until its first fsync, a recovered driver's votes may rest
-        // on records that a power loss would still take (counting only the synced ones as
-        // durable here fails about one CFT slow-disk seed in four on the durability check).
+        // What the crash left counts as durable from now on, as it does in the driver: a
+        // process crash leaves records that were written but not synced in the page cache,
+        // and `Wal::open` (fsync = "always") syncs the log and its directory before recovery
+        // reads them. (Before it did, it synced only a cut tail, and a recovered replica's
+        // votes could rest on records a power loss would still take: counting only the
+        // synced ones as durable here failed about one CFT slow-disk seed in four on the
+        // durability check.)
         node.disk = Disk {
             durable: node.stored.len(),
             ..Disk::default()
