@@ -2639,6 +2639,24 @@ async fn a_ninth_network_gets_its_fair_share_of_client_keys() {
     .await;
 }
 
+/// Replica 0's transport of a two-replica config, replica 1 never started: for tests that queue
+/// frames in its receive lanes themselves ([`queue_as_a_reader`]).
+async fn replica_0_alone() -> QuicTransport {
+    let [(config0, socket0), _] = two_replicas(|_| {});
+    QuicTransport::start_with_socket(config0, socket0)
+        .await
+        .unwrap()
+}
+
+/// Queues `frame` from `peer` in its receive lane, room reserved, as the transport's readers do.
+fn queue_as_a_reader(shared: &crate::link::Shared, peer: Peer, frame: Vec<u8>) {
+    let lane = shared.lane(peer);
+    assert!(lane.try_reserve(peer, frame.len()));
+    lane.tx
+        .try_send(InboundFrame { from: peer, frame })
+        .unwrap();
+}
+
 /// `recv_many` takes what `recv` would take, in the same order (replica frames first, one client
 /// frame after every `REPLICA_FRAMES_PER_CLIENT_FRAME` replica frames while client frames
 /// wait), and gives back all their room in the lanes: bytes and shares, as `recv` does frame by
@@ -2646,23 +2664,15 @@ async fn a_ninth_network_gets_its_fair_share_of_client_keys() {
 #[tokio::test]
 async fn frames_taken_together_come_in_recvs_order_and_give_back_their_room() {
     use crate::link::REPLICA_FRAMES_PER_CLIENT_FRAME;
-    let [(config0, socket0), _] = two_replicas(|_| {});
-    let transport = QuicTransport::start_with_socket(config0, socket0)
-        .await
-        .unwrap();
+    let transport = replica_0_alone().await;
     let shared = &transport.inner.shared;
     let client = Peer::Client(key(9).public_key());
     let streak = REPLICA_FRAMES_PER_CLIENT_FRAME as usize;
     // Replica 1's frames, then a client's, as the transport's readers would queue them.
     let queue = || {
         for (peer, count) in [(Peer::Replica(1), 2 * streak + 3), (client, 3)] {
-            let lane = shared.lane(peer);
             for i in 0..count {
-                let frame = vec![i as u8; 10 + i];
-                assert!(lane.try_reserve(peer, frame.len()));
-                lane.tx
-                    .try_send(InboundFrame { from: peer, frame })
-                    .unwrap();
+                queue_as_a_reader(shared, peer, vec![i as u8; 10 + i]);
             }
         }
     };
@@ -2714,19 +2724,11 @@ async fn frames_taken_together_come_in_recvs_order_and_give_back_their_room() {
 #[tokio::test]
 async fn a_frame_waiting_after_shutdown_began_is_not_taken() {
     use smr_core::network::Senders;
-    let [(config0, socket0), _] = two_replicas(|_| {});
-    let transport = QuicTransport::start_with_socket(config0, socket0)
-        .await
-        .unwrap();
+    let transport = replica_0_alone().await;
     let shared = &transport.inner.shared;
     let client = Peer::Client(key(9).public_key());
     for peer in [Peer::Replica(1), client] {
-        let lane = shared.lane(peer);
-        let frame = vec![7; 10];
-        assert!(lane.try_reserve(peer, frame.len()));
-        lane.tx
-            .try_send(InboundFrame { from: peer, frame })
-            .unwrap();
+        queue_as_a_reader(shared, peer, vec![7; 10]);
     }
     let mut shutdown = shared.shutdown_rx();
     let mut inbound = transport.inner.inbound_rx.lock().await;
@@ -2756,20 +2758,12 @@ async fn within<F: std::future::Future>(taking: F) -> F::Output {
 #[tokio::test]
 async fn frames_taken_from_one_kind_of_sender_leave_the_others_queued() {
     use smr_core::network::Senders;
-    let [(config0, socket0), _] = two_replicas(|_| {});
-    let transport = QuicTransport::start_with_socket(config0, socket0)
-        .await
-        .unwrap();
+    let transport = replica_0_alone().await;
     let shared = &transport.inner.shared;
     let client = Peer::Client(key(9).public_key());
     let queue = |peer: Peer, bodies: std::ops::Range<u8>| {
-        let lane = shared.lane(peer);
         for body in bodies {
-            let frame = vec![body; 10];
-            assert!(lane.try_reserve(peer, frame.len()));
-            lane.tx
-                .try_send(InboundFrame { from: peer, frame })
-                .unwrap();
+            queue_as_a_reader(shared, peer, vec![body; 10]);
         }
     };
     let room = || {
@@ -2917,10 +2911,7 @@ async fn frames_taken_holding_their_room_hold_back_only_their_sender_until_relea
 #[tokio::test]
 async fn frames_taken_holding_their_room_hold_back_their_sender_until_released() {
     use smr_core::network::Senders;
-    let [(config0, socket0), _] = two_replicas(|_| {});
-    let transport = QuicTransport::start_with_socket(config0, socket0)
-        .await
-        .unwrap();
+    let transport = replica_0_alone().await;
     let shared = &transport.inner.shared;
     let (a, b) = (
         Peer::Client(key(9).public_key()),
