@@ -270,11 +270,18 @@ enum EngineInput {
 }
 
 /// Why a running replica stopped on its own (fail-stop; see the module docs). The replica
-/// stops taking part at once; restart the process, which recovers from its data dir.
+/// stops taking part at once; restart the process, which recovers from its data dir (after a
+/// [`ReplicaError::Storage`] whose cause is not a full disk or a size limit, on an empty one:
+/// see there).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ReplicaError {
     /// Appending to or syncing the write-ahead log, or writing a checkpoint, failed (an I/O
     /// error, a full disk, a file-size limit). Nothing that promised the lost records was sent.
+    /// After a failed fsync the operating system may already have dropped the data it could not
+    /// write and report that only once, so a restart on the same data dir could recover, and
+    /// act on, records that are not on the disk: once the disk is fixed, move the data dir
+    /// aside and restart on an empty one (the replica rejoins by state transfer; docs/design.md
+    /// §3.12).
     #[error("storage failed, stopping the replica: {0}")]
     Storage(String),
     /// The service panicked or its thread ended.
