@@ -199,8 +199,10 @@ impl Default for Limits {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     /// A request pending this long is forwarded by a follower to the leader, and at its next
-    /// expiry makes the replica send STOP (docs/design.md §3.9). Also the first leader-change
-    /// timeout, which doubles with each change that fails in a row (up to 64 times).
+    /// expiry makes the replica send STOP (docs/design.md §3.9); sooner if the leader has been
+    /// silent for the longer of this and two `heartbeat_ms` (§3.9, "A silent leader"). Also the
+    /// first leader-change timeout, which doubles with each change that fails in a row (up to 64
+    /// times).
     pub request_timeout_ms: u64,
     /// First retransmission of votes, proposals, STOP and STOPDATA after no progress; doubles
     /// up to `retransmit_max_ms` (docs/design.md §3.5). Also the least time between two
@@ -211,7 +213,9 @@ pub struct Timeouts {
     pub retransmit_max_ms: u64,
     /// How often every replica broadcasts its heartbeat (its regency and last executed cid;
     /// docs/design.md §3.5, "Quiet clusters converge") and repeats its newest unstable
-    /// checkpoint announcement.
+    /// checkpoint announcement. A follower that hears nothing from its leader for two of these
+    /// (and at least one `request_timeout_ms`) while a forwarded request waits sends STOP
+    /// (docs/design.md §3.9, "A silent leader").
     pub heartbeat_ms: u64,
 }
 

@@ -59,6 +59,8 @@ pub struct RequestPool {
     next_serial: u64,
     len: usize,
     unproposed: usize,
+    /// Pending entries whose timer expired at least once here (`timeouts >= 1`).
+    timed_out: usize,
     max_per_session: usize,
     max_total: usize,
     /// The client served first by the previous cut; the next cut starts after it.
@@ -95,6 +97,7 @@ impl RequestPool {
             next_serial: 0,
             len: 0,
             unproposed: 0,
+            timed_out: 0,
             max_per_session,
             max_total,
             fairness_cursor: None,
@@ -224,6 +227,9 @@ impl RequestPool {
         if entry.proposed_in.is_none() {
             self.unproposed -= 1;
         }
+        if entry.timeouts > 0 {
+            self.timed_out -= 1;
+        }
         Some(entry.request)
     }
 
@@ -284,9 +290,19 @@ impl RequestPool {
             entry.arrival_ms = now_ms;
             entry.serial = serial;
             entry.timeouts += 1;
+            let first = entry.timeouts == 1;
             out.push((entry.request.clone(), entry.timeouts));
+            if first {
+                self.timed_out += 1;
+            }
         }
         out
+    }
+
+    /// Whether any pending request has timed out here at least once (and so, at a follower,
+    /// was forwarded to the leader).
+    pub fn has_timed_out(&self) -> bool {
+        self.timed_out > 0
     }
 
     /// Forgets that requests were proposed in `cid` (e.g. when the instance was decided with
@@ -326,6 +342,7 @@ impl RequestPool {
             entry.timeouts = 0;
             self.by_arrival.insert((now_ms, serial), id);
         }
+        self.timed_out = 0;
     }
 
     /// Keeps only the requests for which `keep` holds.
@@ -562,5 +579,35 @@ mod tests {
         assert_eq!(pool.oldest_arrival_ms(), Some(50));
         pool.remove(&req(1, 2, 0).id());
         assert_eq!(pool.oldest_arrival_ms(), Some(100));
+    }
+
+    /// `has_timed_out` follows every way an entry's timeout count changes: a first timeout
+    /// (not a second), removal, `retain`, and a new regency's restart of every timer.
+    #[test]
+    fn has_timed_out_counts_pending_requests_that_timed_out_once_or_more() {
+        let mut pool = RequestPool::new(100, 1000);
+        pool.insert(req(1, 1, 0), 0, true).unwrap();
+        pool.insert(req(2, 1, 0), 0, true).unwrap();
+        pool.insert(req(3, 1, 0), 10, true).unwrap();
+        assert!(!pool.has_timed_out());
+        assert_eq!(pool.take_timed_out(5, 20).len(), 2);
+        assert!(pool.has_timed_out());
+        // Second timeouts of the same two, and the third's first: three counted, not five.
+        assert_eq!(pool.take_timed_out(20, 30).len(), 3);
+        pool.remove(&req(1, 1, 0).id());
+        pool.retain(|id| id.client.0[0] != 2);
+        assert!(pool.has_timed_out());
+        pool.remove(&req(3, 1, 0).id());
+        assert!(!pool.has_timed_out());
+        // A new regency forgets the timeouts of what is still pending.
+        pool.insert(req(4, 1, 0), 40, true).unwrap();
+        pool.take_timed_out(40, 50);
+        assert!(pool.has_timed_out());
+        pool.restart_timers(60);
+        assert!(!pool.has_timed_out());
+        pool.take_timed_out(60, 70);
+        pool.remove(&req(4, 1, 0).id());
+        assert!(!pool.has_timed_out());
+        assert!(pool.is_empty());
     }
 }

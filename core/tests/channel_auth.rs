@@ -257,6 +257,13 @@ fn follower_holding_a_bad_and_a_good_request(c: &Cluster) -> smr_core::Engine {
 fn a_follower_verifies_requests_before_forwarding_them_and_drops_a_bad_one() {
     let c = bft();
     let mut follower = follower_holding_a_bad_and_a_good_request(&c);
+    // The leader is alive (a leader silent since 0 would also get a STOP at 1000).
+    let heartbeat = Message::Heartbeat {
+        regency: Regency(0),
+        last_decided: Cid(0),
+    };
+    let out = c.deliver(&mut follower, 500, Peer::Replica(0), heartbeat);
+    assert_eq!(out, Output::default());
     let out = follower.on_timeout(1000);
     assert_eq!(
         out,

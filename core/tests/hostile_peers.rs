@@ -52,7 +52,8 @@ fn follower_with_a_pending_request(c: &Cluster) -> Engine {
 }
 
 /// Fires the follower's timers up to `until_ms` and returns the time of its first STOP, with
-/// `hint` (if any) delivered from replica 0 every `every_ms`, between two calls of the timers.
+/// `hint` (if any) delivered from replica 0 (the leader) every `every_ms`, between two calls of
+/// the timers.
 fn first_stop_ms(c: &Cluster, hint: Option<(Message, u64)>, until_ms: u64) -> Option<u64> {
     let mut follower = follower_with_a_pending_request(c);
     let mut now = 0;
@@ -90,10 +91,16 @@ fn one_peers_state_info_does_not_hold_back_the_request_timeouts_stop() {
     let request = c.request(1);
     // Every replica says where it stands at its heartbeat (docs/design.md §3.5, "Quiet
     // clusters converge"): regency 0, nothing executed.
-    let heartbeat = broadcast(Message::Heartbeat {
+    let heartbeat = Message::Heartbeat {
         regency: Regency(0),
         last_decided: Cid(0),
-    });
+    };
+    // The leader's heartbeat: it is alive, so the request's first timeout forwards and waits
+    // (a leader silent since 0 would get a STOP at 1000: `a_silent_leader_...` in
+    // silent_leader.rs).
+    let out = c.deliver(&mut follower, 500, Peer::Replica(0), heartbeat.clone());
+    assert_eq!(out, Output::default());
+    let heartbeat = broadcast(heartbeat);
     assert_eq!(
         follower.on_timeout(1000),
         only_sent(vec![
@@ -133,12 +140,24 @@ fn one_peers_state_info_does_not_hold_back_the_request_timeouts_stop() {
 }
 
 /// The same without a simulator: the StateInfo of the issue every millisecond does not delay
-/// the follower's first STOP at all (2000 ms, as with no StateInfo). Before the fix there was
-/// no STOP within 30 s (in the simulator, none within 1,800 s).
+/// the follower's first STOP at all (2000 ms, the request's second timeout, as with a leader
+/// that only sends its heartbeats). Before the fix there was no STOP within 30 s (in the
+/// simulator, none within 1,800 s). A leader that sends nothing at all gets its STOP at the
+/// first timeout (docs/design.md §3.9, "A silent leader"); anything it sends puts that off to
+/// the second, never further.
 #[test]
 fn a_state_info_every_millisecond_does_not_delay_the_first_stop() {
     let c = bft();
-    let quiet = first_stop_ms(&c, None, 30_000);
+    assert_eq!(
+        first_stop_ms(&c, None, 30_000),
+        Some(1000),
+        "a silent leader"
+    );
+    let heartbeat = Message::Heartbeat {
+        regency: Regency(0),
+        last_decided: Cid(0),
+    };
+    let quiet = first_stop_ms(&c, Some((heartbeat, 500)), 30_000);
     assert_eq!(quiet, Some(2000));
     let flooded = first_stop_ms(&c, Some((lying_state_info(), 1)), 30_000);
     assert_eq!(flooded, quiet);

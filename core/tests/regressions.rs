@@ -816,9 +816,11 @@ fn a_validated_config_with_the_longest_timeouts_does_not_panic_the_engine() {
     for now in [10, 1_000, 1 << 40, u64::MAX / 2, u64::MAX - 1] {
         e.on_timeout(now);
     }
-    // At u64::MAX - 1 every timer fired (the request's third timeout, and the STOP for regency 1
-    // asked for at u64::MAX / 2 timing out into one for regency 2) and was re-armed a day or
-    // more later: every deadline saturates.
+    // At 1 << 40 the request's first timeout finds the leader silent since 3 ms, far longer
+    // than `leader_silence_ms` (two days here): a STOP for regency 1 at once. That leader
+    // change timed out into a STOP for regency 2 at u64::MAX / 2 and one for regency 3 at
+    // u64::MAX - 1, where every timer fired and was re-armed a day or more later: every
+    // deadline saturates.
     assert_eq!(
         timers(&e),
         [
@@ -828,7 +830,8 @@ fn a_validated_config_with_the_longest_timeouts_does_not_panic_the_engine() {
             (TimerKind::LeaderChange, u64::MAX),
         ]
     );
-    assert_eq!((e.regency(), e.stats().stops_sent), (Regency(0), 2));
+    assert_eq!((e.regency(), e.stats().stops_sent), (Regency(0), 3));
+    assert_eq!(e.stats().stops_for_silent_leader, 1);
 }
 
 /// The finding: `handle_state_fetch` computed `start + state_chunk_bytes` with `+`, and

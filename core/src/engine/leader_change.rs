@@ -153,6 +153,9 @@ impl Engine {
         self.out.persist(PersistRecord::Regency(regency));
         self.regency = regency;
         self.leader_progress = None;
+        // The new leader has had no chance to speak yet: its silence counts from here.
+        self.leader_heard_ms = now_ms;
+        self.deadlines_ms.remove(&TimerKind::LeaderSilence);
         self.stats.regency_changes += 1;
         let mine = self
             .leader_change

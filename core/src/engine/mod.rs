@@ -128,6 +128,12 @@ pub enum TimerKind {
     /// requester never asks a source for more than half of its reply budget
     /// (docs/design.md §3.11, "Paced").
     StateFetch,
+    /// A follower holds a request that timed out (and so was forwarded) and has heard nothing
+    /// at all from its leader for [`Engine::leader_silence_ms`]: it asks for the next regency
+    /// without waiting for the request's second timeout (§3.9, "A silent leader"). Armed at
+    /// the time of the last message from the leader plus that span, while such a request is
+    /// pending and no STOP of this replica's is out.
+    LeaderSilence,
 }
 
 /// A STOP may ask for a regency at most this far beyond the current one; anything further is
@@ -220,6 +226,9 @@ pub struct EngineStats {
     pub regency_changes: u64,
     /// STOPs started, one per regency asked for; resends not counted.
     pub stops_sent: u64,
+    /// Of `stops_sent`, those started because the leader was silent
+    /// ([`TimerKind::LeaderSilence`]), before a request's second timeout.
+    pub stops_for_silent_leader: u64,
     /// State transfers started.
     pub state_transfers: u64,
     /// State-transfer sources whose bytes did not match the agreed digest.
@@ -307,6 +316,9 @@ pub struct Engine {
     highest_seen_cid: Cid,
     /// The highest cid the current leader's heartbeats reported decided, and when it rose.
     leader_progress: Option<LeaderProgress>,
+    /// When this replica last received any message from the current regency's leader (or
+    /// entered the regency, or started).
+    leader_heard_ms: u64,
     rejoin: Rejoin,
     /// A replica restarted from its store re-executes the stored decisions after its
     /// checkpoint: until it has executed this cid (the highest stored decision), its service
@@ -382,6 +394,7 @@ impl Engine {
             transfer: StateTransfer::default(),
             highest_seen_cid: Cid::ZERO,
             leader_progress: None,
+            leader_heard_ms: 0,
             rejoin: Rejoin::Done,
             reads_withheld_until: Cid::ZERO,
             abstaining: BTreeMap::new(),
@@ -477,6 +490,7 @@ impl Engine {
         // A recovered replica may have open instances or a rejoin to drive. Recovery ran
         // before there was a clock, so its timers start now.
         self.deadlines_ms.clear();
+        self.leader_heard_ms = now_ms;
         self.arm_retransmit(now_ms);
         self.arm_request_timer();
         self.deadlines_ms.insert(
@@ -527,6 +541,10 @@ impl Engine {
             channel_only,
         } = verified;
         let checked = |position: usize| crate::verify::signature_checked(&channel_only, position);
+        // Any message from the leader, even one refused below, shows it is not silent.
+        if from == Peer::Replica(self.leader()) {
+            self.leader_heard_ms = now_ms;
+        }
         match (from, message) {
             (Peer::Client(_), Message::Request(request)) => {
                 self.handle_request(now_ms, request, true, checked(0))

@@ -3,7 +3,7 @@
 //! timeouts (forward, then STOP), the leader's heartbeat and the leader-change timeout.
 
 use crate::clients::RequestStatus;
-use crate::message::{Message, Request};
+use crate::message::{Message, Regency, Request};
 use crate::network::Peer;
 
 use super::recovery::Rejoin;
@@ -59,6 +59,7 @@ impl Engine {
                 TimerKind::Heartbeat => self.on_heartbeat(now_ms),
                 TimerKind::LeaderChange => self.on_leader_change_timeout(now_ms),
                 TimerKind::StateFetch => self.send_state_fetch(now_ms),
+                TimerKind::LeaderSilence => self.on_leader_silence(now_ms),
             }
         }
         self.finish_input()
@@ -149,6 +150,24 @@ impl Engine {
             let peer = self.next_query_peer();
             self.maybe_query(now_ms, peer);
         }
+        // Second timeout: the leader has had the request and still did not order it. Or the
+        // request has timed out once (the leader has had it) and the leader has said nothing
+        // at all for `leader_silence_ms`: no client can make a correct leader silent, so there
+        // is no point waiting for the second timeout (§3.9, "A silent leader").
+        let silent = !second_timeout && self.leader_silent(now_ms);
+        if (second_timeout || silent) && !self.catching_up(now_ms) {
+            // Peers push the regency up (by STOPs): saturate rather than overflow.
+            let target = self.regency.saturating_add(1);
+            self.start_stop_for(now_ms, target, silent);
+        }
+        self.arm_request_timer();
+        self.arm_leader_silence(now_ms);
+    }
+
+    /// Whether this replica holds back a STOP because it is behind, not its leader: certified
+    /// decisions moved it forward within the last `request_timeout_ms`, or, in CFT, the
+    /// leader's heartbeats show recent progress beyond it.
+    fn catching_up(&self, now_ms: u64) -> bool {
         // In CFT one STOP moves everyone, so a replica whose leader's heartbeats show recent
         // progress beyond it blames its own lag, not the leader. (Not in BFT, where a Byzantine
         // leader could fake progress; there f+1 STOPs are needed anyway.)
@@ -163,18 +182,72 @@ impl Engine {
         // StateInfo, and one peer alone must never hold back a STOP (a Byzantine leader could
         // otherwise keep a follower "transferring" and so silent; issue 12, item 2). Catching
         // up by certified decisions does count: those prove the cluster moved on.
-        let catching_up = behind_a_live_leader
+        behind_a_live_leader
             || self
                 .catch_up
                 .last_catch_up_ms
-                .is_some_and(|t| now_ms < t.saturating_add(self.cfg.timeouts.request_timeout_ms));
-        if second_timeout && !catching_up {
-            // Second timeout: the leader has had the request and still did not order it.
-            // Peers push the regency up (by STOPs): saturate rather than overflow.
-            let target = self.regency.saturating_add(1);
-            self.start_leader_change(now_ms, target);
+                .is_some_and(|t| now_ms < t.saturating_add(self.cfg.timeouts.request_timeout_ms))
+    }
+
+    /// Starts a leader change to `target`, counting it as one for a silent leader if it is.
+    fn start_stop_for(&mut self, now_ms: u64, target: Regency, silent: bool) {
+        let sent = self.stats.stops_sent;
+        self.start_leader_change(now_ms, target);
+        if silent && self.stats.stops_sent > sent {
+            self.stats.stops_for_silent_leader += 1;
         }
-        self.arm_request_timer();
+    }
+
+    /// How long a follower waits, hearing nothing at all from its leader, before it takes the
+    /// leader for crashed once a request it forwarded is pending: the longer of one request
+    /// timeout and two heartbeat intervals (a correct leader broadcasts a heartbeat every
+    /// `heartbeat_ms`, so only a lost or late heartbeat, never a client, can make it look
+    /// silent for two).
+    pub fn leader_silence_ms(&self) -> u64 {
+        let t = &self.cfg.timeouts;
+        t.request_timeout_ms.max(t.heartbeat_ms.saturating_mul(2))
+    }
+
+    /// Whether this follower holds a request that timed out here (so the leader has had it)
+    /// and has heard nothing from its leader for `leader_silence_ms`, with no STOP of its own
+    /// out.
+    fn leader_silent(&self, now_ms: u64) -> bool {
+        !self.is_leader()
+            && self.leader_change.my_stop.is_none()
+            && self.pool.has_timed_out()
+            && now_ms
+                >= self
+                    .leader_heard_ms
+                    .saturating_add(self.leader_silence_ms())
+    }
+
+    /// Arms [`TimerKind::LeaderSilence`] for when the leader will have been silent for
+    /// `leader_silence_ms`, if a forwarded request is pending and no STOP of this replica's is
+    /// out; disarms it otherwise. The deadline is always in the future, so the timer never
+    /// fires twice at one instant.
+    pub(super) fn arm_leader_silence(&mut self, now_ms: u64) {
+        let deadline = self
+            .leader_heard_ms
+            .saturating_add(self.leader_silence_ms());
+        if !self.is_leader()
+            && self.leader_change.my_stop.is_none()
+            && self.pool.has_timed_out()
+            && deadline > now_ms
+        {
+            self.deadlines_ms.insert(TimerKind::LeaderSilence, deadline);
+        } else {
+            self.deadlines_ms.remove(&TimerKind::LeaderSilence);
+        }
+    }
+
+    /// [`TimerKind::LeaderSilence`] expired: if the leader is still silent (anything it sent
+    /// since the timer was armed moved the deadline on), ask for the next regency.
+    pub(super) fn on_leader_silence(&mut self, now_ms: u64) {
+        if self.leader_silent(now_ms) && !self.catching_up(now_ms) {
+            let target = self.regency.saturating_add(1);
+            self.start_stop_for(now_ms, target, true);
+        }
+        self.arm_leader_silence(now_ms);
     }
 
     pub(super) fn on_heartbeat(&mut self, now_ms: u64) {

@@ -463,6 +463,11 @@ pub struct SimReport {
     pub max_held_actions: usize,
     /// Records written but not synced that crashes took.
     pub records_lost: u64,
+    /// When a replica first sent a STOP of its own (resends and relays included, the first
+    /// counts).
+    pub first_stop_ms: Option<u64>,
+    /// When the last crash, restart or isolation happened (0 if none).
+    pub last_fault_ms: u64,
     /// Actions held for an fsync that crashes took.
     pub held_actions_lost: u64,
 }
@@ -1150,6 +1155,7 @@ impl Sim {
             }
         }
         self.report.end_time_ms = self.now_ms;
+        self.report.last_fault_ms = self.last_fault_ms;
         let adversaries = self
             .hunter
             .iter()
@@ -2520,6 +2526,11 @@ impl SimHost<'_> {
         let from = Peer::Replica(r);
         let me = Node::Replica(slot);
         self.check_sent_vote(&message);
+        if let Message::Stop(s) = &message {
+            if s.body.replica == r && self.sim.report.first_stop_ms.is_none() {
+                self.sim.report.first_stop_ms = Some(self.sim.now_ms);
+            }
+        }
         if std::env::var("SMR_SIM_TRACE").is_ok() {
             if let Message::Stop(s) = &message {
                 let pending: Vec<(u8, u64)> = s

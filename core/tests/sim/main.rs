@@ -245,6 +245,78 @@ fn cft_leader_crash_before_or_after_propose_loses_no_decision() {
     );
 }
 
+/// A leader that crashes for good under load, on a network that loses nothing and delivers
+/// within 5 ms, with every correct client sending each request to every replica: the followers
+/// send STOP once the leader has been silent for `leader_silence_ms` (600 ms here: two 300 ms
+/// heartbeats, more than the 400 ms request timeout), not at the second request timeout (800 ms
+/// after the request arrived); docs/design.md §3.9, "A silent leader". The first STOP leaves
+/// within 620 ms of the crash (without the rule: about 800 ms after it), and every request
+/// still meets the liveness bound (the harness checks it per request).
+fn leader_crashed_for_good_is_replaced_one_silence_after_the_crash(mode: Mode, n: usize) {
+    let name = format!(
+        "{}_leader_crashed_for_good_is_replaced_one_silence_after_the_crash",
+        if mode == Mode::Bft { "bft" } else { "cft" }
+    );
+    let (mut worst_ms, mut worst_stop_ms) = (0, 0);
+    sweep_reports(
+        &name,
+        |seed| {
+            let mut rng = Rng::new(seed ^ 0x51e7);
+            let mut opts = SimOptions::with_fault(
+                mode,
+                n,
+                1,
+                seed,
+                Fault::LeaderCrash {
+                    at_ms: rng.range(100, 400),
+                    after_propose: rng.chance(0.5),
+                },
+            );
+            // Enough requests that the load goes on well past the crash.
+            opts.requests_per_client = 300;
+            opts.drop_prob = 0.0;
+            opts.dup_prob = 0.0;
+            opts.max_delay_ms = 5;
+            opts.heal_at_ms = 0;
+            opts.partition = false;
+            opts.byzantine_client = false;
+            opts.fsync_ms = Some((0, 1));
+            opts
+        },
+        |r| {
+            assert!(
+                r.regencies.iter().all(|g| *g >= Regency(1)),
+                "the crashed leader kept its job: {:?}",
+                r.regencies
+            );
+            let stop_ms = r
+                .first_stop_ms
+                .expect("a STOP")
+                .saturating_sub(r.last_fault_ms);
+            assert!(
+                stop_ms <= 620,
+                "the first STOP left {stop_ms} ms after the crash (at most 620 expected)"
+            );
+            worst_stop_ms = worst_stop_ms.max(stop_ms);
+            worst_ms = worst_ms.max(r.max_elapsed_after_gst_ms);
+        },
+    );
+    eprintln!(
+        "{name}: the first STOP at most {worst_stop_ms} ms after the crash; the slowest \
+         request {worst_ms} ms after the crash or its submission"
+    );
+}
+
+#[test]
+fn bft_leader_crashed_for_good_is_replaced_one_silence_after_the_crash() {
+    leader_crashed_for_good_is_replaced_one_silence_after_the_crash(Mode::Bft, 4);
+}
+
+#[test]
+fn cft_leader_crashed_for_good_is_replaced_one_silence_after_the_crash() {
+    leader_crashed_for_good_is_replaced_one_silence_after_the_crash(Mode::Cft, 3);
+}
+
 #[test]
 fn bft_equivocating_twin_leader_is_replaced_without_divergence() {
     let mut replaced = 0;
