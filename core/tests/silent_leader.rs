@@ -203,3 +203,43 @@ fn the_leader_arms_no_silence_timer() {
     }
     assert_eq!(leader.stats().stops_for_silent_leader, 0);
 }
+
+/// Entering a regency restarts retransmission at `retransmit_initial_ms` (100 ms by default):
+/// during the outage the follower's retransmit interval doubled (100, 200, 400, 800), and a
+/// STOPDATA that reached the new leader before it entered the regency would otherwise be
+/// resent only 1600 ms later.
+#[test]
+fn entering_a_regency_restarts_retransmission_at_its_first_interval() {
+    let c = bft();
+    let mut f = c.engine(1);
+    assert_eq!(f.start(0), Output::default());
+    c.deliver(&mut f, 0, c.client_peer(), Message::Request(c.request(1)));
+    // The silent leader's STOP at 1000, then four retransmissions, each interval doubling.
+    let _ = f.on_timeout(1000);
+    let mut now = 1000;
+    for interval in [100, 200, 400, 800] {
+        let due = timers(&f)
+            .into_iter()
+            .find(|(k, _)| *k == TimerKind::Retransmit)
+            .map(|(_, d)| d);
+        assert_eq!(due, Some(now + interval), "{:?}", timers(&f));
+        now += interval;
+        let _ = f.on_timeout(now);
+    }
+    // STOPs from replicas 2 and 3 make 2f+1 with its own: it installs regency 1 (replica 1,
+    // itself, leads it) at 3000.
+    for r in [2, 3] {
+        let _ = c.deliver(
+            &mut f,
+            3000,
+            Peer::Replica(r),
+            Message::Stop(c.stop(r, Regency(1), Regency(0))),
+        );
+    }
+    assert_eq!(f.regency(), Regency(1));
+    let due = timers(&f)
+        .into_iter()
+        .find(|(k, _)| *k == TimerKind::Retransmit)
+        .map(|(_, d)| d);
+    assert_eq!(due, Some(3100), "{:?}", timers(&f));
+}

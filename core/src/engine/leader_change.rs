@@ -184,6 +184,9 @@ impl Engine {
             TimerKind::LeaderChange,
             now_ms.saturating_add(self.change_timeout_ms()),
         );
+        // A STOPDATA that reached the new leader before it entered the regency was refused
+        // there (simulator: the new leader waited 300 ms for one resent).
+        self.restart_retransmission(now_ms);
     }
 
     /// Tells the leader of the newly installed regency what this replica decided and prepared.
@@ -375,8 +378,22 @@ impl Engine {
                 (choice.end().saturating_add(1)).max(self.last_executed.saturating_add(1));
             self.try_propose(now_ms);
         }
-        self.arm_retransmit(now_ms);
+        // What raced the SYNC (a PROPOSE that reaches a follower before the SYNC is refused,
+        // `SyncInProgress`) is resent soon (simulator: cid 36 waited 300 ms after a leader
+        // crash for a PROPOSE a follower had refused).
+        self.restart_retransmission(now_ms);
         self.arm_request_timer();
+    }
+
+    /// A regency boundary (entered, or its SYNC applied) restarts retransmission at
+    /// `retransmit_initial_ms`: messages of the new regency that reached a peer before it
+    /// entered the regency or applied its SYNC were refused there (a STOPDATA, a PROPOSE), and
+    /// must not wait for the interval that the outage before doubled up to
+    /// `retransmit_max_ms` (docs/design.md §3.9, "A silent leader").
+    fn restart_retransmission(&mut self, now_ms: u64) {
+        self.retransmit_interval_ms = self.cfg.timeouts.retransmit_initial_ms;
+        self.deadlines_ms.remove(&TimerKind::Retransmit);
+        self.arm_retransmit(now_ms);
     }
 
     /// Accepts the values of the current regency's SYNC that execution has brought into the

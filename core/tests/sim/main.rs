@@ -250,8 +250,12 @@ fn cft_leader_crash_before_or_after_propose_loses_no_decision() {
 /// send STOP once the leader has been silent for `leader_silence_ms` (600 ms here: two 300 ms
 /// heartbeats, more than the 400 ms request timeout), not at the second request timeout (800 ms
 /// after the request arrived); docs/design.md §3.9, "A silent leader". The first STOP leaves
-/// within 620 ms of the crash (without the rule: about 800 ms after it), and every request
-/// still meets the liveness bound (the harness checks it per request).
+/// within 620 ms of the crash (without the rule: 793–901 ms after it), and every request
+/// completes within 800 ms of the crash or of its submission, whichever is later. That needs
+/// the regency boundary to restart retransmission (`restart_retransmission`): a STOPDATA that
+/// reached the new leader before it entered the regency, or a PROPOSE that reached a follower
+/// before the SYNC, was otherwise resent only after the interval the outage had doubled
+/// (988 and 1,885 ms in 2 and 8 of 60 seeds).
 fn leader_crashed_for_good_is_replaced_one_silence_after_the_crash(mode: Mode, n: usize) {
     let name = format!(
         "{}_leader_crashed_for_good_is_replaced_one_silence_after_the_crash",
@@ -296,6 +300,11 @@ fn leader_crashed_for_good_is_replaced_one_silence_after_the_crash(mode: Mode, n
             assert!(
                 stop_ms <= 620,
                 "the first STOP left {stop_ms} ms after the crash (at most 620 expected)"
+            );
+            assert!(
+                r.max_elapsed_after_gst_ms <= 800,
+                "a request took {} ms after the crash or its submission (at most 800 expected)",
+                r.max_elapsed_after_gst_ms
             );
             worst_stop_ms = worst_stop_ms.max(stop_ms);
             worst_ms = worst_ms.max(r.max_elapsed_after_gst_ms);
