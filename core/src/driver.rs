@@ -200,14 +200,84 @@ pub struct ReplicaStatus {
 
 /// What waits for an fsync in the driver's group commit ([`GroupCommit`]).
 enum HeldAction {
-    /// A message, encoded, to send to each of `to`.
+    /// A message's frame to send to each of `to`: only the encoding, and of the message what
+    /// sending needs ([`Sending`]), are held.
     Send {
         to: Vec<Peer>,
-        message: Message,
+        sending: Sending,
         frame: Vec<u8>,
     },
     /// A command for the service thread.
     Service(ServiceCommand),
+}
+
+impl HeldAction {
+    /// The bytes this action holds, as [`MAX_HELD_BYTES`] counts them: the action itself, and
+    /// what it owns on the heap (a frame's allocation, the peers it goes to; a command's
+    /// operations, each with its item, and snapshot).
+    fn held_bytes(&self) -> usize {
+        let owned = match self {
+            HeldAction::Send { to, frame, .. } => frame
+                .capacity()
+                .saturating_add(to.len().saturating_mul(std::mem::size_of::<Peer>())),
+            HeldAction::Service(ServiceCommand::Execute { items, .. }) => items
+                .iter()
+                .map(|item| {
+                    item.op
+                        .len()
+                        .saturating_add(std::mem::size_of::<ExecuteItem>())
+                })
+                .fold(0usize, usize::saturating_add),
+            HeldAction::Service(ServiceCommand::Query { op, .. }) => op.len(),
+            HeldAction::Service(ServiceCommand::Restore { snapshot, .. }) => snapshot.len(),
+            HeldAction::Service(
+                ServiceCommand::Status { .. } | ServiceCommand::Snapshot { .. },
+            ) => 0,
+        };
+        owned.saturating_add(std::mem::size_of::<HeldAction>())
+    }
+}
+
+/// What sending a message needs of it once it is encoded ([`EngineLoop::send_frame`]).
+#[derive(Clone, Copy, Debug)]
+struct Sending {
+    /// [`Message::kind_name`], for the log.
+    kind: &'static str,
+    /// What [`Timing`] notes as the frame leaves, and where a reply goes.
+    about: SendingAbout,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum SendingAbout {
+    /// A PROPOSE of this cid.
+    Propose(Cid),
+    /// A reply to this request, for the connection of this route ([`crate::message::Reply::route`]).
+    Reply {
+        id: RequestId,
+        route: u64,
+    },
+    Other,
+}
+
+impl Sending {
+    fn of(message: &Message) -> Sending {
+        let about = match message {
+            Message::Propose(propose) => SendingAbout::Propose(propose.body.cid),
+            Message::Reply(reply) => SendingAbout::Reply {
+                id: RequestId {
+                    client: reply.client,
+                    session: reply.session,
+                    seq: reply.seq,
+                },
+                route: reply.route(),
+            },
+            _ => SendingAbout::Other,
+        };
+        Sending {
+            kind: message.kind_name(),
+            about,
+        }
+    }
 }
 
 /// How one fsync on the blocking thread ended, and how long it took.
@@ -217,8 +287,8 @@ type FsyncEnded = (Result<(), StorageError>, Duration);
 /// [`MAX_HELD_BYTES`], the engine takes no input until the fsync ends (a slow disk slows the
 /// replica, and never makes it hold without bound).
 const MAX_HELD_ACTIONS: usize = 16_384;
-/// Most bytes of actions held behind a running fsync (messages counted twice: encoded and
-/// not; service commands by their operations and snapshots).
+/// Most bytes of actions held behind a running fsync ([`HeldAction::held_bytes`]: a send by its
+/// frame, a service command by its operations and snapshot).
 const MAX_HELD_BYTES: usize = 64 << 20;
 
 enum ServiceCommand {
@@ -2148,18 +2218,17 @@ impl<N: Network> Host for EngineLoop<N> {
     }
 
     fn send(&mut self, to: &[Peer], message: Message) {
-        // Encoded once, however many receive it.
+        // Encoded once, however many receive it; only the frame is kept.
         let frame = codec::encode(&message);
+        let sending = Sending::of(&message);
         if self.commit.must_wait() {
-            let bytes = frame.len().saturating_mul(2);
-            let action = HeldAction::Send {
+            self.hold(HeldAction::Send {
                 to: to.to_vec(),
-                message,
+                sending,
                 frame,
-            };
-            self.commit.hold(action, bytes);
+            });
         } else {
-            self.send_frame(to, &message, frame);
+            self.send_frame(to, sending, frame);
         }
     }
 
@@ -2207,41 +2276,35 @@ impl<N: Network> EngineLoop<N> {
         let sent = self
             .network
             .send_to_session(to.client, to.route, codec::encode(&message));
-        self.sent(Peer::Client(to.client), &message, sent);
+        self.sent(Peer::Client(to.client), message.kind_name(), sent);
     }
 
-    /// Sends `frame`, the encoding of `message`, to each of `to`.
-    fn send_frame(&mut self, to: &[Peer], message: &Message, frame: Vec<u8>) {
-        match message {
-            Message::Propose(propose) => self.timing.proposed(
-                propose.body.cid,
+    /// Sends `frame`, the encoding of the message `sending` describes, to each of `to`.
+    fn send_frame(&mut self, to: &[Peer], sending: Sending, frame: Vec<u8>) {
+        match sending.about {
+            SendingAbout::Propose(cid) => self.timing.proposed(
+                cid,
                 std::time::Instant::now(),
                 self.engine.last_executed(),
                 self.max_instances_ahead,
             ),
-            Message::Reply(reply) => {
-                let id = RequestId {
-                    client: reply.client,
-                    session: reply.session,
-                    seq: reply.seq,
-                };
+            SendingAbout::Reply { id, .. } => {
                 if let Some(latency) = self.timing.replied(&id) {
                     self.metrics.request_latency.observe_duration(latency);
                 }
             }
-            _ => {}
+            SendingAbout::Other => {}
         }
         for peer in to {
             // A reply goes to the connection its session's requests arrive on, not to any of
             // its key's connections: many processes may share a key (docs/design.md §3.7).
-            let sent = match (peer, message) {
-                (Peer::Client(key), Message::Reply(reply)) => {
-                    self.network
-                        .send_to_session(*key, reply.route(), frame.clone())
+            let sent = match (peer, sending.about) {
+                (Peer::Client(key), SendingAbout::Reply { route, .. }) => {
+                    self.network.send_to_session(*key, route, frame.clone())
                 }
                 _ => self.network.send(*peer, frame.clone()),
             };
-            self.sent(*peer, message, sent);
+            self.sent(*peer, sending.kind, sent);
         }
     }
 
@@ -2249,27 +2312,23 @@ impl<N: Network> EngineLoop<N> {
     /// the thread is gone.
     fn hand_to_service(&mut self, command: ServiceCommand) -> bool {
         if self.commit.must_wait() {
-            let bytes = match &command {
-                ServiceCommand::Execute { items, .. } => items
-                    .iter()
-                    .map(|item| item.op.len().saturating_add(64))
-                    .fold(0usize, usize::saturating_add),
-                ServiceCommand::Query { op, .. } => op.len(),
-                ServiceCommand::Restore { snapshot, .. } => snapshot.len(),
-                ServiceCommand::Status { .. } | ServiceCommand::Snapshot { .. } => 0,
-            };
-            self.commit
-                .hold(HeldAction::Service(command), bytes.saturating_add(64));
+            self.hold(HeldAction::Service(command));
             return true;
         }
         self.service_tx.send(command).is_ok()
+    }
+
+    /// Holds `action` behind the syncs asked for so far, weighed by what it holds.
+    fn hold(&mut self, action: HeldAction) {
+        let bytes = action.held_bytes();
+        self.commit.hold(action, bytes);
     }
 
     /// Performs actions freed by a sync, in order.
     fn release(&mut self, freed: Vec<HeldAction>) {
         for action in freed {
             match action {
-                HeldAction::Send { to, message, frame } => self.send_frame(&to, &message, frame),
+                HeldAction::Send { to, sending, frame } => self.send_frame(&to, sending, frame),
                 HeldAction::Service(command) => {
                     if self.service_tx.send(command).is_err() {
                         self.fail(ReplicaError::Service("its thread ended".to_string()));
@@ -2322,7 +2381,7 @@ impl<N: Network> EngineLoop<N> {
     }
 
     /// Accounts for the outcome of sending `message` to `peer`.
-    fn sent(&mut self, peer: Peer, message: &Message, sent: Result<(), SendError>) {
+    fn sent(&mut self, peer: Peer, kind: &'static str, sent: Result<(), SendError>) {
         match sent {
             Ok(()) => {}
             // The frame limit is derived from the config to fit every message the engine
@@ -2330,7 +2389,7 @@ impl<N: Network> EngineLoop<N> {
             // size), so it is an error, never a debug line.
             Err(e @ SendError::FrameTooLarge { .. }) => {
                 self.frames_too_large += 1;
-                tracing::error!(?peer, message = message.kind_name(), error = %e, "message larger than the frame limit was not sent");
+                tracing::error!(?peer, message = kind, error = %e, "message larger than the frame limit was not sent");
             }
             // Counted by the transport; the protocol retransmits.
             Err(e) => tracing::debug!(?peer, error = %e, "send failed"),
@@ -3038,6 +3097,24 @@ mod tests {
         async fn recv(&self) -> Option<InboundFrame> {
             std::future::pending().await
         }
+    }
+
+    /// A held send weighs what it holds, the frame's allocation, its peers and the action
+    /// itself; the message it was encoded from is not kept (a send held both, and weighed
+    /// twice its frame's length).
+    #[test]
+    fn a_held_send_weighs_its_frame_its_peers_and_the_action() {
+        let mut frame = Vec::with_capacity(1000);
+        frame.extend_from_slice(&[7; 600]);
+        let action = HeldAction::Send {
+            to: vec![Peer::Replica(1), Peer::Replica(2), Peer::Replica(3)],
+            sending: Sending::of(&Message::SyncQuery),
+            frame,
+        };
+        assert_eq!(
+            action.held_bytes(),
+            1000 + 3 * std::mem::size_of::<Peer>() + std::mem::size_of::<HeldAction>()
+        );
     }
 
     /// A replica that never answers a status query (down, or Byzantine) left one waiter per
