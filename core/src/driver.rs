@@ -283,13 +283,32 @@ impl Sending {
 /// How one fsync on the blocking thread ended, and how long it took.
 type FsyncEnded = (Result<(), StorageError>, Duration);
 
-/// Most actions held behind a running fsync: beyond them, or beyond
-/// [`MAX_HELD_BYTES`], the engine takes no input until the fsync ends (a slow disk slows the
-/// replica, and never makes it hold without bound).
+/// Most actions held behind a running fsync: once they, or [`MAX_HELD_BYTES`], are reached,
+/// the engine takes no input until the fsync ends (a slow disk slows the replica, and never
+/// makes it hold without bound). The output that reaches the bound is held in full, so the
+/// bound is passed by at most one engine output (a timer's, or one input's: a verified run).
 const MAX_HELD_ACTIONS: usize = 16_384;
 /// Most bytes of actions held behind a running fsync ([`HeldAction::held_bytes`]: a send by its
 /// frame, a service command by its operations and snapshot).
 const MAX_HELD_BYTES: usize = 64 << 20;
+
+#[cfg(test)]
+thread_local! {
+    /// Smaller bounds on held actions (actions, bytes) for the replicas this thread starts:
+    /// tests of the bound.
+    static TEST_MAX_HELD: std::cell::Cell<Option<(usize, usize)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// The bounds on held actions (actions, bytes): [`MAX_HELD_ACTIONS`] and [`MAX_HELD_BYTES`]
+/// (in test builds, what the thread's `TEST_MAX_HELD` sets).
+fn held_bound() -> (usize, usize) {
+    #[cfg(test)]
+    if let Some(bound) = TEST_MAX_HELD.with(std::cell::Cell::get) {
+        return bound;
+    }
+    (MAX_HELD_ACTIONS, MAX_HELD_BYTES)
+}
 
 enum ServiceCommand {
     Execute {
@@ -793,6 +812,7 @@ pub fn start_replica<N: Network>(
 
     let (status_tx, status_rx) = watch::channel(ReplicaStatus::default());
     let shutdown = Arc::new(Notify::new());
+    let (max_held_actions, max_held_bytes) = held_bound();
     let engine_task = tokio::spawn(run_engine(EngineLoop {
         engine,
         initial_output,
@@ -800,6 +820,8 @@ pub fn start_replica<N: Network>(
         unsynced: false,
         commit: GroupCommit::default(),
         fsync: None,
+        max_held_actions,
+        max_held_bytes,
         failure: None,
         reader,
         network,
@@ -1724,6 +1746,10 @@ struct EngineLoop<N> {
     commit: GroupCommit<HeldAction>,
     /// The fsync running, by the highest sync number it covers.
     fsync: Option<(u64, tokio::task::JoinHandle<FsyncEnded>)>,
+    /// Most actions held behind the running fsync ([`MAX_HELD_ACTIONS`]).
+    max_held_actions: usize,
+    /// Most bytes of actions held behind the running fsync ([`MAX_HELD_BYTES`]).
+    max_held_bytes: usize,
     /// Set when performing an output failed: nothing more of it is performed
     /// ([`Host::stopped`]), and the engine task ends with it.
     failure: Option<ReplicaError>,
@@ -2043,6 +2069,12 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) -> Result<(), ReplicaError
         if l.engine.next_deadline_ms().is_some_and(|d| d <= now) {
             let output = l.engine.on_timeout(now);
             l.perform_checked(now, output)?;
+            // What the timers held may have reached the bound: then no input either (else two
+            // outputs could pass the bound, the timers' and an input's).
+            if l.commit_full() {
+                l.publish_status();
+                continue;
+            }
         }
         let next_deadline = l.engine.next_deadline_ms();
         let sleep_until = next_deadline
@@ -2349,9 +2381,10 @@ impl<N: Network> EngineLoop<N> {
     }
 
     /// Whether the actions held behind the running fsync reached their bound: the engine
-    /// then takes no input until it ends.
+    /// then takes no input (no message, service output or timer) until it ends.
     fn commit_full(&self) -> bool {
-        self.commit.held() >= MAX_HELD_ACTIONS || self.commit.held_bytes() >= MAX_HELD_BYTES
+        self.commit.held() >= self.max_held_actions
+            || self.commit.held_bytes() >= self.max_held_bytes
     }
 
     /// The fsync numbered `number` ended: what waited for it goes, in order, and the next
@@ -3097,6 +3130,170 @@ mod tests {
         async fn recv(&self) -> Option<InboundFrame> {
             std::future::pending().await
         }
+    }
+
+    /// A network whose inbound frames the test pushes, and which notes what is sent to
+    /// client sessions: (key, route, message kind), in order.
+    struct Pipe {
+        inbound: tokio::sync::Mutex<mpsc::UnboundedReceiver<InboundFrame>>,
+        session_sends: Mutex<Vec<(PublicKey, u64, &'static str)>>,
+    }
+
+    impl Network for Pipe {
+        fn send(&self, _to: Peer, _frame: Vec<u8>) -> Result<(), SendError> {
+            Ok(())
+        }
+        fn send_to_session(
+            &self,
+            key: PublicKey,
+            session: u64,
+            frame: Vec<u8>,
+        ) -> Result<(), SendError> {
+            let kind = codec::decode::<Message>(&frame)
+                .expect("the driver sends messages")
+                .kind_name();
+            self.session_sends
+                .lock()
+                .expect("sends lock")
+                .push((key, session, kind));
+            Ok(())
+        }
+        async fn recv(&self) -> Option<InboundFrame> {
+            self.inbound.lock().await.recv().await
+        }
+    }
+
+    struct Nothing;
+
+    impl Service for Nothing {
+        fn execute(&mut self, _op: &[u8]) -> Vec<u8> {
+            Vec::new()
+        }
+        fn query(&self, _op: &[u8]) -> Vec<u8> {
+            Vec::new()
+        }
+        fn snapshot(&self) -> Vec<u8> {
+            Vec::new()
+        }
+        fn restore(&mut self, _snapshot: &[u8]) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// Group commit's bound: with held actions at the bound behind an fsync that has not ended,
+    /// the engine takes no input; when the fsync ends, what waited goes in order, and the
+    /// input waiting is taken. A single CFT replica whose fsync = always, held actions bounded
+    /// to 5, its fsyncs stalled (the runtime's one blocking thread is taken). The first
+    /// client's open request is decided in cid 1, and its output holds 4 actions: the PROPOSE
+    /// and ACCEPT broadcasts (to no peer at n = 1, held all the same), the reply that opens
+    /// the session and the execution; below the bound, so the second client's is taken and
+    /// proposed in cid 2, its PROPOSE and ACCEPT held: 6, past the bound by less than that one
+    /// output. The third client's request is then not taken (not in the pool) until the fsync
+    /// ends; then the three clients are answered, in order. Without the bound, the third is
+    /// taken while the fsync is stalled.
+    #[test]
+    fn with_held_actions_at_their_bound_the_engine_takes_no_input_until_the_fsync_ends() {
+        use crate::message::{Request, RequestBody, OPEN_SESSION};
+        use smr_crypto::sim::{SimKey, SimVerifier};
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(1)
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            // The one blocking thread waits until the test lets the fsyncs run.
+            let (stall_tx, stall_rx) = std::sync::mpsc::channel::<()>();
+            let stall = tokio::task::spawn_blocking(move || stall_rx.recv());
+
+            let dir = tempfile::tempdir().expect("tempdir");
+            let storage = Wal::open(dir.path(), FsyncPolicy::Always).expect("opens");
+            let replica_key = SimKey::from_seed([1; 32]);
+            let mut verifier = SimVerifier::new();
+            verifier.register(&replica_key);
+            let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
+            let network = Arc::new(Pipe {
+                inbound: tokio::sync::Mutex::new(inbound_rx),
+                session_sends: Mutex::new(Vec::new()),
+            });
+            TEST_MAX_HELD.with(|bound| bound.set(Some((5, usize::MAX))));
+            let handle = start_replica(
+                EngineConfig {
+                    quorums: smr_modes::Quorums::new(smr_modes::Mode::Cft, 1, 0).unwrap(),
+                    me: 0,
+                    replica_keys: vec![replica_key.public_key()],
+                    clients: crate::ClientPolicy::Any,
+                    limits: crate::Limits::default(),
+                    timeouts: crate::Timeouts::default(),
+                },
+                Arc::new(replica_key),
+                Arc::new(verifier),
+                network.clone(),
+                Box::new(Nothing),
+                DriverOptions {
+                    empty_start: EmptyStart::NewCluster,
+                    ..DriverOptions::default()
+                },
+                Some(storage),
+            )
+            .expect("replica starts");
+            TEST_MAX_HELD.with(|bound| bound.set(None));
+
+            let clients: Vec<PublicKey> = (0..3u8)
+                .map(|i| SimKey::from_seed([10 + i; 32]).public_key())
+                .collect();
+            let tag = crate::clients::SESSION_NUMBER_LIMIT;
+            let open = |client: PublicKey| InboundFrame {
+                from: Peer::Client(client),
+                frame: codec::encode(&Message::Request(Request::new(
+                    RequestBody {
+                        client,
+                        session: OPEN_SESSION,
+                        seq: tag,
+                        kind: RequestKind::Ordered,
+                        op: Vec::new(),
+                    },
+                    None,
+                ))),
+            };
+            let mut status = handle.status.clone();
+            // (last decided, requests in the pool) once each of the first two is taken.
+            for (client, taken) in clients[..2].iter().zip([(Cid(1), 0), (Cid(1), 1)]) {
+                inbound_tx.send(open(*client)).expect("replica reads");
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    status.wait_for(|s| (s.last_decided, s.pending_requests) == taken),
+                )
+                .await
+                .expect("taken while the fsync is stalled")
+                .expect("replica runs");
+            }
+            // 6 actions held: the bound is reached. The third request is not taken.
+            inbound_tx.send(open(clients[2])).expect("replica reads");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = handle.status();
+            assert_eq!(
+                (now.last_decided, now.pending_requests),
+                (Cid(1), 1),
+                "the engine took an input with held actions at their bound"
+            );
+            assert_eq!(*network.session_sends.lock().unwrap(), vec![]);
+
+            stall_tx.send(()).expect("the stalled thread waits");
+            stall.await.expect("joins").expect("released");
+            let replies: Vec<_> = clients.iter().map(|c| (*c, tag, "reply")).collect();
+            let answered = async {
+                while network.session_sends.lock().unwrap().len() < replies.len() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), answered)
+                .await
+                .expect("every client is answered once the fsyncs run");
+            assert_eq!(*network.session_sends.lock().unwrap(), replies);
+            assert_eq!(handle.status().last_decided, Cid(3));
+            handle.shutdown().await;
+        });
     }
 
     /// A held send weighs what it holds, the frame's allocation, its peers and the action
