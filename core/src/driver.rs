@@ -200,26 +200,115 @@ pub struct ReplicaStatus {
 
 /// What waits for an fsync in the driver's group commit ([`GroupCommit`]).
 enum HeldAction {
-    /// A message, encoded, to send to each of `to`.
+    /// A message's frame to send to each of `to`: only the encoding, and of the message what
+    /// sending needs ([`Sending`]), are held.
     Send {
         to: Vec<Peer>,
-        message: Message,
+        sending: Sending,
         frame: Vec<u8>,
     },
     /// A command for the service thread.
     Service(ServiceCommand),
 }
 
+impl HeldAction {
+    /// The bytes this action holds, as [`MAX_HELD_BYTES`] counts them: the action itself, and
+    /// what it owns on the heap (a frame's allocation, the peers it goes to; a command's
+    /// operations, each with its item, and snapshot).
+    fn held_bytes(&self) -> usize {
+        let owned = match self {
+            HeldAction::Send { to, frame, .. } => frame
+                .capacity()
+                .saturating_add(to.len().saturating_mul(std::mem::size_of::<Peer>())),
+            HeldAction::Service(ServiceCommand::Execute { items, .. }) => items
+                .iter()
+                .map(|item| {
+                    item.op
+                        .len()
+                        .saturating_add(std::mem::size_of::<ExecuteItem>())
+                })
+                .fold(0usize, usize::saturating_add),
+            HeldAction::Service(ServiceCommand::Query { op, .. }) => op.len(),
+            HeldAction::Service(ServiceCommand::Restore { snapshot, .. }) => snapshot.len(),
+            HeldAction::Service(
+                ServiceCommand::Status { .. } | ServiceCommand::Snapshot { .. },
+            ) => 0,
+        };
+        owned.saturating_add(std::mem::size_of::<HeldAction>())
+    }
+}
+
+/// What sending a message needs of it once it is encoded ([`EngineLoop::send_frame`]).
+#[derive(Clone, Copy, Debug)]
+struct Sending {
+    /// [`Message::kind_name`], for the log.
+    kind: &'static str,
+    /// What [`Timing`] notes as the frame leaves, and where a reply goes.
+    about: SendingAbout,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum SendingAbout {
+    /// A PROPOSE of this cid.
+    Propose(Cid),
+    /// A reply to this request, for the connection of this route ([`crate::message::Reply::route`]).
+    Reply {
+        id: RequestId,
+        route: u64,
+    },
+    Other,
+}
+
+impl Sending {
+    fn of(message: &Message) -> Sending {
+        let about = match message {
+            Message::Propose(propose) => SendingAbout::Propose(propose.body.cid),
+            Message::Reply(reply) => SendingAbout::Reply {
+                id: RequestId {
+                    client: reply.client,
+                    session: reply.session,
+                    seq: reply.seq,
+                },
+                route: reply.route(),
+            },
+            _ => SendingAbout::Other,
+        };
+        Sending {
+            kind: message.kind_name(),
+            about,
+        }
+    }
+}
+
 /// How one fsync on the blocking thread ended, and how long it took.
 type FsyncEnded = (Result<(), StorageError>, Duration);
 
-/// Most actions held behind a running fsync: beyond them, or beyond
-/// [`MAX_HELD_BYTES`], the engine takes no input until the fsync ends (a slow disk slows the
-/// replica, and never makes it hold without bound).
+/// Most actions held behind a running fsync: once they, or [`MAX_HELD_BYTES`], are reached,
+/// the engine takes no input until the fsync ends (a slow disk slows the replica, and never
+/// makes it hold without bound). The output that reaches the bound is held in full, so the
+/// bound is passed by at most one engine output (a timer's, or one input's: a verified run).
 const MAX_HELD_ACTIONS: usize = 16_384;
-/// Most bytes of actions held behind a running fsync (messages counted twice: encoded and
-/// not; service commands by their operations and snapshots).
+/// Most bytes of actions held behind a running fsync ([`HeldAction::held_bytes`]: a send by its
+/// frame, a service command by its operations and snapshot).
 const MAX_HELD_BYTES: usize = 64 << 20;
+
+#[cfg(test)]
+thread_local! {
+    /// Smaller bounds on held actions (actions, bytes) for the replicas this thread starts:
+    /// tests of the bound.
+    static TEST_MAX_HELD: std::cell::Cell<Option<(usize, usize)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// The bounds on held actions (actions, bytes): [`MAX_HELD_ACTIONS`] and [`MAX_HELD_BYTES`]
+/// (in test builds, what the thread's `TEST_MAX_HELD` sets).
+fn held_bound() -> (usize, usize) {
+    #[cfg(test)]
+    if let Some(bound) = TEST_MAX_HELD.with(std::cell::Cell::get) {
+        return bound;
+    }
+    (MAX_HELD_ACTIONS, MAX_HELD_BYTES)
+}
 
 enum ServiceCommand {
     Execute {
@@ -723,6 +812,7 @@ pub fn start_replica<N: Network>(
 
     let (status_tx, status_rx) = watch::channel(ReplicaStatus::default());
     let shutdown = Arc::new(Notify::new());
+    let (max_held_actions, max_held_bytes) = held_bound();
     let engine_task = tokio::spawn(run_engine(EngineLoop {
         engine,
         initial_output,
@@ -730,6 +820,8 @@ pub fn start_replica<N: Network>(
         unsynced: false,
         commit: GroupCommit::default(),
         fsync: None,
+        max_held_actions,
+        max_held_bytes,
         failure: None,
         reader,
         network,
@@ -1654,6 +1746,10 @@ struct EngineLoop<N> {
     commit: GroupCommit<HeldAction>,
     /// The fsync running, by the highest sync number it covers.
     fsync: Option<(u64, tokio::task::JoinHandle<FsyncEnded>)>,
+    /// Most actions held behind the running fsync ([`MAX_HELD_ACTIONS`]).
+    max_held_actions: usize,
+    /// Most bytes of actions held behind the running fsync ([`MAX_HELD_BYTES`]).
+    max_held_bytes: usize,
     /// Set when performing an output failed: nothing more of it is performed
     /// ([`Host::stopped`]), and the engine task ends with it.
     failure: Option<ReplicaError>,
@@ -1973,6 +2069,12 @@ async fn run_engine<N: Network>(mut l: EngineLoop<N>) -> Result<(), ReplicaError
         if l.engine.next_deadline_ms().is_some_and(|d| d <= now) {
             let output = l.engine.on_timeout(now);
             l.perform_checked(now, output)?;
+            // What the timers held may have reached the bound: then no input either (else two
+            // outputs could pass the bound, the timers' and an input's).
+            if l.commit_full() {
+                l.publish_status();
+                continue;
+            }
         }
         let next_deadline = l.engine.next_deadline_ms();
         let sleep_until = next_deadline
@@ -2148,18 +2250,17 @@ impl<N: Network> Host for EngineLoop<N> {
     }
 
     fn send(&mut self, to: &[Peer], message: Message) {
-        // Encoded once, however many receive it.
+        // Encoded once, however many receive it; only the frame is kept.
         let frame = codec::encode(&message);
+        let sending = Sending::of(&message);
         if self.commit.must_wait() {
-            let bytes = frame.len().saturating_mul(2);
-            let action = HeldAction::Send {
+            self.hold(HeldAction::Send {
                 to: to.to_vec(),
-                message,
+                sending,
                 frame,
-            };
-            self.commit.hold(action, bytes);
+            });
         } else {
-            self.send_frame(to, &message, frame);
+            self.send_frame(to, sending, frame);
         }
     }
 
@@ -2207,41 +2308,35 @@ impl<N: Network> EngineLoop<N> {
         let sent = self
             .network
             .send_to_session(to.client, to.route, codec::encode(&message));
-        self.sent(Peer::Client(to.client), &message, sent);
+        self.sent(Peer::Client(to.client), message.kind_name(), sent);
     }
 
-    /// Sends `frame`, the encoding of `message`, to each of `to`.
-    fn send_frame(&mut self, to: &[Peer], message: &Message, frame: Vec<u8>) {
-        match message {
-            Message::Propose(propose) => self.timing.proposed(
-                propose.body.cid,
+    /// Sends `frame`, the encoding of the message `sending` describes, to each of `to`.
+    fn send_frame(&mut self, to: &[Peer], sending: Sending, frame: Vec<u8>) {
+        match sending.about {
+            SendingAbout::Propose(cid) => self.timing.proposed(
+                cid,
                 std::time::Instant::now(),
                 self.engine.last_executed(),
                 self.max_instances_ahead,
             ),
-            Message::Reply(reply) => {
-                let id = RequestId {
-                    client: reply.client,
-                    session: reply.session,
-                    seq: reply.seq,
-                };
+            SendingAbout::Reply { id, .. } => {
                 if let Some(latency) = self.timing.replied(&id) {
                     self.metrics.request_latency.observe_duration(latency);
                 }
             }
-            _ => {}
+            SendingAbout::Other => {}
         }
         for peer in to {
             // A reply goes to the connection its session's requests arrive on, not to any of
             // its key's connections: many processes may share a key (docs/design.md §3.7).
-            let sent = match (peer, message) {
-                (Peer::Client(key), Message::Reply(reply)) => {
-                    self.network
-                        .send_to_session(*key, reply.route(), frame.clone())
+            let sent = match (peer, sending.about) {
+                (Peer::Client(key), SendingAbout::Reply { route, .. }) => {
+                    self.network.send_to_session(*key, route, frame.clone())
                 }
                 _ => self.network.send(*peer, frame.clone()),
             };
-            self.sent(*peer, message, sent);
+            self.sent(*peer, sending.kind, sent);
         }
     }
 
@@ -2249,27 +2344,23 @@ impl<N: Network> EngineLoop<N> {
     /// the thread is gone.
     fn hand_to_service(&mut self, command: ServiceCommand) -> bool {
         if self.commit.must_wait() {
-            let bytes = match &command {
-                ServiceCommand::Execute { items, .. } => items
-                    .iter()
-                    .map(|item| item.op.len().saturating_add(64))
-                    .fold(0usize, usize::saturating_add),
-                ServiceCommand::Query { op, .. } => op.len(),
-                ServiceCommand::Restore { snapshot, .. } => snapshot.len(),
-                ServiceCommand::Status { .. } | ServiceCommand::Snapshot { .. } => 0,
-            };
-            self.commit
-                .hold(HeldAction::Service(command), bytes.saturating_add(64));
+            self.hold(HeldAction::Service(command));
             return true;
         }
         self.service_tx.send(command).is_ok()
+    }
+
+    /// Holds `action` behind the syncs asked for so far, weighed by what it holds.
+    fn hold(&mut self, action: HeldAction) {
+        let bytes = action.held_bytes();
+        self.commit.hold(action, bytes);
     }
 
     /// Performs actions freed by a sync, in order.
     fn release(&mut self, freed: Vec<HeldAction>) {
         for action in freed {
             match action {
-                HeldAction::Send { to, message, frame } => self.send_frame(&to, &message, frame),
+                HeldAction::Send { to, sending, frame } => self.send_frame(&to, sending, frame),
                 HeldAction::Service(command) => {
                     if self.service_tx.send(command).is_err() {
                         self.fail(ReplicaError::Service("its thread ended".to_string()));
@@ -2290,9 +2381,10 @@ impl<N: Network> EngineLoop<N> {
     }
 
     /// Whether the actions held behind the running fsync reached their bound: the engine
-    /// then takes no input until it ends.
+    /// then takes no input (no message, service output or timer) until it ends.
     fn commit_full(&self) -> bool {
-        self.commit.held() >= MAX_HELD_ACTIONS || self.commit.held_bytes() >= MAX_HELD_BYTES
+        self.commit.held() >= self.max_held_actions
+            || self.commit.held_bytes() >= self.max_held_bytes
     }
 
     /// The fsync numbered `number` ended: what waited for it goes, in order, and the next
@@ -2322,7 +2414,7 @@ impl<N: Network> EngineLoop<N> {
     }
 
     /// Accounts for the outcome of sending `message` to `peer`.
-    fn sent(&mut self, peer: Peer, message: &Message, sent: Result<(), SendError>) {
+    fn sent(&mut self, peer: Peer, kind: &'static str, sent: Result<(), SendError>) {
         match sent {
             Ok(()) => {}
             // The frame limit is derived from the config to fit every message the engine
@@ -2330,7 +2422,7 @@ impl<N: Network> EngineLoop<N> {
             // size), so it is an error, never a debug line.
             Err(e @ SendError::FrameTooLarge { .. }) => {
                 self.frames_too_large += 1;
-                tracing::error!(?peer, message = message.kind_name(), error = %e, "message larger than the frame limit was not sent");
+                tracing::error!(?peer, message = kind, error = %e, "message larger than the frame limit was not sent");
             }
             // Counted by the transport; the protocol retransmits.
             Err(e) => tracing::debug!(?peer, error = %e, "send failed"),
@@ -3038,6 +3130,188 @@ mod tests {
         async fn recv(&self) -> Option<InboundFrame> {
             std::future::pending().await
         }
+    }
+
+    /// A network whose inbound frames the test pushes, and which notes what is sent to
+    /// client sessions: (key, route, message kind), in order.
+    struct Pipe {
+        inbound: tokio::sync::Mutex<mpsc::UnboundedReceiver<InboundFrame>>,
+        session_sends: Mutex<Vec<(PublicKey, u64, &'static str)>>,
+    }
+
+    impl Network for Pipe {
+        fn send(&self, _to: Peer, _frame: Vec<u8>) -> Result<(), SendError> {
+            Ok(())
+        }
+        fn send_to_session(
+            &self,
+            key: PublicKey,
+            session: u64,
+            frame: Vec<u8>,
+        ) -> Result<(), SendError> {
+            let kind = codec::decode::<Message>(&frame)
+                .expect("the driver sends messages")
+                .kind_name();
+            self.session_sends
+                .lock()
+                .expect("sends lock")
+                .push((key, session, kind));
+            Ok(())
+        }
+        async fn recv(&self) -> Option<InboundFrame> {
+            self.inbound.lock().await.recv().await
+        }
+    }
+
+    struct Nothing;
+
+    impl Service for Nothing {
+        fn execute(&mut self, _op: &[u8]) -> Vec<u8> {
+            Vec::new()
+        }
+        fn query(&self, _op: &[u8]) -> Vec<u8> {
+            Vec::new()
+        }
+        fn snapshot(&self) -> Vec<u8> {
+            Vec::new()
+        }
+        fn restore(&mut self, _snapshot: &[u8]) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// Group commit's bound: with held actions at the bound behind an fsync that has not ended,
+    /// the engine takes no input; when the fsync ends, what waited goes in order, and the
+    /// input waiting is taken. A single CFT replica whose fsync = always, held actions bounded
+    /// to 5, its fsyncs stalled (the runtime's one blocking thread is taken). The first
+    /// client's open request is decided in cid 1, and its output holds 4 actions: the PROPOSE
+    /// and ACCEPT broadcasts (to no peer at n = 1, held all the same), the reply that opens
+    /// the session and the execution; below the bound, so the second client's is taken and
+    /// proposed in cid 2, its PROPOSE and ACCEPT held: 6, past the bound by less than that one
+    /// output. The third client's request is then not taken (not in the pool) until the fsync
+    /// ends; then the three clients are answered, in order. Without the bound, the third is
+    /// taken while the fsync is stalled.
+    #[test]
+    fn with_held_actions_at_their_bound_the_engine_takes_no_input_until_the_fsync_ends() {
+        use crate::message::{Request, RequestBody, OPEN_SESSION};
+        use smr_crypto::sim::{SimKey, SimVerifier};
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(1)
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            // The one blocking thread waits until the test lets the fsyncs run.
+            let (stall_tx, stall_rx) = std::sync::mpsc::channel::<()>();
+            let stall = tokio::task::spawn_blocking(move || stall_rx.recv());
+
+            let dir = tempfile::tempdir().expect("tempdir");
+            let storage = Wal::open(dir.path(), FsyncPolicy::Always).expect("opens");
+            let replica_key = SimKey::from_seed([1; 32]);
+            let mut verifier = SimVerifier::new();
+            verifier.register(&replica_key);
+            let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
+            let network = Arc::new(Pipe {
+                inbound: tokio::sync::Mutex::new(inbound_rx),
+                session_sends: Mutex::new(Vec::new()),
+            });
+            TEST_MAX_HELD.with(|bound| bound.set(Some((5, usize::MAX))));
+            let handle = start_replica(
+                EngineConfig {
+                    quorums: smr_modes::Quorums::new(smr_modes::Mode::Cft, 1, 0).unwrap(),
+                    me: 0,
+                    replica_keys: vec![replica_key.public_key()],
+                    clients: crate::ClientPolicy::Any,
+                    limits: crate::Limits::default(),
+                    timeouts: crate::Timeouts::default(),
+                },
+                Arc::new(replica_key),
+                Arc::new(verifier),
+                network.clone(),
+                Box::new(Nothing),
+                DriverOptions {
+                    empty_start: EmptyStart::NewCluster,
+                    ..DriverOptions::default()
+                },
+                Some(storage),
+            )
+            .expect("replica starts");
+            TEST_MAX_HELD.with(|bound| bound.set(None));
+
+            let clients: Vec<PublicKey> = (0..3u8)
+                .map(|i| SimKey::from_seed([10 + i; 32]).public_key())
+                .collect();
+            let tag = crate::clients::SESSION_NUMBER_LIMIT;
+            let open = |client: PublicKey| InboundFrame {
+                from: Peer::Client(client),
+                frame: codec::encode(&Message::Request(Request::new(
+                    RequestBody {
+                        client,
+                        session: OPEN_SESSION,
+                        seq: tag,
+                        kind: RequestKind::Ordered,
+                        op: Vec::new(),
+                    },
+                    None,
+                ))),
+            };
+            let mut status = handle.status.clone();
+            // (last decided, requests in the pool) once each of the first two is taken.
+            for (client, taken) in clients[..2].iter().zip([(Cid(1), 0), (Cid(1), 1)]) {
+                inbound_tx.send(open(*client)).expect("replica reads");
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    status.wait_for(|s| (s.last_decided, s.pending_requests) == taken),
+                )
+                .await
+                .expect("taken while the fsync is stalled")
+                .expect("replica runs");
+            }
+            // 6 actions held: the bound is reached. The third request is not taken.
+            inbound_tx.send(open(clients[2])).expect("replica reads");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = handle.status();
+            assert_eq!(
+                (now.last_decided, now.pending_requests),
+                (Cid(1), 1),
+                "the engine took an input with held actions at their bound"
+            );
+            assert_eq!(*network.session_sends.lock().unwrap(), vec![]);
+
+            stall_tx.send(()).expect("the stalled thread waits");
+            stall.await.expect("joins").expect("released");
+            let replies: Vec<_> = clients.iter().map(|c| (*c, tag, "reply")).collect();
+            let answered = async {
+                while network.session_sends.lock().unwrap().len() < replies.len() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), answered)
+                .await
+                .expect("every client is answered once the fsyncs run");
+            assert_eq!(*network.session_sends.lock().unwrap(), replies);
+            assert_eq!(handle.status().last_decided, Cid(3));
+            handle.shutdown().await;
+        });
+    }
+
+    /// A held send weighs what it holds, the frame's allocation, its peers and the action
+    /// itself; the message it was encoded from is not kept (a send held both, and weighed
+    /// twice its frame's length).
+    #[test]
+    fn a_held_send_weighs_its_frame_its_peers_and_the_action() {
+        let mut frame = Vec::with_capacity(1000);
+        frame.extend_from_slice(&[7; 600]);
+        let action = HeldAction::Send {
+            to: vec![Peer::Replica(1), Peer::Replica(2), Peer::Replica(3)],
+            sending: Sending::of(&Message::SyncQuery),
+            frame,
+        };
+        assert_eq!(
+            action.held_bytes(),
+            1000 + 3 * std::mem::size_of::<Peer>() + std::mem::size_of::<HeldAction>()
+        );
     }
 
     /// A replica that never answers a status query (down, or Byzantine) left one waiter per

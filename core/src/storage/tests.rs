@@ -177,6 +177,68 @@ fn open_makes_records_written_out_but_never_fsynced_durable_before_it_returns() 
     }
 }
 
+/// The group commit's fsyncs go through the store's one fsync helper, as `sync`'s do:
+/// `write_for_sync` writes out and fsyncs nothing, its `LogSync` fsyncs the log it was taken
+/// of (after a checkpoint, the old generation's, whose name is gone), and `sync` is
+/// `write_for_sync` then `run` on the current log. Under `Never` nothing is fsynced.
+#[test]
+fn write_for_sync_fsyncs_nothing_and_its_log_sync_fsyncs_the_log_it_was_taken_of() {
+    for policy in POLICIES {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), policy).unwrap();
+        let records = sample_records(4);
+        super::wal::synced_files();
+
+        wal.append(&records[0]).unwrap();
+        let log_sync = wal.write_for_sync().unwrap();
+        assert_eq!(log_sync.is_some(), policy == FsyncPolicy::Always);
+        assert_eq!(
+            super::wal::synced_files(),
+            Vec::<PathBuf>::new(),
+            "{policy}"
+        );
+        // Written out already: the log's length on disk counts the record.
+        assert_eq!(
+            fs::metadata(log_path(dir.path(), 0)).unwrap().len(),
+            wal.log_bytes()
+        );
+        if let Some(log_sync) = log_sync {
+            log_sync.run().unwrap();
+        }
+        let current_log = match policy {
+            FsyncPolicy::Always => vec![log_path(dir.path(), 0)],
+            FsyncPolicy::Never => vec![],
+        };
+        assert_eq!(super::wal::synced_files(), current_log, "{policy}");
+
+        wal.append(&records[1]).unwrap();
+        wal.sync().unwrap();
+        assert_eq!(super::wal::synced_files(), current_log, "{policy}");
+
+        // An fsync of generation 0 still running when a checkpoint moves to generation 1.
+        wal.append(&records[2]).unwrap();
+        let old_log_sync = wal.write_for_sync().unwrap();
+        wal.write_checkpoint(b"state", &records[..3]).unwrap();
+        super::wal::synced_files();
+        if let Some(old_log_sync) = old_log_sync {
+            old_log_sync.run().unwrap();
+        }
+        assert_eq!(super::wal::synced_files(), current_log, "{policy}");
+        wal.append(&records[3]).unwrap();
+        wal.sync().unwrap();
+        let new_log = match policy {
+            FsyncPolicy::Always => vec![log_path(dir.path(), 1)],
+            FsyncPolicy::Never => vec![],
+        };
+        assert_eq!(super::wal::synced_files(), new_log, "{policy}");
+        drop(wal);
+
+        let (_wal, recovered) = Wal::open(dir.path(), policy).unwrap();
+        assert_eq!(recovered.checkpoint.as_deref(), Some(&b"state"[..]));
+        assert_eq!(recovered.records, records, "{policy}");
+    }
+}
+
 #[test]
 fn missing_directory_is_created_and_empty_directory_recovers_nothing() {
     let parent = tempfile::tempdir().unwrap();

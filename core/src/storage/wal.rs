@@ -4,6 +4,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::format::{
     self, Hashed, MagicCheck, SyncMarker, CHECKPOINT_HEADER_BYTES, CHECKPOINT_MAGIC, MAGIC_BYTES,
@@ -118,7 +119,9 @@ pub struct Wal {
     policy: FsyncPolicy,
     generation: u64,
     log_path: PathBuf,
-    log: File,
+    /// The current log, shared with the [`LogSync`]s taken of it: one descriptor per log
+    /// generation, however many fsyncs run.
+    log: Arc<File>,
     /// The current log's sync marker, which starts each of its records.
     sync: SyncMarker,
     /// Bytes `open` hashed while reading the log.
@@ -215,7 +218,7 @@ impl Wal {
             policy,
             generation,
             log_path,
-            log,
+            log: Arc::new(log),
             sync: scanned.sync,
             recovery_hashed_bytes: scanned.hashed_bytes,
             written_bytes: scanned.valid_bytes,
@@ -258,10 +261,8 @@ impl Wal {
     /// [`StorageError::Io`] (the `Wal` is poisoned from then on), or
     /// [`StorageError::Poisoned`] after an earlier one.
     pub fn sync(&mut self) -> Result<(), StorageError> {
-        self.check_usable()?;
-        self.write_pending()?;
-        if self.policy == FsyncPolicy::Always {
-            let result = fsync(&self.log, &self.log_path, false).map_err(io_error(&self.log_path));
+        if let Some(log_sync) = self.write_for_sync()? {
+            let result = log_sync.run();
             self.poison_on_error(result)?;
         }
         Ok(())
@@ -284,10 +285,8 @@ impl Wal {
         if self.policy != FsyncPolicy::Always {
             return Ok(None);
         }
-        let file = self.log.try_clone().map_err(io_error(&self.log_path));
-        let file = self.poison_on_error(file)?;
         Ok(Some(LogSync {
-            file,
+            file: Arc::clone(&self.log),
             path: self.log_path.clone(),
         }))
     }
@@ -322,7 +321,7 @@ impl Wal {
             self.commit_generation(next)?;
             let new_log_path = self.dir.join(wal_file_name(next));
             self.written_bytes = new_log.metadata().map_err(io_error(&new_log_path))?.len();
-            self.log = new_log;
+            self.log = Arc::new(new_log);
             self.sync = sync;
             self.log_path = new_log_path;
             self.generation = next;
@@ -422,8 +421,7 @@ impl Wal {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let result = self
-            .log
+        let result = (&*self.log)
             .write_all(&self.pending)
             .map_err(io_error(&self.log_path));
         self.poison_on_error(result)?;
@@ -436,14 +434,17 @@ impl Wal {
 /// An fsync of a log, for another thread: see [`Wal::write_for_sync`].
 #[derive(Debug)]
 pub struct LogSync {
-    /// The log file (its own descriptor: the `Wal` may move to a new log meanwhile).
-    file: File,
+    /// The log file. Shared with the `Wal` while it is current; after a checkpoint has moved
+    /// the `Wal` to a new log (already synced in full), this one still fsyncs the old file,
+    /// open though its name may be gone.
+    file: Arc<File>,
     path: PathBuf,
 }
 
 impl LogSync {
     /// Makes durable every record written before [`Wal::write_for_sync`] returned this
-    /// (`fdatasync`). It blocks for the disk's round trip.
+    /// (`fdatasync`, through the store's one fsync helper). It blocks for the disk's round
+    /// trip.
     ///
     /// # Errors
     /// [`StorageError::Io`]: the records may be lost, so the replica that asked must stop
