@@ -276,8 +276,10 @@ fn leader_crashed_for_good_is_replaced_one_silence_after_the_crash(mode: Mode, n
                     after_propose: rng.chance(0.5),
                 },
             );
-            // Enough requests that the load goes on well past the crash.
-            opts.requests_per_client = 300;
+            // Two requests in flight per client: the load goes on well past the crash, and
+            // the run stays short.
+            opts.requests_per_client = 150;
+            opts.client_window = 2;
             opts.drop_prob = 0.0;
             opts.dup_prob = 0.0;
             opts.max_delay_ms = 5;
