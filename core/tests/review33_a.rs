@@ -81,8 +81,19 @@ fn stop_target(out: &Output) -> u64 {
 ///   current one, now or before it entered the regency (nothing here executes a
 ///   request, and no catch-up holds it back);
 /// - a replica that leads its regency never arms the silence timer.
-fn check_schedule(c: &Cluster, schedule: Vec<(Step, u64)>) -> Result<(), TestCaseError> {
-    let mut f: Engine = c.engine(1);
+///
+/// With `heartbeat_ms` 500 (the default) the silence span is the request timeout (1000 ms); with
+/// 800 it is two heartbeats (1600 ms), longer than a request timeout, so that a regency's
+/// first request timeout comes before its leader has had a full span.
+fn check_schedule(
+    c: &Cluster,
+    heartbeat_ms: u64,
+    schedule: Vec<(Step, u64)>,
+) -> Result<(), TestCaseError> {
+    let mut cfg = c.cfg(1).into_inner();
+    cfg.timeouts.heartbeat_ms = heartbeat_ms;
+    let cfg = cfg.validate().expect("valid test config");
+    let mut f = Engine::new(cfg, c.engine_signer(1));
     prop_assert_eq!(f.start(0), Output::default());
     let n = f.quorums().n() as u32;
     let silence_ms = f.leader_silence_ms();
@@ -181,13 +192,66 @@ proptest! {
     fn bft_a_silence_stop_comes_exactly_when_the_leader_is_silent_and_never_spins(
         schedule in proptest::collection::vec(step(), 0..60)
     ) {
-        check_schedule(&bft(), schedule)?;
+        check_schedule(&bft(), 500, schedule)?;
+    }
+
+    #[test]
+    fn bft_with_two_heartbeats_longer_than_a_request_timeout(
+        schedule in proptest::collection::vec(step(), 0..60)
+    ) {
+        check_schedule(&bft(), 800, schedule)?;
     }
 
     #[test]
     fn cft_a_silence_stop_comes_exactly_when_the_leader_is_silent_and_never_spins(
         schedule in proptest::collection::vec(step(), 0..60)
     ) {
-        check_schedule(&cft(), schedule)?;
+        check_schedule(&cft(), 500, schedule)?;
     }
+
+    #[test]
+    fn cft_with_two_heartbeats_longer_than_a_request_timeout(
+        schedule in proptest::collection::vec(step(), 0..60)
+    ) {
+        check_schedule(&cft(), 800, schedule)?;
+    }
+}
+
+/// A follower catching up by certified decisions holds its silence STOP back (the cluster
+/// moved on, so the leader is not the one to blame), and the silence timer does not stay
+/// armed at a deadline already passed: were it re-armed at 1200 at 1200, the driver, which
+/// fires due timers before it takes any input, would spin on it until the catch-up window
+/// (`request_timeout_ms` after the decision) ends.
+#[test]
+fn a_silence_held_back_by_a_catch_up_leaves_no_timer_due_at_once() {
+    let c = bft();
+    let mut f = c.engine(1);
+    assert_eq!(f.start(0), Output::default());
+    let _ = c.deliver(&mut f, 0, c.client_peer(), Message::Request(c.request(1)));
+    let _ = c.deliver(&mut f, 200, Peer::Replica(0), heartbeat(0));
+    let out = f.on_timeout(1000);
+    assert!(forwards(&out, 0), "{out:?}");
+    assert!(f
+        .timer_deadlines_ms()
+        .any(|t| t == (TimerKind::LeaderSilence, 1200)));
+    // Replica 2 teaches it cid 1 (an empty batch) at 1150: it is catching up.
+    let decision = c.decision(1, vec![]);
+    let _ = c.deliver_ok(
+        &mut f,
+        1150,
+        Peer::Replica(2),
+        Message::Decisions(vec![decision]),
+    );
+    assert_eq!(f.last_executed(), Cid(1), "an empty batch needs no service");
+    let out = f.on_timeout(1200);
+    assert_eq!(stop_target(&out), 0, "{out:?}");
+    assert_eq!(f.stats().stops_sent, 0);
+    assert!(
+        f.next_deadline_ms().is_none_or(|d| d > 1200),
+        "{:?}",
+        f.timer_deadlines_ms().collect::<Vec<_>>()
+    );
+    assert!(!f
+        .timer_deadlines_ms()
+        .any(|(k, _)| k == TimerKind::LeaderSilence));
 }
