@@ -610,4 +610,93 @@ mod tests {
         assert!(!pool.has_timed_out());
         assert!(pool.is_empty());
     }
+
+    /// One operation on the pool, for the counters' property test.
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// `(client, seq, signature_checked)`: a checked copy may replace an unchecked one.
+        Insert(u8, u64, bool),
+        /// Times out everything that arrived at least `age` ms ago.
+        TakeTimedOut(u64),
+        Remove(u8, u64),
+        RemoveUpTo(u8, u64),
+        /// Drops every request whose seq is odd (`true`) or even (`false`).
+        Retain(bool),
+        RestartTimers,
+        CutBatch(u64, usize),
+        UnmarkProposed(u64),
+        UnmarkAllProposed,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0u8..4, 1u64..6, any::<bool>()).prop_map(|(c, s, k)| Op::Insert(c, s, k)),
+            3 => (0u64..30).prop_map(Op::TakeTimedOut),
+            2 => (0u8..4, 1u64..6).prop_map(|(c, s)| Op::Remove(c, s)),
+            1 => (0u8..4, 1u64..6).prop_map(|(c, s)| Op::RemoveUpTo(c, s)),
+            1 => any::<bool>().prop_map(Op::Retain),
+            1 => Just(Op::RestartTimers),
+            2 => (1u64..4, 1usize..4).prop_map(|(cid, max)| Op::CutBatch(cid, max)),
+            1 => (1u64..4).prop_map(Op::UnmarkProposed),
+            1 => Just(Op::UnmarkAllProposed),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The pool's counters (`len`, `unproposed`, and `has_timed_out`'s count of entries
+        /// with a timeout) always equal what its entries say, whatever sequence of operations
+        /// adds, times out, replaces, proposes, unmarks or removes them.
+        #[test]
+        fn the_counters_match_the_entries_after_any_sequence_of_operations(
+            ops in proptest::collection::vec((op(), 0u64..20), 0..80)
+        ) {
+            let mut pool = RequestPool::new(3, 12);
+            let mut now = 0u64;
+            for (op, elapsed_ms) in ops {
+                now += elapsed_ms;
+                match op {
+                    Op::Insert(c, s, checked) => {
+                        let _ = pool.insert(req(c, s, 1), now, checked);
+                    }
+                    Op::TakeTimedOut(age) => {
+                        pool.take_timed_out(now.saturating_sub(age), now);
+                    }
+                    Op::Remove(c, s) => {
+                        pool.remove(&req(c, s, 1).id());
+                    }
+                    Op::RemoveUpTo(c, s) => {
+                        let id = req(c, s, 1).id();
+                        pool.remove_up_to(
+                            &SessionId { client: id.client, session: id.session },
+                            s,
+                        );
+                    }
+                    Op::Retain(odd) => pool.retain(|id| (id.seq % 2 == 1) != odd),
+                    Op::RestartTimers => pool.restart_timers(now),
+                    Op::CutBatch(cid, max) => {
+                        pool.cut_batch(Cid(cid), max, 1 << 20);
+                    }
+                    Op::UnmarkProposed(cid) => pool.unmark_proposed(Cid(cid)),
+                    Op::UnmarkAllProposed => pool.unmark_all_proposed(),
+                }
+                let entries: Vec<&Entry> =
+                    pool.by_client.values().flat_map(|m| m.values()).collect();
+                proptest::prop_assert_eq!(pool.len(), entries.len());
+                proptest::prop_assert_eq!(pool.by_arrival.len(), entries.len());
+                proptest::prop_assert_eq!(
+                    pool.unproposed(),
+                    entries.iter().filter(|e| e.proposed_in.is_none()).count()
+                );
+                proptest::prop_assert_eq!(
+                    pool.timed_out,
+                    entries.iter().filter(|e| e.timeouts > 0).count()
+                );
+                proptest::prop_assert_eq!(
+                    pool.has_timed_out(),
+                    entries.iter().any(|e| e.timeouts > 0)
+                );
+            }
+        }
+    }
 }
