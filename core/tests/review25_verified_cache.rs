@@ -127,6 +127,14 @@ fn a_direct_copy_of_a_request_verified_in_a_propose_is_not_verified_again() {
         &cache,
     );
     assert_eq!(out, Output::default(), "pooled");
+    // The leader is alive (one silent since its PROPOSE at 0 would also get a STOP at 1001:
+    // docs/design.md §3.9, "A silent leader").
+    let heartbeat = Message::Heartbeat {
+        regency: Regency(0),
+        last_decided: Cid(0),
+    };
+    let out = c.deliver_by_channel(&mut follower, 500, Peer::Replica(0), heartbeat, &cache);
+    assert_eq!(out, Output::default());
     // The request timer (1000 ms after the request), with the retransmit of the WRITE and the
     // catch-up queries for the undecided cid that are due by then.
     let out = follower.on_timeout(1001);
