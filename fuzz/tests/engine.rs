@@ -46,7 +46,15 @@ fn scripts() -> Vec<Vec<u8>> {
 /// sends, logs and executes every request): about 3.5 KB per script byte, measured. Beyond
 /// 4096 bytes per input byte and what the script paid for, the most one input allocated in a
 /// 10 s run (stop 26, seed 26, every replica sending heartbeats) was 1.58 MB as BFT follower
-/// (bound 2 MiB) and 1.20 MB as BFT leader (bound 1.5 MiB); the CFT bound is derived below.
+/// (bound 2 MiB) and 1.20 MB as BFT leader; the CFT bound is derived below. The BFT leader's
+/// bound was 1.5 MiB until stop 33, when a 55-byte input passed it (1.89 MB; kept in
+/// `corpus/engine_bft_leader/`): there the Byzantine replica is the leader, and a silent one
+/// is now replaced sooner (docs/design.md §3.9, "A silent leader") and each regency restarts
+/// retransmission at its first interval, so a script's simulated time holds more leader
+/// changes and resends. 61,000 mutants of seed 33: 2.65 MB beyond the per-byte allowance, and
+/// 1.99 MB with both changes switched off (the old bound was already too tight for a longer
+/// run); the follower's 1.68 and 1.63 MB. Each leader change is bounded (its timeout doubles
+/// after each failed one, so a script's time holds logarithmically many) and paid once.
 const fn engine_budget(constant_bytes: usize) -> AllocBudget {
     AllocBudget {
         constant_bytes,
@@ -73,7 +81,7 @@ fn engine_bft_leader() {
         known_open: &[],
         seeds: scripts(),
         default_iters: 6000,
-        budget: engine_budget(3 * 512 * 1024),
+        budget: engine_budget(3 * 1024 * 1024),
         check: &|bytes| Sim::new(Mode::Bft, Some(0)).run_script(bytes),
     });
 }
