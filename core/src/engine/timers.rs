@@ -208,36 +208,34 @@ impl Engine {
         t.request_timeout_ms.max(t.heartbeat_ms.saturating_mul(2))
     }
 
-    /// Whether this follower holds a request that timed out here (so the leader has had it)
-    /// and has heard nothing from its leader for `leader_silence_ms`, with no STOP of its own
-    /// out.
-    fn leader_silent(&self, now_ms: u64) -> bool {
-        !self.is_leader()
-            && self.leader_change.my_stop.is_none()
-            && self.pool.has_timed_out()
-            && now_ms
-                >= self
-                    .leader_heard_ms
+    /// When the leader counts as silent: `leader_silence_ms` after it was last heard, if this
+    /// replica is a follower holding a request that timed out here (so the leader has had it)
+    /// with no STOP of its own out; `None` while the rule does not apply.
+    fn leader_silence_deadline_ms(&self) -> Option<u64> {
+        (!self.is_leader() && self.leader_change.my_stop.is_none() && self.pool.has_timed_out())
+            .then(|| {
+                self.leader_heard_ms
                     .saturating_add(self.leader_silence_ms())
+            })
     }
 
-    /// Arms [`TimerKind::LeaderSilence`] for when the leader will have been silent for
-    /// `leader_silence_ms`, if a forwarded request is pending and no STOP of this replica's is
-    /// out; disarms it otherwise. The deadline is always in the future, so the timer never
-    /// fires twice at one instant.
+    /// Whether the leader counts as silent at `now_ms` (`leader_silence_deadline_ms`).
+    fn leader_silent(&self, now_ms: u64) -> bool {
+        self.leader_silence_deadline_ms()
+            .is_some_and(|deadline| now_ms >= deadline)
+    }
+
+    /// Arms [`TimerKind::LeaderSilence`] at `leader_silence_deadline_ms` if the rule applies
+    /// and the deadline is still ahead; disarms it otherwise. The deadline is always in the
+    /// future, so the timer never fires twice at one instant.
     pub(super) fn arm_leader_silence(&mut self, now_ms: u64) {
-        let deadline = self
-            .leader_heard_ms
-            .saturating_add(self.leader_silence_ms());
-        if !self.is_leader()
-            && self.leader_change.my_stop.is_none()
-            && self.pool.has_timed_out()
-            && deadline > now_ms
+        match self
+            .leader_silence_deadline_ms()
+            .filter(|deadline| *deadline > now_ms)
         {
-            self.deadlines_ms.insert(TimerKind::LeaderSilence, deadline);
-        } else {
-            self.deadlines_ms.remove(&TimerKind::LeaderSilence);
-        }
+            Some(deadline) => self.deadlines_ms.insert(TimerKind::LeaderSilence, deadline),
+            None => self.deadlines_ms.remove(&TimerKind::LeaderSilence),
+        };
     }
 
     /// [`TimerKind::LeaderSilence`] expired: if the leader is still silent (anything it sent
