@@ -3179,6 +3179,99 @@ mod tests {
             Ok(())
         }
     }
+    /// What [`start_with_fsyncs_stalled`] returns: the replica, its network, the sender of its
+    /// inbound frames, the sender that lets the fsyncs run, the stalled blocking task, and
+    /// the data dir (kept until the test ends).
+    type StalledReplica = (
+        ReplicaHandle,
+        Arc<Pipe>,
+        mpsc::UnboundedSender<InboundFrame>,
+        std::sync::mpsc::Sender<()>,
+        tokio::task::JoinHandle<Result<(), std::sync::mpsc::RecvError>>,
+        tempfile::TempDir,
+    );
+
+    /// An unsigned ordered request from `client` on its own connection that opens a session
+    /// routed by `tag`, with an empty operation.
+    fn session_opening(client: PublicKey, tag: u64) -> InboundFrame {
+        use crate::message::{Request, RequestBody, OPEN_SESSION};
+        InboundFrame {
+            from: Peer::Client(client),
+            frame: codec::encode(&Message::Request(Request::new(
+                RequestBody {
+                    client,
+                    session: OPEN_SESSION,
+                    seq: tag,
+                    kind: RequestKind::Ordered,
+                    op: Vec::new(),
+                },
+                None,
+            ))),
+        }
+    }
+
+    /// Lets the stalled fsyncs run and waits (at most 10 s) until `sends` replies went out.
+    async fn release_fsyncs_and_wait_for(
+        stall_tx: std::sync::mpsc::Sender<()>,
+        stall: tokio::task::JoinHandle<Result<(), std::sync::mpsc::RecvError>>,
+        network: &Pipe,
+        sends: usize,
+    ) {
+        stall_tx.send(()).expect("the stalled thread waits");
+        stall.await.expect("joins").expect("released");
+        let answered = async {
+            while network.session_sends.lock().unwrap().len() < sends {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), answered)
+            .await
+            .expect("every reply leaves once the fsyncs run");
+    }
+
+    /// Starts a one-replica CFT cluster with a write-ahead log on a runtime with one blocking
+    /// thread, and occupies that thread until the test sends on the returned sender: every
+    /// fsync the driver asks for waits until then, while the engine goes on. `max_held` sets
+    /// the held-action bound (count, bytes) for this replica, if given.
+    fn start_with_fsyncs_stalled(max_held: Option<(usize, usize)>) -> StalledReplica {
+        use smr_crypto::sim::{SimKey, SimVerifier};
+
+        let (stall_tx, stall_rx) = std::sync::mpsc::channel::<()>();
+        let stall = tokio::task::spawn_blocking(move || stall_rx.recv());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Wal::open(dir.path(), FsyncPolicy::Always).expect("opens");
+        let replica_key = SimKey::from_seed([1; 32]);
+        let mut verifier = SimVerifier::new();
+        verifier.register(&replica_key);
+        let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
+        let network = Arc::new(Pipe {
+            inbound: tokio::sync::Mutex::new(inbound_rx),
+            session_sends: Mutex::new(Vec::new()),
+        });
+        TEST_MAX_HELD.with(|bound| bound.set(max_held));
+        let handle = start_replica(
+            EngineConfig {
+                quorums: smr_modes::Quorums::new(smr_modes::Mode::Cft, 1, 0).unwrap(),
+                me: 0,
+                replica_keys: vec![replica_key.public_key()],
+                clients: crate::ClientPolicy::Any,
+                limits: crate::Limits::default(),
+                timeouts: crate::Timeouts::default(),
+            },
+            Arc::new(replica_key),
+            Arc::new(verifier),
+            network.clone(),
+            Box::new(Nothing),
+            DriverOptions {
+                empty_start: EmptyStart::NewCluster,
+                ..DriverOptions::default()
+            },
+            Some(storage),
+        )
+        .expect("replica starts");
+        TEST_MAX_HELD.with(|bound| bound.set(None));
+        (handle, network, inbound_tx, stall_tx, stall, dir)
+    }
 
     /// Group commit's bound: with held actions at the bound behind an fsync that has not ended,
     /// the engine takes no input; when the fsync ends, what waited goes in order, and the
@@ -3193,8 +3286,7 @@ mod tests {
     /// taken while the fsync is stalled.
     #[test]
     fn with_held_actions_at_their_bound_the_engine_takes_no_input_until_the_fsync_ends() {
-        use crate::message::{Request, RequestBody, OPEN_SESSION};
-        use smr_crypto::sim::{SimKey, SimVerifier};
+        use smr_crypto::sim::SimKey;
 
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -3202,60 +3294,14 @@ mod tests {
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            // The one blocking thread waits until the test lets the fsyncs run.
-            let (stall_tx, stall_rx) = std::sync::mpsc::channel::<()>();
-            let stall = tokio::task::spawn_blocking(move || stall_rx.recv());
-
-            let dir = tempfile::tempdir().expect("tempdir");
-            let storage = Wal::open(dir.path(), FsyncPolicy::Always).expect("opens");
-            let replica_key = SimKey::from_seed([1; 32]);
-            let mut verifier = SimVerifier::new();
-            verifier.register(&replica_key);
-            let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
-            let network = Arc::new(Pipe {
-                inbound: tokio::sync::Mutex::new(inbound_rx),
-                session_sends: Mutex::new(Vec::new()),
-            });
-            TEST_MAX_HELD.with(|bound| bound.set(Some((5, usize::MAX))));
-            let handle = start_replica(
-                EngineConfig {
-                    quorums: smr_modes::Quorums::new(smr_modes::Mode::Cft, 1, 0).unwrap(),
-                    me: 0,
-                    replica_keys: vec![replica_key.public_key()],
-                    clients: crate::ClientPolicy::Any,
-                    limits: crate::Limits::default(),
-                    timeouts: crate::Timeouts::default(),
-                },
-                Arc::new(replica_key),
-                Arc::new(verifier),
-                network.clone(),
-                Box::new(Nothing),
-                DriverOptions {
-                    empty_start: EmptyStart::NewCluster,
-                    ..DriverOptions::default()
-                },
-                Some(storage),
-            )
-            .expect("replica starts");
-            TEST_MAX_HELD.with(|bound| bound.set(None));
+            let (handle, network, inbound_tx, stall_tx, stall, _dir) =
+                start_with_fsyncs_stalled(Some((5, usize::MAX)));
 
             let clients: Vec<PublicKey> = (0..3u8)
                 .map(|i| SimKey::from_seed([10 + i; 32]).public_key())
                 .collect();
             let tag = crate::clients::SESSION_NUMBER_LIMIT;
-            let open = |client: PublicKey| InboundFrame {
-                from: Peer::Client(client),
-                frame: codec::encode(&Message::Request(Request::new(
-                    RequestBody {
-                        client,
-                        session: OPEN_SESSION,
-                        seq: tag,
-                        kind: RequestKind::Ordered,
-                        op: Vec::new(),
-                    },
-                    None,
-                ))),
-            };
+            let open = |client: PublicKey| session_opening(client, tag);
             let mut status = handle.status.clone();
             // (last decided, requests in the pool) once each of the first two is taken.
             for (client, taken) in clients[..2].iter().zip([(Cid(1), 0), (Cid(1), 1)]) {
@@ -3279,19 +3325,55 @@ mod tests {
             );
             assert_eq!(*network.session_sends.lock().unwrap(), vec![]);
 
-            stall_tx.send(()).expect("the stalled thread waits");
-            stall.await.expect("joins").expect("released");
             let replies: Vec<_> = clients.iter().map(|c| (*c, tag, "reply")).collect();
-            let answered = async {
-                while network.session_sends.lock().unwrap().len() < replies.len() {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            };
-            tokio::time::timeout(Duration::from_secs(10), answered)
-                .await
-                .expect("every client is answered once the fsyncs run");
+            release_fsyncs_and_wait_for(stall_tx, stall, &network, replies.len()).await;
             assert_eq!(*network.session_sends.lock().unwrap(), replies);
             assert_eq!(handle.status().last_decided, Cid(3));
+            handle.shutdown().await;
+        });
+    }
+
+    /// Many processes may share a client key (docs/design.md §3.7): a reply held behind an
+    /// fsync goes to the route its session's request named, not to any of the key's
+    /// connections, once the fsync ends. One key opens two sessions with different routing
+    /// tags while the replica's fsyncs are stalled; nothing is sent to a client meanwhile,
+    /// and then each reply goes to its own tag, in order.
+    #[test]
+    fn replies_held_behind_an_fsync_go_to_the_route_of_their_session_once_it_ends() {
+        use smr_crypto::sim::SimKey;
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(1)
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let (handle, network, inbound_tx, stall_tx, stall, _dir) =
+                start_with_fsyncs_stalled(None);
+
+            let client = SimKey::from_seed([10; 32]).public_key();
+            let tags = [
+                crate::clients::SESSION_NUMBER_LIMIT,
+                crate::clients::SESSION_NUMBER_LIMIT + 1,
+            ];
+            let mut status = handle.status.clone();
+            for (tag, pending) in tags.into_iter().zip([0, 1]) {
+                inbound_tx
+                    .send(session_opening(client, tag))
+                    .expect("replica reads");
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    status.wait_for(|s| (s.last_decided, s.pending_requests) == (Cid(1), pending)),
+                )
+                .await
+                .expect("taken while the fsync is stalled")
+                .expect("replica runs");
+            }
+            assert_eq!(*network.session_sends.lock().unwrap(), vec![]);
+
+            let replies: Vec<_> = tags.iter().map(|tag| (client, *tag, "reply")).collect();
+            release_fsyncs_and_wait_for(stall_tx, stall, &network, replies.len()).await;
+            assert_eq!(*network.session_sends.lock().unwrap(), replies);
             handle.shutdown().await;
         });
     }

@@ -128,7 +128,10 @@ pub struct GroupCommit<A> {
     running: Option<u64>,
     /// Actions that wait, in order, each with the sync it waits for and its weight in bytes.
     held: std::collections::VecDeque<(u64, usize, A)>,
-    held_bytes: usize,
+    /// The weights of `held`, summed exactly: a `u128` cannot overflow on the sum of as many
+    /// `usize` weights as memory can hold actions, so freeing subtracts exactly what holding
+    /// added (a saturated `usize` total would be lowered below what is still held, or past 0).
+    held_bytes: u128,
 }
 
 impl<A> Default for GroupCommit<A> {
@@ -170,7 +173,7 @@ impl<A> GroupCommit<A> {
     pub fn hold(&mut self, action: A, bytes: usize) {
         assert!(self.must_wait(), "held an action with no sync to wait for");
         self.held.push_back((self.asked, bytes, action));
-        self.held_bytes = self.held_bytes.saturating_add(bytes);
+        self.held_bytes += bytes as u128;
     }
 
     /// The fsync numbered `number` ended well: the actions it frees, in order, and the number
@@ -207,7 +210,7 @@ impl<A> GroupCommit<A> {
             if *waits_for > self.durable {
                 break;
             }
-            self.held_bytes -= bytes;
+            self.held_bytes -= *bytes as u128;
             freed.push(self.held.pop_front().expect("front exists").2);
         }
         freed
@@ -218,9 +221,10 @@ impl<A> GroupCommit<A> {
         self.held.len()
     }
 
-    /// Bytes of the actions held, as weighed by [`GroupCommit::hold`].
+    /// Bytes of the actions held, as weighed by [`GroupCommit::hold`]; `usize::MAX` while
+    /// their sum exceeds it.
     pub fn held_bytes(&self) -> usize {
-        self.held_bytes
+        usize::try_from(self.held_bytes).unwrap_or(usize::MAX)
     }
 
     /// Whether an fsync runs.
@@ -285,6 +289,26 @@ mod tests {
         assert_eq!(gate.ask(), Some(3));
         assert_eq!(pass(&mut gate, "d", 1), None);
         assert_eq!(gate.completed(3), (vec!["d"], None));
+    }
+
+    /// Held weights past `usize::MAX` in sum: the total saturated on `hold` and was then
+    /// lowered by each freed action's exact weight, so freeing the second action subtracted
+    /// past 0 (an overflow panic in a debug build; in a release build a total near
+    /// `usize::MAX` that held every later action at the bound). The total is exact, and read
+    /// as `usize::MAX` while it exceeds it.
+    #[test]
+    fn held_weights_beyond_usize_in_sum_are_freed_without_overflow() {
+        let mut gate = GroupCommit::default();
+        assert_eq!(gate.ask(), Some(1));
+        assert_eq!(pass(&mut gate, "a", usize::MAX), None);
+        assert_eq!(pass(&mut gate, "b", 10), None);
+        assert_eq!((gate.held(), gate.held_bytes()), (2, usize::MAX));
+        assert_eq!(gate.ask(), None);
+        assert_eq!(pass(&mut gate, "c", 5), None);
+        assert_eq!(gate.completed(1), (vec!["a", "b"], Some(2)));
+        assert_eq!((gate.held(), gate.held_bytes()), (1, 5));
+        assert_eq!(gate.completed(2), (vec!["c"], None));
+        assert_eq!((gate.held(), gate.held_bytes()), (0, 0));
     }
 
     #[test]

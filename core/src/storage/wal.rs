@@ -548,10 +548,8 @@ fn write_manifest(dir: &Path, generation: u64, policy: FsyncPolicy) -> Result<()
 /// The generation the manifest names, or `None` if there is no manifest.
 fn read_manifest(dir: &Path) -> Result<Option<u64>, StorageError> {
     let path = dir.join(MANIFEST_FILE);
-    let mut file = match File::open(&path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(StorageError::Io { path, source }),
+    let Some((mut file, _)) = open_regular_file(&path)? else {
+        return Ok(None);
     };
     // One byte more than a manifest holds, to notice a longer file without reading all of it.
     let mut bytes = Vec::with_capacity(MANIFEST_BYTES + 1);
@@ -642,14 +640,32 @@ fn remove_other_generations(dir: &Path, current: u64) -> Result<(), StorageError
 
 /// Opens a file the manifest names; its absence is `MissingFile`, not an I/O error.
 fn open_named_file(path: &Path, generation: u64) -> Result<(File, u64), StorageError> {
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(StorageError::MissingFile {
+    open_regular_file(path)?.ok_or_else(|| StorageError::MissingFile {
+        path: path.to_path_buf(),
+        generation,
+    })
+}
+
+/// Opens a file of the data dir and returns it with its length, or `None` if it does not
+/// exist. Anything but a regular file (a pipe, a device, a directory, reached by name or
+/// through a symlink) is refused as corrupt before it is opened: its length says nothing of
+/// what it yields, a read from it may never end, and opening a pipe with no writer blocks.
+fn open_regular_file(path: &Path) -> Result<Option<(File, u64)>, StorageError> {
+    let not_regular = || corrupt(path, 0, "not a regular file");
+    match fs::metadata(path) {
+        Ok(metadata) if !metadata.is_file() => return Err(not_regular()),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StorageError::Io {
                 path: path.to_path_buf(),
-                generation,
+                source,
             })
         }
+    }
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
             return Err(StorageError::Io {
                 path: path.to_path_buf(),
@@ -657,8 +673,12 @@ fn open_named_file(path: &Path, generation: u64) -> Result<(File, u64), StorageE
             })
         }
     };
-    let file_len = file.metadata().map_err(io_error(path))?.len();
-    Ok((file, file_len))
+    // Checked again on what was opened: the name may have been replaced in between.
+    let metadata = file.metadata().map_err(io_error(path))?;
+    if !metadata.is_file() {
+        return Err(not_regular());
+    }
+    Ok(Some((file, metadata.len())))
 }
 
 /// Reads and verifies a checkpoint file. It was written atomically, so any damage, including
@@ -685,7 +705,8 @@ fn read_checkpoint(path: &Path, generation: u64) -> Result<Vec<u8>, StorageError
         .try_into()
         .expect("8 bytes");
     let length = u64::from_le_bytes(length_bytes);
-    let available = file_len - CHECKPOINT_HEADER_BYTES as u64;
+    // The header was read, so a file that still is as long as it was opened holds it.
+    let available = remaining_after(path, file_len, CHECKPOINT_HEADER_BYTES as u64)?;
     if length != available {
         return Err(corrupt(
             path,
@@ -764,7 +785,7 @@ fn read_log(path: &Path, generation: u64) -> Result<ScannedLog, StorageError> {
     let mut records = Vec::new();
     let mut offset = WAL_HEADER_BYTES as u64;
     let bad_record_reason = loop {
-        let remaining = file_len - offset;
+        let remaining = remaining_after(path, file_len, offset)?;
         if remaining == 0 {
             break None;
         }
@@ -833,6 +854,15 @@ fn read_log(path: &Path, generation: u64) -> Result<ScannedLog, StorageError> {
 
 /// The read buffer for a file of `file_len` bytes: never more than the file holds, so reading a
 /// small file allocates little.
+/// Bytes of a file `file_len` long after the first `read` of them, which were read; a file
+/// that was shorter when it was opened than what was then read of it changed meanwhile, and
+/// is refused as corrupt rather than read on with a length that no longer holds.
+fn remaining_after(path: &Path, file_len: u64, read: u64) -> Result<u64, StorageError> {
+    file_len
+        .checked_sub(read)
+        .ok_or_else(|| corrupt(path, file_len, "the file grew while it was read"))
+}
+
 fn read_buffer_bytes(file_len: u64) -> usize {
     usize::try_from(file_len).map_or(READ_BUFFER_BYTES, |len| len.min(READ_BUFFER_BYTES))
 }
