@@ -4,7 +4,9 @@
 //! its content (written to a private temp name, then hard-linked into place, which fails if
 //! `LOCK` exists), so a concurrent opener never sees an empty lock. A lock whose pid is no
 //! longer running (checked through `/proc/<pid>` on Linux) is stale, left by a killed process,
-//! and is replaced. Elsewhere, or without `/proc`, an existing lock is assumed held.
+//! and is replaced. Elsewhere, or without `/proc`, an existing lock is assumed held. A `LOCK`
+//! that is not a regular file (a symlink, a pipe) or holds anything but a pid is damage and
+//! replaced the same way; only a regular file is ever read, and only as far as a pid goes.
 //!
 //! Limits, accepted for a std-only lock: a stale lock whose pid was reused by an unrelated
 //! process blocks until it is removed by hand (the error names the pid); pids are per pid
@@ -12,7 +14,7 @@
 //! replace the same stale lock can, in a window of microseconds, both remove it.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -22,6 +24,9 @@ pub(super) const LOCK_FILE: &str = "LOCK";
 
 /// Attempts to replace a stale lock before giving up (another opener may be replacing it too).
 const MAX_LOCK_ATTEMPTS: usize = 3;
+
+/// Longest `LOCK` content read: a pid (at most 10 digits) and its newline, with room to spare.
+const MAX_LOCK_BYTES: usize = 32;
 
 /// Makes temp names unique among threads of this process opening directories at once.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -45,8 +50,8 @@ impl DirLock {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(source) => return Err(StorageError::Io { path, source }),
             }
-            let holder = match fs::read(&path) {
-                Ok(content) => parse_pid(&content),
+            let holder = match read_holder(&path) {
+                Ok(holder) => holder,
                 // Released between our attempt and this read: try again.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(source) => return Err(StorageError::Io { path, source }),
@@ -59,8 +64,8 @@ impl DirLock {
                     });
                 }
                 _ => {
-                    // Only `create_with_content` writes LOCK, always with a pid, so unreadable
-                    // content is damage, not an opener caught halfway.
+                    // Only `create_with_content` writes LOCK, always a regular file holding a
+                    // pid, so anything else is damage, not an opener caught halfway.
                     tracing::warn!(
                         lock = %path.display(),
                         stale_pid = ?holder,
@@ -74,10 +79,7 @@ impl DirLock {
                 }
             }
         }
-        let pid = fs::read(&path)
-            .ok()
-            .and_then(|content| parse_pid(&content))
-            .unwrap_or(0);
+        let pid = read_holder(&path).ok().flatten().unwrap_or(0);
         Err(StorageError::Locked {
             path: dir.to_path_buf(),
             pid,
@@ -91,6 +93,25 @@ impl Drop for DirLock {
             tracing::warn!(lock = %self.path.display(), error = %e, "could not remove the lock file");
         }
     }
+}
+
+/// The pid a `LOCK` holds, or `None` if it holds none: it is not a regular file (a symlink, a
+/// pipe, a directory: only [`create_with_content`] makes `LOCK`, always a regular file), or
+/// its content is longer than a pid or not one. Reads at most [`MAX_LOCK_BYTES`] + 1 bytes
+/// and never opens anything but a regular file, so an odd `LOCK` neither blocks nor fills
+/// memory.
+fn read_holder(path: &Path) -> io::Result<Option<u32>> {
+    if !fs::symlink_metadata(path)?.is_file() {
+        return Ok(None);
+    }
+    let mut content = Vec::with_capacity(MAX_LOCK_BYTES + 1);
+    fs::File::open(path)?
+        .take(MAX_LOCK_BYTES as u64 + 1)
+        .read_to_end(&mut content)?;
+    if content.len() > MAX_LOCK_BYTES {
+        return Ok(None);
+    }
+    Ok(parse_pid(&content))
 }
 
 fn parse_pid(content: &[u8]) -> Option<u32> {

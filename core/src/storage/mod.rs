@@ -24,7 +24,11 @@
 //! writes generation `g+1` in full, fsyncs it and the directory, then atomically renames a new
 //! `MANIFEST` into place: that rename is the commit point. A crash before it leaves generation
 //! `g` current; after it, `g+1`. Files of any other generation are leftovers of an interrupted
-//! checkpoint or cleanup, and `open` deletes them. `LOCK` keeps a second process out.
+//! checkpoint or cleanup, and `open` deletes them, except files of a generation past `g+1`:
+//! only a manifest that is an older copy put back explains those, so `open` refuses the
+//! directory and deletes nothing. Every file is written as a new file, so a symlink or hard
+//! link found in its place is replaced, never written through. `LOCK` keeps a second process
+//! out.
 //!
 //! **Torn tails.** A crash while records are being written can leave the end of the log
 //! holding an incomplete record (the file ends inside its header or payload) or a record whose

@@ -1036,3 +1036,191 @@ fn a_checkpoint_replaced_by_a_directory_is_refused_as_not_a_regular_file() {
     assert_corrupt_message_names(&err, &path);
     assert_eq!(file_names(dir.path()), before);
 }
+
+/// A data dir with no manifest whose first log is a symlink to another directory's log (a
+/// short relative target, so the link itself is no longer than an empty log's header): it was
+/// taken for the empty log of an interrupted first open, and initializing wrote a fresh log
+/// through the link, truncating the log it points to. `initialize` never makes a symlink, so
+/// it is state only a manifest could explain: refused, and the target keeps every byte.
+#[cfg(unix)]
+#[test]
+fn a_first_log_that_is_a_symlink_is_refused_and_its_target_kept_whole() {
+    let root = tempfile::tempdir().unwrap();
+    let old = root.path().join("old");
+    let data = root.path().join("data");
+    write_log(&old, FsyncPolicy::Never, &sample_records(3));
+    let old_log = log_path(&old, 0);
+    let old_bytes = fs::read(&old_log).unwrap();
+    fs::create_dir(&data).unwrap();
+    let target = Path::new("..").join("old").join(wal_file_name(0));
+    assert!(target.as_os_str().len() <= WAL_HEADER_BYTES);
+    std::os::unix::fs::symlink(&target, log_path(&data, 0)).unwrap();
+
+    let err = open_err(&data);
+    assert!(matches!(err, StorageError::MissingManifest { .. }), "{err}");
+    assert_says_what_to_do(&err);
+    assert_eq!(fs::read(&old_log).unwrap(), old_bytes);
+    assert_eq!(
+        fs::read_link(log_path(&data, 0)).unwrap(),
+        target,
+        "the link is left for the operator"
+    );
+}
+
+/// A leftover manifest temp file that is a symlink (to a file outside the data dir): creating
+/// the first manifest wrote through the link, replacing the target's content with a
+/// manifest. Every file the store writes is created anew, so a link in its place is replaced,
+/// never written through.
+#[cfg(unix)]
+#[test]
+fn a_manifest_temp_file_that_is_a_symlink_is_replaced_not_written_through() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = root.path().join("operator-notes.txt");
+    fs::write(&outside, b"keep me").unwrap();
+    let data = root.path().join("data");
+    fs::create_dir(&data).unwrap();
+    std::os::unix::fs::symlink(&outside, data.join(MANIFEST_TEMP_FILE)).unwrap();
+
+    let (mut wal, recovered) = open_ok(&data);
+    assert_eq!(recovered, Recovered::default());
+    assert_eq!(fs::read(&outside).unwrap(), b"keep me");
+    assert!(fs::symlink_metadata(data.join(MANIFEST_FILE))
+        .unwrap()
+        .file_type()
+        .is_file());
+
+    // The same for a checkpoint's files, planted after open.
+    for name in [checkpoint_file_name(1), wal_file_name(1)] {
+        std::os::unix::fs::symlink(&outside, data.join(name)).unwrap();
+    }
+    wal.write_checkpoint(b"snapshot", &[b"r".to_vec()]).unwrap();
+    assert_eq!(fs::read(&outside).unwrap(), b"keep me");
+    drop(wal);
+    let (_wal, recovered) = open_ok(&data);
+    assert_eq!(recovered.checkpoint.as_deref(), Some(&b"snapshot"[..]));
+    assert_eq!(recovered.records, vec![b"r".to_vec()]);
+    assert_eq!(fs::read(&outside).unwrap(), b"keep me");
+}
+
+/// A `LOCK` that is a pipe (reached through a symlink) with a writer that never writes:
+/// reading the holder's pid from it waited for ever. The store only ever makes `LOCK` a
+/// regular file, so anything else is damage, removed like a garbled lock (the link, not what
+/// it points to), and the open goes on.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_lock_that_is_a_pipe_is_replaced_without_waiting_on_it() {
+    use std::os::fd::AsRawFd;
+
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), FsyncPolicy::Never, &sample_records(2));
+    let (reader, writer) = std::io::pipe().unwrap();
+    let path = dir.path().join(LOCK_FILE);
+    std::os::unix::fs::symlink(format!("/proc/self/fd/{}", reader.as_raw_fd()), &path).unwrap();
+
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let opened_dir = dir.path().to_path_buf();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(
+            Wal::open(&opened_dir, FsyncPolicy::Never)
+                .map(|(wal, recovered)| (wal.generation(), recovered.records)),
+        );
+    });
+    let result = done_rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("opening a data dir whose LOCK is a pipe returns");
+    let (generation, records) = result.unwrap_or_else(|e| panic!("open failed: {e}"));
+    assert_eq!((generation, records), (0, sample_records(2)));
+    drop((reader, writer));
+}
+
+/// An older copy of the manifest and its generation put back into a live data dir (a restore
+/// from backup over it): the files of the generations written since, which a checkpoint never
+/// leaves behind (an interrupted one leaves only the generation after the manifest's), were
+/// deleted as leftovers and the replica started from the old state, having forgotten what it
+/// promised since. Refused, naming the manifest and a newer file, with nothing deleted.
+#[test]
+fn files_newer_than_the_generation_after_the_manifests_are_refused_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), FsyncPolicy::Never, &sample_records(2));
+    let backup: Vec<(PathBuf, Vec<u8>)> = [MANIFEST_FILE.to_string(), wal_file_name(0)]
+        .into_iter()
+        .map(|name| {
+            let path = dir.path().join(name);
+            let bytes = fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect();
+    let (mut wal, _) = open_ok(dir.path());
+    wal.write_checkpoint(b"snapshot 1", &[]).unwrap();
+    wal.write_checkpoint(b"snapshot 2", &[b"promised".to_vec()])
+        .unwrap();
+    drop(wal);
+    for (path, bytes) in &backup {
+        fs::write(path, bytes).unwrap();
+    }
+    let before = file_names(dir.path());
+
+    let err = open_err(dir.path());
+    let manifest = dir.path().join(MANIFEST_FILE);
+    let newer = [checkpoint_file_name(2), wal_file_name(2)]
+        .map(|name| format!("{} is of generation 2", dir.path().join(name).display()));
+    assert!(
+        matches!(&err, StorageError::Corrupt { path, offset: 8, reason }
+            if *path == manifest
+                && reason.starts_with("it names generation 0, but ")
+                && newer.iter().any(|newer| reason.contains(newer.as_str()))),
+        "{err:?}"
+    );
+    assert_says_what_to_do(&err);
+    assert_eq!(file_names(dir.path()), before);
+}
+
+/// A checkpoint whose length field matches its file, the file sparse and 1 PiB long: recovery
+/// allocated the whole length before reading a byte, and the failed allocation aborted the
+/// process ("memory allocation of 1125899906842592 bytes failed", no file named; a 1 TiB one
+/// did the same on a 23 GiB machine). It is refused as a checkpoint this process cannot hold,
+/// naming the file. 1 PiB is more than a 64-bit Linux process can map (128 or 256 TiB of
+/// address space without a hint), so the refusal does not depend on the machine's memory or
+/// overcommit setting; the sparse file lives on tmpfs, which holds a file that long where ext4
+/// would not, and the data dir links to it.
+/// (The open runs on its own thread, so that a regression that reads instead fails after 10 s.)
+#[cfg(target_os = "linux")]
+#[test]
+fn a_sparse_checkpoint_too_long_to_hold_is_refused_not_an_abort() {
+    use std::io::{Seek, SeekFrom, Write};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = open_ok(dir.path());
+    wal.write_checkpoint(b"snapshot", &[]).unwrap();
+    drop(wal);
+    let path = dir.path().join(checkpoint_file_name(1));
+    let shm = tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm");
+    let sparse = shm.path().join("checkpoint");
+    let file_len: u64 = 1 << 50;
+    let mut file = fs::File::create(&sparse).unwrap();
+    file.set_len(file_len).unwrap();
+    file.write_all(&fs::read(&path).unwrap()[..super::format::CHECKPOINT_HEADER_BYTES])
+        .unwrap();
+    file.seek(SeekFrom::Start(8)).unwrap();
+    let length = file_len - super::format::CHECKPOINT_HEADER_BYTES as u64;
+    file.write_all(&length.to_le_bytes()).unwrap();
+    drop(file);
+    fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(&sparse, &path).unwrap();
+
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let opened_dir = dir.path().to_path_buf();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(Wal::open(&opened_dir, FsyncPolicy::Never).map(|_| ()));
+    });
+    let result = done_rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("opening a data dir with a 1 PiB sparse checkpoint returns");
+    let err = result.expect_err("a 1 PiB checkpoint does not fit");
+    assert!(
+        matches!(&err, StorageError::Corrupt { offset: 8, reason, .. }
+            if *reason == format!("length field says {length} bytes of checkpoint, more than this process can allocate")),
+        "{err:?}"
+    );
+    assert_corrupt_message_names(&err, &path);
+}

@@ -482,12 +482,14 @@ pub(super) fn check_record_size(len: usize) -> Result<(), StorageError> {
     }
 }
 
-/// Creates (or replaces) `path` holding exactly `bytes`, fsynced per policy.
+/// Creates (or replaces) `path` holding exactly `bytes`, fsynced per policy. Whatever held the
+/// name is unlinked and a new file created in its place, so a symlink or hard link found there
+/// is never written through (the file it points to is left as it was).
 fn write_new_file(path: &Path, bytes: &[u8], policy: FsyncPolicy) -> Result<File, StorageError> {
+    remove_if_present(path)?;
     let mut file = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .open(path)
         .map_err(io_error(path))?;
     file.write_all(bytes).map_err(io_error(path))?;
@@ -599,9 +601,13 @@ fn initialize(dir: &Path, policy: FsyncPolicy) -> Result<(), StorageError> {
             continue;
         };
         let path = entry.path();
+        // Not followed if it is a symlink: `initialize` makes only regular files, and a link's
+        // own length says nothing of the log it points to.
+        let metadata = entry.metadata().map_err(io_error(&path))?;
         let is_empty_first_log = generation == 0
             && name.to_str() == Some(wal_file_name(0).as_str())
-            && entry.metadata().map_err(io_error(&path))?.len() <= WAL_HEADER_BYTES as u64;
+            && metadata.is_file()
+            && metadata.len() <= WAL_HEADER_BYTES as u64;
         if !is_empty_first_log {
             return Err(StorageError::MissingManifest {
                 path: dir.join(MANIFEST_FILE),
@@ -616,24 +622,44 @@ fn initialize(dir: &Path, policy: FsyncPolicy) -> Result<(), StorageError> {
 }
 
 /// Deletes files of generations other than `current` and a leftover manifest temp file.
+///
+/// A checkpoint writes only the generation after the current one, and the manifest's switch
+/// to it is what makes it current; so files of a later generation than that were current once,
+/// and a manifest naming an earlier one is an older copy put back. That directory is refused,
+/// before anything is deleted: those files hold what the replica promised since.
 fn remove_other_generations(dir: &Path, current: u64) -> Result<(), StorageError> {
+    let mut leftovers = Vec::new();
     let entries = fs::read_dir(dir).map_err(io_error(dir))?;
     for entry in entries {
         let entry = entry.map_err(io_error(dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let leftover = match generation_of(name) {
-            Some(generation) => generation != current,
-            None => name == MANIFEST_TEMP_FILE,
-        };
-        if leftover {
-            tracing::info!(
-                file = %entry.path().display(),
-                current_generation = current,
-                "deleting a leftover of an interrupted checkpoint"
-            );
-            remove_if_present(&entry.path())?;
+        match generation_of(name) {
+            Some(generation) if generation > current.saturating_add(1) => {
+                return Err(corrupt(
+                    &dir.join(MANIFEST_FILE),
+                    MAGIC_BYTES as u64,
+                    format!(
+                        "it names generation {current}, but {} is of generation {generation}, \
+                         and a checkpoint writes only the generation after the current one: \
+                         the manifest is an older copy",
+                        entry.path().display()
+                    ),
+                ));
+            }
+            Some(generation) if generation != current => leftovers.push(entry.path()),
+            Some(_) => {}
+            None if name == MANIFEST_TEMP_FILE => leftovers.push(entry.path()),
+            None => {}
         }
+    }
+    for path in leftovers {
+        tracing::info!(
+            file = %path.display(),
+            current_generation = current,
+            "deleting a leftover of an interrupted checkpoint"
+        );
+        remove_if_present(&path)?;
     }
     Ok(())
 }
@@ -716,15 +742,31 @@ fn read_checkpoint(path: &Path, generation: u64) -> Result<Vec<u8>, StorageError
             ),
         ));
     }
-    let length = usize::try_from(length).map_err(|_| {
+    // The file's length is not bytes on disk (a sparse file holds none), and nothing bounds a
+    // checkpoint's size: an allocation the process cannot make is refused, naming the file,
+    // rather than aborting it.
+    let does_not_fit = || {
         corrupt(
             path,
             MAGIC_BYTES as u64,
-            "checkpoint does not fit in memory",
+            format!("length field says {length} bytes of checkpoint, more than this process can allocate"),
         )
-    })?;
-    let mut payload = vec![0u8; length];
-    reader.read_exact(&mut payload).map_err(io_error(path))?;
+    };
+    let mut payload = Vec::new();
+    payload
+        .try_reserve_exact(usize::try_from(length).map_err(|_| does_not_fit())?)
+        .map_err(|_| does_not_fit())?;
+    reader
+        .take(length)
+        .read_to_end(&mut payload)
+        .map_err(io_error(path))?;
+    if payload.len() as u64 != length {
+        return Err(corrupt(
+            path,
+            CHECKPOINT_HEADER_BYTES as u64 + payload.len() as u64,
+            "the file shrank while it was read",
+        ));
+    }
     if format::checksum(&[&length_bytes, &payload])[..] != header[MAGIC_BYTES + 8..] {
         return Err(corrupt(
             path,
