@@ -872,8 +872,12 @@ fn read_log(path: &Path, generation: u64) -> Result<ScannedLog, StorageError> {
     // A valid record anywhere after the bad one means the log was damaged, not torn.
     let mut file = reader.into_inner();
     file.seek(SeekFrom::Start(offset)).map_err(io_error(path))?;
+    // Only as far as the length taken at open: a file someone appends to meanwhile is not
+    // read without end.
     let mut rest = Vec::new();
-    file.read_to_end(&mut rest).map_err(io_error(path))?;
+    file.take(remaining_after(path, file_len, offset)?)
+        .read_to_end(&mut rest)
+        .map_err(io_error(path))?;
     if let Some(position) = format::find_valid_record(&rest, 1, &sync, &mut hashed) {
         return Err(corrupt(
             path,
@@ -894,8 +898,6 @@ fn read_log(path: &Path, generation: u64) -> Result<ScannedLog, StorageError> {
     })
 }
 
-/// The read buffer for a file of `file_len` bytes: never more than the file holds, so reading a
-/// small file allocates little.
 /// Bytes of a file `file_len` long after the first `read` of them, which were read; a file
 /// that was shorter when it was opened than what was then read of it changed meanwhile, and
 /// is refused as corrupt rather than read on with a length that no longer holds.
@@ -905,6 +907,8 @@ fn remaining_after(path: &Path, file_len: u64, read: u64) -> Result<u64, Storage
         .ok_or_else(|| corrupt(path, file_len, "the file grew while it was read"))
 }
 
+/// The read buffer for a file of `file_len` bytes: never more than the file holds, so reading a
+/// small file allocates little.
 fn read_buffer_bytes(file_len: u64) -> usize {
     usize::try_from(file_len).map_or(READ_BUFFER_BYTES, |len| len.min(READ_BUFFER_BYTES))
 }
