@@ -585,6 +585,15 @@ async fn keygen_writes_a_loadable_config_and_refuses_to_overwrite_it_without_for
         for i in 0..3 {
             assert!(out.join(format!("replica-{i}.key")).exists());
         }
+        let admin_key = IdentityKey::load(&out.join("admin.key")).unwrap();
+        assert_eq!(config.admin_key, Some(admin_key.public_key()));
+        assert!(
+            first.stdout.contains(&format!(
+                "\n  admin      {}  (",
+                admin_key.public_key().to_hex()
+            )),
+            "{first}"
+        );
 
         let again = smr_async(&args, COMMAND_TIMEOUT).await;
         assert!(!again.status.success(), "{again}");

@@ -61,7 +61,7 @@ pub fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
     let generated = keygen::generate(&args.out, &options)?;
     let config = &generated.config;
     outln!(
-        "wrote {} ({}, n={}, f={}) with {} replica keys and {} client key{} in {}",
+        "wrote {} ({}, n={}, f={}) with {} replica keys, {} client key{} and an admin key in {}",
         generated.config_path.display(),
         config.mode(),
         config.quorums.n(),
@@ -81,6 +81,14 @@ pub fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
             r.id,
             r.address,
             r.public_key.to_hex()
+        )?;
+    }
+    if let Some(admin) = &config.admin_key {
+        outln!(
+            "  admin      {}  ({}: keep it off the replicas and clients; it will be the key \
+             allowed to change the membership)",
+            admin.to_hex(),
+            generated.admin_key.display()
         )?;
     }
     let last = config.replicas.len().saturating_sub(1);
