@@ -34,6 +34,7 @@ use crate::config::{
 };
 use crate::message::ReplicaId;
 use crate::storage::FsyncPolicy;
+use crate::view::MAX_MEMBERS;
 
 /// Why a cluster configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -237,9 +238,10 @@ impl ClusterConfig {
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] naming the key of the first problem: bad TOML or an unknown
-    /// key, a missing `mode`, `f`, `clients` or `[[replicas]]`, an (n, f) the mode does not
-    /// allow, a replica id out of `0..n` or repeated, an address or public key used twice or
-    /// unparsable, a client key that is a replica's, a limit or timeout of 0,
+    /// key, a missing `mode`, `f`, `clients` or `[[replicas]]`, more replicas than a view
+    /// may hold ([`MAX_MEMBERS`]), an (n, f) the mode does not allow, a replica id out of
+    /// `0..n` or repeated, an address or public key used twice or unparsable, a client key
+    /// that is a replica's, a limit or timeout of 0,
     /// `max_instances_ahead` below `max_instances_in_flight`, `max_op_bytes` above
     /// `max_batch_bytes`, `retransmit_max_ms` below `retransmit_initial_ms`, an unknown
     /// `fsync` value, an unparsable `admin_key` or one that is a replica's or a listed
@@ -272,6 +274,15 @@ impl ClusterConfig {
             return Err(invalid(
                 "replicas",
                 "no [[replicas]] entries; add one per replica",
+            ));
+        }
+        if raw.replicas.len() > MAX_MEMBERS {
+            return Err(invalid(
+                "replicas",
+                format!(
+                    "{} entries; a cluster may have at most {MAX_MEMBERS} replicas",
+                    raw.replicas.len()
+                ),
             ));
         }
         let quorums = Quorums::new(mode, raw.replicas.len(), f)
@@ -856,6 +867,29 @@ mod tests {
         assert!(
             e.contains("replicas") && e.contains("add replicas or lower f"),
             "{e}"
+        );
+    }
+
+    /// A view holds at most `view::MAX_MEMBERS` replicas, and view 0 is this file's.
+    #[test]
+    fn more_replicas_than_a_view_may_hold_are_refused() {
+        let text: String =
+            (0..=MAX_MEMBERS as u32)
+                .map(|i| {
+                    let mut seed = [7; 32];
+                    seed[..4].copy_from_slice(&i.to_le_bytes());
+                    format!(
+                    "[[replicas]]\nid = {i}\naddress = \"10.0.{}.{}:7000\"\npublic_key = \"{}\"\n",
+                    i / 256,
+                    i % 256,
+                    smr_crypto::IdentityKey::from_seed(seed).public_key().to_hex()
+                )
+                })
+                .collect();
+        let e = error(&format!("mode = \"cft\"\nf = 1\nclients = \"any\"\n{text}"));
+        assert_eq!(
+            e,
+            "config replicas: 1025 entries; a cluster may have at most 1024 replicas"
         );
     }
 
