@@ -5,6 +5,7 @@
 //! mode = "bft"            # or "cft"
 //! f = 1
 //! clients = "any"         # or a list of hex public keys
+//! admin_key = "<64 hex chars>"  # optional; the administrator's public key (not used yet)
 //! fsync = "always"        # optional; or "never" (survives process crashes, not power loss)
 //!
 //! [[replicas]]
@@ -33,6 +34,7 @@ use crate::config::{
 };
 use crate::message::ReplicaId;
 use crate::storage::FsyncPolicy;
+use crate::view::MAX_MEMBERS;
 
 /// Why a cluster configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +90,11 @@ pub struct ClusterConfig {
     pub replicas: Vec<ReplicaEntry>,
     /// `clients`: any key, or the listed ones.
     pub clients: ClientPolicy,
+    /// `admin_key`: the administrator's public key, the key that will be allowed to change the
+    /// membership (add or remove a replica, change f; issue 14). Nothing acts on it yet: no
+    /// membership change is accepted, with or without it. It is never a replica's key nor a
+    /// listed client's, and `smr keygen` writes its secret to `admin.key`.
+    pub admin_key: Option<PublicKey>,
     /// `[limits]`, each missing key at its default.
     pub limits: Limits,
     /// `[timeouts]`, each missing key at its default.
@@ -104,6 +111,7 @@ struct RawConfig {
     mode: Option<String>,
     f: Option<i64>,
     clients: Option<toml::Value>,
+    admin_key: Option<String>,
     fsync: Option<String>,
     #[serde(default)]
     replicas: Vec<RawReplica>,
@@ -230,12 +238,14 @@ impl ClusterConfig {
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] naming the key of the first problem: bad TOML or an unknown
-    /// key, a missing `mode`, `f`, `clients` or `[[replicas]]`, an (n, f) the mode does not
-    /// allow, a replica id out of `0..n` or repeated, an address or public key used twice or
-    /// unparsable, a client key that is a replica's, a limit or timeout of 0,
+    /// key, a missing `mode`, `f`, `clients` or `[[replicas]]`, more replicas than a view
+    /// may hold ([`MAX_MEMBERS`]), an (n, f) the mode does not allow, a replica id out of
+    /// `0..n` or repeated, an address or public key used twice or unparsable, a client key
+    /// that is a replica's, a limit or timeout of 0,
     /// `max_instances_ahead` below `max_instances_in_flight`, `max_op_bytes` above
     /// `max_batch_bytes`, `retransmit_max_ms` below `retransmit_initial_ms`, an unknown
-    /// `fsync` value.
+    /// `fsync` value, an unparsable `admin_key` or one that is a replica's or a listed
+    /// client's.
     pub fn from_toml_str(text: &str, directory: &Path) -> Result<ClusterConfig, ConfigError> {
         let raw: RawConfig = toml::from_str(text)
             .map_err(|e| invalid("syntax", e.to_string().trim().to_string()))?;
@@ -264,6 +274,15 @@ impl ClusterConfig {
             return Err(invalid(
                 "replicas",
                 "no [[replicas]] entries; add one per replica",
+            ));
+        }
+        if raw.replicas.len() > MAX_MEMBERS {
+            return Err(invalid(
+                "replicas",
+                format!(
+                    "{} entries; a cluster may have at most {MAX_MEMBERS} replicas",
+                    raw.replicas.len()
+                ),
             ));
         }
         let quorums = Quorums::new(mode, raw.replicas.len(), f)
@@ -354,6 +373,34 @@ impl ClusterConfig {
             }
             Some(_) => {
                 return Err(invalid("clients", "must be \"any\" or a list of hex public keys"));
+            }
+        };
+        let admin_key = match raw.admin_key.as_deref() {
+            None => None,
+            Some(text) => {
+                let key = parse_key("admin_key", text)?;
+                if let Some(r) = replicas.iter().find(|r| r.public_key == key) {
+                    return Err(invalid(
+                        "admin_key",
+                        format!(
+                            "is replica {}'s public key; the administrator needs a key of its \
+                             own, or whoever holds that replica's key could change the \
+                             membership (`smr key --out admin.key` makes one)",
+                            r.id
+                        ),
+                    ));
+                }
+                if let ClientPolicy::Allowed(allowed) = &clients {
+                    if allowed.contains(&key) {
+                        return Err(invalid(
+                            "admin_key",
+                            "is a listed client's public key; the administrator needs a key of \
+                             its own, or whoever holds that client's key could change the \
+                             membership (`smr key --out admin.key` makes one)",
+                        ));
+                    }
+                }
+                Some(key)
             }
         };
         let d = Limits::default();
@@ -546,6 +593,7 @@ impl ClusterConfig {
             quorums,
             replicas,
             clients,
+            admin_key,
             limits,
             timeouts,
             fsync,
@@ -616,6 +664,12 @@ impl ClusterConfig {
                 out.push_str("]\n");
             }
         }
+        if let Some(key) = &self.admin_key {
+            out.push_str(&format!(
+                "# the administrator's public key: will be allowed to change the membership (not yet)\nadmin_key = \"{}\"\n",
+                key.to_hex()
+            ));
+        }
         for r in &self.replicas {
             out.push_str(&format!(
                 "\n[[replicas]]\nid = {}\naddress = \"{}\"\npublic_key = \"{}\"\n",
@@ -654,6 +708,8 @@ mod tests {
     const KEY_B: &str = "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c";
     const KEY_C: &str = "fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025";
     const KEY_D: &str = "278117fc144c72340f67d0f2316e8386ceffbf2b2428c9c51fef7c597f1d426e";
+    /// IdentityKey::from_seed([5; 32])'s public key.
+    const KEY_E: &str = "6e7a1cdd29b0b78fd13af4c5598feff4ef2a97166e3ca6f2e4fbfccd80505bf1";
 
     fn replicas(n: usize) -> String {
         let keys = [KEY_A, KEY_B, KEY_C, KEY_D];
@@ -686,6 +742,76 @@ mod tests {
         assert_eq!(again.replicas, config.replicas);
         assert_eq!(again.limits, config.limits);
         assert_eq!(again.timeouts, config.timeouts);
+    }
+
+    #[test]
+    fn admin_key_round_trips_through_to_toml() {
+        let text = format!(
+            "mode = \"cft\"\nf = 1\nclients = [\"{KEY_D}\"]\nadmin_key = \"{KEY_E}\"\n{}",
+            replicas(3)
+        );
+        let config = parse(&text).unwrap();
+        let admin = PublicKey::from_hex(KEY_E).unwrap();
+        assert_eq!(config.admin_key, Some(admin));
+        let written = config.to_toml();
+        assert!(
+            written.contains(&format!("\nadmin_key = \"{KEY_E}\"\n")),
+            "{written}"
+        );
+        let again = parse(&written).unwrap();
+        assert_eq!(again.admin_key, Some(admin));
+        assert_eq!(again.replicas, config.replicas);
+        assert_eq!(again.clients, config.clients);
+        // Optional: a config without it has none, and writes none back.
+        let config = parse(&format!(
+            "mode = \"cft\"\nf = 1\nclients = \"any\"\n{}",
+            replicas(3)
+        ))
+        .unwrap();
+        assert_eq!(config.admin_key, None);
+        let written = config.to_toml();
+        assert!(!written.contains("admin_key"), "{written}");
+        assert_eq!(parse(&written).unwrap().admin_key, None);
+    }
+
+    #[test]
+    fn bad_admin_keys_are_refused_naming_admin_key_and_saying_why() {
+        let with_admin = |clients: &str, admin: &str| {
+            error(&format!(
+                "mode = \"cft\"\nf = 1\nclients = {clients}\nadmin_key = \"{admin}\"\n{}",
+                replicas(3)
+            ))
+        };
+        assert_eq!(
+            with_admin("\"any\"", "zz"),
+            "config admin_key: key is not valid hex (expected only the characters 0-9 and a-f); \
+             expected 64 hex characters, as `smr keygen` writes them"
+        );
+        assert_eq!(
+            with_admin("\"any\"", SMALL_ORDER_KEYS[0]),
+            "config admin_key: key is a weak (small-order) ed25519 point: it proves nothing, \
+             anyone can sign for it; use the public key `smr keygen` printed for this identity"
+        );
+        assert_eq!(
+            with_admin("\"any\"", KEY_C),
+            "config admin_key: is replica 2's public key; the administrator needs a key of its \
+             own, or whoever holds that replica's key could change the membership (`smr key \
+             --out admin.key` makes one)"
+        );
+        assert_eq!(
+            with_admin(&format!("[\"{KEY_E}\", \"{KEY_D}\"]"), KEY_D),
+            "config admin_key: is a listed client's public key; the administrator needs a key \
+             of its own, or whoever holds that client's key could change the membership (`smr \
+             key --out admin.key` makes one)"
+        );
+        let e = error(&format!(
+            "mode = \"cft\"\nf = 1\nclients = \"any\"\nadmin_key = 7\n{}",
+            replicas(3)
+        ));
+        assert!(
+            e.starts_with("config syntax:") && e.contains("admin_key"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -741,6 +867,29 @@ mod tests {
         assert!(
             e.contains("replicas") && e.contains("add replicas or lower f"),
             "{e}"
+        );
+    }
+
+    /// A view holds at most `view::MAX_MEMBERS` replicas, and view 0 is this file's.
+    #[test]
+    fn more_replicas_than_a_view_may_hold_are_refused() {
+        let text: String =
+            (0..=MAX_MEMBERS as u32)
+                .map(|i| {
+                    let mut seed = [7; 32];
+                    seed[..4].copy_from_slice(&i.to_le_bytes());
+                    format!(
+                    "[[replicas]]\nid = {i}\naddress = \"10.0.{}.{}:7000\"\npublic_key = \"{}\"\n",
+                    i / 256,
+                    i % 256,
+                    smr_crypto::IdentityKey::from_seed(seed).public_key().to_hex()
+                )
+                })
+                .collect();
+        let e = error(&format!("mode = \"cft\"\nf = 1\nclients = \"any\"\n{text}"));
+        assert_eq!(
+            e,
+            "config replicas: 1025 entries; a cluster may have at most 1024 replicas"
         );
     }
 

@@ -17,6 +17,14 @@
 //! [`service::Service`]; the client table ([`clients`]) makes execution exactly-once and caches
 //! replies. [`message::Message`] documents every message: who sends it, to whom, when, and what
 //! the receiver does.
+//!
+//! Reconfiguration (issue 14) has its first stage only: [`view`] holds the membership as data
+//! ([`View`]: a number, the mode, f and the [`Member`]s; view 0 is `cluster.toml`'s) and
+//! [`View::check`], the pure function that judges one [`Change`] (add a replica, remove one,
+//! set f) against a view and the [`Retired`] ids and keys, returning the next view or a
+//! [`ReconfigRefusal`] that says what is wrong and what to do. Nothing in the engine uses it
+//! yet: the engine reads its quorums from [`EngineConfig`], and no membership change is
+//! ordered or accepted.
 
 #![warn(missing_docs)]
 
@@ -40,6 +48,7 @@ pub mod settings;
 pub mod storage;
 pub mod sync;
 pub mod verify;
+pub mod view;
 
 pub use config::{ClientPolicy, EngineConfig, InvalidConfig, Limits, Timeouts, ValidEngineConfig};
 pub use engine::{Engine, Outgoing, Output, ServiceDone, ServiceWork, TimerKind};
@@ -48,3 +57,4 @@ pub use network::{Network, Peer, ReplicaId};
 pub use rejection::Rejection;
 pub use service::Service;
 pub use verify::{InboundVerifier, RequestAuth, Verified, VerifiedRequests};
+pub use view::{Change, Member, ReconfigRefusal, Retired, View, ViewNumber};

@@ -14,6 +14,10 @@ pub const CONFIG_FILE: &str = "cluster.toml";
 /// The client key file `smr keygen` writes; `smr client` and `smr status` look for it next to
 /// the config.
 pub const CLIENT_KEY_FILE: &str = "client.key";
+/// The administrator's key file `smr keygen` writes next to the client keys; `cluster.toml`
+/// names its public key as `admin_key` (the key that will be allowed to change the membership;
+/// nothing acts on it yet).
+pub const ADMIN_KEY_FILE: &str = "admin.key";
 
 /// What to generate.
 #[derive(Clone, Debug)]
@@ -59,6 +63,8 @@ pub struct Generated {
     pub config: ClusterConfig,
     /// Client key files, `client.key` first.
     pub client_keys: Vec<PathBuf>,
+    /// The administrator's key file, `admin.key`; its public key is the config's `admin_key`.
+    pub admin_key: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,8 +134,8 @@ fn client_key_name(i: usize) -> String {
     }
 }
 
-/// Writes `replica-<i>.key`, the client keys and `cluster.toml` into `dir` (created if needed),
-/// with the replicas on free 127.0.0.1 ports.
+/// Writes `replica-<i>.key`, the client keys, `admin.key` and `cluster.toml` into `dir`
+/// (created if needed), with the replicas on free 127.0.0.1 ports.
 pub fn generate(dir: &Path, options: &KeygenOptions) -> Result<Generated, KeygenError> {
     let min = options.mode.min_replicas(0).max(1);
     if options.replicas < min {
@@ -196,6 +202,9 @@ pub fn generate(dir: &Path, options: &KeygenOptions) -> Result<Generated, Keygen
         admitted.insert(key.public_key());
         client_keys.push(path);
     }
+    let admin = IdentityKey::generate();
+    let admin_key = dir.join(ADMIN_KEY_FILE);
+    admin.save(&admin_key)?;
     let config = ClusterConfig {
         quorums,
         replicas,
@@ -204,6 +213,7 @@ pub fn generate(dir: &Path, options: &KeygenOptions) -> Result<Generated, Keygen
         } else {
             ClientPolicy::Allowed(admitted)
         },
+        admin_key: Some(admin.public_key()),
         limits: options.limits.clone(),
         timeouts: options.timeouts.clone(),
         fsync: Default::default(),
@@ -212,7 +222,8 @@ pub fn generate(dir: &Path, options: &KeygenOptions) -> Result<Generated, Keygen
     let text = format!(
         "# Written by `smr keygen`. Replica i runs with `smr replica --config {CONFIG_FILE} --id i`;\n\
          # key_file paths are relative to this file. On several machines, every machine gets this\n\
-         # file, machine i gets replica-<i>.key, and clients get a client key.\n{}",
+         # file, machine i gets replica-<i>.key, and clients get a client key. admin.key is the\n\
+         # administrator's (admin_key below): keep it off the replicas and the clients.\n{}",
         config.to_toml()
     );
     std::fs::write(&config_path, text).map_err(|source| KeygenError::Write {
@@ -225,6 +236,7 @@ pub fn generate(dir: &Path, options: &KeygenOptions) -> Result<Generated, Keygen
         config_path,
         config,
         client_keys,
+        admin_key,
     })
 }
 
@@ -266,6 +278,25 @@ mod tests {
         }
         let text = std::fs::read_to_string(&generated.config_path).unwrap();
         assert!(text.contains("key_file = \"replica-3.key\""), "{text}");
+    }
+
+    #[test]
+    fn admin_key_is_written_next_to_the_client_keys_and_named_in_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = generate(dir.path(), &KeygenOptions::new(Mode::Cft, 3)).unwrap();
+        assert_eq!(generated.admin_key, dir.path().join(ADMIN_KEY_FILE));
+        let admin = IdentityKey::load(&generated.admin_key).unwrap();
+        // `generated.config` was loaded back from the file written.
+        assert_eq!(generated.config.admin_key, Some(admin.public_key()));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&generated.admin_key)
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
     }
 
     #[test]

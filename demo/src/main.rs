@@ -33,9 +33,9 @@ struct Cli {
 enum Command {
     /// Write replica keys, a client key and a cluster.toml (by default for replicas on 127.0.0.1).
     Keygen(KeygenArgs),
-    /// Write one fresh identity key (a replica's or a client's) to a new file, never over an
-    /// existing one, and print its public key in hex: prepare a key on the machine that will
-    /// use it, and send only the public key to whoever edits cluster.toml.
+    /// Write one fresh identity key (a replica's or a client's) to a new file, over an
+    /// existing one only with --force, and print its public key in hex: prepare a key on the
+    /// machine that will use it, and send only the public key to whoever edits cluster.toml.
     Key(KeyArgs),
     /// Run one replica until SIGINT or SIGTERM (exit status 0), or until it fails: storage,
     /// service, engine or transport (exit status 2, with the reason on stderr).
@@ -57,9 +57,12 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct KeyArgs {
-    /// The file to write (readable by its owner only); it must not exist yet.
+    /// The file to write (readable by its owner only); it must not exist yet, unless --force.
     #[arg(long)]
     out: PathBuf,
+    /// Replace an existing file at --out: the key it holds is lost.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -247,7 +250,7 @@ fn main() -> ExitCode {
         }
         Command::Key(args) => {
             init_logging("warn");
-            cmd::key(&args.out)
+            cmd::key(&args.out, args.force)
         }
         Command::Replica(args) => {
             init_logging("info");

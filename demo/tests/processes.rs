@@ -585,6 +585,15 @@ async fn keygen_writes_a_loadable_config_and_refuses_to_overwrite_it_without_for
         for i in 0..3 {
             assert!(out.join(format!("replica-{i}.key")).exists());
         }
+        let admin_key = IdentityKey::load(&out.join("admin.key")).unwrap();
+        assert_eq!(config.admin_key, Some(admin_key.public_key()));
+        assert!(
+            first.stdout.contains(&format!(
+                "\n  admin      {}  (",
+                admin_key.public_key().to_hex()
+            )),
+            "{first}"
+        );
 
         let again = smr_async(&args, COMMAND_TIMEOUT).await;
         assert!(!again.status.success(), "{again}");
@@ -775,37 +784,58 @@ async fn a_replica_whose_limits_differ_is_refused_and_named_in_the_log_and_statu
 }
 
 /// `smr key --out FILE` writes a fresh key and prints its public key in hex, alone on stdout;
-/// a second run on the same path exits 2, says the file exists, and leaves the key as it was.
+/// a second run on the same path exits 2, says the file exists and that --force replaces it,
+/// and leaves the key as it was; a run with --force replaces it with another fresh key, in a
+/// file of the same permissions, and prints that key.
 #[test]
-fn smr_key_writes_a_new_key_and_never_replaces_one() {
+fn smr_key_writes_a_new_key_and_replaces_one_only_with_force() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("replica-9.key");
-    let run = || {
-        std::process::Command::new(SMR)
-            .args(["key", "--out"])
-            .arg(&path)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap()
+    let run = |force: bool| {
+        let mut command = std::process::Command::new(SMR);
+        command.args(["key", "--out"]).arg(&path);
+        if force {
+            command.arg("--force");
+        }
+        command.stdin(std::process::Stdio::null()).output().unwrap()
     };
-    let first = run();
+    #[cfg(unix)]
+    let owner_only = |path: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    };
+    let first = run(false);
     assert_eq!(first.status.code(), Some(0), "{first:?}");
     let printed = String::from_utf8(first.stdout).unwrap();
     let key = IdentityKey::load(&path).unwrap();
     assert_eq!(printed, format!("{}\n", key.public_key().to_hex()));
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-    }
-    let second = run();
+    owner_only(&path);
+    let second = run(false);
     assert_eq!(second.status.code(), Some(2), "{second:?}");
     assert!(second.stdout.is_empty());
     let error = String::from_utf8(second.stderr).unwrap();
-    assert!(error.contains("already exists"), "{error}");
+    assert_eq!(
+        error,
+        format!(
+            "error: {} already exists: it is left as it is (a key it holds would be lost); \
+             choose another path, or pass --force to replace it\n",
+            path.display()
+        )
+    );
     assert_eq!(
         IdentityKey::load(&path).unwrap().public_key(),
         key.public_key()
     );
+    let forced = run(true);
+    assert_eq!(forced.status.code(), Some(0), "{forced:?}");
+    let replaced = IdentityKey::load(&path).unwrap();
+    assert_ne!(replaced.public_key(), key.public_key());
+    assert_eq!(
+        String::from_utf8(forced.stdout).unwrap(),
+        format!("{}\n", replaced.public_key().to_hex())
+    );
+    #[cfg(unix)]
+    owner_only(&path);
 }

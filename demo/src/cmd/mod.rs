@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use smr_core::cluster::ClusterConfig;
 use smr_core::driver::{InvokeError, ReplicaError};
-use smr_crypto::{IdentityKey, PublicKey};
+use smr_crypto::{IdentityKey, KeyFileError, PublicKey};
 use smr_demo::keygen::{self, KeygenOptions, CLIENT_KEY_FILE, CONFIG_FILE};
 use smr_demo::output::{self, OutputError};
 use smr_demo::{errln, outln};
@@ -24,11 +24,23 @@ pub use cluster::cluster;
 /// How long a command waits for its client connections to close before exiting anyway.
 const CLIENT_CLOSE_GRACE: Duration = Duration::from_millis(500);
 
-/// `smr key --out FILE`: a fresh identity key in a new file; its public key in hex on stdout,
-/// alone on its line (for scripts).
-pub fn key(out: &Path) -> anyhow::Result<ExitCode> {
+/// `smr key --out FILE [--force]`: a fresh identity key in a new file, or in place of an
+/// existing one with `force`; its public key in hex on stdout, alone on its line (for
+/// scripts). The file is written as `smr keygen` writes its keys ([`IdentityKey::save`]).
+pub fn key(out: &Path, force: bool) -> anyhow::Result<ExitCode> {
     let key = IdentityKey::generate();
-    key.save_new(out)?;
+    if force {
+        key.save(out)?;
+    } else {
+        key.save_new(out).map_err(|e| match e {
+            KeyFileError::Exists { path } => anyhow!(
+                "{} already exists: it is left as it is (a key it holds would be lost); choose \
+                 another path, or pass --force to replace it",
+                path.display()
+            ),
+            other => other.into(),
+        })?;
+    }
     outln!("{}", key.public_key().to_hex())?;
     Ok(ExitCode::SUCCESS)
 }
@@ -49,7 +61,7 @@ pub fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
     let generated = keygen::generate(&args.out, &options)?;
     let config = &generated.config;
     outln!(
-        "wrote {} ({}, n={}, f={}) with {} replica keys and {} client key{} in {}",
+        "wrote {} ({}, n={}, f={}) with {} replica keys, {} client key{} and an admin key in {}",
         generated.config_path.display(),
         config.mode(),
         config.quorums.n(),
@@ -69,6 +81,14 @@ pub fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
             r.id,
             r.address,
             r.public_key.to_hex()
+        )?;
+    }
+    if let Some(admin) = &config.admin_key {
+        outln!(
+            "  admin      {}  ({}: keep it off the replicas and clients; it will be the key \
+             allowed to change the membership)",
+            admin.to_hex(),
+            generated.admin_key.display()
         )?;
     }
     let last = config.replicas.len().saturating_sub(1);
