@@ -56,6 +56,22 @@ fn open_err(dir: &Path) -> StorageError {
     }
 }
 
+/// Opens `dir` on a thread of its own and waits at most 10 s for it: a regression that makes
+/// opening wait on something (a pipe) fails the test instead of hanging it. `None` on timeout.
+fn open_on_a_thread(
+    dir: &Path,
+    policy: FsyncPolicy,
+) -> Option<Result<(Wal, Recovered), StorageError>> {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let opened_dir = dir.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(Wal::open(&opened_dir, policy));
+    });
+    done_rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .ok()
+}
+
 fn flip_byte(path: &Path, offset: u64) {
     let mut bytes = fs::read(path).unwrap();
     bytes[offset as usize] ^= 0x40;
@@ -997,14 +1013,9 @@ fn a_manifest_replaced_by_a_pipe_is_refused_without_waiting_on_it() {
     fs::remove_file(&path).unwrap();
     std::os::unix::fs::symlink(format!("/proc/self/fd/{}", reader.as_raw_fd()), &path).unwrap();
 
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let opened_dir = dir.path().to_path_buf();
-    std::thread::spawn(move || {
-        let _ = done_tx.send(Wal::open(&opened_dir, FsyncPolicy::Always).map(|_| ()));
-    });
-    let result = done_rx
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .expect("opening a data dir whose manifest is a pipe returns");
+    let result = open_on_a_thread(dir.path(), FsyncPolicy::Always)
+        .expect("opening a data dir whose manifest is a pipe returns")
+        .map(|_| ());
     let err = result.expect_err("a pipe is no manifest");
     assert!(
         matches!(&err, StorageError::Corrupt { offset: 0, reason, .. } if reason == "not a regular file"),
@@ -1117,18 +1128,10 @@ fn a_lock_that_is_a_pipe_is_replaced_without_waiting_on_it() {
     let path = dir.path().join(LOCK_FILE);
     std::os::unix::fs::symlink(format!("/proc/self/fd/{}", reader.as_raw_fd()), &path).unwrap();
 
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let opened_dir = dir.path().to_path_buf();
-    std::thread::spawn(move || {
-        let _ = done_tx.send(
-            Wal::open(&opened_dir, FsyncPolicy::Never)
-                .map(|(wal, recovered)| (wal.generation(), recovered.records)),
-        );
-    });
-    let result = done_rx
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .expect("opening a data dir whose LOCK is a pipe returns");
-    let (generation, records) = result.unwrap_or_else(|e| panic!("open failed: {e}"));
+    let (wal, recovered) = open_on_a_thread(dir.path(), FsyncPolicy::Never)
+        .expect("opening a data dir whose LOCK is a pipe returns")
+        .unwrap_or_else(|e| panic!("open failed: {e}"));
+    let (generation, records) = (wal.generation(), recovered.records);
     assert_eq!((generation, records), (0, sample_records(2)));
     drop((reader, writer));
 }
@@ -1208,14 +1211,9 @@ fn a_sparse_checkpoint_too_long_to_hold_is_refused_not_an_abort() {
     fs::remove_file(&path).unwrap();
     std::os::unix::fs::symlink(&sparse, &path).unwrap();
 
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let opened_dir = dir.path().to_path_buf();
-    std::thread::spawn(move || {
-        let _ = done_tx.send(Wal::open(&opened_dir, FsyncPolicy::Never).map(|_| ()));
-    });
-    let result = done_rx
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .expect("opening a data dir with a 1 PiB sparse checkpoint returns");
+    let result = open_on_a_thread(dir.path(), FsyncPolicy::Never)
+        .expect("opening a data dir with a 1 PiB sparse checkpoint returns")
+        .map(|_| ());
     let err = result.expect_err("a 1 PiB checkpoint does not fit");
     assert!(
         matches!(&err, StorageError::Corrupt { offset: 8, reason, .. }
