@@ -12,7 +12,8 @@
 //! - View 0 is `cluster.toml`'s ([`View::genesis`]). Each later view is the one `check`
 //!   returned for the view before it: number + 1, exactly one change applied.
 //! - A view's members are in ascending id order, with distinct ids, keys and addresses, at
-//!   most [`MAX_MEMBERS`] of them, and `(mode, n, f)` is one [`Quorums::new`] accepts. Every
+//!   most [`MAX_MEMBERS`] of them, each key a valid ed25519 key (as `cluster.toml` requires:
+//!   not weak, on the curve), and `(mode, n, f)` is one [`Quorums::new`] accepts. Every
 //!   `View` holds these: the only ways to get one are `genesis` (from a validated config) and
 //!   `check`.
 //! - Ids and keys are never reused: a removed replica's id and key go into [`Retired`] (the
@@ -24,7 +25,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
-use smr_crypto::PublicKey;
+use smr_crypto::{KeyError, PublicKey};
 use smr_modes::{Mode, QuorumError, Quorums};
 
 use crate::cluster::ClusterConfig;
@@ -231,6 +232,18 @@ pub enum ReconfigRefusal {
         /// The key asked for.
         key: PublicKey,
     },
+    /// The key to add is not a valid ed25519 public key (weak, not on the curve, ...), as
+    /// `cluster.toml` refuses it: no signature under it would count.
+    #[error(
+        "public key {key} cannot identify a replica: {reason}; make a fresh one with `smr key \
+         --out FILE` on the new replica's machine"
+    )]
+    BadKey {
+        /// The key asked for.
+        key: PublicKey,
+        /// What is wrong with it.
+        reason: KeyError,
+    },
     /// The address to add is not `ip:port` in the form `cluster.toml` writes.
     #[error(
         "address {address:?} is not ip:port as cluster.toml writes it (e.g. \"127.0.0.1:7000\" \
@@ -397,6 +410,12 @@ impl View {
                         key: new.public_key,
                     });
                 }
+                if let Err(reason) = new.public_key.check_ed25519() {
+                    return Err(ReconfigRefusal::BadKey {
+                        key: new.public_key,
+                        reason,
+                    });
+                }
                 if canonical_address(&new.address).is_none() {
                     return Err(ReconfigRefusal::BadAddress {
                         address: new.address.clone(),
@@ -499,6 +518,34 @@ mod tests {
         };
         view.quorums();
         view
+    }
+
+    #[test]
+    fn a_weak_key_is_refused_as_cluster_toml_refuses_it() {
+        // Small order (the identity point): cluster.toml refuses it; so must a change.
+        let mut weak = [0u8; 32];
+        weak[0] = 1;
+        let change = Change::Add(Member {
+            public_key: PublicKey(weak),
+            ..member(9)
+        });
+        let refusal = bft4().check(&change, &Retired::new()).unwrap_err();
+        assert_eq!(
+            refusal,
+            ReconfigRefusal::BadKey {
+                key: PublicKey(weak),
+                reason: KeyError::WeakKey,
+            }
+        );
+        assert_eq!(
+            refusal.to_string(),
+            format!(
+                "public key {} cannot identify a replica: {}; make a fresh one with `smr key \
+                 --out FILE` on the new replica's machine",
+                PublicKey(weak).to_hex(),
+                KeyError::WeakKey
+            )
+        );
     }
 
     fn bft4() -> View {

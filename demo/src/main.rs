@@ -31,11 +31,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Write replica keys, a client key and a cluster.toml (by default for replicas on 127.0.0.1).
+    /// Write replica keys, client keys, an admin key (admin.key, for membership changes: not
+    /// used yet) and a cluster.toml (by default for replicas on 127.0.0.1).
     Keygen(KeygenArgs),
-    /// Write one fresh identity key (a replica's or a client's) to a new file, over an
-    /// existing one only with --force, and print its public key in hex: prepare a key on the
-    /// machine that will use it, and send only the public key to whoever edits cluster.toml.
+    /// Write one fresh identity key (a replica's, a client's or the administrator's) to a new
+    /// file, over an existing one only with --force, and print its public key in hex: prepare a
+    /// key on the machine that will use it, and send only the public key to whoever edits
+    /// cluster.toml.
     Key(KeyArgs),
     /// Run one replica until SIGINT or SIGTERM (exit status 0), or until it fails: storage,
     /// service, engine or transport (exit status 2, with the reason on stderr).
